@@ -1,0 +1,1 @@
+"""Sources to de-identified MEDS events, and the embedded demo network."""
