@@ -1,0 +1,1 @@
+"""Metrics, validation, SHAP explanations and the HTML report: plain records, no MLflow."""

@@ -1,0 +1,106 @@
+"""Discrimination and calibration as plain records.
+
+Confidence intervals come from a patient-level bootstrap: subjects are resampled with
+replacement and every prediction time of a drawn subject comes along with it (as a
+row weight equal to how often the subject was drawn), so subjects with several
+prediction times do not shrink the intervals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from forewarn.records import privacy
+
+METRIC_NAMES = ("auroc", "auprc", "brier", "prevalence", "mean_predicted")
+
+
+def point_metrics(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
+    y = np.asarray(y, bool)
+    p = np.asarray(p, float)
+    both = y.any() and (~y).any()
+    return {
+        "auroc": float(roc_auc_score(y, p, sample_weight=weight)) if both else float("nan"),
+        "auprc": float(average_precision_score(y, p, sample_weight=weight)) if both else float("nan"),
+        "brier": float(brier_score_loss(y, p, sample_weight=weight)),
+        "prevalence": float(np.average(y, weights=weight)),
+        "mean_predicted": float(np.average(p, weights=weight)),
+    }
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    p: np.ndarray,
+    subjects: np.ndarray,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    metrics: tuple[str, ...] = ("auroc", "auprc"),
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of ``metrics`` over ``n_boot`` patient-level resamples.
+
+    Replicates in which only one class was drawn are skipped for rank metrics.
+    """
+    y = np.asarray(y, bool)
+    p = np.asarray(p, float)
+    uniq, row_subject = np.unique(np.asarray(subjects), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {m: [] for m in metrics}
+    for _ in range(n_boot):
+        multiplicity = np.bincount(rng.integers(0, uniq.size, uniq.size), minlength=uniq.size)
+        w = multiplicity[row_subject].astype(float)
+        keep = w > 0
+        values = point_metrics(y[keep], p[keep], w[keep])
+        for m in metrics:
+            if not np.isnan(values[m]):
+                draws[m].append(values[m])
+    alpha = (1 - level) / 2
+    return {
+        m: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if v else (float("nan"), float("nan"))
+        for m, v in draws.items()
+    }
+
+
+def calibration_curve(y: np.ndarray, p: np.ndarray, *, bins: int = 10) -> pd.DataFrame:
+    """Observed rate against mean predicted risk in ``bins`` quantile bins of predicted risk.
+
+    Counts below 11 are suppressed (``n`` and ``events`` become null and the bin's rates
+    are withheld), because this table leaves the site.
+    """
+    y = np.asarray(y, bool)
+    p = np.asarray(p, float)
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(edges.size - 2, 0))
+    records = []
+    for b in range(max(edges.size - 1, 1)):
+        m = which == b
+        n, events = int(m.sum()), int(y[m].sum())
+        ok = privacy.suppress(n) is not None and privacy.suppress(events) is not None
+        records.append(
+            {
+                "bin": b + 1,
+                "n": privacy.suppress(n),
+                "events": privacy.suppress(events),
+                "mean_predicted": float(p[m].mean()) if n and ok else None,
+                "observed": float(y[m].mean()) if n and ok else None,
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def evaluate(
+    y: np.ndarray, p: np.ndarray, subjects: np.ndarray, *, n_boot: int = 200, seed: int = 0
+) -> dict[str, float | int | None]:
+    """The metric record for one model on one evaluation set (counts suppressed below 11)."""
+    y = np.asarray(y, bool)
+    record: dict[str, float | int | None] = dict(point_metrics(y, p))
+    for metric, (low, high) in bootstrap_ci(y, p, subjects, n_boot=n_boot, seed=seed).items():
+        record[f"{metric}_ci_low"] = low
+        record[f"{metric}_ci_high"] = high
+    record["n"] = privacy.suppress(int(y.size))
+    record["events"] = privacy.suppress(int(y.sum()))
+    record["subjects"] = privacy.suppress(int(np.unique(subjects).size))
+    return record

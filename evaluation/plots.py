@@ -1,0 +1,74 @@
+"""Figures as PNG bytes (headless Agg backend; every figure is closed after use)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def roc_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """ROC and precision-recall curves, one line per model: ``{model: (y, p)}``."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for name, (y, p) in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        prec, rec, _ = precision_recall_curve(y, p)
+        ax1.plot(fpr, tpr, label=name)
+        ax2.plot(rec, prec, label=name)
+    ax1.plot([0, 1], [0, 1], ls=":", c="grey")
+    prevalence = float(np.mean(next(iter(curves.values()))[0])) if curves else 0.0
+    ax2.axhline(prevalence, ls=":", c="grey", label=f"prevalence {prevalence:.3f}")
+    ax1.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (held-out)")
+    ax2.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall (held-out)")
+    ax1.legend(loc="lower right")
+    ax2.legend(loc="upper right")
+    return _png(fig)
+
+
+def calibration(curves: dict[str, pd.DataFrame]) -> bytes:
+    """Observed against predicted risk by decile; suppressed bins are not drawn."""
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    top = 0.0
+    for name, frame in curves.items():
+        shown = frame.dropna(subset=["mean_predicted", "observed"])
+        ax.plot(shown["mean_predicted"], shown["observed"], marker="o", label=name)
+        if len(shown):
+            top = max(top, float(shown[["mean_predicted", "observed"]].to_numpy().max()))
+    top = top * 1.05 or 1.0
+    ax.plot([0, top], [0, top], ls=":", c="grey", label="perfect")
+    ax.set(xlabel="mean predicted risk", ylabel="observed rate", title="Calibration (deciles, held-out)")
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def shap_bar(importance: pd.DataFrame, top: int = 20) -> bytes:
+    """Mean |SHAP| of the top features, with readable names."""
+    head = importance.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(head) + 1))
+    ax.barh(head["description"], head["mean_abs_shap"], color="#1f77b4")
+    ax.set(xlabel="mean |SHAP value| (log-odds)", title="Global feature importance (TreeSHAP)")
+    return _png(fig)
+
+
+def shap_beeswarm(values: np.ndarray, data: np.ndarray, names: list[str], base: float, top: int = 15) -> bytes:
+    """shap's beeswarm of the sampled rows (no row identifiers are shown)."""
+    import shap
+
+    explanation = shap.Explanation(values=values, base_values=np.full(values.shape[0], base), data=data, feature_names=names)
+    shap.plots.beeswarm(explanation, max_display=top, show=False)
+    fig = plt.gcf()
+    fig.set_size_inches(10, 0.35 * top + 1.5)
+    return _png(fig)

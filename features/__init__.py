@@ -1,0 +1,1 @@
+"""Tasks (cohorts, labels, splits) and windowed feature matrices."""

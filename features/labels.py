@@ -1,0 +1,333 @@
+"""Early-detection task definitions (YAML data) and the labels they give.
+
+A task says who is eligible at which prediction times, how far ahead the outcome
+must lie (``gap_days``, the lead time) and for how long we look for it
+(``horizon_days``, measured from the prediction time). For a prediction time ``t``
+and the subject's first outcome event ``o``:
+
+- ``o <= t``: prevalent case, excluded (the washout is the whole prior record);
+- ``t < o < t + gap``: outcome inside the lead-time gap, excluded;
+- ``t + gap <= o <= t + horizon``: positive;
+- no outcome by ``t + horizon`` and the subject observed through ``t + horizon``
+  (their last event, or observation-period end, is at or after it): negative;
+- otherwise censored (lost to follow-up or died first), excluded.
+
+Labels only read the future; features at ``t`` read only events with time ``<= t``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from forewarn.records import schema
+from forewarn.records.progress import stage
+
+DAY_US = 86_400 * 1_000_000
+YEAR_DAYS = 365.25
+BUILTIN_TASKS = "forewarn.features.tasks"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Population(_Strict):
+    min_age_years: float = Field(18, ge=0, le=120)
+    max_age_years: float = Field(120, ge=0, le=130)
+    min_prior_observation_days: int = Field(365, ge=0)
+
+    @model_validator(mode="after")
+    def _ages(self) -> Population:
+        if self.min_age_years > self.max_age_years:
+            raise ValueError(
+                f"min_age_years must be <= max_age_years; got {self.min_age_years} > {self.max_age_years}."
+            )
+        return self
+
+
+class PredictionTimes(_Strict):
+    at_codes: list[str] = Field(min_length=1, description="codes whose event times are candidate prediction times")
+    max_per_subject: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class Outcome(_Strict):
+    codes: list[str] = Field(min_length=1, description="codes; a trailing * matches a prefix")
+
+
+class TaskSpec(_Strict):
+    """One early-detection task. Units are in the field names."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str = Field(min_length=40)
+    population: Population = Population()
+    prediction_times: PredictionTimes
+    gap_days: int = Field(ge=0)
+    horizon_days: int = Field(gt=0)
+    outcome: Outcome
+
+    @model_validator(mode="after")
+    def _window(self) -> TaskSpec:
+        if self.gap_days >= self.horizon_days:
+            raise ValueError(
+                f"gap_days must be < horizon_days (the horizon is measured from the prediction time); "
+                f"got gap_days={self.gap_days}, horizon_days={self.horizon_days}."
+            )
+        return self
+
+    @field_validator("description")
+    @classmethod
+    def _describe(cls, value: str) -> str:
+        needed = ["prediction time", "window", "label", "leak"]
+        missing = [w for w in needed if w not in value.lower()]
+        if missing:
+            raise ValueError(
+                f"description must state the prediction time, feature window, label, exclusions and "
+                f"why the label cannot leak; it does not mention {missing}."
+            )
+        return value
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def load_task(name_or_path: str | Path) -> TaskSpec:
+    """A built-in task by name (``t2d_2y``) or a task YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"task file {str(path)!r} does not exist.")
+        text, where = path.read_text(), str(path)
+    else:
+        files = resources.files(BUILTIN_TASKS)
+        candidate = files / f"{name_or_path}.yaml"
+        if not candidate.is_file():
+            known = sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
+            raise ValueError(f"task must be a built-in task {known} or a path to a .yaml file; got {str(name_or_path)!r}.")
+        text, where = candidate.read_text(), f"built-in task {name_or_path}"
+    return parse_task(yaml.safe_load(text), where=where)
+
+
+def parse_task(data: object, *, where: str = "task") -> TaskSpec:
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{where} is not a valid task:\n{_explain(exc, TaskSpec)}") from None
+
+
+def _explain(exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = model
+            for part in err["loc"][:-1]:
+                field = parent.model_fields.get(str(part)) if isinstance(part, str) else None
+                ann = getattr(field, "annotation", None) if field else None
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    parent = ann
+            msg = f"unknown key; allowed keys are {sorted(parent.model_fields)}"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def outcome_predicate(codes: list[str], column: str = "code") -> str:
+    """A SQL predicate matching ``codes`` (``X*`` is a prefix match), safely quoted."""
+    parts = []
+    for code in codes:
+        quoted = code.rstrip("*").replace("'", "''")
+        parts.append(f"starts_with({column}, '{quoted}')" if code.endswith("*") else f"{column} = '{quoted}'")
+    return "(" + " OR ".join(parts) + ")"
+
+
+ATTRITION_STEPS = (
+    ("candidates", "candidate prediction times"),
+    ("age", "outside the age range"),
+    ("prior_observation", "too little prior observation"),
+    ("prevalent", "outcome at or before the prediction time (prevalent)"),
+    ("in_gap", "outcome inside the lead-time gap"),
+    ("censored", "not observed for the whole horizon (censored)"),
+    ("sampled_out", "beyond max_per_subject"),
+)
+
+
+def build_labels(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """Labels (MEDS label schema, sorted by subject and time) and the attrition counts.
+
+    The attrition dict maps each step to the prediction times and subjects it removed
+    (``candidates`` counts what entered).
+    """
+    events = str(Path(events_dir) / "*.parquet")
+    trig = ", ".join("'" + c.replace("'", "''") + "'" for c in spec.prediction_times.at_codes)
+    con = duckdb.connect()
+    frame = con.execute(
+        f"""
+        WITH ev AS (SELECT subject_id, time, code FROM read_parquet('{events}')),
+        subj AS (
+          SELECT subject_id,
+                 min(time) FILTER (WHERE code = '{schema.BIRTH_CODE}') AS birth,
+                 COALESCE(min(time) FILTER (WHERE code = '{schema.OBSERVATION_START}'),
+                          min(time) FILTER (WHERE code <> '{schema.BIRTH_CODE}')) AS first_time,
+                 max(time) AS last_time,
+                 min(time) FILTER (WHERE {outcome_predicate(spec.outcome.codes)}) AS outcome
+          FROM ev WHERE time IS NOT NULL GROUP BY subject_id),
+        cand AS (SELECT DISTINCT subject_id, time AS prediction_time FROM ev WHERE code IN ({trig}) AND time IS NOT NULL)
+        SELECT c.subject_id, c.prediction_time, s.birth, s.first_time, s.last_time, s.outcome
+        FROM cand c JOIN subj s USING (subject_id)
+        ORDER BY c.subject_id, c.prediction_time
+        """
+    ).df()
+    con.close()
+    return label_frame(frame, spec)
+
+
+def label_frame(frame: pd.DataFrame, spec: TaskSpec) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """The label logic on a frame of candidates with ``birth, first_time, last_time, outcome``."""
+    t = frame["prediction_time"].to_numpy("datetime64[us]").astype(np.int64)
+    as_us = lambda col: frame[col].to_numpy("datetime64[us]").astype(np.int64)  # noqa: E731
+    nat = np.iinfo(np.int64).min
+    birth, first, last, outcome = (as_us(c) for c in ("birth", "first_time", "last_time", "outcome"))
+    has_outcome = outcome != nat
+    age_years = np.where(birth != nat, (t - birth) / DAY_US / YEAR_DAYS, np.nan)
+    pop = spec.population
+    reasons = {
+        "age": ~((age_years >= pop.min_age_years) & (age_years <= pop.max_age_years)),
+        "prior_observation": (t - first) < pop.min_prior_observation_days * DAY_US,
+        "prevalent": has_outcome & (outcome <= t),
+        "in_gap": has_outcome & (outcome > t) & (outcome < t + spec.gap_days * DAY_US),
+        "censored": ~(has_outcome & (outcome <= t + spec.horizon_days * DAY_US))
+        & (last < t + spec.horizon_days * DAY_US),
+    }
+    subjects = frame["subject_id"].to_numpy(np.int64)
+    attrition = {"candidates": {"times": int(len(frame)), "subjects": int(np.unique(subjects).size)}}
+    alive = np.ones(len(frame), bool)
+    for step, mask in reasons.items():
+        removed = alive & mask
+        alive &= ~mask
+        attrition[step] = {
+            "times": int(removed.sum()),
+            "subjects": int(np.setdiff1d(np.unique(subjects[removed]), np.unique(subjects[alive])).size),
+        }
+    # Sample at most K per subject, by a seeded hash of (subject, time): stable across
+    # reruns and data refreshes (adding a visit does not reshuffle the others).
+    rank_key = _mix(subjects.astype(np.uint64) ^ _mix(t.astype(np.uint64) + np.uint64(spec.prediction_times.seed)))
+    idx = np.flatnonzero(alive)
+    order = idx[np.lexsort((rank_key[idx], subjects[idx]))]
+    _, first_pos = np.unique(subjects[order], return_index=True)
+    within = np.arange(order.size) - np.repeat(first_pos, np.diff(np.r_[first_pos, order.size]))
+    chosen = np.sort(order[within < spec.prediction_times.max_per_subject])
+    attrition["sampled_out"] = {"times": int(idx.size - chosen.size), "subjects": 0}
+    positive = has_outcome & (outcome >= t + spec.gap_days * DAY_US) & (outcome <= t + spec.horizon_days * DAY_US)
+    labels = pa.table(
+        {
+            schema.SUBJECT_ID: pa.array(subjects[chosen], pa.int64()),
+            schema.PREDICTION_TIME: pa.array(t[chosen].astype("datetime64[us]"), pa.timestamp("us")),
+            schema.BOOLEAN_VALUE: pa.array(positive[chosen], pa.bool_()),
+        }
+    )
+    attrition["labelled"] = {"times": int(chosen.size), "subjects": int(np.unique(subjects[chosen]).size)}
+    attrition["positive"] = {
+        "times": int(positive[chosen].sum()),
+        "subjects": int(np.unique(subjects[chosen][positive[chosen]]).size),
+    }
+    return schema.align(labels, schema.LABEL_SCHEMA, what="labels"), attrition
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a fast, well-mixed, deterministic 64-bit hash."""
+    z = np.asarray(x).astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z
+
+
+SplitName = Literal["train", "tuning", "held_out"]
+
+
+def assign_splits(
+    subject_ids: np.ndarray, *, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> np.ndarray:
+    """Subject-level split names from a seeded hash of each subject id.
+
+    A subject's split depends only on its id and the seed, so it is stable across
+    reruns and data refreshes (new subjects never move old ones).
+    """
+    if abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be non-negative and sum to 1; got {fractions!r}.")
+    u = (_mix(np.asarray(subject_ids, np.int64).astype(np.uint64) ^ _mix(np.uint64(seed))) >> np.uint64(11)).astype(
+        np.float64
+    ) / float(1 << 53)
+    cuts = np.cumsum(fractions)
+    names = np.array(schema.SPLITS)
+    return names[np.searchsorted(cuts[:-1], u, side="right")]
+
+
+def write_labels(labels: pa.Table, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(schema.align(labels, schema.LABEL_SCHEMA, what="labels"), tmp)
+    tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Paths written by ``label_dataset``."""
+
+    dir: Path
+    task: str
+
+    @property
+    def labels_path(self) -> Path:
+        return self.dir / "labels" / f"{self.task}.parquet"
+
+    @property
+    def splits_path(self) -> Path:
+        return self.dir / "splits.parquet"
+
+    @property
+    def attrition_path(self) -> Path:
+        return self.dir / "labels" / f"{self.task}.attrition.json"
+
+    def load(self) -> tuple[pa.Table, pd.DataFrame, dict]:
+        return (
+            pq.read_table(self.labels_path),
+            pd.read_parquet(self.splits_path),
+            json.loads(self.attrition_path.read_text()),
+        )
+
+
+def label_dataset(events_dir: Path, spec: TaskSpec, out_dir: Path, *, split_seed: int = 0) -> LabelSet:
+    """Labels, subject-level splits for every labelled subject, and attrition counts."""
+    out = LabelSet(Path(out_dir), spec.name)
+    with stage(f"label {spec.name}") as counts:
+        labels, attrition = build_labels(events_dir, spec)
+        write_labels(labels, out.labels_path)
+        subjects = np.unique(labels.column(schema.SUBJECT_ID).to_numpy())
+        splits = pa.table(
+            {schema.SUBJECT_ID: pa.array(subjects, pa.int64()), schema.SPLIT: pa.array(assign_splits(subjects, seed=split_seed))}
+        )
+        tmp = out.splits_path.with_name("splits.parquet.partial")
+        pq.write_table(schema.align(splits, schema.SPLIT_SCHEMA, what="splits"), tmp)
+        tmp.replace(out.splits_path)
+        out.attrition_path.write_text(json.dumps(attrition, indent=2))
+        counts.update(labels=labels.num_rows, positives=attrition["positive"]["times"], subjects=int(subjects.size))
+    return out

@@ -1,0 +1,165 @@
+"""The ``forewarn`` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# Before Prefect or MLflow is imported: no telemetry from a health-data tool, and a
+# startup timeout that a cold ephemeral Prefect server on 2 cores can meet.
+ENV_DEFAULTS = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+app = typer.Typer(
+    help="Forewarn: early disease detection on de-identified longitudinal records, across sites.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def setup_environment() -> None:
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    logger = logging.getLogger("forewarn")
+    if not any(getattr(h, "_forewarn", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s forewarn | %(message)s", "%H:%M:%S"))
+        handler._forewarn = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _run_study(path: Path) -> None:
+    from forewarn.flows.study import load_study
+
+    try:
+        study = load_study(path)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    missing = [f"{s.name}: {s.source.path}" for s in study.sites if not s.source.path.is_file()]
+    if missing:
+        _fail(f"source databases do not exist: {missing}. Fix the paths in {path}.")
+    from forewarn.flows.nightly import nightly
+
+    results = nightly(study)
+    from forewarn.flows import tracking
+
+    typer.echo("")
+    for r in results:
+        typer.echo(
+            f"{r.site:>10}: held-out AUROC {r.metrics['held_out/auroc']:.3f} "
+            f"[{r.metrics['held_out/auroc_ci_low']:.3f}, {r.metrics['held_out/auroc_ci_high']:.3f}]  "
+            f"AUPRC {r.metrics['held_out/auprc']:.3f}  model {r.model_name} v{r.version} ({', '.join(r.aliases)})"
+        )
+        typer.echo(f"{'':>10}  report: {r.report_path}")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_store()[0]
+    typer.echo(f"\nMLflow store: {uri}")
+    typer.echo("Look at the runs:  forewarn ui   (then open http://127.0.0.1:5000)")
+
+
+@app.command()
+def demo(
+    people: Annotated[int, typer.Option(min=200, help="people in the whole network (split 40/60 between the sites)")] = 20_000,
+    workdir: Annotated[Path, typer.Option(help="where the demo network and its outputs go")] = Path("forewarn-demo"),
+    seed: Annotated[int, typer.Option(help="seed of the synthetic network")] = 7,
+) -> None:
+    """Generate the demo network into WORKDIR (if absent) and run the nightly flow once."""
+    setup_environment()
+    from forewarn.flows.study import demo_study_yaml
+    from forewarn.records.demo import SITES, generate_network
+    from forewarn.records.progress import stage
+
+    workdir = workdir.resolve()
+    study_path = workdir / "study.yaml"
+    sites = {name: workdir / "sites" / name / "omop.duckdb" for name in SITES}
+    if all(p.is_file() for p in sites.values()):
+        typer.echo(f"Using the demo network already in {workdir}")
+    else:
+        with stage(f"generate demo network ({people:,} people)") as counts:
+            sites = generate_network(workdir / "sites", people=people, seed=seed)
+            counts["sites"] = len(sites)
+    if not study_path.is_file():
+        study_path.write_text(demo_study_yaml(sites, workdir))
+    _run_study(study_path)
+
+
+@app.command()
+def run(study: Annotated[Path, typer.Argument(help="the study YAML")]) -> None:
+    """Run the nightly flow once for STUDY now."""
+    setup_environment()
+    _run_study(study)
+
+
+@app.command()
+def serve(study: Annotated[Path, typer.Argument(help="the study YAML")]) -> None:
+    """Serve the nightly flow on the study's cron schedule (needs a Prefect server: PREFECT_API_URL)."""
+    setup_environment()
+    from forewarn.flows.study import load_study
+
+    try:
+        loaded = load_study(study)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    deployment = build_deployment(loaded)
+    from prefect import serve as prefect_serve
+
+    typer.echo(f"Serving {deployment.name} on '{loaded.schedule.cron}' ({loaded.schedule.timezone}); Ctrl-C stops.")
+    prefect_serve(deployment)
+
+
+def build_deployment(study):
+    from prefect.schedules import Cron
+
+    from forewarn.flows.nightly import nightly
+
+    return nightly.to_deployment(
+        name=f"{study.name}-nightly",
+        schedule=Cron(study.schedule.cron, timezone=study.schedule.timezone),
+        parameters={"study": study.model_dump(mode="json")},
+        tags=["forewarn", "nightly"],
+    )
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the same store the flows write to."""
+    setup_environment()
+    from forewarn.flows import tracking
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri, artifacts = tracking.default_store()
+        artifacts.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} over {uri}")
+    os.execvp(
+        sys.executable,
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

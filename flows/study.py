@@ -1,0 +1,144 @@
+"""A study: one YAML file with sites, task, features, models, evaluation and schedule.
+
+Parsing is inert (no I/O beyond reading the one file in ``load_study``) and strict: a
+misspelt key fails with its name and the allowed keys. Relative paths are resolved
+against the study file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from forewarn.evaluation.evaluate import EvaluationConfig
+from forewarn.features.featurize import FeatureConfig
+from forewarn.models.train import ModelConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    format: Literal["omop_duckdb"] = "omop_duckdb"
+    path: Path
+
+
+class SiteConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    source: SourceConfig
+    workdir: Path | None = Field(None, description="where the site's row-level outputs stay; default <study dir>/sites/<name>/work")
+
+
+class Schedule(_Strict):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"cron must have 5 fields (minute hour day month weekday); got {value!r}.")
+        return value
+
+
+class Study(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    sites: list[SiteConfig] = Field(min_length=1)
+    task: str = Field(description="a built-in task name (t2d_2y) or a path to a task YAML")
+    split_seed: int = 0
+    features: FeatureConfig = FeatureConfig()
+    models: ModelConfig = ModelConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    schedule: Schedule = Schedule()
+    demo: bool = Field(False, description="synthetic data: use the public demo de-identification secret")
+
+    @model_validator(mode="after")
+    def _unique_sites(self) -> Study:
+        names = [s.name for s in self.sites]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"site names must be unique; {dupes} appear more than once.")
+        return self
+
+    def site_workdir(self, site: SiteConfig) -> Path:
+        assert site.workdir is not None  # resolved by parse_study
+        return site.workdir
+
+
+def parse_study(data: object, *, base_dir: Path, where: str = "study") -> Study:
+    """Validate ``data`` and resolve relative paths against ``base_dir``."""
+    try:
+        study = Study.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{where} is not a valid study:\n{_explain(exc)}") from None
+    base_dir = Path(base_dir).resolve()
+    sites = []
+    for site in study.sites:
+        src = site.source.path if site.source.path.is_absolute() else base_dir / site.source.path
+        work = site.workdir or Path("sites") / site.name / "work"
+        work = work if work.is_absolute() else base_dir / work
+        sites.append(site.model_copy(update={"source": site.source.model_copy(update={"path": src}), "workdir": work}))
+    task = study.task
+    if task.endswith((".yaml", ".yml")) and not Path(task).is_absolute():
+        task = str(base_dir / task)
+    return study.model_copy(update={"sites": sites, "task": task})
+
+
+def load_study(path: Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study file {str(path)!r} does not exist; pass the path of a study YAML.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    return parse_study(data, base_dir=path.parent, where=str(path))
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            lines.append(f"  - {loc}: unknown key; allowed keys here are {allowed}")
+        else:
+            lines.append(f"  - {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Study
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            break
+        model = nxt
+    return sorted(model.model_fields)
+
+
+def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
+    """The study file ``forewarn demo`` writes next to its network."""
+    data = {
+        "name": "demo",
+        "demo": True,
+        "task": "t2d_2y",
+        "sites": [
+            {"name": name, "source": {"format": "omop_duckdb", "path": str(Path(p).resolve().relative_to(Path(base_dir).resolve()))}}
+            for name, p in sites.items()
+        ],
+        "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
+    }
+    return yaml.safe_dump(data, sort_keys=False)

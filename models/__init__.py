@@ -1,0 +1,1 @@
+"""Estimators, training and (later) search, calibration and promotion rules."""

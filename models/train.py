@@ -1,0 +1,208 @@
+"""Fit XGBoost and an L1-logistic baseline on the train split, tuned on the tuning split.
+
+Both models are saved without pickle: XGBoost in its own JSON format, the logistic
+model as JSON coefficients. Predictions for every row go to
+``predictions/<model>.parquet`` in the meds-evaluation prediction schema (plus a
+``split`` column).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import xgboost as xgb
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import MaxAbsScaler
+
+from forewarn.features.featurize import FeatureMatrix
+from forewarn.records import schema
+from forewarn.records.progress import stage
+
+PRIMARY = "xgboost"
+BASELINE = "l1_logistic"
+
+
+class XGBoostConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_estimators: int = Field(600, ge=1)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    max_depth: int = Field(4, ge=1, le=16)
+    min_child_weight: float = Field(2.0, ge=0)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    early_stopping_rounds: int = Field(50, ge=1)
+
+
+class ModelConfig(BaseModel):
+    """Model settings for a study."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    n_jobs: int = Field(0, ge=0, description="threads; 0 means every core")
+    xgboost: XGBoostConfig = XGBoostConfig()
+    l1_c_grid: list[float] = Field(default=[0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
+
+
+@dataclass(frozen=True)
+class TrainedModels:
+    dir: Path
+
+    @property
+    def xgboost_path(self) -> Path:
+        return self.dir / "xgboost.json"
+
+    @property
+    def l1_path(self) -> Path:
+        return self.dir / "l1_logistic.json"
+
+    def predictions_path(self, model: str) -> Path:
+        return self.dir / "predictions" / f"{model}.parquet"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir / "training.json"
+
+
+def _threads(config: ModelConfig) -> int:
+    return config.n_jobs or os.cpu_count() or 1
+
+
+def split_masks(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    split = rows[schema.SPLIT].to_numpy()
+    return {name: split == name for name in schema.SPLITS}
+
+
+def fit_xgboost(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> xgb.XGBClassifier:
+    p = config.xgboost
+    clf = xgb.XGBClassifier(
+        n_estimators=p.n_estimators,
+        learning_rate=p.learning_rate,
+        max_depth=p.max_depth,
+        min_child_weight=p.min_child_weight,
+        subsample=p.subsample,
+        colsample_bytree=p.colsample_bytree,
+        reg_lambda=p.reg_lambda,
+        tree_method="hist",
+        objective="binary:logistic",
+        eval_metric="aucpr",
+        early_stopping_rounds=p.early_stopping_rounds,
+        n_jobs=_threads(config),
+        random_state=config.seed,
+    )
+    clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], verbose=False)
+    return clf
+
+
+@dataclass(frozen=True)
+class L1Logistic:
+    """A fitted L1-regularised logistic regression on max-abs-scaled sparse features."""
+
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    C: float
+
+    def predict_proba(self, X: sp.spmatrix) -> np.ndarray:
+        z = np.asarray(X @ (self.coef / self.scale)).ravel() + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_json(self) -> dict:
+        return {"C": self.C, "intercept": self.intercept, "scale": self.scale.tolist(), "coef": self.coef.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> L1Logistic:
+        return cls(np.asarray(data["scale"]), np.asarray(data["coef"]), float(data["intercept"]), float(data["C"]))
+
+
+def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tuple[L1Logistic, dict[float, float]]:
+    """Choose C on the tuning split by AUROC; the scaler is fitted on train only."""
+    scaler = MaxAbsScaler().fit(X_train)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    Xs_train = X_train @ sp.diags(1.0 / scale)
+    scores, fitted = {}, {}
+    for c in config.l1_c_grid:
+        lr = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=c, max_iter=1000, random_state=config.seed)
+        lr.fit(Xs_train, y_train)
+        model = L1Logistic(scale, lr.coef_.ravel().copy(), float(lr.intercept_[0]), c)
+        p = model.predict_proba(X_tune)
+        scores[c] = float(roc_auc_score(y_tune, p)) if len(np.unique(y_tune)) == 2 else float("nan")
+        fitted[c] = model
+    best = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0), -c))
+    return fitted[best], scores
+
+
+def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig) -> TrainedModels:
+    """Fit both models and write them and their predictions into ``out_dir``."""
+    out = TrainedModels(Path(out_dir))
+    (out.dir / "predictions").mkdir(parents=True, exist_ok=True)
+    X, rows, _ = matrix.load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).astype(np.int8)
+    masks = split_masks(rows)
+    for name in (schema.TRAIN, schema.TUNING):
+        if masks[name].sum() == 0 or len(np.unique(y[masks[name]])) < 2:
+            raise ValueError(
+                f"the {name} split must hold both positive and negative labels to train; it has "
+                f"{int(masks[name].sum())} rows and {int(y[masks[name]].sum())} positives. "
+                "Use more people, a longer horizon or a broader outcome."
+            )
+    tr, tu = masks[schema.TRAIN], masks[schema.TUNING]
+    with stage("train xgboost") as counts:
+        clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config)
+        clf.save_model(out.xgboost_path)
+        counts.update(rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1)
+    with stage("train l1 logistic") as counts:
+        lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config)
+        out.l1_path.write_text(json.dumps(lr.to_json()))
+        counts.update(C=lr.C, nonzero_coefficients=int((lr.coef != 0).sum()))
+    threshold = float(y[tr].mean())
+    probabilities = {PRIMARY: clf.predict_proba(X)[:, 1], BASELINE: lr.predict_proba(X)}
+    for model, prob in probabilities.items():
+        write_predictions(rows, prob, threshold, out.predictions_path(model))
+    summary = {
+        "threshold": threshold,
+        "rows": {name: int(m.sum()) for name, m in masks.items()},
+        "positives": {name: int(y[m].sum()) for name, m in masks.items()},
+        "xgboost": {"best_iteration": int(clf.best_iteration), "params": config.xgboost.model_dump()},
+        "l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
+                        "nonzero_coefficients": int((lr.coef != 0).sum())},
+        "features": int(X.shape[1]),
+    }
+    out.summary_path.write_text(json.dumps(summary, indent=2))
+    return out
+
+
+def write_predictions(rows: pd.DataFrame, prob: np.ndarray, threshold: float, path: Path) -> Path:
+    table = pa.table(
+        {
+            schema.SUBJECT_ID: pa.array(rows[schema.SUBJECT_ID].to_numpy(np.int64)),
+            schema.PREDICTION_TIME: pa.array(rows[schema.PREDICTION_TIME].to_numpy("datetime64[us]")),
+            schema.BOOLEAN_VALUE: pa.array(rows[schema.BOOLEAN_VALUE].to_numpy(bool)),
+            schema.PREDICTED_BOOLEAN_VALUE: pa.array(prob >= threshold),
+            schema.PREDICTED_BOOLEAN_PROBABILITY: pa.array(prob.astype(np.float64)),
+        }
+    )
+    table = schema.align(table, schema.PREDICTION_SCHEMA, what="predictions")
+    table = table.append_column(schema.SPLIT, pa.array(rows[schema.SPLIT].astype(str).to_numpy()))
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_xgboost(path: Path) -> xgb.XGBClassifier:
+    clf = xgb.XGBClassifier()
+    clf.load_model(path)
+    return clf
