@@ -171,7 +171,7 @@ def report_context(
     ]
     xgb_params = training["xgboost"]["params"]
     model_text = (
-        f"XGBoost (hist, {training['xgboost']['best_iteration'] + 1} trees after early stopping on the tuning split's AUPRC; "
+        f"XGBoost (hist, {training['xgboost']['best_iteration'] + 1} trees after early stopping on the tuning split's log-loss; "
         f"learning rate {xgb_params['learning_rate']}, max depth {xgb_params['max_depth']}) is the registered model. "
         f"The baseline is an L1-regularised logistic regression on max-abs-scaled features with C = {training['l1_logistic']['C']} "
         f"chosen on the tuning split ({training['l1_logistic']['nonzero_coefficients']} non-zero coefficients). "

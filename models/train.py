@@ -97,7 +97,7 @@ def fit_xgboost(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> xgb.XG
         reg_lambda=p.reg_lambda,
         tree_method="hist",
         objective="binary:logistic",
-        eval_metric="aucpr",
+        eval_metric="logloss",
         early_stopping_rounds=p.early_stopping_rounds,
         n_jobs=_threads(config),
         random_state=config.seed,

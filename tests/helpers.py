@@ -1,0 +1,40 @@
+"""Small helpers shared by the tests (importable because pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from forewarn.records import schema
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_events(folder: Path, rows: list[tuple], shard: str = "0") -> Path:
+    """Write ``(subject_id, time, code, numeric_value)`` rows as a MEDS shard."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            schema.SUBJECT_ID: pa.array([r[0] for r in rows], pa.int64()),
+            schema.TIME: pa.array([r[1] for r in rows], pa.timestamp("us")),
+            schema.CODE: pa.array([r[2] for r in rows], pa.string()),
+            schema.NUMERIC_VALUE: pa.array([r[3] for r in rows], pa.float32()),
+            schema.TEXT_VALUE: pa.array([None] * len(rows), pa.string()),
+        }
+    )
+    path = folder / f"{shard}.parquet"
+    pq.write_table(schema.align(table, schema.DATA_SCHEMA), path)
+    return path
+
+
+def label_table(rows: list[tuple[int, datetime, bool]]) -> pa.Table:
+    return pa.table(
+        {
+            schema.SUBJECT_ID: pa.array([r[0] for r in rows], pa.int64()),
+            schema.PREDICTION_TIME: pa.array([r[1] for r in rows], pa.timestamp("us")),
+            schema.BOOLEAN_VALUE: pa.array([r[2] for r in rows], pa.bool_()),
+        }
+    )

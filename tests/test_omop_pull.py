@@ -1,0 +1,196 @@
+"""Golden OMOP -> MEDS pull on a tiny DuckDB written here, checked by eye."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+import pytest
+
+from forewarn.records import deid, schema
+from forewarn.records.omop import pull_omop_duckdb
+
+KEY = deid.DeidConfig(b"golden-test-secret-0123456789", max_shift_days=365)
+NOW = datetime(2025, 1, 1)
+
+
+def make_omop(path, *, leak_concept_code: str | None = None):
+    con = duckdb.connect(str(path))
+    con.execute(
+        """
+        CREATE TABLE concept (concept_id INTEGER, concept_name VARCHAR, domain_id VARCHAR, vocabulary_id VARCHAR,
+                              concept_class_id VARCHAR, standard_concept VARCHAR, concept_code VARCHAR);
+        INSERT INTO concept VALUES
+          (8507, 'MALE', 'Gender', 'Gender', 'Gender', 'S', 'M'),
+          (8532, 'FEMALE', 'Gender', 'Gender', 'Gender', 'S', 'F'),
+          (9202, 'Outpatient Visit', 'Visit', 'Visit', 'Visit', 'S', 'OP'),
+          (201826, 'Type 2 diabetes mellitus', 'Condition', 'SNOMED', 'Clinical Finding', 'S', '44054006'),
+          (45576876, 'Type 2 diabetes mellitus without complications', 'Condition', 'ICD10CM', '5-char', NULL, 'E11.9'),
+          (3004410, 'Hemoglobin A1c', 'Measurement', 'LOINC', 'Lab Test', 'S', '4548-4'),
+          (1503297, 'metformin', 'Drug', 'RxNorm', 'Ingredient', 'S', '6809');
+        CREATE TABLE person (person_id BIGINT, gender_concept_id INTEGER, year_of_birth INTEGER, month_of_birth INTEGER,
+                             day_of_birth INTEGER, birth_datetime TIMESTAMP, person_source_value VARCHAR, patient_name VARCHAR);
+        INSERT INTO person VALUES
+          (1, 8532, 1950, 3, 15, '1950-03-15 00:00:00', 'MRN00000001', 'Ada Lovelace'),
+          (2, 8507, 1920, 6, 1, NULL, 'MRN00000002', 'Alan Turing');
+        CREATE TABLE observation_period (observation_period_id BIGINT, person_id BIGINT,
+                                         observation_period_start_date DATE, observation_period_end_date DATE);
+        INSERT INTO observation_period VALUES (10, 1, '2015-01-01', '2020-12-31'), (11, 2, '2015-01-01', '2016-12-31');
+        CREATE TABLE visit_occurrence (visit_occurrence_id BIGINT, person_id BIGINT, visit_concept_id INTEGER,
+                                       visit_start_date DATE, visit_start_datetime TIMESTAMP, visit_source_value VARCHAR);
+        INSERT INTO visit_occurrence VALUES (100, 1, 9202, '2016-05-01', '2016-05-01 09:30:00', 'clinic note: Ada'),
+                                            (101, 2, 9202, '2016-02-01', NULL, NULL);
+        CREATE TABLE condition_occurrence (condition_occurrence_id BIGINT, person_id BIGINT, condition_concept_id INTEGER,
+                                           condition_start_date DATE, condition_start_datetime TIMESTAMP,
+                                           condition_source_value VARCHAR, condition_source_concept_id INTEGER);
+        INSERT INTO condition_occurrence VALUES
+          (200, 1, 201826, '2017-01-01', NULL, 'E11.9', 45576876),
+          (201, 1, 0, '2018-01-01', NULL, 'E11.9', 45576876),
+          (202, 1, 0, '2018-02-01', NULL, 'free text', 0),
+          (203, 2, 201826, NULL, NULL, 'E11.9', 45576876),
+          (204, 1, 999999, '2018-03-01', NULL, 'X', NULL);
+        CREATE TABLE measurement (measurement_id BIGINT, person_id BIGINT, measurement_concept_id INTEGER,
+                                  measurement_date DATE, measurement_datetime TIMESTAMP, value_as_number DOUBLE);
+        INSERT INTO measurement VALUES
+          (300, 1, 3004410, '2016-05-01', '2016-05-01 09:30:00', 6.1),
+          (301, 1, 3004410, '1949-01-01', NULL, 5.0),
+          (302, 2, 3004410, '2017-06-01', NULL, 5.5),
+          (303, 1, 3004410, '2099-01-01', NULL, 5.2);
+        CREATE TABLE drug_exposure (drug_exposure_id BIGINT, person_id BIGINT, drug_concept_id INTEGER,
+                                    drug_exposure_start_date DATE, drug_exposure_start_datetime TIMESTAMP);
+        INSERT INTO drug_exposure VALUES (400, 1, 1503297, '2017-01-02', NULL);
+        CREATE TABLE death (person_id BIGINT, death_date DATE, death_datetime TIMESTAMP);
+        INSERT INTO death VALUES (2, '2016-12-31', NULL);
+        """
+    )
+    if leak_concept_code:
+        con.execute(f"UPDATE concept SET concept_code = '{leak_concept_code}' WHERE concept_id = 201826")
+    con.close()
+    return path
+
+
+@pytest.fixture
+def pulled(tmp_path):
+    db = make_omop(tmp_path / "omop.duckdb")
+    return pull_omop_duckdb(db, tmp_path / "out", site="golden", config=KEY, now=NOW)
+
+
+def _unshift(events: pd.DataFrame) -> pd.DataFrame:
+    ids, shifts = deid.pseudonymize([1, 2], KEY)
+    source = {int(s): p for p, s in zip([1, 2], ids, strict=True)}
+    offset = {int(s): int(d) for s, d in zip(ids, shifts, strict=True)}
+    out = events.copy()
+    out["person"] = out[schema.SUBJECT_ID].map(source)
+    out["time"] = out[schema.TIME] - pd.to_timedelta(out[schema.SUBJECT_ID].map(offset), unit="D")
+    return out
+
+
+def test_golden_events(pulled):
+    events = pd.read_parquet(pulled.events_dir)
+    got = _unshift(events)
+    rows = [
+        (p, None if pd.isna(t) else t.to_pydatetime(), c, None if pd.isna(v) else round(float(v), 3))
+        for p, t, c, v in zip(got["person"], got["time"], got[schema.CODE], got[schema.NUMERIC_VALUE], strict=True)
+    ]
+    d = datetime
+    expected = {
+        (1, None, "Gender//F", None),
+        (1, d(1950, 3, 15), "MEDS_BIRTH", None),
+        (1, d(2015, 1, 1), "MEDS_OBSERVATION_PERIOD//START", None),
+        (1, d(2016, 5, 1, 9, 30), "Visit//OP", None),
+        (1, d(2016, 5, 1, 9, 30), "LOINC//4548-4", 6.1),
+        (1, d(2017, 1, 1), "SNOMED//44054006", None),
+        (1, d(2017, 1, 2), "RxNorm//6809", None),
+        (1, d(2018, 1, 1), "ICD10CM//E11.9", None),  # concept 0 falls back to the source concept
+        (1, d(2018, 3, 1), "OMOP//999999", None),  # unknown concept keeps its id
+        (1, d(2020, 12, 31), "MEDS_OBSERVATION_PERIOD//END", None),
+        (2, None, "Gender//M", None),
+        (2, d(1926, 12, 31), "MEDS_BIRTH", None),  # 96 at last event -> birth moved so the age is 90
+        (2, d(2015, 1, 1), "MEDS_OBSERVATION_PERIOD//START", None),
+        (2, d(2016, 2, 1), "Visit//OP", None),
+        (2, d(2016, 12, 31), "MEDS_OBSERVATION_PERIOD//END", None),
+        (2, d(2016, 12, 31), "MEDS_DEATH", None),
+    }
+    assert set(rows) == expected and len(rows) == len(expected)
+    # Sorted by subject, then time with static rows first.
+    assert list(events[schema.SUBJECT_ID]) == sorted(events[schema.SUBJECT_ID])
+    assert events.groupby(schema.SUBJECT_ID)[schema.TIME].apply(lambda t: t.isna().iloc[0]).all()
+
+
+def test_schema_and_dates_are_shifted(pulled):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(next(pulled.events_dir.glob("*.parquet")))
+    assert table.schema.equals(schema.DATA_SCHEMA)
+    events = pd.read_parquet(pulled.events_dir)
+    assert not set(events[schema.SUBJECT_ID]) & {1, 2}
+    births = events.loc[events[schema.CODE] == "MEDS_BIRTH", schema.TIME]
+    assert pd.Timestamp("1950-03-15") not in set(births)
+
+
+def test_report_reconciles_and_names_reasons(pulled):
+    report = json.loads(pulled.report_path.read_text())
+    counts = {name: (t["read"], t["kept"], t["quarantined"]) for name, t in report["tables"].items()}
+    assert counts == {
+        "person": (2, 2, 0),
+        "observation_period": (2, 2, 0),
+        "visit_occurrence": (2, 2, 0),
+        "condition_occurrence": (5, 3, 2),
+        "drug_exposure": (1, 1, 0),
+        "measurement": (4, 1, 3),
+        "death": (1, 1, 0),
+    }
+    assert report["tables"]["measurement"]["reasons"] == {
+        "date after death": 1, "date before birth": 1, "date in the future": 1,
+    }
+    assert report["tables"]["condition_occurrence"]["reasons"] == {
+        "missing date": 1, "no concept id (concept and source concept are 0 or null)": 1,
+    }
+    assert report["ages_capped_at_90"] == 1
+    assert report["subjects"] == 2 and report["events"] == 16 and report["quarantined"] == 5
+    quarantine = pd.read_parquet(pulled.out_dir / "quarantine" / "events.parquet")
+    assert len(quarantine) == 5 and set(quarantine["reason"]) >= {"missing date", "date in the future"}
+
+
+def test_no_identifier_reaches_any_output_byte(pulled):
+    needles = [b"MRN0000000", b"Lovelace", b"Turing", b"Ada", b"clinic note", b"free text"]
+    for path in pulled.out_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not [n for n in needles if n in data], path
+
+
+def test_codes_metadata_has_descriptions(pulled):
+    codes = pd.read_parquet(pulled.codes_path)
+    described = dict(zip(codes[schema.CODE], codes["description"], strict=True))
+    assert described["LOINC//4548-4"] == "Hemoglobin A1c"
+    assert described["MEDS_BIRTH"] == "Birth"
+    assert pd.isna(described["OMOP//999999"])
+
+
+def test_phi_gate_fails_the_pull_and_publishes_nothing(tmp_path):
+    db = make_omop(tmp_path / "omop.duckdb", leak_concept_code="MRN00000001")
+    with pytest.raises(deid.PHILeakError, match=r"events/0.parquet:code: a value equals an identifier"):
+        pull_omop_duckdb(db, tmp_path / "out", site="golden", config=KEY, now=NOW)
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.partial").exists()
+
+
+def test_missing_table_and_column_errors_name_them(tmp_path):
+    db = tmp_path / "bad.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE person (person_id BIGINT, year_of_birth INTEGER)")
+    con.close()
+    with pytest.raises(ValueError, match=r"OMOP table 'person' must have columns \['gender_concept_id'\]"):
+        pull_omop_duckdb(db, tmp_path / "out", site="s", config=KEY, now=NOW)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pull_omop_duckdb(tmp_path / "nope.duckdb", tmp_path / "out", site="s", config=KEY, now=NOW)
+
+
+def test_rerun_is_identical(tmp_path):
+    db = make_omop(tmp_path / "omop.duckdb")
+    a = pull_omop_duckdb(db, tmp_path / "a", site="golden", config=KEY, now=NOW)
+    b = pull_omop_duckdb(db, tmp_path / "b", site="golden", config=KEY, now=NOW)
+    assert (a.events_dir / "0.parquet").read_bytes() == (b.events_dir / "0.parquet").read_bytes()
