@@ -229,7 +229,8 @@ def label_frame(frame: pd.DataFrame, spec: TaskSpec) -> tuple[pa.Table, dict[str
     order = idx[np.lexsort((rank_key[idx], subjects[idx]))]
     _, first_pos = np.unique(subjects[order], return_index=True)
     within = np.arange(order.size) - np.repeat(first_pos, np.diff(np.r_[first_pos, order.size]))
-    chosen = np.sort(order[within < spec.prediction_times.max_per_subject])
+    chosen = order[within < spec.prediction_times.max_per_subject]
+    chosen = chosen[np.lexsort((t[chosen], subjects[chosen]))]  # output sorted by subject, time
     attrition["sampled_out"] = {"times": int(idx.size - chosen.size), "subjects": 0}
     positive = has_outcome & (outcome >= t + spec.gap_days * DAY_US) & (outcome <= t + spec.horizon_days * DAY_US)
     labels = pa.table(

@@ -1,0 +1,155 @@
+"""Windowed features: a golden case by eye, both window boundaries, and a brute-force
+property test that also shows events after the prediction time never change a feature."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import label_table, write_events
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from forewarn.features.featurize import FeatureConfig, featurize
+from forewarn.records import schema
+
+T = datetime(2020, 12, 31)
+HBA1C = "LOINC//4548-4"
+ALL_AGGS = ["code/count", "value/count", "value/sum", "value/sum_sqd", "value/min", "value/max", "value/mean", "value/last"]
+
+
+def run(tmp_path, rows, labels, config, splits=None):
+    write_events(tmp_path / "events", rows)
+    subjects = sorted({r[0] for r in labels})
+    splits = splits if splits is not None else pd.DataFrame({"subject_id": subjects, "split": "train"})
+    X, r, c = featurize(tmp_path / "events", label_table(labels), splits, tmp_path / "out", config).load()
+    return X.toarray(), r, c
+
+
+def golden_rows():
+    return [
+        (1, None, "Gender//F", None),
+        (1, datetime(1980, 1, 1), "MEDS_BIRTH", None),
+        (1, datetime(2020, 1, 1), HBA1C, 5.0),  # exactly t - 365d: outside the 365d window
+        (1, datetime(2020, 6, 1), HBA1C, 6.0),
+        (1, datetime(2020, 12, 1), HBA1C, 9.0),  # exactly t - 30d: outside 30d, inside 365d
+        (1, T, HBA1C, 7.0),  # exactly t: inside every window
+        (1, T, "Visit//OP", None),
+        (1, datetime(2021, 1, 1), HBA1C, 100.0),  # after t: never seen
+    ]
+
+
+def test_golden_values_and_both_window_boundaries(tmp_path):
+    X, rows, cols = run(tmp_path, golden_rows(), [(1, T, True)], FeatureConfig(min_code_subjects=1))
+    got = dict(zip(cols["name"], X[0], strict=True))
+    assert got["AGE/years/at_prediction/t"] == pytest.approx((T - datetime(1980, 1, 1)).days / 365.25)
+    assert got["Gender//F/static/present/static"] == 1
+    expected = {
+        "30d": {"code/count": 1, "value/mean": 7.0, "value/min": 7.0, "value/max": 7.0, "value/last": 7.0},
+        "365d": {"code/count": 3, "value/mean": 22 / 3, "value/min": 6.0, "value/max": 9.0, "value/last": 7.0},
+        "full": {"code/count": 4, "value/mean": 6.75, "value/min": 5.0, "value/max": 9.0, "value/last": 7.0},
+    }
+    for window, aggs in expected.items():
+        for agg, value in aggs.items():
+            assert got[f"{HBA1C}/{agg}/{window}"] == pytest.approx(value), (agg, window)
+    assert got["Visit//OP/code/count/30d"] == 1
+    assert "Visit//OP/value/mean/30d" not in got  # codes without values get no value columns
+    assert list(rows["subject_id"]) == [1] and rows["split"].tolist() == ["train"]
+
+
+def test_readable_names_from_code_descriptions(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_events(tmp_path / "events", golden_rows())
+    codes = tmp_path / "codes.parquet"
+    pq.write_table(pa.table({"code": [HBA1C], "description": ["Hemoglobin A1c"], "parent_codes": [[]]}), codes)
+    m = featurize(
+        tmp_path / "events", label_table([(1, T, True)]), pd.DataFrame({"subject_id": [1], "split": ["train"]}),
+        tmp_path / "out", FeatureConfig(min_code_subjects=1), codes_path=codes,
+    )
+    names = dict(zip(m.load()[2]["name"], m.load()[2]["description"], strict=True))
+    assert names[f"{HBA1C}/value/last/365d"] == "Hemoglobin A1c (LOINC 4548-4), last value, 365 days"
+    assert names[f"{HBA1C}/code/count/full"] == "Hemoglobin A1c (LOINC 4548-4), count, all history"
+    assert names["AGE/years/at_prediction/t"] == "Age in years at prediction time"
+
+
+def test_vocabulary_comes_from_the_train_split_only(tmp_path):
+    rows = [(1, T, "A//train-only", 1.0), (2, T, "B//held-out-only", 1.0), (1, T, "C//both", None), (2, T, "C//both", None)]
+    splits = pd.DataFrame({"subject_id": [1, 2], "split": ["train", "held_out"]})
+    X, _, cols = run(tmp_path, rows, [(1, T, True), (2, T, False)], FeatureConfig(min_code_subjects=1), splits)
+    codes = set(cols["code"])
+    assert "A//train-only" in codes and "C//both" in codes and "B//held-out-only" not in codes
+
+
+@pytest.mark.parametrize("bad", [{"windows": ["7"]}, {"windows": ["0d"]}, {"aggs": ["value/median"]}, {"window": ["7d"]}])
+def test_feature_config_errors(bad):
+    with pytest.raises(ValueError):
+        FeatureConfig(**bad)
+
+
+def brute_force(events, t, code, window_days, agg):
+    """The definition, written the slow way: t - w < e <= t."""
+    lo = None if window_days is None else t - timedelta(days=window_days)
+    inside = [(e, v) for (e, c, v) in events if c == code and e <= t and (lo is None or e > lo)]
+    values = [v for _, v in sorted(inside, key=lambda x: x[0]) if v is not None]
+    if agg == "code/count":
+        return len(inside) or None
+    if not values:
+        return None
+    return {
+        "value/count": len(values), "value/sum": sum(values), "value/sum_sqd": sum(v * v for v in values),
+        "value/min": min(values), "value/max": max(values), "value/mean": sum(values) / len(values),
+        "value/last": values[-1],
+    }[agg]
+
+
+event = st.tuples(
+    st.integers(-400, 400).map(lambda d: T + timedelta(days=d)),
+    st.sampled_from(["X//1", "X//2"]),
+    st.one_of(st.none(), st.integers(-50, 50).map(float)),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(event, min_size=1, max_size=25), offsets=st.lists(st.integers(-100, 100), min_size=1, max_size=3, unique=True))
+def test_matches_the_definition_and_never_sees_the_future(tmp_path_factory, events, offsets):
+    # Distinct event times keep "last value" well defined.
+    seen, unique_events = set(), []
+    for e in events:
+        if (e[0], e[1]) not in seen:
+            seen.add((e[0], e[1]))
+            unique_events.append(e)
+    times = [T + timedelta(days=o) for o in offsets]
+    config = FeatureConfig(windows=["1d", "30d", "365d", "full"], aggs=ALL_AGGS, min_code_subjects=1)
+    base = [(1, None, "Gender//M", None), (1, datetime(1970, 1, 1), "MEDS_BIRTH", None), (1, datetime(1990, 1, 1), "X//1", 1.0), (1, datetime(1990, 1, 1), "X//2", 2.0)]
+    rows = base + [(1, e, c, v) for e, c, v in unique_events]
+    labels = [(1, t, False) for t in times]
+    tmp = tmp_path_factory.mktemp("prop")
+    X, rows_out, cols = run(tmp, rows, labels, config)
+    all_events = [(datetime(1990, 1, 1), "X//1", 1.0), (datetime(1990, 1, 1), "X//2", 2.0), *unique_events]
+    for i, t in enumerate(rows_out["prediction_time"].dt.to_pydatetime()):
+        for j, (code, agg, window) in enumerate(zip(cols["code"], cols["agg"], cols["window"], strict=True)):
+            if not code.startswith("X//"):
+                continue
+            expected = brute_force(all_events, t, code, None if window == "full" else int(window[:-1]), agg)
+            assert X[i, j] == pytest.approx(0.0 if expected is None else expected, rel=1e-5, abs=1e-4), (t, code, agg, window)
+    # Planting events after every prediction time (outcome codes included) changes nothing.
+    last_t = max(times)
+    future = [(1, last_t + timedelta(days=d), c, 99.0) for d in (1, 30) for c in ("X//1", "X//2", "SNOMED//44054006")]
+    X2, _, cols2 = run(tmp_path_factory.mktemp("prop"), rows + future, labels, config)
+    shared = [n for n in cols["name"] if n in set(cols2["name"])]
+    a = pd.DataFrame(X, columns=cols["name"])[shared]
+    b = pd.DataFrame(X2, columns=cols2["name"])[shared]
+    assert np.array_equal(a.to_numpy(), b.to_numpy())
+    assert set(cols2["name"]) - set(cols["name"]) <= {n for n in cols2["name"] if n.startswith("SNOMED//")}
+    assert not pd.DataFrame(X2, columns=cols2["name"]).filter(like="SNOMED//").to_numpy().any()
+
+
+def test_labels_without_events_get_rows(tmp_path):
+    rows = [(1, T, "X//1", 1.0)]
+    labels = [(1, T, True), (7, T, False)]
+    X, r, _ = run(tmp_path, rows, labels, FeatureConfig(min_code_subjects=1), pd.DataFrame({"subject_id": [1, 7], "split": ["train", "train"]}))
+    assert list(r[schema.SUBJECT_ID]) == [1, 7] and X.shape[0] == 2 and not X[1].any()

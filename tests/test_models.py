@@ -1,0 +1,83 @@
+"""Training writes both models without pickle, and predictions in the meds-evaluation schema."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+from sklearn.metrics import roc_auc_score
+
+from forewarn.features.featurize import FeatureMatrix
+from forewarn.models.train import L1Logistic, ModelConfig, load_xgboost, train_models
+from forewarn.records import schema
+
+
+def synthetic_matrix(tmp_path, n=900, seed=0, tuning_positives=True) -> FeatureMatrix:
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, 30, density=0.2, format="csr", random_state=seed, dtype=np.float32)
+    signal = np.asarray(X[:, 0].todense()).ravel() + np.asarray(X[:, 1].todense()).ravel()
+    y = signal + rng.normal(0, 0.25, n) > 0.6
+    split = np.array(["train", "tuning", "held_out"])[rng.choice(3, n, p=[0.6, 0.2, 0.2])]
+    if not tuning_positives:
+        y[split == "tuning"] = False
+    rows = pd.DataFrame(
+        {
+            schema.SUBJECT_ID: np.arange(n),
+            schema.PREDICTION_TIME: pd.Timestamp(datetime(2020, 1, 1)),
+            schema.BOOLEAN_VALUE: y,
+            schema.SPLIT: split,
+        }
+    )
+    cols = pd.DataFrame({"name": [f"X//{i}/code/count/full" for i in range(30)]})
+    (tmp_path / "m").mkdir()
+    sp.save_npz(tmp_path / "m" / "X.npz", X)
+    rows.to_parquet(tmp_path / "m" / "rows.parquet")
+    cols.to_parquet(tmp_path / "m" / "columns.parquet")
+    return FeatureMatrix(tmp_path / "m")
+
+
+def test_train_models(tmp_path):
+    matrix = synthetic_matrix(tmp_path)
+    config = ModelConfig(n_jobs=1)
+    trained = train_models(matrix, tmp_path / "models", config)
+    json.loads(trained.xgboost_path.read_text())  # XGBoost's own JSON format, not a pickle
+    l1 = L1Logistic.from_json(json.loads(trained.l1_path.read_text()))
+    X, rows, _ = matrix.load()
+    held = rows[schema.SPLIT] == "held_out"
+    for model in ("xgboost", "l1_logistic"):
+        table = pq.read_table(trained.predictions_path(model))
+        assert table.schema.names == [*schema.PREDICTION_SCHEMA.names, "split"]
+        pred = table.to_pandas()
+        assert len(pred) == len(rows)
+        assert roc_auc_score(pred.loc[held, schema.BOOLEAN_VALUE], pred.loc[held, schema.PREDICTED_BOOLEAN_PROBABILITY]) > 0.8
+    np.testing.assert_allclose(
+        pq.read_table(trained.predictions_path("l1_logistic")).column(schema.PREDICTED_BOOLEAN_PROBABILITY).to_numpy(),
+        l1.predict_proba(X),
+    )
+    clf = load_xgboost(trained.xgboost_path)
+    np.testing.assert_allclose(
+        clf.predict_proba(X)[:, 1],
+        pq.read_table(trained.predictions_path("xgboost")).column(schema.PREDICTED_BOOLEAN_PROBABILITY).to_numpy(),
+        rtol=1e-6,
+    )
+    summary = json.loads(trained.summary_path.read_text())
+    assert summary["rows"] == {s: int((rows[schema.SPLIT] == s).sum()) for s in schema.SPLITS}
+    assert summary["l1_logistic"]["C"] in config.l1_c_grid
+
+
+def test_training_is_reproducible(tmp_path):
+    matrix = synthetic_matrix(tmp_path)
+    a = train_models(matrix, tmp_path / "a", ModelConfig(n_jobs=1))
+    b = train_models(matrix, tmp_path / "b", ModelConfig(n_jobs=1))
+    assert a.xgboost_path.read_bytes() == b.xgboost_path.read_bytes()
+
+
+def test_tuning_split_without_positives_is_a_clear_error(tmp_path):
+    matrix = synthetic_matrix(tmp_path, tuning_positives=False)
+    with pytest.raises(ValueError, match=r"the tuning split must hold both positive and negative labels to train; it has \d+ rows and 0 positives"):
+        train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
