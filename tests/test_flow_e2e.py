@@ -1,0 +1,238 @@
+"""The nightly flow end to end under a real Prefect engine and a real MLflow store.
+
+One module-scoped run of the flow on a small two-site demo network (run twice, to see
+the registry keep its champion), then checks on what MLflow, the registry, the UI and
+the report hold, and that no identifier from the source reaches any output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory, demo_network):
+    home = tmp_path_factory.mktemp("prefect-home")
+    work = tmp_path_factory.mktemp("work")
+    saved_env = {k: os.environ.get(k) for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    cwd = Path.cwd()
+    os.chdir(work)  # the default store is <cwd>/mlruns
+    try:
+        from prefect.testing.utilities import prefect_test_harness
+
+        from forewarn.flows.nightly import nightly
+        from forewarn.flows.study import parse_study
+
+        study = parse_study(
+            {
+                "name": "e2e",
+                "demo": True,
+                "task": "t2d_2y",
+                "sites": [{"name": n, "source": {"path": str(p)}} for n, p in demo_network.items()],
+                "evaluation": {"bootstrap": 50, "shap_rows": 300},
+                "models": {"n_jobs": 2},
+            },
+            base_dir=work,
+        )
+        with prefect_test_harness(server_startup_timeout=180):
+            first = nightly(study)
+            second = nightly(study)
+        yield {"work": work, "study": study, "first": first, "second": second}
+    finally:
+        os.chdir(cwd)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def client(flow_run):
+    import mlflow
+
+    uri = f"sqlite:///{flow_run['work'] / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def test_default_store_is_mlruns_under_the_working_directory(flow_run):
+    mlruns = flow_run["work"] / "mlruns"
+    assert (mlruns / "mlflow.db").is_file()
+    assert any((mlruns / "artifacts").rglob("report.html"))
+
+
+def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4
+    assert sorted(r.data.tags["forewarn.site"] for r in runs) == ["academic", "academic", "community", "community"]
+    names = {frozenset(r.data.metrics) for r in runs}
+    assert len(names) == 1
+    metrics = runs[0].data.metrics
+    for key in ("held_out/auroc", "held_out/auprc", "held_out/brier", "held_out/l1_logistic/auroc", "held_out/auroc_ci_low"):
+        assert key in metrics
+    for r in runs:
+        m = r.data.metrics
+        assert 0.6 < m["held_out/auroc"] <= 1.0
+        assert m["held_out/auroc_ci_low"] <= m["held_out/auroc"] <= m["held_out/auroc_ci_high"]
+        assert 0 < m["held_out/auprc"] <= 1 and 0 < m["held_out/brier"] < 0.25
+        tags = r.data.tags
+        assert tags["forewarn.validation_design"] == "internal" and tags["forewarn.task"] == "t2d_2y"
+        assert len(tags["forewarn.data_digest"]) == 16 and len(tags["forewarn.task_digest"]) == 16
+        assert "AUROC" in tags["mlflow.note.content"]
+    # Same data twice: the same digest and the same metrics.
+    by_site = {}
+    for r in runs:
+        by_site.setdefault(r.data.tags["forewarn.site"], []).append(r)
+    for site_runs in by_site.values():
+        assert site_runs[0].data.tags["forewarn.data_digest"] == site_runs[1].data.tags["forewarn.data_digest"]
+        assert site_runs[0].data.metrics["held_out/auroc"] == site_runs[1].data.metrics["held_out/auroc"]
+
+
+def test_artifacts_present(flow_run, client):
+    run_id = flow_run["first"][0].run_id
+    listed = {a.path for a in client.list_artifacts(run_id)}
+    assert {"report.html", "metrics.json", "figures", "shap", "data", "config"} <= listed
+    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert figures == {f"figures/{n}.png" for n in ("roc_pr", "calibration", "shap_bar", "shap_beeswarm")}
+    summary = json.loads(Path(client.download_artifacts(run_id, "data/pull_summary.json")).read_text())
+    assert summary["site"] == flow_run["first"][0].site and summary["subjects"] >= 11
+
+
+def test_registry_aliases_keep_the_first_champion(flow_run, client):
+    for first, second in zip(flow_run["first"], flow_run["second"], strict=True):
+        assert first.model_name == f"forewarn-t2d_2y-{first.site}"
+        assert (first.version, set(first.aliases)) == ("1", {"challenger", "champion"})
+        assert (second.version, set(second.aliases)) == ("2", {"challenger"})
+        assert str(client.get_model_version_by_alias(first.model_name, "champion").version) == "1"
+        assert str(client.get_model_version_by_alias(first.model_name, "challenger").version) == "2"
+        assert "champion stays version 1" in second.decision
+
+
+def test_champion_loads_by_alias_in_xgboost_format(flow_run):
+    import mlflow
+    import numpy as np
+    import scipy.sparse as sp
+
+    result = flow_run["first"][0]
+    model = mlflow.xgboost.load_model(f"models:/{result.model_name}@champion")
+    X = sp.load_npz(flow_run["study"].sites[0].workdir / "features" / "t2d_2y" / "X.npz").tocsr()
+    p = model.predict_proba(X[:20])[:, 1]
+    assert p.shape == (20,) and ((p > 0) & (p < 1)).all()
+    assert np.isfinite(p).all()
+
+
+def test_report_has_every_section_and_the_run_numbers(flow_run, client):
+    result = flow_run["second"][0]  # the site's report.html is the latest run's; MLflow keeps each run's
+    html = result.report_path.read_text()
+    for section in ("summary", "data", "participants", "outcome", "predictors", "model", "performance", "calibration", "explanations", "limitations"):
+        assert f'id="{section}"' in html
+    auroc = f"{result.metrics['held_out/auroc']:.3f}"
+    assert auroc in html
+    assert html.count("data:image/png;base64,") == 4
+    assert "Hemoglobin A1c" in html or "Fasting glucose" in html  # readable feature names
+    assert result.decision in html
+
+
+def _source_identifiers(db: Path) -> set[str]:
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT person_source_value, patient_name FROM person").fetchall()
+    con.close()
+    return {str(v) for row in rows for v in row if v}
+
+
+def _strings(path: Path):
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        for col in table.columns:
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                yield from (v for v in col.to_pylist() if v)
+    elif path.suffix == ".db":
+        con = sqlite3.connect(path)
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for row in con.execute(f'SELECT * FROM "{table}"'):
+                yield from (v for v in row if isinstance(v, str))
+        con.close()
+    elif path.suffix in (".json", ".html", ".yaml", ".txt", ".MLmodel", "") or path.name == "MLmodel":
+        yield path.read_text(errors="replace")
+
+
+def test_no_identifier_reaches_any_output(flow_run, demo_network):
+    identifiers = set().union(*(_source_identifiers(p) for p in demo_network.values()))
+    mrns = {i for i in identifiers if i.startswith("MRN")}
+    names = identifiers - mrns
+    assert len(mrns) > 1000 and len(names) > 100
+    checked = 0
+    roots = [flow_run["work"] / "mlruns", *(s.workdir for s in flow_run["study"].sites)]
+    for root in roots:
+        for path in root.rglob("*"):
+            if not path.is_file():
+                continue
+            for text in _strings(path):
+                tokens = re.findall(r"[A-Za-z0-9]+", text)
+                assert not mrns & set(tokens), path
+                assert not names & {f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)}, path
+                checked += 1
+    assert checked > 100
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_forewarn_ui_serves_both_sites_runs(flow_run):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forewarn.flows.cli", "ui", "--port", str(port)],
+        cwd=flow_run["work"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        req = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=forewarn/t2d_2y"
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            exp_id = json.load(r)["experiment"]["experiment_id"]
+        body = json.dumps({"experiment_ids": [exp_id], "max_results": 10}).encode()
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            runs = json.load(r)["runs"]
+        sites = sorted(t["value"] for run in runs for t in run["data"]["tags"] if t["key"] == "forewarn.site")
+        assert sites == ["academic", "academic", "community", "community"]
+        with urllib.request.urlopen(f"{base}/", timeout=10) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

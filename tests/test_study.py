@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from forewarn.flows.study import load_study, parse_study
+
+BASE = {"name": "north", "task": "t2d_2y", "sites": [{"name": "a", "source": {"path": "a/omop.duckdb"}}]}
+
+
+def test_relative_paths_resolve_against_the_study_folder(tmp_path):
+    study = parse_study(BASE, base_dir=tmp_path)
+    site = study.sites[0]
+    assert site.source.path == tmp_path.resolve() / "a/omop.duckdb"
+    assert site.workdir == tmp_path.resolve() / "sites/a/work"
+    assert study.schedule.cron == "0 2 * * *" and study.demo is False
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (BASE | {"sheduel": {}}, r"sheduel: unknown key; allowed keys here are \['demo', 'evaluation', 'features'"),
+        (BASE | {"features": {"windowz": ["1d"]}}, r"features.windowz: unknown key; allowed keys here are \['aggs', 'min_code_subjects', 'windows'\]"),
+        (BASE | {"sites": [{"name": "a", "source": {"path": "x", "fromat": "omop"}}]}, r"sites.0.source.fromat: unknown key; allowed keys here are \['format', 'path'\]"),
+        (BASE | {"sites": BASE["sites"] * 2}, r"site names must be unique; \['a'\]"),
+        (BASE | {"schedule": {"cron": "0 2 * *"}}, "cron must have 5 fields"),
+        (BASE | {"sites": []}, "sites: List should have at least 1 item"),
+    ],
+)
+def test_invalid_studies_name_the_key_and_the_fix(tmp_path, data, message):
+    with pytest.raises(ValueError, match=message):
+        parse_study(data, base_dir=tmp_path)
+
+
+def test_load_study_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_study(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        load_study(bad)
