@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from forewarn.flows.cli import app, build_deployment
+from forewarn.flows.study import parse_study
+
+runner = CliRunner()
+
+
+def test_help_lists_the_subcommands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "run", "serve", "ui"):
+        assert command in result.output
+
+
+def test_run_with_a_missing_study_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "does not exist; pass the path of a study YAML" in result.output
+
+
+def test_run_with_a_misspelt_key_names_it(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text("name: x\ntask: t2d_2y\nsites: [{name: a, source: {path: a.duckdb}}]\nshedule: {cron: '0 2 * * *'}\n")
+    result = runner.invoke(app, ["run", str(study)])
+    assert result.exit_code == 2
+    assert "shedule: unknown key; allowed keys here are" in result.output
+
+
+def test_run_with_a_missing_source_names_the_site(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text("name: x\ntask: t2d_2y\nsites: [{name: north, source: {path: north.duckdb}}]\n")
+    result = runner.invoke(app, ["run", str(study)])
+    assert result.exit_code == 2
+    assert "source databases do not exist" in result.output and "north:" in result.output
+
+
+@pytest.mark.parametrize(("cron", "tz"), [("0 2 * * *", "UTC"), ("30 1 * * 1-5", "Europe/Berlin")])
+def test_serve_builds_a_cron_deployment_with_the_study_as_parameter(tmp_path, cron, tz):
+    study = parse_study(
+        {"name": "x", "task": "t2d_2y", "sites": [{"name": "a", "source": {"path": "a.duckdb"}}], "schedule": {"cron": cron, "timezone": tz}},
+        base_dir=tmp_path,
+    )
+    deployment = build_deployment(study)
+    assert deployment.name == "x-nightly"
+    (schedule,) = deployment.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == (cron, tz)
+    assert deployment.parameters["study"]["sites"][0]["name"] == "a"
