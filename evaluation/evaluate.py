@@ -103,8 +103,21 @@ def evaluate_and_explain(
         for name, png in figures.items():
             out.figure(name).write_bytes(png)
     record["top_features"] = importance.head(20)[["name", "description", "mean_abs_shap"]].to_dict(orient="records")
-    out.metrics_path.write_text(json.dumps(record, indent=2))
+    out.metrics_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     return out
+
+
+def json_safe(value):
+    """NaN and infinities become null, so the file is strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _short(text: str, limit: int = 70) -> str:

@@ -88,7 +88,8 @@ def calibration_curve(y: np.ndarray, p: np.ndarray, *, bins: int = 10) -> pd.Dat
                 "observed": float(y[m].mean()) if n and ok else None,
             }
         )
-    return pd.DataFrame(records)
+    # object dtype keeps suppressed cells as None (JSON null), not NaN.
+    return pd.DataFrame(records, dtype=object)
 
 
 def evaluate(

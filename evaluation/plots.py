@@ -43,7 +43,7 @@ def calibration(curves: dict[str, pd.DataFrame]) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 4.2))
     top = 0.0
     for name, frame in curves.items():
-        shown = frame.dropna(subset=["mean_predicted", "observed"])
+        shown = frame.dropna(subset=["mean_predicted", "observed"]).astype({"mean_predicted": float, "observed": float})
         ax.plot(shown["mean_predicted"], shown["observed"], marker="o", label=name)
         if len(shown):
             top = max(top, float(shown[["mean_predicted", "observed"]].to_numpy().max()))

@@ -114,7 +114,12 @@ def test_artifacts_present(flow_run, client):
     assert {"report.html", "metrics.json", "figures", "shap", "data", "config"} <= listed
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert figures == {f"figures/{n}.png" for n in ("roc_pr", "calibration", "shap_bar", "shap_beeswarm")}
-    summary = json.loads(Path(client.download_artifacts(run_id, "data/pull_summary.json")).read_text())
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+    metrics = strict(Path(client.download_artifacts(run_id, "metrics.json")).read_text())
+    assert set(metrics["held_out"]) == {"xgboost", "l1_logistic"} and len(metrics["calibration"]["xgboost"]) == 10
+    summary = strict(Path(client.download_artifacts(run_id, "data/pull_summary.json")).read_text())
     assert summary["site"] == flow_run["first"][0].site and summary["subjects"] >= 11
 
 

@@ -50,7 +50,8 @@ def test_calibration_curve_and_small_cell_suppression():
     assert list(curve["events"]) == [0] * 5 + [22] * 5
     assert curve["mean_predicted"].iloc[0] == pytest.approx(p[:22].mean())
     small = metrics.calibration_curve(y[:100], p[:100], bins=10)
-    assert small["n"].isna().all() and small["observed"].isna().all()
+    assert list(small["n"]) == [None] * 10 and list(small["observed"]) == [None] * 10
+    assert list(curve["events"])[0] == 0 and isinstance(list(curve["events"])[0], int)
 
 
 def test_evaluate_record_suppresses_small_counts():
