@@ -1,393 +1,365 @@
-"""Pull OMOP CDM v5.4 tables from a DuckDB file into de-identified MEDS events.
+"""OMOP CDM v5.4 into de-identified MEDS events, from DuckDB, any SQLAlchemy database,
+or a folder of Parquet/CSV tables.
 
-One SQL pass maps each clinical table to ``(person, time, code, value)`` rows:
-concept ids become ``VOCABULARY//CODE`` through the ``concept`` table
-(``OMOP//<concept_id>`` when a concept is missing there; a zero concept falls back
-to the row's source concept). Rows that cannot be placed in time (no date, before
-birth, after death, in the future) or have no concept at all go to ``quarantine/``
-with a reason, and the pull report reconciles ``read = kept + quarantined`` per table.
-
-Only allow-listed columns are ever selected: person_source_value (the MRN), names,
-``*_source_value`` free text and exact birth dates never leave the database. Person
-ids become keyed-hash pseudonyms and every time moves by the subject's offset
-(``records.deid``) before anything is written; the PHI scan gate then reads back
-every string the pull wrote.
+The source is exposed to a working DuckDB database as schema ``src`` (DuckDB:
+attached read-only; folder: views over the files; SQLAlchemy: the allow-listed
+columns streamed in chunks), then one SQL pass maps each table to events: concept ids
+become ``VOCABULARY//CODE`` through ``concept`` (``OMOP//<concept_id>`` when the
+concept table lacks it; a zero concept falls back to the row's source concept).
+Only allow-listed columns are ever selected: ``person_source_value`` (the MRN),
+names and ``*_source_value`` text never reach the working tables. The rest — checks,
+quarantine, pseudonyms, date shifts, the PHI gate — is ``records.pull``.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from forewarn.records import deid, schema
 from forewarn.records.progress import stage
-
-# (table, person column, time expression, concept expression, value expression)
-# Only these columns are read: the allow-list.
-CLINICAL_TABLES: dict[str, tuple[str, str, str]] = {
-    "visit_occurrence": (
-        "COALESCE(visit_start_datetime, CAST(visit_start_date AS TIMESTAMP))",
-        "visit_concept_id",
-        "NULL",
-    ),
-    "condition_occurrence": (
-        "COALESCE(condition_start_datetime, CAST(condition_start_date AS TIMESTAMP))",
-        "COALESCE(NULLIF(condition_concept_id, 0), NULLIF(condition_source_concept_id, 0))",
-        "NULL",
-    ),
-    "drug_exposure": (
-        "COALESCE(drug_exposure_start_datetime, CAST(drug_exposure_start_date AS TIMESTAMP))",
-        "COALESCE(NULLIF(drug_concept_id, 0), NULLIF(drug_source_concept_id, 0))",
-        "NULL",
-    ),
-    "procedure_occurrence": (
-        "COALESCE(procedure_datetime, CAST(procedure_date AS TIMESTAMP))",
-        "COALESCE(NULLIF(procedure_concept_id, 0), NULLIF(procedure_source_concept_id, 0))",
-        "NULL",
-    ),
-    "measurement": (
-        "COALESCE(measurement_datetime, CAST(measurement_date AS TIMESTAMP))",
-        "COALESCE(NULLIF(measurement_concept_id, 0), NULLIF(measurement_source_concept_id, 0))",
-        "value_as_number",
-    ),
-}
-OPTIONAL_COLUMNS = (
-    "drug_source_concept_id",
-    "procedure_source_concept_id",
-    "measurement_source_concept_id",
-    "condition_source_concept_id",
-)
-OBSERVATION_START = schema.OBSERVATION_START
-OBSERVATION_END = schema.OBSERVATION_END
-RESERVED_DESCRIPTIONS = {
-    schema.BIRTH_CODE: "Birth",
-    schema.DEATH_CODE: "Death",
-    OBSERVATION_START: "Start of an observation period",
-    OBSERVATION_END: "End of an observation period",
-}
+from forewarn.records.pull import PullContext, PullResult, finish_pull, open_context
 
 
 @dataclass(frozen=True)
-class PullResult:
-    """Where a pull wrote its output, and its headline counts."""
+class Clinical:
+    """How one OMOP clinical table maps to events."""
 
-    site: str
-    out_dir: Path
-    events_dir: Path
-    codes_path: Path
-    report_path: Path
-    subjects: int
-    events: int
-    quarantined: int
+    datetime_col: str
+    date_col: str
+    concept_cols: tuple[str, ...]  # the first non-zero wins (standard, then source concept)
+    key: str
+    value_col: str | None = None
+    unit_col: str | None = None
 
 
-def pull_omop_duckdb(
-    db_path: Path,
-    out_dir: Path,
-    *,
-    site: str,
-    config: deid.DeidConfig,
-    shard_subjects: int = 100_000,
-    now: datetime | None = None,
-) -> PullResult:
-    """Pull one site's OMOP DuckDB file into ``out_dir`` (events, codes, report, quarantine)."""
-    db_path = Path(db_path)
-    if not db_path.is_file():
-        raise FileNotFoundError(
-            f"OMOP DuckDB file {str(db_path)!r} does not exist; pass the path of the site's database."
-        )
-    out_dir = Path(out_dir)
-    now = now or datetime.now()
-    with stage(f"pull {site}") as counts:
-        con = duckdb.connect(str(db_path), read_only=True)
-        try:
-            result = _pull(con, db_path, out_dir, site, config, shard_subjects, now)
-        finally:
-            con.close()
-        counts.update(subjects=result.subjects, events=result.events, quarantined=result.quarantined)
-    return result
-
-
-def _require(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], db_path: Path) -> None:
-    present = {
-        r[0]
-        for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
-        ).fetchall()
-    }
-    if not present:
-        raise ValueError(
-            f"{db_path}: OMOP table {table!r} is missing; an OMOP CDM v5.4 source must have it."
-        )
-    missing = [c for c in columns if c not in present]
-    if missing:
-        raise ValueError(
-            f"{db_path}: OMOP table {table!r} must have columns {missing}; they are missing. "
-            "Check the CDM version (v5.4 expected) or add the columns (they may be null)."
-        )
-
-
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    return {
-        r[0]
-        for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
-        ).fetchall()
-    }
-
-
-def _pull(con, db_path, out_dir, site, config, shard_subjects, now) -> PullResult:
-    _require(con, "person", ["person_id", "gender_concept_id", "year_of_birth"], db_path)
-    _require(con, "concept", ["concept_id", "vocabulary_id", "concept_code", "concept_name"], db_path)
-    present_tables = {
-        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-    }
-    mem = duckdb.connect()  # working database; the source stays read-only
-    mem.sql(f"ATTACH '{db_path}' AS src (READ_ONLY)")
-    mem.execute(
-        "CREATE TEMP TABLE code_map AS SELECT concept_id, vocabulary_id || '//' || concept_code AS code, "
-        "concept_name AS description FROM src.concept"
-    )
-    # Persons: birth from birth_datetime or year/month/day; never the source value.
-    person_cols = _columns(con, "person")
-    month = "COALESCE(month_of_birth, 7)" if "month_of_birth" in person_cols else "7"
-    day = "COALESCE(day_of_birth, 1)" if "day_of_birth" in person_cols else "1"
-    birth = f"make_timestamp(year_of_birth, {month}, {day}, 0, 0, 0)"
-    if "birth_datetime" in person_cols:
-        birth = f"COALESCE(birth_datetime, {birth})"
-    mem.execute(
-        f"CREATE TEMP TABLE persons AS SELECT person_id, gender_concept_id, {birth} AS birth FROM src.person"
-    )
-    person_ids = [r[0] for r in mem.execute("SELECT person_id FROM persons ORDER BY person_id").fetchall()]
-    subject_ids, shifts = deid.pseudonymize(person_ids, config)
-    mem.register(
-        "pseudo_arrow",
-        pa.table({"person_id": pa.array(person_ids, pa.int64()), "subject_id": subject_ids, "shift_days": shifts}),
-    )
-    mem.execute("CREATE TEMP TABLE pseudo AS SELECT * FROM pseudo_arrow")
-    mem.unregister("pseudo_arrow")
-    deaths = "death" in present_tables
-    if deaths:
-        mem.execute(
-            "CREATE TEMP TABLE deaths AS SELECT person_id, min(COALESCE(death_datetime, CAST(death_date AS TIMESTAMP))) AS death "
-            "FROM src.death GROUP BY person_id"
-        )
-    else:
-        mem.execute("CREATE TEMP TABLE deaths (person_id BIGINT, death TIMESTAMP)")
-
-    # Raw events with the source table they came from.
-    selects = [
-        "SELECT person_id, CAST(NULL AS TIMESTAMP) AS time, gender_concept_id AS concept_id, "
-        "CAST(NULL AS VARCHAR) AS fixed_code, CAST(NULL AS DOUBLE) AS value, 'person' AS src_table, "
-        "CAST(person_id AS VARCHAR) AS src_row FROM persons",
-        f"SELECT person_id, birth, NULL, '{schema.BIRTH_CODE}', NULL, 'person', CAST(person_id AS VARCHAR) FROM persons",
-    ]
-    read_tables = ["person"]
-    if "observation_period" in present_tables:
-        read_tables.append("observation_period")
-        for col, code in (("observation_period_start_date", OBSERVATION_START), ("observation_period_end_date", OBSERVATION_END)):
-            selects.append(
-                f"SELECT person_id, CAST({col} AS TIMESTAMP), NULL, '{code}', NULL, 'observation_period', "
-                "person_id || ':' || CAST(observation_period_start_date AS VARCHAR) FROM src.observation_period"
-            )
-    for table, (time_expr, concept_expr, value_expr) in CLINICAL_TABLES.items():
-        if table not in present_tables:
-            continue
-        cols = _columns(con, table)
-        for optional in OPTIONAL_COLUMNS:
-            if optional.split("_")[0] == table.split("_")[0] and optional not in cols:
-                concept_expr = concept_expr.replace(f", NULLIF({optional}, 0)", "")
-        read_tables.append(table)
-        selects.append(
-            f"SELECT person_id, {time_expr}, {concept_expr}, NULL, CAST({value_expr} AS DOUBLE), '{table}', NULL FROM src.{table}"
-        )
-    if deaths:
-        read_tables.append("death")
-        selects.append(
-            f"SELECT person_id, COALESCE(death_datetime, CAST(death_date AS TIMESTAMP)), NULL, '{schema.DEATH_CODE}', "
-            "NULL, 'death', NULL FROM src.death"
-        )
-    mem.execute("CREATE TEMP TABLE raw AS " + " UNION ALL ".join(selects))
-
-    now_lit = now.strftime("%Y-%m-%d %H:%M:%S")
-    mem.execute(
-        f"""
-        CREATE TEMP TABLE checked AS
-        SELECT r.src_table, COALESCE(r.src_row, CAST(row_number() OVER () AS VARCHAR)) AS src_row, p.subject_id, p.shift_days, r.time, r.value,
-               COALESCE(r.fixed_code, m.code, 'OMOP//' || CAST(r.concept_id AS VARCHAR)) AS code,
-               CASE
-                 WHEN p.subject_id IS NULL THEN 'person_id not in the person table'
-                 WHEN r.fixed_code IS NULL AND r.concept_id IS NULL THEN 'no concept id (concept and source concept are 0 or null)'
-                 WHEN r.time IS NULL AND r.src_table <> 'person' THEN 'missing date'
-                 WHEN r.time IS NULL AND r.fixed_code = '{schema.BIRTH_CODE}' THEN 'missing birth date'
-                 WHEN r.time > TIMESTAMP '{now_lit}' THEN 'date in the future'
-                 WHEN r.time IS NOT NULL AND CAST(r.time AS DATE) < CAST(ps.birth AS DATE) THEN 'date before birth'
-                 WHEN r.time IS NOT NULL AND d.death IS NOT NULL AND CAST(r.time AS DATE) > CAST(d.death AS DATE)
-                      AND r.src_table NOT IN ('death', 'observation_period') THEN 'date after death'
-                 ELSE NULL
-               END AS reason
-        FROM raw r
-        LEFT JOIN pseudo p USING (person_id)
-        LEFT JOIN persons ps USING (person_id)
-        LEFT JOIN deaths d USING (person_id)
-        LEFT JOIN code_map m ON m.concept_id = r.concept_id
-        """
-    )
-    # Ages over 89 collapse to 90: the birth event moves to 90 years before the
-    # subject's last kept event.
-    mem.execute(
-        f"""
-        CREATE TEMP TABLE kept AS
-        WITH k AS (SELECT * FROM checked WHERE reason IS NULL),
-        last AS (SELECT subject_id, max(time) AS last_time FROM k GROUP BY subject_id)
-        SELECT k.subject_id,
-               CASE WHEN k.code = '{schema.BIRTH_CODE}' AND k.time < l.last_time - INTERVAL 90 YEAR
-                    THEN l.last_time - INTERVAL 90 YEAR ELSE k.time END
-                 + k.shift_days * INTERVAL 1 DAY AS time,
-               k.code, CAST(k.value AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value,
-               k.src_table, k.src_row,
-               (k.code = '{schema.BIRTH_CODE}' AND k.time < l.last_time - INTERVAL 90 YEAR) AS age_capped
-        FROM k JOIN last l USING (subject_id)
-        """
-    )
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / schema.EVENTS_DIR).mkdir(parents=True)
-    (tmp / "metadata").mkdir()
-    (tmp / schema.QUARANTINE_DIR).mkdir()
-
-    n_subjects = len(person_ids)
-    n_shards = max(1, -(-n_subjects // shard_subjects))
-    events = 0
-    for shard in range(n_shards):
-        table = mem.sql(
-            "SELECT subject_id, time, code, numeric_value, text_value FROM kept "
-            f"WHERE subject_id % {n_shards} = {shard} ORDER BY subject_id, time NULLS FIRST, code, numeric_value"
-        ).to_arrow_table()
-        table = schema.align(table, schema.DATA_SCHEMA, what=f"events shard {shard}")
-        pq.write_table(table, tmp / schema.EVENTS_DIR / f"{shard}.parquet")
-        events += table.num_rows
-
-    quarantine = mem.sql(
-        "SELECT src_table, subject_id, time + shift_days * INTERVAL 1 DAY AS time, code, "
-        "CAST(value AS FLOAT) AS numeric_value, reason FROM checked WHERE reason IS NOT NULL "
-        "ORDER BY src_table, subject_id, time, code"
-    ).to_arrow_table()
-    pq.write_table(quarantine, tmp / schema.QUARANTINE_DIR / "events.parquet")
-
-    codes = mem.sql(
-        "SELECT DISTINCT k.code, m.description FROM kept k LEFT JOIN code_map m ON m.code = k.code ORDER BY k.code"
-    ).to_arrow_table()
-    descriptions = [
-        d if d is not None else RESERVED_DESCRIPTIONS.get(c) for c, d in zip(
-            codes.column("code").to_pylist(), codes.column("description").to_pylist(), strict=True
-        )
-    ]
-    codes_table = pa.table(
-        {
-            schema.CODE: codes.column("code"),
-            "description": pa.array(descriptions, pa.string()),
-            "parent_codes": pa.array([[] for _ in descriptions], pa.list_(pa.string())),
-        }
-    )
-    pq.write_table(schema.align(codes_table, schema.CODES_SCHEMA, what="codes"), tmp / schema.CODES_FILE)
-
-    # Reconcile in source rows: a row is quarantined when any event it gave was.
-    per_table = {}
-    rows = mem.execute(
-        "SELECT src_table, count(DISTINCT src_row), count(DISTINCT src_row) FILTER (WHERE reason IS NOT NULL) "
-        "FROM checked GROUP BY src_table"
-    ).fetchall()
-    by_table = {r[0]: (r[1], r[2]) for r in rows}
-    for name in read_tables:
-        read, bad = by_table.get(name, (0, 0))
-        reasons = dict(
-            mem.execute(
-                "SELECT reason, count(DISTINCT src_row) FROM checked WHERE src_table = ? AND reason IS NOT NULL "
-                "GROUP BY reason ORDER BY reason",
-                [name],
-            ).fetchall()
-        )
-        per_table[name] = {"read": read, "kept": read - bad, "quarantined": bad, "reasons": reasons}
-    span = mem.execute("SELECT min(time), max(time) FROM kept WHERE time IS NOT NULL").fetchone()
-    quarantined = sum(t["quarantined"] for t in per_table.values())
-    report = {
-        "site": site,
-        "source": {"format": "omop", "engine": "duckdb"},
-        "subjects": n_subjects,
-        "events": events,
-        "quarantined": quarantined,
-        "shards": n_shards,
-        "ages_capped_at_90": mem.execute("SELECT count(*) FROM kept WHERE age_capped").fetchone()[0],
-        "time_span": [span[0].date().isoformat() if span[0] else None, span[1].date().isoformat() if span[1] else None],
-        "tables": per_table,
-        "deid": {"pseudonyms": "HMAC-SHA256", "max_shift_days": config.max_shift_days},
-    }
-    (tmp / schema.PULL_REPORT).write_text(json.dumps(report, indent=2, default=str))
-    mem.close()
-
-    # PHI gate over every string written, with the identifiers this source held.
-    identifiers = _source_identifiers(con, present_tables)
-    problems = scan_output(tmp, identifiers)
-    if problems:
-        shutil.rmtree(tmp)
-    deid.gate(problems, site=site)
-
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return PullResult(
-        site=site,
-        out_dir=out_dir,
-        events_dir=out_dir / schema.EVENTS_DIR,
-        codes_path=out_dir / schema.CODES_FILE,
-        report_path=out_dir / schema.PULL_REPORT,
-        subjects=n_subjects,
-        events=events,
-        quarantined=quarantined,
-    )
-
-
+CLINICAL_TABLES: dict[str, Clinical] = {
+    "visit_occurrence": Clinical("visit_start_datetime", "visit_start_date", ("visit_concept_id",), "visit_occurrence_id"),
+    "condition_occurrence": Clinical(
+        "condition_start_datetime", "condition_start_date", ("condition_concept_id", "condition_source_concept_id"),
+        "condition_occurrence_id",
+    ),
+    "drug_exposure": Clinical(
+        "drug_exposure_start_datetime", "drug_exposure_start_date", ("drug_concept_id", "drug_source_concept_id"),
+        "drug_exposure_id",
+    ),
+    "procedure_occurrence": Clinical(
+        "procedure_datetime", "procedure_date", ("procedure_concept_id", "procedure_source_concept_id"),
+        "procedure_occurrence_id",
+    ),
+    "measurement": Clinical(
+        "measurement_datetime", "measurement_date", ("measurement_concept_id", "measurement_source_concept_id"),
+        "measurement_id", "value_as_number", "unit_concept_id",
+    ),
+    "observation": Clinical(
+        "observation_datetime", "observation_date", ("observation_concept_id", "observation_source_concept_id"),
+        "observation_id", "value_as_number", "unit_concept_id",
+    ),
+}
+# Columns a table must have; optional ones (source concepts, datetimes) are filled with NULL when absent.
+REQUIRED = {
+    "person": ["person_id", "gender_concept_id", "year_of_birth"],
+    "concept": ["concept_id", "vocabulary_id", "concept_code"],
+    "observation_period": ["person_id", "observation_period_start_date", "observation_period_end_date"],
+    "visit_occurrence": ["person_id", "visit_concept_id", "visit_start_date"],
+    "condition_occurrence": ["person_id", "condition_concept_id", "condition_start_date"],
+    "drug_exposure": ["person_id", "drug_concept_id", "drug_exposure_start_date"],
+    "procedure_occurrence": ["person_id", "procedure_concept_id", "procedure_date"],
+    "measurement": ["person_id", "measurement_concept_id", "measurement_date"],
+    "observation": ["person_id", "observation_concept_id", "observation_date"],
+    "death": ["person_id", "death_date"],
+}
+OPTIONAL = {
+    "person": ["month_of_birth", "day_of_birth", "birth_datetime"],
+    "concept": ["concept_name"],
+    "observation_period": ["observation_period_id"],
+    "visit_occurrence": ["visit_start_datetime", "visit_occurrence_id"],
+    "condition_occurrence": ["condition_start_datetime", "condition_source_concept_id", "condition_occurrence_id"],
+    "drug_exposure": ["drug_exposure_start_datetime", "drug_source_concept_id", "drug_exposure_id"],
+    "procedure_occurrence": ["procedure_datetime", "procedure_source_concept_id", "procedure_occurrence_id"],
+    "measurement": ["measurement_datetime", "measurement_source_concept_id", "value_as_number", "unit_concept_id", "measurement_id"],
+    "observation": ["observation_datetime", "observation_source_concept_id", "value_as_number", "unit_concept_id", "observation_id"],
+    "death": ["death_datetime"],
+}
+# Read only to feed the PHI gate: identifier values this source holds.
 IDENTIFIER_COLUMNS = {
     "person": ("person_source_value", "patient_name", "given_name", "family_name", "name", "address", "phone", "email", "ssn"),
 }
 
 
-def _source_identifiers(con: duckdb.DuckDBPyConnection, present_tables: set[str]) -> set[str]:
-    """Every identifier value the source holds in the columns we know carry them."""
-    found: set[str] = set()
-    for table, candidates in IDENTIFIER_COLUMNS.items():
-        if table not in present_tables:
-            continue
-        cols = _columns(con, table)
-        for col in candidates:
-            if col in cols:
-                found.update(
-                    str(v[0]) for v in con.execute(f"SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL").fetchall()
+def pull_omop(
+    location: str | Path,
+    out_dir: Path,
+    *,
+    site: str,
+    config: deid.DeidConfig,
+    now: datetime | None = None,
+    shard_subjects: int = 100_000,
+    max_bad_fraction: float = 0.05,
+    db_schema: str | None = None,
+    chunk_rows: int = 200_000,
+) -> PullResult:
+    """Pull OMOP from a DuckDB file, a folder of ``<table>.parquet|.csv`` files, or a
+    SQLAlchemy URL (``postgresql://...``; ``db_schema`` picks the schema)."""
+    out_dir = Path(out_dir)
+    kind = _kind(location)
+    with stage(f"pull {site} (omop, {kind})") as counts:
+        ctx = open_context(out_dir)
+        try:
+            if kind == "duckdb":
+                _attach_duckdb(ctx, Path(location))
+            elif kind == "folder":
+                _attach_folder(ctx, Path(location))
+            else:
+                _copy_sqlalchemy(ctx, str(location), db_schema, chunk_rows)
+            ctx.source = {"format": "omop", "engine": kind, "location": _safe_location(location)}
+            load_omop(ctx)
+        except BaseException:
+            ctx.con.close()
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
+            raise
+        result = finish_pull(ctx, out_dir, site=site, config=config, now=now, shard_subjects=shard_subjects,
+                             max_bad_fraction=max_bad_fraction)
+        counts.update(subjects=result.subjects, events=result.events, read=result.read, quarantined=result.quarantined)
+    return result
+
+
+def pull_omop_duckdb(db_path: Path, out_dir: Path, **kwargs) -> PullResult:
+    """Pull one site's OMOP DuckDB file (see ``pull_omop``)."""
+    if not Path(db_path).is_file():
+        raise FileNotFoundError(f"OMOP DuckDB file {str(db_path)!r} does not exist; pass the path of the site's database.")
+    return pull_omop(Path(db_path), out_dir, **kwargs)
+
+
+def _kind(location: str | Path) -> str:
+    text = str(location)
+    if re.match(r"^[a-z][a-z0-9+]*://", text):
+        return "sqlalchemy"
+    path = Path(location)
+    if path.is_dir():
+        return "folder"
+    if path.is_file():
+        return "duckdb"
+    raise FileNotFoundError(
+        f"OMOP source {text!r} does not exist; pass a DuckDB file, a folder of <table>.parquet/.csv files, "
+        "or a SQLAlchemy URL such as postgresql://user@host/db."
+    )
+
+
+def _safe_location(location: str | Path) -> str:
+    """The location without credentials, for the report."""
+    return re.sub(r"//[^@/]*@", "//***@", str(location))
+
+
+def _attach_duckdb(ctx: PullContext, path: Path) -> None:
+    ctx.con.execute(f"ATTACH '{path}' AS src (READ_ONLY)")
+
+
+def _attach_folder(ctx: PullContext, folder: Path) -> None:
+    ctx.con.execute("CREATE SCHEMA src")
+    for table in ["person", "concept", "observation_period", *CLINICAL_TABLES, "death"]:
+        parquet = [p for p in (folder / f"{table}.parquet", folder / table) if p.exists()]
+        csv = folder / f"{table}.csv"
+        if parquet:
+            target = parquet[0] if parquet[0].is_file() else parquet[0] / "*.parquet"
+            ctx.con.execute(f"CREATE VIEW src.{table} AS SELECT * FROM read_parquet('{target}')")
+        elif csv.is_file():
+            ctx.con.execute(
+                f"CREATE VIEW src.{table} AS SELECT * FROM read_csv('{csv}', header = true, all_varchar = true)"
+            )
+
+
+def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_rows: int) -> None:
+    """Stream the allow-listed columns of each OMOP table into the working database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        present = set(inspector.get_table_names(schema=db_schema))
+        ctx.con.execute("CREATE SCHEMA src")
+        prefix = f'"{db_schema}".' if db_schema else ""
+        with engine.connect() as conn:
+            for table in REQUIRED:
+                if table not in present:
+                    continue
+                have = {c["name"] for c in inspector.get_columns(table, schema=db_schema)}
+                ident = [c for c in IDENTIFIER_COLUMNS.get(table, ()) if c in have]
+                if ident:
+                    rows = conn.execute(sa.text(f"SELECT DISTINCT {', '.join(ident)} FROM {prefix}{table}"))
+                    ctx.identifiers |= {str(v) for row in rows for v in row if v is not None}
+                wanted = [c for c in REQUIRED[table] + OPTIONAL[table] + ["concept_name"] * (table == "concept") if c in have]
+                wanted = list(dict.fromkeys(wanted))
+                result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(
+                    sa.text(f"SELECT {', '.join(wanted)} FROM {prefix}{table}")
                 )
-    return found
+                created = False
+                while True:
+                    rows = result.fetchmany(chunk_rows)
+                    if not rows and created:
+                        break
+                    batch = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(wanted)})
+                    if not created:
+                        ctx.con.register("_chunk", batch)
+                        ctx.con.execute(f"CREATE TABLE src.{table} AS SELECT * FROM _chunk")
+                        created = True
+                    else:
+                        ctx.con.register("_chunk", batch)
+                        ctx.con.execute(f"INSERT INTO src.{table} SELECT * FROM _chunk")
+                    ctx.con.unregister("_chunk")
+                    if not rows:
+                        break
+    finally:
+        engine.dispose()
 
 
-def scan_output(folder: Path, identifiers: set[str]) -> list[str]:
-    """Scan every string column of every Parquet file and every JSON file under ``folder``."""
-    problems: list[str] = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
-            for field in table.schema:
-                if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
-                    values = table.column(field.name).unique().to_pylist()
-                    problems += deid.scan_strings(values, identifiers, where=f"{rel}:{field.name}")
-        elif path.suffix == ".json":
-            problems += deid.scan_strings([path.read_text()], identifiers, where=str(rel))
-    return problems
+def _columns(ctx: PullContext, table: str) -> set[str]:
+    return {
+        r[0]
+        for r in ctx.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'src' AND table_name = ? "
+            "UNION SELECT column_name FROM duckdb_columns() WHERE database_name = 'src' AND table_name = ?",
+            [table, table],
+        ).fetchall()
+    }
+
+
+def _tables(ctx: PullContext) -> set[str]:
+    return {
+        r[0]
+        for r in ctx.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'src' OR table_catalog = 'src'"
+        ).fetchall()
+    }
+
+
+def load_omop(ctx: PullContext) -> None:
+    """Fill the raw tables from ``src.*``; see the module docstring."""
+    con = ctx.con
+    tables = _tables(ctx)
+    for table in ("person", "concept"):
+        if table not in tables:
+            raise ValueError(
+                f"OMOP table {table!r} is missing from the source; an OMOP CDM v5.4 source must have it."
+            )
+    cols = {t: _columns(ctx, t) for t in tables if t in REQUIRED}
+    for table, have in cols.items():
+        missing = [c for c in REQUIRED[table] if c not in have]
+        if missing:
+            raise ValueError(
+                f"OMOP table {table!r} must have columns {missing}; they are missing. "
+                "Check the CDM version (v5.4 expected) or add the columns (they may be null)."
+            )
+    # Views with every optional column present (NULL when the source lacks it) and typed.
+    for table, have in cols.items():
+        select = ", ".join(
+            [c for c in REQUIRED[table] + OPTIONAL[table] if c in have]
+            + [f"NULL AS {c}" for c in OPTIONAL[table] if c not in have]
+        )
+        con.execute(f"CREATE VIEW v_{table} AS SELECT {select} FROM src.{table}")
+    if "person" in cols:
+        ident = [c for c in IDENTIFIER_COLUMNS["person"] if c in cols["person"]]
+        for c in ident:
+            ctx.identifiers |= {str(r[0]) for r in con.execute(f"SELECT DISTINCT {c} FROM src.person WHERE {c} IS NOT NULL").fetchall()}
+
+    con.execute(
+        """
+        CREATE TEMP TABLE code_map AS
+        SELECT TRY_CAST(concept_id AS BIGINT) AS concept_id, vocabulary_id || '//' || concept_code AS code,
+               concept_name AS description
+        FROM v_concept;
+        INSERT INTO code_descriptions SELECT code, description FROM code_map;
+        """
+    )
+    birth = (
+        "COALESCE(TRY_CAST(birth_datetime AS TIMESTAMP), "
+        "TRY_CAST(make_timestamp(TRY_CAST(year_of_birth AS INTEGER), COALESCE(TRY_CAST(month_of_birth AS INTEGER), 7), "
+        "COALESCE(TRY_CAST(day_of_birth AS INTEGER), 1), 0, 0, 0) AS TIMESTAMP))"
+    )
+    death = "NULL"
+    if "death" in cols:
+        death = (
+            "(SELECT min(COALESCE(TRY_CAST(death_datetime AS TIMESTAMP), TRY_CAST(death_date AS TIMESTAMP))) "
+            "FROM v_death d WHERE CAST(d.person_id AS VARCHAR) = CAST(p.person_id AS VARCHAR))"
+        )
+    con.execute(
+        f"""
+        INSERT INTO raw_persons
+        SELECT CAST(person_id AS VARCHAR), {birth}, {death}, 'person row ' || CAST(row_number() OVER () AS VARCHAR)
+        FROM v_person p
+        """
+    )
+    # Gender is a static event of the person row.
+    con.execute(
+        """
+        INSERT INTO raw_events
+        WITH p AS (SELECT *, 'person row ' || CAST(row_number() OVER () AS VARCHAR) AS src_row FROM v_person)
+        SELECT 'person', p.src_row, NULL, CAST(p.person_id AS VARCHAR), NULL,
+               COALESCE(m.code, 'OMOP//' || CAST(p.gender_concept_id AS VARCHAR)), NULL, NULL,
+               CASE WHEN TRY_CAST(p.gender_concept_id AS BIGINT) IS NULL AND p.gender_concept_id IS NOT NULL
+                    THEN 'person.gender_concept_id: expected an integer concept id; fix the value' END
+        FROM p LEFT JOIN code_map m ON m.concept_id = TRY_CAST(p.gender_concept_id AS BIGINT)
+        WHERE p.gender_concept_id IS NOT NULL
+        """
+    )
+    if "observation_period" in cols:
+        for col, code in (
+            ("observation_period_start_date", schema.OBSERVATION_START),
+            ("observation_period_end_date", schema.OBSERVATION_END),
+        ):
+            con.execute(
+                f"""
+                INSERT INTO raw_events
+                WITH o AS (SELECT *, 'observation_period row ' || CAST(row_number() OVER () AS VARCHAR) AS src_row FROM v_observation_period)
+                SELECT 'observation_period', src_row, CAST(observation_period_id AS VARCHAR), CAST(person_id AS VARCHAR),
+                       TRY_CAST({col} AS TIMESTAMP), '{code}', NULL, NULL,
+                       CASE WHEN {col} IS NOT NULL AND TRY_CAST({col} AS TIMESTAMP) IS NULL
+                            THEN 'observation_period.{col}: expected a date (YYYY-MM-DD); fix the value' END
+                FROM o
+                """
+            )
+    for table, spec in CLINICAL_TABLES.items():
+        if table in cols:
+            con.execute(_clinical_sql(table, spec))
+    if "death" in cols:
+        con.execute(
+            f"""
+            INSERT INTO raw_events
+            WITH x AS (SELECT *, 'death row ' || CAST(row_number() OVER () AS VARCHAR) AS src_row FROM v_death)
+            SELECT 'death', src_row, CAST(person_id AS VARCHAR), CAST(person_id AS VARCHAR),
+                   COALESCE(TRY_CAST(death_datetime AS TIMESTAMP), TRY_CAST(death_date AS TIMESTAMP)), '{schema.DEATH_CODE}',
+                   NULL, NULL,
+                   CASE WHEN death_date IS NOT NULL AND TRY_CAST(death_date AS TIMESTAMP) IS NULL
+                        THEN 'death.death_date: expected a date (YYYY-MM-DD); fix the value' END
+            FROM x
+            """
+        )
+
+
+def _clinical_sql(table: str, spec: Clinical) -> str:
+    t = f"COALESCE(TRY_CAST(x.{spec.datetime_col} AS TIMESTAMP), TRY_CAST(x.{spec.date_col} AS TIMESTAMP))"
+    c = "COALESCE(" + ", ".join(f"NULLIF(TRY_CAST(x.{col} AS BIGINT), 0)" for col in spec.concept_cols) + ")"
+    raw_value = f"x.{spec.value_col}" if spec.value_col else "NULL"
+    value = f"TRY_CAST(x.{spec.value_col} AS DOUBLE)" if spec.value_col else "NULL"
+    unit = "um.code" if spec.unit_col else "NULL"
+    unit_join = f"LEFT JOIN code_map um ON um.concept_id = TRY_CAST(x.{spec.unit_col} AS BIGINT)" if spec.unit_col else ""
+    return f"""
+        INSERT INTO raw_events
+        WITH x AS (SELECT *, '{table} row ' || CAST(row_number() OVER () AS VARCHAR) AS src_row FROM v_{table})
+        SELECT '{table}', x.src_row, CAST(x.{spec.key} AS VARCHAR), CAST(x.person_id AS VARCHAR), {t},
+               CASE WHEN {c} IS NULL THEN NULL ELSE COALESCE(m.code, 'OMOP//' || CAST({c} AS VARCHAR)) END,
+               {value}, {unit},
+               CASE
+                 WHEN {c} IS NULL THEN '{table}: no concept id (concept and source concept are 0 or empty); map the row'
+                 WHEN x.{spec.date_col} IS NOT NULL AND {t} IS NULL
+                   THEN '{table}.{spec.date_col}: expected a date (YYYY-MM-DD); fix the value'
+                 WHEN {raw_value} IS NOT NULL AND {value} IS NULL
+                   THEN '{table}.{spec.value_col}: expected a number; fix the value or leave it empty'
+               END
+        FROM x LEFT JOIN code_map m ON m.concept_id = {c} {unit_join}
+        """

@@ -11,6 +11,7 @@ import pytest
 
 from forewarn.records import deid, schema
 from forewarn.records.omop import pull_omop_duckdb
+from forewarn.records.pull import PullFailed
 
 KEY = deid.DeidConfig(b"golden-test-secret-0123456789", max_shift_days=365)
 NOW = datetime(2025, 1, 1)
@@ -74,7 +75,7 @@ def make_omop(path, *, leak_concept_code: str | None = None):
 @pytest.fixture
 def pulled(tmp_path):
     db = make_omop(tmp_path / "omop.duckdb")
-    return pull_omop_duckdb(db, tmp_path / "out", site="golden", config=KEY, now=NOW)
+    return pull_omop_duckdb(db, tmp_path / "out", site="golden", config=KEY, now=NOW, max_bad_fraction=1.0)
 
 
 def _unshift(events: pd.DataFrame) -> pd.DataFrame:
@@ -143,15 +144,19 @@ def test_report_reconciles_and_names_reasons(pulled):
         "death": (1, 1, 0),
     }
     assert report["tables"]["measurement"]["reasons"] == {
-        "date after death": 1, "date before birth": 1, "date in the future": 1,
+        "date: after the person's death; correct the date or the death date": 1,
+        "date: before the person's birth; correct the date or the birth date": 1,
+        "date: in the future (after the pull); correct the date": 1,
     }
     assert report["tables"]["condition_occurrence"]["reasons"] == {
-        "missing date": 1, "no concept id (concept and source concept are 0 or null)": 1,
+        "condition_occurrence: no concept id (concept and source concept are 0 or empty); map the row": 1,
+        "date: missing; every clinical row needs a date": 1,
     }
     assert report["ages_capped_at_90"] == 1
     assert report["subjects"] == 2 and report["events"] == 16 and report["quarantined"] == 5
-    quarantine = pd.read_parquet(pulled.out_dir / "quarantine" / "events.parquet")
-    assert len(quarantine) == 5 and set(quarantine["reason"]) >= {"missing date", "date in the future"}
+    quarantine = pd.read_parquet(pulled.out_dir / "quarantine" / "records.parquet")
+    assert len(quarantine) == 5
+    assert set(quarantine["location"]) == {"condition_occurrence row 3", "condition_occurrence row 4", "measurement row 2", "measurement row 3", "measurement row 4"}
 
 
 def test_no_identifier_reaches_any_output_byte(pulled):
@@ -173,9 +178,15 @@ def test_codes_metadata_has_descriptions(pulled):
 def test_phi_gate_fails_the_pull_and_publishes_nothing(tmp_path):
     db = make_omop(tmp_path / "omop.duckdb", leak_concept_code="MRN00000001")
     with pytest.raises(deid.PHILeakError, match=r"events/0.parquet:code: a value equals an identifier"):
-        pull_omop_duckdb(db, tmp_path / "out", site="golden", config=KEY, now=NOW)
-    assert not (tmp_path / "out").exists()
-    assert not (tmp_path / "out.partial").exists()
+        pull_omop_duckdb(db, tmp_path / "out", site="golden", config=KEY, now=NOW, max_bad_fraction=1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["omop.duckdb"]  # nothing published, no leftovers
+
+
+def test_too_many_bad_records_fail_the_pull_with_the_reasons(tmp_path):
+    db = make_omop(tmp_path / "omop.duckdb")
+    with pytest.raises(PullFailed, match=r"measurement: 3 of 4 \(date: after the person's death.*raise max_bad_fraction"):
+        pull_omop_duckdb(db, tmp_path / "out", site="golden", config=KEY, now=NOW, max_bad_fraction=0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["omop.duckdb"]
 
 
 def test_missing_table_and_column_errors_name_them(tmp_path):
@@ -183,7 +194,7 @@ def test_missing_table_and_column_errors_name_them(tmp_path):
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE person (person_id BIGINT, year_of_birth INTEGER)")
     con.close()
-    with pytest.raises(ValueError, match=r"OMOP table 'person' must have columns \['gender_concept_id'\]"):
+    with pytest.raises(ValueError, match=r"OMOP table 'concept' is missing"):
         pull_omop_duckdb(db, tmp_path / "out", site="s", config=KEY, now=NOW)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         pull_omop_duckdb(tmp_path / "nope.duckdb", tmp_path / "out", site="s", config=KEY, now=NOW)
@@ -191,6 +202,6 @@ def test_missing_table_and_column_errors_name_them(tmp_path):
 
 def test_rerun_is_identical(tmp_path):
     db = make_omop(tmp_path / "omop.duckdb")
-    a = pull_omop_duckdb(db, tmp_path / "a", site="golden", config=KEY, now=NOW)
-    b = pull_omop_duckdb(db, tmp_path / "b", site="golden", config=KEY, now=NOW)
+    a = pull_omop_duckdb(db, tmp_path / "a", site="golden", config=KEY, now=NOW, max_bad_fraction=1.0)
+    b = pull_omop_duckdb(db, tmp_path / "b", site="golden", config=KEY, now=NOW, max_bad_fraction=1.0)
     assert (a.events_dir / "0.parquet").read_bytes() == (b.events_dir / "0.parquet").read_bytes()
