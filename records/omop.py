@@ -271,7 +271,7 @@ def load_omop(ctx: PullContext) -> None:
         """
         CREATE TEMP TABLE code_map AS
         SELECT TRY_CAST(concept_id AS BIGINT) AS concept_id, vocabulary_id || '//' || concept_code AS code,
-               concept_name AS description
+               concept_code, concept_name AS description
         FROM v_concept;
         INSERT INTO code_descriptions SELECT code, description FROM code_map;
         """
@@ -346,7 +346,7 @@ def _clinical_sql(table: str, spec: Clinical) -> str:
     c = "COALESCE(" + ", ".join(f"NULLIF(TRY_CAST(x.{col} AS BIGINT), 0)" for col in spec.concept_cols) + ")"
     raw_value = f"x.{spec.value_col}" if spec.value_col else "NULL"
     value = f"TRY_CAST(x.{spec.value_col} AS DOUBLE)" if spec.value_col else "NULL"
-    unit = "um.code" if spec.unit_col else "NULL"
+    unit = "um.concept_code" if spec.unit_col else "NULL"  # the unit itself (mg/dL), as FHIR gives it
     unit_join = f"LEFT JOIN code_map um ON um.concept_id = TRY_CAST(x.{spec.unit_col} AS BIGINT)" if spec.unit_col else ""
     return f"""
         INSERT INTO raw_events

@@ -6,7 +6,8 @@ read into a working DuckDB database as three tables, and nothing else:
 ``raw_persons(source_id VARCHAR, birth TIMESTAMP, death TIMESTAMP, src_row VARCHAR)``
     one row per source person (duplicates are quarantined here); the core writes the
     birth event, while ``death`` only serves the date checks (the connector writes the
-    ``MEDS_DEATH`` event from its own death record);
+    ``MEDS_DEATH`` event from its own death record); a null ``src_row`` marks a person
+    derived from events rather than read from a row of its own (not counted as read);
 ``raw_events(src_table VARCHAR, src_row VARCHAR, src_key VARCHAR, source_id VARCHAR,
 time TIMESTAMP, code VARCHAR, numeric_value DOUBLE, unit VARCHAR, reason VARCHAR)``
     one row per event; ``src_row`` identifies the physical source row (a row may give
@@ -332,7 +333,7 @@ def _reconcile(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
           SELECT src_table, src_row, bool_or(reason IS NOT NULL) AS bad, min(reason) AS reason
           FROM checked GROUP BY src_table, src_row
           UNION ALL SELECT 'person', src_row, false, NULL FROM persons p
-            WHERE NOT EXISTS (SELECT 1 FROM checked c WHERE c.src_table = 'person' AND c.src_row = p.src_row)
+            WHERE p.src_row IS NOT NULL AND NOT EXISTS (SELECT 1 FROM checked c WHERE c.src_table = 'person' AND c.src_row = p.src_row)
           UNION ALL SELECT src_table, src_row, true, reason FROM raw_rejects)
         SELECT src_table, count(*), count(*) FILTER (WHERE bad) FROM r GROUP BY src_table ORDER BY src_table
         """

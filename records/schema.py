@@ -5,7 +5,7 @@ later stage can rely on names and types without checking them again.
 
 MEDS 0.4 data schema: ``subject_id`` int64, ``time`` timestamp[us] (null for static
 events), ``code`` string (``VOCABULARY//CODE``), ``numeric_value`` float32,
-``text_value`` string. Labels follow the MEDS label schema and predictions the
+``text_value`` large string, plus the extra column ``unit``. Labels follow the MEDS label schema and predictions the
 meds-evaluation prediction schema.
 """
 
@@ -18,6 +18,7 @@ TIME = "time"
 CODE = "code"
 NUMERIC_VALUE = "numeric_value"
 TEXT_VALUE = "text_value"
+UNIT = "unit"
 PREDICTION_TIME = "prediction_time"
 BOOLEAN_VALUE = "boolean_value"
 PREDICTED_BOOLEAN_VALUE = "predicted_boolean_value"
@@ -39,7 +40,8 @@ DATA_SCHEMA = pa.schema(
         pa.field(TIME, pa.timestamp("us")),
         pa.field(CODE, pa.string(), nullable=False),
         pa.field(NUMERIC_VALUE, pa.float32()),
-        pa.field(TEXT_VALUE, pa.string()),
+        pa.field(TEXT_VALUE, pa.large_string()),  # large_string, as the meds package's DataSchema wants
+        pa.field(UNIT, pa.string()),  # an extra column (MEDS allows them): the unit of numeric_value
     ]
 )
 
@@ -86,9 +88,12 @@ QUARANTINE_DIR = "quarantine"
 def align(table: pa.Table, schema: pa.Schema, *, what: str = "table") -> pa.Table:
     """Return ``table`` with exactly ``schema``'s columns, in order, cast to its types.
 
-    Extra columns are dropped. Missing required columns raise a ``ValueError`` that
-    names every missing column at once.
+    Extra columns are dropped and absent nullable columns added as nulls. Missing
+    required columns raise a ``ValueError`` that names every missing column at once.
     """
+    for f in schema:  # absent nullable columns are added as all-null
+        if f.nullable and f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise ValueError(

@@ -23,3 +23,38 @@ def demo_network(tmp_path_factory) -> dict[str, Path]:
     from forewarn.records.demo import generate_network
 
     return generate_network(tmp_path_factory.mktemp("network"), people=3000, seed=11)
+
+
+PG_URL = os.environ.get("FOREWARN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_schema():
+    """A fresh schema on the test PostgreSQL server, dropped afterwards.
+
+    Skipped with a reason when no server answers, unless FOREWARN_REQUIRE_POSTGRES=1
+    (as in .ci/run), where a missing server fails the test.
+    """
+    import uuid
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any connection problem means "no server"
+        engine.dispose()
+        message = f"no PostgreSQL server at {PG_URL} ({type(exc).__name__}); set FOREWARN_TEST_POSTGRES_URL"
+        if os.environ.get("FOREWARN_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"forewarn_test_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    try:
+        yield engine, name
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+        engine.dispose()

@@ -1,0 +1,101 @@
+"""MEDS input, and one dataset in every source format pulling into identical events."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import meds
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from crossformat import write_meds, write_omop_duckdb, write_omop_folder
+
+from forewarn.records import deid, schema
+from forewarn.records.meds_source import pull_meds
+from forewarn.records.omop import pull_omop
+
+KEY = deid.DeidConfig(b"crossformat-secret-0123456789", max_shift_days=100)
+NOW = datetime(2025, 1, 1)
+
+
+def _pull(kind, tmp_path):
+    src = tmp_path / f"src-{kind}"
+    if kind == "omop-duckdb":
+        return pull_omop(write_omop_duckdb(src.with_suffix(".duckdb")), tmp_path / kind, site="x", config=KEY, now=NOW)
+    if kind == "omop-folder":
+        return pull_omop(write_omop_folder(src), tmp_path / kind, site="x", config=KEY, now=NOW)
+    return pull_meds(write_meds(src), tmp_path / kind, site="x", config=KEY, now=NOW)
+
+
+@pytest.mark.parametrize("kind", ["omop-folder", "meds"])
+def test_every_format_pulls_into_identical_events(tmp_path, kind):
+    reference = pq.read_table(_pull("omop-duckdb", tmp_path).events_dir / "0.parquet")
+    other = pq.read_table(_pull(kind, tmp_path).events_dir / "0.parquet")
+    assert reference.num_rows == 3 * 2 + 1 + 11  # gender + birth each, one death, 11 events
+    assert other.equals(reference), kind
+    assert reference.column("unit").to_pylist().count("mg/dL") == 1
+
+
+def test_output_is_valid_meds(tmp_path):
+    result = _pull("omop-duckdb", tmp_path)
+    meds.DataSchema.validate(pq.read_table(result.events_dir / "0.parquet"))
+    meds.CodeMetadataSchema.validate(pq.read_table(result.codes_path))
+
+
+def test_meds_drops_free_text_and_keeps_descriptions(tmp_path):
+    result = _pull("meds", tmp_path)
+    events = pq.read_table(result.events_dir)
+    assert events.column("text_value").null_count == events.num_rows
+    codes = dict(zip(*pq.read_table(result.codes_path, columns=["code", "description"]).to_pydict().values(), strict=True))
+    assert codes["LOINC//4548-4"] == "Hemoglobin A1c"
+    report = json.loads(result.report_path.read_text())
+    assert {t: (v["read"], v["kept"]) for t, v in report["tables"].items()} == {
+        "data": (12, 12), "person": (3, 3), "static": (3, 3),
+    }
+
+
+def test_meds_schema_errors_name_the_file(tmp_path):
+    root = tmp_path / "bad"
+    (root / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"subject_id": [1], "time": [datetime(2020, 1, 1)], "numeric_value": [1.0]}), root / "data" / "0.parquet")
+    (root / "data" / "1.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ValueError, match=r"(?s)data/0.parquet: .*code.*data/1.parquet: cannot be read as Parquet"):
+        pull_meds(root, tmp_path / "out", site="x", config=KEY)
+    with pytest.raises(FileNotFoundError, match="is not a MEDS dataset: it has no data/ folder"):
+        pull_meds(tmp_path, tmp_path / "out", site="x", config=KEY)
+
+
+def test_second_birth_row_is_quarantined(tmp_path):
+    root = write_meds(tmp_path / "m")
+    extra = pa.table(
+        {"subject_id": pa.array([1], pa.int64()), "time": pa.array([datetime(1951, 1, 1)], pa.timestamp("us")),
+         "code": ["MEDS_BIRTH"], "numeric_value": pa.array([None], pa.float32()), "text_value": pa.array([None], pa.large_string()),
+         "unit": pa.array([None], pa.string())}
+    )
+    pq.write_table(extra, root / "data" / "2.parquet")
+    result = pull_meds(root, tmp_path / "out", site="x", config=KEY, now=NOW, max_bad_fraction=1.0)
+    report = json.loads(result.report_path.read_text())
+    assert report["tables"]["person"] == {
+        "read": 4, "kept": 3, "quarantined": 1,
+        "reasons": {"MEDS_BIRTH: a second birth event for the subject; keep one": 1},
+    }
+    births = pq.read_table(result.events_dir).filter(pa.compute.equal(pa.compute.field("code"), schema.BIRTH_CODE))
+    assert births.num_rows == 3
+
+
+def test_omop_on_postgresql_pulls_identically(tmp_path, pg_schema):
+    import duckdb
+
+    engine, db_schema = pg_schema
+    source = write_omop_duckdb(tmp_path / "src.duckdb")
+    con = duckdb.connect(str(source), read_only=True)
+    for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
+        con.execute(f"SELECT * FROM {table}").df().to_sql(table, engine, schema=db_schema, index=False)
+    con.close()
+    url = engine.url.render_as_string(hide_password=False)
+    result = pull_omop(url, tmp_path / "pg", site="x", config=KEY, now=NOW, db_schema=db_schema, chunk_rows=4)
+    reference = pull_omop(source, tmp_path / "ref", site="x", config=KEY, now=NOW)
+    assert pq.read_table(result.events_dir / "0.parquet").equals(pq.read_table(reference.events_dir / "0.parquet"))
+    report = json.loads(result.report_path.read_text())
+    assert report["source"]["engine"] == "sqlalchemy" and report["tables"]["measurement"]["read"] == 4
