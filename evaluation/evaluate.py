@@ -130,6 +130,11 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _shown(count: int | None) -> str:
+    """An already-suppressed count (None means below 11) for display."""
+    return f"<{privacy.MIN_CELL}" if count is None else f"{count:,}"
+
+
 def _ci(rec: dict, metric: str) -> str:
     return f"{_fmt(rec[metric])} ({_fmt(rec[metric + '_ci_low'])}–{_fmt(rec[metric + '_ci_high'])})"
 
@@ -148,6 +153,7 @@ def report_context(
     code_version: str,
     data_digest: str,
     generated_at: str,
+    quality: dict,
     mlflow_run_id: str | None = None,
 ) -> dict:
     """Everything the report template shows, with every count passed through suppression."""
@@ -222,6 +228,16 @@ def report_context(
             "subjects": privacy.shown(pull_report["subjects"]),
             "events": privacy.shown(pull_report["events"]),
             "time_span": " to ".join(str(x) for x in pull_report["time_span"]),
+            "source": ", ".join(f"{k} {v}" for k, v in pull_report.get("source", {}).items() if k != "location"),
+            "top_codes": [
+                {"code": c["code"], "events": _shown(c["events"]), "subjects": _shown(c["subjects"])}
+                for c in quality["top_codes"][:10]
+            ],
+            "implausible": [
+                {"code": v["code"], "values": _shown(v["values"]), "outside": _shown(v["outside"]),
+                 "bounds": f"{v['bounds'][0]:g}–{v['bounds'][1]:g}"}
+                for v in quality["values_outside_plausible_range"]
+            ],
         },
         "attrition": attrition_rows,
         "splits": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -33,13 +34,27 @@ def setup_environment() -> None:
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logger = logging.getLogger("forewarn")
-    if not any(getattr(h, "_forewarn", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s forewarn | %(message)s", "%H:%M:%S"))
-        handler._forewarn = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def _fail(message: str) -> None:
@@ -54,9 +69,9 @@ def _run_study(path: Path) -> None:
         study = load_study(path)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    missing = [f"{s.name}: {s.source.path}" for s in study.sites if not s.source.path.is_file()]
+    missing = [f"{s.name}: {s.source.location}" for s in study.sites if not s.source.exists()]
     if missing:
-        _fail(f"source databases do not exist: {missing}. Fix the paths in {path}.")
+        _fail(f"sources do not exist: {missing}. Fix the locations in {path}.")
     from forewarn.flows.nightly import nightly
 
     results = nightly(study)
@@ -136,6 +151,45 @@ def build_deployment(study):
         parameters={"study": study.model_dump(mode="json")},
         tags=["forewarn", "nightly"],
     )
+
+
+@app.command()
+def pull(
+    format: Annotated[str, typer.Argument(help="source format: omop, meds or fhir")],
+    location: Annotated[str, typer.Argument(help="OMOP: DuckDB file, folder of tables or SQLAlchemy URL; MEDS: dataset root; FHIR: folder of Bundles or NDJSON")],
+    site: Annotated[str, typer.Option(help="the site's name (keys its pseudonyms)")],
+    out: Annotated[Path, typer.Option(help="output folder (replaced when the pull succeeds)")],
+    db_schema: Annotated[str | None, typer.Option(help="schema of an OMOP SQL database")] = None,
+    max_bad_fraction: Annotated[float, typer.Option(min=0, max=1, help="fail when more of a table is quarantined")] = 0.05,
+    max_shift_days: Annotated[int, typer.Option(min=0, max=3650, help="per-subject date shift range (days, +/-)")] = 365,
+    secret_file: Annotated[Path | None, typer.Option(help="file with the site's de-identification secret")] = None,
+    demo_secret: Annotated[bool, typer.Option(help="use the public demo secret (synthetic data only)")] = False,
+) -> None:
+    """Pull one source into de-identified MEDS events (outside a flow) and print the pull report."""
+    setup_environment()
+    from forewarn.records import deid
+    from forewarn.records.pull import PullFailed
+    from forewarn.records.sources import FORMATS, pull_source
+
+    if format not in FORMATS:
+        _fail(f"format must be one of {list(FORMATS)}; got {format!r}.")
+    try:
+        config = deid.DeidConfig(deid.load_secret(site, demo=demo_secret, secret_file=secret_file), max_shift_days=max_shift_days)
+        result = pull_source(format, location, out, site=site, config=config, max_bad_fraction=max_bad_fraction, db_schema=db_schema)
+    except (ValueError, FileNotFoundError, PullFailed, deid.PHILeakError) as exc:
+        _fail(str(exc))
+    print_pull_report(json.loads(result.report_path.read_text()))
+    typer.echo(f"\nevents: {result.events_dir}\nreport: {result.report_path}\nquality: {result.quality_path}")
+
+
+def print_pull_report(report: dict) -> None:
+    typer.echo(f"site {report['site']}: {report['subjects']:,} subjects, {report['events']:,} events; "
+               f"read {report['read']:,} = kept {report['read'] - report['quarantined']:,} + quarantined {report['quarantined']:,}")
+    typer.echo(f"{'table':<24}{'read':>12}{'kept':>12}{'quarantined':>13}")
+    for name, t in report["tables"].items():
+        typer.echo(f"{name:<24}{t['read']:>12,}{t['kept']:>12,}{t['quarantined']:>13,}")
+        for reason, n in t["reasons"].items():
+            typer.echo(f"{'':<6}{n:>8,}  {reason}")
 
 
 @app.command()

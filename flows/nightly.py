@@ -25,7 +25,8 @@ from forewarn.flows import tracking
 from forewarn.flows.study import SiteConfig, Study
 from forewarn.models.train import PRIMARY, TrainedModels, train_models
 from forewarn.records import deid, privacy
-from forewarn.records.omop import PullResult, pull_omop_duckdb
+from forewarn.records.pull import PullResult
+from forewarn.records.sources import pull_source
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,16 @@ class SiteResult:
 
 @task(name="pull")
 def pull_task(site: SiteConfig, demo: bool) -> PullResult:
-    config = deid.DeidConfig(deid.load_secret(site.name, demo=demo))
-    return pull_omop_duckdb(site.source.path, site.workdir / "pull", site=site.name, config=config)
+    return pull_site(site, demo)
+
+
+def pull_site(site: SiteConfig, demo: bool) -> PullResult:
+    secret = deid.load_secret(site.name, demo=demo, secret_file=site.deid.secret_file)
+    config = deid.DeidConfig(secret, max_shift_days=site.deid.max_shift_days)
+    return pull_source(
+        site.source.format, site.source.location, site.workdir / "pull", site=site.name, config=config,
+        max_bad_fraction=site.max_bad_fraction, db_schema=site.source.db_schema,
+    )
 
 
 @task(name="label")
@@ -84,12 +93,13 @@ def publish(site, study, spec, run_id, pull, labels, matrix, trained, evaluation
         run_id=run_id, task=spec.name, site=site.name, xgb_model_path=trained.xgboost_path, n_features=shape["columns"]
     )
     pull_report = json.loads(pull.report_path.read_text()) | {"demo": study.demo}
+    quality = json.loads(pull.quality_path.read_text())
     training = json.loads(trained.summary_path.read_text())
     _, _, attrition = labels.load()
     context = report_context(
         site=site.name, task=spec, attrition=attrition, pull_report=pull_report, features_shape=shape,
         feature_config=study.features, training=training, evaluation=evaluation, decision=decision,
-        code_version=code_version(), data_digest=digest,
+        code_version=code_version(), data_digest=digest, quality=quality,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id,
     )
     report_path = write_report(context, site.workdir / "report.html")
@@ -113,7 +123,8 @@ def publish(site, study, spec, run_id, pull, labels, matrix, trained, evaluation
     )
     tracking.log_records(
         run_id=run_id, params=params, metrics=metrics, artifacts=artifacts,
-        dicts={"data/pull_summary.json": tracking.pull_summary(pull_report), "data/attrition.json": _suppressed(attrition),
+        dicts={"data/pull_summary.json": tracking.pull_summary(pull_report), "data/quality.json": quality,
+               "data/attrition.json": _suppressed(attrition),
                "config/study.json": json.loads(study.model_dump_json())},
         note=note,
         tags={"data_digest": digest},

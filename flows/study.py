@@ -23,14 +23,29 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    format: Literal["omop_duckdb"] = "omop_duckdb"
-    path: Path
+    format: Literal["omop", "meds", "fhir"] = "omop"
+    location: str = Field(description="a path (DuckDB file, folder) or, for OMOP, a SQLAlchemy URL")
+    db_schema: str | None = Field(None, description="the database schema of an OMOP SQL source")
+
+    @property
+    def is_url(self) -> bool:
+        return "://" in self.location
+
+    def exists(self) -> bool:
+        return self.is_url or Path(self.location).exists()
+
+
+class DeidSettings(_Strict):
+    max_shift_days: int = Field(365, ge=0, le=3650)
+    secret_file: Path | None = Field(None, description="file holding the site's secret; else $FOREWARN_DEID_SECRET")
 
 
 class SiteConfig(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     source: SourceConfig
     workdir: Path | None = Field(None, description="where the site's row-level outputs stay; default <study dir>/sites/<name>/work")
+    deid: DeidSettings = DeidSettings()
+    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="fail the pull when more of a table is quarantined")
 
 
 class Schedule(_Strict):
@@ -64,10 +79,6 @@ class Study(_Strict):
             raise ValueError(f"site names must be unique; {dupes} appear more than once.")
         return self
 
-    def site_workdir(self, site: SiteConfig) -> Path:
-        assert site.workdir is not None  # resolved by parse_study
-        return site.workdir
-
 
 def parse_study(data: object, *, base_dir: Path, where: str = "study") -> Study:
     """Validate ``data`` and resolve relative paths against ``base_dir``."""
@@ -78,10 +89,15 @@ def parse_study(data: object, *, base_dir: Path, where: str = "study") -> Study:
     base_dir = Path(base_dir).resolve()
     sites = []
     for site in study.sites:
-        src = site.source.path if site.source.path.is_absolute() else base_dir / site.source.path
+        source = site.source
+        if not source.is_url and not Path(source.location).is_absolute():
+            source = source.model_copy(update={"location": str(base_dir / source.location)})
         work = site.workdir or Path("sites") / site.name / "work"
         work = work if work.is_absolute() else base_dir / work
-        sites.append(site.model_copy(update={"source": site.source.model_copy(update={"path": src}), "workdir": work}))
+        deid = site.deid
+        if deid.secret_file is not None and not deid.secret_file.is_absolute():
+            deid = deid.model_copy(update={"secret_file": base_dir / deid.secret_file})
+        sites.append(site.model_copy(update={"source": source, "workdir": work, "deid": deid}))
     task = study.task
     if task.endswith((".yaml", ".yml")) and not Path(task).is_absolute():
         task = str(base_dir / task)
@@ -136,7 +152,7 @@ def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
         "demo": True,
         "task": "t2d_2y",
         "sites": [
-            {"name": name, "source": {"format": "omop_duckdb", "path": str(Path(p).resolve().relative_to(Path(base_dir).resolve()))}}
+            {"name": name, "source": {"format": "omop", "location": str(Path(p).resolve().relative_to(Path(base_dir).resolve()))}}
             for name, p in sites.items()
         ],
         "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},

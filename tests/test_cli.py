@@ -24,7 +24,7 @@ def test_run_with_a_missing_study_is_a_clear_error(tmp_path):
 
 def test_run_with_a_misspelt_key_names_it(tmp_path):
     study = tmp_path / "study.yaml"
-    study.write_text("name: x\ntask: t2d_2y\nsites: [{name: a, source: {path: a.duckdb}}]\nshedule: {cron: '0 2 * * *'}\n")
+    study.write_text("name: x\ntask: t2d_2y\nsites: [{name: a, source: {location: a.duckdb}}]\nshedule: {cron: '0 2 * * *'}\n")
     result = runner.invoke(app, ["run", str(study)])
     assert result.exit_code == 2
     assert "shedule: unknown key; allowed keys here are" in result.output
@@ -32,16 +32,16 @@ def test_run_with_a_misspelt_key_names_it(tmp_path):
 
 def test_run_with_a_missing_source_names_the_site(tmp_path):
     study = tmp_path / "study.yaml"
-    study.write_text("name: x\ntask: t2d_2y\nsites: [{name: north, source: {path: north.duckdb}}]\n")
+    study.write_text("name: x\ntask: t2d_2y\nsites: [{name: north, source: {location: north.duckdb}}]\n")
     result = runner.invoke(app, ["run", str(study)])
     assert result.exit_code == 2
-    assert "source databases do not exist" in result.output and "north:" in result.output
+    assert "sources do not exist" in result.output and "north:" in result.output
 
 
 @pytest.mark.parametrize(("cron", "tz"), [("0 2 * * *", "UTC"), ("30 1 * * 1-5", "Europe/Berlin")])
 def test_serve_builds_a_cron_deployment_with_the_study_as_parameter(tmp_path, cron, tz):
     study = parse_study(
-        {"name": "x", "task": "t2d_2y", "sites": [{"name": "a", "source": {"path": "a.duckdb"}}], "schedule": {"cron": cron, "timezone": tz}},
+        {"name": "x", "task": "t2d_2y", "sites": [{"name": "a", "source": {"location": "a.duckdb"}}], "schedule": {"cron": cron, "timezone": tz}},
         base_dir=tmp_path,
     )
     deployment = build_deployment(study)
@@ -49,3 +49,20 @@ def test_serve_builds_a_cron_deployment_with_the_study_as_parameter(tmp_path, cr
     (schedule,) = deployment.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == (cron, tz)
     assert deployment.parameters["study"]["sites"][0]["name"] == "a"
+
+
+def test_pull_prints_the_reconciled_report(tmp_path):
+    from crossformat import write_omop_folder
+
+    src = write_omop_folder(tmp_path / "omop")
+    result = runner.invoke(app, ["pull", "omop", str(src), "--site", "north", "--out", str(tmp_path / "out"), "--demo-secret"])
+    assert result.exit_code == 0, result.output
+    assert "site north: 3 subjects, 18 events; read 15 = kept 15 + quarantined 0" in result.output
+    assert "measurement" in result.output and (tmp_path / "out" / "events" / "0.parquet").is_file()
+
+
+def test_pull_errors_are_clear(tmp_path):
+    result = runner.invoke(app, ["pull", "csv", str(tmp_path), "--site", "a", "--out", str(tmp_path / "o"), "--demo-secret"])
+    assert result.exit_code == 2 and "format must be one of ['omop', 'meds', 'fhir']; got 'csv'" in result.output
+    result = runner.invoke(app, ["pull", "omop", str(tmp_path / "none.duckdb"), "--site", "a", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no de-identification secret for site 'a'" in result.output

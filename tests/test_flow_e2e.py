@@ -46,7 +46,7 @@ def flow_run(tmp_path_factory, demo_network):
                 "name": "e2e",
                 "demo": True,
                 "task": "t2d_2y",
-                "sites": [{"name": n, "source": {"path": str(p)}} for n, p in demo_network.items()],
+                "sites": [{"name": n, "source": {"location": str(p)}} for n, p in demo_network.items()],
                 "evaluation": {"bootstrap": 50, "shap_rows": 300},
                 "models": {"n_jobs": 2},
             },
@@ -121,6 +121,9 @@ def test_artifacts_present(flow_run, client):
     assert set(metrics["held_out"]) == {"xgboost", "l1_logistic"} and len(metrics["calibration"]["xgboost"]) == 10
     summary = strict(Path(client.download_artifacts(run_id, "data/pull_summary.json")).read_text())
     assert summary["site"] == flow_run["first"][0].site and summary["subjects"] >= 11
+    quality = strict(Path(client.download_artifacts(run_id, "data/quality.json")).read_text())
+    assert quality["top_codes"][0]["events"] >= 11
+    assert {v["code"] for v in quality["values_outside_plausible_range"]} >= {"LOINC//4548-4", "LOINC//62238-1"}
 
 
 def test_registry_aliases_keep_the_first_champion(flow_run, client):
@@ -156,6 +159,7 @@ def test_report_has_every_section_and_the_run_numbers(flow_run, client):
     assert html.count("data:image/png;base64,") == 4
     assert "Hemoglobin A1c" in html or "Fasting glucose" in html  # readable feature names
     assert result.decision in html
+    assert "Data quality" in html and "outside plausible range" in html
 
 
 def _source_identifiers(db: Path) -> set[str]:

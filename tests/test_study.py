@@ -4,13 +4,13 @@ import pytest
 
 from forewarn.flows.study import load_study, parse_study
 
-BASE = {"name": "north", "task": "t2d_2y", "sites": [{"name": "a", "source": {"path": "a/omop.duckdb"}}]}
+BASE = {"name": "north", "task": "t2d_2y", "sites": [{"name": "a", "source": {"location": "a/omop.duckdb"}}]}
 
 
 def test_relative_paths_resolve_against_the_study_folder(tmp_path):
     study = parse_study(BASE, base_dir=tmp_path)
     site = study.sites[0]
-    assert site.source.path == tmp_path.resolve() / "a/omop.duckdb"
+    assert site.source.location == str(tmp_path.resolve() / "a/omop.duckdb")
     assert site.workdir == tmp_path.resolve() / "sites/a/work"
     assert study.schedule.cron == "0 2 * * *" and study.demo is False
 
@@ -20,7 +20,7 @@ def test_relative_paths_resolve_against_the_study_folder(tmp_path):
     [
         (BASE | {"sheduel": {}}, r"sheduel: unknown key; allowed keys here are \['demo', 'evaluation', 'features'"),
         (BASE | {"features": {"windowz": ["1d"]}}, r"features.windowz: unknown key; allowed keys here are \['aggs', 'min_code_subjects', 'windows'\]"),
-        (BASE | {"sites": [{"name": "a", "source": {"path": "x", "fromat": "omop"}}]}, r"sites.0.source.fromat: unknown key; allowed keys here are \['format', 'path'\]"),
+        (BASE | {"sites": [{"name": "a", "source": {"location": "x", "fromat": "omop"}}]}, r"sites.0.source.fromat: unknown key; allowed keys here are \['db_schema', 'format', 'location'\]"),
         (BASE | {"sites": BASE["sites"] * 2}, r"site names must be unique; \['a'\]"),
         (BASE | {"schedule": {"cron": "0 2 * *"}}, "cron must have 5 fields"),
         (BASE | {"sites": []}, "sites: List should have at least 1 item"),
