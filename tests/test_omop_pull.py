@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from forewarn.records import deid, schema
-from forewarn.records.omop import pull_omop_duckdb
+from forewarn.records.omop import pull_omop, pull_omop_duckdb
 from forewarn.records.pull import PullFailed
 
 KEY = deid.DeidConfig(b"golden-test-secret-0123456789", max_shift_days=365)
@@ -205,3 +205,35 @@ def test_rerun_is_identical(tmp_path):
     a = pull_omop_duckdb(db, tmp_path / "a", site="golden", config=KEY, now=NOW, max_bad_fraction=1.0)
     b = pull_omop_duckdb(db, tmp_path / "b", site="golden", config=KEY, now=NOW, max_bad_fraction=1.0)
     assert (a.events_dir / "0.parquet").read_bytes() == (b.events_dir / "0.parquet").read_bytes()
+
+
+def test_csv_folder_bad_values_are_quarantined_with_row_field_and_fix(tmp_path):
+    from crossformat import write_omop_folder
+
+    folder = write_omop_folder(tmp_path / "omop")
+    lines = (folder / "measurement.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    cols = header.split(",")
+    bad_value = rows[0].split(",")
+    bad_value[cols.index("value_as_number")] = "abc"
+    bad_date = rows[1].split(",")
+    bad_date[cols.index("measurement_date")] = "2018-13-45"
+    bad_date[cols.index("measurement_datetime")] = ""
+    duplicate = rows[2]
+    (folder / "measurement.csv").write_text("\n".join([header, ",".join(bad_value), ",".join(bad_date), *rows[2:], duplicate]) + "\n")
+    result = pull_omop(folder, tmp_path / "out", site="s", config=KEY, now=NOW, max_bad_fraction=1.0)
+    report = json.loads(result.report_path.read_text())
+    assert report["tables"]["measurement"] == {
+        "read": 5, "kept": 2, "quarantined": 3,
+        "reasons": {
+            "measurement id: repeats an earlier row's id; remove the repeat": 1,
+            "measurement.measurement_date: expected a date (YYYY-MM-DD); fix the value": 1,
+            "measurement.value_as_number: expected a number; fix the value or leave it empty": 1,
+        },
+    }
+    quarantine = pd.read_parquet(result.out_dir / "quarantine" / "records.parquet")
+    assert sorted(quarantine.loc[quarantine["src_table"] == "measurement", "location"]) == [
+        "measurement row 1", "measurement row 2", "measurement row 5",
+    ]
+    assert all(t["read"] == t["kept"] + t["quarantined"] for t in report["tables"].values())
+    assert report["read"] == sum(t["read"] for t in report["tables"].values())
