@@ -3,22 +3,32 @@
 Window semantics: an event at time ``e`` is in window ``w`` of prediction time ``t``
 when ``t - w < e <= t``; the ``full`` window holds every event with ``e <= t``.
 Static events (null time) are features at every prediction time of their subject.
+(MEDS-Tab anchors each window at the subject's last event at or before ``t`` instead;
+the two agree whenever ``t`` is an event time, as with ACES triggers.)
 
 Columns are named ``code/agg/window`` (MEDS-Tab style), for example
 ``LOINC//4548-4/value/last/365d``; ``columns.parquet`` also carries the parts and a
 readable name. Unstored matrix entries mean "no such event in the window": XGBoost
 treats them as missing, not as zero.
 
+Aggregations: MEDS-Tab's ``static/present``, ``static/first``, ``code/count``,
+``value/count``, ``value/sum``, ``value/sum_sqd``, ``value/min``, ``value/max``; and
+``value/mean``, ``value/last``, ``value/slope`` (least squares, per year, needs two
+values), ``code/days_since_last`` (full window only), age in years at ``t``.
+
 The algorithm is incremental, never a join: events are sorted by (subject, code,
 time); for each prediction time and each of its subject's codes the window bounds are
-two binary searches, counts and sums are prefix-sum differences, and min/max are
-range reductions. Work and memory grow with the events and labels of one shard.
+two binary searches, counts, sums and slopes come from prefix sums, min/max from range
+reductions. Work and memory grow with the events and labels of one shard; shards run
+in parallel worker processes and their triplets are merged.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -28,16 +38,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from forewarn.features.labels import DAY_US, YEAR_DAYS
+from forewarn.features.labels import DAY_US, YEAR_DAYS, split_rows
 from forewarn.records import schema
+from forewarn.records.config import Strict
 from forewarn.records.progress import stage
 
-CODE_AGGS = ("code/count",)
-VALUE_AGGS = ("value/count", "value/sum", "value/sum_sqd", "value/min", "value/max", "value/mean", "value/last")
+CODE_AGGS = ("code/count", "code/days_since_last")
+VALUE_AGGS = (
+    "value/count", "value/sum", "value/sum_sqd", "value/min", "value/max", "value/mean", "value/last", "value/slope",
+)
+STATIC_AGGS = ("static/present", "static/first")
 AGG_NAMES = {
     "code/count": "count",
+    "code/days_since_last": "days since last",
     "value/count": "number of values",
     "value/sum": "sum",
     "value/sum_sqd": "sum of squares",
@@ -45,19 +60,28 @@ AGG_NAMES = {
     "value/max": "maximum",
     "value/mean": "mean value",
     "value/last": "last value",
+    "value/slope": "slope per year",
     "static/present": "present",
+    "static/first": "value",
     "years/at_prediction": "at prediction time",
 }
+AGE = ("AGE", "years/at_prediction", "t")
+YEAR_US = DAY_US * YEAR_DAYS
 
 
-class FeatureConfig(BaseModel):
+class FeatureConfig(Strict):
     """Which windows and aggregations, and how the code vocabulary is chosen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     windows: list[str] = Field(default=["30d", "365d", "full"], min_length=1)
-    aggs: list[str] = Field(default=["code/count", "value/mean", "value/min", "value/max", "value/last"], min_length=1)
+    aggs: list[str] = Field(
+        default=["code/count", "code/days_since_last", "value/mean", "value/min", "value/max", "value/last", "value/slope"],
+        min_length=1,
+    )
     min_code_subjects: int = Field(10, ge=1, description="a code enters the vocabulary when this many train subjects have it")
+    min_code_frequency: float = Field(0.0, ge=0, le=1, description="... and at least this share of train subjects")
+    rollup_icd10: bool = Field(True, description="also count ICD-10 codes at their 3-character category (E11.9 -> E11)")
+    parent_codes: bool = Field(True, description="also count codes at the parent_codes of metadata/codes.parquet")
+    n_workers: int = Field(1, ge=0, description="worker processes for shards; 0 means one per core")
 
     @field_validator("windows")
     @classmethod
@@ -70,9 +94,10 @@ class FeatureConfig(BaseModel):
     @field_validator("aggs")
     @classmethod
     def _aggs(cls, value: list[str]) -> list[str]:
-        bad = [a for a in value if a not in CODE_AGGS + VALUE_AGGS]
+        allowed = CODE_AGGS + VALUE_AGGS + STATIC_AGGS
+        bad = [a for a in value if a not in allowed]
         if bad:
-            raise ValueError(f"aggs must be among {list(CODE_AGGS + VALUE_AGGS)}; got {bad}.")
+            raise ValueError(f"aggs must be among {list(allowed)}; got {bad}.")
         return value
 
 
@@ -102,40 +127,91 @@ class FeatureMatrix:
         return sp.load_npz(self.x_path).tocsr(), pd.read_parquet(self.rows_path), pd.read_parquet(self.columns_path)
 
 
-def choose_vocabulary(events_dir: Path, train_subjects: np.ndarray, min_subjects: int) -> tuple[list[str], set[str]]:
-    """Codes seen in at least ``min_subjects`` train subjects, and which of them carry values.
+# --- vocabulary -------------------------------------------------------------------
+
+
+def parent_map(codes: list[str], metadata_parents: dict[str, list[str]], config: FeatureConfig) -> dict[str, list[str]]:
+    """Each code's roll-up targets: its ICD-10 category and its metadata parents."""
+    out: dict[str, list[str]] = {}
+    for code in codes:
+        parents = list(metadata_parents.get(code, [])) if config.parent_codes else []
+        vocab, _, local = code.partition("//")
+        if config.rollup_icd10 and vocab in ("ICD10CM", "ICD10") and len(local.replace(".", "")) > 3:
+            parents.append(f"{vocab}//{local[:3]}")
+        parents = [p for p in dict.fromkeys(parents) if p != code]
+        if parents:
+            out[code] = parents
+    return out
+
+
+@dataclass
+class Vocabulary:
+    codes: list[str]
+    numeric: set[str]
+    static: set[str]
+    parents: dict[str, list[str]] = field(default_factory=dict)
+
+
+def choose_vocabulary(
+    events_dir: Path, train_subjects: np.ndarray, config: FeatureConfig, metadata_parents: dict[str, list[str]] | None = None
+) -> Vocabulary:
+    """Codes (rolled up to parents when configured) seen in enough train subjects.
 
     Only the train split decides the vocabulary, so held-out data never shapes the
     columns.
     """
     con = duckdb.connect()
     con.register("train_ids", pa.table({"subject_id": pa.array(train_subjects, pa.int64())}))
+    events = f"read_parquet('{Path(events_dir) / '*.parquet'}')"
+    all_codes = [r[0] for r in con.execute(f"SELECT DISTINCT code FROM {events}").fetchall()]
+    parents = parent_map(all_codes, metadata_parents or {}, config)
+    con.register("parents", pa.table({"code": [c for c, ps in parents.items() for _ in ps], "parent": [p for ps in parents.values() for p in ps]}))
+    n_train = max(1, len(train_subjects))
+    threshold = max(config.min_code_subjects, int(np.ceil(config.min_code_frequency * n_train)))
     rows = con.execute(
         f"""
-        SELECT code, count(DISTINCT subject_id) AS n, bool_or(numeric_value IS NOT NULL AND NOT isnan(numeric_value)) AS numeric
-        FROM read_parquet('{Path(events_dir) / "*.parquet"}') e SEMI JOIN train_ids USING (subject_id)
-        WHERE code <> '{schema.BIRTH_CODE}'
-        GROUP BY code HAVING count(DISTINCT subject_id) >= {int(min_subjects)} ORDER BY code
+        WITH e AS (SELECT subject_id, time, code, numeric_value FROM {events} SEMI JOIN train_ids USING (subject_id)
+                   WHERE code <> '{schema.BIRTH_CODE}'),
+        x AS (SELECT * FROM e UNION ALL SELECT e.subject_id, e.time, p.parent, e.numeric_value FROM e JOIN parents p USING (code))
+        SELECT code, bool_or(numeric_value IS NOT NULL AND NOT isnan(numeric_value)), bool_and(time IS NULL)
+        FROM x GROUP BY code HAVING count(DISTINCT subject_id) >= {threshold} ORDER BY code
         """
     ).fetchall()
     con.close()
-    return [r[0] for r in rows], {r[0] for r in rows if r[2]}
+    return Vocabulary([r[0] for r in rows], {r[0] for r in rows if r[1]}, {r[0] for r in rows if r[2]}, parents)
 
 
-def column_table(codes: list[str], numeric: set[str], static: set[str], config: FeatureConfig) -> pd.DataFrame:
-    """The ordered column list: age and static codes first, then code by code."""
-    cols = [("AGE", "years/at_prediction", "t")]
-    for code in codes:
-        if code in static:
+def column_table(vocab: Vocabulary, config: FeatureConfig) -> pd.DataFrame:
+    """The ordered column list: age, then code by code (static codes get static columns)."""
+    cols = [AGE]
+    for code in vocab.codes:
+        if code in vocab.static:
             cols.append((code, "static/present", "static"))
+            if "static/first" in config.aggs and code in vocab.numeric:
+                cols.append((code, "static/first", "static"))
             continue
         for window in config.windows:
             for agg in config.aggs:
-                if agg in CODE_AGGS or code in numeric:
+                if agg in STATIC_AGGS or (agg == "code/days_since_last" and window != "full"):
+                    continue
+                if agg in CODE_AGGS or code in vocab.numeric:
                     cols.append((code, agg, window))
     frame = pd.DataFrame(cols, columns=["code", "agg", "window"])
     frame.insert(0, "name", frame["code"] + "/" + frame["agg"] + "/" + frame["window"])
     return frame
+
+
+# --- the computation --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a worker needs for one shard (small and picklable)."""
+
+    col_index: dict[tuple[str, str, str], int]
+    code_index: dict[str, int]
+    vocab: Vocabulary
+    config: FeatureConfig
 
 
 def featurize(
@@ -149,93 +225,110 @@ def featurize(
     """Compute the feature matrix for ``labels`` from ``events_dir`` into ``out_dir``."""
     events_dir, out_dir = Path(events_dir), Path(out_dir)
     with stage("featurize") as counts:
-        labels_df = labels.to_pandas()
-        labels_df = labels_df.merge(splits, on=schema.SUBJECT_ID, how="left", validate="many_to_one")
-        train_ids = labels_df.loc[labels_df[schema.SPLIT] == schema.TRAIN, schema.SUBJECT_ID].unique()
-        codes, numeric = choose_vocabulary(events_dir, train_ids, config.min_code_subjects)
-        static = _static_codes(events_dir, codes)
-        columns = column_table(codes, numeric, static, config)
-        col_index = {(c, a, w): i for i, (c, a, w) in enumerate(zip(columns["code"], columns["agg"], columns["window"], strict=True))}
-        code_index = {c: i for i, c in enumerate(codes)}
-
+        labels_df = split_rows(labels.to_pandas(), splits)
         labels_df = labels_df.sort_values([schema.SUBJECT_ID, schema.PREDICTION_TIME], kind="stable").reset_index(drop=True)
-        blocks = []
+        train_ids = labels_df.loc[labels_df[schema.SPLIT] == schema.TRAIN, schema.SUBJECT_ID].unique()
+        descriptions, metadata_parents = _codes_metadata(codes_path)
+        vocab = choose_vocabulary(events_dir, train_ids, config, metadata_parents)
+        columns = column_table(vocab, config)
+        plan = Plan(
+            {(c, a, w): i for i, (c, a, w) in enumerate(zip(columns["code"], columns["agg"], columns["window"], strict=True))},
+            {c: i for i, c in enumerate(vocab.codes)},
+            vocab,
+            config,
+        )
+        l_subj = labels_df[schema.SUBJECT_ID].to_numpy(np.int64)
+        l_time = labels_df[schema.PREDICTION_TIME].to_numpy("datetime64[us]").astype(np.int64)
         shard_paths = sorted(events_dir.glob("*.parquet"))
-        for shard in shard_paths:
-            events = pq.read_table(shard, columns=[schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE])
-            shard_subjects = np.unique(events.column(schema.SUBJECT_ID).to_numpy())
-            rows = np.flatnonzero(np.isin(labels_df[schema.SUBJECT_ID].to_numpy(), shard_subjects))
-            if rows.size == 0:
-                continue
-            blocks.append(
-                shard_block(events, labels_df.iloc[rows], rows, code_index, static, numeric, col_index, config)
-            )
-        n_rows, n_cols = len(labels_df), len(columns)
-        if blocks:
-            r = np.concatenate([b[0] for b in blocks])
-            c = np.concatenate([b[1] for b in blocks])
-            v = np.concatenate([b[2] for b in blocks])
+        jobs = [(str(p), l_subj, l_time, plan) for p in shard_paths]
+        workers = min(len(jobs), config.n_workers or os.cpu_count() or 1)
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                blocks = list(pool.map(_shard_job, jobs))
         else:
-            r = c = np.zeros(0, np.int64)
-            v = np.zeros(0, np.float32)
+            blocks = [_shard_job(job) for job in jobs]
+        n_rows, n_cols = len(labels_df), len(columns)
+        r = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0, np.int64)
+        c = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int64)
+        v = np.concatenate([b[2] for b in blocks]) if blocks else np.zeros(0, np.float32)
         X = sp.csr_matrix((v, (r, c)), shape=(n_rows, n_cols), dtype=np.float32)
-        X.sum_duplicates()
         X.sort_indices()
-        columns["description"] = readable_names(columns, _descriptions(codes_path))
+        columns["description"] = readable_names(columns, descriptions)
         matrix = _write(out_dir, X, labels_df, columns)
-        counts.update(rows=n_rows, columns=n_cols, nonzeros=int(X.nnz), shards=len(shard_paths))
+        counts.update(rows=n_rows, columns=n_cols, nonzeros=int(X.nnz), shards=len(shard_paths), workers=workers)
     return matrix
 
 
-def shard_block(events, labels_df, row_ids, code_index, static, numeric, col_index, config):
-    """(row, col, value) triplets for one shard's labels. Rows are global row ids."""
+def _shard_job(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    path, l_subj, l_time, plan = job
+    events = pq.read_table(path, columns=[schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE])
+    subjects = np.unique(events.column(schema.SUBJECT_ID).to_numpy())
+    rows = np.flatnonzero(np.isin(l_subj, subjects))
+    if rows.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return shard_block(events, l_subj[rows], l_time[rows], rows, plan)
+
+
+def shard_block(events: pa.Table, l_subj: np.ndarray, l_time: np.ndarray, row_ids: np.ndarray, plan: Plan):
+    """(row, col, value) triplets for one shard's labels; rows are global row ids and
+    the labels are sorted by (subject, time)."""
     subj = events.column(schema.SUBJECT_ID).to_numpy()
     code_arr = events.column(schema.CODE).to_numpy(zero_copy_only=False)
-    codes_idx = pd.Series(code_arr).map(code_index).to_numpy(dtype=np.float64, na_value=np.nan)
-    keep = ~np.isnan(codes_idx)
     time_null = events.column(schema.TIME).is_null().to_numpy(zero_copy_only=False)
     time = pc.fill_null(events.column(schema.TIME).cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
     values = events.column(schema.NUMERIC_VALUE).to_numpy(zero_copy_only=False).astype(np.float64)
-
-    l_subj = labels_df[schema.SUBJECT_ID].to_numpy(np.int64)
-    l_time = labels_df[schema.PREDICTION_TIME].to_numpy("datetime64[us]").astype(np.int64)
     out_r, out_c, out_v = [], [], []
 
     # Age at prediction time from the birth event.
-    birth_mask = (code_arr == schema.BIRTH_CODE) & ~time_null
-    b_subj, b_time = subj[birth_mask], time[birth_mask]
+    births = (code_arr == schema.BIRTH_CODE) & ~time_null
+    b_subj, b_time = subj[births], time[births]
     order = np.argsort(b_subj, kind="stable")
     b_subj, b_time = b_subj[order], b_time[order]
-    pos = np.searchsorted(b_subj, l_subj)
-    found = (pos < b_subj.size) & (b_subj[np.minimum(pos, max(b_subj.size - 1, 0))] == l_subj) if b_subj.size else np.zeros(l_subj.size, bool)
-    age_col = col_index[("AGE", "years/at_prediction", "t")]
+    pos = np.clip(np.searchsorted(b_subj, l_subj), 0, max(b_subj.size - 1, 0))
+    found = (b_subj[pos] == l_subj) if b_subj.size else np.zeros(l_subj.size, bool)
     out_r.append(row_ids[found])
-    out_c.append(np.full(found.sum(), age_col))
-    out_v.append((l_time[found] - b_time[pos[found]]) / DAY_US / YEAR_DAYS)
+    out_c.append(np.full(int(found.sum()), plan.col_index[AGE]))
+    out_v.append((l_time[found] - b_time[pos[found]]) / YEAR_US)
 
-    # Static codes: present at every prediction time of the subject.
-    static_mask = keep & time_null
-    if static_mask.any() and static:
-        s_subj = subj[static_mask]
-        s_col = np.array([col_index.get((c, "static/present", "static"), -1) for c in code_arr[static_mask]])
-        ok = s_col >= 0
-        r, c = _expand_by_subject(l_subj, row_ids, s_subj[ok], s_col[ok])
-        out_r.append(r)
-        out_c.append(c)
-        out_v.append(np.ones(r.size))
+    # Roll codes up to their parents: each event also counts under every parent code.
+    if plan.vocab.parents:
+        extra = pd.Series(code_arr).map(plan.vocab.parents)
+        has = extra.notna().to_numpy()
+        if has.any():
+            reps = extra[has].map(len).to_numpy()
+            idx = np.repeat(np.flatnonzero(has), reps)
+            subj, time, time_null, values = (np.concatenate([a, a[idx]]) for a in (subj, time, time_null, values))
+            code_arr = np.concatenate([code_arr, np.array([p for ps in extra[has] for p in ps], dtype=object)])
+    codes_idx = pd.Series(code_arr).map(plan.code_index).to_numpy(dtype=np.float64, na_value=np.nan)
+    keep = ~np.isnan(codes_idx)
+    code_names = np.array(plan.vocab.codes, dtype=object)
+
+    # Static codes: present (and first value) at every prediction time of the subject.
+    static = keep & time_null
+    if static.any():
+        s_subj, s_code, s_val = subj[static], codes_idx[static].astype(np.int64), values[static]
+        first = np.unique(np.stack([s_subj, s_code]), axis=1, return_index=True)[1]
+        s_subj, s_code, s_val = s_subj[first], s_code[first], s_val[first]
+        for agg, vals in (("static/present", np.ones(s_subj.size)), ("static/first", s_val)):
+            cols = np.array([plan.col_index.get((c, agg, "static"), -1) for c in code_names[s_code]], dtype=np.int64)
+            ok = (cols >= 0) & ~np.isnan(vals)
+            r, which = _pair_by_subject(l_subj, s_subj[ok])
+            out_r.append(row_ids[r])
+            out_c.append(cols[ok][which])
+            out_v.append(vals[ok][which])
 
     timed = keep & ~time_null
     t_subj, t_code, t_time, t_val = subj[timed], codes_idx[timed].astype(np.int64), time[timed], values[timed]
-    code_names = np.array(list(code_index), dtype=object)
-    wanted_code = [a for a in config.aggs if a in CODE_AGGS]
-    wanted_value = [a for a in config.aggs if a in VALUE_AGGS]
-    if wanted_code:
-        _windowed(out_r, out_c, out_v, t_subj, t_code, t_time, None, l_subj, l_time, row_ids, code_names, wanted_code, col_index, config)
+    config = plan.config
+    code_aggs = [a for a in config.aggs if a in CODE_AGGS]
+    value_aggs = [a for a in config.aggs if a in VALUE_AGGS]
+    if code_aggs:
+        _windowed(out_r, out_c, out_v, t_subj, t_code, t_time, None, l_subj, l_time, row_ids, code_names, code_aggs, plan)
     has_value = ~np.isnan(t_val)
-    if wanted_value and has_value.any():
+    if value_aggs and has_value.any():
         _windowed(
             out_r, out_c, out_v, t_subj[has_value], t_code[has_value], t_time[has_value], t_val[has_value],
-            l_subj, l_time, row_ids, code_names, wanted_value, col_index, config,
+            l_subj, l_time, row_ids, code_names, value_aggs, plan,
         )
     return (
         np.concatenate(out_r).astype(np.int64),
@@ -244,50 +337,43 @@ def shard_block(events, labels_df, row_ids, code_index, static, numeric, col_ind
     )
 
 
-def _expand_by_subject(l_subj, row_ids, e_subj, e_col):
-    """Pair every event of a subject with every label row of that subject."""
-    order = np.argsort(l_subj, kind="stable")
-    ls = l_subj[order]
-    lo = np.searchsorted(ls, e_subj, "left")
-    hi = np.searchsorted(ls, e_subj, "right")
-    n = hi - lo
-    rep = np.repeat(np.arange(e_subj.size), n)
-    offs = np.arange(rep.size) - np.repeat(np.cumsum(n) - n, n)
-    return row_ids[order[lo[rep] + offs]], e_col[rep]
+def _pair_by_subject(l_subj: np.ndarray, e_subj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (label index, event index) pairs sharing a subject; labels sorted by subject."""
+    lo = np.searchsorted(l_subj, e_subj, "left")
+    n = np.searchsorted(l_subj, e_subj, "right") - lo
+    which = np.repeat(np.arange(e_subj.size), n)
+    offs = np.arange(which.size) - np.repeat(np.cumsum(n) - n, n)
+    return lo[which] + offs, which
 
 
-def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time, row_ids, code_names, aggs, col_index, config):
+def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time, row_ids, code_names, aggs, plan):
     """Append triplets for ``aggs`` over every window, for events of one kind."""
     if e_subj.size == 0:
         return
     order = np.lexsort((e_time, e_code, e_subj))
     e_subj, e_code, e_time = e_subj[order], e_code[order], e_time[order]
-    if e_val is not None:
-        e_val = e_val[order]
     # Groups: one per (subject, code), in sorted order.
     new_group = np.r_[True, (e_subj[1:] != e_subj[:-1]) | (e_code[1:] != e_code[:-1])]
     g_start = np.flatnonzero(new_group)
     g_of_event = np.cumsum(new_group) - 1
     g_subj, g_code = e_subj[g_start], e_code[g_start]
-    # Pair each label with each group of its subject.
-    pair_label, pair_group = _expand_pairs(l_subj, g_subj)
+    # Pair each label with each group of its subject (groups are sorted by subject).
+    pair_group, pair_label = _pair_by_subject(g_subj, l_subj)
     if pair_label.size == 0:
         return
     pt = l_time[pair_label]
-    # Dense time ranks make (group, time) a single sortable int64 key.
-    bounds = [pt] + [pt - window_us(w) for w in config.windows if w != "full"]
-    all_times = np.concatenate([e_time, *bounds])
-    uniq, inverse = np.unique(all_times, return_inverse=True)
+    windows = plan.config.windows
+    # Dense time ranks make (group, time) one sortable int64 key.
+    bounds = [pt] + [pt - window_us(w) for w in windows if w != "full"]
+    uniq, inverse = np.unique(np.concatenate([e_time, *bounds]), return_inverse=True)
     width = np.int64(uniq.size + 1)
     ev_key = g_of_event * width + inverse[: e_time.size]
-    rank_of = iter(np.split(inverse[e_time.size :], len(bounds)))
-    hi = np.searchsorted(ev_key, pair_group * width + next(rank_of), "right")
-    g_lo = g_start[pair_group]
-    if e_val is not None:
-        csum = np.r_[0.0, np.cumsum(e_val)]
-        csq = np.r_[0.0, np.cumsum(e_val * e_val)]
-    for window in config.windows:
-        lo = g_lo if window == "full" else np.searchsorted(ev_key, pair_group * width + next(rank_of), "right")
+    ranks = iter(np.split(inverse[e_time.size :], len(bounds)))
+    hi = np.searchsorted(ev_key, pair_group * width + next(ranks), "right")
+    prefix = _prefix_sums(e_val[order], e_time) if e_val is not None else {}
+    vals_sorted = e_val[order] if e_val is not None else None
+    for window in windows:
+        lo = g_start[pair_group] if window == "full" else np.searchsorted(ev_key, pair_group * width + next(ranks), "right")
         n = hi - lo
         ok = n > 0
         if not ok.any():
@@ -296,72 +382,78 @@ def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time
         rows = row_ids[pair_label[ok]]
         codes = code_names[g_code[pair_group[ok]]]
         for agg in aggs:
-            cols = np.fromiter((col_index.get((c, agg, window), -1) for c in codes), np.int64, codes.size)
-            if agg == "code/count" or agg == "value/count":
-                vals = p_n.astype(np.float64)
-            elif agg == "value/sum":
-                vals = csum[p_hi] - csum[p_lo]
-            elif agg == "value/sum_sqd":
-                vals = csq[p_hi] - csq[p_lo]
-            elif agg == "value/mean":
-                vals = (csum[p_hi] - csum[p_lo]) / p_n
-            elif agg == "value/last":
-                vals = e_val[p_hi - 1]
-            elif agg in ("value/min", "value/max"):
-                vals = _range_reduce(e_val, p_lo, p_hi, np.minimum if agg == "value/min" else np.maximum)
-            else:  # pragma: no cover - FeatureConfig validates aggs
-                raise ValueError(agg)
-            keep = cols >= 0
+            if agg == "code/days_since_last" and window != "full":
+                continue
+            vals = _aggregate(agg, p_lo, p_hi, p_n, prefix, vals_sorted, e_time, pt[ok])
+            cols = np.fromiter((plan.col_index.get((c, agg, window), -1) for c in codes), np.int64, codes.size)
+            keep = (cols >= 0) & ~np.isnan(vals)
             out_r.append(rows[keep])
             out_c.append(cols[keep])
             out_v.append(vals[keep])
 
 
-def _expand_pairs(l_subj, g_subj):
-    """All (label index, group index) pairs that share a subject; groups sorted by subject."""
-    lo = np.searchsorted(g_subj, l_subj, "left")
-    hi = np.searchsorted(g_subj, l_subj, "right")
-    n = hi - lo
-    pair_label = np.repeat(np.arange(l_subj.size), n)
-    offs = np.arange(pair_label.size) - np.repeat(np.cumsum(n) - n, n)
-    return pair_label, lo[pair_label] + offs
+def _prefix_sums(v: np.ndarray, t_us: np.ndarray) -> dict[str, np.ndarray]:
+    t = (t_us - 946_684_800_000_000) / YEAR_US  # years since 2000-01-01 keeps the sums well conditioned
+    return {
+        name: np.r_[0.0, np.cumsum(arr)]
+        for name, arr in (("v", v), ("vv", v * v), ("t", t), ("tt", t * t), ("tv", t * v))
+    }
 
 
-def _range_reduce(values, lo, hi, ufunc):
-    """``ufunc.reduce(values[lo:hi])`` for many non-empty ranges at once."""
-    padded = np.r_[values, 0.0]
-    idx = np.empty(lo.size * 2, np.int64)
-    idx[0::2], idx[1::2] = lo, hi
-    return ufunc.reduceat(padded, idx)[0::2]
+def _aggregate(agg, lo, hi, n, prefix, vals, times, pt) -> np.ndarray:
+    def total(name):
+        return prefix[name][hi] - prefix[name][lo]
+
+    if agg in ("code/count", "value/count"):
+        return n.astype(np.float64)
+    if agg == "code/days_since_last":
+        return (pt - times[hi - 1]) / DAY_US
+    if agg == "value/sum":
+        return total("v")
+    if agg == "value/sum_sqd":
+        return total("vv")
+    if agg == "value/mean":
+        return total("v") / n
+    if agg == "value/last":
+        return vals[hi - 1]
+    if agg in ("value/min", "value/max"):
+        padded = np.r_[vals, 0.0]
+        idx = np.empty(lo.size * 2, np.int64)
+        idx[0::2], idx[1::2] = lo, hi
+        return (np.minimum if agg == "value/min" else np.maximum).reduceat(padded, idx)[0::2]
+    if agg == "value/slope":
+        st, stt, sv, stv = total("t"), total("tt"), total("v"), total("tv")
+        denom = n * stt - st * st
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = (n * stv - st * sv) / denom
+        return np.where((n >= 2) & (denom > 1e-12 * np.maximum(1.0, n * stt)), slope, np.nan)
+    raise ValueError(f"unknown aggregation {agg!r}")  # pragma: no cover - FeatureConfig validates aggs
 
 
-def _static_codes(events_dir: Path, codes: list[str]) -> set[str]:
-    con = duckdb.connect()
-    rows = con.execute(
-        f"SELECT DISTINCT code FROM read_parquet('{Path(events_dir) / '*.parquet'}') WHERE time IS NULL"
-    ).fetchall()
-    con.close()
-    return {r[0] for r in rows} & set(codes)
+# --- names and output -------------------------------------------------------------
 
 
-def _descriptions(codes_path: Path | None) -> dict[str, str]:
+def _codes_metadata(codes_path: Path | None) -> tuple[dict[str, str], dict[str, list[str]]]:
     if codes_path is None or not Path(codes_path).is_file():
-        return {}
-    table = pq.read_table(codes_path, columns=[schema.CODE, "description"])
-    return {c: d for c, d in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True) if d}
+        return {}, {}
+    table = pq.read_table(codes_path)
+    codes = table.column(schema.CODE).to_pylist()
+    descriptions = dict(zip(codes, table.column("description").to_pylist(), strict=True)) if "description" in table.column_names else {}
+    parents = dict(zip(codes, table.column("parent_codes").to_pylist(), strict=True)) if "parent_codes" in table.column_names else {}
+    return {c: d for c, d in descriptions.items() if d}, {c: p for c, p in parents.items() if p}
 
 
 def readable_names(columns: pd.DataFrame, descriptions: dict[str, str]) -> list[str]:
     """"HbA1c ... (LOINC 4548-4), last value, 365 days" style names."""
     names = []
     for code, agg, window in zip(columns["code"], columns["agg"], columns["window"], strict=True):
-        if code == "AGE":
+        if (code, agg, window) == AGE:
             names.append("Age in years at prediction time")
             continue
         vocab, _, local = code.partition("//")
-        label = f"{descriptions[code]} ({vocab} {local})" if code in descriptions else code
+        label = f"{descriptions[code]} ({vocab} {local})" if code in descriptions else code.replace("//", " ")
         if window == "static":
-            names.append(label)
+            names.append(label if agg == "static/present" else f"{label}, value")
             continue
         span = "all history" if window == "full" else f"{window[:-1]} days"
         names.append(f"{label}, {AGG_NAMES[agg]}, {span}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -30,9 +31,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from forewarn.records import schema
+from forewarn.records.config import Strict, explain
 from forewarn.records.progress import stage
 
 DAY_US = 86_400 * 1_000_000
@@ -40,11 +42,7 @@ YEAR_DAYS = 365.25
 BUILTIN_TASKS = "forewarn.features.tasks"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Population(_Strict):
+class Population(Strict):
     min_age_years: float = Field(18, ge=0, le=120)
     max_age_years: float = Field(120, ge=0, le=130)
     min_prior_observation_days: int = Field(365, ge=0)
@@ -58,17 +56,58 @@ class Population(_Strict):
         return self
 
 
-class PredictionTimes(_Strict):
-    at_codes: list[str] = Field(min_length=1, description="codes whose event times are candidate prediction times")
+class PredictionTimes(Strict):
+    """Where candidate prediction times come from: exactly one of the three."""
+
+    at_codes: list[str] | None = Field(None, min_length=1, description="every event time of these codes (e.g. visits)")
+    every_days: int | None = Field(None, gt=0, description="every N days from the first eligible day to the last event")
+    at_first_of: list[str] | None = Field(None, min_length=1, description="the first event of any of these codes (a trigger)")
     max_per_subject: int = Field(1, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictionTimes:
+        given = [k for k in ("at_codes", "every_days", "at_first_of") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of at_codes, every_days, at_first_of; got {given or 'none'}.")
+        return self
 
-class Outcome(_Strict):
-    codes: list[str] = Field(min_length=1, description="codes; a trailing * matches a prefix")
+
+class ValueCriterion(Strict):
+    """An outcome from measurements: ``times`` values beyond a threshold, the last at
+    least ``min_days_apart`` after the first (e.g. eGFR < 60 twice, 90 days apart)."""
+
+    code: str
+    below: float | None = None
+    above: float | None = None
+    times: int = Field(1, ge=1, le=2)
+    min_days_apart: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> ValueCriterion:
+        if (self.below is None) == (self.above is None):
+            raise ValueError(f"give exactly one of below or above for {self.code!r}.")
+        return self
 
 
-class TaskSpec(_Strict):
+class Outcome(Strict):
+    codes: list[str] = Field(default_factory=list, description="codes; a trailing * matches a prefix")
+    values: list[ValueCriterion] = Field(default_factory=list, description="measurement criteria")
+
+    @model_validator(mode="after")
+    def _something(self) -> Outcome:
+        if not self.codes and not self.values:
+            raise ValueError("outcome needs codes, values or both.")
+        return self
+
+
+class TemporalSplit(Strict):
+    """Train and tune on prediction times before ``held_out_from``; hold out the rest."""
+
+    held_out_from: datetime
+
+
+class TaskSpec(Strict):
     """One early-detection task. Units are in the field names."""
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
@@ -78,6 +117,7 @@ class TaskSpec(_Strict):
     gap_days: int = Field(ge=0)
     horizon_days: int = Field(gt=0)
     outcome: Outcome
+    temporal_split: TemporalSplit | None = None
 
     @model_validator(mode="after")
     def _window(self) -> TaskSpec:
@@ -104,6 +144,11 @@ class TaskSpec(_Strict):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
+def builtin_tasks() -> list[str]:
+    files = resources.files(BUILTIN_TASKS)
+    return sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
 def load_task(name_or_path: str | Path) -> TaskSpec:
     """A built-in task by name (``t2d_2y``) or a task YAML file by path."""
     path = Path(name_or_path)
@@ -112,11 +157,9 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
             raise FileNotFoundError(f"task file {str(path)!r} does not exist.")
         text, where = path.read_text(), str(path)
     else:
-        files = resources.files(BUILTIN_TASKS)
-        candidate = files / f"{name_or_path}.yaml"
+        candidate = resources.files(BUILTIN_TASKS) / f"{name_or_path}.yaml"
         if not candidate.is_file():
-            known = sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
-            raise ValueError(f"task must be a built-in task {known} or a path to a .yaml file; got {str(name_or_path)!r}.")
+            raise ValueError(f"task must be a built-in task {builtin_tasks()} or a path to a .yaml file; got {str(name_or_path)!r}.")
         text, where = candidate.read_text(), f"built-in task {name_or_path}"
     return parse_task(yaml.safe_load(text), where=where)
 
@@ -125,33 +168,16 @@ def parse_task(data: object, *, where: str = "task") -> TaskSpec:
     try:
         return TaskSpec.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(f"{where} is not a valid task:\n{_explain(exc, TaskSpec)}") from None
+        raise ValueError(f"{where} is not a valid task:\n{explain(exc, TaskSpec)}") from None
 
 
-def _explain(exc: ValidationError, model: type[BaseModel]) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            parent = model
-            for part in err["loc"][:-1]:
-                field = parent.model_fields.get(str(part)) if isinstance(part, str) else None
-                ann = getattr(field, "annotation", None) if field else None
-                if isinstance(ann, type) and issubclass(ann, BaseModel):
-                    parent = ann
-            msg = f"unknown key; allowed keys are {sorted(parent.model_fields)}"
-        lines.append(f"  - {loc}: {msg}")
-    return "\n".join(lines)
-
-
-def outcome_predicate(codes: list[str], column: str = "code") -> str:
+def code_predicate(codes: list[str], column: str = "code") -> str:
     """A SQL predicate matching ``codes`` (``X*`` is a prefix match), safely quoted."""
     parts = []
     for code in codes:
         quoted = code.rstrip("*").replace("'", "''")
         parts.append(f"starts_with({column}, '{quoted}')" if code.endswith("*") else f"{column} = '{quoted}'")
-    return "(" + " OR ".join(parts) + ")"
+    return "(" + " OR ".join(parts) + ")" if parts else "false"
 
 
 ATTRITION_STEPS = (
@@ -171,28 +197,59 @@ def build_labels(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, dict[str, 
     The attrition dict maps each step to the prediction times and subjects it removed
     (``candidates`` counts what entered).
     """
-    events = str(Path(events_dir) / "*.parquet")
-    trig = ", ".join("'" + c.replace("'", "''") + "'" for c in spec.prediction_times.at_codes)
     con = duckdb.connect()
-    frame = con.execute(
-        f"""
-        WITH ev AS (SELECT subject_id, time, code FROM read_parquet('{events}')),
+    frame = con.execute(candidates_sql(str(Path(events_dir) / "*.parquet"), spec)).df()
+    con.close()
+    return label_frame(frame, spec)
+
+
+def candidates_sql(events: str, spec: TaskSpec) -> str:
+    """One row per candidate prediction time with the subject's birth, first and last
+    observed time and first outcome time (codes or measurement criteria)."""
+    pt = spec.prediction_times
+    criteria, joins, outcome_times = [], [], ["s.code_outcome"]
+    for i, v in enumerate(spec.outcome.values):
+        op = f"< {v.below}" if v.below is not None else f"> {v.above}"
+        code = v.code.replace("'", "''")
+        hits = f"SELECT subject_id, time FROM ev WHERE code = '{code}' AND numeric_value {op}"
+        if v.times == 1:
+            criteria.append(f"v{i} AS (SELECT subject_id, min(time) AS t FROM ({hits}) GROUP BY subject_id)")
+        else:
+            criteria.append(
+                f"v{i}_hits AS ({hits}), "
+                f"v{i} AS (SELECT h.subject_id, min(h.time) AS t FROM v{i}_hits h "
+                f"JOIN (SELECT subject_id, min(time) AS first_hit FROM v{i}_hits GROUP BY subject_id) f USING (subject_id) "
+                f"WHERE h.time >= f.first_hit + INTERVAL {v.min_days_apart} DAY GROUP BY h.subject_id)"
+            )
+        joins.append(f"LEFT JOIN v{i} USING (subject_id)")
+        outcome_times.append(f"v{i}.t")
+    if pt.at_codes is not None:
+        cand = f"SELECT DISTINCT subject_id, time AS prediction_time FROM ev WHERE {code_predicate(pt.at_codes)}"
+    elif pt.at_first_of is not None:
+        cand = f"SELECT subject_id, min(time) AS prediction_time FROM ev WHERE {code_predicate(pt.at_first_of)} GROUP BY subject_id"
+    else:
+        cand = (
+            "SELECT subject_id, unnest(generate_series("
+            f"first_time + INTERVAL {spec.population.min_prior_observation_days} DAY, last_time, INTERVAL {pt.every_days} DAY"
+            ")) AS prediction_time FROM subj WHERE first_time IS NOT NULL"
+        )
+    with_criteria = "".join(f", {c}" for c in criteria)
+    return f"""
+        WITH ev AS (SELECT subject_id, time, code, numeric_value FROM read_parquet('{events}') WHERE time IS NOT NULL),
         subj AS (
           SELECT subject_id,
                  min(time) FILTER (WHERE code = '{schema.BIRTH_CODE}') AS birth,
                  COALESCE(min(time) FILTER (WHERE code = '{schema.OBSERVATION_START}'),
                           min(time) FILTER (WHERE code <> '{schema.BIRTH_CODE}')) AS first_time,
                  max(time) AS last_time,
-                 min(time) FILTER (WHERE {outcome_predicate(spec.outcome.codes)}) AS outcome
-          FROM ev WHERE time IS NOT NULL GROUP BY subject_id),
-        cand AS (SELECT DISTINCT subject_id, time AS prediction_time FROM ev WHERE code IN ({trig}) AND time IS NOT NULL)
-        SELECT c.subject_id, c.prediction_time, s.birth, s.first_time, s.last_time, s.outcome
-        FROM cand c JOIN subj s USING (subject_id)
+                 min(time) FILTER (WHERE {code_predicate(spec.outcome.codes)}) AS code_outcome
+          FROM ev GROUP BY subject_id){with_criteria},
+        cand AS ({cand})
+        SELECT c.subject_id, c.prediction_time, s.birth, s.first_time, s.last_time,
+               least({", ".join(outcome_times)}) AS outcome
+        FROM cand c JOIN subj s USING (subject_id) {" ".join(joins)}
         ORDER BY c.subject_id, c.prediction_time
         """
-    ).df()
-    con.close()
-    return label_frame(frame, spec)
 
 
 def label_frame(frame: pd.DataFrame, spec: TaskSpec) -> tuple[pa.Table, dict[str, dict[str, int]]]:
@@ -280,6 +337,33 @@ def assign_splits(
     return names[np.searchsorted(cuts[:-1], u, side="right")]
 
 
+def temporal_splits(labels: pa.Table, held_out_from: datetime, *, seed: int = 0, tuning: float = 0.15) -> pa.Table:
+    """Per prediction time: before ``held_out_from`` train or tuning (by subject hash),
+    from it on held-out. A subject may appear on both sides, as in a temporal
+    validation of a deployed model."""
+    subjects = labels.column(schema.SUBJECT_ID).to_numpy()
+    times = labels.column(schema.PREDICTION_TIME).to_numpy()
+    before = assign_splits(subjects, seed=seed, fractions=(1 - tuning, tuning, 0.0))
+    split = np.where(times < np.datetime64(held_out_from, "us"), before, schema.HELD_OUT)
+    return pa.table(
+        {
+            schema.SUBJECT_ID: pa.array(subjects, pa.int64()),
+            schema.PREDICTION_TIME: labels.column(schema.PREDICTION_TIME),
+            schema.SPLIT: pa.array(split.astype(str)),
+        }
+    )
+
+
+def split_rows(labels: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """``labels`` with a ``split`` column, from subject splits or per-time splits."""
+    keys = [schema.SUBJECT_ID] + ([schema.PREDICTION_TIME] if schema.PREDICTION_TIME in splits.columns else [])
+    merged = labels.merge(splits, on=keys, how="left", validate="many_to_one")
+    missing = int(merged[schema.SPLIT].isna().sum())
+    if missing:
+        raise ValueError(f"splits must cover every label row; {missing} row(s) have no split. Recompute the splits.")
+    return merged
+
+
 def write_labels(labels: pa.Table, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +386,7 @@ class LabelSet:
 
     @property
     def splits_path(self) -> Path:
-        return self.dir / "splits.parquet"
+        return self.dir / "labels" / f"{self.task}.splits.parquet"
 
     @property
     def attrition_path(self) -> Path:
@@ -323,11 +407,15 @@ def label_dataset(events_dir: Path, spec: TaskSpec, out_dir: Path, *, split_seed
         labels, attrition = build_labels(events_dir, spec)
         write_labels(labels, out.labels_path)
         subjects = np.unique(labels.column(schema.SUBJECT_ID).to_numpy())
-        splits = pa.table(
-            {schema.SUBJECT_ID: pa.array(subjects, pa.int64()), schema.SPLIT: pa.array(assign_splits(subjects, seed=split_seed))}
-        )
-        tmp = out.splits_path.with_name("splits.parquet.partial")
-        pq.write_table(schema.align(splits, schema.SPLIT_SCHEMA, what="splits"), tmp)
+        if spec.temporal_split is None:
+            splits = pa.table(
+                {schema.SUBJECT_ID: pa.array(subjects, pa.int64()), schema.SPLIT: pa.array(assign_splits(subjects, seed=split_seed))}
+            )
+            splits = schema.align(splits, schema.SPLIT_SCHEMA, what="splits")
+        else:
+            splits = temporal_splits(labels, spec.temporal_split.held_out_from, seed=split_seed)
+        tmp = out.splits_path.with_name(f"splits-{spec.name}.parquet.partial")
+        pq.write_table(splits, tmp)
         tmp.replace(out.splits_path)
         out.attrition_path.write_text(json.dumps(attrition, indent=2))
         counts.update(labels=labels.num_rows, positives=attrition["positive"]["times"], subjects=int(subjects.size))

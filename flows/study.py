@@ -11,18 +11,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from forewarn.evaluation.evaluate import EvaluationConfig
 from forewarn.features.featurize import FeatureConfig
 from forewarn.models.train import ModelConfig
+from forewarn.records.config import Strict, explain
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceConfig(_Strict):
+class SourceConfig(Strict):
     format: Literal["omop", "meds", "fhir"] = "omop"
     location: str = Field(description="a path (DuckDB file, folder) or, for OMOP, a SQLAlchemy URL")
     db_schema: str | None = Field(None, description="the database schema of an OMOP SQL source")
@@ -35,12 +32,12 @@ class SourceConfig(_Strict):
         return self.is_url or Path(self.location).exists()
 
 
-class DeidSettings(_Strict):
+class DeidSettings(Strict):
     max_shift_days: int = Field(365, ge=0, le=3650)
     secret_file: Path | None = Field(None, description="file holding the site's secret; else $FOREWARN_DEID_SECRET")
 
 
-class SiteConfig(_Strict):
+class SiteConfig(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     source: SourceConfig
     workdir: Path | None = Field(None, description="where the site's row-level outputs stay; default <study dir>/sites/<name>/work")
@@ -48,7 +45,7 @@ class SiteConfig(_Strict):
     max_bad_fraction: float = Field(0.05, ge=0, le=1, description="fail the pull when more of a table is quarantined")
 
 
-class Schedule(_Strict):
+class Schedule(Strict):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
 
@@ -60,7 +57,7 @@ class Schedule(_Strict):
         return value
 
 
-class Study(_Strict):
+class Study(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     sites: list[SiteConfig] = Field(min_length=1)
     task: str = Field(description="a built-in task name (t2d_2y) or a path to a task YAML")
@@ -85,7 +82,7 @@ def parse_study(data: object, *, base_dir: Path, where: str = "study") -> Study:
     try:
         study = Study.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(f"{where} is not a valid study:\n{_explain(exc)}") from None
+        raise ValueError(f"{where} is not a valid study:\n{explain(exc, Study)}") from None
     base_dir = Path(base_dir).resolve()
     sites = []
     for site in study.sites:
@@ -113,36 +110,6 @@ def load_study(path: Path) -> Study:
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from None
     return parse_study(data, base_dir=path.parent, where=str(path))
-
-
-def _explain(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(err["loc"][:-1])
-            lines.append(f"  - {loc}: unknown key; allowed keys here are {allowed}")
-        else:
-            lines.append(f"  - {loc}: {err['msg']}")
-    return "\n".join(lines)
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: type[BaseModel] = Study
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            break
-        ann = field.annotation
-        inner = getattr(ann, "__args__", None)
-        candidates = [ann, *(inner or ())]
-        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if nxt is None:
-            break
-        model = nxt
-    return sorted(model.model_fields)
 
 
 def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:

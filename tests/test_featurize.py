@@ -17,7 +17,10 @@ from forewarn.records import schema
 
 T = datetime(2020, 12, 31)
 HBA1C = "LOINC//4548-4"
-ALL_AGGS = ["code/count", "value/count", "value/sum", "value/sum_sqd", "value/min", "value/max", "value/mean", "value/last"]
+ALL_AGGS = [
+    "code/count", "code/days_since_last", "value/count", "value/sum", "value/sum_sqd", "value/min", "value/max",
+    "value/mean", "value/last", "value/slope",
+]
 
 
 def run(tmp_path, rows, labels, config, splits=None):
@@ -93,12 +96,21 @@ def test_feature_config_errors(bad):
 def brute_force(events, t, code, window_days, agg):
     """The definition, written the slow way: t - w < e <= t."""
     lo = None if window_days is None else t - timedelta(days=window_days)
-    inside = [(e, v) for (e, c, v) in events if c == code and e <= t and (lo is None or e > lo)]
-    values = [v for _, v in sorted(inside, key=lambda x: x[0]) if v is not None]
+    inside = sorted([(e, v) for (e, c, v) in events if c == code and e <= t and (lo is None or e > lo)], key=lambda x: x[0])
+    values = [v for _, v in inside if v is not None]
     if agg == "code/count":
         return len(inside) or None
+    if agg == "code/days_since_last":
+        return (t - inside[-1][0]).total_seconds() / 86400 if inside else None
     if not values:
         return None
+    if agg == "value/slope":
+        pts = [((e - datetime(2000, 1, 1)).total_seconds() / 86400 / 365.25, v) for e, v in inside if v is not None]
+        if len(pts) < 2 or len({x for x, _ in pts}) < 2:
+            return None
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
     return {
         "value/count": len(values), "value/sum": sum(values), "value/sum_sqd": sum(v * v for v in values),
         "value/min": min(values), "value/max": max(values), "value/mean": sum(values) / len(values),
@@ -135,7 +147,8 @@ def test_matches_the_definition_and_never_sees_the_future(tmp_path_factory, even
             if not code.startswith("X//"):
                 continue
             expected = brute_force(all_events, t, code, None if window == "full" else int(window[:-1]), agg)
-            assert X[i, j] == pytest.approx(0.0 if expected is None else expected, rel=1e-5, abs=1e-4), (t, code, agg, window)
+            tolerance = 1e-2 if agg == "value/slope" else 1e-4  # float32 storage of a ratio of sums
+            assert X[i, j] == pytest.approx(0.0 if expected is None else expected, rel=1e-4, abs=tolerance), (t, code, agg, window)
     # Planting events after every prediction time (outcome codes included) changes nothing.
     last_t = max(times)
     future = [(1, last_t + timedelta(days=d), c, 99.0) for d in (1, 30) for c in ("X//1", "X//2", "SNOMED//44054006")]
@@ -153,3 +166,40 @@ def test_labels_without_events_get_rows(tmp_path):
     labels = [(1, T, True), (7, T, False)]
     X, r, _ = run(tmp_path, rows, labels, FeatureConfig(min_code_subjects=1), pd.DataFrame({"subject_id": [1, 7], "split": ["train", "train"]}))
     assert list(r[schema.SUBJECT_ID]) == [1, 7] and X.shape[0] == 2 and not X[1].any()
+
+
+def test_rollup_static_first_and_parallel_shards_agree(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        (1, None, "Gender//F", None), (1, None, "STATIC//HEIGHT", 170.0), (1, datetime(1980, 1, 1), "MEDS_BIRTH", None),
+        (1, datetime(2020, 1, 1), "ICD10CM//E11.9", None), (1, datetime(2020, 2, 1), "ICD10CM//E11.65", None),
+        (1, datetime(2020, 3, 1), "LOCAL//A1C", 7.0),
+    ]
+    write_events(tmp_path / "events", rows, shard="0")
+    write_events(tmp_path / "events", [(2, datetime(2020, 3, 1), "ICD10CM//E11.9", None), (2, datetime(1970, 1, 1), "MEDS_BIRTH", None)], shard="1")
+    codes = tmp_path / "codes.parquet"
+    pq.write_table(pa.table({"code": ["LOCAL//A1C"], "description": ["A1c"], "parent_codes": [["LOINC//4548-4"]]}), codes)
+    labels = label_table([(1, T, True), (2, T, False)])
+    splits = pd.DataFrame({"subject_id": [1, 2], "split": ["train", "train"]})
+    config = FeatureConfig(windows=["full"], aggs=["code/count", "value/last", "static/first"], min_code_subjects=1)
+    one = featurize(tmp_path / "events", labels, splits, tmp_path / "one", config, codes_path=codes).load()
+    two = featurize(tmp_path / "events", labels, splits, tmp_path / "two", config.model_copy(update={"n_workers": 2}), codes_path=codes).load()
+    assert (one[0] != two[0]).nnz == 0 and one[2].equals(two[2])
+    got = dict(zip(one[2]["name"], one[0].toarray()[0], strict=True))
+    assert got["ICD10CM//E11/code/count/full"] == 2  # E11.9 and E11.65 roll up to E11
+    assert got["ICD10CM//E11.9/code/count/full"] == 1
+    assert got["LOINC//4548-4/value/last/full"] == 7.0  # metadata parent
+    assert got["STATIC//HEIGHT/static/first/static"] == 170.0
+    assert got["Gender//F/static/present/static"] == 1
+    no_rollup = config.model_copy(update={"rollup_icd10": False, "parent_codes": False})
+    names = set(featurize(tmp_path / "events", labels, splits, tmp_path / "three", no_rollup, codes_path=codes).load()[2]["name"])
+    assert "ICD10CM//E11/code/count/full" not in names and "LOINC//4548-4/value/last/full" not in names
+
+
+def test_min_code_frequency(tmp_path):
+    rows = [(s, T, "COMMON//1", None) for s in range(1, 11)] + [(1, T, "RARE//1", None)]
+    splits = pd.DataFrame({"subject_id": range(1, 11), "split": "train"})
+    _, _, cols = run(tmp_path, rows, [(s, T, False) for s in range(1, 11)], FeatureConfig(min_code_subjects=1, min_code_frequency=0.2), splits)
+    assert set(cols["code"]) == {"AGE", "COMMON//1"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
 import pandas as pd
 import pytest
 from helpers import write_events
@@ -134,8 +135,8 @@ def test_builtin_task_loads_and_has_units():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"horizon": 3}, r"horizon: unknown key; allowed keys are \['description', 'gap_days', 'horizon_days'"),
-        ({"population": {"min_age": 3}}, r"population.min_age: unknown key; allowed keys are \['max_age_years', 'min_age_years'"),
+        ({"horizon": 3}, r"horizon: unknown key; allowed keys here are \['description', 'gap_days', 'horizon_days'"),
+        ({"population": {"min_age": 3}}, r"population.min_age: unknown key; allowed keys here are \['max_age_years', 'min_age_years'"),
         ({"gap_days": 800}, "gap_days must be < horizon_days"),
         ({"description": "A task about diabetes that says nothing of interest at all, really."}, "does not mention"),
     ],
@@ -159,3 +160,66 @@ def test_splits_are_stable_and_by_subject():
     assert (L.assign_splits(ids, seed=1) != splits).mean() > 0.3
     with pytest.raises(ValueError, match="sum to 1"):
         L.assign_splits(ids, fractions=(0.5, 0.2, 0.2))
+
+
+def _subject(s, extra, *, birth=datetime(1970, 1, 1), start=datetime(2015, 1, 1), end=datetime(2024, 1, 1)):
+    return [
+        (s, birth, "MEDS_BIRTH", None), (s, start, schema.OBSERVATION_START, None), (s, end, schema.OBSERVATION_END, None),
+        *[(s, t, c, v) for t, c, v in extra],
+    ]
+
+
+def test_trigger_every_n_days_and_lab_defined_outcomes(tmp_path):
+    egfr = "LOINC//62238-1"
+    rows = (
+        # 1: a prediabetes trigger, then CKD by eGFR < 60 twice >= 90 days apart (outcome = the second low value)
+        _subject(1, [(datetime(2017, 1, 1), "SNOMED//714628002", None), (datetime(2017, 6, 1), egfr, 55.0),
+                     (datetime(2017, 7, 1), egfr, 58.0), (datetime(2017, 10, 1), egfr, 50.0)])
+        # 2: low eGFR twice but only 30 days apart, then normal: not an outcome
+        + _subject(2, [(datetime(2017, 1, 1), "SNOMED//714628002", None), (datetime(2017, 6, 1), egfr, 55.0),
+                       (datetime(2017, 7, 1), egfr, 57.0), (datetime(2018, 1, 1), egfr, 80.0)])
+    )
+    write_events(tmp_path / "e", rows)
+    ckd = spec(
+        prediction_times={"at_first_of": ["SNOMED//714628002"]},
+        outcome={"codes": ["SNOMED//433144002"], "values": [{"code": egfr, "below": 60, "times": 2, "min_days_apart": 90}]},
+    )
+    labels, attrition = L.build_labels(tmp_path / "e", ckd)
+    assert labels.to_pylist() == [
+        {"subject_id": 1, "prediction_time": datetime(2017, 1, 1), "boolean_value": True},  # 2017-10-01 is 273 days later
+        {"subject_id": 2, "prediction_time": datetime(2017, 1, 1), "boolean_value": False},
+    ]
+    yearly = spec(prediction_times={"every_days": 365, "max_per_subject": 10}, outcome={"codes": ["X//never"]})
+    times = [r["prediction_time"] for r in L.build_labels(tmp_path / "e", yearly)[0].to_pylist() if r["subject_id"] == 1]
+    # From start + 365 days prior observation, every 365 days, while the horizon is still observed.
+    assert times == [datetime(2016, 1, 1), datetime(2016, 12, 31), datetime(2017, 12, 31), datetime(2018, 12, 31),
+                     datetime(2019, 12, 31), datetime(2020, 12, 30), datetime(2021, 12, 30)]
+
+
+@pytest.mark.parametrize("bad", [{"at_codes": ["A"], "every_days": 30}, {}])
+def test_prediction_times_need_exactly_one_source(bad):
+    with pytest.raises(ValueError, match="give exactly one of at_codes, every_days, at_first_of"):
+        spec(prediction_times=bad)
+
+
+def test_temporal_split(tmp_path):
+    labels = pa.table(
+        {
+            "subject_id": pa.array([1, 1, 2, 3], pa.int64()),
+            "prediction_time": pa.array([datetime(2018, 1, 1), datetime(2021, 1, 1), datetime(2019, 12, 31), datetime(2020, 1, 1)], pa.timestamp("us")),
+            "boolean_value": [False, True, False, True],
+        }
+    )
+    splits = L.temporal_splits(labels, datetime(2020, 1, 1), seed=0).to_pandas()
+    assert list(splits["split"])[1] == "held_out" and list(splits["split"])[3] == "held_out"
+    assert set(list(splits["split"])[:1] + list(splits["split"])[2:3]) <= {"train", "tuning"}
+    merged = L.split_rows(labels.to_pandas(), splits)
+    assert len(merged) == 4 and merged["split"].notna().all()
+
+
+def test_shipped_tasks_parse():
+    assert L.builtin_tasks() == ["ckd3_2y", "pancreatic_cancer_1y", "t2d_2y"]
+    ckd = L.load_task("ckd3_2y")
+    assert ckd.outcome.values[0].below == 60 and ckd.outcome.values[0].min_days_apart == 90
+    pc = L.load_task("pancreatic_cancer_1y")
+    assert (pc.gap_days, pc.horizon_days, pc.prediction_times.max_per_subject) == (90, 365, 6)
