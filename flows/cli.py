@@ -79,12 +79,16 @@ def _run_study(path: Path) -> None:
 
     typer.echo("")
     for r in results:
+        head = f"{r.site:>10}  {r.task:<22}"
+        if r.status != "published":
+            typer.echo(f"{head}skipped: {r.reason}")
+            continue
+        m = r.metrics
         typer.echo(
-            f"{r.site:>10}: held-out AUROC {r.metrics['held_out/auroc']:.3f} "
-            f"[{r.metrics['held_out/auroc_ci_low']:.3f}, {r.metrics['held_out/auroc_ci_high']:.3f}]  "
-            f"AUPRC {r.metrics['held_out/auprc']:.3f}  model {r.model_name} v{r.version} ({', '.join(r.aliases)})"
+            f"{head}held-out AUROC {m['held_out/auroc']:.3f} [{m['held_out/auroc_ci_low']:.3f}, {m['held_out/auroc_ci_high']:.3f}]  "
+            f"AUPRC {m['held_out/auprc']:.3f}  model {r.model_name} v{r.version} ({', '.join(r.aliases)})"
         )
-        typer.echo(f"{'':>10}  report: {r.report_path}")
+        typer.echo(f"{'':>34}report: {r.report_path}")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_store()[0]
     typer.echo(f"\nMLflow store: {uri}")
     typer.echo("Look at the runs:  forewarn ui   (then open http://127.0.0.1:5000)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +23,7 @@ from forewarn.features.featurize import FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, label_dataset, load_task
 from forewarn.flows import tracking
 from forewarn.flows.study import SiteConfig, Study
-from forewarn.models.train import PRIMARY, TrainedModels, train_models
+from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy
 from forewarn.records.pull import PullResult
 from forewarn.records.sources import pull_source
@@ -31,15 +31,20 @@ from forewarn.records.sources import pull_source
 
 @dataclass(frozen=True)
 class SiteResult:
+    """What one (site, task) run produced: a published model, or why it was skipped."""
+
     site: str
-    run_id: str
-    experiment: str
-    model_name: str
-    version: str
-    aliases: tuple[str, ...]
-    decision: str
-    report_path: Path
-    metrics: dict[str, float]
+    task: str
+    status: str  # "published" or "skipped"
+    reason: str = ""
+    run_id: str = ""
+    experiment: str = ""
+    model_name: str = ""
+    version: str = ""
+    aliases: tuple[str, ...] = ()
+    decision: str = ""
+    report_path: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @task(name="pull")
@@ -79,14 +84,21 @@ def evaluate_task(matrix: FeatureMatrix, trained: TrainedModels, out_dir: Path, 
 
 @task(name="publish")
 def publish_task(
-    site: SiteConfig, study: Study, spec: TaskSpec, run_id: str, pull: PullResult, labels: LabelSet,
+    site: SiteConfig, study: Study, spec: TaskSpec, pull: PullResult, labels: LabelSet,
     matrix: FeatureMatrix, trained: TrainedModels, evaluation: Evaluation,
 ) -> SiteResult:
-    return publish(site, study, spec, run_id, pull, labels, matrix, trained, evaluation)
+    return publish(site, study, spec, pull, labels, matrix, trained, evaluation)
 
 
-def publish(site, study, spec, run_id, pull, labels, matrix, trained, evaluation) -> SiteResult:
-    """Register the model, render the report with the decision, and log it all to the run."""
+def publish(site, study, spec, pull, labels, matrix, trained, evaluation) -> SiteResult:
+    """Open the (site, task) MLflow run, register the model, render the report with the
+    decision, and log it all to the run."""
+    run_id = tracking.start_site_run(
+        experiment=tracking.experiment_name(spec.name), site=site.name,
+        run_name=f"{site.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        tags={"task": spec.name, "task_digest": spec.digest(), "validation_design": "internal",
+              "code_version": code_version(), "study": study.name},
+    )
     shape = json.loads((matrix.dir / "shape.json").read_text())
     digest = data_digest(pull.events_dir)
     name, version, aliases, decision = tracking.register_model(
@@ -102,7 +114,7 @@ def publish(site, study, spec, run_id, pull, labels, matrix, trained, evaluation
         code_version=code_version(), data_digest=digest, quality=quality,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id,
     )
-    report_path = write_report(context, site.workdir / "report.html")
+    report_path = write_report(context, site.workdir / "reports" / spec.name / "report.html")
     record = evaluation.load_metrics()
     metrics = tracking.flat_metrics(record["held_out"], PRIMARY)
     metrics["train/best_iteration"] = float(training["xgboost"]["best_iteration"])
@@ -129,7 +141,10 @@ def publish(site, study, spec, run_id, pull, labels, matrix, trained, evaluation
         note=note,
         tags={"data_digest": digest},
     )
-    return SiteResult(site.name, run_id, tracking.experiment_name(spec.name), name, version, aliases, decision, report_path, metrics)
+    return SiteResult(
+        site.name, spec.name, "published", run_id=run_id, experiment=tracking.experiment_name(spec.name), model_name=name,
+        version=version, aliases=aliases, decision=decision, report_path=report_path, metrics=metrics,
+    )
 
 
 def _suppressed(attrition: dict) -> dict:
@@ -159,30 +174,28 @@ def code_version() -> str:
 
 @flow(name="forewarn-nightly", log_prints=False)
 def nightly(study: Study) -> list[SiteResult]:
-    """Run the whole pipeline once for every site of ``study``."""
+    """Run the whole pipeline once for every site and task of ``study``."""
     logger = get_run_logger()
     tracking.configure()
-    spec = load_task(study.task)
+    specs = [load_task(t) for t in study.tasks]
     results = []
     for site in study.sites:
         work = site.workdir
-        run_id = tracking.start_site_run(
-            experiment=tracking.experiment_name(spec.name), site=site.name,
-            run_name=f"{site.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
-            tags={"task": spec.name, "task_digest": spec.digest(), "validation_design": "internal",
-                  "code_version": code_version(), "study": study.name},
-        )
         pull = pull_task(site, study.demo)
-        labels = label_task(pull, spec, work, study.split_seed)
-        matrix = featurize_task(pull, labels, work / "features" / spec.name, study)
-        trained = train_task(matrix, work / "models" / spec.name, study)
-        evaluation = evaluate_task(matrix, trained, work / "evaluation" / spec.name, study)
-        result = publish_task(site, study, spec, run_id, pull, labels, matrix, trained, evaluation)
-        logger.info(
-            "site %s: held-out AUROC %.3f, AUPRC %.3f; %s", site.name,
-            result.metrics["held_out/auroc"], result.metrics["held_out/auprc"], result.decision,
-        )
-        results.append(result)
+        for spec in specs:
+            labels = label_task(pull, spec, work, study.split_seed)
+            matrix = featurize_task(pull, labels, work / "features" / spec.name, study)
+            reason = trainability(matrix)
+            if reason:
+                logger.warning("site %s, task %s skipped: %s", site.name, spec.name, reason)
+                results.append(SiteResult(site.name, spec.name, "skipped", reason=reason))
+                continue
+            trained = train_task(matrix, work / "models" / spec.name, study)
+            evaluation = evaluate_task(matrix, trained, work / "evaluation" / spec.name, study)
+            result = publish_task(site, study, spec, pull, labels, matrix, trained, evaluation)
+            logger.info(
+                "site %s, task %s: held-out AUROC %.3f, AUPRC %.3f; %s", site.name, spec.name,
+                result.metrics["held_out/auroc"], result.metrics["held_out/auprc"], result.decision,
+            )
+            results.append(result)
     return results
-
-

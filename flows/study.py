@@ -1,4 +1,4 @@
-"""A study: one YAML file with sites, task, features, models, evaluation and schedule.
+"""A study: one YAML file with sites, tasks, features, models, evaluation and schedule.
 
 Parsing is inert (no I/O beyond reading the one file in ``load_study``) and strict: a
 misspelt key fails with its name and the allowed keys. Relative paths are resolved
@@ -60,7 +60,7 @@ class Schedule(Strict):
 class Study(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     sites: list[SiteConfig] = Field(min_length=1)
-    task: str = Field(description="a built-in task name (t2d_2y) or a path to a task YAML")
+    tasks: list[str] = Field(min_length=1, description="built-in task names (t2d_2y, ...) or paths to task YAML files")
     split_seed: int = 0
     features: FeatureConfig = FeatureConfig()
     models: ModelConfig = ModelConfig()
@@ -95,10 +95,10 @@ def parse_study(data: object, *, base_dir: Path, where: str = "study") -> Study:
         if deid.secret_file is not None and not deid.secret_file.is_absolute():
             deid = deid.model_copy(update={"secret_file": base_dir / deid.secret_file})
         sites.append(site.model_copy(update={"source": source, "workdir": work, "deid": deid}))
-    task = study.task
-    if task.endswith((".yaml", ".yml")) and not Path(task).is_absolute():
-        task = str(base_dir / task)
-    return study.model_copy(update={"sites": sites, "task": task})
+    tasks = [
+        str(base_dir / t) if t.endswith((".yaml", ".yml")) and not Path(t).is_absolute() else t for t in study.tasks
+    ]
+    return study.model_copy(update={"sites": sites, "tasks": tasks})
 
 
 def load_study(path: Path) -> Study:
@@ -117,7 +117,7 @@ def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
     data = {
         "name": "demo",
         "demo": True,
-        "task": "t2d_2y",
+        "tasks": ["t2d_2y", "ckd3_2y", "pancreatic_cancer_1y"],
         "sites": [
             {"name": name, "source": {"format": "omop", "location": str(Path(p).resolve().relative_to(Path(base_dir).resolve()))}}
             for name, p in sites.items()

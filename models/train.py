@@ -144,6 +144,23 @@ def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tu
     return fitted[best], scores
 
 
+def trainability(matrix: FeatureMatrix) -> str | None:
+    """Why ``matrix`` cannot give a trained and evaluated model, or None when it can.
+
+    Train and tuning need both classes; held-out needs both to estimate AUROC.
+    """
+    rows = pd.read_parquet(matrix.rows_path, columns=[schema.BOOLEAN_VALUE, schema.SPLIT])
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
+    for name, mask in split_masks(rows).items():
+        if mask.sum() == 0 or len(np.unique(y[mask])) < 2:
+            return (
+                f"the {name} split must hold both positive and negative labels; it has "
+                f"{int(mask.sum())} rows and {int(y[mask].sum())} positives. "
+                "Use more people, more prediction times per subject, a longer horizon or a broader outcome."
+            )
+    return None
+
+
 def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig) -> TrainedModels:
     """Fit both models and write them and their predictions into ``out_dir``."""
     out = TrainedModels(Path(out_dir))
@@ -151,13 +168,9 @@ def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig) -> T
     X, rows, _ = matrix.load()
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).astype(np.int8)
     masks = split_masks(rows)
-    for name in (schema.TRAIN, schema.TUNING):
-        if masks[name].sum() == 0 or len(np.unique(y[masks[name]])) < 2:
-            raise ValueError(
-                f"the {name} split must hold both positive and negative labels to train; it has "
-                f"{int(masks[name].sum())} rows and {int(y[masks[name]].sum())} positives. "
-                "Use more people, a longer horizon or a broader outcome."
-            )
+    reason = trainability(matrix)
+    if reason:
+        raise ValueError(reason)
     tr, tu = masks[schema.TRAIN], masks[schema.TUNING]
     with stage("train xgboost") as counts:
         clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config)

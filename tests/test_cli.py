@@ -24,7 +24,7 @@ def test_run_with_a_missing_study_is_a_clear_error(tmp_path):
 
 def test_run_with_a_misspelt_key_names_it(tmp_path):
     study = tmp_path / "study.yaml"
-    study.write_text("name: x\ntask: t2d_2y\nsites: [{name: a, source: {location: a.duckdb}}]\nshedule: {cron: '0 2 * * *'}\n")
+    study.write_text("name: x\ntasks: [t2d_2y]\nsites: [{name: a, source: {location: a.duckdb}}]\nshedule: {cron: '0 2 * * *'}\n")
     result = runner.invoke(app, ["run", str(study)])
     assert result.exit_code == 2
     assert "shedule: unknown key; allowed keys here are" in result.output
@@ -32,7 +32,7 @@ def test_run_with_a_misspelt_key_names_it(tmp_path):
 
 def test_run_with_a_missing_source_names_the_site(tmp_path):
     study = tmp_path / "study.yaml"
-    study.write_text("name: x\ntask: t2d_2y\nsites: [{name: north, source: {location: north.duckdb}}]\n")
+    study.write_text("name: x\ntasks: [t2d_2y]\nsites: [{name: north, source: {location: north.duckdb}}]\n")
     result = runner.invoke(app, ["run", str(study)])
     assert result.exit_code == 2
     assert "sources do not exist" in result.output and "north:" in result.output
@@ -41,7 +41,7 @@ def test_run_with_a_missing_source_names_the_site(tmp_path):
 @pytest.mark.parametrize(("cron", "tz"), [("0 2 * * *", "UTC"), ("30 1 * * 1-5", "Europe/Berlin")])
 def test_serve_builds_a_cron_deployment_with_the_study_as_parameter(tmp_path, cron, tz):
     study = parse_study(
-        {"name": "x", "task": "t2d_2y", "sites": [{"name": "a", "source": {"location": "a.duckdb"}}], "schedule": {"cron": cron, "timezone": tz}},
+        {"name": "x", "tasks": ["t2d_2y"], "sites": [{"name": "a", "source": {"location": "a.duckdb"}}], "schedule": {"cron": cron, "timezone": tz}},
         base_dir=tmp_path,
     )
     deployment = build_deployment(study)

@@ -45,7 +45,7 @@ def flow_run(tmp_path_factory, demo_network):
             {
                 "name": "e2e",
                 "demo": True,
-                "task": "t2d_2y",
+                "tasks": ["t2d_2y"],
                 "sites": [{"name": n, "source": {"location": str(p)}} for n, p in demo_network.items()],
                 "evaluation": {"bootstrap": 50, "shap_rows": 300},
                 "models": {"n_jobs": 2},

@@ -4,7 +4,7 @@ import pytest
 
 from forewarn.flows.study import load_study, parse_study
 
-BASE = {"name": "north", "task": "t2d_2y", "sites": [{"name": "a", "source": {"location": "a/omop.duckdb"}}]}
+BASE = {"name": "north", "tasks": ["t2d_2y"], "sites": [{"name": "a", "source": {"location": "a/omop.duckdb"}}]}
 
 
 def test_relative_paths_resolve_against_the_study_folder(tmp_path):
