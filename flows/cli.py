@@ -20,6 +20,7 @@ ENV_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "GIT_PYTHON_REFRESH": "quiet",
+    "OMP_WAIT_POLICY": "PASSIVE",  # see forewarn.models: spinning OpenMP threads stall XGBoost on busy machines
 }
 
 app = typer.Typer(
