@@ -106,7 +106,7 @@ def pseudonymize(source_ids: Iterable[object], config: DeidConfig) -> tuple[np.n
 
 PATTERNS: dict[str, re.Pattern[str]] = {
     "SSN": re.compile(r"\b\d{3}-\d{2}-\d{4}\b"),
-    "phone number": re.compile(r"(?:\(\d{3}\)\s?|\b\d{3}[-.\s])\d{3}[-.]\d{4}\b"),
+    "phone number": re.compile(r"(?:\(\d{3}\)\s?|\b\d{3}[-.\s])\d{3}[-.]\d{4}\b|\b\d{3}-\d{4}\b"),
     "email address": re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b"),
 }
 _TOKEN = re.compile(r"[A-Za-z0-9']+")
@@ -117,23 +117,26 @@ def scan_strings(
 ) -> list[str]:
     """Problems found in ``values`` (each distinct output string of one field).
 
-    A value leaks when it matches an identifier pattern, or when it, one of its word
-    tokens, or two adjacent tokens joined by a space equal an identifier met in the
-    source during the pull (MRNs, names, ...). Messages name the field and the kind of
+    A value leaks when it matches an identifier pattern, or when any run of its words
+    equals an identifier met in the source during the pull (MRNs, names, address
+    lines, ...), compared word by word and case-insensitively. Messages name the field and the kind of
     leak, never the leaked value itself.
     """
     problems = []
-    lowered = {i.lower() for i in identifiers if i}
+    # Identifiers as word sequences: "12 Elm Street" is found inside "LOCAL//12 Elm Street apt".
+    wanted = {" ".join(t.lower() for t in _TOKEN.findall(i)) for i in identifiers if i}
+    wanted.discard("")
+    lengths = sorted({w.count(" ") + 1 for w in wanted})
     for value in values:
         if value is None:
             continue
         for kind, pattern in PATTERNS.items():
             if pattern.search(value):
                 problems.append(f"{where}: a value matches the {kind} pattern")
-        if lowered:
+        if wanted:
             tokens = [t.lower() for t in _TOKEN.findall(value)]
-            candidates = {value.lower(), *tokens, *(" ".join(p) for p in zip(tokens, tokens[1:], strict=False))}
-            if candidates & lowered:
+            grams = {" ".join(tokens[i : i + n]) for n in lengths for i in range(len(tokens) - n + 1)}
+            if grams & wanted:
                 problems.append(f"{where}: a value equals an identifier seen in the source")
     return sorted(set(problems))
 

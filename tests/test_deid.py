@@ -55,10 +55,12 @@ def test_secret_required_outside_demo(monkeypatch, tmp_path):
         ("mail jane.doe@example.org", "email address pattern"),
         ("MRN00012345", "identifier seen in the source"),
         ("LOCAL//Jane Doe", "identifier seen in the source"),
+        ("LOCAL//lives at 12 Elm Street, apt 3", "identifier seen in the source"),
+        ("call 555-0123", "phone number pattern"),
     ],
 )
 def test_scan_catches_each_kind_of_leak(value, kind):
-    problems = deid.scan_strings([value], {"MRN00012345", "Jane Doe"}, where="events.parquet:code")
+    problems = deid.scan_strings([value], {"MRN00012345", "Jane Doe", "12 Elm Street"}, where="events.parquet:code")
     assert any(kind in p for p in problems)
     assert all(p.startswith("events.parquet:code: ") for p in problems)
     assert all(value not in p for p in problems)  # the message never repeats the leaked value
@@ -66,7 +68,7 @@ def test_scan_catches_each_kind_of_leak(value, kind):
 
 def test_scan_passes_clean_codes():
     clean = ["LOINC//4548-4", "SNOMED//44054006", "ICD10CM//E11.9", "Visit//OP", "RxNorm//6809", "MEDS_BIRTH"]
-    assert deid.scan_strings(clean, {"MRN00012345", "Jane Doe"}, where="x") == []
+    assert deid.scan_strings(clean, {"MRN00012345", "Jane Doe", "12 Elm Street"}, where="x") == []
 
 
 def test_gate_names_the_field():
