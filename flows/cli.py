@@ -198,6 +198,74 @@ def print_pull_report(report: dict) -> None:
 
 
 @app.command()
+def label(
+    task: Annotated[str, typer.Argument(help="a Forewarn task YAML, a built-in task name, or an ACES config")],
+    events_dir: Annotated[Path, typer.Argument(help="a folder of MEDS event shards (*.parquet)")],
+    out: Annotated[Path, typer.Option(help="the labels file to write (MEDS label schema)")],
+    predicates: Annotated[Path | None, typer.Option(help="an ACES predicates file (MEDS-DEV's datasets/*/predicates.yaml)")] = None,
+) -> None:
+    """Label prediction times on any MEDS dataset (outside a flow)."""
+    setup_environment()
+    from forewarn.features.aces_tasks import aces_labels, is_aces_config
+    from forewarn.features.labels import build_labels, load_task, write_labels
+
+    if not events_dir.is_dir() or not any(events_dir.glob("*.parquet")):
+        _fail(f"{events_dir} holds no MEDS event shards (*.parquet); pass the events folder of a pull or a MEDS data/ folder.")
+    try:
+        if Path(task).suffix in (".yaml", ".yml") and is_aces_config(Path(task)):
+            labels, how = aces_labels(Path(task), events_dir, predicates), "ACES"
+        else:
+            labels, attrition = build_labels(events_dir, load_task(task))
+            how = "Forewarn task; " + ", ".join(f"{k} {v['times']:,}" for k, v in attrition.items())
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    write_labels(labels, out)
+    positives = sum(labels.column("boolean_value").to_pylist())
+    typer.echo(f"{labels.num_rows:,} labels ({positives:,} positive) -> {out}  [{how}]")
+
+
+@app.command()
+def featurize(
+    events_dir: Annotated[Path, typer.Argument(help="a folder of MEDS event shards (*.parquet)")],
+    labels: Annotated[Path, typer.Argument(help="a labels file (MEDS label schema)")],
+    out: Annotated[Path, typer.Option(help="output folder: X.npz, rows.parquet, columns.parquet")],
+    windows: Annotated[str, typer.Option(help="comma-separated windows, e.g. 1d,7d,30d,365d,full")] = "30d,365d,full",
+    aggs: Annotated[str | None, typer.Option(help="comma-separated aggregations (default: Forewarn's set)")] = None,
+    splits: Annotated[Path | None, typer.Option(help="subject splits (subject_id, split); default: a seeded hash")] = None,
+    codes: Annotated[Path | None, typer.Option(help="metadata/codes.parquet for readable names and parent codes")] = None,
+    min_code_subjects: Annotated[int, typer.Option(min=1)] = 10,
+    workers: Annotated[int, typer.Option(min=0, help="worker processes; 0 = one per core")] = 1,
+) -> None:
+    """Windowed features at the label times (outside a flow); the vocabulary comes from the train split."""
+    setup_environment()
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from forewarn.features.featurize import FeatureConfig
+    from forewarn.features.featurize import featurize as run_featurize
+    from forewarn.features.labels import assign_splits
+
+    try:
+        options = {"windows": windows.split(","), "min_code_subjects": min_code_subjects, "n_workers": workers}
+        if aggs:
+            options["aggs"] = aggs.split(",")
+        config = FeatureConfig(**options)
+        table = pq.read_table(labels)
+        if splits is not None:
+            split_frame = pd.read_parquet(splits)
+        else:
+            ids = np.unique(table.column("subject_id").to_numpy())
+            split_frame = pd.DataFrame({"subject_id": ids, "split": assign_splits(ids)})
+        codes = codes or next((p for p in (events_dir.parent / "metadata" / "codes.parquet",) if p.is_file()), None)
+        matrix = run_featurize(events_dir, table, split_frame, out, config, codes_path=codes)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    shape = json.loads((matrix.dir / "shape.json").read_text())
+    typer.echo(f"{shape['rows']:,} rows x {shape['columns']:,} columns ({shape['nonzeros']:,} non-zero) -> {matrix.dir}")
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
 ) -> None:

@@ -66,3 +66,23 @@ def test_pull_errors_are_clear(tmp_path):
     assert result.exit_code == 2 and "format must be one of ['omop', 'meds', 'fhir']; got 'csv'" in result.output
     result = runner.invoke(app, ["pull", "omop", str(tmp_path / "none.duckdb"), "--site", "a", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no de-identification secret for site 'a'" in result.output
+
+
+def test_label_and_featurize_outside_a_flow(tmp_path):
+    import yaml
+    from test_aces import ACES_T2D, FOREWARN_T2D, dataset
+
+    events = dataset(tmp_path / "events")
+    ours, aces = tmp_path / "ours.yaml", tmp_path / "aces.yaml"
+    ours.write_text(yaml.safe_dump(FOREWARN_T2D))
+    aces.write_text(ACES_T2D)
+    a = runner.invoke(app, ["label", str(ours), str(events), "--out", str(tmp_path / "a.parquet")])
+    b = runner.invoke(app, ["label", str(aces), str(events), "--out", str(tmp_path / "b.parquet")])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    assert "9 labels (5 positive)" in a.output and "[ACES]" in b.output and "9 labels (5 positive)" in b.output
+    result = runner.invoke(app, ["featurize", str(events), str(tmp_path / "a.parquet"), "--out", str(tmp_path / "X"),
+                                 "--windows", "7d,full", "--aggs", "code/count", "--min-code-subjects", "1"])
+    assert result.exit_code == 0, result.output
+    assert "9 rows x" in result.output and (tmp_path / "X" / "X.npz").is_file()
+    bad = runner.invoke(app, ["featurize", str(events), str(tmp_path / "a.parquet"), "--out", str(tmp_path / "Y"), "--windows", "7"])
+    assert bad.exit_code == 2 and "windows must be '<N>d'" in bad.output
