@@ -70,7 +70,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import zlib
 from collections import Counter
 from datetime import UTC, datetime
@@ -81,8 +80,7 @@ import orjson
 import pyarrow as pa
 
 from forewarn.records import deid, schema
-from forewarn.records.progress import stage
-from forewarn.records.pull import PullContext, PullResult, append, finish_pull, open_context
+from forewarn.records.pull import PullContext, PullResult, append, run_pull
 
 log = logging.getLogger("forewarn")
 
@@ -197,31 +195,16 @@ def pull_fhir(
     ``.ndjson[.gz]`` files, or one such file; see the module docstring."""
     location, out_dir = Path(location), Path(out_dir)
     layout, _ = detect_layout(location)
-    with stage(f"pull {site} (fhir, {layout})") as counts:
-        ctx = open_context(out_dir)
-        try:
-            extra = load_fhir(ctx, location, batch_rows=batch_rows)
-        except BaseException:
-            ctx.con.close()
-            shutil.rmtree(ctx.workdir, ignore_errors=True)
-            raise
-        result = finish_pull(
-            ctx,
-            out_dir,
-            site=site,
-            config=config,
-            now=now,
-            shard_subjects=shard_subjects,
-            max_bad_fraction=max_bad_fraction,
-            extra_report=extra,
-        )
-        counts.update(
-            subjects=result.subjects,
-            events=result.events,
-            read=result.read,
-            quarantined=result.quarantined,
-        )
-    return result
+    return run_pull(
+        f"pull {site} (fhir, {layout})",
+        out_dir,
+        lambda ctx: load_fhir(ctx, location, batch_rows=batch_rows),
+        site=site,
+        config=config,
+        now=now,
+        shard_subjects=shard_subjects,
+        max_bad_fraction=max_bad_fraction,
+    )
 
 
 def detect_layout(location: Path) -> tuple[str, list[Path]]:

@@ -13,7 +13,6 @@ are table ``data`` and static rows (null time) table ``static``.
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import meds
 import pyarrow.parquet as pq
 
 from forewarn.records import deid, schema
-from forewarn.records.progress import stage
-from forewarn.records.pull import PullContext, PullResult, finish_pull, open_context
+from forewarn.records.pull import PullContext, PullResult, run_pull
 
 
 def data_files(root: Path) -> list[Path]:
@@ -74,19 +72,13 @@ def pull_meds(
     root = Path(location)
     files = data_files(root)
     validate_schemas(files, root)
-    with stage(f"pull {site} (meds)") as counts:
-        ctx = open_context(Path(out_dir))
-        try:
-            ctx.source = {"format": "meds", "engine": "parquet", "shards": str(len(files))}
-            load_meds(ctx, root, files)
-        except BaseException:
-            ctx.con.close()
-            shutil.rmtree(ctx.workdir, ignore_errors=True)
-            raise
-        result = finish_pull(ctx, Path(out_dir), site=site, config=config, now=now, shard_subjects=shard_subjects,
-                             max_bad_fraction=max_bad_fraction)
-        counts.update(subjects=result.subjects, events=result.events, read=result.read, quarantined=result.quarantined)
-    return result
+
+    def load(ctx: PullContext) -> None:
+        ctx.source = {"format": "meds", "engine": "parquet", "shards": str(len(files))}
+        load_meds(ctx, root, files)
+
+    return run_pull(f"pull {site} (meds)", Path(out_dir), load, site=site, config=config, now=now,
+                    shard_subjects=shard_subjects, max_bad_fraction=max_bad_fraction)
 
 
 def load_meds(ctx: PullContext, root: Path, files: list[Path]) -> None:

@@ -14,7 +14,6 @@ quarantine, pseudonyms, date shifts, the PHI gate — is ``records.pull``.
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from forewarn.records import deid, schema
-from forewarn.records.progress import stage
-from forewarn.records.pull import PullContext, PullResult, finish_pull, open_context
+from forewarn.records.pull import PullContext, PullResult, run_pull
 
 
 @dataclass(frozen=True)
@@ -106,27 +104,20 @@ def pull_omop(
 ) -> PullResult:
     """Pull OMOP from a DuckDB file, a folder of ``<table>.parquet|.csv`` files, or a
     SQLAlchemy URL (``postgresql://...``; ``db_schema`` picks the schema)."""
-    out_dir = Path(out_dir)
     kind = _kind(location)
-    with stage(f"pull {site} (omop, {kind})") as counts:
-        ctx = open_context(out_dir)
-        try:
-            if kind == "duckdb":
-                _attach_duckdb(ctx, Path(location))
-            elif kind == "folder":
-                _attach_folder(ctx, Path(location))
-            else:
-                _copy_sqlalchemy(ctx, str(location), db_schema, chunk_rows)
-            ctx.source = {"format": "omop", "engine": kind, "location": _safe_location(location)}
-            load_omop(ctx)
-        except BaseException:
-            ctx.con.close()
-            shutil.rmtree(ctx.workdir, ignore_errors=True)
-            raise
-        result = finish_pull(ctx, out_dir, site=site, config=config, now=now, shard_subjects=shard_subjects,
-                             max_bad_fraction=max_bad_fraction)
-        counts.update(subjects=result.subjects, events=result.events, read=result.read, quarantined=result.quarantined)
-    return result
+
+    def load(ctx: PullContext) -> None:
+        if kind == "duckdb":
+            _attach_duckdb(ctx, Path(location))
+        elif kind == "folder":
+            _attach_folder(ctx, Path(location))
+        else:
+            _copy_sqlalchemy(ctx, str(location), db_schema, chunk_rows)
+        ctx.source = {"format": "omop", "engine": kind, "location": _safe_location(location)}
+        load_omop(ctx)
+
+    return run_pull(f"pull {site} (omop, {kind})", out_dir, load, site=site, config=config, now=now,
+                    shard_subjects=shard_subjects, max_bad_fraction=max_bad_fraction)
 
 
 def pull_omop_duckdb(db_path: Path, out_dir: Path, **kwargs) -> PullResult:

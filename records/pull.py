@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from forewarn.records import deid, privacy, schema
+from forewarn.records.progress import stage
 
 RAW_DDL = """
 CREATE TABLE raw_persons (source_id VARCHAR, birth TIMESTAMP, death TIMESTAMP, src_row VARCHAR);
@@ -116,6 +117,35 @@ def open_context(out_dir: Path, *, memory_limit: str = "2GB") -> PullContext:
     con.execute("SET preserve_insertion_order = false")
     con.execute(RAW_DDL)
     return PullContext(con, tmp)
+
+
+def run_pull(
+    name: str,
+    out_dir: Path,
+    load: Callable[[PullContext], dict | None],
+    *,
+    site: str,
+    config: deid.DeidConfig,
+    now: datetime | None = None,
+    shard_subjects: int = 100_000,
+    max_bad_fraction: float = 0.05,
+) -> PullResult:
+    """The frame of every connector: a progress stage, a working context that ``load``
+    fills (returning extra report fields, or None), then ``finish_pull``; the working
+    files are removed whatever happens."""
+    out_dir = Path(out_dir)
+    with stage(name) as counts:
+        ctx = open_context(out_dir)
+        try:
+            extra = load(ctx)
+        except BaseException:
+            ctx.con.close()
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
+            raise
+        result = finish_pull(ctx, out_dir, site=site, config=config, now=now, shard_subjects=shard_subjects,
+                             max_bad_fraction=max_bad_fraction, extra_report=extra)
+        counts.update(subjects=result.subjects, events=result.events, read=result.read, quarantined=result.quarantined)
+    return result
 
 
 def append(ctx: PullContext, table: str, batch: pa.Table) -> None:

@@ -41,7 +41,7 @@ from fhir_fixtures import (
 
 from forewarn.records import deid, fhir, schema
 from forewarn.records.fhir import pull_fhir
-from forewarn.records.pull import PullFailed
+from forewarn.records.pull import PullFailed, open_context
 
 KEY = deid.DeidConfig(b"fhir-golden-secret-0123456789", max_shift_days=365)
 NOW = datetime(2025, 1, 1)
@@ -311,7 +311,7 @@ def test_golden_report_and_descriptions(pulled):
 def test_loaded_rows_keep_locations_keys_and_units(tmp_path):
     src = tmp_path / "nd"
     write_ndjson(golden(), src)
-    ctx = fhir.open_context(tmp_path / "out")
+    ctx = open_context(tmp_path / "out")
     try:
         fhir.load_fhir(ctx, src)
         rows = ctx.con.execute(
