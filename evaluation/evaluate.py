@@ -18,11 +18,16 @@ from forewarn.evaluation import metrics, plots
 from forewarn.evaluation.explain import Explanations, explain
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.features.labels import ATTRITION_STEPS
-from forewarn.models.train import BASELINE, PRIMARY, TrainedModels, load_xgboost
+from forewarn.models.train import AGE_SEX, BASELINE, MODELS, PRIMARY, UNCALIBRATED, TrainedModels, load_xgboost
 from forewarn.records import privacy, schema
 from forewarn.records.progress import stage
 
-MODEL_LABELS = {PRIMARY: "XGBoost", BASELINE: "L1-logistic regression"}
+MODEL_LABELS = {
+    PRIMARY: "XGBoost (calibrated)",
+    BASELINE: "L1-logistic regression",
+    AGE_SEX: "Age + sex logistic",
+    UNCALIBRATED: "XGBoost (uncalibrated)",
+}
 
 
 class EvaluationConfig(BaseModel):
@@ -65,7 +70,7 @@ def evaluate_and_explain(
     record: dict = {"held_out": {}, "calibration": {}}
     curves, calib = {}, {}
     with stage("evaluate") as counts:
-        for model in (PRIMARY, BASELINE):
+        for model in (*MODELS, UNCALIBRATED):
             pred = pd.read_parquet(trained.predictions_path(model))
             held = pred[pred[schema.SPLIT] == schema.HELD_OUT]
             y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
@@ -75,7 +80,8 @@ def evaluate_and_explain(
             )
             calib[MODEL_LABELS[model]] = metrics.calibration_curve(y, p)
             record["calibration"][model] = calib[MODEL_LABELS[model]].to_dict(orient="records")
-            curves[MODEL_LABELS[model]] = (y, p)
+            if model != UNCALIBRATED:  # a monotone map: the same ROC as the calibrated model
+                curves[MODEL_LABELS[model]] = (y, p)
         counts.update(held_out_rows=int(len(held)), bootstrap=config.bootstrap)
     with stage("explain") as counts:
         X, rows, columns = matrix.load()

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,11 +26,18 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import MaxAbsScaler
 
 from forewarn.features.featurize import FeatureMatrix
+from forewarn.models.calibration import choose_calibrator
 from forewarn.records import schema
 from forewarn.records.progress import stage
 
 PRIMARY = "xgboost"
 BASELINE = "l1_logistic"
+AGE_SEX = "age_sex"
+UNCALIBRATED = "xgboost_uncalibrated"
+MODELS = (PRIMARY, BASELINE, AGE_SEX)
+AGE_COLUMN = "AGE/years/at_prediction/t"
+FEMALE_COLUMNS = ("Gender//F/static/present/static",)
+RARE_PREVALENCE = 0.02
 
 
 class XGBoostConfig(BaseModel):
@@ -54,6 +62,12 @@ class ModelConfig(BaseModel):
     n_jobs: int = Field(0, ge=0, description="threads; 0 means every core")
     xgboost: XGBoostConfig = XGBoostConfig()
     l1_c_grid: list[float] = Field(default=[0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
+    class_weight: Literal["auto", "balanced", "none"] = Field(
+        "auto", description="balanced: scale_pos_weight = negatives/positives; auto: balanced below 2% prevalence"
+    )
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
+        "auto", description="fitted on the tuning split; auto picks by cross-validated Brier score"
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,14 @@ class TrainedModels:
     def summary_path(self) -> Path:
         return self.dir / "training.json"
 
+    @property
+    def calibration_path(self) -> Path:
+        return self.dir / "calibration.json"
+
+    @property
+    def age_sex_path(self) -> Path:
+        return self.dir / "age_sex.json"
+
 
 def _threads(config: ModelConfig) -> int:
     return config.n_jobs or os.cpu_count() or 1
@@ -85,8 +107,20 @@ def split_masks(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: split == name for name in schema.SPLITS}
 
 
-def fit_xgboost(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> xgb.XGBClassifier:
-    p = config.xgboost
+def pos_weight(y_train: np.ndarray, config: ModelConfig) -> float:
+    """XGBoost's scale_pos_weight under the configured class weighting."""
+    positives = max(int(np.sum(y_train)), 1)
+    balanced = (len(y_train) - positives) / positives
+    if config.class_weight == "balanced" or (config.class_weight == "auto" and positives / len(y_train) < RARE_PREVALENCE):
+        return float(balanced)
+    return 1.0
+
+
+def fit_xgboost(X_train, y_train, X_tune, y_tune, config: ModelConfig, params: dict | None = None) -> xgb.XGBClassifier:
+    """Hist trees on sparse input with early stopping on the tuning split's log-loss.
+
+    ``params`` overrides the configured hyperparameters (used by the search)."""
+    p = config.xgboost.model_copy(update=params or {})
     clf = xgb.XGBClassifier(
         n_estimators=p.n_estimators,
         learning_rate=p.learning_rate,
@@ -99,6 +133,7 @@ def fit_xgboost(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> xgb.XG
         objective="binary:logistic",
         eval_metric="logloss",
         early_stopping_rounds=p.early_stopping_rounds,
+        scale_pos_weight=pos_weight(y_train, config),
         n_jobs=_threads(config),
         random_state=config.seed,
     )
@@ -144,6 +179,36 @@ def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tu
     return fitted[best], scores
 
 
+@dataclass(frozen=True)
+class AgeSexLogistic:
+    """The age + sex baseline: logistic regression on age (per decade) and female sex."""
+
+    coef: tuple[float, float]
+    intercept: float
+
+    @staticmethod
+    def design(X: sp.csr_matrix, columns: pd.DataFrame) -> np.ndarray:
+        names = list(columns["name"])
+        age = np.asarray(X[:, names.index(AGE_COLUMN)].todense()).ravel() / 10 if AGE_COLUMN in names else np.zeros(X.shape[0])
+        female = np.zeros(X.shape[0])
+        for col in FEMALE_COLUMNS:
+            if col in names:
+                female = np.maximum(female, np.asarray(X[:, names.index(col)].todense()).ravel())
+        return np.column_stack([age, female])
+
+    @classmethod
+    def fit(cls, X, y, columns) -> AgeSexLogistic:
+        lr = LogisticRegression(C=np.inf).fit(cls.design(X, columns), y)
+        return cls((float(lr.coef_[0, 0]), float(lr.coef_[0, 1])), float(lr.intercept_[0]))
+
+    def predict_proba(self, X, columns) -> np.ndarray:
+        z = self.design(X, columns) @ np.asarray(self.coef) + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_json(self) -> dict:
+        return {"coef_age_per_decade": self.coef[0], "coef_female": self.coef[1], "intercept": self.intercept}
+
+
 def trainability(matrix: FeatureMatrix) -> str | None:
     """Why ``matrix`` cannot give a trained and evaluated model, or None when it can.
 
@@ -161,11 +226,12 @@ def trainability(matrix: FeatureMatrix) -> str | None:
     return None
 
 
-def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig) -> TrainedModels:
-    """Fit both models and write them and their predictions into ``out_dir``."""
+def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig, params: dict | None = None) -> TrainedModels:
+    """Fit XGBoost (calibrated on the tuning split), the L1-logistic and the age + sex
+    baselines, and write them and their predictions into ``out_dir``."""
     out = TrainedModels(Path(out_dir))
     (out.dir / "predictions").mkdir(parents=True, exist_ok=True)
-    X, rows, _ = matrix.load()
+    X, rows, columns = matrix.load()
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).astype(np.int8)
     masks = split_masks(rows)
     reason = trainability(matrix)
@@ -173,25 +239,49 @@ def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig) -> T
         raise ValueError(reason)
     tr, tu = masks[schema.TRAIN], masks[schema.TUNING]
     with stage("train xgboost") as counts:
-        clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config)
+        clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, params)
         clf.save_model(out.xgboost_path)
-        counts.update(rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1)
-    with stage("train l1 logistic") as counts:
+        counts.update(rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1,
+                      scale_pos_weight=round(pos_weight(y[tr], config), 2))
+    raw = clf.predict_proba(X)[:, 1]
+    with stage("calibrate") as counts:
+        calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed)
+        out.calibration_path.write_text(json.dumps(calibrator.to_json()))
+        counts.update(method=calibrator.method)
+    with stage("train baselines") as counts:
         lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config)
         out.l1_path.write_text(json.dumps(lr.to_json()))
+        age_sex = AgeSexLogistic.fit(X[tr], y[tr], columns)
+        out.age_sex_path.write_text(json.dumps(age_sex.to_json()))
         counts.update(C=lr.C, nonzero_coefficients=int((lr.coef != 0).sum()))
     threshold = float(y[tr].mean())
-    probabilities = {PRIMARY: clf.predict_proba(X)[:, 1], BASELINE: lr.predict_proba(X)}
+    probabilities = {
+        PRIMARY: calibrator(raw),
+        UNCALIBRATED: raw,
+        BASELINE: lr.predict_proba(X),
+        AGE_SEX: age_sex.predict_proba(X, columns),
+    }
     for model, prob in probabilities.items():
         write_predictions(rows, prob, threshold, out.predictions_path(model))
+    n_pos = int(y[tr].sum())
+    warnings = []
+    if n_pos < 100:
+        warnings.append(
+            f"only {n_pos} training events (fewer than 100): expect optimistic and unstable estimates; "
+            "pool sites or add people before relying on this model"
+        )
     summary = {
         "threshold": threshold,
         "rows": {name: int(m.sum()) for name, m in masks.items()},
         "positives": {name: int(y[m].sum()) for name, m in masks.items()},
-        "xgboost": {"best_iteration": int(clf.best_iteration), "params": config.xgboost.model_dump()},
+        "xgboost": {"best_iteration": int(clf.best_iteration), "params": config.xgboost.model_copy(update=params or {}).model_dump(),
+                    "scale_pos_weight": pos_weight(y[tr], config)},
+        "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},
         "l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
                         "nonzero_coefficients": int((lr.coef != 0).sum())},
+        "age_sex": age_sex.to_json(),
         "features": int(X.shape[1]),
+        "warnings": warnings,
     }
     out.summary_path.write_text(json.dumps(summary, indent=2))
     return out

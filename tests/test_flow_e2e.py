@@ -118,7 +118,7 @@ def test_artifacts_present(flow_run, client):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
     metrics = strict(Path(client.download_artifacts(run_id, "metrics.json")).read_text())
-    assert set(metrics["held_out"]) == {"xgboost", "l1_logistic"} and len(metrics["calibration"]["xgboost"]) == 10
+    assert set(metrics["held_out"]) == {"xgboost", "l1_logistic", "age_sex", "xgboost_uncalibrated"} and len(metrics["calibration"]["xgboost"]) == 10
     summary = strict(Path(client.download_artifacts(run_id, "data/pull_summary.json")).read_text())
     assert summary["site"] == flow_run["first"][0].site and summary["subjects"] >= 11
     quality = strict(Path(client.download_artifacts(run_id, "data/quality.json")).read_text())
