@@ -18,7 +18,15 @@ from forewarn.evaluation import metrics, plots
 from forewarn.evaluation.explain import Explanations, explain
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.features.labels import ATTRITION_STEPS
-from forewarn.models.train import AGE_SEX, BASELINE, MODELS, PRIMARY, UNCALIBRATED, TrainedModels, load_xgboost
+from forewarn.models.train import (
+    AGE_SEX,
+    BASELINE,
+    MODELS,
+    PRIMARY,
+    UNCALIBRATED,
+    TrainedModels,
+    load_xgboost,
+)
 from forewarn.records import privacy, schema
 from forewarn.records.progress import stage
 
