@@ -104,4 +104,6 @@ def evaluate(
     record["n"] = privacy.suppress(int(y.size))
     record["events"] = privacy.suppress(int(y.sum()))
     record["subjects"] = privacy.suppress(int(np.unique(subjects).size))
+    if record["events"] is None or record["n"] is None or privacy.suppress(int((~y).sum())) is None:
+        record["prevalence"] = None  # prevalence x n would give the suppressed count back
     return record

@@ -56,7 +56,7 @@ def test_calibration_curve_and_small_cell_suppression():
 
 def test_evaluate_record_suppresses_small_counts():
     rec = metrics.evaluate(Y, P, np.arange(6), n_boot=20, seed=0)
-    assert rec["n"] is None and rec["events"] is None and rec["subjects"] is None
+    assert rec["n"] is None and rec["events"] is None and rec["subjects"] is None and rec["prevalence"] is None
     assert rec["auroc"] == pytest.approx(6 / 9) and "auroc_ci_low" in rec and "auprc_ci_high" in rec
 
 

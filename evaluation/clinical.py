@@ -1,0 +1,576 @@
+"""Clinical validation as plain records: calibration, operating points, net benefit,
+lead time and subgroups (the set OHDSI PatientLevelPrediction reports for a validation).
+
+Everything returns dicts or small object-dtype DataFrames of JSON-friendly values
+(``None``, never NaN), because these records leave the site. The privacy rules:
+
+- Every count goes through :func:`forewarn.records.privacy.suppress` (1..10 -> ``None``).
+- A 2x2 table at one operating point (``tp``, ``fp``, ``fn``, ``tn``) is all or
+  nothing: its margins (events, non-events, alerts) are published elsewhere, so one
+  hidden cell could be recovered by subtraction. When any cell is 1..10, all four
+  counts and every rate or net benefit computed from them are withheld.
+- A set (the whole evaluation set, or one subgroup level) with 1..10 events or
+  1..10 non-events yields no metrics at all; a subgroup level is also withheld when it
+  has fewer than 11 subjects, fewer than 11 subjects with an event or fewer than 11
+  subjects with a non-event (zero included: its metrics would be undefined anyway).
+- Lead-time quantiles need at least 11 detected subjects; per-subject values are
+  never returned. Minimum and maximum are reported above that count, as OHDSI's
+  FeatureExtraction does for continuous covariates.
+
+Thresholds flag ``p >= threshold`` everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit, logit
+
+from forewarn.evaluation import metrics
+from forewarn.records import privacy
+
+EPS = 1e-6
+AGE_BANDS = ("<18", "18-39", "40-49", "50-59", "60-69", "70-79", "80+")
+_AGE_EDGES = (18, 40, 50, 60, 70, 80)
+DEFAULT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+# i / 100 is the float nearest the decimal, so 0.2 here == 0.2 in a test.
+DEFAULT_NET_BENEFIT_THRESHOLDS = tuple(float(t) for t in np.arange(1, 51) / 100)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _as_1d(values, name: str) -> np.ndarray:
+    if isinstance(values, pd.Series | pd.Index):
+        try:
+            out = values.to_numpy(dtype=float, na_value=np.nan)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be numeric; got dtype {str(values.dtype)!r}.") from None
+    else:
+        try:
+            out = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            kind = np.asarray(values).dtype
+            raise ValueError(f"{name} must be numeric; got dtype {str(kind)!r}.") from None
+    if out.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional; got shape {out.shape!r}.")
+    return out
+
+
+def _outside(values: np.ndarray) -> str:
+    shown = [
+        repr(int(v)) if float(v).is_integer() else repr(float(v)) for v in pd.unique(values)[:3]
+    ]
+    more = ", ..." if pd.unique(values).size > 3 else ""
+    return ", ".join(shown) + more
+
+
+def _check_y(y, name: str = "y") -> np.ndarray:
+    y = _as_1d(y, name)
+    bad = y[~np.isin(y, (0.0, 1.0))]
+    if bad.size:
+        raise ValueError(f"{name} must be 0/1 or boolean; got values outside: {_outside(bad)}.")
+    return y.astype(bool)
+
+
+def _check_p(p, name: str = "p") -> np.ndarray:
+    p = _as_1d(p, name)
+    bad = p[~((p >= 0) & (p <= 1))]  # NaN fails both comparisons
+    if bad.size:
+        raise ValueError(
+            f"{name} must be probabilities in [0, 1]; got values outside: {_outside(bad)}."
+        )
+    return p
+
+
+def _check_yp(y, p) -> tuple[np.ndarray, np.ndarray]:
+    y, p = _check_y(y), _check_p(p)
+    if y.size != p.size:
+        raise ValueError(f"y and p must have the same length; got {y.size} and {p.size}.")
+    if y.size == 0:
+        raise ValueError("y and p must not be empty; got 0 rows.")
+    return y, p
+
+
+def _check_levels(
+    values: Iterable[float], name: str, *, low: float, high: float, closed: str
+) -> list[float]:
+    """Floats within ``low``..``high``; ``closed`` is "both", "right" or "neither"."""
+    out = [float(v) for v in np.atleast_1d(np.asarray(values, dtype=float))]
+    ok = {
+        "both": lambda v: low <= v <= high,
+        "right": lambda v: low < v <= high,
+        "neither": lambda v: low < v < high,
+    }[closed]
+    bad = [v for v in out if not ok(v)]
+    if bad:
+        interval = {
+            "both": f"[{low:g}, {high:g}]",
+            "right": f"({low:g}, {high:g}]",
+            "neither": f"({low:g}, {high:g})",
+        }
+        raise ValueError(f"{name} must lie in {interval[closed]}; got {bad[0]!r}.")
+    return out
+
+
+def _check_columns(frame: pd.DataFrame, required: Sequence[str], name: str = "frame") -> None:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame; got {type(frame).__name__}.")
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{name} must have columns {list(required)!r}; got {list(map(str, frame.columns))!r} (missing {missing!r})."
+        )
+
+
+def _num(value) -> float | None:
+    """A float for a record, ``None`` for a missing or undefined one."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+def _shown(*counts: int) -> bool:
+    """True when no count is suppressed (each is 0 or at least 11)."""
+    return all(privacy.suppress(int(c)) is not None for c in counts)
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+# ---------------------------------------------------------------------- calibration
+
+
+def _logistic_fit(x: np.ndarray | None, y: np.ndarray, offset: np.ndarray) -> np.ndarray | None:
+    """Unpenalised logistic regression of ``y`` on ``[1, x]`` (intercept only when ``x`` is
+    None) with ``offset``, by Newton-Raphson with step halving.
+
+    ``None`` when the maximum likelihood estimate does not exist (one class, or
+    separation) or the design is singular (``x`` constant).
+    """
+    X = np.ones((y.size, 1)) if x is None else np.column_stack([np.ones(y.size), x])
+    yf = y.astype(float)
+
+    def loglik(beta: np.ndarray) -> float:
+        eta = X @ beta + offset
+        return float(np.sum(yf * eta - np.logaddexp(0.0, eta)))
+
+    beta = np.zeros(X.shape[1])
+    ll = loglik(beta)
+    for _ in range(100):
+        mu = expit(X @ beta + offset)
+        hessian = (X * (mu * (1 - mu))[:, None]).T @ X
+        try:
+            step = np.linalg.solve(hessian, X.T @ (yf - mu))
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(step)):
+            return None
+        scale = 1.0
+        while True:
+            ll_new = loglik(beta + scale * step)
+            if ll_new >= ll - 1e-9 * max(1.0, abs(ll)):
+                break
+            if scale < 1e-8:  # no ascent left: at the optimum to rounding
+                return beta if np.all(np.abs(beta) < 1e3) else None
+            scale /= 2
+        beta, ll = beta + scale * step, ll_new
+        if np.max(np.abs(scale * step)) < 1e-9:
+            return beta if np.all(np.abs(beta) < 1e3) else None
+    return None
+
+
+def _quantile_bins(p: np.ndarray, bins: int) -> tuple[np.ndarray, int]:
+    """Bin index of each row in ``bins`` equal-frequency bins (the edges of
+    :func:`forewarn.evaluation.metrics.calibration_curve`; tied risks share a bin)."""
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+    nbins = max(edges.size - 1, 1)
+    return np.clip(np.searchsorted(edges, p, side="right") - 1, 0, nbins - 1), nbins
+
+
+def expected_calibration_error(y, p, *, bins: int = 10) -> float:
+    """Mean of ``|observed rate - mean predicted|`` over ``bins`` equal-frequency bins of
+    ``p``, weighted by bin size. Not suppressed: use :func:`calibration_stats` for a record."""
+    y, p = _check_yp(y, p)
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1; got {bins!r}.")
+    which, nbins = _quantile_bins(p, bins)
+    n = np.bincount(which, minlength=nbins)
+    observed = np.bincount(which, weights=y.astype(float), minlength=nbins)
+    predicted = np.bincount(which, weights=p, minlength=nbins)
+    keep = n > 0
+    return float(np.sum(np.abs(observed[keep] - predicted[keep])) / y.size)
+
+
+def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, float | None]:
+    """Calibration statistics of checked inputs, not suppressed."""
+    lp = logit(np.clip(p, EPS, 1 - EPS))
+    citl = _logistic_fit(None, y, lp)
+    slope_fit = _logistic_fit(lp, y, np.zeros(y.size)) if np.ptp(lp) > 0 else None
+    return {
+        "brier": float(np.mean((p - y) ** 2)),
+        "calibration_in_the_large": None if citl is None else float(citl[0]),
+        "calibration_slope": None if slope_fit is None else float(slope_fit[1]),
+        "calibration_intercept": None if slope_fit is None else float(slope_fit[0]),
+        "ece": expected_calibration_error(y, p, bins=bins),
+        "observed_rate": float(y.mean()),
+        "mean_predicted": float(p.mean()),
+    }
+
+
+def calibration_stats(y, p, *, bins: int = 10) -> dict[str, float | int | bool | None]:
+    """Calibration of predicted risks ``p`` against outcomes ``y``.
+
+    - ``calibration_in_the_large``: intercept ``a`` of ``logit P(y) = a + logit(p)`` (slope
+      fixed at 1; Van Calster's CITL). 0 is perfect; negative when risks are too high.
+    - ``calibration_slope`` / ``calibration_intercept``: ``b`` and ``a`` of
+      ``logit P(y) = a + b logit(p)``. Slope 1 is perfect; below 1, risks too extreme
+      (overfit); above 1, too moderate.
+    - ``ece``: expected calibration error over ``bins`` equal-frequency bins.
+    - ``brier``, ``observed_rate``, ``mean_predicted``.
+
+    Fits are unpenalised maximum likelihood on ``logit(clip(p, 1e-6, 1 - 1e-6))``; a fit
+    whose estimate does not exist (one class, separation, constant ``p``) gives ``None``.
+    ``n`` and ``events`` are suppressed; with 1..10 events or non-events every metric is
+    withheld and ``suppressed`` is True.
+    """
+    y, p = _check_yp(y, p)
+    n, events = int(y.size), int(y.sum())
+    suppressed = not _shown(events, n - events)
+    values = _calibration(y, p, bins)
+    record: dict[str, float | int | bool | None] = {
+        k: (None if suppressed else v) for k, v in values.items()
+    }
+    record.update(n=privacy.suppress(n), events=privacy.suppress(events), suppressed=suppressed)
+    return record
+
+
+def _silverman(x: np.ndarray) -> float:
+    sd = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+    q75, q25 = np.quantile(x, [0.75, 0.25])
+    spread = min(sd, (q75 - q25) / 1.34) if q75 > q25 else sd
+    return 0.9 * spread * x.size ** (-0.2)
+
+
+def smoothed_calibration(y, p, *, points: int = 50) -> pd.DataFrame:
+    """A smooth calibration curve: observed risk against predicted risk.
+
+    Local-linear kernel regression of ``y`` on ``logit(p)`` with a Gaussian kernel whose
+    bandwidth follows Silverman's rule (on the logit scale), evaluated at ``points``
+    quantiles of ``p`` (levels ``(i + 0.5) / points``, so no single subject's risk is an
+    end point). ``observed`` is clipped to [0, 1]. With 1..10 events or non-events the
+    curve is withheld (``observed`` is None).
+    """
+    y, p = _check_yp(y, p)
+    if points < 1:
+        raise ValueError(f"points must be at least 1; got {points!r}.")
+    at = np.quantile(p, (np.arange(points) + 0.5) / points)
+    events = int(y.sum())
+    if not _shown(events, y.size - events):
+        observed: list[float | None] = [None] * points
+    else:
+        x = logit(np.clip(p, EPS, 1 - EPS))
+        x0s = logit(np.clip(at, EPS, 1 - EPS))
+        h = _silverman(x)
+        yf = y.astype(float)
+        observed = []
+        for x0 in x0s:
+            if h <= 0:
+                observed.append(float(yf.mean()))
+                continue
+            d = (x - x0) / h
+            w = np.exp(-0.5 * d * d)
+            s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
+            t0, t1 = (w * yf).sum(), (w * d * yf).sum()
+            det = s0 * s2 - s1 * s1
+            fit = (s2 * t0 - s1 * t1) / det if det > 1e-12 * s0 * s0 else t0 / s0
+            observed.append(float(np.clip(fit, 0.0, 1.0)))
+    return pd.DataFrame({"predicted": [float(a) for a in at], "observed": observed}, dtype=object)
+
+
+# ------------------------------------------------------------------ operating points
+
+
+def _confusion(y: np.ndarray, flag: np.ndarray) -> tuple[int, int, int, int]:
+    tp = int(np.sum(flag & y))
+    fp = int(np.sum(flag & ~y))
+    fn = int(np.sum(~flag & y))
+    return tp, fp, fn, int(y.size) - tp - fp - fn
+
+
+def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    n = y.size
+    tp, fp, fn, tn = _confusion(y, p >= threshold)
+    cells = _shown(tp, fp, fn, tn)
+    alerts = tp + fp
+    margins = _shown(alerts, n - alerts)
+
+    def rate(num: int, den: int) -> float | None:
+        return _ratio(num, den) if cells else None
+
+    return {
+        "threshold": float(threshold),
+        "alert_rate": alerts / n if margins else None,
+        "sensitivity": rate(tp, tp + fn),
+        "specificity": rate(tn, tn + fp),
+        "ppv": rate(tp, tp + fp),
+        "npv": rate(tn, tn + fn),
+        "alerts_per_1000": 1000 * alerts / n if margins else None,
+        "tp": tp if cells else None,
+        "fp": fp if cells else None,
+        "fn": fn if cells else None,
+        "tn": tn if cells else None,
+    }
+
+
+def threshold_table(
+    y,
+    p,
+    *,
+    thresholds: Iterable[float] = DEFAULT_THRESHOLDS,
+    alert_rates: Iterable[float] = (0.01, 0.05, 0.10),
+) -> pd.DataFrame:
+    """One row per operating point: fixed risk thresholds, then alert budgets.
+
+    Columns: ``kind`` ("threshold" or "alert budget"), ``alert_budget`` (the requested
+    rate r, None for a threshold row), ``threshold``, ``alert_rate`` (the actual fraction
+    flagged), ``sensitivity``, ``specificity``, ``ppv``, ``npv``, ``alerts_per_1000``,
+    ``tp``, ``fp``, ``fn``, ``tn``.
+
+    A row flags ``p >= threshold``. For an alert budget r the threshold is the (1 - r)
+    quantile of ``p`` taken at an observed risk (numpy's "higher" method, which flags the
+    same rows as linear interpolation would), so tied risks are all flagged and the actual
+    alert rate may exceed r.
+
+    Privacy: when any of tp, fp, fn, tn is 1..10, all four and the four rates are None;
+    ``alert_rate`` and ``alerts_per_1000`` are None when the alerts or non-alerts count is
+    1..10. Rates with a zero denominator are None.
+    """
+    y, p = _check_yp(y, p)
+    fixed = _check_levels(thresholds, "thresholds", low=0, high=1, closed="both")
+    budgets = _check_levels(alert_rates, "alert_rates", low=0, high=1, closed="right")
+    rows = [{"kind": "threshold", "alert_budget": None, **_operating_point(y, p, t)} for t in fixed]
+    for r in budgets:
+        t = float(np.quantile(p, 1 - r, method="higher"))
+        rows.append({"kind": "alert budget", "alert_budget": r, **_operating_point(y, p, t)})
+    columns = ["kind", "alert_budget", "threshold", "alert_rate", "sensitivity", "specificity"]
+    columns += ["ppv", "npv", "alerts_per_1000", "tp", "fp", "fn", "tn"]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def decision_curve(
+    y, p, *, thresholds: Iterable[float] = DEFAULT_NET_BENEFIT_THRESHOLDS
+) -> pd.DataFrame:
+    """Net benefit of treating by the model, treating all and treating none.
+
+    At threshold probability pt, with weight w = pt / (1 - pt):
+    ``net_benefit_model = TP/n - FP/n * w`` (treat ``p >= pt``),
+    ``net_benefit_all = prevalence - (1 - prevalence) * w``, ``net_benefit_none = 0``.
+
+    Privacy: ``net_benefit_model`` is None where the 2x2 table at pt has a cell of 1..10
+    (the rule of :func:`threshold_table`, so the two tables cannot be combined to
+    recover a cell); ``net_benefit_all`` is None with 1..10 events or non-events.
+    """
+    y, p = _check_yp(y, p)
+    pts = _check_levels(thresholds, "thresholds", low=0, high=1, closed="neither")
+    n, events = y.size, int(y.sum())
+    prevalence = events / n
+    all_shown = _shown(events, n - events)
+    rows = []
+    for pt in pts:
+        w = pt / (1 - pt)
+        tp, fp, fn, tn = _confusion(y, p >= pt)
+        rows.append(
+            {
+                "threshold": pt,
+                "net_benefit_model": tp / n - fp / n * w if _shown(tp, fp, fn, tn) else None,
+                "net_benefit_all": prevalence - (1 - prevalence) * w if all_shown else None,
+                "net_benefit_none": 0.0,
+            }
+        )
+    columns = ["threshold", "net_benefit_model", "net_benefit_all", "net_benefit_none"]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+# ------------------------------------------------------------------------ lead time
+
+LEAD_COLUMNS = ("subject_id", "prediction_time", "probability", "outcome_time")
+
+
+def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | float | None]:
+    """How long before the outcome the model first alerts.
+
+    ``frame`` has one row per prediction time: ``subject_id``, ``prediction_time``
+    (datetime64), ``probability`` and ``outcome_time`` (datetime64, NaT without an
+    outcome; one value per subject). An alert is ``probability >= threshold`` at a
+    prediction time strictly before the outcome; alerts at or after it are ignored. A
+    subject with an outcome and an alert is *detected*; their lead time is the days
+    (fractional) from their first alert to the outcome.
+
+    Returns ``subjects_with_outcome`` and ``detected`` (suppressed; ``detected`` is also
+    None when the undetected count is 1..10, since it is the difference) and the
+    ``median``, ``q25``, ``q75``, ``min`` and ``max`` lead days, withheld below 11 detected.
+    """
+    _check_columns(frame, LEAD_COLUMNS)
+    problems = [
+        f"{c} must be datetime64; got dtype {str(frame[c].dtype)!r}"
+        for c in ("prediction_time", "outcome_time")
+        if not pd.api.types.is_datetime64_any_dtype(frame[c])
+    ]
+    if problems:
+        raise ValueError("; ".join(problems) + ".")
+    if frame["prediction_time"].isna().any():
+        raise ValueError("prediction_time must not be missing; got NaT.")
+    (threshold,) = _check_levels([threshold], "threshold", low=0, high=1, closed="both")
+    probability = _check_p(frame["probability"], "probability")
+    per_subject = frame.groupby("subject_id", sort=False)["outcome_time"].nunique(dropna=False)
+    if (per_subject > 1).any():
+        raise ValueError(
+            f"outcome_time must be one value per subject; got differing values for {int((per_subject > 1).sum())} subjects."
+        )
+
+    subject = frame["subject_id"].to_numpy()
+    when = frame["prediction_time"].to_numpy()
+    outcome = frame["outcome_time"].to_numpy()
+    has_outcome = ~pd.isna(outcome)
+    alert = has_outcome & (probability >= threshold)
+    alert[has_outcome] &= when[has_outcome] < outcome[has_outcome]
+
+    with_outcome = int(pd.unique(subject[has_outcome]).size)
+    alerts = pd.DataFrame(
+        {"subject": subject[alert], "when": when[alert], "outcome": outcome[alert]}
+    )
+    first = alerts.groupby("subject", sort=False).agg(
+        when=("when", "min"), outcome=("outcome", "first")
+    )
+    days = ((first["outcome"] - first["when"]) / pd.Timedelta(days=1)).to_numpy(dtype=float)
+    detected = int(days.size)
+
+    record: dict[str, int | float | None] = {
+        "subjects_with_outcome": privacy.suppress(with_outcome),
+        "detected": detected if _shown(detected, with_outcome - detected) else None,
+    }
+    show = privacy.suppress(detected) is not None and detected > 0
+    q25, median, q75 = np.quantile(days, [0.25, 0.5, 0.75]) if show else (None, None, None)
+    record.update(
+        median_days=_num(median),
+        q25_days=_num(q25),
+        q75_days=_num(q75),
+        min_days=_num(days.min()) if show else None,
+        max_days=_num(days.max()) if show else None,
+    )
+    return record
+
+
+# ------------------------------------------------------------------------ subgroups
+
+
+def age_band(age_years) -> np.ndarray:
+    """Age bands "<18", "18-39", "40-49", "50-59", "60-69", "70-79", "80+" (object array;
+    None where the age is missing). Works on arrays and Series alike."""
+    age = _as_1d(
+        np.atleast_1d(age_years) if not isinstance(age_years, pd.Series) else age_years, "age_years"
+    )
+    bad = age[age < 0]
+    if bad.size:
+        raise ValueError(f"age_years must be non-negative; got {float(bad[0])!r}.")
+    labels = np.array(AGE_BANDS, dtype=object)[
+        np.searchsorted(_AGE_EDGES, np.nan_to_num(age), side="right")
+    ]
+    labels[np.isnan(age)] = None
+    return labels
+
+
+def _levels(column: pd.Series) -> list:
+    """Distinct non-missing values in a readable order (categories, age bands, sorted)."""
+    present = column.dropna()
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        seen = set(present.unique())
+        return [c for c in column.cat.categories if c in seen]
+    values = list(pd.unique(present))
+    if set(values) <= set(AGE_BANDS):
+        return sorted(values, key=AGE_BANDS.index)
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def subgroup_metrics(
+    frame: pd.DataFrame,
+    *,
+    groups: Sequence[str] = ("age_band", "sex", "site"),
+    n_boot: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Discrimination and calibration per level of each group column.
+
+    ``frame`` has ``y`` (bool), ``p`` (risk), ``subject_id`` and the ``groups`` columns; a
+    missing group value forms its own level (``level`` None). One row per (group, level):
+    ``group``, ``level``, ``subjects``, ``rows``, ``events`` (positive rows), ``auroc``,
+    ``auprc``, ``brier``, ``calibration_in_the_large``, ``observed_rate``,
+    ``mean_predicted``, ``suppressed``; with ``n_boot > 0`` also ``auroc_ci_low`` and
+    ``auroc_ci_high`` (patient-level bootstrap, :func:`metrics.bootstrap_ci`).
+
+    A level is suppressed (metrics and ``events`` None) when it has fewer than 11
+    subjects, fewer than 11 subjects with an event or fewer than 11 subjects with a
+    non-event row: people, not rows, are what a small cell exposes. Counts always go
+    through :func:`privacy.suppress`.
+    """
+    _check_columns(frame, ("y", "p", "subject_id", *groups))
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be 0 or more; got {n_boot!r}.")
+    y, p = _check_yp(frame["y"], frame["p"])
+    subjects = frame["subject_id"].to_numpy()
+    rows = []
+    for group in groups:
+        column = frame[group]
+        missing = column.isna().to_numpy()
+        levels = _levels(column) + ([None] if missing.any() else [])
+        for level in levels:
+            m = missing if level is None else (column == level).to_numpy() & ~missing
+            ys, ps, ss = y[m], p[m], subjects[m]
+            n_subjects = int(pd.unique(ss).size)
+            with_event = int(pd.unique(ss[ys]).size)
+            with_non_event = int(pd.unique(ss[~ys]).size)
+            suppressed = min(n_subjects, with_event, with_non_event) < privacy.MIN_CELL
+            record = {
+                "group": group,
+                "level": _plain(level),
+                "subjects": privacy.suppress(n_subjects),
+                "rows": privacy.suppress(int(m.sum())),
+                "events": None if suppressed else privacy.suppress(int(ys.sum())),
+            }
+            point = {} if suppressed else metrics.point_metrics(ys, ps)
+            calib = {} if suppressed else _calibration(ys, ps)
+            record.update(
+                auroc=_num(point.get("auroc")),
+                auprc=_num(point.get("auprc")),
+                brier=_num(point.get("brier")),
+                calibration_in_the_large=_num(calib.get("calibration_in_the_large")),
+                observed_rate=_num(point.get("prevalence")),
+                mean_predicted=_num(point.get("mean_predicted")),
+                suppressed=suppressed,
+            )
+            if n_boot > 0:
+                low = high = None
+                if not suppressed:
+                    ci = metrics.bootstrap_ci(
+                        ys, ps, ss, n_boot=n_boot, seed=seed, metrics=("auroc",)
+                    )
+                    low, high = (_num(v) for v in ci["auroc"])
+                record.update(auroc_ci_low=low, auroc_ci_high=high)
+            rows.append(record)
+    columns = ["group", "level", "subjects", "rows", "events", "auroc", "auprc", "brier"]
+    columns += ["calibration_in_the_large", "observed_rate", "mean_predicted", "suppressed"]
+    if n_boot > 0:
+        columns += ["auroc_ci_low", "auroc_ci_high"]
+    return pd.DataFrame(rows, columns=columns, dtype=object)

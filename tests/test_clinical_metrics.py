@@ -1,0 +1,437 @@
+"""Clinical validation records against values computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import expit, logit
+
+from forewarn.evaluation import clinical, metrics
+
+# Ten rows, five events. Flagging p >= 0.3 flags the last six rows:
+#   flagged     y = 0 1 0 1 1 1  -> tp 4, fp 2
+#   not flagged y = 0 0 1 0      -> fn 1, tn 3
+Y10 = np.array([0, 0, 1, 0, 0, 1, 0, 1, 1, 1], bool)
+P10 = np.array([0.05, 0.10, 0.15, 0.20, 0.30, 0.35, 0.50, 0.60, 0.70, 0.90])
+
+
+def times20(*arrays):
+    """The same case 20 times over: every rate unchanged, every non-zero count >= 20."""
+    return [np.tile(a, 20) for a in arrays]
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    rng = np.random.default_rng(7)
+    p = expit(rng.normal(-1.0, 1.0, 20_000))
+    return rng.random(p.size) < p, p
+
+
+# ------------------------------------------------------------------ threshold table
+
+
+def test_threshold_table_by_hand_is_withheld_small_and_shown_large():
+    small = clinical.threshold_table(Y10, P10, thresholds=[0.3], alert_rates=[]).iloc[0]
+    # tp 4, fp 2, fn 1, tn 3 are all 1..10: the whole 2x2 and its rates are withheld.
+    assert [small[c] for c in ("tp", "fp", "fn", "tn")] == [None] * 4
+    assert [small[c] for c in ("sensitivity", "specificity", "ppv", "npv")] == [None] * 4
+    assert small["alert_rate"] is None and small["alerts_per_1000"] is None  # 6 alerts
+    assert small["kind"] == "threshold" and small["threshold"] == 0.3
+
+    big = clinical.threshold_table(*times20(Y10, P10), thresholds=[0.3], alert_rates=[]).iloc[0]
+    assert [big[c] for c in ("tp", "fp", "fn", "tn")] == [80, 40, 20, 60]
+    assert big["sensitivity"] == pytest.approx(4 / 5)  # tp / (tp + fn)
+    assert big["specificity"] == pytest.approx(3 / 5)  # tn / (tn + fp)
+    assert big["ppv"] == pytest.approx(4 / 6)  # tp / (tp + fp)
+    assert big["npv"] == pytest.approx(3 / 4)  # tn / (tn + fn)
+    assert big["alert_rate"] == pytest.approx(0.6) and big["alerts_per_1000"] == pytest.approx(600)
+    assert isinstance(big["tp"], int)
+
+
+def test_threshold_zero_flags_everyone_and_keeps_zero_counts():
+    row = clinical.threshold_table(*times20(Y10, P10), thresholds=[0.0], alert_rates=[]).iloc[0]
+    # Zero is not identifying, so fn = tn = 0 are shown; npv has no denominator.
+    assert [row[c] for c in ("tp", "fp", "fn", "tn")] == [100, 100, 0, 0]
+    assert row["sensitivity"] == 1.0 and row["specificity"] == 0.0 and row["npv"] is None
+
+
+def test_alert_budget_with_ties_flags_every_tied_risk():
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.8, 0.8])
+    y = np.array([0, 0, 0, 0, 1, 0, 1, 1, 0, 1], bool)
+    table = clinical.threshold_table(*times20(y, p), thresholds=[], alert_rates=[0.1, 0.4])
+    assert list(table["kind"]) == ["alert budget"] * 2 and list(table["alert_budget"]) == [0.1, 0.4]
+    # Budget 10%: the 90% quantile is 0.8, and all three tied 0.8s are flagged: 30%.
+    ten = table.iloc[0]
+    assert ten["threshold"] == 0.8 and ten["alert_rate"] == pytest.approx(0.3)
+    assert [ten[c] for c in ("tp", "fp", "fn", "tn")] == [40, 20, 40, 100]
+    # Budget 40%: the 60% quantile is the observed 0.7, flagging 4 of 10 rows.
+    forty = table.iloc[1]
+    assert forty["threshold"] == 0.7 and forty["alert_rate"] == pytest.approx(0.4)
+    # Unreplicated: the threshold is still shown, the 3 alerts are not.
+    small = clinical.threshold_table(y, p, thresholds=[], alert_rates=[0.1]).iloc[0]
+    assert small["threshold"] == 0.8 and small["alert_rate"] is None
+
+
+# -------------------------------------------------------------------- decision curve
+
+
+def test_decision_curve_by_hand():
+    # pt = 0.2, weight 0.2 / 0.8 = 0.25. p >= 0.2 flags the last seven rows:
+    # y = 0 0 1 0 1 1 1 -> tp 4, fp 3 of n = 10.
+    # model: 4/10 - 3/10 * 0.25 = 0.325; treat all: 0.5 - 0.5 * 0.25 = 0.375.
+    curve = clinical.decision_curve(*times20(Y10, P10), thresholds=[0.2])
+    row = curve.iloc[0]
+    assert row["net_benefit_model"] == pytest.approx(0.325)
+    assert row["net_benefit_all"] == pytest.approx(0.375) and row["net_benefit_none"] == 0.0
+    small = clinical.decision_curve(Y10, P10, thresholds=[0.2]).iloc[0]
+    assert small["net_benefit_model"] is None and small["net_benefit_all"] is None
+
+
+def test_decision_curve_default_thresholds():
+    curve = clinical.decision_curve(*times20(Y10, P10))
+    assert (
+        len(curve) == 50
+        and curve["threshold"].iloc[0] == 0.01
+        and curve["threshold"].iloc[-1] == 0.5
+    )
+    assert curve.loc[curve["threshold"] == 0.2, "net_benefit_model"].item() == pytest.approx(0.325)
+    assert list(curve.columns) == [
+        "threshold",
+        "net_benefit_model",
+        "net_benefit_all",
+        "net_benefit_none",
+    ]
+
+
+# ----------------------------------------------------------------------- calibration
+
+
+def test_calibrated_risks_give_slope_one_and_citl_zero(calibrated):
+    y, p = calibrated
+    stats = clinical.calibration_stats(y, p)
+    assert stats["calibration_slope"] == pytest.approx(1.0, abs=0.1)
+    assert stats["calibration_in_the_large"] == pytest.approx(0.0, abs=0.1)
+    assert stats["calibration_intercept"] == pytest.approx(0.0, abs=0.1)
+    assert stats["ece"] < 0.02 and stats["suppressed"] is False
+    assert stats["observed_rate"] == pytest.approx(y.mean()) and stats[
+        "mean_predicted"
+    ] == pytest.approx(p.mean())
+    assert stats["brier"] == pytest.approx(metrics.point_metrics(y, p)["brier"])
+    assert stats["n"] == 20_000 and stats["events"] == int(y.sum())
+
+
+def test_miscalibration_moves_slope_and_citl_the_right_way(calibrated):
+    y, p = calibrated
+    # Risks shrunk toward 0.5 (too moderate): the true slope is 2.
+    assert clinical.calibration_stats(y, expit(0.5 * logit(p)))["calibration_slope"] > 1.5
+    # Risks pushed to the extremes (overfit): the true slope is 0.5.
+    assert clinical.calibration_stats(y, expit(2 * logit(p)))["calibration_slope"] < 0.7
+    # Risks too high by one logit: CITL is about -1.
+    too_high = clinical.calibration_stats(y, expit(logit(p) + 1))
+    assert too_high["calibration_in_the_large"] == pytest.approx(-1.0, abs=0.1)
+    assert too_high["calibration_slope"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_ece_by_hand():
+    y = np.array([0, 1, 0, 1])
+    p = np.array([0.1, 0.3, 0.6, 0.8])
+    # Two equal-frequency bins {0.1, 0.3} and {0.6, 0.8}:
+    # |0.5 - 0.2| * 2/4 + |0.5 - 0.7| * 2/4 = 0.15 + 0.10.
+    assert clinical.expected_calibration_error(y, p, bins=2) == pytest.approx(0.25)
+    # Ten bins: each row alone, so ECE = mean |y - p| = (0.1 + 0.7 + 0.6 + 0.2) / 4.
+    assert clinical.expected_calibration_error(y, p) == pytest.approx(0.4)
+
+
+def test_calibration_stats_withheld_on_a_small_set():
+    stats = clinical.calibration_stats([0, 1, 0, 1], [0.1, 0.3, 0.6, 0.8])
+    assert stats["suppressed"] is True and stats["n"] is None and stats["events"] is None
+    assert stats["ece"] is None and stats["calibration_slope"] is None and stats["brier"] is None
+
+
+def test_undefined_fits_are_none_not_errors():
+    # One class: no CITL, no slope. Constant risk: no slope.
+    none_happen = clinical.calibration_stats(np.zeros(30, bool), np.linspace(0.1, 0.9, 30))
+    assert (
+        none_happen["calibration_in_the_large"] is None and none_happen["calibration_slope"] is None
+    )
+    constant = clinical.calibration_stats(np.repeat([0, 1], 20), np.full(40, 0.3))
+    # logit(0.5) - logit(0.3) = log(7/3).
+    assert constant["calibration_in_the_large"] == pytest.approx(np.log(7 / 3))
+    assert constant["calibration_slope"] is None
+
+
+def test_smoothed_calibration_follows_the_diagonal_on_calibrated_risks(calibrated):
+    y, p = calibrated
+    curve = clinical.smoothed_calibration(y, p, points=40)
+    predicted = curve["predicted"].to_numpy(float)
+    observed = curve["observed"].to_numpy(float)
+    assert len(curve) == 40 and np.all(np.diff(predicted) >= 0)
+    assert np.abs(observed - predicted).max() < 0.06 and np.abs(observed - predicted).mean() < 0.02
+    assert np.diff(observed).min() > -0.01  # monotone up to noise
+    # Risks shrunk to expit(logit(p) / 2): the curve follows the true risk
+    # expit(2 logit(q)), below the diagonal at the low end and above it at the top.
+    shrunk = clinical.smoothed_calibration(y, expit(0.5 * logit(p)), points=10)
+    q, seen = shrunk["predicted"].to_numpy(float), shrunk["observed"].to_numpy(float)
+    assert seen == pytest.approx(expit(2 * logit(q)), abs=0.03)
+    assert seen[0] < q[0] - 0.05 and seen[-1] > q[-1] + 0.05
+
+
+def test_smoothed_calibration_withheld_on_a_small_set():
+    curve = clinical.smoothed_calibration(Y10, P10, points=5)
+    assert list(curve["observed"]) == [None] * 5 and len(curve["predicted"].dropna()) == 5
+
+
+# -------------------------------------------------------------------------- lead time
+
+
+def lead_frame(copies: int = 1, *, undetected_copies: int | None = None) -> pd.DataFrame:
+    nat = pd.NaT
+    one = [
+        # Subject 1: first prediction 03-01 is below threshold; first alert 04-01,
+        # 9 days before the outcome on 04-10 (the later 04-05 alert does not count).
+        (1, "2021-03-01", 0.2, "2021-04-10"),
+        (1, "2021-04-01", 0.7, "2021-04-10"),
+        (1, "2021-04-05", 0.9, "2021-04-10"),
+        # Subject 3: one alert, 30 days before the outcome.
+        (3, "2021-05-01", 0.6, "2021-05-31"),
+        # Subject 4: no outcome, alerts are not counted.
+        (4, "2021-05-01", 0.9, nat),
+    ]
+    # Subject 2: alerts only at and after the outcome: not detected.
+    two = [
+        (2, "2021-06-20", 0.1, "2021-06-30"),
+        (2, "2021-06-30", 0.95, "2021-06-30"),
+        (2, "2021-07-05", 0.99, "2021-06-30"),
+    ]
+    undetected_copies = copies if undetected_copies is None else undetected_copies
+    rows = [(s + 10 * k, *rest) for k in range(copies) for s, *rest in one]
+    rows += [(s + 10 * k, *rest) for k in range(undetected_copies) for s, *rest in two]
+    frame = pd.DataFrame(
+        rows, columns=["subject_id", "prediction_time", "probability", "outcome_time"]
+    )
+    frame["prediction_time"] = pd.to_datetime(frame["prediction_time"])
+    frame["outcome_time"] = pd.to_datetime(frame["outcome_time"])
+    return frame
+
+
+def test_lead_times_by_hand_suppressed_then_shown():
+    small = clinical.lead_times(lead_frame(), threshold=0.5)
+    # 3 subjects with an outcome, 2 detected: all below 11.
+    assert small == {
+        "subjects_with_outcome": None,
+        "detected": None,
+        "median_days": None,
+        "q25_days": None,
+        "q75_days": None,
+        "min_days": None,
+        "max_days": None,
+    }
+    big = clinical.lead_times(lead_frame(20), threshold=0.5)
+    # 60 with an outcome, 40 detected: 20 leads of 9 days and 20 of 30 days.
+    # Median of the sorted 40: halfway between the 20th (9) and 21st (30) = 19.5.
+    assert big["subjects_with_outcome"] == 60 and big["detected"] == 40
+    assert big["median_days"] == pytest.approx(19.5)
+    assert big["q25_days"] == 9.0 and big["q75_days"] == 30.0
+    assert big["min_days"] == 9.0 and big["max_days"] == 30.0
+
+
+def test_lead_times_hides_detected_when_the_undetected_are_few():
+    # 20 x (subjects 1, 3) + 5 x subject 2: 45 with an outcome, 40 detected, 5 not.
+    record = clinical.lead_times(lead_frame(20, undetected_copies=5), threshold=0.5)
+    assert record["subjects_with_outcome"] == 45 and record["detected"] is None
+    assert record["median_days"] == pytest.approx(19.5)
+
+
+def test_lead_times_threshold_changes_who_is_detected():
+    # At 0.8 subject 1's first alert is 04-05 (5 days); subject 3 is no longer detected.
+    record = clinical.lead_times(lead_frame(20), threshold=0.8)
+    assert record["detected"] == 20 and record["median_days"] == 5.0
+
+
+# -------------------------------------------------------------------------- subgroups
+
+
+def subgroup_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    men = np.repeat(np.arange(60), 2)  # 60 subjects, two prediction times each
+    y_men = rng.random(men.size) < 0.4
+    p_men = np.clip(0.3 * y_men + 0.7 * rng.random(men.size), 0, 1)
+    women = np.arange(100, 105)  # 5 subjects
+    return pd.DataFrame(
+        {
+            "subject_id": np.r_[men, women],
+            "y": np.r_[y_men, [True, False, True, False, True]],
+            "p": np.r_[p_men, [0.9, 0.1, 0.8, 0.3, 0.6]],
+            "sex": ["M"] * men.size + ["F"] * 5,
+            "site": ["A"] * men.size + [None] * 5,
+        }
+    )
+
+
+def test_subgroups_suppress_small_levels_and_match_point_metrics():
+    frame = subgroup_frame()
+    table = clinical.subgroup_metrics(frame, groups=("sex", "site"))
+    assert list(zip(table["group"], table["level"], strict=True)) == [
+        ("sex", "F"),
+        ("sex", "M"),
+        ("site", "A"),
+        ("site", None),  # missing values form their own level
+    ]
+    women = table.iloc[0]
+    assert women["suppressed"] is True and women["subjects"] is None and women["events"] is None
+    assert [women[c] for c in ("auroc", "auprc", "brier", "calibration_in_the_large")] == [None] * 4
+
+    men = table.iloc[1]
+    m = frame["sex"] == "M"
+    expected = metrics.point_metrics(frame.loc[m, "y"], frame.loc[m, "p"])
+    assert men["suppressed"] is False
+    assert (
+        men["subjects"] == 60
+        and men["rows"] == 120
+        and men["events"] == int(frame.loc[m, "y"].sum())
+    )
+    assert men["auroc"] == pytest.approx(expected["auroc"]) and men["auprc"] == pytest.approx(
+        expected["auprc"]
+    )
+    assert men["brier"] == pytest.approx(expected["brier"])
+    assert men["observed_rate"] == pytest.approx(expected["prevalence"])
+    assert men["mean_predicted"] == pytest.approx(expected["mean_predicted"])
+    citl = clinical.calibration_stats(frame.loc[m, "y"], frame.loc[m, "p"])[
+        "calibration_in_the_large"
+    ]
+    assert men["calibration_in_the_large"] == pytest.approx(citl)
+    assert table.iloc[3]["suppressed"] is True
+
+
+def test_subgroups_count_people_not_rows():
+    # 30 subjects; 3 of them carry 5 positive rows each. 15 event rows, but only 3
+    # people with an event: the level is suppressed.
+    subject = np.r_[np.repeat([0, 1, 2], 5), np.arange(3, 30)]
+    frame = pd.DataFrame(
+        {
+            "subject_id": subject,
+            "y": np.r_[np.ones(15, bool), np.zeros(27, bool)],
+            "p": np.linspace(0.05, 0.95, subject.size),
+            "site": "A",
+        }
+    )
+    row = clinical.subgroup_metrics(frame, groups=("site",)).iloc[0]
+    assert (
+        row["suppressed"] is True
+        and row["subjects"] == 30
+        and row["events"] is None
+        and row["auroc"] is None
+    )
+
+
+def test_subgroup_bootstrap_interval():
+    table = clinical.subgroup_metrics(subgroup_frame(), groups=("sex",), n_boot=30, seed=1)
+    women, men = table.iloc[0], table.iloc[1]
+    assert men["auroc_ci_low"] <= men["auroc"] <= men["auroc_ci_high"]
+    assert women["auroc_ci_low"] is None and women["auroc_ci_high"] is None
+
+
+def test_age_band():
+    ages = [0, 17.9, 18, 39.99, 40, 49, 50, 65, 79.9, 80, 90, np.nan]
+    assert list(clinical.age_band(ages)) == [
+        "<18", "<18", "18-39", "18-39", "40-49", "40-49", "50-59", "60-69", "70-79", "80+", "80+", None,
+    ]  # fmt: skip
+    assert list(clinical.age_band(pd.Series([45.0, 72.0]))) == ["40-49", "70-79"]
+
+
+def test_age_bands_are_ordered_as_ages_in_subgroups():
+    frame = subgroup_frame()
+    frame["age_band"] = clinical.age_band(np.where(frame["subject_id"] % 2 == 0, 85, 12))
+    assert list(clinical.subgroup_metrics(frame, groups=("age_band",))["level"]) == ["<18", "80+"]
+
+
+# ------------------------------------------------------------------------- validation
+
+
+def lead_with(**changes) -> pd.DataFrame:
+    frame = lead_frame()
+    for column, value in changes.items():
+        frame[column] = value
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: clinical.calibration_stats([0, 1, 0, 1, 1], [0.1] * 6),
+            "y and p must have the same length; got 5 and 6.",
+        ),
+        (
+            lambda: clinical.threshold_table([0, 1], [0.5, 1.2]),
+            "p must be probabilities in [0, 1]; got values outside: 1.2.",
+        ),
+        (
+            lambda: clinical.decision_curve([0, 1], [0.5, np.nan]),
+            "p must be probabilities in [0, 1]; got values outside: nan.",
+        ),
+        (
+            lambda: clinical.calibration_stats([0, 2], [0.5, 0.5]),
+            "y must be 0/1 or boolean; got values outside: 2.",
+        ),
+        (
+            lambda: clinical.smoothed_calibration([[0, 1]], [[0.5, 0.5]]),
+            "y must be one-dimensional; got shape (1, 2).",
+        ),
+        (lambda: clinical.calibration_stats([], []), "y and p must not be empty; got 0 rows."),
+        (
+            lambda: clinical.calibration_stats([0, 1], ["a", "b"]),
+            "p must be numeric; got dtype '<U1'.",
+        ),
+        (
+            lambda: clinical.threshold_table(Y10, P10, thresholds=[1.5]),
+            "thresholds must lie in [0, 1]; got 1.5.",
+        ),
+        (
+            lambda: clinical.threshold_table(Y10, P10, alert_rates=[0]),
+            "alert_rates must lie in (0, 1]; got 0.0.",
+        ),
+        (
+            lambda: clinical.decision_curve(Y10, P10, thresholds=[1.0]),
+            "thresholds must lie in (0, 1); got 1.0.",
+        ),
+        (
+            lambda: clinical.lead_times(lead_frame(), threshold=2),
+            "threshold must lie in [0, 1]; got 2.0.",
+        ),
+        (
+            lambda: clinical.lead_times(lead_with(outcome_time="2021-01-01"), threshold=0.5),
+            "outcome_time must be datetime64; got dtype 'str'.",
+        ),
+        (
+            lambda: clinical.lead_times(
+                lead_with(outcome_time=pd.date_range("2022-01-01", periods=8)), threshold=0.5
+            ),
+            "outcome_time must be one value per subject; got differing values for 2 subjects.",
+        ),
+        (
+            lambda: clinical.subgroup_metrics(subgroup_frame()),
+            "frame must have columns ['y', 'p', 'subject_id', 'age_band', 'sex', 'site']; "
+            "got ['subject_id', 'y', 'p', 'sex', 'site'] (missing ['age_band']).",
+        ),
+        (lambda: clinical.age_band([30, -1]), "age_years must be non-negative; got -1.0."),
+    ],
+)
+def test_input_errors_say_what_was_wrong(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_records_are_json_friendly():
+    import json
+
+    table = clinical.threshold_table(Y10, P10)
+    json.dumps(table.to_dict(orient="records"), allow_nan=False)  # None, never NaN
+    json.dumps(
+        clinical.subgroup_metrics(subgroup_frame(), groups=("sex",)).to_dict(orient="records"),
+        allow_nan=False,
+    )
+    json.dumps(clinical.lead_times(lead_frame(20), threshold=0.5), allow_nan=False)
+    json.dumps(clinical.calibration_stats(*times20(Y10, P10)), allow_nan=False)
