@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from forewarn.evaluation import metrics, plots
+from forewarn.evaluation import clinical, metrics, plots
 from forewarn.evaluation.explain import Explanations, explain
 from forewarn.features.featurize import FeatureMatrix
-from forewarn.features.labels import ATTRITION_STEPS
 from forewarn.models.train import (
     AGE_SEX,
     BASELINE,
@@ -27,7 +26,7 @@ from forewarn.models.train import (
     TrainedModels,
     load_xgboost,
 )
-from forewarn.records import privacy, schema
+from forewarn.records import schema
 from forewarn.records.progress import stage
 
 MODEL_LABELS = {
@@ -65,60 +64,127 @@ class Evaluation:
         return json.loads(self.metrics_path.read_text())
 
 
-FIGURES = ("roc_pr", "calibration", "shap_bar", "shap_beeswarm")
+FIGURES = ("roc_pr", "calibration", "decision_curve", "shap_bar", "shap_beeswarm")
+DEPENDENCE_FIGURES = 3
+WATERFALL_FIGURES = 3
+
+
+def held_out_frame(trained: TrainedModels, model: str) -> pd.DataFrame:
+    pred = pd.read_parquet(trained.predictions_path(model))
+    return pred[pred[schema.SPLIT] == schema.HELD_OUT].reset_index(drop=True)
+
+
+def demographics(X, columns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(age in years, sex as 'F'/'M'/None) per row, from the age and gender columns."""
+    names = {n: i for i, n in enumerate(columns["name"])}
+    age = np.asarray(X[:, names["AGE/years/at_prediction/t"]].todense()).ravel() if "AGE/years/at_prediction/t" in names else np.full(X.shape[0], np.nan)
+    sex = np.full(X.shape[0], None, dtype=object)
+    for code, label in (("Gender//F", "F"), ("Gender//M", "M")):
+        col = names.get(f"{code}/static/present/static")
+        if col is not None:
+            sex[np.asarray(X[:, col].todense()).ravel() > 0] = label
+    return age, sex
 
 
 def evaluate_and_explain(
-    matrix: FeatureMatrix, trained: TrainedModels, out_dir: Path, config: EvaluationConfig
+    matrix: FeatureMatrix,
+    trained: TrainedModels,
+    out_dir: Path,
+    config: EvaluationConfig,
+    *,
+    site: str = "site",
+    outcomes_path: Path | None = None,
 ) -> Evaluation:
-    """Held-out metrics with patient-bootstrap CIs for each model, calibration curves,
-    TreeSHAP of the primary model, and the figures."""
+    """Held-out discrimination (patient-bootstrap CIs) and calibration for each model;
+    for the primary model also calibration statistics, the threshold table, the decision
+    curve, lead times, subgroups, TreeSHAP explanations and the figures."""
     out = Evaluation(Path(out_dir))
     (out.dir / "figures").mkdir(parents=True, exist_ok=True)
-    record: dict = {"held_out": {}, "calibration": {}}
+    record: dict = {"held_out": {}, "calibration": {}, "calibration_stats": {}}
     curves, calib = {}, {}
+    X, rows, columns = matrix.load()
+    held_rows = np.flatnonzero(rows[schema.SPLIT].to_numpy() == schema.HELD_OUT)
     with stage("evaluate") as counts:
         for model in (*MODELS, UNCALIBRATED):
-            pred = pd.read_parquet(trained.predictions_path(model))
-            held = pred[pred[schema.SPLIT] == schema.HELD_OUT]
+            held = held_out_frame(trained, model)
             y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
             p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
             record["held_out"][model] = metrics.evaluate(
                 y, p, held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed
             )
+            record["calibration_stats"][model] = clinical.calibration_stats(y, p)
             calib[MODEL_LABELS[model]] = metrics.calibration_curve(y, p)
             record["calibration"][model] = calib[MODEL_LABELS[model]].to_dict(orient="records")
             if model != UNCALIBRATED:  # a monotone map: the same ROC as the calibrated model
                 curves[MODEL_LABELS[model]] = (y, p)
+        held = held_out_frame(trained, PRIMARY)
+        y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
+        p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
+        record["held_out"][PRIMARY].update(record["calibration_stats"][PRIMARY])
+        record["smoothed_calibration"] = clinical.smoothed_calibration(y, p).to_dict(orient="records")
+        record["thresholds"] = clinical.threshold_table(y, p).to_dict(orient="records")
+        dca = clinical.decision_curve(y, p)
+        record["decision_curve"] = dca.to_dict(orient="records")
+        age, sex = demographics(X[held_rows], columns)
+        frame = pd.DataFrame(
+            {"y": y, "p": p, "subject_id": held[schema.SUBJECT_ID].to_numpy(), "age_band": clinical.age_band(age),
+             "sex": sex, "site": site}
+        )
+        record["subgroups"] = clinical.subgroup_metrics(frame).to_dict(orient="records")
+        record["lead_time"] = _lead_time(held, p, outcomes_path, threshold=_alert_threshold(record["thresholds"], p))
         counts.update(held_out_rows=int(len(held)), bootstrap=config.bootstrap)
     with stage("explain") as counts:
-        X, rows, columns = matrix.load()
-        held_rows = np.flatnonzero(rows[schema.SPLIT].to_numpy() == schema.HELD_OUT)
         clf = load_xgboost(trained.xgboost_path)
         explanations, values, sampled, base = explain(
             clf, X[held_rows], columns, out.explanations.dir, max_rows=config.shap_rows, seed=config.seed
         )
         importance = pd.read_parquet(explanations.importance_path)
         counts.update(rows=int(values.shape[0]), features=int(values.shape[1]))
-    with stage("figures"):
+    with stage("figures") as counts:
         position = {name: i for i, name in enumerate(columns["name"])}
         idx = np.array([position[name] for name in importance.head(15)["name"]], dtype=np.int64)
+        names = [_short(d) for d in columns["description"].to_numpy()[idx]]
+        data = X[held_rows][sampled][:, idx].toarray()
         figures = {
             "roc_pr": plots.roc_pr(curves),
             "calibration": plots.calibration(calib),
+            "decision_curve": plots.decision_curve(dca),
             "shap_bar": plots.shap_bar(importance),
-            "shap_beeswarm": plots.shap_beeswarm(
-                values[:, idx],
-                X[held_rows][sampled][:, idx].toarray(),
-                [_short(d) for d in columns["description"].to_numpy()[idx]],
-                base,
-            ),
+            "shap_beeswarm": plots.shap_beeswarm(values[:, idx], data, names, base),
         }
+        for k in range(min(DEPENDENCE_FIGURES, idx.size)):
+            figures[f"shap_dependence_{k + 1}"] = plots.shap_dependence(values[:, idx], data, names, base, k)
+        # Waterfalls for the highest-risk explained held-out rows, named by row number only.
+        risk = clf.predict_proba(X[held_rows][sampled])[:, 1]
+        record["waterfall_rows"] = []
+        for k, row in enumerate(np.argsort(-risk, kind="stable")[:WATERFALL_FIGURES]):
+            figures[f"shap_waterfall_{k + 1}"] = plots.shap_waterfall(values[row, idx], data[row], names, base)
+            record["waterfall_rows"].append(int(held_rows[sampled[row]]))
         for name, png in figures.items():
             out.figure(name).write_bytes(png)
+        counts["figures"] = len(figures)
     record["top_features"] = importance.head(20)[["name", "description", "mean_abs_shap"]].to_dict(orient="records")
     out.metrics_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     return out
+
+
+def _alert_threshold(thresholds: list[dict], p: np.ndarray) -> float:
+    """The operating point for lead times: the 5% alert budget."""
+    for row in thresholds:
+        if row.get("alert_budget") == 0.05 and row.get("threshold") is not None:
+            return float(row["threshold"])
+    return float(np.quantile(p, 0.95)) if p.size else 1.0
+
+
+def _lead_time(held: pd.DataFrame, p: np.ndarray, outcomes_path: Path | None, *, threshold: float) -> dict | None:
+    if outcomes_path is None or not Path(outcomes_path).is_file():
+        return None
+    outcomes = pd.read_parquet(outcomes_path)
+    frame = pd.DataFrame(
+        {"subject_id": held[schema.SUBJECT_ID].to_numpy(), "prediction_time": held[schema.PREDICTION_TIME].to_numpy(),
+         "probability": p}
+    ).merge(outcomes, on=schema.SUBJECT_ID, how="left")
+    return clinical.lead_times(frame, threshold=threshold) | {"threshold": threshold, "operating_point": "5% alert budget"}
 
 
 def json_safe(value):
@@ -138,135 +204,3 @@ def _short(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _shown(count: int | None) -> str:
-    """An already-suppressed count (None means below 11) for display."""
-    return f"<{privacy.MIN_CELL}" if count is None else f"{count:,}"
-
-
-def _ci(rec: dict, metric: str) -> str:
-    return f"{_fmt(rec[metric])} ({_fmt(rec[metric + '_ci_low'])}–{_fmt(rec[metric + '_ci_high'])})"
-
-
-def report_context(
-    *,
-    site: str,
-    task,
-    attrition: dict,
-    pull_report: dict,
-    features_shape: dict,
-    feature_config,
-    training: dict,
-    evaluation: Evaluation,
-    decision: str,
-    code_version: str,
-    data_digest: str,
-    generated_at: str,
-    quality: dict,
-    mlflow_run_id: str | None = None,
-) -> dict:
-    """Everything the report template shows, with every count passed through suppression."""
-    m = evaluation.load_metrics()
-    steps = dict(ATTRITION_STEPS) | {"labelled": "labelled prediction times", "positive": "positive labels"}
-    attrition_rows = [
-        {"step": steps.get(k, k), "times": privacy.shown(v["times"]), "subjects": privacy.shown(v["subjects"]) if k in ("candidates", "labelled", "positive") else "–"}
-        for k, v in attrition.items()
-    ]
-    tables = [
-        {"name": name, "read": privacy.shown(t["read"]), "kept": privacy.shown(t["kept"]), "quarantined": privacy.shown(t["quarantined"])}
-        for name, t in pull_report["tables"].items()
-    ]
-    models = [
-        {
-            "name": MODEL_LABELS[k],
-            "auroc": _ci(rec, "auroc"),
-            "auprc": _ci(rec, "auprc"),
-            "brier": _fmt(rec["brier"], 4),
-            "n": privacy.shown(rec["n"]) if rec["n"] is not None else "<11",
-            "events": privacy.shown(rec["events"]) if rec["events"] is not None else "<11",
-        }
-        for k, rec in m["held_out"].items()
-    ]
-    calibration = [
-        {
-            "bin": c["bin"],
-            "n": "<11" if c["n"] is None else f"{c['n']:,}",
-            "events": "<11" if c["events"] is None else f"{c['events']:,}",
-            "mean_predicted": _fmt(c["mean_predicted"]),
-            "observed": _fmt(c["observed"]),
-        }
-        for c in m["calibration"][PRIMARY]
-    ]
-    xgb_params = training["xgboost"]["params"]
-    model_text = (
-        f"XGBoost (hist, {training['xgboost']['best_iteration'] + 1} trees after early stopping on the tuning split's log-loss; "
-        f"learning rate {xgb_params['learning_rate']}, max depth {xgb_params['max_depth']}) is the registered model. "
-        f"The baseline is an L1-regularised logistic regression on max-abs-scaled features with C = {training['l1_logistic']['C']} "
-        f"chosen on the tuning split ({training['l1_logistic']['nonzero_coefficients']} non-zero coefficients). "
-        "Splits are by subject (a seeded hash of the pseudonymous id: 70% train, 15% tuning, 15% held-out)."
-    )
-    n_train_pos = training["positives"]["train"]
-    limitations = [
-        "Internal validation only (held-out subjects of the same site); temporal and external validation come with later releases.",
-        "Probabilities are not recalibrated; see the calibration curve before using them as absolute risks.",
-        "Dates are shifted per subject for de-identification, so calendar effects (season, coding changes) are blurred.",
-        "Synthetic demo data: performance says nothing about a real population." if pull_report.get("demo") else
-        "Performance holds for the population and coding practice of this site; check it before use elsewhere.",
-    ]
-    if n_train_pos < 10 * max(1, features_shape["columns"] // 50):
-        limitations.insert(0, f"Few training events ({privacy.shown(n_train_pos)}) for {features_shape['columns']} features: expect optimism and unstable importances.")
-    return {
-        "site": site,
-        "task": {
-            "name": task.name,
-            "description": task.description,
-            "outcome_codes": ", ".join(task.outcome.codes),
-            "at_codes": ", ".join(task.prediction_times.at_codes),
-            "gap_days": task.gap_days,
-            "horizon_days": task.horizon_days,
-        },
-        "task_digest": task.digest(),
-        "data_digest": data_digest,
-        "code_version": code_version,
-        "generated_at": generated_at,
-        "mlflow_run_id": mlflow_run_id,
-        "models": models,
-        "decision": decision,
-        "data": {
-            "tables": tables,
-            "subjects": privacy.shown(pull_report["subjects"]),
-            "events": privacy.shown(pull_report["events"]),
-            "time_span": " to ".join(str(x) for x in pull_report["time_span"]),
-            "source": ", ".join(f"{k} {v}" for k, v in pull_report.get("source", {}).items() if k != "location"),
-            "top_codes": [
-                {"code": c["code"], "events": _shown(c["events"]), "subjects": _shown(c["subjects"])}
-                for c in quality["top_codes"][:10]
-            ],
-            "implausible": [
-                {"code": v["code"], "values": _shown(v["values"]), "outside": _shown(v["outside"]),
-                 "bounds": f"{v['bounds'][0]:g}–{v['bounds'][1]:g}"}
-                for v in quality["values_outside_plausible_range"]
-            ],
-        },
-        "attrition": attrition_rows,
-        "splits": [
-            {"name": s, "rows": privacy.shown(training["rows"][s]), "positives": privacy.shown(training["positives"][s])}
-            for s in schema.SPLITS
-        ],
-        "features": {
-            "columns": f"{features_shape['columns']:,}",
-            "nonzeros": f"{features_shape['nonzeros']:,}",
-            "windows": ", ".join(feature_config.windows),
-            "aggs": ", ".join(feature_config.aggs),
-        },
-        "model_text": model_text,
-        "calibration": calibration,
-        "top_features": [{"description": f["description"], "mean_abs_shap": _fmt(f["mean_abs_shap"], 4)} for f in m["top_features"]],
-        "images": {name: evaluation.figure(name).read_bytes() for name in FIGURES},
-        "limitations": limitations,
-    }

@@ -72,3 +72,47 @@ def shap_beeswarm(values: np.ndarray, data: np.ndarray, names: list[str], base: 
     fig = plt.gcf()
     fig.set_size_inches(10, 0.35 * top + 1.5)
     return _png(fig)
+
+
+def decision_curve(frame: pd.DataFrame) -> bytes:
+    """Net benefit of the model against treating all and treating none."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    shown = frame.dropna(subset=["net_benefit_model"]).astype({"threshold": float, "net_benefit_model": float})
+    ax.plot(shown["threshold"], shown["net_benefit_model"], label="model")
+    every = frame.dropna(subset=["net_benefit_all"]).astype({"threshold": float, "net_benefit_all": float})
+    ax.plot(every["threshold"], every["net_benefit_all"], ls="--", label="treat all")
+    ax.axhline(0, c="grey", ls=":", label="treat none")
+    top = max([float(shown["net_benefit_model"].max()) if len(shown) else 0.0, float(every["net_benefit_all"].max()) if len(every) else 0.0, 0.01])
+    ax.set(xlabel="threshold probability", ylabel="net benefit", title="Decision curve (held-out)", ylim=(-top * 0.3, top * 1.15))
+    ax.legend(loc="upper right")
+    return _png(fig)
+
+
+def _explanation(values, data, names, base):
+    import shap
+
+    values = np.atleast_2d(values)
+    return shap.Explanation(
+        values=values, base_values=np.full(values.shape[0], base), data=np.atleast_2d(data), feature_names=names
+    )
+
+
+def shap_dependence(values: np.ndarray, data: np.ndarray, names: list[str], base: float, k: int) -> bytes:
+    """SHAP value of feature ``k`` against its value (absent values are not drawn)."""
+    import shap
+
+    explanation = _explanation(values, data, names, base)
+    shap.plots.scatter(explanation[:, k], show=False)
+    fig = plt.gcf()
+    fig.set_size_inches(6, 4.2)
+    return _png(fig)
+
+
+def shap_waterfall(values: np.ndarray, data: np.ndarray, names: list[str], base: float) -> bytes:
+    """One row's explanation (the row is identified only by its number in the report)."""
+    import shap
+
+    shap.plots.waterfall(_explanation(values, data, names, base)[0], max_display=12, show=False)
+    fig = plt.gcf()
+    fig.set_size_inches(9, 5.5)
+    return _png(fig)

@@ -203,10 +203,9 @@ def build_labels(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, dict[str, 
     return label_frame(frame, spec)
 
 
-def candidates_sql(events: str, spec: TaskSpec) -> str:
-    """One row per candidate prediction time with the subject's birth, first and last
-    observed time and first outcome time (codes or measurement criteria)."""
-    pt = spec.prediction_times
+def _outcome_sql(spec: TaskSpec) -> tuple[str, str, str]:
+    """(extra CTEs, joins, outcome expression) for the first outcome time per subject:
+    the earliest outcome code or measurement criterion."""
     criteria, joins, outcome_times = [], [], ["s.code_outcome"]
     for i, v in enumerate(spec.outcome.values):
         op = f"< {v.below}" if v.below is not None else f"> {v.above}"
@@ -223,17 +222,10 @@ def candidates_sql(events: str, spec: TaskSpec) -> str:
             )
         joins.append(f"LEFT JOIN v{i} USING (subject_id)")
         outcome_times.append(f"v{i}.t")
-    if pt.at_codes is not None:
-        cand = f"SELECT DISTINCT subject_id, time AS prediction_time FROM ev WHERE {code_predicate(pt.at_codes)}"
-    elif pt.at_first_of is not None:
-        cand = f"SELECT subject_id, min(time) AS prediction_time FROM ev WHERE {code_predicate(pt.at_first_of)} GROUP BY subject_id"
-    else:
-        cand = (
-            "SELECT subject_id, unnest(generate_series("
-            f"first_time + INTERVAL {spec.population.min_prior_observation_days} DAY, last_time, INTERVAL {pt.every_days} DAY"
-            ")) AS prediction_time FROM subj WHERE first_time IS NOT NULL"
-        )
-    with_criteria = "".join(f", {c}" for c in criteria)
+    return "".join(f", {c}" for c in criteria), " ".join(joins), f"least({', '.join(outcome_times)})"
+
+
+def _subjects_sql(events: str, spec: TaskSpec) -> str:
     return f"""
         WITH ev AS (SELECT subject_id, time, code{", numeric_value" if spec.outcome.values else ""}
                     FROM read_parquet('{events}') WHERE time IS NOT NULL),
@@ -244,13 +236,42 @@ def candidates_sql(events: str, spec: TaskSpec) -> str:
                           min(time) FILTER (WHERE code <> '{schema.BIRTH_CODE}')) AS first_time,
                  max(time) AS last_time,
                  min(time) FILTER (WHERE {code_predicate(spec.outcome.codes)}) AS code_outcome
-          FROM ev GROUP BY subject_id){with_criteria},
+          FROM ev GROUP BY subject_id)"""
+
+
+def candidates_sql(events: str, spec: TaskSpec) -> str:
+    """One row per candidate prediction time with the subject's birth, first and last
+    observed time and first outcome time (codes or measurement criteria)."""
+    pt = spec.prediction_times
+    ctes, joins, outcome = _outcome_sql(spec)
+    if pt.at_codes is not None:
+        cand = f"SELECT DISTINCT subject_id, time AS prediction_time FROM ev WHERE {code_predicate(pt.at_codes)}"
+    elif pt.at_first_of is not None:
+        cand = f"SELECT subject_id, min(time) AS prediction_time FROM ev WHERE {code_predicate(pt.at_first_of)} GROUP BY subject_id"
+    else:
+        cand = (
+            "SELECT subject_id, unnest(generate_series("
+            f"first_time + INTERVAL {spec.population.min_prior_observation_days} DAY, last_time, INTERVAL {pt.every_days} DAY"
+            ")) AS prediction_time FROM subj WHERE first_time IS NOT NULL"
+        )
+    return f"""{_subjects_sql(events, spec)}{ctes},
         cand AS ({cand})
-        SELECT c.subject_id, c.prediction_time, s.birth, s.first_time, s.last_time,
-               least({", ".join(outcome_times)}) AS outcome
-        FROM cand c JOIN subj s USING (subject_id) {" ".join(joins)}
+        SELECT c.subject_id, c.prediction_time, s.birth, s.first_time, s.last_time, {outcome} AS outcome
+        FROM cand c JOIN subj s USING (subject_id) {joins}
         ORDER BY c.subject_id, c.prediction_time
         """
+
+
+def outcome_times(events_dir: Path, spec: TaskSpec) -> pd.DataFrame:
+    """Each subject's first outcome time (subjects without one are left out)."""
+    ctes, joins, outcome = _outcome_sql(spec)
+    sql = f"""{_subjects_sql(str(Path(events_dir) / "*.parquet"), spec)}{ctes}
+        SELECT s.subject_id, {outcome} AS outcome_time FROM subj s {joins}
+        WHERE {outcome} IS NOT NULL ORDER BY s.subject_id"""
+    con = duckdb.connect()
+    frame = con.execute(sql).df()
+    con.close()
+    return frame
 
 
 def label_frame(frame: pd.DataFrame, spec: TaskSpec) -> tuple[pa.Table, dict[str, dict[str, int]]]:
@@ -394,6 +415,11 @@ class LabelSet:
         return self.dir / "labels" / f"{self.task}.splits.parquet"
 
     @property
+    def outcomes_path(self) -> Path:
+        """Row-level, site-local: each labelled subject's first outcome time (for lead times)."""
+        return self.dir / "labels" / f"{self.task}.outcomes.parquet"
+
+    @property
     def attrition_path(self) -> Path:
         return self.dir / "labels" / f"{self.task}.attrition.json"
 
@@ -423,5 +449,7 @@ def label_dataset(events_dir: Path, spec: TaskSpec, out_dir: Path, *, split_seed
         pq.write_table(splits, tmp)
         tmp.replace(out.splits_path)
         out.attrition_path.write_text(json.dumps(attrition, indent=2))
+        outcomes = outcome_times(events_dir, spec)
+        outcomes[outcomes[schema.SUBJECT_ID].isin(subjects)].to_parquet(out.outcomes_path, index=False)
         counts.update(labels=labels.num_rows, positives=attrition["positive"]["times"], subjects=int(subjects.size))
     return out

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain, report_context
-from forewarn.evaluation.report import write_report
+from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain
+from forewarn.evaluation.report import report_context, write_report
 from forewarn.features.featurize import FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, label_dataset, load_task
 from forewarn.flows import tracking
@@ -78,8 +78,10 @@ def train_task(matrix: FeatureMatrix, out_dir: Path, study: Study) -> TrainedMod
 
 
 @task(name="evaluate")
-def evaluate_task(matrix: FeatureMatrix, trained: TrainedModels, out_dir: Path, study: Study) -> Evaluation:
-    return evaluate_and_explain(matrix, trained, out_dir, study.evaluation)
+def evaluate_task(
+    matrix: FeatureMatrix, trained: TrainedModels, labels: LabelSet, out_dir: Path, study: Study, site: str
+) -> Evaluation:
+    return evaluate_and_explain(matrix, trained, out_dir, study.evaluation, site=site, outcomes_path=labels.outcomes_path)
 
 
 @task(name="publish")
@@ -191,7 +193,7 @@ def nightly(study: Study) -> list[SiteResult]:
                 results.append(SiteResult(site.name, spec.name, "skipped", reason=reason))
                 continue
             trained = train_task(matrix, work / "models" / spec.name, study)
-            evaluation = evaluate_task(matrix, trained, work / "evaluation" / spec.name, study)
+            evaluation = evaluate_task(matrix, trained, labels, work / "evaluation" / spec.name, study, site.name)
             result = publish_task(site, study, spec, pull, labels, matrix, trained, evaluation)
             logger.info(
                 "site %s, task %s: held-out AUROC %.3f, AUPRC %.3f; %s", site.name, spec.name,

@@ -113,7 +113,9 @@ def test_artifacts_present(flow_run, client):
     listed = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.html", "metrics.json", "figures", "shap", "data", "config"} <= listed
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert figures == {f"figures/{n}.png" for n in ("roc_pr", "calibration", "shap_bar", "shap_beeswarm")}
+    expected = ["roc_pr", "calibration", "decision_curve", "shap_bar", "shap_beeswarm"]
+    expected += [f"shap_dependence_{k}" for k in (1, 2, 3)] + [f"shap_waterfall_{k}" for k in (1, 2, 3)]
+    assert figures == {f"figures/{n}.png" for n in expected}
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
@@ -156,7 +158,7 @@ def test_report_has_every_section_and_the_run_numbers(flow_run, client):
         assert f'id="{section}"' in html
     auroc = f"{result.metrics['held_out/auroc']:.3f}"
     assert auroc in html
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == 11
     assert "Hemoglobin A1c" in html or "Fasting glucose" in html  # readable feature names
     assert result.decision in html
     assert "Data quality" in html and "outside plausible range" in html
