@@ -181,6 +181,17 @@ def choose_vocabulary(
     return Vocabulary([r[0] for r in rows], {r[0] for r in rows if r[1]}, {r[0] for r in rows if r[2]}, parents)
 
 
+def vocabulary_of(columns: pd.DataFrame, events_dir: Path, metadata_parents: dict[str, list[str]], config: FeatureConfig) -> Vocabulary:
+    """The vocabulary a given column table implies (its codes, with this site's roll-up)."""
+    codes = sorted(set(columns["code"]) - {AGE[0]})
+    numeric = set(columns.loc[columns["agg"].str.startswith("value/") | (columns["agg"] == "static/first"), "code"])
+    static = set(columns.loc[columns["window"] == "static", "code"])
+    con = duckdb.connect()
+    site_codes = [r[0] for r in con.execute(f"SELECT DISTINCT code FROM read_parquet('{Path(events_dir) / '*.parquet'}')").fetchall()]
+    con.close()
+    return Vocabulary(codes, numeric, static, parent_map(site_codes, metadata_parents, config))
+
+
 def column_table(vocab: Vocabulary, config: FeatureConfig) -> pd.DataFrame:
     """The ordered column list: age, then code by code (static codes get static columns)."""
     cols = [AGE]
@@ -221,16 +232,25 @@ def featurize(
     out_dir: Path,
     config: FeatureConfig,
     codes_path: Path | None = None,
+    columns: pd.DataFrame | None = None,
 ) -> FeatureMatrix:
-    """Compute the feature matrix for ``labels`` from ``events_dir`` into ``out_dir``."""
+    """Compute the feature matrix for ``labels`` from ``events_dir`` into ``out_dir``.
+
+    ``columns`` (a model's ``columns.parquet``) fixes the columns instead of choosing a
+    vocabulary: how a model trained elsewhere is applied to this site's data.
+    """
     events_dir, out_dir = Path(events_dir), Path(out_dir)
     with stage("featurize") as counts:
         labels_df = split_rows(labels.to_pandas(), splits)
         labels_df = labels_df.sort_values([schema.SUBJECT_ID, schema.PREDICTION_TIME], kind="stable").reset_index(drop=True)
         train_ids = labels_df.loc[labels_df[schema.SPLIT] == schema.TRAIN, schema.SUBJECT_ID].unique()
         descriptions, metadata_parents = _codes_metadata(codes_path)
-        vocab = choose_vocabulary(events_dir, train_ids, config, metadata_parents)
-        columns = column_table(vocab, config)
+        if columns is None:
+            vocab = choose_vocabulary(events_dir, train_ids, config, metadata_parents)
+            columns = column_table(vocab, config)
+        else:
+            vocab = vocabulary_of(columns, events_dir, metadata_parents, config)
+            columns = columns[["name", "code", "agg", "window"]].copy()
         plan = Plan(
             {(c, a, w): i for i, (c, a, w) in enumerate(zip(columns["code"], columns["agg"], columns["window"], strict=True))},
             {c: i for i, c in enumerate(vocab.codes)},

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from forewarn.evaluation.evaluate import EvaluationConfig
 from forewarn.features.featurize import FeatureConfig
+from forewarn.models.promotion import PromotionConfig
 from forewarn.models.train import ModelConfig
 from forewarn.records.config import Strict, explain
 
@@ -57,6 +58,12 @@ class Schedule(Strict):
         return value
 
 
+class ValidationSettings(Strict):
+    designs: list[Literal["internal", "external"]] = Field(
+        default=["internal", "external"], description="internal held-out always; external: each site's model at the others"
+    )
+
+
 class Study(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     sites: list[SiteConfig] = Field(min_length=1)
@@ -66,6 +73,8 @@ class Study(Strict):
     models: ModelConfig = ModelConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     schedule: Schedule = Schedule()
+    validation: ValidationSettings = ValidationSettings()
+    promotion: PromotionConfig = PromotionConfig()
     demo: bool = Field(False, description="synthetic data: use the public demo de-identification secret")
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ Every run carries the same metric names so the compare view lines runs up.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,11 +126,34 @@ def log_records(
         client.log_dict(run_id, data, path)
 
 
-def register_model(*, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int) -> tuple[str, str, tuple[str, ...], str]:
-    """Log the XGBoost model (JSON format, signature, synthetic input example) into the run,
-    register it, and set aliases: ``challenger`` always, ``champion`` when there is none.
+MODEL_INPUTS = "model_inputs"
 
-    Returns ``(registered name, version, aliases, decision)``.
+
+def champion_inputs(task: str, site: str, dest: Path) -> str | None:
+    """Download the current champion's model inputs (XGBoost JSON, calibration,
+    columns) into ``dest``; returns its version, or None when there is no champion."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name = registered_name(task, site)
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException:
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    local = Path(client.download_artifacts(champion.run_id, MODEL_INPUTS, str(dest)))
+    for f in local.iterdir():
+        f.replace(dest / f.name)
+    return str(champion.version)
+
+
+def register_model(
+    *, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int, promote: bool, decision: str
+) -> tuple[str, str, tuple[str, ...]]:
+    """Log the XGBoost model (JSON format, signature, synthetic input example) into the run,
+    register it as ``challenger``, and move ``champion`` to it when ``promote``.
+
+    Returns ``(registered name, version, aliases)``.
     """
     import mlflow
     import xgboost as xgb
@@ -150,22 +174,35 @@ def register_model(*, run_id: str, task: str, site: str, xgb_model_path: Path, n
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "challenger", version)
     aliases: tuple[str, ...] = ("challenger",)
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except mlflow.exceptions.MlflowException:
-        champion = None
-    if champion is None:
+    if promote:
         client.set_registered_model_alias(name, "champion", version)
         aliases = ("challenger", "champion")
-        decision = f"version {version} of {name} is the first model: registered as challenger and champion."
-    else:
-        decision = (
-            f"version {version} of {name} registered as challenger; champion stays version {champion.version} "
-            "(promotion by a non-inferiority rule comes with the validation release)."
-        )
     client.set_model_version_tag(name, version, f"{TAG}.decision", decision)
     client.set_tag(run_id, f"{TAG}.decision", decision)
-    return name, version, aliases, decision
+    return name, version, aliases
+
+
+def log_dataset(run_id: str, *, name: str, digest: str, source: Path, context: str) -> None:
+    """Record which data a run used: a digest and a location, never the rows."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # mlflow registers its local source class twice and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        location = resolve_dataset_source(Path(source).resolve().as_uri())
+    dataset = MetaDataset(location, name=name, digest=digest)
+    client = mlflow.MlflowClient()
+    client.log_inputs(run_id, datasets=[mlflow.entities.DatasetInput(dataset._to_mlflow_entity(), tags=[
+        mlflow.entities.InputTag("mlflow.data.context", context)])])
+
+
+def log_run(*, experiment: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
+            params: dict[str, object] | None = None, dicts: dict[str, dict] | None = None, note: str = "") -> str:
+    """A complete, closed run in one call (external and temporal validation runs)."""
+    run_id = start_site_run(experiment=experiment, site=tags.pop("site"), run_name=run_name, tags=tags)
+    log_records(run_id=run_id, params=params or {}, metrics=metrics, artifacts={}, dicts=dicts or {}, note=note)
+    return run_id
 
 
 def _now_ms() -> int:

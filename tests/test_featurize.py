@@ -203,3 +203,15 @@ def test_min_code_frequency(tmp_path):
     splits = pd.DataFrame({"subject_id": range(1, 11), "split": "train"})
     _, _, cols = run(tmp_path, rows, [(s, T, False) for s in range(1, 11)], FeatureConfig(min_code_subjects=1, min_code_frequency=0.2), splits)
     assert set(cols["code"]) == {"AGE", "COMMON//1"}
+
+
+def test_given_columns_apply_a_model_trained_elsewhere(tmp_path):
+    X, _, cols = run(tmp_path / "a", golden_rows(), [(1, T, True)], FeatureConfig(min_code_subjects=1))
+    other = [(2, datetime(1990, 1, 1), "MEDS_BIRTH", None), (2, T, HBA1C, 8.0), (2, T, "LOCAL//unseen", 1.0)]
+    write_events(tmp_path / "b" / "events", other)
+    m = featurize(tmp_path / "b" / "events", label_table([(2, T, False)]), pd.DataFrame({"subject_id": [2], "split": ["held_out"]}),
+                  tmp_path / "b" / "out", FeatureConfig(min_code_subjects=1), columns=cols)
+    Xb, _, cols_b = m.load()
+    assert list(cols_b["name"]) == list(cols["name"])  # same columns, same order
+    got = dict(zip(cols_b["name"], Xb.toarray()[0], strict=True))
+    assert got[f"{HBA1C}/value/last/30d"] == 8.0 and got["Visit//OP/code/count/full"] == 0

@@ -82,7 +82,7 @@ def test_default_store_is_mlruns_under_the_working_directory(flow_run):
 
 def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
     exp = client.get_experiment_by_name("forewarn/t2d_2y")
-    runs = client.search_runs([exp.experiment_id])
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")
     assert len(runs) == 4
     assert sorted(r.data.tags["forewarn.site"] for r in runs) == ["academic", "academic", "community", "community"]
     names = {frozenset(r.data.metrics) for r in runs}
@@ -135,7 +135,7 @@ def test_registry_aliases_keep_the_first_champion(flow_run, client):
         assert (second.version, set(second.aliases)) == ("2", {"challenger"})
         assert str(client.get_model_version_by_alias(first.model_name, "champion").version) == "1"
         assert str(client.get_model_version_by_alias(first.model_name, "challenger").version) == "2"
-        assert "champion stays version 1" in second.decision
+        assert "kept as challenger (champion stays v1)" in second.decision
 
 
 def test_champion_loads_by_alias_in_xgboost_format(flow_run):
@@ -247,3 +247,21 @@ def test_forewarn_ui_serves_both_sites_runs(flow_run):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_external_validation_runs_bring_back_aggregates_only(flow_run, client):
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'external'")
+    pairs = sorted((r.data.tags["forewarn.train_site"], r.data.tags["forewarn.site"]) for r in runs)
+    assert pairs == [("academic", "community")] * 2 + [("community", "academic")] * 2
+    for r in runs:
+        m = r.data.metrics
+        assert 0.5 < m["external/auroc"] <= 1 and m["external/auroc_ci_low"] <= m["external/auroc"]
+        assert "external_recalibrated/brier" in m
+        assert not client.list_artifacts(r.info.run_id, "model_inputs")  # no model, no rows: aggregates only
+    internal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")[0]
+    external = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/external.json")).read_text())
+    assert len(external["validations"]) == 1 and external["validations"][0]["design"] == "external"
+    assert {d.dataset.name.rsplit("/", 1)[1] for d in internal.inputs.dataset_inputs} == {"train", "tuning", "held_out"}
+    promotion = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/promotion.json")).read_text())
+    assert promotion["reasons"] and "calibration slope" in " ".join(promotion["reasons"])

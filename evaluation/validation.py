@@ -1,0 +1,63 @@
+"""Applying a trained model to data it was not trained on: another site (external
+validation, with and without recalibration on that site's tuning split) or the current
+champion on today's held-out rows (for the promotion rule). Only aggregates come back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from forewarn.evaluation import clinical, metrics
+from forewarn.features.featurize import FeatureMatrix
+from forewarn.models.calibration import Calibrator, choose_calibrator
+from forewarn.models.train import TrainedModels, load_xgboost
+from forewarn.records import schema
+
+
+def model_probabilities(trained: TrainedModels, matrix: FeatureMatrix) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(raw, calibrated) probabilities of ``trained``'s XGBoost on ``matrix``, whose
+    columns must be the model's own (featurize with ``columns=``)."""
+    X, rows, _ = matrix.load()
+    clf = load_xgboost(trained.xgboost_path)
+    if X.shape[1] != clf.n_features_in_:
+        raise ValueError(
+            f"the matrix must have the model's {clf.n_features_in_} columns; got {X.shape[1]}. "
+            "Featurize with columns=<the model's columns.parquet>."
+        )
+    raw = clf.predict_proba(X)[:, 1]
+    calibrator = Calibrator.from_json(json.loads(trained.calibration_path.read_text()))
+    return raw, calibrator(raw), rows
+
+
+def _summary(y, p, subjects, *, n_boot: int, seed: int) -> dict:
+    record = metrics.evaluate(y, p, subjects, n_boot=n_boot, seed=seed)
+    stats = clinical.calibration_stats(y, p)
+    return record | {k: stats[k] for k in ("calibration_slope", "calibration_in_the_large", "ece")}
+
+
+def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0) -> dict:
+    """Metrics of a model from another site on this site's held-out rows, as shipped and
+    after recalibration on this site's tuning rows (a calibrator, not rows, is what the
+    site could send back)."""
+    raw, calibrated, rows = model_probabilities(trained, matrix)
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
+    split = rows[schema.SPLIT].to_numpy()
+    held, tune = split == schema.HELD_OUT, split == schema.TUNING
+    subjects = rows[schema.SUBJECT_ID].to_numpy()
+    record = {"as_shipped": _summary(y[held], calibrated[held], subjects[held], n_boot=n_boot, seed=seed)}
+    if y[tune].any() and (~y[tune]).any():
+        local, _ = choose_calibrator(raw[tune], y[tune], seed=seed)
+        record["recalibrated"] = _summary(y[held], local(raw[held]), subjects[held], n_boot=n_boot, seed=seed)
+        record["recalibration"] = local.to_json() | {"fitted_on": "tuning split of the validating site"}
+    else:
+        record["recalibrated"] = None
+    return record
+
+
+def auroc_on(trained: TrainedModels, matrix: FeatureMatrix) -> float:
+    """Held-out AUROC of ``trained`` on ``matrix`` (the champion on today's data)."""
+    _, calibrated, rows = model_probabilities(trained, matrix)
+    held = rows[schema.SPLIT].to_numpy() == schema.HELD_OUT
+    return metrics.point_metrics(rows[schema.BOOLEAN_VALUE].to_numpy(bool)[held], calibrated[held])["auroc"]

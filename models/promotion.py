@@ -1,0 +1,48 @@
+"""The promotion rule: a new model becomes champion only if it is non-inferior to the
+current champion on the same held-out data and its calibration is acceptable."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from forewarn.records.config import Strict
+
+
+class PromotionConfig(Strict):
+    auroc_margin: float = Field(0.02, ge=0, le=0.5, description="non-inferiority margin on AUROC")
+    slope_low: float = Field(0.7, gt=0, description="calibration slope bounds (1 is perfect)")
+    slope_high: float = Field(1.4, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PromotionConfig:
+        if self.slope_low >= self.slope_high:
+            raise ValueError(f"slope_low must be < slope_high; got {self.slope_low} and {self.slope_high}.")
+        return self
+
+
+def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
+    """Promote or not, with reasons.
+
+    ``new`` holds the candidate's held-out ``auroc_ci_low`` and ``calibration_slope``;
+    ``champion`` the current champion's ``auroc`` on the same held-out rows and its
+    ``version`` (None when there is no champion yet).
+    """
+    reasons = []
+    slope = new.get("calibration_slope")
+    slope_ok = slope is not None and config.slope_low <= slope <= config.slope_high
+    reasons.append(
+        f"calibration slope {slope:.3f} is {'within' if slope_ok else 'outside'} [{config.slope_low}, {config.slope_high}]"
+        if slope is not None else "calibration slope could not be estimated"
+    )
+    if champion is None:
+        reasons.insert(0, "there is no champion yet")
+        return {"promoted": True, "reasons": reasons, "champion_version": None}
+    low, bar = new.get("auroc_ci_low"), champion["auroc"] - config.auroc_margin
+    auroc_ok = low is not None and low >= bar
+    reasons.insert(
+        0,
+        f"AUROC lower 95% bound {low:.3f} {'>=' if auroc_ok else '<'} champion v{champion['version']} AUROC "
+        f"{champion['auroc']:.3f} - margin {config.auroc_margin} = {bar:.3f} on the same held-out rows"
+        if low is not None else "AUROC interval could not be estimated",
+    )
+    return {"promoted": bool(auroc_ok and slope_ok), "reasons": reasons, "champion_version": champion["version"]}
