@@ -192,6 +192,7 @@ def publish(site, study, spec, pull, labels, matrix, trained, evaluation, valida
         note=note,
         tags={"data_digest": digest, "promoted": str(promotion["promoted"]).lower()},
     )
+    tracking.log_trials(run_id, training.get("search", {}).get("trials", []))
     for split in ("train", "tuning", "held_out"):
         tracking.log_dataset(run_id, name=f"{site.name}/{spec.name}/{split}", digest=f"{digest}-{split}",
                              source=matrix.dir, context={"train": "training", "tuning": "validation", "held_out": "test"}[split])

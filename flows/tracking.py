@@ -197,6 +197,30 @@ def log_dataset(run_id: str, *, name: str, digest: str, source: Path, context: s
         mlflow.entities.InputTag("mlflow.data.context", context)])])
 
 
+def log_trials(parent_run_id: str, trials: list[dict]) -> list[str]:
+    """One nested run per search trial under the site's run (params, tuning score, state)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    ids = []
+    for t in trials:
+        run = client.create_run(
+            parent.info.experiment_id, run_name=f"trial-{t['trial']}",
+            tags={"mlflow.parentRunId": parent_run_id, f"{TAG}.site": parent.data.tags.get(f"{TAG}.site", ""),
+                  f"{TAG}.trial_state": t["state"]},
+        )
+        client.log_batch(
+            run.info.run_id,
+            metrics=[mlflow.entities.Metric(f"tuning/{t['objective']}", float(t["value"]), _now_ms(), 0),
+                     mlflow.entities.Metric("trial/seconds", float(t["seconds"]), _now_ms(), 0)],
+            params=[mlflow.entities.Param(k, str(v)) for k, v in sorted(t["params"].items())],
+        )
+        client.set_terminated(run.info.run_id, "KILLED" if t["state"] == "pruned" else "FINISHED")
+        ids.append(run.info.run_id)
+    return ids
+
+
 def log_run(*, experiment: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
             params: dict[str, object] | None = None, dicts: dict[str, dict] | None = None, note: str = "") -> str:
     """A complete, closed run in one call (external and temporal validation runs)."""

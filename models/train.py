@@ -27,6 +27,7 @@ from sklearn.preprocessing import MaxAbsScaler
 
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import choose_calibrator
+from forewarn.models.search import SearchConfig, search_xgboost
 from forewarn.records import schema
 from forewarn.records.progress import stage
 
@@ -62,6 +63,7 @@ class ModelConfig(BaseModel):
     n_jobs: int = Field(0, ge=0, description="threads; 0 means every core")
     xgboost: XGBoostConfig = XGBoostConfig()
     l1_c_grid: list[float] = Field(default=[0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
+    search: SearchConfig = SearchConfig()
     class_weight: Literal["auto", "balanced", "none"] = Field(
         "auto", description="balanced: scale_pos_weight = negatives/positives; auto: balanced below 2% prevalence"
     )
@@ -116,10 +118,13 @@ def pos_weight(y_train: np.ndarray, config: ModelConfig) -> float:
     return 1.0
 
 
-def fit_xgboost(X_train, y_train, X_tune, y_tune, config: ModelConfig, params: dict | None = None) -> xgb.XGBClassifier:
+def fit_xgboost(
+    X_train, y_train, X_tune, y_tune, config: ModelConfig, params: dict | None = None, callbacks=None, eval_metric=None
+) -> xgb.XGBClassifier:
     """Hist trees on sparse input with early stopping on the tuning split's log-loss.
 
-    ``params`` overrides the configured hyperparameters (used by the search)."""
+    ``params`` overrides the configured hyperparameters (used by the search); early
+    stopping watches the last of ``eval_metric`` (log-loss by default)."""
     p = config.xgboost.model_copy(update=params or {})
     clf = xgb.XGBClassifier(
         n_estimators=p.n_estimators,
@@ -131,7 +136,8 @@ def fit_xgboost(X_train, y_train, X_tune, y_tune, config: ModelConfig, params: d
         reg_lambda=p.reg_lambda,
         tree_method="hist",
         objective="binary:logistic",
-        eval_metric="logloss",
+        eval_metric=eval_metric or "logloss",
+        callbacks=callbacks,
         early_stopping_rounds=p.early_stopping_rounds,
         scale_pos_weight=pos_weight(y_train, config),
         n_jobs=_threads(config),
@@ -238,6 +244,13 @@ def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig, para
     if reason:
         raise ValueError(reason)
     tr, tu = masks[schema.TRAIN], masks[schema.TUNING]
+    trials: list[dict] = []
+    if params is None and config.search.trials > 0:
+
+        def fit(trial_params, callbacks, eval_metric):
+            return fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, trial_params, callbacks, eval_metric)
+
+        params, trials = search_xgboost(X[tr], y[tr], X[tu], y[tu], fit, config.search)
     with stage("train xgboost") as counts:
         clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, params)
         clf.save_model(out.xgboost_path)
@@ -281,6 +294,7 @@ def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig, para
                         "nonzero_coefficients": int((lr.coef != 0).sum())},
         "age_sex": age_sex.to_json(),
         "features": int(X.shape[1]),
+        "search": {"objective": trials[0]["objective"] if trials else None, "trials": trials, "best_params": params or {}},
         "warnings": warnings,
     }
     out.summary_path.write_text(json.dumps(summary, indent=2))

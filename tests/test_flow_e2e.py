@@ -41,21 +41,25 @@ def flow_run(tmp_path_factory, demo_network):
         from forewarn.flows.nightly import nightly
         from forewarn.flows.study import parse_study
 
-        study = parse_study(
-            {
-                "name": "e2e",
-                "demo": True,
-                "tasks": ["t2d_2y"],
-                "sites": [{"name": n, "source": {"location": str(p)}} for n, p in demo_network.items()],
-                "evaluation": {"bootstrap": 50, "shap_rows": 300},
-                "models": {"n_jobs": 2},
-            },
-            base_dir=work,
-        )
+        def study_for(network):
+            return parse_study(
+                {
+                    "name": "e2e",
+                    "demo": True,
+                    "tasks": ["t2d_2y"],
+                    "sites": [{"name": n, "source": {"location": str(p)}} for n, p in network.items()],
+                    "evaluation": {"bootstrap": 50, "shap_rows": 300},
+                    "models": {"n_jobs": 2, "search": {"trials": 2}},
+                },
+                base_dir=work,
+            )
+
+        study = study_for(demo_network)
+        degraded = study_for(degrade(demo_network, work / "degraded"))
         with prefect_test_harness(server_startup_timeout=180):
             first = nightly(study)
-            second = nightly(study)
-        yield {"work": work, "study": study, "first": first, "second": second}
+            second = nightly(degraded)  # the same sites, with most labs and the prediabetes codes gone
+        yield {"work": work, "study": degraded, "first": first, "second": second}
     finally:
         os.chdir(cwd)
         for k, v in saved_env.items():
@@ -63,6 +67,21 @@ def flow_run(tmp_path_factory, demo_network):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def degrade(network: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """Copies of the sites' databases that lost most of their signal."""
+    import shutil
+
+    out = {}
+    for name, db in network.items():
+        (folder / name).mkdir(parents=True)
+        out[name] = shutil.copy(db, folder / name / "omop.duckdb")
+        con = duckdb.connect(str(out[name]))
+        con.execute("DELETE FROM measurement WHERE measurement_id % 10 <> 0")
+        con.execute("DELETE FROM condition_occurrence WHERE condition_source_value IN ('R73.03')")
+        con.close()
+    return {k: Path(v) for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +118,16 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         assert tags["forewarn.validation_design"] == "internal" and tags["forewarn.task"] == "t2d_2y"
         assert len(tags["forewarn.data_digest"]) == 16 and len(tags["forewarn.task_digest"]) == 16
         assert "AUROC" in tags["mlflow.note.content"]
-    # Same data twice: the same digest and the same metrics.
+    # The degraded data has another digest and a worse model.
     by_site = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r.info.start_time):
         by_site.setdefault(r.data.tags["forewarn.site"], []).append(r)
-    for site_runs in by_site.values():
-        assert site_runs[0].data.tags["forewarn.data_digest"] == site_runs[1].data.tags["forewarn.data_digest"]
-        assert site_runs[0].data.metrics["held_out/auroc"] == site_runs[1].data.metrics["held_out/auroc"]
+    for good, bad in by_site.values():
+        assert good.data.tags["forewarn.data_digest"] != bad.data.tags["forewarn.data_digest"]
+        assert bad.data.metrics["held_out/auroc"] < good.data.metrics["held_out/auroc"]
+    # Two search trials per site run, as nested runs.
+    trials = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 2 * 4 and all("tuning/auroc" in t.data.metrics for t in trials)
 
 
 def test_artifacts_present(flow_run, client):
@@ -135,7 +157,8 @@ def test_registry_aliases_keep_the_first_champion(flow_run, client):
         assert (second.version, set(second.aliases)) == ("2", {"challenger"})
         assert str(client.get_model_version_by_alias(first.model_name, "champion").version) == "1"
         assert str(client.get_model_version_by_alias(first.model_name, "challenger").version) == "2"
-        assert "kept as challenger (champion stays v1)" in second.decision
+        assert "kept as challenger (champion stays v1)" in second.decision  # the gate refuses the degraded model
+        assert "AUROC lower 95% bound" in second.decision and "< champion v1 AUROC" in second.decision
 
 
 def test_champion_loads_by_alias_in_xgboost_format(flow_run):

@@ -121,3 +121,20 @@ def test_few_training_events_warn(tmp_path):
     assert summary["positives"]["train"] < 100
     assert summary["warnings"] and "training events (fewer than 100)" in summary["warnings"][0]
     assert set(summary["age_sex"]) == {"coef_age_per_decade", "coef_female", "intercept"}
+
+
+def test_search_runs_trials_and_refits_with_the_best(tmp_path):
+    from forewarn.models.search import SearchConfig
+
+    matrix = synthetic_matrix(tmp_path)
+    config = ModelConfig(n_jobs=1, search=SearchConfig(trials=6, seed=1))
+    trained = train_models(matrix, tmp_path / "m", config)
+    summary = json.loads(trained.summary_path.read_text())
+    trials = summary["search"]["trials"]
+    assert len(trials) == 6 and summary["search"]["objective"] == "auroc"
+    complete = [t for t in trials if t["state"] == "complete"]
+    best = max(complete, key=lambda t: t["value"])
+    assert summary["search"]["best_params"] == best["params"]
+    assert summary["xgboost"]["params"]["max_depth"] == best["params"]["max_depth"]
+    again = json.loads(train_models(matrix, tmp_path / "m2", config).summary_path.read_text())
+    assert [t["value"] for t in again["search"]["trials"]] == [t["value"] for t in trials]  # seeded
