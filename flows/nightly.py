@@ -22,7 +22,7 @@ from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain
 from forewarn.evaluation.report import report_context, write_report
 from forewarn.evaluation.validation import auroc_on, external_validation
 from forewarn.features.featurize import FeatureMatrix, featurize
-from forewarn.features.labels import LabelSet, TaskSpec, label_dataset, load_task
+from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
 from forewarn.flows import tracking
 from forewarn.flows.study import SiteConfig, Study
 from forewarn.models.promotion import decide
@@ -277,6 +277,11 @@ def nightly(study: Study) -> list[SiteResult]:
                     out = site.workdir / "features" / spec.name / f"external-{model_site}"
                     record = external_task(model_site, trained, matrix, pulls[site.name], labels, out, study)
                     validations[model_site].append(log_external(study, spec, model_site, site.name, record))
+        if "temporal" in study.validation.designs:
+            for site_name, (site, *_rest) in built.items():
+                record = temporal_task(site, pulls[site_name], spec, study)
+                if record is not None:
+                    validations[site_name].append(log_temporal(study, spec, site_name, record))
         for site_name, (site, labels, matrix, trained, evaluation) in built.items():
             result = publish_task(site, study, spec, pulls[site_name], labels, matrix, trained, evaluation, validations[site_name])
             logger.info(
@@ -285,6 +290,38 @@ def nightly(study: Study) -> list[SiteResult]:
             )
             results.append(result)
     return results
+
+
+@task(name="temporal validation")
+def temporal_task(site: SiteConfig, pull: PullResult, spec: TaskSpec, study: Study) -> dict | None:
+    """Train on prediction times before ``temporal_from`` and test on those after."""
+    cutoff = datetime.combine(study.validation.temporal_from, datetime.min.time())
+    temporal = spec.model_copy(update={"temporal_split": TemporalSplit(held_out_from=cutoff)})
+    work = site.workdir / "temporal"
+    labels = label_dataset(pull.events_dir, temporal, work, split_seed=study.split_seed)
+    table, splits, _ = labels.load()
+    matrix = featurize(pull.events_dir, table, splits, work / "features" / spec.name, study.features, codes_path=pull.codes_path)
+    if trainability(matrix):
+        return None
+    models = study.models.model_copy(update={"search": study.models.search.model_copy(update={"trials": 0})})
+    trained = train_models(matrix, work / "models" / spec.name, models)
+    held = evaluate_and_explain(matrix, trained, work / "evaluation" / spec.name, study.evaluation, site=site.name,
+                                outcomes_path=labels.outcomes_path).load_metrics()["held_out"][PRIMARY]
+    return held | {"cutoff": cutoff.date().isoformat()}
+
+
+def log_temporal(study: Study, spec: TaskSpec, site: str, record: dict) -> dict:
+    run_id = tracking.log_run(
+        experiment=tracking.experiment_name(spec.name), run_name=f"{site}-temporal-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        tags={"site": site, "task": spec.name, "task_digest": spec.digest(), "validation_design": "temporal",
+              "code_version": code_version(), "study": study.name, "temporal_from": record["cutoff"]},
+        metrics=validation_metrics(record, "temporal"), dicts={"validation/temporal.json": record},
+        note=f"{spec.name} at {site}: trained on prediction times before {record['cutoff']}, tested on those after.",
+    )
+    return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
+            **{k: record.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
+                                          "calibration_in_the_large")},
+            "recalibrated": None, "note": f"trained before {record['cutoff']}, tested from then on"}
 
 
 def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, record: dict) -> dict:

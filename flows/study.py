@@ -7,6 +7,7 @@ against the study file's folder.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -59,9 +60,18 @@ class Schedule(Strict):
 
 
 class ValidationSettings(Strict):
-    designs: list[Literal["internal", "external"]] = Field(
-        default=["internal", "external"], description="internal held-out always; external: each site's model at the others"
+    designs: list[Literal["internal", "external", "temporal"]] = Field(
+        default=["internal", "external"],
+        description="internal held-out always; external: each site's model at the others; temporal: train before "
+        "temporal_from, test after",
     )
+    temporal_from: date | None = Field(None, description="the first day of the temporal test period")
+
+    @model_validator(mode="after")
+    def _temporal(self) -> ValidationSettings:
+        if "temporal" in self.designs and self.temporal_from is None:
+            raise ValueError("the temporal design needs temporal_from (the first day of the test period).")
+        return self
 
 
 class Study(Strict):
@@ -131,6 +141,7 @@ def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
             {"name": name, "source": {"format": "omop", "location": str(Path(p).resolve().relative_to(Path(base_dir).resolve()))}}
             for name, p in sites.items()
         ],
+        "validation": {"designs": ["internal", "external", "temporal"], "temporal_from": "2021-07-01"},
         "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
     }
     return yaml.safe_dump(data, sort_keys=False)

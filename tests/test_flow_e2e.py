@@ -50,6 +50,7 @@ def flow_run(tmp_path_factory, demo_network):
                     "sites": [{"name": n, "source": {"location": str(p)}} for n, p in network.items()],
                     "evaluation": {"bootstrap": 50, "shap_rows": 300},
                     "models": {"n_jobs": 2, "search": {"trials": 2}},
+                    "validation": {"designs": ["internal", "external", "temporal"], "temporal_from": "2021-07-01"},
                 },
                 base_dir=work,
             )
@@ -284,7 +285,10 @@ def test_external_validation_runs_bring_back_aggregates_only(flow_run, client):
         assert not client.list_artifacts(r.info.run_id, "model_inputs")  # no model, no rows: aggregates only
     internal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")[0]
     external = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/external.json")).read_text())
-    assert len(external["validations"]) == 1 and external["validations"][0]["design"] == "external"
+    assert [v["design"] for v in external["validations"]] == ["external", "temporal"]
+    temporal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'temporal'")
+    assert len(temporal) == 4 and all(0.5 < r.data.metrics["temporal/auroc"] <= 1 for r in temporal)
+    assert {r.data.tags["forewarn.temporal_from"] for r in temporal} == {"2021-07-01"}
     assert {d.dataset.name.rsplit("/", 1)[1] for d in internal.inputs.dataset_inputs} == {"train", "tuning", "held_out"}
     promotion = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/promotion.json")).read_text())
     assert promotion["reasons"] and "calibration slope" in " ".join(promotion["reasons"])

@@ -38,3 +38,10 @@ def test_load_study_errors(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_study(bad)
+
+
+def test_temporal_design_needs_a_date(tmp_path):
+    with pytest.raises(ValueError, match="the temporal design needs temporal_from"):
+        parse_study(BASE | {"validation": {"designs": ["internal", "temporal"]}}, base_dir=tmp_path)
+    study = parse_study(BASE | {"validation": {"designs": ["temporal"], "temporal_from": "2021-07-01"}}, base_dir=tmp_path)
+    assert str(study.validation.temporal_from) == "2021-07-01"
