@@ -1,8 +1,18 @@
-"""The self-contained HTML report: aggregates and embedded figures, no patient rows."""
+"""The self-contained HTML report: aggregates and embedded figures, no patient rows.
+
+The report follows the TRIPOD+AI reporting items (its last section maps the items to
+the sections). Only aggregates reach it, and every count passes through small-cell
+suppression (:mod:`forewarn.records.privacy`): a count of 1..10 is shown as "<11".
+Where counts in one table add up to a total published elsewhere, one hidden count could
+be recovered by subtraction, so a second count is withheld as well (complementary
+suppression, shown as "withheld"). No subject ids, prediction times or dates of
+individual events are shown; waterfall plots are labelled by held-out row number only.
+"""
 
 from __future__ import annotations
 
 import base64
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -10,11 +20,26 @@ import jinja2
 import numpy as np
 
 from forewarn.evaluation.evaluate import MODEL_LABELS, Evaluation
+from forewarn.features.featurize import AGG_NAMES
 from forewarn.features.labels import ATTRITION_STEPS
-from forewarn.models.train import PRIMARY
+from forewarn.models.train import AGE_SEX, BASELINE, PRIMARY, UNCALIBRATED
 from forewarn.records import privacy, schema
 
 TEMPLATES = "forewarn.evaluation.templates"
+SUPPRESSED = f"<{privacy.MIN_CELL}"
+WITHHELD = "withheld"
+MODEL_ORDER = (PRIMARY, UNCALIBRATED, BASELINE, AGE_SEX)
+SPLIT_LABELS = {schema.TRAIN: "train", schema.TUNING: "tuning", schema.HELD_OUT: "held-out"}
+DESIGNS = {
+    "internal": "internal (held-out subjects, same site)",
+    "external": "external (model shipped to another site)",
+    "temporal": "temporal (later prediction times held out)",
+    "leave_one_site_out": "leave one site out",
+}
+GROUP_LABELS = {"age_band": "Age band", "sex": "Sex", "site": "Site"}
+SEX_LABELS = {"F": "female", "M": "male"}
+NET_BENEFIT_AT = (0.05, 0.1, 0.15, 0.2, 0.3)
+SMOOTH_AT = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def render(context: dict) -> str:
@@ -34,19 +59,485 @@ def write_report(context: dict, path: Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------ formatting
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and not np.isfinite(value))
+
+
 def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if _missing(value):
         return "–"
     return f"{value:.{digits}f}"
 
 
-def _shown(count: int | None) -> str:
-    """An already-suppressed count (None means below 11) for display."""
-    return f"<{privacy.MIN_CELL}" if count is None else f"{count:,}"
+def _pct(value, digits: int = 1) -> str:
+    if _missing(value):
+        return "–"
+    return f"{100 * value:.{digits}f}%"
+
+
+def _count(value: int | None) -> str:
+    """A count for display: "<11" when it is 1..10 or already suppressed (None)."""
+    return privacy.shown(value)
 
 
 def _ci(rec: dict, metric: str) -> str:
-    return f"{_fmt(rec[metric])} ({_fmt(rec[metric + '_ci_low'])}–{_fmt(rec[metric + '_ci_high'])})"
+    value = rec.get(metric)
+    if _missing(value):
+        return "–"
+    low, high = rec.get(metric + "_ci_low"), rec.get(metric + "_ci_high")
+    if _missing(low) or _missing(high):
+        return _fmt(value)
+    return f"{_fmt(value)} ({_fmt(low)}–{_fmt(high)})"
+
+
+def _protect(parts: list[int | None], *, spare: tuple[int, ...] = ()) -> list[str]:
+    """Display strings for counts that add up to a total published elsewhere.
+
+    A count of 1..10 (or an already-suppressed None) is shown as "<11". When exactly
+    one part is hidden, or the hidden parts are known to add up to less than 11, the
+    smallest other non-zero part is withheld too (complementary suppression), so the
+    hidden parts cannot be recovered by subtraction. Indices in ``spare`` are withheld
+    only when no other part is left.
+    """
+    values = [privacy.suppress(v) for v in parts]
+    hidden = {i for i, v in enumerate(values) if v is None}
+    extra: set[int] = set()
+
+    def exposed() -> bool:
+        if len(hidden) == 1:
+            return True
+        known = [parts[i] for i in hidden]
+        return bool(hidden) and all(k is not None for k in known) and sum(known) < privacy.MIN_CELL
+
+    while exposed():
+        left = [i for i, v in enumerate(values) if i not in hidden and v]
+        if not left:
+            break
+        preferred = [i for i in left if i not in spare] or left
+        pick = min(preferred, key=lambda i: values[i])
+        hidden.add(pick)
+        extra.add(pick)
+    return [WITHHELD if i in extra else _count(v) for i, v in enumerate(parts)]
+
+
+def _shown_int(text: str) -> bool:
+    return text not in (SUPPRESSED, WITHHELD)
+
+
+# ------------------------------------------------------------------------- sections
+
+
+def _models(m: dict) -> list[dict]:
+    held, stats = m["held_out"], m.get("calibration_stats", {})
+    rows = []
+    for key in [k for k in MODEL_ORDER if k in held] + [k for k in held if k not in MODEL_ORDER]:
+        rec = held[key] | {k: v for k, v in stats.get(key, {}).items() if k not in held[key]}
+        rows.append(
+            {
+                "key": key,
+                "name": MODEL_LABELS.get(key, key),
+                "primary": key == PRIMARY,
+                "auroc": _ci(rec, "auroc"),
+                "auprc": _ci(rec, "auprc"),
+                "brier": _fmt(rec.get("brier"), 4),
+                "slope": _fmt(rec.get("calibration_slope")),
+                "citl": _fmt(rec.get("calibration_in_the_large")),
+                "n": _count(rec.get("n")),
+                "events": _count(rec.get("events")),
+            }
+        )
+    return rows
+
+
+def _calibration_stats(m: dict) -> list[dict]:
+    stats = m.get("calibration_stats", {})
+    out = []
+    for key in [k for k in MODEL_ORDER if k in stats] + [k for k in stats if k not in MODEL_ORDER]:
+        s = stats[key]
+        out.append(
+            {
+                "name": MODEL_LABELS.get(key, key),
+                "brier": _fmt(s.get("brier"), 4),
+                "citl": _fmt(s.get("calibration_in_the_large")),
+                "slope": _fmt(s.get("calibration_slope")),
+                "intercept": _fmt(s.get("calibration_intercept")),
+                "ece": _fmt(s.get("ece"), 4),
+                "observed": _pct(s.get("observed_rate")),
+                "predicted": _pct(s.get("mean_predicted")),
+                "suppressed": bool(s.get("suppressed")),
+            }
+        )
+    return out
+
+
+def _deciles(m: dict) -> list[dict]:
+    bins = m.get("calibration", {}).get(PRIMARY, [])
+    n = _protect([b.get("n") for b in bins])
+    events = _protect([b.get("events") for b in bins])
+    out = []
+    for b, n_s, e_s in zip(bins, n, events, strict=True):
+        # A withheld count must not come back as rate x n.
+        rates_ok = _shown_int(n_s) and _shown_int(e_s)
+        out.append(
+            {
+                "bin": b["bin"],
+                "n": n_s,
+                "events": e_s,
+                "mean_predicted": _fmt(b.get("mean_predicted")),
+                "observed": _fmt(b.get("observed")) if rates_ok else "–",
+            }
+        )
+    return out
+
+
+def _smoothed(m: dict) -> list[dict]:
+    points = m.get("smoothed_calibration") or []
+    if not points:
+        return []
+    out = []
+    for q in SMOOTH_AT:
+        i = min(len(points) - 1, max(0, round(q * len(points) - 0.5)))
+        pt = points[i]
+        out.append(
+            {
+                "quantile": f"{100 * q:.0f}th",
+                "predicted": _fmt(pt.get("predicted")),
+                "observed": _fmt(pt.get("observed")),
+            }
+        )
+    return out
+
+
+def _thresholds(m: dict) -> list[dict]:
+    out = []
+    for r in m.get("thresholds") or []:
+        cells = r.get("tp") is not None
+        if r.get("kind") == "alert budget":
+            point = (
+                f"top {_pct(r.get('alert_budget'), 0)} of risk (risk ≥ {_fmt(r.get('threshold'))})"
+            )
+        else:
+            point = f"risk ≥ {_fmt(r.get('threshold'), 2)}"
+
+        def rate(key: str, cells: bool = cells, r: dict = r) -> str:
+            if not cells:
+                return "–"
+            return "n/a" if r.get(key) is None else _pct(r[key])
+
+        out.append(
+            {
+                "kind": r.get("kind", "threshold"),
+                "point": point,
+                "alerts_per_1000": "–"
+                if r.get("alerts_per_1000") is None
+                else f"{r['alerts_per_1000']:.0f}",
+                "sensitivity": rate("sensitivity"),
+                "specificity": rate("specificity"),
+                "ppv": rate("ppv"),
+                "npv": rate("npv"),
+                "tp": _count(r.get("tp")),
+                "fp": _count(r.get("fp")),
+                "fn": _count(r.get("fn")),
+                "tn": _count(r.get("tn")),
+                "suppressed": not cells,
+            }
+        )
+    return out
+
+
+def _net_benefit(m: dict) -> list[dict]:
+    rows = {round(float(r["threshold"]), 4): r for r in m.get("decision_curve") or []}
+    out = []
+    for t in NET_BENEFIT_AT:
+        r = rows.get(round(t, 4))
+        if r is None:
+            continue
+        model, treat_all = r.get("net_benefit_model"), r.get("net_benefit_all")
+        better = None
+        if model is not None and treat_all is not None:
+            better = model > max(treat_all, 0.0)
+        out.append(
+            {
+                "threshold": _pct(t, 0),
+                "model": _fmt(model, 4),
+                "all": _fmt(treat_all, 4),
+                "none": _fmt(r.get("net_benefit_none"), 4),
+                "better": "–" if better is None else ("yes" if better else "no"),
+            }
+        )
+    return out
+
+
+def _lead_time(m: dict) -> dict | None:
+    lt = m.get("lead_time")
+    if not lt:
+        return None
+    median = lt.get("median_days")
+    return {
+        "operating_point": lt.get("operating_point", "operating point"),
+        "threshold": _fmt(lt.get("threshold")),
+        "with_outcome": _count(lt.get("subjects_with_outcome")),
+        "detected": "suppressed" if lt.get("detected") is None else _count(lt["detected"]),
+        "median": "–" if median is None else f"{median:.0f}",
+        "iqr": "–"
+        if lt.get("q25_days") is None or lt.get("q75_days") is None
+        else f"{lt['q25_days']:.0f}–{lt['q75_days']:.0f}",
+        "shown": median is not None,
+    }
+
+
+def _subgroups(m: dict) -> list[dict]:
+    records = m.get("subgroups") or []
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["group"], []).append(r)
+    out = []
+    for group, rows in groups.items():
+        # Levels of a group add up to the held-out totals: protect them as a set.
+        size = _protect(
+            [
+                None if r.get("subjects") is None or r.get("rows") is None else r["rows"]
+                for r in rows
+            ]
+        )
+        events = _protect([r.get("events") for r in rows])
+        for k, r in enumerate(rows):
+            level = r.get("level")
+            label = (
+                "missing"
+                if level is None
+                else SEX_LABELS.get(level, str(level))
+                if group == "sex"
+                else str(level)
+            )
+            if _shown_int(size[k]):
+                subjects, n_rows = _count(r.get("subjects")), _count(r.get("rows"))
+            else:  # subjects and rows withheld together: one would give the other away
+                subjects = n_rows = size[k]
+            suppressed = bool(r.get("suppressed"))
+            counts_ok = _shown_int(n_rows) and _shown_int(events[k])
+            auroc = _fmt(r.get("auroc"))
+            if r.get("auroc_ci_low") is not None and r.get("auroc_ci_high") is not None:
+                auroc = f"{auroc} ({_fmt(r['auroc_ci_low'])}–{_fmt(r['auroc_ci_high'])})"
+            out.append(
+                {
+                    "group": GROUP_LABELS.get(group, group),
+                    "first": k == 0,
+                    "span": len(rows),
+                    "level": label,
+                    "subjects": subjects,
+                    "rows": n_rows,
+                    "events": events[k],
+                    "suppressed": suppressed,
+                    "auroc": auroc,
+                    "auprc": _fmt(r.get("auprc")),
+                    "brier": _fmt(r.get("brier"), 4),
+                    "citl": _fmt(r.get("calibration_in_the_large")),
+                    "observed": _pct(r.get("observed_rate")) if counts_ok else "–",
+                    "predicted": _pct(r.get("mean_predicted")),
+                }
+            )
+    return out
+
+
+def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
+    """Each PNG once, in its section, with alt text and a caption."""
+    top = [f.get("description", f.get("name", "")) for f in m.get("top_features") or []]
+    rows = m.get("waterfall_rows") or []
+
+    def number(name: str) -> int:
+        match = re.search(r"(\d+)$", name)
+        return int(match.group(1)) if match else 0
+
+    def caption(name: str) -> tuple[str, str]:
+        if name == "roc_pr":
+            return (
+                "ROC and precision-recall curves",
+                "ROC (left) and precision-recall (right) curves on the held-out split; the dotted line in the right panel is the prevalence.",
+            )
+        if name == "calibration":
+            return (
+                "Calibration curves",
+                "Observed event rate against mean predicted risk in deciles of predicted risk, per model; the diagonal is perfect calibration.",
+            )
+        if name == "decision_curve":
+            return (
+                "Decision curve",
+                "Net benefit of alerting by the model against alerting everyone and no one, over threshold probabilities.",
+            )
+        if name == "shap_bar":
+            return (
+                "Global SHAP importance",
+                "Mean absolute SHAP value (log-odds) of the most important features.",
+            )
+        if name == "shap_beeswarm":
+            return (
+                "SHAP beeswarm",
+                "Each point is one explained held-out row: its SHAP value for the feature, coloured by the feature value.",
+            )
+        if name.startswith("shap_dependence_"):
+            k = number(name)
+            feature = top[k - 1] if 0 < k <= len(top) else f"feature {k}"
+            return (
+                f"SHAP dependence: {feature}",
+                f"Dependence plot {k}: SHAP value against the value of {feature}.",
+            )
+        if name.startswith("shap_waterfall_"):
+            k = number(name)
+            label = (
+                f"held-out row {rows[k - 1]}"
+                if 0 < k <= len(rows)
+                else f"high-risk held-out row {k}"
+            )
+            return (
+                f"SHAP waterfall, {label}",
+                f"Waterfall {k}: how the features move {label} (among the highest predicted risks of the explained rows) from the base value.",
+            )
+        return name.replace("_", " "), name.replace("_", " ")
+
+    def section(name: str) -> str:
+        if name == "roc_pr":
+            return "performance"
+        if name == "calibration":
+            return "calibration"
+        if name == "decision_curve":
+            return "utility"
+        if name in ("shap_bar", "shap_beeswarm"):
+            return "explanations"
+        if name.startswith("shap_dependence_"):
+            return "dependence"
+        if name.startswith("shap_waterfall_"):
+            return "waterfall"
+        return "other"
+
+    out: dict[str, list[dict]] = {
+        k: []
+        for k in (
+            "performance",
+            "calibration",
+            "utility",
+            "explanations",
+            "dependence",
+            "waterfall",
+            "other",
+        )
+    }
+    fixed = {"roc_pr": 0, "calibration": 0, "decision_curve": 0, "shap_bar": 0, "shap_beeswarm": 1}
+    for name in sorted(images, key=lambda n: (section(n), fixed.get(n, 0), number(n), n)):
+        alt, text = caption(name)
+        out[section(name)].append({"name": name, "alt": alt, "caption": text})
+    return out
+
+
+def _validations(m: dict, site: str, validations: list[dict] | None) -> list[dict]:
+    held = m["held_out"][PRIMARY] | {
+        k: v
+        for k, v in m.get("calibration_stats", {}).get(PRIMARY, {}).items()
+        if k not in m["held_out"][PRIMARY]
+    }
+    rows = [
+        {
+            "design": DESIGNS["internal"],
+            "train_site": site,
+            "eval_site": site,
+            "auroc": _ci(held, "auroc"),
+            "auprc": _fmt(held.get("auprc")),
+            "brier": _fmt(held.get("brier"), 4),
+            "slope": _fmt(held.get("calibration_slope")),
+            "citl": _fmt(held.get("calibration_in_the_large")),
+            "recalibrated": "–",
+            "note": "this run's held-out split",
+        }
+    ]
+    for v in validations or []:
+        recal = v.get("recalibrated")
+        if recal:
+            parts = [
+                f"{label} {_fmt(recal.get(key), digits)}"
+                for key, label, digits in (
+                    ("auroc", "AUROC", 3),
+                    ("brier", "Brier", 4),
+                    ("calibration_slope", "slope", 3),
+                    ("calibration_in_the_large", "CITL", 3),
+                )
+                if recal.get(key) is not None
+            ]
+            recal_text = ", ".join(parts) or "–"
+        else:
+            recal_text = "not recalibrated"
+        note = str(v.get("note") or "")
+        if v.get("n") is not None or v.get("events") is not None:
+            note = f"{note}; held-out rows {_count(v.get('n'))}, events {_count(v.get('events'))}".lstrip(
+                "; "
+            )
+        if v.get("run_id"):
+            note = f"{note} (MLflow run {v['run_id']})".strip()
+        design = str(v.get("design", "external"))
+        rows.append(
+            {
+                "design": DESIGNS.get(design, design),
+                "train_site": str(v.get("train_site", "–")),
+                "eval_site": str(v.get("eval_site", "–")),
+                "auroc": _ci(v, "auroc"),
+                "auprc": _fmt(v.get("auprc")),
+                "brier": _fmt(v.get("brier"), 4),
+                "slope": _fmt(v.get("calibration_slope")),
+                "citl": _fmt(v.get("calibration_in_the_large")),
+                "recalibrated": recal_text,
+                "note": note or "–",
+            }
+        )
+    return rows
+
+
+def _promotion(promotion: dict | None) -> dict | None:
+    if not promotion:
+        return None
+    champion = promotion.get("champion_version")
+    return {
+        "promoted": bool(promotion.get("promoted")),
+        "decision": str(
+            promotion.get("decision")
+            or ("promoted to champion" if promotion.get("promoted") else "kept as challenger")
+        ),
+        "reasons": [str(r) for r in promotion.get("reasons") or []],
+        "champion_version": "none yet" if champion is None else f"v{champion}",
+        "version": None if promotion.get("version") is None else f"v{promotion['version']}",
+    }
+
+
+def _prediction_times(task) -> str:
+    pt = task.prediction_times
+    if getattr(pt, "at_codes", None):
+        where = f"every event of {', '.join(pt.at_codes)}"
+    elif getattr(pt, "at_first_of", None):
+        where = f"the first event of any of {', '.join(pt.at_first_of)}"
+    elif getattr(pt, "every_days", None):
+        where = f"every {pt.every_days} days from the first eligible day"
+    else:
+        where = "task-defined times"
+    return f"{where}; at most {pt.max_per_subject} per subject, chosen by a seeded hash"
+
+
+def _value_criteria(task) -> list[str]:
+    out = []
+    for v in task.outcome.values:
+        bound = f"below {v.below:g}" if v.below is not None else f"above {v.above:g}"
+        times = (
+            "once" if v.times == 1 else f"{v.times} times, at least {v.min_days_apart} days apart"
+        )
+        out.append(f"{v.code} {bound}, {times}")
+    return out
+
+
+def _agg_text(aggs: list[str]) -> str:
+    return ", ".join(f"{a} ({AGG_NAMES[a]})" if a in AGG_NAMES else a for a in aggs)
+
+
+# ------------------------------------------------------------------------- context
 
 
 def report_context(
@@ -65,104 +556,281 @@ def report_context(
     generated_at: str,
     quality: dict,
     mlflow_run_id: str | None = None,
+    validations: list[dict] | None = None,
+    promotion: dict | None = None,
 ) -> dict:
-    """Everything the report template shows, with every count passed through suppression."""
+    """Everything the report template shows, with every count passed through suppression.
+
+    ``validations`` lists further validation designs of this site's model (each a dict
+    with design, train_site, eval_site, auroc, auroc_ci_low, auroc_ci_high, auprc,
+    brier, calibration_slope, calibration_in_the_large, recalibrated (a dict of the same
+    metrics or None) and note); ``promotion`` is the promotion rule's outcome (decision,
+    promoted, reasons, champion_version).
+    """
     m = evaluation.load_metrics()
-    steps = dict(ATTRITION_STEPS) | {"labelled": "labelled prediction times", "positive": "positive labels"}
-    attrition_rows = [
-        {"step": steps.get(k, k), "times": privacy.shown(v["times"]), "subjects": privacy.shown(v["subjects"]) if k in ("candidates", "labelled", "positive") else "–"}
-        for k, v in attrition.items()
-    ]
-    tables = [
-        {"name": name, "read": privacy.shown(t["read"]), "kept": privacy.shown(t["kept"]), "quarantined": privacy.shown(t["quarantined"])}
-        for name, t in pull_report["tables"].items()
-    ]
-    models = [
+
+    # Participants: the exclusion chain adds up to candidates - labelled.
+    steps = dict(ATTRITION_STEPS)
+    exclusions = [k for k in attrition if k not in ("candidates", "labelled", "positive")]
+    ex_times = _protect([attrition[k]["times"] for k in exclusions])
+    ex_subjects = _protect([attrition[k]["subjects"] for k in exclusions])
+    flow = {
+        "candidates": {
+            k: _count(attrition.get("candidates", {}).get(k)) for k in ("times", "subjects")
+        },
+        "exclusions": [
+            {"step": steps.get(k, k), "times": t, "subjects": s}
+            for k, t, s in zip(exclusions, ex_times, ex_subjects, strict=True)
+        ],
+        "labelled": {
+            k: _count(attrition.get("labelled", {}).get(k)) for k in ("times", "subjects")
+        },
+        "positive": {
+            k: _count(attrition.get("positive", {}).get(k)) for k in ("times", "subjects")
+        },
+    }
+
+    # Splits add up to the labelled rows; the held-out counts are also in the models table,
+    # so complementary suppression spares them.
+    split_names = [s for s in schema.SPLITS if s in training["rows"]]
+    spare = tuple(i for i, s in enumerate(split_names) if s == schema.HELD_OUT)
+    split_rows = _protect([training["rows"][s] for s in split_names], spare=spare)
+    split_pos = _protect([training["positives"][s] for s in split_names], spare=spare)
+    splits = [
         {
-            "name": MODEL_LABELS[k],
-            "auroc": _ci(rec, "auroc"),
-            "auprc": _ci(rec, "auprc"),
-            "brier": _fmt(rec["brier"], 4),
-            "n": privacy.shown(rec["n"]) if rec["n"] is not None else "<11",
-            "events": privacy.shown(rec["events"]) if rec["events"] is not None else "<11",
+            "name": SPLIT_LABELS.get(s, s),
+            "rows": r,
+            "positives": p,
+            "prevalence": _pct(training["positives"][s] / training["rows"][s])
+            if _shown_int(r) and _shown_int(p) and training["rows"][s]
+            else "–",
         }
-        for k, rec in m["held_out"].items()
+        for s, r, p in zip(split_names, split_rows, split_pos, strict=True)
     ]
-    calibration = [
-        {
-            "bin": c["bin"],
-            "n": "<11" if c["n"] is None else f"{c['n']:,}",
-            "events": "<11" if c["events"] is None else f"{c['events']:,}",
-            "mean_predicted": _fmt(c["mean_predicted"]),
-            "observed": _fmt(c["observed"]),
-        }
-        for c in m["calibration"][PRIMARY]
-    ]
-    xgb_params = training["xgboost"]["params"]
-    model_text = (
-        f"XGBoost (hist, {training['xgboost']['best_iteration'] + 1} trees after early stopping on the tuning split's log-loss; "
-        f"learning rate {xgb_params['learning_rate']}, max depth {xgb_params['max_depth']}) is the registered model. "
-        f"The baseline is an L1-regularised logistic regression on max-abs-scaled features with C = {training['l1_logistic']['C']} "
-        f"chosen on the tuning split ({training['l1_logistic']['nonzero_coefficients']} non-zero coefficients). "
-        "Splits are by subject (a seeded hash of the pseudonymous id: 70% train, 15% tuning, 15% held-out)."
+    n_train_pos = training["positives"].get(schema.TRAIN, 0)
+    train_pos_text = dict(zip(split_names, split_pos, strict=True)).get(
+        schema.TRAIN, _count(n_train_pos)
     )
-    n_train_pos = training["positives"]["train"]
-    limitations = [
-        "Internal validation only (held-out subjects of the same site); temporal and external validation come with later releases.",
-        "Probabilities are not recalibrated; see the calibration curve before using them as absolute risks.",
-        "Dates are shifted per subject for de-identification, so calendar effects (season, coding changes) are blurred.",
-        "Synthetic demo data: performance says nothing about a real population." if pull_report.get("demo") else
-        "Performance holds for the population and coding practice of this site; check it before use elsewhere.",
-    ]
-    if n_train_pos < 10 * max(1, features_shape["columns"] // 50):
-        limitations.insert(0, f"Few training events ({privacy.shown(n_train_pos)}) for {features_shape['columns']} features: expect optimism and unstable importances.")
+    n_features = int(features_shape["columns"])
+
+    # Data source: kept + quarantined = read, per table; quarantine reasons add up too.
+    tables, reasons = [], []
+    for name, t in pull_report["tables"].items():
+        kept, quarantined = _protect([t["kept"], t["quarantined"]])
+        tables.append(
+            {"name": name, "read": _count(t["read"]), "kept": kept, "quarantined": quarantined}
+        )
+        why = t.get("reasons") or {}
+        for (reason, _), shown in zip(why.items(), _protect(list(why.values())), strict=True):
+            reasons.append({"table": name, "reason": reason, "rows": shown})
+
+    xgb = training["xgboost"]
+    params = xgb.get("params", {})
+    calib = training.get("calibration") or {}
+    l1 = training.get("l1_logistic") or {}
+    age_sex = training.get("age_sex") or {}
+    spw = xgb.get("scale_pos_weight")
+    if spw is None:
+        weighting = "not recorded"
+    elif spw == 1.0:
+        weighting = "none (scale_pos_weight = 1: training prevalence at least 2%, or weighting switched off)"
+    else:
+        weighting = f"scale_pos_weight = {spw:.2f} (negatives / positives in the train split: the outcome is rare)"
+    method = calib.get("method", "none")
+    cv_brier = calib.get("tuning_cv_brier") or {}
+    calibration_text = {
+        "none": "none: no calibrator had a lower cross-validated Brier score on the tuning split than the raw scores, so the XGBoost probabilities are used as they are",
+        "isotonic": "isotonic regression fitted on the tuning split (lowest cross-validated Brier score)",
+        "sigmoid": "sigmoid (Platt) scaling fitted on the tuning split (lowest cross-validated Brier score)",
+    }.get(method, method)
+
+    # Warnings from training, with any count that this report withholds replaced.
+    warnings = [str(w) for w in training.get("warnings") or []]
+    if not _shown_int(train_pos_text):
+        warnings = [re.sub(rf"\b{n_train_pos}\b", train_pos_text, w) for w in warnings]
+
+    held = m["held_out"][PRIMARY]
+    validations = [dict(v) for v in validations or []]
+    external = [v for v in validations if v.get("design", "external") != "internal"]
+    lead = _lead_time(m)
+    subgroup_rows = _subgroups(m)
+
+    limitations = []
+    if n_train_pos < 10 * max(1, n_features // 50):
+        limitations.append(
+            f"Few training events ({train_pos_text}) for {n_features:,} candidate features: expect optimism and unstable importances."
+        )
+    if held.get("events") is not None and held["events"] < 100:
+        limitations.append(
+            f"The held-out split has {_count(held['events'])} events, fewer than the 100 usually asked of a validation: "
+            "the confidence intervals are wide and calibration estimates are imprecise."
+        )
+    if external:
+        designs = sorted({str(v.get("design", "external")) for v in external})
+        limitations.append(
+            f"Validation designs beyond internal: {', '.join(designs)} (section 12); other populations and later periods still need their own check."
+        )
+    else:
+        limitations.append(
+            "Internal validation only (held-out subjects of the same site); temporal and external validation come with later releases."
+        )
+    if method == "none":
+        limitations.append(
+            "Probabilities are not recalibrated; see the calibration section before using them as absolute risks."
+        )
+    else:
+        limitations.append(
+            f"Probabilities are recalibrated ({method}) on the tuning split of this site; at another site they may need recalibration."
+        )
+    if any(r["suppressed"] for r in subgroup_rows):
+        limitations.append(
+            "Some subgroups are too small to report (fewer than 11 subjects, events or non-events): fairness across them is not shown."
+        )
+    if getattr(task.prediction_times, "max_per_subject", 1) == 1:
+        limitations.append(
+            "One prediction time per subject: lead time is the time from that single visit's alert to the outcome, not from a running alert series."
+        )
+    limitations.append(
+        "Dates are shifted per subject for de-identification, so calendar effects (season, coding changes) are blurred."
+    )
+    limitations.append(
+        "Synthetic demo data: performance says nothing about a real population."
+        if pull_report.get("demo")
+        else "Performance holds for the population and coding practice of this site; check it before use elsewhere."
+    )
+
+    images = {f.stem: f.read_bytes() for f in sorted((evaluation.dir / "figures").glob("*.png"))}
+    temporal = getattr(task, "temporal_split", None)
     return {
         "site": site,
         "task": {
             "name": task.name,
             "description": task.description,
-            "outcome_codes": ", ".join(task.outcome.codes),
-            "at_codes": ", ".join(task.prediction_times.at_codes),
+            "outcome_codes": ", ".join(task.outcome.codes) or "–",
+            "outcome_values": _value_criteria(task),
+            "prediction_times": _prediction_times(task),
+            "min_age": f"{task.population.min_age_years:g}",
+            "max_age": f"{task.population.max_age_years:g}",
+            "prior_days": task.population.min_prior_observation_days,
             "gap_days": task.gap_days,
             "horizon_days": task.horizon_days,
+            "split": (
+                f"temporal: train and tuning on prediction times before {temporal.held_out_from:%Y-%m-%d}, held out from then on"
+                if temporal is not None
+                else "by subject (a seeded hash of the pseudonymous id: 70% train, 15% tuning, 15% held-out)"
+            ),
         },
         "task_digest": task.digest(),
         "data_digest": data_digest,
         "code_version": code_version,
         "generated_at": generated_at,
         "mlflow_run_id": mlflow_run_id,
-        "models": models,
+        "models": _models(m),
+        "primary": {
+            "name": MODEL_LABELS[PRIMARY],
+            "auroc": _ci(held, "auroc"),
+            "auprc": _ci(held, "auprc"),
+            "slope": _fmt(held.get("calibration_slope")),
+        },
         "decision": decision,
+        "warnings": warnings,
         "data": {
             "tables": tables,
-            "subjects": privacy.shown(pull_report["subjects"]),
-            "events": privacy.shown(pull_report["events"]),
+            "reasons": reasons,
+            "subjects": _count(pull_report["subjects"]),
+            "events": _count(pull_report["events"]),
+            "ages_capped": _count(pull_report.get("ages_capped_at_90"))
+            if pull_report.get("ages_capped_at_90") is not None
+            else "–",
+            "max_shift_days": (pull_report.get("deid") or {}).get("max_shift_days", "–"),
             "time_span": " to ".join(str(x) for x in pull_report["time_span"]),
-            "source": ", ".join(f"{k} {v}" for k, v in pull_report.get("source", {}).items() if k != "location"),
+            "source": ", ".join(
+                f"{k} {v}" for k, v in pull_report.get("source", {}).items() if k != "location"
+            )
+            or "–",
+            "demo": bool(pull_report.get("demo")),
             "top_codes": [
-                {"code": c["code"], "events": _shown(c["events"]), "subjects": _shown(c["subjects"])}
+                {
+                    "code": c["code"],
+                    "events": _count(c["events"]),
+                    "subjects": _count(c["subjects"]),
+                }
                 for c in quality["top_codes"][:10]
             ],
             "implausible": [
-                {"code": v["code"], "values": _shown(v["values"]), "outside": _shown(v["outside"]),
-                 "bounds": f"{v['bounds'][0]:g}–{v['bounds'][1]:g}"}
+                {
+                    "code": v["code"],
+                    "count": _count(v["values"]),
+                    "outside": _count(v["outside"]),
+                    "bounds": f"{v['bounds'][0]:g}–{v['bounds'][1]:g}",
+                }
                 for v in quality["values_outside_plausible_range"]
             ],
         },
-        "attrition": attrition_rows,
-        "splits": [
-            {"name": s, "rows": privacy.shown(training["rows"][s]), "positives": privacy.shown(training["positives"][s])}
-            for s in schema.SPLITS
-        ],
+        "flow": flow,
+        "splits": splits,
+        "epv": f"{n_train_pos / n_features:.2f}"
+        if n_features and _shown_int(train_pos_text)
+        else "–",
         "features": {
-            "columns": f"{features_shape['columns']:,}",
-            "nonzeros": f"{features_shape['nonzeros']:,}",
+            "columns": f"{n_features:,}",
+            "nonzeros": f"{int(features_shape['nonzeros']):,}",
+            "rows": f"{int(features_shape['rows']):,}" if features_shape.get("rows") else "–",
+            "density": _pct(features_shape["nonzeros"] / (features_shape["rows"] * n_features), 2)
+            if features_shape.get("rows") and n_features
+            else "–",
             "windows": ", ".join(feature_config.windows),
-            "aggs": ", ".join(feature_config.aggs),
+            "aggs": _agg_text(list(feature_config.aggs)),
+            "min_code_subjects": getattr(feature_config, "min_code_subjects", "–"),
+            "min_code_frequency": getattr(feature_config, "min_code_frequency", 0.0),
+            "rollup_icd10": bool(getattr(feature_config, "rollup_icd10", False)),
+            "parent_codes": bool(getattr(feature_config, "parent_codes", False)),
         },
-        "model_text": model_text,
-        "calibration": calibration,
-        "top_features": [{"description": f["description"], "mean_abs_shap": _fmt(f["mean_abs_shap"], 4)} for f in m["top_features"]],
-        "images": {f.stem: f.read_bytes() for f in sorted((evaluation.dir / "figures").glob("*.png"))},
+        "model": {
+            "trees": xgb["best_iteration"] + 1,
+            "params": [{"name": k, "value": v} for k, v in params.items()],
+            "weighting": weighting,
+            "calibration_method": method,
+            "calibration_text": calibration_text,
+            "cv_brier": [
+                {"method": k, "brier": _fmt(v, 4), "chosen": k == method}
+                for k, v in sorted(cv_brier.items(), key=lambda kv: (kv[1] is None, kv[1] or 0))
+            ],
+            "l1_c": l1.get("C", "–"),
+            "l1_nonzero": l1.get("nonzero_coefficients", "–"),
+            "l1_grid": [
+                {"C": k, "auroc": _fmt(v), "chosen": float(k) == float(l1.get("C", -1))}
+                for k, v in (l1.get("tuning_auroc_by_C") or {}).items()
+            ],
+            "age_sex": {
+                "age": _fmt(age_sex.get("coef_age_per_decade")),
+                "female": _fmt(age_sex.get("coef_female")),
+                "intercept": _fmt(age_sex.get("intercept")),
+            }
+            if age_sex
+            else None,
+        },
+        "calibration_stats": _calibration_stats(m),
+        "calibration": _deciles(m),
+        "smoothed": _smoothed(m),
+        "thresholds": _thresholds(m),
+        "net_benefit": _net_benefit(m),
+        "lead_time": lead,
+        "subgroups": subgroup_rows,
+        "top_features": [
+            {
+                "description": f.get("description", f.get("name", "")),
+                "mean_abs_shap": _fmt(f.get("mean_abs_shap"), 4),
+            }
+            for f in m.get("top_features") or []
+        ],
+        "waterfall_rows": [f"held-out row {r}" for r in m.get("waterfall_rows") or []],
+        "images": images,
+        "figures": _figures(images, m),
+        "validations": _validations(m, site, validations),
+        "external_validations": len(external),
+        "promotion": _promotion(promotion),
         "limitations": limitations,
+        "suppressed": SUPPRESSED,
+        "min_cell": privacy.MIN_CELL,
     }

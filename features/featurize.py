@@ -390,7 +390,7 @@ def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time
     ev_key = g_of_event * width + inverse[: e_time.size]
     ranks = iter(np.split(inverse[e_time.size :], len(bounds)))
     hi = np.searchsorted(ev_key, pair_group * width + next(ranks), "right")
-    prefix = _prefix_sums(e_val[order], e_time) if e_val is not None else {}
+    prefix = _prefix_sums(e_val[order], e_time, g_of_event) if e_val is not None else {}
     vals_sorted = e_val[order] if e_val is not None else None
     for window in windows:
         lo = g_start[pair_group] if window == "full" else np.searchsorted(ev_key, pair_group * width + next(ranks), "right")
@@ -399,12 +399,13 @@ def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time
         if not ok.any():
             continue
         p_lo, p_hi, p_n = lo[ok], hi[ok], n[ok]
+        p_start = g_start[pair_group[ok]]
         rows = row_ids[pair_label[ok]]
         codes = code_names[g_code[pair_group[ok]]]
         for agg in aggs:
             if agg == "code/days_since_last" and window != "full":
                 continue
-            vals = _aggregate(agg, p_lo, p_hi, p_n, prefix, vals_sorted, e_time, pt[ok])
+            vals = _aggregate(agg, p_lo, p_hi, p_n, p_start, prefix, vals_sorted, e_time, pt[ok])
             cols = np.fromiter((plan.col_index.get((c, agg, window), -1) for c in codes), np.int64, codes.size)
             keep = (cols >= 0) & ~np.isnan(vals)
             out_r.append(rows[keep])
@@ -412,17 +413,21 @@ def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time
             out_v.append(vals[keep])
 
 
-def _prefix_sums(v: np.ndarray, t_us: np.ndarray) -> dict[str, np.ndarray]:
+def _prefix_sums(v: np.ndarray, t_us: np.ndarray, group: np.ndarray) -> dict[str, np.ndarray]:
+    """Inclusive running sums that restart at every (subject, code) group, so a value
+    depends only on its own group's events (no rounding carried in from other codes)."""
     t = (t_us - 946_684_800_000_000) / YEAR_US  # years since 2000-01-01 keeps the sums well conditioned
-    return {
-        name: np.r_[0.0, np.cumsum(arr)]
-        for name, arr in (("v", v), ("vv", v * v), ("t", t), ("tt", t * t), ("tv", t * v))
-    }
+    frame = pd.DataFrame({"v": v, "vv": v * v, "t": t, "tt": t * t, "tv": t * v})
+    sums = frame.groupby(group, sort=False).cumsum()
+    return {name: sums[name].to_numpy() for name in frame.columns}
 
 
-def _aggregate(agg, lo, hi, n, prefix, vals, times, pt) -> np.ndarray:
+def _aggregate(agg, lo, hi, n, start, prefix, vals, times, pt) -> np.ndarray:
     def total(name):
-        return prefix[name][hi] - prefix[name][lo]
+        running = prefix[name]
+        upper = running[hi - 1]
+        lower = np.where(lo > start, running[np.maximum(lo - 1, 0)], 0.0)
+        return upper - lower
 
     if agg in ("code/count", "value/count"):
         return n.astype(np.float64)

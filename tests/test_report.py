@@ -1,0 +1,566 @@
+"""The clinical report, rendered from a small real run.
+
+One module-scoped run of the plain pipeline functions (pull one demo site, label
+t2d_2y, featurize, train, evaluate) and contexts built the way ``flows.nightly.publish``
+builds them; then checks on what the HTML shows, what it must never show, and how a
+headless Chromium renders it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect
+import json
+import os
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from forewarn.records import schema
+
+SECTIONS = (
+    "summary",
+    "data",
+    "quality",
+    "participants",
+    "outcome",
+    "predictors",
+    "model",
+    "performance",
+    "calibration",
+    "utility",
+    "subgroups",
+    "explanations",
+    "validation",
+    "limitations",
+    "promotion",
+    "tripod",
+)
+HEADINGS = (
+    "1. Summary",
+    "2. Data source and quality",
+    "3. Participants and flow",
+    "4. Outcome and prediction times",
+    "5. Predictors and missing data",
+    "6. Model and search",
+    "7. Performance",
+    "8. Calibration",
+    "9. Clinical utility",
+    "10. Subgroups",
+    "11. Explanations",
+    "12. Validation designs",
+    "13. Limitations",
+    "14. Promotion decision",
+)
+DECISION = (
+    "forewarn-t2d_2y-academic v2 kept as challenger (champion stays v1): see the promotion section."
+)
+VALIDATION = {
+    "design": "external",
+    "train_site": "academic",
+    "eval_site": "community",
+    "run_id": "0123abcd",
+    "auroc": 0.7123,
+    "auroc_ci_low": 0.6351,
+    "auroc_ci_high": 0.7891,
+    "auprc": 0.3012,
+    "brier": 0.0812,
+    "calibration_slope": 0.8123,
+    "calibration_in_the_large": -0.2012,
+    "recalibrated": {
+        "auroc": 0.7123,
+        "auprc": 0.3012,
+        "brier": 0.0734,
+        "calibration_slope": 0.9567,
+        "calibration_in_the_large": 0.0123,
+    },
+    "note": "model shipped to the validating site; metrics on its held-out rows",
+}
+PROMOTION = {
+    "decision": DECISION,
+    "promoted": False,
+    "champion_version": "1",
+    "version": "2",
+    "reasons": [
+        "AUROC lower 95% bound 0.731 < champion v1 AUROC 0.794 - margin 0.02 = 0.774 on the same held-out rows",
+        "calibration slope 1.203 is within [0.7, 1.4]",
+    ],
+}
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, demo_network):
+    from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain
+    from forewarn.features.featurize import FeatureConfig, featurize
+    from forewarn.features.labels import label_dataset, load_task
+    from forewarn.models.train import ModelConfig, train_models
+    from forewarn.records.deid import DeidConfig, load_secret
+    from forewarn.records.omop import pull_omop
+
+    work = tmp_path_factory.mktemp("report-run")
+    site = "academic"
+    pull = pull_omop(
+        demo_network[site],
+        work / "pull",
+        site=site,
+        config=DeidConfig(load_secret(site, demo=True)),
+    )
+    spec = load_task("t2d_2y")
+    labels = label_dataset(pull.events_dir, spec, work / "labels")
+    table, splits, _ = labels.load()
+    features = FeatureConfig()
+    matrix = featurize(
+        pull.events_dir, table, splits, work / "features", features, codes_path=pull.codes_path
+    )
+    trained = train_models(matrix, work / "models", ModelConfig(n_jobs=1))
+    evaluation = evaluate_and_explain(
+        matrix,
+        trained,
+        work / "evaluation",
+        EvaluationConfig(bootstrap=20, shap_rows=200),
+        site=site,
+        outcomes_path=labels.outcomes_path,
+    )
+    return {
+        "work": work,
+        "site": site,
+        "pull": pull,
+        "spec": spec,
+        "labels": labels,
+        "matrix": matrix,
+        "trained": trained,
+        "evaluation": evaluation,
+        "features": features,
+    }
+
+
+def build_context(run, **overrides) -> dict:
+    """report_context called as flows.nightly.publish calls it; ``overrides`` replace inputs."""
+    from forewarn.evaluation.report import report_context
+
+    _, _, attrition = run["labels"].load()
+    inputs = {
+        "site": run["site"],
+        "task": run["spec"],
+        "attrition": attrition,
+        "pull_report": json.loads(run["pull"].report_path.read_text()) | {"demo": True},
+        "features_shape": json.loads((run["matrix"].dir / "shape.json").read_text()),
+        "feature_config": run["features"],
+        "training": json.loads(run["trained"].summary_path.read_text()),
+        "evaluation": run["evaluation"],
+        "decision": DECISION,
+        "code_version": "0.0+test",
+        "data_digest": "0123456789abcdef",
+        "quality": json.loads(run["pull"].quality_path.read_text()),
+        "generated_at": "2026-01-01 00:00 UTC",
+        "mlflow_run_id": "feedc0ffee",
+    }
+    return report_context(**(inputs | overrides))
+
+
+@pytest.fixture(scope="module")
+def full(run):
+    """The report with a further validation and a promotion decision."""
+    from forewarn.evaluation.report import render
+
+    return render(build_context(run, validations=[VALIDATION], promotion=PROMOTION))
+
+
+@pytest.fixture(scope="module")
+def plain(run):
+    """The report as an older flow renders it: no validations, no promotion."""
+    from forewarn.evaluation.report import render
+
+    return render(build_context(run))
+
+
+class Page(HTMLParser):
+    """Tags, ids, links, image sources and visible text of a page, with a tag-balance check."""
+
+    VOID = {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+    }
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.ids, self.hrefs, self.srcs, self.tags, self.stack, self.errors = [], [], [], [], [], []
+        self.text_parts, self.cells = [], []
+        self._cell: list[str] | None = None
+        self.feed(text)
+        self.close()
+        self.text = " ".join(" ".join(self.text_parts).split())
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if "href" in attrs:
+            self.hrefs.append(attrs["href"])
+        if "src" in attrs:
+            self.srcs.append(attrs["src"])
+        if tag in ("td", "th"):
+            self._cell = []
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else 'nothing'}>")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data):
+        if self.stack and self.stack[-1] in ("style", "title"):
+            return
+        self.text_parts.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+def test_report_context_takes_validations_and_promotion_as_optional_keywords():
+    from forewarn.evaluation.report import report_context
+
+    params = inspect.signature(report_context).parameters
+    for name in ("validations", "promotion"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default is None
+
+
+def test_every_section_is_there_and_linked_from_the_contents(full):
+    page = Page(full)
+    for section in SECTIONS:
+        assert f'id="{section}"' in full
+    assert len(page.ids) == len(set(page.ids)), "duplicate ids"
+    internal = [h for h in page.hrefs if h.startswith("#")]
+    assert {h[1:] for h in internal} >= set(SECTIONS) - {"quality"}
+    assert not {h[1:] for h in internal} - set(page.ids), "a link to a missing anchor"
+    for heading in HEADINGS:
+        assert heading in page.text
+
+
+def test_page_is_well_formed_self_contained_html5(full):
+    assert (
+        full.startswith("<!DOCTYPE html>")
+        and '<html lang="en">' in full
+        and '<meta charset="utf-8">' in full
+    )
+    page = Page(full)
+    assert not page.errors and not page.stack, (page.errors, page.stack)
+    assert {"script", "link", "iframe", "object"}.isdisjoint(page.tags)
+    assert all(h.startswith("#") for h in page.hrefs), [
+        h for h in page.hrefs if not h.startswith("#")
+    ]
+    assert all(s.startswith("data:image/png;base64,") for s in page.srcs)
+    for external in ("http://", "https://", "@import", "url(", "@font-face"):
+        assert external not in full
+
+
+def test_primary_model_numbers_are_as_in_metrics(run, full):
+    record = run["evaluation"].load_metrics()
+    held = record["held_out"]["xgboost"]
+    assert f"{held['auroc']:.3f} ({held['auroc_ci_low']:.3f}–{held['auroc_ci_high']:.3f})" in full
+    assert f"{held['auprc']:.3f}" in full and f"{held['brier']:.4f}" in full
+    assert (
+        f"{held['calibration_slope']:.3f}" in full
+        and f"{held['calibration_in_the_large']:.3f}" in full
+    )
+    training = json.loads(run["trained"].summary_path.read_text())
+    assert f"{training['xgboost']['best_iteration'] + 1} trees" in full
+    for method, brier in training["calibration"]["tuning_cv_brier"].items():
+        assert method in full and f"{brier:.4f}" in full
+    for warning in training["warnings"]:
+        assert warning in html.unescape(full)
+
+
+def test_every_figure_is_embedded_once_in_its_section(run, full):
+    pngs = sorted((run["evaluation"].dir / "figures").glob("*.png"))
+    assert len(pngs) == 11
+    assert full.count("data:image/png;base64,") == len(pngs)
+    for png in pngs:
+        assert full.count(base64.b64encode(png.read_bytes()).decode()) == 1, png.name
+    order = [
+        full.index(f'id="{s}"')
+        for s in (
+            "performance",
+            "calibration",
+            "utility",
+            "subgroups",
+            "explanations",
+            "validation",
+        )
+    ]
+
+    def at(name: str) -> int:
+        return full.index(
+            base64.b64encode(
+                (run["evaluation"].dir / "figures" / f"{name}.png").read_bytes()
+            ).decode()
+        )
+
+    assert (
+        order[0]
+        < at("roc_pr")
+        < order[1]
+        < at("calibration")
+        < order[2]
+        < at("decision_curve")
+        < order[3]
+    )
+    for name in ("shap_bar", "shap_beeswarm", "shap_dependence_1", "shap_waterfall_3"):
+        assert order[4] < at(name) < order[5]
+
+
+def test_waterfalls_are_labelled_by_held_out_row_number_only(run, full):
+    rows = run["evaluation"].load_metrics()["waterfall_rows"]
+    assert len(rows) == 3
+    for row in rows:
+        assert f"held-out row {row}" in full
+
+
+def test_threshold_lead_time_and_subgroup_tables(run, full):
+    text = Page(full).text
+    assert (
+        "Operating points" in text
+        and "alerts per 1,000" in text
+        and "sensitivity" in text
+        and "NPV" in text
+    )
+    record = run["evaluation"].load_metrics()
+    for row in record["thresholds"]:
+        point = (
+            f"risk ≥ {row['threshold']:.2f}"
+            if row["kind"] == "threshold"
+            else f"top {100 * row['alert_budget']:.0f}% of risk"
+        )
+        assert point in text
+    assert "small-cell suppression" in text.lower() and "median lead time" in text
+    assert "Lead time" in text and f"{record['lead_time']['subjects_with_outcome']}" in text
+    for group in ("Age band", "Sex", "Site"):
+        assert group in text
+    for level in {str(r["level"]) for r in record["subgroups"] if r["group"] == "age_band"}:
+        assert level in text
+    if any(r["suppressed"] for r in record["subgroups"]):
+        assert "suppressed (fewer than 11 subjects" in text
+
+
+def test_small_counts_show_as_less_than_11_with_a_complementary_cell_withheld(run):
+    from forewarn.evaluation.report import render
+
+    _, _, attrition = run["labels"].load()
+    attrition = json.loads(json.dumps(attrition))
+    attrition["in_gap"] = {"times": 7, "subjects": 3}
+    page = Page(render(build_context(run, attrition=attrition)))
+    cells = page.cells
+    at = cells.index("outcome inside the lead-time gap")
+    assert cells[at + 1] == "<11" and cells[at + 2] == "<11"
+    assert (
+        "withheld" in cells
+    )  # the next smallest exclusion, so the <11 cannot come back by subtraction
+
+
+def test_protect_hides_a_second_count_when_one_could_be_recovered():
+    from forewarn.evaluation.report import _protect
+
+    assert _protect([500, 40, 200]) == ["500", "40", "200"]
+    assert _protect([0, 5, 100, 30]) == ["0", "<11", "100", "withheld"]
+    assert _protect([3, 4, 200, 300]) == ["<11", "<11", "withheld", "300"]  # 3 + 4 < 11
+    assert _protect([None, None, 50]) == ["<11", "<11", "50"]
+    assert _protect([5, 20, 15], spare=(2,)) == ["<11", "withheld", "15"]
+    assert _protect([5, 0, 0]) == ["<11", "0", "0"]  # nothing left to hide
+
+
+def test_subgroup_levels_protect_each_other():
+    from forewarn.evaluation.report import _subgroups
+
+    def level(name, n, events, suppressed=False):
+        metrics = dict.fromkeys(
+            ("auroc", "auprc", "brier", "calibration_in_the_large", "mean_predicted"), None
+        )
+        if not suppressed:
+            metrics |= {
+                "auroc": 0.8,
+                "auprc": 0.4,
+                "brier": 0.1,
+                "calibration_in_the_large": 0.0,
+                "mean_predicted": 0.2,
+            }
+        return {
+            "group": "sex",
+            "level": name,
+            "subjects": n,
+            "rows": n,
+            "events": events,
+            **metrics,
+            "observed_rate": None if suppressed else events / n,
+            "suppressed": suppressed,
+        }
+
+    rows = _subgroups(
+        {"subgroups": [level("F", 120, 30), level("M", 100, 20), level(None, None, None, True)]}
+    )
+    female, male, missing = rows
+    assert (female["subjects"], female["rows"], female["events"], female["observed"]) == (
+        "120",
+        "120",
+        "30",
+        "25.0%",
+    )
+    assert (missing["level"], missing["subjects"], missing["events"]) == ("missing", "<11", "<11")
+    # Total minus the shown levels would give the missing level away: M is withheld too.
+    assert (male["subjects"], male["rows"], male["events"], male["observed"]) == (
+        "withheld",
+    ) * 3 + ("–",)
+    assert male["auroc"] == "0.800" and missing["suppressed"]
+
+
+def test_validations_table_when_given_internal_only_when_not(full, plain):
+    text, bare = Page(full).text, Page(plain).text
+    assert "external (model shipped to another site)" in text
+    assert "0.712 (0.635–0.789)" in text and "slope 0.957" in text and "Brier 0.0734" in text
+    assert "community" in text and "0123abcd" in text
+    assert "Internal validation only" not in text
+    assert "Internal validation only" in bare and "external (model shipped" not in bare
+    assert "internal (held-out subjects, same site)" in bare
+
+
+def test_promotion_box(run, full, plain):
+    from forewarn.evaluation.report import render
+
+    text = Page(full).text
+    assert (
+        "Not promoted: kept as challenger (v2)" in text
+        and "Current champion before this run: v1" in text
+    )
+    for reason in PROMOTION["reasons"]:
+        assert reason in text
+    assert 'class="box warn"' in full
+    assert "bound 0.731 &lt; champion" in full  # text is escaped: "<" never opens a tag
+    promoted = PROMOTION | {
+        "promoted": True,
+        "champion_version": None,
+        "reasons": ["there is no champion yet"],
+    }
+    page = render(build_context(run, promotion=promoted))
+    assert (
+        "Promoted to champion" in Page(page).text
+        and "none yet" in page
+        and 'class="box ok"' in page
+    )
+    assert "No promotion rule was applied" in Page(plain).text and DECISION in Page(plain).text
+
+
+def test_tasks_with_measurement_criteria_and_other_prediction_times_render(run):
+    from forewarn.evaluation.report import render
+    from forewarn.features.labels import parse_task
+
+    data = run["spec"].model_dump(mode="json")
+    data["prediction_times"] = {"every_days": 180, "max_per_subject": 2}
+    data["outcome"]["values"] = [
+        {"code": "LOINC//1558-6", "above": 126, "times": 2, "min_days_apart": 90}
+    ]
+    text = Page(render(build_context(run, task=parse_task(data)))).text
+    assert "every 180 days from the first eligible day; at most 2 per subject" in text
+    assert "LOINC//1558-6 above 126, 2 times, at least 90 days apart" in text
+
+
+def test_no_subject_id_or_prediction_time_reaches_the_report(run, full, plain):
+    labels = pq.read_table(run["labels"].labels_path).to_pandas()
+    ids = {str(int(s)) for s in labels[schema.SUBJECT_ID]}
+    assert len(ids) > 100
+    for page in (full, plain):
+        for subject in ids:
+            assert subject not in page
+        for t in labels[schema.PREDICTION_TIME].head(200):
+            assert t.strftime("%Y-%m-%d %H:%M") not in page and t.isoformat() not in page
+
+
+# ---------------------------------------------------------------------- headless browser
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _console_problems(stderr: str) -> list[str]:
+    """Console output and uncaught errors; Chromium logs every console message as
+    ``INFO:CONSOLE...`` whatever its level, and the report has no scripts, so any is a failure."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+def test_report_renders_in_headless_chromium_without_console_errors(run, tmp_path):
+    if not CHROMIUM.is_file():
+        message = f"no Chromium at {CHROMIUM} (CI installs it); set FOREWARN_REQUIRE_CHROMIUM=1 to fail instead"
+        if os.environ.get("FOREWARN_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from PIL import Image
+
+    from forewarn.evaluation.report import write_report
+
+    path = write_report(
+        build_context(run, validations=[VALIDATION], promotion=PROMOTION), tmp_path / "report.html"
+    )
+    url = path.resolve().as_uri()
+
+    dump = _chromium(["--dump-dom", url], tmp_path / "profile-dom")
+    assert dump.returncode == 0, dump.stderr[-2000:]
+    assert not _console_problems(dump.stderr)
+    dom = Page(dump.stdout)
+    for heading in HEADINGS:
+        assert heading in dom.text
+    assert dom.tags.count("img") == 11
+
+    shot = tmp_path / "report.png"
+    screen = _chromium(
+        [f"--screenshot={shot}", "--window-size=1200,3000", url], tmp_path / "profile-shot"
+    )
+    assert screen.returncode == 0, screen.stderr[-2000:]
+    assert not _console_problems(screen.stderr)
+    assert shot.is_file() and shot.stat().st_size > 50_000
+    with Image.open(shot) as image:
+        assert image.size == (1200, 3000)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colours is None or len(colours) > 50  # text, tables and boxes, not a blank page
