@@ -109,10 +109,14 @@ def shap_dependence(values: np.ndarray, data: np.ndarray, names: list[str], base
 
 
 def shap_waterfall(values: np.ndarray, data: np.ndarray, names: list[str], base: float) -> bytes:
-    """One row's explanation (the row is identified only by its number in the report)."""
+    """One row's explanation: the contributions only. The row's own feature values are
+    left out (the report must not carry a patient's row), and the row is identified only
+    by its number."""
     import shap
 
-    shap.plots.waterfall(_explanation(values, data, names, base)[0], max_display=12, show=False)
+    values = np.atleast_2d(values)
+    explanation = shap.Explanation(values=values, base_values=np.full(values.shape[0], base), feature_names=names)
+    shap.plots.waterfall(explanation[0], max_display=12, show=False)
     fig = plt.gcf()
     fig.set_size_inches(9, 5.5)
     return _png(fig)
