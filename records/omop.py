@@ -247,6 +247,9 @@ def load_omop(ctx: PullContext) -> None:
                 "Check the CDM version (v5.4 expected) or add the columns (they may be null)."
             )
     # Views with every optional column present (NULL when the source lacks it) and typed.
+    for table in cols:
+        ctx.read_counts[table] = con.execute(f"SELECT count(*) FROM src.{table}").fetchone()[0]
+    ctx.read_counts.pop("concept", None)
     for table, have in cols.items():
         select = ", ".join(
             [c for c in REQUIRED[table] + OPTIONAL[table] if c in have]

@@ -105,6 +105,7 @@ class PullContext:
     workdir: Path
     identifiers: set[str] = field(default_factory=set)
     source: dict[str, str] = field(default_factory=dict)
+    read_counts: dict[str, int] = field(default_factory=dict)  # physical rows per source table, when known
 
 
 def open_context(out_dir: Path, *, memory_limit: str = "2GB") -> PullContext:
@@ -280,7 +281,7 @@ def _finish(ctx, out_dir, site, config, now, shard_subjects, max_bad_fraction, e
     pq.write_table(quarantine, staging / schema.QUARANTINE_DIR / "records.parquet")
 
     _write_codes(con, staging / schema.CODES_FILE)
-    per_table = _reconcile(con)
+    per_table = _reconcile(con, ctx.read_counts)
     read = sum(t["read"] for t in per_table.values())
     quarantined = sum(t["quarantined"] for t in per_table.values())
     span = con.execute(
@@ -355,19 +356,32 @@ def _write_codes(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     pq.write_table(schema.align(table, schema.CODES_SCHEMA, what="codes"), path)
 
 
-def _reconcile(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
-    """Per source table, in source rows: a row is quarantined when any event it gave was."""
+def _reconcile(con: duckdb.DuckDBPyConnection, read_counts: dict[str, int]) -> dict[str, dict]:
+    """Per source table, in source rows: a row is quarantined when any event it gave was.
+
+    Tables whose physical row count the connector measured (``read_counts``) are not
+    grouped row by row (that does not fit in bounded memory at 100 M rows): only the
+    few quarantined rows are.
+    """
+    counted = ", ".join("'" + t.replace("'", "''") + "'" for t in read_counts) or "''"
     rows = con.execute(
-        """
+        f"""
         WITH r AS (
-          SELECT src_table, src_row, bool_or(reason IS NOT NULL) AS bad, min(reason) AS reason
-          FROM checked GROUP BY src_table, src_row
-          UNION ALL SELECT 'person', src_row, false, NULL FROM persons p
-            WHERE p.src_row IS NOT NULL AND NOT EXISTS (SELECT 1 FROM checked c WHERE c.src_table = 'person' AND c.src_row = p.src_row)
-          UNION ALL SELECT src_table, src_row, true, reason FROM raw_rejects)
-        SELECT src_table, count(*), count(*) FILTER (WHERE bad) FROM r GROUP BY src_table ORDER BY src_table
+          SELECT src_table, src_row, bool_or(reason IS NOT NULL) AS bad
+          FROM checked WHERE src_table NOT IN ({counted}) GROUP BY src_table, src_row
+          UNION ALL SELECT 'person', src_row, false FROM persons p
+            WHERE 'person' NOT IN ({counted}) AND p.src_row IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM checked c WHERE c.src_table = 'person' AND c.src_row = p.src_row))
+        SELECT src_table, count(*), count(*) FILTER (WHERE bad) FROM r GROUP BY src_table
         """
     ).fetchall()
+    bad_counted = dict(
+        con.execute(
+            f"SELECT src_table, count(DISTINCT src_row) FROM checked WHERE reason IS NOT NULL AND src_table IN ({counted}) "
+            "GROUP BY src_table"
+        ).fetchall()
+    )
+    rejects = dict(con.execute("SELECT src_table, count(*) FROM raw_rejects GROUP BY src_table").fetchall())
     reasons = con.execute(
         """
         WITH r AS (
@@ -376,9 +390,14 @@ def _reconcile(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
         SELECT src_table, reason, count(*) FROM r GROUP BY src_table, reason ORDER BY src_table, reason
         """
     ).fetchall()
+    totals = {table: (int(read), int(bad)) for table, read, bad in rows}
+    for table, read in read_counts.items():
+        totals[table] = (int(read), int(bad_counted.get(table, 0)))
     out: dict[str, dict] = {}
-    for table, read, bad in rows:
-        out[table] = {"read": int(read), "kept": int(read - bad), "quarantined": int(bad), "reasons": {}}
+    for table in sorted(set(totals) | set(rejects)):
+        read, bad = totals.get(table, (0, 0))
+        read, bad = read + rejects.get(table, 0), bad + rejects.get(table, 0)
+        out[table] = {"read": read, "kept": read - bad, "quarantined": bad, "reasons": {}}
     for table, reason, n in reasons:
         out[table]["reasons"][reason] = int(n)
     return out
