@@ -36,21 +36,18 @@ def main() -> None:
         wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     seconds: dict[str, list[float]] = defaultdict(list)
-    site = "network"
     for line in proc.stderr.splitlines():
         m = LINE.search(line)
-        if not m:
-            continue
-        stage = m["stage"]
-        if stage.startswith("pull "):
-            site = stage.split()[1]
-        seconds[f"{site}: {stage}"].append(float(m["seconds"]))
+        if m:
+            seconds[m["stage"]].append(float(m["seconds"]))
     print(f"forewarn demo --people {args.people:,}: wall {wall:.1f} s, peak RSS {peak_mb:,.0f} MB\n")
-    print("| stage | seconds |\n|---|---:|")
+    print("Stages summed over sites, tasks and validation designs (featurize also runs for external,\n"
+          "temporal and champion re-scoring):\n")
+    print("| stage | calls | seconds |\n|---|---:|---:|")
     for stage, values in seconds.items():
-        print(f"| {stage} | {sum(values):.1f} |")
+        print(f"| {stage} | {len(values)} | {sum(values):.1f} |")
     accounted = sum(sum(v) for v in seconds.values())
-    print(f"| Prefect, MLflow, imports and reporting (the rest) | {wall - accounted:.1f} |")
+    print(f"| Prefect, MLflow logging and registry, report rendering, imports (the rest) | | {wall - accounted:.1f} |")
 
 
 if __name__ == "__main__":
