@@ -156,7 +156,7 @@ def publish(site, study, spec, pull, labels, matrix, trained, evaluation, valida
         feature_config=study.features, training=training, evaluation=evaluation, decision=decision,
         code_version=code_version(), data_digest=digest, quality=quality,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id,
-        **report_extras(validations=validations, promotion=promotion),
+        validations=validations, promotion=promotion,
     )
     report_path = write_report(context, site.workdir / "reports" / spec.name / "report.html")
     metrics = tracking.flat_metrics(record["held_out"], PRIMARY)
@@ -200,14 +200,6 @@ def publish(site, study, spec, pull, labels, matrix, trained, evaluation, valida
         site.name, spec.name, "published", run_id=run_id, experiment=tracking.experiment_name(spec.name), model_name=name,
         version=version, aliases=aliases, decision=decision, report_path=report_path, metrics=metrics,
     )
-
-
-def report_extras(**extras) -> dict:
-    """Keyword arguments the report accepts (older report versions took fewer)."""
-    import inspect
-
-    accepted = inspect.signature(report_context).parameters
-    return {k: v for k, v in extras.items() if k in accepted}
 
 
 def validation_metrics(record: dict, prefix: str) -> dict[str, float]:
