@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
+from helpers import fake_ssn
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -113,7 +114,7 @@ def patient(
     gender: str,
     birth: str,
     deceased: str | None = None,
-    ssn: str = "999-00-0000",
+    ssn: str = fake_ssn("999", "00", "0000"),
     mrn: str = "MRN0000000",
     phone: str = "617-555-0100",
     email: str | None = None,

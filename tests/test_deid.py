@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import fake_ssn
 
 from forewarn.records import deid
 
@@ -49,7 +50,7 @@ def test_secret_required_outside_demo(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     ("value", "kind"),
     [
-        ("SSN 123-45-6789", "SSN pattern"),
+        (f"SSN {fake_ssn('123', '45', '6789')}", "SSN pattern"),
         ("call (555) 123-4567", "phone number pattern"),
         ("555-123-4567", "phone number pattern"),
         ("mail jane.doe@example.org", "email address pattern"),

