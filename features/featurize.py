@@ -268,25 +268,49 @@ def featurize(
         else:
             blocks = [_shard_job(job) for job in jobs]
         n_rows, n_cols = len(labels_df), len(columns)
-        r = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0, np.int64)
-        c = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int64)
-        v = np.concatenate([b[2] for b in blocks]) if blocks else np.zeros(0, np.float32)
-        X = sp.csr_matrix((v, (r, c)), shape=(n_rows, n_cols), dtype=np.float32)
-        X.sort_indices()
+        X = _assemble(blocks, n_rows, n_cols)
         columns["description"] = readable_names(columns, descriptions)
         matrix = _write(out_dir, X, labels_df, columns)
         counts.update(rows=n_rows, columns=n_cols, nonzeros=int(X.nnz), shards=len(shard_paths), workers=workers)
     return matrix
 
 
-def _shard_job(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix]:
+    """One shard's rows (global row ids, ascending) and their CSR block, built in the
+    worker so only compact blocks (float32 values, int32 indices) travel back."""
     path, l_subj, l_time, plan = job
     events = pq.read_table(path, columns=[schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE])
     subjects = np.unique(events.column(schema.SUBJECT_ID).to_numpy())
     rows = np.flatnonzero(np.isin(l_subj, subjects))
+    n_cols = len(plan.col_index)
     if rows.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return shard_block(events, l_subj[rows], l_time[rows], rows, plan)
+        return rows, sp.csr_matrix((0, n_cols), dtype=np.float32)
+    r, c, v = shard_block(events, l_subj[rows], l_time[rows], rows, plan)
+    del events
+    block = sp.csr_matrix((v, (np.searchsorted(rows, r), c)), shape=(rows.size, n_cols), dtype=np.float32)
+    block.sort_indices()
+    return rows, block
+
+
+def _assemble(blocks: list[tuple[np.ndarray, sp.csr_matrix]], n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """Stack the shard blocks (plus empty rows for labels without events) and put the
+    rows back in label order."""
+    rows = [b[0] for b in blocks if b[0].size]
+    mats = [b[1] for b in blocks if b[0].size]
+    covered = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    missing = np.setdiff1d(np.arange(n_rows), covered)
+    if missing.size:
+        rows.append(missing)
+        mats.append(sp.csr_matrix((missing.size, n_cols), dtype=np.float32))
+    if not mats:
+        return sp.csr_matrix((n_rows, n_cols), dtype=np.float32)
+    order = np.concatenate(rows)
+    stacked = sp.vstack(mats, format="csr", dtype=np.float32)
+    del mats
+    blocks.clear()  # the caller's list: free the blocks before the rows are reordered
+    X = stacked[np.argsort(order, kind="stable")] if not np.array_equal(order, np.arange(n_rows)) else stacked
+    X.sort_indices()
+    return X
 
 
 def shard_block(events: pa.Table, l_subj: np.ndarray, l_time: np.ndarray, row_ids: np.ndarray, plan: Plan):
