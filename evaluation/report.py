@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
 from forewarn.evaluation.evaluate import MODEL_LABELS, Evaluation
 from forewarn.features.featurize import AGG_NAMES
 from forewarn.features.labels import ATTRITION_STEPS
@@ -509,6 +510,85 @@ def _promotion(promotion: dict | None) -> dict | None:
     }
 
 
+def _drift(drift: dict | None) -> dict:
+    """The drift section from :func:`forewarn.evaluation.drift.assess`'s record,
+    ``{"compare": comparison or None, "decision": ...}``; None or ``{}`` when the run made
+    no drift check."""
+    drift = drift or {}
+    decision = drift.get("decision") or {}
+    record = drift.get("compare")
+    action = str(decision.get("action", "retrain"))
+    meaning = str(decision.get("meaning") or ACTIONS.get(action, ""))
+    reasons = [str(r) for r in decision.get("reasons") or []]
+    out: dict = {
+        "compared": bool(record),
+        "no_champion": not decision or reasons == ["no champion"],
+        "decided": bool(decision),
+        "action": action,
+        "meaning": meaning[:1].upper() + meaning[1:],
+        "drifted": bool(decision.get("drifted")),
+        "reasons": reasons,
+    }
+    if not out["compared"]:
+        return out
+    policy = decision.get("policy") or record.get("policy") or {}
+    psi_threshold = policy.get("psi_threshold")
+    prevalence_change = policy.get("prevalence_change")
+    churn = policy.get("churn_threshold")
+
+    def status(value) -> str:
+        if _missing(value):
+            return "–"
+        if psi_threshold is not None and value > psi_threshold:
+            return "drifted"
+        return "moderate" if value > MODERATE_PSI else "stable"
+
+    prev, vocab, n_rows = record["prevalence"], record["vocabulary"], record.get("n_rows") or {}
+    change = prev.get("relative_change")
+    split = record.get("split", "all")
+    out |= {
+        "split": "every row of the new pull"
+        if split == "all"
+        else f"the {SPLIT_LABELS.get(split, split)} split of the new pull",
+        "rows": {"reference": _count(n_rows.get("reference")), "new": _count(n_rows.get("new"))},
+        "max_psi": _fmt(record.get("max_psi")),
+        "psi_threshold": "–" if psi_threshold is None else f"{psi_threshold:g}",
+        "moderate_psi": f"{MODERATE_PSI:g}",
+        "features": [
+            {
+                "rank": k,
+                "description": str(f.get("description") or f["name"]),
+                "name": str(f["name"]),
+                "psi": _fmt(f.get("psi")),
+                "status": status(f.get("psi")),
+            }
+            for k, f in enumerate(record.get("features") or [], start=1)
+        ],
+        "skipped": [
+            {"name": str(s["name"]), "reason": str(s.get("reason", ""))}
+            for s in record.get("skipped") or []
+        ],
+        "prevalence": {
+            "reference": _pct(prev.get("reference"), 2),
+            "new": _pct(prev.get("new"), 2),
+            "change": "–" if _missing(change) else f"{100 * change:+.1f}%",
+            "limit": "–" if prevalence_change is None else f"±{100 * prevalence_change:.0f}%",
+        },
+        "vocabulary": {
+            "champion": f"{int(vocab['champion']):,}",
+            "current": f"{int(vocab['current']):,}",
+            "lost": _pct(vocab.get("lost")),
+            "new": _pct(vocab.get("new")),
+            "jaccard": _fmt(vocab.get("jaccard")),
+            "limit": "–" if churn is None else f"{100 * churn:.0f}%",
+            "lost_codes": ", ".join(vocab.get("lost_codes") or []),
+            "new_codes": ", ".join(vocab.get("new_codes") or []),
+        },
+        "eps": f"{record.get('eps', 1e-4):g}",
+    }
+    return out
+
+
 def _prediction_times(task) -> str:
     pt = task.prediction_times
     if getattr(pt, "at_codes", None):
@@ -558,6 +638,7 @@ def report_context(
     mlflow_run_id: str | None = None,
     validations: list[dict] | None = None,
     promotion: dict | None = None,
+    drift: dict | None = None,
 ) -> dict:
     """Everything the report template shows, with every count passed through suppression.
 
@@ -565,7 +646,9 @@ def report_context(
     with design, train_site, eval_site, auroc, auroc_ci_low, auroc_ci_high, auprc,
     brier, calibration_slope, calibration_in_the_large, recalibrated (a dict of the same
     metrics or None) and note); ``promotion`` is the promotion rule's outcome (decision,
-    promoted, reasons, champion_version).
+    promoted, reasons, champion_version); ``drift`` is the drift check before retraining,
+    :func:`forewarn.evaluation.drift.assess`'s ``{"compare": ..., "decision": ...}``
+    (``compare`` None when there was nothing to compare), or None when no check ran.
     """
     m = evaluation.load_metrics()
 
@@ -689,6 +772,12 @@ def report_context(
     if getattr(task.prediction_times, "max_per_subject", 1) == 1:
         limitations.append(
             "One prediction time per subject: lead time is the time from that single visit's alert to the outcome, not from a running alert series."
+        )
+    drift_section = _drift(drift)
+    if drift_section["compared"] and drift_section["drifted"]:
+        limitations.append(
+            f"The new data drifted from the data the champion was trained on (section 14; policy action “{drift_section['action']}”): "
+            "compare the two models on the same held-out rows before relying on either."
         )
     limitations.append(
         "Dates are shifted per subject for de-identification, so calendar effects (season, coding changes) are blurred."
@@ -830,6 +919,7 @@ def report_context(
         "validations": _validations(m, site, validations),
         "external_validations": len(external),
         "promotion": _promotion(promotion),
+        "drift": drift_section,
         "limitations": limitations,
         "suppressed": SUPPRESSED,
         "min_cell": privacy.MIN_CELL,

@@ -37,6 +37,7 @@ SECTIONS = (
     "explanations",
     "validation",
     "limitations",
+    "drift",
     "promotion",
     "tripod",
 )
@@ -54,7 +55,8 @@ HEADINGS = (
     "11. Explanations",
     "12. Validation designs",
     "13. Limitations",
-    "14. Promotion decision",
+    "14. Data drift since the champion",
+    "15. Promotion decision",
 )
 DECISION = (
     "forewarn-t2d_2y-academic v2 kept as challenger (champion stays v1): see the promotion section."
@@ -166,12 +168,30 @@ def build_context(run, **overrides) -> dict:
     return report_context(**(inputs | overrides))
 
 
+def drift_record(run, policy=None) -> dict:
+    """The drift check as the nightly flow runs it: the champion's profile of its train
+    split, then this run's matrix (every split) compared with it."""
+    import pandas as pd
+
+    from forewarn.evaluation.drift import DriftPolicy, assess, reference_profile, vocabulary
+
+    X, rows, columns = run["matrix"].load()
+    importance = pd.read_parquet(run["evaluation"].explanations.importance_path)
+    reference = reference_profile(X, rows, columns, importance, DriftPolicy())
+    return assess(reference, X, rows, vocabulary(columns), policy or DriftPolicy())
+
+
 @pytest.fixture(scope="module")
-def full(run):
-    """The report with a further validation and a promotion decision."""
+def drift(run):
+    return drift_record(run)
+
+
+@pytest.fixture(scope="module")
+def full(run, drift):
+    """The report with a further validation, a promotion decision and a drift check."""
     from forewarn.evaluation.report import render
 
-    return render(build_context(run, validations=[VALIDATION], promotion=PROMOTION))
+    return render(build_context(run, validations=[VALIDATION], promotion=PROMOTION, drift=drift))
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +270,7 @@ def test_report_context_takes_validations_and_promotion_as_optional_keywords():
     from forewarn.evaluation.report import report_context
 
     params = inspect.signature(report_context).parameters
-    for name in ("validations", "promotion"):
+    for name in ("validations", "promotion", "drift"):
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default is None
 
 
@@ -477,6 +497,78 @@ def test_promotion_box(run, full, plain):
     assert "No promotion rule was applied" in Page(plain).text and DECISION in Page(plain).text
 
 
+def _section(page: str, name: str) -> str:
+    start = page.index(f'id="{name}"')
+    return page[start : page.index("<h2", start)]
+
+
+def test_drift_section_shows_psi_prevalence_churn_and_the_action(drift, full, plain):
+    section = _section(full, "drift")
+    text = Page(section).text
+    assert "14. Data drift since the champion" in text
+    assert "No champion yet" not in text
+    # The largest PSI and the table's rows, in the champion's importance order.
+    record = drift["compare"]
+    assert record["max_psi"] is not None and f"<b>{record['max_psi']:.3f}</b>" in section
+    cells = Page(section).cells
+    assert len(record["features"]) == 20
+    assert cells[:4] == ["rank", "feature (by mean |SHAP| of the champion)", "PSI", "shift"]
+    for rank, f in enumerate(record["features"], start=1):
+        row = cells[4 * rank : 4 * rank + 4]
+        assert row[:3] == [str(rank), f["description"], f"{f['psi']:.3f}"]
+        assert row[3] in ("stable", "moderate") and (row[3] == "moderate") == (f["psi"] > 0.1)
+    assert "AGE/years" not in section  # readable descriptions, not column names
+    # Prevalence then and now, vocabulary churn (the same vocabulary: nothing lost).
+    prev = record["prevalence"]
+    assert f"{100 * prev['reference']:.2f}%" in text and f"{100 * prev['new']:.2f}%" in text
+    assert f"{100 * prev['relative_change']:+.1f}%" in text
+    assert "champion's codes missing from the new data 0.0%" in text
+    assert "Jaccard overlap 1.000" in text
+    # Train split only against every split: the same subjects' population, no drift.
+    assert not drift["decision"]["drifted"] and drift["decision"]["action"] == "retrain"
+    assert "No drift beyond the policy: action “retrain”" in text
+    for reason in drift["decision"]["reasons"]:
+        assert reason in html.unescape(section)
+    assert "Data drift since the champion" in Page(plain).text
+    assert "No champion yet: nothing to compare." in Page(_section(plain, "drift")).text
+
+
+def test_drift_section_flags_drift_and_names_the_features(run):
+    from forewarn.evaluation.drift import DriftPolicy, assess
+    from forewarn.evaluation.report import render
+
+    # A threshold no feature stays under: every profiled feature with PSI > 0 drifts.
+    record = drift_record(run, DriftPolicy(psi_threshold=1e-9, on_drift="alert"))
+    drifted = [f for f in record["compare"]["features"] if f["psi"] > 1e-9]
+    assert drifted and record["decision"]["action"] == "alert"
+    page = render(build_context(run, drift=record))
+    section = _section(page, "drift")
+    text = Page(section).text
+    assert 'class="box warn"' in section and "Drift beyond the policy: action “alert”" in text
+    assert "never promote it automatically" in text
+    top = max(drifted, key=lambda f: f["psi"])
+    assert f"feature {top['name']} ({top['description']}) drifted: PSI {top['psi']:.3f}" in text
+    assert Page(section).cells.count("drifted") == len(drifted)
+    assert "drifted from the data the champion was trained on (section 14" in Page(page).text
+    # No champion: the decision still shows, with its one reason.
+    none = render(build_context(run, drift=assess(None, None, None, [], DriftPolicy())))
+    bare = Page(_section(none, "drift")).text
+    assert "No champion yet: nothing to compare." in bare and "Action: retrain." in bare
+    assert "no champion" in bare
+    # A champion without a drift profile: the flow's own decision and reason.
+    old = {
+        "compare": None,
+        "decision": {
+            "action": "retrain",
+            "drifted": False,
+            "reasons": ["champion v3 has no drift profile (trained before drift checks)"],
+        },
+    }
+    bare = Page(_section(render(build_context(run, drift=old)), "drift")).text
+    assert "Nothing to compare with the champion." in bare and "No champion yet" not in bare
+    assert "champion v3 has no drift profile" in bare and "Train a challenger" in bare
+
+
 def test_tasks_with_measurement_criteria_and_other_prediction_times_render(run):
     from forewarn.evaluation.report import render
     from forewarn.features.labels import parse_task
@@ -541,7 +633,8 @@ def test_report_renders_in_headless_chromium_without_console_errors(run, tmp_pat
     from forewarn.evaluation.report import write_report
 
     path = write_report(
-        build_context(run, validations=[VALIDATION], promotion=PROMOTION), tmp_path / "report.html"
+        build_context(run, validations=[VALIDATION], promotion=PROMOTION, drift=drift_record(run)),
+        tmp_path / "report.html",
     )
     url = path.resolve().as_uri()
 
