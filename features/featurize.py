@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,11 +234,21 @@ def featurize(
     config: FeatureConfig,
     codes_path: Path | None = None,
     columns: pd.DataFrame | None = None,
+    *,
+    map_shards: Callable[[Callable, list], list] | None = None,
 ) -> FeatureMatrix:
     """Compute the feature matrix for ``labels`` from ``events_dir`` into ``out_dir``.
 
     ``columns`` (a model's ``columns.parquet``) fixes the columns instead of choosing a
     vocabulary: how a model trained elsewhere is applied to this site's data.
+
+    ``map_shards(func, jobs)`` runs the per-shard jobs elsewhere (for example on Dask,
+    ``forewarn.flows.executor.shard_mapper``) and returns ``[func(job) for job in jobs]``
+    in order; ``func`` is the picklable module-level ``_shard_job`` and each job is a
+    tuple ``(shard path, label subjects, label times, plan)`` whose last three items are
+    the same objects in every job. The shard paths must be readable where the jobs run.
+    Without it, shards run in ``config.n_workers`` local processes. The output does not
+    depend on where the shards ran.
     """
     events_dir, out_dir = Path(events_dir), Path(out_dir)
     with stage("featurize") as counts:
@@ -260,9 +271,12 @@ def featurize(
         l_subj = labels_df[schema.SUBJECT_ID].to_numpy(np.int64)
         l_time = labels_df[schema.PREDICTION_TIME].to_numpy("datetime64[us]").astype(np.int64)
         shard_paths = sorted(events_dir.glob("*.parquet"))
-        jobs = [(str(p), l_subj, l_time, plan) for p in shard_paths]
-        workers = min(len(jobs), config.n_workers or os.cpu_count() or 1)
-        if workers > 1:
+        jobs = [(str(p.resolve()), l_subj, l_time, plan) for p in shard_paths]
+        workers: int | str = min(len(jobs), config.n_workers or os.cpu_count() or 1)
+        if map_shards is not None:
+            workers = getattr(map_shards, "description", "map_shards")
+            blocks = list(map_shards(_shard_job, jobs))
+        elif workers > 1:
             with ProcessPoolExecutor(workers) as pool:
                 blocks = list(pool.map(_shard_job, jobs))
         else:

@@ -118,6 +118,28 @@ def pos_weight(y_train: np.ndarray, config: ModelConfig) -> float:
     return 1.0
 
 
+def xgboost_params(y_train, config: ModelConfig, params: dict | None = None, eval_metric=None) -> dict:
+    """The ``XGBClassifier`` keyword arguments shared by the local and the Dask fit
+    (everything but threads and callbacks): the configured hyperparameters updated with
+    ``params``, hist trees, early stopping and the configured class weighting."""
+    p = config.xgboost.model_copy(update=params or {})
+    return {
+        "n_estimators": p.n_estimators,
+        "learning_rate": p.learning_rate,
+        "max_depth": p.max_depth,
+        "min_child_weight": p.min_child_weight,
+        "subsample": p.subsample,
+        "colsample_bytree": p.colsample_bytree,
+        "reg_lambda": p.reg_lambda,
+        "tree_method": "hist",
+        "objective": "binary:logistic",
+        "eval_metric": eval_metric or "logloss",
+        "early_stopping_rounds": p.early_stopping_rounds,
+        "scale_pos_weight": pos_weight(y_train, config),
+        "random_state": config.seed,
+    }
+
+
 def fit_xgboost(
     X_train, y_train, X_tune, y_tune, config: ModelConfig, params: dict | None = None, callbacks=None, eval_metric=None
 ) -> xgb.XGBClassifier:
@@ -125,26 +147,66 @@ def fit_xgboost(
 
     ``params`` overrides the configured hyperparameters (used by the search); early
     stopping watches the last of ``eval_metric`` (log-loss by default)."""
-    p = config.xgboost.model_copy(update=params or {})
     clf = xgb.XGBClassifier(
-        n_estimators=p.n_estimators,
-        learning_rate=p.learning_rate,
-        max_depth=p.max_depth,
-        min_child_weight=p.min_child_weight,
-        subsample=p.subsample,
-        colsample_bytree=p.colsample_bytree,
-        reg_lambda=p.reg_lambda,
-        tree_method="hist",
-        objective="binary:logistic",
-        eval_metric=eval_metric or "logloss",
-        callbacks=callbacks,
-        early_stopping_rounds=p.early_stopping_rounds,
-        scale_pos_weight=pos_weight(y_train, config),
-        n_jobs=_threads(config),
-        random_state=config.seed,
+        **xgboost_params(y_train, config, params, eval_metric), callbacks=callbacks, n_jobs=_threads(config)
     )
     clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], verbose=False)
     return clf
+
+
+def fit_xgboost_dask(
+    client, X_train: sp.csr_matrix, y_train: np.ndarray, X_tune: sp.csr_matrix, y_tune: np.ndarray,
+    config: ModelConfig, params: dict | None = None,
+) -> xgb.XGBClassifier:
+    """``fit_xgboost`` on a Dask cluster with ``xgboost.dask``: the same hyperparameters,
+    class weighting and early stopping on the tuning split, trained by every worker of
+    ``client`` (a ``distributed.Client``) on its share of the rows.
+
+    The CSR splits are cut into one row block per worker and scattered from this
+    process; each block stays a scipy CSR matrix on its worker, so unstored entries
+    stay missing (not zero), as in the local fit. Threads per worker are the worker's
+    own unless ``config.n_jobs`` sets them. Row subsampling (``subsample`` < 1) is
+    drawn per worker, so the trees differ from the local ones as another seed's would
+    (same AUROC up to seed noise); with ``subsample`` = 1 they agree with the local fit
+    (on large data the quantile sketch merged across workers may still move a split).
+
+    Returns a plain (local) ``XGBClassifier`` holding the trained booster, so that
+    saving, predicting and explaining are the local code paths."""
+    from xgboost import dask as dxgb
+
+    n_parts = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    X_tr, y_tr = _dask_rows(client, X_train, y_train, n_parts)
+    X_tu, y_tu = _dask_rows(client, X_tune, y_tune, n_parts)
+    kwargs = xgboost_params(y_train, config, params)
+    dask_clf = dxgb.DaskXGBClassifier(**kwargs, n_jobs=config.n_jobs or None)
+    dask_clf.client = client
+    # xgboost.dask looks up distributed.get_client() even when given a client: make
+    # this one current, as it need not be the process's default client.
+    with client.as_current():
+        dask_clf.fit(X_tr, y_tr, eval_set=[(X_tu, y_tu)], verbose=False)
+    raw = dask_clf.get_booster().save_raw("json")
+    clf = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
+    clf.load_model(raw)
+    return clf
+
+
+def _dask_rows(client, X: sp.csr_matrix, y: np.ndarray, n_parts: int):
+    """``X`` and ``y`` as Dask arrays of ``n_parts`` row blocks (CSR blocks scattered
+    round-robin over the workers, one column chunk)."""
+    import dask.array as da
+
+    X = sp.csr_matrix(X, dtype=np.float32)
+    bounds = np.unique(np.linspace(0, X.shape[0], min(n_parts, max(X.shape[0], 1)) + 1).astype(int))
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+    futures = client.scatter([X[a:b] for a, b in spans], hash=False)
+    meta = sp.csr_matrix((0, X.shape[1]), dtype=np.float32)
+    blocks = [
+        da.from_delayed(f, shape=(b - a, X.shape[1]), dtype=np.float32, meta=meta)
+        for f, (a, b) in zip(futures, spans, strict=True)
+    ]
+    X_da = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    y_da = da.from_array(np.asarray(y), chunks=(tuple(int(b - a) for a, b in spans),))
+    return X_da, y_da
 
 
 @dataclass(frozen=True)
@@ -232,9 +294,18 @@ def trainability(matrix: FeatureMatrix) -> str | None:
     return None
 
 
-def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig, params: dict | None = None) -> TrainedModels:
+def train_models(
+    matrix: FeatureMatrix, out_dir: Path, config: ModelConfig, params: dict | None = None, *, client=None
+) -> TrainedModels:
     """Fit XGBoost (calibrated on the tuning split), the L1-logistic and the age + sex
-    baselines, and write them and their predictions into ``out_dir``."""
+    baselines, and write them and their predictions into ``out_dir``.
+
+    With ``client`` (a ``distributed.Client``), the final XGBoost fit runs on its Dask
+    cluster with ``xgboost.dask`` (``fit_xgboost_dask``); the saved model, predictions,
+    calibration and baselines are computed here as in a local run and written in the
+    same files and formats. The hyperparameter search, when enabled, still runs its
+    trials locally (they are many small fits); only the final fit goes to Dask.
+    """
     out = TrainedModels(Path(out_dir))
     (out.dir / "predictions").mkdir(parents=True, exist_ok=True)
     X, rows, columns = matrix.load()
@@ -252,9 +323,12 @@ def train_models(matrix: FeatureMatrix, out_dir: Path, config: ModelConfig, para
 
         params, trials = search_xgboost(X[tr], y[tr], X[tu], y[tu], fit, config.search)
     with stage("train xgboost") as counts:
-        clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, params)
+        if client is None:
+            clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, params)
+        else:
+            clf = fit_xgboost_dask(client, X[tr], y[tr], X[tu], y[tu], config, params)
         clf.save_model(out.xgboost_path)
-        counts.update(rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1,
+        counts.update(executor="local" if client is None else "dask", rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1,
                       scale_pos_weight=round(pos_weight(y[tr], config), 2))
     raw = clf.predict_proba(X)[:, 1]
     with stage("calibrate") as counts:
