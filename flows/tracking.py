@@ -1,23 +1,114 @@
 """The one MLflow adapter: it turns the plain records of a site's run into an MLflow run.
 
-Tracking URI: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<cwd>/mlruns/mlflow.db``
-with artifacts under ``<cwd>/mlruns/artifacts``, resolved to absolute paths once.
+The store, in order: the ``uri`` passed to :func:`configure` (a study's ``tracking.uri``),
+``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlruns/mlflow.db``. On a database store
+every experiment gets an explicit artifact location: ``artifact_root`` (a study's
+``tracking.artifact_root``), ``$FOREWARN_ARTIFACT_ROOT``, else the ``artifacts`` folder
+beside a SQLite file or ``<cwd>/mlruns/artifacts``; MLflow's own default (``./mlruns``
+of whichever process creates the experiment) would scatter a team's artifacts.
+Paths are resolved to absolute ones once, in :func:`configure`. A URI is printed only
+through :func:`redact_uri`: a database password never reaches a log.
 Every run carries the same metric names so the compare view lines runs up.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
+from pydantic import ConfigDict, Field, field_validator
 
 from forewarn.records import privacy
+from forewarn.records.config import Strict
 
 EXPERIMENT_PREFIX = "forewarn"
 TAG = "forewarn"
+ARTIFACT_ROOT_ENV = "FOREWARN_ARTIFACT_ROOT"
+DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")  # MLflow's SQLAlchemy stores, with any +driver
+_SECRET_KEYS = {"password", "passwd", "pwd", "sslpassword", "token", "access_token", "secret"}
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class TrackingSettings(Strict):
+    """Where MLflow keeps a study's runs, registered models and artifacts (team mode)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a rejected URI may hold a password
+
+    uri: str | None = Field(
+        default=None,
+        description=(
+            "MLflow tracking URI shared by the team: a database URL such as "
+            "'postgresql+psycopg://forewarn@db.example.org:5432/mlflow' (tables are created on "
+            "first use), 'sqlite:////abs/path/mlflow.db', or an MLflow server 'https://...'. "
+            "Default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db. Never put a "
+            "password here (the study travels in Prefect flow-run parameters): use ~/.pgpass, "
+            "PGPASSFILE or PGPASSWORD."
+        ),
+    )
+    artifact_root: str | None = Field(
+        default=None,
+        description=(
+            "Where new experiments keep their artifacts (models, reports, model inputs): an "
+            "absolute folder or a URI that every team member, worker and the `forewarn ui` host "
+            "can reach ('/shared/forewarn/artifacts', 'file:///...', 's3://bucket/forewarn'). "
+            "Default: $FOREWARN_ARTIFACT_ROOT, else <cwd>/mlruns/artifacts (beside a SQLite file: "
+            "its artifacts folder). Existing experiments keep the location they were created with."
+        ),
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None and redact_uri(value) != value:
+            raise ValueError(
+                f"tracking.uri must not contain a password; got {redact_uri(value)!r}. "
+                "Put the password in ~/.pgpass (or PGPASSFILE / PGPASSWORD) on each machine."
+            )
+        if value is not None and value != "databricks" and not _HAS_SCHEME.match(value):
+            raise ValueError(
+                f"tracking.uri must be a URI with a scheme (postgresql+psycopg://..., sqlite:////..., https://...); got {value!r}."
+            )
+        return value
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not _HAS_SCHEME.match(value) and not Path(value).expanduser().is_absolute():
+            raise ValueError(
+                f"tracking.artifact_root must be an absolute folder or a URI every machine can reach; got {value!r}."
+            )
+        return value
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password (``user:password@`` or a ``password=`` query key) masked as ``***``."""
+    match = _HAS_SCHEME.match(uri)
+    if not match:
+        return re.sub(r"(?i)\b(password|passwd|pwd)\s*=\s*\S+", r"\1=***", uri)
+    head, rest = uri[: match.end()], uri[match.end():]
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = urlsplit(uri).query
+    if query:
+        def mask(item: str) -> str:
+            key, eq, _ = item.partition("=")
+            return f"{key}=***" if eq and unquote(key).strip().lower() in _SECRET_KEYS else item
+        tail = tail.replace(query, "&".join(mask(i) for i in query.split("&")), 1)
+    return head + netloc + tail
+
+
+def is_database_uri(uri: str) -> bool:
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    return scheme.split("+", 1)[0] in DATABASE_SCHEMES
 
 
 def default_store(cwd: Path | None = None) -> tuple[str, Path]:
@@ -25,14 +116,54 @@ def default_store(cwd: Path | None = None) -> tuple[str, Path]:
     return f"sqlite:///{root / 'mlflow.db'}", root / "artifacts"
 
 
-def configure(cwd: Path | None = None) -> str:
-    """Point MLflow at the store; returns the tracking URI."""
+def resolve_store(uri: str | None = None, artifact_root: str | None = None, cwd: Path | None = None) -> tuple[str, str | None]:
+    """The tracking URI and the artifact root URI that :func:`configure` would use.
+
+    The artifact root is None for a store that is not a database (an MLflow server decides).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store(cwd)[0]
+    root = artifact_root or os.environ.get(ARTIFACT_ROOT_ENV)
+    if root:
+        return uri, _as_uri(root, cwd)
+    if not is_database_uri(uri):
+        return uri, None
+    if uri.startswith("sqlite:///"):
+        return uri, (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return uri, default_store(cwd)[1].as_uri()
+
+
+def _as_uri(root: str, cwd: Path | None) -> str:
+    if _HAS_SCHEME.match(root):
+        return root.rstrip("/")
+    path = Path(root).expanduser()
+    return (path if path.is_absolute() else (cwd or Path.cwd()) / path).resolve().as_uri()
+
+
+def make_local_root(root: str) -> None:
+    """Create a ``file://`` artifact root (other schemes are the object store's business)."""
+    if root.startswith("file://"):
+        Path(unquote(urlsplit(root).path)).mkdir(parents=True, exist_ok=True)
+
+
+def configure(uri: str | None = None, artifact_root: str | None = None, *, cwd: Path | None = None) -> str:
+    """Point MLflow (and processes started afterwards) at the store; returns the tracking URI.
+
+    ``uri`` and ``artifact_root`` are a study's ``tracking`` settings; None falls back to
+    ``$MLFLOW_TRACKING_URI`` / ``$FOREWARN_ARTIFACT_ROOT``, then to the local store.
+    """
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        uri, artifacts = default_store(cwd)
-        artifacts.mkdir(parents=True, exist_ok=True)
+    explicit = bool(artifact_root or os.environ.get(ARTIFACT_ROOT_ENV))
+    uri, root = resolve_store(uri, artifact_root, cwd)
+    if root is not None:
+        make_local_root(root)
+    # Exported (like MLflow exports the URI) so that experiment_id() and processes started
+    # later agree; a SQLite store's own artifacts folder follows from its URI, so it is not
+    # exported and cannot outlive a change of store in this process.
+    if root is None or (not explicit and uri.startswith("sqlite:///")):
+        os.environ.pop(ARTIFACT_ROOT_ENV, None)
+    else:
+        os.environ[ARTIFACT_ROOT_ENV] = root
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -43,11 +174,21 @@ def experiment_id(name: str) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:///"):
-        db = Path(mlflow.get_tracking_uri().removeprefix("sqlite:///"))
-        location = (db.parent / "artifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=resolve_store(mlflow.get_tracking_uri())[1])
+
+
+def ui_command(*, backend_store_uri: str, artifact_root: str, host: str = "127.0.0.1", port: int = 5000,
+               allowed_hosts: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line for ``forewarn ui`` and the environment it adds.
+
+    The store URI goes through the environment (``MLFLOW_BACKEND_STORE_URI``), so that a
+    password in it never shows in the process list.
+    """
+    argv = [sys.executable, "-m", "mlflow", "server", "--default-artifact-root", artifact_root,
+            "--host", host, "--port", str(port), "--workers", "1"]
+    if allowed_hosts:
+        argv += ["--allowed-hosts", allowed_hosts]
+    return argv, {"MLFLOW_BACKEND_STORE_URI": backend_store_uri}
 
 
 def registered_name(task: str, site: str) -> str:
@@ -144,6 +285,7 @@ def champion_inputs(task: str, site: str, dest: Path) -> str | None:
     local = Path(client.download_artifacts(champion.run_id, MODEL_INPUTS, str(dest)))
     for f in local.iterdir():
         f.replace(dest / f.name)
+    local.rmdir()  # the emptied download folder
     return str(champion.version)
 
 
@@ -226,6 +368,7 @@ def log_run(*, experiment: str, run_name: str, tags: dict[str, str], metrics: di
     """A complete, closed run in one call (external and temporal validation runs)."""
     run_id = start_site_run(experiment=experiment, site=tags.pop("site"), run_name=run_name, tags=tags)
     log_records(run_id=run_id, params=params or {}, metrics=metrics, artifacts={}, dicts=dicts or {}, note=note)
+    finish_run(run_id)
     return run_id
 
 
@@ -255,3 +398,68 @@ def pull_summary(report: dict) -> dict:
     }
 
 
+
+
+# --- what the nightly flow's stages need ---------------------------------------------------
+
+
+def current_uri() -> str:
+    """The tracking URI in use, redacted (it keys the stages that log to MLflow)."""
+    import mlflow
+
+    return redact_uri(mlflow.get_tracking_uri())
+
+
+def redacted_uri() -> str:
+    return current_uri()
+
+
+def champion_version(task: str, site: str) -> str | None:
+    """The version behind the ``champion`` alias, or None."""
+    import mlflow
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(registered_name(task, site), "champion").version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def finish_run(run_id: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, f"{TAG}.complete", "true")
+    client.set_terminated(run_id, "FINISHED")
+
+
+def abandon_runs(stage_key: str) -> list[str]:
+    """Runs of ``stage_key`` left unfinished by a killed process: marked KILLED, and the
+    model versions they registered deleted, so that a resumed run leaves one of each.
+    A run counts as finished once :func:`finish_run` has tagged it complete."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith(f"{EXPERIMENT_PREFIX}/")]
+    if not experiments:
+        return []
+    runs = client.search_runs(experiments, filter_string=f"tags.`{TAG}.stage_key` = '{stage_key}'")
+    abandoned = []
+    for run in runs:
+        if run.data.tags.get(f"{TAG}.complete") == "true":
+            continue
+        for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            client.delete_model_version(version.name, version.version)
+        client.set_terminated(run.info.run_id, "KILLED")
+        abandoned.append(run.info.run_id)
+    return abandoned
+
+
+def run_url(experiment: str, run_id: str) -> str:
+    """A link to the run: on the tracking server when the URI is one, else on the UI that
+    ``forewarn ui`` starts (http://127.0.0.1:5000)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    found = mlflow.get_experiment_by_name(experiment)
+    return f"{base}/#/experiments/{found.experiment_id}/runs/{run_id}" if found else ""
