@@ -73,26 +73,29 @@ def _run_study(path: Path) -> None:
     missing = [f"{s.name}: {s.source.location}" for s in study.sites if not s.source.exists()]
     if missing:
         _fail(f"sources do not exist: {missing}. Fix the locations in {path}.")
-    from forewarn.flows.nightly import nightly
+    from forewarn.flows.nightly import run_nightly
 
-    results = nightly(study)
+    state, results = run_nightly(study)
     from forewarn.flows import tracking
 
     typer.echo("")
     for r in results:
         head = f"{r.site:>10}  {r.task:<22}"
         if r.status != "published":
-            typer.echo(f"{head}skipped: {r.reason}")
+            typer.echo(f"{head}{r.status}: {r.reason}")
             continue
         m = r.metrics
         typer.echo(
             f"{head}held-out AUROC {m['held_out/auroc']:.3f} [{m['held_out/auroc_ci_low']:.3f}, {m['held_out/auroc_ci_high']:.3f}]  "
             f"AUPRC {m['held_out/auprc']:.3f}  model {r.model_name} v{r.version} ({', '.join(r.aliases)})"
+            + ("  [unchanged: cached]" if r.cached else "")
         )
         typer.echo(f"{'':>34}report: {r.report_path}")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_store()[0]
-    typer.echo(f"\nMLflow store: {uri}")
+    typer.echo(f"\nMLflow store: {tracking.redacted_uri()}")
     typer.echo("Look at the runs:  forewarn ui   (then open http://127.0.0.1:5000)")
+    if state.is_failed():
+        typer.secho(f"\nThe run ended Failed: {state.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -267,21 +270,33 @@ def featurize(
 
 @app.command()
 def ui(
-    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
+    backend_store_uri: Annotated[str | None, typer.Option(
+        help="the MLflow store the flows write to, e.g. postgresql+psycopg://forewarn@db.example.org/mlflow "
+             "[default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db]")] = None,
+    artifact_root: Annotated[str | None, typer.Option(
+        help="artifact location for experiments created from the UI; the shared folder or URI of the study's "
+             "tracking.artifact_root [default: $FOREWARN_ARTIFACT_ROOT, else beside the SQLite file or <cwd>/mlruns/artifacts]")] = None,
+    host: Annotated[str, typer.Option(
+        help="address to bind; anything but 127.0.0.1 exposes every run and model without a login: "
+             "put it behind the hospital's authenticating reverse proxy")] = "127.0.0.1",
+    allowed_hosts: Annotated[str | None, typer.Option(
+        help="comma-separated Host names the UI answers to (the proxy's public name), beyond localhost and private IPs")] = None,
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 over the same store the flows write to."""
+    """Start the MLflow UI over the same store the flows write to (a team's PostgreSQL store too)."""
     setup_environment()
     from forewarn.flows import tracking
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        uri, artifacts = tracking.default_store()
-        artifacts.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} over {uri}")
-    os.execvp(
-        sys.executable,
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-    )
+    uri, root = tracking.resolve_store(backend_store_uri, artifact_root)
+    if not tracking.is_database_uri(uri):
+        _fail(f"--backend-store-uri must be a database URL (postgresql+psycopg://..., sqlite:///...); got {tracking.redact_uri(uri)!r}. "
+              "An MLflow server serves its own UI.")
+    tracking.make_local_root(root)
+    argv, env = tracking.ui_command(backend_store_uri=uri, artifact_root=root, host=host, port=port, allowed_hosts=allowed_hosts)
+    typer.echo(f"MLflow UI on http://{host}:{port} over {tracking.redact_uri(uri)} (artifacts of new experiments: {root})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo("Listening beyond this machine: MLflow has no login here; serve it only behind an authenticating proxy.")
+    os.execvpe(argv[0], argv, {**os.environ, **env})
 
 
 def main() -> None:

@@ -1,15 +1,26 @@
-"""The nightly flow: pull -> label -> featurize -> train -> evaluate/explain -> publish, per site.
+"""The nightly flow: pull -> label -> featurize -> drift check -> train -> evaluate/explain
+-> external and temporal validation -> promotion -> publish, per site and task.
 
-Each ``@task`` is a one-line wrapper around a plain, unit-tested function; tasks pass
-small frozen dataclasses of paths. Row-level data stays in each site's work folder;
-only aggregates (metrics, figures, the report, the model) reach MLflow.
+Each stage is a Prefect task around a plain, unit-tested function, and each persists its
+result under a key made of the content digests of its inputs (``forewarn.flows.cache``):
+a rerun on unchanged data recomputes nothing, and a run killed at any point resumes from
+the last finished stage. Site pulls run concurrently and retry transient source errors
+with backoff; a site that fails is reported and the other sites' work goes on. Row-level
+data stays in each site's work folder; only aggregates (metrics, figures, the report, the
+model, the drift profile) reach MLflow.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import logging
+import os
+import shutil
 import subprocess
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -17,28 +28,34 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
+from forewarn.evaluation import drift as drift_check
 from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain
 from forewarn.evaluation.report import report_context, write_report
 from forewarn.evaluation.validation import auroc_on, external_validation
 from forewarn.features.featurize import FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
-from forewarn.flows import tracking
+from forewarn.flows import artifact, tracking
+from forewarn.flows.cache import Stage, StageCache, key_of, source_digest
+from forewarn.flows.executor import maybe_dask_client, shard_mapper
 from forewarn.flows.study import SiteConfig, Study
 from forewarn.models.promotion import decide
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy
-from forewarn.records.pull import PullResult
+from forewarn.records.pull import PullFailed, PullResult
 from forewarn.records.sources import pull_source
+
+log = logging.getLogger("forewarn")
 
 
 @dataclass(frozen=True)
 class SiteResult:
-    """What one (site, task) run produced: a published model, or why it was skipped."""
+    """What one (site, task) produced: a published model, or why it was skipped or failed."""
 
     site: str
     task: str
-    status: str  # "published" or "skipped"
+    status: str  # "published", "skipped" or "failed"
     reason: str = ""
     run_id: str = ""
     experiment: str = ""
@@ -48,99 +65,295 @@ class SiteResult:
     decision: str = ""
     report_path: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    drift: dict = field(default_factory=dict)
+    cached: bool = False
 
 
-@task(name="pull")
-def pull_task(site: SiteConfig, demo: bool) -> PullResult:
-    return pull_site(site, demo)
+@dataclass(frozen=True)
+class ChampionCheck:
+    """The current champion, re-scored on today's data with its own columns."""
+
+    version: str
+    auroc: float
+    model: TrainedModels
+    matrix: FeatureMatrix
+
+    @property
+    def profile_path(self) -> Path:
+        return self.model.dir / "profile.json"
 
 
-def pull_site(site: SiteConfig, demo: bool) -> PullResult:
+# --- retries ----------------------------------------------------------------------------
+
+TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
+                    errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: lost or refused connections, timeouts, a source file locked
+    by its writer. Bad data (``PullFailed``), bad configuration and missing files are not."""
+    import duckdb
+    import sqlalchemy.exc
+
+    if isinstance(exc, PullFailed | deid.PHILeakError | FileNotFoundError | ValueError | PermissionError):
+        return False
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.DisconnectionError | sqlalchemy.exc.TimeoutError):
+        return True
+    if isinstance(exc, duckdb.IOException) and ("lock" in str(exc).lower() or "resource temporarily" in str(exc).lower()):
+        return True
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and is_transient(cause)
+
+
+def _retry_if_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classify whatever the pull raised
+        return is_transient(exc)
+    return False
+
+
+# --- stages -------------------------------------------------------------------------------
+
+
+def _cfg(model) -> dict:
+    return json.loads(model.model_dump_json())
+
+
+def _features_cfg(study: Study) -> dict:
+    return _cfg(study.features) | {"n_workers": None}  # workers change the speed, not the matrix
+
+
+def _parquet(rel: Path) -> bool:
+    return rel.suffix == ".parquet"
+
+
+def pull_site(site: SiteConfig, demo: bool, cache: StageCache) -> Stage:
+    """The site's de-identified events. File sources are keyed on their content, so an
+    unchanged source is not pulled again; a database is pulled every run (it cannot be
+    hashed without reading it) and what follows is keyed on what the pull wrote."""
     secret = deid.load_secret(site.name, demo=demo, secret_file=site.deid.secret_file)
     config = deid.DeidConfig(secret, max_shift_days=site.deid.max_shift_days)
-    return pull_source(
-        site.source.format, site.source.location, site.workdir / "pull", site=site.name, config=config,
-        max_bad_fraction=site.max_bad_fraction, db_schema=site.source.db_schema,
-    )
+    source = source_digest(site.source.location)
+    params = {"site": site.name, "format": site.source.format, "db_schema": site.source.db_schema,
+              "max_shift_days": site.deid.max_shift_days, "max_bad_fraction": site.max_bad_fraction,
+              "secret": hashlib.sha256(b"forewarn stage key\0" + secret).hexdigest()[:16]}
+    key = key_of("pull", params, [source or f"database pulled at {datetime.now(UTC).isoformat()}"])
+
+    def compute(out: Path) -> PullResult:
+        return pull_source(site.source.format, site.source.location, out / "pull", site=site.name, config=config,
+                           max_bad_fraction=site.max_bad_fraction, db_schema=site.source.db_schema)
+
+    return cache.run("pull", key, compute, digest_of=_parquet)
 
 
-@task(name="label")
-def label_task(pull: PullResult, spec: TaskSpec, out_dir: Path, split_seed: int) -> LabelSet:
-    return label_dataset(pull.events_dir, spec, out_dir, split_seed=split_seed)
+@task(name="pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=_retry_if_transient)
+def pull_task(site: SiteConfig, demo: bool, cache: StageCache) -> Stage:
+    return pull_site(site, demo, cache)
 
 
-@task(name="featurize")
-def featurize_task(pull: PullResult, labels: LabelSet, out_dir: Path, study: Study) -> FeatureMatrix:
-    table, splits, _ = labels.load()
-    return featurize(pull.events_dir, table, splits, out_dir, study.features, codes_path=pull.codes_path)
+@task(name="label", cache_policy=NO_CACHE)
+def label_task(pull: Stage, spec: TaskSpec, study: Study, cache: StageCache) -> Stage:
+    key = key_of("label", {"task": spec.digest(), "split_seed": study.split_seed}, [pull.digest])
+    return cache.run(f"label-{spec.name}", key,
+                     lambda out: label_dataset(pull.result.events_dir, spec, out, split_seed=study.split_seed))
 
 
-@task(name="train")
-def train_task(matrix: FeatureMatrix, out_dir: Path, study: Study) -> TrainedModels:
-    return train_models(matrix, out_dir, study.models)
+def featurize_stage(pull: Stage, labels: Stage, study: Study, cache: StageCache, *, name: str,
+                    columns: Stage | None = None, extra: dict | None = None) -> Stage:
+    """Features for ``labels``; with ``columns`` (a model's stage folder holding
+    ``columns.parquet``) the model's columns are applied instead of a new vocabulary."""
+    inputs = [pull.digest, labels.digest] + ([columns.digest] if columns is not None else [])
+    key = key_of("featurize", {"features": _features_cfg(study), **(extra or {})}, inputs)
+
+    def compute(out: Path) -> FeatureMatrix:
+        table, splits, _ = labels.result.load()
+        fixed = pd.read_parquet(columns.dir / "model" / "columns.parquet") if columns is not None else None
+        with maybe_dask_client(study.executor) as client:
+            return featurize(pull.result.events_dir, table, splits, out, study.features, codes_path=pull.result.codes_path,
+                             columns=fixed, map_shards=shard_mapper(client) if client is not None else None)
+
+    return cache.run(name, key, compute)
 
 
-@task(name="evaluate")
-def evaluate_task(
-    matrix: FeatureMatrix, trained: TrainedModels, labels: LabelSet, out_dir: Path, study: Study, site: str
-) -> Evaluation:
-    return evaluate_and_explain(matrix, trained, out_dir, study.evaluation, site=site, outcomes_path=labels.outcomes_path)
+@task(name="featurize", cache_policy=NO_CACHE)
+def featurize_task(pull: Stage, labels: Stage, spec: TaskSpec, study: Study, cache: StageCache) -> Stage:
+    return featurize_stage(pull, labels, study, cache, name=f"features-{spec.name}")
 
 
-@task(name="external validation")
-def external_task(
-    model_site: str, trained: TrainedModels, model_matrix: FeatureMatrix, pull: PullResult, labels: LabelSet, out_dir: Path,
-    study: Study,
-) -> dict:
-    """Ship the model (not rows) to another site, featurize there with the model's columns,
-    and bring back aggregates only."""
-    table, splits, _ = labels.load()
-    columns = pd.read_parquet(model_matrix.columns_path)
-    matrix = featurize(pull.events_dir, table, splits, out_dir, study.features, codes_path=pull.codes_path, columns=columns)
-    return external_validation(trained, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed)
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(matrix: Stage, spec: TaskSpec, study: Study, cache: StageCache) -> Stage:
+    """XGBoost trains on the Dask cluster with ``executor: dask`` (``xgboost.dask``)."""
+    key = key_of("train", _cfg(study.models) | {"executor": study.executor.kind}, [matrix.digest])
+
+    def compute(out: Path) -> TrainedModels:
+        with maybe_dask_client(study.executor) as client:
+            return train_models(matrix.result, out, study.models, client=client)
+
+    return cache.run(f"train-{spec.name}", key, compute)
 
 
-@task(name="publish")
-def publish_task(
-    site: SiteConfig, study: Study, spec: TaskSpec, pull: PullResult, labels: LabelSet,
-    matrix: FeatureMatrix, trained: TrainedModels, evaluation: Evaluation, validations: list[dict],
-) -> SiteResult:
-    return publish(site, study, spec, pull, labels, matrix, trained, evaluation, validations)
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(matrix: Stage, trained: Stage, labels: Stage, spec: TaskSpec, study: Study, site: str,
+                  cache: StageCache) -> Stage:
+    key = key_of("evaluate", {"evaluation": _cfg(study.evaluation), "site": site}, [matrix.digest, trained.digest, labels.digest])
+    return cache.run(f"evaluate-{spec.name}", key, lambda out: evaluate_and_explain(
+        matrix.result, trained.result, out, study.evaluation, site=site, outcomes_path=labels.result.outcomes_path))
 
 
-def champion_comparison(site, study, spec, pull, labels, matrix) -> dict | None:
-    """The current champion's held-out AUROC on today's held-out rows, or None."""
-    dest = site.workdir / "models" / spec.name / "champion"
-    version = tracking.champion_inputs(spec.name, site.name, dest)
+@task(name="champion check", cache_policy=NO_CACHE)
+def champion_task(site: SiteConfig, spec: TaskSpec, study: Study, pull: Stage, labels: Stage,
+                  cache: StageCache) -> tuple[Stage, Stage, ChampionCheck] | None:
+    """Download the current champion's inputs (model, columns, drift profile) and score it
+    on today's held-out rows with its own columns; None when there is no champion."""
+    version = tracking.champion_version(spec.name, site.name)
     if version is None:
         return None
-    table, splits, _ = labels.load()
-    columns = pd.read_parquet(dest / "columns.parquet")
-    champion_matrix = featurize(pull.events_dir, table, splits, site.workdir / "features" / spec.name / "champion", study.features,
-                                codes_path=pull.codes_path, columns=columns)
-    return {"version": version, "auroc": auroc_on(TrainedModels(dest), champion_matrix)}
+    name = tracking.registered_name(spec.name, site.name)
+    model = cache.run(f"champion-{spec.name}", key_of("champion model", {"model": name, "version": version}, []),
+                      lambda out: tracking.champion_inputs(spec.name, site.name, out / "model"))
+    matrix = featurize_stage(pull, labels, study, cache, name=f"champion-features-{spec.name}", columns=model)
+    trained = TrainedModels(model.dir / "model")
+    return model, matrix, ChampionCheck(version, auroc_on(trained, matrix.result), trained, matrix.result)
 
 
-def publish(site, study, spec, pull, labels, matrix, trained, evaluation, validations) -> SiteResult:
-    """Open the (site, task) MLflow run, apply the promotion rule against the champion,
-    register the model, render the report with the decision, and log it all to the run."""
+def drift_record(check: ChampionCheck | None, matrix: Stage, study: Study) -> dict:
+    """Drift of today's data against the champion's training data, and the policy's action."""
+    if check is None:
+        return {"compare": None, "decision": drift_check.decide(None, study.drift)}
+    if not check.profile_path.is_file():
+        decision = {"action": "retrain", "drifted": False,
+                    "reasons": [f"champion v{check.version} has no drift profile (trained before drift checks)"]}
+        return {"compare": None, "decision": decision}
+    reference = json.loads(check.profile_path.read_text())
+    X, rows, _ = check.matrix.load()
+    new_codes = sorted(set(pd.read_parquet(matrix.result.columns_path)["code"]))
+    record = drift_check.compare(reference, X, rows, new_codes)
+    return {"compare": record, "decision": drift_check.decide(record, study.drift), "champion_version": check.version}
+
+
+@task(name="external validation", cache_policy=NO_CACHE)
+def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: Stage, labels: Stage, study: Study,
+                  spec: TaskSpec, cache: StageCache) -> Stage:
+    """Ship the model (not rows) to another site, featurize there with the model's columns,
+    and bring back aggregates only."""
+    params = {"features": _features_cfg(study), "evaluation": _cfg(study.evaluation), "model_site": model_site}
+    key = key_of("external", params, [trained.digest, model_matrix.digest, pull.digest, labels.digest])
+
+    def compute(out: Path) -> dict:
+        table, splits, _ = labels.result.load()
+        columns = pd.read_parquet(model_matrix.result.columns_path)
+        matrix = featurize(pull.result.events_dir, table, splits, out / "features", study.features,
+                           codes_path=pull.result.codes_path, columns=columns)
+        record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed)
+        (out / "record.json").write_text(json.dumps(record, indent=1))
+        return record
+
+    return cache.run(f"external-{spec.name}-{model_site}", key, compute)
+
+
+@task(name="temporal validation", cache_policy=NO_CACHE)
+def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, cache: StageCache) -> Stage:
+    """Train on prediction times before ``temporal_from`` and test on those after."""
+    cutoff = datetime.combine(study.validation.temporal_from, datetime.min.time())
+    models = study.models.model_copy(update={"search": study.models.search.model_copy(update={"trials": 0})})
+    params = {"task": spec.digest(), "cutoff": cutoff.isoformat(), "split_seed": study.split_seed,
+              "features": _features_cfg(study), "models": _cfg(models), "evaluation": _cfg(study.evaluation)}
+
+    def compute(work: Path) -> dict:
+        temporal = spec.model_copy(update={"temporal_split": TemporalSplit(held_out_from=cutoff)})
+        labels = label_dataset(pull.result.events_dir, temporal, work, split_seed=study.split_seed)
+        table, splits, _ = labels.load()
+        matrix = featurize(pull.result.events_dir, table, splits, work / "features", study.features,
+                           codes_path=pull.result.codes_path)
+        if trainability(matrix):
+            return {"skipped": trainability(matrix)}
+        trained = train_models(matrix, work / "models", models)
+        held = evaluate_and_explain(matrix, trained, work / "evaluation", study.evaluation, site=site.name,
+                                    outcomes_path=labels.outcomes_path).load_metrics()["held_out"][PRIMARY]
+        return held | {"cutoff": cutoff.date().isoformat()}
+
+    return cache.run(f"temporal-{spec.name}", key_of("temporal", params, [pull.digest]), compute)
+
+
+def logged(cache: StageCache, name: str, inputs: list[str], log) -> Stage:
+    """An MLflow logging step as a stage: done once per content, and a run left half-made
+    by a killed process is marked KILLED before it is logged again."""
+    key = key_of(name, {"tracking": tracking.current_uri()}, inputs)
+
+    def compute(out: Path):
+        tracking.abandon_runs(key)
+        return log(key)
+
+    return cache.run(f"mlflow-{name}", key, compute)
+
+
+# --- publication -------------------------------------------------------------------------
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(site: SiteConfig, study: Study, spec: TaskSpec, stages: dict[str, Stage], validations: list[dict],
+                 champion: ChampionCheck | None, drift: dict, cache: StageCache) -> Stage:
+    inputs = [stages[k].digest for k in ("pull", "labels", "matrix", "trained", "evaluation")]
+    inputs += [json.dumps(v, sort_keys=True, default=str) for v in validations]
+    inputs += [json.dumps(drift, sort_keys=True, default=str), f"champion {champion.version} {champion.auroc}" if champion else "none"]
+    key = key_of("publish", {"study": study.name, "promotion": _cfg(study.promotion), "tracking": tracking.current_uri()}, inputs)
+
+    def compute(out: Path) -> SiteResult:
+        tracking.abandon_runs(key)
+        return publish(site, study, spec, stages, validations, champion, drift, out, key)
+
+    stage = cache.run(f"publish-{spec.name}", key, compute, digest_of=lambda rel: rel.suffix == ".json")
+    latest = site.workdir / "reports" / spec.name / "report.html"  # a stable path to the latest report
+    latest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(stage.result.report_path, latest)
+    return stage
+
+
+def publish(site, study, spec, stages, validations, champion, drift, out: Path, stage_key: str) -> SiteResult:
+    """Open the (site, task) MLflow run, apply the promotion rule against the champion
+    (and the drift policy), register the model, render the report with the decision, and
+    log it all to the run."""
+    pull: PullResult = stages["pull"].result
+    labels: LabelSet = stages["labels"].result
+    matrix: FeatureMatrix = stages["matrix"].result
+    trained: TrainedModels = stages["trained"].result
+    evaluation: Evaluation = stages["evaluation"].result
+    action = drift["decision"]["action"]
     run_id = tracking.start_site_run(
         experiment=tracking.experiment_name(spec.name), site=site.name,
         run_name=f"{site.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"task": spec.name, "task_digest": spec.digest(), "validation_design": "internal",
-              "code_version": code_version(), "study": study.name},
+              "code_version": code_version(), "study": study.name, "stage_key": stage_key,
+              "drift_action": action},
     )
+    log.info("publish %s/%s: MLflow run %s opened", site.name, spec.name, run_id)
     shape = json.loads((matrix.dir / "shape.json").read_text())
-    digest = data_digest(pull.events_dir)
+    digest = stages["pull"].digest[:16]
     record = evaluation.load_metrics()
     held = record["held_out"][PRIMARY]
-    champion = champion_comparison(site, study, spec, pull, labels, matrix)
-    promotion = decide(held, champion, study.promotion)
+    compared = {"version": champion.version, "auroc": champion.auroc} if champion else None
+    promotion = decide(held, compared, study.promotion)
+    if action == "alert" and promotion["promoted"]:
+        promotion = promotion | {"promoted": False, "reasons": [
+            "drift alert: the data changed beyond the drift policy, so a person must review before promotion",
+            *drift["decision"]["reasons"], *promotion["reasons"]]}
     name = tracking.registered_name(spec.name, site.name)
     if promotion["promoted"]:
         decision = f"promoted to champion: {'; '.join(promotion['reasons'])}."
     else:
-        decision = f"kept as challenger (champion stays v{promotion['champion_version']}): {'; '.join(promotion['reasons'])}."
+        stays = f"champion stays v{promotion['champion_version']}" if promotion["champion_version"] else "no champion yet"
+        decision = f"kept as challenger ({stays}): {'; '.join(promotion['reasons'])}."
+    X, rows, columns = matrix.load()
+    importance = pd.read_parquet(evaluation.explanations.importance_path)
+    profile = drift_check.reference_profile(X, rows, columns, importance, study.drift)
+    profile_path = out / "profile.json"
+    profile_path.write_text(json.dumps(profile, indent=1))
+    del X
     name, version, aliases = tracking.register_model(
         run_id=run_id, task=spec.name, site=site.name, xgb_model_path=trained.xgboost_path, n_features=shape["columns"],
         promote=promotion["promoted"], decision=decision,
@@ -156,15 +369,16 @@ def publish(site, study, spec, pull, labels, matrix, trained, evaluation, valida
         feature_config=study.features, training=training, evaluation=evaluation, decision=decision,
         code_version=code_version(), data_digest=digest, quality=quality,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id,
-        validations=validations, promotion=promotion,
+        validations=validations, promotion=promotion, drift=drift,
     )
-    report_path = write_report(context, site.workdir / "reports" / spec.name / "report.html")
+    report_path = write_report(context, out / "report.html")
     metrics = tracking.flat_metrics(record["held_out"], PRIMARY)
     for key in ("calibration_slope", "calibration_in_the_large", "ece"):
         if held.get(key) is not None:
             metrics[f"held_out/{key}"] = float(held[key])
     metrics["train/best_iteration"] = float(training["xgboost"]["best_iteration"])
     metrics["promotion/promoted"] = float(promotion["promoted"])
+    metrics |= drift_check.drift_metrics(drift)
     params = {
         "task": spec.name, "site": site.name, "gap_days": spec.gap_days, "horizon_days": spec.horizon_days,
         "windows": ",".join(study.features.windows), "aggs": ",".join(study.features.aggs),
@@ -177,7 +391,8 @@ def publish(site, study, spec, pull, labels, matrix, trained, evaluation, valida
     artifacts |= {f"figures/{f.name}": f for f in sorted((evaluation.dir / "figures").glob("*.png"))}
     artifacts["shap/importance.parquet"] = evaluation.explanations.importance_path
     model_inputs = {"xgboost.json": trained.xgboost_path, "calibration.json": trained.calibration_path,
-                    "columns.parquet": matrix.columns_path, "l1_logistic.json": trained.l1_path, "age_sex.json": trained.age_sex_path}
+                    "columns.parquet": matrix.columns_path, "l1_logistic.json": trained.l1_path,
+                    "age_sex.json": trained.age_sex_path, "profile.json": profile_path}
     artifacts |= {f"{tracking.MODEL_INPUTS}/{k}": v for k, v in model_inputs.items()}
     note = (
         f"{spec.name} at site {site.name}: XGBoost held-out AUROC {held['auroc']:.3f} "
@@ -187,18 +402,20 @@ def publish(site, study, spec, pull, labels, matrix, trained, evaluation, valida
         run_id=run_id, params=params, metrics=metrics, artifacts=artifacts,
         dicts={"data/pull_summary.json": tracking.pull_summary(pull_report), "data/quality.json": quality,
                "data/attrition.json": _suppressed(attrition), "validation/promotion.json": promotion,
-               "validation/external.json": {"validations": validations},
+               "validation/external.json": {"validations": validations}, "validation/drift.json": drift,
                "config/study.json": json.loads(study.model_dump_json())},
         note=note,
-        tags={"data_digest": digest, "promoted": str(promotion["promoted"]).lower()},
+        tags={"data_digest": digest, "promoted": str(promotion["promoted"]).lower(),
+              "drift_alert": str(action == "alert").lower()},
     )
     tracking.log_trials(run_id, training.get("search", {}).get("trials", []))
     for split in ("train", "tuning", "held_out"):
         tracking.log_dataset(run_id, name=f"{site.name}/{spec.name}/{split}", digest=f"{digest}-{split}",
                              source=matrix.dir, context={"train": "training", "tuning": "validation", "held_out": "test"}[split])
+    tracking.finish_run(run_id)
     return SiteResult(
         site.name, spec.name, "published", run_id=run_id, experiment=tracking.experiment_name(spec.name), model_name=name,
-        version=version, aliases=aliases, decision=decision, report_path=report_path, metrics=metrics,
+        version=version, aliases=aliases, decision=decision, report_path=report_path, metrics=metrics, drift=drift,
     )
 
 
@@ -214,16 +431,6 @@ def _suppressed(attrition: dict) -> dict:
     return {k: {kk: privacy.suppress(vv) for kk, vv in v.items()} for k, v in attrition.items()}
 
 
-def data_digest(events_dir: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(Path(events_dir).glob("*.parquet")):
-        h.update(path.name.encode())
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def code_version() -> str:
     version = metadata.version("forewarn")
     try:
@@ -235,78 +442,11 @@ def code_version() -> str:
     return f"{version}+{commit}" if commit else version
 
 
-@flow(name="forewarn-nightly", log_prints=False)
-def nightly(study: Study) -> list[SiteResult]:
-    """Run the whole pipeline once for every site and task of ``study``: internal
-    validation per site, external validation of each site's model at the others,
-    temporal validation when configured, then the promotion rule and publication."""
-    logger = get_run_logger()
-    tracking.configure()
-    specs = [load_task(t) for t in study.tasks]
-    pulls = {site.name: pull_task(site, study.demo) for site in study.sites}
-    results = []
-    for spec in specs:
-        built = {}
-        for site in study.sites:
-            work = site.workdir
-            labels = label_task(pulls[site.name], spec, work, study.split_seed)
-            matrix = featurize_task(pulls[site.name], labels, work / "features" / spec.name, study)
-            reason = trainability(matrix)
-            if reason:
-                logger.warning("site %s, task %s skipped: %s", site.name, spec.name, reason)
-                results.append(SiteResult(site.name, spec.name, "skipped", reason=reason))
-                continue
-            trained = train_task(matrix, work / "models" / spec.name, study)
-            evaluation = evaluate_task(matrix, trained, labels, work / "evaluation" / spec.name, study, site.name)
-            built[site.name] = (site, labels, matrix, trained, evaluation)
-        validations = {name: [] for name in built}
-        if "external" in study.validation.designs:
-            for model_site, (_, _, matrix, trained, _) in built.items():
-                for site in study.sites:
-                    if site.name == model_site or site.name not in built:
-                        continue
-                    labels = built[site.name][1]
-                    out = site.workdir / "features" / spec.name / f"external-{model_site}"
-                    record = external_task(model_site, trained, matrix, pulls[site.name], labels, out, study)
-                    validations[model_site].append(log_external(study, spec, model_site, site.name, record))
-        if "temporal" in study.validation.designs:
-            for site_name, (site, *_rest) in built.items():
-                record = temporal_task(site, pulls[site_name], spec, study)
-                if record is not None:
-                    validations[site_name].append(log_temporal(study, spec, site_name, record))
-        for site_name, (site, labels, matrix, trained, evaluation) in built.items():
-            result = publish_task(site, study, spec, pulls[site_name], labels, matrix, trained, evaluation, validations[site_name])
-            logger.info(
-                "site %s, task %s: held-out AUROC %.3f, AUPRC %.3f; %s", site_name, spec.name,
-                result.metrics["held_out/auroc"], result.metrics["held_out/auprc"], result.decision,
-            )
-            results.append(result)
-    return results
-
-
-@task(name="temporal validation")
-def temporal_task(site: SiteConfig, pull: PullResult, spec: TaskSpec, study: Study) -> dict | None:
-    """Train on prediction times before ``temporal_from`` and test on those after."""
-    cutoff = datetime.combine(study.validation.temporal_from, datetime.min.time())
-    temporal = spec.model_copy(update={"temporal_split": TemporalSplit(held_out_from=cutoff)})
-    work = site.workdir / "temporal"
-    labels = label_dataset(pull.events_dir, temporal, work, split_seed=study.split_seed)
-    table, splits, _ = labels.load()
-    matrix = featurize(pull.events_dir, table, splits, work / "features" / spec.name, study.features, codes_path=pull.codes_path)
-    if trainability(matrix):
-        return None
-    models = study.models.model_copy(update={"search": study.models.search.model_copy(update={"trials": 0})})
-    trained = train_models(matrix, work / "models" / spec.name, models)
-    held = evaluate_and_explain(matrix, trained, work / "evaluation" / spec.name, study.evaluation, site=site.name,
-                                outcomes_path=labels.outcomes_path).load_metrics()["held_out"][PRIMARY]
-    return held | {"cutoff": cutoff.date().isoformat()}
-
-
-def log_temporal(study: Study, spec: TaskSpec, site: str, record: dict) -> dict:
+def log_temporal(study: Study, spec: TaskSpec, site: str, record: dict, stage_key: str) -> dict:
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{site}-temporal-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": site, "task": spec.name, "task_digest": spec.digest(), "validation_design": "temporal",
-              "code_version": code_version(), "study": study.name, "temporal_from": record["cutoff"]},
+              "code_version": code_version(), "study": study.name, "temporal_from": record["cutoff"], "stage_key": stage_key},
         metrics=validation_metrics(record, "temporal"), dicts={"validation/temporal.json": record},
         note=f"{spec.name} at {site}: trained on prediction times before {record['cutoff']}, tested on those after.",
     )
@@ -316,14 +456,14 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, record: dict) -> dict:
             "recalibrated": None, "note": f"trained before {record['cutoff']}, tested from then on"}
 
 
-def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, record: dict) -> dict:
+def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, record: dict, stage_key: str) -> dict:
     """One MLflow run per (model site, validating site): aggregates only."""
     shipped, recal = record["as_shipped"], record.get("recalibrated")
     metrics = validation_metrics(shipped, "external") | (validation_metrics(recal, "external_recalibrated") if recal else {})
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{model_site}-model-at-{eval_site}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": eval_site, "train_site": model_site, "task": spec.name, "task_digest": spec.digest(),
-              "validation_design": "external", "code_version": code_version(), "study": study.name},
+              "validation_design": "external", "code_version": code_version(), "study": study.name, "stage_key": stage_key},
         metrics=metrics, dicts={"validation/external.json": record},
         note=f"{model_site}'s {spec.name} model evaluated at {eval_site} (held-out rows there; only aggregates returned).",
     )
@@ -333,3 +473,227 @@ def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, 
             "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope", "calibration_in_the_large")}
             if recal else None,
             "note": "model shipped to the validating site; metrics on its held-out rows"}
+
+
+def log_drift_only(study: Study, spec: TaskSpec, site: str, drift: dict, stage_key: str) -> str:
+    """A run that records a drift check after which the policy skipped retraining."""
+    return tracking.log_run(
+        experiment=tracking.experiment_name(spec.name), run_name=f"{site}-drift-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        tags={"site": site, "task": spec.name, "task_digest": spec.digest(), "validation_design": "drift",
+              "code_version": code_version(), "study": study.name, "stage_key": stage_key,
+              "drift_action": drift["decision"]["action"]},
+        metrics=drift_check.drift_metrics(drift), dicts={"validation/drift.json": drift},
+        note=f"{spec.name} at {site}: drift check; policy action {drift['decision']['action']} "
+             f"({'; '.join(drift['decision']['reasons'])}).",
+    )
+
+
+# --- the flow ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def site_locks(study: Study):
+    """One run per site work folder at a time (a killed run's lock dies with it)."""
+    with ExitStack() as stack:
+        for site in sorted(study.sites, key=lambda s: str(s.workdir)):
+            site.workdir.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context((site.workdir / ".forewarn.lock").open("w"))
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(
+                    f"another Forewarn run is using site {site.name}'s work folder {site.workdir}; "
+                    "wait for it to finish (runs of one study do not overlap)."
+                ) from None
+            fh.write(str(os.getpid()))
+            fh.flush()
+        yield
+
+
+class SitesFailed(RuntimeError):
+    """Raised at the end of a run in which some (site, task) failed; ``results`` holds
+    every site's result, the failed ones with their reasons."""
+
+    def __init__(self, message: str, results: list[SiteResult]) -> None:
+        super().__init__(message)
+        self.results = results
+
+    def __reduce__(self):
+        return (SitesFailed, (str(self), self.results))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+@flow(name="forewarn-nightly", log_prints=False)
+def nightly(study: Study):
+    """Run the whole pipeline once for every site and task of ``study``: internal
+    validation per site, external validation of each site's model at the others,
+    temporal validation when configured, the drift policy, the promotion rule and
+    publication. Finished stages are reused (see ``forewarn.flows.cache``). Returns the
+    list of ``SiteResult``; when a site or a (site, task) failed, the run ends Failed by
+    raising ``SitesFailed`` (which carries every result) after all other work is done."""
+    logger = get_run_logger()
+    tracking.configure(study.tracking.uri, study.tracking.artifact_root)
+    specs = [load_task(t) for t in study.tasks]
+    caches = {site.name: StageCache(site.workdir / "stages", enabled=study.cache.enabled) for site in study.sites}
+    results: list[SiteResult] = []
+    used: dict[str, list[Stage]] = {site.name: [] for site in study.sites}
+    with site_locks(study):
+        pull = pull_task.with_options(retries=study.retries.attempts, retry_delay_seconds=study.retries.delays_seconds)
+        futures = {site.name: pull.submit(site, study.demo, caches[site.name]) for site in study.sites}
+        pulls: dict[str, Stage] = {}
+        for site in study.sites:
+            try:
+                pulls[site.name] = futures[site.name].result()
+                used[site.name].append(pulls[site.name])
+            except Exception as exc:  # noqa: BLE001 - one site failing keeps the others' work
+                reason = f"pull failed: {_reason(exc)}"
+                logger.error("site %s: %s", site.name, reason)
+                results += [SiteResult(site.name, spec.name, "failed", reason=reason) for spec in specs]
+        for spec in specs:
+            results += run_task(study, spec, pulls, caches, used, logger)
+        for site in study.sites:
+            prune(caches[site.name], used[site.name], keep_runs=study.cache.keep_runs)
+    artifact.publish_summary(study, results)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        message = "; ".join(f"{r.site}/{r.task}: {r.reason}" for r in failed)
+        raise SitesFailed(f"{len(failed)} of {len(results)} site-task runs failed: {message}"[:2000], results)
+    return results
+
+
+def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict[str, StageCache],
+             used: dict[str, list[Stage]], logger) -> list[SiteResult]:
+    """One task at every site that pulled: per-site models, then the cross-site and
+    temporal validations, then publication."""
+    results, built = [], {}
+    sites = {s.name: s for s in study.sites if s.name in pulls}
+    for name, site in sites.items():
+        cache = caches[name]
+        try:
+            labels = label_task(pulls[name], spec, study, cache)
+            matrix = featurize_task(pulls[name], labels, spec, study, cache)
+            used[name] += [labels, matrix]
+            reason = trainability(matrix.result)
+            if reason:
+                logger.warning("site %s, task %s skipped: %s", name, spec.name, reason)
+                results.append(SiteResult(name, spec.name, "skipped", reason=reason))
+                continue
+            found = champion_task(site, spec, study, pulls[name], labels, cache)
+            champion = found[2] if found else None
+            if found:
+                used[name] += list(found[:2])
+            drift = drift_record(champion, matrix, study)
+            action = drift["decision"]["action"]
+            if action != "retrain":
+                logger.warning("site %s, task %s: drift policy says %s: %s", name, spec.name, action,
+                               "; ".join(drift["decision"]["reasons"]))
+            if action == "skip":
+                log = logged(cache, f"drift-{spec.name}", [matrix.digest, json.dumps(drift, sort_keys=True, default=str)],
+                             lambda key, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, key)})
+                used[name].append(log)
+                results.append(SiteResult(name, spec.name, "skipped", run_id=log.result["run_id"], drift=drift,
+                                          reason=f"drift policy: {'; '.join(drift['decision']['reasons'])}; the champion stays"))
+                continue
+            trained = train_task(matrix, spec, study, cache)
+            evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache)
+            used[name] += [trained, evaluation]
+            built[name] = {"pull": pulls[name], "labels": labels, "matrix": matrix, "trained": trained,
+                           "evaluation": evaluation, "champion": champion, "drift": drift}
+        except Exception as exc:  # noqa: BLE001 - the other sites go on; the run ends Failed
+            logger.error("site %s, task %s failed: %s", name, spec.name, _reason(exc))
+            results.append(SiteResult(name, spec.name, "failed", reason=_reason(exc)))
+    validations: dict[str, list[dict]] = {name: [] for name in built}
+    for model_site, b in built.items():
+        try:
+            validations[model_site] += cross_validations(study, spec, model_site, b, built, caches, used)
+        except Exception as exc:  # noqa: BLE001
+            logger.error("site %s, task %s: validation failed: %s", model_site, spec.name, _reason(exc))
+            validations[model_site].append({"design": "failed", "note": _reason(exc)})
+    for name, b in built.items():
+        try:
+            stage = publish_task(sites[name], study, spec, b, validations[name], b["champion"], b["drift"], caches[name])
+        except Exception as exc:  # noqa: BLE001
+            logger.error("site %s, task %s: publish failed: %s", name, spec.name, _reason(exc))
+            results.append(SiteResult(name, spec.name, "failed", reason=f"publish failed: {_reason(exc)}"))
+            continue
+        used[name].append(stage)
+        result = stage.result
+        if stage.hit:
+            result = SiteResult(**{**result.__dict__, "cached": True})
+        logger.info(
+            "site %s, task %s: held-out AUROC %.3f, AUPRC %.3f; %s%s", name, spec.name,
+            result.metrics["held_out/auroc"], result.metrics["held_out/auprc"], result.decision,
+            " (unchanged since the last run)" if stage.hit else "",
+        )
+        results.append(result)
+    return results
+
+
+def cross_validations(study, spec, model_site, b, built, caches, used) -> list[dict]:
+    out = []
+    if "external" in study.validation.designs:
+        for site in study.sites:
+            if site.name == model_site or site.name not in built:
+                continue
+            other = built[site.name]
+            stage = external_task(model_site, b["trained"], b["matrix"], other["pull"], other["labels"], study, spec,
+                                  caches[site.name])
+            log = logged(caches[model_site], f"external-{spec.name}-{site.name}", [stage.digest],
+                         lambda key, r=stage.result, s=site.name: log_external(study, spec, model_site, s, r, key))
+            used[site.name].append(stage)
+            used[model_site].append(log)
+            out.append(log.result)
+    if "temporal" in study.validation.designs:
+        site = next(s for s in study.sites if s.name == model_site)
+        stage = temporal_task(site, b["pull"], spec, study, caches[model_site])
+        used[model_site].append(stage)
+        if "skipped" not in stage.result:
+            log = logged(caches[model_site], f"temporal-{spec.name}", [stage.digest],
+                         lambda key, r=stage.result: log_temporal(study, spec, model_site, r, key))
+            used[model_site].append(log)
+            out.append(log.result)
+    return out
+
+
+def prune(cache: StageCache, used: list[Stage], *, keep_runs: int) -> None:
+    """Keep the stage folders of the last ``keep_runs`` runs; remove the rest."""
+    history_path = cache.root / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    history = (history + [sorted({str(s.dir) for s in used})])[-keep_runs:]
+    cache.root.mkdir(parents=True, exist_ok=True)
+    tmp = history_path.with_suffix(".partial")
+    tmp.write_text(json.dumps(history, indent=1))
+    tmp.replace(history_path)
+    cache.prune({Path(p) for run in history for p in run})
+
+
+def run_nightly(study: Study):
+    """Run the flow once (with the study's task runner) and return (final state, results):
+    the results of every site, also when the run ended Failed because one site failed."""
+    from forewarn.flows import executor
+
+    runner = executor.task_runner(study.executor)
+    flow_ = nightly.with_options(task_runner=runner) if runner is not None else nightly
+    state = flow_(study, return_state=True)
+    results = state.result(raise_on_failure=False)
+    if isinstance(results, SitesFailed):
+        return state, results.results
+    if isinstance(results, BaseException):
+        raise results
+    return state, results
+
+
+@flow(name="forewarn-nightly-from-file", log_prints=False)
+def nightly_from_file(study_file: str):
+    """The deployment entry point (``prefect.yaml``): load and check the study file on the
+    worker, then run :func:`nightly` for it. An invalid study fails here, before any work,
+    with the key and the fix."""
+    from forewarn.flows.study import load_study
+
+    study = load_study(Path(study_file))
+    state, results = run_nightly(study)
+    return state

@@ -14,8 +14,11 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from forewarn.evaluation.drift import DriftPolicy
 from forewarn.evaluation.evaluate import EvaluationConfig
 from forewarn.features.featurize import FeatureConfig
+from forewarn.flows.executor import ExecutorSettings
+from forewarn.flows.tracking import TrackingSettings
 from forewarn.models.promotion import PromotionConfig
 from forewarn.models.train import ModelConfig
 from forewarn.records.config import Strict, explain
@@ -74,6 +77,18 @@ class ValidationSettings(Strict):
         return self
 
 
+class CacheSettings(Strict):
+    enabled: bool = Field(True, description="reuse finished stages whose inputs are unchanged (false: recompute all)")
+    keep_runs: int = Field(2, ge=1, description="stage folders of this many recent runs are kept; older ones are removed")
+
+
+class RetrySettings(Strict):
+    attempts: int = Field(3, ge=0, le=10, description="retries of a site pull after a transient source error")
+    delays_seconds: list[float] = Field(
+        default=[10, 30, 90], min_length=1, description="wait before each retry (the last value repeats)"
+    )
+
+
 class Study(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     sites: list[SiteConfig] = Field(min_length=1)
@@ -85,6 +100,11 @@ class Study(Strict):
     schedule: Schedule = Schedule()
     validation: ValidationSettings = ValidationSettings()
     promotion: PromotionConfig = PromotionConfig()
+    executor: ExecutorSettings = ExecutorSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    drift: DriftPolicy = DriftPolicy()
+    cache: CacheSettings = CacheSettings()
+    retries: RetrySettings = RetrySettings()
     demo: bool = Field(False, description="synthetic data: use the public demo de-identification secret")
 
     @model_validator(mode="after")
