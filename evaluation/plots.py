@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 
 import matplotlib
 
@@ -68,7 +69,8 @@ def shap_beeswarm(values: np.ndarray, data: np.ndarray, names: list[str], base: 
     import shap
 
     explanation = shap.Explanation(values=values, base_values=np.full(values.shape[0], base), data=data, feature_names=names)
-    shap.plots.beeswarm(explanation, max_display=top, show=False)
+    with _seeded():
+        shap.plots.beeswarm(explanation, max_display=top, show=False)
     fig = plt.gcf()
     fig.set_size_inches(10, 0.35 * top + 1.5)
     return _png(fig)
@@ -88,6 +90,18 @@ def decision_curve(frame: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+@contextmanager
+def _seeded(seed: int = 0):
+    """shap's plots jitter and shuffle points with numpy's global generator: seed it so the
+    same values draw the same figure (a rerun's outputs are byte-identical), then restore it."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def _explanation(values, data, names, base):
     import shap
 
@@ -102,7 +116,8 @@ def shap_dependence(values: np.ndarray, data: np.ndarray, names: list[str], base
     import shap
 
     explanation = _explanation(values, data, names, base)
-    shap.plots.scatter(explanation[:, k], show=False)
+    with _seeded():
+        shap.plots.scatter(explanation[:, k], show=False)
     fig = plt.gcf()
     fig.set_size_inches(6, 4.2)
     return _png(fig)

@@ -185,10 +185,14 @@ def featurize_task(pull: Stage, labels: Stage, spec: TaskSpec, study: Study, cac
     return featurize_stage(pull, labels, study, cache, name=f"features-{spec.name}")
 
 
+def train_key(matrix: Stage, study: Study) -> str:
+    return key_of("train", _cfg(study.models) | {"executor": study.executor.kind}, [matrix.digest])
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(matrix: Stage, spec: TaskSpec, study: Study, cache: StageCache) -> Stage:
     """XGBoost trains on the Dask cluster with ``executor: dask`` (``xgboost.dask``)."""
-    key = key_of("train", _cfg(study.models) | {"executor": study.executor.kind}, [matrix.digest])
+    key = train_key(matrix, study)
 
     def compute(out: Path) -> TrainedModels:
         with maybe_dask_client(study.executor) as client:
@@ -300,11 +304,11 @@ def publish_task(site: SiteConfig, study: Study, spec: TaskSpec, stages: dict[st
                  champion: ChampionCheck | None, drift: dict, cache: StageCache) -> Stage:
     inputs = [stages[k].digest for k in ("pull", "labels", "matrix", "trained", "evaluation")]
     inputs += [json.dumps(v, sort_keys=True, default=str) for v in validations]
-    inputs += [json.dumps(drift, sort_keys=True, default=str), f"champion {champion.version} {champion.auroc}" if champion else "none"]
+    # Not the champion nor the drift record: a candidate with the same content is published
+    # once, whatever the registry says by the time of a rerun.
     key = key_of("publish", {"study": study.name, "promotion": _cfg(study.promotion), "tracking": tracking.current_uri()}, inputs)
 
     def compute(out: Path) -> SiteResult:
-        tracking.abandon_runs(key)
         return publish(site, study, spec, stages, validations, champion, drift, out, key)
 
     stage = cache.run(f"publish-{spec.name}", key, compute, digest_of=lambda rel: rel.suffix == ".json")
@@ -329,7 +333,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         run_name=f"{site.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"task": spec.name, "task_digest": spec.digest(), "validation_design": "internal",
               "code_version": code_version(), "study": study.name, "stage_key": stage_key,
-              "drift_action": action},
+              "train_key": stages["trained"].key, "drift_action": action},
     )
     log.info("publish %s/%s: MLflow run %s opened", site.name, spec.name, run_id)
     shape = json.loads((matrix.dir / "shape.json").read_text())
@@ -356,7 +360,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     del X
     name, version, aliases = tracking.register_model(
         run_id=run_id, task=spec.name, site=site.name, xgb_model_path=trained.xgboost_path, n_features=shape["columns"],
-        promote=promotion["promoted"], decision=decision,
+        promote=promotion["promoted"], decision=decision, tags={"train_key": stages["trained"].key},
     )
     decision = f"{name} v{version} {decision}"
     promotion |= {"decision": decision, "version": version}
@@ -582,24 +586,37 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                 logger.warning("site %s, task %s skipped: %s", name, spec.name, reason)
                 results.append(SiteResult(name, spec.name, "skipped", reason=reason))
                 continue
-            found = champion_task(site, spec, study, pulls[name], labels, cache)
-            champion = found[2] if found else None
-            if found:
-                used[name] += list(found[:2])
-            drift = drift_record(champion, matrix, study)
-            action = drift["decision"]["action"]
-            if action != "retrain":
-                logger.warning("site %s, task %s: drift policy says %s: %s", name, spec.name, action,
-                               "; ".join(drift["decision"]["reasons"]))
-            if action == "skip":
-                log = logged(cache, f"drift-{spec.name}", [matrix.digest, json.dumps(drift, sort_keys=True, default=str)],
-                             lambda key, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, key)})
-                used[name].append(log)
-                results.append(SiteResult(name, spec.name, "skipped", run_id=log.result["run_id"], drift=drift,
-                                          reason=f"drift policy: {'; '.join(drift['decision']['reasons'])}; the champion stays"))
-                continue
-            trained = train_task(matrix, spec, study, cache)
-            evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache)
+            key = train_key(matrix, study)
+            tracking.abandon_runs(key, tag="train_key")  # what a killed run of this candidate left half-made
+            info = tracking.champion_info(spec.name, name)
+            if info is not None and info[1].get(f"{tracking.TAG}.train_key") == key:
+                # The champion was trained on these very features: nothing changed since it was published.
+                trained = train_task(matrix, spec, study, cache)
+                evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache)
+                held = evaluation.result.load_metrics()["held_out"][PRIMARY]
+                champion = ChampionCheck(info[0], held["auroc"], trained.result, matrix.result)
+                drift = {"compare": None, "decision": {
+                    "action": "retrain", "drifted": False,
+                    "reasons": [f"champion v{info[0]} was trained on these same features: nothing to compare"]}}
+            else:
+                found = champion_task(site, spec, study, pulls[name], labels, cache)
+                champion = found[2] if found else None
+                if found:
+                    used[name] += list(found[:2])
+                drift = drift_record(champion, matrix, study)
+                action = drift["decision"]["action"]
+                if action != "retrain":
+                    logger.warning("site %s, task %s: drift policy says %s: %s", name, spec.name, action,
+                                   "; ".join(drift["decision"]["reasons"]))
+                if action == "skip":
+                    log = logged(cache, f"drift-{spec.name}", [matrix.digest, json.dumps(drift, sort_keys=True, default=str)],
+                                 lambda key, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, key)})
+                    used[name].append(log)
+                    results.append(SiteResult(name, spec.name, "skipped", run_id=log.result["run_id"], drift=drift,
+                                              reason=f"drift policy: {'; '.join(drift['decision']['reasons'])}; the champion stays"))
+                    continue
+                trained = train_task(matrix, spec, study, cache)
+                evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache)
             used[name] += [trained, evaluation]
             built[name] = {"pull": pulls[name], "labels": labels, "matrix": matrix, "trained": trained,
                            "evaluation": evaluation, "champion": champion, "drift": drift}

@@ -290,7 +290,8 @@ def champion_inputs(task: str, site: str, dest: Path) -> str | None:
 
 
 def register_model(
-    *, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int, promote: bool, decision: str
+    *, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int, promote: bool, decision: str,
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, str, tuple[str, ...]]:
     """Log the XGBoost model (JSON format, signature, synthetic input example) into the run,
     register it as ``challenger``, and move ``champion`` to it when ``promote``.
@@ -320,6 +321,8 @@ def register_model(
         client.set_registered_model_alias(name, "champion", version)
         aliases = ("challenger", "champion")
     client.set_model_version_tag(name, version, f"{TAG}.decision", decision)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version, f"{TAG}.{key}", value)
     client.set_tag(run_id, f"{TAG}.decision", decision)
     return name, version, aliases
 
@@ -416,12 +419,19 @@ def redacted_uri() -> str:
 
 def champion_version(task: str, site: str) -> str | None:
     """The version behind the ``champion`` alias, or None."""
+    info = champion_info(task, site)
+    return info[0] if info else None
+
+
+def champion_info(task: str, site: str) -> tuple[str, dict[str, str]] | None:
+    """The champion's version and its model-version tags, or None."""
     import mlflow
 
     try:
-        return str(mlflow.MlflowClient().get_model_version_by_alias(registered_name(task, site), "champion").version)
+        version = mlflow.MlflowClient().get_model_version_by_alias(registered_name(task, site), "champion")
     except mlflow.exceptions.MlflowException:
         return None
+    return str(version.version), dict(version.tags or {})
 
 
 def finish_run(run_id: str) -> None:
@@ -432,9 +442,10 @@ def finish_run(run_id: str) -> None:
     client.set_terminated(run_id, "FINISHED")
 
 
-def abandon_runs(stage_key: str) -> list[str]:
-    """Runs of ``stage_key`` left unfinished by a killed process: marked KILLED, and the
-    model versions they registered deleted, so that a resumed run leaves one of each.
+def abandon_runs(value: str, tag: str = "stage_key") -> list[str]:
+    """Runs tagged ``forewarn.<tag> = value`` left unfinished by a killed process: marked
+    KILLED, and the model versions they registered deleted, so that a resumed run leaves
+    one of each.
     A run counts as finished once :func:`finish_run` has tagged it complete."""
     import mlflow
 
@@ -442,7 +453,7 @@ def abandon_runs(stage_key: str) -> list[str]:
     experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith(f"{EXPERIMENT_PREFIX}/")]
     if not experiments:
         return []
-    runs = client.search_runs(experiments, filter_string=f"tags.`{TAG}.stage_key` = '{stage_key}'")
+    runs = client.search_runs(experiments, filter_string=f"tags.`{TAG}.{tag}` = '{value}'")
     abandoned = []
     for run in runs:
         if run.data.tags.get(f"{TAG}.complete") == "true":

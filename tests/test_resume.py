@@ -93,7 +93,7 @@ def stage_digests(study: Path) -> dict[str, str]:
         record = json.loads(marker.read_text())
         if record["stage"].startswith(("publish-", "mlflow-")):
             continue
-        site = marker.parents[3].name
+        site = marker.parents[4].name
         assert (site, record["stage"]) not in out, f"two finished {record['stage']} stages at {site}"
         out[(site, record["stage"])] = record["digest"]
     return out
