@@ -29,6 +29,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -198,7 +199,7 @@ def build_labels(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, dict[str, 
     (``candidates`` counts what entered).
     """
     con = duckdb.connect()
-    frame = con.execute(candidates_sql(str(Path(events_dir) / "*.parquet"), spec)).df()
+    frame = con.sql(candidates_sql(str(Path(events_dir) / "*.parquet"), spec)).to_arrow_table()
     con.close()
     return label_frame(frame, spec)
 
@@ -274,12 +275,33 @@ def outcome_times(events_dir: Path, spec: TaskSpec) -> pd.DataFrame:
     return frame
 
 
-def label_frame(frame: pd.DataFrame, spec: TaskSpec) -> tuple[pa.Table, dict[str, dict[str, int]]]:
-    """The label logic on a frame of candidates with ``birth, first_time, last_time, outcome``."""
-    t = frame["prediction_time"].to_numpy("datetime64[us]").astype(np.int64)
-    as_us = lambda col: frame[col].to_numpy("datetime64[us]").astype(np.int64)  # noqa: E731
+def _groups(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group id per element, first position of each group) of an already sorted array:
+    ``np.unique(..., return_inverse=True)`` without its sort."""
+    new = np.empty(sorted_keys.size, bool)
+    new[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+    return np.cumsum(new) - 1, np.flatnonzero(new)
+
+
+def label_frame(frame: pd.DataFrame | pa.Table, spec: TaskSpec) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """The label logic on candidates (a DataFrame or an Arrow table) with
+    ``subject_id, prediction_time, birth, first_time, last_time, outcome``."""
     nat = np.iinfo(np.int64).min
+    if isinstance(frame, pa.Table):
+        def as_us(col: str) -> np.ndarray:
+            return pc.fill_null(frame.column(col).cast(pa.timestamp("us")).cast(pa.int64()), nat).to_numpy()
+        subjects = frame.column("subject_id").to_numpy().astype(np.int64, copy=False)
+    else:
+        def as_us(col: str) -> np.ndarray:
+            return frame[col].to_numpy("datetime64[us]").astype(np.int64)
+        subjects = frame["subject_id"].to_numpy(np.int64)
+    t = as_us("prediction_time")
     birth, first, last, outcome = (as_us(c) for c in ("birth", "first_time", "last_time", "outcome"))
+    # Work in (subject, time) order; candidates_sql already returns it, so this is a check.
+    if subjects.size > 1 and not ((subjects[1:] > subjects[:-1]) | ((subjects[1:] == subjects[:-1]) & (t[1:] >= t[:-1]))).all():
+        order = np.lexsort((t, subjects))
+        subjects, t, birth, first, last, outcome = (a[order] for a in (subjects, t, birth, first, last, outcome))
     has_outcome = outcome != nat
     age_years = np.where(birth != nat, (t - birth) / DAY_US / YEAR_DAYS, np.nan)
     pop = spec.population
@@ -291,29 +313,31 @@ def label_frame(frame: pd.DataFrame, spec: TaskSpec) -> tuple[pa.Table, dict[str
         "censored": ~(has_outcome & (outcome <= t + spec.horizon_days * DAY_US))
         & (last < t + spec.horizon_days * DAY_US),
     }
-    subjects = frame["subject_id"].to_numpy(np.int64)
-    uniq, sid = np.unique(subjects, return_inverse=True)
-    attrition = {"candidates": {"times": int(len(frame)), "subjects": int(uniq.size)}}
-    alive = np.ones(len(frame), bool)
+    sid, starts = _groups(subjects)
+    n_subjects = starts.size
+    attrition = {"candidates": {"times": int(t.size), "subjects": int(n_subjects)}}
+    alive = np.ones(t.size, bool)
     for step, mask in reasons.items():
         removed = alive & mask
         alive &= ~mask
         # Subjects this step removed entirely: some row removed here, none left alive.
-        gone = (np.bincount(sid[removed], minlength=uniq.size) > 0) & (np.bincount(sid[alive], minlength=uniq.size) == 0)
+        gone = (np.bincount(sid[removed], minlength=n_subjects) > 0) & (np.bincount(sid[alive], minlength=n_subjects) == 0)
         attrition[step] = {"times": int(removed.sum()), "subjects": int(gone.sum())}
     # Sample at most K per subject, by a seeded hash of (subject, time): stable across
     # reruns and data refreshes (adding a visit does not reshuffle the others).
-    rank_key = _mix(subjects.astype(np.uint64) ^ _mix(t.astype(np.uint64) + np.uint64(spec.prediction_times.seed)))
     idx = np.flatnonzero(alive)
-    # One uint64 sort key (dense subject code, then the hash's top 32 bits) sorts far
-    # faster than a two-key lexsort.
-    key = (sid[idx].astype(np.uint64) << np.uint64(32)) | (rank_key[idx] >> np.uint64(32))
-    order = idx[np.argsort(key, kind="stable")]
-    _, first_pos = np.unique(sid[order], return_index=True)
-    within = np.arange(order.size) - np.repeat(first_pos, np.diff(np.r_[first_pos, order.size]))
-    chosen = order[within < spec.prediction_times.max_per_subject]
-    chosen = chosen[np.argsort(t[chosen], kind="stable")]
-    chosen = chosen[np.argsort(sid[chosen], kind="stable")]  # output sorted by subject, then time
+    k = spec.prediction_times.max_per_subject
+    sub_sid, sub_start = _groups(sid[idx])
+    if k >= np.diff(np.r_[sub_start, idx.size]).max(initial=0):
+        chosen = idx  # nobody has more than K candidates left
+    else:
+        rank_key = _mix(subjects[idx].astype(np.uint64) ^ _mix(t[idx].astype(np.uint64) + np.uint64(spec.prediction_times.seed)))
+        # One uint64 sort key (dense subject code, then the hash's top 32 bits) sorts far
+        # faster than a two-key lexsort.
+        key = (sub_sid.astype(np.uint64) << np.uint64(32)) | (rank_key >> np.uint64(32))
+        order = np.argsort(key, kind="stable")
+        within = np.arange(order.size) - sub_start[sub_sid[order]]
+        chosen = np.sort(idx[order[within < k]])  # rows are in (subject, time) order
     attrition["sampled_out"] = {"times": int(idx.size - chosen.size), "subjects": 0}
     positive = has_outcome & (outcome >= t + spec.gap_days * DAY_US) & (outcome <= t + spec.horizon_days * DAY_US)
     labels = pa.table(
@@ -323,11 +347,9 @@ def label_frame(frame: pd.DataFrame, spec: TaskSpec) -> tuple[pa.Table, dict[str
             schema.BOOLEAN_VALUE: pa.array(positive[chosen], pa.bool_()),
         }
     )
-    attrition["labelled"] = {"times": int(chosen.size), "subjects": int(np.unique(subjects[chosen]).size)}
-    attrition["positive"] = {
-        "times": int(positive[chosen].sum()),
-        "subjects": int(np.unique(subjects[chosen][positive[chosen]]).size),
-    }
+    chosen_positive = chosen[positive[chosen]]
+    attrition["labelled"] = {"times": int(chosen.size), "subjects": int(_groups(subjects[chosen])[1].size)}
+    attrition["positive"] = {"times": int(chosen_positive.size), "subjects": int(_groups(subjects[chosen_positive])[1].size)}
     return schema.align(labels, schema.LABEL_SCHEMA, what="labels"), attrition
 
 
