@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -271,44 +272,99 @@ def featurize(
         l_subj = labels_df[schema.SUBJECT_ID].to_numpy(np.int64)
         l_time = labels_df[schema.PREDICTION_TIME].to_numpy("datetime64[us]").astype(np.int64)
         shard_paths = sorted(events_dir.glob("*.parquet"))
-        jobs = [(str(p.resolve()), l_subj, l_time, plan) for p in shard_paths]
+        # Each shard's block goes to disk as it is made; the matrix is then filled shard
+        # by shard, so the peak is the output plus one shard, not every block at once.
+        spill = out_dir / f".shards-{os.getpid()}"
+        shutil.rmtree(spill, ignore_errors=True)
+        spill.mkdir(parents=True)
+        spill_dir = str(spill.resolve())
+        jobs = [(str(p.resolve()), l_subj, l_time, plan, spill_dir) for p in shard_paths]
         workers: int | str = min(len(jobs), config.n_workers or os.cpu_count() or 1)
-        if map_shards is not None:
-            workers = getattr(map_shards, "description", "map_shards")
-            blocks = list(map_shards(_shard_job, jobs))
-        elif workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                blocks = list(pool.map(_shard_job, jobs))
-        else:
-            blocks = [_shard_job(job) for job in jobs]
         n_rows, n_cols = len(labels_df), len(columns)
-        X = _assemble(blocks, n_rows, n_cols)
+        try:
+            if map_shards is not None:
+                workers = getattr(map_shards, "description", "map_shards")
+                blocks = list(map_shards(_shard_job, jobs))
+            elif workers > 1:
+                with ProcessPoolExecutor(workers) as pool:
+                    blocks = list(pool.map(_shard_job, jobs))
+            else:
+                blocks = [_shard_job(job) for job in jobs]
+            blocks = [(*b, spill_dir) if isinstance(b[0], str) else b for b in blocks]
+            X = _assemble(blocks, n_rows, n_cols)
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
         columns["description"] = readable_names(columns, descriptions)
         matrix = _write(out_dir, X, labels_df, columns)
         counts.update(rows=n_rows, columns=n_cols, nonzeros=int(X.nnz), shards=len(shard_paths), workers=workers)
     return matrix
 
 
-def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix]:
-    """One shard's rows (global row ids, ascending) and their CSR block, built in the
-    worker so only compact blocks (float32 values, int32 indices) travel back."""
-    path, l_subj, l_time, plan = job
+def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix] | tuple[str, int, int]:
+    """One shard's rows (global row ids, ascending) and their CSR block (float32 values,
+    int32 indices). With a fifth job item (a folder) the block is written there as
+    ``<shard>.{rows,indptr,indices,data}.npy`` and only ``(stem, rows, non-zeros)``
+    travels back."""
+    path, l_subj, l_time, plan = job[:4]
     events = pq.read_table(path, columns=[schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE])
     subjects = np.unique(events.column(schema.SUBJECT_ID).to_numpy())
     rows = np.flatnonzero(np.isin(l_subj, subjects))
     n_cols = len(plan.col_index)
     if rows.size == 0:
-        return rows, sp.csr_matrix((0, n_cols), dtype=np.float32)
-    r, c, v = shard_block(events, l_subj[rows], l_time[rows], rows, plan)
-    del events
-    block = sp.csr_matrix((v, (np.searchsorted(rows, r), c)), shape=(rows.size, n_cols), dtype=np.float32)
-    block.sort_indices()
-    return rows, block
+        block = sp.csr_matrix((0, n_cols), dtype=np.float32)
+    else:
+        r, c, v = shard_block(events, l_subj[rows], l_time[rows], rows, plan)
+        del events
+        block = sp.csr_matrix((v, (np.searchsorted(rows, r), c)), shape=(rows.size, n_cols), dtype=np.float32)
+        del r, c, v
+        block.sort_indices()
+    if len(job) < 5:
+        return rows, block
+    stem = Path(path).stem
+    parts = {"rows": rows.astype(np.int64), "indptr": block.indptr.astype(np.int64),
+             "indices": block.indices.astype(np.int32), "data": block.data.astype(np.float32)}
+    for name, array in parts.items():
+        np.save(Path(job[4]) / f"{stem}.{name}.npy", array)
+    return stem, int(rows.size), int(block.nnz)
 
 
-def _assemble(blocks: list[tuple[np.ndarray, sp.csr_matrix]], n_rows: int, n_cols: int) -> sp.csr_matrix:
-    """Stack the shard blocks (plus empty rows for labels without events) and put the
-    rows back in label order."""
+def _assemble(blocks: list, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """The matrix in label order from the shard blocks (in memory as ``(rows, block)``,
+    or spilled to disk as ``(stem, rows, nnz, folder)``); labels without events get
+    empty rows. For spilled blocks the row lengths come first (the output's ``indptr``),
+    then each shard's values are scattered into place, one shard in memory at a time."""
+    if not blocks:
+        return sp.csr_matrix((n_rows, n_cols), dtype=np.float32)
+    if not isinstance(blocks[0][0], str):
+        return _assemble_in_memory(blocks, n_rows, n_cols)
+    folder = Path(blocks[0][3])
+
+    def part(stem: str, name: str) -> np.ndarray:
+        return np.load(folder / f"{stem}.{name}.npy")
+
+    row_len = np.zeros(n_rows, np.int64)
+    for stem, n, _nnz, _ in blocks:
+        if n:
+            row_len[part(stem, "rows")] = np.diff(part(stem, "indptr"))
+    nnz = int(row_len.sum())
+    index_type = np.int32 if max(nnz, n_cols) < np.iinfo(np.int32).max else np.int64
+    indptr = np.zeros(n_rows + 1, index_type)
+    np.cumsum(row_len, out=indptr[1:])
+    del row_len
+    data = np.empty(nnz, np.float32)
+    indices = np.empty(nnz, index_type)
+    for stem, _n, block_nnz, _ in blocks:
+        if not block_nnz:
+            continue
+        rows, local = part(stem, "rows"), part(stem, "indptr")
+        dest = np.repeat(indptr[rows].astype(np.int64) - local[:-1], np.diff(local)) + np.arange(block_nnz)
+        data[dest] = part(stem, "data")
+        indices[dest] = part(stem, "indices")
+        del dest
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols), copy=False)
+
+
+def _assemble_in_memory(blocks: list[tuple[np.ndarray, sp.csr_matrix]], n_rows: int, n_cols: int) -> sp.csr_matrix:
     rows = [b[0] for b in blocks if b[0].size]
     mats = [b[1] for b in blocks if b[0].size]
     covered = np.concatenate(rows) if rows else np.zeros(0, np.int64)
