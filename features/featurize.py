@@ -25,6 +25,7 @@ in parallel worker processes and their triplets are merged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -303,7 +304,7 @@ def featurize(
 def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix] | tuple[str, int, int]:
     """One shard's rows (global row ids, ascending) and their CSR block (float32 values,
     int32 indices). With a fifth job item (a folder) the block is written there as
-    ``<shard>.{rows,indptr,indices,data}.npy`` and only ``(stem, rows, non-zeros)``
+    ``<digest of the shard path>.{rows,indptr,indices,data}.npy`` and only ``(stem, rows, non-zeros)``
     travels back."""
     path, l_subj, l_time, plan = job[:4]
     events = pq.read_table(path, columns=[schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE])
@@ -320,7 +321,7 @@ def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix] | tuple[str, int, int]:
         block.sort_indices()
     if len(job) < 5:
         return rows, block
-    stem = Path(path).stem
+    stem = hashlib.sha1(str(path).encode()).hexdigest()[:16]  # shard files of several folders may share a name
     parts = {"rows": rows.astype(np.int64), "indptr": block.indptr.astype(np.int64),
              "indices": block.indices.astype(np.int32), "data": block.data.astype(np.float32)}
     for name, array in parts.items():

@@ -215,3 +215,20 @@ def test_given_columns_apply_a_model_trained_elsewhere(tmp_path):
     assert list(cols_b["name"]) == list(cols["name"])  # same columns, same order
     got = dict(zip(cols_b["name"], Xb.toarray()[0], strict=True))
     assert got[f"{HBA1C}/value/last/30d"] == 8.0 and got["Visit//OP/code/count/full"] == 0
+
+
+def test_shards_linked_from_folders_with_the_same_file_names(tmp_path):
+    """Events gathered from two sites as links to their ``0.parquet`` shards: each shard
+    keeps its own block (the spill names come from the full target path)."""
+    write_events(tmp_path / "a", [(1, T, "X//1", 1.0), (1, datetime(1980, 1, 1), "MEDS_BIRTH", None)], shard="0")
+    write_events(tmp_path / "b", [(2, T, "X//1", 5.0), (2, T, "X//1", 6.0)], shard="0")
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "a-0.parquet").symlink_to(tmp_path / "a" / "0.parquet")
+    (tmp_path / "events" / "b-0.parquet").symlink_to(tmp_path / "b" / "0.parquet")
+    splits = pd.DataFrame({"subject_id": [1, 2], "split": ["train", "train"]})
+    config = FeatureConfig(windows=["full"], aggs=["value/count", "value/sum"], min_code_subjects=1)
+    X, rows, columns = featurize(tmp_path / "events", label_table([(2, T, True), (1, T, False)]), splits, tmp_path / "out", config).load()
+    got = {(s, n): v for s, row in zip(rows[schema.SUBJECT_ID], X.toarray(), strict=True) for n, v in zip(columns["name"], row, strict=True)}
+    assert got[(1, "X//1/value/count/full")] == 1 and got[(1, "X//1/value/sum/full")] == 1.0
+    assert got[(2, "X//1/value/count/full")] == 2 and got[(2, "X//1/value/sum/full")] == 11.0
+    assert not list((tmp_path / "out").glob(".shards-*"))  # the spilled blocks are gone

@@ -301,3 +301,16 @@ def test_external_validation_runs_bring_back_aggregates_only(flow_run, client):
     assert {d.dataset.name.rsplit("/", 1)[1] for d in internal.inputs.dataset_inputs} == {"train", "tuning", "held_out"}
     promotion = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/promotion.json")).read_text())
     assert promotion["reasons"] and "calibration slope" in " ".join(promotion["reasons"])
+
+
+def test_drift_is_checked_against_the_champion_before_retraining(flow_run, client):
+    for first, second in zip(flow_run["first"], flow_run["second"], strict=True):
+        assert first.drift["compare"] is None and first.drift["decision"]["reasons"] == ["no champion"]
+        decision = second.drift["decision"]
+        # The degraded night lost most labs: the champion's top features moved.
+        assert decision["drifted"] is True and decision["action"] == "alert"
+        assert second.drift["compare"]["max_psi"] > 0.25 and second.drift["compare"]["drifted_features"]
+        assert "drift alert" in second.decision
+        run = client.get_run(second.run_id)
+        assert run.data.tags["forewarn.drift_alert"] == "true"
+        assert run.data.metrics["drift/max_psi"] == pytest.approx(second.drift["compare"]["max_psi"])

@@ -132,8 +132,14 @@ def runs(tmp_path_factory, demo_network, prefect_api):
     code, again = forewarn_run(killed, prefect_api)
     rerun_seconds = time.perf_counter() - started
     assert code == 0, again
+    # New splits make a new candidate on the same data: the drift check finds nothing and
+    # a policy of skipping stable nights keeps the champion without training.
+    study = yaml.safe_load(killed.read_text()) | {"split_seed": 1, "drift": {"on_stable": "skip"}}
+    killed.write_text(yaml.safe_dump(study))
+    code, skipped = forewarn_run(killed, prefect_api)
+    assert code == 0, skipped
     return {"reference": reference, "killed": killed, "killed_outputs": outputs, "resumed": out, "rerun": again,
-            "rerun_seconds": rerun_seconds}
+            "rerun_seconds": rerun_seconds, "skipped": skipped}
 
 
 def test_killed_runs_resume_to_the_same_stage_outputs(runs):
@@ -162,6 +168,25 @@ def test_rerun_on_unchanged_data_recomputes_and_logs_nothing(runs):
     assert runs["rerun"].count("[unchanged: cached]") == 2
     before = mlflow_state(runs["killed"])
     assert before["complete"].count(("academic", "internal")) == 1
+
+
+def test_a_stable_night_is_skipped_by_the_drift_policy(runs):
+    out = runs["skipped"]
+    assert out.count("skipped: drift policy:") == 2
+    assert "train-ckd3_2y: computing" not in out and "champion-features-ckd3_2y: computing" in out
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs['killed'].parent / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("forewarn/ckd3_2y")
+    drift_runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'drift'")
+    assert sorted(r.data.tags["forewarn.site"] for r in drift_runs) == ["academic", "community"]
+    for run in drift_runs:
+        assert run.data.tags["forewarn.drift_action"] == "skip"
+        assert run.data.metrics["drift/detected"] == 0.0 and run.data.metrics["drift/max_psi"] < 0.25
+    # No model was registered that night: each site still has one version, its champion.
+    for name in ("forewarn-ckd3_2y-academic", "forewarn-ckd3_2y-community"):
+        (version,) = client.search_model_versions(f"name = '{name}'")
+        assert set(version.aliases) == {"champion", "challenger"}
 
 
 def test_stage_folders_hold_no_partial_leftovers(runs):
