@@ -85,6 +85,9 @@ class FeatureConfig(Strict):
     rollup_icd10: bool = Field(True, description="also count ICD-10 codes at their 3-character category (E11.9 -> E11)")
     parent_codes: bool = Field(True, description="also count codes at the parent_codes of metadata/codes.parquet")
     n_workers: int = Field(1, ge=0, description="worker processes for shards; 0 means one per core")
+    batch_subjects: int = Field(
+        20_000, ge=1, description="subjects computed at once within a shard: bounds memory, does not change the matrix"
+    )
 
     @field_validator("windows")
     @classmethod
@@ -308,17 +311,30 @@ def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix] | tuple[str, int, int]:
     travels back."""
     path, l_subj, l_time, plan = job[:4]
     events = pq.read_table(path, columns=[schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE])
-    subjects = np.unique(events.column(schema.SUBJECT_ID).to_numpy())
+    e_subj = events.column(schema.SUBJECT_ID).to_numpy()
+    if e_subj.size > 1 and (e_subj[1:] < e_subj[:-1]).any():  # pulls write shards sorted; other MEDS data may not be
+        order = np.argsort(e_subj, kind="stable")
+        events, e_subj = events.take(order), e_subj[order]
+    subjects = np.unique(e_subj)
     rows = np.flatnonzero(np.isin(l_subj, subjects))
     n_cols = len(plan.col_index)
-    if rows.size == 0:
-        block = sp.csr_matrix((0, n_cols), dtype=np.float32)
-    else:
-        r, c, v = shard_block(events, l_subj[rows], l_time[rows], rows, plan)
-        del events
-        block = sp.csr_matrix((v, (np.searchsorted(rows, r), c)), shape=(rows.size, n_cols), dtype=np.float32)
+    # Subjects in batches: the window arrays grow with a batch, not with the shard.
+    parts = []
+    for lo in range(0, subjects.size, plan.config.batch_subjects):
+        first, last = subjects[lo], subjects[min(lo + plan.config.batch_subjects, subjects.size) - 1]
+        batch_rows = rows[(l_subj[rows] >= first) & (l_subj[rows] <= last)]
+        if batch_rows.size == 0:
+            continue
+        a, b = np.searchsorted(e_subj, [first, last], side="left")[0], np.searchsorted(e_subj, last, side="right")
+        r, c, v = shard_block(events.slice(a, b - a), l_subj[batch_rows], l_time[batch_rows], batch_rows, plan)
+        part = sp.csr_matrix((v, (np.searchsorted(batch_rows, r), c)), shape=(batch_rows.size, n_cols), dtype=np.float32)
         del r, c, v
-        block.sort_indices()
+        part.sort_indices()
+        parts.append(part)
+    del events
+    block = sp.vstack(parts, format="csr", dtype=np.float32) if parts else sp.csr_matrix((0, n_cols), dtype=np.float32)
+    del parts
+    block.sort_indices()
     if len(job) < 5:
         return rows, block
     stem = hashlib.sha1(str(path).encode()).hexdigest()[:16]  # shard files of several folders may share a name

@@ -232,3 +232,20 @@ def test_shards_linked_from_folders_with_the_same_file_names(tmp_path):
     assert got[(1, "X//1/value/count/full")] == 1 and got[(1, "X//1/value/sum/full")] == 1.0
     assert got[(2, "X//1/value/count/full")] == 2 and got[(2, "X//1/value/sum/full")] == 11.0
     assert not list((tmp_path / "out").glob(".shards-*"))  # the spilled blocks are gone
+
+
+def test_subject_batches_within_a_shard_give_the_same_matrix(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = [(s, None, "Gender//F" if s % 2 else "Gender//M", None) for s in range(1, 8)]
+    rows += [(s, datetime(1960 + s, 1, 1), "MEDS_BIRTH", None) for s in range(1, 8)]
+    rows += [(int(s), T - timedelta(days=int(d)), code, float(v)) for s, d, code, v in zip(
+        rng.integers(1, 8, 300), rng.integers(0, 900, 300), rng.choice(["LAB//A", "LAB//B"], 300), rng.normal(5, 2, 300), strict=True)]
+    rows.sort(key=lambda r: (r[0], r[1] or datetime.min))
+    write_events(tmp_path / "events", rows)
+    labels = label_table([(s, T - timedelta(days=k * 100), k % 2 == 0) for s in range(1, 9) for k in range(2)])
+    splits = pd.DataFrame({"subject_id": range(1, 9), "split": "train"})
+    config = FeatureConfig(aggs=ALL_AGGS + ["static/present"], min_code_subjects=1)
+    whole = featurize(tmp_path / "events", labels, splits, tmp_path / "whole", config).load()
+    batched = featurize(tmp_path / "events", labels, splits, tmp_path / "batched", config.model_copy(update={"batch_subjects": 2})).load()
+    assert whole[0].shape == (16, len(whole[2])) and whole[0].nnz > 100
+    assert (whole[0] != batched[0]).nnz == 0 and whole[1].equals(batched[1]) and whole[2].equals(batched[2])
