@@ -251,8 +251,10 @@ def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: St
     def compute(out: Path) -> dict:
         table, splits, _ = labels.result.load()
         columns = pd.read_parquet(model_matrix.result.columns_path)
-        matrix = featurize(pull.result.events_dir, table, splits, out / "features", study.features,
-                           codes_path=pull.result.codes_path, columns=columns)
+        with maybe_dask_client(study.executor) as client:
+            matrix = featurize(pull.result.events_dir, table, splits, out / "features", study.features,
+                               codes_path=pull.result.codes_path, columns=columns,
+                               map_shards=shard_mapper(client) if client is not None else None)
         record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed)
         (out / "record.json").write_text(json.dumps(record, indent=1))
         return record
@@ -266,17 +268,20 @@ def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, c
     cutoff = datetime.combine(study.validation.temporal_from, datetime.min.time())
     models = study.models.model_copy(update={"search": study.models.search.model_copy(update={"trials": 0})})
     params = {"task": spec.digest(), "cutoff": cutoff.isoformat(), "split_seed": study.split_seed,
-              "features": _features_cfg(study), "models": _cfg(models), "evaluation": _cfg(study.evaluation)}
+              "features": _features_cfg(study), "models": _cfg(models), "evaluation": _cfg(study.evaluation),
+              "executor": study.executor.kind}
 
     def compute(work: Path) -> dict:
         temporal = spec.model_copy(update={"temporal_split": TemporalSplit(held_out_from=cutoff)})
         labels = label_dataset(pull.result.events_dir, temporal, work, split_seed=study.split_seed)
         table, splits, _ = labels.load()
-        matrix = featurize(pull.result.events_dir, table, splits, work / "features", study.features,
-                           codes_path=pull.result.codes_path)
-        if trainability(matrix):
-            return {"skipped": trainability(matrix)}
-        trained = train_models(matrix, work / "models", models)
+        with maybe_dask_client(study.executor) as client:
+            matrix = featurize(pull.result.events_dir, table, splits, work / "features", study.features,
+                               codes_path=pull.result.codes_path,
+                               map_shards=shard_mapper(client) if client is not None else None)
+            if trainability(matrix):
+                return {"skipped": trainability(matrix)}
+            trained = train_models(matrix, work / "models", models, client=client)
         held = evaluate_and_explain(matrix, trained, work / "evaluation", study.evaluation, site=site.name,
                                     outcomes_path=labels.outcomes_path).load_metrics()["held_out"][PRIMARY]
         return held | {"cutoff": cutoff.date().isoformat()}
