@@ -347,10 +347,11 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     held = record["held_out"][PRIMARY]
     compared = {"version": champion.version, "auroc": champion.auroc} if champion else None
     promotion = decide(held, compared, study.promotion)
-    if action == "alert" and promotion["promoted"]:
+    if action == "alert":
+        drifted = [r for r in drift["decision"]["reasons"] if "drifted" in r or "drift" in r][:3]
         promotion = promotion | {"promoted": False, "reasons": [
-            "drift alert: the data changed beyond the drift policy, so a person must review before promotion",
-            *drift["decision"]["reasons"], *promotion["reasons"]]}
+            "drift alert: the data drifted from the champion's beyond the drift policy, so a person reviews before any "
+            f"promotion ({'; '.join(drifted) or 'see the drift section'})", *promotion["reasons"]]}
     name = tracking.registered_name(spec.name, site.name)
     if promotion["promoted"]:
         decision = f"promoted to champion: {'; '.join(promotion['reasons'])}."
