@@ -132,6 +132,8 @@ def runs(tmp_path_factory, demo_network, prefect_api):
     code, again = forewarn_run(killed, prefect_api)
     rerun_seconds = time.perf_counter() - started
     assert code == 0, again
+    finished = {name: {"digests": stage_digests(study), "mlflow": mlflow_state(study)}
+                for name, study in (("reference", reference), ("killed", killed))}
     # New splits make a new candidate on the same data: the drift check finds nothing and
     # a policy of skipping stable nights keeps the champion without training.
     study = yaml.safe_load(killed.read_text()) | {"split_seed": 1, "drift": {"on_stable": "skip"}}
@@ -139,11 +141,11 @@ def runs(tmp_path_factory, demo_network, prefect_api):
     code, skipped = forewarn_run(killed, prefect_api)
     assert code == 0, skipped
     return {"reference": reference, "killed": killed, "killed_outputs": outputs, "resumed": out, "rerun": again,
-            "rerun_seconds": rerun_seconds, "skipped": skipped}
+            "rerun_seconds": rerun_seconds, "skipped": skipped, "finished": finished}
 
 
 def test_killed_runs_resume_to_the_same_stage_outputs(runs):
-    reference, resumed = stage_digests(runs["reference"]), stage_digests(runs["killed"])
+    reference, resumed = runs["finished"]["reference"]["digests"], runs["finished"]["killed"]["digests"]
     stages = {name for _, name in reference}
     assert stages == {"pull", "label-ckd3_2y", "features-ckd3_2y", "train-ckd3_2y", "evaluate-ckd3_2y",
                       "external-ckd3_2y-academic", "external-ckd3_2y-community"}
@@ -154,8 +156,8 @@ def test_killed_runs_resume_to_the_same_stage_outputs(runs):
 
 
 def test_killed_publication_leaves_one_complete_run_and_model_version_per_site(runs):
-    state = mlflow_state(runs["killed"])
-    reference = mlflow_state(runs["reference"])
+    state = runs["finished"]["killed"]["mlflow"]
+    reference = runs["finished"]["reference"]["mlflow"]
     assert state["complete"] == reference["complete"] == [
         ("academic", "external"), ("academic", "internal"), ("community", "external"), ("community", "internal")]
     assert state["unfinished"] == 0
@@ -166,8 +168,7 @@ def test_killed_publication_leaves_one_complete_run_and_model_version_per_site(r
 def test_rerun_on_unchanged_data_recomputes_and_logs_nothing(runs):
     assert ": computing" not in runs["rerun"]
     assert runs["rerun"].count("[unchanged: cached]") == 2
-    before = mlflow_state(runs["killed"])
-    assert before["complete"].count(("academic", "internal")) == 1
+    assert runs["finished"]["killed"]["mlflow"]["complete"].count(("academic", "internal")) == 1
 
 
 def test_a_stable_night_is_skipped_by_the_drift_policy(runs):
@@ -186,7 +187,7 @@ def test_a_stable_night_is_skipped_by_the_drift_policy(runs):
     # No model was registered that night: each site still has one version, its champion.
     for name in ("forewarn-ckd3_2y-academic", "forewarn-ckd3_2y-community"):
         (version,) = client.search_model_versions(f"name = '{name}'")
-        assert set(version.aliases) == {"champion", "challenger"}
+        assert client.get_model_version_by_alias(name, "champion").version == version.version
 
 
 def test_stage_folders_hold_no_partial_leftovers(runs):
