@@ -76,6 +76,7 @@ def _run_study(path: Path) -> None:
     from forewarn.flows.nightly import run_nightly
 
     state, results = run_nightly(study)
+    workdirs = {site.name: site.workdir for site in study.sites}
     from forewarn.flows import tracking
 
     typer.echo("")
@@ -90,7 +91,8 @@ def _run_study(path: Path) -> None:
             f"AUPRC {m['held_out/auprc']:.3f}  model {r.model_name} v{r.version} ({', '.join(r.aliases)})"
             + ("  [unchanged: cached]" if r.cached else "")
         )
-        typer.echo(f"{'':>34}report: {r.report_path}")
+        latest = workdirs[r.site] / "reports" / r.task / "report.html"  # the latest report's stable copy
+        typer.echo(f"{'':>34}report: {latest if latest.is_file() else r.report_path}")
     typer.echo(f"\nMLflow store: {tracking.redacted_uri()}")
     typer.echo("Look at the runs:  forewarn ui   (then open http://127.0.0.1:5000)")
     if state.is_failed():
