@@ -82,8 +82,14 @@ def source_digest(location: str) -> str | None:
     return None
 
 
+# Modules that cannot change what a stage writes (the command line, deployment entry
+# points, the Prefect artifact, where work runs): editing them keeps the stages.
+NOT_IN_CODE_DIGEST = {"flows/cli.py", "flows/deploy.py", "flows/artifact.py", "flows/executor.py"}
+
+
 def code_digest() -> str:
-    """Digest of Forewarn's own source files: a code change invalidates every stage."""
+    """Digest of Forewarn's own source files: a code change invalidates every stage
+    (except changes to ``NOT_IN_CODE_DIGEST``)."""
     global _CODE_DIGEST
     if _CODE_DIGEST is None:
         h = _hasher()
@@ -91,8 +97,9 @@ def code_digest() -> str:
                                for p in ("records", "features", "models", "evaluation", "flows")})
         for folder in package_dirs:
             for path in sorted(folder.rglob("*")):
-                if path.suffix in (".py", ".yaml", ".j2") and "__pycache__" not in path.parts:
-                    h.update(f"{folder.name}/{path.relative_to(folder)}".encode() + b"\0")
+                rel = f"{folder.name}/{path.relative_to(folder)}"
+                if path.suffix in (".py", ".yaml", ".j2") and "__pycache__" not in path.parts and rel not in NOT_IN_CODE_DIGEST:
+                    h.update(rel.encode() + b"\0")
                     file_digest(path, h)
         _CODE_DIGEST = h.hexdigest()
     return _CODE_DIGEST
