@@ -538,7 +538,7 @@ def main() -> None:
             from distributed import LocalCluster
 
             t = time.perf_counter()
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                    scheduler_port=0)
             try:
                 from distributed import Client

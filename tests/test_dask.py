@@ -30,7 +30,7 @@ def cluster():
     from distributed import LocalCluster
 
     cluster = LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, scheduler_port=0
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", scheduler_port=0
     )
     try:
         yield cluster
