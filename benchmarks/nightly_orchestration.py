@@ -16,7 +16,9 @@ In one process:
 3. run 2, the same study again on unchanged data: every stage must be reused and no
    MLflow run created;
 4. run 3 (unless ``--skip-dask``): fresh folders and store, ``executor: dask`` on a
-   ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.
+   ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``, each
+   site pulled in ``--pull-parts`` parts (default 2): pull parts and featurization shards
+   are Prefect tasks on the cluster (``DaskTaskRunner``), XGBoost trains with ``xgboost.dask``.
 
 For each run: wall time of ``run_nightly(study)``; the compute seconds of every stage that
 computed, from its ``.stage.json`` marker, summed by stage kind; MLflow seconds, i.e. the
@@ -454,6 +456,7 @@ def main() -> None:
     parser.add_argument("--designs", default=",".join(DESIGNS), help="comma-separated validation designs")
     parser.add_argument("--out", type=Path, default=Path("/tmp/forewarn-orchestration"), help="a folder (emptied first)")
     parser.add_argument("--skip-dask", action="store_true", help="no LocalCluster run")
+    parser.add_argument("--pull-parts", type=int, default=2, help="executor.pull_parts of the LocalCluster run")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic network")
     args = parser.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
@@ -537,6 +540,9 @@ def main() -> None:
         if not args.skip_dask:
             from distributed import LocalCluster
 
+            from prefect.settings import PREFECT_API_URL
+
+            os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the workers' tasks report to the harness's server
             t = time.perf_counter()
             cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                    scheduler_port=0)
@@ -546,7 +552,7 @@ def main() -> None:
                 with Client(cluster.scheduler_address, set_as_default=False) as c:
                     c.wait_for_workers(2, timeout=120)
                 report["dask_cluster_startup_s"] = round(time.perf_counter() - t, 2)
-                executor = {"kind": "dask", "scheduler_address": cluster.scheduler_address}
+                executor = {"kind": "dask", "scheduler_address": cluster.scheduler_address, "pull_parts": args.pull_parts}
                 dstudy = load_study(write_study(out / "dask", network, tasks, designs, executor))
                 report["runs"]["cold (LocalCluster)"] = run_once("run 3, cold, Dask LocalCluster", dstudy, probe)
             finally:

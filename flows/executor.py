@@ -1,18 +1,21 @@
 """Where the work runs: on this machine, or on a Dask cluster (``executor: dask``).
 
 This is the one module that knows about Dask's client and Prefect's Dask task runner.
-The plain functions elsewhere take what they need as arguments:
-``featurize(..., map_shards=shard_mapper(client))`` runs the per-shard jobs on the
-cluster and ``train_models(..., client=client)`` trains XGBoost with ``xgboost.dask``.
-Both are called from the flow process (DESIGN.md section 8: ``xgboost.dask`` from the
-flow process; Dask workers must not each start an ephemeral Prefect server).
+With ``executor: dask`` the nightly flow runs on prefect-dask's ``DaskTaskRunner``
+(``task_runner``): the per-part site pulls (``pull_parts``) are submitted as Prefect
+tasks, and ``featurize(..., map_shards=task_mapper())`` submits every featurization shard
+as a Prefect task too, so both run on the cluster's workers and show in the Prefect UI.
+``train_models(..., client=client)`` trains XGBoost with ``xgboost.dask`` from the flow
+process (DESIGN.md section 8). Outside a flow, ``shard_mapper(client)`` runs shards on a
+cluster through a plain ``distributed`` client.
 
 The cluster must see the same files as the flow process (a shared filesystem): shard
-jobs read the events' parquet files by path. Workers need the same Python environment
-(forewarn, xgboost, scipy at the same versions).
+jobs read the events' parquet files by path and pulls write stage folders. Workers need
+the same Python environment (forewarn, xgboost, scipy at the same versions) and
+``PREFECT_API_URL``.
 
-Importing this module is cheap: ``distributed`` and ``prefect_dask`` are imported only
-when a Dask executor is used.
+Importing this module is cheap: ``distributed``, ``prefect`` and ``prefect_dask`` are
+imported only when they are used.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ class ExecutorSettings(Strict):
     kind: Literal["local", "dask"] = Field("local", description="local: this machine; dask: a Dask cluster")
     scheduler_address: str | None = Field(
         None, description="the Dask scheduler's address, e.g. tcp://10.0.0.5:8786 (needed by kind: dask)"
+    )
+    pull_parts: int = Field(
+        1, ge=1, le=1024,
+        description="split each site's pull into this many parts by subject, each its own task (on the cluster "
+        "with kind: dask), then merge them; 1 pulls each site in one task",
     )
 
     @field_validator("scheduler_address")
@@ -187,6 +195,42 @@ def shard_mapper(client: Client) -> Callable[[Callable, list], list]:
 
     map_shards.description = "dask"  # type: ignore[attr-defined]  # shown in the featurize progress line
     return map_shards
+
+
+def task_mapper() -> Callable[[Callable, list], list] | None:
+    """A ``map_shards`` for ``featurize`` that submits every shard job as a Prefect task
+    (``featurize shard``) to the running flow's task runner: with ``executor: dask`` that
+    is prefect-dask's ``DaskTaskRunner``, so the shards run on the cluster and show in
+    the Prefect UI as task runs. ``None`` outside a flow run (``featurize`` then runs
+    its shards itself). Results come back in job order."""
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return None
+
+    def map_shards(func: Callable[[tuple], Any], jobs: list) -> list:
+        futures = [_shard_task().submit(func, tuple(job)) for job in jobs]
+        return [future.result() for future in futures]
+
+    map_shards.description = "prefect task runner"  # type: ignore[attr-defined]
+    return map_shards
+
+
+_SHARD_TASK = None
+
+
+def _shard_task():
+    global _SHARD_TASK
+    if _SHARD_TASK is None:
+        from prefect import task
+        from prefect.cache_policies import NO_CACHE
+
+        @task(name="featurize shard", cache_policy=NO_CACHE)
+        def featurize_shard(func: Callable[[tuple], Any], job: tuple) -> Any:
+            return func(job)
+
+        _SHARD_TASK = featurize_shard
+    return _SHARD_TASK
 
 
 def _shared_positions(jobs: list[tuple]) -> list[int]:

@@ -38,12 +38,12 @@ from forewarn.features.featurize import FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
 from forewarn.flows import artifact, tracking
 from forewarn.flows.cache import Stage, StageCache, key_of, source_digest
-from forewarn.flows.executor import maybe_dask_client, shard_mapper
+from forewarn.flows.executor import maybe_dask_client, task_mapper
 from forewarn.flows.study import SiteConfig, Study
 from forewarn.models.promotion import decide
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy
-from forewarn.records.pull import PullFailed, PullResult
+from forewarn.records.pull import PullFailed, PullResult, merge_parts
 from forewarn.records.sources import pull_source
 
 log = logging.getLogger("forewarn")
@@ -132,28 +132,50 @@ def _parquet(rel: Path) -> bool:
     return rel.suffix == ".parquet"
 
 
-def pull_site(site: SiteConfig, demo: bool, cache: StageCache) -> Stage:
-    """The site's de-identified events. File sources are keyed on their content, so an
-    unchanged source is not pulled again; a database is pulled every run (it cannot be
-    hashed without reading it) and what follows is keyed on what the pull wrote."""
+def _shards(study: Study):
+    """With ``executor: dask``, featurization shards are Prefect tasks on the flow's
+    ``DaskTaskRunner``; locally ``featurize`` runs them in its own worker processes."""
+    return task_mapper() if study.executor.is_dask else None
+
+
+def pull_site(site: SiteConfig, demo: bool, cache: StageCache, part: tuple[int, int] | None = None) -> Stage:
+    """The site's de-identified events (with ``part``, one part of its subjects; see
+    ``merge_site``). File sources are keyed on their content, so an unchanged source is
+    not pulled again; a database is pulled every run (it cannot be hashed without
+    reading it) and what follows is keyed on what the pull wrote."""
     secret = deid.load_secret(site.name, demo=demo, secret_file=site.deid.secret_file)
     config = deid.DeidConfig(secret, max_shift_days=site.deid.max_shift_days)
     source = source_digest(site.source.location)
     params = {"site": site.name, "format": site.source.format, "db_schema": site.source.db_schema,
               "max_shift_days": site.deid.max_shift_days, "max_bad_fraction": site.max_bad_fraction,
               "secret": hashlib.sha256(b"forewarn stage key\0" + secret).hexdigest()[:16]}
+    if part is not None:
+        params["part"] = list(part)
     key = key_of("pull", params, [source or f"database pulled at {datetime.now(UTC).isoformat()}"])
 
     def compute(out: Path) -> PullResult:
         return pull_source(site.source.format, site.source.location, out / "pull", site=site.name, config=config,
-                           max_bad_fraction=site.max_bad_fraction, db_schema=site.source.db_schema)
+                           max_bad_fraction=site.max_bad_fraction, db_schema=site.source.db_schema, part=part)
 
-    return cache.run("pull", key, compute, digest_of=_parquet)
+    return cache.run("pull" if part is None else f"pull-part-{part[0]}", key, compute, digest_of=_parquet)
 
 
 @task(name="pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=_retry_if_transient)
-def pull_task(site: SiteConfig, demo: bool, cache: StageCache) -> Stage:
-    return pull_site(site, demo, cache)
+def pull_task(site: SiteConfig, demo: bool, cache: StageCache, part: tuple[int, int] | None = None) -> Stage:
+    return pull_site(site, demo, cache, part)
+
+
+def merge_site(site: SiteConfig, parts: list[Stage], cache: StageCache) -> Stage:
+    """One pull from the site's parts (``executor.pull_parts``), keyed on their content:
+    the bad-record gate and the quality summary judge the whole site."""
+    key = key_of("merge pull", {"site": site.name, "max_bad_fraction": site.max_bad_fraction}, [p.digest for p in parts])
+    return cache.run("pull", key, lambda out: merge_parts([p.result for p in parts], out / "pull", site=site.name,
+                                                          max_bad_fraction=site.max_bad_fraction), digest_of=_parquet)
+
+
+@task(name="merge pull parts", cache_policy=NO_CACHE)
+def merge_task(site: SiteConfig, parts: list[Stage], cache: StageCache) -> Stage:
+    return merge_site(site, parts, cache)
 
 
 @task(name="label", cache_policy=NO_CACHE)
@@ -173,9 +195,8 @@ def featurize_stage(pull: Stage, labels: Stage, study: Study, cache: StageCache,
     def compute(out: Path) -> FeatureMatrix:
         table, splits, _ = labels.result.load()
         fixed = pd.read_parquet(columns.dir / "model" / "columns.parquet") if columns is not None else None
-        with maybe_dask_client(study.executor) as client:
-            return featurize(pull.result.events_dir, table, splits, out, study.features, codes_path=pull.result.codes_path,
-                             columns=fixed, map_shards=shard_mapper(client) if client is not None else None)
+        return featurize(pull.result.events_dir, table, splits, out, study.features, codes_path=pull.result.codes_path,
+                         columns=fixed, map_shards=_shards(study))
 
     return cache.run(name, key, compute)
 
@@ -251,10 +272,8 @@ def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: St
     def compute(out: Path) -> dict:
         table, splits, _ = labels.result.load()
         columns = pd.read_parquet(model_matrix.result.columns_path)
-        with maybe_dask_client(study.executor) as client:
-            matrix = featurize(pull.result.events_dir, table, splits, out / "features", study.features,
-                               codes_path=pull.result.codes_path, columns=columns,
-                               map_shards=shard_mapper(client) if client is not None else None)
+        matrix = featurize(pull.result.events_dir, table, splits, out / "features", study.features,
+                           codes_path=pull.result.codes_path, columns=columns, map_shards=_shards(study))
         record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed)
         (out / "record.json").write_text(json.dumps(record, indent=1))
         return record
@@ -275,10 +294,9 @@ def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, c
         temporal = spec.model_copy(update={"temporal_split": TemporalSplit(held_out_from=cutoff)})
         labels = label_dataset(pull.result.events_dir, temporal, work, split_seed=study.split_seed)
         table, splits, _ = labels.load()
+        matrix = featurize(pull.result.events_dir, table, splits, work / "features", study.features,
+                           codes_path=pull.result.codes_path, map_shards=_shards(study))
         with maybe_dask_client(study.executor) as client:
-            matrix = featurize(pull.result.events_dir, table, splits, work / "features", study.features,
-                               codes_path=pull.result.codes_path,
-                               map_shards=shard_mapper(client) if client is not None else None)
             if trainability(matrix):
                 return {"skipped": trainability(matrix)}
             trained = train_models(matrix, work / "models", models, client=client)
@@ -327,6 +345,9 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     """Open the (site, task) MLflow run, apply the promotion rule against the champion
     (and the drift policy), register the model, render the report with the decision, and
     log it all to the run."""
+    done = tracking.completed_run(stage_key)
+    if done is not None:  # published by a run killed before it could mark the stage done
+        return recover_published(site, spec, done, out)
     pull: PullResult = stages["pull"].result
     labels: LabelSet = stages["labels"].result
     matrix: FeatureMatrix = stages["matrix"].result
@@ -426,6 +447,34 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     return SiteResult(
         site.name, spec.name, "published", run_id=run_id, experiment=tracking.experiment_name(spec.name), model_name=name,
         version=version, aliases=aliases, decision=decision, report_path=report_path, metrics=metrics, drift=drift,
+    )
+
+
+def recover_published(site: SiteConfig, spec: TaskSpec, run, out: Path) -> SiteResult:
+    """The result of a publication whose MLflow run was completed (tagged complete, its
+    model registered) by a process killed before it marked the stage done: read back
+    from MLflow, so that the resumed run neither logs a second run nor registers a
+    second model version."""
+    import mlflow
+
+    run_id = run.info.run_id
+    client = mlflow.MlflowClient()
+
+    def fetch(path: str) -> Path:  # a file artifact lands in out/ under its own name
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(out)))
+
+    report_path = fetch("report.html")
+    promotion = json.loads(fetch("validation/promotion.json").read_text())
+    drift = json.loads(fetch("validation/drift.json").read_text())
+    fetch(f"{tracking.MODEL_INPUTS}/profile.json")  # lands as out/profile.json, as publish writes it
+    (version,) = client.search_model_versions(f"run_id = '{run_id}'")
+    aliases = tuple(sorted(client.get_model_version(version.name, version.version).aliases))
+    log.info("publish %s/%s: MLflow run %s was completed before the stage was marked done; reusing it",
+             site.name, spec.name, run_id)
+    return SiteResult(
+        site.name, spec.name, "published", run_id=run_id, experiment=tracking.experiment_name(spec.name),
+        model_name=version.name, version=str(version.version), aliases=aliases, decision=promotion["decision"],
+        report_path=report_path, metrics=dict(run.data.metrics), drift=drift,
     )
 
 
@@ -553,12 +602,18 @@ def nightly(study: Study):
     used: dict[str, list[Stage]] = {site.name: [] for site in study.sites}
     with site_locks(study):
         pull = pull_task.with_options(retries=study.retries.attempts, retry_delay_seconds=study.retries.delays_seconds)
-        futures = {site.name: pull.submit(site, study.demo, caches[site.name]) for site in study.sites}
+        n_parts = study.executor.pull_parts
+        parts = [None] if n_parts == 1 else [(k, n_parts) for k in range(n_parts)]
+        futures = {site.name: [pull.submit(site, study.demo, caches[site.name], part) for part in parts]
+                   for site in study.sites}
         pulls: dict[str, Stage] = {}
         for site in study.sites:
             try:
-                pulls[site.name] = futures[site.name].result()
-                used[site.name].append(pulls[site.name])
+                stages = [future.result() for future in futures[site.name]]
+                used[site.name] += stages
+                pulls[site.name] = stages[0] if n_parts == 1 else merge_task(site, stages, caches[site.name])
+                if n_parts > 1:
+                    used[site.name].append(pulls[site.name])
             except Exception as exc:  # noqa: BLE001 - one site failing keeps the others' work
                 reason = f"pull failed: {_reason(exc)}"
                 logger.error("site %s: %s", site.name, reason)

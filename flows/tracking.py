@@ -465,6 +465,19 @@ def abandon_runs(value: str, tag: str = "stage_key") -> list[str]:
     return abandoned
 
 
+def completed_run(value: str, tag: str = "stage_key"):
+    """The complete run tagged ``forewarn.<tag> = value`` (the latest if several), or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith(f"{EXPERIMENT_PREFIX}/")]
+    if not experiments:
+        return None
+    runs = client.search_runs(experiments, filter_string=f"tags.`{TAG}.{tag}` = '{value}' AND tags.`{TAG}.complete` = 'true'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
 def run_url(experiment: str, run_id: str) -> str:
     """A link to the run: on the tracking server when the URI is one, else on the UI that
     ``forewarn ui`` starts (http://127.0.0.1:5000)."""

@@ -190,6 +190,7 @@ def pull_fhir(
     shard_subjects: int = 100_000,
     max_bad_fraction: float = 0.05,
     batch_rows: int = 100_000,
+    part: tuple[int, int] | None = None,
 ) -> PullResult:
     """Pull FHIR R4 from a folder of Bundle ``.json`` files, a folder of Bulk Data
     ``.ndjson[.gz]`` files, or one such file; see the module docstring."""
@@ -204,6 +205,7 @@ def pull_fhir(
         now=now,
         shard_subjects=shard_subjects,
         max_bad_fraction=max_bad_fraction,
+        part=part,  # FHIR files are not split by patient: every part reads them and keeps its patients
     )
 
 

@@ -20,7 +20,7 @@ import meds
 import pyarrow.parquet as pq
 
 from forewarn.records import deid, schema
-from forewarn.records.pull import PullContext, PullResult, run_pull
+from forewarn.records.pull import PullContext, PullResult, part_predicate, run_pull
 
 
 def data_files(root: Path) -> list[Path]:
@@ -67,8 +67,10 @@ def pull_meds(
     now: datetime | None = None,
     shard_subjects: int = 100_000,
     max_bad_fraction: float = 0.05,
+    part: tuple[int, int] | None = None,
 ) -> PullResult:
-    """Pull a MEDS dataset rooted at ``location`` into ``out_dir``."""
+    """Pull a MEDS dataset rooted at ``location`` into ``out_dir`` (with ``part``, the
+    subjects of that part only)."""
     root = Path(location)
     files = data_files(root)
     validate_schemas(files, root)
@@ -78,7 +80,7 @@ def pull_meds(
         load_meds(ctx, root, files)
 
     return run_pull(f"pull {site} (meds)", Path(out_dir), load, site=site, config=config, now=now,
-                    shard_subjects=shard_subjects, max_bad_fraction=max_bad_fraction)
+                    shard_subjects=shard_subjects, max_bad_fraction=max_bad_fraction, part=part)
 
 
 def load_meds(ctx: PullContext, root: Path, files: list[Path]) -> None:
@@ -95,8 +97,10 @@ def load_meds(ctx: PullContext, root: Path, files: list[Path]) -> None:
                {unit} AS unit,
                replace(filename, '{prefix}', '') || ':row ' || CAST(file_row_number + 1 AS VARCHAR) AS src_row
         FROM read_parquet([{listing}], filename = true, file_row_number = true)
+        WHERE {part_predicate("subject_id", ctx.part)}
         """
     )
+    ctx.part_applied = True
     con.execute(
         f"""
         CREATE TEMP TABLE births AS

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from forewarn.records import deid, schema
-from forewarn.records.pull import PullContext, PullResult, run_pull
+from forewarn.records.pull import PullContext, PullResult, part_predicate, run_pull
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ def pull_omop(
     max_bad_fraction: float = 0.05,
     db_schema: str | None = None,
     chunk_rows: int = 200_000,
+    part: tuple[int, int] | None = None,
 ) -> PullResult:
     """Pull OMOP from a DuckDB file, a folder of ``<table>.parquet|.csv`` files, or a
     SQLAlchemy URL (``postgresql://...``; ``db_schema`` picks the schema)."""
@@ -112,12 +113,12 @@ def pull_omop(
         elif kind == "folder":
             _attach_folder(ctx, Path(location))
         else:
-            _copy_sqlalchemy(ctx, str(location), db_schema, chunk_rows)
+            _copy_sqlalchemy(ctx, str(location), db_schema, chunk_rows, part=part)
         ctx.source = {"format": "omop", "engine": kind, "location": _safe_location(location)}
         load_omop(ctx)
 
     return run_pull(f"pull {site} (omop, {kind})", out_dir, load, site=site, config=config, now=now,
-                    shard_subjects=shard_subjects, max_bad_fraction=max_bad_fraction)
+                    shard_subjects=shard_subjects, max_bad_fraction=max_bad_fraction, part=part)
 
 
 def pull_omop_duckdb(db_path: Path, out_dir: Path, **kwargs) -> PullResult:
@@ -165,8 +166,10 @@ def _attach_folder(ctx: PullContext, folder: Path) -> None:
             )
 
 
-def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_rows: int) -> None:
-    """Stream the allow-listed columns of each OMOP table into the working database."""
+def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_rows: int, *,
+                     part: tuple[int, int] | None = None) -> None:
+    """Stream the allow-listed columns of each OMOP table into the working database
+    (with ``part``, only that part's rows: the server filters on ``person_id``)."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
@@ -186,8 +189,9 @@ def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_ro
                     ctx.identifiers |= {str(v) for row in rows for v in row if v is not None}
                 wanted = [c for c in REQUIRED[table] + OPTIONAL[table] + ["concept_name"] * (table == "concept") if c in have]
                 wanted = list(dict.fromkeys(wanted))
+                where = f" WHERE {_server_part(part)}" if part and part[1] > 1 and "person_id" in REQUIRED[table] else ""
                 result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(
-                    sa.text(f"SELECT {', '.join(wanted)} FROM {prefix}{table}")
+                    sa.text(f"SELECT {', '.join(wanted)} FROM {prefix}{table}{where}")
                 )
                 created = False
                 while True:
@@ -207,6 +211,13 @@ def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_ro
                         break
     finally:
         engine.dispose()
+
+
+def _server_part(part: tuple[int, int]) -> str:
+    """``part_predicate`` for a server that holds ``person_id`` as an integer (the CDM's
+    type): plain SQL, so that the server does the filtering."""
+    index, count = part
+    return f"COALESCE(((CAST(person_id AS BIGINT) % {count}) + {count}) % {count}, 0) = {index}"
 
 
 def _columns(ctx: PullContext, table: str) -> set[str]:
@@ -246,16 +257,19 @@ def load_omop(ctx: PullContext) -> None:
                 f"OMOP table {table!r} must have columns {missing}; they are missing. "
                 "Check the CDM version (v5.4 expected) or add the columns (they may be null)."
             )
-    # Views with every optional column present (NULL when the source lacks it) and typed.
+    # Views with every optional column present (NULL when the source lacks it) and typed;
+    # with a part, only the rows of that part's persons (every table but concept has person_id).
+    where = {t: part_predicate("person_id", ctx.part) if "person_id" in REQUIRED[t] else "TRUE" for t in cols}
+    ctx.part_applied = True
     for table in cols:
-        ctx.read_counts[table] = con.execute(f"SELECT count(*) FROM src.{table}").fetchone()[0]
+        ctx.read_counts[table] = con.execute(f"SELECT count(*) FROM src.{table} WHERE {where[table]}").fetchone()[0]
     ctx.read_counts.pop("concept", None)
     for table, have in cols.items():
         select = ", ".join(
             [c for c in REQUIRED[table] + OPTIONAL[table] if c in have]
             + [f"NULL AS {c}" for c in OPTIONAL[table] if c not in have]
         )
-        con.execute(f"CREATE VIEW v_{table} AS SELECT {select} FROM src.{table}")
+        con.execute(f"CREATE VIEW v_{table} AS SELECT {select} FROM src.{table} WHERE {where[table]}")
     if "person" in cols:
         ident = [c for c in IDENTIFIER_COLUMNS["person"] if c in cols["person"]]
         for c in ident:

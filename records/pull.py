@@ -97,15 +97,51 @@ class PullResult:
     quarantined: int
 
 
+Part = tuple[int, int]  # (index, count): this pull reads the subjects of part ``index`` of ``count``
+
+
+def check_part(part: Part | None) -> Part | None:
+    if part is None:
+        return None
+    index, count = part
+    if not (isinstance(index, int) and isinstance(count, int) and count >= 1 and 0 <= index < count):
+        raise ValueError(f"part must be (index, count) with 0 <= index < count; got {part!r}.")
+    return (index, count)
+
+
+def part_predicate(column: str, part: Part | None, *, integer: bool = True) -> str:
+    """SQL (DuckDB and PostgreSQL) that is true for the rows of ``part``.
+
+    Integer ids (OMOP ``person_id``, MEDS ``subject_id``) go to part ``id mod count``
+    (non-negative for negative ids); other ids to ``hash(id) mod count`` (DuckDB's
+    hash). Rows whose id is missing or not an integer go to part 0, where the core
+    quarantines them, so every source row is read by exactly one part.
+    """
+    if part is None or part[1] == 1:
+        return "TRUE"
+    index, count = part
+    if integer:
+        value = f"TRY_CAST({column} AS BIGINT)"
+        return f"COALESCE((({value} % {count}) + {count}) % {count}, 0) = {index}"
+    return f"COALESCE(hash({column}) % {count}, 0) = {index}"
+
+
 @dataclass
 class PullContext:
-    """A working database for one pull, plus what the connector tells the core."""
+    """A working database for one pull, plus what the connector tells the core.
+
+    With ``part`` set, the pull reads one part of the source's subjects. A connector
+    that filters its reads itself (pushing ``part_predicate`` into its queries) sets
+    ``part_applied``; otherwise the core drops the other parts' rows after loading.
+    """
 
     con: duckdb.DuckDBPyConnection
     workdir: Path
     identifiers: set[str] = field(default_factory=set)
     source: dict[str, str] = field(default_factory=dict)
     read_counts: dict[str, int] = field(default_factory=dict)  # physical rows per source table, when known
+    part: Part | None = None
+    part_applied: bool = False
 
 
 def open_context(out_dir: Path, *, memory_limit: str = "2GB") -> PullContext:
@@ -130,23 +166,48 @@ def run_pull(
     now: datetime | None = None,
     shard_subjects: int = 100_000,
     max_bad_fraction: float = 0.05,
+    part: Part | None = None,
 ) -> PullResult:
     """The frame of every connector: a progress stage, a working context that ``load``
     fills (returning extra report fields, or None), then ``finish_pull``; the working
-    files are removed whatever happens."""
-    out_dir = Path(out_dir)
+    files are removed whatever happens.
+
+    With ``part=(index, count)`` only that part of the subjects is pulled, and the
+    bad-record gate is left to ``merge_parts``, which judges the whole source."""
+    out_dir, part = Path(out_dir), check_part(part)
+    if part is not None and part[1] > 1:
+        name = f"{name} part {part[0] + 1} of {part[1]}"
     with stage(name) as counts:
         ctx = open_context(out_dir)
+        ctx.part = part
         try:
             extra = load(ctx)
+            if part is not None and part[1] > 1:
+                _keep_part(ctx)
         except BaseException:
             ctx.con.close()
             shutil.rmtree(ctx.workdir, ignore_errors=True)
             raise
         result = finish_pull(ctx, out_dir, site=site, config=config, now=now, shard_subjects=shard_subjects,
-                             max_bad_fraction=max_bad_fraction, extra_report=extra)
+                             max_bad_fraction=max_bad_fraction if part is None else None,
+                             extra_report=(extra or {}) | ({"part": list(part)} if part else {}))
         counts.update(subjects=result.subjects, events=result.events, read=result.read, quarantined=result.quarantined)
     return result
+
+
+def _keep_part(ctx: PullContext) -> None:
+    """Drop the rows of other parts (unless the connector read only its part), and say
+    in every row location which part read it: positions are counted within a part."""
+    con, (index, count) = ctx.con, ctx.part
+    if not ctx.part_applied:
+        keep = part_predicate("source_id", ctx.part, integer=False)
+        con.execute(f"DELETE FROM raw_persons WHERE NOT ({keep})")
+        con.execute(f"DELETE FROM raw_events WHERE NOT ({keep})")
+        if index != 0:
+            con.execute("DELETE FROM raw_rejects")
+    label = f" (part {index + 1} of {count})"
+    for table in ("raw_persons", "raw_events", "raw_rejects"):
+        con.execute(f"UPDATE {table} SET src_row = src_row || '{label}' WHERE src_row IS NOT NULL")
 
 
 def append(ctx: PullContext, table: str, batch: pa.Table) -> None:
@@ -168,10 +229,11 @@ def finish_pull(
     config: deid.DeidConfig,
     now: datetime | None = None,
     shard_subjects: int = 100_000,
-    max_bad_fraction: float = 0.05,
+    max_bad_fraction: float | None = 0.05,
     extra_report: dict | None = None,
 ) -> PullResult:
-    """Check, de-identify and write what the connector loaded; see the module docstring."""
+    """Check, de-identify and write what the connector loaded; see the module docstring.
+    ``max_bad_fraction=None`` leaves the bad-record gate to the caller (``merge_parts``)."""
     con, tmp, out_dir = ctx.con, ctx.workdir, Path(out_dir)
     now = now or datetime.now()
     try:
@@ -305,17 +367,11 @@ def _finish(ctx, out_dir, site, config, now, shard_subjects, max_bad_fraction, e
     (staging / QUALITY_FILE).write_text(json.dumps(quality_summary(con, report), indent=2, default=str))
     con.close()
 
-    bad = {name: t for name, t in per_table.items() if t["read"] and t["quarantined"] / t["read"] > max_bad_fraction}
-    if bad:
-        detail = "; ".join(
-            f"{name}: {t['quarantined']:,} of {t['read']:,} ({', '.join(f'{r} {n:,}' for r, n in t['reasons'].items())})"
-            for name, t in bad.items()
-        )
+    try:
+        _gate_bad_fraction(per_table, site, max_bad_fraction)
+    except PullFailed:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PullFailed(
-            f"site {site!r}: more than {max_bad_fraction:.0%} of the records of some tables were rejected: {detail}. "
-            "Fix the source (see the reasons), or raise max_bad_fraction if this is expected."
-        )
+        raise
 
     problems = scan_output(staging, ctx.identifiers)
     if problems:
@@ -334,6 +390,110 @@ def _finish(ctx, out_dir, site, config, now, shard_subjects, max_bad_fraction, e
 
 
 QUALITY_FILE = "quality.json"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _gate_bad_fraction(per_table: dict[str, dict], site: str, max_bad_fraction: float | None) -> None:
+    if max_bad_fraction is None:
+        return
+    bad = {name: t for name, t in per_table.items() if t["read"] and t["quarantined"] / t["read"] > max_bad_fraction}
+    if bad:
+        detail = "; ".join(
+            f"{name}: {t['quarantined']:,} of {t['read']:,} ({', '.join(f'{r} {n:,}' for r, n in t['reasons'].items())})"
+            for name, t in bad.items()
+        )
+        raise PullFailed(
+            f"site {site!r}: more than {max_bad_fraction:.0%} of the records of some tables were rejected: {detail}. "
+            "Fix the source (see the reasons), or raise max_bad_fraction if this is expected."
+        )
+
+
+def merge_parts(parts: list[PullResult], out_dir: Path, *, site: str, max_bad_fraction: float = 0.05) -> PullResult:
+    """One pull folder from the pulls of every part of a source (``run_pull(part=...)``).
+
+    Event shards are linked in (hard links; copied across filesystems) as
+    ``<part>-<shard>.parquet`` (subjects never span parts);
+    the quarantines are concatenated, the code lists united, the per-table counts and
+    reasons summed (``read = kept + quarantined`` still holds), the quality summary is
+    computed again over all events (small counts are suppressed after summing, not per
+    part), and the bad-record gate judges the whole source. The part folders are left
+    as they are; ``out_dir`` appears at once, complete, or not at all.
+    """
+    out_dir = Path(out_dir)
+    if not parts:
+        raise ValueError("merge_parts needs at least one part.")
+    reports = [json.loads(p.report_path.read_text()) for p in parts]
+    indices = [r.get("part", [0, 1])[0] for r in reports]
+    counts = {r.get("part", [0, 1])[1] for r in reports}
+    if len(counts) != 1 or sorted(indices) != list(range(next(iter(counts)))):
+        raise ValueError(f"merge_parts needs every part of one split exactly once; got parts {sorted(indices)} of {sorted(counts)}.")
+    with stage(f"merge {site} ({len(parts)} parts)") as progress:
+        tmp = out_dir.with_name(out_dir.name + f".partial-{uuid.uuid4().hex[:8]}")
+        staging = tmp / "out"
+        for sub in (schema.EVENTS_DIR, "metadata", schema.QUARANTINE_DIR):
+            (staging / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for index, part in sorted(zip(indices, parts, strict=True)):
+                for shard in sorted(part.events_dir.glob("*.parquet")):
+                    _link_or_copy(shard, staging / schema.EVENTS_DIR / f"{index}-{shard.name}")
+            quarantines = [pq.read_table(p.out_dir / schema.QUARANTINE_DIR / "records.parquet") for _, p in sorted(zip(indices, parts, strict=True))]
+            pq.write_table(pa.concat_tables(quarantines), staging / schema.QUARANTINE_DIR / "records.parquet")
+            con = duckdb.connect()
+            con.execute("SET preserve_insertion_order = false")
+            listing = ", ".join(f"'{p.codes_path}'" for p in parts)
+            codes = con.sql(
+                f"SELECT code, min(description) AS description FROM read_parquet([{listing}]) GROUP BY code ORDER BY code"
+            ).to_arrow_table()
+            table = pa.table({schema.CODE: codes.column("code").cast(pa.string()), "description": codes.column("description").cast(pa.string()),
+                              "parent_codes": pa.array([[] for _ in range(codes.num_rows)], pa.list_(pa.string()))})
+            pq.write_table(schema.align(table, schema.CODES_SCHEMA, what="codes"), staging / schema.CODES_FILE)
+            tables: dict[str, dict] = {}
+            for r in reports:
+                for name, t in r["tables"].items():
+                    into = tables.setdefault(name, {"read": 0, "kept": 0, "quarantined": 0, "reasons": {}})
+                    for k in ("read", "kept", "quarantined"):
+                        into[k] += t[k]
+                    for reason, n in t["reasons"].items():
+                        into["reasons"][reason] = into["reasons"].get(reason, 0) + n
+            tables = {name: t | {"reasons": dict(sorted(t["reasons"].items()))} for name, t in sorted(tables.items())}
+            spans = [r["time_span"] for r in reports]
+            starts, ends = [s[0] for s in spans if s[0]], [s[1] for s in spans if s[1]]
+            first = reports[0]
+            report = {
+                "site": site, "source": first["source"],
+                **{k: sum(r[k] for r in reports) for k in ("subjects", "events", "read", "quarantined", "ages_capped_at_90")},
+                "shards": sum(r["shards"] for r in reports),
+                "time_span": [min(starts) if starts else None, max(ends) if ends else None],
+                "tables": tables, "deid": first["deid"],
+                **{k: v for k, v in first.items() if k not in {"site", "source", "subjects", "events", "read", "quarantined",
+                                                             "ages_capped_at_90", "shards", "time_span", "tables", "deid", "part"}},
+                "parts": len(parts),
+            }
+            con.execute(f"CREATE VIEW kept AS SELECT * FROM read_parquet('{staging / schema.EVENTS_DIR}/*.parquet')")
+            (staging / schema.PULL_REPORT).write_text(json.dumps(report, indent=2, default=str))
+            (staging / QUALITY_FILE).write_text(json.dumps(quality_summary(con, report), indent=2, default=str))
+            con.close()
+            _gate_bad_fraction(tables, site, max_bad_fraction)
+            problems = scan_output(staging, set(), suffixes=(".json",))
+            deid.gate(problems, site=site)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(staging, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        progress.update(subjects=report["subjects"], events=report["events"], read=report["read"],
+                        quarantined=report["quarantined"])
+    return PullResult(
+        site=site, out_dir=out_dir, events_dir=out_dir / schema.EVENTS_DIR, codes_path=out_dir / schema.CODES_FILE,
+        report_path=out_dir / schema.PULL_REPORT, quality_path=out_dir / QUALITY_FILE,
+        subjects=report["subjects"], events=report["events"], read=report["read"], quarantined=report["quarantined"],
+    )
 
 
 def _write_codes(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -434,11 +594,13 @@ def quality_summary(con: duckdb.DuckDBPyConnection, report: dict, *, top: int = 
     }
 
 
-def scan_output(folder: Path, identifiers: set[str]) -> list[str]:
+def scan_output(folder: Path, identifiers: set[str], *, suffixes: tuple[str, ...] = (".parquet", ".json")) -> list[str]:
     """Scan every string column of every Parquet file and every JSON file under ``folder``."""
     problems: list[str] = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
+        if path.suffix not in suffixes:
+            continue
         if path.suffix == ".parquet":
             table = pq.read_table(path)
             for f in table.schema:

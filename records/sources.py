@@ -24,9 +24,14 @@ def pull_source(
     max_bad_fraction: float = 0.05,
     db_schema: str | None = None,
     shard_subjects: int = 100_000,
+    part: tuple[int, int] | None = None,
 ) -> PullResult:
-    """Pull ``location`` (a path, or a SQLAlchemy URL for OMOP) of ``format`` into ``out_dir``."""
-    common = dict(site=site, config=config, now=now, max_bad_fraction=max_bad_fraction, shard_subjects=shard_subjects)
+    """Pull ``location`` (a path, or a SQLAlchemy URL for OMOP) of ``format`` into ``out_dir``.
+
+    ``part=(index, count)`` pulls only that part of the subjects (see
+    ``records.pull.part_predicate``); ``records.pull.merge_parts`` joins the parts."""
+    common = dict(site=site, config=config, now=now, max_bad_fraction=max_bad_fraction, shard_subjects=shard_subjects,
+                  part=part)
     if format == "omop":
         from forewarn.records.omop import pull_omop
 

@@ -120,3 +120,13 @@ def write_meds(root: Path) -> Path:
     pq.write_table(pa.table({"subject_id": [1, 2, 3], "split": ["train", "tuning", "held_out"]}), root / "metadata" / "subject_splits.parquet")
     (root / "metadata" / "dataset.json").write_text(json.dumps({"dataset_name": "crossformat", "meds_version": "0.4.1"}))
     return root
+
+
+def copy_to_postgres(source: Path, engine, db_schema: str) -> str:
+    """Every table of the DuckDB file ``source`` into ``db_schema`` on ``engine``; returns
+    the SQLAlchemy URL to pull from."""
+    con = duckdb.connect(str(source), read_only=True)
+    for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
+        con.execute(f"SELECT * FROM {table}").df().to_sql(table, engine, schema=db_schema, index=False)
+    con.close()
+    return engine.url.render_as_string(hide_password=False)

@@ -178,6 +178,10 @@ def test_study_takes_an_executor(tmp_path):
     assert study.executor.scheduler_address == "tcp://10.0.0.5:8786"
     with pytest.raises(ValueError, match=r"executor\.scheduler_address must be set"):
         parse_study({**data, "executor": {"kind": "dask"}}, base_dir=tmp_path)
+    assert study.executor.pull_parts == 1
+    assert parse_study({**data, "executor": {"pull_parts": 4}}, base_dir=tmp_path).executor.pull_parts == 4
+    with pytest.raises(ValueError, match=r"executor.pull_parts: Input should be greater than or equal to 1"):
+        parse_study({**data, "executor": {"pull_parts": 0}}, base_dir=tmp_path)
 
 
 def test_task_runner():

@@ -9,7 +9,7 @@ import meds
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from crossformat import write_meds, write_omop_duckdb, write_omop_folder
+from crossformat import copy_to_postgres, write_meds, write_omop_duckdb, write_omop_folder
 
 from forewarn.records import deid, schema
 from forewarn.records.meds_source import pull_meds
@@ -85,15 +85,9 @@ def test_second_birth_row_is_quarantined(tmp_path):
 
 
 def test_omop_on_postgresql_pulls_identically(tmp_path, pg_schema):
-    import duckdb
-
     engine, db_schema = pg_schema
     source = write_omop_duckdb(tmp_path / "src.duckdb")
-    con = duckdb.connect(str(source), read_only=True)
-    for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
-        con.execute(f"SELECT * FROM {table}").df().to_sql(table, engine, schema=db_schema, index=False)
-    con.close()
-    url = engine.url.render_as_string(hide_password=False)
+    url = copy_to_postgres(source, engine, db_schema)
     result = pull_omop(url, tmp_path / "pg", site="x", config=KEY, now=NOW, db_schema=db_schema, chunk_rows=4)
     reference = pull_omop(source, tmp_path / "ref", site="x", config=KEY, now=NOW)
     assert pq.read_table(result.events_dir / "0.parquet").equals(pq.read_table(reference.events_dir / "0.parquet"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,13 @@ def runs(tmp_path_factory, demo_network, prefect_api):
     assert code == 0, again
     finished = {name: {"digests": stage_digests(study), "mlflow": mlflow_state(study)}
                 for name, study in (("reference", reference), ("killed", killed))}
+    # A kill after publication tagged its MLflow run complete but before the stage was
+    # marked done: as if, the publish stages are removed; the next run must reuse the runs.
+    for marker in (killed.parent / "sites").glob("*/work/stages/publish-ckd3_2y/*/.stage.json"):
+        shutil.rmtree(marker.parent)
+    code, recovered = forewarn_run(killed, prefect_api)
+    assert code == 0, recovered
+    finished["recovered"] = {"mlflow": mlflow_state(killed)}
     # New splits make a new candidate on the same data: the drift check finds nothing and
     # a policy of skipping stable nights keeps the champion without training.
     study = yaml.safe_load(killed.read_text()) | {"split_seed": 1, "drift": {"on_stable": "skip"}}
@@ -141,6 +149,7 @@ def runs(tmp_path_factory, demo_network, prefect_api):
     code, skipped = forewarn_run(killed, prefect_api)
     assert code == 0, skipped
     return {"reference": reference, "killed": killed, "killed_outputs": outputs, "resumed": out, "rerun": again,
+            "recovered": recovered,
             "rerun_seconds": rerun_seconds, "skipped": skipped, "finished": finished}
 
 
@@ -163,6 +172,11 @@ def test_killed_publication_leaves_one_complete_run_and_model_version_per_site(r
     assert state["unfinished"] == 0
     assert state["killed"] >= 1  # the run opened before the last kill
     assert state["versions"] == reference["versions"] == [("forewarn-ckd3_2y-academic", True), ("forewarn-ckd3_2y-community", True)]
+
+
+def test_a_publication_completed_before_its_stage_was_marked_is_reused(runs):
+    assert runs["recovered"].count("was completed before the stage was marked done; reusing it") == 2
+    assert runs["finished"]["recovered"]["mlflow"] == runs["finished"]["killed"]["mlflow"]  # no new run nor version
 
 
 def test_rerun_on_unchanged_data_recomputes_and_logs_nothing(runs):
