@@ -37,7 +37,6 @@ log = logging.getLogger("forewarn")
 
 MARKER = ".stage.json"
 CHUNK = 8 << 20
-_CODE_DIGEST: str | None = None
 
 
 def _hasher():
@@ -86,28 +85,62 @@ def source_digest(location: str) -> str | None:
 # points, the Prefect artifact, where work runs): editing them keeps the stages.
 NOT_IN_CODE_DIGEST = {"flows/cli.py", "flows/deploy.py", "flows/artifact.py", "flows/executor.py"}
 
+# The code each kind of stage runs: a stage's key holds the digest of these packages only,
+# so that (say) an edit to evaluation/ keeps the pulls, labels, features and models. The
+# flow's own stage definitions (flows/nightly.py, cache.py, study.py) count for every
+# stage; a stage kind not listed here (publication, MLflow logging) counts everything.
+FLOW_CORE = ("flows/nightly.py", "flows/cache.py", "flows/study.py")
+CODE_SCOPES: dict[str, tuple[str, ...]] = {
+    "pull": ("records",),
+    "merge pull": ("records",),
+    "label": ("records", "features"),
+    "featurize": ("records", "features"),
+    "champion model": ("records", "flows/tracking.py"),
+    "train": ("records", "features", "models"),
+    "evaluate": ("records", "features", "models", "evaluation"),
+    "external": ("records", "features", "models", "evaluation"),
+    "temporal": ("records", "features", "models", "evaluation"),
+}
+_FILE_DIGESTS: dict[str, str] | None = None
 
-def code_digest() -> str:
-    """Digest of Forewarn's own source files: a code change invalidates every stage
-    (except changes to ``NOT_IN_CODE_DIGEST``)."""
-    global _CODE_DIGEST
-    if _CODE_DIGEST is None:
-        h = _hasher()
+
+def file_digests() -> dict[str, str]:
+    """``{"<package>/<path>": digest}`` of Forewarn's source files (``.py``, ``.yaml``,
+    ``.j2``), but ``NOT_IN_CODE_DIGEST``; read once per process."""
+    global _FILE_DIGESTS
+    if _FILE_DIGESTS is None:
+        out = {}
         package_dirs = sorted({Path(next(iter(importlib.import_module(f"forewarn.{p}").__path__)))
                                for p in ("records", "features", "models", "evaluation", "flows")})
         for folder in package_dirs:
             for path in sorted(folder.rglob("*")):
                 rel = f"{folder.name}/{path.relative_to(folder)}"
                 if path.suffix in (".py", ".yaml", ".j2") and "__pycache__" not in path.parts and rel not in NOT_IN_CODE_DIGEST:
-                    h.update(rel.encode() + b"\0")
-                    file_digest(path, h)
-        _CODE_DIGEST = h.hexdigest()
-    return _CODE_DIGEST
+                    out[rel] = file_digest(path)
+        _FILE_DIGESTS = out
+    return _FILE_DIGESTS
+
+
+def scoped_digest(files: dict[str, str], stage: str | None) -> str:
+    """Digest of the entries of ``files`` that ``stage`` runs (``CODE_SCOPES``; all of
+    them for ``None`` or an unlisted stage)."""
+    scope = CODE_SCOPES.get(stage) if stage is not None else None
+    h = _hasher()
+    for rel, digest in sorted(files.items()):
+        if scope is None or rel in FLOW_CORE or any(rel == s or rel.startswith(s + "/") for s in scope):
+            h.update(rel.encode() + b"\0" + digest.encode() + b"\0")
+    return h.hexdigest()
+
+
+def code_digest(stage: str | None = None) -> str:
+    """Digest of the Forewarn source that ``stage`` runs (every source file for ``None``):
+    a code change invalidates the stages whose code changed and what follows them."""
+    return scoped_digest(file_digests(), stage)
 
 
 def key_of(stage: str, params: Any, inputs: Iterable[str]) -> str:
-    """The stage key: its name, parameters (JSON), input digests and the code digest."""
-    payload = json.dumps({"stage": stage, "params": params, "inputs": list(inputs), "code": code_digest()},
+    """The stage key: its name, parameters (JSON), input digests and its code's digest."""
+    payload = json.dumps({"stage": stage, "params": params, "inputs": list(inputs), "code": code_digest(stage)},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 

@@ -40,13 +40,33 @@ def test_keys_follow_parameters_inputs_and_code(monkeypatch):
     base = C.key_of("s", {"a": 1}, ["d1"])
     assert base == C.key_of("s", {"a": 1}, ["d1"])
     assert len({base, C.key_of("s", {"a": 2}, ["d1"]), C.key_of("s", {"a": 1}, ["d2"]), C.key_of("t", {"a": 1}, ["d1"])}) == 4
-    monkeypatch.setattr(C, "_CODE_DIGEST", "another version of the code")
+    monkeypatch.setattr(C, "_FILE_DIGESTS", {**C.file_digests(), "records/pull.py": "another version of the code"})
     assert C.key_of("s", {"a": 1}, ["d1"]) != base
 
 
 def test_the_command_line_is_not_part_of_the_code_digest():
     assert {"flows/cli.py", "flows/artifact.py"} <= C.NOT_IN_CODE_DIGEST
-    assert "flows/nightly.py" not in C.NOT_IN_CODE_DIGEST and len(C.code_digest()) == 32
+    files = C.file_digests()
+    assert "flows/nightly.py" in files and "flows/cli.py" not in files and "records/pull.py" in files
+    assert len(C.code_digest()) == 32
+
+
+def test_a_stage_key_holds_only_the_code_the_stage_runs():
+    files = {"records/pull.py": "1", "features/featurize.py": "2", "models/train.py": "3",
+             "evaluation/report.py": "4", "flows/tracking.py": "5", "flows/nightly.py": "6"}
+    stages = ["pull", "label", "featurize", "train", "evaluate", "temporal", "champion model", "publish", None]
+
+    def changed(rel: str) -> list:
+        edited = files | {rel: "edited"}
+        return [s for s in stages if C.scoped_digest(edited, s) != C.scoped_digest(files, s)]
+
+    assert changed("records/pull.py") == stages  # every stage reads what records/ defines
+    assert changed("features/featurize.py") == ["label", "featurize", "train", "evaluate", "temporal", "publish", None]
+    assert changed("models/train.py") == ["train", "evaluate", "temporal", "publish", None]
+    assert changed("evaluation/report.py") == ["evaluate", "temporal", "publish", None]
+    assert changed("flows/tracking.py") == ["champion model", "publish", None]
+    assert changed("flows/nightly.py") == stages  # the stage definitions themselves
+    assert C.scoped_digest(files, "mlflow external-t2d_2y-community") == C.scoped_digest(files, None)
 
 
 def test_a_failed_stage_leaves_nothing_and_a_stale_partial_is_removed(tmp_path):
