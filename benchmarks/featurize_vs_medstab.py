@@ -15,6 +15,12 @@ built from it. Then each tool runs in its own subprocess, timed (wall) and measu
   ``input_dir/<split>/<shard>.parquet``, so its input folder is made of symlinks to the
   same shard files (one folder per site); that step is timed with MEDS-Tab.
 
+Each process also records its RSS right after its imports, before it reads any data
+(``/proc/self/status`` VmRSS; for MEDS-Tab each step runs as ``python -c "from <the
+step's module> import main; <record>; main()"``, which is what its console script
+does), so the tables give peak minus post-import RSS: the memory the data takes, with
+the imported libraries left out.
+
 Both use windows 1d, 7d, 30d, 365d, full and aggs code/count, value/count, value/sum,
 value/sum_sqd, value/min, value/max (+ static/present), every code kept (Forewarn
 ``min_code_subjects=1``, MEDS-Tab ``min_code_inclusion_count=1``). The matrices are
@@ -34,6 +40,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -114,8 +121,14 @@ def measured(cmd: list[str], log: Path, timeout: float | None = None, env: dict 
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+            # SIGINT first: GNU time ignores it while it waits, the command stops, and time
+            # still writes the peak RSS so far; SIGKILL whatever is left after a grace period.
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             rc = 124
         wall = time.perf_counter() - start
     try:
@@ -125,10 +138,22 @@ def measured(cmd: list[str], log: Path, timeout: float | None = None, env: dict 
     return wall, peak_kb / 1024, rc
 
 
+def vmrss_mb(path: Path) -> float:
+    """The VmRSS a child wrote (``/proc/self/status`` text), in MB; NaN if missing."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 FOREWARN_CHILD = """
 import sys, pandas as pd, pyarrow.parquet as pq
 from pathlib import Path
 from forewarn.features.featurize import FeatureConfig, featurize
+Path(sys.argv[3]).write_text(Path("/proc/self/status").read_text())  # RSS after imports, before data
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 labels = pq.read_table(root / "labels" / "labels.parquet")
 splits = pd.read_parquet(root / "splits.parquet")
@@ -143,11 +168,33 @@ featurize(root / "events", labels, splits, out,
 """
 
 
-def run_forewarn(root: Path, out: Path) -> tuple[float, float, int]:
+def run_forewarn(root: Path, out: Path) -> tuple[float, float, int, float]:
+    """(wall s, peak RSS MB, exit code, RSS after imports MB)."""
     if out.exists():
         shutil.rmtree(out)
     code = FOREWARN_CHILD.format(windows=WINDOWS, aggs=AGGS)
-    return measured([sys.executable, "-c", code, str(root), str(out)], root / "forewarn.log")
+    status = root / "forewarn.import-status"
+    status.unlink(missing_ok=True)
+    wall, peak, rc = measured([sys.executable, "-c", code, str(root), str(out), str(status)], root / "forewarn.log")
+    return wall, peak, rc, vmrss_mb(status)
+
+
+# Each MEDS-Tab step as its console script runs it (import the step's ``main``, call it),
+# recording the RSS after the imports first.
+MEDSTAB_STEP = """
+import sys
+from pathlib import Path
+from MEDS_tabular_automl.scripts.{module} import main
+Path(sys.argv[1]).write_text(Path("/proc/self/status").read_text())  # RSS after imports, before data
+sys.argv = sys.argv[2:]
+sys.exit(main())
+"""
+MEDSTAB_MODULES = {
+    "meds-tab-describe": "describe_codes",
+    "meds-tab-tabularize-static": "tabularize_static",
+    "meds-tab-tabularize-time-series": "tabularize_time_series",
+    "meds-tab-cache-task": "cache_task",
+}
 
 
 # Three bugs of meds-tab 0.2.0 (with scipy >= 1.13) that make its matrices disagree with its own documented
@@ -187,8 +234,13 @@ def patched_overlay(venv: Path, dest: Path) -> Path:
     return dest
 
 
-def run_medstab(root: Path, out: Path, venv: Path, timeout: float, overlay: Path | None = None) -> tuple[float, float, int, dict]:
-    """The four MEDS-Tab steps in sequence; stops at the first failure or at ``timeout``."""
+def run_medstab(
+    root: Path, out: Path, venv: Path, timeout: float, overlay: Path | None = None
+) -> tuple[float, float, int, dict, dict]:
+    """The four MEDS-Tab steps in sequence; stops at the first failure or at ``timeout``.
+
+    Returns (wall s, peak RSS MB of the largest step, exit code, wall per step, and per
+    step ``{"peak_mb", "import_mb"}``)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -217,17 +269,24 @@ def run_medstab(root: Path, out: Path, venv: Path, timeout: float, overlay: Path
         ("cache-task", ["meds-tab-cache-task", *common, *tab, "task_name=t2d", f"input_label_dir={root / 'labels'}"]),
     ]
     peak, rc = 0.0, 0
+    memory: dict[str, dict[str, float]] = {}
     for name, cmd in plan:
         left = timeout - (time.perf_counter() - start)
         if left <= 0:
             rc = 124
             break
-        wall, rss, rc = measured([str(venv / "bin" / cmd[0]), *cmd[1:]], log, left, env)
+        status = root / f"medstab-{name}.import-status"
+        status.unlink(missing_ok=True)
+        code = MEDSTAB_STEP.format(module=MEDSTAB_MODULES[cmd[0]])
+        wall, rss, rc = measured(
+            [str(venv / "bin" / "python"), "-c", code, str(status), str(venv / "bin" / cmd[0]), *cmd[1:]], log, left, env
+        )
         steps[name] = wall
+        memory[name] = {"peak_mb": rss, "import_mb": vmrss_mb(status)}
         peak = max(peak, rss)
         if rc != 0:
             break
-    return time.perf_counter() - start, peak, rc, steps
+    return time.perf_counter() - start, peak, rc, steps, memory
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -362,7 +421,8 @@ def main() -> int:
         info = prepare(people, root)
         print(f"[{time.strftime('%H:%M:%S')}] size {people}: {info}; forewarn", file=sys.stderr, flush=True)
         fw = run_forewarn(root, root / "forewarn-out")
-        row = {**info, "forewarn": {"wall_s": fw[0], "peak_mb": fw[1], "rc": fw[2]}}
+        row = {**info, "forewarn": {"wall_s": fw[0], "peak_mb": fw[1], "rc": fw[2], "import_mb": fw[3],
+                                    "load_avg": os.getloadavg()}}
         if fw[2] != 0:
             print(f"forewarn failed at {people}; see {root / 'forewarn.log'}", file=sys.stderr)
         variants = {"stock": ["stock"], "patched": ["patched"], "both": ["stock", "patched"]}[args.medstab_variant]
@@ -371,7 +431,10 @@ def main() -> int:
             overlay = patched_overlay(args.medstab_venv, args.workdir / "medstab-patched") if variant == "patched" else None
             mt = run_medstab(root, root / "medstab-out", args.medstab_venv, args.medstab_timeout, overlay)
             key = "medstab" if variant == "stock" else "medstab_patched"
-            row[key] = {"wall_s": mt[0], "peak_mb": mt[1], "rc": mt[2], "steps": mt[3]}
+            peak_step = max(mt[4], key=lambda k: mt[4][k]["peak_mb"]) if mt[4] else None
+            row[key] = {"wall_s": mt[0], "peak_mb": mt[1], "rc": mt[2], "steps": mt[3], "memory": mt[4],
+                        "import_mb": mt[4][peak_step]["import_mb"] if peak_step else float("nan"),
+                        "peak_step": peak_step, "load_avg": os.getloadavg()}
             if mt[2] == 0 and fw[2] == 0:
                 row[key]["parity"] = compare(root / "forewarn-out", root / "medstab-out")
             elif mt[2] != 0:
@@ -383,22 +446,27 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1, default=str))
 
-    print("| people | subjects | events | labels | tool | wall s | peak RSS MB | speed ratio (MEDS-Tab/Forewarn) | memory ratio (Forewarn/MEDS-Tab) | parity |")
-    print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
+    print("| people | subjects | events | labels | tool | wall s | peak RSS MB | post-import RSS MB | peak - post-import MB "
+          "| speed ratio (MEDS-Tab/Forewarn) | memory ratio (Forewarn/MEDS-Tab) | same, above post-import | parity |")
+    print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         fw = r["forewarn"]
         lead = f"| {r['people']:,} | {r['subjects']:,} | {r['events']:,} | {r['labels']:,}"
         fw_status = "" if fw["rc"] == 0 else f" (rc {fw['rc']})"
-        print(f"{lead} | Forewarn{fw_status} | {fw['wall_s']:.1f} | {fw['peak_mb']:,.0f} | | | |")
+        fw_base = fw.get("import_mb", float("nan"))
+        print(f"{lead} | Forewarn{fw_status} | {fw['wall_s']:.1f} | {fw['peak_mb']:,.0f} | {fw_base:,.0f} "
+              f"| {fw['peak_mb'] - fw_base:,.0f} | | | | |")
         for key, name in (("medstab", "MEDS-Tab"), ("medstab_patched", "MEDS-Tab, 3 bugs patched")):
             mt = r.get(key)
             if not mt:
                 continue
             par = mt.get("parity")
-            speed = mem = ""
+            speed = mem = mem_data = ""
+            mt_base = mt.get("import_mb", float("nan"))
             if mt["rc"] == 0:
                 speed = f"{mt['wall_s'] / fw['wall_s']:.0f}x"
                 mem = f"{fw['peak_mb'] / mt['peak_mb']:.2f}"
+                mem_data = f"{(fw['peak_mb'] - fw_base) / (mt['peak_mb'] - mt_base):.2f}"
             status = "" if mt["rc"] == 0 else f" (stopped, rc {mt['rc']})"
             p = ""
             if par:
@@ -406,7 +474,9 @@ def main() -> int:
                      f"{par['max_abs_diff']:.3g}); {par['columns']['shared']:,} shared cols, "
                      f"{par['rows']['shared']:,} rows")
             steps = ", ".join(f"{k} {v:.1f}" for k, v in mt["steps"].items())
-            print(f"{lead} | {name}{status} [{steps}] | {mt['wall_s']:.1f} | {mt['peak_mb']:,.0f} | {speed} | {mem} | {p} |")
+            print(f"{lead} | {name}{status} [{steps}; peak in {mt.get('peak_step')}] | {mt['wall_s']:.1f} "
+                  f"| {mt['peak_mb']:,.0f} | {mt_base:,.0f} | {mt['peak_mb'] - mt_base:,.0f} | {speed} | {mem} "
+                  f"| {mem_data} | {p} |")
     for key in ("medstab", "medstab_patched"):
         compared = [r for r in results if r.get(key, {}).get("parity")]
         if not compared:

@@ -5,7 +5,9 @@
 For each size, one demo site (academic profile) is generated and pulled into MEDS
 (not timed); then each tool labels the type-2-diabetes task at every outpatient visit
 (the task of tests/test_aces.py, defined both ways) in its own process. Prints wall
-time, peak RSS, label counts and whether the two label sets are identical.
+time, CPU time (all threads of the child: what a loaded machine does not inflate), peak
+RSS (the child's VmHWM), RSS after imports, the 1-minute load average when the child
+finished, label counts and whether the two label sets agree.
 """
 
 from __future__ import annotations
@@ -19,23 +21,31 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Peak RSS is the child's own VmHWM: ``getrusage(RUSAGE_SELF).ru_maxrss`` survives execve
+# on Linux, so a child started by a driver that has just generated a large site would
+# report the driver's peak instead of its own.
 CHILD = """
-import json, resource, sys, time
+import json, os, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 from forewarn.features.labels import build_labels, parse_task, write_labels
 from forewarn.features.aces_tasks import aces_labels
 import aces.query, aces.predicates  # imported before the clock starts, like Forewarn's modules
+def status_mb(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
 tool, events, out, config = sys.argv[1:5]
-start = time.perf_counter()
+import_mb = status_mb("VmRSS")
+start, cpu = time.perf_counter(), time.process_time()
 if tool == "forewarn":
     labels, _ = build_labels(Path(events), parse_task(yaml.safe_load(Path(config).read_text())))
 else:
     labels = aces_labels(Path(config), Path(events))
 write_labels(labels, Path(out))
-print(json.dumps({"seconds": time.perf_counter() - start, "labels": labels.num_rows,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu, "labels": labels.num_rows,
+                  "peak_rss_mb": status_mb("VmHWM"), "import_rss_mb": import_mb, "load_avg": os.getloadavg()[0]}))
 """
 
 
@@ -58,8 +68,9 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     ours.write_text(yaml.safe_dump(FOREWARN_T2D))
     theirs.write_text(ACES_T2D)
-    print("| people | events | tool | labels | seconds | peak RSS MB | speed-up | identical |")
-    print("|---:|---:|---|---:|---:|---:|---:|---|")
+    print("| people | events | tool | labels | seconds | speed-up | CPU s (all threads) | CPU ratio | peak RSS MB "
+          "| post-import RSS MB | load avg | agreement |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for people in args.people:
         site = root / f"site-{people}"
         if not (site / "pull" / "events").is_dir():
@@ -77,8 +88,10 @@ def main() -> None:
         agreement = compare(site / "labels-forewarn.parquet", site / "labels-aces.parquet", events)
         for tool, r in results.items():
             speed = results["aces"]["seconds"] / r["seconds"]
-            print(f"| {people:,} | {n_events:,} | {tool} | {r['labels']:,} | {r['seconds']:.2f} | {r['peak_rss_mb']:,.0f} | "
-                  f"{speed:.1f}x | {agreement} |", flush=True)
+            cpu_ratio = results["aces"]["cpu_seconds"] / r["cpu_seconds"]
+            print(f"| {people:,} | {n_events:,} | {tool} | {r['labels']:,} | {r['seconds']:.2f} | {speed:.1f}x "
+                  f"| {r['cpu_seconds']:.2f} | {cpu_ratio:.1f}x | {r['peak_rss_mb']:,.0f} | {r['import_rss_mb']:,.0f} "
+                  f"| {r['load_avg']:.1f} | {agreement if tool == 'forewarn' else ''} |", flush=True)
 
 
 def compare(ours: Path, theirs: Path, events: Path) -> str:

@@ -198,10 +198,311 @@ def build_labels(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, dict[str, 
     The attrition dict maps each step to the prediction times and subjects it removed
     (``candidates`` counts what entered).
     """
+    return _label_arrays(*_scan_events(events_dir, spec).candidates(spec), spec)
+
+
+# ----------------------------------------------------------------------------- event scan
+#
+# Labels need, per subject, a handful of minima and maxima (birth, start of observation,
+# last event, first outcome) and the candidate prediction times. ``_scan_events`` reads
+# only subject_id, time and code (numeric_value only for measurement criteria), row
+# group by row group, with codes kept dictionary-encoded: each predicate is evaluated
+# once per distinct code and gathered by the dictionary indices, and the per-subject
+# reductions are ``np.minimum.reduceat`` over subject runs. It gives exactly what
+# ``candidates_sql`` (the DuckDB reference, kept for the tests) gives, without a
+# DuckDB connection, a SQL plan or a hash aggregate; memory is bounded by a row group.
+
+_NONE_MIN = np.iinfo(np.int64).max  # "no such event" while taking minima
+_NAT = np.iinfo(np.int64).min  # null timestamp (and "no event" while taking maxima)
+
+
+def _code_matcher(codes: list[str]):
+    """A function from an Arrow string dictionary to a bool numpy mask (plus one False
+    slot at the end, for null codes): exact codes and ``X*`` prefixes, as ``code_predicate``."""
+    exact = pa.array([c for c in codes if not c.endswith("*")], pa.string())
+    prefixes = [c[:-1] for c in codes if c.endswith("*")]
+
+    def match(dictionary: pa.Array) -> np.ndarray:
+        hit = np.zeros(len(dictionary) + 1, bool)
+        if len(exact):
+            hit[:-1] |= pc.is_in(dictionary, value_set=exact).to_numpy(zero_copy_only=False)
+        for prefix in prefixes:
+            hit[:-1] |= pc.fill_null(pc.starts_with(dictionary, prefix), False).to_numpy(zero_copy_only=False)
+        return hit
+
+    return match
+
+
+@dataclass
+class _Scan:
+    """Per-subject aggregates (int64 microseconds; ``_NONE_MIN`` / ``_NAT`` when absent)
+    and the raw candidate prediction times / measurement hits, before assembly."""
+
+    subjects: np.ndarray  # sorted, unique
+    birth: np.ndarray
+    obs_start: np.ndarray
+    first_other: np.ndarray  # first event that is not a birth (code not null)
+    last: np.ndarray
+    code_outcome: np.ndarray
+    first_trigger: np.ndarray  # at_first_of only
+    value_outcomes: list[np.ndarray]  # one per spec.outcome.values, aligned with subjects
+    at_code_subjects: np.ndarray
+    at_code_times: np.ndarray
+
+    def first_time(self) -> np.ndarray:
+        return np.where(self.obs_start != _NONE_MIN, self.obs_start, self.first_other)
+
+    def outcome(self) -> np.ndarray:
+        out = self.code_outcome.copy()
+        for v in self.value_outcomes:
+            np.minimum(out, v, out=out)
+        return out
+
+    def candidates(self, spec: TaskSpec) -> tuple[np.ndarray, ...]:
+        """(subject, prediction time, birth, first time, last time, outcome) per candidate,
+        in (subject, time) order, null as ``_NAT``: the rows of ``candidates_sql``."""
+        pt = spec.prediction_times
+        first = self.first_time()
+        if pt.at_codes is not None:
+            subj, t = self.at_code_subjects, self.at_code_times
+            pos = np.searchsorted(self.subjects, subj)
+        elif pt.at_first_of is not None:
+            pos = np.flatnonzero(self.first_trigger != _NONE_MIN)
+            subj, t = self.subjects[pos], self.first_trigger[pos]
+        else:
+            has = np.flatnonzero(first != _NONE_MIN)
+            begin = first[has] + spec.population.min_prior_observation_days * DAY_US
+            step = pt.every_days * DAY_US
+            span = self.last[has] - begin
+            n = np.where(span >= 0, span // step + 1, 0)
+            pos = np.repeat(has, n)
+            k = np.arange(pos.size) - np.repeat(np.cumsum(n) - n, n)
+            subj, t = self.subjects[pos], np.repeat(begin, n) + k * step
+
+        def nat(a: np.ndarray) -> np.ndarray:
+            return np.where(a == _NONE_MIN, _NAT, a)
+
+        return subj, t, nat(self.birth[pos]), nat(first[pos]), self.last[pos], nat(self.outcome()[pos])
+
+    def outcome_frame(self) -> pd.DataFrame:
+        out = self.outcome()
+        has = out != _NONE_MIN
+        return pd.DataFrame(
+            {schema.SUBJECT_ID: self.subjects[has], "outcome_time": out[has].astype("datetime64[us]")}
+        )
+
+
+def _reduce_runs(subjects: np.ndarray, mins: list[np.ndarray], maxs: list[np.ndarray]):
+    """Group equal neighbouring subjects (sorting first if needed): unique subjects, the
+    minima of ``mins`` and maxima of ``maxs`` per subject."""
+    if subjects.size > 1 and not (subjects[1:] >= subjects[:-1]).all():
+        order = np.argsort(subjects, kind="stable")
+        subjects = subjects[order]
+        mins = [a[order] for a in mins]
+        maxs = [a[order] for a in maxs]
+    starts = _run_starts(subjects)
+    if starts.size == subjects.size:
+        return subjects, mins, maxs
+    return (
+        subjects[starts],
+        [np.minimum.reduceat(a, starts) if a.size else a for a in mins],
+        [np.maximum.reduceat(a, starts) if a.size else a for a in maxs],
+    )
+
+
+def _sorted_pairs(subjects: np.ndarray, times: np.ndarray, *, unique: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(subject, time) pairs in (subject, time) order, optionally without duplicates."""
+    if subjects.size > 1:
+        same, later = subjects[1:] == subjects[:-1], times[1:] >= times[:-1]
+        if not ((subjects[1:] > subjects[:-1]) | (same & later)).all():
+            order = np.lexsort((times, subjects))
+            subjects, times = subjects[order], times[order]
+        if unique:
+            keep = np.ones(subjects.size, bool)
+            keep[1:] = (subjects[1:] != subjects[:-1]) | (times[1:] != times[:-1])
+            if not keep.all():
+                subjects, times = subjects[keep], times[keep]
+    return subjects, times
+
+
+def _event_shards(events_dir: Path) -> list[Path]:
+    shards = sorted(Path(events_dir).glob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no MEDS event shards (*.parquet) in {str(events_dir)!r}.")
+    return shards
+
+
+def _as_us(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
+    """int64 microseconds and the valid mask (None when nothing is null)."""
+    if not pa.types.is_timestamp(column.type) or column.type.unit != "us":
+        tz = column.type.tz if pa.types.is_timestamp(column.type) else None
+        column = column.cast(pa.timestamp("us", tz), safe=False)
+    values, valid = [], []
+    for chunk in column.cast(pa.int64()).chunks:
+        # The value buffer as is (zero copy), nulls overwritten from the validity bitmap.
+        data = np.frombuffer(chunk.buffers()[1], np.int64, len(chunk), chunk.offset * 8)
+        if chunk.null_count:
+            bits = np.frombuffer(chunk.buffers()[0], np.uint8)
+            ok = np.unpackbits(bits, bitorder="little", count=chunk.offset + len(chunk))[chunk.offset :].view(bool)
+            data = np.where(ok, data, _NAT)
+        else:
+            ok = None
+        values.append(data)
+        valid.append(ok)
+    if not values:
+        return np.zeros(0, np.int64), None
+    if all(v is None for v in valid):
+        return (values[0] if len(values) == 1 else np.concatenate(values)), None
+    mask = np.concatenate([np.ones(len(d), bool) if v is None else v for d, v in zip(values, valid, strict=True)])
+    return np.concatenate(values), mask
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """First position of each run of equal keys."""
+    if sorted_keys.size == 0:
+        return np.zeros(0, np.intp)
+    return np.r_[0, np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1]
+
+
+def _first_by_subject(subjects: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique subject, minimum time) of rows grouped by subject."""
+    starts = _run_starts(subjects)
+    if starts.size == subjects.size:
+        return subjects, times
+    return subjects[starts], np.minimum.reduceat(times, starts)
+
+
+def _align(subjects: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per-subject values (``_NONE_MIN`` where absent) from (subject, value) pairs of
+    several row groups: the minimum per subject."""
+    s, t = pairs
+    s, (t,), _ = _reduce_runs(s, [t], [])
+    out = np.full(subjects.size, _NONE_MIN, np.int64)
+    out[np.searchsorted(subjects, s)] = t
+    return out
+
+
+def _scan_events(events_dir: Path, spec: TaskSpec) -> _Scan:
+    pt = spec.prediction_times
+    # One bit per code predicate; each is evaluated on a row group's distinct codes and
+    # all are gathered to the rows at once (one small integer per event).
+    predicates = {"birth": [schema.BIRTH_CODE], "obs_start": [schema.OBSERVATION_START], "outcome": spec.outcome.codes}
+    if pt.at_codes is not None:
+        predicates["at_codes"] = pt.at_codes
+    if pt.at_first_of is not None:
+        predicates["trigger"] = pt.at_first_of
+    for i, v in enumerate(spec.outcome.values):
+        predicates[f"value{i}"] = [v.code]
+    bit = {key: 1 << i for i, key in enumerate([*predicates, "code_valid"])}
+    flag_type = np.uint8 if len(bit) <= 8 else np.uint32 if len(bit) <= 32 else np.uint64
+    matchers = {key: _code_matcher(codes) for key, codes in predicates.items()}
+    sparse_keys = [k for k in ("birth", "obs_start", "outcome", "trigger") if k in predicates]
+    columns = [schema.SUBJECT_ID, schema.TIME, schema.CODE] + ([schema.NUMERIC_VALUE] if spec.outcome.values else [])
+    subject_parts: list[np.ndarray] = []
+    last_parts: list[np.ndarray] = []
+    other_parts: list[np.ndarray] = []
+    sparse: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {k: ([], []) for k in [*sparse_keys, "at_codes"]}
+    hits: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in spec.outcome.values]
+    for shard in _event_shards(events_dir):
+        pf = pq.ParquetFile(shard, read_dictionary=[schema.CODE])
+        for rg in range(pf.metadata.num_row_groups):
+            table = pf.read_row_group(rg, columns=columns)
+            if table.num_rows == 0:
+                continue
+            subjects = table.column(schema.SUBJECT_ID).to_numpy().astype(np.int64, copy=False)
+            time, valid = _as_us(table.column(schema.TIME))
+            pieces = []
+            for chunk in table.column(schema.CODE).chunks:
+                if not pa.types.is_dictionary(chunk.type):
+                    chunk = pc.dictionary_encode(chunk)
+                n_dict = len(chunk.dictionary)
+                per_code = np.zeros(n_dict + 1, flag_type)  # the last slot: a null code
+                per_code[:-1] = bit["code_valid"]
+                for key, match in matchers.items():
+                    per_code[match(chunk.dictionary)] |= flag_type(bit[key])
+                idx = chunk.indices
+                pieces.append(per_code[(pc.fill_null(idx, n_dict) if idx.null_count else idx).to_numpy()])
+            flags = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            if valid is not None:  # events without a time take no part (as ``WHERE time IS NOT NULL``)
+                flags[~valid] = 0
+            values = None
+            if spec.outcome.values:
+                values = pc.fill_null(table.column(schema.NUMERIC_VALUE), np.nan).to_numpy()
+            # Work on subject runs; sort only a row group that is not grouped by subject.
+            if subjects.size > 1 and not (subjects[1:] >= subjects[:-1]).all():
+                order = np.argsort(subjects, kind="stable")
+                subjects, time, flags = subjects[order], time[order], flags[order]
+                valid = None if valid is None else valid[order]
+                values = None if values is None else values[order]
+            starts = _run_starts(subjects)
+            subject_parts.append(subjects[starts])
+            last_parts.append(np.maximum.reduceat(time if valid is None else np.where(valid, time, _NAT), starts))
+            # First event that is not a birth (and has a code): dense, so a masked reduceat.
+            other = (flags & flag_type(bit["code_valid"] | bit["birth"])) == bit["code_valid"]
+            other_parts.append(np.minimum.reduceat(np.where(other, time, _NONE_MIN), starts))
+            # Sparse predicates: only their rows, still grouped by subject.
+            for key in sparse:
+                if key not in bit:
+                    continue
+                rows = np.flatnonzero(flags & flag_type(bit[key]))
+                if key == "at_codes":
+                    sparse[key][0].append(subjects[rows])
+                    sparse[key][1].append(time[rows])
+                else:
+                    s_, t_ = _first_by_subject(subjects[rows], time[rows])
+                    sparse[key][0].append(s_)
+                    sparse[key][1].append(t_)
+            for i, v in enumerate(spec.outcome.values):
+                rows = np.flatnonzero(flags & flag_type(bit[f"value{i}"]))
+                with np.errstate(invalid="ignore"):  # NaN is no measurement: never beyond a threshold
+                    beyond = values[rows] < v.below if v.below is not None else values[rows] > v.above
+                rows = rows[beyond]
+                hits[i][0].append(subjects[rows])
+                hits[i][1].append(time[rows])
+
+    def cat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    subjects, (first_other,), (last,) = _reduce_runs(cat(subject_parts), [cat(other_parts)], [cat(last_parts)])
+    agg = {key: _align(subjects, (cat(sparse[key][0]), cat(sparse[key][1]))) for key in sparse_keys}
+    # Measurement criteria: the first hit, or the first hit at least min_days_apart after
+    # the subject's first hit (times: 2).
+    value_outcomes = []
+    for (hs, ht), v in zip(hits, spec.outcome.values, strict=True):
+        hs, ht = _sorted_pairs(cat(hs), cat(ht), unique=False)
+        per_subject = np.full(subjects.size, _NONE_MIN, np.int64)
+        if hs.size:
+            group, starts = _groups(hs)
+            if v.times == 1:
+                first_hit = ht[starts]
+            else:
+                ok = ht >= ht[starts][group] + v.min_days_apart * DAY_US
+                first_hit = np.minimum.reduceat(np.where(ok, ht, _NONE_MIN), starts)
+            per_subject[np.searchsorted(subjects, hs[starts])] = first_hit
+        value_outcomes.append(per_subject)
+    cand_s, cand_t = _sorted_pairs(cat(sparse["at_codes"][0]), cat(sparse["at_codes"][1]), unique=True)
+    return _Scan(
+        subjects=subjects,
+        birth=agg["birth"],
+        obs_start=agg["obs_start"],
+        first_other=first_other,
+        last=last,
+        code_outcome=agg["outcome"],
+        first_trigger=agg.get("trigger", np.zeros(0, np.int64)),
+        value_outcomes=value_outcomes,
+        at_code_subjects=cand_s,
+        at_code_times=cand_t,
+    )
+
+
+def reference_candidates(events_dir: Path, spec: TaskSpec) -> pa.Table:
+    """The candidate rows from DuckDB SQL (``candidates_sql``): the reference the
+    NumPy scan is tested against."""
     con = duckdb.connect()
-    frame = con.sql(candidates_sql(str(Path(events_dir) / "*.parquet"), spec)).to_arrow_table()
-    con.close()
-    return label_frame(frame, spec)
+    try:
+        return con.sql(candidates_sql(str(Path(events_dir) / "*.parquet"), spec)).to_arrow_table()
+    finally:
+        con.close()
 
 
 def _outcome_sql(spec: TaskSpec) -> tuple[str, str, str]:
@@ -265,6 +566,11 @@ def candidates_sql(events: str, spec: TaskSpec) -> str:
 
 def outcome_times(events_dir: Path, spec: TaskSpec) -> pd.DataFrame:
     """Each subject's first outcome time (subjects without one are left out)."""
+    return _scan_events(events_dir, spec).outcome_frame()
+
+
+def reference_outcome_times(events_dir: Path, spec: TaskSpec) -> pd.DataFrame:
+    """``outcome_times`` from DuckDB SQL: the reference the NumPy scan is tested against."""
     ctes, joins, outcome = _outcome_sql(spec)
     sql = f"""{_subjects_sql(str(Path(events_dir) / "*.parquet"), spec)}{ctes}
         SELECT s.subject_id, {outcome} AS outcome_time FROM subj s {joins}
@@ -298,6 +604,15 @@ def label_frame(frame: pd.DataFrame | pa.Table, spec: TaskSpec) -> tuple[pa.Tabl
         subjects = frame["subject_id"].to_numpy(np.int64)
     t = as_us("prediction_time")
     birth, first, last, outcome = (as_us(c) for c in ("birth", "first_time", "last_time", "outcome"))
+    return _label_arrays(subjects, t, birth, first, last, outcome, spec)
+
+
+def _label_arrays(
+    subjects: np.ndarray, t: np.ndarray, birth: np.ndarray, first: np.ndarray, last: np.ndarray, outcome: np.ndarray,
+    spec: TaskSpec,
+) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """``label_frame`` on int64 arrays (microseconds; null as the int64 minimum)."""
+    nat = np.iinfo(np.int64).min
     # Work in (subject, time) order; candidates_sql already returns it, so this is a check.
     if subjects.size > 1 and not ((subjects[1:] > subjects[:-1]) | ((subjects[1:] == subjects[:-1]) & (t[1:] >= t[:-1]))).all():
         order = np.lexsort((t, subjects))
@@ -457,7 +772,8 @@ def label_dataset(events_dir: Path, spec: TaskSpec, out_dir: Path, *, split_seed
     """Labels, subject-level splits for every labelled subject, and attrition counts."""
     out = LabelSet(Path(out_dir), spec.name)
     with stage(f"label {spec.name}") as counts:
-        labels, attrition = build_labels(events_dir, spec)
+        scan = _scan_events(events_dir, spec)  # one pass over the events for labels and outcome times
+        labels, attrition = _label_arrays(*scan.candidates(spec), spec)
         write_labels(labels, out.labels_path)
         subjects = np.unique(labels.column(schema.SUBJECT_ID).to_numpy())
         if spec.temporal_split is None:
@@ -471,7 +787,7 @@ def label_dataset(events_dir: Path, spec: TaskSpec, out_dir: Path, *, split_seed
         pq.write_table(splits, tmp)
         tmp.replace(out.splits_path)
         out.attrition_path.write_text(json.dumps(attrition, indent=2))
-        outcomes = outcome_times(events_dir, spec)
+        outcomes = scan.outcome_frame()
         outcomes[outcomes[schema.SUBJECT_ID].isin(subjects)].to_parquet(out.outcomes_path, index=False)
         counts.update(labels=labels.num_rows, positives=attrition["positive"]["times"], subjects=int(subjects.size))
     return out
