@@ -29,12 +29,12 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -86,7 +86,7 @@ class FeatureConfig(Strict):
     parent_codes: bool = Field(True, description="also count codes at the parent_codes of metadata/codes.parquet")
     n_workers: int = Field(1, ge=0, description="worker processes for shards; 0 means one per core")
     batch_subjects: int = Field(
-        20_000, ge=1, description="subjects computed at once within a shard: bounds memory, does not change the matrix"
+        500, ge=1, description="subjects computed at once within a shard: bounds memory, does not change the matrix"
     )
 
     @field_validator("windows")
@@ -158,33 +158,163 @@ class Vocabulary:
     parents: dict[str, list[str]] = field(default_factory=dict)
 
 
+EVENT_BATCH_ROWS = 1 << 16  # rows read at once from a shard
+
+
+def _code_batches(events_dir: Path, columns: list[str]):
+    """Each shard's events in record batches of ``columns``, codes dictionary-encoded:
+    ``(shard index, batch, code dictionary as a list, code indices)``. Only one batch of
+    one shard is in memory at a time, and each distinct code is a Python string once per
+    batch, not once per event."""
+    for n, path in enumerate(sorted(Path(events_dir).glob("*.parquet"))):
+        with pq.ParquetFile(path, read_dictionary=[schema.CODE], pre_buffer=False, buffer_size=1 << 20) as f:
+            for batch in f.iter_batches(batch_size=EVENT_BATCH_ROWS, columns=columns, use_threads=False):
+                codes = _dictionary(batch.column(batch.schema.get_field_index(schema.CODE)))
+                yield n, batch, codes.dictionary.to_pylist(), codes.indices.to_numpy(zero_copy_only=False)
+
+
+def _dictionary(column) -> pa.DictionaryArray:
+    """A code column (array or chunked array, dictionary-encoded or not) as one DictionaryArray."""
+    if isinstance(column, pa.ChunkedArray):
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        column = column.unify_dictionaries().combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if isinstance(column, pa.ChunkedArray):  # pragma: no cover - combine_chunks of an empty column
+            column = pa.array([], pa.dictionary(pa.int32(), pa.string()))
+    elif not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    return column
+
+
+def distinct_codes(events_dir: Path) -> list[str]:
+    """Every code in the events (sorted), read dictionary-encoded."""
+    seen: set[str] = set()
+    for _, _, dictionary, idx in _code_batches(events_dir, [schema.CODE]):
+        seen.update(dictionary[i] for i in np.unique(idx))
+    seen.discard(None)
+    return sorted(seen)
+
+
 def choose_vocabulary(
     events_dir: Path, train_subjects: np.ndarray, config: FeatureConfig, metadata_parents: dict[str, list[str]] | None = None
 ) -> Vocabulary:
     """Codes (rolled up to parents when configured) seen in enough train subjects.
 
     Only the train split decides the vocabulary, so held-out data never shapes the
-    columns.
+    columns. The shards are read batch by batch with dictionary-encoded codes; each
+    code's distinct train subjects are counted shard by shard (MEDS shards by subject;
+    if a subject turns up in two shards, the count is redone over all shards at once).
     """
-    con = duckdb.connect()
-    con.register("train_ids", pa.table({"subject_id": pa.array(train_subjects, pa.int64())}))
-    events = f"read_parquet('{Path(events_dir) / '*.parquet'}')"
-    all_codes = [r[0] for r in con.execute(f"SELECT DISTINCT code FROM {events}").fetchall()]
-    parents = parent_map(all_codes, metadata_parents or {}, config)
-    con.register("parents", pa.table({"code": [c for c, ps in parents.items() for _ in ps], "parent": [p for ps in parents.values() for p in ps]}))
-    n_train = max(1, len(train_subjects))
+    train = np.unique(np.asarray(train_subjects, np.int64))
+    n_train = max(1, train.size)
     threshold = max(config.min_code_subjects, int(np.ceil(config.min_code_frequency * n_train)))
-    rows = con.execute(
-        f"""
-        WITH e AS (SELECT subject_id, time, code, numeric_value FROM {events} SEMI JOIN train_ids USING (subject_id)
-                   WHERE code <> '{schema.BIRTH_CODE}'),
-        x AS (SELECT * FROM e UNION ALL SELECT e.subject_id, e.time, p.parent, e.numeric_value FROM e JOIN parents p USING (code))
-        SELECT code, bool_or(numeric_value IS NOT NULL AND NOT isnan(numeric_value)), bool_and(time IS NULL)
-        FROM x GROUP BY code HAVING count(DISTINCT subject_id) >= {threshold} ORDER BY code
-        """
-    ).fetchall()
-    con.close()
-    return Vocabulary([r[0] for r in rows], {r[0] for r in rows if r[1]}, {r[0] for r in rows if r[2]}, parents)
+    scan = _scan_codes(events_dir, train, config, metadata_parents or {}, per_shard=True)
+    if scan is None:
+        scan = _scan_codes(events_dir, train, config, metadata_parents or {}, per_shard=False)
+    names, subjects, numeric, timed, parents = scan
+    chosen = sorted(names[i] for i in np.flatnonzero(subjects >= threshold))
+    index = {c: i for i, c in enumerate(names)}
+    return Vocabulary(chosen, {c for c in chosen if numeric[index[c]]}, {c for c in chosen if not timed[index[c]]}, parents)
+
+
+def _scan_codes(events_dir: Path, train: np.ndarray, config: FeatureConfig, metadata_parents: dict[str, list[str]], per_shard: bool):
+    """``(names, train subjects per name, has a value, has a time, parents)`` over every
+    code and roll-up parent, as the vocabulary query defines them: train rows other than
+    birth, each row also counted once under each parent of its code. With ``per_shard``
+    the subjects are counted shard by shard; ``None`` when a subject is in two shards."""
+    ids: dict[str, int] = {}  # every code and roll-up parent -> id
+    parents_of: list[np.ndarray] = []  # per id: its parents' ids (roll-up is one level)
+    event_codes: set[str] = set()
+    parents: dict[str, list[str]] = {}
+
+    def code_id(code: str) -> int:
+        i = ids.get(code)
+        if i is None:
+            i = ids[code] = len(ids)
+            parents_of.append(np.zeros(0, np.int64))
+        return i
+
+    numeric, timed, subjects = np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.int64)
+    seen_in = np.full(train.size, -1, np.int64)  # the shard each train subject was seen in
+    pairs: list[np.ndarray] = []  # unique (code << 32) | train subject index, this shard (or all)
+    current = -1
+
+    def count():
+        nonlocal subjects
+        if pairs:
+            both = _expand_parents(np.unique(np.concatenate(pairs)), parents_of)
+            pairs.clear()
+            subjects = _grow(subjects, len(ids))
+            subjects += np.bincount(both >> 32, minlength=len(ids))[: len(ids)]
+
+    columns = [schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE]
+    for shard, batch, dictionary, idx in _code_batches(events_dir, columns):
+        if shard != current and per_shard:
+            count()
+        current = shard
+        present = np.unique(idx)
+        local = np.full(len(dictionary), -1, np.int64)
+        for i in present:
+            code = dictionary[i]
+            if code is None:
+                continue
+            local[i] = code_id(code)
+            if code not in event_codes:
+                event_codes.add(code)
+                ps = parent_map([code], metadata_parents, config).get(code)
+                if ps:
+                    parents[code] = ps
+                    parents_of[local[i]] = np.array([code_id(p) for p in ps], np.int64)
+        subj = batch.column(schema.SUBJECT_ID).to_numpy(zero_copy_only=False)
+        pos = np.clip(np.searchsorted(train, subj), 0, max(train.size - 1, 0))
+        keep = (train[pos] == subj) if train.size else np.zeros(subj.size, bool)
+        keep &= local[idx] >= 0
+        if schema.BIRTH_CODE in dictionary:
+            keep &= idx != dictionary.index(schema.BIRTH_CODE)
+        if not keep.any():
+            continue
+        code, tpos = local[idx[keep]], pos[keep]
+        if per_shard:
+            other = seen_in[tpos]
+            if ((other >= 0) & (other != shard)).any():
+                return None
+            seen_in[tpos] = shard
+        value = batch.column(schema.NUMERIC_VALUE).to_numpy(zero_copy_only=False)[keep]  # nulls come back as NaN
+        has_time = ~batch.column(schema.TIME).is_null().to_numpy(zero_copy_only=False)[keep]
+        numeric, timed = _grow(numeric, len(ids)), _grow(timed, len(ids))
+        numeric[np.unique(code[~np.isnan(value)])] = True
+        timed[np.unique(code[has_time])] = True
+        pairs.append(np.unique((code << 32) | tpos))
+    count()
+    _release_unused()  # hand the read buffers back now, not at exit
+    numeric, timed, subjects = (_grow(a, len(ids)) for a in (numeric, timed, subjects))
+    # A parent's rows are its children's rows: it has a value (a time) when one of them has.
+    own_numeric, own_timed = numeric.copy(), timed.copy()
+    for code, ps in parents.items():
+        for p in ps:
+            numeric[ids[p]] |= own_numeric[ids[code]]
+            timed[ids[p]] |= own_timed[ids[code]]
+    return list(ids), subjects, numeric, timed, parents
+
+
+def _grow(a: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([a, np.zeros(n - a.size, a.dtype)]) if a.size < n else a
+
+
+def _expand_parents(pairs: np.ndarray, parents_of: list[np.ndarray]) -> np.ndarray:
+    """``(code << 32) | subject`` pairs plus the same pairs under each code's roll-up parents, unique."""
+    codes = pairs >> 32
+    n_par = np.array([parents_of[c].size for c in range(len(parents_of))], np.int64)
+    reps = n_par[codes] if n_par.size else np.zeros(codes.size, np.int64)
+    if not reps.any():
+        return pairs
+    flat = np.concatenate([parents_of[c] for c in range(len(parents_of))])
+    start = np.cumsum(n_par) - n_par
+    which = np.repeat(np.arange(pairs.size), reps)
+    within = np.arange(which.size) - np.repeat(np.cumsum(reps) - reps, reps)
+    parent = flat[start[codes[which]] + within]
+    low = pairs[which] & 0xFFFFFFFF
+    return np.unique(np.concatenate([pairs, (parent << 32) | low]))
 
 
 def vocabulary_of(columns: pd.DataFrame, events_dir: Path, metadata_parents: dict[str, list[str]], config: FeatureConfig) -> Vocabulary:
@@ -192,10 +322,7 @@ def vocabulary_of(columns: pd.DataFrame, events_dir: Path, metadata_parents: dic
     codes = sorted(set(columns["code"]) - {AGE[0]})
     numeric = set(columns.loc[columns["agg"].str.startswith("value/") | (columns["agg"] == "static/first"), "code"])
     static = set(columns.loc[columns["window"] == "static", "code"])
-    con = duckdb.connect()
-    site_codes = [r[0] for r in con.execute(f"SELECT DISTINCT code FROM read_parquet('{Path(events_dir) / '*.parquet'}')").fetchall()]
-    con.close()
-    return Vocabulary(codes, numeric, static, parent_map(site_codes, metadata_parents, config))
+    return Vocabulary(codes, numeric, static, parent_map(distinct_codes(events_dir), metadata_parents, config))
 
 
 def column_table(vocab: Vocabulary, config: FeatureConfig) -> pd.DataFrame:
@@ -231,6 +358,42 @@ class Plan:
     config: FeatureConfig
 
 
+_ARROW_POOL: list[pa.MemoryPool] = []  # the pool _malloc_pool replaced (Arrow's C++ default)
+
+
+@contextmanager
+def _malloc_pool() -> Iterator[None]:
+    """Arrow allocates from the C library's malloc while featurizing.
+
+    pyarrow's default pool (mimalloc) keeps tens of MB of freed Parquet decode buffers
+    reserved, and at small and mid sizes that was most of featurization's memory above
+    the imports; with malloc, ``release_unused`` also hands freed NumPy memory back.
+    Buffers remember their pool, so switching back is safe; another thread allocating
+    meanwhile simply uses malloc too. An explicit ``ARROW_DEFAULT_MEMORY_POOL`` is kept.
+    """
+    previous = pa.default_memory_pool()
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or previous.backend_name == "system":
+        yield
+        return
+    pa.set_memory_pool(pa.system_memory_pool())
+    previous.release_unused()
+    _ARROW_POOL.append(previous)
+    try:
+        yield
+    finally:
+        _ARROW_POOL.pop()
+        pa.set_memory_pool(previous)
+
+
+def _release_unused() -> None:
+    """Hand freed memory back to the system: malloc's (``malloc_trim``, which NumPy's
+    freed arrays also use) and that of Arrow's C++ default pool, which some Arrow
+    internals allocate from whatever pool Python code chose."""
+    pa.default_memory_pool().release_unused()
+    if _ARROW_POOL:
+        _ARROW_POOL[-1].release_unused()
+
+
 def featurize(
     events_dir: Path,
     labels: pa.Table,
@@ -256,7 +419,7 @@ def featurize(
     depend on where the shards ran.
     """
     events_dir, out_dir = Path(events_dir), Path(out_dir)
-    with stage("featurize") as counts:
+    with stage("featurize") as counts, _malloc_pool():
         labels_df = split_rows(labels.to_pandas(), splits)
         labels_df = labels_df.sort_values([schema.SUBJECT_ID, schema.PREDICTION_TIME], kind="stable").reset_index(drop=True)
         train_ids = labels_df.loc[labels_df[schema.SPLIT] == schema.TRAIN, schema.SUBJECT_ID].unique()
@@ -309,12 +472,19 @@ def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix] | tuple[str, int, int]:
     int32 indices). With a fifth job item (a folder) the block is written there as
     ``<digest of the shard path>.{rows,indptr,indices,data}.npy`` and only ``(stem, rows, non-zeros)``
     travels back."""
+    with _malloc_pool():
+        return _shard_job_in(job)
+
+
+def _shard_job_in(job) -> tuple[np.ndarray, sp.csr_matrix] | tuple[str, int, int]:
     path, l_subj, l_time, plan = job[:4]
-    events = pq.read_table(path, columns=[schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE])
+    events = _read_labelled(path, l_subj)
     e_subj = events.column(schema.SUBJECT_ID).to_numpy()
     if e_subj.size > 1 and (e_subj[1:] < e_subj[:-1]).any():  # pulls write shards sorted; other MEDS data may not be
         order = np.argsort(e_subj, kind="stable")
         events, e_subj = events.take(order), e_subj[order]
+        del order
+    lookup = _ShardLookup.of(_dictionary(events.column(schema.CODE)).dictionary, plan)
     subjects = np.unique(e_subj)
     rows = np.flatnonzero(np.isin(l_subj, subjects))
     n_cols = len(plan.col_index)
@@ -326,11 +496,12 @@ def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix] | tuple[str, int, int]:
         if batch_rows.size == 0:
             continue
         a, b = np.searchsorted(e_subj, [first, last], side="left")[0], np.searchsorted(e_subj, last, side="right")
-        r, c, v = shard_block(events.slice(a, b - a), l_subj[batch_rows], l_time[batch_rows], batch_rows, plan)
+        r, c, v = shard_block(events.slice(a, b - a), l_subj[batch_rows], l_time[batch_rows], batch_rows, plan, lookup)
         part = sp.csr_matrix((v, (np.searchsorted(batch_rows, r), c)), shape=(batch_rows.size, n_cols), dtype=np.float32)
         del r, c, v
         part.sort_indices()
         parts.append(part)
+        _release_unused()  # the batch's freed arrays go back now
     del events
     block = sp.vstack(parts, format="csr", dtype=np.float32) if parts else sp.csr_matrix((0, n_cols), dtype=np.float32)
     del parts
@@ -400,18 +571,81 @@ def _assemble_in_memory(blocks: list[tuple[np.ndarray, sp.csr_matrix]], n_rows: 
     return X
 
 
-def shard_block(events: pa.Table, l_subj: np.ndarray, l_time: np.ndarray, row_ids: np.ndarray, plan: Plan):
+def _read_labelled(path: str, l_subj: np.ndarray) -> pa.Table:
+    """The shard's events of labelled subjects only (other subjects' events never reach
+    a feature), read batch by batch, codes dictionary-encoded (one dictionary for the
+    shard), values as stored (float32 in MEDS). Each column is put together on its own,
+    so the peak is the kept events plus one column, not twice the kept events."""
+    labelled = np.unique(l_subj)
+    columns = [schema.SUBJECT_ID, schema.TIME, schema.CODE, schema.NUMERIC_VALUE]
+    parts: dict[str, list] = {c: [] for c in columns}
+    with pq.ParquetFile(path, read_dictionary=[schema.CODE], pre_buffer=False, buffer_size=1 << 20) as f:
+        types = {c: f.schema_arrow.field(c).type for c in columns}
+        for batch in f.iter_batches(batch_size=EVENT_BATCH_ROWS, columns=columns, use_threads=False):
+            subj = batch.column(schema.SUBJECT_ID).to_numpy(zero_copy_only=False)
+            pos = np.clip(np.searchsorted(labelled, subj), 0, max(labelled.size - 1, 0))
+            keep = labelled[pos] == subj if labelled.size else np.zeros(subj.size, bool)
+            if keep.any():
+                mask = pa.array(keep)
+                for c in columns:
+                    parts[c].append(pc.filter(batch.column(c), mask))
+            del batch
+    _release_unused()
+    arrays = {}
+    for c in columns:
+        chunks = parts.pop(c)
+        arrays[c] = _dictionary(pa.chunked_array(chunks, types[c])) if c == schema.CODE else (
+            pa.concat_arrays(chunks) if chunks else pa.array([], types[c]))
+        del chunks
+    return pa.table(arrays)
+
+
+@dataclass
+class _ShardLookup:
+    """A shard's code dictionary resolved once: each entry's vocabulary index (-1 when
+    not a feature), its roll-up parents' vocabulary indices, and per (agg, window) the
+    column of each vocabulary code (-1 when none)."""
+
+    birth: int
+    code: np.ndarray
+    n_parents: np.ndarray
+    parent_start: np.ndarray
+    parent_code: np.ndarray
+    columns: dict[tuple[str, str], np.ndarray]
+
+    @classmethod
+    def of(cls, dictionary: pa.Array, plan: Plan) -> _ShardLookup:
+        names = dictionary.to_pylist()
+        parents = [plan.vocab.parents.get(c, ()) if c is not None else () for c in names]
+        n_parents = np.array([len(ps) for ps in parents], np.int64)
+        keys = {(a, w) for (_, a, w) in plan.col_index}
+        return cls(
+            names.index(schema.BIRTH_CODE) if schema.BIRTH_CODE in names else -1,
+            np.array([plan.code_index.get(c, -1) for c in names], np.int64),
+            n_parents,
+            np.cumsum(n_parents) - n_parents,
+            np.array([plan.code_index.get(p, -1) for ps in parents for p in ps], np.int64),
+            {k: np.array([plan.col_index.get((c, *k), -1) for c in plan.vocab.codes], np.int64) for k in keys},
+        )
+
+
+def shard_block(events: pa.Table, l_subj: np.ndarray, l_time: np.ndarray, row_ids: np.ndarray, plan: Plan,
+                lookup: _ShardLookup | None = None):
     """(row, col, value) triplets for one shard's labels; rows are global row ids and
     the labels are sorted by (subject, time)."""
+    codes = _dictionary(events.column(schema.CODE))
+    if lookup is None:
+        lookup = _ShardLookup.of(codes.dictionary, plan)
+    d_idx = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    del codes
     subj = events.column(schema.SUBJECT_ID).to_numpy()
-    code_arr = events.column(schema.CODE).to_numpy(zero_copy_only=False)
     time_null = events.column(schema.TIME).is_null().to_numpy(zero_copy_only=False)
     time = pc.fill_null(events.column(schema.TIME).cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
     values = events.column(schema.NUMERIC_VALUE).to_numpy(zero_copy_only=False).astype(np.float64)
     out_r, out_c, out_v = [], [], []
 
     # Age at prediction time from the birth event.
-    births = (code_arr == schema.BIRTH_CODE) & ~time_null
+    births = (d_idx == lookup.birth) & ~time_null
     b_subj, b_time = subj[births], time[births]
     order = np.argsort(b_subj, kind="stable")
     b_subj, b_time = b_subj[order], b_time[order]
@@ -421,27 +655,29 @@ def shard_block(events: pa.Table, l_subj: np.ndarray, l_time: np.ndarray, row_id
     out_c.append(np.full(int(found.sum()), plan.col_index[AGE]))
     out_v.append((l_time[found] - b_time[pos[found]]) / YEAR_US)
 
-    # Roll codes up to their parents: each event also counts under every parent code.
-    if plan.vocab.parents:
-        extra = pd.Series(code_arr).map(plan.vocab.parents)
-        has = extra.notna().to_numpy()
-        if has.any():
-            reps = extra[has].map(len).to_numpy()
-            idx = np.repeat(np.flatnonzero(has), reps)
-            subj, time, time_null, values = (np.concatenate([a, a[idx]]) for a in (subj, time, time_null, values))
-            code_arr = np.concatenate([code_arr, np.array([p for ps in extra[has] for p in ps], dtype=object)])
-    codes_idx = pd.Series(code_arr).map(plan.code_index).to_numpy(dtype=np.float64, na_value=np.nan)
-    keep = ~np.isnan(codes_idx)
-    code_names = np.array(plan.vocab.codes, dtype=object)
+    # Roll codes up to their parents: each event also counts under every parent code
+    # (the copies follow the events, in event order, each event's parents in order).
+    codes_idx = lookup.code[d_idx]
+    reps = lookup.n_parents[d_idx]
+    if reps.any():
+        idx = np.repeat(np.arange(d_idx.size), reps)
+        within = np.arange(idx.size) - np.repeat(np.cumsum(reps) - reps, reps)
+        parent_idx = lookup.parent_code[lookup.parent_start[d_idx[idx]] + within]
+        subj, time, time_null, values = (np.concatenate([a, a[idx]]) for a in (subj, time, time_null, values))
+        codes_idx = np.concatenate([codes_idx, parent_idx])
+        del idx, within, parent_idx
+    del d_idx, reps
+    keep = codes_idx >= 0
 
     # Static codes: present (and first value) at every prediction time of the subject.
     static = keep & time_null
     if static.any():
-        s_subj, s_code, s_val = subj[static], codes_idx[static].astype(np.int64), values[static]
+        s_subj, s_code, s_val = subj[static], codes_idx[static], values[static]
         first = np.unique(np.stack([s_subj, s_code]), axis=1, return_index=True)[1]
         s_subj, s_code, s_val = s_subj[first], s_code[first], s_val[first]
         for agg, vals in (("static/present", np.ones(s_subj.size)), ("static/first", s_val)):
-            cols = np.array([plan.col_index.get((c, agg, "static"), -1) for c in code_names[s_code]], dtype=np.int64)
+            lut = lookup.columns.get((agg, "static"))
+            cols = lut[s_code] if lut is not None else np.full(s_code.size, -1, np.int64)
             ok = (cols >= 0) & ~np.isnan(vals)
             r, which = _pair_by_subject(l_subj, s_subj[ok])
             out_r.append(row_ids[r])
@@ -449,17 +685,18 @@ def shard_block(events: pa.Table, l_subj: np.ndarray, l_time: np.ndarray, row_id
             out_v.append(vals[ok][which])
 
     timed = keep & ~time_null
-    t_subj, t_code, t_time, t_val = subj[timed], codes_idx[timed].astype(np.int64), time[timed], values[timed]
+    t_subj, t_code, t_time, t_val = subj[timed], codes_idx[timed], time[timed], values[timed]
+    del subj, time, time_null, values, codes_idx, keep, static, timed
     config = plan.config
     code_aggs = [a for a in config.aggs if a in CODE_AGGS]
     value_aggs = [a for a in config.aggs if a in VALUE_AGGS]
     if code_aggs:
-        _windowed(out_r, out_c, out_v, t_subj, t_code, t_time, None, l_subj, l_time, row_ids, code_names, code_aggs, plan)
+        _windowed(out_r, out_c, out_v, t_subj, t_code, t_time, None, l_subj, l_time, row_ids, lookup.columns, code_aggs, plan)
     has_value = ~np.isnan(t_val)
     if value_aggs and has_value.any():
         _windowed(
             out_r, out_c, out_v, t_subj[has_value], t_code[has_value], t_time[has_value], t_val[has_value],
-            l_subj, l_time, row_ids, code_names, value_aggs, plan,
+            l_subj, l_time, row_ids, lookup.columns, value_aggs, plan,
         )
     return (
         np.concatenate(out_r).astype(np.int64),
@@ -477,7 +714,7 @@ def _pair_by_subject(l_subj: np.ndarray, e_subj: np.ndarray) -> tuple[np.ndarray
     return lo[which] + offs, which
 
 
-def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time, row_ids, code_names, aggs, plan):
+def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time, row_ids, col_luts, aggs, plan):
     """Append triplets for ``aggs`` over every window, for events of one kind."""
     if e_subj.size == 0:
         return
@@ -512,12 +749,13 @@ def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time
         p_lo, p_hi, p_n = lo[ok], hi[ok], n[ok]
         p_start = g_start[pair_group[ok]]
         rows = row_ids[pair_label[ok]]
-        codes = code_names[g_code[pair_group[ok]]]
+        codes = g_code[pair_group[ok]]
         for agg in aggs:
             if agg == "code/days_since_last" and window != "full":
                 continue
             vals = _aggregate(agg, p_lo, p_hi, p_n, p_start, prefix, vals_sorted, e_time, pt[ok])
-            cols = np.fromiter((plan.col_index.get((c, agg, window), -1) for c in codes), np.int64, codes.size)
+            lut = col_luts.get((agg, window))
+            cols = lut[codes] if lut is not None else np.full(codes.size, -1, np.int64)
             keep = (cols >= 0) & ~np.isnan(vals)
             out_r.append(rows[keep])
             out_c.append(cols[keep])
