@@ -539,7 +539,6 @@ def main() -> None:
 
         if not args.skip_dask:
             from distributed import LocalCluster
-
             from prefect.settings import PREFECT_API_URL
 
             os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the workers' tasks report to the harness's server
