@@ -54,7 +54,9 @@ def runs(tmp_path_factory, demo_network):
     from forewarn.flows.nightly import run_nightly
 
     work = tmp_path_factory.mktemp("dask-flow")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
+    # configure() exports the study's store for processes started later: restore it all after.
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI",
+                                            "FOREWARN_ARTIFACT_ROOT")}
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
     try:
         with prefect_test_harness(server_startup_timeout=180):

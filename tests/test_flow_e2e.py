@@ -31,9 +31,10 @@ pytestmark = pytest.mark.slow
 def flow_run(tmp_path_factory, demo_network):
     home = tmp_path_factory.mktemp("prefect-home")
     work = tmp_path_factory.mktemp("work")
-    saved_env = {k: os.environ.get(k) for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI")}
+    saved_env = {k: os.environ.get(k) for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "FOREWARN_ARTIFACT_ROOT")}
     os.environ["PREFECT_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("FOREWARN_ARTIFACT_ROOT", None)  # the default store, whatever an earlier test configured
     cwd = Path.cwd()
     os.chdir(work)  # the default store is <cwd>/mlruns
     try:
