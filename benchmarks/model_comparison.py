@@ -2,23 +2,33 @@
 XGBoost, on the same subjects, splits and held-out rows, for every demo task and site.
 
     .venv/bin/python benchmarks/model_comparison.py --people 20000
+    .venv/bin/python benchmarks/model_comparison.py --people 20000 --rare-people 100000
 
 MEDS-Tab-style: MEDS-Tab's default windows (1d, 7d, 30d, 365d, full) and aggregations
 (code/count, value/count, value/sum, value/sum_sqd, value/min, value/max), and
 XGBoost's defaults (as MEDS-Tab's launcher uses without a sweep: 100 trees, depth 6,
 learning rate 0.3), no calibration. Prints a Markdown table of held-out AUROC and
-AUPRC with patient-bootstrap 95% CIs.
+AUPRC with patient-bootstrap 95% CIs, then the paired differences (Forewarn XGBoost
+minus each baseline, the same subject resamples for both models) with their 95% CIs.
+
+A rare outcome has a handful of held-out events at 20,000 people, too few to separate
+the models: ``--rare-people N`` runs the rare tasks (``--rare-tasks``) again on a
+network of N people (same seed), so that they have enough held-out events.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import xgboost as xgb
 
-from forewarn.evaluation.metrics import evaluate
+from forewarn.evaluation.metrics import evaluate, point_metrics
 from forewarn.features.featurize import FeatureConfig, featurize
 from forewarn.features.labels import label_dataset, load_task
 from forewarn.models.train import BASELINE, PRIMARY, ModelConfig, split_masks, train_models
@@ -32,50 +42,132 @@ MEDSTAB = FeatureConfig(
     aggs=["code/count", "value/count", "value/sum", "value/sum_sqd", "value/min", "value/max", "static/present", "static/first"],
     min_code_subjects=10, rollup_icd10=False, parent_codes=False,
 )
+OURS, L1, MEDSTAB_XGB = "Forewarn XGBoost (calibrated)", "L1-logistic", "MEDS-Tab-style default XGBoost"
+RARE_TASKS = ["pancreatic_cancer_1y"]
 
 
 def fmt(rec: dict, metric: str) -> str:
     return f"{rec[metric]:.3f} ({rec[metric + '_ci_low']:.3f}–{rec[metric + '_ci_high']:.3f})"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--people", type=int, default=20_000)
-    parser.add_argument("--tasks", nargs="+", default=["t2d_2y", "ckd3_2y", "pancreatic_cancer_1y"])
-    parser.add_argument("--bootstrap", type=int, default=200)
-    args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="forewarn-models-bench-"))
-    sites = generate_network(root / "sites", people=args.people, seed=7)
-    print("| task | site | held-out rows / events | model | AUROC (95% CI) | AUPRC (95% CI) |\n|---|---|---|---|---|---|")
+def paired_differences(y: np.ndarray, p: dict[str, np.ndarray], subjects: np.ndarray, *, n_boot: int, seed: int = 0) -> dict:
+    """AUROC and AUPRC of ``OURS`` minus each other model: the point difference and a
+    95% percentile interval over patient-level resamples (the scheme of
+    ``evaluation.metrics.bootstrap_ci``; both models scored on the same resample)."""
+    y = np.asarray(y, bool)
+    uniq, row_subject = np.unique(np.asarray(subjects), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    others = [m for m in p if m != OURS]
+    point = {m: point_metrics(y, p[m]) for m in p}
+    draws: dict[tuple[str, str], list[float]] = {(o, k): [] for o in others for k in ("auroc", "auprc")}
+    for _ in range(n_boot):
+        w = np.bincount(rng.integers(0, uniq.size, uniq.size), minlength=uniq.size)[row_subject].astype(float)
+        keep = w > 0
+        if y[keep].all() or not y[keep].any():
+            continue
+        ours = point_metrics(y[keep], p[OURS][keep], w[keep])
+        for o in others:
+            theirs = point_metrics(y[keep], p[o][keep], w[keep])
+            for k in ("auroc", "auprc"):
+                draws[(o, k)].append(ours[k] - theirs[k])
+    return {
+        (o, k): (point[OURS][k] - point[o][k], float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975)))
+        for (o, k), v in draws.items()
+    }
+
+
+def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: ModelConfig) -> list[dict]:
+    """Every (site, task) cell of a ``people``-person demo network: the held-out metric
+    records and paired differences of the three models, and how each was trained."""
+    cells = []
+    sites = generate_network(root / "sites", people=people, seed=7)
     for site, db in sites.items():
         pull = pull_omop(db, root / site / "pull", site=site, config=DeidConfig(load_secret(site, demo=True)))
-        for task in args.tasks:
+        for task in tasks:
             spec = load_task(task)
             labels = label_dataset(pull.events_dir, spec, root / site)
             table, splits, _ = labels.load()
             ours = featurize(pull.events_dir, table, splits, root / site / task / "forewarn", FeatureConfig(), codes_path=pull.codes_path)
-            trained = train_models(ours, root / site / task / "models", ModelConfig())
-            import pandas as pd
-
-            rows = {}
-            for model in (PRIMARY, BASELINE):
+            start = time.perf_counter()
+            trained = train_models(ours, root / site / task / "models", config)
+            train_s = time.perf_counter() - start
+            summary = json.loads(trained.summary_path.read_text())
+            key = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
+            held_prob, held = {}, None
+            for model, name in ((PRIMARY, OURS), (BASELINE, L1)):
                 pred = pd.read_parquet(trained.predictions_path(model))
-                held = pred[pred[schema.SPLIT] == schema.HELD_OUT]
-                rows[{"xgboost": "Forewarn XGBoost (calibrated)", "l1_logistic": "L1-logistic"}[model]] = evaluate(
-                    held[schema.BOOLEAN_VALUE].to_numpy(bool), held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float),
-                    held[schema.SUBJECT_ID].to_numpy(), n_boot=args.bootstrap)
+                held = pred[pred[schema.SPLIT] == schema.HELD_OUT].reset_index(drop=True)
+                held_prob[name] = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
+            held_y, held_subject = held[schema.BOOLEAN_VALUE].to_numpy(bool), held[schema.SUBJECT_ID].to_numpy()
             theirs = featurize(pull.events_dir, table, splits, root / site / task / "medstab", MEDSTAB, codes_path=pull.codes_path)
             X, r, _ = theirs.load()
             y = r[schema.BOOLEAN_VALUE].to_numpy(bool)
             m = split_masks(r)
             clf = xgb.XGBClassifier(n_estimators=100, max_depth=6, learning_rate=0.3, tree_method="hist", n_jobs=2, random_state=0)
             clf.fit(X[m["train"]], y[m["train"]])
-            p = clf.predict_proba(X[m["held_out"]])[:, 1]
-            rows["MEDS-Tab-style default XGBoost"] = evaluate(y[m["held_out"]], p, r[schema.SUBJECT_ID].to_numpy()[m["held_out"]], n_boot=args.bootstrap)
-            n = int(m["held_out"].sum())
-            events = int(y[m["held_out"]].sum())
-            for name, rec in rows.items():
-                print(f"| {task} | {site} | {n:,} / {events:,} | {name} | {fmt(rec, 'auroc')} | {fmt(rec, 'auprc')} |", flush=True)
+            # The same held-out rows as the predictions files, matched on (subject, prediction time).
+            theirs_held = r.loc[m["held_out"], key].reset_index(drop=True).assign(p=clf.predict_proba(X[m["held_out"]])[:, 1])
+            aligned = held[key].merge(theirs_held, on=key, how="left", validate="one_to_one")
+            assert len(aligned) == len(held) and not aligned["p"].isna().any(), "MEDS-Tab-style rows differ from Forewarn's"
+            held_prob[MEDSTAB_XGB] = aligned["p"].to_numpy(float)
+            records = {name: evaluate(held_y, prob, held_subject, n_boot=n_boot) for name, prob in held_prob.items()}
+            cell = {
+                "people": people, "task": task, "site": site, "rows": int(held_y.size), "events": int(held_y.sum()),
+                "records": records, "differences": paired_differences(held_y, held_prob, held_subject, n_boot=n_boot),
+                "train_seconds": round(train_s, 1), "positives": summary["positives"],
+                "xgboost": {"trees": summary["xgboost"]["best_iteration"] + 1, "rare_outcome_defaults": summary["xgboost"].get("rare_outcome_defaults"),
+                            "scale_pos_weight": summary["xgboost"]["scale_pos_weight"]},
+                "calibration": summary["calibration"]["method"], "l1_C": summary["l1_logistic"]["C"],
+            }
+            cells.append(cell)
+            print_cell(cell)
+    return cells
+
+
+def print_cell(cell: dict) -> None:
+    n, events = cell["rows"], cell["events"]
+    for name, rec in cell["records"].items():
+        print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | {n:,} / {events:,} | {name} | {fmt(rec, 'auroc')} | {fmt(rec, 'auprc')} |", flush=True)
+
+
+def print_tables(cells: list[dict]) -> None:
+    print("\n| people | task | site | held-out rows / events | model | AUROC (95% CI) | AUPRC (95% CI) |\n|---:|---|---|---|---|---|---|")
+    for cell in cells:
+        print_cell(cell)
+    print("\nForewarn XGBoost minus baseline, paired patient bootstrap 95% CI:\n")
+    print("| people | task | site | events (train / tuning / held-out) | baseline | ΔAUROC (95% CI) | ΔAUPRC (95% CI) |\n|---:|---|---|---|---|---|---|")
+    for cell in cells:
+        pos = cell["positives"]
+        for baseline in (L1, MEDSTAB_XGB):
+            d = {k: cell["differences"][(baseline, k)] for k in ("auroc", "auprc")}
+            cis = {k: f"{v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})" for k, v in d.items()}
+            print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | {pos['train']} / {pos['tuning']} / {pos['held_out']} | {baseline} | {cis['auroc']} | {cis['auprc']} |")
+    print("\nTraining: trees, rare-outcome defaults, calibrator, L1 C, train_models seconds\n")
+    for cell in cells:
+        x = cell["xgboost"]
+        print(f"- {cell['people']:,} {cell['task']} {cell['site']}: {x['trees']} trees, rare defaults {x['rare_outcome_defaults'] or '-'}, "
+              f"scale_pos_weight {x['scale_pos_weight']:.0f}, calibration {cell['calibration']}, L1 C {cell['l1_C']}, {cell['train_seconds']} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=20_000)
+    parser.add_argument("--tasks", nargs="+", default=["t2d_2y", "ckd3_2y", "pancreatic_cancer_1y"])
+    parser.add_argument("--rare-people", type=int, default=0, help="also run --rare-tasks on a network of this many people (0: no)")
+    parser.add_argument("--rare-tasks", nargs="+", default=RARE_TASKS)
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--json", type=Path, help="write the cells here")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="forewarn-models-bench-"))
+    config = ModelConfig()
+    print("| people | task | site | held-out rows / events | model | AUROC (95% CI) | AUPRC (95% CI) |\n|---:|---|---|---|---|---|---|", flush=True)
+    cells = run_network(args.people, args.tasks, root / f"people-{args.people}", args.bootstrap, config) if args.tasks else []
+    if args.rare_people:
+        cells += run_network(args.rare_people, args.rare_tasks, root / f"people-{args.rare_people}", args.bootstrap, config)
+    print_tables(cells)
+    if args.json:
+        args.json.write_text(json.dumps(
+            [{**c, "differences": {f"{o} {k}": v for (o, k), v in c["differences"].items()}} for c in cells], indent=1))
 
 
 if __name__ == "__main__":

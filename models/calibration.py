@@ -15,6 +15,19 @@ from sklearn.model_selection import StratifiedKFold
 
 Method = Literal["isotonic", "sigmoid", "none"]
 EPS = 1e-6
+# Isotonic regression is a step function whose steps the events set: with few of them it
+# pools most rows into a handful of plateaus, which ties risks the model had ranked
+# apart and so loses discrimination, and it overfits small calibration sets
+# (Niculescu-Mizil & Caruana, ICML 2005, where Platt scaling did better below about
+# 1,000 calibration cases). ``choose_calibrator`` therefore considers it only with at
+# least this many events and as many non-events on the calibration data; below that,
+# the choice is between sigmoid (two parameters, strictly monotone) and none.
+MIN_ISOTONIC_EVENTS = 100
+# Where isotonic regression is used, its plateaus still tie rows that the model ranked
+# apart. A share this small of the raw probability is mixed in to break those ties in
+# the model's order: calibration then never changes AUROC or AUPRC, and moves no
+# probability by more than this.
+TIE_BREAK = 1e-6
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -35,7 +48,7 @@ class Calibrator:
     def __call__(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, float)
         if self.method == "isotonic":
-            return np.interp(p, self.x, self.y)
+            return (1 - TIE_BREAK) * np.interp(p, self.x, self.y) + TIE_BREAK * np.clip(p, 0, 1)
         if self.method == "sigmoid":
             return 1.0 / (1.0 + np.exp(-(self.a + self.b * _logit(p))))
         return p
@@ -64,11 +77,19 @@ def choose_calibrator(
     p: np.ndarray, y: np.ndarray, *, method: Method | Literal["auto"] = "auto", folds: int = 5, seed: int = 0
 ) -> tuple[Calibrator, dict[str, float]]:
     """The calibrator with the lowest cross-validated Brier score on (p, y), refitted on all
-    of it, and the score of each candidate (``none`` included)."""
+    of it, and the score of each candidate (``none`` included).
+
+    ``auto`` considers isotonic regression only with ``MIN_ISOTONIC_EVENTS`` events and
+    non-events, and keeps a sigmoid only if its slope on logit(p) is positive (a slope
+    of zero or below would flatten or reverse the model's ranking); the fallback is
+    ``none``."""
     y = np.asarray(y, bool)
-    candidates: list[Method] = ["none", "sigmoid", "isotonic"] if method == "auto" else [method]
-    n_pos = int(y.sum())
-    k = min(folds, n_pos, int((~y).sum()))
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if method == "auto":
+        candidates: list[Method] = ["none", "sigmoid"] + (["isotonic"] if min(n_pos, n_neg) >= MIN_ISOTONIC_EVENTS else [])
+    else:
+        candidates = [method]
+    k = min(folds, n_pos, n_neg)
     scores: dict[str, float] = {}
     if k >= 2:
         splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
@@ -80,4 +101,7 @@ def choose_calibrator(
         best = min(scores, key=lambda m: (scores[m], candidates.index(m)))
     else:
         best = "none" if method == "auto" else method
-    return fit_calibrator(p, y, best), scores
+    calibrator = fit_calibrator(p, y, best)
+    if method == "auto" and calibrator.method == "sigmoid" and not calibrator.b > 0:
+        calibrator = fit_calibrator(p, y, "none")
+    return calibrator, scores

@@ -51,7 +51,26 @@ class XGBoostConfig(BaseModel):
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
+    max_delta_step: float = Field(0.0, ge=0, description="cap on each leaf's step in log-odds; 0: no cap")
     early_stopping_rounds: int = Field(50, ge=1)
+
+
+# Rare outcomes (train-split prevalence below RARE_PREVALENCE) take these values for
+# every XGBoost setting that the study does not set itself (``rare_outcome_defaults``
+# turns this off). Why, for a handful of events among thousands of rows:
+# - min_child_weight is a floor on a leaf's hessian sum, sum p(1 - p), which for a rare
+#   outcome is about the leaf's expected number of events: 2 (the default) asks for
+#   about 1,000 rows per leaf at 0.2% prevalence, so the small high-risk groups that
+#   carry the signal (a recent weight-loss or abdominal-pain visit) cannot get a leaf
+#   of their own; 0.5 expected events can, and is still far from one row per leaf.
+# - max_delta_step 1 caps each leaf's log-odds step: with hessians near zero a Newton
+#   step -G / (H + lambda) is otherwise unbounded. XGBoost's parameter documentation
+#   recommends 1-10 for logistic regression with extremely imbalanced classes.
+# - max_depth 3: a few dozen events support few interactions; shallower trees keep each
+#   leaf's estimate on more events.
+# Class weighting is not part of them: ``class_weight`` defaults to "none" (see
+# ``ModelConfig``).
+RARE_XGBOOST: dict[str, float | int] = {"max_depth": 3, "min_child_weight": 0.5, "max_delta_step": 1.0}
 
 
 class ModelConfig(BaseModel):
@@ -63,9 +82,24 @@ class ModelConfig(BaseModel):
     n_jobs: int = Field(0, ge=0, description="threads; 0 means every core")
     xgboost: XGBoostConfig = XGBoostConfig()
     l1_c_grid: list[float] = Field(default=[0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
+    l1_tol: float = Field(
+        1e-3, gt=0,
+        description=(
+            "liblinear's stopping tolerance for the L1 fits (scikit-learn's default is 1e-4, liblinear's own 1e-2; "
+            "liblinear scales it by min(positives, negatives) / rows, so a rare outcome is solved far tighter still)"
+        ),
+    )
     search: SearchConfig = SearchConfig()
     class_weight: Literal["auto", "balanced", "none"] = Field(
-        "auto", description="balanced: scale_pos_weight = negatives/positives; auto: balanced below 2% prevalence"
+        "none",
+        description=(
+            "balanced: scale_pos_weight = negatives/positives; auto: balanced below 2% prevalence; none (default): "
+            "unweighted. Reweighting does not improve discrimination and miscalibrates risk (van den Goorbergh et "
+            "al., JAMIA 2022); rare outcomes get rare_outcome_defaults instead"
+        ),
+    )
+    rare_outcome_defaults: bool = Field(
+        True, description="below 2% train prevalence, XGBoost settings the study leaves unset take RARE_XGBOOST's values"
     )
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
         "auto", description="fitted on the tuning split; auto picks by cross-validated Brier score"
@@ -109,20 +143,39 @@ def split_masks(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: split == name for name in schema.SPLITS}
 
 
+def is_rare(y_train: np.ndarray) -> bool:
+    """Whether the train split's prevalence is below ``RARE_PREVALENCE``."""
+    return len(y_train) > 0 and float(np.mean(y_train)) < RARE_PREVALENCE
+
+
 def pos_weight(y_train: np.ndarray, config: ModelConfig) -> float:
     """XGBoost's scale_pos_weight under the configured class weighting."""
     positives = max(int(np.sum(y_train)), 1)
     balanced = (len(y_train) - positives) / positives
-    if config.class_weight == "balanced" or (config.class_weight == "auto" and positives / len(y_train) < RARE_PREVALENCE):
+    if config.class_weight == "balanced" or (config.class_weight == "auto" and is_rare(y_train)):
         return float(balanced)
     return 1.0
 
 
+def rare_defaults_applied(y_train: np.ndarray, config: ModelConfig) -> dict[str, float | int]:
+    """The ``RARE_XGBOOST`` settings this fit takes: none unless the outcome is rare and
+    ``rare_outcome_defaults`` is on; never one that the study set itself."""
+    if not (config.rare_outcome_defaults and is_rare(y_train)):
+        return {}
+    return {k: v for k, v in RARE_XGBOOST.items() if k not in config.xgboost.model_fields_set}
+
+
+def xgboost_config(y_train, config: ModelConfig, params: dict | None = None) -> XGBoostConfig:
+    """The XGBoost settings of a fit: the study's, with the rare-outcome defaults where
+    they apply, updated with ``params`` (a search trial's or the search's best)."""
+    return config.xgboost.model_copy(update={**rare_defaults_applied(y_train, config), **(params or {})})
+
+
 def xgboost_params(y_train, config: ModelConfig, params: dict | None = None, eval_metric=None) -> dict:
     """The ``XGBClassifier`` keyword arguments shared by the local and the Dask fit
-    (everything but threads and callbacks): the configured hyperparameters updated with
-    ``params``, hist trees, early stopping and the configured class weighting."""
-    p = config.xgboost.model_copy(update=params or {})
+    (everything but threads and callbacks): ``xgboost_config``'s hyperparameters, hist
+    trees, early stopping and the configured class weighting."""
+    p = xgboost_config(y_train, config, params)
     return {
         "n_estimators": p.n_estimators,
         "learning_rate": p.learning_rate,
@@ -131,6 +184,7 @@ def xgboost_params(y_train, config: ModelConfig, params: dict | None = None, eva
         "subsample": p.subsample,
         "colsample_bytree": p.colsample_bytree,
         "reg_lambda": p.reg_lambda,
+        "max_delta_step": p.max_delta_step,
         "tree_method": "hist",
         "objective": "binary:logistic",
         "eval_metric": eval_metric or "logloss",
@@ -140,17 +194,25 @@ def xgboost_params(y_train, config: ModelConfig, params: dict | None = None, eva
     }
 
 
+def tuning_weights(y_tune: np.ndarray, spw: float) -> np.ndarray | None:
+    """Row weights for the tuning split under class weighting (positives weighted by
+    ``spw``), so that early stopping watches the loss the trees are trained on; None
+    when unweighted."""
+    return None if spw == 1.0 else np.where(np.asarray(y_tune) > 0, spw, 1.0)
+
+
 def fit_xgboost(
     X_train, y_train, X_tune, y_tune, config: ModelConfig, params: dict | None = None, callbacks=None, eval_metric=None
 ) -> xgb.XGBClassifier:
-    """Hist trees on sparse input with early stopping on the tuning split's log-loss.
+    """Hist trees on sparse input with early stopping on the tuning split's log-loss
+    (weighted like the train split when class weighting is on).
 
     ``params`` overrides the configured hyperparameters (used by the search); early
     stopping watches the last of ``eval_metric`` (log-loss by default)."""
-    clf = xgb.XGBClassifier(
-        **xgboost_params(y_train, config, params, eval_metric), callbacks=callbacks, n_jobs=_threads(config)
-    )
-    clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], verbose=False)
+    kwargs = xgboost_params(y_train, config, params, eval_metric)
+    clf = xgb.XGBClassifier(**kwargs, callbacks=callbacks, n_jobs=_threads(config))
+    w = tuning_weights(y_tune, kwargs["scale_pos_weight"])
+    clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], sample_weight_eval_set=None if w is None else [w], verbose=False)
     return clf
 
 
@@ -178,16 +240,25 @@ def fit_xgboost_dask(
     X_tr, y_tr = _dask_rows(client, X_train, y_train, n_parts)
     X_tu, y_tu = _dask_rows(client, X_tune, y_tune, n_parts)
     kwargs = xgboost_params(y_train, config, params)
+    w = tuning_weights(y_tune, kwargs["scale_pos_weight"])
+    w_tu = None if w is None else [da_like(w, y_tu)]
     dask_clf = dxgb.DaskXGBClassifier(**kwargs, n_jobs=config.n_jobs or None)
     dask_clf.client = client
     # xgboost.dask looks up distributed.get_client() even when given a client: make
     # this one current, as it need not be the process's default client.
     with client.as_current():
-        dask_clf.fit(X_tr, y_tr, eval_set=[(X_tu, y_tu)], verbose=False)
+        dask_clf.fit(X_tr, y_tr, eval_set=[(X_tu, y_tu)], sample_weight_eval_set=w_tu, verbose=False)
     raw = dask_clf.get_booster().save_raw("json")
     clf = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
     clf.load_model(raw)
     return clf
+
+
+def da_like(values: np.ndarray, like):
+    """``values`` as a Dask array chunked like the 1-d Dask array ``like``."""
+    import dask.array as da
+
+    return da.from_array(np.asarray(values), chunks=like.chunks)
 
 
 def _dask_rows(client, X: sp.csr_matrix, y: np.ndarray, n_parts: int):
@@ -230,16 +301,29 @@ class L1Logistic:
         return cls(np.asarray(data["scale"]), np.asarray(data["coef"]), float(data["intercept"]), float(data["C"]))
 
 
+def _l1_fit(Xs_train: sp.csr_matrix, y_train: np.ndarray, c: float, seed: int, tol: float) -> tuple[np.ndarray, float]:
+    """One liblinear L1 fit at ``C = c``: the coefficients (on the scaled features) and the intercept."""
+    lr = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=c, tol=tol, max_iter=1000, random_state=seed)
+    lr.fit(Xs_train, y_train)
+    return lr.coef_.ravel().copy(), float(lr.intercept_[0])
+
+
 def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tuple[L1Logistic, dict[float, float]]:
-    """Choose C on the tuning split by AUROC; the scaler is fitted on train only."""
+    """Choose C on the tuning split by AUROC; the scaler is fitted on train only.
+
+    One liblinear fit per C of ``config.l1_c_grid``, to ``config.l1_tol``. (The fits
+    stay in this process, one after another: in worker processes they were no faster on
+    a shared 2-core machine, and threads would not be reproducible, as liblinear draws
+    its coordinate order from one process-wide random generator.)"""
     scaler = MaxAbsScaler().fit(X_train)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    Xs_train = X_train @ sp.diags(1.0 / scale)
+    # liblinear works in float64 CSR: convert once here rather than once per C.
+    Xs_train = sp.csr_matrix(X_train @ sp.diags(1.0 / scale), dtype=np.float64)
+    Xs_train.sum_duplicates()  # canonical CSR, as scikit-learn's input check makes it in place anyway
     scores, fitted = {}, {}
     for c in config.l1_c_grid:
-        lr = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=c, max_iter=1000, random_state=config.seed)
-        lr.fit(Xs_train, y_train)
-        model = L1Logistic(scale, lr.coef_.ravel().copy(), float(lr.intercept_[0]), c)
+        coef, intercept = _l1_fit(Xs_train, y_train, c, config.seed, config.l1_tol)
+        model = L1Logistic(scale, coef, intercept, c)
         p = model.predict_proba(X_tune)
         scores[c] = float(roc_auc_score(y_tune, p)) if len(np.unique(y_tune)) == 2 else float("nan")
         fitted[c] = model
@@ -329,7 +413,7 @@ def train_models(
             clf = fit_xgboost_dask(client, X[tr], y[tr], X[tu], y[tu], config, params)
         clf.save_model(out.xgboost_path)
         counts.update(executor="local" if client is None else "dask", rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1,
-                      scale_pos_weight=round(pos_weight(y[tr], config), 2))
+                      scale_pos_weight=round(pos_weight(y[tr], config), 2), rare_outcome_defaults=",".join(sorted(rare_defaults_applied(y[tr], config))) or "none")
     raw = clf.predict_proba(X)[:, 1]
     with stage("calibrate") as counts:
         calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed)
@@ -361,8 +445,9 @@ def train_models(
         "threshold": threshold,
         "rows": {name: int(m.sum()) for name, m in masks.items()},
         "positives": {name: int(y[m].sum()) for name, m in masks.items()},
-        "xgboost": {"best_iteration": int(clf.best_iteration), "params": config.xgboost.model_copy(update=params or {}).model_dump(),
-                    "scale_pos_weight": pos_weight(y[tr], config)},
+        "xgboost": {"best_iteration": int(clf.best_iteration), "params": xgboost_config(y[tr], config, params).model_dump(),
+                    "scale_pos_weight": pos_weight(y[tr], config),
+                    "rare_outcome_defaults": rare_defaults_applied(y[tr], config)},
         "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},
         "l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
                         "nonzero_coefficients": int((lr.coef != 0).sum())},

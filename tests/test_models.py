@@ -13,8 +13,26 @@ import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
 from forewarn.features.featurize import FeatureMatrix
-from forewarn.models.calibration import Calibrator, choose_calibrator, fit_calibrator
-from forewarn.models.train import L1Logistic, ModelConfig, load_xgboost, pos_weight, train_models
+from forewarn.models.calibration import (
+    MIN_ISOTONIC_EVENTS,
+    Calibrator,
+    choose_calibrator,
+    fit_calibrator,
+)
+from forewarn.models.train import (
+    L1Logistic,
+    ModelConfig,
+    fit_l1_logistic,
+    fit_xgboost,
+    is_rare,
+    load_xgboost,
+    pos_weight,
+    rare_defaults_applied,
+    train_models,
+    tuning_weights,
+    xgboost_config,
+    xgboost_params,
+)
 from forewarn.records import schema
 
 
@@ -90,7 +108,9 @@ def test_calibration_by_hand_and_round_trip():
     p = np.array([0.1, 0.2, 0.3, 0.4])
     y = np.array([0, 0, 1, 1], bool)
     iso = fit_calibrator(p, y, "isotonic")
-    assert list(iso(p)) == [0.0, 0.0, 1.0, 1.0] and iso(np.array([0.25]))[0] == 0.5  # interpolated between knots
+    np.testing.assert_allclose(iso(p), [0.0, 0.0, 1.0, 1.0], atol=1e-6)
+    assert iso(np.array([0.25]))[0] == pytest.approx(0.5, abs=1e-6)  # interpolated between knots
+    assert np.all(np.diff(iso(p)) > 0)  # the plateaus' ties broken in the raw scores' order
     again = Calibrator.from_json(json.loads(json.dumps(iso.to_json())))
     assert np.array_equal(again(p), iso(p))
     assert np.array_equal(fit_calibrator(p, y, "none")(p), p)
@@ -109,10 +129,175 @@ def test_choose_calibrator_fixes_overconfident_scores():
 def test_class_weighting():
     rare = np.r_[np.ones(10), np.zeros(990)]
     common = np.r_[np.ones(100), np.zeros(900)]
-    assert pos_weight(rare, ModelConfig()) == 99.0  # auto: balanced below 2% prevalence
-    assert pos_weight(common, ModelConfig()) == 1.0
+    assert pos_weight(rare, ModelConfig()) == 1.0  # default: unweighted, rare outcomes included
+    assert pos_weight(rare, ModelConfig(class_weight="auto")) == 99.0  # auto: balanced below 2% prevalence
+    assert pos_weight(common, ModelConfig(class_weight="auto")) == 1.0
     assert pos_weight(common, ModelConfig(class_weight="balanced")) == 9.0
     assert pos_weight(rare, ModelConfig(class_weight="none")) == 1.0
+
+
+def test_rare_outcome_defaults():
+    rare = np.r_[np.ones(19), np.zeros(981)]  # 1.9%
+    boundary = np.r_[np.ones(20), np.zeros(980)]  # 2.0%: not rare
+    assert is_rare(rare) and not is_rare(boundary)
+    p = xgboost_config(rare, ModelConfig())
+    assert (p.max_depth, p.min_child_weight, p.max_delta_step) == (3, 0.5, 1.0)
+    assert (p.learning_rate, p.n_estimators, p.early_stopping_rounds) == (0.05, 600, 50)  # the rest as configured
+    q = xgboost_config(boundary, ModelConfig())
+    assert (q.max_depth, q.min_child_weight, q.max_delta_step) == (4, 2.0, 0.0)
+    # A setting the study gives itself wins; the others still take the rare defaults.
+    study = ModelConfig.model_validate({"xgboost": {"max_depth": 5}})
+    assert rare_defaults_applied(rare, study) == {"min_child_weight": 0.5, "max_delta_step": 1.0}
+    assert xgboost_config(rare, study).max_depth == 5
+    assert rare_defaults_applied(rare, ModelConfig(rare_outcome_defaults=False)) == {}
+    assert xgboost_config(rare, ModelConfig(rare_outcome_defaults=False)).max_depth == 4
+    # A search trial's parameters win over both.
+    assert xgboost_config(rare, ModelConfig(), {"max_depth": 7, "min_child_weight": 3.0}).model_dump()["min_child_weight"] == 3.0
+    kwargs = xgboost_params(rare, ModelConfig())
+    assert (kwargs["max_delta_step"], kwargs["scale_pos_weight"], kwargs["eval_metric"]) == (1.0, 1.0, "logloss")
+
+
+def rare_matrix(tmp_path, n=4000, seed=0) -> FeatureMatrix:
+    """``synthetic_matrix``'s layout with an outcome of about 1.5% prevalence."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, 30, density=0.2, format="csr", random_state=seed, dtype=np.float32)
+    signal = np.asarray(X[:, 2].todense()).ravel() + np.asarray(X[:, 3].todense()).ravel()
+    y = signal + rng.normal(0, 0.2, n) > 1.3
+    split = np.array(["train", "tuning", "held_out"])[rng.choice(3, n, p=[0.6, 0.2, 0.2])]
+    rows = pd.DataFrame({schema.SUBJECT_ID: np.arange(n), schema.PREDICTION_TIME: pd.Timestamp(datetime(2020, 1, 1)),
+                         schema.BOOLEAN_VALUE: y, schema.SPLIT: split})
+    cols = pd.DataFrame({"name": ["AGE/years/at_prediction/t", "Gender//F/static/present/static"] + [f"X//{i}/code/count/full" for i in range(2, 30)]})
+    (tmp_path / "rare").mkdir()
+    sp.save_npz(tmp_path / "rare" / "X.npz", X)
+    rows.to_parquet(tmp_path / "rare" / "rows.parquet")
+    cols.to_parquet(tmp_path / "rare" / "columns.parquet")
+    return FeatureMatrix(tmp_path / "rare")
+
+
+def test_training_a_rare_outcome_records_its_defaults(tmp_path):
+    matrix = rare_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    summary = json.loads(trained.summary_path.read_text())
+    positives, rows = summary["positives"], summary["rows"]
+    assert 0 < positives["train"] / rows["train"] < 0.02 and positives["tuning"] > 0
+    assert summary["xgboost"]["rare_outcome_defaults"] == {"max_depth": 3, "min_child_weight": 0.5, "max_delta_step": 1.0}
+    assert summary["xgboost"]["params"]["max_depth"] == 3 and summary["xgboost"]["scale_pos_weight"] == 1.0
+    trees = json.loads(trained.xgboost_path.read_text())["learner"]["gradient_booster"]["model"]["trees"]
+    depth = [max(_depths(t)) for t in trees]
+    assert max(depth) <= 3  # leaves at most 3 splits deep
+    assert summary["calibration"]["method"] in ("none", "sigmoid")  # fewer than 100 tuning events: no isotonic
+
+
+def _depths(tree: dict) -> list[int]:
+    """The depth of every leaf of one tree of XGBoost's JSON model."""
+    left, right = tree["left_children"], tree["right_children"]
+    out, stack = [], [(0, 0)]
+    while stack:
+        node, d = stack.pop()
+        if left[node] == -1:
+            out.append(d)
+        else:
+            stack += [(left[node], d + 1), (right[node], d + 1)]
+    return out
+
+
+def test_weighted_training_stops_on_the_weighted_tuning_loss(tmp_path):
+    X, rows, _ = synthetic_matrix(tmp_path).load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(np.int8)
+    tr, tu = (rows[schema.SPLIT] == "train").to_numpy(), (rows[schema.SPLIT] == "tuning").to_numpy()
+    config = ModelConfig(n_jobs=1, class_weight="balanced", xgboost={"n_estimators": 20})
+    spw = pos_weight(y[tr], config)
+    w = tuning_weights(y[tu], spw)
+    assert spw > 1 and np.array_equal(w, np.where(y[tu] == 1, spw, 1.0))
+    assert tuning_weights(y[tu], 1.0) is None
+    clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config)
+    p = clf.predict_proba(X[tu], iteration_range=(0, 20))[:, 1]
+    from sklearn.metrics import log_loss
+
+    assert clf.evals_result()["validation_0"]["logloss"][-1] == pytest.approx(log_loss(y[tu], p, sample_weight=w), rel=1e-4)
+
+
+def per_c_l1_fits(X_train, y_train, X_tune, y_tune, grid, seed=0, tol=1e-4):
+    """The L1 baseline as it was fitted before: one liblinear fit per C on the max-abs
+    scaled train split (at scikit-learn's default tolerance unless ``tol`` is given)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import MaxAbsScaler
+
+    scaler = MaxAbsScaler().fit(X_train)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    Xs = X_train @ sp.diags(1.0 / scale)
+    out = {}
+    for c in grid:
+        lr = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=c, tol=tol, max_iter=1000, random_state=seed).fit(Xs, y_train)
+        model = L1Logistic(scale, lr.coef_.ravel().copy(), float(lr.intercept_[0]), c)
+        out[c] = (model, float(roc_auc_score(y_tune, model.predict_proba(X_tune))))
+    return out
+
+
+def _l1_case(tmp_path):
+    X, rows, _ = synthetic_matrix(tmp_path, n=1500, seed=3).load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(np.int8)
+    tr, tu = (rows[schema.SPLIT] == "train").to_numpy(), (rows[schema.SPLIT] == "tuning").to_numpy()
+    return X[tr], y[tr], X[tu], y[tu]
+
+
+def test_l1_grid_matches_the_per_c_fits(tmp_path):
+    """The grid gives exactly the per-C liblinear fits at the same tolerance."""
+    X_tr, y_tr, X_tu, y_tu = _l1_case(tmp_path)
+    config = ModelConfig(n_jobs=1)
+    model, scores = fit_l1_logistic(X_tr, y_tr, X_tu, y_tu, config)
+    reference = per_c_l1_fits(X_tr, y_tr, X_tu, y_tu, config.l1_c_grid, tol=config.l1_tol)
+    assert scores == {c: auc for c, (_, auc) in reference.items()}
+    assert max(scores, key=lambda c: (scores[c], -c)) == model.C
+    np.testing.assert_array_equal(model.coef, reference[model.C][0].coef)
+    assert model.intercept == reference[model.C][0].intercept
+
+
+def test_l1_looser_tolerance_picks_the_same_c_as_before(tmp_path):
+    """The default tolerance (1e-3) against the fits at scikit-learn's 1e-4 on a golden case."""
+    X_tr, y_tr, X_tu, y_tu = _l1_case(tmp_path)
+    config = ModelConfig(n_jobs=1)
+    assert config.l1_tol == 1e-3
+    model, scores = fit_l1_logistic(X_tr, y_tr, X_tu, y_tu, config)
+    before = per_c_l1_fits(X_tr, y_tr, X_tu, y_tu, config.l1_c_grid)
+    before_best = max(before, key=lambda c: (before[c][1], -c))
+    assert model.C == before_best == 0.3
+    assert abs(scores[model.C] - before[before_best][1]) <= 0.002
+
+
+def test_isotonic_needs_enough_tuning_events():
+    rng = np.random.default_rng(1)
+    risk = rng.random(4000) * 0.04
+    y = rng.random(4000) < risk  # about 80 events
+    assert 0 < y.sum() < MIN_ISOTONIC_EVENTS
+    calibrator, scores = choose_calibrator(np.clip(risk * 3, 0, 1), y)
+    assert set(scores) == {"none", "sigmoid"} and calibrator.method == "sigmoid"
+    many = rng.random(4000) < 0.5
+    assert set(choose_calibrator(rng.random(4000), many)[1]) == {"none", "sigmoid", "isotonic"}
+    assert "isotonic" in choose_calibrator(np.clip(risk * 3, 0, 1), y, method="isotonic")[1]  # asked for by name: allowed
+
+
+def test_isotonic_calibration_keeps_the_ranking():
+    rng = np.random.default_rng(4)
+    p = rng.random(5000) ** 2
+    y = rng.random(5000) < p
+    calibrator = fit_calibrator(p, y, "isotonic")
+    plain = np.interp(p, calibrator.x, calibrator.y)
+    assert np.unique(plain).size < 200  # isotonic regression alone: a few hundred plateaus at most
+    out = calibrator(p)
+    assert np.unique(out).size == np.unique(p).size and np.abs(out - plain).max() <= 1e-6
+    assert np.array_equal(np.argsort(out, kind="stable"), np.argsort(p, kind="stable"))  # the model's order
+    assert roc_auc_score(y, out) == roc_auc_score(y, p) != roc_auc_score(y, plain)
+
+
+def test_sigmoid_that_would_reverse_the_ranking_is_not_used():
+    rng = np.random.default_rng(2)
+    p = rng.random(2000)
+    y = rng.random(2000) < 0.6 - 0.5 * p  # the scores rank the wrong way round
+    calibrator, scores = choose_calibrator(p, y)
+    assert scores["sigmoid"] < scores["none"]  # a sigmoid would fit better ...
+    assert fit_calibrator(p, y, "sigmoid").b < 0  # ... by reversing the ranking
+    assert calibrator.method == "none"
 
 
 def test_few_training_events_warn(tmp_path):
