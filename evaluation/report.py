@@ -716,9 +716,12 @@ def report_context(
     if spw is None:
         weighting = "not recorded"
     elif spw == 1.0:
-        weighting = "none (scale_pos_weight = 1: training prevalence at least 2%, or weighting switched off)"
+        weighting = "none (scale_pos_weight = 1: rows are not reweighted, so predicted risks stay on the outcome's own scale)"
     else:
-        weighting = f"scale_pos_weight = {spw:.2f} (negatives / positives in the train split: the outcome is rare)"
+        weighting = f"scale_pos_weight = {spw:.2f} (negatives / positives in the train split, as the study's class_weight asks)"
+    rare = xgb.get("rare_outcome_defaults") or {}
+    if rare:
+        weighting += "; rare-outcome settings (train prevalence under 2%): " + ", ".join(f"{k} {v}" for k, v in rare.items())
     method = calib.get("method", "none")
     cv_brier = calib.get("tuning_cv_brier") or {}
     calibration_text = {

@@ -36,6 +36,19 @@ from forewarn.models.train import (
 from forewarn.records import schema
 
 
+def write_matrix(folder, X, y, split) -> FeatureMatrix:
+    """A FeatureMatrix folder: X, one row per subject at one time, and 30 named columns
+    (age and sex first, as the age + sex baseline expects)."""
+    rows = pd.DataFrame({schema.SUBJECT_ID: np.arange(X.shape[0]), schema.PREDICTION_TIME: pd.Timestamp(datetime(2020, 1, 1)),
+                         schema.BOOLEAN_VALUE: y, schema.SPLIT: split})
+    cols = pd.DataFrame({"name": ["AGE/years/at_prediction/t", "Gender//F/static/present/static"] + [f"X//{i}/code/count/full" for i in range(2, 30)]})
+    folder.mkdir()
+    sp.save_npz(folder / "X.npz", X)
+    rows.to_parquet(folder / "rows.parquet")
+    cols.to_parquet(folder / "columns.parquet")
+    return FeatureMatrix(folder)
+
+
 def synthetic_matrix(tmp_path, n=900, seed=0, tuning_positives=True) -> FeatureMatrix:
     rng = np.random.default_rng(seed)
     X = sp.random(n, 30, density=0.2, format="csr", random_state=seed, dtype=np.float32)
@@ -44,20 +57,7 @@ def synthetic_matrix(tmp_path, n=900, seed=0, tuning_positives=True) -> FeatureM
     split = np.array(["train", "tuning", "held_out"])[rng.choice(3, n, p=[0.6, 0.2, 0.2])]
     if not tuning_positives:
         y[split == "tuning"] = False
-    rows = pd.DataFrame(
-        {
-            schema.SUBJECT_ID: np.arange(n),
-            schema.PREDICTION_TIME: pd.Timestamp(datetime(2020, 1, 1)),
-            schema.BOOLEAN_VALUE: y,
-            schema.SPLIT: split,
-        }
-    )
-    cols = pd.DataFrame({"name": ["AGE/years/at_prediction/t", "Gender//F/static/present/static"] + [f"X//{i}/code/count/full" for i in range(2, 30)]})
-    (tmp_path / "m").mkdir()
-    sp.save_npz(tmp_path / "m" / "X.npz", X)
-    rows.to_parquet(tmp_path / "m" / "rows.parquet")
-    cols.to_parquet(tmp_path / "m" / "columns.parquet")
-    return FeatureMatrix(tmp_path / "m")
+    return write_matrix(tmp_path / "m", X, y, split)
 
 
 def test_train_models(tmp_path):
@@ -164,14 +164,7 @@ def rare_matrix(tmp_path, n=4000, seed=0) -> FeatureMatrix:
     signal = np.asarray(X[:, 2].todense()).ravel() + np.asarray(X[:, 3].todense()).ravel()
     y = signal + rng.normal(0, 0.2, n) > 1.3
     split = np.array(["train", "tuning", "held_out"])[rng.choice(3, n, p=[0.6, 0.2, 0.2])]
-    rows = pd.DataFrame({schema.SUBJECT_ID: np.arange(n), schema.PREDICTION_TIME: pd.Timestamp(datetime(2020, 1, 1)),
-                         schema.BOOLEAN_VALUE: y, schema.SPLIT: split})
-    cols = pd.DataFrame({"name": ["AGE/years/at_prediction/t", "Gender//F/static/present/static"] + [f"X//{i}/code/count/full" for i in range(2, 30)]})
-    (tmp_path / "rare").mkdir()
-    sp.save_npz(tmp_path / "rare" / "X.npz", X)
-    rows.to_parquet(tmp_path / "rare" / "rows.parquet")
-    cols.to_parquet(tmp_path / "rare" / "columns.parquet")
-    return FeatureMatrix(tmp_path / "rare")
+    return write_matrix(tmp_path / "rare", X, y, split)
 
 
 def test_training_a_rare_outcome_records_its_defaults(tmp_path):
