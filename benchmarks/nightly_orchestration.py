@@ -456,6 +456,10 @@ def main() -> None:
     parser.add_argument("--designs", default=",".join(DESIGNS), help="comma-separated validation designs")
     parser.add_argument("--out", type=Path, default=Path("/tmp/forewarn-orchestration"), help="a folder (emptied first)")
     parser.add_argument("--skip-dask", action="store_true", help="no LocalCluster run")
+    parser.add_argument("--skip-local", action="store_true",
+                        help="no local runs (cold and rerun): the LocalCluster run alone, e.g. beside a --skip-dask run")
+    parser.add_argument("--compare-with", type=Path,
+                        help="a nightly_orchestration.json of a --skip-dask run on the same network, for the AUROC table")
     parser.add_argument("--pull-parts", type=int, default=2, help="executor.pull_parts of the LocalCluster run")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic network")
     args = parser.parse_args()
@@ -524,18 +528,26 @@ def main() -> None:
         print(f"Prefect server up in {report['prefect_server_startup_s']} s; trivial flow: first "
               f"{report['prefect_first_flow_s']} s, then {report['prefect_noop_flow_s']} s", flush=True)
 
-        study = load_study(write_study(out / "local", network, tasks, designs, None))
-        report["runs"]["cold (local)"] = run_once("run 1, cold, local", study, probe)
-        report["runs"]["rerun (local)"] = run_once("run 2, rerun on unchanged data", study, probe)
-        rerun = report["runs"]["rerun (local)"]
-        report["rerun_check"] = {
-            "no_stage_computed": rerun["stages_computed"] == 0 and rerun["stage_calls_computed_in_flow_process"] == 0,
-            "no_new_mlflow_runs": rerun["mlflow_runs_after"] == rerun["mlflow_runs_before"],
-            "no_new_model_versions": rerun["model_versions_after"] == rerun["model_versions_before"],
-            "all_cached": all(r["cached"] for r in rerun["results"] if r["status"] == "published"),
-        }
-        print(f"rerun check: {report['rerun_check']}", flush=True)
-        _write(out, report)
+        if not args.skip_local:
+            study = load_study(write_study(out / "local", network, tasks, designs, None))
+            report["runs"]["cold (local)"] = run_once("run 1, cold, local", study, probe)
+            report["runs"]["rerun (local)"] = run_once("run 2, rerun on unchanged data", study, probe)
+            rerun = report["runs"]["rerun (local)"]
+            report["rerun_check"] = {
+                "no_stage_computed": rerun["stages_computed"] == 0 and rerun["stage_calls_computed_in_flow_process"] == 0,
+                "no_new_mlflow_runs": rerun["mlflow_runs_after"] == rerun["mlflow_runs_before"],
+                "no_new_model_versions": rerun["model_versions_after"] == rerun["model_versions_before"],
+                "all_cached": all(r["cached"] for r in rerun["results"] if r["status"] == "published"),
+            }
+            print(f"rerun check: {report['rerun_check']}", flush=True)
+            _write(out, report)
+        elif args.compare_with:
+            other = json.loads(args.compare_with.read_text())
+            if other.get("people") != args.people or other.get("seed") != args.seed:
+                raise SystemExit(f"--compare-with {args.compare_with}: people/seed {other.get('people')}/"
+                                 f"{other.get('seed')} differ from this run's {args.people}/{args.seed}")
+            report["runs"]["cold (local)"] = other["runs"]["cold (local)"]
+            report["local_from"] = str(args.compare_with)
 
         if not args.skip_dask:
             from distributed import LocalCluster
@@ -556,7 +568,8 @@ def main() -> None:
                 report["runs"]["cold (LocalCluster)"] = run_once("run 3, cold, Dask LocalCluster", dstudy, probe)
             finally:
                 cluster.close()
-            local = {(r["site"], r["task"]): r["held_out_auroc"] for r in report["runs"]["cold (local)"]["results"]}
+            local_run = report["runs"].get("cold (local)", {"results": []})
+            local = {(r["site"], r["task"]): r["held_out_auroc"] for r in local_run["results"]}
             dask = {(r["site"], r["task"]): r["held_out_auroc"] for r in report["runs"]["cold (LocalCluster)"]["results"]}
             report["auroc"] = [{"site": s, "task": t, "local": local.get((s, t)), "dask": dask.get((s, t))}
                                for s, t in sorted(set(local) | set(dask))]
