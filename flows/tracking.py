@@ -289,6 +289,20 @@ def champion_inputs(task: str, site: str, dest: Path) -> str | None:
     return str(champion.version)
 
 
+# What serving the registered model needs: XGBoost's scikit-learn wrapper (``XGBClassifier``)
+# and its array inputs. Given explicitly, because MLflow otherwise infers them by loading
+# the model in a fresh Python process on every ``log_model`` (4-20 s a model, most of the
+# flow's MLflow time).
+MODEL_REQUIREMENTS = ("xgboost", "scikit-learn", "numpy", "scipy")
+
+
+def model_requirements() -> list[str]:
+    """``MODEL_REQUIREMENTS`` pinned to the installed versions, e.g. ``xgboost==3.2.0``."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
+
+
 def register_model(
     *, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int, promote: bool, decision: str,
     tags: dict[str, str] | None = None,
@@ -312,7 +326,7 @@ def register_model(
     with mlflow.start_run(run_id=run_id):
         info = mlflow.xgboost.log_model(
             clf, name="model", signature=signature, input_example=example, model_format="json",
-            registered_model_name=name,
+            registered_model_name=name, pip_requirements=model_requirements(),
         )
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "challenger", version)

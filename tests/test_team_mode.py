@@ -127,6 +127,11 @@ def test_postgresql_store_end_to_end(pg_schema, tmp_path, restore_tracking):
     logged = client.get_logged_model(champion.source.removeprefix("models:/"))
     assert logged.artifact_location == f"{root.as_uri()}/models/{logged.model_id}/artifacts"
     assert json.loads((root / "models" / logged.model_id / "artifacts" / "model.json").read_text())["learner"]  # XGBoost JSON
+    # Its requirements are the installed versions of what serving it needs (given, not inferred).
+    from importlib.metadata import version
+    requirements = (root / "models" / logged.model_id / "artifacts" / "requirements.txt").read_text().split()
+    assert requirements == [f"mlflow=={mlflow.__version__}", f"xgboost=={version('xgboost')}",
+                            f"scikit-learn=={version('scikit-learn')}", f"numpy=={np.__version__}", f"scipy=={version('scipy')}"]
     loaded = mlflow.xgboost.load_model(f"models:/{name}@champion")
     x = np.zeros((1, 3), dtype=np.float32)
     np.testing.assert_array_equal(loaded.predict_proba(x), _load(xgb_path).predict_proba(x))
