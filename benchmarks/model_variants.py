@@ -1,0 +1,140 @@
+"""XGBoost settings against the L1-logistic and a MEDS-Tab-style default XGBoost on a
+*development* demo network (seed 101 by default, not the benchmark's seed 7), for
+choosing model defaults without looking at the benchmark's held-out rows.
+
+    python benchmarks/model_variants.py --people 20000 --work /tmp/fw-variants
+    python benchmarks/model_variants.py --people 20000 --work /tmp/fw-variants \\
+        --variants default,mcw5_l5 --cells community/ckd3_2y,academic/pancreatic_cancer_1y
+
+The network is generated, pulled, labelled and featurized once into ``--work`` (both
+Forewarn's and the MEDS-Tab-style feature sets) and reused by later calls with the same
+``--people`` and ``--seed``. Each variant is an ``XGBoostConfig`` change (or a bag of
+seeds) fitted with ``models.train.fit_xgboost`` (early stopping on the tuning split, the
+rare-outcome defaults where the variant leaves them unset); the scores are raw
+probabilities, which rank as the calibrated ones do (calibration never reorders rows).
+Prints held-out AUROC / AUPRC per (site, task) with the trees kept, and marks a
+variant below either baseline on either metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_comparison import MEDSTAB  # noqa: E402
+
+from forewarn.evaluation.metrics import point_metrics  # noqa: E402
+from forewarn.features.featurize import FeatureConfig, FeatureMatrix, featurize  # noqa: E402
+from forewarn.features.labels import label_dataset, load_task  # noqa: E402
+from forewarn.models.train import (  # noqa: E402
+    ModelConfig,
+    XGBoostConfig,
+    fit_l1_logistic,
+    fit_xgboost,
+    split_masks,
+)
+from forewarn.records import schema  # noqa: E402
+from forewarn.records.deid import DeidConfig, load_secret  # noqa: E402
+from forewarn.records.demo import generate_network  # noqa: E402
+from forewarn.records.omop import pull_omop  # noqa: E402
+
+TASKS = ["t2d_2y", "ckd3_2y", "pancreatic_cancer_1y"]
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "bag5": {"seeds": (0, 1, 2, 3, 4)},
+    "es_auc": {"eval_metric": ["auc"]},
+    "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
+    "col0.5": {"xgboost": {"colsample_bytree": 0.5}},
+    "lr0.02": {"xgboost": {"learning_rate": 0.02, "n_estimators": 3000, "early_stopping_rounds": 150}},
+    "depth3": {"xgboost": {"max_depth": 3}},
+    "mcw5_l5": {"xgboost": {"min_child_weight": 5, "reg_lambda": 5}},
+}
+
+
+def build(people: int, seed: int, work: Path) -> dict[str, dict[str, str]]:
+    """The (site/task) -> feature matrix folders of the development network, built once."""
+    index = work / f"net{people}-seed{seed}" / "matrices.json"
+    if index.exists():
+        return json.loads(index.read_text())
+    root = index.parent
+    out = {}
+    for site, db in generate_network(root / "sites", people=people, seed=seed).items():
+        pull = pull_omop(db, root / site / "pull", site=site, config=DeidConfig(load_secret(site, demo=True)))
+        for task in TASKS:
+            table, splits, _ = label_dataset(pull.events_dir, load_task(task), root / site).load()
+            ours = featurize(pull.events_dir, table, splits, root / site / task / "forewarn", FeatureConfig(), codes_path=pull.codes_path)
+            theirs = featurize(pull.events_dir, table, splits, root / site / task / "medstab", MEDSTAB, codes_path=pull.codes_path)
+            out[f"{site}/{task}"] = {"ours": str(ours.dir), "medstab": str(theirs.dir)}
+    index.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def fit_variant(spec: dict, X, y, m, threads: int) -> tuple[np.ndarray, list[int]]:
+    """Held-out probabilities of one variant (the mean over its seeds) and its tree counts."""
+    probs, trees = [], []
+    for s in spec.get("seeds", (0,)):
+        config = ModelConfig(seed=s, n_jobs=threads, xgboost=XGBoostConfig(**spec.get("xgboost", {})))
+        clf = fit_xgboost(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], config, eval_metric=spec.get("eval_metric"))
+        probs.append(clf.predict_proba(X[m["held_out"]])[:, 1])
+        trees.append(int(clf.best_iteration) + 1)
+    return np.mean(probs, axis=0), trees
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=101, help="network seed (the benchmark's is 7: keep away from it)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fw-variants"))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--cells", default="", help="comma list of site/task (default: all)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the scores here")
+    args = parser.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+    matrices = build(args.people, args.seed, args.work)
+    cells = [c for c in args.cells.split(",") if c] or list(matrices)
+    results = {}
+    for cell in cells:
+        X, rows, _ = FeatureMatrix(Path(matrices[cell]["ours"])).load()
+        y = rows[schema.BOOLEAN_VALUE].to_numpy(np.int8)
+        m = split_masks(rows)
+        held_y = y[m["held_out"]].astype(bool)
+        probs: dict[str, np.ndarray] = {}
+        trees: dict[str, list[int]] = {}
+        l1, _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig())
+        probs["L1-logistic"] = l1.predict_proba(X[m["held_out"]])
+        Xt, rt, _ = FeatureMatrix(Path(matrices[cell]["medstab"])).load()
+        mt = split_masks(rt)
+        if not (rt.loc[mt["held_out"], schema.SUBJECT_ID].to_numpy() == rows.loc[m["held_out"], schema.SUBJECT_ID].to_numpy()).all():
+            raise SystemExit(f"{cell}: the MEDS-Tab-style held-out rows differ from Forewarn's")
+        medstab = xgb.XGBClassifier(n_estimators=100, max_depth=6, learning_rate=0.3, tree_method="hist", n_jobs=args.threads, random_state=0)
+        medstab.fit(Xt[mt["train"]], rt.loc[mt["train"], schema.BOOLEAN_VALUE].to_numpy(bool))
+        probs["MEDS-Tab-style"] = medstab.predict_proba(Xt[mt["held_out"]])[:, 1]
+        start = time.perf_counter()
+        for name in variants:
+            probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, args.threads)
+        scores = {name: point_metrics(held_y, p) for name, p in probs.items()}
+        results[cell] = {name: {"auroc": s["auroc"], "auprc": s["auprc"], "trees": trees.get(name)} for name, s in scores.items()}
+        events = "/".join(str(int(y[m[k]].sum())) for k in ("train", "tuning", "held_out"))
+        print(f"{cell}: train/tuning/held-out events {events}; variants {time.perf_counter() - start:.0f} s", flush=True)
+        for name, s in scores.items():
+            below = [b for b in ("L1-logistic", "MEDS-Tab-style") if name in trees and
+                     (s["auroc"] < scores[b]["auroc"] or s["auprc"] < scores[b]["auprc"])]
+            note = f"  below {', '.join(below)}" if below else ""
+            print(f"   {name:16s} AUROC {s['auroc']:.4f}  AUPRC {s['auprc']:.4f}  {trees.get(name, '')}{note}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
