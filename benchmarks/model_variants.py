@@ -55,7 +55,15 @@ VARIANTS: dict[str, dict] = {
     "lr0.02": {"xgboost": {"learning_rate": 0.02, "n_estimators": 3000, "early_stopping_rounds": 150}},
     "depth3": {"xgboost": {"max_depth": 3}},
     "mcw5_l5": {"xgboost": {"min_child_weight": 5, "reg_lambda": 5}},
+    "cv5": {"tree_count": "cv"},
+    "cv5_mcw5_l5": {"tree_count": "cv", "xgboost": {"min_child_weight": 5, "reg_lambda": 5}},
+    "lr0.02_mcw5_l5": {"xgboost": {"learning_rate": 0.02, "n_estimators": 3000, "early_stopping_rounds": 150,
+                                   "min_child_weight": 5, "reg_lambda": 5}},
+    "depth2": {"xgboost": {"max_depth": 2}},
 }
+# min_child_weight x reg_lambda for rare outcomes: mcw{0.5,2,5}_l{1,5} (mcw5_l5 above).
+VARIANTS.update({f"mcw{m}_l{lam}": {"xgboost": {"min_child_weight": m, "reg_lambda": lam}}
+                 for m in (0.5, 2, 5) for lam in (1, 5) if (m, lam) != (5, 5)})
 
 
 def build(people: int, seed: int, work: Path) -> dict[str, dict[str, str]]:
@@ -76,15 +84,35 @@ def build(people: int, seed: int, work: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def fit_variant(spec: dict, X, y, m, threads: int) -> tuple[np.ndarray, list[int]]:
+def fit_variant(spec: dict, X, y, m, threads: int, subjects: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """Held-out probabilities of one variant (the mean over its seeds) and its tree counts."""
     probs, trees = [], []
     for s in spec.get("seeds", (0,)):
         config = ModelConfig(seed=s, n_jobs=threads, xgboost=XGBoostConfig(**spec.get("xgboost", {})))
-        clf = fit_xgboost(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], config, eval_metric=spec.get("eval_metric"))
+        clf = fit_xgboost(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], config, eval_metric=spec.get("eval_metric"),
+                          tree_count=spec.get("tree_count", "tuning"), groups=subjects[m["train"]])
         probs.append(clf.predict_proba(X[m["held_out"]])[:, 1])
         trees.append(int(clf.best_iteration) + 1)
     return np.mean(probs, axis=0), trees
+
+
+def baselines(cell: str, paths: dict[str, str], X, y, rows, m, threads: int) -> dict[str, np.ndarray]:
+    """Held-out probabilities of the L1-logistic and the MEDS-Tab-style default XGBoost,
+    fitted once per cell and kept beside its matrix (``baselines.npz``)."""
+    cache = Path(paths["ours"]).parent / "baselines.npz"
+    if cache.exists():
+        with np.load(cache) as saved:
+            return {"L1-logistic": saved["l1"], "MEDS-Tab-style": saved["medstab"]}
+    l1, _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig())
+    Xt, rt, _ = FeatureMatrix(Path(paths["medstab"])).load()
+    mt = split_masks(rt)
+    if not (rt.loc[mt["held_out"], schema.SUBJECT_ID].to_numpy() == rows.loc[m["held_out"], schema.SUBJECT_ID].to_numpy()).all():
+        raise SystemExit(f"{cell}: the MEDS-Tab-style held-out rows differ from Forewarn's")
+    medstab = xgb.XGBClassifier(n_estimators=100, max_depth=6, learning_rate=0.3, tree_method="hist", n_jobs=threads, random_state=0)
+    medstab.fit(Xt[mt["train"]], rt.loc[mt["train"], schema.BOOLEAN_VALUE].to_numpy(bool))
+    out = {"L1-logistic": l1.predict_proba(X[m["held_out"]]), "MEDS-Tab-style": medstab.predict_proba(Xt[mt["held_out"]])[:, 1]}
+    np.savez(cache, l1=out["L1-logistic"], medstab=out["MEDS-Tab-style"])
+    return out
 
 
 def main() -> None:
@@ -109,20 +137,12 @@ def main() -> None:
         y = rows[schema.BOOLEAN_VALUE].to_numpy(np.int8)
         m = split_masks(rows)
         held_y = y[m["held_out"]].astype(bool)
-        probs: dict[str, np.ndarray] = {}
         trees: dict[str, list[int]] = {}
-        l1, _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig())
-        probs["L1-logistic"] = l1.predict_proba(X[m["held_out"]])
-        Xt, rt, _ = FeatureMatrix(Path(matrices[cell]["medstab"])).load()
-        mt = split_masks(rt)
-        if not (rt.loc[mt["held_out"], schema.SUBJECT_ID].to_numpy() == rows.loc[m["held_out"], schema.SUBJECT_ID].to_numpy()).all():
-            raise SystemExit(f"{cell}: the MEDS-Tab-style held-out rows differ from Forewarn's")
-        medstab = xgb.XGBClassifier(n_estimators=100, max_depth=6, learning_rate=0.3, tree_method="hist", n_jobs=args.threads, random_state=0)
-        medstab.fit(Xt[mt["train"]], rt.loc[mt["train"], schema.BOOLEAN_VALUE].to_numpy(bool))
-        probs["MEDS-Tab-style"] = medstab.predict_proba(Xt[mt["held_out"]])[:, 1]
+        probs = baselines(cell, matrices[cell], X, y, rows, m, args.threads)
         start = time.perf_counter()
+        subjects = rows[schema.SUBJECT_ID].to_numpy()
         for name in variants:
-            probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, args.threads)
+            probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, args.threads, subjects)
         scores = {name: point_metrics(held_y, p) for name, p in probs.items()}
         results[cell] = {name: {"auroc": s["auroc"], "auprc": s["auprc"], "trees": trees.get(name)} for name, s in scores.items()}
         events = "/".join(str(int(y[m[k]].sum())) for k in ("train", "tuning", "held_out"))

@@ -722,6 +722,31 @@ def report_context(
     rare = xgb.get("rare_outcome_defaults") or {}
     if rare:
         weighting += "; rare-outcome settings (train prevalence under 2%): " + ", ".join(f"{k} {v}" for k, v in rare.items())
+    count = xgb.get("tree_count") or {"method": "tuning"}
+    trees_text = (
+        f"the tree count chosen by early stopping on the mean log-loss of {count.get('folds')} subject-grouped folds of the "
+        "train split (the tuning split had fewer than 100 events), then one fit on all of train"
+        if count.get("method") == "cv"
+        else "after early stopping on the tuning split's log-loss"
+    )
+    search = training.get("search") or {}
+    trials = search.get("trials") or []
+    search_context = None
+    if trials:
+        complete = [t for t in trials if t.get("state") == "complete"]
+        best = max(complete, key=lambda t: t["value"]) if complete else None
+        search_context = {
+            "objective": {"auroc": "tuning AUROC", "auprc": "tuning AUPRC"}.get(search.get("objective"), search.get("objective")),
+            "trials": len(trials),
+            "pruned": len(trials) - len(complete),
+            "best_trial": best["trial"] if best else "–",
+            "best_value": _fmt(best["value"]) if best else "–",
+            "rows": [
+                {"trial": t["trial"], "state": t["state"], "value": _fmt(t.get("value")), "chosen": best is not None and t is best,
+                 "params": ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in t["params"].items())}
+                for t in trials
+            ],
+        }
     method = calib.get("method", "none")
     cv_brier = calib.get("tuning_cv_brier") or {}
     calibration_text = {
@@ -880,6 +905,8 @@ def report_context(
         },
         "model": {
             "trees": xgb["best_iteration"] + 1,
+            "trees_text": trees_text,
+            "search": search_context,
             "params": [{"name": k, "value": v} for k, v in params.items()],
             "weighting": weighting,
             "calibration_method": method,

@@ -71,6 +71,11 @@ class XGBoostConfig(BaseModel):
 # Class weighting is not part of them: ``class_weight`` defaults to "none" (see
 # ``ModelConfig``).
 RARE_XGBOOST: dict[str, float | int] = {"max_depth": 3, "min_child_weight": 0.5, "max_delta_step": 1.0}
+# Early stopping on a tuning split with a few dozen events picks the tree count from the
+# noise of those events (9 tuning events stopped a fit at 7 trees). Below this many
+# tuning events (or non-events), ``tree_count: auto`` picks it by cross-validation on the
+# train split instead, whose folds together hold every training event.
+TREE_COUNT_CV_EVENTS = 100
 
 
 class ModelConfig(BaseModel):
@@ -101,6 +106,15 @@ class ModelConfig(BaseModel):
     rare_outcome_defaults: bool = Field(
         True, description="below 2% train prevalence, XGBoost settings the study leaves unset take RARE_XGBOOST's values"
     )
+    tree_count: Literal["auto", "tuning", "cv"] = Field(
+        "tuning",
+        description=(
+            "how the number of trees is chosen: tuning: early stopping on the tuning split; cv: early stopping on the "
+            "mean of cv_folds subject-grouped folds of the train split, then one fit on all of train with that many "
+            f"trees; auto: cv when the tuning split has fewer than {TREE_COUNT_CV_EVENTS} events or non-events"
+        ),
+    )
+    cv_folds: int = Field(5, ge=2, le=20, description="folds for tree_count cv (subjects, stratified by whether they have an event)")
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
         "auto", description="fitted on the tuning split; auto picks by cross-validated Brier score"
     )
@@ -201,24 +215,80 @@ def tuning_weights(y_tune: np.ndarray, spw: float) -> np.ndarray | None:
     return None if spw == 1.0 else np.where(np.asarray(y_tune) > 0, spw, 1.0)
 
 
+def tree_count_method(y_tune: np.ndarray, config: ModelConfig) -> Literal["tuning", "cv"]:
+    """How this fit chooses its number of trees (``ModelConfig.tree_count`` with auto resolved)."""
+    if config.tree_count != "auto":
+        return config.tree_count
+    events = int(np.sum(y_tune))
+    return "cv" if min(events, len(y_tune) - events) < TREE_COUNT_CV_EVENTS else "tuning"
+
+
+def subject_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train rows, test rows) folds with every subject's rows in one fold, subjects
+    with an event dealt round-robin over the folds after a seeded shuffle, and the
+    others likewise, so each fold holds a k-th of the subjects with events."""
+    subjects, row_subject = np.unique(np.asarray(groups), return_inverse=True)
+    case = np.bincount(row_subject, weights=np.asarray(y, float), minlength=subjects.size) > 0
+    rng = np.random.default_rng(seed)
+    fold = np.empty(subjects.size, np.int64)
+    for members in (np.flatnonzero(case), np.flatnonzero(~case)):
+        rng.shuffle(members)
+        fold[members] = np.arange(members.size) % k
+    row_fold = fold[row_subject]
+    return [(np.flatnonzero(row_fold != f), np.flatnonzero(row_fold == f)) for f in range(k)]
+
+
+def cv_tree_count(X, y, groups, kwargs: dict, folds: int, threads: int) -> tuple[int, float]:
+    """The number of trees at which the mean held-out loss of ``folds`` subject-grouped
+    folds of (``X``, ``y``) stops improving (``kwargs``' early stopping rounds), and that
+    loss. ``kwargs`` are ``xgboost_params``' keyword arguments; class weights become row
+    weights, so each fold's held-out loss is weighted as the trees are trained."""
+    metric = kwargs["eval_metric"]
+    params = {k: kwargs[k] for k in ("learning_rate", "max_depth", "min_child_weight", "subsample", "colsample_bytree",
+                                     "reg_lambda", "max_delta_step", "tree_method", "objective")}
+    params.update(eval_metric=metric, seed=kwargs["random_state"], nthread=threads)
+    spw = kwargs["scale_pos_weight"]
+    weight = None if spw == 1.0 else np.where(np.asarray(y) > 0, spw, 1.0)
+    result = xgb.cv(
+        params, xgb.DMatrix(X, label=y, weight=weight), num_boost_round=kwargs["n_estimators"],
+        folds=subject_folds(y, groups, folds, kwargs["random_state"]), early_stopping_rounds=kwargs["early_stopping_rounds"],
+        as_pandas=False,
+    )
+    last = metric[-1] if isinstance(metric, list) else metric
+    curve = result[f"test-{last}-mean"]  # xgb.cv cuts the curves at the best round
+    return len(curve), float(curve[-1])
+
+
 def fit_xgboost(
-    X_train, y_train, X_tune, y_tune, config: ModelConfig, params: dict | None = None, callbacks=None, eval_metric=None
+    X_train, y_train, X_tune, y_tune, config: ModelConfig, params: dict | None = None, callbacks=None, eval_metric=None,
+    *, tree_count: Literal["tuning", "cv"] = "tuning", groups=None,
 ) -> xgb.XGBClassifier:
     """Hist trees on sparse input with early stopping on the tuning split's log-loss
     (weighted like the train split when class weighting is on).
 
     ``params`` overrides the configured hyperparameters (used by the search); early
-    stopping watches the last of ``eval_metric`` (log-loss by default)."""
+    stopping watches the last of ``eval_metric`` (log-loss by default). With
+    ``tree_count`` "cv" the number of trees comes from ``cv_tree_count`` on the train
+    split (folds by ``groups``, the rows' subjects; each row its own subject when None)
+    and the model is then fitted on all of train with that many trees."""
     kwargs = xgboost_params(y_train, config, params, eval_metric)
-    clf = xgb.XGBClassifier(**kwargs, callbacks=callbacks, n_jobs=_threads(config))
     w = tuning_weights(y_tune, kwargs["scale_pos_weight"])
+    cv_trees = None
+    if tree_count == "cv":
+        groups = np.arange(len(y_train)) if groups is None else groups
+        cv_trees, _ = cv_tree_count(X_train, y_train, groups, kwargs, config.cv_folds, _threads(config))
+        kwargs.update(n_estimators=cv_trees, early_stopping_rounds=None)
+    clf = xgb.XGBClassifier(**kwargs, callbacks=callbacks, n_jobs=_threads(config))
     clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], sample_weight_eval_set=None if w is None else [w], verbose=False)
+    if cv_trees is not None:
+        # As early stopping would: the saved model then says how many trees it uses.
+        clf.get_booster().set_attr(best_iteration=str(cv_trees - 1))
     return clf
 
 
 def fit_xgboost_dask(
     client, X_train: sp.csr_matrix, y_train: np.ndarray, X_tune: sp.csr_matrix, y_tune: np.ndarray,
-    config: ModelConfig, params: dict | None = None,
+    config: ModelConfig, params: dict | None = None, *, tree_count: Literal["tuning", "cv"] = "tuning", groups=None,
 ) -> xgb.XGBClassifier:
     """``fit_xgboost`` on a Dask cluster with ``xgboost.dask``: the same hyperparameters,
     class weighting and early stopping on the tuning split, trained by every worker of
@@ -232,6 +302,10 @@ def fit_xgboost_dask(
     (same AUROC up to seed noise); with ``subsample`` = 1 they agree with the local fit
     (on large data the quantile sketch merged across workers may still move a split).
 
+    With ``tree_count`` "cv" the number of trees is chosen as in ``fit_xgboost``, by
+    ``cv_tree_count`` in this process (it is chosen where the tuning split has few
+    events, so on data a machine holds), and the cluster fits that many trees.
+
     Returns a plain (local) ``XGBClassifier`` holding the trained booster, so that
     saving, predicting and explaining are the local code paths."""
     from xgboost import dask as dxgb
@@ -240,6 +314,11 @@ def fit_xgboost_dask(
     X_tr, y_tr = _dask_rows(client, X_train, y_train, n_parts)
     X_tu, y_tu = _dask_rows(client, X_tune, y_tune, n_parts)
     kwargs = xgboost_params(y_train, config, params)
+    cv_trees = None
+    if tree_count == "cv":
+        groups = np.arange(len(y_train)) if groups is None else groups
+        cv_trees, _ = cv_tree_count(X_train, y_train, groups, kwargs, config.cv_folds, _threads(config))
+        kwargs.update(n_estimators=cv_trees, early_stopping_rounds=None)
     w = tuning_weights(y_tune, kwargs["scale_pos_weight"])
     w_tu = None if w is None else [da_like(w, y_tu)]
     dask_clf = dxgb.DaskXGBClassifier(**kwargs, n_jobs=config.n_jobs or None)
@@ -251,6 +330,8 @@ def fit_xgboost_dask(
     raw = dask_clf.get_booster().save_raw("json")
     clf = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
     clf.load_model(raw)
+    if cv_trees is not None:
+        clf.get_booster().set_attr(best_iteration=str(cv_trees - 1))
     return clf
 
 
@@ -399,6 +480,7 @@ def train_models(
     if reason:
         raise ValueError(reason)
     tr, tu = masks[schema.TRAIN], masks[schema.TUNING]
+    subjects = rows[schema.SUBJECT_ID].to_numpy()
     trials: list[dict] = []
     if params is None and config.search.trials > 0:
 
@@ -406,13 +488,14 @@ def train_models(
             return fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, trial_params, callbacks, eval_metric)
 
         params, trials = search_xgboost(X[tr], y[tr], X[tu], y[tu], fit, config.search)
+    count = tree_count_method(y[tu], config)
     with stage("train xgboost") as counts:
         if client is None:
-            clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, params)
+            clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, params, tree_count=count, groups=subjects[tr])
         else:
-            clf = fit_xgboost_dask(client, X[tr], y[tr], X[tu], y[tu], config, params)
+            clf = fit_xgboost_dask(client, X[tr], y[tr], X[tu], y[tu], config, params, tree_count=count, groups=subjects[tr])
         clf.save_model(out.xgboost_path)
-        counts.update(executor="local" if client is None else "dask", rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1,
+        counts.update(executor="local" if client is None else "dask", rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1, tree_count=count,
                       scale_pos_weight=round(pos_weight(y[tr], config), 2), rare_outcome_defaults=",".join(sorted(rare_defaults_applied(y[tr], config))) or "none")
     raw = clf.predict_proba(X)[:, 1]
     with stage("calibrate") as counts:
@@ -446,6 +529,7 @@ def train_models(
         "rows": {name: int(m.sum()) for name, m in masks.items()},
         "positives": {name: int(y[m].sum()) for name, m in masks.items()},
         "xgboost": {"best_iteration": int(clf.best_iteration), "params": xgboost_config(y[tr], config, params).model_dump(),
+                    "tree_count": {"method": count, **({"folds": config.cv_folds} if count == "cv" else {})},
                     "scale_pos_weight": pos_weight(y[tr], config),
                     "rare_outcome_defaults": rare_defaults_applied(y[tr], config)},
         "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},

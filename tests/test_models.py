@@ -22,13 +22,16 @@ from forewarn.models.calibration import (
 from forewarn.models.train import (
     L1Logistic,
     ModelConfig,
+    cv_tree_count,
     fit_l1_logistic,
     fit_xgboost,
     is_rare,
     load_xgboost,
     pos_weight,
     rare_defaults_applied,
+    subject_folds,
     train_models,
+    tree_count_method,
     tuning_weights,
     xgboost_config,
     xgboost_params,
@@ -316,3 +319,44 @@ def test_search_runs_trials_and_refits_with_the_best(tmp_path):
     assert summary["xgboost"]["params"]["max_depth"] == best["params"]["max_depth"]
     again = json.loads(train_models(matrix, tmp_path / "m2", config).summary_path.read_text())
     assert [t["value"] for t in again["search"]["trials"]] == [t["value"] for t in trials]  # seeded
+
+
+def test_subject_folds_keep_subjects_whole_and_spread_events():
+    # 10 subjects, two rows each; subjects 0-3 have an event (on their second row).
+    groups = np.repeat(np.arange(10), 2)
+    y = np.zeros(20, int)
+    y[[1, 3, 5, 7]] = 1
+    folds = subject_folds(y, groups, k=2, seed=0)
+    tests = [set(groups[t]) for _, t in folds]
+    assert tests[0] | tests[1] == set(range(10)) and not tests[0] & tests[1]  # each subject in one test fold
+    assert [len(s & {0, 1, 2, 3}) for s in tests] == [2, 2]  # the 4 subjects with events: 2 per fold
+    assert [len(s) for s in tests] == [5, 5]
+    for train, test in folds:
+        assert sorted(np.r_[train, test]) == list(range(20))
+    assert [t.tolist() for _, t in folds] == [t.tolist() for _, t in subject_folds(y, groups, k=2, seed=0)]  # seeded
+
+
+def test_tree_count_auto_uses_cross_validation_below_100_tuning_events():
+    assert tree_count_method(np.r_[np.ones(99), np.zeros(5000)], ModelConfig(tree_count="auto")) == "cv"
+    assert tree_count_method(np.r_[np.ones(100), np.zeros(100)], ModelConfig(tree_count="auto")) == "tuning"
+    assert tree_count_method(np.r_[np.ones(500), np.zeros(99)], ModelConfig(tree_count="auto")) == "cv"  # few non-events
+    assert tree_count_method(np.r_[np.ones(5), np.zeros(50)], ModelConfig(tree_count="tuning")) == "tuning"
+
+
+def test_cross_validated_tree_count_is_the_fitted_and_saved_count(tmp_path):
+    X, rows, _ = synthetic_matrix(tmp_path).load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(np.int8)
+    tr, tu = (rows[schema.SPLIT] == "train").to_numpy(), (rows[schema.SPLIT] == "tuning").to_numpy()
+    config = ModelConfig(n_jobs=1, tree_count="cv", cv_folds=3)
+    groups = rows[schema.SUBJECT_ID].to_numpy()[tr]
+    trees, loss = cv_tree_count(X[tr], y[tr], groups, xgboost_params(y[tr], config), 3, 1)
+    assert 1 < trees < 600 and 0 < loss < 0.7  # stopped early, better than chance (log 2 = 0.693)
+    clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, tree_count="cv", groups=groups)
+    assert clf.get_booster().num_boosted_rounds() == trees and clf.best_iteration == trees - 1
+    clf.save_model(tmp_path / "cv.json")
+    assert load_xgboost(tmp_path / "cv.json").best_iteration == trees - 1
+    # train_models records how the count was chosen.
+    (tmp_path / "t").mkdir()
+    trained = train_models(synthetic_matrix(tmp_path / "t"), tmp_path / "models", config)
+    summary = json.loads(trained.summary_path.read_text())["xgboost"]
+    assert summary["tree_count"] == {"method": "cv", "folds": 3} and summary["best_iteration"] == trees - 1
