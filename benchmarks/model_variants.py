@@ -60,6 +60,9 @@ VARIANTS: dict[str, dict] = {
     "lr0.02_mcw5_l5": {"xgboost": {"learning_rate": 0.02, "n_estimators": 3000, "early_stopping_rounds": 150,
                                    "min_child_weight": 5, "reg_lambda": 5}},
     "depth2": {"xgboost": {"max_depth": 2}},
+    "mcw10_l10": {"xgboost": {"min_child_weight": 10, "reg_lambda": 10}},
+    "mcw5_l5_auc": {"eval_metric": ["auc"], "xgboost": {"min_child_weight": 5, "reg_lambda": 5}},
+    "mcw5_l5_col0.5": {"xgboost": {"min_child_weight": 5, "reg_lambda": 5, "colsample_bytree": 0.5}},
 }
 # min_child_weight x reg_lambda for rare outcomes: mcw{0.5,2,5}_l{1,5} (mcw5_l5 above).
 VARIANTS.update({f"mcw{m}_l{lam}": {"xgboost": {"min_child_weight": m, "reg_lambda": lam}}

@@ -416,6 +416,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         "min_code_subjects": study.features.min_code_subjects, "n_features": shape["columns"],
         "l1_C": training["l1_logistic"]["C"], "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed,
         "calibration": training["calibration"]["method"], "scale_pos_weight": training["xgboost"]["scale_pos_weight"],
+        "tree_count": (training["xgboost"].get("tree_count") or {"method": "tuning"})["method"],
         **{f"xgb_{k}": v for k, v in training["xgboost"]["params"].items()},
     }
     artifacts = {"report.html": report_path, "metrics.json": evaluation.metrics_path}

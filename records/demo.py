@@ -2,7 +2,8 @@
 
 ``generate_network`` writes ``<out_dir>/<site>/omop.duckdb`` for the two sites in
 ``SITES``: an older, sicker, lab-heavy *academic* centre and a larger, younger
-*community* network whose ETL codes about 40% of conditions directly in ICD10CM.
+*community* network whose ETL codes about 40% of conditions directly in ICD10CM
+(the vocabulary's ``concept_relationship`` says which SNOMED concept each "Maps to").
 ``generate_site`` writes one site. The same ``(people, seed)`` gives identical table
 contents; everything is vectorised with numpy over chunks of people.
 
@@ -373,6 +374,14 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("valid_end_date", "DATE"),
         ("invalid_reason", "VARCHAR"),
     ],
+    "concept_relationship": [
+        ("concept_id_1", "INTEGER"),
+        ("concept_id_2", "INTEGER"),
+        ("relationship_id", "VARCHAR"),
+        ("valid_start_date", "DATE"),
+        ("valid_end_date", "DATE"),
+        ("invalid_reason", "VARCHAR"),
+    ],
 }
 
 _GIVEN_F = "Mary Linda Susan Karen Nancy Betty Helen Sandra Donna Carol Ruth Sharon Laura Sarah Kimberly Deborah Jessica Maria Anna Emily".split()
@@ -461,6 +470,9 @@ def generate_site(
         concepts = _concept_table()
         _write(con, "concept", concepts, False)
         counts["concept"] = concepts.num_rows
+        relationships = _concept_relationship_table()
+        _write(con, "concept_relationship", relationships, False)
+        counts["concept_relationship"] = relationships.num_rows
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -510,6 +522,23 @@ def _concept_table() -> pa.Table:
             "concept_class_id": pa.array(cols[4], pa.string()),
             "standard_concept": pa.array(cols[5], pa.string()),
             "concept_code": pa.array(cols[6], pa.string()),
+            "valid_start_date": pa.array([date(1970, 1, 1)] * n, pa.date32()),
+            "valid_end_date": pa.array([date(2099, 12, 31)] * n, pa.date32()),
+            "invalid_reason": pa.nulls(n, pa.string()),
+        }
+    )
+
+
+def _concept_relationship_table() -> pa.Table:
+    """The vocabulary's "Maps to" rows: each ICD10CM condition concept to its standard
+    SNOMED concept, as OHDSI's vocabularies have them (the community site's ETL writes
+    ICD10CM concepts into ``condition_concept_id`` for some rows)."""
+    n = len(COND_ICD10_ID)
+    return pa.table(
+        {
+            "concept_id_1": pa.array(COND_ICD10_ID, pa.int32()),
+            "concept_id_2": pa.array(COND_SNOMED_ID, pa.int32()),
+            "relationship_id": pa.array(["Maps to"] * n, pa.string()),
             "valid_start_date": pa.array([date(1970, 1, 1)] * n, pa.date32()),
             "valid_end_date": pa.array([date(2099, 12, 31)] * n, pa.date32()),
             "invalid_reason": pa.nulls(n, pa.string()),

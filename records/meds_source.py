@@ -128,3 +128,8 @@ def load_meds(ctx: PullContext, root: Path, files: list[Path]) -> None:
         con.execute(
             f"INSERT INTO code_descriptions SELECT code, description FROM read_parquet('{codes}') WHERE description IS NOT NULL"
         )
+        has_parents = con.execute(f"SELECT count(*) FROM (DESCRIBE SELECT * FROM read_parquet('{codes}')) WHERE column_name = 'parent_codes'").fetchone()[0]
+        if has_parents:  # the dataset's own ontology links travel into the pull's metadata
+            con.execute(
+                f"INSERT INTO code_parents SELECT code, unnest(parent_codes) FROM read_parquet('{codes}') WHERE len(parent_codes) > 0"
+            )

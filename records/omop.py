@@ -71,10 +71,15 @@ REQUIRED = {
     "measurement": ["person_id", "measurement_concept_id", "measurement_date"],
     "observation": ["person_id", "observation_concept_id", "observation_date"],
     "death": ["person_id", "death_date"],
+    # Vocabulary: only its "Maps to" rows are read (source code -> standard code, kept as
+    # the source code's parent_codes in metadata/codes.parquet).
+    "concept_relationship": ["concept_id_1", "concept_id_2", "relationship_id"],
 }
+VOCABULARY_TABLES = ("concept", "concept_relationship")
 OPTIONAL = {
     "person": ["month_of_birth", "day_of_birth", "birth_datetime"],
     "concept": ["concept_name"],
+    "concept_relationship": ["invalid_reason"],
     "observation_period": ["observation_period_id"],
     "visit_occurrence": ["visit_start_datetime", "visit_occurrence_id"],
     "condition_occurrence": ["condition_start_datetime", "condition_source_concept_id", "condition_occurrence_id"],
@@ -154,7 +159,7 @@ def _attach_duckdb(ctx: PullContext, path: Path) -> None:
 
 def _attach_folder(ctx: PullContext, folder: Path) -> None:
     ctx.con.execute("CREATE SCHEMA src")
-    for table in ["person", "concept", "observation_period", *CLINICAL_TABLES, "death"]:
+    for table in ["person", *VOCABULARY_TABLES, "observation_period", *CLINICAL_TABLES, "death"]:
         parquet = [p for p in (folder / f"{table}.parquet", folder / table) if p.exists()]
         csv = folder / f"{table}.csv"
         if parquet:
@@ -263,7 +268,8 @@ def load_omop(ctx: PullContext) -> None:
     ctx.part_applied = True
     for table in cols:
         ctx.read_counts[table] = con.execute(f"SELECT count(*) FROM src.{table} WHERE {where[table]}").fetchone()[0]
-    ctx.read_counts.pop("concept", None)
+    for table in VOCABULARY_TABLES:
+        ctx.read_counts.pop(table, None)
     for table, have in cols.items():
         select = ", ".join(
             [c for c in REQUIRED[table] + OPTIONAL[table] if c in have]
@@ -284,6 +290,21 @@ def load_omop(ctx: PullContext) -> None:
         INSERT INTO code_descriptions SELECT code, description FROM code_map;
         """
     )
+    if "concept_relationship" in cols:
+        # A non-standard code (an ICD10CM diagnosis a site's ETL left unmapped) also
+        # counts at the standard code it "Maps to", so that one clinical concept is one
+        # feature across sites whatever vocabulary each site's rows carry.
+        con.execute(
+            """
+            INSERT INTO code_parents
+            SELECT DISTINCT a.code, b.code
+            FROM v_concept_relationship r
+            JOIN code_map a ON a.concept_id = TRY_CAST(r.concept_id_1 AS BIGINT)
+            JOIN code_map b ON b.concept_id = TRY_CAST(r.concept_id_2 AS BIGINT)
+            WHERE r.relationship_id = 'Maps to' AND COALESCE(CAST(r.invalid_reason AS VARCHAR), '') = ''
+              AND a.code <> b.code
+            """
+        )
     birth = (
         "COALESCE(TRY_CAST(birth_datetime AS TIMESTAMP), "
         "TRY_CAST(make_timestamp(TRY_CAST(year_of_birth AS INTEGER), COALESCE(TRY_CAST(month_of_birth AS INTEGER), 7), "

@@ -52,6 +52,7 @@ CREATE TABLE raw_events (src_table VARCHAR, src_row VARCHAR, src_key VARCHAR, so
                          code VARCHAR, numeric_value DOUBLE, unit VARCHAR, reason VARCHAR);
 CREATE TABLE raw_rejects (src_table VARCHAR, src_row VARCHAR, reason VARCHAR);
 CREATE TABLE code_descriptions (code VARCHAR, description VARCHAR);
+CREATE TABLE code_parents (code VARCHAR, parent VARCHAR);
 """
 
 RESERVED_DESCRIPTIONS = {
@@ -448,10 +449,11 @@ def merge_parts(parts: list[PullResult], out_dir: Path, *, site: str, max_bad_fr
             con.execute("SET preserve_insertion_order = false")
             listing = ", ".join(f"'{p.codes_path}'" for p in parts)
             codes = con.sql(
-                f"SELECT code, min(description) AS description FROM read_parquet([{listing}]) GROUP BY code ORDER BY code"
+                f"SELECT code, min(description) AS description, list_sort(list_distinct(flatten(list(parent_codes)))) AS parents "
+                f"FROM read_parquet([{listing}]) GROUP BY code ORDER BY code"
             ).to_arrow_table()
             table = pa.table({schema.CODE: codes.column("code").cast(pa.string()), "description": codes.column("description").cast(pa.string()),
-                              "parent_codes": pa.array([[] for _ in range(codes.num_rows)], pa.list_(pa.string()))})
+                              "parent_codes": pa.array([list(p or []) for p in codes.column("parents").to_pylist()], pa.list_(pa.string()))})
             pq.write_table(schema.align(table, schema.CODES_SCHEMA, what="codes"), staging / schema.CODES_FILE)
             tables: dict[str, dict] = {}
             for r in reports:
@@ -499,18 +501,20 @@ def merge_parts(parts: list[PullResult], out_dir: Path, *, site: str, max_bad_fr
 def _write_codes(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     codes = con.sql(
         """
-        SELECT k.code, any_value(d.description) AS description
+        SELECT k.code, any_value(d.description) AS description,
+               (SELECT COALESCE(list_sort(list(DISTINCT p.parent)), []) FROM code_parents p WHERE p.code = k.code) AS parents
         FROM (SELECT DISTINCT code FROM kept) k LEFT JOIN code_descriptions d USING (code)
         GROUP BY k.code ORDER BY k.code
         """
     ).to_arrow_table()
     names = codes.column("code").to_pylist()
+    parents = [list(p or []) for p in codes.column("parents").to_pylist()]
     descriptions = [d if d is not None else RESERVED_DESCRIPTIONS.get(c) for c, d in zip(names, codes.column("description").to_pylist(), strict=True)]
     table = pa.table(
         {
             schema.CODE: pa.array(names, pa.string()),
             "description": pa.array(descriptions, pa.string()),
-            "parent_codes": pa.array([[] for _ in names], pa.list_(pa.string())),
+            "parent_codes": pa.array(parents, pa.list_(pa.string())),
         }
     )
     pq.write_table(schema.align(table, schema.CODES_SCHEMA, what="codes"), path)

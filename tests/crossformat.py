@@ -114,7 +114,8 @@ def write_meds(root: Path) -> Path:
     pq.write_table(table.slice(7), root / "data" / "1.parquet")
     descriptions = {f"{v}//{c}": d for _, _, _, v, c, _, _, _, d in EVENTS}
     pq.write_table(
-        pa.table({"code": list(descriptions), "description": list(descriptions.values()), "parent_codes": [[] for _ in descriptions]}),
+        pa.table({"code": list(descriptions), "description": list(descriptions.values()),
+                  "parent_codes": [["LOINC//LP16413-5"] if c == "LOINC//4548-4" else [] for c in descriptions]}),
         root / "metadata" / "codes.parquet",
     )
     pq.write_table(pa.table({"subject_id": [1, 2, 3], "split": ["train", "tuning", "held_out"]}), root / "metadata" / "subject_splits.parquet")

@@ -108,6 +108,14 @@ SPEC_COLUMNS: dict[str, dict[str, str]] = {
         "valid_end_date": "DATE",
         "invalid_reason": "VARCHAR",
     },
+    "concept_relationship": {
+        "concept_id_1": "INTEGER",
+        "concept_id_2": "INTEGER",
+        "relationship_id": "VARCHAR",
+        "valid_start_date": "DATE",
+        "valid_end_date": "DATE",
+        "invalid_reason": "VARCHAR",
+    },
 }
 
 # Clinical tables and the date/datetime columns that must lie in the observed life.
@@ -203,6 +211,15 @@ def test_generate_site_counts_match_tables(tmp_path: Path) -> None:
         assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == n
     con.close()
     assert counts["person"] == counts["observation_period"] == 150
+    # Every ICD10CM condition concept "Maps to" its standard SNOMED concept.
+    con = duckdb.connect(str(path), read_only=True)
+    maps = con.execute(
+        "SELECT a.vocabulary_id, a.concept_code, b.vocabulary_id, b.concept_code, b.standard_concept FROM concept_relationship r "
+        "JOIN concept a ON a.concept_id = r.concept_id_1 JOIN concept b ON b.concept_id = r.concept_id_2 WHERE r.relationship_id = 'Maps to'"
+    ).fetchall()
+    con.close()
+    assert len(maps) == counts["concept_relationship"] == len(demo.COND_ICD10_ID)
+    assert ("ICD10CM", "R10.9", "SNOMED", "21522001", "S") in maps and {m[:3:2] for m in maps} == {("ICD10CM", "SNOMED")}
     # Writing again replaces the file.
     assert demo.generate_site(path, demo.SITES["community"], 150, seed=1) == counts
 

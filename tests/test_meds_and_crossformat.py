@@ -49,6 +49,8 @@ def test_meds_drops_free_text_and_keeps_descriptions(tmp_path):
     assert events.column("text_value").null_count == events.num_rows
     codes = dict(zip(*pq.read_table(result.codes_path, columns=["code", "description"]).to_pydict().values(), strict=True))
     assert codes["LOINC//4548-4"] == "Hemoglobin A1c"
+    parents = pq.read_table(result.codes_path, columns=["code", "parent_codes"]).to_pydict()
+    assert {c: p for c, p in zip(parents["code"], parents["parent_codes"], strict=True) if p} == {"LOINC//4548-4": ["LOINC//LP16413-5"]}
     report = json.loads(result.report_path.read_text())
     assert {t: (v["read"], v["kept"]) for t, v in report["tables"].items()} == {
         "data": (12, 12), "person": (3, 3), "static": (3, 3),

@@ -31,6 +31,13 @@ def make_omop(path, *, leak_concept_code: str | None = None):
           (45576876, 'Type 2 diabetes mellitus without complications', 'Condition', 'ICD10CM', '5-char', NULL, 'E11.9'),
           (3004410, 'Hemoglobin A1c', 'Measurement', 'LOINC', 'Lab Test', 'S', '4548-4'),
           (1503297, 'metformin', 'Drug', 'RxNorm', 'Ingredient', 'S', '6809');
+        CREATE TABLE concept_relationship (concept_id_1 INTEGER, concept_id_2 INTEGER, relationship_id VARCHAR,
+                                           invalid_reason VARCHAR);
+        INSERT INTO concept_relationship VALUES
+          (45576876, 201826, 'Maps to', NULL),     -- the ICD10CM code's standard concept
+          (45576876, 3004410, 'Maps to', 'D'),     -- a deprecated mapping: ignored
+          (45576876, 1503297, 'Is a', NULL),       -- not a mapping: ignored
+          (201826, 201826, 'Maps to', NULL);       -- a standard concept maps to itself: no parent
         CREATE TABLE person (person_id BIGINT, gender_concept_id INTEGER, year_of_birth INTEGER, month_of_birth INTEGER,
                              day_of_birth INTEGER, birth_datetime TIMESTAMP, person_source_value VARCHAR, patient_name VARCHAR);
         INSERT INTO person VALUES
@@ -173,6 +180,10 @@ def test_codes_metadata_has_descriptions(pulled):
     assert described["LOINC//4548-4"] == "Hemoglobin A1c"
     assert described["MEDS_BIRTH"] == "Birth"
     assert pd.isna(described["OMOP//999999"])
+    # A source code that "Maps to" a standard concept has it as its parent code (so
+    # features count it with the standard code); every other code has none.
+    parents = {c: list(p) for c, p in zip(codes[schema.CODE], codes["parent_codes"], strict=True) if len(p)}
+    assert parents == {"ICD10CM//E11.9": ["SNOMED//44054006"]}
 
 
 def test_phi_gate_fails_the_pull_and_publishes_nothing(tmp_path):
