@@ -107,7 +107,7 @@ class ModelConfig(BaseModel):
         True, description="below 2% train prevalence, XGBoost settings the study leaves unset take RARE_XGBOOST's values"
     )
     tree_count: Literal["auto", "tuning", "cv"] = Field(
-        "tuning",
+        "auto",
         description=(
             "how the number of trees is chosen: tuning: early stopping on the tuning split; cv: early stopping on the "
             "mean of cv_folds subject-grouped folds of the train split, then one fit on all of train with that many "

@@ -663,15 +663,20 @@ def test_model_section_shows_the_search_and_how_the_tree_count_was_chosen(run, p
     from forewarn.evaluation.report import render
 
     section = html.unescape(plain.split('id="model"')[1].split("<h2")[0])
-    assert "trees, after early stopping on the tuning split's log-loss" in section
-    assert "No hyperparameter search ran" in section and "Search trials" not in section
     training = json.loads(run["trained"].summary_path.read_text())
-    training["xgboost"]["tree_count"] = {"method": "cv", "folds": 5}
+    # The small demo site has fewer than 100 tuning events: tree_count auto chose cross-validation.
+    assert training["positives"]["tuning"] < 100 and training["xgboost"]["tree_count"] == {"method": "cv", "folds": 5}
+    assert "mean log-loss of 5 subject-grouped folds of the train split" in section
+    assert "No hyperparameter search ran" in section and "Search trials" not in section
+    training["xgboost"]["tree_count"] = {"method": "tuning"}
+    section = html.unescape(render(build_context(run, training=training)).split('id="model"')[1].split("<h2")[0])
+    assert "trees, after early stopping on the tuning split's log-loss" in section
     training["search"] = {"objective": "auprc", "best_params": {"max_depth": 3}, "trials": [
         {"trial": 0, "params": {"max_depth": 3, "learning_rate": 0.05}, "objective": "auprc", "value": 0.4123, "state": "complete"},
         {"trial": 1, "params": {"max_depth": 6, "learning_rate": 0.2}, "objective": "auprc", "value": 0.2011, "state": "pruned"},
         {"trial": 2, "params": {"max_depth": 2, "learning_rate": 0.01}, "objective": "auprc", "value": 0.3876, "state": "complete"},
     ]}
+    training["xgboost"]["tree_count"] = {"method": "cv", "folds": 5}
     section = html.unescape(render(build_context(run, training=training)).split('id="model"')[1].split("<h2")[0])
     assert "mean log-loss of 5 subject-grouped folds of the train split" in section
     assert "ran 3 trials (1 pruned), each fitted on the train split and scored by tuning AUPRC; trial 0 scored best (0.412)" in section
