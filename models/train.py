@@ -74,7 +74,10 @@ RARE_XGBOOST: dict[str, float | int] = {"max_depth": 3, "min_child_weight": 0.5,
 # Early stopping on a tuning split with a few dozen events picks the tree count from the
 # noise of those events (9 tuning events stopped a fit at 7 trees). Below this many
 # tuning events (or non-events), ``tree_count: auto`` picks it by cross-validation on the
-# train split instead, whose folds together hold every training event.
+# train split instead, whose folds together hold every training event. It is not the
+# default: on the benchmark's 46-event academic pancreatic cell the folds (about 9
+# events each) stopped at 8 trees, and elsewhere it moved held-out AUROC by no more
+# than the seed noise while costing five more fits (benchmarks/RESULTS.md, session 5).
 TREE_COUNT_CV_EVENTS = 100
 
 
@@ -107,7 +110,7 @@ class ModelConfig(BaseModel):
         True, description="below 2% train prevalence, XGBoost settings the study leaves unset take RARE_XGBOOST's values"
     )
     tree_count: Literal["auto", "tuning", "cv"] = Field(
-        "auto",
+        "tuning",
         description=(
             "how the number of trees is chosen: tuning: early stopping on the tuning split; cv: early stopping on the "
             "mean of cv_folds subject-grouped folds of the train split, then one fit on all of train with that many "

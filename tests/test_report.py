@@ -664,13 +664,9 @@ def test_model_section_shows_the_search_and_how_the_tree_count_was_chosen(run, p
 
     section = html.unescape(plain.split('id="model"')[1].split("<h2")[0])
     training = json.loads(run["trained"].summary_path.read_text())
-    # The small demo site has fewer than 100 tuning events: tree_count auto chose cross-validation.
-    assert training["positives"]["tuning"] < 100 and training["xgboost"]["tree_count"] == {"method": "cv", "folds": 5}
-    assert "mean log-loss of 5 subject-grouped folds of the train split" in section
-    assert "No hyperparameter search ran" in section and "Search trials" not in section
-    training["xgboost"]["tree_count"] = {"method": "tuning"}
-    section = html.unescape(render(build_context(run, training=training)).split('id="model"')[1].split("<h2")[0])
+    assert training["xgboost"]["tree_count"] == {"method": "tuning"}  # the default
     assert "trees, after early stopping on the tuning split's log-loss" in section
+    assert "No hyperparameter search ran" in section and "Search trials" not in section
     training["search"] = {"objective": "auprc", "best_params": {"max_depth": 3}, "trials": [
         {"trial": 0, "params": {"max_depth": 3, "learning_rate": 0.05}, "objective": "auprc", "value": 0.4123, "state": "complete"},
         {"trial": 1, "params": {"max_depth": 6, "learning_rate": 0.2}, "objective": "auprc", "value": 0.2011, "state": "pruned"},
