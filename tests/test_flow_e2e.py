@@ -159,6 +159,7 @@ def test_artifacts_present(flow_run, client):
 
 
 def test_registry_aliases_keep_the_first_champion(flow_run, client):
+    refused_on_auroc = []
     for first, second in zip(flow_run["first"], flow_run["second"], strict=True):
         assert first.model_name == f"forewarn-t2d_2y-{first.site}"
         assert (first.version, set(first.aliases)) == ("1", {"challenger", "champion"})
@@ -166,7 +167,14 @@ def test_registry_aliases_keep_the_first_champion(flow_run, client):
         assert str(client.get_model_version_by_alias(first.model_name, "champion").version) == "1"
         assert str(client.get_model_version_by_alias(first.model_name, "challenger").version) == "2"
         assert "kept as challenger (champion stays v1)" in second.decision  # the gate refuses the degraded model
-        assert "AUROC lower 95% bound" in second.decision and "< champion v1 AUROC" in second.decision
+        # ... for its AUROC, or because the data drifted (on_drift: alert). Where the
+        # champion itself fails on the degraded rows (at the community site its AUROC there
+        # is about 0.5 since the "Maps to" parents), the challenger can be non-inferior on
+        # AUROC and only the drift alert holds it back.
+        auroc = "AUROC lower 95% bound" in second.decision and "< champion v1 AUROC" in second.decision
+        assert auroc or "drift alert: the data drifted from the champion" in second.decision
+        refused_on_auroc.append(auroc)
+    assert refused_on_auroc[0]  # academic: the degraded model's AUROC is refused
 
 
 def test_champion_loads_by_alias_in_xgboost_format(flow_run):
