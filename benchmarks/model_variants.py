@@ -46,6 +46,7 @@ from forewarn.records.demo import generate_network  # noqa: E402
 from forewarn.records.omop import pull_omop  # noqa: E402
 
 TASKS = ["t2d_2y", "ckd3_2y", "pancreatic_cancer_1y"]
+BASELINES = ("L1-logistic", "MEDS-Tab-style")
 VARIANTS: dict[str, dict] = {
     "default": {},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
@@ -63,22 +64,41 @@ VARIANTS: dict[str, dict] = {
     "mcw10_l10": {"xgboost": {"min_child_weight": 10, "reg_lambda": 10}},
     "mcw5_l5_auc": {"eval_metric": ["auc"], "xgboost": {"min_child_weight": 5, "reg_lambda": 5}},
     "mcw5_l5_col0.5": {"xgboost": {"min_child_weight": 5, "reg_lambda": 5, "colsample_bytree": 0.5}},
+    "pt4": {"xgboost": {"num_parallel_tree": 4}},
+    "pt4_node0.5": {"xgboost": {"num_parallel_tree": 4, "colsample_bynode": 0.5}},
+    "node0.5": {"xgboost": {"colsample_bynode": 0.5}},
+    "depth1": {"xgboost": {"max_depth": 1}},
+    "mds0": {"xgboost": {"max_delta_step": 0}},
+    "mds5": {"xgboost": {"max_delta_step": 5}},
+    "mds5_depth2": {"xgboost": {"max_delta_step": 5, "max_depth": 2}},
+    "mds0_depth2": {"xgboost": {"max_delta_step": 0, "max_depth": 2}},
+    "mds0_mcw0.1": {"xgboost": {"max_delta_step": 0, "min_child_weight": 0.1}},
+    "mds0_l5": {"xgboost": {"max_delta_step": 0, "reg_lambda": 5}},
+    "lr0.15": {"xgboost": {"learning_rate": 0.15}},
+    "mcw0.1": {"xgboost": {"min_child_weight": 0.1}},
+    "mcw0.02": {"xgboost": {"min_child_weight": 0.02}},
+    "mcw0.1_l5": {"xgboost": {"min_child_weight": 0.1, "reg_lambda": 5}},
+    "mcw0.1_depth2": {"xgboost": {"min_child_weight": 0.1, "max_depth": 2}},
+    "depth2_mcw5_l5": {"xgboost": {"max_depth": 2, "min_child_weight": 5, "reg_lambda": 5}},
+    "depth1_lr0.1": {"xgboost": {"max_depth": 1, "learning_rate": 0.1, "n_estimators": 2000}},
+    "bag5_lr0.02": {"seeds": (0, 1, 2, 3, 4),
+                    "xgboost": {"learning_rate": 0.02, "n_estimators": 3000, "early_stopping_rounds": 150}},
 }
 # min_child_weight x reg_lambda for rare outcomes: mcw{0.5,2,5}_l{1,5} (mcw5_l5 above).
 VARIANTS.update({f"mcw{m}_l{lam}": {"xgboost": {"min_child_weight": m, "reg_lambda": lam}}
                  for m in (0.5, 2, 5) for lam in (1, 5) if (m, lam) != (5, 5)})
 
 
-def build(people: int, seed: int, work: Path) -> dict[str, dict[str, str]]:
+def build(people: int, seed: int, work: Path, tasks: list[str] = TASKS) -> dict[str, dict[str, str]]:
     """The (site/task) -> feature matrix folders of the development network, built once."""
-    index = work / f"net{people}-seed{seed}" / "matrices.json"
+    index = work / f"net{people}-seed{seed}" / ("matrices.json" if tasks == TASKS else f"matrices-{'-'.join(tasks)}.json")
     if index.exists():
         return json.loads(index.read_text())
     root = index.parent
     out = {}
     for site, db in generate_network(root / "sites", people=people, seed=seed).items():
         pull = pull_omop(db, root / site / "pull", site=site, config=DeidConfig(load_secret(site, demo=True)))
-        for task in TASKS:
+        for task in tasks:
             table, splits, _ = label_dataset(pull.events_dir, load_task(task), root / site).load()
             ours = featurize(pull.events_dir, table, splits, root / site / task / "forewarn", FeatureConfig(), codes_path=pull.codes_path)
             theirs = featurize(pull.events_dir, table, splits, root / site / task / "medstab", MEDSTAB, codes_path=pull.codes_path)
@@ -122,41 +142,77 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=101, help="network seed (the benchmark's is 7: keep away from it)")
+    parser.add_argument("--seeds", default="", help="comma list of network seeds (overrides --seed); ends with a summary over every network's cells")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fw-variants"))
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--cells", default="", help="comma list of site/task (default: all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of tasks to build the network's matrices for")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
-    matrices = build(args.people, args.seed, args.work)
-    cells = [c for c in args.cells.split(",") if c] or list(matrices)
+    seeds = [int(x) for x in args.seeds.split(",") if x] or [args.seed]
+    if 7 in seeds:
+        parser.error("--seeds: 7 is the benchmark's network; choose variants on other seeds")
     results = {}
-    for cell in cells:
-        X, rows, _ = FeatureMatrix(Path(matrices[cell]["ours"])).load()
-        y = rows[schema.BOOLEAN_VALUE].to_numpy(np.int8)
-        m = split_masks(rows)
-        held_y = y[m["held_out"]].astype(bool)
-        trees: dict[str, list[int]] = {}
-        probs = baselines(cell, matrices[cell], X, y, rows, m, args.threads)
-        start = time.perf_counter()
-        subjects = rows[schema.SUBJECT_ID].to_numpy()
-        for name in variants:
-            probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, args.threads, subjects)
-        scores = {name: point_metrics(held_y, p) for name, p in probs.items()}
-        results[cell] = {name: {"auroc": s["auroc"], "auprc": s["auprc"], "trees": trees.get(name)} for name, s in scores.items()}
-        events = "/".join(str(int(y[m[k]].sum())) for k in ("train", "tuning", "held_out"))
-        print(f"{cell}: train/tuning/held-out events {events}; variants {time.perf_counter() - start:.0f} s", flush=True)
-        for name, s in scores.items():
-            below = [b for b in ("L1-logistic", "MEDS-Tab-style") if name in trees and
-                     (s["auroc"] < scores[b]["auroc"] or s["auprc"] < scores[b]["auprc"])]
-            note = f"  below {', '.join(below)}" if below else ""
-            print(f"   {name:16s} AUROC {s['auroc']:.4f}  AUPRC {s['auprc']:.4f}  {trees.get(name, '')}{note}", flush=True)
+    for seed in seeds:
+        matrices = build(args.people, seed, args.work, [t for t in args.tasks.split(",") if t])
+        for cell in [c for c in args.cells.split(",") if c] or list(matrices):
+            key = cell if len(seeds) == 1 else f"seed{seed}/{cell}"
+            results[key] = run_cell(key, matrices[cell], variants, args.threads)
+    if len(results) > 1:
+        print_summary(results, variants)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+
+
+def run_cell(cell: str, paths: dict[str, str], variants: list[str], threads: int) -> dict:
+    """Every variant's held-out AUROC / AUPRC on one (network, site, task) cell, beside the baselines'."""
+    X, rows, _ = FeatureMatrix(Path(paths["ours"])).load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(np.int8)
+    m = split_masks(rows)
+    held_y = y[m["held_out"]].astype(bool)
+    trees: dict[str, list[int]] = {}
+    probs = baselines(cell, paths, X, y, rows, m, threads)
+    start = time.perf_counter()
+    subjects = rows[schema.SUBJECT_ID].to_numpy()
+    for name in variants:
+        probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, threads, subjects)
+    scores = {name: point_metrics(held_y, p) for name, p in probs.items()}
+    events = "/".join(str(int(y[m[k]].sum())) for k in ("train", "tuning", "held_out"))
+    print(f"{cell}: train/tuning/held-out events {events}; variants {time.perf_counter() - start:.0f} s", flush=True)
+    for name, s in scores.items():
+        below = [b for b in BASELINES if name in trees and (s["auroc"] < scores[b]["auroc"] or s["auprc"] < scores[b]["auprc"])]
+        note = f"  below {', '.join(below)}" if below else ""
+        print(f"   {name:16s} AUROC {s['auroc']:.4f}  AUPRC {s['auprc']:.4f}  {trees.get(name, '')}{note}", flush=True)
+    return {"events": events, **{name: {"auroc": s["auroc"], "auprc": s["auprc"], "trees": trees.get(name)} for name, s in scores.items()}}
+
+
+def print_summary(results: dict[str, dict], variants: list[str]) -> None:
+    """Per variant over every cell: the mean difference from each baseline (AUROC, AUPRC),
+    how many of the 4 x cells comparisons it loses, and its mean difference from the
+    default. Cells whose held-out split has fewer than 10 events are left out of the
+    means (their AUPRC is a handful of ranks) but still counted in the losses."""
+    names = ["variant", "cells", "losses"] + [f"{b} Δ{k}" for b in BASELINES for k in ("AUROC", "AUPRC")] + ["vs default ΔAUROC", "ΔAUPRC"]
+    print("\n| " + " | ".join(names) + " |\n|" + "---|" * len(names))
+    for v in variants:
+        losses, diffs, vs_default = 0, {(b, k): [] for b in BASELINES for k in ("auroc", "auprc")}, {"auroc": [], "auprc": []}
+        for r in results.values():
+            held = int(r["events"].split("/")[-1])
+            for b in BASELINES:
+                for k in ("auroc", "auprc"):
+                    losses += r[v][k] < r[b][k]
+                    if held >= 10:
+                        diffs[(b, k)].append(r[v][k] - r[b][k])
+            if held >= 10 and "default" in r:
+                for k in vs_default:
+                    vs_default[k].append(r[v][k] - r["default"][k])
+        cells = [f"{np.mean(d):+.4f}" if d else "-" for d in diffs.values()]
+        base = [f"{np.mean(d):+.4f}" if d else "-" for d in vs_default.values()]
+        print(f"| {v} | {len(results)} | {losses} of {4 * len(results)} | " + " | ".join(cells + base) + " |")
 
 
 if __name__ == "__main__":

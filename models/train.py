@@ -50,6 +50,8 @@ class XGBoostConfig(BaseModel):
     min_child_weight: float = Field(2.0, ge=0)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
+    colsample_bynode: float = Field(1.0, gt=0, le=1)
+    num_parallel_tree: int = Field(1, ge=1, description="trees grown per boosting round and averaged (a boosted random forest)")
     reg_lambda: float = Field(1.0, ge=0)
     max_delta_step: float = Field(0.0, ge=0, description="cap on each leaf's step in log-odds; 0: no cap")
     early_stopping_rounds: int = Field(50, ge=1)
@@ -63,14 +65,21 @@ class XGBoostConfig(BaseModel):
 #   about 1,000 rows per leaf at 0.2% prevalence, so the small high-risk groups that
 #   carry the signal (a recent weight-loss or abdominal-pain visit) cannot get a leaf
 #   of their own; 0.5 expected events can, and is still far from one row per leaf.
-# - max_delta_step 1 caps each leaf's log-odds step: with hessians near zero a Newton
+# - max_delta_step 5 caps each leaf's log-odds step: with hessians near zero a Newton
 #   step -G / (H + lambda) is otherwise unbounded. XGBoost's parameter documentation
-#   recommends 1-10 for logistic regression with extremely imbalanced classes.
+#   recommends 1-10 for logistic regression with extremely imbalanced classes. The cap
+#   was 1 until session 6: times the learning rate that is 0.05 log-odds a tree, so in
+#   the 30-70 trees that early stopping keeps on a few tuning events the model could
+#   not lift a recent abdominal-pain visit (a 5-10% risk against 0.2%) above the crowd,
+#   and the top of the ranking was ties. On six 20,000-people development networks 5
+#   raised held-out AUROC and AUPRC in all five cells with 5+ held-out events (AUPRC
+#   0.013-0.27 -> 0.028-0.34), and at 100,000 people AUPRC in both sites' cells (0.32 ->
+#   0.33, 0.13 -> 0.21; AUROC -0.012 and +0.014) (benchmarks/RESULTS.md, session 6).
 # - max_depth 3: a few dozen events support few interactions; shallower trees keep each
 #   leaf's estimate on more events.
 # Class weighting is not part of them: ``class_weight`` defaults to "none" (see
 # ``ModelConfig``).
-RARE_XGBOOST: dict[str, float | int] = {"max_depth": 3, "min_child_weight": 0.5, "max_delta_step": 1.0}
+RARE_XGBOOST: dict[str, float | int] = {"max_depth": 3, "min_child_weight": 0.5, "max_delta_step": 5.0}
 # Early stopping on a tuning split with a few dozen events picks the tree count from the
 # noise of those events (9 tuning events stopped a fit at 7 trees). Below this many
 # tuning events (or non-events), ``tree_count: auto`` picks it by cross-validation on the
@@ -200,6 +209,8 @@ def xgboost_params(y_train, config: ModelConfig, params: dict | None = None, eva
         "min_child_weight": p.min_child_weight,
         "subsample": p.subsample,
         "colsample_bytree": p.colsample_bytree,
+        "colsample_bynode": p.colsample_bynode,
+        "num_parallel_tree": p.num_parallel_tree,
         "reg_lambda": p.reg_lambda,
         "max_delta_step": p.max_delta_step,
         "tree_method": "hist",
@@ -248,7 +259,7 @@ def cv_tree_count(X, y, groups, kwargs: dict, folds: int, threads: int) -> tuple
     weights, so each fold's held-out loss is weighted as the trees are trained."""
     metric = kwargs["eval_metric"]
     params = {k: kwargs[k] for k in ("learning_rate", "max_depth", "min_child_weight", "subsample", "colsample_bytree",
-                                     "reg_lambda", "max_delta_step", "tree_method", "objective")}
+                                     "colsample_bynode", "num_parallel_tree", "reg_lambda", "max_delta_step", "tree_method", "objective")}
     params.update(eval_metric=metric, seed=kwargs["random_state"], nthread=threads)
     spw = kwargs["scale_pos_weight"]
     weight = None if spw == 1.0 else np.where(np.asarray(y) > 0, spw, 1.0)

@@ -144,20 +144,20 @@ def test_rare_outcome_defaults():
     boundary = np.r_[np.ones(20), np.zeros(980)]  # 2.0%: not rare
     assert is_rare(rare) and not is_rare(boundary)
     p = xgboost_config(rare, ModelConfig())
-    assert (p.max_depth, p.min_child_weight, p.max_delta_step) == (3, 0.5, 1.0)
+    assert (p.max_depth, p.min_child_weight, p.max_delta_step) == (3, 0.5, 5.0)
     assert (p.learning_rate, p.n_estimators, p.early_stopping_rounds) == (0.05, 600, 50)  # the rest as configured
     q = xgboost_config(boundary, ModelConfig())
     assert (q.max_depth, q.min_child_weight, q.max_delta_step) == (4, 2.0, 0.0)
     # A setting the study gives itself wins; the others still take the rare defaults.
     study = ModelConfig.model_validate({"xgboost": {"max_depth": 5}})
-    assert rare_defaults_applied(rare, study) == {"min_child_weight": 0.5, "max_delta_step": 1.0}
+    assert rare_defaults_applied(rare, study) == {"min_child_weight": 0.5, "max_delta_step": 5.0}
     assert xgboost_config(rare, study).max_depth == 5
     assert rare_defaults_applied(rare, ModelConfig(rare_outcome_defaults=False)) == {}
     assert xgboost_config(rare, ModelConfig(rare_outcome_defaults=False)).max_depth == 4
     # A search trial's parameters win over both.
     assert xgboost_config(rare, ModelConfig(), {"max_depth": 7, "min_child_weight": 3.0}).model_dump()["min_child_weight"] == 3.0
     kwargs = xgboost_params(rare, ModelConfig())
-    assert (kwargs["max_delta_step"], kwargs["scale_pos_weight"], kwargs["eval_metric"]) == (1.0, 1.0, "logloss")
+    assert (kwargs["max_delta_step"], kwargs["scale_pos_weight"], kwargs["eval_metric"]) == (5.0, 1.0, "logloss")
 
 
 def rare_matrix(tmp_path, n=4000, seed=0) -> FeatureMatrix:
@@ -176,12 +176,27 @@ def test_training_a_rare_outcome_records_its_defaults(tmp_path):
     summary = json.loads(trained.summary_path.read_text())
     positives, rows = summary["positives"], summary["rows"]
     assert 0 < positives["train"] / rows["train"] < 0.02 and positives["tuning"] > 0
-    assert summary["xgboost"]["rare_outcome_defaults"] == {"max_depth": 3, "min_child_weight": 0.5, "max_delta_step": 1.0}
+    assert summary["xgboost"]["rare_outcome_defaults"] == {"max_depth": 3, "min_child_weight": 0.5, "max_delta_step": 5.0}
     assert summary["xgboost"]["params"]["max_depth"] == 3 and summary["xgboost"]["scale_pos_weight"] == 1.0
     trees = json.loads(trained.xgboost_path.read_text())["learner"]["gradient_booster"]["model"]["trees"]
     depth = [max(_depths(t)) for t in trees]
     assert max(depth) <= 3  # leaves at most 3 splits deep
     assert summary["calibration"]["method"] in ("none", "sigmoid")  # fewer than 100 tuning events: no isotonic
+    # max_delta_step 5 caps every leaf at 5 log-odds before the learning rate (0.05): 0.25.
+    leaves = [v for t in trees for v, left in zip(t["split_conditions"], t["left_children"], strict=True) if left == -1]
+    assert max(abs(v) for v in leaves) <= 0.25 + 1e-6
+
+
+def test_parallel_trees_and_per_node_column_sampling_reach_xgboost(tmp_path):
+    matrix = synthetic_matrix(tmp_path)
+    config = ModelConfig(n_jobs=1, xgboost={"num_parallel_tree": 3, "colsample_bynode": 0.5, "n_estimators": 20})
+    kwargs = xgboost_params(np.r_[np.ones(50), np.zeros(50)], config)
+    assert (kwargs["num_parallel_tree"], kwargs["colsample_bynode"]) == (3, 0.5)
+    trained = train_models(matrix, tmp_path / "m", config)
+    model = json.loads(trained.xgboost_path.read_text())["learner"]
+    rounds = json.loads(trained.summary_path.read_text())["xgboost"]["best_iteration"] + 1
+    assert model["gradient_booster"]["model"]["gbtree_model_param"]["num_parallel_tree"] == "3"
+    assert len(model["gradient_booster"]["model"]["trees"]) >= 3 * rounds  # three trees a boosting round
 
 
 def _depths(tree: dict) -> list[int]:
