@@ -72,7 +72,7 @@ class XGBoostConfig(BaseModel):
 #   the 30-70 trees that early stopping keeps on a few tuning events the model could
 #   not lift a recent abdominal-pain visit (a 5-10% risk against 0.2%) above the crowd,
 #   and the top of the ranking was ties. On six 20,000-people development networks 5
-#   raised held-out AUROC and AUPRC in all five cells with 5+ held-out events (AUPRC
+#   raised held-out AUROC and AUPRC in all five cells with 7+ held-out events (AUPRC
 #   0.013-0.27 -> 0.028-0.34), and at 100,000 people AUPRC in both sites' cells (0.32 ->
 #   0.33, 0.13 -> 0.21; AUROC -0.012 and +0.014) (benchmarks/RESULTS.md, session 6).
 # - max_depth 3: a few dozen events support few interactions; shallower trees keep each
