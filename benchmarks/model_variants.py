@@ -37,6 +37,7 @@ from forewarn.models.train import (  # noqa: E402
     ModelConfig,
     XGBoostConfig,
     fit_l1_logistic,
+    crossfit_l1_margins,
     fit_xgboost,
     split_masks,
 )
@@ -49,6 +50,12 @@ TASKS = ["t2d_2y", "ckd3_2y", "pancreatic_cancer_1y"]
 BASELINES = ("L1-logistic", "MEDS-Tab-style")
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "l1off": {"offset": "crossfit"},
+    "l1off_in": {"offset": "insample"},
+    "l1off_depth3": {"offset": "crossfit", "xgboost": {"max_depth": 3}},
+    "l1off_plain": {"offset": "crossfit", "xgboost": {"max_depth": 4, "min_child_weight": 2, "max_delta_step": 0}},
+    "l1off_depth2": {"offset": "crossfit", "xgboost": {"max_depth": 2}},
+    "l1off_lr0.02": {"offset": "crossfit", "xgboost": {"learning_rate": 0.02, "n_estimators": 3000, "early_stopping_rounds": 150}},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
@@ -111,14 +118,32 @@ def build(people: int, seed: int, work: Path, tasks: list[str] = TASKS) -> dict[
     return out
 
 
-def fit_variant(spec: dict, X, y, m, threads: int, subjects: np.ndarray) -> tuple[np.ndarray, list[int]]:
+def offsets(kind: str, X, y, m, subjects: np.ndarray, cache: dict) -> dict[str, np.ndarray]:
+    """L1-logistic log-odds for the train, tuning and held-out rows (``offset`` variants):
+    tuning and held-out from the L1 fitted on train (C chosen on tuning); train rows
+    out-of-fold (``crossfit``, 5 subject folds at that C) or in-sample (``insample``).
+    Kept in ``cache`` for the cell's other variants."""
+    if kind not in cache:
+        config = ModelConfig()
+        if "l1" not in cache:
+            cache["l1"], _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], config)
+        l1 = cache["l1"]
+        train = (l1.margin(X[m["train"]]) if kind == "insample" else
+                 crossfit_l1_margins(X[m["train"]], y[m["train"]], subjects[m["train"]], l1.C, 5, config.seed, config.l1_tol))
+        cache[kind] = {"train": train, "tuning": l1.margin(X[m["tuning"]]), "held_out": l1.margin(X[m["held_out"]])}
+    return cache[kind]
+
+
+def fit_variant(spec: dict, X, y, m, threads: int, subjects: np.ndarray, cache: dict) -> tuple[np.ndarray, list[int]]:
     """Held-out probabilities of one variant (the mean over its seeds) and its tree counts."""
     probs, trees = [], []
+    margin = offsets(spec["offset"], X, y, m, subjects, cache) if "offset" in spec else None
     for s in spec.get("seeds", (0,)):
         config = ModelConfig(seed=s, n_jobs=threads, xgboost=XGBoostConfig(**spec.get("xgboost", {})))
         clf = fit_xgboost(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], config, eval_metric=spec.get("eval_metric"),
-                          tree_count=spec.get("tree_count", "tuning"), groups=subjects[m["train"]])
-        probs.append(clf.predict_proba(X[m["held_out"]])[:, 1])
+                          tree_count=spec.get("tree_count", "tuning"), groups=subjects[m["train"]],
+                          margins=None if margin is None else (margin["train"], margin["tuning"]))
+        probs.append(clf.predict_proba(X[m["held_out"]], base_margin=None if margin is None else margin["held_out"])[:, 1])
         trees.append(int(clf.best_iteration) + 1)
     return np.mean(probs, axis=0), trees
 
@@ -183,8 +208,9 @@ def run_cell(cell: str, paths: dict[str, str], variants: list[str], threads: int
     probs = baselines(cell, paths, X, y, rows, m, threads)
     start = time.perf_counter()
     subjects = rows[schema.SUBJECT_ID].to_numpy()
+    cache: dict = {}
     for name in variants:
-        probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, threads, subjects)
+        probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, threads, subjects, cache)
     scores = {name: point_metrics(held_y, p) for name, p in probs.items()}
     events = "/".join(str(int(y[m[k]].sum())) for k in ("train", "tuning", "held_out"))
     print(f"{cell}: train/tuning/held-out events {events}; variants {time.perf_counter() - start:.0f} s", flush=True)

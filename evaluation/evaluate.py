@@ -24,7 +24,7 @@ from forewarn.models.train import (
     PRIMARY,
     UNCALIBRATED,
     TrainedModels,
-    load_xgboost,
+    load_primary,
 )
 from forewarn.records import schema
 from forewarn.records.progress import stage
@@ -134,9 +134,9 @@ def evaluate_and_explain(
         record["lead_time"] = _lead_time(held, p, outcomes_path, threshold=_alert_threshold(record["thresholds"], p))
         counts.update(held_out_rows=int(len(held)), bootstrap=config.bootstrap)
     with stage("explain") as counts:
-        clf = load_xgboost(trained.xgboost_path)
+        model = load_primary(trained)
         explanations, values, sampled, base = explain(
-            clf, X[held_rows], columns, out.explanations.dir, max_rows=config.shap_rows, seed=config.seed
+            model, X[held_rows], columns, out.explanations.dir, max_rows=config.shap_rows, seed=config.seed
         )
         importance = pd.read_parquet(explanations.importance_path)
         counts.update(rows=int(values.shape[0]), features=int(values.shape[1]))
@@ -155,7 +155,7 @@ def evaluate_and_explain(
         for k in range(min(DEPENDENCE_FIGURES, idx.size)):
             figures[f"shap_dependence_{k + 1}"] = plots.shap_dependence(values[:, idx], data, names, base, k)
         # Waterfalls for the highest-risk explained held-out rows, named by row number only.
-        risk = clf.predict_proba(X[held_rows][sampled])[:, 1]
+        risk = model.probability(X[held_rows][sampled])
         record["waterfall_rows"] = []
         for k, row in enumerate(np.argsort(-risk, kind="stable")[:WATERFALL_FIGURES]):
             figures[f"shap_waterfall_{k + 1}"] = plots.shap_waterfall(values[row, idx], data[row], names, base)

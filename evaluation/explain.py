@@ -1,7 +1,11 @@
 """TreeSHAP explanations through XGBoost's own ``pred_contribs`` (exact, path-dependent).
 
 ``shap.TreeExplainer(model)`` in its default mode calls the same routine; calling it
-directly keeps sparse input sparse. Plots use shap's plotting on an ``Explanation``
+directly keeps sparse input sparse. A model whose trees boost from an L1-logistic offset
+(``models.train.PrimaryModel``) is the sum of a linear model and trees, and SHAP values
+add: each feature's value is its trees' TreeSHAP value plus its linear one,
+``w_j * (x_j - mean_j)`` (exact for a linear model with the explained rows as background),
+so the values still sum, with the base value, to every row's log-odds. Plots use shap's plotting on an ``Explanation``
 built from these values, with readable feature names.
 """
 
@@ -14,6 +18,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import xgboost as xgb
+
+from forewarn.models.train import PrimaryModel
 
 
 @dataclass(frozen=True)
@@ -29,13 +35,27 @@ class Explanations:
         return self.dir / "importance.parquet"
 
 
-def shap_values(clf: xgb.XGBClassifier, X: sp.csr_matrix) -> tuple[np.ndarray, float]:
-    """SHAP values in log-odds (rows x features) and the base value."""
+def shap_values(model: PrimaryModel, X: sp.csr_matrix) -> tuple[np.ndarray, float]:
+    """SHAP values in log-odds (rows x features) and the base value: per row, the values
+    and the base value sum to the model's log-odds."""
+    clf = model.clf
     booster = clf.get_booster()
     best = getattr(clf, "best_iteration", None)
     rng = (0, best + 1) if best is not None else (0, 0)
-    contribs = booster.predict(xgb.DMatrix(X), pred_contribs=True, iteration_range=rng)
-    return contribs[:, :-1], float(contribs[0, -1]) if contribs.shape[0] else 0.0
+    # With an offset the trees' base is 0 (their bias column is then their mean output),
+    # and the offset's own part is added below.
+    data = xgb.DMatrix(X) if model.offset is None else xgb.DMatrix(X, base_margin=np.zeros(X.shape[0]))
+    contribs = booster.predict(data, pred_contribs=True, iteration_range=rng)
+    values, base = contribs[:, :-1], float(contribs[0, -1]) if contribs.shape[0] else 0.0
+    if model.offset is not None and X.shape[0]:
+        w = model.offset.coef / model.offset.scale
+        used = np.flatnonzero(w)
+        x = np.asarray(X[:, used].todense(), dtype=np.float64)
+        mean = x.mean(axis=0)
+        values = values.astype(np.float64)
+        values[:, used] += (x - mean) * w[used]
+        base += model.offset.intercept + float(mean @ w[used])
+    return values, base
 
 
 def global_importance(values: np.ndarray, columns: pd.DataFrame) -> pd.DataFrame:
@@ -47,7 +67,7 @@ def global_importance(values: np.ndarray, columns: pd.DataFrame) -> pd.DataFrame
 
 
 def explain(
-    clf: xgb.XGBClassifier,
+    model: PrimaryModel,
     X: sp.csr_matrix,
     columns: pd.DataFrame,
     out_dir: Path,
@@ -61,7 +81,7 @@ def explain(
     out.dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(X.shape[0], size=min(max_rows, X.shape[0]), replace=False))
-    values, base = shap_values(clf, X[rows])
+    values, base = shap_values(model, X[rows])
     np.savez_compressed(out.values_path, values=values, rows=rows, base_value=base)
     global_importance(values, columns).to_parquet(out.importance_path, index=False)
     return out, values, rows, base

@@ -729,6 +729,14 @@ def report_context(
         if count.get("method") == "cv"
         else "after early stopping on the tuning split's log-loss"
     )
+    offset = xgb.get("offset") or {"method": "none"}
+    offset_text = (
+        f"The trees boost from an offset: every row starts at the L1-logistic's log-odds (the baseline below, C = "
+        f"{offset.get('C')}; for the train rows out-of-fold, from {offset.get('folds')} subject-grouped folds, so no "
+        "row's starting point has seen its own label), and the trees learn what the linear model misses. The registered "
+        "model holds both, and each feature's SHAP value below is its trees' part plus its linear part."
+        if offset.get("method") == "l1" else ""
+    )
     search = training.get("search") or {}
     trials = search.get("trials") or []
     search_context = None
@@ -906,6 +914,7 @@ def report_context(
         "model": {
             "trees": xgb["best_iteration"] + 1,
             "trees_text": trees_text,
+            "offset_text": offset_text,
             "search": search_context,
             "params": [{"name": k, "value": v} for k, v in params.items()],
             "weighting": weighting,

@@ -12,7 +12,7 @@ import pandas as pd
 from forewarn.evaluation import clinical, metrics
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import Calibrator, choose_calibrator
-from forewarn.models.train import TrainedModels, load_xgboost
+from forewarn.models.train import TrainedModels, load_primary
 from forewarn.records import schema
 
 
@@ -20,13 +20,13 @@ def model_probabilities(trained: TrainedModels, matrix: FeatureMatrix) -> tuple[
     """(raw, calibrated) probabilities of ``trained``'s XGBoost on ``matrix``, whose
     columns must be the model's own (featurize with ``columns=``)."""
     X, rows, _ = matrix.load()
-    clf = load_xgboost(trained.xgboost_path)
-    if X.shape[1] != clf.n_features_in_:
+    model = load_primary(trained)
+    if X.shape[1] != model.n_features:
         raise ValueError(
-            f"the matrix must have the model's {clf.n_features_in_} columns; got {X.shape[1]}. "
+            f"the matrix must have the model's {model.n_features} columns; got {X.shape[1]}. "
             "Featurize with columns=<the model's columns.parquet>."
         )
-    raw = clf.predict_proba(X)[:, 1]
+    raw = model.probability(X)
     calibrator = Calibrator.from_json(json.loads(trained.calibration_path.read_text()))
     return raw, calibrator(raw), rows
 

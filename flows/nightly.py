@@ -388,6 +388,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     name, version, aliases = tracking.register_model(
         run_id=run_id, task=spec.name, site=site.name, xgb_model_path=trained.xgboost_path, n_features=shape["columns"],
         promote=promotion["promoted"], decision=decision, tags={"train_key": stages["trained"].key},
+        offset_path=trained.offset_path if trained.offset_path.exists() else None,
     )
     decision = f"{name} v{version} {decision}"
     promotion |= {"decision": decision, "version": version}
@@ -425,6 +426,8 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     model_inputs = {"xgboost.json": trained.xgboost_path, "calibration.json": trained.calibration_path,
                     "columns.parquet": matrix.columns_path, "l1_logistic.json": trained.l1_path,
                     "age_sex.json": trained.age_sex_path, "profile.json": profile_path}
+    if trained.offset_path.exists():
+        model_inputs["xgboost_offset.json"] = trained.offset_path
     artifacts |= {f"{tracking.MODEL_INPUTS}/{k}": v for k, v in model_inputs.items()}
     note = (
         f"{spec.name} at site {site.name}: XGBoost held-out AUROC {held['auroc']:.3f} "

@@ -294,6 +294,7 @@ def champion_inputs(task: str, site: str, dest: Path) -> str | None:
 # the model in a fresh Python process on every ``log_model`` (4-20 s a model, most of the
 # flow's MLflow time).
 MODEL_REQUIREMENTS = ("xgboost", "scikit-learn", "numpy", "scipy")
+SERVING_CODE = Path(__file__).resolve().parents[1] / "models" / "serving.py"
 
 
 def model_requirements() -> list[str]:
@@ -305,10 +306,14 @@ def model_requirements() -> list[str]:
 
 def register_model(
     *, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int, promote: bool, decision: str,
-    tags: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None, offset_path: Path | None = None,
 ) -> tuple[str, str, tuple[str, ...]]:
     """Log the XGBoost model (JSON format, signature, synthetic input example) into the run,
     register it as ``challenger``, and move ``champion`` to it when ``promote``.
+
+    Trees that boost from an L1-logistic offset (``offset_path``, its JSON) are logged as
+    a model from code (``models/serving.py``) holding both JSON files, since the XGBoost
+    flavour holds only trees; it predicts the outcome's probability per row.
 
     Returns ``(registered name, version, aliases)``.
     """
@@ -324,10 +329,16 @@ def register_model(
     signature = infer_signature(example, np.array([0.1, 0.2]))
     name = registered_name(task, site)
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.xgboost.log_model(
-            clf, name="model", signature=signature, input_example=example, model_format="json",
-            registered_model_name=name, pip_requirements=model_requirements(),
-        )
+        if offset_path is None:
+            info = mlflow.xgboost.log_model(
+                clf, name="model", signature=signature, input_example=example, model_format="json",
+                registered_model_name=name, pip_requirements=model_requirements(),
+            )
+        else:
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(SERVING_CODE), artifacts={"xgboost": str(xgb_model_path), "offset": str(offset_path)},
+                signature=signature, input_example=example, registered_model_name=name, pip_requirements=model_requirements(),
+            )
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "challenger", version)
     aliases: tuple[str, ...] = ("challenger",)

@@ -52,12 +52,13 @@ class _Pruning(xgb.callback.TrainingCallback):
         return False
 
 
-def search_xgboost(X_train, y_train, X_tune, y_tune, fit, config: SearchConfig) -> tuple[dict, list[dict]]:
+def search_xgboost(X_train, y_train, X_tune, y_tune, fit, config: SearchConfig, tune_margin=None) -> tuple[dict, list[dict]]:
     """Best parameters and one record per trial.
 
     ``fit(params, callbacks, eval_metric)`` fits and returns an XGBClassifier (it is
     ``models.train.fit_xgboost`` with the data bound), so the search and the final fit
-    share one code path.
+    share one code path. ``tune_margin``: the tuning rows' offset when the fits boost
+    from one (``models.train.PrimaryModel``), so that trials are scored as the model predicts.
     """
     import optuna
 
@@ -85,7 +86,7 @@ def search_xgboost(X_train, y_train, X_tune, y_tune, fit, config: SearchConfig) 
         clf = fit(params, [pruning], [metric, "logloss"])
         from sklearn.metrics import average_precision_score, roc_auc_score
 
-        p = clf.predict_proba(X_tune)[:, 1]
+        p = clf.predict_proba(X_tune, base_margin=tune_margin)[:, 1]
         score = float(roc_auc_score(y_tune, p) if name == "auroc" else average_precision_score(y_tune, p))
         records.append({"trial": trial.number, "params": params, "objective": name, "value": score,
                         "state": "pruned" if pruning.pruned else "complete", "seconds": time.perf_counter() - start,

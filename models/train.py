@@ -118,6 +118,14 @@ class ModelConfig(BaseModel):
     rare_outcome_defaults: bool = Field(
         True, description="below 2% train prevalence, XGBoost settings the study leaves unset take RARE_XGBOOST's values"
     )
+    offset: Literal["auto", "l1", "none"] = Field(
+        "auto",
+        description=(
+            "what XGBoost's trees start from: none: one base rate for every row; l1: each row's L1-logistic log-odds "
+            "(out-of-fold on the train split, cv_folds subject folds), so the trees learn what the linear model misses; "
+            "auto (default): l1 below 2% train prevalence when rare_outcome_defaults is on, else none"
+        ),
+    )
     tree_count: Literal["auto", "tuning", "cv"] = Field(
         "tuning",
         description=(
@@ -126,7 +134,10 @@ class ModelConfig(BaseModel):
             f"trees; auto: cv when the tuning split has fewer than {TREE_COUNT_CV_EVENTS} events or non-events"
         ),
     )
-    cv_folds: int = Field(5, ge=2, le=20, description="folds for tree_count cv (subjects, stratified by whether they have an event)")
+    cv_folds: int = Field(
+        5, ge=2, le=20,
+        description="folds for tree_count cv and the out-of-fold offset (subjects, stratified by whether they have an event)",
+    )
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
         "auto", description="fitted on the tuning split; auto picks by cross-validated Brier score"
     )
@@ -158,6 +169,11 @@ class TrainedModels:
     @property
     def age_sex_path(self) -> Path:
         return self.dir / "age_sex.json"
+
+    @property
+    def offset_path(self) -> Path:
+        """The L1-logistic the XGBoost trees boost from; absent when they start from a base rate."""
+        return self.dir / "xgboost_offset.json"
 
 
 def _threads(config: ModelConfig) -> int:
@@ -222,6 +238,13 @@ def xgboost_params(y_train, config: ModelConfig, params: dict | None = None, eva
     }
 
 
+def offset_method(y_train: np.ndarray, config: ModelConfig) -> Literal["l1", "none"]:
+    """What this fit's trees boost from (``ModelConfig.offset`` with auto resolved)."""
+    if config.offset != "auto":
+        return config.offset
+    return "l1" if config.rare_outcome_defaults and is_rare(y_train) else "none"
+
+
 def tuning_weights(y_tune: np.ndarray, spw: float) -> np.ndarray | None:
     """Row weights for the tuning split under class weighting (positives weighted by
     ``spw``), so that early stopping watches the loss the trees are trained on; None
@@ -252,7 +275,7 @@ def subject_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[
     return [(np.flatnonzero(row_fold != f), np.flatnonzero(row_fold == f)) for f in range(k)]
 
 
-def cv_tree_count(X, y, groups, kwargs: dict, folds: int, threads: int) -> tuple[int, float]:
+def cv_tree_count(X, y, groups, kwargs: dict, folds: int, threads: int, margin=None) -> tuple[int, float]:
     """The number of trees at which the mean held-out loss of ``folds`` subject-grouped
     folds of (``X``, ``y``) stops improving (``kwargs``' early stopping rounds), and that
     loss. ``kwargs`` are ``xgboost_params``' keyword arguments; class weights become row
@@ -264,7 +287,7 @@ def cv_tree_count(X, y, groups, kwargs: dict, folds: int, threads: int) -> tuple
     spw = kwargs["scale_pos_weight"]
     weight = None if spw == 1.0 else np.where(np.asarray(y) > 0, spw, 1.0)
     result = xgb.cv(
-        params, xgb.DMatrix(X, label=y, weight=weight), num_boost_round=kwargs["n_estimators"],
+        params, xgb.DMatrix(X, label=y, weight=weight, base_margin=margin), num_boost_round=kwargs["n_estimators"],
         folds=subject_folds(y, groups, folds, kwargs["random_state"]), early_stopping_rounds=kwargs["early_stopping_rounds"],
         as_pandas=False,
     )
@@ -275,7 +298,7 @@ def cv_tree_count(X, y, groups, kwargs: dict, folds: int, threads: int) -> tuple
 
 def fit_xgboost(
     X_train, y_train, X_tune, y_tune, config: ModelConfig, params: dict | None = None, callbacks=None, eval_metric=None,
-    *, tree_count: Literal["tuning", "cv"] = "tuning", groups=None,
+    *, tree_count: Literal["tuning", "cv"] = "tuning", groups=None, margins: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> xgb.XGBClassifier:
     """Hist trees on sparse input with early stopping on the tuning split's log-loss
     (weighted like the train split when class weighting is on).
@@ -284,16 +307,20 @@ def fit_xgboost(
     stopping watches the last of ``eval_metric`` (log-loss by default). With
     ``tree_count`` "cv" the number of trees comes from ``cv_tree_count`` on the train
     split (folds by ``groups``, the rows' subjects; each row its own subject when None)
-    and the model is then fitted on all of train with that many trees."""
+    and the model is then fitted on all of train with that many trees. ``margins`` (train,
+    tuning) are per-row starting log-odds (XGBoost's ``base_margin``): the trees then
+    boost from them rather than from one base rate."""
     kwargs = xgboost_params(y_train, config, params, eval_metric)
     w = tuning_weights(y_tune, kwargs["scale_pos_weight"])
     cv_trees = None
     if tree_count == "cv":
         groups = np.arange(len(y_train)) if groups is None else groups
-        cv_trees, _ = cv_tree_count(X_train, y_train, groups, kwargs, config.cv_folds, _threads(config))
+        cv_trees, _ = cv_tree_count(X_train, y_train, groups, kwargs, config.cv_folds, _threads(config),
+                                    None if margins is None else margins[0])
         kwargs.update(n_estimators=cv_trees, early_stopping_rounds=None)
     clf = xgb.XGBClassifier(**kwargs, callbacks=callbacks, n_jobs=_threads(config))
-    clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], sample_weight_eval_set=None if w is None else [w], verbose=False)
+    clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], sample_weight_eval_set=None if w is None else [w], verbose=False,
+            base_margin=None if margins is None else margins[0], base_margin_eval_set=None if margins is None else [margins[1]])
     if cv_trees is not None:
         # As early stopping would: the saved model then says how many trees it uses.
         clf.get_booster().set_attr(best_iteration=str(cv_trees - 1))
@@ -303,6 +330,7 @@ def fit_xgboost(
 def fit_xgboost_dask(
     client, X_train: sp.csr_matrix, y_train: np.ndarray, X_tune: sp.csr_matrix, y_tune: np.ndarray,
     config: ModelConfig, params: dict | None = None, *, tree_count: Literal["tuning", "cv"] = "tuning", groups=None,
+    margins: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> xgb.XGBClassifier:
     """``fit_xgboost`` on a Dask cluster with ``xgboost.dask``: the same hyperparameters,
     class weighting and early stopping on the tuning split, trained by every worker of
@@ -319,6 +347,7 @@ def fit_xgboost_dask(
     With ``tree_count`` "cv" the number of trees is chosen as in ``fit_xgboost``, by
     ``cv_tree_count`` in this process (it is chosen where the tuning split has few
     events, so on data a machine holds), and the cluster fits that many trees.
+    ``margins`` are the rows' starting log-odds, as in ``fit_xgboost`` (chunked like the rows).
 
     Returns a plain (local) ``XGBClassifier`` holding the trained booster, so that
     saving, predicting and explaining are the local code paths."""
@@ -331,16 +360,20 @@ def fit_xgboost_dask(
     cv_trees = None
     if tree_count == "cv":
         groups = np.arange(len(y_train)) if groups is None else groups
-        cv_trees, _ = cv_tree_count(X_train, y_train, groups, kwargs, config.cv_folds, _threads(config))
+        cv_trees, _ = cv_tree_count(X_train, y_train, groups, kwargs, config.cv_folds, _threads(config),
+                                    None if margins is None else margins[0])
         kwargs.update(n_estimators=cv_trees, early_stopping_rounds=None)
     w = tuning_weights(y_tune, kwargs["scale_pos_weight"])
     w_tu = None if w is None else [da_like(w, y_tu)]
+    margin_tr = None if margins is None else da_like(margins[0], y_tr)
+    margin_tu = None if margins is None else [da_like(margins[1], y_tu)]
     dask_clf = dxgb.DaskXGBClassifier(**kwargs, n_jobs=config.n_jobs or None)
     dask_clf.client = client
     # xgboost.dask looks up distributed.get_client() even when given a client: make
     # this one current, as it need not be the process's default client.
     with client.as_current():
-        dask_clf.fit(X_tr, y_tr, eval_set=[(X_tu, y_tu)], sample_weight_eval_set=w_tu, verbose=False)
+        dask_clf.fit(X_tr, y_tr, eval_set=[(X_tu, y_tu)], sample_weight_eval_set=w_tu, verbose=False,
+                     base_margin=margin_tr, base_margin_eval_set=margin_tu)
     raw = dask_clf.get_booster().save_raw("json")
     clf = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
     clf.load_model(raw)
@@ -384,9 +417,12 @@ class L1Logistic:
     intercept: float
     C: float
 
+    def margin(self, X: sp.spmatrix) -> np.ndarray:
+        """The log-odds of every row of ``X`` (unscaled features)."""
+        return np.asarray(X @ (self.coef / self.scale)).ravel() + self.intercept
+
     def predict_proba(self, X: sp.spmatrix) -> np.ndarray:
-        z = np.asarray(X @ (self.coef / self.scale)).ravel() + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
+        return 1.0 / (1.0 + np.exp(-self.margin(X)))
 
     def to_json(self) -> dict:
         return {"C": self.C, "intercept": self.intercept, "scale": self.scale.tolist(), "coef": self.coef.tolist()}
@@ -403,6 +439,28 @@ def _l1_fit(Xs_train: sp.csr_matrix, y_train: np.ndarray, c: float, seed: int, t
     return lr.coef_.ravel().copy(), float(lr.intercept_[0])
 
 
+def _max_abs_scaled(X_train) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The max-abs scale of every column of ``X_train`` (1 where a column is all zero) and
+    ``X_train`` scaled by it, as the float64 canonical CSR liblinear works in."""
+    scaler = MaxAbsScaler().fit(X_train)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    Xs_train = sp.csr_matrix(X_train @ sp.diags(1.0 / scale), dtype=np.float64)
+    Xs_train.sum_duplicates()  # canonical CSR, as scikit-learn's input check makes it in place anyway
+    return scale, Xs_train
+
+
+def crossfit_l1_margins(X_train, y_train, groups, C: float, folds: int, seed: int, tol: float) -> np.ndarray:
+    """Out-of-fold L1-logistic log-odds for every train row: ``folds`` subject-grouped
+    folds (``subject_folds``), each scored by an L1 fit at ``C`` (its own scaler) on the
+    other folds, so no row's offset has seen its own label."""
+    out = np.empty(X_train.shape[0])
+    for fit_rows, score_rows in subject_folds(y_train, groups, folds, seed):
+        scale, Xs = _max_abs_scaled(X_train[fit_rows])
+        coef, intercept = _l1_fit(Xs, np.asarray(y_train)[fit_rows], C, seed, tol)
+        out[score_rows] = L1Logistic(scale, coef, intercept, C).margin(X_train[score_rows])
+    return out
+
+
 def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tuple[L1Logistic, dict[float, float]]:
     """Choose C on the tuning split by AUROC; the scaler is fitted on train only.
 
@@ -410,11 +468,7 @@ def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tu
     stay in this process, one after another: in worker processes they were no faster on
     a shared 2-core machine, and threads would not be reproducible, as liblinear draws
     its coordinate order from one process-wide random generator.)"""
-    scaler = MaxAbsScaler().fit(X_train)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    # liblinear works in float64 CSR: convert once here rather than once per C.
-    Xs_train = sp.csr_matrix(X_train @ sp.diags(1.0 / scale), dtype=np.float64)
-    Xs_train.sum_duplicates()  # canonical CSR, as scikit-learn's input check makes it in place anyway
+    scale, Xs_train = _max_abs_scaled(X_train)
     scores, fitted = {}, {}
     for c in config.l1_c_grid:
         coef, intercept = _l1_fit(Xs_train, y_train, c, config.seed, config.l1_tol)
@@ -424,6 +478,34 @@ def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tu
         fitted[c] = model
     best = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0), -c))
     return fitted[best], scores
+
+
+@dataclass(frozen=True)
+class PrimaryModel:
+    """Forewarn's XGBoost as it predicts: the trees and, when they were trained on top of
+    one (``ModelConfig.offset``), the L1-logistic whose log-odds they start from. Its
+    log-odds for a row are the offset's plus the trees' sum."""
+
+    clf: xgb.XGBClassifier
+    offset: L1Logistic | None = None
+
+    @property
+    def n_features(self) -> int:
+        return int(self.clf.n_features_in_)
+
+    def base_margin(self, X) -> np.ndarray | None:
+        """Each row's starting log-odds (the offset's), or None when the trees start from the base rate."""
+        return None if self.offset is None else self.offset.margin(X)
+
+    def probability(self, X) -> np.ndarray:
+        """The uncalibrated probability of the outcome for every row of ``X``."""
+        return self.clf.predict_proba(X, base_margin=self.base_margin(X))[:, 1]
+
+
+def load_primary(trained: TrainedModels) -> PrimaryModel:
+    """The trained XGBoost of ``trained`` with its offset, if it has one."""
+    offset = L1Logistic.from_json(json.loads(trained.offset_path.read_text())) if trained.offset_path.exists() else None
+    return PrimaryModel(load_xgboost(trained.xgboost_path), offset)
 
 
 @dataclass(frozen=True)
@@ -495,33 +577,45 @@ def train_models(
         raise ValueError(reason)
     tr, tu = masks[schema.TRAIN], masks[schema.TUNING]
     subjects = rows[schema.SUBJECT_ID].to_numpy()
-    trials: list[dict] = []
-    if params is None and config.search.trials > 0:
-
-        def fit(trial_params, callbacks, eval_metric):
-            return fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, trial_params, callbacks, eval_metric)
-
-        params, trials = search_xgboost(X[tr], y[tr], X[tu], y[tu], fit, config.search)
-    count = tree_count_method(y[tu], config)
-    with stage("train xgboost") as counts:
-        if client is None:
-            clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, params, tree_count=count, groups=subjects[tr])
-        else:
-            clf = fit_xgboost_dask(client, X[tr], y[tr], X[tu], y[tu], config, params, tree_count=count, groups=subjects[tr])
-        clf.save_model(out.xgboost_path)
-        counts.update(executor="local" if client is None else "dask", rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1, tree_count=count,
-                      scale_pos_weight=round(pos_weight(y[tr], config), 2), rare_outcome_defaults=",".join(sorted(rare_defaults_applied(y[tr], config))) or "none")
-    raw = clf.predict_proba(X)[:, 1]
-    with stage("calibrate") as counts:
-        calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed)
-        out.calibration_path.write_text(json.dumps(calibrator.to_json()))
-        counts.update(method=calibrator.method)
     with stage("train baselines") as counts:
         lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config)
         out.l1_path.write_text(json.dumps(lr.to_json()))
         age_sex = AgeSexLogistic.fit(X[tr], y[tr], columns)
         out.age_sex_path.write_text(json.dumps(age_sex.to_json()))
         counts.update(C=lr.C, nonzero_coefficients=int((lr.coef != 0).sum()))
+    offset = offset_method(y[tr], config)
+    margins = None
+    out.offset_path.unlink(missing_ok=True)
+    if offset == "l1":
+        with stage("xgboost offset (out-of-fold L1-logistic)") as counts:
+            margins = (crossfit_l1_margins(X[tr], y[tr], subjects[tr], lr.C, config.cv_folds, config.seed, config.l1_tol),
+                       lr.margin(X[tu]))
+            out.offset_path.write_text(json.dumps(lr.to_json()))
+            counts.update(folds=config.cv_folds, C=lr.C)
+    trials: list[dict] = []
+    if params is None and config.search.trials > 0:
+
+        def fit(trial_params, callbacks, eval_metric):
+            return fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, trial_params, callbacks, eval_metric, margins=margins)
+
+        params, trials = search_xgboost(X[tr], y[tr], X[tu], y[tu], fit, config.search,
+                                        tune_margin=None if margins is None else margins[1])
+    count = tree_count_method(y[tu], config)
+    with stage("train xgboost") as counts:
+        fit_args = dict(tree_count=count, groups=subjects[tr], margins=margins)
+        if client is None:
+            clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], config, params, **fit_args)
+        else:
+            clf = fit_xgboost_dask(client, X[tr], y[tr], X[tu], y[tu], config, params, **fit_args)
+        clf.save_model(out.xgboost_path)
+        counts.update(executor="local" if client is None else "dask", rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1, tree_count=count,
+                      offset=offset, scale_pos_weight=round(pos_weight(y[tr], config), 2),
+                      rare_outcome_defaults=",".join(sorted(rare_defaults_applied(y[tr], config))) or "none")
+    raw = PrimaryModel(clf, lr if offset == "l1" else None).probability(X)
+    with stage("calibrate") as counts:
+        calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed)
+        out.calibration_path.write_text(json.dumps(calibrator.to_json()))
+        counts.update(method=calibrator.method)
     threshold = float(y[tr].mean())
     probabilities = {
         PRIMARY: calibrator(raw),
@@ -544,6 +638,7 @@ def train_models(
         "positives": {name: int(y[m].sum()) for name, m in masks.items()},
         "xgboost": {"best_iteration": int(clf.best_iteration), "params": xgboost_config(y[tr], config, params).model_dump(),
                     "tree_count": {"method": count, **({"folds": config.cv_folds} if count == "cv" else {})},
+                    "offset": {"method": offset, **({"model": "l1_logistic", "C": lr.C, "folds": config.cv_folds} if offset == "l1" else {})},
                     "scale_pos_weight": pos_weight(y[tr], config),
                     "rare_outcome_defaults": rare_defaults_applied(y[tr], config)},
         "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},

@@ -19,7 +19,7 @@ from forewarn.flows.executor import (
     shard_mapper,
     task_runner,
 )
-from forewarn.models.train import ModelConfig, load_xgboost, train_models
+from forewarn.models.train import ModelConfig, load_primary, load_xgboost, train_models
 from forewarn.records import schema
 
 SITE = "community"  # the larger demo site: ~1,800 subjects, 3 event shards below
@@ -120,6 +120,18 @@ def test_xgboost_dask_matches_local(matrices, client, tmp_path):
     summary = {name: json.loads(t.summary_path.read_text()) for name, t in (("local", local), ("dask", on_dask))}
     assert summary["dask"]["xgboost"]["scale_pos_weight"] == summary["local"]["xgboost"]["scale_pos_weight"]
     assert summary["dask"]["l1_logistic"] == summary["local"]["l1_logistic"]  # baselines stay local
+
+
+def test_xgboost_dask_boosts_from_the_offset_as_the_local_fit_does(matrices, client, tmp_path):
+    # offset: l1 (the rare-outcome default) with every row in every tree: the cluster's
+    # trees start from the same out-of-fold L1 log-odds as the local ones.
+    config = ModelConfig(n_jobs=1, offset="l1", xgboost={"subsample": 1.0})
+    local, on_dask = _train_both(matrices, client, tmp_path, config)
+    assert on_dask.offset_path.read_text() == local.offset_path.read_text()
+    assert _held_out_auroc(on_dask) == pytest.approx(_held_out_auroc(local), abs=0.01)
+    X, _, _ = matrices[0].load()
+    pred = pd.read_parquet(on_dask.predictions_path("xgboost_uncalibrated"))
+    np.testing.assert_allclose(load_primary(on_dask).probability(X), pred[schema.PREDICTED_BOOLEAN_PROBABILITY], rtol=1e-6)
 
 
 def test_xgboost_dask_default_config_is_within_seed_noise(matrices, client, tmp_path):

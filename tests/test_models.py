@@ -22,11 +22,15 @@ from forewarn.models.calibration import (
 from forewarn.models.train import (
     L1Logistic,
     ModelConfig,
+    PrimaryModel,
+    crossfit_l1_margins,
     cv_tree_count,
     fit_l1_logistic,
     fit_xgboost,
     is_rare,
+    load_primary,
     load_xgboost,
+    offset_method,
     pos_weight,
     rare_defaults_applied,
     subject_folds,
@@ -197,6 +201,77 @@ def test_parallel_trees_and_per_node_column_sampling_reach_xgboost(tmp_path):
     rounds = json.loads(trained.summary_path.read_text())["xgboost"]["best_iteration"] + 1
     assert model["gradient_booster"]["model"]["gbtree_model_param"]["num_parallel_tree"] == "3"
     assert len(model["gradient_booster"]["model"]["trees"]) >= 3 * rounds  # three trees a boosting round
+
+
+def test_rare_outcomes_boost_from_an_l1_offset_and_predict_with_it(tmp_path):
+    assert offset_method(np.r_[np.ones(19), np.zeros(981)], ModelConfig()) == "l1"  # 1.9%: rare
+    assert offset_method(np.r_[np.ones(20), np.zeros(980)], ModelConfig()) == "none"  # 2.0%
+    assert offset_method(np.r_[np.ones(19), np.zeros(981)], ModelConfig(rare_outcome_defaults=False)) == "none"
+    assert offset_method(np.r_[np.ones(20), np.zeros(980)], ModelConfig(offset="l1")) == "l1"
+    assert offset_method(np.r_[np.ones(19), np.zeros(981)], ModelConfig(offset="none")) == "none"
+    matrix = rare_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    summary = json.loads(trained.summary_path.read_text())
+    assert summary["xgboost"]["offset"] == {"method": "l1", "model": "l1_logistic", "C": summary["l1_logistic"]["C"], "folds": 5}
+    # The offset is the L1-logistic fitted on all of train (the baseline's own coefficients).
+    assert trained.offset_path.read_text() == trained.l1_path.read_text()
+    model = load_primary(trained)
+    X, rows, _ = matrix.load()
+    l1 = L1Logistic.from_json(json.loads(trained.l1_path.read_text()))
+    margin = model.clf.predict(X, output_margin=True, base_margin=np.zeros(X.shape[0]))  # the trees alone
+    expected = 1 / (1 + np.exp(-(l1.margin(X) + margin)))
+    saved = pq.read_table(trained.predictions_path("xgboost_uncalibrated")).column(schema.PREDICTED_BOOLEAN_PROBABILITY).to_numpy()
+    np.testing.assert_allclose(saved, expected, rtol=1e-5)
+    np.testing.assert_allclose(model.probability(X), expected, rtol=1e-5)
+    assert not np.allclose(saved, load_xgboost(trained.xgboost_path).predict_proba(X)[:, 1])  # the trees alone differ
+    # Retrained without it, the folder holds no stale offset.
+    train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, offset="none"))
+    assert not trained.offset_path.exists() and load_primary(trained).offset is None
+
+
+def test_out_of_fold_offsets_never_see_their_own_label():
+    rng = np.random.default_rng(3)
+    X = sp.random(300, 8, density=0.4, format="csr", random_state=3)
+    y = (np.asarray(X[:, 0].todense()).ravel() + rng.normal(0, 0.3, 300) > 0.5).astype(int)
+    groups = np.arange(300) // 2  # two rows a subject
+    base = crossfit_l1_margins(X, y, groups, 1.0, 5, 0, 1e-6)
+    # Flip the labels of one fold's rows: their own offsets stay, the other folds' move.
+    folds = subject_folds(y, groups, 5, 0)
+    held = folds[0][1]
+    flipped = y.copy()
+    flipped[held[:10]] = 1 - flipped[held[:10]]
+    # (The flip moves which subjects have an event, and so the folds: deal them by the first labels.)
+    import forewarn.models.train as train_module
+
+    original = train_module.subject_folds
+    train_module.subject_folds = lambda *_a, **_k: folds
+    try:
+        moved = crossfit_l1_margins(X, flipped, groups, 1.0, 5, 0, 1e-6)
+    finally:
+        train_module.subject_folds = original
+    np.testing.assert_array_equal(moved[held], base[held])
+    assert not np.allclose(moved[folds[1][1]], base[folds[1][1]])
+    # Each fold's offsets are an L1 fitted on the other folds: the same as fitting it by hand.
+    fit_rows, score_rows = folds[2]
+    lr, _ = fit_l1_logistic(X[fit_rows], y[fit_rows], X[fit_rows], y[fit_rows], ModelConfig(l1_c_grid=[1.0], l1_tol=1e-6))
+    np.testing.assert_allclose(base[score_rows], lr.margin(X[score_rows]), rtol=1e-10)
+
+
+def test_shap_values_of_an_offset_model_sum_to_its_log_odds(tmp_path):
+    from forewarn.evaluation.explain import shap_values
+
+    matrix = rare_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    model = load_primary(trained)
+    X, _, _ = matrix.load()
+    values, base = shap_values(model, X[:200])
+    p = model.probability(X[:200])
+    np.testing.assert_allclose(values.sum(axis=1) + base, np.log(p / (1 - p)), atol=1e-4)
+    # The offset's features carry its linear part: a feature only the L1 uses is explained by it alone.
+    w = model.offset.coef / model.offset.scale
+    trees_only, _ = shap_values(PrimaryModel(model.clf), X[:200])
+    x = np.asarray(X[:200].todense())
+    np.testing.assert_allclose(values - trees_only, (x - x.mean(axis=0)) * w, atol=1e-5)
 
 
 def _depths(tree: dict) -> list[int]:

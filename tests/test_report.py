@@ -679,3 +679,14 @@ def test_model_section_shows_the_search_and_how_the_tree_count_was_chosen(run, p
     assert "No hyperparameter search ran" not in section
     assert "complete (chosen)</td><td>0.412</td><td class=\"l\">max_depth 3, learning_rate 0.050" in section
     assert "pruned</td><td>0.201</td>" in section
+
+
+def test_model_section_says_when_the_trees_boost_from_the_l1_offset(run, plain):
+    from forewarn.evaluation.report import render
+
+    assert "boost from an offset" not in plain  # T2D is not rare: no offset
+    training = json.loads(run["trained"].summary_path.read_text())
+    training["xgboost"]["offset"] = {"method": "l1", "model": "l1_logistic", "C": 0.03, "folds": 5}
+    section = html.unescape(render(build_context(run, training=training)).split('id="model"')[1].split("<h2")[0])
+    assert ("The trees boost from an offset: every row starts at the L1-logistic's log-odds (the baseline below, C = 0.03; "
+            "for the train rows out-of-fold, from 5 subject-grouped folds") in section

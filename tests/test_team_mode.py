@@ -244,3 +244,31 @@ def test_ui_prints_the_store_redacted_and_execs_mlflow(tmp_path, monkeypatch):
     [(file, argv, env)] = calls
     assert file == sys.executable and argv == ui_command(backend_store_uri=uri, artifact_root=root.as_uri(), host="0.0.0.0")[0]
     assert env["MLFLOW_BACKEND_STORE_URI"] == uri and root.is_dir()
+
+
+def test_offset_model_registers_as_code_and_serves_the_same_probabilities(tmp_path, restore_tracking):
+    """A rare outcome's trees boost from an L1 offset: the registered model (a model from
+    code holding both JSON files, no pickle) predicts what Forewarn's own model does."""
+    import mlflow
+    import scipy.sparse as sp
+    from test_models import rare_matrix
+
+    from forewarn.models.train import ModelConfig, load_primary, train_models
+
+    matrix = rare_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "model", ModelConfig(n_jobs=1))
+    assert trained.offset_path.exists()
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"), cwd=tmp_path)
+    run_id = tracking.start_site_run(experiment=tracking.experiment_name("rare"), site="north", run_name="north-1", tags={})
+    X, _, _ = matrix.load()
+    name, version, _ = tracking.register_model(
+        run_id=run_id, task="rare", site="north", xgb_model_path=trained.xgboost_path, n_features=X.shape[1], promote=True,
+        decision="first model", offset_path=trained.offset_path,
+    )
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert loaded.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert not list((tmp_path / "artifacts").rglob("*.pkl"))  # code and JSON, never a pickle
+    dense = np.asarray(X[:50].todense(), dtype=np.float32)
+    dense[dense == 0] = np.nan  # unstored entries are missing features, as in training
+    expected = load_primary(trained).probability(sp.csr_matrix(X[:50]))
+    np.testing.assert_allclose(loaded.predict(dense), expected, rtol=1e-5)
