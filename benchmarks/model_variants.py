@@ -36,8 +36,8 @@ from forewarn.features.labels import label_dataset, load_task  # noqa: E402
 from forewarn.models.train import (  # noqa: E402
     ModelConfig,
     XGBoostConfig,
-    fit_l1_logistic,
     crossfit_l1_margins,
+    fit_l1_logistic,
     fit_xgboost,
     split_masks,
 )
