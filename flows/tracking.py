@@ -294,7 +294,7 @@ def champion_inputs(task: str, site: str, dest: Path) -> str | None:
 # the model in a fresh Python process on every ``log_model`` (4-20 s a model, most of the
 # flow's MLflow time).
 MODEL_REQUIREMENTS = ("xgboost", "scikit-learn", "numpy", "scipy")
-SERVING_CODE = Path(__file__).resolve().parents[1] / "models" / "serving.py"
+SERVING_CODE = Path(__file__).resolve().with_name("serving.py")
 
 
 def model_requirements() -> list[str]:
@@ -312,7 +312,7 @@ def register_model(
     register it as ``challenger``, and move ``champion`` to it when ``promote``.
 
     Trees that boost from an L1-logistic offset (``offset_path``, its JSON) are logged as
-    a model from code (``models/serving.py``) holding both JSON files, since the XGBoost
+    a model from code (``flows/serving.py``) holding both JSON files, since the XGBoost
     flavour holds only trees; it predicts the outcome's probability per row.
 
     Returns ``(registered name, version, aliases)``.
