@@ -461,6 +461,13 @@ def crossfit_l1_margins(X_train, y_train, groups, C: float, folds: int, seed: in
     return out
 
 
+def offset_margins(X_train, y_train, X_tune, groups, l1: L1Logistic, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Where trees that boost from ``l1`` start: the train rows' out-of-fold L1 log-odds
+    (``config.cv_folds`` folds of ``groups``, at ``l1``'s C) and the tuning rows' log-odds
+    under ``l1`` itself."""
+    return crossfit_l1_margins(X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol), l1.margin(X_tune)
+
+
 def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tuple[L1Logistic, dict[float, float]]:
     """Choose C on the tuning split by AUROC; the scaler is fitted on train only.
 
@@ -516,23 +523,44 @@ class AgeSexLogistic:
     intercept: float
 
     @staticmethod
-    def design(X: sp.csr_matrix, columns: pd.DataFrame) -> np.ndarray:
+    def indexes(columns: pd.DataFrame) -> tuple[int | None, tuple[int, ...]]:
+        """The positions of the age column (None when absent) and the female-sex columns in ``columns``."""
         names = list(columns["name"])
-        age = np.asarray(X[:, names.index(AGE_COLUMN)].todense()).ravel() / 10 if AGE_COLUMN in names else np.zeros(X.shape[0])
+        return (names.index(AGE_COLUMN) if AGE_COLUMN in names else None,
+                tuple(names.index(c) for c in FEMALE_COLUMNS if c in names))
+
+    @staticmethod
+    def design_at(X: sp.csr_matrix, age_index: int | None, female_indexes: tuple[int, ...]) -> np.ndarray:
+        """Age per decade (0 without an age column) and female sex (the largest of its columns), one row per row of ``X``."""
+        X = sp.csr_matrix(X)
+        age = np.asarray(X[:, age_index].todense()).ravel() / 10 if age_index is not None else np.zeros(X.shape[0])
         female = np.zeros(X.shape[0])
-        for col in FEMALE_COLUMNS:
-            if col in names:
-                female = np.maximum(female, np.asarray(X[:, names.index(col)].todense()).ravel())
+        for col in female_indexes:
+            female = np.maximum(female, np.asarray(X[:, col].todense()).ravel())
         return np.column_stack([age, female])
 
     @classmethod
+    def design(cls, X: sp.csr_matrix, columns: pd.DataFrame) -> np.ndarray:
+        return cls.design_at(X, *cls.indexes(columns))
+
+    @classmethod
     def fit(cls, X, y, columns) -> AgeSexLogistic:
-        lr = LogisticRegression(C=np.inf).fit(cls.design(X, columns), y)
+        return cls.fit_design(cls.design(X, columns), y)
+
+    @classmethod
+    def fit_design(cls, design: np.ndarray, y) -> AgeSexLogistic:
+        lr = LogisticRegression(C=np.inf).fit(design, y)
         return cls((float(lr.coef_[0, 0]), float(lr.coef_[0, 1])), float(lr.intercept_[0]))
 
+    def margin_of_design(self, design: np.ndarray) -> np.ndarray:
+        return design @ np.asarray(self.coef) + self.intercept
+
+    @classmethod
+    def from_json(cls, data: dict) -> AgeSexLogistic:
+        return cls((float(data["coef_age_per_decade"]), float(data["coef_female"])), float(data["intercept"]))
+
     def predict_proba(self, X, columns) -> np.ndarray:
-        z = self.design(X, columns) @ np.asarray(self.coef) + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
+        return 1.0 / (1.0 + np.exp(-self.margin_of_design(self.design(X, columns))))
 
     def to_json(self) -> dict:
         return {"coef_age_per_decade": self.coef[0], "coef_female": self.coef[1], "intercept": self.intercept}
@@ -588,8 +616,7 @@ def train_models(
     out.offset_path.unlink(missing_ok=True)
     if offset == "l1":
         with stage("xgboost offset (out-of-fold L1-logistic)") as counts:
-            margins = (crossfit_l1_margins(X[tr], y[tr], subjects[tr], lr.C, config.cv_folds, config.seed, config.l1_tol),
-                       lr.margin(X[tu]))
+            margins = offset_margins(X[tr], y[tr], X[tu], subjects[tr], lr, config)
             out.offset_path.write_text(json.dumps(lr.to_json()))
             counts.update(folds=config.cv_folds, C=lr.C)
     trials: list[dict] = []
