@@ -11,7 +11,12 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from test_models import rare_matrix, synthetic_matrix
 
-from forewarn.models.estimators import AgeSexClassifier, ForewarnXGBClassifier, L1LogisticClassifier, load_estimators
+from forewarn.models.estimators import (
+    AgeSexClassifier,
+    ForewarnXGBClassifier,
+    L1LogisticClassifier,
+    load_estimators,
+)
 from forewarn.models.train import AGE_SEX, BASELINE, PRIMARY, ModelConfig, train_models
 from forewarn.records import schema
 
