@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -304,6 +305,21 @@ def model_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
 
 
+@contextmanager
+def _quiet_model_from_code():
+    """Logging a model from code loads it back to check the input example: without the
+    artifact progress bars that loading draws."""
+    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
+
+
 def register_model(
     *, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int, promote: bool, decision: str,
     tags: dict[str, str] | None = None, offset_path: Path | None = None,
@@ -335,10 +351,11 @@ def register_model(
                 registered_model_name=name, pip_requirements=model_requirements(),
             )
         else:
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(SERVING_CODE), artifacts={"xgboost": str(xgb_model_path), "offset": str(offset_path)},
-                signature=signature, input_example=example, registered_model_name=name, pip_requirements=model_requirements(),
-            )
+            with _quiet_model_from_code():
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=str(SERVING_CODE), artifacts={"xgboost": str(xgb_model_path), "offset": str(offset_path)},
+                    signature=signature, input_example=example, registered_model_name=name, pip_requirements=model_requirements(),
+                )
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "challenger", version)
     aliases: tuple[str, ...] = ("challenger",)
