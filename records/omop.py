@@ -113,13 +113,16 @@ def pull_omop(
     kind = _kind(location)
 
     def load(ctx: PullContext) -> None:
+        vocabulary = {}
         if kind == "duckdb":
             _attach_duckdb(ctx, Path(location))
         elif kind == "folder":
             _attach_folder(ctx, Path(location))
         else:
-            _copy_sqlalchemy(ctx, str(location), db_schema, chunk_rows, part=part)
+            vocabulary = _copy_sqlalchemy(ctx, str(location), db_schema, chunk_rows, part=part)
         ctx.source = {"format": "omop", "engine": kind, "location": _safe_location(location)}
+        if vocabulary:
+            ctx.source["vocabulary_rows_read"] = vocabulary
         load_omop(ctx)
 
     return run_pull(f"pull {site} (omop, {kind})", out_dir, load, site=site, config=config, now=now,
@@ -171,10 +174,20 @@ def _attach_folder(ctx: PullContext, folder: Path) -> None:
             )
 
 
+# Concept ids per vocabulary query: the server gets them as one IN list (bound parameters).
+VOCABULARY_IDS_PER_QUERY = 5_000
+
+
 def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_rows: int, *,
-                     part: tuple[int, int] | None = None) -> None:
+                     part: tuple[int, int] | None = None) -> dict[str, int]:
     """Stream the allow-listed columns of each OMOP table into the working database
-    (with ``part``, only that part's rows: the server filters on ``person_id``)."""
+    (with ``part``, only that part's rows: the server filters on ``person_id``).
+
+    The vocabulary is not copied whole (a full OMOP vocabulary holds millions of concepts
+    and tens of millions of relationships): after the person and clinical tables, the
+    server sends only the "Maps to" rows of the concept ids those tables use, then the
+    concept rows of those ids and of their "Maps to" targets. The pull is the same as
+    from the whole vocabulary. Returns how many vocabulary rows came, per table."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
@@ -184,38 +197,92 @@ def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_ro
         ctx.con.execute("CREATE SCHEMA src")
         prefix = f'"{db_schema}".' if db_schema else ""
         with engine.connect() as conn:
-            for table in REQUIRED:
-                if table not in present:
-                    continue
+
+            def columns(table: str) -> list[str]:
                 have = {c["name"] for c in inspector.get_columns(table, schema=db_schema)}
-                ident = [c for c in IDENTIFIER_COLUMNS.get(table, ()) if c in have]
+                wanted = [c for c in REQUIRED[table] + OPTIONAL[table] if c in have]
+                return list(dict.fromkeys(wanted))
+
+            def copy(table: str, sql: str, params: dict | None = None) -> int:
+                return _stream_rows(ctx, conn, table, columns(table), sa.text(sql), params, chunk_rows)
+
+            def ensure(table: str) -> None:
+                """The table exists in ``src`` when it does on the server, if empty (untyped columns)."""
+                if not _src_has(ctx, table):
+                    _append(ctx, table, pa.table({c: pa.array([]) for c in columns(table)}))
+
+            for table in [t for t in REQUIRED if t in present and t not in VOCABULARY_TABLES]:
+                ident = [c for c in IDENTIFIER_COLUMNS.get(table, ()) if c in {c["name"] for c in inspector.get_columns(table, schema=db_schema)}]
                 if ident:
                     rows = conn.execute(sa.text(f"SELECT DISTINCT {', '.join(ident)} FROM {prefix}{table}"))
                     ctx.identifiers |= {str(v) for row in rows for v in row if v is not None}
-                wanted = [c for c in REQUIRED[table] + OPTIONAL[table] + ["concept_name"] * (table == "concept") if c in have]
-                wanted = list(dict.fromkeys(wanted))
                 where = f" WHERE {_server_part(part)}" if part and part[1] > 1 and "person_id" in REQUIRED[table] else ""
-                result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(
-                    sa.text(f"SELECT {', '.join(wanted)} FROM {prefix}{table}{where}")
-                )
-                created = False
-                while True:
-                    rows = result.fetchmany(chunk_rows)
-                    if not rows and created:
-                        break
-                    batch = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(wanted)})
-                    if not created:
-                        ctx.con.register("_chunk", batch)
-                        ctx.con.execute(f"CREATE TABLE src.{table} AS SELECT * FROM _chunk")
-                        created = True
-                    else:
-                        ctx.con.register("_chunk", batch)
-                        ctx.con.execute(f"INSERT INTO src.{table} SELECT * FROM _chunk")
-                    ctx.con.unregister("_chunk")
-                    if not rows:
-                        break
+                copy(table, f"SELECT {', '.join(columns(table))} FROM {prefix}{table}{where}")
+                ensure(table)
+            used = _used_concept_ids(ctx)
+            counts = {}
+            if "concept_relationship" in present:
+                sql = (f"SELECT {', '.join(columns('concept_relationship'))} FROM {prefix}concept_relationship "
+                       "WHERE relationship_id = 'Maps to' AND concept_id_1 IN :ids")
+                counts["concept_relationship"] = sum(copy("concept_relationship", sql, {"ids": ids}) for ids in _id_chunks(used))
+                ensure("concept_relationship")
+                targets = ctx.con.execute("SELECT DISTINCT TRY_CAST(concept_id_2 AS BIGINT) FROM src.concept_relationship").fetchall()
+                used |= {int(r[0]) for r in targets if r[0] is not None}
+            if "concept" in present:
+                sql = f"SELECT {', '.join(columns('concept'))} FROM {prefix}concept WHERE concept_id IN :ids"
+                counts["concept"] = sum(copy("concept", sql, {"ids": ids}) for ids in _id_chunks(used))
+                ensure("concept")
     finally:
         engine.dispose()
+    return counts
+
+
+def _used_concept_ids(ctx: PullContext) -> set[int]:
+    """Every concept id in a ``*concept_id`` column of the tables copied into ``src`` so far."""
+    selects = [
+        f"SELECT TRY_CAST({column} AS BIGINT) AS id FROM src.{table}"
+        for table, column in ctx.con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'src' AND column_name LIKE '%concept_id'"
+        ).fetchall()
+    ]
+    if not selects:
+        return set()
+    rows = ctx.con.execute(f"SELECT DISTINCT id FROM ({' UNION ALL '.join(selects)}) WHERE id IS NOT NULL").fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def _id_chunks(ids: set[int]):
+    """``ids`` sorted, in lists of at most ``VOCABULARY_IDS_PER_QUERY`` (none when empty)."""
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), VOCABULARY_IDS_PER_QUERY):
+        yield ordered[start:start + VOCABULARY_IDS_PER_QUERY]
+
+
+def _stream_rows(ctx: PullContext, conn, table: str, wanted: list[str], query, params: dict | None, chunk_rows: int) -> int:
+    """Append the rows of ``query`` (columns ``wanted``) to ``src.<table>``, ``chunk_rows`` at
+    a time, creating the table from the first rows. Returns how many rows came."""
+    import sqlalchemy as sa
+
+    if params and any(isinstance(v, list) for v in params.values()):
+        query = query.bindparams(*[sa.bindparam(k, expanding=True) for k, v in params.items() if isinstance(v, list)])
+    result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(query, params or {})
+    n = 0
+    while rows := result.fetchmany(chunk_rows):
+        _append(ctx, table, pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(wanted)}))
+        n += len(rows)
+    return n
+
+
+def _src_has(ctx: PullContext, table: str) -> bool:
+    return bool(ctx.con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'src' AND table_name = ?", [table]).fetchall()[0][0])
+
+
+def _append(ctx: PullContext, table: str, batch: pa.Table) -> None:
+    """Insert ``batch`` into ``src.<table>``, creating the table from it when it does not exist."""
+    ctx.con.register("_chunk", batch)
+    ctx.con.execute(f"INSERT INTO src.{table} SELECT * FROM _chunk" if _src_has(ctx, table) else f"CREATE TABLE src.{table} AS SELECT * FROM _chunk")
+    ctx.con.unregister("_chunk")
 
 
 def _server_part(part: tuple[int, int]) -> str:

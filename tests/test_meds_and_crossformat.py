@@ -86,6 +86,42 @@ def test_second_birth_row_is_quarantined(tmp_path):
     assert births.num_rows == 3
 
 
+@pytest.mark.parametrize("ids_per_query", [5_000, 3], ids=["one-query", "chunked"])
+def test_postgresql_sends_only_the_vocabulary_the_site_uses(tmp_path, pg_schema, monkeypatch, ids_per_query):
+    """A full OMOP vocabulary is millions of rows: the server sends the "Maps to" rows of
+    the concepts the clinical tables use and the concepts they and their targets need,
+    and the pull is the same as from the whole vocabulary."""
+    import duckdb
+
+    from forewarn.records import omop
+
+    monkeypatch.setattr(omop, "VOCABULARY_IDS_PER_QUERY", ids_per_query)
+    engine, db_schema = pg_schema
+    source = write_omop_duckdb(tmp_path / "src.duckdb")
+    c25 = 106  # crossformat's concept id of ICD10CM C25.9 (malignant neoplasm of pancreas), used by person 2
+    con = duckdb.connect(str(source))
+    used_concepts = con.execute("SELECT count(*) FROM concept").fetchall()[0][0]  # crossformat's: every one is used
+    con.executemany("INSERT INTO concept VALUES (?, ?, 'x', ?, ?)", [
+        (7000, "Malignant tumor of pancreas", "SNOMED", "363418001"), (7001, "Neoplasm of pancreas", "SNOMED", "126859007"),
+        (7002, "Unused target", "SNOMED", "1"), (7003, "Retired target", "SNOMED", "2"), (5000, "Unused source", "ICD10CM", "Z99")])
+    con.execute("CREATE TABLE concept_relationship (concept_id_1 INTEGER, concept_id_2 INTEGER, relationship_id VARCHAR, invalid_reason VARCHAR)")
+    con.executemany("INSERT INTO concept_relationship VALUES (?, ?, ?, ?)", [
+        (c25, 7000, "Maps to", None), (c25, 7001, "Is a", None), (5000, 7002, "Maps to", None), (c25, 7003, "Maps to", "D")])
+    con.close()
+    url = copy_to_postgres(source, engine, db_schema)
+    result = pull_omop(url, tmp_path / "pg", site="x", config=KEY, now=NOW, db_schema=db_schema, chunk_rows=4)
+    reference = pull_omop(source, tmp_path / "ref", site="x", config=KEY, now=NOW)
+    assert pq.read_table(result.events_dir / "0.parquet").equals(pq.read_table(reference.events_dir / "0.parquet"))
+    codes = pq.read_table(result.codes_path)
+    assert codes.equals(pq.read_table(reference.codes_path))
+    parents = dict(zip(codes.column("code").to_pylist(), codes.column("parent_codes").to_pylist(), strict=True))
+    assert parents["ICD10CM//C25.9"] == ["SNOMED//363418001"]  # "Maps to", valid; not "Is a", not the retired one
+    report = json.loads(result.report_path.read_text())
+    # The two "Maps to" rows of C25.9 (the retired one is dropped after); every used concept and both targets.
+    assert report["source"]["vocabulary_rows_read"] == {"concept_relationship": 2, "concept": used_concepts + 2}
+    assert "vocabulary_rows_read" not in json.loads(reference.report_path.read_text())["source"]
+
+
 def test_omop_on_postgresql_pulls_identically(tmp_path, pg_schema):
     engine, db_schema = pg_schema
     source = write_omop_duckdb(tmp_path / "src.duckdb")
