@@ -690,3 +690,6 @@ def test_model_section_says_when_the_trees_boost_from_the_l1_offset(run, plain):
     section = html.unescape(render(build_context(run, training=training)).split('id="model"')[1].split("<h2")[0])
     assert ("The trees boost from an offset: every row starts at the L1-logistic's log-odds (the baseline below, C = 0.03; "
             "for the train rows out-of-fold, from 5 subject-grouped folds") in section
+    page = html.unescape(render(build_context(run, training=training)))
+    assert "(log-odds scale): each feature's TreeSHAP value plus its part of the L1-logistic offset" in page
+    assert "its part of the L1-logistic offset" not in html.unescape(plain)
