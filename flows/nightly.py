@@ -423,12 +423,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     artifacts = {"report.html": report_path, "metrics.json": evaluation.metrics_path}
     artifacts |= {f"figures/{f.name}": f for f in sorted((evaluation.dir / "figures").glob("*.png"))}
     artifacts["shap/importance.parquet"] = evaluation.explanations.importance_path
-    model_inputs = {"xgboost.json": trained.xgboost_path, "calibration.json": trained.calibration_path,
-                    "columns.parquet": matrix.columns_path, "l1_logistic.json": trained.l1_path,
-                    "age_sex.json": trained.age_sex_path, "profile.json": profile_path}
-    if trained.offset_path.exists():
-        model_inputs["xgboost_offset.json"] = trained.offset_path
-    artifacts |= {f"{tracking.MODEL_INPUTS}/{k}": v for k, v in model_inputs.items()}
+    artifacts |= {f"{tracking.MODEL_INPUTS}/{k}": v for k, v in model_inputs(trained, matrix, profile_path).items()}
     note = (
         f"{spec.name} at site {site.name}: XGBoost held-out AUROC {held['auroc']:.3f} "
         f"({held['auroc_ci_low']:.3f}-{held['auroc_ci_high']:.3f}), AUPRC {held['auprc']:.3f}. {decision}"
@@ -503,6 +498,19 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{version}+{commit}" if commit else version
+
+
+def model_inputs(trained: TrainedModels, matrix: FeatureMatrix, profile_path: Path) -> dict[str, Path]:
+    """What a run keeps of its model for the next night (the champion's inputs, as
+    ``tracking.champion_inputs`` downloads them into a ``TrainedModels`` folder): the
+    trees, their offset when they have one, the calibrator, the columns, the baselines
+    and the drift profile, under the names ``TrainedModels`` reads."""
+    inputs = {"xgboost.json": trained.xgboost_path, "calibration.json": trained.calibration_path,
+              "columns.parquet": matrix.columns_path, "l1_logistic.json": trained.l1_path,
+              "age_sex.json": trained.age_sex_path, "profile.json": profile_path}
+    if trained.offset_path.exists():
+        inputs[trained.offset_path.name] = trained.offset_path
+    return inputs
 
 
 def log_temporal(study: Study, spec: TaskSpec, site: str, record: dict, stage_key: str) -> dict:

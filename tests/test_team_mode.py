@@ -272,3 +272,19 @@ def test_offset_model_registers_as_code_and_serves_the_same_probabilities(tmp_pa
     dense[dense == 0] = np.nan  # unstored entries are missing features, as in training
     expected = load_primary(trained).probability(sp.csr_matrix(X[:50]))
     np.testing.assert_allclose(loaded.predict(dense), expected, rtol=1e-5)
+
+    # The next night's champion comes back with its offset: the promotion rule scores it as trained.
+    from forewarn.flows.nightly import model_inputs
+    from forewarn.models.train import TrainedModels
+
+    profile = tmp_path / "profile.json"
+    profile.write_text("{}")
+    inputs = model_inputs(trained, matrix, profile)
+    assert sorted(inputs) == ["age_sex.json", "calibration.json", "columns.parquet", "l1_logistic.json", "profile.json",
+                              "xgboost.json", "xgboost_offset.json"]
+    tracking.log_records(run_id=run_id, params={}, metrics={}, artifacts={f"{tracking.MODEL_INPUTS}/{k}": v for k, v in inputs.items()},
+                         dicts={}, note="rare")
+    assert tracking.champion_inputs("rare", "north", tmp_path / "champion") == version
+    champion = load_primary(TrainedModels(tmp_path / "champion"))
+    assert champion.offset is not None
+    np.testing.assert_array_equal(champion.probability(sp.csr_matrix(X[:50])), expected)
