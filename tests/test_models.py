@@ -411,6 +411,24 @@ def test_search_runs_trials_and_refits_with_the_best(tmp_path):
     assert [t["value"] for t in again["search"]["trials"]] == [t["value"] for t in trials]  # seeded
 
 
+def test_search_scores_trials_with_the_offset(tmp_path):
+    """Trials of trees that boost from the L1 are scored as the model predicts: with the
+    tuning rows' offset. The refit with the best trial's values scores that trial's value."""
+    from sklearn.metrics import average_precision_score
+
+    from forewarn.models.search import SearchConfig
+
+    matrix = rare_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, search=SearchConfig(trials=4, seed=1)))
+    summary = json.loads(trained.summary_path.read_text())
+    assert summary["search"]["objective"] == "auprc" and summary["xgboost"]["offset"]["method"] == "l1"
+    best = max((t for t in summary["search"]["trials"] if t["state"] == "complete"), key=lambda t: t["value"])
+    pred = pq.read_table(trained.predictions_path("xgboost_uncalibrated")).to_pandas()
+    tune = pred[schema.SPLIT] == "tuning"
+    refit = average_precision_score(pred.loc[tune, schema.BOOLEAN_VALUE], pred.loc[tune, schema.PREDICTED_BOOLEAN_PROBABILITY])
+    assert refit == pytest.approx(best["value"], abs=1e-9)
+
+
 def test_subject_folds_keep_subjects_whole_and_spread_events():
     # 10 subjects, two rows each; subjects 0-3 have an event (on their second row).
     groups = np.repeat(np.arange(10), 2)
