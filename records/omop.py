@@ -279,7 +279,12 @@ def _src_has(ctx: PullContext, table: str) -> bool:
 
 
 def _append(ctx: PullContext, table: str, batch: pa.Table) -> None:
-    """Insert ``batch`` into ``src.<table>``, creating the table from it when it does not exist."""
+    """Insert ``batch`` into ``src.<table>``, creating the table from it when it does not
+    exist. A column that is all NULL in the creating batch is created VARCHAR: it would
+    otherwise take DuckDB's NULL type, which no later chunk's values can be inserted into
+    (every read of ``src`` casts with TRY_CAST, so text holds any of them)."""
+    if not _src_has(ctx, table):
+        batch = pa.table({c: batch[c].cast(pa.string()) if pa.types.is_null(batch[c].type) else batch[c] for c in batch.column_names})
     ctx.con.register("_chunk", batch)
     ctx.con.execute(f"INSERT INTO src.{table} SELECT * FROM _chunk" if _src_has(ctx, table) else f"CREATE TABLE src.{table} AS SELECT * FROM _chunk")
     ctx.con.unregister("_chunk")

@@ -105,8 +105,11 @@ def test_postgresql_sends_only_the_vocabulary_the_site_uses(tmp_path, pg_schema,
         (7000, "Malignant tumor of pancreas", "SNOMED", "363418001"), (7001, "Neoplasm of pancreas", "SNOMED", "126859007"),
         (7002, "Unused target", "SNOMED", "1"), (7003, "Retired target", "SNOMED", "2"), (5000, "Unused source", "ICD10CM", "Z99")])
     con.execute("CREATE TABLE concept_relationship (concept_id_1 INTEGER, concept_id_2 INTEGER, relationship_id VARCHAR, invalid_reason VARCHAR)")
+    # The retired mapping is of the last used id (8532, the female gender concept): with 3 ids a
+    # query its row comes after src.concept_relationship was created from rows whose
+    # invalid_reason is all NULL.
     con.executemany("INSERT INTO concept_relationship VALUES (?, ?, ?, ?)", [
-        (c25, 7000, "Maps to", None), (c25, 7001, "Is a", None), (5000, 7002, "Maps to", None), (c25, 7003, "Maps to", "D")])
+        (c25, 7000, "Maps to", None), (c25, 7001, "Is a", None), (5000, 7002, "Maps to", None), (8532, 7003, "Maps to", "D")])
     con.close()
     url = copy_to_postgres(source, engine, db_schema)
     result = pull_omop(url, tmp_path / "pg", site="x", config=KEY, now=NOW, db_schema=db_schema, chunk_rows=4)
@@ -115,9 +118,10 @@ def test_postgresql_sends_only_the_vocabulary_the_site_uses(tmp_path, pg_schema,
     codes = pq.read_table(result.codes_path)
     assert codes.equals(pq.read_table(reference.codes_path))
     parents = dict(zip(codes.column("code").to_pylist(), codes.column("parent_codes").to_pylist(), strict=True))
-    assert parents["ICD10CM//C25.9"] == ["SNOMED//363418001"]  # "Maps to", valid; not "Is a", not the retired one
+    assert parents["ICD10CM//C25.9"] == ["SNOMED//363418001"]  # "Maps to", valid; not "Is a"
+    assert parents["Gender//F"] == []  # its only mapping is retired
     report = json.loads(result.report_path.read_text())
-    # The two "Maps to" rows of C25.9 (the retired one is dropped after); every used concept and both targets.
+    # The two "Maps to" rows of used concepts (the retired one is dropped after); every used concept and both targets.
     assert report["source"]["vocabulary_rows_read"] == {"concept_relationship": 2, "concept": used_concepts + 2}
     assert "vocabulary_rows_read" not in json.loads(reference.report_path.read_text())["source"]
 
