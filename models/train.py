@@ -88,6 +88,14 @@ RARE_XGBOOST: dict[str, float | int] = {"max_depth": 3, "min_child_weight": 0.5,
 # events each) stopped at 8 trees, and elsewhere it moved held-out AUROC by no more
 # than the seed noise while costing five more fits (benchmarks/RESULTS.md, session 5).
 TREE_COUNT_CV_EVENTS = 100
+# ``offset: auto`` boosts a rare outcome's trees from the L1-logistic's log-odds below this
+# many training events. On development networks (benchmarks/RESULTS.md, session 7), against
+# the same trees without it: with 17-151 training events (ten cells, six at 20,000 people
+# and four at 100,000) held-out AUPRC rose in 9 of 10 (mean +0.08), AUROC mixed; with
+# 215-263 (four cells at 100,000) AUROC fell in all four (about -0.011) and AUPRC in three:
+# there the trees find the additive signal themselves and the offset only holds them back.
+# T2D and CKD (150-550 training events) lost AUROC with it too.
+OFFSET_MAX_EVENTS = 200
 
 
 class ModelConfig(BaseModel):
@@ -123,7 +131,8 @@ class ModelConfig(BaseModel):
         description=(
             "what XGBoost's trees start from: none: one base rate for every row; l1: each row's L1-logistic log-odds "
             "(out-of-fold on the train split, cv_folds subject folds), so the trees learn what the linear model misses; "
-            "auto (default): l1 below 2% train prevalence when rare_outcome_defaults is on, else none"
+            f"auto (default): l1 for a rare outcome (below 2% train prevalence, rare_outcome_defaults on) with fewer "
+            f"than {OFFSET_MAX_EVENTS} training events, else none"
         ),
     )
     tree_count: Literal["auto", "tuning", "cv"] = Field(
@@ -242,7 +251,8 @@ def offset_method(y_train: np.ndarray, config: ModelConfig) -> Literal["l1", "no
     """What this fit's trees boost from (``ModelConfig.offset`` with auto resolved)."""
     if config.offset != "auto":
         return config.offset
-    return "l1" if config.rare_outcome_defaults and is_rare(y_train) else "none"
+    few = int(np.sum(y_train)) < OFFSET_MAX_EVENTS
+    return "l1" if config.rare_outcome_defaults and is_rare(y_train) and few else "none"
 
 
 def tuning_weights(y_tune: np.ndarray, spw: float) -> np.ndarray | None:
