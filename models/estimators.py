@@ -10,7 +10,11 @@ folder into fitted estimators without refitting.
 Choices made on the tuning split (the L1's C, XGBoost's early stopping, its offset and
 its calibrator) take that split as fit parameters, ``fit(X, y, X_tune=..., y_tune=...)``,
 as XGBoost's own ``eval_set`` does. Fitted on the same rows with the same settings, each
-estimator predicts exactly what ``train_models`` saved (tested).
+estimator predicts exactly what ``train_models`` saved (tested), given two things that
+``train_models`` has and an estimator does not know: ``groups`` (the rows' subjects,
+which the out-of-fold offset's and the cross-validated tree count's folds keep whole)
+and, when the study ran a search, its best values as ``params`` (the estimator runs no
+search).
 """
 
 from __future__ import annotations

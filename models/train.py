@@ -319,7 +319,10 @@ def fit_xgboost(
     split (folds by ``groups``, the rows' subjects; each row its own subject when None)
     and the model is then fitted on all of train with that many trees. ``margins`` (train,
     tuning) are per-row starting log-odds (XGBoost's ``base_margin``): the trees then
-    boost from them rather than from one base rate."""
+    boost from them rather than from one base rate. (With both, a cross-validation fold's
+    training rows start from out-of-fold offsets whose L1 fits saw that fold's labels, so
+    its held-out loss, and the tree count, is slightly optimistic; the offset's default
+    pairs with early stopping on the tuning split, whose offsets come from train alone.)"""
     kwargs = xgboost_params(y_train, config, params, eval_metric)
     w = tuning_weights(y_tune, kwargs["scale_pos_weight"])
     cv_trees = None
@@ -428,7 +431,14 @@ class L1Logistic:
     C: float
 
     def margin(self, X: sp.spmatrix) -> np.ndarray:
-        """The log-odds of every row of ``X`` (unscaled features)."""
+        """The log-odds of every row of ``X`` (unscaled features). A missing value (NaN, as
+        a dense input marks an absent feature) counts as 0, as an unstored entry does."""
+        if sp.issparse(X):
+            if np.isnan(X.data).any():
+                X = X.copy()
+                X.data = np.nan_to_num(X.data, nan=0.0)
+        else:
+            X = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0)
         return np.asarray(X @ (self.coef / self.scale)).ravel() + self.intercept
 
     def predict_proba(self, X: sp.spmatrix) -> np.ndarray:
@@ -462,11 +472,20 @@ def _max_abs_scaled(X_train) -> tuple[np.ndarray, sp.csr_matrix]:
 def crossfit_l1_margins(X_train, y_train, groups, C: float, folds: int, seed: int, tol: float) -> np.ndarray:
     """Out-of-fold L1-logistic log-odds for every train row: ``folds`` subject-grouped
     folds (``subject_folds``), each scored by an L1 fit at ``C`` (its own scaler) on the
-    other folds, so no row's offset has seen its own label."""
+    other folds, so no row's offset has seen its own label.
+
+    When the other folds hold one class only (fewer subjects with an event than folds),
+    that fold's rows get the other folds' smoothed base rate, log((e + 1/2) / (n - e + 1/2)),
+    as an intercept-only model would give them."""
+    y_train = np.asarray(y_train)
     out = np.empty(X_train.shape[0])
     for fit_rows, score_rows in subject_folds(y_train, groups, folds, seed):
+        events = int(y_train[fit_rows].sum())
+        if events in (0, fit_rows.size):
+            out[score_rows] = np.log((events + 0.5) / (fit_rows.size - events + 0.5))
+            continue
         scale, Xs = _max_abs_scaled(X_train[fit_rows])
-        coef, intercept = _l1_fit(Xs, np.asarray(y_train)[fit_rows], C, seed, tol)
+        coef, intercept = _l1_fit(Xs, y_train[fit_rows], C, seed, tol)
         out[score_rows] = L1Logistic(scale, coef, intercept, C).margin(X_train[score_rows])
     return out
 

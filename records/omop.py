@@ -175,7 +175,9 @@ def _attach_folder(ctx: PullContext, folder: Path) -> None:
 
 
 # Concept ids per vocabulary query: the server gets them as one IN list (bound parameters).
+# SQL Server takes at most 2,100 parameters a statement and Oracle 1,000 items an IN list.
 VOCABULARY_IDS_PER_QUERY = 5_000
+VOCABULARY_IDS_BY_DIALECT = {"mssql": 2_000, "oracle": 1_000}
 
 
 def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_rows: int, *,
@@ -224,13 +226,13 @@ def _copy_sqlalchemy(ctx: PullContext, url: str, db_schema: str | None, chunk_ro
             if "concept_relationship" in present:
                 sql = (f"SELECT {', '.join(columns('concept_relationship'))} FROM {prefix}concept_relationship "
                        "WHERE relationship_id = 'Maps to' AND concept_id_1 IN :ids")
-                counts["concept_relationship"] = sum(copy("concept_relationship", sql, {"ids": ids}) for ids in _id_chunks(used))
+                counts["concept_relationship"] = sum(copy("concept_relationship", sql, {"ids": ids}) for ids in _id_chunks(used, engine.dialect.name))
                 ensure("concept_relationship")
                 targets = ctx.con.execute("SELECT DISTINCT TRY_CAST(concept_id_2 AS BIGINT) FROM src.concept_relationship").fetchall()
                 used |= {int(r[0]) for r in targets if r[0] is not None}
             if "concept" in present:
                 sql = f"SELECT {', '.join(columns('concept'))} FROM {prefix}concept WHERE concept_id IN :ids"
-                counts["concept"] = sum(copy("concept", sql, {"ids": ids}) for ids in _id_chunks(used))
+                counts["concept"] = sum(copy("concept", sql, {"ids": ids}) for ids in _id_chunks(used, engine.dialect.name))
                 ensure("concept")
     finally:
         engine.dispose()
@@ -251,11 +253,13 @@ def _used_concept_ids(ctx: PullContext) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
-def _id_chunks(ids: set[int]):
-    """``ids`` sorted, in lists of at most ``VOCABULARY_IDS_PER_QUERY`` (none when empty)."""
+def _id_chunks(ids: set[int], dialect: str = ""):
+    """``ids`` sorted, in lists of at most ``VOCABULARY_IDS_PER_QUERY`` (fewer where the
+    database ``dialect`` limits parameters; none when ``ids`` is empty)."""
     ordered = sorted(ids)
-    for start in range(0, len(ordered), VOCABULARY_IDS_PER_QUERY):
-        yield ordered[start:start + VOCABULARY_IDS_PER_QUERY]
+    size = min(VOCABULARY_IDS_PER_QUERY, VOCABULARY_IDS_BY_DIALECT.get(dialect, VOCABULARY_IDS_PER_QUERY))
+    for start in range(0, len(ordered), size):
+        yield ordered[start:start + size]
 
 
 def _stream_rows(ctx: PullContext, conn, table: str, wanted: list[str], query, params: dict | None, chunk_rows: int) -> int:
@@ -268,9 +272,18 @@ def _stream_rows(ctx: PullContext, conn, table: str, wanted: list[str], query, p
     result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(query, params or {})
     n = 0
     while rows := result.fetchmany(chunk_rows):
-        _append(ctx, table, pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(wanted)}))
+        _append(ctx, table, pa.table({c: _column([r[i] for r in rows]) for i, c in enumerate(wanted)}))
         n += len(rows)
     return n
+
+
+def _column(values: list) -> pa.Array:
+    """One streamed column as Arrow. A SQL NUMERIC (the CDM's type for ``value_as_number``
+    on PostgreSQL) comes as Python Decimals, which Arrow would type with the precision and
+    scale of this chunk alone, so that a later chunk's values were rounded or refused:
+    they become float64, as the DuckDB and file sources give them."""
+    array = pa.array(values)
+    return array.cast(pa.float64()) if pa.types.is_decimal(array.type) else array
 
 
 def _src_has(ctx: PullContext, table: str) -> bool:

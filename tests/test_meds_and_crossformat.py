@@ -126,6 +126,33 @@ def test_postgresql_sends_only_the_vocabulary_the_site_uses(tmp_path, pg_schema,
     assert "vocabulary_rows_read" not in json.loads(reference.report_path.read_text())["source"]
 
 
+def test_postgresql_numeric_values_are_not_typed_by_the_first_chunk(tmp_path, pg_schema):
+    """The CDM's PostgreSQL DDL makes value_as_number NUMERIC (Python Decimals): streamed a
+    row at a time, 6.1 first must not make the column DECIMAL(2,1) for 118.0 and 61.5."""
+    import sqlalchemy as sa
+
+    engine, db_schema = pg_schema
+    source = write_omop_duckdb(tmp_path / "src.duckdb")
+    url = copy_to_postgres(source, engine, db_schema)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'ALTER TABLE "{db_schema}".measurement ALTER COLUMN value_as_number TYPE numeric'))
+    result = pull_omop(url, tmp_path / "pg", site="x", config=KEY, now=NOW, db_schema=db_schema, chunk_rows=1)
+    reference = pull_omop(source, tmp_path / "ref", site="x", config=KEY, now=NOW)
+    assert pq.read_table(result.events_dir / "0.parquet").equals(pq.read_table(reference.events_dir / "0.parquet"))
+    values = pq.read_table(result.events_dir / "0.parquet").column("numeric_value").drop_null().to_pylist()
+    assert sorted(values) == [6.099999904632568, 61.5, 118.0, 128.0]  # float32 in MEDS: 6.1 as float32
+
+
+def test_vocabulary_id_lists_fit_each_database():
+    from forewarn.records.omop import _id_chunks
+
+    ids = set(range(4_500))
+    assert [len(c) for c in _id_chunks(ids, "postgresql")] == [4_500]
+    assert [len(c) for c in _id_chunks(ids, "mssql")] == [2_000, 2_000, 500]  # SQL Server: 2,100 parameters
+    assert [len(c) for c in _id_chunks(ids, "oracle")] == [1_000] * 4 + [500]  # Oracle: 1,000 items an IN list
+    assert list(_id_chunks(set())) == []
+
+
 def test_omop_on_postgresql_pulls_identically(tmp_path, pg_schema):
     engine, db_schema = pg_schema
     source = write_omop_duckdb(tmp_path / "src.duckdb")

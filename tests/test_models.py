@@ -260,6 +260,38 @@ def test_out_of_fold_offsets_never_see_their_own_label():
     np.testing.assert_allclose(base[score_rows], lr.margin(X[score_rows]), rtol=1e-10)
 
 
+def test_offset_with_fewer_event_subjects_than_folds(tmp_path):
+    """One train subject with an event: the folds without it get the smoothed base rate of
+    the other folds (an L1 needs both classes), and training goes on."""
+    X, rows, _ = synthetic_matrix(tmp_path).load()
+    y = np.zeros(X.shape[0], bool)
+    split = rows[schema.SPLIT].to_numpy()
+    y[np.flatnonzero(split == "train")[0]] = True
+    y[np.flatnonzero(split == "tuning")[:2]] = True
+    y[np.flatnonzero(split == "held_out")[:2]] = True
+    matrix = write_matrix(tmp_path / "one", X, y, split)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    assert json.loads(trained.summary_path.read_text())["xgboost"]["offset"]["method"] == "l1"
+    tr = split == "train"
+    margins = crossfit_l1_margins(X[tr], y[tr].astype(int), np.arange(tr.sum()), 1.0, 5, 0, 1e-3)
+    event_fold = [f for f in subject_folds(y[tr], np.arange(tr.sum()), 5, 0) if y[tr][f[1]].any()][0]
+    others = np.setdiff1d(np.arange(tr.sum()), event_fold[1])
+    n = event_fold[0].size  # the rows the event's own fold is scored from: no event among them
+    np.testing.assert_allclose(margins[event_fold[1]], np.log(0.5 / (n + 0.5)))
+    assert np.isfinite(margins[others]).all() and len(set(np.round(margins[others], 9))) > 1  # fitted L1s elsewhere
+
+
+def test_missing_values_count_as_absent_in_the_offset(tmp_path):
+    matrix = rare_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    model = load_primary(trained)
+    X, _, _ = matrix.load()
+    dense = np.asarray(X[:40].todense())
+    dense[dense == 0] = np.nan  # a dense input marks absent features as missing
+    np.testing.assert_allclose(model.offset.margin(dense), model.offset.margin(X[:40]))
+    np.testing.assert_allclose(model.probability(dense), model.probability(X[:40]), rtol=1e-6)
+
+
 def test_shap_values_of_an_offset_model_sum_to_its_log_odds(tmp_path):
     from forewarn.evaluation.explain import shap_values
 
