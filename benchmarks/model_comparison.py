@@ -117,7 +117,8 @@ def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: 
                 "train_seconds": round(train_s, 1), "positives": summary["positives"],
                 "xgboost": {"trees": summary["xgboost"]["best_iteration"] + 1, "rare_outcome_defaults": summary["xgboost"].get("rare_outcome_defaults"),
                             "scale_pos_weight": summary["xgboost"]["scale_pos_weight"],
-                            "offset": (summary["xgboost"].get("offset") or {"method": "none"})["method"]},
+                            "offset": (summary["xgboost"].get("offset") or {"method": "none"})["method"],
+                            "blend": (summary["xgboost"].get("blend") or {"weight": 0.0})["weight"]},
                 "calibration": summary["calibration"]["method"], "l1_C": summary["l1_logistic"]["C"],
             }
             cells.append(cell)
@@ -143,10 +144,10 @@ def print_tables(cells: list[dict]) -> None:
             d = {k: cell["differences"][(baseline, k)] for k in ("auroc", "auprc")}
             cis = {k: f"{v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})" for k, v in d.items()}
             print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | {pos['train']} / {pos['tuning']} / {pos['held_out']} | {baseline} | {cis['auroc']} | {cis['auprc']} |")
-    print("\nTraining: trees, rare-outcome defaults, offset, calibrator, L1 C, train_models seconds\n")
+    print("\nTraining: trees, rare-outcome defaults, offset, blend weight on the L1, calibrator, L1 C, train_models seconds\n")
     for cell in cells:
         x = cell["xgboost"]
-        print(f"- {cell['people']:,} {cell['task']} {cell['site']}: {x['trees']} trees, rare defaults {x['rare_outcome_defaults'] or '-'}, offset {x.get('offset', 'none')}, "
+        print(f"- {cell['people']:,} {cell['task']} {cell['site']}: {x['trees']} trees, rare defaults {x['rare_outcome_defaults'] or '-'}, offset {x.get('offset', 'none')}, blend {x.get('blend', 0.0)}, "
               f"scale_pos_weight {x['scale_pos_weight']:.0f}, calibration {cell['calibration']}, L1 C {cell['l1_C']}, {cell['train_seconds']} s")
 
 

@@ -56,6 +56,10 @@ VARIANTS: dict[str, dict] = {
     "l1off_plain": {"offset": "crossfit", "xgboost": {"max_depth": 4, "min_child_weight": 2, "max_delta_step": 0}},
     "l1off_depth2": {"offset": "crossfit", "xgboost": {"max_depth": 2}},
     "l1off_lr0.02": {"offset": "crossfit", "xgboost": {"learning_rate": 0.02, "n_estimators": 3000, "early_stopping_rounds": 150}},
+    "blend0.3": {"blend": 0.3},
+    "blend0.5": {"blend": 0.5},
+    "blend_tuned": {"blend": "tuned"},
+    "l1off_blend_tuned": {"offset": "crossfit", "blend": "tuned"},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
@@ -143,9 +147,35 @@ def fit_variant(spec: dict, X, y, m, threads: int, subjects: np.ndarray, cache: 
         clf = fit_xgboost(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], config, eval_metric=spec.get("eval_metric"),
                           tree_count=spec.get("tree_count", "tuning"), groups=subjects[m["train"]],
                           margins=None if margin is None else (margin["train"], margin["tuning"]))
-        probs.append(clf.predict_proba(X[m["held_out"]], base_margin=None if margin is None else margin["held_out"])[:, 1])
+        if "blend" in spec:
+            probs.append(blend(spec["blend"], clf, X, y, m, margin, cache))
+        else:
+            probs.append(clf.predict_proba(X[m["held_out"]], base_margin=None if margin is None else margin["held_out"])[:, 1])
         trees.append(int(clf.best_iteration) + 1)
     return np.mean(probs, axis=0), trees
+
+
+BLEND_GRID = np.round(np.arange(0, 1.01, 0.1), 2)
+
+
+def blend(weight, clf, X, y, m, margin, cache: dict) -> np.ndarray:
+    """Held-out probabilities of ``(1 - w) * XGBoost log-odds + w * L1 log-odds``: ``w``
+    fixed, or ("tuned") the grid value with the best tuning-split objective (AUPRC below
+    5% train prevalence, else AUROC; ties to the smaller ``w``). Returns the held-out
+    sigmoid of the blend (ranking is what the harness scores)."""
+    l1 = cache.setdefault("l1", None) or fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig())[0]
+    cache["l1"] = l1
+    part = {k: (clf.predict(X[m[k]], output_margin=True, base_margin=None if margin is None else margin[k]), l1.margin(X[m[k]]))
+            for k in ("tuning", "held_out")}
+    if weight == "tuned":
+        metric = "auprc" if y[m["train"]].mean() < 0.05 else "auroc"
+        yt = y[m["tuning"]].astype(bool)
+        scores = [point_metrics(yt, 1 / (1 + np.exp(-((1 - w) * part["tuning"][0] + w * part["tuning"][1]))))[metric] for w in BLEND_GRID]
+        weight = float(BLEND_GRID[int(np.argmax(scores))])
+        cache.setdefault("weights", []).append(weight)
+        print(f"      blend weight on the L1: {weight}", flush=True)
+    z = (1 - weight) * part["held_out"][0] + weight * part["held_out"][1]
+    return 1 / (1 + np.exp(-z))
 
 
 def baselines(cell: str, paths: dict[str, str], X, y, rows, m, threads: int) -> dict[str, np.ndarray]:

@@ -3,12 +3,13 @@ development networks scored by ``model_variants.py`` and the benchmark network s
 ``model_comparison.py``, each cell with the configuration Forewarn now picks for it.
 
     python benchmarks/model_variants.py --people 20000 --work /tmp/fwv --seeds 101,102,103,104,105,106 \\
-        --variants default,l1off --json /tmp/fwv/dev.json
+        --variants blend_tuned,l1off_blend_tuned --json /tmp/fwv/dev.json
     python benchmarks/model_comparison.py --people 20000 --json /tmp/fwv/seed7.json
     python benchmarks/networks_summary.py --variants /tmp/fwv/dev.json --comparison /tmp/fwv/seed7.json
 
-A development cell takes ``l1off`` where ``offset: auto`` would boost from the L1 (a rare
-outcome with fewer than ``OFFSET_MAX_EVENTS`` training events), else ``default``; the
+A development cell takes ``l1off_blend_tuned`` where ``offset: auto`` would boost from the L1
+(a rare outcome with fewer than ``OFFSET_MAX_EVENTS`` training events), else ``blend_tuned``
+(with ``--no-blend``: ``l1off`` and ``default``, session 7's model); the
 benchmark's cells are as ``train_models`` trained them. Cells with fewer than 5 held-out
 events, or no tuning event, are left out. A ``model_variants.py`` file of one network (keys
 without ``seed<N>/``) names its cells' network by its file name. Prints one row per task: comparisons below a
@@ -30,17 +31,20 @@ OURS = "Forewarn XGBoost (calibrated)"
 METRICS = ("auroc", "auprc")
 
 
-def development_cells(path: Path) -> list[dict]:
-    """``model_variants.py --json`` cells (keys ``seed<N>/<site>/<task>``) as Forewarn now configures them."""
+def development_cells(path: Path, blend: bool = True) -> list[dict]:
+    """``model_variants.py --json`` cells (keys ``seed<N>/<site>/<task>``) as Forewarn now
+    configures them (``blend``: with the tuned blend, session 8's default; else as session 7's)."""
     cells = []
     for key, cell in json.loads(path.read_text()).items():
         seed, site, task = key.split("/") if key.count("/") == 2 else (path.stem, *key.split("/"))
         train, tuning, held = (int(x) for x in cell["events"].split("/"))
         # The variants' JSON has no row counts; the rare task is the only one below 2% prevalence.
         rare = task == "pancreatic_cancer_1y"
-        variant = "l1off" if rare and train < OFFSET_MAX_EVENTS else "default"
+        variant = ("l1off_blend_tuned" if rare and train < OFFSET_MAX_EVENTS else "blend_tuned") if blend else (
+            "l1off" if rare and train < OFFSET_MAX_EVENTS else "default")
         if variant not in cell:
-            raise SystemExit(f"{path}: cell {key} has no {variant!r} scores; run model_variants.py with --variants default,l1off")
+            raise SystemExit(f"{path}: cell {key} has no {variant!r} scores; run model_variants.py with "
+                             f"--variants {'blend_tuned,l1off_blend_tuned' if blend else 'default,l1off'}")
         cells.append({"network": seed, "site": site, "task": task, "held": held, "tuning": tuning,
                       "delta": {b: {m: cell[variant][m] - cell[b][m] for m in METRICS} for b in BASELINES}})
     return cells
@@ -78,8 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", type=Path, nargs="+", required=True, help="model_variants.py --json outputs (development networks)")
     parser.add_argument("--comparison", type=Path, nargs="*", default=[], help="model_comparison.py --json outputs (the benchmark network)")
+    parser.add_argument("--no-blend", action="store_true", help="development cells as before the blend (session 7's defaults)")
     args = parser.parse_args()
-    cells = [c for p in args.variants for c in development_cells(p)] + [c for p in args.comparison for c in comparison_cells(p)]
+    cells = [c for p in args.variants for c in development_cells(p, not args.no_blend)] + [c for p in args.comparison for c in comparison_cells(p)]
     print(f"(rare: train prevalence below {RARE_PREVALENCE:.0%}; offset below {OFFSET_MAX_EVENTS} training events)\n")
     print("| task | cells | comparisons below a baseline | mean ΔAUROC / ΔAUPRC vs L1 | vs MEDS-Tab-style | "
           "smallest ΔAUROC vs L1 (network, site) |\n|---|---|---|---|---|---|")

@@ -5,7 +5,9 @@ directly keeps sparse input sparse. A model whose trees boost from an L1-logisti
 (``models.train.PrimaryModel``) is the sum of a linear model and trees, and SHAP values
 add: each feature's value is its trees' TreeSHAP value plus its linear one,
 ``w_j * (x_j - mean_j)`` (exact for a linear model with the explained rows as background),
-so the values still sum, with the base value, to every row's log-odds. Plots use shap's plotting on an ``Explanation``
+so the values still sum, with the base value, to every row's log-odds. A model blended with
+the L1-logistic (``ModelConfig.blend``) scores ``(1 - w) * trees + w * linear``, and its
+values are the same blend of the two parts' values. Plots use shap's plotting on an ``Explanation``
 built from these values, with readable feature names.
 """
 
@@ -48,14 +50,27 @@ def shap_values(model: PrimaryModel, X: sp.csr_matrix) -> tuple[np.ndarray, floa
     contribs = booster.predict(data, pred_contribs=True, iteration_range=rng)
     values, base = contribs[:, :-1], float(contribs[0, -1]) if contribs.shape[0] else 0.0
     if model.offset is not None and X.shape[0]:
-        w = model.offset.coef / model.offset.scale
-        used = np.flatnonzero(w)
-        x = np.asarray(X[:, used].todense(), dtype=np.float64)
-        mean = x.mean(axis=0)
-        values = values.astype(np.float64)
-        values[:, used] += (x - mean) * w[used]
-        base += model.offset.intercept + float(mean @ w[used])
+        linear, linear_base = linear_shap(model.offset, X)
+        values, base = values + linear, base + linear_base
+    if model.blend and X.shape[0]:
+        # SHAP values are linear in the model: the blend's are the blend of its parts'.
+        linear, linear_base = linear_shap(model.linear, X)
+        values = (1.0 - model.blend) * values + model.blend * linear
+        base = (1.0 - model.blend) * base + model.blend * linear_base
     return values, base
+
+
+def linear_shap(l1, X: sp.csr_matrix) -> tuple[np.ndarray, float]:
+    """Exact SHAP values of the L1-logistic ``l1`` (a ``models.train.L1Logistic``) on the
+    rows of ``X`` with those rows as background, ``w_j * (x_j - mean_j)``, and its base
+    value, the intercept plus ``w . mean``."""
+    w = l1.coef / l1.scale
+    used = np.flatnonzero(w)
+    x = np.asarray(X[:, used].todense(), dtype=np.float64)
+    mean = x.mean(axis=0)
+    values = np.zeros(X.shape, dtype=np.float64)
+    values[:, used] = (x - mean) * w[used]
+    return values, l1.intercept + float(mean @ w[used])
 
 
 def global_importance(values: np.ndarray, columns: pd.DataFrame) -> pd.DataFrame:

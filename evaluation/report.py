@@ -737,6 +737,20 @@ def report_context(
         "model holds both, and each feature's SHAP value below is its trees' part plus its linear part."
         if offset.get("method") == "l1" else ""
     )
+    blend = xgb.get("blend") or {"weight": 0.0}
+    blend_text = ""
+    if blend.get("weight"):
+        w = float(blend["weight"])
+        how = ({"auroc": "the tuning AUROC", "auprc": "the tuning AUPRC"}.get(blend.get("objective"), "the tuning split")
+               if blend.get("method") == "tuned" else "the study's setting")
+        blend_text = (
+            f"The registered model blends the trees with the L1-logistic baseline: its log-odds are {1 - w:.1f} x the "
+            f"trees' plus {w:.1f} x the L1-logistic's (weight {w:.1f} on the L1, chosen by {how} from 0, 0.1, ..., 1), so "
+            "the tree model keeps the linear model's ranking where the trees alone rank no better. Every number in this "
+            "report is the blend's, and its SHAP values are the same blend of the two parts' values."
+        )
+    elif blend.get("method") == "tuned":
+        blend_text = f"Blending with the L1-logistic did not improve {'the tuning AUPRC' if blend.get('objective') == 'auprc' else 'the tuning AUROC'}: the trees score alone."
     search = training.get("search") or {}
     trials = search.get("trials") or []
     search_context = None
@@ -915,6 +929,8 @@ def report_context(
             "trees": xgb["best_iteration"] + 1,
             "trees_text": trees_text,
             "offset_text": offset_text,
+            "blend_text": blend_text,
+            "blend_weight": float(blend.get("weight") or 0.0),
             "search": search_context,
             "params": [{"name": k, "value": v} for k, v in params.items()],
             "weighting": weighting,

@@ -389,6 +389,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         run_id=run_id, task=spec.name, site=site.name, xgb_model_path=trained.xgboost_path, n_features=shape["columns"],
         promote=promotion["promoted"], decision=decision, tags={"train_key": stages["trained"].key},
         offset_path=trained.offset_path if trained.offset_path.exists() else None,
+        blend_path=trained.blend_path if trained.blend_path.exists() else None,
     )
     decision = f"{name} v{version} {decision}"
     promotion |= {"decision": decision, "version": version}
@@ -503,13 +504,14 @@ def code_version() -> str:
 def model_inputs(trained: TrainedModels, matrix: FeatureMatrix, profile_path: Path) -> dict[str, Path]:
     """What a run keeps of its model for the next night (the champion's inputs, as
     ``tracking.champion_inputs`` downloads them into a ``TrainedModels`` folder): the
-    trees, their offset when they have one, the calibrator, the columns, the baselines
+    trees, their offset and blend when they have them, the calibrator, the columns, the baselines
     and the drift profile, under the names ``TrainedModels`` reads."""
     inputs = {"xgboost.json": trained.xgboost_path, "calibration.json": trained.calibration_path,
               "columns.parquet": matrix.columns_path, "l1_logistic.json": trained.l1_path,
               "age_sex.json": trained.age_sex_path, "profile.json": profile_path}
-    if trained.offset_path.exists():
-        inputs[trained.offset_path.name] = trained.offset_path
+    for part in (trained.offset_path, trained.blend_path):
+        if part.exists():
+            inputs[part.name] = part
     return inputs
 
 

@@ -1,13 +1,16 @@
-"""The registered model for XGBoost trees that boost from an L1-logistic offset
-(``ModelConfig.offset``), as an MLflow "model from code".
+"""The registered model: Forewarn's primary model (``models.train.PrimaryModel``) as an
+MLflow "model from code".
 
-MLflow's XGBoost flavour can only hold the trees; this file is logged as the model's
-code (``mlflow.pyfunc.log_model(python_model=<this file>)``) with two artifacts, the
-XGBoost JSON model and the offset's JSON coefficients, so the registered model needs
-neither pickle nor Forewarn to serve: numpy, scipy and xgboost. ``predict`` takes the
-feature matrix (dense, missing features NaN, or scipy sparse) and returns the
-uncalibrated probability of the outcome per row, the same as
-``models.train.PrimaryModel.probability``.
+MLflow's XGBoost flavour can only hold trees, and its ``pyfunc`` ``predict`` returns 0/1
+labels. This file is logged as the model's code (``mlflow.pyfunc.log_model(python_model=
+<this file>)``) with the model's JSON files as artifacts: the XGBoost model (``xgboost``)
+and, where the model has them, the L1-logistic offset the trees boost from (``offset``,
+``ModelConfig.offset``) and the blend with the L1-logistic (``blend``: its weight and
+coefficients, ``ModelConfig.blend``). The registered model needs neither pickle nor
+Forewarn to serve: numpy, scipy and xgboost. ``predict`` takes the feature matrix
+(dense, missing features NaN, or scipy sparse) and returns the uncalibrated probability
+of the outcome per row, the same as ``PrimaryModel.probability``. The trees alone are
+the ``xgboost`` artifact, in XGBoost's own JSON format.
 """
 
 from __future__ import annotations
@@ -20,7 +23,20 @@ import scipy.sparse as sp
 import xgboost as xgb
 
 
-class OffsetXGBoost(mlflow.pyfunc.PythonModel):
+def _linear(data: dict) -> tuple[np.ndarray, float]:
+    """The weights on the unscaled features and the intercept of an L1-logistic's JSON."""
+    return np.asarray(data["coef"], dtype=np.float64) / np.asarray(data["scale"], dtype=np.float64), float(data["intercept"])
+
+
+def _margin(X, weights: np.ndarray, intercept: float) -> np.ndarray:
+    if sp.issparse(X):
+        return np.asarray(X @ weights).ravel() + intercept
+    # A missing feature counts as absent (0) for a linear part, as unstored entries of the
+    # sparse training matrix did; the trees see it as missing.
+    return np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0) @ weights + intercept
+
+
+class PrimaryXGBoost(mlflow.pyfunc.PythonModel):
     # The input is one plain array, which the logged signature describes: no validation
     # from type hints on ``predict`` (MLflow otherwise warns that it has none).
     _skip_type_hint_validation = True
@@ -28,20 +44,23 @@ class OffsetXGBoost(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.clf = xgb.XGBClassifier()
         self.clf.load_model(context.artifacts["xgboost"])
-        with open(context.artifacts["offset"]) as f:
-            offset = json.load(f)
-        self.weights = np.asarray(offset["coef"], dtype=np.float64) / np.asarray(offset["scale"], dtype=np.float64)
-        self.intercept = float(offset["intercept"])
+        self.offset = self.linear = None
+        self.weight = 0.0
+        if "offset" in context.artifacts:
+            with open(context.artifacts["offset"]) as f:
+                self.offset = _linear(json.load(f))
+        if "blend" in context.artifacts:
+            with open(context.artifacts["blend"]) as f:
+                blend = json.load(f)
+            self.weight, self.linear = float(blend["weight"]), _linear(blend["l1_logistic"])
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         X = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
-        if sp.issparse(X):
-            margin = np.asarray(X @ self.weights).ravel()
-        else:
-            # A missing feature counts as absent (0) for the linear offset, as unstored
-            # entries of the sparse training matrix did; the trees see it as missing.
-            margin = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0) @ self.weights
-        return self.clf.predict_proba(X, base_margin=margin + self.intercept)[:, 1]
+        base = None if self.offset is None else _margin(X, *self.offset)
+        if not self.weight:
+            return self.clf.predict_proba(X, base_margin=base)[:, 1]
+        z = (1.0 - self.weight) * self.clf.predict(X, output_margin=True, base_margin=base) + self.weight * _margin(X, *self.linear)
+        return 1.0 / (1.0 + np.exp(-z))
 
 
-mlflow.models.set_model(OffsetXGBoost())
+mlflow.models.set_model(PrimaryXGBoost())

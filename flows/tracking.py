@@ -322,40 +322,36 @@ def _quiet_model_from_code():
 
 def register_model(
     *, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int, promote: bool, decision: str,
-    tags: dict[str, str] | None = None, offset_path: Path | None = None,
+    tags: dict[str, str] | None = None, offset_path: Path | None = None, blend_path: Path | None = None,
 ) -> tuple[str, str, tuple[str, ...]]:
-    """Log the XGBoost model (JSON format, signature, synthetic input example) into the run,
-    register it as ``challenger``, and move ``champion`` to it when ``promote``.
+    """Log the primary model (signature, synthetic input example) into the run, register
+    it as ``challenger``, and move ``champion`` to it when ``promote``.
 
-    Trees that boost from an L1-logistic offset (``offset_path``, its JSON) are logged as
-    a model from code (``flows/serving.py``) holding both JSON files, since the XGBoost
-    flavour holds only trees; it predicts the outcome's probability per row.
+    The model is an MLflow model from code (``flows/serving.py``) holding its JSON files:
+    the XGBoost trees (``xgb_model_path``, XGBoost's own format) and, where the model has
+    them, the L1-logistic offset the trees boost from (``offset_path``) and the blend with
+    the L1-logistic (``blend_path``). Its ``pyfunc`` ``predict`` returns the outcome's
+    probability per row, as ``models.train.PrimaryModel.probability`` does.
 
     Returns ``(registered name, version, aliases)``.
     """
     import mlflow
-    import xgboost as xgb
     from mlflow.models import infer_signature
 
     client = mlflow.MlflowClient()
-    clf = xgb.XGBClassifier()
-    clf.load_model(xgb_model_path)
     # A synthetic input example (every feature absent): never a patient row.
     example = np.full((2, n_features), np.nan, dtype=np.float32)
     signature = infer_signature(example, np.array([0.1, 0.2]))
     name = registered_name(task, site)
-    with mlflow.start_run(run_id=run_id):
-        if offset_path is None:
-            info = mlflow.xgboost.log_model(
-                clf, name="model", signature=signature, input_example=example, model_format="json",
-                registered_model_name=name, pip_requirements=model_requirements(),
-            )
-        else:
-            with _quiet_model_from_code():
-                info = mlflow.pyfunc.log_model(
-                    name="model", python_model=str(SERVING_CODE), artifacts={"xgboost": str(xgb_model_path), "offset": str(offset_path)},
-                    signature=signature, input_example=example, registered_model_name=name, pip_requirements=model_requirements(),
-                )
+    artifacts = {"xgboost": str(xgb_model_path)}
+    for key, path in (("offset", offset_path), ("blend", blend_path)):
+        if path is not None:
+            artifacts[key] = str(path)
+    with mlflow.start_run(run_id=run_id), _quiet_model_from_code():
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(SERVING_CODE), artifacts=artifacts, signature=signature,
+            input_example=example, registered_model_name=name, pip_requirements=model_requirements(),
+        )
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "challenger", version)
     aliases: tuple[str, ...] = ("challenger",)

@@ -36,6 +36,7 @@ from forewarn.models.train import (
     ModelConfig,
     PrimaryModel,
     TrainedModels,
+    choose_blend,
     fit_l1_logistic,
     fit_xgboost,
     load_primary,
@@ -133,7 +134,8 @@ class AgeSexClassifier(_Binary):
 
 class ForewarnXGBClassifier(_Binary):
     """Forewarn's XGBoost: hist trees with early stopping on ``X_tune``, the rare-outcome
-    settings and, below 2% prevalence, the L1-logistic offset (``config.offset``), then a
+    settings and, below 2% prevalence, the L1-logistic offset (``config.offset``), blended
+    with the L1-logistic at the weight chosen on ``X_tune`` (``config.blend``), then a
     calibrator chosen on ``X_tune``. ``predict_proba`` gives calibrated probabilities,
     ``decision_function`` the uncalibrated log-odds. ``params`` override ``config.xgboost``
     (a search's best). ``groups`` (the rows' subjects) keep each subject's rows in one
@@ -150,18 +152,22 @@ class ForewarnXGBClassifier(_Binary):
         X, y, X_tune, y_tune = sp.csr_matrix(X), _binary(y, who), sp.csr_matrix(X_tune), _binary(y_tune, who)
         config = self.config or ModelConfig()
         groups = np.arange(X.shape[0]) if groups is None else np.asarray(groups)
-        l1 = fit_l1_logistic(X, y, X_tune, y_tune, config)[0] if offset_method(y, config) == "l1" else None
-        margins = None if l1 is None else offset_margins(X, y, X_tune, groups, l1, config)
+        offset = offset_method(y, config) == "l1"
+        l1 = fit_l1_logistic(X, y, X_tune, y_tune, config)[0] if offset or config.blend != "none" else None
+        margins = offset_margins(X, y, X_tune, groups, l1, config) if offset else None
         clf = fit_xgboost(X, y, X_tune, y_tune, config, self.params, tree_count=tree_count_method(y_tune, config),
                           groups=groups, margins=margins)
-        self.model_ = PrimaryModel(clf, l1)
+        self.model_ = PrimaryModel(clf, l1 if offset else None)
+        if l1 is not None:
+            weight, _, _ = choose_blend(self.model_.tree_margin(X_tune), l1.margin(X_tune), y_tune, y, config)
+            if weight:
+                self.model_ = PrimaryModel(clf, self.model_.offset, weight, l1)
         self.calibrator_, _ = choose_calibrator(self.model_.probability(X_tune), y_tune, method=config.calibration, seed=config.seed)
         self._fitted(X.shape[1])
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        p = np.clip(self.model_.probability(sp.csr_matrix(X)), 1e-15, 1 - 1e-15)
-        return np.log(p / (1 - p))
+        return self.model_.margin(sp.csr_matrix(X))
 
     def predict_proba(self, X) -> np.ndarray:
         return _two_columns(self.calibrator_(self.model_.probability(sp.csr_matrix(X))))

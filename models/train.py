@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,12 +22,12 @@ import scipy.sparse as sp
 import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.preprocessing import MaxAbsScaler
 
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import choose_calibrator
-from forewarn.models.search import SearchConfig, search_xgboost
+from forewarn.models.search import SearchConfig, objective_name, search_xgboost
 from forewarn.records import schema
 from forewarn.records.progress import stage
 
@@ -96,6 +96,13 @@ TREE_COUNT_CV_EVENTS = 100
 # there the trees find the additive signal themselves and the offset only holds them back.
 # T2D and CKD (150-550 training events) lost AUROC with it too.
 OFFSET_MAX_EVENTS = 200
+# ``blend: tuned`` scores the primary model as ``(1 - w) * XGBoost log-odds + w * L1 log-odds``
+# with ``w`` the value of this grid with the best tuning-split objective (ties to the smaller
+# ``w``). On six 20,000-people development networks (benchmarks/RESULTS.md, session 8),
+# against XGBoost alone, it cut the T2D and CKD comparisons in which the model fell below a
+# baseline from 7 of 96 to 2 (CKD's mean AUPRC +0.013, T2D's level, AUROC level), and on
+# top of the rare outcome's offset from 13 of 48 to 10 (mean AUPRC +0.010).
+BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 class ModelConfig(BaseModel):
@@ -133,6 +140,14 @@ class ModelConfig(BaseModel):
             "(out-of-fold on the train split, cv_folds subject folds), so the trees learn what the linear model misses; "
             f"auto (default): l1 for a rare outcome (below 2% train prevalence, rare_outcome_defaults on) with fewer "
             f"than {OFFSET_MAX_EVENTS} training events, else none"
+        ),
+    )
+    blend: Literal["tuned", "none"] | Annotated[float, Field(ge=0, le=1)] = Field(
+        "tuned",
+        description=(
+            "weight w of the L1-logistic in the primary model, which scores (1 - w) * XGBoost log-odds + w * L1 "
+            "log-odds: tuned (default): the w of 0, 0.1, ..., 1 with the best tuning-split objective (search.objective: "
+            "AUPRC below 5% prevalence, else AUROC; ties to the smaller w); a number fixes w; none: XGBoost alone"
         ),
     )
     tree_count: Literal["auto", "tuning", "cv"] = Field(
@@ -183,6 +198,11 @@ class TrainedModels:
     def offset_path(self) -> Path:
         """The L1-logistic the XGBoost trees boost from; absent when they start from a base rate."""
         return self.dir / "xgboost_offset.json"
+
+    @property
+    def blend_path(self) -> Path:
+        """The blend's weight and L1-logistic (``ModelConfig.blend``); absent when XGBoost scores alone."""
+        return self.dir / "xgboost_blend.json"
 
 
 def _threads(config: ModelConfig) -> int:
@@ -518,12 +538,20 @@ def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tu
 
 @dataclass(frozen=True)
 class PrimaryModel:
-    """Forewarn's XGBoost as it predicts: the trees and, when they were trained on top of
-    one (``ModelConfig.offset``), the L1-logistic whose log-odds they start from. Its
-    log-odds for a row are the offset's plus the trees' sum."""
+    """Forewarn's XGBoost as it predicts: the trees; when they were trained on top of one
+    (``ModelConfig.offset``), the L1-logistic whose log-odds they start from; and, when
+    blended (``ModelConfig.blend``), the L1-logistic and its weight ``blend``. The trees'
+    log-odds for a row are the offset's plus the trees' sum; the model's are
+    ``(1 - blend) * trees' + blend * linear's``."""
 
     clf: xgb.XGBClassifier
     offset: L1Logistic | None = None
+    blend: float = 0.0
+    linear: L1Logistic | None = None
+
+    def __post_init__(self) -> None:
+        if self.blend and self.linear is None:
+            raise ValueError(f"PrimaryModel: a blend weight of {self.blend} needs the L1-logistic it blends with (linear=)")
 
     @property
     def n_features(self) -> int:
@@ -533,15 +561,55 @@ class PrimaryModel:
         """Each row's starting log-odds (the offset's), or None when the trees start from the base rate."""
         return None if self.offset is None else self.offset.margin(X)
 
+    def tree_margin(self, X) -> np.ndarray:
+        """The trees' log-odds (with their offset) for every row of ``X``."""
+        return self.clf.predict(X, output_margin=True, base_margin=self.base_margin(X))
+
+    def margin(self, X) -> np.ndarray:
+        """The model's log-odds for every row of ``X``."""
+        z = self.tree_margin(X)
+        return z if not self.blend else blend_margins(z, self.linear.margin(X), self.blend)
+
     def probability(self, X) -> np.ndarray:
         """The uncalibrated probability of the outcome for every row of ``X``."""
-        return self.clf.predict_proba(X, base_margin=self.base_margin(X))[:, 1]
+        if not self.blend:
+            return self.clf.predict_proba(X, base_margin=self.base_margin(X))[:, 1]
+        return 1.0 / (1.0 + np.exp(-self.margin(X)))
+
+
+def blend_margins(trees: np.ndarray, linear: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * trees + weight * linear``: the blended log-odds."""
+    return (1.0 - weight) * np.asarray(trees, np.float64) + weight * np.asarray(linear, np.float64)
+
+
+def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_train: np.ndarray,
+                 config: ModelConfig) -> tuple[float, str | None, dict[str, float]]:
+    """The blend weight (``ModelConfig.blend``), from the tuning rows' trees' and L1 log-odds:
+    the weight, the objective it was chosen by (None when fixed) and the tuning score of
+    every weight of ``BLEND_WEIGHTS`` (empty when fixed)."""
+    if config.blend == "none":
+        return 0.0, None, {}
+    if not isinstance(config.blend, str):
+        return float(config.blend), None, {}
+    name = objective_name(config.search, y_train)
+    score = roc_auc_score if name == "auroc" else average_precision_score
+    scores = {w: float(score(y_tune, blend_margins(trees, linear, w))) for w in BLEND_WEIGHTS}
+    best = max(BLEND_WEIGHTS, key=lambda w: (scores[w], -w))
+    return best, name, {str(w): round(v, 6) for w, v in scores.items()}
+
+
+def blend_to_json(weight: float, l1: L1Logistic) -> dict:
+    return {"weight": weight, "l1_logistic": l1.to_json()}
 
 
 def load_primary(trained: TrainedModels) -> PrimaryModel:
-    """The trained XGBoost of ``trained`` with its offset, if it has one."""
+    """The trained XGBoost of ``trained`` with its offset and blend, where it has them."""
     offset = L1Logistic.from_json(json.loads(trained.offset_path.read_text())) if trained.offset_path.exists() else None
-    return PrimaryModel(load_xgboost(trained.xgboost_path), offset)
+    blend, linear = 0.0, None
+    if trained.blend_path.exists():
+        data = json.loads(trained.blend_path.read_text())
+        blend, linear = float(data["weight"]), L1Logistic.from_json(data["l1_logistic"])
+    return PrimaryModel(load_xgboost(trained.xgboost_path), offset, blend, linear)
 
 
 @dataclass(frozen=True)
@@ -667,7 +735,15 @@ def train_models(
         counts.update(executor="local" if client is None else "dask", rows=int(tr.sum()), positives=int(y[tr].sum()), trees=int(clf.best_iteration) + 1, tree_count=count,
                       offset=offset, scale_pos_weight=round(pos_weight(y[tr], config), 2),
                       rare_outcome_defaults=",".join(sorted(rare_defaults_applied(y[tr], config))) or "none")
-    raw = PrimaryModel(clf, lr if offset == "l1" else None).probability(X)
+    primary = PrimaryModel(clf, lr if offset == "l1" else None)
+    out.blend_path.unlink(missing_ok=True)
+    with stage("blend with the L1-logistic") as counts:
+        weight, blend_objective, blend_scores = choose_blend(primary.tree_margin(X[tu]), lr.margin(X[tu]), y[tu], y[tr], config)
+        if weight:
+            primary = PrimaryModel(clf, primary.offset, weight, lr)
+            out.blend_path.write_text(json.dumps(blend_to_json(weight, lr)))
+        counts.update(weight=weight, objective=blend_objective or "fixed")
+    raw = primary.probability(X)
     with stage("calibrate") as counts:
         calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed)
         out.calibration_path.write_text(json.dumps(calibrator.to_json()))
@@ -695,6 +771,8 @@ def train_models(
         "xgboost": {"best_iteration": int(clf.best_iteration), "params": xgboost_config(y[tr], config, params).model_dump(),
                     "tree_count": {"method": count, **({"folds": config.cv_folds} if count == "cv" else {})},
                     "offset": {"method": offset, **({"model": "l1_logistic", "C": lr.C, "folds": config.cv_folds} if offset == "l1" else {})},
+                    "blend": {"method": config.blend if isinstance(config.blend, str) else "fixed", "weight": weight, "objective": blend_objective,
+                              "tuning_by_weight": blend_scores},
                     "scale_pos_weight": pos_weight(y[tr], config),
                     "rare_outcome_defaults": rare_defaults_applied(y[tr], config)},
         "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},

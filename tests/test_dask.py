@@ -107,10 +107,11 @@ def test_xgboost_dask_matches_local(matrices, client, tmp_path):
     assert _held_out_auroc(local) > 0.7
 
     # Saved as the local path saves: XGBoost JSON that load_xgboost reads, same layout.
-    clf = load_xgboost(on_dask.xgboost_path)
+    # (The primary model is those trees blended with the L1 at the weight chosen on tuning.)
+    assert load_xgboost(on_dask.xgboost_path).n_features_in_ == matrices[0].load()[0].shape[1]
     X, _, _ = matrices[0].load()
     pred = pd.read_parquet(on_dask.predictions_path("xgboost_uncalibrated"))
-    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], pred[schema.PREDICTED_BOOLEAN_PROBABILITY], rtol=1e-6)
+    np.testing.assert_allclose(load_primary(on_dask).probability(X), pred[schema.PREDICTED_BOOLEAN_PROBABILITY], rtol=1e-6)
     saved = {name: json.loads(t.xgboost_path.read_text()) for name, t in (("local", local), ("dask", on_dask))}
     assert saved["dask"].keys() == saved["local"].keys()
     assert saved["dask"]["learner"]["attributes"].keys() == saved["local"]["learner"]["attributes"].keys()

@@ -177,19 +177,26 @@ def test_registry_aliases_keep_the_first_champion(flow_run, client):
     assert refused_on_auroc[0]  # academic: the degraded model's AUROC is refused
 
 
-def test_champion_loads_by_alias_in_xgboost_format(flow_run):
+def test_champion_loads_by_alias_and_predicts_as_forewarn_does(flow_run, tmp_path):
     import mlflow
     import numpy as np
     import scipy.sparse as sp
 
+    from forewarn.flows import tracking
+    from forewarn.models.train import TrainedModels, load_primary
+
     result = flow_run["first"][0]
-    model = mlflow.xgboost.load_model(f"models:/{result.model_name}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{result.model_name}@champion")
     # The second night re-featurized its data with the champion's own columns for the promotion rule.
     (folder,) = (flow_run["study"].sites[0].workdir / "stages" / "champion-features-t2d_2y").iterdir()
     X = sp.load_npz(folder / "X.npz").tocsr()
-    p = model.predict_proba(X[:20])[:, 1]
-    assert p.shape == (20,) and ((p > 0) & (p < 1)).all()
-    assert np.isfinite(p).all()
+    p = model.predict(X[:20])
+    assert p.shape == (20,) and ((p > 0) & (p < 1)).all()  # risks, not 0/1 labels
+    # The same as Forewarn's own model (trees, and its offset and blend where it has them),
+    # as the champion's inputs bring it back.
+    site = flow_run["study"].sites[0].name
+    tracking.champion_inputs("t2d_2y", site, tmp_path / "champion")
+    np.testing.assert_allclose(p, load_primary(TrainedModels(tmp_path / "champion")).probability(X[:20]), rtol=1e-5)
 
 
 def test_report_has_every_section_and_the_run_numbers(flow_run, client):

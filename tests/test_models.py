@@ -23,6 +23,7 @@ from forewarn.models.train import (
     L1Logistic,
     ModelConfig,
     PrimaryModel,
+    choose_blend,
     crossfit_l1_margins,
     cv_tree_count,
     fit_l1_logistic,
@@ -88,12 +89,16 @@ def test_train_models(tmp_path):
     )
     clf = load_xgboost(trained.xgboost_path)
     calibrator = Calibrator.from_json(json.loads(trained.calibration_path.read_text()))
+    summary = json.loads(trained.summary_path.read_text())
+    # The primary model blends the trees' log-odds with the L1's at the weight chosen on tuning.
+    w = summary["xgboost"]["blend"]["weight"]
+    assert w == json.loads(trained.blend_path.read_text())["weight"] > 0  # the linear signal: the L1 helps here
+    margin = (1 - w) * clf.predict(X, output_margin=True) + w * l1.margin(X)
     np.testing.assert_allclose(
-        calibrator(clf.predict_proba(X)[:, 1]),
+        calibrator(1 / (1 + np.exp(-margin))),
         pq.read_table(trained.predictions_path("xgboost")).column(schema.PREDICTED_BOOLEAN_PROBABILITY).to_numpy(),
         rtol=1e-6,
     )
-    summary = json.loads(trained.summary_path.read_text())
     assert summary["rows"] == {s: int((rows[schema.SPLIT] == s).sum()) for s in schema.SPLITS}
     assert summary["l1_logistic"]["C"] in config.l1_c_grid
 
@@ -213,7 +218,7 @@ def test_rare_outcomes_boost_from_an_l1_offset_and_predict_with_it(tmp_path):
     assert offset_method(np.r_[np.ones(200), np.zeros(19_800)], ModelConfig()) == "none"  # 200 events: the trees alone
     assert offset_method(np.r_[np.ones(200), np.zeros(19_800)], ModelConfig(offset="l1")) == "l1"
     matrix = rare_matrix(tmp_path)
-    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, blend="none"))
     summary = json.loads(trained.summary_path.read_text())
     assert summary["xgboost"]["offset"] == {"method": "l1", "model": "l1_logistic", "C": summary["l1_logistic"]["C"], "folds": 5}
     # The offset is the L1-logistic fitted on all of train (the baseline's own coefficients).
@@ -228,8 +233,50 @@ def test_rare_outcomes_boost_from_an_l1_offset_and_predict_with_it(tmp_path):
     np.testing.assert_allclose(model.probability(X), expected, rtol=1e-5)
     assert not np.allclose(saved, load_xgboost(trained.xgboost_path).predict_proba(X)[:, 1])  # the trees alone differ
     # Retrained without it, the folder holds no stale offset.
-    train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, offset="none"))
+    train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, offset="none", blend="none"))
     assert not trained.offset_path.exists() and load_primary(trained).offset is None
+
+
+def test_the_blend_weight_is_the_best_on_tuning_with_ties_to_the_trees():
+    y_train = np.r_[np.ones(10), np.zeros(10)]  # common: chosen by AUROC
+    y_tune = np.array([1, 0, 1, 0])
+    trees = np.array([2.0, 1.0, 0.0, -1.0])  # AUROC 3/4: the second event below the first non-event
+    linear = np.array([0.0, 1.0, 3.0, -1.0])  # AUROC 3/4: the first event below it
+    # (1 - w) * trees + w * linear: events at 2 - 2w and 3w, non-events at 1 and -1, so both
+    # events clear 1 only for 1/3 < w < 1/2: w = 0.4 (AUROC 1); 0.3 and 0.5 tie one pair.
+    weight, objective, scores = choose_blend(trees, linear, y_tune, y_train, ModelConfig())
+    assert (weight, objective) == (0.4, "auroc")
+    assert scores["0.4"] == 1.0 and scores["0.3"] == 0.75 and scores["0.5"] == 0.875 and scores["0.0"] == scores["1.0"] == 0.75
+    # Equal scores go to the smaller weight (the trees alone here); a rare outcome is chosen by AUPRC.
+    assert choose_blend(trees, trees, y_tune, y_train, ModelConfig())[0] == 0.0
+    assert choose_blend(trees, linear, y_tune, np.r_[np.ones(1), np.zeros(99)], ModelConfig())[:2] == (0.4, "auprc")
+    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend=0.7)) == (0.7, None, {})
+    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend="none")) == (0.0, None, {})
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        ModelConfig(blend=1.5)
+
+
+def test_a_blended_model_predicts_the_blend_of_trees_with_offset_and_the_l1(tmp_path):
+    matrix = rare_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, blend=0.3))
+    summary = json.loads(trained.summary_path.read_text())
+    assert summary["xgboost"]["blend"] == {"method": "fixed", "weight": 0.3, "objective": None, "tuning_by_weight": {}}
+    assert summary["xgboost"]["offset"]["method"] == "l1"
+    X, _, _ = matrix.load()
+    l1 = L1Logistic.from_json(json.loads(trained.l1_path.read_text()))
+    trees = load_xgboost(trained.xgboost_path).predict(X, output_margin=True, base_margin=np.zeros(X.shape[0]))
+    # The trees boost from the L1 (l1 + trees), then blend with it: 0.7 (l1 + trees) + 0.3 l1.
+    expected = 1 / (1 + np.exp(-(0.7 * (l1.margin(X) + trees) + 0.3 * l1.margin(X))))
+    model = load_primary(trained)
+    assert (model.blend, model.offset is not None, model.linear is not None) == (0.3, True, True)
+    np.testing.assert_allclose(model.probability(X), expected, rtol=1e-5)
+    saved = pq.read_table(trained.predictions_path("xgboost_uncalibrated")).column(schema.PREDICTED_BOOLEAN_PROBABILITY).to_numpy()
+    np.testing.assert_allclose(saved, expected, rtol=1e-5)
+    # Retrained without a blend, the folder holds no stale blend.
+    train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, blend="none"))
+    assert not trained.blend_path.exists() and load_primary(trained).blend == 0.0
+    with pytest.raises(ValueError, match="needs the L1-logistic it blends with"):
+        PrimaryModel(model.clf, None, 0.5)
 
 
 def test_out_of_fold_offsets_never_see_their_own_label():
@@ -296,7 +343,7 @@ def test_shap_values_of_an_offset_model_sum_to_its_log_odds(tmp_path):
     from forewarn.evaluation.explain import shap_values
 
     matrix = rare_matrix(tmp_path)
-    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, blend="none"))
     model = load_primary(trained)
     X, _, _ = matrix.load()
     values, base = shap_values(model, X[:200])
@@ -307,6 +354,12 @@ def test_shap_values_of_an_offset_model_sum_to_its_log_odds(tmp_path):
     trees_only, _ = shap_values(PrimaryModel(model.clf), X[:200])
     x = np.asarray(X[:200].todense())
     np.testing.assert_allclose(values - trees_only, (x - x.mean(axis=0)) * w, atol=1e-5)
+    # Blended with the L1 at 0.3: the values are 0.7 x the offset model's + 0.3 x the L1's linear values.
+    blended = PrimaryModel(model.clf, model.offset, 0.3, model.offset)
+    b_values, b_base = shap_values(blended, X[:200])
+    p = blended.probability(X[:200])
+    np.testing.assert_allclose(b_values.sum(axis=1) + b_base, np.log(p / (1 - p)), atol=1e-4)
+    np.testing.assert_allclose(b_values, 0.7 * values + 0.3 * (x - x.mean(axis=0)) * w, atol=1e-5)
 
 
 def _depths(tree: dict) -> list[int]:
@@ -448,7 +501,8 @@ def test_search_runs_trials_and_refits_with_the_best(tmp_path):
 
 def test_search_scores_trials_with_the_offset(tmp_path):
     """Trials of trees that boost from the L1 are scored as the model predicts: with the
-    tuning rows' offset. The refit with the best trial's values scores that trial's value."""
+    tuning rows' offset. The refit with the best trial's values scores that trial's value,
+    and the blend with the L1, chosen after the search, scores at least that."""
     from sklearn.metrics import average_precision_score
 
     from forewarn.models.search import SearchConfig
@@ -461,7 +515,10 @@ def test_search_scores_trials_with_the_offset(tmp_path):
     pred = pq.read_table(trained.predictions_path("xgboost_uncalibrated")).to_pandas()
     tune = pred[schema.SPLIT] == "tuning"
     refit = average_precision_score(pred.loc[tune, schema.BOOLEAN_VALUE], pred.loc[tune, schema.PREDICTED_BOOLEAN_PROBABILITY])
-    assert refit == pytest.approx(best["value"], abs=1e-9)
+    blend = summary["xgboost"]["blend"]
+    assert blend["tuning_by_weight"]["0.0"] == pytest.approx(best["value"], abs=1e-6)  # the trees alone: the trial's score
+    assert refit == pytest.approx(blend["tuning_by_weight"][str(blend["weight"])], abs=1e-6)
+    assert refit > best["value"] and blend["weight"] > 0  # here the blend improves on the trees
 
 
 def test_subject_folds_keep_subjects_whole_and_spread_events():

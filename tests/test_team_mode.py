@@ -122,19 +122,20 @@ def test_postgresql_store_end_to_end(pg_schema, tmp_path, restore_tracking):
     assert (str(champion.version), champion.run_id, champion.tags) == ("1", run_id, {"forewarn.decision": "first model"})
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
     assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"challenger": "2", "champion": "1"}
-    # The model lives under the shared root and loads by alias in XGBoost's own format.
+    # The model lives under the shared root: a model from code holding the trees in XGBoost's own JSON.
     assert champion.source.startswith("models:/m-")
     logged = client.get_logged_model(champion.source.removeprefix("models:/"))
     assert logged.artifact_location == f"{root.as_uri()}/models/{logged.model_id}/artifacts"
-    assert json.loads((root / "models" / logged.model_id / "artifacts" / "model.json").read_text())["learner"]  # XGBoost JSON
+    (trees,) = (root / "models" / logged.model_id / "artifacts").rglob("xgboost.json")
+    assert trees.read_bytes() == xgb_path.read_bytes()
     # Its requirements are the installed versions of what serving it needs (given, not inferred).
     from importlib.metadata import version
     requirements = (root / "models" / logged.model_id / "artifacts" / "requirements.txt").read_text().split()
     assert requirements == [f"mlflow=={mlflow.__version__}", f"xgboost=={version('xgboost')}",
                             f"scikit-learn=={version('scikit-learn')}", f"numpy=={np.__version__}", f"scipy=={version('scipy')}"]
-    loaded = mlflow.xgboost.load_model(f"models:/{name}@champion")
-    x = np.zeros((1, 3), dtype=np.float32)
-    np.testing.assert_array_equal(loaded.predict_proba(x), _load(xgb_path).predict_proba(x))
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")  # predicts risks, not labels
+    x = np.array([[0, 0, 0], [1, 2, 3]], dtype=np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), _load(xgb_path).predict_proba(x)[:, 1])
 
 
 def _load(path: Path):
@@ -246,9 +247,10 @@ def test_ui_prints_the_store_redacted_and_execs_mlflow(tmp_path, monkeypatch):
     assert env["MLFLOW_BACKEND_STORE_URI"] == uri and root.is_dir()
 
 
-def test_offset_model_registers_as_code_and_serves_the_same_probabilities(tmp_path, restore_tracking):
-    """A rare outcome's trees boost from an L1 offset: the registered model (a model from
-    code holding both JSON files, no pickle) predicts what Forewarn's own model does."""
+def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilities(tmp_path, restore_tracking):
+    """A rare outcome's trees boost from an L1 offset and blend with the L1: the registered
+    model (a model from code holding the three JSON files, no pickle) predicts what
+    Forewarn's own model does."""
     import mlflow
     import scipy.sparse as sp
     from test_models import rare_matrix
@@ -257,13 +259,13 @@ def test_offset_model_registers_as_code_and_serves_the_same_probabilities(tmp_pa
 
     matrix = rare_matrix(tmp_path)
     trained = train_models(matrix, tmp_path / "model", ModelConfig(n_jobs=1))
-    assert trained.offset_path.exists()
+    assert trained.offset_path.exists() and trained.blend_path.exists()  # offset, then blended with the L1 (0.2 here)
     tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"), cwd=tmp_path)
     run_id = tracking.start_site_run(experiment=tracking.experiment_name("rare"), site="north", run_name="north-1", tags={})
     X, _, _ = matrix.load()
     name, version, _ = tracking.register_model(
         run_id=run_id, task="rare", site="north", xgb_model_path=trained.xgboost_path, n_features=X.shape[1], promote=True,
-        decision="first model", offset_path=trained.offset_path,
+        decision="first model", offset_path=trained.offset_path, blend_path=trained.blend_path,
     )
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert loaded.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
@@ -281,10 +283,10 @@ def test_offset_model_registers_as_code_and_serves_the_same_probabilities(tmp_pa
     profile.write_text("{}")
     inputs = model_inputs(trained, matrix, profile)
     assert sorted(inputs) == ["age_sex.json", "calibration.json", "columns.parquet", "l1_logistic.json", "profile.json",
-                              "xgboost.json", "xgboost_offset.json"]
+                              "xgboost.json", "xgboost_blend.json", "xgboost_offset.json"]
     tracking.log_records(run_id=run_id, params={}, metrics={}, artifacts={f"{tracking.MODEL_INPUTS}/{k}": v for k, v in inputs.items()},
                          dicts={}, note="rare")
     assert tracking.champion_inputs("rare", "north", tmp_path / "champion") == version
     champion = load_primary(TrainedModels(tmp_path / "champion"))
-    assert champion.offset is not None
+    assert champion.offset is not None and champion.blend == 0.2
     np.testing.assert_array_equal(champion.probability(sp.csr_matrix(X[:50])), expected)
