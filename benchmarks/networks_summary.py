@@ -9,7 +9,7 @@ development networks scored by ``model_variants.py`` and the benchmark network s
 
 A development cell takes ``l1off_blend_tuned`` where ``offset: auto`` would boost from the L1
 (a rare outcome with fewer than ``OFFSET_MAX_EVENTS`` training events), else ``blend_tuned``
-(with ``--no-blend``: ``l1off`` and ``default``, session 7's model); the
+(with ``--no-blend``: ``l1off`` below 200 events and ``default``, session 7's model); the
 benchmark's cells are as ``train_models`` trained them. Cells with fewer than 5 held-out
 events, or no tuning event, are left out. A ``model_variants.py`` file of one network (keys
 without ``seed<N>/``) names its cells' network by its file name. Prints one row per task: comparisons below a
@@ -26,6 +26,7 @@ import numpy as np
 
 from forewarn.models.train import OFFSET_MAX_EVENTS, RARE_PREVALENCE
 
+SESSION7_OFFSET_MAX_EVENTS = 200  # the offset's threshold before the blend
 BASELINES = {"L1-logistic": "L1-logistic", "MEDS-Tab-style": "MEDS-Tab-style default XGBoost"}
 OURS = "Forewarn XGBoost (calibrated)"
 METRICS = ("auroc", "auprc")
@@ -41,7 +42,7 @@ def development_cells(path: Path, blend: bool = True) -> list[dict]:
         # The variants' JSON has no row counts; the rare task is the only one below 2% prevalence.
         rare = task == "pancreatic_cancer_1y"
         variant = ("l1off_blend_tuned" if rare and train < OFFSET_MAX_EVENTS else "blend_tuned") if blend else (
-            "l1off" if rare and train < OFFSET_MAX_EVENTS else "default")
+            "l1off" if rare and train < SESSION7_OFFSET_MAX_EVENTS else "default")
         if variant not in cell:
             raise SystemExit(f"{path}: cell {key} has no {variant!r} scores; run model_variants.py with "
                              f"--variants {'blend_tuned,l1off_blend_tuned' if blend else 'default,l1off'}")

@@ -89,19 +89,24 @@ RARE_XGBOOST: dict[str, float | int] = {"max_depth": 3, "min_child_weight": 0.5,
 # than the seed noise while costing five more fits (benchmarks/RESULTS.md, session 5).
 TREE_COUNT_CV_EVENTS = 100
 # ``offset: auto`` boosts a rare outcome's trees from the L1-logistic's log-odds below this
-# many training events. On development networks (benchmarks/RESULTS.md, session 7), against
-# the same trees without it: with 17-151 training events (ten cells, six at 20,000 people
-# and four at 100,000) held-out AUPRC rose in 9 of 10 (mean +0.08), AUROC mixed; with
-# 215-263 (four cells at 100,000) AUROC fell in all four (about -0.011) and AUPRC in three:
-# there the trees find the additive signal themselves and the offset only holds them back.
-# T2D and CKD (150-550 training events) lost AUROC with it too.
-OFFSET_MAX_EVENTS = 200
+# many training events. Session 7 (benchmarks/RESULTS.md) set 200 against the trees alone:
+# with 17-151 training events held-out AUPRC rose in 9 of 10 development cells, with
+# 215-263 AUROC fell in all four. Once the model blends with the L1 (``blend``, session 8)
+# the offset pays only with few events: on top of the blend, in the six 20,000-people
+# cells with 5+ held-out events (27-72 training events) it raised mean AUPRC by 0.019 at
+# the same count of comparisons below a baseline, while in the four 100,000-people
+# community cells (115-151 events) the blend alone fell below a baseline in none of 16
+# comparisons and with the offset in 4, at equal means. T2D and CKD (150-550 training
+# events) lost AUROC with it too.
+OFFSET_MAX_EVENTS = 100
 # ``blend: tuned`` scores the primary model as ``(1 - w) * XGBoost log-odds + w * L1 log-odds``
 # with ``w`` the value of this grid with the best tuning-split objective (ties to the smaller
 # ``w``). On six 20,000-people development networks (benchmarks/RESULTS.md, session 8),
 # against XGBoost alone, it cut the T2D and CKD comparisons in which the model fell below a
-# baseline from 7 of 96 to 2 (CKD's mean AUPRC +0.013, T2D's level, AUROC level), and on
-# top of the rare outcome's offset from 13 of 48 to 10 (mean AUPRC +0.010).
+# baseline from 7 of 96 to 2 (CKD's mean AUPRC +0.013, T2D's level, AUROC level); for the
+# rare outcome, from 8 of 24 to 5 (on top of the offset, six cells with 5+ held-out
+# events) and, on eight 100,000-people cells without the offset, from 4 of 32 to 0 (mean
+# +0.005 AUROC, +0.014 AUPRC).
 BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 

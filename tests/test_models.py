@@ -214,9 +214,9 @@ def test_rare_outcomes_boost_from_an_l1_offset_and_predict_with_it(tmp_path):
     assert offset_method(np.r_[np.ones(19), np.zeros(981)], ModelConfig(rare_outcome_defaults=False)) == "none"
     assert offset_method(np.r_[np.ones(20), np.zeros(980)], ModelConfig(offset="l1")) == "l1"
     assert offset_method(np.r_[np.ones(19), np.zeros(981)], ModelConfig(offset="none")) == "none"
-    assert offset_method(np.r_[np.ones(199), np.zeros(19_801)], ModelConfig()) == "l1"  # 1%, 199 events
-    assert offset_method(np.r_[np.ones(200), np.zeros(19_800)], ModelConfig()) == "none"  # 200 events: the trees alone
-    assert offset_method(np.r_[np.ones(200), np.zeros(19_800)], ModelConfig(offset="l1")) == "l1"
+    assert offset_method(np.r_[np.ones(99), np.zeros(9_901)], ModelConfig()) == "l1"  # 1%, 99 events
+    assert offset_method(np.r_[np.ones(100), np.zeros(9_900)], ModelConfig()) == "none"  # 100 events: the trees alone
+    assert offset_method(np.r_[np.ones(100), np.zeros(9_900)], ModelConfig(offset="l1")) == "l1"
     matrix = rare_matrix(tmp_path)
     trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, blend="none"))
     summary = json.loads(trained.summary_path.read_text())
