@@ -419,6 +419,9 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         "l1_C": training["l1_logistic"]["C"], "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed,
         "calibration": training["calibration"]["method"], "scale_pos_weight": training["xgboost"]["scale_pos_weight"],
         "tree_count": (training["xgboost"].get("tree_count") or {"method": "tuning"})["method"],
+        "offset": (training["xgboost"].get("offset") or {"method": "none"})["method"],
+        "blend": (training["xgboost"].get("blend") or {"method": "none"})["method"],
+        "blend_weight": (training["xgboost"].get("blend") or {"weight": 0.0})["weight"],
         **{f"xgb_{k}": v for k, v in training["xgboost"]["params"].items()},
     }
     artifacts = {"report.html": report_path, "metrics.json": evaluation.metrics_path}
