@@ -741,14 +741,17 @@ def report_context(
     blend_text = ""
     if blend.get("weight"):
         w = float(blend["weight"])
-        how = ({"auroc": "the tuning AUROC", "auprc": "the tuning AUPRC"}.get(blend.get("objective"), "the tuning split")
-               if blend.get("method") == "tuned" else "the study's setting")
+        how = (f"chosen by {({'auroc': 'the tuning AUROC', 'auprc': 'the tuning AUPRC'}.get(blend.get('objective'), 'the tuning split'))} "
+               "from 0, 0.1, ..., 1" if blend.get("method") == "tuned" else "as the study sets it")
         blend_text = (
             f"The registered model blends the trees with the L1-logistic baseline: its log-odds are {1 - w:.1f} x the "
-            f"trees' plus {w:.1f} x the L1-logistic's (weight {w:.1f} on the L1, chosen by {how} from 0, 0.1, ..., 1), so "
+            f"trees' plus {w:.1f} x the L1-logistic's (weight {w:.1f} on the L1, {how}), so "
             "the tree model keeps the linear model's ranking where the trees alone rank no better. Every number in this "
             "report is the blend's, and its SHAP values are the same blend of the two parts' values."
         )
+        if w >= 1.0:
+            blend_text += (" With weight 1 the model scores as the L1-logistic alone: on the tuning split the trees did "
+                           "not improve its ranking, so the trees are kept but carry no weight.")
     elif blend.get("method") == "tuned":
         blend_text = f"Blending with the L1-logistic did not improve {'the tuning AUPRC' if blend.get('objective') == 'auprc' else 'the tuning AUROC'}: the trees score alone."
     search = training.get("search") or {}

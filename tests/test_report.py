@@ -693,3 +693,29 @@ def test_model_section_says_when_the_trees_boost_from_the_l1_offset(run, plain):
     page = html.unescape(render(build_context(run, training=training)))
     assert "(log-odds scale): each feature's TreeSHAP value plus its part of the L1-logistic offset" in page
     assert "its part of the L1-logistic offset" not in html.unescape(plain)
+
+
+def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
+    from forewarn.evaluation.report import render
+
+    def pages(blend):
+        training = json.loads(run["trained"].summary_path.read_text())
+        training["xgboost"]["blend"] = blend
+        page = html.unescape(render(build_context(run, training=training)))
+        return page.split('id="model"')[1].split("<h2")[0], page.split('id="explanations"')[1].split("<h2")[0]
+
+    tuned = {"method": "tuned", "weight": 0.3, "objective": "auroc", "tuning_by_weight": {}}
+    model, explanations = pages(tuned)
+    assert ("its log-odds are 0.7 x the trees' plus 0.3 x the L1-logistic's (weight 0.3 on the L1, chosen by the "
+            "tuning AUROC from 0, 0.1, ..., 1)") in model
+    assert "scores as the L1-logistic alone" not in model
+    assert "blended with the L1-logistic's exact linear SHAP values at weight 0.3 (section 6)" in explanations
+    model, explanations = pages(tuned | {"weight": 1.0, "objective": "auprc"})
+    assert "chosen by the tuning AUPRC" in model and "With weight 1 the model scores as the L1-logistic alone" in model
+    model, explanations = pages(tuned | {"weight": 0.0, "objective": "auprc"})
+    assert "Blending with the L1-logistic did not improve the tuning AUPRC: the trees score alone." in model
+    assert "linear SHAP values at weight" not in explanations
+    model, _ = pages({"method": "fixed", "weight": 0.5, "objective": None, "tuning_by_weight": {}})
+    assert "(weight 0.5 on the L1, as the study sets it)" in model
+    model, _ = pages({"method": "none", "weight": 0.0, "objective": None, "tuning_by_weight": {}})
+    assert "blend" not in model.lower()
