@@ -390,6 +390,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         promote=promotion["promoted"], decision=decision, tags={"train_key": stages["trained"].key},
         offset_path=trained.offset_path if trained.offset_path.exists() else None,
         blend_path=trained.blend_path if trained.blend_path.exists() else None,
+        calibration_path=trained.calibration_path,
     )
     decision = f"{name} v{version} {decision}"
     promotion |= {"decision": decision, "version": version}

@@ -6,11 +6,13 @@ labels. This file is logged as the model's code (``mlflow.pyfunc.log_model(pytho
 <this file>)``) with the model's JSON files as artifacts: the XGBoost model (``xgboost``)
 and, where the model has them, the L1-logistic offset the trees boost from (``offset``,
 ``ModelConfig.offset``) and the blend with the L1-logistic (``blend``: its weight and
-coefficients, ``ModelConfig.blend``). The registered model needs neither pickle nor
-Forewarn to serve: numpy, scipy and xgboost. ``predict`` takes the feature matrix
-(dense, missing features NaN, or scipy sparse) and returns the uncalibrated probability
-of the outcome per row, the same as ``PrimaryModel.probability``. The trees alone are
-the ``xgboost`` artifact, in XGBoost's own JSON format.
+coefficients, ``ModelConfig.blend``) and its calibrator (``calibration``). The registered
+model needs neither pickle nor Forewarn to serve: numpy, scipy and xgboost. ``predict``
+takes the feature matrix (dense, missing features NaN, or scipy sparse) and returns the
+calibrated probability of the outcome per row, the risk the report's thresholds and
+calibration refer to (``models.calibration.Calibrator`` applied to
+``PrimaryModel.probability``); ``params={"calibrated": False}`` returns the uncalibrated
+one. The trees alone are the ``xgboost`` artifact, in XGBoost's own JSON format.
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ def _margin(X, weights: np.ndarray, intercept: float) -> np.ndarray:
     return np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0) @ weights + intercept
 
 
+def _calibrated(p: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """``models.calibration.Calibrator`` from its JSON, without Forewarn."""
+    method = (calibration or {}).get("method", "none")
+    if method == "isotonic":  # the step function, its ties broken by a 1e-6 share of p
+        return (1 - 1e-6) * np.interp(p, calibration["x"], calibration["y"]) + 1e-6 * np.clip(p, 0, 1)
+    if method == "sigmoid":
+        q = np.clip(p, 1e-6, 1 - 1e-6)
+        return 1.0 / (1.0 + np.exp(-(calibration["a"] + calibration["b"] * np.log(q / (1 - q)))))
+    return p
+
+
 class PrimaryXGBoost(mlflow.pyfunc.PythonModel):
     # The input is one plain array, which the logged signature describes: no validation
     # from type hints on ``predict`` (MLflow otherwise warns that it has none).
@@ -44,8 +57,11 @@ class PrimaryXGBoost(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.clf = xgb.XGBClassifier()
         self.clf.load_model(context.artifacts["xgboost"])
-        self.offset = self.linear = None
+        self.offset = self.linear = self.calibration = None
         self.weight = 0.0
+        if "calibration" in context.artifacts:
+            with open(context.artifacts["calibration"]) as f:
+                self.calibration = json.load(f)
         if "offset" in context.artifacts:
             with open(context.artifacts["offset"]) as f:
                 self.offset = _linear(json.load(f))
@@ -58,9 +74,11 @@ class PrimaryXGBoost(mlflow.pyfunc.PythonModel):
         X = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
         base = None if self.offset is None else _margin(X, *self.offset)
         if not self.weight:
-            return self.clf.predict_proba(X, base_margin=base)[:, 1]
-        z = (1.0 - self.weight) * self.clf.predict(X, output_margin=True, base_margin=base) + self.weight * _margin(X, *self.linear)
-        return 1.0 / (1.0 + np.exp(-z))
+            p = self.clf.predict_proba(X, base_margin=base)[:, 1].astype(np.float64)
+        else:
+            z = (1.0 - self.weight) * self.clf.predict(X, output_margin=True, base_margin=base) + self.weight * _margin(X, *self.linear)
+            p = 1.0 / (1.0 + np.exp(-z))
+        return _calibrated(p, self.calibration) if (params or {}).get("calibrated", True) else p
 
 
 mlflow.models.set_model(PrimaryXGBoost())

@@ -323,15 +323,18 @@ def _quiet_model_from_code():
 def register_model(
     *, run_id: str, task: str, site: str, xgb_model_path: Path, n_features: int, promote: bool, decision: str,
     tags: dict[str, str] | None = None, offset_path: Path | None = None, blend_path: Path | None = None,
+    calibration_path: Path | None = None,
 ) -> tuple[str, str, tuple[str, ...]]:
     """Log the primary model (signature, synthetic input example) into the run, register
     it as ``challenger``, and move ``champion`` to it when ``promote``.
 
     The model is an MLflow model from code (``flows/serving.py``) holding its JSON files:
     the XGBoost trees (``xgb_model_path``, XGBoost's own format) and, where the model has
-    them, the L1-logistic offset the trees boost from (``offset_path``) and the blend with
-    the L1-logistic (``blend_path``). Its ``pyfunc`` ``predict`` returns the outcome's
-    probability per row, as ``models.train.PrimaryModel.probability`` does.
+    them, the L1-logistic offset the trees boost from (``offset_path``), the blend with
+    the L1-logistic (``blend_path``) and the calibrator (``calibration_path``). Its
+    ``pyfunc`` ``predict`` returns the outcome's calibrated probability per row (the
+    uncalibrated one, ``models.train.PrimaryModel.probability``, with
+    ``params={"calibrated": False}``).
 
     Returns ``(registered name, version, aliases)``.
     """
@@ -341,10 +344,10 @@ def register_model(
     client = mlflow.MlflowClient()
     # A synthetic input example (every feature absent): never a patient row.
     example = np.full((2, n_features), np.nan, dtype=np.float32)
-    signature = infer_signature(example, np.array([0.1, 0.2]))
+    signature = infer_signature(example, np.array([0.1, 0.2]), params={"calibrated": True})
     name = registered_name(task, site)
     artifacts = {"xgboost": str(xgb_model_path)}
-    for key, path in (("offset", offset_path), ("blend", blend_path)):
+    for key, path in (("offset", offset_path), ("blend", blend_path), ("calibration", calibration_path)):
         if path is not None:
             artifacts[key] = str(path)
     with mlflow.start_run(run_id=run_id), _quiet_model_from_code():

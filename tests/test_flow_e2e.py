@@ -187,6 +187,7 @@ def test_champion_loads_by_alias_and_predicts_as_forewarn_does(flow_run, tmp_pat
     import scipy.sparse as sp
 
     from forewarn.flows import tracking
+    from forewarn.models.calibration import Calibrator
     from forewarn.models.train import TrainedModels, load_primary
 
     result = flow_run["first"][0]
@@ -200,7 +201,11 @@ def test_champion_loads_by_alias_and_predicts_as_forewarn_does(flow_run, tmp_pat
     # as the champion's inputs bring it back.
     site = flow_run["study"].sites[0].name
     tracking.champion_inputs("t2d_2y", site, tmp_path / "champion")
-    np.testing.assert_allclose(p, load_primary(TrainedModels(tmp_path / "champion")).probability(X[:20]), rtol=1e-5)
+    champion = TrainedModels(tmp_path / "champion")
+    raw = load_primary(champion).probability(X[:20])
+    calibrator = Calibrator.from_json(json.loads(champion.calibration_path.read_text()))
+    np.testing.assert_allclose(p, calibrator(raw), rtol=1e-5)  # the calibrated risk
+    np.testing.assert_allclose(model.predict(X[:20], params={"calibrated": False}), raw, rtol=1e-5)
 
 
 def test_report_has_every_section_and_the_run_numbers(flow_run, client):

@@ -249,12 +249,13 @@ def test_ui_prints_the_store_redacted_and_execs_mlflow(tmp_path, monkeypatch):
 
 def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilities(tmp_path, restore_tracking):
     """A rare outcome's trees boost from an L1 offset and blend with the L1: the registered
-    model (a model from code holding the three JSON files, no pickle) predicts what
-    Forewarn's own model does."""
+    model (a model from code holding the four JSON files, no pickle) predicts what
+    Forewarn's own model does, calibrated."""
     import mlflow
     import scipy.sparse as sp
     from test_models import rare_matrix
 
+    from forewarn.models.calibration import Calibrator
     from forewarn.models.train import ModelConfig, load_primary, train_models
 
     matrix = rare_matrix(tmp_path)
@@ -266,6 +267,7 @@ def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilit
     name, version, _ = tracking.register_model(
         run_id=run_id, task="rare", site="north", xgb_model_path=trained.xgboost_path, n_features=X.shape[1], promote=True,
         decision="first model", offset_path=trained.offset_path, blend_path=trained.blend_path,
+        calibration_path=trained.calibration_path,
     )
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert loaded.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
@@ -273,7 +275,12 @@ def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilit
     dense = np.asarray(X[:50].todense(), dtype=np.float32)
     dense[dense == 0] = np.nan  # unstored entries are missing features, as in training
     expected = load_primary(trained).probability(sp.csr_matrix(X[:50]))
-    np.testing.assert_allclose(loaded.predict(dense), expected, rtol=1e-5)
+    calibrator = Calibrator.from_json(json.loads(trained.calibration_path.read_text()))
+    assert calibrator.method == "sigmoid"  # so calibration moves every probability
+    # The calibrated risk by default (the one the report's thresholds refer to), the raw one on request.
+    np.testing.assert_allclose(loaded.predict(dense), calibrator(expected), rtol=1e-5)
+    np.testing.assert_allclose(loaded.predict(dense, params={"calibrated": False}), expected, rtol=1e-5)
+    assert not np.allclose(calibrator(expected), expected, rtol=1e-3)
 
     # The next night's champion comes back with its offset: the promotion rule scores it as trained.
     from forewarn.flows.nightly import model_inputs
@@ -290,3 +297,27 @@ def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilit
     champion = load_primary(TrainedModels(tmp_path / "champion"))
     assert champion.offset is not None and champion.blend == 0.2
     np.testing.assert_array_equal(champion.probability(sp.csr_matrix(X[:50])), expected)
+
+
+def test_registered_model_applies_an_isotonic_calibrator_as_forewarn_does(tmp_path, restore_tracking):
+    """The served risk goes through the same step function (and tie-break) as
+    ``models.calibration.Calibrator``: a hand-written isotonic map, checked by eye."""
+    import mlflow
+
+    from forewarn.models.calibration import Calibrator
+
+    xgb_path = _tiny_xgboost(tmp_path / "xgboost.json", seed=3)
+    calibrator = Calibrator("isotonic", x=(0.2, 0.5, 0.8), y=(0.05, 0.3, 0.6))
+    (tmp_path / "calibration.json").write_text(json.dumps(calibrator.to_json()))
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"), cwd=tmp_path)
+    run_id = tracking.start_site_run(experiment=tracking.experiment_name("iso"), site="north", run_name="north-1", tags={})
+    name, _, _ = tracking.register_model(run_id=run_id, task="iso", site="north", xgb_model_path=xgb_path, n_features=3,
+                                         promote=True, decision="first", calibration_path=tmp_path / "calibration.json")
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    raw = loaded.predict(x, params={"calibrated": False})
+    np.testing.assert_allclose(raw, _load(xgb_path).predict_proba(x)[:, 1], rtol=1e-6)
+    assert raw.min() < 0.5 < raw.max()  # both steps of the map are used
+    np.testing.assert_allclose(loaded.predict(x), calibrator(raw), rtol=1e-9)
+    # By eye: a raw 0.35 lies halfway between the knots 0.2 and 0.5, so 0.175 (plus 1e-6 of itself).
+    assert calibrator(np.array([0.35]))[0] == pytest.approx(0.175, abs=1e-6)
