@@ -59,6 +59,9 @@ VARIANTS: dict[str, dict] = {
     "blend0.3": {"blend": 0.3},
     "blend0.5": {"blend": 0.5},
     "blend_tuned": {"blend": "tuned"},
+    "blend_auroc": {"blend": "auroc"},
+    "blend_stack": {"blend": "stack"},
+    "l1off_blend_stack": {"offset": "crossfit", "blend": "stack"},
     "l1off_blend_tuned": {"offset": "crossfit", "blend": "tuned"},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
@@ -167,8 +170,20 @@ def blend(weight, clf, X, y, m, margin, cache: dict) -> np.ndarray:
     cache["l1"] = l1
     part = {k: (clf.predict(X[m[k]], output_margin=True, base_margin=None if margin is None else margin[k]), l1.margin(X[m[k]]))
             for k in ("tuning", "held_out")}
-    if weight == "tuned":
-        metric = "auprc" if y[m["train"]].mean() < 0.05 else "auroc"
+    if weight == "stack":
+        # Stacking by likelihood: a logistic regression of the tuning labels on the two
+        # log-odds; the weight on the L1 is its share of the two (non-negative) coefficients.
+        from sklearn.linear_model import LogisticRegression
+
+        yt = y[m["tuning"]]
+        coef = (LogisticRegression(C=1e6, max_iter=1000).fit(np.column_stack(part["tuning"]), yt).coef_.ravel()
+                if 0 < yt.sum() < yt.size else np.zeros(2))
+        coef = np.clip(coef, 0, None)
+        weight = float(np.round(coef[1] / coef.sum(), 2)) if coef.sum() > 0 else 0.0
+        cache.setdefault("weights", []).append(weight)
+        print(f"      blend weight on the L1 (stack): {weight}", flush=True)
+    if weight in ("tuned", "auroc"):
+        metric = "auroc" if weight == "auroc" else ("auprc" if y[m["train"]].mean() < 0.05 else "auroc")
         yt = y[m["tuning"]].astype(bool)
         scores = [point_metrics(yt, 1 / (1 + np.exp(-((1 - w) * part["tuning"][0] + w * part["tuning"][1]))))[metric] for w in BLEND_GRID]
         weight = float(BLEND_GRID[int(np.argmax(scores))])
