@@ -37,6 +37,7 @@ from forewarn.models.train import (  # noqa: E402
     ModelConfig,
     XGBoostConfig,
     crossfit_l1_margins,
+    crossfit_tree_margins,
     fit_l1_logistic,
     fit_xgboost,
     split_masks,
@@ -61,6 +62,10 @@ VARIANTS: dict[str, dict] = {
     "blend_tuned": {"blend": "tuned"},
     "blend_auroc": {"blend": "auroc"},
     "blend_stack": {"blend": "stack"},
+    "blend_cv": {"blend": "cv"},
+    "blend_cvonly": {"blend": "cvonly"},
+    "l1off_blend_cv": {"offset": "crossfit", "blend": "cv"},
+    "l1off_blend_cvonly": {"offset": "crossfit", "blend": "cvonly"},
     "l1off_blend_stack": {"offset": "crossfit", "blend": "stack"},
     "l1off_blend_tuned": {"offset": "crossfit", "blend": "tuned"},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
@@ -151,7 +156,7 @@ def fit_variant(spec: dict, X, y, m, threads: int, subjects: np.ndarray, cache: 
                           tree_count=spec.get("tree_count", "tuning"), groups=subjects[m["train"]],
                           margins=None if margin is None else (margin["train"], margin["tuning"]))
         if "blend" in spec:
-            probs.append(blend(spec["blend"], clf, X, y, m, margin, cache))
+            probs.append(blend(spec["blend"], clf, X, y, m, margin, cache, subjects, config))
         else:
             probs.append(clf.predict_proba(X[m["held_out"]], base_margin=None if margin is None else margin["held_out"])[:, 1])
         trees.append(int(clf.best_iteration) + 1)
@@ -161,7 +166,7 @@ def fit_variant(spec: dict, X, y, m, threads: int, subjects: np.ndarray, cache: 
 BLEND_GRID = np.round(np.arange(0, 1.01, 0.1), 2)
 
 
-def blend(weight, clf, X, y, m, margin, cache: dict) -> np.ndarray:
+def blend(weight, clf, X, y, m, margin, cache: dict, subjects=None, config=None) -> np.ndarray:
     """Held-out probabilities of ``(1 - w) * XGBoost log-odds + w * L1 log-odds``: ``w``
     fixed, or ("tuned") the grid value with the best tuning-split objective (AUPRC below
     5% train prevalence, else AUROC; ties to the smaller ``w``). Returns the held-out
@@ -182,6 +187,22 @@ def blend(weight, clf, X, y, m, margin, cache: dict) -> np.ndarray:
         weight = float(np.round(coef[1] / coef.sum(), 2)) if coef.sum() > 0 else 0.0
         cache.setdefault("weights", []).append(weight)
         print(f"      blend weight on the L1 (stack): {weight}", flush=True)
+    if weight in ("cv", "cvonly"):
+        # The weight chosen on out-of-fold log-odds of the train rows (5 subject folds, trees
+        # with the final fit's tree count, L1 at its C) and, for "cv", the tuning rows too.
+        tr = m["train"]
+        trees = crossfit_tree_margins(X[tr], y[tr], subjects[tr], config, None, int(clf.best_iteration) + 1,
+                                      None if margin is None else margin["train"])
+        if "l1_oof" not in cache:
+            cache["l1_oof"] = crossfit_l1_margins(X[tr], y[tr], subjects[tr], l1.C, 5, 0, ModelConfig().l1_tol)
+        zt, zl, ys = trees, cache["l1_oof"], y[tr]
+        if weight == "cv":
+            zt, zl, ys = np.r_[zt, part["tuning"][0]], np.r_[zl, part["tuning"][1]], np.r_[ys, y[m["tuning"]]]
+        metric = "auprc" if y[tr].mean() < 0.05 else "auroc"
+        scores = [point_metrics(ys.astype(bool), 1 / (1 + np.exp(-((1 - w) * zt + w * zl))))[metric] for w in BLEND_GRID]
+        weight = float(BLEND_GRID[int(np.argmax(scores))])
+        cache.setdefault("weights", []).append(weight)
+        print(f"      blend weight on the L1 ({'cv+tuning' if ys.size > tr.sum() else 'cv'}): {weight}", flush=True)
     if weight in ("tuned", "auroc"):
         metric = "auroc" if weight == "auroc" else ("auprc" if y[m["train"]].mean() < 0.05 else "auroc")
         yt = y[m["tuning"]].astype(bool)

@@ -9,7 +9,8 @@ development networks scored by ``model_variants.py`` and the benchmark network s
 
 A development cell takes ``l1off_blend_tuned`` where ``offset: auto`` would boost from the L1
 (a rare outcome with fewer than ``OFFSET_MAX_EVENTS`` training events), else ``blend_tuned``
-(with ``--no-blend``: ``l1off`` below 200 events and ``default``, session 7's model); the
+(``--blend cv``: ``l1off_blend_cv`` / ``blend_cv``; ``--blend none``: ``l1off`` below 200 events and
+``default``, session 7's model); the
 benchmark's cells are as ``train_models`` trained them. Cells with fewer than 5 held-out
 events, or no tuning event, are left out. A ``model_variants.py`` file of one network (keys
 without ``seed<N>/``) names its cells' network by its file name. Prints one row per task: comparisons below a
@@ -32,20 +33,22 @@ OURS = "Forewarn XGBoost (calibrated)"
 METRICS = ("auroc", "auprc")
 
 
-def development_cells(path: Path, blend: bool = True) -> list[dict]:
-    """``model_variants.py --json`` cells (keys ``seed<N>/<site>/<task>``) as Forewarn now
-    configures them (``blend``: with the tuned blend, session 8's default; else as session 7's)."""
+def development_cells(path: Path, blend: str = "tuned") -> list[dict]:
+    """``model_variants.py --json`` cells (keys ``seed<N>/<site>/<task>``) as Forewarn
+    configures them with the blend chosen as ``blend`` says (``blend_<blend>`` and
+    ``l1off_blend_<blend>``); "none": as session 7's model."""
     cells = []
     for key, cell in json.loads(path.read_text()).items():
         seed, site, task = key.split("/") if key.count("/") == 2 else (path.stem, *key.split("/"))
         train, tuning, held = (int(x) for x in cell["events"].split("/"))
         # The variants' JSON has no row counts; the rare task is the only one below 2% prevalence.
         rare = task == "pancreatic_cancer_1y"
-        variant = ("l1off_blend_tuned" if rare and train < OFFSET_MAX_EVENTS else "blend_tuned") if blend else (
-            "l1off" if rare and train < SESSION7_OFFSET_MAX_EVENTS else "default")
+        names = (f"blend_{blend}", f"l1off_blend_{blend}") if blend != "none" else ("default", "l1off")
+        threshold = OFFSET_MAX_EVENTS if blend != "none" else SESSION7_OFFSET_MAX_EVENTS
+        variant = names[1] if rare and train < threshold else names[0]
         if variant not in cell:
             raise SystemExit(f"{path}: cell {key} has no {variant!r} scores; run model_variants.py with "
-                             f"--variants {'blend_tuned,l1off_blend_tuned' if blend else 'default,l1off'}")
+                             f"--variants {','.join(names)}")
         cells.append({"network": seed, "site": site, "task": task, "held": held, "tuning": tuning,
                       "delta": {b: {m: cell[variant][m] - cell[b][m] for m in METRICS} for b in BASELINES}})
     return cells
@@ -83,9 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", type=Path, nargs="+", required=True, help="model_variants.py --json outputs (development networks)")
     parser.add_argument("--comparison", type=Path, nargs="*", default=[], help="model_comparison.py --json outputs (the benchmark network)")
-    parser.add_argument("--no-blend", action="store_true", help="development cells as before the blend (session 7's defaults)")
+    parser.add_argument("--blend", default="tuned",
+                        help="development cells' blend: tuned (session 8, the tuning split), cv (session 9, out-of-fold "
+                             "train rows and the tuning split), or another model_variants.py blend_<name>; none: session 7's model")
     args = parser.parse_args()
-    cells = [c for p in args.variants for c in development_cells(p, not args.no_blend)] + [c for p in args.comparison for c in comparison_cells(p)]
+    cells = [c for p in args.variants for c in development_cells(p, args.blend)] + [c for p in args.comparison for c in comparison_cells(p)]
     print(f"(rare: train prevalence below {RARE_PREVALENCE:.0%}; offset below {OFFSET_MAX_EVENTS} training events)\n")
     print("| task | cells | comparisons below a baseline | mean ΔAUROC / ΔAUPRC vs L1 | vs MEDS-Tab-style | "
           "smallest ΔAUROC vs L1 (network, site) |\n|---|---|---|---|---|---|")

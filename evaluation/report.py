@@ -738,11 +738,14 @@ def report_context(
         if offset.get("method") == "l1" else ""
     )
     blend = xgb.get("blend") or {"weight": 0.0}
+    metric = {"auroc": "AUROC", "auprc": "AUPRC"}.get(blend.get("objective"), "objective")
+    where = ({"tuned": "the tuning split",
+              "crossfit": (f"the tuning rows and the train rows' out-of-fold log-odds ({blend.get('folds')} subject folds; "
+                           f"{blend.get('rows', 0):,} rows, {blend.get('events', 0):,} events)")}.get(blend.get("method")))
     blend_text = ""
     if blend.get("weight"):
         w = float(blend["weight"])
-        how = (f"chosen by {({'auroc': 'the tuning AUROC', 'auprc': 'the tuning AUPRC'}.get(blend.get('objective'), 'the tuning split'))} "
-               "from 0, 0.1, ..., 1" if blend.get("method") == "tuned" else "as the study sets it")
+        how = f"chosen by the {metric} on {where} from 0, 0.1, ..., 1" if where else "as the study sets it"
         blend_text = (
             f"The registered model blends the trees with the L1-logistic baseline: its log-odds are {1 - w:.1f} x the "
             f"trees' plus {w:.1f} x the L1-logistic's (weight {w:.1f} on the L1, {how}), so "
@@ -750,10 +753,10 @@ def report_context(
             "report is the blend's, and its SHAP values are the same blend of the two parts' values."
         )
         if w >= 1.0:
-            blend_text += (" With weight 1 the model scores as the L1-logistic alone: on the tuning split the trees did "
-                           "not improve its ranking, so the trees are kept but carry no weight.")
-    elif blend.get("method") == "tuned":
-        blend_text = f"Blending with the L1-logistic did not improve {'the tuning AUPRC' if blend.get('objective') == 'auprc' else 'the tuning AUROC'}: the trees score alone."
+            blend_text += (f" With weight 1 the model scores as the L1-logistic alone: on {where or 'the rows it was chosen on'} "
+                           "the trees did not improve its ranking, so the trees are kept but carry no weight.")
+    elif where:
+        blend_text = f"Blending with the L1-logistic did not improve the {metric} on {where}: the trees score alone."
     search = training.get("search") or {}
     trials = search.get("trials") or []
     search_context = None

@@ -36,7 +36,7 @@ from forewarn.models.train import (
     ModelConfig,
     PrimaryModel,
     TrainedModels,
-    choose_blend,
+    fit_blend,
     fit_l1_logistic,
     fit_xgboost,
     load_primary,
@@ -135,7 +135,7 @@ class AgeSexClassifier(_Binary):
 class ForewarnXGBClassifier(_Binary):
     """Forewarn's XGBoost: hist trees with early stopping on ``X_tune``, the rare-outcome
     settings and, below 2% prevalence, the L1-logistic offset (``config.offset``), blended
-    with the L1-logistic at the weight chosen on ``X_tune`` (``config.blend``), then a
+    with the L1-logistic at the weight ``config.blend`` chooses (``fit_blend``), then a
     calibrator chosen on ``X_tune``. ``predict_proba`` gives calibrated probabilities,
     ``decision_function`` the uncalibrated log-odds. ``params`` override ``config.xgboost``
     (a search's best). ``groups`` (the rows' subjects) keep each subject's rows in one
@@ -159,7 +159,8 @@ class ForewarnXGBClassifier(_Binary):
                           groups=groups, margins=margins)
         self.model_ = PrimaryModel(clf, l1 if offset else None)
         if l1 is not None:
-            weight, _, _ = choose_blend(self.model_.tree_margin(X_tune), l1.margin(X_tune), y_tune, y, config)
+            weight, _ = fit_blend(self.model_, l1, X, y, X_tune, y_tune, groups, config, self.params,
+                                  None if margins is None else margins[0])
             if weight:
                 self.model_ = PrimaryModel(clf, self.model_.offset, weight, l1)
         self.calibrator_, _ = choose_calibrator(self.model_.probability(X_tune), y_tune, method=config.calibration, seed=config.seed)

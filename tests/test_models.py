@@ -25,6 +25,7 @@ from forewarn.models.train import (
     PrimaryModel,
     choose_blend,
     crossfit_l1_margins,
+    crossfit_tree_margins,
     cv_tree_count,
     fit_l1_logistic,
     fit_xgboost,
@@ -260,7 +261,7 @@ def test_a_blended_model_predicts_the_blend_of_trees_with_offset_and_the_l1(tmp_
     matrix = rare_matrix(tmp_path)
     trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, blend=0.3))
     summary = json.loads(trained.summary_path.read_text())
-    assert summary["xgboost"]["blend"] == {"method": "fixed", "weight": 0.3, "objective": None, "tuning_by_weight": {}}
+    assert summary["xgboost"]["blend"] == {"method": "fixed", "weight": 0.3, "objective": None, "score_by_weight": {}}
     assert summary["xgboost"]["offset"]["method"] == "l1"
     X, _, _ = matrix.load()
     l1 = L1Logistic.from_json(json.loads(trained.l1_path.read_text()))
@@ -277,6 +278,67 @@ def test_a_blended_model_predicts_the_blend_of_trees_with_offset_and_the_l1(tmp_
     assert not trained.blend_path.exists() and load_primary(trained).blend == 0.0
     with pytest.raises(ValueError, match="needs the L1-logistic it blends with"):
         PrimaryModel(model.clf, None, 0.5)
+
+
+def test_out_of_fold_tree_margins_are_trees_fitted_on_the_other_folds():
+    rng = np.random.default_rng(4)
+    X = sp.random(300, 8, density=0.4, format="csr", random_state=4, dtype=np.float32)
+    y = (np.asarray(X[:, 0].todense()).ravel() + rng.normal(0, 0.3, 300) > 0.5).astype(int)
+    groups = np.arange(300) // 2
+    config = ModelConfig(n_jobs=1, cv_folds=3)
+    oof = crossfit_tree_margins(X, y, groups, config, {"max_depth": 2}, 7)
+    # Fold 1's rows are scored by 7 depth-2 trees fitted on folds 0 and 2 with the study's other settings.
+    fit_rows, score_rows = subject_folds(y, groups, 3, 0)[1]
+    kwargs = xgboost_params(y, config, {"max_depth": 2}) | {"n_estimators": 7, "early_stopping_rounds": None}
+    import xgboost as xgb
+
+    by_hand = xgb.XGBClassifier(**kwargs, n_jobs=1).fit(X[fit_rows], y[fit_rows])
+    np.testing.assert_allclose(oof[score_rows], by_hand.predict(X[score_rows], output_margin=True), rtol=1e-6)
+    assert len(by_hand.get_booster().get_dump()) == 7
+    # From offsets: each fold's trees start from its rows' offsets.
+    start = np.linspace(-1, 1, 300)
+    moved = crossfit_tree_margins(X, y, groups, config, {"max_depth": 2}, 7, start)
+    by_hand.fit(X[fit_rows], y[fit_rows], base_margin=start[fit_rows])
+    np.testing.assert_allclose(moved[score_rows], by_hand.predict(X[score_rows], output_margin=True, base_margin=start[score_rows]),
+                               rtol=1e-6)
+    # A fold whose other folds hold no event gets their smoothed base rate, or its own offsets.
+    one = np.zeros(300, int)
+    one[0] = 1
+    margins = crossfit_tree_margins(X, one, groups, config, None, 7)
+    alone = next(f for f in subject_folds(one, groups, 3, 0) if 0 in f[1])
+    np.testing.assert_allclose(margins[alone[1]], np.log(0.5 / (alone[0].size + 0.5)))
+    np.testing.assert_allclose(crossfit_tree_margins(X, one, groups, config, None, 7, start)[alone[1]], start[alone[1]])
+
+
+@pytest.mark.parametrize("rare", [False, True])
+def test_crossfit_blend_weight_is_chosen_on_out_of_fold_train_rows_and_tuning_rows(tmp_path, rare):
+    """The default blend scores each weight on every train row's out-of-fold log-odds (trees
+    refitted with the final tree count, the L1 at its C; with an offset, the offsets are the
+    L1's out-of-fold log-odds) and the tuning rows: rebuilt by hand, the same weight and scores."""
+    matrix = rare_matrix(tmp_path) if rare else synthetic_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    summary = json.loads(trained.summary_path.read_text())
+    blend = summary["xgboost"]["blend"]
+    X, rows, _ = matrix.load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(int)
+    tr, tu = (rows[schema.SPLIT] == "train").to_numpy(), (rows[schema.SPLIT] == "tuning").to_numpy()
+    assert summary["xgboost"]["offset"]["method"] == ("l1" if rare else "none")
+    assert (blend["method"], blend["scored_on"], blend["folds"]) == ("crossfit", "out-of-fold train and tuning", 5)
+    assert (blend["rows"], blend["events"]) == (int(tr.sum() + tu.sum()), int(y[tr].sum() + y[tu].sum()))
+    assert blend["objective"] == ("auprc" if rare else "auroc")
+    l1 = L1Logistic.from_json(json.loads(trained.l1_path.read_text()))
+    subjects = rows[schema.SUBJECT_ID].to_numpy()
+    linear = crossfit_l1_margins(X[tr], y[tr], subjects[tr], l1.C, 5, 0, 1e-3)
+    trees_model = load_primary(trained)
+    n_trees = int(trees_model.clf.best_iteration) + 1
+    oof = crossfit_tree_margins(X[tr], y[tr], subjects[tr], ModelConfig(n_jobs=1), None, n_trees, linear if rare else None)
+    plain = PrimaryModel(trees_model.clf, trees_model.offset)
+    weight, objective, scores = choose_blend(np.r_[oof, plain.tree_margin(X[tu])], np.r_[linear, l1.margin(X[tu])],
+                                             np.r_[y[tr], y[tu]], y[tr], ModelConfig())
+    assert (weight, objective) == (blend["weight"], blend["objective"])
+    assert scores == pytest.approx(blend["score_by_weight"], abs=1e-6)
+    assert blend["score_by_weight"][str(weight)] == max(blend["score_by_weight"].values())
+    assert trees_model.blend == weight
 
 
 def test_out_of_fold_offsets_never_see_their_own_label():
@@ -508,7 +570,8 @@ def test_search_scores_trials_with_the_offset(tmp_path):
     from forewarn.models.search import SearchConfig
 
     matrix = rare_matrix(tmp_path)
-    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, search=SearchConfig(trials=4, seed=1)))
+    config = ModelConfig(n_jobs=1, search=SearchConfig(trials=4, seed=1), blend="tuned")  # scored on tuning alone, as the trials
+    trained = train_models(matrix, tmp_path / "m", config)
     summary = json.loads(trained.summary_path.read_text())
     assert summary["search"]["objective"] == "auprc" and summary["xgboost"]["offset"]["method"] == "l1"
     best = max((t for t in summary["search"]["trials"] if t["state"] == "complete"), key=lambda t: t["value"])
@@ -516,8 +579,8 @@ def test_search_scores_trials_with_the_offset(tmp_path):
     tune = pred[schema.SPLIT] == "tuning"
     refit = average_precision_score(pred.loc[tune, schema.BOOLEAN_VALUE], pred.loc[tune, schema.PREDICTED_BOOLEAN_PROBABILITY])
     blend = summary["xgboost"]["blend"]
-    assert blend["tuning_by_weight"]["0.0"] == pytest.approx(best["value"], abs=1e-6)  # the trees alone: the trial's score
-    assert refit == pytest.approx(blend["tuning_by_weight"][str(blend["weight"])], abs=1e-6)
+    assert blend["score_by_weight"]["0.0"] == pytest.approx(best["value"], abs=1e-6)  # the trees alone: the trial's score
+    assert refit == pytest.approx(blend["score_by_weight"][str(blend["weight"])], abs=1e-6)
     assert refit > best["value"] and blend["weight"] > 0  # here the blend improves on the trees
 
 

@@ -704,18 +704,25 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
         page = html.unescape(render(build_context(run, training=training)))
         return page.split('id="model"')[1].split("<h2")[0], page.split('id="explanations"')[1].split("<h2")[0]
 
-    tuned = {"method": "tuned", "weight": 0.3, "objective": "auroc", "tuning_by_weight": {}}
+    tuned = {"method": "tuned", "weight": 0.3, "objective": "auroc", "score_by_weight": {}, "scored_on": "tuning"}
     model, explanations = pages(tuned)
     assert ("its log-odds are 0.7 x the trees' plus 0.3 x the L1-logistic's (weight 0.3 on the L1, chosen by the "
-            "tuning AUROC from 0, 0.1, ..., 1)") in model
+            "AUROC on the tuning split from 0, 0.1, ..., 1)") in model
     assert "scores as the L1-logistic alone" not in model
     assert "blended with the L1-logistic's exact linear SHAP values at weight 0.3 (section 6)" in explanations
     model, explanations = pages(tuned | {"weight": 1.0, "objective": "auprc"})
-    assert "chosen by the tuning AUPRC" in model and "With weight 1 the model scores as the L1-logistic alone" in model
+    assert "chosen by the AUPRC on the tuning split" in model
+    assert "With weight 1 the model scores as the L1-logistic alone: on the tuning split the trees did not" in model
     model, explanations = pages(tuned | {"weight": 0.0, "objective": "auprc"})
-    assert "Blending with the L1-logistic did not improve the tuning AUPRC: the trees score alone." in model
+    assert "Blending with the L1-logistic did not improve the AUPRC on the tuning split: the trees score alone." in model
     assert "linear SHAP values at weight" not in explanations
-    model, _ = pages({"method": "fixed", "weight": 0.5, "objective": None, "tuning_by_weight": {}})
+    crossfit = tuned | {"method": "crossfit", "weight": 0.2, "folds": 5, "rows": 12345, "events": 234}
+    model, _ = pages(crossfit)
+    assert ("(weight 0.2 on the L1, chosen by the AUROC on the tuning rows and the train rows' out-of-fold log-odds "
+            "(5 subject folds; 12,345 rows, 234 events) from 0, 0.1, ..., 1)") in model
+    model, _ = pages(crossfit | {"weight": 0.0})
+    assert "did not improve the AUROC on the tuning rows and the train rows' out-of-fold log-odds" in model
+    model, _ = pages({"method": "fixed", "weight": 0.5, "objective": None, "score_by_weight": {}})
     assert "(weight 0.5 on the L1, as the study sets it)" in model
-    model, _ = pages({"method": "none", "weight": 0.0, "objective": None, "tuning_by_weight": {}})
+    model, _ = pages({"method": "none", "weight": 0.0, "objective": None, "score_by_weight": {}})
     assert "blend" not in model.lower()
