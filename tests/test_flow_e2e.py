@@ -127,9 +127,9 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         assert len(tags["forewarn.data_digest"]) == 16 and len(tags["forewarn.task_digest"]) == 16
         assert "AUROC" in tags["mlflow.note.content"]
         # The model's make-up is a param, the same in every run: T2D is common, so no offset;
-        # the blend weight is the one training chose on the tuning split.
+        # the blend weight is the one training chose (out-of-fold train rows and tuning rows).
         params = r.data.params
-        assert (params["offset"], params["blend"]) == ("none", "tuned") and 0 <= float(params["blend_weight"]) <= 1
+        assert (params["offset"], params["blend"]) == ("none", "crossfit") and 0 <= float(params["blend_weight"]) <= 1
     # The degraded data has another digest and a worse model.
     by_site = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
