@@ -753,7 +753,8 @@ def train_models(
     cluster with ``xgboost.dask`` (``fit_xgboost_dask``); the saved model, predictions,
     calibration and baselines are computed here as in a local run and written in the
     same files and formats. The hyperparameter search, when enabled, still runs its
-    trials locally (they are many small fits); only the final fit goes to Dask.
+    trials locally (they are many small fits), and so do the cross-fitted blend's fold
+    fits (``blend: crossfit``); only the final fit goes to Dask.
     """
     out = TrainedModels(Path(out_dir))
     (out.dir / "predictions").mkdir(parents=True, exist_ok=True)
