@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,8 @@ from forewarn.models.train import (  # noqa: E402
     fit_l1_logistic,
     fit_xgboost,
     split_masks,
+    subject_folds,
+    xgboost_params,
 )
 from forewarn.records import schema  # noqa: E402
 from forewarn.records.deid import DeidConfig, load_secret  # noqa: E402
@@ -68,6 +71,10 @@ VARIANTS: dict[str, dict] = {
     "l1off_blend_cvonly": {"offset": "crossfit", "blend": "cvonly"},
     "l1off_blend_stack": {"offset": "crossfit", "blend": "stack"},
     "l1off_blend_tuned": {"offset": "crossfit", "blend": "tuned"},
+    "blend_cv_guard": {"blend": "cv_guard"},
+    "l1off_blend_cv_guard": {"offset": "crossfit", "blend": "cv_guard"},
+    "blend_cv_bag": {"blend": "cv_bag"},
+    "l1off_blend_cv_bag": {"offset": "crossfit", "blend": "cv_bag"},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
@@ -187,22 +194,36 @@ def blend(weight, clf, X, y, m, margin, cache: dict, subjects=None, config=None)
         weight = float(np.round(coef[1] / coef.sum(), 2)) if coef.sum() > 0 else 0.0
         cache.setdefault("weights", []).append(weight)
         print(f"      blend weight on the L1 (stack): {weight}", flush=True)
-    if weight in ("cv", "cvonly"):
+    if weight in ("cv", "cvonly", "cv_guard", "cv_bag"):
         # The weight chosen on out-of-fold log-odds of the train rows (5 subject folds, trees
         # with the final fit's tree count, L1 at its C) and, for "cv", the tuning rows too.
+        # cv_guard: the best objective among the weights whose other metric (AUROC when the
+        # objective is AUPRC, and the reverse) is at least the L1's (w = 1) on the same rows.
+        # cv_bag: the trees' tuning and held-out log-odds are the mean of the final fit's and
+        # the five fold fits' (the weight still scored on single fold fits out of fold).
         tr = m["train"]
-        trees = crossfit_tree_margins(X[tr], y[tr], subjects[tr], config, None, int(clf.best_iteration) + 1,
-                                      None if margin is None else margin["train"])
+        if weight == "cv_bag":
+            trees, bags = fold_fits(X, y, m, subjects, config, int(clf.best_iteration) + 1, margin)
+            for k in ("tuning", "held_out"):
+                part[k] = (np.mean([part[k][0], *bags[k]], axis=0), part[k][1])
+        else:
+            trees = crossfit_tree_margins(X[tr], y[tr], subjects[tr], config, None, int(clf.best_iteration) + 1,
+                                          None if margin is None else margin["train"])
         if "l1_oof" not in cache:
             cache["l1_oof"] = crossfit_l1_margins(X[tr], y[tr], subjects[tr], l1.C, 5, 0, ModelConfig().l1_tol)
         zt, zl, ys = trees, cache["l1_oof"], y[tr]
-        if weight == "cv":
+        if weight != "cvonly":
             zt, zl, ys = np.r_[zt, part["tuning"][0]], np.r_[zl, part["tuning"][1]], np.r_[ys, y[m["tuning"]]]
         metric = "auprc" if y[tr].mean() < 0.05 else "auroc"
-        scores = [point_metrics(ys.astype(bool), 1 / (1 + np.exp(-((1 - w) * zt + w * zl))))[metric] for w in BLEND_GRID]
+        other = "auroc" if metric == "auprc" else "auprc"
+        points = [point_metrics(ys.astype(bool), 1 / (1 + np.exp(-((1 - w) * zt + w * zl)))) for w in BLEND_GRID]
+        scores = [p[metric] for p in points]
+        if weight == "cv_guard":
+            scores = [s if p[other] >= points[-1][other] else -np.inf for s, p in zip(scores, points, strict=True)]
+        label = weight
         weight = float(BLEND_GRID[int(np.argmax(scores))])
         cache.setdefault("weights", []).append(weight)
-        print(f"      blend weight on the L1 ({'cv+tuning' if ys.size > tr.sum() else 'cv'}): {weight}", flush=True)
+        print(f"      blend weight on the L1 ({label}): {weight}", flush=True)
     if weight in ("tuned", "auroc"):
         metric = "auroc" if weight == "auroc" else ("auprc" if y[m["train"]].mean() < 0.05 else "auroc")
         yt = y[m["tuning"]].astype(bool)
@@ -212,6 +233,24 @@ def blend(weight, clf, X, y, m, margin, cache: dict, subjects=None, config=None)
         print(f"      blend weight on the L1: {weight}", flush=True)
     z = (1 - weight) * part["held_out"][0] + weight * part["held_out"][1]
     return 1 / (1 + np.exp(-z))
+
+
+def fold_fits(X, y, m, subjects, config, n_trees: int, margin) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
+    """``crossfit_tree_margins``' out-of-fold train log-odds, plus each fold fit's log-odds
+    for the tuning and held-out rows (the cv_bag variant's bag)."""
+    tr = m["train"]
+    Xt, yt = X[tr], y[tr]
+    kwargs = xgboost_params(yt, config, None)
+    kwargs.update(n_estimators=n_trees, early_stopping_rounds=None)
+    out, bags = np.empty(Xt.shape[0]), {"tuning": [], "held_out": []}
+    for fit_rows, score_rows in subject_folds(yt, subjects[tr], config.cv_folds, config.seed):
+        base = None if margin is None else margin["train"]
+        clf = xgb.XGBClassifier(**kwargs, n_jobs=config.n_jobs or os.cpu_count())
+        clf.fit(Xt[fit_rows], yt[fit_rows], base_margin=None if base is None else base[fit_rows], verbose=False)
+        out[score_rows] = clf.predict(Xt[score_rows], output_margin=True, base_margin=None if base is None else base[score_rows])
+        for k in bags:
+            bags[k].append(clf.predict(X[m[k]], output_margin=True, base_margin=None if margin is None else margin[k]))
+    return out, bags
 
 
 def baselines(cell: str, paths: dict[str, str], X, y, rows, m, threads: int) -> dict[str, np.ndarray]:

@@ -162,6 +162,14 @@ class ModelConfig(BaseModel):
             "the L1 at its C); tuned: on the tuning rows alone; a number fixes w; none: XGBoost alone"
         ),
     )
+    blend_guard: bool = Field(
+        True,
+        description=(
+            "the blend's weight is chosen only among the weights whose other metric (AUROC when the objective is AUPRC, "
+            "AUPRC when it is AUROC), on the rows the weights are scored on, is at least the L1-logistic's alone (w = 1, "
+            "which always qualifies): the model does not trade one metric below the baseline's for the other"
+        ),
+    )
     tree_count: Literal["auto", "tuning", "cv"] = Field(
         "tuning",
         description=(
@@ -619,20 +627,30 @@ def blend_margins(trees: np.ndarray, linear: np.ndarray, weight: float) -> np.nd
 
 
 def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_train: np.ndarray,
-                 config: ModelConfig) -> tuple[float, str | None, dict[str, float]]:
+                 config: ModelConfig) -> tuple[float, str | None, dict[str, float], dict | None]:
     """The blend weight (``ModelConfig.blend``), from the trees' and the L1's log-odds of
     the rows it is chosen on (``y_tune``: their labels): the weight, the objective it was
-    chosen by (None when fixed) and the score of every weight of ``BLEND_WEIGHTS`` (empty
-    when fixed)."""
+    chosen by (None when fixed), the score of every weight of ``BLEND_WEIGHTS`` (empty
+    when fixed) and the guard (``ModelConfig.blend_guard``; None when off, fixed or the
+    rows hold one class): its metric, the L1's value of it, each weight's and the weights
+    it ruled out."""
     if config.blend == "none":
-        return 0.0, None, {}
+        return 0.0, None, {}, None
     if not isinstance(config.blend, str):
-        return float(config.blend), None, {}
+        return float(config.blend), None, {}, None
     name = objective_name(config.search, y_train)
-    score = roc_auc_score if name == "auroc" else average_precision_score
-    scores = {w: float(score(y_tune, blend_margins(trees, linear, w))) for w in BLEND_WEIGHTS}
-    best = max(BLEND_WEIGHTS, key=lambda w: (scores[w], -w))
-    return best, name, {str(w): round(v, 6) for w, v in scores.items()}
+    metrics = {"auroc": roc_auc_score, "auprc": average_precision_score}
+    scores = {w: float(metrics[name](y_tune, blend_margins(trees, linear, w))) for w in BLEND_WEIGHTS}
+    allowed, guard = list(BLEND_WEIGHTS), None
+    if config.blend_guard and 0 < int(np.sum(y_tune)) < len(y_tune):
+        other = "auprc" if name == "auroc" else "auroc"
+        values = {w: float(metrics[other](y_tune, blend_margins(trees, linear, w))) for w in BLEND_WEIGHTS}
+        floor = values[BLEND_WEIGHTS[-1]]  # w = 1: the L1 alone
+        allowed = [w for w in BLEND_WEIGHTS if values[w] >= floor]
+        guard = {"metric": other, "l1": round(floor, 6), "by_weight": {str(w): round(v, 6) for w, v in values.items()},
+                 "excluded": [str(w) for w in BLEND_WEIGHTS if w not in allowed]}
+    best = max(allowed, key=lambda w: (scores[w], -w))
+    return best, name, {str(w): round(v, 6) for w, v in scores.items()}, guard
 
 
 def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y_tune, groups, config: ModelConfig,
@@ -652,11 +670,11 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
             X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol)
         trees, linear, y = np.r_[oof_trees, trees], np.r_[oof_linear, linear], np.r_[np.asarray(y_train), y]
         scored_on = "out-of-fold train and tuning"
-    weight, objective, scores = choose_blend(trees, linear, y, y_train, config)
+    weight, objective, scores, guard = choose_blend(trees, linear, y, y_train, config)
     method = config.blend if isinstance(config.blend, str) else "fixed"
     summary = {"method": method, "weight": weight, "objective": objective, "score_by_weight": scores}
     if objective is not None:
-        summary.update(scored_on=scored_on, rows=int(y.size), events=int(y.sum()),
+        summary.update(scored_on=scored_on, rows=int(y.size), events=int(y.sum()), guard=guard,
                        **({"folds": config.cv_folds} if config.blend == "crossfit" else {}))
     return weight, summary
 
@@ -808,7 +826,8 @@ def train_models(
             primary = PrimaryModel(clf, primary.offset, weight, lr)
             out.blend_path.write_text(json.dumps(blend_to_json(weight, lr)))
         counts.update(weight=weight, method=blend["method"], objective=blend["objective"] or "fixed",
-                      **({"rows": blend["rows"], "events": blend["events"]} if "rows" in blend else {}))
+                      **({"rows": blend["rows"], "events": blend["events"]} if "rows" in blend else {}),
+                      **({"guard_excluded": len(blend["guard"]["excluded"])} if blend.get("guard") else {}))
     raw = primary.probability(X)
     with stage("calibrate") as counts:
         calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed)
