@@ -620,6 +620,19 @@ def _agg_text(aggs: list[str]) -> str:
 # ------------------------------------------------------------------------- context
 
 
+def _guard_text(guard: dict | None) -> str:
+    """The blend guard's clause for the model section: the other metric's floor (the
+    L1-logistic alone) and the weights it ruled out."""
+    if not guard:
+        return ""
+    metric = {"auroc": "AUROC", "auprc": "AUPRC"}[guard["metric"]]
+    text = f", among the weights whose {metric} there is at least the L1-logistic's alone ({guard['l1']:.3f})"
+    excluded = guard.get("excluded") or []
+    if excluded:
+        text += f"; that ruled out {', '.join(excluded)}"
+    return text
+
+
 def report_context(
     *,
     site: str,
@@ -745,7 +758,7 @@ def report_context(
     blend_text = ""
     if blend.get("weight"):
         w = float(blend["weight"])
-        how = f"chosen by the {metric} on {where} from 0, 0.1, ..., 1" if where else "as the study sets it"
+        how = f"chosen by the {metric} on {where} from 0, 0.1, ..., 1{_guard_text(blend.get('guard'))}" if where else "as the study sets it"
         blend_text = (
             f"The registered model blends the trees with the L1-logistic baseline: its log-odds are {1 - w:.1f} x the "
             f"trees' plus {w:.1f} x the L1-logistic's (weight {w:.1f} on the L1, {how}), so "

@@ -245,16 +245,35 @@ def test_the_blend_weight_is_the_best_on_tuning_with_ties_to_the_trees():
     linear = np.array([0.0, 1.0, 3.0, -1.0])  # AUROC 3/4: the first event below it
     # (1 - w) * trees + w * linear: events at 2 - 2w and 3w, non-events at 1 and -1, so both
     # events clear 1 only for 1/3 < w < 1/2: w = 0.4 (AUROC 1); 0.3 and 0.5 tie one pair.
-    weight, objective, scores = choose_blend(trees, linear, y_tune, y_train, ModelConfig())
+    weight, objective, scores, guard = choose_blend(trees, linear, y_tune, y_train, ModelConfig())
     assert (weight, objective) == (0.4, "auroc")
+    assert guard["metric"] == "auprc" and guard["excluded"] == []  # 0.4 also has the best AUPRC
     assert scores["0.4"] == 1.0 and scores["0.3"] == 0.75 and scores["0.5"] == 0.875 and scores["0.0"] == scores["1.0"] == 0.75
     # Equal scores go to the smaller weight (the trees alone here); a rare outcome is chosen by AUPRC.
     assert choose_blend(trees, trees, y_tune, y_train, ModelConfig())[0] == 0.0
     assert choose_blend(trees, linear, y_tune, np.r_[np.ones(1), np.zeros(99)], ModelConfig())[:2] == (0.4, "auprc")
-    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend=0.7)) == (0.7, None, {})
-    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend="none")) == (0.0, None, {})
+    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend=0.7)) == (0.7, None, {}, None)
+    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend="none")) == (0.0, None, {}, None)
     with pytest.raises(ValueError, match="less than or equal to 1"):
         ModelConfig(blend=1.5)
+
+
+def test_the_blend_guard_rules_out_weights_below_the_l1_on_the_other_metric():
+    y_train = np.r_[np.ones(1), np.zeros(99)]  # rare: chosen by AUPRC, guarded by AUROC
+    y = np.array([1, 1, 0, 0, 0, 0])  # events e1, e2; non-events n1..n4
+    trees = np.array([3.0, -3.0, 0.0, 0.0, 0.0, 0.0])  # e1 first, e2 last: AUPRC (1 + 2/6) / 2 = 2/3, AUROC 4/8
+    linear = np.array([1.2, 1.0, 2.0, 0.0, 0.0, 0.0])  # n1, e1, e2, rest: AUPRC (1/2 + 2/3) / 2 = 7/12, AUROC 6/8
+    # Blended, e1 = 3 - 1.8w, e2 = -3 + 4w, n1 = 2w, n2..n4 = 0: up to w = 0.7 the trees' order
+    # (AUPRC 2/3, AUROC 1/2); from w = 0.8 the L1's (7/12, 3/4).
+    weight, objective, scores, guard = choose_blend(trees, linear, y, y_train, ModelConfig())
+    assert (weight, objective) == (0.8, "auprc")  # the smallest weight with AUROC at least the L1's 3/4
+    assert scores["0.0"] == pytest.approx(2 / 3) and scores["0.8"] == pytest.approx(7 / 12)
+    assert guard == {"metric": "auroc", "l1": 0.75, "excluded": [str(w / 10) for w in range(8)],
+                     "by_weight": {str(w / 10): 0.5 if w < 8 else 0.75 for w in range(11)}}
+    # Without the guard the best AUPRC wins: the trees alone.
+    assert choose_blend(trees, linear, y, y_train, ModelConfig(blend_guard=False))[::3] == (0.0, None)
+    # Rows of one class have no AUROC: no guard.
+    assert choose_blend(trees, linear, np.ones(6), y_train, ModelConfig())[3] is None
 
 
 def test_a_blended_model_predicts_the_blend_of_trees_with_offset_and_the_l1(tmp_path):
@@ -333,11 +352,14 @@ def test_crossfit_blend_weight_is_chosen_on_out_of_fold_train_rows_and_tuning_ro
     n_trees = int(trees_model.clf.best_iteration) + 1
     oof = crossfit_tree_margins(X[tr], y[tr], subjects[tr], ModelConfig(n_jobs=1), None, n_trees, linear if rare else None)
     plain = PrimaryModel(trees_model.clf, trees_model.offset)
-    weight, objective, scores = choose_blend(np.r_[oof, plain.tree_margin(X[tu])], np.r_[linear, l1.margin(X[tu])],
-                                             np.r_[y[tr], y[tu]], y[tr], ModelConfig())
+    weight, objective, scores, guard = choose_blend(np.r_[oof, plain.tree_margin(X[tu])], np.r_[linear, l1.margin(X[tu])],
+                                                    np.r_[y[tr], y[tu]], y[tr], ModelConfig())
     assert (weight, objective) == (blend["weight"], blend["objective"])
     assert scores == pytest.approx(blend["score_by_weight"], abs=1e-6)
-    assert blend["score_by_weight"][str(weight)] == max(blend["score_by_weight"].values())
+    assert guard["by_weight"] == pytest.approx(blend["guard"]["by_weight"], abs=1e-6)
+    allowed = [w for w in blend["score_by_weight"] if blend["guard"]["by_weight"][w] >= blend["guard"]["l1"]]
+    assert blend["guard"]["excluded"] == [w for w in blend["score_by_weight"] if w not in allowed]
+    assert blend["score_by_weight"][str(weight)] == max(blend["score_by_weight"][w] for w in allowed)
     assert trees_model.blend == weight
 
 
