@@ -35,6 +35,7 @@ from forewarn.evaluation.metrics import point_metrics  # noqa: E402
 from forewarn.features.featurize import FeatureConfig, FeatureMatrix, featurize  # noqa: E402
 from forewarn.features.labels import label_dataset, load_task  # noqa: E402
 from forewarn.models.train import (  # noqa: E402
+    PRIMARY,
     ModelConfig,
     XGBoostConfig,
     crossfit_l1_margins,
@@ -43,6 +44,7 @@ from forewarn.models.train import (  # noqa: E402
     fit_xgboost,
     split_masks,
     subject_folds,
+    train_models,
     xgboost_params,
 )
 from forewarn.records import schema  # noqa: E402
@@ -75,6 +77,12 @@ VARIANTS: dict[str, dict] = {
     "l1off_blend_cv_guard": {"offset": "crossfit", "blend": "cv_guard"},
     "blend_cv_bag": {"blend": "cv_bag"},
     "l1off_blend_cv_bag": {"offset": "crossfit", "blend": "cv_bag"},
+    # The production pipeline itself (train_models: offset auto, crossfit blend, guard,
+    # calibrator), scored on its calibrated held-out predictions as model_comparison.py
+    # scores it; with an Optuna search of N trials (search.trials) before the final fit.
+    "production": {"production": {}},
+    "production_search20": {"production": {"search": {"trials": 20}}},
+    "production_search50": {"production": {"search": {"trials": 50}}},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
@@ -235,6 +243,24 @@ def blend(weight, clf, X, y, m, margin, cache: dict, subjects=None, config=None)
     return 1 / (1 + np.exp(-z))
 
 
+def production(matrix: Path, settings: dict, threads: int) -> tuple[np.ndarray, list[int]]:
+    """Held-out calibrated probabilities of ``train_models`` with ``ModelConfig(**settings)``
+    (the rows in the matrix's order) and its tree count."""
+    import tempfile
+
+    import pandas as pd
+
+    config = ModelConfig.model_validate({"n_jobs": threads, **settings})
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = train_models(FeatureMatrix(matrix), Path(tmp), config)
+        pred = pd.read_parquet(trained.predictions_path(PRIMARY))
+        summary = json.loads(trained.summary_path.read_text())
+    held = pred[pred[schema.SPLIT] == "held_out"]
+    print(f"      production {settings}: blend {summary['xgboost']['blend']['weight']}, "
+          f"offset {summary['xgboost']['offset']['method']}", flush=True)
+    return held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(), [int(summary["xgboost"]["best_iteration"]) + 1]
+
+
 def fold_fits(X, y, m, subjects, config, n_trees: int, margin) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
     """``crossfit_tree_margins``' out-of-fold train log-odds, plus each fold fit's log-odds
     for the tuning and held-out rows (the cv_bag variant's bag)."""
@@ -315,7 +341,10 @@ def run_cell(cell: str, paths: dict[str, str], variants: list[str], threads: int
     subjects = rows[schema.SUBJECT_ID].to_numpy()
     cache: dict = {}
     for name in variants:
-        probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, threads, subjects, cache)
+        if "production" in VARIANTS[name]:
+            probs[name], trees[name] = production(Path(paths["ours"]), VARIANTS[name]["production"], threads)
+        else:
+            probs[name], trees[name] = fit_variant(VARIANTS[name], X, y, m, threads, subjects, cache)
     scores = {name: point_metrics(held_y, p) for name, p in probs.items()}
     events = "/".join(str(int(y[m[k]].sum())) for k in ("train", "tuning", "held_out"))
     print(f"{cell}: train/tuning/held-out events {events}; variants {time.perf_counter() - start:.0f} s", flush=True)
