@@ -83,6 +83,7 @@ VARIANTS: dict[str, dict] = {
     "production": {"production": {}},
     "production_search20": {"production": {"search": {"trials": 20}}},
     "production_search50": {"production": {"search": {"trials": 50}}},
+    "production_treecount_auto": {"production": {"tree_count": "auto"}},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
