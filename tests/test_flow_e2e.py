@@ -130,6 +130,7 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         # the blend weight is the one training chose (out-of-fold train rows and tuning rows).
         params = r.data.params
         assert (params["offset"], params["blend"]) == ("none", "crossfit") and 0 <= float(params["blend_weight"]) <= 1
+        assert params["blend_guard"] == "auprc"  # T2D's weights are chosen by AUROC, guarded by AUPRC
     # The degraded data has another digest and a worse model.
     by_site = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
