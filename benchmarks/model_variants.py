@@ -323,7 +323,10 @@ def main() -> None:
         matrices = build(args.people, seed, args.work, [t for t in args.tasks.split(",") if t])
         for cell in [c for c in args.cells.split(",") if c] or list(matrices):
             key = cell if len(seeds) == 1 else f"seed{seed}/{cell}"
-            results[key] = run_cell(key, matrices[cell], variants, args.threads)
+            try:
+                results[key] = run_cell(key, matrices[cell], variants, args.threads)
+            except ValueError as err:  # train_models refuses a cell (e.g. no tuning event): so would the flow
+                print(f"{key}: skipped, {err}", flush=True)
     if len(results) > 1:
         print_summary(results, variants)
     if args.json:
