@@ -84,6 +84,8 @@ VARIANTS: dict[str, dict] = {
     "production_search20": {"production": {"search": {"trials": 20}}},
     "production_search50": {"production": {"search": {"trials": 50}}},
     "production_treecount_auto": {"production": {"tree_count": "auto"}},
+    "production_1se": {"production": {"blend_rule": "one_se"}},
+    "production_1se_paired": {"production": {"blend_rule": "one_se_paired"}},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},

@@ -174,6 +174,17 @@ class ModelConfig(BaseModel):
             "which always qualifies): the model does not trade one metric below the baseline's for the other"
         ),
     )
+    blend_rule: Literal["best", "one_se", "one_se_paired"] = Field(
+        "best",
+        description=(
+            "which of the blend's weights (among those the guard allows) is chosen: best: the best objective; one_se: "
+            "the largest weight (the nearest the L1-logistic) whose objective is within one standard error of the "
+            "best's (Breiman et al.'s one-standard-error rule; the error from blend_rule_draws patient-level bootstrap "
+            "resamples of the rows the weights are scored on); one_se_paired: the same with the standard error of each "
+            "weight's difference from the best"
+        ),
+    )
+    blend_rule_draws: int = Field(200, ge=20, description="bootstrap resamples for blend_rule one_se and one_se_paired")
     tree_count: Literal["auto", "tuning", "cv"] = Field(
         "tuning",
         description=(
@@ -631,7 +642,7 @@ def blend_margins(trees: np.ndarray, linear: np.ndarray, weight: float) -> np.nd
 
 
 def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_train: np.ndarray,
-                 config: ModelConfig) -> tuple[float, str | None, dict[str, float], dict | None]:
+                 config: ModelConfig, subjects: np.ndarray | None = None) -> tuple[float, str | None, dict[str, float], dict | None]:
     """The blend weight (``ModelConfig.blend``), from the trees' and the L1's log-odds of
     the rows it is chosen on (``y_tune``: their labels): the weight, the objective it was
     chosen by (None when fixed), the score of every weight of ``BLEND_WEIGHTS`` (empty
@@ -654,11 +665,48 @@ def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_tr
         guard = {"metric": other, "l1": round(floor, 6), "by_weight": {str(w): round(v, 6) for w, v in values.items()},
                  "excluded": [str(w) for w in BLEND_WEIGHTS if w not in allowed]}
     best = max(allowed, key=lambda w: (scores[w], -w))
+    if config.blend_rule != "best" and 0 < int(np.sum(y_tune)) < len(y_tune):
+        tolerance = one_se_tolerance(trees, linear, y_tune, subjects, allowed, best, metrics[name], config)
+        within = [w for w in allowed if scores[best] - scores[w] <= tolerance[w]]
+        chosen = max(within)
+        guard = {**(guard or {}), "rule": {"name": config.blend_rule, "best": best,
+                                           "tolerance": {str(w): round(t, 6) for w, t in tolerance.items()},
+                                           "within": [str(w) for w in within]}}
+        best = chosen
     return best, name, {str(w): round(v, 6) for w, v in scores.items()}, guard
 
 
+def one_se_tolerance(trees, linear, y, subjects, weights, best: float, metric, config: ModelConfig) -> dict[float, float]:
+    """How far below the best weight's score each of ``weights`` may score and still be
+    chosen (``ModelConfig.blend_rule``): the standard deviation over patient-level
+    bootstrap resamples of the rows (``subjects``: their patients; each row its own when
+    None) of the best's score (one_se), or of the best's score minus the weight's
+    (one_se_paired). Resamples with one class are skipped."""
+    y = np.asarray(y)
+    subjects = np.arange(y.size) if subjects is None else np.asarray(subjects)
+    uniq, row_subject = np.unique(subjects, return_inverse=True)
+    rng = np.random.default_rng(config.seed)
+    paired = config.blend_rule == "one_se_paired"
+    margins = {w: blend_margins(trees, linear, w) for w in (weights if paired else [best])}
+    top: list[float] = []
+    gaps: dict[float, list[float]] = {w: [] for w in margins}
+    for _ in range(config.blend_rule_draws):
+        counts = np.bincount(rng.integers(0, uniq.size, uniq.size), minlength=uniq.size)[row_subject]
+        keep = counts > 0
+        if not 0 < int(y[keep].sum()) < int(keep.sum()):
+            continue
+        score = {w: float(metric(y[keep], z[keep], sample_weight=counts[keep])) for w, z in margins.items()}
+        top.append(score[best])
+        for w in margins:
+            gaps[w].append(score[best] - score[w])
+    if not paired:
+        return dict.fromkeys(weights, float(np.std(top)))
+    return {w: float(np.std(g)) for w, g in gaps.items()}
+
+
 def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y_tune, groups, config: ModelConfig,
-              params: dict | None = None, train_offsets: np.ndarray | None = None) -> tuple[float, dict]:
+              params: dict | None = None, train_offsets: np.ndarray | None = None,
+              tune_groups: np.ndarray | None = None) -> tuple[float, dict]:
     """The blend weight of the fitted ``primary`` trees with ``l1`` (``ModelConfig.blend``)
     and its summary: method, weight, objective, the rows and events it was scored on and the
     score of every weight. For ``crossfit`` the train rows join the tuning rows with
@@ -666,6 +714,7 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
     from ``train_offsets`` when they boost from the L1; the L1's from ``crossfit_l1_margins``
     at its C, which are those offsets when there are any: the same folds)."""
     trees, linear, y = primary.tree_margin(X_tune), l1.margin(X_tune), np.asarray(y_tune)
+    who = np.asarray(tune_groups) if tune_groups is not None else -1 - np.arange(y.size)  # rows of unnamed patients apart
     scored_on = "tuning"
     if config.blend == "crossfit":
         n_trees = int(primary.clf.best_iteration) + 1
@@ -673,8 +722,9 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
         oof_linear = train_offsets if train_offsets is not None else crossfit_l1_margins(
             X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol)
         trees, linear, y = np.r_[oof_trees, trees], np.r_[oof_linear, linear], np.r_[np.asarray(y_train), y]
+        who = np.r_[np.asarray(groups), who]
         scored_on = "out-of-fold train and tuning"
-    weight, objective, scores, guard = choose_blend(trees, linear, y, y_train, config)
+    weight, objective, scores, guard = choose_blend(trees, linear, y, y_train, config, who)
     method = config.blend if isinstance(config.blend, str) else "fixed"
     summary = {"method": method, "weight": weight, "objective": objective, "score_by_weight": scores}
     if objective is not None:
@@ -825,7 +875,7 @@ def train_models(
     out.blend_path.unlink(missing_ok=True)
     with stage("blend with the L1-logistic") as counts:
         weight, blend = fit_blend(primary, lr, X[tr], y[tr], X[tu], y[tu], subjects[tr], config, params,
-                                  None if margins is None else margins[0])
+                                  None if margins is None else margins[0], subjects[tu])
         if weight:
             primary = PrimaryModel(clf, primary.offset, weight, lr)
             out.blend_path.write_text(json.dumps(blend_to_json(weight, lr)))
