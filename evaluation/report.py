@@ -633,6 +633,19 @@ def _guard_text(guard: dict | None) -> str:
     return text
 
 
+def _rule_text(rule: dict | None, metric: str, weight: float) -> str:
+    """The one-standard-error rule's clause for the model section (``blend_rule`` one_se):
+    the best weight and the one taken."""
+    if not rule:
+        return ""
+    best = float(rule["best"])
+    if weight == best:
+        return f"; no larger weight's {metric} lay within one standard error of the best's"
+    return (f"; the best there was {best:.1f}, and the model takes {weight:.1f}, the largest weight whose {metric} lies "
+            "within one standard error (patient bootstrap) of the best's: the nearest the L1-logistic that the rows "
+            "cannot tell from the best")
+
+
 def report_context(
     *,
     site: str,
@@ -758,7 +771,8 @@ def report_context(
     blend_text = ""
     if blend.get("weight"):
         w = float(blend["weight"])
-        how = f"chosen by the {metric} on {where} from 0, 0.1, ..., 1{_guard_text(blend.get('guard'))}" if where else "as the study sets it"
+        how = (f"chosen by the {metric} on {where} from 0, 0.1, ..., 1{_guard_text(blend.get('guard'))}"
+               f"{_rule_text(blend.get('rule'), metric, w)}" if where else "as the study sets it")
         blend_text = (
             f"The registered model blends the trees with the L1-logistic baseline: its log-odds are {1 - w:.1f} x the "
             f"trees' plus {w:.1f} x the L1-logistic's (weight {w:.1f} on the L1, {how}), so "

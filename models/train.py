@@ -174,17 +174,16 @@ class ModelConfig(BaseModel):
             "which always qualifies): the model does not trade one metric below the baseline's for the other"
         ),
     )
-    blend_rule: Literal["best", "one_se", "one_se_paired"] = Field(
-        "best",
+    blend_rule: Literal["best", "one_se"] = Field(
+        "one_se",
         description=(
-            "which of the blend's weights (among those the guard allows) is chosen: best: the best objective; one_se: "
-            "the largest weight (the nearest the L1-logistic) whose objective is within one standard error of the "
-            "best's (Breiman et al.'s one-standard-error rule; the error from blend_rule_draws patient-level bootstrap "
-            "resamples of the rows the weights are scored on); one_se_paired: the same with the standard error of each "
-            "weight's difference from the best"
+            "which of the weights the guard allows the blend takes: best: the one with the best objective; one_se: the "
+            "largest (the nearest the L1-logistic) whose objective is below the best's by no more than one standard "
+            "error of that difference (a paired one-standard-error rule; the errors from blend_rule_draws patient-level "
+            "bootstrap resamples of the rows the weights are scored on)"
         ),
     )
-    blend_rule_draws: int = Field(200, ge=20, description="bootstrap resamples for blend_rule one_se and one_se_paired")
+    blend_rule_draws: int = Field(200, ge=20, description="bootstrap resamples for blend_rule one_se")
     tree_count: Literal["auto", "tuning", "cv"] = Field(
         "tuning",
         description=(
@@ -641,23 +640,26 @@ def blend_margins(trees: np.ndarray, linear: np.ndarray, weight: float) -> np.nd
     return (1.0 - weight) * np.asarray(trees, np.float64) + weight * np.asarray(linear, np.float64)
 
 
-def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_train: np.ndarray,
-                 config: ModelConfig, subjects: np.ndarray | None = None) -> tuple[float, str | None, dict[str, float], dict | None]:
+def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_train: np.ndarray, config: ModelConfig,
+                 subjects: np.ndarray | None = None) -> tuple[float, str | None, dict[str, float], dict | None, dict | None]:
     """The blend weight (``ModelConfig.blend``), from the trees' and the L1's log-odds of
-    the rows it is chosen on (``y_tune``: their labels): the weight, the objective it was
-    chosen by (None when fixed), the score of every weight of ``BLEND_WEIGHTS`` (empty
-    when fixed) and the guard (``ModelConfig.blend_guard``; None when off, fixed or the
-    rows hold one class): its metric, the L1's value of it, each weight's and the weights
-    it ruled out."""
+    the rows it is chosen on (``y_tune``: their labels; ``subjects``: their patients, each
+    row its own when None): the weight, the objective it was chosen by (None when fixed),
+    the score of every weight of ``BLEND_WEIGHTS`` (empty when fixed), the guard
+    (``ModelConfig.blend_guard``: its metric, the L1's value of it, each weight's and the
+    weights it ruled out) and the rule (``ModelConfig.blend_rule`` one_se: the best
+    weight, each allowed weight's tolerance and the weights within it). Guard and rule are
+    None when off, when the weight is fixed or when the rows hold one class."""
     if config.blend == "none":
-        return 0.0, None, {}, None
+        return 0.0, None, {}, None, None
     if not isinstance(config.blend, str):
-        return float(config.blend), None, {}, None
+        return float(config.blend), None, {}, None, None
     name = objective_name(config.search, y_train)
     metrics = {"auroc": roc_auc_score, "auprc": average_precision_score}
     scores = {w: float(metrics[name](y_tune, blend_margins(trees, linear, w))) for w in BLEND_WEIGHTS}
-    allowed, guard = list(BLEND_WEIGHTS), None
-    if config.blend_guard and 0 < int(np.sum(y_tune)) < len(y_tune):
+    both = 0 < int(np.sum(y_tune)) < len(y_tune)
+    allowed, guard, rule = list(BLEND_WEIGHTS), None, None
+    if config.blend_guard and both:
         other = "auprc" if name == "auroc" else "auroc"
         values = {w: float(metrics[other](y_tune, blend_margins(trees, linear, w))) for w in BLEND_WEIGHTS}
         floor = values[BLEND_WEIGHTS[-1]]  # w = 1: the L1 alone
@@ -665,43 +667,56 @@ def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_tr
         guard = {"metric": other, "l1": round(floor, 6), "by_weight": {str(w): round(v, 6) for w, v in values.items()},
                  "excluded": [str(w) for w in BLEND_WEIGHTS if w not in allowed]}
     best = max(allowed, key=lambda w: (scores[w], -w))
-    if config.blend_rule != "best" and 0 < int(np.sum(y_tune)) < len(y_tune):
-        tolerance = one_se_tolerance(trees, linear, y_tune, subjects, allowed, best, metrics[name], config)
+    weight = best
+    if config.blend_rule == "one_se" and both:
+        tolerance = one_se_tolerance(trees, linear, y_tune, subjects, allowed, best, name, config)
         within = [w for w in allowed if scores[best] - scores[w] <= tolerance[w]]
-        chosen = max(within)
-        guard = {**(guard or {}), "rule": {"name": config.blend_rule, "best": best,
-                                           "tolerance": {str(w): round(t, 6) for w, t in tolerance.items()},
-                                           "within": [str(w) for w in within]}}
-        best = chosen
-    return best, name, {str(w): round(v, 6) for w, v in scores.items()}, guard
+        weight = max(within)
+        rule = {"name": "one_se", "best": best, "tolerance": {str(w): round(t, 6) for w, t in tolerance.items()},
+                "within": [str(w) for w in within]}
+    return weight, name, {str(w): round(v, 6) for w, v in scores.items()}, guard, rule
 
 
-def one_se_tolerance(trees, linear, y, subjects, weights, best: float, metric, config: ModelConfig) -> dict[float, float]:
-    """How far below the best weight's score each of ``weights`` may score and still be
-    chosen (``ModelConfig.blend_rule``): the standard deviation over patient-level
-    bootstrap resamples of the rows (``subjects``: their patients; each row its own when
-    None) of the best's score (one_se), or of the best's score minus the weight's
-    (one_se_paired). Resamples with one class are skipped."""
-    y = np.asarray(y)
+def one_se_tolerance(trees, linear, y, subjects, weights, best: float, metric: str, config: ModelConfig) -> dict[float, float]:
+    """How far below the ``best`` weight's score each of ``weights`` may score and still
+    be chosen (``ModelConfig.blend_rule`` one_se): the standard deviation of the best's
+    score minus the weight's (``metric``: auroc or auprc) over ``config.blend_rule_draws``
+    patient-level bootstrap resamples of the rows (``subjects``: their patients; each row
+    its own when None; resamples of one class are skipped). The best's own tolerance is 0.
+    Each weight's rows are sorted once; a resample only reweights them (``ranked_scores``)."""
+    y = np.asarray(y).astype(bool)
     subjects = np.arange(y.size) if subjects is None else np.asarray(subjects)
     uniq, row_subject = np.unique(subjects, return_inverse=True)
     rng = np.random.default_rng(config.seed)
-    paired = config.blend_rule == "one_se_paired"
-    margins = {w: blend_margins(trees, linear, w) for w in (weights if paired else [best])}
-    top: list[float] = []
-    gaps: dict[float, list[float]] = {w: [] for w in margins}
+    ranked = {}
+    for w in weights:
+        z = blend_margins(trees, linear, w)
+        order = np.argsort(-z, kind="mergesort")
+        ranked[w] = (order, np.r_[0, np.flatnonzero(np.diff(z[order])) + 1], y[order])
+    gaps: dict[float, list[float]] = {w: [] for w in weights}
     for _ in range(config.blend_rule_draws):
-        counts = np.bincount(rng.integers(0, uniq.size, uniq.size), minlength=uniq.size)[row_subject]
-        keep = counts > 0
-        if not 0 < int(y[keep].sum()) < int(keep.sum()):
+        counts = np.bincount(rng.integers(0, uniq.size, uniq.size), minlength=uniq.size)[row_subject].astype(float)
+        events = counts[y].sum()
+        if not 0 < events < counts.sum():
             continue
-        score = {w: float(metric(y[keep], z[keep], sample_weight=counts[keep])) for w, z in margins.items()}
-        top.append(score[best])
-        for w in margins:
+        score = {w: ranked_scores(counts[order] * ys, counts[order] * ~ys, starts)[metric] for w, (order, starts, ys) in ranked.items()}
+        for w in weights:
             gaps[w].append(score[best] - score[w])
-    if not paired:
-        return dict.fromkeys(weights, float(np.std(top)))
-    return {w: float(np.std(g)) for w, g in gaps.items()}
+    return {w: float(np.std(g)) if g else 0.0 for w, g in gaps.items()}
+
+
+def ranked_scores(positive: np.ndarray, negative: np.ndarray, starts: np.ndarray) -> dict[str, float]:
+    """AUROC and AUPRC (average precision, as scikit-learn defines it) of rows sorted by
+    descending score, given each row's weight as an event (``positive``) and as a
+    non-event (``negative``) and where each run of tied scores starts (``starts``).
+    Equal to ``roc_auc_score`` / ``average_precision_score`` with ``sample_weight``."""
+    tp, fp = np.add.reduceat(positive, starts), np.add.reduceat(negative, starts)
+    events, non_events = tp.sum(), fp.sum()
+    cum_tp, cum_fp = np.cumsum(tp), np.cumsum(fp)
+    auroc = float((tp * (non_events - cum_fp + 0.5 * fp)).sum() / (events * non_events))
+    flagged = cum_tp + cum_fp
+    precision = np.divide(cum_tp, flagged, out=np.zeros_like(cum_tp), where=flagged > 0)
+    return {"auroc": auroc, "auprc": float((tp * precision).sum() / events)}
 
 
 def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y_tune, groups, config: ModelConfig,
@@ -724,11 +739,11 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
         trees, linear, y = np.r_[oof_trees, trees], np.r_[oof_linear, linear], np.r_[np.asarray(y_train), y]
         who = np.r_[np.asarray(groups), who]
         scored_on = "out-of-fold train and tuning"
-    weight, objective, scores, guard = choose_blend(trees, linear, y, y_train, config, who)
+    weight, objective, scores, guard, rule = choose_blend(trees, linear, y, y_train, config, who)
     method = config.blend if isinstance(config.blend, str) else "fixed"
     summary = {"method": method, "weight": weight, "objective": objective, "score_by_weight": scores}
     if objective is not None:
-        summary.update(scored_on=scored_on, rows=int(y.size), events=int(y.sum()), guard=guard,
+        summary.update(scored_on=scored_on, rows=int(y.size), events=int(y.sum()), guard=guard, rule=rule,
                        **({"folds": config.cv_folds} if config.blend == "crossfit" else {}))
     return weight, summary
 
@@ -881,7 +896,8 @@ def train_models(
             out.blend_path.write_text(json.dumps(blend_to_json(weight, lr)))
         counts.update(weight=weight, method=blend["method"], objective=blend["objective"] or "fixed",
                       **({"rows": blend["rows"], "events": blend["events"]} if "rows" in blend else {}),
-                      **({"guard_excluded": len(blend["guard"]["excluded"])} if blend.get("guard") else {}))
+                      **({"guard_excluded": len(blend["guard"]["excluded"])} if blend.get("guard") else {}),
+                      **({"rule": blend["rule"]["name"], "best": blend["rule"]["best"]} if blend.get("rule") else {}))
     raw = primary.probability(X)
     with stage("calibrate") as counts:
         calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed)

@@ -131,6 +131,7 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         params = r.data.params
         assert (params["offset"], params["blend"]) == ("none", "crossfit") and 0 <= float(params["blend_weight"]) <= 1
         assert params["blend_guard"] == "auprc"  # T2D's weights are chosen by AUROC, guarded by AUPRC
+        assert params["blend_rule"] == "one_se"
     # The degraded data has another digest and a worse model.
     by_site = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):

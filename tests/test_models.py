@@ -20,6 +20,7 @@ from forewarn.models.calibration import (
     fit_calibrator,
 )
 from forewarn.models.train import (
+    BLEND_WEIGHTS,
     L1Logistic,
     ModelConfig,
     PrimaryModel,
@@ -34,6 +35,7 @@ from forewarn.models.train import (
     load_xgboost,
     offset_method,
     pos_weight,
+    ranked_scores,
     rare_defaults_applied,
     subject_folds,
     train_models,
@@ -238,6 +240,9 @@ def test_rare_outcomes_boost_from_an_l1_offset_and_predict_with_it(tmp_path):
     assert not trained.offset_path.exists() and load_primary(trained).offset is None
 
 
+BEST = ModelConfig(blend_rule="best")  # the best weight itself, without the one-standard-error rule
+
+
 def test_the_blend_weight_is_the_best_on_tuning_with_ties_to_the_trees():
     y_train = np.r_[np.ones(10), np.zeros(10)]  # common: chosen by AUROC
     y_tune = np.array([1, 0, 1, 0])
@@ -245,15 +250,15 @@ def test_the_blend_weight_is_the_best_on_tuning_with_ties_to_the_trees():
     linear = np.array([0.0, 1.0, 3.0, -1.0])  # AUROC 3/4: the first event below it
     # (1 - w) * trees + w * linear: events at 2 - 2w and 3w, non-events at 1 and -1, so both
     # events clear 1 only for 1/3 < w < 1/2: w = 0.4 (AUROC 1); 0.3 and 0.5 tie one pair.
-    weight, objective, scores, guard = choose_blend(trees, linear, y_tune, y_train, ModelConfig())
+    weight, objective, scores, guard, rule = choose_blend(trees, linear, y_tune, y_train, BEST)
     assert (weight, objective) == (0.4, "auroc")
     assert guard["metric"] == "auprc" and guard["excluded"] == []  # 0.4 also has the best AUPRC
     assert scores["0.4"] == 1.0 and scores["0.3"] == 0.75 and scores["0.5"] == 0.875 and scores["0.0"] == scores["1.0"] == 0.75
     # Equal scores go to the smaller weight (the trees alone here); a rare outcome is chosen by AUPRC.
-    assert choose_blend(trees, trees, y_tune, y_train, ModelConfig())[0] == 0.0
-    assert choose_blend(trees, linear, y_tune, np.r_[np.ones(1), np.zeros(99)], ModelConfig())[:2] == (0.4, "auprc")
-    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend=0.7)) == (0.7, None, {}, None)
-    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend="none")) == (0.0, None, {}, None)
+    assert choose_blend(trees, trees, y_tune, y_train, BEST)[0] == 0.0
+    assert choose_blend(trees, linear, y_tune, np.r_[np.ones(1), np.zeros(99)], BEST)[:2] == (0.4, "auprc")
+    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend=0.7)) == (0.7, None, {}, None, None)
+    assert choose_blend(trees, linear, y_tune, y_train, ModelConfig(blend="none")) == (0.0, None, {}, None, None)
     with pytest.raises(ValueError, match="less than or equal to 1"):
         ModelConfig(blend=1.5)
 
@@ -265,15 +270,75 @@ def test_the_blend_guard_rules_out_weights_below_the_l1_on_the_other_metric():
     linear = np.array([1.2, 1.0, 2.0, 0.0, 0.0, 0.0])  # n1, e1, e2, rest: AUPRC (1/2 + 2/3) / 2 = 7/12, AUROC 6/8
     # Blended, e1 = 3 - 1.8w, e2 = -3 + 4w, n1 = 2w, n2..n4 = 0: up to w = 0.7 the trees' order
     # (AUPRC 2/3, AUROC 1/2); from w = 0.8 the L1's (7/12, 3/4).
-    weight, objective, scores, guard = choose_blend(trees, linear, y, y_train, ModelConfig())
+    weight, objective, scores, guard, rule = choose_blend(trees, linear, y, y_train, BEST)
     assert (weight, objective) == (0.8, "auprc")  # the smallest weight with AUROC at least the L1's 3/4
     assert scores["0.0"] == pytest.approx(2 / 3) and scores["0.8"] == pytest.approx(7 / 12)
     assert guard == {"metric": "auroc", "l1": 0.75, "excluded": [str(w / 10) for w in range(8)],
                      "by_weight": {str(w / 10): 0.5 if w < 8 else 0.75 for w in range(11)}}
     # Without the guard the best AUPRC wins: the trees alone.
-    assert choose_blend(trees, linear, y, y_train, ModelConfig(blend_guard=False))[::3] == (0.0, None)
+    assert choose_blend(trees, linear, y, y_train, BEST.model_copy(update={"blend_guard": False}))[::3] == (0.0, None)
     # Rows of one class have no AUROC: no guard.
-    assert choose_blend(trees, linear, np.ones(6), y_train, ModelConfig())[3] is None
+    assert choose_blend(trees, linear, np.ones(6), y_train, BEST)[3] is None
+
+
+def test_ranked_scores_of_weighted_rows_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    # Scores 3, 2, 2, 1 (sorted), labels 1, 0, 1, 0, weights 1, 2, 1, 1: tie runs {3}, {2, 2}, {1}
+    # hold events 1, 1, 0 and non-events 0, 2, 1 (3 in all). AUROC: the first event beats all 3
+    # non-events, the second beats 1 and ties 2 (half each): (3 + 2) / (2 * 3) = 5/6. AUPRC: at
+    # each run, precision 1/1, 2/4, 2/5; recall rises by 1/2, 1/2, 0: 1/2 + 1/4 = 3/4.
+    y, w, z = np.array([1, 0, 1, 0], bool), np.array([1.0, 2.0, 1.0, 1.0]), np.array([3.0, 2.0, 2.0, 1.0])
+    scores = ranked_scores(w * y, w * ~y, np.array([0, 1, 3]))
+    assert scores == {"auroc": pytest.approx(5 / 6), "auprc": pytest.approx(3 / 4)}
+    assert scores["auroc"] == pytest.approx(roc_auc_score(y, z, sample_weight=w))
+    assert scores["auprc"] == pytest.approx(average_precision_score(y, z, sample_weight=w))
+
+
+def test_the_one_se_rule_takes_the_l1_when_every_weight_ranks_alike():
+    y_train = np.r_[np.ones(10), np.zeros(10)]  # common: chosen by AUROC
+    y = np.array([1, 0, 1, 0, 0, 1])
+    z = np.array([3.0, 1.0, 2.0, 0.0, -1.0, 0.5])
+    # (1 - w) * z + w * 2z = (1 + w) * z ranks as z at every weight: every score ties (the
+    # best is the trees alone), every resample's gap is 0, so every weight is within one
+    # standard error of the best and the rule takes the nearest the L1, w = 1.
+    weight, objective, scores, guard, rule = choose_blend(z, 2 * z, y, y_train, ModelConfig(blend_rule="one_se"))
+    assert (weight, objective) == (1.0, "auroc") and set(scores.values()) == {round(8 / 9, 6)}
+    assert rule == {"name": "one_se", "best": 0.0, "tolerance": {str(w / 10): 0.0 for w in range(11)}, "within": [str(w / 10) for w in range(11)]}
+    assert choose_blend(z, 2 * z, y, y_train, ModelConfig(blend_rule="best"))[::4] == (0.0, None)
+    # Rows of one class: no rule (the weights cannot be scored).
+    assert choose_blend(z, 2 * z, np.ones(6), np.r_[np.ones(1), np.zeros(99)], ModelConfig(blend_rule="one_se"))[4] is None
+
+
+def test_the_one_se_rule_takes_the_largest_weight_within_a_paired_standard_error_of_the_best():
+    """Rebuilt by hand: the standard deviation over patient-level resamples of the best
+    weight's AUROC minus each allowed weight's, and the largest weight whose gap is within it."""
+    rng = np.random.default_rng(5)
+    n, draws = 400, 50
+    subjects = np.arange(n) // 2  # two rows a patient
+    y = (rng.random(n) < 0.3).astype(int)
+    trees, linear = 1.0 * y + rng.normal(size=n), 0.9 * y + rng.normal(size=n)
+    y_train = np.r_[np.ones(10), np.zeros(10)]
+    config = ModelConfig(blend_rule="one_se", blend_rule_draws=draws)
+    weight, objective, scores, guard, rule = choose_blend(trees, linear, y, y_train, config, subjects)
+    allowed = [w for w in BLEND_WEIGHTS if str(w) not in guard["excluded"]]
+    auroc = {w: roc_auc_score(y, (1 - w) * trees + w * linear) for w in allowed}
+    best = max(allowed, key=lambda w: (auroc[w], -w))
+    uniq, row_subject = np.unique(subjects, return_inverse=True)
+    draw = np.random.default_rng(config.seed)
+    gaps = {w: [] for w in allowed}
+    for _ in range(draws):
+        counts = np.bincount(draw.integers(0, uniq.size, uniq.size), minlength=uniq.size)[row_subject]
+        keep = counts > 0
+        score = {w: roc_auc_score(y[keep], ((1 - w) * trees + w * linear)[keep], sample_weight=counts[keep]) for w in allowed}
+        for w in allowed:
+            gaps[w].append(score[best] - score[w])
+    tolerance = {w: float(np.std(g)) for w, g in gaps.items()}
+    within = [w for w in allowed if auroc[best] - auroc[w] <= tolerance[w]]
+    assert rule["best"] == best and rule["within"] == [str(w) for w in within]
+    assert rule["tolerance"] == pytest.approx({str(w): t for w, t in tolerance.items()}, abs=1e-6)
+    assert weight == max(within) > best  # the rule moved the weight toward the L1
+    assert choose_blend(trees, linear, y, y_train, config.model_copy(update={"blend_rule": "best"}), subjects)[0] == best
 
 
 def test_a_blended_model_predicts_the_blend_of_trees_with_offset_and_the_l1(tmp_path):
@@ -352,14 +417,20 @@ def test_crossfit_blend_weight_is_chosen_on_out_of_fold_train_rows_and_tuning_ro
     n_trees = int(trees_model.clf.best_iteration) + 1
     oof = crossfit_tree_margins(X[tr], y[tr], subjects[tr], ModelConfig(n_jobs=1), None, n_trees, linear if rare else None)
     plain = PrimaryModel(trees_model.clf, trees_model.offset)
-    weight, objective, scores, guard = choose_blend(np.r_[oof, plain.tree_margin(X[tu])], np.r_[linear, l1.margin(X[tu])],
-                                                    np.r_[y[tr], y[tu]], y[tr], ModelConfig())
+    weight, objective, scores, guard, rule = choose_blend(np.r_[oof, plain.tree_margin(X[tu])], np.r_[linear, l1.margin(X[tu])],
+                                                          np.r_[y[tr], y[tu]], y[tr], ModelConfig(), np.r_[subjects[tr], subjects[tu]])
     assert (weight, objective) == (blend["weight"], blend["objective"])
     assert scores == pytest.approx(blend["score_by_weight"], abs=1e-6)
     assert guard["by_weight"] == pytest.approx(blend["guard"]["by_weight"], abs=1e-6)
     allowed = [w for w in blend["score_by_weight"] if blend["guard"]["by_weight"][w] >= blend["guard"]["l1"]]
     assert blend["guard"]["excluded"] == [w for w in blend["score_by_weight"] if w not in allowed]
-    assert blend["score_by_weight"][str(weight)] == max(blend["score_by_weight"][w] for w in allowed)
+    best = max(allowed, key=lambda w: (blend["score_by_weight"][w], -float(w)))
+    if ModelConfig().blend_rule == "best":
+        assert rule is None and blend["rule"] is None and weight == float(best)
+    else:  # the rule's tolerances come from resamples of the same rows and patients
+        assert rule["tolerance"] == pytest.approx(blend["rule"]["tolerance"], abs=1e-6)
+        assert rule["best"] == blend["rule"]["best"] == float(best)
+        assert weight == max(float(w) for w in blend["rule"]["within"])
     assert trees_model.blend == weight
 
 
@@ -592,7 +663,8 @@ def test_search_scores_trials_with_the_offset(tmp_path):
     from forewarn.models.search import SearchConfig
 
     matrix = rare_matrix(tmp_path)
-    config = ModelConfig(n_jobs=1, search=SearchConfig(trials=4, seed=1), blend="tuned")  # scored on tuning alone, as the trials
+    config = ModelConfig(n_jobs=1, search=SearchConfig(trials=4, seed=1), blend="tuned",  # scored on tuning alone, as the trials
+                         blend_rule="best")
     trained = train_models(matrix, tmp_path / "m", config)
     summary = json.loads(trained.summary_path.read_text())
     assert summary["search"]["objective"] == "auprc" and summary["xgboost"]["offset"]["method"] == "l1"

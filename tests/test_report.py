@@ -726,6 +726,13 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
             "least the L1-logistic's alone (0.940); that ruled out 0.0, 0.1)") in model
     model, _ = pages(crossfit | {"guard": guard | {"metric": "auprc", "excluded": []}})
     assert "among the weights whose AUPRC there is at least the L1-logistic's alone (0.940))" in model
+    rule = {"name": "one_se", "best": 0.2, "tolerance": {}, "within": ["0.2", "0.3", "0.4"]}
+    model, _ = pages(crossfit | {"weight": 0.4, "guard": guard, "objective": "auprc", "rule": rule})
+    assert ("least the L1-logistic's alone (0.940); that ruled out 0.0, 0.1; the best there was 0.2, and the model "
+            "takes 0.4, the largest weight whose AUPRC lies within one standard error (patient bootstrap) of the "
+            "best's: the nearest the L1-logistic that the rows cannot tell from the best)") in model
+    model, _ = pages(crossfit | {"rule": rule | {"within": ["0.2"]}})
+    assert "1; no larger weight's AUROC lay within one standard error of the best's)" in model
     model, _ = pages(crossfit | {"weight": 0.0})
     assert "did not improve the AUROC on the tuning rows and the train rows' out-of-fold log-odds" in model
     model, _ = pages({"method": "fixed", "weight": 0.5, "objective": None, "score_by_weight": {}})
