@@ -86,6 +86,8 @@ VARIANTS: dict[str, dict] = {
     "production_treecount_auto": {"production": {"tree_count": "auto"}},
     "production_best": {"production": {"blend_rule": "best"}},
     "production_1se": {"production": {"blend_rule": "one_se"}},
+    "production_offset_l1": {"production": {"offset": "l1"}},
+    "production_offset_none": {"production": {"offset": "none"}},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
