@@ -640,7 +640,7 @@ def _rule_text(rule: dict | None, metric: str, weight: float) -> str:
         return ""
     best = float(rule["best"])
     if weight == best:
-        return f"; no larger weight's {metric} lay within one standard error of the best's"
+        return f"; no larger weight's {metric} lies within one standard error of the best's"
     return (f"; the best there was {best:.1f}, and the model takes {weight:.1f}, the largest weight whose {metric} lies "
             "within one standard error (patient bootstrap) of the best's: the nearest the L1-logistic that the rows "
             "cannot tell from the best")
@@ -780,8 +780,11 @@ def report_context(
             "report is the blend's, and its SHAP values are the same blend of the two parts' values."
         )
         if w >= 1.0:
-            blend_text += (f" With weight 1 the model scores as the L1-logistic alone: on {where or 'the rows it was chosen on'} "
-                           "the trees did not improve its ranking, so the trees are kept but carry no weight.")
+            rows = where or "the rows it was chosen on"
+            gain = ("the trees' gain over its ranking lies within one standard error"
+                    if float((blend.get("rule") or {}).get("best", 1.0)) < 1.0 else "the trees did not improve its ranking")
+            blend_text += (f" With weight 1 the model scores as the L1-logistic alone: on {rows} {gain}, so the trees "
+                           "are kept but carry no weight.")
     elif where:
         blend_text = f"Blending with the L1-logistic did not improve the {metric} on {where}: the trees score alone."
     search = training.get("search") or {}

@@ -424,7 +424,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         "blend": (training["xgboost"].get("blend") or {"method": "none"})["method"],
         "blend_weight": (training["xgboost"].get("blend") or {"weight": 0.0})["weight"],
         "blend_guard": ((training["xgboost"].get("blend") or {}).get("guard") or {}).get("metric", "none"),
-        "blend_rule": ((training["xgboost"].get("blend") or {}).get("rule") or {}).get("name", "best"),
+        "blend_rule": study.models.blend_rule,
         **{f"xgb_{k}": v for k, v in training["xgboost"]["params"].items()},
     }
     artifacts = {"report.html": report_path, "metrics.json": evaluation.metrics_path}

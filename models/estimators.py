@@ -139,13 +139,15 @@ class ForewarnXGBClassifier(_Binary):
     calibrator chosen on ``X_tune``. ``predict_proba`` gives calibrated probabilities,
     ``decision_function`` the uncalibrated log-odds. ``params`` override ``config.xgboost``
     (a search's best). ``groups`` (the rows' subjects) keep each subject's rows in one
-    fold wherever folds are cut; each row is its own subject when None."""
+    fold wherever folds are cut, and ``groups_tune`` (the tuning rows' subjects) with them
+    keep each subject's rows together in the blend rule's bootstrap; each row is its own
+    subject when None."""
 
     def __init__(self, config: ModelConfig | None = None, params: dict | None = None):
         self.config = config
         self.params = params
 
-    def fit(self, X, y, X_tune=None, y_tune=None, groups=None) -> ForewarnXGBClassifier:
+    def fit(self, X, y, X_tune=None, y_tune=None, groups=None, groups_tune=None) -> ForewarnXGBClassifier:
         if X_tune is None or y_tune is None:
             raise ValueError("ForewarnXGBClassifier.fit: pass X_tune and y_tune (early stopping and calibration use them)")
         who = type(self).__name__
@@ -160,7 +162,7 @@ class ForewarnXGBClassifier(_Binary):
         self.model_ = PrimaryModel(clf, l1 if offset else None)
         if l1 is not None:
             weight, _ = fit_blend(self.model_, l1, X, y, X_tune, y_tune, groups, config, self.params,
-                                  None if margins is None else margins[0])
+                                  None if margins is None else margins[0], groups_tune)
             if weight:
                 self.model_ = PrimaryModel(clf, self.model_.offset, weight, l1)
         self.calibrator_, _ = choose_calibrator(self.model_.probability(X_tune), y_tune, method=config.calibration, seed=config.seed)

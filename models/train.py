@@ -735,7 +735,7 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
     from ``train_offsets`` when they boost from the L1; the L1's from ``crossfit_l1_margins``
     at its C, which are those offsets when there are any: the same folds)."""
     trees, linear, y = primary.tree_margin(X_tune), l1.margin(X_tune), np.asarray(y_tune)
-    who = np.asarray(tune_groups) if tune_groups is not None else -1 - np.arange(y.size)  # rows of unnamed patients apart
+    who = patient_codes(None, tune_groups, y.size)
     scored_on = "tuning"
     if config.blend == "crossfit":
         n_trees = int(primary.clf.best_iteration) + 1
@@ -743,7 +743,7 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
         oof_linear = train_offsets if train_offsets is not None else crossfit_l1_margins(
             X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol)
         trees, linear, y = np.r_[oof_trees, trees], np.r_[oof_linear, linear], np.r_[np.asarray(y_train), y]
-        who = np.r_[np.asarray(groups), who]
+        who = patient_codes(groups, tune_groups, y.size - len(oof_trees))
         scored_on = "out-of-fold train and tuning"
     weight, objective, scores, guard, rule = choose_blend(trees, linear, y, y_train, config, who)
     method = config.blend if isinstance(config.blend, str) else "fixed"
@@ -752,6 +752,17 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
         summary.update(scored_on=scored_on, rows=int(y.size), events=int(y.sum()), guard=guard, rule=rule,
                        **({"folds": config.cv_folds} if config.blend == "crossfit" else {}))
     return weight, summary
+
+
+def patient_codes(train_groups, tune_groups, n_tune: int) -> np.ndarray:
+    """One integer per row for the train rows' patients (``train_groups``; none when None)
+    then the tuning rows' (``tune_groups``; when None, each tuning row its own patient,
+    numbered after every train patient): equal ids, equal codes, whatever their type."""
+    train = np.asarray([] if train_groups is None else train_groups)
+    if tune_groups is not None:
+        return np.unique(np.r_[train, np.asarray(tune_groups)], return_inverse=True)[1]
+    codes = np.unique(train, return_inverse=True)[1] if train.size else np.zeros(0, np.int64)
+    return np.r_[codes, codes.max(initial=-1) + 1 + np.arange(n_tune)]
 
 
 def blend_to_json(weight: float, l1: L1Logistic) -> dict:

@@ -40,7 +40,8 @@ def test_estimators_predict_what_train_models_saved(tmp_path, make):
     trained = train_models(matrix, tmp_path / "models", config)
     X, y, tr, tu, subjects, columns = _splits(matrix)
     fitted = {
-        PRIMARY: ForewarnXGBClassifier(config=config).fit(X[tr], y[tr], X_tune=X[tu], y_tune=y[tu], groups=subjects[tr]),
+        PRIMARY: ForewarnXGBClassifier(config=config).fit(X[tr], y[tr], X_tune=X[tu], y_tune=y[tu], groups=subjects[tr],
+                                                           groups_tune=subjects[tu]),
         BASELINE: L1LogisticClassifier().fit(X[tr], y[tr], X_tune=X[tu], y_tune=y[tu]),
         AGE_SEX: AgeSexClassifier.for_columns(columns).fit(X[tr], y[tr]),
     }

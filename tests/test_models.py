@@ -34,6 +34,7 @@ from forewarn.models.train import (
     load_primary,
     load_xgboost,
     offset_method,
+    patient_codes,
     pos_weight,
     ranked_scores,
     rare_defaults_applied,
@@ -293,6 +294,15 @@ def test_ranked_scores_of_weighted_rows_with_ties():
     assert scores == {"auroc": pytest.approx(5 / 6), "auprc": pytest.approx(3 / 4)}
     assert scores["auroc"] == pytest.approx(roc_auc_score(y, z, sample_weight=w))
     assert scores["auprc"] == pytest.approx(average_precision_score(y, z, sample_weight=w))
+
+
+def test_patient_codes_number_train_then_tuning_patients_whatever_their_ids():
+    # String ids (an object column) with unnamed tuning rows: each tuning row its own patient after the train ones.
+    assert patient_codes(np.array(["b", "a", "b"], dtype=object), None, 2).tolist() == [1, 0, 1, 2, 3]
+    # Named on both sides: equal ids are one patient, negative ids included.
+    assert patient_codes(np.array([-1, 5]), np.array([-1, 7]), 2).tolist() == [0, 1, 0, 2]
+    assert patient_codes(None, np.array(["x", "y", "x"]), 3).tolist() == [0, 1, 0]
+    assert patient_codes(None, None, 3).tolist() == [0, 1, 2]
 
 
 def test_the_one_se_rule_takes_the_l1_when_every_weight_ranks_alike():

@@ -732,7 +732,11 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
             "takes 0.4, the largest weight whose AUPRC lies within one standard error (patient bootstrap) of the "
             "best's: the nearest the L1-logistic that the rows cannot tell from the best)") in model
     model, _ = pages(crossfit | {"rule": rule | {"within": ["0.2"]}})
-    assert "1; no larger weight's AUROC lay within one standard error of the best's)" in model
+    assert "1; no larger weight's AUROC lies within one standard error of the best's)" in model
+    model, _ = pages(crossfit | {"weight": 1.0, "rule": rule | {"within": ["0.2", "1.0"]}})
+    assert ("With weight 1 the model scores as the L1-logistic alone: on the tuning rows and the train rows' out-of-fold "
+            "log-odds (5 subject folds; 12,345 rows, 234 events) the trees' gain over its ranking lies within one "
+            "standard error, so the trees are kept but carry no weight.") in model
     model, _ = pages(crossfit | {"weight": 0.0})
     assert "did not improve the AUROC on the tuning rows and the train rows' out-of-fold log-odds" in model
     model, _ = pages({"method": "fixed", "weight": 0.5, "objective": None, "score_by_weight": {}})
