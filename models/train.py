@@ -551,14 +551,22 @@ def crossfit_l1_margins(X_train, y_train, groups, C: float, folds: int, seed: in
 
 
 def crossfit_tree_margins(X_train, y_train, groups, config: ModelConfig, params: dict | None, n_trees: int,
-                          margin: np.ndarray | None = None) -> np.ndarray:
+                          margin: np.ndarray | None = None, offset_c: float | None = None) -> np.ndarray:
     """Out-of-fold XGBoost log-odds for every train row: ``config.cv_folds`` subject-grouped
     folds (``subject_folds``, the folds ``crossfit_l1_margins`` cuts at the same seed), each
     scored by trees with the final fit's settings and ``n_trees`` trees (no early stopping)
     fitted on the other folds; from ``margin`` (the train rows' offsets) when the trees boost
     from one. A fold whose other folds hold one class only gets their smoothed base rate
-    (or, with offsets, its own offsets)."""
+    (or, with offsets, its own offsets).
+
+    With ``offset_c`` (the L1's C), the offsets the fold's trees are *fitted* from are
+    recomputed out of fold within the other folds alone (``crossfit_l1_margins`` on them,
+    nested), as the final fit's are within the whole train split; ``margin``'s own values
+    there came from L1 fits that saw the scored fold's labels. The scored rows still start
+    from ``margin``: an L1 fitted on the other folds, which is what it holds for them when
+    it comes from ``crossfit_l1_margins`` with the same folds."""
     y_train = np.asarray(y_train)
+    groups = np.asarray(groups)
     kwargs = xgboost_params(y_train, config, params)
     kwargs.update(n_estimators=n_trees, early_stopping_rounds=None)
     out = np.empty(X_train.shape[0])
@@ -568,8 +576,12 @@ def crossfit_tree_margins(X_train, y_train, groups, config: ModelConfig, params:
         if events in (0, fit_rows.size):
             out[score_rows] = np.log((events + 0.5) / (fit_rows.size - events + 0.5)) if start is None else start
             continue
+        fit_margin = None
+        if margin is not None:
+            fit_margin = margin[fit_rows] if offset_c is None else crossfit_l1_margins(
+                X_train[fit_rows], y_train[fit_rows], groups[fit_rows], offset_c, config.cv_folds, config.seed, config.l1_tol)
         clf = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
-        clf.fit(X_train[fit_rows], y_train[fit_rows], base_margin=None if margin is None else margin[fit_rows], verbose=False)
+        clf.fit(X_train[fit_rows], y_train[fit_rows], base_margin=fit_margin, verbose=False)
         out[score_rows] = clf.predict(X_train[score_rows], output_margin=True, base_margin=start)
     return out
 
@@ -732,14 +744,16 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
     and its summary: method, weight, objective, the rows and events it was scored on and the
     score of every weight. For ``crossfit`` the train rows join the tuning rows with
     out-of-fold log-odds (``crossfit_tree_margins`` with the trees' count and ``params``,
-    from ``train_offsets`` when they boost from the L1; the L1's from ``crossfit_l1_margins``
+    from ``train_offsets`` when they boost from the L1, each fold's fit from offsets nested
+    within its other folds; the L1's from ``crossfit_l1_margins``
     at its C, which are those offsets when there are any: the same folds)."""
     trees, linear, y = primary.tree_margin(X_tune), l1.margin(X_tune), np.asarray(y_tune)
     who = patient_codes(None, tune_groups, y.size)
     scored_on = "tuning"
     if config.blend == "crossfit":
         n_trees = int(primary.clf.best_iteration) + 1
-        oof_trees = crossfit_tree_margins(X_train, y_train, groups, config, params, n_trees, train_offsets)
+        oof_trees = crossfit_tree_margins(X_train, y_train, groups, config, params, n_trees, train_offsets,
+                                          None if train_offsets is None else l1.C)
         oof_linear = train_offsets if train_offsets is not None else crossfit_l1_margins(
             X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol)
         trees, linear, y = np.r_[oof_trees, trees], np.r_[oof_linear, linear], np.r_[np.asarray(y_train), y]

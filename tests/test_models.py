@@ -395,6 +395,15 @@ def test_out_of_fold_tree_margins_are_trees_fitted_on_the_other_folds():
     by_hand.fit(X[fit_rows], y[fit_rows], base_margin=start[fit_rows])
     np.testing.assert_allclose(moved[score_rows], by_hand.predict(X[score_rows], output_margin=True, base_margin=start[score_rows]),
                                rtol=1e-6)
+    # Nested (offset_c): the fold's trees are fitted from L1 offsets out of fold within folds 0
+    # and 2 alone, so fold 1's labels reach neither the trees nor their starting points; the
+    # scored rows still start from their own offsets.
+    nested = crossfit_tree_margins(X, y, groups, config, {"max_depth": 2}, 7, start, offset_c=0.3)
+    inner = crossfit_l1_margins(X[fit_rows], y[fit_rows], groups[fit_rows], 0.3, 3, 0, config.l1_tol)
+    by_hand.fit(X[fit_rows], y[fit_rows], base_margin=inner)
+    np.testing.assert_allclose(nested[score_rows], by_hand.predict(X[score_rows], output_margin=True, base_margin=start[score_rows]),
+                               rtol=1e-6)
+    assert not np.allclose(nested[score_rows], moved[score_rows])
     # A fold whose other folds hold no event gets their smoothed base rate, or its own offsets.
     one = np.zeros(300, int)
     one[0] = 1
@@ -425,7 +434,8 @@ def test_crossfit_blend_weight_is_chosen_on_out_of_fold_train_rows_and_tuning_ro
     linear = crossfit_l1_margins(X[tr], y[tr], subjects[tr], l1.C, 5, 0, 1e-3)
     trees_model = load_primary(trained)
     n_trees = int(trees_model.clf.best_iteration) + 1
-    oof = crossfit_tree_margins(X[tr], y[tr], subjects[tr], ModelConfig(n_jobs=1), None, n_trees, linear if rare else None)
+    oof = crossfit_tree_margins(X[tr], y[tr], subjects[tr], ModelConfig(n_jobs=1), None, n_trees, linear if rare else None,
+                                l1.C if rare else None)
     plain = PrimaryModel(trees_model.clf, trees_model.offset)
     weight, objective, scores, guard, rule = choose_blend(np.r_[oof, plain.tree_margin(X[tu])], np.r_[linear, l1.margin(X[tu])],
                                                           np.r_[y[tr], y[tu]], y[tr], ModelConfig(), np.r_[subjects[tr], subjects[tu]])
