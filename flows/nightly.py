@@ -363,7 +363,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     )
     log.info("publish %s/%s: MLflow run %s opened", site.name, spec.name, run_id)
     shape = json.loads((matrix.dir / "shape.json").read_text())
-    digest = stages["pull"].digest[:16]
+    digest = data_digest(stages["pull"])
     record = evaluation.load_metrics()
     held = record["held_out"][PRIMARY]
     compared = {"version": champion.version, "auroc": champion.auroc} if champion else None
@@ -406,27 +406,11 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         validations=validations, promotion=promotion, drift=drift,
     )
     report_path = write_report(context, out / "report.html")
-    metrics = tracking.flat_metrics(record["held_out"], PRIMARY)
-    for key in ("calibration_slope", "calibration_in_the_large", "ece"):
-        if held.get(key) is not None:
-            metrics[f"held_out/{key}"] = float(held[key])
+    metrics = tracking.flat_metrics(record["held_out"], PRIMARY) | tracking.evaluation_metrics(held)
     metrics["train/best_iteration"] = float(training["xgboost"]["best_iteration"])
     metrics["promotion/promoted"] = float(promotion["promoted"])
     metrics |= drift_check.drift_metrics(drift)
-    params = {
-        "task": spec.name, "site": site.name, "gap_days": spec.gap_days, "horizon_days": spec.horizon_days,
-        "windows": ",".join(study.features.windows), "aggs": ",".join(study.features.aggs),
-        "min_code_subjects": study.features.min_code_subjects, "n_features": shape["columns"],
-        "l1_C": training["l1_logistic"]["C"], "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed,
-        "calibration": training["calibration"]["method"], "scale_pos_weight": training["xgboost"]["scale_pos_weight"],
-        "tree_count": (training["xgboost"].get("tree_count") or {"method": "tuning"})["method"],
-        "offset": (training["xgboost"].get("offset") or {"method": "none"})["method"],
-        "blend": (training["xgboost"].get("blend") or {"method": "none"})["method"],
-        "blend_weight": (training["xgboost"].get("blend") or {"weight": 0.0})["weight"],
-        "blend_guard": ((training["xgboost"].get("blend") or {}).get("guard") or {}).get("metric", "none"),
-        "blend_rule": study.models.blend_rule,
-        **{f"xgb_{k}": v for k, v in training["xgboost"]["params"].items()},
-    }
+    params = run_params(study, spec, site.name, shape, training)
     artifacts = {"report.html": report_path, "metrics.json": evaluation.metrics_path}
     artifacts |= {f"figures/{f.name}": f for f in sorted((evaluation.dir / "figures").glob("*.png"))}
     artifacts["shap/importance.parquet"] = evaluation.explanations.importance_path
@@ -446,9 +430,9 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
               "drift_alert": str(action == "alert").lower()},
     )
     tracking.log_trials(run_id, training.get("search", {}).get("trials", []))
-    for split in ("train", "tuning", "held_out"):
+    for split in SPLITS:
         tracking.log_dataset(run_id, name=f"{site.name}/{spec.name}/{split}", digest=f"{digest}-{split}",
-                             source=matrix.dir, context={"train": "training", "tuning": "validation", "held_out": "test"}[split])
+                             source=matrix.dir, context=SPLIT_CONTEXT[split])
     tracking.finish_run(run_id)
     return SiteResult(
         site.name, spec.name, "published", run_id=run_id, experiment=tracking.experiment_name(spec.name), model_name=name,
@@ -484,12 +468,34 @@ def recover_published(site: SiteConfig, spec: TaskSpec, run, out: Path) -> SiteR
     )
 
 
-def validation_metrics(record: dict, prefix: str) -> dict[str, float]:
-    out = {}
-    for key in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope", "calibration_in_the_large"):
-        if record.get(key) is not None:
-            out[f"{prefix}/{key}"] = float(record[key])
-    return out
+SPLITS = ("train", "tuning", "held_out")
+SPLIT_CONTEXT = {"train": "training", "tuning": "validation", "held_out": "test"}  # mlflow.data contexts
+
+
+def data_digest(pull: Stage) -> str:
+    """The ``data_digest`` tag of every run on a site's data: its pull's content digest."""
+    return pull.digest[:16]
+
+
+def run_params(study: Study, spec: TaskSpec, site: str, shape: dict, training: dict) -> dict[str, object]:
+    """A run's params, the same keys whatever its validation design: the task, the
+    features (``shape``: the matrix's ``shape.json``) and the make-up of the model
+    evaluated (``training``: its ``training.json``)."""
+    xgb = training["xgboost"]
+    return {
+        "task": spec.name, "site": site, "gap_days": spec.gap_days, "horizon_days": spec.horizon_days,
+        "windows": ",".join(study.features.windows), "aggs": ",".join(study.features.aggs),
+        "min_code_subjects": study.features.min_code_subjects, "n_features": shape["columns"],
+        "l1_C": training["l1_logistic"]["C"], "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed,
+        "calibration": training["calibration"]["method"], "scale_pos_weight": xgb["scale_pos_weight"],
+        "tree_count": (xgb.get("tree_count") or {"method": "tuning"})["method"],
+        "offset": (xgb.get("offset") or {"method": "none"})["method"],
+        "blend": (xgb.get("blend") or {"method": "none"})["method"],
+        "blend_weight": (xgb.get("blend") or {"weight": 0.0})["weight"],
+        "blend_guard": ((xgb.get("blend") or {}).get("guard") or {}).get("metric", "none"),
+        "blend_rule": study.models.blend_rule,
+        **{f"xgb_{k}": v for k, v in xgb["params"].items()},
+    }
 
 
 def _suppressed(attrition: dict) -> dict:
@@ -521,12 +527,23 @@ def model_inputs(trained: TrainedModels, matrix: FeatureMatrix, profile_path: Pa
     return inputs
 
 
-def log_temporal(study: Study, spec: TaskSpec, site: str, record: dict, stage_key: str) -> dict:
+def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: Stage, stage_key: str) -> dict:
+    """One MLflow run for the temporal validation at ``site`` (``stage``: ``temporal_task``'s
+    folder, holding its matrix and models): the metric names, params and tags of an
+    internal run, the design in the ``validation_design`` tag."""
+    record = stage.result
+    features = stage.dir / "features"
+    shape = json.loads((features / "shape.json").read_text())
+    training = json.loads(TrainedModels(stage.dir / "models").summary_path.read_text())
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{site}-temporal-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": site, "task": spec.name, "task_digest": spec.digest(), "validation_design": "temporal",
-              "code_version": code_version(), "study": study.name, "temporal_from": record["cutoff"], "stage_key": stage_key},
-        metrics=validation_metrics(record, "temporal"), dicts={"validation/temporal.json": record},
+              "data_digest": data_digest(pull), "code_version": code_version(), "study": study.name,
+              "temporal_from": record["cutoff"], "stage_key": stage_key},
+        metrics=tracking.evaluation_metrics(record, model=PRIMARY), params=run_params(study, spec, site, shape, training),
+        dicts={"validation/temporal.json": record},
+        datasets=[{"name": f"{site}/{spec.name}/temporal/{split}", "digest": f"{stage.digest[:16]}-{split}",
+                   "source": features, "context": SPLIT_CONTEXT[split]} for split in SPLITS],
         note=f"{spec.name} at {site}: trained on prediction times before {record['cutoff']}, tested on those after.",
     )
     return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
@@ -535,15 +552,31 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, record: dict, stage_ke
             "recalibrated": None, "note": f"trained before {record['cutoff']}, tested from then on"}
 
 
-def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, record: dict, stage_key: str) -> dict:
-    """One MLflow run per (model site, validating site): aggregates only."""
+def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, stage: Stage, trained: Stage,
+                 pull: Stage, stage_key: str) -> dict:
+    """One MLflow run per (model site, validating site): aggregates only. ``stage`` is
+    ``external_task``'s folder (the validating site's rows with the model's columns),
+    ``trained`` the shipped model, ``pull`` the validating site's pull. The shipped model's
+    metrics have the internal run's names (``held_out/auroc``, ...), the recalibrated
+    model's ``held_out/recalibrated/<metric>``; the design is the ``validation_design`` tag."""
+    record = stage.result
     shipped, recal = record["as_shipped"], record.get("recalibrated")
-    metrics = validation_metrics(shipped, "external") | (validation_metrics(recal, "external_recalibrated") if recal else {})
+    metrics = tracking.evaluation_metrics(shipped, model=PRIMARY)
+    if recal:
+        metrics |= tracking.evaluation_metrics(recal, prefix=f"{tracking.HELD_OUT}/recalibrated")
+    features = stage.dir / "features"
+    shape = json.loads((features / "shape.json").read_text())
+    training = json.loads(trained.result.summary_path.read_text())
+    used = ("held_out", "tuning") if recal else ("held_out",)  # the calibrator is fitted on the tuning rows
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{model_site}-model-at-{eval_site}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": eval_site, "train_site": model_site, "task": spec.name, "task_digest": spec.digest(),
-              "validation_design": "external", "code_version": code_version(), "study": study.name, "stage_key": stage_key},
-        metrics=metrics, dicts={"validation/external.json": record},
+              "validation_design": "external", "data_digest": data_digest(pull), "code_version": code_version(),
+              "study": study.name, "stage_key": stage_key},
+        metrics=metrics, params=run_params(study, spec, eval_site, shape, training),
+        dicts={"validation/external.json": record},
+        datasets=[{"name": f"{eval_site}/{spec.name}/{model_site}-columns/{split}", "digest": f"{stage.digest[:16]}-{split}",
+                   "source": features, "context": SPLIT_CONTEXT[split]} for split in used],
         note=f"{model_site}'s {spec.name} model evaluated at {eval_site} (held-out rows there; only aggregates returned).",
     )
     return {"design": "external", "train_site": model_site, "eval_site": eval_site, "run_id": run_id,
@@ -554,12 +587,12 @@ def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, 
             "note": "model shipped to the validating site; metrics on its held-out rows"}
 
 
-def log_drift_only(study: Study, spec: TaskSpec, site: str, drift: dict, stage_key: str) -> str:
+def log_drift_only(study: Study, spec: TaskSpec, site: str, drift: dict, pull: Stage, stage_key: str) -> str:
     """A run that records a drift check after which the policy skipped retraining."""
     return tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{site}-drift-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": site, "task": spec.name, "task_digest": spec.digest(), "validation_design": "drift",
-              "code_version": code_version(), "study": study.name, "stage_key": stage_key,
+              "data_digest": data_digest(pull), "code_version": code_version(), "study": study.name, "stage_key": stage_key,
               "drift_action": drift["decision"]["action"]},
         metrics=drift_check.drift_metrics(drift), dicts={"validation/drift.json": drift},
         note=f"{spec.name} at {site}: drift check; policy action {drift['decision']['action']} "
@@ -691,7 +724,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                                    "; ".join(drift["decision"]["reasons"]))
                 if action == "skip":
                     log = logged(cache, f"drift-{spec.name}", [matrix.digest, json.dumps(drift, sort_keys=True, default=str)],
-                                 lambda key, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, key)})
+                                 lambda key, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, pulls[n], key)})
                     used[name].append(log)
                     results.append(SiteResult(name, spec.name, "skipped", run_id=log.result["run_id"], drift=drift,
                                               reason=f"drift policy: {'; '.join(drift['decision']['reasons'])}; the champion stays"))
@@ -740,8 +773,10 @@ def cross_validations(study, spec, model_site, b, built, caches, used) -> list[d
             other = built[site.name]
             stage = external_task(model_site, b["trained"], b["matrix"], other["pull"], other["labels"], study, spec,
                                   caches[site.name])
-            log = logged(caches[model_site], f"external-{spec.name}-{site.name}", [stage.digest],
-                         lambda key, r=stage.result, s=site.name: log_external(study, spec, model_site, s, r, key))
+            log = logged(caches[model_site], f"external-{spec.name}-{site.name}",
+                         [stage.digest, b["trained"].digest, other["pull"].digest],
+                         lambda key, st=stage, s=site.name, o=other: log_external(study, spec, model_site, s, st, b["trained"],
+                                                                               o["pull"], key))
             used[site.name].append(stage)
             used[model_site].append(log)
             out.append(log.result)
@@ -750,8 +785,8 @@ def cross_validations(study, spec, model_site, b, built, caches, used) -> list[d
         stage = temporal_task(site, b["pull"], spec, study, caches[model_site])
         used[model_site].append(stage)
         if "skipped" not in stage.result:
-            log = logged(caches[model_site], f"temporal-{spec.name}", [stage.digest],
-                         lambda key, r=stage.result: log_temporal(study, spec, model_site, r, key))
+            log = logged(caches[model_site], f"temporal-{spec.name}", [stage.digest, b["pull"].digest],
+                         lambda key, st=stage: log_temporal(study, spec, model_site, st, b["pull"], key))
             used[model_site].append(log)
             out.append(log.result)
     return out

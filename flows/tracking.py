@@ -209,22 +209,43 @@ class Published:
 
 
 METRIC_KEYS = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high", "brier", "prevalence", "mean_predicted")
+CALIBRATION_KEYS = ("calibration_slope", "calibration_in_the_large", "ece")
+COUNT_KEYS = ("n", "events", "subjects")
+HELD_OUT = "held_out"
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def _model_metrics(record: dict, model: str, prefix: str = HELD_OUT) -> dict[str, float]:
+    """``<prefix>/<model>/<metric>`` and ``<prefix>/<model>/{n,events,subjects}``."""
+    out = {f"{prefix}/{model}/{key}": float(record[key]) for key in METRIC_KEYS if _present(record.get(key))}
+    out |= {f"{prefix}/{model}/{key}": float(record[key]) for key in COUNT_KEYS if record.get(key) is not None}
+    return out
 
 
 def flat_metrics(held_out: dict[str, dict], primary: str) -> dict[str, float]:
     """``held_out/<metric>`` for the primary model and ``held_out/<model>/<metric>`` for all."""
     out: dict[str, float] = {}
     for model, record in held_out.items():
-        for key in METRIC_KEYS:
-            value = record.get(key)
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                continue
-            out[f"held_out/{model}/{key}"] = float(value)
-            if model == primary:
-                out[f"held_out/{key}"] = float(value)
-        for key in ("n", "events", "subjects"):
-            if record.get(key) is not None:
-                out[f"held_out/{model}/{key}"] = float(record[key])
+        out |= _model_metrics(record, model)
+        if model == primary:
+            out |= {f"{HELD_OUT}/{key}": float(record[key]) for key in METRIC_KEYS if _present(record.get(key))}
+    return out
+
+
+def evaluation_metrics(record: dict, *, model: str | None = None, prefix: str = HELD_OUT) -> dict[str, float]:
+    """One model's metrics on the evaluation set under the names every run uses, whatever
+    its validation design (the design is the ``validation_design`` tag, never the name):
+    ``held_out/<metric>`` for ``METRIC_KEYS`` and ``CALIBRATION_KEYS``, and with ``model``
+    also ``held_out/<model>/<metric>`` as :func:`flat_metrics` writes them. An internal
+    run's primary model, an external run's shipped model and a temporal run's model so
+    share their names; ``prefix="held_out/recalibrated"`` names an external run's model
+    after recalibration at the validating site."""
+    out = _model_metrics(record, model, prefix) if model else {}
+    out |= {f"{prefix}/{key}": float(record[key]) for key in METRIC_KEYS if _present(record.get(key))}
+    out |= {f"{prefix}/{key}": float(record[key]) for key in CALIBRATION_KEYS if record.get(key) is not None}
     return out
 
 
@@ -408,10 +429,15 @@ def log_trials(parent_run_id: str, trials: list[dict]) -> list[str]:
 
 
 def log_run(*, experiment: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
-            params: dict[str, object] | None = None, dicts: dict[str, dict] | None = None, note: str = "") -> str:
-    """A complete, closed run in one call (external and temporal validation runs)."""
+            params: dict[str, object] | None = None, dicts: dict[str, dict] | None = None, note: str = "",
+            datasets: list[dict] | None = None) -> str:
+    """A complete, closed run in one call (external and temporal validation runs, drift
+    checks); ``datasets`` are :func:`log_dataset`'s keyword arguments, one dict a dataset."""
+    tags = dict(tags)
     run_id = start_site_run(experiment=experiment, site=tags.pop("site"), run_name=run_name, tags=tags)
     log_records(run_id=run_id, params=params or {}, metrics=metrics, artifacts={}, dicts=dicts or {}, note=note)
+    for dataset in datasets or []:
+        log_dataset(run_id, **dataset)
     finish_run(run_id)
     return run_id
 
@@ -427,10 +453,23 @@ def experiment_name(task: str) -> str:
 
 
 def pull_summary(report: dict) -> dict:
-    """The pull report as it may leave the site: counts suppressed below 11."""
+    """The pull report as it may leave the site: counts suppressed below 11, with
+    complementary suppression where counts add up to a published total: a table's kept
+    and quarantined rows (its rows read), and the tables' quarantined rows (the total
+    quarantined). Withholding repeats until no hidden count can be recovered by subtraction."""
+    names = list(report["tables"])
+    kept = [report["tables"][n]["kept"] for n in names]
+    quarantined = [report["tables"][n]["quarantined"] for n in names]
+    while True:
+        across = privacy.suppress_parts(quarantined)
+        pairs = [privacy.suppress_parts([k, q]) for k, q in zip(kept, across, strict=True)]
+        new_kept, new_quarantined = [k for k, _ in pairs], [q for _, q in pairs]
+        if new_kept == kept and new_quarantined == quarantined:
+            break
+        kept, quarantined = new_kept, new_quarantined
     tables = {
-        name: {k: privacy.suppress(t[k]) for k in ("read", "kept", "quarantined")}
-        for name, t in report["tables"].items()
+        n: {"read": privacy.suppress(report["tables"][n]["read"]), "kept": k, "quarantined": q}
+        for n, k, q in zip(names, kept, quarantined, strict=True)
     }
     return {
         "site": report["site"],

@@ -19,3 +19,40 @@ def shown(count: int | None, *, min_cell: int = MIN_CELL) -> str:
     """A count for a report: ``"<11"`` when suppressed."""
     value = suppress(count, min_cell=min_cell)
     return f"<{min_cell}" if value is None else f"{value:,}"
+
+
+def complementary(parts: list[int | None], *, spare: tuple[int, ...] = (), min_cell: int = MIN_CELL) -> set[int]:
+    """Indices of ``parts`` to withhold besides those :func:`suppress` hides, when the
+    parts add up to a total published elsewhere (complementary suppression).
+
+    When exactly one part is hidden, or the hidden parts are known to add up to less than
+    ``min_cell``, the smallest other non-zero part is withheld too, so the hidden parts
+    cannot be recovered by subtraction. Indices in ``spare`` are withheld only when no
+    other part is left. An already-suppressed part (None) counts as hidden.
+    """
+    values = [suppress(v, min_cell=min_cell) for v in parts]
+    hidden = {i for i, v in enumerate(values) if v is None}
+    extra: set[int] = set()
+
+    def exposed() -> bool:
+        if len(hidden) == 1:
+            return True
+        known = [parts[i] for i in hidden]
+        return bool(hidden) and all(k is not None for k in known) and sum(known) < min_cell
+
+    while exposed():
+        left = [i for i, v in enumerate(values) if i not in hidden and v]
+        if not left:
+            break
+        preferred = [i for i in left if i not in spare] or left
+        pick = min(preferred, key=lambda i: values[i])
+        hidden.add(pick)
+        extra.add(pick)
+    return extra
+
+
+def suppress_parts(parts: list[int | None], *, spare: tuple[int, ...] = ()) -> list[int | None]:
+    """``parts`` of a published total as they may leave the site: each suppressed below
+    11, and the parts :func:`complementary` names withheld (None) too."""
+    extra = complementary(parts, spare=spare)
+    return [None if i in extra else suppress(v) for i, v in enumerate(parts)]

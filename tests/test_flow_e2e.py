@@ -316,18 +316,72 @@ def test_external_validation_runs_bring_back_aggregates_only(flow_run, client):
     assert pairs == [("academic", "community")] * 2 + [("community", "academic")] * 2
     for r in runs:
         m = r.data.metrics
-        assert 0.5 < m["external/auroc"] <= 1 and m["external/auroc_ci_low"] <= m["external/auroc"]
-        assert "external_recalibrated/brier" in m
+        assert 0.5 < m["held_out/auroc"] <= 1 and m["held_out/auroc_ci_low"] <= m["held_out/auroc"]
+        assert "held_out/recalibrated/brier" in m
         assert not client.list_artifacts(r.info.run_id, "model_inputs")  # no model, no rows: aggregates only
     internal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")[0]
     external = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/external.json")).read_text())
     assert [v["design"] for v in external["validations"]] == ["external", "temporal"]
     temporal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'temporal'")
-    assert len(temporal) == 4 and all(0.5 < r.data.metrics["temporal/auroc"] <= 1 for r in temporal)
+    assert len(temporal) == 4 and all(0.5 < r.data.metrics["held_out/auroc"] <= 1 for r in temporal)
     assert {r.data.tags["forewarn.temporal_from"] for r in temporal} == {"2021-07-01"}
     assert {d.dataset.name.rsplit("/", 1)[1] for d in internal.inputs.dataset_inputs} == {"train", "tuning", "held_out"}
     promotion = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/promotion.json")).read_text())
     assert promotion["reasons"] and "calibration slope" in " ".join(promotion["reasons"])
+
+
+def test_every_validation_design_has_the_internal_runs_names_params_and_tags(flow_run, client):
+    """Internal, external and temporal runs line up in the compare view: the evaluation
+    set's metrics under the same names (the design is the tag, not the name), the same
+    params, the same tags, and their data as mlflow.data dataset inputs."""
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    runs = {design: client.search_runs([exp.experiment_id], filter_string=f"tags.`forewarn.validation_design` = '{design}'")
+            for design in ("internal", "external", "temporal")}
+    assert [len(runs[d]) for d in ("internal", "external", "temporal")] == [4, 4, 4]
+    (internal_names,) = {frozenset(k for k in r.data.metrics if not k.startswith("drift/")) for r in runs["internal"]}
+    core = {f"held_out/{k}" for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high",
+                                      "brier", "calibration_slope", "calibration_in_the_large")}
+    core |= {f"held_out/xgboost/{k}" for k in ("auroc", "auprc", "brier", "n", "events")}
+    assert core <= internal_names
+    for design in ("external", "temporal"):
+        for r in runs[design]:
+            names = {k for k in r.data.metrics if not k.startswith("held_out/recalibrated/")}
+            assert core <= names, (design, core - names)
+            assert names <= internal_names, (design, names - internal_names)  # no name of its own
+            assert not any(k.startswith(("external", "temporal")) for k in r.data.metrics)
+    # Those of the internal run's primary model exactly, where no value is suppressed.
+    primary = {k for k in internal_names if k.startswith("held_out/") and (k.count("/") == 1 or k.startswith("held_out/xgboost/"))}
+    assert {frozenset(r.data.metrics) for r in runs["temporal"]} == {frozenset(primary)}
+    for r in runs["external"]:
+        recalibrated = {k.replace("recalibrated/", "") for k in r.data.metrics if k.startswith("held_out/recalibrated/")}
+        assert {"held_out/auroc", "held_out/auprc", "held_out/brier", "held_out/calibration_slope"} <= recalibrated
+        assert set(r.data.metrics) - {f"held_out/recalibrated/{k.split('/', 1)[1]}" for k in recalibrated} == primary
+    # The same tags; the data digest is that of the site whose rows were evaluated, as in
+    # the internal run on that site's data the same night.
+    internal_digests = {(r.data.tags["forewarn.site"], r.data.tags["forewarn.data_digest"]) for r in runs["internal"]}
+    internal_params = {frozenset(r.data.params) for r in runs["internal"]}
+    assert len(internal_params) == 1
+    for design in ("external", "temporal"):
+        for r in runs[design]:
+            tags = r.data.tags
+            for key in ("data_digest", "task_digest", "code_version", "site", "validation_design", "task", "study"):
+                assert tags.get(f"forewarn.{key}"), (design, key)
+            assert tags["forewarn.validation_design"] == design and tags["forewarn.complete"] == "true"
+            assert len(tags["forewarn.data_digest"]) == 16 and len(tags["forewarn.task_digest"]) == 16
+            assert (tags["forewarn.site"], tags["forewarn.data_digest"]) in internal_digests
+            assert set(r.data.params) == set(next(iter(internal_params)))
+            assert r.data.params["site"] == tags["forewarn.site"] and r.data.params["task"] == "t2d_2y"
+    for r in runs["temporal"]:
+        assert r.data.tags["forewarn.code_version"] == runs["internal"][0].data.tags["forewarn.code_version"]
+        datasets = {(d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"]) for d in r.inputs.dataset_inputs}
+        site = r.data.tags["forewarn.site"]
+        assert datasets == {(f"{site}/t2d_2y/temporal/train", "training"), (f"{site}/t2d_2y/temporal/tuning", "validation"),
+                            (f"{site}/t2d_2y/temporal/held_out", "test")}
+    for r in runs["external"]:
+        datasets = {d.dataset.name: d for d in r.inputs.dataset_inputs}
+        prefix = f"{r.data.tags['forewarn.site']}/t2d_2y/{r.data.tags['forewarn.train_site']}-columns"
+        assert set(datasets) == {f"{prefix}/held_out", f"{prefix}/tuning"}  # tuning: where it was recalibrated
+        assert all(d.dataset.digest and d.dataset.source for d in datasets.values())
 
 
 def test_drift_is_checked_against_the_champion_before_retraining(flow_run, client):

@@ -1,0 +1,93 @@
+"""Every validation design logs the same metric names, params and tags, so that MLflow's
+compare view lines internal, external and temporal runs up (the design is a tag)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from forewarn.flows import tracking
+
+RECORD = {"auroc": 0.81, "auroc_ci_low": 0.74, "auroc_ci_high": 0.87, "auprc": 0.31, "auprc_ci_low": 0.22,
+          "auprc_ci_high": 0.4, "brier": 0.05, "prevalence": 0.06, "mean_predicted": 0.07, "calibration_slope": 1.1,
+          "calibration_in_the_large": -0.1, "ece": 0.01, "n": 500, "events": 30, "subjects": 480}
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh SQLite store; MLflow and the environment are put back afterwards."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", tracking.ARTIFACT_ROOT_ENV)}
+    uri = tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield mlflow.MlflowClient(uri)
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def test_a_validation_run_has_the_internal_runs_primary_model_names():
+    # What publish logs for an internal run: every model, and the primary one unprefixed.
+    internal = tracking.flat_metrics({"xgboost": RECORD, "l1_logistic": RECORD | {"auroc": 0.7}}, "xgboost")
+    internal |= tracking.evaluation_metrics(RECORD)
+    shipped = tracking.evaluation_metrics(RECORD, model="xgboost")  # an external or temporal run's model
+    assert shipped == {k: v for k, v in internal.items() if not k.startswith("held_out/l1_logistic/")}
+    for key in ("held_out/auroc", "held_out/auroc_ci_low", "held_out/auroc_ci_high", "held_out/auprc", "held_out/brier",
+                "held_out/calibration_slope", "held_out/calibration_in_the_large", "held_out/xgboost/auroc"):
+        assert key in shipped
+    recalibrated = tracking.evaluation_metrics(RECORD, prefix="held_out/recalibrated")
+    assert set(recalibrated) == {f"held_out/recalibrated/{k}" for k in tracking.METRIC_KEYS + tracking.CALIBRATION_KEYS}
+    assert not any(k.startswith(("external", "temporal")) for k in shipped | recalibrated)
+
+
+def test_suppressed_and_undefined_values_are_left_out_as_for_the_internal_run():
+    record = RECORD | {"prevalence": None, "events": None, "auprc_ci_low": math.nan, "calibration_slope": None}
+    names = set(tracking.evaluation_metrics(record, model="xgboost"))
+    assert not names & {"held_out/prevalence", "held_out/xgboost/events", "held_out/auprc_ci_low", "held_out/calibration_slope"}
+    assert set(tracking.flat_metrics({"xgboost": record}, "xgboost")) <= names
+
+
+def test_log_run_records_tags_params_metrics_and_datasets(store, tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    tags = {"site": "south", "task": "t2d_2y", "task_digest": "a" * 16, "validation_design": "external",
+            "data_digest": "b" * 16, "code_version": "0.1+abc", "train_site": "north"}
+    run_id = tracking.log_run(
+        experiment=tracking.experiment_name("t2d_2y"), run_name="north-model-at-south", tags=tags,
+        metrics=tracking.evaluation_metrics(RECORD, model="xgboost"), params={"site": "south", "n_features": 12},
+        datasets=[{"name": f"south/t2d_2y/north-columns/{split}", "digest": f"{'c' * 16}-{split}", "source": features,
+                   "context": context} for split, context in (("held_out", "test"), ("tuning", "validation"))],
+        note="north's model at south",
+    )
+    assert tags["site"] == "south"  # the caller's tags are left as they were
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["forewarn.complete"] == "true"
+    assert {k: run.data.tags[f"forewarn.{k}"] for k in tags} == tags
+    assert run.data.params == {"site": "south", "n_features": "12"}
+    assert run.data.metrics["held_out/auroc"] == pytest.approx(0.81)
+    logged = {d.dataset.name: (d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+              for d in run.inputs.dataset_inputs}
+    assert logged == {"south/t2d_2y/north-columns/held_out": (f"{'c' * 16}-held_out", "test"),
+                      "south/t2d_2y/north-columns/tuning": (f"{'c' * 16}-tuning", "validation")}
+
+
+def test_pull_summary_withholds_kept_with_a_small_quarantine():
+    report = {"site": "a", "subjects": 900, "events": 12000, "quarantined": 25, "time_span": ["2010", "2020"],
+              "tables": {"person": {"read": 905, "kept": 900, "quarantined": 5},
+                         "measurement": {"read": 6020, "kept": 6000, "quarantined": 20}}}
+    summary = tracking.pull_summary(report)
+    # 905 - 900 would give person's 5 back, and so would the total 25 - 20: person's kept
+    # and measurement's quarantined are withheld, and then measurement's kept (6020 - 6000).
+    assert summary["tables"] == {"person": {"read": 905, "kept": None, "quarantined": None},
+                                 "measurement": {"read": 6020, "kept": None, "quarantined": None}}
+    report["tables"]["person"] |= {"read": 920, "kept": 900, "quarantined": 20}
+    report["quarantined"] = 40
+    assert tracking.pull_summary(report)["tables"] == {  # nothing small: all shown
+        "person": {"read": 920, "kept": 900, "quarantined": 20},
+        "measurement": {"read": 6020, "kept": 6000, "quarantined": 20}}
+    assert (summary["subjects"], summary["events"], summary["quarantined"]) == (900, 12000, 25)
