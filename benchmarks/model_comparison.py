@@ -40,7 +40,7 @@ from forewarn.records.omop import pull_omop
 MEDSTAB = FeatureConfig(
     windows=["1d", "7d", "30d", "365d", "full"],
     aggs=["code/count", "value/count", "value/sum", "value/sum_sqd", "value/min", "value/max", "static/present", "static/first"],
-    min_code_subjects=10, rollup_icd10=False, parent_codes=False,
+    min_code_subjects=11, rollup_icd10=False, parent_codes=False,
 )
 OURS, L1, MEDSTAB_XGB = "Forewarn XGBoost (calibrated)", "L1-logistic", "MEDS-Tab-style default XGBoost"
 RARE_TASKS = ["pancreatic_cancer_1y"]

@@ -398,22 +398,26 @@ def decision_curve(
 
 # ------------------------------------------------------------------------ lead time
 
-LEAD_COLUMNS = ("subject_id", "prediction_time", "probability", "outcome_time")
+LEAD_COLUMNS = ("subject_id", "prediction_time", "label", "probability", "outcome_time")
 
 
 def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | float | None]:
-    """How long before the outcome the model first alerts.
+    """How long before the outcome the model's true-positive alerts come.
 
     ``frame`` has one row per prediction time: ``subject_id``, ``prediction_time``
-    (datetime64), ``probability`` and ``outcome_time`` (datetime64, NaT without an
-    outcome; one value per subject). An alert is ``probability >= threshold`` at a
-    prediction time strictly before the outcome; alerts at or after it are ignored. A
-    subject with an outcome and an alert is *detected*; their lead time is the days
-    (fractional) from their first alert to the outcome.
+    (datetime64), ``label`` (the task's label: the outcome falls in this prediction
+    time's time-at-risk), ``probability`` and ``outcome_time`` (datetime64, NaT without
+    an outcome; one value per subject). A *true-positive alert* is a row with ``label``
+    true and ``probability >= threshold``; alerts at rows labelled negative (including
+    those whose outcome lies beyond the horizon) do not count. A subject with a positive
+    row is a subject *with the outcome*; one with a true-positive alert is *detected*,
+    and their lead time is the days (fractional) from their first true-positive alert to
+    the outcome.
 
     Returns ``subjects_with_outcome`` and ``detected`` (suppressed; ``detected`` is also
     None when the undetected count is 1..10, since it is the difference) and the
-    ``median``, ``q25``, ``q75``, ``min`` and ``max`` lead days, withheld below 11 detected.
+    ``median``, ``q25`` and ``q75`` lead days, withheld below 11 detected. No minimum or
+    maximum: each is one patient's value.
     """
     _check_columns(frame, LEAD_COLUMNS)
     problems = [
@@ -427,6 +431,7 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
         raise ValueError("prediction_time must not be missing; got NaT.")
     (threshold,) = _check_levels([threshold], "threshold", low=0, high=1, closed="both")
     probability = _check_p(frame["probability"], "probability")
+    label = _check_y(frame["label"], "label")
     per_subject = frame.groupby("subject_id", sort=False)["outcome_time"].nunique(dropna=False)
     if (per_subject > 1).any():
         raise ValueError(
@@ -436,17 +441,18 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
     subject = frame["subject_id"].to_numpy()
     when = frame["prediction_time"].to_numpy()
     outcome = frame["outcome_time"].to_numpy()
-    has_outcome = ~pd.isna(outcome)
-    alert = has_outcome & (probability >= threshold)
-    alert[has_outcome] &= when[has_outcome] < outcome[has_outcome]
+    unknown = label & (pd.isna(outcome) | (when >= outcome))
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise ValueError(
+            f"a positive label needs an outcome_time after its prediction_time; row {row} (subject {subject[row]}) "
+            f"has {'none' if pd.isna(outcome[row]) else outcome[row]}. Pass the outcomes the labels were built from."
+        )
+    alert = label & (probability >= threshold)
 
-    with_outcome = int(pd.unique(subject[has_outcome]).size)
-    alerts = pd.DataFrame(
-        {"subject": subject[alert], "when": when[alert], "outcome": outcome[alert]}
-    )
-    first = alerts.groupby("subject", sort=False).agg(
-        when=("when", "min"), outcome=("outcome", "first")
-    )
+    with_outcome = int(pd.unique(subject[label]).size)
+    alerts = pd.DataFrame({"subject": subject[alert], "when": when[alert], "outcome": outcome[alert]})
+    first = alerts.groupby("subject", sort=False).agg(when=("when", "min"), outcome=("outcome", "first"))
     days = ((first["outcome"] - first["when"]) / pd.Timedelta(days=1)).to_numpy(dtype=float)
     detected = int(days.size)
 
@@ -456,13 +462,7 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
     }
     show = privacy.suppress(detected) is not None and detected > 0
     q25, median, q75 = np.quantile(days, [0.25, 0.5, 0.75]) if show else (None, None, None)
-    record.update(
-        median_days=_num(median),
-        q25_days=_num(q25),
-        q75_days=_num(q75),
-        min_days=_num(days.min()) if show else None,
-        max_days=_num(days.max()) if show else None,
-    )
+    record.update(median_days=_num(median), q25_days=_num(q25), q75_days=_num(q75))
     return record
 
 
@@ -504,21 +504,43 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _protect_levels(records: list[dict], raw: list[tuple[int, int | None, int]]) -> None:
+    """Complementary suppression across the levels of one group, whose rows and events
+    add up to the published held-out totals: a level's count that would give a
+    suppressed one back by subtraction is withheld too (its subjects with its rows, and
+    its observed rate, which times the rows gives the events, with its events)."""
+    n_rows = privacy.suppress_parts([r for r, _, _ in raw])
+    events = privacy.suppress_parts([e for _, e, _ in raw])
+    for record, (_, _, subjects), n, e in zip(records, raw, n_rows, events, strict=True):
+        record["rows"], record["events"] = n, e
+        record["subjects"] = None if n is None else privacy.suppress(subjects)
+        if e is None and n is not None:
+            record["observed_rate"] = None
+
+
+UTILITY_COLUMNS = ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")
+
+
 def subgroup_metrics(
     frame: pd.DataFrame,
     *,
     groups: Sequence[str] = ("age_band", "sex", "site"),
     n_boot: int = 0,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> pd.DataFrame:
-    """Discrimination and calibration per level of each group column.
+    """Discrimination, calibration and utility per level of each group column.
 
     ``frame`` has ``y`` (bool), ``p`` (risk), ``subject_id`` and the ``groups`` columns; a
     missing group value forms its own level (``level`` None). One row per (group, level):
     ``group``, ``level``, ``subjects``, ``rows``, ``events`` (positive rows), ``auroc``,
-    ``auprc``, ``brier``, ``calibration_in_the_large``, ``observed_rate``,
-    ``mean_predicted``, ``suppressed``; with ``n_boot > 0`` also ``auroc_ci_low`` and
-    ``auroc_ci_high`` (patient-level bootstrap, :func:`metrics.bootstrap_ci`).
+    ``auprc``, ``brier``, ``calibration_in_the_large``, ``calibration_slope``,
+    ``calibration_intercept``, ``ece``, ``observed_rate``, ``mean_predicted``,
+    ``suppressed``; with ``n_boot > 0`` also ``auroc_ci_low`` and ``auroc_ci_high``
+    (patient-level bootstrap, :func:`metrics.bootstrap_ci`); with a ``threshold`` (the
+    whole set's operating point, so the levels are compared at one rule) also
+    ``sensitivity``, ``specificity``, ``ppv``, ``npv`` and ``alerts_per_1000``, each
+    withheld as :func:`threshold_table` withholds them (a 2x2 cell of 1..10).
 
     A level is suppressed (metrics and ``events`` None) when it has fewer than 11
     subjects, fewer than 11 subjects with an event or fewer than 11 subjects with a
@@ -528,6 +550,8 @@ def subgroup_metrics(
     _check_columns(frame, ("y", "p", "subject_id", *groups))
     if n_boot < 0:
         raise ValueError(f"n_boot must be 0 or more; got {n_boot!r}.")
+    if threshold is not None:
+        (threshold,) = _check_levels([threshold], "threshold", low=0, high=1, closed="both")
     y, p = _check_yp(frame["y"], frame["p"])
     subjects = frame["subject_id"].to_numpy()
     rows = []
@@ -535,6 +559,7 @@ def subgroup_metrics(
         column = frame[group]
         missing = column.isna().to_numpy()
         levels = _levels(column) + ([None] if missing.any() else [])
+        first, raw = len(rows), []
         for level in levels:
             m = missing if level is None else (column == level).to_numpy() & ~missing
             ys, ps, ss = y[m], p[m], subjects[m]
@@ -556,10 +581,16 @@ def subgroup_metrics(
                 auprc=_num(point.get("auprc")),
                 brier=_num(point.get("brier")),
                 calibration_in_the_large=_num(calib.get("calibration_in_the_large")),
+                calibration_slope=_num(calib.get("calibration_slope")),
+                calibration_intercept=_num(calib.get("calibration_intercept")),
+                ece=_num(calib.get("ece")),
                 observed_rate=_num(point.get("prevalence")),
                 mean_predicted=_num(point.get("mean_predicted")),
                 suppressed=suppressed,
             )
+            if threshold is not None:
+                op = {} if suppressed else _operating_point(ys, ps, threshold)
+                record.update({k: _num(op.get(k)) for k in UTILITY_COLUMNS})
             if n_boot > 0:
                 low = high = None
                 if not suppressed:
@@ -569,8 +600,13 @@ def subgroup_metrics(
                     low, high = (_num(v) for v in ci["auroc"])
                 record.update(auroc_ci_low=low, auroc_ci_high=high)
             rows.append(record)
+            raw.append((int(m.sum()), None if suppressed else int(ys.sum()), n_subjects))
+        _protect_levels(rows[first:], raw)
     columns = ["group", "level", "subjects", "rows", "events", "auroc", "auprc", "brier"]
-    columns += ["calibration_in_the_large", "observed_rate", "mean_predicted", "suppressed"]
+    columns += ["calibration_in_the_large", "calibration_slope", "calibration_intercept", "ece"]
+    columns += ["observed_rate", "mean_predicted", "suppressed"]
+    if threshold is not None:
+        columns += list(UTILITY_COLUMNS)
     if n_boot > 0:
         columns += ["auroc_ci_low", "auroc_ci_high"]
     return pd.DataFrame(rows, columns=columns, dtype=object)

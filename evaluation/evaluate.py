@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forewarn.evaluation import clinical, metrics, plots
 from forewarn.evaluation.explain import Explanations, explain
@@ -43,6 +43,33 @@ class EvaluationConfig(BaseModel):
     bootstrap: int = Field(200, ge=10)
     seed: int = 0
     shap_rows: int = Field(2000, ge=10)
+    thresholds: list[float] = Field(
+        default=list(clinical.DEFAULT_THRESHOLDS), min_length=1,
+        description="risk thresholds of the threshold table (each in [0, 1])",
+    )
+    alert_budgets: list[float] = Field(
+        default=[0.01, 0.05, 0.10], min_length=1,
+        description="alert budgets of the threshold table: the share of prediction times flagged (each in (0, 1])",
+    )
+    operating_budget: float = Field(
+        0.05, description="the alert budget whose threshold sets the operating point of the lead times and subgroups"
+    )
+
+    @model_validator(mode="after")
+    def _levels(self) -> EvaluationConfig:
+        bad = [t for t in self.thresholds if not 0 <= t <= 1] + [r for r in self.alert_budgets if not 0 < r <= 1]
+        if bad:
+            raise ValueError(f"thresholds must lie in [0, 1] and alert_budgets in (0, 1]; got {bad}.")
+        if self.operating_budget not in self.alert_budgets:
+            raise ValueError(
+                f"operating_budget must be one of alert_budgets {self.alert_budgets}; got {self.operating_budget}. "
+                "Add it to alert_budgets or choose one of them."
+            )
+        return self
+
+    @property
+    def operating_point(self) -> str:
+        return f"{self.operating_budget:.0%} alert budget"
 
 
 @dataclass(frozen=True)
@@ -122,7 +149,9 @@ def evaluate_and_explain(
         p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
         record["held_out"][PRIMARY].update(record["calibration_stats"][PRIMARY])
         record["smoothed_calibration"] = clinical.smoothed_calibration(y, p).to_dict(orient="records")
-        record["thresholds"] = clinical.threshold_table(y, p).to_dict(orient="records")
+        record["thresholds"] = clinical.threshold_table(
+            y, p, thresholds=config.thresholds, alert_rates=config.alert_budgets
+        ).to_dict(orient="records")
         dca = clinical.decision_curve(y, p)
         record["decision_curve"] = dca.to_dict(orient="records")
         age, sex = demographics(X[held_rows], columns)
@@ -130,8 +159,12 @@ def evaluate_and_explain(
             {"y": y, "p": p, "subject_id": held[schema.SUBJECT_ID].to_numpy(), "age_band": clinical.age_band(age),
              "sex": sex, "site": site}
         )
-        record["subgroups"] = clinical.subgroup_metrics(frame).to_dict(orient="records")
-        record["lead_time"] = _lead_time(held, p, outcomes_path, threshold=_alert_threshold(record["thresholds"], p))
+        alert_at = _alert_threshold(record["thresholds"], p, config.operating_budget)
+        record["subgroups"] = clinical.subgroup_metrics(
+            frame, n_boot=config.bootstrap, seed=config.seed, threshold=alert_at
+        ).to_dict(orient="records")
+        record["subgroup_threshold"] = {"threshold": alert_at, "operating_point": config.operating_point}
+        record["lead_time"] = _lead_time(held, p, outcomes_path, threshold=alert_at, operating_point=config.operating_point)
         counts.update(held_out_rows=int(len(held)), bootstrap=config.bootstrap)
     with stage("explain") as counts:
         model = load_primary(trained)
@@ -159,7 +192,7 @@ def evaluate_and_explain(
         record["waterfall_rows"] = []
         for k, row in enumerate(np.argsort(-risk, kind="stable")[:WATERFALL_FIGURES]):
             figures[f"shap_waterfall_{k + 1}"] = plots.shap_waterfall(values[row, idx], data[row], names, base)
-            record["waterfall_rows"].append(int(held_rows[sampled[row]]))
+            record["waterfall_rows"].append(int(sampled[row]))  # position among the held-out rows
         for name, png in figures.items():
             out.figure(name).write_bytes(png)
         counts["figures"] = len(figures)
@@ -168,23 +201,25 @@ def evaluate_and_explain(
     return out
 
 
-def _alert_threshold(thresholds: list[dict], p: np.ndarray) -> float:
-    """The operating point for lead times: the 5% alert budget."""
+def _alert_threshold(thresholds: list[dict], p: np.ndarray, budget: float) -> float:
+    """The operating point for lead times and subgroups: the threshold of alert budget ``budget``."""
     for row in thresholds:
-        if row.get("alert_budget") == 0.05 and row.get("threshold") is not None:
+        if row.get("alert_budget") == budget and row.get("threshold") is not None:
             return float(row["threshold"])
-    return float(np.quantile(p, 0.95)) if p.size else 1.0
+    return float(np.quantile(p, 1 - budget, method="higher")) if p.size else 1.0
 
 
-def _lead_time(held: pd.DataFrame, p: np.ndarray, outcomes_path: Path | None, *, threshold: float) -> dict | None:
+def _lead_time(
+    held: pd.DataFrame, p: np.ndarray, outcomes_path: Path | None, *, threshold: float, operating_point: str
+) -> dict | None:
     if outcomes_path is None or not Path(outcomes_path).is_file():
         return None
     outcomes = pd.read_parquet(outcomes_path)
     frame = pd.DataFrame(
         {"subject_id": held[schema.SUBJECT_ID].to_numpy(), "prediction_time": held[schema.PREDICTION_TIME].to_numpy(),
-         "probability": p}
+         "label": held[schema.BOOLEAN_VALUE].to_numpy(bool), "probability": p}
     ).merge(outcomes, on=schema.SUBJECT_ID, how="left")
-    return clinical.lead_times(frame, threshold=threshold) | {"threshold": threshold, "operating_point": "5% alert budget"}
+    return clinical.lead_times(frame, threshold=threshold) | {"threshold": threshold, "operating_point": operating_point}
 
 
 def json_safe(value):

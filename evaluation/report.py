@@ -95,32 +95,10 @@ def _ci(rec: dict, metric: str) -> str:
 
 
 def _protect(parts: list[int | None], *, spare: tuple[int, ...] = ()) -> list[str]:
-    """Display strings for counts that add up to a total published elsewhere.
-
-    A count of 1..10 (or an already-suppressed None) is shown as "<11". When exactly
-    one part is hidden, or the hidden parts are known to add up to less than 11, the
-    smallest other non-zero part is withheld too (complementary suppression), so the
-    hidden parts cannot be recovered by subtraction. Indices in ``spare`` are withheld
-    only when no other part is left.
-    """
-    values = [privacy.suppress(v) for v in parts]
-    hidden = {i for i, v in enumerate(values) if v is None}
-    extra: set[int] = set()
-
-    def exposed() -> bool:
-        if len(hidden) == 1:
-            return True
-        known = [parts[i] for i in hidden]
-        return bool(hidden) and all(k is not None for k in known) and sum(known) < privacy.MIN_CELL
-
-    while exposed():
-        left = [i for i, v in enumerate(values) if i not in hidden and v]
-        if not left:
-            break
-        preferred = [i for i in left if i not in spare] or left
-        pick = min(preferred, key=lambda i: values[i])
-        hidden.add(pick)
-        extra.add(pick)
+    """Display strings for counts that add up to a total published elsewhere: a count of
+    1..10 (or an already-suppressed None) is shown as "<11", and the parts
+    :func:`privacy.complementary` names as "withheld"."""
+    extra = privacy.complementary(parts, spare=spare)
     return [WITHHELD if i in extra else _count(v) for i, v in enumerate(parts)]
 
 
@@ -290,6 +268,13 @@ def _lead_time(m: dict) -> dict | None:
     }
 
 
+def _subgroup_point(m: dict) -> str | None:
+    point = m.get("subgroup_threshold")
+    if not point or point.get("threshold") is None:
+        return None
+    return f"{point.get('operating_point', 'operating point')} (risk ≥ {_fmt(point['threshold'])})"
+
+
 def _subgroups(m: dict) -> list[dict]:
     records = m.get("subgroups") or []
     groups: dict[str, list[dict]] = {}
@@ -337,6 +322,10 @@ def _subgroups(m: dict) -> list[dict]:
                     "auprc": _fmt(r.get("auprc")),
                     "brier": _fmt(r.get("brier"), 4),
                     "citl": _fmt(r.get("calibration_in_the_large")),
+                    "slope": _fmt(r.get("calibration_slope"), 2),
+                    "ece": _fmt(r.get("ece")),
+                    "sensitivity": "–" if r.get("sensitivity") is None else _pct(r["sensitivity"]),
+                    "ppv": "–" if r.get("ppv") is None else _pct(r["ppv"]),
                     "observed": _pct(r.get("observed_rate")) if counts_ok else "–",
                     "predicted": _pct(r.get("mean_predicted")),
                 }
@@ -997,6 +986,7 @@ def report_context(
         "net_benefit": _net_benefit(m),
         "lead_time": lead,
         "subgroups": subgroup_rows,
+        "subgroup_point": _subgroup_point(m),
         "top_features": [
             {
                 "description": f.get("description", f.get("name", "")),

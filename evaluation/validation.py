@@ -39,8 +39,12 @@ def _summary(y, p, subjects, *, n_boot: int, seed: int) -> dict:
 
 def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0) -> dict:
     """Metrics of a model from another site on this site's held-out rows, as shipped and
-    after recalibration on this site's tuning rows (a calibrator, not rows, is what the
-    site could send back)."""
+    after recalibration on this site's tuning rows.
+
+    Only aggregates come back: the metrics, and of the local calibrator its method and,
+    for a sigmoid, its two coefficients (each a fit to the whole tuning split). An
+    isotonic calibrator's steps are not returned: a step can rest on a handful of rows,
+    and its position and height would give those rows' risks and outcomes away."""
     raw, calibrated, rows = model_probabilities(trained, matrix)
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
     split = rows[schema.SPLIT].to_numpy()
@@ -50,10 +54,20 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     if y[tune].any() and (~y[tune]).any():
         local, _ = choose_calibrator(raw[tune], y[tune], seed=seed)
         record["recalibrated"] = _summary(y[held], local(raw[held]), subjects[held], n_boot=n_boot, seed=seed)
-        record["recalibration"] = local.to_json() | {"fitted_on": "tuning split of the validating site"}
+        record["recalibration"] = recalibration_summary(local)
     else:
         record["recalibrated"] = None
     return record
+
+
+def recalibration_summary(calibrator: Calibrator) -> dict:
+    """What may leave the validating site of its local calibrator (see :func:`external_validation`)."""
+    summary: dict = {"method": calibrator.method, "fitted_on": "tuning split of the validating site"}
+    if calibrator.method == "sigmoid":
+        summary.update(a=calibrator.a, b=calibrator.b)
+    elif calibrator.method == "isotonic":
+        summary["steps"] = "withheld: each step rests on few rows"
+    return summary
 
 
 def auroc_on(trained: TrainedModels, matrix: FeatureMatrix) -> float:

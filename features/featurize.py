@@ -80,7 +80,11 @@ class FeatureConfig(Strict):
         default=["code/count", "code/days_since_last", "value/mean", "value/min", "value/max", "value/last", "value/slope"],
         min_length=1,
     )
-    min_code_subjects: int = Field(10, ge=1, description="a code enters the vocabulary when this many train subjects have it")
+    min_code_subjects: int = Field(
+        11, ge=1,
+        description="a code enters the vocabulary when this many train subjects have it; the default, 11, keeps "
+        "codes held by 1-10 people out of the column names that leave the site with the model",
+    )
     min_code_frequency: float = Field(0.0, ge=0, le=1, description="... and at least this share of train subjects")
     rollup_icd10: bool = Field(True, description="also count ICD-10 codes at their 3-character category (E11.9 -> E11)")
     parent_codes: bool = Field(True, description="also count codes at the parent_codes of metadata/codes.parquet")

@@ -238,7 +238,7 @@ def featurize(
     aggs: Annotated[str | None, typer.Option(help="comma-separated aggregations (default: Forewarn's set)")] = None,
     splits: Annotated[Path | None, typer.Option(help="subject splits (subject_id, split); default: a seeded hash")] = None,
     codes: Annotated[Path | None, typer.Option(help="metadata/codes.parquet for readable names and parent codes")] = None,
-    min_code_subjects: Annotated[int, typer.Option(min=1)] = 10,
+    min_code_subjects: Annotated[int, typer.Option(min=1)] = 11,
     workers: Annotated[int, typer.Option(min=0, help="worker processes; 0 = one per core")] = 1,
 ) -> None:
     """Windowed features at the label times (outside a flow); the vocabulary comes from the train split."""

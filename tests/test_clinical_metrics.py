@@ -187,28 +187,37 @@ def test_smoothed_calibration_withheld_on_a_small_set():
 
 def lead_frame(copies: int = 1, *, undetected_copies: int | None = None) -> pd.DataFrame:
     nat = pd.NaT
+    # (subject, prediction time, label, probability, outcome time); the label is the
+    # task's: the outcome lies in this prediction time's time-at-risk.
     one = [
-        # Subject 1: first prediction 03-01 is below threshold; first alert 04-01,
-        # 9 days before the outcome on 04-10 (the later 04-05 alert does not count).
-        (1, "2021-03-01", 0.2, "2021-04-10"),
-        (1, "2021-04-01", 0.7, "2021-04-10"),
-        (1, "2021-04-05", 0.9, "2021-04-10"),
-        # Subject 3: one alert, 30 days before the outcome.
-        (3, "2021-05-01", 0.6, "2021-05-31"),
-        # Subject 4: no outcome, alerts are not counted.
-        (4, "2021-05-01", 0.9, nat),
+        # Subject 1: an alert on 01-01 is labelled negative (the outcome is too far off)
+        # and does not count; the first positive row 03-01 is below threshold; the first
+        # true-positive alert is 04-01, 9 days before the outcome on 04-10 (the later
+        # 04-05 alert does not count).
+        (1, "2021-01-01", False, 0.8, "2021-04-10"),
+        (1, "2021-03-01", True, 0.2, "2021-04-10"),
+        (1, "2021-04-01", True, 0.7, "2021-04-10"),
+        (1, "2021-04-05", True, 0.9, "2021-04-10"),
+        # Subject 3: one true-positive alert, 30 days before the outcome.
+        (3, "2021-05-01", True, 0.6, "2021-05-31"),
+        # Subject 4: no outcome, alerts are false positives and not counted.
+        (4, "2021-05-01", False, 0.9, nat),
+        # Subject 5: an outcome years after its only (negative) row, alerted: not a
+        # subject with the outcome in any time-at-risk, so neither counted nor detected.
+        (5, "2019-01-01", False, 0.99, "2023-01-01"),
     ]
-    # Subject 2: alerts only at and after the outcome: not detected.
+    # Subject 2: positive rows below threshold; the alerts at and after the outcome are
+    # labelled negative: not detected.
     two = [
-        (2, "2021-06-20", 0.1, "2021-06-30"),
-        (2, "2021-06-30", 0.95, "2021-06-30"),
-        (2, "2021-07-05", 0.99, "2021-06-30"),
+        (2, "2021-06-20", True, 0.1, "2021-06-30"),
+        (2, "2021-06-30", False, 0.95, "2021-06-30"),
+        (2, "2021-07-05", False, 0.99, "2021-06-30"),
     ]
     undetected_copies = copies if undetected_copies is None else undetected_copies
     rows = [(s + 10 * k, *rest) for k in range(copies) for s, *rest in one]
     rows += [(s + 10 * k, *rest) for k in range(undetected_copies) for s, *rest in two]
     frame = pd.DataFrame(
-        rows, columns=["subject_id", "prediction_time", "probability", "outcome_time"]
+        rows, columns=["subject_id", "prediction_time", "label", "probability", "outcome_time"]
     )
     frame["prediction_time"] = pd.to_datetime(frame["prediction_time"])
     frame["outcome_time"] = pd.to_datetime(frame["outcome_time"])
@@ -217,23 +226,25 @@ def lead_frame(copies: int = 1, *, undetected_copies: int | None = None) -> pd.D
 
 def test_lead_times_by_hand_suppressed_then_shown():
     small = clinical.lead_times(lead_frame(), threshold=0.5)
-    # 3 subjects with an outcome, 2 detected: all below 11.
+    # 3 subjects with a positive row (1, 2, 3), 2 detected: all below 11.
     assert small == {
         "subjects_with_outcome": None,
         "detected": None,
         "median_days": None,
         "q25_days": None,
         "q75_days": None,
-        "min_days": None,
-        "max_days": None,
     }
     big = clinical.lead_times(lead_frame(20), threshold=0.5)
-    # 60 with an outcome, 40 detected: 20 leads of 9 days and 20 of 30 days.
+    # 60 with an outcome, 40 detected: 20 leads of 9 days and 20 of 30 days (subject 1's
+    # negative-row alert 99 days ahead would have made 20 of them 99).
     # Median of the sorted 40: halfway between the 20th (9) and 21st (30) = 19.5.
-    assert big["subjects_with_outcome"] == 60 and big["detected"] == 40
-    assert big["median_days"] == pytest.approx(19.5)
-    assert big["q25_days"] == 9.0 and big["q75_days"] == 30.0
-    assert big["min_days"] == 9.0 and big["max_days"] == 30.0
+    assert big == {
+        "subjects_with_outcome": 60,
+        "detected": 40,
+        "median_days": pytest.approx(19.5),
+        "q25_days": 9.0,
+        "q75_days": 30.0,
+    }
 
 
 def test_lead_times_hides_detected_when_the_undetected_are_few():
@@ -244,9 +255,17 @@ def test_lead_times_hides_detected_when_the_undetected_are_few():
 
 
 def test_lead_times_threshold_changes_who_is_detected():
-    # At 0.8 subject 1's first alert is 04-05 (5 days); subject 3 is no longer detected.
+    # At 0.8 subject 1's first true-positive alert is 04-05 (5 days); subject 3 is no
+    # longer detected; subject 1's 0.8 alert on a negative row still does not count.
     record = clinical.lead_times(lead_frame(20), threshold=0.8)
     assert record["detected"] == 20 and record["median_days"] == 5.0
+
+
+def test_lead_times_refuses_a_positive_label_without_a_later_outcome():
+    frame = lead_frame()
+    frame.loc[4, "outcome_time"] = pd.NaT  # subject 3's only row, labelled positive
+    with pytest.raises(ValueError, match=r"row 4 \(subject 3\) has none"):
+        clinical.lead_times(frame, threshold=0.5)
 
 
 # -------------------------------------------------------------------------- subgroups
@@ -286,11 +305,9 @@ def test_subgroups_suppress_small_levels_and_match_point_metrics():
     m = frame["sex"] == "M"
     expected = metrics.point_metrics(frame.loc[m, "y"], frame.loc[m, "p"])
     assert men["suppressed"] is False
-    assert (
-        men["subjects"] == 60
-        and men["rows"] == 120
-        and men["events"] == int(frame.loc[m, "y"].sum())
-    )
+    # The men's counts would give the women's back from the held-out totals (125 rows):
+    # withheld with them (complementary suppression); their metrics are shown.
+    assert [men["subjects"], men["rows"], men["events"]] == [None, None, None]
     assert men["auroc"] == pytest.approx(expected["auroc"]) and men["auprc"] == pytest.approx(
         expected["auprc"]
     )
@@ -302,6 +319,45 @@ def test_subgroups_suppress_small_levels_and_match_point_metrics():
     ]
     assert men["calibration_in_the_large"] == pytest.approx(citl)
     assert table.iloc[3]["suppressed"] is True
+
+
+def test_subgroup_counts_shown_when_no_level_is_small():
+    frame = subgroup_frame()
+    frame = frame[frame["sex"] == "M"].assign(site=np.where(frame["subject_id"] < 30, "A", "B")[: 120])
+    table = clinical.subgroup_metrics(frame, groups=("site",))
+    y = frame["y"].to_numpy()
+    a = frame["site"].to_numpy() == "A"
+    assert list(table["subjects"]) == [30, 30] and list(table["rows"]) == [60, 60]
+    assert list(table["events"]) == [int(y[a].sum()), int(y[~a].sum())]
+    assert min(table["events"]) >= 11
+
+
+def test_subgroups_carry_calibration_and_utility_at_one_threshold():
+    frame = subgroup_frame()
+    table = clinical.subgroup_metrics(frame, groups=("sex",), threshold=0.55)
+    women, men = table.iloc[0], table.iloc[1]
+    m = frame["sex"] == "M"
+    stats = clinical.calibration_stats(frame.loc[m, "y"], frame.loc[m, "p"])
+    for key in ("calibration_slope", "calibration_intercept", "ece"):
+        assert men[key] == pytest.approx(stats[key])
+    op = clinical.threshold_table(frame.loc[m, "y"], frame.loc[m, "p"], thresholds=[0.55], alert_rates=[]).iloc[0]
+    # The men's 2x2 at 0.55 by count: tp 37, fp 12, fn 11, tn 60; every cell 11 or more.
+    assert [op["tp"], op["fp"], op["fn"], op["tn"]] == [37, 12, 11, 60]
+    assert men["sensitivity"] == pytest.approx(37 / 48) and men["ppv"] == pytest.approx(37 / 49)
+    for key in ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000"):
+        assert men[key] == pytest.approx(op[key])
+    assert [women[k] for k in ("calibration_slope", "ece", "sensitivity", "ppv")] == [None] * 4
+
+
+def test_subgroup_utility_withheld_when_a_cell_is_small():
+    # 40 subjects, one row each: 20 events. At 0.5 only 3 events are flagged (tp = 3), so
+    # sensitivity would give the 1..10 count away; discrimination is still shown.
+    y = np.r_[np.ones(20, bool), np.zeros(20, bool)]
+    p = np.r_[[0.9, 0.8, 0.7], np.linspace(0.3, 0.45, 17), np.linspace(0.05, 0.4, 20)]
+    frame = pd.DataFrame({"subject_id": np.arange(40), "y": y, "p": p, "site": "A"})
+    row = clinical.subgroup_metrics(frame, groups=("site",), threshold=0.5).iloc[0]
+    assert row["suppressed"] is False and row["auroc"] is not None
+    assert [row[k] for k in ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")] == [None] * 5
 
 
 def test_subgroups_count_people_not_rows():
@@ -347,6 +403,24 @@ def test_age_bands_are_ordered_as_ages_in_subgroups():
 
 
 # ------------------------------------------------------------------------- validation
+
+
+def test_external_recalibration_returns_no_isotonic_steps():
+    from forewarn.evaluation.validation import recalibration_summary
+    from forewarn.models.calibration import Calibrator
+
+    # An isotonic step on few rows would give their risks and outcomes away: withheld.
+    iso = Calibrator("isotonic", (0.1, 0.5, 0.9), (0.0, 0.4, 1.0))
+    assert recalibration_summary(iso) == {
+        "method": "isotonic",
+        "fitted_on": "tuning split of the validating site",
+        "steps": "withheld: each step rests on few rows",
+    }
+    # A sigmoid's two coefficients are fits to the whole tuning split: returned.
+    sigmoid = Calibrator("sigmoid", a=-0.25, b=0.8)
+    assert recalibration_summary(sigmoid) == {
+        "method": "sigmoid", "fitted_on": "tuning split of the validating site", "a": -0.25, "b": 0.8,
+    }
 
 
 def lead_with(**changes) -> pd.DataFrame:
@@ -406,7 +480,7 @@ def lead_with(**changes) -> pd.DataFrame:
         ),
         (
             lambda: clinical.lead_times(
-                lead_with(outcome_time=pd.date_range("2022-01-01", periods=8)), threshold=0.5
+                lead_with(outcome_time=pd.date_range("2022-01-01", periods=10)), threshold=0.5
             ),
             "outcome_time must be one value per subject; got differing values for 2 subjects.",
         ),

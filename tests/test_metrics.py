@@ -42,6 +42,21 @@ def test_bootstrap_is_seeded_and_resamples_subjects_not_rows():
     assert doubled["auroc"] == pytest.approx(a["auroc"]) and doubled["auprc"] == pytest.approx(a["auprc"])
 
 
+def test_bootstrap_golden_three_replicates_by_hand():
+    # Seed 0 draws these subject multiplicities for the 6-row case (one row per subject):
+    rng = np.random.default_rng(0)
+    draws = [np.bincount(rng.integers(0, 6, 6), minlength=6).tolist() for _ in range(3)]
+    assert draws == [[1, 2, 0, 2, 0, 1], [2, 1, 0, 1, 1, 1], [0, 0, 0, 4, 1, 1]]
+    # Replicate 1: the only positive drawn (row 5, 0.9) outranks all 5 negative draws: 1.
+    # Replicate 2: positives 0.7 and 0.9 against negatives 0.1 (x2), 0.4, 0.8: 8 weighted
+    #   pairs; 0.7 beats 3 and loses to 0.8, 0.9 beats 4: 7/8.
+    # Replicate 3: positives 0.7 and 0.9 against 0.8 (x4): 0.9 wins 4 of 8 pairs: 1/2.
+    # Percentiles of [0.5, 0.875, 1.0] (linear): 2.5% at position 0.05 -> 0.5 + 0.05 x
+    # 0.375 = 0.51875; 97.5% at position 1.95 -> 0.875 + 0.95 x 0.125 = 0.99375.
+    ci = metrics.bootstrap_ci(Y, P, np.arange(6), n_boot=3, seed=0, metrics=("auroc",))
+    assert ci["auroc"] == pytest.approx((0.51875, 0.99375))
+
+
 def test_calibration_curve_and_small_cell_suppression():
     p = np.linspace(0.01, 0.99, 220)
     y = p > 0.5
@@ -64,3 +79,13 @@ def test_evaluate_record_suppresses_small_counts():
 def test_suppress(count, kept):
     assert privacy.suppress(count) == kept
     assert privacy.shown(count) == ("<11" if kept is None else f"{kept:,}")
+
+
+def test_suppress_parts_withholds_a_part_that_would_give_a_small_one_away():
+    # read 520 = kept 515 + quarantined 5: the 5 is suppressed and 515 would give it
+    # back by subtraction, so both go.
+    assert privacy.suppress_parts([515, 5]) == [None, None]
+    assert privacy.suppress_parts([500, 40, 200]) == [500, 40, 200]
+    assert privacy.suppress_parts([3, 4, 200, 300]) == [None, None, None, 300]  # 3 + 4 < 11
+    assert privacy.suppress_parts([0, 5, 100, 30]) == [0, None, 100, None]
+    assert privacy.suppress_parts([5, 0]) == [None, 0]  # nothing left to hide

@@ -674,6 +674,60 @@ def test_search_runs_trials_and_refits_with_the_best(tmp_path):
     assert [t["value"] for t in again["search"]["trials"]] == [t["value"] for t in trials]  # seeded
 
 
+def _search_data(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(600, 5))
+    y = (X[:, 0] + 0.5 * rng.normal(size=600) > 0.8).astype(int)
+    return X[:400], y[:400], X[400:], y[400:]
+
+
+def test_search_prunes_a_trial_that_lags_the_median():
+    """Trials 0-2 learn the signal (tuning AUROC near 0.9 at round 20); from trial 3 on
+    the fit sees shuffled labels (AUROC near 0.5), which the median pruner stops at its
+    first report after the 20 warm-up rounds."""
+    import xgboost as xgb
+
+    from forewarn.models.search import SearchConfig, search_xgboost
+
+    X_train, y_train, X_tune, y_tune = _search_data()
+    shuffled = np.random.default_rng(1).permutation(y_train)
+    calls = []
+
+    def fit(params, callbacks, eval_metric):
+        labels = y_train if len(calls) < 3 else shuffled
+        calls.append(params)
+        clf = xgb.XGBClassifier(n_estimators=60, early_stopping_rounds=60, eval_metric=eval_metric, callbacks=callbacks,
+                                n_jobs=1, random_state=0, **params)
+        return clf.fit(X_train, labels, eval_set=[(X_tune, y_tune)], verbose=False)
+
+    _, records = search_xgboost(X_train, y_train, X_tune, y_tune, fit, SearchConfig(trials=5, seed=0))
+    assert [r["state"] for r in records] == ["complete"] * 3 + ["pruned"] * 2
+    assert all(r["value"] > 0.8 for r in records[:3])
+    # A pruned trial stops at its first report past the warm-up: round 20 is its last.
+    assert [r["best_iteration"] <= 20 for r in records[3:]] == [True, True]
+
+
+def test_search_stops_starting_trials_at_the_time_budget():
+    import time
+
+    import xgboost as xgb
+
+    from forewarn.models.search import SearchConfig, search_xgboost
+
+    X_train, y_train, X_tune, y_tune = _search_data()
+
+    def slow_fit(params, callbacks, eval_metric):
+        time.sleep(0.5)  # each trial takes at least half a second
+        clf = xgb.XGBClassifier(n_estimators=5, early_stopping_rounds=5, eval_metric=eval_metric, callbacks=callbacks, n_jobs=1,
+                                **params)
+        return clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], verbose=False)
+
+    _, records = search_xgboost(X_train, y_train, X_tune, y_tune, slow_fit, SearchConfig(trials=100, timeout_s=1))
+    # Optuna starts no trial after 1 s, so at most 3 of the 100 asked for run (the one
+    # running at the deadline finishes).
+    assert 1 <= len(records) <= 3
+
+
 def test_search_scores_trials_with_the_offset(tmp_path):
     """Trials of trees that boost from the L1 are scored as the model predicts: with the
     tuning rows' offset. The refit with the best trial's values scores that trial's value,

@@ -14,6 +14,19 @@ def test_first_model_is_promoted():
 
 
 @pytest.mark.parametrize(
+    ("slope", "reasons"),
+    [
+        (1.3, ["calibration slope 1.300 is outside [0.8, 1.25]",
+               "promoted only because there is no champion: review its calibration before use"]),
+        (None, ["calibration slope could not be estimated"]),
+    ],
+)
+def test_first_model_is_promoted_and_a_bad_slope_is_said(slope, reasons):
+    d = decide({"auroc_ci_low": 0.7, "calibration_slope": slope}, None, CONFIG)
+    assert d == {"promoted": True, "champion_version": None, "reasons": ["there is no champion yet", *reasons]}
+
+
+@pytest.mark.parametrize(
     ("low", "slope", "promoted"),
     [(0.781, 1.0, True), (0.78, 1.0, True), (0.779, 1.0, False), (0.9, 0.79, False), (0.9, 1.26, False), (0.9, None, False)],
 )

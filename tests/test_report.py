@@ -17,6 +17,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -359,10 +360,22 @@ def test_every_figure_is_embedded_once_in_its_section(run, full):
 
 
 def test_waterfalls_are_labelled_by_held_out_row_number_only(run, full):
+    from forewarn.evaluation.evaluate import held_out_frame
+    from forewarn.models.train import PRIMARY, load_primary
+
     rows = run["evaluation"].load_metrics()["waterfall_rows"]
     assert len(rows) == 3
     for row in rows:
         assert f"held-out row {row}" in full
+    # The numbers are positions among the held-out rows (the order of the held-out
+    # predictions), and name the highest-risk rows explained.
+    X, table, _ = run["matrix"].load()
+    held = np.flatnonzero(table[schema.SPLIT].to_numpy() == schema.HELD_OUT)
+    risk = load_primary(run["trained"]).probability(X[held])
+    assert len(held_out_frame(run["trained"], PRIMARY)) == held.size > max(rows)
+    assert list(risk[rows]) == sorted(risk[rows], reverse=True)
+    if held.size <= 200:  # every held-out row explained: the three are the top three
+        assert sorted(risk[rows]) == sorted(np.sort(risk)[-3:])
 
 
 def test_threshold_lead_time_and_subgroup_tables(run, full):
