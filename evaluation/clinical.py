@@ -504,14 +504,17 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _protect_levels(records: list[dict], raw: list[tuple[int, int | None, int]]) -> None:
+def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) -> None:
     """Complementary suppression across the levels of one group, whose rows and events
     add up to the published held-out totals: a level's count that would give a
     suppressed one back by subtraction is withheld too (its subjects with its rows, and
-    its observed rate, which times the rows gives the events, with its events)."""
-    n_rows = privacy.suppress_parts([r for r, _, _ in raw])
-    events = privacy.suppress_parts([e for _, e, _ in raw])
-    for record, (_, _, subjects), n, e in zip(records, raw, n_rows, events, strict=True):
+    its observed rate, which times the rows gives the events, with its events). A level
+    suppressed for too few people has its events withheld whatever their number, which
+    still counts towards the sum that decides whether the hidden levels are exposed."""
+    n_rows = privacy.suppress_parts([r for r, _, _, _ in raw])
+    withheld = tuple(i for i, (_, _, _, suppressed) in enumerate(raw) if suppressed)
+    events = privacy.suppress_parts([e for _, e, _, _ in raw], force=withheld)
+    for record, (_, _, subjects, _), n, e in zip(records, raw, n_rows, events, strict=True):
         record["rows"], record["events"] = n, e
         record["subjects"] = None if n is None else privacy.suppress(subjects)
         if e is None and n is not None:
@@ -600,7 +603,7 @@ def subgroup_metrics(
                     low, high = (_num(v) for v in ci["auroc"])
                 record.update(auroc_ci_low=low, auroc_ci_high=high)
             rows.append(record)
-            raw.append((int(m.sum()), None if suppressed else int(ys.sum()), n_subjects))
+            raw.append((int(m.sum()), int(ys.sum()), n_subjects, suppressed))
         _protect_levels(rows[first:], raw)
     columns = ["group", "level", "subjects", "rows", "events", "auroc", "auprc", "brier"]
     columns += ["calibration_in_the_large", "calibration_slope", "calibration_intercept", "ece"]

@@ -723,18 +723,25 @@ def one_se_tolerance(trees, linear, y, subjects, weights, best: float, metric: s
     return {w: float(np.std(g)) if g else 0.0 for w, g in gaps.items()}
 
 
-def ranked_scores(positive: np.ndarray, negative: np.ndarray, starts: np.ndarray) -> dict[str, float]:
+def ranked_scores(positive: np.ndarray, negative: np.ndarray, starts: np.ndarray) -> dict:
     """AUROC and AUPRC (average precision, as scikit-learn defines it) of rows sorted by
     descending score, given each row's weight as an event (``positive``) and as a
     non-event (``negative``) and where each run of tied scores starts (``starts``).
-    Equal to ``roc_auc_score`` / ``average_precision_score`` with ``sample_weight``."""
-    tp, fp = np.add.reduceat(positive, starts), np.add.reduceat(negative, starts)
-    events, non_events = tp.sum(), fp.sum()
-    cum_tp, cum_fp = np.cumsum(tp), np.cumsum(fp)
-    auroc = float((tp * (non_events - cum_fp + 0.5 * fp)).sum() / (events * non_events))
+    Equal to ``roc_auc_score`` / ``average_precision_score`` with ``sample_weight``.
+    Two-dimensional weights (replicates, rows) give one value per replicate (arrays,
+    NaN where a replicate holds one class); one-dimensional weights give floats."""
+    tp, fp = np.add.reduceat(positive, starts, axis=-1), np.add.reduceat(negative, starts, axis=-1)
+    events, non_events = tp.sum(axis=-1), fp.sum(axis=-1)
+    cum_tp, cum_fp = np.cumsum(tp, axis=-1), np.cumsum(fp, axis=-1)
     flagged = cum_tp + cum_fp
     precision = np.divide(cum_tp, flagged, out=np.zeros_like(cum_tp), where=flagged > 0)
-    return {"auroc": auroc, "auprc": float((tp * precision).sum() / events)}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (tp * (non_events[..., None] - cum_fp + 0.5 * fp)).sum(axis=-1) / (events * non_events)
+        auprc = (tp * precision).sum(axis=-1) / events
+    if np.ndim(positive) == 1:
+        return {"auroc": float(auroc), "auprc": float(auprc)}
+    both = (events > 0) & (non_events > 0)
+    return {"auroc": np.where(both, auroc, np.nan), "auprc": np.where(both, auprc, np.nan)}
 
 
 def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y_tune, groups, config: ModelConfig,

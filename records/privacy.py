@@ -21,16 +21,20 @@ def shown(count: int | None, *, min_cell: int = MIN_CELL) -> str:
     return f"<{min_cell}" if value is None else f"{value:,}"
 
 
-def complementary(parts: list[int | None], *, spare: tuple[int, ...] = (), min_cell: int = MIN_CELL) -> set[int]:
+def complementary(
+    parts: list[int | None], *, spare: tuple[int, ...] = (), force: tuple[int, ...] = (), min_cell: int = MIN_CELL
+) -> set[int]:
     """Indices of ``parts`` to withhold besides those :func:`suppress` hides, when the
     parts add up to a total published elsewhere (complementary suppression).
 
     When exactly one part is hidden, or the hidden parts are known to add up to less than
     ``min_cell``, the smallest other non-zero part is withheld too, so the hidden parts
     cannot be recovered by subtraction. Indices in ``spare`` are withheld only when no
-    other part is left. An already-suppressed part (None) counts as hidden.
+    other part is left. An already-suppressed part (None) counts as hidden, of unknown
+    size; indices in ``force`` are hidden whatever their size, which stays known for the
+    sum (a cell withheld for another reason, e.g. too few subjects).
     """
-    values = [suppress(v, min_cell=min_cell) for v in parts]
+    values = [None if i in force else suppress(v, min_cell=min_cell) for i, v in enumerate(parts)]
     hidden = {i for i, v in enumerate(values) if v is None}
     extra: set[int] = set()
 
@@ -51,8 +55,11 @@ def complementary(parts: list[int | None], *, spare: tuple[int, ...] = (), min_c
     return extra
 
 
-def suppress_parts(parts: list[int | None], *, spare: tuple[int, ...] = ()) -> list[int | None]:
+def suppress_parts(
+    parts: list[int | None], *, spare: tuple[int, ...] = (), force: tuple[int, ...] = ()
+) -> list[int | None]:
     """``parts`` of a published total as they may leave the site: each suppressed below
-    11, and the parts :func:`complementary` names withheld (None) too."""
-    extra = complementary(parts, spare=spare)
+    11, those in ``force`` withheld, and the parts :func:`complementary` names withheld
+    (None) too."""
+    extra = complementary(parts, spare=spare, force=force) | set(force)
     return [None if i in extra else suppress(v) for i, v in enumerate(parts)]

@@ -89,3 +89,26 @@ def test_suppress_parts_withholds_a_part_that_would_give_a_small_one_away():
     assert privacy.suppress_parts([3, 4, 200, 300]) == [None, None, None, 300]  # 3 + 4 < 11
     assert privacy.suppress_parts([0, 5, 100, 30]) == [0, None, 100, None]
     assert privacy.suppress_parts([5, 0]) == [None, 0]  # nothing left to hide
+
+
+def test_rank_metrics_match_scikit_learn_with_ties_and_weights():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(7)
+    y = rng.random(400) < 0.2
+    p = np.round(np.clip(0.3 * y + 0.7 * rng.random(400), 0, 1), 2)  # rounded: many ties
+    weights = rng.integers(0, 3, size=(5, 400)).astype(float)
+    got = metrics.rank_metrics(y, p, weights)
+    for k, w in enumerate(weights):
+        assert got["auroc"][k] == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-12)
+        assert got["auprc"][k] == pytest.approx(average_precision_score(y, p, sample_weight=w), abs=1e-12)
+    one_class = metrics.rank_metrics(y, p, np.where(y, 0.0, 1.0)[None, :])
+    assert np.isnan(one_class["auroc"][0]) and np.isnan(one_class["auprc"][0])
+
+
+def test_forced_parts_count_towards_the_exposed_sum():
+    # Two levels hidden for too few people hold 3 + 4 = 7 events: the total minus the
+    # shown ones would give 7 back, so the smallest shown level goes too.
+    assert privacy.suppress_parts([3, 4, 22, 31], force=(0, 1)) == [None, None, None, 31]
+    # 15 + 20 events in hidden levels: their sum is not small, nothing more is withheld.
+    assert privacy.suppress_parts([15, 20, 22, 31], force=(0, 1)) == [None, None, 22, 31]
