@@ -59,3 +59,20 @@ def pg_schema():
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture
+def restore_tracking():
+    """configure() points MLflow (and the environment) at a store: put both back afterwards."""
+    import mlflow
+
+    from forewarn.flows import tracking
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", tracking.ARTIFACT_ROOT_ENV)}
+    yield
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -23,21 +23,6 @@ from forewarn.flows.tracking import TrackingSettings, redact_uri, ui_command
 from forewarn.records.config import explain
 
 
-@pytest.fixture
-def restore_tracking():
-    """configure() points MLflow (and the environment) at a store: put both back afterwards."""
-    import mlflow
-
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", tracking.ARTIFACT_ROOT_ENV)}
-    yield
-    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def _tiny_xgboost(path: Path, seed: int) -> Path:
     import xgboost as xgb
 

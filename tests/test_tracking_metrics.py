@@ -4,7 +4,6 @@ compare view lines internal, external and temporal runs up (the design is a tag)
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 
@@ -16,19 +15,11 @@ RECORD = {"auroc": 0.81, "auroc_ci_low": 0.74, "auroc_ci_high": 0.87, "auprc": 0
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(tmp_path, restore_tracking):
     """A fresh SQLite store; MLflow and the environment are put back afterwards."""
     import mlflow
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", tracking.ARTIFACT_ROOT_ENV)}
-    uri = tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield mlflow.MlflowClient(uri)
-    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    return mlflow.MlflowClient(tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}"))
 
 
 def test_a_validation_run_has_the_internal_runs_primary_model_names():
