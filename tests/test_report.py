@@ -396,6 +396,16 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
         assert point in text
     assert "small-cell suppression" in text.lower() and "median lead time" in text
     assert "Lead time" in text and f"{record['lead_time']['subjects_with_outcome']}" in text
+    # Subjects with the outcome are the held-out subjects with a positive row (not every
+    # subject with an outcome some day); the operating point is the 5% alert budget's.
+    from forewarn.evaluation.evaluate import held_out_frame
+    from forewarn.models.train import PRIMARY
+
+    held = held_out_frame(run["trained"], PRIMARY)
+    positive = held.loc[held[schema.BOOLEAN_VALUE].astype(bool), schema.SUBJECT_ID].nunique()
+    assert record["lead_time"]["subjects_with_outcome"] == (positive if positive >= 11 else None)
+    budget = next(r for r in record["thresholds"] if r.get("alert_budget") == 0.05)
+    assert record["lead_time"]["threshold"] == budget["threshold"] == record["subgroup_threshold"]["threshold"]
     for group in ("Age band", "Sex", "Site"):
         assert group in text
     for level in {str(r["level"]) for r in record["subgroups"] if r["group"] == "age_band"}:
