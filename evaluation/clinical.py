@@ -505,20 +505,27 @@ def _plain(value):
 
 
 def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) -> None:
-    """Complementary suppression across the levels of one group, whose rows and events
-    add up to the published held-out totals: a level's count that would give a
-    suppressed one back by subtraction is withheld too (its subjects with its rows, and
-    its observed rate, which times the rows gives the events, with its events). A level
-    suppressed for too few people has its events withheld whatever their number, which
-    still counts towards the sum that decides whether the hidden levels are exposed."""
+    """Complementary suppression across the levels of one group, whose rows, subjects and
+    events add up to the published held-out totals: a level's count that would give a
+    suppressed one back by subtraction is withheld too, and a level's rows and subjects
+    go together. A level suppressed for too few people has its events withheld whatever
+    their number, which still counts towards the sum that decides whether the hidden
+    levels are exposed. Where a level's size or events are withheld, so are the columns
+    that would rebuild them from the other (the observed rate, and the utility columns:
+    PPV x alerts / sensitivity gives the events)."""
     n_rows = privacy.suppress_parts([r for r, _, _, _ in raw])
+    n_subjects = privacy.suppress_parts([s for _, _, s, _ in raw])
     withheld = tuple(i for i, (_, _, _, suppressed) in enumerate(raw) if suppressed)
     events = privacy.suppress_parts([e for _, e, _, _ in raw], force=withheld)
-    for record, (_, _, subjects, _), n, e in zip(records, raw, n_rows, events, strict=True):
-        record["rows"], record["events"] = n, e
-        record["subjects"] = None if n is None else privacy.suppress(subjects)
-        if e is None and n is not None:
+    for record, n, subjects, e in zip(records, n_rows, n_subjects, events, strict=True):
+        size_shown = n is not None and subjects is not None
+        record["rows"], record["subjects"] = (n, subjects) if size_shown else (None, None)
+        record["events"] = e
+        if not size_shown or e is None:
             record["observed_rate"] = None
+            for key in UTILITY_COLUMNS:
+                if key in record:
+                    record[key] = None
 
 
 UTILITY_COLUMNS = ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")

@@ -75,7 +75,11 @@ def bootstrap_ci(
     draws: dict[str, list[float]] = {m: [] for m in metrics}
     ranked = [m for m in metrics if m in ("auroc", "auprc")]
     others = [m for m in metrics if m not in ranked]
-    batch = max(1, min(n_boot, 4_000_000 // max(y.size, 1)))  # bounds memory: batch x rows weights
+    if y.size == 0:
+        raise ValueError("y, p and subjects must not be empty; got 0 rows.")
+    # Replicates scored at once: rank_metrics holds about ten (batch x rows) float arrays,
+    # so a batch of 1,000,000 weights keeps it near 80 MB whatever the rows.
+    batch = max(1, min(n_boot, 1_000_000 // y.size))
     done = 0
     while done < n_boot:
         size = min(batch, n_boot - done)

@@ -27,6 +27,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from forewarn.records import privacy
 from forewarn.records.config import Strict
+from forewarn.records.pull import table_counts
 
 EXPERIMENT_PREFIX = "forewarn"
 TAG = "forewarn"
@@ -453,34 +454,18 @@ def experiment_name(task: str) -> str:
 
 
 def pull_summary(report: dict) -> dict:
-    """The pull report as it may leave the site: counts suppressed below 11, with
-    complementary suppression where counts add up to a published total: a table's kept
-    and quarantined rows (its rows read), and the tables' quarantined rows (the total
-    quarantined). Withholding repeats until no hidden count can be recovered by subtraction."""
-    names = list(report["tables"])
-    kept = [report["tables"][n]["kept"] for n in names]
-    quarantined = [report["tables"][n]["quarantined"] for n in names]
-    while True:
-        across = privacy.suppress_parts(quarantined)
-        pairs = [privacy.suppress_parts([k, q]) for k, q in zip(kept, across, strict=True)]
-        new_kept, new_quarantined = [k for k, _ in pairs], [q for _, q in pairs]
-        if new_kept == kept and new_quarantined == quarantined:
-            break
-        kept, quarantined = new_kept, new_quarantined
-    tables = {
-        n: {"read": privacy.suppress(report["tables"][n]["read"]), "kept": k, "quarantined": q}
-        for n, k, q in zip(names, kept, quarantined, strict=True)
-    }
+    """The pull report as it may leave the site: subjects and events suppressed below 11,
+    and the per-table counts and total quarantined published only when none of them is
+    1..10 (``records.pull.table_counts``)."""
+    tables, quarantined = table_counts(report)
     return {
         "site": report["site"],
         "subjects": privacy.suppress(report["subjects"]),
         "events": privacy.suppress(report["events"]),
-        "quarantined": privacy.suppress(report["quarantined"]),
+        "quarantined": quarantined,
         "time_span": report["time_span"],
         "tables": tables,
     }
-
-
 
 
 # --- what the nightly flow's stages need ---------------------------------------------------

@@ -567,6 +567,23 @@ def _reconcile(con: duckdb.DuckDBPyConnection, read_counts: dict[str, int]) -> d
     return out
 
 
+def table_counts(report: dict) -> tuple[dict[str, dict[str, int | None]], int | None]:
+    """Per-table rows read, kept and quarantined, and the total quarantined, as they may
+    leave the site.
+
+    They add up (read = kept + quarantined per table; the total over tables), and with
+    the published subjects and events they overlap, so hiding one small count alone lets
+    subtraction give it back. When every kept and quarantined count is 0 or at least 11
+    all are published; when any is 1..10, none of the per-table counts nor the total
+    quarantined is (the reconciliation stays inside the site, in ``pull_report.json``).
+    """
+    tables = report["tables"]
+    parts = [t[k] for t in tables.values() for k in ("kept", "quarantined")] + [report.get("quarantined", 0)]
+    if all(privacy.suppress(v) is not None for v in parts):
+        return {n: {k: t[k] for k in ("read", "kept", "quarantined")} for n, t in tables.items()}, report.get("quarantined")
+    return {n: dict.fromkeys(("read", "kept", "quarantined")) for n in tables}, None
+
+
 def quality_summary(con: duckdb.DuckDBPyConnection, report: dict, *, top: int = 20) -> dict:
     """Counts per table, subjects, time span, top codes and implausible lab values.
 
@@ -589,7 +606,7 @@ def quality_summary(con: duckdb.DuckDBPyConnection, report: dict, *, top: int = 
         "subjects": privacy.suppress(report["subjects"]),
         "events": privacy.suppress(report["events"]),
         "time_span": report["time_span"],
-        "tables": {n: {k: privacy.suppress(t[k]) for k in ("read", "kept", "quarantined")} for n, t in report["tables"].items()},
+        "tables": table_counts(report)[0],
         "top_codes": [{"code": c, "events": privacy.suppress(n), "subjects": privacy.suppress(s)} for c, n, s in top_codes],
         "values_outside_plausible_range": [
             {"code": c, "values": privacy.suppress(n), "outside": privacy.suppress(o), "bounds": list(PLAUSIBLE[c])}

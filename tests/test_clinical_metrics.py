@@ -312,7 +312,7 @@ def test_subgroups_suppress_small_levels_and_match_point_metrics():
         expected["auprc"]
     )
     assert men["brier"] == pytest.approx(expected["brier"])
-    assert men["observed_rate"] == pytest.approx(expected["prevalence"])
+    assert men["observed_rate"] is None  # times the rows it would give the events back
     assert men["mean_predicted"] == pytest.approx(expected["mean_predicted"])
     citl = clinical.calibration_stats(frame.loc[m, "y"], frame.loc[m, "p"])[
         "calibration_in_the_large"
@@ -332,21 +332,50 @@ def test_subgroup_counts_shown_when_no_level_is_small():
     assert min(table["events"]) >= 11
 
 
+def utility_frame() -> pd.DataFrame:
+    """Two sites of 100 subjects, one row each, whose 2x2 tables at 0.5 are set by hand.
+    A: 28 events at 0.7 and 12 at 0.3; non-events 15 at 0.6 and 45 at 0.1.
+    B: 18 events at 0.8 and 12 at 0.2; non-events 11 at 0.55 and 59 at 0.05."""
+    parts = {"A": [(True, 0.7, 28), (True, 0.3, 12), (False, 0.6, 15), (False, 0.1, 45)],
+             "B": [(True, 0.8, 18), (True, 0.2, 12), (False, 0.55, 11), (False, 0.05, 59)]}
+    rows = [(site, y, p) for site, spec in parts.items() for y, p, n in spec for _ in range(n)]
+    frame = pd.DataFrame(rows, columns=["site", "y", "p"])
+    return frame.assign(subject_id=np.arange(len(frame)))
+
+
 def test_subgroups_carry_calibration_and_utility_at_one_threshold():
-    frame = subgroup_frame()
-    table = clinical.subgroup_metrics(frame, groups=("sex",), threshold=0.55)
-    women, men = table.iloc[0], table.iloc[1]
-    m = frame["sex"] == "M"
-    stats = clinical.calibration_stats(frame.loc[m, "y"], frame.loc[m, "p"])
+    frame = utility_frame()
+    table = clinical.subgroup_metrics(frame, groups=("site",), threshold=0.5)
+    a, b = table.iloc[0], table.iloc[1]
+    # A: tp 28, fp 15, fn 12, tn 45. B: tp 18, fp 11, fn 12, tn 59.
+    assert [a[k] for k in ("subjects", "rows", "events")] == [100, 100, 40]
+    assert [a["sensitivity"], a["specificity"], a["ppv"], a["npv"], a["alerts_per_1000"]] == pytest.approx(
+        [28 / 40, 45 / 60, 28 / 43, 45 / 57, 430.0])
+    assert [b["sensitivity"], b["specificity"], b["ppv"], b["npv"], b["alerts_per_1000"]] == pytest.approx(
+        [18 / 30, 59 / 70, 18 / 29, 59 / 71, 290.0])
+    assert a["observed_rate"] == pytest.approx(0.4) and b["observed_rate"] == pytest.approx(0.3)
+    stats = clinical.calibration_stats(frame.loc[frame["site"] == "A", "y"], frame.loc[frame["site"] == "A", "p"])
     for key in ("calibration_slope", "calibration_intercept", "ece"):
-        assert men[key] == pytest.approx(stats[key])
-    op = clinical.threshold_table(frame.loc[m, "y"], frame.loc[m, "p"], thresholds=[0.55], alert_rates=[]).iloc[0]
-    # The men's 2x2 at 0.55 by count: tp 37, fp 12, fn 11, tn 60; every cell 11 or more.
-    assert [op["tp"], op["fp"], op["fn"], op["tn"]] == [37, 12, 11, 60]
-    assert men["sensitivity"] == pytest.approx(37 / 48) and men["ppv"] == pytest.approx(37 / 49)
-    for key in ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000"):
-        assert men[key] == pytest.approx(op[key])
-    assert [women[k] for k in ("calibration_slope", "ece", "sensitivity", "ppv")] == [None] * 4
+        assert a[key] == pytest.approx(stats[key])
+
+
+def test_subgroup_columns_that_would_rebuild_a_withheld_count_go_with_it():
+    # A third site of 5 subjects (2 events): suppressed, and its counts could come back
+    # from the held-out totals minus A's and B's. Complementary suppression withholds one
+    # more level's rows (A: 100 rows, tied with B, first) and one more level's events (B:
+    # 30 < A's 40). Wherever a level's size or events are withheld, the observed rate and
+    # the utility columns go too (rate x rows gives events; PPV x alerts / sensitivity too).
+    frame = utility_frame()
+    small = pd.DataFrame({"site": "C", "y": [True, False, True, False, False], "p": 0.5,
+                          "subject_id": np.arange(200, 205)})
+    table = clinical.subgroup_metrics(pd.concat([frame, small], ignore_index=True), groups=("site",), threshold=0.5)
+    a, b, c = (r for r in table.to_dict(orient="records"))
+    assert c["suppressed"] is True and [c["subjects"], c["rows"], c["events"]] == [None, None, None]
+    assert [a["subjects"], a["rows"], a["events"]] == [None, None, 40]
+    assert [b["subjects"], b["rows"], b["events"]] == [100, 100, None]
+    for row in (a, b):
+        assert [row[k] for k in ("observed_rate", "sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")] == [None] * 6
+        assert row["auroc"] is not None and row["calibration_slope"] is not None  # no count in these
 
 
 def test_subgroup_utility_withheld_when_a_cell_is_small():

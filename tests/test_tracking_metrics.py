@@ -67,18 +67,22 @@ def test_log_run_records_tags_params_metrics_and_datasets(store, tmp_path):
                       "south/t2d_2y/north-columns/tuning": (f"{'c' * 16}-tuning", "validation")}
 
 
-def test_pull_summary_withholds_kept_with_a_small_quarantine():
+def test_pull_summary_withholds_every_table_count_when_one_is_small():
     report = {"site": "a", "subjects": 900, "events": 12000, "quarantined": 25, "time_span": ["2010", "2020"],
               "tables": {"person": {"read": 905, "kept": 900, "quarantined": 5},
                          "measurement": {"read": 6020, "kept": 6000, "quarantined": 20}}}
     summary = tracking.pull_summary(report)
-    # 905 - 900 would give person's 5 back, and so would the total 25 - 20: person's kept
-    # and measurement's quarantined are withheld, and then measurement's kept (6020 - 6000).
-    assert summary["tables"] == {"person": {"read": 905, "kept": None, "quarantined": None},
-                                 "measurement": {"read": 6020, "kept": None, "quarantined": None}}
+    # Person's 5 would come back as 905 - 900, as 25 - 20, or as person read - subjects:
+    # no per-table count and no total quarantined leaves; subjects and events do.
+    assert summary["tables"] == {"person": {"read": None, "kept": None, "quarantined": None},
+                                 "measurement": {"read": None, "kept": None, "quarantined": None}}
+    assert (summary["subjects"], summary["events"], summary["quarantined"]) == (900, 12000, None)
     report["tables"]["person"] |= {"read": 920, "kept": 900, "quarantined": 20}
     report["quarantined"] = 40
-    assert tracking.pull_summary(report)["tables"] == {  # nothing small: all shown
-        "person": {"read": 920, "kept": 900, "quarantined": 20},
-        "measurement": {"read": 6020, "kept": 6000, "quarantined": 20}}
-    assert (summary["subjects"], summary["events"], summary["quarantined"]) == (900, 12000, 25)
+    summary = tracking.pull_summary(report)  # nothing small: all shown
+    assert summary["tables"] == {"person": {"read": 920, "kept": 900, "quarantined": 20},
+                                 "measurement": {"read": 6020, "kept": 6000, "quarantined": 20}}
+    assert summary["quarantined"] == 40
+    report["tables"]["person"] |= {"read": 900, "kept": 900, "quarantined": 0}
+    report["quarantined"] = 20
+    assert tracking.pull_summary(report)["tables"]["person"] == {"read": 900, "kept": 900, "quarantined": 0}  # 0 is shown
