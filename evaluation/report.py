@@ -25,6 +25,7 @@ from forewarn.features.featurize import AGG_NAMES
 from forewarn.features.labels import ATTRITION_STEPS
 from forewarn.models.train import AGE_SEX, BASELINE, PRIMARY, UNCALIBRATED
 from forewarn.records import privacy, schema
+from forewarn.records.pull import table_counts
 
 TEMPLATES = "forewarn.evaluation.templates"
 SUPPRESSED = f"<{privacy.MIN_CELL}"
@@ -712,15 +713,22 @@ def report_context(
     n_features = int(features_shape["columns"])
 
     # Data source: kept + quarantined = read, per table; quarantine reasons add up too.
+    # With a quarantine count of 1..10 anywhere, subtraction across tables, subjects and
+    # events could give it back: the per-table counts are withheld (as in quality.json).
+    tables_withheld = bool(pull_report["tables"]) and all(
+        v["read"] is None for v in table_counts(pull_report)[0].values()
+    )
     tables, reasons = [], []
     for name, t in pull_report["tables"].items():
         kept, quarantined = _protect([t["kept"], t["quarantined"]])
-        tables.append(
-            {"name": name, "read": _count(t["read"]), "kept": kept, "quarantined": quarantined}
-        )
+        read = _count(t["read"])
+        if tables_withheld:
+            read = kept = quarantined = WITHHELD
+        tables.append({"name": name, "read": read, "kept": kept, "quarantined": quarantined})
         why = t.get("reasons") or {}
-        for (reason, _), shown in zip(why.items(), _protect(list(why.values())), strict=True):
-            reasons.append({"table": name, "reason": reason, "rows": shown})
+        shown = [WITHHELD] * len(why) if tables_withheld else _protect(list(why.values()))
+        for (reason, _), rows in zip(why.items(), shown, strict=True):
+            reasons.append({"table": name, "reason": reason, "rows": rows})
 
     xgb = training["xgboost"]
     params = xgb.get("params", {})
@@ -900,6 +908,7 @@ def report_context(
         "warnings": warnings,
         "data": {
             "tables": tables,
+            "tables_withheld": tables_withheld,
             "reasons": reasons,
             "subjects": _count(pull_report["subjects"]),
             "events": _count(pull_report["events"]),

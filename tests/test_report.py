@@ -766,3 +766,25 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
     assert "(weight 0.5 on the L1, as the study sets it)" in model
     model, _ = pages({"method": "none", "weight": 0.0, "objective": None, "score_by_weight": {}})
     assert "blend" not in model.lower()
+
+
+def test_per_table_counts_withheld_when_a_quarantine_is_small(run):
+    from forewarn.evaluation.report import render
+
+    report = json.loads(run["pull"].report_path.read_text()) | {"demo": True}
+    name = next(iter(report["tables"]))
+    table = report["tables"][name]
+    for quarantined, withheld in ((5, True), (20, False)):
+        changed = json.loads(json.dumps(report))
+        changed["tables"][name] |= {"read": table["kept"] + quarantined, "quarantined": quarantined,
+                                    "reasons": {"birth year missing": quarantined}}
+        changed["quarantined"] = sum(t["quarantined"] for t in changed["tables"].values())
+        page = Page(render(build_context(run, pull_report=changed)))
+        at = page.cells.index(name)
+        row = page.cells[at + 1:at + 4]
+        if withheld:  # 5 would come back as read - kept, or from the totals: nothing per table
+            assert row == ["withheld"] * 3 and "Per-table counts are withheld" in page.text
+            assert "birth year missing" in page.cells and "5" not in row
+        else:
+            assert row == [f"{table['kept'] + 20:,}", f"{table['kept']:,}", "20"]
+            assert "Per-table counts are withheld" not in page.text
