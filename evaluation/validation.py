@@ -41,10 +41,10 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     """Metrics of a model from another site on this site's held-out rows, as shipped and
     after recalibration on this site's tuning rows.
 
-    Only aggregates come back: the metrics, and of the local calibrator its method and,
-    for a sigmoid, its two coefficients (each a fit to the whole tuning split). An
-    isotonic calibrator's steps are not returned: a step can rest on a handful of rows,
-    and its position and height would give those rows' risks and outcomes away."""
+    Only aggregates come back: the metrics, and the local calibrator, whose parameters
+    are fits to the whole tuning split (a sigmoid's two coefficients) or to blocks of at
+    least 11 rows, events and non-events (an isotonic calibrator's knots, see
+    ``models.calibration.isotonic_blocks``)."""
     raw, calibrated, rows = model_probabilities(trained, matrix)
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
     split = rows[schema.SPLIT].to_numpy()
@@ -61,12 +61,12 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
 
 
 def recalibration_summary(calibrator: Calibrator) -> dict:
-    """What may leave the validating site of its local calibrator (see :func:`external_validation`)."""
+    """What leaves the validating site of its local calibrator (see :func:`external_validation`)."""
     summary: dict = {"method": calibrator.method, "fitted_on": "tuning split of the validating site"}
     if calibrator.method == "sigmoid":
         summary.update(a=calibrator.a, b=calibrator.b)
     elif calibrator.method == "isotonic":
-        summary["steps"] = "withheld: each step rests on few rows"
+        summary.update(knots=list(calibrator.x), rates=list(calibrator.y))
     return summary
 
 

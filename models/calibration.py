@@ -13,6 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 from sklearn.model_selection import StratifiedKFold
 
+from forewarn.records import privacy
+
 Method = Literal["isotonic", "sigmoid", "none"]
 EPS = 1e-6
 # Isotonic regression is a step function whose steps the events set: with few of them it
@@ -61,14 +63,49 @@ class Calibrator:
         return cls(data["method"], tuple(data["x"]), tuple(data["y"]), float(data["a"]), float(data["b"]))
 
 
+def isotonic_blocks(
+    p: np.ndarray, y: np.ndarray, min_cell: int = privacy.MIN_CELL
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centred isotonic regression (Oron & Flournoy 2017) on blocks no smaller than a cell.
+
+    Isotonic regression pools adjacent rows (sorted by ``p``) into blocks of equal fitted
+    rate. A block of a few rows would put those rows' risks and outcomes into a
+    calibrator that travels with the model, so a block whose rows, events or non-events
+    number 1 to ``min_cell - 1`` is pooled with the neighbour whose rate is nearer (pooling
+    adjacent blocks keeps the rates monotone) until none is left. Each block becomes one
+    knot at its mean ``p`` (an aggregate, not a row's risk) with its event rate; the
+    calibrator interpolates linearly between knots. Returns (knots, rates, rows, events)
+    per block; the calibrator keeps the first two."""
+    order = np.argsort(p, kind="stable")
+    ps, ys = np.asarray(p, float)[order], np.asarray(y, bool)[order]
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(ps, ys)
+    starts = np.flatnonzero(np.r_[True, fitted[1:] != fitted[:-1]])
+    blocks = [[float(n), float(e), float(t)] for n, e, t in zip(
+        np.diff(np.r_[starts, ps.size]), np.add.reduceat(ys.astype(float), starts), np.add.reduceat(ps, starts), strict=True)]
+
+    def small(block: list[float]) -> bool:
+        n, events = block[0], block[1]
+        return any(0 < c < min_cell for c in (n, events, n - events))
+
+    while len(blocks) > 1 and any(small(b) for b in blocks):
+        i = next(k for k, b in enumerate(blocks) if small(b))
+        rate = blocks[i][1] / blocks[i][0]
+        neighbours = [k for k in (i - 1, i + 1) if 0 <= k < len(blocks)]
+        j = min(neighbours, key=lambda k: (abs(blocks[k][1] / blocks[k][0] - rate), k))
+        lo, hi = min(i, j), max(i, j)
+        blocks[lo:hi + 1] = [[a + b for a, b in zip(blocks[lo], blocks[hi], strict=True)]]
+    n, events, total = (np.array(c) for c in zip(*blocks, strict=True))
+    return total / n, events / n, n.astype(int), events.astype(int)
+
+
 def fit_calibrator(p: np.ndarray, y: np.ndarray, method: Method) -> Calibrator:
     """Fit ``method`` on raw probabilities ``p`` and outcomes ``y``."""
     y = np.asarray(y, bool)
     if method == "none":
         return Calibrator("none")
     if method == "isotonic":
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p, y)
-        return Calibrator("isotonic", tuple(map(float, iso.X_thresholds_)), tuple(map(float, iso.y_thresholds_)))
+        knots, rates, _, _ = isotonic_blocks(p, y)
+        return Calibrator("isotonic", tuple(map(float, knots)), tuple(map(float, rates)))
     lr = LogisticRegression(C=np.inf).fit(_logit(p).reshape(-1, 1), y)
     return Calibrator("sigmoid", a=float(lr.intercept_[0]), b=float(lr.coef_[0, 0]))
 

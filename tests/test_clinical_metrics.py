@@ -434,18 +434,16 @@ def test_age_bands_are_ordered_as_ages_in_subgroups():
 # ------------------------------------------------------------------------- validation
 
 
-def test_external_recalibration_returns_no_isotonic_steps():
+def test_external_recalibration_returns_aggregate_calibrator_parameters():
     from forewarn.evaluation.validation import recalibration_summary
-    from forewarn.models.calibration import Calibrator
+    from forewarn.models.calibration import Calibrator, fit_calibrator
 
-    # An isotonic step on few rows would give their risks and outcomes away: withheld.
-    iso = Calibrator("isotonic", (0.1, 0.5, 0.9), (0.0, 0.4, 1.0))
-    assert recalibration_summary(iso) == {
-        "method": "isotonic",
-        "fitted_on": "tuning split of the validating site",
-        "steps": "withheld: each step rests on few rows",
-    }
-    # A sigmoid's two coefficients are fits to the whole tuning split: returned.
+    # Isotonic knots are block means and rates over 11+ rows, events and non-events.
+    p = np.repeat([0.1, 0.3, 0.6], 22)
+    y = np.r_[np.zeros(22), np.ones(11), np.zeros(11), np.ones(22)].astype(bool)
+    summary = recalibration_summary(fit_calibrator(p, y, "isotonic"))
+    assert summary["method"] == "isotonic" and summary["rates"] == [0.0, 0.5, 1.0]
+    assert summary["knots"] == pytest.approx([0.1, 0.3, 0.6])
     sigmoid = Calibrator("sigmoid", a=-0.25, b=0.8)
     assert recalibration_summary(sigmoid) == {
         "method": "sigmoid", "fitted_on": "tuning split of the validating site", "a": -0.25, "b": 0.8,

@@ -18,6 +18,7 @@ from forewarn.models.calibration import (
     Calibrator,
     choose_calibrator,
     fit_calibrator,
+    isotonic_blocks,
 )
 from forewarn.models.train import (
     BLEND_WEIGHTS,
@@ -121,15 +122,40 @@ def test_tuning_split_without_positives_is_a_clear_error(tmp_path):
 
 
 def test_calibration_by_hand_and_round_trip():
-    p = np.array([0.1, 0.2, 0.3, 0.4])
-    y = np.array([0, 0, 1, 1], bool)
+    # Three blocks of 22 rows: 0 of 22 events at 0.1, 11 of 22 at 0.3, 22 of 22 at 0.6.
+    p = np.repeat([0.1, 0.3, 0.6], 22)
+    y = np.r_[np.zeros(22), np.ones(11), np.zeros(11), np.ones(22)].astype(bool)
     iso = fit_calibrator(p, y, "isotonic")
-    np.testing.assert_allclose(iso(p), [0.0, 0.0, 1.0, 1.0], atol=1e-6)
-    assert iso(np.array([0.25]))[0] == pytest.approx(0.5, abs=1e-6)  # interpolated between knots
-    assert np.all(np.diff(iso(p)) > 0)  # the plateaus' ties broken in the raw scores' order
+    np.testing.assert_allclose(iso.x, [0.1, 0.3, 0.6])  # knots at the blocks' mean risks
+    assert iso.y == (0.0, 0.5, 1.0)  # and their event rates
+    np.testing.assert_allclose(iso(np.array([0.1, 0.3, 0.6])), [0.0, 0.5, 1.0], atol=1e-6)
+    assert iso(np.array([0.2]))[0] == pytest.approx(0.25, abs=1e-6)  # interpolated between knots
+    assert iso(np.array([0.45]))[0] == pytest.approx(0.75, abs=1e-6)
+    assert np.all(np.diff(iso(np.array([0.01, 0.05, 0.1]))) > 0)  # flat below the first knot: ties broken in p's order
     again = Calibrator.from_json(json.loads(json.dumps(iso.to_json())))
     assert np.array_equal(again(p), iso(p))
     assert np.array_equal(fit_calibrator(p, y, "none")(p), p)
+
+
+def test_isotonic_pools_blocks_smaller_than_a_cell():
+    # Isotonic regression alone keeps the 5 rows at 0.2 (2 events, rate 0.4) as a block:
+    # their risks and outcomes would travel with the model. They are pooled with the
+    # neighbour of nearer rate (0.5 at 0.3, not 0 at 0.1): 27 rows, 13 events, mean p
+    # (5 x 0.2 + 22 x 0.3) / 27.
+    p = np.r_[np.full(22, 0.1), np.full(5, 0.2), np.full(22, 0.3)]
+    y = np.r_[np.zeros(22), [1, 1, 0, 0, 0], np.ones(11), np.zeros(11)].astype(bool)
+    knots, rates, rows, events = isotonic_blocks(p, y)
+    np.testing.assert_allclose(knots, [0.1, 7.6 / 27])
+    np.testing.assert_allclose(rates, [0.0, 13 / 27])
+    assert rows.tolist() == [22, 27] and events.tolist() == [0, 13]
+    rng = np.random.default_rng(4)
+    p = rng.random(5000) ** 2
+    y = rng.random(5000) < p
+    knots, rates, rows, events = isotonic_blocks(p, y)
+    assert len(knots) > 5 and rows.sum() == 5000 and events.sum() == y.sum()
+    assert np.all(np.diff(knots) > 0) and np.all(np.diff(rates) >= 0)  # still monotone
+    for count in (rows, events, rows - events):  # no block of 1-10 rows, events or non-events
+        assert np.all((count == 0) | (count >= 11))
 
 
 def test_choose_calibrator_fixes_overconfident_scores():
@@ -632,7 +658,8 @@ def test_isotonic_calibration_keeps_the_ranking():
     y = rng.random(5000) < p
     calibrator = fit_calibrator(p, y, "isotonic")
     plain = np.interp(p, calibrator.x, calibrator.y)
-    assert np.unique(plain).size < 200  # isotonic regression alone: a few hundred plateaus at most
+    flat = (p <= calibrator.x[0]) | (p >= calibrator.x[-1])
+    assert flat.any() and np.unique(plain[flat]).size == 2  # beyond the end knots the map is flat
     out = calibrator(p)
     assert np.unique(out).size == np.unique(p).size and np.abs(out - plain).max() <= 1e-6
     assert np.array_equal(np.argsort(out, kind="stable"), np.argsort(p, kind="stable"))  # the model's order
