@@ -1,0 +1,195 @@
+"""One model across sites without moving rows: cyclic boosting and a pooled Platt scaling
+(``models.federated``), on small synthetic sites."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import xgboost as xgb
+from sklearn.linear_model import LogisticRegression
+from test_models import write_matrix
+
+from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain
+from forewarn.models.calibration import Calibrator
+from forewarn.models.federated import MIN_ROWS, SiteRows, shared_columns, train_federated
+from forewarn.models.train import ModelConfig, XGBoostConfig, load_primary
+from forewarn.records import schema
+
+# No row or column sampling, so a fit does not depend on the seed of each visit.
+EXACT = ModelConfig(n_jobs=1, xgboost=XGBoostConfig(n_estimators=30, subsample=1.0, colsample_bytree=1.0, early_stopping_rounds=1000))
+
+
+def site_matrix(tmp_path, name: str, n: int = 1200, seed: int = 0, tuning_events: int | None = None):
+    """A site's matrix in 30 shared columns: the outcome follows columns 0 and 1."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, 30, density=0.2, format="csr", random_state=seed, dtype=np.float32)
+    signal = np.asarray(X[:, 0].todense()).ravel() + np.asarray(X[:, 1].todense()).ravel()
+    y = signal + rng.normal(0, 0.25, n) > 0.6
+    split = np.array(["train", "tuning", "held_out"])[rng.choice(3, n, p=[0.6, 0.2, 0.2])]
+    if tuning_events is not None:  # keep only the first few tuning events
+        events = np.flatnonzero((split == "tuning") & y)
+        y[events[tuning_events:]] = False
+    matrix = write_matrix(tmp_path / name, X, y, split)
+    names = pd.read_parquet(matrix.columns_path)["name"]
+    parts = names.str.rsplit("/", n=3)
+    pd.DataFrame({"name": names, "code": parts.str[0], "agg": parts.str[1] + "/" + parts.str[2], "window": parts.str[3],
+                  "description": parts.str[0]}).to_parquet(matrix.columns_path)
+    return matrix
+
+
+def tuning_rows(site: SiteRows):
+    X, rows, _ = site.matrix.load()
+    keep = (rows[schema.SPLIT] == schema.TUNING).to_numpy()
+    return X[keep], rows.loc[keep, schema.BOOLEAN_VALUE].to_numpy(bool)
+
+
+def test_shared_columns_are_every_sites_columns_once_by_name():
+    a = pd.DataFrame({"name": ["b/code/count/full", "a/code/count/full"], "code": ["b", "a"], "agg": ["code/count"] * 2,
+                      "window": ["full"] * 2, "description": ["B", "A at a"]})
+    b = pd.DataFrame({"name": ["c/code/count/full", "a/code/count/full"], "code": ["c", "a"], "agg": ["code/count"] * 2,
+                      "window": ["full"] * 2, "description": ["C", "A at b"]})
+    out = shared_columns([a, b])
+    assert out["name"].tolist() == ["a/code/count/full", "b/code/count/full", "c/code/count/full"]
+    assert out["description"].tolist() == ["A at a", "B", "C"]
+    with pytest.raises(ValueError, match="at least one site"):
+        shared_columns([])
+
+
+def test_one_site_cycles_give_the_trees_of_one_fit(tmp_path):
+    """Continuing a model visit by visit grows the trees one fit would, and the tree
+    count is the checked count with the lowest tuning log-loss."""
+    site = SiteRows("a", site_matrix(tmp_path, "a"))
+    model = train_federated([site], EXACT, rounds_per_visit=7)
+    X, rows, _ = site.matrix.load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
+    train = (rows[schema.SPLIT] == schema.TRAIN).to_numpy()
+    params = {"objective": "binary:logistic", "tree_method": "hist", "eta": 0.05, "max_depth": 4, "min_child_weight": 2.0,
+              "subsample": 1.0, "colsample_bytree": 1.0, "lambda": 1.0, "base_score": y[train].mean(), "nthread": 1}
+    one = xgb.train(params, xgb.DMatrix(X[train], label=y[train]), num_boost_round=30)
+    assert [h["trees"] for h in model.summary["history"]] == [7, 14, 21, 28, 30]
+    Xt, yt = tuning_rows(site)
+    losses = {n: float(np.mean(np.logaddexp(0, np.where(yt, -1, 1) * one.predict(xgb.DMatrix(Xt), output_margin=True,
+                                                                                      iteration_range=(0, n)))))
+              for n in (7, 14, 21, 28, 30)}
+    assert model.n_trees == min(losses, key=losses.get)
+    assert [h["tuning_logloss"] for h in model.summary["history"]] == pytest.approx([losses[n] for n in losses], abs=1e-6)
+    np.testing.assert_allclose(model.booster().predict(xgb.DMatrix(X), output_margin=True),
+                               one.predict(xgb.DMatrix(X), output_margin=True, iteration_range=(0, model.n_trees)), rtol=1e-5, atol=1e-5)
+
+
+def test_platt_across_sites_is_the_pooled_maximum_likelihood_fit(tmp_path):
+    sites = [SiteRows("a", site_matrix(tmp_path, "a", seed=1)), SiteRows("b", site_matrix(tmp_path, "b", n=900, seed=2))]
+    # Few trees leave the risks too flat, so the pooled Platt scaling is kept (b > 1).
+    config = ModelConfig(n_jobs=1, xgboost=XGBoostConfig(n_estimators=6, early_stopping_rounds=1000))
+    model = train_federated(sites, config, rounds_per_visit=3)
+    assert model.n_trees == 6 and model.calibrator.method == "sigmoid"
+    z, y = [], []
+    for s in sites:
+        Xt, yt = tuning_rows(s)
+        p = np.clip(model.booster().predict(xgb.DMatrix(Xt)).astype(float), 1e-6, 1 - 1e-6)
+        z.append(np.log(p / (1 - p)))
+        y.append(yt)
+    pooled = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(np.concatenate(z).reshape(-1, 1), np.concatenate(y))
+    assert model.calibrator.a == pytest.approx(float(pooled.intercept_[0]), abs=1e-5)
+    assert model.calibrator.b == pytest.approx(float(pooled.coef_[0, 0]), abs=1e-5)
+    assert model.calibrator.b > 1
+    assert set(model.summary["calibration_cv_brier"]) == {"none", "sigmoid"}
+
+
+class Recorder(SiteRows):
+    """A site that writes down everything it hands to the coordinator."""
+
+    sent: list
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sent = []
+
+    def label_counts(self):
+        out = super().label_counts()
+        self.sent.append(("label_counts", out))
+        return out
+
+    def boost(self, *args, **kwargs):
+        out = super().boost(*args, **kwargs)
+        self.sent.append(("boost", out))
+        return out
+
+    def tuning_logloss(self, model):
+        out = super().tuning_logloss(model)
+        self.sent.append(("tuning_logloss", out))
+        return out
+
+    def platt_sums(self, *args, **kwargs):
+        out = super().platt_sums(*args, **kwargs)
+        self.sent.append(("platt_sums", out))
+        return out
+
+    def brier_sums(self, *args, **kwargs):
+        out = super().brier_sums(*args, **kwargs)
+        self.sent.append(("brier_sums", out))
+        return out
+
+
+def test_only_the_model_and_sums_leave_a_site(tmp_path):
+    sites = [Recorder("a", site_matrix(tmp_path, "a", seed=1)), Recorder("b", site_matrix(tmp_path, "b", seed=2))]
+    model = train_federated(sites, EXACT, rounds_per_visit=10)
+    for site in sites:
+        kinds = {kind for kind, _ in site.sent}
+        assert kinds == {"label_counts", "boost", "tuning_logloss", "platt_sums", "brier_sums"}
+        for kind, value in site.sent:
+            if kind == "boost":
+                assert isinstance(value, bytes)
+                xgb.Booster(model_file=bytearray(value))  # a model, nothing else
+            elif kind == "label_counts":
+                assert set(value) == {"rows", "events"} and min(value["events"], value["rows"] - value["events"]) >= MIN_ROWS
+            elif kind == "platt_sums":
+                grad, hess = value
+                assert grad.shape == (2,) and hess.shape == (2, 2)
+            else:  # a sum and the number of rows it is over
+                total, n = value
+                assert isinstance(total, float) and isinstance(n, int) and n >= MIN_ROWS
+    # The sites took turns: a, b, a.
+    assert [h["site"] for h in model.summary["history"]] == ["a", "b", "a"]
+
+
+def test_a_site_with_few_tuning_events_adds_trees_but_no_sums(tmp_path):
+    big, small = SiteRows("a", site_matrix(tmp_path, "a", seed=1)), SiteRows("b", site_matrix(tmp_path, "b", seed=2, tuning_events=8))
+    assert big.can_tune and not small.can_tune
+    with pytest.raises(PermissionError, match="site 'b' reports no tuning sums"):
+        small.tuning_logloss(b"")
+    model = train_federated([big, small], EXACT, rounds_per_visit=10)
+    assert model.summary["tuning_sites"] == ["a"]
+    assert {h["site"] for h in model.summary["history"]} == {"a", "b"}
+    with pytest.raises(ValueError, match=r"no site of \['b'\] has 11 tuning events"):
+        train_federated([small], EXACT)
+
+
+def test_sites_must_share_their_columns(tmp_path):
+    a = SiteRows("a", site_matrix(tmp_path, "a"))
+    other = site_matrix(tmp_path, "b")
+    pd.read_parquet(other.columns_path).iloc[::-1].to_parquet(other.columns_path)
+    with pytest.raises(ValueError, match=r"site 'b' has other feature columns than site 'a'.*shared_columns"):
+        train_federated([a, SiteRows("b", other)], EXACT)
+    with pytest.raises(ValueError, match="site names must be unique"):
+        train_federated([a, a], EXACT)
+
+
+def test_network_model_is_evaluated_at_a_site_like_its_own(tmp_path):
+    sites = [SiteRows("a", site_matrix(tmp_path, "a", seed=1)), SiteRows("b", site_matrix(tmp_path, "b", seed=2))]
+    model = train_federated(sites, EXACT, rounds_per_visit=10)
+    trained = sites[1].write_trained(model, tmp_path / "b-model", EXACT)
+    X, rows, _ = sites[1].matrix.load()
+    raw = model.booster().predict(xgb.DMatrix(X))
+    np.testing.assert_allclose(load_primary(trained).probability(X), raw, rtol=1e-6)
+    pred = pd.read_parquet(trained.predictions_path("xgboost"))
+    np.testing.assert_allclose(pred[schema.PREDICTED_BOOLEAN_PROBABILITY], model.calibrator(raw), rtol=1e-6)
+    summary = json.loads(trained.summary_path.read_text())
+    assert summary["federated"]["sites"] == ["a", "b"] and summary["xgboost"]["best_iteration"] == model.n_trees - 1
+    assert Calibrator.from_json(json.loads(trained.calibration_path.read_text())) == model.calibrator
+    record = evaluate_and_explain(sites[1].matrix, trained, tmp_path / "eval", EvaluationConfig(bootstrap=20), site="b").load_metrics()
+    assert record["held_out"]["xgboost"]["auroc"] > 0.8
