@@ -36,6 +36,7 @@ DESIGNS = {
     "internal": "internal (held-out subjects, same site)",
     "external": "external (model shipped to another site)",
     "temporal": "temporal (later prediction times held out)",
+    "network": "network (one model trained across the sites without moving rows)",
     "leave_one_site_out": "leave one site out",
 }
 GROUP_LABELS = {"age_band": "Age band", "sex": "Sex", "site": "Site"}
@@ -445,7 +446,9 @@ def _validations(m: dict, site: str, validations: list[dict] | None) -> list[dic
     ]
     for v in validations or []:
         recal = v.get("recalibrated")
-        if recal:
+        if _missing(v.get("auroc")):
+            recal_text = "–"
+        elif recal:
             parts = [
                 f"{label} {_fmt(recal.get(key), digits)}"
                 for key, label, digits in (
@@ -1007,7 +1010,8 @@ def report_context(
         "images": images,
         "figures": _figures(images, m),
         "validations": _validations(m, site, validations),
-        "external_validations": len(external),
+        "external_validations": len([v for v in external if v.get("design") != "network"]),
+        "network_design": any(v.get("design") == "network" for v in external),
         "promotion": _promotion(promotion),
         "drift": drift_section,
         "limitations": limitations,

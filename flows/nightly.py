@@ -40,6 +40,13 @@ from forewarn.flows import artifact, tracking
 from forewarn.flows.cache import Stage, StageCache, key_of, source_digest
 from forewarn.flows.executor import maybe_dask_client, task_mapper
 from forewarn.flows.study import SiteConfig, Study
+from forewarn.models.federated import (
+    FederatedModel,
+    SiteRows,
+    shared_columns,
+    train_federated,
+    untrainable,
+)
 from forewarn.models.promotion import decide
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy
@@ -307,6 +314,62 @@ def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, c
     return cache.run(f"temporal-{spec.name}", key_of("temporal", params, [pull.digest]), compute)
 
 
+@task(name="network model", cache_policy=NO_CACHE)
+def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, StageCache]) -> tuple[dict[str, list[Stage]], str | None]:
+    """One model trained across every site that built ``spec`` without moving rows
+    (``models.federated``): each site featurizes its rows in the network's shared columns,
+    the model visits the sites in turn (only the model and sums over 11+ rows, events and
+    non-events cross), and each site then evaluates it on its own held-out rows as it
+    would a shipped model. The coordinator's model is kept in the first site's stage
+    cache. Returns each site's stages (its features, the model, its validation), or no
+    stages and why no network model can be trained (``models.federated.untrainable``)."""
+    names = list(built)
+    shared = shared_columns([pd.read_parquet(built[n]["matrix"].result.columns_path) for n in names])
+    columns = hashlib.sha256("\n".join(shared["name"]).encode()).hexdigest()[:16]
+    threads = study.models.n_jobs or os.cpu_count() or 1
+    features = {}
+    for n in names:
+        b = built[n]
+
+        def compute(out: Path, b=b) -> FeatureMatrix:
+            table, splits, _ = b["labels"].result.load()
+            return featurize(b["pull"].result.events_dir, table, splits, out, study.features,
+                             codes_path=b["pull"].result.codes_path, columns=shared, map_shards=_shards(study))
+
+        key = key_of("network featurize", {"features": _features_cfg(study), "columns": columns},
+                     [b["pull"].digest, b["labels"].digest])
+        features[n] = caches[n].run(f"network-features-{spec.name}", key, compute)
+
+    sites = [SiteRows(n, features[n].result, threads) for n in names]
+    reason = untrainable(sites)
+    if reason:
+        return {}, reason
+
+    def train(out: Path) -> dict:
+        model = train_federated(sites, study.models, rounds_per_visit=study.validation.rounds_per_visit)
+        model.save(out)
+        return {"trees": model.n_trees, "calibration": model.calibrator.method}
+
+    params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
+    model = caches[names[0]].run(f"network-model-{spec.name}", key_of("network train", params, [features[n].digest for n in names]),
+                                 train)
+    stages = {}
+    for n in names:
+
+        def validate(out: Path, n=n) -> dict:
+            network = FederatedModel.load(model.dir)
+            trained = SiteRows(n, features[n].result, threads).write_trained(network, out / "models", study.models,
+                                                                            baselines=False)
+            record = external_validation(trained, features[n].result, n_boot=study.evaluation.bootstrap,
+                                         seed=study.evaluation.seed)
+            return record | {"network": {k: network.summary[k] for k in ("sites", "tuning_sites", "trees", "visits",
+                                                                         "rounds_per_visit")}}
+
+        key = key_of("network validation", {"evaluation": _cfg(study.evaluation)}, [model.digest, features[n].digest])
+        stages[n] = [features[n], model, caches[n].run(f"network-{spec.name}", key, validate)]
+    return stages, None
+
+
 def logged(cache: StageCache, name: str, inputs: list[str], log) -> Stage:
     """An MLflow logging step as a stage: done once per content, and a run left half-made
     by a killed process is marked KILLED before it is logged again."""
@@ -486,7 +549,7 @@ def run_params(study: Study, spec: TaskSpec, site: str, shape: dict, training: d
         "task": spec.name, "site": site, "gap_days": spec.gap_days, "horizon_days": spec.horizon_days,
         "windows": ",".join(study.features.windows), "aggs": ",".join(study.features.aggs),
         "min_code_subjects": study.features.min_code_subjects, "n_features": shape["columns"],
-        "l1_C": training["l1_logistic"]["C"], "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed,
+        "l1_C": (training.get("l1_logistic") or {"C": "none"})["C"], "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed,
         "calibration": training["calibration"]["method"], "scale_pos_weight": xgb["scale_pos_weight"],
         "tree_count": (xgb.get("tree_count") or {"method": "tuning"})["method"],
         "offset": (xgb.get("offset") or {"method": "none"})["method"],
@@ -559,32 +622,56 @@ def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, 
     ``trained`` the shipped model, ``pull`` the validating site's pull. The shipped model's
     metrics have the internal run's names (``held_out/auroc``, ...), the recalibrated
     model's ``held_out/recalibrated/<metric>``; the design is the ``validation_design`` tag."""
+    return log_shipped(
+        study, spec, design="external", train_site=model_site, eval_site=eval_site, stage=stage, features=stage.dir / "features",
+        training=json.loads(trained.result.summary_path.read_text()), pull=pull, stage_key=stage_key,
+        run_name=f"{model_site}-model-at-{eval_site}", dataset=f"{eval_site}/{spec.name}/{model_site}-columns",
+        note=f"{model_site}'s {spec.name} model evaluated at {eval_site} (held-out rows there; only aggregates returned).",
+        row_note="model shipped to the validating site; metrics on its held-out rows")
+
+
+def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features: Stage, pull: Stage, stage_key: str) -> dict:
+    """One MLflow run per site for the network design (``network_task``): the model trained
+    across the sites, evaluated on this site's held-out rows (``features``: this site's
+    matrix in the network's columns); names as ``log_external``'s."""
+    sites = stage.result["network"]["sites"]
+    return log_shipped(
+        study, spec, design="network", train_site=" + ".join(sites), eval_site=site, stage=stage, features=features.dir,
+        training=json.loads(TrainedModels(stage.dir / "models").summary_path.read_text()), pull=pull, stage_key=stage_key,
+        run_name=f"network-model-at-{site}", dataset=f"{site}/{spec.name}/network-columns",
+        note=f"{spec.name}: one model trained across {', '.join(sites)} without moving rows (cyclic boosting), "
+             f"evaluated on {site}'s held-out rows (only aggregates returned).",
+        row_note=f"one model trained across {len(sites)} sites without moving rows; metrics on this site's held-out rows")
+
+
+def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, eval_site: str, stage: Stage, features: Path,
+                training: dict, pull: Stage, stage_key: str, run_name: str, dataset: str, note: str, row_note: str) -> dict:
+    """The MLflow run and report row of a model evaluated at ``eval_site`` as shipped there
+    (``external_validation``'s record in ``stage``, the matrix it was evaluated on in ``features``)."""
     record = stage.result
     shipped, recal = record["as_shipped"], record.get("recalibrated")
     metrics = tracking.evaluation_metrics(shipped, model=PRIMARY)
     if recal:
         metrics |= tracking.evaluation_metrics(recal, prefix=f"{tracking.HELD_OUT}/recalibrated")
-    features = stage.dir / "features"
     shape = json.loads((features / "shape.json").read_text())
-    training = json.loads(trained.result.summary_path.read_text())
     used = ("held_out", "tuning") if recal else ("held_out",)  # the calibrator is fitted on the tuning rows
     run_id = tracking.log_run(
-        experiment=tracking.experiment_name(spec.name), run_name=f"{model_site}-model-at-{eval_site}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
-        tags={"site": eval_site, "train_site": model_site, "task": spec.name, "task_digest": spec.digest(),
-              "validation_design": "external", "data_digest": data_digest(pull), "code_version": code_version(),
+        experiment=tracking.experiment_name(spec.name), run_name=f"{run_name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        tags={"site": eval_site, "train_site": train_site, "task": spec.name, "task_digest": spec.digest(),
+              "validation_design": design, "data_digest": data_digest(pull), "code_version": code_version(),
               "study": study.name, "stage_key": stage_key},
         metrics=metrics, params=run_params(study, spec, eval_site, shape, training),
-        dicts={"validation/external.json": record},
-        datasets=[{"name": f"{eval_site}/{spec.name}/{model_site}-columns/{split}", "digest": f"{stage.digest[:16]}-{split}",
+        dicts={f"validation/{design}.json": record},
+        datasets=[{"name": f"{dataset}/{split}", "digest": f"{stage.digest[:16]}-{split}",
                    "source": features, "context": SPLIT_CONTEXT[split]} for split in used],
-        note=f"{model_site}'s {spec.name} model evaluated at {eval_site} (held-out rows there; only aggregates returned).",
+        note=note,
     )
-    return {"design": "external", "train_site": model_site, "eval_site": eval_site, "run_id": run_id,
+    return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
             **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
                                            "calibration_in_the_large")},
             "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope", "calibration_in_the_large")}
             if recal else None,
-            "note": "model shipped to the validating site; metrics on its held-out rows"}
+            "note": row_note}
 
 
 def log_drift_only(study: Study, spec: TaskSpec, site: str, drift: dict, pull: Stage, stage_key: str) -> str:
@@ -738,6 +825,9 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
             logger.error("site %s, task %s failed: %s", name, spec.name, _reason(exc))
             results.append(SiteResult(name, spec.name, "failed", reason=_reason(exc)))
     validations: dict[str, list[dict]] = {name: [] for name in built}
+    if "network" in study.validation.designs and len(built) >= 2:
+        for name, row in network_rows(study, spec, built, caches, used, logger).items():
+            validations[name].append(row)
     for model_site, b in built.items():
         try:
             validations[model_site] += cross_validations(study, spec, model_site, b, built, caches, used)
@@ -762,6 +852,29 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
         )
         results.append(result)
     return results
+
+
+def network_rows(study, spec, built, caches, used, logger) -> dict[str, dict]:
+    """The network design's report row (and MLflow run) of each site; when no network model
+    can be trained, a row that says why."""
+    try:
+        stages, reason = network_task(study, spec, built, caches)
+    except Exception as exc:  # noqa: BLE001 - the sites' own models go on
+        stages, reason = {}, _reason(exc)
+        logger.error("task %s: the network model failed: %s", spec.name, reason)
+    if reason:
+        logger.warning("task %s: no network model: %s", spec.name, reason)
+        return {n: {"design": "network", "train_site": " + ".join(built), "eval_site": n, "recalibrated": None,
+                    "note": f"not trained: {reason}"} for n in built}
+    rows = {}
+    for n, (features, _, stage) in stages.items():
+        log = logged(caches[n], f"network-{spec.name}", [stage.digest, built[n]["pull"].digest],
+                     lambda key, st=stage, f=features, n=n: log_network(study, spec, n, st, f, built[n]["pull"], key))
+        used[n] += [features, stage, log]
+        rows[n] = log.result
+    first = next(iter(stages))
+    used[first].append(stages[first][1])  # the coordinator's model lives in the first site's cache
+    return rows
 
 
 def cross_validations(study, spec, model_site, b, built, caches, used) -> list[dict]:

@@ -63,11 +63,13 @@ class Schedule(Strict):
 
 
 class ValidationSettings(Strict):
-    designs: list[Literal["internal", "external", "temporal"]] = Field(
+    designs: list[Literal["internal", "external", "temporal", "network"]] = Field(
         default=["internal", "external"],
         description="internal held-out always; external: each site's model at the others; temporal: train before "
-        "temporal_from, test after",
+        "temporal_from, test after; network: one model trained across every site without moving rows "
+        "(models.federated), evaluated at each site",
     )
+    rounds_per_visit: int = Field(10, ge=1, description="network design: trees a site adds each time the model visits it")
     temporal_from: date | None = Field(None, description="the first day of the temporal test period")
 
     @model_validator(mode="after")
@@ -161,7 +163,7 @@ def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
             {"name": name, "source": {"format": "omop", "location": str(Path(p).resolve().relative_to(Path(base_dir).resolve()))}}
             for name, p in sites.items()
         ],
-        "validation": {"designs": ["internal", "external", "temporal"], "temporal_from": "2021-07-01"},
+        "validation": {"designs": ["internal", "external", "temporal", "network"], "temporal_from": "2021-07-01"},
         "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
     }
     return yaml.safe_dump(data, sort_keys=False)

@@ -179,20 +179,18 @@ class SiteRows:
         y = self._y[self._masks[schema.TUNING]][keep]
         return float(np.sum((p - y) ** 2)), int(y.size)
 
-    def write_trained(self, model: FederatedModel, out_dir: Path, config: ModelConfig) -> TrainedModels:
+    def write_trained(self, model: FederatedModel, out_dir: Path, config: ModelConfig, *, baselines: bool = True) -> TrainedModels:
         """The network's model as this site's ``TrainedModels`` folder, beside this site's own
         L1-logistic and age + sex baselines (fitted here, on this site's train rows), with
         predictions for every row: what ``evaluation.evaluate_and_explain`` reads, so the
-        site's report and metrics come out as for a model trained at the site."""
+        site's report and metrics come out as for a model trained at the site. Without
+        ``baselines``, only the network model and its predictions (what
+        ``evaluation.validation.external_validation`` reads)."""
         out = TrainedModels(Path(out_dir))
         (out.dir / "predictions").mkdir(parents=True, exist_ok=True)
         X, y, m = self._X, self._y.astype(np.int8), self._masks
         tr, tu = m[schema.TRAIN], m[schema.TUNING]
         rows, columns = pd.read_parquet(self.matrix.rows_path), self.columns
-        lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config)
-        out.l1_path.write_text(json.dumps(lr.to_json()))
-        age_sex = AgeSexLogistic.fit(X[tr], y[tr], columns)
-        out.age_sex_path.write_text(json.dumps(age_sex.to_json()))
         booster = xgb.Booster(model_file=bytearray(model.trees))
         booster.set_attr(best_iteration=str(model.n_trees - 1))
         booster.save_model(out.xgboost_path)
@@ -201,8 +199,18 @@ class SiteRows:
         out.blend_path.unlink(missing_ok=True)
         raw = booster.predict(xgb.DMatrix(X, nthread=self.threads))
         threshold = float(y[tr].mean())
-        for name, prob in {PRIMARY: model.calibrator(raw), UNCALIBRATED: raw, BASELINE: lr.predict_proba(X),
-                           AGE_SEX: age_sex.predict_proba(X, columns)}.items():
+        probabilities = {PRIMARY: model.calibrator(raw), UNCALIBRATED: raw}
+        local: dict = {}
+        if baselines:
+            lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config)
+            out.l1_path.write_text(json.dumps(lr.to_json()))
+            age_sex = AgeSexLogistic.fit(X[tr], y[tr], columns)
+            out.age_sex_path.write_text(json.dumps(age_sex.to_json()))
+            probabilities |= {BASELINE: lr.predict_proba(X), AGE_SEX: age_sex.predict_proba(X, columns)}
+            local = {"l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
+                                     "nonzero_coefficients": int((lr.coef != 0).sum())},
+                     "age_sex": age_sex.to_json()}
+        for name, prob in probabilities.items():
             write_predictions(rows, prob, threshold, out.predictions_path(name))
         summary = {
             "threshold": threshold,
@@ -214,9 +222,7 @@ class SiteRows:
                         "scale_pos_weight": model.summary["scale_pos_weight"],
                         "rare_outcome_defaults": model.summary["rare_outcome_defaults"]},
             "calibration": {"method": model.calibrator.method, "tuning_cv_brier": model.summary["calibration_cv_brier"]},
-            "l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
-                            "nonzero_coefficients": int((lr.coef != 0).sum())},
-            "age_sex": age_sex.to_json(),
+            **local,
             "features": int(X.shape[1]),
             "search": {"objective": None, "trials": [], "best_params": {}},
             "warnings": [],
@@ -238,6 +244,21 @@ class FederatedModel:
 
     def booster(self) -> xgb.Booster:
         return xgb.Booster(model_file=bytearray(self.trees))
+
+    def save(self, folder: Path) -> None:
+        """``trees.ubj`` (XGBoost's own format) and ``network.json`` (tree count, calibrator, summary)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trees.ubj").write_bytes(self.trees)
+        (folder / "network.json").write_text(json.dumps(
+            {"n_trees": self.n_trees, "calibrator": self.calibrator.to_json(), "summary": self.summary}, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> FederatedModel:
+        folder = Path(folder)
+        data = json.loads((folder / "network.json").read_text())
+        return cls((folder / "trees.ubj").read_bytes(), int(data["n_trees"]), Calibrator.from_json(data["calibrator"]),
+                   data["summary"])
 
 
 def _pooled_params(sites: list[SiteRows], config: ModelConfig) -> tuple[dict, dict]:
@@ -285,6 +306,24 @@ def _pooled_brier(sites: list[SiteRows], model: bytes, calibrators: dict[int | N
     return total / n
 
 
+def untrainable(sites: list[SiteRows]) -> str | None:
+    """Why no network model can be trained on ``sites``, or None when it can."""
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        return f"site names must be unique; got {names}."
+    first = sites[0].columns["name"].tolist()
+    for s in sites[1:]:
+        if s.columns["name"].tolist() != first:
+            widths = {s.name: int(s.columns.shape[0]) for s in sites}
+            return (f"site {s.name!r} has other feature columns than site {sites[0].name!r} ({widths}); featurize every "
+                    "site in the network's shared columns (models.federated.shared_columns) first.")
+    if not any(s.can_tune for s in sites):
+        return (f"no site of {names} has {MIN_ROWS} tuning events and non-events in each half of its tuning subjects "
+                "(the calibration folds), so the tree count and the calibration cannot be chosen without a count below "
+                f"{MIN_ROWS} leaving a site. Add sites or people.")
+    return None
+
+
 def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_visit: int = 10) -> FederatedModel:
     """One XGBoost model across ``sites`` by cyclic boosting, early-stopped on the pooled
     tuning log-loss, then calibrated with a pooled Platt scaling when that lowers the
@@ -292,23 +331,13 @@ def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_vi
     if not sites:
         raise ValueError("train_federated needs at least one site; got none.")
     names = [s.name for s in sites]
-    if len(set(names)) != len(names):
-        raise ValueError(f"train_federated: site names must be unique; got {names}.")
-    widths = {s.name: int(s.columns.shape[0]) for s in sites}
-    first = sites[0].columns["name"].tolist()
-    for s in sites[1:]:
-        if s.columns["name"].tolist() != first:
-            raise ValueError(
-                f"site {s.name!r} has other feature columns than site {sites[0].name!r} ({widths}); featurize every site "
-                "in the network's shared columns (models.federated.shared_columns) first.")
+    reason = untrainable(sites)
+    if reason:
+        raise ValueError(reason)
     if rounds_per_visit < 1:
         raise ValueError(f"rounds_per_visit must be at least 1; got {rounds_per_visit!r}.")
     params, info = _pooled_params(sites, config)
     tuners = [s for s in sites if s.can_tune]
-    if not tuners:
-        raise ValueError(f"no site of {names} has {MIN_ROWS} tuning events and non-events in each half of its tuning "
-                         "subjects (the calibration folds), so the tree count and the "
-                         "calibration cannot be chosen without a count below 11 leaving a site. Add sites or people.")
     max_trees, patience = info["xgboost"]["n_estimators"], info["xgboost"]["early_stopping_rounds"]
     model: bytes | None = None
     best = (np.inf, 0, b"")

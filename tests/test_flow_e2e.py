@@ -52,7 +52,7 @@ def flow_run(tmp_path_factory, demo_network):
                     "sites": [{"name": n, "source": {"location": str(p)}} for n, p in network.items()],
                     "evaluation": {"bootstrap": 50, "shap_rows": 300},
                     "models": {"n_jobs": 2, "search": {"trials": 2}},
-                    "validation": {"designs": ["internal", "external", "temporal"], "temporal_from": "2021-07-01"},
+                    "validation": {"designs": ["internal", "external", "temporal", "network"], "temporal_from": "2021-07-01"},
                 },
                 base_dir=work,
             )
@@ -321,7 +321,7 @@ def test_external_validation_runs_bring_back_aggregates_only(flow_run, client):
         assert not client.list_artifacts(r.info.run_id, "model_inputs")  # no model, no rows: aggregates only
     internal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")[0]
     external = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/external.json")).read_text())
-    assert [v["design"] for v in external["validations"]] == ["external", "temporal"]
+    assert [v["design"] for v in external["validations"]] == ["network", "external", "temporal"]
     temporal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'temporal'")
     assert len(temporal) == 4 and all(0.5 < r.data.metrics["held_out/auroc"] <= 1 for r in temporal)
     assert {r.data.tags["forewarn.temporal_from"] for r in temporal} == {"2021-07-01"}
@@ -336,23 +336,23 @@ def test_every_validation_design_has_the_internal_runs_names_params_and_tags(flo
     params, the same tags, and their data as mlflow.data dataset inputs."""
     exp = client.get_experiment_by_name("forewarn/t2d_2y")
     runs = {design: client.search_runs([exp.experiment_id], filter_string=f"tags.`forewarn.validation_design` = '{design}'")
-            for design in ("internal", "external", "temporal")}
-    assert [len(runs[d]) for d in ("internal", "external", "temporal")] == [4, 4, 4]
+            for design in ("internal", "external", "temporal", "network")}
+    assert [len(runs[d]) for d in ("internal", "external", "temporal", "network")] == [4, 4, 4, 4]
     (internal_names,) = {frozenset(k for k in r.data.metrics if not k.startswith("drift/")) for r in runs["internal"]}
     core = {f"held_out/{k}" for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high",
                                       "brier", "calibration_slope", "calibration_in_the_large")}
     core |= {f"held_out/xgboost/{k}" for k in ("auroc", "auprc", "brier", "n", "events")}
     assert core <= internal_names
-    for design in ("external", "temporal"):
+    for design in ("external", "temporal", "network"):
         for r in runs[design]:
             names = {k for k in r.data.metrics if not k.startswith("held_out/recalibrated/")}
             assert core <= names, (design, core - names)
             assert names <= internal_names, (design, names - internal_names)  # no name of its own
-            assert not any(k.startswith(("external", "temporal")) for k in r.data.metrics)
+            assert not any(k.startswith(("external", "temporal", "network")) for k in r.data.metrics)
     # Those of the internal run's primary model exactly, where no value is suppressed.
     primary = {k for k in internal_names if k.startswith("held_out/") and (k.count("/") == 1 or k.startswith("held_out/xgboost/"))}
     assert {frozenset(r.data.metrics) for r in runs["temporal"]} == {frozenset(primary)}
-    for r in runs["external"]:
+    for r in runs["external"] + runs["network"]:
         recalibrated = {k.replace("recalibrated/", "") for k in r.data.metrics if k.startswith("held_out/recalibrated/")}
         assert {"held_out/auroc", "held_out/auprc", "held_out/brier", "held_out/calibration_slope"} <= recalibrated
         assert set(r.data.metrics) - {f"held_out/recalibrated/{k.split('/', 1)[1]}" for k in recalibrated} == primary
@@ -361,7 +361,7 @@ def test_every_validation_design_has_the_internal_runs_names_params_and_tags(flo
     internal_digests = {(r.data.tags["forewarn.site"], r.data.tags["forewarn.data_digest"]) for r in runs["internal"]}
     internal_params = {frozenset(r.data.params) for r in runs["internal"]}
     assert len(internal_params) == 1
-    for design in ("external", "temporal"):
+    for design in ("external", "temporal", "network"):
         for r in runs[design]:
             tags = r.data.tags
             for key in ("data_digest", "task_digest", "code_version", "site", "validation_design", "task", "study"):
@@ -382,6 +382,30 @@ def test_every_validation_design_has_the_internal_runs_names_params_and_tags(flo
         prefix = f"{r.data.tags['forewarn.site']}/t2d_2y/{r.data.tags['forewarn.train_site']}-columns"
         assert set(datasets) == {f"{prefix}/held_out", f"{prefix}/tuning"}  # tuning: where it was recalibrated
         assert all(d.dataset.digest and d.dataset.source for d in datasets.values())
+    for r in runs["network"]:
+        assert {d.dataset.name for d in r.inputs.dataset_inputs} == {
+            f"{r.data.tags['forewarn.site']}/t2d_2y/network-columns/{split}" for split in ("held_out", "tuning")}
+
+
+def test_network_design_trains_one_model_across_sites_without_moving_rows(flow_run, client):
+    """One network model a night, trained across both sites; each site evaluates it on its
+    own held-out rows and logs one run; its report shows the row; no model leaves in MLflow."""
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'network'")
+    assert sorted(r.data.tags["forewarn.site"] for r in runs) == ["academic", "academic", "community", "community"]
+    assert {r.data.tags["forewarn.train_site"] for r in runs} == {"academic + community"}
+    for r in runs:
+        assert 0.5 < r.data.metrics["held_out/auroc"] <= 1
+        assert not client.list_artifacts(r.info.run_id, "model_inputs")
+        record = json.loads(Path(client.download_artifacts(r.info.run_id, "validation/network.json")).read_text())
+        assert record["network"]["sites"] == ["academic", "community"] and record["network"]["trees"] >= 1
+        assert record["as_shipped"]["auroc"] == pytest.approx(r.data.metrics["held_out/auroc"])
+    latest = {r.data.tags["forewarn.site"]: r for r in sorted(runs, key=lambda r: r.info.start_time)}
+    for result in flow_run["second"]:
+        html = unescape(result.report_path.read_text())
+        assert "network (one model trained across the sites without moving rows)" in html
+        assert f"{latest[result.site].data.metrics['held_out/auroc']:.3f}" in html
+        assert "and the network's model: one model trained across the sites" in html
 
 
 def test_drift_is_checked_against_the_champion_before_retraining(flow_run, client):
