@@ -788,3 +788,24 @@ def test_per_table_counts_withheld_when_a_quarantine_is_small(run):
         else:
             assert row == [f"{table['kept'] + 20:,}", f"{table['kept']:,}", "20"]
             assert "Per-table counts are withheld" not in page.text
+
+
+def test_network_rows_trained_and_not(run):
+    """The network design's row: its model's numbers when trained; when not, dashes and why."""
+    from forewarn.evaluation.report import render
+
+    trained = VALIDATION | {"design": "network", "train_site": "academic + community", "eval_site": "academic",
+                            "auroc": 0.8456, "auroc_ci_low": 0.8012, "auroc_ci_high": 0.8899, "recalibrated": None,
+                            "note": "one model trained across 2 sites without moving rows"}
+    text = Page(render(build_context(run, validations=[trained, VALIDATION]))).text
+    assert "network (one model trained across the sites without moving rows)" in text
+    assert "academic + community" in text and "0.846 (0.801–0.890)" in text
+    assert "Internal validation and 1 further validation of this site's model, and the network's model" in text
+    skipped = {"design": "network", "train_site": "academic + community", "eval_site": "academic", "recalibrated": None,
+               "note": "not trained: no site of ['academic', 'community'] has 11 tuning events"}
+    context = build_context(run, validations=[skipped])
+    text = Page(render(context)).text
+    assert "not trained: no site of ['academic', 'community'] has 11 tuning events" in text
+    assert "Internal validation and 0 further validations of this site's model, and the network's model" in text
+    row = context["validations"][1]
+    assert [row[k] for k in ("auroc", "auprc", "brier", "slope", "citl", "recalibrated")] == ["–"] * 6

@@ -45,3 +45,13 @@ def test_temporal_design_needs_a_date(tmp_path):
         parse_study(BASE | {"validation": {"designs": ["internal", "temporal"]}}, base_dir=tmp_path)
     study = parse_study(BASE | {"validation": {"designs": ["temporal"], "temporal_from": "2021-07-01"}}, base_dir=tmp_path)
     assert str(study.validation.temporal_from) == "2021-07-01"
+
+
+def test_network_design_and_its_rounds(tmp_path):
+    study = parse_study(BASE | {"validation": {"designs": ["internal", "network"], "rounds_per_visit": 5}}, base_dir=tmp_path)
+    assert study.validation.designs == ["internal", "network"] and study.validation.rounds_per_visit == 5
+    assert parse_study(BASE, base_dir=tmp_path).validation.rounds_per_visit == 10
+    with pytest.raises(ValueError, match="validation.rounds_per_visit"):
+        parse_study(BASE | {"validation": {"rounds_per_visit": 0}}, base_dir=tmp_path)
+    with pytest.raises(ValueError, match="validation.designs.0"):
+        parse_study(BASE | {"validation": {"designs": ["federated"]}}, base_dir=tmp_path)
