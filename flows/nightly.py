@@ -324,9 +324,14 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
     cache. Returns each site's stages (its features, the model, its validation), or no
     stages and why no network model can be trained (``models.federated.untrainable``)."""
     names = list(built)
+    threads = study.models.n_jobs or os.cpu_count() or 1
+    # Rows, labels and splits are the same in any columns: the sites' own matrices tell
+    # whether any site can tune before the shared columns are built.
+    reason = untrainable([SiteRows(n, built[n]["matrix"].result, threads) for n in names], columns=False)
+    if reason:
+        return {}, reason
     shared = shared_columns([pd.read_parquet(built[n]["matrix"].result.columns_path) for n in names])
     columns = hashlib.sha256("\n".join(shared["name"]).encode()).hexdigest()[:16]
-    threads = study.models.n_jobs or os.cpu_count() or 1
     features = {}
     for n in names:
         b = built[n]

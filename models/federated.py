@@ -306,13 +306,14 @@ def _pooled_brier(sites: list[SiteRows], model: bytes, calibrators: dict[int | N
     return total / n
 
 
-def untrainable(sites: list[SiteRows]) -> str | None:
-    """Why no network model can be trained on ``sites``, or None when it can."""
+def untrainable(sites: list[SiteRows], *, columns: bool = True) -> str | None:
+    """Why no network model can be trained on ``sites``, or None when it can (``columns``
+    False: whatever their columns, as on the sites' own matrices before the shared ones)."""
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         return f"site names must be unique; got {names}."
     first = sites[0].columns["name"].tolist()
-    for s in sites[1:]:
+    for s in sites[1:] if columns else []:
         if s.columns["name"].tolist() != first:
             widths = {s.name: int(s.columns.shape[0]) for s in sites}
             return (f"site {s.name!r} has other feature columns than site {sites[0].name!r} ({widths}); featurize every "

@@ -15,7 +15,7 @@ from test_models import write_matrix
 
 from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain
 from forewarn.models.calibration import Calibrator
-from forewarn.models.federated import MIN_ROWS, SiteRows, shared_columns, train_federated
+from forewarn.models.federated import MIN_ROWS, SiteRows, shared_columns, train_federated, untrainable
 from forewarn.models.train import ModelConfig, XGBoostConfig, load_primary
 from forewarn.records import schema
 
@@ -175,6 +175,8 @@ def test_sites_must_share_their_columns(tmp_path):
     pd.read_parquet(other.columns_path).iloc[::-1].to_parquet(other.columns_path)
     with pytest.raises(ValueError, match=r"site 'b' has other feature columns than site 'a'.*shared_columns"):
         train_federated([a, SiteRows("b", other)], EXACT)
+    # Before the shared columns are built, the sites' own matrices answer the rest.
+    assert untrainable([a, SiteRows("b", other)], columns=False) is None
     with pytest.raises(ValueError, match="site names must be unique"):
         train_federated([a, a], EXACT)
 
