@@ -3,6 +3,7 @@ cyclic boosting) against each site's own models, on each site's held-out rows.
 
     .venv/bin/python benchmarks/federated.py --people 20000
     .venv/bin/python benchmarks/federated.py --people 100000 --tasks pancreatic_cancer_1y
+    .venv/bin/python benchmarks/federated.py --seed 101 --rounds 1 5 10 25 50 --tasks t2d_2y ckd3_2y   # the rounds per visit
 
 For every task, on the demo network (seed 7; at 20,000 people it is the demo's network):
 
@@ -76,7 +77,7 @@ def pooled_fit(matrices: dict, config: ModelConfig) -> tuple[dict[str, np.ndarra
     return out, int(clf.best_iteration) + 1
 
 
-def run_task(task: str, pulls: dict, root: Path, config: ModelConfig, n_boot: int) -> list[dict]:
+def run_task(task: str, pulls: dict, root: Path, config: ModelConfig, n_boot: int, rounds: list[int]) -> list[dict]:
     spec = load_task(task)
     local, own_columns, labels = {}, {}, {}
     seconds: dict[str, float] = {}
@@ -97,12 +98,17 @@ def run_task(task: str, pulls: dict, root: Path, config: ModelConfig, n_boot: in
     start = time.perf_counter()
     sites = [SiteRows(site, m, threads=config.n_jobs or 2) for site, m in matrices.items()]
     try:
-        model = train_federated(sites, config)
+        model = train_federated(sites, config, rounds_per_visit=rounds[0])
     except ValueError as exc:
         print(f"\n{task}: no network model: {exc}", flush=True)
         return []
     seconds["network"] = round(time.perf_counter() - start, 1)
     network = {s.name: s.write_trained(model, root / s.name / task / "network", config) for s in sites}
+    others = {}  # the same network trained with other rounds per visit
+    for r in rounds[1:]:
+        other = train_federated(sites, config, rounds_per_visit=r)
+        others[f"{NETWORK}, {r} rounds/visit"] = (other, {s.name: s.write_trained(other, root / s.name / task / f"network-{r}", config,
+                                                                                 baselines=False) for s in sites})
     start = time.perf_counter()
     pooled, pooled_trees = pooled_fit(matrices, config)
     seconds["pooled"] = round(time.perf_counter() - start, 1)
@@ -118,12 +124,17 @@ def run_task(task: str, pulls: dict, root: Path, config: ModelConfig, n_boot: in
         probs[NETWORK] = aligned[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
         aligned = ours[KEY].merge(pooled[site], on=KEY, how="left", validate="one_to_one")
         probs[POOLED] = aligned["p"].to_numpy(float)
+        for name, (_, trained) in others.items():
+            alt = held_out(trained[site].predictions_path(PRIMARY))
+            aligned = ours[KEY].merge(alt[KEY + [schema.PREDICTED_BOOLEAN_PROBABILITY]], on=KEY, how="left", validate="one_to_one")
+            probs[name] = aligned[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
         records = {name: evaluate(y, p, subjects, n_boot=n_boot) for name, p in probs.items()}
         # paired_differences reports OURS minus the others: the network model plays OURS here.
         diffs = paired_differences(y, {OURS: probs[NETWORK], **{k: v for k, v in probs.items() if k != NETWORK}}, subjects, n_boot=n_boot)
         cells.append({"task": task, "site": site, "rows": int(y.size), "events": int(y.sum()), "records": records,
                       "differences": diffs, "columns": {"own": len(own_columns[site]), "shared": len(shared)},
-                      "trees": {"network": model.n_trees, "pooled": pooled_trees}, "calibration": model.calibrator.method,
+                      "trees": {"network": model.n_trees, "pooled": pooled_trees,
+                                **{name: other.n_trees for name, (other, _) in others.items()}}, "calibration": model.calibrator.method,
                       "tuning_sites": model.summary["tuning_sites"], "visits": model.summary["visits"], "seconds": seconds})
         print_cell(cells[-1])
     return cells
@@ -141,15 +152,18 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["t2d_2y", "ckd3_2y", "pancreatic_cancer_1y"])
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7, help="the network's seed (7: the demo's network)")
+    parser.add_argument("--rounds", type=int, nargs="+", default=[10],
+                        help="trees a site adds per visit: the first is the network model compared; the others are listed too")
     args = parser.parse_args()
     xgb.set_config(verbosity=0)
     root = Path(tempfile.mkdtemp(prefix="forewarn-federated-bench-"))
     config = ModelConfig(n_jobs=args.threads)
     start = time.perf_counter()
-    pulls = {site: pull_site(db, root / site, site) for site, db in generate_network(root / "sites", people=args.people, seed=7).items()}
+    pulls = {site: pull_site(db, root / site, site) for site, db in generate_network(root / "sites", people=args.people, seed=args.seed).items()}
     print(f"network of {args.people:,} people generated and pulled in {time.perf_counter() - start:.0f} s\n", flush=True)
     print("| task | site | held-out rows / events | model | AUROC (95% CI) | AUPRC (95% CI) |\n|---|---|---|---|---|---|", flush=True)
-    cells = [c for task in args.tasks for c in run_task(task, pulls, root, config, args.bootstrap)]
+    cells = [c for task in args.tasks for c in run_task(task, pulls, root, config, args.bootstrap, args.rounds)]
     print("\nNetwork XGBoost minus each other model, paired patient bootstrap 95% CI:\n")
     print("| task | site | other model | ΔAUROC (95% CI) | ΔAUPRC (95% CI) |\n|---|---|---|---|---|")
     for cell in cells:
@@ -160,7 +174,7 @@ def main() -> None:
     print("\nTraining:\n")
     for cell in cells:
         print(f"- {cell['task']} {cell['site']}: columns own {cell['columns']['own']}, shared {cell['columns']['shared']}; trees network "
-              f"{cell['trees']['network']} ({cell['visits']} visits, tuned at {', '.join(cell['tuning_sites'])}, calibration "
+              f"{cell['trees']['network']} ({cell['visits']} visits, others {[v for k, v in cell['trees'].items() if 'rounds/visit' in k]}, tuned at {', '.join(cell['tuning_sites'])}, calibration "
               f"{cell['calibration']}), pooled {cell['trees']['pooled']}; seconds {cell['seconds']}")
 
 
