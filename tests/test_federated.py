@@ -15,7 +15,13 @@ from test_models import write_matrix
 
 from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain
 from forewarn.models.calibration import Calibrator
-from forewarn.models.federated import MIN_ROWS, SiteRows, shared_columns, train_federated, untrainable
+from forewarn.models.federated import (
+    MIN_ROWS,
+    SiteRows,
+    shared_columns,
+    train_federated,
+    untrainable,
+)
 from forewarn.models.train import ModelConfig, XGBoostConfig, load_primary
 from forewarn.records import schema
 
@@ -100,47 +106,33 @@ def test_platt_across_sites_is_the_pooled_maximum_likelihood_fit(tmp_path):
     assert set(model.summary["calibration_cv_brier"]) == {"none", "sigmoid"}
 
 
-class Recorder(SiteRows):
-    """A site that writes down everything it hands to the coordinator."""
+MESSAGES = ("label_counts", "boost", "tuning_logloss", "platt_sums", "brier_sums")
 
-    sent: list
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.sent = []
+def recording(site: SiteRows) -> SiteRows:
+    """``site``, writing down everything it hands to the coordinator in ``site.sent``."""
+    site.sent = []
 
-    def label_counts(self):
-        out = super().label_counts()
-        self.sent.append(("label_counts", out))
-        return out
+    def sender(name: str):
+        method = getattr(site, name)
 
-    def boost(self, *args, **kwargs):
-        out = super().boost(*args, **kwargs)
-        self.sent.append(("boost", out))
-        return out
+        def send(*args, **kwargs):
+            out = method(*args, **kwargs)
+            site.sent.append((name, out))
+            return out
+        return send
 
-    def tuning_logloss(self, model):
-        out = super().tuning_logloss(model)
-        self.sent.append(("tuning_logloss", out))
-        return out
-
-    def platt_sums(self, *args, **kwargs):
-        out = super().platt_sums(*args, **kwargs)
-        self.sent.append(("platt_sums", out))
-        return out
-
-    def brier_sums(self, *args, **kwargs):
-        out = super().brier_sums(*args, **kwargs)
-        self.sent.append(("brier_sums", out))
-        return out
+    for name in MESSAGES:
+        setattr(site, name, sender(name))
+    return site
 
 
 def test_only_the_model_and_sums_leave_a_site(tmp_path):
-    sites = [Recorder("a", site_matrix(tmp_path, "a", seed=1)), Recorder("b", site_matrix(tmp_path, "b", seed=2))]
+    sites = [recording(SiteRows(n, site_matrix(tmp_path, n, seed=seed))) for n, seed in (("a", 1), ("b", 2))]
     model = train_federated(sites, EXACT, rounds_per_visit=10)
     for site in sites:
         kinds = {kind for kind, _ in site.sent}
-        assert kinds == {"label_counts", "boost", "tuning_logloss", "platt_sums", "brier_sums"}
+        assert kinds == set(MESSAGES)
         for kind, value in site.sent:
             if kind == "boost":
                 assert isinstance(value, bytes)
