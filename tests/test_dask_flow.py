@@ -36,7 +36,7 @@ def study_for(work: Path, network: dict[str, Path], executor: dict):
             # subsample 1: xgboost.dask draws row samples per worker, so with subsampling two
             # runs differ as two seeds do (tests/test_dask.py); without it they must agree.
             "models": {"n_jobs": 1, "search": {"trials": 0}, "xgboost": {"subsample": 1.0}},
-            "validation": {"designs": ["internal"]},
+            "validation": {"designs": ["internal", "network"]},
             "retries": {"attempts": 0},
             "executor": executor,
             "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "artifacts")},
@@ -156,3 +156,22 @@ def test_auroc_within_0_01_of_the_local_run(runs):
     for site in local:
         assert local[site] > 0.7
         assert on_dask[site] == pytest.approx(local[site], abs=0.01), site
+
+
+def test_network_model_on_dask_is_the_local_one(runs):
+    """The network design under the Dask executor: the sites' shared-column features are
+    built on the cluster, the model trains in the flow process, and it equals the local
+    run's: the same trees, the same held-out numbers at each site."""
+    import json
+
+    from forewarn.flows.cache import _decode
+    from forewarn.models.federated import FederatedModel
+
+    models = {kind: FederatedModel.load(_stage_dir(runs["work"] / kind, "academic", f"network-model-{TASK}"))
+              for kind in ("local", "dask")}
+    assert models["dask"].trees == models["local"].trees and models["dask"].n_trees == models["local"].n_trees
+    for site in ("academic", "community"):
+        folders = {kind: _stage_dir(runs["work"] / kind, site, f"network-{TASK}") for kind in ("local", "dask")}
+        records = {kind: _decode(json.loads((d / ".stage.json").read_text())["result"], d) for kind, d in folders.items()}
+        assert records["dask"]["as_shipped"] == records["local"]["as_shipped"], site
+        assert 0.5 < records["local"]["as_shipped"]["auroc"] <= 1
