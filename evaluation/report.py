@@ -424,7 +424,7 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
     return out
 
 
-def _validations(m: dict, site: str, validations: list[dict] | None) -> list[dict]:
+def _validations(m: dict, site: str, validations: list[dict] | None, trained_at: str | None = None) -> list[dict]:
     held = m["held_out"][PRIMARY] | {
         k: v
         for k, v in m.get("calibration_stats", {}).get(PRIMARY, {}).items()
@@ -432,8 +432,8 @@ def _validations(m: dict, site: str, validations: list[dict] | None) -> list[dic
     }
     rows = [
         {
-            "design": DESIGNS["internal"],
-            "train_site": site,
+            "design": DESIGNS["network"] if trained_at else DESIGNS["internal"],
+            "train_site": trained_at or site,
             "eval_site": site,
             "auroc": _ci(held, "auroc"),
             "auprc": _fmt(held.get("auprc")),
@@ -749,12 +749,21 @@ def report_context(
     if rare:
         weighting += "; rare-outcome settings (train prevalence under 2%): " + ", ".join(f"{k} {v}" for k, v in rare.items())
     count = xgb.get("tree_count") or {"method": "tuning"}
+    network = training.get("federated")
     trees_text = (
         f"the tree count chosen by early stopping on the mean log-loss of {count.get('folds')} subject-grouped folds of the "
         "train split (the tuning split had fewer than 100 events), then one fit on all of train"
         if count.get("method") == "cv"
         else "after early stopping on the tuning split's log-loss"
     )
+    if network:
+        trees_text = (
+            f"trained across the sites {', '.join(network['sites'])} without moving rows: the model visited the sites in "
+            f"turn ({network['visits']} visits), each adding {network['rounds_per_visit']} trees fitted to its own train "
+            f"rows, and the tree count was chosen by early stopping on the pooled tuning log-loss of "
+            f"{', '.join(network['tuning_sites'])} (only the model and sums over at least {privacy.MIN_CELL} rows, events "
+            "and non-events left a site). The L1-logistic and age + sex baselines below are this site's own, fitted on "
+            "its train rows in the network's columns")
     offset = xgb.get("offset") or {"method": "none"}
     offset_text = (
         f"The trees boost from an offset: every row starts at the L1-logistic's log-odds (the baseline below, C = "
@@ -812,6 +821,12 @@ def report_context(
         "isotonic": "isotonic regression fitted on the tuning split (lowest cross-validated Brier score)",
         "sigmoid": "sigmoid (Platt) scaling fitted on the tuning split (lowest cross-validated Brier score)",
     }.get(method, method)
+    if network:
+        calibration_text = (
+            "sigmoid (Platt) scaling fitted on the pooled tuning rows of the sites (Newton steps on their summed "
+            "gradients), kept because its cross-validated pooled Brier score was lower than none's"
+            if method == "sigmoid" else
+            "none: a Platt scaling fitted on the pooled tuning rows did not lower the cross-validated pooled Brier score")
 
     # Warnings from training, with any count that this report withholds replaced.
     warnings = [str(w) for w in training.get("warnings") or []]
@@ -839,11 +854,22 @@ def report_context(
         limitations.append(
             f"Validation designs beyond internal: {', '.join(designs)} (section 12); other populations and later periods still need their own check."
         )
+    elif network:
+        limitations.append(
+            f"This is the network's model on this site's held-out subjects; it was trained with the rows of "
+            f"{', '.join(s for s in network['sites'] if s != site) or 'no other site'} as well, so no site here is external "
+            "to it. Each site's own report compares it with that site's model (section 12 there)."
+        )
     else:
         limitations.append(
             "Internal validation only (held-out subjects of the same site); temporal and external validation come with later releases."
         )
-    if method == "none":
+    if network:
+        limitations.append(
+            "Probabilities are calibrated on the pooled tuning rows of all the sites; at one site they may need recalibration "
+            "(each site's report gives the model's numbers after recalibration on that site's tuning split)."
+        )
+    elif method == "none":
         limitations.append(
             "Probabilities are not recalibrated; see the calibration section before using them as absolute risks."
         )
@@ -963,6 +989,9 @@ def report_context(
             "parent_codes": bool(getattr(feature_config, "parent_codes", False)),
         },
         "model": {
+            "role": "the network's model (one model trained across the sites; not registered: a validation design)"
+            if network else "the registered model",
+            "network": bool(network),
             "trees": xgb["best_iteration"] + 1,
             "trees_text": trees_text,
             "offset_text": offset_text,
@@ -1009,7 +1038,7 @@ def report_context(
         "waterfall_rows": [f"held-out row {r}" for r in m.get("waterfall_rows") or []],
         "images": images,
         "figures": _figures(images, m),
-        "validations": _validations(m, site, validations),
+        "validations": _validations(m, site, validations, " + ".join(network["sites"]) if network else None),
         "external_validations": len([v for v in external if v.get("design") != "network"]),
         "network_design": any(v.get("design") == "network" for v in external),
         "promotion": _promotion(promotion),

@@ -320,8 +320,9 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
     (``models.federated``): each site featurizes its rows in the network's shared columns,
     the model visits the sites in turn (only the model and sums over 11+ rows, events and
     non-events cross), and each site then evaluates it on its own held-out rows as it
-    would a shipped model. The coordinator's model is kept in the first site's stage
-    cache. Returns each site's stages (its features, the model, its validation), or no
+    would a shipped model (the row of the site's report) and as its own model (metrics,
+    subgroups, SHAP: the network report). The coordinator's model is kept in the first
+    site's stage cache. Returns each site's stages (its features, the model, its validation), or no
     stages and why no network model can be trained (``models.federated.untrainable``)."""
     names = list(built)
     threads = study.models.n_jobs or os.cpu_count() or 1
@@ -363,8 +364,9 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
 
         def validate(out: Path, n=n) -> dict:
             network = FederatedModel.load(model.dir)
-            trained = SiteRows(n, features[n].result, threads).write_trained(network, out / "models", study.models,
-                                                                            baselines=False)
+            trained = SiteRows(n, features[n].result, threads).write_trained(network, out / "models", study.models)
+            evaluate_and_explain(features[n].result, trained, out / "evaluation", study.evaluation, site=n,
+                                 outcomes_path=built[n]["labels"].result.outcomes_path)
             record = external_validation(trained, features[n].result, n_boot=study.evaluation.bootstrap,
                                          seed=study.evaluation.seed)
             return record | {"network": {k: network.summary[k] for k in ("sites", "tuning_sites", "trees", "visits",
@@ -377,12 +379,13 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
 
 def logged(cache: StageCache, name: str, inputs: list[str], log) -> Stage:
     """An MLflow logging step as a stage: done once per content, and a run left half-made
-    by a killed process is marked KILLED before it is logged again."""
+    by a killed process is marked KILLED before it is logged again. ``log(key, folder)``
+    may write files to keep (a report) into the stage's folder."""
     key = key_of(name, {"tracking": tracking.current_uri()}, inputs)
 
     def compute(out: Path):
         tracking.abandon_runs(key)
-        return log(key)
+        return log(key, out)
 
     return cache.run(f"mlflow-{name}", key, compute)
 
@@ -635,22 +638,49 @@ def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, 
         row_note="model shipped to the validating site; metrics on its held-out rows")
 
 
-def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features: Stage, pull: Stage, stage_key: str) -> dict:
+def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features: Stage, built: dict, stage_key: str,
+                out: Path) -> dict:
     """One MLflow run per site for the network design (``network_task``): the model trained
     across the sites, evaluated on this site's held-out rows (``features``: this site's
-    matrix in the network's columns); names as ``log_external``'s."""
+    matrix in the network's columns); names as ``log_external``'s. The run also holds the
+    network model's full report at this site (``out / "report.html"``, copied to
+    ``reports/<task>/network-report.html``), with its figures and metrics."""
     sites = stage.result["network"]["sites"]
+    trained, evaluation = TrainedModels(stage.dir / "models"), Evaluation(stage.dir / "evaluation")
+    training = json.loads(trained.summary_path.read_text())
+    pull: PullResult = built["pull"].result
+
+    def artifacts(run_id: str) -> dict[str, Path]:
+        _, _, attrition = built["labels"].result.load()
+        context = report_context(
+            site=site, task=spec, attrition=attrition, pull_report=json.loads(pull.report_path.read_text()) | {"demo": study.demo},
+            features_shape=json.loads((features.dir / "shape.json").read_text()), feature_config=study.features,
+            training=training, evaluation=evaluation, code_version=code_version(), data_digest=data_digest(built["pull"]),
+            quality=json.loads(pull.quality_path.read_text()), generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            mlflow_run_id=run_id, decision="not registered: the network model is a validation design (the registered "
+            "models are each site's own)")
+        report = write_report(context, out / "report.html")
+        workdir = next(s.workdir for s in study.sites if s.name == site)
+        latest = workdir / "reports" / spec.name / "network-report.html"
+        latest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report, latest)
+        files = {"report.html": report, "metrics.json": evaluation.metrics_path,
+                 "shap/importance.parquet": evaluation.explanations.importance_path}
+        return files | {f"figures/{f.name}": f for f in sorted((evaluation.dir / "figures").glob("*.png"))}
+
     return log_shipped(
         study, spec, design="network", train_site=" + ".join(sites), eval_site=site, stage=stage, features=features.dir,
-        training=json.loads(TrainedModels(stage.dir / "models").summary_path.read_text()), pull=pull, stage_key=stage_key,
+        training=training, pull=built["pull"], stage_key=stage_key, artifacts=artifacts,
         run_name=f"network-model-at-{site}", dataset=f"{site}/{spec.name}/network-columns",
         note=f"{spec.name}: one model trained across {', '.join(sites)} without moving rows (cyclic boosting), "
-             f"evaluated on {site}'s held-out rows (only aggregates returned).",
-        row_note=f"one model trained across {len(sites)} sites without moving rows; metrics on this site's held-out rows")
+             f"evaluated on {site}'s held-out rows (only aggregates returned); its full report is the run's report.html.",
+        row_note=f"one model trained across {len(sites)} sites without moving rows; metrics on this site's held-out rows; "
+                 f"its full report: reports/{spec.name}/network-report.html")
 
 
 def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, eval_site: str, stage: Stage, features: Path,
-                training: dict, pull: Stage, stage_key: str, run_name: str, dataset: str, note: str, row_note: str) -> dict:
+                training: dict, pull: Stage, stage_key: str, run_name: str, dataset: str, note: str, row_note: str,
+                artifacts=None) -> dict:
     """The MLflow run and report row of a model evaluated at ``eval_site`` as shipped there
     (``external_validation``'s record in ``stage``, the matrix it was evaluated on in ``features``)."""
     record = stage.result
@@ -669,7 +699,7 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
         dicts={f"validation/{design}.json": record},
         datasets=[{"name": f"{dataset}/{split}", "digest": f"{stage.digest[:16]}-{split}",
                    "source": features, "context": SPLIT_CONTEXT[split]} for split in used],
-        note=note,
+        note=note, artifacts=artifacts,
     )
     return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
             **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
@@ -816,7 +846,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                                    "; ".join(drift["decision"]["reasons"]))
                 if action == "skip":
                     log = logged(cache, f"drift-{spec.name}", [matrix.digest, json.dumps(drift, sort_keys=True, default=str)],
-                                 lambda key, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, pulls[n], key)})
+                                 lambda key, _, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, pulls[n], key)})
                     used[name].append(log)
                     results.append(SiteResult(name, spec.name, "skipped", run_id=log.result["run_id"], drift=drift,
                                               reason=f"drift policy: {'; '.join(drift['decision']['reasons'])}; the champion stays"))
@@ -874,7 +904,7 @@ def network_rows(study, spec, built, caches, used, logger) -> dict[str, dict]:
     rows = {}
     for n, (features, _, stage) in stages.items():
         log = logged(caches[n], f"network-{spec.name}", [stage.digest, built[n]["pull"].digest],
-                     lambda key, st=stage, f=features, n=n: log_network(study, spec, n, st, f, built[n]["pull"], key))
+                     lambda key, out, st=stage, f=features, n=n: log_network(study, spec, n, st, f, built[n], key, out))
         used[n] += [features, stage, log]
         rows[n] = log.result
     first = next(iter(stages))
@@ -893,7 +923,7 @@ def cross_validations(study, spec, model_site, b, built, caches, used) -> list[d
                                   caches[site.name])
             log = logged(caches[model_site], f"external-{spec.name}-{site.name}",
                          [stage.digest, b["trained"].digest, other["pull"].digest],
-                         lambda key, st=stage, s=site.name, o=other: log_external(study, spec, model_site, s, st, b["trained"],
+                         lambda key, _, st=stage, s=site.name, o=other: log_external(study, spec, model_site, s, st, b["trained"],
                                                                                o["pull"], key))
             used[site.name].append(stage)
             used[model_site].append(log)
@@ -904,7 +934,7 @@ def cross_validations(study, spec, model_site, b, built, caches, used) -> list[d
         used[model_site].append(stage)
         if "skipped" not in stage.result:
             log = logged(caches[model_site], f"temporal-{spec.name}", [stage.digest, b["pull"].digest],
-                         lambda key, st=stage: log_temporal(study, spec, model_site, st, b["pull"], key))
+                         lambda key, _, st=stage: log_temporal(study, spec, model_site, st, b["pull"], key))
             used[model_site].append(log)
             out.append(log.result)
     return out

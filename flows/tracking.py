@@ -431,12 +431,15 @@ def log_trials(parent_run_id: str, trials: list[dict]) -> list[str]:
 
 def log_run(*, experiment: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
             params: dict[str, object] | None = None, dicts: dict[str, dict] | None = None, note: str = "",
-            datasets: list[dict] | None = None) -> str:
-    """A complete, closed run in one call (external and temporal validation runs, drift
-    checks); ``datasets`` are :func:`log_dataset`'s keyword arguments, one dict a dataset."""
+            datasets: list[dict] | None = None, artifacts=None) -> str:
+    """A complete, closed run in one call (external, temporal and network validation runs,
+    drift checks); ``datasets`` are :func:`log_dataset`'s keyword arguments, one dict a
+    dataset; ``artifacts``, called with the new run's id, returns the files to log (name
+    in the run: path), for a report that shows its own run id."""
     tags = dict(tags)
     run_id = start_site_run(experiment=experiment, site=tags.pop("site"), run_name=run_name, tags=tags)
-    log_records(run_id=run_id, params=params or {}, metrics=metrics, artifacts={}, dicts=dicts or {}, note=note)
+    files = artifacts(run_id) if artifacts is not None else {}
+    log_records(run_id=run_id, params=params or {}, metrics=metrics, artifacts=files, dicts=dicts or {}, note=note)
     for dataset in datasets or []:
         log_dataset(run_id, **dataset)
     finish_run(run_id)

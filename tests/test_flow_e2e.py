@@ -401,6 +401,16 @@ def test_network_design_trains_one_model_across_sites_without_moving_rows(flow_r
         assert record["network"]["sites"] == ["academic", "community"] and record["network"]["trees"] >= 1
         assert record["as_shipped"]["auroc"] == pytest.approx(r.data.metrics["held_out/auroc"])
     latest = {r.data.tags["forewarn.site"]: r for r in sorted(runs, key=lambda r: r.info.start_time)}
+    for site, r in latest.items():
+        # The network model's own report at the site: subgroups, calibration, SHAP, with its numbers.
+        listed = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"report.html", "metrics.json", "figures", "shap"} <= listed
+        html = unescape((flow_run["work"] / "sites" / site / "work" / "reports" / "t2d_2y" / "network-report.html").read_text())
+        assert "t2d_2y: the network's model at site" in html and r.info.run_id in html
+        assert "is the network's model (one model trained across the sites; not registered" in html
+        assert "trained across the sites academic, community without moving rows" in html
+        assert f"{r.data.metrics['held_out/auroc']:.3f}" in html and 'id="subgroups"' in html
+        assert html.count("data:image/png;base64,") == 11
     for result in flow_run["second"]:
         html = unescape(result.report_path.read_text())
         assert "network (one model trained across the sites without moving rows)" in html
