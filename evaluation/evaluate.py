@@ -101,6 +101,18 @@ def held_out_frame(trained: TrainedModels, model: str) -> pd.DataFrame:
     return pred[pred[schema.SPLIT] == schema.HELD_OUT].reset_index(drop=True)
 
 
+def held_out_metrics(trained: TrainedModels, config: EvaluationConfig) -> dict:
+    """The primary model's held-out record as :func:`evaluate_and_explain` writes it
+    (``held_out["xgboost"]``: discrimination with patient-bootstrap CIs and the calibration
+    statistics) without the rest of the report's evaluation (utility, subgroups, SHAP,
+    figures): for a design that logs only these numbers (temporal validation)."""
+    held = held_out_frame(trained, PRIMARY)
+    y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
+    p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
+    record = metrics.evaluate(y, p, held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed)
+    return json_safe(record | clinical.calibration_stats(y, p))
+
+
 def demographics(X, columns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(age in years, sex as 'F'/'M'/None) per row, from the age and gender columns."""
     names = {n: i for i, n in enumerate(columns["name"])}

@@ -31,7 +31,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from forewarn.evaluation import drift as drift_check
-from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain
+from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain, held_out_metrics
 from forewarn.evaluation.report import report_context, write_report
 from forewarn.evaluation.validation import auroc_on, external_validation
 from forewarn.features.featurize import FeatureMatrix, featurize
@@ -307,8 +307,7 @@ def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, c
             if trainability(matrix):
                 return {"skipped": trainability(matrix)}
             trained = train_models(matrix, work / "models", models, client=client)
-        held = evaluate_and_explain(matrix, trained, work / "evaluation", study.evaluation, site=site.name,
-                                    outcomes_path=labels.outcomes_path).load_metrics()["held_out"][PRIMARY]
+        held = held_out_metrics(trained, study.evaluation)  # the numbers only: no SHAP or figures to discard
         return held | {"cutoff": cutoff.date().isoformat()}
 
     return cache.run(f"temporal-{spec.name}", key_of("temporal", params, [pull.digest]), compute)

@@ -13,7 +13,7 @@ import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
 from test_models import write_matrix
 
-from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain
+from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain, held_out_metrics
 from forewarn.models.calibration import Calibrator
 from forewarn.models.federated import (
     MIN_ROWS,
@@ -185,5 +185,8 @@ def test_network_model_is_evaluated_at_a_site_like_its_own(tmp_path):
     summary = json.loads(trained.summary_path.read_text())
     assert summary["federated"]["sites"] == ["a", "b"] and summary["xgboost"]["best_iteration"] == model.n_trees - 1
     assert Calibrator.from_json(json.loads(trained.calibration_path.read_text())) == model.calibrator
-    record = evaluate_and_explain(sites[1].matrix, trained, tmp_path / "eval", EvaluationConfig(bootstrap=20), site="b").load_metrics()
+    config = EvaluationConfig(bootstrap=20)
+    record = evaluate_and_explain(sites[1].matrix, trained, tmp_path / "eval", config, site="b").load_metrics()
     assert record["held_out"]["xgboost"]["auroc"] > 0.8
+    # The numbers alone (what the temporal design logs) are the full evaluation's, key for key.
+    assert held_out_metrics(trained, config) == record["held_out"]["xgboost"]
