@@ -955,7 +955,7 @@ def train_models(
     if n_pos < 100:
         warnings.append(
             f"only {n_pos} training events (fewer than 100): expect optimistic and unstable estimates; "
-            "pool sites or add people before relying on this model"
+            "train across sites (the network validation design) or add people before relying on this model"
         )
     summary = {
         "threshold": threshold,
