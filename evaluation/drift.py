@@ -529,6 +529,22 @@ def decide(record: dict | None, policy: DriftPolicy) -> dict:
     return _decision(action, drifted, reasons, policy)
 
 
+def combine(decisions: dict[str, dict], policy: DriftPolicy) -> dict:
+    """One decision for a model that every site relies on (the network's model), from
+    each site's :func:`decide` against its own part of the champion's profile: ``alert``
+    when any site alerts, ``skip`` only when every site skips, else ``retrain``; drifted
+    when any site drifted. The reasons are each site's, prefixed with its name.
+
+    Raises ValueError when ``decisions`` is empty."""
+    if not decisions:
+        raise ValueError("combine needs the drift decision of one site at least; got none.")
+    actions = {d["action"] for d in decisions.values()}
+    action = "alert" if "alert" in actions else "skip" if actions == {"skip"} else "retrain"
+    drifted = any(d["drifted"] for d in decisions.values())
+    reasons = [f"{site}: {r}" for site, d in decisions.items() for r in d["reasons"]]
+    return _decision(action, drifted, reasons, policy)
+
+
 def _decision(action: str, drifted: bool, reasons: list[str], policy: DriftPolicy) -> dict:
     return {
         "action": action,

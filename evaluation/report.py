@@ -989,7 +989,8 @@ def report_context(
             "parent_codes": bool(getattr(feature_config, "parent_codes", False)),
         },
         "model": {
-            "role": "the network's model (one model trained across the sites; not registered: a validation design)"
+            "role": "the network's model (one model trained across the sites, registered as the network's own model, apart from "
+            "each site's)"
             if network else "the registered model",
             "network": bool(network),
             "trees": xgb["best_iteration"] + 1,

@@ -47,7 +47,7 @@ from forewarn.models.federated import (
     train_federated,
     untrainable,
 )
-from forewarn.models.promotion import decide
+from forewarn.models.promotion import decide, decide_network
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy
 from forewarn.records.pull import PullFailed, PullResult, merge_parts
@@ -88,6 +88,33 @@ class ChampionCheck:
     @property
     def profile_path(self) -> Path:
         return self.model.dir / "profile.json"
+
+
+@dataclass(frozen=True)
+class NetworkChampion:
+    """The network's champion, re-scored at each site on today's held-out rows with its
+    own columns (``auroc`` per site); ``same`` when it was trained on these very features
+    (the candidate is the champion: nothing to compare)."""
+
+    version: str
+    auroc: dict[str, float]
+    same: bool = False
+
+
+@dataclass(frozen=True)
+class NetworkRun:
+    """What ``network_task`` made of one task: per site its stages (features in the
+    network's columns, the coordinator's model, the site's validation), or why there is
+    no model; the champion check and the drift record (``sites``: each site's own check
+    against its part of the champion's profile; ``decision``: the combined action); the
+    model's train key; the champion's stages each site used."""
+
+    stages: dict[str, list[Stage]]
+    reason: str | None = None
+    champion: NetworkChampion | None = None
+    drift: dict = field(default_factory=dict)
+    key: str = ""
+    used: dict[str, list[Stage]] = field(default_factory=dict)
 
 
 # --- retries ----------------------------------------------------------------------------
@@ -257,15 +284,22 @@ def drift_record(check: ChampionCheck | None, matrix: Stage, study: Study) -> di
     """Drift of today's data against the champion's training data, and the policy's action."""
     if check is None:
         return {"compare": None, "decision": drift_check.decide(None, study.drift)}
-    if not check.profile_path.is_file():
+    return drift_against(check.profile_path, check.version, check.matrix, matrix, study)
+
+
+def drift_against(profile_path: Path, version: str, champion_matrix: FeatureMatrix, matrix: Stage, study: Study) -> dict:
+    """Today's rows in the champion's columns (``champion_matrix``) against the champion's
+    profile of its train rows, today's vocabulary being ``matrix``'s (the site's own)."""
+    if not profile_path.is_file():
         decision = {"action": "retrain", "drifted": False,
-                    "reasons": [f"champion v{check.version} has no drift profile (trained before drift checks)"]}
+                    "reasons": [f"champion v{version} has no drift profile of this site's data (trained before drift "
+                                "checks, or before the site joined)"]}
         return {"compare": None, "decision": decision}
-    reference = json.loads(check.profile_path.read_text())
-    X, rows, _ = check.matrix.load()
+    reference = json.loads(profile_path.read_text())
+    X, rows, _ = champion_matrix.load()
     new_codes = sorted(set(pd.read_parquet(matrix.result.columns_path)["code"]))
     record = drift_check.compare(reference, X, rows, new_codes)
-    return {"compare": record, "decision": drift_check.decide(record, study.drift), "champion_version": check.version}
+    return {"compare": record, "decision": drift_check.decide(record, study.drift), "champion_version": version}
 
 
 @task(name="external validation", cache_policy=NO_CACHE)
@@ -314,22 +348,25 @@ def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, c
 
 
 @task(name="network model", cache_policy=NO_CACHE)
-def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, StageCache]) -> tuple[dict[str, list[Stage]], str | None]:
+def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, StageCache]) -> NetworkRun:
     """One model trained across every site that built ``spec`` without moving rows
-    (``models.federated``): each site featurizes its rows in the network's shared columns,
-    the model visits the sites in turn (only the model and sums over 11+ rows, events and
-    non-events cross), and each site then evaluates it on its own held-out rows as it
-    would a shipped model (the row of the site's report) and as its own model (metrics,
-    subgroups, SHAP: the network report). The coordinator's model is kept in the first
-    site's stage cache. Returns each site's stages (its features, the model, its validation), or no
-    stages and why no network model can be trained (``models.federated.untrainable``)."""
+    (``models.federated``): each site featurizes its rows in the network's shared columns;
+    the network's champion, if any, is re-scored at each site on today's rows and each
+    site checks its data for drift against its part of the champion's profile; unless
+    the drift policy skips, the model visits the sites in turn (only the model and sums
+    over 11+ rows, events and non-events cross), and each site then evaluates it on its
+    own held-out rows as it would a shipped model (the row of the site's report) and as
+    its own model (metrics, subgroups, SHAP, and its drift profile: the network report).
+    The coordinator's model is kept in the first site's stage cache. Returns a
+    ``NetworkRun``: its stages, or why no network model was trained
+    (``models.federated.untrainable``, or the drift policy)."""
     names = list(built)
     threads = study.models.n_jobs or os.cpu_count() or 1
     # Rows, labels and splits are the same in any columns: the sites' own matrices tell
     # whether any site can tune before the shared columns are built.
     reason = untrainable([SiteRows(n, built[n]["matrix"].result, threads) for n in names], columns=False)
     if reason:
-        return {}, reason
+        return NetworkRun({}, reason)
     shared = shared_columns([pd.read_parquet(built[n]["matrix"].result.columns_path) for n in names])
     columns = hashlib.sha256("\n".join(shared["name"]).encode()).hexdigest()[:16]
     features = {}
@@ -348,32 +385,78 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
     sites = [SiteRows(n, features[n].result, threads) for n in names]
     reason = untrainable(sites)
     if reason:
-        return {}, reason
+        return NetworkRun({}, reason)
+    params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
+    train_key = key_of("network train", params, [features[n].digest for n in names])
+    champion, drift, used = network_champion(study, spec, built, caches, train_key)
+    if drift["decision"]["action"] == "skip":
+        return NetworkRun({}, f"the drift policy kept the network's champion v{champion.version} and trained no "
+                          f"challenger ({'; '.join(drift['decision']['reasons'])})", champion, drift, train_key, used)
 
     def train(out: Path) -> dict:
         model = train_federated(sites, study.models, rounds_per_visit=study.validation.rounds_per_visit)
         model.save(out)
         return {"trees": model.n_trees, "calibration": model.calibrator.method}
 
-    params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
-    model = caches[names[0]].run(f"network-model-{spec.name}", key_of("network train", params, [features[n].digest for n in names]),
-                                 train)
+    model = caches[names[0]].run(f"network-model-{spec.name}", train_key, train)
     stages = {}
     for n in names:
 
         def validate(out: Path, n=n) -> dict:
             network = FederatedModel.load(model.dir)
             trained = SiteRows(n, features[n].result, threads).write_trained(network, out / "models", study.models)
-            evaluate_and_explain(features[n].result, trained, out / "evaluation", study.evaluation, site=n,
-                                 outcomes_path=built[n]["labels"].result.outcomes_path)
+            evaluation = evaluate_and_explain(features[n].result, trained, out / "evaluation", study.evaluation, site=n,
+                                              outcomes_path=built[n]["labels"].result.outcomes_path)
+            # This site's part of the model's drift profile (aggregates of 11+ rows), its
+            # vocabulary the site's own: what tomorrow's rows here are compared with.
+            X, rows, cols = features[n].result.load()
+            importance = pd.read_parquet(evaluation.explanations.importance_path)
+            profile = drift_check.reference_profile(X, rows, cols, importance, study.drift)
+            profile["vocabulary"] = drift_check.vocabulary(pd.read_parquet(built[n]["matrix"].result.columns_path))
+            (out / "profile.json").write_text(json.dumps(profile, indent=1))
             record = external_validation(trained, features[n].result, n_boot=study.evaluation.bootstrap,
                                          seed=study.evaluation.seed)
             return record | {"network": {k: network.summary[k] for k in ("sites", "tuning_sites", "trees", "visits",
                                                                          "rounds_per_visit")}}
 
-        key = key_of("network validation", {"evaluation": _cfg(study.evaluation)}, [model.digest, features[n].digest])
+        key = key_of("network validation", {"evaluation": _cfg(study.evaluation), "drift": _cfg(study.drift)},
+                     [model.digest, features[n].digest, built[n]["matrix"].digest])
         stages[n] = [features[n], model, caches[n].run(f"network-{spec.name}", key, validate)]
-    return stages, None
+    return NetworkRun(stages, None, champion, drift, train_key, used)
+
+
+def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str, StageCache],
+                     train_key: str) -> tuple[NetworkChampion | None, dict, dict[str, list[Stage]]]:
+    """The network's champion re-scored at every site (its AUROC on the site's held-out
+    rows, in its own columns) and each site's drift against its part of the champion's
+    profile, combined into one action (``drift.combine``); only aggregates come back.
+    Returns (champion or None, drift record, the stages each site used)."""
+    names = list(built)
+    info = tracking.champion_info(spec.name, tracking.NETWORK)
+    if info is None:
+        return None, {"compare": None, "decision": drift_check.decide(None, study.drift), "sites": {}}, {}
+    version, tags = info
+    if tags.get(f"{tracking.TAG}.train_key") == train_key:
+        return NetworkChampion(version, {}, same=True), {"compare": None, "sites": {}, "decision": {
+            "action": "retrain", "drifted": False,
+            "reasons": [f"the network's champion v{version} was trained on these same features: nothing to compare"]}}, {}
+    first = names[0]
+    name = tracking.registered_name(spec.name, tracking.NETWORK)
+    model = caches[first].run(f"network-champion-{spec.name}", key_of("champion model", {"model": name, "version": version}, []),
+                              lambda out: tracking.champion_inputs(spec.name, tracking.NETWORK, out / "model"))
+    used: dict[str, list[Stage]] = {first: [model]}
+    champion = TrainedModels(model.dir / "model")
+    aurocs, sites = {}, {}
+    for n in names:
+        b = built[n]
+        matrix = featurize_stage(b["pull"], b["labels"], study, caches[n], name=f"network-champion-features-{spec.name}",
+                                 columns=model)
+        used.setdefault(n, []).append(matrix)
+        aurocs[n] = auroc_on(champion, matrix.result)
+        sites[n] = drift_against(champion.dir / f"profile-{n}.json", version, matrix.result, b["matrix"], study)
+    decision = drift_check.combine({n: d["decision"] for n, d in sites.items()}, study.drift)
+    return NetworkChampion(version, aurocs), {"compare": None, "decision": decision, "sites": sites,
+                                              "champion_version": version}, used
 
 
 def logged(cache: StageCache, name: str, inputs: list[str], log) -> Stage:
@@ -638,12 +721,14 @@ def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, 
 
 
 def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features: Stage, built: dict, stage_key: str,
-                out: Path) -> dict:
+                out: Path, registered: dict, drift: dict) -> dict:
     """One MLflow run per site for the network design (``network_task``): the model trained
     across the sites, evaluated on this site's held-out rows (``features``: this site's
     matrix in the network's columns); names as ``log_external``'s. The run also holds the
     network model's full report at this site (``out / "report.html"``, copied to
-    ``reports/<task>/network-report.html``), with its figures and metrics."""
+    ``reports/<task>/network-report.html``), with its figures and metrics, the registry's
+    decision on the model (``registered``: ``network_publish``'s record) and the drift
+    check (``drift``: this site's comparison, the network's action)."""
     sites = stage.result["network"]["sites"]
     trained, evaluation = TrainedModels(stage.dir / "models"), Evaluation(stage.dir / "evaluation")
     training = json.loads(trained.summary_path.read_text())
@@ -656,8 +741,8 @@ def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features:
             features_shape=json.loads((features.dir / "shape.json").read_text()), feature_config=study.features,
             training=training, evaluation=evaluation, code_version=code_version(), data_digest=data_digest(built["pull"]),
             quality=json.loads(pull.quality_path.read_text()), generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            mlflow_run_id=run_id, decision="not registered: the network model is a validation design (the registered "
-            "models are each site's own)")
+            mlflow_run_id=run_id, decision=registered["decision"],
+            promotion=registered if registered.get("run_id") else None, drift=drift)
         report = write_report(context, out / "report.html")
         workdir = next(s.workdir for s in study.sites if s.name == site)
         latest = workdir / "reports" / spec.name / "network-report.html"
@@ -667,19 +752,24 @@ def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features:
                  "shap/importance.parquet": evaluation.explanations.importance_path}
         return files | {f"figures/{f.name}": f for f in sorted((evaluation.dir / "figures").glob("*.png"))}
 
+    version = registered.get("version")
+    where = (f"{registered.get('name')} v{version}, {'champion' if registered.get('promoted') else 'challenger'}"
+             if registered.get("run_id") else registered["decision"])
     return log_shipped(
         study, spec, design="network", train_site=" + ".join(sites), eval_site=site, stage=stage, features=features.dir,
         training=training, pull=built["pull"], stage_key=stage_key, artifacts=artifacts,
         run_name=f"network-model-at-{site}", dataset=f"{site}/{spec.name}/network-columns",
         note=f"{spec.name}: one model trained across {', '.join(sites)} without moving rows (cyclic boosting), "
-             f"evaluated on {site}'s held-out rows (only aggregates returned); its full report is the run's report.html.",
+             f"evaluated on {site}'s held-out rows (only aggregates returned); its full report is the run's report.html. "
+             f"Registry: {registered['decision']}",
         row_note=f"one model trained across {len(sites)} sites without moving rows; metrics on this site's held-out rows; "
-                 f"its full report: reports/{spec.name}/network-report.html")
+                 f"registry: {where}; its full report: reports/{spec.name}/network-report.html",
+        tags={"network_version": str(version)} if version else None)
 
 
 def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, eval_site: str, stage: Stage, features: Path,
                 training: dict, pull: Stage, stage_key: str, run_name: str, dataset: str, note: str, row_note: str,
-                artifacts=None) -> dict:
+                artifacts=None, tags: dict[str, str] | None = None) -> dict:
     """The MLflow run and report row of a model evaluated at ``eval_site`` as shipped there
     (``external_validation``'s record in ``stage``, the matrix it was evaluated on in ``features``)."""
     record = stage.result
@@ -693,7 +783,7 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
         experiment=tracking.experiment_name(spec.name), run_name=f"{run_name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": eval_site, "train_site": train_site, "task": spec.name, "task_digest": spec.digest(),
               "validation_design": design, "data_digest": data_digest(pull), "code_version": code_version(),
-              "study": study.name, "stage_key": stage_key},
+              "study": study.name, "stage_key": stage_key, **(tags or {})},
         metrics=metrics, params=run_params(study, spec, eval_site, shape, training),
         dicts={f"validation/{design}.json": record},
         datasets=[{"name": f"{dataset}/{split}", "digest": f"{stage.digest[:16]}-{split}",
@@ -889,26 +979,127 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
 
 
 def network_rows(study, spec, built, caches, used, logger) -> dict[str, dict]:
-    """The network design's report row (and MLflow run) of each site; when no network model
-    can be trained, a row that says why."""
+    """The network design's report row (and MLflow run) of each site, after the network's
+    model is registered under the promotion rule across the sites (``network_publish``);
+    when no network model was trained, a row that says why."""
     try:
-        stages, reason = network_task(study, spec, built, caches)
+        run = network_task(study, spec, built, caches)
     except Exception as exc:  # noqa: BLE001 - the sites' own models go on
-        stages, reason = {}, _reason(exc)
-        logger.error("task %s: the network model failed: %s", spec.name, reason)
-    if reason:
-        logger.warning("task %s: no network model: %s", spec.name, reason)
+        run = NetworkRun({}, _reason(exc))
+        logger.error("task %s: the network model failed: %s", spec.name, run.reason)
+    for n, stages in run.used.items():
+        used[n] += stages
+    if run.reason:
+        logger.warning("task %s: no network model: %s", spec.name, run.reason)
         return {n: {"design": "network", "train_site": " + ".join(built), "eval_site": n, "recalibrated": None,
-                    "note": f"not trained: {reason}"} for n in built}
+                    "note": f"not trained: {run.reason}"} for n in built}
+    first = next(iter(run.stages))
+    model = run.stages[first][1]
+    used[first].append(model)  # the coordinator's model lives in the first site's cache
+    inputs = [model.digest] + [run.stages[n][2].digest for n in run.stages]
+    inputs += [json.dumps({"champion": run.champion.__dict__ if run.champion else None, "drift": run.drift["decision"]},
+                          sort_keys=True, default=str)]
+    try:
+        publication = logged(caches[first], f"network-publish-{spec.name}", inputs,
+                             lambda key, out: network_publish(study, spec, run, built, key, out))
+    except Exception as exc:  # noqa: BLE001 - the rows still say how the model did
+        reason = _reason(exc)
+        logger.error("task %s: registering the network model failed: %s", spec.name, reason)
+        registered = {"decision": f"not registered: {reason}", "promoted": False, "reasons": [], "version": None,
+                      "champion_version": None}
+    else:
+        used[first].append(publication)
+        registered = publication.result
+        logger.info("task %s: the network's model: %s", spec.name, registered["decision"])
     rows = {}
-    for n, (features, _, stage) in stages.items():
-        log = logged(caches[n], f"network-{spec.name}", [stage.digest, built[n]["pull"].digest],
-                     lambda key, out, st=stage, f=features, n=n: log_network(study, spec, n, st, f, built[n], key, out))
+    for n, (features, _, stage) in run.stages.items():
+        drift = {"compare": (run.drift.get("sites", {}).get(n) or {}).get("compare"), "decision": run.drift["decision"]}
+        log = logged(caches[n], f"network-{spec.name}",
+                     [stage.digest, built[n]["pull"].digest, json.dumps(registered, sort_keys=True, default=str)],
+                     lambda key, out, st=stage, f=features, n=n, d=drift: log_network(study, spec, n, st, f, built[n], key, out,
+                                                                                 registered, d))
         used[n] += [features, stage, log]
         rows[n] = log.result
-    first = next(iter(stages))
-    used[first].append(stages[first][1])  # the coordinator's model lives in the first site's cache
     return rows
+
+
+def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, stage_key: str, out: Path) -> dict:
+    """Register the network's model (``forewarn-<task>-network``) from a run of its own
+    (``forewarn.role`` ``registration``, site ``network``) and apply the promotion rule
+    across the sites (``models.promotion.decide_network``): it becomes the network's
+    champion only if it is non-inferior to the champion at every site, on each site's
+    held-out rows, and no site's drift check alerts. The run holds the model, its inputs
+    for the next night (trees, calibrator, columns, each site's drift profile), the
+    decision, and the drift record. Returns the decision record (also the run's
+    ``validation/promotion.json``)."""
+    import mlflow
+
+    done = tracking.completed_run(stage_key)
+    if done is not None:  # registered by a run killed before it could mark the stage done
+        path = mlflow.artifacts.download_artifacts(run_id=done.info.run_id, artifact_path="validation/promotion.json",
+                                                   dst_path=str(out))
+        return json.loads(Path(path).read_text())
+    names = list(run.stages)
+    first = names[0]
+    name = tracking.registered_name(spec.name, tracking.NETWORK)
+    if run.champion is not None and run.champion.same:
+        return {"promoted": False, "version": run.champion.version, "champion_version": run.champion.version,
+                "name": name, "run_id": None, "reasons": [],
+                "decision": f"{name} v{run.champion.version} is the champion and was trained on these same features: "
+                            "nothing new to register"}
+    validations = {n: run.stages[n][2] for n in names}
+    held = {n: Evaluation(v.dir / "evaluation").load_metrics()["held_out"][PRIMARY] for n, v in validations.items()}
+    compared = {"version": run.champion.version, "auroc": run.champion.auroc} if run.champion else None
+    promotion = decide_network(held, compared, study.promotion)
+    action = run.drift["decision"]["action"]
+    if action == "alert":
+        alerted = [r for r in run.drift["decision"]["reasons"] if "drift" in r][:3]
+        promotion |= {"promoted": False, "reasons": [
+            "drift alert: the data drifted from the network champion's beyond the drift policy at a site, so a person "
+            f"reviews before any promotion ({'; '.join(alerted) or 'see the drift section'})", *promotion["reasons"]]}
+    if promotion["promoted"]:
+        decision = "promoted to the network's champion"
+    else:
+        stays = f"champion stays v{promotion['champion_version']}" if promotion["champion_version"] else "no champion yet"
+        decision = f"kept as challenger ({stays})"
+    decision += f": {'; '.join(promotion['reasons'])}."
+    trained = TrainedModels(validations[first].dir / "models")
+    features: FeatureMatrix = run.stages[first][0].result
+    shape = json.loads((features.dir / "shape.json").read_text())
+    training = {k: v for k, v in json.loads(trained.summary_path.read_text()).items() if k not in ("l1_logistic", "age_sex")}
+    digest = hashlib.sha256(" ".join(data_digest(built[n]["pull"]) for n in names).encode()).hexdigest()[:16]
+    run_id = tracking.start_site_run(
+        experiment=tracking.experiment_name(spec.name), site=tracking.NETWORK,
+        run_name=f"network-registration-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        tags={"task": spec.name, "task_digest": spec.digest(), "role": "registration", "train_site": " + ".join(names),
+              "code_version": code_version(), "study": study.name, "stage_key": stage_key, "train_key": run.key,
+              "data_digest": digest, "drift_action": action},
+    )
+    name, version, aliases = tracking.register_model(
+        run_id=run_id, task=spec.name, site=tracking.NETWORK, xgb_model_path=trained.xgboost_path,
+        n_features=shape["columns"], promote=promotion["promoted"], decision=decision, tags={"train_key": run.key},
+        calibration_path=trained.calibration_path,
+    )
+    record = promotion | {"decision": f"{name} v{version} {decision}", "version": version, "name": name,
+                          "aliases": list(aliases), "run_id": run_id}
+    inputs = {"xgboost.json": trained.xgboost_path, "calibration.json": trained.calibration_path,
+              "columns.parquet": features.columns_path}
+    for n, v in validations.items():  # an artifact keeps its file's name: each site's profile under its own
+        inputs[f"profile-{n}.json"] = Path(shutil.copyfile(v.dir / "profile.json", out / f"profile-{n}.json"))
+    summary = {n: {k: held[n].get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope")}
+               for n in names}
+    tracking.log_records(
+        run_id=run_id, params=run_params(study, spec, tracking.NETWORK, shape, training),
+        metrics={"promotion/promoted": float(promotion["promoted"])},
+        artifacts={f"{tracking.MODEL_INPUTS}/{k}": v for k, v in inputs.items()},
+        dicts={"validation/promotion.json": record, "validation/drift.json": run.drift, "validation/sites.json": summary,
+               "config/study.json": json.loads(study.model_dump_json())},
+        note=f"{spec.name}: the network's model, trained across {', '.join(names)} without moving rows. "
+             f"{record['decision']} Each site's evaluation is its run with validation_design network.",
+        tags={"promoted": str(promotion["promoted"]).lower(), "drift_alert": str(action == "alert").lower()},
+    )
+    tracking.finish_run(run_id)
+    return record
 
 
 def cross_validations(study, spec, model_site, b, built, caches, used) -> list[dict]:

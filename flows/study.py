@@ -115,6 +115,9 @@ class Study(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"site names must be unique; {dupes} appear more than once.")
+        if "network" in names:
+            raise ValueError("a site cannot be named 'network': the name is the network model's in the registry "
+                             "(forewarn-<task>-network); rename the site.")
         return self
 
 

@@ -193,7 +193,13 @@ def ui_command(*, backend_store_uri: str, artifact_root: str, host: str = "127.0
     return argv, {"MLFLOW_BACKEND_STORE_URI": backend_store_uri}
 
 
+# The network's model (one model trained across the sites) is registered as if it were a
+# site named "network" (``forewarn-<task>-network``); no site may take the name.
+NETWORK = "network"
+
+
 def registered_name(task: str, site: str) -> str:
+    """``forewarn-<task>-<site>``; ``site`` is ``NETWORK`` for the network's model."""
     return f"{EXPERIMENT_PREFIX}-{task}-{site}"
 
 
@@ -285,6 +291,9 @@ def log_records(
         + [mlflow.entities.RunTag(f"{TAG}.{k}", v) for k, v in (tags or {}).items()],
     )
     for path, local in artifacts.items():
+        if Path(path).name != Path(local).name:  # MLflow keeps the file's own name, whatever the key says
+            raise ValueError(f"artifact {path!r} would be logged as {Path(local).name!r}; copy {local} to a file named "
+                             f"{Path(path).name!r} first.")
         client.log_artifact(run_id, str(local), artifact_path=str(Path(path).parent) if Path(path).parent != Path(".") else None)
     for path, data in dicts.items():
         client.log_dict(run_id, data, path)

@@ -51,3 +51,34 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
         if low is not None else "AUROC interval could not be estimated",
     )
     return {"promoted": bool(auroc_ok and slope_ok), "reasons": reasons, "champion_version": champion["version"]}
+
+
+def decide_network(new: dict[str, dict], champion: dict | None, config: PromotionConfig) -> dict:
+    """The promotion rule for the network's model (one model trained across the sites):
+    :func:`decide` at every site that evaluated it, each on its own held-out rows, and
+    promoted only when it holds at every one. A model the network relies on must not be
+    worse than the champion at any site, not merely on average.
+
+    ``new`` maps each site to the candidate's held-out ``auroc_ci_low`` and
+    ``calibration_slope`` there; ``champion`` holds the network champion's ``version`` and
+    its ``auroc`` per site (a dict, re-scored on the same held-out rows), or is None when
+    there is no network champion yet. A site where the champion has no AUROC refuses
+    (nothing to be non-inferior to). Returns :func:`decide`'s keys, the reasons prefixed
+    with their site, and ``sites``: each site's own decision.
+    """
+    if not new:
+        raise ValueError("decide_network needs the candidate's held-out metrics at one site at least; got none.")
+    sites = {}
+    for site, record in new.items():
+        compared = None
+        if champion is not None:
+            auroc = (champion.get("auroc") or {}).get(site)
+            compared = {"version": champion["version"], "auroc": float("nan") if auroc is None else float(auroc)}
+        sites[site] = decide(record, compared, config)
+    promoted = all(d["promoted"] for d in sites.values())
+    reasons = [f"{site}: {r}" for site, d in sites.items() for r in d["reasons"]]
+    refused = [site for site, d in sites.items() if not d["promoted"]]
+    if refused:
+        reasons.insert(0, f"refused at {', '.join(refused)}: the network's model must pass the rule at every site")
+    return {"promoted": promoted, "reasons": reasons, "champion_version": None if champion is None else champion["version"],
+            "sites": sites}

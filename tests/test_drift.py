@@ -21,6 +21,7 @@ from forewarn.evaluation.drift import (
     DriftPolicy,
     _merge_small,
     assess,
+    combine,
     compare,
     decide,
     drift_metrics,
@@ -419,3 +420,31 @@ def test_policy_rejects_unknown_actions_and_bad_thresholds():
     assert "psi_treshold: unknown key" in message and "'psi_threshold'" in message
     for name, field in DriftPolicy.model_fields.items():
         assert field.description, name
+
+
+def _site(action: str, drifted: bool, reason: str) -> dict:
+    return {"action": action, "drifted": drifted, "reasons": [reason]}
+
+
+@pytest.mark.parametrize(
+    ("actions", "expected"),
+    [
+        (("retrain", "retrain"), "retrain"),
+        (("alert", "retrain"), "alert"),  # one site alerting holds the network's model back
+        (("skip", "alert"), "alert"),
+        (("skip", "retrain"), "retrain"),  # one site wanting a new model trains one
+        (("skip", "skip"), "skip"),  # only when every site skips
+    ],
+)
+def test_combine_one_action_for_a_model_every_site_relies_on(actions, expected):
+    sites = {"academic": _site(actions[0], actions[0] != "retrain", "a moved"),
+             "community": _site(actions[1], False, "c stable")}
+    out = combine(sites, DriftPolicy(on_drift="alert"))
+    assert out["action"] == expected and out["meaning"] == ACTIONS[expected]
+    assert out["drifted"] is (actions[0] != "retrain")
+    assert out["reasons"] == ["academic: a moved", "community: c stable"]
+
+
+def test_combine_needs_a_site():
+    with pytest.raises(ValueError, match="combine needs the drift decision of one site at least"):
+        combine({}, DriftPolicy())

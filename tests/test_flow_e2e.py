@@ -407,7 +407,8 @@ def test_network_design_trains_one_model_across_sites_without_moving_rows(flow_r
         assert {"report.html", "metrics.json", "figures", "shap"} <= listed
         html = unescape((flow_run["work"] / "sites" / site / "work" / "reports" / "t2d_2y" / "network-report.html").read_text())
         assert "t2d_2y: the network's model at site" in html and r.info.run_id in html
-        assert "is the network's model (one model trained across the sites; not registered" in html
+        assert "is the network's model (one model trained across the sites, registered as the network's own model" in html
+        assert r.data.tags["forewarn.network_version"] == "2" and "forewarn-t2d_2y-network v2 kept as challenger" in html
         assert "trained across the sites academic, community without moving rows" in html
         assert f"{r.data.metrics['held_out/auroc']:.3f}" in html and 'id="subgroups"' in html
         assert html.count("data:image/png;base64,") == 11
@@ -416,6 +417,58 @@ def test_network_design_trains_one_model_across_sites_without_moving_rows(flow_r
         assert "network (one model trained across the sites without moving rows)" in html
         assert f"{latest[result.site].data.metrics['held_out/auroc']:.3f}" in html
         assert "and the network's model: one model trained across the sites" in html
+
+
+def test_network_model_is_registered_and_promoted_only_if_non_inferior_at_every_site(flow_run, client, tmp_path):
+    """The network's model has a registered model of its own, registered from a run of
+    its own; the first night's becomes champion, the degraded night's stays challenger
+    (refused at a site, or held back by a site's drift alert); the run keeps what the
+    next night needs to re-score the champion and check drift at each site."""
+    import mlflow
+    import numpy as np
+    import scipy.sparse as sp
+
+    name = "forewarn-t2d_2y-network"
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    runs = sorted(client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.role` = 'registration'"),
+                  key=lambda r: r.info.start_time)
+    assert [r.info.run_id for r in runs] == [v.run_id for v in versions]
+    records = [json.loads(Path(client.download_artifacts(r.info.run_id, "validation/promotion.json")).read_text()) for r in runs]
+    first, second = records
+    assert first["promoted"] is True and first["champion_version"] is None and first["version"] == "1"
+    assert first["reasons"][0] == "academic: there is no champion yet" and "community: there is no champion yet" in first["reasons"]
+    assert first["decision"].startswith(f"{name} v1 promoted to the network's champion: academic: there is no champion yet")
+    assert second["promoted"] is False and second["champion_version"] == "1" and set(second["sites"]) == {"academic", "community"}
+    assert second["decision"].startswith(f"{name} v2 kept as challenger (champion stays v1): ")
+    # Each site re-scored the champion on its own degraded held-out rows and compared its data
+    # with its own part of the champion's profile; the labs are gone, so the sites alert.
+    drift = json.loads(Path(client.download_artifacts(runs[1].info.run_id, "validation/drift.json")).read_text())
+    assert drift["decision"]["action"] == "alert" and drift["champion_version"] == "1"
+    for site in ("academic", "community"):
+        assert drift["sites"][site]["compare"]["max_psi"] > 0.25
+        assert any(r.startswith(f"{site}: feature ") and "drifted" in r for r in drift["decision"]["reasons"])
+        assert f"{site}: AUROC lower 95% bound" in " ".join(second["reasons"])
+    assert second["reasons"][0].startswith("drift alert: the data drifted from the network champion's")
+    for r, promoted in zip(runs, ("true", "false"), strict=True):
+        tags = r.data.tags
+        assert (tags["forewarn.site"], tags["forewarn.train_site"], tags["forewarn.promoted"]) == ("network", "academic + community", promoted)
+        assert "forewarn.validation_design" not in tags and tags["forewarn.complete"] == "true"
+        assert r.data.metrics == {"promotion/promoted": float(promoted == "true")}
+        inputs = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(r.info.run_id, "model_inputs")}
+        assert inputs == {"xgboost.json", "calibration.json", "columns.parquet", "profile-academic.json", "profile-community.json"}
+    # The champion serves like any registered model: calibrated risks on rows in its columns.
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    (folder,) = (flow_run["study"].sites[0].workdir / "stages" / "network-champion-features-t2d_2y").iterdir()
+    p = model.predict(sp.load_npz(folder / "X.npz").tocsr()[:20])
+    assert p.shape == (20,) and ((p > 0) & (p < 1)).all() and len(np.unique(p)) > 1
+    # The site runs name the version they evaluated; the reports show the decision.
+    html = unescape((flow_run["work"] / "sites" / "academic" / "work" / "reports" / "t2d_2y" / "network-report.html").read_text())
+    assert "Not promoted: kept as challenger (v2)" in html and "Current champion before this run: v1" in html
+    assert "academic: feature " in html  # the network's drift reasons, by site
 
 
 def test_drift_is_checked_against_the_champion_before_retraining(flow_run, client):

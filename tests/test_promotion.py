@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from forewarn.models.promotion import PromotionConfig, decide
+from forewarn.models.promotion import PromotionConfig, decide, decide_network
 
 CONFIG = PromotionConfig(auroc_margin=0.02, slope_low=0.8, slope_high=1.25)
 
@@ -39,3 +39,42 @@ def test_non_inferiority_and_calibration(low, slope, promoted):
 def test_bounds_must_be_ordered():
     with pytest.raises(ValueError, match="slope_low must be < slope_high"):
         PromotionConfig(slope_low=1.5, slope_high=1.2)
+
+
+NEW = {"academic": {"auroc_ci_low": 0.86, "calibration_slope": 1.0}, "community": {"auroc_ci_low": 0.79, "calibration_slope": 1.1}}
+
+
+def test_network_model_first_is_promoted_with_each_sites_reasons():
+    d = decide_network(NEW, None, CONFIG)
+    assert d["promoted"] is True and d["champion_version"] is None
+    assert d["reasons"] == ["academic: there is no champion yet", "academic: calibration slope 1.000 is within [0.8, 1.25]",
+                            "community: there is no champion yet", "community: calibration slope 1.100 is within [0.8, 1.25]"]
+
+
+@pytest.mark.parametrize(
+    ("aurocs", "refused"),
+    [
+        ({"academic": 0.88, "community": 0.81}, []),  # 0.86 >= 0.86 and 0.79 >= 0.79: non-inferior at both
+        ({"academic": 0.88, "community": 0.815}, ["community"]),  # 0.79 < 0.795: better on average, worse at one site
+        ({"academic": 0.90, "community": 0.90}, ["academic", "community"]),
+        ({"academic": 0.80}, ["community"]),  # the champion was not scored at community: nothing to be non-inferior to
+    ],
+)
+def test_network_model_must_be_non_inferior_at_every_site(aurocs, refused):
+    d = decide_network(NEW, {"version": "2", "auroc": aurocs}, CONFIG)
+    assert d["promoted"] is (not refused) and d["champion_version"] == "2"
+    assert [s for s, one in d["sites"].items() if not one["promoted"]] == refused
+    if refused:
+        assert d["reasons"][0] == f"refused at {', '.join(refused)}: the network's model must pass the rule at every site"
+    assert "academic: AUROC lower 95% bound 0.860" in " ".join(d["reasons"])
+
+
+def test_network_model_with_a_bad_slope_at_one_site_is_refused():
+    new = NEW | {"community": {"auroc_ci_low": 0.95, "calibration_slope": 1.3}}
+    d = decide_network(new, {"version": "1", "auroc": {"academic": 0.8, "community": 0.8}}, CONFIG)
+    assert d["promoted"] is False and "community: calibration slope 1.300 is outside [0.8, 1.25]" in d["reasons"]
+
+
+def test_network_rule_needs_a_site():
+    with pytest.raises(ValueError, match="needs the candidate's held-out metrics at one site"):
+        decide_network({}, None, CONFIG)

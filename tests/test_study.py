@@ -22,6 +22,8 @@ def test_relative_paths_resolve_against_the_study_folder(tmp_path):
         (BASE | {"features": {"windowz": ["1d"]}}, r"features.windowz: unknown key; allowed keys here are \['aggs', 'batch_subjects', 'min_code_frequency', 'min_code_subjects', 'n_workers'"),
         (BASE | {"sites": [{"name": "a", "source": {"location": "x", "fromat": "omop"}}]}, r"sites.0.source.fromat: unknown key; allowed keys here are \['db_schema', 'format', 'location'\]"),
         (BASE | {"sites": BASE["sites"] * 2}, r"site names must be unique; \['a'\]"),
+        (BASE | {"sites": [{"name": "network", "source": {"location": "x"}}]},
+         r"a site cannot be named 'network': the name is the network model's in the registry \(forewarn-<task>-network\)"),
         (BASE | {"schedule": {"cron": "0 2 * *"}}, "cron must have 5 fields"),
         (BASE | {"sites": []}, "sites: List should have at least 1 item"),
     ],
