@@ -462,11 +462,16 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
 def logged(cache: StageCache, name: str, inputs: list[str], log) -> Stage:
     """An MLflow logging step as a stage: done once per content, and a run left half-made
     by a killed process is marked KILLED before it is logged again. ``log(key, folder)``
-    may write files to keep (a report) into the stage's folder."""
+    may write files to keep (a report) into the stage's folder. A run completed by a
+    process killed before the stage was marked done is reused, not logged twice."""
     key = key_of(name, {"tracking": tracking.current_uri()}, inputs)
 
     def compute(out: Path):
         tracking.abandon_runs(key)
+        done = tracking.stage_result(key)
+        if done is not None:  # logged by a process killed before it could mark the stage done
+            log.info("%s: MLflow run %s was completed before the stage was marked done; reusing it", name, done[0])
+            return done[1]
         return log(key, out)
 
     return cache.run(f"mlflow-{name}", key, compute)
@@ -688,6 +693,13 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
     features = stage.dir / "features"
     shape = json.loads((features / "shape.json").read_text())
     training = json.loads(TrainedModels(stage.dir / "models").summary_path.read_text())
+
+    def row(run_id: str) -> dict:
+        return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
+                **{k: record.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
+                                              "calibration_in_the_large")},
+                "recalibrated": None, "note": f"trained before {record['cutoff']}, tested from then on"}
+
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{site}-temporal-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": site, "task": spec.name, "task_digest": spec.digest(), "validation_design": "temporal",
@@ -698,11 +710,9 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
         datasets=[{"name": f"{site}/{spec.name}/temporal/{split}", "digest": f"{stage.digest[:16]}-{split}",
                    "source": features, "context": SPLIT_CONTEXT[split]} for split in SPLITS],
         note=f"{spec.name} at {site}: trained on prediction times before {record['cutoff']}, tested on those after.",
+        result=row,
     )
-    return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
-            **{k: record.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                          "calibration_in_the_large")},
-            "recalibrated": None, "note": f"trained before {record['cutoff']}, tested from then on"}
+    return row(run_id)
 
 
 def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, stage: Stage, trained: Stage,
@@ -779,6 +789,15 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
         metrics |= tracking.evaluation_metrics(recal, prefix=f"{tracking.HELD_OUT}/recalibrated")
     shape = json.loads((features / "shape.json").read_text())
     used = ("held_out", "tuning") if recal else ("held_out",)  # the calibrator is fitted on the tuning rows
+
+    def row(run_id: str) -> dict:
+        return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
+                **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
+                                               "calibration_in_the_large")},
+                "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope",
+                                                           "calibration_in_the_large")} if recal else None,
+                "note": row_note}
+
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{run_name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": eval_site, "train_site": train_site, "task": spec.name, "task_digest": spec.digest(),
@@ -788,14 +807,9 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
         dicts={f"validation/{design}.json": record},
         datasets=[{"name": f"{dataset}/{split}", "digest": f"{stage.digest[:16]}-{split}",
                    "source": features, "context": SPLIT_CONTEXT[split]} for split in used],
-        note=note, artifacts=artifacts,
+        note=note, artifacts=artifacts, result=row,
     )
-    return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
-            **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                           "calibration_in_the_large")},
-            "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope", "calibration_in_the_large")}
-            if recal else None,
-            "note": row_note}
+    return row(run_id)
 
 
 def log_drift_only(study: Study, spec: TaskSpec, site: str, drift: dict, pull: Stage, stage_key: str) -> str:
@@ -808,6 +822,7 @@ def log_drift_only(study: Study, spec: TaskSpec, site: str, drift: dict, pull: S
         metrics=drift_check.drift_metrics(drift), dicts={"validation/drift.json": drift},
         note=f"{spec.name} at {site}: drift check; policy action {drift['decision']['action']} "
              f"({'; '.join(drift['decision']['reasons'])}).",
+        result=lambda run_id: {"run_id": run_id},
     )
 
 
@@ -898,7 +913,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
              used: dict[str, list[Stage]], logger) -> list[SiteResult]:
     """One task at every site that pulled: per-site models, then the cross-site and
     temporal validations, then publication."""
-    results, built = [], {}
+    results, built, data = [], {}, {}
     sites = {s.name: s for s in study.sites if s.name in pulls}
     for name, site in sites.items():
         cache = caches[name]
@@ -911,6 +926,9 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                 logger.warning("site %s, task %s skipped: %s", name, spec.name, reason)
                 results.append(SiteResult(name, spec.name, "skipped", reason=reason))
                 continue
+            # The network's model trains on every site with rows, whether or not the site's own
+            # model is retrained tonight.
+            data[name] = {"pull": pulls[name], "labels": labels, "matrix": matrix}
             key = train_key(matrix, study)
             tracking.abandon_runs(key, tag="train_key")  # what a killed run of this candidate left half-made
             info = tracking.champion_info(spec.name, name)
@@ -943,15 +961,15 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                 trained = train_task(matrix, spec, study, cache)
                 evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache)
             used[name] += [trained, evaluation]
-            built[name] = {"pull": pulls[name], "labels": labels, "matrix": matrix, "trained": trained,
-                           "evaluation": evaluation, "champion": champion, "drift": drift}
+            built[name] = data[name] | {"trained": trained, "evaluation": evaluation, "champion": champion, "drift": drift}
         except Exception as exc:  # noqa: BLE001 - the other sites go on; the run ends Failed
             logger.error("site %s, task %s failed: %s", name, spec.name, _reason(exc))
             results.append(SiteResult(name, spec.name, "failed", reason=_reason(exc)))
     validations: dict[str, list[dict]] = {name: [] for name in built}
-    if "network" in study.validation.designs and len(built) >= 2:
-        for name, row in network_rows(study, spec, built, caches, used, logger).items():
-            validations[name].append(row)
+    if "network" in study.validation.designs and len(data) >= 2:
+        for name, row in network_rows(study, spec, data, caches, used, logger).items():
+            if name in validations:  # a site whose own model the drift policy skipped has no report tonight
+                validations[name].append(row)
     for model_site, b in built.items():
         try:
             validations[model_site] += cross_validations(study, spec, model_site, b, built, caches, used)
@@ -996,9 +1014,9 @@ def network_rows(study, spec, built, caches, used, logger) -> dict[str, dict]:
     first = next(iter(run.stages))
     model = run.stages[first][1]
     used[first].append(model)  # the coordinator's model lives in the first site's cache
+    # Not the champion nor the drift record: a model with the same content is registered
+    # once, whatever the registry says by the time of a rerun (as ``publish_task``).
     inputs = [model.digest] + [run.stages[n][2].digest for n in run.stages]
-    inputs += [json.dumps({"champion": run.champion.__dict__ if run.champion else None, "drift": run.drift["decision"]},
-                          sort_keys=True, default=str)]
     try:
         publication = logged(caches[first], f"network-publish-{spec.name}", inputs,
                              lambda key, out: network_publish(study, spec, run, built, key, out))
@@ -1036,6 +1054,8 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
 
     done = tracking.completed_run(stage_key)
     if done is not None:  # registered by a run killed before it could mark the stage done
+        log.info("network/%s: registration run %s was completed before the stage was marked done; reusing it",
+                 spec.name, done.info.run_id)
         path = mlflow.artifacts.download_artifacts(run_id=done.info.run_id, artifact_path="validation/promotion.json",
                                                    dst_path=str(out))
         return json.loads(Path(path).read_text())

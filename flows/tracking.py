@@ -13,6 +13,7 @@ Every run carries the same metric names so the compare view lines runs up.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -440,19 +441,37 @@ def log_trials(parent_run_id: str, trials: list[dict]) -> list[str]:
 
 def log_run(*, experiment: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
             params: dict[str, object] | None = None, dicts: dict[str, dict] | None = None, note: str = "",
-            datasets: list[dict] | None = None, artifacts=None) -> str:
+            datasets: list[dict] | None = None, artifacts=None, result=None) -> str:
     """A complete, closed run in one call (external, temporal and network validation runs,
     drift checks); ``datasets`` are :func:`log_dataset`'s keyword arguments, one dict a
     dataset; ``artifacts``, called with the new run's id, returns the files to log (name
-    in the run: path), for a report that shows its own run id."""
+    in the run: path), for a report that shows its own run id. ``result``, called with
+    the run's id, returns what the flow keeps of the run (a report row): stored as the
+    run's ``forewarn.stage_result`` tag before the run is marked complete, so that a
+    process killed after completing it can reuse the run (:func:`stage_result`)."""
     tags = dict(tags)
     run_id = start_site_run(experiment=experiment, site=tags.pop("site"), run_name=run_name, tags=tags)
     files = artifacts(run_id) if artifacts is not None else {}
     log_records(run_id=run_id, params=params or {}, metrics=metrics, artifacts=files, dicts=dicts or {}, note=note)
     for dataset in datasets or []:
         log_dataset(run_id, **dataset)
+    if result is not None:
+        import mlflow
+
+        mlflow.MlflowClient().set_tag(run_id, f"{TAG}.{STAGE_RESULT}", json.dumps(result(run_id), default=str))
     finish_run(run_id)
     return run_id
+
+
+STAGE_RESULT = "stage_result"
+
+
+def stage_result(stage_key: str) -> tuple[str, dict] | None:
+    """(run id, kept result) of the complete run logged for ``stage_key`` with a ``result``
+    (:func:`log_run`), or None when there is none."""
+    run = completed_run(stage_key)
+    saved = run.data.tags.get(f"{TAG}.{STAGE_RESULT}") if run is not None else None
+    return (run.info.run_id, json.loads(saved)) if saved else None
 
 
 def _now_ms() -> int:

@@ -25,9 +25,10 @@ pytestmark = pytest.mark.slow
 # Each kill happens when this line appears on the child's stderr: the stage has started
 # computing (or, for publish, has opened its MLflow run) and has not finished.
 KILL_AT = (
-    "features-ckd3_2y: computing",
-    "train-ckd3_2y: computing",
-    "external-ckd3_2y-academic: computing",
+    "features-t2d_2y: computing",
+    "train-t2d_2y: computing",
+    "mlflow-network-publish-t2d_2y: computing",
+    "external-t2d_2y-academic: computing",
     "MLflow run",
 )
 
@@ -55,11 +56,11 @@ def write_study(folder: Path, network: dict[str, Path]) -> Path:
     study = {
         "name": "resume",
         "demo": True,
-        "tasks": ["ckd3_2y"],
+        "tasks": ["t2d_2y"],
         "sites": [{"name": n, "source": {"location": str(p)}} for n, p in network.items()],
         "evaluation": {"bootstrap": 20, "shap_rows": 100},
         "models": {"n_jobs": 1, "search": {"trials": 0}},
-        "validation": {"designs": ["internal", "external"]},
+        "validation": {"designs": ["internal", "external", "network"]},
         "retries": {"attempts": 0},
     }
     path = folder / "study.yaml"
@@ -137,7 +138,8 @@ def runs(tmp_path_factory, demo_network, prefect_api):
                 for name, study in (("reference", reference), ("killed", killed))}
     # A kill after publication tagged its MLflow run complete but before the stage was
     # marked done: as if, the publish stages are removed; the next run must reuse the runs.
-    for marker in (killed.parent / "sites").glob("*/work/stages/publish-ckd3_2y/*/.stage.json"):
+    for marker in [*(killed.parent / "sites").glob("*/work/stages/publish-t2d_2y/*/.stage.json"),
+                   *(killed.parent / "sites").glob("*/work/stages/mlflow-network-publish-t2d_2y/*/.stage.json")]:
         shutil.rmtree(marker.parent)
     code, recovered = forewarn_run(killed, prefect_api)
     assert code == 0, recovered
@@ -148,16 +150,23 @@ def runs(tmp_path_factory, demo_network, prefect_api):
     killed.write_text(yaml.safe_dump(study))
     code, skipped = forewarn_run(killed, prefect_api)
     assert code == 0, skipped
+    finished["skipped"] = {"mlflow": mlflow_state(killed)}
+    # The network's model on the first splits (the only ones of the small demo network where
+    # a site can tune it), another setting so that it is a new candidate, on stable data.
+    killed.write_text(yaml.safe_dump(study | {"split_seed": 0, "validation": study["validation"] | {"rounds_per_visit": 5}}))
+    code, network_skipped = forewarn_run(killed, prefect_api)
+    assert code == 0, network_skipped
     return {"reference": reference, "killed": killed, "killed_outputs": outputs, "resumed": out, "rerun": again,
             "recovered": recovered,
-            "rerun_seconds": rerun_seconds, "skipped": skipped, "finished": finished}
+            "rerun_seconds": rerun_seconds, "skipped": skipped, "network_skipped": network_skipped, "finished": finished}
 
 
 def test_killed_runs_resume_to_the_same_stage_outputs(runs):
     reference, resumed = runs["finished"]["reference"]["digests"], runs["finished"]["killed"]["digests"]
     stages = {name for _, name in reference}
-    assert stages == {"pull", "label-ckd3_2y", "features-ckd3_2y", "train-ckd3_2y", "evaluate-ckd3_2y",
-                      "external-ckd3_2y-academic", "external-ckd3_2y-community"}
+    assert stages == {"pull", "label-t2d_2y", "features-t2d_2y", "train-t2d_2y", "evaluate-t2d_2y",
+                      "external-t2d_2y-academic", "external-t2d_2y-community",
+                      "network-features-t2d_2y", "network-model-t2d_2y", "network-t2d_2y"}
     assert resumed == reference
     # Each kill left work the next run reused: the last run computed no pull.
     assert "pull: computing" not in runs["resumed"]
@@ -168,14 +177,16 @@ def test_killed_publication_leaves_one_complete_run_and_model_version_per_site(r
     state = runs["finished"]["killed"]["mlflow"]
     reference = runs["finished"]["reference"]["mlflow"]
     assert state["complete"] == reference["complete"] == [
-        ("academic", "external"), ("academic", "internal"), ("community", "external"), ("community", "internal")]
+        ("academic", "external"), ("academic", "internal"), ("academic", "network"),
+        ("community", "external"), ("community", "internal"), ("community", "network"), ("network", None)]
     assert state["unfinished"] == 0
     assert state["killed"] >= 1  # the run opened before the last kill
-    assert state["versions"] == reference["versions"] == [("forewarn-ckd3_2y-academic", True), ("forewarn-ckd3_2y-community", True)]
+    assert state["versions"] == reference["versions"] == [
+        ("forewarn-t2d_2y-academic", True), ("forewarn-t2d_2y-community", True), ("forewarn-t2d_2y-network", True)]
 
 
 def test_a_publication_completed_before_its_stage_was_marked_is_reused(runs):
-    assert runs["recovered"].count("was completed before the stage was marked done; reusing it") == 2
+    assert runs["recovered"].count("was completed before the stage was marked done; reusing it") == 3  # two sites, the network
     assert runs["finished"]["recovered"]["mlflow"] == runs["finished"]["killed"]["mlflow"]  # no new run nor version
 
 
@@ -188,22 +199,38 @@ def test_rerun_on_unchanged_data_recomputes_and_logs_nothing(runs):
 def test_a_stable_night_is_skipped_by_the_drift_policy(runs):
     out = runs["skipped"]
     assert out.count("skipped: drift policy:") == 2
-    assert "train-ckd3_2y: computing" not in out and "champion-features-ckd3_2y: computing" in out
+    assert "train-t2d_2y: computing" not in out and "champion-features-t2d_2y: computing" in out
+    # No site can tune the network's model on these splits: it says so and the sites go on.
+    assert "no network model: no site of ['academic', 'community']" in out
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs['killed'].parent / 'mlruns' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("forewarn/ckd3_2y")
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
     drift_runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'drift'")
     assert sorted(r.data.tags["forewarn.site"] for r in drift_runs) == ["academic", "community"]
     for run in drift_runs:
         assert run.data.tags["forewarn.drift_action"] == "skip"
         assert run.data.metrics["drift/detected"] == 0.0 and run.data.metrics["drift/max_psi"] < 0.25
     # No model was registered that night: each site still has one version, its champion.
-    for name in ("forewarn-ckd3_2y-academic", "forewarn-ckd3_2y-community"):
-        (version,) = client.search_model_versions(f"name = '{name}'")
-        assert client.get_model_version_by_alias(name, "champion").version == version.version
+    assert runs["finished"]["skipped"]["mlflow"]["versions"] == runs["finished"]["killed"]["mlflow"]["versions"]
 
 
 def test_stage_folders_hold_no_partial_leftovers(runs):
     stages = runs["killed"].parent / "sites"
     assert not list(stages.glob("*/work/stages/*/*.partial-*"))
+
+
+def test_a_stable_night_skips_the_networks_model_too(runs):
+    """Each site re-scores the network's champion on its rows and finds its data stable
+    against its own part of the champion's profile: under ``on_stable: skip`` no network
+    model is trained and the champion stays."""
+    out = runs["network_skipped"]
+    network = [line for line in out.splitlines() if "network" in line]
+    assert out.count("network-champion-features-t2d_2y: computing") == 2, network
+    assert "network-model-t2d_2y: computing" not in out
+    assert "no network model: the drift policy kept the network's champion v1 and trained no challenger" in out, network
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs['killed'].parent / 'mlruns' / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'forewarn-t2d_2y-network'")
+    assert [str(v.version) for v in versions] == ["1"]
