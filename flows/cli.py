@@ -93,6 +93,12 @@ def _run_study(path: Path) -> None:
         )
         latest = workdirs[r.site] / "reports" / r.task / "report.html"  # the latest report's stable copy
         typer.echo(f"{'':>34}report: {latest if latest.is_file() else r.report_path}")
+    if "network" in study.validation.designs:  # the network's model: one a task, trained across the sites
+        for task in dict.fromkeys(r.task for r in results):
+            found = tracking.latest_version(task, tracking.NETWORK)
+            if found:
+                typer.echo(f"{tracking.NETWORK:>10}  {task:<22}model {found[0]} v{found[1]} ({', '.join(found[2])}), trained "
+                           f"across the sites; its report at each site: reports/{task}/network-report.html")
     typer.echo(f"\nMLflow store: {tracking.redacted_uri()}")
     typer.echo("Look at the runs:  forewarn ui   (then open http://127.0.0.1:5000)")
     if state.is_failed():

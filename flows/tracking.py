@@ -530,6 +530,20 @@ def champion_info(task: str, site: str) -> tuple[str, dict[str, str]] | None:
     return str(version.version), dict(version.tags or {})
 
 
+def latest_version(task: str, site: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """(registered name, its newest version, that version's aliases), or None when nothing
+    is registered under ``registered_name(task, site)``."""
+    import mlflow
+
+    name = registered_name(task, site)
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+    if not versions:
+        return None
+    newest = str(max(int(v.version) for v in versions))
+    # A search leaves the aliases out; the version itself has them.
+    return name, newest, tuple(sorted(mlflow.MlflowClient().get_model_version(name, newest).aliases or ()))
+
+
 def finish_run(run_id: str) -> None:
     import mlflow
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -183,6 +184,12 @@ def test_killed_publication_leaves_one_complete_run_and_model_version_per_site(r
     assert state["killed"] >= 1  # the run opened before the last kill
     assert state["versions"] == reference["versions"] == [
         ("forewarn-t2d_2y-academic", True), ("forewarn-t2d_2y-community", True), ("forewarn-t2d_2y-network", True)]
+
+
+def test_the_summary_names_the_networks_model(runs):
+    line = [x for x in runs["rerun"].splitlines() if x.startswith("   network")]
+    assert re.fullmatch(r"   network  t2d_2y {16}model forewarn-t2d_2y-network v1 \(challenger, champion\), trained across the "
+                        r"sites; its report at each site: reports/t2d_2y/network-report.html", line[0]), line
 
 
 def test_a_publication_completed_before_its_stage_was_marked_is_reused(runs):
