@@ -635,6 +635,11 @@ def data_digest(pull: Stage) -> str:
     return pull.digest[:16]
 
 
+def network_digest(built: dict) -> str:
+    """The ``data_digest`` tag of the network's own runs: a digest of its sites' data digests."""
+    return hashlib.sha256(" ".join(data_digest(b["pull"]) for b in built.values()).encode()).hexdigest()[:16]
+
+
 def run_params(study: Study, spec: TaskSpec, site: str, shape: dict, training: dict) -> dict[str, object]:
     """A run's params, the same keys whatever its validation design: the task, the
     features (``shape``: the matrix's ``shape.json``) and the make-up of the model
@@ -812,12 +817,13 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
     return row(run_id)
 
 
-def log_drift_only(study: Study, spec: TaskSpec, site: str, drift: dict, pull: Stage, stage_key: str) -> str:
-    """A run that records a drift check after which the policy skipped retraining."""
+def log_drift_only(study: Study, spec: TaskSpec, site: str, drift: dict, digest: str, stage_key: str) -> str:
+    """A run that records a drift check after which the policy skipped retraining
+    (``site`` ``network`` for the network's model; ``digest``: the data's)."""
     return tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{site}-drift-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": site, "task": spec.name, "task_digest": spec.digest(), "validation_design": "drift",
-              "data_digest": data_digest(pull), "code_version": code_version(), "study": study.name, "stage_key": stage_key,
+              "data_digest": digest, "code_version": code_version(), "study": study.name, "stage_key": stage_key,
               "drift_action": drift["decision"]["action"]},
         metrics=drift_check.drift_metrics(drift), dicts={"validation/drift.json": drift},
         note=f"{spec.name} at {site}: drift check; policy action {drift['decision']['action']} "
@@ -953,7 +959,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                                    "; ".join(drift["decision"]["reasons"]))
                 if action == "skip":
                     log = logged(cache, f"drift-{spec.name}", [matrix.digest, json.dumps(drift, sort_keys=True, default=str)],
-                                 lambda key, _, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, pulls[n], key)})
+                                 lambda key, _, d=drift, n=name: {"run_id": log_drift_only(study, spec, n, d, data_digest(pulls[n]), key)})
                     used[name].append(log)
                     results.append(SiteResult(name, spec.name, "skipped", run_id=log.result["run_id"], drift=drift,
                                               reason=f"drift policy: {'; '.join(drift['decision']['reasons'])}; the champion stays"))
@@ -1009,6 +1015,12 @@ def network_rows(study, spec, built, caches, used, logger) -> dict[str, dict]:
         used[n] += stages
     if run.reason:
         logger.warning("task %s: no network model: %s", spec.name, run.reason)
+        if run.drift.get("decision", {}).get("action") == "skip":  # the check that skipped it, as a site's skip is
+            first = next(iter(built))
+            skip = logged(caches[first], f"network-drift-{spec.name}", [run.key, json.dumps(run.drift, sort_keys=True, default=str)],
+                          lambda key, _: {"run_id": log_drift_only(study, spec, tracking.NETWORK, run.drift,
+                                                                   network_digest(built), key)})
+            used[first].append(skip)
         return {n: {"design": "network", "train_site": " + ".join(built), "eval_site": n, "recalibrated": None,
                     "note": f"not trained: {run.reason}"} for n in built}
     first = next(iter(run.stages))
@@ -1087,7 +1099,7 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     features: FeatureMatrix = run.stages[first][0].result
     shape = json.loads((features.dir / "shape.json").read_text())
     training = {k: v for k, v in json.loads(trained.summary_path.read_text()).items() if k not in ("l1_logistic", "age_sex")}
-    digest = hashlib.sha256(" ".join(data_digest(built[n]["pull"]) for n in names).encode()).hexdigest()[:16]
+    digest = network_digest(built)
     run_id = tracking.start_site_run(
         experiment=tracking.experiment_name(spec.name), site=tracking.NETWORK,
         run_name=f"network-registration-{datetime.now(UTC):%Y%m%d-%H%M%S}",
