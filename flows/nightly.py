@@ -287,13 +287,14 @@ def drift_record(check: ChampionCheck | None, matrix: Stage, study: Study) -> di
     return drift_against(check.profile_path, check.version, check.matrix, matrix, study)
 
 
-def drift_against(profile_path: Path, version: str, champion_matrix: FeatureMatrix, matrix: Stage, study: Study) -> dict:
+def drift_against(profile_path: Path, version: str, champion_matrix: FeatureMatrix, matrix: Stage, study: Study,
+                  why_none: str = "trained before drift checks") -> dict:
     """Today's rows in the champion's columns (``champion_matrix``) against the champion's
-    profile of its train rows, today's vocabulary being ``matrix``'s (the site's own)."""
+    profile of its train rows, today's vocabulary being ``matrix``'s (the site's own);
+    ``why_none`` says why a champion may have no profile."""
     if not profile_path.is_file():
         decision = {"action": "retrain", "drifted": False,
-                    "reasons": [f"champion v{version} has no drift profile of this site's data (trained before drift "
-                                "checks, or before the site joined)"]}
+                    "reasons": [f"champion v{version} has no drift profile of this site's data ({why_none})"]}
         return {"compare": None, "decision": decision}
     reference = json.loads(profile_path.read_text())
     X, rows, _ = champion_matrix.load()
@@ -388,6 +389,7 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
         return NetworkRun({}, reason)
     params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
     train_key = key_of("network train", params, [features[n].digest for n in names])
+    tracking.abandon_runs(train_key, tag="train_key")  # what a killed registration of this candidate left half-made
     champion, drift, used = network_champion(study, spec, built, caches, train_key)
     if drift["decision"]["action"] == "skip":
         return NetworkRun({}, f"the drift policy kept the network's champion v{champion.version} and trained no "
@@ -453,15 +455,16 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
                                  columns=model)
         used.setdefault(n, []).append(matrix)
         aurocs[n] = auroc_on(champion, matrix.result)
-        sites[n] = drift_against(champion.dir / f"profile-{n}.json", version, matrix.result, b["matrix"], study)
+        sites[n] = drift_against(champion.dir / f"profile-{n}.json", version, matrix.result, b["matrix"], study,
+                                 why_none="the site joined the network after it was trained")
     decision = drift_check.combine({n: d["decision"] for n, d in sites.items()}, study.drift)
     return NetworkChampion(version, aurocs), {"compare": None, "decision": decision, "sites": sites,
                                               "champion_version": version}, used
 
 
-def logged(cache: StageCache, name: str, inputs: list[str], log) -> Stage:
+def logged(cache: StageCache, name: str, inputs: list[str], write) -> Stage:
     """An MLflow logging step as a stage: done once per content, and a run left half-made
-    by a killed process is marked KILLED before it is logged again. ``log(key, folder)``
+    by a killed process is marked KILLED before it is logged again. ``write(key, folder)``
     may write files to keep (a report) into the stage's folder. A run completed by a
     process killed before the stage was marked done is reused, not logged twice."""
     key = key_of(name, {"tracking": tracking.current_uri()}, inputs)
@@ -472,7 +475,7 @@ def logged(cache: StageCache, name: str, inputs: list[str], log) -> Stage:
         if done is not None:  # logged by a process killed before it could mark the stage done
             log.info("%s: MLflow run %s was completed before the stage was marked done; reusing it", name, done[0])
             return done[1]
-        return log(key, out)
+        return write(key, out)
 
     return cache.run(f"mlflow-{name}", key, compute)
 
@@ -591,6 +594,8 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     for split in SPLITS:
         tracking.log_dataset(run_id, name=f"{site.name}/{spec.name}/{split}", digest=f"{digest}-{split}",
                              source=matrix.dir, context=SPLIT_CONTEXT[split])
+    if promotion["promoted"]:  # last, so that a killed run never leaves the alias on a half-made version
+        tracking.set_champion(name, version)
     tracking.finish_run(run_id)
     return SiteResult(
         site.name, spec.name, "published", run_id=run_id, experiment=tracking.experiment_name(spec.name), model_name=name,
@@ -1029,6 +1034,7 @@ def network_rows(study, spec, built, caches, used, logger) -> dict[str, dict]:
     # Not the champion nor the drift record: a model with the same content is registered
     # once, whatever the registry says by the time of a rerun (as ``publish_task``).
     inputs = [model.digest] + [run.stages[n][2].digest for n in run.stages]
+    inputs += [json.dumps({"study": study.name, "promotion": _cfg(study.promotion)}, sort_keys=True)]
     try:
         publication = logged(caches[first], f"network-publish-{spec.name}", inputs,
                              lambda key, out: network_publish(study, spec, run, built, key, out))
@@ -1085,7 +1091,9 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     promotion = decide_network(held, compared, study.promotion)
     action = run.drift["decision"]["action"]
     if action == "alert":
-        alerted = [r for r in run.drift["decision"]["reasons"] if "drift" in r][:3]
+        alerting = [n for n, d in run.drift.get("sites", {}).items() if d["decision"]["action"] == "alert"]
+        alerted = [f"{n}: {r}" for n in alerting for r in run.drift["sites"][n]["decision"]["reasons"]
+                   if "drifted" in r or "churn" in r or "changed" in r][:3]
         promotion |= {"promoted": False, "reasons": [
             "drift alert: the data drifted from the network champion's beyond the drift policy at a site, so a person "
             f"reviews before any promotion ({'; '.join(alerted) or 'see the drift section'})", *promotion["reasons"]]}
@@ -1130,6 +1138,8 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
              f"{record['decision']} Each site's evaluation is its run with validation_design network.",
         tags={"promoted": str(promotion["promoted"]).lower(), "drift_alert": str(action == "alert").lower()},
     )
+    if promotion["promoted"]:  # last, so that a killed run never leaves the alias on a half-made version
+        tracking.set_champion(name, version)
     tracking.finish_run(run_id)
     return record
 

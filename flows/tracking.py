@@ -358,7 +358,8 @@ def register_model(
     calibration_path: Path | None = None,
 ) -> tuple[str, str, tuple[str, ...]]:
     """Log the primary model (signature, synthetic input example) into the run, register
-    it as ``challenger``, and move ``champion`` to it when ``promote``.
+    it as ``challenger``; with ``promote`` the caller moves ``champion`` to it
+    (:func:`set_champion`) once the run holds the model's inputs, just before finishing it.
 
     The model is an MLflow model from code (``flows/serving.py``) holding its JSON files:
     the XGBoost trees (``xgb_model_path``, XGBoost's own format) and, where the model has
@@ -389,15 +390,20 @@ def register_model(
         )
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "challenger", version)
-    aliases: tuple[str, ...] = ("challenger",)
-    if promote:
-        client.set_registered_model_alias(name, "champion", version)
-        aliases = ("challenger", "champion")
+    # ``champion`` moves only by ``set_champion``, once the run holds all the next night needs.
+    aliases: tuple[str, ...] = ("challenger", "champion") if promote else ("challenger",)
     client.set_model_version_tag(name, version, f"{TAG}.decision", decision)
     for key, value in (tags or {}).items():
         client.set_model_version_tag(name, version, f"{TAG}.{key}", value)
     client.set_tag(run_id, f"{TAG}.decision", decision)
     return name, version, aliases
+
+
+def set_champion(name: str, version: str) -> None:
+    """Move the ``champion`` alias of registered model ``name`` to ``version``."""
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
 
 
 def log_dataset(run_id: str, *, name: str, digest: str, source: Path, context: str) -> None:
@@ -523,9 +529,15 @@ def champion_info(task: str, site: str) -> tuple[str, dict[str, str]] | None:
     """The champion's version and its model-version tags, or None."""
     import mlflow
 
+    client = mlflow.MlflowClient()
     try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(registered_name(task, site), "champion")
+        version = client.get_model_version_by_alias(registered_name(task, site), "champion")
     except mlflow.exceptions.MlflowException:
+        return None
+    if client.get_run(version.run_id).data.tags.get(f"{TAG}.complete") != "true":
+        # Registered by a process killed before it finished the run: its inputs may be
+        # missing, so it is no champion to compare with (the run is abandoned when its
+        # stage runs again).
         return None
     return str(version.version), dict(version.tags or {})
 

@@ -73,7 +73,12 @@ def decide_network(new: dict[str, dict], champion: dict | None, config: Promotio
         compared = None
         if champion is not None:
             auroc = (champion.get("auroc") or {}).get(site)
-            compared = {"version": champion["version"], "auroc": float("nan") if auroc is None else float(auroc)}
+            if auroc is None or auroc != auroc:  # None or NaN
+                sites[site] = {"promoted": False, "champion_version": champion["version"], "reasons": [
+                    f"champion v{champion['version']} has no AUROC on this site's held-out rows (not scored there, or "
+                    "no events or no non-events among them), so non-inferiority cannot be shown"]}
+                continue
+            compared = {"version": champion["version"], "auroc": float(auroc)}
         sites[site] = decide(record, compared, config)
     promoted = all(d["promoted"] for d in sites.values())
     reasons = [f"{site}: {r}" for site, d in sites.items() for r in d["reasons"]]

@@ -67,12 +67,21 @@ def test_network_model_must_be_non_inferior_at_every_site(aurocs, refused):
     if refused:
         assert d["reasons"][0] == f"refused at {', '.join(refused)}: the network's model must pass the rule at every site"
     assert "academic: AUROC lower 95% bound 0.860" in " ".join(d["reasons"])
+    if "community" not in aurocs:
+        assert ("community: champion v2 has no AUROC on this site's held-out rows (not scored there, or no events or no "
+                "non-events among them), so non-inferiority cannot be shown") in d["reasons"]
 
 
 def test_network_model_with_a_bad_slope_at_one_site_is_refused():
     new = NEW | {"community": {"auroc_ci_low": 0.95, "calibration_slope": 1.3}}
     d = decide_network(new, {"version": "1", "auroc": {"academic": 0.8, "community": 0.8}}, CONFIG)
     assert d["promoted"] is False and "community: calibration slope 1.300 is outside [0.8, 1.25]" in d["reasons"]
+
+
+def test_network_model_is_refused_where_the_champion_has_no_auroc():
+    d = decide_network(NEW, {"version": "4", "auroc": {"academic": 0.8, "community": float("nan")}}, CONFIG)
+    assert d["promoted"] is False and d["sites"]["academic"]["promoted"] is True
+    assert d["sites"]["community"]["reasons"][0].startswith("champion v4 has no AUROC on this site's held-out rows")
 
 
 def test_network_rule_needs_a_site():

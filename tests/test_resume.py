@@ -138,9 +138,14 @@ def runs(tmp_path_factory, demo_network, prefect_api):
     finished = {name: {"digests": stage_digests(study), "mlflow": mlflow_state(study)}
                 for name, study in (("reference", reference), ("killed", killed))}
     # A kill after publication tagged its MLflow run complete but before the stage was
-    # marked done: as if, the publish stages are removed; the next run must reuse the runs.
-    for marker in [*(killed.parent / "sites").glob("*/work/stages/publish-t2d_2y/*/.stage.json"),
-                   *(killed.parent / "sites").glob("*/work/stages/mlflow-network-publish-t2d_2y/*/.stage.json")]:
+    # marked done: as if, the publication and MLflow logging stages are removed (the sites'
+    # publications, the network's registration, and the external and network validation
+    # runs); the next run must reuse the runs.
+    stages = killed.parent / "sites"
+    for marker in [*stages.glob("*/work/stages/publish-t2d_2y/*/.stage.json"),
+                   *stages.glob("*/work/stages/mlflow-network-publish-t2d_2y/*/.stage.json"),
+                   *stages.glob("*/work/stages/mlflow-external-t2d_2y-*/*/.stage.json"),
+                   *stages.glob("*/work/stages/mlflow-network-t2d_2y/*/.stage.json")]:
         shutil.rmtree(marker.parent)
     code, recovered = forewarn_run(killed, prefect_api)
     assert code == 0, recovered
@@ -194,7 +199,8 @@ def test_the_summary_names_the_networks_model(runs):
 
 
 def test_a_publication_completed_before_its_stage_was_marked_is_reused(runs):
-    assert runs["recovered"].count("was completed before the stage was marked done; reusing it") == 3  # two sites, the network
+    # Two site publications, the network's registration, two external and two network runs.
+    assert runs["recovered"].count("was completed before the stage was marked done; reusing it") == 7
     assert runs["finished"]["recovered"]["mlflow"] == runs["finished"]["killed"]["mlflow"]  # no new run nor version
 
 
