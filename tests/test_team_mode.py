@@ -75,6 +75,7 @@ def test_postgresql_store_end_to_end(pg_schema, tmp_path, restore_tracking):
         run_id=run_id, task="t2d_2y", site="north", xgb_model_path=xgb_path, n_features=3, promote=True, decision="first model",
     )
     assert (name, version, aliases) == ("forewarn-t2d_2y-north", "1", ("challenger", "champion"))
+    tracking.set_champion(name, version)  # the flow moves it last, once the run holds the model's inputs
 
     # A second run that is not promoted: challenger moves, champion stays.
     run2 = tracking.start_site_run(experiment=experiment, site="north", run_name="north-2", tags={"task": "t2d_2y"})
@@ -255,6 +256,7 @@ def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilit
         decision="first model", offset_path=trained.offset_path, blend_path=trained.blend_path,
         calibration_path=trained.calibration_path,
     )
+    tracking.set_champion(name, version)
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert loaded.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert not list((tmp_path / "artifacts").rglob("*.pkl"))  # code and JSON, never a pickle
@@ -297,8 +299,9 @@ def test_registered_model_applies_an_isotonic_calibrator_as_forewarn_does(tmp_pa
     (tmp_path / "calibration.json").write_text(json.dumps(calibrator.to_json()))
     tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"), cwd=tmp_path)
     run_id = tracking.start_site_run(experiment=tracking.experiment_name("iso"), site="north", run_name="north-1", tags={})
-    name, _, _ = tracking.register_model(run_id=run_id, task="iso", site="north", xgb_model_path=xgb_path, n_features=3,
+    name, version, _ = tracking.register_model(run_id=run_id, task="iso", site="north", xgb_model_path=xgb_path, n_features=3,
                                          promote=True, decision="first", calibration_path=tmp_path / "calibration.json")
+    tracking.set_champion(name, version)
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     raw = loaded.predict(x, params={"calibrated": False})
