@@ -493,6 +493,8 @@ def _promotion(promotion: dict | None) -> dict | None:
     champion = promotion.get("champion_version")
     return {
         "promoted": bool(promotion.get("promoted")),
+        # The model is the champion itself (the same trees): nothing was decided nor registered.
+        "unchanged": bool(promotion.get("unchanged")),
         "decision": str(
             promotion.get("decision")
             or ("promoted to champion" if promotion.get("promoted") else "kept as challenger")

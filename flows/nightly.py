@@ -528,14 +528,23 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     record = evaluation.load_metrics()
     held = record["held_out"][PRIMARY]
     compared = {"version": champion.version, "auroc": champion.auroc} if champion else None
-    promotion = decide(held, compared, study.promotion)
+    name = tracking.registered_name(spec.name, site.name)
+    # A model is registered once: when these trees already are a version (tonight's
+    # validations changed, not the model), this run refreshes the report and refers to it.
+    existing = tracking.registered_with(spec.name, site.name, stages["trained"].key)
+    if existing is not None and champion is not None and existing[0] == champion.version:
+        promotion = {"promoted": False, "unchanged": True, "champion_version": champion.version, "reasons": [
+            f"this model is champion v{champion.version} itself, trained on these same features: nothing new to register"]}
+    else:
+        promotion = decide(held, compared, study.promotion)
     if action == "alert":
         drifted = [r for r in drift["decision"]["reasons"] if "drifted" in r or "drift" in r][:3]
         promotion = promotion | {"promoted": False, "reasons": [
             "drift alert: the data drifted from the champion's beyond the drift policy, so a person reviews before any "
             f"promotion ({'; '.join(drifted) or 'see the drift section'})", *promotion["reasons"]]}
-    name = tracking.registered_name(spec.name, site.name)
-    if promotion["promoted"]:
+    if promotion.get("unchanged"):
+        decision = f"the champion, unchanged: {'; '.join(promotion['reasons'])}."
+    elif promotion["promoted"]:
         decision = f"promoted to champion: {'; '.join(promotion['reasons'])}."
     else:
         stays = f"champion stays v{promotion['champion_version']}" if promotion["champion_version"] else "no champion yet"
@@ -546,13 +555,21 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     profile_path = out / "profile.json"
     profile_path.write_text(json.dumps(profile, indent=1))
     del X
-    name, version, aliases = tracking.register_model(
-        run_id=run_id, task=spec.name, site=site.name, xgb_model_path=trained.xgboost_path, n_features=shape["columns"],
-        promote=promotion["promoted"], decision=decision, tags={"train_key": stages["trained"].key},
-        offset_path=trained.offset_path if trained.offset_path.exists() else None,
-        blend_path=trained.blend_path if trained.blend_path.exists() else None,
-        calibration_path=trained.calibration_path,
-    )
+    if existing is None:
+        name, version, aliases = tracking.register_model(
+            run_id=run_id, task=spec.name, site=site.name, xgb_model_path=trained.xgboost_path,
+            n_features=shape["columns"], promote=promotion["promoted"], decision=decision,
+            tags={"train_key": stages["trained"].key},
+            offset_path=trained.offset_path if trained.offset_path.exists() else None,
+            blend_path=trained.blend_path if trained.blend_path.exists() else None,
+            calibration_path=trained.calibration_path,
+        )
+    else:
+        version, aliases = existing
+        if promotion["promoted"]:
+            aliases = tuple(sorted({*aliases, "champion"}))
+        if not promotion.get("unchanged"):
+            decision = f"{decision} These trees were registered before: this run refreshes their report only."
     decision = f"{name} v{version} {decision}"
     promotion |= {"decision": decision, "version": version}
     pull_report = json.loads(pull.report_path.read_text()) | {"demo": study.demo}
@@ -588,7 +605,8 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
                "config/study.json": json.loads(study.model_dump_json())},
         note=note,
         tags={"data_digest": digest, "promoted": str(promotion["promoted"]).lower(),
-              "drift_alert": str(action == "alert").lower()},
+              "drift_alert": str(action == "alert").lower(), "registered_version": version,
+              "decision": decision},
     )
     tracking.log_trials(run_id, training.get("search", {}).get("trials", []))
     for split in SPLITS:
@@ -620,13 +638,17 @@ def recover_published(site: SiteConfig, spec: TaskSpec, run, out: Path) -> SiteR
     promotion = json.loads(fetch("validation/promotion.json").read_text())
     drift = json.loads(fetch("validation/drift.json").read_text())
     fetch(f"{tracking.MODEL_INPUTS}/profile.json")  # lands as out/profile.json, as publish writes it
-    (version,) = client.search_model_versions(f"run_id = '{run_id}'")
-    aliases = tuple(sorted(client.get_model_version(version.name, version.version).aliases))
+    name = tracking.registered_name(spec.name, site.name)
+    version = run.data.tags.get(f"{tracking.TAG}.registered_version")  # its own, or the same trees' earlier one
+    if version is None:  # a run logged before the tag existed registered its own version
+        (found,) = client.search_model_versions(f"run_id = '{run_id}'")
+        version = str(found.version)
+    aliases = tuple(sorted(client.get_model_version(name, version).aliases))
     log.info("publish %s/%s: MLflow run %s was completed before the stage was marked done; reusing it",
              site.name, spec.name, run_id)
     return SiteResult(
         site.name, spec.name, "published", run_id=run_id, experiment=tracking.experiment_name(spec.name),
-        model_name=version.name, version=str(version.version), aliases=aliases, decision=promotion["decision"],
+        model_name=name, version=version, aliases=aliases, decision=promotion["decision"],
         report_path=report_path, metrics=dict(run.data.metrics), drift=drift,
     )
 
@@ -1081,7 +1103,8 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     first = names[0]
     name = tracking.registered_name(spec.name, tracking.NETWORK)
     if run.champion is not None and run.champion.same:
-        return {"promoted": False, "version": run.champion.version, "champion_version": run.champion.version,
+        return {"promoted": False, "unchanged": True, "version": run.champion.version,
+                "champion_version": run.champion.version,
                 "name": name, "run_id": None, "reasons": [],
                 "decision": f"{name} v{run.champion.version} is the champion and was trained on these same features: "
                             "nothing new to register"}

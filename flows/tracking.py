@@ -542,6 +542,24 @@ def champion_info(task: str, site: str) -> tuple[str, dict[str, str]] | None:
     return str(version.version), dict(version.tags or {})
 
 
+def registered_with(task: str, site: str, train_key: str) -> tuple[str, tuple[str, ...]] | None:
+    """The version of ``registered_name(task, site)`` that a complete run registered from
+    these very training inputs (model-version tag ``forewarn.train_key``), with its
+    aliases; None when there is none. A model is registered once: a later run of the same
+    trees (tonight's validations changed, not the model) refers to this version."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name = registered_name(task, site)
+    found = [v for v in client.search_model_versions(f"name = '{name}'")
+             if (v.tags or {}).get(f"{TAG}.train_key") == train_key
+             and client.get_run(v.run_id).data.tags.get(f"{TAG}.complete") == "true"]
+    if not found:
+        return None
+    version = str(min(int(v.version) for v in found))
+    return version, tuple(sorted(client.get_model_version(name, version).aliases or ()))
+
+
 def latest_version(task: str, site: str) -> tuple[str, str, tuple[str, ...]] | None:
     """(registered name, its newest version, that version's aliases), or None when nothing
     is registered under ``registered_name(task, site)``."""

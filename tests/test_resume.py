@@ -258,3 +258,38 @@ def test_a_stable_night_skips_the_networks_model_too(runs):
     drift = json.loads(Path(client.download_artifacts(run.info.run_id, "validation/drift.json")).read_text())
     assert sorted(drift["sites"]) == ["academic", "community"] and drift["decision"]["action"] == "skip"
     assert all(d["compare"]["max_psi"] < 0.25 for d in drift["sites"].values())
+
+
+def test_the_same_trees_are_registered_once(runs):
+    """The last night trains the sites' models on the first night's features again (its
+    champions' trees) while its validations changed (no network model tonight): each site
+    logs a run with the new report, and it refers to champion v1 instead of registering
+    the same trees as a new version."""
+    out = runs["network_skipped"]
+    assert "train-t2d_2y: computing" not in out
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs['killed'].parent / 'mlruns' / 'mlflow.db'}")
+    for site in ("academic", "community"):
+        name = f"forewarn-t2d_2y-{site}"
+        (version,) = client.search_model_versions(f"name = '{name}'")
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.version == version.version
+        exp = client.get_experiment_by_name("forewarn/t2d_2y")
+        published = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], filter_string=(
+            f"tags.`forewarn.validation_design` = 'internal' AND tags.`forewarn.site` = '{site}' AND "
+            "tags.`forewarn.complete` = 'true'"))
+        assert len(published) == 2  # the first night's and the last night's
+        first, last = published
+        assert first.info.run_id == version.run_id
+        assert last.data.tags["forewarn.registered_version"] == str(version.version)
+        assert last.data.tags["forewarn.train_key"] == first.data.tags["forewarn.train_key"]
+        assert last.data.tags["forewarn.decision"].startswith(
+            f"{name} v{version.version} the champion, unchanged: this model is champion v{version.version} itself")
+        assert last.data.metrics["promotion/promoted"] == 0.0
+        promotion = json.loads(Path(client.download_artifacts(last.info.run_id, "validation/promotion.json")).read_text())
+        assert promotion["unchanged"] is True and promotion["version"] == str(version.version)
+        report = Path(client.download_artifacts(last.info.run_id, "report.html")).read_text()
+        assert f"Unchanged: this model is the champion (v{version.version}) itself." in report
+        assert "Not promoted" not in report
+
