@@ -15,6 +15,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forewarn.evaluation import clinical, metrics, plots
+from forewarn.evaluation.characteristics import characteristics
 from forewarn.evaluation.explain import Explanations, explain
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.train import (
@@ -53,6 +54,10 @@ class EvaluationConfig(BaseModel):
     )
     operating_budget: float = Field(
         0.05, description="the alert budget whose threshold sets the operating point of the lead times and subgroups"
+    )
+    characteristics_top: int = Field(
+        10, ge=0, le=50,
+        description="how many of the model's most important predictors the participants' characteristics table shows",
     )
 
     @model_validator(mode="after")
@@ -208,6 +213,9 @@ def evaluate_and_explain(
         for name, png in figures.items():
             out.figure(name).write_bytes(png)
         counts["figures"] = len(figures)
+    with stage("characteristics") as counts:
+        record["characteristics"] = characteristics(X, rows, columns, importance, top=config.characteristics_top)
+        counts["rows"] = len(record["characteristics"]["rows"])
     record["top_features"] = importance.head(20)[["name", "description", "mean_abs_shap"]].to_dict(orient="records")
     out.metrics_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     return out

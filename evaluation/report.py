@@ -487,6 +487,38 @@ def _validations(m: dict, site: str, validations: list[dict] | None, trained_at:
     return rows
 
 
+def _characteristics(m: dict) -> dict | None:
+    """Section 3's table of the participants' characteristics (already under the rule of
+    11 in ``metrics.json``; see :mod:`forewarn.evaluation.characteristics`)."""
+    record = m.get("characteristics")
+    if not record:
+        return None
+
+    def count(value: int | None) -> str:
+        return SUPPRESSED if value is None else f"{value:,}"
+
+    def cell(kind: str, c: dict) -> str:
+        if c["status"] == "withheld":
+            return WITHHELD
+        if c["status"] == "suppressed":
+            return SUPPRESSED
+        if kind == "recorded":
+            if c["pct"] is None:
+                return count(c["n"])
+            return _pct(c["pct"]) if c["n"] is None else f"{c['n']:,} ({_pct(c['pct'])})"
+        return "–" if c.get("mean") is None else f"{c['mean']:.1f} ({c['sd']:.1f})"
+
+    labels = {("development", True): "development, with the outcome", ("development", False): "development, without",
+              ("held_out", True): "held-out, with the outcome", ("held_out", False): "held-out, without"}
+    return {
+        "groups": [{"label": labels[(g["split"], g["outcome"])], "rows": count(g["rows"]),
+                    "subjects": count(g["subjects"])} for g in record["groups"]],
+        "rows": [{"label": r["label"], "cells": [cell(r["kind"], c) for c in r["cells"]],
+                  "smd": _fmt(r["smd"], 2)} for r in record["rows"]],
+        "top": record["top"],
+    }
+
+
 def _promotion(promotion: dict | None) -> dict | None:
     if not promotion:
         return None
@@ -1031,6 +1063,7 @@ def report_context(
         "lead_time": lead,
         "subgroups": subgroup_rows,
         "subgroup_point": _subgroup_point(m),
+        "characteristics": _characteristics(m),
         "top_features": [
             {
                 "description": f.get("description", f.get("name", "")),

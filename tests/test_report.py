@@ -809,3 +809,30 @@ def test_network_rows_trained_and_not(run):
     assert "Internal validation and 0 further validations of this site's model, and the network's model" in text
     row = context["validations"][1]
     assert [row[k] for k in ("auroc", "auprc", "brier", "slope", "citl", "recalibrated")] == ["–"] * 6
+
+
+def test_participants_characteristics_table_shows_the_records_numbers(run, full):
+    """Section 3's characteristics table (TRIPOD+AI 20a) renders metrics.json's record:
+    the groups' counts, age and sex, and the top predictors by the model's SHAP."""
+    record = run["evaluation"].load_metrics()["characteristics"]
+    importance = [f["name"] for f in run["evaluation"].load_metrics()["top_features"]]
+    section = html.unescape(_section(full, "participants"))
+    assert "Characteristics of the participants" in section
+    development = record["groups"][0]
+    assert development["split"] == "development" and development["outcome"] is True
+    assert f"<td>{development['rows']:,}</td>" in section
+    age = record["rows"][0]
+    assert age["label"].startswith("Age at the prediction time") and age["cells"][0]["status"] == "shown"
+    assert f"{age['cells'][0]['mean']:.1f} ({age['cells'][0]['sd']:.1f})" in section
+    assert f"<td>{age['smd']:.2f}</td>" in section
+    chosen = [r["feature"] for r in record["rows"] if r["kind"] == "recorded" and r["feature"] != FEMALE_COLUMN]
+    assert record["top"] == 10 and chosen == [n for n in importance if n not in (AGE_COLUMN, FEMALE_COLUMN)][:10]
+    for row in record["rows"]:
+        assert row["label"] in section
+        for cell in row["cells"]:
+            if cell["status"] == "shown" and row["kind"] == "recorded" and cell["n"] is not None:
+                assert f"{cell['n']:,} ({100 * cell['pct']:.1f}%)" in section
+    assert '<a href="#characteristics">3</a>' in full
+
+
+AGE_COLUMN, FEMALE_COLUMN = "AGE/years/at_prediction/t", "Gender//F/static/present/static"

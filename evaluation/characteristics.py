@@ -1,0 +1,158 @@
+"""Characteristics of the participants (TRIPOD+AI item 20a; OHDSI PatientLevelPrediction's
+covariate summary): for the development rows (train and tuning splits) and the held-out
+rows, each with and without the outcome, the number of prediction times and subjects, age,
+sex, and the model's most important predictors (how often each is recorded and its mean
+where recorded), with the standardized mean difference between the development rows
+with and without the outcome.
+
+Aggregates only, under the rule of 11 (:mod:`forewarn.records.privacy`):
+
+- the four groups' counts add up to the labelled total published in the report, so they
+  pass through complementary suppression (:func:`privacy.suppress_parts`);
+- a "recorded" cell is shown only when the group holds at least 11 subjects, at least
+  11 of whom have the predictor recorded (or none) and at least 11 a prediction time
+  without it (or none); otherwise it is ``"<11"`` (too few recorded, or a small group) or
+  ``"withheld"`` (too few without: the complement would give the small count away), and
+  the percentage goes with it; in a group whose own count is hidden, the percentage is
+  shown without the count (the two would give the group's size away);
+- a mean (SD) is shown only over at least 11 subjects' values;
+- a standardized mean difference is shown only when both of its cells are.
+
+"Recorded" follows the sparse matrix's structure: a stored entry (absent means missing,
+not zero, as everywhere in Forewarn).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from forewarn.records import privacy, schema
+
+AGE = "AGE/years/at_prediction/t"
+FEMALE = "Gender//F/static/present/static"
+SUPPRESSED, WITHHELD = "suppressed", "withheld"
+GROUPS = (
+    ("development", True), ("development", False), ("held_out", True), ("held_out", False),
+)
+GROUP_SPLITS = {"development": (schema.TRAIN, schema.TUNING), "held_out": (schema.HELD_OUT,)}
+
+
+def _group_masks(rows: pd.DataFrame) -> list[np.ndarray]:
+    split = rows[schema.SPLIT].to_numpy()
+    label = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
+    return [np.isin(split, GROUP_SPLITS[name]) & (label == outcome) for name, outcome in GROUPS]
+
+
+def _subjects(subject: np.ndarray, mask: np.ndarray) -> int:
+    return int(np.unique(subject[mask]).size)
+
+
+def _recorded_cell(recorded: np.ndarray, subject: np.ndarray, group: np.ndarray, size_hidden: bool) -> dict:
+    """How many of the group's rows have the predictor recorded, under the rule of 11;
+    with ``size_hidden`` (the group's count is suppressed or withheld) the percentage
+    only, since a count and its percentage give the group's size away."""
+    n_group = int(group.sum())
+    yes = group & recorded
+    with_it, without_it = _subjects(subject, yes), _subjects(subject, group & ~recorded)
+    if n_group == 0:
+        return {"n": 0, "pct": None, "status": "empty"}
+    if _subjects(subject, group) < privacy.MIN_CELL or 0 < with_it < privacy.MIN_CELL:
+        # a group of fewer than 11 subjects shows nothing of them, not even "none recorded"
+        return {"n": None, "pct": None, "status": SUPPRESSED}
+    if 0 < without_it < privacy.MIN_CELL:
+        return {"n": None, "pct": None, "status": WITHHELD}
+    n = int(yes.sum())
+    return {"n": None if size_hidden else n, "pct": n / n_group, "status": "shown"}
+
+
+def _mean_cell(values: np.ndarray, subject: np.ndarray, mask: np.ndarray) -> dict:
+    """Mean and SD of ``values`` over the rows in ``mask``, shown over 11 subjects or more."""
+    if _subjects(subject, mask) < privacy.MIN_CELL:
+        return {"mean": None, "sd": None, "status": SUPPRESSED if mask.any() else "empty"}
+    v = values[mask].astype(float)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "status": "shown"}
+
+
+def _ratio(difference: float, pooled: float) -> float | None:
+    """difference / pooled SD; 0 for no difference, None (undefined) for a difference
+    with no spread on either side."""
+    if pooled > 0:
+        return float(difference / pooled)
+    return 0.0 if difference == 0 else None
+
+
+def _smd_binary(a: dict, b: dict) -> float | None:
+    if a["pct"] is None or b["pct"] is None:
+        return None
+    p1, p0 = a["pct"], b["pct"]
+    pooled = np.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2)
+    return _ratio(p1 - p0, pooled)
+
+
+def _smd_mean(a: dict, b: dict) -> float | None:
+    if a["mean"] is None or b["mean"] is None:
+        return None
+    pooled = np.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / 2)
+    return _ratio(a["mean"] - b["mean"], pooled)
+
+
+def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame, importance: pd.DataFrame,
+                    *, top: int = 10) -> dict:
+    """The participants' characteristics as a plain record for the report and MLflow.
+
+    ``X``, ``rows`` and ``columns`` are a feature matrix (every split); ``importance`` is
+    the model's global SHAP importance (``name``, ``description``), most important first;
+    its first ``top`` predictors that are not age or sex are summarised.
+    """
+    if X.shape[0] != len(rows):
+        raise ValueError(f"characteristics: the matrix has {X.shape[0]} rows but rows.parquet has {len(rows)}; "
+                         "they must come from the same feature matrix")
+    X = sp.csc_matrix(X)
+    subject = rows[schema.SUBJECT_ID].to_numpy()
+    masks = _group_masks(rows)
+    position = {name: i for i, name in enumerate(columns["name"])}
+    counts = privacy.suppress_parts([int(m.sum()) for m in masks])
+    subjects = privacy.suppress_parts([_subjects(subject, m) for m in masks])
+    groups = [{"split": name, "outcome": outcome, "rows": c, "subjects": s}
+              for (name, outcome), c, s in zip(GROUPS, counts, subjects, strict=True)]
+    dev_with, dev_without = 0, 1  # the groups the standardized mean difference compares
+
+    def column(name: str) -> tuple[np.ndarray, np.ndarray]:  # (recorded, values) per row
+        j = position[name]
+        recorded = np.zeros(X.shape[0], dtype=bool)
+        start, end = X.indptr[j], X.indptr[j + 1]
+        recorded[X.indices[start:end]] = True
+        values = np.zeros(X.shape[0])
+        values[X.indices[start:end]] = X.data[start:end]
+        return recorded, values
+
+    out_rows = []
+
+    def add_recorded(label: str, recorded: np.ndarray, feature: str | None = None) -> None:
+        cells = [_recorded_cell(recorded, subject, m, g["rows"] is None) for m, g in zip(masks, groups, strict=True)]
+        out_rows.append({"label": label, "kind": "recorded", "feature": feature, "cells": cells,
+                         "smd": _smd_binary(cells[dev_with], cells[dev_without])})
+
+    def add_mean(label: str, recorded: np.ndarray, values: np.ndarray, feature: str | None = None) -> None:
+        cells = [_mean_cell(values, subject, m & recorded) for m in masks]
+        out_rows.append({"label": label, "kind": "mean", "feature": feature, "cells": cells,
+                         "smd": _smd_mean(cells[dev_with], cells[dev_without])})
+
+    if AGE in position:
+        recorded, values = column(AGE)
+        add_mean("Age at the prediction time (years), mean (SD)", recorded, values, AGE)
+    if FEMALE in position:
+        add_recorded("Female, n (%)", column(FEMALE)[0], FEMALE)
+    described = dict(zip(columns["name"], columns.get("description", columns["name"]), strict=True))
+    chosen = [n for n in importance["name"] if n in position and n not in (AGE, FEMALE)][:top]
+    for name in chosen:
+        recorded, values = column(name)
+        description = described.get(name, name)
+        add_recorded(f"{description}: recorded, n (%)", recorded, name)
+        if not name.endswith("static/present/static"):  # a presence flag has no value beyond being recorded
+            add_mean(f"{description}: mean (SD) where recorded", recorded, values, name)
+    return {"groups": groups, "rows": out_rows, "top": len(chosen),
+            "note": "development = train and tuning splits; standardized mean difference = development rows with "
+                    "the outcome against those without"}

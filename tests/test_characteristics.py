@@ -1,0 +1,105 @@
+"""The participants' characteristics table (TRIPOD+AI 20a) on a hand-made matrix: one
+prediction time per subject, so subjects and rows coincide and every number is checked
+by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from forewarn.evaluation.characteristics import AGE, FEMALE, characteristics
+from forewarn.records import schema
+
+LAB = "LOINC/4548-4/value/last/365d"
+DX = "ICD10CM/E66/static/present/static"
+
+# development with the outcome 24, without 30; held-out with 3, without 12.
+GROUP_SIZES = ((schema.TRAIN, True, 24), (schema.TUNING, False, 30), (schema.HELD_OUT, True, 3),
+               (schema.HELD_OUT, False, 12))
+
+
+def matrix():
+    split = np.concatenate([[s] * n for s, _, n in GROUP_SIZES])
+    label = np.concatenate([[y] * n for _, y, n in GROUP_SIZES])
+    n = split.size
+    rows = pd.DataFrame({schema.SUBJECT_ID: np.arange(n), schema.SPLIT: split, schema.BOOLEAN_VALUE: label})
+    age = np.concatenate([[60.0] * 12 + [70.0] * 12, [50.0] * 15 + [40.0] * 15, [80.0] * 3, [30.0] * 12])
+    female = np.concatenate([[1] * 12 + [0] * 12, [1] * 11 + [0] * 19, [1, 0, 0], [1] * 12])
+    # the lab: recorded for 20 of 24 (10 at 7, 10 at 9), 15 of 30 (all 5), none held out
+    lab = np.concatenate([[7.0] * 10 + [9.0] * 10 + [np.nan] * 4, [5.0] * 15 + [np.nan] * 15, [np.nan] * 15])
+    dx = np.concatenate([[1.0] * 24, [np.nan] * 30, [1.0] * 3, [np.nan] * 12])
+    dense = np.column_stack([age, np.where(female > 0, 1.0, np.nan), lab, dx])
+    r, c = np.nonzero(~np.isnan(dense))
+    X = sp.csr_matrix((dense[r, c], (r, c)), shape=dense.shape)
+    columns = pd.DataFrame({"name": [AGE, FEMALE, LAB, DX],
+                            "description": ["age", "female", "HbA1c (LOINC 4548-4), last value, 365 days", "obesity"]})
+    importance = pd.DataFrame({"name": [AGE, LAB, DX, FEMALE]})
+    return X, rows, columns, importance
+
+
+def test_groups_add_up_under_complementary_suppression():
+    record = characteristics(*matrix(), top=1)
+    assert [(g["split"], g["outcome"], g["rows"], g["subjects"]) for g in record["groups"]] == [
+        ("development", True, 24, 24), ("development", False, 30, 30),
+        ("held_out", True, None, None),  # 3: below 11
+        ("held_out", False, None, None),  # 12, withheld: 3 = the labelled total - 24 - 30 - 12
+    ]
+
+
+def test_age_sex_and_the_top_predictor_by_hand():
+    record = characteristics(*matrix(), top=1)
+    assert [r["label"] for r in record["rows"]] == [
+        "Age at the prediction time (years), mean (SD)", "Female, n (%)",
+        "HbA1c (LOINC 4548-4), last value, 365 days: recorded, n (%)",
+        "HbA1c (LOINC 4548-4), last value, 365 days: mean (SD) where recorded",
+    ]
+    age, female, recorded, lab = record["rows"]
+    # age: 12 x 60 and 12 x 70 -> mean 65, SD sqrt(24 * 25 / 23); 15 x 50 and 15 x 40 -> 45, sqrt(30 * 25 / 29)
+    sd_with, sd_without = math.sqrt(600 / 23), math.sqrt(750 / 29)
+    assert age["cells"][0] == {"mean": 65.0, "sd": pytest.approx(sd_with), "status": "shown"}
+    assert age["cells"][1] == {"mean": 45.0, "sd": pytest.approx(sd_without), "status": "shown"}
+    assert age["cells"][2] == {"mean": None, "sd": None, "status": "suppressed"}  # 3 subjects
+    assert age["cells"][3] == {"mean": 30.0, "sd": 0.0, "status": "shown"}
+    assert age["smd"] == pytest.approx(20 / math.sqrt((600 / 23 + 750 / 29) / 2))
+    # female: 12 of 24, 11 of 30, 1 of 3 (suppressed), 12 of 12 (none without: shown)
+    assert female["cells"][0] == {"n": 12, "pct": 0.5, "status": "shown"}
+    assert female["cells"][1] == {"n": 11, "pct": pytest.approx(11 / 30), "status": "shown"}
+    assert female["cells"][2]["status"] == "suppressed" and female["cells"][2]["n"] is None
+    # 12 of 12: shown as a percentage only, since the group's own count is withheld
+    assert female["cells"][3] == {"n": None, "pct": 1.0, "status": "shown"}
+    p1, p0 = 0.5, 11 / 30
+    assert female["smd"] == pytest.approx((p1 - p0) / math.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2))
+    # the lab recorded for 20 of 24: 4 without would give the count away -> withheld
+    assert recorded["cells"][0] == {"n": None, "pct": None, "status": "withheld"}
+    assert recorded["cells"][1] == {"n": 15, "pct": 0.5, "status": "shown"}
+    assert recorded["cells"][2]["status"] == "suppressed"  # none of 3 recorded: a group of 3 shows nothing
+    assert recorded["cells"][3] == {"n": None, "pct": 0.0, "status": "shown"}
+    assert recorded["smd"] is None  # one of its cells is not shown
+    # its values where recorded: 10 x 7 and 10 x 9 -> 8, SD sqrt(20 / 19); 15 x 5 -> 5, 0
+    assert lab["cells"][0] == {"mean": 8.0, "sd": pytest.approx(math.sqrt(20 / 19)), "status": "shown"}
+    assert lab["cells"][1] == {"mean": 5.0, "sd": 0.0, "status": "shown"}
+    assert lab["cells"][3] == {"mean": None, "sd": None, "status": "empty"}
+    assert lab["smd"] == pytest.approx(3 / math.sqrt((20 / 19) / 2))
+
+
+def test_a_presence_flag_has_no_mean_row_and_top_limits_the_predictors():
+    record = characteristics(*matrix(), top=2)
+    labels = [r["label"] for r in record["rows"]]
+    assert record["top"] == 2
+    assert labels[-1] == "obesity: recorded, n (%)" and "obesity: mean (SD) where recorded" not in labels
+    dx = record["rows"][-1]
+    # recorded for all 24 and none of 30: nothing is small; no spread on either side, so no SMD
+    assert dx["cells"][0] == {"n": 24, "pct": 1.0, "status": "shown"}
+    assert dx["cells"][1] == {"n": 0, "pct": 0.0, "status": "shown"}
+    assert dx["cells"][2]["status"] == "suppressed"  # 3 of 3 recorded: 3 subjects
+    assert dx["smd"] is None
+
+
+def test_rows_and_matrix_must_match():
+    X, rows, columns, importance = matrix()
+    with pytest.raises(ValueError, match="the matrix has 69 rows but rows.parquet has 68"):
+        characteristics(X, rows.iloc[:-1], columns, importance)
