@@ -128,7 +128,7 @@ def run_task(task: str, pulls: dict, root: Path, config: ModelConfig, n_boot: in
             alt = held_out(trained[site].predictions_path(PRIMARY))
             aligned = ours[KEY].merge(alt[KEY + [schema.PREDICTED_BOOLEAN_PROBABILITY]], on=KEY, how="left", validate="one_to_one")
             probs[name] = aligned[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
-        records = {name: evaluate(y, p, subjects, n_boot=n_boot) for name, p in probs.items()}
+        records = {name: evaluate(y, p, subjects, n_boot=n_boot, min_cell=1) for name, p in probs.items()}
         # paired_differences reports OURS minus the others: the network model plays OURS here.
         diffs = paired_differences(y, {OURS: probs[NETWORK], **{k: v for k, v in probs.items() if k != NETWORK}}, subjects, n_boot=n_boot)
         cells.append({"task": task, "site": site, "rows": int(y.size), "events": int(y.sum()), "records": records,

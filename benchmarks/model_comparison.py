@@ -110,7 +110,7 @@ def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: 
             aligned = held[key].merge(theirs_held, on=key, how="left", validate="one_to_one")
             assert len(aligned) == len(held) and not aligned["p"].isna().any(), "MEDS-Tab-style rows differ from Forewarn's"
             held_prob[MEDSTAB_XGB] = aligned["p"].to_numpy(float)
-            records = {name: evaluate(held_y, prob, held_subject, n_boot=n_boot) for name, prob in held_prob.items()}
+            records = {name: evaluate(held_y, prob, held_subject, n_boot=n_boot, min_cell=1) for name, prob in held_prob.items()}
             cell = {
                 "people": people, "task": task, "site": site, "rows": int(held_y.size), "events": int(held_y.sum()),
                 "records": records, "differences": paired_differences(held_y, held_prob, held_subject, n_boot=n_boot),

@@ -16,6 +16,13 @@ against that profile, and :func:`decide` turns the comparison into an action und
 :class:`DriftPolicy`. :func:`assess` does both. The records are plain JSON-serialisable
 dicts: the flow logs them (:func:`drift_metrics`, :func:`markdown`), the report shows them.
 
+Today's bins are not merged, so a PSI could give away a new-side bin count of 1 to 10
+(with the published row count, a present/absent feature's PSI fixes how many rows have
+the code). The decision uses every exact PSI, but a published feature whose new-side
+bins (after the reference's folding of the missing rows) include one of 1..10 rows has
+``psi`` None and ``psi_withheld`` true; its ``drifted`` flag stays, ``max_psi`` covers
+the published values only, and no reason quotes a withheld PSI.
+
 PSI of expected shares ``e`` and actual shares ``a`` over the same bins is
 ``sum((a_i - e_i) * ln(a_i / e_i))``. It is 0 for identical distributions; by
 convention below 0.1 is stable, 0.1 to 0.25 a moderate shift, above 0.25 a major one.
@@ -41,6 +48,8 @@ EPS = 1e-4
 MODERATE_PSI = 0.1
 PROFILE_VERSION = 1
 MAX_LISTED_CODES = 20
+SMALL_BIN = f"a bin of today's data holds fewer than {privacy.MIN_CELL} rows"
+WITHHELD = f"PSI withheld: {SMALL_BIN}"
 ALL_SPLITS = "all"
 
 ACTIONS = {
@@ -334,9 +343,10 @@ def _profile_feature(values: np.ndarray, n: int, bins: int) -> tuple[dict | None
 # --------------------------------------------------------------------------- compare
 
 
-def _shares_new(feature: dict, values: np.ndarray, n: int) -> tuple[list[float], list[float]]:
-    """(expected, actual) share vectors over the feature's bins, with the missing bin when separate."""
-    counts = _bin_counts(values, feature["edges"]).astype(np.float64)
+def _counts_new(feature: dict, values: np.ndarray, n: int) -> tuple[list[float], list[int]]:
+    """(expected shares, new row counts) over the feature's bins, with the missing bin when
+    separate; new rows without a value are counted in the first bin when the reference's are."""
+    counts = _bin_counts(values, feature["edges"]).astype(np.int64)
     missing = n - values.size
     expected = list(feature["shares"])
     if feature["missing_in_first_bin"]:
@@ -344,7 +354,7 @@ def _shares_new(feature: dict, values: np.ndarray, n: int) -> tuple[list[float],
     else:
         counts = np.append(counts, missing)
         expected.append(feature["missing"])
-    return expected, (counts / n).tolist()
+    return expected, counts.tolist()
 
 
 def compare(
@@ -376,9 +386,43 @@ def compare(
     the new prevalence is None when its events or non-events number 1..10, and then so
     is the relative change. Vocabulary sizes count codes, not people.
 
+    Small cells of the new data: a feature with a new-side bin (the missing bin
+    included when separate; the missing rows counted in the first bin when the
+    reference folds them) of 1..10 rows has ``psi`` None and ``psi_withheld`` true, as
+    its PSI and the row count would give that bin's count away. Its ``drifted`` flag is
+    still set on the exact PSI (under ``policy``), and ``max_psi`` is the largest
+    published PSI (None when there is none). :func:`assess` decides on the exact values.
+
     Raises ValueError when ``X_new`` does not have the champion's columns or fewer than
     11 rows are compared.
     """
+    return _published(
+        _compare(
+            reference, X_new, rows_new, new_vocabulary, split=split, columns=columns, policy=policy
+        )
+    )
+
+
+def _published(record: dict) -> dict:
+    """:func:`_compare`'s record as it may leave the site: withheld PSIs are None and
+    ``max_psi`` is the largest of the others."""
+    features = [f | {"psi": None} if f["psi_withheld"] else dict(f) for f in record["features"]]
+    shown = [f["psi"] for f in features if not f["psi_withheld"]]
+    return record | {"features": features, "max_psi": max(shown) if shown else None}
+
+
+def _compare(
+    reference: dict,
+    X_new: sp.spmatrix,
+    rows_new: pd.DataFrame,
+    new_vocabulary: Sequence[str],
+    *,
+    split: str | None,
+    columns: pd.DataFrame | None,
+    policy: DriftPolicy | None,
+) -> dict:
+    """:func:`compare` with every exact PSI, those to withhold flagged but kept: for
+    :func:`decide` in this process only, never to be published."""
     policy = policy or DriftPolicy(**reference.get("policy", {}))
     n_columns = int(reference["n_columns"])
     if X_new.shape[1] != n_columns:
@@ -414,18 +458,18 @@ def compare(
     if reference["features"]:
         Xc = _selected(X_new, [f["column"] for f in reference["features"]])
         for k, f in enumerate(reference["features"]):
-            expected, actual = _shares_new(f, _present(Xc, k, keep), n)
-            value = psi(expected, actual)
+            expected, counts = _counts_new(f, _present(Xc, k, keep), n)
+            value = psi(expected, [c / n for c in counts])
             features.append(
                 {
                     "name": f["name"],
                     "description": f["description"],
                     "column": f["column"],
                     "psi": value,
+                    "psi_withheld": any(privacy.suppress(c) is None for c in counts),
                     "drifted": value > policy.psi_threshold,
                 }
             )
-    psis = [f["psi"] for f in features]
 
     labels = rows_new.loc[keep, schema.BOOLEAN_VALUE].to_numpy(dtype=bool)
     then, now = reference.get("prevalence"), _prevalence(labels)
@@ -440,7 +484,7 @@ def compare(
         "split": ALL_SPLITS if split is None else split,
         "n_rows": {"reference": reference.get("n_rows"), "new": privacy.suppress(n)},
         "features": features,
-        "max_psi": max(psis) if psis else None,
+        "max_psi": max((f["psi"] for f in features), default=None),
         "drifted_features": [f["name"] for f in features if f["drifted"]],
         "skipped": list(reference.get("skipped", [])),
         "prevalence": {
@@ -471,26 +515,52 @@ def decide(record: dict | None, policy: DriftPolicy) -> dict:
 
     ``record`` is :func:`compare`'s output, or None when there is no champion (the
     action is then ``retrain`` with the reason ``"no champion"``). The thresholds of
-    ``policy`` apply here, whatever policy ``compare`` flagged with. A prevalence that
-    could not be compared (suppressed) is a reason but not drift.
+    ``policy`` apply here, whatever policy ``compare`` flagged with, except to a feature
+    whose PSI ``compare`` withheld: its ``drifted`` flag (set on the exact PSI under
+    ``compare``'s policy) is used. :func:`assess` decides on the exact PSIs. A
+    prevalence that could not be compared (suppressed) is a reason but not drift.
+
+    The reasons never quote a withheld PSI: published PSIs of drifted features come
+    first, largest first, then drifted features with a withheld PSI in the record's
+    (importance) order, so that the order bounds no withheld value either.
     """
     if record is None:
         return _decision("retrain", False, ["no champion"], policy)
     reasons: list[str] = []
     drifted = False
 
-    features = [f for f in record.get("features", []) if f.get("psi") is not None]
-    moved = [f for f in features if f["psi"] > policy.psi_threshold]
-    for f in sorted(moved, key=lambda f: -f["psi"]):
+    threshold = policy.psi_threshold
+    flagged_at = (record.get("policy") or {}).get("psi_threshold", threshold)
+    features = [
+        f for f in record.get("features", []) if f.get("psi") is not None or f.get("psi_withheld")
+    ]
+
+    def moved(f: dict) -> bool:
+        return f["psi"] > threshold if f.get("psi") is not None else bool(f.get("drifted"))
+
+    shown = [f for f in features if not f.get("psi_withheld")]
+    hidden = [f for f in features if f.get("psi_withheld")]
+    for f in sorted(filter(moved, shown), key=lambda f: -f["psi"]):
         reasons.append(
-            f"feature {f['name']} ({f['description']}) drifted: PSI {f['psi']:.3f} > {policy.psi_threshold:g}"
+            f"feature {f['name']} ({f['description']}) drifted: PSI {f['psi']:.3f} > {threshold:g}"
         )
-    if moved:
-        drifted = True
-    elif features:
-        top = max(features, key=lambda f: f["psi"])
+    for f in filter(moved, hidden):
+        above = threshold if f.get("psi") is not None else flagged_at
         reasons.append(
-            f"no top feature drifted: largest PSI {top['psi']:.3f} ({top['name']}, {top['description']}) <= {policy.psi_threshold:g} over {len(features)} features"
+            f"feature {f['name']} ({f['description']}) drifted: PSI > {above:g} ({WITHHELD})"
+        )
+    if any(map(moved, features)):
+        drifted = True
+    elif shown:
+        top = max(shown, key=lambda f: f["psi"])
+        largest = "largest published PSI" if hidden else "largest PSI"
+        withheld = f"; PSI withheld for {len(hidden)} of them ({SMALL_BIN})" if hidden else ""
+        reasons.append(
+            f"no top feature drifted: {largest} {top['psi']:.3f} ({top['name']}, {top['description']}) <= {threshold:g} over {len(features)} features{withheld}"
+        )
+    elif features:
+        reasons.append(
+            f"no top feature drifted: PSI <= {threshold:g} over {len(features)} features; PSI withheld for each ({SMALL_BIN})"
         )
     else:
         reasons.append("no feature could be compared (none profiled without small cells)")
@@ -567,18 +637,21 @@ def assess(
 ) -> dict:
     """The drift record of a run: ``{"compare": compare(...) or None, "decision": decide(...)}``.
 
-    With no reference (no champion yet) ``compare`` is None and the decision is
-    ``decide(None, policy)``. This is the shape the report, :func:`drift_metrics` and
-    :func:`markdown` read (extra keys, such as the champion's version, are ignored).
+    The decision is made on the exact PSIs, before :func:`compare`'s small-cell rule
+    withholds some of them from the published ``compare`` record (the reasons quote no
+    withheld PSI). With no reference (no champion yet) ``compare`` is None and the
+    decision is ``decide(None, policy)``. This is the shape the report,
+    :func:`drift_metrics` and :func:`markdown` read (extra keys, such as the champion's
+    version, are ignored).
     """
     if reference is None:
         return {"compare": None, "decision": decide(None, policy)}
     if X_new is None or rows_new is None:
         raise ValueError("X_new and rows_new are needed when there is a reference profile.")
-    record = compare(
+    exact = _compare(
         reference, X_new, rows_new, new_vocabulary, split=split, columns=columns, policy=policy
     )
-    return {"compare": record, "decision": decide(record, policy)}
+    return {"compare": _published(exact), "decision": decide(exact, policy)}
 
 
 # --------------------------------------------------------------------------- logging
@@ -587,10 +660,10 @@ def assess(
 def drift_metrics(drift: dict | None) -> dict[str, float]:
     """Flat MLflow metrics of an :func:`assess` record, the same names every run.
 
-    ``drift/detected`` (0 or 1) whenever there is a decision; ``drift/max_psi``,
-    ``drift/features_drifted``, ``drift/prevalence_relative_change`` and
-    ``drift/vocabulary_{lost,new,jaccard}`` when there was a comparison. Values that are
-    None (withheld or not computed) are left out.
+    ``drift/detected`` (0 or 1) whenever there is a decision; ``drift/max_psi`` (the
+    largest published PSI), ``drift/features_drifted``,
+    ``drift/prevalence_relative_change`` and ``drift/vocabulary_{lost,new,jaccard}`` when
+    there was a comparison. Values that are None (withheld or not computed) are left out.
     """
     drift = drift or {}
     out: dict[str, float] = {}
@@ -614,7 +687,8 @@ def drift_metrics(drift: dict | None) -> dict[str, float]:
 
 def markdown(drift: dict | None) -> str:
     """A short Markdown summary of an :func:`assess` record (for a Prefect artifact):
-    action, reasons, the PSI table, prevalence then and now, vocabulary churn."""
+    action, reasons, the PSI table (a withheld PSI shows as "withheld"), prevalence then
+    and now, vocabulary churn."""
     drift = drift or {}
     lines = ["## Data drift since the champion", ""]
     decision = drift.get("decision")
@@ -635,14 +709,21 @@ def markdown(drift: dict | None) -> str:
         return "–" if v is None else f"{v:.2%}"
 
     max_psi = record.get("max_psi")
+    withheld = sum(1 for f in record["features"] if f.get("psi") is None)
     lines += [
-        f"Max PSI: {'–' if max_psi is None else f'{max_psi:.3f}'} (rows: {record['split']})",
+        f"Max PSI: {'–' if max_psi is None else f'{max_psi:.3f}'} (rows: {record['split']})"
+        + (
+            f"; PSI withheld for {withheld} feature{'s' if withheld > 1 else ''} ({SMALL_BIN})"
+            if withheld
+            else ""
+        ),
         "",
     ]
     lines += ["| feature | PSI | drifted |", "|---|---:|:---:|"]
     for f in record["features"]:
         name = str(f["description"]).replace("|", "\\|")
-        lines.append(f"| {name} | {f['psi']:.3f} | {'yes' if f['drifted'] else ''} |")
+        value = "withheld" if f.get("psi") is None else f"{f['psi']:.3f}"
+        lines.append(f"| {name} | {value} | {'yes' if f['drifted'] else ''} |")
     prev, vocab = record["prevalence"], record["vocabulary"]
     change = prev["relative_change"]
     lines += [

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forewarn.evaluation import clinical, metrics, plots
@@ -27,7 +28,7 @@ from forewarn.models.train import (
     TrainedModels,
     load_primary,
 )
-from forewarn.records import schema
+from forewarn.records import privacy, schema
 from forewarn.records.progress import stage
 
 MODEL_LABELS = {
@@ -192,22 +193,26 @@ def evaluate_and_explain(
         counts.update(rows=int(values.shape[0]), features=int(values.shape[1]))
     with stage("figures") as counts:
         position = {name: i for i, name in enumerate(columns["name"])}
-        idx = np.array([position[name] for name in importance.head(15)["name"]], dtype=np.int64)
+        explained = X[held_rows][sampled]
+        idx = np.array(plotted_features(explained, [position[n] for n in importance["name"]], top=15), dtype=np.int64)
         names = [_short(d) for d in columns["description"].to_numpy()[idx]]
-        data = X[held_rows][sampled][:, idx].toarray()
-        figures = {
-            "roc_pr": plots.roc_pr(curves),
+        record["plotted_features"] = [str(d) for d in columns["description"].to_numpy()[idx]]
+        data = absent_as_nan(explained[:, idx])
+        # The ROC curve's steps count the events: not drawn when the metrics are withheld.
+        figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves)}
+        figures |= {
             "calibration": plots.calibration(calib),
             "decision_curve": plots.decision_curve(dca),
             "shap_bar": plots.shap_bar(importance),
-            "shap_beeswarm": plots.shap_beeswarm(values[:, idx], data, names, base),
         }
+        if idx.size:  # else every top feature is recorded (or missing) in 1..10 explained rows
+            figures["shap_beeswarm"] = plots.shap_beeswarm(values[:, idx], data, names, base)
         for k in range(min(DEPENDENCE_FIGURES, idx.size)):
             figures[f"shap_dependence_{k + 1}"] = plots.shap_dependence(values[:, idx], data, names, base, k)
         # Waterfalls for the highest-risk explained held-out rows, named by row number only.
-        risk = model.probability(X[held_rows][sampled])
+        risk = model.probability(explained)
         record["waterfall_rows"] = []
-        for k, row in enumerate(np.argsort(-risk, kind="stable")[:WATERFALL_FIGURES]):
+        for k, row in enumerate(np.argsort(-risk, kind="stable")[:WATERFALL_FIGURES] if idx.size else []):
             figures[f"shap_waterfall_{k + 1}"] = plots.shap_waterfall(values[row, idx], data[row], names, base)
             record["waterfall_rows"].append(int(sampled[row]))  # position among the held-out rows
         for name, png in figures.items():
@@ -219,6 +224,29 @@ def evaluate_and_explain(
     record["top_features"] = importance.head(20)[["name", "description", "mean_abs_shap"]].to_dict(orient="records")
     out.metrics_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     return out
+
+
+def plotted_features(X, ranked: list[int], *, top: int) -> list[int]:
+    """The first ``top`` of the ``ranked`` columns that the per-row SHAP figures (beeswarm,
+    dependence) may draw: those recorded in none or at least 11 of the explained rows, and
+    missing in none or at least 11. A column recorded (or missing) in 1..10 rows would show
+    those rows as a countable handful of points, with their values."""
+    X = sp.csc_matrix(X)
+    present = np.diff(X.indptr)
+    n = X.shape[0]
+    ok = [j for j in ranked if privacy.suppress(int(present[j])) is not None
+          and privacy.suppress(int(n - present[j])) is not None]
+    return ok[:top]
+
+
+def absent_as_nan(X) -> np.ndarray:
+    """A dense copy of sparse rows with the absent (unstored) entries as NaN, as Forewarn's
+    matrices mean them: shap's figures leave NaN values undrawn (grey), not as zeros."""
+    X = sp.csr_matrix(X)
+    dense = np.full(X.shape, np.nan)
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    dense[rows, X.indices] = X.data
+    return dense
 
 
 def _alert_threshold(thresholds: list[dict], p: np.ndarray, budget: float) -> float:

@@ -134,17 +134,34 @@ def calibration_curve(y: np.ndarray, p: np.ndarray, *, bins: int = 10) -> pd.Dat
 
 
 def evaluate(
-    y: np.ndarray, p: np.ndarray, subjects: np.ndarray, *, n_boot: int = 200, seed: int = 0
-) -> dict[str, float | int | None]:
-    """The metric record for one model on one evaluation set (counts suppressed below 11)."""
+    y: np.ndarray, p: np.ndarray, subjects: np.ndarray, *, n_boot: int = 200, seed: int = 0,
+    min_cell: int = privacy.MIN_CELL,
+) -> dict[str, float | int | bool | None]:
+    """The metric record for one model on one evaluation set, as it may leave the site.
+
+    Counts are suppressed below ``min_cell`` (11). With 1..10 events or non-events every
+    metric is withheld too (None) and ``withheld`` is True: an AUROC times the number of
+    event/non-event pairs is a multiple of one half, so the AUROC and the set's size give
+    a small count back, and the ROC curve's steps show it; with so few events the
+    metrics could not be judged anyway. ``min_cell=1`` keeps every number (only for
+    development measurements on synthetic data, as in ``benchmarks/``).
+    """
     y = np.asarray(y, bool)
-    record: dict[str, float | int | None] = dict(point_metrics(y, p))
-    for metric, (low, high) in bootstrap_ci(y, p, subjects, n_boot=n_boot, seed=seed).items():
-        record[f"{metric}_ci_low"] = low
-        record[f"{metric}_ci_high"] = high
-    record["n"] = privacy.suppress(int(y.size))
-    record["events"] = privacy.suppress(int(y.sum()))
-    record["subjects"] = privacy.suppress(int(np.unique(subjects).size))
-    if record["events"] is None or record["n"] is None or privacy.suppress(int((~y).sum())) is None:
+    n, events = int(y.size), int(y.sum())
+    withheld = 0 < events < min_cell or 0 < n - events < min_cell
+    if withheld:
+        record: dict[str, float | int | bool | None] = {metric: None for metric in METRIC_NAMES}
+        for metric in ("auroc", "auprc"):  # bootstrap_ci's default metrics
+            record[f"{metric}_ci_low"] = record[f"{metric}_ci_high"] = None
+    else:
+        record = dict(point_metrics(y, p))
+        for metric, (low, high) in bootstrap_ci(y, p, subjects, n_boot=n_boot, seed=seed).items():
+            record[f"{metric}_ci_low"] = low
+            record[f"{metric}_ci_high"] = high
+    record["n"] = privacy.suppress(n, min_cell=min_cell)
+    record["events"] = privacy.suppress(events, min_cell=min_cell)
+    record["subjects"] = privacy.suppress(int(np.unique(subjects).size), min_cell=min_cell)
+    if record["events"] is None or record["n"] is None or privacy.suppress(n - events, min_cell=min_cell) is None:
         record["prevalence"] = None  # prevalence x n would give the suppressed count back
+    record["withheld"] = withheld
     return record

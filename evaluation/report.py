@@ -30,6 +30,8 @@ from forewarn.records.pull import table_counts
 TEMPLATES = "forewarn.evaluation.templates"
 SUPPRESSED = f"<{privacy.MIN_CELL}"
 WITHHELD = "withheld"
+# Metrics of an evaluation set with 1..10 events or non-events (evaluation.metrics.evaluate).
+WITHHELD_METRICS = f"withheld (fewer than {privacy.MIN_CELL} events or non-events)"
 MODEL_ORDER = (PRIMARY, UNCALIBRATED, BASELINE, AGE_SEX)
 SPLIT_LABELS = {schema.TRAIN: "train", schema.TUNING: "tuning", schema.HELD_OUT: "held-out"}
 DESIGNS = {
@@ -87,6 +89,8 @@ def _count(value: int | None) -> str:
 
 
 def _ci(rec: dict, metric: str) -> str:
+    if rec.get("withheld"):
+        return WITHHELD_METRICS
     value = rec.get(metric)
     if _missing(value):
         return "–"
@@ -368,11 +372,14 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
         if name == "shap_beeswarm":
             return (
                 "SHAP beeswarm",
-                "Each point is one explained held-out row: its SHAP value for the feature, coloured by the feature value.",
+                "Each point is one explained held-out row: its SHAP value for the feature, coloured by the feature value "
+                "(grey: not recorded). Only features recorded in none or at least 11 of the explained rows, and missing "
+                "in none or at least 11, are drawn, so that no handful of rows stands out.",
             )
         if name.startswith("shap_dependence_"):
             k = number(name)
-            feature = top[k - 1] if 0 < k <= len(top) else f"feature {k}"
+            plotted = m.get("plotted_features") or top  # the top features the per-row figures may draw
+            feature = plotted[k - 1] if 0 < k <= len(plotted) else f"feature {k}"
             return (
                 f"SHAP dependence: {feature}",
                 f"Dependence plot {k}: SHAP value against the value of {feature}.",
@@ -563,7 +570,11 @@ def _drift(drift: dict | None) -> dict:
     prevalence_change = policy.get("prevalence_change")
     churn = policy.get("churn_threshold")
 
-    def status(value) -> str:
+    def status(f: dict) -> str:
+        # A withheld PSI (a new bin of 1 to 10 rows): only its drifted flag is shown.
+        if f.get("psi_withheld"):
+            return "drifted" if f.get("drifted") else "not drifted"
+        value = f.get("psi")
         if _missing(value):
             return "–"
         if psi_threshold is not None and value > psi_threshold:
@@ -573,12 +584,14 @@ def _drift(drift: dict | None) -> dict:
     prev, vocab, n_rows = record["prevalence"], record["vocabulary"], record.get("n_rows") or {}
     change = prev.get("relative_change")
     split = record.get("split", "all")
+    withheld = sum(1 for f in record.get("features") or [] if f.get("psi_withheld"))
     out |= {
         "split": "every row of the new pull"
         if split == "all"
         else f"the {SPLIT_LABELS.get(split, split)} split of the new pull",
         "rows": {"reference": _count(n_rows.get("reference")), "new": _count(n_rows.get("new"))},
-        "max_psi": _fmt(record.get("max_psi")),
+        "max_psi": WITHHELD if record.get("max_psi") is None and withheld else _fmt(record.get("max_psi")),
+        "withheld": withheld,
         "psi_threshold": "–" if psi_threshold is None else f"{psi_threshold:g}",
         "moderate_psi": f"{MODERATE_PSI:g}",
         "features": [
@@ -586,8 +599,8 @@ def _drift(drift: dict | None) -> dict:
                 "rank": k,
                 "description": str(f.get("description") or f["name"]),
                 "name": str(f["name"]),
-                "psi": _fmt(f.get("psi")),
-                "status": status(f.get("psi")),
+                "psi": WITHHELD if f.get("psi_withheld") else _fmt(f.get("psi")),
+                "status": status(f),
             }
             for k, f in enumerate(record.get("features") or [], start=1)
         ],
@@ -1064,6 +1077,7 @@ def report_context(
         "subgroups": subgroup_rows,
         "subgroup_point": _subgroup_point(m),
         "characteristics": _characteristics(m),
+        "metrics_withheld": bool(m["held_out"].get(PRIMARY, {}).get("withheld")),
         "top_features": [
             {
                 "description": f.get("description", f.get("name", "")),

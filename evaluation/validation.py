@@ -13,7 +13,7 @@ from forewarn.evaluation import clinical, metrics
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import Calibrator, choose_calibrator
 from forewarn.models.train import TrainedModels, load_primary
-from forewarn.records import schema
+from forewarn.records import privacy, schema
 
 
 def model_probabilities(trained: TrainedModels, matrix: FeatureMatrix) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -39,7 +39,8 @@ def _summary(y, p, subjects, *, n_boot: int, seed: int) -> dict:
 
 def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0) -> dict:
     """Metrics of a model from another site on this site's held-out rows, as shipped and
-    after recalibration on this site's tuning rows.
+    after recalibration on this site's tuning rows (only when they hold at least 11 events
+    and 11 non-events).
 
     Only aggregates come back: the metrics, and the local calibrator, whose parameters
     are fits to the whole tuning split (a sigmoid's two coefficients) or to blocks of at
@@ -51,12 +52,17 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     held, tune = split == schema.HELD_OUT, split == schema.TUNING
     subjects = rows[schema.SUBJECT_ID].to_numpy()
     record = {"as_shipped": _summary(y[held], calibrated[held], subjects[held], n_boot=n_boot, seed=seed)}
-    if y[tune].any() and (~y[tune]).any():
+    events, non_events = int(y[tune].sum()), int((~y[tune]).sum())
+    if min(events, non_events) >= privacy.MIN_CELL:
         local, _ = choose_calibrator(raw[tune], y[tune], seed=seed)
         record["recalibrated"] = _summary(y[held], local(raw[held]), subjects[held], n_boot=n_boot, seed=seed)
         record["recalibration"] = recalibration_summary(local)
     else:
+        # A calibrator fitted to 1..10 events (or non-events) would carry their count in
+        # its coefficients, and could not be trusted either.
         record["recalibrated"] = None
+        record["recalibration"] = {"method": None, "note": f"not recalibrated: this site's tuning split holds fewer "
+                                                           f"than {privacy.MIN_CELL} events or non-events"}
     return record
 
 

@@ -45,8 +45,7 @@ def summary_markdown(study, results) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r.metrics
-        auroc = (f"{m['held_out/auroc']:.3f} [{m['held_out/auroc_ci_low']:.3f}, {m['held_out/auroc_ci_high']:.3f}]"
-                 if "held_out/auroc" in m else "")
+        auroc = tracking.auroc_text(m) if r.status == "published" else ""
         decision = (r.drift or {}).get("decision") or {}
         drift = decision.get("action", "")
         if m.get("drift/max_psi") is not None:

@@ -87,8 +87,8 @@ def _run_study(path: Path) -> None:
             continue
         m = r.metrics
         typer.echo(
-            f"{head}held-out AUROC {m['held_out/auroc']:.3f} [{m['held_out/auroc_ci_low']:.3f}, {m['held_out/auroc_ci_high']:.3f}]  "
-            f"AUPRC {m['held_out/auprc']:.3f}  model {r.model_name} v{r.version} ({', '.join(r.aliases)})"
+            f"{head}held-out AUROC {tracking.auroc_text(m)}  "
+            f"AUPRC {tracking.auprc_text(m)}  model {r.model_name} v{r.version} ({', '.join(r.aliases)})"
             + ("  [unchanged: cached]" if r.cached else "")
         )
         latest = workdirs[r.site] / "reports" / r.task / "report.html"  # the latest report's stable copy

@@ -299,8 +299,8 @@ def drift_against(profile_path: Path, version: str, champion_matrix: FeatureMatr
     reference = json.loads(profile_path.read_text())
     X, rows, _ = champion_matrix.load()
     new_codes = sorted(set(pd.read_parquet(matrix.result.columns_path)["code"]))
-    record = drift_check.compare(reference, X, rows, new_codes)
-    return {"compare": record, "decision": drift_check.decide(record, study.drift), "champion_version": version}
+    # assess decides on the exact PSIs; the record it returns withholds those of small new bins.
+    return drift_check.assess(reference, X, rows, new_codes, study.drift) | {"champion_version": version}
 
 
 @task(name="external validation", cache_policy=NO_CACHE)
@@ -594,8 +594,8 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     artifacts["shap/importance.parquet"] = evaluation.explanations.importance_path
     artifacts |= {f"{tracking.MODEL_INPUTS}/{k}": v for k, v in model_inputs(trained, matrix, profile_path).items()}
     note = (
-        f"{spec.name} at site {site.name}: XGBoost held-out AUROC {held['auroc']:.3f} "
-        f"({held['auroc_ci_low']:.3f}-{held['auroc_ci_high']:.3f}), AUPRC {held['auprc']:.3f}. {decision}"
+        f"{spec.name} at site {site.name}: XGBoost held-out AUROC {tracking.auroc_text(metrics)}, "
+        f"AUPRC {tracking.auprc_text(metrics)}. {decision}"
     )
     tracking.log_records(
         run_id=run_id, params=params, metrics=metrics, artifacts=artifacts,
@@ -729,7 +729,7 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
     def row(run_id: str) -> dict:
         return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
                 **{k: record.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                              "calibration_in_the_large")},
+                                              "calibration_in_the_large", "withheld")},
                 "recalibrated": None, "note": f"trained before {record['cutoff']}, tested from then on"}
 
     run_id = tracking.log_run(
@@ -825,7 +825,7 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
     def row(run_id: str) -> dict:
         return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
                 **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                               "calibration_in_the_large")},
+                                               "calibration_in_the_large", "withheld")},
                 "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope",
                                                            "calibration_in_the_large")} if recal else None,
                 "note": row_note}
@@ -1021,8 +1021,8 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
         if stage.hit:
             result = SiteResult(**{**result.__dict__, "cached": True})
         logger.info(
-            "site %s, task %s: held-out AUROC %.3f, AUPRC %.3f; %s%s", name, spec.name,
-            result.metrics["held_out/auroc"], result.metrics["held_out/auprc"], result.decision,
+            "site %s, task %s: held-out AUROC %s, AUPRC %s; %s%s", name, spec.name,
+            tracking.auroc_text(result.metrics), tracking.auprc_text(result.metrics), result.decision,
             " (unchanged since the last run)" if stage.hit else "",
         )
         results.append(result)
@@ -1149,7 +1149,8 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
               "columns.parquet": features.columns_path}
     for n, v in validations.items():  # an artifact keeps its file's name: each site's profile under its own
         inputs[f"profile-{n}.json"] = Path(shutil.copyfile(v.dir / "profile.json", out / f"profile-{n}.json"))
-    summary = {n: {k: held[n].get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope")}
+    summary = {n: {k: held[n].get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
+                                               "withheld")}
                for n in names}
     tracking.log_records(
         run_id=run_id, params=run_params(study, spec, tracking.NETWORK, shape, training),

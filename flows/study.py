@@ -12,22 +12,39 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from forewarn.evaluation.drift import DriftPolicy
 from forewarn.evaluation.evaluate import EvaluationConfig
 from forewarn.features.featurize import FeatureConfig
 from forewarn.flows.executor import ExecutorSettings
-from forewarn.flows.tracking import TrackingSettings
+from forewarn.flows.tracking import TrackingSettings, redact_uri
 from forewarn.models.promotion import PromotionConfig
 from forewarn.models.train import ModelConfig
+from forewarn.records import privacy
 from forewarn.records.config import Strict, explain
 
 
 class SourceConfig(Strict):
+    model_config = ConfigDict(hide_input_in_errors=True)  # a rejected URL may hold a password
+
     format: Literal["omop", "meds", "fhir"] = "omop"
-    location: str = Field(description="a path (DuckDB file, folder) or, for OMOP, a SQLAlchemy URL")
+    location: str = Field(description="a path (DuckDB file, folder) or, for OMOP, a SQLAlchemy URL (never with a "
+                                      "password: use ~/.pgpass, PGPASSFILE or PGPASSWORD)")
     db_schema: str | None = Field(None, description="the database schema of an OMOP SQL source")
+
+    @field_validator("location")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        # The study travels in Prefect's flow-run parameters and in every MLflow run's
+        # config/study.json, where every site would read another site's database password.
+        if redact_uri(value) != value:
+            raise ValueError(
+                f"a site's source location must not contain a password; got {redact_uri(value)!r}. The study is "
+                "logged with every run, where the other sites would read it: put the password in ~/.pgpass (or "
+                "PGPASSFILE / PGPASSWORD) on the site's machine."
+            )
+        return value
 
     @property
     def is_url(self) -> bool:
@@ -118,6 +135,17 @@ class Study(Strict):
         if "network" in names:
             raise ValueError("a site cannot be named 'network': the name is the network model's in the registry "
                              "(forewarn-<task>-network); rename the site.")
+        if self.models.leaf_min_cell < privacy.MIN_CELL:
+            raise ValueError(
+                f"models.leaf_min_cell must be at least {privacy.MIN_CELL}; got {self.models.leaf_min_cell}. The trees "
+                f"leave the site with every model, and a leaf's value gives its counts away."
+            )
+        if self.features.min_code_subjects < privacy.MIN_CELL:
+            raise ValueError(
+                f"features.min_code_subjects must be at least {privacy.MIN_CELL}; got {self.features.min_code_subjects}. "
+                "The column names leave the site with every model and report, so a code held by fewer than "
+                f"{privacy.MIN_CELL} people must stay out of them."
+            )
         return self
 
 

@@ -243,6 +243,19 @@ def flat_metrics(held_out: dict[str, dict], primary: str) -> dict[str, float]:
     return out
 
 
+def auroc_text(metrics: dict[str, float], prefix: str = HELD_OUT) -> str:
+    """``0.880 [0.834, 0.917]`` from a run's ``held_out/auroc`` metrics; the reason when
+    they were withheld (fewer than 11 events or non-events: ``evaluation.metrics.evaluate``)."""
+    keys = [f"{prefix}/auroc", f"{prefix}/auroc_ci_low", f"{prefix}/auroc_ci_high"]
+    if not all(k in metrics for k in keys):
+        return f"withheld (fewer than {privacy.MIN_CELL} events or non-events)"
+    return "{:.3f} [{:.3f}, {:.3f}]".format(*(metrics[k] for k in keys))
+
+
+def auprc_text(metrics: dict[str, float], prefix: str = HELD_OUT) -> str:
+    return f"{metrics[f'{prefix}/auprc']:.3f}" if f"{prefix}/auprc" in metrics else "withheld"
+
+
 def evaluation_metrics(record: dict, *, model: str | None = None, prefix: str = HELD_OUT) -> dict[str, float]:
     """One model's metrics on the evaluation set under the names every run uses, whatever
     its validation design (the design is the ``validation_design`` tag, never the name):

@@ -38,6 +38,7 @@ import xgboost as xgb
 
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import EPS, Calibrator
+from forewarn.models.release import ReleaseSettings, release_trees
 from forewarn.models.train import (
     AGE_SEX,
     BASELINE,
@@ -127,14 +128,29 @@ class SiteRows:
         y = self._y[self._masks[schema.TRAIN]]
         return {"rows": int(y.size), "events": int(y.sum())} if self._enough(schema.TRAIN) else None
 
-    def boost(self, model: bytes | None, rounds: int, params: dict, seed: int) -> bytes:
-        """Add ``rounds`` trees fitted to this site's train rows under ``model`` (None: the first trees)."""
+    @property
+    def can_boost(self) -> bool:
+        """Whether the train split holds ``MIN_ROWS`` subjects with the outcome and without
+        it: trees fitted on fewer could not leave the site (``models.release``)."""
+        m = self._masks[schema.TRAIN]
+        y, s = self._y[m], self._subjects[m]
+        return min(np.unique(s[y]).size, np.unique(s[~y]).size) >= MIN_ROWS
+
+    def boost(self, model: bytes | None, rounds: int, params: dict, seed: int, *, min_cell: int = MIN_ROWS) -> bytes:
+        """Add ``rounds`` trees fitted to this site's train rows under ``model`` (None: the
+        first trees), released (``models.release``): every leaf of the new trees holds 0 or
+        at least ``min_cell`` of this site's train subjects with the outcome and without it,
+        its value recomputed on all of them. The trees before are another site's, kept."""
+        m = self._masks[schema.TRAIN]
         if self._dtrain is None:
-            m = self._masks[schema.TRAIN]
             self._dtrain = xgb.DMatrix(self._X[m], label=self._y[m].astype(np.float32), nthread=self.threads)
         booster = None if model is None else xgb.Booster(model_file=bytearray(model))
+        before = 0 if booster is None else booster.num_boosted_rounds() * int(params.get("num_parallel_tree", 1))
         booster = xgb.train({**params, "seed": seed, "nthread": self.threads}, self._dtrain, num_boost_round=rounds,
                             xgb_model=booster)
+        if min_cell > 1:
+            booster, _ = release_trees(booster, self._X[m], self._y[m], self._subjects[m], ReleaseSettings.from_params(params),
+                                       first_tree=before, min_cell=min_cell)
         return bytes(booster.save_raw("ubj"))
 
     def _margin(self, model: bytes, split: str) -> np.ndarray:
@@ -318,6 +334,9 @@ def untrainable(sites: list[SiteRows], *, columns: bool = True) -> str | None:
             widths = {s.name: int(s.columns.shape[0]) for s in sites}
             return (f"site {s.name!r} has other feature columns than site {sites[0].name!r} ({widths}); featurize every "
                     "site in the network's shared columns (models.federated.shared_columns) first.")
+    if not any(s.can_boost for s in sites):
+        return (f"no site of {names} has {MIN_ROWS} train subjects with the outcome and {MIN_ROWS} without, so none can "
+                f"fit trees that may leave it (each leaf must hold 0 or {MIN_ROWS} of either). Add sites or people.")
     if not any(s.can_tune for s in sites):
         return (f"no site of {names} has {MIN_ROWS} tuning events and non-events in each half of its tuning subjects "
                 "(the calibration folds), so the tree count and the calibration cannot be chosen without a count below "
@@ -339,6 +358,7 @@ def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_vi
         raise ValueError(f"rounds_per_visit must be at least 1; got {rounds_per_visit!r}.")
     params, info = _pooled_params(sites, config)
     tuners = [s for s in sites if s.can_tune]
+    boosters = [s for s in sites if s.can_boost]  # the others still tune and evaluate
     max_trees, patience = info["xgboost"]["n_estimators"], info["xgboost"]["early_stopping_rounds"]
     model: bytes | None = None
     best = (np.inf, 0, b"")
@@ -347,9 +367,9 @@ def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_vi
     with stage(f"train across {len(sites)} sites (cyclic boosting)") as counts:
         trees = 0
         while trees < max_trees and trees - best[1] < patience:
-            site = sites[visit % len(sites)]
+            site = boosters[visit % len(boosters)]
             rounds = min(rounds_per_visit, max_trees - trees)
-            model = site.boost(model, rounds, params, seed=config.seed + visit)
+            model = site.boost(model, rounds, params, seed=config.seed + visit, min_cell=config.leaf_min_cell)
             trees += rounds
             visit += 1
             sums = [s.tuning_logloss(model) for s in tuners]
@@ -369,7 +389,7 @@ def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_vi
             calibrator = Calibrator("none")
         counts.update(method=calibrator.method)
     summary = info | {
-        "sites": names, "tuning_sites": [s.name for s in tuners], "rounds_per_visit": rounds_per_visit, "visits": visit, "trees": n_trees,
+        "sites": names, "tuning_sites": [s.name for s in tuners], "boosting_sites": [s.name for s in boosters], "rounds_per_visit": rounds_per_visit, "visits": visit, "trees": n_trees,
         "pooled_tuning_logloss": round(best[0], 6), "history": history,
         "calibration_cv_brier": {k: round(v, 6) for k, v in cv.items()},
     }

@@ -27,8 +27,9 @@ from sklearn.preprocessing import MaxAbsScaler
 
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import choose_calibrator
+from forewarn.models.release import ReleaseSettings, release_trees
 from forewarn.models.search import SearchConfig, objective_name, search_xgboost
-from forewarn.records import schema
+from forewarn.records import privacy, schema
 from forewarn.records.progress import stage
 
 PRIMARY = "xgboost"
@@ -204,6 +205,12 @@ class ModelConfig(BaseModel):
     )
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
         "auto", description="fitted on the tuning split; auto picks by cross-validated Brier score"
+    )
+    leaf_min_cell: int = Field(
+        privacy.MIN_CELL, ge=1,
+        description="every leaf of the XGBoost trees holds no train subject with the outcome or at least this many, and "
+        "likewise without it (models.release): the trees leave the site, and a leaf's value gives its counts away. A "
+        "study may not set it below 11; 1 turns it off (development measurements only)",
     )
 
 
@@ -394,10 +401,28 @@ def fit_xgboost(
     clf = xgb.XGBClassifier(**kwargs, callbacks=callbacks, n_jobs=_threads(config))
     clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], sample_weight_eval_set=None if w is None else [w], verbose=False,
             base_margin=None if margins is None else margins[0], base_margin_eval_set=None if margins is None else [margins[1]])
+    clf = released(clf, X_train, y_train, groups, kwargs, None if margins is None else margins[0], config)
     if cv_trees is not None:
         # As early stopping would: the saved model then says how many trees it uses.
         clf.get_booster().set_attr(best_iteration=str(cv_trees - 1))
     return clf
+
+
+def released(clf: xgb.XGBClassifier, X_train, y_train, groups, kwargs: dict, margin, config: ModelConfig) -> xgb.XGBClassifier:
+    """``clf`` with its trees made fit to leave the site (``models.release``): every leaf
+    holds 0 or at least ``config.leaf_min_cell`` train subjects with the outcome and
+    without it (``groups``: the rows' subjects; each row its own when None), its values
+    refitted on all train rows. Its attributes (``best_iteration``) are kept."""
+    if config.leaf_min_cell <= 1:
+        return clf
+    groups = np.arange(len(y_train)) if groups is None else np.asarray(groups)
+    booster, _ = release_trees(clf.get_booster(), X_train, y_train, groups, ReleaseSettings.from_params(kwargs),
+                               base_margin=margin, min_cell=config.leaf_min_cell)
+    out = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
+    out.load_model(booster.save_raw("json"))
+    if hasattr(clf, "evals_result_"):  # the fit's early-stopping record (of the trees before release)
+        out.evals_result_ = clf.evals_result_
+    return out
 
 
 def fit_xgboost_dask(
@@ -450,6 +475,7 @@ def fit_xgboost_dask(
     raw = dask_clf.get_booster().save_raw("json")
     clf = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
     clf.load_model(raw)
+    clf = released(clf, X_train, y_train, groups, kwargs, None if margins is None else margins[0], config)
     if cv_trees is not None:
         clf.get_booster().set_attr(best_iteration=str(cv_trees - 1))
     return clf
@@ -582,6 +608,11 @@ def crossfit_tree_margins(X_train, y_train, groups, config: ModelConfig, params:
                 X_train[fit_rows], y_train[fit_rows], groups[fit_rows], offset_c, config.cv_folds, config.seed, config.l1_tol)
         clf = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
         clf.fit(X_train[fit_rows], y_train[fit_rows], base_margin=fit_margin, verbose=False)
+        try:  # as the final fit's trees are released, so that the blend weighs trees like the shipped ones
+            clf = released(clf, X_train[fit_rows], y_train[fit_rows], groups[fit_rows], kwargs, fit_margin, config)
+        except ValueError:  # the other folds hold 1..10 subjects of a class: no tree of theirs could leave
+            out[score_rows] = np.log((events + 0.5) / (fit_rows.size - events + 0.5)) if start is None else start
+            continue
         out[score_rows] = clf.predict(X_train[score_rows], output_margin=True, base_margin=start)
     return out
 
@@ -851,18 +882,29 @@ class AgeSexLogistic:
         return {"coef_age_per_decade": self.coef[0], "coef_female": self.coef[1], "intercept": self.intercept}
 
 
-def trainability(matrix: FeatureMatrix) -> str | None:
+def trainability(matrix: FeatureMatrix, *, min_cell: int = privacy.MIN_CELL) -> str | None:
     """Why ``matrix`` cannot give a trained and evaluated model, or None when it can.
 
-    Train and tuning need both classes; held-out needs both to estimate AUROC.
+    Train and tuning need both classes; held-out needs both to estimate AUROC. The train
+    split needs at least ``min_cell`` subjects with the outcome and without it: trees
+    trained on fewer would carry the count (``models.release``).
     """
-    rows = pd.read_parquet(matrix.rows_path, columns=[schema.BOOLEAN_VALUE, schema.SPLIT])
+    rows = pd.read_parquet(matrix.rows_path, columns=[schema.SUBJECT_ID, schema.BOOLEAN_VALUE, schema.SPLIT])
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
+    train = (rows[schema.SPLIT] == schema.TRAIN).to_numpy()
+    subjects = rows[schema.SUBJECT_ID].to_numpy()
+    with_it, without = (int(np.unique(subjects[train & (y == label)]).size) for label in (True, False))
+    if min(with_it, without) < min_cell:
+        return (
+            f"the train split must hold at least {min_cell} subjects with the outcome and {min_cell} without; it has "
+            f"{privacy.shown(with_it)} and {privacy.shown(without)}. A model trained on fewer would carry the count "
+            "when it leaves the site. Use more people, a longer horizon, a broader outcome, or the network design."
+        )
     for name, mask in split_masks(rows).items():
         if mask.sum() == 0 or len(np.unique(y[mask])) < 2:
             return (
                 f"the {name} split must hold both positive and negative labels; it has "
-                f"{int(mask.sum())} rows and {int(y[mask].sum())} positives. "
+                f"{privacy.shown(int(mask.sum()))} rows and {privacy.shown(int(y[mask].sum()))} positives. "
                 "Use more people, more prediction times per subject, a longer horizon or a broader outcome."
             )
     return None
@@ -886,7 +928,7 @@ def train_models(
     X, rows, columns = matrix.load()
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).astype(np.int8)
     masks = split_masks(rows)
-    reason = trainability(matrix)
+    reason = trainability(matrix, min_cell=config.leaf_min_cell)
     if reason:
         raise ValueError(reason)
     tr, tu = masks[schema.TRAIN], masks[schema.TUNING]

@@ -103,3 +103,23 @@ def test_rows_and_matrix_must_match():
     X, rows, columns, importance = matrix()
     with pytest.raises(ValueError, match="the matrix has 69 rows but rows.parquet has 68"):
         characteristics(X, rows.iloc[:-1], columns, importance)
+
+
+def test_per_row_shap_figures_draw_no_feature_recorded_or_missing_in_1_to_10_rows():
+    from forewarn.evaluation.evaluate import absent_as_nan, plotted_features
+
+    n = 40
+    present = {0: 0, 1: 5, 2: 11, 3: 35, 4: 40, 5: 29, 6: 30}  # column -> rows recorded
+    r = np.concatenate([np.arange(k) for k in present.values()])
+    c = np.concatenate([[j] * k for j, k in present.items()])
+    X = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(n, len(present)))
+    # 1: 5 recorded; 3: 5 missing; 6: 10 missing -> never drawn; 0 (none), 2, 4 (all), 5 are
+    assert plotted_features(X, [6, 5, 4, 3, 2, 1, 0], top=10) == [5, 4, 2, 0]
+    assert plotted_features(X, [6, 5, 4, 3, 2, 1, 0], top=2) == [5, 4]
+    small = sp.csr_matrix(np.array([[0.0, 2.5], [7.0, 0.0]]))
+    small.eliminate_zeros()
+    dense = absent_as_nan(small)
+    assert np.isnan(dense[0, 0]) and dense[0, 1] == 2.5 and dense[1, 0] == 7.0 and np.isnan(dense[1, 1])
+    # a stored zero is a recorded value of 0, not absent
+    stored = sp.csr_matrix((np.array([0.0]), (np.array([0]), np.array([0]))), shape=(1, 2))
+    assert absent_as_nan(stored)[0, 0] == 0.0 and np.isnan(absent_as_nan(stored)[0, 1])

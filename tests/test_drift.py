@@ -252,6 +252,8 @@ def test_identical_data_has_psi_zero_and_takes_the_stable_action(reference):
     X, rows = train_only(*reference_data())
     record = compare(reference, X, rows, vocabulary(COLUMNS), columns=COLUMNS)
     assert [f["psi"] for f in record["features"]] == [0.0, 0.0, 0.0]
+    # Metformin's 4 missing rows are counted in its first bin, as the reference's are.
+    assert [f["psi_withheld"] for f in record["features"]] == [False, False, False]
     assert record["max_psi"] == 0.0 and record["drifted_features"] == []
     assert record["prevalence"] == {
         "reference": 0.25,
@@ -362,6 +364,126 @@ def test_the_profile_survives_a_json_round_trip(reference):
     assert compare(restored, X, rows, vocabulary(COLUMNS)) == compare(
         reference, X, rows, vocabulary(COLUMNS)
     )
+
+
+# ------------------------------------------------ small cells of the new data
+
+
+DIABETES, HBA1C_ONLY = "ICD10CM//E11/code/count/full", "LOINC//4548-4/value/last/365d"
+PRESENCE = pd.DataFrame(
+    {
+        "name": [DIABETES, HBA1C_ONLY],
+        "code": ["ICD10CM//E11", "LOINC//4548-4"],
+        "description": ["Type 2 diabetes: count (all history)", "HbA1c: last value (365 days)"],
+    }
+)
+WITHHELD_REASON = "PSI withheld: a bin of today's data holds fewer than 11 rows"
+
+
+def presence_data(present: int, missing_hba1c: int = 11) -> tuple[sp.csr_matrix, pd.DataFrame]:
+    """44 train rows: the diabetes code in the first ``present`` (a present/absent feature,
+    value 1); HbA1c 11 x 1, 11 x 2, then 3 up to row 44 - ``missing_hba1c``, missing after."""
+    dense = np.full((44, 2), NAN)
+    dense[:present, 0] = 1.0
+    dense[:, 1] = [1.0] * 11 + [2.0] * 11 + [3.0] * 22
+    dense[44 - missing_hba1c :, 1] = NAN
+    return matrix(dense), frame([True] * 11 + [False] * 33, [schema.TRAIN] * 44)
+
+
+@pytest.fixture
+def presence() -> dict:
+    # Diabetes in 22 of 44 train rows: one value bin (a single value, no cut) and the
+    # missing bin, shares 0.5 and 0.5. HbA1c: 0.25 in each of 3 bins and missing.
+    X, rows = presence_data(22)
+    importance = pd.DataFrame({"name": PRESENCE["name"], "mean_abs_shap": [0.4, 0.3]})
+    profile = reference_profile(X, rows, PRESENCE, importance, DriftPolicy(bins=3))
+    assert [(f["edges"], f["shares"], f["missing"]) for f in profile["features"]] == [
+        ([], [0.5], 0.5),
+        ([1.0, 2.0], [0.25, 0.25, 0.25], 0.25),
+    ]
+    return profile
+
+
+def test_a_psi_that_gives_away_a_new_bin_of_1_to_10_rows_is_withheld(presence):
+    # Today 4 of 44 rows have the code: bins [4, 40]. The exact PSI,
+    # (4/44 - 0.5) ln(2/11) + (40/44 - 0.5) ln(20/11) = 0.409091 x 1.704748 + 0.409091 x 0.597837
+    # = 0.697397 + 0.244570 = 0.941967, with n = 44 would give the 4 back.
+    exact = psi([0.5, 0.5], [4 / 44, 40 / 44])
+    assert exact == pytest.approx(0.941967, abs=1e-6)
+    X, rows = presence_data(4)
+    drift = assess(presence, X, rows, vocabulary(PRESENCE), DriftPolicy())
+    record, decision = drift["compare"], drift["decision"]
+    diabetes, hba1c = record["features"]
+    assert diabetes["psi"] is None and diabetes["psi_withheld"] is True
+    assert diabetes["drifted"] is True  # decided on the exact PSI: 0.942 > 0.25
+    assert hba1c["psi"] == 0.0 and hba1c["psi_withheld"] is False and not hba1c["drifted"]
+    assert record["max_psi"] == 0.0  # the published PSIs only
+    assert record["drifted_features"] == [DIABETES] and record["n_rows"]["new"] == 44
+    # The policy acts on the exact value: alert by default, retrain or skip as configured.
+    assert decision["drifted"] and decision["action"] == "alert"
+    assert (
+        f"feature {DIABETES} (Type 2 diabetes: count (all history)) drifted: PSI > 0.25 ({WITHHELD_REASON})"
+        in decision["reasons"]
+    )
+    policy = DriftPolicy(on_drift="retrain")
+    assert (
+        assess(presence, X, rows, vocabulary(PRESENCE), policy)["decision"]["action"] == "retrain"
+    )
+    # Deciding on the published record (its drifted flag) comes to the same decision.
+    assert decide(record, DriftPolicy()) == decision
+    metrics = drift_metrics(drift)
+    assert metrics["drift/max_psi"] == 0.0 and metrics["drift/features_drifted"] == 1.0
+    text = markdown(drift)
+    assert "| Type 2 diabetes: count (all history) | withheld | yes |" in text
+    assert "PSI withheld for 1 feature (a bin of today's data holds fewer than 11 rows)" in text
+    # Nothing published quotes the exact PSI, to 3 or 5 decimals.
+    published = json.dumps(drift) + text
+    for digits in (3, 5):
+        assert f"{exact:.{digits}f}" not in published
+    # Above the threshold the PSI was not drift: said so, with the published PSIs only.
+    calm = assess(presence, X, rows, vocabulary(PRESENCE), DriftPolicy(psi_threshold=1.0))
+    assert not calm["decision"]["drifted"] and calm["compare"]["drifted_features"] == []
+    assert calm["decision"]["reasons"][0] == (
+        f"no top feature drifted: largest published PSI 0.000 ({HBA1C_ONLY}, HbA1c: last value (365 days)) "
+        "<= 1 over 2 features; PSI withheld for 1 of them (a bin of today's data holds fewer than 11 rows)"
+    )
+    assert "0.942" not in json.dumps(calm)
+
+
+def test_a_missing_bin_of_1_to_10_rows_withholds_the_psi_and_max_psi_may_be_none(presence):
+    # Diabetes in 22 rows (as in the reference), HbA1c missing in 4 rows only: HbA1c's
+    # bins hold 11, 11, 29 and, its separate missing bin, 4 rows.
+    X, rows = presence_data(22, missing_hba1c=4)
+    drift = assess(presence, X, rows, vocabulary(PRESENCE), DriftPolicy())
+    record = drift["compare"]
+    assert [f["psi"] for f in record["features"]] == [0.0, None]
+    assert record["features"][1]["psi_withheld"] and record["max_psi"] == 0.0
+    # Both withheld: max_psi is None, and so no drift/max_psi metric.
+    X, rows = presence_data(4, missing_hba1c=4)
+    drift = assess(presence, X, rows, vocabulary(PRESENCE), DriftPolicy(psi_threshold=5.0))
+    record = drift["compare"]
+    assert [f["psi"] for f in record["features"]] == [None, None] and record["max_psi"] is None
+    assert "drift/max_psi" not in drift_metrics(drift)
+    assert drift["decision"]["reasons"][0] == (
+        "no top feature drifted: PSI <= 5 over 2 features; PSI withheld for each "
+        "(a bin of today's data holds fewer than 11 rows)"
+    )
+
+
+def test_a_psi_whose_new_bins_hold_0_or_at_least_11_rows_is_published(presence):
+    # 11 of 44 rows have the code: bins [11, 33], shares 0.25 and 0.75:
+    # 0.25 ln 2 + 0.25 ln 1.5 = 0.274653 (as in the hand-checked PSI above).
+    X, rows = presence_data(11)
+    drift = assess(presence, X, rows, vocabulary(PRESENCE), DriftPolicy())
+    diabetes = drift["compare"]["features"][0]
+    assert diabetes["psi"] == pytest.approx(0.274653, abs=1e-6) and not diabetes["psi_withheld"]
+    assert drift["compare"]["max_psi"] == diabetes["psi"] and diabetes["drifted"]
+    assert any("drifted: PSI 0.275 > 0.25" in r for r in drift["decision"]["reasons"])
+    # Nobody has it: bins [0, 44]. An empty bin discloses no small count.
+    # (1e-4 - 0.5) ln(1e-4 / 0.5) + 0.5 ln 2 = 0.4999 x 8.517193 + 0.346574 = 4.604318
+    X, rows = presence_data(0)
+    diabetes = compare(presence, X, rows, vocabulary(PRESENCE))["features"][0]
+    assert diabetes["psi"] == pytest.approx(4.604318, abs=1e-6) and not diabetes["psi_withheld"]
 
 
 # ---------------------------------------------------------------------------- decide

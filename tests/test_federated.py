@@ -27,9 +27,13 @@ from forewarn.records import schema
 
 # No row or column sampling, so a fit does not depend on the seed of each visit.
 EXACT = ModelConfig(n_jobs=1, xgboost=XGBoostConfig(n_estimators=30, subsample=1.0, colsample_bytree=1.0, early_stopping_rounds=1000))
+# The trees as XGBoost fits them (the rule of 11 for their leaves off: development only), to
+# check the cyclic boosting against one fit; the released trees have a test of their own.
+AS_FITTED = EXACT.model_copy(update={"leaf_min_cell": 1})
 
 
-def site_matrix(tmp_path, name: str, n: int = 1200, seed: int = 0, tuning_events: int | None = None):
+def site_matrix(tmp_path, name: str, n: int = 1200, seed: int = 0, tuning_events: int | None = None,
+                train_events: int | None = None):
     """A site's matrix in 30 shared columns: the outcome follows columns 0 and 1."""
     rng = np.random.default_rng(seed)
     X = sp.random(n, 30, density=0.2, format="csr", random_state=seed, dtype=np.float32)
@@ -39,6 +43,9 @@ def site_matrix(tmp_path, name: str, n: int = 1200, seed: int = 0, tuning_events
     if tuning_events is not None:  # keep only the first few tuning events
         events = np.flatnonzero((split == "tuning") & y)
         y[events[tuning_events:]] = False
+    if train_events is not None:  # keep only the first few train events
+        events = np.flatnonzero((split == "train") & y)
+        y[events[train_events:]] = False
     matrix = write_matrix(tmp_path / name, X, y, split)
     names = pd.read_parquet(matrix.columns_path)["name"]
     parts = names.str.rsplit("/", n=3)
@@ -69,7 +76,7 @@ def test_one_site_cycles_give_the_trees_of_one_fit(tmp_path):
     """Continuing a model visit by visit grows the trees one fit would, and the tree
     count is the checked count with the lowest tuning log-loss."""
     site = SiteRows("a", site_matrix(tmp_path, "a"))
-    model = train_federated([site], EXACT, rounds_per_visit=7)
+    model = train_federated([site], AS_FITTED, rounds_per_visit=7)
     X, rows, _ = site.matrix.load()
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
     train = (rows[schema.SPLIT] == schema.TRAIN).to_numpy()
@@ -147,6 +154,39 @@ def test_only_the_model_and_sums_leave_a_site(tmp_path):
                 assert isinstance(total, float) and isinstance(n, int) and n >= MIN_ROWS
     # The sites took turns: a, b, a.
     assert [h["site"] for h in model.summary["history"]] == ["a", "b", "a"]
+
+
+def test_each_site_releases_the_trees_it_adds_under_the_rule_of_11(tmp_path):
+    """Each visit's trees leave the site they were fitted at: every leaf holds 0 or at least
+    11 of that site's train subjects with the outcome, and without it."""
+    sites = [SiteRows(n, site_matrix(tmp_path, n, seed=seed)) for n, seed in (("a", 1), ("b", 2))]
+    model = train_federated(sites, EXACT, rounds_per_visit=10)
+    assert model.summary["boosting_sites"] == ["a", "b"]
+    booster = model.booster()
+    for visit, h in enumerate(model.summary["history"]):
+        if h["trees"] > model.n_trees:
+            break
+        site = next(s for s in sites if s.name == h["site"])
+        X, rows, _ = site.matrix.load()
+        train = (rows[schema.SPLIT] == schema.TRAIN).to_numpy()
+        y, subjects = rows[schema.BOOLEAN_VALUE].to_numpy(bool)[train], rows[schema.SUBJECT_ID].to_numpy()[train]
+        leaves = booster.predict(xgb.DMatrix(X[train]), pred_leaf=True, strict_shape=True).reshape(train.sum(), -1)
+        for t in range(visit * 10, min(h["trees"], model.n_trees)):
+            for leaf in np.unique(leaves[:, t]):
+                at = leaves[:, t] == leaf
+                e, n = np.unique(subjects[at & y]).size, np.unique(subjects[at & ~y]).size
+                assert (e == 0 or e >= 11) and (n == 0 or n >= 11), (h["site"], t, leaf, e, n)
+
+
+def test_a_site_with_few_train_events_fits_no_trees_but_tunes(tmp_path):
+    big = SiteRows("a", site_matrix(tmp_path, "a", seed=1))
+    small = SiteRows("b", site_matrix(tmp_path, "b", seed=2, train_events=6))
+    assert big.can_boost and not small.can_boost and small.can_tune
+    model = train_federated([big, small], EXACT, rounds_per_visit=10)
+    assert model.summary["boosting_sites"] == ["a"] and model.summary["tuning_sites"] == ["a", "b"]
+    assert {h["site"] for h in model.summary["history"]} == {"a"}
+    with pytest.raises(ValueError, match=r"no site of \['b'\] has 11 train subjects with the outcome and 11 without"):
+        train_federated([small], EXACT)
 
 
 def test_a_site_with_few_tuning_events_adds_trees_but_no_sums(tmp_path):

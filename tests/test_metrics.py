@@ -69,10 +69,29 @@ def test_calibration_curve_and_small_cell_suppression():
     assert list(curve["events"])[0] == 0 and isinstance(list(curve["events"])[0], int)
 
 
-def test_evaluate_record_suppresses_small_counts():
+def test_evaluate_record_suppresses_small_counts_and_withholds_their_metrics():
     rec = metrics.evaluate(Y, P, np.arange(6), n_boot=20, seed=0)
     assert rec["n"] is None and rec["events"] is None and rec["subjects"] is None and rec["prevalence"] is None
-    assert rec["auroc"] == pytest.approx(6 / 9) and "auroc_ci_low" in rec and "auprc_ci_high" in rec
+    # 3 events: AUROC x 3 x n_non-events is a multiple of 1/2, so with the size it would give 3 back
+    assert rec["withheld"] is True
+    assert all(rec[k] is None for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low",
+                                        "auprc_ci_high", "brier", "mean_predicted"))
+    # a development measurement on synthetic data may keep them
+    kept = metrics.evaluate(Y, P, np.arange(6), n_boot=20, seed=0, min_cell=1)
+    assert kept["withheld"] is False and kept["auroc"] == pytest.approx(6 / 9) and kept["n"] == 6 and kept["events"] == 3
+
+
+@pytest.mark.parametrize(("events", "non_events", "withheld"),
+                         [(4, 5000, True), (10, 30, True), (30, 10, True), (11, 11, False), (0, 40, False)])
+def test_metrics_are_withheld_with_1_to_10_events_or_non_events(events, non_events, withheld):
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(events, bool), np.zeros(non_events, bool)]
+    p = rng.random(y.size)
+    rec = metrics.evaluate(y, p, np.arange(y.size), n_boot=10, seed=0)
+    assert rec["withheld"] is withheld
+    assert (rec["brier"] is None) is withheld
+    if not withheld and events:
+        assert rec["auroc"] == pytest.approx(metrics.point_metrics(y, p)["auroc"])
 
 
 @pytest.mark.parametrize(("count", "kept"), [(0, 0), (1, None), (10, None), (11, 11), (5000, 5000), (None, None)])

@@ -39,8 +39,10 @@ from forewarn.models.train import (
     pos_weight,
     ranked_scores,
     rare_defaults_applied,
+    released,
     subject_folds,
     train_models,
+    trainability,
     tree_count_method,
     tuning_weights,
     xgboost_config,
@@ -117,7 +119,7 @@ def test_training_is_reproducible(tmp_path):
 
 def test_tuning_split_without_positives_is_a_clear_error(tmp_path):
     matrix = synthetic_matrix(tmp_path, tuning_positives=False)
-    with pytest.raises(ValueError, match=r"the tuning split must hold both positive and negative labels; it has \d+ rows and 0 positives"):
+    with pytest.raises(ValueError, match=r"the tuning split must hold both positive and negative labels; it has [\d,]+ rows and 0 positives"):
         train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
 
 
@@ -405,7 +407,8 @@ def test_out_of_fold_tree_margins_are_trees_fitted_on_the_other_folds():
     X = sp.random(300, 8, density=0.4, format="csr", random_state=4, dtype=np.float32)
     y = (np.asarray(X[:, 0].todense()).ravel() + rng.normal(0, 0.3, 300) > 0.5).astype(int)
     groups = np.arange(300) // 2
-    config = ModelConfig(n_jobs=1, cv_folds=3)
+    # The trees as XGBoost fits them (the rule of 11 for their leaves off); with it, below.
+    config = ModelConfig(n_jobs=1, cv_folds=3, leaf_min_cell=1)
     oof = crossfit_tree_margins(X, y, groups, config, {"max_depth": 2}, 7)
     # Fold 1's rows are scored by 7 depth-2 trees fitted on folds 0 and 2 with the study's other settings.
     fit_rows, score_rows = subject_folds(y, groups, 3, 0)[1]
@@ -415,6 +418,12 @@ def test_out_of_fold_tree_margins_are_trees_fitted_on_the_other_folds():
     by_hand = xgb.XGBClassifier(**kwargs, n_jobs=1).fit(X[fit_rows], y[fit_rows])
     np.testing.assert_allclose(oof[score_rows], by_hand.predict(X[score_rows], output_margin=True), rtol=1e-6)
     assert len(by_hand.get_booster().get_dump()) == 7
+    # By default each fold's trees are released as the shipped model's are (models.release).
+    safe = ModelConfig(n_jobs=1, cv_folds=3)
+    released_oof = crossfit_tree_margins(X, y, groups, safe, {"max_depth": 2}, 7)
+    by_hand_released = released(by_hand, X[fit_rows], y[fit_rows], groups[fit_rows], kwargs, None, safe)
+    np.testing.assert_allclose(released_oof[score_rows], by_hand_released.predict(X[score_rows], output_margin=True),
+                               rtol=1e-6)
     # From offsets: each fold's trees start from its rows' offsets.
     start = np.linspace(-1, 1, 300)
     moved = crossfit_tree_margins(X, y, groups, config, {"max_depth": 2}, 7, start)
@@ -518,7 +527,9 @@ def test_offset_with_fewer_event_subjects_than_folds(tmp_path):
     y[np.flatnonzero(split == "tuning")[:2]] = True
     y[np.flatnonzero(split == "held_out")[:2]] = True
     matrix = write_matrix(tmp_path / "one", X, y, split)
-    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1))
+    assert "the train split must hold at least 11 subjects with the outcome" in trainability(matrix)
+    # the offset's mechanics, with the rule of 11 for the trees' leaves off (development only)
+    trained = train_models(matrix, tmp_path / "m", ModelConfig(n_jobs=1, leaf_min_cell=1))
     assert json.loads(trained.summary_path.read_text())["xgboost"]["offset"]["method"] == "l1"
     tr = split == "train"
     margins = crossfit_l1_margins(X[tr], y[tr].astype(int), np.arange(tr.sum()), 1.0, 5, 0, 1e-3)
@@ -580,7 +591,7 @@ def test_weighted_training_stops_on_the_weighted_tuning_loss(tmp_path):
     X, rows, _ = synthetic_matrix(tmp_path).load()
     y = rows[schema.BOOLEAN_VALUE].to_numpy(np.int8)
     tr, tu = (rows[schema.SPLIT] == "train").to_numpy(), (rows[schema.SPLIT] == "tuning").to_numpy()
-    config = ModelConfig(n_jobs=1, class_weight="balanced", xgboost={"n_estimators": 20})
+    config = ModelConfig(n_jobs=1, class_weight="balanced", xgboost={"n_estimators": 20}, leaf_min_cell=1)  # trees as fitted
     spw = pos_weight(y[tr], config)
     w = tuning_weights(y[tu], spw)
     assert spw > 1 and np.array_equal(w, np.where(y[tu] == 1, spw, 1.0))
@@ -765,7 +776,7 @@ def test_search_scores_trials_with_the_offset(tmp_path):
 
     matrix = rare_matrix(tmp_path)
     config = ModelConfig(n_jobs=1, search=SearchConfig(trials=4, seed=1), blend="tuned",  # scored on tuning alone, as the trials
-                         blend_rule="best")
+                         blend_rule="best", leaf_min_cell=1)  # trees as fitted, where the blend improves on them
     trained = train_models(matrix, tmp_path / "m", config)
     summary = json.loads(trained.summary_path.read_text())
     assert summary["search"]["objective"] == "auprc" and summary["xgboost"]["offset"]["method"] == "l1"
@@ -818,3 +829,29 @@ def test_cross_validated_tree_count_is_the_fitted_and_saved_count(tmp_path):
     trained = train_models(synthetic_matrix(tmp_path / "t"), tmp_path / "models", config)
     summary = json.loads(trained.summary_path.read_text())["xgboost"]
     assert summary["tree_count"] == {"method": "cv", "folds": 3} and summary["best_iteration"] == trees - 1
+
+
+def test_external_validation_recalibrates_only_on_11_events_and_non_events(tmp_path):
+    """A site's calibrator for a shipped model leaves the site (its coefficients or
+    knots): it is fitted only when the tuning split holds at least 11 events and 11
+    non-events, else the record says why and nothing is fitted."""
+    from forewarn.evaluation.validation import external_validation
+
+    matrix = synthetic_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "few").mkdir()
+    record = external_validation(trained, synthetic_matrix(tmp_path / "other", seed=1), n_boot=10)
+    assert record["recalibrated"]["auroc"] is not None and record["recalibration"]["method"] in ("none", "sigmoid", "isotonic")
+    # the other site's tuning split with only 6 events
+    X, rows, _ = synthetic_matrix(tmp_path / "few", seed=1).load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).copy()
+    tuning_events = np.flatnonzero(y & (rows[schema.SPLIT] == "tuning").to_numpy())
+    assert tuning_events.size > 6
+    y[tuning_events[6:]] = False
+    few = write_matrix(tmp_path / "few6", X, y, rows[schema.SPLIT].to_numpy())
+    record = external_validation(trained, few, n_boot=10)
+    assert record["recalibrated"] is None
+    assert record["recalibration"] == {"method": None, "note": "not recalibrated: this site's tuning split holds fewer "
+                                                               "than 11 events or non-events"}
+    assert record["as_shipped"]["auroc"] is not None  # the held-out rows are untouched

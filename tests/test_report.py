@@ -592,6 +592,34 @@ def test_drift_section_flags_drift_and_names_the_features(run):
     assert "champion v3 has no drift profile" in bare and "Train a challenger" in bare
 
 
+def test_drift_section_shows_a_withheld_psi_as_withheld(run):
+    import pandas as pd
+
+    from forewarn.evaluation.drift import DriftPolicy, assess, reference_profile, vocabulary
+    from forewarn.evaluation.report import render
+
+    # 300 new rows: some features have a bin of 1 to 10 of them (PSI withheld), some not.
+    X, rows, columns = run["matrix"].load()
+    importance = pd.read_parquet(run["evaluation"].explanations.importance_path)
+    reference = reference_profile(X, rows, columns, importance, DriftPolicy())
+    record = assess(reference, X[:300], rows[:300], vocabulary(columns), DriftPolicy())
+    features = record["compare"]["features"]
+    withheld = [f for f in features if f["psi_withheld"]]
+    assert withheld and all(f["psi"] is None for f in withheld) and len(withheld) < len(features)
+    section = _section(render(build_context(run, drift=record)), "drift")
+    cells, text = Page(section).cells, Page(section).text
+    for rank, f in enumerate(features, start=1):
+        row = cells[4 * rank : 4 * rank + 4]
+        if f["psi_withheld"]:
+            assert row[2:] == ["withheld", "drifted" if f["drifted"] else "not drifted"]
+        else:
+            assert row[2] == f"{f['psi']:.3f}"
+    n = len(withheld)
+    assert f"PSI withheld for {n} feature{'s' if n > 1 else ''}: a bin of today's data holds fewer than 11 rows" in text
+    shown = record["compare"]["max_psi"]
+    assert f"Largest published PSI over the champion's most important features: {'withheld' if shown is None else f'{shown:.3f}'}" in text
+
+
 def test_tasks_with_measurement_criteria_and_other_prediction_times_render(run):
     from forewarn.evaluation.report import render
     from forewarn.features.labels import parse_task
@@ -836,3 +864,40 @@ def test_participants_characteristics_table_shows_the_records_numbers(run, full)
 
 
 AGE_COLUMN, FEMALE_COLUMN = "AGE/years/at_prediction/t", "Gender//F/static/present/static"
+
+
+def test_a_held_out_split_with_few_events_withholds_discrimination_and_the_roc_figure(run, tmp_path):
+    """With 5 held-out events the AUROC (with the split's size) would give the 5 back:
+    metrics.json, the figures and the report carry no discrimination number."""
+    import shutil
+
+    import pandas as pd
+
+    from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain
+    from forewarn.evaluation.report import WITHHELD_METRICS, render
+    from forewarn.models.train import TrainedModels
+
+    trained = TrainedModels(Path(shutil.copytree(run["trained"].dir, tmp_path / "models")))
+    for path in (trained.dir / "predictions").glob("*.parquet"):
+        pred = pd.read_parquet(path)
+        held = (pred["split"] == "held_out").to_numpy()
+        positive = pred["boolean_value"].to_numpy(bool)
+        keep = np.flatnonzero(held & positive)[:5]  # the first 5 held-out events stay events
+        drop = held & positive
+        drop[keep] = False
+        pred.loc[drop, "boolean_value"] = False
+        pred.to_parquet(path)
+    evaluation = evaluate_and_explain(run["matrix"], trained, tmp_path / "evaluation",
+                                      EvaluationConfig(bootstrap=20, shap_rows=200), site=run["site"])
+    record = evaluation.load_metrics()["held_out"]
+    for model, rec in record.items():
+        assert rec["withheld"] is True, model
+        assert all(rec[k] is None for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier")), model
+        assert rec["events"] is None
+    assert not (evaluation.dir / "figures" / "roc_pr.png").exists()
+    assert (evaluation.dir / "figures" / "calibration.png").exists()
+    page = render(build_context(run, evaluation=evaluation))
+    assert "Discrimination withheld." in page
+    summary = html.unescape(_section(page, "summary"))
+    assert f"AUROC <b>{WITHHELD_METRICS}</b>" in summary
+    assert "ROC and precision-recall curves" not in page

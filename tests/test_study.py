@@ -25,6 +25,10 @@ def test_relative_paths_resolve_against_the_study_folder(tmp_path):
         (BASE | {"sites": [{"name": "network", "source": {"location": "x"}}]},
          r"a site cannot be named 'network': the name is the network model's in the registry \(forewarn-<task>-network\)"),
         (BASE | {"schedule": {"cron": "0 2 * *"}}, "cron must have 5 fields"),
+        (BASE | {"models": {"leaf_min_cell": 1}},
+         r"models.leaf_min_cell must be at least 11; got 1. The trees leave the site"),
+        (BASE | {"features": {"min_code_subjects": 5}},
+         r"features.min_code_subjects must be at least 11; got 5. The column names leave the site"),
         (BASE | {"sites": []}, "sites: List should have at least 1 item"),
     ],
 )
@@ -57,3 +61,17 @@ def test_network_design_and_its_rounds(tmp_path):
         parse_study(BASE | {"validation": {"rounds_per_visit": 0}}, base_dir=tmp_path)
     with pytest.raises(ValueError, match="validation.designs.0"):
         parse_study(BASE | {"validation": {"designs": ["federated"]}}, base_dir=tmp_path)
+
+
+def test_a_source_location_with_a_password_is_refused_without_echoing_it(tmp_path):
+    url = "postgresql://omop:hunter2@db.site-a.example/cdm"
+    with pytest.raises(ValueError) as exc:
+        parse_study(BASE | {"sites": [{"name": "a", "source": {"location": url}}]}, base_dir=tmp_path)
+    message = str(exc.value)
+    assert "sites.0.source.location" in message
+    assert "a site's source location must not contain a password; got 'postgresql://omop:***@db.site-a.example/cdm'" in message
+    assert "~/.pgpass" in message and "hunter2" not in message
+    # without the password the same URL is a valid source
+    study = parse_study(BASE | {"sites": [{"name": "a", "source": {"location": "postgresql://omop@db.site-a.example/cdm"}}]},
+                        base_dir=tmp_path)
+    assert study.sites[0].source.location == "postgresql://omop@db.site-a.example/cdm"

@@ -1,0 +1,128 @@
+"""The rule of 11 for the leaves of trees that leave the site (``models.release``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import xgboost as xgb
+
+from forewarn.models.release import ReleaseSettings, release_trees
+
+
+def data(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, 20, density=0.3, format="csr", random_state=seed, dtype=np.float32)
+    y = np.asarray(X[:, 0].todense()).ravel() + rng.normal(0, 0.3, n) > 0.5
+    return X, y
+
+
+def trees_of(booster: xgb.Booster) -> list[dict]:
+    return json.loads(bytes(booster.save_raw("json")))["learner"]["gradient_booster"]["model"]["trees"]
+
+
+def subject_counts(booster, X, y, subjects, base_margin=None):
+    """(subjects with the outcome, without) in every leaf of every tree, counted afresh."""
+    leaves = booster.predict(xgb.DMatrix(X, base_margin=base_margin), pred_leaf=True, strict_shape=True)
+    leaves = leaves.reshape(X.shape[0], -1)
+    out = []
+    for t in range(leaves.shape[1]):
+        for leaf in np.unique(leaves[:, t]):
+            rows = leaves[:, t] == leaf
+            out.append((np.unique(subjects[rows & y]).size, np.unique(subjects[rows & ~y]).size))
+    return out
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"num_parallel_tree": 2},
+    {"max_delta_step": 0.5, "scale_pos_weight": 3.0},
+    {"reg_lambda": 5.0, "offset": True},
+])
+def test_recomputed_leaves_are_xgboosts_own_on_the_rows_it_was_fitted_on(extra):
+    """With nothing to prune (min_cell 1) and no row or column sampling, the Newton step
+    recomputed tree after tree gives back XGBoost's own model: the learning rate divided
+    among a round's parallel trees, the max_delta_step cap, class weights, lambda, and
+    per-row starting margins."""
+    X, y = data()
+    extra = dict(extra)
+    margin = np.random.default_rng(1).normal(-1, 0.5, y.size) if extra.pop("offset", False) else None
+    params = dict(n_estimators=30, learning_rate=0.3, max_depth=4, subsample=1.0, colsample_bytree=1.0,
+                  tree_method="hist", reg_lambda=1.0, min_child_weight=0.5) | extra
+    clf = xgb.XGBClassifier(**params).fit(X, y, base_margin=margin)
+    booster = clf.get_booster()
+    released, summary = release_trees(booster, X, y, np.arange(y.size), ReleaseSettings.from_params(params),
+                                      base_margin=margin, min_cell=1)
+    dm = xgb.DMatrix(X, base_margin=margin)
+    np.testing.assert_allclose(released.predict(dm, output_margin=True), booster.predict(dm, output_margin=True), atol=1e-5)
+    assert summary["trees_changed"] == 0 and summary["leaves_before"] == summary["leaves_after"]
+    assert summary["trees"] == 30 * params.get("num_parallel_tree", 1)
+
+
+def test_every_released_leaf_holds_0_or_11_subjects_with_and_without_the_outcome():
+    X, y = data()
+    subjects = np.arange(y.size) // 3  # three rows a subject: the rule counts subjects, not rows
+    params = dict(n_estimators=20, learning_rate=0.3, max_depth=5, subsample=0.8, tree_method="hist", min_child_weight=0.5,
+                  random_state=0)
+    booster = xgb.XGBClassifier(**params).fit(X, y).get_booster()
+    before = subject_counts(booster, X, y, subjects)
+    assert any(0 < e < 11 or 0 < n < 11 for e, n in before)  # the fit left small leaves
+    released, summary = release_trees(booster, X, y, subjects, ReleaseSettings.from_params(params))
+    after = subject_counts(released, X, y, subjects)
+    assert all((e == 0 or e >= 11) and (n == 0 or n >= 11) for e, n in after)
+    assert summary["leaves_after"] == len(after) < summary["leaves_before"] == len(before)
+    # The covers are the recomputed hessian sums, so TreeSHAP still adds up to the margin.
+    dm = xgb.DMatrix(X)
+    contribs = released.predict(dm, pred_contribs=True)
+    np.testing.assert_allclose(contribs.sum(axis=1), released.predict(dm, output_margin=True), atol=1e-4)
+    for tree in trees_of(released):
+        assert tree["loss_changes"] == [0.0] * len(tree["left_children"])
+        assert tree["parents"][0] == 2147483647 and int(tree["tree_param"]["num_nodes"]) == len(tree["left_children"])
+
+
+def test_a_stump_on_3_events_becomes_one_leaf_with_the_newton_step_by_hand():
+    """One split: 3 of the 40 subjects with x > 0.5 have the outcome, 20 of the 60 with
+    x <= 0.5. The right leaf breaks the rule, so the stump collapses into its root, whose
+    value is the Newton step over all 100 rows from the base score."""
+    x = np.r_[np.full(40, 0.9), np.full(60, 0.1)].astype(np.float32)
+    y = np.r_[np.ones(3), np.zeros(37), np.ones(20), np.zeros(40)].astype(bool)
+    X = sp.csr_matrix(x.reshape(-1, 1))
+    params = dict(n_estimators=1, learning_rate=0.5, max_depth=1, tree_method="hist", min_child_weight=0, reg_lambda=1.0,
+                  base_score=0.25)
+    booster = xgb.XGBClassifier(**params).fit(X, y).get_booster()
+    assert len(trees_of(booster)[0]["left_children"]) == 3
+    released, summary = release_trees(booster, X, y, np.arange(100), ReleaseSettings.from_params(params))
+    (tree,) = trees_of(released)
+    assert tree["left_children"] == [-1] and summary["trees_changed"] == 1
+    # g = p - y with p = 0.25 everywhere: G = 100 * 0.25 - 23 = 2; H = 100 * 0.25 * 0.75 = 18.75
+    assert tree["split_conditions"][0] == pytest.approx(0.5 * -2 / (18.75 + 1.0), rel=1e-6)
+    assert tree["sum_hessian"][0] == pytest.approx(18.75, rel=1e-6)
+    np.testing.assert_allclose(released.predict(xgb.DMatrix(X), output_margin=True),
+                               np.log(0.25 / 0.75) + 0.5 * -2 / 19.75, rtol=1e-6)
+
+
+def test_a_train_split_with_fewer_than_11_subjects_of_a_class_cannot_be_released():
+    X, y = data(n=400)
+    y = np.zeros(400, bool)
+    y[:6] = True
+    params = dict(n_estimators=3, max_depth=2, tree_method="hist")
+    booster = xgb.XGBClassifier(**params).fit(X, y).get_booster()
+    with pytest.raises(ValueError, match="the train split holds <11 subjects with the outcome and 394 without: a model "
+                                         "trained on it would carry a count below 11, so it cannot leave the site"):
+        release_trees(booster, X, y, np.arange(400), ReleaseSettings.from_params(params))
+
+
+def test_trees_before_first_tree_are_kept_as_they_are():
+    """The network's cyclic boosting: a site releases only the trees it added."""
+    X, y = data()
+    params = {"objective": "binary:logistic", "eta": 0.3, "max_depth": 5, "tree_method": "hist", "min_child_weight": 0.5}
+    first = xgb.train(params, xgb.DMatrix(X[:1500], label=y[:1500]), 5)
+    both = xgb.train(params, xgb.DMatrix(X[1500:], label=y[1500:]), 5, xgb_model=first.copy())
+    released, summary = release_trees(both, X[1500:], y[1500:], np.arange(1500), ReleaseSettings.from_params(params),
+                                      first_tree=5)
+    assert summary["trees"] == 5
+    assert trees_of(released)[:5] == trees_of(both)[:5]
+    after = subject_counts(released[5:], X[1500:], y[1500:], np.arange(1500))
+    assert all((e == 0 or e >= 11) and (n == 0 or n >= 11) for e, n in after)
