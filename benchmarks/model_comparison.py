@@ -31,7 +31,14 @@ import xgboost as xgb
 from forewarn.evaluation.metrics import evaluate, point_metrics
 from forewarn.features.featurize import FeatureConfig, featurize
 from forewarn.features.labels import label_dataset, load_task
-from forewarn.models.train import BASELINE, PRIMARY, ModelConfig, split_masks, train_models
+from forewarn.models.train import (
+    BASELINE,
+    PRIMARY,
+    ModelConfig,
+    split_masks,
+    train_models,
+    trainability,
+)
 from forewarn.records import schema
 from forewarn.records.deid import DeidConfig, load_secret
 from forewarn.records.demo import generate_network
@@ -88,6 +95,11 @@ def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: 
             labels = label_dataset(pull.events_dir, spec, root / site)
             table, splits, _ = labels.load()
             ours = featurize(pull.events_dir, table, splits, root / site / task / "forewarn", FeatureConfig(), codes_path=pull.codes_path)
+            reason = trainability(ours, min_cell=config.leaf_min_cell)
+            if reason:  # as the nightly flow does: no model of this cell may leave the site
+                print(f"| {people:,} | {task} | {site} | not trained: {reason} |", flush=True)
+                cells.append({"people": people, "task": task, "site": site, "untrained": reason})
+                continue
             start = time.perf_counter()
             trained = train_models(ours, root / site / task / "models", config)
             train_s = time.perf_counter() - start
@@ -127,6 +139,9 @@ def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: 
 
 
 def print_cell(cell: dict) -> None:
+    if "untrained" in cell:
+        print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | not trained: {cell['untrained']} |", flush=True)
+        return
     n, events = cell["rows"], cell["events"]
     for name, rec in cell["records"].items():
         print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | {n:,} / {events:,} | {name} | {fmt(rec, 'auroc')} | {fmt(rec, 'auprc')} |", flush=True)
@@ -138,14 +153,14 @@ def print_tables(cells: list[dict]) -> None:
         print_cell(cell)
     print("\nForewarn XGBoost minus baseline, paired patient bootstrap 95% CI:\n")
     print("| people | task | site | events (train / tuning / held-out) | baseline | ΔAUROC (95% CI) | ΔAUPRC (95% CI) |\n|---:|---|---|---|---|---|---|")
-    for cell in cells:
+    for cell in [c for c in cells if "untrained" not in c]:
         pos = cell["positives"]
         for baseline in (L1, MEDSTAB_XGB):
             d = {k: cell["differences"][(baseline, k)] for k in ("auroc", "auprc")}
             cis = {k: f"{v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})" for k, v in d.items()}
             print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | {pos['train']} / {pos['tuning']} / {pos['held_out']} | {baseline} | {cis['auroc']} | {cis['auprc']} |")
     print("\nTraining: trees, rare-outcome defaults, offset, blend weight on the L1, calibrator, L1 C, train_models seconds\n")
-    for cell in cells:
+    for cell in [c for c in cells if "untrained" not in c]:
         x = cell["xgboost"]
         print(f"- {cell['people']:,} {cell['task']} {cell['site']}: {x['trees']} trees, rare defaults {x['rare_outcome_defaults'] or '-'}, offset {x.get('offset', 'none')}, blend {x.get('blend', 0.0)}, "
               f"scale_pos_weight {x['scale_pos_weight']:.0f}, calibration {cell['calibration']}, L1 C {cell['l1_C']}, {cell['train_seconds']} s")
@@ -159,9 +174,12 @@ def main() -> None:
     parser.add_argument("--rare-tasks", nargs="+", default=RARE_TASKS)
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--json", type=Path, help="write the cells here")
+    parser.add_argument("--leaf-min-cell", type=int, default=11,
+                        help="models.leaf_min_cell: 11 (the default) releases the trees under the rule of 11; 1 keeps them "
+                             "as fitted, as before session 16 (development measurement only)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="forewarn-models-bench-"))
-    config = ModelConfig()
+    config = ModelConfig(leaf_min_cell=args.leaf_min_cell)
     print("| people | task | site | held-out rows / events | model | AUROC (95% CI) | AUPRC (95% CI) |\n|---:|---|---|---|---|---|---|", flush=True)
     cells = run_network(args.people, args.tasks, root / f"people-{args.people}", args.bootstrap, config) if args.tasks else []
     if args.rare_people:
@@ -169,7 +187,8 @@ def main() -> None:
     print_tables(cells)
     if args.json:
         args.json.write_text(json.dumps(
-            [{**c, "differences": {f"{o} {k}": v for (o, k), v in c["differences"].items()}} for c in cells], indent=1))
+            [c if "untrained" in c else {**c, "differences": {f"{o} {k}": v for (o, k), v in c["differences"].items()}}
+             for c in cells], indent=1))
 
 
 if __name__ == "__main__":
