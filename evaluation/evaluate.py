@@ -228,14 +228,14 @@ def evaluate_and_explain(
 
 def plotted_features(X, ranked: list[int], *, top: int) -> list[int]:
     """The first ``top`` of the ``ranked`` columns that the per-row SHAP figures (beeswarm,
-    dependence) may draw: those recorded in none or at least 11 of the explained rows, and
-    missing in none or at least 11. A column recorded (or missing) in 1..10 rows would show
-    those rows as a countable handful of points, with their values."""
+    dependence) may draw: those recorded in at least 11 of the explained rows (none: there
+    is no value to draw), and missing in none or at least 11. A column recorded (or
+    missing) in 1..10 rows would show those rows as a countable handful of points, with
+    their values."""
     X = sp.csc_matrix(X)
     present = np.diff(X.indptr)
     n = X.shape[0]
-    ok = [j for j in ranked if privacy.suppress(int(present[j])) is not None
-          and privacy.suppress(int(n - present[j])) is not None]
+    ok = [j for j in ranked if present[j] >= privacy.MIN_CELL and privacy.suppress(int(n - present[j])) is not None]
     return ok[:top]
 
 

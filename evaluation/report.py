@@ -373,8 +373,8 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
             return (
                 "SHAP beeswarm",
                 "Each point is one explained held-out row: its SHAP value for the feature, coloured by the feature value "
-                "(grey: not recorded). Only features recorded in none or at least 11 of the explained rows, and missing "
-                "in none or at least 11, are drawn, so that no handful of rows stands out.",
+                "(grey: not recorded). Only features recorded in at least 11 of the explained rows, and missing in none "
+                "or at least 11, are drawn, so that no handful of rows stands out.",
             )
         if name.startswith("shap_dependence_"):
             k = number(name)

@@ -113,8 +113,8 @@ def test_per_row_shap_figures_draw_no_feature_recorded_or_missing_in_1_to_10_row
     r = np.concatenate([np.arange(k) for k in present.values()])
     c = np.concatenate([[j] * k for j, k in present.items()])
     X = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(n, len(present)))
-    # 1: 5 recorded; 3: 5 missing; 6: 10 missing -> never drawn; 0 (none), 2, 4 (all), 5 are
-    assert plotted_features(X, [6, 5, 4, 3, 2, 1, 0], top=10) == [5, 4, 2, 0]
+    # 0: none recorded (nothing to draw); 1: 5 recorded; 3: 5 missing; 6: 10 missing -> never drawn; 2, 4 (all), 5 are
+    assert plotted_features(X, [6, 5, 4, 3, 2, 1, 0], top=10) == [5, 4, 2]
     assert plotted_features(X, [6, 5, 4, 3, 2, 1, 0], top=2) == [5, 4]
     small = sp.csr_matrix(np.array([[0.0, 2.5], [7.0, 0.0]]))
     small.eliminate_zeros()
