@@ -88,6 +88,9 @@ VARIANTS: dict[str, dict] = {
     "production_1se": {"production": {"blend_rule": "one_se"}},
     "production_offset_l1": {"production": {"offset": "l1"}},
     "production_offset_none": {"production": {"offset": "none"}},
+    # Session 16: the production pipeline releases its trees under the rule of 11
+    # (models.release); this is the pipeline with the trees as XGBoost fitted them.
+    "production_as_fitted": {"production": {"leaf_min_cell": 1}},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
