@@ -113,10 +113,15 @@ def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame,
     subject = rows[schema.SUBJECT_ID].to_numpy()
     masks = _group_masks(rows)
     position = {name: i for i, name in enumerate(columns["name"])}
-    counts = privacy.suppress_parts([int(m.sum()) for m in masks])
-    subjects = privacy.suppress_parts([_subjects(subject, m) for m in masks])
-    groups = [{"split": name, "outcome": outcome, "rows": c, "subjects": s}
-              for (name, outcome), c, s in zip(GROUPS, counts, subjects, strict=True)]
+    raw_rows, raw_subjects = [int(m.sum()) for m in masks], [_subjects(subject, m) for m in masks]
+    counts, subjects = privacy.suppress_parts(raw_rows), privacy.suppress_parts(raw_subjects)
+
+    def status(shown: int | None, raw: int) -> str:  # why a count is hidden: small itself, or its complement's
+        return "shown" if shown is not None else SUPPRESSED if privacy.suppress(raw) is None else WITHHELD
+
+    groups = [{"split": name, "outcome": outcome, "rows": c, "subjects": s,
+               "rows_status": status(c, rc), "subjects_status": status(s, rs)}
+              for (name, outcome), c, s, rc, rs in zip(GROUPS, counts, subjects, raw_rows, raw_subjects, strict=True)]
     dev_with, dev_without = 0, 1  # the groups the standardized mean difference compares
 
     def column(name: str) -> tuple[np.ndarray, np.ndarray]:  # (recorded, values) per row

@@ -518,8 +518,10 @@ def _characteristics(m: dict) -> dict | None:
     labels = {("development", True): "development, with the outcome", ("development", False): "development, without",
               ("held_out", True): "held-out, with the outcome", ("held_out", False): "held-out, without"}
     return {
-        "groups": [{"label": labels[(g["split"], g["outcome"])], "rows": count(g["rows"]),
-                    "subjects": count(g["subjects"])} for g in record["groups"]],
+        "groups": [{"label": labels[(g["split"], g["outcome"])],
+                    "rows": WITHHELD if g.get("rows_status") == "withheld" else count(g["rows"]),
+                    "subjects": WITHHELD if g.get("subjects_status") == "withheld" else count(g["subjects"])}
+                   for g in record["groups"]],
         "rows": [{"label": r["label"], "cells": [cell(r["kind"], c) for c in r["cells"]],
                   "smd": _fmt(r["smd"], 2)} for r in record["rows"]],
         "top": record["top"],
@@ -878,7 +880,8 @@ def report_context(
     # Warnings from training, with any count that this report withholds replaced.
     warnings = [str(w) for w in training.get("warnings") or []]
     if not _shown_int(train_pos_text):
-        warnings = [re.sub(rf"\b{n_train_pos}\b", train_pos_text, w) for w in warnings]
+        shown = "a withheld number of" if train_pos_text == WITHHELD else train_pos_text
+        warnings = [re.sub(rf"\b{n_train_pos}\b", shown, w) for w in warnings]
 
     held = m["held_out"][PRIMARY]
     validations = [dict(v) for v in validations or []]

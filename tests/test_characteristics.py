@@ -43,10 +43,10 @@ def matrix():
 
 def test_groups_add_up_under_complementary_suppression():
     record = characteristics(*matrix(), top=1)
-    assert [(g["split"], g["outcome"], g["rows"], g["subjects"]) for g in record["groups"]] == [
-        ("development", True, 24, 24), ("development", False, 30, 30),
-        ("held_out", True, None, None),  # 3: below 11
-        ("held_out", False, None, None),  # 12, withheld: 3 = the labelled total - 24 - 30 - 12
+    assert [(g["split"], g["outcome"], g["rows"], g["subjects"], g["rows_status"]) for g in record["groups"]] == [
+        ("development", True, 24, 24, "shown"), ("development", False, 30, 30, "shown"),
+        ("held_out", True, None, None, "suppressed"),  # 3: below 11
+        ("held_out", False, None, None, "withheld"),  # 12, withheld: 3 = the labelled total - 24 - 30 - 12
     ]
 
 
