@@ -91,6 +91,10 @@ VARIANTS: dict[str, dict] = {
     # Session 16: the production pipeline releases its trees under the rule of 11
     # (models.release); this is the pipeline with the trees as XGBoost fitted them.
     "production_as_fitted": {"production": {"leaf_min_cell": 1}},
+    # Trees grown nearer the rule (larger leaves) before they are released; a study-set
+    # min_child_weight also replaces the rare-outcome default, so run these on T2D and CKD.
+    "production_mcw5": {"production": {"xgboost": {"min_child_weight": 5.0}}},
+    "production_mcw10": {"production": {"xgboost": {"min_child_weight": 10.0}}},
     "bag5": {"seeds": (0, 1, 2, 3, 4)},
     "es_auc": {"eval_metric": ["auc"]},
     "es200": {"xgboost": {"early_stopping_rounds": 200, "n_estimators": 2000}},
