@@ -91,6 +91,9 @@ VARIANTS: dict[str, dict] = {
     # Session 16: the production pipeline releases its trees under the rule of 11
     # (models.release); this is the pipeline with the trees as XGBoost fitted them.
     "production_as_fitted": {"production": {"leaf_min_cell": 1}},
+    # Session 17: a leaf that breaks the rule moves its split's threshold before it is
+    # collapsed (models.release); this is session 16's collapse-only release.
+    "production_collapse": {"production": {"leaf_move_splits": False}},
     # Trees grown nearer the rule (larger leaves) before they are released; a study-set
     # min_child_weight also replaces the rare-outcome default, so run these on T2D and CKD.
     "production_mcw5": {"production": {"xgboost": {"min_child_weight": 5.0}}},

@@ -12,9 +12,16 @@ every leaf holds no subject with the outcome or at least 11, and no subject with
 or at least 11 (counted as subjects of the train rows that reach it, not rows).
 
 1. Each row of the train split is routed through the trees (``pred_leaf``).
-2. Bottom-up, a node whose child is a leaf that breaks the rule is collapsed into one
-   leaf holding both children's rows, until no leaf breaks it. A tree whose root breaks
-   it cannot be released (the whole train split is too small).
+2. A leaf that breaks the rule is mended where its split was made, deepest first:
+   - when its sibling is a leaf too, the split's threshold on the same feature is moved to
+     the one where both leaves obey the rule with the largest Newton gain on all train
+     rows (``-G^2 / (H + lambda)`` summed, as XGBoost scores a split; missing values keep
+     their default side): the small high-risk group the fit isolated is kept, widened to
+     11 subjects, rather than merged away;
+   - otherwise, or when no threshold obeys the rule and gains, the split is collapsed
+     into one leaf holding both children's rows.
+   Repeated until no leaf breaks the rule. A tree whose root breaks it cannot be released
+   (the whole train split is too small).
 3. Every leaf value, and every node's cover and weight, is recomputed from all train rows
    by XGBoost's own Newton step (``-G / (H + lambda)``, capped at ``max_delta_step``,
    times the learning rate, divided among a round's parallel trees), tree after tree on
@@ -53,6 +60,8 @@ class ReleaseSettings:
     max_delta_step: float = 0.0
     scale_pos_weight: float = 1.0
     num_parallel_tree: int = 1
+    min_child_weight: float = 0.0
+    move_splits: bool = True
 
     @classmethod
     def from_params(cls, params: dict) -> ReleaseSettings:
@@ -63,6 +72,7 @@ class ReleaseSettings:
             max_delta_step=float(params.get("max_delta_step") or 0.0),
             scale_pos_weight=float(params.get("scale_pos_weight") or 1.0),
             num_parallel_tree=int(params.get("num_parallel_tree") or 1),
+            min_child_weight=float(params.get("min_child_weight", 1.0) or 0.0),
         )
 
 
@@ -82,17 +92,111 @@ def _leaf_counts(leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray) -> dict[
     return out
 
 
-def _prune(tree: dict, leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray, min_cell: int) -> np.ndarray:
-    """Collapse ``tree``'s nodes (in place, as child arrays; orphans dropped later) until
-    every leaf reached by the rows obeys the rule; returns each row's new leaf."""
+@dataclass
+class _Rows:
+    """What mending a split needs: the train rows' features (CSC when sparse, absent
+    entries missing as XGBoost reads them), labels, subjects, and this round's weighted
+    gradients and hessians."""
+
+    X: sp.csc_matrix | np.ndarray
+    y: np.ndarray
+    subjects: np.ndarray
+    g: np.ndarray
+    h: np.ndarray
+
+    def column(self, feature: int, rows: np.ndarray) -> np.ndarray:
+        """``feature``'s values on ``rows`` (sorted), NaN where missing."""
+        if not sp.issparse(self.X):
+            return np.asarray(self.X[rows, feature], dtype=np.float32)
+        start, end = self.X.indptr[feature], self.X.indptr[feature + 1]
+        idx, vals = self.X.indices[start:end], self.X.data[start:end]
+        pos = np.searchsorted(idx, rows)
+        hit = pos < idx.size
+        hit[hit] = idx[pos[hit]] == rows[hit]
+        out = np.full(rows.size, np.nan, dtype=np.float32)
+        out[hit] = vals[pos[hit]]
+        return out
+
+
+def _subjects_ok(rows: np.ndarray, data: _Rows, min_cell: int) -> bool:
+    y, s = data.y[rows], data.subjects[rows]
+    return _ok(np.unique(s[y]).size, np.unique(s[~y]).size, min_cell)
+
+
+def _move_split(tree: dict, node: int, leaf: np.ndarray, data: _Rows, settings: ReleaseSettings, min_cell: int,
+                tries: int = 16) -> np.ndarray | None:
+    """Move ``node``'s threshold (both children leaves) to the one, on the same feature,
+    where both leaves obey the rule and the Newton gain on all train rows is largest;
+    returns the rows' new leaves, or None when no threshold obeys the rule and gains."""
+    left_id, right_id = tree["left_children"][node], tree["right_children"][node]
+    rows = np.flatnonzero((leaf == left_id) | (leaf == right_id))
+    values = data.column(tree["split_indices"][node], rows)
+    missing = np.isnan(values)
+    default_left = bool(tree["default_left"][node])
+    present = rows[~missing]
+    order = np.argsort(values[~missing], kind="stable")
+    v, r = values[~missing][order], present[order]
+    if v.size == 0:
+        return None
+    # Candidate k: the present rows before the k-th distinct value go left (x < threshold).
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    cut = np.r_[starts, v.size]
+    thresholds = np.r_[v[starts], np.nextafter(v[-1], np.float32(np.inf))].astype(np.float32)
+    y = data.y.astype(np.int64)
+    miss = rows[missing]
+
+    def sums(a: np.ndarray) -> tuple[np.ndarray, float]:
+        return np.r_[0.0, np.cumsum(a[r])][cut], float(a[miss].sum())
+
+    (ev, ev_m), (rw, rw_m) = sums(y), sums(np.ones_like(y))
+    (G, G_m), (H, H_m) = sums(data.g), sums(data.h)
+    add = 1.0 if default_left else 0.0
+    left = {"e": ev + add * ev_m, "n": (rw - ev) + add * (rw_m - ev_m), "G": G + add * G_m, "H": H + add * H_m}
+    total = {"e": ev[-1] + ev_m, "n": rw[-1] - ev[-1] + rw_m - ev_m, "G": G[-1] + G_m, "H": H[-1] + H_m}
+    right = {k: total[k] - left[k] for k in left}
+
+    def fits(count: np.ndarray) -> np.ndarray:  # rows: a necessary condition on subjects
+        return (count == 0) | (count >= min_cell)
+
+    lam = settings.reg_lambda
+    gain = left["G"] ** 2 / (left["H"] + lam) + right["G"] ** 2 / (right["H"] + lam) - total["G"] ** 2 / (total["H"] + lam)
+    ok = (fits(left["e"]) & fits(left["n"]) & fits(right["e"]) & fits(right["n"])
+          & (left["e"] + left["n"] > 0) & (right["e"] + right["n"] > 0)
+          & (left["H"] >= settings.min_child_weight) & (right["H"] >= settings.min_child_weight) & (gain > 0))
+    for k in np.flatnonzero(ok)[np.argsort(-gain[ok], kind="stable")][:tries]:
+        goes_left = np.zeros(rows.size, bool)
+        goes_left[~missing] = values[~missing] < thresholds[k]
+        goes_left[missing] = default_left
+        if _subjects_ok(rows[goes_left], data, min_cell) and _subjects_ok(rows[~goes_left], data, min_cell):
+            tree["split_conditions"][node] = float(thresholds[k])
+            leaf = leaf.copy()
+            leaf[rows] = np.where(goes_left, left_id, right_id)
+            return leaf
+    return None
+
+
+def _depth(parents: list[int], node: int) -> int:
+    depth = 0
+    while parents[node] != ROOT_PARENT:
+        node, depth = parents[node], depth + 1
+    return depth
+
+
+def _prune(tree: dict, leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray, min_cell: int,
+           data: _Rows | None = None, settings: ReleaseSettings | None = None) -> tuple[np.ndarray, int]:
+    """Mend ``tree``'s nodes (in place, as child arrays; orphans dropped later) until
+    every leaf reached by the rows obeys the rule; returns each row's new leaf and how
+    many splits were moved (``data`` given) rather than collapsed."""
     left, right, parents = tree["left_children"], tree["right_children"], tree["parents"]
     leaf = leaf.copy()
     counts = _leaf_counts(leaf, y, subjects)
+    tried: set[int] = set()
+    moved = 0
     while True:
         bad = [node for node, (e, n) in counts.items() if not _ok(e, n, min_cell)]
         if not bad:
-            return leaf
-        node = bad[0]
+            return leaf, moved
+        node = max(bad, key=lambda k: (_depth(parents, k), -k))
         parent = parents[node]
         if parent == ROOT_PARENT:
             e, n = counts[node]
@@ -101,13 +205,24 @@ def _prune(tree: dict, leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray, mi
                 f"{privacy.shown(n, min_cell=min_cell)} without: a model trained on it would carry a count below "
                 f"{min_cell}, so it cannot leave the site. Add people or train across sites."
             )
+        if data is not None and settings is not None and parent not in tried and left[left[parent]] == -1 \
+                and left[right[parent]] == -1:
+            tried.add(parent)
+            mended = _move_split(tree, parent, leaf, data, settings, min_cell)
+            if mended is not None:
+                leaf, moved = mended, moved + 1
+                for child in (left[parent], right[parent]):
+                    counts.pop(child, None)
+                    rows = leaf == child
+                    counts |= _leaf_counts(leaf[rows], y[rows], subjects[rows])
+                continue
         # Every row below ``parent`` now ends in it.
         below = _descendants(left, right, parent)
-        moved = np.isin(leaf, list(below))
-        leaf[moved] = parent
+        moved_rows = np.isin(leaf, list(below))
+        leaf[moved_rows] = parent
         left[parent] = right[parent] = -1
         counts = {k: v for k, v in counts.items() if k not in below}
-        counts |= _leaf_counts(leaf[moved], y[moved], subjects[moved])
+        counts |= _leaf_counts(leaf[moved_rows], y[moved_rows], subjects[moved_rows])
 
 
 def _descendants(left: list[int], right: list[int], node: int) -> set[int]:
@@ -203,8 +318,9 @@ def release_trees(
     margin += by_tree[:, :first_tree].sum(axis=1)  # the kept trees' contributions
     weight = np.where(y, settings.scale_pos_weight, 1.0)
     leaves_before = sum(sum(1 for c in trees[t]["left_children"] if c == -1) for t in range(first_tree, len(trees)))
-    changed = 0
+    changed = moved = 0
     per_round = settings.num_parallel_tree
+    features = (X.tocsc() if sp.issparse(X) else np.asarray(X)) if settings.move_splits else None
     for start in range(first_tree, len(trees), per_round):
         p = 1.0 / (1.0 + np.exp(-margin))
         g = (p - y) * weight
@@ -213,9 +329,11 @@ def release_trees(
         for t in range(start, min(start + per_round, len(trees))):
             tree = trees[t]
             nodes = len(tree["left_children"])
-            leaf = _prune(tree, leaves[:, t], y, subjects, min_cell)
+            data = None if features is None else _Rows(features, y, subjects, g, h)
+            leaf, moves = _prune(tree, leaves[:, t], y, subjects, min_cell, data, settings)
             new = _compact(tree)
-            changed += int(len(tree["left_children"]) != nodes)
+            changed += int(len(tree["left_children"]) != nodes or moves > 0)
+            moved += moves
             renumber = np.full(nodes, -1, dtype=np.int64)
             renumber[list(new)] = list(new.values())
             step += _refit(tree, renumber[leaf], g, h, settings)
@@ -223,4 +341,4 @@ def release_trees(
     leaves_after = sum(sum(1 for c in trees[t]["left_children"] if c == -1) for t in range(first_tree, len(trees)))
     released = xgb.Booster(model_file=bytearray(json.dumps(model).encode()))
     return released, {"trees": len(trees) - first_tree, "leaves_before": leaves_before, "leaves_after": leaves_after,
-                      "trees_changed": changed, "min_cell": min_cell}
+                      "trees_changed": changed, "splits_moved": moved, "min_cell": min_cell}

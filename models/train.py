@@ -8,6 +8,7 @@ model as JSON coefficients. Predictions for every row go to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -211,6 +212,11 @@ class ModelConfig(BaseModel):
         description="every leaf of the XGBoost trees holds no train subject with the outcome or at least this many, and "
         "likewise without it (models.release): the trees leave the site, and a leaf's value gives its counts away. A "
         "study may not set it below 11; 1 turns it off (development measurements only)",
+    )
+    leaf_move_splits: bool = Field(
+        True,
+        description="a leaf that breaks leaf_min_cell is first mended by moving its split's threshold, on the same "
+        "feature, to the one that obeys the rule with the largest gain (models.release); false: its split is collapsed",
     )
 
 
@@ -416,8 +422,9 @@ def released(clf: xgb.XGBClassifier, X_train, y_train, groups, kwargs: dict, mar
     if config.leaf_min_cell <= 1:
         return clf
     groups = np.arange(len(y_train)) if groups is None else np.asarray(groups)
-    booster, _ = release_trees(clf.get_booster(), X_train, y_train, groups, ReleaseSettings.from_params(kwargs),
-                               base_margin=margin, min_cell=config.leaf_min_cell)
+    settings = dataclasses.replace(ReleaseSettings.from_params(kwargs), move_splits=config.leaf_move_splits)
+    booster, _ = release_trees(clf.get_booster(), X_train, y_train, groups, settings, base_margin=margin,
+                               min_cell=config.leaf_min_cell)
     out = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
     out.load_model(booster.save_raw("json"))
     if hasattr(clf, "evals_result_"):  # the fit's early-stopping record (of the trees before release)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -73,6 +74,17 @@ def test_every_released_leaf_holds_0_or_11_subjects_with_and_without_the_outcome
     after = subject_counts(released, X, y, subjects)
     assert all((e == 0 or e >= 11) and (n == 0 or n >= 11) for e, n in after)
     assert summary["leaves_after"] == len(after) < summary["leaves_before"] == len(before)
+    assert summary["splits_moved"] > 0  # some small leaves were widened rather than merged
+    # Mending routed the rows as XGBoost does (missing values to their default side): the
+    # first tree's covers are its rows' hessians at the base score, summed by XGBoost's own leaves.
+    leaf0 = released.predict(xgb.DMatrix(X), pred_leaf=True, strict_shape=True).reshape(y.size, -1)[:, 0].astype(int)
+    first = trees_of(released)[0]
+    base_margin = released.predict(xgb.DMatrix(X), output_margin=True, iteration_range=(0, 1))[0] \
+        - first["split_conditions"][leaf0[0]]
+    base = 1 / (1 + np.exp(-base_margin))
+    cover = np.bincount(leaf0, minlength=len(first["left_children"])) * base * (1 - base)
+    leaves0 = [i for i, c in enumerate(first["left_children"]) if c == -1]
+    np.testing.assert_allclose(np.asarray(first["sum_hessian"])[leaves0], cover[leaves0], rtol=1e-5)
     # The covers are the recomputed hessian sums, so TreeSHAP still adds up to the margin.
     dm = xgb.DMatrix(X)
     contribs = released.predict(dm, pred_contribs=True)
@@ -101,6 +113,35 @@ def test_a_stump_on_3_events_becomes_one_leaf_with_the_newton_step_by_hand():
     assert tree["sum_hessian"][0] == pytest.approx(18.75, rel=1e-6)
     np.testing.assert_allclose(released.predict(xgb.DMatrix(X), output_margin=True),
                                np.log(0.25 / 0.75) + 0.5 * -2 / 19.75, rtol=1e-6)
+
+
+def test_a_split_that_isolates_a_small_group_moves_to_the_best_threshold_that_obeys_the_rule():
+    """Four groups on one feature (events / non-events): x = 0.1 12 / 63, x = 0.5 2 / 9,
+    x = 0.7 4 / 2, x = 0.9 8 / 0. At base score 0.25 XGBoost's best stump is x < 0.7,
+    whose right leaf holds 2 subjects without the outcome. Of the thresholds on x, only
+    x < 0.5 leaves both sides 0 or 11+ of each class (12 / 63 and 14 / 11), so the split
+    moves there, and the leaves take the Newton step on their rows by hand."""
+    x = np.repeat(np.float32([0.1, 0.5, 0.7, 0.9]), [75, 11, 6, 8])
+    y = np.r_[np.ones(12), np.zeros(63), np.ones(2), np.zeros(9), np.ones(4), np.zeros(2), np.ones(8)].astype(bool)
+    X = sp.csr_matrix(x.reshape(-1, 1))
+    params = dict(n_estimators=1, learning_rate=0.5, max_depth=1, tree_method="hist", min_child_weight=0, reg_lambda=1.0,
+                  base_score=0.25)
+    booster = xgb.XGBClassifier(**params).fit(X, y).get_booster()
+    assert trees_of(booster)[0]["split_conditions"][0] == pytest.approx(0.7)
+    released, summary = release_trees(booster, X, y, np.arange(100), ReleaseSettings.from_params(params))
+    (tree,) = trees_of(released)
+    assert summary["splits_moved"] == 1 and summary["trees_changed"] == 1 and summary["leaves_after"] == 2
+    assert tree["split_conditions"][0] == pytest.approx(0.5)
+    # Left (x < 0.5): G = 75 * 0.25 - 12 = 6.75, H = 75 * 0.1875 = 14.0625; right: G = 25 * 0.25 - 14 = -7.75, H = 4.6875.
+    left, right = 0.5 * -6.75 / 15.0625, 0.5 * 7.75 / 5.6875
+    assert tree["split_conditions"][1:] == pytest.approx([left, right], rel=1e-6)
+    assert tree["sum_hessian"] == pytest.approx([18.75, 14.0625, 4.6875], rel=1e-6)
+    margin = released.predict(xgb.DMatrix(X), output_margin=True)
+    np.testing.assert_allclose(margin, np.log(0.25 / 0.75) + np.where(x < 0.5, left, right), rtol=1e-6)
+    # Without moving splits the stump collapses, as before.
+    collapsed, summary = release_trees(booster, X, y, np.arange(100),
+                                       dataclasses.replace(ReleaseSettings.from_params(params), move_splits=False))
+    assert trees_of(collapsed)[0]["left_children"] == [-1] and summary["splits_moved"] == 0
 
 
 def test_a_train_split_with_fewer_than_11_subjects_of_a_class_cannot_be_released():
