@@ -13,13 +13,15 @@ or at least 11 (counted as subjects of the train rows that reach it, not rows).
 
 1. Each row of the train split is routed through the trees (``pred_leaf``).
 2. A leaf that breaks the rule is mended where its split was made, deepest first:
-   - when its sibling is a leaf too, the split's threshold on the same feature is moved to
-     the one where both leaves obey the rule with the largest Newton gain on all train
-     rows (``-G^2 / (H + lambda)`` summed, as XGBoost scores a split; missing values keep
-     their default side): the small high-risk group the fit isolated is kept, widened to
-     11 subjects, rather than merged away;
-   - otherwise, or when no threshold obeys the rule and gains, the split is collapsed
-     into one leaf holding both children's rows.
+   - first the split's threshold on the same feature is moved to the one where both sides
+     hold 0 or 11 subjects of each class with the largest Newton gain on all train rows
+     (``G^2 / (H + lambda)`` summed over the sides, as XGBoost scores a split; missing
+     values keep their default side), and the rows are routed anew below it: the small
+     high-risk group the fit isolated is kept, widened to 11 subjects, rather than merged
+     away. A split is moved once; leaves below it that then break the rule are mended in
+     turn;
+   - when no threshold obeys the rule and gains, or the split was moved before, the
+     split is collapsed into one leaf holding all the rows below it.
    Repeated until no leaf breaks the rule. A tree whose root breaks it cannot be released
    (the whole train split is too small).
 3. Every leaf value, and every node's cover and weight, is recomputed from all train rows
@@ -123,13 +125,33 @@ def _subjects_ok(rows: np.ndarray, data: _Rows, min_cell: int) -> bool:
     return _ok(np.unique(s[y]).size, np.unique(s[~y]).size, min_cell)
 
 
+def _route(tree: dict, node: int, rows: np.ndarray, data: _Rows) -> np.ndarray:
+    """The leaf below ``node`` that each of ``rows`` (sorted) reaches, as XGBoost routes
+    them: left when the value is below the split's threshold or missing and the split's
+    default is left."""
+    left, right = tree["left_children"], tree["right_children"]
+    out = np.empty(rows.size, dtype=np.int64)
+    stack = [(node, np.arange(rows.size))]
+    while stack:
+        k, idx = stack.pop()
+        if left[k] == -1:
+            out[idx] = k
+            continue
+        values = data.column(tree["split_indices"][k], rows[idx])
+        goes_left = np.where(np.isnan(values), bool(tree["default_left"][k]),
+                             values < np.float32(tree["split_conditions"][k]))
+        stack += [(left[k], idx[goes_left]), (right[k], idx[~goes_left])]
+    return out
+
+
 def _move_split(tree: dict, node: int, leaf: np.ndarray, data: _Rows, settings: ReleaseSettings, min_cell: int,
                 tries: int = 16) -> np.ndarray | None:
-    """Move ``node``'s threshold (both children leaves) to the one, on the same feature,
-    where both leaves obey the rule and the Newton gain on all train rows is largest;
-    returns the rows' new leaves, or None when no threshold obeys the rule and gains."""
+    """Move ``node``'s threshold to the one, on the same feature, where each side holds 0
+    or ``min_cell`` subjects of each class and the Newton gain on all train rows is
+    largest; the rows are routed anew below it. Returns the rows' new leaves, or None when
+    no threshold obeys the rule and gains."""
     left_id, right_id = tree["left_children"][node], tree["right_children"][node]
-    rows = np.flatnonzero((leaf == left_id) | (leaf == right_id))
+    rows = np.flatnonzero(np.isin(leaf, [node, *_descendants(tree["left_children"], tree["right_children"], node)]))
     values = data.column(tree["split_indices"][node], rows)
     missing = np.isnan(values)
     default_left = bool(tree["default_left"][node])
@@ -170,7 +192,8 @@ def _move_split(tree: dict, node: int, leaf: np.ndarray, data: _Rows, settings: 
         if _subjects_ok(rows[goes_left], data, min_cell) and _subjects_ok(rows[~goes_left], data, min_cell):
             tree["split_conditions"][node] = float(thresholds[k])
             leaf = leaf.copy()
-            leaf[rows] = np.where(goes_left, left_id, right_id)
+            leaf[rows[goes_left]] = _route(tree, left_id, rows[goes_left], data)
+            leaf[rows[~goes_left]] = _route(tree, right_id, rows[~goes_left], data)
             return leaf
     return None
 
@@ -195,7 +218,7 @@ def _prune(tree: dict, leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray, mi
     while True:
         bad = [node for node, (e, n) in counts.items() if not _ok(e, n, min_cell)]
         if not bad:
-            return leaf, moved
+            return (_drop_empty(tree, leaf) if moved else leaf), moved
         node = max(bad, key=lambda k: (_depth(parents, k), -k))
         parent = parents[node]
         if parent == ROOT_PARENT:
@@ -205,16 +228,17 @@ def _prune(tree: dict, leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray, mi
                 f"{privacy.shown(n, min_cell=min_cell)} without: a model trained on it would carry a count below "
                 f"{min_cell}, so it cannot leave the site. Add people or train across sites."
             )
-        if data is not None and settings is not None and parent not in tried and left[left[parent]] == -1 \
-                and left[right[parent]] == -1:
+        if data is not None and settings is not None and parent not in tried:
             tried.add(parent)
             mended = _move_split(tree, parent, leaf, data, settings, min_cell)
             if mended is not None:
+                # The leaves below ``parent`` hold other rows now; those that break the rule
+                # are mended in turn (deeper ones first; ``parent`` is not moved again).
                 leaf, moved = mended, moved + 1
-                for child in (left[parent], right[parent]):
-                    counts.pop(child, None)
-                    rows = leaf == child
-                    counts |= _leaf_counts(leaf[rows], y[rows], subjects[rows])
+                below = _descendants(left, right, parent)
+                counts = {k: v for k, v in counts.items() if k not in below}
+                rows = np.isin(leaf, list(below))
+                counts |= _leaf_counts(leaf[rows], y[rows], subjects[rows])
                 continue
         # Every row below ``parent`` now ends in it.
         below = _descendants(left, right, parent)
@@ -223,6 +247,36 @@ def _prune(tree: dict, leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray, mi
         left[parent] = right[parent] = -1
         counts = {k: v for k, v in counts.items() if k not in below}
         counts |= _leaf_counts(leaf[moved_rows], y[moved_rows], subjects[moved_rows])
+
+
+def _drop_empty(tree: dict, leaf: np.ndarray) -> np.ndarray:
+    """Splice out every split one of whose sides no train row reaches any more (a moved
+    split above it took its rows): its other side takes its place. Returns the rows' leaves."""
+    left, right, parents = tree["left_children"], tree["right_children"], tree["parents"]
+    rows = np.bincount(leaf, minlength=len(left))
+    leaf = leaf.copy()
+
+    def reached(k: int) -> int:
+        return int(rows[k] + sum(rows[d] for d in _descendants(left, right, k)))
+
+    queue = [0]
+    while queue:
+        k = queue.pop()
+        if left[k] == -1:
+            continue
+        if reached(left[k]) and reached(right[k]):
+            queue += [left[k], right[k]]
+            continue
+        keep = right[k] if not reached(left[k]) else left[k]
+        for key in ("split_indices", "split_conditions", "default_left", "split_type"):
+            tree[key][k] = tree[key][keep]
+        left[k], right[k] = left[keep], right[keep]
+        if left[k] != -1:
+            parents[left[k]] = parents[right[k]] = k
+        leaf[leaf == keep] = k
+        rows[k] += rows[keep]
+        queue.append(k)
+    return leaf
 
 
 def _descendants(left: list[int], right: list[int], node: int) -> set[int]:

@@ -75,16 +75,20 @@ def test_every_released_leaf_holds_0_or_11_subjects_with_and_without_the_outcome
     assert all((e == 0 or e >= 11) and (n == 0 or n >= 11) for e, n in after)
     assert summary["leaves_after"] == len(after) < summary["leaves_before"] == len(before)
     assert summary["splits_moved"] > 0  # some small leaves were widened rather than merged
-    # Mending routed the rows as XGBoost does (missing values to their default side): the
-    # first tree's covers are its rows' hessians at the base score, summed by XGBoost's own leaves.
-    leaf0 = released.predict(xgb.DMatrix(X), pred_leaf=True, strict_shape=True).reshape(y.size, -1)[:, 0].astype(int)
-    first = trees_of(released)[0]
-    base_margin = released.predict(xgb.DMatrix(X), output_margin=True, iteration_range=(0, 1))[0] \
-        - first["split_conditions"][leaf0[0]]
-    base = 1 / (1 + np.exp(-base_margin))
-    cover = np.bincount(leaf0, minlength=len(first["left_children"])) * base * (1 - base)
-    leaves0 = [i for i, c in enumerate(first["left_children"]) if c == -1]
-    np.testing.assert_allclose(np.asarray(first["sum_hessian"])[leaves0], cover[leaves0], rtol=1e-5)
+    # Mending routed the rows as XGBoost does (missing values to their default side), in
+    # every tree: each leaf's cover is the hessian of the rows XGBoost itself sends there,
+    # at the margin of the trees before it.
+    released_trees = trees_of(released)
+    leaves = released.predict(xgb.DMatrix(X), pred_leaf=True, strict_shape=True).reshape(y.size, -1).astype(int)
+    values = np.stack([np.asarray(t["split_conditions"])[leaves[:, i]] for i, t in enumerate(released_trees)], axis=1)
+    margin = released.predict(xgb.DMatrix(X), output_margin=True) - values.sum(axis=1)
+    for i, tree in enumerate(released_trees):
+        p = 1 / (1 + np.exp(-margin))
+        cover = np.bincount(leaves[:, i], weights=p * (1 - p), minlength=len(tree["left_children"]))
+        is_leaf = [k for k, c in enumerate(tree["left_children"]) if c == -1]
+        assert (cover[is_leaf] > 0).all()  # no leaf is left that no row reaches
+        np.testing.assert_allclose(np.asarray(tree["sum_hessian"])[is_leaf], cover[is_leaf], rtol=1e-4)
+        margin = margin + values[:, i]
     # The covers are the recomputed hessian sums, so TreeSHAP still adds up to the margin.
     dm = xgb.DMatrix(X)
     contribs = released.predict(dm, pred_contribs=True)
