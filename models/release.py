@@ -16,12 +16,14 @@ or at least 11 (counted as subjects of the train rows that reach it, not rows).
    - first the split's threshold on the same feature is moved to the one where both sides
      hold 0 or 11 subjects of each class with the largest Newton gain on all train rows
      (``G^2 / (H + lambda)`` summed over the sides, as XGBoost scores a split; missing
-     values keep their default side), and the rows are routed anew below it: the small
+     values keep their default side; the thresholds are XGBoost's own histogram cuts of
+     the train rows), and the rows are routed anew below it: the small
      high-risk group the fit isolated is kept, widened to 11 subjects, rather than merged
      away. A split is moved once; leaves below it that then break the rule are mended in
      turn;
    - when no threshold obeys the rule and gains, or the split was moved before, the
      split is collapsed into one leaf holding all the rows below it.
+   A split that no row reaches on one side any more is spliced out.
    Repeated until no leaf breaks the rule. A tree whose root breaks it cannot be released
    (the whole train split is too small).
 3. Every leaf value, and every node's cover and weight, is recomputed from all train rows
@@ -40,6 +42,7 @@ split, which the root's check keeps at 0 or at least 11 events and non-events.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -63,6 +66,7 @@ class ReleaseSettings:
     scale_pos_weight: float = 1.0
     num_parallel_tree: int = 1
     min_child_weight: float = 0.0
+    max_bin: int = 256
     move_splits: bool = True
 
     @classmethod
@@ -75,6 +79,7 @@ class ReleaseSettings:
             scale_pos_weight=float(params.get("scale_pos_weight") or 1.0),
             num_parallel_tree=int(params.get("num_parallel_tree") or 1),
             min_child_weight=float(params.get("min_child_weight", 1.0) or 0.0),
+            max_bin=int(params.get("max_bin") or 256),
         )
 
 
@@ -105,6 +110,11 @@ class _Rows:
     subjects: np.ndarray
     g: np.ndarray
     h: np.ndarray
+    cut_ptr: np.ndarray  # XGBoost's histogram cuts of the train rows (QuantileDMatrix.get_quantile_cut)
+    cut_values: np.ndarray
+
+    def cuts(self, feature: int) -> np.ndarray:
+        return self.cut_values[self.cut_ptr[feature]:self.cut_ptr[feature + 1]].astype(np.float32)
 
     def column(self, feature: int, rows: np.ndarray) -> np.ndarray:
         """``feature``'s values on ``rows`` (sorted), NaN where missing."""
@@ -148,33 +158,32 @@ def _move_split(tree: dict, node: int, leaf: np.ndarray, data: _Rows, settings: 
                 tries: int = 16) -> np.ndarray | None:
     """Move ``node``'s threshold to the one, on the same feature, where each side holds 0
     or ``min_cell`` subjects of each class and the Newton gain on all train rows is
-    largest; the rows are routed anew below it. Returns the rows' new leaves, or None when
-    no threshold obeys the rule and gains."""
+    largest; the rows are routed anew below it. The thresholds tried are XGBoost's own
+    histogram cuts of the feature (those the fit chose from), so a moved split reveals no
+    value the fit could not have. Returns the rows' new leaves, or None when no threshold
+    obeys the rule and gains."""
     left_id, right_id = tree["left_children"][node], tree["right_children"][node]
     rows = np.flatnonzero(np.isin(leaf, [node, *_descendants(tree["left_children"], tree["right_children"], node)]))
-    values = data.column(tree["split_indices"][node], rows)
+    feature = tree["split_indices"][node]
+    values = data.column(feature, rows)
     missing = np.isnan(values)
     default_left = bool(tree["default_left"][node])
-    present = rows[~missing]
     order = np.argsort(values[~missing], kind="stable")
-    v, r = values[~missing][order], present[order]
-    if v.size == 0:
-        return None
-    # Candidate k: the present rows before the k-th distinct value go left (x < threshold).
-    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
-    cut = np.r_[starts, v.size]
-    thresholds = np.r_[v[starts], np.nextafter(v[-1], np.float32(np.inf))].astype(np.float32)
+    v, r = values[~missing][order], rows[~missing][order]
+    thresholds = data.cuts(feature)
+    below = np.searchsorted(v, thresholds, side="left")  # the present rows that go left (x < threshold)
     y = data.y.astype(np.int64)
     miss = rows[missing]
 
     def sums(a: np.ndarray) -> tuple[np.ndarray, float]:
-        return np.r_[0.0, np.cumsum(a[r])][cut], float(a[miss].sum())
+        return np.r_[0.0, np.cumsum(a[r])][below], float(a[miss].sum())
 
     (ev, ev_m), (rw, rw_m) = sums(y), sums(np.ones_like(y))
     (G, G_m), (H, H_m) = sums(data.g), sums(data.h)
     add = 1.0 if default_left else 0.0
     left = {"e": ev + add * ev_m, "n": (rw - ev) + add * (rw_m - ev_m), "G": G + add * G_m, "H": H + add * H_m}
-    total = {"e": ev[-1] + ev_m, "n": rw[-1] - ev[-1] + rw_m - ev_m, "G": G[-1] + G_m, "H": H[-1] + H_m}
+    total = {"e": float(y[rows].sum()), "n": float((1 - y[rows]).sum()), "G": float(data.g[rows].sum()),
+             "H": float(data.h[rows].sum())}
     right = {k: total[k] - left[k] for k in left}
 
     def fits(count: np.ndarray) -> np.ndarray:  # rows: a necessary condition on subjects
@@ -374,7 +383,11 @@ def release_trees(
     leaves_before = sum(sum(1 for c in trees[t]["left_children"] if c == -1) for t in range(first_tree, len(trees)))
     changed = moved = 0
     per_round = settings.num_parallel_tree
-    features = (X.tocsc() if sp.issparse(X) else np.asarray(X)) if settings.move_splits else None
+    features = None
+    if settings.move_splits:
+        cut_ptr, cut_values = xgb.QuantileDMatrix(X, max_bin=settings.max_bin).get_quantile_cut()
+        features = _Rows(X.tocsc() if sp.issparse(X) else np.asarray(X), y, subjects, np.empty(0), np.empty(0),
+                         np.asarray(cut_ptr), np.asarray(cut_values))
     for start in range(first_tree, len(trees), per_round):
         p = 1.0 / (1.0 + np.exp(-margin))
         g = (p - y) * weight
@@ -383,7 +396,7 @@ def release_trees(
         for t in range(start, min(start + per_round, len(trees))):
             tree = trees[t]
             nodes = len(tree["left_children"])
-            data = None if features is None else _Rows(features, y, subjects, g, h)
+            data = None if features is None else dataclasses.replace(features, g=g, h=h)
             leaf, moves = _prune(tree, leaves[:, t], y, subjects, min_cell, data, settings)
             new = _compact(tree)
             changed += int(len(tree["left_children"]) != nodes or moves > 0)

@@ -89,6 +89,13 @@ def test_every_released_leaf_holds_0_or_11_subjects_with_and_without_the_outcome
         assert (cover[is_leaf] > 0).all()  # no leaf is left that no row reaches
         np.testing.assert_allclose(np.asarray(tree["sum_hessian"])[is_leaf], cover[is_leaf], rtol=1e-4)
         margin = margin + values[:, i]
+    # Moved thresholds are XGBoost's own histogram cuts, as the fit's are: no other value of a row shows.
+    cut_ptr, cut_values = xgb.QuantileDMatrix(X, max_bin=256).get_quantile_cut()
+    for tree in released_trees:
+        for k, child in enumerate(tree["left_children"]):
+            if child != -1:
+                f = tree["split_indices"][k]
+                assert np.float32(tree["split_conditions"][k]) in cut_values[cut_ptr[f]:cut_ptr[f + 1]].astype(np.float32)
     # The covers are the recomputed hessian sums, so TreeSHAP still adds up to the margin.
     dm = xgb.DMatrix(X)
     contribs = released.predict(dm, pred_contribs=True)
