@@ -115,6 +115,25 @@ def _shown_int(text: str) -> bool:
 # ------------------------------------------------------------------------- sections
 
 
+def _release_text(release: dict | None, network: bool) -> str:
+    """What the rule of 11 for leaves did to the trees before they left the site
+    (``models.release``); empty when the training record predates it or it was off."""
+    if not release or network:
+        return ""
+    before, after, moved = release["leaves_before"], release["leaves_after"], release.get("splits_moved", 0)
+    if release["trees_changed"] == 0:
+        how = "every leaf XGBoost grew already did"
+    else:
+        how = (f"{release['trees_changed']:,} of the {release['trees']:,} trees were mended: {moved:,} splits moved to "
+               "another of XGBoost's histogram cuts on the same feature, widening a small group rather than merging it "
+               f"away, and the other breaches merged into their parent's leaf, so {after:,} of the {before:,} leaves "
+               "remain")
+    return (f"Before it left the site the trees were made to obey the rule of {release['min_cell']} (every leaf holds no "
+            f"train subject with the outcome or at least {release['min_cell']}, and likewise without it, so that no leaf "
+            f"value gives a small count away): {how}; every leaf value was then recomputed on all train rows by "
+            "XGBoost's Newton step.")
+
+
 def _models(m: dict) -> list[dict]:
     held, stats = m["held_out"], m.get("calibration_stats", {})
     rows = []
@@ -813,6 +832,7 @@ def report_context(
             f"{', '.join(network['tuning_sites'])} (only the model and sums over at least {privacy.MIN_CELL} rows, events "
             "and non-events left a site). The L1-logistic and age + sex baselines below are this site's own, fitted on "
             "its train rows in the network's columns")
+    release_text = _release_text(xgb.get("release"), bool(network))
     offset = xgb.get("offset") or {"method": "none"}
     offset_text = (
         f"The trees boost from an offset: every row starts at the L1-logistic's log-odds (the baseline below, C = "
@@ -1045,6 +1065,7 @@ def report_context(
             "network": bool(network),
             "trees": xgb["best_iteration"] + 1,
             "trees_text": trees_text,
+            "release_text": release_text,
             "offset_text": offset_text,
             "blend_text": blend_text,
             "blend_weight": float(blend.get("weight") or 0.0),

@@ -418,15 +418,18 @@ def released(clf: xgb.XGBClassifier, X_train, y_train, groups, kwargs: dict, mar
     """``clf`` with its trees made fit to leave the site (``models.release``): every leaf
     holds 0 or at least ``config.leaf_min_cell`` train subjects with the outcome and
     without it (``groups``: the rows' subjects; each row its own when None), its values
-    refitted on all train rows. Its attributes (``best_iteration``) are kept."""
+    refitted on all train rows. Its attributes (``best_iteration``) are kept, and
+    ``release_`` holds ``release_trees``' summary (None when the rule is off)."""
     if config.leaf_min_cell <= 1:
+        clf.release_ = None
         return clf
     groups = np.arange(len(y_train)) if groups is None else np.asarray(groups)
     settings = dataclasses.replace(ReleaseSettings.from_params(kwargs), move_splits=config.leaf_move_splits)
-    booster, _ = release_trees(clf.get_booster(), X_train, y_train, groups, settings, base_margin=margin,
-                               min_cell=config.leaf_min_cell)
+    booster, summary = release_trees(clf.get_booster(), X_train, y_train, groups, settings, base_margin=margin,
+                                     min_cell=config.leaf_min_cell)
     out = xgb.XGBClassifier(**kwargs, n_jobs=_threads(config))
     out.load_model(booster.save_raw("json"))
+    out.release_ = summary
     if hasattr(clf, "evals_result_"):  # the fit's early-stopping record (of the trees before release)
         out.evals_result_ = clf.evals_result_
     return out
@@ -1011,6 +1014,7 @@ def train_models(
         "rows": {name: int(m.sum()) for name, m in masks.items()},
         "positives": {name: int(y[m].sum()) for name, m in masks.items()},
         "xgboost": {"best_iteration": int(clf.best_iteration), "params": xgboost_config(y[tr], config, params).model_dump(),
+                    "release": getattr(clf, "release_", None),
                     "tree_count": {"method": count, **({"folds": config.cv_folds} if count == "cv" else {})},
                     "offset": {"method": offset, **({"model": "l1_logistic", "C": lr.C, "folds": config.cv_folds} if offset == "l1" else {})},
                     "blend": blend,

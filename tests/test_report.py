@@ -796,6 +796,30 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
     assert "blend" not in model.lower()
 
 
+def test_model_section_says_what_the_rule_of_11_did_to_the_trees(run, plain):
+    from forewarn.evaluation.report import render
+
+    release = json.loads(run["trained"].summary_path.read_text())["xgboost"]["release"]
+    assert release["min_cell"] == 11 and release["leaves_after"] <= release["leaves_before"]
+    assert "Before it left the site the trees were made to obey the rule of 11" in html.unescape(plain)
+
+    def model_section(release):
+        training = json.loads(run["trained"].summary_path.read_text())
+        training["xgboost"]["release"] = release
+        return html.unescape(render(build_context(run, training=training)).split('id="model"')[1].split("<h2")[0])
+
+    mended = {"trees": 120, "leaves_before": 1500, "leaves_after": 1200, "trees_changed": 100, "splits_moved": 250,
+              "min_cell": 11}
+    assert ("Before it left the site the trees were made to obey the rule of 11 (every leaf holds no train subject with "
+            "the outcome or at least 11, and likewise without it, so that no leaf value gives a small count away): 100 "
+            "of the 120 trees were mended: 250 splits moved to another of XGBoost's histogram cuts on the same feature, "
+            "widening a small group rather than merging it away, and the other breaches merged into their parent's "
+            "leaf, so 1,200 of the 1,500 leaves remain; every leaf value was then recomputed on all train rows by "
+            "XGBoost's Newton step.") in model_section(mended)
+    assert ": every leaf XGBoost grew already did; every leaf value" in model_section(mended | {"trees_changed": 0})
+    assert "rule of 11" not in model_section(None)
+
+
 def test_per_table_counts_withheld_when_a_quarantine_is_small(run):
     from forewarn.evaluation.report import render
 
