@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import xgboost as xgb
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from forewarn.models.release import ReleaseSettings, release_trees
 
@@ -178,3 +180,52 @@ def test_trees_before_first_tree_are_kept_as_they_are():
     assert trees_of(released)[:5] == trees_of(both)[:5]
     after = subject_counts(released[5:], X[1500:], y[1500:], np.arange(1500))
     assert all((e == 0 or e >= 11) and (n == 0 or n >= 11) for e, n in after)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n=st.integers(150, 900), rows_per_subject=st.integers(1, 4),
+       prevalence=st.floats(0.05, 0.5), depth=st.integers(1, 6), parallel=st.integers(1, 2), dense=st.booleans(),
+       offset=st.booleans(), move=st.booleans())
+def test_any_fit_released_obeys_the_rule_as_xgboost_routes_its_rows(seed, n, rows_per_subject, prevalence, depth,
+                                                                     parallel, dense, offset, move):
+    """Whatever the data and settings (sparse with missing values or dense, several rows a
+    subject, parallel trees, per-row offsets, moving or only collapsing), every leaf of the
+    released trees holds 0 or 11+ subjects of each class as XGBoost itself routes the train
+    rows, no leaf is empty, and the covers are the hessians of those rows."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, 8, density=0.5, format="csr", random_state=seed, dtype=np.float32)
+    X.data = np.round(X.data * 10) / 10  # ties, as counts and codes have
+    signal = np.asarray(X[:, 0].todense()).ravel() + np.asarray(X[:, 1].todense()).ravel()
+    y = signal + rng.normal(0, 0.5, n) > np.quantile(signal + rng.normal(0, 0.5, n), 1 - prevalence)
+    if y.sum() < 11 or (~y).sum() < 11:
+        y[:11], y[-11:] = True, False
+    if dense:
+        X = X.toarray()
+    subjects = np.arange(n) // rows_per_subject
+    margin = rng.normal(-1, 0.3, n) if offset else None
+    params = dict(n_estimators=6, learning_rate=0.3, max_depth=depth, tree_method="hist", min_child_weight=0.1,
+                  num_parallel_tree=parallel, subsample=0.8, random_state=seed)
+    booster = xgb.XGBClassifier(**params).fit(X, y, base_margin=margin).get_booster()
+    settings_ = dataclasses.replace(ReleaseSettings.from_params(params), move_splits=move)
+    try:
+        released, summary = release_trees(booster, X, y, subjects, settings_, base_margin=margin)
+    except ValueError as error:  # only a train split too small for any tree
+        assert "cannot leave the site" in str(error)
+        assert min(np.unique(subjects[y]).size, np.unique(subjects[~y]).size) < 11
+        return
+    assert move or summary["splits_moved"] == 0
+    assert all((e == 0 or e >= 11) and (k == 0 or k >= 11)
+               for e, k in subject_counts(released, X, y, subjects, base_margin=margin))
+    dm = xgb.DMatrix(X, base_margin=margin)
+    trees = trees_of(released)
+    leaves = released.predict(dm, pred_leaf=True, strict_shape=True).reshape(n, -1).astype(int)
+    values = np.stack([np.asarray(t["split_conditions"])[leaves[:, i]] for i, t in enumerate(trees)], axis=1)
+    running = released.predict(dm, output_margin=True) - values.sum(axis=1)
+    for start in range(0, len(trees), parallel):
+        p = 1 / (1 + np.exp(-running))
+        for i in range(start, start + parallel):
+            cover = np.bincount(leaves[:, i], weights=p * (1 - p), minlength=len(trees[i]["left_children"]))
+            is_leaf = [k for k, c in enumerate(trees[i]["left_children"]) if c == -1]
+            assert (np.bincount(leaves[:, i], minlength=len(trees[i]["left_children"]))[is_leaf] > 0).all()
+            np.testing.assert_allclose(np.asarray(trees[i]["sum_hessian"])[is_leaf], cover[is_leaf], rtol=1e-3, atol=1e-6)
+        running = running + values[:, start:start + parallel].sum(axis=1)
