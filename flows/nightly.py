@@ -684,8 +684,18 @@ def run_params(study: Study, spec: TaskSpec, site: str, shape: dict, training: d
         "blend_weight": (xgb.get("blend") or {"weight": 0.0})["weight"],
         "blend_guard": ((xgb.get("blend") or {}).get("guard") or {}).get("metric", "none"),
         "blend_rule": study.models.blend_rule,
+        "leaf_min_cell": study.models.leaf_min_cell, "leaf_move_splits": study.models.leaf_move_splits,
+        "leaves_released": _leaves_released(xgb.get("release"), bool(training.get("federated"))),
         **{f"xgb_{k}": v for k, v in xgb["params"].items()},
     }
+
+
+def _leaves_released(release: dict | None, network: bool) -> str:
+    """The trees' leaves after and before the rule of 11 (``models.release``), as a param
+    the compare view lines up: "1,323 of 1,704"; a network model's are released per site."""
+    if release:
+        return f"{release['leaves_after']:,} of {release['leaves_before']:,}"
+    return "per site" if network else "none"
 
 
 def _suppressed(attrition: dict) -> dict:

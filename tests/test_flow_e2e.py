@@ -132,6 +132,10 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         assert (params["offset"], params["blend"]) == ("none", "crossfit") and 0 <= float(params["blend_weight"]) <= 1
         assert params["blend_guard"] == "auprc"  # T2D's weights are chosen by AUROC, guarded by AUPRC
         assert params["blend_rule"] == "one_se"
+        # The rule of 11 for the trees' leaves, and how many leaves it kept of those grown.
+        assert (params["leaf_min_cell"], params["leaf_move_splits"]) == ("11", "True")
+        after, before = (int(v.replace(",", "")) for v in params["leaves_released"].split(" of "))
+        assert 0 < after <= before
     # The degraded data has another digest and a worse model.
     by_site = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
