@@ -128,10 +128,16 @@ def _release_text(release: dict | None, network: bool) -> str:
                "another of XGBoost's histogram cuts on the same feature, widening a small group rather than merging it "
                f"away, and the other breaches merged into their parent's leaf, so {after:,} of the {before:,} leaves "
                "remain")
-    return (f"Before it left the site the trees were made to obey the rule of {release['min_cell']} (every leaf holds no "
+    text = (f"Before it left the site the trees were made to obey the rule of {release['min_cell']} (every leaf holds no "
             f"train subject with the outcome or at least {release['min_cell']}, and likewise without it, so that no leaf "
             f"value gives a small count away): {how}; every leaf value was then recomputed on all train rows by "
             "XGBoost's Newton step.")
+    if "thresholds_replaced" in release:  # since session 18
+        replaced = release["thresholds_replaced"]
+        text += (f" No split's threshold shows a value: each has at least {release['min_cell']} train subjects with a "
+                 "value below it and as many at or above it, or parts present values from missing ones"
+                 + (f" ({replaced:,} thresholds were replaced so, every train row keeping its leaf)." if replaced else "."))
+    return text
 
 
 def _models(m: dict) -> list[dict]:

@@ -26,6 +26,16 @@ or at least 11 (counted as subjects of the train rows that reach it, not rows).
    A split that no row reaches on one side any more is spliced out.
    Repeated until no leaf breaks the rule. A tree whose root breaks it cannot be released
    (the whole train split is too small).
+2b. No split's threshold may show a value either. XGBoost's last histogram cut of a
+   feature is its largest value doubled (plus 1e-5), and a split that parts present
+   values from missing ones sits there; a cut among the 10 largest or smallest subjects'
+   values shows theirs. So every threshold must have at least 11 train subjects with a
+   value below it and 11 at or above it, or be +-FLT_MAX (present against missing: every
+   finite value is below FLT_MAX). A threshold that breaks this is replaced, where one
+   routes every train row below the split as before, by +-FLT_MAX (the split's rows'
+   present values all go one way) or by the nearest cut that obeys it; else the split
+   is moved (as above, among thresholds that obey it) or collapsed, and the leaves are
+   checked again. Moved splits only ever choose thresholds that obey it.
 3. Every leaf value, and every node's cover and weight, is recomputed from all train rows
    by XGBoost's own Newton step (``-G / (H + lambda)``, capped at ``max_delta_step``,
    times the learning rate, divided among a round's parallel trees), tree after tree on
@@ -54,6 +64,9 @@ from forewarn.records import privacy
 
 ROOT_PARENT = 2147483647  # XGBoost's parent id of a root
 HESSIAN_EPS = 1e-16  # XGBoost's floor on the logistic loss's hessian
+# The threshold of a split that parts present values from missing ones: every finite value
+# is below FLT_MAX (goes left) and none is below -FLT_MAX (goes right). It shows no value.
+FLT_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -112,9 +125,36 @@ class _Rows:
     h: np.ndarray
     cut_ptr: np.ndarray  # XGBoost's histogram cuts of the train rows (QuantileDMatrix.get_quantile_cut)
     cut_values: np.ndarray
+    min_cell: int = privacy.MIN_CELL
+    _spread: dict = dataclasses.field(default_factory=dict)  # feature -> each subject's smallest and largest value, sorted
 
     def cuts(self, feature: int) -> np.ndarray:
         return self.cut_values[self.cut_ptr[feature]:self.cut_ptr[feature + 1]].astype(np.float32)
+
+    def threshold_ok(self, feature: int, thresholds: np.ndarray) -> np.ndarray:
+        """Whether each threshold on ``feature`` may leave the site: +-FLT_MAX (it parts
+        present values from missing ones and shows none), or at least ``min_cell``
+        subjects of the train split have a value below it and as many a value at or above
+        it. A threshold past the last values (XGBoost's last cut is the feature's largest
+        value doubled) or among the 10 most extreme subjects' values would show them."""
+        if feature not in self._spread:
+            if sp.issparse(self.X):
+                start, end = self.X.indptr[feature], self.X.indptr[feature + 1]
+                values, who = self.X.data[start:end], self.subjects[self.X.indices[start:end]]
+            else:
+                values, who = np.asarray(self.X[:, feature]), self.subjects
+            keep = ~np.isnan(values)
+            values, who = values[keep].astype(np.float32), who[keep]
+            order = np.lexsort((values, who))
+            values, who = values[order], who[order]
+            first = np.r_[True, who[1:] != who[:-1]] if who.size else np.zeros(0, bool)
+            last = np.r_[who[1:] != who[:-1], True] if who.size else np.zeros(0, bool)
+            self._spread[feature] = (np.sort(values[first]), np.sort(values[last]))
+        lowest, highest = self._spread[feature]
+        t = np.asarray(thresholds, dtype=np.float32)
+        below = np.searchsorted(lowest, t, side="left")  # subjects with a value < t
+        at_or_above = highest.size - np.searchsorted(highest, t, side="left")  # subjects with a value >= t
+        return (np.abs(t) == np.float32(FLT_MAX)) | ((below >= self.min_cell) & (at_or_above >= self.min_cell))
 
     def column(self, feature: int, rows: np.ndarray) -> np.ndarray:
         """``feature``'s values on ``rows`` (sorted), NaN where missing."""
@@ -170,7 +210,8 @@ def _move_split(tree: dict, node: int, leaf: np.ndarray, data: _Rows, settings: 
     default_left = bool(tree["default_left"][node])
     order = np.argsort(values[~missing], kind="stable")
     v, r = values[~missing][order], rows[~missing][order]
-    thresholds = data.cuts(feature)
+    # The cuts (those that may leave the site), then the two that part present values from missing ones.
+    thresholds = np.r_[data.cuts(feature), np.float32([-FLT_MAX, FLT_MAX])]
     below = np.searchsorted(v, thresholds, side="left")  # the present rows that go left (x < threshold)
     y = data.y.astype(np.int64)
     miss = rows[missing]
@@ -193,7 +234,8 @@ def _move_split(tree: dict, node: int, leaf: np.ndarray, data: _Rows, settings: 
     gain = left["G"] ** 2 / (left["H"] + lam) + right["G"] ** 2 / (right["H"] + lam) - total["G"] ** 2 / (total["H"] + lam)
     ok = (fits(left["e"]) & fits(left["n"]) & fits(right["e"]) & fits(right["n"])
           & (left["e"] + left["n"] > 0) & (right["e"] + right["n"] > 0)
-          & (left["H"] >= settings.min_child_weight) & (right["H"] >= settings.min_child_weight) & (gain > 0))
+          & (left["H"] >= settings.min_child_weight) & (right["H"] >= settings.min_child_weight) & (gain > 0)
+          & data.threshold_ok(feature, thresholds))
     for k in np.flatnonzero(ok)[np.argsort(-gain[ok], kind="stable")][:tries]:
         goes_left = np.zeros(rows.size, bool)
         goes_left[~missing] = values[~missing] < thresholds[k]
@@ -207,6 +249,46 @@ def _move_split(tree: dict, node: int, leaf: np.ndarray, data: _Rows, settings: 
     return None
 
 
+def _unshown_threshold(tree: dict, node: int, leaf: np.ndarray, data: _Rows) -> bool:
+    """Give ``node``'s split a threshold that may leave the site (``_Rows.threshold_ok``)
+    and routes every train row below it as before: +-FLT_MAX when its rows' present values
+    all go one way, else the cut nearest the old threshold among those between the present
+    values that go left and those that go right. Returns False when there is none."""
+    feature, threshold = tree["split_indices"][node], np.float32(tree["split_conditions"][node])
+    rows = np.flatnonzero(np.isin(leaf, list(_descendants(tree["left_children"], tree["right_children"], node))))
+    values = data.column(feature, rows)
+    values = values[~np.isnan(values)]
+    goes_left = values < threshold
+    if goes_left.all() or not goes_left.any():
+        tree["split_conditions"][node] = FLT_MAX if goes_left.all() else -FLT_MAX
+        return True
+    cuts = data.cuts(feature)
+    fit = (cuts > values[goes_left].max()) & (cuts <= values[~goes_left].min()) & data.threshold_ok(feature, cuts)
+    if not fit.any():
+        return False
+    candidates = cuts[fit]
+    tree["split_conditions"][node] = float(candidates[np.argmin(np.abs(candidates - threshold))])
+    return True
+
+
+def _shown_threshold(tree: dict, leaf: np.ndarray, data: _Rows, replaced: list[int]) -> int | None:
+    """Mend the thresholds of ``tree``'s splits that would show a value (``_unshown_threshold``),
+    counting them in ``replaced``; returns the deepest split that cannot be mended so, if any."""
+    left, right, parents = tree["left_children"], tree["right_children"], tree["parents"]
+    splits, queue = [], [0]
+    while queue:
+        k = queue.pop()
+        if left[k] != -1:
+            splits.append(k)
+            queue += [left[k], right[k]]
+    bad = [k for k in splits if not data.threshold_ok(tree["split_indices"][k], np.float32([tree["split_conditions"][k]]))[0]]
+    for k in sorted(bad, key=lambda k: (-_depth(parents, k), k)):
+        if not _unshown_threshold(tree, k, leaf, data):
+            return k
+        replaced[0] += 1
+    return None
+
+
 def _depth(parents: list[int], node: int) -> int:
     depth = 0
     while parents[node] != ROOT_PARENT:
@@ -214,30 +296,34 @@ def _depth(parents: list[int], node: int) -> int:
     return depth
 
 
-def _prune(tree: dict, leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray, min_cell: int,
-           data: _Rows | None = None, settings: ReleaseSettings | None = None) -> tuple[np.ndarray, int]:
+def _prune(tree: dict, leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray, min_cell: int, data: _Rows,
+           settings: ReleaseSettings) -> tuple[np.ndarray, int, int]:
     """Mend ``tree``'s nodes (in place, as child arrays; orphans dropped later) until
-    every leaf reached by the rows obeys the rule; returns each row's new leaf and how
-    many splits were moved (``data`` given) rather than collapsed."""
+    every leaf reached by the rows obeys the rule and no split's threshold shows a value;
+    returns each row's new leaf, how many splits were moved (``settings.move_splits``)
+    rather than collapsed, and how many thresholds were replaced keeping the rows' routes."""
     left, right, parents = tree["left_children"], tree["right_children"], tree["parents"]
     leaf = leaf.copy()
     counts = _leaf_counts(leaf, y, subjects)
     tried: set[int] = set()
-    moved = 0
+    moved, replaced = 0, [0]
     while True:
         bad = [node for node, (e, n) in counts.items() if not _ok(e, n, min_cell)]
-        if not bad:
-            return (_drop_empty(tree, leaf) if moved else leaf), moved
-        node = max(bad, key=lambda k: (_depth(parents, k), -k))
-        parent = parents[node]
-        if parent == ROOT_PARENT:
-            e, n = counts[node]
-            raise ValueError(
-                f"the train split holds {privacy.shown(e, min_cell=min_cell)} subjects with the outcome and "
-                f"{privacy.shown(n, min_cell=min_cell)} without: a model trained on it would carry a count below "
-                f"{min_cell}, so it cannot leave the site. Add people or train across sites."
-            )
-        if data is not None and settings is not None and parent not in tried:
+        if bad:
+            node = max(bad, key=lambda k: (_depth(parents, k), -k))
+            parent = parents[node]
+            if parent == ROOT_PARENT:
+                e, n = counts[node]
+                raise ValueError(
+                    f"the train split holds {privacy.shown(e, min_cell=min_cell)} subjects with the outcome and "
+                    f"{privacy.shown(n, min_cell=min_cell)} without: a model trained on it would carry a count below "
+                    f"{min_cell}, so it cannot leave the site. Add people or train across sites."
+                )
+        else:  # the leaves obey the rule; a split whose threshold shows a value is mended itself
+            parent = _shown_threshold(tree, leaf, data, replaced)
+            if parent is None:
+                return (_drop_empty(tree, leaf) if moved else leaf), moved, replaced[0]
+        if settings.move_splits and parent not in tried:
             tried.add(parent)
             mended = _move_split(tree, parent, leaf, data, settings, min_cell)
             if mended is not None:
@@ -381,13 +467,11 @@ def release_trees(
     margin += by_tree[:, :first_tree].sum(axis=1)  # the kept trees' contributions
     weight = np.where(y, settings.scale_pos_weight, 1.0)
     leaves_before = sum(sum(1 for c in trees[t]["left_children"] if c == -1) for t in range(first_tree, len(trees)))
-    changed = moved = 0
+    changed = moved = replaced = 0
     per_round = settings.num_parallel_tree
-    features = None
-    if settings.move_splits:
-        cut_ptr, cut_values = xgb.QuantileDMatrix(X, max_bin=settings.max_bin).get_quantile_cut()
-        features = _Rows(X.tocsc() if sp.issparse(X) else np.asarray(X), y, subjects, np.empty(0), np.empty(0),
-                         np.asarray(cut_ptr), np.asarray(cut_values))
+    cut_ptr, cut_values = xgb.QuantileDMatrix(X, max_bin=settings.max_bin).get_quantile_cut()
+    features = _Rows(X.tocsc() if sp.issparse(X) else np.asarray(X), y, subjects, np.empty(0), np.empty(0),
+                     np.asarray(cut_ptr), np.asarray(cut_values), min_cell)
     for start in range(first_tree, len(trees), per_round):
         p = 1.0 / (1.0 + np.exp(-margin))
         g = (p - y) * weight
@@ -396,11 +480,12 @@ def release_trees(
         for t in range(start, min(start + per_round, len(trees))):
             tree = trees[t]
             nodes = len(tree["left_children"])
-            data = None if features is None else dataclasses.replace(features, g=g, h=h)
-            leaf, moves = _prune(tree, leaves[:, t], y, subjects, min_cell, data, settings)
+            leaf, moves, thresholds = _prune(tree, leaves[:, t], y, subjects, min_cell,
+                                             dataclasses.replace(features, g=g, h=h), settings)
             new = _compact(tree)
             changed += int(len(tree["left_children"]) != nodes or moves > 0)
             moved += moves
+            replaced += thresholds
             renumber = np.full(nodes, -1, dtype=np.int64)
             renumber[list(new)] = list(new.values())
             step += _refit(tree, renumber[leaf], g, h, settings)
@@ -408,4 +493,5 @@ def release_trees(
     leaves_after = sum(sum(1 for c in trees[t]["left_children"] if c == -1) for t in range(first_tree, len(trees)))
     released = xgb.Booster(model_file=bytearray(json.dumps(model).encode()))
     return released, {"trees": len(trees) - first_tree, "leaves_before": leaves_before, "leaves_after": leaves_after,
-                      "trees_changed": changed, "splits_moved": moved, "min_cell": min_cell}
+                      "trees_changed": changed, "splits_moved": moved, "thresholds_replaced": replaced,
+                      "min_cell": min_cell}

@@ -12,7 +12,7 @@ import xgboost as xgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forewarn.models.release import ReleaseSettings, release_trees
+from forewarn.models.release import FLT_MAX, ReleaseSettings, release_trees
 
 
 def data(n=3000, seed=0):
@@ -35,6 +35,31 @@ def subject_counts(booster, X, y, subjects, base_margin=None):
         for leaf in np.unique(leaves[:, t]):
             rows = leaves[:, t] == leaf
             out.append((np.unique(subjects[rows & y]).size, np.unique(subjects[rows & ~y]).size))
+    return out
+
+
+def shown_thresholds(booster, X, subjects) -> list[tuple[int, float, int, int]]:
+    """The splits whose threshold would show a value: neither +-FLT_MAX nor with 11+
+    subjects of the train rows ``X`` having a (present) value below it and 11+ at or
+    above it, counted afresh: (feature, threshold, subjects below, at or above)."""
+    dense = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
+    present = ~np.isnan(dense)
+    if sp.issparse(X):  # a stored entry is present (even an explicit 0); an unstored one is missing
+        coo = X.tocoo()
+        present = np.zeros(dense.shape, bool)
+        present[coo.row, coo.col] = True
+    out = []
+    for tree in trees_of(booster):
+        for k, child in enumerate(tree["left_children"]):
+            if child == -1:
+                continue
+            f, t = tree["split_indices"][k], np.float32(tree["split_conditions"][k])
+            if abs(t) == np.float32(FLT_MAX):
+                continue
+            v, s = dense[present[:, f], f], subjects[present[:, f]]
+            below, above = np.unique(s[v < t]).size, np.unique(s[v >= t]).size
+            if below < 11 or above < 11:
+                out.append((f, float(t), below, above))
     return out
 
 
@@ -91,13 +116,16 @@ def test_every_released_leaf_holds_0_or_11_subjects_with_and_without_the_outcome
         assert (cover[is_leaf] > 0).all()  # no leaf is left that no row reaches
         np.testing.assert_allclose(np.asarray(tree["sum_hessian"])[is_leaf], cover[is_leaf], rtol=1e-4)
         margin = margin + values[:, i]
-    # Moved thresholds are XGBoost's own histogram cuts, as the fit's are: no other value of a row shows.
+    # Thresholds are XGBoost's own histogram cuts, as the fit's are, with 11+ subjects on either
+    # side, or +-FLT_MAX (present against missing): no other value of a row shows.
     cut_ptr, cut_values = xgb.QuantileDMatrix(X, max_bin=256).get_quantile_cut()
     for tree in released_trees:
         for k, child in enumerate(tree["left_children"]):
             if child != -1:
                 f = tree["split_indices"][k]
-                assert np.float32(tree["split_conditions"][k]) in cut_values[cut_ptr[f]:cut_ptr[f + 1]].astype(np.float32)
+                allowed = np.r_[cut_values[cut_ptr[f]:cut_ptr[f + 1]], -FLT_MAX, FLT_MAX].astype(np.float32)
+                assert np.float32(tree["split_conditions"][k]) in allowed
+    assert shown_thresholds(booster, X, subjects) and not shown_thresholds(released, X, subjects)
     # The covers are the recomputed hessian sums, so TreeSHAP still adds up to the margin.
     dm = xgb.DMatrix(X)
     contribs = released.predict(dm, pred_contribs=True)
@@ -155,6 +183,60 @@ def test_a_split_that_isolates_a_small_group_moves_to_the_best_threshold_that_ob
     collapsed, summary = release_trees(booster, X, y, np.arange(100),
                                        dataclasses.replace(ReleaseSettings.from_params(params), move_splits=False))
     assert trees_of(collapsed)[0]["left_children"] == [-1] and summary["splits_moved"] == 0
+
+
+def groups_of(*groups: tuple[float, int, int]) -> tuple[sp.csr_matrix, np.ndarray]:
+    """One feature from (value, rows, events) groups, a row a subject; NaN: missing."""
+    x = np.concatenate([np.full(n, v) for v, n, _ in groups]).astype(np.float32)
+    y = np.concatenate([np.arange(n) < e for _, n, e in groups])
+    X = sp.csr_matrix(np.nan_to_num(x).reshape(-1, 1))
+    X.eliminate_zeros()  # unstored: missing, as XGBoost reads a sparse matrix
+    return X, y
+
+
+STUMP = dict(n_estimators=1, learning_rate=0.5, max_depth=1, tree_method="hist", min_child_weight=0, reg_lambda=1.0,
+             base_score=0.25)
+
+
+def test_a_split_of_present_from_missing_values_shows_no_value_and_routes_every_row_as_before():
+    """x = 1, 2, 3 on 20, 15, 10 subjects (15, 10, 7 with the outcome); 55 subjects
+    without x (11 with it). XGBoost parts present from missing at x < 6.00001: its last
+    histogram cut, the largest value doubled, which shows that value (3). Both leaves
+    obey the rule, so only the threshold changes, to FLT_MAX, and every row keeps its
+    leaf and its value."""
+    X, y = groups_of((1, 20, 15), (2, 15, 10), (3, 10, 7), (np.nan, 55, 11))
+    booster = xgb.XGBClassifier(**STUMP).fit(X, y).get_booster()
+    (fitted,) = trees_of(booster)
+    assert fitted["split_conditions"][0] == pytest.approx(2 * 3 + 1e-5) and fitted["default_left"][0] == 0
+    released, summary = release_trees(booster, X, y, np.arange(100), ReleaseSettings.from_params(STUMP))
+    (tree,) = trees_of(released)
+    assert np.float32(tree["split_conditions"][0]) == np.float32(FLT_MAX) and tree["split_conditions"][1:] == pytest.approx(fitted["split_conditions"][1:])
+    assert summary["thresholds_replaced"] == 1 and summary["splits_moved"] == 0 and summary["trees_changed"] == 0
+    dm = xgb.DMatrix(X)
+    np.testing.assert_allclose(released.predict(dm), booster.predict(dm), rtol=1e-6)
+
+
+def test_a_split_among_the_10_largest_values_moves_to_one_that_shows_none():
+    """x = 0.1 on 100 subjects (11 with the outcome), 0.5 on 30 (4), 0.9 on 5 (5); 31
+    subjects without x (20). XGBoost splits at x < 0.9 with missing values right: both
+    leaves obey the rule, but only 5 subjects have x >= 0.9, so the threshold would show
+    the 5 largest values. No threshold between 0.5 and 0.9 routes the rows as before and
+    has 11 subjects at or above it, so the split moves; of the thresholds that show no
+    value, present-against-missing gains most by hand (29.14 against 21.54 for x < 0.5):
+    left 135 rows, 20 events (G = 135 * 0.25 - 20 = 13.75, H = 135 * 0.1875 = 25.3125);
+    right 31, 20 (G = -12.25, H = 5.8125)."""
+    X, y = groups_of((0.1, 100, 11), (0.5, 30, 4), (0.9, 5, 5), (np.nan, 31, 20))
+    booster = xgb.XGBClassifier(**STUMP).fit(X, y).get_booster()
+    assert trees_of(booster)[0]["split_conditions"][0] == pytest.approx(0.9)
+    released, summary = release_trees(booster, X, y, np.arange(166), ReleaseSettings.from_params(STUMP))
+    (tree,) = trees_of(released)
+    assert summary["splits_moved"] == 1 and summary["thresholds_replaced"] == 0
+    assert tree["split_conditions"] == pytest.approx([FLT_MAX, 0.5 * -13.75 / 26.3125, 0.5 * 12.25 / 6.8125], rel=1e-6)
+    assert tree["sum_hessian"] == pytest.approx([31.125, 25.3125, 5.8125], rel=1e-6)
+    # Without moving splits, it collapses.
+    collapsed, _ = release_trees(booster, X, y, np.arange(166),
+                                 dataclasses.replace(ReleaseSettings.from_params(STUMP), move_splits=False))
+    assert trees_of(collapsed)[0]["left_children"] == [-1]
 
 
 def test_a_train_split_with_fewer_than_11_subjects_of_a_class_cannot_be_released():
@@ -216,6 +298,7 @@ def test_any_fit_released_obeys_the_rule_as_xgboost_routes_its_rows(seed, n, row
     assert move or summary["splits_moved"] == 0
     assert all((e == 0 or e >= 11) and (k == 0 or k >= 11)
                for e, k in subject_counts(released, X, y, subjects, base_margin=margin))
+    assert not shown_thresholds(released, X, subjects)
     dm = xgb.DMatrix(X, base_margin=margin)
     trees = trees_of(released)
     leaves = released.predict(dm, pred_leaf=True, strict_shape=True).reshape(n, -1).astype(int)

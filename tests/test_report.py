@@ -817,6 +817,12 @@ def test_model_section_says_what_the_rule_of_11_did_to_the_trees(run, plain):
             "leaf, so 1,200 of the 1,500 leaves remain; every leaf value was then recomputed on all train rows by "
             "XGBoost's Newton step.") in model_section(mended)
     assert ": every leaf XGBoost grew already did; every leaf value" in model_section(mended | {"trees_changed": 0})
+    assert "threshold" not in model_section(mended)  # a training record from before session 18
+    assert ("Newton step. No split's threshold shows a value: each has at least 11 train subjects with a value below it "
+            "and as many at or above it, or parts present values from missing ones (7 thresholds were replaced so, every "
+            "train row keeping its leaf).") in model_section(mended | {"thresholds_replaced": 7})
+    none_replaced = model_section(mended | {"thresholds_replaced": 0})
+    assert "or parts present values from missing ones." in none_replaced and "were replaced" not in none_replaced
     assert "rule of 11" not in model_section(None)
 
 
