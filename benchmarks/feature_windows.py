@@ -41,7 +41,8 @@ def main() -> None:
                 m = split_masks(rows)
                 if not (0 < y[m["tuning"]].sum() < m["tuning"].sum()):
                     break
-                l1, _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig())
+                l1, _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig(),
+                                        rows[schema.SUBJECT_ID].to_numpy()[m["train"]])
                 with tempfile.TemporaryDirectory() as tmp:
                     trained = train_models(fm, Path(tmp), ModelConfig(n_jobs=2))
                     pred = pd.read_parquet(trained.predictions_path(PRIMARY))

@@ -168,7 +168,8 @@ def offsets(kind: str, X, y, m, subjects: np.ndarray, cache: dict) -> dict[str, 
     if kind not in cache:
         config = ModelConfig()
         if "l1" not in cache:
-            cache["l1"], _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], config)
+            cache["l1"], _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], config,
+                                             subjects[m["train"]])
         l1 = cache["l1"]
         train = (l1.margin(X[m["train"]]) if kind == "insample" else
                  crossfit_l1_margins(X[m["train"]], y[m["train"]], subjects[m["train"]], l1.C, 5, config.seed, config.l1_tol))
@@ -201,7 +202,8 @@ def blend(weight, clf, X, y, m, margin, cache: dict, subjects=None, config=None)
     fixed, or ("tuned") the grid value with the best tuning-split objective (AUPRC below
     5% train prevalence, else AUROC; ties to the smaller ``w``). Returns the held-out
     sigmoid of the blend (ranking is what the harness scores)."""
-    l1 = cache.setdefault("l1", None) or fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig())[0]
+    l1 = cache.setdefault("l1", None) or fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig(),
+                                                         None if subjects is None else subjects[m["train"]])[0]
     cache["l1"] = l1
     part = {k: (clf.predict(X[m[k]], output_margin=True, base_margin=None if margin is None else margin[k]), l1.margin(X[m[k]]))
             for k in ("tuning", "held_out")}
@@ -301,7 +303,8 @@ def baselines(cell: str, paths: dict[str, str], X, y, rows, m, threads: int) -> 
     if cache.exists():
         with np.load(cache) as saved:
             return {"L1-logistic": saved["l1"], "MEDS-Tab-style": saved["medstab"]}
-    l1, _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig())
+    l1, _ = fit_l1_logistic(X[m["train"]], y[m["train"]], X[m["tuning"]], y[m["tuning"]], ModelConfig(),
+                            rows[schema.SUBJECT_ID].to_numpy()[m["train"]])
     Xt, rt, _ = FeatureMatrix(Path(paths["medstab"])).load()
     mt = split_masks(rt)
     if not (rt.loc[mt["held_out"], schema.SUBJECT_ID].to_numpy() == rows.loc[m["held_out"], schema.SUBJECT_ID].to_numpy()).all():

@@ -140,6 +140,19 @@ def _release_text(release: dict | None, network: bool) -> str:
     return text
 
 
+def _l1_scaling_text(l1: dict) -> str:
+    """How the L1-logistic's features were scaled (``models.train.subject_scale``)."""
+    cell = l1.get("min_cell")
+    if cell is None:  # a training record from before session 18
+        return "max-abs-scaled features (scaler fitted on train)"
+    if cell <= 1:
+        return "max-abs-scaled features (scaler fitted on train; the rule of 11 was off)"
+    left_out = l1.get("columns_left_out", 0)
+    return (f"features each divided by the value {cell} train subjects reach (not the largest, which is one person's, "
+            "so no scale that leaves the site shows a value)"
+            + (f"; {left_out:,} features that fewer than {cell} train subjects hold were left out" if left_out else ""))
+
+
 def _models(m: dict) -> list[dict]:
     held, stats = m["held_out"], m.get("calibration_stats", {})
     rows = []
@@ -1086,6 +1099,7 @@ def report_context(
             ],
             "l1_c": l1.get("C", "–"),
             "l1_nonzero": l1.get("nonzero_coefficients", "–"),
+            "l1_scaling": _l1_scaling_text(l1),
             "l1_grid": [
                 {"C": k, "auroc": _fmt(v), "chosen": float(k) == float(l1.get("C", -1))}
                 for k, v in (l1.get("tuning_auroc_by_C") or {}).items()

@@ -69,19 +69,24 @@ class _Binary(ClassifierMixin, BaseEstimator):
 
 
 class L1LogisticClassifier(_Binary):
-    """L1-regularised logistic regression on max-abs-scaled sparse features
-    (``models.train.fit_l1_logistic``).
+    """L1-regularised logistic regression on scaled sparse features
+    (``models.train.fit_l1_logistic``): each column divided by the value ``min_cell``
+    subjects reach, and columns fewer subjects hold left out (``models.train.subject_scale``;
+    ``min_cell`` 1: max-abs scaling, every column). ``groups`` (the rows' subjects) count
+    subjects; each row is its own when None.
 
     With ``C`` set, that C is fitted. Otherwise C is chosen from ``C_grid`` by AUROC on
     ``X_tune``, ``y_tune``, which ``fit`` then needs."""
 
-    def __init__(self, C: float | None = None, C_grid=(0.01, 0.03, 0.1, 0.3, 1.0), tol: float = 1e-3, random_state: int = 0):
+    def __init__(self, C: float | None = None, C_grid=(0.01, 0.03, 0.1, 0.3, 1.0), tol: float = 1e-3, random_state: int = 0,
+                 min_cell: int = 11):
         self.C = C
         self.C_grid = C_grid
         self.tol = tol
         self.random_state = random_state
+        self.min_cell = min_cell
 
-    def fit(self, X, y, X_tune=None, y_tune=None) -> L1LogisticClassifier:
+    def fit(self, X, y, X_tune=None, y_tune=None, groups=None) -> L1LogisticClassifier:
         X, y = sp.csr_matrix(X), _binary(y, type(self).__name__)
         grid = [self.C] if self.C is not None else list(self.C_grid)
         if X_tune is None and len(grid) > 1:
@@ -90,8 +95,8 @@ class L1LogisticClassifier(_Binary):
                 "and y_tune, or set C"
             )
         X_tune, y_tune = (X, y) if X_tune is None else (sp.csr_matrix(X_tune), _binary(y_tune, type(self).__name__))
-        config = ModelConfig(seed=self.random_state, l1_c_grid=grid, l1_tol=self.tol)
-        self.model_, self.tuning_auroc_by_C_ = fit_l1_logistic(X, y, X_tune, y_tune, config)
+        config = ModelConfig(seed=self.random_state, l1_c_grid=grid, l1_tol=self.tol, leaf_min_cell=self.min_cell)
+        self.model_, self.tuning_auroc_by_C_ = fit_l1_logistic(X, y, X_tune, y_tune, config, groups)
         self.C_ = self.model_.C
         self._fitted(X.shape[1])
         return self
@@ -155,7 +160,7 @@ class ForewarnXGBClassifier(_Binary):
         config = self.config or ModelConfig()
         groups = np.arange(X.shape[0]) if groups is None else np.asarray(groups)
         offset = offset_method(y, config) == "l1"
-        l1 = fit_l1_logistic(X, y, X_tune, y_tune, config)[0] if offset or config.blend != "none" else None
+        l1 = fit_l1_logistic(X, y, X_tune, y_tune, config, groups)[0] if offset or config.blend != "none" else None
         margins = offset_margins(X, y, X_tune, groups, l1, config) if offset else None
         clf = fit_xgboost(X, y, X_tune, y_tune, config, self.params, tree_count=tree_count_method(y_tune, config),
                           groups=groups, margins=margins)
@@ -189,7 +194,8 @@ def load_estimators(trained: TrainedModels, columns: pd.DataFrame, config: Model
     xgb_est.model_ = load_primary(trained)
     xgb_est.calibrator_ = Calibrator.from_json(json.loads(trained.calibration_path.read_text()))
     l1 = L1Logistic.from_json(json.loads(trained.l1_path.read_text()))
-    l1_est = L1LogisticClassifier(C_grid=tuple(config.l1_c_grid), tol=config.l1_tol, random_state=config.seed)
+    l1_est = L1LogisticClassifier(C_grid=tuple(config.l1_c_grid), tol=config.l1_tol, random_state=config.seed,
+                                  min_cell=config.leaf_min_cell)
     l1_est.model_, l1_est.C_, l1_est.tuning_auroc_by_C_ = l1, l1.C, summary["l1_logistic"]["tuning_auroc_by_C"]
     age_sex = AgeSexClassifier.for_columns(columns)
     age_sex.model_ = AgeSexLogistic.from_json(json.loads(trained.age_sex_path.read_text()))

@@ -218,7 +218,7 @@ class SiteRows:
         probabilities = {PRIMARY: model.calibrator(raw), UNCALIBRATED: raw}
         local: dict = {}
         if baselines:
-            lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config)
+            lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config, rows[schema.SUBJECT_ID].to_numpy()[tr])
             out.l1_path.write_text(json.dumps(lr.to_json()))
             age_sex = AgeSexLogistic.fit(X[tr], y[tr], columns)
             out.age_sex_path.write_text(json.dumps(age_sex.to_json()))

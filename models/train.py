@@ -24,7 +24,6 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.preprocessing import MaxAbsScaler
 
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import choose_calibrator
@@ -210,8 +209,10 @@ class ModelConfig(BaseModel):
     leaf_min_cell: int = Field(
         privacy.MIN_CELL, ge=1,
         description="every leaf of the XGBoost trees holds no train subject with the outcome or at least this many, and "
-        "likewise without it (models.release): the trees leave the site, and a leaf's value gives its counts away. A "
-        "study may not set it below 11; 1 turns it off (development measurements only)",
+        "likewise without it, and every split's threshold this many subjects on either side (models.release): the "
+        "trees leave the site, and a leaf's value gives its counts away. The L1-logistic likewise scales each column by "
+        "the value this many subjects reach and leaves out columns fewer subjects hold (subject_scale). A study may not "
+        "set it below 11; 1 turns it off (development measurements only)",
     )
     leaf_move_splits: bool = Field(
         True,
@@ -519,7 +520,9 @@ def _dask_rows(client, X: sp.csr_matrix, y: np.ndarray, n_parts: int):
 
 @dataclass(frozen=True)
 class L1Logistic:
-    """A fitted L1-regularised logistic regression on max-abs-scaled sparse features."""
+    """A fitted L1-regularised logistic regression on scaled sparse features
+    (``subject_scale``: each column divided by the 11th largest subject's value, so that
+    the scales that leave the site with it show no one person's value)."""
 
     scale: np.ndarray
     coef: np.ndarray
@@ -555,20 +558,52 @@ def _l1_fit(Xs_train: sp.csr_matrix, y_train: np.ndarray, c: float, seed: int, t
     return lr.coef_.ravel().copy(), float(lr.intercept_[0])
 
 
-def _max_abs_scaled(X_train) -> tuple[np.ndarray, sp.csr_matrix]:
-    """The max-abs scale of every column of ``X_train`` (1 where a column is all zero) and
-    ``X_train`` scaled by it, as the float64 canonical CSR liblinear works in."""
-    scaler = MaxAbsScaler().fit(X_train)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    Xs_train = sp.csr_matrix(X_train @ sp.diags(1.0 / scale), dtype=np.float64)
+def subject_scale(X_train, groups=None, min_cell: int = privacy.MIN_CELL) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's scale for the L1-logistic and whether it may enter the fit, from the
+    train rows ``X_train`` (``groups``: their subjects; each row its own when None).
+
+    The scale is the ``min_cell``-th largest of the subjects' largest absolute values (a
+    value ``min_cell`` subjects reach), not the column's maximum (max-abs scaling), which
+    is one person's value and would leave the site with the model. A column that fewer
+    than ``min_cell`` subjects hold a nonzero value of is left out (scale 1, coefficient
+    0): its coefficient would be fitted on their outcomes alone. ``min_cell`` 1 gives
+    max-abs scaling over every column."""
+    C = sp.csc_matrix(X_train)
+    groups = np.arange(C.shape[0]) if groups is None else np.asarray(groups)
+    scale, kept = np.ones(C.shape[1]), np.zeros(C.shape[1], bool)
+    for j in range(C.shape[1]):
+        start, end = C.indptr[j], C.indptr[j + 1]
+        values, who = np.abs(np.nan_to_num(C.data[start:end])), groups[C.indices[start:end]]
+        nonzero = values > 0
+        values, who = values[nonzero], who[nonzero]
+        if not values.size:
+            continue
+        order = np.lexsort((-values, who))  # each subject's largest value first
+        values, who = values[order], who[order]
+        largest = np.sort(values[np.r_[True, who[1:] != who[:-1]]])[::-1]
+        if largest.size >= min_cell:
+            scale[j], kept[j] = largest[min_cell - 1], True
+    return scale, kept
+
+
+def _scaled(X_train, groups=None, min_cell: int = privacy.MIN_CELL) -> tuple[np.ndarray, sp.csr_matrix]:
+    """``subject_scale``'s scales and ``X_train`` scaled by them, the columns left out
+    zeroed, as the float64 canonical CSR liblinear works in (L1 keeps a zero column's
+    coefficient at 0)."""
+    scale, kept = subject_scale(X_train, groups, min_cell)
+    Xs_train = sp.csr_matrix(X_train @ sp.diags(kept / scale), dtype=np.float64)
+    Xs_train.data = np.nan_to_num(Xs_train.data)
+    Xs_train.eliminate_zeros()
     Xs_train.sum_duplicates()  # canonical CSR, as scikit-learn's input check makes it in place anyway
     return scale, Xs_train
 
 
-def crossfit_l1_margins(X_train, y_train, groups, C: float, folds: int, seed: int, tol: float) -> np.ndarray:
+def crossfit_l1_margins(X_train, y_train, groups, C: float, folds: int, seed: int, tol: float,
+                        min_cell: int = privacy.MIN_CELL) -> np.ndarray:
     """Out-of-fold L1-logistic log-odds for every train row: ``folds`` subject-grouped
-    folds (``subject_folds``), each scored by an L1 fit at ``C`` (its own scaler) on the
-    other folds, so no row's offset has seen its own label.
+    folds (``subject_folds``), each scored by an L1 fit at ``C`` (its own scales,
+    ``subject_scale`` at ``min_cell``) on the other folds, so no row's offset has seen its
+    own label.
 
     When the other folds hold one class only (fewer subjects with an event than folds),
     that fold's rows get the other folds' smoothed base rate, log((e + 1/2) / (n - e + 1/2)),
@@ -580,7 +615,7 @@ def crossfit_l1_margins(X_train, y_train, groups, C: float, folds: int, seed: in
         if events in (0, fit_rows.size):
             out[score_rows] = np.log((events + 0.5) / (fit_rows.size - events + 0.5))
             continue
-        scale, Xs = _max_abs_scaled(X_train[fit_rows])
+        scale, Xs = _scaled(X_train[fit_rows], np.asarray(groups)[fit_rows], min_cell)
         coef, intercept = _l1_fit(Xs, y_train[fit_rows], C, seed, tol)
         out[score_rows] = L1Logistic(scale, coef, intercept, C).margin(X_train[score_rows])
     return out
@@ -631,17 +666,21 @@ def offset_margins(X_train, y_train, X_tune, groups, l1: L1Logistic, config: Mod
     """Where trees that boost from ``l1`` start: the train rows' out-of-fold L1 log-odds
     (``config.cv_folds`` folds of ``groups``, at ``l1``'s C) and the tuning rows' log-odds
     under ``l1`` itself."""
-    return crossfit_l1_margins(X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol), l1.margin(X_tune)
+    return (crossfit_l1_margins(X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol,
+                                config.leaf_min_cell), l1.margin(X_tune))
 
 
-def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig) -> tuple[L1Logistic, dict[float, float]]:
-    """Choose C on the tuning split by AUROC; the scaler is fitted on train only.
+def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig,
+                    groups=None) -> tuple[L1Logistic, dict[float, float]]:
+    """Choose C on the tuning split by AUROC; the scales are the train split's
+    (``subject_scale`` at ``config.leaf_min_cell``; ``groups``: the train rows' subjects,
+    each row its own when None).
 
     One liblinear fit per C of ``config.l1_c_grid``, to ``config.l1_tol``. (The fits
     stay in this process, one after another: in worker processes they were no faster on
     a shared 2-core machine, and threads would not be reproducible, as liblinear draws
     its coordinate order from one process-wide random generator.)"""
-    scale, Xs_train = _max_abs_scaled(X_train)
+    scale, Xs_train = _scaled(X_train, groups, config.leaf_min_cell)
     scores, fitted = {}, {}
     for c in config.l1_c_grid:
         coef, intercept = _l1_fit(Xs_train, y_train, c, config.seed, config.l1_tol)
@@ -803,7 +842,7 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
         oof_trees = crossfit_tree_margins(X_train, y_train, groups, config, params, n_trees, train_offsets,
                                           None if train_offsets is None else l1.C)
         oof_linear = train_offsets if train_offsets is not None else crossfit_l1_margins(
-            X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol)
+            X_train, y_train, groups, l1.C, config.cv_folds, config.seed, config.l1_tol, config.leaf_min_cell)
         trees, linear, y = np.r_[oof_trees, trees], np.r_[oof_linear, linear], np.r_[np.asarray(y_train), y]
         who = patient_codes(groups, tune_groups, y.size - len(oof_trees))
         scored_on = "out-of-fold train and tuning"
@@ -944,7 +983,7 @@ def train_models(
     tr, tu = masks[schema.TRAIN], masks[schema.TUNING]
     subjects = rows[schema.SUBJECT_ID].to_numpy()
     with stage("train baselines") as counts:
-        lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config)
+        lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config, subjects[tr])
         out.l1_path.write_text(json.dumps(lr.to_json()))
         age_sex = AgeSexLogistic.fit(X[tr], y[tr], columns)
         out.age_sex_path.write_text(json.dumps(age_sex.to_json()))
@@ -1022,7 +1061,8 @@ def train_models(
                     "rare_outcome_defaults": rare_defaults_applied(y[tr], config)},
         "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},
         "l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
-                        "nonzero_coefficients": int((lr.coef != 0).sum())},
+                        "nonzero_coefficients": int((lr.coef != 0).sum()), "min_cell": config.leaf_min_cell,
+                        "columns_left_out": int((~subject_scale(X[tr], subjects[tr], config.leaf_min_cell)[1]).sum())},
         "age_sex": age_sex.to_json(),
         "features": int(X.shape[1]),
         "search": {"objective": trials[0]["objective"] if trials else None, "trials": trials, "best_params": params or {}},

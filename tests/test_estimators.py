@@ -42,7 +42,7 @@ def test_estimators_predict_what_train_models_saved(tmp_path, make):
     fitted = {
         PRIMARY: ForewarnXGBClassifier(config=config).fit(X[tr], y[tr], X_tune=X[tu], y_tune=y[tu], groups=subjects[tr],
                                                            groups_tune=subjects[tu]),
-        BASELINE: L1LogisticClassifier().fit(X[tr], y[tr], X_tune=X[tu], y_tune=y[tu]),
+        BASELINE: L1LogisticClassifier().fit(X[tr], y[tr], X_tune=X[tu], y_tune=y[tu], groups=subjects[tr]),
         AGE_SEX: AgeSexClassifier.for_columns(columns).fit(X[tr], y[tr]),
     }
     loaded = load_estimators(trained, columns, config)
@@ -61,7 +61,8 @@ def test_estimators_predict_what_train_models_saved(tmp_path, make):
 def test_estimators_clone_and_work_in_scikit_learn_tooling(tmp_path):
     X, y, tr, tu, _, columns = _splits(synthetic_matrix(tmp_path))
     l1 = L1LogisticClassifier(C=0.3, tol=1e-4)
-    assert clone(l1).get_params() == {"C": 0.3, "C_grid": (0.01, 0.03, 0.1, 0.3, 1.0), "tol": 1e-4, "random_state": 0}
+    assert clone(l1).get_params() == {"C": 0.3, "C_grid": (0.01, 0.03, 0.1, 0.3, 1.0), "tol": 1e-4, "random_state": 0,
+                                       "min_cell": 11}
     age_sex = AgeSexClassifier.for_columns(columns)
     assert age_sex.get_params() == {"age_index": 0, "female_indexes": (1,)}
     xgb_est = ForewarnXGBClassifier(config=ModelConfig(n_jobs=1), params={"max_depth": 2})

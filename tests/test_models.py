@@ -41,6 +41,7 @@ from forewarn.models.train import (
     rare_defaults_applied,
     released,
     subject_folds,
+    subject_scale,
     train_models,
     trainability,
     tree_count_method,
@@ -513,7 +514,8 @@ def test_out_of_fold_offsets_never_see_their_own_label():
     assert not np.allclose(moved[folds[1][1]], base[folds[1][1]])
     # Each fold's offsets are an L1 fitted on the other folds: the same as fitting it by hand.
     fit_rows, score_rows = folds[2]
-    lr, _ = fit_l1_logistic(X[fit_rows], y[fit_rows], X[fit_rows], y[fit_rows], ModelConfig(l1_c_grid=[1.0], l1_tol=1e-6))
+    lr, _ = fit_l1_logistic(X[fit_rows], y[fit_rows], X[fit_rows], y[fit_rows], ModelConfig(l1_c_grid=[1.0], l1_tol=1e-6),
+                            groups[fit_rows])
     np.testing.assert_allclose(base[score_rows], lr.margin(X[score_rows]), rtol=1e-10)
 
 
@@ -603,21 +605,59 @@ def test_weighted_training_stops_on_the_weighted_tuning_loss(tmp_path):
     assert clf.evals_result()["validation_0"]["logloss"][-1] == pytest.approx(log_loss(y[tu], p, sample_weight=w), rel=1e-4)
 
 
-def per_c_l1_fits(X_train, y_train, X_tune, y_tune, grid, seed=0, tol=1e-4):
-    """The L1 baseline as it was fitted before: one liblinear fit per C on the max-abs
-    scaled train split (at scikit-learn's default tolerance unless ``tol`` is given)."""
+def rule_of_11_scale(X_train) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's 11th largest absolute value (a row a subject) and whether 11 rows hold a
+    nonzero value, the plain way: sort the dense column."""
+    dense = np.abs(np.nan_to_num(sp.csr_matrix(X_train).toarray().astype(np.float64)))
+    ranked = -np.sort(-dense, axis=0)
+    kept = (dense > 0).sum(axis=0) >= 11
+    return np.where(kept, ranked[10] if dense.shape[0] >= 11 else 1.0, 1.0), kept
+
+
+def per_c_l1_fits(X_train, y_train, X_tune, y_tune, grid, seed=0, tol=1e-4, max_abs=False):
+    """The L1 baseline fitted plainly: one liblinear fit per C on the train split scaled by
+    each column's 11th largest value, columns fewer than 11 rows hold zeroed (``max_abs``:
+    by the column's largest value, as before session 18), at scikit-learn's default
+    tolerance unless ``tol`` is given."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import MaxAbsScaler
 
-    scaler = MaxAbsScaler().fit(X_train)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    Xs = X_train @ sp.diags(1.0 / scale)
+    if max_abs:
+        scaler = MaxAbsScaler().fit(X_train)
+        scale, kept = np.where(scaler.scale_ > 0, scaler.scale_, 1.0), np.ones(X_train.shape[1], bool)
+    else:
+        scale, kept = rule_of_11_scale(X_train)
+    Xs = X_train @ sp.diags(kept / scale)
     out = {}
     for c in grid:
         lr = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=c, tol=tol, max_iter=1000, random_state=seed).fit(Xs, y_train)
         model = L1Logistic(scale, lr.coef_.ravel().copy(), float(lr.intercept_[0]), c)
         out[c] = (model, float(roc_auc_score(y_tune, model.predict_proba(X_tune))))
     return out
+
+
+def test_l1_scales_show_no_one_subjects_value():
+    """Column 0: 12 subjects with 1..12 (subject 11 twice, 11 and 20): its 11th largest
+    subject value is 2, not the maximum 20. Column 1: -3 on 11 subjects and 50 on one:
+    scaled by |-3|. Column 2: 10 subjects hold it, so it is left out (scale 1, zeroed),
+    and so is the empty column 3. ``min_cell`` 1 gives max-abs scaling."""
+    X = np.zeros((13, 4))
+    X[:12, 0] = np.arange(1, 13)
+    X[12, 0] = 20  # subject 11's second row
+    X[:11, 1], X[11, 1] = -3, 50
+    X[:10, 2] = 7
+    groups = np.r_[np.arange(12), 11]
+    scale, kept = subject_scale(sp.csr_matrix(X), groups)
+    assert scale.tolist() == [2.0, 3.0, 1.0, 1.0] and kept.tolist() == [True, True, False, False]
+    # Counted by rows instead, the 13th row is a 13th subject: 20, 12, ..., 3, so the 11th is 3.
+    assert subject_scale(sp.csr_matrix(X))[0].tolist() == [3.0, 3.0, 1.0, 1.0]
+    scale, kept = subject_scale(sp.csr_matrix(X), groups, min_cell=1)
+    assert scale.tolist() == [20.0, 50.0, 7.0, 1.0] and kept.tolist() == [True, True, True, False]
+    # What the fit sees: the columns divided, the left-out one zeroed, so its coefficient stays 0.
+    y = np.r_[np.zeros(6), np.ones(7)].astype(int)
+    X[:, 2] = np.r_[np.zeros(3), np.full(10, 7.0)]  # 10 subjects, nearly all with the outcome
+    model, _ = fit_l1_logistic(sp.csr_matrix(X), y, sp.csr_matrix(X), y, ModelConfig(l1_c_grid=[10.0]), groups)
+    assert model.coef[2] == 0.0 and model.scale.tolist()[2] == 1.0
 
 
 def _l1_case(tmp_path):
