@@ -197,7 +197,7 @@ def evaluate_and_explain(
         idx = np.array(plotted_features(explained, [position[n] for n in importance["name"]], top=15), dtype=np.int64)
         names = [_short(d) for d in columns["description"].to_numpy()[idx]]
         record["plotted_features"] = [str(d) for d in columns["description"].to_numpy()[idx]]
-        data = absent_as_nan(explained[:, idx])
+        data = top_coded(absent_as_nan(explained[:, idx]), rows[schema.SUBJECT_ID].to_numpy()[held_rows][sampled])
         # The ROC curve's steps count the events: not drawn when the metrics are withheld.
         figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves)}
         figures |= {
@@ -237,6 +237,32 @@ def plotted_features(X, ranked: list[int], *, top: int) -> list[int]:
     n = X.shape[0]
     ok = [j for j in ranked if present[j] >= privacy.MIN_CELL and privacy.suppress(int(n - present[j])) is not None]
     return ok[:top]
+
+
+def top_coded(data: np.ndarray, subjects: np.ndarray, min_cell: int = privacy.MIN_CELL) -> np.ndarray:
+    """``data`` (explained rows x plotted features, NaN where absent) as the per-row SHAP
+    figures may draw it: a drawn value has ``min_cell`` subjects at or below it and as many
+    at or above it. Each column's values below the ``min_cell``-th smallest subject value
+    are drawn at it, and those above the ``min_cell``-th largest at that (bottom- and
+    top-coding), so no value that fewer than ``min_cell`` people reach is shown, such as
+    one person's extreme lab result. ``subjects``: each row's subject. A column where no
+    value can be drawn so (fewer than ``2 * min_cell - 1`` subjects recorded, short of
+    ties) is blanked (NaN)."""
+    out = np.array(data, dtype=np.float64, copy=True)
+    subjects = np.asarray(subjects)
+    for j in range(out.shape[1]):
+        present = ~np.isnan(out[:, j])
+        per = pd.DataFrame({"s": subjects[present], "v": out[present, j]}).groupby("s")["v"].agg(["min", "max"])
+        if len(per) < min_cell:
+            out[:, j] = np.nan
+            continue
+        low = np.sort(per["min"].to_numpy())[min_cell - 1]  # min_cell subjects have a value at or below it
+        high = np.sort(per["max"].to_numpy())[::-1][min_cell - 1]  # ... at or above it
+        if low > high:
+            out[:, j] = np.nan
+            continue
+        out[present, j] = np.clip(out[present, j], low, high)
+    return out
 
 
 def absent_as_nan(X) -> np.ndarray:

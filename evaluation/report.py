@@ -412,7 +412,8 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
                 "SHAP beeswarm",
                 "Each point is one explained held-out row: its SHAP value for the feature, coloured by the feature value "
                 "(grey: not recorded). Only features recorded in at least 11 of the explained rows, and missing in none "
-                "or at least 11, are drawn, so that no handful of rows stands out.",
+                "or at least 11, are drawn, so that no handful of rows stands out; values beyond the 11th smallest or "
+                "largest subject's are drawn at it.",
             )
         if name.startswith("shap_dependence_"):
             k = number(name)
@@ -420,7 +421,9 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
             feature = plotted[k - 1] if 0 < k <= len(plotted) else f"feature {k}"
             return (
                 f"SHAP dependence: {feature}",
-                f"Dependence plot {k}: SHAP value against the value of {feature}.",
+                f"Dependence plot {k}: SHAP value against the value of {feature}. Values beyond the 11th smallest or "
+                "largest explained subject's are drawn at it (bottom- and top-coded), so no one person's extreme value "
+                "shows.",
             )
         if name.startswith("shap_waterfall_"):
             k = number(name)

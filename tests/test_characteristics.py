@@ -123,3 +123,26 @@ def test_per_row_shap_figures_draw_no_feature_recorded_or_missing_in_1_to_10_row
     # a stored zero is a recorded value of 0, not absent
     stored = sp.csr_matrix((np.array([0.0]), (np.array([0]), np.array([0]))), shape=(1, 2))
     assert absent_as_nan(stored)[0, 0] == 0.0 and np.isnan(absent_as_nan(stored)[0, 1])
+
+
+def test_per_row_shap_figures_draw_no_value_beyond_the_11th_smallest_or_largest_subjects():
+    """A drawn value has 11 subjects at or below it and 11 at or above it. Column 0: 25
+    subjects with 1..25: the 11th smallest is 11, the 11th largest 15, so 1..10 are drawn
+    at 11 and 16..25 at 15. Column 1: 14 subjects with 1..14: the 11th smallest (11) is
+    above the 11th largest (4), so no value may be drawn. Column 2: 10 subjects: none."""
+    from forewarn.evaluation.evaluate import top_coded
+
+    data = np.full((25, 3), np.nan)
+    data[:, 0] = np.arange(1, 26)
+    data[:14, 1] = np.arange(1, 15)
+    data[:10, 2] = 3.0
+    out = top_coded(data, np.arange(25))
+    assert out[:, 0].tolist() == [11] * 11 + [12, 13, 14] + [15] * 11
+    assert np.isnan(out[:, 1]).all() and np.isnan(out[:, 2]).all()
+    # By subjects, not rows: 21 subjects with 1..21 and one with three rows, 1000, 2000, 3000.
+    # Their largest values: 3000, 21, 20, ... -> the 11th is 12 (by rows it would be 14);
+    # their smallest: 1, ..., 21, 1000 -> the 11th is 11.
+    col = np.r_[np.arange(1, 22), 1000, 2000, 3000].astype(float).reshape(-1, 1)
+    out = top_coded(col, np.r_[np.arange(21), 99, 99, 99])
+    assert out[:, 0].tolist() == [11] * 11 + [12] * 13
+    assert np.isnan(top_coded(np.full((3, 1), np.nan), np.arange(3))).all()

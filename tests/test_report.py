@@ -954,3 +954,32 @@ def test_model_section_says_how_the_l1_scaled_its_features(run, plain):
     assert "were left out" not in model_section(l1 | {"columns_left_out": 0})
     before = {k: v for k, v in l1.items() if k not in ("min_cell", "columns_left_out")}
     assert "L1-regularised logistic regression on max-abs-scaled features (scaler fitted on train); C =" in model_section(before)
+
+
+def test_per_row_shap_figures_draw_no_value_fewer_than_11_rows_reach(run, tmp_path, monkeypatch):
+    """The beeswarm and dependence plots get bottom- and top-coded values
+    (``evaluate.top_coded``): in every drawn column at least 11 rows sit at its smallest
+    drawn value and 11 at its largest, so no one person's extreme value is drawn."""
+    from forewarn.evaluation import plots
+    from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain
+
+    drawn = []
+    for name in ("shap_beeswarm", "shap_dependence"):
+        original = getattr(plots, name)
+
+        def capture(values, data, *args, _original=original, **kwargs):
+            drawn.append(np.array(data))
+            return _original(values, data, *args, **kwargs)
+
+        monkeypatch.setattr(plots, name, capture)
+    evaluate_and_explain(run["matrix"], run["trained"], tmp_path / "evaluation",
+                         EvaluationConfig(bootstrap=20, shap_rows=200), site=run["site"])
+    assert len(drawn) >= 2
+    continuous = 0
+    for data in drawn:
+        for column in data.T:
+            values = column[~np.isnan(column)]
+            if values.size:
+                assert (values <= values.min()).sum() >= 11 and (values >= values.max()).sum() >= 11
+                continuous += np.unique(values).size > 2
+    assert continuous  # values other than a flag's were drawn, and coded
