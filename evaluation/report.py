@@ -141,16 +141,16 @@ def _release_text(release: dict | None, network: bool) -> str:
 
 
 def _l1_scaling_text(l1: dict) -> str:
-    """How the L1-logistic's features were scaled (``models.train.subject_scale``)."""
+    """How the L1-logistic's features were scaled and chosen (``models.train.l1_columns``)."""
     cell = l1.get("min_cell")
+    text = "max-abs-scaled features (scaler fitted on train"
     if cell is None:  # a training record from before session 18
-        return "max-abs-scaled features (scaler fitted on train)"
-    if cell <= 1:
-        return "max-abs-scaled features (scaler fitted on train; the rule of 11 was off)"
+        return text + ")"
+    text += "; the scales, each one person's largest value, stay at the site: the model carries each feature's weight"
     left_out = l1.get("columns_left_out", 0)
-    return (f"features each divided by the value {cell} train subjects reach (not the largest, which is one person's, "
-            "so no scale that leaves the site shows a value)"
-            + (f"; {left_out:,} features that fewer than {cell} train subjects hold were left out" if left_out else ""))
+    if cell > 1 and left_out:
+        text += f"; {left_out:,} features that fewer than {cell} train subjects hold a value of were left out"
+    return text + ")"
 
 
 def _models(m: dict) -> list[dict]:

@@ -69,11 +69,10 @@ class _Binary(ClassifierMixin, BaseEstimator):
 
 
 class L1LogisticClassifier(_Binary):
-    """L1-regularised logistic regression on scaled sparse features
-    (``models.train.fit_l1_logistic``): each column divided by the value ``min_cell``
-    subjects reach, and columns fewer subjects hold left out (``models.train.subject_scale``;
-    ``min_cell`` 1: max-abs scaling, every column). ``groups`` (the rows' subjects) count
-    subjects; each row is its own when None.
+    """L1-regularised logistic regression on max-abs-scaled sparse features
+    (``models.train.fit_l1_logistic``), columns that fewer than ``min_cell`` subjects hold
+    a value of left out (``models.train.l1_columns``; ``min_cell`` 1: every column).
+    ``groups`` (the rows' subjects) count subjects; each row is its own when None.
 
     With ``C`` set, that C is fitted. Otherwise C is chosen from ``C_grid`` by AUROC on
     ``X_tune``, ``y_tune``, which ``fit`` then needs."""

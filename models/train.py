@@ -210,9 +210,9 @@ class ModelConfig(BaseModel):
         privacy.MIN_CELL, ge=1,
         description="every leaf of the XGBoost trees holds no train subject with the outcome or at least this many, and "
         "likewise without it, and every split's threshold this many subjects on either side (models.release): the "
-        "trees leave the site, and a leaf's value gives its counts away. The L1-logistic likewise scales each column by "
-        "the value this many subjects reach and leaves out columns fewer subjects hold (subject_scale). A study may not "
-        "set it below 11; 1 turns it off (development measurements only)",
+        "trees leave the site, and a leaf's value gives its counts away. The L1-logistic likewise leaves out columns "
+        "fewer subjects hold a value of (l1_columns). A study may not set it below 11; 1 turns it off (development "
+        "measurements only)",
     )
     leaf_move_splits: bool = Field(
         True,
@@ -520,9 +520,11 @@ def _dask_rows(client, X: sp.csr_matrix, y: np.ndarray, n_parts: int):
 
 @dataclass(frozen=True)
 class L1Logistic:
-    """A fitted L1-regularised logistic regression on scaled sparse features
-    (``subject_scale``: each column divided by the 11th largest subject's value, so that
-    the scales that leave the site with it show no one person's value)."""
+    """A fitted L1-regularised logistic regression on max-abs-scaled sparse features
+    (``l1_columns``). ``coef`` holds the coefficients on the scaled features and ``scale``
+    the scales; the model saved (``to_json``) holds only their ratio, each feature's weight
+    on its unscaled value, as the scales are each one person's largest value. A loaded
+    model has scale 1 and those weights as ``coef``."""
 
     scale: np.ndarray
     coef: np.ndarray
@@ -538,17 +540,26 @@ class L1Logistic:
                 X.data = np.nan_to_num(X.data, nan=0.0)
         else:
             X = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0)
-        return np.asarray(X @ (self.coef / self.scale)).ravel() + self.intercept
+        return np.asarray(X @ self.weights).ravel() + self.intercept
 
     def predict_proba(self, X: sp.spmatrix) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.margin(X)))
 
+    @property
+    def weights(self) -> np.ndarray:
+        """Each feature's weight on its unscaled value: the log-odds per unit."""
+        return self.coef / self.scale
+
     def to_json(self) -> dict:
-        return {"C": self.C, "intercept": self.intercept, "scale": self.scale.tolist(), "coef": self.coef.tolist()}
+        """C, the intercept and the weights on the unscaled features; no scale (see the class)."""
+        return {"C": self.C, "intercept": self.intercept, "weights": self.weights.tolist()}
 
     @classmethod
     def from_json(cls, data: dict) -> L1Logistic:
-        return cls(np.asarray(data["scale"]), np.asarray(data["coef"]), float(data["intercept"]), float(data["C"]))
+        if "weights" not in data:  # saved before session 18, with its scales
+            return cls(np.asarray(data["scale"]), np.asarray(data["coef"]), float(data["intercept"]), float(data["C"]))
+        weights = np.asarray(data["weights"], dtype=np.float64)
+        return cls(np.ones_like(weights), weights, float(data["intercept"]), float(data["C"]))
 
 
 def _l1_fit(Xs_train: sp.csr_matrix, y_train: np.ndarray, c: float, seed: int, tol: float) -> tuple[np.ndarray, float]:
@@ -558,42 +569,36 @@ def _l1_fit(Xs_train: sp.csr_matrix, y_train: np.ndarray, c: float, seed: int, t
     return lr.coef_.ravel().copy(), float(lr.intercept_[0])
 
 
-def subject_scale(X_train, groups=None, min_cell: int = privacy.MIN_CELL) -> tuple[np.ndarray, np.ndarray]:
-    """Each column's scale for the L1-logistic and whether it may enter the fit, from the
-    train rows ``X_train`` (``groups``: their subjects; each row its own when None).
+def l1_columns(X_train, groups=None, min_cell: int = privacy.MIN_CELL) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's scale for fitting the L1-logistic and whether it may enter the fit,
+    from the train rows ``X_train`` (``groups``: their subjects; each row its own when None).
 
-    The scale is the ``min_cell``-th largest of the subjects' largest absolute values (a
-    value ``min_cell`` subjects reach), not the column's maximum (max-abs scaling), which
-    is one person's value and would leave the site with the model. A column that fewer
-    than ``min_cell`` subjects hold a nonzero value of is left out (scale 1, coefficient
-    0): its coefficient would be fitted on their outcomes alone. ``min_cell`` 1 gives
-    max-abs scaling over every column."""
+    The scale is the column's largest absolute value (max-abs scaling; 1 for an empty
+    column). It is one person's value, so it stays at the site: the model that leaves
+    carries only each column's weight on the unscaled feature (``L1Logistic.to_json``). A
+    column that fewer than ``min_cell`` subjects hold a nonzero value of is left out
+    (coefficient 0): its coefficient would be fitted on those few people's outcomes alone."""
     C = sp.csc_matrix(X_train)
     groups = np.arange(C.shape[0]) if groups is None else np.asarray(groups)
-    scale, kept = np.ones(C.shape[1]), np.zeros(C.shape[1], bool)
+    # In the matrix's own precision, as scikit-learn's MaxAbsScaler gives it (float32 for Forewarn's matrices).
+    scale = np.ones(C.shape[1], dtype=C.dtype if np.issubdtype(C.dtype, np.floating) else np.float64)
+    kept = np.zeros(C.shape[1], bool)
     for j in range(C.shape[1]):
         start, end = C.indptr[j], C.indptr[j + 1]
-        values, who = np.abs(np.nan_to_num(C.data[start:end])), groups[C.indices[start:end]]
-        nonzero = values > 0
-        values, who = values[nonzero], who[nonzero]
-        if not values.size:
-            continue
-        order = np.lexsort((-values, who))  # each subject's largest value first
-        values, who = values[order], who[order]
-        largest = np.sort(values[np.r_[True, who[1:] != who[:-1]]])[::-1]
-        if largest.size >= min_cell:
-            scale[j], kept[j] = largest[min_cell - 1], True
+        values = np.abs(C.data[start:end])
+        nonzero = values > 0  # NaN (missing) is not
+        if nonzero.any():
+            scale[j] = values[nonzero].max()
+            kept[j] = np.unique(groups[C.indices[start:end][nonzero]]).size >= min_cell
     return scale, kept
 
 
 def _scaled(X_train, groups=None, min_cell: int = privacy.MIN_CELL) -> tuple[np.ndarray, sp.csr_matrix]:
-    """``subject_scale``'s scales and ``X_train`` scaled by them, the columns left out
-    zeroed, as the float64 canonical CSR liblinear works in (L1 keeps a zero column's
-    coefficient at 0)."""
-    scale, kept = subject_scale(X_train, groups, min_cell)
+    """``l1_columns``' scales and ``X_train`` scaled by them, the columns left out zeroed
+    (L1 keeps a zero column's coefficient at 0), as the float64 canonical CSR liblinear
+    works in."""
+    scale, kept = l1_columns(X_train, groups, min_cell)
     Xs_train = sp.csr_matrix(X_train @ sp.diags(kept / scale), dtype=np.float64)
-    Xs_train.data = np.nan_to_num(Xs_train.data)
-    Xs_train.eliminate_zeros()
     Xs_train.sum_duplicates()  # canonical CSR, as scikit-learn's input check makes it in place anyway
     return scale, Xs_train
 
@@ -601,9 +606,9 @@ def _scaled(X_train, groups=None, min_cell: int = privacy.MIN_CELL) -> tuple[np.
 def crossfit_l1_margins(X_train, y_train, groups, C: float, folds: int, seed: int, tol: float,
                         min_cell: int = privacy.MIN_CELL) -> np.ndarray:
     """Out-of-fold L1-logistic log-odds for every train row: ``folds`` subject-grouped
-    folds (``subject_folds``), each scored by an L1 fit at ``C`` (its own scales,
-    ``subject_scale`` at ``min_cell``) on the other folds, so no row's offset has seen its
-    own label.
+    folds (``subject_folds``), each scored by an L1 fit at ``C`` (its own scales and
+    columns, ``l1_columns`` at ``min_cell``) on the other folds, so no row's offset has
+    seen its own label.
 
     When the other folds hold one class only (fewer subjects with an event than folds),
     that fold's rows get the other folds' smoothed base rate, log((e + 1/2) / (n - e + 1/2)),
@@ -672,8 +677,8 @@ def offset_margins(X_train, y_train, X_tune, groups, l1: L1Logistic, config: Mod
 
 def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig,
                     groups=None) -> tuple[L1Logistic, dict[float, float]]:
-    """Choose C on the tuning split by AUROC; the scales are the train split's
-    (``subject_scale`` at ``config.leaf_min_cell``; ``groups``: the train rows' subjects,
+    """Choose C on the tuning split by AUROC; the scales and columns are the train split's
+    (``l1_columns`` at ``config.leaf_min_cell``; ``groups``: the train rows' subjects,
     each row its own when None).
 
     One liblinear fit per C of ``config.l1_c_grid``, to ``config.l1_tol``. (The fits
@@ -1062,7 +1067,7 @@ def train_models(
         "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},
         "l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
                         "nonzero_coefficients": int((lr.coef != 0).sum()), "min_cell": config.leaf_min_cell,
-                        "columns_left_out": int((~subject_scale(X[tr], subjects[tr], config.leaf_min_cell)[1]).sum())},
+                        "columns_left_out": int((~l1_columns(X[tr], subjects[tr], config.leaf_min_cell)[1]).sum())},
         "age_sex": age_sex.to_json(),
         "features": int(X.shape[1]),
         "search": {"objective": trials[0]["objective"] if trials else None, "trials": trials, "best_params": params or {}},

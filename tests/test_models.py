@@ -32,6 +32,7 @@ from forewarn.models.train import (
     fit_l1_logistic,
     fit_xgboost,
     is_rare,
+    l1_columns,
     load_primary,
     load_xgboost,
     offset_method,
@@ -41,7 +42,6 @@ from forewarn.models.train import (
     rare_defaults_applied,
     released,
     subject_folds,
-    subject_scale,
     train_models,
     trainability,
     tree_count_method,
@@ -605,28 +605,16 @@ def test_weighted_training_stops_on_the_weighted_tuning_loss(tmp_path):
     assert clf.evals_result()["validation_0"]["logloss"][-1] == pytest.approx(log_loss(y[tu], p, sample_weight=w), rel=1e-4)
 
 
-def rule_of_11_scale(X_train) -> tuple[np.ndarray, np.ndarray]:
-    """Each column's 11th largest absolute value (a row a subject) and whether 11 rows hold a
-    nonzero value, the plain way: sort the dense column."""
-    dense = np.abs(np.nan_to_num(sp.csr_matrix(X_train).toarray().astype(np.float64)))
-    ranked = -np.sort(-dense, axis=0)
-    kept = (dense > 0).sum(axis=0) >= 11
-    return np.where(kept, ranked[10] if dense.shape[0] >= 11 else 1.0, 1.0), kept
-
-
-def per_c_l1_fits(X_train, y_train, X_tune, y_tune, grid, seed=0, tol=1e-4, max_abs=False):
-    """The L1 baseline fitted plainly: one liblinear fit per C on the train split scaled by
-    each column's 11th largest value, columns fewer than 11 rows hold zeroed (``max_abs``:
-    by the column's largest value, as before session 18), at scikit-learn's default
+def per_c_l1_fits(X_train, y_train, X_tune, y_tune, grid, seed=0, tol=1e-4, kept=None):
+    """The L1 baseline fitted plainly: one liblinear fit per C on the max-abs scaled train
+    split, the columns not ``kept`` zeroed (all kept when None), at scikit-learn's default
     tolerance unless ``tol`` is given."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import MaxAbsScaler
 
-    if max_abs:
-        scaler = MaxAbsScaler().fit(X_train)
-        scale, kept = np.where(scaler.scale_ > 0, scaler.scale_, 1.0), np.ones(X_train.shape[1], bool)
-    else:
-        scale, kept = rule_of_11_scale(X_train)
+    scaler = MaxAbsScaler().fit(X_train)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    kept = np.ones(X_train.shape[1], bool) if kept is None else kept
     Xs = X_train @ sp.diags(kept / scale)
     out = {}
     for c in grid:
@@ -636,28 +624,31 @@ def per_c_l1_fits(X_train, y_train, X_tune, y_tune, grid, seed=0, tol=1e-4, max_
     return out
 
 
-def test_l1_scales_show_no_one_subjects_value():
-    """Column 0: 12 subjects with 1..12 (subject 11 twice, 11 and 20): its 11th largest
-    subject value is 2, not the maximum 20. Column 1: -3 on 11 subjects and 50 on one:
-    scaled by |-3|. Column 2: 10 subjects hold it, so it is left out (scale 1, zeroed),
-    and so is the empty column 3. ``min_cell`` 1 gives max-abs scaling."""
-    X = np.zeros((13, 4))
+def test_l1_leaves_out_columns_fewer_than_11_subjects_hold_and_ships_no_scale():
+    """13 rows of 12 subjects (the last row is subject 0's second). Column 0: 1..12 and
+    20: scale 20, 12 subjects, kept. Column 1: 11 rows with a value but 10 subjects: left
+    out, so its coefficient is 0 though its rows all have the outcome. Column 2: empty.
+    ``min_cell`` 1 keeps every column holding a value. The saved model holds each
+    feature's weight on its unscaled value, not the scales (one person's largest value)."""
+    X = np.zeros((13, 3))
     X[:12, 0] = np.arange(1, 13)
-    X[12, 0] = 20  # subject 11's second row
-    X[:11, 1], X[11, 1] = -3, 50
-    X[:10, 2] = 7
-    groups = np.r_[np.arange(12), 11]
-    scale, kept = subject_scale(sp.csr_matrix(X), groups)
-    assert scale.tolist() == [2.0, 3.0, 1.0, 1.0] and kept.tolist() == [True, True, False, False]
-    # Counted by rows instead, the 13th row is a 13th subject: 20, 12, ..., 3, so the 11th is 3.
-    assert subject_scale(sp.csr_matrix(X))[0].tolist() == [3.0, 3.0, 1.0, 1.0]
-    scale, kept = subject_scale(sp.csr_matrix(X), groups, min_cell=1)
-    assert scale.tolist() == [20.0, 50.0, 7.0, 1.0] and kept.tolist() == [True, True, True, False]
-    # What the fit sees: the columns divided, the left-out one zeroed, so its coefficient stays 0.
-    y = np.r_[np.zeros(6), np.ones(7)].astype(int)
-    X[:, 2] = np.r_[np.zeros(3), np.full(10, 7.0)]  # 10 subjects, nearly all with the outcome
+    X[12, 0] = 20
+    X[:10, 1], X[12, 1] = 5.0, 9.0  # subjects 0..9, subject 0 twice
+    groups = np.r_[np.arange(12), 0]
+    scale, kept = l1_columns(sp.csr_matrix(X), groups)
+    assert scale.tolist() == [20.0, 9.0, 1.0] and kept.tolist() == [True, False, False]
+    assert l1_columns(sp.csr_matrix(X))[1].tolist() == [True, True, False]  # by rows: 11 "subjects"
+    assert l1_columns(sp.csr_matrix(X), groups, min_cell=1)[1].tolist() == [True, True, False]
+    y = np.r_[np.ones(10), np.zeros(2), 1].astype(int)  # column 1's rows: all with the outcome
     model, _ = fit_l1_logistic(sp.csr_matrix(X), y, sp.csr_matrix(X), y, ModelConfig(l1_c_grid=[10.0]), groups)
-    assert model.coef[2] == 0.0 and model.scale.tolist()[2] == 1.0
+    assert model.coef[1] == 0.0 and model.coef[0] != 0.0
+    saved = model.to_json()
+    assert set(saved) == {"C", "intercept", "weights"} and saved["weights"][0] == model.coef[0] / 20.0
+    loaded = L1Logistic.from_json(json.loads(json.dumps(saved)))
+    np.testing.assert_array_equal(loaded.margin(sp.csr_matrix(X)), model.margin(sp.csr_matrix(X)))
+    # A model saved before session 18 (with its scales) still loads.
+    legacy = L1Logistic.from_json({"C": 1.0, "intercept": 0.5, "scale": [2.0, 4.0], "coef": [1.0, 2.0]})
+    assert legacy.weights.tolist() == [0.5, 0.5] and legacy.margin(sp.csr_matrix(np.ones((1, 2))))[0] == 1.5
 
 
 def _l1_case(tmp_path):
@@ -672,7 +663,8 @@ def test_l1_grid_matches_the_per_c_fits(tmp_path):
     X_tr, y_tr, X_tu, y_tu = _l1_case(tmp_path)
     config = ModelConfig(n_jobs=1)
     model, scores = fit_l1_logistic(X_tr, y_tr, X_tu, y_tu, config)
-    reference = per_c_l1_fits(X_tr, y_tr, X_tu, y_tu, config.l1_c_grid, tol=config.l1_tol)
+    kept = np.asarray((sp.csr_matrix(X_tr) != 0).sum(axis=0)).ravel() >= 11  # a row a subject
+    reference = per_c_l1_fits(X_tr, y_tr, X_tu, y_tu, config.l1_c_grid, tol=config.l1_tol, kept=kept)
     assert scores == {c: auc for c, (_, auc) in reference.items()}
     assert max(scores, key=lambda c: (scores[c], -c)) == model.C
     np.testing.assert_array_equal(model.coef, reference[model.C][0].coef)

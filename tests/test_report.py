@@ -934,22 +934,22 @@ def test_a_held_out_split_with_few_events_withholds_discrimination_and_the_roc_f
 
 
 def test_model_section_says_how_the_l1_scaled_its_features(run, plain):
-    """The L1's scales are each column's 11th largest subject value, so none shows one
-    person's value (``models.train.subject_scale``); the report says so, and how many
-    features fewer than 11 train subjects hold were left out."""
+    """The L1's scales (each one person's largest value) stay at the site and columns
+    that fewer than 11 train subjects hold are left out (``models.train.l1_columns``); the
+    report says so."""
     from forewarn.evaluation.report import render
 
     training = json.loads(run["trained"].summary_path.read_text())
     l1 = training["l1_logistic"]
     assert l1["min_cell"] == 11 and isinstance(l1["columns_left_out"], int)
-    assert "L1-regularised logistic regression on features each divided by the value 11 train subjects reach" in plain
+    assert ("L1-regularised logistic regression on max-abs-scaled features (scaler fitted on train; the scales, each one "
+            "person's largest value, stay at the site: the model carries each feature's weight") in plain
 
     def model_section(record):
         training["l1_logistic"] = record
         return html.unescape(render(build_context(run, training=training)).split('id="model"')[1].split("<h2")[0])
 
-    assert ("on features each divided by the value 11 train subjects reach (not the largest, which is one person's, so no "
-            "scale that leaves the site shows a value); 7 features that fewer than 11 train subjects hold were left out; "
+    assert ("carries each feature's weight; 7 features that fewer than 11 train subjects hold a value of were left out); "
             "C = 0.3") in model_section(l1 | {"columns_left_out": 7, "C": 0.3})
     assert "were left out" not in model_section(l1 | {"columns_left_out": 0})
     before = {k: v for k, v in l1.items() if k not in ("min_cell", "columns_left_out")}
