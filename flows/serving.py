@@ -26,7 +26,10 @@ import xgboost as xgb
 
 
 def _linear(data: dict) -> tuple[np.ndarray, float]:
-    """The weights on the unscaled features and the intercept of an L1-logistic's JSON."""
+    """The weights on the unscaled features and the intercept of an L1-logistic's JSON
+    (saved before session 18: its coefficients on the scaled features and the scales)."""
+    if "weights" in data:
+        return np.asarray(data["weights"], dtype=np.float64), float(data["intercept"])
     return np.asarray(data["coef"], dtype=np.float64) / np.asarray(data["scale"], dtype=np.float64), float(data["intercept"])
 
 

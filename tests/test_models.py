@@ -649,6 +649,11 @@ def test_l1_leaves_out_columns_fewer_than_11_subjects_hold_and_ships_no_scale():
     # A model saved before session 18 (with its scales) still loads.
     legacy = L1Logistic.from_json({"C": 1.0, "intercept": 0.5, "scale": [2.0, 4.0], "coef": [1.0, 2.0]})
     assert legacy.weights.tolist() == [0.5, 0.5] and legacy.margin(sp.csr_matrix(np.ones((1, 2))))[0] == 1.5
+    # The registered model reads both, without Forewarn.
+    from forewarn.flows.serving import _linear
+
+    assert _linear(saved)[0].tolist() == saved["weights"] and _linear(saved)[1] == saved["intercept"]
+    assert _linear({"C": 1.0, "intercept": 0.5, "scale": [2.0, 4.0], "coef": [1.0, 2.0]})[0].tolist() == [0.5, 0.5]
 
 
 def _l1_case(tmp_path):
