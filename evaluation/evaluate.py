@@ -194,10 +194,13 @@ def evaluate_and_explain(
     with stage("figures") as counts:
         position = {name: i for i, name in enumerate(columns["name"])}
         explained = X[held_rows][sampled]
-        idx = np.array(plotted_features(explained, [position[n] for n in importance["name"]], top=15), dtype=np.int64)
+        ranked = [position[n] for n in importance["name"]]
+        idx = np.array(plotted_features(explained, ranked, top=len(ranked)), dtype=np.int64)
+        data = top_coded(absent_as_nan(explained[:, idx]), rows[schema.SUBJECT_ID].to_numpy()[held_rows][sampled])
+        drawable = np.flatnonzero(~np.isnan(data).all(axis=0))[:15]  # top-coding blanks a column too few people hold
+        idx, data = idx[drawable], data[:, drawable]
         names = [_short(d) for d in columns["description"].to_numpy()[idx]]
         record["plotted_features"] = [str(d) for d in columns["description"].to_numpy()[idx]]
-        data = top_coded(absent_as_nan(explained[:, idx]), rows[schema.SUBJECT_ID].to_numpy()[held_rows][sampled])
         # The ROC curve's steps count the events: not drawn when the metrics are withheld.
         figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves)}
         figures |= {
