@@ -943,7 +943,7 @@ def test_model_section_says_how_the_l1_scaled_its_features(run, plain):
     l1 = training["l1_logistic"]
     assert l1["min_cell"] == 11 and isinstance(l1["columns_left_out"], int)
     assert ("L1-regularised logistic regression on max-abs-scaled features (scaler fitted on train; the scales, each one "
-            "person's largest value, stay at the site: the model carries each feature's weight") in plain
+            "person's largest value, stay at the site: the model carries each feature's weight") in html.unescape(plain)
 
     def model_section(record):
         training["l1_logistic"] = record
