@@ -48,6 +48,7 @@ from forewarn.models.train import (
     ModelConfig,
     TrainedModels,
     fit_l1_logistic,
+    l1_record,
     pos_weight,
     rare_defaults_applied,
     split_masks,
@@ -218,14 +219,13 @@ class SiteRows:
         probabilities = {PRIMARY: model.calibrator(raw), UNCALIBRATED: raw}
         local: dict = {}
         if baselines:
-            lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config, rows[schema.SUBJECT_ID].to_numpy()[tr])
+            subjects = rows[schema.SUBJECT_ID].to_numpy()[tr]
+            lr, c_scores = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], config, subjects)
             out.l1_path.write_text(json.dumps(lr.to_json()))
             age_sex = AgeSexLogistic.fit(X[tr], y[tr], columns)
             out.age_sex_path.write_text(json.dumps(age_sex.to_json()))
             probabilities |= {BASELINE: lr.predict_proba(X), AGE_SEX: age_sex.predict_proba(X, columns)}
-            local = {"l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
-                                     "nonzero_coefficients": int((lr.coef != 0).sum())},
-                     "age_sex": age_sex.to_json()}
+            local = {"l1_logistic": l1_record(lr, c_scores, X[tr], subjects, config), "age_sex": age_sex.to_json()}
         for name, prob in probabilities.items():
             write_predictions(rows, prob, threshold, out.predictions_path(name))
         summary = {

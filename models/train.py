@@ -675,6 +675,15 @@ def offset_margins(X_train, y_train, X_tune, groups, l1: L1Logistic, config: Mod
                                 config.leaf_min_cell), l1.margin(X_tune))
 
 
+def l1_record(l1: L1Logistic, c_scores: dict[float, float], X_train, groups, config: ModelConfig) -> dict:
+    """The training record of an L1-logistic fitted by ``fit_l1_logistic`` on ``X_train``
+    (``groups``: its subjects): C, the tuning AUROC of each C, the non-zero coefficients,
+    and the features left out for being held by fewer than ``config.leaf_min_cell`` subjects."""
+    left_out = int((~l1_columns(X_train, groups, config.leaf_min_cell)[1]).sum())
+    return {"C": l1.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
+            "nonzero_coefficients": int((l1.coef != 0).sum()), "min_cell": config.leaf_min_cell, "columns_left_out": left_out}
+
+
 def fit_l1_logistic(X_train, y_train, X_tune, y_tune, config: ModelConfig,
                     groups=None) -> tuple[L1Logistic, dict[float, float]]:
     """Choose C on the tuning split by AUROC; the scales and columns are the train split's
@@ -1065,9 +1074,7 @@ def train_models(
                     "scale_pos_weight": pos_weight(y[tr], config),
                     "rare_outcome_defaults": rare_defaults_applied(y[tr], config)},
         "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},
-        "l1_logistic": {"C": lr.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
-                        "nonzero_coefficients": int((lr.coef != 0).sum()), "min_cell": config.leaf_min_cell,
-                        "columns_left_out": int((~l1_columns(X[tr], subjects[tr], config.leaf_min_cell)[1]).sum())},
+        "l1_logistic": l1_record(lr, c_scores, X[tr], subjects[tr], config),
         "age_sex": age_sex.to_json(),
         "features": int(X.shape[1]),
         "search": {"objective": trials[0]["objective"] if trials else None, "trials": trials, "best_params": params or {}},

@@ -224,6 +224,9 @@ def test_network_model_is_evaluated_at_a_site_like_its_own(tmp_path):
     np.testing.assert_allclose(pred[schema.PREDICTED_BOOLEAN_PROBABILITY], model.calibrator(raw), rtol=1e-6)
     summary = json.loads(trained.summary_path.read_text())
     assert summary["federated"]["sites"] == ["a", "b"] and summary["xgboost"]["best_iteration"] == model.n_trees - 1
+    # The site's own L1 baseline is recorded as train_models records it (the report reads its columns left out).
+    assert summary["l1_logistic"]["min_cell"] == 11 and isinstance(summary["l1_logistic"]["columns_left_out"], int)
+    assert set(json.loads(trained.l1_path.read_text())) == {"C", "intercept", "weights"}  # no max-abs scale leaves
     assert Calibrator.from_json(json.loads(trained.calibration_path.read_text())) == model.calibrator
     config = EvaluationConfig(bootstrap=20)
     record = evaluate_and_explain(sites[1].matrix, trained, tmp_path / "eval", config, site="b").load_metrics()
