@@ -333,6 +333,7 @@ def threshold_table(
     *,
     thresholds: Iterable[float] = DEFAULT_THRESHOLDS,
     alert_rates: Iterable[float] = (0.01, 0.05, 0.10),
+    budget_from=None,
 ) -> pd.DataFrame:
     """One row per operating point: fixed risk thresholds, then alert budgets.
 
@@ -342,9 +343,11 @@ def threshold_table(
     ``tp``, ``fp``, ``fn``, ``tn``.
 
     A row flags ``p >= threshold``. For an alert budget r the threshold is the (1 - r)
-    quantile of ``p`` taken at an observed risk (numpy's "higher" method, which flags the
-    same rows as linear interpolation would), so tied risks are all flagged and the actual
-    alert rate may exceed r.
+    quantile of ``budget_from`` (default ``p``) taken at an observed risk (numpy's
+    "higher" method, which flags the same rows as linear interpolation would), so tied
+    risks are all flagged. Set ``budget_from`` to other rows' risks (the tuning split's)
+    to score a threshold fixed before these rows were seen, as a deployed model's would
+    be: ``alert_rate`` is then what it flags here, which may differ from r either way.
 
     Privacy: when any of tp, fp, fn, tn is 1..10, all four and the four rates are None;
     ``alert_rate`` and ``alerts_per_1000`` are None when the alerts or non-alerts count is
@@ -354,8 +357,11 @@ def threshold_table(
     fixed = _check_levels(thresholds, "thresholds", low=0, high=1, closed="both")
     budgets = _check_levels(alert_rates, "alert_rates", low=0, high=1, closed="right")
     rows = [{"kind": "threshold", "alert_budget": None, **_operating_point(y, p, t)} for t in fixed]
+    source = p if budget_from is None else np.asarray(budget_from, float)
+    if source.size == 0:
+        raise ValueError("budget_from must hold at least one risk to set the alert budgets' thresholds from; got none.")
     for r in budgets:
-        t = float(np.quantile(p, 1 - r, method="higher"))
+        t = float(np.quantile(source, 1 - r, method="higher"))
         rows.append({"kind": "alert budget", "alert_budget": r, **_operating_point(y, p, t)})
     columns = ["kind", "alert_budget", "threshold", "alert_rate", "sensitivity", "specificity"]
     columns += ["ppv", "npv", "alerts_per_1000", "tp", "fp", "fn", "tn"]

@@ -102,9 +102,14 @@ DEPENDENCE_FIGURES = 3
 WATERFALL_FIGURES = 3
 
 
-def held_out_frame(trained: TrainedModels, model: str) -> pd.DataFrame:
+def split_frame(trained: TrainedModels, model: str, split: str) -> pd.DataFrame:
+    """``model``'s predictions on the rows of ``split``."""
     pred = pd.read_parquet(trained.predictions_path(model))
-    return pred[pred[schema.SPLIT] == schema.HELD_OUT].reset_index(drop=True)
+    return pred[pred[schema.SPLIT] == split].reset_index(drop=True)
+
+
+def held_out_frame(trained: TrainedModels, model: str) -> pd.DataFrame:
+    return split_frame(trained, model, schema.HELD_OUT)
 
 
 def held_out_metrics(trained: TrainedModels, config: EvaluationConfig) -> dict:
@@ -166,9 +171,14 @@ def evaluate_and_explain(
         y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
         p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
         record["held_out"][PRIMARY].update(record["calibration_stats"][PRIMARY])
-        record["smoothed_calibration"] = clinical.smoothed_calibration(y, p).to_dict(orient="records")
+        smoothed = clinical.smoothed_calibration(y, p)
+        record["smoothed_calibration"] = smoothed.to_dict(orient="records")
+        # Alert budgets' thresholds are set on the tuning split and scored here, as a
+        # deployed model's would be (set beforehand, on other people).
+        tuning = split_frame(trained, PRIMARY, schema.TUNING)[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
+        record["alert_budget_source"] = schema.TUNING if tuning.size else schema.HELD_OUT
         record["thresholds"] = clinical.threshold_table(
-            y, p, thresholds=config.thresholds, alert_rates=config.alert_budgets
+            y, p, thresholds=config.thresholds, alert_rates=config.alert_budgets, budget_from=tuning if tuning.size else None
         ).to_dict(orient="records")
         dca = clinical.decision_curve(y, p)
         record["decision_curve"] = dca.to_dict(orient="records")
@@ -204,7 +214,7 @@ def evaluate_and_explain(
         # The ROC curve's steps count the events: not drawn when the metrics are withheld.
         figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves)}
         figures |= {
-            "calibration": plots.calibration(calib),
+            "calibration": plots.calibration(calib, (MODEL_LABELS[PRIMARY], smoothed)),
             "decision_curve": plots.decision_curve(dca),
             "shap_bar": plots.shap_bar(importance),
         }

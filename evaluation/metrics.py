@@ -108,25 +108,28 @@ def bootstrap_ci(
 def calibration_curve(y: np.ndarray, p: np.ndarray, *, bins: int = 10) -> pd.DataFrame:
     """Observed rate against mean predicted risk in ``bins`` quantile bins of predicted risk.
 
-    Counts below 11 are suppressed (``n`` and ``events`` become null and the bin's rates
-    are withheld), because this table leaves the site.
+    This table leaves the site, and its rows and events add up to the published held-out
+    totals, so a bin is withheld whole (``n``, ``events`` and both rates null) when its
+    rows, events or non-events are 1..10, and so is any bin that would give a withheld
+    one's counts back by subtraction (:func:`privacy.withheld_bins`).
     """
     y = np.asarray(y, bool)
     p = np.asarray(p, float)
     edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(edges.size - 2, 0))
+    members = [which == b for b in range(max(edges.size - 1, 1))]
+    sizes, events = [int(m.sum()) for m in members], [int(y[m].sum()) for m in members]
+    hidden = privacy.withheld_bins(sizes, events)
     records = []
-    for b in range(max(edges.size - 1, 1)):
-        m = which == b
-        n, events = int(m.sum()), int(y[m].sum())
-        ok = privacy.suppress(n) is not None and privacy.suppress(events) is not None
+    for b, m in enumerate(members):
+        shown = b not in hidden and sizes[b] > 0
         records.append(
             {
                 "bin": b + 1,
-                "n": privacy.suppress(n),
-                "events": privacy.suppress(events),
-                "mean_predicted": float(p[m].mean()) if n and ok else None,
-                "observed": float(y[m].mean()) if n and ok else None,
+                "n": None if b in hidden else sizes[b],
+                "events": None if b in hidden else events[b],
+                "mean_predicted": float(p[m].mean()) if shown else None,
+                "observed": float(y[m].mean()) if shown else None,
             }
         )
     # object dtype keeps suppressed cells as None (JSON null), not NaN.

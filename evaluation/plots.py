@@ -39,8 +39,10 @@ def roc_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
     return _png(fig)
 
 
-def calibration(curves: dict[str, pd.DataFrame]) -> bytes:
-    """Observed against predicted risk by decile; suppressed bins are not drawn."""
+def calibration(curves: dict[str, pd.DataFrame], smoothed: tuple[str, pd.DataFrame] | None = None) -> bytes:
+    """Observed against predicted risk by decile; suppressed bins are not drawn.
+    ``smoothed``: (model name, :func:`forewarn.evaluation.clinical.smoothed_calibration`'s
+    curve), drawn as a line when not withheld."""
     fig, ax = plt.subplots(figsize=(5, 4.2))
     top = 0.0
     for name, frame in curves.items():
@@ -48,9 +50,16 @@ def calibration(curves: dict[str, pd.DataFrame]) -> bytes:
         ax.plot(shown["mean_predicted"], shown["observed"], marker="o", label=name)
         if len(shown):
             top = max(top, float(shown[["mean_predicted", "observed"]].to_numpy().max()))
+    if smoothed is not None:
+        name, frame = smoothed
+        line = frame.dropna(subset=["predicted", "observed"]).astype({"predicted": float, "observed": float})
+        if len(line):
+            ax.plot(line["predicted"], line["observed"], c="black", lw=1.2, label=f"{name}, smoothed")
+            top = max(top, float(line[["predicted", "observed"]].to_numpy().max()))
     top = top * 1.05 or 1.0
     ax.plot([0, top], [0, top], ls=":", c="grey", label="perfect")
-    ax.set(xlabel="mean predicted risk", ylabel="observed rate", title="Calibration (deciles, held-out)")
+    title = "Calibration (deciles and smoothed, held-out)" if smoothed is not None else "Calibration (deciles, held-out)"
+    ax.set(xlabel="mean predicted risk", ylabel="observed rate", title=title)
     ax.legend(loc="upper left")
     return _png(fig)
 

@@ -238,7 +238,9 @@ def _thresholds(m: dict) -> list[dict]:
     out = []
     for r in m.get("thresholds") or []:
         cells = r.get("tp") is not None
-        if r.get("kind") == "alert budget":
+        if r.get("kind") == "alert budget" and m.get("alert_budget_source") == schema.TUNING:
+            point = f"risk ≥ {_fmt(r.get('threshold'))}, the top {_pct(r.get('alert_budget'), 0)} of the tuning split"
+        elif r.get("kind") == "alert budget":
             point = (
                 f"top {_pct(r.get('alert_budget'), 0)} of risk (risk ≥ {_fmt(r.get('threshold'))})"
             )
@@ -395,7 +397,9 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
         if name == "calibration":
             return (
                 "Calibration curves",
-                "Observed event rate against mean predicted risk in deciles of predicted risk, per model; the diagonal is perfect calibration.",
+                "Observed event rate against mean predicted risk in deciles of predicted risk, per model (a decile withheld "
+                "for small counts is not drawn), and the calibrated XGBoost's smoothed curve (black; local-linear kernel "
+                "regression on logit risk, from the 1st to the 99th percentile of risk); the diagonal is perfect calibration.",
             )
         if name == "decision_curve":
             return (
@@ -1008,7 +1012,8 @@ def report_context(
             "gap_days": task.gap_days,
             "horizon_days": task.horizon_days,
             "split": (
-                f"temporal: train and tuning on prediction times before {temporal.held_out_from:%Y-%m-%d}, held out from then on"
+                f"temporal: train and tuning on prediction times whose {task.horizon_days}-day horizon ends by "
+                f"{temporal.held_out_from:%Y-%m-%d}, held out from then on"
                 if temporal is not None
                 else "by subject (a seeded hash of the pseudonymous id: 70% train, 15% tuning, 15% held-out)"
             ),
@@ -1119,6 +1124,7 @@ def report_context(
         "calibration": _deciles(m),
         "smoothed": _smoothed(m),
         "thresholds": _thresholds(m),
+        "budget_from_tuning": m.get("alert_budget_source") == schema.TUNING,
         "net_benefit": _net_benefit(m),
         "lead_time": lead,
         "subgroups": subgroup_rows,

@@ -54,7 +54,7 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     record = {"as_shipped": _summary(y[held], calibrated[held], subjects[held], n_boot=n_boot, seed=seed)}
     events, non_events = int(y[tune].sum()), int((~y[tune]).sum())
     if min(events, non_events) >= privacy.MIN_CELL:
-        local, _ = choose_calibrator(raw[tune], y[tune], seed=seed)
+        local, _ = choose_calibrator(raw[tune], y[tune], seed=seed, groups=subjects[tune])
         record["recalibrated"] = _summary(y[held], local(raw[held]), subjects[held], n_boot=n_boot, seed=seed)
         record["recalibration"] = recalibration_summary(local)
     else:

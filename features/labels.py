@@ -103,7 +103,9 @@ class Outcome(Strict):
 
 
 class TemporalSplit(Strict):
-    """Train and tune on prediction times before ``held_out_from``; hold out the rest."""
+    """Train and tune on prediction times whose outcome window ends by ``held_out_from``
+    (those before it whose horizon ends after it are excluded); hold out the times from
+    it on."""
 
     held_out_from: datetime
 
@@ -188,6 +190,7 @@ ATTRITION_STEPS = (
     ("prevalent", "outcome at or before the prediction time (prevalent)"),
     ("in_gap", "outcome inside the lead-time gap"),
     ("censored", "not observed for the whole horizon (censored)"),
+    ("crosses_cutoff", "before the temporal cutoff, with a horizon that ends after it"),
     ("sampled_out", "beyond max_per_subject"),
 )
 
@@ -628,6 +631,12 @@ def _label_arrays(
         "censored": ~(has_outcome & (outcome <= t + spec.horizon_days * DAY_US))
         & (last < t + spec.horizon_days * DAY_US),
     }
+    if spec.temporal_split is not None:
+        # A model trained at the cutoff could not know a label whose horizon ends after it:
+        # a time before the cutoff is kept (for train or tuning) only when its whole outcome
+        # window, and so its label and censoring, lies before the cutoff.
+        cutoff = np.datetime64(spec.temporal_split.held_out_from, "us").astype(np.int64)
+        reasons["crosses_cutoff"] = (t < cutoff) & (t + spec.horizon_days * DAY_US > cutoff)
     sid, starts = _groups(subjects)
     n_subjects = starts.size
     attrition = {"candidates": {"times": int(t.size), "subjects": int(n_subjects)}}

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from forewarn.records import privacy
 
@@ -111,10 +111,13 @@ def fit_calibrator(p: np.ndarray, y: np.ndarray, method: Method) -> Calibrator:
 
 
 def choose_calibrator(
-    p: np.ndarray, y: np.ndarray, *, method: Method | Literal["auto"] = "auto", folds: int = 5, seed: int = 0
+    p: np.ndarray, y: np.ndarray, *, method: Method | Literal["auto"] = "auto", folds: int = 5, seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[Calibrator, dict[str, float]]:
     """The calibrator with the lowest cross-validated Brier score on (p, y), refitted on all
-    of it, and the score of each candidate (``none`` included).
+    of it, and the score of each candidate (``none`` included). ``groups`` (each row's
+    subject): where a subject has several rows, the folds keep a subject's rows together,
+    so a calibrator is never scored on the people it was fitted to.
 
     ``auto`` considers isotonic regression only with ``MIN_ISOTONIC_EVENTS`` events and
     non-events, and keeps a sigmoid only if its slope on logit(p) is positive (a slope
@@ -129,12 +132,18 @@ def choose_calibrator(
     k = min(folds, n_pos, n_neg)
     scores: dict[str, float] = {}
     if k >= 2:
-        splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
-        for m in candidates:
+        repeated = groups is not None and np.unique(groups).size < y.size
+        if repeated:
+            k = min(k, np.unique(groups[y]).size, np.unique(groups[~y]).size)
+        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed) if repeated else StratifiedKFold(
+            k, shuffle=True, random_state=seed)
+        folds_of = list(splitter.split(p.reshape(-1, 1), y, groups if repeated else None)) if k >= 2 else []
+        for m in candidates if folds_of else []:
             out = np.empty(y.size)
-            for fit_idx, test_idx in splitter.split(p.reshape(-1, 1), y):
+            for fit_idx, test_idx in folds_of:
                 out[test_idx] = fit_calibrator(p[fit_idx], y[fit_idx], m)(p[test_idx])
             scores[m] = float(brier_score_loss(y, out))
+    if scores:
         best = min(scores, key=lambda m: (scores[m], candidates.index(m)))
     else:
         best = "none" if method == "auto" else method

@@ -169,7 +169,8 @@ class ForewarnXGBClassifier(_Binary):
                                   None if margins is None else margins[0], groups_tune)
             if weight:
                 self.model_ = PrimaryModel(clf, self.model_.offset, weight, l1)
-        self.calibrator_, _ = choose_calibrator(self.model_.probability(X_tune), y_tune, method=config.calibration, seed=config.seed)
+        self.calibrator_, _ = choose_calibrator(self.model_.probability(X_tune), y_tune, method=config.calibration,
+                                                seed=config.seed, groups=groups_tune)
         self._fitted(X.shape[1])
         return self
 

@@ -26,7 +26,7 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
     ``new`` holds the candidate's held-out ``auroc_ci_low`` and ``calibration_slope``;
     ``champion`` the current champion's ``auroc`` on the same held-out rows and its
     ``version`` (None when there is no champion yet). Without a champion the model is
-    promoted whatever its slope; a slope outside the bounds adds a reason asking for review.
+    promoted when its slope is within the bounds, and stays challenger otherwise.
     """
     reasons = []
     slope = new.get("calibration_slope")
@@ -36,12 +36,13 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
         if slope is not None else "calibration slope could not be estimated"
     )
     if champion is None:
-        # The first model becomes champion (the registry needs one to serve, re-score and
-        # check drift against), but a slope outside the bounds is said plainly.
+        # Non-inferiority is vacuous without a champion, but the calibration bound is not:
+        # a first model whose slope is outside the bounds (or could not be estimated, e.g.
+        # its held-out metrics were withheld) stays challenger until a model passes.
         reasons.insert(0, "there is no champion yet")
-        if slope is not None and not slope_ok:
-            reasons.append("promoted only because there is no champion: review its calibration before use")
-        return {"promoted": True, "reasons": reasons, "champion_version": None}
+        if not slope_ok:
+            reasons.append("a first champion needs its calibration slope within the bounds too")
+        return {"promoted": slope_ok, "reasons": reasons, "champion_version": None}
     low, bar = new.get("auroc_ci_low"), champion["auroc"] - config.auroc_margin
     auroc_ok = low is not None and low >= bar
     reasons.insert(

@@ -1043,7 +1043,8 @@ def train_models(
                       **({"rule": blend["rule"]["name"], "best": blend["rule"]["best"]} if blend.get("rule") else {}))
     raw = primary.probability(X)
     with stage("calibrate") as counts:
-        calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed)
+        calibrator, brier_by_method = choose_calibrator(raw[tu], y[tu], method=config.calibration, seed=config.seed,
+                                                       groups=subjects[tu])
         out.calibration_path.write_text(json.dumps(calibrator.to_json()))
         counts.update(method=calibrator.method)
     threshold = float(y[tr].mean())

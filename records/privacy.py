@@ -63,3 +63,22 @@ def suppress_parts(
     (None) too."""
     extra = complementary(parts, spare=spare, force=force) | set(force)
     return [None if i in extra else suppress(v) for i, v in enumerate(parts)]
+
+
+def withheld_bins(sizes: list[int], events: list[int], *, min_cell: int = MIN_CELL) -> set[int]:
+    """Indices of bins (each with a size and events, adding up to totals published
+    elsewhere) to withhold whole: each bin whose size, events or non-events is 1..10, and
+    then, one column at a time until none is left, the bins :func:`complementary` names so
+    that no withheld bin's size, events or non-events comes back by subtraction from the
+    totals."""
+    others = [n - e for n, e in zip(sizes, events, strict=True)]
+    columns = (list(events), others, list(sizes))  # the outcome counts first: their extra bin serves all three
+    hidden = {i for i in range(len(sizes)) if any(suppress(c[i], min_cell=min_cell) is None for c in columns)}
+    while True:
+        for column in columns:
+            extra = complementary(column, force=tuple(sorted(hidden)), min_cell=min_cell)
+            if extra - hidden:
+                hidden |= extra
+                break
+        else:
+            return hidden

@@ -73,6 +73,22 @@ def test_alert_budget_with_ties_flags_every_tied_risk():
     assert small["threshold"] == 0.8 and small["alert_rate"] is None
 
 
+def test_alert_budget_threshold_set_on_other_rows_is_scored_here_unchanged():
+    # The tuning rows' 70% quantile ("higher": position 6.3 rounds up to 7) is 0.5, so a
+    # 30% budget flags p >= 0.5 on Y10 / P10: 0.50 0.60 0.70 0.90 with y = 0 1 1 1 ->
+    # tp 3, fp 1; not flagged y = 0 0 1 0 0 1 -> fn 2, tn 4 (x 20 below).
+    tuning = np.array([0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.5, 0.6, 0.7])
+    row = clinical.threshold_table(*times20(Y10, P10), thresholds=[], alert_rates=[0.3],
+                                   budget_from=tuning).iloc[0]
+    assert row["threshold"] == 0.5 and row["alert_budget"] == 0.3
+    assert [row[c] for c in ("tp", "fp", "fn", "tn")] == [60, 20, 40, 80]
+    assert row["alert_rate"] == pytest.approx(0.4)  # not the 30% asked: the rows differ
+    # Without it, the budget's threshold comes from these rows: the top 30% is p >= 0.6.
+    assert clinical.threshold_table(Y10, P10, thresholds=[], alert_rates=[0.3]).iloc[0]["threshold"] == 0.6
+    with pytest.raises(ValueError, match="budget_from must hold at least one risk"):
+        clinical.threshold_table(Y10, P10, alert_rates=[0.3], budget_from=[])
+
+
 # -------------------------------------------------------------------- decision curve
 
 

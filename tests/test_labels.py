@@ -74,6 +74,25 @@ def test_golden_labels_and_attrition():
     }
 
 
+def test_temporal_design_excludes_times_whose_horizon_crosses_the_cutoff():
+    # Subjects 1, 2, 6 and 7 of the golden cases, all at T; horizon 730 days.
+    cases = {s: CASES[s] for s in (1, 2, 6, 7)}
+    keep = {1: True, 2: True, 6: False, 7: False}
+    cutoff_at_horizon = spec(temporal_split={"held_out_from": T + 730 * D})  # the window ends on the cutoff: kept
+    labels, attrition = L.label_frame(frame(cases), cutoff_at_horizon)
+    assert dict(zip(labels.column("subject_id").to_pylist(), labels.column("boolean_value").to_pylist(),
+                    strict=True)) == keep
+    assert attrition["crosses_cutoff"] == {"times": 0, "subjects": 0}
+    # A day earlier, every window ends after the cutoff: none of these times may train.
+    labels, attrition = L.label_frame(frame(cases), spec(temporal_split={"held_out_from": T + 729 * D}))
+    assert labels.num_rows == 0 and attrition["crosses_cutoff"] == {"times": 4, "subjects": 4}
+    # From the cutoff on, times are held out whatever their horizon.
+    labels, attrition = L.label_frame(frame(cases), spec(temporal_split={"held_out_from": T}))
+    assert labels.num_rows == 4 and attrition["crosses_cutoff"]["times"] == 0
+    # Without a temporal split there is no such step.
+    assert "crosses_cutoff" not in L.label_frame(frame(cases), spec())[1]
+
+
 def test_no_prevalent_subject_is_ever_labelled():
     rng = np.random.default_rng(0)
     n = 500

@@ -69,6 +69,32 @@ def test_calibration_curve_and_small_cell_suppression():
     assert list(curve["events"])[0] == 0 and isinstance(list(curve["events"])[0], int)
 
 
+def _deciles(events_per_bin: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """1,000 rows in ten deciles of 100 rows of rising risk, the first rows of each bin events."""
+    p = np.linspace(0.001, 0.999, 1000)
+    y = np.zeros(1000, bool)
+    for b, e in enumerate(events_per_bin):
+        y[100 * b:100 * b + e] = True
+    return y, p
+
+
+def test_calibration_curve_withholds_a_bin_that_subtraction_would_give_back():
+    # Bin 9 holds 5 events. The held-out total (45) is published, so bin 10's 40 would
+    # give bin 9's 5 back: both are withheld whole, the other bins shown.
+    curve = metrics.calibration_curve(*_deciles([0] * 8 + [5, 40]))
+    assert list(curve["events"]) == [0] * 8 + [None, None]
+    assert list(curve["n"]) == [100] * 8 + [None, None]
+    assert list(curve["observed"])[8:] == [None, None] and list(curve["mean_predicted"])[8:] == [None, None]
+    # Bin 10 holds 95 events and so 5 non-events: it is withheld, and with it the bin of
+    # the smallest other event count (bin 1's 20; the first of the ties).
+    curve = metrics.calibration_curve(*_deciles([20] * 8 + [30, 95]))
+    assert list(curve["events"]) == [None] + [20] * 7 + [30, None]
+    assert list(curve["n"]) == [None] + [100] * 8 + [None]
+    # Two small bins whose events add up to 11 or more need no third.
+    curve = metrics.calibration_curve(*_deciles([0] * 7 + [6, 7, 40]))
+    assert list(curve["events"]) == [0] * 7 + [None, None, 40]
+
+
 def test_evaluate_record_suppresses_small_counts_and_withholds_their_metrics():
     rec = metrics.evaluate(Y, P, np.arange(6), n_boot=20, seed=0)
     assert rec["n"] is None and rec["events"] is None and rec["subjects"] is None and rec["prevalence"] is None

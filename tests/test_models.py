@@ -700,6 +700,30 @@ def test_isotonic_needs_enough_tuning_events():
     assert "isotonic" in choose_calibrator(np.clip(risk * 3, 0, 1), y, method="isotonic")[1]  # asked for by name: allowed
 
 
+def test_calibrator_folds_keep_a_subjects_rows_together(monkeypatch):
+    import forewarn.models.calibration as calibration
+
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(300), 4)  # four prediction times a subject, as max_per_subject > 1 gives
+    p = np.repeat(rng.random(300), 4)  # a subject's rows share a score, so a score names its subject
+    y = np.repeat(rng.random(300) < p[::4], 4)
+    fit = calibration.fit_calibrator
+    overlaps = []
+
+    def spy(p_fit, y_fit, method):
+        calibrator = fit(p_fit, y_fit, method)
+        if p_fit.size == p.size:  # the final refit on every row
+            return calibrator
+        return lambda p_test: overlaps.append(len(set(p_fit) & set(p_test))) or calibrator(p_test)
+
+    monkeypatch.setattr(calibration, "fit_calibrator", spy)
+    calibration.choose_calibrator(p, y, groups=subjects)
+    assert len(overlaps) == 3 * 5 and max(overlaps) == 0  # 3 candidates x 5 folds, no subject on both sides
+    overlaps.clear()
+    calibration.choose_calibrator(p, y)  # rows split alone: a subject's rows land on both sides
+    assert min(overlaps) > 0
+
+
 def test_isotonic_calibration_keeps_the_ranking():
     rng = np.random.default_rng(4)
     p = rng.random(5000) ** 2

@@ -17,13 +17,16 @@ def test_first_model_is_promoted():
     ("slope", "reasons"),
     [
         (1.3, ["calibration slope 1.300 is outside [0.8, 1.25]",
-               "promoted only because there is no champion: review its calibration before use"]),
-        (None, ["calibration slope could not be estimated"]),
+               "a first champion needs its calibration slope within the bounds too"]),
+        (0.79, ["calibration slope 0.790 is outside [0.8, 1.25]",
+                "a first champion needs its calibration slope within the bounds too"]),
+        (None, ["calibration slope could not be estimated",  # e.g. held-out metrics withheld (1-10 events)
+                "a first champion needs its calibration slope within the bounds too"]),
     ],
 )
-def test_first_model_is_promoted_and_a_bad_slope_is_said(slope, reasons):
+def test_first_model_with_a_slope_out_of_bounds_stays_challenger(slope, reasons):
     d = decide({"auroc_ci_low": 0.7, "calibration_slope": slope}, None, CONFIG)
-    assert d == {"promoted": True, "champion_version": None, "reasons": ["there is no champion yet", *reasons]}
+    assert d == {"promoted": False, "champion_version": None, "reasons": ["there is no champion yet", *reasons]}
 
 
 @pytest.mark.parametrize(

@@ -391,7 +391,7 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
         point = (
             f"risk ≥ {row['threshold']:.2f}"
             if row["kind"] == "threshold"
-            else f"top {100 * row['alert_budget']:.0f}% of risk"
+            else f"the top {100 * row['alert_budget']:.0f}% of the tuning split"
         )
         assert point in text
     assert "small-cell suppression" in text.lower() and "median lead time" in text
@@ -406,6 +406,13 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
     assert record["lead_time"]["subjects_with_outcome"] == (positive if positive >= 11 else None)
     budget = next(r for r in record["thresholds"] if r.get("alert_budget") == 0.05)
     assert record["lead_time"]["threshold"] == budget["threshold"] == record["subgroup_threshold"]["threshold"]
+    # The budget's threshold was set on the tuning split's risks, before the held-out rows.
+    from forewarn.evaluation.evaluate import split_frame
+
+    tuning = split_frame(run["trained"], PRIMARY, schema.TUNING)[schema.PREDICTED_BOOLEAN_PROBABILITY]
+    assert record["alert_budget_source"] == "tuning"
+    assert budget["threshold"] == float(np.quantile(tuning.to_numpy(float), 0.95, method="higher"))
+    assert "each threshold set on the tuning split and applied here unchanged" in text
     for group in ("Age band", "Sex", "Site"):
         assert group in text
     for level in {str(r["level"]) for r in record["subgroups"] if r["group"] == "age_band"}:
