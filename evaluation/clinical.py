@@ -35,8 +35,9 @@ EPS = 1e-6
 AGE_BANDS = ("<18", "18-39", "40-49", "50-59", "60-69", "70-79", "80+")
 _AGE_EDGES = (18, 40, 50, 60, 70, 80)
 DEFAULT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-# i / 100 is the float nearest the decimal, so 0.2 here == 0.2 in a test.
-DEFAULT_NET_BENEFIT_THRESHOLDS = tuple(float(t) for t in np.arange(1, 51) / 100)
+# i / 100 is the float nearest the decimal, so 0.2 here == 0.2 in a test. The three
+# below 1% are where a rare outcome's decisions sit (its prevalence is a fraction of 1%).
+DEFAULT_NET_BENEFIT_THRESHOLDS = (0.001, 0.002, 0.005) + tuple(float(t) for t in np.arange(1, 51) / 100)
 
 
 # --------------------------------------------------------------------------- checks

@@ -53,6 +53,10 @@ class EvaluationConfig(BaseModel):
         default=[0.01, 0.05, 0.10], min_length=1,
         description="alert budgets of the threshold table: the share of prediction times flagged (each in (0, 1])",
     )
+    net_benefit_thresholds: list[float] = Field(
+        default=list(clinical.DEFAULT_NET_BENEFIT_THRESHOLDS), min_length=1,
+        description="threshold probabilities of the decision curve (each in (0, 1))",
+    )
     operating_budget: float = Field(
         0.05, description="the alert budget whose threshold sets the operating point of the lead times and subgroups"
     )
@@ -66,6 +70,9 @@ class EvaluationConfig(BaseModel):
         bad = [t for t in self.thresholds if not 0 <= t <= 1] + [r for r in self.alert_budgets if not 0 < r <= 1]
         if bad:
             raise ValueError(f"thresholds must lie in [0, 1] and alert_budgets in (0, 1]; got {bad}.")
+        bad = [t for t in self.net_benefit_thresholds if not 0 < t < 1]
+        if bad:
+            raise ValueError(f"net_benefit_thresholds must lie in (0, 1) (open: net benefit weighs by t / (1 - t)); got {bad}.")
         if self.operating_budget not in self.alert_budgets:
             raise ValueError(
                 f"operating_budget must be one of alert_budgets {self.alert_budgets}; got {self.operating_budget}. "
@@ -180,7 +187,7 @@ def evaluate_and_explain(
         record["thresholds"] = clinical.threshold_table(
             y, p, thresholds=config.thresholds, alert_rates=config.alert_budgets, budget_from=tuning if tuning.size else None
         ).to_dict(orient="records")
-        dca = clinical.decision_curve(y, p)
+        dca = clinical.decision_curve(y, p, thresholds=config.net_benefit_thresholds)
         record["decision_curve"] = dca.to_dict(orient="records")
         age, sex = demographics(X[held_rows], columns)
         frame = pd.DataFrame(

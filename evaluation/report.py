@@ -23,7 +23,7 @@ from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
 from forewarn.evaluation.evaluate import MODEL_LABELS, Evaluation
 from forewarn.features.featurize import AGG_NAMES
 from forewarn.features.labels import ATTRITION_STEPS
-from forewarn.models.train import AGE_SEX, BASELINE, PRIMARY, UNCALIBRATED
+from forewarn.models.train import AGE_SEX, BASELINE, MIN_EVENTS_PER_FEATURE, PRIMARY, UNCALIBRATED
 from forewarn.records import privacy, schema
 from forewarn.records.pull import table_counts
 
@@ -43,7 +43,7 @@ DESIGNS = {
 }
 GROUP_LABELS = {"age_band": "Age band", "sex": "Sex", "site": "Site"}
 SEX_LABELS = {"F": "female", "M": "male"}
-NET_BENEFIT_AT = (0.05, 0.1, 0.15, 0.2, 0.3)
+NET_BENEFIT_AT = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 SMOOTH_AT = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
@@ -286,7 +286,7 @@ def _net_benefit(m: dict) -> list[dict]:
             better = model > max(treat_all, 0.0)
         out.append(
             {
-                "threshold": _pct(t, 0),
+                "threshold": _pct(t, 1 if t < 0.01 else 0),
                 "model": _fmt(model, 4),
                 "all": _fmt(treat_all, 4),
                 "none": _fmt(r.get("net_benefit_none"), 4),
@@ -925,9 +925,15 @@ def report_context(
 
     # Warnings from training, with any count that this report withholds replaced.
     warnings = [str(w) for w in training.get("warnings") or []]
+    size = training.get("sample_size")  # absent from a record that predates it
+    # Train subjects with the outcome equal the train events when a subject has one row, so
+    # they are withheld with them.
+    size_shown = bool(size) and _shown_int(train_pos_text)
     if not _shown_int(train_pos_text):
         shown = "a withheld number of" if train_pos_text == WITHHELD else train_pos_text
-        warnings = [re.sub(rf"\b{n_train_pos}\b", shown, w) for w in warnings]
+        hidden = {n_train_pos} | ({size["event_subjects"]} if size else set())
+        for number in hidden:
+            warnings = [re.sub(rf"\b{number}\b", shown, w) for w in warnings]
 
     held = m["held_out"][PRIMARY]
     validations = [dict(v) for v in validations or []]
@@ -936,7 +942,14 @@ def report_context(
     subgroup_rows = _subgroups(m)
 
     limitations = []
-    if n_train_pos < 10 * max(1, n_features // 50):
+    if size and size.get("events_per_feature_used") is not None and size["events_per_feature_used"] < MIN_EVENTS_PER_FEATURE:
+        events_text = f"{size['event_subjects']:,}" if size_shown else train_pos_text
+        limitations.append(
+            f"Few training subjects with the outcome ({events_text}) for the {size['features_used']:,} features the model "
+            f"uses (fewer than the {MIN_EVENTS_PER_FEATURE} per feature usually asked of a regression model): expect "
+            "optimism in single features' effects and unstable importances and explanations."
+        )
+    elif not size and n_train_pos < 10 * max(1, n_features // 50):
         limitations.append(
             f"Few training events ({train_pos_text}) for {n_features:,} candidate features: expect optimism and unstable importances."
         )
@@ -1071,6 +1084,10 @@ def report_context(
         "epv": f"{n_train_pos / n_features:.2f}"
         if n_features and _shown_int(train_pos_text)
         else "–",
+        "epv_used": None if not size or size.get("events_per_feature_used") is None else {
+            "value": f"{size['events_per_feature_used']:.2f}" if size_shown else "–",
+            "events": f"{size['event_subjects']:,}" if size_shown else train_pos_text,
+            "used": f"{size['features_used']:,}"},
         "features": {
             "columns": f"{n_features:,}",
             "nonzeros": f"{int(features_shape['nonzeros']):,}",

@@ -606,7 +606,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         note=note,
         tags={"data_digest": digest, "promoted": str(promotion["promoted"]).lower(),
               "drift_alert": str(action == "alert").lower(), "registered_version": version,
-              "decision": decision},
+              "decision": decision, "sample_size_warning": str(bool(training.get("warnings"))).lower()},
     )
     tracking.log_trials(run_id, training.get("search", {}).get("trials", []))
     for split in SPLITS:
@@ -686,6 +686,7 @@ def run_params(study: Study, spec: TaskSpec, site: str, shape: dict, training: d
         "blend_rule": study.models.blend_rule,
         "leaf_min_cell": study.models.leaf_min_cell, "leaf_move_splits": study.models.leaf_move_splits,
         "leaves_released": _leaves_released(xgb.get("release"), bool(training.get("federated"))),
+        "features_used": (training.get("sample_size") or {}).get("features_used", "none"),
         **{f"xgb_{k}": v for k, v in xgb["params"].items()},
     }
 

@@ -435,17 +435,20 @@ def log_dataset(run_id: str, *, name: str, digest: str, source: Path, context: s
 
 
 def log_trials(parent_run_id: str, trials: list[dict]) -> list[str]:
-    """One nested run per search trial under the site's run (params, tuning score, state)."""
+    """One nested run per search trial under the site's run (params, tuning score, state),
+    carrying the parent's site, task, validation design and data and task digests, so a
+    search for a task's or a digest's runs finds its trials too."""
     import mlflow
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
+    inherited = {k: v for k, v in parent.data.tags.items()
+                 if k in {f"{TAG}.{name}" for name in ("site", "task", "validation_design", "data_digest", "task_digest")}}
     ids = []
     for t in trials:
         run = client.create_run(
             parent.info.experiment_id, run_name=f"trial-{t['trial']}",
-            tags={"mlflow.parentRunId": parent_run_id, f"{TAG}.site": parent.data.tags.get(f"{TAG}.site", ""),
-                  f"{TAG}.trial_state": t["state"]},
+            tags={"mlflow.parentRunId": parent_run_id, **inherited, f"{TAG}.trial_state": t["state"]},
         )
         client.log_batch(
             run.info.run_id,

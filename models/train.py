@@ -727,6 +727,18 @@ class PrimaryModel:
     def n_features(self) -> int:
         return int(self.clf.n_features_in_)
 
+    def features_used(self) -> np.ndarray:
+        """The columns the model's prediction depends on: those some tree splits on, and
+        those with a non-zero weight in the L1-logistic it starts from or blends with."""
+        booster = self.clf.get_booster()
+        names = booster.feature_names
+        index = {n: i for i, n in enumerate(names)} if names else None
+        used = {index[k] if index else int(k[1:]) for k in booster.get_score(importance_type="weight")}
+        for linear in (self.offset, self.linear if self.blend else None):
+            if linear is not None:
+                used |= set(np.flatnonzero(linear.coef).tolist())
+        return np.array(sorted(used), dtype=np.int64)
+
     def base_margin(self, X) -> np.ndarray | None:
         """Each row's starting log-odds (the offset's), or None when the trees start from the base rate."""
         return None if self.offset is None else self.offset.margin(X)
@@ -1056,13 +1068,8 @@ def train_models(
     }
     for model, prob in probabilities.items():
         write_predictions(rows, prob, threshold, out.predictions_path(model))
-    n_pos = int(y[tr].sum())
-    warnings = []
-    if n_pos < 100:
-        warnings.append(
-            f"only {n_pos} training events (fewer than 100): expect optimistic and unstable estimates; "
-            "train across sites (the network validation design) or add people before relying on this model"
-        )
+    size = sample_size(primary, subjects[tr], y[tr])
+    warnings = sample_size_warnings(size)
     summary = {
         "threshold": threshold,
         "rows": {name: int(m.sum()) for name, m in masks.items()},
@@ -1078,10 +1085,43 @@ def train_models(
         "l1_logistic": l1_record(lr, c_scores, X[tr], subjects[tr], config),
         "age_sex": age_sex.to_json(),
         "features": int(X.shape[1]),
+        "sample_size": size,
         "search": {"objective": trials[0]["objective"] if trials else None, "trials": trials, "best_params": params or {}},
         "warnings": warnings,
     }
     out.summary_path.write_text(json.dumps(summary, indent=2))
+    return out
+
+
+MIN_EVENT_SUBJECTS = 100  # the events usually asked of a validation or development set
+MIN_EVENTS_PER_FEATURE = 10  # events per predictor usually asked of a regression model
+
+
+def sample_size(model: PrimaryModel, subjects: np.ndarray, y: np.ndarray) -> dict:
+    """The training events against the model's size: train subjects with the outcome,
+    the features the fitted model uses (:meth:`PrimaryModel.features_used`) and their
+    ratio, the events per used feature."""
+    events = int(np.unique(np.asarray(subjects)[np.asarray(y).astype(bool)]).size)
+    used = int(model.features_used().size)
+    return {"event_subjects": events, "features_used": used,
+            "events_per_feature_used": round(events / used, 2) if used else None}
+
+
+def sample_size_warnings(size: dict) -> list[str]:
+    """The warnings a model's training sample deserves: fewer than ``MIN_EVENT_SUBJECTS``
+    train subjects with the outcome, or fewer of them than the features the model uses
+    (events per used feature below 1, a tenth of ``MIN_EVENTS_PER_FEATURE``)."""
+    events, used = size["event_subjects"], size["features_used"]
+    out = []
+    advice = "train across sites (the network validation design) or add people before relying on this model"
+    if events < MIN_EVENT_SUBJECTS:
+        out.append(f"only {events} training subjects with the outcome (fewer than {MIN_EVENT_SUBJECTS}): expect "
+                   f"optimistic and unstable estimates; {advice}")
+    if used and events < used:
+        out.append(f"fewer training subjects with the outcome ({events}) than features the model uses ({used}): "
+                   f"the model is large for its events (below 1 event per used feature, against the "
+                   f"{MIN_EVENTS_PER_FEATURE} usually asked of a regression model), so single features' effects and "
+                   f"importances are unstable; {advice}")
     return out
 
 

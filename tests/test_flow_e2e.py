@@ -136,6 +136,9 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         assert (params["leaf_min_cell"], params["leaf_move_splits"]) == ("11", "True")
         after, before = (int(v.replace(",", "")) for v in params["leaves_released"].split(" of "))
         assert 0 < after <= before
+        # The model's size against its events: the features it uses, and the warning's tag.
+        assert 0 < int(params["features_used"]) <= int(params["n_features"])
+        assert tags["forewarn.sample_size_warning"] in ("true", "false")
     # The degraded data has another digest and a worse model.
     by_site = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
@@ -146,6 +149,11 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
     # Two search trials per site run, as nested runs.
     trials = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert len(trials) == 2 * 4 and all("tuning/auroc" in t.data.metrics for t in trials)
+    parents = {r.info.run_id: r for r in runs}
+    for t in trials:  # a trial carries its run's site, task, design and digests
+        parent = parents[t.data.tags["mlflow.parentRunId"]].data.tags
+        for key in ("site", "task", "validation_design", "data_digest", "task_digest"):
+            assert t.data.tags[f"forewarn.{key}"] == parent[f"forewarn.{key}"]
 
 
 def test_artifacts_present(flow_run, client):

@@ -41,6 +41,7 @@ from forewarn.models.train import (
     ranked_scores,
     rare_defaults_applied,
     released,
+    sample_size_warnings,
     subject_folds,
     train_models,
     trainability,
@@ -752,8 +753,32 @@ def test_few_training_events_warn(tmp_path):
     trained = train_models(synthetic_matrix(tmp_path, n=400), tmp_path / "m", ModelConfig(n_jobs=1))
     summary = json.loads(trained.summary_path.read_text())
     assert summary["positives"]["train"] < 100
-    assert summary["warnings"] and "training events (fewer than 100)" in summary["warnings"][0]
+    size = summary["sample_size"]
+    assert size["event_subjects"] == summary["positives"]["train"]  # one row a subject here
+    assert summary["warnings"][0].startswith(f"only {size['event_subjects']} training subjects with the outcome (fewer than 100)")
+    # The features the model uses: those a tree splits on, with any the L1 it blends with weighs.
+    model = load_primary(trained)
+    trees = {int(k[1:]) for k in model.clf.get_booster().get_score(importance_type="weight")}
+    linear = set(np.flatnonzero(model.linear.coef)) if model.blend else set()
+    assert size["features_used"] == len(trees | linear) > 0
+    assert size["events_per_feature_used"] == round(size["event_subjects"] / size["features_used"], 2)
     assert set(summary["age_sex"]) == {"coef_age_per_decade", "coef_female", "intercept"}
+
+
+@pytest.mark.parametrize(
+    ("events", "used", "expected"),
+    [
+        (150, 40, []),  # 3.75 events per used feature: a limitation in the report, not a warning
+        (99, 40, ["only 99 training subjects with the outcome (fewer than 100)"]),
+        (120, 121, ["fewer training subjects with the outcome (120) than features the model uses (121)"]),
+        (120, 120, []),
+        (30, 45, ["only 30 training subjects", "fewer training subjects with the outcome (30) than features"]),
+    ],
+)
+def test_sample_size_warnings_weigh_events_against_the_models_size(events, used, expected):
+    got = sample_size_warnings({"event_subjects": events, "features_used": used,
+                                "events_per_feature_used": round(events / used, 2)})
+    assert len(got) == len(expected) and all(g.startswith(e) for g, e in zip(got, expected, strict=True))
 
 
 def test_search_runs_trials_and_refits_with_the_best(tmp_path):

@@ -319,6 +319,14 @@ def test_primary_model_numbers_are_as_in_metrics(run, full):
         assert method in full and f"{brier:.4f}" in full
     for warning in training["warnings"]:
         assert warning in html.unescape(full)
+    # The training events against the model's size: per feature the fitted model uses.
+    size = training["sample_size"]
+    text = html.unescape(full)
+    assert (f"per feature the fitted model uses (a tree splits on it, or the L1-logistic it starts from or blends with "
+            f"gives it a non-zero weight): {size['events_per_feature_used']:.2f} ({size['event_subjects']:,} subjects, "
+            f"{size['features_used']:,} features used)") in text
+    limitation = f"for the {size['features_used']:,} features the model uses"
+    assert (limitation in text) is (size["events_per_feature_used"] < 10)
 
 
 def test_every_figure_is_embedded_once_in_its_section(run, full):
@@ -413,6 +421,14 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
     assert record["alert_budget_source"] == "tuning"
     assert budget["threshold"] == float(np.quantile(tuning.to_numpy(float), 0.95, method="higher"))
     assert "each threshold set on the tuning split and applied here unchanged" in text
+    # The decision curve runs at the configured threshold probabilities, from 0.1% up.
+    from forewarn.evaluation.clinical import DEFAULT_NET_BENEFIT_THRESHOLDS
+    from forewarn.evaluation.evaluate import EvaluationConfig
+
+    assert [r["threshold"] for r in record["decision_curve"]] == list(DEFAULT_NET_BENEFIT_THRESHOLDS)
+    assert EvaluationConfig().net_benefit_thresholds == list(DEFAULT_NET_BENEFIT_THRESHOLDS)
+    with pytest.raises(ValueError, match=r"net_benefit_thresholds must lie in \(0, 1\) .*got \[0.0\]"):
+        EvaluationConfig(net_benefit_thresholds=[0.0, 0.1])
     for group in ("Age band", "Sex", "Site"):
         assert group in text
     for level in {str(r["level"]) for r in record["subgroups"] if r["group"] == "age_band"}:
