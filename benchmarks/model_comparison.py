@@ -83,25 +83,28 @@ def paired_differences(y: np.ndarray, p: dict[str, np.ndarray], subjects: np.nda
     }
 
 
-def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: ModelConfig) -> list[dict]:
+def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: ModelConfig,
+                split_seeds: tuple[int, ...] = (0,)) -> list[dict]:
     """Every (site, task) cell of a ``people``-person demo network: the held-out metric
-    records and paired differences of the three models, and how each was trained."""
+    records and paired differences of the three models, and how each was trained; once
+    per split seed (0 is the nightly flow's)."""
     cells = []
     sites = generate_network(root / "sites", people=people, seed=7)
     for site, db in sites.items():
         pull = pull_omop(db, root / site / "pull", site=site, config=DeidConfig(load_secret(site, demo=True)))
-        for task in tasks:
+        for split_seed, task in ((s, t) for s in split_seeds for t in tasks):
             spec = load_task(task)
-            labels = label_dataset(pull.events_dir, spec, root / site)
+            work = root / site / f"split-{split_seed}"
+            labels = label_dataset(pull.events_dir, spec, work, split_seed=split_seed)
             table, splits, _ = labels.load()
-            ours = featurize(pull.events_dir, table, splits, root / site / task / "forewarn", FeatureConfig(), codes_path=pull.codes_path)
+            ours = featurize(pull.events_dir, table, splits, work / task / "forewarn", FeatureConfig(), codes_path=pull.codes_path)
             reason = trainability(ours, min_cell=config.leaf_min_cell)
             if reason:  # as the nightly flow does: no model of this cell may leave the site
-                print(f"| {people:,} | {task} | {site} | not trained: {reason} |", flush=True)
-                cells.append({"people": people, "task": task, "site": site, "untrained": reason})
+                cells.append({"people": people, "task": task, "site": site, "split_seed": split_seed, "untrained": reason})
+                print_cell(cells[-1])
                 continue
             start = time.perf_counter()
-            trained = train_models(ours, root / site / task / "models", config)
+            trained = train_models(ours, work / task / "models", config)
             train_s = time.perf_counter() - start
             summary = json.loads(trained.summary_path.read_text())
             key = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
@@ -111,7 +114,7 @@ def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: 
                 held = pred[pred[schema.SPLIT] == schema.HELD_OUT].reset_index(drop=True)
                 held_prob[name] = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
             held_y, held_subject = held[schema.BOOLEAN_VALUE].to_numpy(bool), held[schema.SUBJECT_ID].to_numpy()
-            theirs = featurize(pull.events_dir, table, splits, root / site / task / "medstab", MEDSTAB, codes_path=pull.codes_path)
+            theirs = featurize(pull.events_dir, table, splits, work / task / "medstab", MEDSTAB, codes_path=pull.codes_path)
             X, r, _ = theirs.load()
             y = r[schema.BOOLEAN_VALUE].to_numpy(bool)
             m = split_masks(r)
@@ -124,7 +127,8 @@ def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: 
             held_prob[MEDSTAB_XGB] = aligned["p"].to_numpy(float)
             records = {name: evaluate(held_y, prob, held_subject, n_boot=n_boot, min_cell=1) for name, prob in held_prob.items()}
             cell = {
-                "people": people, "task": task, "site": site, "rows": int(held_y.size), "events": int(held_y.sum()),
+                "people": people, "task": task, "site": site, "split_seed": split_seed,
+                "rows": int(held_y.size), "events": int(held_y.sum()),
                 "records": records, "differences": paired_differences(held_y, held_prob, held_subject, n_boot=n_boot),
                 "train_seconds": round(train_s, 1), "positives": summary["positives"],
                 "xgboost": {"trees": summary["xgboost"]["best_iteration"] + 1, "rare_outcome_defaults": summary["xgboost"].get("rare_outcome_defaults"),
@@ -138,13 +142,18 @@ def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: 
     return cells
 
 
+def _task(cell: dict) -> str:
+    """The task, with the split seed when it is not the nightly flow's."""
+    return cell["task"] + (f" (split {cell['split_seed']})" if cell.get("split_seed", 0) else "")
+
+
 def print_cell(cell: dict) -> None:
     if "untrained" in cell:
-        print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | not trained: {cell['untrained']} |", flush=True)
+        print(f"| {cell['people']:,} | {_task(cell)} | {cell['site']} | not trained: {cell['untrained']} |", flush=True)
         return
     n, events = cell["rows"], cell["events"]
     for name, rec in cell["records"].items():
-        print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | {n:,} / {events:,} | {name} | {fmt(rec, 'auroc')} | {fmt(rec, 'auprc')} |", flush=True)
+        print(f"| {cell['people']:,} | {_task(cell)} | {cell['site']} | {n:,} / {events:,} | {name} | {fmt(rec, 'auroc')} | {fmt(rec, 'auprc')} |", flush=True)
 
 
 def print_tables(cells: list[dict]) -> None:
@@ -158,12 +167,26 @@ def print_tables(cells: list[dict]) -> None:
         for baseline in (L1, MEDSTAB_XGB):
             d = {k: cell["differences"][(baseline, k)] for k in ("auroc", "auprc")}
             cis = {k: f"{v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})" for k, v in d.items()}
-            print(f"| {cell['people']:,} | {cell['task']} | {cell['site']} | {pos['train']} / {pos['tuning']} / {pos['held_out']} | {baseline} | {cis['auroc']} | {cis['auprc']} |")
+            print(f"| {cell['people']:,} | {_task(cell)} | {cell['site']} | {pos['train']} / {pos['tuning']} / {pos['held_out']} | {baseline} | {cis['auroc']} | {cis['auprc']} |")
     print("\nTraining: trees, rare-outcome defaults, offset, blend weight on the L1, calibrator, L1 C, train_models seconds\n")
     for cell in [c for c in cells if "untrained" not in c]:
         x = cell["xgboost"]
-        print(f"- {cell['people']:,} {cell['task']} {cell['site']}: {x['trees']} trees, rare defaults {x['rare_outcome_defaults'] or '-'}, offset {x.get('offset', 'none')}, blend {x.get('blend', 0.0)}, "
+        print(f"- {cell['people']:,} {_task(cell)} {cell['site']}: {x['trees']} trees, rare defaults {x['rare_outcome_defaults'] or '-'}, offset {x.get('offset', 'none')}, blend {x.get('blend', 0.0)}, "
               f"scale_pos_weight {x['scale_pos_weight']:.0f}, calibration {cell['calibration']}, L1 C {cell['l1_C']}, {cell['train_seconds']} s")
+
+
+def print_below(cells: list[dict]) -> None:
+    """Per split seed: how many of the (cell, baseline, metric) comparisons Forewarn's
+    point estimate is below, and which."""
+    seeds = sorted({c.get("split_seed", 0) for c in cells})
+    print("\nComparisons below a baseline (point estimates), per split seed:\n")
+    print("| split seed | trained cells | comparisons | below | which (Δ) |\n|---:|---:|---:|---:|---|")
+    for seed in seeds:
+        trained = [c for c in cells if c.get("split_seed", 0) == seed and "untrained" not in c]
+        below = [f"{c['site']} {c['task']} {k.upper()} vs {b} ({c['records'][OURS][k] - c['records'][b][k]:+.3f})"
+                 for c in trained for b in (L1, MEDSTAB_XGB) for k in ("auroc", "auprc")
+                 if c["records"][OURS][k] < c["records"][b][k]]
+        print(f"| {seed} | {len(trained)} | {4 * len(trained)} | {len(below)} | {'; '.join(below) or '-'} |", flush=True)
 
 
 def main() -> None:
@@ -177,14 +200,18 @@ def main() -> None:
     parser.add_argument("--leaf-min-cell", type=int, default=11,
                         help="models.leaf_min_cell: 11 (the default) releases the trees under the rule of 11; 1 keeps them "
                              "as fitted, as before session 16 (development measurement only)")
+    parser.add_argument("--split-seeds", type=int, nargs="+", default=[0],
+                        help="the subject split's seeds (0: the nightly flow's); more give the same network other splits")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="forewarn-models-bench-"))
     config = ModelConfig(leaf_min_cell=args.leaf_min_cell)
     print("| people | task | site | held-out rows / events | model | AUROC (95% CI) | AUPRC (95% CI) |\n|---:|---|---|---|---|---|---|", flush=True)
-    cells = run_network(args.people, args.tasks, root / f"people-{args.people}", args.bootstrap, config) if args.tasks else []
+    seeds = tuple(args.split_seeds)
+    cells = run_network(args.people, args.tasks, root / f"people-{args.people}", args.bootstrap, config, seeds) if args.tasks else []
     if args.rare_people:
-        cells += run_network(args.rare_people, args.rare_tasks, root / f"people-{args.rare_people}", args.bootstrap, config)
+        cells += run_network(args.rare_people, args.rare_tasks, root / f"people-{args.rare_people}", args.bootstrap, config, seeds)
     print_tables(cells)
+    print_below(cells)
     if args.json:
         args.json.write_text(json.dumps(
             [c if "untrained" in c else {**c, "differences": {f"{o} {k}": v for (o, k), v in c["differences"].items()}}
