@@ -553,8 +553,8 @@ def subgroup_metrics(
     ``group``, ``level``, ``subjects``, ``rows``, ``events`` (positive rows), ``auroc``,
     ``auprc``, ``brier``, ``calibration_in_the_large``, ``calibration_slope``,
     ``calibration_intercept``, ``ece``, ``observed_rate``, ``mean_predicted``,
-    ``suppressed``; with ``n_boot > 0`` also ``auroc_ci_low`` and ``auroc_ci_high``
-    (patient-level bootstrap, :func:`metrics.bootstrap_ci`); with a ``threshold`` (the
+    ``suppressed``; with ``n_boot > 0`` also ``auroc_ci_low``, ``auroc_ci_high``,
+    ``auprc_ci_low`` and ``auprc_ci_high`` (patient-level bootstrap, :func:`metrics.bootstrap_ci`); with a ``threshold`` (the
     whole set's operating point, so the levels are compared at one rule) also
     ``sensitivity``, ``specificity``, ``ppv``, ``npv`` and ``alerts_per_1000``, each
     withheld as :func:`threshold_table` withholds them (a 2x2 cell of 1..10).
@@ -609,13 +609,10 @@ def subgroup_metrics(
                 op = {} if suppressed else _operating_point(ys, ps, threshold)
                 record.update({k: _num(op.get(k)) for k in UTILITY_COLUMNS})
             if n_boot > 0:
-                low = high = None
-                if not suppressed:
-                    ci = metrics.bootstrap_ci(
-                        ys, ps, ss, n_boot=n_boot, seed=seed, metrics=("auroc",)
-                    )
-                    low, high = (_num(v) for v in ci["auroc"])
-                record.update(auroc_ci_low=low, auroc_ci_high=high)
+                ci = {} if suppressed else metrics.bootstrap_ci(ys, ps, ss, n_boot=n_boot, seed=seed, metrics=("auroc", "auprc"))
+                for name in ("auroc", "auprc"):
+                    low, high = (_num(v) for v in ci[name]) if ci else (None, None)
+                    record.update({f"{name}_ci_low": low, f"{name}_ci_high": high})
             rows.append(record)
             raw.append((int(m.sum()), int(ys.sum()), n_subjects, suppressed))
         _protect_levels(rows[first:], raw)
@@ -625,5 +622,5 @@ def subgroup_metrics(
     if threshold is not None:
         columns += list(UTILITY_COLUMNS)
     if n_boot > 0:
-        columns += ["auroc_ci_low", "auroc_ci_high"]
+        columns += ["auroc_ci_low", "auroc_ci_high", "auprc_ci_low", "auprc_ci_high"]
     return pd.DataFrame(rows, columns=columns, dtype=object)

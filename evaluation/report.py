@@ -351,9 +351,11 @@ def _subgroups(m: dict) -> list[dict]:
                 subjects = n_rows = size[k]
             suppressed = bool(r.get("suppressed"))
             counts_ok = _shown_int(n_rows) and _shown_int(events[k])
-            auroc = _fmt(r.get("auroc"))
+            auroc, auprc = _fmt(r.get("auroc")), _fmt(r.get("auprc"))
             if r.get("auroc_ci_low") is not None and r.get("auroc_ci_high") is not None:
                 auroc = f"{auroc} ({_fmt(r['auroc_ci_low'])}–{_fmt(r['auroc_ci_high'])})"
+            if r.get("auprc_ci_low") is not None and r.get("auprc_ci_high") is not None:
+                auprc = f"{auprc} ({_fmt(r['auprc_ci_low'])}–{_fmt(r['auprc_ci_high'])})"
             out.append(
                 {
                     "group": GROUP_LABELS.get(group, group),
@@ -365,13 +367,16 @@ def _subgroups(m: dict) -> list[dict]:
                     "events": events[k],
                     "suppressed": suppressed,
                     "auroc": auroc,
-                    "auprc": _fmt(r.get("auprc")),
+                    "auprc": auprc,
                     "brier": _fmt(r.get("brier"), 4),
                     "citl": _fmt(r.get("calibration_in_the_large")),
                     "slope": _fmt(r.get("calibration_slope"), 2),
                     "ece": _fmt(r.get("ece")),
                     "sensitivity": "–" if r.get("sensitivity") is None else _pct(r["sensitivity"]),
                     "ppv": "–" if r.get("ppv") is None else _pct(r["ppv"]),
+                    "specificity": "–" if r.get("specificity") is None else _pct(r["specificity"]),
+                    "npv": "–" if r.get("npv") is None else _pct(r["npv"]),
+                    "alerts": "–" if r.get("alerts_per_1000") is None else f"{r['alerts_per_1000']:.0f}",
                     "observed": _pct(r.get("observed_rate")) if counts_ok else "–",
                     "predicted": _pct(r.get("mean_predicted")),
                 }

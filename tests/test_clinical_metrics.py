@@ -428,6 +428,13 @@ def test_subgroup_bootstrap_interval():
     women, men = table.iloc[0], table.iloc[1]
     assert men["auroc_ci_low"] <= men["auroc"] <= men["auroc_ci_high"]
     assert women["auroc_ci_low"] is None and women["auroc_ci_high"] is None
+    # The AUPRC's interval: the same patient bootstrap as the whole set's, within the subgroup.
+    m = subgroup_frame()
+    m = m[m["sex"] == "M"]
+    ci = metrics.bootstrap_ci(m["y"].to_numpy(bool), m["p"].to_numpy(float), m["subject_id"].to_numpy(),
+                              n_boot=30, seed=1, metrics=("auroc", "auprc"))
+    assert (men["auprc_ci_low"], men["auprc_ci_high"]) == ci["auprc"] and (men["auroc_ci_low"], men["auroc_ci_high"]) == ci["auroc"]
+    assert women["auprc_ci_low"] is None and women["auprc_ci_high"] is None
 
 
 def test_age_band():

@@ -435,6 +435,12 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
         assert level in text
     if any(r["suppressed"] for r in record["subgroups"]):
         assert "suppressed (fewer than 11 subjects" in text
+    # Every shown subgroup's AUPRC comes with its patient-bootstrap interval.
+    shown = [r for r in record["subgroups"] if not r["suppressed"]]
+    assert shown
+    for r in shown:
+        assert f"{r['auprc']:.3f} ({r['auprc_ci_low']:.3f}–{r['auprc_ci_high']:.3f})" in text
+    assert "specificity, PPV, NPV and alerts per 1,000 are at one rule for all subgroups" in text
 
 
 def test_small_counts_show_as_less_than_11_with_a_complementary_cell_withheld(run):
