@@ -436,14 +436,15 @@ def log_dataset(run_id: str, *, name: str, digest: str, source: Path, context: s
 
 def log_trials(parent_run_id: str, trials: list[dict]) -> list[str]:
     """One nested run per search trial under the site's run (params, tuning score, state),
-    carrying the parent's site, task, validation design and data and task digests, so a
-    search for a task's or a digest's runs finds its trials too."""
+    tagged with the parent's site and task."""
     import mlflow
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
-    inherited = {k: v for k, v in parent.data.tags.items()
-                 if k in {f"{TAG}.{name}" for name in ("site", "task", "validation_design", "data_digest", "task_digest")}}
+    # Not the design or digests: a search for a design's runs (``tags.forewarn.validation_design``)
+    # must find the site's runs, not their trials too.
+    inherited = {k: v for k, v in parent.data.tags.items() if k in {f"{TAG}.site", f"{TAG}.task"}}
+    inherited.setdefault(f"{TAG}.site", "")
     ids = []
     for t in trials:
         run = client.create_run(

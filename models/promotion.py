@@ -26,7 +26,7 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
     ``new`` holds the candidate's held-out ``auroc_ci_low`` and ``calibration_slope``;
     ``champion`` the current champion's ``auroc`` on the same held-out rows and its
     ``version`` (None when there is no champion yet). Without a champion the model is
-    promoted when its slope is within the bounds, and stays challenger otherwise.
+    promoted unless its slope was estimated and lies outside the bounds.
     """
     reasons = []
     slope = new.get("calibration_slope")
@@ -37,12 +37,17 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
     )
     if champion is None:
         # Non-inferiority is vacuous without a champion, but the calibration bound is not:
-        # a first model whose slope is outside the bounds (or could not be estimated, e.g.
-        # its held-out metrics were withheld) stays challenger until a model passes.
+        # a first model whose slope lies outside the bounds stays challenger until a model
+        # passes. One whose held-out metrics were withheld (1-10 events or non-events: no
+        # slope to judge) becomes champion, as the registry needs one to serve, re-score and
+        # check drift against, and the reasons say it was not judged.
         reasons.insert(0, "there is no champion yet")
-        if not slope_ok:
+        if slope is None:
+            reasons.append("promoted only because there is no champion: its calibration was not judged, "
+                           "review it before use")
+        elif not slope_ok:
             reasons.append("a first champion needs its calibration slope within the bounds too")
-        return {"promoted": slope_ok, "reasons": reasons, "champion_version": None}
+        return {"promoted": slope is None or slope_ok, "reasons": reasons, "champion_version": None}
     low, bar = new.get("auroc_ci_low"), champion["auroc"] - config.auroc_margin
     auroc_ok = low is not None and low >= bar
     reasons.insert(

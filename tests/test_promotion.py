@@ -20,13 +20,19 @@ def test_first_model_is_promoted():
                "a first champion needs its calibration slope within the bounds too"]),
         (0.79, ["calibration slope 0.790 is outside [0.8, 1.25]",
                 "a first champion needs its calibration slope within the bounds too"]),
-        (None, ["calibration slope could not be estimated",  # e.g. held-out metrics withheld (1-10 events)
-                "a first champion needs its calibration slope within the bounds too"]),
     ],
 )
 def test_first_model_with_a_slope_out_of_bounds_stays_challenger(slope, reasons):
     d = decide({"auroc_ci_low": 0.7, "calibration_slope": slope}, None, CONFIG)
     assert d == {"promoted": False, "champion_version": None, "reasons": ["there is no champion yet", *reasons]}
+
+
+def test_first_model_without_a_slope_is_promoted_and_says_it_was_not_judged():
+    # Held-out metrics withheld (1-10 events or non-events): nothing to judge, nothing to serve otherwise.
+    d = decide({"auroc_ci_low": None, "calibration_slope": None}, None, CONFIG)
+    assert d == {"promoted": True, "champion_version": None, "reasons": [
+        "there is no champion yet", "calibration slope could not be estimated",
+        "promoted only because there is no champion: its calibration was not judged, review it before use"]}
 
 
 @pytest.mark.parametrize(
