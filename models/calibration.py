@@ -135,9 +135,11 @@ def choose_calibrator(
         repeated = groups is not None and np.unique(groups).size < y.size
         if repeated:
             k = min(k, np.unique(groups[y]).size, np.unique(groups[~y]).size)
-        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed) if repeated else StratifiedKFold(
-            k, shuffle=True, random_state=seed)
-        folds_of = list(splitter.split(p.reshape(-1, 1), y, groups if repeated else None)) if k >= 2 else []
+        folds_of = []
+        if k >= 2:  # else too few subjects with (or without) the outcome to score any calibrator on others
+            splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed) if repeated else StratifiedKFold(
+                k, shuffle=True, random_state=seed)
+            folds_of = list(splitter.split(p.reshape(-1, 1), y, groups if repeated else None))
         for m in candidates if folds_of else []:
             out = np.empty(y.size)
             for fit_idx, test_idx in folds_of:

@@ -725,6 +725,17 @@ def test_calibrator_folds_keep_a_subjects_rows_together(monkeypatch):
     assert min(overlaps) > 0
 
 
+def test_calibrator_with_one_subject_holding_every_event_is_not_cross_validated():
+    # Five event rows, all one subject's: no fold can score a calibrator on other people.
+    p = np.linspace(0.05, 0.95, 40)
+    y = np.zeros(40, bool)
+    y[-5:] = True
+    groups = np.r_[np.arange(35), [99] * 5]
+    calibrator, scores = choose_calibrator(p, y, groups=groups)
+    assert (calibrator.method, scores) == ("none", {})
+    assert choose_calibrator(p, y)[1]  # rows alone would have folded them
+
+
 def test_isotonic_calibration_keeps_the_ranking():
     rng = np.random.default_rng(4)
     p = rng.random(5000) ** 2
