@@ -741,7 +741,7 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
         return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
                 **{k: record.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
                                               "calibration_in_the_large", "withheld")},
-                "recalibrated": None, "note": f"trained before {record['cutoff']}, tested from then on"}
+                "recalibrated": None, "note": f"trained on times whose {spec.horizon_days}-day horizon ends by {record['cutoff']}, tested from then on"}
 
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{site}-temporal-{datetime.now(UTC):%Y%m%d-%H%M%S}",
