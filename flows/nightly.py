@@ -610,7 +610,8 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     )
     tracking.log_trials(run_id, training.get("search", {}).get("trials", []))
     for split in SPLITS:
-        tracking.log_dataset(run_id, name=f"{site.name}/{spec.name}/{split}", digest=f"{digest}-{split}",
+        # The feature matrix's digest: it changes with the data, the labels, the splits and the features.
+        tracking.log_dataset(run_id, name=f"{site.name}/{spec.name}/{split}", digest=f"{stages['matrix'].digest[:16]}-{split}",
                              source=matrix.dir, context=SPLIT_CONTEXT[split])
     if promotion["promoted"]:  # last, so that a killed run never leaves the alias on a half-made version
         tracking.set_champion(name, version)

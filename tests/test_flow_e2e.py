@@ -349,6 +349,11 @@ def test_external_validation_runs_bring_back_aggregates_only(flow_run, client):
     assert len(temporal) == 4 and all(0.5 < r.data.metrics["held_out/auroc"] <= 1 for r in temporal)
     assert {r.data.tags["forewarn.temporal_from"] for r in temporal} == {"2021-07-01"}
     assert {d.dataset.name.rsplit("/", 1)[1] for d in internal.inputs.dataset_inputs} == {"train", "tuning", "held_out"}
+    # An internal run's datasets carry its feature matrix's digest, which follows the labels and splits too.
+    site = internal.data.tags["forewarn.site"]
+    features = {json.loads(m.read_text())["digest"][:16]
+                for m in flow_run["work"].glob(f"**/{site}/**/stages/features-t2d_2y/*/.stage.json")}
+    assert features and {d.dataset.digest.rsplit("-", 1)[0] for d in internal.inputs.dataset_inputs} <= features
     promotion = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/promotion.json")).read_text())
     assert promotion["reasons"] and "calibration slope" in " ".join(promotion["reasons"])
 
