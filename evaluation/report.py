@@ -321,67 +321,87 @@ def _subgroup_point(m: dict) -> str | None:
     return f"{point.get('operating_point', 'operating point')} (risk ≥ {_fmt(point['threshold'])})"
 
 
-def _subgroups(m: dict) -> list[dict]:
+def _subgroups(m: dict, site: str | None = None, validations: list[dict] | None = None) -> list[dict]:
+    """Section 10's rows. The "Site" group holds this run's held-out split (its site) and,
+    for each external validation that brought one back, the model as shipped to that site
+    at this site's operating point (``site_subgroup``: that site's own aggregate, already
+    under the rule of 11 there)."""
     records = m.get("subgroups") or []
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[list[dict]]] = {}
     for r in records:
-        groups.setdefault(r["group"], []).append(r)
+        groups.setdefault(r["group"], [[]])[0].append(r)
+    shipped = [
+        dict(v["site_subgroup"], shipped_to=str(v.get("eval_site", v["site_subgroup"].get("level"))))
+        for v in validations or []
+        if v.get("design") == "external" and v.get("site_subgroup")
+    ]
+    if shipped:
+        # each site's level is its own held-out split: protected alone, not as parts of one total
+        groups.setdefault("site", []).extend([r] for r in shipped)
     out = []
-    for group, rows in groups.items():
-        # Levels of a group add up to the held-out totals: protect them as a set.
-        size = _protect(
-            [
-                None if r.get("subjects") is None or r.get("rows") is None else r["rows"]
-                for r in rows
-            ]
-        )
-        events = _protect([r.get("events") for r in rows])
-        for k, r in enumerate(rows):
-            level = r.get("level")
-            label = (
-                "missing"
-                if level is None
-                else SEX_LABELS.get(level, str(level))
-                if group == "sex"
-                else str(level)
+    for group, units in groups.items():
+        first = len(out)
+        for rows in units:
+            # Levels of a group add up to the held-out totals: protect them as a set.
+            size = _protect(
+                [
+                    None if r.get("subjects") is None or r.get("rows") is None else r["rows"]
+                    for r in rows
+                ]
             )
-            if _shown_int(size[k]):
-                subjects, n_rows = _count(r.get("subjects")), _count(r.get("rows"))
-            else:  # subjects and rows withheld together: one would give the other away
-                subjects = n_rows = size[k]
-            suppressed = bool(r.get("suppressed"))
-            counts_ok = _shown_int(n_rows) and _shown_int(events[k])
-            auroc, auprc = _fmt(r.get("auroc")), _fmt(r.get("auprc"))
-            if r.get("auroc_ci_low") is not None and r.get("auroc_ci_high") is not None:
-                auroc = f"{auroc} ({_fmt(r['auroc_ci_low'])}–{_fmt(r['auroc_ci_high'])})"
-            if r.get("auprc_ci_low") is not None and r.get("auprc_ci_high") is not None:
-                auprc = f"{auprc} ({_fmt(r['auprc_ci_low'])}–{_fmt(r['auprc_ci_high'])})"
-            out.append(
-                {
-                    "group": GROUP_LABELS.get(group, group),
-                    "first": k == 0,
-                    "span": len(rows),
-                    "level": label,
-                    "subjects": subjects,
-                    "rows": n_rows,
-                    "events": events[k],
-                    "suppressed": suppressed,
-                    "auroc": auroc,
-                    "auprc": auprc,
-                    "brier": _fmt(r.get("brier"), 4),
-                    "citl": _fmt(r.get("calibration_in_the_large")),
-                    "slope": _fmt(r.get("calibration_slope"), 2),
-                    "ece": _fmt(r.get("ece")),
-                    "sensitivity": "–" if r.get("sensitivity") is None else _pct(r["sensitivity"]),
-                    "ppv": "–" if r.get("ppv") is None else _pct(r["ppv"]),
-                    "specificity": "–" if r.get("specificity") is None else _pct(r["specificity"]),
-                    "npv": "–" if r.get("npv") is None else _pct(r["npv"]),
-                    "alerts": "–" if r.get("alerts_per_1000") is None else f"{r['alerts_per_1000']:.0f}",
-                    "observed": _pct(r.get("observed_rate")) if counts_ok else "–",
-                    "predicted": _pct(r.get("mean_predicted")),
-                }
-            )
+            events = _protect([r.get("events") for r in rows])
+            for k, r in enumerate(rows):
+                out.append(_subgroup_row(group, r, size[k], events[k], site if group == "site" else None))
+        for k, row in enumerate(out[first:]):
+            row.update(first=k == 0, span=len(out) - first)
     return out
+
+
+def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
+    level = r.get("level")
+    if r.get("shipped_to"):
+        label = f"{r['shipped_to']} (model shipped there)"
+    elif level is None:
+        label = "missing"
+    elif group == "sex":
+        label = SEX_LABELS.get(level, str(level))
+    elif site is not None and str(level) == site:
+        label = f"{level} (this run's held-out split)"
+    else:
+        label = str(level)
+    if _shown_int(size):
+        subjects, n_rows = _count(r.get("subjects")), _count(r.get("rows"))
+    else:  # subjects and rows withheld together: one would give the other away
+        subjects = n_rows = size
+    suppressed = bool(r.get("suppressed"))
+    counts_ok = _shown_int(n_rows) and _shown_int(events)
+    auroc, auprc = _fmt(r.get("auroc")), _fmt(r.get("auprc"))
+    if r.get("auroc_ci_low") is not None and r.get("auroc_ci_high") is not None:
+        auroc = f"{auroc} ({_fmt(r['auroc_ci_low'])}–{_fmt(r['auroc_ci_high'])})"
+    if r.get("auprc_ci_low") is not None and r.get("auprc_ci_high") is not None:
+        auprc = f"{auprc} ({_fmt(r['auprc_ci_low'])}–{_fmt(r['auprc_ci_high'])})"
+    return {
+        "group": GROUP_LABELS.get(group, group),
+        "level": label,
+        "shipped": bool(r.get("shipped_to")),
+        "subjects": subjects,
+        "rows": n_rows,
+        "events": events,
+        "suppressed": suppressed,
+        "auroc": auroc,
+        "auprc": auprc,
+        "brier": _fmt(r.get("brier"), 4),
+        "citl": _fmt(r.get("calibration_in_the_large")),
+        "slope": _fmt(r.get("calibration_slope"), 2),
+        "ece": _fmt(r.get("ece")),
+        "sensitivity": "–" if r.get("sensitivity") is None else _pct(r["sensitivity"]),
+        "ppv": "–" if r.get("ppv") is None else _pct(r["ppv"]),
+        "specificity": "–" if r.get("specificity") is None else _pct(r["specificity"]),
+        "npv": "–" if r.get("npv") is None else _pct(r["npv"]),
+        "alerts": "–" if r.get("alerts_per_1000") is None else f"{r['alerts_per_1000']:.0f}",
+        "observed": _pct(r.get("observed_rate")) if counts_ok else "–",
+        "predicted": _pct(r.get("mean_predicted")),
+    }
 
 
 def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
@@ -944,7 +964,7 @@ def report_context(
     validations = [dict(v) for v in validations or []]
     external = [v for v in validations if v.get("design", "external") != "internal"]
     lead = _lead_time(m)
-    subgroup_rows = _subgroups(m)
+    subgroup_rows = _subgroups(m, site, validations)
 
     limitations = []
     if size and size.get("events_per_feature_used") is not None and size["events_per_feature_used"] < MIN_EVENTS_PER_FEATURE:

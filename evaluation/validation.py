@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from forewarn.evaluation import clinical, metrics
+from forewarn.evaluation.evaluate import demographics, json_safe
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import Calibrator, choose_calibrator
 from forewarn.models.train import TrainedModels, load_primary
@@ -19,7 +20,12 @@ from forewarn.records import privacy, schema
 def model_probabilities(trained: TrainedModels, matrix: FeatureMatrix) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """(raw, calibrated) probabilities of ``trained``'s XGBoost on ``matrix``, whose
     columns must be the model's own (featurize with ``columns=``)."""
-    X, rows, _ = matrix.load()
+    raw, calibrated, rows, _ = _probabilities(trained, matrix)
+    return raw, calibrated, rows
+
+
+def _probabilities(trained: TrainedModels, matrix: FeatureMatrix):
+    X, rows, columns = matrix.load()
     model = load_primary(trained)
     if X.shape[1] != model.n_features:
         raise ValueError(
@@ -28,7 +34,8 @@ def model_probabilities(trained: TrainedModels, matrix: FeatureMatrix) -> tuple[
         )
     raw = model.probability(X)
     calibrator = Calibrator.from_json(json.loads(trained.calibration_path.read_text()))
-    return raw, calibrator(raw), rows
+    age, sex = demographics(X, columns)
+    return raw, calibrator(raw), rows, (age, sex)
 
 
 def _summary(y, p, subjects, *, n_boot: int, seed: int) -> dict:
@@ -37,21 +44,34 @@ def _summary(y, p, subjects, *, n_boot: int, seed: int) -> dict:
     return record | {k: stats[k] for k in ("calibration_slope", "calibration_in_the_large", "ece")}
 
 
-def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0) -> dict:
+def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0,
+                        site: str = "site", threshold: float | None = None) -> dict:
     """Metrics of a model from another site on this site's held-out rows, as shipped and
     after recalibration on this site's tuning rows (only when they hold at least 11 events
     and 11 non-events).
+
+    ``subgroups`` holds the shipped model's metrics by age band, sex and ``site`` (this
+    site's name: one level, the whole held-out split) under the rule of 11
+    (``clinical.subgroup_metrics``). With ``threshold``, the operating point set at the
+    model's own site, they add its sensitivity, specificity, PPV, NPV and alerts per
+    1,000 here: what the same alert rule does at a site it was not set on
+    (``subgroup_threshold``).
 
     Only aggregates come back: the metrics, and the local calibrator, whose parameters
     are fits to the whole tuning split (a sigmoid's two coefficients) or to blocks of at
     least 11 rows, events and non-events (an isotonic calibrator's knots, see
     ``models.calibration.isotonic_blocks``)."""
-    raw, calibrated, rows = model_probabilities(trained, matrix)
+    raw, calibrated, rows, (age, sex) = _probabilities(trained, matrix)
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
     split = rows[schema.SPLIT].to_numpy()
     held, tune = split == schema.HELD_OUT, split == schema.TUNING
     subjects = rows[schema.SUBJECT_ID].to_numpy()
     record = {"as_shipped": _summary(y[held], calibrated[held], subjects[held], n_boot=n_boot, seed=seed)}
+    frame = pd.DataFrame({"y": y[held], "p": calibrated[held], "subject_id": subjects[held],
+                          "age_band": clinical.age_band(age[held]), "sex": sex[held], "site": site})
+    record["subgroups"] = json_safe(
+        clinical.subgroup_metrics(frame, n_boot=n_boot, seed=seed, threshold=threshold).to_dict(orient="records"))
+    record["subgroup_threshold"] = {"threshold": threshold, "operating_point": "the operating point set at the model's site"}
     events, non_events = int(y[tune].sum()), int((~y[tune]).sum())
     if min(events, non_events) >= privacy.MIN_CELL:
         local, _ = choose_calibrator(raw[tune], y[tune], seed=seed, groups=subjects[tune])

@@ -305,10 +305,12 @@ def drift_against(profile_path: Path, version: str, champion_matrix: FeatureMatr
 
 @task(name="external validation", cache_policy=NO_CACHE)
 def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: Stage, labels: Stage, study: Study,
-                  spec: TaskSpec, cache: StageCache) -> Stage:
+                  spec: TaskSpec, cache: StageCache, *, eval_site: str, threshold: float | None = None) -> Stage:
     """Ship the model (not rows) to another site, featurize there with the model's columns,
-    and bring back aggregates only."""
-    params = {"features": _features_cfg(study), "evaluation": _cfg(study.evaluation), "model_site": model_site}
+    and bring back aggregates only; ``threshold`` is the operating point set at the
+    model's site, scored here as it stands."""
+    params = {"features": _features_cfg(study), "evaluation": _cfg(study.evaluation), "model_site": model_site,
+              "eval_site": eval_site, "threshold": threshold}
     key = key_of("external", params, [trained.digest, model_matrix.digest, pull.digest, labels.digest])
 
     def compute(out: Path) -> dict:
@@ -316,7 +318,8 @@ def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: St
         columns = pd.read_parquet(model_matrix.result.columns_path)
         matrix = featurize(pull.result.events_dir, table, splits, out / "features", study.features,
                            codes_path=pull.result.codes_path, columns=columns, map_shards=_shards(study))
-        record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed)
+        record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed,
+                                     site=eval_site, threshold=threshold)
         (out / "record.json").write_text(json.dumps(record, indent=1))
         return record
 
@@ -417,7 +420,7 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
             profile["vocabulary"] = drift_check.vocabulary(pd.read_parquet(built[n]["matrix"].result.columns_path))
             (out / "profile.json").write_text(json.dumps(profile, indent=1))
             record = external_validation(trained, features[n].result, n_boot=study.evaluation.bootstrap,
-                                         seed=study.evaluation.seed)
+                                         seed=study.evaluation.seed, site=n)
             return record | {"network": {k: network.summary[k] for k in ("sites", "tuning_sites", "trees", "visits",
                                                                          "rounds_per_visit")}}
 
@@ -840,6 +843,8 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
                                                "calibration_in_the_large", "withheld")},
                 "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope",
                                                            "calibration_in_the_large")} if recal else None,
+                # the report's "Site" subgroup level for this site (the model as shipped, at its own site's threshold)
+                "site_subgroup": next((g for g in record.get("subgroups") or [] if g["group"] == "site"), None),
                 "note": row_note}
 
     run_id = tracking.log_run(
@@ -1187,8 +1192,9 @@ def cross_validations(study, spec, model_site, b, built, caches, used) -> list[d
             if site.name == model_site or site.name not in built:
                 continue
             other = built[site.name]
+            point = b["evaluation"].result.load_metrics().get("subgroup_threshold") or {}
             stage = external_task(model_site, b["trained"], b["matrix"], other["pull"], other["labels"], study, spec,
-                                  caches[site.name])
+                                  caches[site.name], eval_site=site.name, threshold=point.get("threshold"))
             log = logged(caches[model_site], f"external-{spec.name}-{site.name}",
                          [stage.digest, b["trained"].digest, other["pull"].digest],
                          lambda key, _, st=stage, s=site.name, o=other: log_external(study, spec, model_site, s, st, b["trained"],

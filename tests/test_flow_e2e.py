@@ -345,12 +345,19 @@ def test_external_validation_runs_bring_back_aggregates_only(flow_run, client):
     internal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")[0]
     external = json.loads(Path(client.download_artifacts(internal.info.run_id, "validation/external.json")).read_text())
     assert [v["design"] for v in external["validations"]] == ["network", "external", "temporal"]
+    # The shipped model's "site" level there, scored at the home site's operating point, is
+    # the report's Site subgroup row for that site.
+    shipped = external["validations"][1]["site_subgroup"]
+    site = internal.data.tags["forewarn.site"]
+    assert shipped["group"] == "site" and shipped["level"] == external["validations"][1]["eval_site"] != site
+    assert "sensitivity" in shipped and (shipped["suppressed"] or shipped["auroc"] is not None)
+    report = Path(client.download_artifacts(internal.info.run_id, "report.html")).read_text()
+    assert f"{shipped['level']} (model shipped there)" in report and f"{site} (this run&#39;s held-out split)" in report
     temporal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'temporal'")
     assert len(temporal) == 4 and all(0.5 < r.data.metrics["held_out/auroc"] <= 1 for r in temporal)
     assert {r.data.tags["forewarn.temporal_from"] for r in temporal} == {"2021-07-01"}
     assert {d.dataset.name.rsplit("/", 1)[1] for d in internal.inputs.dataset_inputs} == {"train", "tuning", "held_out"}
     # An internal run's datasets carry its feature matrix's digest, which follows the labels and splits too.
-    site = internal.data.tags["forewarn.site"]
     features = {json.loads(m.read_text())["digest"][:16]
                 for m in flow_run["work"].glob(f"**/{site}/**/stages/features-t2d_2y/*/.stage.json")}
     assert features and {d.dataset.digest.rsplit("-", 1)[0] for d in internal.inputs.dataset_inputs} <= features

@@ -952,3 +952,30 @@ def test_external_validation_recalibrates_only_on_11_events_and_non_events(tmp_p
     assert record["recalibration"] == {"method": None, "note": "not recalibrated: this site's tuning split holds fewer "
                                                                "than 11 events or non-events"}
     assert record["as_shipped"]["auroc"] is not None  # the held-out rows are untouched
+
+
+def test_external_validation_scores_the_home_threshold_by_site_age_band_and_sex(tmp_path):
+    """The shipped model's subgroups at the validating site, its one "site" level the
+    whole held-out split there, scored at the threshold set at the model's own site."""
+    from forewarn.evaluation.validation import external_validation, model_probabilities
+
+    trained = train_models(synthetic_matrix(tmp_path), tmp_path / "models", ModelConfig(n_jobs=1))
+    (tmp_path / "other").mkdir()
+    other = synthetic_matrix(tmp_path / "other", seed=1)
+    _, p, rows = model_probabilities(trained, other)
+    held = (rows[schema.SPLIT] == "held_out").to_numpy()
+    y, p = rows[schema.BOOLEAN_VALUE].to_numpy(bool)[held], p[held]
+    threshold = float(np.quantile(p, 0.7))
+    record = external_validation(trained, other, n_boot=10, site="community", threshold=threshold)
+    (site,) = [r for r in record["subgroups"] if r["group"] == "site"]
+    flag = p >= threshold
+    assert (site["level"], site["rows"], site["events"]) == ("community", int(held.sum()), int(y.sum()))
+    assert site["sensitivity"] == pytest.approx((flag & y).sum() / y.sum())
+    assert site["specificity"] == pytest.approx((~flag & ~y).sum() / (~y).sum())
+    assert site["alerts_per_1000"] == pytest.approx(1000 * flag.mean())
+    assert site["auroc"] == pytest.approx(record["as_shipped"]["auroc"])
+    assert {r["group"] for r in record["subgroups"]} == {"age_band", "sex", "site"}
+    assert record["subgroup_threshold"]["threshold"] == threshold
+    json.dumps(record)  # plain JSON for MLflow and the report row
+    # Without a threshold: no operating point to score.
+    assert "sensitivity" not in external_validation(trained, other, n_boot=0, site="community")["subgroups"][0]

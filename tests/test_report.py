@@ -513,6 +513,43 @@ def test_subgroup_levels_protect_each_other():
     assert male["auroc"] == "0.800" and missing["suppressed"]
 
 
+def test_site_subgroup_adds_each_site_the_model_was_shipped_to():
+    """The "Site" group: this run's held-out split, then each external validation's
+    aggregate at this site's threshold; each level is its own site's whole held-out split,
+    so a suppressed site does not withhold the others (no total to subtract from)."""
+    from forewarn.evaluation.report import _subgroups
+
+    def level(site, n, events, suppressed=False, **extra):
+        shown = {} if suppressed else {"auroc": 0.81, "auprc": 0.42, "brier": 0.1, "calibration_in_the_large": 0.0,
+                                       "mean_predicted": 0.2, "observed_rate": events / n}
+        return {"group": "site", "level": site, "subjects": n, "rows": n, "events": None if suppressed else events,
+                "suppressed": suppressed, **shown, **extra}
+
+    home = level("academic", 500, 60)
+    rows = _subgroups(
+        {"subgroups": [home]},
+        "academic",
+        [
+            {"design": "external", "eval_site": "community", "site_subgroup": level(
+                "community", 400, 40, sensitivity=0.55, specificity=0.9, ppv=0.381, npv=0.95, alerts_per_1000=144.6)},
+            {"design": "external", "eval_site": "rural", "site_subgroup": level("rural", 30, None, suppressed=True)},
+            {"design": "temporal", "eval_site": "academic", "site_subgroup": level("academic", 100, 20)},
+            {"design": "external", "eval_site": "old", "site_subgroup": None},  # a record from before site levels
+        ],
+    )
+    assert [(r["level"], r["first"], r["span"], r["shipped"]) for r in rows] == [
+        ("academic (this run's held-out split)", True, 3, False),
+        ("community (model shipped there)", False, 3, True),
+        ("rural (model shipped there)", False, 3, True),
+    ]
+    academic, community, rural = rows
+    assert (academic["subjects"], academic["events"], academic["observed"]) == ("500", "60", "12.0%")
+    assert (community["subjects"], community["events"], community["auroc"]) == ("400", "40", "0.810")
+    assert (community["sensitivity"], community["ppv"], community["alerts"]) == ("55.0%", "38.1%", "145")
+    assert rural["suppressed"] and rural["events"] == "<11"
+    assert _subgroups({"subgroups": [home]}, "academic")[0]["span"] == 1
+
+
 def test_validations_table_when_given_internal_only_when_not(full, plain):
     text, bare = Page(full).text, Page(plain).text
     assert "external (model shipped to another site)" in text
