@@ -84,15 +84,20 @@ class ReleaseSettings:
 
     @classmethod
     def from_params(cls, params: dict) -> ReleaseSettings:
-        """From ``XGBClassifier`` keyword arguments or native ``xgb.train`` parameters."""
+        """From ``XGBClassifier`` keyword arguments (``get_xgb_params()``, where None means
+        XGBoost's default) or native ``xgb.train`` parameters."""
+
+        def get(default, *names):
+            return next((params[n] for n in names if params.get(n) is not None), default)
+
         return cls(
-            learning_rate=float(params.get("learning_rate", params.get("eta", 0.3))),
-            reg_lambda=float(params.get("reg_lambda", params.get("lambda", 1.0))),
-            max_delta_step=float(params.get("max_delta_step") or 0.0),
-            scale_pos_weight=float(params.get("scale_pos_weight") or 1.0),
-            num_parallel_tree=int(params.get("num_parallel_tree") or 1),
-            min_child_weight=float(params.get("min_child_weight", 1.0) or 0.0),
-            max_bin=int(params.get("max_bin") or 256),
+            learning_rate=float(get(0.3, "learning_rate", "eta")),
+            reg_lambda=float(get(1.0, "reg_lambda", "lambda")),
+            max_delta_step=float(get(0.0, "max_delta_step")),
+            scale_pos_weight=float(get(1.0, "scale_pos_weight")),
+            num_parallel_tree=int(get(1, "num_parallel_tree")),
+            min_child_weight=float(get(1.0, "min_child_weight")),
+            max_bin=int(get(256, "max_bin")),
         )
 
 

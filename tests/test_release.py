@@ -312,3 +312,12 @@ def test_any_fit_released_obeys_the_rule_as_xgboost_routes_its_rows(seed, n, row
             assert (np.bincount(leaves[:, i], minlength=len(trees[i]["left_children"]))[is_leaf] > 0).all()
             np.testing.assert_allclose(np.asarray(trees[i]["sum_hessian"])[is_leaf], cover[is_leaf], rtol=1e-3, atol=1e-6)
         running = running + values[:, start:start + parallel].sum(axis=1)
+
+
+def test_settings_from_classifier_params_take_xgboost_defaults_for_none():
+    """``XGBClassifier.get_xgb_params()`` lists unset parameters as None: XGBoost's defaults."""
+    settings = ReleaseSettings.from_params(xgb.XGBClassifier(n_estimators=5, learning_rate=0.2).get_xgb_params())
+    assert (settings.learning_rate, settings.reg_lambda, settings.min_child_weight, settings.max_delta_step) == (0.2, 1.0, 1.0, 0.0)
+    assert (settings.scale_pos_weight, settings.num_parallel_tree, settings.max_bin) == (1.0, 1, 256)
+    assert ReleaseSettings.from_params({"eta": 0.1, "lambda": 5, "min_child_weight": 0}).min_child_weight == 0.0
+    assert ReleaseSettings.from_params({"eta": 0.1, "lambda": 5}).reg_lambda == 5.0
