@@ -173,7 +173,7 @@ def build_deployment(study):
 def pull(
     format: Annotated[str, typer.Argument(help="source format: omop, meds or fhir")],
     location: Annotated[str, typer.Argument(help="OMOP: DuckDB file, folder of tables or SQLAlchemy URL; MEDS: dataset root; FHIR: folder of Bundles or NDJSON")],
-    site: Annotated[str, typer.Option(help="the site's name (keys its pseudonyms)")],
+    site: Annotated[str, typer.Option(help="the site's name (in the pull report; in demo mode it also picks the public demo secret)")],
     out: Annotated[Path, typer.Option(help="output folder (replaced when the pull succeeds)")],
     db_schema: Annotated[str | None, typer.Option(help="schema of an OMOP SQL database")] = None,
     max_bad_fraction: Annotated[float, typer.Option(min=0, max=1, help="fail when more of a table is quarantined")] = 0.05,
