@@ -7,8 +7,9 @@ with and without the outcome.
 
 Aggregates only, under the rule of 11 (:mod:`forewarn.records.privacy`):
 
-- the four groups' counts add up to the labelled total published in the report, so they
-  pass through complementary suppression (:func:`privacy.suppress_parts`);
+- the four groups' counts form a 2x2 table whose margins the report publishes (each
+  split's size, the labelled total with the outcome), so when one is 1..10 all four are
+  withheld;
 - a "recorded" cell is shown only when the group holds at least 11 subjects, at least
   11 of whom have the predictor recorded (or none) and at least 11 a prediction time
   without it (or none); otherwise it is ``"<11"`` (too few recorded, or a small group) or
@@ -43,6 +44,15 @@ def _group_masks(rows: pd.DataFrame) -> list[np.ndarray]:
     split = rows[schema.SPLIT].to_numpy()
     label = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
     return [np.isin(split, GROUP_SPLITS[name]) & (label == outcome) for name, outcome in GROUPS]
+
+
+def _table_2x2(parts: list[int]) -> list[int | None]:
+    """The four groups' counts as they may leave the site. They form a 2x2 table (split by
+    outcome) whose every margin the report publishes (each split's rows and subjects, the
+    labelled total with the outcome), so one hidden cell comes back from any other by
+    subtraction: when one is 1..10, all four are withheld."""
+    shown = [privacy.suppress(v) for v in parts]
+    return [None] * len(parts) if any(v is None for v in shown) else shown
 
 
 def _subjects(subject: np.ndarray, mask: np.ndarray) -> int:
@@ -114,7 +124,7 @@ def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame,
     masks = _group_masks(rows)
     position = {name: i for i, name in enumerate(columns["name"])}
     raw_rows, raw_subjects = [int(m.sum()) for m in masks], [_subjects(subject, m) for m in masks]
-    counts, subjects = privacy.suppress_parts(raw_rows), privacy.suppress_parts(raw_subjects)
+    counts, subjects = _table_2x2(raw_rows), _table_2x2(raw_subjects)
 
     def status(shown: int | None, raw: int) -> str:  # why a count is hidden: small itself, or its complement's
         return "shown" if shown is not None else SUPPRESSED if privacy.suppress(raw) is None else WITHHELD

@@ -422,7 +422,8 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
     the outcome.
 
     Returns ``subjects_with_outcome`` and ``detected`` (suppressed; ``detected`` is also
-    None when the undetected count is 1..10, since it is the difference) and the
+    None when the undetected count is 1..10, since it is the difference, and when a cell
+    of the rows' 2x2 table at ``threshold`` is, as the threshold table withholds them) and the
     ``median``, ``q25`` and ``q75`` lead days, withheld below 11 detected. No minimum or
     maximum: each is one patient's value.
     """
@@ -463,9 +464,13 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
     days = ((first["outcome"] - first["when"]) / pd.Timedelta(days=1)).to_numpy(dtype=float)
     detected = int(days.size)
 
+    # The threshold table's row at this threshold (alerts per 1,000 among them) withholds
+    # its 2x2 cells when one is 1..10; the detected count would undo that (alerts less
+    # detected gives the false alerts), so it goes with them.
+    cells = _shown(*_confusion(label, probability >= threshold))
     record: dict[str, int | float | None] = {
         "subjects_with_outcome": privacy.suppress(with_outcome),
-        "detected": detected if _shown(detected, with_outcome - detected) else None,
+        "detected": detected if cells and _shown(detected, with_outcome - detected) else None,
     }
     show = privacy.suppress(detected) is not None and detected > 0
     q25, median, q75 = np.quantile(days, [0.25, 0.5, 0.75]) if show else (None, None, None)

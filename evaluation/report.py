@@ -896,7 +896,7 @@ def report_context(
     metric = {"auroc": "AUROC", "auprc": "AUPRC"}.get(blend.get("objective"), "objective")
     where = ({"tuned": "the tuning split",
               "crossfit": (f"the tuning rows and the train rows' out-of-fold log-odds ({blend.get('folds')} subject folds; "
-                           f"{blend.get('rows', 0):,} rows, {blend.get('events', 0):,} events)")}.get(blend.get("method")))
+                           f"{blend.get('rows', 0):,} rows)")}.get(blend.get("method")))
     blend_text = ""
     if blend.get("weight"):
         w = float(blend["weight"])

@@ -225,7 +225,8 @@ class SiteRows:
             age_sex = AgeSexLogistic.fit(X[tr], y[tr], columns)
             out.age_sex_path.write_text(json.dumps(age_sex.to_json()))
             probabilities |= {BASELINE: lr.predict_proba(X), AGE_SEX: age_sex.predict_proba(X, columns)}
-            local = {"l1_logistic": l1_record(lr, c_scores, X[tr], subjects, config), "age_sex": age_sex.to_json()}
+            local = {"l1_logistic": l1_record(lr, c_scores, X[tr], subjects, config, y[tu]),
+                     "age_sex": age_sex.to_json()}
         for name, prob in probabilities.items():
             write_predictions(rows, prob, threshold, out.predictions_path(name))
         summary = {

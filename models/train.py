@@ -675,12 +675,19 @@ def offset_margins(X_train, y_train, X_tune, groups, l1: L1Logistic, config: Mod
                                 config.leaf_min_cell), l1.margin(X_tune))
 
 
-def l1_record(l1: L1Logistic, c_scores: dict[float, float], X_train, groups, config: ModelConfig) -> dict:
+def l1_record(l1: L1Logistic, c_scores: dict[float, float], X_train, groups, config: ModelConfig,
+              y_tune: np.ndarray | None = None) -> dict:
     """The training record of an L1-logistic fitted by ``fit_l1_logistic`` on ``X_train``
     (``groups``: its subjects): C, the tuning AUROC of each C, the non-zero coefficients,
-    and the features left out for being held by fewer than ``config.leaf_min_cell`` subjects."""
+    and the features left out for being held by fewer than ``config.leaf_min_cell`` subjects.
+
+    The tuning AUROCs are None when ``y_tune`` (the tuning labels) holds 1..10 events or
+    non-events: an AUROC with the split's published size would give that count back."""
+    y_tune = np.asarray([] if y_tune is None else y_tune, bool)
+    shown = y_tune.size == 0 or (privacy.suppress(int(y_tune.sum())) is not None
+                                 and privacy.suppress(int((~y_tune).sum())) is not None)
     left_out = int((~l1_columns(X_train, groups, config.leaf_min_cell)[1]).sum())
-    return {"C": l1.C, "tuning_auroc_by_C": {str(k): v for k, v in c_scores.items()},
+    return {"C": l1.C, "tuning_auroc_by_C": {str(k): v if shown else None for k, v in c_scores.items()},
             "nonzero_coefficients": int((l1.coef != 0).sum()), "min_cell": config.leaf_min_cell, "columns_left_out": left_out}
 
 
@@ -876,7 +883,9 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
     method = config.blend if isinstance(config.blend, str) else "fixed"
     summary = {"method": method, "weight": weight, "objective": objective, "score_by_weight": scores}
     if objective is not None:
-        summary.update(scored_on=scored_on, rows=int(y.size), events=int(y.sum()), guard=guard, rule=rule,
+        # No events count: with the labelled total the report publishes, the development
+        # rows' events would give a held-out split's 1..10 back.
+        summary.update(scored_on=scored_on, rows=int(y.size), guard=guard, rule=rule,
                        **({"folds": config.cv_folds} if config.blend == "crossfit" else {}))
     return weight, summary
 
@@ -1050,7 +1059,7 @@ def train_models(
             primary = PrimaryModel(clf, primary.offset, weight, lr)
             out.blend_path.write_text(json.dumps(blend_to_json(weight, lr)))
         counts.update(weight=weight, method=blend["method"], objective=blend["objective"] or "fixed",
-                      **({"rows": blend["rows"], "events": blend["events"]} if "rows" in blend else {}),
+                      **({"rows": blend["rows"]} if "rows" in blend else {}),
                       **({"guard_excluded": len(blend["guard"]["excluded"])} if blend.get("guard") else {}),
                       **({"rule": blend["rule"]["name"], "best": blend["rule"]["best"]} if blend.get("rule") else {}))
     raw = primary.probability(X)
@@ -1082,7 +1091,7 @@ def train_models(
                     "scale_pos_weight": pos_weight(y[tr], config),
                     "rare_outcome_defaults": rare_defaults_applied(y[tr], config)},
         "calibration": {"method": calibrator.method, "tuning_cv_brier": brier_by_method},
-        "l1_logistic": l1_record(lr, c_scores, X[tr], subjects[tr], config),
+        "l1_logistic": l1_record(lr, c_scores, X[tr], subjects[tr], config, y[tu]),
         "age_sex": age_sex.to_json(),
         "features": int(X.shape[1]),
         "sample_size": size,

@@ -41,13 +41,23 @@ def matrix():
     return X, rows, columns, importance
 
 
-def test_groups_add_up_under_complementary_suppression():
+def test_one_small_group_withholds_all_four():
+    """The groups form a 2x2 table whose margins the report publishes: the held-out split's
+    size (15) gives 3 back from its 12 without the outcome, and the labelled total with
+    the outcome (27) gives it back from the development rows' 24; so all four go."""
     record = characteristics(*matrix(), top=1)
     assert [(g["split"], g["outcome"], g["rows"], g["subjects"], g["rows_status"]) for g in record["groups"]] == [
-        ("development", True, 24, 24, "shown"), ("development", False, 30, 30, "shown"),
+        ("development", True, None, None, "withheld"), ("development", False, None, None, "withheld"),
         ("held_out", True, None, None, "suppressed"),  # 3: below 11
-        ("held_out", False, None, None, "withheld"),  # 12, withheld: 3 = the labelled total - 24 - 30 - 12
+        ("held_out", False, None, None, "withheld"),
     ]
+    # With 11 held-out subjects with the outcome every count is shown.
+    X, rows, columns, importance = matrix()
+    more = pd.DataFrame({schema.SUBJECT_ID: np.arange(100, 108), schema.SPLIT: schema.HELD_OUT, schema.BOOLEAN_VALUE: True})
+    X = sp.vstack([X, sp.csr_matrix((8, X.shape[1]))]).tocsr()
+    record = characteristics(X, pd.concat([rows, more], ignore_index=True), columns, importance, top=1)
+    assert [(g["rows"], g["subjects"], g["rows_status"]) for g in record["groups"]] == [
+        (24, 24, "shown"), (30, 30, "shown"), (11, 11, "shown"), (12, 12, "shown")]
 
 
 def test_age_sex_and_the_top_predictor_by_hand():
@@ -65,9 +75,10 @@ def test_age_sex_and_the_top_predictor_by_hand():
     assert age["cells"][2] == {"mean": None, "sd": None, "status": "suppressed"}  # 3 subjects
     assert age["cells"][3] == {"mean": 30.0, "sd": 0.0, "status": "shown"}
     assert age["smd"] == pytest.approx(20 / math.sqrt((600 / 23 + 750 / 29) / 2))
-    # female: 12 of 24, 11 of 30, 1 of 3 (suppressed), 12 of 12 (none without: shown)
-    assert female["cells"][0] == {"n": 12, "pct": 0.5, "status": "shown"}
-    assert female["cells"][1] == {"n": 11, "pct": pytest.approx(11 / 30), "status": "shown"}
+    # female: 12 of 24, 11 of 30, 1 of 3 (suppressed), 12 of 12 (none without: shown);
+    # percentages only, since the groups' sizes are withheld (see above)
+    assert female["cells"][0] == {"n": None, "pct": 0.5, "status": "shown"}
+    assert female["cells"][1] == {"n": None, "pct": pytest.approx(11 / 30), "status": "shown"}
     assert female["cells"][2]["status"] == "suppressed" and female["cells"][2]["n"] is None
     # 12 of 12: shown as a percentage only, since the group's own count is withheld
     assert female["cells"][3] == {"n": None, "pct": 1.0, "status": "shown"}
@@ -75,7 +86,7 @@ def test_age_sex_and_the_top_predictor_by_hand():
     assert female["smd"] == pytest.approx((p1 - p0) / math.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2))
     # the lab recorded for 20 of 24: 4 without would give the count away -> withheld
     assert recorded["cells"][0] == {"n": None, "pct": None, "status": "withheld"}
-    assert recorded["cells"][1] == {"n": 15, "pct": 0.5, "status": "shown"}
+    assert recorded["cells"][1] == {"n": None, "pct": 0.5, "status": "shown"}
     assert recorded["cells"][2]["status"] == "suppressed"  # none of 3 recorded: a group of 3 shows nothing
     assert recorded["cells"][3] == {"n": None, "pct": 0.0, "status": "shown"}
     assert recorded["smd"] is None  # one of its cells is not shown
@@ -93,8 +104,8 @@ def test_a_presence_flag_has_no_mean_row_and_top_limits_the_predictors():
     assert labels[-1] == "obesity: recorded, n (%)" and "obesity: mean (SD) where recorded" not in labels
     dx = record["rows"][-1]
     # recorded for all 24 and none of 30: nothing is small; no spread on either side, so no SMD
-    assert dx["cells"][0] == {"n": 24, "pct": 1.0, "status": "shown"}
-    assert dx["cells"][1] == {"n": 0, "pct": 0.0, "status": "shown"}
+    assert dx["cells"][0] == {"n": None, "pct": 1.0, "status": "shown"}  # the groups' sizes are withheld
+    assert dx["cells"][1] == {"n": None, "pct": 0.0, "status": "shown"}
     assert dx["cells"][2]["status"] == "suppressed"  # 3 of 3 recorded: 3 subjects
     assert dx["smd"] is None
 

@@ -267,6 +267,21 @@ def test_lead_times_hides_detected_when_the_undetected_are_few():
     assert record["median_days"] == pytest.approx(19.5)
 
 
+def test_lead_times_hides_detected_when_the_threshold_rows_2x2_is_withheld():
+    """With 5 false-alert rows the threshold table withholds its cells at this threshold;
+    the detected count (true alerts, one time a subject) would give them back from the
+    alerts per 1,000, so it is withheld too. The quantiles stay: they count nobody."""
+    frame = lead_frame(20)
+    false_alerts = np.flatnonzero(~frame["label"].to_numpy() & (frame["probability"].to_numpy() >= 0.5))
+    assert false_alerts.size == 100
+    frame.loc[false_alerts[5:], "probability"] = 0.0
+    record = clinical.lead_times(frame, threshold=0.5)
+    assert record["subjects_with_outcome"] == 60 and record["detected"] is None
+    assert record["median_days"] == pytest.approx(19.5)
+    row = clinical.threshold_table(frame["label"], frame["probability"], thresholds=[0.5], alert_rates=[])
+    assert row["fp"].isna().all() and row["sensitivity"].isna().all()
+
+
 def test_lead_times_threshold_changes_who_is_detected():
     # At 0.8 subject 1's first true-positive alert is 04-05 (5 days); subject 3 is no
     # longer detected; subject 1's 0.8 alert on a negative row still does not count.

@@ -464,7 +464,8 @@ def test_crossfit_blend_weight_is_chosen_on_out_of_fold_train_rows_and_tuning_ro
     tr, tu = (rows[schema.SPLIT] == "train").to_numpy(), (rows[schema.SPLIT] == "tuning").to_numpy()
     assert summary["xgboost"]["offset"]["method"] == ("l1" if rare else "none")
     assert (blend["method"], blend["scored_on"], blend["folds"]) == ("crossfit", "out-of-fold train and tuning", 5)
-    assert (blend["rows"], blend["events"]) == (int(tr.sum() + tu.sum()), int(y[tr].sum() + y[tu].sum()))
+    # no events count: with the published total it would give a small held-out count back
+    assert blend["rows"] == int(tr.sum() + tu.sum()) and "events" not in blend
     assert blend["objective"] == ("auprc" if rare else "auroc")
     l1 = L1Logistic.from_json(json.loads(trained.l1_path.read_text()))
     subjects = rows[schema.SUBJECT_ID].to_numpy()
@@ -979,3 +980,21 @@ def test_external_validation_scores_the_home_threshold_by_site_age_band_and_sex(
     json.dumps(record)  # plain JSON for MLflow and the report row
     # Without a threshold: no operating point to score.
     assert "sensitivity" not in external_validation(trained, other, n_boot=0, site="community")["subgroups"][0]
+
+
+def test_l1_record_withholds_tuning_aurocs_when_the_tuning_split_has_1_to_10_events(tmp_path):
+    """An AUROC with the tuning split's published size would give its 1..10 events back."""
+    from forewarn.models.train import l1_record
+
+    matrix = synthetic_matrix(tmp_path)
+    X, rows, _ = matrix.load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
+    tr = (rows[schema.SPLIT] == "train").to_numpy()
+    config = ModelConfig(n_jobs=1)
+    lr, scores = fit_l1_logistic(X[tr], y[tr], X[tr], y[tr], config)
+    groups = rows[schema.SUBJECT_ID].to_numpy()[tr]
+    shown = l1_record(lr, scores, X[tr], groups, config, np.r_[np.ones(11), np.zeros(11)])
+    assert list(shown["tuning_auroc_by_C"].values()) == list(scores.values())
+    for y_tune in (np.r_[np.ones(10), np.zeros(500)], np.r_[np.ones(500), np.zeros(3)]):
+        hidden = l1_record(lr, scores, X[tr], groups, config, y_tune)
+        assert set(hidden["tuning_auroc_by_C"].values()) == {None} and hidden["C"] == lr.C

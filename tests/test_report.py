@@ -836,10 +836,10 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
     crossfit = tuned | {"method": "crossfit", "weight": 0.2, "folds": 5, "rows": 12345, "events": 234}
     model, _ = pages(crossfit)
     assert ("(weight 0.2 on the L1, chosen by the AUROC on the tuning rows and the train rows' out-of-fold log-odds "
-            "(5 subject folds; 12,345 rows, 234 events) from 0, 0.1, ..., 1)") in model
+            "(5 subject folds; 12,345 rows) from 0, 0.1, ..., 1)") in model
     guard = {"metric": "auroc", "l1": 0.9404, "excluded": ["0.0", "0.1"], "by_weight": {}}
     model, _ = pages(crossfit | {"objective": "auprc", "guard": guard})
-    assert ("(5 subject folds; 12,345 rows, 234 events) from 0, 0.1, ..., 1, among the weights whose AUROC there is at "
+    assert ("(5 subject folds; 12,345 rows) from 0, 0.1, ..., 1, among the weights whose AUROC there is at "
             "least the L1-logistic's alone (0.940); that ruled out 0.0, 0.1)") in model
     model, _ = pages(crossfit | {"guard": guard | {"metric": "auprc", "excluded": []}})
     assert "among the weights whose AUPRC there is at least the L1-logistic's alone (0.940))" in model
@@ -852,7 +852,7 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
     assert "1; no larger weight's AUROC lies within one standard error of the best's)" in model
     model, _ = pages(crossfit | {"weight": 1.0, "rule": rule | {"within": ["0.2", "1.0"]}})
     assert ("With weight 1 the model scores as the L1-logistic alone: on the tuning rows and the train rows' out-of-fold "
-            "log-odds (5 subject folds; 12,345 rows, 234 events) the trees' gain over its ranking lies within one "
+            "log-odds (5 subject folds; 12,345 rows) the trees' gain over its ranking lies within one "
             "standard error, so the trees are kept but carry no weight.") in model
     model, _ = pages(crossfit | {"weight": 0.0})
     assert "did not improve the AUROC on the tuning rows and the train rows' out-of-fold log-odds" in model
