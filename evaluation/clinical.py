@@ -328,6 +328,72 @@ def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     }
 
 
+def disclosed_thresholds(y, p, priority: Iterable[float]) -> list[bool]:
+    """For each threshold of ``priority``, taken in that order, whether its 2x2 table (rows
+    flagged ``p >= t`` against ``y``) may be shown beside the ones shown before it.
+
+    The tables at several thresholds are nested: two shown tables give the band of risks
+    between their thresholds away (its events and non-events by subtraction). So a
+    threshold is shown when its own cells are each 0 or at least 11 and its differences in
+    true and false alerts from the nearest shown threshold on either side are each 0 or at
+    least 11 (then every difference between shown thresholds is too: it adds up bands
+    that are). The earlier a threshold in ``priority``, the more it is kept: put the
+    operating point first."""
+    y, p = _check_yp(y, p)
+    pos, neg = np.sort(p[y]), np.sort(p[~y])
+    kept: list[tuple[float, int, int]] = []
+    out = []
+    for t in priority:
+        t = float(t)
+        tp = int(pos.size - np.searchsorted(pos, t, "left"))
+        fp = int(neg.size - np.searchsorted(neg, t, "left"))
+        ok = _shown(tp, fp, pos.size - tp, neg.size - fp)
+        if ok:
+            lower = [k for k in kept if k[0] < t]
+            higher = [k for k in kept if k[0] > t]
+            near = ([max(lower)] if lower else []) + ([min(higher)] if higher else [])
+            ok = all(_shown(abs(tp - k_tp), abs(fp - k_fp)) for _, k_tp, k_fp in near)
+        if ok and all(k[0] != t for k in kept):
+            kept.append((t, tp, fp))
+        out.append(ok)
+    return out
+
+
+def disclosed_curve(y, p) -> pd.DataFrame:
+    """The points of the ROC and precision-recall curves that may leave the site: from the
+    highest risk down, a point (the rows flagged at or above a risk) is kept when its
+    true and false alerts differ from the last kept point's by 0 or at least 11 each (so
+    no step of the drawn curve is a band of 1..10 events or non-events), and the last kept
+    point leaves 0 or at least 11 of each unflagged. Columns ``tp``, ``fp``, ``fpr``,
+    ``tpr``, ``precision`` (NaN where nothing is flagged) and ``recall``; the first row is
+    the origin (nothing flagged), the last everything flagged. Empty with 1..10 events or
+    non-events, or none of either (no curve to draw)."""
+    y, p = _check_yp(y, p)
+    events, others = int(y.sum()), int((~y).sum())
+    columns = ["tp", "fp", "fpr", "tpr", "precision", "recall"]
+    if not (events and others and _shown(events, others)):
+        return pd.DataFrame(columns=columns)
+    order = np.argsort(-p, kind="stable")
+    risks = p[order]
+    last = np.r_[risks[1:] != risks[:-1], True]  # the end of each run of tied risks
+    tp_at, fp_at = np.cumsum(y[order])[last], np.cumsum(~y[order])[last]
+    kept = [(0, 0)]
+    for tp, fp in zip(tp_at.tolist(), fp_at.tolist(), strict=True):
+        if (tp, fp) != kept[-1] and _shown(tp - kept[-1][0], fp - kept[-1][1]):
+            kept.append((tp, fp))
+    while len(kept) > 1 and not _shown(events - kept[-1][0], others - kept[-1][1]):
+        kept.pop()
+    if kept[-1] != (events, others):
+        kept.append((events, others))
+    tp, fp = np.array(kept).T
+    return pd.DataFrame({"tp": tp, "fp": fp, "fpr": fp / others, "tpr": tp / events,
+                         "precision": [t / (t + f) if t + f else None for t, f in kept], "recall": tp / events},
+                        columns=columns)
+
+
+WITHHELD_WITH_CELLS = ("alert_rate", "sensitivity", "specificity", "ppv", "npv", "alerts_per_1000", "tp", "fp", "fn", "tn")
+
+
 def threshold_table(
     y,
     p,
@@ -335,6 +401,7 @@ def threshold_table(
     thresholds: Iterable[float] = DEFAULT_THRESHOLDS,
     alert_rates: Iterable[float] = (0.01, 0.05, 0.10),
     budget_from=None,
+    operating_budget: float | None = None,
 ) -> pd.DataFrame:
     """One row per operating point: fixed risk thresholds, then alert budgets.
 
@@ -352,7 +419,10 @@ def threshold_table(
 
     Privacy: when any of tp, fp, fn, tn is 1..10, all four and the four rates are None;
     ``alert_rate`` and ``alerts_per_1000`` are None when the alerts or non-alerts count is
-    1..10. Rates with a zero denominator are None.
+    1..10. A row whose cells would give a band between two rows' thresholds away (see
+    :func:`disclosed_thresholds`; the alert budgets come first, ``operating_budget``
+    before them all, then the fixed thresholds) shows only its threshold. Rates with a
+    zero denominator are None.
     """
     y, p = _check_yp(y, p)
     fixed = _check_levels(thresholds, "thresholds", low=0, high=1, closed="both")
@@ -364,13 +434,19 @@ def threshold_table(
     for r in budgets:
         t = float(np.quantile(source, 1 - r, method="higher"))
         rows.append({"kind": "alert budget", "alert_budget": r, **_operating_point(y, p, t)})
+    order = [i for i, r in enumerate(rows) if r["alert_budget"] is not None and r["alert_budget"] == operating_budget]
+    order += [i for i, r in enumerate(rows) if r["kind"] == "alert budget" and i not in order]
+    order += [i for i, r in enumerate(rows) if r["kind"] == "threshold"]
+    for i, ok in zip(order, disclosed_thresholds(y, p, [rows[i]["threshold"] for i in order]), strict=True):
+        if not ok:
+            rows[i].update(dict.fromkeys(WITHHELD_WITH_CELLS))
     columns = ["kind", "alert_budget", "threshold", "alert_rate", "sensitivity", "specificity"]
     columns += ["ppv", "npv", "alerts_per_1000", "tp", "fp", "fn", "tn"]
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
 def decision_curve(
-    y, p, *, thresholds: Iterable[float] = DEFAULT_NET_BENEFIT_THRESHOLDS
+    y, p, *, thresholds: Iterable[float] = DEFAULT_NET_BENEFIT_THRESHOLDS, disclosed: Iterable[float] = ()
 ) -> pd.DataFrame:
     """Net benefit of treating by the model, treating all and treating none.
 
@@ -378,23 +454,27 @@ def decision_curve(
     ``net_benefit_model = TP/n - FP/n * w`` (treat ``p >= pt``),
     ``net_benefit_all = prevalence - (1 - prevalence) * w``, ``net_benefit_none = 0``.
 
-    Privacy: ``net_benefit_model`` is None where the 2x2 table at pt has a cell of 1..10
-    (the rule of :func:`threshold_table`, so the two tables cannot be combined to
-    recover a cell); ``net_benefit_all`` is None with 1..10 events or non-events.
+    Privacy: ``net_benefit_model`` is None where the 2x2 table at pt has a cell of 1..10,
+    or would give a band of risks away beside the other thresholds' (``disclosed``: the
+    thresholds whose tables are shown elsewhere, the threshold table's; see
+    :func:`disclosed_thresholds`), since with the alerts at pt it gives the cells back;
+    ``net_benefit_all`` is None with 1..10 events or non-events.
     """
     y, p = _check_yp(y, p)
     pts = _check_levels(thresholds, "thresholds", low=0, high=1, closed="neither")
     n, events = y.size, int(y.sum())
     prevalence = events / n
     all_shown = _shown(events, n - events)
+    before = [float(t) for t in disclosed]
+    shown = disclosed_thresholds(y, p, [*before, *pts])[len(before):]
     rows = []
-    for pt in pts:
+    for pt, ok in zip(pts, shown, strict=True):
         w = pt / (1 - pt)
-        tp, fp, fn, tn = _confusion(y, p >= pt)
+        tp, fp, _, _ = _confusion(y, p >= pt)
         rows.append(
             {
                 "threshold": pt,
-                "net_benefit_model": tp / n - fp / n * w if _shown(tp, fp, fn, tn) else None,
+                "net_benefit_model": tp / n - fp / n * w if ok else None,
                 "net_benefit_all": prevalence - (1 - prevalence) * w if all_shown else None,
                 "net_benefit_none": 0.0,
             }
@@ -543,6 +623,28 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
 UTILITY_COLUMNS = ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")
 
 
+def _protect_utility(records: list[dict], cells: list[tuple[int, int, int, int]], hidden: set[int]) -> None:
+    """Complementary suppression of the utility columns across the levels of one group.
+    A level's shown sensitivity, specificity, PPV and alerts per 1,000 give its 2x2 cells
+    (true and false alerts, missed events, true quiet rows), which add up over the levels
+    to the whole held-out set's (the threshold table's row, or the one "site" level); so
+    when a level's utility is withheld (``hidden``: a cell of 1..10, or the level
+    suppressed), further levels' are withheld until no hidden level's cells come back by
+    subtraction, one cell column at a time (:func:`privacy.complementary`)."""
+    hidden = set(hidden)
+    while True:
+        for column in zip(*cells, strict=True) if cells else ():
+            extra = privacy.complementary(list(column), force=tuple(sorted(hidden)))
+            if extra - hidden:
+                hidden |= extra
+                break
+        else:
+            break
+    for i in hidden:
+        for key in UTILITY_COLUMNS:
+            records[i][key] = None
+
+
 def subgroup_metrics(
     frame: pd.DataFrame,
     *,
@@ -581,7 +683,7 @@ def subgroup_metrics(
         column = frame[group]
         missing = column.isna().to_numpy()
         levels = _levels(column) + ([None] if missing.any() else [])
-        first, raw = len(rows), []
+        first, raw, cells = len(rows), [], []
         for level in levels:
             m = missing if level is None else (column == level).to_numpy() & ~missing
             ys, ps, ss = y[m], p[m], subjects[m]
@@ -620,7 +722,11 @@ def subgroup_metrics(
                     record.update({f"{name}_ci_low": low, f"{name}_ci_high": high})
             rows.append(record)
             raw.append((int(m.sum()), int(ys.sum()), n_subjects, suppressed))
+            if threshold is not None:
+                cells.append(_confusion(ys, ps >= threshold))
         _protect_levels(rows[first:], raw)
+        if threshold is not None:
+            _protect_utility(rows[first:], cells, {i for i, r in enumerate(rows[first:]) if r["sensitivity"] is None})
     columns = ["group", "level", "subjects", "rows", "events", "auroc", "auprc", "brier"]
     columns += ["calibration_in_the_large", "calibration_slope", "calibration_intercept", "ece"]
     columns += ["observed_rate", "mean_predicted", "suppressed"]

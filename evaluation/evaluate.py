@@ -185,9 +185,12 @@ def evaluate_and_explain(
         tuning = split_frame(trained, PRIMARY, schema.TUNING)[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
         record["alert_budget_source"] = schema.TUNING if tuning.size else schema.HELD_OUT
         record["thresholds"] = clinical.threshold_table(
-            y, p, thresholds=config.thresholds, alert_rates=config.alert_budgets, budget_from=tuning if tuning.size else None
+            y, p, thresholds=config.thresholds, alert_rates=config.alert_budgets, budget_from=tuning if tuning.size else None,
+            operating_budget=config.operating_budget,
         ).to_dict(orient="records")
-        dca = clinical.decision_curve(y, p, thresholds=config.net_benefit_thresholds)
+        # The decision curve's thresholds are shown only beside the table's (see clinical.disclosed_thresholds).
+        dca = clinical.decision_curve(y, p, thresholds=config.net_benefit_thresholds,
+                                      disclosed=[r["threshold"] for r in record["thresholds"] if r["tp"] is not None])
         record["decision_curve"] = dca.to_dict(orient="records")
         age, sex = demographics(X[held_rows], columns)
         frame = pd.DataFrame(

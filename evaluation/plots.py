@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from forewarn.evaluation.clinical import disclosed_curve  # noqa: E402
 
 
 def _png(fig) -> bytes:
@@ -22,13 +23,15 @@ def _png(fig) -> bytes:
 
 
 def roc_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """ROC and precision-recall curves, one line per model: ``{model: (y, p)}``."""
+    """ROC and precision-recall curves, one line per model: ``{model: (y, p)}``, through
+    the operating points that may leave the site (:func:`clinical.disclosed_curve`)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
     for name, (y, p) in curves.items():
-        fpr, tpr, _ = roc_curve(y, p)
-        prec, rec, _ = precision_recall_curve(y, p)
-        ax1.plot(fpr, tpr, label=name)
-        ax2.plot(rec, prec, label=name)
+        # Only the points clinical.disclosed_curve keeps: no step is a band of 1..10 people.
+        points = disclosed_curve(y, p)
+        ax1.plot(points["fpr"].astype(float), points["tpr"].astype(float), marker=".", label=name)
+        pr = points.dropna(subset=["precision"])
+        ax2.plot(pr["recall"].astype(float), pr["precision"].astype(float), marker=".", label=name)
     ax1.plot([0, 1], [0, 1], ls=":", c="grey")
     prevalence = float(np.mean(next(iter(curves.values()))[0])) if curves else 0.0
     ax2.axhline(prevalence, ls=":", c="grey", label=f"prevalence {prevalence:.3f}")
@@ -88,8 +91,10 @@ def shap_beeswarm(values: np.ndarray, data: np.ndarray, names: list[str], base: 
 def decision_curve(frame: pd.DataFrame) -> bytes:
     """Net benefit of the model against treating all and treating none."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    shown = frame.dropna(subset=["net_benefit_model"]).astype({"threshold": float, "net_benefit_model": float})
-    ax.plot(shown["threshold"], shown["net_benefit_model"], label="model")
+    # A withheld point breaks the line (NaN) rather than being bridged by it.
+    model = frame.astype({"threshold": float}).assign(net_benefit_model=pd.to_numeric(frame["net_benefit_model"], errors="coerce"))
+    ax.plot(model["threshold"], model["net_benefit_model"], marker=".", label="model")
+    shown = model.dropna(subset=["net_benefit_model"])
     every = frame.dropna(subset=["net_benefit_all"]).astype({"threshold": float, "net_benefit_all": float})
     ax.plot(every["threshold"], every["net_benefit_all"], ls="--", label="treat all")
     ax.axhline(0, c="grey", ls=":", label="treat none")

@@ -202,6 +202,8 @@ def _deciles(m: dict) -> list[dict]:
     events = _protect([b.get("events") for b in bins])
     out = []
     for b, n_s, e_s in zip(bins, n, events, strict=True):
+        if b.get("n") is None:  # withheld whole in metrics.json (a small count, or one that would give it back)
+            n_s = e_s = WITHHELD
         # A withheld count must not come back as rate x n.
         rates_ok = _shown_int(n_s) and _shown_int(e_s)
         out.append(
@@ -263,10 +265,8 @@ def _thresholds(m: dict) -> list[dict]:
                 "specificity": rate("specificity"),
                 "ppv": rate("ppv"),
                 "npv": rate("npv"),
-                "tp": _count(r.get("tp")),
-                "fp": _count(r.get("fp")),
-                "fn": _count(r.get("fn")),
-                "tn": _count(r.get("tn")),
+                # the four go as a block (one small cell, or a band beside another row): "withheld"
+                **{k: _count(r.get(k)) if cells else WITHHELD for k in ("tp", "fp", "fn", "tn")},
                 "suppressed": not cells,
             }
         )
@@ -417,7 +417,9 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
         if name == "roc_pr":
             return (
                 "ROC and precision-recall curves",
-                "ROC (left) and precision-recall (right) curves on the held-out split; the dotted line in the right panel is the prevalence.",
+                "ROC (left) and precision-recall (right) curves on the held-out split, through operating points at least 11 "
+                "events and 11 non-events apart (no step of the curve is a band of fewer people); the dotted line in the right "
+                "panel is the prevalence.",
             )
         if name == "calibration":
             return (

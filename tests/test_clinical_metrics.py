@@ -571,3 +571,90 @@ def test_records_are_json_friendly():
     )
     json.dumps(clinical.lead_times(lead_frame(20), threshold=0.5), allow_nan=False)
     json.dumps(clinical.calibration_stats(*times20(Y10, P10)), allow_nan=False)
+
+
+def test_subgroup_utility_withholds_a_second_level_so_the_first_cannot_come_back():
+    """Levels' 2x2 cells at one threshold add up to the whole set's: level A has 5 false
+    alerts (withheld), so the level with the smallest true alerts of the others (C, 12)
+    is withheld too; B stays. The sizes, events and AUROCs are untouched."""
+
+    def level(name, tp, fn, fp, tn):
+        y = [True] * (tp + fn) + [False] * (fp + tn)
+        p = [0.9] * tp + [0.1] * fn + [0.9] * fp + [0.1] * tn
+        return pd.DataFrame({"y": y, "p": p, "g": name})
+
+    frame = pd.concat([level("A", 20, 20, 5, 95), level("B", 15, 15, 20, 80), level("C", 12, 18, 30, 70)],
+                      ignore_index=True)
+    frame["subject_id"] = np.arange(len(frame))
+    table = clinical.subgroup_metrics(frame, groups=("g",), threshold=0.5).set_index("level")
+    assert table.loc["B", "sensitivity"] == 0.5 and table.loc["B", "ppv"] == pytest.approx(15 / 35)
+    assert table.loc["B", "alerts_per_1000"] == pytest.approx(1000 * 35 / 130)
+    for name in ("A", "C"):
+        assert table.loc[name, list(clinical.UTILITY_COLUMNS)].isna().all(), name
+    assert list(table["events"]) == [40, 30, 30] and not table["auroc"].isna().any()
+    # Without A's small cell every level shows its utility.
+    frame.loc[(frame["g"] == "A") & ~frame["y"] & (frame["p"] == 0.1), "p"] = 0.9
+    table = clinical.subgroup_metrics(frame, groups=("g",), threshold=0.5)
+    assert not table[list(clinical.UTILITY_COLUMNS)].isna().any().any()
+
+
+def band_case():
+    """Events: 20 at risk 0.9, 5 at 0.6, 20 at 0.2; non-events: 15 at 0.9, 30 at 0.6, 100 at 0.1.
+    At 0.8: 20 / 15 / 25 / 130 (tp, fp, fn, tn); at 0.5: 25 / 45 / 20 / 100; at 0.15: 45 / 45 / 0 / 100.
+    Each table alone is shown; 0.8 and 0.5 together give the 5 events at 0.6 away."""
+    y = np.r_[np.ones(45, bool), np.zeros(145, bool)]
+    p = np.r_[[0.9] * 20, [0.6] * 5, [0.2] * 20, [0.9] * 15, [0.6] * 30, [0.1] * 100]
+    return y, p
+
+
+def test_disclosed_thresholds_keep_no_band_of_1_to_10_between_shown_tables():
+    y, p = band_case()
+    assert clinical.disclosed_thresholds(y, p, [0.8, 0.5, 0.15]) == [True, False, True]
+    # The first in priority wins: 0.5 first withholds 0.8 instead; 0.15 differs from 0.5
+    # by 20 events and no non-events.
+    assert clinical.disclosed_thresholds(y, p, [0.5, 0.8, 0.15]) == [True, False, True]
+    assert clinical.disclosed_thresholds(y, p, [0.95, 0.05]) == [True, True]  # nothing flagged; everything flagged
+    # A table with a small cell of its own is never shown: 0.7 above 0.6's 5 events, alone.
+    y2 = np.r_[y, np.ones(5, bool)]
+    assert clinical.disclosed_thresholds(y2, np.r_[p, [0.95] * 5], [0.92]) == [False]  # 5 alerts
+
+
+def test_threshold_table_withholds_a_row_whole_when_it_would_give_a_band_away():
+    y, p = band_case()
+    # Fixed thresholds in ascending order: 0.15, then 0.5 (20 events more than 0.15 flags,
+    # no non-events), then 0.8, 5 events off 0.5: withheld whole.
+    table = clinical.threshold_table(y, p, thresholds=[0.15, 0.5, 0.8], alert_rates=[])
+    assert list(table["tp"]) == [45, 25, None] and list(table["fp"]) == [45, 45, None]
+    assert table.loc[2, list(clinical.WITHHELD_WITH_CELLS)].isna().all() and table.loc[2, "threshold"] == 0.8
+    # An alert budget comes first: flagging 35 of 190 sets its threshold at 0.9 (20 / 15).
+    table = clinical.threshold_table(y, p, thresholds=[0.5, 0.8], alert_rates=[35 / 190], operating_budget=35 / 190)
+    assert list(table["kind"]) == ["threshold", "threshold", "alert budget"]
+    assert list(table["tp"]) == [None, 20, 20]  # 0.5: 5 events off the budget's; 0.8 flags the same rows
+    table = clinical.threshold_table(y, p, thresholds=[0.5], alert_rates=[35 / 190], operating_budget=35 / 190)
+    assert list(table["tp"]) == [None, 20]  # 0.5 is 5 events off the operating point: withheld, not the budget
+
+
+def test_decision_curve_shows_net_benefit_only_beside_the_tables_shown():
+    y, p = band_case()
+    alone = clinical.decision_curve(y, p, thresholds=[0.5])
+    assert alone.loc[0, "net_benefit_model"] == pytest.approx(25 / 190 - 45 / 190 * 1.0)
+    beside = clinical.decision_curve(y, p, thresholds=[0.5], disclosed=[0.8])
+    assert beside.loc[0, "net_benefit_model"] is None
+    assert beside.loc[0, "net_benefit_all"] == pytest.approx(45 / 190 - 145 / 190)
+
+
+def test_disclosed_curve_steps_by_11_or_more_of_each():
+    """band_case from the top: 0.9 flags 20 / 15 (kept); 0.6 adds 5 events and 30
+    non-events (a band of 5 events: skipped); 0.2 then adds 25 / 30 (kept); 0.1 adds 0 / 100."""
+    y, p = band_case()
+    curve = clinical.disclosed_curve(y, p)
+    assert list(zip(curve["tp"], curve["fp"], strict=True)) == [(0, 0), (20, 15), (45, 45), (45, 145)]
+    assert pd.isna(curve["precision"].iloc[0]) and curve["precision"].iloc[1] == pytest.approx(20 / 35)
+    assert curve["tpr"].tolist() == [0, 20 / 45, 1, 1] and curve["fpr"].tolist() == [0, 15 / 145, 45 / 145, 1]
+    # The last kept point must leave 0 or 11+ of each unflagged: with 5 more events at 0.05,
+    # (45, 145) would leave 5 events and (45, 45) 5 events too, so the curve goes from
+    # (20, 15) straight to the end.
+    y2, p2 = np.r_[y, np.ones(5, bool)], np.r_[p, [0.05] * 5]
+    curve = clinical.disclosed_curve(y2, p2)
+    assert list(zip(curve["tp"], curve["fp"], strict=True)) == [(0, 0), (20, 15), (50, 145)]
+    assert clinical.disclosed_curve(np.r_[np.ones(5, bool), np.zeros(50, bool)], np.linspace(0, 1, 55)).empty

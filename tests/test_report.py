@@ -1049,3 +1049,24 @@ def test_per_row_shap_figures_draw_no_value_fewer_than_11_rows_reach(run, tmp_pa
                 assert (values <= values.min()).sum() >= 11 and (values >= values.max()).sum() >= 11
                 continuous += np.unique(values).size > 2
     assert continuous  # values other than a flag's were drawn, and coded
+
+
+def test_withheld_deciles_and_operating_points_say_withheld_not_under_11():
+    """A decile withheld whole in metrics.json may hold 96 rows, and a threshold row's four
+    cells go as a block: "<11" would be false for them, "withheld" is what they are."""
+    from forewarn.evaluation.report import _deciles, _thresholds
+
+    m = {"calibration": {"xgboost": [
+        {"bin": 1, "n": 96, "events": 20, "mean_predicted": 0.1, "observed": 0.2},
+        {"bin": 2, "n": None, "events": None, "mean_predicted": None, "observed": None},
+        {"bin": 3, "n": None, "events": None, "mean_predicted": None, "observed": None},
+    ]}, "thresholds": [
+        {"kind": "threshold", "threshold": 0.5, "alerts_per_1000": None, "tp": None, "fp": None, "fn": None, "tn": None},
+        {"kind": "threshold", "threshold": 0.2, "alerts_per_1000": 120.4, "sensitivity": 0.5, "specificity": 0.9,
+         "ppv": 0.3, "npv": 0.95, "tp": 20, "fp": 40, "fn": 20, "tn": 420},
+    ]}
+    assert [(d["n"], d["events"], d["observed"]) for d in _deciles(m)] == [
+        ("96", "20", "0.200"), ("withheld", "withheld", "–"), ("withheld", "withheld", "–")]
+    withheld, shown = _thresholds(m)
+    assert [withheld[k] for k in ("tp", "fp", "fn", "tn", "sensitivity", "alerts_per_1000")] == ["withheld"] * 4 + ["–", "–"]
+    assert [shown[k] for k in ("tp", "fn", "sensitivity", "alerts_per_1000")] == ["20", "20", "50.0%", "120"]
