@@ -115,16 +115,22 @@ def _shown_int(text: str) -> bool:
 # ------------------------------------------------------------------------- sections
 
 
-def _release_text(release: dict | None, network: bool) -> str:
+def _release_text(release: dict | None, network: bool, used: int | None = None) -> str:
     """What the rule of 11 for leaves did to the trees before they left the site
-    (``models.release``); empty when the training record predates it or it was off."""
+    (``models.release``); empty when the training record predates it or it was off.
+    ``used``: the trees the model predicts with (early stopping keeps its patience's
+    further trees in the file, and they are released too)."""
     if not release or network:
         return ""
     before, after, moved = release["leaves_before"], release["leaves_after"], release.get("splits_moved", 0)
+    built = f"{release['trees']:,} trees"
+    if used is not None and used < release["trees"]:
+        built = (f"{release['trees']:,} trees in the file ({used:,} predict; the other {release['trees'] - used:,} are "
+                 "early stopping's patience, kept unused)")
     if release["trees_changed"] == 0:
         how = "every leaf XGBoost grew already did"
     else:
-        how = (f"{release['trees_changed']:,} of the {release['trees']:,} trees were mended: {moved:,} splits moved to "
+        how = (f"{release['trees_changed']:,} of the {built} were mended: {moved:,} splits moved to "
                "another of XGBoost's histogram cuts on the same feature, widening a small group rather than merging it "
                f"away, and the other breaches merged into their parent's leaf, so {after:,} of the {before:,} leaves "
                "remain")
@@ -885,7 +891,8 @@ def report_context(
             f"{', '.join(network['tuning_sites'])} (only the model and sums over at least {privacy.MIN_CELL} rows, events "
             "and non-events left a site). The L1-logistic and age + sex baselines below are this site's own, fitted on "
             "its train rows in the network's columns")
-    release_text = _release_text(xgb.get("release"), bool(network))
+    release_text = _release_text(xgb.get("release"), bool(network),
+                                 xgb["best_iteration"] + 1 if xgb.get("best_iteration") is not None else None)
     offset = xgb.get("offset") or {"method": "none"}
     offset_text = (
         f"The trees boost from an offset: every row starts at the L1-logistic's log-odds (the baseline below, C = "

@@ -744,7 +744,7 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
     def row(run_id: str) -> dict:
         return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
                 **{k: record.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                              "calibration_in_the_large", "withheld")},
+                                              "calibration_in_the_large", "withheld", "n", "events")},
                 "recalibrated": None, "note": f"trained on times whose {spec.horizon_days}-day horizon ends by {record['cutoff']}, tested from then on"}
 
     run_id = tracking.log_run(
@@ -840,7 +840,7 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
     def row(run_id: str) -> dict:
         return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
                 **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                               "calibration_in_the_large", "withheld")},
+                                               "calibration_in_the_large", "withheld", "n", "events")},
                 "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope",
                                                            "calibration_in_the_large")} if recal else None,
                 # the report's "Site" subgroup level for this site (the model as shipped, at its own site's threshold)
