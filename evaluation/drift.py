@@ -699,7 +699,7 @@ def markdown(drift: dict | None) -> str:
     record = drift.get("compare")
     if not record:
         lines.append(
-            "No champion yet: nothing to compare."
+            "No champion before this run: nothing to compare."
             if not decision or decision.get("reasons") == ["no champion"]
             else "Nothing to compare with the champion."
         )

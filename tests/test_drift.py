@@ -496,7 +496,7 @@ def test_no_champion_means_retrain():
         assert not decision["drifted"]
     record = assess(None, None, None, [], DriftPolicy(on_stable="skip"))
     assert record == {"compare": None, "decision": decide(None, DriftPolicy(on_stable="skip"))}
-    assert "No champion yet" in markdown(record) and "No champion yet" in markdown(None)
+    assert "No champion before this run" in markdown(record) and "No champion before this run" in markdown(None)
     assert "**Action: retrain** (train a challenger" in markdown(record)
     assert drift_metrics(record) == {"drift/detected": 0.0} and drift_metrics(None) == {}
 

@@ -595,7 +595,7 @@ def test_drift_section_shows_psi_prevalence_churn_and_the_action(drift, full, pl
     section = _section(full, "drift")
     text = Page(section).text
     assert "14. Data drift since the champion" in text
-    assert "No champion yet" not in text
+    assert "No champion before this run" not in text
     # The largest PSI and the table's rows, in the champion's importance order.
     record = drift["compare"]
     assert record["max_psi"] is not None and f"<b>{record['max_psi']:.3f}</b>" in section
@@ -619,7 +619,7 @@ def test_drift_section_shows_psi_prevalence_churn_and_the_action(drift, full, pl
     for reason in drift["decision"]["reasons"]:
         assert reason in html.unescape(section)
     assert "Data drift since the champion" in Page(plain).text
-    assert "No champion yet: nothing to compare." in Page(_section(plain, "drift")).text
+    assert "No champion before this run: nothing to compare." in Page(_section(plain, "drift")).text
 
 
 def test_drift_section_flags_drift_and_names_the_features(run):
@@ -642,7 +642,7 @@ def test_drift_section_flags_drift_and_names_the_features(run):
     # No champion: the decision still shows, with its one reason.
     none = render(build_context(run, drift=assess(None, None, None, [], DriftPolicy())))
     bare = Page(_section(none, "drift")).text
-    assert "No champion yet: nothing to compare." in bare and "Action: retrain." in bare
+    assert "No champion before this run: nothing to compare." in bare and "Action: retrain." in bare
     assert "no champion" in bare
     # A champion without a drift profile: the flow's own decision and reason.
     old = {
@@ -654,7 +654,7 @@ def test_drift_section_flags_drift_and_names_the_features(run):
         },
     }
     bare = Page(_section(render(build_context(run, drift=old)), "drift")).text
-    assert "Nothing to compare with the champion." in bare and "No champion yet" not in bare
+    assert "Nothing to compare with the champion." in bare and "No champion before this run" not in bare
     assert "champion v3 has no drift profile" in bare and "Train a challenger" in bare
 
 
