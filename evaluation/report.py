@@ -1034,8 +1034,19 @@ def report_context(
             f"The new data drifted from the data the champion was trained on (section 14; policy action “{drift_section['action']}”): "
             "compare the two models on the same held-out rows before relying on either."
         )
+    if (attrition.get("censored") or {}).get("times"):
+        limitations.append(
+            "Prediction times without the outcome that were not observed for the whole horizon were excluded (section 3, "
+            "“censored”; complete-case labelling, as PatientLevelPrediction's requireTimeAtRisk): people lost to follow-up "
+            "or who died first are not represented, and the observed rate can run above the risk in the whole cohort."
+        )
+    shift = (pull_report.get("deid") or {}).get("max_shift_days")
     limitations.append(
-        "Dates are shifted per subject for de-identification, so calendar effects (season, coding changes) are blurred."
+        "Dates are shifted per subject for de-identification"
+        + (f" (up to ±{shift} days)" if shift else "")
+        + ", so calendar effects (season, coding changes) are blurred"
+        + (", and so is the temporal validation's cutoff: a subject's times move together, but across subjects a "
+           "calendar date is known only to within the shift." if any(v.get("design") == "temporal" for v in external) else ".")
     )
     limitations.append(
         "Synthetic demo data: performance says nothing about a real population."

@@ -1072,3 +1072,16 @@ def test_withheld_deciles_and_operating_points_say_withheld_not_under_11():
     withheld, shown = _thresholds(m)
     assert [withheld[k] for k in ("tp", "fp", "fn", "tn", "sensitivity", "alerts_per_1000")] == ["withheld"] * 4 + ["–", "–"]
     assert [shown[k] for k in ("tp", "fn", "sensitivity", "alerts_per_1000")] == ["20", "20", "50.0%", "120"]
+
+
+def test_limitations_name_complete_case_labels_and_the_date_shift_on_a_temporal_cutoff(run):
+    _, _, attrition = run["labels"].load()
+    censored = attrition | {"censored": {"times": 40, "subjects": 12}}
+    temporal = [{"design": "temporal", "train_site": run["site"], "eval_site": run["site"], "auroc": 0.8}]
+    context = build_context(run, attrition=censored, validations=temporal)
+    text = " ".join(context["limitations"])
+    assert "complete-case labelling, as PatientLevelPrediction's requireTimeAtRisk" in text
+    assert "(up to ±365 days)" in text and "so is the temporal validation's cutoff" in text
+    plain = " ".join(build_context(run, attrition=attrition | {"censored": {"times": 0, "subjects": 0}})["limitations"])
+    assert "complete-case" not in plain and "temporal validation's cutoff" not in plain
+    assert "(up to ±365 days), so calendar effects (season, coding changes) are blurred." in plain
