@@ -1085,3 +1085,16 @@ def test_limitations_name_complete_case_labels_and_the_date_shift_on_a_temporal_
     plain = " ".join(build_context(run, attrition=attrition | {"censored": {"times": 0, "subjects": 0}})["limitations"])
     assert "complete-case" not in plain and "temporal validation's cutoff" not in plain
     assert "(up to ±365 days), so calendar effects (season, coding changes) are blurred." in plain
+
+
+def test_performance_note_says_the_registered_model_is_a_blend(run):
+    from forewarn.evaluation.report import render
+
+    training = json.loads(run["trained"].summary_path.read_text())
+    training["xgboost"]["blend"] = {"method": "crossfit", "weight": 0.4, "objective": "auroc", "score_by_weight": {}}
+    page = html.unescape(render(build_context(run, training=training)))
+    performance = page.split('id="performance"')[1].split("<h2")[0]
+    assert ("XGBoost (calibrated) is the registered model: its trees' log-odds blended with the L1-logistic's at weight "
+            "0.4, then calibrated (section 6)") in performance
+    training["xgboost"]["blend"] = {"method": "none", "weight": 0.0, "objective": None, "score_by_weight": {}}
+    assert "blended" not in html.unescape(render(build_context(run, training=training))).split('id="performance"')[1].split("<h2")[0]
