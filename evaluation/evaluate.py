@@ -225,9 +225,10 @@ def evaluate_and_explain(
         figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves)}
         figures |= {
             "calibration": plots.calibration(calib, (MODEL_LABELS[PRIMARY], smoothed)),
-            "decision_curve": plots.decision_curve(dca),
             "shap_bar": plots.shap_bar(importance),
         }
+        if dca["net_benefit_model"].notna().any():  # else every point is withheld: an empty figure says nothing
+            figures["decision_curve"] = plots.decision_curve(dca)
         if idx.size:  # else every top feature is recorded (or missing) in 1..10 explained rows
             figures["shap_beeswarm"] = plots.shap_beeswarm(values[:, idx], data, names, base)
         for k in range(min(DEPENDENCE_FIGURES, idx.size)):

@@ -993,6 +993,9 @@ def test_a_held_out_split_with_few_events_withholds_discrimination_and_the_roc_f
         assert all(rec[k] is None for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier")), model
         assert rec["events"] is None
     assert not (evaluation.dir / "figures" / "roc_pr.png").exists()
+    # 5 events: every threshold's 2x2 table has a cell of 1..10, so no net benefit and no figure
+    assert all(r["net_benefit_model"] is None for r in evaluation.load_metrics()["decision_curve"])
+    assert not (evaluation.dir / "figures" / "decision_curve.png").exists()
     assert (evaluation.dir / "figures" / "calibration.png").exists()
     page = render(build_context(run, evaluation=evaluation))
     assert "Discrimination withheld." in page
