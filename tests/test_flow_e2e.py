@@ -164,13 +164,17 @@ def test_artifacts_present(flow_run, client):
     listed = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.html", "metrics.json", "figures", "shap", "data", "config"} <= listed
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
-    expected = ["roc_pr", "calibration", "decision_curve", "shap_bar", "shap_beeswarm"]
-    expected += [f"shap_dependence_{k}" for k in (1, 2, 3)] + [f"shap_waterfall_{k}" for k in (1, 2, 3)]
-    assert figures == {f"figures/{n}.png" for n in expected}
+
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
     metrics = strict(Path(client.download_artifacts(run_id, "metrics.json")).read_text())
+    # The decision curve is drawn only when some net benefit may be shown (at 3,000 people
+    # every threshold's table may hold a cell of 1..10).
+    drawn = any(r["net_benefit_model"] is not None for r in metrics["decision_curve"])
+    expected = ["roc_pr", "calibration", "shap_bar", "shap_beeswarm"] + (["decision_curve"] if drawn else [])
+    expected += [f"shap_dependence_{k}" for k in (1, 2, 3)] + [f"shap_waterfall_{k}" for k in (1, 2, 3)]
+    assert figures == {f"figures/{n}.png" for n in expected}
     assert set(metrics["held_out"]) == {"xgboost", "l1_logistic", "age_sex", "xgboost_uncalibrated"} and len(metrics["calibration"]["xgboost"]) == 10
     summary = strict(Path(client.download_artifacts(run_id, "data/pull_summary.json")).read_text())
     assert summary["site"] == flow_run["first"][0].site and summary["subjects"] >= 11
