@@ -327,19 +327,21 @@ def _subgroup_point(m: dict) -> str | None:
     return f"{point.get('operating_point', 'operating point')} (risk ≥ {_fmt(point['threshold'])})"
 
 
-def _subgroups(m: dict, site: str | None = None, validations: list[dict] | None = None) -> list[dict]:
+def _subgroups(m: dict, site: str | None = None, validations: list[dict] | None = None, network: bool = False) -> list[dict]:
     """Section 10's rows. The "Site" group holds this run's held-out split (its site) and,
     for each external validation that brought one back, the model as shipped to that site
     at this site's operating point (``site_subgroup``: that site's own aggregate, already
-    under the rule of 11 there)."""
+    under the rule of 11 there). In the network's own report (``network``) it holds the
+    network's model at each other site instead, at that site's own operating point."""
     records = m.get("subgroups") or []
     groups: dict[str, list[list[dict]]] = {}
     for r in records:
         groups.setdefault(r["group"], [[]])[0].append(r)
+    design, kind = ("network", "network_at") if network else ("external", "shipped_to")
     shipped = [
-        dict(v["site_subgroup"], shipped_to=str(v.get("eval_site", v["site_subgroup"].get("level"))))
+        dict(v["site_subgroup"], **{kind: str(v.get("eval_site", v["site_subgroup"].get("level")))})
         for v in validations or []
-        if v.get("design") == "external" and v.get("site_subgroup")
+        if v.get("design") == design and v.get("site_subgroup")
     ]
     if shipped:
         # each site's level is its own held-out split: protected alone, not as parts of one total
@@ -367,6 +369,8 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
     level = r.get("level")
     if r.get("shipped_to"):
         label = f"{r['shipped_to']} (model shipped there)"
+    elif r.get("network_at"):
+        label = f"{r['network_at']} (the network's model there)"
     elif level is None:
         label = "missing"
     elif group == "sex":
@@ -390,6 +394,7 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
         "group": GROUP_LABELS.get(group, group),
         "level": label,
         "shipped": bool(r.get("shipped_to")),
+        "network_at": bool(r.get("network_at")),
         "subjects": subjects,
         "rows": n_rows,
         "events": events,
@@ -971,9 +976,11 @@ def report_context(
 
     held = m["held_out"][PRIMARY]
     validations = [dict(v) for v in validations or []]
-    external = [v for v in validations if v.get("design", "external") != "internal"]
+    # The network's own report: ``validations`` are the same model at the other sites, not
+    # further designs of a site's model.
+    external = [] if network else [v for v in validations if v.get("design", "external") != "internal"]
     lead = _lead_time(m)
-    subgroup_rows = _subgroups(m, site, validations)
+    subgroup_rows = _subgroups(m, site, validations, network=bool(network))
 
     limitations = []
     if size and size.get("events_per_feature_used") is not None and size["events_per_feature_used"] < MIN_EVENTS_PER_FEATURE:

@@ -777,15 +777,45 @@ def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, 
         row_note="model shipped to the validating site; metrics on its held-out rows")
 
 
+def network_site_row(stage: Stage, site: str) -> dict:
+    """The network's model at ``site`` as the other sites' network reports show it (their
+    validation table and "Site" subgroup): the aggregates ``site`` publishes of it anyway,
+    under the rule of 11 there. The "Site" level is the one ``site``'s own network report
+    shows (its evaluation's, at its own operating point: the study's alert budget, its
+    threshold set on that site's tuning split)."""
+    subgroups = Evaluation(stage.dir / "evaluation").load_metrics().get("subgroups") or []
+    return validation_row(stage.result, design="network", train_site=" + ".join(stage.result["network"]["sites"]),
+                          eval_site=site, subgroups=subgroups,
+                          note=f"the same model on {site}'s held-out split (only these aggregates came back)")
+
+
+def validation_row(record: dict, *, design: str, train_site: str, eval_site: str, note: str,
+                   subgroups: list[dict] | None = None, run_id: str | None = None) -> dict:
+    """A report's validation row of ``external_validation``'s ``record``: the model as
+    shipped, after local recalibration, and its "Site" subgroup level (from ``subgroups``,
+    by default the record's own)."""
+    shipped, recal = record["as_shipped"], record.get("recalibrated")
+    subgroups = record.get("subgroups") if subgroups is None else subgroups
+    return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
+            **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
+                                           "calibration_in_the_large", "withheld", "n", "events")},
+            "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope",
+                                                       "calibration_in_the_large")} if recal else None,
+            "site_subgroup": next((g for g in subgroups or [] if g["group"] == "site"), None),
+            "note": note}
+
+
 def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features: Stage, built: dict, stage_key: str,
-                out: Path, registered: dict, drift: dict) -> dict:
+                out: Path, registered: dict, drift: dict, others: list[dict] | None = None) -> dict:
     """One MLflow run per site for the network design (``network_task``): the model trained
     across the sites, evaluated on this site's held-out rows (``features``: this site's
     matrix in the network's columns); names as ``log_external``'s. The run also holds the
     network model's full report at this site (``out / "report.html"``, copied to
     ``reports/<task>/network-report.html``), with its figures and metrics, the registry's
     decision on the model (``registered``: ``network_publish``'s record) and the drift
-    check (``drift``: this site's comparison, the network's action)."""
+    check (``drift``: this site's comparison, the network's action). ``others``: the
+    model at the other sites (``network_site_row``), for the report's validation table
+    and "Site" subgroup."""
     sites = stage.result["network"]["sites"]
     trained, evaluation = TrainedModels(stage.dir / "models"), Evaluation(stage.dir / "evaluation")
     training = json.loads(trained.summary_path.read_text())
@@ -799,7 +829,7 @@ def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features:
             training=training, evaluation=evaluation, code_version=code_version(), data_digest=data_digest(built["pull"]),
             quality=json.loads(pull.quality_path.read_text()), generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             mlflow_run_id=run_id, decision=registered["decision"],
-            promotion=registered if registered.get("run_id") else None, drift=drift)
+            promotion=registered if registered.get("run_id") else None, drift=drift, validations=others)
         report = write_report(context, out / "report.html")
         workdir = next(s.workdir for s in study.sites if s.name == site)
         latest = workdir / "reports" / spec.name / "network-report.html"
@@ -838,14 +868,9 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
     used = ("held_out", "tuning") if recal else ("held_out",)  # the calibrator is fitted on the tuning rows
 
     def row(run_id: str) -> dict:
-        return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
-                **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                               "calibration_in_the_large", "withheld", "n", "events")},
-                "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope",
-                                                           "calibration_in_the_large")} if recal else None,
-                # the report's "Site" subgroup level for this site (the model as shipped, at its own site's threshold)
-                "site_subgroup": next((g for g in record.get("subgroups") or [] if g["group"] == "site"), None),
-                "note": row_note}
+        # its "Site" level: the model as shipped, at its own site's threshold
+        return validation_row(record, design=design, train_site=train_site, eval_site=eval_site, note=row_note,
+                              run_id=run_id)
 
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{run_name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
@@ -1087,12 +1112,15 @@ def network_rows(study, spec, built, caches, used, logger) -> dict[str, dict]:
         registered = publication.result
         logger.info("task %s: the network's model: %s", spec.name, registered["decision"])
     rows = {}
+    at_sites = {n: network_site_row(stage, n) for n, (_, _, stage) in run.stages.items()}
     for n, (features, _, stage) in run.stages.items():
         drift = {"compare": (run.drift.get("sites", {}).get(n) or {}).get("compare"), "decision": run.drift["decision"]}
+        others = [row for m, row in at_sites.items() if m != n]
         log = logged(caches[n], f"network-{spec.name}",
-                     [stage.digest, built[n]["pull"].digest, json.dumps(registered, sort_keys=True, default=str)],
-                     lambda key, out, st=stage, f=features, n=n, d=drift: log_network(study, spec, n, st, f, built[n], key, out,
-                                                                                 registered, d))
+                     [stage.digest, built[n]["pull"].digest, json.dumps(registered, sort_keys=True, default=str)]
+                     + [run.stages[m][2].digest for m in run.stages if m != n],
+                     lambda key, out, st=stage, f=features, n=n, d=drift, o=others: log_network(
+                         study, spec, n, st, f, built[n], key, out, registered, d, o))
         used[n] += [features, stage, log]
         rows[n] = log.result
     return rows

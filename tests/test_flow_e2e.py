@@ -451,6 +451,11 @@ def test_network_design_trains_one_model_across_sites_without_moving_rows(flow_r
         assert "trained across the sites academic, community without moving rows" in html
         assert f"{r.data.metrics['held_out/auroc']:.3f}" in html and 'id="subgroups"' in html
         assert html.count("data:image/png;base64,") == 11
+        # The same model at the other site: its validation row and its "Site" subgroup level.
+        other = next(s for s in latest if s != site)
+        assert f"{other} (the network's model there)" in html and f"{site} (this run's held-out split)" in html
+        assert f"the same model on {other}'s held-out split" in html
+        assert f"{latest[other].data.metrics['held_out/auroc']:.3f}" in html
     for result in flow_run["second"]:
         html = unescape(result.report_path.read_text())
         assert "network (one model trained across the sites without moving rows)" in html

@@ -550,6 +550,36 @@ def test_site_subgroup_adds_each_site_the_model_was_shipped_to():
     assert _subgroups({"subgroups": [home]}, "academic")[0]["span"] == 1
 
 
+def test_network_report_site_subgroup_holds_the_network_model_at_each_other_site():
+    """The network's own report: its "Site" group holds this site's held-out split, then
+    the same network model at each other site (that site's level as its own network
+    report shows it); external rows of a site's model do not belong there, and a site's
+    own report does not take the network's rows as sites."""
+    from forewarn.evaluation.report import _subgroups
+
+    def level(site, n, events, **extra):
+        return {"group": "site", "level": site, "subjects": n, "rows": n, "events": events, "suppressed": False,
+                "auroc": 0.9, "auprc": 0.5, "mean_predicted": 0.1, "observed_rate": events / n, **extra}
+
+    home = level("academic", 960, 109)
+    validations = [
+        {"design": "network", "eval_site": "community", "site_subgroup": level(
+            "community", 1424, 95, sensitivity=0.4, specificity=0.97, ppv=0.5, npv=0.96, alerts_per_1000=50.2)},
+        {"design": "external", "eval_site": "rural", "site_subgroup": level("rural", 300, 30)},
+    ]
+    rows = _subgroups({"subgroups": [home]}, "academic", validations, network=True)
+    assert [(r["level"], r["span"], r["shipped"], r["network_at"]) for r in rows] == [
+        ("academic (this run's held-out split)", 2, False, False),
+        ("community (the network's model there)", 2, False, True),
+    ]
+    community = rows[1]
+    assert (community["subjects"], community["events"], community["observed"]) == ("1,424", "95", "6.7%")
+    assert (community["sensitivity"], community["ppv"], community["alerts"]) == ("40.0%", "50.0%", "50")
+    # A site's own report: the network row is a validation of another model, not a site level.
+    assert [r["level"] for r in _subgroups({"subgroups": [home]}, "academic", validations)] == [
+        "academic (this run's held-out split)", "rural (model shipped there)"]
+
+
 def test_validations_table_when_given_internal_only_when_not(full, plain):
     text, bare = Page(full).text, Page(plain).text
     assert "external (model shipped to another site)" in text
