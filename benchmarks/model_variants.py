@@ -29,7 +29,7 @@ import numpy as np
 import xgboost as xgb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_comparison import MEDSTAB  # noqa: E402
+from model_comparison import MEDSTAB, medstab_default  # noqa: E402
 
 from forewarn.evaluation.metrics import point_metrics  # noqa: E402
 from forewarn.features.featurize import FeatureConfig, FeatureMatrix, featurize  # noqa: E402
@@ -299,7 +299,9 @@ def fold_fits(X, y, m, subjects, config, n_trees: int, margin) -> tuple[np.ndarr
 def baselines(cell: str, paths: dict[str, str], X, y, rows, m, threads: int) -> dict[str, np.ndarray]:
     """Held-out probabilities of the L1-logistic and the MEDS-Tab-style default XGBoost,
     fitted once per cell and kept beside its matrix (``baselines.npz``)."""
-    cache = Path(paths["ours"]).parent / "baselines.npz"
+    # -v2: MEDS-Tab's launcher default (early stopping), since session 21; baselines.npz
+    # held the 100-tree XGBoost of sessions 1-20.
+    cache = Path(paths["ours"]).parent / "baselines-v2.npz"
     if cache.exists():
         with np.load(cache) as saved:
             return {"L1-logistic": saved["l1"], "MEDS-Tab-style": saved["medstab"]}
@@ -309,9 +311,8 @@ def baselines(cell: str, paths: dict[str, str], X, y, rows, m, threads: int) -> 
     mt = split_masks(rt)
     if not (rt.loc[mt["held_out"], schema.SUBJECT_ID].to_numpy() == rows.loc[m["held_out"], schema.SUBJECT_ID].to_numpy()).all():
         raise SystemExit(f"{cell}: the MEDS-Tab-style held-out rows differ from Forewarn's")
-    medstab = xgb.XGBClassifier(n_estimators=100, max_depth=6, learning_rate=0.3, tree_method="hist", n_jobs=threads, random_state=0)
-    medstab.fit(Xt[mt["train"]], rt.loc[mt["train"], schema.BOOLEAN_VALUE].to_numpy(bool))
-    out = {"L1-logistic": l1.predict_proba(X[m["held_out"]]), "MEDS-Tab-style": medstab.predict_proba(Xt[mt["held_out"]])[:, 1]}
+    medstab = medstab_default(Xt, rt[schema.BOOLEAN_VALUE].to_numpy(bool), mt, threads)
+    out = {"L1-logistic": l1.predict_proba(X[m["held_out"]]), "MEDS-Tab-style": medstab.predict(xgb.DMatrix(Xt[mt["held_out"]]))}
     np.savez(cache, l1=out["L1-logistic"], medstab=out["MEDS-Tab-style"])
     return out
 
