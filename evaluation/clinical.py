@@ -328,43 +328,32 @@ def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     }
 
 
-def disclosed_thresholds(y, p, priority: Iterable[float]) -> list[bool]:
+def disclosed_thresholds(y, p, priority: Iterable[float], cutoffs: privacy.Cutoffs | None = None) -> list[bool]:
     """For each threshold of ``priority``, taken in that order, whether its 2x2 table (rows
     flagged ``p >= t`` against ``y``) may be shown beside the ones shown before it.
 
     The tables at several thresholds are nested: two shown tables give the band of risks
     between their thresholds away (its events and non-events by subtraction). So a
     threshold is shown when its own cells are each 0 or at least 11 and its differences in
-    true and false alerts from the nearest shown threshold on either side are each 0 or at
-    least 11 (then every difference between shown thresholds is too: it adds up bands
-    that are). The earlier a threshold in ``priority``, the more it is kept: put the
-    operating point first."""
+    true and false alerts from the nearest shown cut-off on either side are each 0 or at
+    least 11 (:class:`privacy.Cutoffs`; then every difference between shown thresholds is
+    too: it adds up bands that are). The earlier a threshold in ``priority``, the more it
+    is kept: put the operating point first. ``cutoffs``: the ledger of the cut-offs of
+    ``p`` already published (other tables', figures'); the shown thresholds join it."""
     y, p = _check_yp(y, p)
-    pos, neg = np.sort(p[y]), np.sort(p[~y])
-    kept: list[tuple[float, int, int]] = []
-    out = []
-    for t in priority:
-        t = float(t)
-        tp = int(pos.size - np.searchsorted(pos, t, "left"))
-        fp = int(neg.size - np.searchsorted(neg, t, "left"))
-        ok = _shown(tp, fp, pos.size - tp, neg.size - fp)
-        if ok:
-            lower = [k for k in kept if k[0] < t]
-            higher = [k for k in kept if k[0] > t]
-            near = ([max(lower)] if lower else []) + ([min(higher)] if higher else [])
-            ok = all(_shown(abs(tp - k_tp), abs(fp - k_fp)) for _, k_tp, k_fp in near)
-        if ok and all(k[0] != t for k in kept):
-            kept.append((t, tp, fp))
-        out.append(ok)
-    return out
+    ledger = privacy.Cutoffs(y, p) if cutoffs is None else cutoffs
+    return [ledger.add(ledger.flagged(t)) for t in priority]
 
 
-def disclosed_curve(y, p) -> pd.DataFrame:
+def disclosed_curve(y, p, cutoffs: privacy.Cutoffs | None = None) -> pd.DataFrame:
     """The points of the ROC and precision-recall curves that may leave the site: from the
-    highest risk down, a point (the rows flagged at or above a risk) is kept when its
-    true and false alerts differ from the last kept point's by 0 or at least 11 each (so
-    no step of the drawn curve is a band of 1..10 events or non-events), and the last kept
-    point leaves 0 or at least 11 of each unflagged. Columns ``tp``, ``fp``, ``fpr``,
+    highest risk down, a point (the rows flagged at or above a risk) is kept when the
+    ledger of published cut-offs admits it (``cutoffs``, :class:`privacy.Cutoffs`; a new
+    one by default): its true and false alerts differ from the nearest published
+    cut-off's on either side (the last kept point, a threshold of the table, a
+    calibration bin's boundary, ...) by 0 or at least 11 each, so no step of the drawn
+    curve, nor any band between it and another published number, holds 1..10 events or
+    non-events. The kept points join the ledger. Columns ``tp``, ``fp``, ``fpr``,
     ``tpr``, ``precision`` (NaN where nothing is flagged) and ``recall``; the first row is
     the origin (nothing flagged), the last everything flagged. Empty with 1..10 events or
     non-events, or none of either (no curve to draw)."""
@@ -373,22 +362,16 @@ def disclosed_curve(y, p) -> pd.DataFrame:
     columns = ["tp", "fp", "fpr", "tpr", "precision", "recall"]
     if not (events and others and _shown(events, others)):
         return pd.DataFrame(columns=columns)
-    order = np.argsort(-p, kind="stable")
-    risks = p[order]
-    last = np.r_[risks[1:] != risks[:-1], True]  # the end of each run of tied risks
-    tp_at, fp_at = np.cumsum(y[order])[last], np.cumsum(~y[order])[last]
-    kept = [(0, 0)]
-    for tp, fp in zip(tp_at.tolist(), fp_at.tolist(), strict=True):
-        if (tp, fp) != kept[-1] and _shown(tp - kept[-1][0], fp - kept[-1][1]):
-            kept.append((tp, fp))
-    while len(kept) > 1 and not _shown(events - kept[-1][0], others - kept[-1][1]):
-        kept.pop()
-    if kept[-1] != (events, others):
-        kept.append((events, others))
-    tp, fp = np.array(kept).T
+    ledger = privacy.Cutoffs(y, p) if cutoffs is None else cutoffs
+    risks = np.sort(p)[::-1]
+    ends = np.flatnonzero(np.r_[risks[1:] != risks[:-1], True]) + 1  # k at the end of each run of tied risks
+    kept = [0] + [int(k) for k in ends if ledger.add(int(k))]
+    if kept[-1] != y.size:
+        kept.append(y.size)
+    tp, fp = np.array([ledger.counts(k) for k in kept]).T
     return pd.DataFrame({"tp": tp, "fp": fp, "fpr": fp / others, "tpr": tp / events,
-                         "precision": [t / (t + f) if t + f else None for t, f in kept], "recall": tp / events},
-                        columns=columns)
+                         "precision": [t / (t + f) if t + f else None for t, f in zip(tp, fp, strict=True)],
+                         "recall": tp / events}, columns=columns)
 
 
 WITHHELD_WITH_CELLS = ("alert_rate", "sensitivity", "specificity", "ppv", "npv", "alerts_per_1000", "tp", "fp", "fn", "tn")
@@ -402,6 +385,7 @@ def threshold_table(
     alert_rates: Iterable[float] = (0.01, 0.05, 0.10),
     budget_from=None,
     operating_budget: float | None = None,
+    cutoffs: privacy.Cutoffs | None = None,
 ) -> pd.DataFrame:
     """One row per operating point: fixed risk thresholds, then alert budgets.
 
@@ -421,8 +405,9 @@ def threshold_table(
     ``alert_rate`` and ``alerts_per_1000`` are None when the alerts or non-alerts count is
     1..10. A row whose cells would give a band between two rows' thresholds away (see
     :func:`disclosed_thresholds`; the alert budgets come first, ``operating_budget``
-    before them all, then the fixed thresholds) shows only its threshold. Rates with a
-    zero denominator are None.
+    before them all, then the fixed thresholds) shows only its threshold. ``cutoffs``:
+    the ledger of ``p``'s published cut-offs (:class:`privacy.Cutoffs`), which the shown
+    rows join. Rates with a zero denominator are None.
     """
     y, p = _check_yp(y, p)
     fixed = _check_levels(thresholds, "thresholds", low=0, high=1, closed="both")
@@ -437,7 +422,7 @@ def threshold_table(
     order = [i for i, r in enumerate(rows) if r["alert_budget"] is not None and r["alert_budget"] == operating_budget]
     order += [i for i, r in enumerate(rows) if r["kind"] == "alert budget" and i not in order]
     order += [i for i, r in enumerate(rows) if r["kind"] == "threshold"]
-    for i, ok in zip(order, disclosed_thresholds(y, p, [rows[i]["threshold"] for i in order]), strict=True):
+    for i, ok in zip(order, disclosed_thresholds(y, p, [rows[i]["threshold"] for i in order], cutoffs), strict=True):
         if not ok:
             rows[i].update(dict.fromkeys(WITHHELD_WITH_CELLS))
     columns = ["kind", "alert_budget", "threshold", "alert_rate", "sensitivity", "specificity"]
@@ -446,7 +431,8 @@ def threshold_table(
 
 
 def decision_curve(
-    y, p, *, thresholds: Iterable[float] = DEFAULT_NET_BENEFIT_THRESHOLDS, disclosed: Iterable[float] = ()
+    y, p, *, thresholds: Iterable[float] = DEFAULT_NET_BENEFIT_THRESHOLDS, disclosed: Iterable[float] = (),
+    cutoffs: privacy.Cutoffs | None = None,
 ) -> pd.DataFrame:
     """Net benefit of treating by the model, treating all and treating none.
 
@@ -457,8 +443,9 @@ def decision_curve(
     Privacy: ``net_benefit_model`` is None where the 2x2 table at pt has a cell of 1..10,
     or would give a band of risks away beside the other thresholds' (``disclosed``: the
     thresholds whose tables are shown elsewhere, the threshold table's; see
-    :func:`disclosed_thresholds`), since with the alerts at pt it gives the cells back;
-    ``net_benefit_all`` is None with 1..10 events or non-events.
+    :func:`disclosed_thresholds`; or ``cutoffs``, the ledger of every published cut-off
+    of ``p``, which the shown points join), since with the alerts at pt it gives the
+    cells back; ``net_benefit_all`` is None with 1..10 events or non-events.
     """
     y, p = _check_yp(y, p)
     pts = _check_levels(thresholds, "thresholds", low=0, high=1, closed="neither")
@@ -466,7 +453,7 @@ def decision_curve(
     prevalence = events / n
     all_shown = _shown(events, n - events)
     before = [float(t) for t in disclosed]
-    shown = disclosed_thresholds(y, p, [*before, *pts])[len(before):]
+    shown = disclosed_thresholds(y, p, [*before, *pts], cutoffs)[len(before):]
     rows = []
     for pt, ok in zip(pts, shown, strict=True):
         w = pt / (1 - pt)

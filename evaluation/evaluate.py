@@ -162,36 +162,43 @@ def evaluate_and_explain(
     X, rows, columns = matrix.load()
     held_rows = np.flatnonzero(rows[schema.SPLIT].to_numpy() == schema.HELD_OUT)
     with stage("evaluate") as counts:
+        scores = {}
         for model in (*MODELS, UNCALIBRATED):
             held = held_out_frame(trained, model)
             y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
             p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
+            scores[model] = (y, p)
             record["held_out"][model] = metrics.evaluate(
                 y, p, held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed
             )
             record["calibration_stats"][model] = clinical.calibration_stats(y, p)
-            calib[MODEL_LABELS[model]] = metrics.calibration_curve(y, p)
-            record["calibration"][model] = calib[MODEL_LABELS[model]].to_dict(orient="records")
-            if model != UNCALIBRATED:  # a monotone map: the same ROC as the calibrated model
-                curves[MODEL_LABELS[model]] = (y, p)
         held = held_out_frame(trained, PRIMARY)
-        y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
-        p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
+        y, p = scores[PRIMARY]
         record["held_out"][PRIMARY].update(record["calibration_stats"][PRIMARY])
         smoothed = clinical.smoothed_calibration(y, p)
         record["smoothed_calibration"] = smoothed.to_dict(orient="records")
+        # Every table and figure drawn from one ranking publishes cut-offs of it, which
+        # must not leave a band of 1..10 events or non-events between them: one ledger per
+        # ranking (the calibrated and uncalibrated model rank alike), filled in order of
+        # importance: the operating points, the decision curve, the calibration bins, the
+        # ROC and precision-recall curves.
+        ledgers = {model: privacy.Cutoffs(*scores[model]) for model in MODELS}
+        ledgers[UNCALIBRATED] = ledgers[PRIMARY]
         # Alert budgets' thresholds are set on the tuning split and scored here, as a
         # deployed model's would be (set beforehand, on other people).
         tuning = split_frame(trained, PRIMARY, schema.TUNING)[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
         record["alert_budget_source"] = schema.TUNING if tuning.size else schema.HELD_OUT
         record["thresholds"] = clinical.threshold_table(
             y, p, thresholds=config.thresholds, alert_rates=config.alert_budgets, budget_from=tuning if tuning.size else None,
-            operating_budget=config.operating_budget,
+            operating_budget=config.operating_budget, cutoffs=ledgers[PRIMARY],
         ).to_dict(orient="records")
-        # The decision curve's thresholds are shown only beside the table's (see clinical.disclosed_thresholds).
-        dca = clinical.decision_curve(y, p, thresholds=config.net_benefit_thresholds,
-                                      disclosed=[r["threshold"] for r in record["thresholds"] if r["tp"] is not None])
+        dca = clinical.decision_curve(y, p, thresholds=config.net_benefit_thresholds, cutoffs=ledgers[PRIMARY])
         record["decision_curve"] = dca.to_dict(orient="records")
+        for model in (*MODELS, UNCALIBRATED):
+            calib[MODEL_LABELS[model]] = metrics.calibration_curve(*scores[model], cutoffs=ledgers[model])
+            record["calibration"][model] = calib[MODEL_LABELS[model]].to_dict(orient="records")
+        for model in MODELS:  # the uncalibrated model's ROC is the calibrated one's
+            curves[MODEL_LABELS[model]] = clinical.disclosed_curve(*scores[model], cutoffs=ledgers[model])
         age, sex = demographics(X[held_rows], columns)
         frame = pd.DataFrame(
             {"y": y, "p": p, "subject_id": held[schema.SUBJECT_ID].to_numpy(), "age_band": clinical.age_band(age),
@@ -222,7 +229,7 @@ def evaluate_and_explain(
         names = [_short(d) for d in columns["description"].to_numpy()[idx]]
         record["plotted_features"] = [str(d) for d in columns["description"].to_numpy()[idx]]
         # The ROC curve's steps count the events: not drawn when the metrics are withheld.
-        figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves)}
+        figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves, float(np.mean(y)))}
         figures |= {
             "calibration": plots.calibration(calib, (MODEL_LABELS[PRIMARY], smoothed)),
             "shap_bar": plots.shap_bar(importance),

@@ -105,33 +105,54 @@ def bootstrap_ci(
     }
 
 
-def calibration_curve(y: np.ndarray, p: np.ndarray, *, bins: int = 10) -> pd.DataFrame:
-    """Observed rate against mean predicted risk in ``bins`` quantile bins of predicted risk.
+def calibration_curve(y: np.ndarray, p: np.ndarray, *, bins: int = 10, cutoffs: privacy.Cutoffs | None = None) -> pd.DataFrame:
+    """Observed rate against mean predicted risk in ``bins`` groups of rows by predicted
+    risk (deciles by default), from the lowest risk up.
 
-    This table leaves the site, and its rows and events add up to the published held-out
-    totals, so a bin is withheld whole (``n``, ``events`` and both rates null) when its
-    rows, events or non-events are 1..10, and so is any bin that would give a withheld
-    one's counts back by subtraction (:func:`privacy.withheld_bins`).
+    The groups are quantile bins of ``p`` (tied risks share one), but this table leaves
+    the site beside other numbers of the same ranking: its rows and events add up to the
+    published held-out totals, and the threshold table, decision curve and ROC curve
+    publish the events and non-events above other cut-offs of the same risks. So each
+    bin boundary is a cut-off of the ledger ``cutoffs`` (:class:`privacy.Cutoffs`, a new
+    one by default; ``p`` or any monotone transformation of the risks it was built on):
+    from the highest risk down, a boundary the ledger admits joins it; one it does not
+    admit (it would leave a band of 1..10 events or non-events beside a published
+    cut-off) moves to the nearer of the published cut-offs around it, or is dropped
+    (its two bins merge) when that one is already a boundary. Every group's rows,
+    events and non-events are then 0 or at least 11, and so is every band between a
+    boundary and another published cut-off. ``bin`` numbers the groups from 1; ``n``
+    gives each group's size, which may be other than a tenth. With 1..10 events or
+    non-events in all (the totals withheld) there is one group, withheld (``n``,
+    ``events`` and both rates null).
     """
     y = np.asarray(y, bool)
     p = np.asarray(p, float)
-    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
-    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(edges.size - 2, 0))
-    members = [which == b for b in range(max(edges.size - 1, 1))]
-    sizes, events = [int(m.sum()) for m in members], [int(y[m].sum()) for m in members]
-    hidden = privacy.withheld_bins(sizes, events)
+    ledger = privacy.Cutoffs(y, p) if cutoffs is None else cutoffs
+    order = np.argsort(-p, kind="stable")
+    descending, ys = p[order], y[order]
+    n = int(y.size)
+    if not ledger.open or n == 0:
+        return pd.DataFrame([{"bin": 1, "n": None, "events": None, "mean_predicted": None, "observed": None}], dtype=object)
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))[1:-1]
+    # the rows at or above each inner edge, from the highest edge down (k rising)
+    wanted = [int(np.searchsorted(-descending, -e, side="right")) for e in edges[::-1]]
+    bounds = [0]
+    for k in wanted:
+        if k <= bounds[-1] or k >= n:
+            continue
+        if ledger.add(k):
+            bounds.append(k)
+            continue
+        low, high = ledger.neighbours(k)
+        near = low if k - low <= high - k else high
+        if bounds[-1] < near < n:
+            bounds.append(near)
+    bounds.append(n)
     records = []
-    for b, m in enumerate(members):
-        shown = b not in hidden and sizes[b] > 0
-        records.append(
-            {
-                "bin": b + 1,
-                "n": None if b in hidden else sizes[b],
-                "events": None if b in hidden else events[b],
-                "mean_predicted": float(p[m].mean()) if shown else None,
-                "observed": float(y[m].mean()) if shown else None,
-            }
-        )
+    for b, (lo, hi) in enumerate(zip(bounds[-2::-1], bounds[:0:-1], strict=True)):
+        rows = slice(lo, hi)
+        records.append({"bin": b + 1, "n": hi - lo, "events": int(ys[rows].sum()),
+                        "mean_predicted": float(descending[rows].mean()), "observed": float(ys[rows].mean())})
     # object dtype keeps suppressed cells as None (JSON null), not NaN.
     return pd.DataFrame(records, dtype=object)
 

@@ -12,8 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from forewarn.evaluation.clinical import disclosed_curve  # noqa: E402
-
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
@@ -22,18 +20,16 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def roc_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """ROC and precision-recall curves, one line per model: ``{model: (y, p)}``, through
-    the operating points that may leave the site (:func:`clinical.disclosed_curve`)."""
+def roc_pr(curves: dict[str, pd.DataFrame], prevalence: float) -> bytes:
+    """ROC and precision-recall curves, one line per model: ``{model: points}``, the
+    operating points that may leave the site (:func:`clinical.disclosed_curve`'s frames),
+    with ``prevalence`` as the precision-recall chance line."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for name, (y, p) in curves.items():
-        # Only the points clinical.disclosed_curve keeps: no step is a band of 1..10 people.
-        points = disclosed_curve(y, p)
+    for name, points in curves.items():
         ax1.plot(points["fpr"].astype(float), points["tpr"].astype(float), marker=".", label=name)
         pr = points.dropna(subset=["precision"])
         ax2.plot(pr["recall"].astype(float), pr["precision"].astype(float), marker=".", label=name)
     ax1.plot([0, 1], [0, 1], ls=":", c="grey")
-    prevalence = float(np.mean(next(iter(curves.values()))[0])) if curves else 0.0
     ax2.axhline(prevalence, ls=":", c="grey", label=f"prevalence {prevalence:.3f}")
     ax1.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (held-out)")
     ax2.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall (held-out)")
@@ -43,7 +39,7 @@ def roc_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
 
 
 def calibration(curves: dict[str, pd.DataFrame], smoothed: tuple[str, pd.DataFrame] | None = None) -> bytes:
-    """Observed against predicted risk by decile; suppressed bins are not drawn.
+    """Observed against predicted risk by tenth of risk; withheld groups are not drawn.
     ``smoothed``: (model name, :func:`forewarn.evaluation.clinical.smoothed_calibration`'s
     curve), drawn as a line when not withheld."""
     fig, ax = plt.subplots(figsize=(5, 4.2))
@@ -61,7 +57,7 @@ def calibration(curves: dict[str, pd.DataFrame], smoothed: tuple[str, pd.DataFra
             top = max(top, float(line[["predicted", "observed"]].to_numpy().max()))
     top = top * 1.05 or 1.0
     ax.plot([0, top], [0, top], ls=":", c="grey", label="perfect")
-    title = "Calibration (deciles and smoothed, held-out)" if smoothed is not None else "Calibration (deciles, held-out)"
+    title = "Calibration (tenths of risk and smoothed, held-out)" if smoothed is not None else "Calibration (tenths of risk, held-out)"
     ax.set(xlabel="mean predicted risk", ylabel="observed rate", title=title)
     ax.legend(loc="upper left")
     return _png(fig)

@@ -359,6 +359,10 @@ def _subgroups(m: dict, site: str | None = None, validations: list[dict] | None 
             )
             events = _protect([r.get("events") for r in rows])
             for k, r in enumerate(rows):
+                if r.get("auroc") is not None:
+                    # a level's metrics need 11+ events and non-events: a count withheld beside them is withheld to
+                    # protect another level, not small (and must not read "<11")
+                    size[k], events[k] = (WITHHELD if c == SUPPRESSED else c for c in (size[k], events[k]))
                 out.append(_subgroup_row(group, r, size[k], events[k], site if group == "site" else None))
         for k, row in enumerate(out[first:]):
             row.update(first=k == 0, span=len(out) - first)
@@ -370,7 +374,8 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
     if r.get("shipped_to"):
         label = f"{r['shipped_to']} (model shipped there)"
     elif r.get("network_at"):
-        label = f"{r['network_at']} (the network's model there)"
+        at = f"; alerts at risk ≥ {r['threshold']:.3f}" if r.get("threshold") is not None else ""
+        label = f"{r['network_at']} (the network's model there{at})"
     elif level is None:
         label = "missing"
     elif group == "sex":
@@ -435,8 +440,9 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
         if name == "calibration":
             return (
                 "Calibration curves",
-                "Observed event rate against mean predicted risk in deciles of predicted risk, per model (a decile withheld "
-                "for small counts is not drawn), and the calibrated XGBoost's smoothed curve (black; local-linear kernel "
+                "Observed event rate against mean predicted risk in tenths of predicted risk, per model (deciles whose "
+                "boundaries move to a published operating point, or merge, where a band of 1-10 events or non-events would "
+                "come back by subtraction), and the calibrated XGBoost's smoothed curve (black; local-linear kernel "
                 "regression on logit risk, from the 1st to the 99th percentile of risk); the diagonal is perfect calibration.",
             )
         if name == "decision_curve":

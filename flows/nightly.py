@@ -783,10 +783,13 @@ def network_site_row(stage: Stage, site: str) -> dict:
     under the rule of 11 there. The "Site" level is the one ``site``'s own network report
     shows (its evaluation's, at its own operating point: the study's alert budget, its
     threshold set on that site's tuning split)."""
-    subgroups = Evaluation(stage.dir / "evaluation").load_metrics().get("subgroups") or []
-    return validation_row(stage.result, design="network", train_site=" + ".join(stage.result["network"]["sites"]),
-                          eval_site=site, subgroups=subgroups,
-                          note=f"the same model on {site}'s held-out split (only these aggregates came back)")
+    evaluated = Evaluation(stage.dir / "evaluation").load_metrics()
+    row = validation_row(stage.result, design="network", train_site=" + ".join(stage.result["network"]["sites"]),
+                         eval_site=site, subgroups=evaluated.get("subgroups") or [],
+                         note=f"the same model on {site}'s held-out split (only these aggregates came back)")
+    if row["site_subgroup"] is not None:  # the alert threshold its sensitivity, PPV, ... are at: that site's own
+        row["site_subgroup"] = dict(row["site_subgroup"], threshold=(evaluated.get("subgroup_threshold") or {}).get("threshold"))
+    return row
 
 
 def validation_row(record: dict, *, design: str, train_site: str, eval_site: str, note: str,

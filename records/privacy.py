@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+
+import numpy as np
+
 MIN_CELL = 11
 
 
@@ -82,3 +86,77 @@ def withheld_bins(sizes: list[int], events: list[int], *, min_cell: int = MIN_CE
                 break
         else:
             return hidden
+
+
+class Cutoffs:
+    """The cut-offs of one ranking of an evaluation set whose counts have left the site.
+
+    A threshold row, an alert budget, a decision-curve point, a calibration bin's
+    boundary and a point of the ROC or precision-recall curve each flag the ``k``
+    highest-risk rows of the same ranking (``p >= t`` never splits tied risks), and
+    each publishes, or lets a reader work out, the events and non-events among them.
+    Any two published cut-offs of one ranking give the band of rows between them away
+    by subtraction. So a cut-off is admitted only when its events and non-events differ
+    from those of the nearest admitted cut-off on either side by 0 or at least
+    ``min_cell`` each; every difference between admitted cut-offs is then a sum of such
+    bands, and so 0 or at least ``min_cell`` too. Flagging nothing and flagging every
+    row (the published totals) are admitted from the start, unless the totals
+    themselves are withheld (1 to ``min_cell - 1`` events or non-events); then no
+    cut-off is admitted, not even those two (a cut-off's 2x2 table holds the totals). One ledger serves every table and figure drawn from one model's
+    risks, in the order they are published: the first come first.
+
+    ``y``: the outcomes; ``p``: the risks. A cut-off is given as the number of rows it
+    flags, ``k`` (the rows of the ``k`` highest risks), or as a threshold (:meth:`flagged`).
+    A monotone transformation of ``p`` (a calibrator) ranks the rows alike and may share
+    the ledger through ``k``.
+    """
+
+    def __init__(self, y, p, *, min_cell: int = MIN_CELL) -> None:
+        y = np.asarray(y, bool)
+        p = np.asarray(p, float)
+        order = np.argsort(-p, kind="stable")
+        self._descending = p[order]
+        self._tp = np.r_[0, np.cumsum(y[order])]
+        self.n = int(y.size)
+        self.min_cell = min_cell
+        events = int(self._tp[-1])
+        self.open = all(suppress(c, min_cell=min_cell) is not None for c in (events, self.n - events))
+        self.kept: list[int] = [0, self.n]
+
+    def flagged(self, threshold: float) -> int:
+        """How many rows ``p >= threshold`` flags."""
+        return int(np.searchsorted(-self._descending, -float(threshold), side="right"))
+
+    def counts(self, k: int) -> tuple[int, int]:
+        """(events, non-events) among the ``k`` highest-risk rows."""
+        tp = int(self._tp[k])
+        return tp, int(k) - tp
+
+    def neighbours(self, k: int) -> tuple[int, int]:
+        """The nearest admitted cut-offs at or below ``k`` rows and at or above it."""
+        i = bisect.bisect_left(self.kept, k)
+        if i < len(self.kept) and self.kept[i] == k:
+            return k, k
+        return self.kept[i - 1], self.kept[i]
+
+    def _band(self, a: int, b: int) -> bool:
+        tp = int(self._tp[b] - self._tp[a])
+        fp = (b - a) - tp
+        return suppress(tp, min_cell=self.min_cell) is not None and suppress(fp, min_cell=self.min_cell) is not None
+
+    def admits(self, k: int) -> bool:
+        """Whether the cut-off at ``k`` rows may be published beside those admitted."""
+        k = int(k)
+        if not 0 <= k <= self.n:
+            raise ValueError(f"a cut-off flags 0 to {self.n} rows; got {k}.")
+        if not self.open:  # a cut-off's 2x2 table holds the withheld totals in its cells
+            return False
+        low, high = self.neighbours(k)
+        return low == k or (self._band(low, k) and self._band(k, high))
+
+    def add(self, k: int) -> bool:
+        """Admit the cut-off at ``k`` rows if it may be published; whether it was."""
+        ok = self.admits(k)
+        if ok and k not in self.kept:
+            bisect.insort(self.kept, int(k))
+        return ok

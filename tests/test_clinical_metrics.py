@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.special import expit, logit
 
 from forewarn.evaluation import clinical, metrics
+from forewarn.records import privacy
 
 # Ten rows, five events. Flagging p >= 0.3 flags the last six rows:
 #   flagged     y = 0 1 0 1 1 1  -> tp 4, fp 2
@@ -658,3 +661,62 @@ def test_disclosed_curve_steps_by_11_or_more_of_each():
     curve = clinical.disclosed_curve(y2, p2)
     assert list(zip(curve["tp"], curve["fp"], strict=True)) == [(0, 0), (20, 15), (50, 145)]
     assert clinical.disclosed_curve(np.r_[np.ones(5, bool), np.zeros(50, bool)], np.linspace(0, 1, 55)).empty
+
+
+def test_one_ledger_keeps_the_curve_from_leaving_a_small_band_beside_the_table():
+    """band_case: the table shows the threshold 0.6 (25 events, 45 non-events). On its
+    own the curve would go through 0.9 (20 / 15), 5 events from the table's row; with the
+    table's cut-off in the ledger it steps from the origin to the table's row instead,
+    then on to 0.2 (45 / 45) and the end."""
+    y, p = band_case()
+    ledger = privacy.Cutoffs(y, p)
+    assert clinical.disclosed_thresholds(y, p, [0.6], ledger) == [True]
+    assert ledger.kept == [0, 70, 190]
+    curve = clinical.disclosed_curve(y, p, cutoffs=ledger)
+    assert list(zip(curve["tp"], curve["fp"], strict=True)) == [(0, 0), (25, 45), (45, 45), (45, 145)]
+    # the same ledger now refuses 0.9 for a later table
+    assert clinical.disclosed_thresholds(y, p, [0.9], ledger) == [False]
+
+
+def test_cutoffs_ledger_admits_only_bands_of_0_or_11_plus_and_nothing_when_totals_are_withheld():
+    y = np.r_[np.ones(30, bool), np.zeros(30, bool)]
+    p = np.linspace(1, 0, 60)  # the 30 events rank first
+    ledger = privacy.Cutoffs(y, p)
+    assert ledger.flagged(0.5) == 30 and ledger.counts(30) == (30, 0)
+    assert ledger.add(30)  # 30 / 0 above, 0 / 30 below
+    assert not ledger.admits(35)  # 5 non-events beside the cut-off at 30
+    assert ledger.admits(41) and not ledger.admits(55)  # 11 beside 30; 5 left below
+    assert ledger.neighbours(35) == (30, 60) and ledger.neighbours(30) == (30, 30)
+    closed = privacy.Cutoffs(np.r_[np.ones(5, bool), np.zeros(30, bool)], np.linspace(1, 0, 35))
+    assert not closed.open and not any(closed.admits(k) for k in (0, 20, 35))
+    with pytest.raises(ValueError, match="a cut-off flags 0 to 60 rows; got 61"):
+        ledger.admits(61)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10_000), st.integers(60, 400), st.floats(0.02, 0.5))
+def test_no_two_published_cut_offs_of_one_ranking_leave_a_band_of_1_to_10(seed, n, prevalence):
+    """Everything evaluate publishes from one model's risks, filled into one ledger in its
+    order (threshold table, decision curve, calibration groups, ROC points): the rows
+    each published number flags, taken two at a time, differ by 0 or 11+ events and
+    0 or 11+ non-events. Risks are rounded so that ties occur."""
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < prevalence
+    p = np.round(np.clip(rng.beta(1, 6, n) + 0.25 * y * rng.random(n), 0, 1), 2)
+    ledger = privacy.Cutoffs(y, p)
+    table = clinical.threshold_table(y, p, alert_rates=(0.01, 0.05, 0.1, 0.2), cutoffs=ledger, operating_budget=0.05)
+    dca = clinical.decision_curve(y, p, cutoffs=ledger)
+    calibration = metrics.calibration_curve(y, p, cutoffs=ledger)
+    curve = clinical.disclosed_curve(y, p, cutoffs=ledger)
+    published = {(0, 0), (int(y.sum()), int((~y).sum()))} if ledger.open else set()
+    published |= {(r["tp"], r["fp"]) for r in table.to_dict("records") if r["tp"] is not None}
+    published |= {ledger.counts(ledger.flagged(r["threshold"])) for r in dca.to_dict("records")
+                  if r["net_benefit_model"] is not None}
+    shown = calibration.dropna(subset=["n"]).iloc[::-1]  # from the highest risk down
+    published |= {(int(e), int(k) - int(e)) for e, k in zip(shown["events"].cumsum(), shown["n"].cumsum(), strict=True)}
+    published |= set(zip(curve["tp"].astype(int), curve["fp"].astype(int), strict=True))
+    for a in published:
+        for b in published:
+            assert all(d == 0 or d >= privacy.MIN_CELL for d in (abs(a[0] - b[0]), abs(a[1] - b[1]))), (a, b)
+    if not ledger.open:
+        assert len(published) == 0 and curve.empty and calibration["n"].isna().all()

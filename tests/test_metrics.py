@@ -61,12 +61,20 @@ def test_calibration_curve_and_small_cell_suppression():
     p = np.linspace(0.01, 0.99, 220)
     y = p > 0.5
     curve = metrics.calibration_curve(y, p, bins=10)
+    assert list(curve["bin"]) == list(range(1, 11))
     assert list(curve["n"]) == [22] * 10
     assert list(curve["events"]) == [0] * 5 + [22] * 5
     assert curve["mean_predicted"].iloc[0] == pytest.approx(p[:22].mean())
-    small = metrics.calibration_curve(y[:100], p[:100], bins=10)
-    assert list(small["n"]) == [None] * 10 and list(small["observed"]) == [None] * 10
     assert list(curve["events"])[0] == 0 and isinstance(list(curve["events"])[0], int)
+    # 100 rows, no event: deciles of 10 non-events would each be a small cell; from the
+    # top down each boundary that leaves 10 merges into the group above, so groups of 20.
+    small = metrics.calibration_curve(y[:100], p[:100], bins=10)
+    assert list(small["n"]) == [20] * 5 and list(small["events"]) == [0] * 5
+    assert small["mean_predicted"].iloc[0] == pytest.approx(p[:20].mean())
+    # 5 events in all: the totals are withheld, and so is the table (one group, no numbers)
+    rare = metrics.calibration_curve(np.r_[np.ones(5, bool), np.zeros(95, bool)], np.linspace(0.99, 0.01, 100))
+    assert len(rare) == 1 and rare.iloc[0].to_dict() == {"bin": 1, "n": None, "events": None, "mean_predicted": None,
+                                                          "observed": None}
 
 
 def _deciles(events_per_bin: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -78,21 +86,43 @@ def _deciles(events_per_bin: list[int]) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def test_calibration_curve_withholds_a_bin_that_subtraction_would_give_back():
+def test_calibration_curve_merges_a_bin_that_subtraction_would_give_back():
     # Bin 9 holds 5 events. The held-out total (45) is published, so bin 10's 40 would
-    # give bin 9's 5 back: both are withheld whole, the other bins shown.
+    # give bin 9's 5 back: the boundary between them is dropped, and bins 9 and 10 are
+    # one group of 200 rows and 45 events; the other deciles are shown as they are.
     curve = metrics.calibration_curve(*_deciles([0] * 8 + [5, 40]))
-    assert list(curve["events"]) == [0] * 8 + [None, None]
-    assert list(curve["n"]) == [100] * 8 + [None, None]
-    assert list(curve["observed"])[8:] == [None, None] and list(curve["mean_predicted"])[8:] == [None, None]
-    # Bin 10 holds 95 events and so 5 non-events: it is withheld, and with it the bin of
-    # the smallest other event count (bin 1's 20; the first of the ties).
+    assert list(curve["n"]) == [100] * 8 + [200]
+    assert list(curve["events"]) == [0] * 8 + [45]
+    assert curve["observed"].iloc[-1] == pytest.approx(45 / 200)
+    # Bin 10 holds 95 events and so 5 non-events: it merges with bin 9 (125 events, 75 not).
     curve = metrics.calibration_curve(*_deciles([20] * 8 + [30, 95]))
-    assert list(curve["events"]) == [None] + [20] * 7 + [30, None]
-    assert list(curve["n"]) == [None] + [100] * 8 + [None]
-    # Two small bins whose events add up to 11 or more need no third.
+    assert list(curve["n"]) == [100] * 8 + [200]
+    assert list(curve["events"]) == [20] * 8 + [125]
+    # Bin 8's 6 and bin 9's 7 events: the boundary between them goes, and the group of
+    # both (13 events) stands beside bin 10's 40.
     curve = metrics.calibration_curve(*_deciles([0] * 7 + [6, 7, 40]))
-    assert list(curve["events"]) == [0] * 7 + [None, None, 40]
+    assert list(curve["n"]) == [100] * 7 + [200, 100]
+    assert list(curve["events"]) == [0] * 7 + [13, 40]
+
+
+def test_calibration_bins_move_to_a_published_operating_point_rather_than_leave_a_small_band():
+    # The threshold table already shows the 85 highest risks (80 events, 5 non-events
+    # would be a small cell, so: 70 events and 15 non-events). The top decile (100 rows)
+    # holds 4 more events and 11 more non-events: the band between them (4 events) would
+    # come back by subtraction. The decile's boundary moves to the published cut-off,
+    # so the top group is those 85 rows; the next boundary (200 rows) is 11+ away.
+    y = np.zeros(1000, bool)
+    y[[*range(70), *range(85, 89), *range(100, 130)]] = True
+    p = np.linspace(0.999, 0.001, 1000)
+    ledger = privacy.Cutoffs(y, p)
+    assert ledger.add(85) and ledger.counts(85) == (70, 15)
+    curve = metrics.calibration_curve(y, p, cutoffs=ledger)
+    assert list(curve["n"])[-3:] == [100, 115, 85]
+    assert list(curve["events"])[-3:] == [0, 34, 70]
+    assert ledger.kept[:4] == [0, 85, 200, 300]  # the bins' boundaries joined the ledger
+    # Without the published cut-off the deciles stand as they are.
+    plain = metrics.calibration_curve(y, p)
+    assert list(plain["n"]) == [100] * 10 and list(plain["events"])[-2:] == [30, 74]
 
 
 def test_evaluate_record_suppresses_small_counts_and_withholds_their_metrics():

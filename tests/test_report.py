@@ -511,6 +511,12 @@ def test_subgroup_levels_protect_each_other():
         "withheld",
     ) * 3 + ("–",)
     assert male["auroc"] == "0.800" and missing["suppressed"]
+    # A level whose events metrics.json already withheld (None) beside its metrics, which
+    # need 11+ events, was withheld to protect another level: "withheld", not "<11".
+    old = dict(level("80+", 63, 12), events=None, group="age_band")
+    rows = _subgroups({"subgroups": [dict(level("70-79", 100, 20), group="age_band"), old,
+                                     dict(level("18-39", 64, 4, True), group="age_band")]})
+    assert [r["events"] for r in rows] == ["20", "withheld", "<11"]
 
 
 def test_site_subgroup_adds_each_site_the_model_was_shipped_to():
@@ -564,13 +570,14 @@ def test_network_report_site_subgroup_holds_the_network_model_at_each_other_site
     home = level("academic", 960, 109)
     validations = [
         {"design": "network", "eval_site": "community", "site_subgroup": level(
-            "community", 1424, 95, sensitivity=0.4, specificity=0.97, ppv=0.5, npv=0.96, alerts_per_1000=50.2)},
+            "community", 1424, 95, sensitivity=0.4, specificity=0.97, ppv=0.5, npv=0.96, alerts_per_1000=50.2,
+            threshold=0.2254)},
         {"design": "external", "eval_site": "rural", "site_subgroup": level("rural", 300, 30)},
     ]
     rows = _subgroups({"subgroups": [home]}, "academic", validations, network=True)
     assert [(r["level"], r["span"], r["shipped"], r["network_at"]) for r in rows] == [
         ("academic (this run's held-out split)", 2, False, False),
-        ("community (the network's model there)", 2, False, True),
+        ("community (the network's model there; alerts at risk ≥ 0.225)", 2, False, True),
     ]
     community = rows[1]
     assert (community["subjects"], community["events"], community["observed"]) == ("1,424", "95", "6.7%")
