@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from forewarn.evaluation import metrics
 from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
 from forewarn.evaluation.evaluate import MODEL_LABELS, Evaluation
 from forewarn.features.featurize import AGG_NAMES
@@ -520,7 +521,52 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
     return out
 
 
-def _validations(m: dict, site: str, validations: list[dict] | None, trained_at: str | None = None) -> list[dict]:
+def _recalibrated_text(shipped: dict, recal: dict | None) -> str:
+    """A validation row's "after local recalibration" cell: the model's metrics after its
+    calibrator was refitted on the validating site's tuning split (the method chosen
+    there by cross-validated Brier, ``none`` when nothing beat the risks as shipped), and
+    a caveat when that made the held-out Brier score worse than as shipped (the tuning
+    rows' calibrator did not carry over to the held-out rows)."""
+    if _missing(shipped.get("auroc")):
+        return "–"
+    if not recal:
+        return "not recalibrated"
+    parts = [
+        f"{label} {_fmt(recal.get(key), digits)}"
+        for key, label, digits in (
+            ("auroc", "AUROC", 3),
+            ("brier", "Brier", 4),
+            ("calibration_slope", "slope", 3),
+            ("calibration_in_the_large", "CITL", 3),
+        )
+        if recal.get(key) is not None
+    ]
+    text = ", ".join(parts) or "–"
+    method = recal.get("method")
+    if method == "none":  # cross-validated on the tuning split, no calibrator beat the risks as shipped
+        return f"{text} (no calibrator beat the risks as shipped on the tuning split's Brier: kept as shipped)"
+    if method:
+        text = f"{method}: {text}"
+    before, after = shipped.get("brier"), recal.get("brier")
+    if not _missing(before) and not _missing(after) and round(after, 4) > round(before, 4):
+        text += " (Brier worse than as shipped: the calibrator refitted on the tuning split did not carry over)"
+    return text
+
+
+def _size_text(rec: dict) -> str:
+    """A validation row's held-out rows and events, and the event rate where both show."""
+    n, events = rec.get("n"), rec.get("events")
+    text = f"{_count(n)} / {_count(events)}"
+    if n is not None and events is not None and n >= privacy.MIN_CELL and events >= privacy.MIN_CELL:
+        text += f" ({events / n:.1%})"
+    return text
+
+
+def _validations(m: dict, site: str, validations: list[dict] | None, trained_at: str | None = None,
+                 recalibrated: dict | None = None) -> list[dict]:
+    """Section 12's rows: this run's held-out split first (for the network's model,
+    ``recalibrated``: its metrics here after recalibration on this site's tuning split),
+    then ``validations``."""
     held = m["held_out"][PRIMARY] | {
         k: v
         for k, v in m.get("calibration_stats", {}).get(PRIMARY, {}).items()
@@ -531,38 +577,18 @@ def _validations(m: dict, site: str, validations: list[dict] | None, trained_at:
             "design": DESIGNS["network"] if trained_at else DESIGNS["internal"],
             "train_site": trained_at or site,
             "eval_site": site,
+            "size": _size_text(held),
             "auroc": _ci(held, "auroc"),
             "auprc": _fmt(held.get("auprc")),
             "brier": _fmt(held.get("brier"), 4),
             "slope": _fmt(held.get("calibration_slope")),
             "citl": _fmt(held.get("calibration_in_the_large")),
-            "recalibrated": "–",
+            "recalibrated": _recalibrated_text(held, recalibrated) if trained_at else "–",
             "note": "this run's held-out split",
         }
     ]
     for v in validations or []:
-        recal = v.get("recalibrated")
-        if _missing(v.get("auroc")):
-            recal_text = "–"
-        elif recal:
-            parts = [
-                f"{label} {_fmt(recal.get(key), digits)}"
-                for key, label, digits in (
-                    ("auroc", "AUROC", 3),
-                    ("brier", "Brier", 4),
-                    ("calibration_slope", "slope", 3),
-                    ("calibration_in_the_large", "CITL", 3),
-                )
-                if recal.get(key) is not None
-            ]
-            recal_text = ", ".join(parts) or "–"
-        else:
-            recal_text = "not recalibrated"
         note = str(v.get("note") or "")
-        if v.get("n") is not None or v.get("events") is not None:
-            note = f"{note}; held-out rows {_count(v.get('n'))}, events {_count(v.get('events'))}".lstrip(
-                "; "
-            )
         if v.get("run_id"):
             note = f"{note} (MLflow run {v['run_id']})".strip()
         design = str(v.get("design", "external"))
@@ -571,16 +597,38 @@ def _validations(m: dict, site: str, validations: list[dict] | None, trained_at:
                 "design": DESIGNS.get(design, design),
                 "train_site": str(v.get("train_site", "–")),
                 "eval_site": str(v.get("eval_site", "–")),
+                "size": _size_text(v),
                 "auroc": _ci(v, "auroc"),
                 "auprc": _fmt(v.get("auprc")),
                 "brier": _fmt(v.get("brier"), 4),
                 "slope": _fmt(v.get("calibration_slope")),
                 "citl": _fmt(v.get("calibration_in_the_large")),
-                "recalibrated": recal_text,
+                "recalibrated": _recalibrated_text(v, v.get("recalibrated")),
                 "note": note or "–",
             }
         )
     return rows
+
+
+def _between_sites(held: dict, site: str, validations: list[dict]) -> dict | None:
+    """The network report's summary of its model's AUROC across the sites
+    (:func:`metrics.between_sites`): this site's held-out split and the others'."""
+    summary = metrics.between_sites([{"site": site, **held}, *({"site": v.get("eval_site"), **v} for v in validations)])
+    if summary is None:
+        return None
+    i2 = summary["i2"]
+    return {
+        "sites": len(summary["sites"]),
+        "range": f"{_fmt(summary['auroc_min'])} to {_fmt(summary['auroc_max'])}",
+        "pooled": f"{_fmt(summary['pooled_auroc'])} ({_fmt(summary['pooled_ci_low'])}–{_fmt(summary['pooled_ci_high'])})",
+        "q": f"{summary['q']:.2f}",
+        "q_p": f"{summary['q_p']:.2f}" if summary["q_p"] >= 0.01 else "<0.01",
+        "i2": f"{i2:.0%}",
+        "tau2": f"{summary['tau2']:.3f}",
+        "prediction": None if summary["prediction_low"] is None
+        else f"{_fmt(summary['prediction_low'])}–{_fmt(summary['prediction_high'])}",
+        "differ": summary["q_p"] < 0.05,
+    }
 
 
 def _characteristics(m: dict) -> dict | None:
@@ -796,6 +844,7 @@ def report_context(
     validations: list[dict] | None = None,
     promotion: dict | None = None,
     drift: dict | None = None,
+    recalibrated: dict | None = None,
 ) -> dict:
     """Everything the report template shows, with every count passed through suppression.
 
@@ -806,6 +855,9 @@ def report_context(
     promoted, reasons, champion_version); ``drift`` is the drift check before retraining,
     :func:`forewarn.evaluation.drift.assess`'s ``{"compare": ..., "decision": ...}``
     (``compare`` None when there was nothing to compare), or None when no check ran.
+    The network's model's report: ``validations`` are the same model at the other sites
+    and ``recalibrated`` its metrics here after recalibration on this site's tuning split
+    (``external_validation``'s ``recalibrated`` record).
     """
     m = evaluation.load_metrics()
 
@@ -1216,7 +1268,9 @@ def report_context(
         "waterfall_rows": [f"held-out row {r}" for r in m.get("waterfall_rows") or []],
         "images": images,
         "figures": _figures(images, m),
-        "validations": _validations(m, site, validations, " + ".join(network["sites"]) if network else None),
+        "validations": _validations(m, site, validations, " + ".join(network["sites"]) if network else None,
+                                    recalibrated),
+        "between_sites": _between_sites(held, site, validations) if network else None,
         "external_validations": len([v for v in external if v.get("design") != "network"]),
         "network_design": any(v.get("design") == "network" for v in external),
         "promotion": _promotion(promotion),

@@ -782,11 +782,15 @@ def network_site_row(stage: Stage, site: str) -> dict:
     validation table and "Site" subgroup): the aggregates ``site`` publishes of it anyway,
     under the rule of 11 there. The "Site" level is the one ``site``'s own network report
     shows (its evaluation's, at its own operating point: the study's alert budget, its
-    threshold set on that site's tuning split)."""
+    threshold set on that site's tuning split). The note names that site's own MLflow run
+    of it by its tags and the digest of the rows it was evaluated on (``log_shipped``'s
+    dataset digest), as it may be logged after this site's."""
     evaluated = Evaluation(stage.dir / "evaluation").load_metrics()
     row = validation_row(stage.result, design="network", train_site=" + ".join(stage.result["network"]["sites"]),
                          eval_site=site, subgroups=evaluated.get("subgroups") or [],
-                         note=f"the same model on {site}'s held-out split (only these aggregates came back)")
+                         note=f"the same model on {site}'s held-out split (only these aggregates came back); its "
+                              f"MLflow run there: site {site}, validation_design network, dataset digest "
+                              f"{stage.digest[:16]}-held_out")
     if row["site_subgroup"] is not None:  # the alert threshold its sensitivity, PPV, ... are at: that site's own
         row["site_subgroup"] = dict(row["site_subgroup"], threshold=(evaluated.get("subgroup_threshold") or {}).get("threshold"))
     return row
@@ -797,15 +801,25 @@ def validation_row(record: dict, *, design: str, train_site: str, eval_site: str
     """A report's validation row of ``external_validation``'s ``record``: the model as
     shipped, after local recalibration, and its "Site" subgroup level (from ``subgroups``,
     by default the record's own)."""
-    shipped, recal = record["as_shipped"], record.get("recalibrated")
+    shipped = record["as_shipped"]
     subgroups = record.get("subgroups") if subgroups is None else subgroups
     return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
             **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
                                            "calibration_in_the_large", "withheld", "n", "events")},
-            "recalibrated": {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope",
-                                                       "calibration_in_the_large")} if recal else None,
+            "recalibrated": recalibrated_row(record),
             "site_subgroup": next((g for g in subgroups or [] if g["group"] == "site"), None),
             "note": note}
+
+
+def recalibrated_row(record: dict) -> dict | None:
+    """``external_validation``'s ``record`` after recalibration on the validating site's
+    tuning split, as a report's row shows it (with the method chosen there); None when the
+    split was too small to recalibrate on."""
+    recal = record.get("recalibrated")
+    if not recal:
+        return None
+    return {k: recal.get(k) for k in ("auroc", "auprc", "brier", "calibration_slope", "calibration_in_the_large")} | {
+        "method": (record.get("recalibration") or {}).get("method")}
 
 
 def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features: Stage, built: dict, stage_key: str,
@@ -832,7 +846,8 @@ def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features:
             training=training, evaluation=evaluation, code_version=code_version(), data_digest=data_digest(built["pull"]),
             quality=json.loads(pull.quality_path.read_text()), generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             mlflow_run_id=run_id, decision=registered["decision"],
-            promotion=registered if registered.get("run_id") else None, drift=drift, validations=others)
+            promotion=registered if registered.get("run_id") else None, drift=drift, validations=others,
+            recalibrated=recalibrated_row(stage.result))
         report = write_report(context, out / "report.html")
         workdir = next(s.workdir for s in study.sites if s.name == site)
         latest = workdir / "reports" / spec.name / "network-report.html"

@@ -461,6 +461,15 @@ def test_network_design_trains_one_model_across_sites_without_moving_rows(flow_r
         assert f"{other} (the network's model there; alerts at risk ≥ " in html and f"{site} (this run's held-out split)" in html
         assert f"the same model on {other}'s held-out split" in html
         assert f"{latest[other].data.metrics['held_out/auroc']:.3f}" in html
+        # ... named by the digest of the rows its own run there was logged with
+        digests = [d.dataset.digest for d in client.get_run(latest[other].info.run_id).inputs.dataset_inputs]
+        held = next(d for d in digests if d.endswith("-held_out"))
+        assert f"its MLflow run there: site {other}, validation_design network, dataset digest {held}" in html
+        # This site's row after recalibration here, and the AUROC between the sites.
+        recal = r.data.metrics.get("held_out/recalibrated/auroc")
+        if recal is not None:
+            assert f"AUROC {recal:.3f}, Brier {r.data.metrics['held_out/recalibrated/brier']:.4f}" in html
+        assert "Between sites." in html and "across the 2 sites; pooled (random effects" in html
     for result in flow_run["second"]:
         html = unescape(result.report_path.read_text())
         assert "network (one model trained across the sites without moving rows)" in html

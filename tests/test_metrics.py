@@ -187,3 +187,59 @@ def test_forced_parts_count_towards_the_exposed_sum():
     assert privacy.suppress_parts([3, 4, 22, 31], force=(0, 1)) == [None, None, None, 31]
     # 15 + 20 events in hidden levels: their sum is not small, nothing more is withheld.
     assert privacy.suppress_parts([15, 20, 22, 31], force=(0, 1)) == [None, None, 22, 31]
+
+
+def _site(name: str, logit: float, se: float) -> dict:
+    """A site whose AUROC is expit(logit), its 95% CI expit(logit ± z se)."""
+    z = 1.959963984540054
+    expit = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    return {"site": name, "auroc": expit(logit), "auroc_ci_low": expit(logit - z * se), "auroc_ci_high": expit(logit + z * se)}
+
+
+def test_between_sites_golden_two_sites():
+    """By hand, on the logit scale: estimates 1.0 and 1.3, standard errors 0.1 and 0.2.
+    Fixed-effect weights 100 and 25: mean (100 + 32.5) / 125 = 1.06; Q = 100 * 0.06² +
+    25 * 0.24² = 0.36 + 1.44 = 1.8 on 1 df; I² = (1.8 - 1) / 1.8 = 4/9; DerSimonian-Laird
+    tau² = 0.8 / (125 - (100² + 25²) / 125) = 0.8 / 40 = 0.02; random-effects weights
+    1 / 0.03 and 1 / 0.06, mean (33.3 * 1.0 + 16.7 * 1.3) / 50 = 1.1, standard error
+    1 / sqrt(50). Two sites give no prediction interval (it needs 3)."""
+    import math
+
+    got = metrics.between_sites([_site("academic", 1.0, 0.1), _site("community", 1.3, 0.2)])
+    expit = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    z = 1.959963984540054
+    assert got["sites"] == ["academic", "community"]
+    assert got["auroc_min"] == pytest.approx(expit(1.0)) and got["auroc_max"] == pytest.approx(expit(1.3))
+    assert got["q"] == pytest.approx(1.8)
+    assert got["q_p"] == pytest.approx(math.erfc(math.sqrt(1.8 / 2)))  # chi² on 1 df
+    assert got["i2"] == pytest.approx(4 / 9)
+    assert got["tau2"] == pytest.approx(0.02)
+    assert got["pooled_auroc"] == pytest.approx(expit(1.1))
+    assert got["pooled_ci_low"] == pytest.approx(expit(1.1 - z / math.sqrt(50)))
+    assert got["pooled_ci_high"] == pytest.approx(expit(1.1 + z / math.sqrt(50)))
+    assert got["prediction_low"] is None and got["prediction_high"] is None
+
+
+def test_between_sites_alike_sites_and_prediction_interval():
+    """Three sites with the same estimate (logit 1.0, standard error 0.3 each): Q = 0,
+    I² = 0, tau² = 0, the pooled standard error 0.3 / sqrt(3), and the prediction interval
+    1.0 ± t(1 df, 0.975) * 0.3 / sqrt(3), t = 12.706."""
+    import math
+
+    got = metrics.between_sites([_site(s, 1.0, 0.3) for s in ("a", "b", "c")])
+    expit = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert got["q"] == pytest.approx(0, abs=1e-12) and got["i2"] == 0 and got["tau2"] == 0
+    assert got["pooled_auroc"] == pytest.approx(expit(1.0))
+    half = 12.706204736174698 * 0.3 / math.sqrt(3)
+    assert got["prediction_low"] == pytest.approx(expit(1.0 - half))
+    assert got["prediction_high"] == pytest.approx(expit(1.0 + half))
+
+
+def test_between_sites_leaves_out_withheld_sites():
+    """A site whose metrics are withheld (or whose CI is missing) does not count; fewer
+    than 2 usable sites give nothing."""
+    usable = _site("academic", 1.0, 0.1)
+    assert metrics.between_sites([usable, {"site": "community", "auroc": None, "withheld": True}]) is None
+    assert metrics.between_sites([usable, dict(_site("b", 1.2, 0.1), withheld=True)]) is None
+    assert metrics.between_sites([usable, dict(_site("b", 1.2, 0.1), auroc_ci_low=None)]) is None
+    assert metrics.between_sites([usable, _site("b", 1.2, 0.1)])["sites"] == ["academic", "b"]

@@ -1138,3 +1138,60 @@ def test_performance_note_says_the_registered_model_is_a_blend(run):
             "0.4, then calibrated (section 6)") in performance
     training["xgboost"]["blend"] = {"method": "none", "weight": 0.0, "objective": None, "score_by_weight": {}}
     assert "blended" not in html.unescape(render(build_context(run, training=training))).split('id="performance"')[1].split("<h2")[0]
+
+
+def test_network_report_validation_table_sizes_recalibration_and_between_sites(run):
+    """The network model's own report: each row shows its held-out rows, events and event
+    rate; this site's row its numbers after recalibration here too, with a caveat where
+    that made the Brier score worse; below the table, the model's AUROC between the sites
+    (metrics.between_sites on the rows shown)."""
+    from forewarn.evaluation import metrics
+    from forewarn.evaluation.report import render
+
+    training = json.loads(run["trained"].summary_path.read_text())
+    training["federated"] = {"sites": ["academic", "community"], "visits": 4, "rounds_per_visit": 25,
+                             "tuning_sites": ["academic", "community"]}
+    held = run["evaluation"].load_metrics()["held_out"]["xgboost"]
+    other = VALIDATION | {"design": "network", "train_site": "academic + community", "eval_site": "community",
+                          "run_id": None, "n": 1234, "events": 101,
+                          "note": "the same model on community's held-out split (only these aggregates came back)"}
+    worse = dict(VALIDATION["recalibrated"], brier=round(held["brier"] + 0.001, 4))
+    context = build_context(run, training=training, validations=[other], recalibrated=worse)
+    own, theirs = context["validations"]
+    assert own["size"] == f"{held['n']:,} / {held['events']:,} ({held['events'] / held['n']:.1%})"
+    assert own["recalibrated"] == (f"AUROC 0.712, Brier {worse['brier']:.4f}, slope 0.957, CITL 0.012 (Brier worse than "
+                                   "as shipped: the calibrator refitted on the tuning split did not carry over)")
+    assert theirs["size"] == "1,234 / 101 (8.2%)"
+    assert theirs["recalibrated"] == "AUROC 0.712, Brier 0.0734, slope 0.957, CITL 0.012"  # 0.0734 < 0.0812 as shipped
+    expected = metrics.between_sites([{"site": "academic", **held}, {"site": "community", **other}])
+    summary = context["between_sites"]
+    assert summary["sites"] == 2
+    assert summary["range"] == f"{min(held['auroc'], 0.7123):.3f} to {max(held['auroc'], 0.7123):.3f}"
+    assert summary["pooled"] == (f"{expected['pooled_auroc']:.3f} ({expected['pooled_ci_low']:.3f}–"
+                                 f"{expected['pooled_ci_high']:.3f})")
+    assert summary["i2"] == f"{expected['i2']:.0%}" and summary["prediction"] is None
+    text = Page(render(context)).text
+    assert "held-out rows / events (rate)" in text and "1,234 / 101 (8.2%)" in text
+    assert f"ranges from {summary['range']} across the 2 sites" in text
+    assert "A prediction interval for a new site needs at least 3 sites." in text
+    # A site's own report has no between-site summary (its rows are different models).
+    assert build_context(run, validations=[other])["between_sites"] is None
+    # Counts under 11 show as such and the rate is left out.
+    assert build_context(run, training=training, validations=[other | {"events": None}])["validations"][1]["size"] == "1,234 / <11"
+
+
+def test_recalibrated_cell_names_the_method_and_when_none_beat_the_shipped_risks():
+    from forewarn.evaluation.report import _recalibrated_text
+
+    shipped = {"auroc": 0.8, "brier": 0.05}
+    recal = {"auroc": 0.8, "brier": 0.0490, "calibration_slope": 1.01, "calibration_in_the_large": 0.02}
+    assert _recalibrated_text(shipped, recal | {"method": "sigmoid"}) == (
+        "sigmoid: AUROC 0.800, Brier 0.0490, slope 1.010, CITL 0.020")
+    assert _recalibrated_text(shipped, recal | {"method": "isotonic", "brier": 0.0512}) == (
+        "isotonic: AUROC 0.800, Brier 0.0512, slope 1.010, CITL 0.020 (Brier worse than as shipped: the calibrator "
+        "refitted on the tuning split did not carry over)")
+    assert _recalibrated_text(shipped, recal | {"method": "none", "brier": 0.05}) == (
+        "AUROC 0.800, Brier 0.0500, slope 1.010, CITL 0.020 (no calibrator beat the risks as shipped on the tuning "
+        "split's Brier: kept as shipped)")
+    assert _recalibrated_text(shipped, None) == "not recalibrated"
+    assert _recalibrated_text({"auroc": None}, recal) == "–"
