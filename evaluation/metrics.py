@@ -191,6 +191,12 @@ def evaluate(
     return record
 
 
+# between_sites' numbers logged as MLflow metrics (``between_sites/<name>``) on the
+# network model's registration run.
+BETWEEN_SITES_METRICS = ("pooled_auroc", "pooled_ci_low", "pooled_ci_high", "auroc_min", "auroc_max", "q", "q_p", "i2",
+                         "tau2", "prediction_low", "prediction_high")
+
+
 def between_sites(sites: list[dict], *, level: float = 0.95) -> dict | None:
     """A model's AUROC across the sites it was validated at: the range, a pooled AUROC and
     how much the sites differ (a meta-analysis of the c-statistic on the logit scale, as

@@ -32,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 
 from forewarn.evaluation import drift as drift_check
 from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain, held_out_metrics
+from forewarn.evaluation.metrics import BETWEEN_SITES_METRICS, between_sites
 from forewarn.evaluation.report import report_context, write_report
 from forewarn.evaluation.validation import auroc_on, external_validation
 from forewarn.features.featurize import FeatureMatrix, featurize
@@ -1215,11 +1216,16 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     summary = {n: {k: held[n].get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
                                                "withheld")}
                for n in names}
+    # The model's AUROC between the sites (as each network report shows it), for the
+    # registry runs' compare view: from the aggregates the sites published.
+    between = between_sites([{"site": n, **held[n]} for n in names])
+    spread = {f"between_sites/{k}": between[k] for k in BETWEEN_SITES_METRICS if between and between[k] is not None}
     tracking.log_records(
         run_id=run_id, params=run_params(study, spec, tracking.NETWORK, shape, training),
-        metrics={"promotion/promoted": float(promotion["promoted"])},
+        metrics={"promotion/promoted": float(promotion["promoted"])} | spread,
         artifacts={f"{tracking.MODEL_INPUTS}/{k}": v for k, v in inputs.items()},
         dicts={"validation/promotion.json": record, "validation/drift.json": run.drift, "validation/sites.json": summary,
+               **({"validation/between_sites.json": between} if between else {}),
                "config/study.json": json.loads(study.model_dump_json())},
         note=f"{spec.name}: the network's model, trained across {', '.join(names)} without moving rows. "
              f"{record['decision']} Each site's evaluation is its run with validation_design network.",

@@ -486,6 +486,8 @@ def test_network_model_is_registered_and_promoted_only_if_non_inferior_at_every_
     import numpy as np
     import scipy.sparse as sp
 
+    from forewarn.evaluation import metrics
+
     name = "forewarn-t2d_2y-network"
     versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     assert [str(v.version) for v in versions] == ["1", "2"]
@@ -515,7 +517,14 @@ def test_network_model_is_registered_and_promoted_only_if_non_inferior_at_every_
         tags = r.data.tags
         assert (tags["forewarn.site"], tags["forewarn.train_site"], tags["forewarn.promoted"]) == ("network", "academic + community", promoted)
         assert "forewarn.validation_design" not in tags and tags["forewarn.complete"] == "true"
-        assert r.data.metrics == {"promotion/promoted": float(promoted == "true")}
+        # The model's AUROC between the sites, from the per-site summary the run holds.
+        sites = json.loads(Path(client.download_artifacts(r.info.run_id, "validation/sites.json")).read_text())
+        between = metrics.between_sites([{"site": n, **v} for n, v in sites.items()])
+        assert r.data.metrics == {"promotion/promoted": float(promoted == "true")} | {
+            f"between_sites/{k}": pytest.approx(between[k]) for k in metrics.BETWEEN_SITES_METRICS if between[k] is not None}
+        logged = json.loads(Path(client.download_artifacts(r.info.run_id, "validation/between_sites.json")).read_text())
+        assert logged.pop("sites") == between.pop("sites") == ["academic", "community"]
+        assert logged == pytest.approx(between)
         inputs = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(r.info.run_id, "model_inputs")}
         assert inputs == {"xgboost.json", "calibration.json", "columns.parquet", "profile-academic.json", "profile-community.json"}
     # The champion serves like any registered model: calibrated risks on rows in its columns.
