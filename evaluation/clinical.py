@@ -589,9 +589,14 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
     suppressed one back by subtraction is withheld too, and a level's rows and subjects
     go together. A level suppressed for too few people has its events withheld whatever
     their number, which still counts towards the sum that decides whether the hidden
-    levels are exposed. Where a level's size or events are withheld, so are the columns
-    that would rebuild them from the other (the observed rate, and the utility columns:
-    PPV x alerts / sensitivity gives the events)."""
+    levels are exposed. Where a level's size or events are withheld, so is every column
+    that would rebuild them from the other: the observed rate; the utility columns (PPV
+    x alerts / sensitivity gives the events); the calibration columns (calibration-in-the-
+    large and the intercept hold the observed rate beside the mean predicted risk); and
+    the AUROC and AUPRC with their intervals (AUROC x events x non-events is a multiple
+    of 1/2, so a full-precision AUROC and the level's size leave few event counts
+    possible, and the mean predicted risk narrows them to one). Only the mean predicted
+    risk stays."""
     n_rows = privacy.suppress_parts([r for r, _, _, _ in raw])
     n_subjects = privacy.suppress_parts([s for _, _, s, _ in raw])
     withheld = tuple(i for i, (_, _, _, suppressed) in enumerate(raw) if suppressed)
@@ -601,13 +606,15 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
         record["rows"], record["subjects"] = (n, subjects) if size_shown else (None, None)
         record["events"] = e
         if not size_shown or e is None:
-            record["observed_rate"] = None
-            for key in UTILITY_COLUMNS:
+            for key in (*COUNT_BEARING, *UTILITY_COLUMNS):
                 if key in record:
                     record[key] = None
 
 
 UTILITY_COLUMNS = ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")
+# A subgroup level's columns that, with its size, give its event count back.
+COUNT_BEARING = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high", "brier",
+                 "calibration_in_the_large", "calibration_slope", "calibration_intercept", "ece", "observed_rate")
 
 
 def _protect_utility(records: list[dict], cells: list[tuple[int, int, int, int]], hidden: set[int]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from forewarn.evaluation import metrics
+from forewarn.evaluation import clinical, metrics
 from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
 from forewarn.evaluation.evaluate import MODEL_LABELS, Evaluation
 from forewarn.features.featurize import AGG_NAMES
@@ -360,10 +360,13 @@ def _subgroups(m: dict, site: str | None = None, validations: list[dict] | None 
             )
             events = _protect([r.get("events") for r in rows])
             for k, r in enumerate(rows):
-                if r.get("auroc") is not None:
-                    # a level's metrics need 11+ events and non-events: a count withheld beside them is withheld to
-                    # protect another level, not small (and must not read "<11")
+                if not r.get("suppressed"):
+                    # an unsuppressed level has 11+ subjects, events and non-events: a count withheld there is
+                    # withheld to protect another level, not small (and must not read "<11")
                     size[k], events[k] = (WITHHELD if c == SUPPRESSED else c for c in (size[k], events[k]))
+                if not (_shown_int(size[k]) and _shown_int(events[k])):
+                    # every metric that would give the withheld count back goes with it (clinical.COUNT_BEARING)
+                    r = {**r, **dict.fromkeys((*clinical.COUNT_BEARING, *clinical.UTILITY_COLUMNS))}
                 out.append(_subgroup_row(group, r, size[k], events[k], site if group == "site" else None))
         for k, row in enumerate(out[first:]):
             row.update(first=k == 0, span=len(out) - first)

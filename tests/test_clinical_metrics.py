@@ -337,18 +337,21 @@ def test_subgroups_suppress_small_levels_and_match_point_metrics():
     expected = metrics.point_metrics(frame.loc[m, "y"], frame.loc[m, "p"])
     assert men["suppressed"] is False
     # The men's counts would give the women's back from the held-out totals (125 rows):
-    # withheld with them (complementary suppression); their metrics are shown.
+    # withheld with them (complementary suppression), and so is every metric that would
+    # give them back beside the totals: the observed rate (times the rows), CITL and the
+    # intercept (the observed rate beside the mean predicted risk), the AUROC (times
+    # events x non-events a multiple of 1/2), AUPRC, Brier, slope, ECE. The mean predicted
+    # risk stays.
     assert [men["subjects"], men["rows"], men["events"]] == [None, None, None]
-    assert men["auroc"] == pytest.approx(expected["auroc"]) and men["auprc"] == pytest.approx(
-        expected["auprc"]
-    )
-    assert men["brier"] == pytest.approx(expected["brier"])
-    assert men["observed_rate"] is None  # times the rows it would give the events back
+    assert [men[c] for c in clinical.COUNT_BEARING if c in men] == [None] * 8  # no CIs without a bootstrap
     assert men["mean_predicted"] == pytest.approx(expected["mean_predicted"])
-    citl = clinical.calibration_stats(frame.loc[m, "y"], frame.loc[m, "p"])[
-        "calibration_in_the_large"
-    ]
-    assert men["calibration_in_the_large"] == pytest.approx(citl)
+    # Where nothing forces a level's counts away, its metrics are the point metrics.
+    alone = clinical.subgroup_metrics(frame[m], groups=("sex",)).iloc[0]
+    assert alone["events"] == int(frame.loc[m, "y"].sum())
+    assert alone["auroc"] == pytest.approx(expected["auroc"]) and alone["auprc"] == pytest.approx(expected["auprc"])
+    assert alone["brier"] == pytest.approx(expected["brier"])
+    citl = clinical.calibration_stats(frame.loc[m, "y"], frame.loc[m, "p"])["calibration_in_the_large"]
+    assert alone["calibration_in_the_large"] == pytest.approx(citl)
     assert table.iloc[3]["suppressed"] is True
 
 
@@ -406,7 +409,11 @@ def test_subgroup_columns_that_would_rebuild_a_withheld_count_go_with_it():
     assert [b["subjects"], b["rows"], b["events"]] == [100, 100, None]
     for row in (a, b):
         assert [row[k] for k in ("observed_rate", "sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")] == [None] * 6
-        assert row["auroc"] is not None and row["calibration_slope"] is not None  # no count in these
+        # ... and so do the AUROC and the calibration columns: B's AUROC at full precision
+        # times its 100 rows' events x non-events must be a multiple of 1/2, which leaves few
+        # event counts possible (its mean predicted risk picks one); A's gives its rows.
+        assert [row[k] for k in clinical.COUNT_BEARING if k in row] == [None] * 8
+        assert row["mean_predicted"] is not None
 
 
 def test_subgroup_utility_withheld_when_a_cell_is_small():
@@ -444,15 +451,20 @@ def test_subgroups_count_people_not_rows():
 def test_subgroup_bootstrap_interval():
     table = clinical.subgroup_metrics(subgroup_frame(), groups=("sex",), n_boot=30, seed=1)
     women, men = table.iloc[0], table.iloc[1]
-    assert men["auroc_ci_low"] <= men["auroc"] <= men["auroc_ci_high"]
     assert women["auroc_ci_low"] is None and women["auroc_ci_high"] is None
-    # The AUPRC's interval: the same patient bootstrap as the whole set's, within the subgroup.
+    assert women["auprc_ci_low"] is None and women["auprc_ci_high"] is None
+    assert men["auroc_ci_low"] is None  # its counts give the 5 women's back: withheld with them
+    # The men alone, two levels of 30 subjects: each level's interval is the same patient
+    # bootstrap as the whole set's, within the level.
     m = subgroup_frame()
-    m = m[m["sex"] == "M"]
+    m = m[m["sex"] == "M"].assign(sex=lambda f: np.where(f["subject_id"] < 30, "early", "late"))
+    late = clinical.subgroup_metrics(m, groups=("sex",), n_boot=30, seed=1).iloc[1]
+    assert late["level"] == "late" and late["auroc_ci_low"] <= late["auroc"] <= late["auroc_ci_high"]
+    m = m[m["sex"] == "late"]
     ci = metrics.bootstrap_ci(m["y"].to_numpy(bool), m["p"].to_numpy(float), m["subject_id"].to_numpy(),
                               n_boot=30, seed=1, metrics=("auroc", "auprc"))
-    assert (men["auprc_ci_low"], men["auprc_ci_high"]) == ci["auprc"] and (men["auroc_ci_low"], men["auroc_ci_high"]) == ci["auroc"]
-    assert women["auprc_ci_low"] is None and women["auprc_ci_high"] is None
+    assert (late["auprc_ci_low"], late["auprc_ci_high"]) == ci["auprc"]
+    assert (late["auroc_ci_low"], late["auroc_ci_high"]) == ci["auroc"]
 
 
 def test_age_band():

@@ -510,13 +510,19 @@ def test_subgroup_levels_protect_each_other():
     assert (male["subjects"], male["rows"], male["events"], male["observed"]) == (
         "withheld",
     ) * 3 + ("–",)
-    assert male["auroc"] == "0.800" and missing["suppressed"]
-    # A level whose events metrics.json already withheld (None) beside its metrics, which
-    # need 11+ events, was withheld to protect another level: "withheld", not "<11".
+    # ... and so is every metric that would give its count back (AUROC x events x non-events
+    # is a multiple of 1/2; CITL holds the observed rate); the mean predicted risk stays.
+    assert [male[k] for k in ("auroc", "auprc", "brier", "citl", "slope", "ece")] == ["–"] * 6
+    assert male["predicted"] == "20.0%" and missing["suppressed"]
+    assert female["auroc"] == "0.800" and female["citl"] == "0.000"
+    # A level whose events metrics.json already withheld (None), not suppressed itself (so
+    # 11+ events), was withheld to protect another level: "withheld", not "<11"; an older
+    # record's metrics beside it are not shown.
     old = dict(level("80+", 63, 12), events=None, group="age_band")
     rows = _subgroups({"subgroups": [dict(level("70-79", 100, 20), group="age_band"), old,
                                      dict(level("18-39", 64, 4, True), group="age_band")]})
     assert [r["events"] for r in rows] == ["20", "withheld", "<11"]
+    assert [r["auroc"] for r in rows] == ["0.800", "–", "–"]
 
 
 def test_site_subgroup_adds_each_site_the_model_was_shipped_to():
