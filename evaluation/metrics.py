@@ -167,7 +167,9 @@ def evaluate(
     metric is withheld too (None) and ``withheld`` is True: an AUROC times the number of
     event/non-event pairs is a multiple of one half, so the AUROC and the set's size give
     a small count back, and the ROC curve's steps show it; with so few events the
-    metrics could not be judged anyway. ``min_cell=1`` keeps every number (only for
+    metrics could not be judged anyway. With 1..10 non-events the events are withheld
+    (``few_non_events`` True), since the rows less the events would give them back.
+    ``min_cell=1`` keeps every number (only for
     development measurements on synthetic data, as in ``benchmarks/``).
     """
     y = np.asarray(y, bool)
@@ -182,10 +184,13 @@ def evaluate(
         for metric, (low, high) in bootstrap_ci(y, p, subjects, n_boot=n_boot, seed=seed).items():
             record[f"{metric}_ci_low"] = low
             record[f"{metric}_ci_high"] = high
+    few_non_events = privacy.suppress(n - events, min_cell=min_cell) is None
     record["n"] = privacy.suppress(n, min_cell=min_cell)
-    record["events"] = privacy.suppress(events, min_cell=min_cell)
+    # With 1..10 non-events the rows less the events would give them back: the events go.
+    record["events"] = None if few_non_events else privacy.suppress(events, min_cell=min_cell)
+    record["few_non_events"] = few_non_events
     record["subjects"] = privacy.suppress(int(np.unique(subjects).size), min_cell=min_cell)
-    if record["events"] is None or record["n"] is None or privacy.suppress(n - events, min_cell=min_cell) is None:
+    if record["events"] is None or record["n"] is None:
         record["prevalence"] = None  # prevalence x n would give the suppressed count back
     record["withheld"] = withheld
     return record

@@ -176,7 +176,7 @@ def _models(m: dict) -> list[dict]:
                 "slope": _fmt(rec.get("calibration_slope")),
                 "citl": _fmt(rec.get("calibration_in_the_large")),
                 "n": _count(rec.get("n")),
-                "events": _count(rec.get("events")),
+                "events": _events_text(rec),
             }
         )
     return rows
@@ -556,10 +556,16 @@ def _recalibrated_text(shipped: dict, recal: dict | None) -> str:
     return text
 
 
+def _events_text(rec: dict) -> str:
+    """An evaluation set's events for display: "withheld" where they were withheld because
+    the non-events are 1..10 (``metrics.evaluate``'s ``few_non_events``), else as counts are."""
+    return WITHHELD if rec.get("events") is None and rec.get("few_non_events") else _count(rec.get("events"))
+
+
 def _size_text(rec: dict) -> str:
     """A validation row's held-out rows and events, and the event rate where both show."""
     n, events = rec.get("n"), rec.get("events")
-    text = f"{_count(n)} / {_count(events)}"
+    text = f"{_count(n)} / {_events_text(rec)}"
     if n is not None and events is not None and n >= privacy.MIN_CELL and events >= privacy.MIN_CELL:
         text += f" ({events / n:.1%})"
     return text

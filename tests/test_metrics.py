@@ -146,6 +146,10 @@ def test_metrics_are_withheld_with_1_to_10_events_or_non_events(events, non_even
     rec = metrics.evaluate(y, p, np.arange(y.size), n_boot=10, seed=0)
     assert rec["withheld"] is withheld
     assert (rec["brier"] is None) is withheld
+    # the counts shown never give a small one back: with 1..10 non-events the events go
+    assert (rec["n"], rec["events"], rec["few_non_events"]) == {
+        (4, 5000): (5004, None, False), (10, 30): (40, None, False), (30, 10): (40, None, True),
+        (11, 11): (22, 11, False), (0, 40): (40, 0, False)}[events, non_events]
     if not withheld and events:
         assert rec["auroc"] == pytest.approx(metrics.point_metrics(y, p)["auroc"])
 

@@ -1201,3 +1201,14 @@ def test_recalibrated_cell_names_the_method_and_when_none_beat_the_shipped_risks
         "split's Brier: kept as shipped)")
     assert _recalibrated_text(shipped, None) == "not recalibrated"
     assert _recalibrated_text({"auroc": None}, recal) == "–"
+
+
+def test_size_and_events_text_never_give_a_small_count_back():
+    """A validation row's "rows / events (rate)": the rate only beside 11+ events, and
+    events withheld (not "<11") where the non-events were the small count."""
+    from forewarn.evaluation.report import _size_text
+
+    assert _size_text({"n": 1234, "events": 101}) == "1,234 / 101 (8.2%)"
+    assert _size_text({"n": 1234, "events": None}) == "1,234 / <11"
+    assert _size_text({"n": 40, "events": None, "few_non_events": True}) == "40 / withheld"
+    assert _size_text({"n": None, "events": None}) == "<11 / <11"
