@@ -17,7 +17,16 @@ Aggregates only, under the rule of 11 (:mod:`forewarn.records.privacy`):
   the percentage goes with it; in a group whose own count is hidden, the percentage is
   shown without the count (the two would give the group's size away);
 - a mean (SD) is shown only over at least 11 subjects' values;
-- a standardized mean difference is shown only when both of its cells are.
+- a standardized mean difference is shown only when both of its cells are;
+- no number is published at a precision that would give a hidden count back. A share
+  whose group size is hidden is rounded to a step coarser than one row in a group the
+  size the published split allows (1 / (split rows - 10)); exact, n / n_group would give
+  n_group (and so the small group beside it) by its denominator. A mean and SD are
+  rounded to 4 significant digits and to no finer than the values' own lattice over 11
+  (integer values: 0.1; one decimal: 0.01), so the sum / count behind a mean cannot be
+  solved for the count of rows it is over, which the table may hide (a "withheld"
+  recorded cell, or a group whose size is hidden). The standardized mean difference
+  comes from the rounded cells.
 
 "Recorded" follows the sparse matrix's structure: a stored entry (absent means missing,
 not zero, as everywhere in Forewarn).
@@ -59,10 +68,33 @@ def _subjects(subject: np.ndarray, mask: np.ndarray) -> int:
     return int(np.unique(subject[mask]).size)
 
 
-def _recorded_cell(recorded: np.ndarray, subject: np.ndarray, group: np.ndarray, size_hidden: bool) -> dict:
+def _step(finest: float) -> float:
+    """The smallest power of ten at least ``finest``."""
+    return float(10.0 ** np.ceil(np.log10(finest))) if finest > 0 else 0.0
+
+
+def _round(value: float, step: float) -> float:
+    """``value`` to the nearest multiple of ``step`` (a power of ten)."""
+    return float(round(value, -int(round(np.log10(step))))) if step > 0 else float(value)
+
+
+def _lattice(values: np.ndarray) -> float:
+    """The finest decimal grid the values lie on (1, 0.1, ..., 1e-6); 0 when none (their
+    sums then are not on a grid that a count could be solved from)."""
+    for j in range(7):
+        scaled = values * 10.0**j
+        if np.allclose(scaled, np.round(scaled), rtol=0, atol=1e-6):
+            return 10.0**-j
+    return 0.0
+
+
+def _recorded_cell(recorded: np.ndarray, subject: np.ndarray, group: np.ndarray, size_hidden: bool,
+                   split_rows: int) -> dict:
     """How many of the group's rows have the predictor recorded, under the rule of 11;
     with ``size_hidden`` (the group's count is suppressed or withheld) the percentage
-    only, since a count and its percentage give the group's size away."""
+    only, since a count and its percentage give the group's size away, and that rounded
+    so that every group size the published split's rows (``split_rows``) allow for it
+    fits it (a step of at least 1 / (split_rows - 10))."""
     n_group = int(group.sum())
     yes = group & recorded
     with_it, without_it = _subjects(subject, yes), _subjects(subject, group & ~recorded)
@@ -74,7 +106,12 @@ def _recorded_cell(recorded: np.ndarray, subject: np.ndarray, group: np.ndarray,
     if 0 < without_it < privacy.MIN_CELL:
         return {"n": None, "pct": None, "status": WITHHELD}
     n = int(yes.sum())
-    return {"n": None if size_hidden else n, "pct": n / n_group, "status": "shown"}
+    if not size_hidden:
+        return {"n": n, "pct": n / n_group, "status": "shown"}
+    low = split_rows - (privacy.MIN_CELL - 1)  # the fewest rows the hidden group may hold
+    if low < privacy.MIN_CELL:
+        return {"n": None, "pct": None, "status": WITHHELD}
+    return {"n": None, "pct": _round(n / n_group, _step(1 / low)), "status": "shown"}
 
 
 def _mean_cell(values: np.ndarray, subject: np.ndarray, mask: np.ndarray) -> dict:
@@ -82,7 +119,13 @@ def _mean_cell(values: np.ndarray, subject: np.ndarray, mask: np.ndarray) -> dic
     if _subjects(subject, mask) < privacy.MIN_CELL:
         return {"mean": None, "sd": None, "status": SUPPRESSED if mask.any() else "empty"}
     v = values[mask].astype(float)
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "status": "shown"}
+    mean, sd = float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    # 4 significant digits, and no finer than the values' grid over 11: then every count of
+    # 11 or more rows has a sum on the grid whose mean rounds to the one shown
+    grid = _lattice(v) / privacy.MIN_CELL
+    step = max(_step(abs(mean) / 10_000) if mean else 0.0, _step(grid))
+    sd_step = max(_step(sd / 10_000) if sd else 0.0, step)
+    return {"mean": _round(mean, step), "sd": _round(sd, sd_step), "status": "shown"}
 
 
 def _ratio(difference: float, pooled: float) -> float | None:
@@ -133,6 +176,8 @@ def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame,
                "rows_status": status(c, rc), "subjects_status": status(s, rs)}
               for (name, outcome), c, s, rc, rs in zip(GROUPS, counts, subjects, raw_rows, raw_subjects, strict=True)]
     dev_with, dev_without = 0, 1  # the groups the standardized mean difference compares
+    # each split's rows, published beside the table (the report's splits)
+    split_rows = {name: int(np.isin(rows[schema.SPLIT].to_numpy(), splits).sum()) for name, splits in GROUP_SPLITS.items()}
 
     def column(name: str) -> tuple[np.ndarray, np.ndarray]:  # (recorded, values) per row
         j = position[name]
@@ -146,7 +191,8 @@ def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame,
     out_rows = []
 
     def add_recorded(label: str, recorded: np.ndarray, feature: str | None = None) -> None:
-        cells = [_recorded_cell(recorded, subject, m, g["rows"] is None) for m, g in zip(masks, groups, strict=True)]
+        cells = [_recorded_cell(recorded, subject, m, g["rows"] is None, split_rows[g["split"]])
+                 for m, g in zip(masks, groups, strict=True)]
         out_rows.append({"label": label, "kind": "recorded", "feature": feature, "cells": cells,
                          "smd": _smd_binary(cells[dev_with], cells[dev_without])})
 

@@ -68,33 +68,60 @@ def test_age_sex_and_the_top_predictor_by_hand():
         "HbA1c (LOINC 4548-4), last value, 365 days: mean (SD) where recorded",
     ]
     age, female, recorded, lab = record["rows"]
-    # age: 12 x 60 and 12 x 70 -> mean 65, SD sqrt(24 * 25 / 23); 15 x 50 and 15 x 40 -> 45, sqrt(30 * 25 / 29)
-    sd_with, sd_without = math.sqrt(600 / 23), math.sqrt(750 / 29)
-    assert age["cells"][0] == {"mean": 65.0, "sd": pytest.approx(sd_with), "status": "shown"}
-    assert age["cells"][1] == {"mean": 45.0, "sd": pytest.approx(sd_without), "status": "shown"}
+    # age: 12 x 60 and 12 x 70 -> mean 65, SD sqrt(24 * 25 / 23) = 5.108; 15 x 50 and 15 x 40
+    # -> 45, sqrt(30 * 25 / 29) = 5.086. Whole years: a sum over k rows is a whole number,
+    # so a mean is shown to 0.1 (1 / 11 rounded up to a power of ten), and its SD with it.
+    assert age["cells"][0] == {"mean": 65.0, "sd": 5.1, "status": "shown"}
+    assert age["cells"][1] == {"mean": 45.0, "sd": 5.1, "status": "shown"}
     assert age["cells"][2] == {"mean": None, "sd": None, "status": "suppressed"}  # 3 subjects
     assert age["cells"][3] == {"mean": 30.0, "sd": 0.0, "status": "shown"}
-    assert age["smd"] == pytest.approx(20 / math.sqrt((600 / 23 + 750 / 29) / 2))
-    # female: 12 of 24, 11 of 30, 1 of 3 (suppressed), 12 of 12 (none without: shown);
-    # percentages only, since the groups' sizes are withheld (see above)
+    assert age["smd"] == pytest.approx(20 / 5.1)  # from the rounded cells
+    # female: 12 of 24, 11 of 30, 1 of 3 (suppressed), 12 of 12 (none without); percentages
+    # only, since the groups' sizes are withheld (see above), and rounded: the development
+    # split's 54 rows leave a hidden group 44 to 53 rows, so to 0.1 (1 / 44 rounded up);
+    # the held-out split's 15 leave 5 to 14, fewer than 11: withheld.
     assert female["cells"][0] == {"n": None, "pct": 0.5, "status": "shown"}
-    assert female["cells"][1] == {"n": None, "pct": pytest.approx(11 / 30), "status": "shown"}
+    assert female["cells"][1] == {"n": None, "pct": 0.4, "status": "shown"}  # 11 / 30 = 0.367
     assert female["cells"][2]["status"] == "suppressed" and female["cells"][2]["n"] is None
-    # 12 of 12: shown as a percentage only, since the group's own count is withheld
-    assert female["cells"][3] == {"n": None, "pct": 1.0, "status": "shown"}
-    p1, p0 = 0.5, 11 / 30
+    assert female["cells"][3] == {"n": None, "pct": None, "status": "withheld"}
+    p1, p0 = 0.5, 0.4
     assert female["smd"] == pytest.approx((p1 - p0) / math.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2))
     # the lab recorded for 20 of 24: 4 without would give the count away -> withheld
     assert recorded["cells"][0] == {"n": None, "pct": None, "status": "withheld"}
     assert recorded["cells"][1] == {"n": None, "pct": 0.5, "status": "shown"}
     assert recorded["cells"][2]["status"] == "suppressed"  # none of 3 recorded: a group of 3 shows nothing
-    assert recorded["cells"][3] == {"n": None, "pct": 0.0, "status": "shown"}
+    assert recorded["cells"][3] == {"n": None, "pct": None, "status": "withheld"}  # its split too small to round
     assert recorded["smd"] is None  # one of its cells is not shown
-    # its values where recorded: 10 x 7 and 10 x 9 -> 8, SD sqrt(20 / 19); 15 x 5 -> 5, 0
-    assert lab["cells"][0] == {"mean": 8.0, "sd": pytest.approx(math.sqrt(20 / 19)), "status": "shown"}
+    # its values where recorded: 10 x 7 and 10 x 9 -> 8, SD sqrt(20 / 19) = 1.026 -> 1.0; 15 x 5 -> 5, 0
+    assert lab["cells"][0] == {"mean": 8.0, "sd": 1.0, "status": "shown"}
     assert lab["cells"][1] == {"mean": 5.0, "sd": 0.0, "status": "shown"}
     assert lab["cells"][3] == {"mean": None, "sd": None, "status": "empty"}
-    assert lab["smd"] == pytest.approx(3 / math.sqrt((20 / 19) / 2))
+    assert lab["smd"] == pytest.approx(3 / math.sqrt(1.0 / 2))
+
+
+def test_no_hidden_count_comes_back_from_a_shown_share_or_mean():
+    """A reviewer's attack on the demo's reports: a share n / n_group at full precision in
+    a group whose size is hidden gave n_group (5,743 held-out rows without a rare outcome,
+    so 5 with it) by its denominator; a mean of whole numbers over a hidden count of rows
+    gave that count (10,936 / 103). Rounded as shown, every count the published margins
+    allow fits: for each candidate size there is a count whose share rounds the same, and
+    for each candidate count of 11 or more a whole-number sum whose mean rounds the same."""
+    from forewarn.evaluation.characteristics import _mean_cell, _recorded_cell
+
+    rng = np.random.default_rng(0)
+    # 5,748 held-out rows: 5,743 without the outcome (its size hidden), 3,080 of them female
+    group = np.r_[np.ones(5743, bool), np.zeros(5, bool)]
+    female = np.r_[np.arange(5743) < 3080, np.zeros(5, bool)]
+    cell = _recorded_cell(female, np.arange(5748), group, True, 5748)
+    assert cell["n"] is None and cell["pct"] == 0.536  # 3,080 / 5,743 = 0.53631...
+    for size in range(5738, 5748):  # every size 5,748 - 10 .. 5,747 has a count that rounds alike
+        assert any(round(k / size, 3) == 0.536 for k in range(size + 1))
+    # 103 whole-number glucose values, their count hidden beside 109 with the outcome
+    values = rng.integers(70, 160, 103).astype(float)
+    shown = _mean_cell(values, np.arange(103), np.ones(103, bool))
+    assert shown["mean"] == round(values.mean(), 1) and shown["mean"] != values.mean()
+    for k in range(11, 120):  # every count of 11+ rows has a whole sum whose mean rounds alike
+        assert any(round(total / k, 1) == shown["mean"] for total in range(int(shown["mean"] * k) - k, int(shown["mean"] * k) + k))
 
 
 def test_a_presence_flag_has_no_mean_row_and_top_limits_the_predictors():
