@@ -1200,6 +1200,9 @@ def report_context(
         },
         "flow": flow,
         "splits": splits,
+        "epv_network": {"value": f"{network['train_events'] / n_features:.2f}", "events": f"{network['train_events']:,}",
+                        "sites": ", ".join(network.get("count_sites") or network["sites"])}
+        if network and network.get("train_events") and n_features else None,
         "epv": f"{n_train_pos / n_features:.2f}"
         if n_features and _shown_int(train_pos_text)
         else "–",

@@ -296,6 +296,8 @@ def _pooled_params(sites: list[SiteRows], config: ModelConfig) -> tuple[dict, di
     }
     info = {"xgboost": p.model_dump(), "scale_pos_weight": params["scale_pos_weight"],
             "count_sites": [s.name for s in sites if s.label_counts() is not None],
+            # summed over the sites that shared them (each 11+ events and non-events)
+            "train_rows": rows, "train_events": events,
             "rare_outcome_defaults": rare_defaults_applied(pooled_y, config)}
     return params, info
 

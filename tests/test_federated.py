@@ -185,6 +185,9 @@ def test_a_site_with_few_train_events_fits_no_trees_but_tunes(tmp_path):
     model = train_federated([big, small], EXACT, rounds_per_visit=10)
     assert model.summary["boosting_sites"] == ["a"] and model.summary["tuning_sites"] == ["a", "b"]
     assert {h["site"] for h in model.summary["history"]} == {"a"}
+    # the network's training size: the label counts of the sites that could share them (a's)
+    assert model.summary["count_sites"] == ["a"]
+    assert (model.summary["train_rows"], model.summary["train_events"]) == tuple(big.label_counts().values())
     with pytest.raises(ValueError, match=r"no site of \['b'\] has 11 train subjects with the outcome and 11 without"):
         train_federated([small], EXACT)
 

@@ -1156,7 +1156,8 @@ def test_network_report_validation_table_sizes_recalibration_and_between_sites(r
 
     training = json.loads(run["trained"].summary_path.read_text())
     training["federated"] = {"sites": ["academic", "community"], "visits": 4, "rounds_per_visit": 25,
-                             "tuning_sites": ["academic", "community"]}
+                             "tuning_sites": ["academic", "community"], "count_sites": ["academic", "community"],
+                             "train_rows": 9000, "train_events": 1085}
     held = run["evaluation"].load_metrics()["held_out"]["xgboost"]
     other = VALIDATION | {"design": "network", "train_site": "academic + community", "eval_site": "community",
                           "run_id": None, "n": 1234, "events": 101,
@@ -1177,6 +1178,10 @@ def test_network_report_validation_table_sizes_recalibration_and_between_sites(r
                                  f"{expected['pooled_ci_high']:.3f})")
     assert summary["i2"] == f"{expected['i2']:.0%}" and summary["prediction"] is None
     text = Page(render(context)).text
+    # its sample size is the network's: the train events of every site that shared its counts
+    columns = json.loads((run["matrix"].dir / "shape.json").read_text())["columns"]
+    assert (f"Training events per candidate feature across the sites: {1085 / columns:.2f} (1,085 train events at "
+            f"academic, community, {columns:,} features; this site's own: {context['epv']})") in text
     assert "held-out rows / events (rate)" in text and "1,234 / 101 (8.2%)" in text
     assert f"ranges from {summary['range']} across the 2 sites" in text
     assert "A prediction interval for a new site needs at least 3 sites." in text
