@@ -100,6 +100,7 @@ class NetworkChampion:
     version: str
     auroc: dict[str, float]
     same: bool = False
+    content: str | None = None  # ``model_content`` of the champion
 
 
 @dataclass(frozen=True)
@@ -462,8 +463,9 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
         sites[n] = drift_against(champion.dir / f"profile-{n}.json", version, matrix.result, b["matrix"], study,
                                  why_none="the site joined the network after it was trained")
     decision = drift_check.combine({n: d["decision"] for n, d in sites.items()}, study.drift)
-    return NetworkChampion(version, aurocs), {"compare": None, "decision": decision, "sites": sites,
-                                              "champion_version": version}, used
+    content = model_content(champion, champion.dir / "columns.parquet")
+    return NetworkChampion(version, aurocs, content=content), {"compare": None, "decision": decision, "sites": sites,
+                                                               "champion_version": version}, used
 
 
 def logged(cache: StageCache, name: str, inputs: list[str], write) -> Stage:
@@ -536,9 +538,16 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     # A model is registered once: when these trees already are a version (tonight's
     # validations changed, not the model), this run refreshes the report and refers to it.
     existing = tracking.registered_with(spec.name, site.name, stages["trained"].key)
+    same = "trained on these same features"
+    if (existing is None and champion is not None
+            and model_content(trained, matrix.columns_path) == model_content(champion.model, champion.matrix.columns_path)):
+        # Trained again (the code or the settings changed) with the very same result: the
+        # champion, not a new version judged against itself.
+        existing = (champion.version, tracking.version_aliases(spec.name, site.name, champion.version))
+        same = "trained again with the same result (the same trees, calibrator and columns)"
     if existing is not None and champion is not None and existing[0] == champion.version:
         promotion = {"promoted": False, "unchanged": True, "champion_version": champion.version, "reasons": [
-            f"this model is champion v{champion.version} itself, trained on these same features: nothing new to register"]}
+            f"this model is champion v{champion.version} itself, {same}: nothing new to register"]}
     else:
         promotion = decide(held, compared, study.promotion)
     if action == "alert":
@@ -731,6 +740,17 @@ def model_inputs(trained: TrainedModels, matrix: FeatureMatrix, profile_path: Pa
         if part.exists():
             inputs[part.name] = part
     return inputs
+
+
+def model_content(trained: TrainedModels, columns_path: Path) -> str:
+    """A digest of what a model scores with: its trees, their offset and blend, its
+    calibrator and its columns' names. Two models with the same content score every row
+    alike, whatever code or settings trained them."""
+    h = hashlib.sha256()
+    for path in (trained.xgboost_path, trained.offset_path, trained.blend_path, trained.calibration_path):
+        h.update(path.name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"-") + b"\0")
+    h.update("\n".join(map(str, pd.read_parquet(columns_path, columns=["name"])["name"])).encode())
+    return h.hexdigest()
 
 
 def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: Stage, stage_key: str) -> dict:
@@ -1166,12 +1186,16 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     names = list(run.stages)
     first = names[0]
     name = tracking.registered_name(spec.name, tracking.NETWORK)
-    if run.champion is not None and run.champion.same:
+    candidate = TrainedModels(run.stages[first][2].dir / "models")
+    same_content = run.champion is not None and run.champion.content == model_content(
+        candidate, run.stages[first][0].result.columns_path)
+    if run.champion is not None and (run.champion.same or same_content):
+        how = ("was trained again with the same result (the same trees, calibrator and columns)" if not run.champion.same
+               else "was trained on these same features")
         return {"promoted": False, "unchanged": True, "version": run.champion.version,
                 "champion_version": run.champion.version,
                 "name": name, "run_id": None, "reasons": [],
-                "decision": f"{name} v{run.champion.version} is the champion and was trained on these same features: "
-                            "nothing new to register"}
+                "decision": f"{name} v{run.champion.version} is the champion and {how}: nothing new to register"}
     validations = {n: run.stages[n][2] for n in names}
     held = {n: Evaluation(v.dir / "evaluation").load_metrics()["held_out"][PRIMARY] for n, v in validations.items()}
     compared = {"version": run.champion.version, "auroc": run.champion.auroc} if run.champion else None

@@ -577,6 +577,13 @@ def registered_with(task: str, site: str, train_key: str) -> tuple[str, tuple[st
     return version, tuple(sorted(client.get_model_version(name, version).aliases or ()))
 
 
+def version_aliases(task: str, site: str, version: str) -> tuple[str, ...]:
+    """The aliases of ``version`` of ``registered_name(task, site)``."""
+    import mlflow
+
+    return tuple(sorted(mlflow.MlflowClient().get_model_version(registered_name(task, site), version).aliases or ()))
+
+
 def latest_version(task: str, site: str) -> tuple[str, str, tuple[str, ...]] | None:
     """(registered name, its newest version, that version's aliases), or None when nothing
     is registered under ``registered_name(task, site)``."""
