@@ -564,6 +564,8 @@ def _events_text(rec: dict) -> str:
 
 def _size_text(rec: dict) -> str:
     """A validation row's held-out rows and events, and the event rate where both show."""
+    if "n" not in rec:  # a design that did not run (or a model that was not trained)
+        return "–"
     n, events = rec.get("n"), rec.get("events")
     text = f"{_count(n)} / {_events_text(rec)}"
     if n is not None and events is not None and n >= privacy.MIN_CELL and events >= privacy.MIN_CELL:
@@ -1046,6 +1048,9 @@ def report_context(
     # The network's own report: ``validations`` are the same model at the other sites, not
     # further designs of a site's model.
     external = [] if network else [v for v in validations if v.get("design", "external") != "internal"]
+    # a design that was asked for but could not run (its row says why) validates nothing
+    skipped = sorted({str(v.get("design")) for v in external if v.get("skipped")})
+    external = [v for v in external if not v.get("skipped")]
     lead = _lead_time(m)
     subgroup_rows = _subgroups(m, site, validations, network=bool(network))
 
@@ -1079,7 +1084,9 @@ def report_context(
         )
     else:
         limitations.append(
-            "Internal validation only (held-out subjects of the same site); temporal and external validation come with later releases."
+            "Internal validation only (held-out subjects of the same site): "
+            + (f"the {' and '.join(skipped)} validation could not run (section 12 says why)." if skipped
+               else "no temporal or external validation ran for this model.")
         )
     if network:
         limitations.append(
@@ -1285,6 +1292,7 @@ def report_context(
         "between_sites": _between_sites(held, site, validations) if network else None,
         "external_validations": len([v for v in external if v.get("design") != "network"]),
         "network_design": any(v.get("design") == "network" for v in external),
+        "skipped_designs": " and ".join(skipped),
         "promotion": _promotion(promotion),
         "drift": drift_section,
         "limitations": limitations,

@@ -1287,6 +1287,9 @@ def cross_validations(study, spec, model_site, b, built, caches, used) -> list[d
                          lambda key, _, st=stage: log_temporal(study, spec, model_site, st, b["pull"], key))
             used[model_site].append(log)
             out.append(log.result)
+        else:  # its row says why, so that the report does not read as if none was asked for
+            out.append({"design": "temporal", "train_site": model_site, "eval_site": model_site, "recalibrated": None,
+                        "skipped": True, "note": f"not run: {stage.result['skipped']}"})
     return out
 
 

@@ -1217,3 +1217,24 @@ def test_size_and_events_text_never_give_a_small_count_back():
     assert _size_text({"n": 1234, "events": None}) == "1,234 / <11"
     assert _size_text({"n": 40, "events": None, "few_non_events": True}) == "40 / withheld"
     assert _size_text({"n": None, "events": None}) == "<11 / <11"
+    assert _size_text({"design": "temporal", "note": "not run: ..."}) == "–"  # nothing was evaluated
+
+
+def test_a_validation_that_could_not_run_says_so(run):
+    """A temporal validation asked for but not run (too few train events before the
+    cutoff) is a row that says why, and the report does not claim that none was asked for
+    nor count it as a validation."""
+    from forewarn.evaluation.report import render
+
+    skipped = {"design": "temporal", "train_site": "academic", "eval_site": "academic", "recalibrated": None,
+               "skipped": True, "note": "not run: the train split must hold at least 11 subjects with the outcome"}
+    context = build_context(run, validations=[skipped])
+    text = Page(render(context)).text
+    assert "Internal validation only" in text
+    assert "The temporal validation was asked for but could not run (its row says why)." in text
+    assert "No temporal or external validation was supplied" not in text
+    assert ("Internal validation only (held-out subjects of the same site): the temporal validation could not run "
+            "(section 12 says why).") in context["limitations"]
+    row = context["validations"][1]
+    assert row["note"] == skipped["note"] and [row[k] for k in ("size", "auroc", "recalibrated")] == ["–"] * 3
+    assert context["external_validations"] == 0
