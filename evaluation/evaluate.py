@@ -39,6 +39,22 @@ MODEL_LABELS = {
 }
 
 
+def model_labels(training: dict | None = None) -> dict[str, str]:
+    """The models' names in tables and figures, the registered model named for what it
+    scores with (``training``: its training summary): XGBoost, its blend with the
+    L1-logistic, or at blend weight 1 the L1-logistic's ranking; and "no calibrator" when
+    none beat its raw risks on the tuning split (calibration method ``none``)."""
+    labels = dict(MODEL_LABELS)
+    if not training:
+        return labels
+    weight = float(((training.get("xgboost") or {}).get("blend") or {}).get("weight") or 0.0)
+    base = "XGBoost" if weight == 0 else "XGBoost + L1 blend" if weight < 1 else "Blend at weight 1 (L1-logistic)"
+    none = (training.get("calibration") or {}).get("method") == "none"
+    labels[PRIMARY] = f"{base} ({'no calibrator' if none else 'calibrated'})"
+    labels[UNCALIBRATED] = f"{base} (uncalibrated)"
+    return labels
+
+
 class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -159,6 +175,7 @@ def evaluate_and_explain(
     (out.dir / "figures").mkdir(parents=True, exist_ok=True)
     record: dict = {"held_out": {}, "calibration": {}, "calibration_stats": {}}
     curves, calib = {}, {}
+    labels = model_labels(json.loads(trained.summary_path.read_text()) if trained.summary_path.exists() else None)
     X, rows, columns = matrix.load()
     held_rows = np.flatnonzero(rows[schema.SPLIT].to_numpy() == schema.HELD_OUT)
     with stage("evaluate") as counts:
@@ -195,10 +212,10 @@ def evaluate_and_explain(
         dca = clinical.decision_curve(y, p, thresholds=config.net_benefit_thresholds, cutoffs=ledgers[PRIMARY])
         record["decision_curve"] = dca.to_dict(orient="records")
         for model in (*MODELS, UNCALIBRATED):
-            calib[MODEL_LABELS[model]] = metrics.calibration_curve(*scores[model], cutoffs=ledgers[model])
-            record["calibration"][model] = calib[MODEL_LABELS[model]].to_dict(orient="records")
+            calib[labels[model]] = metrics.calibration_curve(*scores[model], cutoffs=ledgers[model])
+            record["calibration"][model] = calib[labels[model]].to_dict(orient="records")
         for model in MODELS:  # the uncalibrated model's ROC is the calibrated one's
-            curves[MODEL_LABELS[model]] = clinical.disclosed_curve(*scores[model], cutoffs=ledgers[model])
+            curves[labels[model]] = clinical.disclosed_curve(*scores[model], cutoffs=ledgers[model])
         age, sex = demographics(X[held_rows], columns)
         frame = pd.DataFrame(
             {"y": y, "p": p, "subject_id": held[schema.SUBJECT_ID].to_numpy(), "age_band": clinical.age_band(age),
@@ -231,7 +248,7 @@ def evaluate_and_explain(
         # The ROC curve's steps count the events: not drawn when the metrics are withheld.
         figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves, float(np.mean(y)))}
         figures |= {
-            "calibration": plots.calibration(calib, (MODEL_LABELS[PRIMARY], smoothed)),
+            "calibration": plots.calibration(calib, (labels[PRIMARY], smoothed)),
             "shap_bar": plots.shap_bar(importance),
         }
         if dca["net_benefit_model"].notna().any():  # else every point is withheld: an empty figure says nothing

@@ -21,7 +21,7 @@ import numpy as np
 
 from forewarn.evaluation import clinical, metrics
 from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
-from forewarn.evaluation.evaluate import MODEL_LABELS, Evaluation
+from forewarn.evaluation.evaluate import Evaluation, model_labels
 from forewarn.features.featurize import AGG_NAMES
 from forewarn.features.labels import ATTRITION_STEPS
 from forewarn.models.train import AGE_SEX, BASELINE, MIN_EVENTS_PER_FEATURE, PRIMARY, UNCALIBRATED
@@ -160,7 +160,7 @@ def _l1_scaling_text(l1: dict) -> str:
     return text + ")"
 
 
-def _models(m: dict) -> list[dict]:
+def _models(m: dict, labels: dict[str, str]) -> list[dict]:
     held, stats = m["held_out"], m.get("calibration_stats", {})
     rows = []
     for key in [k for k in MODEL_ORDER if k in held] + [k for k in held if k not in MODEL_ORDER]:
@@ -168,7 +168,7 @@ def _models(m: dict) -> list[dict]:
         rows.append(
             {
                 "key": key,
-                "name": MODEL_LABELS.get(key, key),
+                "name": labels.get(key, key),
                 "primary": key == PRIMARY,
                 "auroc": _ci(rec, "auroc"),
                 "auprc": _ci(rec, "auprc"),
@@ -182,14 +182,14 @@ def _models(m: dict) -> list[dict]:
     return rows
 
 
-def _calibration_stats(m: dict) -> list[dict]:
+def _calibration_stats(m: dict, labels: dict[str, str]) -> list[dict]:
     stats = m.get("calibration_stats", {})
     out = []
     for key in [k for k in MODEL_ORDER if k in stats] + [k for k in stats if k not in MODEL_ORDER]:
         s = stats[key]
         out.append(
             {
-                "name": MODEL_LABELS.get(key, key),
+                "name": labels.get(key, key),
                 "brier": _fmt(s.get("brier"), 4),
                 "citl": _fmt(s.get("calibration_in_the_large")),
                 "slope": _fmt(s.get("calibration_slope")),
@@ -446,7 +446,7 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
                 "Calibration curves",
                 "Observed event rate against mean predicted risk in tenths of predicted risk, per model (deciles whose "
                 "boundaries move to a published operating point, or merge, where a band of 1-10 events or non-events would "
-                "come back by subtraction), and the calibrated XGBoost's smoothed curve (black; local-linear kernel "
+                "come back by subtraction), and the registered model's smoothed curve (black; local-linear kernel "
                 "regression on logit risk, from the 1st to the 99th percentile of risk); the diagonal is perfect calibration.",
             )
         if name == "decision_curve":
@@ -871,6 +871,7 @@ def report_context(
     (``external_validation``'s ``recalibrated`` record).
     """
     m = evaluation.load_metrics()
+    labels = model_labels(training)
 
     # Participants: the exclusion chain adds up to candidates - labelled.
     steps = dict(ATTRITION_STEPS)
@@ -1020,7 +1021,7 @@ def report_context(
     method = calib.get("method", "none")
     cv_brier = calib.get("tuning_cv_brier") or {}
     calibration_text = {
-        "none": "none: no calibrator had a lower cross-validated Brier score on the tuning split than the raw scores, so the XGBoost probabilities are used as they are",
+        "none": "none: no calibrator had a lower cross-validated Brier score on the tuning split than the raw scores, so the model's raw probabilities are used as they are",
         "isotonic": "isotonic regression fitted on the tuning split (lowest cross-validated Brier score)",
         "sigmoid": "sigmoid (Platt) scaling fitted on the tuning split (lowest cross-validated Brier score)",
     }.get(method, method)
@@ -1162,9 +1163,9 @@ def report_context(
         "code_version": code_version,
         "generated_at": generated_at,
         "mlflow_run_id": mlflow_run_id,
-        "models": _models(m),
+        "models": _models(m, labels),
         "primary": {
-            "name": MODEL_LABELS[PRIMARY],
+            "name": labels[PRIMARY],
             "auroc": _ci(held, "auroc"),
             "auprc": _ci(held, "auprc"),
             "slope": _fmt(held.get("calibration_slope")),
@@ -1266,7 +1267,7 @@ def report_context(
             if age_sex
             else None,
         },
-        "calibration_stats": _calibration_stats(m),
+        "calibration_stats": _calibration_stats(m, labels),
         "calibration": _deciles(m),
         "smoothed": _smoothed(m),
         "thresholds": _thresholds(m),

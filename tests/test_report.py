@@ -1140,8 +1140,15 @@ def test_performance_note_says_the_registered_model_is_a_blend(run):
     training["xgboost"]["blend"] = {"method": "crossfit", "weight": 0.4, "objective": "auroc", "score_by_weight": {}}
     page = html.unescape(render(build_context(run, training=training)))
     performance = page.split('id="performance"')[1].split("<h2")[0]
-    assert ("XGBoost (calibrated) is the registered model: its trees' log-odds blended with the L1-logistic's at weight "
-            "0.4, then calibrated (section 6)") in performance
+    calibrated = training["calibration"]["method"] != "none"
+    name = "XGBoost + L1 blend (calibrated)" if calibrated else "XGBoost + L1 blend (no calibrator)"
+    then = "then calibrated (section 6)" if calibrated else "with no calibrator (none beat its raw risks"
+    assert f"{name} is the registered model: its trees' log-odds blended with the L1-logistic's at weight 0.4, {then}" in (
+        performance)
+    training["calibration"] = dict(training["calibration"], method="none")
+    page = html.unescape(render(build_context(run, training=training)))
+    assert ("XGBoost + L1 blend (no calibrator) is the registered model: its trees' log-odds blended with the "
+            "L1-logistic's at weight 0.4, with no calibrator (none beat its raw risks on the tuning split; section 6)") in page
     training["xgboost"]["blend"] = {"method": "none", "weight": 0.0, "objective": None, "score_by_weight": {}}
     assert "blended" not in html.unescape(render(build_context(run, training=training))).split('id="performance"')[1].split("<h2")[0]
 
@@ -1238,3 +1245,20 @@ def test_a_validation_that_could_not_run_says_so(run):
     row = context["validations"][1]
     assert row["note"] == skipped["note"] and [row[k] for k in ("size", "auroc", "recalibrated")] == ["–"] * 3
     assert context["external_validations"] == 0
+
+
+def test_the_registered_model_is_named_for_what_it_scores_with():
+    """Tables and figures name the registered model by what it scores with: XGBoost, its
+    blend with the L1-logistic, or at weight 1 the L1-logistic's ranking; and say when no
+    calibrator was fitted, rather than "XGBoost (calibrated)" for all."""
+    from forewarn.evaluation.evaluate import model_labels
+
+    def labels(weight, method):
+        got = model_labels({"xgboost": {"blend": {"weight": weight}}, "calibration": {"method": method}})
+        return got["xgboost"], got["xgboost_uncalibrated"]
+
+    assert labels(0.0, "isotonic") == ("XGBoost (calibrated)", "XGBoost (uncalibrated)")
+    assert labels(0.4, "sigmoid") == ("XGBoost + L1 blend (calibrated)", "XGBoost + L1 blend (uncalibrated)")
+    assert labels(1.0, "none") == ("Blend at weight 1 (L1-logistic) (no calibrator)",
+                                   "Blend at weight 1 (L1-logistic) (uncalibrated)")
+    assert model_labels(None)["xgboost"] == "XGBoost (calibrated)"
