@@ -386,6 +386,9 @@ def threshold_table(
     budget_from=None,
     operating_budget: float | None = None,
     cutoffs: privacy.Cutoffs | None = None,
+    subjects=None,
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """One row per operating point: fixed risk thresholds, then alert budgets.
 
@@ -408,6 +411,11 @@ def threshold_table(
     before them all, then the fixed thresholds) shows only its threshold. ``cutoffs``:
     the ledger of ``p``'s published cut-offs (:class:`privacy.Cutoffs`), which the shown
     rows join. Rates with a zero denominator are None.
+
+    With ``subjects`` (each row's) and ``n_boot`` > 0, each shown row's sensitivity,
+    specificity, PPV and NPV get patient-bootstrap 95% intervals (``<rate>_ci_low``,
+    ``<rate>_ci_high``; :func:`metrics.bootstrap_weights`, the threshold held fixed, as
+    a deployed rule's would be). They add no count: the row's four cells are shown.
     """
     y, p = _check_yp(y, p)
     fixed = _check_levels(thresholds, "thresholds", low=0, high=1, closed="both")
@@ -427,7 +435,42 @@ def threshold_table(
             rows[i].update(dict.fromkeys(WITHHELD_WITH_CELLS))
     columns = ["kind", "alert_budget", "threshold", "alert_rate", "sensitivity", "specificity"]
     columns += ["ppv", "npv", "alerts_per_1000", "tp", "fp", "fn", "tn"]
+    if subjects is not None and n_boot > 0:
+        _rate_intervals(y, p, np.asarray(subjects), rows, n_boot=n_boot, seed=seed)
+        columns += [f"{rate}_ci_{end}" for rate in RATES for end in ("low", "high")]
     return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+RATES = ("sensitivity", "specificity", "ppv", "npv")
+
+
+def _rate_intervals(y: np.ndarray, p: np.ndarray, subjects: np.ndarray, rows: list[dict], *, n_boot: int, seed: int,
+                    level: float = 0.95) -> None:
+    """Patient-bootstrap percentile intervals of each shown row's four rates, in place
+    (None for a withheld row, or a rate whose denominator a replicate never fills)."""
+    shown = [r for r in rows if r["tp"] is not None]
+    for r in rows:
+        r.update({f"{rate}_ci_{end}": None for rate in RATES for end in ("low", "high")})
+    if not shown:
+        return
+    flags = np.column_stack([p >= r["threshold"] for r in shown])  # rows x operating points
+    events, quiet = y[:, None].astype(float), (~y)[:, None].astype(float)
+    parts = {"tp": events * flags, "fp": quiet * flags, "fn": events * ~flags, "tn": quiet * ~flags}
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in parts}
+    for w in metrics.bootstrap_weights(subjects, n_boot=n_boot, seed=seed):
+        for k, part in parts.items():
+            draws[k].append(w @ part)  # replicates x operating points
+    c = {k: np.vstack(v) for k, v in draws.items()}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = {"sensitivity": c["tp"] / (c["tp"] + c["fn"]), "specificity": c["tn"] / (c["tn"] + c["fp"]),
+                  "ppv": c["tp"] / (c["tp"] + c["fp"]), "npv": c["tn"] / (c["tn"] + c["fn"])}
+    alpha = (1 - level) / 2
+    for j, r in enumerate(shown):
+        for rate, v in values.items():
+            column = v[:, j][np.isfinite(v[:, j])]
+            if r[rate] is not None and column.size:
+                r[f"{rate}_ci_low"] = float(np.quantile(column, alpha))
+                r[f"{rate}_ci_high"] = float(np.quantile(column, 1 - alpha))
 
 
 def decision_curve(

@@ -208,6 +208,7 @@ def evaluate_and_explain(
         record["thresholds"] = clinical.threshold_table(
             y, p, thresholds=config.thresholds, alert_rates=config.alert_budgets, budget_from=tuning if tuning.size else None,
             operating_budget=config.operating_budget, cutoffs=ledgers[PRIMARY],
+            subjects=held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed,
         ).to_dict(orient="records")
         dca = clinical.decision_curve(y, p, thresholds=config.net_benefit_thresholds, cutoffs=ledgers[PRIMARY])
         record["decision_curve"] = dca.to_dict(orient="records")

@@ -50,6 +50,24 @@ def rank_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> dict[str,
     return ranked_scores(w * ys, w * ~ys, starts)
 
 
+def bootstrap_weights(subjects: np.ndarray, *, n_boot: int, seed: int = 0):
+    """Patient-level bootstrap replicates as row weights, in batches of (replicates, rows):
+    each replicate draws the subjects with replacement, and a drawn subject's rows come
+    along with a weight equal to how often it was drawn. A batch holds at most 1,000,000
+    weights (rank_metrics keeps about ten such float arrays: near 80 MB whatever the rows)."""
+    uniq, row_subject = np.unique(np.asarray(subjects), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    batch = max(1, min(n_boot, 1_000_000 // max(1, row_subject.size)))
+    done = 0
+    while done < n_boot:
+        size = min(batch, n_boot - done)
+        yield np.stack([
+            np.bincount(rng.integers(0, uniq.size, uniq.size), minlength=uniq.size)[row_subject].astype(float)
+            for _ in range(size)
+        ])
+        done += size
+
+
 def bootstrap_ci(
     y: np.ndarray,
     p: np.ndarray,
@@ -70,23 +88,12 @@ def bootstrap_ci(
     """
     y = np.asarray(y, bool)
     p = np.asarray(p, float)
-    uniq, row_subject = np.unique(np.asarray(subjects), return_inverse=True)
-    rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {m: [] for m in metrics}
     ranked = [m for m in metrics if m in ("auroc", "auprc")]
     others = [m for m in metrics if m not in ranked]
     if y.size == 0:
         raise ValueError("y, p and subjects must not be empty; got 0 rows.")
-    # Replicates scored at once: rank_metrics holds about ten (batch x rows) float arrays,
-    # so a batch of 1,000,000 weights keeps it near 80 MB whatever the rows.
-    batch = max(1, min(n_boot, 1_000_000 // y.size))
-    done = 0
-    while done < n_boot:
-        size = min(batch, n_boot - done)
-        w = np.stack([
-            np.bincount(rng.integers(0, uniq.size, uniq.size), minlength=uniq.size)[row_subject].astype(float)
-            for _ in range(size)
-        ])
+    for w in bootstrap_weights(subjects, n_boot=n_boot, seed=seed):
         if ranked:
             values = rank_metrics(y, p, w)
             for m in ranked:
@@ -97,7 +104,6 @@ def bootstrap_ci(
             for m in others:
                 if not np.isnan(point[m]):
                     draws[m].append(point[m])
-        done += size
     alpha = (1 - level) / 2
     return {
         m: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if v else (float("nan"), float("nan"))

@@ -259,7 +259,11 @@ def _thresholds(m: dict) -> list[dict]:
         def rate(key: str, cells: bool = cells, r: dict = r) -> str:
             if not cells:
                 return "–"
-            return "n/a" if r.get(key) is None else _pct(r[key])
+            if r.get(key) is None:
+                return "n/a"
+            low, high = r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
+            ci = f" ({_pct(low)}–{_pct(high)})" if low is not None and high is not None else ""
+            return _pct(r[key]) + ci
 
         out.append(
             {

@@ -732,3 +732,33 @@ def test_no_two_published_cut_offs_of_one_ranking_leave_a_band_of_1_to_10(seed, 
             assert all(d == 0 or d >= privacy.MIN_CELL for d in (abs(a[0] - b[0]), abs(a[1] - b[1]))), (a, b)
     if not ledger.open:
         assert len(published) == 0 and curve.empty and calibration["n"].isna().all()
+
+
+def test_operating_point_intervals_are_the_patient_bootstrap_of_each_rate():
+    """Each shown row's sensitivity, specificity, PPV and NPV interval is the percentile
+    interval of that rate over the same patient-bootstrap replicates as the AUROC's
+    (metrics.bootstrap_weights), the threshold held fixed; a withheld row has none."""
+    rng = np.random.default_rng(5)
+    subjects = np.repeat(np.arange(150), 2)  # two prediction times a subject
+    y = rng.random(subjects.size) < 0.3
+    p = np.clip(0.35 * y + 0.65 * rng.random(subjects.size), 0, 1)
+    table = clinical.threshold_table(y, p, thresholds=[0.5, 0.99], alert_rates=[0.1], subjects=subjects, n_boot=40, seed=3)
+    shown, withheld, budget = (r for r in table.to_dict(orient="records"))
+    assert withheld["tp"] is None and all(withheld[f"{k}_ci_{e}"] is None for k in clinical.RATES for e in ("low", "high"))
+    flag = p >= 0.5
+    draws = {k: [] for k in clinical.RATES}
+    for w in metrics.bootstrap_weights(subjects, n_boot=40, seed=3):
+        for row in w:
+            tp, fp = row[y & flag].sum(), row[~y & flag].sum()
+            fn, tn = row[y & ~flag].sum(), row[~y & ~flag].sum()
+            draws["sensitivity"].append(tp / (tp + fn))
+            draws["specificity"].append(tn / (tn + fp))
+            draws["ppv"].append(tp / (tp + fp))
+            draws["npv"].append(tn / (tn + fn))
+    for rate, values in draws.items():
+        assert (shown[f"{rate}_ci_low"], shown[f"{rate}_ci_high"]) == pytest.approx(
+            (np.quantile(values, 0.025), np.quantile(values, 0.975)))
+        assert shown[f"{rate}_ci_low"] <= shown[rate] <= shown[f"{rate}_ci_high"]
+    assert budget["sensitivity_ci_low"] is not None
+    # without subjects (or replicates) the table has no interval columns
+    assert "sensitivity_ci_low" not in clinical.threshold_table(y, p, thresholds=[0.5]).columns

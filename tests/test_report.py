@@ -403,6 +403,11 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
         )
         assert point in text
     assert "small-cell suppression" in text.lower() and "median lead time" in text
+    # a shown row's rates carry their patient-bootstrap intervals
+    shown = [r for r in record["thresholds"] if r["tp"] is not None and r["sensitivity"] is not None]
+    assert shown and all(r["sensitivity_ci_low"] <= r["sensitivity"] <= r["sensitivity_ci_high"] for r in shown)
+    r = shown[0]
+    assert f"{100 * r['ppv']:.1f}% ({100 * r['ppv_ci_low']:.1f}%–{100 * r['ppv_ci_high']:.1f}%)" in text
     assert "Lead time" in text and f"{record['lead_time']['subjects_with_outcome']}" in text
     # Subjects with the outcome are the held-out subjects with a positive row (not every
     # subject with an outcome some day); the operating point is the 5% alert budget's.
