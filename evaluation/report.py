@@ -625,6 +625,24 @@ def _validations(m: dict, site: str, validations: list[dict] | None, trained_at:
     return rows
 
 
+def _calibrator_hurt(m: dict) -> str | None:
+    """A limitation when the calibrator, fitted on the tuning split, left the held-out
+    risks less well calibrated than the model's raw risks (a higher Brier score there):
+    chosen on other rows, it need not carry over."""
+    stats = m.get("calibration_stats", {})
+    calibrated, raw = stats.get(PRIMARY) or {}, stats.get(UNCALIBRATED) or {}
+    before, after = raw.get("brier"), calibrated.get("brier")
+    if _missing(before) or _missing(after) or round(after, 4) <= round(before, 4):
+        return None
+    citl = ""
+    if not _missing(calibrated.get("calibration_in_the_large")) and not _missing(raw.get("calibration_in_the_large")):
+        citl = (f"; calibration-in-the-large {_fmt(calibrated['calibration_in_the_large'])} against "
+                f"{_fmt(raw['calibration_in_the_large'])}")
+    return (f"On the held-out split the calibrator fitted on the tuning split left the risks less well calibrated than "
+            f"the model's raw ones (Brier {_fmt(after, 4)} against {_fmt(before, 4)}{citl}; section 8 shows both): "
+            "it did not carry over from the tuning rows, so treat the absolute risks with caution.")
+
+
 def _between_sites(held: dict, site: str, validations: list[dict]) -> dict | None:
     """The network report's summary of its model's AUROC across the sites
     (:func:`metrics.between_sites`): this site's held-out split and the others'."""
@@ -1106,6 +1124,9 @@ def report_context(
         limitations.append(
             f"Probabilities are recalibrated ({method}) on the tuning split of this site; at another site they may need recalibration."
         )
+    worse = _calibrator_hurt(m)
+    if worse and method != "none":
+        limitations.append(worse)
     if any(r["suppressed"] for r in subgroup_rows):
         limitations.append(
             "Some subgroups are too small to report (fewer than 11 subjects, events or non-events): fairness across them is not shown."

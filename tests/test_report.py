@@ -1267,3 +1267,17 @@ def test_the_registered_model_is_named_for_what_it_scores_with():
     assert labels(1.0, "none") == ("Blend at weight 1 (L1-logistic) (no calibrator)",
                                    "Blend at weight 1 (L1-logistic) (uncalibrated)")
     assert model_labels(None)["xgboost"] == "XGBoost (calibrated)"
+
+
+def test_a_calibrator_that_made_held_out_calibration_worse_is_a_limitation():
+    from forewarn.evaluation.report import _calibrator_hurt
+
+    stats = {"xgboost": {"brier": 0.0431, "calibration_in_the_large": 0.404},
+             "xgboost_uncalibrated": {"brier": 0.0427, "calibration_in_the_large": -0.111}}
+    assert _calibrator_hurt({"calibration_stats": stats}) == (
+        "On the held-out split the calibrator fitted on the tuning split left the risks less well calibrated than the "
+        "model's raw ones (Brier 0.0431 against 0.0427; calibration-in-the-large 0.404 against -0.111; section 8 shows "
+        "both): it did not carry over from the tuning rows, so treat the absolute risks with caution.")
+    stats["xgboost"]["brier"] = 0.0427  # no worse at the Brier's four decimals
+    assert _calibrator_hurt({"calibration_stats": stats}) is None
+    assert _calibrator_hurt({}) is None
