@@ -1,7 +1,8 @@
 """Does Forewarn's model gain from MEDS-Tab's short windows? On the development networks:
 train_models (production defaults) and the L1-logistic on Forewarn's default features
 (30d, 365d, full) and on the same aggregations over 1d, 7d, 30d, 365d, full (``w5``) or
-7d, 30d, 365d, full (``w4``), on the matrices ``model_variants.py`` built (its --work):
+7d, 30d, 365d, full (``w4``), or with a slope only over values spanning 30 or 90 days
+(``slope30``, ``slope90``), on the matrices ``model_variants.py`` built (its --work):
 
     python benchmarks/feature_windows.py w5 /tmp/fwv/net20000-seed10{1,2,3,4,5,6}/matrices.json
 
@@ -20,7 +21,9 @@ from forewarn.features.labels import LabelSet
 from forewarn.models.train import PRIMARY, ModelConfig, fit_l1_logistic, split_masks, train_models
 from forewarn.records import schema
 
-CONFIGS = {"w5": FeatureConfig(windows=["1d", "7d", "30d", "365d", "full"]), "w4": FeatureConfig(windows=["7d", "30d", "365d", "full"])}
+CONFIGS = {"w5": FeatureConfig(windows=["1d", "7d", "30d", "365d", "full"]), "w4": FeatureConfig(windows=["7d", "30d", "365d", "full"]),
+           # the default windows and aggregations, a slope only over values spanning 30 (90) days
+           "slope30": FeatureConfig(slope_min_days=30), "slope90": FeatureConfig(slope_min_days=90)}
 def main() -> None:
     which = sys.argv[1]
     out = {}

@@ -14,7 +14,8 @@ treats them as missing, not as zero.
 Aggregations: MEDS-Tab's ``static/present``, ``static/first``, ``code/count``,
 ``value/count``, ``value/sum``, ``value/sum_sqd``, ``value/min``, ``value/max``; and
 ``value/mean``, ``value/last``, ``value/slope`` (least squares, per year, needs two
-values), ``code/days_since_last`` (full window only), age in years at ``t``.
+values at different times, and with ``slope_min_days`` values spanning that many days),
+``code/days_since_last`` (full window only), age in years at ``t``.
 
 The algorithm is incremental, never a join: events are sorted by (subject, code,
 time); for each prediction time and each of its subject's codes the window bounds are
@@ -88,6 +89,11 @@ class FeatureConfig(Strict):
     min_code_frequency: float = Field(0.0, ge=0, le=1, description="... and at least this share of train subjects")
     rollup_icd10: bool = Field(True, description="also count ICD-10 codes at their 3-character category (E11.9 -> E11)")
     parent_codes: bool = Field(True, description="also count codes at the parent_codes of metadata/codes.parquet")
+    slope_min_days: int = Field(
+        0, ge=0,
+        description="value/slope only where the window's values span at least this many days (first to last); 0: any "
+        "two values at different times. Two values a few days apart give a per-year slope of their noise",
+    )
     n_workers: int = Field(1, ge=0, description="worker processes for shards; 0 means one per core")
     batch_subjects: int = Field(
         500, ge=1, description="subjects computed at once within a shard: bounds memory, does not change the matrix"
@@ -757,7 +763,8 @@ def _windowed(out_r, out_c, out_v, e_subj, e_code, e_time, e_val, l_subj, l_time
         for agg in aggs:
             if agg == "code/days_since_last" and window != "full":
                 continue
-            vals = _aggregate(agg, p_lo, p_hi, p_n, p_start, prefix, vals_sorted, e_time, pt[ok])
+            vals = _aggregate(agg, p_lo, p_hi, p_n, p_start, prefix, vals_sorted, e_time, pt[ok],
+                              min_span_us=plan.config.slope_min_days * DAY_US)
             lut = col_luts.get((agg, window))
             cols = lut[codes] if lut is not None else np.full(codes.size, -1, np.int64)
             keep = (cols >= 0) & ~np.isnan(vals)
@@ -775,7 +782,7 @@ def _prefix_sums(v: np.ndarray, t_us: np.ndarray, group: np.ndarray) -> dict[str
     return {name: sums[name].to_numpy() for name in frame.columns}
 
 
-def _aggregate(agg, lo, hi, n, start, prefix, vals, times, pt) -> np.ndarray:
+def _aggregate(agg, lo, hi, n, start, prefix, vals, times, pt, *, min_span_us: int = 0) -> np.ndarray:
     def total(name):
         running = prefix[name]
         upper = running[hi - 1]
@@ -804,7 +811,10 @@ def _aggregate(agg, lo, hi, n, start, prefix, vals, times, pt) -> np.ndarray:
         denom = n * stt - st * st
         with np.errstate(divide="ignore", invalid="ignore"):
             slope = (n * stv - st * sv) / denom
-        return np.where((n >= 2) & (denom > 1e-12 * np.maximum(1.0, n * stt)), slope, np.nan)
+        spans = (n >= 2) & (denom > 1e-12 * np.maximum(1.0, n * stt))
+        if min_span_us:
+            spans &= times[hi - 1] - times[lo] >= min_span_us
+        return np.where(spans, slope, np.nan)
     raise ValueError(f"unknown aggregation {agg!r}")  # pragma: no cover - FeatureConfig validates aggs
 
 

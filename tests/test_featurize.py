@@ -249,3 +249,25 @@ def test_subject_batches_within_a_shard_give_the_same_matrix(tmp_path):
     batched = featurize(tmp_path / "events", labels, splits, tmp_path / "batched", config.model_copy(update={"batch_subjects": 2})).load()
     assert whole[0].shape == (16, len(whole[2])) and whole[0].nnz > 100
     assert (whole[0] != batched[0]).nnz == 0 and whole[1].equals(batched[1]) and whole[2].equals(batched[2])
+
+
+def test_a_slope_needs_values_spanning_slope_min_days(tmp_path):
+    """Weight 80 kg, then 82 kg five days later: 2 kg in 5 days is a slope of 146 kg a
+    year, noise read as a trend. With ``slope_min_days`` 30 the 5-day pair has no slope;
+    a third value 60 days before gives one (least squares over all three, per year)."""
+    W = "LOINC//29463-7"
+    t = datetime(2021, 1, 1)
+    short = [(1, None, "Gender//M", None), (1, datetime(1970, 1, 1), "MEDS_BIRTH", None),
+             (1, t - timedelta(days=10), W, 80.0), (1, t - timedelta(days=5), W, 82.0)]
+    config = FeatureConfig(windows=["365d"], aggs=["value/slope"], min_code_subjects=1)
+    X, _, cols = run(tmp_path / "a", short, [(1, t, False)], config)
+    slope = list(cols["name"]).index(f"{W}/value/slope/365d")
+    assert X[0, slope] == pytest.approx(2 / (5 / 365.25), rel=1e-4)  # 146.1 a year
+    X, _, cols = run(tmp_path / "b", short, [(1, t, False)], config.model_copy(update={"slope_min_days": 30}))
+    assert f"{W}/value/slope/365d" not in set(cols["name"]) or X[0, list(cols["name"]).index(f"{W}/value/slope/365d")] == 0
+    longer = [*short, (1, t - timedelta(days=70), W, 79.0)]
+    X, _, cols = run(tmp_path / "c", longer, [(1, t, False)], config.model_copy(update={"slope_min_days": 30}))
+    days = np.array([-70.0, -10.0, -5.0]) / 365.25
+    values = np.array([79.0, 80.0, 82.0])
+    expected = np.polyfit(days, values, 1)[0]
+    assert X[0, list(cols["name"]).index(f"{W}/value/slope/365d")] == pytest.approx(expected, rel=1e-3)
