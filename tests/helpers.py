@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -43,3 +46,26 @@ def label_table(rows: list[tuple[int, datetime, bool]]) -> pa.Table:
 def fake_ssn(area: str, group: str, serial: str) -> str:
     """A synthetic, SSN-shaped test string built at run time (no SSN-shaped literal is committed)."""
     return f"{area}-{group}-{serial}"
+
+
+@contextmanager
+def flow_workdir(work: Path, prefect_home: Path) -> Iterator[Path]:
+    """The environment a test runs the nightly flow in: its own Prefect home, MLflow's
+    default store (``mlruns/`` under ``work``, the working directory), no tracking URI or
+    artifact root left by an earlier test; all restored afterwards."""
+    names = ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "FOREWARN_ARTIFACT_ROOT")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["PREFECT_HOME"] = str(prefect_home)
+    for k in names[1:]:
+        os.environ.pop(k, None)
+    cwd = Path.cwd()
+    os.chdir(work)
+    try:
+        yield work
+    finally:
+        os.chdir(cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

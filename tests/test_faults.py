@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import flow_workdir
 
 pytestmark = pytest.mark.slow
 
@@ -36,21 +37,13 @@ def test_is_transient_separates_retryable_errors_from_bad_data():
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory, demo_network):
-    import os
-
     work = tmp_path_factory.mktemp("faults")
-    home = tmp_path_factory.mktemp("prefect-home-faults")
     locked = work / "academic.duckdb"
     shutil.copyfile(demo_network["academic"], locked)
     broken = work / "community.duckdb"
     broken.write_text("this is not a DuckDB database\n")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    cwd = os.getcwd()
-    os.chdir(work)
     writer = None
-    try:
+    with flow_workdir(work, tmp_path_factory.mktemp("prefect-home-faults")):
         from prefect.testing.utilities import prefect_test_harness
 
         from forewarn.flows.nightly import run_nightly
@@ -64,27 +57,22 @@ def faulty_run(tmp_path_factory, demo_network):
             "validation": {"designs": ["internal", "external"]},
             "retries": {"attempts": 4, "delays_seconds": [1, 2, 3]},
         }, base_dir=work)
-        with prefect_test_harness(server_startup_timeout=180):
-            # The site's own writer holds the database for 4 seconds.
-            writer = subprocess.Popen(
-                [sys.executable, "-c",
-                 f"import duckdb, time; c = duckdb.connect({str(locked)!r}); print('locked', flush=True); time.sleep(4)"],
-                stdout=subprocess.PIPE, text=True,
-            )
-            assert writer.stdout.readline().strip() == "locked"
-            state, results = run_nightly(study)
-            task_runs = _pull_runs(state)
-            artifact = _artifact("forewarn-faults-nightly")
-        yield {"state": state, "results": results, "task_runs": task_runs, "artifact": artifact}
-    finally:
-        if writer is not None:
-            writer.kill()
-        os.chdir(cwd)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        try:
+            with prefect_test_harness(server_startup_timeout=180):
+                # The site's own writer holds the database for 4 seconds.
+                writer = subprocess.Popen(
+                    [sys.executable, "-c",
+                     f"import duckdb, time; c = duckdb.connect({str(locked)!r}); print('locked', flush=True); time.sleep(4)"],
+                    stdout=subprocess.PIPE, text=True,
+                )
+                assert writer.stdout.readline().strip() == "locked"
+                state, results = run_nightly(study)
+                task_runs = _pull_runs(state)
+                artifact = _artifact("forewarn-faults-nightly")
+            yield {"state": state, "results": results, "task_runs": task_runs, "artifact": artifact}
+        finally:
+            if writer is not None:
+                writer.kill()
 
 
 def _pull_runs(state) -> dict[str, tuple[int, str]]:

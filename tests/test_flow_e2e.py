@@ -23,21 +23,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import flow_workdir
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory, demo_network):
-    home = tmp_path_factory.mktemp("prefect-home")
     work = tmp_path_factory.mktemp("work")
-    saved_env = {k: os.environ.get(k) for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "FOREWARN_ARTIFACT_ROOT")}
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("FOREWARN_ARTIFACT_ROOT", None)  # the default store, whatever an earlier test configured
-    cwd = Path.cwd()
-    os.chdir(work)  # the default store is <cwd>/mlruns
-    try:
+    with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):  # the default store is <work>/mlruns
         from prefect.testing.utilities import prefect_test_harness
 
         from forewarn.flows.nightly import nightly
@@ -66,13 +60,6 @@ def flow_run(tmp_path_factory, demo_network):
             first = nightly(study)
             second = nightly(degraded)  # the same sites, with most labs and the prediabetes codes gone
         yield {"work": work, "study": degraded, "first": first, "second": second}
-    finally:
-        os.chdir(cwd)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def degrade(network: dict[str, Path], folder: Path) -> dict[str, Path]:

@@ -12,25 +12,18 @@ say the champion is unchanged, and nothing new is registered.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from helpers import flow_workdir
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory, demo_network):
-    home = tmp_path_factory.mktemp("prefect-home")
     work = tmp_path_factory.mktemp("work")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "FOREWARN_ARTIFACT_ROOT")}
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("FOREWARN_ARTIFACT_ROOT", None)
-    cwd = Path.cwd()
-    os.chdir(work)  # the default store is <cwd>/mlruns
-    try:
+    with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
         from prefect.testing.utilities import prefect_test_harness
 
         from forewarn.flows.nightly import nightly
@@ -52,13 +45,6 @@ def nights(tmp_path_factory, demo_network):
             # new promotion rule; the same rule and trees would come from the stage cache)
             second = nightly(study("auto", 0.55))
         yield {"work": work, "first": first, "second": second}
-    finally:
-        os.chdir(cwd)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_a_site_model_trained_again_alike_is_the_champion_unchanged(nights):
