@@ -18,7 +18,7 @@ import pandas as pd
 from forewarn.evaluation.metrics import point_metrics
 from forewarn.features.featurize import FeatureConfig, FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet
-from forewarn.models.train import PRIMARY, ModelConfig, fit_l1_logistic, split_masks, train_models
+from forewarn.models.train import PRIMARY, ModelConfig, fit_l1_logistic, split_masks, train_models, trainability
 from forewarn.records import schema
 
 CONFIGS = {"w5": FeatureConfig(windows=["1d", "7d", "30d", "365d", "full"]), "w4": FeatureConfig(windows=["7d", "30d", "365d", "full"]),
@@ -39,6 +39,8 @@ def main() -> None:
                     table, splits, _ = LabelSet(root / site, task).load()
                     featurize(root / site / "pull" / "events", table, splits, mdir, CONFIGS[name], codes_path=root / site / "pull" / "metadata" / "codes.parquet")
                 fm = FeatureMatrix(mdir)
+                if trainability(fm):  # a rare cell too small to train under the rule of 11
+                    break
                 X, rows, cols = fm.load()
                 y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
                 m = split_masks(rows)
