@@ -18,7 +18,14 @@ import pandas as pd
 from forewarn.evaluation.metrics import point_metrics
 from forewarn.features.featurize import FeatureConfig, FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet
-from forewarn.models.train import PRIMARY, ModelConfig, fit_l1_logistic, split_masks, train_models, trainability
+from forewarn.models.train import (
+    PRIMARY,
+    ModelConfig,
+    fit_l1_logistic,
+    split_masks,
+    train_models,
+    trainability,
+)
 from forewarn.records import schema
 
 CONFIGS = {"w5": FeatureConfig(windows=["1d", "7d", "30d", "365d", "full"]), "w4": FeatureConfig(windows=["7d", "30d", "365d", "full"]),
