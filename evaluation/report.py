@@ -858,6 +858,32 @@ def _rule_text(rule: dict | None, metric: str, weight: float) -> str:
             "cannot tell from the best")
 
 
+# What only a study's authors can state (the study file's ``reporting`` section), by the
+# TRIPOD+AI topic the report's checklist names.
+REPORTING_TOPICS = {
+    "ethics": "Ethics approval (committee and reference) or why none was needed",
+    "registration": "Registration and protocol",
+    "funding": "Funding and the funders' role",
+    "conflicts_of_interest": "Conflicts of interest",
+    "public_involvement": "Patient and public involvement",
+    "data_availability": "Data and code availability",
+}
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _stated(reporting: dict | None) -> dict:
+    """The intended use and the study's statements, and the topics (lower case) still missing."""
+    reporting = reporting or {}
+    statements = [dict(s) for s in reporting.get("statements") or [
+        {"field": k, "topic": t, "text": None} for k, t in REPORTING_TOPICS.items()]]
+    missing = [] if reporting.get("intended_use") else ["the model's intended use"]
+    missing += [s["topic"].split(" (")[0].lower() for s in statements if not s.get("text")]
+    return {"intended_use": reporting.get("intended_use"), "statements": statements, "missing": missing}
+
+
 def report_context(
     *,
     site: str,
@@ -878,6 +904,7 @@ def report_context(
     promotion: dict | None = None,
     drift: dict | None = None,
     recalibrated: dict | None = None,
+    reporting: dict | None = None,
 ) -> dict:
     """Everything the report template shows, with every count passed through suppression.
 
@@ -890,7 +917,10 @@ def report_context(
     (``compare`` None when there was nothing to compare), or None when no check ran.
     The network's model's report: ``validations`` are the same model at the other sites
     and ``recalibrated`` its metrics here after recalibration on this site's tuning split
-    (``external_validation``'s ``recalibrated`` record).
+    (``external_validation``'s ``recalibrated`` record). ``reporting`` is what only the
+    study's authors can state (``Reporting.for_task``: ``intended_use`` and
+    ``statements``, each a dict with field, topic and text, None where unstated); a
+    report without them says so in its limitations.
     """
     m = evaluation.load_metrics()
     labels = model_labels(training)
@@ -1155,6 +1185,12 @@ def report_context(
         + (", and so is the temporal validation's cutoff: a subject's times move together, but across subjects a "
            "calendar date is known only to within the shift." if any(v.get("design") == "temporal" for v in external) else ".")
     )
+    stated = _stated(reporting)
+    if stated["missing"]:
+        limitations.append(
+            f"The study file does not state {_join(stated['missing'])} (its “reporting” section): the site completes "
+            "them before a reviewer signs."
+        )
     limitations.append(
         "Synthetic demo data: performance says nothing about a real population."
         if pull_report.get("demo")
@@ -1322,6 +1358,8 @@ def report_context(
         "promotion": _promotion(promotion),
         "drift": drift_section,
         "limitations": limitations,
+        "intended_use": stated["intended_use"],
+        "statements": stated["statements"],
         "suppressed": SUPPRESSED,
         "min_cell": privacy.MIN_CELL,
     }

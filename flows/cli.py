@@ -73,6 +73,12 @@ def _run_study(path: Path) -> None:
     missing = [f"{s.name}: {s.source.location}" for s in study.sites if not s.source.exists()]
     if missing:
         _fail(f"sources do not exist: {missing}. Fix the locations in {path}.")
+    from forewarn.features.labels import load_task
+
+    try:  # a task or intended use that is wrong fails here, before any site is pulled
+        study.reporting.check_tasks([load_task(t).name for t in study.tasks])
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(f"{path}: {exc}")
     from forewarn.flows.nightly import run_nightly
 
     state, results = run_nightly(study)

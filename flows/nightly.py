@@ -496,7 +496,8 @@ def publish_task(site: SiteConfig, study: Study, spec: TaskSpec, stages: dict[st
     inputs += [json.dumps(v, sort_keys=True, default=str) for v in validations]
     # Not the champion nor the drift record: a candidate with the same content is published
     # once, whatever the registry says by the time of a rerun.
-    key = key_of("publish", {"study": study.name, "promotion": _cfg(study.promotion), "tracking": tracking.current_uri()}, inputs)
+    key = key_of("publish", {"study": study.name, "promotion": _cfg(study.promotion), "tracking": tracking.current_uri(),
+                             "reporting": study.reporting.for_task(spec.name)}, inputs)
 
     def compute(out: Path) -> SiteResult:
         return publish(site, study, spec, stages, validations, champion, drift, out, key)
@@ -594,7 +595,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         feature_config=study.features, training=training, evaluation=evaluation, decision=decision,
         code_version=code_version(), data_digest=digest, quality=quality,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id,
-        validations=validations, promotion=promotion, drift=drift,
+        validations=validations, promotion=promotion, drift=drift, reporting=study.reporting.for_task(spec.name),
     )
     report_path = write_report(context, out / "report.html")
     metrics = tracking.flat_metrics(record["held_out"], PRIMARY) | tracking.evaluation_metrics(held)
@@ -868,7 +869,7 @@ def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features:
             quality=json.loads(pull.quality_path.read_text()), generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             mlflow_run_id=run_id, decision=registered["decision"],
             promotion=registered if registered.get("run_id") else None, drift=drift, validations=others,
-            recalibrated=recalibrated_row(stage.result))
+            recalibrated=recalibrated_row(stage.result), reporting=study.reporting.for_task(spec.name))
         report = write_report(context, out / "report.html")
         workdir = next(s.workdir for s in study.sites if s.name == site)
         latest = workdir / "reports" / spec.name / "network-report.html"
@@ -990,6 +991,7 @@ def nightly(study: Study):
     logger = get_run_logger()
     tracking.configure(study.tracking.uri, study.tracking.artifact_root)
     specs = [load_task(t) for t in study.tasks]
+    study.reporting.check_tasks([spec.name for spec in specs])
     caches = {site.name: StageCache(site.workdir / "stages", enabled=study.cache.enabled) for site in study.sites}
     results: list[SiteResult] = []
     used: dict[str, list[Stage]] = {site.name: [] for site in study.sites}
@@ -1156,7 +1158,8 @@ def network_rows(study, spec, built, caches, used, logger) -> dict[str, dict]:
         drift = {"compare": (run.drift.get("sites", {}).get(n) or {}).get("compare"), "decision": run.drift["decision"]}
         others = [row for m, row in at_sites.items() if m != n]
         log = logged(caches[n], f"network-{spec.name}",
-                     [stage.digest, built[n]["pull"].digest, json.dumps(registered, sort_keys=True, default=str)]
+                     [stage.digest, built[n]["pull"].digest, json.dumps(registered, sort_keys=True, default=str),
+                      json.dumps(study.reporting.for_task(spec.name), sort_keys=True)]
                      + [run.stages[m][2].digest for m in run.stages if m != n],
                      lambda key, out, st=stage, f=features, n=n, d=drift, o=others: log_network(
                          study, spec, n, st, f, built[n], key, out, registered, d, o))

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from forewarn.evaluation.drift import DriftPolicy
 from forewarn.evaluation.evaluate import EvaluationConfig
+from forewarn.evaluation.report import REPORTING_TOPICS
 from forewarn.features.featurize import FeatureConfig
 from forewarn.flows.executor import ExecutorSettings
 from forewarn.flows.tracking import TrackingSettings, redact_uri
@@ -108,6 +109,56 @@ class RetrySettings(Strict):
     )
 
 
+class Reporting(Strict):
+    """What only the study's authors can state, shown in every report's TRIPOD+AI
+    checklist; a report whose statements are missing says so in its limitations.
+
+    Study-level text, never patient data: keep names of patients out of it (it is
+    logged with every run and shown in every report)."""
+
+    intended_use: dict[str, str] = Field(
+        default={},
+        description="per task name: the intended users, the clinical pathway and the action an alert prompts",
+    )
+    ethics: str | None = Field(None, min_length=1, max_length=2000, description=REPORTING_TOPICS["ethics"])
+    registration: str | None = Field(None, min_length=1, max_length=2000, description=REPORTING_TOPICS["registration"])
+    funding: str | None = Field(None, min_length=1, max_length=2000, description=REPORTING_TOPICS["funding"])
+    conflicts_of_interest: str | None = Field(None, min_length=1, max_length=2000, description=REPORTING_TOPICS["conflicts_of_interest"])
+    public_involvement: str | None = Field(None, min_length=1, max_length=2000, description=REPORTING_TOPICS["public_involvement"])
+    data_availability: str | None = Field(None, min_length=1, max_length=2000, description=REPORTING_TOPICS["data_availability"])
+
+    @field_validator("intended_use")
+    @classmethod
+    def _texts(cls, value: dict[str, str]) -> dict[str, str]:
+        for task, text in value.items():
+            if not text.strip() or len(text) > 2000:
+                raise ValueError(f"intended_use of task {task!r} must be 1 to 2000 characters; got {len(text.strip())}.")
+        return value
+
+    @field_validator(*REPORTING_TOPICS)
+    @classmethod
+    def _statement(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("a statement must not be blank; leave the key out when there is nothing to state.")
+        return value
+
+    def for_task(self, task: str) -> dict:
+        """What one task's report shows (``report_context``'s ``reporting``): its intended
+        use and the study's statements, each with its checklist topic; None where unstated."""
+        return {
+            "intended_use": self.intended_use.get(task),
+            "statements": [{"field": k, "topic": topic, "text": getattr(self, k)} for k, topic in REPORTING_TOPICS.items()],
+        }
+
+    def check_tasks(self, tasks: list[str]) -> None:
+        unknown = sorted(set(self.intended_use) - set(tasks))
+        if unknown:
+            raise ValueError(
+                f"reporting.intended_use names task(s) {unknown} that the study does not run; its tasks are {sorted(tasks)}. "
+                "Key each intended use by a task's name."
+            )
+
+
 class Study(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     sites: list[SiteConfig] = Field(min_length=1)
@@ -124,6 +175,7 @@ class Study(Strict):
     drift: DriftPolicy = DriftPolicy()
     cache: CacheSettings = CacheSettings()
     retries: RetrySettings = RetrySettings()
+    reporting: Reporting = Reporting()
     demo: bool = Field(False, description="synthetic data: use the public demo de-identification secret")
 
     @model_validator(mode="after")
@@ -184,6 +236,23 @@ def load_study(path: Path) -> Study:
     return parse_study(data, base_dir=path.parent, where=str(path))
 
 
+_DEMO_USE = ("A demonstration on synthetic records: not for clinical use. In a real study: {who}, and the action "
+             "an alert prompts.")
+DEMO_REPORTING = {
+    "intended_use": {
+        "t2d_2y": _DEMO_USE.format(who="primary care teams screening adults at routine outpatient visits"),
+        "ckd3_2y": _DEMO_USE.format(who="primary care teams monitoring adults' kidney function"),
+        "pancreatic_cancer_1y": _DEMO_USE.format(who="clinicians deciding on referral for imaging"),
+    },
+    "ethics": "Not needed: the demo network is synthetic (no person's records).",
+    "registration": "Not registered (a software demonstration).",
+    "funding": "None.",
+    "conflicts_of_interest": "None.",
+    "public_involvement": "None (a software demonstration).",
+    "data_availability": "The synthetic network is rebuilt by `forewarn demo`; the code is Forewarn's.",
+}
+
+
 def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
     """The study file ``forewarn demo`` writes next to its network."""
     data = {
@@ -196,5 +265,6 @@ def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
         ],
         "validation": {"designs": ["internal", "external", "temporal", "network"], "temporal_from": "2021-07-01"},
         "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
+        "reporting": DEMO_REPORTING,
     }
     return yaml.safe_dump(data, sort_keys=False)

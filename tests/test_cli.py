@@ -38,6 +38,17 @@ def test_run_with_a_missing_source_names_the_site(tmp_path):
     assert "sources do not exist" in result.output and "north:" in result.output
 
 
+def test_run_with_an_intended_use_for_a_task_not_run_names_it(tmp_path):
+    (tmp_path / "north.duckdb").touch()
+    study = tmp_path / "study.yaml"
+    study.write_text("name: x\ntasks: [t2d_2y]\nsites: [{name: north, source: {location: north.duckdb}}]\n"
+                     "reporting: {intended_use: {t2d: screening}}\n")
+    result = runner.invoke(app, ["run", str(study)])
+    assert result.exit_code == 2
+    assert ("reporting.intended_use names task(s) ['t2d'] that the study does not run; its tasks are ['t2d_2y']"
+            in " ".join(result.output.split()))
+
+
 @pytest.mark.parametrize(("cron", "tz"), [("0 2 * * *", "UTC"), ("30 1 * * 1-5", "Europe/Berlin")])
 def test_serve_builds_a_cron_deployment_with_the_study_as_parameter(tmp_path, cron, tz):
     study = parse_study(

@@ -50,6 +50,8 @@ def flow_run(tmp_path_factory, demo_network):
                     # 0.69, just under the default 0.7 that a first champion must reach.
                     "promotion": {"slope_low": 0.6},
                     "validation": {"designs": ["internal", "external", "temporal", "network"], "temporal_from": "2021-07-01"},
+                    "reporting": {"intended_use": {"t2d_2y": "E2E: adults at outpatient visits; an alert prompts an HbA1c."},
+                                  "ethics": "Not needed: synthetic records."},
                 },
                 base_dir=work,
             )
@@ -240,6 +242,12 @@ def test_report_has_every_section_and_the_run_numbers(flow_run, client):
     assert re.search(r"\((LOINC|SNOMED|CPT4|RxNorm) [0-9][0-9-]*\), ", html)  # readable names: "... (LOINC 4548-4), last value"
     assert result.decision in unescape(html)
     assert "Data quality" in html and "outside plausible range" in html
+    # What the study states reaches the site's report and the network model's report at the site.
+    network = (flow_run["work"] / "sites" / result.site / "work" / "reports" / "t2d_2y" / "network-report.html").read_text()
+    for page in (html, network):
+        assert "(as the study states it): E2E: adults at outpatient visits; an alert prompts an HbA1c.</p>" in page
+        assert '<td class="l">Not needed: synthetic records.</td>' in page
+        assert "to be completed by the site (study file: reporting.funding)" in page
 
 
 def _source_identifiers(db: Path) -> set[str]:

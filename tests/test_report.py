@@ -1281,3 +1281,39 @@ def test_a_calibrator_that_made_held_out_calibration_worse_is_a_limitation():
     stats["xgboost"]["brier"] = 0.0427  # no worse at the Brier's four decimals
     assert _calibrator_hurt({"calibration_stats": stats}) is None
     assert _calibrator_hurt({}) is None
+
+
+def test_intended_use_and_the_study_s_statements_fill_the_checklist(run):
+    from forewarn.evaluation.report import render
+    from forewarn.flows.study import Reporting
+
+    unstated = build_context(run)
+    assert unstated["intended_use"] is None
+    assert unstated["limitations"][-2] == (
+        "The study file does not state the model's intended use, ethics approval, registration and protocol, funding and "
+        "the funders' role, conflicts of interest, patient and public involvement or data and code availability (its "
+        "“reporting” section): the site completes them before a reviewer signs.")
+    html = render(unstated)
+    assert html.count("to be completed by the site") == 7
+    assert "not stated in the study file (reporting.intended_use." + run["spec"].name + ")" in html
+
+    reporting = Reporting(intended_use={run["spec"].name: "Primary care <teams>; an alert prompts an HbA1c test."},
+                          ethics="Approved by REC 21/AB/0001.", funding="None.")
+    context = build_context(run, reporting=reporting.for_task(run["spec"].name))
+    assert context["limitations"][-2].startswith(
+        "The study file does not state registration and protocol, conflicts of interest, patient and public involvement "
+        "or data and code availability (its")
+    html = render(context)
+    assert "(as the study states it): Primary care &lt;teams&gt;; an alert prompts an HbA1c test.</p>" in html
+    assert '<td class="l">Ethics approval (committee and reference) or why none was needed</td><td class="l">Approved by REC ' \
+           '21/AB/0001.</td>' in html
+    assert "<td class=\"l\">Funding and the funders&#39; role</td><td class=\"l\">None.</td>" in html
+    assert html.count("to be completed by the site") == 4
+    assert "reporting.intended_use" not in html
+
+    everything = Reporting(intended_use={run["spec"].name: "x"}, **{k: "y" for k in
+                           ("ethics", "registration", "funding", "conflicts_of_interest", "public_involvement",
+                            "data_availability")})
+    context = build_context(run, reporting=everything.for_task(run["spec"].name))
+    assert not any("does not state" in x for x in context["limitations"])
+    assert "to be completed by the site" not in render(context)

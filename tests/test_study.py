@@ -75,3 +75,46 @@ def test_a_source_location_with_a_password_is_refused_without_echoing_it(tmp_pat
     study = parse_study(BASE | {"sites": [{"name": "a", "source": {"location": "postgresql://omop@db.site-a.example/cdm"}}]},
                         base_dir=tmp_path)
     assert study.sites[0].source.location == "postgresql://omop@db.site-a.example/cdm"
+
+
+def test_reporting_statements_parse_and_reach_one_task_s_report(tmp_path):
+    study = parse_study(BASE | {"reporting": {"intended_use": {"t2d_2y": "GPs at routine visits; an alert prompts an HbA1c."},
+                                              "ethics": "NRES 21/NW/0123", "funding": "None."}}, base_dir=tmp_path)
+    shown = study.reporting.for_task("t2d_2y")
+    assert shown["intended_use"] == "GPs at routine visits; an alert prompts an HbA1c."
+    assert [(s["field"], s["text"]) for s in shown["statements"]] == [
+        ("ethics", "NRES 21/NW/0123"), ("registration", None), ("funding", "None."), ("conflicts_of_interest", None),
+        ("public_involvement", None), ("data_availability", None)]
+    assert study.reporting.for_task("ckd3_2y")["intended_use"] is None
+    study.reporting.check_tasks(["t2d_2y"])
+    with pytest.raises(ValueError, match=r"reporting.intended_use names task\(s\) \['t2d_2y'\] that the study does not "
+                                         r"run; its tasks are \['ckd3_2y'\]"):
+        study.reporting.check_tasks(["ckd3_2y"])
+
+
+@pytest.mark.parametrize(
+    ("reporting", "message"),
+    [
+        ({"ethic": "x"}, r"reporting.ethic: unknown key; allowed keys here are \['conflicts_of_interest', 'data_availability', "
+                         r"'ethics', 'funding', 'intended_use', 'public_involvement', 'registration'\]"),
+        ({"ethics": "  "}, "reporting.ethics: Value error, a statement must not be blank"),
+        ({"funding": "x" * 2001}, "reporting.funding: String should have at most 2000 characters"),
+        ({"intended_use": {"t2d_2y": ""}}, r"intended_use of task 't2d_2y' must be 1 to 2000 characters; got 0"),
+    ],
+)
+def test_invalid_reporting_names_the_key(tmp_path, reporting, message):
+    with pytest.raises(ValueError, match=message):
+        parse_study(BASE | {"reporting": reporting}, base_dir=tmp_path)
+
+
+def test_the_demo_study_states_everything_its_reports_ask_for(tmp_path):
+    import yaml
+
+    from forewarn.flows.study import demo_study_yaml
+
+    study = parse_study(yaml.safe_load(demo_study_yaml({"academic": tmp_path / "a.duckdb"}, tmp_path)), base_dir=tmp_path)
+    study.reporting.check_tasks(study.tasks)
+    for task in study.tasks:
+        shown = study.reporting.for_task(task)
+        assert shown["intended_use"].startswith("A demonstration on synthetic records: not for clinical use.")
+        assert all(s["text"] for s in shown["statements"])
