@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from forewarn.evaluation.metrics import evaluate, point_metrics
+from forewarn.evaluation import metrics
+from forewarn.evaluation.metrics import evaluate
 from forewarn.features.featurize import FeatureConfig, featurize
 from forewarn.features.labels import label_dataset, load_task
 from forewarn.models.release import ReleaseSettings, release_trees
@@ -87,28 +88,14 @@ def fmt(rec: dict, metric: str) -> str:
 
 def paired_differences(y: np.ndarray, p: dict[str, np.ndarray], subjects: np.ndarray, *, n_boot: int, seed: int = 0) -> dict:
     """AUROC and AUPRC of ``OURS`` minus each other model: the point difference and a
-    95% percentile interval over patient-level resamples (the scheme of
-    ``evaluation.metrics.bootstrap_ci``; both models scored on the same resample)."""
-    y = np.asarray(y, bool)
-    uniq, row_subject = np.unique(np.asarray(subjects), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    others = [m for m in p if m != OURS]
-    point = {m: point_metrics(y, p[m]) for m in p}
-    draws: dict[tuple[str, str], list[float]] = {(o, k): [] for o in others for k in ("auroc", "auprc")}
-    for _ in range(n_boot):
-        w = np.bincount(rng.integers(0, uniq.size, uniq.size), minlength=uniq.size)[row_subject].astype(float)
-        keep = w > 0
-        if y[keep].all() or not y[keep].any():
-            continue
-        ours = point_metrics(y[keep], p[OURS][keep], w[keep])
-        for o in others:
-            theirs = point_metrics(y[keep], p[o][keep], w[keep])
-            for k in ("auroc", "auprc"):
-                draws[(o, k)].append(ours[k] - theirs[k])
-    return {
-        (o, k): (point[OURS][k] - point[o][k], float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975)))
-        for (o, k), v in draws.items()
-    }
+    95% percentile interval over patient-level resamples, both models scored on the same
+    resample (``evaluation.metrics.paired_difference``, as the promotion rule's)."""
+    out = {}
+    for o in (m for m in p if m != OURS):
+        for k in ("auroc", "auprc"):
+            d = metrics.paired_difference(y, p[OURS], p[o], subjects, n_boot=n_boot, seed=seed, metric=k)
+            out[(o, k)] = (d["difference"], d["ci_low"], d["ci_high"])
+    return out
 
 
 def run_network(people: int, tasks: list[str], root: Path, n_boot: int, config: ModelConfig,

@@ -101,3 +101,29 @@ def auroc_on(trained: TrainedModels, matrix: FeatureMatrix) -> float:
     _, calibrated, rows = model_probabilities(trained, matrix)
     held = rows[schema.SPLIT].to_numpy() == schema.HELD_OUT
     return metrics.point_metrics(rows[schema.BOOLEAN_VALUE].to_numpy(bool)[held], calibrated[held])["auroc"]
+
+
+def paired_auroc(candidate: TrainedModels, matrix: FeatureMatrix, champion: TrainedModels, champion_matrix: FeatureMatrix,
+                 *, n_boot: int = 200, seed: int = 0) -> dict | None:
+    """Held-out AUROC of ``candidate`` (on ``matrix``) minus the champion's (on
+    ``champion_matrix``, the same labelled rows in its own columns), with a paired
+    patient-bootstrap interval (``metrics.paired_difference``): the promotion rule's
+    ``test: paired``. None when the held-out split holds fewer than 11 events or
+    non-events, whose metrics are withheld (``privacy.MIN_CELL``). Only the three numbers
+    leave the site."""
+    _, new, rows = model_probabilities(candidate, matrix)
+    _, old, old_rows = model_probabilities(champion, champion_matrix)
+    key = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
+    held = rows[schema.SPLIT].to_numpy() == schema.HELD_OUT
+    old_held = old_rows[schema.SPLIT].to_numpy() == schema.HELD_OUT
+    ours = rows.loc[held, key + [schema.BOOLEAN_VALUE]].assign(new=new[held]).reset_index(drop=True)
+    theirs = old_rows.loc[old_held, key].assign(old=old[old_held])
+    both = ours.merge(theirs, on=key, how="inner", validate="one_to_one")
+    if len(both) != len(ours):
+        raise ValueError(f"the champion's matrix holds {len(both)} of the candidate's {len(ours)} held-out rows; featurize "
+                         "it from the same labels (columns=<the champion's columns.parquet>).")
+    y = both[schema.BOOLEAN_VALUE].to_numpy(bool)
+    if min(int(y.sum()), int((~y).sum())) < privacy.MIN_CELL:
+        return None
+    return metrics.paired_difference(y, both["new"].to_numpy(), both["old"].to_numpy(), both[schema.SUBJECT_ID].to_numpy(),
+                                     n_boot=n_boot, seed=seed)

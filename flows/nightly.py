@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ from forewarn.evaluation import drift as drift_check
 from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain, held_out_metrics
 from forewarn.evaluation.metrics import BETWEEN_SITES_METRICS, between_sites
 from forewarn.evaluation.report import report_context, write_report
-from forewarn.evaluation.validation import auroc_on, external_validation
+from forewarn.evaluation.validation import auroc_on, external_validation, paired_auroc
 from forewarn.features.featurize import FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
 from forewarn.flows import artifact, tracking
@@ -101,6 +102,8 @@ class NetworkChampion:
     auroc: dict[str, float]
     same: bool = False
     content: str | None = None  # ``model_content`` of the champion
+    model: TrainedModels | None = None
+    matrices: dict[str, FeatureMatrix] = field(default_factory=dict)  # each site's rows in the champion's columns
 
 
 @dataclass(frozen=True)
@@ -453,19 +456,28 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
                               lambda out: tracking.champion_inputs(spec.name, tracking.NETWORK, out / "model"))
     used: dict[str, list[Stage]] = {first: [model]}
     champion = TrainedModels(model.dir / "model")
-    aurocs, sites = {}, {}
+    aurocs, sites, matrices = {}, {}, {}
     for n in names:
         b = built[n]
         matrix = featurize_stage(b["pull"], b["labels"], study, caches[n], name=f"network-champion-features-{spec.name}",
                                  columns=model)
         used.setdefault(n, []).append(matrix)
+        matrices[n] = matrix.result
         aurocs[n] = auroc_on(champion, matrix.result)
         sites[n] = drift_against(champion.dir / f"profile-{n}.json", version, matrix.result, b["matrix"], study,
                                  why_none="the site joined the network after it was trained")
     decision = drift_check.combine({n: d["decision"] for n, d in sites.items()}, study.drift)
     content = model_content(champion, champion.dir / "columns.parquet")
-    return NetworkChampion(version, aurocs, content=content), {"compare": None, "decision": decision, "sites": sites,
+    return NetworkChampion(version, aurocs, content=content, model=champion, matrices=matrices), {"compare": None, "decision": decision, "sites": sites,
                                                                "champion_version": version}, used
+
+
+def promotion_metrics(paired: dict | None) -> dict[str, float]:
+    """The candidate's AUROC minus the champion's on the same held-out rows, as MLflow
+    metrics (none without a champion, or when withheld)."""
+    names = {"difference": "promotion/auroc_difference", "ci_low": "promotion/auroc_difference_ci_low",
+             "ci_high": "promotion/auroc_difference_ci_high"}
+    return {name: float(paired[k]) for k, name in names.items() if paired and math.isfinite(paired[k])}
 
 
 def logged(cache: StageCache, name: str, inputs: list[str], write) -> Stage:
@@ -550,7 +562,10 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         promotion = {"promoted": False, "unchanged": True, "champion_version": champion.version, "reasons": [
             f"this model is champion v{champion.version} itself, {same}: nothing new to register"]}
     else:
-        promotion = decide(held, compared, study.promotion)
+        if compared is not None:  # the candidate minus the champion on the same held-out rows, one bootstrap
+            compared["paired"] = paired_auroc(trained, matrix, champion.model, champion.matrix,
+                                              n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed)
+        promotion = decide(held, compared, study.promotion) | {"paired": (compared or {}).get("paired")}
     if action == "alert":
         drifted = [r for r in drift["decision"]["reasons"] if "drifted" in r or "drift" in r][:3]
         promotion = promotion | {"promoted": False, "reasons": [
@@ -601,6 +616,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     metrics = tracking.flat_metrics(record["held_out"], PRIMARY) | tracking.evaluation_metrics(held)
     metrics["train/best_iteration"] = float(training["xgboost"]["best_iteration"])
     metrics["promotion/promoted"] = float(promotion["promoted"])
+    metrics |= promotion_metrics(promotion.get("paired"))
     metrics |= drift_check.drift_metrics(drift)
     params = run_params(study, spec, site.name, shape, training)
     artifacts = {"report.html": report_path, "metrics.json": evaluation.metrics_path}
@@ -1202,7 +1218,12 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     validations = {n: run.stages[n][2] for n in names}
     held = {n: Evaluation(v.dir / "evaluation").load_metrics()["held_out"][PRIMARY] for n, v in validations.items()}
     compared = {"version": run.champion.version, "auroc": run.champion.auroc} if run.champion else None
-    promotion = decide_network(held, compared, study.promotion)
+    if compared is not None and run.champion.model is not None:  # each site's paired difference, computed there
+        compared["paired"] = {n: paired_auroc(candidate, run.stages[n][0].result, run.champion.model,
+                                              run.champion.matrices[n], n_boot=study.evaluation.bootstrap,
+                                              seed=study.evaluation.seed)
+                              for n in names if n in run.champion.matrices}
+    promotion = decide_network(held, compared, study.promotion) | {"paired": (compared or {}).get("paired")}
     action = run.drift["decision"]["action"]
     if action == "alert":
         alerting = [n for n, d in run.drift.get("sites", {}).items() if d["decision"]["action"] == "alert"]
@@ -1249,7 +1270,7 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     spread = {f"between_sites/{k}": between[k] for k in BETWEEN_SITES_METRICS if between and between[k] is not None}
     tracking.log_records(
         run_id=run_id, params=run_params(study, spec, tracking.NETWORK, shape, training),
-        metrics={"promotion/promoted": float(promotion["promoted"])} | spread,
+        metrics={"promotion/promoted": float(promotion["promoted"])} | spread,  # per-site differences: in promotion.json
         artifacts={f"{tracking.MODEL_INPUTS}/{k}": v for k, v in inputs.items()},
         dicts={"validation/promotion.json": record, "validation/drift.json": run.drift, "validation/sites.json": summary,
                **({"validation/between_sites.json": between} if between else {}),

@@ -3,6 +3,8 @@ current champion on the same held-out data and its calibration is acceptable."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from forewarn.records.config import Strict
@@ -12,6 +14,12 @@ class PromotionConfig(Strict):
     auroc_margin: float = Field(0.02, ge=0, le=0.5, description="non-inferiority margin on AUROC")
     slope_low: float = Field(0.7, gt=0, description="calibration slope bounds (1 is perfect)")
     slope_high: float = Field(1.4, gt=0)
+    test: Literal["marginal", "paired"] = Field(
+        "marginal",
+        description="marginal: the new model's AUROC lower 95% bound >= the champion's AUROC - margin; paired: the lower "
+        "95% bound of the new minus the champion's AUROC on the same held-out rows (one patient bootstrap) >= -margin. "
+        "Both are shown; this one decides",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> PromotionConfig:
@@ -25,7 +33,11 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
 
     ``new`` holds the candidate's held-out ``auroc_ci_low`` and ``calibration_slope``;
     ``champion`` the current champion's ``auroc`` on the same held-out rows and its
-    ``version`` (None when there is no champion yet). Without a champion the model is
+    ``version`` (None when there is no champion yet), and ``paired`` when the difference
+    was estimated: the candidate's AUROC minus the champion's on those rows with its
+    paired interval (``evaluation.validation.paired_auroc``: ``difference``, ``ci_low``,
+    ``ci_high``; None when withheld). ``config.test`` chooses which comparison decides;
+    the reasons give the other as well. Without a champion the model is
     promoted unless its slope was estimated and lies outside the bounds.
     """
     reasons = []
@@ -49,14 +61,30 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
             reasons.append("a first champion needs its calibration slope within the bounds too")
         return {"promoted": slope is None or slope_ok, "reasons": reasons, "champion_version": None}
     low, bar = new.get("auroc_ci_low"), champion["auroc"] - config.auroc_margin
-    auroc_ok = low is not None and low >= bar
-    reasons.insert(
-        0,
-        f"AUROC lower 95% bound {low:.3f} {'>=' if auroc_ok else '<'} champion v{champion['version']} AUROC "
+    marginal_ok = low is not None and low >= bar
+    marginal = (
+        f"AUROC lower 95% bound {low:.3f} {'>=' if marginal_ok else '<'} champion v{champion['version']} AUROC "
         f"{champion['auroc']:.3f} - margin {config.auroc_margin} = {bar:.3f} on the same held-out rows"
-        if low is not None else "AUROC interval could not be estimated",
+        if low is not None else "AUROC interval could not be estimated"
     )
-    return {"promoted": bool(auroc_ok and slope_ok), "reasons": reasons, "champion_version": champion["version"]}
+    paired = champion.get("paired")
+    paired_ok = paired is not None and paired["ci_low"] >= -config.auroc_margin
+    difference = (
+        f"AUROC minus champion v{champion['version']}'s on the same held-out rows {paired['difference']:+.3f} (paired "
+        f"95% CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}); lower bound {'>=' if paired_ok else '<'} "
+        f"-margin {-config.auroc_margin:+.3f}"
+        if paired is not None else "the paired AUROC difference could not be estimated (withheld: fewer than 11 "
+        "events or non-events held out)"
+    )
+    if config.test == "paired":
+        auroc_ok, first, other = paired_ok, difference, marginal
+    else:
+        auroc_ok, first, other = marginal_ok, marginal, difference if "paired" in champion else None
+    reasons.insert(0, first)
+    if other is not None:
+        reasons.append(f"not deciding ({'marginal' if config.test == 'paired' else 'paired'} test): {other}")
+    return {"promoted": bool(auroc_ok and slope_ok), "reasons": reasons, "champion_version": champion["version"],
+            "test": config.test}
 
 
 def decide_network(new: dict[str, dict], champion: dict | None, config: PromotionConfig) -> dict:
@@ -68,7 +96,9 @@ def decide_network(new: dict[str, dict], champion: dict | None, config: Promotio
     ``new`` maps each site to the candidate's held-out ``auroc_ci_low`` and
     ``calibration_slope`` there; ``champion`` holds the network champion's ``version`` and
     its ``auroc`` per site (a dict, re-scored on the same held-out rows), or is None when
-    there is no network champion yet. A site where the champion has no AUROC refuses
+    there is no network champion yet; its ``paired`` (a dict per site, as :func:`decide`'s
+    champion's ``paired``), when given, is the candidate minus the champion at each site.
+    A site where the champion has no AUROC refuses
     (nothing to be non-inferior to). Returns :func:`decide`'s keys, the reasons prefixed
     with their site, and ``sites``: each site's own decision.
     """
@@ -85,6 +115,8 @@ def decide_network(new: dict[str, dict], champion: dict | None, config: Promotio
                     "no events or no non-events among them), so non-inferiority cannot be shown"]}
                 continue
             compared = {"version": champion["version"], "auroc": float(auroc)}
+            if "paired" in champion:
+                compared["paired"] = champion["paired"].get(site)
         sites[site] = decide(record, compared, config)
     promoted = all(d["promoted"] for d in sites.values())
     reasons = [f"{site}: {r}" for site, d in sites.items() for r in d["reasons"]]

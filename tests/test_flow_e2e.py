@@ -99,8 +99,12 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")
     assert len(runs) == 4
     assert sorted(r.data.tags["forewarn.site"] for r in runs) == ["academic", "academic", "community", "community"]
-    names = {frozenset(k for k in r.data.metrics if not k.startswith("drift/")) for r in runs}
+    names = {frozenset(k for k in r.data.metrics if not k.startswith(("drift/", "promotion/auroc_difference"))) for r in runs}
     assert len(names) == 1
+    # The paired difference needs a champion too: the second night's runs hold it.
+    paired = {frozenset(k for k in r.data.metrics if k.startswith("promotion/auroc_difference")) for r in runs}
+    assert paired == {frozenset(), frozenset({"promotion/auroc_difference", "promotion/auroc_difference_ci_low",
+                                              "promotion/auroc_difference_ci_high"})}
     # Drift needs a champion to compare with: the second night has the whole set.
     drift = {frozenset(k for k in r.data.metrics if k.startswith("drift/")) for r in runs}
     assert drift == {frozenset({"drift/detected"}), frozenset({
@@ -200,6 +204,15 @@ def test_registry_aliases_keep_the_first_champion(flow_run, client):
                                              r"0.02 = ([\d.]+)", second.decision).groups()
         assert float(bar) == pytest.approx(float(champion) - 0.02, abs=1.5e-3)
         assert (float(low) >= float(bar)) == (sign == ">=")
+        # The paired difference on the same rows is shown beside it, not deciding (test: marginal),
+        # and it is the candidate's AUROC minus the champion's.
+        diff, d_low, d_high = (float(x) for x in re.search(
+            r"not deciding \(paired test\): AUROC minus champion v1's on the same held-out rows ([-+][\d.]+) \(paired 95% "
+            r"CI ([-+][\d.]+) to ([-+][\d.]+)\)", second.decision).groups())
+        m = client.get_run(second.run_id).data.metrics
+        assert diff == pytest.approx(m["promotion/auroc_difference"], abs=5e-4)
+        assert m["held_out/auroc"] - m["promotion/auroc_difference"] == pytest.approx(float(champion), abs=5e-4)
+        assert d_low <= diff <= d_high
     # Since session 16's released trees the champions fail on the degraded rows too (AUROC
     # about 0.6 and 0.5 there), so at this size the drift alert is what refuses them.
 
@@ -377,7 +390,8 @@ def test_every_validation_design_has_the_internal_runs_names_params_and_tags(flo
     runs = {design: client.search_runs([exp.experiment_id], filter_string=f"tags.`forewarn.validation_design` = '{design}'")
             for design in ("internal", "external", "temporal", "network")}
     assert [len(runs[d]) for d in ("internal", "external", "temporal", "network")] == [4, 4, 4, 4]
-    (internal_names,) = {frozenset(k for k in r.data.metrics if not k.startswith("drift/")) for r in runs["internal"]}
+    (internal_names,) = {frozenset(k for k in r.data.metrics if not k.startswith(("drift/", "promotion/auroc_difference")))
+                         for r in runs["internal"]}
     core = {f"held_out/{k}" for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high",
                                       "brier", "calibration_slope", "calibration_in_the_large")}
     core |= {f"held_out/xgboost/{k}" for k in ("auroc", "auprc", "brier", "n", "events")}
@@ -507,6 +521,9 @@ def test_network_model_is_registered_and_promoted_only_if_non_inferior_at_every_
         assert drift["sites"][site]["compare"]["max_psi"] > 0.25
         assert any(r.startswith(f"{site}: feature ") and "drifted" in r for r in drift["decision"]["reasons"])
         assert f"{site}: AUROC lower 95% bound" in " ".join(second["reasons"])
+        assert f"{site}: not deciding (paired test): AUROC minus champion v1's on the same held-out rows" in \
+            " ".join(second["reasons"])
+        assert second["paired"][site]["ci_low"] <= second["paired"][site]["difference"] <= second["paired"][site]["ci_high"]
     assert second["reasons"][0].startswith("drift alert: the data drifted from the network champion's")
     for r, promoted in zip(runs, ("true", "false"), strict=True):
         tags = r.data.tags

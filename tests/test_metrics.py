@@ -247,3 +247,50 @@ def test_between_sites_leaves_out_withheld_sites():
     assert metrics.between_sites([usable, dict(_site("b", 1.2, 0.1), withheld=True)]) is None
     assert metrics.between_sites([usable, dict(_site("b", 1.2, 0.1), auroc_ci_low=None)]) is None
     assert metrics.between_sites([usable, _site("b", 1.2, 0.1)])["sites"] == ["academic", "b"]
+
+
+def test_paired_difference_of_a_4_row_case_by_hand():
+    # new ranks every event above every non-event (AUROC 1); old puts the event at 0.2
+    # below the non-event at 0.3: 3 of 4 pairs in order, AUROC 0.75. Difference 0.25.
+    y = np.array([1, 1, 0, 0])
+    new, old = np.array([0.9, 0.8, 0.3, 0.1]), np.array([0.9, 0.2, 0.3, 0.1])
+    d = metrics.paired_difference(y, new, old, np.arange(4), n_boot=50, seed=0)
+    assert d["difference"] == 0.25
+    assert 0 <= d["ci_low"] <= d["ci_high"] <= 1  # a draw can lose the misranked pair, never reverse it
+
+
+def test_paired_difference_of_equal_rankings_is_exactly_zero_where_marginal_intervals_are_wide():
+    rng = np.random.default_rng(3)
+    y = rng.random(400) < 0.2
+    p = np.clip(0.2 + 0.3 * y + rng.normal(0, 0.25, 400), 0, 1)
+    subjects = np.repeat(np.arange(200), 2)
+    assert metrics.paired_difference(y, p, p ** 2, subjects, n_boot=100) == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    low, high = metrics.bootstrap_ci(y, p, subjects, n_boot=100)["auroc"]
+    assert high - low > 0.05
+
+
+def test_paired_difference_equals_a_replicate_by_replicate_loop():
+    """The interval is the percentiles of (new - old) scored on the same patient draw."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    y = rng.random(300) < 0.3
+    new = 1 / (1 + np.exp(-(y + rng.normal(0, 0.8, 300))))  # probabilities: point_metrics takes a Brier score too
+    old = 1 / (1 + np.exp(-(y + rng.normal(0, 1.0, 300))))
+    subjects = np.arange(300) // 3  # 3 rows a subject
+    d = metrics.paired_difference(y, new, old, subjects, n_boot=60, seed=2, metric="auroc")
+    diffs = []
+    for w in metrics.bootstrap_weights(subjects, n_boot=60, seed=2):
+        for row in w:
+            keep = row > 0
+            diffs.append(roc_auc_score(y[keep], new[keep], sample_weight=row[keep])
+                         - roc_auc_score(y[keep], old[keep], sample_weight=row[keep]))
+    assert d["difference"] == pytest.approx(roc_auc_score(y, new) - roc_auc_score(y, old))
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((np.quantile(diffs, 0.025), np.quantile(diffs, 0.975)))
+
+
+def test_paired_difference_refuses_mismatched_rows_and_unknown_metrics():
+    with pytest.raises(ValueError, match="must be one non-empty row each; got 3, 3, 2 and 3 rows"):
+        metrics.paired_difference(np.array([1, 0, 1]), np.ones(3), np.ones(2), np.arange(3))
+    with pytest.raises(ValueError, match="metric must be 'auroc' or 'auprc'; got 'brier'"):
+        metrics.paired_difference(np.array([1, 0]), np.ones(2), np.ones(2), np.arange(2), metric="brier")

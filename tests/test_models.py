@@ -998,3 +998,33 @@ def test_l1_record_withholds_tuning_aurocs_when_the_tuning_split_has_1_to_10_eve
     for y_tune in (np.r_[np.ones(10), np.zeros(500)], np.r_[np.ones(500), np.zeros(3)]):
         hidden = l1_record(lr, scores, X[tr], groups, config, y_tune)
         assert set(hidden["tuning_auroc_by_C"].values()) == {None} and hidden["C"] == lr.C
+
+
+def test_paired_auroc_of_the_champion_against_itself_is_zero_and_rows_must_match(tmp_path):
+    from forewarn.evaluation.validation import model_probabilities, paired_auroc
+
+    matrix = synthetic_matrix(tmp_path)
+    trained = train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
+    assert paired_auroc(trained, matrix, trained, matrix, n_boot=20) == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    # Another model on the same rows: the point difference is the two held-out AUROCs'.
+    (tmp_path / "o").mkdir()
+    other = train_models(matrix, tmp_path / "other", ModelConfig(n_jobs=1, seed=1, xgboost={"max_depth": 1}))
+    d = paired_auroc(trained, matrix, other, matrix, n_boot=20)
+    _, p, rows = model_probabilities(trained, matrix)
+    _, q, _ = model_probabilities(other, matrix)
+    held = (rows[schema.SPLIT] == "held_out").to_numpy()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)[held]
+    assert d["difference"] == pytest.approx(roc_auc_score(y, p[held]) - roc_auc_score(y, q[held]))
+    assert d["ci_low"] <= d["difference"] <= d["ci_high"]
+    # A champion matrix missing some of the held-out rows is an error, not a silent subset.
+    X, r, _ = matrix.load()
+    keep = np.flatnonzero(~((r[schema.SPLIT] == "held_out").to_numpy()) | (np.arange(len(r)) % 2 == 0))
+    half = write_matrix(tmp_path / "half", X[keep], r[schema.BOOLEAN_VALUE].to_numpy()[keep], r[schema.SPLIT].to_numpy()[keep])
+    with pytest.raises(ValueError, match=r"the champion's matrix holds \d+ of the candidate's \d+ held-out rows"):
+        paired_auroc(trained, matrix, trained, half, n_boot=20)
+    # 1-10 held-out events: withheld, as the held-out metrics are.
+    yy = r[schema.BOOLEAN_VALUE].to_numpy(bool).copy()
+    held_events = np.flatnonzero(yy & (r[schema.SPLIT] == "held_out").to_numpy())
+    yy[held_events[5:]] = False
+    few = write_matrix(tmp_path / "few", X, yy, r[schema.SPLIT].to_numpy())
+    assert paired_auroc(trained, few, trained, few, n_boot=20) is None

@@ -96,3 +96,57 @@ def test_network_model_is_refused_where_the_champion_has_no_auroc():
 def test_network_rule_needs_a_site():
     with pytest.raises(ValueError, match="needs the candidate's held-out metrics at one site"):
         decide_network({}, None, CONFIG)
+
+
+# A candidate equal to the champion: its marginal interval is as wide as the champion's,
+# the paired difference exactly 0.
+SAME = {"version": "3", "auroc": 0.80, "paired": {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}}
+
+
+def test_the_marginal_rule_decides_by_default_and_shows_the_paired_difference():
+    d = decide({"auroc_ci_low": 0.76, "calibration_slope": 1.0}, SAME, CONFIG)
+    assert d == {"promoted": False, "champion_version": "3", "test": "marginal", "reasons": [
+        "AUROC lower 95% bound 0.760 < champion v3 AUROC 0.800 - margin 0.02 = 0.780 on the same held-out rows",
+        "calibration slope 1.000 is within [0.8, 1.25]",
+        "not deciding (paired test): AUROC minus champion v3's on the same held-out rows +0.000 (paired 95% CI +0.000 to "
+        "+0.000); lower bound >= -margin -0.020"]}
+
+
+@pytest.mark.parametrize(("ci_low", "promoted"), [(0.0, True), (-0.02, True), (-0.021, False)])
+def test_the_paired_rule_judges_the_difference_on_the_same_rows(ci_low, promoted):
+    config = CONFIG.model_copy(update={"test": "paired"})
+    champion = SAME | {"paired": {"difference": 0.01, "ci_low": ci_low, "ci_high": 0.03}}
+    d = decide({"auroc_ci_low": 0.76, "calibration_slope": 1.0}, champion, config)
+    assert d["promoted"] is promoted and d["test"] == "paired"
+    assert d["reasons"][0] == (f"AUROC minus champion v3's on the same held-out rows +0.010 (paired 95% CI {ci_low:+.3f} "
+                               f"to +0.030); lower bound {'>=' if promoted else '<'} -margin -0.020")
+    assert d["reasons"][-1] == ("not deciding (marginal test): AUROC lower 95% bound 0.760 < champion v3 AUROC 0.800 - "
+                                "margin 0.02 = 0.780 on the same held-out rows")
+    # the slope still has to hold
+    assert decide({"auroc_ci_low": 0.9, "calibration_slope": 1.3}, champion, config)["promoted"] is False
+
+
+def test_the_paired_rule_refuses_when_the_difference_is_withheld():
+    config = CONFIG.model_copy(update={"test": "paired"})
+    d = decide({"auroc_ci_low": None, "calibration_slope": None}, SAME | {"paired": None}, config)
+    assert d["promoted"] is False
+    assert d["reasons"][0] == ("the paired AUROC difference could not be estimated (withheld: fewer than 11 events or "
+                               "non-events held out)")
+
+
+def test_the_network_s_paired_rule_holds_at_every_site():
+    config = CONFIG.model_copy(update={"test": "paired"})
+    champion = {"version": "2", "auroc": {"academic": 0.9, "community": 0.85},
+                "paired": {"academic": {"difference": 0.0, "ci_low": -0.01, "ci_high": 0.01},
+                           "community": {"difference": -0.02, "ci_low": -0.05, "ci_high": 0.01}}}
+    d = decide_network(NEW, champion, config)
+    assert d["promoted"] is False
+    assert d["reasons"][0] == "refused at community: the network's model must pass the rule at every site"
+    assert d["sites"]["academic"]["promoted"] is True and d["sites"]["community"]["promoted"] is False
+    assert "community: AUROC minus champion v2's on the same held-out rows -0.020 (paired 95% CI -0.050 to +0.010)" in \
+        " ".join(d["reasons"])
+
+
+def test_the_test_is_marginal_or_paired():
+    with pytest.raises(ValueError, match="Input should be 'marginal' or 'paired'"):
+        PromotionConfig(test="mcnemar")
