@@ -1317,3 +1317,15 @@ def test_intended_use_and_the_study_s_statements_fill_the_checklist(run):
     context = build_context(run, reporting=everything.for_task(run["spec"].name))
     assert not any("does not state" in x for x in context["limitations"])
     assert "to be completed by the site" not in render(context)
+
+
+def test_the_checklist_maps_tripod_ai_items_to_sections(run, full, plain):
+    for page in (full, plain):
+        assert ('<tr><td class="l">Model output: a calibrated risk per prediction time, and the alert it raises at an '
+                'operating point</td><td class="l"><a href="#calibration">8</a>, <a href="#utility">9</a></td></tr>') in page
+        assert "<td class=\"l\">Access to the full model</td><td class=\"l\">the registered model in MLflow" in page
+        assert 'development and held-out data compared</td><td class="l"><a href="#characteristics">3</a>' in page
+    # Heterogeneity across sites: the validation table when another site's data is in it.
+    assert '<td class="l">Heterogeneity across sites</td><td class="l"><a href="#validation">12</a>' in full
+    assert ('<td class="l">Heterogeneity across sites</td><td class="l">no other site\'s data in this report: not '
+            'assessed') in plain
