@@ -125,8 +125,9 @@ def paired_difference(
     """``metric`` (AUROC or AUPRC) of ``p_new`` minus that of ``p_old`` on the same rows,
     with a percentile interval over patient-level resamples that score both on the same
     draw (:func:`bootstrap_weights`), so what the two rankings share cancels: two equal
-    rankings give 0 (0 to 0), where their separate intervals would overlap only by half
-    their width. Replicates that drew one class are skipped."""
+    rankings give 0 (0 to 0), while one model's own interval is as wide as ever (the
+    marginal rule compares its lower bound with the other's point estimate). Replicates
+    that drew one class are skipped."""
     if metric not in ("auroc", "auprc"):
         raise ValueError(f"metric must be 'auroc' or 'auprc'; got {metric!r}.")
     y = np.asarray(y, bool)

@@ -120,8 +120,9 @@ def paired_auroc(candidate: TrainedModels, matrix: FeatureMatrix, champion: Trai
     theirs = old_rows.loc[old_held, key].assign(old=old[old_held])
     both = ours.merge(theirs, on=key, how="inner", validate="one_to_one")
     if len(both) != len(ours):
-        raise ValueError(f"the champion's matrix holds {len(both)} of the candidate's {len(ours)} held-out rows; featurize "
-                         "it from the same labels (columns=<the champion's columns.parquet>).")
+        # No counts in the message: it may reach a report or another site.
+        raise ValueError("the champion's matrix lacks some of the candidate's held-out rows; featurize it from the same "
+                         "labels (columns=<the champion's columns.parquet>).")
     y = both[schema.BOOLEAN_VALUE].to_numpy(bool)
     if min(int(y.sum()), int((~y).sum())) < privacy.MIN_CELL:
         return None

@@ -472,12 +472,25 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
                                                                "champion_version": version}, used
 
 
-def promotion_metrics(paired: dict | None) -> dict[str, float]:
+def champion_difference(study: Study, candidate: TrainedModels, matrix: FeatureMatrix, champion: TrainedModels,
+                        champion_matrix: FeatureMatrix) -> dict | None:
+    """``paired_auroc`` of the candidate against the champion at one site, or None (the
+    reasons then say it could not be estimated) when it cannot be computed: under the
+    default marginal rule it only informs, so it must not stop a publication."""
+    try:
+        return paired_auroc(candidate, matrix, champion, champion_matrix, n_boot=study.promotion.bootstrap,
+                            seed=study.evaluation.seed)
+    except ValueError as exc:
+        log.warning("the paired AUROC difference against the champion could not be computed: %s", exc)
+        return None
+
+
+def promotion_metrics(paired: dict | None, prefix: str = "promotion/") -> dict[str, float]:
     """The candidate's AUROC minus the champion's on the same held-out rows, as MLflow
-    metrics (none without a champion, or when withheld)."""
-    names = {"difference": "promotion/auroc_difference", "ci_low": "promotion/auroc_difference_ci_low",
-             "ci_high": "promotion/auroc_difference_ci_high"}
-    return {name: float(paired[k]) for k, name in names.items() if paired and math.isfinite(paired[k])}
+    metrics (none without a champion, when withheld, or where not finite)."""
+    names = {"difference": "auroc_difference", "ci_low": "auroc_difference_ci_low", "ci_high": "auroc_difference_ci_high"}
+    return {prefix + name: float(paired[k]) for k, name in names.items()
+            if paired and paired.get(k) is not None and math.isfinite(paired[k])}
 
 
 def logged(cache: StageCache, name: str, inputs: list[str], write) -> Stage:
@@ -563,8 +576,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
             f"this model is champion v{champion.version} itself, {same}: nothing new to register"]}
     else:
         if compared is not None:  # the candidate minus the champion on the same held-out rows, one bootstrap
-            compared["paired"] = paired_auroc(trained, matrix, champion.model, champion.matrix,
-                                              n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed)
+            compared["paired"] = champion_difference(study, trained, matrix, champion.model, champion.matrix)
         promotion = decide(held, compared, study.promotion) | {"paired": (compared or {}).get("paired")}
     if action == "alert":
         drifted = [r for r in drift["decision"]["reasons"] if "drifted" in r or "drift" in r][:3]
@@ -1219,9 +1231,8 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     held = {n: Evaluation(v.dir / "evaluation").load_metrics()["held_out"][PRIMARY] for n, v in validations.items()}
     compared = {"version": run.champion.version, "auroc": run.champion.auroc} if run.champion else None
     if compared is not None and run.champion.model is not None:  # each site's paired difference, computed there
-        compared["paired"] = {n: paired_auroc(candidate, run.stages[n][0].result, run.champion.model,
-                                              run.champion.matrices[n], n_boot=study.evaluation.bootstrap,
-                                              seed=study.evaluation.seed)
+        compared["paired"] = {n: champion_difference(study, candidate, run.stages[n][0].result, run.champion.model,
+                                                     run.champion.matrices[n])
                               for n in names if n in run.champion.matrices}
     promotion = decide_network(held, compared, study.promotion) | {"paired": (compared or {}).get("paired")}
     action = run.drift["decision"]["action"]
@@ -1270,7 +1281,8 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     spread = {f"between_sites/{k}": between[k] for k in BETWEEN_SITES_METRICS if between and between[k] is not None}
     tracking.log_records(
         run_id=run_id, params=run_params(study, spec, tracking.NETWORK, shape, training),
-        metrics={"promotion/promoted": float(promotion["promoted"])} | spread,  # per-site differences: in promotion.json
+        metrics={"promotion/promoted": float(promotion["promoted"])} | spread
+        | {k: v for n, d in (promotion.get("paired") or {}).items() for k, v in promotion_metrics(d, f"promotion/{n}/").items()},
         artifacts={f"{tracking.MODEL_INPUTS}/{k}": v for k, v in inputs.items()},
         dicts={"validation/promotion.json": record, "validation/drift.json": run.drift, "validation/sites.json": summary,
                **({"validation/between_sites.json": between} if between else {}),

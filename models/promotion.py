@@ -3,6 +3,7 @@ current champion on the same held-out data and its calibration is acceptable."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -20,6 +21,7 @@ class PromotionConfig(Strict):
         "95% bound of the new minus the champion's AUROC on the same held-out rows (one patient bootstrap) >= -margin. "
         "Both are shown; this one decides",
     )
+    bootstrap: int = Field(1000, ge=100, description="patient-bootstrap draws of the paired difference's 95% interval")
 
     @model_validator(mode="after")
     def _bounds(self) -> PromotionConfig:
@@ -59,7 +61,7 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
                            "review it before use")
         elif not slope_ok:
             reasons.append("a first champion needs its calibration slope within the bounds too")
-        return {"promoted": slope is None or slope_ok, "reasons": reasons, "champion_version": None}
+        return {"promoted": slope is None or slope_ok, "reasons": reasons, "champion_version": None, "test": config.test}
     low, bar = new.get("auroc_ci_low"), champion["auroc"] - config.auroc_margin
     marginal_ok = low is not None and low >= bar
     marginal = (
@@ -68,13 +70,15 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
         if low is not None else "AUROC interval could not be estimated"
     )
     paired = champion.get("paired")
+    if paired is not None and not all(math.isfinite(paired[k]) for k in ("difference", "ci_low", "ci_high")):
+        paired = None
     paired_ok = paired is not None and paired["ci_low"] >= -config.auroc_margin
     difference = (
         f"AUROC minus champion v{champion['version']}'s on the same held-out rows {paired['difference']:+.3f} (paired "
         f"95% CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}); lower bound {'>=' if paired_ok else '<'} "
         f"-margin {-config.auroc_margin:+.3f}"
-        if paired is not None else "the paired AUROC difference could not be estimated (withheld: fewer than 11 "
-        "events or non-events held out)"
+        if paired is not None else "the paired AUROC difference could not be estimated (withheld with 1 to 10 held-out "
+        "events or non-events, or not computed)"
     )
     if config.test == "paired":
         auroc_ok, first, other = paired_ok, difference, marginal
@@ -124,4 +128,4 @@ def decide_network(new: dict[str, dict], champion: dict | None, config: Promotio
     if refused:
         reasons.insert(0, f"refused at {', '.join(refused)}: the network's model must pass the rule at every site")
     return {"promoted": promoted, "reasons": reasons, "champion_version": None if champion is None else champion["version"],
-            "sites": sites}
+            "sites": sites, "test": config.test}

@@ -525,15 +525,21 @@ def test_network_model_is_registered_and_promoted_only_if_non_inferior_at_every_
             " ".join(second["reasons"])
         assert second["paired"][site]["ci_low"] <= second["paired"][site]["difference"] <= second["paired"][site]["ci_high"]
     assert second["reasons"][0].startswith("drift alert: the data drifted from the network champion's")
-    for r, promoted in zip(runs, ("true", "false"), strict=True):
+    assert first.get("paired") is None and set(second["paired"]) == {"academic", "community"}
+    for r, record, promoted in zip(runs, records, ("true", "false"), strict=True):
         tags = r.data.tags
         assert (tags["forewarn.site"], tags["forewarn.train_site"], tags["forewarn.promoted"]) == ("network", "academic + community", promoted)
         assert "forewarn.validation_design" not in tags and tags["forewarn.complete"] == "true"
         # The model's AUROC between the sites, from the per-site summary the run holds.
         sites = json.loads(Path(client.download_artifacts(r.info.run_id, "validation/sites.json")).read_text())
         between = metrics.between_sites([{"site": n, **v} for n, v in sites.items()])
+        # ... and each site's paired difference against the champion, once there is one.
+        paired = {f"promotion/{n}/auroc_difference{suffix}": pytest.approx(d[k])
+                  for n, d in (record.get("paired") or {}).items()
+                  for k, suffix in (("difference", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))}
         assert r.data.metrics == {"promotion/promoted": float(promoted == "true")} | {
-            f"between_sites/{k}": pytest.approx(between[k]) for k in metrics.BETWEEN_SITES_METRICS if between[k] is not None}
+            f"between_sites/{k}": pytest.approx(between[k]) for k in metrics.BETWEEN_SITES_METRICS if between[k] is not None
+        } | paired
         logged = json.loads(Path(client.download_artifacts(r.info.run_id, "validation/between_sites.json")).read_text())
         assert logged.pop("sites") == between.pop("sites") == ["academic", "community"]
         assert logged == pytest.approx(between)

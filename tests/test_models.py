@@ -1007,7 +1007,6 @@ def test_paired_auroc_of_the_champion_against_itself_is_zero_and_rows_must_match
     trained = train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
     assert paired_auroc(trained, matrix, trained, matrix, n_boot=20) == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}
     # Another model on the same rows: the point difference is the two held-out AUROCs'.
-    (tmp_path / "o").mkdir()
     other = train_models(matrix, tmp_path / "other", ModelConfig(n_jobs=1, seed=1, xgboost={"max_depth": 1}))
     d = paired_auroc(trained, matrix, other, matrix, n_boot=20)
     _, p, rows = model_probabilities(trained, matrix)
@@ -1016,12 +1015,27 @@ def test_paired_auroc_of_the_champion_against_itself_is_zero_and_rows_must_match
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)[held]
     assert d["difference"] == pytest.approx(roc_auc_score(y, p[held]) - roc_auc_score(y, q[held]))
     assert d["ci_low"] <= d["difference"] <= d["ci_high"]
-    # A champion matrix missing some of the held-out rows is an error, not a silent subset.
-    X, r, _ = matrix.load()
-    keep = np.flatnonzero(~((r[schema.SPLIT] == "held_out").to_numpy()) | (np.arange(len(r)) % 2 == 0))
-    half = write_matrix(tmp_path / "half", X[keep], r[schema.BOOLEAN_VALUE].to_numpy()[keep], r[schema.SPLIT].to_numpy()[keep])
-    with pytest.raises(ValueError, match=r"the champion's matrix holds \d+ of the candidate's \d+ held-out rows"):
-        paired_auroc(trained, matrix, trained, half, n_boot=20)
+    # Rows pair by subject and prediction time, not by position: the champion's matrix in
+    # another order gives the same 0; one that lacks rows, or holds one twice, is an error.
+    X, r, cols = matrix.load()
+
+    def reordered(name, order):
+        folder = tmp_path / name
+        folder.mkdir()
+        sp.save_npz(folder / "X.npz", X[order])
+        r.iloc[order].reset_index(drop=True).to_parquet(folder / "rows.parquet")
+        cols.to_parquet(folder / "columns.parquet")
+        return FeatureMatrix(folder)
+
+    order = np.random.default_rng(0).permutation(len(r))
+    assert paired_auroc(trained, matrix, trained, reordered("shuffled", order), n_boot=20) == {
+        "difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert paired_auroc(trained, matrix, other, reordered("shuffled-other", order), n_boot=20) == d
+    held_rows = np.flatnonzero((r[schema.SPLIT] == "held_out").to_numpy())
+    with pytest.raises(ValueError, match=r"the champion's matrix lacks some of the candidate's held-out rows; featurize"):
+        paired_auroc(trained, matrix, trained, reordered("half", np.setdiff1d(order, held_rows[::2])), n_boot=20)
+    with pytest.raises(ValueError):  # pandas' MergeError: not one to one
+        paired_auroc(trained, matrix, trained, reordered("twice", np.r_[order, held_rows[:1]]), n_boot=20)
     # 1-10 held-out events: withheld, as the held-out metrics are.
     yy = r[schema.BOOLEAN_VALUE].to_numpy(bool).copy()
     held_events = np.flatnonzero(yy & (r[schema.SPLIT] == "held_out").to_numpy())

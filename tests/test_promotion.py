@@ -9,7 +9,7 @@ CONFIG = PromotionConfig(auroc_margin=0.02, slope_low=0.8, slope_high=1.25)
 
 def test_first_model_is_promoted():
     d = decide({"auroc_ci_low": 0.7, "calibration_slope": 1.0}, None, CONFIG)
-    assert d == {"promoted": True, "champion_version": None,
+    assert d == {"promoted": True, "champion_version": None, "test": "marginal",
                  "reasons": ["there is no champion yet", "calibration slope 1.000 is within [0.8, 1.25]"]}
 
 
@@ -24,13 +24,14 @@ def test_first_model_is_promoted():
 )
 def test_first_model_with_a_slope_out_of_bounds_stays_challenger(slope, reasons):
     d = decide({"auroc_ci_low": 0.7, "calibration_slope": slope}, None, CONFIG)
-    assert d == {"promoted": False, "champion_version": None, "reasons": ["there is no champion yet", *reasons]}
+    assert d == {"promoted": False, "champion_version": None, "test": "marginal",
+                 "reasons": ["there is no champion yet", *reasons]}
 
 
 def test_first_model_without_a_slope_is_promoted_and_says_it_was_not_judged():
     # Held-out metrics withheld (1-10 events or non-events): nothing to judge, nothing to serve otherwise.
     d = decide({"auroc_ci_low": None, "calibration_slope": None}, None, CONFIG)
-    assert d == {"promoted": True, "champion_version": None, "reasons": [
+    assert d == {"promoted": True, "champion_version": None, "test": "marginal", "reasons": [
         "there is no champion yet", "calibration slope could not be estimated",
         "promoted only because there is no champion: its calibration was not judged, review it before use"]}
 
@@ -130,8 +131,20 @@ def test_the_paired_rule_refuses_when_the_difference_is_withheld():
     config = CONFIG.model_copy(update={"test": "paired"})
     d = decide({"auroc_ci_low": None, "calibration_slope": None}, SAME | {"paired": None}, config)
     assert d["promoted"] is False
-    assert d["reasons"][0] == ("the paired AUROC difference could not be estimated (withheld: fewer than 11 events or "
-                               "non-events held out)")
+    assert d["reasons"][0] == ("the paired AUROC difference could not be estimated (withheld with 1 to 10 held-out "
+                               "events or non-events, or not computed)")
+    # A difference that is not a number (no bootstrap draw held both classes) is no evidence either.
+    nan = {"difference": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    d = decide({"auroc_ci_low": 0.9, "calibration_slope": 1.0}, SAME | {"paired": nan}, config)
+    assert d["promoted"] is False and d["reasons"][0].startswith("the paired AUROC difference could not be estimated")
+
+
+def test_promotion_metrics_leave_out_what_is_missing_or_not_finite():
+    from forewarn.flows.nightly import promotion_metrics
+
+    assert promotion_metrics(None) == {}
+    assert promotion_metrics({"difference": 0.01, "ci_low": float("nan"), "ci_high": 0.03}, "promotion/academic/") == {
+        "promotion/academic/auroc_difference": 0.01, "promotion/academic/auroc_difference_ci_high": 0.03}
 
 
 def test_the_network_s_paired_rule_holds_at_every_site():

@@ -1327,5 +1327,8 @@ def test_the_checklist_maps_tripod_ai_items_to_sections(run, full, plain):
         assert 'development and held-out data compared</td><td class="l"><a href="#characteristics">3</a>' in page
     # Heterogeneity across sites: the validation table when another site's data is in it.
     assert '<td class="l">Heterogeneity across sites</td><td class="l"><a href="#validation">12</a>' in full
-    assert ('<td class="l">Heterogeneity across sites</td><td class="l">no other site\'s data in this report: not '
-            'assessed') in plain
+    assert ('<td class="l">Heterogeneity across sites</td><td class="l">not assessed across sites (no other site\'s data '
+            'in this report); subgroups: <a href="#subgroups">10</a>') in plain
+    # The site's model names its version in the promotion section; the network's model at a site is the registry's own.
+    assert "the registered model in MLflow, named with its version in <a href=\"#promotion\">15</a>; its trees" in full
+    assert "the registered model in MLflow; its trees, calibrator and columns are this run's model_inputs" in plain
