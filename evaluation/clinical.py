@@ -237,7 +237,8 @@ def calibration_stats(y, p, *, bins: int = 10) -> dict[str, float | int | bool |
     Fits are unpenalised maximum likelihood on ``logit(clip(p, 1e-6, 1 - 1e-6))``; a fit
     whose estimate does not exist (one class, separation, constant ``p``) gives ``None``.
     ``n`` and ``events`` are suppressed; with 1..10 events or non-events every metric is
-    withheld and ``suppressed`` is True.
+    withheld and ``suppressed`` is True, and so are the events when the non-events number
+    1..10 (``n`` minus them would give those back), as in ``metrics.evaluate``.
     """
     y, p = _check_yp(y, p)
     n, events = int(y.size), int(y.sum())
@@ -246,7 +247,8 @@ def calibration_stats(y, p, *, bins: int = 10) -> dict[str, float | int | bool |
     record: dict[str, float | int | bool | None] = {
         k: (None if suppressed else v) for k, v in values.items()
     }
-    record.update(n=privacy.suppress(n), events=privacy.suppress(events), suppressed=suppressed)
+    few_non_events = privacy.suppress(n - events) is None
+    record.update(n=privacy.suppress(n), events=None if few_non_events else privacy.suppress(events), suppressed=suppressed)
     return record
 
 
@@ -264,7 +266,7 @@ def smoothed_calibration(y, p, *, points: int = 50) -> pd.DataFrame:
     bandwidth follows Silverman's rule (on the logit scale), evaluated at ``points``
     quantiles of ``p`` (levels ``(i + 0.5) / points``, so no single subject's risk is an
     end point). ``observed`` is clipped to [0, 1]. With 1..10 events or non-events the
-    curve is withheld (``observed`` is None).
+    curve is withheld (``observed`` and ``predicted`` are None).
     """
     y, p = _check_yp(y, p)
     if points < 1:
@@ -290,7 +292,10 @@ def smoothed_calibration(y, p, *, points: int = 50) -> pd.DataFrame:
             det = s0 * s2 - s1 * s1
             fit = (s2 * t0 - s1 * t1) / det if det > 1e-12 * s0 * s0 else t0 / s0
             observed.append(float(np.clip(fit, 0.0, 1.0)))
-    return pd.DataFrame({"predicted": [float(a) for a in at], "observed": observed}, dtype=object)
+    # Withheld, the risks' quantiles go too: they are knots at i / (n - 1), which for a
+    # small evaluation set would tell its size.
+    predicted = [None if observed[0] is None else float(a) for a in at]
+    return pd.DataFrame({"predicted": predicted, "observed": observed}, dtype=object)
 
 
 # ------------------------------------------------------------------ operating points

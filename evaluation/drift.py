@@ -205,13 +205,30 @@ def _present(Xc: sp.csc_matrix, k: int, keep: np.ndarray) -> np.ndarray:
     return values[keep[rows] & np.isfinite(values)]
 
 
-def _prevalence(labels: np.ndarray) -> float | None:
-    """Event rate, or None when the events or the non-events number 1..10 (it would give them away)."""
+def _prevalence(labels: np.ndarray, *, rounded: bool = False) -> float | None:
+    """Event rate, or None when the events or the non-events number 1..10 (it would give
+    them away); ``rounded``: the events rounded as :func:`_rounded_share` does."""
     positives = int(labels.sum())
     negatives = int(labels.size - positives)
     if privacy.suppress(positives) is None or privacy.suppress(negatives) is None:
         return None
-    return positives / labels.size
+    return _rounded_shares([positives, negatives])[0] if rounded else positives / labels.size
+
+
+def _rounded_shares(counts: list[int]) -> list[float]:
+    """Shares of ``counts`` (cells of one whole, each 0 or at least 11) after rounding
+    each count to the nearest multiple of 11 (``privacy.MIN_CELL``); they sum to 1.
+
+    The profile describes the train split alone, whose counts no other table publishes:
+    at full precision, a share times ``n_rows`` subtracted from a published count of the
+    development rows (train and tuning) would give a tuning count of 1..10 back. Rounded,
+    such a difference is known only to within about 5.5 either way. A count of 11 or
+    more stays at 11 or more, so no cell vanishes; with thousands of train rows the
+    shares move by a fraction of a percent, and the PSI with them."""
+    step = privacy.MIN_CELL
+    rounded = [float(np.floor(c / step + 0.5) * step) for c in counts]
+    total = sum(rounded)
+    return [r / total for r in rounded] if total else [0.0 for _ in counts]
 
 
 def _rank_importance(importance: pd.DataFrame) -> pd.DataFrame:
@@ -257,7 +274,9 @@ def reference_profile(
     next important feature takes its place. Cut points are data values at interior
     quantiles (never the maximum), and every bin holds at least 11 rows, so at least 11
     rows lie on either side of each cut. ``prevalence`` is None when the train events or
-    non-events number 1..10. The vocabulary lists code names (no counts).
+    non-events number 1..10. Every stored share and the prevalence count rows rounded to
+    a multiple of 11 (:func:`_rounded_shares`): the profile leaves the site with the
+    model. The vocabulary lists code names (no counts).
 
     Raises ValueError when the train split has fewer than 11 rows.
     """
@@ -309,7 +328,7 @@ def reference_profile(
         "version": PROFILE_VERSION,
         "split": schema.TRAIN,
         "n_rows": privacy.suppress(n),
-        "prevalence": _prevalence(labels),
+        "prevalence": _prevalence(labels, rounded=True),
         "n_columns": int(X.shape[1]),
         "features": features,
         "skipped": skipped,
@@ -332,10 +351,11 @@ def _profile_feature(values: np.ndarray, n: int, bins: int) -> tuple[dict | None
         counts[0] += missing
     if any(0 < c < privacy.MIN_CELL for c in counts):  # cannot happen with >= 11 present values
         return None, f"its bins cannot be merged to {privacy.MIN_CELL} rows or more"
+    shares = _rounded_shares(counts if folded else [*counts, missing])
     return {
         "edges": edges_list,
-        "shares": [c / n for c in counts],
-        "missing": None if folded else missing / n,
+        "shares": shares[: len(counts)],
+        "missing": None if folded else shares[-1],
         "missing_in_first_bin": folded,
     }, ""
 

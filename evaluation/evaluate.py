@@ -144,7 +144,13 @@ def held_out_metrics(trained: TrainedModels, config: EvaluationConfig) -> dict:
     y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
     p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
     record = metrics.evaluate(y, p, held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed)
-    return json_safe(record | clinical.calibration_stats(y, p))
+    return json_safe(record | _without_counts(clinical.calibration_stats(y, p)))
+
+
+def _without_counts(stats: dict) -> dict:
+    """Calibration statistics to merge into a discrimination record, whose own ``n`` and
+    ``events`` (``metrics.evaluate``'s, withheld by its rules) stay as they are."""
+    return {k: v for k, v in stats.items() if k not in ("n", "events")}
 
 
 def demographics(X, columns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +197,7 @@ def evaluate_and_explain(
             record["calibration_stats"][model] = clinical.calibration_stats(y, p)
         held = held_out_frame(trained, PRIMARY)
         y, p = scores[PRIMARY]
-        record["held_out"][PRIMARY].update(record["calibration_stats"][PRIMARY])
+        record["held_out"][PRIMARY].update(_without_counts(record["calibration_stats"][PRIMARY]))
         smoothed = clinical.smoothed_calibration(y, p)
         record["smoothed_calibration"] = smoothed.to_dict(orient="records")
         # Every table and figure drawn from one ranking publishes cut-offs of it, which

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import xgboost as xgb
 
 from forewarn.models.train import PrimaryModel
+from forewarn.records import privacy
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,30 @@ def linear_shap(l1, X: sp.csr_matrix) -> tuple[np.ndarray, float]:
     return values, l1.intercept + float(mean @ w[used])
 
 
-def global_importance(values: np.ndarray, columns: pd.DataFrame) -> pd.DataFrame:
-    """Mean |SHAP| per feature, largest first, with code, aggregation, window and readable name."""
+def global_importance(values: np.ndarray, columns: pd.DataFrame, explained: sp.spmatrix | None = None) -> pd.DataFrame:
+    """Mean |SHAP| per feature, largest first, with code, aggregation, window and readable name.
+
+    With ``explained`` (the explained rows of the feature matrix) only features recorded
+    in none or at least 11 of those rows, and missing in none or at least 11, are listed
+    (``disclosable``). The table leaves the site, and a feature's mean |SHAP| gives its
+    recorded count back where the model is linear in it: with the blend or the L1 offset
+    a 0/1 code no tree splits on has mean |SHAP| = b |w| 2k(m - k) / m^2 for k of the m
+    rows, b and w being published with the model. Its rank among listed features would
+    bound the same number, so such a feature is left out, not merely blanked."""
     frame = columns[["name", "code", "agg", "window", "description"]].copy()
     frame["mean_abs_shap"] = np.abs(values).mean(axis=0) if values.size else 0.0
+    if explained is not None:
+        frame = frame[disclosable(explained)]
     frame = frame.sort_values(["mean_abs_shap", "name"], ascending=[False, True], kind="stable")
     return frame.reset_index(drop=True)
+
+
+def disclosable(explained: sp.spmatrix) -> np.ndarray:
+    """Per column of ``explained``: recorded in none or at least 11 rows, and missing in
+    none or at least 11 (``privacy.MIN_CELL``)."""
+    present = np.diff(sp.csc_matrix(explained).indptr)
+    missing = explained.shape[0] - present
+    return ((present == 0) | (present >= privacy.MIN_CELL)) & ((missing == 0) | (missing >= privacy.MIN_CELL))
 
 
 def explain(
@@ -98,5 +117,5 @@ def explain(
     rows = np.sort(rng.choice(X.shape[0], size=min(max_rows, X.shape[0]), replace=False))
     values, base = shap_values(model, X[rows])
     np.savez_compressed(out.values_path, values=values, rows=rows, base_value=base)
-    global_importance(values, columns).to_parquet(out.importance_path, index=False)
+    global_importance(values, columns, X[rows]).to_parquet(out.importance_path, index=False)
     return out, values, rows, base

@@ -195,7 +195,8 @@ def test_smoothed_calibration_follows_the_diagonal_on_calibrated_risks(calibrate
 
 def test_smoothed_calibration_withheld_on_a_small_set():
     curve = clinical.smoothed_calibration(Y10, P10, points=5)
-    assert list(curve["observed"]) == [None] * 5 and len(curve["predicted"].dropna()) == 5
+    # The risks' quantiles go with it: knots at i / (n - 1) would tell a small set's size.
+    assert list(curve["observed"]) == [None] * 5 and list(curve["predicted"]) == [None] * 5
 
 
 # -------------------------------------------------------------------------- lead time
@@ -762,3 +763,13 @@ def test_operating_point_intervals_are_the_patient_bootstrap_of_each_rate():
     assert budget["sensitivity_ci_low"] is not None
     # without subjects (or replicates) the table has no interval columns
     assert "sensitivity_ci_low" not in clinical.threshold_table(y, p, thresholds=[0.5]).columns
+
+
+def test_calibration_stats_withhold_events_beside_1_to_10_non_events():
+    """n less the events would give the 7 non-events back (as metrics.evaluate withholds)."""
+    y = np.r_[np.ones(493, bool), np.zeros(7, bool)]
+    p = np.linspace(0.2, 0.95, 500)
+    stats = clinical.calibration_stats(y, p)
+    assert (stats["n"], stats["events"], stats["suppressed"]) == (500, None, True)
+    shown = clinical.calibration_stats(np.r_[np.ones(489, bool), np.zeros(11, bool)], p)
+    assert (shown["n"], shown["events"], shown["suppressed"]) == (500, 489, False)

@@ -184,10 +184,11 @@ def test_reference_profile_folds_a_small_missing_count_into_the_first_bin(refere
     metformin = reference["features"][1]
     # 20 x 0 and 20 x 2 present; tertile cuts 0 and 2, and 2 is the maximum (dropped), so one
     # cut at 0: bins (-inf, 0] 20 rows, (0, inf) 20 rows. The 4 missing rows would be a cell
-    # under 11: they are counted in the first bin, 24 / 44.
+    # under 11: they are counted in the first bin, 24 rows. The published shares round
+    # each count to a multiple of 11 (24 -> 22, 20 -> 22): 0.5 and 0.5, not 24 / 44.
     assert metformin["edges"] == [0.0]
     assert metformin["missing"] is None and metformin["missing_in_first_bin"]
-    assert metformin["shares"] == [24 / 44, 20 / 44]
+    assert metformin["shares"] == [0.5, 0.5]
 
 
 def test_merge_small_merges_into_the_smaller_neighbour():
@@ -217,11 +218,11 @@ def test_no_stored_share_stands_for_1_to_10_rows():
     profile = reference_profile(matrix(dense), rows, columns, importance, DriftPolicy(bins=10))
     assert [f["name"] for f in profile["features"]] == list(columns["name"])
     for f in profile["features"]:
-        counts = [round(s * n) for s in f["shares"]]
-        if f["missing"] is not None:
-            counts.append(round(f["missing"] * n))
-        assert sum(counts) == n
-        assert all(c == 0 or c >= 11 for c in counts), (f["name"], counts)
+        shares = f["shares"] + ([f["missing"]] if f["missing"] is not None else [])
+        assert sum(shares) == pytest.approx(1.0)
+        # Each share is a count rounded to a multiple of 11 over their total (11 k of 11 T
+        # rows): some whole T gives every share as k / T with k whole, none of 1..10 rows.
+        assert any(np.allclose(np.array(shares) * t, np.round(np.array(shares) * t)) for t in range(1, n + 1)), shares
         assert len(f["shares"]) == len(f["edges"]) + 1
     assert len(profile["features"][0]["edges"]) >= 2  # merged, not collapsed to one bin
     assert profile["features"][2]["missing_in_first_bin"]
@@ -248,13 +249,23 @@ def test_reference_profile_needs_11_train_rows():
 # --------------------------------------------------------------------------- compare
 
 
-def test_identical_data_has_psi_zero_and_takes_the_stable_action(reference):
+# Identical data against the reference: (24/44 - 1/2) ln(48/44) + (20/44 - 1/2) ln(40/44).
+METFORMIN_ROUNDING_PSI = (24 / 44 - 0.5) * np.log(48 / 44) + (20 / 44 - 0.5) * np.log(40 / 44)
+# Age 40..79 then 40..43 over the 44 train rows, cut at 50 and 65: 15, 15 and 14 rows.
+AGE_ROUNDING_PSI = sum((c / 44 - 1 / 3) * np.log(3 * c / 44) for c in (15, 15, 14))
+
+
+def test_identical_data_has_psi_zero_but_for_the_rounding_and_takes_the_stable_action(reference):
     X, rows = train_only(*reference_data())
     record = compare(reference, X, rows, vocabulary(COLUMNS), columns=COLUMNS)
-    assert [f["psi"] for f in record["features"]] == [0.0, 0.0, 0.0]
+    # Only the reference's rounding moves it: metformin's 24 and 20 rows were published as
+    # 22 and 22 (0.5 each), age's 15, 15 and 14 as 11 each; HbA1c's are multiples of 11.
+    assert [f["psi"] for f in record["features"]] == [0.0, pytest.approx(METFORMIN_ROUNDING_PSI),
+                                                      pytest.approx(AGE_ROUNDING_PSI)]
     # Metformin's 4 missing rows are counted in its first bin, as the reference's are.
     assert [f["psi_withheld"] for f in record["features"]] == [False, False, False]
-    assert record["max_psi"] == 0.0 and record["drifted_features"] == []
+    assert record["max_psi"] == pytest.approx(METFORMIN_ROUNDING_PSI) and record["drifted_features"] == []
+    assert max(METFORMIN_ROUNDING_PSI, AGE_ROUNDING_PSI) < 0.01  # far below the 0.25 that means drift
     assert record["prevalence"] == {
         "reference": 0.25,
         "new": 0.25,
@@ -511,7 +522,7 @@ def test_assess_metrics_and_markdown(reference):
     assert record["decision"]["action"] == "retrain"
     assert drift_metrics(record) == {
         "drift/detected": 0.0,
-        "drift/max_psi": 0.0,
+        "drift/max_psi": pytest.approx(METFORMIN_ROUNDING_PSI),
         "drift/features_drifted": 0.0,
         "drift/prevalence_relative_change": 0.0,
         "drift/vocabulary_lost": 0.0,
@@ -570,3 +581,29 @@ def test_combine_one_action_for_a_model_every_site_relies_on(actions, expected):
 def test_combine_needs_a_site():
     with pytest.raises(ValueError, match="combine needs the drift decision of one site at least"):
         combine({}, DriftPolicy())
+
+
+def test_profile_shares_and_prevalence_are_rounded_to_11_rows_so_tuning_counts_stay_hidden():
+    """The profile covers the train split only; the report publishes development rows
+    (train and tuning). Exact train shares would give tuning counts back by subtraction:
+    40 train events of 800 and 6 tuning events (46 in development) gave 46 - 0.05 x 800 = 6."""
+    n_train, n_tune = 800, 40
+    dense = np.full((n_train + n_tune, len(COLUMNS)), NAN)
+    dense[:, 0] = np.arange(n_train + n_tune) % 50 + 30
+    dense[:300, 1] = np.arange(300) % 7 + 5.0  # HbA1c in 300 train rows (7 more in tuning below)
+    dense[n_train:n_train + 7, 1] = 6.0
+    labels = [True] * 40 + [False] * 760 + [True] * 6 + [False] * 34
+    rows = frame(labels, [schema.TRAIN] * n_train + [schema.TUNING] * n_tune)
+    profile = reference_profile(matrix(dense), rows, COLUMNS, IMPORTANCE, DriftPolicy(bins=3, top_features=3))
+    # Events 40 -> 44, non-events 760 -> 759 (69 x 11): 44 / 803, not 40 / 800.
+    assert profile["prevalence"] == 44 / 803
+    assert 46 - profile["prevalence"] * profile["n_rows"] == pytest.approx(2.17, abs=0.01)  # not the 6
+    hba1c = next(f for f in profile["features"] if f["name"] == "LOINC//4548-4/value/last/365d")
+    # 500 missing of 800 -> 495 (45 x 11); present rows in 300 split over its bins, each rounded.
+    assert hba1c["missing"] * 800 != 500 and round(hba1c["missing"] * sum_elevens(hba1c)) == 495
+
+
+def sum_elevens(feature: dict) -> int:
+    """The rounded total (a multiple of 11) the feature's shares are a fraction of."""
+    shares = feature["shares"] + [feature["missing"]]
+    return next(t for t in range(11, 100_000, 11) if np.allclose(np.array(shares) * t / 11, np.round(np.array(shares) * t / 11)))

@@ -1042,3 +1042,41 @@ def test_paired_auroc_of_the_champion_against_itself_is_zero_and_rows_must_match
     yy[held_events[5:]] = False
     few = write_matrix(tmp_path / "few", X, yy, r[schema.SPLIT].to_numpy())
     assert paired_auroc(trained, few, trained, few, n_boot=20) is None
+
+
+def test_published_importance_leaves_out_features_whose_mean_abs_shap_counts_a_handful_of_rows():
+    """A linear part's SHAP value for a 0/1 code is w (x - k/m): its mean |SHAP| over m rows is
+    |w| 2k(m - k) / m^2, and w is published with the model, so the value gave k back. Features
+    recorded (or missing) in 1..10 explained rows are left out of the published table."""
+    from forewarn.evaluation.explain import global_importance, linear_shap
+
+    m = 200
+    present = {"a": 4, "b": 11, "c": 0, "d": 195, "e": 200}  # d: missing in 5 rows
+    dense = np.zeros((m, len(present)))
+    for j, k in enumerate(present.values()):
+        dense[:k, j] = 1.0
+    X = sp.csr_matrix(dense)
+    w = np.array([1.7, 0.4, 0.9, 0.3, 0.2])
+    values, _ = linear_shap(L1Logistic(np.ones(5), w, 0.0, 1.0), X)
+    k = present["a"]
+    assert np.abs(values[:, 0]).mean() == pytest.approx(1.7 * 2 * k * (m - k) / m**2)  # the attack: solve for k
+    names = list(present)
+    columns = pd.DataFrame({"name": names, "code": names, "agg": "count", "window": "full", "description": names})
+    assert sorted(global_importance(values, columns, X)["name"]) == ["b", "c", "e"]
+    assert sorted(global_importance(values, columns)["name"]) == names  # without the rows: everything, as before
+
+
+def test_held_out_record_keeps_events_withheld_beside_1_to_10_non_events(tmp_path):
+    """The calibration statistics merged into the held-out record must not put back the
+    events that metrics.evaluate withheld (rows less events = the 7 non-events)."""
+    from forewarn.evaluation.evaluate import EvaluationConfig, held_out_metrics
+
+    X, rows, _ = synthetic_matrix(tmp_path).load()
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).copy()
+    held = (rows[schema.SPLIT] == "held_out").to_numpy()
+    y[held] = True
+    y[np.flatnonzero(held)[:7]] = False
+    matrix = write_matrix(tmp_path / "few", X, y, rows[schema.SPLIT].to_numpy())
+    trained = train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
+    record = held_out_metrics(trained, EvaluationConfig(bootstrap=10))
+    assert record["n"] == int(held.sum()) and record["events"] is None and record["few_non_events"] is True
