@@ -216,8 +216,8 @@ def _prevalence(labels: np.ndarray, *, rounded: bool = False) -> float | None:
 
 
 def _rounded_shares(counts: list[int]) -> list[float]:
-    """Shares of ``counts`` (cells of one whole, each 0 or at least 11) after rounding
-    each count to the nearest multiple of 11 (``privacy.MIN_CELL``); they sum to 1.
+    """Shares of ``counts`` (cells of one whole, each 0 or at least 11) after rounding each
+    to the nearest multiple of 11 (``privacy.rounded_shares``); they sum to 1.
 
     The profile describes the train split alone, whose counts no other table publishes:
     at full precision, a share times ``n_rows`` subtracted from a published count of the
@@ -225,10 +225,7 @@ def _rounded_shares(counts: list[int]) -> list[float]:
     such a difference is known only to within about 5.5 either way. A count of 11 or
     more stays at 11 or more, so no cell vanishes; with thousands of train rows the
     shares move by a fraction of a percent, and the PSI with them."""
-    step = privacy.MIN_CELL
-    rounded = [float(np.floor(c / step + 0.5) * step) for c in counts]
-    total = sum(rounded)
-    return [r / total for r in rounded] if total else [0.0 for _ in counts]
+    return privacy.rounded_shares(counts)
 
 
 def _rank_importance(importance: pd.DataFrame) -> pd.DataFrame:

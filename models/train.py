@@ -317,8 +317,24 @@ def xgboost_params(y_train, config: ModelConfig, params: dict | None = None, eva
         "eval_metric": eval_metric or "logloss",
         "early_stopping_rounds": p.early_stopping_rounds,
         "scale_pos_weight": pos_weight(y_train, config),
+        "base_score": base_score(y_train, pos_weight(y_train, config)),
         "random_state": config.seed,
     }
+
+
+def base_score(y_train: np.ndarray, scale_pos_weight: float = 1.0) -> float:
+    """The risk XGBoost's trees start from: the train split's (weighted) event rate, from
+    its events and non-events rounded to a multiple of 11 (``privacy.rounded``). Left to
+    itself XGBoost estimates the exact rate, and the model carries it wherever it goes:
+    times the train rows (which the report publishes) it gives the exact train events,
+    which with the labelled total give back tuning and held-out events the report shows
+    as "<11". The first trees absorb the difference (a fraction of a percent of the rate
+    with hundreds of events). 0.5 when either count rounds to 0."""
+    events = privacy.rounded(int(np.sum(y_train)))
+    non_events = privacy.rounded(int(len(y_train) - np.sum(y_train)))
+    if events == 0 or non_events == 0:
+        return 0.5
+    return float(events * scale_pos_weight / (events * scale_pos_weight + non_events))
 
 
 def offset_method(y_train: np.ndarray, config: ModelConfig) -> Literal["l1", "none"]:

@@ -19,6 +19,22 @@ def suppress(count: int | None, *, min_cell: int = MIN_CELL) -> int | None:
     return count if count == 0 or count >= min_cell else None
 
 
+def rounded(count: int, *, min_cell: int = MIN_CELL) -> int:
+    """``count`` rounded to the nearest multiple of ``min_cell`` (halves up): for a number
+    that leaves the site at full precision but must not give an exact count back (a
+    difference with another published count could be 1..10). A count of ``min_cell`` or
+    more stays at least ``min_cell``."""
+    return int(np.floor(count / min_cell + 0.5)) * min_cell
+
+
+def rounded_shares(counts: list[int], *, min_cell: int = MIN_CELL) -> list[float]:
+    """Shares of ``counts`` (cells of one whole) after :func:`rounded`; they sum to 1
+    (all 0 when every cell rounds to 0)."""
+    values = [rounded(c, min_cell=min_cell) for c in counts]
+    total = sum(values)
+    return [v / total for v in values] if total else [0.0 for _ in counts]
+
+
 def shown(count: int | None, *, min_cell: int = MIN_CELL) -> str:
     """A count for a report: ``"<11"`` when suppressed."""
     value = suppress(count, min_cell=min_cell)

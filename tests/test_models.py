@@ -1080,3 +1080,25 @@ def test_held_out_record_keeps_events_withheld_beside_1_to_10_non_events(tmp_pat
     trained = train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
     record = held_out_metrics(trained, EvaluationConfig(bootstrap=10))
     assert record["n"] == int(held.sum()) and record["events"] is None and record["few_non_events"] is True
+
+
+def test_the_shipped_trees_start_from_a_rounded_train_rate_not_the_exact_one(tmp_path):
+    """XGBoost would store the exact train event rate as base_score; times the published
+    train rows it gave the exact train events (and, less the labelled total, the tuning
+    and held-out events the report shows as <11)."""
+    from forewarn.models.train import base_score
+
+    X, rows, _ = synthetic_matrix(tmp_path).load()
+    labels = rows[schema.BOOLEAN_VALUE].to_numpy(bool).copy()
+    train = (rows[schema.SPLIT] == "train").to_numpy()
+    labels[np.flatnonzero(train & labels)[:2]] = False  # 77 train events here: make them 75, not a multiple of 11
+    matrix = write_matrix(tmp_path / "m2", X, labels, rows[schema.SPLIT].to_numpy())
+    y = labels[train]
+    events, n = int(y.sum()), int(y.size)
+    trained = train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
+    stored = json.loads(trained.xgboost_path.read_text())["learner"]["learner_model_param"]["base_score"]
+    stored = float(stored.strip("[]"))
+    e, ne = round(events / 11) * 11, round((n - events) / 11) * 11
+    assert stored == pytest.approx(e / (e + ne), rel=1e-6) == base_score(y)
+    assert events % 11 and stored * n != pytest.approx(events, abs=0.01)  # the exact count is not in the model
+    assert base_score(np.r_[np.ones(5, bool), np.zeros(100, bool)]) == 0.5  # 5 events round to none
