@@ -215,6 +215,13 @@ def _prevalence(labels: np.ndarray, *, rounded: bool = False) -> float | None:
     return _rounded_shares([positives, negatives])[0] if rounded else positives / labels.size
 
 
+def prevalence_drifted(then: float, now: float, rounding: float, policy: DriftPolicy) -> bool:
+    """Whether the outcome rate moved by more than ``policy.prevalence_change`` of the
+    champion's, counting only the part of the move that the reference's rounding
+    (``rounding``, in rate units) cannot explain."""
+    return max(0.0, abs(now - then) - rounding) / then > policy.prevalence_change
+
+
 def _rounded_shares(counts: list[int]) -> list[float]:
     """Shares of ``counts`` (cells of one whole, each 0 or at least 11) after rounding each
     to the nearest multiple of 11 (``privacy.rounded_shares``); they sum to 1.
@@ -326,6 +333,10 @@ def reference_profile(
         "split": schema.TRAIN,
         "n_rows": privacy.suppress(n),
         "prevalence": _prevalence(labels, rounded=True),
+        # How far the rounded prevalence may lie from the train split's own: events and
+        # non-events each moved by up to 5.5 move the rate by up to 5.5 / n (to first
+        # order); compare() does not call that much of a change drift.
+        "prevalence_rounding": privacy.MIN_CELL / 2 / n,
         "n_columns": int(X.shape[1]),
         "features": features,
         "skipped": skipped,
@@ -491,6 +502,10 @@ def _compare(
     labels = rows_new.loc[keep, schema.BOOLEAN_VALUE].to_numpy(dtype=bool)
     then, now = reference.get("prevalence"), _prevalence(labels)
     change = None if then is None or now is None or then == 0 else now / then - 1
+    # The part of the change the reference's rounding cannot explain decides (profiles
+    # from before the rounding have none).
+    slack = float(reference.get("prevalence_rounding") or 0.0)
+    beyond = None if change is None else prevalence_drifted(then, now, slack, policy)
 
     champion = set(reference["vocabulary"])
     current = set(map(str, new_vocabulary)) - {AGE[0]}
@@ -508,7 +523,8 @@ def _compare(
             "reference": then,
             "new": now,
             "relative_change": change,
-            "drifted": None if change is None else abs(change) > policy.prevalence_change,
+            "rounding": slack,
+            "drifted": beyond,
         },
         "vocabulary": {
             "champion": len(champion),
@@ -589,7 +605,7 @@ def decide(record: dict | None, policy: DriftPolicy) -> dict:
             "outcome prevalence not compared: withheld (1 to 10 events or non-events) or zero in the champion's train split"
         )
     else:
-        beyond = abs(change) > policy.prevalence_change
+        beyond = prevalence_drifted(then, now, float(prev.get("rounding") or 0.0), policy)
         drifted |= beyond
         reasons.append(
             f"outcome prevalence {'changed' if beyond else 'stable'}: {then:.2%} -> {now:.2%} ({change:+.1%}), "

@@ -93,11 +93,18 @@ def global_importance(values: np.ndarray, columns: pd.DataFrame, explained: sp.s
 
 
 def disclosable(explained: sp.spmatrix) -> np.ndarray:
-    """Per column of ``explained``: recorded in none or at least 11 rows, and missing in
-    none or at least 11 (``privacy.MIN_CELL``)."""
-    present = np.diff(sp.csc_matrix(explained).indptr)
-    missing = explained.shape[0] - present
-    return ((present == 0) | (present >= privacy.MIN_CELL)) & ((missing == 0) | (missing >= privacy.MIN_CELL))
+    """Per column of ``explained``: recorded in none or at least 11 rows and missing in
+    none or at least 11 (``privacy.MIN_CELL``), and likewise non-zero in none or at least
+    11 and zero-or-missing in none or at least 11 (a stored 0 splits apart from a missing
+    value in a tree, but is 0 to the linear part)."""
+    csc = sp.csc_matrix(explained)
+    n = explained.shape[0]
+
+    def fine(k: np.ndarray) -> np.ndarray:
+        return ((k == 0) | (k >= privacy.MIN_CELL)) & ((n - k == 0) | (n - k >= privacy.MIN_CELL))
+
+    nonzero = np.diff(sp.csc_matrix(csc != 0).indptr)
+    return fine(np.diff(csc.indptr)) & fine(nonzero)
 
 
 def explain(

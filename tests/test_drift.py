@@ -270,6 +270,7 @@ def test_identical_data_has_psi_zero_but_for_the_rounding_and_takes_the_stable_a
         "reference": 0.25,
         "new": 0.25,
         "relative_change": 0.0,
+        "rounding": 5.5 / 44,
         "drifted": False,
     }
     assert record["vocabulary"]["lost"] == 0.0 and record["vocabulary"]["jaccard"] == 1.0
@@ -316,15 +317,19 @@ def test_a_shifted_feature_drifts_and_is_named_in_the_reasons(reference):
 def test_prevalence_change_beyond_the_policy_is_drift(reference):
     X, rows = train_only(*reference_data())
     rows = rows.copy()
-    rows[schema.BOOLEAN_VALUE] = [True] * 22 + [False] * 22  # 25% -> 50%: +100%
+    rows[schema.BOOLEAN_VALUE] = [True] * 33 + [False] * 11  # 25% -> 75%: +200%
     record = compare(reference, X, rows, vocabulary(COLUMNS))
-    assert record["prevalence"]["new"] == 0.5
-    assert record["prevalence"]["relative_change"] == pytest.approx(1.0)
+    assert record["prevalence"]["new"] == 0.75
+    assert record["prevalence"]["relative_change"] == pytest.approx(2.0)
+    # The reference's rate is rounded (counts to multiples of 11), so up to 5.5 / 44 of
+    # the move is not counted: (0.5 - 0.125) / 0.25 = 1.5 of the champion's rate.
+    assert record["prevalence"]["rounding"] == 5.5 / 44
     assert record["prevalence"]["drifted"] and record["drifted_features"] == []
     decision = decide(record, DriftPolicy())
     assert decision["drifted"] and decision["action"] == "alert"
-    assert any("prevalence changed" in r and "+100.0%" in r for r in decision["reasons"])
-    assert not decide(record, DriftPolicy(prevalence_change=1.0))["drifted"]  # equal is not beyond
+    assert any("prevalence changed" in r and "+200.0%" in r for r in decision["reasons"])
+    assert decide(record, DriftPolicy(prevalence_change=1.49))["drifted"]
+    assert not decide(record, DriftPolicy(prevalence_change=1.5))["drifted"]  # equal is not beyond
 
 
 def test_new_prevalence_with_few_events_is_withheld_not_drift(reference):
@@ -607,3 +612,16 @@ def sum_elevens(feature: dict) -> int:
     """The rounded total (a multiple of 11) the feature's shares are a fraction of."""
     shares = feature["shares"] + [feature["missing"]]
     return next(t for t in range(11, 100_000, 11) if np.allclose(np.array(shares) * t / 11, np.round(np.array(shares) * t / 11)))
+
+
+def test_the_reference_rate_s_rounding_alone_is_not_prevalence_drift():
+    """16 train events of 1,000 are published as 11 of 990 (counts to multiples of 11): the
+    same data again (1.6%) is +44% of that, near the 50% that means drift; the rounding's
+    5.5 / 1,000 is not counted, so it is stable, while a real doubling still drifts."""
+    from forewarn.evaluation.drift import _rounded_shares, prevalence_drifted
+
+    then = _rounded_shares([16, 984])[0]
+    assert then == 11 / 990
+    assert not prevalence_drifted(then, 0.016, 5.5 / 1000, DriftPolicy())
+    assert prevalence_drifted(then, 0.032, 5.5 / 1000, DriftPolicy())
+    assert prevalence_drifted(then, 0.017, 0.0, DriftPolicy())  # without the allowance the rounding would alarm

@@ -1063,6 +1063,15 @@ def test_published_importance_leaves_out_features_whose_mean_abs_shap_counts_a_h
     names = list(present)
     columns = pd.DataFrame({"name": names, "code": names, "agg": "count", "window": "full", "description": names})
     assert sorted(global_importance(values, columns, X)["name"]) == ["b", "c", "e"]
+    # A stored 0 is a value to the trees but 0 to the linear part: "b" stored in 11 rows,
+    # 4 of them non-zero, gives its 4 back the same way.
+    coo = X.tocoo()
+    keep = ~((coo.col == 1) & (coo.row >= 4))
+    rows_, cols_, data_ = coo.row[keep], coo.col[keep], coo.data[keep]
+    stored = sp.csr_matrix((np.r_[data_, np.zeros(7)], (np.r_[rows_, np.arange(4, 11)], np.r_[cols_, np.ones(7, int)])),
+                           shape=X.shape)  # explicit zeros stay stored entries
+    assert np.diff(sp.csc_matrix(stored).indptr)[1] == 11
+    assert "b" not in set(global_importance(values, columns, stored)["name"])
     assert sorted(global_importance(values, columns)["name"]) == names  # without the rows: everything, as before
 
 
