@@ -924,15 +924,19 @@ def test_model_section_says_what_the_rule_of_11_did_to_the_trees(run, plain):
 
     mended = {"trees": 120, "leaves_before": 1500, "leaves_after": 1200, "trees_changed": 100, "splits_moved": 250,
               "min_cell": 11}
+    predict = json.loads(run["trained"].summary_path.read_text())["xgboost"]["best_iteration"] + 1  # the fixture's model
+    assert predict < 120
     assert ("Before it left the site the trees were made to obey the rule of 11 (every leaf holds no train subject with "
             "the outcome or at least 11, and likewise without it, so that no leaf value gives a small count away): 100 "
-            "of the 120 trees in the file (37 predict; the other 83 are early stopping's patience, kept unused) were "
+            f"of the 120 trees in the file ({predict} predict; the other {120 - predict} are early stopping's patience, "
+            "kept unused) were "
             "mended: 250 splits moved to another of XGBoost's histogram cuts on the same feature, "
             "widening a small group rather than merging it away, and the other breaches merged into their parent's "
             "leaf, so 1,200 of the 1,500 leaves remain; every leaf value was then recomputed on all train rows by "
             "XGBoost's Newton step.") in model_section(mended)
     assert ": every leaf XGBoost grew already did; every leaf value" in model_section(mended | {"trees_changed": 0})
-    assert "100 of the 37 trees were mended" in model_section(mended | {"trees": 37})  # no patience trees: plain
+    # no patience trees: plain
+    assert f"100 of the {predict} trees were mended" in model_section(mended | {"trees": predict})
     assert "threshold" not in model_section(mended)  # a training record from before session 18
     assert ("Newton step. No split's threshold shows a value: each has at least 11 train subjects with a value below it "
             "and as many at or above it, or parts present values from missing ones (7 thresholds were replaced so, every "
