@@ -539,8 +539,10 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
     Returns ``subjects_with_outcome`` and ``detected`` (suppressed; ``detected`` is also
     None when the undetected count is 1..10, since it is the difference, and when a cell
     of the rows' 2x2 table at ``threshold`` is, as the threshold table withholds them) and the
-    ``median``, ``q25`` and ``q75`` lead days, withheld below 11 detected. No minimum or
-    maximum: each is one patient's value.
+    ``median``, ``q25`` and ``q75`` lead days, withheld below 11 detected. A sample
+    quantile is one patient's interval (or two patients' average), so each is published
+    as :func:`group_quantiles` gives it: the mean of the 11 lead times nearest it, to a
+    whole day. No minimum or maximum: each is one patient's value.
     """
     _check_columns(frame, LEAD_COLUMNS)
     problems = [
@@ -588,9 +590,28 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
         "detected": detected if cells and _shown(detected, with_outcome - detected) else None,
     }
     show = privacy.suppress(detected) is not None and detected > 0
-    q25, median, q75 = np.quantile(days, [0.25, 0.5, 0.75]) if show else (None, None, None)
+    q25, median, q75 = group_quantiles(days, [0.25, 0.5, 0.75]) if show else (None, None, None)
     record.update(median_days=_num(median), q25_days=_num(q25), q75_days=_num(q75))
     return record
+
+
+def group_quantiles(values, levels, *, group: int = privacy.MIN_CELL) -> list[float]:
+    """Quantiles that are no one's value: each is the mean of the ``group`` values nearest
+    the quantile in sorted order (the ``group`` consecutive order statistics centred on its
+    rank ``level * (n - 1)``, rounded half up, moved inward at the ends), rounded to a whole
+    number. With 40 values, 20 of 9 and 20 of 30, the median's rank 19.5 rounds to 20, so
+    it is the mean of sorted positions 15-25 (five 9s and six 30s): 225 / 11 = 20.45 -> 20.
+    Needs at least ``group`` values."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    n = ordered.size
+    if n < group:
+        raise ValueError(f"group quantiles need at least {group} values; got {n}.")
+    out = []
+    for level in levels:
+        centre = int(np.floor(float(level) * (n - 1) + 0.5))
+        start = min(max(centre - group // 2, 0), n - group)
+        out.append(float(np.round(ordered[start : start + group].mean())))
+    return out
 
 
 # ------------------------------------------------------------------------ subgroups

@@ -254,21 +254,53 @@ def test_lead_times_by_hand_suppressed_then_shown():
     big = clinical.lead_times(lead_frame(20), threshold=0.5)
     # 60 with an outcome, 40 detected: 20 leads of 9 days and 20 of 30 days (subject 1's
     # negative-row alert 99 days ahead would have made 20 of them 99).
-    # Median of the sorted 40: halfway between the 20th (9) and 21st (30) = 19.5.
+    # The sample median of the sorted 40 would be 19.5, two patients' average; published
+    # is the mean of the 11 nearest it (sorted positions 15-25: five 9s, six 30s).
     assert big == {
         "subjects_with_outcome": 60,
         "detected": 40,
-        "median_days": pytest.approx(19.5),
+        "median_days": 20.0,  # group_quantiles: the mean of sorted 15-25, 225 / 11, to a day
         "q25_days": 9.0,
         "q75_days": 30.0,
     }
+
+
+def test_group_quantiles_by_hand():
+    # 0..21 (22 values): the median's rank 10.5 rounds up to 11, positions 6-16, mean 11;
+    # q25's rank 5.25 -> 5, positions 0-10 (moved inward: 5 - 5 = 0), mean 5; q75's rank
+    # 15.75 -> 16, positions 11-21, mean 16; q0 and q1 sit at the ends: 5 and 16.
+    values = np.arange(22)[::-1]  # order does not matter
+    assert clinical.group_quantiles(values, [0.5, 0.25, 0.75, 0.0, 1.0]) == [11.0, 5.0, 16.0, 5.0, 16.0]
+    # Exactly 11 values: every quantile is their mean, 0.1 + ... + 1.1 -> 6.6 / 11 = 0.6 -> 1.
+    assert clinical.group_quantiles(np.arange(1, 12) / 10, [0.25, 0.5]) == [1.0, 1.0]
+    # To a whole number: six 2s and five 3s average 27 / 11 = 2.45 -> 2.
+    assert clinical.group_quantiles([2.0] * 6 + [3.0] * 5, [0.5]) == [2.0]
+    with pytest.raises(ValueError, match="at least 11 values; got 10"):
+        clinical.group_quantiles(np.arange(10), [0.5])
+
+
+def test_lead_time_quantiles_are_no_single_patients_interval():
+    # 40 detected with distinct leads 1, 2, ..., 40 days (one positive row each, alerted):
+    # the sample median (20.5) and quartiles are one or two patients' intervals; published
+    # are means of 11: median positions 15-25 (16..26, mean 21), q25 rank 9.75 -> 10,
+    # positions 5-15 (6..16, mean 11), q75 rank 29.25 -> 29, positions 24-34 (25..35, 30).
+    when = pd.Timestamp("2021-01-01")
+    frame = pd.DataFrame({
+        "subject_id": np.arange(40),
+        "prediction_time": [when] * 40,
+        "label": True,
+        "probability": 0.9,
+        "outcome_time": [when + pd.Timedelta(days=d) for d in range(1, 41)],
+    })
+    record = clinical.lead_times(frame, threshold=0.5)
+    assert (record["q25_days"], record["median_days"], record["q75_days"]) == (11.0, 21.0, 30.0)
 
 
 def test_lead_times_hides_detected_when_the_undetected_are_few():
     # 20 x (subjects 1, 3) + 5 x subject 2: 45 with an outcome, 40 detected, 5 not.
     record = clinical.lead_times(lead_frame(20, undetected_copies=5), threshold=0.5)
     assert record["subjects_with_outcome"] == 45 and record["detected"] is None
-    assert record["median_days"] == pytest.approx(19.5)
+    assert record["median_days"] == 20.0
 
 
 def test_lead_times_hides_detected_when_the_threshold_rows_2x2_is_withheld():
@@ -281,7 +313,7 @@ def test_lead_times_hides_detected_when_the_threshold_rows_2x2_is_withheld():
     frame.loc[false_alerts[5:], "probability"] = 0.0
     record = clinical.lead_times(frame, threshold=0.5)
     assert record["subjects_with_outcome"] == 60 and record["detected"] is None
-    assert record["median_days"] == pytest.approx(19.5)
+    assert record["median_days"] == 20.0
     row = clinical.threshold_table(frame["label"], frame["probability"], thresholds=[0.5], alert_rates=[])
     assert row["fp"].isna().all() and row["sensitivity"].isna().all()
 
