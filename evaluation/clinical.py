@@ -195,7 +195,8 @@ def _quantile_bins(p: np.ndarray, bins: int) -> tuple[np.ndarray, int]:
 
 def expected_calibration_error(y, p, *, bins: int = 10) -> float:
     """Mean of ``|observed rate - mean predicted|`` over ``bins`` equal-frequency bins of
-    ``p``, weighted by bin size. Not suppressed: use :func:`calibration_stats` for a record."""
+    ``p``, weighted by bin size, with no disclosure rule: a development measurement. A
+    record's ECE (:func:`calibration_stats`) is over the published groups."""
     y, p = _check_yp(y, p)
     if bins < 1:
         raise ValueError(f"bins must be at least 1; got {bins!r}.")
@@ -207,8 +208,25 @@ def expected_calibration_error(y, p, *, bins: int = 10) -> float:
     return float(np.sum(np.abs(observed[keep] - predicted[keep])) / y.size)
 
 
-def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, float | None]:
-    """Calibration statistics of checked inputs, not suppressed."""
+def curve_ece(curve) -> float | None:
+    """Expected calibration error over the groups of a calibration curve
+    (:func:`forewarn.evaluation.metrics.calibration_curve`'s records or frame): the mean of
+    ``|observed rate - mean predicted|`` weighted by group size; None when the curve is
+    withheld. Computed from the published groups, it gives nothing the curve does not: over
+    the raw deciles a reader who knows the curve's other groups could solve the
+    absolute difference for a decile whose boundary the disclosure ledger moved."""
+    groups = pd.DataFrame(curve)
+    if groups.empty or groups["n"].isna().any():
+        return None
+    n = groups["n"].to_numpy(float)
+    gap = np.abs(groups["observed"].to_numpy(float) - groups["mean_predicted"].to_numpy(float))
+    return float(np.sum(n * gap) / n.sum())
+
+
+def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10, curve=None) -> dict[str, float | None]:
+    """Calibration statistics of checked inputs, not suppressed; the ECE over the groups
+    of ``curve`` (the published calibration curve of these risks) or, without one, of
+    ``metrics.calibration_curve`` with a ledger of its own."""
     lp = logit(np.clip(p, EPS, 1 - EPS))
     citl = _logistic_fit(None, y, lp)
     slope_fit = _logistic_fit(lp, y, np.zeros(y.size)) if np.ptp(lp) > 0 else None
@@ -217,13 +235,13 @@ def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, floa
         "calibration_in_the_large": None if citl is None else float(citl[0]),
         "calibration_slope": None if slope_fit is None else float(slope_fit[1]),
         "calibration_intercept": None if slope_fit is None else float(slope_fit[0]),
-        "ece": expected_calibration_error(y, p, bins=bins),
+        "ece": curve_ece(metrics.calibration_curve(y, p, bins=bins) if curve is None else curve),
         "observed_rate": float(y.mean()),
         "mean_predicted": float(p.mean()),
     }
 
 
-def calibration_stats(y, p, *, bins: int = 10) -> dict[str, float | int | bool | None]:
+def calibration_stats(y, p, *, bins: int = 10, curve=None) -> dict[str, float | int | bool | None]:
     """Calibration of predicted risks ``p`` against outcomes ``y``.
 
     - ``calibration_in_the_large``: intercept ``a`` of ``logit P(y) = a + logit(p)`` (slope
@@ -231,7 +249,10 @@ def calibration_stats(y, p, *, bins: int = 10) -> dict[str, float | int | bool |
     - ``calibration_slope`` / ``calibration_intercept``: ``b`` and ``a`` of
       ``logit P(y) = a + b logit(p)``. Slope 1 is perfect; below 1, risks too extreme
       (overfit); above 1, too moderate.
-    - ``ece``: expected calibration error over ``bins`` equal-frequency bins.
+    - ``ece``: expected calibration error over the groups of the calibration curve as it
+      is published (:func:`curve_ece`): ``curve``, the one published beside these numbers,
+      or ``metrics.calibration_curve(y, p, bins=bins)``, ``bins`` equal-frequency groups
+      whose boundaries the rule of 11 may move or merge.
     - ``brier``, ``observed_rate``, ``mean_predicted``.
 
     Fits are unpenalised maximum likelihood on ``logit(clip(p, 1e-6, 1 - 1e-6))``; a fit
@@ -243,7 +264,7 @@ def calibration_stats(y, p, *, bins: int = 10) -> dict[str, float | int | bool |
     y, p = _check_yp(y, p)
     n, events = int(y.size), int(y.sum())
     suppressed = not _shown(events, n - events)
-    values = _calibration(y, p, bins)
+    values = _calibration(y, p, bins, curve)
     record: dict[str, float | int | bool | None] = {
         k: (None if suppressed else v) for k, v in values.items()
     }

@@ -194,10 +194,8 @@ def evaluate_and_explain(
             record["held_out"][model] = metrics.evaluate(
                 y, p, held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed
             )
-            record["calibration_stats"][model] = clinical.calibration_stats(y, p)
         held = held_out_frame(trained, PRIMARY)
         y, p = scores[PRIMARY]
-        record["held_out"][PRIMARY].update(_without_counts(record["calibration_stats"][PRIMARY]))
         smoothed = clinical.smoothed_calibration(y, p)
         record["smoothed_calibration"] = smoothed.to_dict(orient="records")
         # Every table and figure drawn from one ranking publishes cut-offs of it, which
@@ -221,6 +219,9 @@ def evaluate_and_explain(
         for model in (*MODELS, UNCALIBRATED):
             calib[labels[model]] = metrics.calibration_curve(*scores[model], cutoffs=ledgers[model])
             record["calibration"][model] = calib[labels[model]].to_dict(orient="records")
+            # the ECE over the groups this curve publishes, not over the raw deciles
+            record["calibration_stats"][model] = clinical.calibration_stats(*scores[model], curve=calib[labels[model]])
+        record["held_out"][PRIMARY].update(_without_counts(record["calibration_stats"][PRIMARY]))
         for model in MODELS:  # the uncalibrated model's ROC is the calibrated one's
             curves[labels[model]] = clinical.disclosed_curve(*scores[model], cutoffs=ledgers[model])
         age, sex = demographics(X[held_rows], columns)

@@ -159,6 +159,32 @@ def test_ece_by_hand():
     assert clinical.expected_calibration_error(y, p) == pytest.approx(0.4)
 
 
+def test_the_records_ece_is_over_the_published_groups():
+    # 44 rows, 22 at risk 0.2 (5 events) and 22 at 0.8 (17 events). Over the two raw
+    # bins: (|5 - 4.4| + |17 - 17.6|) / 44 = 1.2 / 44. But the boundary between them
+    # would leave 5 non-events above it, so the published curve has one group, and the
+    # record's ECE is over it: |22 - 22| / 44 = 0. The raw value, beside the curve, would
+    # have given |events - 4.4| of a group nobody may count.
+    y = np.r_[np.arange(22) < 5, np.arange(22) < 17]
+    p = np.r_[np.full(22, 0.2), np.full(22, 0.8)]
+    assert clinical.expected_calibration_error(y, p, bins=2) == pytest.approx(1.2 / 44)
+    curve = metrics.calibration_curve(y, p, bins=2)
+    assert curve["n"].tolist() == [44]
+    assert clinical.calibration_stats(y, p, bins=2)["ece"] == pytest.approx(0.0, abs=1e-12)
+    assert clinical.curve_ece(curve) == pytest.approx(0.0, abs=1e-12)
+    # 11 events and 11 non-events in each half: the boundary is published, and the ECE
+    # is over both groups: (|11 - 4.4| + |11 - 17.6|) / 44 = 0.3.
+    y = np.r_[np.arange(22) < 11, np.arange(22) < 11]
+    assert metrics.calibration_curve(y, p, bins=2)["n"].tolist() == [22, 22]
+    assert clinical.calibration_stats(y, p, bins=2)["ece"] == pytest.approx(0.3)
+    # A given curve is used as it is (the one published beside the record).
+    given = pd.DataFrame([{"bin": 1, "n": 30, "events": 3, "mean_predicted": 0.2, "observed": 0.1},
+                          {"bin": 2, "n": 10, "events": 5, "mean_predicted": 0.6, "observed": 0.5}])
+    assert clinical.calibration_stats(y, p, curve=given)["ece"] == pytest.approx((30 * 0.1 + 10 * 0.1) / 40)
+    withheld = pd.DataFrame([{"bin": 1, "n": None, "events": None, "mean_predicted": None, "observed": None}])
+    assert clinical.curve_ece(withheld) is None
+
+
 def test_calibration_stats_withheld_on_a_small_set():
     stats = clinical.calibration_stats([0, 1, 0, 1], [0.1, 0.3, 0.6, 0.8])
     assert stats["suppressed"] is True and stats["n"] is None and stats["events"] is None

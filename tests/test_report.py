@@ -313,6 +313,11 @@ def test_primary_model_numbers_are_as_in_metrics(run, full):
         f"{held['calibration_slope']:.3f}" in full
         and f"{held['calibration_in_the_large']:.3f}" in full
     )
+    # Every model's ECE is over the groups of the calibration curve published beside it.
+    for model, curve in record["calibration"].items():
+        weighted = sum(g["n"] * abs(g["observed"] - g["mean_predicted"]) for g in curve) / sum(g["n"] for g in curve)
+        assert record["calibration_stats"][model]["ece"] == pytest.approx(weighted, rel=1e-12)
+    assert held["ece"] == record["calibration_stats"]["xgboost"]["ece"] and f"{held['ece']:.4f}" in full
     training = json.loads(run["trained"].summary_path.read_text())
     assert f"{training['xgboost']['best_iteration'] + 1} trees" in full
     for method, brier in training["calibration"]["tuning_cv_brier"].items():
