@@ -109,6 +109,30 @@ def _protect(parts: list[int | None], *, spare: tuple[int, ...] = ()) -> list[st
     return [WITHHELD if i in extra else _count(v) for i, v in enumerate(parts)]
 
 
+ATTRITION_TOTALS = ("candidates", "labelled", "positive")
+
+
+def _exclusion_steps(attrition: dict) -> list[str]:
+    return [k for k in attrition if k not in ATTRITION_TOTALS]
+
+
+def published_attrition(attrition: dict) -> dict:
+    """The label attrition (``features.labels``: counts per exclusion step) as the report's
+    participants flow publishes it, for an artifact that leaves the site beside it: the
+    candidate and labelled times and subjects and the positive times, each suppressed
+    below 11, and the exclusion steps' times and subjects with complementary suppression
+    (they add up to candidates less labelled, so a single hidden step would be their
+    difference). None where the report shows "<11" or "withheld"."""
+    exclusions = _exclusion_steps(attrition)
+    times = privacy.suppress_parts([attrition[k]["times"] for k in exclusions])
+    subjects = privacy.suppress_parts([attrition[k]["subjects"] for k in exclusions])
+    out = {k: {"times": privacy.suppress(attrition.get(k, {}).get("times")),
+               "subjects": privacy.suppress(attrition.get(k, {}).get("subjects"))} for k in ("candidates", "labelled")}
+    out |= {k: {"times": t, "subjects": n} for k, t, n in zip(exclusions, times, subjects, strict=True)}
+    out["positive"] = {"times": privacy.suppress(attrition.get("positive", {}).get("times"))}
+    return out
+
+
 def _shown_int(text: str) -> bool:
     return text not in (SUPPRESSED, WITHHELD)
 
@@ -927,7 +951,7 @@ def report_context(
 
     # Participants: the exclusion chain adds up to candidates - labelled.
     steps = dict(ATTRITION_STEPS)
-    exclusions = [k for k in attrition if k not in ("candidates", "labelled", "positive")]
+    exclusions = _exclusion_steps(attrition)
     ex_times = _protect([attrition[k]["times"] for k in exclusions])
     ex_subjects = _protect([attrition[k]["subjects"] for k in exclusions])
     flow = {

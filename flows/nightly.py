@@ -34,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from forewarn.evaluation import drift as drift_check
 from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain, held_out_metrics
 from forewarn.evaluation.metrics import BETWEEN_SITES_METRICS, between_sites
-from forewarn.evaluation.report import report_context, write_report
+from forewarn.evaluation.report import published_attrition, report_context, write_report
 from forewarn.evaluation.validation import auroc_on, external_validation, paired_auroc
 from forewarn.features.featurize import FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
@@ -51,7 +51,7 @@ from forewarn.models.federated import (
 )
 from forewarn.models.promotion import decide, decide_network
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
-from forewarn.records import deid, privacy
+from forewarn.records import deid
 from forewarn.records.pull import PullFailed, PullResult, merge_parts
 from forewarn.records.sources import pull_source
 
@@ -642,7 +642,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     tracking.log_records(
         run_id=run_id, params=params, metrics=metrics, artifacts=artifacts,
         dicts={"data/pull_summary.json": tracking.pull_summary(pull_report), "data/quality.json": quality,
-               "data/attrition.json": _suppressed(attrition), "validation/promotion.json": promotion,
+               "data/attrition.json": published_attrition(attrition), "validation/promotion.json": promotion,
                "validation/external.json": {"validations": validations}, "validation/drift.json": drift,
                "config/study.json": json.loads(study.model_dump_json())},
         note=note,
@@ -742,8 +742,6 @@ def _leaves_released(release: dict | None, network: bool) -> str:
     return "per site" if network else "none"
 
 
-def _suppressed(attrition: dict) -> dict:
-    return {k: {kk: privacy.suppress(vv) for kk, vv in v.items()} for k, v in attrition.items()}
 
 
 def code_version() -> str:

@@ -179,6 +179,17 @@ def test_artifacts_present(flow_run, client):
     quality = strict(Path(client.download_artifacts(run_id, "data/quality.json")).read_text())
     assert quality["top_codes"][0]["events"] >= 11
     assert {v["code"] for v in quality["values_outside_plausible_range"]} >= {"LOINC//4548-4", "LOINC//62238-1"}
+    # The attrition as the report's flow shows it: no count of 1..10, never one hidden
+    # exclusion step alone (candidates less labelled less the others would give it back).
+    attrition = strict(Path(client.download_artifacts(run_id, "data/attrition.json")).read_text())
+    assert attrition["positive"].keys() == {"times"}
+    counts = [c for step in attrition.values() for c in step.values()]
+    assert all(c is None or c == 0 or c >= 11 for c in counts)
+    steps = [k for k in attrition if k not in ("candidates", "labelled", "positive")]
+    for what in ("times", "subjects"):
+        assert sum(attrition[k][what] is None for k in steps) != 1
+    shown = [attrition[k]["times"] for k in steps if attrition[k]["times"] is not None]
+    assert len(shown) < len(steps) or sum(shown) == attrition["candidates"]["times"] - attrition["labelled"]["times"]
 
 
 def test_registry_aliases_keep_the_first_champion(flow_run, client):

@@ -468,6 +468,37 @@ def test_small_counts_show_as_less_than_11_with_a_complementary_cell_withheld(ru
     )  # the next smallest exclusion, so the <11 cannot come back by subtraction
 
 
+def test_published_attrition_is_the_reports_flow_and_cannot_be_solved_by_subtraction():
+    """The MLflow artifact ``data/attrition.json`` once suppressed each count alone: with
+    the academic T2D demo's numbers, candidates less labelled less the shown exclusions
+    gave the 4 outside the age range back. It now withholds what the report withholds
+    (the 928 in the gap, the smallest other exclusion) and only the totals the report shows."""
+    from forewarn.evaluation.report import published_attrition
+
+    attrition = {
+        "candidates": {"times": 169_751, "subjects": 20_000},
+        "age": {"times": 4, "subjects": 2},
+        "prior_observation": {"times": 22_312, "subjects": 3_000},
+        "prevalent": {"times": 30_050, "subjects": 2_500},
+        "in_gap": {"times": 928, "subjects": 700},
+        "censored": {"times": 31_001, "subjects": 4_000},
+        "sampled_out": {"times": 79_214, "subjects": 9_000},
+        "labelled": {"times": 2_242, "subjects": 2_242},
+        "positive": {"times": 738, "subjects": 738},
+    }
+    assert published_attrition(attrition) == {
+        "candidates": {"times": 169_751, "subjects": 20_000},
+        "labelled": {"times": 2_242, "subjects": 2_242},
+        "age": {"times": None, "subjects": None},
+        "prior_observation": {"times": 22_312, "subjects": 3_000},
+        "prevalent": {"times": 30_050, "subjects": 2_500},
+        "in_gap": {"times": None, "subjects": None},  # the smallest other step, withheld
+        "censored": {"times": 31_001, "subjects": 4_000},
+        "sampled_out": {"times": 79_214, "subjects": 9_000},
+        "positive": {"times": 738},  # positive subjects are not in the report
+    }
+
+
 def test_protect_hides_a_second_count_when_one_could_be_recovered():
     from forewarn.evaluation.report import _protect
 
