@@ -251,7 +251,7 @@ def evaluate_and_explain(
         data = top_coded(absent_as_nan(explained[:, idx]), rows[schema.SUBJECT_ID].to_numpy()[held_rows][sampled])
         drawable = np.flatnonzero(~np.isnan(data).all(axis=0))[:15]  # top-coding blanks a column too few people hold
         idx, data = idx[drawable], data[:, drawable]
-        names = [_short(d) for d in columns["description"].to_numpy()[idx]]
+        names = [plots.short_label(d) for d in columns["description"].to_numpy()[idx]]
         record["plotted_features"] = [str(d) for d in columns["description"].to_numpy()[idx]]
         # The ROC curve's steps count the events: not drawn when the metrics are withheld.
         figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves, float(np.mean(y)))}
@@ -363,9 +363,5 @@ def json_safe(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def _short(text: str, limit: int = 70) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -63,11 +63,30 @@ def calibration(curves: dict[str, pd.DataFrame], smoothed: tuple[str, pd.DataFra
     return _png(fig)
 
 
+def short_label(description: str, limit: int = 70) -> str:
+    """A feature's description ("<concept> (<code>), <aggregation>, <window>") cut to
+    ``limit`` characters for a figure's axis, keeping the code, aggregation and window
+    whole, so that a concept's features stay told apart: "Glomerular filtration rate/1.73
+    sq M.predicted [...] (LOINC 62238-1), mean value, 30 days" becomes "Glomerular
+    filtration rate/1.73… (LOINC 62238-1), mean value, 30 days". Without a "(code)" part,
+    or when the tail alone is too long, the text is cut at its end."""
+    if len(description) <= limit:
+        return description
+    cut = description.rfind(" (")
+    tail = description[cut:] if cut > 0 else ""
+    if cut > 0 and tail.count(")") and len(tail) > limit - 12:
+        tail = tail[tail.index(")") + 1 :]  # the code goes first: ", mean value, 30 days"
+    head = limit - len(tail) - 1
+    if not tail or head < 8:
+        return description[: limit - 1] + "…"
+    return description[:head].rstrip() + "…" + tail
+
+
 def shap_bar(importance: pd.DataFrame, top: int = 20) -> bytes:
     """Mean |SHAP| of the top features, with readable names."""
     head = importance.head(top).iloc[::-1]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(head) + 1))
-    ax.barh(head["description"], head["mean_abs_shap"], color="#1f77b4")
+    ax.barh([short_label(d) for d in head["description"]], head["mean_abs_shap"], color="#1f77b4")
     ax.set(xlabel="mean |SHAP value| (log-odds)", title="Global feature importance (TreeSHAP)")
     return _png(fig)
 

@@ -1267,7 +1267,7 @@ def report_context(
             if pull_report.get("ages_capped_at_90") is not None
             else "–",
             "max_shift_days": (pull_report.get("deid") or {}).get("max_shift_days", "–"),
-            "time_span": " to ".join(str(x) for x in pull_report["time_span"]),
+            "time_span": " to ".join(str(x) for x in privacy.month_span(pull_report["time_span"])),
             "source": ", ".join(
                 f"{k} {v}" for k, v in pull_report.get("source", {}).items() if k != "location"
             )

@@ -517,7 +517,7 @@ def pull_summary(report: dict) -> dict:
         "subjects": privacy.suppress(report["subjects"]),
         "events": privacy.suppress(report["events"]),
         "quarantined": quarantined,
-        "time_span": report["time_span"],
+        "time_span": privacy.month_span(report["time_span"]),
         "tables": tables,
     }
 

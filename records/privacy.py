@@ -9,6 +9,13 @@ import numpy as np
 MIN_CELL = 11
 
 
+def month_span(span) -> list[str | None]:
+    """A data source's first and last event dates (ISO, after the date shift) as they may
+    leave the site: to the month ("2014-01-01" -> "2014-01"). Each exact date is one
+    person's (shifted) event; None stays None."""
+    return [None if d is None else str(d)[:7] for d in span]
+
+
 def suppress(count: int | None, *, min_cell: int = MIN_CELL) -> int | None:
     """``count`` when it is 0 or at least ``min_cell``, else ``None`` (suppressed).
 

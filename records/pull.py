@@ -605,7 +605,7 @@ def quality_summary(con: duckdb.DuckDBPyConnection, report: dict, *, top: int = 
         "site": report["site"],
         "subjects": privacy.suppress(report["subjects"]),
         "events": privacy.suppress(report["events"]),
-        "time_span": report["time_span"],
+        "time_span": privacy.month_span(report["time_span"]),
         "tables": table_counts(report)[0],
         "top_codes": [{"code": c, "events": privacy.suppress(n), "subjects": privacy.suppress(s)} for c, n, s in top_codes],
         "values_outside_plausible_range": [

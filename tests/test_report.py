@@ -1372,3 +1372,16 @@ def test_the_checklist_maps_tripod_ai_items_to_sections(run, full, plain):
     # The site's model names its version in the promotion section; the network's model at a site is the registry's own.
     assert "the registered model in MLflow, named with its version in <a href=\"#promotion\">15</a>; its trees" in full
     assert "the registered model in MLflow; its trees, calibrator and columns are this run's model_inputs" in plain
+
+
+def test_short_labels_keep_each_feature_of_a_long_concept_apart():
+    from forewarn.evaluation.plots import short_label
+
+    concept = ("Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum, Plasma or Blood by "
+               "Creatinine-based formula (CKD-EPI) (LOINC 62238-1)")
+    labels = [short_label(f"{concept}, {agg}, {w}") for agg in ("mean value", "minimum", "last value") for w in ("30 days", "365 days")]
+    assert labels[0] == "Glomerular filtration rate/1.73… (LOINC 62238-1), mean value, 30 days"
+    assert len(set(labels)) == 6 and all(len(x) <= 70 for x in labels)
+    assert short_label("Colonoscopy, flexible; diagnostic (CPT4 45378), count, 30 days") == (
+        "Colonoscopy, flexible; diagnostic (CPT4 45378), count, 30 days")  # short enough: as it is
+    assert short_label("x" * 100) == "x" * 69 + "…"  # no code part: cut at the end

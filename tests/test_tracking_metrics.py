@@ -68,7 +68,7 @@ def test_log_run_records_tags_params_metrics_and_datasets(store, tmp_path):
 
 
 def test_pull_summary_withholds_every_table_count_when_one_is_small():
-    report = {"site": "a", "subjects": 900, "events": 12000, "quarantined": 25, "time_span": ["2010", "2020"],
+    report = {"site": "a", "subjects": 900, "events": 12000, "quarantined": 25, "time_span": ["2010-03-07", "2020-11-30"],
               "tables": {"person": {"read": 905, "kept": 900, "quarantined": 5},
                          "measurement": {"read": 6020, "kept": 6000, "quarantined": 20}}}
     summary = tracking.pull_summary(report)
@@ -77,6 +77,7 @@ def test_pull_summary_withholds_every_table_count_when_one_is_small():
     assert summary["tables"] == {"person": {"read": None, "kept": None, "quarantined": None},
                                  "measurement": {"read": None, "kept": None, "quarantined": None}}
     assert (summary["subjects"], summary["events"], summary["quarantined"]) == (900, 12000, None)
+    assert summary["time_span"] == ["2010-03", "2020-11"]  # each exact date is one person's event
     report["tables"]["person"] |= {"read": 920, "kept": 900, "quarantined": 20}
     report["quarantined"] = 40
     summary = tracking.pull_summary(report)  # nothing small: all shown
