@@ -1063,14 +1063,16 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
             labels = label_task(pulls[name], spec, study, cache)
             matrix = featurize_task(pulls[name], labels, spec, study, cache)
             used[name] += [labels, matrix]
+            # The network's model trains on every site with rows, whether or not the site's own
+            # model is retrained tonight or can be trained at all (a site with too few events
+            # for trees of its own still tunes and evaluates the network's, and evaluates the
+            # other sites' models as an external site).
+            data[name] = {"pull": pulls[name], "labels": labels, "matrix": matrix}
             reason = trainability(matrix.result)
             if reason:
-                logger.warning("site %s, task %s skipped: %s", name, spec.name, reason)
+                logger.warning("site %s, task %s: no model of its own: %s", name, spec.name, reason)
                 results.append(SiteResult(name, spec.name, "skipped", reason=reason))
                 continue
-            # The network's model trains on every site with rows, whether or not the site's own
-            # model is retrained tonight.
-            data[name] = {"pull": pulls[name], "labels": labels, "matrix": matrix}
             key = train_key(matrix, study)
             tracking.abandon_runs(key, tag="train_key")  # what a killed run of this candidate left half-made
             info = tracking.champion_info(spec.name, name)
@@ -1114,7 +1116,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                 validations[name].append(row)
     for model_site, b in built.items():
         try:
-            validations[model_site] += cross_validations(study, spec, model_site, b, built, caches, used)
+            validations[model_site] += cross_validations(study, spec, model_site, b, data, caches, used)
         except Exception as exc:  # noqa: BLE001
             logger.error("site %s, task %s: validation failed: %s", model_site, spec.name, _reason(exc))
             validations[model_site].append({"design": "failed", "note": _reason(exc)})
@@ -1295,13 +1297,16 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
     return record
 
 
-def cross_validations(study, spec, model_site, b, built, caches, used) -> list[dict]:
+def cross_validations(study, spec, model_site, b, data, caches, used) -> list[dict]:
+    """The external rows of ``model_site``'s model (at every other site with labels and
+    features tonight: ``data``, whether or not that site could train a model of its own)
+    and its temporal row."""
     out = []
     if "external" in study.validation.designs:
         for site in study.sites:
-            if site.name == model_site or site.name not in built:
+            if site.name == model_site or site.name not in data:
                 continue
-            other = built[site.name]
+            other = data[site.name]
             point = b["evaluation"].result.load_metrics().get("subgroup_threshold") or {}
             stage = external_task(model_site, b["trained"], b["matrix"], other["pull"], other["labels"], study, spec,
                                   caches[site.name], eval_site=site.name, threshold=point.get("threshold"))

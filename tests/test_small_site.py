@@ -1,0 +1,80 @@
+"""A site with too few events for a model of its own still takes part: it is an external
+site for the other sites' models, and it tunes and evaluates the network's model (the
+demo's community site for the rare outcome). Until session 25 such a site left the
+night entirely, and with it the external and network designs of every other site."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import flow_workdir
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, demo_network):
+    from forewarn.records.demo import SITES, generate_site, site_seed
+
+    work = tmp_path_factory.mktemp("small-work")
+    tiny = work / "tiny" / "omop.duckdb"
+    generate_site(tiny, SITES["community"], 150, site_seed(5, "tiny"))
+    with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
+        from prefect.testing.utilities import prefect_test_harness
+
+        from forewarn.flows.nightly import nightly
+        from forewarn.flows.study import parse_study
+
+        study = parse_study(
+            {
+                "name": "small-site",
+                "demo": True,
+                "tasks": ["t2d_2y"],
+                "sites": [{"name": "community", "source": {"location": str(demo_network["community"])}},
+                          {"name": "tiny", "source": {"location": str(tiny)}}],
+                "evaluation": {"bootstrap": 20, "shap_rows": 200},
+                "models": {"n_jobs": 2, "search": {"trials": 0}},
+                "promotion": {"slope_low": 0.5},
+                "validation": {"designs": ["internal", "external", "network"]},
+            },
+            base_dir=work,
+        )
+        with prefect_test_harness(server_startup_timeout=180):
+            results = nightly(study)
+        yield {"work": work, "study": study, "results": {r.site: r for r in results if r.task == "t2d_2y"}}
+
+
+def test_the_small_site_has_no_model_of_its_own_and_says_why(small_run):
+    tiny = small_run["results"]["tiny"]
+    assert tiny.status == "skipped" and "the train split must hold at least 11 subjects with the outcome" in tiny.reason
+    assert small_run["results"]["community"].status == "published"
+
+
+def test_the_other_sites_model_is_validated_at_the_small_site(small_run):
+    import mlflow
+
+    big = small_run["results"]["community"]
+    client = mlflow.MlflowClient(f"sqlite:///{small_run['work'] / 'mlruns' / 'mlflow.db'}")
+    external = json.loads(Path(client.download_artifacts(big.run_id, "validation/external.json")).read_text())["validations"]
+    designs = {(v["design"], v["eval_site"]) for v in external}
+    assert ("external", "tiny") in designs and ("network", "community") in designs
+    at_tiny = next(v for v in external if v["design"] == "external")
+    assert at_tiny["train_site"] == "community"
+    report = big.report_path.read_text()
+    assert "tiny" in report
+
+
+def test_the_network_model_trains_with_the_small_site_tuning_and_evaluating_it(small_run):
+    big = small_run["results"]["community"]
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{small_run['work'] / 'mlruns' / 'mlflow.db'}")
+    external = json.loads(Path(client.download_artifacts(big.run_id, "validation/external.json")).read_text())["validations"]
+    (network,) = [v for v in external if v["design"] == "network"]
+    assert network["train_site"] == "community + tiny" and "not trained" not in (network.get("note") or ""), network
+    # The small site evaluates the network's model in a run (and report) of its own.
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`forewarn.site` = 'tiny' and tags.`forewarn.validation_design` = 'network'")
+    assert len(runs) == 1
+    tiny_report = small_run["study"].sites[1].workdir / "reports" / "t2d_2y" / "network-report.html"
+    assert tiny_report.is_file()
