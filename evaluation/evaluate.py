@@ -253,12 +253,13 @@ def evaluate_and_explain(
         idx, data = idx[drawable], data[:, drawable]
         names = [plots.short_label(d) for d in columns["description"].to_numpy()[idx]]
         record["plotted_features"] = [str(d) for d in columns["description"].to_numpy()[idx]]
-        # The ROC curve's steps count the events: not drawn when the metrics are withheld.
-        figures = {} if record["held_out"][PRIMARY].get("withheld") else {"roc_pr": plots.roc_pr(curves, float(np.mean(y)))}
-        figures |= {
+        # The ROC curve's steps count the events: not drawn when the metrics are withheld; nor
+        # is the calibration figure, whose every curve is then withheld (it drew an empty frame).
+        figures = {} if record["held_out"][PRIMARY].get("withheld") else {
+            "roc_pr": plots.roc_pr(curves, float(np.mean(y))),
             "calibration": plots.calibration(calib, (labels[PRIMARY], smoothed)),
-            "shap_bar": plots.shap_bar(importance),
         }
+        figures |= {"shap_bar": plots.shap_bar(importance)}
         if dca["net_benefit_model"].notna().any():  # else every point is withheld: an empty figure says nothing
             figures["decision_curve"] = plots.decision_curve(dca)
         if idx.size:  # else every top feature is recorded (or missing) in 1..10 explained rows

@@ -1254,6 +1254,7 @@ def report_context(
             "auroc": _ci(held, "auroc"),
             "auprc": _ci(held, "auprc"),
             "slope": _fmt(held.get("calibration_slope")),
+            "withheld": bool(held.get("withheld")),
         },
         "decision": decision,
         "warnings": warnings,

@@ -1084,9 +1084,10 @@ def test_a_held_out_split_with_few_events_withholds_discrimination_and_the_roc_f
     # 5 events: every threshold's 2x2 table has a cell of 1..10, so no net benefit and no figure
     assert all(r["net_benefit_model"] is None for r in evaluation.load_metrics()["decision_curve"])
     assert not (evaluation.dir / "figures" / "decision_curve.png").exists()
-    assert (evaluation.dir / "figures" / "calibration.png").exists()
+    assert not (evaluation.dir / "figures" / "calibration.png").exists()  # every curve in it is withheld
     page = render(build_context(run, evaluation=evaluation))
     assert "Discrimination withheld." in page
+    assert "No calibration figure: the held-out split has fewer than 11 events or non-events" in html.unescape(page)
     summary = html.unescape(_section(page, "summary"))
     assert f"AUROC <b>{WITHHELD_METRICS}</b>" in summary
     assert "ROC and precision-recall curves" not in page
