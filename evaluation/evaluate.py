@@ -96,10 +96,6 @@ class EvaluationConfig(BaseModel):
             )
         return self
 
-    @property
-    def operating_point(self) -> str:
-        return f"{self.operating_budget:.0%} alert budget"
-
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -229,12 +225,13 @@ def evaluate_and_explain(
             {"y": y, "p": p, "subject_id": held[schema.SUBJECT_ID].to_numpy(), "age_band": clinical.age_band(age),
              "sex": sex, "site": site}
         )
-        alert_at = _alert_threshold(record["thresholds"], p, config.operating_budget)
+        alert_at, budget = operating_point(record["thresholds"], p, config.operating_budget)
+        point = operating_label(budget, config.operating_budget)
         record["subgroups"] = clinical.subgroup_metrics(
             frame, n_boot=config.bootstrap, seed=config.seed, threshold=alert_at
         ).to_dict(orient="records")
-        record["subgroup_threshold"] = {"threshold": alert_at, "operating_point": config.operating_point}
-        record["lead_time"] = _lead_time(held, p, outcomes_path, threshold=alert_at, operating_point=config.operating_point)
+        record["subgroup_threshold"] = {"threshold": alert_at, "operating_point": point, "alert_budget": budget}
+        record["lead_time"] = _lead_time(held, p, outcomes_path, threshold=alert_at, operating_point=point)
         counts.update(held_out_rows=int(len(held)), bootstrap=config.bootstrap)
     with stage("explain") as counts:
         model = load_primary(trained)
@@ -332,12 +329,26 @@ def absent_as_nan(X) -> np.ndarray:
     return dense
 
 
-def _alert_threshold(thresholds: list[dict], p: np.ndarray, budget: float) -> float:
-    """The operating point for lead times and subgroups: the threshold of alert budget ``budget``."""
-    for row in thresholds:
-        if row.get("alert_budget") == budget and row.get("threshold") is not None:
-            return float(row["threshold"])
-    return float(np.quantile(p, 1 - budget, method="higher")) if p.size else 1.0
+def operating_point(thresholds: list[dict], p: np.ndarray, budget: float) -> tuple[float, float]:
+    """The operating point for lead times and subgroups, as (threshold, alert budget): the
+    threshold of alert budget ``budget`` when its row of the threshold table is published;
+    when its 2x2 table is withheld (a cell of 1..10, or a band beside another row), the
+    nearest budget whose row is published, larger ones first (more alerts, larger cells),
+    since at a withheld point every subgroup's utility would be withheld too. With none
+    published, ``budget``'s threshold all the same."""
+    rows = {r["alert_budget"]: r for r in thresholds if r.get("alert_budget") is not None and r.get("threshold") is not None}
+    order = [budget] + sorted(b for b in rows if b > budget) + sorted((b for b in rows if b < budget), reverse=True)
+    for b in order:
+        if b in rows and rows[b].get("tp") is not None:
+            return float(rows[b]["threshold"]), b
+    if budget in rows:
+        return float(rows[budget]["threshold"]), budget
+    return (float(np.quantile(p, 1 - budget, method="higher")) if p.size else 1.0), budget
+
+
+def operating_label(budget: float, requested: float) -> str:
+    label = f"{budget:.0%} alert budget"
+    return label if budget == requested else f"{label} (the {requested:.0%} budget's 2×2 table is withheld here)"
 
 
 def _lead_time(

@@ -422,7 +422,11 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
     held = held_out_frame(run["trained"], PRIMARY)
     positive = held.loc[held[schema.BOOLEAN_VALUE].astype(bool), schema.SUBJECT_ID].nunique()
     assert record["lead_time"]["subjects_with_outcome"] == (positive if positive >= 11 else None)
-    budget = next(r for r in record["thresholds"] if r.get("alert_budget") == 0.05)
+    # The 5% budget's row, or where its 2x2 table is withheld the nearest published budget's.
+    rows = {r["alert_budget"]: r for r in record["thresholds"] if r.get("alert_budget") is not None}
+    used = next((b for b in (0.05, 0.10, 0.01) if rows[b]["tp"] is not None), 0.05)
+    budget = rows[used]
+    assert record["subgroup_threshold"]["alert_budget"] == used
     assert record["lead_time"]["threshold"] == budget["threshold"] == record["subgroup_threshold"]["threshold"]
     # The budget's threshold was set on the tuning split's risks, before the held-out rows.
     from forewarn.evaluation.evaluate import split_frame
@@ -1386,3 +1390,24 @@ def test_short_labels_keep_each_feature_of_a_long_concept_apart():
     assert short_label("Colonoscopy, flexible; diagnostic (CPT4 45378), count, 30 days") == (
         "Colonoscopy, flexible; diagnostic (CPT4 45378), count, 30 days")  # short enough: as it is
     assert short_label("x" * 100) == "x" * 69 + "…"  # no code part: cut at the end
+
+
+def test_the_operating_point_moves_to_the_nearest_published_budget():
+    from forewarn.evaluation.evaluate import operating_label, operating_point
+
+    def row(budget, threshold, tp):
+        return {"kind": "alert budget", "alert_budget": budget, "threshold": threshold, "tp": tp}
+
+    fixed = {"kind": "threshold", "alert_budget": None, "threshold": 0.5, "tp": 40}
+    p = np.linspace(0, 1, 101)
+    # 5% published: it is the operating point.
+    assert operating_point([fixed, row(0.01, 0.9, None), row(0.05, 0.8, 38), row(0.10, 0.6, 60)], p, 0.05) == (0.8, 0.05)
+    # 5% withheld (38 true and 3 false alerts, say): 10% first, being larger ...
+    assert operating_point([fixed, row(0.01, 0.9, 12), row(0.05, 0.8, None), row(0.10, 0.6, 60)], p, 0.05) == (0.6, 0.10)
+    # ... then the smaller ones, nearest first.
+    assert operating_point([row(0.01, 0.9, 12), row(0.02, 0.85, 20), row(0.05, 0.8, None), row(0.10, 0.6, None)],
+                           p, 0.05) == (0.85, 0.02)
+    # None published: the 5% budget's threshold all the same.
+    assert operating_point([row(0.05, 0.8, None), row(0.10, 0.6, None)], p, 0.05) == (0.8, 0.05)
+    assert operating_label(0.05, 0.05) == "5% alert budget"
+    assert operating_label(0.10, 0.05) == "10% alert budget (the 5% budget's 2×2 table is withheld here)"
