@@ -331,6 +331,21 @@ def _net_benefit(m: dict) -> list[dict]:
     return out
 
 
+def _net_benefit_drawn(m: dict) -> str | None:
+    """What the decision-curve figure draws beside the table's chosen thresholds: how many
+    of the computed thresholds show the model's net benefit, and which outside the table."""
+    rows = m.get("decision_curve") or []
+    shown = [float(r["threshold"]) for r in rows if r.get("net_benefit_model") is not None]
+    if not rows or not shown:
+        return None
+    chosen = {round(t, 4) for t in NET_BENEFIT_AT}
+    extra = [_pct(t, 1 if t < 0.01 else 0) for t in shown if round(t, 4) not in chosen]
+    text = f"The figure draws the model's net benefit at {len(shown)} of the {len(rows)} thresholds computed"
+    if extra and len(extra) <= 8:
+        text += f" ({', '.join(extra)} of them not in this table)"
+    return text + ("; the others are withheld by the rule above." if len(shown) < len(rows) else ".")
+
+
 def _lead_time(m: dict) -> dict | None:
     lt = m.get("lead_time")
     if not lt:
@@ -1359,6 +1374,7 @@ def report_context(
         "thresholds": _thresholds(m),
         "budget_from_tuning": m.get("alert_budget_source") == schema.TUNING,
         "net_benefit": _net_benefit(m),
+        "net_benefit_drawn": _net_benefit_drawn(m),
         "lead_time": lead,
         "subgroups": subgroup_rows,
         "subgroup_point": _subgroup_point(m),

@@ -1411,3 +1411,17 @@ def test_the_operating_point_moves_to_the_nearest_published_budget():
     assert operating_point([row(0.05, 0.8, None), row(0.10, 0.6, None)], p, 0.05) == (0.8, 0.05)
     assert operating_label(0.05, 0.05) == "5% alert budget"
     assert operating_label(0.10, 0.05) == "10% alert budget (the 5% budget's 2×2 table is withheld here)"
+
+
+def test_the_decision_curve_note_names_what_the_figure_draws_beyond_the_table():
+    from forewarn.evaluation.report import _net_benefit_drawn
+
+    at = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.26, 0.3]
+    rows = [{"threshold": t, "net_benefit_model": 0.02 if t in (0.001, 0.002, 0.26) else None} for t in at]
+    # community CKD's case: every table cell "–", yet three points drawn
+    assert _net_benefit_drawn({"decision_curve": rows}) == (
+        "The figure draws the model's net benefit at 3 of the 9 thresholds computed (0.1%, 0.2%, 26% of them not in "
+        "this table); the others are withheld by the rule above.")
+    assert _net_benefit_drawn({"decision_curve": [dict(r, net_benefit_model=None) for r in rows]}) is None
+    assert _net_benefit_drawn({"decision_curve": [{"threshold": 0.05, "net_benefit_model": 0.01}]}) == (
+        "The figure draws the model's net benefit at 1 of the 1 thresholds computed.")
