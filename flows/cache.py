@@ -198,10 +198,11 @@ def _decode(value: Any, base: Path) -> Any:
 class StageCache:
     """The stage folders of one site: ``<root>/<stage>/<key>/``."""
 
-    def __init__(self, root: Path, *, enabled: bool = True) -> None:
+    def __init__(self, root: Path, *, enabled: bool = True, site: str = "") -> None:
         self.root = Path(root)
         self.enabled = enabled
         self.used: list[Path] = []
+        self._who = f"site {site}, " if site else ""  # progress lines name the site whose stage it is
 
     def run(
         self,
@@ -220,9 +221,9 @@ class StageCache:
         marker = final / MARKER
         if self.enabled and marker.is_file():
             record = json.loads(marker.read_text())
-            log.info("%s: cached (%s)", stage, key)
+            log.info("%s%s: cached (%s)", self._who, stage, key)
             return Stage(stage, key, final, record["digest"], _decode(record["result"], final), True, 0.0)
-        log.info("%s: computing (%s)", stage, key)
+        log.info("%s%s: computing (%s)", self._who, stage, key)
         started = time.perf_counter()
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_partials(final)

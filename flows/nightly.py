@@ -1018,7 +1018,7 @@ def nightly(study: Study):
     tracking.configure(study.tracking.uri, study.tracking.artifact_root)
     specs = [load_task(t) for t in study.tasks]
     study.reporting.check_tasks([spec.name for spec in specs])
-    caches = {site.name: StageCache(site.workdir / "stages", enabled=study.cache.enabled) for site in study.sites}
+    caches = {site.name: StageCache(site.workdir / "stages", enabled=study.cache.enabled, site=site.name) for site in study.sites}
     results: list[SiteResult] = []
     used: dict[str, list[Stage]] = {site.name: [] for site in study.sites}
     with site_locks(study):
