@@ -160,7 +160,7 @@ splits = pd.read_parquet(root / "splits.parquet")
 codes = sorted((root / "pull").glob("*/metadata/codes.parquet"))
 # Same columns as MEDS-Tab: no ICD-10 / metadata roll-up codes, and one process like MEDS-Tab's
 # single worker (options only set where this Forewarn version has them).
-extra = dict(rollup_icd10=False, parent_codes=False, n_workers=1, vocabulary_from="all")
+extra = dict(rollup_icd10=False, parent_codes=False, n_workers=1)
 extra = {{k: v for k, v in extra.items() if k in FeatureConfig.model_fields}}
 featurize(root / "events", labels, splits, out,
           FeatureConfig(windows={windows!r}, aggs={aggs!r}, min_code_subjects=1, **extra),

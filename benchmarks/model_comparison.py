@@ -56,7 +56,6 @@ MEDSTAB = FeatureConfig(
     windows=["1d", "7d", "30d", "365d", "full"],
     aggs=["code/count", "value/count", "value/sum", "value/sum_sqd", "value/min", "value/max", "static/present", "static/first"],
     min_code_subjects=11, rollup_icd10=False, parent_codes=False,
-    vocabulary_from="all",  # MEDS-Tab counts a code anywhere in the train subjects' records
 )
 OURS, L1, MEDSTAB_XGB = "Forewarn XGBoost (calibrated)", "L1-logistic", "MEDS-Tab-style default XGBoost"
 # Not a bar: the same MEDS-Tab-style trees made fit to leave the site as Forewarn's are

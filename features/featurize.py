@@ -35,7 +35,6 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -88,12 +87,6 @@ class FeatureConfig(Strict):
         "codes held by 1-10 people out of the column names that leave the site with the model",
     )
     min_code_frequency: float = Field(0.0, ge=0, le=1, description="... and at least this share of train subjects")
-    vocabulary_from: Literal["history", "all"] = Field(
-        "history",
-        description="history: a train subject counts for a code when they hold it at or before their last prediction "
-        "time (the only events a feature can see), so a code seen only later, such as the outcome's, is no candidate "
-        "column; all: anywhere in their records, as MEDS-Tab counts",
-    )
     rollup_icd10: bool = Field(True, description="also count ICD-10 codes at their 3-character category (E11.9 -> E11)")
     parent_codes: bool = Field(True, description="also count codes at the parent_codes of metadata/codes.parquet")
     slope_min_days: int = Field(
@@ -213,44 +206,32 @@ def distinct_codes(events_dir: Path) -> list[str]:
 
 
 def choose_vocabulary(
-    events_dir: Path, train_subjects: np.ndarray, config: FeatureConfig, metadata_parents: dict[str, list[str]] | None = None,
-    until: pd.Series | None = None,
+    events_dir: Path, train_subjects: np.ndarray, config: FeatureConfig, metadata_parents: dict[str, list[str]] | None = None
 ) -> Vocabulary:
     """Codes (rolled up to parents when configured) seen in enough train subjects.
 
     Only the train split decides the vocabulary, so held-out data never shapes the
-    columns. With ``until`` (each train subject's last prediction time, indexed by
-    subject) and ``config.vocabulary_from`` "history", only events at or before it (and
-    static ones) count: the events a feature can see. The shards are read batch by batch
-    with dictionary-encoded codes; each code's distinct train subjects are counted shard
-    by shard (MEDS shards by subject; if a subject turns up in two shards, the count is
-    redone over all shards at once).
+    columns. The shards are read batch by batch with dictionary-encoded codes; each
+    code's distinct train subjects are counted shard by shard (MEDS shards by subject;
+    if a subject turns up in two shards, the count is redone over all shards at once).
     """
     train = np.unique(np.asarray(train_subjects, np.int64))
     n_train = max(1, train.size)
     threshold = max(config.min_code_subjects, int(np.ceil(config.min_code_frequency * n_train)))
-    last = None
-    if until is not None and config.vocabulary_from == "history":
-        last = pd.to_datetime(until.reindex(train)).to_numpy("datetime64[us]").astype(np.int64)
-        if (last == np.iinfo(np.int64).min).any():
-            raise ValueError("until must give every train subject's last prediction time; some are missing.")
-    scan = _scan_codes(events_dir, train, config, metadata_parents or {}, per_shard=True, until=last)
+    scan = _scan_codes(events_dir, train, config, metadata_parents or {}, per_shard=True)
     if scan is None:
-        scan = _scan_codes(events_dir, train, config, metadata_parents or {}, per_shard=False, until=last)
+        scan = _scan_codes(events_dir, train, config, metadata_parents or {}, per_shard=False)
     names, subjects, numeric, timed, parents = scan
     chosen = sorted(names[i] for i in np.flatnonzero(subjects >= threshold))
     index = {c: i for i, c in enumerate(names)}
     return Vocabulary(chosen, {c for c in chosen if numeric[index[c]]}, {c for c in chosen if not timed[index[c]]}, parents)
 
 
-def _scan_codes(events_dir: Path, train: np.ndarray, config: FeatureConfig, metadata_parents: dict[str, list[str]], per_shard: bool,
-                until: np.ndarray | None = None):
+def _scan_codes(events_dir: Path, train: np.ndarray, config: FeatureConfig, metadata_parents: dict[str, list[str]], per_shard: bool):
     """``(names, train subjects per name, has a value, has a time, parents)`` over every
     code and roll-up parent, as the vocabulary query defines them: train rows other than
-    birth (with ``until``, each train subject's last prediction time in microseconds
-    aligned with ``train``: only its rows at or before it, and static ones), each row also
-    counted once under each parent of its code. With ``per_shard`` the subjects are
-    counted shard by shard; ``None`` when a subject is in two shards."""
+    birth, each row also counted once under each parent of its code. With ``per_shard``
+    the subjects are counted shard by shard; ``None`` when a subject is in two shards."""
     ids: dict[str, int] = {}  # every code and roll-up parent -> id
     parents_of: list[np.ndarray] = []  # per id: its parents' ids (roll-up is one level)
     event_codes: set[str] = set()
@@ -300,11 +281,6 @@ def _scan_codes(events_dir: Path, train: np.ndarray, config: FeatureConfig, meta
         keep &= local[idx] >= 0
         if schema.BIRTH_CODE in dictionary:
             keep &= idx != dictionary.index(schema.BIRTH_CODE)
-        if until is not None and keep.any():
-            when = batch.column(schema.TIME)
-            static = when.is_null().to_numpy(zero_copy_only=False)
-            us = pc.fill_null(when.cast(pa.timestamp("us")), 0).cast(pa.int64()).to_numpy(zero_copy_only=False)
-            keep &= static | (us <= until[pos])
         if not keep.any():
             continue
         code, tpos = local[idx[keep]], pos[keep]
@@ -459,9 +435,7 @@ def featurize(
         train_ids = labels_df.loc[labels_df[schema.SPLIT] == schema.TRAIN, schema.SUBJECT_ID].unique()
         descriptions, metadata_parents = _codes_metadata(codes_path)
         if columns is None:
-            train_rows = labels_df[schema.SPLIT] == schema.TRAIN
-            last = labels_df.loc[train_rows].groupby(schema.SUBJECT_ID)[schema.PREDICTION_TIME].max()
-            vocab = choose_vocabulary(events_dir, train_ids, config, metadata_parents, until=last)
+            vocab = choose_vocabulary(events_dir, train_ids, config, metadata_parents)
             columns = column_table(vocab, config)
         else:
             vocab = vocabulary_of(columns, events_dir, metadata_parents, config)

@@ -205,25 +205,6 @@ def test_min_code_frequency(tmp_path):
     assert set(cols["code"]) == {"AGE", "COMMON//1"}
 
 
-def test_the_vocabulary_counts_only_what_a_feature_can_see(tmp_path):
-    """A code counts for a train subject at or before their last prediction time (the
-    outcome's code, recorded after it, would be a candidate column no row can fill);
-    static codes always; ``vocabulary_from: all`` counts every event, as MEDS-Tab does."""
-    rows = [(s, None, "Gender//F", None) for s in (1, 2)]
-    rows += [(1, T, "EARLY//1", None), (2, T - timedelta(days=3), "EARLY//1", None)]  # at and before t: both count
-    rows += [(1, T + timedelta(days=1), "OUTCOME//1", None), (2, T + timedelta(days=70), "OUTCOME//1", None)]
-    # Subject 2's second prediction time is later: its LATE//1 (after the first, before the last) counts.
-    rows += [(2, T + timedelta(days=40), "LATE//1", None), (2, T + timedelta(days=50), "LATE//1", None)]
-    labels = [(1, T, False), (2, T, False), (2, T + timedelta(days=60), True)]
-    config = FeatureConfig(windows=["full"], aggs=["code/count", "static/present"], min_code_subjects=1)
-    X, _, cols = run(tmp_path / "history", rows, labels, config)
-    assert set(cols["code"]) == {"AGE", "Gender//F", "EARLY//1", "LATE//1"}
-    late = list(cols["name"]).index("LATE//1/code/count/full")
-    assert X[:, late].tolist() == [0, 0, 2]  # unstored: 0 in the dense view
-    _, _, every = run(tmp_path / "all", rows, labels, config.model_copy(update={"vocabulary_from": "all"}))
-    assert set(every["code"]) == {"AGE", "Gender//F", "EARLY//1", "LATE//1", "OUTCOME//1"}
-
-
 def test_given_columns_apply_a_model_trained_elsewhere(tmp_path):
     X, _, cols = run(tmp_path / "a", golden_rows(), [(1, T, True)], FeatureConfig(min_code_subjects=1))
     other = [(2, datetime(1990, 1, 1), "MEDS_BIRTH", None), (2, T, HBA1C, 8.0), (2, T, "LOCAL//unseen", 1.0)]
