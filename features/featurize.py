@@ -434,7 +434,8 @@ def featurize(
         labels_df = labels_df.sort_values([schema.SUBJECT_ID, schema.PREDICTION_TIME], kind="stable").reset_index(drop=True)
         train_ids = labels_df.loc[labels_df[schema.SPLIT] == schema.TRAIN, schema.SUBJECT_ID].unique()
         descriptions, metadata_parents = _codes_metadata(codes_path)
-        if columns is None:
+        chosen = columns is None
+        if chosen:
             vocab = choose_vocabulary(events_dir, train_ids, config, metadata_parents)
             columns = column_table(vocab, config)
         else:
@@ -471,10 +472,26 @@ def featurize(
             X = _assemble(blocks, n_rows, n_cols)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
+        if chosen:
+            X, columns = _drop_empty(X, columns, (labels_df[schema.SPLIT] == schema.TRAIN).to_numpy())
+            n_cols = len(columns)
         columns["description"] = readable_names(columns, descriptions)
         matrix = _write(out_dir, X, labels_df, columns)
         counts.update(rows=n_rows, columns=n_cols, nonzeros=int(X.nnz), shards=len(shard_paths), workers=workers)
     return matrix
+
+
+def _drop_empty(X: sp.csr_matrix, columns: pd.DataFrame, train: np.ndarray) -> tuple[sp.csr_matrix, pd.DataFrame]:
+    """The chosen columns less those no train row holds a value in. The vocabulary counts
+    a code anywhere in a train subject's record (as MEDS-Tab does), so codes recorded only
+    after every prediction time (the outcome's own, its treatments, death) made columns no
+    feature could fill: candidate predictors that look like leakage and are not, and that
+    inflate the candidate count. No model can use such a column, so none changes."""
+    held = np.bincount(X[train].indices, minlength=X.shape[1]) > 0 if train.any() else np.ones(X.shape[1], bool)
+    held |= (columns["code"] == AGE[0]).to_numpy()  # age is no code: its column stays (subgroups read it)
+    if held.all():
+        return X, columns
+    return X[:, np.flatnonzero(held)].tocsr(), columns.loc[held].reset_index(drop=True)
 
 
 def _shard_job(job) -> tuple[np.ndarray, sp.csr_matrix] | tuple[str, int, int]:

@@ -205,6 +205,32 @@ def test_min_code_frequency(tmp_path):
     assert set(cols["code"]) == {"AGE", "COMMON//1"}
 
 
+def test_no_column_that_no_train_row_can_fill(tmp_path):
+    """The vocabulary counts a code anywhere in a train subject's record, so a code seen
+    only after every prediction time (here the outcome's) once became a column that no row
+    could hold: gone, with the column of a code some train row holds kept (LATE//1, seen
+    by subject 2's later prediction time). Given columns (a model's, applied elsewhere)
+    are kept whole, empty or not."""
+    rows = [(s, None, "Gender//F", None) for s in (1, 2)]
+    rows += [(1, T, "EARLY//1", None), (2, T - timedelta(days=3), "EARLY//1", None)]
+    rows += [(1, T + timedelta(days=1), "OUTCOME//1", None), (2, T + timedelta(days=70), "OUTCOME//1", None)]
+    rows += [(2, T + timedelta(days=40), "LATE//1", None), (2, T + timedelta(days=50), "LATE//1", None)]
+    labels = [(1, T, False), (2, T, False), (2, T + timedelta(days=60), True)]
+    config = FeatureConfig(windows=["full"], aggs=["code/count", "static/present"], min_code_subjects=1)
+    X, _, cols = run(tmp_path / "own", rows, labels, config)
+    # AGE stays though no one here has a birth record: it is no code, and subgroups read it.
+    assert list(cols["name"]) == ["AGE/years/at_prediction/t", "EARLY//1/code/count/full",
+                                  "Gender//F/static/present/static", "LATE//1/code/count/full"]
+    assert X[:, 3].tolist() == [0, 0, 2]  # unstored: 0 in the dense view
+    everything = pd.DataFrame({"name": ["AGE/years/at_prediction/t", "OUTCOME//1/code/count/full"], "code": ["AGE", "OUTCOME//1"],
+                               "agg": ["years/at_prediction", "code/count"], "window": ["t", "full"]})
+    write_events(tmp_path / "given" / "events", rows)
+    m = featurize(tmp_path / "given" / "events", label_table(labels), pd.DataFrame({"subject_id": [1, 2], "split": "train"}),
+                  tmp_path / "given" / "out", config, columns=everything)
+    assert list(m.load()[2]["name"]) == ["AGE/years/at_prediction/t", "OUTCOME//1/code/count/full"]
+    assert m.load()[0].nnz == 0
+
+
 def test_given_columns_apply_a_model_trained_elsewhere(tmp_path):
     X, _, cols = run(tmp_path / "a", golden_rows(), [(1, T, True)], FeatureConfig(min_code_subjects=1))
     other = [(2, datetime(1990, 1, 1), "MEDS_BIRTH", None), (2, T, HBA1C, 8.0), (2, T, "LOCAL//unseen", 1.0)]
