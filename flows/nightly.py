@@ -51,7 +51,7 @@ from forewarn.models.federated import (
 )
 from forewarn.models.promotion import decide, decide_network
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
-from forewarn.records import deid
+from forewarn.records import deid, privacy, schema
 from forewarn.records.pull import PullFailed, PullResult, merge_parts
 from forewarn.records.sources import pull_source
 
@@ -343,7 +343,7 @@ def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, c
     def compute(work: Path) -> dict:
         temporal = spec.model_copy(update={"temporal_split": TemporalSplit(held_out_from=cutoff)})
         labels = label_dataset(pull.result.events_dir, temporal, work, split_seed=study.split_seed)
-        table, splits, _ = labels.load()
+        table, splits, attrition = labels.load()
         matrix = featurize(pull.result.events_dir, table, splits, work / "features", study.features,
                            codes_path=pull.result.codes_path, map_shards=_shards(study))
         with maybe_dask_client(study.executor) as client:
@@ -351,7 +351,11 @@ def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, c
                 return {"skipped": trainability(matrix)}
             trained = train_models(matrix, work / "models", models, client=client)
         held = held_out_metrics(trained, study.evaluation)  # the numbers only: no SHAP or figures to discard
-        return held | {"cutoff": cutoff.date().isoformat()}
+        summary = json.loads(trained.summary_path.read_text())
+        development = {k: privacy.suppress(sum(summary[key].get(s, 0) for s in (schema.TRAIN, schema.TUNING)))
+                       for k, key in (("rows", "rows"), ("events", "positives"))}
+        crossing = privacy.suppress((attrition.get("crosses_cutoff") or {}).get("times", 0))
+        return held | {"cutoff": cutoff.date().isoformat(), "development": development, "crosses_cutoff": crossing}
 
     return cache.run(f"temporal-{spec.name}", key_of("temporal", params, [pull.digest]), compute)
 
@@ -780,6 +784,18 @@ def model_content(trained: TrainedModels, columns_path: Path) -> str:
     return h.hexdigest()
 
 
+def temporal_note(record: dict, horizon_days: int) -> str:
+    """The temporal row's note: what was trained on, and what the cutoff left out."""
+    note = (f"a refit of this site's model (its settings, no search) on the times whose {horizon_days}-day horizon ends "
+            f"by {record['cutoff']}")
+    development = record.get("development")
+    if development:  # since session 25
+        note += (f" ({privacy.shown(development['rows'])} train and tuning rows, "
+                 f"{privacy.shown(development['events'])} with the outcome; "
+                 f"{privacy.shown(record.get('crosses_cutoff'))} times left out whose horizon crosses the cutoff)")
+    return note + ", tested on the times from then on"
+
+
 def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: Stage, stage_key: str) -> dict:
     """One MLflow run for the temporal validation at ``site`` (``stage``: ``temporal_task``'s
     folder, holding its matrix and models): the metric names, params and tags of an
@@ -793,7 +809,7 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
         return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
                 **{k: record.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
                                               "calibration_in_the_large", "withheld", "n", "events")},
-                "recalibrated": None, "note": f"trained on times whose {spec.horizon_days}-day horizon ends by {record['cutoff']}, tested from then on"}
+                "recalibrated": None, "note": temporal_note(record, spec.horizon_days)}
 
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{site}-temporal-{datetime.now(UTC):%Y%m%d-%H%M%S}",

@@ -384,6 +384,16 @@ def test_external_validation_runs_bring_back_aggregates_only(flow_run, client):
     temporal = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'temporal'")
     assert len(temporal) == 4 and all(0.5 < r.data.metrics["held_out/auroc"] <= 1 for r in temporal)
     assert {r.data.tags["forewarn.temporal_from"] for r in temporal} == {"2021-07-01"}
+    # Its row says what it was trained on and what the cutoff left out, as its record holds it.
+    row = external["validations"][2]
+    record = json.loads(Path(client.download_artifacts(row["run_id"], "validation/temporal.json")).read_text())
+    dev = record["development"]
+    assert all(v is None or v >= 11 for v in (dev["rows"], dev["events"], record["crosses_cutoff"]))
+    assert row["note"] == (
+        f"a refit of this site's model (its settings, no search) on the times whose 730-day horizon ends by 2021-07-01 "
+        f"({dev['rows']:,} train and tuning rows, {dev['events']:,} with the outcome; "
+        f"{'<11' if record['crosses_cutoff'] is None else format(record['crosses_cutoff'], ',')} times left out whose "
+        "horizon crosses the cutoff), tested on the times from then on")
     assert {d.dataset.name.rsplit("/", 1)[1] for d in internal.inputs.dataset_inputs} == {"train", "tuning", "held_out"}
     # An internal run's datasets carry its feature matrix's digest, which follows the labels and splits too.
     features = {json.loads(m.read_text())["digest"][:16]
