@@ -746,8 +746,6 @@ def _leaves_released(release: dict | None, network: bool) -> str:
     return "per site" if network else "none"
 
 
-
-
 def code_version() -> str:
     version = metadata.version("forewarn")
     try:
