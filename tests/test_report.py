@@ -318,6 +318,8 @@ def test_primary_model_numbers_are_as_in_metrics(run, full):
         weighted = sum(g["n"] * abs(g["observed"] - g["mean_predicted"]) for g in curve) / sum(g["n"] for g in curve)
         assert record["calibration_stats"][model]["ece"] == pytest.approx(weighted, rel=1e-12)
     assert held["ece"] == record["calibration_stats"]["xgboost"]["ece"] and f"{held['ece']:.4f}" in full
+    groups = len(record["calibration"]["xgboost"])  # the heading says when the tenths were merged
+    assert (f", in {groups} groups</h3>" in full) is (groups < 10)
     training = json.loads(run["trained"].summary_path.read_text())
     assert f"{training['xgboost']['best_iteration'] + 1} trees" in full
     for method, brier in training["calibration"]["tuning_cv_brier"].items():
