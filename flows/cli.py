@@ -100,16 +100,30 @@ def _run_study(path: Path) -> None:
         latest = workdirs[r.site] / "reports" / r.task / "report.html"  # the latest report's stable copy
         typer.echo(f"{'':>34}report: {latest if latest.is_file() else r.report_path}")
     if "network" in study.validation.designs:  # the network's model: one a task, trained across the sites
-        for task in dict.fromkeys(r.task for r in results):
-            found = tracking.latest_version(task, tracking.NETWORK)
-            if found:
-                typer.echo(f"{tracking.NETWORK:>10}  {task:<22}model {found[0]} v{found[1]} ({', '.join(found[2])}), trained "
-                           f"across the sites; its report at each site: reports/{task}/network-report.html")
+        for line in network_lines(dict.fromkeys(r.task for r in results)):
+            typer.echo(line)
     typer.echo(f"\nMLflow store: {tracking.redacted_uri()}")
     typer.echo("Look at the runs:  forewarn ui   (then open http://127.0.0.1:5000)")
     if state.is_failed():
         typer.secho(f"\nThe run ended Failed: {state.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+def network_lines(tasks) -> list[str]:
+    """The summary's line for each task's network model: its newest registered version, or
+    that there is none (the network row of each site's report says why)."""
+    from forewarn.flows import tracking
+
+    out = []
+    for task in tasks:
+        found = tracking.latest_version(task, tracking.NETWORK)
+        head = f"{tracking.NETWORK:>10}  {task:<22}"
+        if found:
+            out.append(f"{head}model {found[0]} v{found[1]} ({', '.join(found[2])}), trained across the sites; its report "
+                       f"at each site: reports/{task}/network-report.html")
+        else:
+            out.append(f"{head}no network model: the network row of each site's report says why (section 12)")
+    return out
 
 
 @app.command()

@@ -97,3 +97,23 @@ def test_label_and_featurize_outside_a_flow(tmp_path):
     assert "9 rows x" in result.output and (tmp_path / "X" / "X.npz").is_file()
     bad = runner.invoke(app, ["featurize", str(events), str(tmp_path / "a.parquet"), "--out", str(tmp_path / "Y"), "--windows", "7"])
     assert bad.exit_code == 2 and "windows must be '<N>d'" in bad.output
+
+
+def test_the_summary_names_each_tasks_network_model_or_says_there_is_none(tmp_path, restore_tracking):
+    import mlflow
+
+    from forewarn.flows import tracking
+    from forewarn.flows.cli import network_lines
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.configure(uri, str(tmp_path / "artifacts"), cwd=tmp_path)
+    client = mlflow.MlflowClient(uri)
+    name = tracking.registered_name("t2d_2y", tracking.NETWORK)
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=(tmp_path / "model").as_uri())
+    client.set_registered_model_alias(name, "champion", version.version)
+    assert network_lines(["t2d_2y", "pancreatic_cancer_1y"]) == [
+        f"   network  t2d_2y                model {name} v1 (champion), trained across the sites; its report at each "
+        "site: reports/t2d_2y/network-report.html",
+        "   network  pancreatic_cancer_1y  no network model: the network row of each site's report says why (section 12)",
+    ]
