@@ -8,6 +8,7 @@ and the report. Aggregates only (the same numbers MLflow holds).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from forewarn.flows import tracking
 
@@ -33,9 +34,17 @@ def run_link(result) -> str:
     return f"[{result.run_id[:8]}]({url})" if url else result.run_id[:8]
 
 
+def _stable_report(result, workdirs: dict[str, Path]) -> Path:
+    """The latest report's stable copy (``<workdir>/reports/<task>/report.html``), which
+    outlives the stage folder the run wrote it in (pruned after ``keep_runs`` runs)."""
+    stable = workdirs[result.site] / "reports" / result.task / "report.html" if result.site in workdirs else None
+    return stable if stable is not None and stable.is_file() else result.report_path
+
+
 def summary_markdown(study, results) -> str:
     """The artifact's text (also used by tests and the CLI)."""
     failed = [r for r in results if r.status == "failed"]
+    workdirs = {s.name: Path(s.workdir) for s in study.sites}
     lines = [f"# Forewarn nightly: study `{study.name}`", ""]
     lines.append(
         f"{sum(r.status == 'published' for r in results)} published, {sum(r.status == 'skipped' for r in results)} skipped, "
@@ -52,7 +61,7 @@ def summary_markdown(study, results) -> str:
             drift += f" (max PSI {m['drift/max_psi']:.3f})"
         if drift and decision.get("drifted"):
             drift = f"**{drift}**"
-        report = f"[report]({r.report_path.resolve().as_uri()})" if r.report_path else ""
+        report = f"[report]({_stable_report(r, workdirs).resolve().as_uri()})" if r.report_path else ""
         text = r.decision or r.reason
         lines.append("| " + " | ".join(_cell(c) for c in (
             r.site, r.task, r.status + (" (cached)" if getattr(r, "cached", False) else ""), auroc,

@@ -122,4 +122,7 @@ def test_the_artifact_lists_metrics_decision_and_the_failure(faulty_run):
     assert (f"{held.metrics['held_out/auroc']:.3f} [" in academic if "held_out/auroc" in held.metrics
             else "withheld (fewer than 11 events or non-events)" in academic)
     assert "promoted to champion" in academic and "/#/experiments/" in academic and "[report](file://" in academic
+    # the stable copy of the latest report, not the stage folder that a later run prunes
+    link = academic.split("[report](")[1].split(")")[0]
+    assert link.endswith("/reports/ckd3_2y/report.html") and "/stages/" not in link
     assert "## Failures" in text and "**community / ckd3_2y**: pull failed" in text
