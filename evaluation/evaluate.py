@@ -256,7 +256,7 @@ def evaluate_and_explain(
             "roc_pr": plots.roc_pr(curves, float(np.mean(y))),
             "calibration": plots.calibration(calib, (labels[PRIMARY], smoothed)),
         }
-        figures |= {"shap_bar": plots.shap_bar(importance)}
+        figures |= {"shap_bar": plots.shap_bar(importance, method=plots.shap_method(model.blend))}
         if dca["net_benefit_model"].notna().any():  # else every point is withheld: an empty figure says nothing
             figures["decision_curve"] = plots.decision_curve(dca)
         if idx.size:  # else every top feature is recorded (or missing) in 1..10 explained rows

@@ -82,12 +82,21 @@ def short_label(description: str, limit: int = 70) -> str:
     return description[:head].rstrip() + "…" + tail
 
 
-def shap_bar(importance: pd.DataFrame, top: int = 20) -> bytes:
-    """Mean |SHAP| of the top features, with readable names."""
+def shap_method(blend: float) -> str:
+    """What the SHAP values are for a model whose log-odds blend the trees' with the
+    L1-logistic's at weight ``blend``: at 1 there are no trees left to explain."""
+    if blend >= 1:
+        return "linear SHAP of the L1-logistic"
+    return "TreeSHAP and linear SHAP" if blend > 0 else "TreeSHAP"
+
+
+def shap_bar(importance: pd.DataFrame, top: int = 20, method: str = "TreeSHAP") -> bytes:
+    """Mean |SHAP| of the top features, with readable names; ``method`` (:func:`shap_method`)
+    goes in the title."""
     head = importance.head(top).iloc[::-1]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(head) + 1))
     ax.barh([short_label(d) for d in head["description"]], head["mean_abs_shap"], color="#1f77b4")
-    ax.set(xlabel="mean |SHAP value| (log-odds)", title="Global feature importance (TreeSHAP)")
+    ax.set(xlabel="mean |SHAP value| (log-odds)", title=f"Global feature importance ({method})")
     return _png(fig)
 
 

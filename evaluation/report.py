@@ -19,7 +19,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from forewarn.evaluation import clinical, metrics
+from forewarn.evaluation import clinical, metrics, plots
 from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
 from forewarn.evaluation.evaluate import Evaluation, model_labels
 from forewarn.features.featurize import AGG_NAMES
@@ -1344,6 +1344,7 @@ def report_context(
             "offset_text": offset_text,
             "blend_text": blend_text,
             "blend_weight": float(blend.get("weight") or 0.0),
+            "shap_method": plots.shap_method(float(blend.get("weight") or 0.0)),
             "search": search_context,
             "params": [{"name": k, "value": v} for k, v in params.items()],
             "weighting": weighting,

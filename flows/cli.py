@@ -16,6 +16,7 @@ import typer
 ENV_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO lines would interleave with the flow's own
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -94,7 +95,7 @@ def _run_study(path: Path) -> None:
         m = r.metrics
         typer.echo(
             f"{head}held-out AUROC {tracking.auroc_text(m)}  "
-            f"AUPRC {tracking.auprc_text(m)}  model {r.model_name} v{r.version} ({', '.join(r.aliases)})"
+            f"AUPRC {tracking.auprc_text(m)}  model {r.model_name} v{r.version} ({tracking.alias_text(r.aliases)})"
             + ("  [unchanged: cached]" if r.cached else "")
         )
         latest = workdirs[r.site] / "reports" / r.task / "report.html"  # the latest report's stable copy
@@ -119,7 +120,7 @@ def network_lines(tasks) -> list[str]:
         found = tracking.latest_version(task, tracking.NETWORK)
         head = f"{tracking.NETWORK:>10}  {task:<22}"
         if found:
-            out.append(f"{head}model {found[0]} v{found[1]} ({', '.join(found[2])}), trained across the sites; its report "
+            out.append(f"{head}model {found[0]} v{found[1]} ({tracking.alias_text(found[2])}), trained across the sites; its report "
                        f"at each site: reports/{task}/network-report.html")
         else:
             out.append(f"{head}no network model: the network row of each site's report says why (section 12)")

@@ -23,6 +23,7 @@ import mlflow
 import numpy as np
 import scipy.sparse as sp
 import xgboost as xgb
+from scipy.special import expit
 
 
 def _linear(data: dict) -> tuple[np.ndarray, float]:
@@ -48,7 +49,7 @@ def _calibrated(p: np.ndarray, calibration: dict | None) -> np.ndarray:
         return (1 - 1e-6) * np.interp(p, calibration["x"], calibration["y"]) + 1e-6 * np.clip(p, 0, 1)
     if method == "sigmoid":
         q = np.clip(p, 1e-6, 1 - 1e-6)
-        return 1.0 / (1.0 + np.exp(-(calibration["a"] + calibration["b"] * np.log(q / (1 - q)))))
+        return expit(calibration["a"] + calibration["b"] * np.log(q / (1 - q)))
     return p
 
 

@@ -399,9 +399,18 @@ def register_model(
     with mlflow.start_run(run_id=run_id), _quiet_model_from_code():
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(SERVING_CODE), artifacts=artifacts, signature=signature,
-            input_example=example, registered_model_name=name, pip_requirements=model_requirements(),
+            input_example=example, pip_requirements=model_requirements(),
         )
-    version = str(info.registered_model_version)
+    # Registered through the client: ``registered_model_name`` above would print MLflow's
+    # "Successfully registered model" lines straight to stderr, between the flow's own lines.
+    try:
+        client.create_registered_model(name)
+    except mlflow.MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = str(client.create_model_version(
+        name, source=f"models:/{info.model_id}", run_id=run_id, model_id=info.model_id,
+    ).version)
     client.set_registered_model_alias(name, "challenger", version)
     # ``champion`` moves only by ``set_champion``, once the run holds all the next night needs.
     aliases: tuple[str, ...] = ("challenger", "champion") if promote else ("challenger",)
@@ -575,6 +584,17 @@ def registered_with(task: str, site: str, train_key: str) -> tuple[str, tuple[st
         return None
     version = str(min(int(v.version) for v in found))
     return version, tuple(sorted(client.get_model_version(name, version).aliases or ()))
+
+
+def alias_text(aliases) -> str:
+    """What a version's aliases mean, for the console: ``champion`` (the version served;
+    it is also the newest, ``challenger``, when this night promoted it), else
+    ``challenger, not promoted`` (the champion stays), else ``no alias`` (an older version)."""
+    if "champion" in aliases:
+        return "champion"
+    if "challenger" in aliases:
+        return "challenger, not promoted"
+    return "no alias"
 
 
 def version_aliases(task: str, site: str, version: str) -> tuple[str, ...]:

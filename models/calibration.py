@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
@@ -52,7 +53,7 @@ class Calibrator:
         if self.method == "isotonic":
             return (1 - TIE_BREAK) * np.interp(p, self.x, self.y) + TIE_BREAK * np.clip(p, 0, 1)
         if self.method == "sigmoid":
-            return 1.0 / (1.0 + np.exp(-(self.a + self.b * _logit(p))))
+            return expit(self.a + self.b * _logit(p))  # no overflow warning where the slope is steep
         return p
 
     def to_json(self) -> dict:

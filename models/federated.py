@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import xgboost as xgb
+from scipy.special import expit
 
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import EPS, Calibrator
@@ -181,7 +182,7 @@ class SiteRows:
         keep = self._fold(fold)
         z = _logit(1.0 / (1.0 + np.exp(-self._margin(model, schema.TUNING)[keep].astype(np.float64))))
         y = self._y[self._masks[schema.TUNING]][keep]
-        p = 1.0 / (1.0 + np.exp(-(a + b * z)))
+        p = expit(a + b * z)
         design = np.column_stack([np.ones_like(z), z])
         grad = design.T @ (p - y)
         hess = (design * (p * (1 - p))[:, None]).T @ design

@@ -117,3 +117,12 @@ def test_the_summary_names_each_tasks_network_model_or_says_there_is_none(tmp_pa
         "site: reports/t2d_2y/network-report.html",
         "   network  pancreatic_cancer_1y  no network model: the network row of each site's report says why (section 12)",
     ]
+
+
+def test_alias_text_says_what_the_aliases_mean():
+    from forewarn.flows.tracking import alias_text
+
+    assert alias_text(("challenger", "champion")) == "champion"
+    assert alias_text(("champion",)) == "champion"
+    assert alias_text(("challenger",)) == "challenger, not promoted"
+    assert alias_text(()) == "no alias"

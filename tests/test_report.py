@@ -917,12 +917,18 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
             "AUROC on the tuning split from 0, 0.1, ..., 1)") in model
     assert "scores as the L1-logistic alone" not in model
     assert "blended with the L1-logistic's exact linear SHAP values at weight 0.3 (section 6)" in explanations
+    assert explanations.startswith('>11. Explanations (TreeSHAP and linear SHAP)</h2>')
     model, explanations = pages(tuned | {"weight": 1.0, "objective": "auprc"})
     assert "chosen by the AUPRC on the tuning split" in model
     assert "With weight 1 the model scores as the L1-logistic alone: on the tuning split the trees did not" in model
+    # No trees left to explain: the section says whose values they are.
+    assert explanations.startswith('>11. Explanations (linear SHAP of the L1-logistic)</h2>')
+    assert "the model is the L1-logistic alone, so these are its exact linear SHAP values" in explanations
+    assert "uncalibrated XGBoost" not in explanations
     model, explanations = pages(tuned | {"weight": 0.0, "objective": "auprc"})
     assert "Blending with the L1-logistic did not improve the AUPRC on the tuning split: the trees score alone." in model
     assert "linear SHAP values at weight" not in explanations
+    assert explanations.startswith('>11. Explanations (TreeSHAP)</h2>')
     crossfit = tuned | {"method": "crossfit", "weight": 0.2, "folds": 5, "rows": 12345, "events": 234}
     model, _ = pages(crossfit)
     assert ("(weight 0.2 on the L1, chosen by the AUROC on the tuning rows and the train rows' out-of-fold log-odds "
@@ -1427,3 +1433,10 @@ def test_the_decision_curve_note_names_what_the_figure_draws_beyond_the_table():
     assert _net_benefit_drawn({"decision_curve": [dict(r, net_benefit_model=None) for r in rows]}) is None
     assert _net_benefit_drawn({"decision_curve": [{"threshold": 0.05, "net_benefit_model": 0.01}]}) == (
         "The figure draws the model's net benefit at 1 of the 1 thresholds computed.")
+
+
+def test_shap_method_names_what_the_values_explain():
+    from forewarn.evaluation.plots import shap_method
+
+    assert [shap_method(w) for w in (0.0, 0.3, 1.0)] == [
+        "TreeSHAP", "TreeSHAP and linear SHAP", "linear SHAP of the L1-logistic"]

@@ -194,7 +194,7 @@ def test_killed_publication_leaves_one_complete_run_and_model_version_per_site(r
 def test_the_summary_names_the_networks_model(runs):
     # v1, or v2 where the kill fell after its registration (a deleted version's number is not reused).
     line = [x for x in runs["rerun"].splitlines() if x.startswith("   network")]
-    assert re.fullmatch(r"   network  t2d_2y {16}model forewarn-t2d_2y-network v[12] \(challenger, champion\), trained across the "
+    assert re.fullmatch(r"   network  t2d_2y {16}model forewarn-t2d_2y-network v[12] \(champion\), trained across the "
                         r"sites; its report at each site: reports/t2d_2y/network-report.html", line[0]), line
 
 

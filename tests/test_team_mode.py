@@ -233,7 +233,7 @@ def test_ui_prints_the_store_redacted_and_execs_mlflow(tmp_path, monkeypatch):
     assert env["MLFLOW_BACKEND_STORE_URI"] == uri and root.is_dir()
 
 
-def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilities(tmp_path, restore_tracking):
+def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilities(tmp_path, restore_tracking, capfd):
     """A rare outcome's trees boost from an L1 offset and blend with the L1: the registered
     model (a model from code holding the four JSON files, no pickle) predicts what
     Forewarn's own model does, calibrated."""
@@ -256,6 +256,10 @@ def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilit
         decision="first model", offset_path=trained.offset_path, blend_path=trained.blend_path,
         calibration_path=trained.calibration_path,
     )
+    # MLflow's "Successfully registered model" and "Created version" lines would land in
+    # the middle of the flow's console output.
+    assert "Successfully registered" not in capfd.readouterr().err
+    assert mlflow.MlflowClient().get_model_version(name, version).run_id == run_id
     tracking.set_champion(name, version)
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert loaded.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
