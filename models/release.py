@@ -107,14 +107,17 @@ def _ok(events: int, non_events: int, min_cell: int) -> bool:
 
 def _leaf_counts(leaf: np.ndarray, y: np.ndarray, subjects: np.ndarray) -> dict[int, tuple[int, int]]:
     """(subjects with the outcome, subjects without) among the rows of each leaf id."""
-    out = {}
+    if leaf.size == 0:
+        return {}
     order = np.lexsort((subjects, y, leaf))
     lf, yy, ss = leaf[order], y[order], subjects[order]
     first = np.r_[True, (lf[1:] != lf[:-1]) | (yy[1:] != yy[:-1]) | (ss[1:] != ss[:-1])]
-    for node, label in zip(lf[first], yy[first], strict=True):
-        e, n = out.get(int(node), (0, 0))
-        out[int(node)] = (e + int(label), n + int(not label))
-    return out
+    # One entry per (leaf, label, subject): counted per leaf in numpy (a Python loop over
+    # them was a third of a model's training time).
+    nodes, index = np.unique(lf[first], return_inverse=True)
+    events = np.bincount(index, weights=(yy[first] != 0), minlength=nodes.size).astype(np.int64)
+    non_events = np.bincount(index, minlength=nodes.size) - events
+    return {int(k): (int(e), int(n)) for k, e, n in zip(nodes, events, non_events, strict=True)}
 
 
 @dataclass
