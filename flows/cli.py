@@ -16,7 +16,8 @@ import typer
 ENV_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO lines would interleave with the flow's own
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # the champion's inputs are fetched each night  # MLflow's INFO lines would interleave with the flow's own
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -83,6 +84,9 @@ def _run_study(path: Path) -> None:
     from forewarn.flows.nightly import run_nightly
 
     state, results = run_nightly(study)
+    # The flow has ended: what the ephemeral Prefect server logs while it shuts down (its
+    # event recorder's flush cancelled mid-write, with tracebacks) is not the flow's.
+    logging.getLogger("prefect.server").setLevel(logging.CRITICAL)
     workdirs = {site.name: site.workdir for site in study.sites}
     from forewarn.flows import tracking
 
@@ -96,8 +100,8 @@ def _run_study(path: Path) -> None:
         typer.echo(
             f"{head}held-out AUROC {tracking.auroc_text(m)}  "
             f"AUPRC {tracking.auprc_text(m)}  model {r.model_name} v{r.version} ({tracking.alias_text(r.aliases)})"
-            + ("  [unchanged: cached]" if r.cached else "")
         )
+        typer.echo(f"{'':>34}{decision_line(r)}")
         latest = workdirs[r.site] / "reports" / r.task / "report.html"  # the latest report's stable copy
         typer.echo(f"{'':>34}report: {latest if latest.is_file() else r.report_path}")
     if "network" in study.validation.designs:  # the network's model: one a task, trained across the sites
@@ -108,6 +112,18 @@ def _run_study(path: Path) -> None:
     if state.is_failed():
         typer.secho(f"\nThe run ended Failed: {state.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+def decision_line(r) -> str:
+    """The summary's line of a published result's promotion decision: its head (the
+    reasons are in the report's section 15), or, when every stage was cached, that the
+    decision and report are an earlier night's."""
+    if r.cached:
+        return ("unchanged since an earlier night (same data and settings): its report and decision stand; "
+                "the aliases above are the registry's now")
+    head = r.decision.split(":", 1)[0]
+    prefix = f"{r.model_name} v{r.version} "
+    return f"decision: {head.removeprefix(prefix)}; why: the report's section 15"
 
 
 def network_lines(tasks) -> list[str]:

@@ -1144,7 +1144,14 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
         used[name].append(stage)
         result = stage.result
         if stage.hit:
-            result = SiteResult(**{**result.__dict__, "cached": True})
+            # The registry may have moved since that night (a later challenger, a promotion):
+            # the aliases are read as they are now, not as the cached result recorded them.
+            aliases = result.aliases
+            try:
+                aliases = tracking.version_aliases(spec.name, name, result.version)
+            except Exception as exc:  # noqa: BLE001 - the summary keeps the recorded ones
+                logger.warning("site %s, task %s: the registry's aliases could not be read: %s", name, spec.name, _reason(exc))
+            result = SiteResult(**{**result.__dict__, "aliases": aliases, "cached": True})
         logger.info(
             "site %s, task %s: held-out AUROC %s, AUPRC %s; %s%s", name, spec.name,
             tracking.auroc_text(result.metrics), tracking.auprc_text(result.metrics), result.decision,

@@ -589,12 +589,12 @@ def registered_with(task: str, site: str, train_key: str) -> tuple[str, tuple[st
 def alias_text(aliases) -> str:
     """What a version's aliases mean, for the console: ``champion`` (the version served;
     it is also the newest, ``challenger``, when this night promoted it), else
-    ``challenger, not promoted`` (the champion stays), else ``no alias`` (an older version)."""
+    ``challenger, not promoted`` (the champion stays), else ``no alias: an earlier version``."""
     if "champion" in aliases:
         return "champion"
     if "challenger" in aliases:
         return "challenger, not promoted"
-    return "no alias"
+    return "no alias: an earlier version"
 
 
 def version_aliases(task: str, site: str, version: str) -> tuple[str, ...]:

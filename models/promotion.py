@@ -75,8 +75,9 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
     paired_ok = paired is not None and paired["ci_low"] >= -config.auroc_margin
     difference = (
         f"AUROC minus champion v{champion['version']}'s on the same held-out rows {paired['difference']:+.3f} (paired "
-        f"95% CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}); lower bound {'>=' if paired_ok else '<'} "
-        f"-margin {-config.auroc_margin:+.3f}"
+        f"95% CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}); lower bound {paired['ci_low']:+.3f} "
+        f"{'>=' if paired_ok else '<'} -margin {-config.auroc_margin:+.3f}"
+        + ("; the whole interval lies below 0: worse than the champion on these rows" if paired["ci_high"] < 0 else "")
         if paired is not None else "the paired AUROC difference could not be estimated (withheld with 1 to 10 held-out "
         "events or non-events, or not computed)"
     )
@@ -86,7 +87,13 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
         auroc_ok, first, other = marginal_ok, marginal, difference if "paired" in champion else None
     reasons.insert(0, first)
     if other is not None:
-        reasons.append(f"not deciding ({'marginal' if config.test == 'paired' else 'paired'} test): {other}")
+        reasons.append(f"for information, not the rule in force ({'marginal' if config.test == 'paired' else 'paired'} "
+                       f"test): {other}")
+    if (low is None if config.test == "marginal" else paired is None) and slope is None:
+        # Withheld, not failed: the same split withholds every candidate's interval.
+        reasons.append(f"no candidate can pass while this held-out split has 1 to 10 events or non-events: champion "
+                       f"v{champion['version']} stays until it holds 11 or more of each (more people, a longer "
+                       "horizon or a broader outcome)")
     return {"promoted": bool(auroc_ok and slope_ok), "reasons": reasons, "champion_version": champion["version"],
             "test": config.test}
 

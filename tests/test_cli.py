@@ -125,4 +125,17 @@ def test_alias_text_says_what_the_aliases_mean():
     assert alias_text(("challenger", "champion")) == "champion"
     assert alias_text(("champion",)) == "champion"
     assert alias_text(("challenger",)) == "challenger, not promoted"
-    assert alias_text(()) == "no alias"
+    assert alias_text(()) == "no alias: an earlier version"
+
+
+def test_the_summary_gives_each_result_its_decision_or_says_it_is_an_earlier_nights():
+    from forewarn.flows.cli import decision_line
+    from forewarn.flows.nightly import SiteResult
+
+    kept = SiteResult("academic", "t2d_2y", "published", model_name="forewarn-t2d_2y-academic", version="2",
+                      decision="forewarn-t2d_2y-academic v2 kept as challenger (champion stays v1): AUROC lower 95% "
+                      "bound 0.917 < champion v1 AUROC 0.971 - margin 0.02 = 0.951 on the same held-out rows")
+    assert decision_line(kept) == "decision: kept as challenger (champion stays v1); why: the report's section 15"
+    assert decision_line(SiteResult(**{**kept.__dict__, "cached": True})) == (
+        "unchanged since an earlier night (same data and settings): its report and decision stand; the aliases above "
+        "are the registry's now")

@@ -218,7 +218,7 @@ def test_registry_aliases_keep_the_first_champion(flow_run, client):
         # The paired difference on the same rows is shown beside it, not deciding (test: marginal),
         # and it is the candidate's AUROC minus the champion's.
         diff, d_low, d_high = (float(x) for x in re.search(
-            r"not deciding \(paired test\): AUROC minus champion v1's on the same held-out rows ([-+][\d.]+) \(paired 95% "
+            r"for information, not the rule in force \(paired test\): AUROC minus champion v1's on the same held-out rows ([-+][\d.]+) \(paired 95% "
             r"CI ([-+][\d.]+) to ([-+][\d.]+)\)", second.decision).groups())
         m = client.get_run(second.run_id).data.metrics
         assert diff == pytest.approx(m["promotion/auroc_difference"], abs=5e-4)
@@ -542,7 +542,7 @@ def test_network_model_is_registered_and_promoted_only_if_non_inferior_at_every_
         assert drift["sites"][site]["compare"]["max_psi"] > 0.25
         assert any(r.startswith(f"{site}: feature ") and "drifted" in r for r in drift["decision"]["reasons"])
         assert f"{site}: AUROC lower 95% bound" in " ".join(second["reasons"])
-        assert f"{site}: not deciding (paired test): AUROC minus champion v1's on the same held-out rows" in \
+        assert f"{site}: for information, not the rule in force (paired test): AUROC minus champion v1's on the same held-out rows" in \
             " ".join(second["reasons"])
         assert second["paired"][site]["ci_low"] <= second["paired"][site]["difference"] <= second["paired"][site]["ci_high"]
     assert second["reasons"][0].startswith("drift alert: the data drifted from the network champion's")

@@ -109,8 +109,8 @@ def test_the_marginal_rule_decides_by_default_and_shows_the_paired_difference():
     assert d == {"promoted": False, "champion_version": "3", "test": "marginal", "reasons": [
         "AUROC lower 95% bound 0.760 < champion v3 AUROC 0.800 - margin 0.02 = 0.780 on the same held-out rows",
         "calibration slope 1.000 is within [0.8, 1.25]",
-        "not deciding (paired test): AUROC minus champion v3's on the same held-out rows +0.000 (paired 95% CI +0.000 to "
-        "+0.000); lower bound >= -margin -0.020"]}
+        "for information, not the rule in force (paired test): AUROC minus champion v3's on the same held-out rows "
+        "+0.000 (paired 95% CI +0.000 to +0.000); lower bound +0.000 >= -margin -0.020"]}
 
 
 @pytest.mark.parametrize(("ci_low", "promoted"), [(0.0, True), (-0.02, True), (-0.021, False)])
@@ -120,8 +120,9 @@ def test_the_paired_rule_judges_the_difference_on_the_same_rows(ci_low, promoted
     d = decide({"auroc_ci_low": 0.76, "calibration_slope": 1.0}, champion, config)
     assert d["promoted"] is promoted and d["test"] == "paired"
     assert d["reasons"][0] == (f"AUROC minus champion v3's on the same held-out rows +0.010 (paired 95% CI {ci_low:+.3f} "
-                               f"to +0.030); lower bound {'>=' if promoted else '<'} -margin -0.020")
-    assert d["reasons"][-1] == ("not deciding (marginal test): AUROC lower 95% bound 0.760 < champion v3 AUROC 0.800 - "
+                               f"to +0.030); lower bound {ci_low:+.3f} {'>=' if promoted else '<'} -margin -0.020")
+    assert d["reasons"][-1] == ("for information, not the rule in force (marginal test): AUROC lower 95% bound 0.760 < "
+                                "champion v3 AUROC 0.800 - "
                                 "margin 0.02 = 0.780 on the same held-out rows")
     # the slope still has to hold
     assert decide({"auroc_ci_low": 0.9, "calibration_slope": 1.3}, champion, config)["promoted"] is False
@@ -133,6 +134,9 @@ def test_the_paired_rule_refuses_when_the_difference_is_withheld():
     assert d["promoted"] is False
     assert d["reasons"][0] == ("the paired AUROC difference could not be estimated (withheld with 1 to 10 held-out "
                                "events or non-events, or not computed)")
+    assert d["reasons"][-1] == ("no candidate can pass while this held-out split has 1 to 10 events or non-events: "
+                                "champion v3 stays until it holds 11 or more of each (more people, a longer horizon or "
+                                "a broader outcome)")
     # A difference that is not a number (no bootstrap draw held both classes) is no evidence either.
     nan = {"difference": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
     d = decide({"auroc_ci_low": 0.9, "calibration_slope": 1.0}, SAME | {"paired": nan}, config)
@@ -163,3 +167,15 @@ def test_the_network_s_paired_rule_holds_at_every_site():
 def test_the_test_is_marginal_or_paired():
     with pytest.raises(ValueError, match="Input should be 'marginal' or 'paired'"):
         PromotionConfig(test="mcnemar")
+
+
+def test_a_paired_interval_wholly_below_zero_says_the_candidate_is_worse():
+    champion = SAME | {"paired": {"difference": -0.012, "ci_low": -0.029, "ci_high": -0.001}}
+    d = decide({"auroc_ci_low": 0.76, "calibration_slope": 1.0}, champion, CONFIG)
+    assert d["reasons"][-1] == (
+        "for information, not the rule in force (paired test): AUROC minus champion v3's on the same held-out rows -0.012 "
+        "(paired 95% CI -0.029 to -0.001); lower bound -0.029 < -margin -0.020; the whole interval lies below 0: worse "
+        "than the champion on these rows")
+    # A withheld interval under the marginal rule: why no candidate can pass here.
+    d = decide({"auroc_ci_low": None, "calibration_slope": None}, SAME | {"paired": None}, CONFIG)
+    assert d["promoted"] is False and d["reasons"][-1].startswith("no candidate can pass while this held-out split")

@@ -674,6 +674,13 @@ def test_promotion_box(run, full, plain):
         and 'class="box ok"' in page
     )
     assert "No promotion rule was applied" in Page(plain).text and DECISION in Page(plain).text
+    # The top of the page says which model serves when this one was refused.
+    assert Page(_section(full, "summary")).text.startswith(
+        'id="summary">1. Summary Not in service. This report describes v2, kept as challenger: champion v1 stays in service. '
+        "Section 15 says why.")
+    assert 'id="status"' not in page and 'id="status"' not in plain
+    first = render(build_context(run, promotion=PROMOTION | {"champion_version": None}))
+    assert "kept as challenger: there is no champion yet. Section 15 says why." in Page(first).text
 
 
 def _section(page: str, name: str) -> str:

@@ -206,7 +206,7 @@ def test_a_publication_completed_before_its_stage_was_marked_is_reused(runs):
 
 def test_rerun_on_unchanged_data_recomputes_and_logs_nothing(runs):
     assert ": computing" not in runs["rerun"]
-    assert runs["rerun"].count("[unchanged: cached]") == 2
+    assert runs["rerun"].count("unchanged since an earlier night (same data and settings): its report and decision stand") == 2
     assert runs["finished"]["killed"]["mlflow"]["complete"].count(("academic", "internal")) == 1
 
 
