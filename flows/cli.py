@@ -123,7 +123,10 @@ def decision_line(r) -> str:
                 "the aliases above are the registry's now")
     head = r.decision.split(":", 1)[0]
     prefix = f"{r.model_name} v{r.version} "
-    return f"decision: {head.removeprefix(prefix)}; why: the report's section 15"
+    line = f"decision: {head.removeprefix(prefix)}; why: the report's section 15"
+    if ((r.drift or {}).get("decision") or {}).get("action") == "alert":
+        line = f"DRIFT ALERT, a person reviews before any promotion (the report's section 14); {line}"
+    return line
 
 
 def network_lines(tasks) -> list[str]:

@@ -136,6 +136,9 @@ def test_the_summary_gives_each_result_its_decision_or_says_it_is_an_earlier_nig
                       decision="forewarn-t2d_2y-academic v2 kept as challenger (champion stays v1): AUROC lower 95% "
                       "bound 0.917 < champion v1 AUROC 0.971 - margin 0.02 = 0.951 on the same held-out rows")
     assert decision_line(kept) == "decision: kept as challenger (champion stays v1); why: the report's section 15"
+    alert = SiteResult(**{**kept.__dict__, "drift": {"decision": {"action": "alert", "reasons": ["feature x drifted"]}}})
+    assert decision_line(alert) == ("DRIFT ALERT, a person reviews before any promotion (the report's section 14); "
+                                    "decision: kept as challenger (champion stays v1); why: the report's section 15")
     assert decision_line(SiteResult(**{**kept.__dict__, "cached": True})) == (
         "unchanged since an earlier night (same data and settings): its report and decision stand; the aliases above "
         "are the registry's now")
