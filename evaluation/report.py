@@ -26,7 +26,7 @@ from forewarn.features.featurize import AGG_NAMES
 from forewarn.features.labels import ATTRITION_STEPS
 from forewarn.models.train import AGE_SEX, BASELINE, MIN_EVENTS_PER_FEATURE, PRIMARY, UNCALIBRATED
 from forewarn.records import privacy, schema
-from forewarn.records.pull import table_counts
+from forewarn.records.pull import PULL_CHANGE_ALERT, pull_changes, table_counts
 
 TEMPLATES = "forewarn.evaluation.templates"
 SUPPRESSED = f"<{privacy.MIN_CELL}"
@@ -950,6 +950,7 @@ def report_context(
     drift: dict | None = None,
     recalibrated: dict | None = None,
     reporting: dict | None = None,
+    previous_pull: dict | None = None,
 ) -> dict:
     """Everything the report template shows, with every count passed through suppression.
 
@@ -1031,6 +1032,18 @@ def report_context(
         shown = [WITHHELD] * len(why) if tables_withheld else _protect(list(why.values()))
         for (reason, _), rows in zip(why.items(), shown, strict=True):
             reasons.append({"table": name, "reason": reason, "rows": rows})
+
+    # Since the site's previous pull with other data (``previous_pull``: its date and its
+    # report's table counts): kept rows per table, where both pulls publish them.
+    changes = [] if previous_pull is None else pull_changes(previous_pull, pull_report)
+    pull_change = None if previous_pull is None else {
+        "date": previous_pull.get("date", "an earlier night"),
+        "withheld": not changes,
+        "tables": [{"table": c["table"], "previous": _count(c["previous"]), "now": _count(c["now"]),
+                    "change": "new" if c["change"] is None else f"{c['change']:+.0%}", "flagged": c["flagged"]}
+                   for c in changes],
+        "alert": f"{PULL_CHANGE_ALERT:.0%}",
+    }
 
     xgb = training["xgboost"]
     params = xgb.get("params", {})
@@ -1280,6 +1293,7 @@ def report_context(
         "decision": decision,
         "warnings": warnings,
         "data": {
+            "pull_change": pull_change,
             "tables": tables,
             "tables_withheld": tables_withheld,
             "reasons": reasons,

@@ -52,7 +52,7 @@ from forewarn.models.federated import (
 from forewarn.models.promotion import decide, decide_network
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy, schema
-from forewarn.records.pull import PullFailed, PullResult, merge_parts
+from forewarn.records.pull import PullFailed, PullResult, merge_parts, pull_changes
 from forewarn.records.sources import pull_source
 
 log = logging.getLogger("forewarn")
@@ -523,6 +523,7 @@ def publish_task(site: SiteConfig, study: Study, spec: TaskSpec, stages: dict[st
                  champion: ChampionCheck | None, drift: dict, cache: StageCache) -> Stage:
     inputs = [stages[k].digest for k in ("pull", "labels", "matrix", "trained", "evaluation")]
     inputs += [json.dumps(v, sort_keys=True, default=str) for v in validations]
+    inputs.append(json.dumps(stages.get("previous_pull"), sort_keys=True))  # the report compares with it
     # Not the champion nor the drift record: a candidate with the same content is published
     # once, whatever the registry says by the time of a rerun.
     key = key_of("publish", {"study": study.name, "promotion": _cfg(study.promotion), "tracking": tracking.current_uri(),
@@ -627,6 +628,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         code_version=code_version(), data_digest=digest, quality=quality,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id,
         validations=validations, promotion=promotion, drift=drift, reporting=study.reporting.for_task(spec.name),
+        previous_pull=stages.get("previous_pull"),
     )
     report_path = write_report(context, out / "report.html")
     metrics = tracking.flat_metrics(record["held_out"], PRIMARY) | tracking.evaluation_metrics(held)
@@ -1042,6 +1044,7 @@ def nightly(study: Study):
         futures = {site.name: [pull.submit(site, study.demo, caches[site.name], part) for part in parts]
                    for site in study.sites}
         pulls: dict[str, Stage] = {}
+        earlier: dict[str, dict | None] = {}  # each site's previous pull with other data
         for site in study.sites:
             try:
                 stages = [future.result() for future in futures[site.name]]
@@ -1049,12 +1052,18 @@ def nightly(study: Study):
                 pulls[site.name] = stages[0] if n_parts == 1 else merge_task(site, stages, caches[site.name])
                 if n_parts > 1:
                     used[site.name].append(pulls[site.name])
+                earlier[site.name] = previous_pull(site, pulls[site.name])
+                if earlier[site.name] is not None:
+                    now = json.loads(pulls[site.name].result.report_path.read_text())
+                    for c in (c for c in pull_changes(earlier[site.name], now) if c["flagged"]):
+                        logger.warning("site %s: %s kept %s rows against %s at the previous pull (%s): check the source",
+                                       site.name, c["table"], f"{c['now']:,}",  f"{c['previous']:,}", earlier[site.name]["date"])
             except Exception as exc:  # noqa: BLE001 - one site failing keeps the others' work
                 reason = f"pull failed: {_reason(exc)}"
                 logger.error("site %s: %s", site.name, reason)
                 results += [SiteResult(site.name, spec.name, "failed", reason=reason) for spec in specs]
         for spec in specs:
-            results += run_task(study, spec, pulls, caches, used, logger)
+            results += run_task(study, spec, pulls, caches, used, logger, earlier)
         for site in study.sites:
             prune(caches[site.name], used[site.name], keep_runs=study.cache.keep_runs)
     artifact.publish_summary(study, results)
@@ -1065,8 +1074,31 @@ def nightly(study: Study):
     return results
 
 
+PULLS_FILE = "pulls.json"  # in a site's workdir: the table counts of its last pulls (it stays at the site)
+
+
+def previous_pull(site: SiteConfig, pull: Stage, *, keep: int = 10) -> dict | None:
+    """The report counts of the site's latest earlier pull whose data differed from
+    ``pull``'s (another stage key), or None on a first night; and ``pull``'s own are
+    recorded for the next night (the last ``keep`` pulls). A night that pulls the same
+    data again compares with the same earlier pull, so its report does not change."""
+    path = site.workdir / PULLS_FILE
+    history = json.loads(path.read_text()) if path.is_file() else []
+    earlier = next((h for h in reversed(history) if h["key"] != pull.key), None)
+    if not history or history[-1]["key"] != pull.key:
+        report = json.loads(pull.result.report_path.read_text())
+        entry = {"key": pull.key, "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+                 "tables": {n: {k: t[k] for k in ("read", "kept", "quarantined")} for n, t in report["tables"].items()},
+                 "quarantined": report.get("quarantined", 0)}
+        history = [h for h in history if h["key"] != pull.key][-(keep - 1):] + [entry]
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps(history, indent=1))
+        tmp.replace(path)
+    return earlier
+
+
 def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict[str, StageCache],
-             used: dict[str, list[Stage]], logger) -> list[SiteResult]:
+             used: dict[str, list[Stage]], logger, earlier: dict[str, dict | None] | None = None) -> list[SiteResult]:
     """One task at every site that pulled: per-site models, then the cross-site and
     temporal validations, then publication."""
     results, built, data = [], {}, {}
@@ -1081,7 +1113,8 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
             # model is retrained tonight or can be trained at all (a site with too few events
             # for trees of its own still tunes and evaluates the network's, and evaluates the
             # other sites' models as an external site).
-            data[name] = {"pull": pulls[name], "labels": labels, "matrix": matrix}
+            data[name] = {"pull": pulls[name], "labels": labels, "matrix": matrix,
+                          "previous_pull": (earlier or {}).get(name)}
             reason = trainability(matrix.result)
             if reason:
                 logger.warning("site %s, task %s: no model of its own: %s", name, spec.name, reason)

@@ -584,6 +584,33 @@ def table_counts(report: dict) -> tuple[dict[str, dict[str, int | None]], int | 
     return {n: dict.fromkeys(("read", "kept", "quarantined")) for n in tables}, None
 
 
+# A source table whose kept rows moved by this share or more since the previous pull is
+# flagged: a feed that lost half its rows trains a different model without any drift in
+# the features the champion knows.
+PULL_CHANGE_ALERT = 0.2
+
+
+def pull_changes(previous: dict, current: dict, *, alert: float = PULL_CHANGE_ALERT) -> list[dict]:
+    """Per source table, the kept rows of the ``previous`` pull's report against the
+    ``current`` one's, as they may leave the site: both sides as :func:`table_counts`
+    publishes them, so a table is compared only where both pulls' per-table counts are
+    published. Each entry: ``table``, ``previous`` and ``now`` (kept rows), ``change``
+    (now / previous - 1; None when the previous pull kept none) and ``flagged`` (the
+    change is ``alert`` or more either way, or the table is new or emptied)."""
+    before, _ = table_counts(previous)
+    now, _ = table_counts(current)
+    if any(t["kept"] is None for t in [*before.values(), *now.values()]):
+        return []  # one pull withholds all its per-table counts (table_counts is all or nothing)
+    out = []
+    for name in [*now, *(n for n in before if n not in now)]:
+        old_kept = before[name]["kept"] if name in before else 0  # a table a pull did not have: no rows
+        new_kept = now[name]["kept"] if name in now else 0
+        change = None if old_kept == 0 else round(new_kept / old_kept - 1, 4)
+        flagged = (old_kept == 0) != (new_kept == 0) or (change is not None and abs(change) >= alert)
+        out.append({"table": name, "previous": old_kept, "now": new_kept, "change": change, "flagged": flagged})
+    return out
+
+
 def quality_summary(con: duckdb.DuckDBPyConnection, report: dict, *, top: int = 20) -> dict:
     """Counts per table, subjects, time span, top codes and implausible lab values.
 

@@ -588,3 +588,14 @@ def test_drift_is_checked_against_the_champion_before_retraining(flow_run, clien
         run = client.get_run(second.run_id)
         assert run.data.tags["forewarn.drift_alert"] == "true"
         assert run.data.metrics["drift/max_psi"] == pytest.approx(second.drift["compare"]["max_psi"])
+
+
+def test_the_second_night_compares_its_pull_with_the_first(flow_run):
+    # The degraded copies kept a tenth of each site's measurements: the report flags it.
+    for first, second in zip(flow_run["first"], flow_run["second"], strict=True):
+        assert "No earlier pull of this site with other data to compare with." in unescape(first.report_path.read_text())
+        page = unescape(second.report_path.read_text())
+        assert re.search(r'id="pull-alert" role="note"><b>The data changed since the previous pull \(\d{4}-\d\d-\d\d\)</b>: '
+                         r"measurement kept [\d,]+ rows against [\d,]+ \(-9\d%\)", page), second.site
+        history = json.loads((flow_run["work"] / "sites" / second.site / "work" / "pulls.json").read_text())
+        assert len(history) == 2 and history[0]["tables"]["measurement"]["kept"] > history[1]["tables"]["measurement"]["kept"]

@@ -248,3 +248,27 @@ def test_csv_folder_bad_values_are_quarantined_with_row_field_and_fix(tmp_path):
     ]
     assert all(t["read"] == t["kept"] + t["quarantined"] for t in report["tables"].values())
     assert report["read"] == sum(t["read"] for t in report["tables"].values())
+
+
+def test_pull_changes_flags_a_feed_that_moved_by_a_fifth_or_more():
+    from forewarn.records.pull import pull_changes
+
+    def report(**kept):
+        return {"tables": {t: {"read": k, "kept": k, "quarantined": 0} for t, k in kept.items()}, "quarantined": 0}
+
+    before = report(person=1000, measurement=139_839, drug_exposure=5000, visit=400, note=0)
+    now = report(person=950, measurement=69_920, drug_exposure=5900, visit=480, note=12, death=0)
+    assert pull_changes(before, now) == [
+        {"table": "person", "previous": 1000, "now": 950, "change": -0.05, "flagged": False},
+        {"table": "measurement", "previous": 139_839, "now": 69_920, "change": -0.5, "flagged": True},
+        {"table": "drug_exposure", "previous": 5000, "now": 5900, "change": 0.18, "flagged": False},
+        {"table": "visit", "previous": 400, "now": 480, "change": 0.2, "flagged": True},  # a fifth: flagged
+        {"table": "note", "previous": 0, "now": 12, "change": None, "flagged": True},  # new
+        {"table": "death", "previous": 0, "now": 0, "change": None, "flagged": False},
+    ]
+    # A table the new pull lacks has lost all its rows.
+    assert pull_changes(report(visit=500), report())[0] == {
+        "table": "visit", "previous": 500, "now": 0, "change": -1.0, "flagged": True}
+    # A pull whose per-table counts are withheld (a quarantine of 1..10) compares nothing.
+    small = {"tables": {"person": {"read": 1005, "kept": 1000, "quarantined": 5}}, "quarantined": 5}
+    assert pull_changes(small, now) == [] and pull_changes(now, small) == []

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from forewarn.records import schema
+from forewarn.records import privacy, schema
 
 SECTIONS = (
     "summary",
@@ -1453,3 +1453,27 @@ def test_shap_method_names_what_the_values_explain():
 
     assert [shap_method(w) for w in (0.0, 0.3, 1.0)] == [
         "TreeSHAP", "TreeSHAP and linear SHAP", "linear SHAP of the L1-logistic"]
+
+
+def test_the_data_section_compares_with_the_previous_pull_and_the_summary_flags_a_moved_feed(run, plain):
+    from forewarn.evaluation.report import render
+
+    current = json.loads(run["pull"].report_path.read_text())
+    assert "No earlier pull of this site with other data to compare with." in Page(plain).text
+    assert 'id="pull-alert"' not in plain
+    if any(privacy.suppress(t[k]) is None for t in current["tables"].values() for k in ("kept", "quarantined")):
+        pytest.skip("this fixture's per-table counts are withheld")
+    before = json.loads(json.dumps(current))
+    table = max(before["tables"], key=lambda t: before["tables"][t]["kept"])
+    kept = current["tables"][table]["kept"]
+    before["tables"][table] |= {"read": 2 * kept, "kept": 2 * kept}  # the feed has lost half its rows since
+    page = render(build_context(run, previous_pull={"date": "2026-12-03", **before}))
+    alert = Page(_section(page, "summary")).text
+    assert (f"The data changed since the previous pull (2026-12-03) : {table} kept {kept:,} rows against {2 * kept:,} "
+            "(-50%). A feed that gained or lost this much") in alert
+    data = Page(_section(page, "data")).text
+    assert f"{table} (flagged) {2 * kept:,} {kept:,} -50%" in data
+    assert "a change of 20% or more either way (or a table new or emptied) is flagged" in data
+    # Nothing moved: the table is shown, nothing is flagged.
+    same = render(build_context(run, previous_pull={"date": "2026-12-03", **current}))
+    assert 'id="pull-alert"' not in same and "(flagged)" not in same and "+0%" in same
