@@ -184,10 +184,18 @@ def _l1_scaling_text(l1: dict) -> str:
     return text + ")"
 
 
+def _order(keys, labels: dict[str, str]) -> list[str]:
+    """The models' keys in the report's order; without a calibrator the uncalibrated
+    model is the registered model itself, and its identical row is left out."""
+    alike = labels.get(PRIMARY, "").endswith("(no calibrator)")
+    ordered = [k for k in MODEL_ORDER if k in keys] + [k for k in keys if k not in MODEL_ORDER]
+    return [k for k in ordered if not (alike and k == UNCALIBRATED)]
+
+
 def _models(m: dict, labels: dict[str, str]) -> list[dict]:
     held, stats = m["held_out"], m.get("calibration_stats", {})
     rows = []
-    for key in [k for k in MODEL_ORDER if k in held] + [k for k in held if k not in MODEL_ORDER]:
+    for key in _order(held, labels):
         rec = held[key] | {k: v for k, v in stats.get(key, {}).items() if k not in held[key]}
         rows.append(
             {
@@ -209,7 +217,7 @@ def _models(m: dict, labels: dict[str, str]) -> list[dict]:
 def _calibration_stats(m: dict, labels: dict[str, str]) -> list[dict]:
     stats = m.get("calibration_stats", {})
     out = []
-    for key in [k for k in MODEL_ORDER if k in stats] + [k for k in stats if k not in MODEL_ORDER]:
+    for key in _order(stats, labels):
         s = stats[key]
         out.append(
             {

@@ -1477,3 +1477,20 @@ def test_the_data_section_compares_with_the_previous_pull_and_the_summary_flags_
     # Nothing moved: the table is shown, nothing is flagged.
     same = render(build_context(run, previous_pull={"date": "2026-12-03", **current}))
     assert 'id="pull-alert"' not in same and "(flagged)" not in same and "+0%" in same
+
+
+def test_without_a_calibrator_the_uncalibrated_row_is_not_repeated(run):
+    from forewarn.evaluation.report import render
+
+    training = json.loads(run["trained"].summary_path.read_text())
+    assert training["calibration"]["method"] == "none"  # this fixture's model: blended, no calibrator
+    context = build_context(run)
+    assert [m["key"] for m in context["models"]] == ["xgboost", "l1_logistic", "age_sex"]
+    assert all("uncalibrated" not in s["name"] for s in context["calibration_stats"])
+    summary = Page(_section(render(context), "summary")).text
+    assert "XGBoost + L1 blend (no calibrator)" in summary and "(uncalibrated)" not in summary
+    assert "No calibrator beat the model's raw risks on the tuning split" in summary
+    # With a calibrator the raw model is another row (the fixture's record holds its metrics).
+    calibrated = build_context(run, training=training | {"calibration": training["calibration"] | {"method": "isotonic"}})
+    assert [m["name"] for m in calibrated["models"]][:2] == ["XGBoost + L1 blend (calibrated)", "XGBoost + L1 blend (uncalibrated)"]
+    assert "The uncalibrated model has the same ranking, so the same AUROC." in Page(render(calibrated)).text
