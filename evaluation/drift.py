@@ -543,6 +543,15 @@ def _compare(
 # ---------------------------------------------------------------------------- decide
 
 
+def _psi_text(psi: float, threshold: float) -> str:
+    """A PSI to 3 decimals, or to as many more (up to 6) as tell it from the threshold it
+    is compared with: 0.2503 > 0.25, not 0.250 > 0.25."""
+    for digits in range(3, 7):
+        if psi == threshold or round(psi, digits) != round(threshold, digits):
+            return f"{psi:.{digits}f}"
+    return f"{psi:.6f}"
+
+
 def decide(record: dict | None, policy: DriftPolicy) -> dict:
     """The action for this run under ``policy``, whether the data drifted, and why.
 
@@ -575,7 +584,7 @@ def decide(record: dict | None, policy: DriftPolicy) -> dict:
     hidden = [f for f in features if f.get("psi_withheld")]
     for f in sorted(filter(moved, shown), key=lambda f: -f["psi"]):
         reasons.append(
-            f"feature {f['name']} ({f['description']}) drifted: PSI {f['psi']:.3f} > {threshold:g}"
+            f"feature {f['name']} ({f['description']}) drifted: PSI {_psi_text(f['psi'], threshold)} > {threshold:g}"
         )
     for f in filter(moved, hidden):
         above = threshold if f.get("psi") is not None else flagged_at
@@ -589,7 +598,7 @@ def decide(record: dict | None, policy: DriftPolicy) -> dict:
         largest = "largest published PSI" if hidden else "largest PSI"
         withheld = f"; PSI withheld for {len(hidden)} of them ({SMALL_BIN})" if hidden else ""
         reasons.append(
-            f"no top feature drifted: {largest} {top['psi']:.3f} ({top['name']}, {top['description']}) <= {threshold:g} over {len(features)} features{withheld}"
+            f"no top feature drifted: {largest} {_psi_text(top['psi'], threshold)} ({top['name']}, {top['description']}) <= {threshold:g} over {len(features)} features{withheld}"
         )
     elif features:
         reasons.append(

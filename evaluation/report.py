@@ -811,9 +811,9 @@ def _drift(drift: dict | None) -> dict:
     split = record.get("split", "all")
     withheld = sum(1 for f in record.get("features") or [] if f.get("psi_withheld"))
     out |= {
-        "split": "every row of the new pull"
+        "split": "every labelled prediction time of the new pull"
         if split == "all"
-        else f"the {SPLIT_LABELS.get(split, split)} split of the new pull",
+        else f"the {SPLIT_LABELS.get(split, split)} split's prediction times of the new pull",
         "rows": {"reference": _count(n_rows.get("reference")), "new": _count(n_rows.get("new"))},
         "max_psi": WITHHELD if record.get("max_psi") is None and withheld else _fmt(record.get("max_psi")),
         "withheld": withheld,

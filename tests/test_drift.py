@@ -625,3 +625,10 @@ def test_the_reference_rate_s_rounding_alone_is_not_prevalence_drift():
     assert not prevalence_drifted(then, 0.016, 5.5 / 1000, DriftPolicy())
     assert prevalence_drifted(then, 0.032, 5.5 / 1000, DriftPolicy())
     assert prevalence_drifted(then, 0.017, 0.0, DriftPolicy())  # without the allowance the rounding would alarm
+
+
+def test_a_psi_next_to_its_threshold_is_shown_to_the_digit_that_tells_them_apart():
+    from forewarn.evaluation.drift import _psi_text
+
+    assert [_psi_text(p, 0.25) for p in (0.2503, 0.2497, 0.25, 0.31, 0.250004)] == [
+        "0.2503", "0.2497", "0.250", "0.310", "0.250004"]
