@@ -148,9 +148,9 @@ def network_lines(tasks) -> list[str]:
 
 @app.command()
 def demo(
-    people: Annotated[int, typer.Option(min=200, help="people in the whole network (split 40/60 between the sites)")] = 20_000,
+    people: Annotated[int | None, typer.Option(min=200, help="people in the whole network (split 40/60 between the sites) [default: 20,000]")] = None,
     workdir: Annotated[Path, typer.Option(help="where the demo network and its outputs go")] = Path("forewarn-demo"),
-    seed: Annotated[int, typer.Option(help="seed of the synthetic network")] = 7,
+    seed: Annotated[int | None, typer.Option(help="seed of the synthetic network [default: 7]")] = None,
 ) -> None:
     """Generate the demo network into WORKDIR (if absent) and run the nightly flow once."""
     setup_environment()
@@ -160,13 +160,24 @@ def demo(
 
     workdir = workdir.resolve()
     study_path = workdir / "study.yaml"
+    made_with = workdir / "network.json"  # the options the network was generated with
     sites = {name: workdir / "sites" / name / "omop.duckdb" for name in SITES}
     if all(p.is_file() for p in sites.values()):
+        stored = json.loads(made_with.read_text()) if made_with.is_file() else {}
+        asked = {k: v for k, v in (("people", people), ("seed", seed)) if v is not None}
+        differ = {k: v for k, v in asked.items() if k in stored and stored[k] != v}
+        if differ or (asked and not stored):
+            was = " ".join(f"--{k} {v}" for k, v in stored.items()) or "options this version did not record"
+            _fail(f"the demo network in {workdir} was generated with {was}; it is reused as it is, so "
+                  f"{' '.join(f'--{k} {v}' for k, v in asked.items())} would be ignored. Pass another --workdir, "
+                  f"or remove {workdir} to generate it again.")
         typer.echo(f"Using the demo network already in {workdir}")
     else:
+        people, seed = 20_000 if people is None else people, 7 if seed is None else seed
         with stage(f"generate demo network ({people:,} people)") as counts:
             sites = generate_network(workdir / "sites", people=people, seed=seed)
             counts["sites"] = len(sites)
+        made_with.write_text(json.dumps({"people": people, "seed": seed}))
     if not study_path.is_file():
         study_path.write_text(demo_study_yaml(sites, workdir))
     _run_study(study_path)

@@ -142,3 +142,23 @@ def test_the_summary_gives_each_result_its_decision_or_says_it_is_an_earlier_nig
     assert decision_line(SiteResult(**{**kept.__dict__, "cached": True})) == (
         "unchanged since an earlier night (same data and settings): its report and decision stand; the aliases above "
         "are the registry's now")
+
+
+def test_demo_refuses_options_that_its_existing_network_would_ignore(tmp_path):
+    import json
+
+    from forewarn.records.demo import SITES
+
+    for name in SITES:  # a network already there (its files are not opened before the check)
+        (tmp_path / "sites" / name).mkdir(parents=True)
+        (tmp_path / "sites" / name / "omop.duckdb").write_bytes(b"")
+    (tmp_path / "network.json").write_text(json.dumps({"people": 4000, "seed": 7}))
+    result = runner.invoke(app, ["demo", "--people", "5000", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert (f"error: the demo network in {tmp_path} was generated with --people 4000 --seed 7; it is reused as it is, "
+            f"so --people 5000 would be ignored. Pass another --workdir, or remove {tmp_path} to generate it again."
+            ) in " ".join(result.output.split())
+    # A network from before the options were recorded: any option is refused.
+    (tmp_path / "network.json").unlink()
+    result = runner.invoke(app, ["demo", "--seed", "3", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "generated with options this version did not record" in " ".join(result.output.split())
