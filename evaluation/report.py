@@ -751,11 +751,22 @@ def _characteristics(m: dict) -> dict | None:
     }
 
 
-def _promotion(promotion: dict | None) -> dict | None:
+def _promotion(promotion: dict | None, candidate: dict | None = None) -> dict | None:
+    """The promotion section; ``candidate`` is this run's model's held-out record, shown
+    beside the champion's on the same rows when the flow scored the champion."""
     if not promotion:
         return None
     champion = promotion.get("champion_version")
+    beside = []
+    if promotion.get("champion_metrics") and candidate is not None:
+        version = promotion.get("version")
+        for name, rec in ((f"this run's model{f' (v{version})' if version else ''}", candidate),
+                          (f"champion v{champion}", promotion["champion_metrics"])):
+            beside.append({"name": name, "auroc": _ci(rec, "auroc"), "auprc": _ci(rec, "auprc"),
+                           "brier": _fmt(rec.get("brier"), 4), "slope": _fmt(rec.get("calibration_slope")),
+                           "citl": _fmt(rec.get("calibration_in_the_large"))})
     return {
+        "beside": beside,
         "promoted": bool(promotion.get("promoted")),
         # The model is the champion itself (the same trees): nothing was decided nor registered.
         "unchanged": bool(promotion.get("unchanged")),
@@ -1425,7 +1436,8 @@ def report_context(
         "external_validations": len([v for v in external if v.get("design") != "network"]),
         "network_design": any(v.get("design") == "network" for v in external),
         "skipped_designs": " and ".join(skipped),
-        "promotion": _promotion(promotion),
+        "promotion": _promotion(promotion, m["held_out"][PRIMARY] | {
+            k: v for k, v in m.get("calibration_stats", {}).get(PRIMARY, {}).items() if k not in m["held_out"][PRIMARY]}),
         "drift": drift_section,
         "limitations": limitations,
         "intended_use": stated["intended_use"],

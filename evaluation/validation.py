@@ -96,6 +96,17 @@ def recalibration_summary(calibrator: Calibrator) -> dict:
     return summary
 
 
+def held_out_summary(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0) -> dict:
+    """``trained``'s metrics on ``matrix``'s held-out rows (the champion on today's
+    held-out rows, in its own columns) as they may leave the site: AUROC and AUPRC with
+    patient-bootstrap intervals, Brier, calibration slope and calibration-in-the-large,
+    all withheld with 1..10 events or non-events (``metrics.evaluate``)."""
+    _, calibrated, rows = model_probabilities(trained, matrix)
+    held = rows[schema.SPLIT].to_numpy() == schema.HELD_OUT
+    return _summary(rows[schema.BOOLEAN_VALUE].to_numpy(bool)[held], calibrated[held],
+                    rows[schema.SUBJECT_ID].to_numpy()[held], n_boot=n_boot, seed=seed)
+
+
 def auroc_on(trained: TrainedModels, matrix: FeatureMatrix) -> float:
     """Held-out AUROC of ``trained`` on ``matrix`` (the champion on today's data)."""
     _, calibrated, rows = model_probabilities(trained, matrix)

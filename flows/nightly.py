@@ -35,7 +35,12 @@ from forewarn.evaluation import drift as drift_check
 from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain, held_out_metrics
 from forewarn.evaluation.metrics import BETWEEN_SITES_METRICS, between_sites
 from forewarn.evaluation.report import published_attrition, report_context, write_report
-from forewarn.evaluation.validation import auroc_on, external_validation, paired_auroc
+from forewarn.evaluation.validation import (
+    auroc_on,
+    external_validation,
+    held_out_summary,
+    paired_auroc,
+)
 from forewarn.features.featurize import FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
 from forewarn.flows import artifact, tracking
@@ -489,6 +494,28 @@ def champion_difference(study: Study, candidate: TrainedModels, matrix: FeatureM
         return None
 
 
+def champion_summary(study: Study, champion: ChampionCheck) -> dict | None:
+    """The champion's held-out metrics on today's rows (``held_out_summary``), or None when
+    they cannot be computed: they inform the reviewer, and must not stop a publication."""
+    try:
+        return held_out_summary(champion.model, champion.matrix, n_boot=study.evaluation.bootstrap,
+                                seed=study.evaluation.seed)
+    except ValueError as exc:
+        log.warning("the champion's held-out metrics could not be computed: %s", exc)
+        return None
+
+
+CHAMPION_METRICS = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
+                    "calibration_in_the_large")
+
+
+def champion_metrics(summary: dict | None) -> dict[str, float]:
+    """The champion's held-out metrics on this run's rows, as MLflow metrics
+    (``champion/held_out/*``: the compare view lines them up beside ``held_out/*``)."""
+    return {f"champion/held_out/{k}": float(summary[k]) for k in CHAMPION_METRICS
+            if summary and summary.get(k) is not None and math.isfinite(summary[k])}
+
+
 def promotion_metrics(paired: dict | None, prefix: str = "promotion/") -> dict[str, float]:
     """The candidate's AUROC minus the champion's on the same held-out rows, as MLflow
     metrics (none without a champion, when withheld, or where not finite)."""
@@ -583,6 +610,8 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         if compared is not None:  # the candidate minus the champion on the same held-out rows, one bootstrap
             compared["paired"] = champion_difference(study, trained, matrix, champion.model, champion.matrix)
         promotion = decide(held, compared, study.promotion) | {"paired": (compared or {}).get("paired")}
+        if champion is not None:  # the champion beside the candidate, on the same held-out rows
+            promotion["champion_metrics"] = champion_summary(study, champion)
     if action == "alert":
         drifted = [r for r in drift["decision"]["reasons"] if "drifted" in r or "drift" in r][:3]
         promotion = promotion | {"promoted": False, "reasons": [
@@ -635,6 +664,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     metrics["train/best_iteration"] = float(training["xgboost"]["best_iteration"])
     metrics["promotion/promoted"] = float(promotion["promoted"])
     metrics |= promotion_metrics(promotion.get("paired"))
+    metrics |= champion_metrics(promotion.get("champion_metrics"))
     metrics |= drift_check.drift_metrics(drift)
     params = run_params(study, spec, site.name, shape, training)
     artifacts = {"report.html": report_path, "metrics.json": evaluation.metrics_path}

@@ -99,8 +99,13 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")
     assert len(runs) == 4
     assert sorted(r.data.tags["forewarn.site"] for r in runs) == ["academic", "academic", "community", "community"]
-    names = {frozenset(k for k in r.data.metrics if not k.startswith(("drift/", "promotion/auroc_difference"))) for r in runs}
+    names = {frozenset(k for k in r.data.metrics if not k.startswith(("drift/", "promotion/auroc_difference", "champion/")))
+             for r in runs}
     assert len(names) == 1
+    # The champion's metrics on the same rows need a champion: the second night's runs hold them.
+    beside = {frozenset(k for k in r.data.metrics if k.startswith("champion/")) for r in runs}
+    assert beside == {frozenset(), frozenset(f"champion/held_out/{k}" for k in (
+        "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope", "calibration_in_the_large"))}
     # The paired difference needs a champion too: the second night's runs hold it.
     paired = {frozenset(k for k in r.data.metrics if k.startswith("promotion/auroc_difference")) for r in runs}
     assert paired == {frozenset(), frozenset({"promotion/auroc_difference", "promotion/auroc_difference_ci_low",
@@ -411,7 +416,7 @@ def test_every_validation_design_has_the_internal_runs_names_params_and_tags(flo
     runs = {design: client.search_runs([exp.experiment_id], filter_string=f"tags.`forewarn.validation_design` = '{design}'")
             for design in ("internal", "external", "temporal", "network")}
     assert [len(runs[d]) for d in ("internal", "external", "temporal", "network")] == [4, 4, 4, 4]
-    (internal_names,) = {frozenset(k for k in r.data.metrics if not k.startswith(("drift/", "promotion/auroc_difference")))
+    (internal_names,) = {frozenset(k for k in r.data.metrics if not k.startswith(("drift/", "promotion/auroc_difference", "champion/")))
                          for r in runs["internal"]}
     core = {f"held_out/{k}" for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high",
                                       "brier", "calibration_slope", "calibration_in_the_large")}
@@ -599,3 +604,15 @@ def test_the_second_night_compares_its_pull_with_the_first(flow_run):
                          r"measurement kept [\d,]+ rows against [\d,]+ \(-9\d%\)", page), second.site
         history = json.loads((flow_run["work"] / "sites" / second.site / "work" / "pulls.json").read_text())
         assert len(history) == 2 and history[0]["tables"]["measurement"]["kept"] > history[1]["tables"]["measurement"]["kept"]
+
+
+def test_the_second_night_logs_and_shows_the_champion_beside_the_candidate(flow_run, client):
+    for second in flow_run["second"]:
+        m = client.get_run(second.run_id).data.metrics
+        # The champion's AUROC on the same rows is the candidate's less the paired difference.
+        assert m["champion/held_out/auroc"] == pytest.approx(m["held_out/auroc"] - m["promotion/auroc_difference"], abs=5e-4)
+        assert m["champion/held_out/auroc_ci_low"] <= m["champion/held_out/auroc"] <= m["champion/held_out/auroc_ci_high"]
+        assert 0 < m["champion/held_out/calibration_slope"]
+        page = unescape(second.report_path.read_text())
+        assert re.search(r'<td class="l">champion v1</td><td>0\.\d{3} \(0\.\d{3}–[01]\.\d{3}\)</td>', page), second.site
+    assert not any(k.startswith("champion/") for r in flow_run["first"] for k in client.get_run(r.run_id).data.metrics)

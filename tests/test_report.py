@@ -1494,3 +1494,19 @@ def test_without_a_calibrator_the_uncalibrated_row_is_not_repeated(run):
     calibrated = build_context(run, training=training | {"calibration": training["calibration"] | {"method": "isotonic"}})
     assert [m["name"] for m in calibrated["models"]][:2] == ["XGBoost + L1 blend (calibrated)", "XGBoost + L1 blend (uncalibrated)"]
     assert "The uncalibrated model has the same ranking, so the same AUROC." in Page(render(calibrated)).text
+
+
+def test_the_promotion_section_shows_the_champion_beside_the_candidate_on_the_same_rows(run, full):
+    from forewarn.evaluation.report import render
+
+    assert 'id="beside-champion"' not in full  # the flow did not score a champion here
+    champion = {"auroc": 0.794, "auroc_ci_low": 0.75, "auroc_ci_high": 0.83, "auprc": 0.41, "auprc_ci_low": 0.33,
+                "auprc_ci_high": 0.5, "brier": 0.07123, "calibration_slope": 1.05, "calibration_in_the_large": -0.02}
+    page = render(build_context(run, promotion=PROMOTION | {"champion_metrics": champion}))
+    table = Page(page[page.index('id="beside-champion"'):page.index("</table>", page.index('id="beside-champion"'))]).text
+    assert "champion v1 0.794 (0.750–0.830) 0.410 (0.330–0.500) 0.0712 1.050 -0.020" in table
+    assert "this run's model (v2) " in table
+    # Withheld where the held-out split holds 1..10 events: the champion's metrics are too.
+    withheld = dict.fromkeys(champion) | {"withheld": True}
+    page = render(build_context(run, promotion=PROMOTION | {"champion_metrics": withheld}))
+    assert "champion v1 withheld" in Page(page).text
