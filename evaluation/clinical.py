@@ -691,14 +691,10 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
     n_subjects = privacy.suppress_parts([s for _, _, s, _ in raw])
     withheld = tuple(i for i, (_, _, _, suppressed) in enumerate(raw) if suppressed)
     events = privacy.suppress_parts([e for _, e, _, _ in raw], force=withheld)
-    for record, n, subjects, e, (_, raw_events, raw_subjects, _) in zip(records, n_rows, n_subjects, events, raw, strict=True):
+    for record, n, subjects, e in zip(records, n_rows, n_subjects, events, strict=True):
         size_shown = n is not None and subjects is not None
         record["rows"], record["subjects"] = (n, subjects) if size_shown else (None, None)
         record["events"] = e
-        # Whether a hidden count is small (1..10: the report's "<11") or withheld to protect
-        # another level's (11 or more: "withheld"); a reader of "<11" may add it up so.
-        record["size_small"] = 0 < raw_subjects < privacy.MIN_CELL
-        record["events_small"] = 0 < raw_events < privacy.MIN_CELL
         if not size_shown or e is None:
             for key in (*COUNT_BEARING, *UTILITY_COLUMNS):
                 if key in record:
@@ -817,7 +813,7 @@ def subgroup_metrics(
             _protect_utility(rows[first:], cells, {i for i, r in enumerate(rows[first:]) if r["sensitivity"] is None})
     columns = ["group", "level", "subjects", "rows", "events", "auroc", "auprc", "brier"]
     columns += ["calibration_in_the_large", "calibration_slope", "calibration_intercept", "ece"]
-    columns += ["observed_rate", "mean_predicted", "suppressed", "size_small", "events_small"]
+    columns += ["observed_rate", "mean_predicted", "suppressed"]
     if threshold is not None:
         columns += list(UTILITY_COLUMNS)
     if n_boot > 0:

@@ -411,12 +411,6 @@ def _subgroups(m: dict, site: str | None = None, validations: list[dict] | None 
             )
             events = _protect([r.get("events") for r in rows])
             for k, r in enumerate(rows):
-                # A level withheld whole (too few people, events or non-events) may have a
-                # size or event count of 11 or more, hidden to protect another: not "<11".
-                if size[k] == SUPPRESSED and r.get("size_small") is False:
-                    size[k] = WITHHELD
-                if events[k] == SUPPRESSED and r.get("events_small") is False:
-                    events[k] = WITHHELD
                 if not r.get("suppressed"):
                     # an unsuppressed level has 11+ subjects, events and non-events: a count withheld there is
                     # withheld to protect another level, not small (and must not read "<11")

@@ -570,12 +570,6 @@ def test_subgroup_levels_protect_each_other():
                                      dict(level("18-39", 64, 4, True), group="age_band")]})
     assert [r["events"] for r in rows] == ["20", "withheld", "<11"]
     assert [r["auroc"] for r in rows] == ["0.800", "–", "–"]
-    # Two levels withheld whole (too few events), one of 8 people and one of 21 hidden to
-    # protect it: the 21 read "withheld", not "<11" (two "<11" cannot add up to 29).
-    small = dict(level("80+", None, None, True), group="age_band", size_small=True, events_small=True)
-    protecting = dict(level("70-79", None, None, True), group="age_band", size_small=False, events_small=True)
-    rows = _subgroups({"subgroups": [dict(level("60-69", 257, 20), group="age_band"), protecting, small]})
-    assert [(r["subjects"], r["events"]) for r in rows] == [("257", "20"), ("withheld", "<11"), ("<11", "<11")]
 
 
 def test_site_subgroup_adds_each_site_the_model_was_shipped_to():
