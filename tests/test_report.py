@@ -516,6 +516,13 @@ def test_protect_hides_a_second_count_when_one_could_be_recovered():
     assert _protect([5, 0, 0]) == ["<11", "0", "0"]  # nothing left to hide
 
 
+def test_a_suppressed_levels_hidden_counts_read_alike(full):
+    # "<11" and "withheld" told apart on suppressed levels would give a small count back
+    # from the totals (one part 1..10, the other 11+, their sum known): the note says why.
+    assert "marks every hidden count alike, whether it is small or hidden so that a smaller level's cannot be " \
+        "worked out from the totals" in Page(_section(full, "subgroups")).text
+
+
 def test_subgroup_levels_protect_each_other():
     from forewarn.evaluation.report import _subgroups
 
