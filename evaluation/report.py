@@ -745,6 +745,24 @@ def _characteristics(m: dict) -> dict | None:
     }
 
 
+# The earlier pull's counts are not published beside tonight's (that night may have
+# published nothing, and the difference would count the people who changed): a change
+# is shown to the nearest 10% only where both pulls kept this many rows, so that the
+# rounding hides 55 rows or more; else only whether it reached the alert.
+COARSE_ROWS = 1_100
+
+
+def _pull_change_text(c: dict) -> str:
+    before, now = c["previous"], c["now"]
+    if before == 0:
+        return "–" if now == 0 else "new"
+    if now == 0:
+        return "emptied"
+    if min(before, now) >= COARSE_ROWS:
+        return f"about {10 * round(c['change'] * 10):+d}%"
+    return f"{PULL_CHANGE_ALERT:.0%} or more" if c["flagged"] else f"under {PULL_CHANGE_ALERT:.0%}"
+
+
 def _promotion(promotion: dict | None, candidate: dict | None = None) -> dict | None:
     """The promotion section; ``candidate`` is this run's model's held-out record, shown
     beside the champion's on the same rows when the flow scored the champion."""
@@ -1052,10 +1070,10 @@ def report_context(
     pull_change = None if previous_pull is None else {
         "date": previous_pull.get("date", "an earlier night"),
         "withheld": not changes,
-        "tables": [{"table": c["table"], "previous": _count(c["previous"]), "now": _count(c["now"]),
-                    "change": "new" if c["change"] is None else f"{c['change']:+.0%}", "flagged": c["flagged"]}
+        "tables": [{"table": c["table"], "now": _count(c["now"]), "change": _pull_change_text(c), "flagged": c["flagged"]}
                    for c in changes],
         "alert": f"{PULL_CHANGE_ALERT:.0%}",
+        "coarse": f"{COARSE_ROWS:,}",
     }
 
     xgb = training["xgboost"]

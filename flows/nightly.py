@@ -57,7 +57,13 @@ from forewarn.models.federated import (
 from forewarn.models.promotion import decide, decide_network
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy, schema
-from forewarn.records.pull import PullFailed, PullResult, merge_parts, pull_changes
+from forewarn.records.pull import (
+    PULL_CHANGE_ALERT,
+    PullFailed,
+    PullResult,
+    merge_parts,
+    pull_changes,
+)
 from forewarn.records.sources import pull_source
 
 log = logging.getLogger("forewarn")
@@ -1082,16 +1088,22 @@ def nightly(study: Study):
                 pulls[site.name] = stages[0] if n_parts == 1 else merge_task(site, stages, caches[site.name])
                 if n_parts > 1:
                     used[site.name].append(pulls[site.name])
-                earlier[site.name] = previous_pull(site, pulls[site.name])
-                if earlier[site.name] is not None:
-                    now = json.loads(pulls[site.name].result.report_path.read_text())
-                    for c in (c for c in pull_changes(earlier[site.name], now) if c["flagged"]):
-                        logger.warning("site %s: %s kept %s rows against %s at the previous pull (%s): check the source",
-                                       site.name, c["table"], f"{c['now']:,}",  f"{c['previous']:,}", earlier[site.name]["date"])
             except Exception as exc:  # noqa: BLE001 - one site failing keeps the others' work
                 reason = f"pull failed: {_reason(exc)}"
                 logger.error("site %s: %s", site.name, reason)
                 results += [SiteResult(site.name, spec.name, "failed", reason=reason) for spec in specs]
+                continue
+            try:  # a comparison that only informs must not fail the site
+                earlier[site.name] = previous_pull(site, pulls[site.name])
+                if earlier[site.name] is not None:
+                    now = json.loads(pulls[site.name].result.report_path.read_text())
+                    for c in (c for c in pull_changes(earlier[site.name], now) if c["flagged"]):
+                        logger.warning("site %s: %s kept %s rows, a change of %s or more since the previous pull (%s), "
+                                       "or a table new or emptied: check the source", site.name, c["table"],
+                                       f"{c['now']:,}", f"{PULL_CHANGE_ALERT:.0%}", earlier[site.name]["date"])
+            except (OSError, ValueError, KeyError) as exc:
+                logger.warning("site %s: no comparison with the previous pull: %s", site.name, _reason(exc))
+                earlier[site.name] = None
         for spec in specs:
             results += run_task(study, spec, pulls, caches, used, logger, earlier)
         for site in study.sites:
@@ -1109,18 +1121,20 @@ PULLS_FILE = "pulls.json"  # in a site's workdir: the table counts of its last p
 
 def previous_pull(site: SiteConfig, pull: Stage, *, keep: int = 10) -> dict | None:
     """The report counts of the site's latest earlier pull whose data differed from
-    ``pull``'s (another stage key), or None on a first night; and ``pull``'s own are
+    ``pull``'s (another content digest), or None on a first night; and ``pull``'s own are
     recorded for the next night (the last ``keep`` pulls). A night that pulls the same
     data again compares with the same earlier pull, so its report does not change."""
+    # Pulls are told apart by their content: a database source's stage key holds the
+    # time of the pull, so the same data pulled again has another key.
     path = site.workdir / PULLS_FILE
     history = json.loads(path.read_text()) if path.is_file() else []
-    earlier = next((h for h in reversed(history) if h["key"] != pull.key), None)
-    if not history or history[-1]["key"] != pull.key:
+    earlier = next((h for h in reversed(history) if h["digest"] != pull.digest), None)
+    if not history or history[-1]["digest"] != pull.digest:
         report = json.loads(pull.result.report_path.read_text())
-        entry = {"key": pull.key, "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        entry = {"digest": pull.digest, "date": datetime.now(UTC).strftime("%Y-%m-%d"),
                  "tables": {n: {k: t[k] for k in ("read", "kept", "quarantined")} for n, t in report["tables"].items()},
                  "quarantined": report.get("quarantined", 0)}
-        history = [h for h in history if h["key"] != pull.key][-(keep - 1):] + [entry]
+        history = [h for h in history if h["digest"] != pull.digest][-(keep - 1):] + [entry]
         tmp = path.with_suffix(".partial")
         tmp.write_text(json.dumps(history, indent=1))
         tmp.replace(path)

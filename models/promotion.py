@@ -89,7 +89,7 @@ def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
     if other is not None:
         reasons.append(f"for information, not the rule in force ({'marginal' if config.test == 'paired' else 'paired'} "
                        f"test): {other}")
-    if (low is None if config.test == "marginal" else paired is None) and slope is None:
+    if new.get("withheld"):
         # Withheld, not failed: the same split withholds every candidate's interval.
         reasons.append(f"no candidate can pass while this held-out split has 1 to 10 events or non-events: champion "
                        f"v{champion['version']} stays until it holds 11 or more of each (more people, a longer "

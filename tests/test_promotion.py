@@ -130,7 +130,7 @@ def test_the_paired_rule_judges_the_difference_on_the_same_rows(ci_low, promoted
 
 def test_the_paired_rule_refuses_when_the_difference_is_withheld():
     config = CONFIG.model_copy(update={"test": "paired"})
-    d = decide({"auroc_ci_low": None, "calibration_slope": None}, SAME | {"paired": None}, config)
+    d = decide({"auroc_ci_low": None, "calibration_slope": None, "withheld": True}, SAME | {"paired": None}, config)
     assert d["promoted"] is False
     assert d["reasons"][0] == ("the paired AUROC difference could not be estimated (withheld with 1 to 10 held-out "
                                "events or non-events, or not computed)")
@@ -177,5 +177,8 @@ def test_a_paired_interval_wholly_below_zero_says_the_candidate_is_worse():
         "(paired 95% CI -0.029 to -0.001); lower bound -0.029 < -margin -0.020; the whole interval lies below 0: worse "
         "than the champion on these rows")
     # A withheld interval under the marginal rule: why no candidate can pass here.
-    d = decide({"auroc_ci_low": None, "calibration_slope": None}, SAME | {"paired": None}, CONFIG)
+    d = decide({"auroc_ci_low": None, "calibration_slope": None, "withheld": True}, SAME | {"paired": None}, CONFIG)
     assert d["promoted"] is False and d["reasons"][-1].startswith("no candidate can pass while this held-out split")
+    # Not withheld, only not estimated (a slope that did not converge): no such claim.
+    d = decide({"auroc_ci_low": 0.9, "calibration_slope": None, "withheld": False}, SAME | {"paired": None}, CONFIG)
+    assert not any(r.startswith("no candidate can pass") for r in d["reasons"])

@@ -1470,14 +1470,28 @@ def test_the_data_section_compares_with_the_previous_pull_and_the_summary_flags_
     before["tables"][table] |= {"read": 2 * kept, "kept": 2 * kept}  # the feed has lost half its rows since
     page = render(build_context(run, previous_pull={"date": "2026-12-03", **before}))
     alert = Page(_section(page, "summary")).text
-    assert (f"The data changed since the previous pull (2026-12-03) : {table} kept {kept:,} rows against {2 * kept:,} "
-            "(-50%). A feed that gained or lost this much") in alert
+    assert (f"The data changed since the previous pull (2026-12-03) : {table} kept {kept:,} rows (about -50%). A feed "
+            "that gained or lost this much") in alert
     data = Page(_section(page, "data")).text
-    assert f"{table} (flagged) {2 * kept:,} {kept:,} -50%" in data
+    assert f"{table} (flagged) {kept:,} about -50%" in data
+    assert f"{2 * kept:,}" not in page  # the earlier count itself is never shown
     assert "a change of 20% or more either way (or a table new or emptied) is flagged" in data
     # Nothing moved: the table is shown, nothing is flagged.
     same = render(build_context(run, previous_pull={"date": "2026-12-03", **current}))
-    assert 'id="pull-alert"' not in same and "(flagged)" not in same and "+0%" in same
+    assert 'id="pull-alert"' not in same and "(flagged)" not in same and "about +0%" in same
+
+
+def test_a_pull_change_is_coarse_where_a_table_is_small():
+    from forewarn.evaluation.report import _pull_change_text
+
+    def c(before, now):
+        change = None if before == 0 else round(now / before - 1, 4)
+        return {"previous": before, "now": now, "change": change,
+                "flagged": (before == 0) != (now == 0) or (change is not None and abs(change) >= 0.2)}
+
+    assert [_pull_change_text(c(*x)) for x in [(2400, 1200), (2000, 2100), (1099, 2000), (500, 480), (0, 0), (0, 5),
+                                               (40, 0)]] == [
+        "about -50%", "about +0%", "20% or more", "under 20%", "–", "new", "emptied"]
 
 
 def test_without_a_calibrator_the_uncalibrated_row_is_not_repeated(run):
