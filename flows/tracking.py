@@ -411,6 +411,9 @@ def register_model(
     version = str(client.create_model_version(
         name, source=f"models:/{info.model_id}", run_id=run_id, model_id=info.model_id,
     ).version)
+    # The link from the logged model's page to its registered version, as MLflow's own
+    # registration writes it.
+    client.set_logged_model_tags(info.model_id, {"mlflow.modelVersions": json.dumps([{"name": name, "version": version}])})
     client.set_registered_model_alias(name, "challenger", version)
     # ``champion`` moves only by ``set_champion``, once the run holds all the next night needs.
     aliases: tuple[str, ...] = ("challenger", "champion") if promote else ("challenger",)

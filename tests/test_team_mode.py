@@ -260,6 +260,9 @@ def test_offset_and_blend_model_registers_as_code_and_serves_the_same_probabilit
     # the middle of the flow's console output.
     assert "Successfully registered" not in capfd.readouterr().err
     assert mlflow.MlflowClient().get_model_version(name, version).run_id == run_id
+    logged = mlflow.MlflowClient().get_model_version(name, version).source.removeprefix("models:/")
+    assert json.loads(mlflow.MlflowClient().get_logged_model(logged).tags["mlflow.modelVersions"]) == [
+        {"name": name, "version": version}]
     tracking.set_champion(name, version)
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert loaded.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
