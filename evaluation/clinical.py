@@ -686,11 +686,19 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
     the AUROC and AUPRC with their intervals (AUROC x events x non-events is a multiple
     of 1/2, so a full-precision AUROC and the level's size leave few event counts
     possible, and the mean predicted risk narrows them to one). Only the mean predicted
-    risk stays."""
-    n_rows = privacy.suppress_parts([r for r, _, _, _ in raw])
-    n_subjects = privacy.suppress_parts([s for _, _, s, _ in raw])
+    risk stays.
+
+    A level's suppressed flag is published, so a reader knows that a level shown as not
+    suppressed has 11 or more subjects and events and 22 or more rows (11 or more event
+    and non-event rows) even where its counts are withheld; those floors go to
+    :func:`privacy.complementary`, which keeps withholding until the hidden levels' sum
+    leaves every small one its whole range."""
     withheld = tuple(i for i, (_, _, _, suppressed) in enumerate(raw) if suppressed)
-    events = privacy.suppress_parts([e for _, e, _, _ in raw], force=withheld)
+    shown_levels = [i for i in range(len(raw)) if i not in withheld]
+    floor = privacy.MIN_CELL
+    n_rows = privacy.suppress_parts([r for r, _, _, _ in raw], floors=dict.fromkeys(shown_levels, 2 * floor))
+    n_subjects = privacy.suppress_parts([s for _, _, s, _ in raw], floors=dict.fromkeys(shown_levels, floor))
+    events = privacy.suppress_parts([e for _, e, _, _ in raw], force=withheld, floors=dict.fromkeys(shown_levels, floor))
     for record, n, subjects, e in zip(records, n_rows, n_subjects, events, strict=True):
         size_shown = n is not None and subjects is not None
         record["rows"], record["subjects"] = (n, subjects) if size_shown else (None, None)

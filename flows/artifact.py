@@ -48,6 +48,7 @@ def summary_markdown(study, results) -> str:
     lines = [f"# Forewarn nightly: study `{study.name}`", ""]
     lines.append(
         f"{sum(r.status == 'published' for r in results)} published, {sum(r.status == 'skipped' for r in results)} skipped, "
+        f"{sum(r.status == 'held' for r in results)} held, "
         f"{len(failed)} failed; {sum(getattr(r, 'cached', False) for r in results)} unchanged since the last run."
     )
     lines += ["", "| site | task | status | AUROC [95% CI] | AUPRC | calibration slope | drift | decision | MLflow | report |",

@@ -21,12 +21,14 @@ import math
 import os
 import shutil
 import subprocess
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -57,6 +59,7 @@ from forewarn.models.federated import (
 from forewarn.models.promotion import decide, decide_network
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy, schema
+from forewarn.records.people import PeopleLedger, held_reason, person_digests, task_people
 from forewarn.records.pull import (
     PULL_CHANGE_ALERT,
     PullFailed,
@@ -75,7 +78,7 @@ class SiteResult:
 
     site: str
     task: str
-    status: str  # "published", "skipped" or "failed"
+    status: str  # "published", "skipped", "held" (records.people) or "failed"
     reason: str = ""
     run_id: str = ""
     experiment: str = ""
@@ -1081,6 +1084,7 @@ def nightly(study: Study):
                    for site in study.sites}
         pulls: dict[str, Stage] = {}
         earlier: dict[str, dict | None] = {}  # each site's previous pull with other data
+        people: dict[str, pd.DataFrame | None] = {}  # each site's people digests (records.people)
         for site in study.sites:
             try:
                 stages = [future.result() for future in futures[site.name]]
@@ -1092,6 +1096,12 @@ def nightly(study: Study):
                 reason = f"pull failed: {_reason(exc)}"
                 logger.error("site %s: %s", site.name, reason)
                 results += [SiteResult(site.name, spec.name, "failed", reason=reason) for spec in specs]
+                continue
+            reason, people[site.name] = people_gate(site, pulls[site.name])
+            if reason:
+                logger.warning("site %s: held: %s", site.name, reason)
+                results += [SiteResult(site.name, spec.name, "held", reason=reason) for spec in specs]
+                del pulls[site.name]
                 continue
             try:  # a comparison that only informs must not fail the site
                 earlier[site.name] = previous_pull(site, pulls[site.name])
@@ -1105,7 +1115,7 @@ def nightly(study: Study):
                 logger.warning("site %s: no comparison with the previous pull: %s", site.name, _reason(exc))
                 earlier[site.name] = None
         for spec in specs:
-            results += run_task(study, spec, pulls, caches, used, logger, earlier)
+            results += run_task(study, spec, pulls, caches, used, logger, earlier, people)
         for site in study.sites:
             prune(caches[site.name], used[site.name], keep_runs=study.cache.keep_runs)
     artifact.publish_summary(study, results)
@@ -1114,6 +1124,36 @@ def nightly(study: Study):
         message = "; ".join(f"{r.site}/{r.task}: {r.reason}" for r in failed)
         raise SitesFailed(f"{len(failed)} of {len(results)} site-task runs failed: {message}"[:2000], results)
     return results
+
+
+def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None, task: str | None = None,
+                people: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame | None]:
+    """The rule of 11 between nights (``records.people``), for a site's pull or (with
+    ``labels``, ``task`` and the pull's ``people``) for one task's cohort there: the
+    reason the night is held, or "" when it may publish, in which case the night enters
+    the ledger; and the people table (the pull's, for the tasks). A ledger that cannot
+    be read holds the night too: without it the night cannot be compared with those
+    already published."""
+    started = time.perf_counter()
+    try:
+        if labels is None:
+            people = person_digests(pull.result.out_dir)
+            key = pull.digest
+        else:
+            people = task_people(labels.result.labels_path, labels.result.splits_path, people)
+            key = labels.digest
+        ledger = PeopleLedger(site.workdir, task=task)
+        check = ledger.check(key, people)
+        log.info("site %s%s, people ledger: %s against %d published night(s) in %.1f s", site.name,
+                 f", task {task}" if task else "", "held" if check["held"] else "may publish", check["compared"],
+                 time.perf_counter() - started)
+        if check["held"]:
+            return held_reason(check), None
+        ledger.record(key, people)
+    except (OSError, ValueError, duckdb.Error) as exc:
+        return ("the people ledger could not be read or written, so tonight cannot be compared with the nights "
+                f"already published: {_reason(exc)}"), None
+    return "", people
 
 
 PULLS_FILE = "pulls.json"  # in a site's workdir: the table counts of its last pulls (it stays at the site)
@@ -1142,17 +1182,26 @@ def previous_pull(site: SiteConfig, pull: Stage, *, keep: int = 10) -> dict | No
 
 
 def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict[str, StageCache],
-             used: dict[str, list[Stage]], logger, earlier: dict[str, dict | None] | None = None) -> list[SiteResult]:
+             used: dict[str, list[Stage]], logger, earlier: dict[str, dict | None] | None = None,
+             people: dict[str, pd.DataFrame | None] | None = None) -> list[SiteResult]:
     """One task at every site that pulled: per-site models, then the cross-site and
-    temporal validations, then publication."""
+    temporal validations, then publication. A site whose cohort for the task barely
+    changed since a published night (``people_gate``) takes no part in it tonight."""
     results, built, data = [], {}, {}
     sites = {s.name: s for s in study.sites if s.name in pulls}
     for name, site in sites.items():
         cache = caches[name]
         try:
             labels = label_task(pulls[name], spec, study, cache)
+            used[name].append(labels)
+            if people is not None:
+                held, _ = people_gate(site, pulls[name], labels=labels, task=spec.name, people=people.get(name))
+                if held:
+                    logger.warning("site %s, task %s: held: %s", name, spec.name, held)
+                    results.append(SiteResult(name, spec.name, "held", reason=held))
+                    continue
             matrix = featurize_task(pulls[name], labels, spec, study, cache)
-            used[name] += [labels, matrix]
+            used[name].append(matrix)
             # The network's model trains on every site with rows, whether or not the site's own
             # model is retrained tonight or can be trained at all (a site with too few events
             # for trees of its own still tunes and evaluates the network's, and evaluates the

@@ -49,27 +49,62 @@ def shown(count: int | None, *, min_cell: int = MIN_CELL) -> str:
 
 
 def complementary(
-    parts: list[int | None], *, spare: tuple[int, ...] = (), force: tuple[int, ...] = (), min_cell: int = MIN_CELL
+    parts: list[int | None],
+    *,
+    spare: tuple[int, ...] = (),
+    force: tuple[int, ...] = (),
+    floors: dict[int, int] | None = None,
+    min_cell: int = MIN_CELL,
 ) -> set[int]:
     """Indices of ``parts`` to withhold besides those :func:`suppress` hides, when the
     parts add up to a total published elsewhere (complementary suppression).
 
-    When exactly one part is hidden, or the hidden parts are known to add up to less than
-    ``min_cell``, the smallest other non-zero part is withheld too, so the hidden parts
-    cannot be recovered by subtraction. Indices in ``spare`` are withheld only when no
-    other part is left. An already-suppressed part (None) counts as hidden, of unknown
-    size; indices in ``force`` are hidden whatever their size, which stays known for the
-    sum (a cell withheld for another reason, e.g. too few subjects).
+    A reader knows the hidden parts' sum (the total less the shown parts) and what each
+    hidden part's label tells: a suppressed part ("<11") is 1 to ``min_cell - 1``; a part
+    withheld here ("withheld") is one that could have been shown, so ``min_cell`` or
+    more; a part in ``force`` (withheld for another reason, e.g. a level with too few
+    subjects) is 0 or more. ``floors`` raises those lower bounds where the reader knows
+    more (a subgroup level shown as not suppressed has 11 or more subjects, events and
+    non-events, so 22 or more rows). Parts are withheld, the smallest other non-zero part
+    first (indices in ``spare`` last), until every hidden part of 1 to ``min_cell - 1``
+    is left at least two possible values, up to ``min_cell - 1`` included, and no hidden
+    part in ``force`` is pinned to one value: a reader learns neither a small count nor
+    that it is smaller than the rule hides. An already-suppressed part (None) counts as
+    hidden, of unknown size: with it, the sum is unknown and only a single hidden part
+    is exposed.
     """
+    floors = floors or {}
     values = [None if i in force else suppress(v, min_cell=min_cell) for i, v in enumerate(parts)]
     hidden = {i for i, v in enumerate(values) if v is None}
     extra: set[int] = set()
 
+    def bounds(i: int) -> tuple[float, float]:
+        """What a reader knows of hidden part ``i``: its lowest and highest value."""
+        if i in force or parts[i] is None:
+            return floors.get(i, 0), np.inf
+        if i in extra:
+            return max(min_cell, floors.get(i, 0)), np.inf
+        return max(1, floors.get(i, 0)), min_cell - 1
+
     def exposed() -> bool:
         if len(hidden) == 1:
             return True
-        known = [parts[i] for i in hidden]
-        return bool(hidden) and all(k is not None for k in known) and sum(known) < min_cell
+        if not hidden or any(parts[i] is None for i in hidden):
+            return False
+        total = sum(parts[i] for i in hidden)
+        known = {i: bounds(i) for i in hidden}
+        low_sum = sum(lo for lo, _ in known.values())
+        high_sum = sum(hi for _, hi in known.values())
+        for i in hidden:
+            small = 0 < parts[i] < min_cell
+            if not small and i not in force:
+                continue
+            lo, hi = known[i]
+            top = min(hi, total - (low_sum - lo))
+            bottom = max(lo, total - (high_sum - hi))
+            if bottom >= top or (small and top < min_cell - 1):
+                return True
+        return False
 
     while exposed():
         left = [i for i, v in enumerate(values) if i not in hidden and v]
@@ -83,12 +118,16 @@ def complementary(
 
 
 def suppress_parts(
-    parts: list[int | None], *, spare: tuple[int, ...] = (), force: tuple[int, ...] = ()
+    parts: list[int | None],
+    *,
+    spare: tuple[int, ...] = (),
+    force: tuple[int, ...] = (),
+    floors: dict[int, int] | None = None,
 ) -> list[int | None]:
     """``parts`` of a published total as they may leave the site: each suppressed below
     11, those in ``force`` withheld, and the parts :func:`complementary` names withheld
     (None) too."""
-    extra = complementary(parts, spare=spare, force=force) | set(force)
+    extra = complementary(parts, spare=spare, force=force, floors=floors) | set(force)
     return [None if i in extra else suppress(v) for i, v in enumerate(parts)]
 
 

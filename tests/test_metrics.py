@@ -170,6 +170,63 @@ def test_suppress_parts_withholds_a_part_that_would_give_a_small_one_away():
     assert privacy.suppress_parts([5, 0]) == [None, 0]  # nothing left to hide
 
 
+def test_a_withheld_part_known_to_be_11_or_more_cannot_pin_a_small_one():
+    # 1 + 11 + 500: the 1 is "<11"; withholding the 11 beside it leaves a hidden sum of
+    # 12, and a reader who knows a "withheld" part is 11 or more gets 12 - 11 = 1 back.
+    # So the 500 goes too.
+    assert privacy.suppress_parts([1, 11, 500]) == [None, None, None]
+    # 5 + 30 + 500: the hidden sum 35 leaves the 5 anywhere in 1..10 (and the 30 in 25..34).
+    assert privacy.suppress_parts([5, 30, 500]) == [None, None, 500]
+    # Two "<11" parts that add up to 20 are both 10: a third part goes.
+    assert privacy.suppress_parts([10, 10, 300, 400]) == [None, None, None, 400]
+    # A floor the reader knows (a subgroup level shown as not suppressed has 22 or more
+    # rows): 4 + 25 hides the 4 only as 1..7 with the floor, so another part goes.
+    assert privacy.suppress_parts([4, 25, 300]) == [None, None, 300]
+    assert privacy.suppress_parts([4, 25, 300], floors={1: 22}) == [None, None, None]
+
+
+def _reader_range(parts, hidden, labels, floors):
+    """Every value a reader can give hidden part ``i``: brute force over the hidden
+    parts' values that fit the labels and add up to the known hidden sum."""
+    import itertools
+
+    total = sum(parts[i] for i in hidden)
+    ranges = []
+    for i in hidden:
+        low = floors.get(i, 0) if labels[i] == "force" else max(floors.get(i, 0), 11 if labels[i] == "withheld" else 1)
+        high = 10 if labels[i] == "<11" else total
+        ranges.append(range(low, high + 1))
+    seen = {i: set() for i in hidden}
+    for combo in itertools.product(*ranges):
+        if sum(combo) == total:
+            for i, v in zip(hidden, combo, strict=True):
+                seen[i].add(v)
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_complementary_leaves_every_small_hidden_part_its_range(seed):
+    # Random small tables, some parts forced away; a brute-force reader who knows the
+    # hidden sum and each label (<11, withheld, forced) can neither pin a small part nor
+    # rule out 10 for it, nor pin a forced part.
+    rng = np.random.default_rng(seed)
+    parts = [int(v) for v in rng.choice([0, 1, 2, 5, 9, 10, 11, 12, 15, 22, 30], size=int(rng.integers(2, 6)))]
+    force = tuple(i for i in range(len(parts)) if rng.random() < 0.2)
+    floors = {i: 22 for i in range(len(parts)) if parts[i] >= 22 and rng.random() < 0.5}
+    extra = privacy.complementary(parts, force=force, floors=floors)
+    labels = {i: "force" if i in force else "withheld" if i in extra else "<11" for i in range(len(parts))}
+    hidden = [i for i in range(len(parts)) if i in force or i in extra or privacy.suppress(parts[i]) is None]
+    shown_nonzero = [i for i in range(len(parts)) if i not in hidden and parts[i]]
+    if not hidden or not shown_nonzero:
+        return  # nothing left to withhold: the published total itself is the limit
+    seen = _reader_range(parts, hidden, labels, floors)
+    for i in hidden:
+        if i in force:
+            assert len(seen[i]) > 1, (parts, force, floors, extra)
+        if 0 < parts[i] < 11:
+            assert len(seen[i]) > 1 and max(seen[i]) >= 10, (parts, force, floors, extra, seen)
+
+
 def test_rank_metrics_match_scikit_learn_with_ties_and_weights():
     from sklearn.metrics import average_precision_score, roc_auc_score
 

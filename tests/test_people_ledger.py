@@ -1,0 +1,258 @@
+"""The rule of 11 between nights (``records.people``): a night whose people changed by 1
+to 10 since a published night publishes nothing; 0 or 11 or more, it publishes."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import flow_workdir
+
+from forewarn.records import schema
+from forewarn.records.people import (
+    LEDGER_DIR,
+    PeopleLedger,
+    changed_counts,
+    changed_people,
+    held_reason,
+    person_digests,
+    task_people,
+)
+
+
+def write_pull(folder: Path, events: list[tuple], quarantined: list[tuple] = ()) -> Path:
+    """A pull folder by hand: events (subject, day, code, value) and quarantined rows
+    (subject or None, code, reason)."""
+    (folder / schema.EVENTS_DIR).mkdir(parents=True)
+    (folder / schema.QUARANTINE_DIR).mkdir(parents=True)
+    table = pa.table({
+        "subject_id": pa.array([e[0] for e in events], pa.int64()),
+        "time": pa.array([datetime(2020, 1, 1 + e[1]) for e in events], pa.timestamp("us")),
+        "code": [e[2] for e in events],
+        "numeric_value": pa.array([e[3] for e in events], pa.float32()),
+    })
+    pq.write_table(schema.align(table, schema.DATA_SCHEMA), folder / schema.EVENTS_DIR / "0.parquet")
+    pq.write_table(pa.table({
+        "src_table": ["measurement"] * len(quarantined), "location": list(range(len(quarantined))),
+        "subject_id": pa.array([q[0] for q in quarantined], pa.int64()),
+        "time": pa.array([None] * len(quarantined), pa.timestamp("us")),
+        "code": [q[1] for q in quarantined], "numeric_value": pa.array([None] * len(quarantined), pa.float32()),
+        "reason": [q[2] for q in quarantined],
+    }), folder / schema.QUARANTINE_DIR / "records.parquet")
+    return folder
+
+
+def people(n: int, *, changed: tuple[int, ...] = (), start: int = 0) -> pd.DataFrame:
+    """Digests of ``n`` people (ids start..start+n-1) whose records are the same on every
+    night but for those in ``changed``."""
+    ids = list(range(start, start + n))
+    return pd.DataFrame({"subject_id": pd.Series(ids, dtype="int64"),
+                         "digest": pd.Series([i * 7 + (1000 if i in changed else 0) for i in ids], dtype="uint64")})
+
+
+def test_digests_tell_people_apart_by_their_rows_in_any_order(tmp_path):
+    base = [(1, 0, "A", 1.0), (1, 2, "B", None), (2, 1, "A", 5.5), (2, 1, "A", 5.5), (3, 0, "C", None)]
+    first = person_digests(write_pull(tmp_path / "n1", base, [(3, "LOINC/1", "value out of range"), (None, "?", "unreadable")]))
+    assert list(first["subject_id"]) == [1, 2, 3]
+    # The same rows in another order: the same digests.
+    again = person_digests(write_pull(tmp_path / "n2", base[::-1], [(3, "LOINC/1", "value out of range")]))
+    assert changed_people(again, first) == 0
+    # Person 2 loses one of two identical rows, person 3 a quarantined row, person 4 arrives.
+    later = [r for r in base if r[0] != 2] + [(2, 1, "A", 5.5), (4, 0, "A", 1.0)]
+    third = person_digests(write_pull(tmp_path / "n3", later))
+    assert changed_people(third, first) == 3
+    assert set(third.merge(first, on="subject_id", suffixes=("", "_then")).query("digest != digest_then")["subject_id"]) == {2, 3}
+
+
+def write_labels(folder: Path, rows: list[tuple], splits: dict[int, str]) -> tuple[Path, Path]:
+    folder.mkdir(parents=True)
+    labels = pd.DataFrame(rows, columns=["subject_id", "day", "boolean_value"])
+    labels["prediction_time"] = [datetime(2021, 1, 1 + d) for d in labels.pop("day")]
+    labels[["subject_id", "prediction_time", "boolean_value"]].to_parquet(folder / "labels.parquet", index=False)
+    pd.DataFrame({"subject_id": list(splits), "split": list(splits.values())}).to_parquet(folder / "splits.parquet", index=False)
+    return folder / "labels.parquet", folder / "splits.parquet"
+
+
+def test_task_people_carry_split_outcomes_and_a_digest_of_records_and_labels(tmp_path):
+    site = person_digests(write_pull(tmp_path / "pull", [(1, 0, "A", 1.0), (2, 0, "B", None), (3, 0, "C", None)]))
+    rows = [(1, 0, False), (1, 5, True), (2, 0, False)]
+    first = task_people(*write_labels(tmp_path / "n1", rows, {1: "train", 2: "held_out"}), site)
+    assert first[["subject_id", "split", "event", "non_event"]].values.tolist() == [
+        [1, "train", True, True], [2, "held_out", False, True]]  # person 3 has no prediction time
+    # Person 1 moves to another split (a new split seed): not a change. Person 2's label changes.
+    second = task_people(*write_labels(tmp_path / "n2", [(1, 0, False), (1, 5, True), (2, 0, True)],
+                                       {1: "held_out", 2: "held_out"}), site)
+    assert second["digest"].tolist()[0] == first["digest"].tolist()[0]
+    assert second["digest"].tolist()[1] != first["digest"].tolist()[1]
+    # Person 1's records change, their labels not: a change.
+    moved = person_digests(write_pull(tmp_path / "pull2", [(1, 0, "A", 2.0), (2, 0, "B", None), (3, 0, "C", None)]))
+    third = task_people(*write_labels(tmp_path / "n3", rows, {1: "train", 2: "held_out"}), moved)
+    assert changed_people(third, first) == 1 and changed_people(third, second) == 2
+
+
+def test_changed_people_counts_arrivals_departures_and_changes():
+    assert changed_people(people(100), people(100)) == 0
+    assert changed_people(people(100, changed=(5, 6)), people(100)) == 2
+    assert changed_people(people(99), people(100)) == 1  # one withdrew
+    assert changed_people(people(100, start=3), people(100)) == 6  # 3 left, 3 arrived
+
+
+def test_a_night_that_changed_1_to_10_people_is_held_until_11_have(tmp_path):
+    ledger = PeopleLedger(tmp_path)
+    assert ledger.check("a", people(100)) == {"held": False, "against": None, "compared": 0, "known": False, "task": None}
+    ledger.record("a", people(100))
+    # One person withdrew: held, and not entered.
+    one_gone = ledger.check("b", people(99))
+    assert one_gone["held"] and one_gone["against"] == ledger.entries()[0]["date"]
+    assert "fewer than 11 people's records changed" in held_reason(one_gone) and "(the champion stays)" in held_reason(one_gone)
+    # Ten changed: still held. Eleven: published, and entered.
+    assert ledger.check("c", people(100, changed=tuple(range(10))))["held"]
+    assert ledger.check("d", people(100, changed=tuple(range(11))))["held"] is False
+    ledger.record("d", people(100, changed=tuple(range(11))))
+    # A night 12 people away from "d" but 1 away from "a" is held: every published night counts.
+    night = people(100, changed=(50,))
+    assert changed_people(night, people(100, changed=tuple(range(11)))) == 12
+    assert ledger.check("e", night)["held"]
+    # The very pull already published (a rerun) is known and may publish again.
+    assert ledger.check("a", people(100)) == {"held": False, "against": None, "compared": 2, "known": True, "task": None}
+    assert [e["pull"] for e in ledger.entries()] == ["a", "d"]
+
+
+def cohort(spec: dict[str, tuple[int, int, int]], *, changed: set[int] = frozenset(), gone: set[int] = frozenset()) -> pd.DataFrame:
+    """A task's people table: per split, (people with an event only, without only, with
+    both), ids numbered on; ``changed`` ids get another digest, ``gone`` ids are left out."""
+    rows, i = [], 0
+    for split, (events, non_events, both) in spec.items():
+        for kind, n in (((True, False), events), ((False, True), non_events), ((True, True), both)):
+            for _ in range(n):
+                rows.append((i, i * 7 + (1000 if i in changed else 0), split, *kind))
+                i += 1
+    frame = pd.DataFrame(rows, columns=["subject_id", "digest", "split", "event", "non_event"])
+    return frame[~frame["subject_id"].isin(gone)].astype({"subject_id": "int64", "digest": "uint64"})
+
+
+def test_a_task_counts_changed_people_by_outcome_and_split():
+    # Train: 40 with an event, 300 without, 10 with both; held-out: 18 with an event, 60 without.
+    spec = {"train": (40, 300, 10), "held_out": (18, 60, 0)}
+    first = cohort(spec)
+    ids = {split: [] for split in spec}
+    for row in first.itertuples():
+        ids[row.split].append(row.subject_id)
+    held_out_events = ids["held_out"][:18]
+    # 80 people withdraw: 77 train people without an event and 3 held-out people with one.
+    gone = set(ids["train"][40:117]) | set(held_out_events[:3])
+    counts = changed_counts(cohort(spec, gone=gone), first)
+    assert counts == {"all": 80, "event": 3, "held_out/event": 3, "train/event": 0,
+                      "non_event": 77, "held_out/non_event": 0, "train/non_event": 77}
+    # A held-out split of fewer than 11 people with an event on both nights is left out.
+    small = {"train": (40, 300, 10), "held_out": (8, 60, 0)}
+    counts = changed_counts(cohort(small, changed={350}), cohort(small))
+    assert counts == {"all": 1, "event": 1, "train/event": 0, "non_event": 0, "held_out/non_event": 0,
+                      "train/non_event": 0}
+    # A person with event and non-event times counts in both groups.
+    counts = changed_counts(cohort(spec, changed={40 + 300}), first)
+    assert counts["train/event"] == 1 and counts["train/non_event"] == 1
+
+
+def test_a_task_ledger_holds_its_night_and_says_so_without_the_group(tmp_path):
+    spec = {"train": (40, 300, 10), "held_out": (18, 60, 0)}
+    ledger = PeopleLedger(tmp_path, task="t2d_2y")
+    ledger.record("n1", cohort(spec))
+    check = ledger.check("n2", cohort(spec, gone={350, 351, 352}))
+    assert check["held"] and check["task"] == "t2d_2y"
+    reason = held_reason(check)
+    assert reason.startswith("fewer than 11 of this task's people changed in one of the groups")
+    assert "held-out" not in reason and "event" not in reason
+    # Eleven held-out people with an event and eleven train people without changed: published.
+    assert not ledger.check("n3", cohort(spec, changed=set(range(350, 361)) | set(range(50, 61))))["held"]
+    assert (tmp_path / LEDGER_DIR / "t2d_2y" / "index.json").is_file()
+
+
+def test_the_ledger_keeps_the_latest_nights_and_fails_closed_when_broken(tmp_path):
+    ledger = PeopleLedger(tmp_path, keep=2)
+    for k, start in enumerate((0, 20, 40)):
+        ledger.record(f"p{k}", people(100, start=start))
+    assert [e["pull"] for e in ledger.entries()] == ["p1", "p2"]
+    assert sorted(p.name for p in (tmp_path / LEDGER_DIR).glob("*.parquet")) == ["p1.parquet", "p2.parquet"]
+    (tmp_path / LEDGER_DIR / "p1.parquet").unlink()
+    with pytest.raises(ValueError, match=r"index\.json: names p1\.parquet, which is missing"):
+        ledger.check("x", people(100))
+    (tmp_path / LEDGER_DIR / "index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a people ledger index"):
+        ledger.entries()
+
+
+def _omop_people(db: Path) -> dict[int, int]:
+    """The demo site's person_id -> subject_id (its pseudonym under the public demo secret)."""
+    from forewarn.records import deid
+
+    with duckdb.connect(str(db)) as con:
+        ids = [r[0] for r in con.sql("SELECT person_id FROM person ORDER BY person_id").fetchall()]
+    subjects, _ = deid.pseudonymize(ids, deid.DeidConfig(deid.load_secret("small", demo=True)))
+    return dict(zip(ids, subjects.tolist(), strict=True))
+
+
+def _delete_people(db: Path, ids: list[int]) -> None:
+    """Withdraw people (by person_id) from every table of an OMOP file."""
+    with duckdb.connect(str(db)) as con:
+        tables = [r[0] for r in con.sql("SELECT table_name FROM information_schema.columns WHERE column_name = 'person_id'").fetchall()]
+        for table in tables:
+            con.execute(f"DELETE FROM {table} WHERE person_id IN ({', '.join(map(str, ids))})")
+
+
+def test_the_nightly_flow_holds_a_site_or_a_task_whose_people_barely_changed(tmp_path_factory):
+    from forewarn.records.demo import SITES, generate_site, site_seed
+
+    work = tmp_path_factory.mktemp("held-work")
+    db = work / "site" / "omop.duckdb"
+    generate_site(db, SITES["community"], 150, site_seed(5, "held"))
+    pseudonyms = _omop_people(db)
+    with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
+        from prefect.testing.utilities import prefect_test_harness
+
+        from forewarn.flows.artifact import summary_markdown
+        from forewarn.flows.nightly import PULLS_FILE, nightly
+        from forewarn.flows.study import parse_study
+
+        study = parse_study({"name": "held", "demo": True, "tasks": ["t2d_2y"],
+                             "sites": [{"name": "small", "source": {"location": str(db)}}],
+                             "models": {"n_jobs": 1, "search": {"trials": 0}},
+                             "validation": {"designs": ["internal"]}}, base_dir=work)
+        site = study.sites[0]
+        with prefect_test_harness(server_startup_timeout=180):
+            (first,) = nightly(study)
+            (labels,) = (site.workdir / "stages").glob("label-t2d_2y/*/labels/t2d_2y.parquet")
+            labelled = set(pd.read_parquet(labels)["subject_id"])
+            outside = [p for p, s in pseudonyms.items() if s not in labelled]
+            inside = [p for p, s in pseudonyms.items() if s in labelled]
+            assert len(outside) >= 10 and inside
+            _delete_people(db, outside[:1])  # one person withdraws
+            (second,) = nightly(study)
+            # Ten more people withdraw, nine outside the task's cohort and one in it: the
+            # pull has changed by 11 people, the task's cohort by one.
+            _delete_people(db, outside[1:10] + inside[:1])
+            (third,) = nightly(study)
+            with duckdb.connect(str(db)) as con:  # every measured person's values change
+                con.execute("UPDATE measurement SET value_as_number = value_as_number + 1")
+            (fourth,) = nightly(study)
+    # The site is too small for a model (the first and last nights say so), but it pulled.
+    assert first.status == "skipped" and fourth.status == "skipped"
+    assert second.status == "held" and second.reason.startswith("fewer than 11 people's records changed since a night")
+    assert third.status == "held" and third.reason.startswith("fewer than 11 of this task's people changed in one of")
+    # The count itself is never given, nor the group: the only numbers are the rule's 11 and a date.
+    for held in (second, third):
+        assert re.findall(r"\d+", re.sub(r"\d{4}-\d{2}-\d{2}", "", held.reason)) == ["11", "11"]
+    assert "0 held" in summary_markdown(study, [first]) and "1 held" in summary_markdown(study, [second])
+    ledger = site.workdir / LEDGER_DIR
+    # The pull's ledger holds the first, third and fourth nights; the task's the first and fourth.
+    assert len(json.loads((ledger / "index.json").read_text())) == 3
+    assert len(json.loads((ledger / "t2d_2y" / "index.json").read_text())) == 2
+    # Nor did the held night enter the pull history that later reports compare with.
+    assert len(json.loads((site.workdir / PULLS_FILE).read_text())) == 3
