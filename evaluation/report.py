@@ -1274,6 +1274,11 @@ def report_context(
         + (", and so is the temporal validation's cutoff: a subject's times move together, but across subjects a "
            "calendar date is known only to within the shift." if any(v.get("design") == "temporal" for v in external) else ".")
     )
+    limitations.append(
+        "Between nights: this site publishes a night only when 0 or 11 or more people changed since each night it "
+        "published before, in its pull and in this task's cohort (by outcome and split); finer cells (a subgroup level, "
+        "a calibration bin, the temporal test set) can still differ by 1 to 10 between two published nights."
+    )
     stated = _stated(reporting)
     if stated["missing"]:
         limitations.append(

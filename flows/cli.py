@@ -119,8 +119,9 @@ def decision_line(r) -> str:
     reasons are in the report's section 15), or, when every stage was cached, that the
     decision and report are an earlier night's."""
     if r.cached:
-        return ("unchanged since an earlier night (same data and settings): its report and decision stand; "
-                "the aliases above are the registry's now")
+        whose = ("as that night recorded them (the registry could not be read: see the warning above)"
+                 if getattr(r, "aliases_recorded", False) else "the registry's now")
+        return f"unchanged since an earlier night (same data and settings): its report and decision stand; the aliases above are {whose}"
     head = r.decision.split(":", 1)[0]
     prefix = f"{r.model_name} v{r.version} "
     line = f"decision: {head.removeprefix(prefix)}; why: the report's section 15"

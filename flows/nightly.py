@@ -90,6 +90,7 @@ class SiteResult:
     metrics: dict[str, float] = field(default_factory=dict)
     drift: dict = field(default_factory=dict)
     cached: bool = False
+    aliases_recorded: bool = False  # a cached result whose registry aliases could not be read: the recorded ones
 
 
 @dataclass(frozen=True)
@@ -1272,12 +1273,13 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
         if stage.hit:
             # The registry may have moved since that night (a later challenger, a promotion):
             # the aliases are read as they are now, not as the cached result recorded them.
-            aliases = result.aliases
+            aliases, recorded = result.aliases, False
             try:
                 aliases = tracking.version_aliases(spec.name, name, result.version)
             except Exception as exc:  # noqa: BLE001 - the summary keeps the recorded ones
                 logger.warning("site %s, task %s: the registry's aliases could not be read: %s", name, spec.name, _reason(exc))
-            result = SiteResult(**{**result.__dict__, "aliases": aliases, "cached": True})
+                recorded = True
+            result = SiteResult(**{**result.__dict__, "aliases": aliases, "cached": True, "aliases_recorded": recorded})
         logger.info(
             "site %s, task %s: held-out AUROC %s, AUPRC %s; %s%s", name, spec.name,
             tracking.auroc_text(result.metrics), tracking.auprc_text(result.metrics), result.decision,

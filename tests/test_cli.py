@@ -142,6 +142,9 @@ def test_the_summary_gives_each_result_its_decision_or_says_it_is_an_earlier_nig
     assert decision_line(SiteResult(**{**kept.__dict__, "cached": True})) == (
         "unchanged since an earlier night (same data and settings): its report and decision stand; the aliases above "
         "are the registry's now")
+    unread = SiteResult(**{**kept.__dict__, "cached": True, "aliases_recorded": True})
+    assert decision_line(unread).endswith("the aliases above are as that night recorded them (the registry could not "
+                                          "be read: see the warning above)")
 
 
 def test_demo_refuses_options_that_its_existing_network_would_ignore(tmp_path):

@@ -1203,6 +1203,7 @@ def test_limitations_name_complete_case_labels_and_the_date_shift_on_a_temporal_
     plain = " ".join(build_context(run, attrition=attrition | {"censored": {"times": 0, "subjects": 0}})["limitations"])
     assert "complete-case" not in plain and "temporal validation's cutoff" not in plain
     assert "(up to ±365 days), so calendar effects (season, coding changes) are blurred." in plain
+    assert "Between nights: this site publishes a night only when 0 or 11 or more people changed" in plain
 
 
 def test_performance_note_says_the_registered_model_is_a_blend(run):
