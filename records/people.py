@@ -22,7 +22,11 @@ have event and non-event prediction times. Before a task's results leave the sit
 people who changed since each night published for that task are counted in its cohort,
 among those with an event and those without, and so within each split: a count of 1 to
 10 in any of them holds the task at that site (80 people withdraw and 3 of them had the
-outcome in the held-out split: held). The reason never names the group.
+outcome in the held-out split: held). The reason never names the group. The hold itself
+says that some group changed by 1 to 10, as "<11" says that a count is small: a reader
+who knows that one person withdrew and believes that none of the others who changed
+had the outcome learns from a held task what the difference of the counts would have
+told them, and nothing finer.
 
 What it does not cover: counts of finer cells (a subgroup level, a calibration bin, a
 temporal split's test set) can still differ by 1 to 10 between two published nights
