@@ -696,9 +696,22 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
     withheld = tuple(i for i, (_, _, _, suppressed) in enumerate(raw) if suppressed)
     shown_levels = [i for i in range(len(raw)) if i not in withheld]
     floor = privacy.MIN_CELL
-    n_rows = privacy.suppress_parts([r for r, _, _, _ in raw], floors=dict.fromkeys(shown_levels, 2 * floor))
-    n_subjects = privacy.suppress_parts([s for _, _, s, _ in raw], floors=dict.fromkeys(shown_levels, floor))
-    events = privacy.suppress_parts([e for _, e, _, _ in raw], force=withheld, floors=dict.fromkeys(shown_levels, floor))
+    columns = (([r for r, _, _, _ in raw], (), dict.fromkeys(shown_levels, 2 * floor)),
+               ([s for _, _, s, _ in raw], (), dict.fromkeys(shown_levels, floor)),
+               ([e for _, e, _, _ in raw], withheld, dict.fromkeys(shown_levels, floor)))
+    if len(raw) > 1 and any(privacy.withhold(parts, force=force, floors=floors)[1] for parts, force, floors in columns):
+        # Withholding every count is not enough when a level shown as not suppressed
+        # pins a suppressed one through the total (11 events beside 0, a total of 11):
+        # the whole group is suppressed, which drops the floors its flags would give.
+        # (A group of one level is the total itself, published anyway.)
+        for record in records:
+            record["suppressed"] = True
+            for key in ("rows", "subjects", "events", "mean_predicted", *COUNT_BEARING, *UTILITY_COLUMNS):
+                if key in record:
+                    record[key] = None
+        return
+    n_rows, n_subjects, events = (privacy.suppress_parts(parts, force=force, floors=floors)
+                                  for parts, force, floors in columns)
     for record, n, subjects, e in zip(records, n_rows, n_subjects, events, strict=True):
         size_shown = n is not None and subjects is not None
         record["rows"], record["subjects"] = (n, subjects) if size_shown else (None, None)

@@ -22,13 +22,13 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -1085,7 +1085,7 @@ def nightly(study: Study):
                    for site in study.sites}
         pulls: dict[str, Stage] = {}
         earlier: dict[str, dict | None] = {}  # each site's previous pull with other data
-        people: dict[str, pd.DataFrame | None] = {}  # each site's people digests (records.people)
+        enter: dict[str, Callable[[], None] | None] = {}  # each site's entry in its people ledger (records.people)
         for site in study.sites:
             try:
                 stages = [future.result() for future in futures[site.name]]
@@ -1098,7 +1098,7 @@ def nightly(study: Study):
                 logger.error("site %s: %s", site.name, reason)
                 results += [SiteResult(site.name, spec.name, "failed", reason=reason) for spec in specs]
                 continue
-            reason, people[site.name] = people_gate(site, pulls[site.name])
+            reason, enter[site.name] = people_gate(site, pulls[site.name])
             if reason:
                 logger.warning("site %s: held: %s", site.name, reason)
                 results += [SiteResult(site.name, spec.name, "held", reason=reason) for spec in specs]
@@ -1116,7 +1116,15 @@ def nightly(study: Study):
                 logger.warning("site %s: no comparison with the previous pull: %s", site.name, _reason(exc))
                 earlier[site.name] = None
         for spec in specs:
-            results += run_task(study, spec, pulls, caches, used, logger, earlier, people)
+            results += run_task(study, spec, pulls, caches, used, logger, earlier, gate=True)
+        for name, record in enter.items():
+            # A night enters the site's ledger once something of it may have left: a site
+            # whose every task was held published nothing, and its night is no baseline.
+            if record is not None and any(r.status != "held" for r in results if r.site == name):
+                try:
+                    record()
+                except Exception as exc:  # noqa: BLE001 - the next night then holds (the ledger is unreadable)
+                    logger.error("site %s: the people ledger could not be written: %s", name, _reason(exc))
         for site in study.sites:
             prune(caches[site.name], used[site.name], keep_runs=study.cache.keep_runs)
     artifact.publish_summary(study, results)
@@ -1127,34 +1135,31 @@ def nightly(study: Study):
     return results
 
 
-def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None, task: str | None = None,
-                people: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame | None]:
+def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None,
+                task: str | None = None) -> tuple[str, Callable[[], None] | None]:
     """The rule of 11 between nights (``records.people``), for a site's pull or (with
-    ``labels``, ``task`` and the pull's ``people``) for one task's cohort there: the
-    reason the night is held, or "" when it may publish, in which case the night enters
-    the ledger; and the people table (the pull's, for the tasks). A ledger that cannot
-    be read holds the night too: without it the night cannot be compared with those
-    already published."""
+    ``labels`` and ``task``) for one task's cohort there: the reason the night is held,
+    or "" and the call that enters the night in the ledger once it has published. A
+    ledger that cannot be read (or is gone) holds the night too: without it the night
+    cannot be compared with those already published."""
     started = time.perf_counter()
     try:
         if labels is None:
-            people = person_digests(pull.result.out_dir)
-            key = pull.digest
+            people, key = person_digests(pull.result.out_dir), pull.digest
         else:
-            people = task_people(labels.result.labels_path, labels.result.splits_path, people)
-            key = labels.digest
+            people, key = task_people(labels.result.labels_path, labels.result.splits_path), labels.digest
         ledger = PeopleLedger(site.workdir, task=task)
         check = ledger.check(key, people)
-        log.info("site %s%s, people ledger: %s against %d published night(s) in %.1f s", site.name,
-                 f", task {task}" if task else "", "held" if check["held"] else "may publish", check["compared"],
-                 time.perf_counter() - started)
-        if check["held"]:
-            return held_reason(check), None
-        ledger.record(key, people)
-    except (OSError, ValueError, duckdb.Error) as exc:
-        return ("the people ledger could not be read or written, so tonight cannot be compared with the nights "
-                f"already published: {_reason(exc)}"), None
-    return "", people
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the night cannot be checked, so it is held
+        return ("the people ledger could not be read, so tonight cannot be compared with the nights already "
+                f"published: {_reason(exc)}"), None
+    # The log stays at the site's process; the date of the night it is close to stays out of it too.
+    log.info("site %s%s, people ledger: %s against %d published night(s) in %.1f s", site.name,
+             f", task {task}" if task else "", "held" if check["held"] else "may publish", check["compared"],
+             time.perf_counter() - started)
+    if check["held"]:
+        return held_reason(check), None
+    return "", lambda: ledger.record(key, people)
 
 
 PULLS_FILE = "pulls.json"  # in a site's workdir: the table counts of its last pulls (it stays at the site)
@@ -1184,7 +1189,7 @@ def previous_pull(site: SiteConfig, pull: Stage, *, keep: int = 10) -> dict | No
 
 def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict[str, StageCache],
              used: dict[str, list[Stage]], logger, earlier: dict[str, dict | None] | None = None,
-             people: dict[str, pd.DataFrame | None] | None = None) -> list[SiteResult]:
+             gate: bool = False) -> list[SiteResult]:
     """One task at every site that pulled: per-site models, then the cross-site and
     temporal validations, then publication. A site whose cohort for the task barely
     changed since a published night (``people_gate``) takes no part in it tonight."""
@@ -1195,12 +1200,13 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
         try:
             labels = label_task(pulls[name], spec, study, cache)
             used[name].append(labels)
-            if people is not None:
-                held, _ = people_gate(site, pulls[name], labels=labels, task=spec.name, people=people.get(name))
+            if gate:
+                held, record = people_gate(site, pulls[name], labels=labels, task=spec.name)
                 if held:
                     logger.warning("site %s, task %s: held: %s", name, spec.name, held)
                     results.append(SiteResult(name, spec.name, "held", reason=held))
                     continue
+                record()  # this task's results may leave tonight (a publication that fails later is still counted)
             matrix = featurize_task(pulls[name], labels, spec, study, cache)
             used[name].append(matrix)
             # The network's model trains on every site with rows, whether or not the site's own

@@ -9,28 +9,37 @@ de-identification). A new night is compared with each of them: when the people w
 records differ (added, removed or changed) number 1 to 10 against any published night,
 the site publishes nothing that night (its status is "held"; the champion stays), and
 the night is not entered in the ledger, so the next night is compared with the same
-published ones. A night whose people changed by 0 or 11 or more is published and
-entered.
-
-The ledger stays at the site (``<workdir>/published_people``): pseudonymous subject ids
-and 64-bit digests, never a record. The number of changed people is never published;
-a held night says only "fewer than 11".
+published ones. A night whose people changed by 0 or 11 or more may publish, and is
+entered once something of it has (a site whose every task is held is not).
 
 Each task keeps a ledger of its own too (``<workdir>/published_people/<task>``): per
-labelled person, a digest of their records and labels, their split and whether they
-have event and non-event prediction times. Before a task's results leave the site, the
-people who changed since each night published for that task are counted in its cohort,
-among those with an event and those without, and so within each split: a count of 1 to
-10 in any of them holds the task at that site (80 people withdraw and 3 of them had the
-outcome in the held-out split: held). The reason never names the group. The hold itself
-says that some group changed by 1 to 10, as "<11" says that a count is small: a reader
-who knows that one person withdrew and believes that none of the others who changed
-had the outcome learns from a held task what the difference of the counts would have
-told them, and nothing finer.
+labelled person and split, a digest of their label rows (prediction times and
+outcomes) and their event and non-event rows. Before a task's results leave the site,
+the people whose labels changed since each night published for that task are counted
+in its cohort, among those with event rows and those with non-event rows, and so within
+each split: a count of 1 to 10 in any of them holds the task at that site (80 people
+withdraw and 3 of them had the outcome in the held-out split: held). A group of fewer
+than 11 label rows on both nights is left out: its counts are suppressed on both. The
+digest covers labels, not the records behind the features, so people whose new records
+move no count give no cover.
+
+A held night's reason names no count, no group and no date. The hold itself says that
+some group changed by 1 to 10, as "<11" says that a count is small: a reader who knows
+that one person withdrew and believes that none of the others who changed had the
+outcome learns from a held task what the difference of the counts would have told
+them, and nothing finer.
+
+The ledgers stay at the site (``<workdir>/published_people``): pseudonymous subject ids
+and 64-bit MD5 sums, never a record; ``<workdir>/published_people.json`` lists the
+ledgers kept, so a ledger folder lost later holds the night instead of letting it
+through unchecked. Digests hash text (MD5), so they do not move with DuckDB's version.
 
 What it does not cover: counts of finer cells (a subgroup level, a calibration bin, a
-temporal split's test set) can still differ by 1 to 10 between two published nights
-whose changed people number 0 or 11 or more in every group above.
+temporal validation's test set) can still differ by 1 to 10 between two published
+nights whose changed people number 0 or 11 or more in every group above; a new
+de-identification secret renames every person, so the next night is compared with
+nothing it can match (every person counts as changed); and a work folder lost whole
+loses its marker with it.
 """
 
 from __future__ import annotations
@@ -41,95 +50,116 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 
 from forewarn.records import schema
 from forewarn.records.privacy import MIN_CELL
 
 LEDGER_DIR = "published_people"
+MARKER_FILE = "published_people.json"
 INDEX_FILE = "index.json"
 KEEP_NIGHTS = 60  # the published nights a new one is compared with (the latest)
 _MOD = 2**64
 
 
+def _sum64(expr: str) -> str:
+    """An order-free 64-bit sum of per-row MD5s: MD5 and the text it hashes are fixed, so
+    a digest does not move with the DuckDB version (its ``hash()`` has)."""
+    return f"CAST(sum(CAST(md5_number_lower({expr}) AS HUGEINT)) % {_MOD} AS UBIGINT)"
+
+
+def _text(*columns: str) -> str:
+    """One row as text for :func:`_sum64`: each column cast to text, NULL spelled out."""
+    return "concat_ws('|', " + ", ".join(f"coalesce(CAST({c} AS VARCHAR), '~')" for c in columns) + ")"
+
+
 def person_digests(out_dir: Path) -> pd.DataFrame:
     """One row per person in a pull folder: ``subject_id`` and ``digest``, an
-    order-free 64-bit sum of the hashes of their events and quarantined rows. Two pulls
-    give a person the same digest exactly when their rows are the same (up to a hash
-    collision, about 1 in 2**64)."""
+    order-free 64-bit sum of the MD5s of their events and quarantined rows. Two pulls
+    give a person the same digest exactly when their rows are the same (up to a
+    collision, about 1 in 2**64). Times are hashed as microseconds since the epoch and
+    values to a millionth."""
     events = sorted((out_dir / schema.EVENTS_DIR).glob("*.parquet"))
     quarantine = out_dir / schema.QUARANTINE_DIR / "records.parquet"
+    value = "CAST(round(numeric_value * 1e6) AS BIGINT)"
     parts = []
     if events:
         listing = ", ".join(f"'{p}'" for p in events)
-        parts.append(f"SELECT subject_id, hash('e', time, code, numeric_value, text_value, unit) AS h "
-                     f"FROM read_parquet([{listing}])")
+        row = _text("'e'", "epoch_us(time)", "code", value, "text_value", "unit")
+        parts.append(f"SELECT subject_id, {row} AS t FROM read_parquet([{listing}])")
     if quarantine.is_file():
-        parts.append(f"SELECT subject_id, hash('q', src_table, time, code, numeric_value, reason) AS h "
-                     f"FROM read_parquet('{quarantine}') WHERE subject_id IS NOT NULL")
+        row = _text("'q'", "src_table", "epoch_us(time)", "code", value, "reason")
+        parts.append(f"SELECT subject_id, {row} AS t FROM read_parquet('{quarantine}') WHERE subject_id IS NOT NULL")
     if not parts:
         return pd.DataFrame({"subject_id": pd.Series([], dtype="int64"), "digest": pd.Series([], dtype="uint64")})
-    sql = (f"SELECT CAST(subject_id AS BIGINT) AS subject_id, CAST(sum(CAST(h AS HUGEINT)) % {_MOD} AS UBIGINT) AS digest "
+    sql = (f"SELECT CAST(subject_id AS BIGINT) AS subject_id, {_sum64('t')} AS digest "
            f"FROM ({' UNION ALL '.join(parts)}) GROUP BY 1 ORDER BY 1")
     with duckdb.connect() as con:
         return con.sql(sql).df()
 
 
-def task_people(labels_path: Path, splits_path: Path, site_people: pd.DataFrame) -> pd.DataFrame:
-    """One row per labelled person of a task: ``subject_id``, ``digest`` (their records'
-    digest from :func:`person_digests` combined with their label rows), ``split``, and
-    ``event`` / ``non_event`` (whether any of their prediction times is labelled with /
-    without the outcome).
+def task_people(labels_path: Path, splits_path: Path) -> pd.DataFrame:
+    """A task's labelled people: one row per person and split they have prediction times
+    in (a temporal split puts a person's earlier times in one split and later ones in
+    another): ``subject_id``, ``digest`` (of all the person's label rows: prediction
+    times and outcomes), ``split``, and ``event_rows`` / ``non_event_rows`` in that split.
 
-    A person whose split alone changed (another ``split_seed``) is not changed: who
-    moved is a keyed hash of pseudonyms, which no reader can work out, so the
-    difference it makes names no one. They still count in both nights' groups when
-    their records changed."""
+    The digest covers labels only, not the records behind the features: the published
+    counts are label rows, and a person whose new records move no label must not count
+    as cover for one whose label moved. Nor does it cover the split: who moves when the
+    split seed changes is a keyed hash of pseudonyms, which no reader can work out."""
+    splits_cols = pq.read_schema(splits_path).names
+    on = "subject_id, prediction_time" if "prediction_time" in splits_cols else "subject_id"
     sql = f"""
-        WITH l AS (
-            SELECT subject_id, CAST(sum(CAST(hash(prediction_time, boolean_value) AS HUGEINT)) % {_MOD} AS UBIGINT) AS h,
-                   bool_or(boolean_value) AS event, bool_or(NOT boolean_value) AS non_event
-            FROM read_parquet('{labels_path}') GROUP BY subject_id)
-        SELECT l.subject_id, hash(l.h, p.digest) AS digest, s.split, l.event, l.non_event
-        FROM l JOIN read_parquet('{splits_path}') s USING (subject_id)
-        LEFT JOIN site_people p USING (subject_id)
-        ORDER BY l.subject_id"""
+        WITH l AS (SELECT subject_id, prediction_time, boolean_value FROM read_parquet('{labels_path}')),
+        d AS (SELECT subject_id, {_sum64(_text('epoch_us(prediction_time)', 'boolean_value'))} AS digest
+              FROM l GROUP BY subject_id)
+        SELECT CAST(l.subject_id AS BIGINT) AS subject_id, d.digest, s.split,
+               CAST(count(*) FILTER (WHERE l.boolean_value) AS BIGINT) AS event_rows,
+               CAST(count(*) FILTER (WHERE NOT l.boolean_value) AS BIGINT) AS non_event_rows
+        FROM l JOIN read_parquet('{splits_path}') s USING ({on}) JOIN d USING (subject_id)
+        GROUP BY l.subject_id, d.digest, s.split ORDER BY 1, 3"""
     with duckdb.connect() as con:
-        con.register("site_people", site_people)
         return con.sql(sql).df()
 
 
 def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
-    """How many people were added, removed or had any record changed between two
-    people tables (:func:`person_digests` or :func:`task_people`): ``all``, and for a
-    task's tables also within ``event`` and ``non_event`` and each ``<split>/event`` and
-    ``<split>/non_event``, a person counting in each group they belong to on either
-    night. A group of fewer than ``MIN_CELL`` people on both nights is left out: its
-    counts are suppressed on both (and the metrics they decide withheld), so their
+    """How many people were added, removed or changed between two people tables
+    (:func:`person_digests` or :func:`task_people`): ``all``, and for a task's tables
+    also among those with event rows and those with non-event rows (``event``,
+    ``non_event``) and so within each split (``<split>/event``, ``<split>/non_event``),
+    a person counting in each group they have rows in on either night.
+
+    A group whose label rows number fewer than ``MIN_CELL`` on both nights is left out:
+    its counts are suppressed on both (and the metrics they decide withheld), so their
     difference gives nothing; holding the night for it would keep a site whose rare
     outcome falls below 11 in a split out of every later night, the network's model
-    included."""
-    both = now.merge(then, on="subject_id", how="outer", suffixes=("_now", "_then"), indicator=True)
-    changed = both[(both["_merge"] != "both") | (both["digest_now"] != both["digest_then"])]
+    included. Sizes are taken in rows, as the counts are published."""
+    digests = [t.drop_duplicates("subject_id")[["subject_id", "digest"]] for t in (now, then)]
+    both = digests[0].merge(digests[1], on="subject_id", how="outer", suffixes=("_now", "_then"), indicator=True)
+    changed = set(both.loc[(both["_merge"] != "both") | (both["digest_now"] != both["digest_then"]), "subject_id"])
     counts = {"all": len(changed)}
     if "split" not in now.columns:
         return counts
+    moved = [t[t["subject_id"].isin(changed)] for t in (now, then)]
     splits = sorted(set(now["split"]) | set(then["split"]))
     for cls in ("event", "non_event"):
-        sides = [changed[f"{cls}_{side}"].fillna(False).astype(bool) for side in ("now", "then")]
-        size = max(int(now[cls].sum()), int(then[cls].sum()))
-        if size >= MIN_CELL:
-            counts[cls] = int((sides[0] | sides[1]).sum())
-        for split in splits:
-            size = max(int((now[cls] & (now["split"] == split)).sum()), int((then[cls] & (then["split"] == split)).sum()))
-            if size >= MIN_CELL:
-                within = (sides[0] & (changed["split_now"] == split)) | (sides[1] & (changed["split_then"] == split))
-                counts[f"{split}/{cls}"] = int(within.sum())
+        column = f"{cls}_rows"
+        for split in (None, *splits):
+            name = cls if split is None else f"{split}/{cls}"
+            sizes = [int(t[column].sum() if split is None else t.loc[t["split"] == split, column].sum()) for t in (now, then)]
+            if max(sizes) < MIN_CELL:
+                continue
+            people = set()
+            for t in moved:
+                rows = t[t[column] > 0] if split is None else t[(t[column] > 0) & (t["split"] == split)]
+                people |= set(rows["subject_id"])
+            counts[name] = len(people)
     return counts
 
 
 def changed_people(now: pd.DataFrame, then: pd.DataFrame) -> int:
-    """How many people were added, removed or had any record changed between two
-    people tables."""
+    """How many people were added, removed or changed between two people tables."""
     return changed_counts(now, then)["all"]
 
 
@@ -140,16 +170,33 @@ class PeopleLedger:
         self.folder = Path(workdir) / LEDGER_DIR / (task or "")
         self.task = task
         self.index_path = self.folder / INDEX_FILE
+        # Beside the folder: which ledgers this site has kept, so that a folder lost
+        # later holds the night rather than letting it through unchecked.
+        self.marker = Path(workdir) / MARKER_FILE
+        self.scope = task or "site"
         self.keep = keep
 
+    def _marked(self) -> list[str]:
+        try:
+            return list(json.loads(self.marker.read_text())) if self.marker.is_file() else []
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{self.marker}: not a list of ledgers ({exc}); restore it from the site's backup") from exc
+
     def entries(self) -> list[dict]:
-        """The published nights, oldest first: ``pull`` (content digest), ``date``, ``file``."""
+        """The published nights, oldest first: ``pull`` (content digest), ``date``, ``file``.
+        Raises ValueError when the index is unreadable, names a missing file, or is gone
+        although this ledger has recorded before."""
         if not self.index_path.is_file():
+            if self.scope in self._marked():
+                raise ValueError(missing_ledger_reason(self.index_path))
             return []
         try:
             entries = json.loads(self.index_path.read_text())
+            if not isinstance(entries, list) or not all(isinstance(e, dict) and {"pull", "date", "file"} <= e.keys()
+                                                        for e in entries):
+                raise ValueError("expected a list of {pull, date, file} entries")
             missing = [e["file"] for e in entries if not (self.folder / e["file"]).is_file()]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"{self.index_path}: not a people ledger index ({exc}); restore it from the site's "
                              "backup: without it, tonight cannot be compared with the nights already published") from exc
         if missing:
@@ -159,9 +206,10 @@ class PeopleLedger:
 
     def check(self, pull_digest: str, people: pd.DataFrame) -> dict:
         """Compare a night's people with every published night's. Returns ``held`` (True
-        when any comparison found 1 to 10 changed people), ``against`` (the date of the
-        first such night, else None), ``compared`` (how many nights) and ``known``
-        (this very pull was published already)."""
+        when any comparison found 1 to 10 changed people in a group), ``against`` (the
+        date of the first such night, for the site's own log, else None), ``compared``
+        (how many nights), ``known`` (this very pull was published already) and
+        ``task``."""
         entries = self.entries()
         for entry in entries:
             if entry["pull"] == pull_digest:
@@ -188,19 +236,32 @@ class PeopleLedger:
         tmp = self.index_path.with_suffix(".partial")
         tmp.write_text(json.dumps(entries, indent=1))
         tmp.replace(self.index_path)
+        marked = self._marked()
+        if self.scope not in marked:
+            tmp = self.marker.with_suffix(".partial")
+            tmp.write_text(json.dumps([*marked, self.scope]))
+            tmp.replace(self.marker)
         for entry in dropped:
             (self.folder / entry["file"]).unlink(missing_ok=True)
 
 
 def held_reason(check: dict) -> str:
-    """The reason a held night gives. No count and no group: either would tell what the
-    hold protects (which of the changed people had the outcome)."""
+    """The reason a held night gives. No count, no group and no date: each would tell
+    more of what the hold protects (which night tonight is close to, which of the
+    changed people had the outcome)."""
     if check.get("task"):
-        return (f"fewer than {MIN_CELL} of this task's people changed in one of the groups its counts cover "
-                f"since a night whose results for it left this site ({check['against']}): tonight's counts, less "
-                f"that night's, would be theirs. Nothing of this task from this site is published tonight (the "
-                f"champion stays); it publishes again once every such group has changed by {MIN_CELL} or more, or none")
-    return (f"fewer than {MIN_CELL} people's records changed since a night whose results left this site "
-            f"({check['against']}): tonight's counts, less that night's, would be theirs. Nothing from this "
-            f"site is published tonight (the champion stays); it publishes again once {MIN_CELL} or more "
-            "people have changed, or none")
+        return (f"fewer than {MIN_CELL} of this task's people changed in one of the groups its counts cover since a "
+                "night whose results for it left this site: tonight's counts, less that night's, would be theirs. "
+                "Nothing of this task from this site is published tonight (the champion stays); it publishes again "
+                f"once every such group has changed by {MIN_CELL} or more, or none")
+    return (f"fewer than {MIN_CELL} people's records changed since a night whose results left this site: tonight's "
+            "counts, less that night's, would be theirs. Nothing from this site is published tonight (the champion "
+            f"stays); it publishes again once {MIN_CELL} or more people have changed, or none")
+
+
+def missing_ledger_reason(index_path: Path) -> str:
+    """The reason a night is held when the site has published under a ledger that is gone."""
+    return (f"the people ledger is missing ({index_path}) although this site has recorded in it: tonight "
+            "cannot be compared with the nights already published. Restore the folder from the site's backup; "
+            f"or, knowingly, start an empty ledger (`echo [] > {index_path}`): the nights before it are then "
+            "not compared")

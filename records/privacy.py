@@ -56,6 +56,18 @@ def complementary(
     floors: dict[int, int] | None = None,
     min_cell: int = MIN_CELL,
 ) -> set[int]:
+    """The parts to withhold (see :func:`withhold`), whether or not that was enough."""
+    return withhold(parts, spare=spare, force=force, floors=floors, min_cell=min_cell)[0]
+
+
+def withhold(
+    parts: list[int | None],
+    *,
+    spare: tuple[int, ...] = (),
+    force: tuple[int, ...] = (),
+    floors: dict[int, int] | None = None,
+    min_cell: int = MIN_CELL,
+) -> tuple[set[int], bool]:
     """Indices of ``parts`` to withhold besides those :func:`suppress` hides, when the
     parts add up to a total published elsewhere (complementary suppression).
 
@@ -72,6 +84,11 @@ def complementary(
     that it is smaller than the rule hides. An already-suppressed part (None) counts as
     hidden, of unknown size: with it, the sum is unknown and only a single hidden part
     is exposed.
+
+    Returns the parts to withhold and whether the hidden parts are still exposed: when
+    every non-zero part is withheld and the labels still pin one (a "<11" part of 1
+    beside a withheld 11, summing to a published 12), withholding cannot help; the
+    caller must hide the labels too (a subgroup marks the whole group suppressed).
     """
     floors = floors or {}
     values = [None if i in force else suppress(v, min_cell=min_cell) for i, v in enumerate(parts)]
@@ -109,12 +126,12 @@ def complementary(
     while exposed():
         left = [i for i, v in enumerate(values) if i not in hidden and v]
         if not left:
-            break
+            return extra, True
         preferred = [i for i in left if i not in spare] or left
         pick = min(preferred, key=lambda i: values[i])
         hidden.add(pick)
         extra.add(pick)
-    return extra
+    return extra, False
 
 
 def suppress_parts(

@@ -425,6 +425,28 @@ def test_subgroup_counts_shown_when_no_level_is_small():
     assert min(table["events"]) >= 11
 
 
+def test_a_group_whose_levels_pin_each_other_through_the_total_is_suppressed_whole():
+    # Men: 30 subjects, 11 with the event; women: 15, none. Held-out events are 11, and a
+    # level shown as not suppressed has 11 or more: withholding the men's counts would
+    # still pin the women's events at 0 (and 3 would be pinned at 0..3). So neither level
+    # shows a count, a flag that tells them apart, or a metric.
+    for women_events in (0, 3):
+        frame = pd.DataFrame({"subject_id": np.arange(45), "sex": ["M"] * 30 + ["F"] * 15,
+                              "y": [k < 11 for k in range(30)] + [k < women_events for k in range(15)],
+                              "p": np.linspace(0.05, 0.95, 45)})
+        table = clinical.subgroup_metrics(frame, groups=("sex",))
+        assert table["suppressed"].tolist() == [True, True]
+        for column in ("subjects", "rows", "events", "auroc", "mean_predicted"):
+            assert table[column].tolist() == [None, None], column
+    # With 30 men's events beside the women's 3 (a hidden sum of 33), the women's 3 keeps its
+    # range (0..22) and the men's level shows its metrics.
+    frame = pd.DataFrame({"subject_id": np.arange(75), "sex": ["M"] * 60 + ["F"] * 15,
+                          "y": [k < 30 for k in range(60)] + [k < 3 for k in range(15)], "p": np.linspace(0.05, 0.95, 75)})
+    table = clinical.subgroup_metrics(frame, groups=("sex",))
+    assert table["suppressed"].tolist() == [True, False] and table["events"].tolist() == [None, None]
+    assert table["mean_predicted"].iloc[1] is not None
+
+
 def utility_frame() -> pd.DataFrame:
     """Two sites of 100 subjects, one row each, whose 2x2 tables at 0.5 are set by hand.
     A: 28 events at 0.7 and 12 at 0.3; non-events 15 at 0.6 and 45 at 0.1.

@@ -208,23 +208,24 @@ def _reader_range(parts, hidden, labels, floors):
 def test_complementary_leaves_every_small_hidden_part_its_range(seed):
     # Random small tables, some parts forced away; a brute-force reader who knows the
     # hidden sum and each label (<11, withheld, forced) can neither pin a small part nor
-    # rule out 10 for it, nor pin a forced part.
+    # rule out 10 for it, nor pin a forced part; and where that cannot be had by
+    # withholding alone, withhold says so.
     rng = np.random.default_rng(seed)
     parts = [int(v) for v in rng.choice([0, 1, 2, 5, 9, 10, 11, 12, 15, 22, 30], size=int(rng.integers(2, 6)))]
     force = tuple(i for i in range(len(parts)) if rng.random() < 0.2)
     floors = {i: 22 for i in range(len(parts)) if parts[i] >= 22 and rng.random() < 0.5}
-    extra = privacy.complementary(parts, force=force, floors=floors)
+    extra, exposed = privacy.withhold(parts, force=force, floors=floors)
     labels = {i: "force" if i in force else "withheld" if i in extra else "<11" for i in range(len(parts))}
     hidden = [i for i in range(len(parts)) if i in force or i in extra or privacy.suppress(parts[i]) is None]
-    shown_nonzero = [i for i in range(len(parts)) if i not in hidden and parts[i]]
-    if not hidden or not shown_nonzero:
-        return  # nothing left to withhold: the published total itself is the limit
+    if not hidden:
+        assert not exposed
+        return
     seen = _reader_range(parts, hidden, labels, floors)
-    for i in hidden:
-        if i in force:
-            assert len(seen[i]) > 1, (parts, force, floors, extra)
-        if 0 < parts[i] < 11:
-            assert len(seen[i]) > 1 and max(seen[i]) >= 10, (parts, force, floors, extra, seen)
+    safe = all((i not in force or len(seen[i]) > 1)
+               and (not 0 < parts[i] < 11 or (len(seen[i]) > 1 and max(seen[i]) >= 10)) for i in hidden)
+    assert safe is not exposed, (parts, force, floors, extra, seen)
+    if exposed:  # only once every non-zero part is withheld
+        assert all(i in hidden for i in range(len(parts)) if parts[i])
 
 
 def test_rank_metrics_match_scikit_learn_with_ties_and_weights():

@@ -80,21 +80,36 @@ def write_labels(folder: Path, rows: list[tuple], splits: dict[int, str]) -> tup
     return folder / "labels.parquet", folder / "splits.parquet"
 
 
-def test_task_people_carry_split_outcomes_and_a_digest_of_records_and_labels(tmp_path):
-    site = person_digests(write_pull(tmp_path / "pull", [(1, 0, "A", 1.0), (2, 0, "B", None), (3, 0, "C", None)]))
+def test_task_people_carry_splits_row_counts_and_a_digest_of_labels(tmp_path):
     rows = [(1, 0, False), (1, 5, True), (2, 0, False)]
-    first = task_people(*write_labels(tmp_path / "n1", rows, {1: "train", 2: "held_out"}), site)
-    assert first[["subject_id", "split", "event", "non_event"]].values.tolist() == [
-        [1, "train", True, True], [2, "held_out", False, True]]  # person 3 has no prediction time
+    first = task_people(*write_labels(tmp_path / "n1", rows, {1: "train", 2: "held_out"}))
+    assert first[["subject_id", "split", "event_rows", "non_event_rows"]].values.tolist() == [
+        [1, "train", 1, 1], [2, "held_out", 0, 1]]
     # Person 1 moves to another split (a new split seed): not a change. Person 2's label changes.
     second = task_people(*write_labels(tmp_path / "n2", [(1, 0, False), (1, 5, True), (2, 0, True)],
-                                       {1: "held_out", 2: "held_out"}), site)
+                                       {1: "held_out", 2: "held_out"}))
     assert second["digest"].tolist()[0] == first["digest"].tolist()[0]
     assert second["digest"].tolist()[1] != first["digest"].tolist()[1]
-    # Person 1's records change, their labels not: a change.
-    moved = person_digests(write_pull(tmp_path / "pull2", [(1, 0, "A", 2.0), (2, 0, "B", None), (3, 0, "C", None)]))
-    third = task_people(*write_labels(tmp_path / "n3", rows, {1: "train", 2: "held_out"}), moved)
-    assert changed_people(third, first) == 1 and changed_people(third, second) == 2
+    assert changed_people(second, first) == 1
+
+
+def test_a_temporal_split_puts_one_person_in_two_splits_and_counts_them_once(tmp_path):
+    # A temporal split gives each prediction time its split: person 1's first two times
+    # are train, the last two held-out.
+    folder = tmp_path / "temporal"
+    folder.mkdir()
+    times = [datetime(2021, 1, 1 + 2 * k) for k in range(4)]
+    labels = pd.DataFrame({"subject_id": [1] * 4 + [2] * 4, "prediction_time": times * 2,
+                           "boolean_value": [False, False, False, True] + [False] * 4})
+    labels.to_parquet(folder / "labels.parquet", index=False)
+    splits = labels[["subject_id", "prediction_time"]].assign(split=["train", "train", "held_out", "held_out"] * 2)
+    splits.to_parquet(folder / "splits.parquet", index=False)
+    people = task_people(folder / "labels.parquet", folder / "splits.parquet")
+    assert people[["subject_id", "split", "event_rows", "non_event_rows"]].values.tolist() == [
+        [1, "held_out", 1, 1], [1, "train", 0, 2], [2, "held_out", 0, 2], [2, "train", 0, 2]]
+    # One person changed is one, not once per prediction time (4 x 4 in a many-to-many merge).
+    changed = people.assign(digest=people["digest"].where(people["subject_id"] != 1, 5))
+    assert changed_people(changed, people) == 1
 
 
 def test_changed_people_counts_arrivals_departures_and_changes():
@@ -112,6 +127,7 @@ def test_a_night_that_changed_1_to_10_people_is_held_until_11_have(tmp_path):
     one_gone = ledger.check("b", people(99))
     assert one_gone["held"] and one_gone["against"] == ledger.entries()[0]["date"]
     assert "fewer than 11 people's records changed" in held_reason(one_gone) and "(the champion stays)" in held_reason(one_gone)
+    assert one_gone["against"] not in held_reason(one_gone)  # the date stays at the site
     # Ten changed: still held. Eleven: published, and entered.
     assert ledger.check("c", people(100, changed=tuple(range(10))))["held"]
     assert ledger.check("d", people(100, changed=tuple(range(11))))["held"] is False
@@ -125,16 +141,18 @@ def test_a_night_that_changed_1_to_10_people_is_held_until_11_have(tmp_path):
     assert [e["pull"] for e in ledger.entries()] == ["a", "d"]
 
 
-def cohort(spec: dict[str, tuple[int, int, int]], *, changed: set[int] = frozenset(), gone: set[int] = frozenset()) -> pd.DataFrame:
-    """A task's people table: per split, (people with an event only, without only, with
-    both), ids numbered on; ``changed`` ids get another digest, ``gone`` ids are left out."""
-    rows, i = [], 0
+def cohort(spec: dict[str, tuple[int, int, int]], *, changed: set[int] = frozenset(), gone: set[int] = frozenset(),
+           rows: int = 1) -> pd.DataFrame:
+    """A task's people table: per split, (people with event rows only, non-event rows
+    only, both), ``rows`` of each kind a person, ids numbered on; ``changed`` ids get
+    another digest, ``gone`` ids are left out."""
+    out, i = [], 0
     for split, (events, non_events, both) in spec.items():
-        for kind, n in (((True, False), events), ((False, True), non_events), ((True, True), both)):
+        for kind, n in (((rows, 0), events), ((0, rows), non_events), ((rows, rows), both)):
             for _ in range(n):
-                rows.append((i, i * 7 + (1000 if i in changed else 0), split, *kind))
+                out.append((i, i * 7 + (1000 if i in changed else 0), split, *kind))
                 i += 1
-    frame = pd.DataFrame(rows, columns=["subject_id", "digest", "split", "event", "non_event"])
+    frame = pd.DataFrame(out, columns=["subject_id", "digest", "split", "event_rows", "non_event_rows"])
     return frame[~frame["subject_id"].isin(gone)].astype({"subject_id": "int64", "digest": "uint64"})
 
 
@@ -142,20 +160,20 @@ def test_a_task_counts_changed_people_by_outcome_and_split():
     # Train: 40 with an event, 300 without, 10 with both; held-out: 18 with an event, 60 without.
     spec = {"train": (40, 300, 10), "held_out": (18, 60, 0)}
     first = cohort(spec)
-    ids = {split: [] for split in spec}
-    for row in first.itertuples():
-        ids[row.split].append(row.subject_id)
-    held_out_events = ids["held_out"][:18]
-    # 80 people withdraw: 77 train people without an event and 3 held-out people with one.
-    gone = set(ids["train"][40:117]) | set(held_out_events[:3])
+    # 80 people withdraw: 77 train people without an event (ids 40-116) and 3 held-out
+    # people with one (350-352).
+    gone = set(range(40, 117)) | {350, 351, 352}
     counts = changed_counts(cohort(spec, gone=gone), first)
     assert counts == {"all": 80, "event": 3, "held_out/event": 3, "train/event": 0,
                       "non_event": 77, "held_out/non_event": 0, "train/non_event": 77}
-    # A held-out split of fewer than 11 people with an event on both nights is left out.
+    # A held-out split of fewer than 11 event rows on both nights is left out.
     small = {"train": (40, 300, 10), "held_out": (8, 60, 0)}
     counts = changed_counts(cohort(small, changed={350}), cohort(small))
     assert counts == {"all": 1, "event": 1, "train/event": 0, "non_event": 0, "held_out/non_event": 0,
                       "train/non_event": 0}
+    # ... but not when its 8 people hold 16 event rows: the published counts are rows.
+    counts = changed_counts(cohort(small, changed={350}, rows=2), cohort(small, rows=2))
+    assert counts["held_out/event"] == 1
     # A person with event and non-event times counts in both groups.
     counts = changed_counts(cohort(spec, changed={40 + 300}), first)
     assert counts["train/event"] == 1 and counts["train/non_event"] == 1
@@ -175,6 +193,23 @@ def test_a_task_ledger_holds_its_night_and_says_so_without_the_group(tmp_path):
     assert (tmp_path / LEDGER_DIR / "t2d_2y" / "index.json").is_file()
 
 
+def test_a_ledger_once_kept_and_then_lost_holds_the_night(tmp_path):
+    import shutil
+
+    PeopleLedger(tmp_path).record("a", people(100))
+    PeopleLedger(tmp_path, task="t2d_2y").record("a", cohort({"train": (40, 300, 10)}))
+    assert json.loads((tmp_path / "published_people.json").read_text()) == ["site", "t2d_2y"]
+    shutil.rmtree(tmp_path / LEDGER_DIR / "t2d_2y")
+    with pytest.raises(ValueError, match=r"the people ledger is missing .*t2d_2y/index\.json\) although this site has "
+                                         r"recorded in it"):
+        PeopleLedger(tmp_path, task="t2d_2y").check("b", cohort({"train": (40, 300, 10)}))
+    assert PeopleLedger(tmp_path, task="ckd3_2y").entries() == []  # a task never recorded starts afresh
+    # Knowingly started again: an empty index.
+    (tmp_path / LEDGER_DIR / "t2d_2y").mkdir()
+    (tmp_path / LEDGER_DIR / "t2d_2y" / "index.json").write_text("[]")
+    assert PeopleLedger(tmp_path, task="t2d_2y").check("b", cohort({"train": (40, 300, 10)}))["held"] is False
+
+
 def test_the_ledger_keeps_the_latest_nights_and_fails_closed_when_broken(tmp_path):
     ledger = PeopleLedger(tmp_path, keep=2)
     for k, start in enumerate((0, 20, 40)):
@@ -186,6 +221,9 @@ def test_the_ledger_keeps_the_latest_nights_and_fails_closed_when_broken(tmp_pat
         ledger.check("x", people(100))
     (tmp_path / LEDGER_DIR / "index.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a people ledger index"):
+        ledger.entries()
+    (tmp_path / LEDGER_DIR / "index.json").write_text('[{"date": "2026-12-01", "file": "p2.parquet"}]')
+    with pytest.raises(ValueError, match=r"not a people ledger index \(expected a list of \{pull, date, file\}"):
         ledger.entries()
 
 
@@ -239,8 +277,10 @@ def test_the_nightly_flow_holds_a_site_or_a_task_whose_people_barely_changed(tmp
             # pull has changed by 11 people, the task's cohort by one.
             _delete_people(db, outside[1:10] + inside[:1])
             (third,) = nightly(study)
-            with duckdb.connect(str(db)) as con:  # every measured person's values change
-                con.execute("UPDATE measurement SET value_as_number = value_as_number + 1")
+            with duckdb.connect(str(db)) as con:  # every visit a day later: every prediction time moves
+                con.execute("UPDATE visit_occurrence SET visit_start_date = visit_start_date + 1, "
+                            "visit_end_date = visit_end_date + 1, visit_start_datetime = visit_start_datetime + "
+                            "INTERVAL 1 DAY, visit_end_datetime = visit_end_datetime + INTERVAL 1 DAY")
             (fourth,) = nightly(study)
     # The site is too small for a model (the first and last nights say so), but it pulled.
     assert first.status == "skipped" and fourth.status == "skipped"
@@ -251,8 +291,9 @@ def test_the_nightly_flow_holds_a_site_or_a_task_whose_people_barely_changed(tmp
         assert re.findall(r"\d+", re.sub(r"\d{4}-\d{2}-\d{2}", "", held.reason)) == ["11", "11"]
     assert "0 held" in summary_markdown(study, [first]) and "1 held" in summary_markdown(study, [second])
     ledger = site.workdir / LEDGER_DIR
-    # The pull's ledger holds the first, third and fourth nights; the task's the first and fourth.
-    assert len(json.loads((ledger / "index.json").read_text())) == 3
+    # Both ledgers hold the first and fourth nights: on the third, the site's only task
+    # was held, so nothing of that night left the site either.
+    assert len(json.loads((ledger / "index.json").read_text())) == 2
     assert len(json.loads((ledger / "t2d_2y" / "index.json").read_text())) == 2
-    # Nor did the held night enter the pull history that later reports compare with.
+    # The site-held second night did not enter the pull history that later reports compare with.
     assert len(json.loads((site.workdir / PULLS_FILE).read_text())) == 3
