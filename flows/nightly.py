@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
@@ -1476,7 +1477,14 @@ def cross_validations(study, spec, model_site, b, data, caches, used) -> list[di
         site = next(s for s in study.sites if s.name == model_site)
         stage = temporal_task(site, b["pull"], spec, study, caches[model_site])
         used[model_site].append(stage)
-        if "skipped" not in stage.result:
+        held, record = ("", None) if "skipped" in stage.result else people_gate(
+            site, b["pull"], labels=SimpleNamespace(result=LabelSet(stage.dir, spec.name), digest=stage.digest),
+            task=f"{spec.name}-temporal")
+        if held:  # the temporal design's own split: its test set is counted apart from the task's
+            out.append({"design": "temporal", "train_site": model_site, "eval_site": model_site, "recalibrated": None,
+                        "skipped": True, "note": f"not published tonight: {held}"})
+        elif "skipped" not in stage.result:
+            record()
             log = logged(caches[model_site], f"temporal-{spec.name}", [stage.digest, b["pull"].digest],
                          lambda key, _, st=stage: log_temporal(study, spec, model_site, st, b["pull"], key))
             used[model_site].append(log)

@@ -34,9 +34,11 @@ and 64-bit MD5 sums, never a record; ``<workdir>/published_people.json`` lists t
 ledgers kept, so a ledger folder lost later holds the night instead of letting it
 through unchecked. Digests hash text (MD5), so they do not move with DuckDB's version.
 
-What it does not cover: counts of finer cells (a subgroup level, a calibration bin, a
-temporal validation's test set) can still differ by 1 to 10 between two published
-nights whose changed people number 0 or 11 or more in every group above; a new
+The temporal validation design keeps one more (``<task>-temporal``) over its own
+split by time, and a held one is reported as not run that night.
+
+What it does not cover: counts of finer cells (a subgroup level, a calibration bin) can
+still differ by 1 to 10 between two published nights whose changed people number 0 or 11 or more in every group above; a new
 de-identification secret renames every person, so the next night is compared with
 nothing it can match (every person counts as changed); and a work folder lost whole
 loses its marker with it.

@@ -616,3 +616,16 @@ def test_the_second_night_logs_and_shows_the_champion_beside_the_candidate(flow_
         page = unescape(second.report_path.read_text())
         assert re.search(r'<td class="l">champion v1</td><td>0\.\d{3} \(0\.\d{3}–[01]\.\d{3}\)</td>', page), second.site
     assert not any(k.startswith("champion/") for r in flow_run["first"] for k in client.get_run(r.run_id).data.metrics)
+
+
+def test_both_nights_enter_every_people_ledger(flow_run):
+    # The degraded night changed most people's records: the site's ledger holds both
+    # nights. It changed no one's labels: the task's label stage wrote the same files, the
+    # same entry; the temporal design's stage differs (its models), so it is entered again,
+    # 0 people away from the first.
+    for site in ("academic", "community"):
+        folder = flow_run["work"] / "sites" / site / "work"
+        assert sorted(json.loads((folder / "published_people.json").read_text())) == ["site", "t2d_2y", "t2d_2y-temporal"]
+        counts = {ledger: len(json.loads((folder / "published_people" / ledger / "index.json").read_text()))
+                  for ledger in ("", "t2d_2y", "t2d_2y-temporal")}
+        assert counts == {"": 2, "t2d_2y": 1, "t2d_2y-temporal": 2}, (site, counts)
