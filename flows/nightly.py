@@ -1099,7 +1099,7 @@ def nightly(study: Study):
                 logger.error("site %s: %s", site.name, reason)
                 results += [SiteResult(site.name, spec.name, "failed", reason=reason) for spec in specs]
                 continue
-            reason, enter[site.name] = people_gate(site, pulls[site.name])
+            reason, enter[site.name] = people_gate(site, pulls[site.name], demo=study.demo)
             if reason:
                 logger.warning("site %s: held: %s", site.name, reason)
                 results += [SiteResult(site.name, spec.name, "held", reason=reason) for spec in specs]
@@ -1136,8 +1136,16 @@ def nightly(study: Study):
     return results
 
 
-def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None,
-                task: str | None = None) -> tuple[str, Callable[[], None] | None]:
+def deid_fingerprint(site: SiteConfig, demo: bool) -> str:
+    """A site's de-identification as its people ledger keeps it: a keyed fingerprint of
+    the secret (never the secret) and the date shift."""
+    secret = deid.load_secret(site.name, demo=demo, secret_file=site.deid.secret_file)
+    keyed = hashlib.sha256(b"forewarn people ledger\0" + secret).hexdigest()[:16]
+    return f"{keyed}/{site.deid.max_shift_days}"
+
+
+def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None, task: str | None = None,
+                demo: bool = False) -> tuple[str, Callable[[], None] | None]:
     """The rule of 11 between nights (``records.people``), for a site's pull or (with
     ``labels`` and ``task``) for one task's cohort there: the reason the night is held,
     or "" and the call that enters the night in the ledger once it has published. A
@@ -1150,7 +1158,8 @@ def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None,
         else:
             people, key = task_people(labels.result.labels_path, labels.result.splits_path), labels.digest
         ledger = PeopleLedger(site.workdir, task=task)
-        check = ledger.check(key, people)
+        fingerprint = deid_fingerprint(site, demo)
+        check = ledger.check(key, people, deid=fingerprint)
     except Exception as exc:  # noqa: BLE001 - whatever broke, the night cannot be checked, so it is held
         return ("the people ledger could not be read, so tonight cannot be compared with the nights already "
                 f"published: {_reason(exc)}"), None
@@ -1160,7 +1169,7 @@ def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None,
              time.perf_counter() - started)
     if check["held"]:
         return held_reason(check), None
-    return "", lambda: ledger.record(key, people)
+    return "", lambda: ledger.record(key, people, deid=fingerprint)
 
 
 PULLS_FILE = "pulls.json"  # in a site's workdir: the table counts of its last pulls (it stays at the site)
@@ -1202,7 +1211,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
             labels = label_task(pulls[name], spec, study, cache)
             used[name].append(labels)
             if gate:
-                held, record = people_gate(site, pulls[name], labels=labels, task=spec.name)
+                held, record = people_gate(site, pulls[name], labels=labels, task=spec.name, demo=study.demo)
                 if held:
                     logger.warning("site %s, task %s: held: %s", name, spec.name, held)
                     results.append(SiteResult(name, spec.name, "held", reason=held))
@@ -1479,7 +1488,7 @@ def cross_validations(study, spec, model_site, b, data, caches, used) -> list[di
         used[model_site].append(stage)
         held, record = ("", None) if "skipped" in stage.result else people_gate(
             site, b["pull"], labels=SimpleNamespace(result=LabelSet(stage.dir, spec.name), digest=stage.digest),
-            task=f"{spec.name}-temporal")
+            task=f"{spec.name}-temporal", demo=study.demo)
         if held:  # the temporal design's own split: its test set is counted apart from the task's
             out.append({"design": "temporal", "train_site": model_site, "eval_site": model_site, "recalibrated": None,
                         "skipped": True, "note": f"not published tonight: {held}"})

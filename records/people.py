@@ -38,10 +38,11 @@ The temporal validation design keeps one more (``<task>-temporal``) over its own
 split by time, and a held one is reported as not run that night.
 
 What it does not cover: counts of finer cells (a subgroup level, a calibration bin) can
-still differ by 1 to 10 between two published nights whose changed people number 0 or 11 or more in every group above; a new
-de-identification secret renames every person, so the next night is compared with
-nothing it can match (every person counts as changed); and a work folder lost whole
-loses its marker with it.
+still differ by 1 to 10 between two published nights whose changed people number 0 or 11 or more in every group above; and a work
+folder lost whole loses its marker with it. A new de-identification secret (or date
+shift) renames or moves every person, so no night could be matched: the ledger keeps a
+fingerprint of it and holds the night until the operator goes back or knowingly starts
+a new ledger.
 """
 
 from __future__ import annotations
@@ -206,13 +207,21 @@ class PeopleLedger:
                              "restore it from the site's backup")
         return entries
 
-    def check(self, pull_digest: str, people: pd.DataFrame) -> dict:
+    def check(self, pull_digest: str, people: pd.DataFrame, *, deid: str | None = None) -> dict:
         """Compare a night's people with every published night's. Returns ``held`` (True
         when any comparison found 1 to 10 changed people in a group), ``against`` (the
         date of the first such night, for the site's own log, else None), ``compared``
         (how many nights), ``known`` (this very pull was published already) and
-        ``task``."""
+        ``task``. ``deid`` fingerprints the de-identification (secret, date shift): a
+        night under another one cannot be matched with the published nights (everyone
+        would count as changed), so ValueError says so."""
         entries = self.entries()
+        other = [e for e in entries if deid is not None and e.get("deid") not in (None, deid)]
+        if other:
+            raise ValueError(f"the de-identification changed since the night of {other[-1]['date']} (another secret or "
+                             "date shift): tonight's people cannot be matched with those of the nights already published. "
+                             f"Go back to the earlier secret, or knowingly start an empty ledger (`echo [] > {self.index_path}`): "
+                             "the nights before it are then not compared")
         for entry in entries:
             if entry["pull"] == pull_digest:
                 return {"held": False, "against": None, "compared": len(entries), "known": True, "task": self.task}
@@ -223,7 +232,7 @@ class PeopleLedger:
                         "task": self.task}
         return {"held": False, "against": None, "compared": len(entries), "known": False, "task": self.task}
 
-    def record(self, pull_digest: str, people: pd.DataFrame) -> None:
+    def record(self, pull_digest: str, people: pd.DataFrame, *, deid: str | None = None) -> None:
         """Enter a published night (once per pull; the oldest beyond ``keep`` leave)."""
         entries = self.entries()
         if any(e["pull"] == pull_digest for e in entries):
@@ -233,7 +242,8 @@ class PeopleLedger:
         tmp = self.folder / (name + ".partial")
         people.to_parquet(tmp, index=False)
         tmp.replace(self.folder / name)
-        entries.append({"pull": pull_digest, "date": datetime.now(UTC).strftime("%Y-%m-%d"), "file": name})
+        entries.append({"pull": pull_digest, "date": datetime.now(UTC).strftime("%Y-%m-%d"), "file": name,
+                        **({"deid": deid} if deid else {})})
         dropped, entries = entries[:-self.keep], entries[-self.keep:]
         tmp = self.index_path.with_suffix(".partial")
         tmp.write_text(json.dumps(entries, indent=1))

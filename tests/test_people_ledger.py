@@ -193,6 +193,17 @@ def test_a_task_ledger_holds_its_night_and_says_so_without_the_group(tmp_path):
     assert (tmp_path / LEDGER_DIR / "t2d_2y" / "index.json").is_file()
 
 
+def test_another_de_identification_holds_the_night_until_a_new_ledger_is_started(tmp_path):
+    ledger = PeopleLedger(tmp_path)
+    ledger.record("a", people(100), deid="k1/365")
+    assert ledger.entries()[0]["deid"] == "k1/365"
+    assert ledger.check("b", people(100, changed=tuple(range(20))), deid="k1/365")["held"] is False
+    # Another secret renames everyone: all 100 "changed", which would let any night through.
+    with pytest.raises(ValueError, match=r"the de-identification changed since the night of .* \(another secret or "
+                                         r"date shift\).*echo \[\] > "):
+        ledger.check("c", people(100, start=1000), deid="k2/365")
+
+
 def test_a_ledger_once_kept_and_then_lost_holds_the_night(tmp_path):
     import shutil
 
