@@ -65,8 +65,8 @@ def timed(fn, *args):
 
 def measure(root: Path, people: int, events: int, nights: int) -> str:
     synthetic_pull(root / "pull", people, events, seed=people)
-    site, t_digest = timed(person_digests, root / "pull")
-    task, t_task = timed(task_people, *synthetic_labels(root / "labels", people, seed=1), site)
+    _, t_digest = timed(person_digests, root / "pull")
+    task, t_task = timed(task_people, *synthetic_labels(root / "labels", people, seed=1))
     ledger = PeopleLedger(root / "work", task="bench")
     # Published nights that each differ by 11 or more people (so the check reads all).
     ledger.record("n0", task)
