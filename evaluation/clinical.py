@@ -712,8 +712,11 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
         return
     n_rows, n_subjects, events = (privacy.suppress_parts(parts, force=force, floors=floors)
                                   for parts, force, floors in columns)
-    for record, n, subjects, e in zip(records, n_rows, n_subjects, events, strict=True):
-        size_shown = n is not None and subjects is not None
+    for i, (record, n, subjects, e) in enumerate(zip(records, n_rows, n_subjects, events, strict=True)):
+        # A level shown as not suppressed has 11+ event and 11+ non-event rows: with its
+        # rows shown, its withheld events would lie in [11, rows - 11], which can pin
+        # them (22 rows: 11 events); so its size goes with them.
+        size_shown = n is not None and subjects is not None and (e is not None or i in withheld)
         record["rows"], record["subjects"] = (n, subjects) if size_shown else (None, None)
         record["events"] = e
         if not size_shown or e is None:

@@ -1117,15 +1117,10 @@ def nightly(study: Study):
                 logger.warning("site %s: no comparison with the previous pull: %s", site.name, _reason(exc))
                 earlier[site.name] = None
         for spec in specs:
-            results += run_task(study, spec, pulls, caches, used, logger, earlier, gate=True)
-        for name, record in enter.items():
-            # A night enters the site's ledger once something of it may have left: a site
-            # whose every task was held published nothing, and its night is no baseline.
-            if record is not None and any(r.status != "held" for r in results if r.site == name):
-                try:
-                    record()
-                except Exception as exc:  # noqa: BLE001 - the next night then holds (the ledger is unreadable)
-                    logger.error("site %s: the people ledger could not be written: %s", name, _reason(exc))
+            # A site's night enters its ledger when its first task passes its own gate, before
+            # anything of it leaves: a site whose every task is held published nothing, and
+            # its night is no baseline.
+            results += run_task(study, spec, pulls, caches, used, logger, earlier, enter=enter)
         for site in study.sites:
             prune(caches[site.name], used[site.name], keep_runs=study.cache.keep_runs)
     artifact.publish_summary(study, results)
@@ -1145,7 +1140,7 @@ def deid_fingerprint(site: SiteConfig, demo: bool) -> str:
 
 
 def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None, task: str | None = None,
-                demo: bool = False) -> tuple[str, Callable[[], None] | None]:
+                demo: bool = False, design: str = "") -> tuple[str, Callable[[], None] | None]:
     """The rule of 11 between nights (``records.people``), for a site's pull or (with
     ``labels`` and ``task``) for one task's cohort there: the reason the night is held,
     or "" and the call that enters the night in the ledger once it has published. A
@@ -1168,7 +1163,7 @@ def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None, t
              f", task {task}" if task else "", "held" if check["held"] else "may publish", check["compared"],
              time.perf_counter() - started)
     if check["held"]:
-        return held_reason(check), None
+        return held_reason(check, design=design), None
     return "", lambda: ledger.record(key, people, deid=fingerprint)
 
 
@@ -1199,7 +1194,7 @@ def previous_pull(site: SiteConfig, pull: Stage, *, keep: int = 10) -> dict | No
 
 def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict[str, StageCache],
              used: dict[str, list[Stage]], logger, earlier: dict[str, dict | None] | None = None,
-             gate: bool = False) -> list[SiteResult]:
+             enter: dict[str, Callable[[], None] | None] | None = None, gate: bool = True) -> list[SiteResult]:
     """One task at every site that pulled: per-site models, then the cross-site and
     temporal validations, then publication. A site whose cohort for the task barely
     changed since a published night (``people_gate``) takes no part in it tonight."""
@@ -1216,6 +1211,9 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                     logger.warning("site %s, task %s: held: %s", name, spec.name, held)
                     results.append(SiteResult(name, spec.name, "held", reason=held))
                     continue
+                if enter and enter.get(name):  # the site's night, before anything of it leaves
+                    enter[name]()
+                    enter[name] = None
                 record()  # this task's results may leave tonight (a publication that fails later is still counted)
             matrix = featurize_task(pulls[name], labels, spec, study, cache)
             used[name].append(matrix)
@@ -1488,7 +1486,7 @@ def cross_validations(study, spec, model_site, b, data, caches, used) -> list[di
         used[model_site].append(stage)
         held, record = ("", None) if "skipped" in stage.result else people_gate(
             site, b["pull"], labels=SimpleNamespace(result=LabelSet(stage.dir, spec.name), digest=stage.digest),
-            task=f"{spec.name}-temporal", demo=study.demo)
+            task=f"{spec.name}-temporal", demo=study.demo, design="temporal")
         if held:  # the temporal design's own split: its test set is counted apart from the task's
             out.append({"design": "temporal", "train_site": model_site, "eval_site": model_site, "recalibrated": None,
                         "skipped": True, "note": f"not published tonight: {held}"})

@@ -15,13 +15,14 @@ entered once something of it has (a site whose every task is held is not).
 Each task keeps a ledger of its own too (``<workdir>/published_people/<task>``): per
 labelled person and split, a digest of their label rows (prediction times and
 outcomes) and their event and non-event rows. Before a task's results leave the site,
-the people whose labels changed since each night published for that task are counted
-in its cohort, among those with event rows and those with non-event rows, and so within
-each split: a count of 1 to 10 in any of them holds the task at that site (80 people
-withdraw and 3 of them had the outcome in the held-out split: held). A group of fewer
-than 11 label rows on both nights is left out: its counts are suppressed on both. The
-digest covers labels, not the records behind the features, so people whose new records
-move no count give no cover.
+the people whose label rows changed in number since each night published for that
+task are counted in each group of published counts: the cohort, event rows and
+non-event rows, each within every split and every union of splits (a count published
+for two splits less one of them gives the other). A count of 1 to 10 in any group holds
+the task at that site (80 people withdraw and 3 of them had the outcome in the
+held-out split: held). A group of fewer than 11 label rows on both nights is left out:
+its counts are suppressed on both. People whose records, prediction times or split
+alone changed move no count and give no cover.
 
 A held night's reason names no count, no group and no date. The hold itself says that
 some group changed by 1 to 10, as "<11" says that a count is small: a reader who knows
@@ -47,6 +48,7 @@ a new ledger.
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,37 +129,54 @@ def task_people(labels_path: Path, splits_path: Path) -> pd.DataFrame:
 
 
 def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
-    """How many people were added, removed or changed between two people tables
-    (:func:`person_digests` or :func:`task_people`): ``all``, and for a task's tables
-    also among those with event rows and those with non-event rows (``event``,
-    ``non_event``) and so within each split (``<split>/event``, ``<split>/non_event``),
-    a person counting in each group they have rows in on either night.
+    """How many people changed between two people tables, per group of published counts.
+
+    Two :func:`person_digests` tables: ``all``, the people added, removed or with any
+    row changed. Two :func:`task_people` tables: in each group, the people whose label
+    rows in it differ in number between the nights (their difference is what the
+    group's counts would give away): ``all`` (label rows of either outcome), and for
+    event rows and non-event rows (``event``, ``non_event``) within every split and
+    every union of splits (``held_out/event``, ``train+tuning/non_event``; a count
+    published for two splits and one of them gives the other back by subtraction). A
+    person whose label rows are the same but for their split (another split seed) is
+    not counted: who moves is a keyed hash of pseudonyms, which no reader can work out.
 
     A group whose label rows number fewer than ``MIN_CELL`` on both nights is left out:
     its counts are suppressed on both (and the metrics they decide withheld), so their
     difference gives nothing; holding the night for it would keep a site whose rare
     outcome falls below 11 in a split out of every later night, the network's model
-    included. Sizes are taken in rows, as the counts are published."""
+    included."""
     digests = [t.drop_duplicates("subject_id")[["subject_id", "digest"]] for t in (now, then)]
     both = digests[0].merge(digests[1], on="subject_id", how="outer", suffixes=("_now", "_then"), indicator=True)
-    changed = set(both.loc[(both["_merge"] != "both") | (both["digest_now"] != both["digest_then"]), "subject_id"])
-    counts = {"all": len(changed)}
     if "split" not in now.columns:
-        return counts
-    moved = [t[t["subject_id"].isin(changed)] for t in (now, then)]
+        return {"all": int(((both["_merge"] != "both") | (both["digest_now"] != both["digest_then"])).sum())}
+    same_labels = set(both.loc[(both["_merge"] == "both") & (both["digest_now"] == both["digest_then"]), "subject_id"])
+    columns = ["subject_id", "split", "event_rows", "non_event_rows"]
+    rows = now[columns].merge(then[columns], on=["subject_id", "split"], how="outer", suffixes=("_now", "_then"))
+    rows = rows.fillna(0)
+    rows = rows[~rows["subject_id"].isin(same_labels)]
     splits = sorted(set(now["split"]) | set(then["split"]))
+    sizes = {side: {(split, cls): int(t.loc[t["split"] == split, f"{cls}_rows"].sum()) for split in splits
+                    for cls in ("event", "non_event")} for side, t in (("now", now), ("then", then))}
+
+    def differ(in_group: pd.Series, classes: tuple[str, ...]) -> int:
+        part = rows[in_group]
+        if part.empty:
+            return 0
+        sums = part.groupby("subject_id")[[f"{c}_rows_{side}" for c in classes for side in ("now", "then")]].sum()
+        now_rows = sum(sums[f"{c}_rows_now"] for c in classes)
+        then_rows = sum(sums[f"{c}_rows_then"] for c in classes)
+        return int((now_rows != then_rows).sum())
+
+    counts = {"all": differ(rows["split"].notna(), ("event", "non_event"))}
     for cls in ("event", "non_event"):
-        column = f"{cls}_rows"
-        for split in (None, *splits):
-            name = cls if split is None else f"{split}/{cls}"
-            sizes = [int(t[column].sum() if split is None else t.loc[t["split"] == split, column].sum()) for t in (now, then)]
-            if max(sizes) < MIN_CELL:
-                continue
-            people = set()
-            for t in moved:
-                rows = t[t[column] > 0] if split is None else t[(t[column] > 0) & (t["split"] == split)]
-                people |= set(rows["subject_id"])
-            counts[name] = len(people)
+        for k in range(len(splits), 0, -1):
+            for subset in itertools.combinations(splits, k):
+                size = max(sum(sizes[side][(split, cls)] for split in subset) for side in ("now", "then"))
+                if size < MIN_CELL:
+                    continue
+                name = cls if k == len(splits) else f"{'+'.join(subset)}/{cls}"
+                counts[name] = differ(rows["split"].isin(subset), (cls,))
     return counts
 
 
@@ -176,7 +195,7 @@ class PeopleLedger:
         # Beside the folder: which ledgers this site has kept, so that a folder lost
         # later holds the night rather than letting it through unchecked.
         self.marker = Path(workdir) / MARKER_FILE
-        self.scope = task or "site"
+        self.scope = f"task:{task}" if task else "site"
         self.keep = keep
 
     def _marked(self) -> list[str]:
@@ -218,7 +237,7 @@ class PeopleLedger:
         entries = self.entries()
         other = [e for e in entries if deid is not None and e.get("deid") not in (None, deid)]
         if other:
-            raise ValueError(f"the de-identification changed since the night of {other[-1]['date']} (another secret or "
+            raise ValueError("the de-identification changed since a published night (another secret or "
                              "date shift): tonight's people cannot be matched with those of the nights already published. "
                              f"Go back to the earlier secret, or knowingly start an empty ledger (`echo [] > {self.index_path}`): "
                              "the nights before it are then not compared")
@@ -257,10 +276,14 @@ class PeopleLedger:
             (self.folder / entry["file"]).unlink(missing_ok=True)
 
 
-def held_reason(check: dict) -> str:
+def held_reason(check: dict, *, design: str = "") -> str:
     """The reason a held night gives. No count, no group and no date: each would tell
     more of what the hold protects (which night tonight is close to, which of the
     changed people had the outcome)."""
+    if design:
+        return (f"fewer than {MIN_CELL} of the {design} design's people changed in one of the groups its counts cover "
+                "since a night whose results for it left this site: tonight's counts, less that night's, would be "
+                f"theirs. The {design} validation is not published tonight; the task's other results are")
     if check.get("task"):
         return (f"fewer than {MIN_CELL} of this task's people changed in one of the groups its counts cover since a "
                 "night whose results for it left this site: tonight's counts, less that night's, would be theirs. "

@@ -447,6 +447,19 @@ def test_a_group_whose_levels_pin_each_other_through_the_total_is_suppressed_who
     assert table["mean_predicted"].iloc[1] is not None
 
 
+def test_a_shown_level_whose_events_are_withheld_withholds_its_size_too():
+    # Men: 11 events in 22 rows (11 subjects each way); women: 10 events in 15 rows. The
+    # men's events are withheld beside the women's; were the men's 22 rows shown, their
+    # events would be 11 exactly (11+ non-event rows), and the women's 21 - 11 = 10.
+    frame = pd.DataFrame({"subject_id": np.arange(37), "sex": ["M"] * 22 + ["F"] * 15,
+                          "y": [k < 11 for k in range(22)] + [k < 10 for k in range(15)],
+                          "p": np.linspace(0.05, 0.95, 37)})
+    table = clinical.subgroup_metrics(frame, groups=("sex",))
+    women, men = table.iloc[0], table.iloc[1]
+    assert women["suppressed"] is True and men["suppressed"] is False
+    assert [men["rows"], men["subjects"], men["events"]] == [None, None, None]
+
+
 def utility_frame() -> pd.DataFrame:
     """Two sites of 100 subjects, one row each, whose 2x2 tables at 0.5 are set by hand.
     A: 28 events at 0.7 and 12 at 0.3; non-events 15 at 0.6 and 45 at 0.1.
@@ -478,7 +491,7 @@ def test_subgroup_columns_that_would_rebuild_a_withheld_count_go_with_it():
     # A third site of 5 subjects (2 events): suppressed, and its counts could come back
     # from the held-out totals minus A's and B's. Complementary suppression withholds one
     # more level's rows (A: 100 rows, tied with B, first) and one more level's events (B:
-    # 30 < A's 40). Wherever a level's size or events are withheld, the observed rate and
+    # 30 < A's 40), and B's size with its events. Wherever a level's size or events are withheld, the observed rate and
     # the utility columns go too (rate x rows gives events; PPV x alerts / sensitivity too).
     frame = utility_frame()
     small = pd.DataFrame({"site": "C", "y": [True, False, True, False, False], "p": 0.5,
@@ -487,7 +500,9 @@ def test_subgroup_columns_that_would_rebuild_a_withheld_count_go_with_it():
     a, b, c = (r for r in table.to_dict(orient="records"))
     assert c["suppressed"] is True and [c["subjects"], c["rows"], c["events"]] == [None, None, None]
     assert [a["subjects"], a["rows"], a["events"]] == [None, None, 40]
-    assert [b["subjects"], b["rows"], b["events"]] == [100, 100, None]
+    # B's events are withheld, and so is its size: 100 rows shown beside events known to
+    # leave 11+ non-event rows would bound them (since session 27).
+    assert [b["subjects"], b["rows"], b["events"]] == [None, None, None]
     for row in (a, b):
         assert [row[k] for k in ("observed_rate", "sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")] == [None] * 6
         # ... and so do the AUROC and the calibration columns: B's AUROC at full precision

@@ -625,7 +625,7 @@ def test_both_nights_enter_every_people_ledger(flow_run):
     # 0 people away from the first.
     for site in ("academic", "community"):
         folder = flow_run["work"] / "sites" / site / "work"
-        assert sorted(json.loads((folder / "published_people.json").read_text())) == ["site", "t2d_2y", "t2d_2y-temporal"]
+        assert sorted(json.loads((folder / "published_people.json").read_text())) == ["site", "task:t2d_2y", "task:t2d_2y-temporal"]
         counts = {ledger: len(json.loads((folder / "published_people" / ledger / "index.json").read_text()))
                   for ledger in ("", "t2d_2y", "t2d_2y-temporal")}
         assert counts == {"": 2, "t2d_2y": 1, "t2d_2y-temporal": 2}, (site, counts)

@@ -90,7 +90,9 @@ def test_task_people_carry_splits_row_counts_and_a_digest_of_labels(tmp_path):
                                        {1: "held_out", 2: "held_out"}))
     assert second["digest"].tolist()[0] == first["digest"].tolist()[0]
     assert second["digest"].tolist()[1] != first["digest"].tolist()[1]
-    assert changed_people(second, first) == 1
+    # Person 2 has as many label rows as before (no cohort count moves); the flip moves the
+    # event and non-event counts, groups of fewer than 11 rows here.
+    assert changed_counts(second, first) == {"all": 0}
 
 
 def test_a_temporal_split_puts_one_person_in_two_splits_and_counts_them_once(tmp_path):
@@ -108,8 +110,13 @@ def test_a_temporal_split_puts_one_person_in_two_splits_and_counts_them_once(tmp
     assert people[["subject_id", "split", "event_rows", "non_event_rows"]].values.tolist() == [
         [1, "held_out", 1, 1], [1, "train", 0, 2], [2, "held_out", 0, 2], [2, "train", 0, 2]]
     # One person changed is one, not once per prediction time (4 x 4 in a many-to-many merge).
-    changed = people.assign(digest=people["digest"].where(people["subject_id"] != 1, 5))
+    one = (people["subject_id"] == 1) & (people["split"] == "held_out")
+    changed = people.assign(digest=people["digest"].where(people["subject_id"] != 1, 5),
+                            event_rows=people["event_rows"].where(~one, 0))  # their last time is gone
     assert changed_people(changed, people) == 1
+    # Their times moved, as many in each split: no count moves, no one counts.
+    moved = people.assign(digest=people["digest"].where(people["subject_id"] != 1, 5))
+    assert changed_people(moved, people) == 0
 
 
 def test_changed_people_counts_arrivals_departures_and_changes():
@@ -145,12 +152,13 @@ def cohort(spec: dict[str, tuple[int, int, int]], *, changed: set[int] = frozens
            rows: int = 1) -> pd.DataFrame:
     """A task's people table: per split, (people with event rows only, non-event rows
     only, both), ``rows`` of each kind a person, ids numbered on; ``changed`` ids get
-    another digest, ``gone`` ids are left out."""
+    another digest and one more row of each kind they have, ``gone`` ids are left out."""
     out, i = [], 0
     for split, (events, non_events, both) in spec.items():
         for kind, n in (((rows, 0), events), ((0, rows), non_events), ((rows, rows), both)):
             for _ in range(n):
-                out.append((i, i * 7 + (1000 if i in changed else 0), split, *kind))
+                more = [k + (k > 0) for k in kind] if i in changed else list(kind)
+                out.append((i, i * 7 + (1000 if i in changed else 0), split, *more))
                 i += 1
     frame = pd.DataFrame(out, columns=["subject_id", "digest", "split", "event_rows", "non_event_rows"])
     return frame[~frame["subject_id"].isin(gone)].astype({"subject_id": "int64", "digest": "uint64"})
@@ -179,6 +187,18 @@ def test_a_task_counts_changed_people_by_outcome_and_split():
     assert counts["train/event"] == 1 and counts["train/non_event"] == 1
 
 
+def test_a_small_split_cannot_come_back_as_the_total_less_the_others():
+    # Train 100 event people, tuning 20, held-out 8 (a group skipped: under 11 rows). One
+    # held-out event person withdraws and 11 train event people gain a row: every single
+    # split's group is 0 or 11+, but tuning + held-out (the total less train) moved by one.
+    spec = {"train": (100, 300, 0), "tuning": (20, 60, 0), "held_out": (8, 60, 0)}
+    first = cohort(spec)
+    held_out_event = first.loc[(first["split"] == "held_out") & (first["event_rows"] > 0), "subject_id"].iloc[0]
+    counts = changed_counts(cohort(spec, changed=set(range(11)), gone={held_out_event}), first)
+    assert "held_out/event" not in counts and counts["train/event"] == 11 and counts["event"] == 12
+    assert counts["held_out+tuning/event"] == 1 and counts["held_out+train/event"] == 12
+
+
 def test_a_task_ledger_holds_its_night_and_says_so_without_the_group(tmp_path):
     spec = {"train": (40, 300, 10), "held_out": (18, 60, 0)}
     ledger = PeopleLedger(tmp_path, task="t2d_2y")
@@ -199,7 +219,7 @@ def test_another_de_identification_holds_the_night_until_a_new_ledger_is_started
     assert ledger.entries()[0]["deid"] == "k1/365"
     assert ledger.check("b", people(100, changed=tuple(range(20))), deid="k1/365")["held"] is False
     # Another secret renames everyone: all 100 "changed", which would let any night through.
-    with pytest.raises(ValueError, match=r"the de-identification changed since the night of .* \(another secret or "
+    with pytest.raises(ValueError, match=r"the de-identification changed since a published night \(another secret or "
                                          r"date shift\).*echo \[\] > "):
         ledger.check("c", people(100, start=1000), deid="k2/365")
 
@@ -209,7 +229,7 @@ def test_a_ledger_once_kept_and_then_lost_holds_the_night(tmp_path):
 
     PeopleLedger(tmp_path).record("a", people(100))
     PeopleLedger(tmp_path, task="t2d_2y").record("a", cohort({"train": (40, 300, 10)}))
-    assert json.loads((tmp_path / "published_people.json").read_text()) == ["site", "t2d_2y"]
+    assert json.loads((tmp_path / "published_people.json").read_text()) == ["site", "task:t2d_2y"]
     shutil.rmtree(tmp_path / LEDGER_DIR / "t2d_2y")
     with pytest.raises(ValueError, match=r"the people ledger is missing .*t2d_2y/index\.json\) although this site has "
                                          r"recorded in it"):
@@ -278,20 +298,21 @@ def test_the_nightly_flow_holds_a_site_or_a_task_whose_people_barely_changed(tmp
         with prefect_test_harness(server_startup_timeout=180):
             (first,) = nightly(study)
             (labels,) = (site.workdir / "stages").glob("label-t2d_2y/*/labels/t2d_2y.parquet")
-            labelled = set(pd.read_parquet(labels)["subject_id"])
-            outside = [p for p, s in pseudonyms.items() if s not in labelled]
-            inside = [p for p, s in pseudonyms.items() if s in labelled]
-            assert len(outside) >= 10 and inside
+            splits = pd.read_parquet(labels.with_name("t2d_2y.splits.parquet")).set_index("subject_id")["split"]
+            events = pd.read_parquet(labels).groupby("subject_id")["boolean_value"].any()
+            outside = [p for p, s in pseudonyms.items() if s not in splits.index]
+            quiet = {split: [p for p, s in pseudonyms.items() if s in splits.index and splits[s] == split and not events[s]]
+                     for split in ("train", "tuning", "held_out")}
+            assert len(outside) >= 10 and len(quiet["train"]) >= 12 and len(quiet["tuning"]) >= 11, quiet
             _delete_people(db, outside[:1])  # one person withdraws
             (second,) = nightly(study)
             # Ten more people withdraw, nine outside the task's cohort and one in it: the
             # pull has changed by 11 people, the task's cohort by one.
-            _delete_people(db, outside[1:10] + inside[:1])
+            _delete_people(db, outside[1:10] + quiet["train"][:1])
             (third,) = nightly(study)
-            with duckdb.connect(str(db)) as con:  # every visit a day later: every prediction time moves
-                con.execute("UPDATE visit_occurrence SET visit_start_date = visit_start_date + 1, "
-                            "visit_end_date = visit_end_date + 1, visit_start_datetime = visit_start_datetime + "
-                            "INTERVAL 1 DAY, visit_end_datetime = visit_end_datetime + INTERVAL 1 DAY")
+            # Eleven people without the outcome in train and tuning each, in all, have withdrawn,
+            # and every one of the held-out split's (10: a group under 11 rows on both nights).
+            _delete_people(db, quiet["train"][1:11] + quiet["tuning"][:11] + quiet["held_out"][:11])
             (fourth,) = nightly(study)
     # The site is too small for a model (the first and last nights say so), but it pulled.
     assert first.status == "skipped" and fourth.status == "skipped"
