@@ -612,9 +612,12 @@ def label_frame(frame: pd.DataFrame | pa.Table, spec: TaskSpec) -> tuple[pa.Tabl
 
 def _label_arrays(
     subjects: np.ndarray, t: np.ndarray, birth: np.ndarray, first: np.ndarray, last: np.ndarray, outcome: np.ndarray,
-    spec: TaskSpec,
+    spec: TaskSpec, excluded: list[pd.DataFrame] | None = None,
 ) -> tuple[pa.Table, dict[str, dict[str, int]]]:
-    """``label_frame`` on int64 arrays (microseconds; null as the int64 minimum)."""
+    """``label_frame`` on int64 arrays (microseconds; null as the int64 minimum). With
+    ``excluded`` (a list), each exclusion step's removed times per subject are appended
+    to it as a frame (``subject_id``, ``step``, ``times``): site-local, for the people
+    ledger (``records.people``)."""
     nat = np.iinfo(np.int64).min
     # Work in (subject, time) order; candidates_sql already returns it, so this is a check.
     if subjects.size > 1 and not ((subjects[1:] > subjects[:-1]) | ((subjects[1:] == subjects[:-1]) & (t[1:] >= t[:-1]))).all():
@@ -647,6 +650,8 @@ def _label_arrays(
         # Subjects this step removed entirely: some row removed here, none left alive.
         gone = (np.bincount(sid[removed], minlength=n_subjects) > 0) & (np.bincount(sid[alive], minlength=n_subjects) == 0)
         attrition[step] = {"times": int(removed.sum()), "subjects": int(gone.sum())}
+        if excluded is not None:
+            excluded.append(_per_subject(subjects[starts], sid, removed, step))
     # Sample at most K per subject, by a seeded hash of (subject, time): stable across
     # reruns and data refreshes (adding a visit does not reshuffle the others).
     idx = np.flatnonzero(alive)
@@ -663,6 +668,10 @@ def _label_arrays(
         within = np.arange(order.size) - sub_start[sub_sid[order]]
         chosen = np.sort(idx[order[within < k]])  # rows are in (subject, time) order
     attrition["sampled_out"] = {"times": int(idx.size - chosen.size), "subjects": 0}
+    if excluded is not None:
+        sampled_out = alive.copy()
+        sampled_out[chosen] = False
+        excluded.append(_per_subject(subjects[starts], sid, sampled_out, "sampled_out"))
     positive = has_outcome & (outcome >= t + spec.gap_days * DAY_US) & (outcome <= t + spec.horizon_days * DAY_US)
     labels = pa.table(
         {
@@ -675,6 +684,14 @@ def _label_arrays(
     attrition["labelled"] = {"times": int(chosen.size), "subjects": int(_groups(subjects[chosen])[1].size)}
     attrition["positive"] = {"times": int(chosen_positive.size), "subjects": int(_groups(subjects[chosen_positive])[1].size)}
     return schema.align(labels, schema.LABEL_SCHEMA, what="labels"), attrition
+
+
+def _per_subject(ids: np.ndarray, sid: np.ndarray, removed: np.ndarray, step: str) -> pd.DataFrame:
+    """The times ``removed`` holds per subject (those with any), for one step; ``ids``:
+    each dense subject code's id."""
+    counts = np.bincount(sid[removed], minlength=ids.size)
+    keep = np.flatnonzero(counts)
+    return pd.DataFrame({"subject_id": ids[keep].astype(np.int64), "step": step, "times": counts[keep].astype(np.int64)})
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -766,6 +783,11 @@ class LabelSet:
         return self.dir / "labels" / f"{self.task}.outcomes.parquet"
 
     @property
+    def exclusions_path(self) -> Path:
+        """Row-level, site-local: each exclusion step's removed times per subject (for the people ledger)."""
+        return self.dir / "labels" / f"{self.task}.exclusions.parquet"
+
+    @property
     def attrition_path(self) -> Path:
         return self.dir / "labels" / f"{self.task}.attrition.json"
 
@@ -782,8 +804,12 @@ def label_dataset(events_dir: Path, spec: TaskSpec, out_dir: Path, *, split_seed
     out = LabelSet(Path(out_dir), spec.name)
     with stage(f"label {spec.name}") as counts:
         scan = _scan_events(events_dir, spec)  # one pass over the events for labels and outcome times
-        labels, attrition = _label_arrays(*scan.candidates(spec), spec)
+        excluded: list[pd.DataFrame] = []
+        labels, attrition = _label_arrays(*scan.candidates(spec), spec, excluded)
         write_labels(labels, out.labels_path)
+        (pd.concat(excluded, ignore_index=True) if excluded else
+         pd.DataFrame({"subject_id": pd.Series([], dtype="int64"), "step": pd.Series([], dtype=str),
+                       "times": pd.Series([], dtype="int64")})).to_parquet(out.exclusions_path, index=False)
         subjects = np.unique(labels.column(schema.SUBJECT_ID).to_numpy())
         if spec.temporal_split is None:
             splits = pa.table(

@@ -20,7 +20,8 @@ task are counted in each group of published counts: the cohort, event rows and
 non-event rows, each within every split and every union of splits (a count published
 for two splits less one of them gives the other). A count of 1 to 10 in any group holds
 the task at that site (80 people withdraw and 3 of them had the outcome in the
-held-out split: held). A group of fewer than 11 label rows on both nights is left out:
+held-out split: held). The label stage's exclusion steps (prevalent cases, censored
+times), which the attrition table publishes, are groups too. A group of fewer than 11 label rows on both nights is left out:
 its counts are suppressed on both. People whose records, prediction times or split
 alone changed move no count and give no cover.
 
@@ -65,6 +66,7 @@ MARKER_FILE = "published_people.json"
 INDEX_FILE = "index.json"
 KEEP_NIGHTS = 60  # the published nights a new one is compared with (the latest)
 _MOD = 2**64
+EXCLUDED = "excluded:"  # a task people table's pseudo-split for an exclusion step's times
 
 
 def _sum64(expr: str) -> str:
@@ -109,21 +111,34 @@ def task_people(labels_path: Path, splits_path: Path) -> pd.DataFrame:
     another): ``subject_id``, ``digest`` (of all the person's label rows: prediction
     times and outcomes), ``split``, and ``event_rows`` / ``non_event_rows`` in that split.
 
-    The digest covers labels only, not the records behind the features: the published
-    counts are label rows, and a person whose new records move no label must not count
-    as cover for one whose label moved. Nor does it cover the split: who moves when the
-    split seed changes is a keyed hash of pseudonyms, which no reader can work out."""
+    The label stage's exclusions (``<task>.exclusions.parquet``: prevalent cases,
+    censored times, ...) come as rows of their own, ``split`` ``excluded:<step>`` and
+    their times in ``non_event_rows``: the attrition table publishes them.
+
+    The digest covers labels and exclusions only, not the records behind the features:
+    the published counts are label rows, and a person whose new records move no label
+    must not count as cover for one whose label moved. Nor does it cover the split: who
+    moves when the split seed changes is a keyed hash of pseudonyms, which no reader can
+    work out."""
     splits_cols = pq.read_schema(splits_path).names
     on = "subject_id, prediction_time" if "prediction_time" in splits_cols else "subject_id"
+    exclusions = labels_path.with_name(labels_path.name.removesuffix(".parquet") + ".exclusions.parquet")
+    x = (f"SELECT subject_id, step, times FROM read_parquet('{exclusions}')" if exclusions.is_file()
+         else "SELECT NULL::BIGINT AS subject_id, NULL::VARCHAR AS step, NULL::BIGINT AS times WHERE false")
     sql = f"""
         WITH l AS (SELECT subject_id, prediction_time, boolean_value FROM read_parquet('{labels_path}')),
-        d AS (SELECT subject_id, {_sum64(_text('epoch_us(prediction_time)', 'boolean_value'))} AS digest
-              FROM l GROUP BY subject_id)
-        SELECT CAST(l.subject_id AS BIGINT) AS subject_id, d.digest, s.split,
-               CAST(count(*) FILTER (WHERE l.boolean_value) AS BIGINT) AS event_rows,
-               CAST(count(*) FILTER (WHERE NOT l.boolean_value) AS BIGINT) AS non_event_rows
-        FROM l JOIN read_parquet('{splits_path}') s USING ({on}) JOIN d USING (subject_id)
-        GROUP BY l.subject_id, d.digest, s.split ORDER BY 1, 3"""
+        x AS ({x}),
+        r AS (SELECT subject_id, {_text('epoch_us(prediction_time)', 'boolean_value')} AS t FROM l
+              UNION ALL SELECT subject_id, {_text("'x'", 'step', 'times')} FROM x),
+        d AS (SELECT subject_id, {_sum64('t')} AS digest FROM r GROUP BY subject_id),
+        u AS (SELECT l.subject_id, s.split,
+                     count(*) FILTER (WHERE l.boolean_value) AS event_rows,
+                     count(*) FILTER (WHERE NOT l.boolean_value) AS non_event_rows
+              FROM l JOIN read_parquet('{splits_path}') s USING ({on}) GROUP BY l.subject_id, s.split
+              UNION ALL SELECT subject_id, '{EXCLUDED}' || step, 0, times FROM x)
+        SELECT CAST(u.subject_id AS BIGINT) AS subject_id, d.digest, u.split,
+               CAST(u.event_rows AS BIGINT) AS event_rows, CAST(u.non_event_rows AS BIGINT) AS non_event_rows
+        FROM u JOIN d USING (subject_id) ORDER BY 1, 3"""
     with duckdb.connect() as con:
         return con.sql(sql).df()
 
@@ -137,8 +152,9 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
     group's counts would give away): ``all`` (label rows of either outcome), and for
     event rows and non-event rows (``event``, ``non_event``) within every split and
     every union of splits (``held_out/event``, ``train+tuning/non_event``; a count
-    published for two splits and one of them gives the other back by subtraction). A
-    person whose label rows are the same but for their split (another split seed) is
+    published for two splits and one of them gives the other back by subtraction); with
+    exclusions, ``candidates`` (labelled and excluded times) and each ``excluded:<step>``.
+    A person whose label rows are the same but for their split (another split seed) is
     not counted: who moves is a keyed hash of pseudonyms, which no reader can work out.
 
     A group whose label rows number fewer than ``MIN_CELL`` on both nights is left out:
@@ -155,8 +171,9 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
     rows = now[columns].merge(then[columns], on=["subject_id", "split"], how="outer", suffixes=("_now", "_then"))
     rows = rows.fillna(0)
     rows = rows[~rows["subject_id"].isin(same_labels)]
-    splits = sorted(set(now["split"]) | set(then["split"]))
-    sizes = {side: {(split, cls): int(t.loc[t["split"] == split, f"{cls}_rows"].sum()) for split in splits
+    every = sorted(set(now["split"]) | set(then["split"]))
+    splits = [s for s in every if not s.startswith(EXCLUDED)]
+    sizes = {side: {(split, cls): int(t.loc[t["split"] == split, f"{cls}_rows"].sum()) for split in every
                     for cls in ("event", "non_event")} for side, t in (("now", now), ("then", then))}
 
     def differ(in_group: pd.Series, classes: tuple[str, ...]) -> int:
@@ -168,7 +185,12 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
         then_rows = sum(sums[f"{c}_rows_then"] for c in classes)
         return int((now_rows != then_rows).sum())
 
-    counts = {"all": differ(rows["split"].notna(), ("event", "non_event"))}
+    counts = {"all": differ(rows["split"].isin(splits), ("event", "non_event"))}
+    if len(every) > len(splits):  # the candidates: labelled and excluded times
+        counts["candidates"] = differ(rows["split"].notna(), ("event", "non_event"))
+    for step in (s for s in every if s.startswith(EXCLUDED)):
+        if max(sizes[side][(step, "non_event")] for side in ("now", "then")) >= MIN_CELL:
+            counts[step] = differ(rows["split"] == step, ("non_event",))
     for cls in ("event", "non_event"):
         for k in range(len(splits), 0, -1):
             for subset in itertools.combinations(splits, k):
