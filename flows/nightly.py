@@ -1194,7 +1194,7 @@ def previous_pull(site: SiteConfig, pull: Stage, *, keep: int = 10) -> dict | No
 
 def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict[str, StageCache],
              used: dict[str, list[Stage]], logger, earlier: dict[str, dict | None] | None = None,
-             enter: dict[str, Callable[[], None] | None] | None = None, gate: bool = True) -> list[SiteResult]:
+             enter: dict[str, Callable[[], None] | None] | None = None) -> list[SiteResult]:
     """One task at every site that pulled: per-site models, then the cross-site and
     temporal validations, then publication. A site whose cohort for the task barely
     changed since a published night (``people_gate``) takes no part in it tonight."""
@@ -1205,16 +1205,15 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
         try:
             labels = label_task(pulls[name], spec, study, cache)
             used[name].append(labels)
-            if gate:
-                held, record = people_gate(site, pulls[name], labels=labels, task=spec.name, demo=study.demo)
-                if held:
-                    logger.warning("site %s, task %s: held: %s", name, spec.name, held)
-                    results.append(SiteResult(name, spec.name, "held", reason=held))
-                    continue
-                if enter and enter.get(name):  # the site's night, before anything of it leaves
-                    enter[name]()
-                    enter[name] = None
-                record()  # this task's results may leave tonight (a publication that fails later is still counted)
+            held, record = people_gate(site, pulls[name], labels=labels, task=spec.name, demo=study.demo)
+            if held:
+                logger.warning("site %s, task %s: held: %s", name, spec.name, held)
+                results.append(SiteResult(name, spec.name, "held", reason=held))
+                continue
+            if enter and enter.get(name):  # the site's night, before anything of it leaves
+                enter[name]()
+                enter[name] = None
+            record()  # this task's results may leave tonight (a publication that fails later is still counted)
             matrix = featurize_task(pulls[name], labels, spec, study, cache)
             used[name].append(matrix)
             # The network's model trains on every site with rows, whether or not the site's own
