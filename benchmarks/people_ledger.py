@@ -1,8 +1,9 @@
 """What the rule of 11 between nights costs a site each night (``records.people``).
 
 A synthetic pull of N people with E events each (MEDS events, one shard per 100,000
-people) and a task's labels (2 prediction times per person, 70/15/15 splits): the time
-and peak memory of the people digests, of one task's people table, of comparing a night
+people, each with a birth and a gender row) and a task's labels (2 prediction times per
+person, 70/15/15 splits): the time and peak memory of the people digests, of the
+held-out subgroup levels, of one task's people table (with the levels), of comparing a night
 with K published nights, and the ledger's size on disk. No peer keeps such a ledger
 (MEDS-Tab, ACES, PatientLevelPrediction and FEMR publish whatever a run computes), so
 the yardstick is the pull itself: the demo's 20,000-person network pulls in about 20 s.
@@ -23,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from forewarn.evaluation.evaluate import label_demographics
 from forewarn.records import schema
 from forewarn.records.people import PeopleLedger, person_digests, task_people
 
@@ -33,12 +35,17 @@ def synthetic_pull(folder: Path, people: int, events: int, seed: int) -> None:
     for shard, start in enumerate(range(0, people, 100_000)):
         ids = np.arange(start, min(people, start + 100_000), dtype=np.int64)
         n = ids.size * events
+        days = np.concatenate([rng.integers(0, 3000, n), rng.integers(-30_000, -7_000, ids.size)])
+        times = np.datetime64("2015-01-01") + days.astype("timedelta64[D]")
+        # each person's events, birth (timed) and gender (static: no time)
         table = pa.table({
-            "subject_id": np.repeat(ids, events),
-            "time": pa.array(np.datetime64("2015-01-01") + rng.integers(0, 3000, n).astype("timedelta64[D]"),
+            "subject_id": np.concatenate([np.repeat(ids, events), ids, ids]),
+            "time": pa.array(np.concatenate([times, np.full(ids.size, np.datetime64("NaT"), "datetime64[D]")]),
                              pa.timestamp("us")),
-            "code": pa.array(rng.choice([f"LOINC/{k}" for k in range(300)], n)),
-            "numeric_value": pa.array(rng.normal(size=n).astype(np.float32)),
+            "code": pa.array(np.concatenate([rng.choice([f"LOINC/{k}" for k in range(300)], n),
+                                             np.full(ids.size, schema.BIRTH_CODE),
+                                             rng.choice(["Gender//F", "Gender//M"], ids.size)])),
+            "numeric_value": pa.array(np.concatenate([rng.normal(size=n), np.full(2 * ids.size, np.nan)]).astype(np.float32)),
         })
         pq.write_table(schema.align(table, schema.DATA_SCHEMA), folder / schema.EVENTS_DIR / f"{shard}.parquet")
 
@@ -66,7 +73,9 @@ def timed(fn, *args):
 def measure(root: Path, people: int, events: int, nights: int) -> str:
     synthetic_pull(root / "pull", people, events, seed=people)
     _, t_digest = timed(person_digests, root / "pull")
-    task, t_task = timed(task_people, *synthetic_labels(root / "labels", people, seed=1))
+    labels, splits = synthetic_labels(root / "labels", people, seed=1)
+    levels, t_levels = timed(label_demographics, root / "pull" / schema.EVENTS_DIR, labels)
+    task, t_task = timed(task_people, labels, splits, levels)
     ledger = PeopleLedger(root / "work", task="bench")
     # Published nights that each differ by 11 or more people (so the check reads all).
     ledger.record("n0", task)
@@ -76,7 +85,7 @@ def measure(root: Path, people: int, events: int, nights: int) -> str:
     _, t_all = timed(ledger.check, "now", task)
     size = sum(p.stat().st_size for p in ledger.folder.glob("*.parquet")) / nights / 1e6
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return (f"| {people:,} | {people * events:,} | {t_digest:.2f} | {t_task:.2f} | {t_one:.2f} | {t_all:.2f} "
+    return (f"| {people:,} | {people * events:,} | {t_digest:.2f} | {t_levels:.2f} | {t_task:.2f} | {t_one:.2f} | {t_all:.2f} "
             f"| {size:.2f} | {rss:,.0f} |")
 
 
@@ -86,9 +95,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=60)
     parser.add_argument("--nights", type=int, default=10)
     args = parser.parse_args()
-    print("| people | events | digests (s) | task table (s) | check vs 1 night (s) | check vs "
+    print("| people | events | digests (s) | subgroup levels (s) | task table (s) | check vs 1 night (s) | check vs "
           f"{args.nights} nights (s) | ledger per night (MB) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for people in args.people:
         with tempfile.TemporaryDirectory() as tmp:
             print(measure(Path(tmp), people, args.events, args.nights), flush=True)

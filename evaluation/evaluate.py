@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from forewarn.evaluation import clinical, metrics, plots
 from forewarn.evaluation.characteristics import characteristics
 from forewarn.evaluation.explain import Explanations, explain
-from forewarn.features.featurize import FeatureMatrix
+from forewarn.features.featurize import YEAR_US, FeatureMatrix
 from forewarn.models.train import (
     AGE_SEX,
     BASELINE,
@@ -149,16 +150,51 @@ def _without_counts(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k not in ("n", "events")}
 
 
+SEX_CODES = (("Gender//F", "F"), ("Gender//M", "M"))  # static codes; M over F
+
+
 def demographics(X, columns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(age in years, sex as 'F'/'M'/None) per row, from the age and gender columns."""
     names = {n: i for i, n in enumerate(columns["name"])}
     age = np.asarray(X[:, names["AGE/years/at_prediction/t"]].todense()).ravel() if "AGE/years/at_prediction/t" in names else np.full(X.shape[0], np.nan)
     sex = np.full(X.shape[0], None, dtype=object)
-    for code, label in (("Gender//F", "F"), ("Gender//M", "M")):
+    for code, label in SEX_CODES:
         col = names.get(f"{code}/static/present/static")
         if col is not None:
             sex[np.asarray(X[:, col].todense()).ravel() > 0] = label
     return age, sex
+
+
+def label_demographics(events_dir: Path, labels_path: Path) -> pd.DataFrame:
+    """The subgroups' age band and sex of every label row, read from the records as
+    :func:`demographics` reads them from a feature matrix (age at the prediction time
+    from the first timed birth event, in years of 365.25 days; sex from the static
+    gender codes, M over F), for the people ledger (``records.people``): one row per
+    label row, ``subject_id``, ``prediction_time``, and one column per way a published
+    table splits the held-out rows: ``age_band``, ``sex``, and ``sex/F`` and ``sex/M``
+    (a matrix that kept one gender column only splits the rows into those with that
+    code and the rest, ``~``). A missing level is ``~`` too. Site-local; nothing of it is published."""
+    events = f"read_parquet('{Path(events_dir) / '*.parquet'}')"
+    codes = ", ".join(f"'{code}'" for code, _ in SEX_CODES)
+    sql = f"""
+        WITH b AS (SELECT subject_id, min(time) AS birth FROM {events}
+                   WHERE code = '{schema.BIRTH_CODE}' AND time IS NOT NULL GROUP BY 1),
+        g AS (SELECT subject_id, {', '.join(f"bool_or(code = '{c}') AS {s}" for c, s in SEX_CODES)} FROM {events}
+              WHERE code IN ({codes}) AND time IS NULL GROUP BY 1)
+        SELECT CAST(l.subject_id AS BIGINT) AS subject_id, l.prediction_time,
+               CAST(epoch_us(l.prediction_time) - epoch_us(b.birth) AS DOUBLE) / {YEAR_US} AS age, g.F, g.M
+        FROM read_parquet('{labels_path}') l LEFT JOIN b USING (subject_id) LEFT JOIN g USING (subject_id)
+        ORDER BY 1, 2"""
+    with duckdb.connect() as con:
+        frame = con.sql(sql).df()
+    # A matrix reads a missing age as 0 (no entry in its sparse column): so do the levels.
+    bands = pd.Series(clinical.age_band(frame["age"].fillna(0).to_numpy(float)), dtype=object)
+    out = frame[["subject_id", "prediction_time"]].assign(age_band=bands.fillna("~").to_numpy(), sex="~")
+    for _, label in SEX_CODES:  # M over F, as in demographics
+        has = frame[label].fillna(False).astype(bool).to_numpy()
+        out.loc[has, "sex"] = label
+        out[f"sex/{label}"] = np.where(has, label, "~")
+    return out
 
 
 def evaluate_and_explain(

@@ -1276,8 +1276,9 @@ def report_context(
     )
     limitations.append(
         "Between nights: this site publishes a night only when 0 or 11 or more people changed since each night it "
-        "published before, in its pull and in this task's labels (by outcome and split, the temporal design's too); "
-        "finer cells (a subgroup level, a calibration bin) can still differ by 1 to 10 between two published nights."
+        "published before, in its pull and in this task's labels (by outcome and split, the temporal design's too, "
+        "and by the held-out subgroups' age bands and sexes); finer cells (a calibration bin, a threshold's alerts) "
+        "can still differ by 1 to 10 between two published nights."
     )
     stated = _stated(reporting)
     if stated["missing"]:

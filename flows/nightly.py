@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -35,7 +36,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from forewarn.evaluation import drift as drift_check
-from forewarn.evaluation.evaluate import Evaluation, evaluate_and_explain, held_out_metrics
+from forewarn.evaluation.evaluate import (
+    Evaluation,
+    evaluate_and_explain,
+    held_out_metrics,
+    label_demographics,
+)
 from forewarn.evaluation.metrics import BETWEEN_SITES_METRICS, between_sites
 from forewarn.evaluation.report import published_attrition, report_context, write_report
 from forewarn.evaluation.validation import (
@@ -1147,11 +1153,18 @@ def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None, t
     ledger that cannot be read (or is gone) holds the night too: without it the night
     cannot be compared with those already published."""
     started = time.perf_counter()
-    try:
+
+    @functools.cache
+    def people():  # made once, and not at all for a pull published already
         if labels is None:
-            people, key = person_digests(pull.result.out_dir), pull.digest
-        else:
-            people, key = task_people(labels.result.labels_path, labels.result.splits_path), labels.digest
+            return person_digests(pull.result.out_dir)
+        # the subgroup tables' levels, for the task's own held-out split (the temporal
+        # design publishes none)
+        levels = None if design else label_demographics(pull.result.events_dir, labels.result.labels_path)
+        return task_people(labels.result.labels_path, labels.result.splits_path, levels)
+
+    try:
+        key = pull.digest if labels is None else labels.digest
         ledger = PeopleLedger(site.workdir, task=task)
         fingerprint = deid_fingerprint(site, demo)
         check = ledger.check(key, people, deid=fingerprint)

@@ -21,7 +21,11 @@ non-event rows, each within every split and every union of splits (a count publi
 for two splits less one of them gives the other). A count of 1 to 10 in any group holds
 the task at that site (80 people withdraw and 3 of them had the outcome in the
 held-out split: held). The label stage's exclusion steps (prevalent cases, censored
-times), which the attrition table publishes, are groups too. A group of fewer than 11 label rows on both nights is left out:
+times), which the attrition table publishes, are groups too; and so is each subgroup
+level of the held-out split (age band, sex), whose rows, subjects and events the
+subgroup tables publish: 5 people whose birth year was corrected move from one age band
+to the next, and the two bands' counts would say which of them had the outcome. A group
+of fewer than 11 label rows on both nights is left out:
 its counts are suppressed on both. People whose records, prediction times or split
 alone changed move no count and give no cover.
 
@@ -39,8 +43,9 @@ through unchecked. Digests hash text (MD5), so they do not move with DuckDB's ve
 The temporal validation design keeps one more (``<task>-temporal``) over its own
 split by time, and a held one is reported as not run that night.
 
-What it does not cover: counts of finer cells (a subgroup level, a calibration bin) can
-still differ by 1 to 10 between two published nights whose changed people number 0 or 11 or more in every group above; and a work
+What it does not cover: counts of finer cells (a calibration bin, a threshold table's
+alerts, a characteristics row) can still differ by 1 to 10 between two published nights
+whose changed people number 0 or 11 or more in every group above; and a work
 folder lost whole loses its marker with it. A new de-identification secret (or date
 shift) renames or moves every person, so no night could be matched: the ledger keeps a
 fingerprint of it and holds the night until the operator goes back or knowingly starts
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,6 +73,7 @@ INDEX_FILE = "index.json"
 KEEP_NIGHTS = 60  # the published nights a new one is compared with (the latest)
 _MOD = 2**64
 EXCLUDED = "excluded:"  # a task people table's pseudo-split for an exclusion step's times
+LEVEL = "level:"  # ... and for a subgroup level's held-out times
 
 
 def _sum64(expr: str) -> str:
@@ -105,7 +112,7 @@ def person_digests(out_dir: Path) -> pd.DataFrame:
         return con.sql(sql).df()
 
 
-def task_people(labels_path: Path, splits_path: Path) -> pd.DataFrame:
+def task_people(labels_path: Path, splits_path: Path, levels: pd.DataFrame | None = None) -> pd.DataFrame:
     """A task's labelled people: one row per person and split they have prediction times
     in (a temporal split puts a person's earlier times in one split and later ones in
     another): ``subject_id``, ``digest`` (of all the person's label rows: prediction
@@ -115,7 +122,13 @@ def task_people(labels_path: Path, splits_path: Path) -> pd.DataFrame:
     censored times, ...) come as rows of their own, ``split`` ``excluded:<step>`` and
     their times in ``non_event_rows``: the attrition table publishes them.
 
-    The digest covers labels and exclusions only, not the records behind the features:
+    With ``levels`` (one row per label row: ``subject_id``, ``prediction_time`` and a
+    column per way the subgroup tables split the held-out rows, each value a string;
+    ``evaluation.evaluate.label_demographics``), each held-out person also has a row per
+    level they have times in, ``split`` ``level:<column>=<value>``: the subgroup tables
+    publish each level's rows, subjects and events.
+
+    The digest covers labels, levels and exclusions only, not the records behind the features:
     the published counts are label rows, and a person whose new records move no label
     must not count as cover for one whose label moved. Nor does it cover the split: who
     moves when the split seed changes is a keyed hash of pseudonyms, which no reader can
@@ -125,21 +138,36 @@ def task_people(labels_path: Path, splits_path: Path) -> pd.DataFrame:
     exclusions = labels_path.with_name(labels_path.name.removesuffix(".parquet") + ".exclusions.parquet")
     x = (f"SELECT subject_id, step, times FROM read_parquet('{exclusions}')" if exclusions.is_file()
          else "SELECT NULL::BIGINT AS subject_id, NULL::VARCHAR AS step, NULL::BIGINT AS times WHERE false")
+    if levels is not None:  # one row per (label row, level); ``m`` below
+        long = levels.melt(id_vars=["subject_id", "prediction_time"], var_name="by", value_name="value")
+        long = long.assign(level=long["by"].astype(str) + "=" + long["value"].astype(str))[
+            ["subject_id", "prediction_time", "level"]]
+        m = "SELECT subject_id, prediction_time, level FROM task_levels"
+    else:
+        m = "SELECT NULL::BIGINT AS subject_id, NULL::TIMESTAMP AS prediction_time, NULL::VARCHAR AS level WHERE false"
     sql = f"""
         WITH l AS (SELECT subject_id, prediction_time, boolean_value FROM read_parquet('{labels_path}')),
         x AS ({x}),
+        m AS ({m}),
         r AS (SELECT subject_id, {_text('epoch_us(prediction_time)', 'boolean_value')} AS t FROM l
-              UNION ALL SELECT subject_id, {_text("'x'", 'step', 'times')} FROM x),
+              UNION ALL SELECT subject_id, {_text("'x'", 'step', 'times')} FROM x
+              UNION ALL SELECT subject_id, {_text("'l'", 'epoch_us(prediction_time)', 'level')} FROM m),
         d AS (SELECT subject_id, {_sum64('t')} AS digest FROM r GROUP BY subject_id),
         u AS (SELECT l.subject_id, s.split,
                      count(*) FILTER (WHERE l.boolean_value) AS event_rows,
                      count(*) FILTER (WHERE NOT l.boolean_value) AS non_event_rows
               FROM l JOIN read_parquet('{splits_path}') s USING ({on}) GROUP BY l.subject_id, s.split
-              UNION ALL SELECT subject_id, '{EXCLUDED}' || step, 0, times FROM x)
+              UNION ALL SELECT subject_id, '{EXCLUDED}' || step, 0, times FROM x
+              UNION ALL SELECT l.subject_id, '{LEVEL}' || m.level,
+                     count(*) FILTER (WHERE l.boolean_value), count(*) FILTER (WHERE NOT l.boolean_value)
+              FROM l JOIN m USING (subject_id, prediction_time) JOIN read_parquet('{splits_path}') s USING ({on})
+              WHERE s.split = '{schema.HELD_OUT}' GROUP BY l.subject_id, m.level)
         SELECT CAST(u.subject_id AS BIGINT) AS subject_id, d.digest, u.split,
                CAST(u.event_rows AS BIGINT) AS event_rows, CAST(u.non_event_rows AS BIGINT) AS non_event_rows
         FROM u JOIN d USING (subject_id) ORDER BY 1, 3"""
     with duckdb.connect() as con:
+        if levels is not None:
+            con.register("task_levels", long)
         return con.sql(sql).df()
 
 
@@ -150,10 +178,14 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
     row changed. Two :func:`task_people` tables: in each group, the people whose label
     rows in it differ in number between the nights (their difference is what the
     group's counts would give away): ``all`` (label rows of either outcome), and for
-    event rows and non-event rows (``event``, ``non_event``) within every split and
-    every union of splits (``held_out/event``, ``train+tuning/non_event``; a count
+    event rows, non-event rows and both (``event``, ``non_event``, ``rows``) within every
+    split and every union of splits (``held_out/event``, ``train+tuning/rows``; a count
     published for two splits and one of them gives the other back by subtraction); with
-    exclusions, ``candidates`` (labelled and excluded times) and each ``excluded:<step>``.
+    exclusions, ``candidates`` (labelled and excluded times), ``excluded`` (every step's;
+    the candidates less the labelled) and each ``excluded:<step>``;
+    with subgroup levels, the same three for each level of the held-out split
+    (``level:age_band=40-49/event``), when both nights keep levels (a night entered
+    before the ledger kept them has none to compare).
     A person whose label rows are the same but for their split (another split seed) is
     not counted: who moves is a keyed hash of pseudonyms, which no reader can work out.
 
@@ -172,9 +204,15 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
     rows = rows.fillna(0)
     rows = rows[~rows["subject_id"].isin(same_labels)]
     every = sorted(set(now["split"]) | set(then["split"]))
-    splits = [s for s in every if not s.startswith(EXCLUDED)]
-    sizes = {side: {(split, cls): int(t.loc[t["split"] == split, f"{cls}_rows"].sum()) for split in every
-                    for cls in ("event", "non_event")} for side, t in (("now", now), ("then", then))}
+    splits = [s for s in every if not s.startswith((EXCLUDED, LEVEL))]
+    steps = [s for s in every if s.startswith(EXCLUDED)]
+    # A night entered before the ledger kept subgroup levels has none: its levels cannot
+    # be compared (and were not before), so only two nights that both keep them are.
+    levels = [s for s in every if s.startswith(LEVEL)] if all(
+        t["split"].str.startswith(LEVEL).any() for t in (now, then)) else []
+    totals = {side: t.groupby("split")[["event_rows", "non_event_rows"]].sum() for side, t in (("now", now), ("then", then))}
+    sizes = {side: {(split, cls): int(totals[side].at[split, f"{cls}_rows"]) if split in totals[side].index else 0
+                    for split in every for cls in ("event", "non_event")} for side in ("now", "then")}
 
     def differ(in_group: pd.Series, classes: tuple[str, ...]) -> int:
         part = rows[in_group]
@@ -185,20 +223,33 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
         then_rows = sum(sums[f"{c}_rows_then"] for c in classes)
         return int((now_rows != then_rows).sum())
 
-    counts = {"all": differ(rows["split"].isin(splits), ("event", "non_event"))}
-    if len(every) > len(splits):  # the candidates: labelled and excluded times
-        counts["candidates"] = differ(rows["split"].notna(), ("event", "non_event"))
-    for step in (s for s in every if s.startswith(EXCLUDED)):
+    def size(subset, classes) -> int:
+        return max(sum(sizes[side][(split, c)] for split in subset for c in classes) for side in ("now", "then"))
+
+    both_classes = ("event", "non_event")
+    counts = {"all": differ(rows["split"].isin(splits), both_classes)}
+    if steps:  # the candidates (labelled and excluded times), and the excluded: candidates less labelled
+        counts["candidates"] = differ(rows["split"].isin(splits + steps), both_classes)
+        if len(steps) > 1 and size(steps, ("non_event",)) >= MIN_CELL:
+            counts["excluded"] = differ(rows["split"].isin(steps), ("non_event",))
+    for step in steps:
         if max(sizes[side][(step, "non_event")] for side in ("now", "then")) >= MIN_CELL:
             counts[step] = differ(rows["split"] == step, ("non_event",))
-    for cls in ("event", "non_event"):
+
+    # Event rows, non-event rows and both (a split's size), within every split and every
+    # union of splits (the union of all of them is "all" for both classes).
+    for name, classes in (("event", ("event",)), ("non_event", ("non_event",)), ("rows", both_classes)):
         for k in range(len(splits), 0, -1):
             for subset in itertools.combinations(splits, k):
-                size = max(sum(sizes[side][(split, cls)] for split in subset) for side in ("now", "then"))
-                if size < MIN_CELL:
+                if (k == len(splits) and name == "rows") or size(subset, classes) < MIN_CELL:
                     continue
-                name = cls if k == len(splits) else f"{'+'.join(subset)}/{cls}"
-                counts[name] = differ(rows["split"].isin(subset), (cls,))
+                group = name if k == len(splits) else f"{'+'.join(subset)}/{name}"
+                counts[group] = differ(rows["split"].isin(subset), classes)
+    # Each subgroup level of the held-out split: its rows and subjects, and its events.
+    for level in levels:
+        for name, classes in (("event", ("event",)), ("non_event", ("non_event",)), ("rows", both_classes)):
+            if size([level], classes) >= MIN_CELL:
+                counts[f"{level}/{name}"] = differ(rows["split"] == level, classes)
     return counts
 
 
@@ -248,14 +299,16 @@ class PeopleLedger:
                              "restore it from the site's backup")
         return entries
 
-    def check(self, pull_digest: str, people: pd.DataFrame, *, deid: str | None = None) -> dict:
+    def check(self, pull_digest: str, people: pd.DataFrame | Callable[[], pd.DataFrame], *,
+              deid: str | None = None) -> dict:
         """Compare a night's people with every published night's. Returns ``held`` (True
         when any comparison found 1 to 10 changed people in a group), ``against`` (the
         date of the first such night, for the site's own log, else None), ``compared``
         (how many nights), ``known`` (this very pull was published already) and
         ``task``. ``deid`` fingerprints the de-identification (secret, date shift): a
         night under another one cannot be matched with the published nights (everyone
-        would count as changed), so ValueError says so."""
+        would count as changed), so ValueError says so. ``people`` may be a call that
+        makes the table: a pull published already never needs it."""
         entries = self.entries()
         other = [e for e in entries if deid is not None and e.get("deid") not in (None, deid)]
         if other:
@@ -266,6 +319,8 @@ class PeopleLedger:
         for entry in entries:
             if entry["pull"] == pull_digest:
                 return {"held": False, "against": None, "compared": len(entries), "known": True, "task": self.task}
+        if callable(people):
+            people = people()
         for entry in reversed(entries):
             then = pd.read_parquet(self.folder / entry["file"])
             if any(0 < n < MIN_CELL for n in changed_counts(people, then).values()):
@@ -273,11 +328,14 @@ class PeopleLedger:
                         "task": self.task}
         return {"held": False, "against": None, "compared": len(entries), "known": False, "task": self.task}
 
-    def record(self, pull_digest: str, people: pd.DataFrame, *, deid: str | None = None) -> None:
+    def record(self, pull_digest: str, people: pd.DataFrame | Callable[[], pd.DataFrame], *,
+               deid: str | None = None) -> None:
         """Enter a published night (once per pull; the oldest beyond ``keep`` leave)."""
         entries = self.entries()
         if any(e["pull"] == pull_digest for e in entries):
             return
+        if callable(people):
+            people = people()
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{pull_digest[:24]}.parquet"
         tmp = self.folder / (name + ".partial")

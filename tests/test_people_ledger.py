@@ -147,6 +147,15 @@ def test_a_night_that_changed_1_to_10_people_is_held_until_11_have(tmp_path):
     assert ledger.check("a", people(100)) == {"held": False, "against": None, "compared": 2, "known": True, "task": None}
     assert [e["pull"] for e in ledger.entries()] == ["a", "d"]
 
+    # ... and its people table is never made (a call that makes it is not called).
+    def unmade():
+        raise AssertionError("a published pull's people table was made again")
+
+    assert ledger.check("d", unmade)["known"]
+    ledger.record("d", unmade)
+    made = []
+    assert not ledger.check("f", lambda: made.append(1) or people(100))["held"] and made == [1]
+
 
 def cohort(spec: dict[str, tuple[int, int, int]], *, changed: set[int] = frozenset(), gone: set[int] = frozenset(),
            rows: int = 1) -> pd.DataFrame:
@@ -173,12 +182,13 @@ def test_a_task_counts_changed_people_by_outcome_and_split():
     gone = set(range(40, 117)) | {350, 351, 352}
     counts = changed_counts(cohort(spec, gone=gone), first)
     assert counts == {"all": 80, "event": 3, "held_out/event": 3, "train/event": 0,
-                      "non_event": 77, "held_out/non_event": 0, "train/non_event": 77}
+                      "non_event": 77, "held_out/non_event": 0, "train/non_event": 77,
+                      "held_out/rows": 3, "train/rows": 77}
     # A held-out split of fewer than 11 event rows on both nights is left out.
     small = {"train": (40, 300, 10), "held_out": (8, 60, 0)}
     counts = changed_counts(cohort(small, changed={350}), cohort(small))
     assert counts == {"all": 1, "event": 1, "train/event": 0, "non_event": 0, "held_out/non_event": 0,
-                      "train/non_event": 0}
+                      "train/non_event": 0, "held_out/rows": 1, "train/rows": 0}
     # ... but not when its 8 people hold 16 event rows: the published counts are rows.
     counts = changed_counts(cohort(small, changed={350}, rows=2), cohort(small, rows=2))
     assert counts["held_out/event"] == 1
@@ -359,4 +369,104 @@ def test_exclusion_counts_are_groups_of_the_task_ledger(tmp_path, demo_network):
     gone = int(people.loc[people["split"] == "excluded:prevalent", "subject_id"].iloc[0])
     counts = changed_counts(people[people["subject_id"] != gone], people)
     assert counts["excluded:prevalent"] == 1 and counts["candidates"] == 1
+    # ... and every step's together (the candidates less the labelled), by one too.
+    assert counts["excluded"] == 1
     assert counts["all"] == (1 if gone in set(people.loc[~people["split"].str.startswith("excluded:"), "subject_id"]) else 0)
+
+
+def test_subgroup_levels_are_groups_of_the_task_ledger(tmp_path, demo_network):
+    # The subgroup tables publish each held-out age band's and sex's rows, subjects and
+    # events. The ledger reads the levels from the records as the evaluation reads them
+    # from the feature matrix, and holds a night on which a few people changed level.
+    from forewarn.evaluation.clinical import age_band
+    from forewarn.evaluation.evaluate import demographics, label_demographics
+    from forewarn.features.featurize import FeatureConfig, featurize
+    from forewarn.features.labels import label_dataset, load_task
+    from forewarn.records.deid import DeidConfig, load_secret
+    from forewarn.records.omop import pull_omop
+
+    pull = pull_omop(demo_network["academic"], tmp_path / "pull", site="academic",
+                     config=DeidConfig(load_secret("academic", demo=True)))
+    labels = label_dataset(pull.events_dir, load_task("t2d_2y"), tmp_path / "labels")
+    table, splits, _ = labels.load()
+    X, rows, columns = featurize(pull.events_dir, table, splits, tmp_path / "features", FeatureConfig(n_workers=1),
+                                 codes_path=pull.codes_path).load()
+    age, sex = demographics(X, columns)
+    levels = label_demographics(pull.events_dir, labels.labels_path)
+    key = ["subject_id", "prediction_time"]
+    on_rows = rows[key].astype({"prediction_time": "datetime64[us]"}).merge(
+        levels.astype({"prediction_time": "datetime64[us]"}), on=key, how="left")
+    assert len(levels) == len(rows) == len(on_rows)
+    assert on_rows["age_band"].tolist() == [b or "~" for b in age_band(age)]
+    assert on_rows["sex"].tolist() == [s or "~" for s in sex]
+    assert set(on_rows["sex"]) == {"F", "M"} and len(set(on_rows["age_band"])) >= 4
+    assert on_rows["sex/F"].tolist() == ["F" if s == "F" else "~" for s in sex]
+
+    people = task_people(labels.labels_path, labels.splits_path, levels)
+    held = rows[rows["split"] == "held_out"].merge(on_rows, on=key)
+    for column in ("age_band", "sex"):
+        published = held.groupby(column)["boolean_value"].agg(["sum", "size"])
+        for level, (events, size) in published.iterrows():
+            mine = people[people["split"] == f"level:{column}={level}"]
+            assert (int(mine["event_rows"].sum()), int(mine[["event_rows", "non_event_rows"]].sum().sum())) == (events, size)
+    assert changed_counts(people, people) == dict.fromkeys(changed_counts(people, people), 0)
+    # Five held-out people's birth years are corrected, which moves them to the next age
+    # band: no label moved, but two bands' counts did, by five people's.
+    band = "50-59"
+    had = held.groupby("subject_id")["boolean_value"].any()
+    quiet = held.loc[(held["age_band"] == band) & ~held["subject_id"].map(had), "subject_id"].drop_duplicates()
+    movers = quiet.iloc[:5].tolist()
+    corrected = levels.copy()
+    corrected.loc[corrected["subject_id"].isin(movers), "age_band"] = "60-69"
+    moved = task_people(labels.labels_path, labels.splits_path, corrected)
+    counts = changed_counts(moved, people)
+    assert counts[f"level:age_band={band}/rows"] == 5 and counts["level:age_band=60-69/non_event"] == 5
+    assert counts.get(f"level:age_band={band}/event", 0) == 0
+    assert {k: v for k, v in counts.items() if not k.startswith("level:age_band=")} == dict.fromkeys(
+        (k for k in counts if not k.startswith("level:age_band=")), 0)
+    ledger = PeopleLedger(tmp_path / "work", task="t2d_2y")
+    ledger.record("night-1", people)
+    assert ledger.check("night-2", moved)["held"]
+    # A night entered before the ledger kept levels has none: only the splits are compared.
+    old = PeopleLedger(tmp_path / "old", task="t2d_2y")
+    old.record("night-1", task_people(labels.labels_path, labels.splits_path))
+    assert not old.check("night-2", moved)["held"]
+    # Eleven people move: published.
+    eleven = quiet.iloc[:11].tolist()
+    corrected.loc[corrected["subject_id"].isin(eleven), "age_band"] = "60-69"
+    assert not ledger.check("night-3", task_people(labels.labels_path, labels.splits_path, corrected))["held"]
+
+
+def test_a_held_temporal_design_is_reported_as_not_published(tmp_path, demo_network):
+    # The temporal design's split by time has its own ledger: a night three of its
+    # people away from one it published is not published, and its row says so.
+    from forewarn.features.labels import LabelSet, load_task
+    from forewarn.flows.cache import StageCache
+    from forewarn.flows.nightly import cross_validations, deid_fingerprint, pull_site, temporal_task
+    from forewarn.flows.study import parse_study
+
+    study = parse_study({"name": "temporal-held", "demo": True, "tasks": ["t2d_2y"],
+                         "sites": [{"name": "academic", "source": {"location": str(demo_network["academic"])}}],
+                         "models": {"n_jobs": 1, "search": {"trials": 0}},
+                         "validation": {"designs": ["internal", "temporal"], "temporal_from": "2021-07-01"}},
+                        base_dir=tmp_path)
+    site, spec = study.sites[0], load_task("t2d_2y")
+    cache = StageCache(site.workdir / "stages", site=site.name)
+    pull = pull_site(site, True, cache)
+    stage = temporal_task(site, pull, spec, study, cache)
+    assert "skipped" not in stage.result
+    labels = LabelSet(stage.dir, spec.name)
+    people = task_people(labels.labels_path, labels.splits_path)
+    assert {"train", "tuning", "held_out"} <= set(people["split"])
+    # The published night had three more held-out people (they withdrew since).
+    gone = pd.DataFrame({"subject_id": [-1, -2, -3], "digest": [1, 2, 3], "split": "held_out",
+                         "event_rows": 0, "non_event_rows": 1}).astype({"digest": "uint64"})
+    ledger = PeopleLedger(site.workdir, task="t2d_2y-temporal")
+    ledger.record("an earlier night", pd.concat([people, gone], ignore_index=True), deid=deid_fingerprint(site, True))
+    used = {site.name: []}
+    (row,) = cross_validations(study, spec, site.name, {"pull": pull}, {}, {site.name: cache}, used)
+    assert row["design"] == "temporal" and row["skipped"] is True
+    assert row["note"].startswith("not published tonight: fewer than 11 of the temporal design's people changed")
+    assert row["note"].endswith("The temporal validation is not published tonight; the task's other results are")
+    assert "2021" not in row["note"] and [e["pull"] for e in ledger.entries()] == ["an earlier night"]
+    assert [s.dir for s in used[site.name]] == [stage.dir]  # its stage is kept; nothing was logged
