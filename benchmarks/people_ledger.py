@@ -36,16 +36,17 @@ def synthetic_pull(folder: Path, people: int, events: int, seed: int) -> None:
         ids = np.arange(start, min(people, start + 100_000), dtype=np.int64)
         n = ids.size * events
         days = np.concatenate([rng.integers(0, 3000, n), rng.integers(-30_000, -7_000, ids.size)])
-        times = np.datetime64("2015-01-01") + days.astype("timedelta64[D]")
+        times = (np.datetime64("2015-01-01") + days.astype("timedelta64[D]")).astype("datetime64[us]")
         # each person's events, birth (timed) and gender (static: no time)
         table = pa.table({
             "subject_id": np.concatenate([np.repeat(ids, events), ids, ids]),
-            "time": pa.array(np.concatenate([times, np.full(ids.size, np.datetime64("NaT"), "datetime64[D]")]),
+            "time": pa.array(np.concatenate([times, np.full(ids.size, np.datetime64("NaT"), "datetime64[us]")]),
                              pa.timestamp("us")),
             "code": pa.array(np.concatenate([rng.choice([f"LOINC/{k}" for k in range(300)], n),
                                              np.full(ids.size, schema.BIRTH_CODE),
                                              rng.choice(["Gender//F", "Gender//M"], ids.size)])),
-            "numeric_value": pa.array(np.concatenate([rng.normal(size=n), np.full(2 * ids.size, np.nan)]).astype(np.float32)),
+            "numeric_value": pa.array(np.concatenate([rng.normal(size=n), np.full(2 * ids.size, np.nan)]).astype(np.float32),
+                                      from_pandas=True),  # NaN as null, as a pull writes it
         })
         pq.write_table(schema.align(table, schema.DATA_SCHEMA), folder / schema.EVENTS_DIR / f"{shard}.parquet")
 

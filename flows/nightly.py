@@ -66,7 +66,13 @@ from forewarn.models.federated import (
 from forewarn.models.promotion import decide, decide_network
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy, schema
-from forewarn.records.people import PeopleLedger, held_reason, person_digests, task_people
+from forewarn.records.people import (
+    PeopleLedger,
+    held_reason,
+    person_digests,
+    task_people,
+    unledgered_reason,
+)
 from forewarn.records.pull import (
     PULL_CHANGE_ALERT,
     PullFailed,
@@ -1168,6 +1174,11 @@ def people_gate(site: SiteConfig, pull: Stage, *, labels: Stage | None = None, t
         ledger = PeopleLedger(site.workdir, task=task)
         fingerprint = deid_fingerprint(site, demo)
         check = ledger.check(key, people, deid=fingerprint)
+        # A work folder lost whole takes the ledger and its marker with it; the tracking
+        # store, which the site's results went to, still says that they did.
+        if not check["compared"] and not ledger.index_path.is_file() and tracking.published_from(
+                site.name, task=task.removesuffix(f"-{design}") if task and design else task, design=design or None):
+            return unledgered_reason(ledger.index_path), None
     except Exception as exc:  # noqa: BLE001 - whatever broke, the night cannot be checked, so it is held
         return ("the people ledger could not be read, so tonight cannot be compared with the nights already "
                 f"published: {_reason(exc)}"), None

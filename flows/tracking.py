@@ -629,6 +629,21 @@ def finish_run(run_id: str) -> None:
     client.set_terminated(run_id, "FINISHED")
 
 
+def published_from(site: str, *, task: str | None = None, design: str | None = None) -> bool:
+    """Whether the store holds a run of ``site``'s results (in ``task``'s experiment, of
+    validation ``design``), finished or not: a site that published keeps a people ledger
+    (``records.people``), so one that has none lost it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()
+                   if (e.name == experiment_name(task) if task else e.name.startswith(f"{EXPERIMENT_PREFIX}/"))]
+    if not experiments:
+        return False
+    query = f"tags.`{TAG}.site` = '{site}'" + (f" AND tags.`{TAG}.validation_design` = '{design}'" if design else "")
+    return bool(client.search_runs(experiments, filter_string=query, max_results=1))
+
+
 def abandon_runs(value: str, tag: str = "stage_key") -> list[str]:
     """Runs tagged ``forewarn.<tag> = value`` left unfinished by a killed process: marked
     KILLED, and the model versions they registered deleted, so that a resumed run leaves

@@ -38,15 +38,17 @@ them, and nothing finer.
 The ledgers stay at the site (``<workdir>/published_people``): pseudonymous subject ids
 and 64-bit MD5 sums, never a record; ``<workdir>/published_people.json`` lists the
 ledgers kept, so a ledger folder lost later holds the night instead of letting it
-through unchecked. Digests hash text (MD5), so they do not move with DuckDB's version.
+through unchecked; and a work folder lost whole, marker and all, holds the night when the
+tracking store holds results the site published (``flows.nightly.people_gate``). Digests
+hash text (MD5), so they do not move with DuckDB's version.
 
 The temporal validation design keeps one more (``<task>-temporal``) over its own
 split by time, and a held one is reported as not run that night.
 
 What it does not cover: counts of finer cells (a calibration bin, a threshold table's
 alerts, a characteristics row) can still differ by 1 to 10 between two published nights
-whose changed people number 0 or 11 or more in every group above; and a work
-folder lost whole loses its marker with it. A new de-identification secret (or date
+whose changed people number 0 or 11 or more in every group above; and a work folder
+lost whole, with a tracking store that lost the site's runs too, passes unchecked. A new de-identification secret (or date
 shift) renames or moves every person, so no night could be matched: the ledger keeps a
 fingerprint of it and holds the night until the operator goes back or knowingly starts
 a new ledger.
@@ -61,8 +63,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from scipy import sparse
 
 from forewarn.records import schema
 from forewarn.records.privacy import MIN_CELL
@@ -92,10 +96,11 @@ def person_digests(out_dir: Path) -> pd.DataFrame:
     order-free 64-bit sum of the MD5s of their events and quarantined rows. Two pulls
     give a person the same digest exactly when their rows are the same (up to a
     collision, about 1 in 2**64). Times are hashed as microseconds since the epoch and
-    values to a millionth."""
+    values to a millionth (one too large for that, or not finite, as its text)."""
     events = sorted((out_dir / schema.EVENTS_DIR).glob("*.parquet"))
     quarantine = out_dir / schema.QUARANTINE_DIR / "records.parquet"
-    value = "CAST(round(numeric_value * 1e6) AS BIGINT)"
+    # to a millionth; a value that no integer holds (inf, nan, 1e30) as its own text
+    value = "coalesce(CAST(TRY_CAST(round(numeric_value * 1e6) AS BIGINT) AS VARCHAR), CAST(numeric_value AS VARCHAR))"
     parts = []
     if events:
         listing = ", ".join(f"'{p}'" for p in events)
@@ -138,20 +143,22 @@ def task_people(labels_path: Path, splits_path: Path, levels: pd.DataFrame | Non
     exclusions = labels_path.with_name(labels_path.name.removesuffix(".parquet") + ".exclusions.parquet")
     x = (f"SELECT subject_id, step, times FROM read_parquet('{exclusions}')" if exclusions.is_file()
          else "SELECT NULL::BIGINT AS subject_id, NULL::VARCHAR AS step, NULL::BIGINT AS times WHERE false")
-    if levels is not None:  # one row per (label row, level); ``m`` below
-        long = levels.melt(id_vars=["subject_id", "prediction_time"], var_name="by", value_name="value")
-        long = long.assign(level=long["by"].astype(str) + "=" + long["value"].astype(str))[
-            ["subject_id", "prediction_time", "level"]]
-        m = "SELECT subject_id, prediction_time, level FROM task_levels"
+    by = [] if levels is None else [c for c in levels.columns if c not in ("subject_id", "prediction_time")]
+    if by:  # one row per (label row, level); ``m`` below
+        m = " UNION ALL ".join(
+            f"SELECT subject_id, CAST(prediction_time AS TIMESTAMP) AS prediction_time, "
+            f"'{c}=' || CAST(\"{c}\" AS VARCHAR) AS level FROM task_levels" for c in by)
     else:
         m = "SELECT NULL::BIGINT AS subject_id, NULL::TIMESTAMP AS prediction_time, NULL::VARCHAR AS level WHERE false"
+    # a label row's digest covers its levels too (one MD5 a row, not one a level)
+    label_row = _text("epoch_us(prediction_time)", "boolean_value", *(f'"{c}"' for c in by))
+    label_rows = "l LEFT JOIN task_levels USING (subject_id, prediction_time)" if by else "l"
     sql = f"""
         WITH l AS (SELECT subject_id, prediction_time, boolean_value FROM read_parquet('{labels_path}')),
         x AS ({x}),
         m AS ({m}),
-        r AS (SELECT subject_id, {_text('epoch_us(prediction_time)', 'boolean_value')} AS t FROM l
-              UNION ALL SELECT subject_id, {_text("'x'", 'step', 'times')} FROM x
-              UNION ALL SELECT subject_id, {_text("'l'", 'epoch_us(prediction_time)', 'level')} FROM m),
+        r AS (SELECT subject_id, {label_row} AS t FROM {label_rows}
+              UNION ALL SELECT subject_id, {_text("'x'", 'step', 'times')} FROM x),
         d AS (SELECT subject_id, {_sum64('t')} AS digest FROM r GROUP BY subject_id),
         u AS (SELECT l.subject_id, s.split,
                      count(*) FILTER (WHERE l.boolean_value) AS event_rows,
@@ -166,8 +173,8 @@ def task_people(labels_path: Path, splits_path: Path, levels: pd.DataFrame | Non
                CAST(u.event_rows AS BIGINT) AS event_rows, CAST(u.non_event_rows AS BIGINT) AS non_event_rows
         FROM u JOIN d USING (subject_id) ORDER BY 1, 3"""
     with duckdb.connect() as con:
-        if levels is not None:
-            con.register("task_levels", long)
+        if by:
+            con.register("task_levels", levels)
         return con.sql(sql).df()
 
 
@@ -198,12 +205,12 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
     both = digests[0].merge(digests[1], on="subject_id", how="outer", suffixes=("_now", "_then"), indicator=True)
     if "split" not in now.columns:
         return {"all": int(((both["_merge"] != "both") | (both["digest_now"] != both["digest_then"])).sum())}
-    same_labels = set(both.loc[(both["_merge"] == "both") & (both["digest_now"] == both["digest_then"]), "subject_id"])
+    same_labels = both.loc[(both["_merge"] == "both") & (both["digest_now"] == both["digest_then"]), "subject_id"]
     columns = ["subject_id", "split", "event_rows", "non_event_rows"]
     rows = now[columns].merge(then[columns], on=["subject_id", "split"], how="outer", suffixes=("_now", "_then"))
     rows = rows.fillna(0)
     rows = rows[~rows["subject_id"].isin(same_labels)]
-    every = sorted(set(now["split"]) | set(then["split"]))
+    every = sorted(set(now["split"].unique()) | set(then["split"].unique()))
     splits = [s for s in every if not s.startswith((EXCLUDED, LEVEL))]
     steps = [s for s in every if s.startswith(EXCLUDED)]
     # A night entered before the ledger kept subgroup levels has none: its levels cannot
@@ -214,27 +221,35 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
     sizes = {side: {(split, cls): int(totals[side].at[split, f"{cls}_rows"]) if split in totals[side].index else 0
                     for split in every for cls in ("event", "non_event")} for side in ("now", "then")}
 
-    def differ(in_group: pd.Series, classes: tuple[str, ...]) -> int:
-        part = rows[in_group]
-        if part.empty:
+    # Each person's change of label rows per split and class: a sparse people x splits
+    # matrix per class, so that a group's changed people are one product away.
+    people_index = pd.factorize(rows["subject_id"])[0]
+    split_at = {split: i for i, split in enumerate(every)}
+    split_codes = rows["split"].map(split_at).to_numpy()
+    shape = (int(people_index.max()) + 1 if len(rows) else 0, len(every))
+    change = {cls: sparse.csr_matrix(((rows[f"{cls}_rows_now"] - rows[f"{cls}_rows_then"]).to_numpy(np.int64),
+                                      (people_index, split_codes)), shape=shape) for cls in ("event", "non_event")}
+
+    def differ(group: list[str], classes: tuple[str, ...]) -> int:
+        """The people whose label rows of ``classes`` in the ``group``'s splits differ in number."""
+        if not shape[0]:
             return 0
-        sums = part.groupby("subject_id")[[f"{c}_rows_{side}" for c in classes for side in ("now", "then")]].sum()
-        now_rows = sum(sums[f"{c}_rows_now"] for c in classes)
-        then_rows = sum(sums[f"{c}_rows_then"] for c in classes)
-        return int((now_rows != then_rows).sum())
+        pick = np.zeros(len(every), np.int64)
+        pick[[split_at[s] for s in group]] = 1
+        return int(np.count_nonzero(sum(change[c] @ pick for c in classes)))
 
     def size(subset, classes) -> int:
         return max(sum(sizes[side][(split, c)] for split in subset for c in classes) for side in ("now", "then"))
 
     both_classes = ("event", "non_event")
-    counts = {"all": differ(rows["split"].isin(splits), both_classes)}
+    counts = {"all": differ(splits, both_classes)}
     if steps:  # the candidates (labelled and excluded times), and the excluded: candidates less labelled
-        counts["candidates"] = differ(rows["split"].isin(splits + steps), both_classes)
+        counts["candidates"] = differ(splits + steps, both_classes)
         if len(steps) > 1 and size(steps, ("non_event",)) >= MIN_CELL:
-            counts["excluded"] = differ(rows["split"].isin(steps), ("non_event",))
+            counts["excluded"] = differ(steps, ("non_event",))
     for step in steps:
         if max(sizes[side][(step, "non_event")] for side in ("now", "then")) >= MIN_CELL:
-            counts[step] = differ(rows["split"] == step, ("non_event",))
+            counts[step] = differ([step], ("non_event",))
 
     # Event rows, non-event rows and both (a split's size), within every split and every
     # union of splits (the union of all of them is "all" for both classes).
@@ -244,12 +259,12 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
                 if (k == len(splits) and name == "rows") or size(subset, classes) < MIN_CELL:
                     continue
                 group = name if k == len(splits) else f"{'+'.join(subset)}/{name}"
-                counts[group] = differ(rows["split"].isin(subset), classes)
+                counts[group] = differ(list(subset), classes)
     # Each subgroup level of the held-out split: its rows and subjects, and its events.
     for level in levels:
         for name, classes in (("event", ("event",)), ("non_event", ("non_event",)), ("rows", both_classes)):
             if size([level], classes) >= MIN_CELL:
-                counts[f"{level}/{name}"] = differ(rows["split"] == level, classes)
+                counts[f"{level}/{name}"] = differ([level], classes)
     return counts
 
 
@@ -380,3 +395,12 @@ def missing_ledger_reason(index_path: Path) -> str:
             "cannot be compared with the nights already published. Restore the folder from the site's backup; "
             f"or, knowingly, start an empty ledger (`echo [] > {index_path}`): the nights before it are then "
             "not compared")
+
+
+def unledgered_reason(index_path: Path) -> str:
+    """The reason a night is held when the tracking store holds results this site
+    published but the site keeps no people ledger (its work folder was lost or moved)."""
+    return (f"this site has published results (the tracking store holds them) but keeps no people ledger "
+            f"({index_path}): tonight cannot be compared with the nights already published. Restore the work "
+            "folder from the site's backup (or point `workdir` at it); or, knowingly, start an empty ledger "
+            f"(`mkdir -p {index_path.parent} && echo [] > {index_path}`): the nights before it are then not compared")

@@ -80,6 +80,15 @@ def write_labels(folder: Path, rows: list[tuple], splits: dict[int, str]) -> tup
     return folder / "labels.parquet", folder / "splits.parquet"
 
 
+def test_digests_take_values_no_integer_holds(tmp_path):
+    # A value beyond 64-bit microunits, infinite or not a number still has a digest, and
+    # its own: a source that lets one through must not hold every night after it.
+    values = [1e30, float("inf"), float("nan"), None, 2e30]
+    digests = [person_digests(write_pull(tmp_path / str(k), [(1, 0, "LAB//A", v)]))["digest"].item()
+               for k, v in enumerate(values)]
+    assert len(set(digests)) == len(values)
+
+
 def test_task_people_carry_splits_row_counts_and_a_digest_of_labels(tmp_path):
     rows = [(1, 0, False), (1, 5, True), (2, 0, False)]
     first = task_people(*write_labels(tmp_path / "n1", rows, {1: "train", 2: "held_out"}))
@@ -470,3 +479,42 @@ def test_a_held_temporal_design_is_reported_as_not_published(tmp_path, demo_netw
     assert row["note"].endswith("The temporal validation is not published tonight; the task's other results are")
     assert "2021" not in row["note"] and [e["pull"] for e in ledger.entries()] == ["an earlier night"]
     assert [s.dir for s in used[site.name]] == [stage.dir]  # its stage is kept; nothing was logged
+
+
+def test_a_site_whose_results_are_in_the_store_but_whose_ledger_is_gone_is_held(tmp_path, restore_tracking):
+    # A work folder lost whole takes the ledger and its marker with it: the tracking
+    # store, which holds what the site published, says the site should have one.
+    from types import SimpleNamespace
+
+    from forewarn.flows import tracking
+    from forewarn.flows.nightly import people_gate
+    from forewarn.flows.study import parse_study
+
+    tracking.configure(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", str(tmp_path / "mlruns" / "artifacts"))
+    study = parse_study({"name": "lost", "demo": True, "tasks": ["t2d_2y"],
+                         "sites": [{"name": "small", "source": {"location": str(tmp_path / "none.duckdb")}},
+                                   {"name": "other", "source": {"location": str(tmp_path / "none.duckdb")}}]},
+                        base_dir=tmp_path)
+    site, other = study.sites
+    pull = SimpleNamespace(result=SimpleNamespace(out_dir=write_pull(tmp_path / "pull", [(1, 0, "LAB//A", 1.0)])),
+                           digest="tonight")
+    # Nothing published yet: a first night passes and enters its ledger.
+    reason, enter = people_gate(site, pull, demo=True)
+    assert reason == "" and not (site.workdir / LEDGER_DIR).exists()
+    # The site's temporal run for the task is in the store (the other site's says nothing of this one's).
+    tracking.start_site_run(experiment=tracking.experiment_name("t2d_2y"), site=site.name, run_name="x",
+                            tags={"validation_design": "temporal"})
+    assert tracking.published_from(site.name) and tracking.published_from(site.name, task="t2d_2y", design="temporal")
+    assert not tracking.published_from(other.name) and not tracking.published_from(site.name, design="internal")
+    reason, enter = people_gate(site, pull, demo=True)
+    assert enter is None and reason.startswith("this site has published results (the tracking store holds them) "
+                                               "but keeps no people ledger")
+    assert str(site.workdir / LEDGER_DIR / "index.json") in reason
+    assert people_gate(other, pull, demo=True)[0] == ""
+    # The operator starts an empty ledger, knowingly: the night passes.
+    (site.workdir / LEDGER_DIR).mkdir(parents=True)
+    (site.workdir / LEDGER_DIR / "index.json").write_text("[]")
+    reason, enter = people_gate(site, pull, demo=True)
+    assert reason == "" and enter is not None
+    enter()
+    assert [e["pull"] for e in PeopleLedger(site.workdir).entries()] == ["tonight"]
