@@ -18,6 +18,20 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+# The files that run whole nightly flows, longest first (seconds on 2 slow cores, session
+# 28): with ``-n 2 --dist loadfile`` (``./dev test``) each worker starts on one of the two
+# longest and takes the rest as it frees, so that both end together. A small file sits
+# between them and the next long one: xdist queues two files a worker from the start.
+LONG_FILES = ("test_resume.py", "test_dask_flow.py", "test_cache.py", "test_flow_e2e.py", "test_retrained_alike.py",
+              "test_small_site.py", "test_people_ledger.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the long files first, in ``LONG_FILES``'s order; the rest keep theirs."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def demo_network(tmp_path_factory) -> dict[str, Path]:
     """A small two-site demo network, generated once per session."""
