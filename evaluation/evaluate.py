@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from forewarn.evaluation import clinical, metrics, plots
 from forewarn.evaluation.characteristics import characteristics
 from forewarn.evaluation.explain import Explanations, explain
+from forewarn.evaluation.learning_curve import LearningCurveConfig, learning_curve
 from forewarn.features.featurize import YEAR_US, FeatureMatrix
 from forewarn.models.train import (
     AGE_SEX,
@@ -26,6 +27,7 @@ from forewarn.models.train import (
     MODELS,
     PRIMARY,
     UNCALIBRATED,
+    ModelConfig,
     TrainedModels,
     load_primary,
 )
@@ -80,6 +82,11 @@ class EvaluationConfig(BaseModel):
     characteristics_top: int = Field(
         10, ge=0, le=50,
         description="how many of the model's most important predictors the participants' characteristics table shows",
+    )
+    learning_curve: LearningCurveConfig = Field(
+        default_factory=LearningCurveConfig,
+        description="refit the model's learners on shares of the train subjects and score them on the held-out split "
+        "(off unless fractions are given: each share is two more fits a task and site)",
     )
 
     @model_validator(mode="after")
@@ -205,10 +212,13 @@ def evaluate_and_explain(
     *,
     site: str = "site",
     outcomes_path: Path | None = None,
+    models: ModelConfig | None = None,
 ) -> Evaluation:
     """Held-out discrimination (patient-bootstrap CIs) and calibration for each model;
     for the primary model also calibration statistics, the threshold table, the decision
-    curve, lead times, subgroups, TreeSHAP explanations and the figures."""
+    curve, lead times, subgroups, TreeSHAP explanations and the figures; and, given the
+    training settings ``models`` and ``config.learning_curve.fractions``, the learning
+    curve (``evaluation.learning_curve``)."""
     out = Evaluation(Path(out_dir))
     (out.dir / "figures").mkdir(parents=True, exist_ok=True)
     record: dict = {"held_out": {}, "calibration": {}, "calibration_stats": {}}
@@ -311,6 +321,11 @@ def evaluate_and_explain(
     with stage("characteristics") as counts:
         record["characteristics"] = characteristics(X, rows, columns, importance, top=config.characteristics_top)
         counts["rows"] = len(record["characteristics"]["rows"])
+    if models is not None and config.learning_curve.fractions:
+        params = (json.loads(trained.summary_path.read_text()).get("search") or {}).get("best_params") or None
+        record["learning_curve"] = learning_curve(X, rows, models, params, config.learning_curve,
+                                                  n_boot=config.bootstrap, seed=config.seed)
+        out.figure("learning_curve").write_bytes(plots.learning_curve(record["learning_curve"]))
     record["top_features"] = importance.head(20)[["name", "description", "mean_abs_shap"]].to_dict(orient="records")
     out.metrics_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     return out

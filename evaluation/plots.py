@@ -128,6 +128,30 @@ def decision_curve(frame: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def learning_curve(record: dict) -> bytes:
+    """Held-out AUROC and AUPRC (with their 95% CIs) of each learner against the share of
+    the train subjects it was fitted on (``evaluation.learning_curve``'s record), and the
+    apparent ones on the sample itself (dashed). A withheld or unfitted point is not drawn."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fitted = [p for p in record["points"] if p.get("fitted")]
+    for ax, metric, title in zip(axes, ("auroc", "auprc"), ("AUROC", "AUPRC"), strict=True):
+        for k, (learner, name) in enumerate(record["learners"].items()):
+            colour = f"C{k}"
+            held = [(p["percent"], p["held_out"][learner]) for p in fitted
+                    if p["held_out"][learner].get(metric) is not None]
+            if held:
+                x = [h[0] for h in held]
+                ax.plot(x, [h[1][metric] for h in held], marker="o", c=colour, label=f"{name}, held-out")
+                ax.fill_between(x, [h[1][f"{metric}_ci_low"] for h in held], [h[1][f"{metric}_ci_high"] for h in held],
+                                color=colour, alpha=0.15, lw=0)
+            apparent = [(p["percent"], p["apparent"][learner][metric]) for p in fitted]
+            if apparent:
+                ax.plot([a[0] for a in apparent], [a[1] for a in apparent], ls="--", marker=".", c=colour, alpha=0.7, label=f"{name}, on its training sample")
+        ax.set(xlabel="% of the train subjects fitted on", ylabel=title, title=f"Learning curve: {title}", xlim=(0, 102))
+        ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
 @contextmanager
 def _seeded(seed: int = 0):
     """shap's plots jitter and shuffle points with numpy's global generator: seed it so the

@@ -475,6 +475,39 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
     }
 
 
+def _learning_curve(m: dict) -> dict | None:
+    """The learning curve's table rows and its last step in words, or None without one."""
+    curve = m.get("learning_curve")
+    if not curve:
+        return None
+    from forewarn.evaluation.learning_curve import RISING
+
+    learners = curve.get("learners") or {}
+    rows = []
+    for p in curve.get("points") or []:
+        row = {"percent": f"{p['percent']:g}%", "subjects": _count(p.get("subjects")), "rows": _count(p.get("rows")),
+               "event_subjects": _count(p.get("event_subjects")), "fitted": bool(p.get("fitted")),
+               "reason": p.get("reason") or "", "trees": p.get("trees", "–"), "cells": []}
+        for learner in learners:
+            held = (p.get("held_out") or {}).get(learner) or {}
+            apparent = (p.get("apparent") or {}).get(learner) or {}
+            row["cells"] += [_ci(held, "auroc"), _ci(held, "auprc"), _fmt(apparent.get("auroc"))]
+        rows.append(row)
+    fitted = [p for p in curve.get("points") or [] if p.get("fitted")]
+    steps = curve.get("last_step") or {}
+    text = ""
+    if len(fitted) >= 2 and any(v is not None for v in steps.values()):
+        changes = " and ".join(f"{steps[k]:+.3f} ({name})" for k, name in learners.items() if steps.get(k) is not None)
+        text = (f"From {fitted[-2]['percent']:g}% to {fitted[-1]['percent']:g}% of the train subjects the held-out "
+                f"AUROC changed by {changes}.")
+        if any(v is not None and v >= RISING for v in steps.values()):
+            text += (f" A gain of {RISING} or more at the last step: the curve is still rising, so more training data "
+                     "(more people, or training across the sites: the network design) may help.")
+        else:
+            text += f" Each is below {RISING}: the curve has flattened at this size."
+    return {"learners": list(learners.values()), "rows": rows, "text": text}
+
+
 def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
     """Each PNG once, in its section, with alt text and a caption."""
     top = [f.get("description", f.get("name", "")) for f in m.get("top_features") or []]
@@ -499,6 +532,13 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
                 "boundaries move to a published operating point, or merge, where a band of 1-10 events or non-events would "
                 "come back by subtraction), and the registered model's smoothed curve (black; local-linear kernel "
                 "regression on logit risk, from the 1st to the 99th percentile of risk); the diagonal is perfect calibration.",
+            )
+        if name == "learning_curve":
+            return (
+                "Learning curve",
+                "Held-out AUROC (left) and AUPRC (right) of the model's learners refitted on nested shares of the train "
+                "subjects (bands: patient-bootstrap 95% CIs), and on their own training sample (dashed): the gap between "
+                "the two is overfitting, a rising held-out line says that more data would help.",
             )
         if name == "decision_curve":
             return (
@@ -548,6 +588,8 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
             return "calibration"
         if name == "decision_curve":
             return "utility"
+        if name == "learning_curve":
+            return "sample"
         if name in ("shap_bar", "shap_beeswarm"):
             return "explanations"
         if name.startswith("shap_dependence_"):
@@ -559,6 +601,7 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {
         k: []
         for k in (
+            "sample",
             "performance",
             "calibration",
             "utility",
@@ -1437,6 +1480,7 @@ def report_context(
         "subgroups": subgroup_rows,
         "subgroup_point": _subgroup_point(m),
         "characteristics": _characteristics(m),
+        "learning_curve": _learning_curve(m),
         "metrics_withheld": bool(m["held_out"].get(PRIMARY, {}).get("withheld")),
         "top_features": [
             {

@@ -294,7 +294,8 @@ def evaluate_task(matrix: Stage, trained: Stage, labels: Stage, spec: TaskSpec, 
                   cache: StageCache) -> Stage:
     key = key_of("evaluate", {"evaluation": _cfg(study.evaluation), "site": site}, [matrix.digest, trained.digest, labels.digest])
     return cache.run(f"evaluate-{spec.name}", key, lambda out: evaluate_and_explain(
-        matrix.result, trained.result, out, study.evaluation, site=site, outcomes_path=labels.result.outcomes_path))
+        matrix.result, trained.result, out, study.evaluation, site=site, outcomes_path=labels.result.outcomes_path,
+        models=study.models))
 
 
 @task(name="champion check", cache_policy=NO_CACHE)
@@ -547,6 +548,25 @@ def promotion_metrics(paired: dict | None, prefix: str = "promotion/") -> dict[s
             if paired and paired.get(k) is not None and math.isfinite(paired[k])}
 
 
+def learning_curve_metrics(curve: dict | None) -> dict[str, list[tuple[int, float]]]:
+    """The learning curve as stepped MLflow metrics: ``learning_curve/<learner>/<metric>``
+    (held-out AUROC and AUPRC and their CIs, and ``apparent_auroc``), each a list of (step,
+    value) with the step the percent of train subjects fitted on, so that MLflow charts it
+    against the training size. Withheld and unfitted points are left out."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for point in (curve or {}).get("points") or []:
+        if not point.get("fitted"):
+            continue
+        step = int(round(point["percent"]))
+        for learner, held in point["held_out"].items():
+            values = {k: held.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc")}
+            values["apparent_auroc"] = point["apparent"][learner].get("auroc")
+            for name, value in values.items():
+                if value is not None and math.isfinite(value):
+                    out.setdefault(f"learning_curve/{learner}/{name}", []).append((step, float(value)))
+    return out
+
+
 def logged(cache: StageCache, name: str, inputs: list[str], write) -> Stage:
     """An MLflow logging step as a stage: done once per content, and a run left half-made
     by a killed process is marked KILLED before it is logged again. ``write(key, folder)``
@@ -704,7 +724,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
                "data/attrition.json": published_attrition(attrition), "validation/promotion.json": promotion,
                "validation/external.json": {"validations": validations}, "validation/drift.json": drift,
                "config/study.json": json.loads(study.model_dump_json())},
-        note=note,
+        note=note, steps=learning_curve_metrics(record.get("learning_curve")),
         tags={"data_digest": digest, "promoted": str(promotion["promoted"]).lower(),
               "drift_alert": str(action == "alert").lower(), "registered_version": version,
               "decision": decision, "sample_size_warning": str(bool(training.get("warnings"))).lower()},

@@ -292,14 +292,19 @@ def log_records(
     dicts: dict[str, dict],
     note: str,
     tags: dict[str, str] | None = None,
+    steps: dict[str, list[tuple[int, float]]] | None = None,
 ) -> None:
-    """Params, metrics, the run description and artifact files into an existing run."""
+    """Params, metrics, the run description and artifact files into an existing run.
+    ``steps`` are metrics with a value per step (``{name: [(step, value), ...]}``), which
+    MLflow charts against the step."""
     import mlflow
 
     client = mlflow.MlflowClient()
+    now = _now_ms()
     client.log_batch(
         run_id,
-        metrics=[mlflow.entities.Metric(k, v, _now_ms(), 0) for k, v in sorted(metrics.items())],
+        metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in sorted(metrics.items())]
+        + [mlflow.entities.Metric(k, v, now, step) for k, values in sorted((steps or {}).items()) for step, v in values],
         params=[mlflow.entities.Param(k, str(v)[:500]) for k, v in sorted(params.items())],
         tags=[mlflow.entities.RunTag("mlflow.note.content", note)]
         + [mlflow.entities.RunTag(f"{TAG}.{k}", v) for k, v in (tags or {}).items()],

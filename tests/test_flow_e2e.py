@@ -44,7 +44,7 @@ def flow_run(tmp_path_factory, demo_network):
                     "demo": True,
                     "tasks": ["t2d_2y"],
                     "sites": [{"name": n, "source": {"location": str(p)}} for n, p in network.items()],
-                    "evaluation": {"bootstrap": 50, "shap_rows": 300},
+                    "evaluation": {"bootstrap": 50, "shap_rows": 300, "learning_curve": {"fractions": [0.5, 1.0]}},
                     "models": {"n_jobs": 2, "search": {"trials": 2}},
                     # 3,000 people: the academic site's first T2D model has a held-out slope of
                     # 0.69, just under the default 0.7 that a first champion must reach.
@@ -92,6 +92,24 @@ def test_default_store_is_mlruns_under_the_working_directory(flow_run):
     mlruns = flow_run["work"] / "mlruns"
     assert (mlruns / "mlflow.db").is_file()
     assert any((mlruns / "artifacts").rglob("report.html"))
+
+
+def test_each_internal_run_charts_its_learning_curve_by_training_size(flow_run, client):
+    """``evaluation.learning_curve``: each site's run holds the curve as metrics stepped by
+    the percent of train subjects, and its report the table and figure."""
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")
+    for run in runs:
+        curve = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics.json")).read_text())["learning_curve"]
+        assert [p["percent"] for p in curve["points"] if p["fitted"]] == [50.0, 100.0]
+        for learner in ("xgboost", "l1_logistic"):
+            history = client.get_metric_history(run.info.run_id, f"learning_curve/{learner}/auroc")
+            assert sorted((m.step, m.value) for m in history) == [
+                (int(p["percent"]), p["held_out"][learner]["auroc"]) for p in curve["points"]]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+        assert "figures/learning_curve.png" in artifacts
+        report = Path(client.download_artifacts(run.info.run_id, "report.html")).read_text()
+        assert 'id="learning-curve"' in report
 
 
 def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
@@ -172,6 +190,7 @@ def test_artifacts_present(flow_run, client):
     drawn = any(r["net_benefit_model"] is not None for r in metrics["decision_curve"])
     expected = ["roc_pr", "calibration", "shap_bar", "shap_beeswarm"] + (["decision_curve"] if drawn else [])
     expected += [f"shap_dependence_{k}" for k in (1, 2, 3)] + [f"shap_waterfall_{k}" for k in (1, 2, 3)]
+    expected += ["learning_curve"]  # the study asks for one
     assert figures == {f"figures/{n}.png" for n in expected}
     assert set(metrics["held_out"]) == {"xgboost", "l1_logistic", "age_sex", "xgboost_uncalibrated"}
     # Calibration groups (deciles, merged where a boundary would leave a small band) cover
@@ -267,7 +286,7 @@ def test_report_has_every_section_and_the_run_numbers(flow_run, client):
         assert f'id="{section}"' in html
     auroc = f"{result.metrics['held_out/auroc']:.3f}"
     assert auroc in html
-    assert html.count("data:image/png;base64,") == 11
+    assert html.count("data:image/png;base64,") == 12  # 11 and the learning curve the study asks for
     assert re.search(r"\((LOINC|SNOMED|CPT4|RxNorm) [0-9][0-9-]*\), ", html)  # readable names: "... (LOINC 4548-4), last value"
     assert result.decision in unescape(html)
     assert "Data quality" in html and "outside plausible range" in html

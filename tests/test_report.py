@@ -1526,3 +1526,48 @@ def test_the_promotion_section_shows_the_champion_beside_the_candidate_on_the_sa
     withheld = dict.fromkeys(champion) | {"withheld": True}
     page = render(build_context(run, promotion=PROMOTION | {"champion_metrics": withheld}))
     assert "champion v1 withheld" in Page(page).text
+
+
+def table_rows(section: str) -> list[list[str]]:
+    """The cells of each table row of a page's ``section`` (after its first table header)."""
+    return [Page(f"<table><tr>{row.split('</tr>')[0]}</tr></table>").cells for row in section.split("<tr>")[1:]]
+
+
+def test_the_learning_curve_is_a_table_and_a_figure_under_sample_size(run, tmp_path, plain):
+    """With ``learning_curve.fractions`` the evaluation refits the learners on shares of
+    the train subjects; section 4 shows each point's sizes and metrics, the figure, and
+    the last step in words. Without, there is no such section."""
+    from forewarn.evaluation.evaluate import EvaluationConfig, evaluate_and_explain
+    from forewarn.evaluation.report import render
+    from forewarn.models.train import ModelConfig
+
+    config = EvaluationConfig(bootstrap=20, shap_rows=200, learning_curve={"fractions": [0.05, 0.5, 1.0]})
+    evaluation = evaluate_and_explain(run["matrix"], run["trained"], tmp_path / "evaluation", config, site=run["site"],
+                                      models=ModelConfig(n_jobs=1))
+    curve = evaluation.load_metrics()["learning_curve"]
+    small, half, whole = curve["points"]
+    assert small["fitted"] is False and (half["fitted"], whole["fitted"]) == (True, True)
+    assert (evaluation.dir / "figures" / "learning_curve.png").is_file()
+    page = render(build_context(run, evaluation=evaluation))
+    section = html.unescape(_section(page, "outcome"))
+    text = Page(section).text
+    assert "Learning curve" in text
+    rows = {r[0]: r for r in table_rows(section)}
+    assert rows["5%"][1:] == ["<11" if small["subjects"] is None else f"{small['subjects']:,}",
+                              "<11" if small["rows"] is None else f"{small['rows']:,}",
+                              "<11" if small["event_subjects"] is None else f"{small['event_subjects']:,}",
+                              f"not fitted: {small['reason']}"]
+    xgb, l1 = whole["held_out"]["xgboost"], whole["held_out"]["l1_logistic"]
+    assert rows["100%"] == [
+        "100%", f"{whole['subjects']:,}", f"{whole['rows']:,}", f"{whole['event_subjects']:,}", str(whole["trees"]),
+        f"{xgb['auroc']:.3f} ({xgb['auroc_ci_low']:.3f}–{xgb['auroc_ci_high']:.3f})",
+        f"{xgb['auprc']:.3f} ({xgb['auprc_ci_low']:.3f}–{xgb['auprc_ci_high']:.3f})",
+        f"{whole['apparent']['xgboost']['auroc']:.3f}",
+        f"{l1['auroc']:.3f} ({l1['auroc_ci_low']:.3f}–{l1['auroc_ci_high']:.3f})",
+        f"{l1['auprc']:.3f} ({l1['auprc_ci_low']:.3f}–{l1['auprc_ci_high']:.3f})",
+        f"{whole['apparent']['l1_logistic']['auroc']:.3f}"]
+    step = curve["last_step"]
+    assert (f"From 50% to 100% of the train subjects the held-out AUROC changed by {step['xgboost']:+.3f} (XGBoost trees) "
+            f"and {step['l1_logistic']:+.3f} (L1-logistic).") in " ".join(text.split())
+    assert section.count("<img") == 1 and 'alt="Learning curve"' in section
+    assert 'id="learning-curve"' not in plain and "Learning curve" not in plain

@@ -1,0 +1,150 @@
+"""Learning curves (OHDSI PatientLevelPrediction's ``createLearningCurve``): how the
+held-out discrimination grows with the training data, so that a site can tell whether
+more people (or training across the sites: the network design) would be likely to help.
+
+The train split's subjects are sampled in nested shares (each sample holds the smaller
+ones), stratified by outcome: the subjects with an event row and those without are each
+shuffled once (seeded) and the first ``ceil(share x n)`` of each are taken, with all
+their train rows. At each share the two learners are fitted again on the sample alone,
+with the registered model's settings:
+
+- XGBoost's trees, with the model's hyperparameters (the search's best, if it ran), early
+  stopping (or the cross-validated tree count) on the whole tuning split, and the same
+  release under the rule of 11. The trees alone: not the L1-logistic offset they may
+  start from, nor the blend, nor the calibrator (which moves no ranking);
+- the L1-logistic, its C chosen on the whole tuning split as in training.
+
+Each is scored on the whole held-out split (AUROC and AUPRC with patient-bootstrap 95%
+CIs, ``metrics.evaluate``: withheld with 1 to 10 held-out events or non-events) and, for
+the gap that overfitting opens, on its own training sample (the apparent AUROC and
+AUPRC). A sample with fewer than ``leaf_min_cell`` (11) subjects with the outcome, or
+without it, is not fitted (a model is not trained on fewer anywhere in Forewarn) and its
+point says so.
+
+Aggregates only: each point's sample sizes under the rule of 11 (they are shares of the
+train split's published counts anyway) and metrics of models that never leave the site.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+
+from forewarn.evaluation import metrics
+from forewarn.models.train import (
+    ModelConfig,
+    fit_l1_logistic,
+    fit_xgboost,
+    split_masks,
+    tree_count_method,
+)
+from forewarn.records import privacy, schema
+from forewarn.records.config import Strict
+from forewarn.records.progress import stage
+
+XGBOOST, L1 = "xgboost", "l1_logistic"
+LEARNERS = {XGBOOST: "XGBoost trees", L1: "L1-logistic"}
+# A last step that raises a learner's held-out AUROC by this much or more: the curve is
+# still rising, and the report says that more training data may help.
+RISING = 0.01
+
+
+class LearningCurveConfig(Strict):
+    fractions: list[float] = Field(
+        default_factory=list,
+        description="shares of the train split's subjects to refit the model's learners on (each in (0, 1]; e.g. "
+        "[0.25, 0.5, 0.75, 1.0], as PatientLevelPrediction's trainFractions); empty: no learning curve",
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        bad = [f for f in value if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"learning_curve.fractions must each lie in (0, 1] (a share of the train subjects); got {bad}.")
+        if len(set(value)) != len(value):
+            raise ValueError(f"learning_curve.fractions holds a share twice: {value}; list each once.")
+        return sorted(value)
+
+
+def train_samples(subjects: np.ndarray, y: np.ndarray, fractions: list[float], *, seed: int) -> list[np.ndarray]:
+    """For each share in ``fractions`` (ascending), a boolean mask over the train rows
+    (``subjects``, ``y``): the rows of a nested, outcome-stratified sample of subjects
+    (see the module's docstring). A subject with an event row counts as one with the outcome."""
+    subjects, y = np.asarray(subjects), np.asarray(y).astype(bool)
+    people, index = np.unique(subjects, return_inverse=True)
+    event = np.zeros(people.size, bool)
+    np.logical_or.at(event, index, y)
+    rng = np.random.default_rng(seed)
+    order = [rng.permutation(np.flatnonzero(event)), rng.permutation(np.flatnonzero(~event))]
+    masks = []
+    for share in fractions:
+        # rounded first, so that 0.3 x 10 takes 3 and not 4 (3.0000000000000004)
+        chosen = np.concatenate([o[:math.ceil(round(share * o.size, 9))] for o in order])
+        taken = np.zeros(people.size, bool)
+        taken[chosen] = True
+        masks.append(taken[index])
+    return masks
+
+
+def _subjects(subjects: np.ndarray, mask: np.ndarray) -> int:
+    return int(np.unique(subjects[mask]).size)
+
+
+def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | None, config: LearningCurveConfig, *,
+                   n_boot: int, seed: int) -> dict:
+    """The learning curve's record as it may leave the site: ``points`` (one per share,
+    ascending), ``learners`` (their names) and ``last_step`` (each learner's held-out
+    AUROC change from the second-largest share to the largest, None where either is
+    withheld or not fitted)."""
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).astype(np.int8)
+    subjects = rows[schema.SUBJECT_ID].to_numpy()
+    masks = split_masks(rows)
+    tr, tu, ho = (np.flatnonzero(masks[s]) for s in (schema.TRAIN, schema.TUNING, schema.HELD_OUT))
+    count = tree_count_method(y[tu], models)
+    min_cell = models.leaf_min_cell
+    points = []
+    with stage("learning curve") as counts:
+        samples = train_samples(subjects[tr], y[tr], config.fractions, seed=seed)
+        for share, sample in zip(config.fractions, samples, strict=True):
+            idx = tr[sample]
+            with_outcome = _subjects(subjects[idx], y[idx].astype(bool))
+            without = _subjects(subjects[idx], ~y[idx].astype(bool))
+            point = {"fraction": share, "percent": round(100 * share, 1), "rows": privacy.suppress(int(idx.size)),
+                     "subjects": privacy.suppress(int(np.unique(subjects[idx]).size)),
+                     "event_subjects": privacy.suppress(with_outcome), "fitted": False, "reason": None}
+            if with_outcome < min_cell or without < min_cell:
+                point["reason"] = (f"fewer than {min_cell} sampled train subjects with the outcome or without it: no "
+                                   "model is fitted on so few")
+                points.append(point)
+                continue
+            clf = fit_xgboost(X[idx], y[idx], X[tu], y[tu], models, params, tree_count=count, groups=subjects[idx])
+            l1, _ = fit_l1_logistic(X[idx], y[idx], X[tu], y[tu], models, subjects[idx])
+            scores = {XGBOOST: (clf.predict_proba(X[ho])[:, 1], clf.predict_proba(X[idx])[:, 1]),
+                      L1: (l1.predict_proba(X[ho]), l1.predict_proba(X[idx]))}
+            point |= {"fitted": True, "trees": int(clf.best_iteration) + 1, "C": float(l1.C), "held_out": {}, "apparent": {}}
+            for learner, (on_held_out, on_sample) in scores.items():
+                held = metrics.evaluate(y[ho].astype(bool), on_held_out, subjects[ho], n_boot=n_boot, seed=seed)
+                point["held_out"][learner] = {k: held[k] for k in (
+                    "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high", "withheld")}
+                apparent = metrics.point_metrics(y[idx].astype(bool), on_sample)
+                point["apparent"][learner] = {k: apparent[k] for k in ("auroc", "auprc")}
+            points.append(point)
+            counts[f"{point['percent']:g}%"] = f"{int(idx.size)} rows, {point['trees']} trees"
+    return {"points": points, "learners": dict(LEARNERS), "last_step": last_step(points)}
+
+
+def last_step(points: list[dict]) -> dict[str, float | None]:
+    """Each learner's held-out AUROC at the largest share less at the one before it."""
+    fitted = [p for p in points if p.get("fitted")]
+    out: dict[str, float | None] = {}
+    for learner in LEARNERS:
+        if len(fitted) < 2:
+            out[learner] = None
+            continue
+        before, last = (p["held_out"][learner]["auroc"] for p in fitted[-2:])
+        out[learner] = None if before is None or last is None else round(last - before, 6)
+    return out

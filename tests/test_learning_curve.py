@@ -1,0 +1,183 @@
+"""Learning curves: nested, outcome-stratified samples of the train subjects; the
+learners refitted on each and scored on the held-out split; the published record, the
+MLflow metrics by step and the report's table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from test_models import synthetic_matrix
+
+from forewarn.evaluation.learning_curve import (
+    L1,
+    XGBOOST,
+    LearningCurveConfig,
+    last_step,
+    learning_curve,
+    train_samples,
+)
+from forewarn.models.train import (
+    ModelConfig,
+    fit_l1_logistic,
+    fit_xgboost,
+    split_masks,
+    tree_count_method,
+)
+from forewarn.records import schema
+
+
+def test_samples_are_nested_stratified_and_whole_subjects():
+    # 20 subjects: 0-3 with the outcome (subject 0 on its second row only), 4-19 without;
+    # subjects 0, 5 and 9 have two rows.
+    subjects = np.array([*range(20), 0, 5, 9])
+    y = np.zeros(23, bool)
+    y[[1, 2, 3, 20]] = True
+    masks = train_samples(subjects, y, [0.25, 0.5, 1.0], seed=3)
+    taken = [set(subjects[m]) for m in masks]
+    with_outcome = [len(t & {0, 1, 2, 3}) for t in taken]
+    assert with_outcome == [1, 2, 4]  # ceil(0.25 x 4), ceil(0.5 x 4), 4
+    assert [len(t) - w for t, w in zip(taken, with_outcome, strict=True)] == [4, 8, 16]  # of the 16 without
+    assert taken[0] <= taken[1] <= taken[2] == set(range(20))
+    for mask, chosen in zip(masks, taken, strict=True):  # a subject comes with all its rows
+        assert set(np.flatnonzero(mask)) == set(np.flatnonzero(np.isin(subjects, list(chosen))))
+    # the same seed draws the same samples; another seed others
+    assert all((a == b).all() for a, b in zip(masks, train_samples(subjects, y, [0.25, 0.5, 1.0], seed=3), strict=True))
+    assert any((a != b).any() for a, b in zip(masks, train_samples(subjects, y, [0.25, 0.5, 1.0], seed=4), strict=True))
+
+
+def test_a_share_is_rounded_before_it_is_rounded_up():
+    (mask,) = train_samples(np.arange(10), np.zeros(10, bool), [0.3], seed=0)
+    assert mask.sum() == 3  # 0.3 x 10 is 3.0000000000000004 in floating point
+
+
+def test_config_sorts_the_shares_and_names_a_bad_one():
+    assert LearningCurveConfig(fractions=[1.0, 0.25, 0.5]).fractions == [0.25, 0.5, 1.0]
+    assert LearningCurveConfig().fractions == []
+    with pytest.raises(ValidationError, match=r"must each lie in \(0, 1\].*\[0\.0, 1\.5\]"):
+        LearningCurveConfig(fractions=[0.0, 0.5, 1.5])
+    with pytest.raises(ValidationError, match="holds a share twice"):
+        LearningCurveConfig(fractions=[0.5, 0.5])
+
+
+@pytest.fixture(scope="module")
+def curve(tmp_path_factory):
+    matrix = synthetic_matrix(tmp_path_factory.mktemp("lc"), n=900)
+    X, rows, _ = matrix.load()
+    models = ModelConfig(n_jobs=1)
+    record = learning_curve(X, rows, models, None, LearningCurveConfig(fractions=[0.02, 0.5, 1.0]), n_boot=20, seed=0)
+    return {"X": X, "rows": rows, "models": models, "record": record}
+
+
+def test_a_sample_too_small_to_train_on_is_not_fitted(curve):
+    small, half, whole = curve["record"]["points"]
+    rows = curve["rows"]
+    train = rows[rows[schema.SPLIT] == schema.TRAIN]
+    events = int(train[schema.BOOLEAN_VALUE].sum())
+    assert small["fitted"] is False and "fewer than 11 sampled train subjects" in small["reason"]
+    assert small["event_subjects"] is None  # ceil(0.02 x events) is 1..10: suppressed
+    assert (half["fitted"], whole["fitted"]) == (True, True)
+    # one row per subject here: the whole sample is the train split
+    assert (whole["rows"], whole["subjects"], whole["event_subjects"]) == (len(train), len(train), events)
+    assert half["event_subjects"] == -(-events // 2)
+    assert [p["percent"] for p in curve["record"]["points"]] == [2.0, 50.0, 100.0]
+
+
+def test_the_whole_sample_refits_the_models_learners_as_training_does(curve):
+    """At 100% the points are the trees and the L1-logistic that training fits on the whole
+    train split, scored on the held-out split."""
+    from sklearn.metrics import roc_auc_score
+
+    X, rows, models = curve["X"], curve["rows"], curve["models"]
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).astype(np.int8)
+    subjects = rows[schema.SUBJECT_ID].to_numpy()
+    m = split_masks(rows)
+    tr, tu, ho = m[schema.TRAIN], m[schema.TUNING], m[schema.HELD_OUT]
+    clf = fit_xgboost(X[tr], y[tr], X[tu], y[tu], models, None, tree_count=tree_count_method(y[tu], models),
+                      groups=subjects[tr])
+    l1, _ = fit_l1_logistic(X[tr], y[tr], X[tu], y[tu], models, subjects[tr])
+    whole = curve["record"]["points"][-1]
+    assert whole["trees"] == clf.best_iteration + 1 and whole["C"] == l1.C
+    assert whole["held_out"][XGBOOST]["auroc"] == pytest.approx(roc_auc_score(y[ho], clf.predict_proba(X[ho])[:, 1]), abs=1e-12)
+    assert whole["held_out"][L1]["auroc"] == pytest.approx(roc_auc_score(y[ho], l1.predict_proba(X[ho])), abs=1e-12)
+    assert whole["apparent"][L1]["auroc"] == pytest.approx(roc_auc_score(y[tr], l1.predict_proba(X[tr])), abs=1e-12)
+    for learner in (XGBOOST, L1):
+        held = whole["held_out"][learner]
+        assert held["auroc_ci_low"] <= held["auroc"] <= held["auroc_ci_high"] and held["withheld"] is False
+    half = curve["record"]["points"][1]
+    assert curve["record"]["last_step"] == {
+        k: round(whole["held_out"][k]["auroc"] - half["held_out"][k]["auroc"], 6) for k in (XGBOOST, L1)}
+
+
+def test_a_held_out_split_with_few_events_withholds_the_curves_metrics(tmp_path):
+    matrix = synthetic_matrix(tmp_path, n=900)
+    X, rows, _ = matrix.load()
+    held = np.flatnonzero((rows[schema.SPLIT] == schema.HELD_OUT) & rows[schema.BOOLEAN_VALUE]).tolist()
+    rows.loc[held[5:], schema.BOOLEAN_VALUE] = False  # 5 held-out events left
+    record = learning_curve(X, rows, ModelConfig(n_jobs=1), None, LearningCurveConfig(fractions=[0.5, 1.0]),
+                            n_boot=10, seed=0)
+    for point in record["points"]:
+        assert point["fitted"]
+        for learner in (XGBOOST, L1):
+            assert point["held_out"][learner]["withheld"] is True
+            assert point["held_out"][learner]["auroc"] is None and point["held_out"][learner]["auprc_ci_high"] is None
+            assert point["apparent"][learner]["auroc"] > 0.5  # on the sample's own rows (11+ of each)
+    assert record["last_step"] == {XGBOOST: None, L1: None}
+
+
+def point(percent, xgb, l1, *, fitted=True):
+    held = {XGBOOST: {"auroc": xgb, "auroc_ci_low": xgb - 0.05, "auroc_ci_high": xgb + 0.04, "auprc": 0.5,
+                      "auprc_ci_low": 0.4, "auprc_ci_high": 0.6, "withheld": False},
+            L1: {"auroc": l1, "auroc_ci_low": None, "auroc_ci_high": None, "auprc": None, "auprc_ci_low": None,
+                 "auprc_ci_high": None, "withheld": True} if l1 is None else
+            {"auroc": l1, "auroc_ci_low": l1 - 0.1, "auroc_ci_high": l1 + 0.1, "auprc": 0.3,
+             "auprc_ci_low": 0.2, "auprc_ci_high": 0.4, "withheld": False}}
+    base = {"fraction": percent / 100, "percent": float(percent), "rows": 40 * percent, "subjects": 30 * percent,
+            "event_subjects": None if percent < 10 else 2 * percent, "fitted": fitted, "reason": None}
+    if not fitted:
+        return base | {"reason": "fewer than 11 sampled train subjects with the outcome or without it: no model is "
+                                 "fitted on so few"}
+    return base | {"trees": percent, "C": 0.1, "held_out": held,
+                   "apparent": {XGBOOST: {"auroc": 0.95, "auprc": 0.9}, L1: {"auroc": 0.9, "auprc": 0.8}}}
+
+
+def test_last_step_takes_the_last_two_fitted_points():
+    points = [point(5, 0, 0, fitted=False), point(50, 0.70, 0.80), point(100, 0.725, 0.805)]
+    assert last_step(points) == {XGBOOST: 0.025, L1: 0.005}
+    assert last_step(points[:2]) == {XGBOOST: None, L1: None}
+    assert last_step([point(50, 0.7, None), point(100, 0.8, None)]) == {XGBOOST: 0.1, L1: None}
+
+
+def test_mlflow_metrics_are_stepped_by_the_percent_of_train_subjects():
+    from forewarn.flows.nightly import learning_curve_metrics
+
+    curve = {"points": [point(5, 0, 0, fitted=False), point(50, 0.70, None), point(100, 0.725, 0.805)]}
+    assert learning_curve_metrics(curve) == {
+        "learning_curve/xgboost/auroc": [(50, 0.70), (100, 0.725)],
+        "learning_curve/xgboost/auroc_ci_low": [(50, pytest.approx(0.65)), (100, pytest.approx(0.675))],
+        "learning_curve/xgboost/auroc_ci_high": [(50, pytest.approx(0.74)), (100, pytest.approx(0.765))],
+        "learning_curve/xgboost/auprc": [(50, 0.5), (100, 0.5)],
+        "learning_curve/xgboost/apparent_auroc": [(50, 0.95), (100, 0.95)],
+        "learning_curve/l1_logistic/apparent_auroc": [(50, 0.9), (100, 0.9)],
+        "learning_curve/l1_logistic/auroc": [(100, 0.805)],
+        "learning_curve/l1_logistic/auroc_ci_low": [(100, pytest.approx(0.705))],
+        "learning_curve/l1_logistic/auroc_ci_high": [(100, pytest.approx(0.905))],
+        "learning_curve/l1_logistic/auprc": [(100, 0.3)],
+    }
+    assert learning_curve_metrics(None) == {}
+
+
+def test_stepped_metrics_reach_a_real_mlflow_store(tmp_path, restore_tracking):
+    import mlflow
+
+    from forewarn.flows import tracking
+
+    client = mlflow.MlflowClient(tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    run_id = client.create_run(client.create_experiment("forewarn/lc")).info.run_id
+    tracking.log_records(run_id=run_id, params={}, metrics={"held_out/auroc": 0.8}, artifacts={}, dicts={}, note="n",
+                         steps={"learning_curve/xgboost/auroc": [(50, 0.70), (100, 0.725)]})
+    history = client.get_metric_history(run_id, "learning_curve/xgboost/auroc")
+    assert sorted((m.step, m.value) for m in history) == [(50, 0.70), (100, 0.725)]
+    metrics = client.get_run(run_id).data.metrics
+    # the compare view shows the value at the last step, beside the unstepped metrics
+    assert metrics == {"held_out/auroc": 0.8, "learning_curve/xgboost/auroc": 0.725}
