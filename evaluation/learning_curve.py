@@ -21,8 +21,9 @@ AUPRC). A sample with fewer than ``leaf_min_cell`` (11) subjects with the outcom
 without it, is not fitted (a model is not trained on fewer anywhere in Forewarn) and its
 point says so.
 
-Aggregates only: each point's sample sizes under the rule of 11 (they are shares of the
-train split's published counts anyway) and metrics of models that never leave the site.
+Aggregates only: each point's sample sizes under the rule of 11 (the subjects with the
+outcome withheld where the subjects less them, those without it, are 1 to 10) and metrics of
+models that never leave the site.
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ def train_samples(subjects: np.ndarray, y: np.ndarray, fractions: list[float], *
     return masks
 
 
+def sample_sizes(subjects: np.ndarray, y: np.ndarray) -> dict:
+    """A training sample's published sizes: ``rows``, ``subjects`` and ``event_subjects``
+    (those with an event row), each suppressed below 11. The subjects less those with the
+    outcome are those without it: when they are 1 to 10 (nearly everyone had it) the
+    subjects with the outcome are withheld (None, ``event_subjects_withheld`` True) so that
+    the few without stay hidden."""
+    y = np.asarray(y).astype(bool)
+    n, events = int(np.unique(subjects).size), _subjects(subjects, y)
+    complement = privacy.suppress(n - events) is None
+    return {"rows": privacy.suppress(int(len(y))), "subjects": privacy.suppress(n),
+            "event_subjects": None if complement else privacy.suppress(events),
+            "event_subjects_withheld": complement and privacy.suppress(events) is not None}
+
+
 def _subjects(subjects: np.ndarray, mask: np.ndarray) -> int:
     return int(np.unique(subjects[mask]).size)
 
@@ -113,9 +128,8 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
             idx = tr[sample]
             with_outcome = _subjects(subjects[idx], y[idx].astype(bool))
             without = _subjects(subjects[idx], ~y[idx].astype(bool))
-            point = {"fraction": share, "percent": round(100 * share, 1), "rows": privacy.suppress(int(idx.size)),
-                     "subjects": privacy.suppress(int(np.unique(subjects[idx]).size)),
-                     "event_subjects": privacy.suppress(with_outcome), "fitted": False, "reason": None}
+            point = {"fraction": share, "percent": round(100 * share, 1), **sample_sizes(subjects[idx], y[idx]),
+                     "fitted": False, "reason": None}
             if with_outcome < min_cell or without < min_cell:
                 point["reason"] = (f"fewer than {min_cell} sampled train subjects with the outcome or without it: no "
                                    "model is fitted on so few")

@@ -486,7 +486,7 @@ def _learning_curve(m: dict) -> dict | None:
     rows = []
     for p in curve.get("points") or []:
         row = {"percent": f"{p['percent']:g}%", "subjects": _count(p.get("subjects")), "rows": _count(p.get("rows")),
-               "event_subjects": _count(p.get("event_subjects")), "fitted": bool(p.get("fitted")),
+               "event_subjects": WITHHELD if p.get("event_subjects_withheld") else _count(p.get("event_subjects")), "fitted": bool(p.get("fitted")),
                "reason": p.get("reason") or "", "trees": p.get("trees", "–"), "cells": []}
         for learner in learners:
             held = (p.get("held_out") or {}).get(learner) or {}

@@ -15,6 +15,7 @@ from forewarn.evaluation.learning_curve import (
     LearningCurveConfig,
     last_step,
     learning_curve,
+    sample_sizes,
     train_samples,
 )
 from forewarn.models.train import (
@@ -58,6 +59,21 @@ def test_config_sorts_the_shares_and_names_a_bad_one():
         LearningCurveConfig(fractions=[0.0, 0.5, 1.5])
     with pytest.raises(ValidationError, match="holds a share twice"):
         LearningCurveConfig(fractions=[0.5, 0.5])
+
+
+def test_sample_sizes_hide_a_few_subjects_without_the_outcome():
+    # 30 subjects on 2 rows each; subjects 0-24 have an event row, 25-29 none.
+    subjects = np.repeat(np.arange(30), 2)
+    y = np.zeros(60, bool)
+    y[0:50:2] = True
+    assert sample_sizes(subjects, y) == {"rows": 60, "subjects": 30, "event_subjects": None,
+                                         "event_subjects_withheld": True}  # 30 - 25 = 5 without
+    y[50] = True  # 26 with: 4 without, still withheld
+    assert sample_sizes(subjects, y)["event_subjects"] is None
+    assert sample_sizes(np.arange(40), np.arange(40) < 20) == {
+        "rows": 40, "subjects": 40, "event_subjects": 20, "event_subjects_withheld": False}
+    assert sample_sizes(np.arange(40), np.arange(40) < 5) == {  # 5 with: small itself, "<11"
+        "rows": 40, "subjects": 40, "event_subjects": None, "event_subjects_withheld": False}
 
 
 @pytest.fixture(scope="module")
