@@ -223,14 +223,16 @@ def curve_ece(curve) -> float | None:
     return float(np.sum(n * gap) / n.sum())
 
 
-def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10, curve=None) -> dict[str, float | None]:
+def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10, curve=None, *,
+                 errors: bool = True) -> dict[str, float | None]:
     """Calibration statistics of checked inputs, not suppressed; the ECE over the groups
     of ``curve`` (the published calibration curve of these risks) or, without one, of
-    ``metrics.calibration_curve`` with a ledger of its own."""
+    ``metrics.calibration_curve`` with a ledger of its own; with ``errors``, the
+    :func:`calibration_errors` too."""
     lp = logit(np.clip(p, EPS, 1 - EPS))
     citl = _logistic_fit(None, y, lp)
     slope_fit = _logistic_fit(lp, y, np.zeros(y.size)) if np.ptp(lp) > 0 else None
-    return {
+    return ({} if not errors else calibration_errors(y, p)) | {
         "brier": float(np.mean((p - y) ** 2)),
         "calibration_in_the_large": None if citl is None else float(citl[0]),
         "calibration_slope": None if slope_fit is None else float(slope_fit[1]),
@@ -253,6 +255,8 @@ def calibration_stats(y, p, *, bins: int = 10, curve=None) -> dict[str, float | 
       is published (:func:`curve_ece`): ``curve``, the one published beside these numbers,
       or ``metrics.calibration_curve(y, p, bins=bins)``, ``bins`` equal-frequency groups
       whose boundaries the rule of 11 may move or merge.
+    - ``ici``, ``e50``, ``e90``: the integrated calibration index and the median and 90th
+      percentile of the same absolute errors (:func:`calibration_errors`).
     - ``brier``, ``observed_rate``, ``mean_predicted``.
 
     Fits are unpenalised maximum likelihood on ``logit(clip(p, 1e-6, 1 - 1e-6))``; a fit
@@ -280,6 +284,45 @@ def _silverman(x: np.ndarray) -> float:
     return 0.9 * spread * x.size ** (-0.2)
 
 
+def _smoothed_at(y: np.ndarray, p: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The smoothed observed risk at each risk of ``at`` (:func:`smoothed_calibration`'s
+    local-linear kernel regression of ``y`` on ``logit(p)``), clipped to [0, 1]."""
+    x = logit(np.clip(p, EPS, 1 - EPS))
+    h = _silverman(x)
+    yf = y.astype(float)
+    if h <= 0:
+        return np.full(len(at), float(yf.mean()))
+    out = np.empty(len(at))
+    for i, x0 in enumerate(logit(np.clip(at, EPS, 1 - EPS))):
+        d = (x - x0) / h
+        w = np.exp(-0.5 * d * d)
+        s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
+        t0, t1 = (w * yf).sum(), (w * d * yf).sum()
+        det = s0 * s2 - s1 * s1
+        out[i] = (s2 * t0 - s1 * t1) / det if det > 1e-12 * s0 * s0 else t0 / s0
+    return np.clip(out, 0.0, 1.0)
+
+
+def calibration_errors(y, p, *, points: int = 100) -> dict[str, float]:
+    """The integrated calibration index and its quantiles (Austin & Steyerberg 2019; as
+    OHDSI PatientLevelPrediction's Eavg and E90): the absolute difference between each
+    row's predicted risk and the smoothed observed risk at it (the report's smoothed
+    curve, evaluated at ``points`` quantiles of ``p`` and interpolated on the logit scale
+    between them), averaged over the rows (``ici``), and its median (``e50``) and 90th
+    percentile (``e90``). Emax is left out: it rests on the one most extreme risk, and
+    is unstable. No disclosure rule here; :func:`calibration_stats` withholds them with
+    the other calibration statistics."""
+    y, p = _check_yp(y, p)
+    if y.size == 0:
+        return {"ici": None, "e50": None, "e90": None}
+    at = np.quantile(p, (np.arange(points) + 0.5) / points)
+    smooth = _smoothed_at(y, p, at)
+    grid = logit(np.clip(at, EPS, 1 - EPS))
+    observed = np.interp(logit(np.clip(p, EPS, 1 - EPS)), grid, smooth)
+    gap = np.abs(observed - p)
+    return {"ici": float(gap.mean()), "e50": float(np.median(gap)), "e90": float(np.quantile(gap, 0.9))}
+
+
 def smoothed_calibration(y, p, *, points: int = 50) -> pd.DataFrame:
     """A smooth calibration curve: observed risk against predicted risk.
 
@@ -297,22 +340,7 @@ def smoothed_calibration(y, p, *, points: int = 50) -> pd.DataFrame:
     if not _shown(events, y.size - events):
         observed: list[float | None] = [None] * points
     else:
-        x = logit(np.clip(p, EPS, 1 - EPS))
-        x0s = logit(np.clip(at, EPS, 1 - EPS))
-        h = _silverman(x)
-        yf = y.astype(float)
-        observed = []
-        for x0 in x0s:
-            if h <= 0:
-                observed.append(float(yf.mean()))
-                continue
-            d = (x - x0) / h
-            w = np.exp(-0.5 * d * d)
-            s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
-            t0, t1 = (w * yf).sum(), (w * d * yf).sum()
-            det = s0 * s2 - s1 * s1
-            fit = (s2 * t0 - s1 * t1) / det if det > 1e-12 * s0 * s0 else t0 / s0
-            observed.append(float(np.clip(fit, 0.0, 1.0)))
+        observed = [float(v) for v in _smoothed_at(y, p, at)]
     # Withheld, the risks' quantiles go too: they are knots at i / (n - 1), which for a
     # small evaluation set would tell its size.
     predicted = [None if observed[0] is None else float(a) for a in at]
@@ -807,7 +835,7 @@ def subgroup_metrics(
                 "events": None if suppressed else privacy.suppress(int(ys.sum())),
             }
             point = {} if suppressed else metrics.point_metrics(ys, ps)
-            calib = {} if suppressed else _calibration(ys, ps)
+            calib = {} if suppressed else _calibration(ys, ps, errors=False)
             record.update(
                 auroc=_num(point.get("auroc")),
                 auprc=_num(point.get("auprc")),

@@ -227,6 +227,8 @@ def _calibration_stats(m: dict, labels: dict[str, str]) -> list[dict]:
                 "slope": _fmt(s.get("calibration_slope")),
                 "intercept": _fmt(s.get("calibration_intercept")),
                 "ece": _fmt(s.get("ece"), 4),
+                "ici": _fmt(s.get("ici"), 4),
+                "e90": _fmt(s.get("e90"), 4),
                 "observed": _pct(s.get("observed_rate")),
                 "predicted": _pct(s.get("mean_predicted")),
                 "suppressed": bool(s.get("suppressed")),

@@ -217,7 +217,7 @@ class Published:
 
 
 METRIC_KEYS = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high", "brier", "prevalence", "mean_predicted")
-CALIBRATION_KEYS = ("calibration_slope", "calibration_in_the_large", "ece")
+CALIBRATION_KEYS = ("calibration_slope", "calibration_in_the_large", "ece", "ici", "e50", "e90")
 COUNT_KEYS = ("n", "events", "subjects")
 HELD_OUT = "held_out"
 

@@ -868,3 +868,36 @@ def test_calibration_stats_withhold_events_beside_1_to_10_non_events():
     assert (stats["n"], stats["events"], stats["suppressed"]) == (500, None, True)
     shown = clinical.calibration_stats(np.r_[np.ones(489, bool), np.zeros(11, bool)], p)
     assert (shown["n"], shown["events"], shown["suppressed"]) == (500, 489, False)
+
+
+def test_calibration_errors_of_two_risk_groups_are_each_groups_own_error():
+    """With two distinct risks the local-linear smoother's line passes through each group's
+    observed rate, so every row's error is its group's |observed - predicted|: 60 rows at
+    0.1 with 12 events (0.2: error 0.1) and 40 at 0.9 with 28 (0.7: error 0.2)."""
+    from forewarn.evaluation.clinical import calibration_errors, calibration_stats
+
+    p = np.r_[np.full(60, 0.1), np.full(40, 0.9)]
+    y = np.r_[np.arange(60) < 12, np.arange(40) < 28]
+    errors = calibration_errors(y, p)
+    assert errors == {"ici": pytest.approx(0.14, abs=1e-9), "e50": pytest.approx(0.1, abs=1e-9),
+                      "e90": pytest.approx(0.2, abs=1e-9)}  # (60 x 0.1 + 40 x 0.2) / 100; the median; the 90th
+    stats = calibration_stats(y, p)
+    assert {k: stats[k] for k in errors} == errors
+    # one risk for everyone: the smoothed curve is the overall rate
+    assert calibration_errors(y, np.full(100, 0.25)) == {"ici": pytest.approx(0.15), "e50": pytest.approx(0.15),
+                                                          "e90": pytest.approx(0.15)}  # |0.40 - 0.25|
+    # with 1..10 events they are withheld with the other calibration statistics
+    few = calibration_stats(np.arange(100) < 5, p)
+    assert (few["ici"], few["e50"], few["e90"], few["suppressed"]) == (None, None, None, True)
+
+
+def test_calibration_errors_are_small_for_calibrated_risks_and_grow_with_miscalibration():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.6, 20_000)
+    y = rng.random(p.size) < p
+    from forewarn.evaluation.clinical import calibration_errors
+
+    calibrated = calibration_errors(y, p)
+    assert calibrated["ici"] < 0.01 and calibrated["e50"] <= calibrated["e90"] < 0.02
+    doubled = calibration_errors(y, np.clip(2 * p, 0, 1))  # risks twice the truth: errors about p
+    assert doubled["ici"] == pytest.approx(np.mean(np.clip(2 * p, 0, 1) - p), abs=0.01)

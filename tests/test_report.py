@@ -318,6 +318,12 @@ def test_primary_model_numbers_are_as_in_metrics(run, full):
         weighted = sum(g["n"] * abs(g["observed"] - g["mean_predicted"]) for g in curve) / sum(g["n"] for g in curve)
         assert record["calibration_stats"][model]["ece"] == pytest.approx(weighted, rel=1e-12)
     assert held["ece"] == record["calibration_stats"]["xgboost"]["ece"] and f"{held['ece']:.4f}" in full
+    # The integrated calibration index and its 90th percentile, in the calibration table's row.
+    stats = record["calibration_stats"]["xgboost"]
+    assert held["ici"] == stats["ici"] and 0 <= stats["e50"] <= stats["e90"]
+    row = Page(_section(full, "calibration")).cells
+    at = row.index(next(r for r in row if r.startswith("XGBoost")))  # the registered model, first
+    assert row[at + 5:at + 8] == [f"{held['ece']:.4f}", f"{stats['ici']:.4f}", f"{stats['e90']:.4f}"]
     groups = len(record["calibration"]["xgboost"])  # the heading says when the tenths were merged
     assert (f", in {groups} groups</h3>" in full) is (groups < 10)
     training = json.loads(run["trained"].summary_path.read_text())

@@ -11,7 +11,8 @@ from forewarn.flows import tracking
 
 RECORD = {"auroc": 0.81, "auroc_ci_low": 0.74, "auroc_ci_high": 0.87, "auprc": 0.31, "auprc_ci_low": 0.22,
           "auprc_ci_high": 0.4, "brier": 0.05, "prevalence": 0.06, "mean_predicted": 0.07, "calibration_slope": 1.1,
-          "calibration_in_the_large": -0.1, "ece": 0.01, "n": 500, "events": 30, "subjects": 480}
+          "calibration_in_the_large": -0.1, "ece": 0.01, "ici": 0.012, "e50": 0.009, "e90": 0.03, "n": 500, "events": 30,
+          "subjects": 480}
 
 
 @pytest.fixture
