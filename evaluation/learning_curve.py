@@ -19,7 +19,8 @@ CIs, ``metrics.evaluate``: withheld with 1 to 10 held-out events or non-events) 
 the gap that overfitting opens, on its own training sample (the apparent AUROC and
 AUPRC). A sample with fewer than ``leaf_min_cell`` (11) subjects with the outcome, or
 without it, is not fitted (a model is not trained on fewer anywhere in Forewarn) and its
-point says so.
+point says so; nor is any when the held-out split has 1 to 10 events or non-events (every
+held-out metric would be withheld, so the fits would publish nothing but the apparent ones).
 
 Aggregates only: each point's sample sizes under the rule of 11 (the subjects with the
 outcome withheld where the subjects less them, those without it, are 1 to 10) and metrics of
@@ -121,6 +122,9 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
     tr, tu, ho = (np.flatnonzero(masks[s]) for s in (schema.TRAIN, schema.TUNING, schema.HELD_OUT))
     count = tree_count_method(y[tu], models)
     min_cell = models.leaf_min_cell
+    held_events = int(y[ho].sum())
+    # every point's held-out metrics would be withheld: nothing to fit them for
+    held_withheld = 0 < held_events < privacy.MIN_CELL or 0 < ho.size - held_events < privacy.MIN_CELL
     points = []
     with stage("learning curve") as counts:
         samples = train_samples(subjects[tr], y[tr], config.fractions, seed=seed)
@@ -130,6 +134,11 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
             without = _subjects(subjects[idx], ~y[idx].astype(bool))
             point = {"fraction": share, "percent": round(100 * share, 1), **sample_sizes(subjects[idx], y[idx]),
                      "fitted": False, "reason": None}
+            if held_withheld:
+                point["reason"] = (f"the held-out split has 1 to {privacy.MIN_CELL - 1} events or non-events, so every "
+                                   "point's metrics would be withheld: none is fitted")
+                points.append(point)
+                continue
             if with_outcome < min_cell or without < min_cell:
                 point["reason"] = (f"fewer than {min_cell} sampled train subjects with the outcome or without it: no "
                                    "model is fitted on so few")

@@ -264,6 +264,8 @@ def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
             for name, p in sites.items()
         ],
         "validation": {"designs": ["internal", "external", "temporal", "network"], "temporal_from": "2021-07-01"},
+        # each site's report shows whether more training data would help (off by default)
+        "evaluation": {"learning_curve": {"fractions": [0.25, 0.5, 1.0]}},
         "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
         "reporting": DEMO_REPORTING,
     }

@@ -125,19 +125,21 @@ def test_the_whole_sample_refits_the_models_learners_as_training_does(curve):
         k: round(whole["held_out"][k]["auroc"] - half["held_out"][k]["auroc"], 6) for k in (XGBOOST, L1)}
 
 
-def test_a_held_out_split_with_few_events_withholds_the_curves_metrics(tmp_path):
+def test_a_held_out_split_with_few_events_fits_no_point(tmp_path):
+    """Every point's held-out metrics would be withheld with 1 to 10 held-out events: the
+    curve fits nothing and says why, while the sample sizes are still shown."""
     matrix = synthetic_matrix(tmp_path, n=900)
     X, rows, _ = matrix.load()
     held = np.flatnonzero((rows[schema.SPLIT] == schema.HELD_OUT) & rows[schema.BOOLEAN_VALUE]).tolist()
     rows.loc[held[5:], schema.BOOLEAN_VALUE] = False  # 5 held-out events left
     record = learning_curve(X, rows, ModelConfig(n_jobs=1), None, LearningCurveConfig(fractions=[0.5, 1.0]),
                             n_boot=10, seed=0)
-    for point in record["points"]:
-        assert point["fitted"]
-        for learner in (XGBOOST, L1):
-            assert point["held_out"][learner]["withheld"] is True
-            assert point["held_out"][learner]["auroc"] is None and point["held_out"][learner]["auprc_ci_high"] is None
-            assert point["apparent"][learner]["auroc"] > 0.5  # on the sample's own rows (11+ of each)
+    train = rows[rows[schema.SPLIT] == schema.TRAIN]  # one row per subject
+    events = int(train[schema.BOOLEAN_VALUE].sum())
+    half = -(-events // 2) + -(-(len(train) - events) // 2)  # each class's half, rounded up
+    assert [(p["fitted"], p["subjects"]) for p in record["points"]] == [(False, half), (False, len(train))]
+    assert {p["reason"] for p in record["points"]} == {
+        "the held-out split has 1 to 10 events or non-events, so every point's metrics would be withheld: none is fitted"}
     assert record["last_step"] == {XGBOOST: None, L1: None}
 
 
