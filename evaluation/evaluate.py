@@ -238,6 +238,10 @@ def evaluate_and_explain(
             )
         held = held_out_frame(trained, PRIMARY)
         y, p = scores[PRIMARY]
+        # the AUROC these rows' case mix allows if the risks were right: the reference an
+        # external site's is read against (``metrics.model_based_concordance``)
+        primary = record["held_out"][PRIMARY]
+        primary["model_based_auroc"] = None if primary["withheld"] else metrics.model_based_concordance(p)
         smoothed = clinical.smoothed_calibration(y, p)
         record["smoothed_calibration"] = smoothed.to_dict(orient="records")
         # Every table and figure drawn from one ranking publishes cut-offs of it, which

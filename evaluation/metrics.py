@@ -147,6 +147,28 @@ def paired_difference(
     return {"difference": point, "ci_low": float(np.quantile(values, alpha)), "ci_high": float(np.quantile(values, 1 - alpha))}
 
 
+def model_based_concordance(p: np.ndarray) -> float:
+    """The AUROC that rows with these predicted risks would give if the risks were right
+    (the model-based concordance of van Klaveren et al. 2016; OHDSI PatientLevelPrediction's
+    ``modelBasedConcordance``): over every ordered pair of rows, row i the event and row j
+    the non-event with probability ``p_i (1 - p_j)``, the share of that weight on pairs the
+    risks order correctly (ties count half). It reads no outcome: it measures how far apart
+    the case mix lets the model's risks be. At an external site, a lower AUROC beside an
+    equally lower model-based one is the narrower case mix there; a lower AUROC alone is
+    the model doing worse. O(n log n) by cumulative sums over the sorted risks. NaN for
+    fewer than two rows."""
+    p = np.asarray(p, float).ravel()
+    if p.size < 2:
+        return float("nan")
+    values, counts = np.unique(p, return_counts=True)
+    non_event = counts * (1.0 - values)  # each value's total weight as the non-event
+    below = np.concatenate([[0.0], np.cumsum(non_event)[:-1]])  # sum of (1 - p_j) over p_j strictly below
+    # i as the event: its weight p_i times (the non-events below it + half the other tied rows')
+    concordant = np.sum(counts * values * (below + 0.5 * (counts - 1) * (1.0 - values)))
+    total = p.sum() * (1.0 - p).sum() - np.sum(p * (1.0 - p))
+    return float(concordant / total) if total > 0 else float("nan")
+
+
 def calibration_curve(y: np.ndarray, p: np.ndarray, *, bins: int = 10, cutoffs: privacy.Cutoffs | None = None) -> pd.DataFrame:
     """Observed rate against mean predicted risk in ``bins`` groups of rows by predicted
     risk (deciles by default), from the lowest risk up.

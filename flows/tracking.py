@@ -218,6 +218,8 @@ class Published:
 
 METRIC_KEYS = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high", "brier", "prevalence", "mean_predicted")
 CALIBRATION_KEYS = ("calibration_slope", "calibration_in_the_large", "ece", "ici", "e50", "e90")
+# the model-based AUROC (``evaluation.metrics.model_based_concordance``): the primary model's only
+CASE_MIX_KEYS = ("model_based_auroc",)
 COUNT_KEYS = ("n", "events", "subjects")
 HELD_OUT = "held_out"
 
@@ -259,14 +261,14 @@ def auprc_text(metrics: dict[str, float], prefix: str = HELD_OUT) -> str:
 def evaluation_metrics(record: dict, *, model: str | None = None, prefix: str = HELD_OUT) -> dict[str, float]:
     """One model's metrics on the evaluation set under the names every run uses, whatever
     its validation design (the design is the ``validation_design`` tag, never the name):
-    ``held_out/<metric>`` for ``METRIC_KEYS`` and ``CALIBRATION_KEYS``, and with ``model``
+    ``held_out/<metric>`` for ``METRIC_KEYS``, ``CALIBRATION_KEYS`` and ``CASE_MIX_KEYS``, and with ``model``
     also ``held_out/<model>/<metric>`` as :func:`flat_metrics` writes them. An internal
     run's primary model, an external run's shipped model and a temporal run's model so
     share their names; ``prefix="held_out/recalibrated"`` names an external run's model
     after recalibration at the validating site."""
     out = _model_metrics(record, model, prefix) if model else {}
     out |= {f"{prefix}/{key}": float(record[key]) for key in METRIC_KEYS if _present(record.get(key))}
-    out |= {f"{prefix}/{key}": float(record[key]) for key in CALIBRATION_KEYS if record.get(key) is not None}
+    out |= {f"{prefix}/{key}": float(record[key]) for key in CALIBRATION_KEYS + CASE_MIX_KEYS if _present(record.get(key))}
     return out
 
 

@@ -352,3 +352,32 @@ def test_paired_difference_refuses_mismatched_rows_and_unknown_metrics():
         metrics.paired_difference(np.array([1, 0, 1]), np.ones(3), np.ones(2), np.arange(3))
     with pytest.raises(ValueError, match="metric must be 'auroc' or 'auprc'; got 'brier'"):
         metrics.paired_difference(np.array([1, 0]), np.ones(2), np.ones(2), np.arange(2), metric="brier")
+
+
+def test_model_based_concordance_of_three_risks_by_hand():
+    """p = 0.2, 0.5, 0.8: the six ordered pairs (event i, non-event j) weigh p_i (1 - p_j):
+    0.4, 0.64 and 0.4 where i's risk is the higher, 0.1, 0.04 and 0.1 where it is the
+    lower; 1.44 / 1.68 = 6/7."""
+    from forewarn.evaluation.metrics import model_based_concordance
+
+    assert model_based_concordance(np.array([0.5, 0.8, 0.2])) == pytest.approx(6 / 7, abs=1e-12)
+    # ties count half: two rows at 0.5 order each other half the time
+    assert model_based_concordance(np.array([0.5, 0.5])) == pytest.approx(0.5, abs=1e-12)
+    assert np.isnan(model_based_concordance(np.array([0.3])))
+
+
+def test_model_based_concordance_matches_every_pair_and_the_auroc_of_outcomes_drawn_from_the_risks():
+    from forewarn.evaluation.metrics import model_based_concordance
+
+    rng = np.random.default_rng(5)
+    p = np.round(rng.beta(1, 6, 300), 2)  # rounded: many ties
+    i, j = np.meshgrid(np.arange(p.size), np.arange(p.size), indexing="ij")
+    w = (p[i] * (1 - p[j]))[i != j]
+    order = np.sign(p[i] - p[j])[i != j]
+    assert model_based_concordance(p) == pytest.approx(np.sum(w * (order + 1) / 2) / np.sum(w), abs=1e-12)
+    # outcomes drawn from the risks give, on average, the model-based AUROC
+    big = rng.beta(1, 6, 200_000)
+    y = rng.random(big.size) < big
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, big) == pytest.approx(model_based_concordance(big), abs=0.005)

@@ -70,6 +70,7 @@ VALIDATION = {
     "auroc": 0.7123,
     "auroc_ci_low": 0.6351,
     "auroc_ci_high": 0.7891,
+    "model_based_auroc": 0.6834,
     "auprc": 0.3012,
     "brier": 0.0812,
     "calibration_slope": 0.8123,
@@ -653,7 +654,7 @@ def test_network_report_site_subgroup_holds_the_network_model_at_each_other_site
         "academic (this run's held-out split)", "rural (model shipped there)"]
 
 
-def test_validations_table_when_given_internal_only_when_not(full, plain):
+def test_validations_table_when_given_internal_only_when_not(run, full, plain):
     text, bare = Page(full).text, Page(plain).text
     assert "external (model shipped to another site)" in text
     assert "0.712 (0.635–0.789)" in text and "slope 0.957" in text and "Brier 0.0734" in text
@@ -661,6 +662,14 @@ def test_validations_table_when_given_internal_only_when_not(full, plain):
     assert "Internal validation only" not in text
     assert "Internal validation only" in bare and "external (model shipped" not in bare
     assert "internal (held-out subjects, same site)" in bare
+    # The model-based AUROC beside each AUROC: the external site's as given, this run's own from metrics.json.
+    held = run["evaluation"].load_metrics()["held_out"]["xgboost"]
+    cells = Page(_section(full, "validation")).cells
+    assert cells[4:6] == ["AUROC (95% CI)", "model-based AUROC"]
+    internal, external = cells.index("internal (held-out subjects, same site)"), cells.index(
+        "external (model shipped to another site)")
+    assert cells[internal + 5] == f"{held['model_based_auroc']:.3f}" and cells[external + 5] == "0.683"
+    assert "Model-based AUROC: the AUROC the rows' case mix would give" in html.unescape(full)
 
 
 def test_promotion_box(run, full, plain):

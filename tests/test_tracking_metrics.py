@@ -11,7 +11,7 @@ from forewarn.flows import tracking
 
 RECORD = {"auroc": 0.81, "auroc_ci_low": 0.74, "auroc_ci_high": 0.87, "auprc": 0.31, "auprc_ci_low": 0.22,
           "auprc_ci_high": 0.4, "brier": 0.05, "prevalence": 0.06, "mean_predicted": 0.07, "calibration_slope": 1.1,
-          "calibration_in_the_large": -0.1, "ece": 0.01, "ici": 0.012, "e50": 0.009, "e90": 0.03, "n": 500, "events": 30,
+          "calibration_in_the_large": -0.1, "ece": 0.01, "ici": 0.012, "e50": 0.009, "e90": 0.03, "model_based_auroc": 0.78, "n": 500, "events": 30,
           "subjects": 480}
 
 
@@ -33,7 +33,8 @@ def test_a_validation_run_has_the_internal_runs_primary_model_names():
                 "held_out/calibration_slope", "held_out/calibration_in_the_large", "held_out/xgboost/auroc"):
         assert key in shipped
     recalibrated = tracking.evaluation_metrics(RECORD, prefix="held_out/recalibrated")
-    assert set(recalibrated) == {f"held_out/recalibrated/{k}" for k in tracking.METRIC_KEYS + tracking.CALIBRATION_KEYS}
+    assert set(recalibrated) == {f"held_out/recalibrated/{k}" for k in
+                                 tracking.METRIC_KEYS + tracking.CALIBRATION_KEYS + tracking.CASE_MIX_KEYS}
     assert not any(k.startswith(("external", "temporal")) for k in shipped | recalibrated)
 
 
