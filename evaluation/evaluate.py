@@ -148,7 +148,13 @@ def held_out_metrics(trained: TrainedModels, config: EvaluationConfig) -> dict:
     y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
     p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
     record = metrics.evaluate(y, p, held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed)
-    return json_safe(record | _without_counts(clinical.calibration_stats(y, p)))
+    return json_safe(record | model_based(record, p) | _without_counts(clinical.calibration_stats(y, p)))
+
+
+def model_based(record: dict, p: np.ndarray) -> dict:
+    """``model_based_auroc`` beside a record's AUROC (``metrics.model_based_concordance``:
+    the AUROC the rows' case mix allows if the risks were right), withheld with it."""
+    return {"model_based_auroc": None if record.get("withheld") else metrics.model_based_concordance(p)}
 
 
 def _without_counts(stats: dict) -> dict:
@@ -240,8 +246,7 @@ def evaluate_and_explain(
         y, p = scores[PRIMARY]
         # the AUROC these rows' case mix allows if the risks were right: the reference an
         # external site's is read against (``metrics.model_based_concordance``)
-        primary = record["held_out"][PRIMARY]
-        primary["model_based_auroc"] = None if primary["withheld"] else metrics.model_based_concordance(p)
+        record["held_out"][PRIMARY] |= model_based(record["held_out"][PRIMARY], p)
         smoothed = clinical.smoothed_calibration(y, p)
         record["smoothed_calibration"] = smoothed.to_dict(orient="records")
         # Every table and figure drawn from one ranking publishes cut-offs of it, which

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from forewarn.evaluation import clinical, metrics
-from forewarn.evaluation.evaluate import demographics, json_safe
+from forewarn.evaluation.evaluate import demographics, json_safe, model_based
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import Calibrator, choose_calibrator
 from forewarn.models.train import TrainedModels, load_primary
@@ -41,8 +41,8 @@ def _probabilities(trained: TrainedModels, matrix: FeatureMatrix):
 def _summary(y, p, subjects, *, n_boot: int, seed: int) -> dict:
     record = metrics.evaluate(y, p, subjects, n_boot=n_boot, seed=seed)
     stats = clinical.calibration_stats(y, p)
-    return record | {k: stats[k] for k in ("calibration_slope", "calibration_in_the_large", "ece", "ici", "e50", "e90")} | {
-        "model_based_auroc": None if record["withheld"] else metrics.model_based_concordance(p)}
+    return record | {k: stats[k] for k in ("calibration_slope", "calibration_in_the_large", "ece", "ici", "e50", "e90")} | (
+        model_based(record, p))
 
 
 def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0,

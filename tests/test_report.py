@@ -1586,3 +1586,6 @@ def test_the_learning_curve_is_a_table_and_a_figure_under_sample_size(run, tmp_p
             f"and {step['l1_logistic']:+.3f} (L1-logistic).") in " ".join(text.split())
     assert section.count("<img") == 1 and 'alt="Learning curve"' in section
     assert 'id="learning-curve"' not in plain and "Learning curve" not in plain
+    # the TRIPOD+AI checklist links the curve beside the sample size
+    assert '<a href="#outcome">4</a>, <a href="#learning-curve">4</a>' in page
+    assert '#learning-curve' not in plain
