@@ -2,6 +2,7 @@
 training the model, and what it shows, for every task and site.
 
     .venv/bin/python benchmarks/learning_curve.py --people 20000 --seed 7 --work /tmp/fwv
+    .venv/bin/python benchmarks/learning_curve.py --people 100000 --seed 7 --work /tmp/fwv --tasks pancreatic_cancer_1y
 
 The network and its feature matrices are ``model_variants.py``'s ``build`` (reused when
 already built in ``--work``). Per cell: the registered model's training
@@ -39,9 +40,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fwv"))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tasks", nargs="+", help="the demo tasks to build and run (default: all three)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    cells = build(args.people, args.seed, args.work)
+    cells = build(args.people, args.seed, args.work, *([args.tasks] if args.tasks else []))
     config = ModelConfig(n_jobs=args.threads)
     curve_config = LearningCurveConfig(fractions=args.fractions)
     results = {}
