@@ -144,8 +144,10 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
                                    "model is fitted on so few")
                 points.append(point)
                 continue
-            clf = fit_xgboost(X[idx], y[idx], X[tu], y[tu], models, params, tree_count=count, groups=subjects[idx])
-            l1, _ = fit_l1_logistic(X[idx], y[idx], X[tu], y[tu], models, subjects[idx])
+            with stage(f"learning curve at {point['percent']:g}% of the train subjects") as fitted:
+                clf = fit_xgboost(X[idx], y[idx], X[tu], y[tu], models, params, tree_count=count, groups=subjects[idx])
+                l1, _ = fit_l1_logistic(X[idx], y[idx], X[tu], y[tu], models, subjects[idx])
+                fitted.update(rows=int(idx.size), trees=int(clf.best_iteration) + 1, C=float(l1.C))
             scores = {XGBOOST: (clf.predict_proba(X[ho])[:, 1], clf.predict_proba(X[idx])[:, 1]),
                       L1: (l1.predict_proba(X[ho]), l1.predict_proba(X[idx]))}
             point |= {"fitted": True, "trees": int(clf.best_iteration) + 1, "C": float(l1.C), "held_out": {}, "apparent": {}}
@@ -156,7 +158,7 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
                 apparent = metrics.point_metrics(y[idx].astype(bool), on_sample)
                 point["apparent"][learner] = {k: apparent[k] for k in ("auroc", "auprc")}
             points.append(point)
-            counts[f"{point['percent']:g}%"] = f"{int(idx.size)} rows, {point['trees']} trees"
+        counts.update(shares=len(points), fitted=sum(p["fitted"] for p in points))
     return {"points": points, "learners": dict(LEARNERS), "last_step": last_step(points)}
 
 
