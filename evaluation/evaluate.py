@@ -334,7 +334,8 @@ def evaluate_and_explain(
         params = (json.loads(trained.summary_path.read_text()).get("search") or {}).get("best_params") or None
         record["learning_curve"] = learning_curve(X, rows, models, params, config.learning_curve,
                                                   n_boot=config.bootstrap, seed=config.seed)
-        out.figure("learning_curve").write_bytes(plots.learning_curve(record["learning_curve"]))
+        if any(p["fitted"] for p in record["learning_curve"]["points"]):  # else an empty frame says nothing
+            out.figure("learning_curve").write_bytes(plots.learning_curve(record["learning_curve"]))
     record["top_features"] = importance.head(20)[["name", "description", "mean_abs_shap"]].to_dict(orient="records")
     out.metrics_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     return out

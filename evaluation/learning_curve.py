@@ -69,6 +69,10 @@ class LearningCurveConfig(Strict):
             raise ValueError(f"learning_curve.fractions must each lie in (0, 1] (a share of the train subjects); got {bad}.")
         if len(set(value)) != len(value):
             raise ValueError(f"learning_curve.fractions holds a share twice: {value}; list each once.")
+        # whole percents: each is a step of the MLflow chart (learning_curve/<learner>/<metric>)
+        odd = [f for f in value if abs(100 * f - round(100 * f)) > 1e-9]
+        if odd:
+            raise ValueError(f"learning_curve.fractions must be whole percents (0.01, 0.25, ...); got {odd}.")
         return sorted(value)
 
 
@@ -92,16 +96,20 @@ def train_samples(subjects: np.ndarray, y: np.ndarray, fractions: list[float], *
     return masks
 
 
-def sample_sizes(subjects: np.ndarray, y: np.ndarray) -> dict:
+def sample_sizes(subjects: np.ndarray, y: np.ndarray, *, hide_subjects: bool = False) -> dict:
     """A training sample's published sizes: ``rows``, ``subjects`` and ``event_subjects``
     (those with an event row), each suppressed below 11. The subjects less those with the
     outcome are those without it: when they are 1 to 10 (nearly everyone had it) the
     subjects with the outcome are withheld (None, ``event_subjects_withheld`` True) so that
-    the few without stay hidden."""
+    the few without stay hidden. ``hide_subjects`` withholds the subjects
+    (``subjects_withheld``): where the whole train split has 1 to 10 subjects without the
+    outcome, every share's subjects, less the train subjects with it that the report
+    publishes (its sample size), would give about that share of them back."""
     y = np.asarray(y).astype(bool)
     n, events = int(np.unique(subjects).size), _subjects(subjects, y)
     complement = privacy.suppress(n - events) is None
-    return {"rows": privacy.suppress(int(len(y))), "subjects": privacy.suppress(n),
+    return {"rows": privacy.suppress(int(len(y))), "subjects": None if hide_subjects else privacy.suppress(n),
+            "subjects_withheld": hide_subjects and privacy.suppress(n) is not None,
             "event_subjects": None if complement else privacy.suppress(events),
             "event_subjects_withheld": complement and privacy.suppress(events) is not None}
 
@@ -125,6 +133,8 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
     held_events = int(y[ho].sum())
     # every point's held-out metrics would be withheld: nothing to fit them for
     held_withheld = 0 < held_events < privacy.MIN_CELL or 0 < ho.size - held_events < privacy.MIN_CELL
+    # the train subjects without the outcome: 1 to 10 of them and no share's subjects are shown
+    hide = privacy.suppress(int(np.unique(subjects[tr]).size) - _subjects(subjects[tr], y[tr].astype(bool))) is None
     points = []
     with stage("learning curve") as counts:
         samples = train_samples(subjects[tr], y[tr], config.fractions, seed=seed)
@@ -132,7 +142,7 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
             idx = tr[sample]
             with_outcome = _subjects(subjects[idx], y[idx].astype(bool))
             without = _subjects(subjects[idx], ~y[idx].astype(bool))
-            point = {"fraction": share, "percent": round(100 * share, 1), **sample_sizes(subjects[idx], y[idx]),
+            point = {"fraction": share, "percent": round(100 * share, 1), **sample_sizes(subjects[idx], y[idx], hide_subjects=hide),
                      "fitted": False, "reason": None}
             if held_withheld:
                 point["reason"] = (f"the held-out split has 1 to {privacy.MIN_CELL - 1} events or non-events, so every "

@@ -487,7 +487,7 @@ def _learning_curve(m: dict) -> dict | None:
     learners = curve.get("learners") or {}
     rows = []
     for p in curve.get("points") or []:
-        row = {"percent": f"{p['percent']:g}%", "subjects": _count(p.get("subjects")), "rows": _count(p.get("rows")),
+        row = {"percent": f"{p['percent']:g}%", "subjects": WITHHELD if p.get("subjects_withheld") else _count(p.get("subjects")), "rows": _count(p.get("rows")),
                "event_subjects": WITHHELD if p.get("event_subjects_withheld") else _count(p.get("event_subjects")), "fitted": bool(p.get("fitted")),
                "reason": p.get("reason") or "", "trees": p.get("trees", "–"), "cells": []}
         for learner in learners:

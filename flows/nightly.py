@@ -869,6 +869,11 @@ def temporal_note(record: dict, horizon_days: int) -> str:
     return note + ", tested on the times from then on"
 
 
+# What a report's validation row shows of a design's record (``evaluation.report._validations``).
+ROW_KEYS = ("auroc", "auroc_ci_low", "auroc_ci_high", "model_based_auroc", "auprc", "brier", "calibration_slope",
+            "calibration_in_the_large", "withheld", "n", "events")
+
+
 def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: Stage, stage_key: str) -> dict:
     """One MLflow run for the temporal validation at ``site`` (``stage``: ``temporal_task``'s
     folder, holding its matrix and models): the metric names, params and tags of an
@@ -880,8 +885,7 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
 
     def row(run_id: str) -> dict:
         return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
-                **{k: record.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                              "calibration_in_the_large", "withheld", "n", "events")},
+                **{k: record.get(k) for k in ROW_KEYS},
                 "recalibrated": None, "note": temporal_note(record, spec.horizon_days)}
 
     run_id = tracking.log_run(
@@ -941,8 +945,7 @@ def validation_row(record: dict, *, design: str, train_site: str, eval_site: str
     shipped = record["as_shipped"]
     subgroups = record.get("subgroups") if subgroups is None else subgroups
     return {"design": design, "train_site": train_site, "eval_site": eval_site, "run_id": run_id,
-            **{k: shipped.get(k) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "calibration_slope",
-                                           "calibration_in_the_large", "withheld", "n", "events")},
+            **{k: shipped.get(k) for k in ROW_KEYS},
             "recalibrated": recalibrated_row(record),
             "site_subgroup": next((g for g in subgroups or [] if g["group"] == "site"), None),
             "note": note}

@@ -901,3 +901,19 @@ def test_calibration_errors_are_small_for_calibrated_risks_and_grow_with_miscali
     assert calibrated["ici"] < 0.01 and calibrated["e50"] <= calibrated["e90"] < 0.02
     doubled = calibration_errors(y, np.clip(2 * p, 0, 1))  # risks twice the truth: errors about p
     assert doubled["ici"] == pytest.approx(np.mean(np.clip(2 * p, 0, 1) - p), abs=0.01)
+
+
+def test_calibration_errors_match_the_smoother_at_every_row():
+    """The smoother at every row's own risk (up to 5,000 distinct risks), or a grid of 1,000
+    quantiles and the ends interpolated on the logit scale beyond, tails included (a skewed
+    case: most risks small, a few large)."""
+    from forewarn.evaluation.clinical import _smoothed_at, calibration_errors
+
+    rng = np.random.default_rng(2)
+    p = rng.beta(0.5, 8, 3000)
+    y = rng.random(p.size) < np.clip(1.3 * p, 0, 1)
+    gap = np.abs(_smoothed_at(y, p, p) - p)
+    exact = {"ici": gap.mean(), "e50": np.median(gap), "e90": np.quantile(gap, 0.9)}
+    assert calibration_errors(y, p) == {k: pytest.approx(v, rel=1e-12) for k, v in exact.items()}
+    # beyond ``exact`` distinct risks, the interpolated grid: within 0.5% here
+    assert calibration_errors(y, p, exact=1000) == {k: pytest.approx(v, rel=0.005) for k, v in exact.items()}

@@ -112,6 +112,34 @@ def test_each_internal_run_charts_its_learning_curve_by_training_size(flow_run, 
         assert 'id="learning-curve"' in report
 
 
+def test_every_validation_row_shows_its_model_based_auroc(flow_run, client):
+    """Section 12 shows each design's model-based AUROC beside its AUROC: the number the
+    design's own MLflow run holds (external, temporal and network rows alike)."""
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    checked = []
+    for result in flow_run["second"]:
+        if result.report_path is None or result.task != "t2d_2y":
+            continue
+        checked.append(result.site)
+        page = result.report_path.read_text()
+        section = page[page.index('id="validation"'):page.index('id="limitations"')]
+        rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in section.split("<tr>")[2:]]
+        shown = {}
+        for cells in rows:
+            design, evaluated_at, model_based = unescape(cells[0]), cells[2], cells[5]
+            shown[(design.split(" ")[0], evaluated_at)] = model_based
+        assert set(shown.values()) != {"–"} and all(re.fullmatch(r"0\.\d{3}", v) for v in shown.values()), shown
+        for design in ("external", "temporal"):
+            runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], filter_string=(
+                f"tags.`forewarn.validation_design` = '{design}' AND tags.`forewarn.train_site` = '{result.site}'"
+                if design == "external" else
+                f"tags.`forewarn.validation_design` = '{design}' AND tags.`forewarn.site` = '{result.site}'"))
+            latest = runs[0].data
+            where = latest.tags["forewarn.site"]
+            assert shown[(design, where)] == f"{latest.metrics['held_out/model_based_auroc']:.3f}", (design, shown)
+    assert sorted(checked) == ["academic", "community"]
+
+
 def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
     exp = client.get_experiment_by_name("forewarn/t2d_2y")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")

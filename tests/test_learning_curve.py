@@ -59,6 +59,9 @@ def test_config_sorts_the_shares_and_names_a_bad_one():
         LearningCurveConfig(fractions=[0.0, 0.5, 1.5])
     with pytest.raises(ValidationError, match="holds a share twice"):
         LearningCurveConfig(fractions=[0.5, 0.5])
+    with pytest.raises(ValidationError, match=r"whole percents .*\[0\.375, 0\.004\]"):
+        LearningCurveConfig(fractions=[0.375, 0.004, 0.5])  # each share is a step of the MLflow chart
+    assert LearningCurveConfig(fractions=[0.01, 0.07, 0.29]).fractions == [0.01, 0.07, 0.29]
 
 
 def test_sample_sizes_hide_a_few_subjects_without_the_outcome():
@@ -66,14 +69,36 @@ def test_sample_sizes_hide_a_few_subjects_without_the_outcome():
     subjects = np.repeat(np.arange(30), 2)
     y = np.zeros(60, bool)
     y[0:50:2] = True
-    assert sample_sizes(subjects, y) == {"rows": 60, "subjects": 30, "event_subjects": None,
+    assert sample_sizes(subjects, y) == {"rows": 60, "subjects": 30, "subjects_withheld": False, "event_subjects": None,
                                          "event_subjects_withheld": True}  # 30 - 25 = 5 without
     y[50] = True  # 26 with: 4 without, still withheld
     assert sample_sizes(subjects, y)["event_subjects"] is None
     assert sample_sizes(np.arange(40), np.arange(40) < 20) == {
-        "rows": 40, "subjects": 40, "event_subjects": 20, "event_subjects_withheld": False}
+        "rows": 40, "subjects": 40, "subjects_withheld": False, "event_subjects": 20, "event_subjects_withheld": False}
     assert sample_sizes(np.arange(40), np.arange(40) < 5) == {  # 5 with: small itself, "<11"
-        "rows": 40, "subjects": 40, "event_subjects": None, "event_subjects_withheld": False}
+        "rows": 40, "subjects": 40, "subjects_withheld": False, "event_subjects": None, "event_subjects_withheld": False}
+    # where the whole train split has 1..10 subjects without the outcome, no share shows its subjects
+    assert sample_sizes(np.arange(40), np.arange(40) < 20, hide_subjects=True) == {
+        "rows": 40, "subjects": None, "subjects_withheld": True, "event_subjects": 20, "event_subjects_withheld": False}
+
+
+def test_a_train_split_with_few_subjects_without_the_outcome_hides_every_shares_subjects(tmp_path):
+    """Two rows a train subject, and all but 5 of them with an event row: the report publishes
+    the train subjects with the outcome, so no point may publish the subjects (the 5 would be
+    their difference)."""
+    matrix = synthetic_matrix(tmp_path, n=900)
+    X, rows, _ = matrix.load()
+    train = np.flatnonzero((rows[schema.SPLIT] == schema.TRAIN).to_numpy())
+    pairs = train[: 2 * (train.size // 2)].reshape(-1, 2)
+    rows.loc[pairs[:, 1], schema.SUBJECT_ID] = rows.loc[pairs[:, 0], schema.SUBJECT_ID].to_numpy()
+    rows.loc[pairs[:, 0], schema.BOOLEAN_VALUE] = True  # one event row a subject ...
+    rows.loc[pairs[:5, 0], schema.BOOLEAN_VALUE] = False  # ... but for 5 subjects
+    rows.loc[pairs[:5, 1], schema.BOOLEAN_VALUE] = False
+    rows.loc[train[2 * pairs.shape[0]:], schema.BOOLEAN_VALUE] = True  # an odd row left over: a subject with it
+    record = learning_curve(X, rows, ModelConfig(n_jobs=1), None, LearningCurveConfig(fractions=[0.5, 1.0]),
+                            n_boot=10, seed=0)
+    assert [(p["subjects"], p["subjects_withheld"]) for p in record["points"]] == [(None, True), (None, True)]
+    assert record["points"][-1]["rows"] == train.size
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +182,13 @@ def point(percent, xgb, l1, *, fitted=True):
                                  "fitted on so few"}
     return base | {"trees": percent, "C": 0.1, "held_out": held,
                    "apparent": {XGBOOST: {"auroc": 0.95, "auprc": 0.9}, L1: {"auroc": 0.9, "auprc": 0.8}}}
+
+
+def test_the_figure_of_a_curve_with_no_fitted_point_draws_without_a_warning():
+    from forewarn.evaluation import plots
+
+    png = plots.learning_curve({"points": [point(50, 0, 0, fitted=False)], "learners": {XGBOOST: "trees", L1: "L1"}})
+    assert png.startswith(b"\x89PNG")
 
 
 def test_last_step_takes_the_last_two_fitted_points():
