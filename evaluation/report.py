@@ -477,6 +477,26 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
     }
 
 
+ANSWERS = {"boost": "models with its trees added", "tuning_logloss": "tuning log-losses", "platt_sums":
+           "Platt gradient and Hessian sums", "brier_sums": "Brier sums", "label_counts": "train label counts",
+           "columns": "column lists", "can_tune": "can-tune flags", "can_boost": "can-boost flags"}
+
+
+def _boundary_text(boundary: dict | None) -> str:
+    """How the network's training reached the sites: from processes of their own, with
+    what each sent back (``models.site_process``), or nothing for an in-process run."""
+    if not boundary or boundary.get("kind") != "process":
+        return ""
+    parts = []
+    for site, calls in (boundary.get("answers") or {}).items():
+        sent = ", ".join(f"{c['answers']:,} {ANSWERS.get(call, call)}" for call, c in calls.items()
+                         if call in ("boost", "tuning_logloss", "platt_sums", "brier_sums", "label_counts"))
+        size = sum(c["bytes"] for c in calls.values())
+        parts.append(f"{site} sent {sent} ({size / 1024:,.0f} kB in all)")
+    return ("; each site answered from a process of its own, which held its rows and refused any other call: "
+            + "; ".join(parts))
+
+
 def _learning_curve(m: dict) -> dict | None:
     """The learning curve's table rows and its last step in words, or None without one."""
     curve = m.get("learning_curve")
@@ -1152,8 +1172,8 @@ def report_context(
             f"turn ({network['visits']} visits), each adding {network['rounds_per_visit']} trees fitted to its own train "
             f"rows, and the tree count was chosen by early stopping on the pooled tuning log-loss of "
             f"{', '.join(network['tuning_sites'])} (only the model and sums over at least {privacy.MIN_CELL} rows, events "
-            "and non-events left a site). The L1-logistic and age + sex baselines below are this site's own, fitted on "
-            "its train rows in the network's columns")
+            "and non-events left a site)" + _boundary_text(network.get("boundary")) + ". The L1-logistic and age + sex "
+            "baselines below are this site's own, fitted on its train rows in the network's columns")
     release_text = _release_text(xgb.get("release"), bool(network),
                                  xgb["best_iteration"] + 1 if xgb.get("best_iteration") is not None else None)
     offset = xgb.get("offset") or {"method": "none"}

@@ -64,6 +64,7 @@ from forewarn.models.federated import (
     untrainable,
 )
 from forewarn.models.promotion import decide, decide_network
+from forewarn.models.site_process import SiteProcess
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy, schema
 from forewarn.records.people import (
@@ -437,7 +438,10 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
                           f"challenger ({'; '.join(drift['decision']['reasons'])})", champion, drift, train_key, used)
 
     def train(out: Path) -> dict:
-        model = train_federated(sites, study.models, rounds_per_visit=study.validation.rounds_per_visit)
+        with ExitStack() as stack:
+            trainers = [stack.enter_context(SiteProcess(n, features[n].result, threads)) for n in names] if (
+                study.validation.site_processes) else sites
+            model = train_federated(trainers, study.models, rounds_per_visit=study.validation.rounds_per_visit)
         model.save(out)
         return {"trees": model.n_trees, "calibration": model.calibrator.method}
 

@@ -88,6 +88,10 @@ class ValidationSettings(Strict):
         "(models.federated), evaluated at each site",
     )
     rounds_per_visit: int = Field(10, ge=1, description="network design: trees a site adds each time the model visits it")
+    site_processes: bool = Field(
+        True, description="network design: each site answers the training's calls from a process of its own "
+        "(models.site_process), which holds its rows and refuses any other call; false: in the flow's process",
+    )
     temporal_from: date | None = Field(None, description="the first day of the temporal test period")
 
     @model_validator(mode="after")

@@ -351,7 +351,9 @@ def untrainable(sites: list[SiteRows], *, columns: bool = True) -> str | None:
 def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_visit: int = 10) -> FederatedModel:
     """One XGBoost model across ``sites`` by cyclic boosting, early-stopped on the pooled
     tuning log-loss, then calibrated with a pooled Platt scaling when that lowers the
-    cross-validated pooled Brier score (see the module's docstring for what crosses)."""
+    cross-validated pooled Brier score (see the module's docstring for what crosses).
+    ``sites`` may be ``SiteRows`` or ``models.site_process.SiteProcess`` (each site in a
+    process of its own): the same calls, the same model."""
     if not sites:
         raise ValueError("train_federated needs at least one site; got none.")
     names = [s.name for s in sites]
@@ -392,7 +394,11 @@ def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_vi
         if not (cv["sigmoid"] < cv["none"] and calibrator.b > 0):
             calibrator = Calibrator("none")
         counts.update(method=calibrator.method)
+    # Sites that answer from processes of their own (``models.site_process``) keep a record
+    # of every answer that left them.
+    answers = {s.name: s.summary() for s in sites if hasattr(s, "summary")}
     summary = info | {
+        "boundary": {"kind": "process" if answers else "in-process", "answers": answers},
         "sites": names, "tuning_sites": [s.name for s in tuners], "boosting_sites": [s.name for s in boosters], "rounds_per_visit": rounds_per_visit, "visits": visit, "trees": n_trees,
         "pooled_tuning_logloss": round(best[0], 6), "history": history,
         "calibration_cv_brier": {k: round(v, 6) for k, v in cv.items()},

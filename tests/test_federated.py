@@ -236,3 +236,41 @@ def test_network_model_is_evaluated_at_a_site_like_its_own(tmp_path):
     assert record["held_out"]["xgboost"]["auroc"] > 0.8
     # The numbers alone (what the temporal design logs) are the full evaluation's, key for key.
     assert held_out_metrics(trained, config) == record["held_out"]["xgboost"]
+
+
+def test_sites_in_processes_of_their_own_train_the_same_model_and_refuse_other_calls(tmp_path):
+    """``models.site_process``: each site loads its rows in a process of its own and answers
+    only the training's calls; the model is the in-process one, tree for tree, and what
+    each site sent back is recorded."""
+    from forewarn.models.site_process import METHODS, PROPERTIES, SiteProcess
+
+    matrices = {"a": site_matrix(tmp_path, "a", seed=0), "b": site_matrix(tmp_path, "b", seed=1)}
+    local = train_federated([SiteRows(n, m) for n, m in matrices.items()], EXACT, rounds_per_visit=5)
+    with SiteProcess("a", matrices["a"]) as a, SiteProcess("b", matrices["b"]) as b:
+        remote = train_federated([a, b], EXACT, rounds_per_visit=5)
+        # the coordinator's side holds no row: no array, matrix or frame of the site's
+        assert not any(isinstance(v, (np.ndarray, sp.spmatrix)) for v in vars(a).values())
+        with pytest.raises(PermissionError, match=r"site 'a' answers only .*; it refuses '_margin'"):
+            a._call("_margin", remote.trees, "tuning")
+        with pytest.raises(PermissionError, match="refuses '_X'"):
+            a._call("_X")
+        assert a.tuning_logloss(remote.trees)[1] > 0  # still answering after a refusal
+    assert (remote.trees, remote.n_trees, remote.calibrator) == (local.trees, local.n_trees, local.calibrator)
+    assert local.summary["boundary"] == {"kind": "in-process", "answers": {}}
+    boundary = remote.summary["boundary"]
+    assert boundary["kind"] == "process" and sorted(boundary["answers"]) == ["a", "b"]
+    visits = {s: sum(h["site"] == s for h in remote.summary["history"]) for s in ("a", "b")}
+    for site, calls in boundary["answers"].items():
+        assert set(calls) <= set(PROPERTIES + METHODS)
+        assert calls["boost"]["answers"] == visits[site]  # one model back a visit
+        assert calls["tuning_logloss"]["answers"] == len(remote.summary["history"])  # every visit's check
+        assert all(c["bytes"] > 0 for c in calls.values())
+    assert a._process.poll() == 0 and b._process.poll() == 0  # closed cleanly
+
+
+def test_a_site_process_that_cannot_load_its_rows_says_why(tmp_path):
+    from forewarn.models.site_process import SiteProcess
+
+    matrix = site_matrix(tmp_path, "a", train_events=0)
+    with pytest.raises(ValueError, match="site 'a': its train split has no events"):
+        SiteProcess("a", matrix)

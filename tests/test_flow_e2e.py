@@ -536,6 +536,9 @@ def test_network_design_trains_one_model_across_sites_without_moving_rows(flow_r
         assert "is the network's model (one model trained across the sites, registered as the network's own model" in html
         assert r.data.tags["forewarn.network_version"] == "2" and "forewarn-t2d_2y-network v2 kept as challenger" in html
         assert "trained across the sites academic, community without moving rows" in html
+        # each site answered the training from a process of its own (validation.site_processes, the default)
+        assert re.search(r"each site answered from a process of its own, which held its rows and refused any other "
+                         r"call: academic sent [\d,]+ models with its trees added, [\d,]+ tuning log-losses, ", html), html
         assert f"{r.data.metrics['held_out/auroc']:.3f}" in html and 'id="subgroups"' in html
         assert html.count("data:image/png;base64,") == 11
         # The same model at the other site: its validation row and its "Site" subgroup level.

@@ -1589,3 +1589,17 @@ def test_the_learning_curve_is_a_table_and_a_figure_under_sample_size(run, tmp_p
     # the TRIPOD+AI checklist links the curve beside the sample size
     assert '<a href="#outcome">4</a>, <a href="#learning-curve">4</a>' in page
     assert '#learning-curve' not in plain
+
+
+def test_the_network_report_says_what_each_site_process_sent():
+    from forewarn.evaluation.report import _boundary_text
+
+    boundary = {"kind": "process", "answers": {
+        "north": {"columns": {"answers": 1, "bytes": 4000}, "boost": {"answers": 3, "bytes": 40960},
+                  "tuning_logloss": {"answers": 6, "bytes": 150}, "platt_sums": {"answers": 17, "bytes": 3890}},
+        "south": {"boost": {"answers": 2, "bytes": 20480}, "label_counts": {"answers": 2, "bytes": 74}}}}
+    assert _boundary_text(boundary) == (
+        "; each site answered from a process of its own, which held its rows and refused any other call: north sent 3 "
+        "models with its trees added, 6 tuning log-losses, 17 Platt gradient and Hessian sums (48 kB in all); south "
+        "sent 2 models with its trees added, 2 train label counts (20 kB in all)")
+    assert _boundary_text({"kind": "in-process", "answers": {}}) == "" and _boundary_text(None) == ""
