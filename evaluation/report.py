@@ -482,6 +482,9 @@ ANSWERS = {"boost": "models with its trees added", "tuning_logloss": "tuning log
            "columns": "column lists", "can_tune": "can-tune flags", "can_boost": "can-boost flags"}
 
 
+SENT = ("boost", "tuning_logloss", "platt_sums", "brier_sums", "label_counts")  # in this order
+
+
 def _boundary_text(boundary: dict | None) -> str:
     """How the network's training reached the sites: from processes of their own, with
     what each sent back (``models.site_process``), or nothing for an in-process run."""
@@ -489,8 +492,7 @@ def _boundary_text(boundary: dict | None) -> str:
         return ""
     parts = []
     for site, calls in (boundary.get("answers") or {}).items():
-        sent = ", ".join(f"{c['answers']:,} {ANSWERS.get(call, call)}" for call, c in calls.items()
-                         if call in ("boost", "tuning_logloss", "platt_sums", "brier_sums", "label_counts"))
+        sent = ", ".join(f"{calls[call]['answers']:,} {ANSWERS[call]}" for call in SENT if call in calls)
         size = sum(c["bytes"] for c in calls.values())
         parts.append(f"{site} sent {sent} ({size / 1024:,.0f} kB in all)")
     return ("; each site answered from a process of its own, which held its rows and refused any other call: "

@@ -1595,9 +1595,10 @@ def test_the_network_report_says_what_each_site_process_sent():
     from forewarn.evaluation.report import _boundary_text
 
     boundary = {"kind": "process", "answers": {
-        "north": {"columns": {"answers": 1, "bytes": 4000}, "boost": {"answers": 3, "bytes": 40960},
-                  "tuning_logloss": {"answers": 6, "bytes": 150}, "platt_sums": {"answers": 17, "bytes": 3890}},
-        "south": {"boost": {"answers": 2, "bytes": 20480}, "label_counts": {"answers": 2, "bytes": 74}}}}
+        "north": {"columns": {"answers": 1, "bytes": 4000}, "platt_sums": {"answers": 17, "bytes": 3890},
+                  "boost": {"answers": 3, "bytes": 40960},
+                  "tuning_logloss": {"answers": 6, "bytes": 150}},
+        "south": {"label_counts": {"answers": 2, "bytes": 74}, "boost": {"answers": 2, "bytes": 20480}}}}
     assert _boundary_text(boundary) == (
         "; each site answered from a process of its own, which held its rows and refused any other call: north sent 3 "
         "models with its trees added, 6 tuning log-losses, 17 Platt gradient and Hessian sums (48 kB in all); south "
