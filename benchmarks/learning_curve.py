@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_variants import build  # noqa: E402
 
-from forewarn.evaluation.learning_curve import LearningCurveConfig, learning_curve  # noqa: E402
+from forewarn.evaluation.learning_curve import LearningCurveConfig, learning_curve, rising  # noqa: E402
 from forewarn.features.featurize import FeatureMatrix  # noqa: E402
 from forewarn.models.train import ModelConfig, train_models, trainability  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
         curve_s = time.perf_counter() - started
         results[cell] = {"train_seconds": train_s, "curve_seconds": curve_s, "curve": curve}
         print(f"{cell}: training {train_s:.1f} s, learning curve {curve_s:.1f} s", flush=True)
-    print("\n| cell | training | curve | " + " | ".join(f"{f:g}" for f in args.fractions) + " | last step (trees / L1) |")
+    print("\n| cell | training | curve | " + " | ".join(f"{f:g}" for f in args.fractions) + " | last step's AUROC, paired 95% CI (trees / L1) |")
     print("|---|---:|---:|" + "---|" * len(args.fractions) + "---|")
     for cell, r in results.items():
         points = []
@@ -73,7 +73,9 @@ def main() -> None:
             t, lr = p["held_out"]["xgboost"], p["held_out"]["l1_logistic"]
             points.append(f"{fmt(t, 'auroc')} / {fmt(lr, 'auroc')} ({fmt(t, 'auprc')} / {fmt(lr, 'auprc')})")
         step = r["curve"]["last_step"]
-        last = " / ".join("–" if step[k] is None else f"{step[k]:+.3f}" for k in ("xgboost", "l1_logistic"))
+        last = "–" if step is None else " / ".join(
+            "{difference:+.3f} ({ci_low:+.3f} to {ci_high:+.3f})".format(**step[k]["auroc"]) for k in ("xgboost", "l1_logistic"))
+        last += " rising" if rising(step) else ""
         print(f"| {cell} | {r['train_seconds']:.1f} s | {r['curve_seconds']:.1f} s | " + " | ".join(points) + f" | {last} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -49,9 +49,6 @@ from forewarn.records.progress import stage
 
 XGBOOST, L1 = "xgboost", "l1_logistic"
 LEARNERS = {XGBOOST: "XGBoost trees", L1: "L1-logistic"}
-# A last step that raises a learner's held-out AUROC by this much or more: the curve is
-# still rising, and the report says that more training data may help.
-RISING = 0.01
 
 
 class LearningCurveConfig(Strict):
@@ -121,9 +118,10 @@ def _subjects(subjects: np.ndarray, mask: np.ndarray) -> int:
 def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | None, config: LearningCurveConfig, *,
                    n_boot: int, seed: int) -> dict:
     """The learning curve's record as it may leave the site: ``points`` (one per share,
-    ascending), ``learners`` (their names) and ``last_step`` (each learner's held-out
-    AUROC change from the second-largest share to the largest, None where either is
-    withheld or not fitted)."""
+    ascending), ``learners`` (their names) and ``last_step``: ``from`` and ``to`` (the
+    last two fitted shares, in percent) and, for each learner, the held-out AUROC and AUPRC
+    differences between them with paired 95% intervals (:func:`last_step`); None with
+    fewer than two fitted shares."""
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).astype(np.int8)
     subjects = rows[schema.SUBJECT_ID].to_numpy()
     masks = split_masks(rows)
@@ -135,7 +133,7 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
     held_withheld = 0 < held_events < privacy.MIN_CELL or 0 < ho.size - held_events < privacy.MIN_CELL
     # the train subjects without the outcome: 1 to 10 of them and no share's subjects are shown
     hide = privacy.suppress(int(np.unique(subjects[tr]).size) - _subjects(subjects[tr], y[tr].astype(bool))) is None
-    points = []
+    points, kept = [], []  # kept: the last two fitted shares' held-out risks, for the last step
     with stage("learning curve") as counts:
         samples = train_samples(subjects[tr], y[tr], config.fractions, seed=seed)
         for share, sample in zip(config.fractions, samples, strict=True):
@@ -161,6 +159,7 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
             scores = {XGBOOST: (clf.predict_proba(X[ho])[:, 1], clf.predict_proba(X[idx])[:, 1]),
                       L1: (l1.predict_proba(X[ho]), l1.predict_proba(X[idx]))}
             point |= {"fitted": True, "trees": int(clf.best_iteration) + 1, "C": float(l1.C), "held_out": {}, "apparent": {}}
+            kept = [*kept[-1:], (point["percent"], {learner: score[0] for learner, score in scores.items()})]
             for learner, (on_held_out, on_sample) in scores.items():
                 held = metrics.evaluate(y[ho].astype(bool), on_held_out, subjects[ho], n_boot=n_boot, seed=seed)
                 point["held_out"][learner] = {k: held[k] for k in (
@@ -168,18 +167,27 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
                 apparent = metrics.point_metrics(y[idx].astype(bool), on_sample)
                 point["apparent"][learner] = {k: apparent[k] for k in ("auroc", "auprc")}
             points.append(point)
-        counts.update(shares=len(points), fitted=sum(p["fitted"] for p in points))
-    return {"points": points, "learners": dict(LEARNERS), "last_step": last_step(points)}
+        step = None
+        if len(kept) == 2:
+            step = {"from": kept[0][0], "to": kept[1][0], **last_step(
+                y[ho].astype(bool), subjects[ho], kept[0][1], kept[1][1], n_boot=n_boot, seed=seed)}
+        counts.update(shares=len(points), fitted=sum(p["fitted"] for p in points), rising=rising(step))
+    return {"points": points, "learners": dict(LEARNERS), "last_step": step}
 
 
-def last_step(points: list[dict]) -> dict[str, float | None]:
-    """Each learner's held-out AUROC at the largest share less at the one before it."""
-    fitted = [p for p in points if p.get("fitted")]
-    out: dict[str, float | None] = {}
-    for learner in LEARNERS:
-        if len(fitted) < 2:
-            out[learner] = None
-            continue
-        before, last = (p["held_out"][learner]["auroc"] for p in fitted[-2:])
-        out[learner] = None if before is None or last is None else round(last - before, 6)
-    return out
+def last_step(y: np.ndarray, subjects: np.ndarray, before: dict[str, np.ndarray], last: dict[str, np.ndarray], *,
+              n_boot: int, seed: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Each learner's held-out AUROC and AUPRC at the largest fitted share less at the one
+    before it, on the same held-out rows (``before`` and ``last``: each learner's risks
+    there), with the paired patient-bootstrap 95% interval of the difference
+    (``metrics.paired_difference``: one resample scores both)."""
+    return {learner: {metric: {k: round(v, 6) for k, v in metrics.paired_difference(
+        y, last[learner], before[learner], subjects, n_boot=n_boot, seed=seed, metric=metric).items()}
+        for metric in ("auroc", "auprc")} for learner in LEARNERS}
+
+
+def rising(step: dict | None) -> bool:
+    """Whether the last step gained beyond chance: some learner's AUROC or AUPRC difference
+    has a paired interval above 0."""
+    return bool(step) and any(d["ci_low"] > 0 for learner in LEARNERS for d in (step.get(learner) or {}).values()
+                              if d.get("ci_low") is not None and d["ci_low"] == d["ci_low"])

@@ -499,36 +499,46 @@ def _boundary_text(boundary: dict | None) -> str:
             + "; ".join(parts))
 
 
+def _signed(value) -> str:
+    return "–" if _missing(value) else f"{value:+.3f}"
+
+
 def _learning_curve(m: dict) -> dict | None:
     """The learning curve's table rows and its last step in words, or None without one."""
     curve = m.get("learning_curve")
     if not curve:
         return None
-    from forewarn.evaluation.learning_curve import RISING
+    from forewarn.evaluation.learning_curve import rising
 
     learners = curve.get("learners") or {}
     rows = []
     for p in curve.get("points") or []:
-        row = {"percent": f"{p['percent']:g}%", "subjects": WITHHELD if p.get("subjects_withheld") else _count(p.get("subjects")), "rows": _count(p.get("rows")),
-               "event_subjects": WITHHELD if p.get("event_subjects_withheld") else _count(p.get("event_subjects")), "fitted": bool(p.get("fitted")),
-               "reason": p.get("reason") or "", "trees": p.get("trees", "–"), "cells": []}
+        row = {"percent": f"{p['percent']:g}%", "rows": _count(p.get("rows")),
+               "subjects": WITHHELD if p.get("subjects_withheld") else _count(p.get("subjects")),
+               "event_subjects": WITHHELD if p.get("event_subjects_withheld") else _count(p.get("event_subjects")),
+               "fitted": bool(p.get("fitted")), "reason": p.get("reason") or "", "trees": p.get("trees", "–"), "cells": []}
         for learner in learners:
             held = (p.get("held_out") or {}).get(learner) or {}
             apparent = (p.get("apparent") or {}).get(learner) or {}
             row["cells"] += [_ci(held, "auroc"), _ci(held, "auprc"), _fmt(apparent.get("auroc"))]
         rows.append(row)
-    fitted = [p for p in curve.get("points") or [] if p.get("fitted")]
-    steps = curve.get("last_step") or {}
+    step = curve.get("last_step")
     text = ""
-    if len(fitted) >= 2 and any(v is not None for v in steps.values()):
-        changes = " and ".join(f"{steps[k]:+.3f} ({name})" for k, name in learners.items() if steps.get(k) is not None)
-        text = (f"From {fitted[-2]['percent']:g}% to {fitted[-1]['percent']:g}% of the train subjects the held-out "
-                f"AUROC changed by {changes}.")
-        if any(v is not None and v >= RISING for v in steps.values()):
-            text += (f" A gain of {RISING} or more at the last step: the curve is still rising, so more training data "
-                     "(more people, or training across the sites: the network design) may help.")
+    if step:
+        def changes(metric: str) -> str:
+            return " and ".join(
+                f"{_signed(d['difference'])} (paired 95% CI {_signed(d['ci_low'])} to {_signed(d['ci_high'])}) for the "
+                f"{name}"
+                for k, name in learners.items() for d in [step[k][metric]])
+        text = (f"From {step['from']:g}% to {step['to']:g}% of the train subjects the held-out AUROC changed by "
+                f"{changes('auroc')}; the AUPRC by {changes('auprc')}.")
+        if rising(step):
+            text += (" A gain beyond chance at the last step (a paired interval above 0): the curve is still rising, so "
+                     "more training data (more people, or training across the sites: the network design) may help.")
         else:
-            text += f" Each is below {RISING}: the curve has flattened at this size."
+            text += (" No gain beyond chance at the last step (every paired interval reaches 0 or below): more data of "
+                     "this kind is unlikely to help much at this size, though a held-out split this size can miss a "
+                     "small gain.")
     return {"learners": list(learners.values()), "rows": rows, "text": text}
 
 

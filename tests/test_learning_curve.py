@@ -15,6 +15,7 @@ from forewarn.evaluation.learning_curve import (
     LearningCurveConfig,
     last_step,
     learning_curve,
+    rising,
     sample_sizes,
     train_samples,
 )
@@ -146,8 +147,13 @@ def test_the_whole_sample_refits_the_models_learners_as_training_does(curve):
         held = whole["held_out"][learner]
         assert held["auroc_ci_low"] <= held["auroc"] <= held["auroc_ci_high"] and held["withheld"] is False
     half = curve["record"]["points"][1]
-    assert curve["record"]["last_step"] == {
-        k: round(whole["held_out"][k]["auroc"] - half["held_out"][k]["auroc"], 6) for k in (XGBOOST, L1)}
+    step = curve["record"]["last_step"]
+    assert (step["from"], step["to"]) == (50.0, 100.0)
+    for k in (XGBOOST, L1):
+        for metric in ("auroc", "auprc"):
+            d = step[k][metric]  # the two shares' point estimates, a paired interval around their difference
+            assert d["difference"] == pytest.approx(whole["held_out"][k][metric] - half["held_out"][k][metric], abs=2e-6)
+            assert d["ci_low"] <= d["difference"] <= d["ci_high"]
 
 
 def test_a_held_out_split_with_few_events_fits_no_point(tmp_path):
@@ -165,7 +171,7 @@ def test_a_held_out_split_with_few_events_fits_no_point(tmp_path):
     assert [(p["fitted"], p["subjects"]) for p in record["points"]] == [(False, half), (False, len(train))]
     assert {p["reason"] for p in record["points"]} == {
         "the held-out split has 1 to 10 events or non-events, so every point's metrics would be withheld: none is fitted"}
-    assert record["last_step"] == {XGBOOST: None, L1: None}
+    assert record["last_step"] is None
 
 
 def point(percent, xgb, l1, *, fitted=True):
@@ -191,11 +197,20 @@ def test_the_figure_of_a_curve_with_no_fitted_point_draws_without_a_warning():
     assert png.startswith(b"\x89PNG")
 
 
-def test_last_step_takes_the_last_two_fitted_points():
-    points = [point(5, 0, 0, fitted=False), point(50, 0.70, 0.80), point(100, 0.725, 0.805)]
-    assert last_step(points) == {XGBOOST: 0.025, L1: 0.005}
-    assert last_step(points[:2]) == {XGBOOST: None, L1: None}
-    assert last_step([point(50, 0.7, None), point(100, 0.8, None)]) == {XGBOOST: 0.1, L1: None}
+def test_the_last_step_is_a_paired_difference_and_rising_needs_an_interval_above_zero():
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.3
+    subjects = np.arange(400)
+    noise = rng.normal(0, 1, 400)
+    risk = lambda spread: 1 / (1 + np.exp(-(y + spread * noise)))  # noqa: E731 - risks in (0, 1)
+    weak, strong = {k: risk(2.0) for k in (XGBOOST, L1)}, {k: risk(0.5) for k in (XGBOOST, L1)}
+    same = last_step(y, subjects, weak, weak, n_boot=50, seed=0)
+    assert same[XGBOOST]["auroc"] == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}  # one ranking: no difference
+    assert not rising(same)
+    gained = last_step(y, subjects, weak, strong, n_boot=50, seed=0)
+    assert gained[L1]["auroc"]["ci_low"] > 0 and rising(gained)
+    assert not rising(last_step(y, subjects, strong, weak, n_boot=50, seed=0))  # a loss is not a rise
+    assert not rising(None)
 
 
 def test_mlflow_metrics_are_stepped_by_the_percent_of_train_subjects():

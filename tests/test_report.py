@@ -1582,8 +1582,19 @@ def test_the_learning_curve_is_a_table_and_a_figure_under_sample_size(run, tmp_p
         f"{l1['auprc']:.3f} ({l1['auprc_ci_low']:.3f}–{l1['auprc_ci_high']:.3f})",
         f"{whole['apparent']['l1_logistic']['auroc']:.3f}"]
     step = curve["last_step"]
-    assert (f"From 50% to 100% of the train subjects the held-out AUROC changed by {step['xgboost']:+.3f} (XGBoost trees) "
-            f"and {step['l1_logistic']:+.3f} (L1-logistic).") in " ".join(text.split())
+
+    def change(learner, metric):
+        d = step[learner][metric]
+        return f"{d['difference']:+.3f} (paired 95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f})"
+
+    assert (f"From 50% to 100% of the train subjects the held-out AUROC changed by {change('xgboost', 'auroc')} for the "
+            f"XGBoost trees and {change('l1_logistic', 'auroc')} for the L1-logistic; the AUPRC by "
+            f"{change('xgboost', 'auprc')} for the XGBoost trees and {change('l1_logistic', 'auprc')} for the "
+            "L1-logistic.") in " ".join(text.split())
+    from forewarn.evaluation.learning_curve import rising
+
+    verdict = "A gain beyond chance at the last step" if rising(step) else "No gain beyond chance at the last step"
+    assert verdict in text
     assert section.count("<img") == 1 and 'alt="Learning curve"' in section
     assert 'id="learning-curve"' not in plain and "Learning curve" not in plain
     # the TRIPOD+AI checklist links the curve beside the sample size
