@@ -62,7 +62,7 @@ def main() -> None:
         curve_s = time.perf_counter() - started
         results[cell] = {"train_seconds": train_s, "curve_seconds": curve_s, "curve": curve}
         print(f"{cell}: training {train_s:.1f} s, learning curve {curve_s:.1f} s", flush=True)
-    print("\n| cell | training | curve | " + " | ".join(f"{f:g}" for f in args.fractions) + " | last step's AUROC, paired 95% CI (trees / L1) |")
+    print("\n| cell | training | curve | " + " | ".join(f"{f:g}" for f in args.fractions) + " | last step's AUROC, paired 98.75% CI (trees / L1) |")
     print("|---|---:|---:|" + "---|" * len(args.fractions) + "---|")
     for cell, r in results.items():
         points = []

@@ -169,21 +169,27 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
             points.append(point)
         step = None
         if len(kept) == 2:
-            step = {"from": kept[0][0], "to": kept[1][0], **last_step(
+            step = {"from": kept[0][0], "to": kept[1][0], "level": round(STEP_LEVEL, 6), **last_step(
                 y[ho].astype(bool), subjects[ho], kept[0][1], kept[1][1], n_boot=n_boot, seed=seed)}
         counts.update(shares=len(points), fitted=sum(p["fitted"] for p in points), rising=rising(step))
     return {"points": points, "learners": dict(LEARNERS), "last_step": step}
+
+
+STEP_METRICS = ("auroc", "auprc")
+# The last step's intervals: 95% over the four differences together (Bonferroni), so that a
+# curve that has flattened reads "still rising" by chance about one time in twenty.
+STEP_LEVEL = 1 - 0.05 / (len(LEARNERS) * len(STEP_METRICS))
 
 
 def last_step(y: np.ndarray, subjects: np.ndarray, before: dict[str, np.ndarray], last: dict[str, np.ndarray], *,
               n_boot: int, seed: int) -> dict[str, dict[str, dict[str, float]]]:
     """Each learner's held-out AUROC and AUPRC at the largest fitted share less at the one
     before it, on the same held-out rows (``before`` and ``last``: each learner's risks
-    there), with the paired patient-bootstrap 95% interval of the difference
+    there), with the paired patient-bootstrap interval of the difference at ``STEP_LEVEL``
     (``metrics.paired_difference``: one resample scores both)."""
     return {learner: {metric: {k: round(v, 6) for k, v in metrics.paired_difference(
-        y, last[learner], before[learner], subjects, n_boot=n_boot, seed=seed, metric=metric).items()}
-        for metric in ("auroc", "auprc")} for learner in LEARNERS}
+        y, last[learner], before[learner], subjects, n_boot=n_boot, seed=seed, metric=metric, level=STEP_LEVEL).items()}
+        for metric in STEP_METRICS} for learner in LEARNERS}
 
 
 def rising(step: dict | None) -> bool:

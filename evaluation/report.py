@@ -527,11 +527,11 @@ def _learning_curve(m: dict) -> dict | None:
     if step:
         def changes(metric: str) -> str:
             return " and ".join(
-                f"{_signed(d['difference'])} (paired 95% CI {_signed(d['ci_low'])} to {_signed(d['ci_high'])}) for the "
-                f"{name}"
+                f"{_signed(d['difference'])} ({_signed(d['ci_low'])} to {_signed(d['ci_high'])}) for the {name}"
                 for k, name in learners.items() for d in [step[k][metric]])
         text = (f"From {step['from']:g}% to {step['to']:g}% of the train subjects the held-out AUROC changed by "
-                f"{changes('auroc')}; the AUPRC by {changes('auprc')}.")
+                f"{changes('auroc')}; the AUPRC by {changes('auprc')} (paired patient-bootstrap intervals at "
+                f"{100 * step.get('level', 0.95):g}%: 95% over the four together).")
         if rising(step):
             text += (" A gain beyond chance at the last step (a paired interval above 0): the curve is still rising, so "
                      "more training data (more people, or training across the sites: the network design) may help.")

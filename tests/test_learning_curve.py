@@ -148,7 +148,7 @@ def test_the_whole_sample_refits_the_models_learners_as_training_does(curve):
         assert held["auroc_ci_low"] <= held["auroc"] <= held["auroc_ci_high"] and held["withheld"] is False
     half = curve["record"]["points"][1]
     step = curve["record"]["last_step"]
-    assert (step["from"], step["to"]) == (50.0, 100.0)
+    assert (step["from"], step["to"], step["level"]) == (50.0, 100.0, 0.9875)  # 95% over four intervals
     for k in (XGBOOST, L1):
         for metric in ("auroc", "auprc"):
             d = step[k][metric]  # the two shares' point estimates, a paired interval around their difference

@@ -1585,12 +1585,12 @@ def test_the_learning_curve_is_a_table_and_a_figure_under_sample_size(run, tmp_p
 
     def change(learner, metric):
         d = step[learner][metric]
-        return f"{d['difference']:+.3f} (paired 95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f})"
+        return f"{d['difference']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f})"
 
     assert (f"From 50% to 100% of the train subjects the held-out AUROC changed by {change('xgboost', 'auroc')} for the "
             f"XGBoost trees and {change('l1_logistic', 'auroc')} for the L1-logistic; the AUPRC by "
             f"{change('xgboost', 'auprc')} for the XGBoost trees and {change('l1_logistic', 'auprc')} for the "
-            "L1-logistic.") in " ".join(text.split())
+            "L1-logistic (paired patient-bootstrap intervals at 98.75%: 95% over the four together).") in " ".join(text.split())
     from forewarn.evaluation.learning_curve import rising
 
     verdict = "A gain beyond chance at the last step" if rising(step) else "No gain beyond chance at the last step"
