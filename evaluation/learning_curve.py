@@ -19,8 +19,9 @@ CIs, ``metrics.evaluate``: withheld with 1 to 10 held-out events or non-events) 
 the gap that overfitting opens, on its own training sample (the apparent AUROC and
 AUPRC). A sample with fewer than ``leaf_min_cell`` (11) subjects with the outcome, or
 without it, is not fitted (a model is not trained on fewer anywhere in Forewarn) and its
-point says so; nor is any when the held-out split has 1 to 10 events or non-events (every
-held-out metric would be withheld, so the fits would publish nothing but the apparent ones).
+point says so; nor is any when the held-out split has fewer than 11 events or non-events
+(every held-out metric would be withheld, or undefined with none, so the fits would publish
+nothing but the apparent ones).
 
 Aggregates only: each point's sample sizes under the rule of 11 (the subjects with the
 outcome withheld where the subjects less them, those without it, are 1 to 10) and metrics of
@@ -129,8 +130,8 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
     count = tree_count_method(y[tu], models)
     min_cell = models.leaf_min_cell
     held_events = int(y[ho].sum())
-    # every point's held-out metrics would be withheld: nothing to fit them for
-    held_withheld = 0 < held_events < privacy.MIN_CELL or 0 < ho.size - held_events < privacy.MIN_CELL
+    # every point's held-out metrics would be withheld, or undefined (one class): nothing to fit them for
+    held_withheld = min(held_events, ho.size - held_events) < privacy.MIN_CELL
     # the train subjects without the outcome: 1 to 10 of them and no share's subjects are shown
     hide = privacy.suppress(int(np.unique(subjects[tr]).size) - _subjects(subjects[tr], y[tr].astype(bool))) is None
     points, kept = [], []  # kept: the last two fitted shares' held-out risks, for the last step
@@ -143,8 +144,8 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
             point = {"fraction": share, "percent": round(100 * share, 1), **sample_sizes(subjects[idx], y[idx], hide_subjects=hide),
                      "fitted": False, "reason": None}
             if held_withheld:
-                point["reason"] = (f"the held-out split has 1 to {privacy.MIN_CELL - 1} events or non-events, so every "
-                                   "point's metrics would be withheld: none is fitted")
+                point["reason"] = (f"the held-out split has fewer than {privacy.MIN_CELL} events or non-events, so every "
+                                   "point's metrics would be withheld (or undefined, with none): none is fitted")
                 points.append(point)
                 continue
             if with_outcome < min_cell or without < min_cell:
@@ -170,7 +171,7 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
         step = None
         if len(kept) == 2:
             step = {"from": kept[0][0], "to": kept[1][0], "level": round(STEP_LEVEL, 6), **last_step(
-                y[ho].astype(bool), subjects[ho], kept[0][1], kept[1][1], n_boot=n_boot, seed=seed)}
+                y[ho].astype(bool), subjects[ho], kept[0][1], kept[1][1], n_boot=max(n_boot, STEP_BOOTSTRAP), seed=seed)}
         counts.update(shares=len(points), fitted=sum(p["fitted"] for p in points), rising=rising(step))
     return {"points": points, "learners": dict(LEARNERS), "last_step": step}
 
@@ -179,6 +180,7 @@ STEP_METRICS = ("auroc", "auprc")
 # The last step's intervals: 95% over the four differences together (Bonferroni), so that a
 # curve that has flattened reads "still rising" by chance about one time in twenty.
 STEP_LEVEL = 1 - 0.05 / (len(LEARNERS) * len(STEP_METRICS))
+STEP_BOOTSTRAP = 1000  # resamples at least: each 98.75% bound rests on the 6th of 1,000 draws
 
 
 def last_step(y: np.ndarray, subjects: np.ndarray, before: dict[str, np.ndarray], last: dict[str, np.ndarray], *,

@@ -531,7 +531,7 @@ def _learning_curve(m: dict) -> dict | None:
                 for k, name in learners.items() for d in [step[k][metric]])
         text = (f"From {step['from']:g}% to {step['to']:g}% of the train subjects the held-out AUROC changed by "
                 f"{changes('auroc')}; the AUPRC by {changes('auprc')} (paired patient-bootstrap intervals at "
-                f"{100 * step.get('level', 0.95):g}%: 95% over the four together).")
+                f"{100 * step['level']:g}%: 95% over the four together).")
         if rising(step):
             text += (" A gain beyond chance at the last step (a paired interval above 0): the curve is still rising, so "
                      "more training data (more people, or training across the sites: the network design) may help.")

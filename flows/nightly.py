@@ -425,8 +425,9 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
                      [b["pull"].digest, b["labels"].digest])
         features[n] = caches[n].run(f"network-features-{spec.name}", key, compute)
 
-    sites = [SiteRows(n, features[n].result, threads) for n in names]
-    reason = untrainable(sites)
+    # checked here and let go: the training's sites are made in ``train`` (each in a process of
+    # its own under ``validation.site_processes``), so no copy of the rows waits beside them
+    reason = untrainable([SiteRows(n, features[n].result, threads) for n in names])
     if reason:
         return NetworkRun({}, reason)
     params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
@@ -439,8 +440,12 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
 
     def train(out: Path) -> dict:
         with ExitStack() as stack:
-            trainers = [stack.enter_context(SiteProcess(n, features[n].result, threads)) for n in names] if (
-                study.validation.site_processes) else sites
+            if study.validation.site_processes:  # all start at once, then each is waited for
+                trainers = [stack.enter_context(SiteProcess(n, features[n].result, threads, wait=False)) for n in names]
+                for trainer in trainers:
+                    trainer.ready()
+            else:
+                trainers = [SiteRows(n, features[n].result, threads) for n in names]
             model = train_federated(trainers, study.models, rounds_per_visit=study.validation.rounds_per_visit)
         model.save(out)
         return {"trees": model.n_trees, "calibration": model.calibrator.method}

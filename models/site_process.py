@@ -2,26 +2,33 @@
 
 ``models.federated.SiteRows`` keeps a site's rows behind its methods, but in one Python
 process that is a convention: nothing stops code beside it from reading its arrays.
-``SiteProcess`` makes the boundary physical. It starts a process (a fresh interpreter,
-``python -m forewarn.models.site_process``, that shares no memory with the coordinator
-and talks to it over two pipes) that loads the site's feature matrix into a
-``SiteRows`` and answers only the calls that ``train_federated`` makes, each returning
-what the module's docstring says may cross: the model's bytes, sums over 11+ rows, label
-counts, and the site's feature column names. Any other call is refused there, in the
-site's process, with PermissionError. The coordinator's process never holds a row: it
-never opens the matrix.
+``SiteProcess`` makes the boundary physical for the training. It starts a process (a
+fresh interpreter, ``python -P -m forewarn.models.site_process``, that shares no memory
+with the coordinator and talks to it over two pipes) that loads the site's feature
+matrix into a ``SiteRows`` and answers only the calls that ``train_federated`` makes,
+each returning what the federated module's docstring says may cross: the model's bytes,
+sums over 11+ rows, label counts, and the site's feature column names. Any other call is
+refused there, in the site's process, with PermissionError. The coordinator
+(``train_federated``) holds no row and no reference to one.
 
 Every answer is kept in ``messages`` (the call, and the size of what came back), the
-record of what left the site during training. The same protocol could run over a
-network between machines; here it runs over a pipe between processes of one machine.
+record of what left the site during training. Over these local pipes the messages are
+pickled; a transport between machines would need an encoding that cannot run code
+(the answers are bytes, numbers and small arrays, so a plain one would do).
+
+What the flow still does in one process: it runs every site's own stages (pull, labels,
+features, evaluation) on this machine, and checks beforehand from each site's rows
+whether any site can train at all (``models.federated.untrainable``).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -30,7 +37,9 @@ from forewarn.features.featurize import FeatureMatrix
 # What ``train_federated`` (and ``untrainable``) ask a site, and nothing else.
 PROPERTIES = ("columns", "can_tune", "can_boost")
 METHODS = ("label_counts", "boost", "tuning_logloss", "platt_sums", "brier_sums")
-# Errors re-raised as themselves in the coordinator (their messages name no row); any other as RuntimeError.
+# Errors whose messages are Forewarn's own (site names, calls, counts of 11 or more): re-raised
+# as themselves in the coordinator. Any other error's message stays in the site's log
+# (its stderr): only its kind crosses.
 KNOWN_ERRORS = {"ValueError": ValueError, "PermissionError": PermissionError}
 
 
@@ -38,72 +47,113 @@ def _serve(calls: Connection, answers: Connection, name: str, matrix_dir: str, t
     """The site's process: load the rows, then answer allowed calls until told to stop."""
     from forewarn.models.federated import SiteRows
 
+    def answer(*message) -> bool:
+        try:
+            answers.send(message)
+            return True
+        except (BrokenPipeError, OSError):  # the coordinator went away: nobody to answer
+            return False
+
+    def failed(exc: Exception) -> tuple:
+        kind = type(exc).__name__
+        if kind in KNOWN_ERRORS:
+            return ("error", kind, str(exc))
+        traceback.print_exc(file=sys.stderr)
+        return ("error", kind, "see the site's log")
+
     try:
         site = SiteRows(name, FeatureMatrix(Path(matrix_dir)), threads)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the coordinator is told and the process ends
-        answers.send(("error", type(exc).__name__, str(exc)))
+        answer(*failed(exc))
         return
-    answers.send(("ok", None))
+    if not answer("ok", None):
+        return
     while True:
         try:
             message = calls.recv()
-        except EOFError:  # the coordinator went away
+        except (EOFError, OSError):  # the coordinator went away
             return
         if message is None:
             return
         call, args, kwargs = message
         try:
             if call in PROPERTIES:
-                result = getattr(site, call)
+                result = ("ok", getattr(site, call))
             elif call in METHODS:
-                result = getattr(site, call)(*args, **kwargs)
+                result = ("ok", getattr(site, call)(*args, **kwargs))
             else:
                 raise PermissionError(f"site {name!r} answers only {', '.join(PROPERTIES + METHODS)}; it refuses "
                                       f"{call!r}")
         except Exception as exc:  # noqa: BLE001 - passed back to the coordinator, which raises it
-            answers.send(("error", type(exc).__name__, str(exc)))
-            continue
-        answers.send(("ok", result))
+            result = failed(exc)
+        if not answer(*result):
+            return
 
 
 class SiteProcess:
     """``SiteRows``'s training interface, answered by a process of the site's own (see the
-    module's docstring). Use it as a context manager, or ``close()`` it."""
+    module's docstring). Use it as a context manager, or ``close()`` it. With
+    ``wait=False`` the process starts loading and ``ready()`` waits for it, so that several
+    sites load at once."""
 
-    def __init__(self, name: str, matrix: FeatureMatrix, threads: int = 1):
+    def __init__(self, name: str, matrix: FeatureMatrix, threads: int = 1, *, wait: bool = True):
         self.name = name
         self.messages: list[dict] = []
         self._cached: dict[str, object] = {}
+        self._pending: str | None = None  # a call sent and not yet answered
+        self._ready = False
         # two one-way pipes: calls to the site, answers from it
-        to_site, site_reads = os.pipe()[::-1]
-        site_writes, from_site = os.pipe()[::-1]
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "forewarn.models.site_process", str(site_reads), str(site_writes), name,
-             str(Path(matrix.dir)), str(threads)], pass_fds=(site_reads, site_writes), stdin=subprocess.DEVNULL)
-        os.close(site_reads)
-        os.close(site_writes)
+        site_reads, to_site = os.pipe()
+        from_site, site_writes = os.pipe()
+        try:
+            # -P: the child imports forewarn from the install, not from a checkout in the working folder
+            self._process = subprocess.Popen(
+                [sys.executable, "-P", "-m", "forewarn.models.site_process", str(site_reads), str(site_writes), name,
+                 str(Path(matrix.dir)), str(threads)], pass_fds=(site_reads, site_writes), stdin=subprocess.DEVNULL)
+        except BaseException:
+            for fd in (site_reads, to_site, from_site, site_writes):
+                os.close(fd)
+            raise
+        finally:
+            if hasattr(self, "_process"):
+                os.close(site_reads)
+                os.close(site_writes)
         self._send, self._recv = Connection(to_site, readable=False), Connection(from_site, writable=False)
-        self._answer("start")
+        if wait:
+            self.ready()
+
+    def ready(self) -> SiteProcess:
+        """Wait until the site has loaded its rows (raises what loading raised)."""
+        if not self._ready:
+            try:
+                self._pending = "start"
+                self._answer("start")
+                self._ready = True
+            except BaseException:
+                self._kill()
+                raise
+        return self
 
     def _answer(self, call: str):
         try:
             status, *payload = self._recv.recv()
-        except EOFError:
+        except (EOFError, OSError):
             raise RuntimeError(f"site {self.name!r}: its process ended (exit code {self._process.wait(timeout=30)}) "
                                f"while answering {call!r}") from None
+        self._pending = None
         if status == "error":
             kind, message = payload
-            if call == "start":
-                self._process.wait(timeout=30)
-                self._close_pipes()
-            raise KNOWN_ERRORS.get(kind, RuntimeError)(message if kind in KNOWN_ERRORS else f"site {self.name!r}: {kind}: "
-                                                                                         f"{message}")
+            if kind in KNOWN_ERRORS:
+                raise KNOWN_ERRORS[kind](message)
+            raise RuntimeError(f"site {self.name!r}: {kind} while answering {call!r} ({message})")
         return payload[0]
 
     def _call(self, call: str, *args, **kwargs):
+        self.ready()
         if self._process.poll() is not None:
             raise RuntimeError(f"site {self.name!r}: its process is not running (closed, or exit code "
                                f"{self._process.returncode})")
+        self._pending = call
         self._send.send((call, args, kwargs))
         result = self._answer(call)
         self.messages.append({"call": call, "bytes": len(pickle.dumps(result))})
@@ -150,7 +200,18 @@ class SiteProcess:
             entry["bytes"] += m["bytes"]
         return out
 
+    def _kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=30)
+        self._close_pipes()
+
     def close(self) -> None:
+        """Stop the site's process: asked to, or killed when a call is still in flight (its
+        answer may be blocking on a full pipe nobody reads any more)."""
+        if self._pending is not None:
+            self._kill()
+            return
         if self._process.poll() is None:
             try:
                 self._send.send(None)
@@ -176,6 +237,8 @@ class SiteProcess:
 
 
 if __name__ == "__main__":  # the site's process: python -m forewarn.models.site_process READ_FD WRITE_FD NAME MATRIX THREADS
+    # Ctrl-C reaches the whole process group: the coordinator stops the site, not the signal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     reads, writes, site_name, folder, n_threads = sys.argv[1:6]
     _serve(Connection(int(reads), writable=False), Connection(int(writes), readable=False), site_name, folder,
            int(n_threads))

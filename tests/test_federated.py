@@ -255,6 +255,11 @@ def test_sites_in_processes_of_their_own_train_the_same_model_and_refuse_other_c
         with pytest.raises(PermissionError, match="refuses '_X'"):
             a._call("_X")
         assert a.tuning_logloss(remote.trees)[1] > 0  # still answering after a refusal
+        # an error that is not Forewarn's own crosses as its kind alone (its message stays in the site's log)
+        with pytest.raises(RuntimeError, match=r"site 'a': XGBoostError while answering 'tuning_logloss' \(see the "
+                                               r"site's log\)"):
+            a.tuning_logloss(b"not a model")
+        assert a.tuning_logloss(remote.trees)[1] > 0
     assert (remote.trees, remote.n_trees, remote.calibrator) == (local.trees, local.n_trees, local.calibrator)
     assert local.summary["boundary"] == {"kind": "in-process", "answers": {}}
     boundary = remote.summary["boundary"]
@@ -274,3 +279,24 @@ def test_a_site_process_that_cannot_load_its_rows_says_why(tmp_path):
     matrix = site_matrix(tmp_path, "a", train_events=0)
     with pytest.raises(ValueError, match="site 'a': its train split has no events"):
         SiteProcess("a", matrix)
+    site = SiteProcess("a", matrix, wait=False)  # started; loading fails when it is waited for
+    with pytest.raises(ValueError, match="its train split has no events"):
+        site.ready()
+    assert site._process.poll() is not None and site._send.closed and site._recv.closed
+
+
+def test_closing_a_site_process_with_a_call_in_flight_kills_it_rather_than_ask_it_to_stop(tmp_path):
+    """Its answer may be blocked on a full pipe nobody reads: asked to stop, it would never
+    hear; it is killed."""
+    import signal
+
+    from forewarn.models.site_process import SiteProcess
+
+    site = SiteProcess("a", site_matrix(tmp_path, "a"))
+    site._send.send(("tuning_logloss", (b"x" * 1_000_000,), {}))  # sent, its answer never read
+    site._pending = "tuning_logloss"
+    site.close()
+    assert site._process.returncode == -signal.SIGKILL and site._send.closed and site._recv.closed
+    idle = SiteProcess("b", site_matrix(tmp_path, "b"))
+    idle.close()
+    assert idle._process.returncode == 0  # nothing in flight: asked, and it stopped

@@ -170,7 +170,12 @@ def test_a_held_out_split_with_few_events_fits_no_point(tmp_path):
     half = -(-events // 2) + -(-(len(train) - events) // 2)  # each class's half, rounded up
     assert [(p["fitted"], p["subjects"]) for p in record["points"]] == [(False, half), (False, len(train))]
     assert {p["reason"] for p in record["points"]} == {
-        "the held-out split has 1 to 10 events or non-events, so every point's metrics would be withheld: none is fitted"}
+        "the held-out split has fewer than 11 events or non-events, so every point's metrics would be withheld (or "
+        "undefined, with none): none is fitted"}
+    rows.loc[held[:5], schema.BOOLEAN_VALUE] = False  # no held-out event at all: no AUROC to draw either
+    record = learning_curve(X, rows, ModelConfig(n_jobs=1), None, LearningCurveConfig(fractions=[0.5, 1.0]),
+                            n_boot=10, seed=0)
+    assert not any(p["fitted"] for p in record["points"]) and record["last_step"] is None
     assert record["last_step"] is None
 
 
