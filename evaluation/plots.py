@@ -149,7 +149,7 @@ def learning_curve(record: dict) -> bytes:
                 ax.plot([a[0] for a in apparent], [a[1] for a in apparent], ls="--", marker=".", c=colour, alpha=0.7, label=f"{name}, on its training sample")
         ax.set(xlabel="% of the train subjects fitted on", ylabel=title, title=f"Learning curve: {title}", xlim=(0, 102))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
     return _png(fig)
 
 

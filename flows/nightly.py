@@ -42,6 +42,7 @@ from forewarn.evaluation.evaluate import (
     held_out_metrics,
     label_demographics,
 )
+from forewarn.evaluation.learning_curve import rising
 from forewarn.evaluation.metrics import BETWEEN_SITES_METRICS, between_sites
 from forewarn.evaluation.report import published_attrition, report_context, write_report
 from forewarn.evaluation.validation import (
@@ -561,8 +562,13 @@ def learning_curve_metrics(curve: dict | None) -> dict[str, list[tuple[int, floa
     """The learning curve as stepped MLflow metrics: ``learning_curve/<learner>/<metric>``
     (held-out AUROC and AUPRC and their CIs, and ``apparent_auroc``), each a list of (step,
     value) with the step the percent of train subjects fitted on, so that MLflow charts it
-    against the training size. Withheld and unfitted points are left out."""
+    against the training size. Withheld and unfitted points are left out. ``learning_curve/rising``
+    is 1 where the last step gained beyond chance, else 0, so that the runs where more data
+    may help can be found in the compare view."""
     out: dict[str, list[tuple[int, float]]] = {}
+    step = (curve or {}).get("last_step")
+    if step:  # 1 where the last step gained beyond chance (``evaluation.learning_curve.rising``), at its share
+        out["learning_curve/rising"] = [(int(round(step["to"])), float(rising(step)))]
     for point in (curve or {}).get("points") or []:
         if not point.get("fitted"):
             continue

@@ -235,6 +235,13 @@ def test_mlflow_metrics_are_stepped_by_the_percent_of_train_subjects():
         "learning_curve/l1_logistic/auprc": [(100, 0.3)],
     }
     assert learning_curve_metrics(None) == {}
+    # the last step's verdict, at its share: 1 where an interval lies above 0
+    up = {"difference": 0.02, "ci_low": 0.001, "ci_high": 0.04}
+    flat = {"difference": 0.0, "ci_low": -0.01, "ci_high": 0.01}
+    for gained, flag in ((up, 1.0), (flat, 0.0)):
+        step = {"from": 50.0, "to": 100.0, "level": 0.9875, XGBOOST: {"auroc": flat, "auprc": gained},
+                L1: {"auroc": flat, "auprc": flat}}
+        assert learning_curve_metrics(curve | {"last_step": step})["learning_curve/rising"] == [(100, flag)]
 
 
 def test_stepped_metrics_reach_a_real_mlflow_store(tmp_path, restore_tracking):
