@@ -188,10 +188,13 @@ def last_step(y: np.ndarray, subjects: np.ndarray, before: dict[str, np.ndarray]
     """Each learner's held-out AUROC and AUPRC at the largest fitted share less at the one
     before it, on the same held-out rows (``before`` and ``last``: each learner's risks
     there), with the paired patient-bootstrap interval of the difference at ``STEP_LEVEL``
-    (``metrics.paired_difference``: one resample scores both)."""
-    return {learner: {metric: {k: round(v, 6) for k, v in metrics.paired_difference(
-        y, last[learner], before[learner], subjects, n_boot=n_boot, seed=seed, metric=metric, level=STEP_LEVEL).items()}
-        for metric in STEP_METRICS} for learner in LEARNERS}
+    (``metrics.paired_differences``: one resample scores both models, and both metrics)."""
+    out = {}
+    for learner in LEARNERS:  # one bootstrap scores both metrics
+        both = metrics.paired_differences(y, last[learner], before[learner], subjects, n_boot=n_boot, seed=seed,
+                                          level=STEP_LEVEL, metrics=STEP_METRICS)
+        out[learner] = {metric: {k: round(v, 6) for k, v in both[metric].items()} for metric in STEP_METRICS}
+    return out
 
 
 def rising(step: dict | None) -> bool:

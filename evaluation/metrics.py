@@ -128,23 +128,46 @@ def paired_difference(
     rankings give 0 (0 to 0), while one model's own interval is as wide as ever (the
     marginal rule compares its lower bound with the other's point estimate). Replicates
     that drew one class are skipped."""
-    if metric not in ("auroc", "auprc"):
-        raise ValueError(f"metric must be 'auroc' or 'auprc'; got {metric!r}.")
+    return paired_differences(y, p_new, p_old, subjects, n_boot=n_boot, seed=seed, level=level, metrics=(metric,))[metric]
+
+
+def paired_differences(
+    y: np.ndarray,
+    p_new: np.ndarray,
+    p_old: np.ndarray,
+    subjects: np.ndarray,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    metrics: tuple[str, ...] = ("auroc", "auprc"),
+) -> dict[str, dict[str, float]]:
+    """:func:`paired_difference` for several metrics from one bootstrap (the same draws,
+    so each is what :func:`paired_difference` gives for it alone)."""
+    bad = [m for m in metrics if m not in ("auroc", "auprc")]
+    if bad or not metrics:
+        raise ValueError(f"metric must be 'auroc' or 'auprc'; got {bad[0] if bad else 'none'!r}.")
     y = np.asarray(y, bool)
     p_new, p_old = np.asarray(p_new, float), np.asarray(p_old, float)
     if not (y.size == p_new.size == p_old.size == np.asarray(subjects).size) or y.size == 0:
         raise ValueError(f"y, p_new, p_old and subjects must be one non-empty row each; got {y.size}, {p_new.size}, "
                          f"{p_old.size} and {np.asarray(subjects).size} rows.")
-    draws: list[np.ndarray] = []
+    draws: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     for w in bootstrap_weights(subjects, n_boot=n_boot, seed=seed):
-        d = rank_metrics(y, p_new, w)[metric] - rank_metrics(y, p_old, w)[metric]
-        draws.append(d[~np.isnan(d)])
-    values = np.concatenate(draws)
+        new, old = rank_metrics(y, p_new, w), rank_metrics(y, p_old, w)
+        for m in metrics:
+            d = new[m] - old[m]
+            draws[m].append(d[~np.isnan(d)])
     alpha = (1 - level) / 2
-    point = point_metrics(y, p_new)[metric] - point_metrics(y, p_old)[metric]
-    if values.size == 0:
-        return {"difference": point, "ci_low": float("nan"), "ci_high": float("nan")}
-    return {"difference": point, "ci_low": float(np.quantile(values, alpha)), "ci_high": float(np.quantile(values, 1 - alpha))}
+    point_new, point_old = point_metrics(y, p_new), point_metrics(y, p_old)
+    out = {}
+    for m in metrics:
+        values = np.concatenate(draws[m])
+        point = point_new[m] - point_old[m]
+        out[m] = ({"difference": point, "ci_low": float("nan"), "ci_high": float("nan")} if values.size == 0 else
+                  {"difference": point, "ci_low": float(np.quantile(values, alpha)),
+                   "ci_high": float(np.quantile(values, 1 - alpha))})
+    return out
 
 
 def model_based_concordance(p: np.ndarray) -> float:

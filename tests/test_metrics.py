@@ -381,3 +381,16 @@ def test_model_based_concordance_matches_every_pair_and_the_auroc_of_outcomes_dr
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, big) == pytest.approx(model_based_concordance(big), abs=0.005)
+
+
+def test_paired_differences_of_two_metrics_are_each_ones_own_bootstrap():
+    """One bootstrap for AUROC and AUPRC together gives what one each gives (the same draws)."""
+    rng = np.random.default_rng(3)
+    y = rng.random(300) < 0.3
+    p_old, p_new = rng.random(300), np.clip(0.4 * y + 0.6 * rng.random(300), 0, 1)
+    subjects = np.repeat(np.arange(150), 2)
+    both = metrics.paired_differences(y, p_new, p_old, subjects, n_boot=40, seed=2, level=0.9)
+    for m in ("auroc", "auprc"):
+        assert both[m] == metrics.paired_difference(y, p_new, p_old, subjects, n_boot=40, seed=2, level=0.9, metric=m)
+    with pytest.raises(ValueError, match="metric must be 'auroc' or 'auprc'; got 'brier'"):
+        metrics.paired_differences(y, p_new, p_old, subjects, metrics=("auroc", "brier"))
