@@ -12,9 +12,10 @@ refused there, in the site's process, with PermissionError. The coordinator
 (``train_federated``) holds no row and no reference to one.
 
 Every answer is kept in ``messages`` (the call, and the size of what came back), the
-record of what left the site during training. Over these local pipes the messages are
-pickled; a transport between machines would need an encoding that cannot run code
-(the answers are bytes, numbers and small arrays, so a plain one would do).
+record of what left the site during training. Calls and answers cross in
+``models.wire``'s plain encoding (a JSON header and raw bytes; never a pickle), so
+neither side's decoding can run code the other sent: what a transport between machines
+would need too.
 
 What the flow still does in one process: it runs every site's own stages (pull, labels,
 features, evaluation) on this machine, and checks beforehand from each site's rows
@@ -24,7 +25,6 @@ whether any site can train at all (``models.federated.untrainable``).
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from forewarn.features.featurize import FeatureMatrix
+from forewarn.models import wire
 
 # What ``train_federated`` (and ``untrainable``) ask a site, and nothing else.
 PROPERTIES = ("columns", "can_tune", "can_boost")
@@ -49,7 +50,11 @@ def _serve(calls: Connection, answers: Connection, name: str, matrix_dir: str, t
 
     def answer(*message) -> bool:
         try:
-            answers.send(message)
+            data = wire.encode(list(message))
+        except TypeError as exc:  # an answer the encoding refuses: not sent
+            data = wire.encode(list(failed(exc)))
+        try:
+            answers.send_bytes(data)
             return True
         except (BrokenPipeError, OSError):  # the coordinator went away: nobody to answer
             return False
@@ -70,13 +75,18 @@ def _serve(calls: Connection, answers: Connection, name: str, matrix_dir: str, t
         return
     while True:
         try:
-            message = calls.recv()
+            data = calls.recv_bytes()
         except (EOFError, OSError):  # the coordinator went away
             return
-        if message is None:
-            return
-        call, args, kwargs = message
         try:
+            message = wire.decode(data)
+            if message is None:
+                return
+            if not (isinstance(message, list) and len(message) == 3 and isinstance(message[0], str)
+                    and isinstance(message[1], list) and isinstance(message[2], dict)):
+                raise ValueError(f"site {name!r}: a call is [name, arguments, keyword arguments]; got "
+                                 f"{type(message).__name__}.")
+            call, args, kwargs = message
             if call in PROPERTIES:
                 result = ("ok", getattr(site, call))
             elif call in METHODS:
@@ -136,11 +146,23 @@ class SiteProcess:
 
     def _answer(self, call: str):
         try:
-            status, *payload = self._recv.recv()
+            data = self._recv.recv_bytes()
         except (EOFError, OSError):
             raise RuntimeError(f"site {self.name!r}: its process ended (exit code {self._process.wait(timeout=30)}) "
                                f"while answering {call!r}") from None
         self._pending = None
+        try:
+            message = wire.decode(data)
+        except ValueError as exc:
+            raise RuntimeError(f"site {self.name!r}: its answer to {call!r} is not a Forewarn wire message ({exc})") \
+                from None
+        if not (isinstance(message, list) and (message[:1] == ["ok"] and len(message) == 2
+                                               or message[:1] == ["error"] and len(message) == 3)):
+            raise RuntimeError(f"site {self.name!r}: its answer to {call!r} is neither ['ok', value] nor ['error', kind, "
+                               "message']")
+        status, *payload = message
+        if call != "start":
+            self.messages.append({"call": call, "bytes": len(data)})
         if status == "error":
             kind, message = payload
             if kind in KNOWN_ERRORS:
@@ -153,11 +175,10 @@ class SiteProcess:
         if self._process.poll() is not None:
             raise RuntimeError(f"site {self.name!r}: its process is not running (closed, or exit code "
                                f"{self._process.returncode})")
+        data = wire.encode([call, list(args), kwargs])  # refused here, before anything is sent
         self._pending = call
-        self._send.send((call, args, kwargs))
-        result = self._answer(call)
-        self.messages.append({"call": call, "bytes": len(pickle.dumps(result))})
-        return result
+        self._send.send_bytes(data)
+        return self._answer(call)
 
     def _property(self, call: str):
         if call not in self._cached:  # fixed for the process's life: asked once
@@ -214,7 +235,7 @@ class SiteProcess:
             return
         if self._process.poll() is None:
             try:
-                self._send.send(None)
+                self._send.send_bytes(wire.encode(None))
             except (BrokenPipeError, OSError):
                 pass
             try:

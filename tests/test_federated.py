@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -242,6 +244,7 @@ def test_sites_in_processes_of_their_own_train_the_same_model_and_refuse_other_c
     """``models.site_process``: each site loads its rows in a process of its own and answers
     only the training's calls; the model is the in-process one, tree for tree, and what
     each site sent back is recorded."""
+    from forewarn.models import wire
     from forewarn.models.site_process import METHODS, PROPERTIES, SiteProcess
 
     matrices = {"a": site_matrix(tmp_path, "a", seed=0), "b": site_matrix(tmp_path, "b", seed=1)}
@@ -260,6 +263,13 @@ def test_sites_in_processes_of_their_own_train_the_same_model_and_refuse_other_c
                                                r"site's log\)"):
             a.tuning_logloss(b"not a model")
         assert a.tuning_logloss(remote.trees)[1] > 0
+        # calls and answers cross in models.wire's plain encoding: a pickled call is refused by the site
+        # (never unpickled), which goes on answering
+        a._send.send_bytes(pickle.dumps(("label_counts", (), {})))
+        a._pending = "label_counts"
+        with pytest.raises(ValueError, match=r"not a Forewarn wire message: it should start with b'FWW1'"):
+            a._answer("label_counts")
+        assert a.label_counts() == SiteRows("a", matrices["a"]).label_counts()
     assert (remote.trees, remote.n_trees, remote.calibrator) == (local.trees, local.n_trees, local.calibrator)
     assert local.summary["boundary"] == {"kind": "in-process", "answers": {}}
     boundary = remote.summary["boundary"]
@@ -270,6 +280,10 @@ def test_sites_in_processes_of_their_own_train_the_same_model_and_refuse_other_c
         assert calls["boost"]["answers"] == visits[site]  # one model back a visit
         assert calls["tuning_logloss"]["answers"] == len(remote.summary["history"])  # every visit's check
         assert all(c["bytes"] > 0 for c in calls.values())
+        # what is counted is each answer's encoded bytes: for the label counts (asked for the pooled
+        # parameters and for the summary), exactly these
+        counts = SiteRows(site, matrices[site]).label_counts()
+        assert calls["label_counts"] == {"answers": 2, "bytes": 2 * len(wire.encode(["ok", counts]))}
     assert a._process.poll() == 0 and b._process.poll() == 0  # closed cleanly
 
 
@@ -290,13 +304,39 @@ def test_closing_a_site_process_with_a_call_in_flight_kills_it_rather_than_ask_i
     hear; it is killed."""
     import signal
 
+    from forewarn.models import wire
     from forewarn.models.site_process import SiteProcess
 
     site = SiteProcess("a", site_matrix(tmp_path, "a"))
-    site._send.send(("tuning_logloss", (b"x" * 1_000_000,), {}))  # sent, its answer never read
+    site._send.send_bytes(wire.encode(["tuning_logloss", [b"x" * 1_000_000], {}]))  # sent, its answer never read
     site._pending = "tuning_logloss"
     site.close()
     assert site._process.returncode == -signal.SIGKILL and site._send.closed and site._recv.closed
     idle = SiteProcess("b", site_matrix(tmp_path, "b"))
     idle.close()
     assert idle._process.returncode == 0  # nothing in flight: asked, and it stopped
+
+
+def test_a_site_answering_with_a_pickle_is_refused_and_its_payload_never_run(tmp_path):
+    """The coordinator decodes a site's answer with ``models.wire`` only: a pickle from a
+    site (or from whatever could write to its pipe) cannot run code there."""
+    from multiprocessing import Pipe
+
+    from forewarn.models.site_process import SiteProcess
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    with SiteProcess("a", site_matrix(tmp_path, "a")) as site:
+        theirs, ours = Pipe(duplex=False)
+        real, site._recv = site._recv, theirs
+        ours.send_bytes(pickle.dumps(("ok", Payload())))
+        with pytest.raises(RuntimeError, match=r"site 'a': its answer to 'label_counts' is not a Forewarn wire message "
+                                               r"\(not a Forewarn wire message: it should start with b'FWW1'"):
+            site._answer("label_counts")
+        theirs.close(), ours.close()
+        site._recv = real
+    assert not marker.exists() and site.messages == []
