@@ -40,6 +40,7 @@ DESIGNS = {
     "external": "external (model shipped to another site)",
     "temporal": "temporal (later prediction times held out)",
     "network": "network (one model trained across the sites without moving rows)",
+    "registered": "registered model from outside this study (external; a comparator, not this model)",
     "leave_one_site_out": "leave one site out",
 }
 GROUP_LABELS = {"age_band": "Age band", "sex": "Sex", "site": "Site"}
@@ -1268,7 +1269,9 @@ def report_context(
     validations = [dict(v) for v in validations or []]
     # The network's own report: ``validations`` are the same model at the other sites, not
     # further designs of a site's model.
-    external = [] if network else [v for v in validations if v.get("design", "external") != "internal"]
+    # (a registered model from outside the study, validated here, is a comparator: no design of this model)
+    registered = [v for v in validations if v.get("design") == "registered" and not v.get("skipped")]
+    external = [] if network else [v for v in validations if v.get("design", "external") not in ("internal", "registered")]
     # a design that was asked for but could not run (its row says why) validates nothing
     skipped = sorted({str(v.get("design")) for v in external if v.get("skipped")})
     external = [v for v in external if not v.get("skipped")]
@@ -1533,6 +1536,7 @@ def report_context(
         "between_sites": _between_sites(held, site, validations) if network else None,
         "external_validations": len([v for v in external if v.get("design") != "network"]),
         "network_design": any(v.get("design") == "network" for v in external),
+        "registered_models": len(registered),
         "skipped_designs": " and ".join(skipped),
         "promotion": _promotion(promotion, m["held_out"][PRIMARY] | {
             k: v for k, v in m.get("calibration_stats", {}).get(PRIMARY, {}).items() if k not in m["held_out"][PRIMARY]}),

@@ -1028,10 +1028,13 @@ def log_network(study: Study, spec: TaskSpec, site: str, stage: Stage, features:
 
 
 def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, eval_site: str, stage: Stage, features: Path,
-                training: dict, pull: Stage, stage_key: str, run_name: str, dataset: str, note: str, row_note: str,
-                artifacts=None, tags: dict[str, str] | None = None) -> dict:
+                training: dict | None, pull: Stage, stage_key: str, run_name: str, dataset: str, note: str, row_note: str,
+                artifacts=None, tags: dict[str, str] | None = None, params: dict[str, object] | None = None,
+                row_fields: dict[str, str] | None = None) -> dict:
     """The MLflow run and report row of a model evaluated at ``eval_site`` as shipped there
-    (``external_validation``'s record in ``stage``, the matrix it was evaluated on in ``features``)."""
+    (``external_validation``'s record in ``stage``, the matrix it was evaluated on in
+    ``features``). Its params are ``run_params`` of ``training``, or ``params`` as given;
+    ``row_fields`` replace the row's own (its design and model, in the report)."""
     record = stage.result
     shipped, recal = record["as_shipped"], record.get("recalibrated")
     metrics = tracking.evaluation_metrics(shipped, model=PRIMARY)
@@ -1043,14 +1046,14 @@ def log_shipped(study: Study, spec: TaskSpec, *, design: str, train_site: str, e
     def row(run_id: str) -> dict:
         # its "Site" level: the model as shipped, at its own site's threshold
         return validation_row(record, design=design, train_site=train_site, eval_site=eval_site, note=row_note,
-                              run_id=run_id)
+                              run_id=run_id) | (row_fields or {})
 
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(spec.name), run_name=f"{run_name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={"site": eval_site, "train_site": train_site, "task": spec.name, "task_digest": spec.digest(),
               "validation_design": design, "data_digest": data_digest(pull), "code_version": code_version(),
               "study": study.name, "stage_key": stage_key, **(tags or {})},
-        metrics=metrics, params=run_params(study, spec, eval_site, shape, training),
+        metrics=metrics, params=params if params is not None else run_params(study, spec, eval_site, shape, training),
         dicts={f"validation/{design}.json": record},
         datasets=[{"name": f"{dataset}/{split}", "digest": f"{stage.digest[:16]}-{split}",
                    "source": features, "context": SPLIT_CONTEXT[split]} for split in used],
@@ -1166,11 +1169,12 @@ def nightly(study: Study):
             except (OSError, ValueError, KeyError) as exc:
                 logger.warning("site %s: no comparison with the previous pull: %s", site.name, _reason(exc))
                 earlier[site.name] = None
+        registered = resolve_registered(study, specs, logger)
         for spec in specs:
             # A site's night enters its ledger when its first task passes its own gate, before
             # anything of it leaves: a site whose every task is held published nothing, and
             # its night is no baseline.
-            results += run_task(study, spec, pulls, caches, used, logger, earlier, enter=enter)
+            results += run_task(study, spec, pulls, caches, used, logger, earlier, enter=enter, registered=registered)
         for site in study.sites:
             prune(caches[site.name], used[site.name], keep_runs=study.cache.keep_runs)
     artifact.publish_summary(study, results)
@@ -1256,10 +1260,12 @@ def previous_pull(site: SiteConfig, pull: Stage, *, keep: int = 10) -> dict | No
 
 def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict[str, StageCache],
              used: dict[str, list[Stage]], logger, earlier: dict[str, dict | None] | None = None,
-             enter: dict[str, Callable[[], None] | None] | None = None) -> list[SiteResult]:
+             enter: dict[str, Callable[[], None] | None] | None = None,
+             registered: list[tracking.RegisteredModel] | None = None) -> list[SiteResult]:
     """One task at every site that pulled: per-site models, then the cross-site and
-    temporal validations, then publication. A site whose cohort for the task barely
-    changed since a published night (``people_gate``) takes no part in it tonight."""
+    temporal validations and those of ``registered`` models from outside the study, then
+    publication. A site whose cohort for the task barely changed since a published night
+    (``people_gate``) takes no part in it tonight."""
     results, built, data = [], {}, {}
     sites = {s.name: s for s in study.sites if s.name in pulls}
     for name, site in sites.items():
@@ -1336,6 +1342,10 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
         except Exception as exc:  # noqa: BLE001
             logger.error("site %s, task %s: validation failed: %s", model_site, spec.name, _reason(exc))
             validations[model_site].append({"design": "failed", "note": _reason(exc)})
+    for model in (m for m in registered or [] if m.task == spec.name):
+        for name, row in registered_rows(study, spec, model, data, caches, used, logger).items():
+            if name in validations:  # a site with no model of its own tonight has no report; the run has it
+                validations[name].append(row)
     for name, b in built.items():
         try:
             stage = publish_task(sites[name], study, spec, b, validations[name], b["champion"], b["drift"], caches[name])
@@ -1561,6 +1571,102 @@ def cross_validations(study, spec, model_site, b, data, caches, used) -> list[di
             out.append({"design": "temporal", "train_site": model_site, "eval_site": model_site, "recalibrated": None,
                         "skipped": True, "note": f"not run: {stage.result['skipped']}"})
     return out
+
+
+def resolve_registered(study: Study, specs: list[TaskSpec], logger) -> list[tracking.RegisteredModel]:
+    """The study's ``validation.registered`` models, resolved in the registry tonight (an
+    alias names whichever version holds it now). One that cannot be resolved, is this
+    study's own (its designs validate it already) or is for a task the study does not run
+    is left out with a warning: a comparison does not stop the night."""
+    out, tasks = [], {spec.name for spec in specs}
+    for ref in study.validation.registered:
+        try:
+            model = tracking.registered_model(ref)
+        except Exception as exc:  # noqa: BLE001 - the study's own models still train tonight
+            logger.warning("registered model %s: not validated tonight: %s", ref,
+                           str(exc) if isinstance(exc, ValueError) else _reason(exc))
+            continue
+        if model.study == study.name:
+            logger.warning("registered model %s: not validated: %s is this study's own model, which its validation "
+                           "designs evaluate at its sites already", ref, model.label)
+        elif model.task not in tasks:
+            logger.warning("registered model %s: not validated: %s is a model of task %s, which this study does not "
+                           "run (its tasks: %s)", ref, model.label, model.task, ", ".join(sorted(tasks)))
+        else:
+            out.append(model)
+    return out
+
+
+def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredModel, data: dict, caches: dict[str, StageCache],
+                    used: dict[str, list[Stage]], logger) -> dict[str, dict]:
+    """A registered model from outside the study at each site with labels and features
+    tonight (``data``), shipped there as the external design ships a site's model: its
+    inputs fetched from the registry, the site's rows featurized in its columns, scored as
+    shipped (at the alert threshold it was published with) and after recalibration on the
+    site's tuning split; one MLflow run per site (``validation_design`` external, tags
+    ``validated_model`` and ``validated_version``); only aggregates. Returns each site's
+    report row (design ``registered``); a model of another definition of the task (its
+    task digest) is not scored, and its rows say why."""
+    train_site = f"{model.site} ({model.label})"
+    if model.task_digest != spec.digest():
+        reason = (f"not validated: {model.label} predicts another definition of {spec.name} (task digest "
+                  f"{model.task_digest[:12]}; this study's {spec.digest()[:12]}): its cohort, outcome or times differ")
+        logger.warning("task %s: %s", spec.name, reason)
+        return {n: {"design": "registered", "train_site": train_site, "eval_site": n, "recalibrated": None,
+                    "skipped": True, "note": reason} for n in data}
+    label = f"registered-{model.name}-v{model.version}"
+    rows = {}
+    for name, d in data.items():
+        cache = caches[name]
+        try:
+            def fetch(out: Path, m=model) -> dict:
+                tracking.download_inputs(m.run_id, out / "model")
+                threshold = tracking.registered_threshold(m.run_id, out / "run")
+                shutil.rmtree(out / "run", ignore_errors=True)  # the model's own metrics: only its threshold is kept
+                return {"threshold": threshold}
+
+            inputs = cache.run(label, key_of("registered model", {"run": model.run_id, "name": model.name,
+                                                                  "version": model.version}, []), fetch)
+            shipped = SimpleNamespace(digest=inputs.digest, result=TrainedModels(inputs.dir / "model"))
+            columns = SimpleNamespace(digest=inputs.digest,
+                                      result=SimpleNamespace(columns_path=inputs.dir / "model" / "columns.parquet"))
+            stage = external_task(label, shipped, columns, d["pull"], d["labels"], study, spec, cache, eval_site=name,
+                                  threshold=inputs.result["threshold"])
+            log = logged(cache, f"{label}-{spec.name}", [stage.digest, inputs.digest, d["pull"].digest],
+                         lambda key, _, st=stage, n=name, p=d["pull"]: log_registered(study, spec, model, n, st, p, key))
+            used[name] += [inputs, stage, log]
+            rows[name] = log.result
+            shipped_metrics = stage.result["as_shipped"]
+            logger.info("site %s, task %s: registered model %s validated here: held-out AUROC %s, AUPRC %s (MLflow run %s)",
+                        name, spec.name, model.label,
+                        "withheld" if shipped_metrics.get("withheld") else f"{shipped_metrics['auroc']:.3f}",
+                        "withheld" if shipped_metrics.get("withheld") else f"{shipped_metrics['auprc']:.3f}",
+                        log.result.get("run_id"))
+        except Exception as exc:  # noqa: BLE001 - a comparison that fails does not stop the site's own model
+            logger.error("site %s, task %s: registered model %s: validation failed: %s", name, spec.name, model.label,
+                         _reason(exc))
+            rows[name] = {"design": "failed", "train_site": train_site, "eval_site": name,
+                          "note": f"registered model {model.label}: {_reason(exc)}"}
+    return rows
+
+
+def log_registered(study: Study, spec: TaskSpec, model: tracking.RegisteredModel, eval_site: str, stage: Stage,
+                   pull: Stage, stage_key: str) -> dict:
+    """The MLflow run of a registered model from outside the study at ``eval_site``
+    (``registered_rows``): ``log_external``'s names and tags, its params the model's own
+    registration run's (the model's make-up) with this site, features and bootstrap."""
+    shape = json.loads((stage.dir / "features" / "shape.json").read_text())
+    params = {**{k: v for k, v in model.params.items() if k != "study"}, "site": eval_site, "n_features": shape["columns"],
+              "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed}
+    return log_shipped(
+        study, spec, design="external", train_site=model.site, eval_site=eval_site, stage=stage,
+        features=stage.dir / "features", training=None, params=params, pull=pull, stage_key=stage_key,
+        run_name=f"{model.name}-v{model.version}-at-{eval_site}", dataset=f"{eval_site}/{spec.name}/{model.name}-v{model.version}-columns",
+        note=f"registered model {model.label} (trained at {model.site}, study {model.study or 'unknown'}) evaluated at "
+             f"{eval_site} (held-out rows there; only aggregates returned).",
+        row_note=f"a registered model from outside this study ({model.ref}), shipped here; metrics on this site's held-out rows",
+        tags={"validated_model": model.name, "validated_version": model.version, "validated_study": model.study},
+        row_fields={"design": "registered", "train_site": f"{model.site} ({model.label})"})
 
 
 def prune(cache: StageCache, used: list[Stage], *, keep_runs: int) -> None:

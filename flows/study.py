@@ -93,6 +93,26 @@ class ValidationSettings(Strict):
         "(models.site_process), which holds its rows and refuses any other call; false: in the flow's process",
     )
     temporal_from: date | None = Field(None, description="the first day of the temporal test period")
+    registered: list[str] = Field(
+        default=[],
+        description="registered models from the MLflow registry (another study's: a site outside it, or a network it "
+        "is not part of) to validate at every site of this study, as shipped and after recalibration on the site's "
+        "tuning split, each for its own task only: NAME (its champion), NAME@ALIAS or NAME/VERSION, e.g. "
+        "forewarn-t2d_2y-academic. Only aggregates are logged (an MLflow run per model and site, validation_design "
+        "external); a site's report lists them beside its own model",
+    )
+
+    @field_validator("registered")
+    @classmethod
+    def _registered(cls, value: list[str]) -> list[str]:
+        from forewarn.flows.tracking import parse_model_ref
+
+        for ref in value:
+            parse_model_ref(ref)
+        seen = [parse_model_ref(ref) for ref in value]
+        if len(set(seen)) != len(seen):
+            raise ValueError(f"each registered model is named once; got {value}.")
+        return value
 
     @model_validator(mode="after")
     def _temporal(self) -> ValidationSettings:

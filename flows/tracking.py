@@ -334,12 +334,98 @@ def champion_inputs(task: str, site: str, dest: Path) -> str | None:
         champion = client.get_model_version_by_alias(name, "champion")
     except mlflow.exceptions.MlflowException:
         return None
+    download_inputs(champion.run_id, dest)
+    return str(champion.version)
+
+
+def download_inputs(run_id: str, dest: Path) -> None:
+    """A registration run's model inputs (``MODEL_INPUTS``), as files of ``dest``: the
+    ``models.train.TrainedModels`` folder of the registered model."""
+    import mlflow
+
     dest.mkdir(parents=True, exist_ok=True)
-    local = Path(client.download_artifacts(champion.run_id, MODEL_INPUTS, str(dest)))
+    local = Path(mlflow.MlflowClient().download_artifacts(run_id, MODEL_INPUTS, str(dest)))
     for f in local.iterdir():
         f.replace(dest / f.name)
     local.rmdir()  # the emptied download folder
-    return str(champion.version)
+
+
+# A registered model as a study names it: NAME (its champion), NAME@ALIAS or NAME/VERSION.
+MODEL_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<alias>[A-Za-z][A-Za-z0-9_-]*)|/(?P<version>[1-9][0-9]*))?$")
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of a model reference; the alias is "champion" when neither
+    is given. Raises ValueError naming the expected forms."""
+    m = MODEL_REF.match(ref)
+    if m is None:
+        raise ValueError(f"{ref!r} is not a registered model: write NAME (its champion), NAME@ALIAS or NAME/VERSION, "
+                         "e.g. forewarn-t2d_2y-academic, forewarn-t2d_2y-academic@challenger or forewarn-t2d_2y-academic/3.")
+    alias = m["alias"] or (None if m["version"] else "champion")
+    return m["name"], alias, m["version"]
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A version of a registered Forewarn model, as its registration run describes it."""
+
+    ref: str
+    name: str
+    version: str
+    run_id: str
+    task: str
+    task_digest: str
+    site: str  # where it was trained: a site's name, or NETWORK
+    study: str
+    params: dict[str, str]  # its registration run's params (the model's make-up, as the compare view shows it)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+def registered_model(ref: str) -> RegisteredModel:
+    """Resolve ``ref`` (:func:`parse_model_ref`) in the registry. Raises ValueError when
+    there is no such model, alias or version, when the version's run did not finish, or
+    when it was not registered by Forewarn (no task or model inputs)."""
+    import mlflow
+
+    name, alias, version = parse_model_ref(ref)
+    client = mlflow.MlflowClient()
+    try:
+        mv = (client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version))
+    except mlflow.exceptions.MlflowException:
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        raise ValueError(f"registered model {ref!r}: the registry ({redact_uri(mlflow.get_tracking_uri())}) has no "
+                         f"model {name!r} with {what}; check the name (forewarn-<task>-<site>) and that its study "
+                         "logs to this store.") from None
+    run = client.get_run(mv.run_id)
+    tags = run.data.tags
+    if tags.get(f"{TAG}.complete") != "true":
+        raise ValueError(f"registered model {ref!r}: version {mv.version}'s run {mv.run_id} did not finish (its process "
+                         "was stopped), so its inputs may be incomplete; name another version.")
+    if not tags.get(f"{TAG}.task") or not tags.get(f"{TAG}.task_digest"):
+        raise ValueError(f"registered model {ref!r}: version {mv.version}'s run {mv.run_id} has no forewarn.task and "
+                         "forewarn.task_digest tags: it was not registered by Forewarn.")
+    return RegisteredModel(ref=ref, name=name, version=str(mv.version), run_id=mv.run_id, task=tags[f"{TAG}.task"],
+                           task_digest=tags[f"{TAG}.task_digest"],
+                           site=tags.get(f"{TAG}.train_site") or tags.get(f"{TAG}.site", "?"),
+                           study=tags.get(f"{TAG}.study", ""), params=dict(run.data.params))
+
+
+def registered_threshold(run_id: str, dest: Path) -> float | None:
+    """The alert threshold a site's registered model was published with (its run's
+    ``metrics.json``: ``subgroup_threshold``, the operating point set on its tuning
+    split), or None (a network model's registration run has none: each site sets its own)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not any(f.path == "metrics.json" for f in client.list_artifacts(run_id)):
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    record = json.loads(Path(client.download_artifacts(run_id, "metrics.json", str(dest))).read_text())
+    threshold = (record.get("subgroup_threshold") or {}).get("threshold")
+    return None if threshold is None else float(threshold)
 
 
 # What serving the registered model needs: XGBoost's scikit-learn wrapper (``XGBClassifier``)

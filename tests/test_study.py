@@ -63,6 +63,22 @@ def test_network_design_and_its_rounds(tmp_path):
         parse_study(BASE | {"validation": {"designs": ["federated"]}}, base_dir=tmp_path)
 
 
+def test_registered_models_to_validate_are_named_as_the_registry_names_them(tmp_path):
+    from forewarn.flows.tracking import parse_model_ref
+
+    refs = ["forewarn-t2d_2y-academic", "forewarn-t2d_2y-network@challenger", "forewarn-ckd3_2y-academic/12"]
+    study = parse_study(BASE | {"validation": {"registered": refs}}, base_dir=tmp_path)
+    assert study.validation.registered == refs and parse_study(BASE, base_dir=tmp_path).validation.registered == []
+    assert [parse_model_ref(r) for r in refs] == [("forewarn-t2d_2y-academic", "champion", None),
+                                                  ("forewarn-t2d_2y-network", "challenger", None),
+                                                  ("forewarn-ckd3_2y-academic", None, "12")]
+    with pytest.raises(ValueError, match=r"validation.registered: Value error, 'forewarn-t2d_2y-academic/0' is not a registered "
+                                         r"model: write NAME \(its champion\), NAME@ALIAS or NAME/VERSION"):
+        parse_study(BASE | {"validation": {"registered": ["forewarn-t2d_2y-academic/0"]}}, base_dir=tmp_path)
+    with pytest.raises(ValueError, match="each registered model is named once"):  # its champion, twice
+        parse_study(BASE | {"validation": {"registered": ["m", "m@champion"]}}, base_dir=tmp_path)
+
+
 def test_a_source_location_with_a_password_is_refused_without_echoing_it(tmp_path):
     url = "postgresql://omop:hunter2@db.site-a.example/cdm"
     with pytest.raises(ValueError) as exc:

@@ -1,0 +1,169 @@
+"""A registered model from outside a study, validated at the study's sites
+(``validation.registered``): the external validation of PLP's ``externalValidateDbPlp``,
+for a partner that receives the model through the registry rather than training with it.
+
+One study ("home": the academic site alone) trains and registers its T2D model; another
+("partner": the community site alone, the same MLflow store) names that model and
+validates it each night, under a real Prefect engine and a real MLflow store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import flow_workdir
+
+pytestmark = pytest.mark.slow
+
+MODEL = "forewarn-t2d_2y-academic"
+
+
+def _study(name: str, site: str, db: Path, base: Path, **validation):
+    from forewarn.flows.study import parse_study
+
+    return parse_study({
+        "name": name, "demo": True, "tasks": ["t2d_2y"],
+        "sites": [{"name": site, "source": {"location": str(db)}}],
+        "evaluation": {"bootstrap": 50, "shap_rows": 200},
+        "models": {"n_jobs": 2, "search": {"trials": 2}},
+        "promotion": {"slope_low": 0.6},  # as test_flow_e2e: this small network's first academic model has slope 0.69
+        "validation": {"designs": ["internal"], **validation},
+    }, base_dir=base)
+
+
+@pytest.fixture(scope="module")
+def partner_run(tmp_path_factory, demo_network):
+    work = tmp_path_factory.mktemp("work")
+    with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
+        from prefect.testing.utilities import prefect_test_harness
+
+        from forewarn.flows.nightly import nightly
+
+        home = _study("home", "academic", demo_network["academic"], work / "home")
+        partner = _study("partner", "community", demo_network["community"], work / "partner",
+                         registered=[MODEL, f"{MODEL}/9", "forewarn-ckd3_2y-academic@champion"])
+        with prefect_test_harness(server_startup_timeout=180):
+            home_results = nightly(home)
+            partner_results = nightly(partner)
+        yield {"work": work, "home": home_results, "partner": partner_results, "study": partner}
+
+
+@pytest.fixture(scope="module")
+def client(partner_run):
+    import mlflow
+
+    uri = f"sqlite:///{partner_run['work'] / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def _validation_runs(client):
+    experiment = client.get_experiment_by_name("forewarn/t2d_2y")
+    return client.search_runs([experiment.experiment_id], f"tags.`forewarn.validated_model` = '{MODEL}'")
+
+
+def test_the_partner_logs_one_external_run_of_the_registered_model_with_its_provenance(partner_run, client):
+    [home] = partner_run["home"]
+    assert (home.site, home.status, home.version, "champion" in home.aliases) == ("academic", "published", "1", True)
+    [run] = _validation_runs(client)
+    tags = run.data.tags
+    assert {k: tags[f"forewarn.{k}"] for k in ("site", "train_site", "validation_design", "validated_version",
+                                               "validated_study", "study", "task")} == {
+        "site": "community", "train_site": "academic", "validation_design": "external", "validated_version": "1",
+        "validated_study": "home", "study": "partner", "task": "t2d_2y"}
+    # the model's make-up is its registration run's params; the site and features are the partner's
+    registration = client.get_run(client.get_model_version(MODEL, "1").run_id).data.params
+    assert run.data.params["xgb_max_depth"] == registration["xgb_max_depth"]
+    assert run.data.params["l1_C"] == registration["l1_C"] and run.data.params["site"] == "community"
+    assert run.data.params["n_features"] == registration["n_features"]  # featurized in the model's own columns
+    for name in ("held_out/auroc", "held_out/auprc", "held_out/brier", "held_out/calibration_slope"):
+        assert name in run.data.metrics  # the names every run carries
+
+
+def test_the_logged_auroc_is_the_registered_model_served_on_the_partners_held_out_rows(partner_run, client):
+    """Independent of the flow's scoring: the model as MLflow serves it (pyfunc, by
+    version), on the matrix the partner featurized in its columns."""
+    import mlflow
+    from sklearn.metrics import roc_auc_score
+
+    from forewarn.features.featurize import FeatureMatrix
+    from forewarn.records import schema
+
+    [run] = _validation_runs(client)
+    stages = partner_run["study"].sites[0].workdir / "stages"
+    [folder] = [p for p in (stages / f"external-t2d_2y-registered-{MODEL}-v1").iterdir() if (p / "record.json").is_file()]
+    X, rows, _ = FeatureMatrix(folder / "features").load()
+    held = (rows[schema.SPLIT] == schema.HELD_OUT).to_numpy()
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}/1").predict(X[held])
+    y = rows.loc[held, schema.BOOLEAN_VALUE].to_numpy(bool)
+    assert y.sum() >= 11 and (~y).sum() >= 11  # published, not withheld
+    assert run.data.metrics["held_out/auroc"] == pytest.approx(roc_auc_score(y, np.asarray(served)), abs=1e-9)
+    record = json.loads((folder / "record.json").read_text())
+    assert record["as_shipped"]["auroc"] == run.data.metrics["held_out/auroc"]
+    # recalibrated on the partner's tuning split, which holds 11+ events and non-events here
+    assert record["recalibrated"] is not None and "held_out/recalibrated/auroc" in run.data.metrics
+
+
+def test_the_partners_report_lists_the_registered_model_beside_its_own(partner_run):
+    [own] = [r for r in partner_run["partner"] if r.task == "t2d_2y"]
+    assert own.status == "published"
+    html = own.report_path.read_text()
+    assert "The table also shows 1 registered model from outside this study" in html
+    assert "registered model from outside this study (external; a comparator, not this model)" in html
+    assert f"academic ({MODEL} v1)" in html
+    # it is no validation of the partner's own model
+    assert "Internal validation only" in html
+
+
+def test_a_second_night_reuses_the_fetched_model_and_its_run(partner_run, client, tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from forewarn.flows.nightly import nightly
+
+    with flow_workdir(partner_run["work"], tmp_path / "prefect-home"), prefect_test_harness(server_startup_timeout=180):
+        nightly(partner_run["study"])
+    assert len(_validation_runs(client)) == 1  # the same model on the same rows: logged once
+
+
+def test_models_that_cannot_be_validated_are_left_out_with_a_reason(partner_run, client):
+    import mlflow
+
+    from forewarn.features.labels import load_task
+    from forewarn.flows import tracking
+    from forewarn.flows.nightly import registered_rows, resolve_registered
+
+    warnings: list[str] = []
+
+    class Logger:
+        def warning(self, message, *args):
+            warnings.append(message % args)
+
+    mlflow.set_tracking_uri(f"sqlite:///{partner_run['work'] / 'mlruns' / 'mlflow.db'}")
+    study, specs = partner_run["study"], [load_task("t2d_2y")]
+    [found] = resolve_registered(study, specs, Logger())
+    assert (found.label, found.site, found.study, found.task) == (f"{MODEL} v1", "academic", "home", "t2d_2y")
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"registered model {MODEL}/9: not validated tonight: registered model '{MODEL}/9': "
+                                  "the registry (sqlite:///") and f"has no model '{MODEL}' with version 9" in warnings[0]
+    assert "has no model 'forewarn-ckd3_2y-academic' with alias 'champion'" in warnings[1]
+    # its own study's model is validated by the study's designs already
+    warnings.clear()
+    assert resolve_registered(study.model_copy(update={"name": "home"}), specs, Logger()) == []
+    assert warnings[0] == (f"registered model {MODEL}: not validated: {MODEL} v1 is this study's own model, which its "
+                           "validation designs evaluate at its sites already") and len(warnings) == 3
+    warnings.clear()
+    only = study.model_copy(update={"validation": study.validation.model_copy(update={"registered": [MODEL]})})
+    assert resolve_registered(only, [load_task("ckd3_2y")], Logger()) == []
+    assert warnings == [f"registered model {MODEL}: not validated: {MODEL} v1 is a model of task t2d_2y, which this "
+                        "study does not run (its tasks: ckd3_2y)"]
+    # another definition of the task (its digest) is not scored: every site's row says why
+    other = tracking.RegisteredModel(**{**found.__dict__, "task_digest": "0123456789abcdef"})
+    warnings.clear()
+    rows = registered_rows(study, specs[0], other, {"community": None}, {}, {}, Logger())
+    assert rows["community"]["skipped"] is True and rows["community"]["design"] == "registered"
+    assert rows["community"]["note"].startswith(f"not validated: {MODEL} v1 predicts another definition of t2d_2y "
+                                                "(task digest 0123456789ab; this study's ")
+    assert len(warnings) == 1
