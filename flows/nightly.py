@@ -51,7 +51,7 @@ from forewarn.evaluation.validation import (
     held_out_summary,
     paired_auroc,
 )
-from forewarn.features.featurize import FeatureMatrix, featurize
+from forewarn.features.featurize import FeatureConfig, FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
 from forewarn.flows import artifact, tracking
 from forewarn.flows.cache import Stage, StageCache, key_of, source_digest
@@ -341,18 +341,21 @@ def drift_against(profile_path: Path, version: str, champion_matrix: FeatureMatr
 
 @task(name="external validation", cache_policy=NO_CACHE)
 def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: Stage, labels: Stage, study: Study,
-                  spec: TaskSpec, cache: StageCache, *, eval_site: str, threshold: float | None = None) -> Stage:
-    """Ship the model (not rows) to another site, featurize there with the model's columns,
-    and bring back aggregates only; ``threshold`` is the operating point set at the
-    model's site, scored here as it stands."""
-    params = {"features": _features_cfg(study), "evaluation": _cfg(study.evaluation), "model_site": model_site,
-              "eval_site": eval_site, "threshold": threshold}
+                  spec: TaskSpec, cache: StageCache, *, eval_site: str, threshold: float | None = None,
+                  features: FeatureConfig | None = None) -> Stage:
+    """Ship the model (not rows) to another site, featurize there with the model's columns
+    (computed as ``features`` says, by default the study's settings), and bring back
+    aggregates only; ``threshold`` is the operating point set at the model's site, scored
+    here as it stands."""
+    features = features or study.features
+    params = {"features": _cfg(features) | {"n_workers": None}, "evaluation": _cfg(study.evaluation),
+              "model_site": model_site, "eval_site": eval_site, "threshold": threshold}
     key = key_of("external", params, [trained.digest, model_matrix.digest, pull.digest, labels.digest])
 
     def compute(out: Path) -> dict:
         table, splits, _ = labels.result.load()
         columns = pd.read_parquet(model_matrix.result.columns_path)
-        matrix = featurize(pull.result.events_dir, table, splits, out / "features", study.features,
+        matrix = featurize(pull.result.events_dir, table, splits, out / "features", features,
                            codes_path=pull.result.codes_path, columns=columns, map_shards=_shards(study))
         record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed,
                                      site=eval_site, threshold=threshold)
@@ -408,7 +411,8 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
     threads = study.models.n_jobs or os.cpu_count() or 1
     # Rows, labels and splits are the same in any columns: the sites' own matrices tell
     # whether any site can tune before the shared columns are built.
-    reason = untrainable([SiteRows(n, built[n]["matrix"].result, threads) for n in names], columns=False)
+    with network_sites(study, {n: built[n]["matrix"].result for n in names}, threads) as sites:
+        reason = untrainable(sites, columns=False)
     if reason:
         return NetworkRun({}, reason)
     shared = shared_columns([pd.read_parquet(built[n]["matrix"].result.columns_path) for n in names])
@@ -426,32 +430,26 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
                      [b["pull"].digest, b["labels"].digest])
         features[n] = caches[n].run(f"network-features-{spec.name}", key, compute)
 
-    # checked here and let go: the training's sites are made in ``train`` (each in a process of
-    # its own under ``validation.site_processes``), so no copy of the rows waits beside them
-    reason = untrainable([SiteRows(n, features[n].result, threads) for n in names])
-    if reason:
-        return NetworkRun({}, reason)
-    params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
-    train_key = key_of("network train", params, [features[n].digest for n in names])
-    tracking.abandon_runs(train_key, tag="train_key")  # what a killed registration of this candidate left half-made
-    champion, drift, used = network_champion(study, spec, built, caches, train_key)
-    if drift["decision"]["action"] == "skip":
-        return NetworkRun({}, f"the drift policy kept the network's champion v{champion.version} and trained no "
-                          f"challenger ({'; '.join(drift['decision']['reasons'])})", champion, drift, train_key, used)
+    # The sites that train are the ones that were checked: under ``validation.site_processes``
+    # their processes answer the check and the training, and stop once the model is made.
+    with network_sites(study, {n: features[n].result for n in names}, threads) as sites:
+        reason = untrainable(sites)
+        if reason:
+            return NetworkRun({}, reason)
+        params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
+        train_key = key_of("network train", params, [features[n].digest for n in names])
+        tracking.abandon_runs(train_key, tag="train_key")  # what a killed registration of this candidate left half-made
+        champion, drift, used = network_champion(study, spec, built, caches, train_key)
+        if drift["decision"]["action"] == "skip":
+            return NetworkRun({}, f"the drift policy kept the network's champion v{champion.version} and trained no "
+                              f"challenger ({'; '.join(drift['decision']['reasons'])})", champion, drift, train_key, used)
 
-    def train(out: Path) -> dict:
-        with ExitStack() as stack:
-            if study.validation.site_processes:  # all start at once, then each is waited for
-                trainers = [stack.enter_context(SiteProcess(n, features[n].result, threads, wait=False)) for n in names]
-                for trainer in trainers:
-                    trainer.ready()
-            else:
-                trainers = [SiteRows(n, features[n].result, threads) for n in names]
-            model = train_federated(trainers, study.models, rounds_per_visit=study.validation.rounds_per_visit)
-        model.save(out)
-        return {"trees": model.n_trees, "calibration": model.calibrator.method}
+        def train(out: Path) -> dict:
+            model = train_federated(sites, study.models, rounds_per_visit=study.validation.rounds_per_visit)
+            model.save(out)
+            return {"trees": model.n_trees, "calibration": model.calibrator.method}
 
-    model = caches[names[0]].run(f"network-model-{spec.name}", train_key, train)
+        model = caches[names[0]].run(f"network-model-{spec.name}", train_key, train)
     stages = {}
     for n in names:
 
@@ -476,6 +474,22 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
                      [model.digest, features[n].digest, built[n]["matrix"].digest])
         stages[n] = [features[n], model, caches[n].run(f"network-{spec.name}", key, validate)]
     return NetworkRun(stages, None, champion, drift, train_key, used)
+
+
+@contextmanager
+def network_sites(study: Study, matrices: dict[str, FeatureMatrix], threads: int):
+    """The network's sites as its coordinator reaches them, for the trainability check and
+    the training (``models.federated``): under ``validation.site_processes`` each in a
+    process of its own that holds its rows (``models.site_process``; all start at once,
+    then each is waited for, and all stop on leaving), else ``SiteRows`` in this process."""
+    with ExitStack() as stack:
+        if study.validation.site_processes:
+            sites = [stack.enter_context(SiteProcess(n, m, threads, wait=False)) for n, m in matrices.items()]
+            for site in sites:
+                site.ready()
+        else:
+            sites = [SiteRows(n, m, threads) for n, m in matrices.items()]
+        yield sites
 
 
 def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str, StageCache],
@@ -1573,6 +1587,13 @@ def cross_validations(study, spec, model_site, b, data, caches, used) -> list[di
     return out
 
 
+# What scoring a registered model at a site needs of its inputs (``model_inputs``): not its
+# baselines or its sites' drift profiles.
+_INPUTS = TrainedModels(Path("."))
+REGISTERED_INPUTS = (*(p.name for p in (_INPUTS.xgboost_path, _INPUTS.calibration_path, _INPUTS.offset_path,
+                                         _INPUTS.blend_path)), "columns.parquet")
+
+
 def resolve_registered(study: Study, specs: list[TaskSpec], logger) -> list[tracking.RegisteredModel]:
     """The study's ``validation.registered`` models, resolved in the registry tonight (an
     alias names whichever version holds it now). One that cannot be resolved, is this
@@ -1586,7 +1607,10 @@ def resolve_registered(study: Study, specs: list[TaskSpec], logger) -> list[trac
             logger.warning("registered model %s: not validated tonight: %s", ref,
                            str(exc) if isinstance(exc, ValueError) else _reason(exc))
             continue
-        if model.study == study.name:
+        if any((m.name, m.version) == (model.name, model.version) for m in out):
+            logger.warning("registered model %s: %s is named twice in validation.registered; validated once", ref,
+                           model.label)
+        elif model.study == study.name:
             logger.warning("registered model %s: not validated: %s is this study's own model, which its validation "
                            "designs evaluate at its sites already", ref, model.label)
         elif model.task not in tasks:
@@ -1608,55 +1632,71 @@ def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredMode
     report row (design ``registered``); a model of another definition of the task (its
     task digest) is not scored, and its rows say why."""
     train_site = f"{model.site} ({model.label})"
+
+    def skipped(site: str, reason: str) -> dict:
+        return {"design": "registered", "train_site": train_site, "eval_site": site, "recalibrated": None,
+                "skipped": True, "note": reason}
+
     if model.task_digest != spec.digest():
         reason = (f"not validated: {model.label} predicts another definition of {spec.name} (task digest "
                   f"{model.task_digest[:12]}; this study's {spec.digest()[:12]}): its cohort, outcome or times differ")
         logger.warning("task %s: %s", spec.name, reason)
-        return {n: {"design": "registered", "train_site": train_site, "eval_site": n, "recalibrated": None,
-                    "skipped": True, "note": reason} for n in data}
+        return {n: skipped(n, reason) for n in data}
     label = f"registered-{model.name}-v{model.version}"
     rows = {}
-    for name, d in data.items():
-        cache = caches[name]
+    for n, d in data.items():
+        if n in model.site.split(" + "):
+            # A site of the same name may be the very site: its rows may have trained the model.
+            rows[n] = skipped(n, f"not validated here: {model.label} was trained at a site named {n!r} (its study "
+                              f"{model.study or 'unknown'}), so these rows may be its own training data, not external")
+            logger.warning("site %s, task %s: registered model %s: %s", n, spec.name, model.label, rows[n]["note"])
+            continue
+        cache = caches[n]
         try:
             def fetch(out: Path, m=model) -> dict:
-                tracking.download_inputs(m.run_id, out / "model")
-                threshold = tracking.registered_threshold(m.run_id, out / "run")
-                shutil.rmtree(out / "run", ignore_errors=True)  # the model's own metrics: only its threshold is kept
-                return {"threshold": threshold}
+                tracking.download_inputs(m.run_id, out / "model", only=REGISTERED_INPUTS)
+                return {"threshold": tracking.registered_threshold(m.run_id, out / "run"),
+                        "features": tracking.registered_features(m.run_id, out / "run")}
 
             inputs = cache.run(label, key_of("registered model", {"run": model.run_id, "name": model.name,
                                                                   "version": model.version}, []), fetch)
+            # the model's columns computed as its own study computed them (windows, aggregations, roll-ups);
+            # how this machine computes them (workers, batches) is this study's
+            features = FeatureConfig(**{**_cfg(study.features), **(inputs.result["features"] or {}),
+                                        "n_workers": study.features.n_workers,
+                                        "batch_subjects": study.features.batch_subjects})
             shipped = SimpleNamespace(digest=inputs.digest, result=TrainedModels(inputs.dir / "model"))
             columns = SimpleNamespace(digest=inputs.digest,
                                       result=SimpleNamespace(columns_path=inputs.dir / "model" / "columns.parquet"))
-            stage = external_task(label, shipped, columns, d["pull"], d["labels"], study, spec, cache, eval_site=name,
-                                  threshold=inputs.result["threshold"])
+            stage = external_task(label, shipped, columns, d["pull"], d["labels"], study, spec, cache, eval_site=n,
+                                  threshold=inputs.result["threshold"], features=features)
             log = logged(cache, f"{label}-{spec.name}", [stage.digest, inputs.digest, d["pull"].digest],
-                         lambda key, _, st=stage, n=name, p=d["pull"]: log_registered(study, spec, model, n, st, p, key))
-            used[name] += [inputs, stage, log]
-            rows[name] = log.result
+                         lambda key, _, st=stage, n=n, p=d["pull"], f=features: log_registered(study, spec, model, n, st,
+                                                                                                 p, key, f))
+            used[n] += [inputs, stage, log]
+            rows[n] = log.result
             shipped_metrics = stage.result["as_shipped"]
             logger.info("site %s, task %s: registered model %s validated here: held-out AUROC %s, AUPRC %s (MLflow run %s)",
-                        name, spec.name, model.label,
+                        n, spec.name, model.label,
                         "withheld" if shipped_metrics.get("withheld") else f"{shipped_metrics['auroc']:.3f}",
                         "withheld" if shipped_metrics.get("withheld") else f"{shipped_metrics['auprc']:.3f}",
                         log.result.get("run_id"))
         except Exception as exc:  # noqa: BLE001 - a comparison that fails does not stop the site's own model
-            logger.error("site %s, task %s: registered model %s: validation failed: %s", name, spec.name, model.label,
+            logger.error("site %s, task %s: registered model %s: validation failed: %s", n, spec.name, model.label,
                          _reason(exc))
-            rows[name] = {"design": "failed", "train_site": train_site, "eval_site": name,
-                          "note": f"registered model {model.label}: {_reason(exc)}"}
+            rows[n] = skipped(n, f"failed: {_reason(exc)}")
     return rows
 
 
 def log_registered(study: Study, spec: TaskSpec, model: tracking.RegisteredModel, eval_site: str, stage: Stage,
-                   pull: Stage, stage_key: str) -> dict:
+                   pull: Stage, stage_key: str, features: FeatureConfig) -> dict:
     """The MLflow run of a registered model from outside the study at ``eval_site``
     (``registered_rows``): ``log_external``'s names and tags, its params the model's own
-    registration run's (the model's make-up) with this site, features and bootstrap."""
+    registration run's (the model's make-up) with this site, the features it was scored
+    on (``features``: the model's own settings) and this study's bootstrap and split."""
     shape = json.loads((stage.dir / "features" / "shape.json").read_text())
-    params = {**{k: v for k, v in model.params.items() if k != "study"}, "site": eval_site, "n_features": shape["columns"],
+    params = {**model.params, "site": eval_site, "n_features": shape["columns"], "windows": ",".join(features.windows),
+              "aggs": ",".join(features.aggs), "min_code_subjects": features.min_code_subjects,
               "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed}
     return log_shipped(
         study, spec, design="external", train_site=model.site, eval_site=eval_site, stage=stage,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import warnings
 from contextlib import contextmanager
@@ -338,13 +339,21 @@ def champion_inputs(task: str, site: str, dest: Path) -> str | None:
     return str(champion.version)
 
 
-def download_inputs(run_id: str, dest: Path) -> None:
+def download_inputs(run_id: str, dest: Path, only: tuple[str, ...] | None = None) -> None:
     """A registration run's model inputs (``MODEL_INPUTS``), as files of ``dest``: the
-    ``models.train.TrainedModels`` folder of the registered model."""
+    ``models.train.TrainedModels`` folder of the registered model; with ``only``, those of
+    these names that the run has."""
     import mlflow
 
+    client = mlflow.MlflowClient()
     dest.mkdir(parents=True, exist_ok=True)
-    local = Path(mlflow.MlflowClient().download_artifacts(run_id, MODEL_INPUTS, str(dest)))
+    if only is not None:
+        present = {Path(f.path).name for f in client.list_artifacts(run_id, MODEL_INPUTS)}
+        for name in (n for n in only if n in present):
+            Path(client.download_artifacts(run_id, f"{MODEL_INPUTS}/{name}", str(dest))).replace(dest / name)
+        shutil.rmtree(dest / MODEL_INPUTS, ignore_errors=True)  # the emptied download folder
+        return
+    local = Path(client.download_artifacts(run_id, MODEL_INPUTS, str(dest)))
     for f in local.iterdir():
         f.replace(dest / f.name)
     local.rmdir()  # the emptied download folder
@@ -413,6 +422,22 @@ def registered_model(ref: str) -> RegisteredModel:
                            study=tags.get(f"{TAG}.study", ""), params=dict(run.data.params))
 
 
+def registered_features(run_id: str, dest: Path) -> dict | None:
+    """The feature settings a registered model's study computed its columns with (its
+    run's ``config/study.json``: ``features``), or None when the run has none."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not any(f.path == "config/study.json" for f in client.list_artifacts(run_id, "config")):
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    path = Path(client.download_artifacts(run_id, "config/study.json", str(dest)))
+    features = json.loads(path.read_text()).get("features")
+    path.unlink()  # the owner's study file: only its feature settings are kept
+    shutil.rmtree(dest / "config", ignore_errors=True)
+    return features
+
+
 def registered_threshold(run_id: str, dest: Path) -> float | None:
     """The alert threshold a site's registered model was published with (its run's
     ``metrics.json``: ``subgroup_threshold``, the operating point set on its tuning
@@ -423,7 +448,9 @@ def registered_threshold(run_id: str, dest: Path) -> float | None:
     if not any(f.path == "metrics.json" for f in client.list_artifacts(run_id)):
         return None
     dest.mkdir(parents=True, exist_ok=True)
-    record = json.loads(Path(client.download_artifacts(run_id, "metrics.json", str(dest))).read_text())
+    path = Path(client.download_artifacts(run_id, "metrics.json", str(dest)))
+    record = json.loads(path.read_text())
+    path.unlink()  # the owner's metrics: only its threshold is kept
     threshold = (record.get("subgroup_threshold") or {}).get("threshold")
     return None if threshold is None else float(threshold)
 

@@ -17,9 +17,11 @@ record of what left the site during training. Calls and answers cross in
 neither side's decoding can run code the other sent: what a transport between machines
 would need too.
 
-What the flow still does in one process: it runs every site's own stages (pull, labels,
-features, evaluation) on this machine, and checks beforehand from each site's rows
-whether any site can train at all (``models.federated.untrainable``).
+The flow asks the same processes whether any site can train at all
+(``models.federated.untrainable``: the column names, and whether each site can boost and
+tune) before the training, so the coordinator reads no site's rows for either. What the
+flow still does in one process: it runs every site's own stages (pull, labels, features,
+evaluation) on this machine.
 """
 
 from __future__ import annotations
@@ -46,12 +48,12 @@ KNOWN_ERRORS = {"ValueError": ValueError, "PermissionError": PermissionError}
 
 def _serve(calls: Connection, answers: Connection, name: str, matrix_dir: str, threads: int) -> None:
     """The site's process: load the rows, then answer allowed calls until told to stop."""
-    from forewarn.models.federated import SiteRows
+    from forewarn.models.federated import MIN_ROWS, SiteRows
 
     def answer(*message) -> bool:
         try:
             data = wire.encode(list(message))
-        except TypeError as exc:  # an answer the encoding refuses: not sent
+        except Exception as exc:  # noqa: BLE001 - an answer the encoding refuses is not sent; its kind is
             data = wire.encode(list(failed(exc)))
         try:
             answers.send_bytes(data)
@@ -87,6 +89,11 @@ def _serve(calls: Connection, answers: Connection, name: str, matrix_dir: str, t
                 raise ValueError(f"site {name!r}: a call is [name, arguments, keyword arguments]; got "
                                  f"{type(message).__name__}.")
             call, args, kwargs = message
+            if call == "boost" and kwargs.get("min_cell", MIN_ROWS) < MIN_ROWS:
+                # The site releases trees under the rule of 11 whatever the coordinator asks.
+                raise PermissionError(f"site {name!r} releases trees only with every leaf holding 0 or at least "
+                                      f"{MIN_ROWS} train subjects with the outcome and without; it refuses min_cell="
+                                      f"{kwargs['min_cell']!r}")
             if call in PROPERTIES:
                 result = ("ok", getattr(site, call))
             elif call in METHODS:
@@ -156,10 +163,11 @@ class SiteProcess:
         except ValueError as exc:
             raise RuntimeError(f"site {self.name!r}: its answer to {call!r} is not a Forewarn wire message ({exc})") \
                 from None
-        if not (isinstance(message, list) and (message[:1] == ["ok"] and len(message) == 2
-                                               or message[:1] == ["error"] and len(message) == 3)):
+        if not (isinstance(message, list) and message and isinstance(message[0], str)
+                and (message[0] == "ok" and len(message) == 2
+                     or message[0] == "error" and len(message) == 3 and all(isinstance(x, str) for x in message[1:]))):
             raise RuntimeError(f"site {self.name!r}: its answer to {call!r} is neither ['ok', value] nor ['error', kind, "
-                               "message']")
+                               "message'] (strings)")
         status, *payload = message
         if call != "start":
             self.messages.append({"call": call, "bytes": len(data)})

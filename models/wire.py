@@ -52,8 +52,9 @@ def encode(value: object) -> bytes:
     def array(a: np.ndarray, where: str) -> dict:
         if a.dtype.kind not in _NUMERIC:
             raise TypeError(f"{where}: only numeric arrays cross (dtype kinds {_NUMERIC}); got dtype {a.dtype}.")
-        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-        return {"$": "array", "dtype": a.dtype.str, "shape": list(a.shape), "part": part(a.tobytes())}
+        shape = list(a.shape)
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))  # (a 0-d array comes back 1-d: shape kept)
+        return {"$": "array", "dtype": a.dtype.str, "shape": shape, "part": part(a.tobytes())}
 
     def enc(v: object, where: str) -> object:
         if v is None or isinstance(v, (bool, str)):
@@ -79,6 +80,8 @@ def encode(value: object) -> bytes:
         if isinstance(v, np.ndarray):
             return array(v, where)
         if isinstance(v, pd.DataFrame):
+            if v.columns.has_duplicates:
+                raise TypeError(f"{where}: a table crosses with distinct column names; got {list(v.columns)}.")
             columns = {}
             for name in v.columns:
                 if not isinstance(name, str):
@@ -105,12 +108,54 @@ def encode(value: object) -> bytes:
     return b"".join([MAGIC, struct.pack("<Q", len(header)), header, *parts])
 
 
+MAX_DEPTH = 64  # containers within containers: a site's calls and answers nest 4 deep at most
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"the header holds the bare constant {name}, which this encoding never writes.")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the header holds the number {text}, which no float holds; non-finite floats are tagged.")
+    return value
+
+
+def _depth(header: bytes) -> int:
+    """The deepest nesting of JSON containers in ``header`` (brackets outside strings)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in header:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def decode(message: bytes) -> object:
-    """The value that :func:`encode` wrote; a ``ValueError`` naming where a message breaks."""
+    """The value that :func:`encode` wrote; a ``ValueError`` naming where a message breaks
+    (and nothing else, whatever the bytes)."""
+    try:
+        return _decode(message)
+    except ValueError:
+        raise
+    except (TypeError, OverflowError, RecursionError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"the message does not decode: {type(exc).__name__} ({exc}).") from None
+
+
+def _decode(message: bytes) -> object:
     data = memoryview(message)
     if bytes(data[:4]) != MAGIC or len(data) < 12:
         raise ValueError(f"not a Forewarn wire message: it should start with {MAGIC!r} and a header length; got "
@@ -118,8 +163,11 @@ def decode(message: bytes) -> object:
     (size,) = struct.unpack("<Q", data[4:12])
     if 12 + size > len(data):
         raise ValueError(f"the message is cut short: its header says {size} bytes, {len(data) - 12} follow.")
+    text = bytes(data[12:12 + size])
+    if _depth(text) > MAX_DEPTH:
+        raise ValueError(f"the message nests more than {MAX_DEPTH} containers deep; a site's messages never do.")
     try:
-        header = json.loads(bytes(data[12:12 + size]), parse_constant=_refuse_constant)
+        header = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"the message's header is not JSON: {exc}.") from None
     if not isinstance(header, dict) or set(header) != {"value", "parts"} or not isinstance(header["parts"], list):
@@ -196,7 +244,8 @@ def decode(message: bytes) -> object:
         if tag == "table":
             fields(v, {"rows", "columns"}, where)
             rows, columns = v["rows"], v["columns"]
-            if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0 or not isinstance(columns, dict):
+            if (not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows < 2**63
+                    or not isinstance(columns, dict)):
                 raise ValueError(f"{where}: a table holds a row count and an object of columns.")
             out = {}
             for name, col in columns.items():
@@ -204,7 +253,7 @@ def decode(message: bytes) -> object:
                 if isinstance(col, list):
                     if not all(x is None or isinstance(x, str) for x in col):
                         raise ValueError(f"{at}: a table's listed column holds strings (or null) only.")
-                    values = col
+                    values = pd.Series(col, dtype=object)  # None stays None; no rows stay strings
                 elif isinstance(col, dict) and col.get("$") == "array":
                     values = array(col, at)
                     if values.ndim != 1:
@@ -217,16 +266,31 @@ def decode(message: bytes) -> object:
             return pd.DataFrame(out, index=pd.RangeIndex(rows))
         # calibrator
         fields(v, {"value"}, where)
-        body = dec(v["value"], where)
-        try:
-            calibrator = Calibrator.from_json(body)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: not a calibrator's JSON form ({exc!r}).") from None
-        if calibrator.method not in get_args(Method):
-            raise ValueError(f"{where}: a calibrator's method is one of {get_args(Method)}; got {calibrator.method!r}.")
-        return calibrator
+        return _calibrator(dec(v["value"], where), where)
 
     value = dec(header["value"], "message")
     if len(used) != len(parts):
         raise ValueError(f"the message carries {len(parts) - len(used)} binary part(s) that its value does not name.")
     return value
+
+
+def _calibrator(body: object, where: str) -> Calibrator:
+    """A calibrator from its JSON form, every field checked: its method, knots and values
+    (equal-length lists of finite numbers) and its two coefficients (finite numbers)."""
+    keys = {"method", "x", "y", "a", "b"}
+    if not isinstance(body, dict) or set(body) != keys:
+        raise ValueError(f"{where}: a calibrator holds {sorted(keys)}; got "
+                         f"{sorted(body) if isinstance(body, dict) else type(body).__name__}.")
+    if body["method"] not in get_args(Method):
+        raise ValueError(f"{where}: a calibrator's method is one of {get_args(Method)}; got {body['method']!r}.")
+
+    def number(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    knots, values = body["x"], body["y"]
+    if not (isinstance(knots, list) and isinstance(values, list) and len(knots) == len(values)
+            and all(number(x) for x in knots + values)):
+        raise ValueError(f"{where}: a calibrator's knots and values are lists of finite numbers of one length.")
+    if not (number(body["a"]) and number(body["b"])):
+        raise ValueError(f"{where}: a calibrator's coefficients a and b are finite numbers.")
+    return Calibrator.from_json(body)

@@ -270,6 +270,10 @@ def test_sites_in_processes_of_their_own_train_the_same_model_and_refuse_other_c
         with pytest.raises(ValueError, match=r"not a Forewarn wire message: it should start with b'FWW1'"):
             a._answer("label_counts")
         assert a.label_counts() == SiteRows("a", matrices["a"]).label_counts()
+        # the site releases its trees under the rule of 11 whatever the coordinator asks
+        with pytest.raises(PermissionError, match=r"site 'a' releases trees only with every leaf holding 0 or at least "
+                                                  r"11 .* it refuses min_cell=1"):
+            a.boost(None, 2, {"max_depth": 2}, 0, min_cell=1)
     assert (remote.trees, remote.n_trees, remote.calibrator) == (local.trees, local.n_trees, local.calibrator)
     assert local.summary["boundary"] == {"kind": "in-process", "answers": {}}
     boundary = remote.summary["boundary"]
@@ -322,6 +326,7 @@ def test_a_site_answering_with_a_pickle_is_refused_and_its_payload_never_run(tmp
     site (or from whatever could write to its pipe) cannot run code there."""
     from multiprocessing import Pipe
 
+    from forewarn.models import wire
     from forewarn.models.site_process import SiteProcess
 
     marker = tmp_path / "ran"
@@ -337,6 +342,11 @@ def test_a_site_answering_with_a_pickle_is_refused_and_its_payload_never_run(tmp
         with pytest.raises(RuntimeError, match=r"site 'a': its answer to 'label_counts' is not a Forewarn wire message "
                                                r"\(not a Forewarn wire message: it should start with b'FWW1'"):
             site._answer("label_counts")
+        # a well-encoded answer of the wrong shape is refused too, whatever its first item
+        for shape in (["error", ["x"], "m"], [np.zeros(2), 1], ["ok"], []):
+            ours.send_bytes(wire.encode(shape))
+            with pytest.raises(RuntimeError, match=r"is neither \['ok', value\] nor \['error', kind, message'\]"):
+                site._answer("label_counts")
         theirs.close(), ours.close()
         site._recv = real
     assert not marker.exists() and site.messages == []

@@ -21,12 +21,13 @@ pytestmark = pytest.mark.slow
 MODEL = "forewarn-t2d_2y-academic"
 
 
-def _study(name: str, site: str, db: Path, base: Path, **validation):
+def _study(name: str, site: str, db: Path, base: Path, features: dict | None = None, **validation):
     from forewarn.flows.study import parse_study
 
     return parse_study({
         "name": name, "demo": True, "tasks": ["t2d_2y"],
         "sites": [{"name": site, "source": {"location": str(db)}}],
+        "features": features or {},
         "evaluation": {"bootstrap": 50, "shap_rows": 200},
         "models": {"n_jobs": 2, "search": {"trials": 2}},
         "promotion": {"slope_low": 0.6},  # as test_flow_e2e: this small network's first academic model has slope 0.69
@@ -43,8 +44,10 @@ def partner_run(tmp_path_factory, demo_network):
         from forewarn.flows.nightly import nightly
 
         home = _study("home", "academic", demo_network["academic"], work / "home")
+        # the partner's own features have no 365-day window; the registered model's columns do
         partner = _study("partner", "community", demo_network["community"], work / "partner",
-                         registered=[MODEL, f"{MODEL}/9", "forewarn-ckd3_2y-academic@champion"])
+                         features={"windows": ["30d", "full"]},
+                         registered=[MODEL, f"{MODEL}/9", "forewarn-ckd3_2y-academic@champion", f"{MODEL}/1"])
         with prefect_test_harness(server_startup_timeout=180):
             home_results = nightly(home)
             partner_results = nightly(partner)
@@ -78,12 +81,13 @@ def test_the_partner_logs_one_external_run_of_the_registered_model_with_its_prov
     registration = client.get_run(client.get_model_version(MODEL, "1").run_id).data.params
     assert run.data.params["xgb_max_depth"] == registration["xgb_max_depth"]
     assert run.data.params["l1_C"] == registration["l1_C"] and run.data.params["site"] == "community"
-    assert run.data.params["n_features"] == registration["n_features"]  # featurized in the model's own columns
+    assert run.data.params["n_features"] == registration["n_features"]  # featurized in the model's own columns ...
+    assert run.data.params["windows"] == registration["windows"] == "30d,365d,full"  # ... as its own study computed them
     for name in ("held_out/auroc", "held_out/auprc", "held_out/brier", "held_out/calibration_slope"):
         assert name in run.data.metrics  # the names every run carries
 
 
-def test_the_logged_auroc_is_the_registered_model_served_on_the_partners_held_out_rows(partner_run, client):
+def test_the_logged_auroc_is_the_registered_model_served_on_the_partners_held_out_rows(partner_run, client, tmp_path):
     """Independent of the flow's scoring: the model as MLflow serves it (pyfunc, by
     version), on the matrix the partner featurized in its columns."""
     import mlflow
@@ -103,6 +107,20 @@ def test_the_logged_auroc_is_the_registered_model_served_on_the_partners_held_ou
     assert run.data.metrics["held_out/auroc"] == pytest.approx(roc_auc_score(y, np.asarray(served)), abs=1e-9)
     record = json.loads((folder / "record.json").read_text())
     assert record["as_shipped"]["auroc"] == run.data.metrics["held_out/auroc"]
+    # its 365-day columns are computed, though the partner's own features have no such window
+    names = FeatureMatrix(folder / "features").load()[2]["name"]
+    year = np.flatnonzero(names.str.endswith("/365d").to_numpy())
+    assert year.size > 0 and X[:, year].nnz > 0
+    # scored at the alert threshold the model was published with (its own run's metrics.json) ...
+    home = client.get_model_version(MODEL, "1").run_id
+    published = json.loads(Path(client.download_artifacts(home, "metrics.json", str(tmp_path))).read_text())
+    assert record["subgroup_threshold"]["threshold"] == published["subgroup_threshold"]["threshold"]
+    # ... whose copy, and the rest of the owner's inputs it does not need, the partner does not keep
+    fetched = stages / f"registered-{MODEL}-v1"
+    kept = {p.name for p in fetched.rglob("*") if p.is_file()}
+    assert kept - {".stage.json"} <= {"xgboost.json", "calibration.json", "columns.parquet", "xgboost_offset.json",
+                                      "xgboost_blend.json"}, kept
+    assert {"xgboost.json", "calibration.json", "columns.parquet"} <= kept
     # recalibrated on the partner's tuning split, which holds 11+ events and non-events here
     assert record["recalibrated"] is not None and "held_out/recalibrated/auroc" in run.data.metrics
 
@@ -145,7 +163,8 @@ def test_models_that_cannot_be_validated_are_left_out_with_a_reason(partner_run,
     study, specs = partner_run["study"], [load_task("t2d_2y")]
     [found] = resolve_registered(study, specs, Logger())
     assert (found.label, found.site, found.study, found.task) == (f"{MODEL} v1", "academic", "home", "t2d_2y")
-    assert len(warnings) == 2
+    assert len(warnings) == 3
+    assert warnings[2] == f"registered model {MODEL}/1: {MODEL} v1 is named twice in validation.registered; validated once"
     assert warnings[0].startswith(f"registered model {MODEL}/9: not validated tonight: registered model '{MODEL}/9': "
                                   "the registry (sqlite:///") and f"has no model '{MODEL}' with version 9" in warnings[0]
     assert "has no model 'forewarn-ckd3_2y-academic' with alias 'champion'" in warnings[1]
@@ -153,7 +172,7 @@ def test_models_that_cannot_be_validated_are_left_out_with_a_reason(partner_run,
     warnings.clear()
     assert resolve_registered(study.model_copy(update={"name": "home"}), specs, Logger()) == []
     assert warnings[0] == (f"registered model {MODEL}: not validated: {MODEL} v1 is this study's own model, which its "
-                           "validation designs evaluate at its sites already") and len(warnings) == 3
+                           "validation designs evaluate at its sites already") and len(warnings) == 4
     warnings.clear()
     only = study.model_copy(update={"validation": study.validation.model_copy(update={"registered": [MODEL]})})
     assert resolve_registered(only, [load_task("ckd3_2y")], Logger()) == []
@@ -167,3 +186,31 @@ def test_models_that_cannot_be_validated_are_left_out_with_a_reason(partner_run,
     assert rows["community"]["note"].startswith(f"not validated: {MODEL} v1 predicts another definition of t2d_2y "
                                                 "(task digest 0123456789ab; this study's ")
     assert len(warnings) == 1
+    # a site of the name the model was trained at may hold its very training rows: not scored there
+    rows = registered_rows(study, specs[0], found, {"academic": None}, {}, {}, Logger())
+    assert rows["academic"]["skipped"] is True and rows["academic"]["note"] == (
+        f"not validated here: {MODEL} v1 was trained at a site named 'academic' (its study home), so these rows may be "
+        "its own training data, not external")
+
+
+def test_a_validation_that_fails_is_a_row_that_says_so_not_a_design_of_the_sites_model(partner_run, tmp_path):
+    import mlflow
+
+    from forewarn.features.labels import load_task
+    from forewarn.flows import tracking
+    from forewarn.flows.cache import StageCache
+    from forewarn.flows.nightly import registered_rows
+
+    errors: list[str] = []
+
+    class Logger:
+        def error(self, message, *args):
+            errors.append(message % args)
+
+    mlflow.set_tracking_uri(f"sqlite:///{partner_run['work'] / 'mlruns' / 'mlflow.db'}")
+    model = tracking.registered_model(MODEL)
+    rows = registered_rows(partner_run["study"], load_task("t2d_2y"), model, {"community": {}},
+                           {"community": StageCache(tmp_path / "stages")}, {"community": []}, Logger())
+    assert rows["community"] == {"design": "registered", "train_site": f"academic ({MODEL} v1)", "eval_site": "community",
+                                 "recalibrated": None, "skipped": True, "note": "failed: KeyError: 'pull'"}
+    assert errors == [f"site community, task t2d_2y: registered model {MODEL} v1: validation failed: KeyError: 'pull'"]

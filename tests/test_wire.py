@@ -44,7 +44,11 @@ def test_every_type_a_site_exchanges_comes_back_equal_and_of_its_own_type():
     assert options["flags"].dtype == bool and options["flags"].tolist() == [True, False]
     np.testing.assert_array_equal(options["grad"], [[1.5, -2.0], [0.0, 3.25]])
     assert options["grad"].flags.writeable  # a copy, not a view of the message
-    pd.testing.assert_frame_equal(options["columns"], table)
+    # string columns come back as Python strings (object dtype), a missing one as None
+    expected = table.astype({"name": object, "description": object})
+    expected.loc[1, "description"] = None
+    pd.testing.assert_frame_equal(options["columns"], expected)
+    assert options["columns"]["description"].tolist() == ["A", None]
 
 
 def test_the_layout_is_a_json_header_and_raw_parts():
@@ -119,3 +123,42 @@ def test_a_message_that_breaks_the_layout_is_refused_with_where():
         with pytest.raises(ValueError, match=match):
             wire.decode(message)
     assert wire.decode(good)[2] == b"xy"
+
+
+def test_zero_dimensional_arrays_and_empty_tables_keep_their_shape_and_types():
+    back = wire.decode(wire.encode([np.array(2.5), pd.DataFrame({"name": pd.Series([], dtype=object)}),
+                                    pd.DataFrame({"name": ["a", None]})]))
+    assert back[0].shape == () and float(back[0]) == 2.5
+    assert back[1]["name"].dtype == object and len(back[1]) == 0
+    assert back[2]["name"].tolist() == ["a", None]  # None stays None, not NaN
+    with pytest.raises(TypeError, match=r"message: a table crosses with distinct column names; got \['a', 'a'\]"):
+        wire.encode(pd.DataFrame([[1, 2]], columns=["a", "a"]))
+
+
+def test_whatever_the_bytes_only_a_value_error_comes_out():
+    """Deep nesting, numbers no float holds, malformed calibrators: refused as ValueError,
+    never a RecursionError, OverflowError or TypeError from inside the decoder."""
+    def message(value: str) -> bytes:
+        header = ('{"value":' + value + ',"parts":[]}').encode()
+        return wire.MAGIC + struct.pack("<Q", len(header)) + header
+
+    def calibrator(**body) -> str:
+        fields = {"method": "sigmoid", "x": [], "y": [], "a": 0.0, "b": 1.0} | body
+        return json.dumps({"$": "calibrator", "value": {"$": "dict", "items": fields}})
+
+    cases = [
+        (message("[" * 70 + "]" * 70), r"nests more than 64 containers deep"),
+        (message("[" * 5000 + "]" * 5000), r"nests more than 64 containers deep"),
+        (message("1e400"), r"the number 1e400, which no float holds"),
+        (message('{"$": "table", "rows": ' + str(2**70) + ', "columns": {}}'), r"a table holds a row count"),
+        (message(calibrator(a=10**400)), r"the message does not decode: OverflowError"),
+        (message(calibrator(x=["a", "b"], y=[0.1, 0.2])), r"knots and values are lists of finite numbers of one length"),
+        (message(calibrator(x=[0.1], y=[0.1, 0.2])), r"knots and values are lists of finite numbers of one length"),
+        (message(calibrator(b=True)), r"coefficients a and b are finite numbers"),
+        (message(json.dumps({"$": "calibrator", "value": {"$": "dict", "items": {"method": "sigmoid"}}})),
+         r"a calibrator holds \['a', 'b', 'method', 'x', 'y'\]; got \['method'\]"),
+    ]
+    for data, match in cases:
+        with pytest.raises(ValueError, match=match):
+            wire.decode(data)
+    assert wire.decode(message(calibrator(a=-1.5, b=2.0))) == Calibrator("sigmoid", a=-1.5, b=2.0)
