@@ -23,7 +23,7 @@ from forewarn.evaluation import clinical, metrics, plots
 from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
 from forewarn.evaluation.evaluate import Evaluation, model_labels
 from forewarn.features.featurize import AGG_NAMES
-from forewarn.features.labels import ATTRITION_STEPS
+from forewarn.features.labels import ATTRITION_STEPS, TaskSpec
 from forewarn.models.train import AGE_SEX, BASELINE, MIN_EVENTS_PER_FEATURE, PRIMARY, UNCALIBRATED
 from forewarn.records import privacy, schema
 from forewarn.records.pull import PULL_CHANGE_ALERT, pull_changes, table_counts
@@ -57,13 +57,53 @@ def render(context: dict) -> str:
     return template.render({**context, "images": images})
 
 
-def write_report(context: dict, path: Path) -> Path:
+def write_report(context: dict, path: Path, *, template: str = "report.html.j2") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(render(context), encoding="utf-8")
+    if template == "report.html.j2":
+        text = render(context)
+    else:
+        env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+        text = env.from_string((resources.files(TEMPLATES) / template).read_text()).render(context)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, attrition: dict, features: dict,
+                       data_digest: str, code_version: str, generated_at: str, mlflow_run_id: str) -> dict:
+    """What the external validation report of a registered model at ``site`` shows
+    (``validation.html.j2``): the model (``model``: ``name``, ``version``, ``site`` it was
+    trained at, ``study``, ``run_id``, ``ref``), the site's participants (``attrition``,
+    under the rule of 11), the features it was scored on, and ``record``
+    (``evaluation.validation.external_validation``'s): its metrics as shipped and after
+    recalibration on the site's tuning split, and its subgroups at the alert threshold
+    it was published with (complementary suppression as in the site's own report)."""
+    shipped, recal = record["as_shipped"], record.get("recalibrated")
+
+    def row(label: str, rec: dict) -> dict:
+        return {"label": label, "size": _size_text(rec), "auroc": _ci(rec, "auroc"), "auprc": _ci(rec, "auprc"),
+                "model_based": "–" if rec.get("withheld") else _fmt(rec.get("model_based_auroc")),
+                **{k: _fmt(rec.get(k), 4 if k == "brier" else 3) for k in
+                   ("brier", "calibration_slope", "calibration_in_the_large", "ece", "ici", "e90")}}
+
+    method = (record.get("recalibration") or {}).get("method")
+    rows = [row("as shipped (its own calibrator)", shipped)]
+    if recal:
+        rows.append(row(f"after recalibration on this site's tuning split ({method})", recal))
+    point = record.get("subgroup_threshold") or {}
+    return {
+        "site": site, "model": model, "generated_at": generated_at, "code_version": code_version,
+        "data_digest": data_digest, "mlflow_run_id": mlflow_run_id, "task_name": task.name,
+        "task_digest": task.digest(), "task_description": task.description, "flow": _participants(attrition), "features": features,
+        "withheld": bool(shipped.get("withheld")), "rows": rows, "min_cell": privacy.MIN_CELL,
+        "recalibration_note": (record.get("recalibration") or {}).get("note"),
+        "recalibrated_text": _recalibrated_text(shipped, recal),
+        "threshold": None if point.get("threshold") is None else _fmt(point["threshold"]),
+        "subgroups": _subgroups({"subgroups": record.get("subgroups") or []}, site),
+        "suppressed": SUPPRESSED,
+    }
 
 
 # ------------------------------------------------------------------------ formatting
@@ -132,6 +172,23 @@ def published_attrition(attrition: dict) -> dict:
     out |= {k: {"times": t, "subjects": n} for k, t, n in zip(exclusions, times, subjects, strict=True)}
     out["positive"] = {"times": privacy.suppress(attrition.get("positive", {}).get("times"))}
     return out
+
+
+def _participants(attrition: dict) -> dict:
+    """The participants' flow (section 3): candidates, each exclusion step, labelled and
+    positive times and subjects; the exclusion chain adds up to candidates - labelled, so
+    its steps are protected as a set."""
+    steps = dict(ATTRITION_STEPS)
+    exclusions = _exclusion_steps(attrition)
+    ex_times = _protect([attrition[k]["times"] for k in exclusions])
+    ex_subjects = _protect([attrition[k]["subjects"] for k in exclusions])
+    return {
+        "candidates": {k: _count(attrition.get("candidates", {}).get(k)) for k in ("times", "subjects")},
+        "exclusions": [{"step": steps.get(k, k), "times": t, "subjects": s}
+                       for k, t, s in zip(exclusions, ex_times, ex_subjects, strict=True)],
+        "labelled": {k: _count(attrition.get("labelled", {}).get(k)) for k in ("times", "subjects")},
+        "positive": {k: _count(attrition.get("positive", {}).get(k)) for k in ("times", "subjects")},
+    }
 
 
 def _shown_int(text: str) -> bool:
@@ -1082,26 +1139,7 @@ def report_context(
     m = evaluation.load_metrics()
     labels = model_labels(training)
 
-    # Participants: the exclusion chain adds up to candidates - labelled.
-    steps = dict(ATTRITION_STEPS)
-    exclusions = _exclusion_steps(attrition)
-    ex_times = _protect([attrition[k]["times"] for k in exclusions])
-    ex_subjects = _protect([attrition[k]["subjects"] for k in exclusions])
-    flow = {
-        "candidates": {
-            k: _count(attrition.get("candidates", {}).get(k)) for k in ("times", "subjects")
-        },
-        "exclusions": [
-            {"step": steps.get(k, k), "times": t, "subjects": s}
-            for k, t, s in zip(exclusions, ex_times, ex_subjects, strict=True)
-        ],
-        "labelled": {
-            k: _count(attrition.get("labelled", {}).get(k)) for k in ("times", "subjects")
-        },
-        "positive": {
-            k: _count(attrition.get("positive", {}).get(k)) for k in ("times", "subjects")
-        },
-    }
+    flow = _participants(attrition)
 
     # Splits add up to the labelled rows; the held-out counts are also in the models table,
     # so complementary suppression spares them.

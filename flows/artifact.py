@@ -37,6 +37,8 @@ def run_link(result) -> str:
 def _stable_report(result, workdirs: dict[str, Path]) -> Path:
     """The latest report's stable copy (``<workdir>/reports/<task>/report.html``), which
     outlives the stage folder the run wrote it in (pruned after ``keep_runs`` runs)."""
+    if result.status == "validated":  # a registered model's validation report is its own stable copy
+        return result.report_path
     stable = workdirs[result.site] / "reports" / result.task / "report.html" if result.site in workdirs else None
     return stable if stable is not None and stable.is_file() else result.report_path
 
@@ -47,7 +49,10 @@ def summary_markdown(study, results) -> str:
     workdirs = {s.name: Path(s.workdir) for s in study.sites}
     lines = [f"# Forewarn nightly: study `{study.name}`", ""]
     lines.append(
-        f"{sum(r.status == 'published' for r in results)} published, {sum(r.status == 'skipped' for r in results)} skipped, "
+        f"{sum(r.status == 'published' for r in results)} published, "
+        + (f"{sum(r.status == 'validated' for r in results)} registered models validated, "
+           if any(r.status in ("validated", "not validated") for r in results) else "")
+        + f"{sum(r.status == 'skipped' for r in results)} skipped, "
         f"{sum(r.status == 'held' for r in results)} held, "
         f"{len(failed)} failed; {sum(getattr(r, 'cached', False) for r in results)} unchanged since the last run."
     )
@@ -55,7 +60,7 @@ def summary_markdown(study, results) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r.metrics
-        auroc = tracking.auroc_text(m) if r.status == "published" else ""
+        auroc = tracking.auroc_text(m) if r.status in ("published", "validated") else ""
         decision = (r.drift or {}).get("decision") or {}
         drift = decision.get("action", "")
         if m.get("drift/max_psi") is not None:

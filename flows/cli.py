@@ -93,6 +93,12 @@ def _run_study(path: Path) -> None:
     typer.echo("")
     for r in results:
         head = f"{r.site:>10}  {r.task:<22}"
+        if r.status == "validated":
+            typer.echo(f"{head}registered model {r.model_name} v{r.version} validated here: held-out AUROC "
+                       f"{tracking.auroc_text(r.metrics)}  AUPRC {tracking.auprc_text(r.metrics)}")
+            if r.report_path:
+                typer.echo(f"{'':>34}report: {r.report_path}")
+            continue
         if r.status != "published":
             typer.echo(f"{head}{r.status}: {r.reason}")
             continue

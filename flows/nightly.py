@@ -44,7 +44,12 @@ from forewarn.evaluation.evaluate import (
 )
 from forewarn.evaluation.learning_curve import rising
 from forewarn.evaluation.metrics import BETWEEN_SITES_METRICS, between_sites
-from forewarn.evaluation.report import published_attrition, report_context, write_report
+from forewarn.evaluation.report import (
+    published_attrition,
+    report_context,
+    validation_context,
+    write_report,
+)
 from forewarn.evaluation.validation import (
     auroc_on,
     external_validation,
@@ -1296,6 +1301,9 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                 enter[name]()
                 enter[name] = None
             record()  # this task's results may leave tonight (a publication that fails later is still counted)
+            if not study.validation.own_models:  # a validation-only study: the labels the registered models need
+                data[name] = {"pull": pulls[name], "labels": labels}
+                continue
             matrix = featurize_task(pulls[name], labels, spec, study, cache)
             used[name].append(matrix)
             # The network's model trains on every site with rows, whether or not the site's own
@@ -1360,6 +1368,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
         for name, row in registered_rows(study, spec, model, data, caches, used, logger).items():
             if name in validations:  # a site with no model of its own tonight has no report; the run has it
                 validations[name].append(row)
+            results.append(registered_result(next(s for s in study.sites if s.name == name), spec, model, row))
     for name, b in built.items():
         try:
             stage = publish_task(sites[name], study, spec, b, validations[name], b["champion"], b["drift"], caches[name])
@@ -1671,8 +1680,8 @@ def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredMode
             stage = external_task(label, shipped, columns, d["pull"], d["labels"], study, spec, cache, eval_site=n,
                                   threshold=inputs.result["threshold"], features=features)
             log = logged(cache, f"{label}-{spec.name}", [stage.digest, inputs.digest, d["pull"].digest],
-                         lambda key, _, st=stage, n=n, p=d["pull"], f=features: log_registered(study, spec, model, n, st,
-                                                                                                 p, key, f))
+                         lambda key, out, st=stage, n=n, d=d, f=features: log_registered(
+                             study, spec, model, n, st, d["pull"], d["labels"], key, f, out))
             used[n] += [inputs, stage, log]
             rows[n] = log.result
             shipped_metrics = stage.result["as_shipped"]
@@ -1688,16 +1697,57 @@ def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredMode
     return rows
 
 
+def registered_report(site: SiteConfig, spec: TaskSpec, model: tracking.RegisteredModel) -> Path:
+    """Where a site keeps the latest validation report of a registered model (``log_registered``)."""
+    return site.workdir / "reports" / spec.name / f"{model.name}-v{model.version}.html"
+
+
+def registered_result(site: SiteConfig, spec: TaskSpec, model: tracking.RegisteredModel, row: dict) -> SiteResult:
+    """A registered model's validation at ``site`` as the night's results list it
+    (``validated``, or ``not validated`` with the reason): the summary's line."""
+    if row.get("skipped"):
+        return SiteResult(site.name, spec.name, "not validated", reason=f"registered model {model.label}: {row['note']}",
+                          model_name=model.name, version=model.version)
+    metrics = {f"{tracking.HELD_OUT}/{k}": float(row[k]) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc",
+                                                                   "calibration_slope")
+               if row.get(k) is not None and not row.get("withheld")}
+    report = registered_report(site, spec, model)
+    return SiteResult(site.name, spec.name, "validated", run_id=row.get("run_id") or "",
+                      experiment=tracking.experiment_name(spec.name), model_name=model.name, version=model.version,
+                      decision=f"registered model {model.label} (trained at {model.site}) validated here",
+                      report_path=report if report.is_file() else None, metrics=metrics)
+
+
 def log_registered(study: Study, spec: TaskSpec, model: tracking.RegisteredModel, eval_site: str, stage: Stage,
-                   pull: Stage, stage_key: str, features: FeatureConfig) -> dict:
+                   pull: Stage, labels: Stage, stage_key: str, features: FeatureConfig, out: Path) -> dict:
     """The MLflow run of a registered model from outside the study at ``eval_site``
     (``registered_rows``): ``log_external``'s names and tags, its params the model's own
     registration run's (the model's make-up) with this site, the features it was scored
-    on (``features``: the model's own settings) and this study's bootstrap and split."""
+    on (``features``: the model's own settings) and this study's bootstrap and split. The
+    run holds the validation's report (``evaluation.report.validation_context``), written
+    into ``out`` and copied to ``reports/<task>/<model name>-v<version>.html`` in the
+    site's working folder."""
     shape = json.loads((stage.dir / "features" / "shape.json").read_text())
     params = {**model.params, "site": eval_site, "n_features": shape["columns"], "windows": ",".join(features.windows),
               "aggs": ",".join(features.aggs), "min_code_subjects": features.min_code_subjects,
               "bootstrap": study.evaluation.bootstrap, "split_seed": study.split_seed}
+
+    def artifacts(run_id: str) -> dict[str, Path]:
+        _, _, attrition = labels.result.load()
+        context = validation_context(
+            site=eval_site, task=spec, record=stage.result, attrition=attrition,
+            model={"name": model.name, "version": model.version, "site": model.site, "study": model.study or "unknown",
+                   "run_id": model.run_id, "ref": model.ref},
+            features={"columns": f"{shape['columns']:,}", "windows": ", ".join(features.windows),
+                      "aggs": ", ".join(features.aggs)},
+            data_digest=data_digest(pull), code_version=code_version(),
+            generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id)
+        report = write_report(context, out / "report.html", template="validation.html.j2")
+        latest = registered_report(next(s for s in study.sites if s.name == eval_site), spec, model)
+        latest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report, latest)
+        return {"report.html": report}
+
     return log_shipped(
         study, spec, design="external", train_site=model.site, eval_site=eval_site, stage=stage,
         features=stage.dir / "features", training=None, params=params, pull=pull, stage_key=stage_key,
@@ -1706,7 +1756,7 @@ def log_registered(study: Study, spec: TaskSpec, model: tracking.RegisteredModel
              f"{eval_site} (held-out rows there; only aggregates returned).",
         row_note=f"a registered model from outside this study ({model.ref}), shipped here; metrics on this site's held-out rows",
         tags={"validated_model": model.name, "validated_version": model.version, "validated_study": model.study},
-        row_fields={"design": "registered", "train_site": f"{model.site} ({model.label})"})
+        row_fields={"design": "registered", "train_site": f"{model.site} ({model.label})"}, artifacts=artifacts)
 
 
 def prune(cache: StageCache, used: list[Stage], *, keep_runs: int) -> None:

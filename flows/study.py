@@ -102,6 +102,11 @@ class ValidationSettings(Strict):
         "external); a site's report lists them beside its own model",
     )
 
+    own_models: bool = Field(
+        True, description="train, evaluate and publish each site's own models (false: a validation-only study, which "
+        "only validates the validation.registered models at its sites)",
+    )
+
     @field_validator("registered")
     @classmethod
     def _registered(cls, value: list[str]) -> list[str]:
@@ -113,6 +118,18 @@ class ValidationSettings(Strict):
         if len(set(seen)) != len(seen):
             raise ValueError(f"each registered model is named once; got {value}.")
         return value
+
+    @model_validator(mode="after")
+    def _validation_only(self) -> ValidationSettings:
+        if not self.own_models:
+            if not self.registered:
+                raise ValueError("a validation-only study (own_models: false) validates validation.registered models; "
+                                 "name at least one, e.g. registered: [forewarn-t2d_2y-academic].")
+            designs = sorted(set(self.designs) - {"internal"}) if "designs" in self.model_fields_set else []
+            if designs:
+                raise ValueError(f"a validation-only study (own_models: false) trains no model of its own, so it has no "
+                                 f"{' or '.join(designs)} design to run; leave validation.designs out.")
+        return self
 
     @model_validator(mode="after")
     def _temporal(self) -> ValidationSettings:

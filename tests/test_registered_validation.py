@@ -48,10 +48,15 @@ def partner_run(tmp_path_factory, demo_network):
         partner = _study("partner", "community", demo_network["community"], work / "partner",
                          features={"windows": ["30d", "full"]},
                          registered=[MODEL, f"{MODEL}/9", "forewarn-ckd3_2y-academic@champion", f"{MODEL}/1"])
+        # a validation-only study: no model of its own, the registered one validated
+        checker = _study("checker", "clinic", demo_network["community"], work / "checker", own_models=False,
+                         registered=[MODEL])
         with prefect_test_harness(server_startup_timeout=180):
             home_results = nightly(home)
             partner_results = nightly(partner)
-        yield {"work": work, "home": home_results, "partner": partner_results, "study": partner}
+            checker_results = nightly(checker)
+        yield {"work": work, "home": home_results, "partner": partner_results, "study": partner,
+               "checker": checker_results, "checker_study": checker}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +70,8 @@ def client(partner_run):
 
 def _validation_runs(client):
     experiment = client.get_experiment_by_name("forewarn/t2d_2y")
-    return client.search_runs([experiment.experiment_id], f"tags.`forewarn.validated_model` = '{MODEL}'")
+    return client.search_runs([experiment.experiment_id], f"tags.`forewarn.validated_model` = '{MODEL}' AND "
+                                                          "tags.`forewarn.site` = 'community'")
 
 
 def test_the_partner_logs_one_external_run_of_the_registered_model_with_its_provenance(partner_run, client):
@@ -126,7 +132,7 @@ def test_the_logged_auroc_is_the_registered_model_served_on_the_partners_held_ou
 
 
 def test_the_partners_report_lists_the_registered_model_beside_its_own(partner_run):
-    [own] = [r for r in partner_run["partner"] if r.task == "t2d_2y"]
+    [own] = [r for r in partner_run["partner"] if r.status == "published"]
     assert own.status == "published"
     html = own.report_path.read_text()
     assert "The table also shows 1 registered model from outside this study" in html
@@ -214,3 +220,52 @@ def test_a_validation_that_fails_is_a_row_that_says_so_not_a_design_of_the_sites
     assert rows["community"] == {"design": "registered", "train_site": f"academic ({MODEL} v1)", "eval_site": "community",
                                  "recalibrated": None, "skipped": True, "note": "failed: KeyError: 'pull'"}
     assert errors == [f"site community, task t2d_2y: registered model {MODEL} v1: validation failed: KeyError: 'pull'"]
+
+
+def test_a_validation_only_study_validates_the_registered_model_and_trains_none(partner_run, client):
+    from forewarn.flows.artifact import summary_markdown
+
+    [result] = partner_run["checker"]
+    assert (result.site, result.task, result.status, result.model_name, result.version) == (
+        "clinic", "t2d_2y", "validated", MODEL, "1")
+    run = client.get_run(result.run_id)
+    assert run.data.tags["forewarn.site"] == "clinic" and run.data.tags["forewarn.validated_model"] == MODEL
+    assert result.metrics["held_out/auroc"] == run.data.metrics["held_out/auroc"]
+    assert client.search_registered_models("name = 'forewarn-t2d_2y-clinic'") == []  # no model of its own
+    stages = partner_run["checker_study"].sites[0].workdir / "stages"
+    assert not any(p.name.startswith(("train-", "featurize-", "evaluate-")) for p in stages.iterdir())
+    assert result.report_path == partner_run["checker_study"].sites[0].workdir / "reports" / "t2d_2y" / f"{MODEL}-v1.html"
+    assert {a.path for a in client.list_artifacts(result.run_id)} >= {"report.html", "validation"}
+    summary = summary_markdown(partner_run["checker_study"], partner_run["checker"])
+    assert "0 published, 1 registered models validated, 0 skipped" in summary
+    assert f"| clinic | t2d_2y | validated | {result.metrics['held_out/auroc']:.3f} [" in summary
+
+
+def test_the_validation_report_shows_the_model_its_participants_and_its_numbers(partner_run, client, tmp_path):
+    import os
+    from html import unescape
+
+    from test_report import CHROMIUM, Page, _chromium, _console_problems
+
+    [result] = partner_run["checker"]
+    text = result.report_path.read_text()
+    page = Page(text)
+    plain = unescape(page.text)
+    metrics = client.get_run(result.run_id).data.metrics
+    assert f"t2d_2y: external validation of {MODEL} v1 at site “clinic”" in plain
+    assert f"MLflow run {result.run_id}" in plain
+    assert "academic, study “home”" in plain and "windows 30d, 365d, full" in plain
+    assert (f"AUROC {metrics['held_out/auroc']:.3f} ({metrics['held_out/auroc_ci_low']:.3f}–"
+            f"{metrics['held_out/auroc_ci_high']:.3f})") in plain
+    assert f"{metrics['held_out/recalibrated/auroc']:.3f}" in plain
+    for heading in ("1. The model validated", "2. Participants at this site", "3. Performance on this site's held-out split",
+                    "4. Subgroups", "5. Limitations"):
+        assert heading in plain
+    assert "age band" in plain.lower() and "female" in plain
+    if not CHROMIUM.is_file():
+        if os.environ.get("FOREWARN_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(f"no Chromium at {CHROMIUM}")
+        pytest.skip(f"no Chromium at {CHROMIUM} (CI installs it)")
+    dump = _chromium(["--dump-dom", result.report_path.resolve().as_uri()], tmp_path / "profile")
+    assert dump.returncode == 0 and not _console_problems(dump.stderr), dump.stderr[-2000:]
+    assert "4. Subgroups" in dump.stdout
