@@ -96,7 +96,7 @@ def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, 
     return {
         "site": site, "model": model, "generated_at": generated_at, "code_version": code_version,
         "data_digest": data_digest, "mlflow_run_id": mlflow_run_id, "task_name": task.name,
-        "task_digest": task.digest(), "task_description": task.description, "flow": _participants(attrition), "features": features,
+        "task_digest": task.digest(), "task_description": task.description, "split": _split_text(task), "flow": _participants(attrition), "features": features,
         "withheld": bool(shipped.get("withheld")), "rows": rows, "min_cell": privacy.MIN_CELL,
         "recalibration_note": (record.get("recalibration") or {}).get("note"),
         "recalibrated_text": _recalibrated_text(shipped, recal),
@@ -172,6 +172,15 @@ def published_attrition(attrition: dict) -> dict:
     out |= {k: {"times": t, "subjects": n} for k, t, n in zip(exclusions, times, subjects, strict=True)}
     out["positive"] = {"times": privacy.suppress(attrition.get("positive", {}).get("times"))}
     return out
+
+
+def _split_text(task) -> str:
+    """How a task's labelled times are split (section 3's arrow)."""
+    temporal = getattr(task, "temporal_split", None)
+    if temporal is not None:
+        return (f"temporal: train and tuning on prediction times whose {task.horizon_days}-day horizon ends by "
+                f"{temporal.held_out_from:%Y-%m-%d}, held out from then on")
+    return "by subject (a seeded hash of the pseudonymous id: 70% train, 15% tuning, 15% held-out)"
 
 
 def _participants(attrition: dict) -> dict:
@@ -1413,7 +1422,6 @@ def report_context(
     )
 
     images = {f.stem: f.read_bytes() for f in sorted((evaluation.dir / "figures").glob("*.png"))}
-    temporal = getattr(task, "temporal_split", None)
     return {
         "site": site,
         "task": {
@@ -1427,12 +1435,7 @@ def report_context(
             "prior_days": task.population.min_prior_observation_days,
             "gap_days": task.gap_days,
             "horizon_days": task.horizon_days,
-            "split": (
-                f"temporal: train and tuning on prediction times whose {task.horizon_days}-day horizon ends by "
-                f"{temporal.held_out_from:%Y-%m-%d}, held out from then on"
-                if temporal is not None
-                else "by subject (a seeded hash of the pseudonymous id: 70% train, 15% tuning, 15% held-out)"
-            ),
+            "split": _split_text(task),
         },
         "task_digest": task.digest(),
         "data_digest": data_digest,

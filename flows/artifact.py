@@ -37,8 +37,9 @@ def run_link(result) -> str:
 def _stable_report(result, workdirs: dict[str, Path]) -> Path:
     """The latest report's stable copy (``<workdir>/reports/<task>/report.html``), which
     outlives the stage folder the run wrote it in (pruned after ``keep_runs`` runs)."""
-    if result.status == "validated":  # a registered model's validation report is its own stable copy
-        return result.report_path
+    if result.status == "validated":  # a registered model's validation report: its own stable copy
+        stable = workdirs[result.site] / "reports" / result.task / f"{result.model_name}-v{result.version}.html"
+        return stable if stable.is_file() else result.report_path
     stable = workdirs[result.site] / "reports" / result.task / "report.html" if result.site in workdirs else None
     return stable if stable is not None and stable.is_file() else result.report_path
 
@@ -50,7 +51,7 @@ def summary_markdown(study, results) -> str:
     lines = [f"# Forewarn nightly: study `{study.name}`", ""]
     lines.append(
         f"{sum(r.status == 'published' for r in results)} published, "
-        + (f"{sum(r.status == 'validated' for r in results)} registered models validated, "
+        + (f"{sum(r.status == 'validated' for r in results)} validations of registered models, "
            if any(r.status in ("validated", "not validated") for r in results) else "")
         + f"{sum(r.status == 'skipped' for r in results)} skipped, "
         f"{sum(r.status == 'held' for r in results)} held, "

@@ -97,7 +97,11 @@ def _run_study(path: Path) -> None:
             typer.echo(f"{head}registered model {r.model_name} v{r.version} validated here: held-out AUROC "
                        f"{tracking.auroc_text(r.metrics)}  AUPRC {tracking.auprc_text(r.metrics)}")
             if r.report_path:
-                typer.echo(f"{'':>34}report: {r.report_path}")
+                latest = workdirs[r.site] / "reports" / r.task / f"{r.model_name}-v{r.version}.html"
+                typer.echo(f"{'':>34}report: {latest if latest.is_file() else r.report_path}")
+            continue
+        if r.status == "not validated":
+            typer.echo(f"{head}{r.reason}")
             continue
         if r.status != "published":
             typer.echo(f"{head}{r.status}: {r.reason}")

@@ -98,7 +98,8 @@ class SiteResult:
 
     site: str
     task: str
-    status: str  # "published", "skipped", "held" (records.people) or "failed"
+    status: str  # "published", "skipped", "held" (records.people), "failed"; for a registered model from outside
+    # the study (validation.registered): "validated" or "not validated"
     reason: str = ""
     run_id: str = ""
     experiment: str = ""
@@ -1287,6 +1288,10 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
     (``people_gate``) takes no part in it tonight."""
     results, built, data = [], {}, {}
     sites = {s.name: s for s in study.sites if s.name in pulls}
+    if not study.validation.own_models and not any(m.task == spec.name for m in registered or []):
+        # a validation-only study with nothing to validate for this task tonight: nothing leaves, nothing is ledgered
+        return [SiteResult(name, spec.name, "skipped", reason="validation-only study: no registered model of this task "
+                           "could be validated tonight (the warnings above say why)") for name in sites]
     for name, site in sites.items():
         cache = caches[name]
         try:
@@ -1365,10 +1370,10 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
             logger.error("site %s, task %s: validation failed: %s", model_site, spec.name, _reason(exc))
             validations[model_site].append({"design": "failed", "note": _reason(exc)})
     for model in (m for m in registered or [] if m.task == spec.name):
-        for name, row in registered_rows(study, spec, model, data, caches, used, logger).items():
+        for name, (row, log) in registered_rows(study, spec, model, data, caches, used, logger).items():
             if name in validations:  # a site with no model of its own tonight has no report; the run has it
                 validations[name].append(row)
-            results.append(registered_result(next(s for s in study.sites if s.name == name), spec, model, row))
+            results.append(registered_result(study, sites[name], spec, model, row, log))
     for name, b in built.items():
         try:
             stage = publish_task(sites[name], study, spec, b, validations[name], b["champion"], b["drift"], caches[name])
@@ -1631,15 +1636,16 @@ def resolve_registered(study: Study, specs: list[TaskSpec], logger) -> list[trac
 
 
 def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredModel, data: dict, caches: dict[str, StageCache],
-                    used: dict[str, list[Stage]], logger) -> dict[str, dict]:
+                    used: dict[str, list[Stage]], logger) -> dict[str, tuple[dict, Stage | None]]:
     """A registered model from outside the study at each site with labels and features
     tonight (``data``), shipped there as the external design ships a site's model: its
     inputs fetched from the registry, the site's rows featurized in its columns, scored as
     shipped (at the alert threshold it was published with) and after recalibration on the
     site's tuning split; one MLflow run per site (``validation_design`` external, tags
     ``validated_model`` and ``validated_version``); only aggregates. Returns each site's
-    report row (design ``registered``); a model of another definition of the task (its
-    task digest) is not scored, and its rows say why."""
+    report row (design ``registered``) with its MLflow logging stage (None where it was
+    not scored); a model of another definition of the task (its task digest) is not
+    scored, nor at a site of the name it was trained at, and the row says why."""
     train_site = f"{model.site} ({model.label})"
 
     def skipped(site: str, reason: str) -> dict:
@@ -1650,15 +1656,16 @@ def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredMode
         reason = (f"not validated: {model.label} predicts another definition of {spec.name} (task digest "
                   f"{model.task_digest[:12]}; this study's {spec.digest()[:12]}): its cohort, outcome or times differ")
         logger.warning("task %s: %s", spec.name, reason)
-        return {n: skipped(n, reason) for n in data}
+        return {n: (skipped(n, reason), None) for n in data}
     label = f"registered-{model.name}-v{model.version}"
     rows = {}
     for n, d in data.items():
         if n in model.site.split(" + "):
             # A site of the same name may be the very site: its rows may have trained the model.
-            rows[n] = skipped(n, f"not validated here: {model.label} was trained at a site named {n!r} (its study "
-                              f"{model.study or 'unknown'}), so these rows may be its own training data, not external")
-            logger.warning("site %s, task %s: registered model %s: %s", n, spec.name, model.label, rows[n]["note"])
+            rows[n] = (skipped(n, f"not validated here: {model.label} was trained at a site named {n!r} (its study "
+                               f"{model.study or 'unknown'}), so these rows may be its own training data, not external"),
+                       None)
+            logger.warning("site %s, task %s: registered model %s: %s", n, spec.name, model.label, rows[n][0]["note"])
             continue
         cache = caches[n]
         try:
@@ -1683,7 +1690,7 @@ def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredMode
                          lambda key, out, st=stage, n=n, d=d, f=features: log_registered(
                              study, spec, model, n, st, d["pull"], d["labels"], key, f, out))
             used[n] += [inputs, stage, log]
-            rows[n] = log.result
+            rows[n] = (log.result, log)
             shipped_metrics = stage.result["as_shipped"]
             logger.info("site %s, task %s: registered model %s validated here: held-out AUROC %s, AUPRC %s (MLflow run %s)",
                         n, spec.name, model.label,
@@ -1693,7 +1700,7 @@ def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredMode
         except Exception as exc:  # noqa: BLE001 - a comparison that fails does not stop the site's own model
             logger.error("site %s, task %s: registered model %s: validation failed: %s", n, spec.name, model.label,
                          _reason(exc))
-            rows[n] = skipped(n, f"failed: {_reason(exc)}")
+            rows[n] = (skipped(n, f"failed: {_reason(exc)}") | {"failed": True}, None)
     return rows
 
 
@@ -1702,20 +1709,29 @@ def registered_report(site: SiteConfig, spec: TaskSpec, model: tracking.Register
     return site.workdir / "reports" / spec.name / f"{model.name}-v{model.version}.html"
 
 
-def registered_result(site: SiteConfig, spec: TaskSpec, model: tracking.RegisteredModel, row: dict) -> SiteResult:
-    """A registered model's validation at ``site`` as the night's results list it
-    (``validated``, or ``not validated`` with the reason): the summary's line."""
+def registered_result(study: Study, site: SiteConfig, spec: TaskSpec, model: tracking.RegisteredModel, row: dict,
+                      log: Stage | None) -> SiteResult:
+    """A registered model's validation at ``site`` as the night's results list it: the
+    summary's line. ``validated`` (``log``: its MLflow logging stage, whose report is
+    copied to the site's stable path every night, cached or not), or ``not validated``
+    with the reason; in a validation-only study a validation that failed is ``failed``
+    (it was the study's whole work)."""
     if row.get("skipped"):
-        return SiteResult(site.name, spec.name, "not validated", reason=f"registered model {model.label}: {row['note']}",
+        status = "failed" if row.get("failed") and not study.validation.own_models else "not validated"
+        return SiteResult(site.name, spec.name, status, reason=f"registered model {model.label}: {row['note']}",
                           model_name=model.name, version=model.version)
     metrics = {f"{tracking.HELD_OUT}/{k}": float(row[k]) for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc",
                                                                    "calibration_slope")
                if row.get(k) is not None and not row.get("withheld")}
-    report = registered_report(site, spec, model)
+    report, written = registered_report(site, spec, model), None if log is None else log.dir / "report.html"
+    if written is not None and written.is_file():  # (a run reused from a killed process has none in its stage)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(written, report)
     return SiteResult(site.name, spec.name, "validated", run_id=row.get("run_id") or "",
                       experiment=tracking.experiment_name(spec.name), model_name=model.name, version=model.version,
                       decision=f"registered model {model.label} (trained at {model.site}) validated here",
-                      report_path=report if report.is_file() else None, metrics=metrics)
+                      report_path=written if written is not None and written.is_file() else None, metrics=metrics,
+                      cached=bool(log is not None and log.hit))
 
 
 def log_registered(study: Study, spec: TaskSpec, model: tracking.RegisteredModel, eval_site: str, stage: Stage,
@@ -1725,8 +1741,7 @@ def log_registered(study: Study, spec: TaskSpec, model: tracking.RegisteredModel
     registration run's (the model's make-up) with this site, the features it was scored
     on (``features``: the model's own settings) and this study's bootstrap and split. The
     run holds the validation's report (``evaluation.report.validation_context``), written
-    into ``out`` and copied to ``reports/<task>/<model name>-v<version>.html`` in the
-    site's working folder."""
+    into ``out`` (``registered_result`` copies it to the site's ``registered_report``)."""
     shape = json.loads((stage.dir / "features" / "shape.json").read_text())
     params = {**model.params, "site": eval_site, "n_features": shape["columns"], "windows": ",".join(features.windows),
               "aggs": ",".join(features.aggs), "min_code_subjects": features.min_code_subjects,
@@ -1742,11 +1757,7 @@ def log_registered(study: Study, spec: TaskSpec, model: tracking.RegisteredModel
                       "aggs": ", ".join(features.aggs)},
             data_digest=data_digest(pull), code_version=code_version(),
             generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id)
-        report = write_report(context, out / "report.html", template="validation.html.j2")
-        latest = registered_report(next(s for s in study.sites if s.name == eval_site), spec, model)
-        latest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(report, latest)
-        return {"report.html": report}
+        return {"report.html": write_report(context, out / "report.html", template="validation.html.j2")}
 
     return log_shipped(
         study, spec, design="external", train_site=model.site, eval_site=eval_site, stage=stage,

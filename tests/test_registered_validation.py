@@ -2,9 +2,12 @@
 (``validation.registered``): the external validation of PLP's ``externalValidateDbPlp``,
 for a partner that receives the model through the registry rather than training with it.
 
-One study ("home": the academic site alone) trains and registers its T2D model; another
-("partner": the community site alone, the same MLflow store) names that model and
-validates it each night, under a real Prefect engine and a real MLflow store.
+Under a real Prefect engine and one real MLflow store: a study ("home": the academic and
+community sites, internal and external designs) trains and registers its T2D models;
+another ("partner": a site "clinic" with the community site's records) names the academic
+model and validates it beside a model of its own; a validation-only study ("checker": a
+site "community" with those records) trains nothing and validates it, which must give
+the home study's own external validation of that model at its community site exactly.
 """
 
 from __future__ import annotations
@@ -21,17 +24,20 @@ pytestmark = pytest.mark.slow
 MODEL = "forewarn-t2d_2y-academic"
 
 
-def _study(name: str, site: str, db: Path, base: Path, features: dict | None = None, **validation):
+def _study(name: str, site: str, db: Path, base: Path, features: dict | None = None, others: dict | None = None,
+           workdir: Path | None = None, **validation):
     from forewarn.flows.study import parse_study
 
+    sites = [{"name": n, "source": {"location": str(p)}} for n, p in {site: db, **(others or {})}.items()]
+    if workdir is not None:
+        sites[0]["workdir"] = str(workdir)
     return parse_study({
-        "name": name, "demo": True, "tasks": ["t2d_2y"],
-        "sites": [{"name": site, "source": {"location": str(db)}}],
+        "name": name, "demo": True, "tasks": ["t2d_2y"], "sites": sites,
         "features": features or {},
         "evaluation": {"bootstrap": 50, "shap_rows": 200},
         "models": {"n_jobs": 2, "search": {"trials": 2}},
         "promotion": {"slope_low": 0.6},  # as test_flow_e2e: this small network's first academic model has slope 0.69
-        "validation": {"designs": ["internal"], **validation},
+        "validation": {"designs": ["internal"], **validation} if validation.get("own_models", True) else validation,
     }, base_dir=base)
 
 
@@ -43,14 +49,19 @@ def partner_run(tmp_path_factory, demo_network):
 
         from forewarn.flows.nightly import nightly
 
-        home = _study("home", "academic", demo_network["academic"], work / "home")
+        home = _study("home", "academic", demo_network["academic"], work / "home",
+                      others={"community": demo_network["community"]}, designs=["internal", "external"])
         # the partner's own features have no 365-day window; the registered model's columns do
-        partner = _study("partner", "community", demo_network["community"], work / "partner",
+        partner = _study("partner", "clinic", demo_network["community"], work / "partner",
                          features={"windows": ["30d", "full"]},
                          registered=[MODEL, f"{MODEL}/9", "forewarn-ckd3_2y-academic@champion", f"{MODEL}/1"])
-        # a validation-only study: no model of its own, the registered one validated
-        checker = _study("checker", "clinic", demo_network["community"], work / "checker", own_models=False,
-                         registered=[MODEL])
+        # a validation-only study: no model of its own, the registered one validated. Its site has the
+        # community site's name and records, hence its pseudonyms and split: the home study's own
+        # external validation of the model there is the same validation.
+        # It is the home study's community site, so it keeps that site's work folder (its people ledger: a
+        # new folder for a site that has published would be held, since its nights could not be compared).
+        checker = _study("checker", "community", demo_network["community"], work / "checker", own_models=False,
+                         registered=[MODEL], workdir=work / "home" / "sites" / "community" / "work")
         with prefect_test_harness(server_startup_timeout=180):
             home_results = nightly(home)
             partner_results = nightly(partner)
@@ -71,22 +82,22 @@ def client(partner_run):
 def _validation_runs(client):
     experiment = client.get_experiment_by_name("forewarn/t2d_2y")
     return client.search_runs([experiment.experiment_id], f"tags.`forewarn.validated_model` = '{MODEL}' AND "
-                                                          "tags.`forewarn.site` = 'community'")
+                                                          "tags.`forewarn.study` = 'partner'")
 
 
 def test_the_partner_logs_one_external_run_of_the_registered_model_with_its_provenance(partner_run, client):
-    [home] = partner_run["home"]
+    home = next(r for r in partner_run["home"] if r.site == "academic")
     assert (home.site, home.status, home.version, "champion" in home.aliases) == ("academic", "published", "1", True)
     [run] = _validation_runs(client)
     tags = run.data.tags
     assert {k: tags[f"forewarn.{k}"] for k in ("site", "train_site", "validation_design", "validated_version",
                                                "validated_study", "study", "task")} == {
-        "site": "community", "train_site": "academic", "validation_design": "external", "validated_version": "1",
+        "site": "clinic", "train_site": "academic", "validation_design": "external", "validated_version": "1",
         "validated_study": "home", "study": "partner", "task": "t2d_2y"}
     # the model's make-up is its registration run's params; the site and features are the partner's
     registration = client.get_run(client.get_model_version(MODEL, "1").run_id).data.params
     assert run.data.params["xgb_max_depth"] == registration["xgb_max_depth"]
-    assert run.data.params["l1_C"] == registration["l1_C"] and run.data.params["site"] == "community"
+    assert run.data.params["l1_C"] == registration["l1_C"] and run.data.params["site"] == "clinic"
     assert run.data.params["n_features"] == registration["n_features"]  # featurized in the model's own columns ...
     assert run.data.params["windows"] == registration["windows"] == "30d,365d,full"  # ... as its own study computed them
     for name in ("held_out/auroc", "held_out/auprc", "held_out/brier", "held_out/calibration_slope"):
@@ -187,13 +198,13 @@ def test_models_that_cannot_be_validated_are_left_out_with_a_reason(partner_run,
     # another definition of the task (its digest) is not scored: every site's row says why
     other = tracking.RegisteredModel(**{**found.__dict__, "task_digest": "0123456789abcdef"})
     warnings.clear()
-    rows = registered_rows(study, specs[0], other, {"community": None}, {}, {}, Logger())
+    rows = {n: row for n, (row, _) in registered_rows(study, specs[0], other, {"community": None}, {}, {}, Logger()).items()}
     assert rows["community"]["skipped"] is True and rows["community"]["design"] == "registered"
     assert rows["community"]["note"].startswith(f"not validated: {MODEL} v1 predicts another definition of t2d_2y "
                                                 "(task digest 0123456789ab; this study's ")
     assert len(warnings) == 1
     # a site of the name the model was trained at may hold its very training rows: not scored there
-    rows = registered_rows(study, specs[0], found, {"academic": None}, {}, {}, Logger())
+    rows = {n: row for n, (row, _) in registered_rows(study, specs[0], found, {"academic": None}, {}, {}, Logger()).items()}
     assert rows["academic"]["skipped"] is True and rows["academic"]["note"] == (
         f"not validated here: {MODEL} v1 was trained at a site named 'academic' (its study home), so these rows may be "
         "its own training data, not external")
@@ -215,30 +226,43 @@ def test_a_validation_that_fails_is_a_row_that_says_so_not_a_design_of_the_sites
 
     mlflow.set_tracking_uri(f"sqlite:///{partner_run['work'] / 'mlruns' / 'mlflow.db'}")
     model = tracking.registered_model(MODEL)
-    rows = registered_rows(partner_run["study"], load_task("t2d_2y"), model, {"community": {}},
-                           {"community": StageCache(tmp_path / "stages")}, {"community": []}, Logger())
-    assert rows["community"] == {"design": "registered", "train_site": f"academic ({MODEL} v1)", "eval_site": "community",
-                                 "recalibrated": None, "skipped": True, "note": "failed: KeyError: 'pull'"}
+    [(row, log)] = registered_rows(partner_run["study"], load_task("t2d_2y"), model, {"community": {}},
+                                   {"community": StageCache(tmp_path / "stages")}, {"community": []}, Logger()).values()
+    assert log is None and row == {"design": "registered", "train_site": f"academic ({MODEL} v1)",
+                                   "eval_site": "community", "recalibrated": None, "skipped": True,
+                                   "note": "failed: KeyError: 'pull'", "failed": True}
     assert errors == [f"site community, task t2d_2y: registered model {MODEL} v1: validation failed: KeyError: 'pull'"]
 
 
 def test_a_validation_only_study_validates_the_registered_model_and_trains_none(partner_run, client):
     from forewarn.flows.artifact import summary_markdown
 
+    assert [(r.site, r.status) for r in partner_run["checker"]] == [("community", "validated")], partner_run["checker"]
     [result] = partner_run["checker"]
     assert (result.site, result.task, result.status, result.model_name, result.version) == (
-        "clinic", "t2d_2y", "validated", MODEL, "1")
+        "community", "t2d_2y", "validated", MODEL, "1")
     run = client.get_run(result.run_id)
-    assert run.data.tags["forewarn.site"] == "clinic" and run.data.tags["forewarn.validated_model"] == MODEL
+    assert run.data.tags["forewarn.site"] == "community" and run.data.tags["forewarn.validated_model"] == MODEL
     assert result.metrics["held_out/auroc"] == run.data.metrics["held_out/auroc"]
-    assert client.search_registered_models("name = 'forewarn-t2d_2y-clinic'") == []  # no model of its own
-    stages = partner_run["checker_study"].sites[0].workdir / "stages"
-    assert not any(p.name.startswith(("train-", "featurize-", "evaluate-")) for p in stages.iterdir())
-    assert result.report_path == partner_run["checker_study"].sites[0].workdir / "reports" / "t2d_2y" / f"{MODEL}-v1.html"
+    # the home study's two sites' models and the partner's own: the validation-only study registers none
+    assert sorted(m.name for m in client.search_registered_models()) == [
+        "forewarn-t2d_2y-academic", "forewarn-t2d_2y-clinic", "forewarn-t2d_2y-community"]
+    # the registry's path reproduces the home study's own external validation of the model on these rows,
+    # metric for metric: the same model, columns, features, split, threshold and bootstrap
+    experiment = client.get_experiment_by_name("forewarn/t2d_2y")
+    [external] = client.search_runs([experiment.experiment_id], "tags.`forewarn.study` = 'home' AND "
+                                     "tags.`forewarn.validation_design` = 'external' AND "
+                                     "tags.`forewarn.train_site` = 'academic'")
+    assert external.data.tags["forewarn.site"] == "community"
+    assert run.data.metrics == external.data.metrics and len(run.data.metrics) > 20
+    # the site's own model is still the home study's one version: the checker trained and registered nothing
+    assert [str(v.version) for v in client.search_model_versions("name = 'forewarn-t2d_2y-community'")] == ["1"]
+    stable = partner_run["checker_study"].sites[0].workdir / "reports" / "t2d_2y" / f"{MODEL}-v1.html"
+    assert stable.read_text() == result.report_path.read_text()  # the stable copy of the run's report
     assert {a.path for a in client.list_artifacts(result.run_id)} >= {"report.html", "validation"}
     summary = summary_markdown(partner_run["checker_study"], partner_run["checker"])
-    assert "0 published, 1 registered models validated, 0 skipped" in summary
-    assert f"| clinic | t2d_2y | validated | {result.metrics['held_out/auroc']:.3f} [" in summary
+    assert "0 published, 1 validations of registered models, 0 skipped" in summary
+    assert f"| community | t2d_2y | validated | {result.metrics['held_out/auroc']:.3f} [" in summary
 
 
 def test_the_validation_report_shows_the_model_its_participants_and_its_numbers(partner_run, client, tmp_path):
@@ -247,12 +271,12 @@ def test_the_validation_report_shows_the_model_its_participants_and_its_numbers(
 
     from test_report import CHROMIUM, Page, _chromium, _console_problems
 
-    [result] = partner_run["checker"]
+    [result] = [r for r in partner_run["checker"] if r.status == "validated"]
     text = result.report_path.read_text()
     page = Page(text)
     plain = unescape(page.text)
     metrics = client.get_run(result.run_id).data.metrics
-    assert f"t2d_2y: external validation of {MODEL} v1 at site “clinic”" in plain
+    assert f"t2d_2y: external validation of {MODEL} v1 at site “community”" in plain
     assert f"MLflow run {result.run_id}" in plain
     assert "academic, study “home”" in plain and "windows 30d, 365d, full" in plain
     assert (f"AUROC {metrics['held_out/auroc']:.3f} ({metrics['held_out/auroc_ci_low']:.3f}–"
