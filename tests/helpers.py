@@ -69,3 +69,13 @@ def flow_workdir(work: Path, prefect_home: Path) -> Iterator[Path]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def store_client(work: Path):
+    """The MLflow client of the default store of a flow run in ``work`` (``flow_workdir``),
+    also made the process's tracking URI."""
+    import mlflow
+
+    uri = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)

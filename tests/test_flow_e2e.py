@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import flow_workdir
+from helpers import flow_workdir, store_client
 
 pytestmark = pytest.mark.slow
 
@@ -81,11 +81,7 @@ def degrade(network: dict[str, Path], folder: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def client(flow_run):
-    import mlflow
-
-    uri = f"sqlite:///{flow_run['work'] / 'mlruns' / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    return store_client(flow_run["work"])
 
 
 def test_default_store_is_mlruns_under_the_working_directory(flow_run):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import flow_workdir
+from helpers import flow_workdir, store_client
 
 pytestmark = pytest.mark.slow
 
@@ -72,11 +72,21 @@ def partner_run(tmp_path_factory, demo_network):
 
 @pytest.fixture(scope="module")
 def client(partner_run):
-    import mlflow
+    return store_client(partner_run["work"])
 
-    uri = f"sqlite:///{partner_run['work'] / 'mlruns' / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+
+class Collect:
+    """A flow logger that keeps its warnings and errors."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.errors: list[str] = []
+
+    def warning(self, message, *args) -> None:
+        self.warnings.append(message % args)
+
+    def error(self, message, *args) -> None:
+        self.errors.append(message % args)
 
 
 def _validation_runs(client):
@@ -164,21 +174,14 @@ def test_a_second_night_reuses_the_fetched_model_and_its_run(partner_run, client
 
 
 def test_models_that_cannot_be_validated_are_left_out_with_a_reason(partner_run, client):
-    import mlflow
-
     from forewarn.features.labels import load_task
     from forewarn.flows import tracking
     from forewarn.flows.nightly import registered_rows, resolve_registered
 
-    warnings: list[str] = []
-
-    class Logger:
-        def warning(self, message, *args):
-            warnings.append(message % args)
-
-    mlflow.set_tracking_uri(f"sqlite:///{partner_run['work'] / 'mlruns' / 'mlflow.db'}")
+    log = Collect()
+    warnings = log.warnings
     study, specs = partner_run["study"], [load_task("t2d_2y")]
-    [found] = resolve_registered(study, specs, Logger())
+    [found] = resolve_registered(study, specs, log)
     assert (found.label, found.site, found.study, found.task) == (f"{MODEL} v1", "academic", "home", "t2d_2y")
     assert len(warnings) == 3
     assert warnings[2] == f"registered model {MODEL}/1: {MODEL} v1 is named twice in validation.registered; validated once"
@@ -187,51 +190,43 @@ def test_models_that_cannot_be_validated_are_left_out_with_a_reason(partner_run,
     assert "has no model 'forewarn-ckd3_2y-academic' with alias 'champion'" in warnings[1]
     # its own study's model is validated by the study's designs already
     warnings.clear()
-    assert resolve_registered(study.model_copy(update={"name": "home"}), specs, Logger()) == []
+    assert resolve_registered(study.model_copy(update={"name": "home"}), specs, log) == []
     assert warnings[0] == (f"registered model {MODEL}: not validated: {MODEL} v1 is this study's own model, which its "
                            "validation designs evaluate at its sites already") and len(warnings) == 4
     warnings.clear()
     only = study.model_copy(update={"validation": study.validation.model_copy(update={"registered": [MODEL]})})
-    assert resolve_registered(only, [load_task("ckd3_2y")], Logger()) == []
+    assert resolve_registered(only, [load_task("ckd3_2y")], log) == []
     assert warnings == [f"registered model {MODEL}: not validated: {MODEL} v1 is a model of task t2d_2y, which this "
                         "study does not run (its tasks: ckd3_2y)"]
     # another definition of the task (its digest) is not scored: every site's row says why
     other = tracking.RegisteredModel(**{**found.__dict__, "task_digest": "0123456789abcdef"})
     warnings.clear()
-    rows = {n: row for n, (row, _) in registered_rows(study, specs[0], other, {"community": None}, {}, {}, Logger()).items()}
+    rows = {n: row for n, (row, _) in registered_rows(study, specs[0], other, {"community": None}, {}, {}, log).items()}
     assert rows["community"]["skipped"] is True and rows["community"]["design"] == "registered"
     assert rows["community"]["note"].startswith(f"not validated: {MODEL} v1 predicts another definition of t2d_2y "
                                                 "(task digest 0123456789ab; this study's ")
     assert len(warnings) == 1
     # a site of the name the model was trained at may hold its very training rows: not scored there
-    rows = {n: row for n, (row, _) in registered_rows(study, specs[0], found, {"academic": None}, {}, {}, Logger()).items()}
+    rows = {n: row for n, (row, _) in registered_rows(study, specs[0], found, {"academic": None}, {}, {}, log).items()}
     assert rows["academic"]["skipped"] is True and rows["academic"]["note"] == (
         f"not validated here: {MODEL} v1 was trained at a site named 'academic' (its study home), so these rows may be "
         "its own training data, not external")
 
 
-def test_a_validation_that_fails_is_a_row_that_says_so_not_a_design_of_the_sites_model(partner_run, tmp_path):
-    import mlflow
-
+def test_a_validation_that_fails_is_a_row_that_says_so_not_a_design_of_the_sites_model(partner_run, client, tmp_path):
     from forewarn.features.labels import load_task
     from forewarn.flows import tracking
     from forewarn.flows.cache import StageCache
     from forewarn.flows.nightly import registered_rows
 
-    errors: list[str] = []
-
-    class Logger:
-        def error(self, message, *args):
-            errors.append(message % args)
-
-    mlflow.set_tracking_uri(f"sqlite:///{partner_run['work'] / 'mlruns' / 'mlflow.db'}")
+    log = Collect()
     model = tracking.registered_model(MODEL)
-    [(row, log)] = registered_rows(partner_run["study"], load_task("t2d_2y"), model, {"community": {}},
-                                   {"community": StageCache(tmp_path / "stages")}, {"community": []}, Logger()).values()
-    assert log is None and row == {"design": "registered", "train_site": f"academic ({MODEL} v1)",
+    [(row, stage)] = registered_rows(partner_run["study"], load_task("t2d_2y"), model, {"community": {}},
+                                   {"community": StageCache(tmp_path / "stages")}, {"community": []}, log).values()
+    assert stage is None and row == {"design": "registered", "train_site": f"academic ({MODEL} v1)",
                                    "eval_site": "community", "recalibrated": None, "skipped": True,
                                    "note": "failed: KeyError: 'pull'", "failed": True}
-    assert errors == [f"site community, task t2d_2y: registered model {MODEL} v1: validation failed: KeyError: 'pull'"]
+    assert log.errors == [f"site community, task t2d_2y: registered model {MODEL} v1: validation failed: KeyError: 'pull'"]
 
 
 def test_a_validation_only_study_validates_the_registered_model_and_trains_none(partner_run, client):
