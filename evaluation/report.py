@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jinja2
 import numpy as np
+import pandas as pd
 
 from forewarn.evaluation import clinical, metrics, plots
 from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
@@ -89,6 +90,13 @@ def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, 
                    ("brier", "calibration_slope", "calibration_in_the_large", "ece", "ici", "e90")}}
 
     method = (record.get("recalibration") or {}).get("method")
+    figure = None
+    curves = {label: pd.DataFrame(record["calibration"][key]) for key, label in
+              (("as_shipped", "as shipped"), ("recalibrated", f"recalibrated here ({method})"))
+              if (record.get("calibration") or {}).get(key)}
+    if curves and not shipped.get("withheld"):
+        smoothed = pd.DataFrame(record.get("smoothed_calibration") or [], columns=["predicted", "observed"])
+        figure = base64.b64encode(plots.calibration(curves, ("as shipped", smoothed))).decode()
     rows = [row("as shipped (its own calibrator)", shipped)]
     if recal:
         rows.append(row(f"after recalibration on this site's tuning split ({method})", recal))
@@ -102,7 +110,7 @@ def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, 
         "recalibrated_text": _recalibrated_text(shipped, recal),
         "threshold": None if point.get("threshold") is None else _fmt(point["threshold"]),
         "subgroups": _subgroups({"subgroups": record.get("subgroups") or []}, site),
-        "suppressed": SUPPRESSED,
+        "suppressed": SUPPRESSED, "figure": figure,
     }
 
 

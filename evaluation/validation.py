@@ -68,6 +68,11 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     held, tune = split == schema.HELD_OUT, split == schema.TUNING
     subjects = rows[schema.SUBJECT_ID].to_numpy()
     record = {"as_shipped": _summary(y[held], calibrated[held], subjects[held], n_boot=n_boot, seed=seed)}
+    # One ledger of cut-offs for the held-out ranking (the shipped and the recalibrated risks rank
+    # alike): the alert threshold's first, as the subgroups publish it, then the calibration groups.
+    ledger = privacy.Cutoffs(y[held], calibrated[held])
+    if threshold is not None:
+        ledger.add(ledger.flagged(threshold))
     frame = pd.DataFrame({"y": y[held], "p": calibrated[held], "subject_id": subjects[held],
                           "age_band": clinical.age_band(age[held]), "sex": sex[held], "site": site})
     record["subgroups"] = json_safe(
@@ -76,14 +81,25 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     events, non_events = int(y[tune].sum()), int((~y[tune]).sum())
     if min(events, non_events) >= privacy.MIN_CELL:
         local, _ = choose_calibrator(raw[tune], y[tune], seed=seed, groups=subjects[tune])
-        record["recalibrated"] = _summary(y[held], local(raw[held]), subjects[held], n_boot=n_boot, seed=seed)
+        recalibrated = local(raw[held])
+        record["recalibrated"] = _summary(y[held], recalibrated, subjects[held], n_boot=n_boot, seed=seed)
         record["recalibration"] = recalibration_summary(local)
     else:
         # A calibrator fitted to 1..10 events (or non-events) would carry their count in
         # its coefficients, and could not be trusted either.
+        recalibrated = None
         record["recalibrated"] = None
         record["recalibration"] = {"method": None, "note": f"not recalibrated: this site's tuning split holds fewer "
                                                            f"than {privacy.MIN_CELL} events or non-events"}
+    # Observed against predicted by tenth of risk (groups merged under the ledger) and smoothed
+    # (withheld with 1..10 events or non-events): the calibration figure of a validation report.
+    record["calibration"] = {"as_shipped": json_safe(metrics.calibration_curve(
+        y[held], calibrated[held], cutoffs=ledger).to_dict(orient="records"))}
+    if recalibrated is not None:
+        record["calibration"]["recalibrated"] = json_safe(metrics.calibration_curve(
+            y[held], recalibrated, cutoffs=ledger).to_dict(orient="records"))
+    record["smoothed_calibration"] = json_safe(clinical.smoothed_calibration(y[held], calibrated[held]).to_dict(
+        orient="records"))
     return record
 
 

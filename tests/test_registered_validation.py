@@ -134,6 +134,25 @@ def test_the_logged_auroc_is_the_registered_model_served_on_the_partners_held_ou
     assert run.data.metrics["held_out/auroc"] == pytest.approx(roc_auc_score(y, np.asarray(served)), abs=1e-9)
     record = json.loads((folder / "record.json").read_text())
     assert record["as_shipped"]["auroc"] == run.data.metrics["held_out/auroc"]
+    # its calibration groups, as shipped and recalibrated, hold 0 or 11+ events and non-events each, and no
+    # group boundary sits within 1..10 of either beside the alert threshold's cut-off, which came first
+    from forewarn.records.privacy import Cutoffs
+
+    p = np.asarray(served, float)
+    ledger = Cutoffs(y, p)
+    threshold = ledger.flagged(record["subgroup_threshold"]["threshold"])
+    if not ledger.add(threshold):  # its 2x2 table has a cell of 1..10: the subgroups publish nothing at it
+        threshold = 0
+    for key in ("as_shipped", "recalibrated"):
+        groups = record["calibration"][key]
+        assert len(groups) >= 2 and sum(g["n"] for g in groups) == y.size and sum(g["events"] for g in groups) == y.sum()
+        for g in groups:
+            assert all(c == 0 or c >= 11 for c in (g["events"], g["n"] - g["events"]))
+        bounds = np.cumsum([g["n"] for g in groups[::-1]])  # from the highest risk down: rows above each boundary
+        for k in bounds:
+            tp, fp = ledger.counts(int(k))
+            ttp, tfp = ledger.counts(threshold)
+            assert all(d == 0 or d >= 11 for d in (abs(tp - ttp), abs(fp - tfp)))
     # its 365-day columns are computed, though the partner's own features have no such window
     names = FeatureMatrix(folder / "features").load()[2]["name"]
     year = np.flatnonzero(names.str.endswith("/365d").to_numpy())
@@ -281,6 +300,7 @@ def test_the_validation_report_shows_the_model_its_participants_and_its_numbers(
                     "4. Subgroups", "5. Limitations"):
         assert heading in plain
     assert "age band" in plain.lower() and "female" in plain
+    assert page.tags.count("img") == 1 and "Observed rate against mean predicted risk on this site's held-out" in plain
     if not CHROMIUM.is_file():
         if os.environ.get("FOREWARN_REQUIRE_CHROMIUM") == "1":
             pytest.fail(f"no Chromium at {CHROMIUM}")
