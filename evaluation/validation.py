@@ -38,15 +38,36 @@ def _probabilities(trained: TrainedModels, matrix: FeatureMatrix):
     return raw, calibrator(raw), rows, (age, sex)
 
 
-def _summary(y, p, subjects, *, n_boot: int, seed: int) -> dict:
+def _summary(y, p, subjects, *, n_boot: int, seed: int, curve: pd.DataFrame | None = None) -> dict:
     record = metrics.evaluate(y, p, subjects, n_boot=n_boot, seed=seed)
-    stats = clinical.calibration_stats(y, p)
+    stats = clinical.calibration_stats(y, p, curve=curve)  # the ECE over ``curve``'s groups where it is published
     return record | {k: stats[k] for k in ("calibration_slope", "calibration_in_the_large", "ece", "ici", "e50", "e90")} | (
         model_based(record, p))
 
 
+def on_groups(y, p, reference: np.ndarray, curve: pd.DataFrame) -> pd.DataFrame:
+    """``curve`` (``metrics.calibration_curve`` of ``reference``'s risks, from the lowest
+    risk up) with each group's mean predicted risk taken from ``p`` instead: the same
+    rows, counts and observed rates, so no cut-off of ``p``'s own ranking is published
+    (where ``p`` ties rows that ``reference`` keeps apart, or the other way round, its
+    own groups could leave a band of 1..10 events beside the published ones)."""
+    out = curve.copy()
+    if out["n"].isna().any():  # withheld: nothing to take
+        return out
+    order = np.argsort(np.asarray(reference, float), kind="stable")  # lowest risk first, as the groups run
+    p = np.asarray(p, float)[order]
+    ends = np.cumsum(out["n"].astype(int).to_numpy())
+    if ends[-1] != p.size or not np.array_equal(out["events"].astype(int).to_numpy(),
+                                                np.add.reduceat(np.asarray(y, bool)[order].astype(int),
+                                                                np.r_[0, ends[:-1]])):
+        raise ValueError("the groups do not match the reference ranking's rows; pass the risks the curve was drawn "
+                         "from as reference.")
+    out["mean_predicted"] = [float(v.mean()) for v in np.split(p, ends[:-1])]
+    return out
+
+
 def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0,
-                        site: str = "site", threshold: float | None = None) -> dict:
+                        site: str = "site", threshold: float | None = None, curves: bool = False) -> dict:
     """Metrics of a model from another site on this site's held-out rows, as shipped and
     after recalibration on this site's tuning rows (only when they hold at least 11 events
     and 11 non-events).
@@ -58,6 +79,13 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     1,000 here: what the same alert rule does at a site it was not set on
     (``subgroup_threshold``).
 
+    With ``curves``, the record also holds the calibration groups (``calibration``: tenths
+    of the shipped risk, merged under one ledger of cut-offs that the alert threshold's
+    enters first, as the subgroups publish it; the recalibrated risks' means over the
+    same groups) and the smoothed curve: for a validation whose record is the only thing
+    published of this ranking. Not for the network design, whose site evaluation
+    publishes cut-offs of the same risks under a ledger of its own.
+
     Only aggregates come back: the metrics, and the local calibrator, whose parameters
     are fits to the whole tuning split (a sigmoid's two coefficients) or to blocks of at
     least 11 rows, events and non-events (an isotonic calibrator's knots, see
@@ -67,12 +95,14 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     split = rows[schema.SPLIT].to_numpy()
     held, tune = split == schema.HELD_OUT, split == schema.TUNING
     subjects = rows[schema.SUBJECT_ID].to_numpy()
-    record = {"as_shipped": _summary(y[held], calibrated[held], subjects[held], n_boot=n_boot, seed=seed)}
-    # One ledger of cut-offs for the held-out ranking (the shipped and the recalibrated risks rank
-    # alike): the alert threshold's first, as the subgroups publish it, then the calibration groups.
-    ledger = privacy.Cutoffs(y[held], calibrated[held])
-    if threshold is not None:
-        ledger.add(ledger.flagged(threshold))
+    shipped_curve = None
+    if curves:
+        ledger = privacy.Cutoffs(y[held], calibrated[held])
+        if threshold is not None:
+            ledger.add(ledger.flagged(threshold))
+        shipped_curve = metrics.calibration_curve(y[held], calibrated[held], cutoffs=ledger)
+    record = {"as_shipped": _summary(y[held], calibrated[held], subjects[held], n_boot=n_boot, seed=seed,
+                                     curve=shipped_curve)}
     frame = pd.DataFrame({"y": y[held], "p": calibrated[held], "subject_id": subjects[held],
                           "age_band": clinical.age_band(age[held]), "sex": sex[held], "site": site})
     record["subgroups"] = json_safe(
@@ -82,24 +112,24 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     if min(events, non_events) >= privacy.MIN_CELL:
         local, _ = choose_calibrator(raw[tune], y[tune], seed=seed, groups=subjects[tune])
         recalibrated = local(raw[held])
-        record["recalibrated"] = _summary(y[held], recalibrated, subjects[held], n_boot=n_boot, seed=seed)
+        recal_curve = None if shipped_curve is None else on_groups(y[held], recalibrated, calibrated[held], shipped_curve)
+        record["recalibrated"] = _summary(y[held], recalibrated, subjects[held], n_boot=n_boot, seed=seed,
+                                          curve=recal_curve)
         record["recalibration"] = recalibration_summary(local)
     else:
         # A calibrator fitted to 1..10 events (or non-events) would carry their count in
         # its coefficients, and could not be trusted either.
-        recalibrated = None
+        recal_curve = None
         record["recalibrated"] = None
         record["recalibration"] = {"method": None, "note": f"not recalibrated: this site's tuning split holds fewer "
                                                            f"than {privacy.MIN_CELL} events or non-events"}
-    # Observed against predicted by tenth of risk (groups merged under the ledger) and smoothed
-    # (withheld with 1..10 events or non-events): the calibration figure of a validation report.
-    record["calibration"] = {"as_shipped": json_safe(metrics.calibration_curve(
-        y[held], calibrated[held], cutoffs=ledger).to_dict(orient="records"))}
-    if recalibrated is not None:
-        record["calibration"]["recalibrated"] = json_safe(metrics.calibration_curve(
-            y[held], recalibrated, cutoffs=ledger).to_dict(orient="records"))
-    record["smoothed_calibration"] = json_safe(clinical.smoothed_calibration(y[held], calibrated[held]).to_dict(
-        orient="records"))
+    if shipped_curve is not None:
+        # observed against predicted by tenth of risk, and smoothed (withheld with 1..10 events or non-events)
+        record["calibration"] = {"as_shipped": json_safe(shipped_curve.to_dict(orient="records"))}
+        if recal_curve is not None:
+            record["calibration"]["recalibrated"] = json_safe(recal_curve.to_dict(orient="records"))
+        record["smoothed_calibration"] = json_safe(clinical.smoothed_calibration(y[held], calibrated[held]).to_dict(
+            orient="records"))
     return record
 
 

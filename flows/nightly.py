@@ -363,8 +363,9 @@ def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: St
         columns = pd.read_parquet(model_matrix.result.columns_path)
         matrix = featurize(pull.result.events_dir, table, splits, out / "features", features,
                            codes_path=pull.result.codes_path, columns=columns, map_shards=_shards(study))
+        # the record is all that is published of this ranking: it may carry the calibration groups
         record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed,
-                                     site=eval_site, threshold=threshold)
+                                     site=eval_site, threshold=threshold, curves=True)
         (out / "record.json").write_text(json.dumps(record, indent=1))
         return record
 

@@ -238,6 +238,21 @@ def test_network_model_is_evaluated_at_a_site_like_its_own(tmp_path):
     assert record["held_out"]["xgboost"]["auroc"] > 0.8
     # The numbers alone (what the temporal design logs) are the full evaluation's, key for key.
     assert held_out_metrics(trained, config) == record["held_out"]["xgboost"]
+    # The network design's record at the site publishes no calibration groups: the evaluation above publishes
+    # cut-offs of the same risks under its own ledger. An external design's record, the only one of its ranking, does.
+    from forewarn.evaluation.validation import external_validation
+
+    network = external_validation(trained, sites[1].matrix, n_boot=20, site="b")
+    assert "calibration" not in network and "smoothed_calibration" not in network
+    shipped = external_validation(trained, sites[1].matrix, n_boot=20, site="b", curves=True)
+    groups = shipped["calibration"]["as_shipped"]
+    assert sum(g["n"] for g in groups) == shipped["as_shipped"]["n"] and len(shipped["smoothed_calibration"]) == 50
+    if shipped["recalibrated"] is not None:  # the same groups, their mean recalibrated risk
+        again = shipped["calibration"]["recalibrated"]
+        assert [(g["n"], g["events"], g["observed"]) for g in again] == [(g["n"], g["events"], g["observed"]) for g in groups]
+    # with curves, the ECE is the one over the published groups
+    assert shipped["as_shipped"]["ece"] == pytest.approx(
+        sum(g["n"] * abs(g["observed"] - g["mean_predicted"]) for g in groups) / sum(g["n"] for g in groups))
 
 
 def test_sites_in_processes_of_their_own_train_the_same_model_and_refuse_other_calls(tmp_path):

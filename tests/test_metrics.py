@@ -394,3 +394,23 @@ def test_paired_differences_of_two_metrics_are_each_ones_own_bootstrap():
         assert both[m] == metrics.paired_difference(y, p_new, p_old, subjects, n_boot=40, seed=2, level=0.9, metric=m)
     with pytest.raises(ValueError, match="metric must be 'auroc' or 'auprc'; got 'brier'"):
         metrics.paired_differences(y, p_new, p_old, subjects, metrics=("auroc", "brier"))
+
+
+def test_recalibrated_risks_are_averaged_over_the_shipped_groups_not_cut_anew():
+    """``evaluation.validation.on_groups``: a second set of risks over the groups of the
+    first (same rows, counts and observed rates), so it publishes no cut-off of its own;
+    here the second ties rows 1-2 and 3-4 that the first keeps apart."""
+    import pandas as pd
+
+    from forewarn.evaluation.validation import on_groups
+
+    y = np.array([0, 1, 0, 0, 1, 1])
+    reference = np.array([0.9, 0.1, 0.5, 0.2, 0.6, 0.8])  # lowest first: rows 1, 3, 2, 4, 5, 0
+    curve = pd.DataFrame({"bin": [1, 2], "n": [3, 3], "events": [1, 2], "mean_predicted": [0.8 / 3, 2.3 / 3],
+                          "observed": [1 / 3, 2 / 3]}, dtype=object)
+    recalibrated = np.array([0.7, 0.2, 0.2, 0.3, 0.7, 0.7])
+    out = on_groups(y, recalibrated, reference, curve)
+    assert out["n"].tolist() == [3, 3] and out["events"].tolist() == [1, 2] and out["observed"].tolist() == [1 / 3, 2 / 3]
+    assert out["mean_predicted"].tolist() == pytest.approx([(0.2 + 0.3 + 0.2) / 3, (0.7 + 0.7 + 0.7) / 3])
+    with pytest.raises(ValueError, match="the groups do not match the reference ranking's rows"):
+        on_groups(y, recalibrated, np.array([0.1, 0.9, 0.2, 0.3, 0.8, 0.7]), curve)  # events 0 and 3 by these groups
