@@ -268,7 +268,12 @@ def evaluate_and_explain(
         dca = clinical.decision_curve(y, p, thresholds=config.net_benefit_thresholds, cutoffs=ledgers[PRIMARY])
         record["decision_curve"] = dca.to_dict(orient="records")
         for model in (*MODELS, UNCALIBRATED):
-            calib[labels[model]] = metrics.calibration_curve(*scores[model], cutoffs=ledgers[model])
+            if model == UNCALIBRATED:
+                # It ranks as the calibrated model except where the calibrator ties risks (a sigmoid clips
+                # them near 0 and 1): its mean risk over the calibrated model's groups, which cuts nothing anew.
+                calib[labels[model]] = metrics.calibration_on_groups(*scores[model], scores[PRIMARY][1], calib[labels[PRIMARY]])
+            else:
+                calib[labels[model]] = metrics.calibration_curve(*scores[model], cutoffs=ledgers[model])
             record["calibration"][model] = calib[labels[model]].to_dict(orient="records")
             # the ECE over the groups this curve publishes, not over the raw deciles
             record["calibration_stats"][model] = clinical.calibration_stats(*scores[model], curve=calib[labels[model]])

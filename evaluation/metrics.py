@@ -244,6 +244,27 @@ def calibration_curve(y: np.ndarray, p: np.ndarray, *, bins: int = 10, cutoffs: 
     return pd.DataFrame(records, dtype=object)
 
 
+
+def calibration_on_groups(y, p, reference: np.ndarray, curve: pd.DataFrame) -> pd.DataFrame:
+    """``curve`` (``metrics.calibration_curve`` of ``reference``'s risks, from the lowest
+    risk up) with each group's mean predicted risk taken from ``p`` instead: the same
+    rows, counts and observed rates, so no cut-off of ``p``'s own ranking is published
+    (where ``p`` ties rows that ``reference`` keeps apart, or the other way round, its
+    own groups could leave a band of 1..10 events beside the published ones)."""
+    out = curve.copy()
+    if out["n"].isna().any():  # withheld: nothing to take
+        return out
+    order = np.argsort(np.asarray(reference, float), kind="stable")  # lowest risk first, as the groups run
+    p = np.asarray(p, float)[order]
+    ends = np.cumsum(out["n"].astype(int).to_numpy())
+    if ends[-1] != p.size or not np.array_equal(out["events"].astype(int).to_numpy(),
+                                                np.add.reduceat(np.asarray(y, bool)[order].astype(int),
+                                                                np.r_[0, ends[:-1]])):
+        raise ValueError("the groups do not match the reference ranking's rows; pass the risks the curve was drawn "
+                         "from as reference.")
+    out["mean_predicted"] = [float(v.mean()) for v in np.split(p, ends[:-1])]
+    return out
+
 def evaluate(
     y: np.ndarray, p: np.ndarray, subjects: np.ndarray, *, n_boot: int = 200, seed: int = 0,
     min_cell: int = privacy.MIN_CELL,

@@ -45,27 +45,6 @@ def _summary(y, p, subjects, *, n_boot: int, seed: int, curve: pd.DataFrame | No
         model_based(record, p))
 
 
-def on_groups(y, p, reference: np.ndarray, curve: pd.DataFrame) -> pd.DataFrame:
-    """``curve`` (``metrics.calibration_curve`` of ``reference``'s risks, from the lowest
-    risk up) with each group's mean predicted risk taken from ``p`` instead: the same
-    rows, counts and observed rates, so no cut-off of ``p``'s own ranking is published
-    (where ``p`` ties rows that ``reference`` keeps apart, or the other way round, its
-    own groups could leave a band of 1..10 events beside the published ones)."""
-    out = curve.copy()
-    if out["n"].isna().any():  # withheld: nothing to take
-        return out
-    order = np.argsort(np.asarray(reference, float), kind="stable")  # lowest risk first, as the groups run
-    p = np.asarray(p, float)[order]
-    ends = np.cumsum(out["n"].astype(int).to_numpy())
-    if ends[-1] != p.size or not np.array_equal(out["events"].astype(int).to_numpy(),
-                                                np.add.reduceat(np.asarray(y, bool)[order].astype(int),
-                                                                np.r_[0, ends[:-1]])):
-        raise ValueError("the groups do not match the reference ranking's rows; pass the risks the curve was drawn "
-                         "from as reference.")
-    out["mean_predicted"] = [float(v.mean()) for v in np.split(p, ends[:-1])]
-    return out
-
-
 def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0,
                         site: str = "site", threshold: float | None = None, curves: bool = False) -> dict:
     """Metrics of a model from another site on this site's held-out rows, as shipped and
@@ -82,9 +61,10 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     With ``curves``, the record also holds the calibration groups (``calibration``: tenths
     of the shipped risk, merged under one ledger of cut-offs that the alert threshold's
     enters first, as the subgroups publish it; the recalibrated risks' means over the
-    same groups) and the smoothed curve: for a validation whose record is the only thing
-    published of this ranking. Not for the network design, whose site evaluation
-    publishes cut-offs of the same risks under a ledger of its own.
+    same groups, ``metrics.calibration_on_groups``) and the smoothed curve: for a
+    validation whose record is the only thing published of this ranking. Not for the
+    network design, whose site evaluation publishes cut-offs of the same risks under a
+    ledger of its own.
 
     Only aggregates come back: the metrics, and the local calibrator, whose parameters
     are fits to the whole tuning split (a sigmoid's two coefficients) or to blocks of at
@@ -112,7 +92,7 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     if min(events, non_events) >= privacy.MIN_CELL:
         local, _ = choose_calibrator(raw[tune], y[tune], seed=seed, groups=subjects[tune])
         recalibrated = local(raw[held])
-        recal_curve = None if shipped_curve is None else on_groups(y[held], recalibrated, calibrated[held], shipped_curve)
+        recal_curve = None if shipped_curve is None else metrics.calibration_on_groups(y[held], recalibrated, calibrated[held], shipped_curve)
         record["recalibrated"] = _summary(y[held], recalibrated, subjects[held], n_boot=n_boot, seed=seed,
                                           curve=recal_curve)
         record["recalibration"] = recalibration_summary(local)

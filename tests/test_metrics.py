@@ -397,12 +397,12 @@ def test_paired_differences_of_two_metrics_are_each_ones_own_bootstrap():
 
 
 def test_recalibrated_risks_are_averaged_over_the_shipped_groups_not_cut_anew():
-    """``evaluation.validation.on_groups``: a second set of risks over the groups of the
+    """``metrics.calibration_on_groups``: a second set of risks over the groups of the
     first (same rows, counts and observed rates), so it publishes no cut-off of its own;
     here the second ties rows 1-2 and 3-4 that the first keeps apart."""
     import pandas as pd
 
-    from forewarn.evaluation.validation import on_groups
+    from forewarn.evaluation.metrics import calibration_on_groups as on_groups
 
     y = np.array([0, 1, 0, 0, 1, 1])
     reference = np.array([0.9, 0.1, 0.5, 0.2, 0.6, 0.8])  # lowest first: rows 1, 3, 2, 4, 5, 0
