@@ -122,6 +122,7 @@ class ChampionCheck:
     auroc: float
     model: TrainedModels
     matrix: FeatureMatrix
+    notes: list[str] = field(default_factory=list)  # ``champion_notes``: what the decision must say about it
 
     @property
     def profile_path(self) -> Path:
@@ -140,6 +141,7 @@ class NetworkChampion:
     content: str | None = None  # ``model_content`` of the champion
     model: TrainedModels | None = None
     matrices: dict[str, FeatureMatrix] = field(default_factory=dict)  # each site's rows in the champion's columns
+    notes: list[str] = field(default_factory=list)  # ``champion_notes``: what the decision must say about it
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,52 @@ def _cfg(model) -> dict:
     return json.loads(model.model_dump_json())
 
 
-def _features_cfg(study: Study) -> dict:
-    return _cfg(study.features) | {"n_workers": None}  # workers change the speed, not the matrix
+def _features_cfg(features: FeatureConfig) -> dict:
+    return _cfg(features) | {"n_workers": None}  # workers change the speed, not the matrix
+
+
+def model_features(study: Study, settings: dict | None) -> FeatureConfig:
+    """The feature settings a registered model's columns are computed with: those its own
+    study trained it with (``settings``, its registration run's: ``tracking.model_provenance``;
+    this study's where the run has none), with this study's speed settings (workers, batch
+    size), which change the speed, not the matrix. Settings this code no longer knows are
+    left out."""
+    known = {k: v for k, v in (settings or {}).items() if k in FeatureConfig.model_fields}
+    return FeatureConfig(**{**_cfg(study.features), **known, "n_workers": study.features.n_workers,
+                            "batch_subjects": study.features.batch_subjects})
+
+
+def settings_differ(features: FeatureConfig, study: Study) -> list[str]:
+    """The feature settings (not the speed ones) in which ``features`` differs from the
+    study's, e.g. ``windows 30d,365d,full (this study's 365d,full)``."""
+    mine, theirs = _features_cfg(study.features), _features_cfg(features)
+    show = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v).lower()  # noqa: E731
+    return [f"{k} {show(theirs[k])} (this study's {show(mine[k])})" for k in theirs
+            if k != "batch_subjects" and theirs[k] != mine.get(k)]
+
+
+def champion_notes(study: Study, spec: TaskSpec, version: str, provenance: dict, features: FeatureConfig) -> list[str]:
+    """What the promotion decision must say about a champion made under other settings
+    than this study's (``tracking.model_provenance``): another study, another definition of
+    the task, another split, other feature settings (it is scored with its own)."""
+    notes = []
+    owner = provenance.get("study")
+    if owner and owner != study.name:
+        notes.append(f"champion v{version} was registered by study {owner!r}, not {study.name!r}; both are scored on "
+                     "this study's held-out rows")
+    digest = provenance.get("task_digest")
+    if digest and digest != spec.digest():
+        notes.append(f"champion v{version} was trained for another definition of {spec.name} (task digest {digest[:12]}; "
+                     f"this study's {spec.digest()[:12]}) and is judged on this definition's labels")
+    seed = provenance.get("split_seed")
+    if seed is not None and str(seed) != str(study.split_seed):
+        notes.append(f"champion v{version} was trained with split_seed {seed} (this study's {study.split_seed}): some of "
+                     "these held-out rows may be its training rows, which favours it")
+    differ = settings_differ(features, study)
+    if differ:
+        notes.append(f"champion v{version} is scored in its columns computed with the feature settings it was trained "
+                     f"with: {'; '.join(differ)}")
+    return notes
 
 
 def _parquet(rel: Path) -> bool:
@@ -261,16 +307,19 @@ def label_task(pull: Stage, spec: TaskSpec, study: Study, cache: StageCache) -> 
 
 
 def featurize_stage(pull: Stage, labels: Stage, study: Study, cache: StageCache, *, name: str,
-                    columns: Stage | None = None, extra: dict | None = None) -> Stage:
+                    columns: Stage | None = None, features: FeatureConfig | None = None,
+                    extra: dict | None = None) -> Stage:
     """Features for ``labels``; with ``columns`` (a model's stage folder holding
-    ``columns.parquet``) the model's columns are applied instead of a new vocabulary."""
+    ``columns.parquet``) the model's columns are applied instead of a new vocabulary,
+    computed as ``features`` says (by default the study's settings)."""
+    features = features or study.features
     inputs = [pull.digest, labels.digest] + ([columns.digest] if columns is not None else [])
-    key = key_of("featurize", {"features": _features_cfg(study), **(extra or {})}, inputs)
+    key = key_of("featurize", {"features": _features_cfg(features), **(extra or {})}, inputs)
 
     def compute(out: Path) -> FeatureMatrix:
         table, splits, _ = labels.result.load()
         fixed = pd.read_parquet(columns.dir / "model" / "columns.parquet") if columns is not None else None
-        return featurize(pull.result.events_dir, table, splits, out, study.features, codes_path=pull.result.codes_path,
+        return featurize(pull.result.events_dir, table, splits, out, features, codes_path=pull.result.codes_path,
                          columns=fixed, map_shards=_shards(study))
 
     return cache.run(name, key, compute)
@@ -314,12 +363,27 @@ def champion_task(site: SiteConfig, spec: TaskSpec, study: Study, pull: Stage, l
     version = tracking.champion_version(spec.name, site.name)
     if version is None:
         return None
-    name = tracking.registered_name(spec.name, site.name)
-    model = cache.run(f"champion-{spec.name}", key_of("champion model", {"model": name, "version": version}, []),
-                      lambda out: tracking.champion_inputs(spec.name, site.name, out / "model"))
-    matrix = featurize_stage(pull, labels, study, cache, name=f"champion-features-{spec.name}", columns=model)
+    model = fetch_champion(spec.name, site.name, version, cache, f"champion-{spec.name}")
+    # its columns computed as its own study computed them: a study whose feature settings
+    # changed since would otherwise score the champion in columns it was not trained on
+    features = model_features(study, model.result["provenance"]["features"])
+    matrix = featurize_stage(pull, labels, study, cache, name=f"champion-features-{spec.name}", columns=model,
+                             features=features)
     trained = TrainedModels(model.dir / "model")
-    return model, matrix, ChampionCheck(version, auroc_on(trained, matrix.result), trained, matrix.result)
+    notes = champion_notes(study, spec, version, model.result["provenance"], features)
+    return model, matrix, ChampionCheck(version, auroc_on(trained, matrix.result), trained, matrix.result, notes)
+
+
+def fetch_champion(task: str, site: str, version: str, cache: StageCache, stage: str) -> Stage:
+    """The champion's model inputs (``model/``) and what it was made under
+    (``tracking.model_provenance``: the stage's result ``provenance``), fetched once."""
+    name = tracking.registered_name(task, site)
+
+    def fetch(out: Path) -> dict:
+        got = tracking.champion_inputs(task, site, out / "model")
+        return {"version": got, "provenance": tracking.model_provenance(name, got, out / "run")}
+
+    return cache.run(stage, key_of("champion model", {"model": name, "version": version, "provenance": True}, []), fetch)
 
 
 def drift_record(check: ChampionCheck | None, matrix: Stage, study: Study) -> dict:
@@ -354,7 +418,7 @@ def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: St
     aggregates only; ``threshold`` is the operating point set at the model's site, scored
     here as it stands."""
     features = features or study.features
-    params = {"features": _cfg(features) | {"n_workers": None}, "evaluation": _cfg(study.evaluation),
+    params = {"features": _features_cfg(features), "evaluation": _cfg(study.evaluation),
               "model_site": model_site, "eval_site": eval_site, "threshold": threshold}
     key = key_of("external", params, [trained.digest, model_matrix.digest, pull.digest, labels.digest])
 
@@ -378,7 +442,7 @@ def temporal_task(site: SiteConfig, pull: Stage, spec: TaskSpec, study: Study, c
     cutoff = datetime.combine(study.validation.temporal_from, datetime.min.time())
     models = study.models.model_copy(update={"search": study.models.search.model_copy(update={"trials": 0})})
     params = {"task": spec.digest(), "cutoff": cutoff.isoformat(), "split_seed": study.split_seed,
-              "features": _features_cfg(study), "models": _cfg(models), "evaluation": _cfg(study.evaluation),
+              "features": _features_cfg(study.features), "models": _cfg(models), "evaluation": _cfg(study.evaluation),
               "executor": study.executor.kind}
 
     def compute(work: Path) -> dict:
@@ -433,7 +497,7 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
             return featurize(b["pull"].result.events_dir, table, splits, out, study.features,
                              codes_path=b["pull"].result.codes_path, columns=shared, map_shards=_shards(study))
 
-        key = key_of("network featurize", {"features": _features_cfg(study), "columns": columns},
+        key = key_of("network featurize", {"features": _features_cfg(study.features), "columns": columns},
                      [b["pull"].digest, b["labels"].digest])
         features[n] = caches[n].run(f"network-features-{spec.name}", key, compute)
 
@@ -515,16 +579,15 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
             "action": "retrain", "drifted": False,
             "reasons": [f"the network's champion v{version} was trained on these same features: nothing to compare"]}}, {}
     first = names[0]
-    name = tracking.registered_name(spec.name, tracking.NETWORK)
-    model = caches[first].run(f"network-champion-{spec.name}", key_of("champion model", {"model": name, "version": version}, []),
-                              lambda out: tracking.champion_inputs(spec.name, tracking.NETWORK, out / "model"))
+    model = fetch_champion(spec.name, tracking.NETWORK, version, caches[first], f"network-champion-{spec.name}")
+    features = model_features(study, model.result["provenance"]["features"])
     used: dict[str, list[Stage]] = {first: [model]}
     champion = TrainedModels(model.dir / "model")
     aurocs, sites, matrices = {}, {}, {}
     for n in names:
         b = built[n]
         matrix = featurize_stage(b["pull"], b["labels"], study, caches[n], name=f"network-champion-features-{spec.name}",
-                                 columns=model)
+                                 columns=model, features=features)
         used.setdefault(n, []).append(matrix)
         matrices[n] = matrix.result
         aurocs[n] = auroc_on(champion, matrix.result)
@@ -532,8 +595,9 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
                                  why_none="the site joined the network after it was trained")
     decision = drift_check.combine({n: d["decision"] for n, d in sites.items()}, study.drift)
     content = model_content(champion, champion.dir / "columns.parquet")
-    return NetworkChampion(version, aurocs, content=content, model=champion, matrices=matrices), {"compare": None, "decision": decision, "sites": sites,
-                                                               "champion_version": version}, used
+    notes = champion_notes(study, spec, version, model.result["provenance"], features)
+    drift = {"compare": None, "decision": decision, "sites": sites, "champion_version": version}
+    return NetworkChampion(version, aurocs, content=content, model=champion, matrices=matrices, notes=notes), drift, used
 
 
 def champion_difference(study: Study, candidate: TrainedModels, matrix: FeatureMatrix, champion: TrainedModels,
@@ -691,6 +755,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
         promotion = decide(held, compared, study.promotion) | {"paired": (compared or {}).get("paired")}
         if champion is not None:  # the champion beside the candidate, on the same held-out rows
             promotion["champion_metrics"] = champion_summary(study, champion)
+            promotion["reasons"] = [*promotion["reasons"], *champion.notes]
     if action == "alert":
         drifted = [r for r in drift["decision"]["reasons"] if "drifted" in r or "drift" in r][:3]
         promotion = promotion | {"promoted": False, "reasons": [
@@ -1498,6 +1563,8 @@ def network_publish(study: Study, spec: TaskSpec, run: NetworkRun, built: dict, 
                                                      run.champion.matrices[n])
                               for n in names if n in run.champion.matrices}
     promotion = decide_network(held, compared, study.promotion) | {"paired": (compared or {}).get("paired")}
+    if run.champion is not None:
+        promotion["reasons"] = [*promotion["reasons"], *run.champion.notes]
     action = run.drift["decision"]["action"]
     if action == "alert":
         alerting = [n for n, d in run.drift.get("sites", {}).items() if d["decision"]["action"] == "alert"]
@@ -1679,9 +1746,7 @@ def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredMode
                                                                   "version": model.version}, []), fetch)
             # the model's columns computed as its own study computed them (windows, aggregations, roll-ups);
             # how this machine computes them (workers, batches) is this study's
-            features = FeatureConfig(**{**_cfg(study.features), **(inputs.result["features"] or {}),
-                                        "n_workers": study.features.n_workers,
-                                        "batch_subjects": study.features.batch_subjects})
+            features = model_features(study, inputs.result["features"])
             shipped = SimpleNamespace(digest=inputs.digest, result=TrainedModels(inputs.dir / "model"))
             columns = SimpleNamespace(digest=inputs.digest,
                                       result=SimpleNamespace(columns_path=inputs.dir / "model" / "columns.parquet"))

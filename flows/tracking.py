@@ -438,6 +438,19 @@ def registered_features(run_id: str, dest: Path) -> dict | None:
     return features
 
 
+def model_provenance(name: str, version: str, dest: Path) -> dict:
+    """What version ``version`` of registered model ``name`` was made under, read from its
+    registration run: ``study`` and ``task_digest`` (tags), ``split_seed`` (param, a string;
+    None when the run has none) and ``features`` (:func:`registered_features`)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(name, version).run_id
+    run = client.get_run(run_id)
+    return {"study": run.data.tags.get(f"{TAG}.study", ""), "task_digest": run.data.tags.get(f"{TAG}.task_digest", ""),
+            "split_seed": run.data.params.get("split_seed"), "features": registered_features(run_id, dest)}
+
+
 def registered_threshold(run_id: str, dest: Path) -> float | None:
     """The alert threshold a site's registered model was published with (its run's
     ``metrics.json``: ``subgroup_threshold``, the operating point set on its tuning

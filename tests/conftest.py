@@ -23,6 +23,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # longest and takes the rest as it frees, so that both end together. A small file sits
 # between them and the next long one: xdist queues two files a worker from the start.
 LONG_FILES = ("test_resume.py", "test_dask_flow.py", "test_cache.py", "test_flow_e2e.py", "test_retrained_alike.py",
+              "test_champion_provenance.py",
               "test_small_site.py", "test_people_ledger.py", "test_faults.py")
 
 
