@@ -34,6 +34,7 @@ from types import SimpleNamespace
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
 
 from forewarn.evaluation import drift as drift_check
 from forewarn.evaluation.evaluate import (
@@ -73,6 +74,7 @@ from forewarn.models.promotion import decide, decide_network
 from forewarn.models.site_process import SiteProcess
 from forewarn.models.train import PRIMARY, TrainedModels, train_models, trainability
 from forewarn.records import deid, privacy, schema
+from forewarn.records.config import explain
 from forewarn.records.people import (
     PeopleLedger,
     held_reason,
@@ -225,11 +227,24 @@ def settings_differ(features: FeatureConfig, study: Study) -> list[str]:
             if k != "batch_subjects" and theirs[k] != mine.get(k)]
 
 
-def champion_notes(study: Study, spec: TaskSpec, version: str, provenance: dict, features: FeatureConfig) -> list[str]:
-    """What the promotion decision must say about a champion made under other settings
-    than this study's (``tracking.model_provenance``): another study, another definition of
-    the task, another split, other feature settings (it is scored with its own)."""
+def champion_settings(study: Study, spec: TaskSpec, version: str, provenance: dict) -> tuple[FeatureConfig, list[str]]:
+    """The feature settings the champion is scored with (``model_features``: its own) and
+    what the promotion decision must say about a champion made under other settings than
+    this study's (``tracking.model_provenance``): another study, another definition of the
+    task, another split, other feature settings. Where its settings are unknown (a run
+    without ``config/study.json``) or no longer valid, it is scored with this study's, and
+    the notes say so."""
     notes = []
+    try:
+        features = model_features(study, provenance.get("features"))
+    except ValidationError as exc:  # settings this code no longer accepts
+        features = study.features
+        problems = "; ".join(line.strip(" -") for line in explain(exc, FeatureConfig).splitlines())
+        notes.append(f"champion v{version}'s feature settings are not valid here ({problems}), so it is scored "
+                     "with this study's")
+    if provenance.get("features") is None:
+        notes.append(f"champion v{version}'s run does not record its feature settings, so it is scored with this "
+                     "study's")
     owner = provenance.get("study")
     if owner and owner != study.name:
         notes.append(f"champion v{version} was registered by study {owner!r}, not {study.name!r}; both are scored on "
@@ -246,7 +261,7 @@ def champion_notes(study: Study, spec: TaskSpec, version: str, provenance: dict,
     if differ:
         notes.append(f"champion v{version} is scored in its columns computed with the feature settings it was trained "
                      f"with: {'; '.join(differ)}")
-    return notes
+    return features, notes
 
 
 def _parquet(rel: Path) -> bool:
@@ -366,11 +381,10 @@ def champion_task(site: SiteConfig, spec: TaskSpec, study: Study, pull: Stage, l
     model = fetch_champion(spec.name, site.name, version, cache, f"champion-{spec.name}")
     # its columns computed as its own study computed them: a study whose feature settings
     # changed since would otherwise score the champion in columns it was not trained on
-    features = model_features(study, model.result["provenance"]["features"])
+    features, notes = champion_settings(study, spec, version, model.result["provenance"])
     matrix = featurize_stage(pull, labels, study, cache, name=f"champion-features-{spec.name}", columns=model,
                              features=features)
     trained = TrainedModels(model.dir / "model")
-    notes = champion_notes(study, spec, version, model.result["provenance"], features)
     return model, matrix, ChampionCheck(version, auroc_on(trained, matrix.result), trained, matrix.result, notes)
 
 
@@ -580,7 +594,7 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
             "reasons": [f"the network's champion v{version} was trained on these same features: nothing to compare"]}}, {}
     first = names[0]
     model = fetch_champion(spec.name, tracking.NETWORK, version, caches[first], f"network-champion-{spec.name}")
-    features = model_features(study, model.result["provenance"]["features"])
+    features, notes = champion_settings(study, spec, version, model.result["provenance"])
     used: dict[str, list[Stage]] = {first: [model]}
     champion = TrainedModels(model.dir / "model")
     aurocs, sites, matrices = {}, {}, {}
@@ -595,7 +609,6 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
                                  why_none="the site joined the network after it was trained")
     decision = drift_check.combine({n: d["decision"] for n, d in sites.items()}, study.drift)
     content = model_content(champion, champion.dir / "columns.parquet")
-    notes = champion_notes(study, spec, version, model.result["provenance"], features)
     drift = {"compare": None, "decision": decision, "sites": sites, "champion_version": version}
     return NetworkChampion(version, aurocs, content=content, model=champion, matrices=matrices, notes=notes), drift, used
 

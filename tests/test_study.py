@@ -135,3 +135,50 @@ def test_the_demo_study_states_everything_its_reports_ask_for(tmp_path):
         assert shown["intended_use"].startswith("A demonstration on synthetic records: not for clinical use.")
         assert all(s["text"] for s in shown["statements"])
     assert study.evaluation.learning_curve.fractions == [0.25, 0.5, 1.0]  # the demo's reports show a learning curve
+
+
+# --- the champion's own settings (``flows.nightly.champion_settings``) ---------------------
+
+def _champion(provenance: dict, **study):
+    from forewarn.features.labels import load_task
+    from forewarn.flows.nightly import champion_settings
+
+    spec = load_task("t2d_2y")
+    base = parse_study(BASE | {"features": {"windows": ["365d", "full"], "n_workers": 2}} | study, base_dir=".")
+    return champion_settings(base, spec, "3", {"study": "north", "task_digest": spec.digest(), "split_seed": "0"}
+                             | provenance)
+
+
+def test_the_champion_is_scored_with_its_own_feature_settings_and_this_studys_speed():
+    features, notes = _champion({"features": {"windows": ["30d", "full"], "n_workers": 7, "retired_setting": 1}})
+    assert features.windows == ["30d", "full"] and features.n_workers == 2  # a setting this code dropped is left out
+    assert notes == ["champion v3 is scored in its columns computed with the feature settings it was trained with: "
+                     "windows 30d,full (this study's 365d,full)"]
+    features, notes = _champion({"features": {"windows": ["365d", "full"], "rollup_icd10": False}})
+    assert notes == ["champion v3 is scored in its columns computed with the feature settings it was trained with: "
+                     "rollup_icd10 false (this study's true)"]
+    assert _champion({"features": {"windows": ["365d", "full"]}})[1] == []
+
+
+def test_a_champion_whose_settings_are_unknown_or_invalid_is_scored_with_this_studys():
+    features, notes = _champion({"features": None})
+    assert features.windows == ["365d", "full"]
+    assert notes == ["champion v3's run does not record its feature settings, so it is scored with this study's"]
+    features, notes = _champion({"features": {"windows": ["7x"]}})
+    assert features.windows == ["365d", "full"]
+    assert len(notes) == 1 and notes[0].startswith("champion v3's feature settings are not valid here (")
+    assert "windows must be '<N>d'" in notes[0] and notes[0].endswith("), so it is scored with this study's")
+
+
+def test_the_decision_names_a_champion_from_another_study_task_definition_or_split():
+    _, notes = _champion({"study": "south", "task_digest": "0123456789abcdef0000", "split_seed": "4",
+                          "features": {"windows": ["365d", "full"]}}, split_seed=1)
+    from forewarn.features.labels import load_task
+
+    digest = load_task("t2d_2y").digest()
+    assert notes == [
+        "champion v3 was registered by study 'south', not 'north'; both are scored on this study's held-out rows",
+        f"champion v3 was trained for another definition of t2d_2y (task digest 0123456789ab; this study's "
+        f"{digest[:12]}) and is judged on this definition's labels",
+        "champion v3 was trained with split_seed 4 (this study's 1): some of these held-out rows may be its "
+        "training rows, which favours it"]
