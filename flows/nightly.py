@@ -57,7 +57,13 @@ from forewarn.evaluation.validation import (
     held_out_summary,
     paired_auroc,
 )
-from forewarn.features.featurize import FeatureConfig, FeatureMatrix, featurize
+from forewarn.features.featurize import (
+    VOCABULARY_SETTINGS,
+    FeatureConfig,
+    FeatureMatrix,
+    featurize,
+    vocabulary_codes,
+)
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
 from forewarn.flows import artifact, tracking
 from forewarn.flows.cache import Stage, StageCache, key_of, source_digest
@@ -124,7 +130,8 @@ class ChampionCheck:
     auroc: float
     model: TrainedModels
     matrix: FeatureMatrix
-    notes: list[str] = field(default_factory=list)  # ``champion_notes``: what the decision must say about it
+    notes: list[str] = field(default_factory=list)  # ``champion_settings``: what the decision must say about it
+    codes: list[str] | None = None  # tonight's vocabulary under its settings (``champion_vocabulary``), if not tonight's
 
     @property
     def profile_path(self) -> Path:
@@ -143,7 +150,7 @@ class NetworkChampion:
     content: str | None = None  # ``model_content`` of the champion
     model: TrainedModels | None = None
     matrices: dict[str, FeatureMatrix] = field(default_factory=dict)  # each site's rows in the champion's columns
-    notes: list[str] = field(default_factory=list)  # ``champion_notes``: what the decision must say about it
+    notes: list[str] = field(default_factory=list)  # ``champion_settings``: what the decision must say about it
 
 
 @dataclass(frozen=True)
@@ -207,15 +214,22 @@ def _features_cfg(features: FeatureConfig) -> dict:
     return _cfg(features) | {"n_workers": None}  # workers change the speed, not the matrix
 
 
-def model_features(study: Study, settings: dict | None) -> FeatureConfig:
+SPEED_SETTINGS = ("n_workers", "batch_subjects")  # change how fast the matrix is made, not the matrix
+
+
+def model_features(study: Study, settings: dict | None) -> tuple[FeatureConfig, list[str]]:
     """The feature settings a registered model's columns are computed with: those its own
     study trained it with (``settings``, its registration run's: ``tracking.model_provenance``;
-    this study's where the run has none), with this study's speed settings (workers, batch
-    size), which change the speed, not the matrix. Settings this code no longer knows are
-    left out."""
-    known = {k: v for k, v in (settings or {}).items() if k in FeatureConfig.model_fields}
-    return FeatureConfig(**{**_cfg(study.features), **known, "n_workers": study.features.n_workers,
-                            "batch_subjects": study.features.batch_subjects})
+    this study's where the run has none), with this study's speed settings. A setting the
+    run does not name did not exist when it was trained, so it takes the default (which
+    keeps the code's earlier behaviour), not this study's value. Returns the settings and
+    the names of those the run has that this code no longer knows (left out)."""
+    if settings is None:
+        return study.features, []
+    known = {k: v for k, v in settings.items() if k in FeatureConfig.model_fields and k not in SPEED_SETTINGS}
+    dropped = sorted(k for k in settings if k not in FeatureConfig.model_fields)
+    speed = {k: getattr(study.features, k) for k in SPEED_SETTINGS}
+    return FeatureConfig(**known, **speed), dropped
 
 
 def settings_differ(features: FeatureConfig, study: Study) -> list[str]:
@@ -224,7 +238,7 @@ def settings_differ(features: FeatureConfig, study: Study) -> list[str]:
     mine, theirs = _features_cfg(study.features), _features_cfg(features)
     show = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v).lower()  # noqa: E731
     return [f"{k} {show(theirs[k])} (this study's {show(mine[k])})" for k in theirs
-            if k != "batch_subjects" and theirs[k] != mine.get(k)]
+            if k not in SPEED_SETTINGS and theirs[k] != mine.get(k)]
 
 
 def champion_settings(study: Study, spec: TaskSpec, version: str, provenance: dict) -> tuple[FeatureConfig, list[str]]:
@@ -236,12 +250,15 @@ def champion_settings(study: Study, spec: TaskSpec, version: str, provenance: di
     the notes say so."""
     notes = []
     try:
-        features = model_features(study, provenance.get("features"))
+        features, dropped = model_features(study, provenance.get("features"))
     except ValidationError as exc:  # settings this code no longer accepts
-        features = study.features
+        features, dropped = study.features, []
         problems = "; ".join(line.strip(" -") for line in explain(exc, FeatureConfig).splitlines())
         notes.append(f"champion v{version}'s feature settings are not valid here ({problems}), so it is scored "
                      "with this study's")
+    if dropped:
+        notes.append(f"champion v{version} was trained with feature settings this version of Forewarn no longer has "
+                     f"({', '.join(dropped)}); its columns are computed without them")
     if provenance.get("features") is None:
         notes.append(f"champion v{version}'s run does not record its feature settings, so it is scored with this "
                      "study's")
@@ -372,7 +389,7 @@ def evaluate_task(matrix: Stage, trained: Stage, labels: Stage, spec: TaskSpec, 
 
 @task(name="champion check", cache_policy=NO_CACHE)
 def champion_task(site: SiteConfig, spec: TaskSpec, study: Study, pull: Stage, labels: Stage,
-                  cache: StageCache) -> tuple[Stage, Stage, ChampionCheck] | None:
+                  cache: StageCache) -> tuple[list[Stage], ChampionCheck] | None:
     """Download the current champion's inputs (model, columns, drift profile) and score it
     on today's held-out rows with its own columns; None when there is no champion."""
     version = tracking.champion_version(spec.name, site.name)
@@ -385,40 +402,63 @@ def champion_task(site: SiteConfig, spec: TaskSpec, study: Study, pull: Stage, l
     matrix = featurize_stage(pull, labels, study, cache, name=f"champion-features-{spec.name}", columns=model,
                              features=features)
     trained = TrainedModels(model.dir / "model")
-    return model, matrix, ChampionCheck(version, auroc_on(trained, matrix.result), trained, matrix.result, notes)
+    codes = champion_vocabulary(pull, labels, study, features, cache, f"champion-vocabulary-{spec.name}")
+    check = ChampionCheck(version, auroc_on(trained, matrix.result), trained, matrix.result, notes,
+                          codes and codes.result["codes"])
+    return [model, matrix] + ([codes] if codes else []), check
+
+
+def champion_vocabulary(pull: Stage, labels: Stage, study: Study, features: FeatureConfig, cache: StageCache,
+                        name: str) -> Stage | None:
+    """Tonight's vocabulary as the champion's settings choose one (``vocabulary_codes``), for
+    the drift check's vocabulary churn; None when its vocabulary settings are tonight's (the
+    site's own matrix then holds that vocabulary). Otherwise churn would count what the
+    changed settings add or drop as drift."""
+    if all(getattr(features, k) == getattr(study.features, k) for k in VOCABULARY_SETTINGS):
+        return None
+    key = key_of("vocabulary", {"features": _features_cfg(features)}, [pull.digest, labels.digest])
+
+    def compute(out: Path) -> dict:
+        table, splits, _ = labels.result.load()
+        return {"codes": vocabulary_codes(pull.result.events_dir, table, splits, features, pull.result.codes_path)}
+
+    return cache.run(name, key, compute)
 
 
 def fetch_champion(task: str, site: str, version: str, cache: StageCache, stage: str) -> Stage:
     """The champion's model inputs (``model/``) and what it was made under
     (``tracking.model_provenance``: the stage's result ``provenance``), fetched once."""
     name = tracking.registered_name(task, site)
+    run_id = tracking.version_run_id(name, version)  # the version resolved once: the alias may move meanwhile
 
     def fetch(out: Path) -> dict:
-        got = tracking.champion_inputs(task, site, out / "model")
-        return {"version": got, "provenance": tracking.model_provenance(name, got, out / "run")}
+        tracking.download_inputs(run_id, out / "model")
+        return {"version": version, "provenance": tracking.model_provenance(run_id, out / "run")}
 
-    return cache.run(stage, key_of("champion model", {"model": name, "version": version, "provenance": True}, []), fetch)
+    key = key_of("champion model", {"model": name, "version": version, "run": run_id, "tracking": tracking.current_uri()}, [])
+    return cache.run(stage, key, fetch)
 
 
 def drift_record(check: ChampionCheck | None, matrix: Stage, study: Study) -> dict:
     """Drift of today's data against the champion's training data, and the policy's action."""
     if check is None:
         return {"compare": None, "decision": drift_check.decide(None, study.drift)}
-    return drift_against(check.profile_path, check.version, check.matrix, matrix, study)
+    return drift_against(check.profile_path, check.version, check.matrix, matrix, study, codes=check.codes)
 
 
 def drift_against(profile_path: Path, version: str, champion_matrix: FeatureMatrix, matrix: Stage, study: Study,
-                  why_none: str = "trained before drift checks") -> dict:
+                  why_none: str = "trained before drift checks", codes: list[str] | None = None) -> dict:
     """Today's rows in the champion's columns (``champion_matrix``) against the champion's
-    profile of its train rows, today's vocabulary being ``matrix``'s (the site's own);
-    ``why_none`` says why a champion may have no profile."""
+    profile of its train rows, today's vocabulary being ``codes`` (chosen under the
+    champion's settings, where they are not tonight's) or else ``matrix``'s (the site's
+    own); ``why_none`` says why a champion may have no profile."""
     if not profile_path.is_file():
         decision = {"action": "retrain", "drifted": False,
                     "reasons": [f"champion v{version} has no drift profile of this site's data ({why_none})"]}
         return {"compare": None, "decision": decision}
     reference = json.loads(profile_path.read_text())
     X, rows, _ = champion_matrix.load()
-    new_codes = sorted(set(pd.read_parquet(matrix.result.columns_path)["code"]))
+    new_codes = sorted(set(codes) if codes is not None else set(pd.read_parquet(matrix.result.columns_path)["code"]))
     # assess decides on the exact PSIs; the record it returns withholds those of small new bins.
     return drift_check.assess(reference, X, rows, new_codes, study.drift) | {"champion_version": version}
 
@@ -603,10 +643,14 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
         matrix = featurize_stage(b["pull"], b["labels"], study, caches[n], name=f"network-champion-features-{spec.name}",
                                  columns=model, features=features)
         used.setdefault(n, []).append(matrix)
+        codes = champion_vocabulary(b["pull"], b["labels"], study, features, caches[n],
+                                    f"network-champion-vocabulary-{spec.name}")
+        used[n] += [codes] if codes else []
         matrices[n] = matrix.result
         aurocs[n] = auroc_on(champion, matrix.result)
         sites[n] = drift_against(champion.dir / f"profile-{n}.json", version, matrix.result, b["matrix"], study,
-                                 why_none="the site joined the network after it was trained")
+                                 why_none="the site joined the network after it was trained",
+                                 codes=codes and codes.result["codes"])
     decision = drift_check.combine({n: d["decision"] for n, d in sites.items()}, study.drift)
     content = model_content(champion, champion.dir / "columns.parquet")
     drift = {"compare": None, "decision": decision, "sites": sites, "champion_version": version}
@@ -1415,9 +1459,9 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                     "reasons": [f"champion v{info[0]} was trained on these same features: nothing to compare"]}}
             else:
                 found = champion_task(site, spec, study, pulls[name], labels, cache)
-                champion = found[2] if found else None
+                champion = found[1] if found else None
                 if found:
-                    used[name] += list(found[:2])
+                    used[name] += found[0]
                 drift = drift_record(champion, matrix, study)
                 action = drift["decision"]["action"]
                 if action != "retrain":
@@ -1759,7 +1803,11 @@ def registered_rows(study: Study, spec: TaskSpec, model: tracking.RegisteredMode
                                                                   "version": model.version}, []), fetch)
             # the model's columns computed as its own study computed them (windows, aggregations, roll-ups);
             # how this machine computes them (workers, batches) is this study's
-            features = model_features(study, inputs.result["features"])
+            features, dropped = model_features(study, inputs.result["features"])
+            if dropped:
+                logger.warning("site %s, task %s: registered model %s was trained with feature settings this version "
+                               "of Forewarn no longer has (%s); its columns are computed without them", n, spec.name,
+                               model.label, ", ".join(dropped))
             shipped = SimpleNamespace(digest=inputs.digest, result=TrainedModels(inputs.dir / "model"))
             columns = SimpleNamespace(digest=inputs.digest,
                                       result=SimpleNamespace(columns_path=inputs.dir / "model" / "columns.parquet"))

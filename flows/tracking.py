@@ -438,15 +438,20 @@ def registered_features(run_id: str, dest: Path) -> dict | None:
     return features
 
 
-def model_provenance(name: str, version: str, dest: Path) -> dict:
-    """What version ``version`` of registered model ``name`` was made under, read from its
-    registration run: ``study`` and ``task_digest`` (tags), ``split_seed`` (param, a string;
-    None when the run has none) and ``features`` (:func:`registered_features`)."""
+def version_run_id(name: str, version: str) -> str:
+    """The run that registered version ``version`` of registered model ``name``."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    run_id = client.get_model_version(name, version).run_id
-    run = client.get_run(run_id)
+    return mlflow.MlflowClient().get_model_version(name, version).run_id
+
+
+def model_provenance(run_id: str, dest: Path) -> dict:
+    """What a registered model was made under, read from its registration run ``run_id``:
+    ``study`` and ``task_digest`` (tags), ``split_seed`` (param, a string; None when the
+    run has none) and ``features`` (:func:`registered_features`)."""
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(run_id)
     return {"study": run.data.tags.get(f"{TAG}.study", ""), "task_digest": run.data.tags.get(f"{TAG}.task_digest", ""),
             "split_seed": run.data.params.get("split_seed"), "features": registered_features(run_id, dest)}
 

@@ -8,6 +8,11 @@ columns are computed with the settings of the study that trained it (its registr
 run's ``config/study.json``), so that on unchanged data its AUROC tonight is exactly
 the held-out AUROC it was published with.
 
+The drift check's vocabulary churn compares the champion's codes with tonight's
+vocabulary as the champion's settings choose it: a study that raised
+``min_code_subjects`` has a smaller vocabulary of its own, and before, the codes it no
+longer chose counted as drift and the check alerted (no promotion) every night.
+
 A champion registered by another study on the same store, or trained on another split,
 is still the champion of its registered name; the decision says so, and says that
 today's held-out rows may include its training rows.
@@ -35,11 +40,11 @@ def nights(tmp_path_factory, demo_network):
         from forewarn.flows.nightly import nightly
         from forewarn.flows.study import parse_study
 
-        def study(name: str, windows: list[str], split_seed: int = 0):
+        def study(name: str, windows: list[str], split_seed: int = 0, min_code_subjects: int = 11):
             return parse_study({
                 "name": name, "demo": True, "tasks": ["t2d_2y"], "split_seed": split_seed,
                 "sites": [{"name": n, "source": {"location": str(p)}} for n, p in demo_network.items()],
-                "features": {"windows": windows},
+                "features": {"windows": windows, "min_code_subjects": min_code_subjects},
                 "evaluation": {"bootstrap": 20, "shap_rows": 100},
                 "models": {"n_jobs": 1, "search": {"trials": 0}},
                 "validation": {"designs": ["internal"]},
@@ -48,6 +53,7 @@ def nights(tmp_path_factory, demo_network):
         with prefect_test_harness(server_startup_timeout=180):
             nightly(study("home", ["30d", "365d", "full"]))
             nightly(study("home", ["365d", "full"]))  # the 30-day window dropped
+            nightly(study("home", ["365d", "full"], min_code_subjects=300))  # a much smaller vocabulary
             nightly(study("variant", ["30d", "365d", "full"], split_seed=1))  # another study, another split
         yield work
 
@@ -85,21 +91,40 @@ def test_the_champion_is_scored_with_the_feature_settings_it_was_trained_with(ni
 @pytest.mark.parametrize("site", SITES)
 def test_a_champion_from_another_study_and_split_is_named_in_the_decision(nights, site):
     client, runs = _runs(nights, site)
-    third = runs[2]
-    assert third.data.tags["forewarn.study"] == "variant"
-    promotion = json.loads(Path(client.download_artifacts(third.info.run_id, "validation/promotion.json")).read_text())
+    last = runs[3]
+    assert last.data.tags["forewarn.study"] == "variant"
+    promotion = json.loads(Path(client.download_artifacts(last.info.run_id, "validation/promotion.json")).read_text())
     champion = promotion["champion_version"]
     reasons = promotion["reasons"]
     assert (f"champion v{champion} was registered by study 'home', not 'variant'; both are scored on this study's "
             "held-out rows") in reasons
     assert (f"champion v{champion} was trained with split_seed 0 (this study's 1): some of these held-out rows may be "
             "its training rows, which favours it") in reasons
-    # the champion's own windows are this study's only when it is v1
-    windows_note = [r for r in reasons if "feature settings it was trained with" in r]
-    assert windows_note == ([] if champion == "1" else [
+    # the note names each setting in which the champion's run differs from this study's
+    params = runs[int(champion) - 1].data.params
+    differ = [f"windows {params['windows']} (this study's 30d,365d,full)"] if params["windows"] != "30d,365d,full" else []
+    if params["min_code_subjects"] != "11":
+        differ.append(f"min_code_subjects {params['min_code_subjects']} (this study's 11)")
+    assert [r for r in reasons if "feature settings it was trained with" in r] == ([
         f"champion v{champion} is scored in its columns computed with the feature settings it was trained with: "
-        "windows 365d,full (this study's 30d,365d,full)"])
-    assert all(r in third.data.tags["forewarn.decision"] for r in reasons)
+        + "; ".join(differ)] if differ else [])
+    assert all(r in last.data.tags["forewarn.decision"] for r in reasons)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_vocabulary_churn_is_judged_under_the_champions_vocabulary_settings(nights, site):
+    client, runs = _runs(nights, site)
+    third = runs[2]
+    assert third.data.params["min_code_subjects"] == "300"
+    drift = json.loads(Path(client.download_artifacts(third.info.run_id, "validation/drift.json")).read_text())
+    vocabulary = drift["compare"]["vocabulary"]
+    # the same people and the champion's rule of 11 subjects: none of its codes is lost
+    # (under 300 subjects most would be, and the check alerted)
+    assert vocabulary["lost"] == 0.0 and vocabulary["lost_codes"] == []
+    own = json.loads(Path(client.download_artifacts(third.info.run_id, "validation/promotion.json")).read_text())
+    assert vocabulary["current"] > 0 and vocabulary["new"] <= 0.2
+    assert drift["decision"]["action"] == "retrain", (drift["decision"], own["reasons"])
+    assert not any("vocabulary churn" in r for r in drift["decision"]["reasons"])
 
 
 def test_the_provenance_is_read_from_the_registration_run(nights, restore_tracking):
@@ -109,7 +134,8 @@ def test_the_provenance_is_read_from_the_registration_run(nights, restore_tracki
     from forewarn.flows import tracking
 
     mlflow.set_tracking_uri(f"sqlite:///{nights / 'mlruns' / 'mlflow.db'}")
-    provenance = tracking.model_provenance("forewarn-t2d_2y-academic", "2", nights / "provenance")
+    run_id = tracking.version_run_id("forewarn-t2d_2y-academic", "2")
+    provenance = tracking.model_provenance(run_id, nights / "provenance")
     assert {k: provenance[k] for k in ("study", "split_seed", "task_digest")} == {
         "study": "home", "split_seed": "0", "task_digest": load_task("t2d_2y").digest()}
     assert provenance["features"]["windows"] == ["365d", "full"]

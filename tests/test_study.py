@@ -145,19 +145,32 @@ def _champion(provenance: dict, **study):
 
     spec = load_task("t2d_2y")
     base = parse_study(BASE | {"features": {"windows": ["365d", "full"], "n_workers": 2}} | study, base_dir=".")
+    assert base.features.n_workers == 2
     return champion_settings(base, spec, "3", {"study": "north", "task_digest": spec.digest(), "split_seed": "0"}
                              | provenance)
 
 
 def test_the_champion_is_scored_with_its_own_feature_settings_and_this_studys_speed():
     features, notes = _champion({"features": {"windows": ["30d", "full"], "n_workers": 7, "retired_setting": 1}})
-    assert features.windows == ["30d", "full"] and features.n_workers == 2  # a setting this code dropped is left out
-    assert notes == ["champion v3 is scored in its columns computed with the feature settings it was trained with: "
-                     "windows 30d,full (this study's 365d,full)"]
+    assert features.windows == ["30d", "full"] and features.n_workers == 2
+    assert notes == [
+        "champion v3 was trained with feature settings this version of Forewarn no longer has (retired_setting); its "
+        "columns are computed without them",
+        "champion v3 is scored in its columns computed with the feature settings it was trained with: windows "
+        "30d,full (this study's 365d,full)"]
     features, notes = _champion({"features": {"windows": ["365d", "full"], "rollup_icd10": False}})
     assert notes == ["champion v3 is scored in its columns computed with the feature settings it was trained with: "
                      "rollup_icd10 false (this study's true)"]
     assert _champion({"features": {"windows": ["365d", "full"]}})[1] == []
+
+
+def test_a_setting_the_champions_run_does_not_name_takes_its_default_not_this_studys():
+    # slope_min_days came after the champion: it was trained as the default (0) computes
+    features, notes = _champion({"features": {"windows": ["365d", "full"]}}, features={
+        "windows": ["365d", "full"], "n_workers": 2, "slope_min_days": 30})
+    assert features.slope_min_days == 0
+    assert notes == ["champion v3 is scored in its columns computed with the feature settings it was trained with: "
+                     "slope_min_days 0 (this study's 30)"]
 
 
 def test_a_champion_whose_settings_are_unknown_or_invalid_is_scored_with_this_studys():
