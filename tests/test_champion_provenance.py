@@ -47,7 +47,7 @@ def nights(tmp_path_factory, demo_network):
                 "features": {"windows": windows, "min_code_subjects": min_code_subjects},
                 "evaluation": {"bootstrap": 20, "shap_rows": 100},
                 "models": {"n_jobs": 1, "search": {"trials": 0}},
-                "validation": {"designs": ["internal"]},
+                "validation": {"designs": ["internal", "network"]},
             }, base_dir=work)
 
         with prefect_test_harness(server_startup_timeout=180):
@@ -141,3 +141,23 @@ def test_the_provenance_is_read_from_the_registration_run(nights, restore_tracki
     assert provenance["features"]["windows"] == ["365d", "full"]
     # only the feature settings are kept of the owner's study file
     assert not any((nights / "provenance").rglob("*.json"))
+
+
+def test_the_network_champion_is_scored_with_the_settings_it_was_trained_with(nights):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{nights / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    registrations = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"],
+                                       filter_string="tags.`forewarn.role` = 'registration'")
+    assert [r.data.params["windows"] for r in registrations[:2]] == ["30d,365d,full", "365d,full"]
+    reasons = json.loads(Path(client.download_artifacts(registrations[1].info.run_id,
+                                                        "validation/promotion.json")).read_text())["reasons"]
+    assert reasons[-1] == ("champion v1 is scored in its columns computed with the feature settings it was trained "
+                           "with: windows 30d,365d,full (this study's 365d,full)")
+    for site in SITES:  # v1 at each site on the same rows: the AUROC its network evaluation published
+        first = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], filter_string=(
+            f"tags.`forewarn.validation_design` = 'network' AND tags.`forewarn.site` = '{site}'"))[0]
+        assert f"{site}: AUROC lower 95% bound" in " ".join(reasons)
+        assert any(r.startswith(f"{site}: ") and f"champion v1 AUROC {first.data.metrics['held_out/auroc']:.3f} -"
+                   in r for r in reasons), reasons
