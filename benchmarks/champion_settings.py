@@ -6,8 +6,8 @@ The second night re-scores the first night's champion on the same held-out rows,
 own columns, and checks drift against its profile. With nothing in the data changed,
 the champion's AUROC should be the one it was published with, and drift should find
 nothing. Printed per site (and for the network's model): the champion's published
-held-out AUROC, its AUROC tonight, the drift action, and the share of its codes the
-vocabulary check counts as lost.
+held-out AUROC, its AUROC tonight, the drift action, and the vocabulary check's churn
+(the share of the champion's codes lost, and of tonight's codes new to it).
 
     .venv/bin/python benchmarks/champion_settings.py --people 20000 --change windows=365d,full
     .venv/bin/python benchmarks/champion_settings.py --people 20000 --change min_code_subjects=300
@@ -86,6 +86,10 @@ def main() -> None:
     def artifact(run, path: str) -> dict:
         return json.loads(Path(client.download_artifacts(run.info.run_id, path)).read_text())
 
+    def churn(compare: dict | None) -> dict:
+        vocabulary = (compare or {}).get("vocabulary") or {}
+        return {"lost": vocabulary.get("lost"), "new": vocabulary.get("new")}
+
     rows = []
     for site in network:
         first, second = runs(f"tags.`forewarn.validation_design` = 'internal' AND tags.`forewarn.site` = '{site}'")[:2]
@@ -93,7 +97,7 @@ def main() -> None:
         rows.append({"model": f"{site}'s", "published": first.data.metrics["held_out/auroc"],
                      "tonight": second.data.metrics.get("champion/held_out/auroc"),
                      "drift": drift["decision"]["action"],
-                     "lost": ((drift.get("compare") or {}).get("vocabulary") or {}).get("lost")})
+                     **churn(drift.get("compare"))})
     registrations = runs("tags.`forewarn.role` = 'registration'")
     if len(registrations) >= 2:
         drift = artifact(registrations[1], "validation/drift.json")
@@ -105,17 +109,17 @@ def main() -> None:
             site_drift = drift.get("sites", {}).get(site, {})
             rows.append({"model": f"network at {site}", "published": first.data.metrics["held_out/auroc"],
                          "tonight": tonight, "drift": site_drift.get("decision", {}).get("action"),
-                         "lost": ((site_drift.get("compare") or {}).get("vocabulary") or {}).get("lost")})
+                         **churn(site_drift.get("compare"))})
 
     def number(v, digits=3):
         return "-" if v is None else f"{v:.{digits}f}"
 
     print(f"\n{args.people:,} people, {args.task}; second night: {key} = {value}; seconds per night {seconds}\n")
-    print("| champion | published AUROC | AUROC tonight | drift action | champion codes lost |")
-    print("|---|---:|---:|---|---:|")
+    print("| champion | published AUROC | AUROC tonight | drift action | its codes lost | new codes |")
+    print("|---|---:|---:|---|---:|---:|")
     for r in rows:
-        lost = "-" if r["lost"] is None else f"{r['lost']:.0%}"
-        print(f"| {r['model']} | {number(r['published'])} | {number(r['tonight'])} | {r['drift']} | {lost} |")
+        lost, new = ("-" if r[k] is None else f"{r[k]:.0%}" for k in ("lost", "new"))
+        print(f"| {r['model']} | {number(r['published'])} | {number(r['tonight'])} | {r['drift']} | {lost} | {new} |")
     if args.json:
         args.json.write_text(json.dumps({"people": args.people, "change": [key, value], "seconds": seconds,
                                          "rows": rows}, indent=1))

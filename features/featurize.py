@@ -327,19 +327,8 @@ def _expand_parents(pairs: np.ndarray, parents_of: list[np.ndarray]) -> np.ndarr
     return np.unique(np.concatenate([pairs, (parent << 32) | low]))
 
 
+# the settings that choose the vocabulary (``choose_vocabulary``)
 VOCABULARY_SETTINGS = ("min_code_subjects", "min_code_frequency", "rollup_icd10", "parent_codes")
-
-
-def vocabulary_codes(events_dir: Path, labels: pa.Table, splits: pd.DataFrame, config: FeatureConfig,
-                     codes_path: Path | None = None) -> list[str]:
-    """The codes a new model's vocabulary would hold under ``config`` (:func:`choose_vocabulary`
-    on the train subjects of ``labels`` and ``splits``), without featurizing: what the drift
-    check compares a champion's vocabulary with when its vocabulary settings
-    (``VOCABULARY_SETTINGS``) are not tonight's."""
-    labels_df = split_rows(labels.to_pandas(), splits)
-    train_ids = labels_df.loc[labels_df[schema.SPLIT] == schema.TRAIN, schema.SUBJECT_ID].unique()
-    _, metadata_parents = _codes_metadata(codes_path)
-    return list(choose_vocabulary(Path(events_dir), train_ids, config, metadata_parents).codes)
 
 
 def vocabulary_of(columns: pd.DataFrame, events_dir: Path, metadata_parents: dict[str, list[str]], config: FeatureConfig) -> Vocabulary:

@@ -57,13 +57,7 @@ from forewarn.evaluation.validation import (
     held_out_summary,
     paired_auroc,
 )
-from forewarn.features.featurize import (
-    VOCABULARY_SETTINGS,
-    FeatureConfig,
-    FeatureMatrix,
-    featurize,
-    vocabulary_codes,
-)
+from forewarn.features.featurize import VOCABULARY_SETTINGS, FeatureConfig, FeatureMatrix, featurize
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
 from forewarn.flows import artifact, tracking
 from forewarn.flows.cache import Stage, StageCache, key_of, source_digest
@@ -404,25 +398,21 @@ def champion_task(site: SiteConfig, spec: TaskSpec, study: Study, pull: Stage, l
     trained = TrainedModels(model.dir / "model")
     codes = champion_vocabulary(pull, labels, study, features, cache, f"champion-vocabulary-{spec.name}")
     check = ChampionCheck(version, auroc_on(trained, matrix.result), trained, matrix.result, notes,
-                          codes and codes.result["codes"])
+                          codes and vocabulary_of_matrix(codes.result))
     return [model, matrix] + ([codes] if codes else []), check
 
 
 def champion_vocabulary(pull: Stage, labels: Stage, study: Study, features: FeatureConfig, cache: StageCache,
                         name: str) -> Stage | None:
-    """Tonight's vocabulary as the champion's settings choose one (``vocabulary_codes``), for
-    the drift check's vocabulary churn; None when its vocabulary settings are tonight's (the
-    site's own matrix then holds that vocabulary). Otherwise churn would count what the
-    changed settings add or drop as drift."""
+    """Tonight's data featurized as the champion's settings would choose a vocabulary (its
+    columns hold tonight's vocabulary under those settings), for the drift check's
+    vocabulary churn; None when its vocabulary settings are tonight's (the site's own
+    matrix then holds that vocabulary). Otherwise churn would count what the changed
+    settings add or drop as drift. A featurization of its own: only the columns that some
+    train row fills are kept, as in the champion's."""
     if all(getattr(features, k) == getattr(study.features, k) for k in VOCABULARY_SETTINGS):
         return None
-    key = key_of("vocabulary", {"features": _features_cfg(features)}, [pull.digest, labels.digest])
-
-    def compute(out: Path) -> dict:
-        table, splits, _ = labels.result.load()
-        return {"codes": vocabulary_codes(pull.result.events_dir, table, splits, features, pull.result.codes_path)}
-
-    return cache.run(name, key, compute)
+    return featurize_stage(pull, labels, study, cache, name=name, features=features)
 
 
 def fetch_champion(task: str, site: str, version: str, cache: StageCache, stage: str) -> Stage:
@@ -437,6 +427,11 @@ def fetch_champion(task: str, site: str, version: str, cache: StageCache, stage:
 
     key = key_of("champion model", {"model": name, "version": version, "run": run_id, "tracking": tracking.current_uri()}, [])
     return cache.run(stage, key, fetch)
+
+
+def vocabulary_of_matrix(matrix: FeatureMatrix) -> list[str]:
+    """The codes of a feature matrix's columns."""
+    return sorted(set(pd.read_parquet(matrix.columns_path)["code"]))
 
 
 def drift_record(check: ChampionCheck | None, matrix: Stage, study: Study) -> dict:
@@ -458,7 +453,7 @@ def drift_against(profile_path: Path, version: str, champion_matrix: FeatureMatr
         return {"compare": None, "decision": decision}
     reference = json.loads(profile_path.read_text())
     X, rows, _ = champion_matrix.load()
-    new_codes = sorted(set(codes) if codes is not None else set(pd.read_parquet(matrix.result.columns_path)["code"]))
+    new_codes = codes if codes is not None else vocabulary_of_matrix(matrix.result)
     # assess decides on the exact PSIs; the record it returns withholds those of small new bins.
     return drift_check.assess(reference, X, rows, new_codes, study.drift) | {"champion_version": version}
 
@@ -650,7 +645,7 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
         aurocs[n] = auroc_on(champion, matrix.result)
         sites[n] = drift_against(champion.dir / f"profile-{n}.json", version, matrix.result, b["matrix"], study,
                                  why_none="the site joined the network after it was trained",
-                                 codes=codes and codes.result["codes"])
+                                 codes=codes and vocabulary_of_matrix(codes.result))
     decision = drift_check.combine({n: d["decision"] for n, d in sites.items()}, study.drift)
     content = model_content(champion, champion.dir / "columns.parquet")
     drift = {"compare": None, "decision": decision, "sites": sites, "champion_version": version}
