@@ -638,8 +638,8 @@ def network_champion(study: Study, spec: TaskSpec, built: dict, caches: dict[str
         matrix = featurize_stage(b["pull"], b["labels"], study, caches[n], name=f"network-champion-features-{spec.name}",
                                  columns=model, features=features)
         used.setdefault(n, []).append(matrix)
-        codes = champion_vocabulary(b["pull"], b["labels"], study, features, caches[n],
-                                    f"network-champion-vocabulary-{spec.name}")
+        # the site champion's stage name: the two champions of one study share the featurization
+        codes = champion_vocabulary(b["pull"], b["labels"], study, features, caches[n], f"champion-vocabulary-{spec.name}")
         used[n] += [codes] if codes else []
         matrices[n] = matrix.result
         aurocs[n] = auroc_on(champion, matrix.result)
