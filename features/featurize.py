@@ -329,6 +329,19 @@ def _expand_parents(pairs: np.ndarray, parents_of: list[np.ndarray]) -> np.ndarr
 
 # the settings that choose the vocabulary (``choose_vocabulary``)
 VOCABULARY_SETTINGS = ("min_code_subjects", "min_code_frequency", "rollup_icd10", "parent_codes")
+SPEED_SETTINGS = ("n_workers", "batch_subjects")  # change how fast the matrix is made, not the matrix
+
+
+def recorded_settings(settings: dict, speed: FeatureConfig) -> tuple[FeatureConfig, list[str]]:
+    """The feature settings a model was trained with, from the ``features`` its study
+    recorded (``settings``), to compute its columns on other data with ``speed``'s speed
+    settings. A setting the record does not name did not exist when it was made, so it
+    takes the default (which keeps the code's earlier behaviour). Returns the settings and
+    the names of those recorded that this code no longer knows (left out). Raises
+    pydantic's ValidationError when a recorded value is no longer valid."""
+    known = {k: v for k, v in settings.items() if k in FeatureConfig.model_fields and k not in SPEED_SETTINGS}
+    dropped = sorted(k for k in settings if k not in FeatureConfig.model_fields)
+    return FeatureConfig(**known, **{k: getattr(speed, k) for k in SPEED_SETTINGS}), dropped
 
 
 def vocabulary_of(columns: pd.DataFrame, events_dir: Path, metadata_parents: dict[str, list[str]], config: FeatureConfig) -> Vocabulary:

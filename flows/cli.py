@@ -339,6 +339,46 @@ def featurize(
 
 
 @app.command()
+def score(
+    model: Annotated[str, typer.Argument(help="a registered model: NAME (its champion), NAME@ALIAS or NAME/VERSION, "
+                                              "e.g. forewarn-t2d_2y-academic")],
+    events_dir: Annotated[Path, typer.Argument(help="the site's de-identified MEDS events (a pull's events folder)")],
+    times: Annotated[Path, typer.Option(help="parquet of subject_id and prediction_time to score (boolean_value kept "
+                                             "where present), e.g. a labels file from `forewarn label`")],
+    out: Annotated[Path, typer.Option(help="the predictions file to write (MEDS prediction schema, parquet)")],
+    tracking_uri: Annotated[str | None, typer.Option(help="the MLflow store holding the model (default: "
+                                                          "$MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")] = None,
+    codes: Annotated[Path | None, typer.Option(help="metadata/codes.parquet for parent codes (default: beside the "
+                                                    "events folder)")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="worker processes; 0 = one per core")] = 1,
+) -> None:
+    """Score prediction times with a registered model, its columns made as its study made them (stays at the site)."""
+    setup_environment()
+    from forewarn.features.featurize import FeatureConfig
+    from forewarn.flows import tracking
+    from forewarn.flows.score import read_times
+    from forewarn.flows.score import score as run_score
+
+    try:
+        tracking.configure(tracking_uri)
+        table = read_times(times)
+        codes = codes or next((p for p in (events_dir.parent / "metadata" / "codes.parquet",) if p.is_file()), None)
+        summary = run_score(model, events_dir, table, out, codes_path=codes, speed=FeatureConfig(n_workers=workers))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"scored {summary['rows']:,} prediction times of {summary['subjects']:,} subjects with {summary['model']} "
+               f"({summary['task']}, trained at {summary['trained_at']}) in {summary['seconds']} s -> {summary['out']}")
+    if summary["unknown_subjects"]:
+        typer.echo(f"  {summary['unknown_subjects']:,} of the subjects have no events in {events_dir}: their risk rests "
+                   "on nothing; check that the ids are this pull's de-identified ones")
+    if summary["threshold"] is None:
+        typer.echo("  no alert threshold: a network model's sites each set their own; predicted_boolean_value is null")
+    else:
+        typer.echo(f"  {summary['alerts']:,} at or above the alert threshold {summary['threshold']:.4f} the model was "
+                   "published with (predicted_boolean_value)")
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
     backend_store_uri: Annotated[str | None, typer.Option(

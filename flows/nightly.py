@@ -57,7 +57,14 @@ from forewarn.evaluation.validation import (
     held_out_summary,
     paired_auroc,
 )
-from forewarn.features.featurize import VOCABULARY_SETTINGS, FeatureConfig, FeatureMatrix, featurize
+from forewarn.features.featurize import (
+    SPEED_SETTINGS,
+    VOCABULARY_SETTINGS,
+    FeatureConfig,
+    FeatureMatrix,
+    featurize,
+    recorded_settings,
+)
 from forewarn.features.labels import LabelSet, TaskSpec, TemporalSplit, label_dataset, load_task
 from forewarn.flows import artifact, tracking
 from forewarn.flows.cache import Stage, StageCache, key_of, source_digest
@@ -208,22 +215,12 @@ def _features_cfg(features: FeatureConfig) -> dict:
     return _cfg(features) | {"n_workers": None}  # workers change the speed, not the matrix
 
 
-SPEED_SETTINGS = ("n_workers", "batch_subjects")  # change how fast the matrix is made, not the matrix
-
-
 def model_features(study: Study, settings: dict | None) -> tuple[FeatureConfig, list[str]]:
     """The feature settings a registered model's columns are computed with: those its own
     study trained it with (``settings``, its registration run's: ``tracking.model_provenance``;
-    this study's where the run has none), with this study's speed settings. A setting the
-    run does not name did not exist when it was trained, so it takes the default (which
-    keeps the code's earlier behaviour), not this study's value. Returns the settings and
-    the names of those the run has that this code no longer knows (left out)."""
-    if settings is None:
-        return study.features, []
-    known = {k: v for k, v in settings.items() if k in FeatureConfig.model_fields and k not in SPEED_SETTINGS}
-    dropped = sorted(k for k in settings if k not in FeatureConfig.model_fields)
-    speed = {k: getattr(study.features, k) for k in SPEED_SETTINGS}
-    return FeatureConfig(**known, **speed), dropped
+    ``featurize.recorded_settings``), with this study's speed settings; this study's where
+    the run has none. Returns them with the recorded settings this code no longer knows."""
+    return (study.features, []) if settings is None else recorded_settings(settings, study.features)
 
 
 def settings_differ(features: FeatureConfig, study: Study) -> list[str]:
