@@ -344,6 +344,22 @@ def recorded_settings(settings: dict, speed: FeatureConfig) -> tuple[FeatureConf
     return FeatureConfig(**known, **{k: getattr(speed, k) for k in SPEED_SETTINGS}), dropped
 
 
+def subjects_by_shard(events_dir: Path) -> np.ndarray:
+    """The subject ids of a pull's events, checked to be sharded by subject (MEDS's rule,
+    which featurization relies on: a person's windows see one shard). Raises ValueError
+    naming the shards when a subject's events are in more than one."""
+    shards = sorted(Path(events_dir).glob("*.parquet"))
+    held = [np.unique(pq.read_table(p, columns=[schema.SUBJECT_ID]).column(0).to_numpy()) for p in shards]
+    ids, counts = np.unique(np.concatenate(held), return_counts=True) if held else (np.array([], np.int64), [])
+    split = int((np.asarray(counts) > 1).sum())
+    if split:
+        shared = [p.name for p, h in zip(shards, held, strict=True) if np.isin(h, ids[np.asarray(counts) > 1]).any()]
+        raise ValueError(f"{events_dir}: {split:,} subject(s) have events in more than one shard ({', '.join(shared[:5])}"
+                         f"{', ...' if len(shared) > 5 else ''}); MEDS keeps each subject in one shard. Re-shard the "
+                         "events by subject (a Forewarn pull does).")
+    return ids
+
+
 def vocabulary_of(columns: pd.DataFrame, events_dir: Path, metadata_parents: dict[str, list[str]], config: FeatureConfig) -> Vocabulary:
     """The vocabulary a given column table implies (its codes, with this site's roll-up)."""
     codes = sorted(set(columns["code"]) - {AGE[0]})

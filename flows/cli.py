@@ -315,11 +315,12 @@ def featurize(
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from forewarn.features.featurize import FeatureConfig
+    from forewarn.features.featurize import FeatureConfig, subjects_by_shard
     from forewarn.features.featurize import featurize as run_featurize
     from forewarn.features.labels import assign_splits
 
     try:
+        subjects_by_shard(events_dir)
         options = {"windows": windows.split(","), "min_code_subjects": min_code_subjects, "n_workers": workers}
         if aggs:
             options["aggs"] = aggs.split(",")
@@ -366,8 +367,14 @@ def score(
         summary = run_score(model, events_dir, table, out, codes_path=codes, speed=FeatureConfig(n_workers=workers))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    repeated = summary["rows"] - summary["distinct"]
     typer.echo(f"scored {summary['rows']:,} prediction times of {summary['subjects']:,} subjects with {summary['model']} "
                f"({summary['task']}, trained at {summary['trained_at']}) in {summary['seconds']} s -> {summary['out']}")
+    if repeated:
+        typer.echo(f"  {repeated:,} of the rows repeat an earlier row's subject and time (each row keeps its place)")
+    if summary["parent_codes_unread"]:
+        typer.echo(f"  no codes file beside {events_dir} (../metadata/codes.parquet) nor --codes: the model counts "
+                   "codes at their parent codes, and without the file no code has any")
     if summary["unknown_subjects"]:
         typer.echo(f"  {summary['unknown_subjects']:,} of the subjects have no events in {events_dir}: their risk rests "
                    "on nothing; check that the ids are this pull's de-identified ones")

@@ -26,35 +26,68 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from forewarn.evaluation.validation import model_probabilities
-from forewarn.features.featurize import FeatureConfig, featurize, recorded_settings
+from forewarn.features.featurize import (
+    FeatureConfig,
+    featurize,
+    recorded_settings,
+    subjects_by_shard,
+)
 from forewarn.flows import tracking
 from forewarn.models.train import TrainedModels
 from forewarn.records import schema
+from forewarn.records.config import explain
 
 log = logging.getLogger("forewarn")
 
 
 def read_times(path: Path) -> pa.Table:
     """Prediction times from a parquet file with ``subject_id`` and ``prediction_time``
-    (``boolean_value`` kept where present), as the MEDS label schema; a clear error naming
-    the file otherwise."""
+    (``boolean_value`` kept where present), as the MEDS label schema, in the file's order.
+    Times are the pull's: naive, or UTC (its zone dropped). A clear error names the file
+    and the column otherwise, with counts and never a value (a wrong id may be a real one)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; pass a parquet file of subject_id and prediction_time "
                                 "(a labels file from `forewarn label` will do).")
     try:
         table = pq.read_table(path)
-    except pa.ArrowInvalid as exc:
-        raise ValueError(f"{path}: not a parquet file ({exc}); write the prediction times with pandas' to_parquet "
+    except pa.ArrowInvalid:
+        raise ValueError(f"{path}: not a parquet file; write the prediction times with pandas' to_parquet "
                          "or `forewarn label`.") from None
     if table.num_rows == 0:
         raise ValueError(f"{path}: holds no prediction times.")
-    try:
-        return schema.align(table, schema.LABEL_SCHEMA, what=str(path))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"{path}: subject_id must be integers and prediction_time timestamps ({exc}).") from None
+    missing = [c for c in (schema.SUBJECT_ID, schema.PREDICTION_TIME) if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the file needs subject_id and prediction_time "
+                         f"(it has {table.column_names}).")
+    columns = {}
+    for name, kind, how in ((schema.SUBJECT_ID, pa.int64(), "the pull's de-identified subject ids (integers): "
+                             "score ids from the pull's events, not the source's"),
+                            (schema.PREDICTION_TIME, pa.timestamp("us"), "timestamps to the microsecond: round "
+                             "finer times to microseconds"),
+                            (schema.BOOLEAN_VALUE, pa.bool_(), "true, false or null: leave the column out if "
+                             "the outcomes are not known")):
+        if name not in table.column_names:
+            continue
+        column = table.column(name)
+        if name == schema.PREDICTION_TIME and pa.types.is_timestamp(column.type) and column.type.tz is not None:
+            if column.type.tz not in ("UTC", "+00:00", "Etc/UTC"):
+                raise ValueError(f"{path}: prediction_time is in time zone {column.type.tz}; give the pull's times "
+                                 "(naive, as in its events), e.g. pandas' .dt.tz_convert('UTC').dt.tz_localize(None) "
+                                 "where the events are in UTC.")
+            column = column.cast(pa.timestamp(column.type.unit))
+        nulls = column.null_count
+        if nulls and name != schema.BOOLEAN_VALUE:
+            raise ValueError(f"{path}: column {name} has {nulls:,} null value(s); every row needs a subject_id and a "
+                             "prediction_time.")
+        try:
+            columns[name] = column.cast(kind)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise ValueError(f"{path}: column {name} ({column.type}) is not {how}.") from None
+    return schema.align(pa.table(columns), schema.LABEL_SCHEMA, what=str(path))
 
 
 def score(ref: str, events_dir: Path, times: pa.Table, out: Path, *, codes_path: Path | None = None,
@@ -62,13 +95,23 @@ def score(ref: str, events_dir: Path, times: pa.Table, out: Path, *, codes_path:
     """Score ``times`` (the MEDS label schema; ``read_times``) on the events in
     ``events_dir`` with registered model ``ref`` (``NAME``, ``NAME@ALIAS`` or
     ``NAME/VERSION``: ``tracking.parse_model_ref``; ``NAME`` alone is its champion) of the
-    current MLflow store, and write the predictions to ``out`` (parquet). Returns a
-    summary of counts and the model, for the caller to print (it stays at the site)."""
+    current MLflow store, and write the predictions to ``out`` (parquet), one row per row
+    of ``times`` in its order (a repeated time gets the same risk). Returns a summary of
+    counts and the model, for the caller to print (it stays at the site)."""
     events_dir, out = Path(events_dir), Path(out)
     if not events_dir.is_dir() or not any(events_dir.glob("*.parquet")):
         raise ValueError(f"{events_dir} holds no MEDS event shards (*.parquet); pass the events folder of a pull.")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the predictions file to write, e.g. {out / 'predictions.parquet'}.")
+    if codes_path is not None and not Path(codes_path).is_file():
+        raise FileNotFoundError(f"{codes_path}: no such codes file; pass the pull's metadata/codes.parquet or leave "
+                                "--codes out.")
     started = time.perf_counter()
+    known = subjects_by_shard(events_dir)
     model = tracking.registered_model(ref)
+    keys = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
+    wanted = times.select(keys).to_pandas()
+    distinct = wanted.drop_duplicates(ignore_index=True)
     with tempfile.TemporaryDirectory(prefix="forewarn-score-") as tmp:
         work = Path(tmp)
         tracking.download_inputs(model.run_id, work / "model")
@@ -77,36 +120,54 @@ def score(ref: str, events_dir: Path, times: pa.Table, out: Path, *, codes_path:
         if recorded is None:
             raise ValueError(f"{model.label}: its registration run {model.run_id} does not record the feature settings "
                              "its columns were computed with (config/study.json), so they cannot be made here.")
-        features, dropped = recorded_settings(recorded, speed or FeatureConfig())
+        try:
+            features, dropped = recorded_settings(recorded, speed or FeatureConfig())
+        except ValidationError as exc:
+            raise ValueError(f"{model.label}: the feature settings it was trained with are not valid in this version "
+                             f"of Forewarn:\n{explain(exc, FeatureConfig)}") from None
         if dropped:
             log.warning("%s was trained with feature settings this version of Forewarn no longer has (%s); its "
                         "columns are computed without them", model.label, ", ".join(dropped))
-        subjects = np.unique(times.column(schema.SUBJECT_ID).to_numpy())
         # every row is scored, none chooses a vocabulary: the columns are the model's
+        labels = pa.table({schema.SUBJECT_ID: distinct[schema.SUBJECT_ID].to_numpy(np.int64),
+                           schema.PREDICTION_TIME: distinct[schema.PREDICTION_TIME].to_numpy("datetime64[us]"),
+                           schema.BOOLEAN_VALUE: pa.nulls(len(distinct), pa.bool_())})
+        subjects = np.unique(distinct[schema.SUBJECT_ID].to_numpy(np.int64))
         splits = pd.DataFrame({schema.SUBJECT_ID: subjects, schema.SPLIT: schema.HELD_OUT})
         columns = pd.read_parquet(work / "model" / "columns.parquet")
-        matrix = featurize(events_dir, times, splits, work / "features", features, codes_path=codes_path,
+        matrix = featurize(events_dir, labels, splits, work / "features", features, codes_path=codes_path,
                            columns=columns)
         _, risk, rows = model_probabilities(TrainedModels(work / "model"), matrix)
-    # ids the pull does not hold: another site's people, or ids not yet de-identified
-    held = [pq.read_table(p, columns=[schema.SUBJECT_ID]).column(0).to_numpy() for p in sorted(events_dir.glob("*.parquet"))]
-    unknown = np.setdiff1d(subjects, np.concatenate(held))
+    # back to the file's rows and order (featurization sorts by subject and time)
+    scored = rows[keys].assign(risk=risk)
+    scored[schema.PREDICTION_TIME] = scored[schema.PREDICTION_TIME].astype("datetime64[us]")
+    wanted[schema.PREDICTION_TIME] = wanted[schema.PREDICTION_TIME].astype("datetime64[us]")
+    placed = wanted.merge(scored, on=keys, how="left", validate="many_to_one")
+    if placed["risk"].isna().any():  # every distinct time was featurized: a bug, not bad input
+        raise RuntimeError(f"{int(placed['risk'].isna().sum())} prediction time(s) came back unscored.")
+    risk = placed["risk"].to_numpy(np.float64)
     alert = None if threshold is None else risk >= threshold
     table = pa.table({
-        schema.SUBJECT_ID: rows[schema.SUBJECT_ID].to_numpy(np.int64),
-        schema.PREDICTION_TIME: rows[schema.PREDICTION_TIME].to_numpy("datetime64[us]"),
-        schema.BOOLEAN_VALUE: pa.array(rows[schema.BOOLEAN_VALUE].astype("boolean")),
-        schema.PREDICTED_BOOLEAN_VALUE: pa.nulls(len(rows), pa.bool_()) if alert is None else pa.array(alert),
-        schema.PREDICTED_BOOLEAN_PROBABILITY: risk.astype(np.float64),
+        schema.SUBJECT_ID: placed[schema.SUBJECT_ID].to_numpy(np.int64),
+        schema.PREDICTION_TIME: placed[schema.PREDICTION_TIME].to_numpy("datetime64[us]"),
+        schema.BOOLEAN_VALUE: times.column(schema.BOOLEAN_VALUE),
+        schema.PREDICTED_BOOLEAN_VALUE: pa.nulls(len(placed), pa.bool_()) if alert is None else pa.array(alert),
+        schema.PREDICTED_BOOLEAN_PROBABILITY: risk,
     })
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    pq.write_table(schema.align(table, schema.PREDICTION_SCHEMA, what="predictions"), partial)
-    partial.replace(out)
-    summary = {
+    try:
+        pq.write_table(schema.align(table, schema.PREDICTION_SCHEMA, what="predictions"), partial)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    # ids the pull does not hold: another site's people, or ids not yet de-identified
+    unknown = np.setdiff1d(subjects, known)
+    return {
         "model": model.label, "task": model.task, "trained_at": model.site, "study": model.study,
-        "rows": len(rows), "subjects": int(len(subjects)), "unknown_subjects": int(len(unknown)),
-        "threshold": threshold, "alerts": None if alert is None else int(alert.sum()),
-        "settings_dropped": dropped, "seconds": round(time.perf_counter() - started, 1), "out": str(out),
+        "rows": len(placed), "distinct": len(distinct), "subjects": int(len(subjects)),
+        "unknown_subjects": int(len(unknown)), "threshold": threshold,
+        "alerts": None if alert is None else int(alert.sum()), "settings_dropped": dropped,
+        "parent_codes_unread": bool(features.parent_codes and codes_path is None),
+        "seconds": round(time.perf_counter() - started, 1), "out": str(out),
     }
-    return summary

@@ -100,7 +100,8 @@ def test_times_without_outcomes_and_ids_the_pull_lacks(night, tmp_path, restore_
 
 @pytest.mark.parametrize(("case", "message"), [
     ("no file", "no such file; pass a parquet file of subject_id and prediction_time"),
-    ("no column", "must have columns ['subject_id', 'prediction_time', 'boolean_value']; missing ['prediction_time']"),
+    ("no column", "missing column(s) ['prediction_time']; the file needs subject_id and prediction_time (it has "
+                  "['subject_id'])"),
     ("no model", "the registry ("),
     ("no events", "holds no MEDS event shards (*.parquet); pass the events folder of a pull"),
 ])
@@ -127,3 +128,71 @@ def test_the_output_stays_whole_when_scoring_fails(night, tmp_path, restore_trac
                             "--out", str(out)])
     assert result.exit_code == 2 and out.read_bytes() == b"yesterday's"
     assert Path(str(out) + ".partial").exists() is False
+
+
+def _reference(night) -> pd.DataFrame:
+    return night["held"].set_index(["subject_id", "prediction_time"])["predicted_boolean_probability"]
+
+
+def test_rows_keep_the_files_order_and_repeats(night, tmp_path, restore_tracking):
+    times = night["held"][["subject_id", "prediction_time"]].sample(frac=1, random_state=3).reset_index(drop=True)
+    times = pd.concat([times, times.iloc[[0]]], ignore_index=True)  # a repeated row
+    path, out = tmp_path / "times.parquet", tmp_path / "scored.parquet"
+    times.to_parquet(path)
+    result = _score(night, [MODEL, str(night["events"]), "--times", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_parquet(out)
+    assert scored[["subject_id", "prediction_time"]].equals(times)
+    expected = _reference(night).loc[list(zip(times["subject_id"], times["prediction_time"], strict=True))].to_numpy()
+    assert (scored["predicted_boolean_probability"].to_numpy() == expected).all()
+    assert "  1 of the rows repeat an earlier row's subject and time (each row keeps its place)" in result.output
+
+
+def test_times_in_utc_are_the_pulls_and_other_zones_are_refused(night, tmp_path, restore_tracking):
+    times = night["held"][["subject_id", "prediction_time"]].head(20).copy()
+    utc, zoned = tmp_path / "utc.parquet", tmp_path / "zoned.parquet"
+    times.assign(prediction_time=times["prediction_time"].dt.tz_localize("UTC")).to_parquet(utc)
+    times.assign(prediction_time=times["prediction_time"].dt.tz_localize("America/New_York")).to_parquet(zoned)
+    out = tmp_path / "scored.parquet"
+    assert _score(night, [MODEL, str(night["events"]), "--times", str(utc), "--out", str(out)]).exit_code == 0
+    scored = pd.read_parquet(out)
+    assert (scored["predicted_boolean_probability"].to_numpy() == _reference(night).loc[
+        list(zip(times["subject_id"], times["prediction_time"], strict=True))].to_numpy()).all()
+    result = _score(night, [MODEL, str(night["events"]), "--times", str(zoned), "--out", str(tmp_path / "z.parquet")])
+    assert result.exit_code == 2
+    assert "prediction_time is in time zone America/New_York; give the pull's times (naive" in result.output
+
+
+@pytest.mark.parametrize(("times", "message"), [
+    (pd.DataFrame({"subject_id": ["MRN0012345"], "prediction_time": [pd.Timestamp("2020-01-01")]}),
+     "string) is not the pull's de-identified subject ids (integers): score ids from the pull's events"),
+    (pd.DataFrame({"subject_id": [1], "prediction_time": [pd.Timestamp(1609344000000000001)]}),
+     "column prediction_time (timestamp[ns]) is not timestamps to the microsecond: round finer times"),
+    (pd.DataFrame({"subject_id": [1, None], "prediction_time": [pd.Timestamp("2020-01-01")] * 2}),
+     "column subject_id has 1 null value(s); every row needs a subject_id and a prediction_time"),
+])
+def test_a_bad_value_is_named_by_column_never_shown(night, tmp_path, restore_tracking, times, message):
+    path = tmp_path / "times.parquet"
+    times.to_parquet(path)
+    result = _score(night, [MODEL, str(night["events"]), "--times", str(path), "--out", str(tmp_path / "o.parquet")])
+    assert result.exit_code == 2 and message in result.output
+    assert "MRN0012345" not in result.output and "1609344000000000001" not in result.output
+
+
+def test_events_of_one_subject_in_two_shards_are_refused(night, tmp_path, restore_tracking):
+    events = pq.read_table(next(night["events"].glob("*.parquet")))
+    split = tmp_path / "events"
+    split.mkdir()
+    pq.write_table(events.slice(0, events.num_rows // 2 + 1), split / "0.parquet")  # a subject across the cut
+    pq.write_table(events.slice(events.num_rows // 2), split / "1.parquet")
+    result = _score(night, [MODEL, str(split), "--times", str(night["times"]), "--out", str(tmp_path / "o.parquet")])
+    assert result.exit_code == 2
+    assert "subject(s) have events in more than one shard (0.parquet, 1.parquet); MEDS keeps each subject" in result.output
+
+
+def test_an_output_folder_and_a_missing_codes_file_are_refused(night, tmp_path, restore_tracking):
+    args = [MODEL, str(night["events"]), "--times", str(night["times"])]
+    result = _score(night, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and f"--out {tmp_path} is a folder; name the predictions file" in result.output
+    result = _score(night, [*args, "--out", str(tmp_path / "o.parquet"), "--codes", str(tmp_path / "codes.parquet")])
+    assert result.exit_code == 2 and "codes.parquet: no such codes file" in result.output
