@@ -686,6 +686,42 @@ def _label_arrays(
     return schema.align(labels, schema.LABEL_SCHEMA, what="labels"), attrition
 
 
+def latest_eligible_times(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, dict[str, int]]:
+    """For scoring, not training: each subject's latest prediction time of the task that
+    meets its population criteria (age, prior observation) and has no outcome at or
+    before it, in the MEDS label schema with ``boolean_value`` null (what follows is not
+    known yet, so the gap and censoring steps of labelling do not apply, nor does its
+    sampling of one time per subject). Returns the times and the subjects counted at each
+    step: ``candidates`` (subjects with a candidate time), ``age``, ``prior_observation``
+    and ``prevalent`` (subjects none of whose times passed that step), ``eligible``."""
+    subjects, t, birth, first, _, outcome = _scan_events(events_dir, spec).candidates(spec)
+    nat = np.iinfo(np.int64).min
+    order = np.lexsort((t, subjects))
+    subjects, t, birth, first, outcome = (a[order] for a in (subjects, t, birth, first, outcome))
+    age_years = np.where(birth != nat, (t - birth) / DAY_US / YEAR_DAYS, np.nan)
+    pop = spec.population
+    steps = {
+        "age": ~((age_years >= pop.min_age_years) & (age_years <= pop.max_age_years)),
+        "prior_observation": (t - first) < pop.min_prior_observation_days * DAY_US,
+        "prevalent": (outcome != nat) & (outcome <= t),
+    }
+    counts = {"candidates": int(np.unique(subjects).size)}
+    alive = np.ones(t.size, bool)
+    for step, mask in steps.items():
+        before = np.unique(subjects[alive]).size
+        alive &= ~mask
+        counts[step] = int(before - np.unique(subjects[alive]).size)
+    idx = np.flatnonzero(alive)
+    last = idx[np.r_[subjects[idx][1:] != subjects[idx][:-1], True]] if idx.size else idx  # each subject's latest
+    counts["eligible"] = int(last.size)
+    table = pa.table({
+        schema.SUBJECT_ID: pa.array(subjects[last], pa.int64()),
+        schema.PREDICTION_TIME: pa.array(t[last].astype("datetime64[us]"), pa.timestamp("us")),
+        schema.BOOLEAN_VALUE: pa.nulls(last.size, pa.bool_()),
+    })
+    return schema.align(table, schema.LABEL_SCHEMA, what="prediction times"), counts
+
+
 def _per_subject(ids: np.ndarray, sid: np.ndarray, removed: np.ndarray, step: str) -> pd.DataFrame:
     """The times ``removed`` holds per subject (those with any), for one step; ``ids``:
     each dense subject code's id."""

@@ -344,9 +344,11 @@ def score(
     model: Annotated[str, typer.Argument(help="a registered model: NAME (its champion), NAME@ALIAS or NAME/VERSION, "
                                               "e.g. forewarn-t2d_2y-academic")],
     events_dir: Annotated[Path, typer.Argument(help="the site's de-identified MEDS events (a pull's events folder)")],
-    times: Annotated[Path, typer.Option(help="parquet of subject_id and prediction_time to score (boolean_value kept "
-                                             "where present), e.g. a labels file from `forewarn label`")],
     out: Annotated[Path, typer.Option(help="the predictions file to write (MEDS prediction schema, parquet)")],
+    times: Annotated[Path | None, typer.Option(help="parquet of subject_id and prediction_time to score (boolean_value "
+                                                    "kept where present), e.g. a labels file from `forewarn label`")] = None,
+    task: Annotated[str | None, typer.Option(help="instead of --times: the model's task (built-in name or YAML); scores "
+                                                  "each eligible person at their latest prediction time")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="the MLflow store holding the model (default: "
                                                           "$MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")] = None,
     codes: Annotated[Path | None, typer.Option(help="metadata/codes.parquet for parent codes (default: beside the "
@@ -356,17 +358,27 @@ def score(
     """Score prediction times with a registered model, its columns made as its study made them (stays at the site)."""
     setup_environment()
     from forewarn.features.featurize import FeatureConfig
+    from forewarn.features.labels import load_task
     from forewarn.flows import tracking
     from forewarn.flows.score import read_times
     from forewarn.flows.score import score as run_score
 
     try:
+        if (times is None) == (task is None):
+            _fail("give either --times (a parquet of subject_id and prediction_time) or --task (the model's task: each "
+                  "eligible person is scored at their latest prediction time).")
         tracking.configure(tracking_uri)
-        table = read_times(times)
+        table = read_times(times) if times is not None else None
         codes = codes or next((p for p in (events_dir.parent / "metadata" / "codes.parquet",) if p.is_file()), None)
-        summary = run_score(model, events_dir, table, out, codes_path=codes, speed=FeatureConfig(n_workers=workers))
+        summary = run_score(model, events_dir, table, out, task=load_task(task) if task else None, codes_path=codes,
+                            speed=FeatureConfig(n_workers=workers))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    if summary["eligibility"]:
+        e = summary["eligibility"]
+        typer.echo(f"{e['candidates']:,} subjects with a candidate prediction time; left out: age {e['age']:,}, prior "
+                   f"observation {e['prior_observation']:,}, outcome already recorded {e['prevalent']:,}; each of the "
+                   f"{e['eligible']:,} others at their latest")
     repeated = summary["rows"] - summary["distinct"]
     typer.echo(f"scored {summary['rows']:,} prediction times of {summary['subjects']:,} subjects with {summary['model']} "
                f"({summary['task']}, trained at {summary['trained_at']}) in {summary['seconds']} s -> {summary['out']}")

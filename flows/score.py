@@ -35,6 +35,7 @@ from forewarn.features.featurize import (
     recorded_settings,
     subjects_by_shard,
 )
+from forewarn.features.labels import TaskSpec, latest_eligible_times
 from forewarn.flows import tracking
 from forewarn.models.train import TrainedModels
 from forewarn.records import schema
@@ -90,14 +91,19 @@ def read_times(path: Path) -> pa.Table:
     return schema.align(pa.table(columns), schema.LABEL_SCHEMA, what=str(path))
 
 
-def score(ref: str, events_dir: Path, times: pa.Table, out: Path, *, codes_path: Path | None = None,
-          speed: FeatureConfig | None = None) -> dict:
+def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task: TaskSpec | None = None,
+          codes_path: Path | None = None, speed: FeatureConfig | None = None) -> dict:
     """Score ``times`` (the MEDS label schema; ``read_times``) on the events in
     ``events_dir`` with registered model ``ref`` (``NAME``, ``NAME@ALIAS`` or
     ``NAME/VERSION``: ``tracking.parse_model_ref``; ``NAME`` alone is its champion) of the
     current MLflow store, and write the predictions to ``out`` (parquet), one row per row
-    of ``times`` in its order (a repeated time gets the same risk). Returns a summary of
-    counts and the model, for the caller to print (it stays at the site)."""
+    of ``times`` in its order (a repeated time gets the same risk). Instead of ``times``,
+    ``task`` (the model's own task definition: its digest is checked) scores each eligible
+    person at their latest prediction time (``labels.latest_eligible_times``). Returns a
+    summary of counts and the model, for the caller to print (it stays at the site)."""
+    if (times is None) == (task is None):
+        raise ValueError("give either the prediction times to score (--times) or the model's task (--task), "
+                         "which scores each eligible person at their latest prediction time.")
     events_dir, out = Path(events_dir), Path(out)
     if not events_dir.is_dir() or not any(events_dir.glob("*.parquet")):
         raise ValueError(f"{events_dir} holds no MEDS event shards (*.parquet); pass the events folder of a pull.")
@@ -109,6 +115,15 @@ def score(ref: str, events_dir: Path, times: pa.Table, out: Path, *, codes_path:
     started = time.perf_counter()
     known = subjects_by_shard(events_dir)
     model = tracking.registered_model(ref)
+    eligibility = None
+    if task is not None:
+        if task.digest() != model.task_digest:
+            raise ValueError(f"task {task.name} (digest {task.digest()}) is not the definition {model.label} was trained "
+                             f"for ({model.task}, digest {model.task_digest}); give its own task file.")
+        times, eligibility = latest_eligible_times(events_dir, task)
+        if times.num_rows == 0:
+            raise ValueError(f"no one in {events_dir} is eligible for {task.name} (subjects at each step: "
+                             f"{eligibility}).")
     keys = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
     wanted = times.select(keys).to_pandas()
     distinct = wanted.drop_duplicates(ignore_index=True)
@@ -167,7 +182,7 @@ def score(ref: str, events_dir: Path, times: pa.Table, out: Path, *, codes_path:
         "model": model.label, "task": model.task, "trained_at": model.site, "study": model.study,
         "rows": len(placed), "distinct": len(distinct), "subjects": int(len(subjects)),
         "unknown_subjects": int(len(unknown)), "threshold": threshold,
-        "alerts": None if alert is None else int(alert.sum()), "settings_dropped": dropped,
+        "alerts": None if alert is None else int(alert.sum()), "settings_dropped": dropped, "eligibility": eligibility,
         "parent_codes_unread": bool(features.parent_codes and codes_path is None),
         "seconds": round(time.perf_counter() - started, 1), "out": str(out),
     }

@@ -196,3 +196,42 @@ def test_an_output_folder_and_a_missing_codes_file_are_refused(night, tmp_path, 
     assert result.exit_code == 2 and f"--out {tmp_path} is a folder; name the predictions file" in result.output
     result = _score(night, [*args, "--out", str(tmp_path / "o.parquet"), "--codes", str(tmp_path / "codes.parquet")])
     assert result.exit_code == 2 and "codes.parquet: no such codes file" in result.output
+
+
+def test_the_models_task_scores_each_eligible_person_at_their_latest_time(night, tmp_path, restore_tracking):
+    from forewarn.features.labels import latest_eligible_times, load_task
+
+    out = tmp_path / "worklist.parquet"
+    result = _score(night, [MODEL, str(night["events"]), "--task", "t2d_2y", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    expected, counts = latest_eligible_times(night["events"], load_task("t2d_2y"))
+    scored = pd.read_parquet(out)
+    assert scored[["subject_id", "prediction_time"]].equals(expected.select(["subject_id", "prediction_time"]).to_pandas())
+    assert scored["boolean_value"].isna().all() and len(scored) == counts["eligible"] > 0
+    assert (f"{counts['candidates']:,} subjects with a candidate prediction time; left out: age {counts['age']:,}, "
+            f"prior observation {counts['prior_observation']:,}, outcome already recorded {counts['prevalent']:,}; "
+            f"each of the {counts['eligible']:,} others at their latest") in result.output
+    # the same times given as a file score the same
+    times = tmp_path / "times.parquet"
+    scored[["subject_id", "prediction_time"]].to_parquet(times)
+    again = tmp_path / "again.parquet"
+    assert _score(night, [MODEL, str(night["events"]), "--times", str(times), "--out", str(again)]).exit_code == 0
+    assert pd.read_parquet(again)["predicted_boolean_probability"].equals(scored["predicted_boolean_probability"])
+
+
+def test_another_task_definition_or_no_times_are_refused(night, tmp_path, restore_tracking):
+    import yaml
+
+    from forewarn.features.labels import load_task
+
+    other = load_task("t2d_2y").model_dump(mode="json") | {"horizon_days": 365}
+    path = tmp_path / "t2d_1y.yaml"
+    path.write_text(yaml.safe_dump(other))
+    out = str(tmp_path / "o.parquet")
+    result = _score(night, [MODEL, str(night["events"]), "--task", str(path), "--out", out])
+    assert result.exit_code == 2
+    assert f"is not the definition {MODEL} v1 was trained for (t2d_2y, digest " in result.output
+    result = _score(night, [MODEL, str(night["events"]), "--out", out])
+    assert result.exit_code == 2 and "give either --times" in result.output
+    result = _score(night, [MODEL, str(night["events"]), "--out", out, "--task", "t2d_2y", "--times", str(night["times"])])
+    assert result.exit_code == 2 and "give either --times" in result.output
