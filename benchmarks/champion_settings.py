@@ -10,7 +10,7 @@ held-out AUROC, its AUROC tonight, the drift action, and the vocabulary check's 
 (the share of the champion's codes lost, and of tonight's codes new to it).
 
     .venv/bin/python benchmarks/champion_settings.py --people 20000 --change windows=365d,full
-    .venv/bin/python benchmarks/champion_settings.py --people 20000 --change min_code_subjects=300
+    .venv/bin/python benchmarks/champion_settings.py --people 20000 --change min_code_subjects=1000
 
 Run from a checkout: the code measured is the one ``forewarn`` imports (session 31 ran it
 on the session's code and on cab93dc, from a folder whose ``forewarn`` links there).

@@ -327,8 +327,6 @@ def _expand_parents(pairs: np.ndarray, parents_of: list[np.ndarray]) -> np.ndarr
     return np.unique(np.concatenate([pairs, (parent << 32) | low]))
 
 
-# the settings that choose the vocabulary (``choose_vocabulary``)
-VOCABULARY_SETTINGS = ("min_code_subjects", "min_code_frequency", "rollup_icd10", "parent_codes")
 SPEED_SETTINGS = ("n_workers", "batch_subjects")  # change how fast the matrix is made, not the matrix
 
 

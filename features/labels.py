@@ -687,37 +687,42 @@ def _label_arrays(
 
 
 def latest_eligible_times(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, dict[str, int]]:
-    """For scoring, not training: each subject's latest prediction time of the task that
-    meets its population criteria (age, prior observation) and has no outcome at or
-    before it, in the MEDS label schema with ``boolean_value`` null (what follows is not
-    known yet, so the gap and censoring steps of labelling do not apply, nor does its
-    sampling of one time per subject). Returns the times and the subjects counted at each
-    step: ``candidates`` (subjects with a candidate time), ``age``, ``prior_observation``
-    and ``prevalent`` (subjects none of whose times passed that step), ``eligible``."""
+    """For scoring, not training: the people a screening model should score now, each at
+    their latest candidate prediction time of the task, in the MEDS label schema with
+    ``boolean_value`` null. A person is left out when the pull records the outcome at any
+    time (diagnosed: no longer a screening target, whether before or after that time),
+    records their death, or at that latest time falls outside the task's population (age,
+    with no birth recorded counted here too, or prior observation). Labelling's gap and
+    censoring steps look ahead and do not apply, nor does its sampling of one time per
+    subject. Returns the times and the subjects each step left out, in that order:
+    ``candidates`` (subjects with a candidate time), ``outcome_recorded``, ``died``,
+    ``age``, ``prior_observation``, and ``eligible``."""
     subjects, t, birth, first, _, outcome = _scan_events(events_dir, spec).candidates(spec)
     nat = np.iinfo(np.int64).min
     order = np.lexsort((t, subjects))
     subjects, t, birth, first, outcome = (a[order] for a in (subjects, t, birth, first, outcome))
+    latest = np.flatnonzero(np.r_[subjects[1:] != subjects[:-1], True]) if subjects.size else subjects
+    subjects, t, birth, first, outcome = (a[latest] for a in (subjects, t, birth, first, outcome))
+    dead = [pq.read_table(p, columns=[schema.SUBJECT_ID], filters=[(schema.CODE, "=", schema.DEATH_CODE)]).column(0)
+            .to_numpy() for p in _event_shards(events_dir)]
     age_years = np.where(birth != nat, (t - birth) / DAY_US / YEAR_DAYS, np.nan)
     pop = spec.population
     steps = {
+        "outcome_recorded": outcome != nat,
+        "died": np.isin(subjects, np.concatenate(dead) if dead else np.array([], np.int64)),
         "age": ~((age_years >= pop.min_age_years) & (age_years <= pop.max_age_years)),
         "prior_observation": (t - first) < pop.min_prior_observation_days * DAY_US,
-        "prevalent": (outcome != nat) & (outcome <= t),
     }
-    counts = {"candidates": int(np.unique(subjects).size)}
-    alive = np.ones(t.size, bool)
+    counts = {"candidates": int(subjects.size)}
+    alive = np.ones(subjects.size, bool)
     for step, mask in steps.items():
-        before = np.unique(subjects[alive]).size
+        counts[step] = int((alive & mask).sum())
         alive &= ~mask
-        counts[step] = int(before - np.unique(subjects[alive]).size)
-    idx = np.flatnonzero(alive)
-    last = idx[np.r_[subjects[idx][1:] != subjects[idx][:-1], True]] if idx.size else idx  # each subject's latest
-    counts["eligible"] = int(last.size)
+    counts["eligible"] = int(alive.sum())
     table = pa.table({
-        schema.SUBJECT_ID: pa.array(subjects[last], pa.int64()),
-        schema.PREDICTION_TIME: pa.array(t[last].astype("datetime64[us]"), pa.timestamp("us")),
-        schema.BOOLEAN_VALUE: pa.nulls(last.size, pa.bool_()),
+        schema.SUBJECT_ID: pa.array(subjects[alive], pa.int64()),
+        schema.PREDICTION_TIME: pa.array(t[alive].astype("datetime64[us]"), pa.timestamp("us")),
+        schema.BOOLEAN_VALUE: pa.nulls(int(alive.sum()), pa.bool_()),
     })
     return schema.align(table, schema.LABEL_SCHEMA, what="prediction times"), counts
 

@@ -357,6 +357,8 @@ def score(
 ) -> None:
     """Score prediction times with a registered model, its columns made as its study made them (stays at the site)."""
     setup_environment()
+    from mlflow.exceptions import MlflowException
+
     from forewarn.features.featurize import FeatureConfig
     from forewarn.features.labels import load_task
     from forewarn.flows import tracking
@@ -374,11 +376,13 @@ def score(
                             speed=FeatureConfig(n_workers=workers))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except (OSError, MlflowException) as exc:
+        _fail(f"could not read {model} from the MLflow store ({tracking.redacted_uri()}): {exc}")
     if summary["eligibility"]:
         e = summary["eligibility"]
-        typer.echo(f"{e['candidates']:,} subjects with a candidate prediction time; left out: age {e['age']:,}, prior "
-                   f"observation {e['prior_observation']:,}, outcome already recorded {e['prevalent']:,}; each of the "
-                   f"{e['eligible']:,} others at their latest")
+        typer.echo(f"{e['candidates']:,} subjects with a candidate prediction time; left out: outcome recorded "
+                   f"{e['outcome_recorded']:,}, died {e['died']:,}, age (or no birth recorded) {e['age']:,}, prior "
+                   f"observation {e['prior_observation']:,}; each of the {e['eligible']:,} others at their latest")
     repeated = summary["rows"] - summary["distinct"]
     typer.echo(f"scored {summary['rows']:,} prediction times of {summary['subjects']:,} subjects with {summary['model']} "
                f"({summary['task']}, trained at {summary['trained_at']}) in {summary['seconds']} s -> {summary['out']}")
@@ -387,6 +391,9 @@ def score(
     if summary["parent_codes_unread"]:
         typer.echo(f"  no codes file beside {events_dir} (../metadata/codes.parquet) nor --codes: the model counts "
                    "codes at their parent codes, and without the file no code has any")
+    if summary["settings_dropped"]:
+        typer.echo(f"  the model was trained with feature settings this version no longer has "
+                   f"({', '.join(summary['settings_dropped'])}); its columns are computed without them")
     if summary["unknown_subjects"]:
         typer.echo(f"  {summary['unknown_subjects']:,} of the subjects have no events in {events_dir}: their risk rests "
                    "on nothing; check that the ids are this pull's de-identified ones")

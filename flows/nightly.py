@@ -59,7 +59,6 @@ from forewarn.evaluation.validation import (
 )
 from forewarn.features.featurize import (
     SPEED_SETTINGS,
-    VOCABULARY_SETTINGS,
     FeatureConfig,
     FeatureMatrix,
     featurize,
@@ -403,11 +402,12 @@ def champion_vocabulary(pull: Stage, labels: Stage, study: Study, features: Feat
                         name: str) -> Stage | None:
     """Tonight's data featurized as the champion's settings would choose a vocabulary (its
     columns hold tonight's vocabulary under those settings), for the drift check's
-    vocabulary churn; None when its vocabulary settings are tonight's (the site's own
-    matrix then holds that vocabulary). Otherwise churn would count what the changed
-    settings add or drop as drift. A featurization of its own: only the columns that some
-    train row fills are kept, as in the champion's."""
-    if all(getattr(features, k) == getattr(study.features, k) for k in VOCABULARY_SETTINGS):
+    vocabulary churn; None when its feature settings are tonight's (the site's own matrix
+    then holds that vocabulary). Otherwise churn would count what the changed settings add
+    or drop as drift. A featurization of its own: only the columns that some train row
+    fills are kept, as in the champion's, so the vocabulary follows the windows and
+    aggregations too, not only the vocabulary rule (``min_code_subjects``, roll-ups)."""
+    if not settings_differ(features, study):
         return None
     return featurize_stage(pull, labels, study, cache, name=name, features=features)
 
@@ -984,7 +984,7 @@ def code_version() -> str:
 
 def model_inputs(trained: TrainedModels, matrix: FeatureMatrix, profile_path: Path) -> dict[str, Path]:
     """What a run keeps of its model for the next night (the champion's inputs, as
-    ``tracking.champion_inputs`` downloads them into a ``TrainedModels`` folder): the
+    ``tracking.download_inputs`` downloads them into a ``TrainedModels`` folder): the
     trees, their offset and blend when they have them, the calibrator, the columns, the baselines
     and the drift profile, under the names ``TrainedModels`` reads."""
     inputs = {"xgboost.json": trained.xgboost_path, "calibration.json": trained.calibration_path,

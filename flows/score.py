@@ -122,8 +122,10 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
                              f"for ({model.task}, digest {model.task_digest}); give its own task file.")
         times, eligibility = latest_eligible_times(events_dir, task)
         if times.num_rows == 0:
-            raise ValueError(f"no one in {events_dir} is eligible for {task.name} (subjects at each step: "
-                             f"{eligibility}).")
+            left = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in eligibility.items() if k != "candidates")
+            raise ValueError(f"no one in {events_dir} is eligible for {task.name}: of {eligibility['candidates']:,} "
+                             f"subjects with a candidate prediction time, left out: {left}. Check that the events "
+                             "are this site's pull and the task its model's; or score chosen times with --times.")
     keys = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
     wanted = times.select(keys).to_pandas()
     distinct = wanted.drop_duplicates(ignore_index=True)
@@ -134,12 +136,14 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         threshold = tracking.registered_threshold(model.run_id, work / "run")
         if recorded is None:
             raise ValueError(f"{model.label}: its registration run {model.run_id} does not record the feature settings "
-                             "its columns were computed with (config/study.json), so they cannot be made here.")
+                             "its columns were computed with (config/study.json), so they cannot be made here. Name a "
+                             "version registered by a Forewarn that records them (NAME/VERSION), or retrain.")
         try:
             features, dropped = recorded_settings(recorded, speed or FeatureConfig())
         except ValidationError as exc:
             raise ValueError(f"{model.label}: the feature settings it was trained with are not valid in this version "
-                             f"of Forewarn:\n{explain(exc, FeatureConfig)}") from None
+                             f"of Forewarn:\n{explain(exc, FeatureConfig)}\nScore it with the Forewarn version that "
+                             "trained it, or retrain.") from None
         if dropped:
             log.warning("%s was trained with feature settings this version of Forewarn no longer has (%s); its "
                         "columns are computed without them", model.label, ", ".join(dropped))

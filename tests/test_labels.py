@@ -245,29 +245,31 @@ def test_shipped_tasks_parse():
 
 
 def test_latest_eligible_times_for_scoring(tmp_path):
-    """Each eligible person at their latest visit, with no look ahead: no gap, no censoring."""
+    """Each person a screening model should score now, at their latest candidate time."""
     e = tmp_path / "events"
     rows = []
-    for s, birth, start, visits, outcome in (
-        (1, datetime(1970, 1, 1), datetime(2015, 1, 1), [T, T + 30 * D], None),  # latest visit, even unobserved after
-        (2, datetime(1970, 1, 1), datetime(2015, 1, 1), [T, T + 30 * D], T + 10 * D),  # the later visit is prevalent
-        (3, datetime(1970, 1, 1), datetime(2015, 1, 1), [T], T),  # outcome at the visit: prevalent
-        (4, datetime(2003, 6, 1), datetime(2015, 1, 1), [T], None),  # 16 at the visit
-        (5, datetime(1970, 1, 1), T - 100 * D, [T], None),  # 100 days of prior record
-        (6, datetime(1970, 1, 1), datetime(2015, 1, 1), [T], T + 30 * D),  # outcome after the visit: still eligible
+    for s, birth, start, visits, outcome, died in (
+        (1, datetime(1970, 1, 1), datetime(2015, 1, 1), [T, T + 30 * D], None, None),  # latest visit, nothing after
+        (2, datetime(1970, 1, 1), datetime(2015, 1, 1), [T, T + 30 * D], T + 10 * D, None),  # diagnosed between visits
+        (3, datetime(1970, 1, 1), datetime(2015, 1, 1), [T], T, None),  # outcome at the visit
+        (4, datetime(2003, 6, 1), datetime(2015, 1, 1), [T], None, None),  # 16 at the visit
+        (5, datetime(1970, 1, 1), T - 100 * D, [T], None, None),  # 100 days of prior record
+        (6, datetime(1970, 1, 1), datetime(2015, 1, 1), [T], T + 30 * D, None),  # diagnosed since the visit
+        (7, datetime(1970, 1, 1), datetime(2015, 1, 1), [T], None, T + 40 * D),  # died since
+        (8, datetime(1929, 6, 1), datetime(2015, 1, 1), [T - 400 * D, T], None, None),  # 89, then 90.6 at the latest
+        (9, None, datetime(2015, 1, 1), [T], None, None),  # no birth recorded: no age
+        (10, datetime(1970, 1, 1), datetime(2015, 1, 1), [T + 5 * D], None, None),
     ):
-        rows += [(s, birth, "MEDS_BIRTH", None), (s, start, schema.OBSERVATION_START, None)]
+        rows += [(s, birth, "MEDS_BIRTH", None)] if birth else []
+        rows += [(s, start, schema.OBSERVATION_START, None)]
         rows += [(s, v, "Visit//OP", None) for v in visits]
         rows += [(s, outcome, "ICD10CM//E11.9", None)] if outcome else []
+        rows += [(s, died, schema.DEATH_CODE, None)] if died else []
     write_events(e, rows)
     times, counts = L.latest_eligible_times(e, spec())
     assert times.to_pylist() == [
         {"subject_id": 1, "prediction_time": T + 30 * D, "boolean_value": None},
-        {"subject_id": 2, "prediction_time": T, "boolean_value": None},
-        {"subject_id": 6, "prediction_time": T, "boolean_value": None},
+        {"subject_id": 10, "prediction_time": T + 5 * D, "boolean_value": None},
     ]
-    assert counts == {"candidates": 6, "age": 1, "prior_observation": 1, "prevalent": 1, "eligible": 3}
-    # labelling, which looks ahead, keeps none of them: 1 is censored (nothing recorded two
-    # years on), 2 and 6 have the outcome inside the 90-day gap
-    labels, attrition = L.build_labels(e, spec())
-    assert labels.num_rows == 0 and attrition["censored"]["subjects"] == 1 and attrition["in_gap"]["subjects"] == 2
+    assert counts == {"candidates": 10, "outcome_recorded": 3, "died": 1, "age": 3, "prior_observation": 1,
+                      "eligible": 2}

@@ -208,9 +208,11 @@ def test_the_models_task_scores_each_eligible_person_at_their_latest_time(night,
     scored = pd.read_parquet(out)
     assert scored[["subject_id", "prediction_time"]].equals(expected.select(["subject_id", "prediction_time"]).to_pandas())
     assert scored["boolean_value"].isna().all() and len(scored) == counts["eligible"] > 0
-    assert (f"{counts['candidates']:,} subjects with a candidate prediction time; left out: age {counts['age']:,}, "
-            f"prior observation {counts['prior_observation']:,}, outcome already recorded {counts['prevalent']:,}; "
-            f"each of the {counts['eligible']:,} others at their latest") in result.output
+    assert (f"{counts['candidates']:,} subjects with a candidate prediction time; left out: outcome recorded "
+            f"{counts['outcome_recorded']:,}, died {counts['died']:,}, age (or no birth recorded) {counts['age']:,}, "
+            f"prior observation {counts['prior_observation']:,}; each of the {counts['eligible']:,} others at their "
+            "latest") in result.output
+    assert counts["outcome_recorded"] > 0 and counts["died"] > 0
     # the same times given as a file score the same
     times = tmp_path / "times.parquet"
     scored[["subject_id", "prediction_time"]].to_parquet(times)
