@@ -349,6 +349,7 @@ def score(
                                                     "kept where present), e.g. a labels file from `forewarn label`")] = None,
     task: Annotated[str | None, typer.Option(help="instead of --times: the model's task (built-in name or YAML); scores "
                                                   "each eligible person at their latest prediction time")] = None,
+    eligible: Annotated[bool, typer.Option(help="as --task, with the task definition the model's run recorded")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="the MLflow store holding the model (default: "
                                                           "$MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")] = None,
     codes: Annotated[Path | None, typer.Option(help="metadata/codes.parquet for parent codes (default: beside the "
@@ -366,14 +367,15 @@ def score(
     from forewarn.flows.score import score as run_score
 
     try:
-        if (times is None) == (task is None):
-            _fail("give either --times (a parquet of subject_id and prediction_time) or --task (the model's task: each "
-                  "eligible person is scored at their latest prediction time).")
+        if sum((times is not None, task is not None, eligible)) != 1:
+            _fail("give one of --times (a parquet of subject_id and prediction_time), --task (the model's task) or "
+                  "--eligible (the task its run recorded); the last two score each eligible person at their latest "
+                  "prediction time.")
         tracking.configure(tracking_uri)
         table = read_times(times) if times is not None else None
         codes = codes or next((p for p in (events_dir.parent / "metadata" / "codes.parquet",) if p.is_file()), None)
-        summary = run_score(model, events_dir, table, out, task=load_task(task) if task else None, codes_path=codes,
-                            speed=FeatureConfig(n_workers=workers))
+        summary = run_score(model, events_dir, table, out, task=load_task(task) if task else None, eligible=eligible,
+                            codes_path=codes, speed=FeatureConfig(n_workers=workers))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     except (OSError, MlflowException) as exc:

@@ -35,7 +35,7 @@ from forewarn.features.featurize import (
     recorded_settings,
     subjects_by_shard,
 )
-from forewarn.features.labels import TaskSpec, latest_eligible_times
+from forewarn.features.labels import TaskSpec, latest_eligible_times, parse_task
 from forewarn.flows import tracking
 from forewarn.models.train import TrainedModels
 from forewarn.records import schema
@@ -92,18 +92,20 @@ def read_times(path: Path) -> pa.Table:
 
 
 def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task: TaskSpec | None = None,
-          codes_path: Path | None = None, speed: FeatureConfig | None = None) -> dict:
+          eligible: bool = False, codes_path: Path | None = None, speed: FeatureConfig | None = None) -> dict:
     """Score ``times`` (the MEDS label schema; ``read_times``) on the events in
     ``events_dir`` with registered model ``ref`` (``NAME``, ``NAME@ALIAS`` or
     ``NAME/VERSION``: ``tracking.parse_model_ref``; ``NAME`` alone is its champion) of the
     current MLflow store, and write the predictions to ``out`` (parquet), one row per row
     of ``times`` in its order (a repeated time gets the same risk). Instead of ``times``,
     ``task`` (the model's own task definition: its digest is checked) scores each eligible
-    person at their latest prediction time (``labels.latest_eligible_times``). Returns a
-    summary of counts and the model, for the caller to print (it stays at the site)."""
-    if (times is None) == (task is None):
-        raise ValueError("give either the prediction times to score (--times) or the model's task (--task), "
-                         "which scores each eligible person at their latest prediction time.")
+    person at their latest prediction time (``labels.latest_eligible_times``); so does
+    ``eligible``, with the task the model's registration run recorded. Returns a summary of
+    counts and the model, for the caller to print (it stays at the site)."""
+    if sum((times is not None, task is not None, eligible)) != 1:
+        raise ValueError("give one of: the prediction times to score (--times), the model's task (--task), or "
+                         "--eligible (the task its run recorded); the last two score each eligible person at their "
+                         "latest prediction time.")
     events_dir, out = Path(events_dir), Path(out)
     if not events_dir.is_dir() or not any(events_dir.glob("*.parquet")):
         raise ValueError(f"{events_dir} holds no MEDS event shards (*.parquet); pass the events folder of a pull.")
@@ -116,6 +118,13 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
     known = subjects_by_shard(events_dir)
     model = tracking.registered_model(ref)
     eligibility = None
+    if eligible:
+        with tempfile.TemporaryDirectory(prefix="forewarn-task-") as tmp:
+            recorded_task = tracking.registered_task(model.run_id, Path(tmp))
+        if recorded_task is None:
+            raise ValueError(f"{model.label}: its registration run does not record its task definition "
+                             "(config/task.json: runs of Forewarn before session 31); give it with --task.")
+        task = parse_task(recorded_task, where=f"{model.label}'s task")
     if task is not None:
         if task.digest() != model.task_digest:
             raise ValueError(f"task {task.name} (digest {task.digest()}) is not the definition {model.label} was trained "

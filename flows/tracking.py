@@ -438,6 +438,21 @@ def registered_features(run_id: str, dest: Path) -> dict | None:
     return features
 
 
+def registered_task(run_id: str, dest: Path) -> dict | None:
+    """The task definition a registered model was trained for (its run's
+    ``config/task.json``), or None when the run has none (registered before it was kept)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not any(f.path == "config/task.json" for f in client.list_artifacts(run_id, "config")):
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    path = Path(client.download_artifacts(run_id, "config/task.json", str(dest)))
+    task = json.loads(path.read_text())
+    shutil.rmtree(dest / "config", ignore_errors=True)
+    return task
+
+
 def version_run_id(name: str, version: str) -> str:
     """The run that registered version ``version`` of registered model ``name``."""
     import mlflow

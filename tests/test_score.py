@@ -213,6 +213,11 @@ def test_the_models_task_scores_each_eligible_person_at_their_latest_time(night,
             f"prior observation {counts['prior_observation']:,}; each of the {counts['eligible']:,} others at their "
             "latest") in result.output
     assert counts["outcome_recorded"] > 0 and counts["died"] > 0
+    # the task the model's run recorded is the same definition: --eligible scores the same
+    recorded = tmp_path / "recorded.parquet"
+    result = _score(night, [MODEL, str(night["events"]), "--eligible", "--out", str(recorded)])
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(recorded).equals(scored)
     # the same times given as a file score the same
     times = tmp_path / "times.parquet"
     scored[["subject_id", "prediction_time"]].to_parquet(times)
@@ -234,6 +239,8 @@ def test_another_task_definition_or_no_times_are_refused(night, tmp_path, restor
     assert result.exit_code == 2
     assert f"is not the definition {MODEL} v1 was trained for (t2d_2y, digest " in result.output
     result = _score(night, [MODEL, str(night["events"]), "--out", out])
-    assert result.exit_code == 2 and "give either --times" in result.output
+    assert result.exit_code == 2 and "give one of --times" in result.output
     result = _score(night, [MODEL, str(night["events"]), "--out", out, "--task", "t2d_2y", "--times", str(night["times"])])
-    assert result.exit_code == 2 and "give either --times" in result.output
+    assert result.exit_code == 2 and "give one of --times" in result.output
+    result = _score(night, [MODEL, str(night["events"]), "--out", out, "--task", "t2d_2y", "--eligible"])
+    assert result.exit_code == 2 and "give one of --times" in result.output
