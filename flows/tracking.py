@@ -422,35 +422,36 @@ def registered_model(ref: str) -> RegisteredModel:
                            study=tags.get(f"{TAG}.study", ""), params=dict(run.data.params))
 
 
-def registered_features(run_id: str, dest: Path) -> dict | None:
-    """The feature settings a registered model's study computed its columns with (its
-    run's ``config/study.json``: ``features``), or None when the run has none."""
+def _run_json(run_id: str, artifact: str, dest: Path) -> dict | None:
+    """A JSON artifact of a run (``config/study.json``, ``metrics.json``, ...) read through
+    ``dest`` and removed from it (the caller keeps only what it takes), or None when the
+    run has none."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    if not any(f.path == "config/study.json" for f in client.list_artifacts(run_id, "config")):
+    folder = str(Path(artifact).parent) if "/" in artifact else None
+    if not any(f.path == artifact for f in client.list_artifacts(run_id, folder)):
         return None
     dest.mkdir(parents=True, exist_ok=True)
-    path = Path(client.download_artifacts(run_id, "config/study.json", str(dest)))
-    features = json.loads(path.read_text()).get("features")
-    path.unlink()  # the owner's study file: only its feature settings are kept
-    shutil.rmtree(dest / "config", ignore_errors=True)
-    return features
+    path = Path(client.download_artifacts(run_id, artifact, str(dest)))
+    record = json.loads(path.read_text())
+    path.unlink()
+    if folder:
+        shutil.rmtree(dest / folder, ignore_errors=True)
+    return record
+
+
+def registered_features(run_id: str, dest: Path) -> dict | None:
+    """The feature settings a registered model's study computed its columns with (its
+    run's ``config/study.json``: ``features``), or None when the run has none."""
+    study = _run_json(run_id, "config/study.json", dest)  # the owner's study: only its feature settings are kept
+    return None if study is None else study.get("features")
 
 
 def registered_task(run_id: str, dest: Path) -> dict | None:
     """The task definition a registered model was trained for (its run's
     ``config/task.json``), or None when the run has none (registered before it was kept)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    if not any(f.path == "config/task.json" for f in client.list_artifacts(run_id, "config")):
-        return None
-    dest.mkdir(parents=True, exist_ok=True)
-    path = Path(client.download_artifacts(run_id, "config/task.json", str(dest)))
-    task = json.loads(path.read_text())
-    shutil.rmtree(dest / "config", ignore_errors=True)
-    return task
+    return _run_json(run_id, "config/task.json", dest)
 
 
 def version_run_id(name: str, version: str) -> str:
@@ -475,15 +476,7 @@ def registered_threshold(run_id: str, dest: Path) -> float | None:
     """The alert threshold a site's registered model was published with (its run's
     ``metrics.json``: ``subgroup_threshold``, the operating point set on its tuning
     split), or None (a network model's registration run has none: each site sets its own)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    if not any(f.path == "metrics.json" for f in client.list_artifacts(run_id)):
-        return None
-    dest.mkdir(parents=True, exist_ok=True)
-    path = Path(client.download_artifacts(run_id, "metrics.json", str(dest)))
-    record = json.loads(path.read_text())
-    path.unlink()  # the owner's metrics: only its threshold is kept
+    record = _run_json(run_id, "metrics.json", dest) or {}  # the owner's metrics: only its threshold is kept
     threshold = (record.get("subgroup_threshold") or {}).get("threshold")
     return None if threshold is None else float(threshold)
 
