@@ -94,9 +94,8 @@ def test_the_champion_is_scored_with_the_feature_settings_it_was_trained_with(ni
 @pytest.mark.parametrize("site", SITES)
 def test_a_champion_from_another_study_and_split_is_named_in_the_decision(nights, site):
     client, runs = _runs(nights, site)
-    last = runs[3]
+    last, promotion = runs[3], _artifact(client, runs[3], "validation/promotion.json")
     assert last.data.tags["forewarn.study"] == "variant"
-    promotion = _artifact(client, last, "validation/promotion.json")
     champion = promotion["champion_version"]
     reasons = promotion["reasons"]
     assert (f"champion v{champion} was registered by study 'home', not 'variant'; both are scored on this study's "
