@@ -46,7 +46,7 @@ def _stable_report(result, workdirs: dict[str, Path]) -> Path:
 
 def summary_markdown(study, results) -> str:
     """The artifact's text (also used by tests and the CLI)."""
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status == "failed" or getattr(r, "worklist_failed", False)]
     workdirs = {s.name: Path(s.workdir) for s in study.sites}
     lines = [f"# Forewarn nightly: study `{study.name}`", ""]
     lines.append(
@@ -75,7 +75,7 @@ def summary_markdown(study, results) -> str:
             _num(m, "held_out/auprc"), _num(m, "held_out/calibration_slope"), drift, text, run_link(r), report)) + " |")
     if failed:
         lines += ["", "## Failures", ""]
-        lines += [f"- **{r.site} / {r.task}**: {_cell(r.reason)}" for r in failed]
+        lines += [f"- **{r.site} / {r.task}**: {_cell(r.reason if r.status == 'failed' else r.worklist)}" for r in failed]
     alerts = [r for r in results if ((r.drift or {}).get("decision") or {}).get("drifted")]
     if alerts:
         lines += ["", "## Drift", ""]

@@ -92,28 +92,8 @@ def _run_study(path: Path) -> None:
 
     typer.echo("")
     for r in results:
-        head = f"{r.site:>10}  {r.task:<22}"
-        if r.status == "validated":
-            typer.echo(f"{head}registered model {r.model_name} v{r.version} validated here: held-out AUROC "
-                       f"{tracking.auroc_text(r.metrics)}  AUPRC {tracking.auprc_text(r.metrics)}")
-            if r.report_path:
-                latest = workdirs[r.site] / "reports" / r.task / f"{r.model_name}-v{r.version}.html"
-                typer.echo(f"{'':>34}report: {latest if latest.is_file() else r.report_path}")
-            continue
-        if r.status == "not validated":
-            typer.echo(f"{head}{r.reason}")
-            continue
-        if r.status != "published":
-            typer.echo(f"{head}{r.status}: {r.reason}")
-            continue
-        m = r.metrics
-        typer.echo(
-            f"{head}held-out AUROC {tracking.auroc_text(m)}  "
-            f"AUPRC {tracking.auprc_text(m)}  model {r.model_name} v{r.version} ({tracking.alias_text(r.aliases)})"
-        )
-        typer.echo(f"{'':>34}{decision_line(r)}")
-        latest = workdirs[r.site] / "reports" / r.task / "report.html"  # the latest report's stable copy
-        typer.echo(f"{'':>34}report: {latest if latest.is_file() else r.report_path}")
+        for line in result_lines(r, workdirs):
+            typer.echo(line)
     if "network" in study.validation.designs:  # the network's model: one a task, trained across the sites
         for line in network_lines(dict.fromkeys(r.task for r in results)):
             typer.echo(line)
@@ -122,6 +102,33 @@ def _run_study(path: Path) -> None:
     if state.is_failed():
         typer.secho(f"\nThe run ended Failed: {state.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+def result_lines(r, workdirs: dict[str, Path]) -> list[str]:
+    """The run summary's lines of one (site, task) result."""
+    from forewarn.flows import tracking
+
+    head, indent = f"{r.site:>10}  {r.task:<22}", " " * 34
+    if r.status == "validated":
+        lines = [f"{head}registered model {r.model_name} v{r.version} validated here: held-out AUROC "
+                 f"{tracking.auroc_text(r.metrics)}  AUPRC {tracking.auprc_text(r.metrics)}"]
+        if r.report_path:
+            latest = workdirs[r.site] / "reports" / r.task / f"{r.model_name}-v{r.version}.html"
+            lines.append(f"{indent}report: {latest if latest.is_file() else r.report_path}")
+    elif r.status == "not validated":
+        lines = [f"{head}{r.reason}"]
+    elif r.status != "published":
+        lines = [f"{head}{r.status}: {r.reason}"]
+    else:
+        m = r.metrics
+        latest = workdirs[r.site] / "reports" / r.task / "report.html"  # the latest report's stable copy
+        lines = [f"{head}held-out AUROC {tracking.auroc_text(m)}  AUPRC {tracking.auprc_text(m)}  model {r.model_name} "
+                 f"v{r.version} ({tracking.alias_text(r.aliases)})",
+                 f"{indent}{decision_line(r)}",
+                 f"{indent}report: {latest if latest.is_file() else r.report_path}"]
+    if getattr(r, "worklist", ""):
+        lines.append(f"{indent}{r.worklist}")
+    return lines
 
 
 def decision_line(r) -> str:
@@ -355,6 +362,8 @@ def score(
     codes: Annotated[Path | None, typer.Option(help="metadata/codes.parquet for parent codes (default: beside the "
                                                     "events folder)")] = None,
     workers: Annotated[int, typer.Option(min=0, help="worker processes; 0 = one per core")] = 1,
+    by_risk: Annotated[bool, typer.Option(help="write the rows highest risk first (a worklist) instead of in the "
+                                               "times' order")] = False,
 ) -> None:
     """Score prediction times with a registered model, its columns made as its study made them (stays at the site)."""
     setup_environment()
@@ -375,7 +384,7 @@ def score(
         table = read_times(times) if times is not None else None
         codes = codes or next((p for p in (events_dir.parent / "metadata" / "codes.parquet",) if p.is_file()), None)
         summary = run_score(model, events_dir, table, out, task=load_task(task) if task else None, eligible=eligible,
-                            codes_path=codes, speed=FeatureConfig(n_workers=workers))
+                            codes_path=codes, speed=FeatureConfig(n_workers=workers), by_risk=by_risk)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     except (OSError, MlflowException) as exc:
@@ -389,7 +398,8 @@ def score(
     typer.echo(f"scored {summary['rows']:,} prediction times of {summary['subjects']:,} subjects with {summary['model']} "
                f"({summary['task']}, trained at {summary['trained_at']}) in {summary['seconds']} s -> {summary['out']}")
     if repeated:
-        typer.echo(f"  {repeated:,} of the rows repeat an earlier row's subject and time (each row keeps its place)")
+        typer.echo(f"  {repeated:,} of the rows repeat an earlier row's subject and time (every row is kept"
+                   f"{', in its place' if not by_risk else ''})")
     if summary["parent_codes_unread"]:
         typer.echo(f"  no codes file beside {events_dir} (../metadata/codes.parquet) nor --codes: the model counts "
                    "codes at their parent codes, and without the file no code has any")

@@ -25,7 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -69,6 +69,7 @@ from forewarn.flows import artifact, tracking
 from forewarn.flows.cache import Stage, StageCache, key_of, source_digest
 from forewarn.flows.executor import maybe_dask_client, task_mapper
 from forewarn.flows.study import SiteConfig, Study
+from forewarn.flows.worklist import worklists
 from forewarn.models.federated import (
     FederatedModel,
     SiteRows,
@@ -120,6 +121,8 @@ class SiteResult:
     drift: dict = field(default_factory=dict)
     cached: bool = False
     aliases_recorded: bool = False  # a cached result whose registry aliases could not be read: the recorded ones
+    worklist: str = ""  # with worklist.enabled: the site's worklist file and its model, or why there is none
+    worklist_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -1274,6 +1277,7 @@ def nightly(study: Study):
         futures = {site.name: [pull.submit(site, study.demo, caches[site.name], part) for part in parts]
                    for site in study.sites}
         pulls: dict[str, Stage] = {}
+        site_pulls: dict[str, Stage] = {}  # every pull that succeeded, held sites' included: worklists stay at the site
         earlier: dict[str, dict | None] = {}  # each site's previous pull with other data
         enter: dict[str, Callable[[], None] | None] = {}  # each site's entry in its people ledger (records.people)
         for site in study.sites:
@@ -1288,6 +1292,7 @@ def nightly(study: Study):
                 logger.error("site %s: %s", site.name, reason)
                 results += [SiteResult(site.name, spec.name, "failed", reason=reason) for spec in specs]
                 continue
+            site_pulls[site.name] = pulls[site.name]
             reason, enter[site.name] = people_gate(site, pulls[site.name], demo=study.demo)
             if reason:
                 logger.warning("site %s: held: %s", site.name, reason)
@@ -1311,14 +1316,40 @@ def nightly(study: Study):
             # anything of it leaves: a site whose every task is held published nothing, and
             # its night is no baseline.
             results += run_task(study, spec, pulls, caches, used, logger, earlier, enter=enter, registered=registered)
+        # each site's worklists (or, with worklists off, the removal of an earlier night's)
+        results = with_worklists(results, worklists(study, specs, site_pulls, caches, used, logger))
         for site in study.sites:
             prune(caches[site.name], used[site.name], keep_runs=study.cache.keep_runs)
     artifact.publish_summary(study, results)
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        message = "; ".join(f"{r.site}/{r.task}: {r.reason}" for r in failed)
-        raise SitesFailed(f"{len(failed)} of {len(results)} site-task runs failed: {message}"[:2000], results)
+    raise_if_failed(results)
     return results
+
+
+def raise_if_failed(results: list[SiteResult]) -> None:
+    """``SitesFailed`` naming each (site, task) that failed, or whose worklist did."""
+    failed = [r for r in results if r.status == "failed" or r.worklist_failed]
+    if failed:
+        message = "; ".join(f"{r.site}/{r.task}: {r.reason if r.status == 'failed' else r.worklist}" for r in failed)
+        raise SitesFailed(f"{len(failed)} of {len(results)} site-task runs failed: {message}"[:2000], results)
+
+
+def with_worklists(results: list[SiteResult], notes: dict[tuple[str, str], tuple[str, bool]]) -> list[SiteResult]:
+    """``results`` with each (site, task)'s worklist note on its result: the study's own
+    (published, skipped, held or failed), else a registered model's validation there. A
+    note with no result of its (site, task) is left to the log (a task the study dropped),
+    unless the worklist failed: that gets a result of its own, so the run fails on it."""
+    out, placed = list(results), set()
+    for own in (True, False):
+        for i, r in enumerate(out):
+            key = (r.site, r.task)
+            if key in notes and key not in placed and own == (r.status in ("published", "skipped", "held", "failed")):
+                out[i] = replace(r, worklist=notes[key][0], worklist_failed=notes[key][1])
+                placed.add(key)
+    for (site, name), (note, failed) in notes.items():
+        if (site, name) not in placed and failed:
+            out.append(SiteResult(site, name, "skipped", reason="no result of the study's tonight", worklist=note,
+                                  worklist_failed=True))
+    return out
 
 
 def deid_fingerprint(site: SiteConfig, demo: bool) -> str:

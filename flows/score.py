@@ -44,6 +44,10 @@ from forewarn.records.config import explain
 log = logging.getLogger("forewarn")
 
 
+class NoOneEligible(ValueError):
+    """No one in the events is eligible for the task tonight (its message counts why)."""
+
+
 def read_times(path: Path) -> pa.Table:
     """Prediction times from a parquet file with ``subject_id`` and ``prediction_time``
     (``boolean_value`` kept where present), as the MEDS label schema, in the file's order.
@@ -92,7 +96,8 @@ def read_times(path: Path) -> pa.Table:
 
 
 def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task: TaskSpec | None = None,
-          eligible: bool = False, codes_path: Path | None = None, speed: FeatureConfig | None = None) -> dict:
+          eligible: bool = False, codes_path: Path | None = None, speed: FeatureConfig | None = None,
+          by_risk: bool = False) -> dict:
     """Score ``times`` (the MEDS label schema; ``read_times``) on the events in
     ``events_dir`` with registered model ``ref`` (``NAME``, ``NAME@ALIAS`` or
     ``NAME/VERSION``: ``tracking.parse_model_ref``; ``NAME`` alone is its champion) of the
@@ -100,8 +105,9 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
     of ``times`` in its order (a repeated time gets the same risk). Instead of ``times``,
     ``task`` (the model's own task definition: its digest is checked) scores each eligible
     person at their latest prediction time (``labels.latest_eligible_times``); so does
-    ``eligible``, with the task the model's registration run recorded. Returns a summary of
-    counts and the model, for the caller to print (it stays at the site)."""
+    ``eligible``, with the task the model's registration run recorded. ``by_risk`` writes
+    the rows highest risk first instead (ties by subject id and time): a worklist. Returns
+    a summary of counts and the model, for the caller to print (it stays at the site)."""
     if sum((times is not None, task is not None, eligible)) != 1:
         raise ValueError("give one of: the prediction times to score (--times), the model's task (--task), or "
                          "--eligible (the task its run recorded); the last two score each eligible person at their "
@@ -132,7 +138,7 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         times, eligibility = latest_eligible_times(events_dir, task)
         if times.num_rows == 0:
             left = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in eligibility.items() if k != "candidates")
-            raise ValueError(f"no one in {events_dir} is eligible for {task.name}: of {eligibility['candidates']:,} "
+            raise NoOneEligible(f"no one in {events_dir} is eligible for {task.name}: of {eligibility['candidates']:,} "
                              f"subjects with a candidate prediction time, left out: {left}. Check that the events "
                              "are this site's pull and the task its model's; or score chosen times with --times.")
     keys = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
@@ -170,9 +176,12 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
     scored = rows[keys].assign(risk=risk)
     scored[schema.PREDICTION_TIME] = scored[schema.PREDICTION_TIME].astype("datetime64[us]")
     wanted[schema.PREDICTION_TIME] = wanted[schema.PREDICTION_TIME].astype("datetime64[us]")
-    placed = wanted.merge(scored, on=keys, how="left", validate="many_to_one")
+    placed = wanted.assign(row=np.arange(len(wanted))).merge(scored, on=keys, how="left", validate="many_to_one")
     if placed["risk"].isna().any():  # every distinct time was featurized: a bug, not bad input
         raise RuntimeError(f"{int(placed['risk'].isna().sum())} prediction time(s) came back unscored.")
+    if by_risk:
+        placed = placed.sort_values(["risk", *keys], ascending=[False, True, True], kind="stable", ignore_index=True)
+        times = times.take(placed.pop("row").to_numpy())
     risk = placed["risk"].to_numpy(np.float64)
     alert = None if threshold is None else risk >= threshold
     table = pa.table({

@@ -143,6 +143,25 @@ class CacheSettings(Strict):
     keep_runs: int = Field(2, ge=1, description="stage folders of this many recent runs are kept; older ones are removed")
 
 
+class WorklistSettings(Strict):
+    enabled: bool = Field(
+        False,
+        description="after each night, score every eligible person at each site with the champion and write the site's "
+        "worklist (<workdir>/worklists/<task>.parquet, highest risk first); it stays at the site",
+    )
+    models: list[Literal["site", "network"]] = Field(
+        default=["site", "network"], min_length=1,
+        description="whose champion scores, in order of preference: the site's own (forewarn-<task>-<site>) or the "
+        "network's (forewarn-<task>-network); the first that has a champion is used",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> WorklistSettings:
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"worklist.models names a model twice: {self.models}; list site, network or both once.")
+        return self
+
+
 class RetrySettings(Strict):
     attempts: int = Field(3, ge=0, le=10, description="retries of a site pull after a transient source error")
     delays_seconds: list[float] = Field(
@@ -217,6 +236,7 @@ class Study(Strict):
     cache: CacheSettings = CacheSettings()
     retries: RetrySettings = RetrySettings()
     reporting: Reporting = Reporting()
+    worklist: WorklistSettings = WorklistSettings()
     demo: bool = Field(False, description="synthetic data: use the public demo de-identification secret")
 
     @model_validator(mode="after")
@@ -309,5 +329,7 @@ def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
         "evaluation": {"learning_curve": {"fractions": [0.25, 0.5, 1.0]}},
         "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
         "reporting": DEMO_REPORTING,
+        # each site's worklist: every eligible person scored by the champion, highest risk first
+        "worklist": {"enabled": True},
     }
     return yaml.safe_dump(data, sort_keys=False)

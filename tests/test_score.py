@@ -3,7 +3,9 @@
 One night of the flow registers academic's T2D model; scoring the night's held-out
 prediction times from its pull with ``forewarn-t2d_2y-academic`` (its champion) must give
 the very risks the flow's evaluation scored them with, and alert exactly where they reach
-the threshold the model was published with.
+the threshold the model was published with. The night also writes the site's worklist
+(``worklist.enabled``): every eligible person scored by the champion, highest risk first,
+which must be exactly what ``forewarn score --eligible --by-risk`` gives.
 """
 
 from __future__ import annotations
@@ -38,16 +40,17 @@ def night(tmp_path_factory, demo_network):
             "evaluation": {"bootstrap": 20, "shap_rows": 100},
             "models": {"n_jobs": 1, "search": {"trials": 0}},
             "validation": {"designs": ["internal"]},
+            "worklist": {"enabled": True},
         }, base_dir=work)
         with prefect_test_harness(server_startup_timeout=180):
-            nightly(study)
+            results = nightly(study)
     stages = work / "sites" / "academic" / "work" / "stages"
     predictions = pd.read_parquet(next(stages.glob("train-t2d_2y/*/predictions/xgboost.parquet")))
     held = predictions[predictions["split"] == "held_out"].reset_index(drop=True)
     times = work / "times.parquet"
     held[["subject_id", "prediction_time", "boolean_value"]].to_parquet(times)
     return {"work": work, "events": next(stages.glob("pull/*/pull/events")), "held": held, "times": times,
-            "uri": f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"}
+            "uri": f"sqlite:///{work / 'mlruns' / 'mlflow.db'}", "study": study, "results": results}
 
 
 def _score(night, args: list[str]):
@@ -145,7 +148,7 @@ def test_rows_keep_the_files_order_and_repeats(night, tmp_path, restore_tracking
     assert scored[["subject_id", "prediction_time"]].equals(times)
     expected = _reference(night).loc[list(zip(times["subject_id"], times["prediction_time"], strict=True))].to_numpy()
     assert (scored["predicted_boolean_probability"].to_numpy() == expected).all()
-    assert "  1 of the rows repeat an earlier row's subject and time (each row keeps its place)" in result.output
+    assert "  1 of the rows repeat an earlier row's subject and time (every row is kept, in its place)" in result.output
 
 
 def test_times_in_utc_are_the_pulls_and_other_zones_are_refused(night, tmp_path, restore_tracking):
@@ -244,3 +247,213 @@ def test_another_task_definition_or_no_times_are_refused(night, tmp_path, restor
     assert result.exit_code == 2 and "give one of --times" in result.output
     result = _score(night, [MODEL, str(night["events"]), "--out", out, "--task", "t2d_2y", "--eligible"])
     assert result.exit_code == 2 and "give one of --times" in result.output
+
+
+def test_by_risk_puts_the_highest_risk_first_with_each_row_s_outcome(night, tmp_path, restore_tracking):
+    times = night["held"][["subject_id", "prediction_time", "boolean_value"]].sample(frac=1, random_state=5)
+    times = pd.concat([times, times.iloc[[0]]], ignore_index=True)  # a repeated row
+    path, out = tmp_path / "times.parquet", tmp_path / "scored.parquet"
+    times.to_parquet(path)
+    result = _score(night, [MODEL, str(night["events"]), "--times", str(path), "--out", str(out), "--by-risk"])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_parquet(out)
+    flow = night["held"].sort_values(["predicted_boolean_probability", "subject_id", "prediction_time"],
+                                     ascending=[False, True, True], ignore_index=True)
+    repeated = flow.index[(flow["subject_id"] == times["subject_id"].iloc[0])
+                          & (flow["prediction_time"] == times["prediction_time"].iloc[0])][0]
+    expected = pd.concat([flow.iloc[:repeated + 1], flow.iloc[repeated:]], ignore_index=True)  # side by side
+    for column in ("subject_id", "prediction_time", "boolean_value", "predicted_boolean_probability"):
+        assert scored[column].equals(expected[column]), column
+    assert "  1 of the rows repeat an earlier row's subject and time (every row is kept)" in result.output
+
+
+def _worklists(night) -> Path:
+    return night["work"] / "sites" / "academic" / "work" / "worklists"
+
+
+def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night, tmp_path, restore_tracking):
+    import json
+
+    from forewarn.records import schema
+
+    folder = _worklists(night)
+    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.json", "t2d_2y.parquet"]
+    worklist = pq.read_table(folder / "t2d_2y.parquet")
+    assert worklist.schema.equals(schema.PREDICTION_SCHEMA)
+    # the people --eligible scores (in subject order), sorted by risk, ties by subject and time
+    plain = tmp_path / "plain.parquet"
+    result = _score(night, [MODEL, str(night["events"]), "--eligible", "--out", str(plain)])
+    assert result.exit_code == 0, result.output
+    expected = (pd.read_parquet(plain)
+                .sort_values(["predicted_boolean_probability", "subject_id", "prediction_time"],
+                             ascending=[False, True, True], kind="stable", ignore_index=True))
+    frame = worklist.to_pandas()
+    pd.testing.assert_frame_equal(frame, expected)
+    assert frame["predicted_boolean_probability"].is_monotonic_decreasing
+    assert len(frame) == frame["subject_id"].nunique() > 0 and frame["boolean_value"].isna().all()
+    summary = json.loads((folder / "t2d_2y.json").read_text())
+    assert summary["model"] == f"{MODEL} v1" and summary["trained_at"] == "academic" and summary["task"] == "t2d_2y"
+    assert summary["rows"] == summary["eligibility"]["eligible"] == len(frame)
+    assert summary["alerts"] == int(frame["predicted_boolean_value"].sum()) > 0
+    assert summary["scored_at"] <= summary["published_at"]
+    # the run's summary names the file and the model, never a count
+    [published] = night["results"]
+    assert published.status == "published" and not published.worklist_failed
+    assert published.worklist == f"worklist: {folder / 't2d_2y.parquet'} (scored by {MODEL} v1)"
+
+
+def test_the_worklist_takes_the_first_preferred_champion(night, restore_tracking):
+    from forewarn.features.labels import load_task
+    from forewarn.flows import tracking
+    from forewarn.flows.study import WorklistSettings
+    from forewarn.flows.worklist import worklist_model
+
+    tracking.configure(night["uri"])
+    spec = load_task("t2d_2y")
+
+    def prefer(*models):
+        study = night["study"].model_copy(update={"worklist": WorklistSettings(enabled=True, models=list(models))})
+        model, passed = worklist_model(study, spec, "academic")
+        return None if model is None else model.label, passed
+
+    assert prefer("site", "network") == (f"{MODEL} v1", [])
+    assert prefer("network", "site") == (f"{MODEL} v1", ["forewarn-t2d_2y-network has no champion"])
+    assert prefer("network") == (None, ["forewarn-t2d_2y-network has no champion"])
+    assert worklist_model(night["study"], spec, "community") == (
+        None, ["forewarn-t2d_2y-community has no champion", "forewarn-t2d_2y-network has no champion"])
+
+
+def _pull(night):
+    from forewarn.flows.cache import StageCache
+
+    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
+    [key] = [p.name for p in (cache.root / "pull").iterdir()]
+    return cache.run("pull", key, lambda out: pytest.fail("the pull is cached"))
+
+
+def _elsewhere(night, tmp_path, **worklist):
+    """The night's study with academic's worklists in ``tmp_path`` (an earlier night's
+    there: T2D and CKD) and a second site, community, whose pull failed tonight."""
+    from forewarn.flows.study import WorklistSettings
+
+    study = night["study"]
+    site = study.sites[0].model_copy(update={"workdir": tmp_path / "site"})
+    folder = tmp_path / "site" / "worklists"
+    folder.mkdir(parents=True)
+    for name in ("t2d_2y.parquet", "t2d_2y.json", "ckd3_2y.parquet", "ckd3_2y.json"):
+        (folder / name).write_text("an earlier night's")
+    other = site.model_copy(update={"name": "community", "workdir": tmp_path / "community"})
+    (tmp_path / "community" / "worklists").mkdir(parents=True)
+    (tmp_path / "community" / "worklists" / "t2d_2y.parquet").write_text("an earlier night's")
+    return study.model_copy(update={"sites": [site, other],
+                                    "worklist": WorklistSettings(**({"enabled": True} | worklist))}), folder
+
+
+def _run_worklists(study, pull, tmp_path):
+    import logging
+
+    from forewarn.features.labels import load_task
+    from forewarn.flows.cache import StageCache
+    from forewarn.flows.worklist import worklists
+
+    return worklists(study, [load_task("t2d_2y"), load_task("ckd3_2y")], {"academic": pull},
+                     {"academic": StageCache(tmp_path / "stages", site="academic")}, {"academic": []},
+                     logging.getLogger("test"))
+
+
+def test_a_worklist_that_cannot_be_made_fails_the_night_and_only_its_kind_leaves(night, tmp_path, restore_tracking):
+    import json
+    from dataclasses import replace
+
+    from forewarn.flows import tracking
+    from forewarn.flows.nightly import SitesFailed, raise_if_failed, with_worklists
+
+    tracking.configure(night["uri"])
+    pull = _pull(night)
+    events = pq.read_table(next(pull.result.events_dir.glob("*.parquet")))
+    split = tmp_path / "events"
+    split.mkdir()
+    pq.write_table(events.slice(0, events.num_rows // 2 + 1), split / "0.parquet")  # a subject across the cut
+    pq.write_table(events.slice(events.num_rows // 2), split / "1.parquet")
+    broken = replace(pull, result=replace(pull.result, events_dir=split), digest="another pull")
+    study, folder = _elsewhere(night, tmp_path)
+    notes = _run_worklists(study, broken, tmp_path)
+    error = folder / "t2d_2y.error.json"
+    assert notes == {
+        ("academic", "t2d_2y"): (f"worklist failed (ValueError); the reason is in {error} at the site; the earlier "
+                                 "night's worklist was removed", True),
+        # the next task goes on
+        ("academic", "ckd3_2y"): ("no worklist: forewarn-ckd3_2y-academic has no champion; forewarn-ckd3_2y-network "
+                                  "has no champion; the earlier night's worklist was removed", False),
+        ("community", "t2d_2y"): ("no worklist: the site's pull failed tonight; the earlier night's worklist was "
+                                  "removed", False),
+        ("community", "ckd3_2y"): ("no worklist: the site's pull failed tonight", False),
+    }
+    # the reason, which counts the site's people, stays at the site; nothing else of an earlier night is left
+    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.error.json"]
+    recorded = json.loads(error.read_text())
+    assert recorded["error"] == "ValueError" and "subject(s) have events in more than one shard" in recorded["reason"]
+    assert list((tmp_path / "community" / "worklists").iterdir()) == []
+    results = with_worklists(night["results"], notes)
+    assert results[0].worklist_failed and results[0].status == "published"
+    with pytest.raises(SitesFailed, match=r"^1 of 1 site-task runs failed: academic/t2d_2y: worklist failed \(ValueError\); "):
+        raise_if_failed(results)
+    raise_if_failed(night["results"])  # the night itself did not fail
+
+
+def test_a_registry_that_cannot_be_read_is_a_failure_not_no_champion(night, tmp_path, restore_tracking):
+    from forewarn.flows import tracking
+
+    bad = tmp_path / "store.db"
+    bad.write_text("not a database")
+    tracking.configure(f"sqlite:///{bad}")
+    study, folder = _elsewhere(night, tmp_path, models=["network", "site"])
+    notes = _run_worklists(study, _pull(night), tmp_path)
+    note, failed = notes["academic", "t2d_2y"]
+    assert failed and note.startswith("worklist failed (") and "has no champion" not in note
+
+
+def test_no_one_eligible_is_no_worklist_and_worklists_off_remove_an_earlier_night_s(night, tmp_path, restore_tracking):
+    from dataclasses import replace
+
+    import pyarrow.compute as pc
+
+    from forewarn.flows import tracking
+
+    tracking.configure(night["uri"])
+    pull = _pull(night)
+    events = pq.read_table(next(pull.result.events_dir.glob("*.parquet")))
+    died = pc.unique(events.filter(pc.equal(events["code"], "MEDS_DEATH"))["subject_id"])
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    pq.write_table(events.filter(pc.is_in(events["subject_id"], died)), dead / "0.parquet")
+    study, folder = _elsewhere(night, tmp_path)
+    notes = _run_worklists(study, replace(pull, result=replace(pull.result, events_dir=dead), digest="the dead"), tmp_path)
+    assert notes["academic", "t2d_2y"] == (
+        f"no worklist: no one at the site is eligible for t2d_2y tonight (the counts are in "
+        f"{folder / 't2d_2y.error.json'}); the earlier night's worklist was removed", False)
+    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.error.json"]
+    (folder / "ckd3_2y.parquet").write_text("an earlier night's")
+    off = study.model_copy(update={"worklist": study.worklist.model_copy(update={"enabled": False})})
+    notes = _run_worklists(off, pull, tmp_path)
+    assert notes == {("academic", "ckd3_2y"): ("no worklist: worklists are off or the task is not the study's tonight; "
+                                               "the earlier night's worklist was removed", False)}
+    assert list(folder.iterdir()) == []  # the error record too
+
+
+def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):
+    """Last in the file: it runs the night again in the module's folder (all of it cached)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from forewarn.flows.nightly import nightly
+
+    stages = sorted((night["work"] / "sites" / "academic" / "work" / "stages" / "worklist-t2d_2y").iterdir())
+    assert len(stages) == 1
+    marker = stages[0] / ".stage.json"
+    made, before = marker.stat().st_mtime_ns, (_worklists(night) / "t2d_2y.parquet").read_bytes()
+    with flow_workdir(night["work"], tmp_path_factory.mktemp("prefect-home")):
+        with prefect_test_harness(server_startup_timeout=180):
+            [again] = nightly(night["study"])
+    assert sorted(stages[0].parent.iterdir()) == stages and marker.stat().st_mtime_ns == made  # not scored again
+    assert (_worklists(night) / "t2d_2y.parquet").read_bytes() == before
+    assert again.worklist == night["results"][0].worklist and again.cached

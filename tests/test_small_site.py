@@ -36,6 +36,7 @@ def small_run(tmp_path_factory, demo_network):
                 "models": {"n_jobs": 2, "search": {"trials": 0}},
                 "promotion": {"slope_low": 0.5},
                 "validation": {"designs": ["internal", "external", "network"]},
+                "worklist": {"enabled": True},
             },
             base_dir=work,
         )
@@ -78,3 +79,28 @@ def test_the_network_model_trains_with_the_small_site_tuning_and_evaluating_it(s
     assert len(runs) == 1
     tiny_report = small_run["study"].sites[1].workdir / "reports" / "t2d_2y" / "network-report.html"
     assert tiny_report.is_file()
+
+
+def test_the_small_site_s_worklist_is_scored_by_the_network_s_champion(small_run, tmp_path, restore_tracking):
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from forewarn.flows.cli import app
+
+    tiny, big = small_run["results"]["tiny"], small_run["results"]["community"]
+    folder = small_run["study"].sites[1].workdir / "worklists"
+    assert tiny.worklist == (f"worklist: {folder / 't2d_2y.parquet'} (scored by forewarn-t2d_2y-network v1, the "
+                             "network's; forewarn-t2d_2y-tiny has no champion)")
+    assert big.worklist.startswith("worklist: ") and "(scored by forewarn-t2d_2y-community v1)" in big.worklist
+    assert not tiny.worklist_failed and not big.worklist_failed
+    worklist = pd.read_parquet(folder / "t2d_2y.parquet")
+    assert len(worklist) > 0 and worklist["predicted_boolean_probability"].is_monotonic_decreasing
+    assert worklist["predicted_boolean_value"].isna().all()  # a network model has no threshold of its own
+    events = next((small_run["study"].sites[1].workdir / "stages" / "pull").glob("*/pull/events"))
+    out = tmp_path / "tiny.parquet"
+    result = CliRunner().invoke(app, ["score", "forewarn-t2d_2y-network", str(events), "--eligible", "--by-risk",
+                                      "--out", str(out), "--tracking-uri",
+                                      f"sqlite:///{small_run['work'] / 'mlruns' / 'mlflow.db'}"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(folder / "t2d_2y.parquet").equals(pq.read_table(out))

@@ -1,0 +1,55 @@
+"""The nightly worklist's settings and where its line goes in the run's results (fast;
+the worklist itself is made and checked against ``forewarn score`` in test_score.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from forewarn.flows.nightly import SiteResult, SitesFailed, raise_if_failed, with_worklists
+from forewarn.flows.study import WorklistSettings, demo_study_yaml, parse_study
+
+
+def test_worklists_are_off_unless_asked_and_the_demo_asks():
+    assert WorklistSettings() == WorklistSettings(enabled=False, models=["site", "network"])
+    demo = yaml.safe_load(demo_study_yaml({"academic": Path("/d/a.duckdb")}, Path("/d")))
+    assert demo["worklist"] == {"enabled": True}
+
+
+@pytest.mark.parametrize(("models", "message"), [
+    (["site", "site"], "worklist.models names a model twice: ['site', 'site']"),
+    ([], "List should have at least 1 item"),
+    (["clinic"], "Input should be 'site' or 'network'"),
+])
+def test_bad_worklist_models_are_refused(tmp_path, models, message):
+    study = {"name": "s", "tasks": ["t2d_2y"], "sites": [{"name": "a", "source": {"location": "a.duckdb"}}],
+             "worklist": {"enabled": True, "models": models}}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_study(study, base_dir=tmp_path)
+
+
+def test_each_worklist_line_goes_on_its_own_result():
+    results = [
+        SiteResult("academic", "t2d_2y", "published", version="3"),
+        SiteResult("academic", "t2d_2y", "validated", model_name="forewarn-t2d_2y-other"),
+        SiteResult("community", "t2d_2y", "held", reason="1 to 10 people changed"),
+    ]
+    notes = {("academic", "t2d_2y"): ("worklist: a.parquet (scored by forewarn-t2d_2y-academic v3)", False),
+             ("community", "t2d_2y"): ("worklist: c.parquet (scored by forewarn-t2d_2y-network v1, the network's)", False),
+             ("community", "ckd3_2y"): ("worklist failed: no events", True)}
+    out = with_worklists(results, notes)
+    assert [(r.site, r.task, r.status, r.worklist, r.worklist_failed) for r in out] == [
+        ("academic", "t2d_2y", "published", "worklist: a.parquet (scored by forewarn-t2d_2y-academic v3)", False),
+        ("academic", "t2d_2y", "validated", "", False),  # a registered model's validation is not the study's result
+        ("community", "t2d_2y", "held", "worklist: c.parquet (scored by forewarn-t2d_2y-network v1, the network's)",
+         False),
+        ("community", "ckd3_2y", "skipped", "worklist failed: no events", True),
+    ]
+    assert out[3].reason == "no result of the study's tonight"
+    # a note without a result of its own and no failure is left to the log
+    assert with_worklists([], {("academic", "t2d_2y"): ("no worklist: the site's pull failed tonight", False)}) == []
+    assert results[0].worklist == ""  # the input is not changed
+    with pytest.raises(SitesFailed, match=r"^1 of 4 site-task runs failed: community/ckd3_2y: worklist failed: no events$"):
+        raise_if_failed(out)
