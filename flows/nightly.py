@@ -1317,7 +1317,13 @@ def nightly(study: Study):
             # its night is no baseline.
             results += run_task(study, spec, pulls, caches, used, logger, earlier, enter=enter, registered=registered)
         # each site's worklists (or, with worklists off, the removal of an earlier night's)
-        results = with_worklists(results, worklists(study, specs, site_pulls, caches, used, logger))
+        try:
+            notes = worklists(study, specs, site_pulls, caches, used, logger)
+        except Exception as exc:  # noqa: BLE001 - the summary and the prune still run; the run ends Failed
+            logger.error("the worklists failed (%s)", type(exc).__name__)  # its text may count people: its kind only
+            notes = {(site.name, spec.name): (f"worklist failed ({type(exc).__name__}) before it was made", True)
+                     for site in study.sites for spec in specs} if study.worklist.enabled else {}
+        results = with_worklists(results, notes)
         for site in study.sites:
             prune(caches[site.name], used[site.name], keep_runs=study.cache.keep_runs)
     artifact.publish_summary(study, results)

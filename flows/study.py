@@ -147,7 +147,7 @@ class WorklistSettings(Strict):
     enabled: bool = Field(
         False,
         description="after each night, score every eligible person at each site with the champion and write the site's "
-        "worklist (<workdir>/worklists/<task>.parquet, highest risk first); it stays at the site",
+        "worklist (<workdir>/worklists/<study>/<task>.parquet, highest risk first); it stays at the site",
     )
     models: list[Literal["site", "network"]] = Field(
         default=["site", "network"], min_length=1,

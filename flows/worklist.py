@@ -10,8 +10,8 @@ made with its own feature settings, eligibility by the task definition its run r
 (people already diagnosed, dead, or outside the population are left out), the calibrated
 risk and the alert at the threshold the model was published with.
 
-The worklist is ``<workdir>/worklists/<task>.parquet`` (the MEDS prediction schema,
-highest risk first) with ``<task>.json`` beside it (the model, the eligibility counts,
+The worklist is ``<workdir>/worklists/<study>/<task>.parquet`` (the MEDS prediction
+schema, highest risk first) with ``<task>.json`` beside it (the model, the eligibility counts,
 the alerts). Both hold row-level or small counts of the site's own people: they stay at
 the site, like the pull. Nothing of them goes to MLflow, the flow's Prefect logs or the
 run's summary, which name the model and the file only: tonight's count of alerts against
@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import tempfile
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,17 +46,19 @@ FOLDER = "worklists"
 
 def champion_version(name: str) -> str | None:
     """The version registered model ``name``'s ``champion`` alias points to, or None
-    when the model or the alias does not exist. Any other error of the registry (a store
-    that cannot be read) is raised: it must not read as "no champion"."""
+    when there is no such model or it has no champion. Any other error of the registry (a
+    store that cannot be read, a refused request) is raised: it must not read as "no
+    champion"."""
     import mlflow
 
     try:
-        return str(mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version)
+        model = mlflow.MlflowClient().get_registered_model(name)
     except mlflow.exceptions.MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
-                exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)):
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
+    version = (model.aliases or {}).get("champion")
+    return None if version is None else str(version)
 
 
 def worklist_model(study: Study, spec: TaskSpec, site: str) -> tuple[tracking.RegisteredModel | None, list[str]]:
@@ -98,6 +101,12 @@ def worklist_stage(spec: TaskSpec, pull: Stage, cache: StageCache, model: tracki
     return cache.run(f"worklist-{spec.name}", key, compute)
 
 
+def folder_of(site: SiteConfig, study: Study) -> Path:
+    """The study's worklists at the site: ``<workdir>/worklists/<study>/`` (a workdir two
+    studies share keeps each one's apart)."""
+    return site.workdir / FOLDER / study.name
+
+
 def _write(dest: Path, write) -> None:
     partial = dest.with_name(dest.name + ".partial")
     try:
@@ -107,11 +116,10 @@ def _write(dest: Path, write) -> None:
         partial.unlink(missing_ok=True)
 
 
-def publish_locally(site: SiteConfig, spec: TaskSpec, stage: Stage) -> list[Path]:
-    """Copy the stage's worklist to the site's stable paths (``worklists/<task>.parquet``,
-    then ``.json`` with the night it was published; each replaced whole, the summary last,
-    so a summary never describes another list); returns the paths."""
-    folder = site.workdir / FOLDER
+def publish_locally(folder: Path, spec: TaskSpec, stage: Stage) -> list[Path]:
+    """Copy the stage's worklist to ``folder/<task>.parquet``, then ``.json`` with the
+    night it was published (each replaced whole, the summary last, so a summary never
+    describes another list); returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     parquet, summary = folder / f"{spec.name}.parquet", folder / f"{spec.name}.json"
     summary.unlink(missing_ok=True)
@@ -122,30 +130,53 @@ def publish_locally(site: SiteConfig, spec: TaskSpec, stage: Stage) -> list[Path
     return [parquet, summary]
 
 
-def record_error(site: SiteConfig, spec: TaskSpec, exc: BaseException) -> Path:
-    """The whole reason a worklist failed, in ``worklists/<task>.error.json`` at the
-    site: its text may hold counts of the site's people, so only its kind leaves."""
-    folder = site.workdir / FOLDER
+def record_error(folder: Path, spec: TaskSpec, exc: BaseException) -> Path:
+    """The whole reason (and traceback) a worklist failed, or why no one was eligible,
+    in ``folder/<task>.error.json`` at the site: its text may count the site's people,
+    so only its kind leaves."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec.name}.error.json"
     _write(path, lambda p: p.write_text(json.dumps({
         "task": spec.name, "error": type(exc).__name__, "reason": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
         "at": datetime.now(UTC).isoformat(timespec="seconds")}, indent=1)))
     return path
 
 
-def sweep(site: SiteConfig, keep: set[Path]) -> set[str]:
-    """Remove every file of the site's worklist folder but ``keep``; returns the tasks
-    whose worklist (not an error record) was removed."""
-    folder = site.workdir / FOLDER
-    removed = set()
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.is_file() and path not in keep:
-                path.unlink()
-                if path.suffix == ".parquet":
-                    removed.add(path.stem)
-    return removed
+OWN = (".parquet", ".json", ".error.json", ".parquet.partial", ".json.partial", ".error.json.partial")
+
+
+def sweep(folder: Path, keep: set[Path]) -> tuple[set[str], dict[str, str]]:
+    """Remove the worklist files of ``folder`` (the study's) but ``keep``; files of other
+    names are left alone. Returns the tasks whose worklist (not an error record) was
+    removed, and the kind of error of each task's file that could not be."""
+    removed, stuck = set(), {}
+    if not folder.is_dir():
+        return removed, stuck
+    for path in sorted(folder.iterdir()):
+        suffix = next((s for s in sorted(OWN, key=len, reverse=True) if path.name.endswith(s)), None)
+        if suffix is None or not path.is_file() or path in keep:
+            continue
+        task = path.name[: -len(suffix)]
+        try:
+            path.unlink()
+        except OSError as exc:
+            stuck[task] = type(exc).__name__
+            continue
+        if suffix == ".parquet":
+            removed.add(task)
+    return removed, stuck
+
+
+def _error_note(folder: Path, spec: TaskSpec, exc: BaseException, keep: set[Path]) -> str:
+    """Where the reason of ``exc`` is kept at the site (``record_error``), or that it
+    could not be written; never the reason itself."""
+    try:
+        recorded = record_error(folder, spec, exc)
+    except OSError as failed:
+        return f"its reason could not be written at the site ({type(failed).__name__})"
+    keep.add(recorded)
+    return f"the reason is in {recorded} at the site"
 
 
 def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], caches: dict[str, StageCache],
@@ -155,11 +186,12 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
     line for the run's summary (the file and the model, or why there is none; never a
     count) and whether it failed. A site or task without a champion, or where no one is
     eligible, has no worklist (not a failure); one that fails to be made is, and the others
-    go on. Then each site's folder is swept of what tonight did not write (``sweep``)."""
+    go on. Then each site's folder of the study is swept of what tonight did not write
+    (``sweep``; with worklists off too); a file that cannot be removed is a failure."""
     notes: dict[tuple[str, str], tuple[str, bool]] = {}
     keep: dict[str, set[Path]] = {s.name: set() for s in study.sites}
     for site in study.sites:
-        name = site.name
+        name, folder = site.name, folder_of(site, study)
         for spec in specs if study.worklist.enabled else []:
             if name not in pulls:
                 notes[name, spec.name] = ("no worklist: the site's pull failed tonight", False)
@@ -171,33 +203,33 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                     continue
                 stage = worklist_stage(spec, pulls[name], caches[name], model, study)
                 used[name].append(stage)
-                keep[name].update(publish_locally(site, spec, stage))
+                keep[name].update(publish_locally(folder, spec, stage))
             except NoOneEligible as exc:  # not a failure: tonight there is no one to score
-                keep[name].add(record_error(site, spec, exc))
-                notes[name, spec.name] = (f"no worklist: no one at the site is eligible for {spec.name} tonight (the "
-                                          f"counts are in {site.workdir / FOLDER / f'{spec.name}.error.json'})", False)
+                where = _error_note(folder, spec, exc, keep[name])
+                notes[name, spec.name] = (f"no worklist: no one at the site is eligible for {spec.name} tonight "
+                                          f"({where.replace('reason is', 'counts are')})", False)
                 continue
             except Exception as exc:  # noqa: BLE001 - the other worklists go on; the run ends Failed
-                try:
-                    recorded = record_error(site, spec, exc)
-                    keep[name].add(recorded)
-                    where = f"the reason is in {recorded} at the site"
-                except OSError:
-                    where = "its reason could not be written at the site"
                 # the exception's text may count the site's people: only its kind leaves
-                notes[name, spec.name] = (f"worklist failed ({type(exc).__name__}); {where}", True)
+                notes[name, spec.name] = (f"worklist failed ({type(exc).__name__}); "
+                                          f"{_error_note(folder, spec, exc, keep[name])}", True)
                 continue
             whose = ", the network's" if model.name == tracking.registered_name(spec.name, tracking.NETWORK) else ""
             also = f"; {'; '.join(passed)}" if passed else ""
-            notes[name, spec.name] = (f"worklist: {site.workdir / FOLDER / f'{spec.name}.parquet'} (scored by "
-                                      f"{model.label}{whose}{also})", False)
+            notes[name, spec.name] = (f"worklist: {folder / f'{spec.name}.parquet'} (scored by {model.label}{whose}"
+                                      f"{also})", False)
             if stage.hit:
                 logger.info("site %s, task %s: worklist unchanged since an earlier night", name, spec.name)
     for site in study.sites:
-        for task in sorted(sweep(site, keep[site.name])):
+        removed, stuck = sweep(folder_of(site, study), keep[site.name])
+        for task in sorted(removed | set(stuck)):
             note, failed = notes.get((site.name, task), ("no worklist: worklists are off or the task is not the "
                                                           "study's tonight", False))
-            notes[site.name, task] = (f"{note}; the earlier night's worklist was removed", failed)
+            if task in stuck:
+                note, failed = f"{note}; an earlier night's file of it could not be removed ({stuck[task]})", True
+            else:
+                note = f"{note}; the earlier night's worklist was removed"
+            notes[site.name, task] = (note, failed)
     for (name, task), (note, failed) in sorted(notes.items()):
         (logger.error if failed else logger.info)("site %s, task %s: %s", name, task, note)
     return notes

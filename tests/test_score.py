@@ -268,7 +268,7 @@ def test_by_risk_puts_the_highest_risk_first_with_each_row_s_outcome(night, tmp_
 
 
 def _worklists(night) -> Path:
-    return night["work"] / "sites" / "academic" / "work" / "worklists"
+    return night["work"] / "sites" / "academic" / "work" / "worklists" / "scoring"
 
 
 def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night, tmp_path, restore_tracking):
@@ -338,13 +338,16 @@ def _elsewhere(night, tmp_path, **worklist):
 
     study = night["study"]
     site = study.sites[0].model_copy(update={"workdir": tmp_path / "site"})
-    folder = tmp_path / "site" / "worklists"
+    folder = tmp_path / "site" / "worklists" / "scoring"
     folder.mkdir(parents=True)
     for name in ("t2d_2y.parquet", "t2d_2y.json", "ckd3_2y.parquet", "ckd3_2y.json"):
         (folder / name).write_text("an earlier night's")
+    (folder / "notes.txt").write_text("not Forewarn's")  # left alone, as is another study's folder
+    (tmp_path / "site" / "worklists" / "other-study").mkdir()
+    (tmp_path / "site" / "worklists" / "other-study" / "t2d_2y.parquet").write_text("another study's")
     other = site.model_copy(update={"name": "community", "workdir": tmp_path / "community"})
-    (tmp_path / "community" / "worklists").mkdir(parents=True)
-    (tmp_path / "community" / "worklists" / "t2d_2y.parquet").write_text("an earlier night's")
+    (tmp_path / "community" / "worklists" / "scoring").mkdir(parents=True)
+    (tmp_path / "community" / "worklists" / "scoring" / "t2d_2y.parquet").write_text("an earlier night's")
     return study.model_copy(update={"sites": [site, other],
                                     "worklist": WorklistSettings(**({"enabled": True} | worklist))}), folder
 
@@ -361,11 +364,14 @@ def _run_worklists(study, pull, tmp_path):
                      logging.getLogger("test"))
 
 
-def test_a_worklist_that_cannot_be_made_fails_the_night_and_only_its_kind_leaves(night, tmp_path, restore_tracking):
+def test_a_worklist_that_cannot_be_made_fails_the_night_and_only_its_kind_leaves(night, tmp_path, restore_tracking,
+                                                                                 caplog):
     import json
+    import logging
     from dataclasses import replace
 
     from forewarn.flows import tracking
+    from forewarn.flows.artifact import summary_markdown
     from forewarn.flows.nightly import SitesFailed, raise_if_failed, with_worklists
 
     tracking.configure(night["uri"])
@@ -377,7 +383,8 @@ def test_a_worklist_that_cannot_be_made_fails_the_night_and_only_its_kind_leaves
     pq.write_table(events.slice(events.num_rows // 2), split / "1.parquet")
     broken = replace(pull, result=replace(pull.result, events_dir=split), digest="another pull")
     study, folder = _elsewhere(night, tmp_path)
-    notes = _run_worklists(study, broken, tmp_path)
+    with caplog.at_level(logging.INFO, logger="test"):
+        notes = _run_worklists(study, broken, tmp_path)
     error = folder / "t2d_2y.error.json"
     assert notes == {
         ("academic", "t2d_2y"): (f"worklist failed (ValueError); the reason is in {error} at the site; the earlier "
@@ -390,12 +397,19 @@ def test_a_worklist_that_cannot_be_made_fails_the_night_and_only_its_kind_leaves
         ("community", "ckd3_2y"): ("no worklist: the site's pull failed tonight", False),
     }
     # the reason, which counts the site's people, stays at the site; nothing else of an earlier night is left
-    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.error.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "t2d_2y.error.json"]
+    assert (tmp_path / "site" / "worklists" / "other-study" / "t2d_2y.parquet").read_text() == "another study's"
     recorded = json.loads(error.read_text())
     assert recorded["error"] == "ValueError" and "subject(s) have events in more than one shard" in recorded["reason"]
-    assert list((tmp_path / "community" / "worklists").iterdir()) == []
+    assert list((tmp_path / "community" / "worklists" / "scoring").iterdir()) == []
+    # the logs say what the summary says, and no more
+    logged = [r.getMessage() for r in caplog.records if r.name == "test"]
+    assert sorted(logged) == sorted(f"site {s}, task {t}: {note}" for (s, t), (note, _) in notes.items())
+    assert not any("shard" in line for line in logged)
     results = with_worklists(night["results"], notes)
     assert results[0].worklist_failed and results[0].status == "published"
+    markdown = summary_markdown(study, results)
+    assert "1 failed;" in markdown and f"- **academic / t2d_2y**: worklist failed (ValueError); the reason is in {error}" in markdown
     with pytest.raises(SitesFailed, match=r"^1 of 1 site-task runs failed: academic/t2d_2y: worklist failed \(ValueError\); "):
         raise_if_failed(results)
     raise_if_failed(night["results"])  # the night itself did not fail
@@ -410,7 +424,8 @@ def test_a_registry_that_cannot_be_read_is_a_failure_not_no_champion(night, tmp_
     study, folder = _elsewhere(night, tmp_path, models=["network", "site"])
     notes = _run_worklists(study, _pull(night), tmp_path)
     note, failed = notes["academic", "t2d_2y"]
-    assert failed and note.startswith("worklist failed (") and "has no champion" not in note
+    assert failed and note.startswith("worklist failed (DatabaseError); the reason is in ") and "no champion" not in note
+    assert (folder / "t2d_2y.parquet").exists() is False and (folder / "t2d_2y.error.json").is_file()
 
 
 def test_no_one_eligible_is_no_worklist_and_worklists_off_remove_an_earlier_night_s(night, tmp_path, restore_tracking):
@@ -431,14 +446,14 @@ def test_no_one_eligible_is_no_worklist_and_worklists_off_remove_an_earlier_nigh
     notes = _run_worklists(study, replace(pull, result=replace(pull.result, events_dir=dead), digest="the dead"), tmp_path)
     assert notes["academic", "t2d_2y"] == (
         f"no worklist: no one at the site is eligible for t2d_2y tonight (the counts are in "
-        f"{folder / 't2d_2y.error.json'}); the earlier night's worklist was removed", False)
-    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.error.json"]
+        f"{folder / 't2d_2y.error.json'} at the site); the earlier night's worklist was removed", False)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "t2d_2y.error.json"]
     (folder / "ckd3_2y.parquet").write_text("an earlier night's")
     off = study.model_copy(update={"worklist": study.worklist.model_copy(update={"enabled": False})})
     notes = _run_worklists(off, pull, tmp_path)
     assert notes == {("academic", "ckd3_2y"): ("no worklist: worklists are off or the task is not the study's tonight; "
                                                "the earlier night's worklist was removed", False)}
-    assert list(folder.iterdir()) == []  # the error record too
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # the error record is removed too
 
 
 def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):

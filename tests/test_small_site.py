@@ -89,7 +89,7 @@ def test_the_small_site_s_worklist_is_scored_by_the_network_s_champion(small_run
     from forewarn.flows.cli import app
 
     tiny, big = small_run["results"]["tiny"], small_run["results"]["community"]
-    folder = small_run["study"].sites[1].workdir / "worklists"
+    folder = small_run["study"].sites[1].workdir / "worklists" / "small-site"
     assert tiny.worklist == (f"worklist: {folder / 't2d_2y.parquet'} (scored by forewarn-t2d_2y-network v1, the "
                              "network's; forewarn-t2d_2y-tiny has no champion)")
     assert big.worklist.startswith("worklist: ") and "(scored by forewarn-t2d_2y-community v1)" in big.worklist

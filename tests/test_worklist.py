@@ -51,5 +51,37 @@ def test_each_worklist_line_goes_on_its_own_result():
     # a note without a result of its own and no failure is left to the log
     assert with_worklists([], {("academic", "t2d_2y"): ("no worklist: the site's pull failed tonight", False)}) == []
     assert results[0].worklist == ""  # the input is not changed
+    # where the study has no result of its own (a validation-only study), a registered model's validation takes it
+    [validated] = with_worklists([results[1]], {("academic", "t2d_2y"): ("worklist: a.parquet", False)})
+    assert validated.status == "validated" and validated.worklist == "worklist: a.parquet"
     with pytest.raises(SitesFailed, match=r"^1 of 4 site-task runs failed: community/ckd3_2y: worklist failed: no events$"):
         raise_if_failed(out)
+
+
+def test_no_champion_is_a_missing_model_or_alias_and_any_other_registry_error_is_raised(tmp_path, restore_tracking,
+                                                                                        monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from forewarn.flows import tracking
+    from forewarn.flows.worklist import champion_version
+
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    client.create_registered_model("forewarn-t2d_2y-academic")  # no version, no alias
+    assert champion_version("forewarn-t2d_2y-academic") is None
+    assert champion_version("forewarn-t2d_2y-nowhere") is None
+    with mlflow.start_run() as run:
+        mlflow.log_param("p", 1)
+    client.create_model_version("forewarn-t2d_2y-academic", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.create_model_version("forewarn-t2d_2y-academic", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    assert champion_version("forewarn-t2d_2y-academic") is None
+    client.set_registered_model_alias("forewarn-t2d_2y-academic", "champion", "2")
+    assert champion_version("forewarn-t2d_2y-academic") == "2"
+
+    def refused(self, name):
+        raise MlflowException("not allowed", error_code="PERMISSION_DENIED")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_registered_model", refused)
+    with pytest.raises(MlflowException, match="not allowed"):
+        champion_version("forewarn-t2d_2y-academic")
