@@ -364,6 +364,8 @@ def score(
     workers: Annotated[int, typer.Option(min=0, help="worker processes; 0 = one per core")] = 1,
     by_risk: Annotated[bool, typer.Option(help="write the rows highest risk first (a worklist) instead of in the "
                                                "times' order")] = False,
+    alert_budget: Annotated[float | None, typer.Option(min=0, max=1000, help="alerts per 1,000 rows: the highest risks "
+                                                        "alert instead of the model's threshold")] = None,
 ) -> None:
     """Score prediction times with a registered model, its columns made as its study made them (stays at the site)."""
     setup_environment()
@@ -384,7 +386,8 @@ def score(
         table = read_times(times) if times is not None else None
         codes = codes or next((p for p in (events_dir.parent / "metadata" / "codes.parquet",) if p.is_file()), None)
         summary = run_score(model, events_dir, table, out, task=load_task(task) if task else None, eligible=eligible,
-                            codes_path=codes, speed=FeatureConfig(n_workers=workers), by_risk=by_risk)
+                            codes_path=codes, speed=FeatureConfig(n_workers=workers), by_risk=by_risk,
+                            alert_budget=alert_budget)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     except (OSError, MlflowException) as exc:
@@ -409,8 +412,12 @@ def score(
     if summary["unknown_subjects"]:
         typer.echo(f"  {summary['unknown_subjects']:,} of the subjects have no events in {events_dir}: their risk rests "
                    "on nothing; check that the ids are this pull's de-identified ones")
-    if summary["threshold"] is None:
-        typer.echo("  no alert threshold: a network model's sites each set their own; predicted_boolean_value is null")
+    if summary["alerts_by"] == "budget":
+        typer.echo(f"  {summary['alerts']:,} alerts at the budget of {alert_budget:g} per 1,000 (the risks at or above "
+                   f"{summary['threshold']:.4f}, ties at the cut included; predicted_boolean_value)")
+    elif summary["threshold"] is None:
+        typer.echo("  no alert threshold: a network model's sites each set their own (--alert-budget sets one); "
+                   "predicted_boolean_value is null")
     else:
         typer.echo(f"  {summary['alerts']:,} at or above the alert threshold {summary['threshold']:.4f} the model was "
                    "published with (predicted_boolean_value)")

@@ -18,6 +18,7 @@ site, like the pull it came from. Nothing is logged to MLflow.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ def read_times(path: Path) -> pa.Table:
 
 def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task: TaskSpec | None = None,
           eligible: bool = False, codes_path: Path | None = None, speed: FeatureConfig | None = None,
-          by_risk: bool = False) -> dict:
+          by_risk: bool = False, own_threshold: bool = True, alert_budget: float | None = None) -> dict:
     """Score ``times`` (the MEDS label schema; ``read_times``) on the events in
     ``events_dir`` with registered model ``ref`` (``NAME``, ``NAME@ALIAS`` or
     ``NAME/VERSION``: ``tracking.parse_model_ref``; ``NAME`` alone is its champion) of the
@@ -106,8 +107,16 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
     ``task`` (the model's own task definition: its digest is checked) scores each eligible
     person at their latest prediction time (``labels.latest_eligible_times``); so does
     ``eligible``, with the task the model's registration run recorded. ``by_risk`` writes
-    the rows highest risk first instead (ties by subject id and time): a worklist. Returns
-    a summary of counts and the model, for the caller to print (it stays at the site)."""
+    the rows highest risk first instead (ties by subject id and time): a worklist.
+
+    The alert (``predicted_boolean_value``) is the risk reaching the threshold the model
+    was published with (none for a network model, nor with ``own_threshold`` False: a
+    threshold chosen at another site); with ``alert_budget`` (alerts per 1,000 rows) it is
+    instead the rows at or above the risk of the ``ceil(budget * rows / 1000)``-th highest
+    (ties at the cut alert too), whatever the model. Returns a summary of counts and the
+    model, for the caller to print (it stays at the site)."""
+    if alert_budget is not None and not 0 < alert_budget <= 1000:
+        raise ValueError(f"the alert budget is alerts per 1,000 rows, above 0 and at most 1,000; got {alert_budget}.")
     if sum((times is not None, task is not None, eligible)) != 1:
         raise ValueError("give one of: the prediction times to score (--times), the model's task (--task), or "
                          "--eligible (the task its run recorded); the last two score each eligible person at their "
@@ -148,7 +157,7 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         work = Path(tmp)
         tracking.download_inputs(model.run_id, work / "model")
         recorded = tracking.registered_features(model.run_id, work / "run")
-        threshold = tracking.registered_threshold(model.run_id, work / "run")
+        threshold = tracking.registered_threshold(model.run_id, work / "run") if own_threshold else None
         if recorded is None:
             raise ValueError(f"{model.label}: its registration run {model.run_id} does not record the feature settings "
                              "its columns were computed with (config/study.json), so they cannot be made here. Name a "
@@ -183,7 +192,12 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         placed = placed.sort_values(["risk", *keys], ascending=[False, True, True], kind="stable", ignore_index=True)
         times = times.take(placed.pop("row").to_numpy())
     risk = placed["risk"].to_numpy(np.float64)
+    alerts_by = None if threshold is None else "threshold"
     alert = None if threshold is None else risk >= threshold
+    if alert_budget is not None:  # the site's capacity, not the model's threshold
+        k = math.ceil(alert_budget * risk.size / 1000)  # at least 1: the budget is above 0
+        threshold, alerts_by = float(np.sort(risk)[::-1][k - 1]), "budget"
+        alert = risk >= threshold
     table = pa.table({
         schema.SUBJECT_ID: placed[schema.SUBJECT_ID].to_numpy(np.int64),
         schema.PREDICTION_TIME: placed[schema.PREDICTION_TIME].to_numpy("datetime64[us]"),
@@ -203,7 +217,8 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
     return {
         "model": model.label, "task": model.task, "trained_at": model.site, "study": model.study,
         "rows": len(placed), "distinct": len(distinct), "subjects": int(len(subjects)),
-        "unknown_subjects": int(len(unknown)), "threshold": threshold,
+        "unknown_subjects": int(len(unknown)), "threshold": threshold, "alerts_by": alerts_by,
+        "alert_budget": alert_budget,
         "alerts": None if alert is None else int(alert.sum()), "settings_dropped": dropped, "eligibility": eligibility,
         "parent_codes_unread": bool(features.parent_codes and codes_path is None),
         "seconds": round(time.perf_counter() - started, 1), "out": str(out),

@@ -149,10 +149,17 @@ class WorklistSettings(Strict):
         description="after each night, score every eligible person at each site with the champion and write the site's "
         "worklist (<workdir>/worklists/<study>/<task>.parquet, highest risk first); it stays at the site",
     )
-    models: list[Literal["site", "network"]] = Field(
+    models: list[Literal["site", "network", "other_sites"]] = Field(
         default=["site", "network"], min_length=1,
-        description="whose champion scores, in order of preference: the site's own (forewarn-<task>-<site>) or the "
-        "network's (forewarn-<task>-network); the first that has a champion is used",
+        description="whose champion scores, in order of preference: the site's own (forewarn-<task>-<site>), the "
+        "network's (forewarn-<task>-network) or another site's of the study (in the study's order; its alert "
+        "threshold is not used: it was chosen at that site); the first that has a champion is used",
+    )
+    alert_budget: float | None = Field(
+        None, gt=0, le=1000,
+        description="alerts per 1,000 people on the worklist: the highest risks alert, whatever the model's threshold "
+        "(which a network model or another site's does not give); default: the threshold the site's model was "
+        "published with",
     )
 
     @model_validator(mode="after")

@@ -4,11 +4,13 @@ A model detects disease earlier only once it scores the people a clinic is about
 With ``worklist.enabled`` the nightly flow ends, at every site whose pull succeeded (a
 site held by the people ledger included: its worklist never leaves it), by scoring each
 person eligible for each task at their latest prediction time with the champion the
-study prefers (``worklist.models``: the site's own, else the network's), exactly as
+study prefers (``worklist.models``: the site's own, the network's or another site's),
+exactly as
 ``forewarn score --eligible --by-risk`` does (``flows.score``): the champion's columns
 made with its own feature settings, eligibility by the task definition its run recorded
 (people already diagnosed, dead, or outside the population are left out), the calibrated
-risk and the alert at the threshold the model was published with.
+risk and the alert at the threshold the model was published with (none for a network
+model or another site's) or at the study's ``worklist.alert_budget``.
 
 The worklist is ``<workdir>/worklists/<study>/<task>.parquet`` (the MEDS prediction
 schema, highest risk first) with ``<task>.json`` beside it (the model, the eligibility counts,
@@ -61,30 +63,38 @@ def champion_version(name: str) -> str | None:
     return None if version is None else str(version)
 
 
-def worklist_model(study: Study, spec: TaskSpec, site: str) -> tuple[tracking.RegisteredModel | None, list[str]]:
+def worklist_model(study: Study, spec: TaskSpec, site: str) -> tuple[tracking.RegisteredModel | None, str, list[str]]:
     """The champion that scores ``site``'s worklist of ``spec``: the first of
-    ``worklist.models`` with one, resolved to its version (``tracking.registered_model``:
-    a champion whose run did not finish is an error, not a reason to pass it over); and,
-    for each model passed over, why."""
+    ``worklist.models`` with one (``other_sites``: the study's other sites in its order),
+    resolved to its version (``tracking.registered_model``: a champion whose run did not
+    finish is an error, not a reason to pass it over); whose it is (``site``, ``network``
+    or ``other_sites``); and, for each model passed over, why."""
     passed = []
     for whose in study.worklist.models:
-        name = tracking.registered_name(spec.name, site if whose == "site" else tracking.NETWORK)
-        version = champion_version(name)
-        if version is None:
-            passed.append(f"{name} has no champion")
-            continue
-        return tracking.registered_model(f"{name}/{version}"), passed
-    return None, passed
+        owners = {"site": [site], "network": [tracking.NETWORK],
+                  "other_sites": [s.name for s in study.sites if s.name != site]}[whose]
+        for owner in owners:
+            name = tracking.registered_name(spec.name, owner)
+            version = champion_version(name)
+            if version is None:
+                passed.append(f"{name} has no champion")
+                continue
+            return tracking.registered_model(f"{name}/{version}"), whose, passed
+    return None, "", passed
 
 
 def worklist_stage(spec: TaskSpec, pull: Stage, cache: StageCache, model: tracking.RegisteredModel,
-                   study: Study) -> Stage:
+                   study: Study, whose: str = "site") -> Stage:
     """Score the eligible people of ``pull`` with ``model`` into the stage's
     ``worklist.parquet`` (highest risk first) and ``summary.json``; keyed on the pull's
-    content and the model's run (and tonight's task, which a model registered before
-    runs recorded theirs is scored with), so an unchanged night is not scored again."""
+    content, the model's run and how alerts are set (and tonight's task, which a model
+    registered before runs recorded theirs is scored with), so an unchanged night is not
+    scored again. Another site's champion (``whose`` ``other_sites``) alerts only at the
+    study's ``worklist.alert_budget``: its threshold was chosen at its own site."""
+    own_threshold, budget = whose != "other_sites", study.worklist.alert_budget
     key = key_of("worklist", {"model": model.name, "version": model.version, "run": model.run_id,
-                              "task": spec.digest(), "tracking": tracking.current_uri()}, [pull.digest])
+                              "task": spec.digest(), "tracking": tracking.current_uri(),
+                              "own_threshold": own_threshold, "alert_budget": budget}, [pull.digest])
 
     def compute(out: Path) -> dict:
         with tempfile.TemporaryDirectory(prefix="forewarn-task-") as tmp:
@@ -92,8 +102,10 @@ def worklist_stage(spec: TaskSpec, pull: Stage, cache: StageCache, model: tracki
         # the task its run recorded; one registered before runs kept it: tonight's (its digest is checked)
         summary = score(model.ref, pull.result.events_dir, None, out / "worklist.parquet",
                         task=None if recorded is not None else spec, eligible=recorded is not None,
-                        codes_path=pull.result.codes_path, speed=study.features, by_risk=True)
+                        codes_path=pull.result.codes_path, speed=study.features, by_risk=True,
+                        own_threshold=own_threshold, alert_budget=budget)
         summary.pop("out")
+        summary["whose"] = whose
         summary["scored_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         return {"predictions": out / "worklist.parquet", "summary": out / "summary.json"}
@@ -197,11 +209,11 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 notes[name, spec.name] = ("no worklist: the site's pull failed tonight", False)
                 continue
             try:
-                model, passed = worklist_model(study, spec, name)
+                model, whose, passed = worklist_model(study, spec, name)
                 if model is None:
                     notes[name, spec.name] = (f"no worklist: {'; '.join(passed)}", False)
                     continue
-                stage = worklist_stage(spec, pulls[name], caches[name], model, study)
+                stage = worklist_stage(spec, pulls[name], caches[name], model, study, whose)
                 used[name].append(stage)
                 keep[name].update(publish_locally(folder, spec, stage))
             except NoOneEligible as exc:  # not a failure: tonight there is no one to score
@@ -214,10 +226,12 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 notes[name, spec.name] = (f"worklist failed ({type(exc).__name__}); "
                                           f"{_error_note(folder, spec, exc, keep[name])}", True)
                 continue
-            whose = ", the network's" if model.name == tracking.registered_name(spec.name, tracking.NETWORK) else ""
+            owner = {"site": "", "network": ", the network's", "other_sites": f", {model.site}'s"}[whose]
+            alerts = (f"; alerts at {study.worklist.alert_budget:g} per 1,000" if study.worklist.alert_budget
+                      else "; no alerts: its threshold is its own site's" if whose == "other_sites" else "")
             also = f"; {'; '.join(passed)}" if passed else ""
-            notes[name, spec.name] = (f"worklist: {folder / f'{spec.name}.parquet'} (scored by {model.label}{whose}"
-                                      f"{also})", False)
+            notes[name, spec.name] = (f"worklist: {folder / f'{spec.name}.parquet'} (scored by {model.label}{owner}"
+                                      f"{alerts}{also})", False)
             if stage.hit:
                 logger.info("site %s, task %s: worklist unchanged since an earlier night", name, spec.name)
     for site in study.sites:

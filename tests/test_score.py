@@ -267,6 +267,27 @@ def test_by_risk_puts_the_highest_risk_first_with_each_row_s_outcome(night, tmp_
     assert "  1 of the rows repeat an earlier row's subject and time (every row is kept)" in result.output
 
 
+def test_an_alert_budget_alerts_the_highest_risks(night, tmp_path, restore_tracking):
+    import math
+
+    out = tmp_path / "budget.parquet"
+    args = [MODEL, str(night["events"]), "--times", str(night["times"]), "--out", str(out)]
+    result = _score(night, [*args, "--alert-budget", "25"])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_parquet(out)
+    risk = scored["predicted_boolean_probability"]
+    k = math.ceil(25 * len(scored) / 1000)  # 24 of 960
+    cut = risk.sort_values(ascending=False).iloc[k - 1]
+    assert (scored["predicted_boolean_value"] == (risk >= cut)).all()
+    assert scored["predicted_boolean_value"].sum() == k + (risk.sort_values(ascending=False).iloc[k:] == cut).sum()
+    assert f"  {scored['predicted_boolean_value'].sum():,} alerts at the budget of 25 per 1,000 (the risks at or above " \
+           f"{cut:.4f}, ties at the cut included" in result.output
+    assert (scored["subject_id"].to_numpy() == night["held"]["subject_id"].to_numpy()).all()  # the file's order still
+    result = _score(night, [*args, "--alert-budget", "0"])
+    assert result.exit_code == 2
+    assert "the alert budget is alerts per 1,000 rows, above 0 and at most 1,000; got 0.0" in result.output
+
+
 def _worklists(night) -> Path:
     return night["work"] / "sites" / "academic" / "work" / "worklists" / "scoring"
 
@@ -311,16 +332,24 @@ def test_the_worklist_takes_the_first_preferred_champion(night, restore_tracking
     tracking.configure(night["uri"])
     spec = load_task("t2d_2y")
 
-    def prefer(*models):
-        study = night["study"].model_copy(update={"worklist": WorklistSettings(enabled=True, models=list(models))})
-        model, passed = worklist_model(study, spec, "academic")
-        return None if model is None else model.label, passed
+    academic = night["study"].sites[0]
+    sites = [academic.model_copy(update={"name": "community"}), academic]  # community first: the study's order
 
-    assert prefer("site", "network") == (f"{MODEL} v1", [])
-    assert prefer("network", "site") == (f"{MODEL} v1", ["forewarn-t2d_2y-network has no champion"])
-    assert prefer("network") == (None, ["forewarn-t2d_2y-network has no champion"])
-    assert worklist_model(night["study"], spec, "community") == (
-        None, ["forewarn-t2d_2y-community has no champion", "forewarn-t2d_2y-network has no champion"])
+    def prefer(*models, site="academic"):
+        study = night["study"].model_copy(update={"sites": sites,
+                                                  "worklist": WorklistSettings(enabled=True, models=list(models))})
+        model, whose, passed = worklist_model(study, spec, site)
+        return None if model is None else model.label, whose, passed
+
+    assert prefer("site", "network") == (f"{MODEL} v1", "site", [])
+    assert prefer("network", "site") == (f"{MODEL} v1", "site", ["forewarn-t2d_2y-network has no champion"])
+    assert prefer("network") == (None, "", ["forewarn-t2d_2y-network has no champion"])
+    assert prefer("site", "network", site="community") == (
+        None, "", ["forewarn-t2d_2y-community has no champion", "forewarn-t2d_2y-network has no champion"])
+    # another site's champion, in the study's order (the site itself is not another)
+    assert prefer("site", "other_sites", site="community") == (
+        f"{MODEL} v1", "other_sites", ["forewarn-t2d_2y-community has no champion"])
+    assert prefer("other_sites") == (None, "", ["forewarn-t2d_2y-community has no champion"])
 
 
 def _pull(night):
@@ -352,16 +381,17 @@ def _elsewhere(night, tmp_path, **worklist):
                                     "worklist": WorklistSettings(**({"enabled": True} | worklist))}), folder
 
 
-def _run_worklists(study, pull, tmp_path):
+def _run_worklists(study, pull, tmp_path, pulls=None):
     import logging
 
     from forewarn.features.labels import load_task
     from forewarn.flows.cache import StageCache
     from forewarn.flows.worklist import worklists
 
-    return worklists(study, [load_task("t2d_2y"), load_task("ckd3_2y")], {"academic": pull},
-                     {"academic": StageCache(tmp_path / "stages", site="academic")}, {"academic": []},
-                     logging.getLogger("test"))
+    pulls = {"academic": pull} if pulls is None else pulls
+    return worklists(study, [load_task("t2d_2y"), load_task("ckd3_2y")], pulls,
+                     {name: StageCache(tmp_path / "stages" / name, site=name) for name in pulls},
+                     {name: [] for name in pulls}, logging.getLogger("test"))
 
 
 def test_a_worklist_that_cannot_be_made_fails_the_night_and_only_its_kind_leaves(night, tmp_path, restore_tracking,
@@ -472,3 +502,33 @@ def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_fac
     assert sorted(stages[0].parent.iterdir()) == stages and marker.stat().st_mtime_ns == made  # not scored again
     assert (_worklists(night) / "t2d_2y.parquet").read_bytes() == before
     assert again.worklist == night["results"][0].worklist and again.cached
+
+
+def test_another_site_s_champion_alerts_only_at_the_study_s_budget(night, tmp_path, restore_tracking):
+    import json
+    import math
+
+    from forewarn.flows import tracking
+
+    tracking.configure(night["uri"])
+    pull = _pull(night)
+    for budget in (None, 50):
+        study, _ = _elsewhere(night, tmp_path / f"budget-{budget}", models=["site", "other_sites"], alert_budget=budget)
+        notes = _run_worklists(study, pull, tmp_path / f"budget-{budget}", pulls={"community": pull})
+        folder = tmp_path / f"budget-{budget}" / "community" / "worklists" / "scoring"
+        alerts = "no alerts: its threshold is its own site's" if budget is None else "alerts at 50 per 1,000"
+        assert notes["community", "t2d_2y"] == (
+            f"worklist: {folder / 't2d_2y.parquet'} (scored by {MODEL} v1, academic's; {alerts}; forewarn-t2d_2y-community "
+            "has no champion)", False)
+        worklist = pd.read_parquet(folder / "t2d_2y.parquet")
+        summary = json.loads((folder / "t2d_2y.json").read_text())
+        assert summary["whose"] == "other_sites" and summary["alert_budget"] == budget
+        # the same people and risks as academic's own worklist: the same events and model
+        own = pd.read_parquet(_worklists(night) / "t2d_2y.parquet")
+        assert worklist["predicted_boolean_probability"].equals(own["predicted_boolean_probability"])
+        if budget is None:
+            assert worklist["predicted_boolean_value"].isna().all() and summary["threshold"] is None
+        else:
+            k = math.ceil(50 * len(worklist) / 1000)
+            assert worklist["predicted_boolean_value"].sum() == summary["alerts"] >= k
+            assert worklist["predicted_boolean_value"].iloc[:k].all() and summary["alerts_by"] == "budget"

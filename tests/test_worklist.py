@@ -21,11 +21,22 @@ def test_worklists_are_off_unless_asked_and_the_demo_asks():
 @pytest.mark.parametrize(("models", "message"), [
     (["site", "site"], "worklist.models names a model twice: ['site', 'site']"),
     ([], "List should have at least 1 item"),
-    (["clinic"], "Input should be 'site' or 'network'"),
+    (["clinic"], "Input should be 'site', 'network' or 'other_sites'"),
 ])
 def test_bad_worklist_models_are_refused(tmp_path, models, message):
     study = {"name": "s", "tasks": ["t2d_2y"], "sites": [{"name": "a", "source": {"location": "a.duckdb"}}],
              "worklist": {"enabled": True, "models": models}}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_study(study, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("budget", "message"), [
+    (0, "worklist.alert_budget: Input should be greater than 0"),
+    (1001, "worklist.alert_budget: Input should be less than or equal to 1000"),
+])
+def test_an_alert_budget_is_per_1000_people(tmp_path, budget, message):
+    study = {"name": "s", "tasks": ["t2d_2y"], "sites": [{"name": "a", "source": {"location": "a.duckdb"}}],
+             "worklist": {"enabled": True, "alert_budget": budget}}
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_study(study, base_dir=tmp_path)
 
