@@ -336,7 +336,8 @@ def demo_study_yaml(sites: dict[str, Path], base_dir: Path) -> str:
         "evaluation": {"learning_curve": {"fractions": [0.25, 0.5, 1.0]}},
         "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
         "reporting": DEMO_REPORTING,
-        # each site's worklist: every eligible person scored by the champion, highest risk first
-        "worklist": {"enabled": True},
+        # each site's worklist: every eligible person scored by the champion, highest risk first; the
+        # community site has no model of the rare outcome, nor has the network: academic's scores it there
+        "worklist": {"enabled": True, "models": ["site", "network", "other_sites"]},
     }
     return yaml.safe_dump(data, sort_keys=False)

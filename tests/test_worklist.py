@@ -15,7 +15,7 @@ from forewarn.flows.study import WorklistSettings, demo_study_yaml, parse_study
 def test_worklists_are_off_unless_asked_and_the_demo_asks():
     assert WorklistSettings() == WorklistSettings(enabled=False, models=["site", "network"])
     demo = yaml.safe_load(demo_study_yaml({"academic": Path("/d/a.duckdb")}, Path("/d")))
-    assert demo["worklist"] == {"enabled": True}
+    assert demo["worklist"] == {"enabled": True, "models": ["site", "network", "other_sites"]}
 
 
 @pytest.mark.parametrize(("models", "message"), [
