@@ -413,8 +413,8 @@ def score(
         typer.echo(f"  {summary['unknown_subjects']:,} of the subjects have no events in {events_dir}: their risk rests "
                    "on nothing; check that the ids are this pull's de-identified ones")
     if summary["alerts_by"] == "budget":
-        typer.echo(f"  {summary['alerts']:,} alerts at the budget of {alert_budget:g} per 1,000 (the risks at or above "
-                   f"{summary['threshold']:.4f}, ties at the cut included; predicted_boolean_value)")
+        typer.echo(f"  {summary['alerts']:,} alerts at the budget of {alert_budget:g} per 1,000: the highest risks, down "
+                   f"to {summary['budget_cut']:.4f} (ties at the cut by subject and time; predicted_boolean_value)")
     elif summary["threshold"] is None:
         typer.echo("  no alert threshold: a network model's sites each set their own (--alert-budget sets one); "
                    "predicted_boolean_value is null")

@@ -1058,18 +1058,22 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
 
 
 def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, stage: Stage, trained: Stage,
-                 pull: Stage, stage_key: str) -> dict:
+                 pull: Stage, stage_key: str, model_key: str = "") -> dict:
     """One MLflow run per (model site, validating site): aggregates only. ``stage`` is
     ``external_task``'s folder (the validating site's rows with the model's columns),
-    ``trained`` the shipped model, ``pull`` the validating site's pull. The shipped model's
-    metrics have the internal run's names (``held_out/auroc``, ...), the recalibrated
-    model's ``held_out/recalibrated/<metric>``; the design is the ``validation_design`` tag."""
+    ``trained`` the shipped model, ``pull`` the validating site's pull, ``model_key`` its
+    train key (tagged ``forewarn.model_train_key``: the registered version's
+    ``forewarn.train_key``, so the validation of a champion at a site can be found). The
+    shipped model's metrics have the internal run's names (``held_out/auroc``, ...), the
+    recalibrated model's ``held_out/recalibrated/<metric>``; the design is the
+    ``validation_design`` tag."""
     return log_shipped(
         study, spec, design="external", train_site=model_site, eval_site=eval_site, stage=stage, features=stage.dir / "features",
         training=json.loads(trained.result.summary_path.read_text()), pull=pull, stage_key=stage_key,
         run_name=f"{model_site}-model-at-{eval_site}", dataset=f"{eval_site}/{spec.name}/{model_site}-columns",
         note=f"{model_site}'s {spec.name} model evaluated at {eval_site} (held-out rows there; only aggregates returned).",
-        row_note="model shipped to the validating site; metrics on its held-out rows")
+        row_note="model shipped to the validating site; metrics on its held-out rows",
+        tags={"model_train_key": model_key} if model_key else None)
 
 
 def network_site_row(stage: Stage, site: str) -> dict:
@@ -1730,8 +1734,8 @@ def cross_validations(study, spec, model_site, b, data, caches, used) -> list[di
                                   caches[site.name], eval_site=site.name, threshold=point.get("threshold"))
             log = logged(caches[model_site], f"external-{spec.name}-{site.name}",
                          [stage.digest, b["trained"].digest, other["pull"].digest],
-                         lambda key, _, st=stage, s=site.name, o=other: log_external(study, spec, model_site, s, st, b["trained"],
-                                                                               o["pull"], key))
+                         lambda key, _, st=stage, s=site.name, o=other: log_external(
+                             study, spec, model_site, s, st, b["trained"], o["pull"], key, train_key(b["matrix"], study)))
             used[site.name].append(stage)
             used[model_site].append(log)
             out.append(log.result)

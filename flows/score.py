@@ -21,6 +21,7 @@ import logging
 import math
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -112,9 +113,9 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
     The alert (``predicted_boolean_value``) is the risk reaching the threshold the model
     was published with (none for a network model, nor with ``own_threshold`` False: a
     threshold chosen at another site); with ``alert_budget`` (alerts per 1,000 rows) it is
-    instead the rows at or above the risk of the ``ceil(budget * rows / 1000)``-th highest
-    (ties at the cut alert too), whatever the model. Returns a summary of counts and the
-    model, for the caller to print (it stays at the site)."""
+    instead exactly the ``ceil(budget * rows / 1000)`` highest risks (ties at the cut by
+    subject id and time, as ``by_risk`` orders them), whatever the model. Returns a
+    summary of counts and the model, for the caller to print (it stays at the site)."""
     if alert_budget is not None and not 0 < alert_budget <= 1000:
         raise ValueError(f"the alert budget is alerts per 1,000 rows, above 0 and at most 1,000; got {alert_budget}.")
     if sum((times is not None, task is not None, eligible)) != 1:
@@ -193,11 +194,14 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         times = times.take(placed.pop("row").to_numpy())
     risk = placed["risk"].to_numpy(np.float64)
     alerts_by = None if threshold is None else "threshold"
-    alert = None if threshold is None else risk >= threshold
-    if alert_budget is not None:  # the site's capacity, not the model's threshold
-        k = math.ceil(alert_budget * risk.size / 1000)  # at least 1: the budget is above 0
-        threshold, alerts_by = float(np.sort(risk)[::-1][k - 1]), "budget"
-        alert = risk >= threshold
+    alert, cut = None if threshold is None else risk >= threshold, None
+    if alert_budget is not None:  # the site's capacity, not the model's threshold: exactly k alerts
+        k = math.ceil(Fraction(str(alert_budget)) * risk.size / 1000)  # exact: at least 1, at most every row
+        # the k first in the worklist's order: risk, then subject and time (ties at the cut split so)
+        first = np.lexsort((placed[schema.PREDICTION_TIME].to_numpy(), placed[schema.SUBJECT_ID].to_numpy(), -risk))[:k]
+        alert = np.zeros(risk.size, bool)
+        alert[first] = True
+        cut, alerts_by = float(risk[first[-1]]), "budget"
     table = pa.table({
         schema.SUBJECT_ID: placed[schema.SUBJECT_ID].to_numpy(np.int64),
         schema.PREDICTION_TIME: placed[schema.PREDICTION_TIME].to_numpy("datetime64[us]"),
@@ -218,7 +222,7 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         "model": model.label, "task": model.task, "trained_at": model.site, "study": model.study,
         "rows": len(placed), "distinct": len(distinct), "subjects": int(len(subjects)),
         "unknown_subjects": int(len(unknown)), "threshold": threshold, "alerts_by": alerts_by,
-        "alert_budget": alert_budget,
+        "alert_budget": alert_budget, "budget_cut": cut,
         "alerts": None if alert is None else int(alert.sum()), "settings_dropped": dropped, "eligibility": eligibility,
         "parent_codes_unread": bool(features.parent_codes and codes_path is None),
         "seconds": round(time.perf_counter() - started, 1), "out": str(out),

@@ -665,6 +665,25 @@ def experiment_name(task: str) -> str:
     return f"{EXPERIMENT_PREFIX}/{task}"
 
 
+def external_validation(task: str, train_site: str, eval_site: str, train_key: str) -> dict[str, float] | None:
+    """The held-out metrics of the latest complete external-validation run of the model
+    that ``train_site`` trained from ``train_key`` (a registered version's
+    ``forewarn.train_key`` tag), evaluated at ``eval_site``; None when there is none. Its
+    AUROC keys are absent when they were withheld (``auroc_text`` says so)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name(task))
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{TAG}.validation_design` = 'external' and tags.`{TAG}.site` = '{eval_site}' and "
+        f"tags.`{TAG}.train_site` = '{train_site}' and tags.`{TAG}.model_train_key` = '{train_key}' and "
+        f"tags.`{TAG}.complete` = 'true'", order_by=["attributes.start_time DESC"], max_results=1)
+    return dict(runs[0].data.metrics) if runs else None
+
+
 def pull_summary(report: dict) -> dict:
     """The pull report as it may leave the site: subjects and events suppressed below 11,
     and the per-table counts and total quarantined published only when none of them is

@@ -32,6 +32,7 @@ import logging
 import shutil
 import tempfile
 import traceback
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,12 +64,30 @@ def champion_version(name: str) -> str | None:
     return None if version is None else str(version)
 
 
-def worklist_model(study: Study, spec: TaskSpec, site: str) -> tuple[tracking.RegisteredModel | None, str, list[str]]:
+@dataclass(frozen=True)
+class Choice:
+    """The champion that scores a worklist (None: none would), whose it is (``site``,
+    ``network`` or ``other_sites``), why each model before it was passed over, and, for
+    another site's, its external validation here (held-out metrics, AUROC keys absent when
+    withheld)."""
+
+    model: tracking.RegisteredModel | None
+    whose: str = ""
+    passed: tuple[str, ...] = ()
+    validation: dict[str, float] | None = None
+
+
+def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
     """The champion that scores ``site``'s worklist of ``spec``: the first of
     ``worklist.models`` with one (``other_sites``: the study's other sites in its order),
     resolved to its version (``tracking.registered_model``: a champion whose run did not
-    finish is an error, not a reason to pass it over); whose it is (``site``, ``network``
-    or ``other_sites``); and, for each model passed over, why."""
+    finish is an error, not a reason to pass it over). A champion trained for another
+    definition of the task (another study's, on a shared store, or before the study changed
+    it) is passed over, and so is another site's that was not externally validated here
+    (an external-validation run of that very model at this site; its metrics may be
+    withheld)."""
+    import mlflow
+
     passed = []
     for whose in study.worklist.models:
         owners = {"site": [site], "network": [tracking.NETWORK],
@@ -79,8 +98,19 @@ def worklist_model(study: Study, spec: TaskSpec, site: str) -> tuple[tracking.Re
             if version is None:
                 passed.append(f"{name} has no champion")
                 continue
-            return tracking.registered_model(f"{name}/{version}"), whose, passed
-    return None, "", passed
+            model = tracking.registered_model(f"{name}/{version}")
+            if model.task_digest != spec.digest():
+                passed.append(f"{model.label} was trained for another definition of {spec.name}")
+                continue
+            validation = None
+            if whose == "other_sites":
+                key = mlflow.MlflowClient().get_model_version(name, version).tags.get(f"{tracking.TAG}.train_key", "")
+                validation = tracking.external_validation(spec.name, owner, site, key) if key else None
+                if validation is None:
+                    passed.append(f"{model.label} has not been validated at {site}")
+                    continue
+            return Choice(model, whose, tuple(passed), validation)
+    return Choice(None, "", tuple(passed))
 
 
 def worklist_stage(spec: TaskSpec, pull: Stage, cache: StageCache, model: tracking.RegisteredModel,
@@ -128,16 +158,16 @@ def _write(dest: Path, write) -> None:
         partial.unlink(missing_ok=True)
 
 
-def publish_locally(folder: Path, spec: TaskSpec, stage: Stage) -> list[Path]:
+def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | None = None) -> list[Path]:
     """Copy the stage's worklist to ``folder/<task>.parquet``, then ``.json`` with the
-    night it was published (each replaced whole, the summary last, so a summary never
-    describes another list); returns the paths."""
+    night it was published and ``extra`` (each replaced whole, the summary last, so a
+    summary never describes another list); returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     parquet, summary = folder / f"{spec.name}.parquet", folder / f"{spec.name}.json"
     summary.unlink(missing_ok=True)
     _write(parquet, lambda p: shutil.copyfile(stage.result["predictions"], p))
     record = json.loads(Path(stage.result["summary"]).read_text())
-    record["published_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds")}
     _write(summary, lambda p: p.write_text(json.dumps(record, indent=1)))
     return [parquet, summary]
 
@@ -209,13 +239,16 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 notes[name, spec.name] = ("no worklist: the site's pull failed tonight", False)
                 continue
             try:
-                model, whose, passed = worklist_model(study, spec, name)
+                choice = worklist_model(study, spec, name)
+                model, whose, passed = choice.model, choice.whose, choice.passed
                 if model is None:
                     notes[name, spec.name] = (f"no worklist: {'; '.join(passed)}", False)
                     continue
                 stage = worklist_stage(spec, pulls[name], caches[name], model, study, whose)
                 used[name].append(stage)
-                keep[name].update(publish_locally(folder, spec, stage))
+                # another site's model: its external validation here, as tonight's store has it
+                here = {} if whose != "other_sites" else {"validated_here": choice.validation}
+                keep[name].update(publish_locally(folder, spec, stage, here))
             except NoOneEligible as exc:  # not a failure: tonight there is no one to score
                 where = _error_note(folder, spec, exc, keep[name])
                 notes[name, spec.name] = (f"no worklist: no one at the site is eligible for {spec.name} tonight "
@@ -226,9 +259,11 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 notes[name, spec.name] = (f"worklist failed ({type(exc).__name__}); "
                                           f"{_error_note(folder, spec, exc, keep[name])}", True)
                 continue
-            owner = {"site": "", "network": ", the network's", "other_sites": f", {model.site}'s"}[whose]
+            owner = {"site": "", "network": ", the network's",
+                     "other_sites": f", {model.site}'s, validated here: held-out AUROC "
+                                    f"{tracking.auroc_text(choice.validation or {})}"}[whose]
             alerts = (f"; alerts at {study.worklist.alert_budget:g} per 1,000" if study.worklist.alert_budget
-                      else "; no alerts: its threshold is its own site's" if whose == "other_sites" else "")
+                      else f"; no alerts: its threshold was set at {model.site}" if whose == "other_sites" else "")
             also = f"; {'; '.join(passed)}" if passed else ""
             notes[name, spec.name] = (f"worklist: {folder / f'{spec.name}.parquet'} (scored by {model.label}{owner}"
                                       f"{alerts}{also})", False)

@@ -275,13 +275,21 @@ def test_an_alert_budget_alerts_the_highest_risks(night, tmp_path, restore_track
     result = _score(night, [*args, "--alert-budget", "25"])
     assert result.exit_code == 0, result.output
     scored = pd.read_parquet(out)
-    risk = scored["predicted_boolean_probability"]
-    k = math.ceil(25 * len(scored) / 1000)  # 24 of 960
-    cut = risk.sort_values(ascending=False).iloc[k - 1]
-    assert (scored["predicted_boolean_value"] == (risk >= cut)).all()
-    assert scored["predicted_boolean_value"].sum() == k + (risk.sort_values(ascending=False).iloc[k:] == cut).sum()
-    assert f"  {scored['predicted_boolean_value'].sum():,} alerts at the budget of 25 per 1,000 (the risks at or above " \
-           f"{cut:.4f}, ties at the cut included" in result.output
+    k = math.ceil(25 * len(scored) / 1000)
+    # exactly the k first in risk order, ties at the cut by subject and time
+    ranked = scored.sort_values(["predicted_boolean_probability", "subject_id", "prediction_time"],
+                                ascending=[False, True, True], kind="stable")
+    assert scored["predicted_boolean_value"].sum() == k
+    assert ranked["predicted_boolean_value"].iloc[:k].all() and not ranked["predicted_boolean_value"].iloc[k:].any()
+    cut = ranked["predicted_boolean_probability"].iloc[k - 1]
+    assert (f"  {k} alerts at the budget of 25 per 1,000: the highest risks, down to {cut:.4f} (ties at the cut by "
+            "subject and time" in result.output)
+    # ten rows of one risk, and a budget that cuts among them: exactly half alert
+    tied = tmp_path / "tied.parquet"
+    pd.concat([night["held"][["subject_id", "prediction_time"]].head(1)] * 10, ignore_index=True).to_parquet(tied)
+    result = _score(night, [MODEL, str(night["events"]), "--times", str(tied), "--out", str(out), "--alert-budget", "500"])
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(out)["predicted_boolean_value"].tolist() == [True] * 5 + [False] * 5
     assert (scored["subject_id"].to_numpy() == night["held"]["subject_id"].to_numpy()).all()  # the file's order still
     result = _score(night, [*args, "--alert-budget", "0"])
     assert result.exit_code == 2
@@ -331,25 +339,27 @@ def test_the_worklist_takes_the_first_preferred_champion(night, restore_tracking
 
     tracking.configure(night["uri"])
     spec = load_task("t2d_2y")
-
     academic = night["study"].sites[0]
-    sites = [academic.model_copy(update={"name": "community"}), academic]  # community first: the study's order
+    sites = [academic.model_copy(update={"name": "community"}), academic]
 
-    def prefer(*models, site="academic"):
+    def prefer(*models, site="academic", task=spec):
         study = night["study"].model_copy(update={"sites": sites,
                                                   "worklist": WorklistSettings(enabled=True, models=list(models))})
-        model, whose, passed = worklist_model(study, spec, site)
-        return None if model is None else model.label, whose, passed
+        choice = worklist_model(study, task, site)
+        return None if choice.model is None else choice.model.label, choice.whose, list(choice.passed)
 
     assert prefer("site", "network") == (f"{MODEL} v1", "site", [])
     assert prefer("network", "site") == (f"{MODEL} v1", "site", ["forewarn-t2d_2y-network has no champion"])
     assert prefer("network") == (None, "", ["forewarn-t2d_2y-network has no champion"])
     assert prefer("site", "network", site="community") == (
         None, "", ["forewarn-t2d_2y-community has no champion", "forewarn-t2d_2y-network has no champion"])
-    # another site's champion, in the study's order (the site itself is not another)
+    # another site's champion only where it was validated (the study has no external design: it was not)
     assert prefer("site", "other_sites", site="community") == (
-        f"{MODEL} v1", "other_sites", ["forewarn-t2d_2y-community has no champion"])
-    assert prefer("other_sites") == (None, "", ["forewarn-t2d_2y-community has no champion"])
+        None, "", ["forewarn-t2d_2y-community has no champion", f"{MODEL} v1 has not been validated at community"])
+    assert prefer("other_sites") == (None, "", ["forewarn-t2d_2y-community has no champion"])  # not the site itself
+    # a champion of another definition of the task (a study that changed it, or another study's) scores no worklist
+    other = spec.model_copy(update={"horizon_days": 365})
+    assert prefer("site", task=other) == (None, "", [f"{MODEL} v1 was trained for another definition of t2d_2y"])
 
 
 def _pull(night):
@@ -502,33 +512,3 @@ def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_fac
     assert sorted(stages[0].parent.iterdir()) == stages and marker.stat().st_mtime_ns == made  # not scored again
     assert (_worklists(night) / "t2d_2y.parquet").read_bytes() == before
     assert again.worklist == night["results"][0].worklist and again.cached
-
-
-def test_another_site_s_champion_alerts_only_at_the_study_s_budget(night, tmp_path, restore_tracking):
-    import json
-    import math
-
-    from forewarn.flows import tracking
-
-    tracking.configure(night["uri"])
-    pull = _pull(night)
-    for budget in (None, 50):
-        study, _ = _elsewhere(night, tmp_path / f"budget-{budget}", models=["site", "other_sites"], alert_budget=budget)
-        notes = _run_worklists(study, pull, tmp_path / f"budget-{budget}", pulls={"community": pull})
-        folder = tmp_path / f"budget-{budget}" / "community" / "worklists" / "scoring"
-        alerts = "no alerts: its threshold is its own site's" if budget is None else "alerts at 50 per 1,000"
-        assert notes["community", "t2d_2y"] == (
-            f"worklist: {folder / 't2d_2y.parquet'} (scored by {MODEL} v1, academic's; {alerts}; forewarn-t2d_2y-community "
-            "has no champion)", False)
-        worklist = pd.read_parquet(folder / "t2d_2y.parquet")
-        summary = json.loads((folder / "t2d_2y.json").read_text())
-        assert summary["whose"] == "other_sites" and summary["alert_budget"] == budget
-        # the same people and risks as academic's own worklist: the same events and model
-        own = pd.read_parquet(_worklists(night) / "t2d_2y.parquet")
-        assert worklist["predicted_boolean_probability"].equals(own["predicted_boolean_probability"])
-        if budget is None:
-            assert worklist["predicted_boolean_value"].isna().all() and summary["threshold"] is None
-        else:
-            k = math.ceil(50 * len(worklist) / 1000)
-            assert worklist["predicted_boolean_value"].sum() == summary["alerts"] >= k
-            assert worklist["predicted_boolean_value"].iloc[:k].all() and summary["alerts_by"] == "budget"

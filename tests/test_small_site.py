@@ -104,3 +104,63 @@ def test_the_small_site_s_worklist_is_scored_by_the_network_s_champion(small_run
                                       f"sqlite:///{small_run['work'] / 'mlruns' / 'mlflow.db'}"])
     assert result.exit_code == 0, result.output
     assert pq.read_table(folder / "t2d_2y.parquet").equals(pq.read_table(out))
+
+
+def test_another_site_s_champion_scores_only_where_it_was_validated(small_run, tmp_path, restore_tracking):
+    """tiny has no model of its own; community's champion was validated there (the external
+    design): it scores tiny's worklist without community's threshold, or at a budget."""
+    import json
+    import logging
+    import math
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from forewarn.features.labels import load_task
+    from forewarn.flows import tracking
+    from forewarn.flows.cache import StageCache
+    from forewarn.flows.cli import app
+    from forewarn.flows.study import WorklistSettings
+    from forewarn.flows.worklist import worklist_model, worklists
+
+    uri = f"sqlite:///{small_run['work'] / 'mlruns' / 'mlflow.db'}"
+    tracking.configure(uri)
+    spec, tiny = load_task("t2d_2y"), small_run["study"].sites[1]
+    study = small_run["study"].model_copy(update={"worklist": WorklistSettings(enabled=True, models=["other_sites"])})
+    choice = worklist_model(study, spec, "tiny")
+    assert choice.model.label == "forewarn-t2d_2y-community v1" and choice.whose == "other_sites" and not choice.passed
+    assert choice.validation is not None  # community's model at tiny: the external run of that very model
+    here = tracking.auroc_text(choice.validation)
+    # community has no other site with a champion validated there: tiny has none at all
+    assert worklist_model(study, spec, "community").passed == ("forewarn-t2d_2y-tiny has no champion",)
+    cache = StageCache(tiny.workdir / "stages", site="tiny")
+    [key] = [p.name for p in (cache.root / "pull").iterdir()]
+    pull = cache.run("pull", key, lambda out: pytest.fail("the pull is cached"))
+    events = pull.result.events_dir
+    scored = tmp_path / "scored.parquet"
+    result = CliRunner().invoke(app, ["score", "forewarn-t2d_2y-community", str(events), "--eligible", "--by-risk",
+                                      "--out", str(scored), "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    expected = pd.read_parquet(scored)
+    for budget in (None, 100):
+        elsewhere = tiny.model_copy(update={"workdir": tmp_path / f"budget-{budget}"})
+        other = study.model_copy(update={"sites": [small_run["study"].sites[0], elsewhere],
+                                         "worklist": study.worklist.model_copy(update={"alert_budget": budget})})
+        notes = worklists(other, [spec], {"tiny": pull}, {"tiny": StageCache(tmp_path / f"stages-{budget}")},
+                          {"tiny": []}, logging.getLogger("test"))
+        folder = elsewhere.workdir / "worklists" / "small-site"
+        alerts = "no alerts: its threshold was set at community" if budget is None else "alerts at 100 per 1,000"
+        assert notes[("tiny", "t2d_2y")] == (f"worklist: {folder / 't2d_2y.parquet'} (scored by forewarn-t2d_2y-"
+                                             f"community v1, community's, validated here: held-out AUROC {here}; "
+                                             f"{alerts})", False)
+        worklist = pd.read_parquet(folder / "t2d_2y.parquet")
+        summary = json.loads((folder / "t2d_2y.json").read_text())
+        assert worklist["predicted_boolean_probability"].equals(expected["predicted_boolean_probability"])
+        assert summary["whose"] == "other_sites" and summary["validated_here"] == choice.validation
+        assert summary["threshold"] is None and summary["alert_budget"] == budget
+        if budget is None:
+            assert worklist["predicted_boolean_value"].isna().all() and summary["alerts"] is None
+        else:
+            k = math.ceil(100 * len(worklist) / 1000)
+            assert worklist["predicted_boolean_value"].tolist() == [True] * k + [False] * (len(worklist) - k)
+            assert summary["alerts"] == k and summary["alerts_by"] == "budget"
