@@ -27,9 +27,11 @@ from forewarn.models.train import (
     MODELS,
     PRIMARY,
     UNCALIBRATED,
+    L1Logistic,
     ModelConfig,
     TrainedModels,
     load_primary,
+    load_xgboost,
 )
 from forewarn.records import privacy, schema
 from forewarn.records.progress import stage
@@ -336,14 +338,27 @@ def evaluate_and_explain(
         record["characteristics"] = characteristics(X, rows, columns, importance, top=config.characteristics_top)
         counts["rows"] = len(record["characteristics"]["rows"])
     if models is not None and config.learning_curve.fractions:
-        params = (json.loads(trained.summary_path.read_text()).get("search") or {}).get("best_params") or None
+        summary = json.loads(trained.summary_path.read_text())
+        params = (summary.get("search") or {}).get("best_params") or None
         record["learning_curve"] = learning_curve(X, rows, models, params, config.learning_curve,
-                                                  n_boot=config.bootstrap, seed=config.seed)
+                                                  n_boot=config.bootstrap, seed=config.seed,
+                                                  whole=whole_train_learners(trained, summary))
         if any(p["fitted"] for p in record["learning_curve"]["points"]):  # else an empty frame says nothing
             out.figure("learning_curve").write_bytes(plots.learning_curve(record["learning_curve"]))
     record["top_features"] = importance.head(20)[["name", "description", "mean_abs_shap"]].to_dict(orient="records")
     out.metrics_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     return out
+
+
+def whole_train_learners(trained: TrainedModels, summary: dict):
+    """The trees and the L1-logistic ``trained`` fitted on the whole train split, as the
+    learning curve fits its 100% point (``fit_xgboost`` from one base rate, and
+    ``fit_l1_logistic``; on a Dask executor, its Dask fit): reused there rather than fitted
+    again. None when the trees boost from the L1's offsets (``offset`` l1), which the
+    curve's learners do not."""
+    if (summary.get("xgboost") or {}).get("offset", {}).get("method", "none") != "none":
+        return None
+    return load_xgboost(trained.xgboost_path), L1Logistic.from_json(json.loads(trained.l1_path.read_text()))
 
 
 def plotted_features(X, ranked: list[int], *, top: int) -> list[int]:

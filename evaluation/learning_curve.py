@@ -117,12 +117,14 @@ def _subjects(subjects: np.ndarray, mask: np.ndarray) -> int:
 
 
 def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | None, config: LearningCurveConfig, *,
-                   n_boot: int, seed: int) -> dict:
+                   n_boot: int, seed: int, whole=None) -> dict:
     """The learning curve's record as it may leave the site: ``points`` (one per share,
     ascending), ``learners`` (their names) and ``last_step``: ``from`` and ``to`` (the
     last two fitted shares, in percent) and, for each learner, the held-out AUROC and AUPRC
     differences between them with paired 95% intervals (:func:`last_step`); None with
-    fewer than two fitted shares."""
+    fewer than two fitted shares. ``whole`` (the trees and the L1-logistic that training
+    fitted on the whole train split with these settings, as ``fit_xgboost`` and
+    ``fit_l1_logistic`` fit them here) is the 100% point's, which is then not fitted again."""
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).astype(np.int8)
     subjects = rows[schema.SUBJECT_ID].to_numpy()
     masks = split_masks(rows)
@@ -154,9 +156,13 @@ def learning_curve(X, rows: pd.DataFrame, models: ModelConfig, params: dict | No
                 points.append(point)
                 continue
             with stage(f"learning curve at {point['percent']:g}% of the train subjects") as fitted:
-                clf = fit_xgboost(X[idx], y[idx], X[tu], y[tu], models, params, tree_count=count, groups=subjects[idx])
-                l1, _ = fit_l1_logistic(X[idx], y[idx], X[tu], y[tu], models, subjects[idx])
-                fitted.update(rows=int(idx.size), trees=int(clf.best_iteration) + 1, C=float(l1.C))
+                if share == 1.0 and whole is not None:  # training's own fits on the whole train split
+                    clf, l1 = whole
+                else:
+                    clf = fit_xgboost(X[idx], y[idx], X[tu], y[tu], models, params, tree_count=count, groups=subjects[idx])
+                    l1, _ = fit_l1_logistic(X[idx], y[idx], X[tu], y[tu], models, subjects[idx])
+                fitted.update(rows=int(idx.size), trees=int(clf.best_iteration) + 1, C=float(l1.C),
+                              **({"reused": "training's"} if share == 1.0 and whole is not None else {}))
             scores = {XGBOOST: (clf.predict_proba(X[ho])[:, 1], clf.predict_proba(X[idx])[:, 1]),
                       L1: (l1.predict_proba(X[ho]), l1.predict_proba(X[idx]))}
             point |= {"fitted": True, "trees": int(clf.best_iteration) + 1, "C": float(l1.C), "held_out": {}, "apparent": {}}

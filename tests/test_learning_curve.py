@@ -108,7 +108,7 @@ def curve(tmp_path_factory):
     X, rows, _ = matrix.load()
     models = ModelConfig(n_jobs=1)
     record = learning_curve(X, rows, models, None, LearningCurveConfig(fractions=[0.02, 0.5, 1.0]), n_boot=20, seed=0)
-    return {"X": X, "rows": rows, "models": models, "record": record}
+    return {"X": X, "rows": rows, "models": models, "record": record, "matrix": matrix}
 
 
 def test_a_sample_too_small_to_train_on_is_not_fitted(curve):
@@ -154,6 +154,32 @@ def test_the_whole_sample_refits_the_models_learners_as_training_does(curve):
             d = step[k][metric]  # the two shares' point estimates, a paired interval around their difference
             assert d["difference"] == pytest.approx(whole["held_out"][k][metric] - half["held_out"][k][metric], abs=2e-6)
             assert d["ci_low"] <= d["difference"] <= d["ci_high"]
+
+
+def test_the_whole_point_reuses_training_s_own_fits_to_the_last_digit(curve, tmp_path):
+    """Training fits the trees (from one base rate) and the L1 on the whole train split as
+    the 100% point would: the saved models give that point exactly, and are not fitted
+    again."""
+    import dataclasses
+    import json
+
+    from forewarn.evaluation.evaluate import whole_train_learners
+    from forewarn.models.train import train_models
+
+    trained = train_models(curve["matrix"], tmp_path / "models", curve["models"])
+    summary = json.loads(trained.summary_path.read_text())
+    assert summary["xgboost"]["offset"]["method"] == "none"
+    whole = whole_train_learners(trained, summary)
+    config = LearningCurveConfig(fractions=[0.02, 0.5, 1.0])
+    X, rows, models = curve["X"], curve["rows"], curve["models"]
+    assert learning_curve(X, rows, models, None, config, n_boot=20, seed=0, whole=whole) == curve["record"]
+    # the point is the given learners' (another C here), not a refit
+    clf, l1 = whole
+    other = dataclasses.replace(l1, C=l1.C * 10)
+    record = learning_curve(X, rows, models, None, config, n_boot=20, seed=0, whole=(clf, other))
+    assert record["points"][-1]["C"] == l1.C * 10 and record["points"][1] == curve["record"]["points"][1]
+    # trees that boost from the L1's offsets are not the curve's learners: refitted then
+    assert whole_train_learners(trained, {"xgboost": {"offset": {"method": "l1"}}}) is None
 
 
 def test_a_held_out_split_with_few_events_fits_no_point(tmp_path):
