@@ -143,17 +143,21 @@ class CacheSettings(Strict):
     keep_runs: int = Field(2, ge=1, description="stage folders of this many recent runs are kept; older ones are removed")
 
 
+WORKLIST_KINDS = ("site", "network", "other_sites")
+
+
 class WorklistSettings(Strict):
     enabled: bool = Field(
         False,
         description="after each night, score every eligible person at each site with the champion and write the site's "
         "worklist (<workdir>/worklists/<study>/<task>.parquet, highest risk first); it stays at the site",
     )
-    models: list[Literal["site", "network", "other_sites"]] = Field(
+    models: list[str] = Field(
         default=["site", "network"], min_length=1,
-        description="whose champion scores, in order of preference: the site's own (forewarn-<task>-<site>), the "
-        "network's (forewarn-<task>-network) or another site's of the study (in the study's order; its alert "
-        "threshold is not used: it was chosen at that site); the first that has a champion is used",
+        description="whose champion scores, in order of preference: site (the site's own, forewarn-<task>-<site>), "
+        "network (forewarn-<task>-network), other_sites (another site's of the study, in the study's order) or a "
+        "site's name (that site's); another site's only where it was externally validated, and without its alert "
+        "threshold (chosen at that site); the first that has a champion is used",
     )
     alert_budget: float | None = Field(
         None, gt=0, le=1000,
@@ -165,7 +169,7 @@ class WorklistSettings(Strict):
     @model_validator(mode="after")
     def _distinct(self) -> WorklistSettings:
         if len(set(self.models)) != len(self.models):
-            raise ValueError(f"worklist.models names a model twice: {self.models}; list site, network or both once.")
+            raise ValueError(f"worklist.models names a model twice: {self.models}; list each once.")
         return self
 
 
@@ -260,6 +264,13 @@ class Study(Strict):
                 f"models.leaf_min_cell must be at least {privacy.MIN_CELL}; got {self.models.leaf_min_cell}. The trees "
                 f"leave the site with every model, and a leaf's value gives its counts away."
             )
+        if any(n in WORKLIST_KINDS for n in names):
+            raise ValueError(f"a site cannot be named {' or '.join(WORKLIST_KINDS[:1] + WORKLIST_KINDS[2:])}: "
+                             "worklist.models gives those words their own meaning; rename the site.")
+        unknown = [m for m in self.worklist.models if m not in WORKLIST_KINDS and m not in names]
+        if unknown:
+            raise ValueError(f"worklist.models names {unknown}, which is neither {', '.join(WORKLIST_KINDS)} nor a site "
+                             f"of the study ({', '.join(names)}).")
         if self.features.min_code_subjects < privacy.MIN_CELL:
             raise ValueError(
                 f"features.min_code_subjects must be at least {privacy.MIN_CELL}; got {self.features.min_code_subjects}. "

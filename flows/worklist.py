@@ -79,7 +79,8 @@ class Choice:
 
 def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
     """The champion that scores ``site``'s worklist of ``spec``: the first of
-    ``worklist.models`` with one (``other_sites``: the study's other sites in its order),
+    ``worklist.models`` with one (``other_sites``: the study's other sites in its order; a
+    site's name: that site, unless it is ``site`` itself),
     resolved to its version (``tracking.registered_model``: a champion whose run did not
     finish is an error, not a reason to pass it over). A champion trained for another
     definition of the task (another study's, on a shared store, or before the study changed
@@ -89,9 +90,12 @@ def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
     import mlflow
 
     passed = []
-    for whose in study.worklist.models:
-        owners = {"site": [site], "network": [tracking.NETWORK],
-                  "other_sites": [s.name for s in study.sites if s.name != site]}[whose]
+    for entry in study.worklist.models:
+        if entry in ("site", "network"):
+            whose, owners = entry, [site if entry == "site" else tracking.NETWORK]
+        else:  # other_sites, or one site by its name (the site itself is "site")
+            whose = "other_sites"
+            owners = [s.name for s in study.sites if s.name != site and entry in ("other_sites", s.name)]
         for owner in owners:
             name = tracking.registered_name(spec.name, owner)
             version = champion_version(name)

@@ -133,6 +133,10 @@ def test_another_site_s_champion_scores_only_where_it_was_validated(small_run, t
     here = tracking.auroc_text(choice.validation)
     # community has no other site with a champion validated there: tiny has none at all
     assert worklist_model(study, spec, "community").passed == ("forewarn-t2d_2y-tiny has no champion",)
+    # a site by its name is another site's champion too; the site itself by name is not another
+    named = study.model_copy(update={"worklist": WorklistSettings(enabled=True, models=["tiny", "community"])})
+    assert worklist_model(named, spec, "tiny") == choice
+    assert worklist_model(named, spec, "community").passed == ("forewarn-t2d_2y-tiny has no champion",)
     cache = StageCache(tiny.workdir / "stages", site="tiny")
     [key] = [p.name for p in (cache.root / "pull").iterdir()]
     pull = cache.run("pull", key, lambda out: pytest.fail("the pull is cached"))

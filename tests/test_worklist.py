@@ -3,6 +3,7 @@ the worklist itself is made and checked against ``forewarn score`` in test_score
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,24 @@ def test_worklists_are_off_unless_asked_and_the_demo_asks():
 @pytest.mark.parametrize(("models", "message"), [
     (["site", "site"], "worklist.models names a model twice: ['site', 'site']"),
     ([], "List should have at least 1 item"),
-    (["clinic"], "Input should be 'site', 'network' or 'other_sites'"),
+    (["clinic"], "worklist.models names ['clinic'], which is neither site, network, other_sites nor a site of the "
+                 "study (a)."),
 ])
 def test_bad_worklist_models_are_refused(tmp_path, models, message):
     study = {"name": "s", "tasks": ["t2d_2y"], "sites": [{"name": "a", "source": {"location": "a.duckdb"}}],
              "worklist": {"enabled": True, "models": models}}
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_study(study, base_dir=tmp_path)
+
+
+def test_worklist_models_may_name_a_site_and_no_site_may_be_named_like_a_kind(tmp_path):
+    study = {"name": "s", "tasks": ["t2d_2y"], "sites": [{"name": "a", "source": {"location": "a.duckdb"}},
+                                                         {"name": "b", "source": {"location": "b.duckdb"}}],
+             "worklist": {"enabled": True, "models": ["site", "b", "network"]}}
+    assert parse_study(study, base_dir=tmp_path).worklist.models == ["site", "b", "network"]
+    study["sites"][1]["name"] = "other_sites"
+    study["worklist"]["models"] = ["site"]
+    with pytest.raises(ValueError, match="a site cannot be named site or other_sites: worklist.models gives those"):
         parse_study(study, base_dir=tmp_path)
 
 
