@@ -104,6 +104,14 @@ def _run_study(path: Path) -> None:
         raise typer.Exit(1)
 
 
+def pull_site(events_dir: Path) -> str | None:
+    """The site a pull's events folder came from (its ``pull_report.json``), if it says."""
+    try:
+        return json.loads((Path(events_dir).parent / "pull_report.json").read_text()).get("site")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def result_lines(r, workdirs: dict[str, Path]) -> list[str]:
     """The run summary's lines of one (site, task) result."""
     from forewarn.flows import tracking
@@ -421,6 +429,11 @@ def score(
     else:
         typer.echo(f"  {summary['alerts']:,} at or above the alert threshold {summary['threshold']:.4f} the model was "
                    "published with (predicted_boolean_value)")
+        pulled_at = pull_site(events_dir)
+        if pulled_at is not None and pulled_at != summary["trained_at"]:
+            typer.echo(f"  the model was trained at {summary['trained_at']} and these events are {pulled_at}'s: its "
+                       f"threshold and calibration were set for {summary['trained_at']}'s people; --alert-budget sets "
+                       "alerts by this site's capacity instead")
 
 
 @app.command()

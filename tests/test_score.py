@@ -79,6 +79,7 @@ def test_scores_are_the_risks_the_flow_evaluated_the_held_out_rows_with(night, t
     assert threshold is not None
     alerts = scored["predicted_boolean_probability"] >= threshold
     assert (scored["predicted_boolean_value"] == alerts).all()
+    assert "these events are" not in result.output  # academic's model on academic's events
     lines = result.output.strip().splitlines()
     assert lines[-2].startswith(f"scored {len(scored):,} prediction times of {scored['subject_id'].nunique():,} "
                                 f"subjects with {MODEL} v1 (t2d_2y, trained at academic) in ")

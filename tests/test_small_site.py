@@ -145,6 +145,8 @@ def test_another_site_s_champion_scores_only_where_it_was_validated(small_run, t
     result = CliRunner().invoke(app, ["score", "forewarn-t2d_2y-community", str(events), "--eligible", "--by-risk",
                                       "--out", str(scored), "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
+    assert ("  the model was trained at community and these events are tiny's: its threshold and calibration were set "
+            "for community's people; --alert-budget sets alerts by this site's capacity instead") in result.output
     expected = pd.read_parquet(scored)
     for budget in (None, 100):
         elsewhere = tiny.model_copy(update={"workdir": tmp_path / f"budget-{budget}"})
