@@ -36,11 +36,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from forewarn.features.labels import TaskSpec
 from forewarn.flows import tracking
 from forewarn.flows.cache import Stage, StageCache, key_of
 from forewarn.flows.score import NoOneEligible, score
 from forewarn.flows.study import SiteConfig, Study
+from forewarn.records import schema
 
 log = logging.getLogger("forewarn")
 
@@ -162,18 +168,49 @@ def _write(dest: Path, write) -> None:
         partial.unlink(missing_ok=True)
 
 
+def since_earlier(earlier: Path, tonight: pd.DataFrame) -> tuple[dict, np.ndarray]:
+    """How tonight's worklist differs from the one published before it at ``earlier``
+    (none, or unreadable: every alert is new), by subject: people new on the list and gone
+    from it, and alerts new, still on and ended; and the rows of ``tonight`` that are new
+    alerts."""
+    alerted = tonight[schema.PREDICTED_BOOLEAN_VALUE].fillna(False).to_numpy(bool)
+    ids = tonight[schema.SUBJECT_ID].to_numpy()
+    before, was_alerted, status = np.zeros(0, np.int64), np.zeros(0, np.int64), "none"
+    if earlier.is_file():
+        try:
+            table = pq.read_table(earlier, columns=[schema.SUBJECT_ID, schema.PREDICTED_BOOLEAN_VALUE]).to_pandas()
+            before = table[schema.SUBJECT_ID].to_numpy()
+            was_alerted = before[table[schema.PREDICTED_BOOLEAN_VALUE].fillna(False).to_numpy(bool)]
+            status = "compared"
+        except (OSError, ValueError, KeyError, pa.ArrowException):
+            status = "unreadable"
+    new_alert = alerted & ~np.isin(ids, was_alerted)
+    record = {"earlier": status, "listed_new": int((~np.isin(ids, before)).sum()),
+              "left_list": int((~np.isin(before, ids)).sum()), "alerts_new": int(new_alert.sum()),
+              "alerts_still": int((alerted & np.isin(ids, was_alerted)).sum()),
+              "alerts_ended": int((~np.isin(was_alerted, ids[alerted])).sum())}
+    return record, new_alert
+
+
 def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | None = None) -> list[Path]:
-    """Copy the stage's worklist to ``folder/<task>.parquet``, then ``.json`` with the
-    night it was published and ``extra`` (each replaced whole, the summary last, so a
-    summary never describes another list); returns the paths."""
+    """Copy the stage's worklist to ``folder/<task>.parquet``, with tonight's new alerts
+    (``since_earlier``: those the worklist published before it did not have) in
+    ``<task>.new.parquet``, then ``.json`` with the night it was published, how the list
+    changed since the earlier one (``since``) and ``extra`` (each replaced whole, the
+    summary last, so a summary never describes another list); returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    parquet, summary = folder / f"{spec.name}.parquet", folder / f"{spec.name}.json"
+    parquet, new, summary = (folder / f"{spec.name}{suffix}" for suffix in (".parquet", ".new.parquet", ".json"))
+    earlier = json.loads(summary.read_text()).get("published_at") if summary.is_file() else None
+    tonight = pq.read_table(stage.result["predictions"])
+    since, new_alert = since_earlier(parquet, tonight.to_pandas())
     summary.unlink(missing_ok=True)
+    _write(new, lambda p: pq.write_table(tonight.filter(pa.array(new_alert)), p))
     _write(parquet, lambda p: shutil.copyfile(stage.result["predictions"], p))
     record = json.loads(Path(stage.result["summary"]).read_text())
-    record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                               "since": since | {"earlier_published_at": earlier}}
     _write(summary, lambda p: p.write_text(json.dumps(record, indent=1)))
-    return [parquet, summary]
+    return [parquet, new, summary]
 
 
 def record_error(folder: Path, spec: TaskSpec, exc: BaseException) -> Path:
@@ -189,7 +226,7 @@ def record_error(folder: Path, spec: TaskSpec, exc: BaseException) -> Path:
     return path
 
 
-OWN = (".parquet", ".json", ".error.json", ".parquet.partial", ".json.partial", ".error.json.partial")
+OWN = tuple(f"{kind}{partial}" for kind in (".parquet", ".new.parquet", ".json", ".error.json") for partial in ("", ".partial"))
 
 
 def sweep(folder: Path, keep: set[Path]) -> tuple[set[str], dict[str, str]]:
@@ -209,7 +246,7 @@ def sweep(folder: Path, keep: set[Path]) -> tuple[set[str], dict[str, str]]:
         except OSError as exc:
             stuck[task] = type(exc).__name__
             continue
-        if suffix == ".parquet":
+        if suffix == ".parquet":  # the worklist itself (not its new alerts, summary or error record)
             removed.add(task)
     return removed, stuck
 

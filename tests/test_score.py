@@ -307,7 +307,7 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     from forewarn.records import schema
 
     folder = _worklists(night)
-    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.json", "t2d_2y.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.json", "t2d_2y.new.parquet", "t2d_2y.parquet"]
     worklist = pq.read_table(folder / "t2d_2y.parquet")
     assert worklist.schema.equals(schema.PREDICTION_SCHEMA)
     # the people --eligible scores (in subject order), sorted by risk, ties by subject and time
@@ -326,6 +326,13 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     assert summary["rows"] == summary["eligibility"]["eligible"] == len(frame)
     assert summary["alerts"] == int(frame["predicted_boolean_value"].sum()) > 0
     assert summary["scored_at"] <= summary["published_at"]
+    # the first worklist: every alert is new
+    alerts = int(frame["predicted_boolean_value"].sum())
+    assert summary["since"] == {"earlier": "none", "listed_new": len(frame), "left_list": 0, "alerts_new": alerts,
+                                "alerts_still": 0, "alerts_ended": 0, "earlier_published_at": None}
+    new = pq.read_table(folder / "t2d_2y.new.parquet")
+    assert new.schema.equals(schema.PREDICTION_SCHEMA)
+    pd.testing.assert_frame_equal(new.to_pandas(), frame[frame["predicted_boolean_value"]].reset_index(drop=True))
     # the run's summary names the file and the model, never a count
     [published] = night["results"]
     assert published.status == "published" and not published.worklist_failed
@@ -497,6 +504,26 @@ def test_no_one_eligible_is_no_worklist_and_worklists_off_remove_an_earlier_nigh
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # the error record is removed too
 
 
+def test_the_worklist_says_what_changed_since_the_earlier_one(night, tmp_path):
+    from forewarn.flows.worklist import since_earlier
+
+    tonight = pd.read_parquet(_worklists(night) / "t2d_2y.parquet")
+    alerted = tonight.index[tonight["predicted_boolean_value"]]
+    quiet = tonight.index[~tonight["predicted_boolean_value"]]
+    earlier = tonight.drop(index=alerted[:3])  # three of tonight's alerts were not on the earlier list
+    earlier.loc[quiet[0], "predicted_boolean_value"] = True  # one alert has ended, its person still listed
+    gone = earlier.iloc[[0]].assign(subject_id=-1)  # one person has left the list, alerted then
+    path = tmp_path / "earlier.parquet"
+    pd.concat([earlier, gone], ignore_index=True).to_parquet(path)
+    since, new = since_earlier(path, tonight)
+    assert since == {"earlier": "compared", "listed_new": 3, "left_list": 1, "alerts_new": 3,
+                     "alerts_still": len(alerted) - 3, "alerts_ended": 2}
+    assert list(tonight.index[new]) == list(alerted[:3])
+    path.write_text("not a parquet file")
+    since, new = since_earlier(path, tonight)
+    assert since["earlier"] == "unreadable" and since["alerts_new"] == len(alerted) == new.sum()
+
+
 def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):
     """Last in the file: it runs the night again in the module's folder (all of it cached)."""
     from prefect.testing.utilities import prefect_test_harness
@@ -513,3 +540,13 @@ def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_fac
     assert sorted(stages[0].parent.iterdir()) == stages and marker.stat().st_mtime_ns == made  # not scored again
     assert (_worklists(night) / "t2d_2y.parquet").read_bytes() == before
     assert again.worklist == night["results"][0].worklist and again.cached
+    # the same list again: no alert is new
+    import json
+
+    summary = json.loads((_worklists(night) / "t2d_2y.json").read_text())
+    alerts = summary["alerts"]
+    assert {k: v for k, v in summary["since"].items() if k != "earlier_published_at"} == {
+        "earlier": "compared", "listed_new": 0, "left_list": 0, "alerts_new": 0, "alerts_still": alerts,
+        "alerts_ended": 0}
+    assert summary["since"]["earlier_published_at"] <= summary["published_at"]
+    assert pq.read_table(_worklists(night) / "t2d_2y.new.parquet").num_rows == 0
