@@ -200,7 +200,10 @@ def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | No
     summary last, so a summary never describes another list); returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     parquet, new, summary = (folder / f"{spec.name}{suffix}" for suffix in (".parquet", ".new.parquet", ".json"))
-    earlier = json.loads(summary.read_text()).get("published_at") if summary.is_file() else None
+    try:
+        earlier = json.loads(summary.read_text()).get("published_at") if summary.is_file() else None
+    except (OSError, ValueError, AttributeError):  # a summary half-written by a crash: the list is still compared
+        earlier = None
     tonight = pq.read_table(stage.result["predictions"])
     since, new_alert = since_earlier(parquet, tonight.to_pandas())
     summary.unlink(missing_ok=True)

@@ -522,6 +522,24 @@ def test_the_worklist_says_what_changed_since_the_earlier_one(night, tmp_path):
     path.write_text("not a parquet file")
     since, new = since_earlier(path, tonight)
     assert since["earlier"] == "unreadable" and since["alerts_new"] == len(alerted) == new.sum()
+    # published over a list and summary a crash left broken: every alert is new, nothing fails
+    import json
+
+    from forewarn.features.labels import load_task
+    from forewarn.flows.cache import StageCache
+    from forewarn.flows.worklist import publish_locally
+
+    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
+    [key] = [p.name for p in (cache.root / "worklist-t2d_2y").iterdir()]
+    stage = cache.run("worklist-t2d_2y", key, lambda out: pytest.fail("the worklist is cached"))
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "t2d_2y.parquet").write_text("half a parquet file")
+    (folder / "t2d_2y.json").write_text('{"published_at": ')
+    publish_locally(folder, load_task("t2d_2y"), stage)
+    summary = json.loads((folder / "t2d_2y.json").read_text())
+    assert summary["since"]["earlier"] == "unreadable" and summary["since"]["earlier_published_at"] is None
+    assert summary["since"]["alerts_new"] == len(alerted) == pq.read_table(folder / "t2d_2y.new.parquet").num_rows
 
 
 def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):
