@@ -159,6 +159,11 @@ class WorklistSettings(Strict):
         "site's name (that site's); another site's only where it was externally validated, and without its alert "
         "threshold (chosen at that site); the first that has a champion is used",
     )
+    new_alert_days: int = Field(
+        30, ge=0, le=3650,
+        description="an alert is new (in <task>.new.parquet) when the person was alerted on no earlier night within "
+        "this many days (0: every night's alerts are new)",
+    )
     alert_budget: float | None = Field(
         None, gt=0, le=1000,
         description="alerts per 1,000 people on the worklist: the highest risks alert, whatever the model's threshold "

@@ -14,7 +14,9 @@ model or another site's) or at the study's ``worklist.alert_budget``.
 
 The worklist is ``<workdir>/worklists/<study>/<task>.parquet`` (the MEDS prediction
 schema, highest risk first) with ``<task>.json`` beside it (the model, the eligibility counts,
-the alerts). Both hold row-level or small counts of the site's own people: they stay at
+the alerts), tonight's new alerts in ``<task>.new.parquet`` (``new_alerts``: alerted on no
+earlier night within ``worklist.new_alert_days``) and the site's alert record in
+``<task>.alerted.parquet``. Both hold row-level or small counts of the site's own people: they stay at
 the site, like the pull. Nothing of them goes to MLflow, the flow's Prefect logs or the
 run's summary, which name the model and the file only: tonight's count of alerts against
 last night's would tell who was diagnosed in between; so a worklist that fails says why
@@ -33,11 +35,10 @@ import shutil
 import tempfile
 import traceback
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -168,52 +169,95 @@ def _write(dest: Path, write) -> None:
         partial.unlink(missing_ok=True)
 
 
-def since_earlier(earlier: Path, tonight: pd.DataFrame) -> tuple[dict, np.ndarray]:
-    """How tonight's worklist differs from the one published before it at ``earlier``
-    (none, or unreadable: every alert is new), by subject: people new on the list and gone
-    from it, and alerts new, still on and ended; and the rows of ``tonight`` that are new
-    alerts."""
-    alerted = tonight[schema.PREDICTED_BOOLEAN_VALUE].fillna(False).to_numpy(bool)
-    ids = tonight[schema.SUBJECT_ID].to_numpy()
-    before, was_alerted, status = np.zeros(0, np.int64), np.zeros(0, np.int64), "none"
-    if earlier.is_file():
-        try:
-            table = pq.read_table(earlier, columns=[schema.SUBJECT_ID, schema.PREDICTED_BOOLEAN_VALUE]).to_pandas()
-            before = table[schema.SUBJECT_ID].to_numpy()
-            was_alerted = before[table[schema.PREDICTED_BOOLEAN_VALUE].fillna(False).to_numpy(bool)]
-            status = "compared"
-        except (OSError, ValueError, KeyError, pa.ArrowException):
-            status = "unreadable"
-    new_alert = alerted & ~np.isin(ids, was_alerted)
-    record = {"earlier": status, "listed_new": int((~np.isin(ids, before)).sum()),
-              "left_list": int((~np.isin(before, ids)).sum()), "alerts_new": int(new_alert.sum()),
-              "alerts_still": int((alerted & np.isin(ids, was_alerted)).sum()),
-              "alerts_ended": int((~np.isin(was_alerted, ids[alerted])).sum())}
-    return record, new_alert
+ALERTED = pa.schema([(schema.SUBJECT_ID, pa.int64()), ("first_alert_date", pa.date32()),
+                     ("previous_alert_date", pa.date32()), ("last_alert_date", pa.date32())])
 
 
-def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | None = None) -> list[Path]:
-    """Copy the stage's worklist to ``folder/<task>.parquet``, with tonight's new alerts
-    (``since_earlier``: those the worklist published before it did not have) in
-    ``<task>.new.parquet``, then ``.json`` with the night it was published, how the list
-    changed since the earlier one (``since``) and ``extra`` (each replaced whole, the
-    summary last, so a summary never describes another list); returns the paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    parquet, new, summary = (folder / f"{spec.name}{suffix}" for suffix in (".parquet", ".new.parquet", ".json"))
+DATES = ("first_alert_date", "previous_alert_date", "last_alert_date")
+
+
+def read_alerted(path: Path) -> dict[str, np.ndarray]:
+    """The site's record of whom a task's worklists alerted (``ALERTED``: each person's
+    first, previous and last night with an alert, by the site's own date; NaT where none),
+    empty when there is none or it cannot be read (every alert is then new)."""
     try:
-        earlier = json.loads(summary.read_text()).get("published_at") if summary.is_file() else None
-    except (OSError, ValueError, AttributeError):  # a summary half-written by a crash: the list is still compared
-        earlier = None
+        table = pq.read_table(path)
+        if not table.schema.equals(ALERTED, check_metadata=False):
+            raise ValueError(f"{path}: not an alert record")
+    except (OSError, ValueError, pa.ArrowException):
+        table = ALERTED.empty_table()
+    return {schema.SUBJECT_ID: table.column(schema.SUBJECT_ID).to_numpy().astype(np.int64),
+            **{c: table.column(c).to_numpy(zero_copy_only=False).astype("datetime64[D]") for c in DATES}}
+
+
+def alerted_table(record: dict[str, np.ndarray]) -> pa.Table:
+    return pa.table({schema.SUBJECT_ID: record[schema.SUBJECT_ID],
+                     **{c: pa.array(record[c], type=pa.date32(), from_pandas=True) for c in DATES}}, schema=ALERTED)
+
+
+def new_alerts(record: dict[str, np.ndarray], alerted: np.ndarray, today: date,
+               lookback_days: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The alert record with tonight's alerts (``alerted``: subject ids) entered, and which
+    of them are new: alerted tonight, and on no earlier night within ``lookback_days``
+    (their previous alert night before today); a new one's first alert night is tonight. A person already entered today keeps the
+    nights before it, so a second run on the same night gives the same answer. Entries whose
+    last alert is more than ``lookback_days`` old are dropped: they no longer matter."""
+    day = np.datetime64(today, "D")
+    ids = record[schema.SUBJECT_ID]
+    first, previous, last = (record[c].copy() for c in DATES)
+    known = np.isin(ids, alerted)
+    again = known & (last != day)  # alerted on an earlier night, and tonight
+    previous[again] = last[again]
+    last[known] = day
+    fresh = np.setdiff1d(np.unique(np.asarray(alerted, np.int64)), ids)
+    nat = np.full(fresh.size, np.datetime64("NaT", "D"))
+    ids, first = np.r_[ids, fresh], np.r_[first, np.full(fresh.size, day)]
+    previous, last = np.r_[previous, nat], np.r_[last, np.full(fresh.size, day)]
+    kept = (day - last) <= np.timedelta64(lookback_days, "D")
+    order = np.argsort(ids[kept], kind="stable")
+    out = {schema.SUBJECT_ID: ids[kept][order], "first_alert_date": first[kept][order],
+           "previous_alert_date": previous[kept][order], "last_alert_date": last[kept][order]}
+    tonight = np.isin(out[schema.SUBJECT_ID], alerted)
+    gap = day - out["previous_alert_date"][tonight]
+    new = out[schema.SUBJECT_ID][tonight][np.isnat(gap) | (gap > np.timedelta64(lookback_days, "D"))]
+    out["first_alert_date"][np.isin(out[schema.SUBJECT_ID], new)] = day  # a new run of alerts starts tonight
+    return out, new
+
+
+def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | None = None, *,
+                    lookback_days: int = 30, today: date | None = None) -> list[Path]:
+    """Copy the stage's worklist to ``folder/<task>.parquet``, with tonight's new alerts
+    (``new_alerts``: alerted on no earlier night within ``lookback_days``) in
+    ``<task>.new.parquet`` and the site's alert record in ``<task>.alerted.parquet``, then
+    ``.json`` with the night it was published, the new and repeated alerts and ``extra``
+    (each replaced whole, the summary last, so a summary never describes another list).
+    A worklist without alerts (no threshold, no budget) has no new alerts and leaves the
+    record as it is. Returns the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parquet, new, summary, alerted_path = (folder / f"{spec.name}{suffix}" for suffix in (
+        ".parquet", ".new.parquet", ".json", ".alerted.parquet"))
+    today = today or datetime.now(UTC).date()
     tonight = pq.read_table(stage.result["predictions"])
-    since, new_alert = since_earlier(parquet, tonight.to_pandas())
-    summary.unlink(missing_ok=True)
-    _write(new, lambda p: pq.write_table(tonight.filter(pa.array(new_alert)), p))
-    _write(parquet, lambda p: shutil.copyfile(stage.result["predictions"], p))
     record = json.loads(Path(stage.result["summary"]).read_text())
-    record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                               "since": since | {"earlier_published_at": earlier}}
+    summary.unlink(missing_ok=True)
+    written = [parquet, summary]
+    if record.get("alerts") is None:  # no alert is possible: nothing is new, the record stands
+        counts = None
+        new.unlink(missing_ok=True)
+    else:
+        frame = tonight.select([schema.SUBJECT_ID, schema.PREDICTED_BOOLEAN_VALUE]).to_pandas()
+        ids = frame.loc[frame[schema.PREDICTED_BOOLEAN_VALUE].fillna(False).astype(bool), schema.SUBJECT_ID].to_numpy()
+        entered, fresh = new_alerts(read_alerted(alerted_path), ids, today, lookback_days)
+        is_new = np.isin(tonight.column(schema.SUBJECT_ID).to_numpy(), fresh) & np.isin(
+            tonight.column(schema.SUBJECT_ID).to_numpy(), ids)
+        _write(new, lambda p: pq.write_table(tonight.filter(pa.array(is_new)), p))
+        _write(alerted_path, lambda p: pq.write_table(alerted_table(entered), p))
+        counts = {"lookback_days": lookback_days, "new": int(is_new.sum()), "repeated": int(len(ids) - is_new.sum())}
+        written += [new, alerted_path]
+    _write(parquet, lambda p: shutil.copyfile(stage.result["predictions"], p))
+    record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds"), "new_alerts": counts}
     _write(summary, lambda p: p.write_text(json.dumps(record, indent=1)))
-    return [parquet, new, summary]
+    return written
 
 
 def record_error(folder: Path, spec: TaskSpec, exc: BaseException) -> Path:
@@ -229,7 +273,8 @@ def record_error(folder: Path, spec: TaskSpec, exc: BaseException) -> Path:
     return path
 
 
-OWN = tuple(f"{kind}{partial}" for kind in (".parquet", ".new.parquet", ".json", ".error.json") for partial in ("", ".partial"))
+OWN = tuple(f"{kind}{partial}" for kind in (".parquet", ".new.parquet", ".alerted.parquet", ".json", ".error.json")
+            for partial in ("", ".partial"))
 
 
 def sweep(folder: Path, keep: set[Path]) -> tuple[set[str], dict[str, str]]:
@@ -278,6 +323,8 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
     keep: dict[str, set[Path]] = {s.name: set() for s in study.sites}
     for site in study.sites:
         name, folder = site.name, folder_of(site, study)
+        if study.worklist.enabled:  # whom each task alerted outlasts a night without a worklist
+            keep[name].update(folder / f"{spec.name}.alerted.parquet" for spec in specs)
         for spec in specs if study.worklist.enabled else []:
             if name not in pulls:
                 notes[name, spec.name] = ("no worklist: the site's pull failed tonight", False)
@@ -292,7 +339,8 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 used[name].append(stage)
                 # another site's model: its external validation here, as tonight's store has it
                 here = {} if whose != "other_sites" else {"validated_here": choice.validation}
-                keep[name].update(publish_locally(folder, spec, stage, here))
+                keep[name].update(publish_locally(folder, spec, stage, here,
+                                                  lookback_days=study.worklist.new_alert_days))
             except NoOneEligible as exc:  # not a failure: tonight there is no one to score
                 where = _error_note(folder, spec, exc, keep[name])
                 notes[name, spec.name] = (f"no worklist: no one at the site is eligible for {spec.name} tonight "

@@ -307,7 +307,8 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     from forewarn.records import schema
 
     folder = _worklists(night)
-    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.json", "t2d_2y.new.parquet", "t2d_2y.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.alerted.parquet", "t2d_2y.json", "t2d_2y.new.parquet",
+                                                        "t2d_2y.parquet"]
     worklist = pq.read_table(folder / "t2d_2y.parquet")
     assert worklist.schema.equals(schema.PREDICTION_SCHEMA)
     # the people --eligible scores (in subject order), sorted by risk, ties by subject and time
@@ -326,10 +327,12 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     assert summary["rows"] == summary["eligibility"]["eligible"] == len(frame)
     assert summary["alerts"] == int(frame["predicted_boolean_value"].sum()) > 0
     assert summary["scored_at"] <= summary["published_at"]
-    # the first worklist: every alert is new
+    # the first worklist: every alert is new, and the site's alert record holds each of them
     alerts = int(frame["predicted_boolean_value"].sum())
-    assert summary["since"] == {"earlier": "none", "listed_new": len(frame), "left_list": 0, "alerts_new": alerts,
-                                "alerts_still": 0, "alerts_ended": 0, "earlier_published_at": None}
+    assert summary["new_alerts"] == {"lookback_days": 30, "new": alerts, "repeated": 0}
+    record = pd.read_parquet(folder / "t2d_2y.alerted.parquet")
+    assert sorted(record["subject_id"]) == sorted(frame.loc[frame["predicted_boolean_value"], "subject_id"])
+    assert record["previous_alert_date"].isna().all()
     new = pq.read_table(folder / "t2d_2y.new.parquet")
     assert new.schema.equals(schema.PREDICTION_SCHEMA)
     pd.testing.assert_frame_equal(new.to_pandas(), frame[frame["predicted_boolean_value"]].reset_index(drop=True))
@@ -504,26 +507,40 @@ def test_no_one_eligible_is_no_worklist_and_worklists_off_remove_an_earlier_nigh
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # the error record is removed too
 
 
-def test_the_worklist_says_what_changed_since_the_earlier_one(night, tmp_path):
-    from forewarn.flows.worklist import since_earlier
+def test_an_alert_is_new_when_the_person_was_alerted_on_no_earlier_night_within_the_lookback(tmp_path):
+    from datetime import date
 
-    tonight = pd.read_parquet(_worklists(night) / "t2d_2y.parquet")
-    alerted = tonight.index[tonight["predicted_boolean_value"]]
-    quiet = tonight.index[~tonight["predicted_boolean_value"]]
-    earlier = tonight.drop(index=alerted[:3])  # three of tonight's alerts were not on the earlier list
-    earlier.loc[quiet[0], "predicted_boolean_value"] = True  # one alert has ended, its person still listed
-    gone = earlier.iloc[[0]].assign(subject_id=-1)  # one person has left the list, alerted then
-    path = tmp_path / "earlier.parquet"
-    pd.concat([earlier, gone], ignore_index=True).to_parquet(path)
-    since, new = since_earlier(path, tonight)
-    assert since == {"earlier": "compared", "listed_new": 3, "left_list": 1, "alerts_new": 3,
-                     "alerts_still": len(alerted) - 3, "alerts_ended": 2}
-    assert list(tonight.index[new]) == list(alerted[:3])
-    path.write_text("not a parquet file")
-    since, new = since_earlier(path, tonight)
-    assert since["earlier"] == "unreadable" and since["alerts_new"] == len(alerted) == new.sum()
-    # published over a list and summary a crash left broken: every alert is new, nothing fails
+    from forewarn.flows.worklist import alerted_table, new_alerts, read_alerted
+
+    def day(d: str):
+        return np.datetime64(d, "D")
+
+    record = read_alerted(tmp_path / "none.parquet")  # no record yet
+    record, new = new_alerts(record, np.array([3, 1, 2]), date(2026, 1, 1), 30)
+    assert new.tolist() == [1, 2, 3]
+    again, new = new_alerts(record, np.array([3, 1, 2]), date(2026, 1, 1), 30)  # the same night, run again
+    assert new.tolist() == [1, 2, 3] and all((again[k] == record[k]).all() or k == "previous_alert_date" for k in again)
+    path = tmp_path / "alerted.parquet"
+    pq.write_table(alerted_table(again), path)
+    record, new = new_alerts(read_alerted(path), np.array([2, 3, 4]), date(2026, 1, 2), 30)
+    assert new.tolist() == [4]  # 2 and 3 were alerted the night before
+    assert record["subject_id"].tolist() == [1, 2, 3, 4]
+    assert record["previous_alert_date"][1] == day("2026-01-01") and np.isnat(record["previous_alert_date"][3])
+    assert record["last_alert_date"].tolist() == [day("2026-01-01")] + [day("2026-01-02")] * 3
+    # 45 days later: 1 is new again (its last alert is beyond the lookback), and the old entries are dropped
+    record, new = new_alerts(record, np.array([1]), date(2026, 2, 15), 30)
+    assert new.tolist() == [1] and record["subject_id"].tolist() == [1]
+    assert record["first_alert_date"][0] == day("2026-02-15") and record["previous_alert_date"][0] == day("2026-01-01")
+    # a lookback of 0: every night's alerts are new
+    assert new_alerts(record, np.array([1]), date(2026, 2, 16), 0)[1].tolist() == [1]
+    path.write_text("not an alert record")
+    assert read_alerted(path)["subject_id"].size == 0
+
+
+def test_a_worklist_without_alerts_has_no_new_ones_and_keeps_the_record(night, tmp_path):
     import json
+    import shutil
+    from dataclasses import replace
 
     from forewarn.features.labels import load_task
     from forewarn.flows.cache import StageCache
@@ -532,14 +549,19 @@ def test_the_worklist_says_what_changed_since_the_earlier_one(night, tmp_path):
     cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
     [key] = [p.name for p in (cache.root / "worklist-t2d_2y").iterdir()]
     stage = cache.run("worklist-t2d_2y", key, lambda out: pytest.fail("the worklist is cached"))
-    folder = tmp_path / "broken"
+    folder = tmp_path / "site"
     folder.mkdir()
-    (folder / "t2d_2y.parquet").write_text("half a parquet file")
-    (folder / "t2d_2y.json").write_text('{"published_at": ')
-    publish_locally(folder, load_task("t2d_2y"), stage)
-    summary = json.loads((folder / "t2d_2y.json").read_text())
-    assert summary["since"]["earlier"] == "unreadable" and summary["since"]["earlier_published_at"] is None
-    assert summary["since"]["alerts_new"] == len(alerted) == pq.read_table(folder / "t2d_2y.new.parquet").num_rows
+    record = folder / "t2d_2y.alerted.parquet"
+    shutil.copyfile(_worklists(night) / "t2d_2y.alerted.parquet", record)
+    (folder / "t2d_2y.new.parquet").write_text("an earlier night's")
+    summary = json.loads(stage.result["summary"].read_text()) | {"alerts": None}  # as a network model's
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    before = record.read_bytes()
+    written = publish_locally(folder, load_task("t2d_2y"), replace(stage, result={
+        "predictions": stage.result["predictions"], "summary": tmp_path / "summary.json"}))
+    assert written == [folder / "t2d_2y.parquet", folder / "t2d_2y.json"]
+    assert json.loads((folder / "t2d_2y.json").read_text())["new_alerts"] is None
+    assert not (folder / "t2d_2y.new.parquet").exists() and record.read_bytes() == before
 
 
 def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):
@@ -558,13 +580,9 @@ def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_fac
     assert sorted(stages[0].parent.iterdir()) == stages and marker.stat().st_mtime_ns == made  # not scored again
     assert (_worklists(night) / "t2d_2y.parquet").read_bytes() == before
     assert again.worklist == night["results"][0].worklist and again.cached
-    # the same list again: no alert is new
+    # a second run on the same night: the same alerts are new (none was alerted on an earlier night)
     import json
 
     summary = json.loads((_worklists(night) / "t2d_2y.json").read_text())
-    alerts = summary["alerts"]
-    assert {k: v for k, v in summary["since"].items() if k != "earlier_published_at"} == {
-        "earlier": "compared", "listed_new": 0, "left_list": 0, "alerts_new": 0, "alerts_still": alerts,
-        "alerts_ended": 0}
-    assert summary["since"]["earlier_published_at"] <= summary["published_at"]
-    assert pq.read_table(_worklists(night) / "t2d_2y.new.parquet").num_rows == 0
+    assert summary["new_alerts"] == {"lookback_days": 30, "new": summary["alerts"], "repeated": 0}
+    assert pq.read_table(_worklists(night) / "t2d_2y.new.parquet").num_rows == summary["alerts"]
