@@ -727,6 +727,41 @@ def latest_eligible_times(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, d
     return schema.align(table, schema.LABEL_SCHEMA, what="prediction times"), counts
 
 
+FOLLOW_UP = ("outcome", "no_outcome", "outcome_in_gap", "outcome_before", "died", "pending", "not_in_pull")
+
+
+def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, prediction_times: np.ndarray) -> pd.DataFrame:
+    """What ``events_dir`` (a later pull) says became of people scored at
+    ``prediction_times``, one row per (subject, time), in the label rules' terms (the
+    module's docstring), with ``o`` the subject's first outcome event in this pull:
+    ``outcome`` (``t + gap <= o <= t + horizon``: the label would be positive),
+    ``no_outcome`` (none by ``t + horizon`` and observed through it: negative),
+    ``outcome_in_gap`` (``t < o < t + gap``), ``outcome_before`` (``o <= t``: an outcome
+    dated at or before the time, recorded since), ``died`` (no outcome by ``t + horizon``,
+    not observed through it, and a death recorded: it will not resolve), ``pending`` (the
+    same without a death: follow-up still open) and ``not_in_pull`` (the subject has no
+    event in this pull). Returns ``status`` (one of ``FOLLOW_UP``) and ``outcome_time``
+    (``o`` where the status is one of the first outcomes, else NaT)."""
+    ids = np.asarray(subject_ids, np.int64)
+    t = np.asarray(prediction_times, "datetime64[us]").astype(np.int64)
+    scan = _scan_events(events_dir, spec)
+    if scan.subjects.size:
+        pos = np.minimum(np.searchsorted(scan.subjects, ids), scan.subjects.size - 1)
+        found, o, last = scan.subjects[pos] == ids, scan.outcome()[pos], scan.last[pos]
+    else:
+        found, o, last = np.zeros(ids.size, bool), np.full(ids.size, _NONE_MIN), np.full(ids.size, _NAT)
+    dead = [pq.read_table(p, columns=[schema.SUBJECT_ID], filters=[(schema.CODE, "=", schema.DEATH_CODE)]).column(0)
+            .to_numpy() for p in _event_shards(events_dir)]
+    died = np.isin(ids, np.concatenate(dead) if dead else np.zeros(0, np.int64))
+    has = o != _NONE_MIN
+    gap, horizon = t + spec.gap_days * DAY_US, t + spec.horizon_days * DAY_US
+    status = np.select(
+        [~found, has & (o <= t), has & (o < gap), has & (o <= horizon), last >= horizon, died],
+        ["not_in_pull", "outcome_before", "outcome_in_gap", "outcome", "no_outcome", "died"], "pending")
+    shown = found & has & (o <= horizon)
+    return pd.DataFrame({"status": status, "outcome_time": np.where(shown, o, _NAT).astype("datetime64[us]")})
+
+
 def _per_subject(ids: np.ndarray, sid: np.ndarray, removed: np.ndarray, step: str) -> pd.DataFrame:
     """The times ``removed`` holds per subject (those with any), for one step; ``ids``:
     each dense subject code's id."""

@@ -164,6 +164,13 @@ class WorklistSettings(Strict):
         description="an alert is new (in <task>.new.parquet) when the person was alerted on no earlier night within "
         "this many days (0: every night's alerts are new)",
     )
+    followup_days: int = Field(
+        1095, ge=1, le=3650,
+        description="how long the site keeps each person's first scoring at each prediction time (<task>.scored.parquet) "
+        "to follow it up: each night's <task>.json says what tonight's pull shows became of those scored (outcome in "
+        "the task's window or not, still open), with the alerts' sensitivity, PPV and lead time; keep it longer than "
+        "the tasks' horizons, or no scoring lives to resolve",
+    )
     alert_budget: float | None = Field(
         None, gt=0, le=1000,
         description="alerts per 1,000 people on the worklist: the highest risks alert, whatever the model's threshold "

@@ -15,8 +15,11 @@ model or another site's) or at the study's ``worklist.alert_budget``.
 The worklist is ``<workdir>/worklists/<study>/<task>.parquet`` (the MEDS prediction
 schema, highest risk first) with ``<task>.json`` beside it (the model, the eligibility counts,
 the alerts), tonight's new alerts in ``<task>.new.parquet`` (``new_alerts``: alerted on no
-earlier night within ``worklist.new_alert_days``) and the site's alert record in
-``<task>.alerted.parquet``. Both hold row-level or small counts of the site's own people: they stay at
+earlier night within ``worklist.new_alert_days``), the site's alert record in
+``<task>.alerted.parquet`` and its scoring record in ``<task>.scored.parquet``, whose
+follow-up against each night's pull (what became of the people scored: outcomes in the
+task's window, the alerts' sensitivity, PPV and lead time) is the ``.json``'s
+``followup``. All hold row-level or small counts of the site's own people: they stay at
 the site, like the pull. Nothing of them goes to MLflow, the flow's Prefect logs or the
 run's summary, which name the model and the file only: tonight's count of alerts against
 last night's would tell who was diagnosed in between; so a worklist that fails says why
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import traceback
@@ -39,9 +43,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from forewarn.evaluation.metrics import point_metrics
+from forewarn.features import labels
 from forewarn.features.labels import TaskSpec
 from forewarn.flows import tracking
 from forewarn.flows.cache import Stage, StageCache, key_of
@@ -224,18 +231,103 @@ def new_alerts(record: dict[str, np.ndarray], alerted: np.ndarray, today: date,
     return out, new
 
 
+SCORED = pa.schema([(schema.SUBJECT_ID, pa.int64()), (schema.PREDICTION_TIME, pa.timestamp("us")),
+                    ("first_scored_date", pa.date32()), (schema.PREDICTED_BOOLEAN_PROBABILITY, pa.float64()),
+                    (schema.PREDICTED_BOOLEAN_VALUE, pa.bool_()), ("model", pa.string())])
+
+
+def read_scored(path: Path) -> pa.Table:
+    """The site's scoring record of a task (``SCORED``: each (person, prediction time) a
+    worklist scored, on the first night it did, with that night's risk, alert and model),
+    empty when there is none or it cannot be read."""
+    try:
+        table = pq.read_table(path)
+        if not table.schema.equals(SCORED, check_metadata=False):
+            raise ValueError(f"{path}: not a scoring record")
+    except (OSError, ValueError, pa.ArrowException):
+        table = SCORED.empty_table()
+    return table.replace_schema_metadata(None)
+
+
+def enter_scored(record: pa.Table, tonight: pa.Table, model: str, today: date, keep_days: int) -> pa.Table:
+    """The scoring record with tonight's worklist (``tonight``, the prediction schema)
+    entered: a (subject, prediction time) not in it yet is added with tonight's date,
+    risk, alert and ``model``; one already in it keeps its first night, so a rerun and a
+    later champion change nothing that was shown before. Entries first scored more than
+    ``keep_days`` before ``today`` are dropped. Sorted by subject and time."""
+    key = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
+    old = record.to_pandas()
+    fresh = tonight.select([*key, schema.PREDICTED_BOOLEAN_PROBABILITY, schema.PREDICTED_BOOLEAN_VALUE]).to_pandas()
+    fresh = fresh.merge(old[key], on=key, how="left", indicator=True)
+    fresh = fresh[fresh.pop("_merge") == "left_only"].assign(first_scored_date=today, model=model)
+    both = pd.concat([old, fresh[old.columns]], ignore_index=True) if len(old) else fresh[old.columns]
+    age = (pd.Timestamp(today) - pd.to_datetime(both["first_scored_date"])).dt.days
+    both = both[age.to_numpy() <= keep_days].sort_values(key, kind="stable", ignore_index=True)
+    return pa.Table.from_pandas(both, schema=SCORED, preserve_index=False)
+
+
+def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, horizon_days: int) -> dict:
+    """What became of the people the record scored (``outcomes``: ``labels.follow_up`` of
+    its rows, in its order): how many scorings have each status, and, over the resolved
+    ones (``outcome`` or ``no_outcome``), the outcome rate and the AUROC of the risks
+    shown; over those with an alert decision, the 2x2 table of alert against outcome with
+    sensitivity, specificity and PPV; and the lead time, for each person with an alerted
+    scoring whose outcome came in its window, from their earliest such scoring to the
+    outcome. Exact counts: it stays at the site."""
+    frame = record.to_pandas().assign(status=outcomes["status"].to_numpy(), outcome_time=outcomes["outcome_time"].to_numpy())
+    counts = frame["status"].value_counts()
+    out = {"kept_days": keep_days, "scorings": len(frame), "people": int(frame[schema.SUBJECT_ID].nunique()),
+           "first_scored_since": None if frame.empty else str(min(frame["first_scored_date"])),
+           "status": {s: int(counts.get(s, 0)) for s in labels.FOLLOW_UP}, "models": sorted(frame["model"].unique())}
+    if keep_days < horizon_days:
+        out["note"] = (f"worklist.followup_days ({keep_days}) is shorter than the task's horizon ({horizon_days} days): "
+                       "a scoring is dropped before its window can close, so none resolves as no_outcome")
+    resolved = frame[frame["status"].isin(["outcome", "no_outcome"])]
+    y = (resolved["status"] == "outcome").to_numpy()
+    auroc = point_metrics(y, resolved[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy())["auroc"] if len(y) else math.nan
+    out["resolved"] = {"scorings": len(resolved), "with_outcome": int(y.sum()),
+                       "outcome_rate": float(y.mean()) if len(y) else None,
+                       "auroc": None if math.isnan(auroc) else auroc}
+    decided = resolved[resolved[schema.PREDICTED_BOOLEAN_VALUE].notna()]
+    if decided.empty:
+        out["alerts"] = None
+    else:
+        alert = decided[schema.PREDICTED_BOOLEAN_VALUE].astype(bool).to_numpy()
+        event = (decided["status"] == "outcome").to_numpy()
+        tp, fp, fn, tn = (int(((alert == a) & (event == e)).sum())
+                          for a, e in ((True, True), (True, False), (False, True), (False, False)))
+
+        def share(a: int, b: int) -> float | None:
+            return a / (a + b) if a + b else None
+
+        out["alerts"] = {"scorings": len(decided), "true_positive": tp, "false_positive": fp, "false_negative": fn,
+                         "true_negative": tn, "sensitivity": share(tp, fn), "specificity": share(tn, fp),
+                         "ppv": share(tp, fp)}
+    hits = frame[(frame["status"] == "outcome") & frame[schema.PREDICTED_BOOLEAN_VALUE].fillna(False).astype(bool)]
+    lead = (hits.groupby(schema.SUBJECT_ID).agg(t=(schema.PREDICTION_TIME, "min"), o=("outcome_time", "first"))
+            .pipe(lambda g: (g["o"] - g["t"]).dt.days.to_numpy()))
+    out["lead_time_days"] = None if not lead.size else {
+        "people": int(lead.size), "median": float(np.median(lead)), "q1": float(np.percentile(lead, 25)),
+        "q3": float(np.percentile(lead, 75)), "min": int(lead.min()), "max": int(lead.max())}
+    return out
+
+
 def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | None = None, *,
-                    lookback_days: int = 30, today: date | None = None) -> list[Path]:
+                    lookback_days: int = 30, today: date | None = None, events_dir: Path | None = None,
+                    followup_days: int = 1095) -> list[Path]:
     """Copy the stage's worklist to ``folder/<task>.parquet``, with tonight's new alerts
     (``new_alerts``: alerted on no earlier night within ``lookback_days``) in
     ``<task>.new.parquet`` and the site's alert record in ``<task>.alerted.parquet``, then
     ``.json`` with the night it was published, the new and repeated alerts and ``extra``
     (each replaced whole, the summary last, so a summary never describes another list).
     A worklist without alerts (no threshold, no budget) has no new alerts and leaves the
-    record as it is. Returns the paths written."""
+    record as it is. With ``events_dir`` (tonight's pull), tonight's scorings enter the
+    site's scoring record ``<task>.scored.parquet`` (``enter_scored``, kept
+    ``followup_days``) and the summary's ``followup`` says what the pull shows became of
+    every scoring in it (``follow_up_summary``). Returns the paths written."""
     folder.mkdir(parents=True, exist_ok=True)
-    parquet, new, summary, alerted_path = (folder / f"{spec.name}{suffix}" for suffix in (
-        ".parquet", ".new.parquet", ".json", ".alerted.parquet"))
+    parquet, new, summary, alerted_path, scored_path = (folder / f"{spec.name}{suffix}" for suffix in (
+        ".parquet", ".new.parquet", ".json", ".alerted.parquet", ".scored.parquet"))
     today = today or datetime.now(UTC).date()
     tonight = pq.read_table(stage.result["predictions"])
     record = json.loads(Path(stage.result["summary"]).read_text())
@@ -254,8 +346,17 @@ def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | No
         _write(alerted_path, lambda p: pq.write_table(alerted_table(entered), p))
         counts = {"lookback_days": lookback_days, "new": int(is_new.sum()), "repeated": int(len(ids) - is_new.sum())}
         written += [new, alerted_path]
+    followup = None
+    if events_dir is not None:
+        scored = enter_scored(read_scored(scored_path), tonight, record["model"], today, followup_days)
+        outcomes = labels.follow_up(events_dir, spec, scored.column(schema.SUBJECT_ID).to_numpy(),
+                                    scored.column(schema.PREDICTION_TIME).to_numpy())
+        followup = follow_up_summary(scored, outcomes, followup_days, spec.horizon_days)
+        _write(scored_path, lambda p: pq.write_table(scored, p))
+        written.append(scored_path)
     _write(parquet, lambda p: shutil.copyfile(stage.result["predictions"], p))
-    record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds"), "new_alerts": counts}
+    record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds"), "new_alerts": counts,
+                               "followup": followup}
     _write(summary, lambda p: p.write_text(json.dumps(record, indent=1)))
     return written
 
@@ -273,7 +374,8 @@ def record_error(folder: Path, spec: TaskSpec, exc: BaseException) -> Path:
     return path
 
 
-OWN = tuple(f"{kind}{partial}" for kind in (".parquet", ".new.parquet", ".alerted.parquet", ".json", ".error.json")
+OWN = tuple(f"{kind}{partial}" for kind in (".parquet", ".new.parquet", ".alerted.parquet", ".scored.parquet", ".json",
+                                            ".error.json")
             for partial in ("", ".partial"))
 
 
@@ -324,7 +426,8 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
     for site in study.sites:
         name, folder = site.name, folder_of(site, study)
         if study.worklist.enabled:  # whom each task alerted outlasts a night without a worklist
-            keep[name].update(folder / f"{spec.name}.alerted.parquet" for spec in specs)
+            keep[name].update(folder / f"{spec.name}{kind}" for spec in specs
+                              for kind in (".alerted.parquet", ".scored.parquet"))
         for spec in specs if study.worklist.enabled else []:
             if name not in pulls:
                 notes[name, spec.name] = ("no worklist: the site's pull failed tonight", False)
@@ -340,7 +443,9 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 # another site's model: its external validation here, as tonight's store has it
                 here = {} if whose != "other_sites" else {"validated_here": choice.validation}
                 keep[name].update(publish_locally(folder, spec, stage, here,
-                                                  lookback_days=study.worklist.new_alert_days))
+                                                  lookback_days=study.worklist.new_alert_days,
+                                                  events_dir=pulls[name].result.events_dir,
+                                                  followup_days=study.worklist.followup_days))
             except NoOneEligible as exc:  # not a failure: tonight there is no one to score
                 where = _error_note(folder, spec, exc, keep[name])
                 notes[name, spec.name] = (f"no worklist: no one at the site is eligible for {spec.name} tonight "

@@ -273,3 +273,34 @@ def test_latest_eligible_times_for_scoring(tmp_path):
     ]
     assert counts == {"candidates": 10, "outcome_recorded": 3, "died": 1, "age": 3, "prior_observation": 1,
                       "eligible": 2}
+
+
+def test_follow_up_of_scored_times_in_a_later_pull(tmp_path):
+    """What a later pull says became of people scored at T (gap 90, horizon 730 days)."""
+    e = tmp_path / "events"
+    rows = []
+    for s, last, outcome, died in (
+        (1, T + 800 * D, T + 91 * D, None),  # outcome in the window: the label would be positive
+        (2, T + 800 * D, T + 730 * D, None),  # on the horizon's last day: still in it
+        (3, T + 800 * D, T + 731 * D, None),  # after the horizon: no outcome
+        (4, T + 730 * D, None, None),  # observed exactly to the horizon
+        (5, T + 800 * D, T + 89 * D, None),  # inside the gap
+        (6, T + 800 * D, T, None),  # dated at the scored time itself (recorded since)
+        (7, T + 100 * D, None, T + 100 * D),  # died before the horizon
+        (8, T + 729 * D, None, None),  # follow-up still open
+    ):
+        rows += [(s, datetime(2015, 1, 1), schema.OBSERVATION_START, None), (s, T, "Visit//OP", None),
+                 (s, last, "Visit//OP", None)]
+        rows += [(s, outcome, "ICD10CM//E11.9", None)] if outcome else []
+        rows += [(s, died, schema.DEATH_CODE, None)] if died else []
+    write_events(e, rows)
+    ids = np.array([1, 2, 3, 4, 5, 6, 7, 8, 99, 1])
+    times = np.array([T] * 9 + [T + 100 * D], "datetime64[us]")  # 99 is not in the pull; 1 again, later
+    got = L.follow_up(e, spec(), ids, times)
+    assert got["status"].tolist() == ["outcome", "outcome", "no_outcome", "no_outcome", "outcome_in_gap",
+                                      "outcome_before", "died", "pending", "not_in_pull", "outcome_before"]
+    assert got["outcome_time"].tolist()[:3] == [pd.Timestamp(T + 91 * D), pd.Timestamp(T + 730 * D), pd.NaT]
+    assert got["outcome_time"].isna().tolist() == [False, False, True, True, False, False, True, True, True, False]
+    empty = tmp_path / "none"
+    write_events(empty, [])
+    assert L.follow_up(empty, spec(), ids[:2], times[:2])["status"].tolist() == ["not_in_pull", "not_in_pull"]

@@ -308,7 +308,7 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
 
     folder = _worklists(night)
     assert sorted(p.name for p in folder.iterdir()) == ["t2d_2y.alerted.parquet", "t2d_2y.json", "t2d_2y.new.parquet",
-                                                        "t2d_2y.parquet"]
+                                                        "t2d_2y.parquet", "t2d_2y.scored.parquet"]
     worklist = pq.read_table(folder / "t2d_2y.parquet")
     assert worklist.schema.equals(schema.PREDICTION_SCHEMA)
     # the people --eligible scores (in subject order), sorted by risk, ties by subject and time
@@ -336,10 +336,37 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     new = pq.read_table(folder / "t2d_2y.new.parquet")
     assert new.schema.equals(schema.PREDICTION_SCHEMA)
     pd.testing.assert_frame_equal(new.to_pandas(), frame[frame["predicted_boolean_value"]].reset_index(drop=True))
+    # every scoring enters the site's record for follow-up; tonight's pull has no future for any of them
+    scored = pd.read_parquet(folder / "t2d_2y.scored.parquet")
+    pd.testing.assert_frame_equal(
+        scored[["subject_id", "prediction_time", "predicted_boolean_probability", "predicted_boolean_value"]],
+        frame.sort_values(["subject_id", "prediction_time"], ignore_index=True)[
+            ["subject_id", "prediction_time", "predicted_boolean_probability", "predicted_boolean_value"]])
+    assert (scored["model"] == f"{MODEL} v1").all()
+    # no one eligible has the outcome recorded; those whose record goes on two years past their
+    # latest visit (730 days, the horizon) are already resolved without it, the others are open
+    seen = _seen_past_horizon(night["events"], frame)
+    followup = summary["followup"]
+    assert followup["scorings"] == len(frame) and followup["kept_days"] == 1095 and 0 < seen.sum() < len(frame)
+    assert followup["status"] == {"outcome": 0, "no_outcome": int(seen.sum()), "outcome_in_gap": 0, "outcome_before": 0,
+                                  "died": 0, "pending": int((~seen).sum()), "not_in_pull": 0}
+    assert followup["resolved"] == {"scorings": int(seen.sum()), "with_outcome": 0, "outcome_rate": 0.0, "auroc": None}
+    assert followup["alerts"]["true_positive"] == followup["alerts"]["false_negative"] == 0
+    assert followup["alerts"]["false_positive"] == int(frame.loc[seen, "predicted_boolean_value"].sum())
+    assert followup["lead_time_days"] is None
     # the run's summary names the file and the model, never a count
     [published] = night["results"]
     assert published.status == "published" and not published.worklist_failed
     assert published.worklist == f"worklist: {folder / 't2d_2y.parquet'} (scored by {MODEL} v1)"
+
+
+def _seen_past_horizon(events: Path, frame: pd.DataFrame) -> np.ndarray:
+    """Whether each row's subject has an event 730 days or more after its prediction time."""
+    from forewarn.records import schema
+
+    last = (pd.concat([pd.read_parquet(p, columns=[schema.SUBJECT_ID, schema.TIME]) for p in events.glob("*.parquet")])
+            .groupby(schema.SUBJECT_ID)[schema.TIME].max())
+    return (frame[schema.SUBJECT_ID].map(last) >= frame[schema.PREDICTION_TIME] + pd.Timedelta(days=730)).to_numpy()
 
 
 def test_the_worklist_takes_the_first_preferred_champion(night, restore_tracking):
@@ -562,6 +589,65 @@ def test_a_worklist_without_alerts_has_no_new_ones_and_keeps_the_record(night, t
     assert written == [folder / "t2d_2y.parquet", folder / "t2d_2y.json"]
     assert json.loads((folder / "t2d_2y.json").read_text())["new_alerts"] is None
     assert not (folder / "t2d_2y.new.parquet").exists() and record.read_bytes() == before
+
+
+def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
+    """A pull two and a half years on: outcomes arrive for some scored people, others are
+    seen past the horizon without one; the follow-up counts them exactly."""
+    import json
+    import shutil
+    from dataclasses import replace
+    from datetime import date, timedelta
+
+    import pyarrow as pa
+
+    from forewarn.features.labels import load_task
+    from forewarn.flows.cache import StageCache
+    from forewarn.flows.worklist import publish_locally
+    from forewarn.records import schema
+
+    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
+    [key] = [p.name for p in (cache.root / "worklist-t2d_2y").iterdir()]
+    stage = cache.run("worklist-t2d_2y", key, lambda out: pytest.fail("the worklist is cached"))
+    worklist = pd.read_parquet(stage.result["predictions"])
+    seen = _seen_past_horizon(night["events"], worklist)  # resolved without the outcome on the first night
+    open_ = worklist[~seen]
+    alerted, quiet = open_[open_["predicted_boolean_value"]], open_[~open_["predicted_boolean_value"]]
+    folder = tmp_path / "site"
+    publish_locally(folder, load_task("t2d_2y"), stage, today=date(2026, 1, 1), events_dir=night["events"])
+    # later: the first 3 alerted and the first 2 not alerted have the outcome 200 days on; the
+    # next 4 alerted and 5 not alerted are seen 800 days on without it; the rest are not seen again
+    day = timedelta(days=1)
+    extra = [(r.subject_id, r.prediction_time + 200 * day, "ICD10CM//E11.9")
+             for r in [*alerted.iloc[:3].itertuples(), *quiet.iloc[:2].itertuples()]]
+    extra += [(r.subject_id, r.prediction_time + 800 * day, "Visit//OP")
+              for r in [*alerted.iloc[3:7].itertuples(), *quiet.iloc[2:7].itertuples()]]
+    events = pa.concat_tables([pq.read_table(p) for p in sorted(night["events"].glob("*.parquet"))])
+    more = schema.align(pa.table({schema.SUBJECT_ID: pa.array([e[0] for e in extra], pa.int64()),
+                                  schema.TIME: pa.array([e[1] for e in extra], pa.timestamp("us")),
+                                  schema.CODE: pa.array([e[2] for e in extra], pa.string()),
+                                  schema.NUMERIC_VALUE: pa.nulls(len(extra), pa.float32()),
+                                  schema.TEXT_VALUE: pa.nulls(len(extra), pa.string())}), schema.DATA_SCHEMA)
+    later = tmp_path / "later"
+    later.mkdir()
+    pq.write_table(pa.concat_tables([events, more]).sort_by([(schema.SUBJECT_ID, "ascending")]), later / "0.parquet")
+    # tonight's worklist is the earlier one (a stage from the same model); the record keeps the first nights
+    shutil.copyfile(stage.result["summary"], tmp_path / "summary.json")
+    publish_locally(folder, load_task("t2d_2y"), replace(stage, result={
+        "predictions": stage.result["predictions"], "summary": tmp_path / "summary.json"}),
+        today=date(2028, 7, 1), events_dir=later)
+    followup = json.loads((folder / "t2d_2y.json").read_text())["followup"]
+    before = int(seen.sum())
+    assert followup["status"] == {"outcome": 5, "no_outcome": before + 9, "outcome_in_gap": 0, "outcome_before": 0,
+                                  "died": 0, "pending": len(worklist) - before - 14, "not_in_pull": 0}
+    assert followup["first_scored_since"] == "2026-01-01" and followup["scorings"] == len(worklist)
+    fp, tn = int(worklist.loc[seen, "predicted_boolean_value"].sum()) + 4, int((~worklist.loc[seen, "predicted_boolean_value"]).sum()) + 5
+    assert followup["alerts"] == {"scorings": before + 14, "true_positive": 3, "false_positive": fp, "false_negative": 2,
+                                  "true_negative": tn, "sensitivity": 3 / 5, "specificity": tn / (tn + fp),
+                                  "ppv": 3 / (3 + fp)}
+    assert followup["lead_time_days"] == {"people": 3, "median": 200.0, "q1": 200.0, "q3": 200.0, "min": 200,
+                                          "max": 200}
+    assert followup["resolved"]["with_outcome"] == 5 and 0 <= followup["resolved"]["auroc"] <= 1
 
 
 def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):

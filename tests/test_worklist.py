@@ -109,3 +109,74 @@ def test_no_champion_is_a_missing_model_or_alias_and_any_other_registry_error_is
     monkeypatch.setattr(mlflow.MlflowClient, "get_registered_model", refused)
     with pytest.raises(MlflowException, match="not allowed"):
         champion_version("forewarn-t2d_2y-academic")
+
+
+def _tonight(rows):
+    import pyarrow as pa
+
+    from forewarn.records import schema
+
+    return pa.table({schema.SUBJECT_ID: pa.array([r[0] for r in rows], pa.int64()),
+                     schema.PREDICTION_TIME: pa.array([r[1] for r in rows], pa.timestamp("us")),
+                     schema.BOOLEAN_VALUE: pa.nulls(len(rows), pa.bool_()),
+                     schema.PREDICTED_BOOLEAN_VALUE: pa.array([r[3] for r in rows], pa.bool_()),
+                     schema.PREDICTED_BOOLEAN_PROBABILITY: pa.array([r[2] for r in rows], pa.float64())},
+                    schema=schema.PREDICTION_SCHEMA)
+
+
+def test_the_scoring_record_keeps_each_person_and_time_s_first_night(tmp_path):
+    from datetime import date, datetime
+
+    from forewarn.flows.worklist import enter_scored, read_scored
+
+    t1, t2 = datetime(2020, 1, 1), datetime(2020, 6, 1)
+    record = read_scored(tmp_path / "none.parquet")  # no record yet
+    record = enter_scored(record, _tonight([(2, t1, 0.2, False), (1, t1, 0.9, True)]), "m v1", date(2026, 1, 1), 30)
+    # night 2: 1 at the same time (kept as first scored), 1 at a new visit, 3 new; another model
+    record = enter_scored(record, _tonight([(1, t1, 0.5, False), (1, t2, 0.6, True), (3, t1, 0.1, None)]), "m v2",
+                          date(2026, 1, 20), 30)
+    frame = record.to_pandas()
+    assert frame[["subject_id", "predicted_boolean_probability", "model"]].values.tolist() == [
+        [1, 0.9, "m v1"], [1, 0.6, "m v2"], [2, 0.2, "m v1"], [3, 0.1, "m v2"]]
+    assert frame["predicted_boolean_value"].tolist() == [True, True, False, None]
+    assert [str(d) for d in frame["first_scored_date"]] == ["2026-01-01", "2026-01-20", "2026-01-01", "2026-01-20"]
+    # 31 days after the first night its scorings are dropped; a rerun adds nothing
+    later = enter_scored(record, _tonight([(3, t1, 0.3, True)]), "m v3", date(2026, 2, 1), 30)
+    assert later.to_pandas()[["subject_id", "model"]].values.tolist() == [[1, "m v2"], [3, "m v2"]]
+    path = tmp_path / "scored.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(later, path)
+    assert read_scored(path).equals(later)
+    path.write_text("not a record")
+    assert read_scored(path).num_rows == 0
+
+
+def test_follow_up_counts_the_alerts_against_what_became_of_each_scoring():
+    from datetime import date, datetime
+
+    import pandas as pd
+
+    from forewarn.flows.worklist import enter_scored, follow_up_summary, read_scored
+
+    t, later = datetime(2020, 1, 1), datetime(2020, 7, 1)
+    rows = [(1, t, 0.9, True), (2, t, 0.8, True), (3, t, 0.7, False), (4, t, 0.2, False), (5, t, 0.1, False),
+            (6, t, 0.6, True), (7, t, 0.5, None), (1, later, 0.95, True)]
+    record = enter_scored(read_scored(Path("/nonexistent")), _tonight(rows), "m v1", date(2026, 1, 1), 1095)
+    # in the record's order: subject 1 (t, later), 2, 3, 4, 5, 6, 7
+    status = ["outcome", "outcome", "no_outcome", "outcome", "no_outcome", "no_outcome", "pending", "died"]
+    outcome = [datetime(2020, 12, 1), datetime(2020, 12, 1), None, datetime(2020, 4, 10), None, None, None, None]
+    got = follow_up_summary(record, pd.DataFrame({"status": status, "outcome_time": pd.to_datetime(outcome)}),
+                            1095, 730)
+    assert got["scorings"] == 8 and got["people"] == 7 and got["first_scored_since"] == "2026-01-01"
+    assert got["status"] == {"outcome": 3, "no_outcome": 3, "outcome_in_gap": 0, "outcome_before": 0, "died": 1,
+                             "pending": 1, "not_in_pull": 0}
+    # resolved: risks 0.9, 0.95, 0.8 (outcome, outcome, none), 0.7 (outcome), 0.2, 0.1 (none): 8 of 9 pairs ordered
+    assert got["resolved"] == {"scorings": 6, "with_outcome": 3, "outcome_rate": 0.5, "auroc": pytest.approx(8 / 9)}
+    assert got["alerts"] == {"scorings": 6, "true_positive": 2, "false_positive": 1, "false_negative": 1,
+                             "true_negative": 2, "sensitivity": 2 / 3, "specificity": 2 / 3, "ppv": 2 / 3}
+    # subject 1: earliest alerted scoring with the outcome in its window, 2020-01-01 to 2020-12-01
+    assert got["lead_time_days"] == {"people": 1, "median": 335.0, "q1": 335.0, "q3": 335.0, "min": 335, "max": 335}
+    assert got["models"] == ["m v1"] and "note" not in got
+    short = follow_up_summary(record, pd.DataFrame({"status": status, "outcome_time": pd.to_datetime(outcome)}), 365, 730)
+    assert "is shorter than the task's horizon (730 days)" in short["note"]
