@@ -47,6 +47,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from forewarn.evaluation.clinical import AGE_BANDS
+from forewarn.evaluation.evaluate import label_demographics
 from forewarn.evaluation.metrics import point_metrics
 from forewarn.features import labels
 from forewarn.features.labels import TaskSpec
@@ -266,14 +268,47 @@ def enter_scored(record: pa.Table, tonight: pa.Table, model: str, today: date, k
     return pa.Table.from_pandas(both, schema=SCORED, preserve_index=False)
 
 
-def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, horizon_days: int) -> dict:
+def _share(a: int, b: int) -> float | None:
+    return a / (a + b) if a + b else None
+
+
+def _two_by_two(resolved: pd.DataFrame) -> dict | None:
+    """Alert against outcome over the resolved scorings with an alert decision (None
+    when none has one: a worklist without alerts)."""
+    decided = resolved[resolved[schema.PREDICTED_BOOLEAN_VALUE].notna()]
+    if decided.empty:
+        return None
+    alert = decided[schema.PREDICTED_BOOLEAN_VALUE].astype(bool).to_numpy()
+    event = (decided["status"] == "outcome").to_numpy()
+    tp, fp, fn, tn = (int(((alert == a) & (event == e)).sum())
+                      for a, e in ((True, True), (True, False), (False, True), (False, False)))
+    return {"scorings": len(decided), "true_positive": tp, "false_positive": fp, "false_negative": fn,
+            "true_negative": tn, "sensitivity": _share(tp, fn), "specificity": _share(tn, fp), "ppv": _share(tp, fp)}
+
+
+def _group(part: pd.DataFrame) -> dict:
+    """One subgroup's line: its scorings, alerts, resolved scorings and outcomes, and the
+    alerts' sensitivity and PPV there."""
+    resolved = part[part["status"].isin(["outcome", "no_outcome"])]
+    table = _two_by_two(resolved)
+    decided = part[schema.PREDICTED_BOOLEAN_VALUE].notna()
+    return {"scorings": len(part),
+            "alerts": int(part.loc[decided, schema.PREDICTED_BOOLEAN_VALUE].astype(bool).sum()) if decided.any() else None,
+            "resolved": len(resolved), "with_outcome": int((resolved["status"] == "outcome").sum()),
+            "sensitivity": None if table is None else table["sensitivity"], "ppv": None if table is None else table["ppv"]}
+
+
+def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, horizon_days: int,
+                      groups: pd.DataFrame | None = None) -> dict:
     """What became of the people the record scored (``outcomes``: ``labels.follow_up`` of
     its rows, in its order): how many scorings have each status, and, over the resolved
     ones (``outcome`` or ``no_outcome``), the outcome rate and the AUROC of the risks
     shown; over those with an alert decision, the 2x2 table of alert against outcome with
-    sensitivity, specificity and PPV; and the lead time, for each person with an alerted
+    sensitivity, specificity and PPV; the lead time, for each person with an alerted
     scoring whose outcome came in its window, from their earliest such scoring to the
-    outcome. Exact counts: it stays at the site."""
+    outcome; and, given ``groups`` (``age_band`` and ``sex`` of each row, in its order,
+    ``~`` where unknown), each level's scorings, alerts, outcomes, sensitivity and PPV: do
+    the alerts reach each group's cases alike? Exact counts: it stays at the site."""
     frame = record.to_pandas().assign(status=outcomes["status"].to_numpy(), outcome_time=outcomes["outcome_time"].to_numpy())
     counts = frame["status"].value_counts()
     out = {"kept_days": keep_days, "scorings": len(frame), "people": int(frame[schema.SUBJECT_ID].nunique()),
@@ -288,27 +323,19 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
     out["resolved"] = {"scorings": len(resolved), "with_outcome": int(y.sum()),
                        "outcome_rate": float(y.mean()) if len(y) else None,
                        "auroc": None if math.isnan(auroc) else auroc}
-    decided = resolved[resolved[schema.PREDICTED_BOOLEAN_VALUE].notna()]
-    if decided.empty:
-        out["alerts"] = None
-    else:
-        alert = decided[schema.PREDICTED_BOOLEAN_VALUE].astype(bool).to_numpy()
-        event = (decided["status"] == "outcome").to_numpy()
-        tp, fp, fn, tn = (int(((alert == a) & (event == e)).sum())
-                          for a, e in ((True, True), (True, False), (False, True), (False, False)))
-
-        def share(a: int, b: int) -> float | None:
-            return a / (a + b) if a + b else None
-
-        out["alerts"] = {"scorings": len(decided), "true_positive": tp, "false_positive": fp, "false_negative": fn,
-                         "true_negative": tn, "sensitivity": share(tp, fn), "specificity": share(tn, fp),
-                         "ppv": share(tp, fp)}
+    out["alerts"] = _two_by_two(resolved)
     hits = frame[(frame["status"] == "outcome") & frame[schema.PREDICTED_BOOLEAN_VALUE].fillna(False).astype(bool)]
     lead = (hits.groupby(schema.SUBJECT_ID).agg(t=(schema.PREDICTION_TIME, "min"), o=("outcome_time", "first"))
             .pipe(lambda g: (g["o"] - g["t"]).dt.days.to_numpy()))
     out["lead_time_days"] = None if not lead.size else {
         "people": int(lead.size), "median": float(np.median(lead)), "q1": float(np.percentile(lead, 25)),
         "q3": float(np.percentile(lead, 75)), "min": int(lead.min()), "max": int(lead.max())}
+    if groups is not None:
+        order = {level: i for i, level in enumerate((*AGE_BANDS, "F", "M", "~"))}
+        out["subgroups"] = {
+            column: {level: _group(frame[values == level])
+                     for level in sorted(pd.unique(values), key=lambda v: (order.get(v, len(order)), v))}
+            for column in ("age_band", "sex") for values in [groups[column].to_numpy(object)]}
     return out
 
 
@@ -351,8 +378,11 @@ def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | No
         scored = enter_scored(read_scored(scored_path), tonight, record["model"], today, followup_days)
         outcomes = labels.follow_up(events_dir, spec, scored.column(schema.SUBJECT_ID).to_numpy(),
                                     scored.column(schema.PREDICTION_TIME).to_numpy())
-        followup = follow_up_summary(scored, outcomes, followup_days, spec.horizon_days)
         _write(scored_path, lambda p: pq.write_table(scored, p))
+        groups = label_demographics(events_dir, scored_path)  # in the record's order (subject, time)
+        if not np.array_equal(groups[schema.SUBJECT_ID].to_numpy(), scored.column(schema.SUBJECT_ID).to_numpy()):
+            raise RuntimeError(f"{scored_path}: the subgroups of its rows came back in another order")
+        followup = follow_up_summary(scored, outcomes, followup_days, spec.horizon_days, groups)
         written.append(scored_path)
     _write(parquet, lambda p: shutil.copyfile(stage.result["predictions"], p))
     record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds"), "new_alerts": counts,

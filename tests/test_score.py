@@ -648,6 +648,12 @@ def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
     assert followup["lead_time_days"] == {"people": 3, "median": 200.0, "q1": 200.0, "q3": 200.0, "min": 200,
                                           "max": 200}
     assert followup["resolved"]["with_outcome"] == 5 and 0 <= followup["resolved"]["auroc"] <= 1
+    # each subgroup table splits the same scorings, alerts and outcomes
+    for column in ("age_band", "sex"):
+        levels = followup["subgroups"][column].values()
+        assert sum(g["scorings"] for g in levels) == len(worklist) and sum(g["with_outcome"] for g in levels) == 5
+        assert sum(g["alerts"] for g in levels) == int(worklist["predicted_boolean_value"].sum())
+    assert set(followup["subgroups"]["sex"]) <= {"F", "M", "~"} and len(followup["subgroups"]["age_band"]) > 1
 
 
 def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):

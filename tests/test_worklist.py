@@ -179,4 +179,17 @@ def test_follow_up_counts_the_alerts_against_what_became_of_each_scoring():
     assert got["lead_time_days"] == {"people": 1, "median": 335.0, "q1": 335.0, "q3": 335.0, "min": 335, "max": 335}
     assert got["models"] == ["m v1"] and "note" not in got
     short = follow_up_summary(record, pd.DataFrame({"status": status, "outcome_time": pd.to_datetime(outcome)}), 365, 730)
-    assert "is shorter than the task's horizon (730 days)" in short["note"]
+    assert "is shorter than the task's horizon (730 days)" in short["note"] and "subgroups" not in short
+    # by subgroup: 1 (both rows), 3 and 7 are women; 2, 4, 5 and 6 men; 3 and 4 are 70-79, 7 of unknown age
+    groups = pd.DataFrame({"age_band": ["50-59", "50-59", "50-59", "70-79", "70-79", "50-59", "50-59", "~"],
+                           "sex": ["F", "F", "M", "F", "M", "M", "M", "F"]})
+    by = follow_up_summary(record, pd.DataFrame({"status": status, "outcome_time": pd.to_datetime(outcome)}), 1095,
+                           730, groups)["subgroups"]
+    assert list(by) == ["age_band", "sex"] and list(by["age_band"]) == ["50-59", "70-79", "~"]
+    assert by["sex"] == {
+        "F": {"scorings": 4, "alerts": 2, "resolved": 3, "with_outcome": 3, "sensitivity": 2 / 3, "ppv": 1.0},
+        "M": {"scorings": 4, "alerts": 2, "resolved": 3, "with_outcome": 0, "sensitivity": None, "ppv": 0.0}}
+    assert by["age_band"]["70-79"] == {"scorings": 2, "alerts": 0, "resolved": 2, "with_outcome": 1,
+                                       "sensitivity": 0.0, "ppv": None}
+    assert by["age_band"]["~"] == {"scorings": 1, "alerts": None, "resolved": 0, "with_outcome": 0,
+                                   "sensitivity": None, "ppv": None}
