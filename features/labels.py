@@ -727,21 +727,28 @@ def latest_eligible_times(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, d
     return schema.align(table, schema.LABEL_SCHEMA, what="prediction times"), counts
 
 
-FOLLOW_UP = ("outcome", "no_outcome", "outcome_in_gap", "outcome_before", "died", "pending", "not_in_pull")
+FOLLOW_UP = ("outcome", "no_outcome", "outcome_in_gap", "outcome_before", "window_passed", "died", "pending",
+             "not_in_pull")
 
 
-def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, prediction_times: np.ndarray) -> pd.DataFrame:
+def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, prediction_times: np.ndarray,
+              seen_until: np.ndarray | None = None) -> pd.DataFrame:
     """What ``events_dir`` (a later pull) says became of people scored at
-    ``prediction_times``, one row per (subject, time), in the label rules' terms (the
-    module's docstring), with ``o`` the subject's first outcome event in this pull:
-    ``outcome`` (``t + gap <= o <= t + horizon``: the label would be positive),
-    ``no_outcome`` (none by ``t + horizon`` and observed through it: negative),
-    ``outcome_in_gap`` (``t < o < t + gap``), ``outcome_before`` (``o <= t``: an outcome
-    dated at or before the time, recorded since), ``died`` (no outcome by ``t + horizon``,
-    not observed through it, and a death recorded: it will not resolve), ``pending`` (the
-    same without a death: follow-up still open) and ``not_in_pull`` (the subject has no
-    event in this pull). Returns ``status`` (one of ``FOLLOW_UP``) and ``outcome_time``
-    (``o`` where the status is one of the first outcomes, else NaT)."""
+    ``prediction_times``, one row per (subject, time), prospectively: ``seen_until`` is
+    the subject's last event in the pull they were scored on (what was known when the
+    score was shown; NaT or None: this pull's, a scoring made tonight). With ``o`` the
+    subject's first outcome event in this pull, ``s`` the time seen until, the status is,
+    in this order: ``not_in_pull`` (no event in this pull), ``window_passed`` (``s >= t +
+    horizon``: the outcome window had closed before the score was shown, nothing was left
+    to predict), ``outcome_before`` (``o <= max(t, s)``: an outcome dated at or before
+    what was known when shown, recorded since), ``outcome_in_gap`` (``o < t + gap``),
+    ``outcome`` (``o <= t + horizon``: the label would be positive), ``no_outcome``
+    (observed through ``t + horizon`` without it: negative), ``died`` (not observed through
+    it, a death recorded: it will not resolve) and ``pending`` (follow-up still open).
+    With ``s <= t`` these are the label rules (the module's docstring). Returns ``status``
+    (one of ``FOLLOW_UP``), ``outcome_time`` (``o`` for the statuses with an outcome in or
+    before the window, else NaT) and ``seen_until`` (``s``, filled with this pull's last
+    event where it was missing)."""
     ids = np.asarray(subject_ids, np.int64)
     t = np.asarray(prediction_times, "datetime64[us]").astype(np.int64)
     scan = _scan_events(events_dir, spec)
@@ -750,16 +757,20 @@ def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, predict
         found, o, last = scan.subjects[pos] == ids, scan.outcome()[pos], scan.last[pos]
     else:
         found, o, last = np.zeros(ids.size, bool), np.full(ids.size, _NONE_MIN), np.full(ids.size, _NAT)
+    seen = np.full(ids.size, _NAT) if seen_until is None else np.asarray(seen_until, "datetime64[us]").astype(np.int64)
+    seen = np.where(seen == _NAT, np.where(found, last, _NAT), seen)
+    known = np.maximum(t, seen)  # NaT (int64 min) where not found: those are not_in_pull first
     dead = [pq.read_table(p, columns=[schema.SUBJECT_ID], filters=[(schema.CODE, "=", schema.DEATH_CODE)]).column(0)
             .to_numpy() for p in _event_shards(events_dir)]
     died = np.isin(ids, np.concatenate(dead) if dead else np.zeros(0, np.int64))
     has = o != _NONE_MIN
     gap, horizon = t + spec.gap_days * DAY_US, t + spec.horizon_days * DAY_US
     status = np.select(
-        [~found, has & (o <= t), has & (o < gap), has & (o <= horizon), last >= horizon, died],
-        ["not_in_pull", "outcome_before", "outcome_in_gap", "outcome", "no_outcome", "died"], "pending")
-    shown = found & has & (o <= horizon)
-    return pd.DataFrame({"status": status, "outcome_time": np.where(shown, o, _NAT).astype("datetime64[us]")})
+        [~found, seen >= horizon, has & (o <= known), has & (o < gap), has & (o <= horizon), last >= horizon, died],
+        ["not_in_pull", "window_passed", "outcome_before", "outcome_in_gap", "outcome", "no_outcome", "died"], "pending")
+    shown = np.isin(status, ["outcome_before", "outcome_in_gap", "outcome"])
+    return pd.DataFrame({"status": status, "outcome_time": np.where(shown, o, _NAT).astype("datetime64[us]"),
+                         "seen_until": seen.astype("datetime64[us]")})
 
 
 def _per_subject(ids: np.ndarray, sid: np.ndarray, removed: np.ndarray, step: str) -> pd.DataFrame:

@@ -437,6 +437,47 @@ def score(
 
 
 @app.command()
+def worklist(
+    study: Annotated[Path, typer.Argument(help="the study YAML")],
+    site: Annotated[str | None, typer.Option(help="one site of the study (default: every site whose worklists are "
+                                                  "on this machine)")] = None,
+    task: Annotated[str | None, typer.Option(help="one task of the study (default: each)")] = None,
+) -> None:
+    """Show each site's latest worklist with its alerts and follow-up (exact counts: run it at the site)."""
+    from forewarn.features.labels import load_task
+    from forewarn.flows.study import load_study
+    from forewarn.flows.worklist import describe, folder_of
+
+    try:
+        parsed = load_study(study)
+        names = [load_task(t).name for t in parsed.tasks]
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    sites = [s for s in parsed.sites if site in (None, s.name)]
+    tasks = [t for t in names if task in (None, t)]
+    if not sites or not tasks:
+        _fail(f"{study} has no {'site ' + repr(site) if not sites else 'task ' + repr(task)}; its sites are "
+              f"{[s.name for s in parsed.sites]} and its tasks {names}.")
+    for s in sites:
+        folder = folder_of(s, parsed)
+        for t in tasks:
+            path, error = folder / f"{t}.json", folder / f"{t}.error.json"
+            if path.is_file():
+                try:
+                    lines = describe(json.loads(path.read_text()))
+                except (ValueError, KeyError, TypeError) as exc:
+                    lines = [f"{path} cannot be read ({type(exc).__name__}: {exc})"]
+            elif error.is_file():
+                lines = [f"no worklist tonight; why: {error}"]
+            else:
+                lines = [f"no worklist in {folder}" + ("" if parsed.worklist.enabled else " (worklists are off in the "
+                                                       "study: worklist.enabled)")]
+            typer.echo(f"{s.name}  {t}  {lines[0]}")
+            for line in lines[1:]:
+                typer.echo(f"  {line}")
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
     backend_store_uri: Annotated[str | None, typer.Option(

@@ -234,38 +234,54 @@ def new_alerts(record: dict[str, np.ndarray], alerted: np.ndarray, today: date,
 
 
 SCORED = pa.schema([(schema.SUBJECT_ID, pa.int64()), (schema.PREDICTION_TIME, pa.timestamp("us")),
-                    ("first_scored_date", pa.date32()), (schema.PREDICTED_BOOLEAN_PROBABILITY, pa.float64()),
-                    (schema.PREDICTED_BOOLEAN_VALUE, pa.bool_()), ("model", pa.string())])
+                    ("first_scored_date", pa.date32()), ("seen_until", pa.timestamp("us")),
+                    (schema.PREDICTED_BOOLEAN_PROBABILITY, pa.float64()), ("model", pa.string()),
+                    ("alerted", pa.bool_()), ("first_alert_date", pa.date32())])
 
 
-def read_scored(path: Path) -> pa.Table:
-    """The site's scoring record of a task (``SCORED``: each (person, prediction time) a
-    worklist scored, on the first night it did, with that night's risk, alert and model),
-    empty when there is none or it cannot be read."""
+def read_scored(path: Path) -> tuple[pa.Table, str | None]:
+    """The site's scoring record of a task (``SCORED``, see ``enter_scored``), empty when
+    there is none; and why it could not be read, where a file is there but is not one."""
+    if not path.exists():
+        return SCORED.empty_table(), None
     try:
         table = pq.read_table(path)
         if not table.schema.equals(SCORED, check_metadata=False):
-            raise ValueError(f"{path}: not a scoring record")
-    except (OSError, ValueError, pa.ArrowException):
-        table = SCORED.empty_table()
-    return table.replace_schema_metadata(None)
+            raise ValueError("its columns are not a scoring record's")
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return SCORED.empty_table(), f"{type(exc).__name__}: {exc}"
+    return table.replace_schema_metadata(None), None
 
 
 def enter_scored(record: pa.Table, tonight: pa.Table, model: str, today: date, keep_days: int) -> pa.Table:
     """The scoring record with tonight's worklist (``tonight``, the prediction schema)
-    entered: a (subject, prediction time) not in it yet is added with tonight's date,
-    risk, alert and ``model``; one already in it keeps its first night, so a rerun and a
-    later champion change nothing that was shown before. Entries first scored more than
-    ``keep_days`` before ``today`` are dropped. Sorted by subject and time."""
+    entered. A (subject, prediction time) not in it yet is added with tonight's date, risk
+    and ``model``, ``seen_until`` null (``labels.follow_up`` fills it with tonight's pull's
+    last event of the subject) and tonight's alert decision (``alerted``; null where the
+    worklist had none). One already in it keeps its first night, risk and model, so a rerun
+    and a later champion change nothing shown before; but an alert on a later night counts
+    (``alerted`` true from then on, ``first_alert_date`` the first night it was). Entries
+    first scored more than ``keep_days`` before ``today`` are dropped. Sorted by subject and
+    time."""
     key = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
     old = record.to_pandas()
-    fresh = tonight.select([*key, schema.PREDICTED_BOOLEAN_PROBABILITY, schema.PREDICTED_BOOLEAN_VALUE]).to_pandas()
-    fresh = fresh.merge(old[key], on=key, how="left", indicator=True)
-    fresh = fresh[fresh.pop("_merge") == "left_only"].assign(first_scored_date=today, model=model)
-    both = pd.concat([old, fresh[old.columns]], ignore_index=True) if len(old) else fresh[old.columns]
+    now = (tonight.select([*key, schema.PREDICTED_BOOLEAN_PROBABILITY, schema.PREDICTED_BOOLEAN_VALUE]).to_pandas()
+           .rename(columns={schema.PREDICTED_BOOLEAN_VALUE: "tonight"}))
+    both = old.merge(now, on=key, how="outer", suffixes=("", "_tonight"), indicator=True)
+    fresh = (both.pop("_merge") == "right_only").to_numpy()
+    both.loc[fresh, "first_scored_date"] = today
+    both.loc[fresh, "model"] = model
+    both.loc[fresh, schema.PREDICTED_BOOLEAN_PROBABILITY] = both.loc[fresh, f"{schema.PREDICTED_BOOLEAN_PROBABILITY}_tonight"]
+    tonight_alert = both.pop("tonight")
+    decided = tonight_alert.notna().to_numpy()
+    alerted_now = tonight_alert.fillna(False).astype(bool).to_numpy()
+    before = both["alerted"].fillna(False).astype(bool).to_numpy()
+    both.loc[alerted_now & ~before, "first_alert_date"] = today
+    both["alerted"] = np.where(before | alerted_now, True, np.where(decided | both["alerted"].notna().to_numpy(),
+                                                                     False, None))
     age = (pd.Timestamp(today) - pd.to_datetime(both["first_scored_date"])).dt.days
     both = both[age.to_numpy() <= keep_days].sort_values(key, kind="stable", ignore_index=True)
-    return pa.Table.from_pandas(both, schema=SCORED, preserve_index=False)
+    return pa.Table.from_pandas(both[SCORED.names], schema=SCORED, preserve_index=False)
 
 
 def _share(a: int, b: int) -> float | None:
@@ -275,10 +291,10 @@ def _share(a: int, b: int) -> float | None:
 def _two_by_two(resolved: pd.DataFrame) -> dict | None:
     """Alert against outcome over the resolved scorings with an alert decision (None
     when none has one: a worklist without alerts)."""
-    decided = resolved[resolved[schema.PREDICTED_BOOLEAN_VALUE].notna()]
+    decided = resolved[resolved["alerted"].notna()]
     if decided.empty:
         return None
-    alert = decided[schema.PREDICTED_BOOLEAN_VALUE].astype(bool).to_numpy()
+    alert = decided["alerted"].astype(bool).to_numpy()
     event = (decided["status"] == "outcome").to_numpy()
     tp, fp, fn, tn = (int(((alert == a) & (event == e)).sum())
                       for a, e in ((True, True), (True, False), (False, True), (False, False)))
@@ -291,9 +307,9 @@ def _group(part: pd.DataFrame) -> dict:
     alerts' sensitivity and PPV there."""
     resolved = part[part["status"].isin(["outcome", "no_outcome"])]
     table = _two_by_two(resolved)
-    decided = part[schema.PREDICTED_BOOLEAN_VALUE].notna()
+    decided = part["alerted"].notna()
     return {"scorings": len(part),
-            "alerts": int(part.loc[decided, schema.PREDICTED_BOOLEAN_VALUE].astype(bool).sum()) if decided.any() else None,
+            "alerts": int(part.loc[decided, "alerted"].astype(bool).sum()) if decided.any() else None,
             "resolved": len(resolved), "with_outcome": int((resolved["status"] == "outcome").sum()),
             "sensitivity": None if table is None else table["sensitivity"], "ppv": None if table is None else table["ppv"]}
 
@@ -316,7 +332,7 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
            "status": {s: int(counts.get(s, 0)) for s in labels.FOLLOW_UP}, "models": sorted(frame["model"].unique())}
     if keep_days < horizon_days:
         out["note"] = (f"worklist.followup_days ({keep_days}) is shorter than the task's horizon ({horizon_days} days): "
-                       "a scoring is dropped before its window can close, so none resolves as no_outcome")
+                       "scorings are dropped before their window can close, so most can never resolve as no_outcome")
     resolved = frame[frame["status"].isin(["outcome", "no_outcome"])]
     y = (resolved["status"] == "outcome").to_numpy()
     auroc = point_metrics(y, resolved[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy())["auroc"] if len(y) else math.nan
@@ -324,7 +340,7 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
                        "outcome_rate": float(y.mean()) if len(y) else None,
                        "auroc": None if math.isnan(auroc) else auroc}
     out["alerts"] = _two_by_two(resolved)
-    hits = frame[(frame["status"] == "outcome") & frame[schema.PREDICTED_BOOLEAN_VALUE].fillna(False).astype(bool)]
+    hits = frame[(frame["status"] == "outcome") & frame["alerted"].fillna(False).astype(bool)]
     lead = (hits.groupby(schema.SUBJECT_ID).agg(t=(schema.PREDICTION_TIME, "min"), o=("outcome_time", "first"))
             .pipe(lambda g: (g["o"] - g["t"]).dt.days.to_numpy()))
     out["lead_time_days"] = None if not lead.size else {
@@ -339,19 +355,65 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
     return out
 
 
+def _n(value) -> str:
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.3f}"
+
+
+def describe(summary: dict) -> list[str]:
+    """A published worklist's ``.json`` in lines for the site's own console (``forewarn
+    worklist``): the list, its alerts and its follow-up, with exact counts. For the site's
+    eyes only, like the file."""
+    alerts = ("no alerts" if summary.get("alerts") is None
+              else f"{summary['alerts']:,} alerts at the budget of {summary['alert_budget']:g} per 1,000"
+              if summary.get("alerts_by") == "budget"
+              else f"{summary['alerts']:,} alerts at the threshold {summary['threshold']:.4f}")
+    new = summary.get("new_alerts")
+    lines = [f"{summary['rows']:,} people, {alerts}"
+             + (f" ({new['new']:,} new: none in the {new['lookback_days']} days before)" if new else "")
+             + f"; scored by {summary['model']} ({summary.get('whose', 'site')}'s), published {summary['published_at']}"]
+    f = summary.get("followup")
+    if f is None:
+        return lines
+    status = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in f["status"].items() if v)
+    lines.append(f"follow-up of {f['scorings']:,} scorings of {f['people']:,} people since {f['first_scored_since']} "
+                 f"(kept {f['kept_days']:,} days): {status or 'none'}")
+    if f.get("note"):
+        lines.append(f"  note: {f['note']}")
+    r, a = f["resolved"], f["alerts"]
+    lines.append(f"  resolved {r['scorings']:,} (outcome in the window or followed through the horizon without it): "
+                 f"{r['with_outcome']:,} with the outcome, rate {_n(r['outcome_rate'])}, AUROC of the risks shown "
+                 f"{_n(r['auroc'])}")
+    if a is not None:
+        lines.append(f"  alerts against outcomes: {a['true_positive']:,} true and {a['false_positive']:,} false "
+                     f"alerts, {a['false_negative']:,} missed, {a['true_negative']:,} rightly not alerted; sensitivity "
+                     f"{_n(a['sensitivity'])}, specificity {_n(a['specificity'])}, PPV {_n(a['ppv'])}")
+    lead = f.get("lead_time_days")
+    if lead is not None:
+        lines.append(f"  lead time, earliest alerted prediction time to the outcome: median {lead['median']:g} days "
+                     f"(quartiles {lead['q1']:g}-{lead['q3']:g}, range {lead['min']:,}-{lead['max']:,}) over "
+                     f"{lead['people']:,} people")
+    for column, levels in (f.get("subgroups") or {}).items():
+        parts = [f"{level} {g['scorings']:,} scored, {_n(g['alerts'])} alerted, {g['with_outcome']:,} outcomes, "
+                 f"sensitivity {_n(g['sensitivity'])}, PPV {_n(g['ppv'])}" for level, g in levels.items()]
+        lines.append(f"  by {column.replace('_', ' ')}: " + "; ".join(parts))
+    return lines
+
+
 def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | None = None, *,
                     lookback_days: int = 30, today: date | None = None, events_dir: Path | None = None,
-                    followup_days: int = 1095) -> list[Path]:
+                    followup_days: int = 1095) -> tuple[list[Path], str | None]:
     """Copy the stage's worklist to ``folder/<task>.parquet``, with tonight's new alerts
     (``new_alerts``: alerted on no earlier night within ``lookback_days``) in
     ``<task>.new.parquet`` and the site's alert record in ``<task>.alerted.parquet``, then
     ``.json`` with the night it was published, the new and repeated alerts and ``extra``
     (each replaced whole, the summary last, so a summary never describes another list).
     A worklist without alerts (no threshold, no budget) has no new alerts and leaves the
-    record as it is. With ``events_dir`` (tonight's pull), tonight's scorings enter the
-    site's scoring record ``<task>.scored.parquet`` (``enter_scored``, kept
+    record as it is. With ``events_dir`` (tonight's pull), once the worklist is out,
+    tonight's scorings enter the site's scoring record ``<task>.scored.parquet`` (kept
     ``followup_days``) and the summary's ``followup`` says what the pull shows became of
-    every scoring in it (``follow_up_summary``). Returns the paths written."""
+    every scoring in it (``follow_up``); one that fails is ``followup.error`` (its kind,
+    reason and traceback, in the summary at the site). Returns the paths written and the
+    kind of error of a follow-up that failed (None when none did)."""
     folder.mkdir(parents=True, exist_ok=True)
     parquet, new, summary, alerted_path, scored_path = (folder / f"{spec.name}{suffix}" for suffix in (
         ".parquet", ".new.parquet", ".json", ".alerted.parquet", ".scored.parquet"))
@@ -373,22 +435,51 @@ def publish_locally(folder: Path, spec: TaskSpec, stage: Stage, extra: dict | No
         _write(alerted_path, lambda p: pq.write_table(alerted_table(entered), p))
         counts = {"lookback_days": lookback_days, "new": int(is_new.sum()), "repeated": int(len(ids) - is_new.sum())}
         written += [new, alerted_path]
-    followup = None
-    if events_dir is not None:
-        scored = enter_scored(read_scored(scored_path), tonight, record["model"], today, followup_days)
-        outcomes = labels.follow_up(events_dir, spec, scored.column(schema.SUBJECT_ID).to_numpy(),
-                                    scored.column(schema.PREDICTION_TIME).to_numpy())
-        _write(scored_path, lambda p: pq.write_table(scored, p))
-        groups = label_demographics(events_dir, scored_path)  # in the record's order (subject, time)
-        if not np.array_equal(groups[schema.SUBJECT_ID].to_numpy(), scored.column(schema.SUBJECT_ID).to_numpy()):
-            raise RuntimeError(f"{scored_path}: the subgroups of its rows came back in another order")
-        followup = follow_up_summary(scored, outcomes, followup_days, spec.horizon_days, groups)
-        written.append(scored_path)
     _write(parquet, lambda p: shutil.copyfile(stage.result["predictions"], p))
+    followup, failed = None, None
+    if events_dir is not None:
+        try:  # the worklist is out already: a follow-up that fails takes nothing of it back
+            followup = follow_up(scored_path, tonight, record["model"], spec, events_dir, today, followup_days)
+            written.append(scored_path)
+        except Exception as exc:  # noqa: BLE001 - said in the summary at the site, and the night fails
+            failed = type(exc).__name__
+            followup = {"error": failed, "reason": str(exc), "traceback": "".join(traceback.format_exception(exc))}
+            written.append(scored_path)  # whatever is there is kept for the next night
     record |= (extra or {}) | {"published_at": datetime.now(UTC).isoformat(timespec="seconds"), "new_alerts": counts,
                                "followup": followup}
     _write(summary, lambda p: p.write_text(json.dumps(record, indent=1)))
-    return written
+    return written, failed
+
+
+def follow_up(path: Path, tonight: pa.Table, model: str, spec: TaskSpec, events_dir: Path, today: date,
+              keep_days: int) -> dict:
+    """Enter tonight's worklist in the scoring record at ``path`` (``enter_scored``),
+    follow every scoring in it up against tonight's pull (``labels.follow_up``, whose
+    ``seen_until`` of tonight's new scorings is kept in the record) and summarise
+    (``follow_up_summary``, with each row's age band and sex). A file there that is not a
+    scoring record is set aside as ``<name>.unreadable-<date>``, never overwritten, and
+    the summary's ``note`` says so."""
+    old, problem = read_scored(path)
+    notes = []
+    if problem is not None:
+        aside = path.with_name(f"{path.name}.unreadable-{today.isoformat()}")
+        path.replace(aside)
+        notes.append(f"the scoring record could not be read ({problem}); it was set aside as {aside.name} and a "
+                     "new one begun tonight")
+    scored = enter_scored(old, tonight, model, today, keep_days)
+    outcomes = labels.follow_up(events_dir, spec, scored.column(schema.SUBJECT_ID).to_numpy(),
+                                scored.column(schema.PREDICTION_TIME).to_numpy(),
+                                scored.column("seen_until").to_numpy(zero_copy_only=False))
+    scored = scored.set_column(SCORED.get_field_index("seen_until"), SCORED.field("seen_until"),
+                               pa.array(outcomes["seen_until"].to_numpy(), pa.timestamp("us")))
+    _write(path, lambda p: pq.write_table(scored, p))
+    groups = label_demographics(events_dir, path)  # in the record's order (subject, time)
+    if not np.array_equal(groups[schema.SUBJECT_ID].to_numpy(), scored.column(schema.SUBJECT_ID).to_numpy()):
+        raise RuntimeError(f"{path}: the subgroups of its rows came back in another order")
+    summary = follow_up_summary(scored, outcomes, keep_days, spec.horizon_days, groups)
+    if notes:
+        summary["note"] = "; ".join([*notes, *([summary["note"]] if "note" in summary else [])])
+    return summary
 
 
 def record_error(folder: Path, spec: TaskSpec, exc: BaseException) -> Path:
@@ -411,15 +502,16 @@ OWN = tuple(f"{kind}{partial}" for kind in (".parquet", ".new.parquet", ".alerte
 
 def sweep(folder: Path, keep: set[Path]) -> tuple[set[str], dict[str, str]]:
     """Remove the worklist files of ``folder`` (the study's) but ``keep``; files of other
-    names are left alone. Returns the tasks whose worklist (not an error record) was
+    names, and the scoring records (``<task>.scored.parquet``: years of follow-up, kept
+    even with worklists off), are left alone. Returns the tasks whose worklist (not an error record) was
     removed, and the kind of error of each task's file that could not be."""
     removed, stuck = set(), {}
     if not folder.is_dir():
         return removed, stuck
     for path in sorted(folder.iterdir()):
         suffix = next((s for s in sorted(OWN, key=len, reverse=True) if path.name.endswith(s)), None)
-        if suffix is None or not path.is_file() or path in keep:
-            continue
+        if suffix is None or suffix == ".scored.parquet" or not path.is_file() or path in keep:
+            continue  # a scoring record is years of follow-up: never removed
         task = path.name[: -len(suffix)]
         try:
             path.unlink()
@@ -456,8 +548,7 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
     for site in study.sites:
         name, folder = site.name, folder_of(site, study)
         if study.worklist.enabled:  # whom each task alerted outlasts a night without a worklist
-            keep[name].update(folder / f"{spec.name}{kind}" for spec in specs
-                              for kind in (".alerted.parquet", ".scored.parquet"))
+            keep[name].update(folder / f"{spec.name}.alerted.parquet" for spec in specs)
         for spec in specs if study.worklist.enabled else []:
             if name not in pulls:
                 notes[name, spec.name] = ("no worklist: the site's pull failed tonight", False)
@@ -472,10 +563,11 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 used[name].append(stage)
                 # another site's model: its external validation here, as tonight's store has it
                 here = {} if whose != "other_sites" else {"validated_here": choice.validation}
-                keep[name].update(publish_locally(folder, spec, stage, here,
-                                                  lookback_days=study.worklist.new_alert_days,
-                                                  events_dir=pulls[name].result.events_dir,
-                                                  followup_days=study.worklist.followup_days))
+                written, followup_failed = publish_locally(folder, spec, stage, here,
+                                                           lookback_days=study.worklist.new_alert_days,
+                                                           events_dir=pulls[name].result.events_dir,
+                                                           followup_days=study.worklist.followup_days)
+                keep[name].update(written)
             except NoOneEligible as exc:  # not a failure: tonight there is no one to score
                 where = _error_note(folder, spec, exc, keep[name])
                 notes[name, spec.name] = (f"no worklist: no one at the site is eligible for {spec.name} tonight "
@@ -493,7 +585,9 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                       else f"; no alerts: its threshold was set at {model.site}" if whose == "other_sites" else "")
             also = f"; {'; '.join(passed)}" if passed else ""
             notes[name, spec.name] = (f"worklist: {folder / f'{spec.name}.parquet'} (scored by {model.label}{owner}"
-                                      f"{alerts}{also})", False)
+                                      f"{alerts}{also})" + (f"; its follow-up failed ({followup_failed}): the reason "
+                                                            f"is in {folder / f'{spec.name}.json'} at the site"
+                                                            if followup_failed else ""), followup_failed is not None)
             if stage.hit:
                 logger.info("site %s, task %s: worklist unchanged since an earlier night", name, spec.name)
     for site in study.sites:

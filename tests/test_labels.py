@@ -296,11 +296,21 @@ def test_follow_up_of_scored_times_in_a_later_pull(tmp_path):
     write_events(e, rows)
     ids = np.array([1, 2, 3, 4, 5, 6, 7, 8, 99, 1])
     times = np.array([T] * 9 + [T + 100 * D], "datetime64[us]")  # 99 is not in the pull; 1 again, later
-    got = L.follow_up(e, spec(), ids, times)
+    seen = times.copy()  # each shown on the day of its prediction time: the label rules
+    got = L.follow_up(e, spec(), ids, times, seen)
     assert got["status"].tolist() == ["outcome", "outcome", "no_outcome", "no_outcome", "outcome_in_gap",
                                       "outcome_before", "died", "pending", "not_in_pull", "outcome_before"]
     assert got["outcome_time"].tolist()[:3] == [pd.Timestamp(T + 91 * D), pd.Timestamp(T + 730 * D), pd.NaT]
     assert got["outcome_time"].isna().tolist() == [False, False, True, True, False, False, True, True, True, False]
+    assert (got["seen_until"].to_numpy() == seen).all()
+    # shown later: 1 when the record ran to T + 95 (the outcome, on day 91, was dated before it: recorded
+    # since); 3 with the window closed; 4 and 8 with no time given: this pull's last event, so a scoring
+    # of tonight's whose record already runs to the horizon has nothing left to predict
+    later = L.follow_up(e, spec(), [1, 3, 4, 8], times[:4], np.array([T + 95 * D, T + 730 * D, "NaT", "NaT"],
+                                                                      "datetime64[us]"))
+    assert later["status"].tolist() == ["outcome_before", "window_passed", "window_passed", "pending"]
+    assert later["seen_until"].tolist() == [pd.Timestamp(T + 95 * D), pd.Timestamp(T + 730 * D),
+                                            pd.Timestamp(T + 730 * D), pd.Timestamp(T + 729 * D)]
     empty = tmp_path / "none"
     write_events(empty, [])
     assert L.follow_up(empty, spec(), ids[:2], times[:2])["status"].tolist() == ["not_in_pull", "not_in_pull"]

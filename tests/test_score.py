@@ -24,6 +24,18 @@ pytestmark = pytest.mark.slow
 MODEL = "forewarn-t2d_2y-academic"
 
 
+def _study(demo_network) -> dict:
+    return {
+        "name": "scoring", "demo": True, "tasks": ["t2d_2y"],
+        "sites": [{"name": "academic", "source": {"location": str(demo_network["academic"])}}],
+        "features": {"windows": ["365d", "full"]},  # not the default: the model's own settings must be used
+        "evaluation": {"bootstrap": 20, "shap_rows": 100},
+        "models": {"n_jobs": 1, "search": {"trials": 0}},
+        "validation": {"designs": ["internal"]},
+        "worklist": {"enabled": True},
+    }
+
+
 @pytest.fixture(scope="module")
 def night(tmp_path_factory, demo_network):
     work = tmp_path_factory.mktemp("work")
@@ -33,15 +45,7 @@ def night(tmp_path_factory, demo_network):
         from forewarn.flows.nightly import nightly
         from forewarn.flows.study import parse_study
 
-        study = parse_study({
-            "name": "scoring", "demo": True, "tasks": ["t2d_2y"],
-            "sites": [{"name": "academic", "source": {"location": str(demo_network["academic"])}}],
-            "features": {"windows": ["365d", "full"]},  # not the default: the model's own settings must be used
-            "evaluation": {"bootstrap": 20, "shap_rows": 100},
-            "models": {"n_jobs": 1, "search": {"trials": 0}},
-            "validation": {"designs": ["internal"]},
-            "worklist": {"enabled": True},
-        }, base_dir=work)
+        study = parse_study(_study(demo_network), base_dir=work)
         with prefect_test_harness(server_startup_timeout=180):
             results = nightly(study)
     stages = work / "sites" / "academic" / "work" / "stages"
@@ -336,37 +340,44 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     new = pq.read_table(folder / "t2d_2y.new.parquet")
     assert new.schema.equals(schema.PREDICTION_SCHEMA)
     pd.testing.assert_frame_equal(new.to_pandas(), frame[frame["predicted_boolean_value"]].reset_index(drop=True))
-    # every scoring enters the site's record for follow-up; tonight's pull has no future for any of them
+    # every scoring enters the site's record for follow-up, seen until the subject's last event tonight
     scored = pd.read_parquet(folder / "t2d_2y.scored.parquet")
     pd.testing.assert_frame_equal(
-        scored[["subject_id", "prediction_time", "predicted_boolean_probability", "predicted_boolean_value"]],
+        scored[["subject_id", "prediction_time", "predicted_boolean_probability", "alerted"]],
         frame.sort_values(["subject_id", "prediction_time"], ignore_index=True)[
-            ["subject_id", "prediction_time", "predicted_boolean_probability", "predicted_boolean_value"]])
+            ["subject_id", "prediction_time", "predicted_boolean_probability", "predicted_boolean_value"]]
+        .rename(columns={"predicted_boolean_value": "alerted"}))
     assert (scored["model"] == f"{MODEL} v1").all()
-    # no one eligible has the outcome recorded; those whose record goes on two years past their
-    # latest visit (730 days, the horizon) are already resolved without it, the others are open
+    last = _last_events(night["events"])
+    assert (scored["seen_until"] == scored["subject_id"].map(last)).all()
+    # no one eligible has the outcome recorded; for those whose record already runs two years (the
+    # horizon) past their latest visit the window had closed when shown; the others are open
     seen = _seen_past_horizon(night["events"], frame)
     followup = summary["followup"]
     assert followup["scorings"] == len(frame) and followup["kept_days"] == 1095 and 0 < seen.sum() < len(frame)
-    assert followup["status"] == {"outcome": 0, "no_outcome": int(seen.sum()), "outcome_in_gap": 0, "outcome_before": 0,
-                                  "died": 0, "pending": int((~seen).sum()), "not_in_pull": 0}
-    assert followup["resolved"] == {"scorings": int(seen.sum()), "with_outcome": 0, "outcome_rate": 0.0, "auroc": None}
-    assert followup["alerts"]["true_positive"] == followup["alerts"]["false_negative"] == 0
-    assert followup["alerts"]["false_positive"] == int(frame.loc[seen, "predicted_boolean_value"].sum())
-    assert followup["lead_time_days"] is None
+    assert followup["status"] == {"outcome": 0, "no_outcome": 0, "outcome_in_gap": 0, "outcome_before": 0,
+                                  "window_passed": int(seen.sum()), "died": 0, "pending": int((~seen).sum()),
+                                  "not_in_pull": 0}
+    assert followup["resolved"] == {"scorings": 0, "with_outcome": 0, "outcome_rate": None, "auroc": None}
+    assert followup["alerts"] is None and followup["lead_time_days"] is None
     # the run's summary names the file and the model, never a count
     [published] = night["results"]
     assert published.status == "published" and not published.worklist_failed
     assert published.worklist == f"worklist: {folder / 't2d_2y.parquet'} (scored by {MODEL} v1)"
 
 
-def _seen_past_horizon(events: Path, frame: pd.DataFrame) -> np.ndarray:
-    """Whether each row's subject has an event 730 days or more after its prediction time."""
+def _last_events(events: Path) -> pd.Series:
+    """Each subject's last event time in a pull."""
     from forewarn.records import schema
 
-    last = (pd.concat([pd.read_parquet(p, columns=[schema.SUBJECT_ID, schema.TIME]) for p in events.glob("*.parquet")])
+    return (pd.concat([pd.read_parquet(p, columns=[schema.SUBJECT_ID, schema.TIME]) for p in events.glob("*.parquet")])
             .groupby(schema.SUBJECT_ID)[schema.TIME].max())
-    return (frame[schema.SUBJECT_ID].map(last) >= frame[schema.PREDICTION_TIME] + pd.Timedelta(days=730)).to_numpy()
+
+
+def _seen_past_horizon(events: Path, frame: pd.DataFrame) -> np.ndarray:
+    """Whether each row's subject has an event 730 days or more after its prediction time."""
+    last = frame["subject_id"].map(_last_events(events))
+    return (last >= frame["prediction_time"] + pd.Timedelta(days=730)).to_numpy()
 
 
 def test_the_worklist_takes_the_first_preferred_champion(night, restore_tracking):
@@ -584,11 +595,46 @@ def test_a_worklist_without_alerts_has_no_new_ones_and_keeps_the_record(night, t
     summary = json.loads(stage.result["summary"].read_text()) | {"alerts": None}  # as a network model's
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     before = record.read_bytes()
-    written = publish_locally(folder, load_task("t2d_2y"), replace(stage, result={
+    written, _ = publish_locally(folder, load_task("t2d_2y"), replace(stage, result={
         "predictions": stage.result["predictions"], "summary": tmp_path / "summary.json"}))
     assert written == [folder / "t2d_2y.parquet", folder / "t2d_2y.json"]
     assert json.loads((folder / "t2d_2y.json").read_text())["new_alerts"] is None
     assert not (folder / "t2d_2y.new.parquet").exists() and record.read_bytes() == before
+
+
+def test_forewarn_worklist_shows_each_site_s_worklist_and_follow_up(night, demo_network, tmp_path):
+    import json
+
+    import yaml
+
+    from forewarn.flows.cli import app
+
+    study = night["work"] / "study.yaml"
+    study.write_text(yaml.safe_dump(_study(demo_network)))
+    result = CliRunner().invoke(app, ["worklist", str(study)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((_worklists(night) / "t2d_2y.json").read_text())
+    f = summary["followup"]
+    lines = result.output.splitlines()
+    assert lines[0] == (f"academic  t2d_2y  {summary['rows']:,} people, {summary['alerts']:,} alerts at the threshold "
+                        f"{summary['threshold']:.4f} ({summary['alerts']:,} new: none in the 30 days before); scored "
+                        f"by {MODEL} v1 (site's), published {summary['published_at']}")
+    assert lines[1] == (f"  follow-up of {f['scorings']:,} scorings of {f['people']:,} people since "
+                        f"{f['first_scored_since']} (kept 1,095 days): window passed {f['status']['window_passed']:,}, "
+                        f"pending {f['status']['pending']:,}")
+    assert lines[2] == ("    resolved 0 (outcome in the window or followed through the horizon without it): 0 with the "
+                        "outcome, rate -, AUROC of the risks shown -")
+    assert lines[3].startswith("    by age band: ") and lines[4].startswith("    by sex: F ") and len(lines) == 5
+    for args, message in ((["--site", "nowhere"], "has no site 'nowhere'; its sites are ['academic']"),
+                          (["--task", "ckd3_2y"], "has no task 'ckd3_2y'; its sites are ['academic'] and its tasks "
+                                                  "['t2d_2y']")):
+        result = CliRunner().invoke(app, ["worklist", str(study), *args])
+        assert result.exit_code == 2 and message in result.output
+    elsewhere = tmp_path / "study.yaml"  # the same study from another folder: its sites' workdirs are there
+    elsewhere.write_text(study.read_text())
+    result = CliRunner().invoke(app, ["worklist", str(elsewhere)])
+    assert result.exit_code == 0 and result.output == (
+        f"academic  t2d_2y  no worklist in {tmp_path / 'sites' / 'academic' / 'work' / 'worklists' / 'scoring'}\n")
 
 
 def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
@@ -610,16 +656,21 @@ def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
     [key] = [p.name for p in (cache.root / "worklist-t2d_2y").iterdir()]
     stage = cache.run("worklist-t2d_2y", key, lambda out: pytest.fail("the worklist is cached"))
     worklist = pd.read_parquet(stage.result["predictions"])
-    seen = _seen_past_horizon(night["events"], worklist)  # resolved without the outcome on the first night
-    open_ = worklist[~seen]
+    last = worklist["subject_id"].map(_last_events(night["events"]))
+    seen = (last >= worklist["prediction_time"] + pd.Timedelta(days=730)).to_numpy()  # the window closed when shown
+    open_ = worklist[(last < worklist["prediction_time"] + pd.Timedelta(days=600)).to_numpy()]
     alerted, quiet = open_[open_["predicted_boolean_value"]], open_[~open_["predicted_boolean_value"]]
     folder = tmp_path / "site"
-    publish_locally(folder, load_task("t2d_2y"), stage, today=date(2026, 1, 1), events_dir=night["events"])
-    # later: the first 3 alerted and the first 2 not alerted have the outcome 200 days on; the
-    # next 4 alerted and 5 not alerted are seen 800 days on without it; the rest are not seen again
+    written, failed = publish_locally(folder, load_task("t2d_2y"), stage, today=date(2026, 1, 1),
+                                      events_dir=night["events"])
+    assert failed is None and folder / "t2d_2y.scored.parquet" in written
+    # later: the first 3 alerted and the first 2 not alerted have the outcome 30 days after their
+    # record ended (and at least 91 days after the visit: past the gap); the next 4 alerted and
+    # 5 not alerted are seen 800 days on without it; the rest are not seen again
     day = timedelta(days=1)
-    extra = [(r.subject_id, r.prediction_time + 200 * day, "ICD10CM//E11.9")
-             for r in [*alerted.iloc[:3].itertuples(), *quiet.iloc[:2].itertuples()]]
+    outcome_at = {r.subject_id: max(last[r.Index] + 30 * day, r.prediction_time + 91 * day)
+                  for r in [*alerted.iloc[:3].itertuples(), *quiet.iloc[:2].itertuples()]}
+    extra = [(subject, when, "ICD10CM//E11.9") for subject, when in outcome_at.items()]
     extra += [(r.subject_id, r.prediction_time + 800 * day, "Visit//OP")
               for r in [*alerted.iloc[3:7].itertuples(), *quiet.iloc[2:7].itertuples()]]
     events = pa.concat_tables([pq.read_table(p) for p in sorted(night["events"].glob("*.parquet"))])
@@ -638,15 +689,16 @@ def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
         today=date(2028, 7, 1), events_dir=later)
     followup = json.loads((folder / "t2d_2y.json").read_text())["followup"]
     before = int(seen.sum())
-    assert followup["status"] == {"outcome": 5, "no_outcome": before + 9, "outcome_in_gap": 0, "outcome_before": 0,
-                                  "died": 0, "pending": len(worklist) - before - 14, "not_in_pull": 0}
+    assert followup["status"] == {"outcome": 5, "no_outcome": 9, "outcome_in_gap": 0, "outcome_before": 0,
+                                  "window_passed": before, "died": 0, "pending": len(worklist) - before - 14,
+                                  "not_in_pull": 0}
     assert followup["first_scored_since"] == "2026-01-01" and followup["scorings"] == len(worklist)
-    fp, tn = int(worklist.loc[seen, "predicted_boolean_value"].sum()) + 4, int((~worklist.loc[seen, "predicted_boolean_value"]).sum()) + 5
-    assert followup["alerts"] == {"scorings": before + 14, "true_positive": 3, "false_positive": fp, "false_negative": 2,
-                                  "true_negative": tn, "sensitivity": 3 / 5, "specificity": tn / (tn + fp),
-                                  "ppv": 3 / (3 + fp)}
-    assert followup["lead_time_days"] == {"people": 3, "median": 200.0, "q1": 200.0, "q3": 200.0, "min": 200,
-                                          "max": 200}
+    assert followup["alerts"] == {"scorings": 14, "true_positive": 3, "false_positive": 4, "false_negative": 2,
+                                  "true_negative": 5, "sensitivity": 3 / 5, "specificity": 5 / 9, "ppv": 3 / 7}
+    lead = np.array([(outcome_at[r.subject_id] - r.prediction_time).days for r in alerted.iloc[:3].itertuples()])
+    assert followup["lead_time_days"] == {"people": 3, "median": float(np.median(lead)),
+                                          "q1": float(np.percentile(lead, 25)), "q3": float(np.percentile(lead, 75)),
+                                          "min": int(lead.min()), "max": int(lead.max())}
     assert followup["resolved"]["with_outcome"] == 5 and 0 <= followup["resolved"]["auroc"] <= 1
     # each subgroup table splits the same scorings, alerts and outcomes
     for column in ("age_band", "sex"):
@@ -654,6 +706,37 @@ def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
         assert sum(g["scorings"] for g in levels) == len(worklist) and sum(g["with_outcome"] for g in levels) == 5
         assert sum(g["alerts"] for g in levels) == int(worklist["predicted_boolean_value"].sum())
     assert set(followup["subgroups"]["sex"]) <= {"F", "M", "~"} and len(followup["subgroups"]["age_band"]) > 1
+
+
+def test_a_follow_up_that_fails_keeps_the_worklist_and_an_unreadable_record_is_set_aside(night, tmp_path):
+    import json
+    from datetime import date
+
+    from forewarn.features.labels import load_task
+    from forewarn.flows.cache import StageCache
+    from forewarn.flows.worklist import publish_locally
+
+    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
+    [key] = [p.name for p in (cache.root / "worklist-t2d_2y").iterdir()]
+    stage = cache.run("worklist-t2d_2y", key, lambda out: pytest.fail("the worklist is cached"))
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "t2d_2y.scored.parquet").write_text("a record a crash left half written")
+    written, failed = publish_locally(folder, load_task("t2d_2y"), stage, today=date(2026, 1, 1),
+                                      events_dir=tmp_path / "no such pull")
+    assert failed == "FileNotFoundError"
+    assert (folder / "t2d_2y.parquet").read_bytes() == stage.result["predictions"].read_bytes()
+    summary = json.loads((folder / "t2d_2y.json").read_text())
+    assert summary["followup"]["error"] == "FileNotFoundError" and "no such pull" in summary["followup"]["reason"]
+    assert summary["alerts"] > 0 and summary["new_alerts"]["new"] == summary["alerts"]  # the rest is tonight's
+    aside = folder / "t2d_2y.scored.parquet.unreadable-2026-01-01"
+    assert aside.read_text() == "a record a crash left half written"
+    # the next night, with its pull, begins a new record (the old one stays set aside)
+    written, failed = publish_locally(folder, load_task("t2d_2y"), stage, today=date(2026, 1, 2),
+                                      events_dir=night["events"])
+    followup = json.loads((folder / "t2d_2y.json").read_text())["followup"]
+    assert failed is None and followup["scorings"] == summary["rows"] and "note" not in followup
+    assert aside.exists()
 
 
 def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):

@@ -124,32 +124,41 @@ def _tonight(rows):
                     schema=schema.PREDICTION_SCHEMA)
 
 
-def test_the_scoring_record_keeps_each_person_and_time_s_first_night(tmp_path):
+def test_the_scoring_record_keeps_each_person_and_time_s_first_night_and_any_later_alert(tmp_path):
     from datetime import date, datetime
 
     from forewarn.flows.worklist import enter_scored, read_scored
 
     t1, t2 = datetime(2020, 1, 1), datetime(2020, 6, 1)
-    record = read_scored(tmp_path / "none.parquet")  # no record yet
-    record = enter_scored(record, _tonight([(2, t1, 0.2, False), (1, t1, 0.9, True)]), "m v1", date(2026, 1, 1), 30)
-    # night 2: 1 at the same time (kept as first scored), 1 at a new visit, 3 new; another model
-    record = enter_scored(record, _tonight([(1, t1, 0.5, False), (1, t2, 0.6, True), (3, t1, 0.1, None)]), "m v2",
-                          date(2026, 1, 20), 30)
+    record, problem = read_scored(tmp_path / "none.parquet")  # no record yet
+    assert record.num_rows == 0 and problem is None
+    record = enter_scored(record, _tonight([(2, t1, 0.2, False), (1, t1, 0.9, True), (4, t1, 0.3, None)]), "m v1",
+                          date(2026, 1, 1), 30)
+    # night 2: 1 at the same time (its first night kept), 1 at a new visit, 3 new; 2 and 4 alerted
+    # now at the same time (a budget's cut moved; 4's first list had no alerts); another model
+    record = enter_scored(record, _tonight([(1, t1, 0.5, False), (1, t2, 0.6, True), (3, t1, 0.1, None),
+                                            (2, t1, 0.25, True), (4, t1, 0.35, True)]), "m v2", date(2026, 1, 20), 30)
     frame = record.to_pandas()
     assert frame[["subject_id", "predicted_boolean_probability", "model"]].values.tolist() == [
-        [1, 0.9, "m v1"], [1, 0.6, "m v2"], [2, 0.2, "m v1"], [3, 0.1, "m v2"]]
-    assert frame["predicted_boolean_value"].tolist() == [True, True, False, None]
-    assert [str(d) for d in frame["first_scored_date"]] == ["2026-01-01", "2026-01-20", "2026-01-01", "2026-01-20"]
-    # 31 days after the first night its scorings are dropped; a rerun adds nothing
-    later = enter_scored(record, _tonight([(3, t1, 0.3, True)]), "m v3", date(2026, 2, 1), 30)
-    assert later.to_pandas()[["subject_id", "model"]].values.tolist() == [[1, "m v2"], [3, "m v2"]]
-    path = tmp_path / "scored.parquet"
+        [1, 0.9, "m v1"], [1, 0.6, "m v2"], [2, 0.2, "m v1"], [3, 0.1, "m v2"], [4, 0.3, "m v1"]]
+    assert frame["alerted"].tolist() == [True, True, True, None, True]
+    assert [str(d) for d in frame["first_scored_date"]] == ["2026-01-01", "2026-01-20", "2026-01-01", "2026-01-20",
+                                                           "2026-01-01"]
+    assert [str(d) for d in frame["first_alert_date"]] == ["2026-01-01", "2026-01-20", "2026-01-20", "None",
+                                                          "2026-01-20"]
+    assert frame["seen_until"].isna().all()  # the follow-up fills it from the night's pull
+    # 31 days after the first night its scorings are dropped; a later night's no-alert undoes no alert
+    later = enter_scored(record, _tonight([(3, t1, 0.3, False), (1, t2, 0.1, False)]), "m v3", date(2026, 2, 1), 30)
+    assert later.to_pandas()[["subject_id", "model", "alerted"]].values.tolist() == [[1, "m v2", True],
+                                                                                      [3, "m v2", False]]
     import pyarrow.parquet as pq
 
+    path = tmp_path / "scored.parquet"
     pq.write_table(later, path)
-    assert read_scored(path).equals(later)
+    assert read_scored(path)[0].equals(later)
     path.write_text("not a record")
-    assert read_scored(path).num_rows == 0
+    table, problem = read_scored(path)
+    assert table.num_rows == 0 and problem.startswith("ArrowInvalid: ")
 
 
 def test_follow_up_counts_the_alerts_against_what_became_of_each_scoring():
@@ -162,15 +171,15 @@ def test_follow_up_counts_the_alerts_against_what_became_of_each_scoring():
     t, later = datetime(2020, 1, 1), datetime(2020, 7, 1)
     rows = [(1, t, 0.9, True), (2, t, 0.8, True), (3, t, 0.7, False), (4, t, 0.2, False), (5, t, 0.1, False),
             (6, t, 0.6, True), (7, t, 0.5, None), (1, later, 0.95, True)]
-    record = enter_scored(read_scored(Path("/nonexistent")), _tonight(rows), "m v1", date(2026, 1, 1), 1095)
+    record = enter_scored(read_scored(Path("/nonexistent"))[0], _tonight(rows), "m v1", date(2026, 1, 1), 1095)
     # in the record's order: subject 1 (t, later), 2, 3, 4, 5, 6, 7
-    status = ["outcome", "outcome", "no_outcome", "outcome", "no_outcome", "no_outcome", "pending", "died"]
+    status = ["outcome", "outcome", "no_outcome", "outcome", "no_outcome", "no_outcome", "pending", "window_passed"]
     outcome = [datetime(2020, 12, 1), datetime(2020, 12, 1), None, datetime(2020, 4, 10), None, None, None, None]
     got = follow_up_summary(record, pd.DataFrame({"status": status, "outcome_time": pd.to_datetime(outcome)}),
                             1095, 730)
     assert got["scorings"] == 8 and got["people"] == 7 and got["first_scored_since"] == "2026-01-01"
-    assert got["status"] == {"outcome": 3, "no_outcome": 3, "outcome_in_gap": 0, "outcome_before": 0, "died": 1,
-                             "pending": 1, "not_in_pull": 0}
+    assert got["status"] == {"outcome": 3, "no_outcome": 3, "outcome_in_gap": 0, "outcome_before": 0,
+                             "window_passed": 1, "died": 0, "pending": 1, "not_in_pull": 0}
     # resolved: risks 0.9, 0.95, 0.8 (outcome, outcome, none), 0.7 (outcome), 0.2, 0.1 (none): 8 of 9 pairs ordered
     assert got["resolved"] == {"scorings": 6, "with_outcome": 3, "outcome_rate": 0.5, "auroc": pytest.approx(8 / 9)}
     assert got["alerts"] == {"scorings": 6, "true_positive": 2, "false_positive": 1, "false_negative": 1,
@@ -193,3 +202,16 @@ def test_follow_up_counts_the_alerts_against_what_became_of_each_scoring():
                                        "sensitivity": 0.0, "ppv": None}
     assert by["age_band"]["~"] == {"scorings": 1, "alerts": None, "resolved": 0, "with_outcome": 0,
                                    "sensitivity": None, "ppv": None}
+
+
+def test_the_sweep_never_removes_a_scoring_record(tmp_path):
+    from forewarn.flows.worklist import sweep
+
+    names = ["t2d_2y.parquet", "t2d_2y.json", "t2d_2y.alerted.parquet", "t2d_2y.scored.parquet",
+             "t2d_2y.scored.parquet.partial", "t2d_2y.scored.parquet.unreadable-2026-01-01", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    removed, stuck = sweep(tmp_path, keep=set())  # worklists off, or no worklist of t2d_2y tonight
+    assert removed == {"t2d_2y"} and stuck == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "t2d_2y.scored.parquet",
+                                                          "t2d_2y.scored.parquet.unreadable-2026-01-01"]
