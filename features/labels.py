@@ -747,8 +747,9 @@ def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, predict
     it, a death recorded: it will not resolve) and ``pending`` (follow-up still open).
     With ``s <= t`` these are the label rules (the module's docstring). Returns ``status``
     (one of ``FOLLOW_UP``), ``outcome_time`` (``o`` for the statuses with an outcome in or
-    before the window, else NaT) and ``seen_until`` (``s``, filled with this pull's last
-    event where it was missing)."""
+    before the window, else NaT), ``seen_until`` (``s``, filled with this pull's last
+    event where it was missing) and ``last_time`` (the subject's last event in this pull;
+    NaT when not in it)."""
     ids = np.asarray(subject_ids, np.int64)
     t = np.asarray(prediction_times, "datetime64[us]").astype(np.int64)
     scan = _scan_events(events_dir, spec)
@@ -770,7 +771,8 @@ def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, predict
         ["not_in_pull", "window_passed", "outcome_before", "outcome_in_gap", "outcome", "no_outcome", "died"], "pending")
     shown = np.isin(status, ["outcome_before", "outcome_in_gap", "outcome"])
     return pd.DataFrame({"status": status, "outcome_time": np.where(shown, o, _NAT).astype("datetime64[us]"),
-                         "seen_until": seen.astype("datetime64[us]")})
+                         "seen_until": seen.astype("datetime64[us]"),
+                         "last_time": np.where(found, last, _NAT).astype("datetime64[us]")})
 
 
 def _per_subject(ids: np.ndarray, sid: np.ndarray, removed: np.ndarray, step: str) -> pd.DataFrame:

@@ -439,8 +439,8 @@ def score(
 @app.command()
 def worklist(
     study: Annotated[Path, typer.Argument(help="the study YAML")],
-    site: Annotated[str | None, typer.Option(help="one site of the study (default: every site whose worklists are "
-                                                  "on this machine)")] = None,
+    site: Annotated[str | None, typer.Option(help="one site of the study (default: each; a site whose work folder "
+                                                  "is elsewhere shows none)")] = None,
     task: Annotated[str | None, typer.Option(help="one task of the study (default: each)")] = None,
 ) -> None:
     """Show each site's latest worklist with its alerts and follow-up (exact counts: run it at the site)."""

@@ -236,35 +236,42 @@ def new_alerts(record: dict[str, np.ndarray], alerted: np.ndarray, today: date,
 SCORED = pa.schema([(schema.SUBJECT_ID, pa.int64()), (schema.PREDICTION_TIME, pa.timestamp("us")),
                     ("first_scored_date", pa.date32()), ("seen_until", pa.timestamp("us")),
                     (schema.PREDICTED_BOOLEAN_PROBABILITY, pa.float64()), ("model", pa.string()),
-                    ("alerted", pa.bool_()), ("first_alert_date", pa.date32())])
+                    ("alerted", pa.bool_()), ("first_alert_date", pa.date32()),
+                    ("alert_seen_until", pa.timestamp("us"))])
 
 
 def read_scored(path: Path) -> tuple[pa.Table, str | None]:
     """The site's scoring record of a task (``SCORED``, see ``enter_scored``), empty when
-    there is none; and why it could not be read, where a file is there but is not one."""
+    there is none; and why it is not one, where a file is there that is not a scoring
+    record (not parquet, or other columns). A file that cannot be read for another reason
+    (permissions, a failing disk) raises: its history must not be set aside for that."""
     if not path.exists():
         return SCORED.empty_table(), None
     try:
         table = pq.read_table(path)
-        if not table.schema.equals(SCORED, check_metadata=False):
-            raise ValueError("its columns are not a scoring record's")
-    except (OSError, ValueError, pa.ArrowException) as exc:
+    except pa.ArrowInvalid as exc:
         return SCORED.empty_table(), f"{type(exc).__name__}: {exc}"
+    if not table.schema.equals(SCORED, check_metadata=False):
+        return SCORED.empty_table(), f"its columns are not a scoring record's: {table.schema.names}"
     return table.replace_schema_metadata(None), None
 
 
 def enter_scored(record: pa.Table, tonight: pa.Table, model: str, today: date, keep_days: int) -> pa.Table:
     """The scoring record with tonight's worklist (``tonight``, the prediction schema)
     entered. A (subject, prediction time) not in it yet is added with tonight's date, risk
-    and ``model``, ``seen_until`` null (``labels.follow_up`` fills it with tonight's pull's
-    last event of the subject) and tonight's alert decision (``alerted``; null where the
-    worklist had none). One already in it keeps its first night, risk and model, so a rerun
-    and a later champion change nothing shown before; but an alert on a later night counts
-    (``alerted`` true from then on, ``first_alert_date`` the first night it was). Entries
-    first scored more than ``keep_days`` before ``today`` are dropped. Sorted by subject and
-    time."""
+    and ``model``, ``seen_until`` null (``follow_up`` fills it with tonight's pull's last
+    event of the subject: what was known when it was shown) and tonight's alert decision
+    (``alerted``; null where the worklist had none). One already in it keeps its first
+    night, risk and model, so a rerun and a later champion change nothing shown before; but
+    an alert on a later night counts: ``alerted`` is true from then on, ``first_alert_date``
+    the first night it was, and ``alert_seen_until`` (null until ``follow_up`` fills it, as
+    ``seen_until``) what was known that night. Entries first scored more than ``keep_days``
+    before ``today`` are dropped first, so one still on tonight's list enters again as
+    new. Sorted by subject and time."""
     key = [schema.SUBJECT_ID, schema.PREDICTION_TIME]
     old = record.to_pandas()
+    age = (pd.Timestamp(today) - pd.to_datetime(old["first_scored_date"])).dt.days
+    old = old[age.to_numpy() <= keep_days]
     now = (tonight.select([*key, schema.PREDICTED_BOOLEAN_PROBABILITY, schema.PREDICTED_BOOLEAN_VALUE]).to_pandas()
            .rename(columns={schema.PREDICTED_BOOLEAN_VALUE: "tonight"}))
     both = old.merge(now, on=key, how="outer", suffixes=("", "_tonight"), indicator=True)
@@ -279,8 +286,7 @@ def enter_scored(record: pa.Table, tonight: pa.Table, model: str, today: date, k
     both.loc[alerted_now & ~before, "first_alert_date"] = today
     both["alerted"] = np.where(before | alerted_now, True, np.where(decided | both["alerted"].notna().to_numpy(),
                                                                      False, None))
-    age = (pd.Timestamp(today) - pd.to_datetime(both["first_scored_date"])).dt.days
-    both = both[age.to_numpy() <= keep_days].sort_values(key, kind="stable", ignore_index=True)
+    both = both.sort_values(key, kind="stable", ignore_index=True)
     return pa.Table.from_pandas(both[SCORED.names], schema=SCORED, preserve_index=False)
 
 
@@ -321,8 +327,9 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
     ones (``outcome`` or ``no_outcome``), the outcome rate and the AUROC of the risks
     shown; over those with an alert decision, the 2x2 table of alert against outcome with
     sensitivity, specificity and PPV; the lead time, for each person with an alerted
-    scoring whose outcome came in its window, from their earliest such scoring to the
-    outcome; and, given ``groups`` (``age_band`` and ``sex`` of each row, in its order,
+    scoring whose outcome came in its window, from what was known when the alert was first
+    shown (the later of the prediction time and ``alert_seen_until``) to the outcome, at
+    their earliest such scoring; and, given ``groups`` (``age_band`` and ``sex`` of each row, in its order,
     ``~`` where unknown), each level's scorings, alerts, outcomes, sensitivity and PPV: do
     the alerts reach each group's cases alike? Exact counts: it stays at the site."""
     frame = record.to_pandas().assign(status=outcomes["status"].to_numpy(), outcome_time=outcomes["outcome_time"].to_numpy())
@@ -341,8 +348,10 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
                        "auroc": None if math.isnan(auroc) else auroc}
     out["alerts"] = _two_by_two(resolved)
     hits = frame[(frame["status"] == "outcome") & frame["alerted"].fillna(False).astype(bool)]
-    lead = (hits.groupby(schema.SUBJECT_ID).agg(t=(schema.PREDICTION_TIME, "min"), o=("outcome_time", "first"))
-            .pipe(lambda g: (g["o"] - g["t"]).dt.days.to_numpy()))
+    t, seen = hits[schema.PREDICTION_TIME].to_numpy("datetime64[us]"), hits["alert_seen_until"].to_numpy("datetime64[us]")
+    shown = np.where(np.isnat(seen), t, np.maximum(t, seen))  # what was known when the alert was shown
+    lead = (hits.assign(days=(hits["outcome_time"].to_numpy("datetime64[us]") - shown) // np.timedelta64(1, "D"))
+            .groupby(schema.SUBJECT_ID)["days"].max().to_numpy())
     out["lead_time_days"] = None if not lead.size else {
         "people": int(lead.size), "median": float(np.median(lead)), "q1": float(np.percentile(lead, 25)),
         "q3": float(np.percentile(lead, 75)), "min": int(lead.min()), "max": int(lead.max())}
@@ -374,6 +383,8 @@ def describe(summary: dict) -> list[str]:
     f = summary.get("followup")
     if f is None:
         return lines
+    if "error" in f:
+        return [*lines, f"follow-up failed: {f['error']}: {f.get('reason', '')}"]
     status = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in f["status"].items() if v)
     lines.append(f"follow-up of {f['scorings']:,} scorings of {f['people']:,} people since {f['first_scored_since']} "
                  f"(kept {f['kept_days']:,} days): {status or 'none'}")
@@ -462,16 +473,26 @@ def follow_up(path: Path, tonight: pa.Table, model: str, spec: TaskSpec, events_
     old, problem = read_scored(path)
     notes = []
     if problem is not None:
-        aside = path.with_name(f"{path.name}.unreadable-{today.isoformat()}")
-        path.replace(aside)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        aside = next(a for n in range(1000) for a in [path.with_name(f"{path.name}.unreadable-{stamp}"
+                                                                    + (f"-{n}" if n else ""))] if not a.exists())
+        path.rename(aside)
         notes.append(f"the scoring record could not be read ({problem}); it was set aside as {aside.name} and a "
                      "new one begun tonight")
     scored = enter_scored(old, tonight, model, today, keep_days)
-    outcomes = labels.follow_up(events_dir, spec, scored.column(schema.SUBJECT_ID).to_numpy(),
-                                scored.column(schema.PREDICTION_TIME).to_numpy(),
-                                scored.column("seen_until").to_numpy(zero_copy_only=False))
-    scored = scored.set_column(SCORED.get_field_index("seen_until"), SCORED.field("seen_until"),
-                               pa.array(outcomes["seen_until"].to_numpy(), pa.timestamp("us")))
+    frame = scored.to_pandas()
+    alerted = frame["alerted"].fillna(False).astype(bool).to_numpy()
+    # an alerted scoring is judged from what was known on the night of its first alert
+    seen = np.where(alerted, frame["alert_seen_until"].to_numpy("datetime64[us]"),
+                    frame["seen_until"].to_numpy("datetime64[us]"))
+    outcomes = labels.follow_up(events_dir, spec, frame[schema.SUBJECT_ID].to_numpy(),
+                                frame[schema.PREDICTION_TIME].to_numpy("datetime64[us]"), seen)
+    last = outcomes["last_time"].to_numpy("datetime64[us]")
+    for column, rows in (("seen_until", np.ones(len(frame), bool)), ("alert_seen_until", alerted)):
+        values = frame[column].to_numpy("datetime64[us]", copy=True)
+        fill = rows & np.isnat(values)  # tonight's new scorings and first alerts: tonight's pull is what was known
+        values[fill] = last[fill]
+        scored = scored.set_column(SCORED.get_field_index(column), SCORED.field(column), pa.array(values, pa.timestamp("us")))
     _write(path, lambda p: pq.write_table(scored, p))
     groups = label_demographics(events_dir, path)  # in the record's order (subject, time)
     if not np.array_equal(groups[schema.SUBJECT_ID].to_numpy(), scored.column(schema.SUBJECT_ID).to_numpy()):

@@ -695,7 +695,9 @@ def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
     assert followup["first_scored_since"] == "2026-01-01" and followup["scorings"] == len(worklist)
     assert followup["alerts"] == {"scorings": 14, "true_positive": 3, "false_positive": 4, "false_negative": 2,
                                   "true_negative": 5, "sensitivity": 3 / 5, "specificity": 5 / 9, "ppv": 3 / 7}
-    lead = np.array([(outcome_at[r.subject_id] - r.prediction_time).days for r in alerted.iloc[:3].itertuples()])
+    # from what was known when shown (the subject's last event on night 1) to the outcome
+    lead = np.array([(outcome_at[r.subject_id] - max(r.prediction_time, last[r.Index])).days
+                     for r in alerted.iloc[:3].itertuples()])
     assert followup["lead_time_days"] == {"people": 3, "median": float(np.median(lead)),
                                           "q1": float(np.percentile(lead, 25)), "q3": float(np.percentile(lead, 75)),
                                           "min": int(lead.min()), "max": int(lead.max())}
@@ -729,8 +731,11 @@ def test_a_follow_up_that_fails_keeps_the_worklist_and_an_unreadable_record_is_s
     summary = json.loads((folder / "t2d_2y.json").read_text())
     assert summary["followup"]["error"] == "FileNotFoundError" and "no such pull" in summary["followup"]["reason"]
     assert summary["alerts"] > 0 and summary["new_alerts"]["new"] == summary["alerts"]  # the rest is tonight's
-    aside = folder / "t2d_2y.scored.parquet.unreadable-2026-01-01"
+    [aside] = folder.glob("t2d_2y.scored.parquet.unreadable-*")
     assert aside.read_text() == "a record a crash left half written"
+    from forewarn.flows.worklist import describe
+
+    assert describe(summary)[-1] == f"follow-up failed: FileNotFoundError: {summary['followup']['reason']}"
     # the next night, with its pull, begins a new record (the old one stays set aside)
     written, failed = publish_locally(folder, load_task("t2d_2y"), stage, today=date(2026, 1, 2),
                                       events_dir=night["events"])

@@ -146,11 +146,14 @@ def test_the_scoring_record_keeps_each_person_and_time_s_first_night_and_any_lat
                                                            "2026-01-01"]
     assert [str(d) for d in frame["first_alert_date"]] == ["2026-01-01", "2026-01-20", "2026-01-20", "None",
                                                           "2026-01-20"]
-    assert frame["seen_until"].isna().all()  # the follow-up fills it from the night's pull
-    # 31 days after the first night its scorings are dropped; a later night's no-alert undoes no alert
-    later = enter_scored(record, _tonight([(3, t1, 0.3, False), (1, t2, 0.1, False)]), "m v3", date(2026, 2, 1), 30)
-    assert later.to_pandas()[["subject_id", "model", "alerted"]].values.tolist() == [[1, "m v2", True],
-                                                                                      [3, "m v2", False]]
+    assert frame["seen_until"].isna().all() and frame["alert_seen_until"].isna().all()
+    # 31 days after the first night its scorings are dropped (2 at t1, still listed, enters again as
+    # new); a later night's no-alert undoes no alert
+    later = enter_scored(record, _tonight([(3, t1, 0.3, False), (1, t2, 0.1, False), (2, t1, 0.4, False)]), "m v3",
+                         date(2026, 2, 1), 30)
+    assert later.to_pandas()[["subject_id", "model", "alerted"]].values.tolist() == [
+        [1, "m v2", True], [2, "m v3", False], [3, "m v2", False]]
+    later = later.filter(later.column("subject_id").to_numpy() != 2)
     import pyarrow.parquet as pq
 
     path = tmp_path / "scored.parquet"
@@ -215,3 +218,45 @@ def test_the_sweep_never_removes_a_scoring_record(tmp_path):
     assert removed == {"t2d_2y"} and stuck == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "t2d_2y.scored.parquet",
                                                           "t2d_2y.scored.parquet.unreadable-2026-01-01"]
+
+
+def test_a_scoring_alerted_on_a_later_night_is_judged_from_that_night(tmp_path):
+    """Scored on night 1 (records to T) without an alert, alerted on night 2 (records to
+    T + 200): an outcome dated T + 150 came before the alert; one at T + 300 is a hit with
+    100 days of lead. A third person, alerted on night 1, has the outcome at T + 300: 300
+    days."""
+    from datetime import date, datetime, timedelta
+
+    from helpers import write_events
+
+    from forewarn.features.labels import load_task
+    from forewarn.flows.worklist import follow_up, read_scored
+    from forewarn.records import schema
+
+    T, D = datetime(2020, 1, 1), timedelta(days=1)
+    spec = load_task("t2d_2y")  # gap 90, horizon 730 days
+
+    def pull(name, until, outcomes=()):
+        rows = []
+        for s in (1, 2, 3):
+            rows += [(s, datetime(2015, 1, 1), schema.OBSERVATION_START, None), (s, T, "Visit//OP", None),
+                     (s, until, schema.OBSERVATION_END, None)]
+        rows += [(s, when, "ICD10CM//E11.9", None) for s, when in outcomes]
+        write_events(tmp_path / name, rows)
+        return tmp_path / name
+
+    path = tmp_path / "t2d_2y.scored.parquet"
+    night1 = _tonight([(1, T, 0.3, False), (2, T, 0.3, False), (3, T, 0.9, True)])
+    follow_up(path, night1, "m v1", spec, pull("n1", T), date(2026, 1, 1), 1095)
+    night2 = _tonight([(1, T, 0.6, True), (2, T, 0.6, True), (3, T, 0.9, True)])
+    follow_up(path, night2, "m v1", spec, pull("n2", T + 200 * D), date(2026, 1, 2), 1095)
+    got = follow_up(path, night2, "m v1", spec, pull("n3", T + 900 * D, [(1, T + 150 * D), (2, T + 300 * D),
+                                                                          (3, T + 300 * D)]), date(2026, 1, 3), 1095)
+    assert got["status"]["outcome_before"] == 1 and got["status"]["outcome"] == 2
+    assert got["alerts"] == {"scorings": 2, "true_positive": 2, "false_positive": 0, "false_negative": 0,
+                             "true_negative": 0, "sensitivity": 1.0, "specificity": None, "ppv": 1.0}
+    assert got["lead_time_days"] == {"people": 2, "median": 200.0, "q1": 150.0, "q3": 250.0, "min": 100, "max": 300}
+    record = read_scored(path)[0].to_pandas()
+    assert record["seen_until"].tolist() == [T, T, T]  # the first night's
+    assert record["alert_seen_until"].tolist() == [T + 200 * D, T + 200 * D, T]
+    assert [str(d) for d in record["first_alert_date"]] == ["2026-01-02", "2026-01-02", "2026-01-01"]
