@@ -133,21 +133,24 @@ def main() -> None:
                                 .read_text())
             stages = work / "sites" / site / "work" / "stages" / f"evaluate-{task}"
             # night 1's evaluation: the one whose operating point is the worklist's threshold
-            promised = None
+            promised, auroc = None, None
             for path in sorted(stages.glob("*/metrics.json")):
-                promised = held_out_at(json.loads(path.read_text()), first["threshold"]) or promised
+                metrics = json.loads(path.read_text())
+                row = held_out_at(metrics, first["threshold"])
+                if row is not None:
+                    promised, auroc = row, metrics["held_out"]["xgboost"]["auroc"]
             rows.append({"site": site, "task": task, "night1": {k: first[k] for k in ("rows", "alerts", "threshold",
                                                                                          "model")},
-                         "followup": second["followup"], "held_out": promised})
+                         "followup": second["followup"], "held_out": promised, "held_out_auroc": auroc})
 
     def share(v):
         return "-" if v is None else f"{v:.3f}"
 
     print(f"\n{args.people:,} people; cut at {args.as_of}; seconds {seconds}\n")
     print("| site | task | night 1: people / alerts | resolved (outcome / none) | window passed / pending / other "
-          "| sensitivity: follow-up / held-out | PPV: follow-up / held-out | alerts per 1,000 resolved: "
-          "follow-up / held-out | lead time, days (median, quartiles) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| AUROC: follow-up / held-out | sensitivity: follow-up / held-out | PPV: follow-up / held-out "
+          "| alerts per 1,000 resolved: follow-up / held-out | lead time, days (median, quartiles) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f, h, a = r["followup"], r["held_out"] or {}, r["followup"]["alerts"] or {}
         st = f["status"]
@@ -159,6 +162,7 @@ def main() -> None:
         held_rate = "-" if h.get("alert_rate") is None else f"{1000 * h['alert_rate']:.0f}"
         print(f"| {r['site']} | {r['task']} | {r['night1']['rows']:,} / {r['night1']['alerts']:,} "
               f"| {st['outcome']:,} / {st['no_outcome']:,} | {st['window_passed']:,} / {st['pending']:,} / {other:,} "
+              f"| {share(f['resolved']['auroc'])} / {share(r['held_out_auroc'])} "
               f"| {share(a.get('sensitivity'))} / {share(h.get('sensitivity'))} "
               f"| {share(a.get('ppv'))} / {share(h.get('ppv'))} | {rate_text} / {held_rate} | {lead_text} |")
     if args.json:

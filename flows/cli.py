@@ -429,6 +429,11 @@ def score(
     else:
         typer.echo(f"  {summary['alerts']:,} at or above the alert threshold {summary['threshold']:.4f} the model was "
                    "published with (predicted_boolean_value)")
+        rate = summary.get("alert_rate")
+        if rate and rate["far"]:
+            typer.echo(f"  that is {rate['rows']:.1%} of the rows, against the {rate['set_for']:.1%} of its tuning rows "
+                       "the threshold was set to alert: these people are unlike those it was set on, so the report's "
+                       "sensitivity and PPV do not hold here; --alert-budget sets the number of alerts instead")
         pulled_at = pull_site(events_dir)
         if pulled_at is not None and pulled_at != summary["trained_at"]:
             typer.echo(f"  the model was trained at {summary['trained_at']} and these events are {pulled_at}'s: its "

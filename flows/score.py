@@ -97,6 +97,23 @@ def read_times(path: Path) -> pa.Table:
     return schema.align(pa.table(columns), schema.LABEL_SCHEMA, what=str(path))
 
 
+FAR = 2.0  # an alert rate this many times the one a threshold was set for, or as small a share of it, is far off
+
+
+def alert_rate(alerts: int, rows: int, set_for: float | None) -> dict | None:
+    """How the share of ``rows`` at or above a model's threshold compares with the share of
+    its tuning rows the threshold was set to alert (``set_for``, its alert budget): people
+    unlike those it was set on (a worklist's latest visits against sampled past ones,
+    another population) move it. ``far`` when one is ``FAR`` times the other or more: the
+    alerts' sensitivity and PPV are then not the report's, and an alert budget
+    (``--alert-budget``, ``worklist.alert_budget``) keeps the number of alerts."""
+    if set_for is None or not rows or set_for <= 0:
+        return None
+    tonight = alerts / rows
+    ratio = tonight / set_for
+    return {"rows": tonight, "set_for": set_for, "ratio": ratio, "far": bool(ratio >= FAR or ratio <= 1 / FAR)}
+
+
 def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task: TaskSpec | None = None,
           eligible: bool = False, codes_path: Path | None = None, speed: FeatureConfig | None = None,
           by_risk: bool = False, own_threshold: bool = True, alert_budget: float | None = None) -> dict:
@@ -158,7 +175,8 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         work = Path(tmp)
         tracking.download_inputs(model.run_id, work / "model")
         recorded = tracking.registered_features(model.run_id, work / "run")
-        threshold = tracking.registered_threshold(model.run_id, work / "run") if own_threshold else None
+        threshold, set_for = (tracking.registered_operating_point(model.run_id, work / "run") if own_threshold
+                              else (None, None))
         if recorded is None:
             raise ValueError(f"{model.label}: its registration run {model.run_id} does not record the feature settings "
                              "its columns were computed with (config/study.json), so they cannot be made here. Name a "
@@ -218,11 +236,12 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         partial.unlink(missing_ok=True)
     # ids the pull does not hold: another site's people, or ids not yet de-identified
     unknown = np.setdiff1d(subjects, known)
+    rate = alert_rate(int(alert.sum()), len(placed), set_for) if alerts_by == "threshold" else None
     return {
         "model": model.label, "task": model.task, "trained_at": model.site, "study": model.study,
         "rows": len(placed), "distinct": len(distinct), "subjects": int(len(subjects)),
         "unknown_subjects": int(len(unknown)), "threshold": threshold, "alerts_by": alerts_by,
-        "alert_budget": alert_budget, "budget_cut": cut,
+        "alert_budget": alert_budget, "budget_cut": cut, "alert_rate": rate,
         "alerts": None if alert is None else int(alert.sum()), "settings_dropped": dropped, "eligibility": eligibility,
         "parent_codes_unread": bool(features.parent_codes and codes_path is None),
         "seconds": round(time.perf_counter() - started, 1), "out": str(out),

@@ -476,9 +476,15 @@ def registered_threshold(run_id: str, dest: Path) -> float | None:
     """The alert threshold a site's registered model was published with (its run's
     ``metrics.json``: ``subgroup_threshold``, the operating point set on its tuning
     split), or None (a network model's registration run has none: each site sets its own)."""
-    record = _run_json(run_id, "metrics.json", dest) or {}  # the owner's metrics: only its threshold is kept
-    threshold = (record.get("subgroup_threshold") or {}).get("threshold")
-    return None if threshold is None else float(threshold)
+    return registered_operating_point(run_id, dest)[0]
+
+
+def registered_operating_point(run_id: str, dest: Path) -> tuple[float | None, float | None]:
+    """``registered_threshold`` and the alert budget it was set for (the share of the
+    tuning split's rows at or above it), each None where the run has none."""
+    point = (_run_json(run_id, "metrics.json", dest) or {}).get("subgroup_threshold") or {}  # only these are kept
+    threshold, budget = point.get("threshold"), point.get("alert_budget")
+    return (None if threshold is None else float(threshold)), (None if budget is None else float(budget))
 
 
 # What serving the registered model needs: XGBoost's scikit-learn wrapper (``XGBClassifier``)

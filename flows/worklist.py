@@ -364,6 +364,17 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
     return out
 
 
+def rate_note(summary: dict) -> str:
+    """For the run's summary: that a worklist's threshold alerts far more, or far fewer, of
+    its people than it was set to (``score.alert_rate``), or nothing. No count or rate: only
+    the direction leaves the site."""
+    rate = summary.get("alert_rate") or {}
+    if not rate.get("far"):
+        return ""
+    return (f"; its threshold alerts far {'more' if rate['ratio'] > 1 else 'fewer'} of these people than it was set "
+            "to (see the .json)")
+
+
 def _n(value) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.3f}"
 
@@ -380,6 +391,11 @@ def describe(summary: dict) -> list[str]:
     lines = [f"{summary['rows']:,} people, {alerts}"
              + (f" ({new['new']:,} new: none in the {new['lookback_days']} days before)" if new else "")
              + f"; scored by {summary['model']} ({summary.get('whose', 'site')}'s), published {summary['published_at']}"]
+    rate = summary.get("alert_rate")
+    if rate and rate["far"]:
+        lines.append(f"the threshold alerts {rate['rows']:.1%} of the list, against the {rate['set_for']:.1%} of its "
+                     "tuning rows it was set to alert: the list's people are unlike those it was set on, so the "
+                     "report's sensitivity and PPV do not hold here (worklist.alert_budget sets the number of alerts)")
     f = summary.get("followup")
     if f is None:
         return lines
@@ -604,6 +620,7 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                                     f"{tracking.auroc_text(choice.validation or {})}"}[whose]
             alerts = (f"; alerts at {study.worklist.alert_budget:g} per 1,000" if study.worklist.alert_budget
                       else f"; no alerts: its threshold was set at {model.site}" if whose == "other_sites" else "")
+            alerts += rate_note(json.loads(Path(stage.result["summary"]).read_text()))
             also = f"; {'; '.join(passed)}" if passed else ""
             notes[name, spec.name] = (f"worklist: {folder / f'{spec.name}.parquet'} (scored by {model.label}{owner}"
                                       f"{alerts}{also})" + (f"; its follow-up failed ({followup_failed}): the reason "

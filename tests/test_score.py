@@ -331,6 +331,14 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     assert summary["rows"] == summary["eligibility"]["eligible"] == len(frame)
     assert summary["alerts"] == int(frame["predicted_boolean_value"].sum()) > 0
     assert summary["scored_at"] <= summary["published_at"]
+    # the threshold's alert rate on the list against the share of tuning rows it was set to alert
+    [evaluated] = (night["work"] / "sites" / "academic" / "work" / "stages").glob("evaluate-t2d_2y/*/metrics.json")
+    point = json.loads(evaluated.read_text())["subgroup_threshold"]
+    assert point["threshold"] == summary["threshold"] and point["alert_budget"] in (0.01, 0.05, 0.1)
+    ratio = summary["alerts"] / summary["rows"] / point["alert_budget"]
+    assert summary["alert_rate"] == {"rows": pytest.approx(summary["alerts"] / summary["rows"]),
+                                     "set_for": point["alert_budget"], "ratio": pytest.approx(ratio),
+                                     "far": ratio >= 2 or ratio <= 0.5}
     # the first worklist: every alert is new, and the site's alert record holds each of them
     alerts = int(frame["predicted_boolean_value"].sum())
     assert summary["new_alerts"] == {"lookback_days": 30, "new": alerts, "repeated": 0}

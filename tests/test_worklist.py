@@ -260,3 +260,39 @@ def test_a_scoring_alerted_on_a_later_night_is_judged_from_that_night(tmp_path):
     assert record["seen_until"].tolist() == [T, T, T]  # the first night's
     assert record["alert_seen_until"].tolist() == [T + 200 * D, T + 200 * D, T]
     assert [str(d) for d in record["first_alert_date"]] == ["2026-01-02", "2026-01-02", "2026-01-01"]
+
+
+@pytest.mark.parametrize(("alerts", "rows", "set_for", "expected"), [
+    (50, 1000, 0.05, {"rows": 0.05, "set_for": 0.05, "ratio": 1.0, "far": False}),
+    (100, 1000, 0.05, {"rows": 0.1, "set_for": 0.05, "ratio": 2.0, "far": True}),  # twice: far
+    (99, 1000, 0.05, {"rows": 0.099, "set_for": 0.05, "ratio": 1.98, "far": False}),
+    (25, 1000, 0.05, {"rows": 0.025, "set_for": 0.05, "ratio": 0.5, "far": True}),  # half: far
+    (5, 1000, None, None),  # a threshold without its budget (a run from before it was kept)
+    (0, 0, 0.05, None),
+])
+def test_the_alert_rate_is_far_off_at_twice_or_half_the_rate_the_threshold_was_set_for(alerts, rows, set_for,
+                                                                                      expected):
+    from forewarn.flows.score import alert_rate
+
+    got = alert_rate(alerts, rows, set_for)
+    assert got == (None if expected is None else {**expected, "ratio": pytest.approx(expected["ratio"]),
+                                                  "rows": pytest.approx(expected["rows"])})
+
+
+def test_a_far_alert_rate_is_said_at_the_site_and_only_its_direction_leaves():
+    from forewarn.flows.worklist import describe, rate_note
+
+    summary = {"rows": 8683, "alerts": 2408, "alerts_by": "threshold", "threshold": 0.2541, "new_alerts": None,
+               "model": "forewarn-t2d_2y-community v1", "whose": "site", "published_at": "2026-12-05T14:47:20+00:00",
+               "alert_rate": {"rows": 2408 / 8683, "set_for": 0.05, "ratio": 2408 / 8683 / 0.05, "far": True}}
+    assert rate_note(summary) == ("; its threshold alerts far more of these people than it was set to (see the .json)")
+    assert describe(summary) == [
+        "8,683 people, 2,408 alerts at the threshold 0.2541; scored by forewarn-t2d_2y-community v1 (site's), published "
+        "2026-12-05T14:47:20+00:00",
+        "the threshold alerts 27.7% of the list, against the 5.0% of its tuning rows it was set to alert: the list's "
+        "people are unlike those it was set on, so the report's sensitivity and PPV do not hold here "
+        "(worklist.alert_budget sets the number of alerts)"]
+    fewer = summary | {"alert_rate": {"rows": 0.01, "set_for": 0.05, "ratio": 0.2, "far": True}}
+    assert "far fewer" in rate_note(fewer)
+    assert rate_note(summary | {"alert_rate": {"rows": 0.06, "set_for": 0.05, "ratio": 1.2, "far": False}}) == ""
+    assert rate_note(summary | {"alert_rate": None}) == ""
