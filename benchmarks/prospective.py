@@ -15,6 +15,7 @@ follow-up beside the held-out ones at the same threshold (the evaluation's thres
 table, night 1's model), with the lead time.
 
     .venv/bin/python benchmarks/prospective.py --people 20000 --as-of 2022-06-30 --workdir /tmp/prospective
+    .venv/bin/python benchmarks/prospective.py --follow-up negatives ...   # the label rule until session 33
 
 Run from a checkout: the code measured is the one ``forewarn`` imports.
 """
@@ -79,6 +80,9 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=20000)
     parser.add_argument("--as-of", type=date.fromisoformat, default=date(2022, 6, 30))
     parser.add_argument("--tasks", default="t2d_2y,ckd3_2y")
+    parser.add_argument("--follow-up", choices=["everyone", "negatives"], default="everyone",
+                        help="the tasks' follow_up: negatives labels positives whatever their follow-up (the rule "
+                             "until session 33)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -92,8 +96,10 @@ def main() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.chdir(work)
 
+    import yaml
     from prefect.testing.utilities import prefect_test_harness
 
+    from forewarn.features.labels import load_task
     from forewarn.flows.nightly import nightly
     from forewarn.flows.study import parse_study
     from forewarn.records.demo import generate_network
@@ -105,10 +111,17 @@ def main() -> None:
         removed = cut(path, cuts[site], args.as_of)
         print(f"{site}: cut at {args.as_of}: {sum(removed.values()):,} rows after it removed")
     tasks = args.tasks.split(",")
+    task_files = []
+    for task in tasks:  # the built-in task with the chosen follow_up
+        spec = load_task(task).model_copy(update={"follow_up": args.follow_up})
+        path = work / "tasks" / f"{task}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        task_files.append(str(path))
 
     def study(sources: dict[str, Path]):
         return parse_study({
-            "name": "prospective", "demo": True, "tasks": tasks,
+            "name": "prospective", "demo": True, "tasks": task_files,
             "sites": [{"name": n, "source": {"location": str(p)}} for n, p in sources.items()],
             "models": {"search": {"trials": 0}}, "validation": {"designs": ["internal"]},
             "worklist": {"enabled": True, "models": ["site"]},
@@ -125,9 +138,12 @@ def main() -> None:
                     folder = work / "sites" / site / "work" / "worklists" / "prospective"
                     shutil.copytree(folder, work / "night1" / site)
 
-    rows = []
+    rows, missing = [], []
     for site in network:
         for task in tasks:
+            if not (work / "night1" / site / f"{task}.json").exists():
+                missing.append(f"{site} {task}")
+                continue
             first = json.loads((work / "night1" / site / f"{task}.json").read_text())
             second = json.loads((work / "sites" / site / "work" / "worklists" / "prospective" / f"{task}.json")
                                 .read_text())
@@ -146,7 +162,7 @@ def main() -> None:
     def share(v):
         return "-" if v is None else f"{v:.3f}"
 
-    print(f"\n{args.people:,} people; cut at {args.as_of}; seconds {seconds}\n")
+    print(f"\n{args.people:,} people; cut at {args.as_of}; follow_up {args.follow_up}; seconds {seconds}\n")
     print("| site | task | night 1: people / alerts | resolved (outcome / none) | window passed / pending / other "
           "| AUROC: follow-up / held-out | sensitivity: follow-up / held-out | PPV: follow-up / held-out "
           "| alerts per 1,000 resolved: follow-up / held-out | lead time, days (median, quartiles) |")
@@ -165,8 +181,11 @@ def main() -> None:
               f"| {share(f['resolved']['auroc'])} / {share(r['held_out_auroc'])} "
               f"| {share(a.get('sensitivity'))} / {share(h.get('sensitivity'))} "
               f"| {share(a.get('ppv'))} / {share(h.get('ppv'))} | {rate_text} / {held_rate} | {lead_text} |")
+    if missing:
+        print(f"\nNo worklist on night 1 (no champion: the night's summary says why): {', '.join(missing)}")
     if args.json:
         args.json.write_text(json.dumps({"people": args.people, "as_of": str(args.as_of), "seconds": seconds,
+                                         "follow_up": args.follow_up,
                                          "rows": rows}, indent=1, default=str))
 
 

@@ -1399,9 +1399,11 @@ def report_context(
         )
     if (attrition.get("censored") or {}).get("times"):
         limitations.append(
-            "Prediction times without the outcome that were not observed for the whole horizon were excluded (section 3, "
-            "“censored”; complete-case labelling, as PatientLevelPrediction's requireTimeAtRisk): people lost to follow-up "
-            "or who died first are not represented, and the observed rate can run above the risk in the whole cohort."
+            "Prediction times not observed for the whole horizon were excluded (section 3, “censored”; complete-case "
+            "labelling, as PatientLevelPrediction's requireTimeAtRisk; with the task's follow_up “everyone”, the default, "
+            "those with the outcome too unless a death ended the record, so that the last years of the data are not "
+            "labelled positive only): people lost to follow-up, or who died first without the outcome, are not "
+            "represented, and the observed rate can differ from the risk in the whole cohort."
         )
     shift = (pull_report.get("deid") or {}).get("max_shift_days")
     limitations.append(

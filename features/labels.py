@@ -7,10 +7,21 @@ and the subject's first outcome event ``o``:
 
 - ``o <= t``: prevalent case, excluded (the washout is the whole prior record);
 - ``t < o < t + gap``: outcome inside the lead-time gap, excluded;
-- ``t + gap <= o <= t + horizon``: positive;
-- no outcome by ``t + horizon`` and the subject observed through ``t + horizon``
-  (their last event, or observation-period end, is at or after it): negative;
-- otherwise censored (lost to follow-up or died first), excluded.
+- ``t + gap <= o <= t + horizon``: positive, when the subject is observed through
+  ``t + horizon`` (their last event, or observation-period end, is at or after it) or a
+  death ended their record (``follow_up: everyone``, the default; ``negatives`` keeps
+  every positive);
+- no outcome by ``t + horizon`` and the subject observed through ``t + horizon``:
+  negative;
+- otherwise censored (lost to follow-up, the data's end, or died first), excluded.
+
+Why positives too: a time within a horizon of the end of a subject's record can only be
+labelled positive if positives need no follow-up, so the last years of the data would
+hold positives only, and whatever marks them (a long history, recent tests) would read
+as risk. A worklist scores exactly those latest times: on the demo network cut at a date,
+the community site's T2D threshold alerted 28% of its worklist instead of 5%, with a
+PPV of 0.06 two years on (``benchmarks/prospective.py``, RESULTS "Session 33"). ACES
+configs that require an event after the target window do the same.
 
 Labels only read the future; features at ``t`` read only events with time ``<= t``.
 """
@@ -121,6 +132,12 @@ class TaskSpec(Strict):
     horizon_days: int = Field(gt=0)
     outcome: Outcome
     temporal_split: TemporalSplit | None = None
+    follow_up: Literal["everyone", "negatives"] = Field(
+        "everyone",
+        description="whose record must run through the horizon for a label: everyone (a positive too, unless a death "
+        "ended its record) or negatives only (PatientLevelPrediction's includeAllOutcomes: then the times within a "
+        "horizon of the data's end are labelled only when positive, which biases a model towards whatever marks them)",
+    )
 
     @model_validator(mode="after")
     def _window(self) -> TaskSpec:
@@ -248,6 +265,7 @@ class _Scan:
     last: np.ndarray
     code_outcome: np.ndarray
     first_trigger: np.ndarray  # at_first_of only
+    death: np.ndarray  # first death record
     value_outcomes: list[np.ndarray]  # one per spec.outcome.values, aligned with subjects
     at_code_subjects: np.ndarray
     at_code_times: np.ndarray
@@ -262,8 +280,9 @@ class _Scan:
         return out
 
     def candidates(self, spec: TaskSpec) -> tuple[np.ndarray, ...]:
-        """(subject, prediction time, birth, first time, last time, outcome) per candidate,
-        in (subject, time) order, null as ``_NAT``: the rows of ``candidates_sql``."""
+        """(subject, prediction time, birth, first time, last time, outcome, death) per
+        candidate, in (subject, time) order, null as ``_NAT``: the rows of
+        ``candidates_sql``."""
         pt = spec.prediction_times
         first = self.first_time()
         if pt.at_codes is not None:
@@ -285,7 +304,8 @@ class _Scan:
         def nat(a: np.ndarray) -> np.ndarray:
             return np.where(a == _NONE_MIN, _NAT, a)
 
-        return subj, t, nat(self.birth[pos]), nat(first[pos]), self.last[pos], nat(self.outcome()[pos])
+        return (subj, t, nat(self.birth[pos]), nat(first[pos]), self.last[pos], nat(self.outcome()[pos]),
+                nat(self.death[pos]))
 
     def outcome_frame(self) -> pd.DataFrame:
         out = self.outcome()
@@ -389,7 +409,8 @@ def _scan_events(events_dir: Path, spec: TaskSpec) -> _Scan:
     pt = spec.prediction_times
     # One bit per code predicate; each is evaluated on a row group's distinct codes and
     # all are gathered to the rows at once (one small integer per event).
-    predicates = {"birth": [schema.BIRTH_CODE], "obs_start": [schema.OBSERVATION_START], "outcome": spec.outcome.codes}
+    predicates = {"birth": [schema.BIRTH_CODE], "obs_start": [schema.OBSERVATION_START], "outcome": spec.outcome.codes,
+                  "death": [schema.DEATH_CODE]}
     if pt.at_codes is not None:
         predicates["at_codes"] = pt.at_codes
     if pt.at_first_of is not None:
@@ -399,7 +420,7 @@ def _scan_events(events_dir: Path, spec: TaskSpec) -> _Scan:
     bit = {key: 1 << i for i, key in enumerate([*predicates, "code_valid"])}
     flag_type = np.uint8 if len(bit) <= 8 else np.uint32 if len(bit) <= 32 else np.uint64
     matchers = {key: _code_matcher(codes) for key, codes in predicates.items()}
-    sparse_keys = [k for k in ("birth", "obs_start", "outcome", "trigger") if k in predicates]
+    sparse_keys = [k for k in ("birth", "obs_start", "outcome", "death", "trigger") if k in predicates]
     columns = [schema.SUBJECT_ID, schema.TIME, schema.CODE] + ([schema.NUMERIC_VALUE] if spec.outcome.values else [])
     subject_parts: list[np.ndarray] = []
     last_parts: list[np.ndarray] = []
@@ -492,6 +513,7 @@ def _scan_events(events_dir: Path, spec: TaskSpec) -> _Scan:
         last=last,
         code_outcome=agg["outcome"],
         first_trigger=agg.get("trigger", np.zeros(0, np.int64)),
+        death=agg["death"],
         value_outcomes=value_outcomes,
         at_code_subjects=cand_s,
         at_code_times=cand_t,
@@ -540,13 +562,14 @@ def _subjects_sql(events: str, spec: TaskSpec) -> str:
                  COALESCE(min(time) FILTER (WHERE code = '{schema.OBSERVATION_START}'),
                           min(time) FILTER (WHERE code <> '{schema.BIRTH_CODE}')) AS first_time,
                  max(time) AS last_time,
+                 min(time) FILTER (WHERE code = '{schema.DEATH_CODE}') AS death,
                  min(time) FILTER (WHERE {code_predicate(spec.outcome.codes)}) AS code_outcome
           FROM ev GROUP BY subject_id)"""
 
 
 def candidates_sql(events: str, spec: TaskSpec) -> str:
     """One row per candidate prediction time with the subject's birth, first and last
-    observed time and first outcome time (codes or measurement criteria)."""
+    observed time, first outcome time (codes or measurement criteria) and first death."""
     pt = spec.prediction_times
     ctes, joins, outcome = _outcome_sql(spec)
     if pt.at_codes is not None:
@@ -561,7 +584,7 @@ def candidates_sql(events: str, spec: TaskSpec) -> str:
         )
     return f"""{_subjects_sql(events, spec)}{ctes},
         cand AS ({cand})
-        SELECT c.subject_id, c.prediction_time, s.birth, s.first_time, s.last_time, {outcome} AS outcome
+        SELECT c.subject_id, c.prediction_time, s.birth, s.first_time, s.last_time, {outcome} AS outcome, s.death
         FROM cand c JOIN subj s USING (subject_id) {joins}
         ORDER BY c.subject_id, c.prediction_time
         """
@@ -595,7 +618,8 @@ def _groups(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def label_frame(frame: pd.DataFrame | pa.Table, spec: TaskSpec) -> tuple[pa.Table, dict[str, dict[str, int]]]:
     """The label logic on candidates (a DataFrame or an Arrow table) with
-    ``subject_id, prediction_time, birth, first_time, last_time, outcome``."""
+    ``subject_id, prediction_time, birth, first_time, last_time, outcome`` and, where a
+    subject's record ends in a death, ``death`` (absent: no one died)."""
     nat = np.iinfo(np.int64).min
     if isinstance(frame, pa.Table):
         def as_us(col: str) -> np.ndarray:
@@ -607,12 +631,14 @@ def label_frame(frame: pd.DataFrame | pa.Table, spec: TaskSpec) -> tuple[pa.Tabl
         subjects = frame["subject_id"].to_numpy(np.int64)
     t = as_us("prediction_time")
     birth, first, last, outcome = (as_us(c) for c in ("birth", "first_time", "last_time", "outcome"))
-    return _label_arrays(subjects, t, birth, first, last, outcome, spec)
+    names = frame.column_names if isinstance(frame, pa.Table) else frame.columns
+    death = as_us("death") if "death" in names else np.full(t.size, nat)
+    return _label_arrays(subjects, t, birth, first, last, outcome, death, spec)
 
 
 def _label_arrays(
     subjects: np.ndarray, t: np.ndarray, birth: np.ndarray, first: np.ndarray, last: np.ndarray, outcome: np.ndarray,
-    spec: TaskSpec, excluded: list[pd.DataFrame] | None = None,
+    death: np.ndarray, spec: TaskSpec, excluded: list[pd.DataFrame] | None = None,
 ) -> tuple[pa.Table, dict[str, dict[str, int]]]:
     """``label_frame`` on int64 arrays (microseconds; null as the int64 minimum). With
     ``excluded`` (a list), each exclusion step's removed times per subject are appended
@@ -622,8 +648,12 @@ def _label_arrays(
     # Work in (subject, time) order; candidates_sql already returns it, so this is a check.
     if subjects.size > 1 and not ((subjects[1:] > subjects[:-1]) | ((subjects[1:] == subjects[:-1]) & (t[1:] >= t[:-1]))).all():
         order = np.lexsort((t, subjects))
-        subjects, t, birth, first, last, outcome = (a[order] for a in (subjects, t, birth, first, last, outcome))
+        subjects, t, birth, first, last, outcome, death = (
+            a[order] for a in (subjects, t, birth, first, last, outcome, death))
     has_outcome = outcome != nat
+    in_horizon = has_outcome & (outcome <= t + spec.horizon_days * DAY_US)
+    # a positive needs follow-up too (unless a death ended the record): see the module's docstring
+    kept_unobserved = in_horizon if spec.follow_up == "negatives" else in_horizon & (death != nat)
     age_years = np.where(birth != nat, (t - birth) / DAY_US / YEAR_DAYS, np.nan)
     pop = spec.population
     reasons = {
@@ -631,8 +661,7 @@ def _label_arrays(
         "prior_observation": (t - first) < pop.min_prior_observation_days * DAY_US,
         "prevalent": has_outcome & (outcome <= t),
         "in_gap": has_outcome & (outcome > t) & (outcome < t + spec.gap_days * DAY_US),
-        "censored": ~(has_outcome & (outcome <= t + spec.horizon_days * DAY_US))
-        & (last < t + spec.horizon_days * DAY_US),
+        "censored": ~kept_unobserved & (last < t + spec.horizon_days * DAY_US),
     }
     if spec.temporal_split is not None:
         # A model trained at the cutoff could not know a label whose horizon ends after it:
@@ -697,7 +726,7 @@ def latest_eligible_times(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, d
     subject. Returns the times and the subjects each step left out, in that order:
     ``candidates`` (subjects with a candidate time), ``outcome_recorded``, ``died``,
     ``age``, ``prior_observation``, and ``eligible``."""
-    subjects, t, birth, first, _, outcome = _scan_events(events_dir, spec).candidates(spec)
+    subjects, t, birth, first, _, outcome, _ = _scan_events(events_dir, spec).candidates(spec)
     nat = np.iinfo(np.int64).min
     order = np.lexsort((t, subjects))
     subjects, t, birth, first, outcome = (a[order] for a in (subjects, t, birth, first, outcome))

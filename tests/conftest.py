@@ -38,7 +38,7 @@ def demo_network(tmp_path_factory) -> dict[str, Path]:
     """A small two-site demo network, generated once per session."""
     from forewarn.records.demo import generate_network
 
-    return generate_network(tmp_path_factory.mktemp("network"), people=3000, seed=11)
+    return generate_network(tmp_path_factory.mktemp("network"), people=5000, seed=11)
 
 
 PG_URL = os.environ.get("FOREWARN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

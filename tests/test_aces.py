@@ -71,6 +71,7 @@ def dataset(folder):
         8: ([0], None, 729),  # censored
         9: ([0, 400, 700], (800, "ICD10CM//E11.9"), 1500),  # several visits, each labelled
         10: ([0], (200, "ICD10CM//E10.9"), 900),  # type 1 diabetes is not an outcome
+        11: ([0], (100, "SNOMED//44054006"), 400),  # the outcome, then no record to the horizon: censored
     }
     rows = []
     for s, (visits, outcome, last) in cases.items():

@@ -48,6 +48,8 @@ def nights(tmp_path_factory, demo_network):
                 "evaluation": {"bootstrap": 20, "shap_rows": 100},
                 "models": {"n_jobs": 1, "search": {"trials": 0}},
                 "validation": {"designs": ["internal", "network"]},
+                # provenance, not calibration, is under test: a first model of this small network is champion
+                "promotion": {"slope_low": 0.2, "slope_high": 5.0},
             }, base_dir=work)
 
         with prefect_test_harness(server_startup_timeout=180):

@@ -74,6 +74,26 @@ def test_golden_labels_and_attrition():
     }
 
 
+def test_a_positive_needs_follow_up_too_unless_a_death_ended_its_record():
+    # (last event, first outcome, death): the outcome 100 days on, inside the window
+    cases = {1: (T + 400 * D, T + 100 * D, None),  # the record ends before the horizon: censored
+             2: (T + 300 * D, T + 100 * D, T + 300 * D),  # died before the horizon: kept, positive
+             3: (T + 730 * D, T + 100 * D, None),  # observed to the horizon: positive
+             4: (T + 400 * D, None, T + 400 * D)}  # died without it: censored, as before
+    f = pd.DataFrame({"subject_id": list(cases), "prediction_time": [T] * 4, "birth": [datetime(1970, 1, 1)] * 4,
+                      "first_time": [datetime(2015, 1, 1)] * 4, "last_time": [c[0] for c in cases.values()],
+                      "outcome": [c[1] for c in cases.values()], "death": [c[2] for c in cases.values()]})
+    labels, attrition = L.label_frame(f, spec())
+    assert labels.to_pydict()["subject_id"] == [2, 3] and labels.to_pydict()["boolean_value"] == [True, True]
+    assert attrition["censored"] == {"times": 2, "subjects": 2}
+    # follow_up: negatives keeps every positive (PatientLevelPrediction's includeAllOutcomes)
+    labels, attrition = L.label_frame(f, spec(follow_up="negatives"))
+    assert labels.to_pydict()["subject_id"] == [1, 2, 3] and attrition["censored"] == {"times": 1, "subjects": 1}
+    assert spec(follow_up="negatives").digest() != spec().digest()
+    with pytest.raises(ValueError, match="follow_up"):
+        spec(follow_up="positives")
+
+
 def test_temporal_design_excludes_times_whose_horizon_crosses_the_cutoff():
     # Subjects 1, 2, 6 and 7 of the golden cases, all at T; horizon 730 days.
     cases = {s: CASES[s] for s in (1, 2, 6, 7)}
@@ -154,7 +174,7 @@ def test_builtin_task_loads_and_has_units():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"horizon": 3}, r"horizon: unknown key; allowed keys here are \['description', 'gap_days', 'horizon_days'"),
+        ({"horizon": 3}, r"horizon: unknown key; allowed keys here are \['description', 'follow_up', 'gap_days', 'horizon_days'"),
         ({"population": {"min_age": 3}}, r"population.min_age: unknown key; allowed keys here are \['max_age_years', 'min_age_years'"),
         ({"gap_days": 800}, "gap_days must be < horizon_days"),
         ({"description": "A task about diabetes that says nothing of interest at all, really."}, "does not mention"),

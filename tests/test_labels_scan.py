@@ -23,8 +23,9 @@ EGFR = "LOINC//62238-1"
 CODES = [
     schema.BIRTH_CODE, schema.OBSERVATION_START, "Visit//OP", "Visit//ER", "ICD10CM//E11.9", "ICD10CM//E11.65",
     "ICD10CM//E10.9", "SNOMED//44054006", "SNOMED//714628002", "ICD10CM//R73.03", EGFR, "LOINC//4548-4", "RX//1",
+    schema.DEATH_CODE,  # a positive whose record a death ended keeps its label without full follow-up
 ]
-WEIGHTS = np.array([2, 2, 10, 3, 1, 1, 1, 1, 1, 1, 4, 3, 5], float)
+WEIGHTS = np.array([2, 2, 10, 3, 1, 1, 1, 1, 1, 1, 4, 3, 5, 0.5], float)
 
 
 def random_events(folder, seed: int, *, subjects: int = 80) -> None:

@@ -63,6 +63,8 @@ def write_study(folder: Path, network: dict[str, Path]) -> Path:
         "models": {"n_jobs": 1, "search": {"trials": 0}},
         "validation": {"designs": ["internal", "external", "network"]},
         "retries": {"attempts": 0},
+        # resuming, not calibration, is under test: each site's first model of this small network is champion
+        "promotion": {"slope_low": 0.2, "slope_high": 5.0},
     }
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(study))

@@ -92,7 +92,7 @@ def test_the_small_site_s_worklist_is_scored_by_the_network_s_champion(small_run
     folder = small_run["study"].sites[1].workdir / "worklists" / "small-site"
     assert tiny.worklist == (f"worklist: {folder / 't2d_2y.parquet'} (scored by forewarn-t2d_2y-network v1, the "
                              "network's; forewarn-t2d_2y-tiny has no champion)")
-    assert big.worklist.startswith("worklist: ") and "(scored by forewarn-t2d_2y-community v1)" in big.worklist
+    assert big.worklist.startswith("worklist: ") and "(scored by forewarn-t2d_2y-community v1" in big.worklist
     assert not tiny.worklist_failed and not big.worklist_failed
     worklist = pd.read_parquet(folder / "t2d_2y.parquet")
     assert len(worklist) > 0 and worklist["predicted_boolean_probability"].is_monotonic_decreasing
