@@ -90,9 +90,10 @@ def main() -> None:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ["PREFECT_HOME"] = str(work / "prefect")
+    from forewarn.flows.cli import setup_environment
+
+    setup_environment()  # the command's own settings: no telemetry, quiet Prefect and MLflow, progress lines
+    os.environ["PREFECT_HOME"] = str(work / "prefect")  # a Prefect and an MLflow store of the run's own
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.chdir(work)
 

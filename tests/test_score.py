@@ -33,6 +33,8 @@ def _study(demo_network) -> dict:
         "models": {"n_jobs": 1, "search": {"trials": 0}},
         "validation": {"designs": ["internal"]},
         "worklist": {"enabled": True},
+        # scoring, not calibration, is under test: the first model of this small network is champion
+        "promotion": {"slope_low": 0.2, "slope_high": 5.0},
     }
 
 
@@ -371,7 +373,23 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     # the run's summary names the file and the model, never a count
     [published] = night["results"]
     assert published.status == "published" and not published.worklist_failed
-    assert published.worklist == f"worklist: {folder / 't2d_2y.parquet'} (scored by {MODEL} v1)"
+    from forewarn.flows.worklist import rate_note
+
+    # with "far" when its threshold alerts twice or half the share it was set for (tested in test_worklist.py)
+    assert published.worklist == f"worklist: {folder / 't2d_2y.parquet'} (scored by {MODEL} v1{rate_note(summary)})"
+
+
+def _cached(night, name: str):
+    """The night's stage ``name`` at academic, as the flow left it (never computed here)."""
+    from forewarn.flows.cache import StageCache
+
+    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
+    [key] = [p.name for p in (cache.root / name).iterdir()]
+    return cache.run(name, key, lambda out: pytest.fail(f"the {name} stage is cached"))
+
+
+def _cached_worklist(night):
+    return _cached(night, "worklist-t2d_2y")
 
 
 def _last_events(events: Path) -> pd.Series:
@@ -420,11 +438,7 @@ def test_the_worklist_takes_the_first_preferred_champion(night, restore_tracking
 
 
 def _pull(night):
-    from forewarn.flows.cache import StageCache
-
-    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
-    [key] = [p.name for p in (cache.root / "pull").iterdir()]
-    return cache.run("pull", key, lambda out: pytest.fail("the pull is cached"))
+    return _cached(night, "pull")
 
 
 def _elsewhere(night, tmp_path, **worklist):
@@ -589,12 +603,9 @@ def test_a_worklist_without_alerts_has_no_new_ones_and_keeps_the_record(night, t
     from dataclasses import replace
 
     from forewarn.features.labels import load_task
-    from forewarn.flows.cache import StageCache
     from forewarn.flows.worklist import publish_locally
 
-    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
-    [key] = [p.name for p in (cache.root / "worklist-t2d_2y").iterdir()]
-    stage = cache.run("worklist-t2d_2y", key, lambda out: pytest.fail("the worklist is cached"))
+    stage = _cached_worklist(night)
     folder = tmp_path / "site"
     folder.mkdir()
     record = folder / "t2d_2y.alerted.parquet"
@@ -624,6 +635,8 @@ def test_forewarn_worklist_shows_each_site_s_worklist_and_follow_up(night, demo_
     summary = json.loads((_worklists(night) / "t2d_2y.json").read_text())
     f = summary["followup"]
     lines = result.output.splitlines()
+    if summary["alert_rate"]["far"]:  # its own line after the first (test_worklist.py has it word for word)
+        assert lines.pop(1).startswith(f"  the threshold alerts {summary['alert_rate']['rows']:.1%} of the list, ")
     assert lines[0] == (f"academic  t2d_2y  {summary['rows']:,} people, {summary['alerts']:,} alerts at the threshold "
                         f"{summary['threshold']:.4f} ({summary['alerts']:,} new: none in the 30 days before); scored "
                         f"by {MODEL} v1 (site's), published {summary['published_at']}")
@@ -656,13 +669,10 @@ def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
     import pyarrow as pa
 
     from forewarn.features.labels import load_task
-    from forewarn.flows.cache import StageCache
     from forewarn.flows.worklist import publish_locally
     from forewarn.records import schema
 
-    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
-    [key] = [p.name for p in (cache.root / "worklist-t2d_2y").iterdir()]
-    stage = cache.run("worklist-t2d_2y", key, lambda out: pytest.fail("the worklist is cached"))
+    stage = _cached_worklist(night)
     worklist = pd.read_parquet(stage.result["predictions"])
     last = worklist["subject_id"].map(_last_events(night["events"]))
     seen = (last >= worklist["prediction_time"] + pd.Timedelta(days=730)).to_numpy()  # the window closed when shown
@@ -723,12 +733,9 @@ def test_a_follow_up_that_fails_keeps_the_worklist_and_an_unreadable_record_is_s
     from datetime import date
 
     from forewarn.features.labels import load_task
-    from forewarn.flows.cache import StageCache
     from forewarn.flows.worklist import publish_locally
 
-    cache = StageCache(night["work"] / "sites" / "academic" / "work" / "stages", site="academic")
-    [key] = [p.name for p in (cache.root / "worklist-t2d_2y").iterdir()]
-    stage = cache.run("worklist-t2d_2y", key, lambda out: pytest.fail("the worklist is cached"))
+    stage = _cached_worklist(night)
     folder = tmp_path / "site"
     folder.mkdir()
     (folder / "t2d_2y.scored.parquet").write_text("a record a crash left half written")
