@@ -1400,10 +1400,14 @@ def report_context(
     if (attrition.get("censored") or {}).get("times"):
         limitations.append(
             "Prediction times not observed for the whole horizon were excluded (section 3, “censored”; complete-case "
-            "labelling, as PatientLevelPrediction's requireTimeAtRisk; with the task's follow_up “everyone”, the default, "
-            "those with the outcome too unless a death ended the record, so that the last years of the data are not "
-            "labelled positive only): people lost to follow-up, or who died first without the outcome, are not "
-            "represented, and the observed rate can differ from the risk in the whole cohort."
+            "labelling, as PatientLevelPrediction's requireTimeAtRisk"
+            + ("; those with the outcome too unless a death ended the record (the task's follow_up “everyone”), so that "
+               "the last years of the data are not labelled positive only"
+               if getattr(task, "follow_up", "everyone") == "everyone" else
+               "; those with the outcome were kept whatever their follow-up (the task's follow_up “negatives”), so the "
+               "last horizon of each record holds positives only, which a model can learn as risk")
+            + "): people lost to follow-up, or who died first without the outcome, are not represented, and the "
+            "observed rate can differ from the risk in the whole cohort."
         )
     shift = (pull_report.get("deid") or {}).get("max_shift_days")
     limitations.append(

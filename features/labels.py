@@ -21,7 +21,10 @@ hold positives only, and whatever marks them (a long history, recent tests) woul
 as risk. A worklist scores exactly those latest times: on the demo network cut at a date,
 the community site's T2D threshold alerted 28% of its worklist instead of 5%, with a
 PPV of 0.06 two years on (``benchmarks/prospective.py``, RESULTS "Session 33"). ACES
-configs that require an event after the target window do the same.
+configs that require an event after the target window do the same, except that they drop
+a positive whose record a death ended. What remains: a time within a horizon of the
+data's end can still be labelled positive when the person died, for an outcome that kills
+within its horizon (the pull cannot tell the data's end in each person's shifted time).
 
 Labels only read the future; features at ``t`` read only events with time ``<= t``.
 """
@@ -161,7 +164,10 @@ class TaskSpec(Strict):
         return value
 
     def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        # follow_up "negatives" (the rule before the field existed) leaves the digest as it was, so a
+        # task file that asks for it still names the models trained under it
+        exclude = {"follow_up"} if self.follow_up == "negatives" else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
 def builtin_tasks() -> list[str]:
@@ -771,7 +777,8 @@ def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, predict
     horizon``: the outcome window had closed before the score was shown, nothing was left
     to predict), ``outcome_before`` (``o <= max(t, s)``: an outcome dated at or before
     what was known when shown, recorded since), ``outcome_in_gap`` (``o < t + gap``),
-    ``outcome`` (``o <= t + horizon``: the label would be positive), ``no_outcome``
+    ``outcome`` (``o <= t + horizon``, and observed through it or a death recorded, as the
+    task's ``follow_up`` asks: the label would be positive; else ``pending``), ``no_outcome``
     (observed through ``t + horizon`` without it: negative), ``died`` (not observed through
     it, a death recorded: it will not resolve) and ``pending`` (follow-up still open).
     With ``s <= t`` these are the label rules (the module's docstring). Returns ``status``
@@ -795,8 +802,12 @@ def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, predict
     died = np.isin(ids, np.concatenate(dead) if dead else np.zeros(0, np.int64))
     has = o != _NONE_MIN
     gap, horizon = t + spec.gap_days * DAY_US, t + spec.horizon_days * DAY_US
+    # an outcome in the window counts as the label would: observed through the horizon, or a death ended the
+    # record (follow_up everyone); otherwise it waits, as a censored time would
+    observed = (last >= horizon) | died | (spec.follow_up == "negatives")
     status = np.select(
-        [~found, seen >= horizon, has & (o <= known), has & (o < gap), has & (o <= horizon), last >= horizon, died],
+        [~found, seen >= horizon, has & (o <= known), has & (o < gap), has & (o <= horizon) & observed,
+         ~(has & (o <= horizon)) & (last >= horizon), died],
         ["not_in_pull", "window_passed", "outcome_before", "outcome_in_gap", "outcome", "no_outcome", "died"], "pending")
     shown = np.isin(status, ["outcome_before", "outcome_in_gap", "outcome"])
     return pd.DataFrame({"status": status, "outcome_time": np.where(shown, o, _NAT).astype("datetime64[us]"),

@@ -157,7 +157,8 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         if recorded_task is None:
             raise ValueError(f"{model.label}: its registration run does not record its task definition "
                              "(config/task.json: runs of Forewarn before session 31); give it with --task.")
-        task = parse_task(recorded_task, where=f"{model.label}'s task")
+        # a run from before follow_up existed was labelled by the rule follow_up "negatives" keeps
+        task = parse_task({"follow_up": "negatives"} | recorded_task, where=f"{model.label}'s task")
     if task is not None:
         if task.digest() != model.task_digest:
             raise ValueError(f"task {task.name} (digest {task.digest()}) is not the definition {model.label} was trained "

@@ -104,3 +104,17 @@ def test_forewarn_task_files_are_not_aces_configs(tmp_path):
     path = tmp_path / "task.yaml"
     path.write_text("name: x\n")
     assert not is_aces_config(path)
+
+
+def test_a_positive_whose_record_a_death_ended_is_kept_where_aces_drops_it(tmp_path):
+    """The one difference: ACES's follow window needs an event after the target window; a
+    Forewarn task keeps a positive whose record a death ended (the outcome, then death)."""
+    rows = [(1, datetime(1970, 1, 1), "MEDS_BIRTH", None), (1, T - 400 * D, schema.OBSERVATION_START, None),
+            (1, T, "Visit//OP", None), (1, T + 100 * D, "SNOMED//44054006", None),
+            (1, T + 300 * D, schema.DEATH_CODE, None)]
+    events = write_events(tmp_path / "events", rows).parent
+    config = tmp_path / "t2d.yaml"
+    config.write_text(ACES_T2D)
+    ours, _ = L.build_labels(events, L.parse_task(FOREWARN_T2D))
+    assert [(r["subject_id"], r["boolean_value"]) for r in ours.to_pylist()] == [(1, True)]
+    assert aces_labels(config, events).num_rows == 0

@@ -90,6 +90,11 @@ def test_a_positive_needs_follow_up_too_unless_a_death_ended_its_record():
     labels, attrition = L.label_frame(f, spec(follow_up="negatives"))
     assert labels.to_pydict()["subject_id"] == [1, 2, 3] and attrition["censored"] == {"times": 1, "subjects": 1}
     assert spec(follow_up="negatives").digest() != spec().digest()
+    # negatives, the rule before the field existed, keeps the digest models were registered under then
+    import hashlib
+
+    before = hashlib.sha256(spec().model_dump_json(exclude={"follow_up"}).encode()).hexdigest()[:16]
+    assert spec(follow_up="negatives").digest() == before
     with pytest.raises(ValueError, match="follow_up"):
         spec(follow_up="positives")
 
@@ -331,6 +336,13 @@ def test_follow_up_of_scored_times_in_a_later_pull(tmp_path):
     assert later["status"].tolist() == ["outcome_before", "window_passed", "window_passed", "pending"]
     assert later["seen_until"].tolist() == [pd.Timestamp(T + 95 * D), pd.Timestamp(T + 730 * D),
                                             pd.Timestamp(T + 730 * D), pd.Timestamp(T + 729 * D)]
+    # an outcome in the window whose record then ends before the horizon, without a death, waits as the
+    # label would (censored); under follow_up negatives it counts
+    short = tmp_path / "short"
+    write_events(short, [(1, datetime(2015, 1, 1), schema.OBSERVATION_START, None), (1, T, "Visit//OP", None),
+                         (1, T + 100 * D, "ICD10CM//E11.9", None), (1, T + 400 * D, "Visit//OP", None)])
+    assert L.follow_up(short, spec(), [1], times[:1], seen[:1])["status"].tolist() == ["pending"]
+    assert L.follow_up(short, spec(follow_up="negatives"), [1], times[:1], seen[:1])["status"].tolist() == ["outcome"]
     empty = tmp_path / "none"
     write_events(empty, [])
     assert L.follow_up(empty, spec(), ids[:2], times[:2])["status"].tolist() == ["not_in_pull", "not_in_pull"]

@@ -683,12 +683,15 @@ def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
                                       events_dir=night["events"])
     assert failed is None and folder / "t2d_2y.scored.parquet" in written
     # later: the first 3 alerted and the first 2 not alerted have the outcome 30 days after their
-    # record ended (and at least 91 days after the visit: past the gap); the next 4 alerted and
-    # 5 not alerted are seen 800 days on without it; the rest are not seen again
+    # record ended (and at least 91 days after the visit: past the gap), and are seen 800 days on;
+    # the next 4 alerted and 5 not alerted are seen 800 days on without it; the rest are not seen again
     day = timedelta(days=1)
     outcome_at = {r.subject_id: max(last[r.Index] + 30 * day, r.prediction_time + 91 * day)
                   for r in [*alerted.iloc[:3].itertuples(), *quiet.iloc[:2].itertuples()]}
     extra = [(subject, when, "ICD10CM//E11.9") for subject, when in outcome_at.items()]
+    # each seen again past the horizon (an outcome whose record then ends would wait, as a censored time)
+    extra += [(r.subject_id, r.prediction_time + 800 * day, "Visit//OP")
+              for r in [*alerted.iloc[:3].itertuples(), *quiet.iloc[:2].itertuples()]]
     extra += [(r.subject_id, r.prediction_time + 800 * day, "Visit//OP")
               for r in [*alerted.iloc[3:7].itertuples(), *quiet.iloc[2:7].itertuples()]]
     events = pa.concat_tables([pq.read_table(p) for p in sorted(night["events"].glob("*.parquet"))])
