@@ -484,7 +484,7 @@ def follow_up(path: Path, tonight: pa.Table, model: str, spec: TaskSpec, events_
     follow every scoring in it up against tonight's pull (``labels.follow_up``, whose
     ``seen_until`` of tonight's new scorings is kept in the record) and summarise
     (``follow_up_summary``, with each row's age band and sex). A file there that is not a
-    scoring record is set aside as ``<name>.unreadable-<date>``, never overwritten, and
+    scoring record is set aside as ``<name>.unreadable-<time>``, never overwritten, and
     the summary's ``note`` says so."""
     old, problem = read_scored(path)
     notes = []
