@@ -732,19 +732,17 @@ def latest_eligible_times(events_dir: Path, spec: TaskSpec) -> tuple[pa.Table, d
     subject. Returns the times and the subjects each step left out, in that order:
     ``candidates`` (subjects with a candidate time), ``outcome_recorded``, ``died``,
     ``age``, ``prior_observation``, and ``eligible``."""
-    subjects, t, birth, first, _, outcome, _ = _scan_events(events_dir, spec).candidates(spec)
+    subjects, t, birth, first, _, outcome, death = _scan_events(events_dir, spec).candidates(spec)
     nat = np.iinfo(np.int64).min
     order = np.lexsort((t, subjects))
-    subjects, t, birth, first, outcome = (a[order] for a in (subjects, t, birth, first, outcome))
+    subjects, t, birth, first, outcome, death = (a[order] for a in (subjects, t, birth, first, outcome, death))
     latest = np.flatnonzero(np.r_[subjects[1:] != subjects[:-1], True]) if subjects.size else subjects
-    subjects, t, birth, first, outcome = (a[latest] for a in (subjects, t, birth, first, outcome))
-    dead = [pq.read_table(p, columns=[schema.SUBJECT_ID], filters=[(schema.CODE, "=", schema.DEATH_CODE)]).column(0)
-            .to_numpy() for p in _event_shards(events_dir)]
+    subjects, t, birth, first, outcome, death = (a[latest] for a in (subjects, t, birth, first, outcome, death))
     age_years = np.where(birth != nat, (t - birth) / DAY_US / YEAR_DAYS, np.nan)
     pop = spec.population
     steps = {
         "outcome_recorded": outcome != nat,
-        "died": np.isin(subjects, np.concatenate(dead) if dead else np.array([], np.int64)),
+        "died": death != nat,  # a death recorded at any time (with a time: as the labels read it)
         "age": ~((age_years >= pop.min_age_years) & (age_years <= pop.max_age_years)),
         "prior_observation": (t - first) < pop.min_prior_observation_days * DAY_US,
     }
@@ -792,14 +790,13 @@ def follow_up(events_dir: Path, spec: TaskSpec, subject_ids: np.ndarray, predict
     if scan.subjects.size:
         pos = np.minimum(np.searchsorted(scan.subjects, ids), scan.subjects.size - 1)
         found, o, last = scan.subjects[pos] == ids, scan.outcome()[pos], scan.last[pos]
+        died = found & (scan.death[pos] != _NONE_MIN)
     else:
         found, o, last = np.zeros(ids.size, bool), np.full(ids.size, _NONE_MIN), np.full(ids.size, _NAT)
+        died = np.zeros(ids.size, bool)
     seen = np.full(ids.size, _NAT) if seen_until is None else np.asarray(seen_until, "datetime64[us]").astype(np.int64)
     seen = np.where(seen == _NAT, np.where(found, last, _NAT), seen)
     known = np.maximum(t, seen)  # NaT (int64 min) where not found: those are not_in_pull first
-    dead = [pq.read_table(p, columns=[schema.SUBJECT_ID], filters=[(schema.CODE, "=", schema.DEATH_CODE)]).column(0)
-            .to_numpy() for p in _event_shards(events_dir)]
-    died = np.isin(ids, np.concatenate(dead) if dead else np.zeros(0, np.int64))
     has = o != _NONE_MIN
     gap, horizon = t + spec.gap_days * DAY_US, t + spec.horizon_days * DAY_US
     # an outcome in the window counts as the label would: observed through the horizon, or a death ended the
