@@ -12,7 +12,9 @@ and each worklist's ``followup`` says what became of night 1's scorings
 (``flows.worklist.follow_up``). Printed per site and task: night 1's worklist (people,
 alerts), the follow-up's statuses, and the alerts' sensitivity, PPV and alert rate in
 follow-up beside the held-out ones at the same threshold (the evaluation's threshold
-table, night 1's model), with the lead time.
+table, night 1's model), with the lead time; then the calibration of the risks shown over
+the resolved scorings (outcome rate, mean risk, observed/expected, calibration in the
+large and slope) beside the held-out set's.
 
     .venv/bin/python benchmarks/prospective.py --people 20000 --as-of 2022-06-30 --workdir /tmp/prospective
     .venv/bin/python benchmarks/prospective.py --follow-up negatives ...   # the label rule until session 33
@@ -150,15 +152,18 @@ def main() -> None:
                                 .read_text())
             stages = work / "sites" / site / "work" / "stages" / f"evaluate-{task}"
             # night 1's evaluation: the one whose operating point is the worklist's threshold
-            promised, auroc = None, None
+            promised, auroc, calibration = None, None, {}
             for path in sorted(stages.glob("*/metrics.json")):
                 metrics = json.loads(path.read_text())
                 row = held_out_at(metrics, first["threshold"])
                 if row is not None:
                     promised, auroc = row, metrics["held_out"]["xgboost"]["auroc"]
+                    calibration = metrics["held_out"]["xgboost"]
             rows.append({"site": site, "task": task, "night1": {k: first[k] for k in ("rows", "alerts", "threshold",
                                                                                          "model")},
-                         "followup": second["followup"], "held_out": promised, "held_out_auroc": auroc})
+                         "followup": second["followup"], "held_out": promised, "held_out_auroc": auroc,
+                         "held_out_calibration": {k: calibration.get(k) for k in (
+                             "prevalence", "mean_predicted", "calibration_in_the_large", "calibration_slope")}})
 
     def share(v):
         return "-" if v is None else f"{v:.3f}"
@@ -182,6 +187,16 @@ def main() -> None:
               f"| {share(f['resolved']['auroc'])} / {share(r['held_out_auroc'])} "
               f"| {share(a.get('sensitivity'))} / {share(h.get('sensitivity'))} "
               f"| {share(a.get('ppv'))} / {share(h.get('ppv'))} | {rate_text} / {held_rate} | {lead_text} |")
+    print("\nCalibration of the risks shown, over the resolved scorings, beside the held-out set's:\n")
+    print("| site | task | outcome rate: follow-up / held-out | mean risk: follow-up / held-out | observed/expected "
+          "| calibration in the large: follow-up / held-out | slope: follow-up / held-out |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        f, c = r["followup"]["resolved"], r["held_out_calibration"]
+        print(f"| {r['site']} | {r['task']} | {share(f['outcome_rate'])} / {share(c.get('prevalence'))} "
+              f"| {share(f.get('mean_risk'))} / {share(c.get('mean_predicted'))} | {share(f.get('observed_to_expected'))} "
+              f"| {share(f.get('calibration_in_the_large'))} / {share(c.get('calibration_in_the_large'))} "
+              f"| {share(f.get('calibration_slope'))} / {share(c.get('calibration_slope'))} |")
     if missing:
         print(f"\nNo worklist on night 1 (no champion: the night's summary says why): {', '.join(missing)}")
     if args.json:

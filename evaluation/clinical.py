@@ -223,15 +223,21 @@ def curve_ece(curve) -> float | None:
     return float(np.sum(n * gap) / n.sum())
 
 
+def _recalibration_fits(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The fits of ``logit P(y) = a + logit(p)`` (``a``: the calibration-in-the-large) and
+    of ``logit P(y) = a + b logit(p)`` (``b``: the slope), each None without an estimate."""
+    lp = logit(np.clip(p, EPS, 1 - EPS))
+    citl = _logistic_fit(None, y, lp)
+    return citl, (_logistic_fit(lp, y, np.zeros(y.size)) if np.ptp(lp) > 0 else None)
+
+
 def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10, curve=None, *,
                  errors: bool = True) -> dict[str, float | None]:
     """Calibration statistics of checked inputs, not suppressed; the ECE over the groups
     of ``curve`` (the published calibration curve of these risks) or, without one, of
     ``metrics.calibration_curve`` with a ledger of its own; with ``errors``, the
     :func:`calibration_errors` too."""
-    lp = logit(np.clip(p, EPS, 1 - EPS))
-    citl = _logistic_fit(None, y, lp)
-    slope_fit = _logistic_fit(lp, y, np.zeros(y.size)) if np.ptp(lp) > 0 else None
+    citl, slope_fit = _recalibration_fits(y, p)
     return ({} if not errors else calibration_errors(y, p)) | {
         "brier": float(np.mean((p - y) ** 2)),
         "calibration_in_the_large": None if citl is None else float(citl[0]),
@@ -241,6 +247,23 @@ def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10, curve=None, *,
         "observed_rate": float(y.mean()),
         "mean_predicted": float(p.mean()),
     }
+
+
+def calibration_in_brief(y, p) -> dict[str, float | None]:
+    """The mean risk against the observed rate of ``y`` (``observed_to_expected``: their
+    ratio, the O/E), the calibration-in-the-large and the calibration slope of
+    :func:`calibration_stats`, with nothing suppressed: for a record that stays at the site,
+    such as a worklist's follow-up. ``None`` where a value does not exist (no rows, a zero
+    mean risk, a fit without an estimate)."""
+    y, p = np.asarray(y, bool), np.asarray(p, float)
+    if not y.size:
+        return {"mean_predicted": None, "observed_rate": None, "observed_to_expected": None,
+                "calibration_in_the_large": None, "calibration_slope": None}
+    citl, slope_fit = _recalibration_fits(y, p)
+    mean, rate = float(p.mean()), float(y.mean())
+    return {"mean_predicted": mean, "observed_rate": rate, "observed_to_expected": rate / mean if mean > 0 else None,
+            "calibration_in_the_large": None if citl is None else float(citl[0]),
+            "calibration_slope": None if slope_fit is None else float(slope_fit[1])}
 
 
 def calibration_stats(y, p, *, bins: int = 10, curve=None) -> dict[str, float | int | bool | None]:

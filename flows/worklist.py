@@ -47,7 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forewarn.evaluation.clinical import AGE_BANDS
+from forewarn.evaluation.clinical import AGE_BANDS, calibration_in_brief
 from forewarn.evaluation.evaluate import label_demographics
 from forewarn.evaluation.metrics import point_metrics
 from forewarn.features import labels
@@ -309,14 +309,16 @@ def _two_by_two(resolved: pd.DataFrame) -> dict | None:
 
 
 def _group(part: pd.DataFrame) -> dict:
-    """One subgroup's line: its scorings, alerts, resolved scorings and outcomes, and the
-    alerts' sensitivity and PPV there."""
+    """One subgroup's line: its scorings, alerts, resolved scorings and outcomes, the mean
+    risk shown to the resolved ones (against their outcome rate: are the risks right for
+    this group?), and the alerts' sensitivity and PPV there."""
     resolved = part[part["status"].isin(["outcome", "no_outcome"])]
     table = _two_by_two(resolved)
     decided = part["alerted"].notna()
     return {"scorings": len(part),
             "alerts": int(part.loc[decided, "alerted"].astype(bool).sum()) if decided.any() else None,
             "resolved": len(resolved), "with_outcome": int((resolved["status"] == "outcome").sum()),
+            "mean_risk": float(resolved[schema.PREDICTED_BOOLEAN_PROBABILITY].mean()) if len(resolved) else None,
             "sensitivity": None if table is None else table["sensitivity"], "ppv": None if table is None else table["ppv"]}
 
 
@@ -343,9 +345,12 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
     resolved = frame[frame["status"].isin(["outcome", "no_outcome"])]
     y = (resolved["status"] == "outcome").to_numpy()
     auroc = point_metrics(y, resolved[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy())["auroc"] if len(y) else math.nan
+    calibration = calibration_in_brief(y, resolved[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy())
     out["resolved"] = {"scorings": len(resolved), "with_outcome": int(y.sum()),
                        "outcome_rate": float(y.mean()) if len(y) else None,
-                       "auroc": None if math.isnan(auroc) else auroc}
+                       "auroc": None if math.isnan(auroc) else auroc,
+                       "mean_risk": calibration["mean_predicted"]} | {
+        k: calibration[k] for k in ("observed_to_expected", "calibration_in_the_large", "calibration_slope")}
     out["alerts"] = _two_by_two(resolved)
     hits = frame[(frame["status"] == "outcome") & frame["alerted"].fillna(False).astype(bool)]
     t, seen = hits[schema.PREDICTION_TIME].to_numpy("datetime64[us]"), hits["alert_seen_until"].to_numpy("datetime64[us]")
@@ -373,6 +378,23 @@ def rate_note(summary: dict) -> str:
         return ""
     return (f"; its threshold alerts far {'more' if rate['ratio'] > 1 else 'fewer'} of these people than it was set "
             "to (see the .json)")
+
+
+def calibration_note(resolved: dict) -> str:
+    """What the follow-up's calibration says, in words, once there are outcomes enough to
+    judge it (11 or more resolved with the outcome and without): risks that run high or
+    low by a quarter or more (observed/expected outside 0.8-1.25), or too extreme or too
+    moderate (slope outside 0.8-1.25); else nothing."""
+    n, events = resolved["scorings"], resolved["with_outcome"]
+    if events < 11 or n - events < 11:
+        return ""
+    said = []
+    oe, slope = resolved.get("observed_to_expected"), resolved.get("calibration_slope")
+    if oe is not None and not 0.8 <= oe <= 1.25:
+        said.append(f"ran {'low' if oe > 1 else 'high'}")
+    if slope is not None and not 0.8 <= slope <= 1.25:
+        said.append(f"were too {'moderate' if slope > 1 else 'extreme'}")
+    return f": the risks shown {' and '.join(said)}" if said else ""
 
 
 def _n(value) -> str:
@@ -410,6 +432,11 @@ def describe(summary: dict) -> list[str]:
     lines.append(f"  resolved {r['scorings']:,} (outcome in the window or followed through the horizon without it): "
                  f"{r['with_outcome']:,} with the outcome, rate {_n(r['outcome_rate'])}, AUROC of the risks shown "
                  f"{_n(r['auroc'])}")
+    if r["scorings"]:
+        lines.append(f"  risks shown to them: mean {_n(r['mean_risk'])} against the outcome rate "
+                     f"{_n(r['outcome_rate'])} (observed/expected {_n(r['observed_to_expected'])}), calibration in the "
+                     f"large {_n(r['calibration_in_the_large'])}, slope {_n(r['calibration_slope'])}"
+                     + calibration_note(r))
     if a is not None:
         lines.append(f"  alerts against outcomes: {a['true_positive']:,} true and {a['false_positive']:,} false "
                      f"alerts, {a['false_negative']:,} missed, {a['true_negative']:,} rightly not alerted; sensitivity "
@@ -420,8 +447,9 @@ def describe(summary: dict) -> list[str]:
                      f"(quartiles {lead['q1']:g}-{lead['q3']:g}, range {lead['min']:,}-{lead['max']:,}) over "
                      f"{lead['people']:,} people")
     for column, levels in (f.get("subgroups") or {}).items():
-        parts = [f"{level} {g['scorings']:,} scored, {_n(g['alerts'])} alerted, {g['with_outcome']:,} outcomes, "
-                 f"sensitivity {_n(g['sensitivity'])}, PPV {_n(g['ppv'])}" for level, g in levels.items()]
+        parts = [f"{level} {g['scorings']:,} scored, {_n(g['alerts'])} alerted, {g['with_outcome']:,} outcomes of "
+                 f"{g['resolved']:,} resolved (mean risk {_n(g['mean_risk'])}), sensitivity {_n(g['sensitivity'])}, "
+                 f"PPV {_n(g['ppv'])}" for level, g in levels.items()]
         lines.append(f"  by {column.replace('_', ' ')}: " + "; ".join(parts))
     return lines
 

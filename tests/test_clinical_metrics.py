@@ -203,6 +203,27 @@ def test_undefined_fits_are_none_not_errors():
     assert constant["calibration_slope"] is None
 
 
+def test_calibration_in_brief_keeps_small_sets_and_matches_hand_values():
+    # Two risk groups, four rows each: risk 0.2 with 2 events, risk 0.5 with 3. Two groups
+    # make the slope fit saturated: its line passes through both groups' observed rates,
+    # so b = (logit 0.75 - logit 0.5) / (logit 0.5 - logit 0.2) = log 3 / log 4.
+    y = np.array([1, 1, 0, 0, 1, 1, 1, 0], bool)
+    p = np.array([0.2] * 4 + [0.5] * 4)
+    got = clinical.calibration_in_brief(y, p)
+    assert got["mean_predicted"] == pytest.approx(0.35) and got["observed_rate"] == 5 / 8
+    assert got["observed_to_expected"] == pytest.approx(0.625 / 0.35)
+    assert got["calibration_slope"] == pytest.approx(np.log(3) / np.log(4))
+    # the calibration-in-the-large a solves its score equation: expected events = 5
+    a = got["calibration_in_the_large"]
+    assert 4 * expit(a + logit(0.2)) + 4 * expit(a) == pytest.approx(5)
+    # nothing is withheld (the set has 5 events), and what does not exist is None
+    assert clinical.calibration_in_brief(np.array([1, 0, 0, 0], bool), np.full(4, 0.5)) == {
+        "mean_predicted": 0.5, "observed_rate": 0.25, "observed_to_expected": 0.5,
+        "calibration_in_the_large": pytest.approx(-np.log(3)), "calibration_slope": None}
+    assert clinical.calibration_in_brief(np.zeros(0, bool), np.zeros(0))["observed_to_expected"] is None
+    assert clinical.calibration_in_brief(np.zeros(3, bool), np.zeros(3))["observed_to_expected"] is None
+
+
 def test_smoothed_calibration_follows_the_diagonal_on_calibrated_risks(calibrated):
     y, p = calibrated
     curve = clinical.smoothed_calibration(y, p, points=40)

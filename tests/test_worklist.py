@@ -184,12 +184,33 @@ def test_follow_up_counts_the_alerts_against_what_became_of_each_scoring():
     assert got["status"] == {"outcome": 3, "no_outcome": 3, "outcome_in_gap": 0, "outcome_before": 0,
                              "window_passed": 1, "died": 0, "pending": 1, "not_in_pull": 0}
     # resolved: risks 0.9, 0.95, 0.8 (outcome, outcome, none), 0.7 (outcome), 0.2, 0.1 (none): 8 of 9 pairs ordered
-    assert got["resolved"] == {"scorings": 6, "with_outcome": 3, "outcome_rate": 0.5, "auroc": pytest.approx(8 / 9)}
+    resolved = got["resolved"]
+    assert {k: resolved[k] for k in ("scorings", "with_outcome", "outcome_rate", "auroc", "mean_risk",
+                                     "observed_to_expected")} == {
+        "scorings": 6, "with_outcome": 3, "outcome_rate": 0.5, "auroc": pytest.approx(8 / 9),
+        "mean_risk": pytest.approx(3.65 / 6), "observed_to_expected": pytest.approx(0.5 * 6 / 3.65)}
+    # the risks shown ran high (0.61 against 0.5): the calibration in the large is below 0
+    assert resolved["calibration_in_the_large"] < 0 and resolved["calibration_slope"] > 0
     assert got["alerts"] == {"scorings": 6, "true_positive": 2, "false_positive": 1, "false_negative": 1,
                              "true_negative": 2, "sensitivity": 2 / 3, "specificity": 2 / 3, "ppv": 2 / 3}
     # subject 1: earliest alerted scoring with the outcome in its window, 2020-01-01 to 2020-12-01
     assert got["lead_time_days"] == {"people": 1, "median": 335.0, "q1": 335.0, "q3": 335.0, "min": 335, "max": 335}
     assert got["models"] == ["m v1"] and "note" not in got
+    from forewarn.flows.worklist import calibration_note, describe
+
+    lines = describe({"rows": 7, "alerts": 3, "threshold": 0.55, "model": "m v1", "published_at": "2026-01-01",
+                      "followup": got})
+    assert lines[0] == "7 people, 3 alerts at the threshold 0.5500; scored by m v1 (site's), published 2026-01-01"
+    assert "  risks shown to them: mean 0.608 against the outcome rate 0.500 (observed/expected 0.822), calibration " \
+           "in the large " in "\n".join(lines)
+    # judged in words only from 11 resolved with the outcome and 11 without
+    assert calibration_note(resolved) == ""
+    many = {"scorings": 40, "with_outcome": 11}
+    assert calibration_note(many | {"observed_to_expected": 0.79, "calibration_slope": 1.0}) == ": the risks shown ran high"
+    assert calibration_note(many | {"observed_to_expected": 1.3, "calibration_slope": 0.7}) == (
+        ": the risks shown ran low and were too extreme")
+    assert calibration_note(many | {"observed_to_expected": 1.0, "calibration_slope": 1.3}) == ": the risks shown were too moderate"
+    assert calibration_note(many | {"observed_to_expected": 1.25, "calibration_slope": 0.8}) == ""
     short = follow_up_summary(record, pd.DataFrame({"status": status, "outcome_time": pd.to_datetime(outcome)}), 365, 730)
     assert "is shorter than the task's horizon (730 days)" in short["note"] and "subgroups" not in short
     # by subgroup: 1 (both rows), 3 and 7 are women; 2, 4, 5 and 6 men; 3 and 4 are 70-79, 7 of unknown age
@@ -199,12 +220,14 @@ def test_follow_up_counts_the_alerts_against_what_became_of_each_scoring():
                            730, groups)["subgroups"]
     assert list(by) == ["age_band", "sex"] and list(by["age_band"]) == ["50-59", "70-79", "~"]
     assert by["sex"] == {
-        "F": {"scorings": 4, "alerts": 2, "resolved": 3, "with_outcome": 3, "sensitivity": 2 / 3, "ppv": 1.0},
-        "M": {"scorings": 4, "alerts": 2, "resolved": 3, "with_outcome": 0, "sensitivity": None, "ppv": 0.0}}
+        "F": {"scorings": 4, "alerts": 2, "resolved": 3, "with_outcome": 3, "mean_risk": pytest.approx(2.55 / 3),
+              "sensitivity": 2 / 3, "ppv": 1.0},
+        "M": {"scorings": 4, "alerts": 2, "resolved": 3, "with_outcome": 0, "mean_risk": pytest.approx(1.1 / 3),
+              "sensitivity": None, "ppv": 0.0}}
     assert by["age_band"]["70-79"] == {"scorings": 2, "alerts": 0, "resolved": 2, "with_outcome": 1,
-                                       "sensitivity": 0.0, "ppv": None}
+                                       "mean_risk": pytest.approx(0.45), "sensitivity": 0.0, "ppv": None}
     assert by["age_band"]["~"] == {"scorings": 1, "alerts": None, "resolved": 0, "with_outcome": 0,
-                                   "sensitivity": None, "ppv": None}
+                                   "mean_risk": None, "sensitivity": None, "ppv": None}
 
 
 def test_the_sweep_never_removes_a_scoring_record(tmp_path):
