@@ -85,6 +85,9 @@ VARIANTS: dict[str, dict] = {
     "production_search50": {"production": {"search": {"trials": 50}}},
     "production_treecount_auto": {"production": {"tree_count": "auto"}},
     "production_best": {"production": {"blend_rule": "best"}},
+    # Session 34: the blend's guard floor the better of its parts' (not the L1's alone)
+    "production_guard_better": {"production": {"blend_guard_floor": "better"}},
+    "production_guard_better_best": {"production": {"blend_guard_floor": "better", "blend_rule": "best"}},
     "production_1se": {"production": {"blend_rule": "one_se"}},
     "production_offset_l1": {"production": {"offset": "l1"}},
     "production_offset_none": {"production": {"offset": "none"}},

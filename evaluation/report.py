@@ -1274,6 +1274,9 @@ def report_context(
                     if float((blend.get("rule") or {}).get("best", 1.0)) < 1.0 else "the trees did not improve its ranking")
             blend_text += (f" With weight 1 the model scores as the L1-logistic alone: on {rows} {gain}, so the trees "
                            "are kept but carry no weight.")
+    elif (blend.get("rule") or {}).get("name") == "constant_l1":
+        blend_text = ("The L1-logistic kept no column at its C and scores every row alike, so it was not blended in: "
+                      "the trees score alone.")
     elif where:
         blend_text = f"Blending with the L1-logistic did not improve the {metric} on {where}: the trees score alone."
     search = training.get("search") or {}

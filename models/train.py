@@ -181,6 +181,14 @@ class ModelConfig(BaseModel):
             "which always qualifies): the model does not trade one metric below the baseline's for the other"
         ),
     )
+    blend_guard_floor: Literal["l1", "better"] = Field(
+        "l1",
+        description=(
+            "the floor of blend_guard: l1 (default): the L1-logistic's value of the other metric; better: the better of "
+            "the L1-logistic's and XGBoost's alone (w = 0 or 1, one of which always qualifies), so the blend trades the "
+            "other metric below neither of its parts"
+        ),
+    )
     blend_rule: Literal["best", "one_se"] = Field(
         "one_se",
         description=(
@@ -788,7 +796,8 @@ def blend_margins(trees: np.ndarray, linear: np.ndarray, weight: float) -> np.nd
 
 
 def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_train: np.ndarray, config: ModelConfig,
-                 subjects: np.ndarray | None = None) -> tuple[float, str | None, dict[str, float], dict | None, dict | None]:
+                 subjects: np.ndarray | None = None, *, constant_l1: bool = False,
+                 ) -> tuple[float, str | None, dict[str, float], dict | None, dict | None]:
     """The blend weight (``ModelConfig.blend``), from the trees' and the L1's log-odds of
     the rows it is chosen on (``y_tune``: their labels; ``subjects``: their patients, each
     row its own when None): the weight, the objective it was chosen by (None when fixed),
@@ -796,7 +805,9 @@ def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_tr
     (``ModelConfig.blend_guard``: its metric, the L1's value of it, each weight's and the
     weights it ruled out) and the rule (``ModelConfig.blend_rule`` one_se: the best
     weight, each allowed weight's tolerance and the weights within it). Guard and rule are
-    None when off, when the weight is fixed or when the rows hold one class."""
+    None when off, when the weight is fixed or when the rows hold one class. When the L1
+    scores every row alike (``constant_l1``: it kept no column at its C; or its log-odds
+    here are all equal) the weight is 0 and the rule is ``constant_l1``."""
     if config.blend == "none":
         return 0.0, None, {}, None, None
     if not isinstance(config.blend, str):
@@ -805,13 +816,23 @@ def choose_blend(trees: np.ndarray, linear: np.ndarray, y_tune: np.ndarray, y_tr
     metrics = {"auroc": roc_auc_score, "auprc": average_precision_score}
     scores = {w: float(metrics[name](y_tune, blend_margins(trees, linear, w))) for w in BLEND_WEIGHTS}
     both = 0 < int(np.sum(y_tune)) < len(y_tune)
+    if constant_l1 or np.ptp(np.asarray(linear, np.float64)) == 0:
+        # An L1-logistic that kept no column at its C scores every row alike: it ranks
+        # nothing. Weight 1 would be a constant model (AUROC 0.5), which the one-standard-
+        # error rule, leaning to the L1, can pick on few events (out-of-fold fits of it may
+        # still vary): the trees score alone.
+        return 0.0, name, {str(w): round(v, 6) for w, v in scores.items()}, None, {"name": "constant_l1", "best": 0.0}
     allowed, guard, rule = list(BLEND_WEIGHTS), None, None
     if config.blend_guard and both:
         other = "auprc" if name == "auroc" else "auroc"
         values = {w: float(metrics[other](y_tune, blend_margins(trees, linear, w))) for w in BLEND_WEIGHTS}
         floor = values[BLEND_WEIGHTS[-1]]  # w = 1: the L1 alone
+        if config.blend_guard_floor == "better":
+            floor = max(floor, values[BLEND_WEIGHTS[0]])  # or the trees alone
         allowed = [w for w in BLEND_WEIGHTS if values[w] >= floor]
-        guard = {"metric": other, "l1": round(floor, 6), "by_weight": {str(w): round(v, 6) for w, v in values.items()},
+        guard = {"metric": other, "l1": round(values[BLEND_WEIGHTS[-1]], 6),
+                 **({"floor": round(floor, 6)} if config.blend_guard_floor == "better" else {}),
+                 "by_weight": {str(w): round(v, 6) for w, v in values.items()},
                  "excluded": [str(w) for w in BLEND_WEIGHTS if w not in allowed]}
     best = max(allowed, key=lambda w: (scores[w], -w))
     weight = best
@@ -895,7 +916,8 @@ def fit_blend(primary: PrimaryModel, l1: L1Logistic, X_train, y_train, X_tune, y
         trees, linear, y = np.r_[oof_trees, trees], np.r_[oof_linear, linear], np.r_[np.asarray(y_train), y]
         who = patient_codes(groups, tune_groups, y.size - len(oof_trees))
         scored_on = "out-of-fold train and tuning"
-    weight, objective, scores, guard, rule = choose_blend(trees, linear, y, y_train, config, who)
+    weight, objective, scores, guard, rule = choose_blend(trees, linear, y, y_train, config, who,
+                                                          constant_l1=not np.any(l1.coef))
     method = config.blend if isinstance(config.blend, str) else "fixed"
     summary = {"method": method, "weight": weight, "objective": objective, "score_by_weight": scores}
     if objective is not None:

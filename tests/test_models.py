@@ -310,6 +310,29 @@ def test_the_blend_guard_rules_out_weights_below_the_l1_on_the_other_metric():
     assert choose_blend(trees, linear, y, y_train, BEST.model_copy(update={"blend_guard": False}))[::3] == (0.0, None)
     # Rows of one class have no AUROC: no guard.
     assert choose_blend(trees, linear, np.ones(6), y_train, BEST)[3] is None
+    # The parts swapped: now the trees have AUROC 3/4 and the L1 1/2. Against the L1's floor every
+    # weight qualifies and the best AUPRC (2/3, the L1's order, from w = 0.3) wins; with the floor
+    # the better part's (blend_guard_floor: better) only the weights with the trees' order qualify.
+    weight, _, scores, guard, _ = choose_blend(linear, trees, y, y_train, BEST)
+    assert weight == 0.3 and guard["excluded"] == [] and scores["0.3"] == pytest.approx(2 / 3)
+    weight, _, scores, guard, _ = choose_blend(linear, trees, y, y_train,
+                                               BEST.model_copy(update={"blend_guard_floor": "better"}))
+    assert weight == 0.0 and (guard["l1"], guard["floor"]) == (0.5, 0.75)
+    assert guard["excluded"] == [str(w / 10) for w in range(3, 11)]
+
+
+def test_an_l1_that_scores_every_row_alike_is_not_blended_in():
+    from forewarn.models.train import BLEND_WEIGHTS
+
+    y_train = np.r_[np.ones(1), np.zeros(99)]
+    y = np.array([1, 1, 0, 0, 0, 0])
+    trees = np.array([3.0, -3.0, 0.0, 0.0, 0.0, 0.0])  # AUPRC 2/3
+    flat = np.full(6, -2.0)  # AUPRC 1/3, the base rate
+    weight, objective, scores, guard, rule = choose_blend(trees, flat, y, y_train, ModelConfig())
+    assert (weight, objective, guard, rule) == (0.0, "auprc", None, {"name": "constant_l1", "best": 0.0})
+    assert scores["1.0"] == pytest.approx(1 / 3) and scores["0.5"] == pytest.approx(2 / 3) and len(scores) == len(BLEND_WEIGHTS)
+    # an L1 that kept no column, though its out-of-fold fits (among the rows scored) vary
+    assert choose_blend(trees, trees[::-1].copy(), y, y_train, ModelConfig(), constant_l1=True)[0] == 0.0
 
 
 def test_ranked_scores_of_weighted_rows_with_ties():

@@ -983,6 +983,9 @@ def test_model_section_says_how_the_trees_blend_with_the_l1(run, plain):
             "standard error, so the trees are kept but carry no weight.") in model
     model, _ = pages(crossfit | {"weight": 0.0})
     assert "did not improve the AUROC on the tuning rows and the train rows' out-of-fold log-odds" in model
+    model, _ = pages(crossfit | {"weight": 0.0, "rule": {"name": "constant_l1", "best": 0.0}})
+    assert ("The L1-logistic kept no column at its C and scores every row alike, so it was not blended in: the trees "
+            "score alone.") in model and "did not improve" not in model
     model, _ = pages({"method": "fixed", "weight": 0.5, "objective": None, "score_by_weight": {}})
     assert "(weight 0.5 on the L1, as the study sets it)" in model
     model, _ = pages({"method": "none", "weight": 0.0, "objective": None, "score_by_weight": {}})
