@@ -417,7 +417,8 @@ def describe(summary: dict) -> list[str]:
     if rate and rate["far"]:
         lines.append(f"the threshold alerts {rate['rows']:.1%} of the list, against the {rate['set_for']:.1%} of its "
                      "tuning rows it was set to alert: the list's people are unlike those it was set on, so the "
-                     "report's sensitivity and PPV do not hold here (worklist.alert_budget sets the number of alerts)")
+                     "report's sensitivity and PPV do not hold here (worklist.alert_budget sets the number of alerts; the "
+                     "follow-up's calibration, once scorings resolve, says whether the risks themselves do)")
     f = summary.get("followup")
     if f is None:
         return lines

@@ -314,7 +314,8 @@ def test_a_far_alert_rate_is_said_at_the_site_and_only_its_direction_leaves():
         "2026-12-05T14:47:20+00:00",
         "the threshold alerts 27.7% of the list, against the 5.0% of its tuning rows it was set to alert: the list's "
         "people are unlike those it was set on, so the report's sensitivity and PPV do not hold here "
-        "(worklist.alert_budget sets the number of alerts)"]
+        "(worklist.alert_budget sets the number of alerts; the follow-up's calibration, once scorings resolve, says "
+        "whether the risks themselves do)"]
     fewer = summary | {"alert_rate": {"rows": 0.01, "set_for": 0.05, "ratio": 0.2, "far": True}}
     assert "far fewer" in rate_note(fewer)
     assert rate_note(summary | {"alert_rate": {"rows": 0.06, "set_for": 0.05, "ratio": 1.2, "far": False}}) == ""
