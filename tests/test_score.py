@@ -368,7 +368,9 @@ def test_the_nightly_worklist_is_every_eligible_person_highest_risk_first(night,
     assert followup["status"] == {"outcome": 0, "no_outcome": 0, "outcome_in_gap": 0, "outcome_before": 0,
                                   "window_passed": int(seen.sum()), "died": 0, "pending": int((~seen).sum()),
                                   "not_in_pull": 0}
-    assert followup["resolved"] == {"scorings": 0, "with_outcome": 0, "outcome_rate": None, "auroc": None}
+    assert followup["resolved"] == {"scorings": 0, "with_outcome": 0, "outcome_rate": None, "auroc": None,
+                                    "mean_risk": None, "observed_to_expected": None, "calibration_in_the_large": None,
+                                    "calibration_slope": None}
     assert followup["alerts"] is None and followup["lead_time_days"] is None
     # the run's summary names the file and the model, never a count
     [published] = night["results"]
