@@ -30,7 +30,22 @@ class PromotionConfig(Strict):
         return self
 
 
+CONSTANT_RISK = ("the model gives every held-out row the same risk: it ranks no one and cannot serve as champion "
+                 "(too few events to learn from, or columns that are empty in the held-out rows)")
+
+
 def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
+    """Promote or not, with reasons (:func:`_decide`); a candidate whose held-out risks
+    are all the same (``new["constant_risk"]`` true) is never promoted, whatever else it
+    passes: with its held-out metrics withheld a first model would otherwise become
+    champion unjudged."""
+    decision = _decide(new, champion, config)
+    if new.get("constant_risk"):
+        decision = decision | {"promoted": False, "reasons": [CONSTANT_RISK, *decision["reasons"]]}
+    return decision
+
+
+def _decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
     """Promote or not, with reasons.
 
     ``new`` holds the candidate's held-out ``auroc_ci_low`` and ``calibration_slope``;

@@ -36,6 +36,22 @@ def test_first_model_without_a_slope_is_promoted_and_says_it_was_not_judged():
         "promoted only because there is no champion: its calibration was not judged, review it before use"]}
 
 
+def test_a_model_that_gives_every_held_out_row_the_same_risk_is_never_promoted():
+    from forewarn.models.promotion import CONSTANT_RISK
+
+    # a first model with its metrics withheld would be promoted unjudged; a constant one is not
+    d = decide({"auroc_ci_low": None, "calibration_slope": None, "constant_risk": True}, None, CONFIG)
+    assert d["promoted"] is False and d["reasons"][0] == CONSTANT_RISK
+    assert d["reasons"][1:] == decide({"auroc_ci_low": None, "calibration_slope": None}, None, CONFIG)["reasons"]
+    assert CONSTANT_RISK.startswith("the model gives every held-out row the same risk: it ranks no one")
+    # whatever else it passes
+    passing = {"auroc_ci_low": 0.9, "calibration_slope": 1.0}
+    assert decide(passing, {"auroc": 0.80, "version": "3"}, CONFIG)["promoted"] is True
+    d = decide(passing | {"constant_risk": True}, {"auroc": 0.80, "version": "3"}, CONFIG)
+    assert d["promoted"] is False and d["champion_version"] == "3" and d["reasons"][0] == CONSTANT_RISK
+    assert decide(passing | {"constant_risk": False}, None, CONFIG)["promoted"] is True
+
+
 @pytest.mark.parametrize(
     ("low", "slope", "promoted"),
     [(0.781, 1.0, True), (0.78, 1.0, True), (0.779, 1.0, False), (0.9, 0.79, False), (0.9, 1.26, False), (0.9, None, False)],
