@@ -150,7 +150,15 @@ def held_out_metrics(trained: TrainedModels, config: EvaluationConfig) -> dict:
     y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
     p = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
     record = metrics.evaluate(y, p, held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed)
-    return json_safe(record | model_based(record, p) | _without_counts(clinical.calibration_stats(y, p)))
+    return json_safe(record | model_based(record, p) | risk_spread(p) | _without_counts(clinical.calibration_stats(y, p)))
+
+
+def risk_spread(p: np.ndarray) -> dict:
+    """``constant_risk``: every row was given the same risk, so the model ranks no one
+    (``models.promotion.decide`` never promotes it). A yes or no about the model's
+    outputs, not the labels: it gives no count back, so it is shipped even where the
+    metrics are withheld."""
+    return {"constant_risk": bool(np.unique(np.asarray(p, float)).size <= 1)}
 
 
 def model_based(record: dict, p: np.ndarray) -> dict:
@@ -248,7 +256,7 @@ def evaluate_and_explain(
         y, p = scores[PRIMARY]
         # the AUROC these rows' case mix allows if the risks were right: the reference an
         # external site's is read against (``metrics.model_based_concordance``)
-        record["held_out"][PRIMARY] |= model_based(record["held_out"][PRIMARY], p)
+        record["held_out"][PRIMARY] |= model_based(record["held_out"][PRIMARY], p) | risk_spread(p)
         smoothed = clinical.smoothed_calibration(y, p)
         record["smoothed_calibration"] = smoothed.to_dict(orient="records")
         # Every table and figure drawn from one ranking publishes cut-offs of it, which
@@ -329,7 +337,7 @@ def evaluate_and_explain(
         risk = model.probability(explained)
         record["waterfall_rows"] = []
         for k, row in enumerate(np.argsort(-risk, kind="stable")[:WATERFALL_FIGURES] if idx.size else []):
-            figures[f"shap_waterfall_{k + 1}"] = plots.shap_waterfall(values[row, idx], data[row], names, base)
+            figures[f"shap_waterfall_{k + 1}"] = plots.shap_waterfall(values[row], idx, names, base)
             record["waterfall_rows"].append(int(sampled[row]))  # position among the held-out rows
         for name, png in figures.items():
             out.figure(name).write_bytes(png)

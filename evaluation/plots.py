@@ -186,15 +186,39 @@ def shap_dependence(values: np.ndarray, data: np.ndarray, names: list[str], base
     return _png(fig)
 
 
-def shap_waterfall(values: np.ndarray, data: np.ndarray, names: list[str], base: float) -> bytes:
-    """One row's explanation: the contributions only. The row's own feature values are
-    left out (the report must not carry a patient's row), and the row is identified only
-    by its number."""
+WATERFALL_BARS = 12
+
+
+def waterfall_parts(row: np.ndarray, plotted: np.ndarray, names: list[str], bars: int = WATERFALL_BARS
+                    ) -> tuple[np.ndarray, list[str]]:
+    """One row's waterfall bars: the ``bars - 1`` plotted features (column indices
+    ``plotted``, named ``names``) that move this row's log-odds most, and one bar for every
+    other feature together, so that the bars and the base value sum to the row's log-odds,
+    as a waterfall claims (``row`` holds the row's SHAP values over every column). The
+    other features include those the report may not draw one by one (recorded in 1-10
+    explained rows): only their sum is shown, and it sums two features at least (one
+    alone would be that feature's value for this row)."""
+    plotted = np.asarray(plotted, dtype=np.int64)
+    keep = np.argsort(-np.abs(row[plotted]), kind="stable")[: bars - 1]
+    if row.size - keep.size == 1:
+        keep = keep[:-1]
+    values = row[plotted[keep]]
+    rest = int(row.size - keep.size)
+    if rest == 0:
+        return values, [names[k] for k in keep]
+    return (np.append(values, row.sum() - values.sum()),
+            [*(names[k] for k in keep), f"{rest} other feature{'s' if rest != 1 else ''}"])
+
+
+def shap_waterfall(row: np.ndarray, plotted: np.ndarray, names: list[str], base: float) -> bytes:
+    """One row's explanation (:func:`waterfall_parts`): the contributions only, ending at
+    the row's log-odds. The row's own feature values are left out (the report must not
+    carry a patient's row), and the row is identified only by its number."""
     import shap
 
-    values = np.atleast_2d(values)
-    explanation = shap.Explanation(values=values, base_values=np.full(values.shape[0], base), feature_names=names)
-    shap.plots.waterfall(explanation[0], max_display=12, show=False)
+    values, labels = waterfall_parts(np.asarray(row, dtype=np.float64), plotted, names)
+    explanation = shap.Explanation(values=values[None, :], base_values=np.array([base]), feature_names=labels)
+    shap.plots.waterfall(explanation[0], max_display=len(labels), show=False)
     fig = plt.gcf()
     fig.set_size_inches(9, 5.5)
     return _png(fig)

@@ -686,7 +686,9 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
             )
             return (
                 f"SHAP waterfall, {label}",
-                f"Waterfall {k}: how the features move {label} (among the highest predicted risks of the explained rows) from the base value.",
+                f"Waterfall {k}: how the features move {label} (among the highest predicted risks of the explained "
+                "rows) from the base value to its log-odds, f(x); the features not drawn one by one are summed in one "
+                "bar (\"N other features\").",
             )
         return name.replace("_", " "), name.replace("_", " ")
 

@@ -40,7 +40,6 @@ from forewarn.evaluation import drift as drift_check
 from forewarn.evaluation.evaluate import (
     Evaluation,
     evaluate_and_explain,
-    held_out_frame,
     held_out_metrics,
     label_demographics,
 )
@@ -805,8 +804,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     else:
         if compared is not None:  # the candidate minus the champion on the same held-out rows, one bootstrap
             compared["paired"] = champion_difference(study, trained, matrix, champion.model, champion.matrix)
-        constant = held_out_frame(trained, PRIMARY)[schema.PREDICTED_BOOLEAN_PROBABILITY].nunique() <= 1
-        promotion = (decide(held | {"constant_risk": constant}, compared, study.promotion)
+        promotion = (decide(held, compared, study.promotion)  # held["constant_risk"]: evaluation.evaluate.risk_spread
                      | {"paired": (compared or {}).get("paired")})
         if champion is not None:  # the champion beside the candidate, on the same held-out rows
             promotion["champion_metrics"] = champion_summary(study, champion)

@@ -34,14 +34,31 @@ CONSTANT_RISK = ("the model gives every held-out row the same risk: it ranks no 
                  "(too few events to learn from, or columns that are empty in the held-out rows)")
 
 
+def no_better_than_chance(low: float) -> str:
+    return (f"its AUROC's lower 95% bound {low:.3f} is not above 0.5: it has not shown that it ranks people with the "
+            "outcome above people without it better than chance, and cannot serve as champion")
+
+
 def decide(new: dict, champion: dict | None, config: PromotionConfig) -> dict:
-    """Promote or not, with reasons (:func:`_decide`); a candidate whose held-out risks
-    are all the same (``new["constant_risk"]`` true) is never promoted, whatever else it
-    passes: with its held-out metrics withheld a first model would otherwise become
-    champion unjudged."""
+    """Promote or not, with reasons (:func:`_decide`), under two floors that hold whatever
+    else the candidate passes:
+
+    * a candidate whose held-out risks are all the same (``new["constant_risk"]`` true,
+      ``evaluation.evaluate.risk_spread``) is never promoted: with its held-out metrics
+      withheld a first model would otherwise become champion unjudged;
+    * nor is one whose AUROC interval, where estimated, reaches 0.5: the non-inferiority
+      test alone would let a first model, or one beside a weak champion, in on a
+      calibration slope.
+    """
     decision = _decide(new, champion, config)
+    floors = []
     if new.get("constant_risk"):
-        decision = decision | {"promoted": False, "reasons": [CONSTANT_RISK, *decision["reasons"]]}
+        floors.append(CONSTANT_RISK)
+    low = new.get("auroc_ci_low")
+    if low is not None and low == low and low <= 0.5:
+        floors.append(no_better_than_chance(low))
+    if floors:
+        decision = decision | {"promoted": False, "reasons": [*floors, *decision["reasons"]]}
     return decision
 
 
@@ -119,8 +136,8 @@ def decide_network(new: dict[str, dict], champion: dict | None, config: Promotio
     promoted only when it holds at every one. A model the network relies on must not be
     worse than the champion at any site, not merely on average.
 
-    ``new`` maps each site to the candidate's held-out ``auroc_ci_low`` and
-    ``calibration_slope`` there; ``champion`` holds the network champion's ``version`` and
+    ``new`` maps each site to the candidate's held-out ``auroc_ci_low``,
+    ``calibration_slope`` and ``constant_risk`` there (each site's floors hold); ``champion`` holds the network champion's ``version`` and
     its ``auroc`` per site (a dict, re-scored on the same held-out rows), or is None when
     there is no network champion yet; its ``paired`` (a dict per site, as :func:`decide`'s
     champion's ``paired``), when given, is the candidate minus the champion at each site.

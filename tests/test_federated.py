@@ -236,6 +236,7 @@ def test_network_model_is_evaluated_at_a_site_like_its_own(tmp_path):
     config = EvaluationConfig(bootstrap=20)
     record = evaluate_and_explain(sites[1].matrix, trained, tmp_path / "eval", config, site="b").load_metrics()
     assert record["held_out"]["xgboost"]["auroc"] > 0.8
+    assert record["held_out"]["xgboost"]["constant_risk"] is False  # what the network's promotion reads at each site
     # The numbers alone (what the temporal design logs) are the full evaluation's, key for key.
     assert held_out_metrics(trained, config) == record["held_out"]["xgboost"]
     # The network design's record at the site publishes no calibration groups: the evaluation above publishes

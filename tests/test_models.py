@@ -1112,6 +1112,16 @@ def test_held_out_record_keeps_events_withheld_beside_1_to_10_non_events(tmp_pat
     trained = train_models(matrix, tmp_path / "models", ModelConfig(n_jobs=1))
     record = held_out_metrics(trained, EvaluationConfig(bootstrap=10))
     assert record["n"] == int(held.sum()) and record["events"] is None and record["few_non_events"] is True
+    # withheld metrics, but whether the risks vary at all still ships (models.promotion's floor)
+    assert record["withheld"] is True and record["constant_risk"] is False
+
+
+def test_constant_risk_says_whether_every_row_got_the_same_risk():
+    from forewarn.evaluation.evaluate import risk_spread
+
+    assert risk_spread(np.full(5, 0.2)) == {"constant_risk": True}
+    assert risk_spread(np.array([0.2, 0.2, 0.2000001])) == {"constant_risk": False}
+    assert risk_spread(np.array([])) == {"constant_risk": True}
 
 
 def test_the_shipped_trees_start_from_a_rounded_train_rate_not_the_exact_one(tmp_path):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from forewarn.models.promotion import PromotionConfig, decide, decide_network
+from forewarn.models.promotion import CONSTANT_RISK, PromotionConfig, decide, decide_network
 
 CONFIG = PromotionConfig(auroc_margin=0.02, slope_low=0.8, slope_high=1.25)
 
@@ -37,8 +37,6 @@ def test_first_model_without_a_slope_is_promoted_and_says_it_was_not_judged():
 
 
 def test_a_model_that_gives_every_held_out_row_the_same_risk_is_never_promoted():
-    from forewarn.models.promotion import CONSTANT_RISK
-
     # a first model with its metrics withheld would be promoted unjudged; a constant one is not
     d = decide({"auroc_ci_low": None, "calibration_slope": None, "constant_risk": True}, None, CONFIG)
     assert d["promoted"] is False and d["reasons"][0] == CONSTANT_RISK
@@ -50,6 +48,36 @@ def test_a_model_that_gives_every_held_out_row_the_same_risk_is_never_promoted()
     d = decide(passing | {"constant_risk": True}, {"auroc": 0.80, "version": "3"}, CONFIG)
     assert d["promoted"] is False and d["champion_version"] == "3" and d["reasons"][0] == CONSTANT_RISK
     assert decide(passing | {"constant_risk": False}, None, CONFIG)["promoted"] is True
+
+
+@pytest.mark.parametrize(("low", "promoted"), [(0.501, True), (0.5, False), (0.43, False), (None, True)])
+def test_a_model_whose_auroc_interval_reaches_one_half_is_never_promoted(low, promoted):
+    from forewarn.models.promotion import no_better_than_chance
+
+    # a first model: non-inferiority is vacuous, and a slope within the bounds would let it in
+    d = decide({"auroc_ci_low": low, "calibration_slope": 1.0 if low is not None else None}, None, CONFIG)
+    assert d["promoted"] is promoted
+    if not promoted:
+        assert d["reasons"][0] == (f"its AUROC's lower 95% bound {low:.3f} is not above 0.5: it has not shown that it "
+                                   "ranks people with the outcome above people without it better than chance, and "
+                                   "cannot serve as champion") == no_better_than_chance(low)
+        assert d["reasons"][1:] == ["there is no champion yet", "calibration slope 1.000 is within [0.8, 1.25]"]
+    # beside a weak champion (one promoted with its metrics withheld) the margin alone would let it in
+    weak = decide({"auroc_ci_low": low, "calibration_slope": 1.0}, {"auroc": 0.51, "version": "1"}, CONFIG)
+    assert weak["promoted"] is (low is not None and low > 0.5) and (low is not None or "could not be estimated" in weak["reasons"][0])
+
+
+def test_the_network_s_floors_hold_at_each_site():
+    constant = NEW | {"community": NEW["community"] | {"constant_risk": True}}
+    d = decide_network(constant, None, CONFIG)
+    assert d["promoted"] is False and d["sites"]["academic"]["promoted"] is True
+    assert d["reasons"][:2] == ["refused at community: the network's model must pass the rule at every site",
+                                "academic: there is no champion yet"]
+    assert f"community: {CONSTANT_RISK}" in d["reasons"]
+    chance = NEW | {"academic": {"auroc_ci_low": 0.48, "calibration_slope": 1.0}}
+    d = decide_network(chance, {"version": "2", "auroc": {"academic": 0.49, "community": 0.8}}, CONFIG)
+    assert d["promoted"] is False and d["sites"]["community"]["promoted"] is True
+    assert d["sites"]["academic"]["reasons"][0].startswith("its AUROC's lower 95% bound 0.480 is not above 0.5")
 
 
 @pytest.mark.parametrize(

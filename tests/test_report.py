@@ -1639,3 +1639,21 @@ def test_the_network_report_says_what_each_site_process_sent():
         "models with its trees added, 6 tuning log-losses, 17 Platt gradient and Hessian sums (48 kB in all); south "
         "sent 2 models with its trees added, 2 train label counts (20 kB in all)")
     assert _boundary_text({"kind": "in-process", "answers": {}}) == "" and _boundary_text(None) == ""
+
+
+def test_a_waterfall_ends_at_the_row_s_log_odds_with_the_other_features_as_one_bar():
+    from forewarn.evaluation.plots import shap_waterfall, waterfall_parts
+
+    row = np.array([0.5, -1.0, 0.2, 0.1, 0.05])
+    values, names = waterfall_parts(row, np.array([0, 1, 2]), ["a", "b", "c"], bars=3)
+    # the two plotted features that move the row most, then the other three together
+    np.testing.assert_allclose(values, [-1.0, 0.5, 0.35])
+    assert names == ["b", "a", "3 other features"] and values.sum() == pytest.approx(row.sum())
+    # every column drawn: no remainder
+    values, names = waterfall_parts(row[:3], np.array([0, 1, 2]), ["a", "b", "c"], bars=4)
+    assert names == ["b", "a", "c"] and values.tolist() == [-1.0, 0.5, 0.2]
+    # one column left over would show that column's own value for this row: two go together
+    values, names = waterfall_parts(row[:3], np.array([0, 1, 2]), ["a", "b", "c"], bars=3)
+    assert names == ["b", "2 other features"] and values.tolist() == pytest.approx([-1.0, 0.7])
+    png = shap_waterfall(row, np.array([0, 1, 2]), ["a", "b", "c"], base=-2.0)
+    assert png.startswith(b"\x89PNG")
