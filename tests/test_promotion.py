@@ -226,3 +226,54 @@ def test_a_paired_interval_wholly_below_zero_says_the_candidate_is_worse():
     # Not withheld, only not estimated (a slope that did not converge): no such claim.
     d = decide({"auroc_ci_low": 0.9, "calibration_slope": None, "withheld": False}, SAME | {"paired": None}, CONFIG)
     assert not any(r.startswith("no candidate can pass") for r in d["reasons"])
+
+
+def test_the_gate_refuses_a_model_trained_on_degraded_data_on_the_same_held_out_rows(tmp_path):
+    """The degraded-data test at the level of the models: a champion trained on clean rows;
+    a candidate trained where the strongest predictor was lost before the held-out rows
+    (a feed that stopped), both scored on the same clean held-out rows as the nightly flow
+    scores them (``held_out_metrics``, ``held_out_summary``, ``paired_auroc``). The
+    candidate is refused on AUROC, by either test, with a calibration slope that alone
+    would pass; a model as good as the champion passes the paired test. (The flow's own
+    degraded night, ``test_flow_e2e``, is refused by its drift alert as well.)"""
+    import numpy as np
+    from test_models import synthetic_matrix, write_matrix
+
+    from forewarn.evaluation.evaluate import EvaluationConfig, held_out_metrics
+    from forewarn.evaluation.validation import held_out_summary, paired_auroc
+    from forewarn.models.train import ModelConfig, train_models
+    from forewarn.records import schema
+
+    clean = synthetic_matrix(tmp_path)  # the outcome follows columns 0 and 1
+    X, rows, _ = clean.load()
+    split = rows[schema.SPLIT].to_numpy()
+    lost = X.tolil()
+    lost[np.flatnonzero(split != "held_out"), 0] = 0
+    degraded = write_matrix(tmp_path / "degraded", lost.tocsr(), rows[schema.BOOLEAN_VALUE].to_numpy(bool), split)
+    champion = train_models(clean, tmp_path / "champion", ModelConfig(n_jobs=1))
+    champion_auroc = held_out_summary(champion, clean)["auroc"]
+    assert champion_auroc > 0.9
+
+    def judged(candidate, matrix, test):
+        config = PromotionConfig(test=test)
+        paired = paired_auroc(candidate, matrix, champion, clean, n_boot=config.bootstrap)
+        record = held_out_metrics(candidate, EvaluationConfig(bootstrap=200))
+        return record, paired, decide(record, {"auroc": champion_auroc, "version": "1", "paired": paired}, config)
+
+    worse = train_models(degraded, tmp_path / "worse", ModelConfig(n_jobs=1))
+    for test in ("marginal", "paired"):
+        record, paired, d = judged(worse, degraded, test)
+        assert d["promoted"] is False, d
+        assert 0.7 <= record["calibration_slope"] <= 1.4  # refused on discrimination alone
+        assert paired["ci_high"] < 0  # worse on these rows, beyond doubt
+        first = d["reasons"][0]
+        if test == "marginal":
+            assert first.startswith(f"AUROC lower 95% bound {record['auroc_ci_low']:.3f} < champion v1 AUROC "
+                                    f"{champion_auroc:.3f} - margin 0.02")
+        else:
+            assert first.startswith(f"AUROC minus champion v1's on the same held-out rows {paired['difference']:+.3f}")
+            assert first.endswith("worse than the champion on these rows")
+    # the same training on the clean rows: nothing lost, nothing to refuse under the paired test
+    same = train_models(clean, tmp_path / "same", ModelConfig(n_jobs=1))
+    _, paired, d = judged(same, clean, "paired")
+    assert paired == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0} and d["promoted"] is True, d
