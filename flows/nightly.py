@@ -964,6 +964,10 @@ def run_params(study: Study, spec: TaskSpec, site: str, shape: dict, training: d
         "leaf_min_cell": study.models.leaf_min_cell, "leaf_move_splits": study.models.leaf_move_splits,
         "leaves_released": _leaves_released(xgb.get("release"), bool(training.get("federated"))),
         "features_used": (training.get("sample_size") or {}).get("features_used", "none"),
+        # the search as it ran for this model (none in a temporal design, which refits its settings)
+        "search_trials": len((training.get("search") or {}).get("trials") or []),
+        "search_objective": (training.get("search") or {}).get("objective") or "none",
+        "search_timeout_s": study.models.search.timeout_s,
         **{f"xgb_{k}": v for k, v in xgb["params"].items()},
     }
 

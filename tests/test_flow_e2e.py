@@ -175,6 +175,8 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         assert (params["offset"], params["blend"]) == ("none", "crossfit") and 0 <= float(params["blend_weight"]) <= 1
         assert params["blend_guard"] == "auprc"  # T2D's weights are chosen by AUROC, guarded by AUPRC
         assert params["blend_rule"] == "one_se"
+        # the search as it ran: two trials (the study asks for two), chosen on AUROC (T2D is common)
+        assert (params["search_trials"], params["search_objective"], params["search_timeout_s"]) == ("2", "auroc", "600")
         # The rule of 11 for the trees' leaves, and how many leaves it kept of those grown.
         assert (params["leaf_min_cell"], params["leaf_move_splits"]) == ("11", "True")
         after, before = (int(v.replace(",", "")) for v in params["leaves_released"].split(" of "))
@@ -301,6 +303,16 @@ def test_champion_loads_by_alias_and_predicts_as_forewarn_does(flow_run, tmp_pat
     calibrator = Calibrator.from_json(json.loads(champion.calibration_path.read_text()))
     np.testing.assert_allclose(p, calibrator(raw), rtol=1e-5)  # the calibrated risk
     np.testing.assert_allclose(model.predict(X[:20], params={"calibrated": False}), raw, rtol=1e-5)
+    # The registered model's signature: a float32 matrix of the champion's columns in, one risk per
+    # row out, `calibrated` a parameter (default true); its input example is synthetic (every
+    # feature absent), never a patient row.
+    info = mlflow.models.get_model_info(f"models:/{result.model_name}@champion")
+    (inputs,) = info.signature.inputs.inputs
+    assert (inputs.type, inputs.shape) == (np.dtype("float32"), (-1, X.shape[1]))
+    assert [(p.name, p.default) for p in info.signature.params.params] == [("calibrated", True)]
+    assert info.signature.outputs.inputs[0].shape == (-1,)
+    example = mlflow.models.Model.load(info.model_uri).load_input_example()
+    assert example.shape == (2, X.shape[1]) and np.isnan(example).all()
 
 
 def test_report_has_every_section_and_the_run_numbers(flow_run, client):
