@@ -72,16 +72,33 @@ def write_report(context: dict, path: Path, *, template: str = "report.html.j2")
     return path
 
 
+VALIDATION_DESIGNS = ("registered", "external", "temporal")
+
+
 def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, attrition: dict, features: dict,
-                       data_digest: str, code_version: str, generated_at: str, mlflow_run_id: str) -> dict:
-    """What the external validation report of a registered model at ``site`` shows
-    (``validation.html.j2``): the model (``model``: ``name``, ``version``, ``site`` it was
-    trained at, ``study``, ``run_id``, ``ref``), the site's participants (``attrition``,
-    under the rule of 11), the features it was scored on, and ``record``
-    (``evaluation.validation.external_validation``'s): its metrics as shipped and after
-    recalibration on the site's tuning split, and its subgroups at the alert threshold
-    it was published with (complementary suppression as in the site's own report)."""
-    shipped, recal = record["as_shipped"], record.get("recalibrated")
+                       data_digest: str, code_version: str, generated_at: str, mlflow_run_id: str,
+                       design: str = "registered") -> dict:
+    """What a validation run's own report shows (``validation.html.j2``), one per run of a
+    validation design:
+
+    * ``registered``: a registered model from outside the study validated at ``site``;
+    * ``external``: a site's model of tonight validated at another site, ``site``;
+    * ``temporal``: ``site``'s model refitted on the times before a cutoff and tested on
+      those from then on.
+
+    It gives the model (``model``: ``name``, ``version`` (None before it is registered),
+    ``site`` it was trained at, ``study``, ``run_id``, ``ref``), the participants at
+    ``site`` (``attrition``, under the rule of 11), the features it was scored on, and
+    ``record``: for ``registered`` and ``external``
+    ``evaluation.validation.external_validation``'s (its metrics as shipped and after
+    recalibration on the site's tuning split, and its subgroups at the alert threshold it
+    was published with, complementary suppression as in the site's own report); for
+    ``temporal`` the temporal stage's (``held_out_metrics``' numbers with ``cutoff``,
+    ``development`` and ``crosses_cutoff``)."""
+    if design not in VALIDATION_DESIGNS:
+        raise ValueError(f"validation_context: design must be one of {', '.join(VALIDATION_DESIGNS)}; got {design!r}.")
+    temporal = design == "temporal"
+    shipped, recal = (record, None) if temporal else (record["as_shipped"], record.get("recalibrated"))
 
     def row(label: str, rec: dict) -> dict:
         return {"label": label, "size": _size_text(rec), "auroc": _ci(rec, "auroc"), "auprc": _ci(rec, "auprc"),
@@ -97,14 +114,26 @@ def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, 
     if curves and not shipped.get("withheld"):
         smoothed = pd.DataFrame(record.get("smoothed_calibration") or [], columns=["predicted", "observed"])
         figure = base64.b64encode(plots.calibration(curves, ("as shipped", smoothed))).decode()
-    rows = [row("as shipped (its own calibrator)", shipped)]
+    if temporal:
+        development = record.get("development") or {}
+        rows = [row(f"refitted on the times before {record['cutoff']}", shipped)]
+        period = {"cutoff": record["cutoff"], "development_rows": privacy.shown(development.get("rows")),
+                  "development_events": privacy.shown(development.get("events")),
+                  "crosses_cutoff": privacy.shown(record.get("crosses_cutoff"))}
+    else:
+        rows = [row("as shipped (its own calibrator)", shipped)]
+        period = None
     if recal:
         rows.append(row(f"after recalibration on this site's tuning split ({method})", recal))
     point = record.get("subgroup_threshold") or {}
     return {
-        "site": site, "model": model, "generated_at": generated_at, "code_version": code_version,
+        "design": design, "site": site, "model": model, "generated_at": generated_at, "code_version": code_version,
         "data_digest": data_digest, "mlflow_run_id": mlflow_run_id, "task_name": task.name,
-        "task_digest": task.digest(), "task_description": task.description, "split": _split_text(task), "flow": _participants(attrition), "features": features,
+        "task_digest": task.digest(), "task_description": task.description,
+        "split": _split_text(task) if not temporal else (
+            f"by time: train and tuning on the prediction times whose {task.horizon_days}-day horizon ends before "
+            f"{record['cutoff']}, tested on the times from then on"),
+        "flow": _participants(attrition), "features": features, "period": period,
         "withheld": bool(shipped.get("withheld")), "rows": rows, "min_cell": privacy.MIN_CELL,
         "recalibration_note": (record.get("recalibration") or {}).get("note"),
         "recalibrated_text": _recalibrated_text(shipped, recal),

@@ -1033,14 +1033,20 @@ ROW_KEYS = ("auroc", "auroc_ci_low", "auroc_ci_high", "model_based_auroc", "aupr
             "calibration_in_the_large", "withheld", "n", "events")
 
 
-def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: Stage, stage_key: str) -> dict:
+def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: Stage, stage_key: str, out: Path) -> dict:
     """One MLflow run for the temporal validation at ``site`` (``stage``: ``temporal_task``'s
-    folder, holding its matrix and models): the metric names, params and tags of an
-    internal run, the design in the ``validation_design`` tag."""
+    folder, holding its labels, matrix and models): the metric names, params and tags of
+    an internal run, the design in the ``validation_design`` tag, and its own report
+    (``design_report``, written into ``out``)."""
     record = stage.result
     features = stage.dir / "features"
     shape = json.loads((features / "shape.json").read_text())
     training = json.loads(TrainedModels(stage.dir / "models").summary_path.read_text())
+
+    def artifacts(run_id: str) -> dict[str, Path]:
+        return design_report(study, spec, "temporal", site=site, model_site=site, record=record,
+                             labels=LabelSet(stage.dir, spec.name), shape=shape, features=study.features, pull=pull,
+                             run_id=run_id, out=out)
 
     def row(run_id: str) -> dict:
         return {"design": "temporal", "train_site": site, "eval_site": site, "run_id": run_id,
@@ -1057,13 +1063,33 @@ def log_temporal(study: Study, spec: TaskSpec, site: str, stage: Stage, pull: St
         datasets=[{"name": f"{site}/{spec.name}/temporal/{split}", "digest": f"{stage.digest[:16]}-{split}",
                    "source": features, "context": SPLIT_CONTEXT[split]} for split in SPLITS],
         note=f"{spec.name} at {site}: trained on prediction times before {record['cutoff']}, tested on those after.",
-        result=row,
+        artifacts=artifacts, result=row,
     )
     return row(run_id)
 
 
+def design_report(study: Study, spec: TaskSpec, design: str, *, site: str, model_site: str, record: dict,
+                  labels: LabelSet, shape: dict, features: FeatureConfig, pull: Stage, run_id: str,
+                  out: Path) -> dict[str, Path]:
+    """The report of one run of a validation design (``evaluation.report.validation_context``,
+    ``design`` ``external`` or ``temporal``) at ``site``, of ``model_site``'s model: the
+    run's ``report.html`` artifact. Aggregates only, under the rule of 11 at ``site``: what
+    its MLflow run holds already, with ``site``'s participants' flow."""
+    _, _, attrition = labels.load()
+    context = validation_context(
+        site=site, task=spec, record=record, attrition=attrition, design=design,
+        model={"name": tracking.registered_name(spec.name, model_site), "version": None, "site": model_site,
+               "study": study.name, "run_id": None, "ref": None},
+        features={"columns": f"{shape['columns']:,}", "windows": ", ".join(features.windows),
+                  "aggs": ", ".join(features.aggs)},
+        data_digest=data_digest(pull), code_version=code_version(),
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), mlflow_run_id=run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"report.html": write_report(context, out / "report.html", template="validation.html.j2")}
+
+
 def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, stage: Stage, trained: Stage,
-                 pull: Stage, stage_key: str, model_key: str = "") -> dict:
+                 pull: Stage, labels: Stage, stage_key: str, out: Path, model_key: str = "") -> dict:
     """One MLflow run per (model site, validating site): aggregates only. ``stage`` is
     ``external_task``'s folder (the validating site's rows with the model's columns),
     ``trained`` the shipped model, ``pull`` the validating site's pull, ``model_key`` its
@@ -1071,14 +1097,22 @@ def log_external(study: Study, spec: TaskSpec, model_site: str, eval_site: str, 
     ``forewarn.train_key``, so the validation of a champion at a site can be found). The
     shipped model's metrics have the internal run's names (``held_out/auroc``, ...), the
     recalibrated model's ``held_out/recalibrated/<metric>``; the design is the
-    ``validation_design`` tag."""
+    ``validation_design`` tag. The run holds its own report (``design_report``, written
+    into ``out``), with ``eval_site``'s participants' flow from its ``labels``."""
+    shape = json.loads((stage.dir / "features" / "shape.json").read_text())
+
+    def artifacts(run_id: str) -> dict[str, Path]:
+        return design_report(study, spec, "external", site=eval_site, model_site=model_site, record=stage.result,
+                             labels=labels.result, shape=shape, features=study.features, pull=pull, run_id=run_id,
+                             out=out)
+
     return log_shipped(
         study, spec, design="external", train_site=model_site, eval_site=eval_site, stage=stage, features=stage.dir / "features",
         training=json.loads(trained.result.summary_path.read_text()), pull=pull, stage_key=stage_key,
         run_name=f"{model_site}-model-at-{eval_site}", dataset=f"{eval_site}/{spec.name}/{model_site}-columns",
         note=f"{model_site}'s {spec.name} model evaluated at {eval_site} (held-out rows there; only aggregates returned).",
         row_note="model shipped to the validating site; metrics on its held-out rows",
-        tags={"model_train_key": model_key} if model_key else None)
+        tags={"model_train_key": model_key} if model_key else None, artifacts=artifacts)
 
 
 def network_site_row(stage: Stage, site: str) -> dict:
@@ -1739,8 +1773,9 @@ def cross_validations(study, spec, model_site, b, data, caches, used) -> list[di
                                   caches[site.name], eval_site=site.name, threshold=point.get("threshold"))
             log = logged(caches[model_site], f"external-{spec.name}-{site.name}",
                          [stage.digest, b["trained"].digest, other["pull"].digest],
-                         lambda key, _, st=stage, s=site.name, o=other: log_external(
-                             study, spec, model_site, s, st, b["trained"], o["pull"], key, train_key(b["matrix"], study)))
+                         lambda key, out, st=stage, s=site.name, o=other: log_external(
+                             study, spec, model_site, s, st, b["trained"], o["pull"], o["labels"], key, out,
+                             train_key(b["matrix"], study)))
             used[site.name].append(stage)
             used[model_site].append(log)
             out.append(log.result)
@@ -1757,7 +1792,7 @@ def cross_validations(study, spec, model_site, b, data, caches, used) -> list[di
         elif "skipped" not in stage.result:
             record()
             log = logged(caches[model_site], f"temporal-{spec.name}", [stage.digest, b["pull"].digest],
-                         lambda key, _, st=stage: log_temporal(study, spec, model_site, st, b["pull"], key))
+                         lambda key, out, st=stage: log_temporal(study, spec, model_site, st, b["pull"], key, out))
             used[model_site].append(log)
             out.append(log.result)
         else:  # its row says why, so that the report does not read as if none was asked for

@@ -690,3 +690,47 @@ def test_both_nights_enter_every_people_ledger(flow_run):
         counts = {ledger: len(json.loads((folder / "published_people" / ledger / "index.json").read_text()))
                   for ledger in ("", "t2d_2y", "t2d_2y-temporal")}
         assert counts == {"": 2, "t2d_2y": 1, "t2d_2y-temporal": 2}, (site, counts)
+
+
+def test_every_external_and_temporal_run_holds_its_own_report(flow_run, client, tmp_path):
+    """One self-contained report per run: each external and temporal validation run holds
+    its own ``report.html`` (``evaluation.report.validation_context``) with its design, its
+    run and the numbers its metrics hold, and the validating site's participants."""
+    from test_report import CHROMIUM, Page, _chromium, _console_problems
+
+    exp = client.get_experiment_by_name("forewarn/t2d_2y")
+    seen = []
+    for design in ("external", "temporal"):
+        for r in client.search_runs([exp.experiment_id], filter_string=f"tags.`forewarn.validation_design` = '{design}'"):
+            path = Path(client.download_artifacts(r.info.run_id, "report.html", str(tmp_path / r.info.run_id)))
+            page = Page(path.read_text())
+            assert not page.errors and not page.hrefs and all(src.startswith("data:") for src in page.srcs)
+            plain = unescape(page.text)
+            site, m = r.data.tags["forewarn.site"], r.data.metrics
+            trained_at = r.data.tags.get("forewarn.train_site", site)
+            assert f"t2d_2y: {design} validation of forewarn-t2d_2y-{trained_at} at site “{site}”" in plain, plain[:300]
+            assert f"MLflow run {r.info.run_id}" in plain and f"data digest {r.data.tags['forewarn.data_digest']}" in plain
+            if "held_out/auroc" in m:
+                assert (f"AUROC {m['held_out/auroc']:.3f} ({m['held_out/auroc_ci_low']:.3f}–"
+                        f"{m['held_out/auroc_ci_high']:.3f})") in plain
+            for heading in ("1. The model validated", "2. Participants at this site", "4. Subgroups", "5. Limitations"):
+                assert heading in plain
+            if design == "temporal":
+                assert "3. Performance on the times from 2021-07-01 on" in plain
+                assert "Trained on the times before 2021-07-01, tested on those from then on" in plain
+                assert "refitted on the times before 2021-07-01" in plain and "Not computed in the temporal design" in plain
+            else:
+                assert "3. Performance on this site's held-out split" in plain and "After recalibration here" in plain
+                assert f"the t2d_2y model {trained_at} trained tonight in study “e2e”" in plain
+                assert "age band" in plain.lower()
+            seen.append((design, path))
+    assert sorted(d for d, _ in seen) == ["external"] * 4 + ["temporal"] * 4
+    if not CHROMIUM.is_file():
+        if os.environ.get("FOREWARN_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(f"no Chromium at {CHROMIUM}")
+        pytest.skip(f"no Chromium at {CHROMIUM} (CI installs it)")
+    for design in ("external", "temporal"):
+        path = next(p for d, p in seen if d == design)
+        dump = _chromium(["--dump-dom", path.resolve().as_uri()], tmp_path / f"profile-{design}")
+        assert dump.returncode == 0 and not _console_problems(dump.stderr), dump.stderr[-2000:]
+        assert "5. Limitations" in dump.stdout

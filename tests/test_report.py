@@ -1657,3 +1657,44 @@ def test_a_waterfall_ends_at_the_row_s_log_odds_with_the_other_features_as_one_b
     assert names == ["b", "2 other features"] and values.tolist() == pytest.approx([-1.0, 0.7])
     png = shap_waterfall(row, np.array([0, 1, 2]), ["a", "b", "c"], base=-2.0)
     assert png.startswith(b"\x89PNG")
+
+
+def test_a_temporal_run_s_report_shows_its_cutoff_its_rows_and_its_numbers():
+    """``validation_context`` for the temporal design, from the temporal stage's record as
+    the flow logs it (numbers by hand): the cutoff, the development rows and events, the
+    times left out across the cutoff (a count under 11 shown as such), no subgroups."""
+    from forewarn.evaluation.report import validation_context, write_report
+    from forewarn.features.labels import load_task
+
+    record = {"auroc": 0.8123, "auroc_ci_low": 0.78, "auroc_ci_high": 0.85, "auprc": 0.41, "auprc_ci_low": 0.35,
+              "auprc_ci_high": 0.47, "brier": 0.05432, "calibration_slope": 0.91, "calibration_in_the_large": -0.12,
+              "model_based_auroc": 0.83, "ece": 0.01, "ici": 0.012, "e90": 0.03, "n": 1200, "events": 80,
+              "withheld": False, "cutoff": "2021-07-01", "development": {"rows": 5400, "events": 7},
+              "crosses_cutoff": 950}
+    attrition = {"candidates": {"times": 9000, "subjects": 3000}, "labelled": {"times": 7550, "subjects": 3000},
+                 "positive": {"times": 500, "subjects": 480}}
+    common = dict(site="academic", task=load_task("t2d_2y"), attrition=attrition, data_digest="d" * 16,
+                  features={"columns": "1,234", "windows": "30d, 365d", "aggs": "count, last"}, code_version="0+x",
+                  generated_at="2026-12-05 19:00 UTC", mlflow_run_id="r1",
+                  model={"name": "forewarn-t2d_2y-academic", "version": None, "site": "academic", "study": "s",
+                         "run_id": None, "ref": None})
+    context = validation_context(record=record, design="temporal", **common)
+    assert context["period"] == {"cutoff": "2021-07-01", "development_rows": "5,400", "development_events": "<11",
+                                 "crosses_cutoff": "950"}
+    assert [r["label"] for r in context["rows"]] == ["refitted on the times before 2021-07-01"]
+    assert (context["rows"][0]["auroc"], context["rows"][0]["size"]) == ("0.812 (0.780–0.850)", "1,200 / 80 (6.7%)")
+    assert context["subgroups"] == [] and context["figure"] is None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        page = Page(write_report(context, Path(folder) / "r.html", template="validation.html.j2").read_text())
+    plain = html.unescape(page.text)
+    assert not page.errors
+    assert "t2d_2y: temporal validation of forewarn-t2d_2y-academic at site “academic”" in plain
+    assert ("refitted with the same settings, without a hyperparameter search, on this site's prediction times whose "
+            "horizon ends before 2021-07-01: 5,400 train and tuning rows, <11 with the outcome") in plain
+    assert "950 times whose horizon crosses the cutoff are in neither" in plain
+    assert "AUROC 0.812 (0.780–0.850), AUPRC 0.410 (0.350–0.470), calibration slope 0.910" in plain
+    assert "Not computed in the temporal design" in plain and "recalibrat" not in plain.lower()
+    with pytest.raises(ValueError, match="design must be one of registered, external, temporal; got 'network'"):
+        validation_context(record=record, design="network", **common)
