@@ -123,6 +123,20 @@ def recalibration_summary(calibrator: Calibrator) -> dict:
     return summary
 
 
+def local_calibrator(recalibration: dict | None) -> Calibrator | None:
+    """The local calibrator an external validation fitted on the validating site's tuning
+    split, back from what it published of it (:func:`recalibration_summary`), to score the
+    model's uncalibrated risks there; None where it was not recalibrated."""
+    method = (recalibration or {}).get("method")
+    if method is None:
+        return None
+    if method == "sigmoid":
+        return Calibrator("sigmoid", a=float(recalibration["a"]), b=float(recalibration["b"]))
+    if method == "isotonic":
+        return Calibrator("isotonic", tuple(map(float, recalibration["knots"])), tuple(map(float, recalibration["rates"])))
+    return Calibrator("none")
+
+
 def held_out_summary(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0) -> dict:
     """``trained``'s metrics on ``matrix``'s held-out rows (the champion on today's
     held-out rows, in its own columns) as they may leave the site: AUROC and AUPRC with

@@ -39,6 +39,7 @@ from forewarn.features.featurize import (
 )
 from forewarn.features.labels import TaskSpec, latest_eligible_times, parse_task
 from forewarn.flows import tracking
+from forewarn.models.calibration import Calibrator
 from forewarn.models.train import TrainedModels
 from forewarn.records import schema
 from forewarn.records.config import explain
@@ -116,7 +117,8 @@ def alert_rate(alerts: int, rows: int, set_for: float | None) -> dict | None:
 
 def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task: TaskSpec | None = None,
           eligible: bool = False, codes_path: Path | None = None, speed: FeatureConfig | None = None,
-          by_risk: bool = False, own_threshold: bool = True, alert_budget: float | None = None) -> dict:
+          by_risk: bool = False, own_threshold: bool = True, alert_budget: float | None = None,
+          calibrator: Calibrator | None = None) -> dict:
     """Score ``times`` (the MEDS label schema; ``read_times``) on the events in
     ``events_dir`` with registered model ``ref`` (``NAME``, ``NAME@ALIAS`` or
     ``NAME/VERSION``: ``tracking.parse_model_ref``; ``NAME`` alone is its champion) of the
@@ -131,8 +133,11 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
     was published with (none for a network model, nor with ``own_threshold`` False: a
     threshold chosen at another site); with ``alert_budget`` (alerts per 1,000 rows) it is
     instead exactly the ``ceil(budget * rows / 1000)`` highest risks (ties at the cut by
-    subject id and time, as ``by_risk`` orders them), whatever the model. Returns a
-    summary of counts and the model, for the caller to print (it stays at the site)."""
+    subject id and time, as ``by_risk`` orders them), whatever the model. ``calibrator``
+    replaces the model's own calibrator (applied to its uncalibrated risk): one fitted at
+    this site by an external validation of this model (``evaluation.validation
+    .local_calibrator``), so that the risks are this site's. Returns a summary of counts
+    and the model, for the caller to print (it stays at the site)."""
     if alert_budget is not None and not 0 < alert_budget <= 1000:
         raise ValueError(f"the alert budget is alerts per 1,000 rows, above 0 and at most 1,000; got {alert_budget}.")
     if sum((times is not None, task is not None, eligible)) != 1:
@@ -200,7 +205,9 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         columns = pd.read_parquet(work / "model" / "columns.parquet")
         matrix = featurize(events_dir, labels, splits, work / "features", features, codes_path=codes_path,
                            columns=columns)
-        _, risk, rows = model_probabilities(TrainedModels(work / "model"), matrix)
+        raw, risk, rows = model_probabilities(TrainedModels(work / "model"), matrix)
+        if calibrator is not None:
+            risk = calibrator(raw)
     # back to the file's rows and order (featurization sorts by subject and time)
     scored = rows[keys].assign(risk=risk)
     scored[schema.PREDICTION_TIME] = scored[schema.PREDICTION_TIME].astype("datetime64[us]")
@@ -244,6 +251,7 @@ def score(ref: str, events_dir: Path, times: pa.Table | None, out: Path, *, task
         "unknown_subjects": int(len(unknown)), "threshold": threshold, "alerts_by": alerts_by,
         "alert_budget": alert_budget, "budget_cut": cut, "alert_rate": rate,
         "alerts": None if alert is None else int(alert.sum()), "settings_dropped": dropped, "eligibility": eligibility,
+        "calibrated_by": "its own calibrator" if calibrator is None else f"a {calibrator.method} calibrator fitted here",
         "parent_codes_unread": bool(features.parent_codes and codes_path is None),
         "seconds": round(time.perf_counter() - started, 1), "out": str(out),
     }

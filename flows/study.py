@@ -171,6 +171,12 @@ class WorklistSettings(Strict):
         "the task's window or not, still open), with the alerts' sensitivity, PPV and lead time; keep it longer than "
         "the tasks' horizons, or no scoring lives to resolve",
     )
+    recalibrate: bool = Field(
+        True,
+        description="another site's champion scores with the calibrator its external validation at this site fitted on "
+        "this site's tuning split (where that split held 11+ events and 11+ non-events), so that its risks are this "
+        "site's; false: with the calibrator it was published with at its own site",
+    )
     alert_budget: float | None = Field(
         None, gt=0, le=1000,
         description="alerts per 1,000 people on the worklist: the highest risks alert, whatever the model's threshold "

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -676,6 +677,28 @@ def external_validation(task: str, train_site: str, eval_site: str, train_key: s
     that ``train_site`` trained from ``train_key`` (a registered version's
     ``forewarn.train_key`` tag), evaluated at ``eval_site``; None when there is none. Its
     AUROC keys are absent when they were withheld (``auroc_text`` says so)."""
+    run = _external_run(task, train_site, eval_site, train_key)
+    return None if run is None else dict(run.data.metrics)
+
+
+def external_recalibration(task: str, train_site: str, eval_site: str, train_key: str) -> dict | None:
+    """What that run (:func:`external_validation`'s) published of the calibrator it fitted
+    on ``eval_site``'s tuning split (``evaluation.validation.recalibration_summary``, with
+    ``run_id``), or None when there is no such run or it did not recalibrate (1-10 tuning
+    events or non-events there)."""
+    import mlflow
+
+    run = _external_run(task, train_site, eval_site, train_key)
+    if run is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="forewarn-external-") as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="validation/external.json",
+                                                   dst_path=tmp)
+        recalibration = json.loads(Path(path).read_text()).get("recalibration") or {}
+    return None if recalibration.get("method") is None else recalibration | {"run_id": run.info.run_id}
+
+
+def _external_run(task: str, train_site: str, eval_site: str, train_key: str):
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -687,7 +710,7 @@ def external_validation(task: str, train_site: str, eval_site: str, train_key: s
         f"tags.`{TAG}.validation_design` = 'external' and tags.`{TAG}.site` = '{eval_site}' and "
         f"tags.`{TAG}.train_site` = '{train_site}' and tags.`{TAG}.model_train_key` = '{train_key}' and "
         f"tags.`{TAG}.complete` = 'true'", order_by=["attributes.start_time DESC"], max_results=1)
-    return dict(runs[0].data.metrics) if runs else None
+    return runs[0] if runs else None
 
 
 def pull_summary(report: dict) -> dict:

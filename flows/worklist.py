@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 from forewarn.evaluation.clinical import AGE_BANDS, calibration_in_brief
 from forewarn.evaluation.evaluate import label_demographics
 from forewarn.evaluation.metrics import point_metrics
+from forewarn.evaluation.validation import local_calibrator
 from forewarn.features import labels
 from forewarn.features.labels import TaskSpec
 from forewarn.flows import tracking
@@ -85,12 +86,15 @@ class Choice:
     """The champion that scores a worklist (None: none would), whose it is (``site``,
     ``network`` or ``other_sites``), why each model before it was passed over, and, for
     another site's, its external validation here (held-out metrics, AUROC keys absent when
-    withheld)."""
+    withheld) and, with ``worklist.recalibrate``, the calibrator that validation fitted on
+    this site's tuning split (``tracking.external_recalibration``; None where it fitted
+    none)."""
 
     model: tracking.RegisteredModel | None
     whose: str = ""
     passed: tuple[str, ...] = ()
     validation: dict[str, float] | None = None
+    recalibration: dict | None = None
 
 
 def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
@@ -129,22 +133,28 @@ def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
                 if validation is None:
                     passed.append(f"{model.label} has not been validated at {site}")
                     continue
+                if study.worklist.recalibrate:
+                    return Choice(model, whose, tuple(passed), validation,
+                                  tracking.external_recalibration(spec.name, owner, site, key))
             return Choice(model, whose, tuple(passed), validation)
     return Choice(None, "", tuple(passed))
 
 
 def worklist_stage(spec: TaskSpec, pull: Stage, cache: StageCache, model: tracking.RegisteredModel,
-                   study: Study, whose: str = "site") -> Stage:
+                   study: Study, whose: str = "site", recalibration: dict | None = None) -> Stage:
     """Score the eligible people of ``pull`` with ``model`` into the stage's
     ``worklist.parquet`` (highest risk first) and ``summary.json``; keyed on the pull's
     content, the model's run and how alerts are set (and tonight's task, which a model
     registered before runs recorded theirs is scored with), so an unchanged night is not
     scored again. Another site's champion (``whose`` ``other_sites``) alerts only at the
-    study's ``worklist.alert_budget``: its threshold was chosen at its own site."""
+    study's ``worklist.alert_budget``: its threshold was chosen at its own site; with
+    ``recalibration`` (``Choice.recalibration``) its risks are those of the calibrator its
+    external validation fitted here."""
     own_threshold, budget = whose != "other_sites", study.worklist.alert_budget
     key = key_of("worklist", {"model": model.name, "version": model.version, "run": model.run_id,
                               "task": spec.digest(), "tracking": tracking.current_uri(),
-                              "own_threshold": own_threshold, "alert_budget": budget}, [pull.digest])
+                              "own_threshold": own_threshold, "alert_budget": budget,
+                              "recalibration": recalibration}, [pull.digest])
 
     def compute(out: Path) -> dict:
         with tempfile.TemporaryDirectory(prefix="forewarn-task-") as tmp:
@@ -153,9 +163,12 @@ def worklist_stage(spec: TaskSpec, pull: Stage, cache: StageCache, model: tracki
         summary = score(model.ref, pull.result.events_dir, None, out / "worklist.parquet",
                         task=None if recorded is not None else spec, eligible=recorded is not None,
                         codes_path=pull.result.codes_path, speed=study.features, by_risk=True,
-                        own_threshold=own_threshold, alert_budget=budget)
+                        own_threshold=own_threshold, alert_budget=budget,
+                        calibrator=local_calibrator(recalibration))
         summary.pop("out")
         summary["whose"] = whose
+        summary["recalibrated_here"] = None if recalibration is None else {
+            "method": recalibration["method"], "run_id": recalibration["run_id"]}
         summary["scored_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         return {"predictions": out / "worklist.parquet", "summary": out / "summary.json"}
@@ -625,7 +638,7 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 if model is None:
                     notes[name, spec.name] = (f"no worklist: {'; '.join(passed)}", False)
                     continue
-                stage = worklist_stage(spec, pulls[name], caches[name], model, study, whose)
+                stage = worklist_stage(spec, pulls[name], caches[name], model, study, whose, choice.recalibration)
                 used[name].append(stage)
                 # another site's model: its external validation here, as tonight's store has it
                 here = {} if whose != "other_sites" else {"validated_here": choice.validation}
@@ -646,7 +659,12 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
                 continue
             owner = {"site": "", "network": ", the network's",
                      "other_sites": f", {model.site}'s, validated here: held-out AUROC "
-                                    f"{tracking.auroc_text(choice.validation or {})}"}[whose]
+                                    f"{tracking.auroc_text(choice.validation or {})}; "
+                                    + (f"its risks recalibrated here ({choice.recalibration['method']}, on this site's "
+                                       "tuning split)" if choice.recalibration else
+                                       f"its risks as calibrated at {model.site}" + (
+                                           " (its validation here could not recalibrate: fewer than 11 tuning events "
+                                           "or non-events)" if study.worklist.recalibrate else ""))}[whose]
             alerts = (f"; alerts at {study.worklist.alert_budget:g} per 1,000" if study.worklist.alert_budget
                       else f"; no alerts: its threshold was set at {model.site}" if whose == "other_sites" else "")
             alerts += rate_note(json.loads(Path(stage.result["summary"]).read_text()))

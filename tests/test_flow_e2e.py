@@ -734,3 +734,59 @@ def test_every_external_and_temporal_run_holds_its_own_report(flow_run, client, 
         dump = _chromium(["--dump-dom", path.resolve().as_uri()], tmp_path / f"profile-{design}")
         assert dump.returncode == 0 and not _console_problems(dump.stderr), dump.stderr[-2000:]
         assert "5. Limitations" in dump.stdout
+
+
+def test_another_site_s_champion_scores_a_worklist_with_the_calibrator_its_validation_fitted_here(flow_run, tmp_path):
+    """Recalibration of a trained model on another site's data, put to use: academic's
+    champion scores community's worklist (``worklist.models: [other_sites]``) with the
+    calibrator its external validation at community fitted on community's tuning split
+    (``worklist.recalibrate``, the default); with ``recalibrate: false``, as calibrated at
+    academic."""
+    import logging
+
+    import mlflow
+    import pandas as pd
+
+    from forewarn.evaluation.validation import local_calibrator
+    from forewarn.features.labels import load_task
+    from forewarn.flows.cache import StageCache
+    from forewarn.flows.score import score
+    from forewarn.flows.study import WorklistSettings
+    from forewarn.flows.worklist import worklist_model, worklists
+
+    spec, community = load_task("t2d_2y"), flow_run["study"].sites[1]
+    assert community.name == "community"
+    study = flow_run["study"].model_copy(update={"worklist": WorklistSettings(enabled=True, models=["other_sites"])})
+    choice = worklist_model(study, spec, "community")
+    assert choice.model.label == "forewarn-t2d_2y-academic v1" and choice.whose == "other_sites"
+    rec = choice.recalibration
+    assert rec is not None and rec["method"] in ("sigmoid", "isotonic"), rec
+    run = mlflow.MlflowClient().get_run(rec["run_id"])  # the external validation of that very version, here
+    assert {k: run.data.tags[f"forewarn.{k}"] for k in ("validation_design", "site", "train_site")} == {
+        "validation_design": "external", "site": "community", "train_site": "academic"}
+    cache = StageCache(community.workdir / "stages", site="community")
+    # tonight's pull (the degraded night's), the latest of the cached ones
+    key = max((p for p in (cache.root / "pull").iterdir() if ".partial-" not in p.name), key=lambda p: p.stat().st_mtime).name
+    pull = cache.run("pull", key, lambda out: pytest.fail("the pull is cached"))
+    events = pull.result.events_dir
+    expected = {}
+    for how, calibrator in (("here", local_calibrator(rec)), ("academic", None)):
+        score(choice.model.ref, events, None, tmp_path / f"{how}.parquet", eligible=True, by_risk=True,
+              codes_path=pull.result.codes_path, own_threshold=False, calibrator=calibrator)
+        expected[how] = pd.read_parquet(tmp_path / f"{how}.parquet")["predicted_boolean_probability"]
+    assert not expected["here"].equals(expected["academic"])
+    for recalibrate, how in ((True, "here"), (False, "academic")):
+        site = community.model_copy(update={"workdir": tmp_path / f"site-{how}"})
+        other = study.model_copy(update={"sites": [flow_run["study"].sites[0], site], "worklist": study.worklist.model_copy(
+            update={"recalibrate": recalibrate})})
+        notes = worklists(other, [spec], {"community": pull}, {"community": StageCache(tmp_path / f"stages-{how}")},
+                          {"community": []}, logging.getLogger("test"))
+        note, failed = notes[("community", "t2d_2y")]
+        assert not failed
+        assert (f"its risks recalibrated here ({rec['method']}, on this site's tuning split)" if recalibrate
+                else "its risks as calibrated at academic; no alerts") in note, note
+        folder = site.workdir / "worklists" / study.name
+        worklist = pd.read_parquet(folder / "t2d_2y.parquet")
+        summary = json.loads((folder / "t2d_2y.json").read_text())
+        pd.testing.assert_series_equal(worklist["predicted_boolean_probability"], expected[how])
+        assert summary["recalibrated_here"] == ({"method": rec["method"], "run_id": rec["run_id"]} if recalibrate else None)

@@ -158,11 +158,14 @@ def test_another_site_s_champion_scores_only_where_it_was_validated(small_run, t
         alerts = "no alerts: its threshold was set at community" if budget is None else "alerts at 100 per 1,000"
         assert notes[("tiny", "t2d_2y")] == (f"worklist: {folder / 't2d_2y.parquet'} (scored by forewarn-t2d_2y-"
                                              f"community v1, community's, validated here: held-out AUROC {here}; "
+                                             "its risks as calibrated at community (its validation here could not "
+                                             "recalibrate: fewer than 11 tuning events or non-events); "
                                              f"{alerts})", False)
         worklist = pd.read_parquet(folder / "t2d_2y.parquet")
         summary = json.loads((folder / "t2d_2y.json").read_text())
         assert worklist["predicted_boolean_probability"].equals(expected["predicted_boolean_probability"])
         assert summary["whose"] == "other_sites" and summary["validated_here"] == choice.validation
+        assert choice.recalibration is None and summary["recalibrated_here"] is None  # tiny's tuning split: too few
         assert summary["threshold"] is None and summary["alert_budget"] == budget
         if budget is None:
             assert worklist["predicted_boolean_value"].isna().all() and summary["alerts"] is None
