@@ -112,6 +112,29 @@ def pull_site(events_dir: Path) -> str | None:
         return None
 
 
+def here_recalibration(ref: str, events_dir: Path) -> dict:
+    """``forewarn score --recalibrate-here``: what the external validation of model ``ref``
+    at the events' site (their pull report's) published of the calibrator it fitted there
+    (``tracking.external_recalibration``), or a clear error where there is none."""
+    from forewarn.flows import tracking
+
+    site = pull_site(events_dir)
+    if site is None:
+        raise ValueError(f"--recalibrate-here needs the site of {events_dir}: its pull report "
+                         f"({Path(events_dir).parent / 'pull_report.json'}) is missing or names none.")
+    model = tracking.registered_model(ref)
+    if model.site == site:
+        raise ValueError(f"{model.label} was trained at {site}, whose events these are: it is calibrated here already; "
+                         "leave out --recalibrate-here.")
+    key = tracking.version_train_key(model.name, model.version)
+    found = tracking.external_recalibration(model.task, model.site, site, key) if key else None
+    if found is None:
+        raise ValueError(f"{model.label} has no external validation at {site} that fitted a calibrator there: run the "
+                         f"study's external design with {site}'s data (its tuning split needs 11 or more events and "
+                         "non-events), or score without --recalibrate-here.")
+    return found
+
+
 def result_lines(r, workdirs: dict[str, Path]) -> list[str]:
     """The run summary's lines of one (site, task) result."""
     from forewarn.flows import tracking
@@ -374,11 +397,15 @@ def score(
                                                "times' order")] = False,
     alert_budget: Annotated[float | None, typer.Option(min=0, max=1000, help="alerts per 1,000 rows: the highest risks "
                                                         "alert instead of the model's threshold")] = None,
+    recalibrate_here: Annotated[bool, typer.Option(help="another site's model: its risks from the calibrator its "
+                                                        "external validation at this site (the events' pull) fitted on "
+                                                        "this site's tuning split")] = False,
 ) -> None:
     """Score prediction times with a registered model, its columns made as its study made them (stays at the site)."""
     setup_environment()
     from mlflow.exceptions import MlflowException
 
+    from forewarn.evaluation.validation import local_calibrator
     from forewarn.features.featurize import FeatureConfig
     from forewarn.features.labels import load_task
     from forewarn.flows import tracking
@@ -393,9 +420,10 @@ def score(
         tracking.configure(tracking_uri)
         table = read_times(times) if times is not None else None
         codes = codes or next((p for p in (events_dir.parent / "metadata" / "codes.parquet",) if p.is_file()), None)
+        recalibration = here_recalibration(model, events_dir) if recalibrate_here else None
         summary = run_score(model, events_dir, table, out, task=load_task(task) if task else None, eligible=eligible,
                             codes_path=codes, speed=FeatureConfig(n_workers=workers), by_risk=by_risk,
-                            alert_budget=alert_budget)
+                            alert_budget=alert_budget, calibrator=local_calibrator(recalibration))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     except (OSError, MlflowException) as exc:
@@ -406,6 +434,9 @@ def score(
                    f"{e['outcome_recorded']:,}, died {e['died']:,}, age (or no birth recorded) {e['age']:,}, prior "
                    f"observation {e['prior_observation']:,}; each of the {e['eligible']:,} others at their latest")
     repeated = summary["rows"] - summary["distinct"]
+    if recalibration is not None:
+        typer.echo(f"risks from the {recalibration['method']} calibrator fitted on this site's tuning split by the "
+                   f"model's external validation here (MLflow run {recalibration['run_id']}), not its own")
     typer.echo(f"scored {summary['rows']:,} prediction times of {summary['subjects']:,} subjects with {summary['model']} "
                f"({summary['task']}, trained at {summary['trained_at']}) in {summary['seconds']} s -> {summary['out']}")
     if repeated:
@@ -437,8 +468,10 @@ def score(
         pulled_at = pull_site(events_dir)
         if pulled_at is not None and pulled_at != summary["trained_at"]:
             typer.echo(f"  the model was trained at {summary['trained_at']} and these events are {pulled_at}'s: its "
-                       f"threshold and calibration were set for {summary['trained_at']}'s people; --alert-budget sets "
-                       "alerts by this site's capacity instead")
+                       f"threshold {'was' if recalibration else 'and calibration were'} set for "
+                       f"{summary['trained_at']}'s people; --alert-budget sets alerts by this site's capacity instead"
+                       + ("" if recalibration else ", and --recalibrate-here takes its risks from the calibrator its "
+                          "external validation here fitted"))
 
 
 @app.command()

@@ -681,6 +681,14 @@ def external_validation(task: str, train_site: str, eval_site: str, train_key: s
     return None if run is None else dict(run.data.metrics)
 
 
+def version_train_key(name: str, version: str) -> str:
+    """The ``forewarn.train_key`` tag of a registered version (what its external-validation
+    runs are tagged with, ``forewarn.model_train_key``); empty when it has none."""
+    import mlflow
+
+    return mlflow.MlflowClient().get_model_version(name, version).tags.get(f"{TAG}.train_key", "")
+
+
 def external_recalibration(task: str, train_site: str, eval_site: str, train_key: str) -> dict | None:
     """What that run (:func:`external_validation`'s) published of the calibrator it fitted
     on ``eval_site``'s tuning split (``evaluation.validation.recalibration_summary``, with

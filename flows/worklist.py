@@ -107,7 +107,6 @@ def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
     it) is passed over, and so is another site's that was not externally validated here
     (an external-validation run of that very model at this site; its metrics may be
     withheld)."""
-    import mlflow
 
     passed = []
     for entry in study.worklist.models:
@@ -128,7 +127,7 @@ def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
                 continue
             validation = None
             if whose == "other_sites":
-                key = mlflow.MlflowClient().get_model_version(name, version).tags.get(f"{tracking.TAG}.train_key", "")
+                key = tracking.version_train_key(name, version)
                 validation = tracking.external_validation(spec.name, owner, site, key) if key else None
                 if validation is None:
                     passed.append(f"{model.label} has not been validated at {site}")

@@ -790,3 +790,25 @@ def test_another_site_s_champion_scores_a_worklist_with_the_calibrator_its_valid
         summary = json.loads((folder / "t2d_2y.json").read_text())
         pd.testing.assert_series_equal(worklist["predicted_boolean_probability"], expected[how])
         assert summary["recalibrated_here"] == ({"method": rec["method"], "run_id": rec["run_id"]} if recalibrate else None)
+    # The same at the command line: `forewarn score --recalibrate-here` finds the calibrator by the events' site.
+    from typer.testing import CliRunner
+
+    from forewarn.flows.cli import app
+
+    uri = mlflow.get_tracking_uri()
+    result = CliRunner().invoke(app, ["score", "forewarn-t2d_2y-academic", str(events), "--eligible", "--by-risk",
+                                      "--recalibrate-here", "--out", str(tmp_path / "cli.parquet"), "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert (f"risks from the {rec['method']} calibrator fitted on this site's tuning split by the model's external "
+            f"validation here (MLflow run {rec['run_id']}), not its own") in result.output
+    assert "its threshold was set for academic's people" in result.output
+    pd.testing.assert_series_equal(pd.read_parquet(tmp_path / "cli.parquet")["predicted_boolean_probability"],
+                                   expected["here"])
+    academic = StageCache(flow_run["study"].sites[0].workdir / "stages", site="academic")
+    own = max((p for p in (academic.root / "pull").iterdir() if ".partial-" not in p.name), key=lambda p: p.stat().st_mtime)
+    own_events = academic.run("pull", own.name, lambda out: pytest.fail("the pull is cached")).result.events_dir
+    result = CliRunner().invoke(app, ["score", "forewarn-t2d_2y-academic", str(own_events), "--eligible",
+                                      "--recalibrate-here", "--out", str(tmp_path / "own.parquet"), "--tracking-uri", uri])
+    assert result.exit_code != 0
+    assert "forewarn-t2d_2y-academic v1 was trained at academic, whose events these are: it is calibrated here already" \
+        in " ".join(result.output.split())

@@ -146,7 +146,15 @@ def test_another_site_s_champion_scores_only_where_it_was_validated(small_run, t
                                       "--out", str(scored), "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert ("  the model was trained at community and these events are tiny's: its threshold and calibration were set "
-            "for community's people; --alert-budget sets alerts by this site's capacity instead") in result.output
+            "for community's people; --alert-budget sets alerts by this site's capacity instead, and --recalibrate-here "
+            "takes its risks from the calibrator its external validation here fitted") in result.output
+    # tiny's tuning split is too small for a calibrator of its own: --recalibrate-here says so and scores nothing
+    refused = CliRunner().invoke(app, ["score", "forewarn-t2d_2y-community", str(events), "--eligible", "--recalibrate-here",
+                                       "--out", str(tmp_path / "refused.parquet"), "--tracking-uri", uri])
+    assert refused.exit_code != 0 and not (tmp_path / "refused.parquet").exists()
+    assert ("forewarn-t2d_2y-community v1 has no external validation at tiny that fitted a calibrator there: run the "
+            "study's external design with tiny's data (its tuning split needs 11 or more events and non-events), or "
+            "score without --recalibrate-here.") in " ".join(refused.output.split())
     expected = pd.read_parquet(scored)
     for budget in (None, 100):
         elsewhere = tiny.model_copy(update={"workdir": tmp_path / f"budget-{budget}"})
