@@ -40,14 +40,15 @@ def nights(tmp_path_factory, demo_network):
         from forewarn.flows.nightly import nightly
         from forewarn.flows.study import parse_study
 
-        def study(name: str, windows: list[str], split_seed: int = 0, min_code_subjects: int = 11):
+        def study(name: str, windows: list[str], split_seed: int = 0, min_code_subjects: int = 11,
+                  designs: tuple[str, ...] = ("internal", "network")):
             return parse_study({
                 "name": name, "demo": True, "tasks": ["t2d_2y"], "split_seed": split_seed,
                 "sites": [{"name": n, "source": {"location": str(p)}} for n, p in demo_network.items()],
                 "features": {"windows": windows, "min_code_subjects": min_code_subjects},
                 "evaluation": {"bootstrap": 20, "shap_rows": 100},
                 "models": {"n_jobs": 1, "search": {"trials": 0}},
-                "validation": {"designs": ["internal", "network"]},
+                "validation": {"designs": list(designs)},
                 # provenance, not calibration, is under test: a first model of this small network is champion
                 "promotion": {"slope_low": 0.2, "slope_high": 5.0},
             }, base_dir=work)
@@ -55,8 +56,9 @@ def nights(tmp_path_factory, demo_network):
         with prefect_test_harness(server_startup_timeout=180):
             nightly(study("home", ["30d", "365d", "full"]))
             nightly(study("home", ["365d", "full"]))  # the 30-day window dropped
-            nightly(study("home", ["365d", "full"], min_code_subjects=300))  # a much smaller vocabulary
-            nightly(study("variant", ["30d", "365d", "full"], split_seed=1))  # another study, another split
+            # the network's champion is under test on the first two nights only: the last two leave it out (time)
+            nightly(study("home", ["365d", "full"], min_code_subjects=300, designs=("internal",)))  # a much smaller vocabulary
+            nightly(study("variant", ["30d", "365d", "full"], split_seed=1, designs=("internal",)))  # another study, another split
         yield work
 
 
