@@ -204,6 +204,10 @@ class StageCache:
         self.used: list[Path] = []
         self._who = f"site {site}, " if site else ""  # progress lines name the site whose stage it is
 
+    def has(self, stage: str, key: str) -> bool:
+        """Whether ``run(stage, key, ...)`` would return a finished folder without computing."""
+        return self.enabled and (self.root / stage / key / MARKER).is_file()
+
     def run(
         self,
         stage: str,

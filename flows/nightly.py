@@ -529,12 +529,6 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
     (``models.federated.untrainable``, or the drift policy)."""
     names = list(built)
     threads = study.models.n_jobs or os.cpu_count() or 1
-    # Rows, labels and splits are the same in any columns: the sites' own matrices tell
-    # whether any site can tune before the shared columns are built.
-    with network_sites(study, {n: built[n]["matrix"].result for n in names}, threads) as sites:
-        reason = untrainable(sites, columns=False)
-    if reason:
-        return NetworkRun({}, reason)
     shared = shared_columns([pd.read_parquet(built[n]["matrix"].result.columns_path) for n in names])
     columns = hashlib.sha256("\n".join(shared["name"]).encode()).hexdigest()[:16]
     features = {}
@@ -550,14 +544,20 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
                      [b["pull"].digest, b["labels"].digest])
         features[n] = caches[n].run(f"network-features-{spec.name}", key, compute)
 
+    params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
+    train_key = key_of("network train", params, [features[n].digest for n in names])
+    stage = f"network-model-{spec.name}"
     # The sites that train are the ones that were checked: under ``validation.site_processes``
     # their processes answer the check and the training, and stop once the model is made.
-    with network_sites(study, {n: features[n].result for n in names}, threads) as sites:
-        reason = untrainable(sites)
-        if reason:
-            return NetworkRun({}, reason)
-        params = {"models": _cfg(study.models), "rounds_per_visit": study.validation.rounds_per_visit, "sites": names}
-        train_key = key_of("network train", params, [features[n].digest for n in names])
+    # A model already made from these very features passed the same check then: no site
+    # is asked again (nor a process started) to reuse it.
+    with ExitStack() as stack:
+        sites = []
+        if not caches[names[0]].has(stage, train_key):
+            sites = stack.enter_context(network_sites(study, {n: features[n].result for n in names}, threads))
+            reason = untrainable(sites)
+            if reason:
+                return NetworkRun({}, reason)
         tracking.abandon_runs(train_key, tag="train_key")  # what a killed registration of this candidate left half-made
         champion, drift, used = network_champion(study, spec, built, caches, train_key)
         if drift["decision"]["action"] == "skip":
@@ -569,7 +569,7 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
             model.save(out)
             return {"trees": model.n_trees, "calibration": model.calibrator.method}
 
-        model = caches[names[0]].run(f"network-model-{spec.name}", train_key, train)
+        model = caches[names[0]].run(stage, train_key, train)
     stages = {}
     for n in names:
 
@@ -604,9 +604,12 @@ def network_sites(study: Study, matrices: dict[str, FeatureMatrix], threads: int
     then each is waited for, and all stop on leaving), else ``SiteRows`` in this process."""
     with ExitStack() as stack:
         if study.validation.site_processes:
+            started = time.perf_counter()
             sites = [stack.enter_context(SiteProcess(n, m, threads, wait=False)) for n, m in matrices.items()]
             for site in sites:
                 site.ready()
+            log.info("network: a process of its own answers for each site (%s), its rows loaded in %.1f s",
+                     ", ".join(matrices), time.perf_counter() - started)
         else:
             sites = [SiteRows(n, m, threads) for n, m in matrices.items()]
         yield sites

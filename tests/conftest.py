@@ -41,6 +41,27 @@ def demo_network(tmp_path_factory) -> dict[str, Path]:
     return generate_network(tmp_path_factory.mktemp("network"), people=5000, seed=11)
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One Prefect test server (``prefect_test_harness``) for every flow this test process
+    runs, rather than one per file: each takes about 10 seconds to start. Yields its API
+    URL. Each flow test still runs in a working folder and Prefect home of its own
+    (``helpers.flow_workdir``); flow and task runs are told apart by their ids."""
+    saved = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-server-home"))
+    try:
+        from prefect.settings import PREFECT_API_URL
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=180):
+            yield PREFECT_API_URL.value()
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_HOME", None)
+        else:
+            os.environ["PREFECT_HOME"] = saved
+
+
 PG_URL = os.environ.get("FOREWARN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -101,7 +101,7 @@ def _train_both(matrices, client, tmp_path, config):
 def test_xgboost_dask_matches_local(matrices, client, tmp_path):
     # Row subsampling is drawn per worker under xgboost.dask, so with subsample < 1 the
     # two runs differ like two seeds do (see the next test); without it they agree.
-    config = ModelConfig(n_jobs=1, xgboost={"subsample": 1.0})
+    config = ModelConfig(n_jobs=1, blend="tuned", xgboost={"subsample": 1.0})
     local, on_dask = _train_both(matrices, client, tmp_path, config)
     assert _held_out_auroc(on_dask) == pytest.approx(_held_out_auroc(local), abs=0.01)
     assert _held_out_auroc(local) > 0.7
@@ -126,7 +126,7 @@ def test_xgboost_dask_matches_local(matrices, client, tmp_path):
 def test_xgboost_dask_boosts_from_the_offset_as_the_local_fit_does(matrices, client, tmp_path):
     # offset: l1 (the rare-outcome default) with every row in every tree: the cluster's
     # trees start from the same out-of-fold L1 log-odds as the local ones.
-    config = ModelConfig(n_jobs=1, offset="l1", xgboost={"subsample": 1.0})
+    config = ModelConfig(n_jobs=1, blend="tuned", offset="l1", xgboost={"subsample": 1.0})
     local, on_dask = _train_both(matrices, client, tmp_path, config)
     assert on_dask.offset_path.read_text() == local.offset_path.read_text()
     assert _held_out_auroc(on_dask) == pytest.approx(_held_out_auroc(local), abs=0.01)
@@ -138,7 +138,7 @@ def test_xgboost_dask_boosts_from_the_offset_as_the_local_fit_does(matrices, cli
 def test_xgboost_dask_default_config_is_within_seed_noise(matrices, client, tmp_path):
     # The default subsample=0.8: per-worker sampling moves held-out AUROC on this small
     # set (~220 rows, ~24 positives) about as much as changing the seed (~0.04 spread).
-    local, on_dask = _train_both(matrices, client, tmp_path, ModelConfig(n_jobs=1))
+    local, on_dask = _train_both(matrices, client, tmp_path, ModelConfig(n_jobs=1, blend="tuned"))
     assert _held_out_auroc(on_dask) == pytest.approx(_held_out_auroc(local), abs=0.05)
 
 

@@ -34,8 +34,9 @@ def study_for(work: Path, network: dict[str, Path], executor: dict):
             "sites": [{"name": n, "source": {"location": str(p)}} for n, p in network.items()],
             "evaluation": {"bootstrap": 20, "shap_rows": 100},
             # subsample 1: xgboost.dask draws row samples per worker, so with subsampling two
-            # runs differ as two seeds do (tests/test_dask.py); without it they must agree.
-            "models": {"n_jobs": 1, "search": {"trials": 0}, "xgboost": {"subsample": 1.0}},
+            # runs differ as two seeds do (tests/test_dask.py); without it they must agree. The
+            # blend's weight is chosen on the tuning rows: the cross-fitted one runs locally anyway.
+            "models": {"n_jobs": 1, "search": {"trials": 0}, "xgboost": {"subsample": 1.0}, "blend": "tuned"},
             "validation": {"designs": ["internal", "network"]},
             "retries": {"attempts": 0},
             "executor": executor,
@@ -46,10 +47,8 @@ def study_for(work: Path, network: dict[str, Path], executor: dict):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, demo_network):
+def runs(tmp_path_factory, demo_network, prefect_server):
     from distributed import LocalCluster
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
 
     from forewarn.flows.nightly import run_nightly
 
@@ -59,18 +58,17 @@ def runs(tmp_path_factory, demo_network):
                                             "FOREWARN_ARTIFACT_ROOT")}
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
     try:
-        with prefect_test_harness(server_startup_timeout=180):
-            os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # inherited by the worker processes
-            cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
-                                   scheduler_port=0)
-            try:
-                local_state, local = run_nightly(study_for(work / "local", demo_network, {"kind": "local"}))
-                dask_state, on_dask = run_nightly(study_for(work / "dask", demo_network, {
-                    "kind": "dask", "scheduler_address": cluster.scheduler_address, "pull_parts": 2}))
-                ran_on_dask = set(cluster.scheduler.task_prefixes)  # task name prefixes the scheduler ran
-                task_runs = _task_run_names(dask_state.state_details.flow_run_id)
-            finally:
-                cluster.close()
+        os.environ["PREFECT_API_URL"] = prefect_server  # inherited by the worker processes
+        cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
+                               scheduler_port=0)
+        try:
+            local_state, local = run_nightly(study_for(work / "local", demo_network, {"kind": "local"}))
+            dask_state, on_dask = run_nightly(study_for(work / "dask", demo_network, {
+                "kind": "dask", "scheduler_address": cluster.scheduler_address, "pull_parts": 2}))
+            ran_on_dask = set(cluster.scheduler.task_prefixes)  # task name prefixes the scheduler ran
+            task_runs = _task_run_names(dask_state.state_details.flow_run_id)
+        finally:
+            cluster.close()
         yield {"work": work, "local": (local_state, local), "dask": (dask_state, on_dask),
                "task_runs": task_runs, "prefixes": ran_on_dask}
     finally:

@@ -36,7 +36,7 @@ def test_is_transient_separates_retryable_errors_from_bad_data():
 
 
 @pytest.fixture(scope="module")
-def faulty_run(tmp_path_factory, demo_network):
+def faulty_run(tmp_path_factory, demo_network, prefect_server):
     work = tmp_path_factory.mktemp("faults")
     locked = work / "academic.duckdb"
     shutil.copyfile(demo_network["academic"], locked)
@@ -44,8 +44,6 @@ def faulty_run(tmp_path_factory, demo_network):
     broken.write_text("this is not a DuckDB database\n")
     writer = None
     with flow_workdir(work, tmp_path_factory.mktemp("prefect-home-faults")):
-        from prefect.testing.utilities import prefect_test_harness
-
         from forewarn.flows.nightly import run_nightly
         from forewarn.flows.study import parse_study
 
@@ -58,21 +56,21 @@ def faulty_run(tmp_path_factory, demo_network):
             "retries": {"attempts": 4, "delays_seconds": [1, 2, 3]},
         }, base_dir=work)
         try:
-            with prefect_test_harness(server_startup_timeout=180):
-                # The site's own writer holds the database for 4 seconds.
-                writer = subprocess.Popen(
-                    [sys.executable, "-c",
-                     f"import duckdb, time; c = duckdb.connect({str(locked)!r}); print('locked', flush=True); time.sleep(4)"],
-                    stdout=subprocess.PIPE, text=True,
-                )
-                assert writer.stdout.readline().strip() == "locked"
-                state, results = run_nightly(study)
-                task_runs = _pull_runs(state)
-                artifact = _artifact("forewarn-faults-nightly")
+            # The site's own writer holds the database for 4 seconds.
+            writer = subprocess.Popen(
+                [sys.executable, "-c",
+                 f"import duckdb, time; c = duckdb.connect({str(locked)!r}); print('locked', flush=True); time.sleep(4)"],
+                stdout=subprocess.PIPE, text=True,
+            )
+            assert writer.stdout.readline().strip() == "locked"
+            state, results = run_nightly(study)
+            task_runs = _pull_runs(state)
+            artifact = _artifact("forewarn-faults-nightly")
             yield {"state": state, "results": results, "task_runs": task_runs, "artifact": artifact}
         finally:
             if writer is not None:
                 writer.kill()
+                writer.communicate()  # reaps it and closes its pipe
 
 
 def _pull_runs(state) -> dict[str, tuple[int, str]]:

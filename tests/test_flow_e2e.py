@@ -29,11 +29,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def flow_run(tmp_path_factory, demo_network):
+def flow_run(tmp_path_factory, demo_network, prefect_server):
     work = tmp_path_factory.mktemp("work")
     with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):  # the default store is <work>/mlruns
-        from prefect.testing.utilities import prefect_test_harness
-
         from forewarn.flows.nightly import nightly
         from forewarn.flows.study import parse_study
 
@@ -58,9 +56,8 @@ def flow_run(tmp_path_factory, demo_network):
 
         study = study_for(demo_network)
         degraded = study_for(degrade(demo_network, work / "degraded"))
-        with prefect_test_harness(server_startup_timeout=180):
-            first = nightly(study)
-            second = nightly(degraded)  # the same sites, with most labs and the prediabetes codes gone
+        first = nightly(study)
+        second = nightly(degraded)  # the same sites, with most labs and the prediabetes codes gone
         yield {"work": work, "study": degraded, "first": first, "second": second}
 
 

@@ -295,7 +295,7 @@ def _delete_people(db: Path, ids: list[int]) -> None:
             con.execute(f"DELETE FROM {table} WHERE person_id IN ({', '.join(map(str, ids))})")
 
 
-def test_the_nightly_flow_holds_a_site_or_a_task_whose_people_barely_changed(tmp_path_factory):
+def test_the_nightly_flow_holds_a_site_or_a_task_whose_people_barely_changed(tmp_path_factory, prefect_server):
     from forewarn.records.demo import SITES, generate_site, site_seed
 
     work = tmp_path_factory.mktemp("held-work")
@@ -304,8 +304,6 @@ def test_the_nightly_flow_holds_a_site_or_a_task_whose_people_barely_changed(tmp
     original = db.read_bytes()
     pseudonyms = _omop_people(db)
     with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
-        from prefect.testing.utilities import prefect_test_harness
-
         from forewarn.flows.artifact import summary_markdown
         from forewarn.flows.nightly import PULLS_FILE, nightly
         from forewarn.flows.study import parse_study
@@ -315,26 +313,25 @@ def test_the_nightly_flow_holds_a_site_or_a_task_whose_people_barely_changed(tmp
                              "models": {"n_jobs": 1, "search": {"trials": 0}},
                              "validation": {"designs": ["internal"]}}, base_dir=work)
         site = study.sites[0]
-        with prefect_test_harness(server_startup_timeout=180):
-            (first,) = nightly(study)
-            (labels,) = (site.workdir / "stages").glob("label-t2d_2y/*/labels/t2d_2y.parquet")
-            splits = pd.read_parquet(labels.with_name("t2d_2y.splits.parquet")).set_index("subject_id")["split"]
-            events = pd.read_parquet(labels).groupby("subject_id")["boolean_value"].any()
-            outside = [p for p, s in pseudonyms.items() if s not in splits.index]
-            quiet = {split: [p for p, s in pseudonyms.items() if s in splits.index and splits[s] == split and not events[s]]
-                     for split in ("train", "tuning", "held_out")}
-            assert len(outside) >= 10 and quiet["train"], quiet
-            _delete_people(db, outside[:1])  # one person withdraws
-            (second,) = nightly(study)
-            # Ten more people withdraw, nine outside the task's cohort and one in it: the
-            # pull has changed by 11 people, the task's cohort by one.
-            _delete_people(db, outside[1:10] + quiet["train"][:1])
-            (third,) = nightly(study)
-            # The withdrawals are undone (the source restored): the first night's very data,
-            # already published, publishes again. (11 or more people changed in every group is
-            # the unit tests' case: a site of 150 has too few people in each.)
-            db.write_bytes(original)
-            (fourth,) = nightly(study)
+        (first,) = nightly(study)
+        (labels,) = (site.workdir / "stages").glob("label-t2d_2y/*/labels/t2d_2y.parquet")
+        splits = pd.read_parquet(labels.with_name("t2d_2y.splits.parquet")).set_index("subject_id")["split"]
+        events = pd.read_parquet(labels).groupby("subject_id")["boolean_value"].any()
+        outside = [p for p, s in pseudonyms.items() if s not in splits.index]
+        quiet = {split: [p for p, s in pseudonyms.items() if s in splits.index and splits[s] == split and not events[s]]
+                 for split in ("train", "tuning", "held_out")}
+        assert len(outside) >= 10 and quiet["train"], quiet
+        _delete_people(db, outside[:1])  # one person withdraws
+        (second,) = nightly(study)
+        # Ten more people withdraw, nine outside the task's cohort and one in it: the
+        # pull has changed by 11 people, the task's cohort by one.
+        _delete_people(db, outside[1:10] + quiet["train"][:1])
+        (third,) = nightly(study)
+        # The withdrawals are undone (the source restored): the first night's very data,
+        # already published, publishes again. (11 or more people changed in every group is
+        # the unit tests' case: a site of 150 has too few people in each.)
+        db.write_bytes(original)
+        (fourth,) = nightly(study)
     # The site is too small for a model (the first and last nights say so), but it pulled.
     assert first.status == "skipped" and fourth.status == "skipped"
     assert second.status == "held" and second.reason.startswith("fewer than 11 people's records changed since a night")
@@ -446,7 +443,7 @@ def test_subgroup_levels_are_groups_of_the_task_ledger(tmp_path, demo_network):
     assert not ledger.check("night-3", task_people(labels.labels_path, labels.splits_path, corrected))["held"]
 
 
-def test_a_held_temporal_design_is_reported_as_not_published(tmp_path, demo_network):
+def test_a_held_temporal_design_is_reported_as_not_published(tmp_path, demo_network, prefect_server):
     # The temporal design's split by time has its own ledger: a night three of its
     # people away from one it published is not published, and its row says so.
     from forewarn.features.labels import LabelSet, load_task

@@ -42,11 +42,9 @@ def _study(name: str, site: str, db: Path, base: Path, features: dict | None = N
 
 
 @pytest.fixture(scope="module")
-def partner_run(tmp_path_factory, demo_network):
+def partner_run(tmp_path_factory, demo_network, prefect_server):
     work = tmp_path_factory.mktemp("work")
     with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
-        from prefect.testing.utilities import prefect_test_harness
-
         from forewarn.flows.nightly import nightly
 
         home = _study("home", "academic", demo_network["academic"], work / "home",
@@ -62,10 +60,9 @@ def partner_run(tmp_path_factory, demo_network):
         # new folder for a site that has published would be held, since its nights could not be compared).
         checker = _study("checker", "community", demo_network["community"], work / "checker", own_models=False,
                          registered=[MODEL], workdir=work / "home" / "sites" / "community" / "work")
-        with prefect_test_harness(server_startup_timeout=180):
-            home_results = nightly(home)
-            partner_results = nightly(partner)
-            checker_results = nightly(checker)
+        home_results = nightly(home)
+        partner_results = nightly(partner)
+        checker_results = nightly(checker)
         yield {"work": work, "home": home_results, "partner": partner_results, "study": partner,
                "checker": checker_results, "checker_study": checker}
 
@@ -182,12 +179,10 @@ def test_the_partners_report_lists_the_registered_model_beside_its_own(partner_r
     assert "Internal validation only" in html
 
 
-def test_a_second_night_reuses_the_fetched_model_and_its_run(partner_run, client, tmp_path):
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_a_second_night_reuses_the_fetched_model_and_its_run(partner_run, client, tmp_path, prefect_server):
     from forewarn.flows.nightly import nightly
 
-    with flow_workdir(partner_run["work"], tmp_path / "prefect-home"), prefect_test_harness(server_startup_timeout=180):
+    with flow_workdir(partner_run["work"], tmp_path / "prefect-home"):
         nightly(partner_run["study"])
     assert len(_validation_runs(client)) == 1  # the same model on the same rows: logged once
 

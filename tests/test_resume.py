@@ -2,8 +2,8 @@
 several stages and started again, and must end with the same stage outputs as an
 uninterrupted run; a rerun on unchanged data recomputes nothing and logs nothing new.
 
-The child processes share one Prefect server (the test harness's) so that each does not
-start its own; MLflow is a SQLite store in each run's folder.
+The child processes share one Prefect server (the test session's, ``prefect_server``) so
+that each does not start its own; MLflow is a SQLite store in each run's folder.
 """
 
 from __future__ import annotations
@@ -35,21 +35,9 @@ KILL_AT = (
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    saved = os.environ.get("PREFECT_HOME")
-    os.environ["PREFECT_HOME"] = str(home)
-    try:
-        from prefect.settings import PREFECT_API_URL
-        from prefect.testing.utilities import prefect_test_harness
-
-        with prefect_test_harness(server_startup_timeout=180):
-            yield {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(home)}
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_HOME", None)
-        else:
-            os.environ["PREFECT_HOME"] = saved
+def prefect_api(tmp_path_factory, prefect_server):
+    """The children's Prefect settings: this process's test server, a home of their own."""
+    return {"PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home"))}
 
 
 def write_study(folder: Path, network: dict[str, Path]) -> Path:
@@ -60,7 +48,7 @@ def write_study(folder: Path, network: dict[str, Path]) -> Path:
         "tasks": ["t2d_2y"],
         "sites": [{"name": n, "source": {"location": str(p)}} for n, p in network.items()],
         "evaluation": {"bootstrap": 20, "shap_rows": 100},
-        "models": {"n_jobs": 1, "search": {"trials": 0}},
+        "models": {"n_jobs": 1, "search": {"trials": 0}, "blend": "tuned"},  # blend weight on the tuning rows: the cross-fitted one is not under test here (time)
         "validation": {"designs": ["internal", "external", "network"]},
         "retries": {"attempts": 0},
         # resuming, not calibration, is under test: each site's first model of this small network is champion
@@ -176,6 +164,11 @@ def test_killed_runs_resume_to_the_same_stage_outputs(runs):
                       "external-t2d_2y-academic", "external-t2d_2y-community",
                       "network-features-t2d_2y", "network-model-t2d_2y", "network-t2d_2y"}
     assert resumed == reference
+    # The run killed at the network's registration trained its model: the sites' processes
+    # started once, for the check and the training together.
+    trained = runs["killed_outputs"][KILL_AT.index("mlflow-network-publish-t2d_2y: computing")]
+    assert "network-model-t2d_2y: computing" in trained
+    assert trained.count("network: a process of its own answers for each site (academic, community)") == 1
     # Each kill left work the next run reused: the last run computed no pull.
     assert "pull: computing" not in runs["resumed"]
     assert "pull: cached" in runs["resumed"] or "pull: cached" in runs["killed_outputs"][-1]
@@ -208,6 +201,8 @@ def test_a_publication_completed_before_its_stage_was_marked_is_reused(runs):
 
 def test_rerun_on_unchanged_data_recomputes_and_logs_nothing(runs):
     assert ": computing" not in runs["rerun"]
+    # the network's model is reused without asking the sites again: no site process starts
+    assert "network: a process of its own answers for each site" not in runs["rerun"]
     assert runs["rerun"].count("unchanged since an earlier night (same data and settings): its report and decision stand") == 2
     assert runs["finished"]["killed"]["mlflow"]["complete"].count(("academic", "internal")) == 1
 

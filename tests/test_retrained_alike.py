@@ -21,11 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def nights(tmp_path_factory, demo_network):
+def nights(tmp_path_factory, demo_network, prefect_server):
     work = tmp_path_factory.mktemp("work")
     with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
-        from prefect.testing.utilities import prefect_test_harness
-
         from forewarn.flows.nightly import nightly
         from forewarn.flows.study import parse_study
 
@@ -34,16 +32,15 @@ def nights(tmp_path_factory, demo_network):
                 "name": "alike", "demo": True, "tasks": ["t2d_2y"],
                 "sites": [{"name": n, "source": {"location": str(p)}} for n, p in demo_network.items()],
                 "evaluation": {"bootstrap": 20, "shap_rows": 100},
-                "models": {"n_jobs": 1, "search": {"trials": 0}, "class_weight": class_weight},
+                "models": {"n_jobs": 1, "search": {"trials": 0}, "class_weight": class_weight, "blend": "tuned"},
                 "promotion": {"slope_low": slope_low},
                 "validation": {"designs": ["internal", "network"]},
             }, base_dir=work)
 
-        with prefect_test_harness(server_startup_timeout=180):
-            first = nightly(study("none", 0.6))
-            # the trees train again (a new training key) and the registry decides again (a
-            # new promotion rule; the same rule and trees would come from the stage cache)
-            second = nightly(study("auto", 0.55))
+        first = nightly(study("none", 0.6))
+        # the trees train again (a new training key) and the registry decides again (a
+        # new promotion rule; the same rule and trees would come from the stage cache)
+        second = nightly(study("auto", 0.55))
         yield {"work": work, "first": first, "second": second}
 
 

@@ -39,17 +39,14 @@ def _study(demo_network) -> dict:
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory, demo_network):
+def night(tmp_path_factory, demo_network, prefect_server):
     work = tmp_path_factory.mktemp("work")
     with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
-        from prefect.testing.utilities import prefect_test_harness
-
         from forewarn.flows.nightly import nightly
         from forewarn.flows.study import parse_study
 
         study = parse_study(_study(demo_network), base_dir=work)
-        with prefect_test_harness(server_startup_timeout=180):
-            results = nightly(study)
+        results = nightly(study)
     stages = work / "sites" / "academic" / "work" / "stages"
     predictions = pd.read_parquet(next(stages.glob("train-t2d_2y/*/predictions/xgboost.parquet")))
     held = predictions[predictions["split"] == "held_out"].reset_index(drop=True)
@@ -764,10 +761,8 @@ def test_a_follow_up_that_fails_keeps_the_worklist_and_an_unreadable_record_is_s
     assert aside.exists()
 
 
-def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking):
+def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_factory, restore_tracking, prefect_server):
     """Last in the file: it runs the night again in the module's folder (all of it cached)."""
-    from prefect.testing.utilities import prefect_test_harness
-
     from forewarn.flows.nightly import nightly
 
     stages = sorted((night["work"] / "sites" / "academic" / "work" / "stages" / "worklist-t2d_2y").iterdir())
@@ -775,8 +770,7 @@ def test_a_second_night_on_the_same_data_reuses_the_worklist(night, tmp_path_fac
     marker = stages[0] / ".stage.json"
     made, before = marker.stat().st_mtime_ns, (_worklists(night) / "t2d_2y.parquet").read_bytes()
     with flow_workdir(night["work"], tmp_path_factory.mktemp("prefect-home")):
-        with prefect_test_harness(server_startup_timeout=180):
-            [again] = nightly(night["study"])
+        [again] = nightly(night["study"])
     assert sorted(stages[0].parent.iterdir()) == stages and marker.stat().st_mtime_ns == made  # not scored again
     assert (_worklists(night) / "t2d_2y.parquet").read_bytes() == before
     assert again.worklist == night["results"][0].worklist and again.cached

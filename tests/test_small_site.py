@@ -13,15 +13,13 @@ from helpers import flow_workdir
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory, demo_network):
+def small_run(tmp_path_factory, demo_network, prefect_server):
     from forewarn.records.demo import SITES, generate_site, site_seed
 
     work = tmp_path_factory.mktemp("small-work")
     tiny = work / "tiny" / "omop.duckdb"
     generate_site(tiny, SITES["community"], 150, site_seed(5, "tiny"))
     with flow_workdir(work, tmp_path_factory.mktemp("prefect-home")):
-        from prefect.testing.utilities import prefect_test_harness
-
         from forewarn.flows.nightly import nightly
         from forewarn.flows.study import parse_study
 
@@ -40,8 +38,7 @@ def small_run(tmp_path_factory, demo_network):
             },
             base_dir=work,
         )
-        with prefect_test_harness(server_startup_timeout=180):
-            results = nightly(study)
+        results = nightly(study)
         yield {"work": work, "study": study, "results": {r.site: r for r in results if r.task == "t2d_2y"}}
 
 
