@@ -18,13 +18,15 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-# The files that run whole nightly flows, longest first (seconds on 2 slow cores, session
-# 28): with ``-n 2 --dist loadfile`` (``./dev test``) each worker starts on one of the two
-# longest and takes the rest as it frees, so that both end together. A small file sits
-# between them and the next long one: xdist queues two files a worker from the start.
-LONG_FILES = ("test_resume.py", "test_dask_flow.py", "test_cache.py", "test_flow_e2e.py", "test_retrained_alike.py",
-              "test_champion_provenance.py",
-              "test_small_site.py", "test_people_ledger.py", "test_faults.py")
+# The files that run whole nightly flows, longest first (seconds on 2 fast cores, session
+# 36: resume 177, flow_e2e 145, champion_provenance 101, dask_flow 91, retrained_alike 46,
+# small_site 43, registered_validation 36, score 28): with ``-n 2 --dist loadfile``
+# (``./dev test``) each worker starts on one of the two longest and takes the rest as it
+# frees, so that both end together. A small file sits between them and the next long one:
+# xdist queues two files a worker from the start.
+LONG_FILES = ("test_resume.py", "test_flow_e2e.py", "test_cache.py", "test_dask_flow.py", "test_champion_provenance.py",
+              "test_retrained_alike.py", "test_small_site.py", "test_registered_validation.py", "test_score.py",
+              "test_faults.py", "test_people_ledger.py")
 
 
 def pytest_collection_modifyitems(config, items):

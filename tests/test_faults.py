@@ -51,7 +51,7 @@ def faulty_run(tmp_path_factory, demo_network, prefect_server):
             "name": "faults", "demo": True, "tasks": ["ckd3_2y"],
             "sites": [{"name": "academic", "source": {"location": str(locked)}},
                       {"name": "community", "source": {"location": str(broken)}}],
-            "evaluation": {"bootstrap": 20, "shap_rows": 100}, "models": {"n_jobs": 1, "search": {"trials": 0}},
+            "evaluation": {"bootstrap": 20, "shap_rows": 100}, "models": {"n_jobs": 1, "search": {"trials": 0}, "blend": "tuned"},
             "validation": {"designs": ["internal", "external"]},
             "retries": {"attempts": 4, "delays_seconds": [1, 2, 3]},
         }, base_dir=work)

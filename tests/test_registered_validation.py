@@ -35,7 +35,7 @@ def _study(name: str, site: str, db: Path, base: Path, features: dict | None = N
         "name": name, "demo": True, "tasks": ["t2d_2y"], "sites": sites,
         "features": features or {},
         "evaluation": {"bootstrap": 50, "shap_rows": 200},
-        "models": {"n_jobs": 2, "search": {"trials": 2}},
+        "models": {"n_jobs": 2, "search": {"trials": 0}, "blend": "tuned"},  # neither is under test here (time)
         "promotion": {"slope_low": 0.6},  # as test_flow_e2e: this small network's first academic model has slope 0.69
         "validation": {"designs": ["internal"], **validation} if validation.get("own_models", True) else validation,
     }, base_dir=base)

@@ -31,7 +31,7 @@ def small_run(tmp_path_factory, demo_network, prefect_server):
                 "sites": [{"name": "community", "source": {"location": str(demo_network["community"])}},
                           {"name": "tiny", "source": {"location": str(tiny)}}],
                 "evaluation": {"bootstrap": 20, "shap_rows": 200},
-                "models": {"n_jobs": 2, "search": {"trials": 0}},
+                "models": {"n_jobs": 2, "search": {"trials": 0}, "blend": "tuned"},  # the blend is not under test (time)
                 "promotion": {"slope_low": 0.5},
                 "validation": {"designs": ["internal", "external", "network"]},
                 "worklist": {"enabled": True},
