@@ -672,15 +672,6 @@ def experiment_name(task: str) -> str:
     return f"{EXPERIMENT_PREFIX}/{task}"
 
 
-def external_validation(task: str, train_site: str, eval_site: str, train_key: str) -> dict[str, float] | None:
-    """The held-out metrics of the latest complete external-validation run of the model
-    that ``train_site`` trained from ``train_key`` (a registered version's
-    ``forewarn.train_key`` tag), evaluated at ``eval_site``; None when there is none. Its
-    AUROC keys are absent when they were withheld (``auroc_text`` says so)."""
-    run = _external_run(task, train_site, eval_site, train_key)
-    return None if run is None else dict(run.data.metrics)
-
-
 def version_train_key(name: str, version: str) -> str:
     """The ``forewarn.train_key`` tag of a registered version (what its external-validation
     runs are tagged with, ``forewarn.model_train_key``); empty when it has none."""
@@ -690,15 +681,20 @@ def version_train_key(name: str, version: str) -> str:
 
 
 def external_recalibration(task: str, train_site: str, eval_site: str, train_key: str) -> dict | None:
-    """What that run (:func:`external_validation`'s) published of the calibrator it fitted
-    on ``eval_site``'s tuning split (``evaluation.validation.recalibration_summary``, with
-    ``run_id``), or None when there is no such run or it did not recalibrate (1-10 tuning
-    events or non-events there)."""
+    """What the latest complete external-validation run of the model ``train_site``
+    trained from ``train_key`` (:func:`external_run`) published of the calibrator it fitted
+    on ``eval_site``'s tuning split (:func:`run_recalibration`), or None when there is no
+    such run."""
+    run = external_run(task, train_site, eval_site, train_key)
+    return None if run is None else run_recalibration(run)
+
+
+def run_recalibration(run) -> dict | None:
+    """The calibrator an external-validation ``run`` fitted on its site's tuning split
+    (``evaluation.validation.recalibration_summary``, with ``run_id``), or None when it did
+    not recalibrate (1-10 tuning events or non-events there)."""
     import mlflow
 
-    run = _external_run(task, train_site, eval_site, train_key)
-    if run is None:
-        return None
     with tempfile.TemporaryDirectory(prefix="forewarn-external-") as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="validation/external.json",
                                                    dst_path=tmp)
@@ -706,7 +702,9 @@ def external_recalibration(task: str, train_site: str, eval_site: str, train_key
     return None if recalibration.get("method") is None else recalibration | {"run_id": run.info.run_id}
 
 
-def _external_run(task: str, train_site: str, eval_site: str, train_key: str):
+def external_run(task: str, train_site: str, eval_site: str, train_key: str):
+    """The latest complete external-validation run (an ``mlflow.entities.Run``) of the
+    model ``train_site`` trained from ``train_key``, at ``eval_site``; None when there is none."""
     import mlflow
 
     client = mlflow.MlflowClient()

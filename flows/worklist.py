@@ -87,7 +87,7 @@ class Choice:
     ``network`` or ``other_sites``), why each model before it was passed over, and, for
     another site's, its external validation here (held-out metrics, AUROC keys absent when
     withheld) and, with ``worklist.recalibrate``, the calibrator that validation fitted on
-    this site's tuning split (``tracking.external_recalibration``; None where it fitted
+    this site's tuning split (``tracking.run_recalibration``; None where it fitted
     none)."""
 
     model: tracking.RegisteredModel | None
@@ -128,13 +128,13 @@ def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
             validation = None
             if whose == "other_sites":
                 key = tracking.version_train_key(name, version)
-                validation = tracking.external_validation(spec.name, owner, site, key) if key else None
-                if validation is None:
+                run = tracking.external_run(spec.name, owner, site, key) if key else None
+                if run is None:
                     passed.append(f"{model.label} has not been validated at {site}")
                     continue
-                if study.worklist.recalibrate:
-                    return Choice(model, whose, tuple(passed), validation,
-                                  tracking.external_recalibration(spec.name, owner, site, key))
+                validation = dict(run.data.metrics)
+                if study.worklist.recalibrate:  # the calibrator that very run fitted
+                    return Choice(model, whose, tuple(passed), validation, tracking.run_recalibration(run))
             return Choice(model, whose, tuple(passed), validation)
     return Choice(None, "", tuple(passed))
 
