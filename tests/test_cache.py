@@ -81,8 +81,11 @@ def test_a_failed_stage_leaves_nothing_and_a_stale_partial_is_removed(tmp_path):
     with pytest.raises(RuntimeError):
         stages.run("demo", "k", boom)
     assert list((tmp_path / "demo").iterdir()) == []
+    assert not stages.has("demo", "k")  # a failed stage is not there to reuse
     done = stages.run("demo", "k", lambda out: {"n": 1})
     assert done.result == {"n": 1} and not done.hit
+    assert stages.has("demo", "k") and not stages.has("demo", "other-key")
+    assert not C.StageCache(tmp_path, enabled=False).has("demo", "k")  # caching off: always computed
 
 
 def test_the_digest_of_a_stage_can_leave_out_files_that_carry_the_time(tmp_path):
