@@ -763,7 +763,8 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
         # (A group of one level is the total itself, published anyway.)
         for record in records:
             record["suppressed"] = True
-            for key in ("rows", "subjects", "events", "mean_predicted", *COUNT_BEARING, *UTILITY_COLUMNS):
+            for key in ("rows", "subjects", "events", "mean_predicted", *COUNT_BEARING, *UTILITY_COLUMNS,
+                        *LEAD_COLUMNS_BY_LEVEL):
                 if key in record:
                     record[key] = None
         return
@@ -782,10 +783,17 @@ def _protect_levels(records: list[dict], raw: list[tuple[int, int, int, bool]]) 
                     record[key] = None
 
 
-UTILITY_COLUMNS = ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000")
-# A subgroup level's columns that, with its size, give its event count back.
+# A subgroup level's columns read off its 2x2 table at the operating point (the net
+# benefit too: TP/n - FP/n x w, beside the alerts per 1,000 and the PPV, gives its cells).
+UTILITY_COLUMNS = ("sensitivity", "specificity", "ppv", "npv", "alerts_per_1000", "net_benefit")
+# A subgroup level's columns that, with its size, give its event count back (treating
+# all's net benefit is the observed rate less the non-events' weight).
 COUNT_BEARING = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high", "brier",
-                 "calibration_in_the_large", "calibration_slope", "calibration_intercept", "ece", "observed_rate")
+                 "calibration_in_the_large", "calibration_slope", "calibration_intercept", "ece", "observed_rate",
+                 "net_benefit_all")
+# A subgroup level's lead times (:func:`lead_times`' quantiles among its own detected
+# people): no count, each the mean of 11 people's intervals.
+LEAD_COLUMNS_BY_LEVEL = ("lead_median_days", "lead_q25_days", "lead_q75_days")
 
 
 def _protect_utility(records: list[dict], cells: list[tuple[int, int, int, int]], hidden: set[int]) -> None:
@@ -828,8 +836,15 @@ def subgroup_metrics(
     ``suppressed``; with ``n_boot > 0`` also ``auroc_ci_low``, ``auroc_ci_high``,
     ``auprc_ci_low`` and ``auprc_ci_high`` (patient-level bootstrap, :func:`metrics.bootstrap_ci`); with a ``threshold`` (the
     whole set's operating point, so the levels are compared at one rule) also
-    ``sensitivity``, ``specificity``, ``ppv``, ``npv`` and ``alerts_per_1000``, each
-    withheld as :func:`threshold_table` withholds them (a 2x2 cell of 1..10).
+    ``sensitivity``, ``specificity``, ``ppv``, ``npv``, ``alerts_per_1000`` and
+    ``net_benefit`` (the decision curve's net benefit of alerting at ``threshold``,
+    ``TP/n - FP/n x t/(1-t)``), each withheld as :func:`threshold_table` withholds them
+    (a 2x2 cell of 1..10), and ``net_benefit_all`` (alerting on everyone at the same
+    threshold probability). Where ``frame`` also has ``prediction_time`` and
+    ``outcome_time`` (as :func:`lead_times` takes them; ``y`` is the label, ``p`` the
+    risk), each level has its lead times at ``threshold`` too: ``lead_median_days``,
+    ``lead_q25_days`` and ``lead_q75_days`` among the level's own detected people,
+    withheld below 11 of them.
 
     A level is suppressed (metrics and ``events`` None) when it has fewer than 11
     subjects, fewer than 11 subjects with an event or fewer than 11 subjects with a
@@ -843,6 +858,12 @@ def subgroup_metrics(
         (threshold,) = _check_levels([threshold], "threshold", low=0, high=1, closed="both")
     y, p = _check_yp(frame["y"], frame["p"])
     subjects = frame["subject_id"].to_numpy()
+    timed = None
+    if threshold is not None and {"prediction_time", "outcome_time"} <= set(frame.columns):
+        timed = pd.DataFrame({"subject_id": subjects, "prediction_time": frame["prediction_time"].to_numpy(),
+                              "label": y, "probability": p, "outcome_time": frame["outcome_time"].to_numpy()})
+        lead_times(timed, threshold=threshold)  # checks the times, naming a row of the whole frame
+    weight = None if threshold is None or threshold >= 1 else threshold / (1 - threshold)
     rows = []
     for group in groups:
         column = frame[group]
@@ -879,7 +900,15 @@ def subgroup_metrics(
             )
             if threshold is not None:
                 op = {} if suppressed else _operating_point(ys, ps, threshold)
+                if op.get("tp") is not None and weight is not None:
+                    op["net_benefit"] = (op["tp"] - op["fp"] * weight) / ys.size
                 record.update({k: _num(op.get(k)) for k in UTILITY_COLUMNS})
+                rate = point.get("prevalence")
+                record["net_benefit_all"] = None if rate is None or weight is None else _num(rate - (1 - rate) * weight)
+            if timed is not None:
+                lead = {} if suppressed else lead_times(timed[m], threshold=threshold)
+                record.update(lead_median_days=lead.get("median_days"), lead_q25_days=lead.get("q25_days"),
+                              lead_q75_days=lead.get("q75_days"))
             if n_boot > 0:
                 ci = {} if suppressed else metrics.bootstrap_ci(ys, ps, ss, n_boot=n_boot, seed=seed, metrics=("auroc", "auprc"))
                 for name in ("auroc", "auprc"):
@@ -896,7 +925,9 @@ def subgroup_metrics(
     columns += ["calibration_in_the_large", "calibration_slope", "calibration_intercept", "ece"]
     columns += ["observed_rate", "mean_predicted", "suppressed"]
     if threshold is not None:
-        columns += list(UTILITY_COLUMNS)
+        columns += [*UTILITY_COLUMNS, "net_benefit_all"]
+    if timed is not None:
+        columns += list(LEAD_COLUMNS_BY_LEVEL)
     if n_boot > 0:
         columns += ["auroc_ci_low", "auroc_ci_high", "auprc_ci_low", "auprc_ci_high"]
     return pd.DataFrame(rows, columns=columns, dtype=object)

@@ -302,11 +302,16 @@ def evaluate_and_explain(
         )
         alert_at, budget = operating_point(record["thresholds"], p, config.operating_budget)
         point = operating_label(budget, config.operating_budget)
+        timed = timed_rows(held, p, outcomes_path)
+        if timed is not None:  # each level's lead times too
+            frame = frame.assign(prediction_time=timed["prediction_time"].to_numpy(),
+                                 outcome_time=timed["outcome_time"].to_numpy())
         record["subgroups"] = clinical.subgroup_metrics(
             frame, n_boot=config.bootstrap, seed=config.seed, threshold=alert_at
         ).to_dict(orient="records")
         record["subgroup_threshold"] = {"threshold": alert_at, "operating_point": point, "alert_budget": budget}
-        record["lead_time"] = _lead_time(held, p, outcomes_path, threshold=alert_at, operating_point=point)
+        record["lead_time"] = None if timed is None else (
+            clinical.lead_times(timed, threshold=alert_at) | {"threshold": alert_at, "operating_point": point})
         counts.update(held_out_rows=int(len(held)), bootstrap=config.bootstrap)
     with stage("explain") as counts:
         model = load_primary(trained)
@@ -445,17 +450,17 @@ def operating_label(budget: float, requested: float) -> str:
     return label if budget == requested else f"{label} (the {requested:.0%} budget's 2×2 table is withheld here)"
 
 
-def _lead_time(
-    held: pd.DataFrame, p: np.ndarray, outcomes_path: Path | None, *, threshold: float, operating_point: str
-) -> dict | None:
+def timed_rows(held: pd.DataFrame, p: np.ndarray, outcomes_path: Path | None) -> pd.DataFrame | None:
+    """The held-out rows as :func:`clinical.lead_times` takes them (each row's subject's
+    outcome time from the label stage's ``<task>.outcomes.parquet``), in their order;
+    None without that file."""
     if outcomes_path is None or not Path(outcomes_path).is_file():
         return None
-    outcomes = pd.read_parquet(outcomes_path)
-    frame = pd.DataFrame(
+    outcomes = pd.read_parquet(outcomes_path, columns=[schema.SUBJECT_ID, "outcome_time"])
+    return pd.DataFrame(
         {"subject_id": held[schema.SUBJECT_ID].to_numpy(), "prediction_time": held[schema.PREDICTION_TIME].to_numpy(),
          "label": held[schema.BOOLEAN_VALUE].to_numpy(bool), "probability": p}
     ).merge(outcomes, on=schema.SUBJECT_ID, how="left")
-    return clinical.lead_times(frame, threshold=threshold) | {"threshold": threshold, "operating_point": operating_point}
 
 
 def json_safe(value):

@@ -578,6 +578,10 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
         "alerts": "–" if r.get("alerts_per_1000") is None else f"{r['alerts_per_1000']:.0f}",
         "observed": _pct(r.get("observed_rate")) if counts_ok else "–",
         "predicted": _pct(r.get("mean_predicted")),
+        "net_benefit": "–" if r.get("net_benefit") is None else f"{r['net_benefit']:.3f}",
+        "net_benefit_all": "–" if r.get("net_benefit_all") is None or not counts_ok else f"{r['net_benefit_all']:.3f}",
+        "lead": "–" if r.get("lead_median_days") is None else (
+            f"{r['lead_median_days']:.0f} ({r['lead_q25_days']:.0f}–{r['lead_q75_days']:.0f})"),
     }
 
 

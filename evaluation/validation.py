@@ -5,12 +5,13 @@ champion on today's held-out rows (for the promotion rule). Only aggregates come
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from forewarn.evaluation import clinical, metrics
-from forewarn.evaluation.evaluate import demographics, json_safe, model_based
+from forewarn.evaluation.evaluate import demographics, json_safe, model_based, timed_rows
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import Calibrator, choose_calibrator
 from forewarn.models.train import TrainedModels, load_primary
@@ -46,7 +47,8 @@ def _summary(y, p, subjects, *, n_boot: int, seed: int, curve: pd.DataFrame | No
 
 
 def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0,
-                        site: str = "site", threshold: float | None = None, curves: bool = False) -> dict:
+                        site: str = "site", threshold: float | None = None, curves: bool = False,
+                        outcomes_path: Path | None = None) -> dict:
     """Metrics of a model from another site on this site's held-out rows, as shipped and
     after recalibration on this site's tuning rows (only when they hold at least 11 events
     and 11 non-events).
@@ -56,7 +58,8 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     (``clinical.subgroup_metrics``). With ``threshold``, the operating point set at the
     model's own site, they add its sensitivity, specificity, PPV, NPV and alerts per
     1,000 here: what the same alert rule does at a site it was not set on
-    (``subgroup_threshold``).
+    (``subgroup_threshold``); and given this site's ``outcomes_path`` (the label stage's
+    outcome times), each level's lead times at that threshold.
 
     With ``curves``, the record also holds the calibration groups (``calibration``: tenths
     of the shipped risk, merged under one ledger of cut-offs that the alert threshold's
@@ -85,6 +88,10 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
                                      curve=shipped_curve)}
     frame = pd.DataFrame({"y": y[held], "p": calibrated[held], "subject_id": subjects[held],
                           "age_band": clinical.age_band(age[held]), "sex": sex[held], "site": site})
+    timed = None if threshold is None else timed_rows(rows[held], calibrated[held], outcomes_path)
+    if timed is not None:
+        frame = frame.assign(prediction_time=timed["prediction_time"].to_numpy(),
+                             outcome_time=timed["outcome_time"].to_numpy())
     record["subgroups"] = json_safe(
         clinical.subgroup_metrics(frame, n_boot=n_boot, seed=seed, threshold=threshold).to_dict(orient="records"))
     record["subgroup_threshold"] = {"threshold": threshold, "operating_point": "the operating point set at the model's site"}

@@ -478,7 +478,8 @@ def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: St
                            codes_path=pull.result.codes_path, columns=columns, map_shards=_shards(study))
         # the record is all that is published of this ranking: it may carry the calibration groups
         record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed,
-                                     site=eval_site, threshold=threshold, curves=True)
+                                     site=eval_site, threshold=threshold, curves=True,
+                                     outcomes_path=labels.result.outcomes_path)
         (out / "record.json").write_text(json.dumps(record, indent=1))
         return record
 

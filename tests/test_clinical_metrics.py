@@ -506,6 +506,49 @@ def test_subgroups_carry_calibration_and_utility_at_one_threshold():
     stats = clinical.calibration_stats(frame.loc[frame["site"] == "A", "y"], frame.loc[frame["site"] == "A", "p"])
     for key in ("calibration_slope", "calibration_intercept", "ece"):
         assert a[key] == pytest.approx(stats[key])
+    # Net benefit at t = 0.5 (weight t / (1 - t) = 1): A (28 - 15) / 100, B (18 - 11) / 100;
+    # treating all: the observed rate less the non-events, 0.4 - 0.6 and 0.3 - 0.7.
+    assert [a["net_benefit"], b["net_benefit"]] == pytest.approx([0.13, 0.07])
+    assert [a["net_benefit_all"], b["net_benefit_all"]] == pytest.approx([-0.2, -0.4])
+
+
+def test_subgroup_net_benefit_weighs_false_alerts_by_the_threshold_odds():
+    # At t = 0.25 (weight 1/3) A alerts on all 40 events and 15 non-events: (40 - 15/3) / 100;
+    # B on 18 events and 11 non-events: (18 - 11/3) / 100. Treating all: 0.4 - 0.6/3, 0.3 - 0.7/3.
+    table = clinical.subgroup_metrics(utility_frame(), groups=("site",), threshold=0.25)
+    assert list(table["net_benefit"]) == pytest.approx([0.35, (18 - 11 / 3) / 100])
+    assert list(table["net_benefit_all"]) == pytest.approx([0.2, 0.3 - 0.7 / 3])
+    # At t = 1 the weight is infinite: no net benefit to show; no threshold, no columns.
+    at_one = clinical.subgroup_metrics(utility_frame(), groups=("site",), threshold=1.0)
+    assert at_one[["net_benefit", "net_benefit_all"]].isna().all().all()
+    assert "net_benefit" not in clinical.subgroup_metrics(utility_frame(), groups=("site",)).columns
+
+
+def test_subgroup_lead_times_are_each_levels_own():
+    # Eleven copies of lead_frame's people. Level X holds subjects 1 and 2 (22 people, each
+    # with an event row and a non-event row): the eleven 1s are detected 9 days ahead.
+    # Level Y holds 3, 4 and 5: the eleven 3s are detected 30 days ahead; 4 and 5 never
+    # have the outcome in a time-at-risk.
+    frame = lead_frame(11).rename(columns={"label": "y", "probability": "p"})
+    frame["g"] = np.where(frame["subject_id"] % 10 <= 2, "X", "Y")
+    table = clinical.subgroup_metrics(frame, groups=("g",), threshold=0.5).set_index("level")
+    assert table.loc["X", list(clinical.LEAD_COLUMNS_BY_LEVEL)].tolist() == [9.0, 9.0, 9.0]
+    assert table.loc["Y", list(clinical.LEAD_COLUMNS_BY_LEVEL)].tolist() == [30.0, 30.0, 30.0]
+    # The whole set's lead time mixes them (22 detected: the median is the mean of 5 nines
+    # and 6 thirties, 20.45 -> 20).
+    assert clinical.lead_times(lead_frame(11), threshold=0.5)["median_days"] == 20.0
+    # Ten 1s and twelve 2s: X is shown (22 people, events and non-events) but its 10
+    # detected are too few for a lead time.
+    frame = lead_frame(10, undetected_copies=12).rename(columns={"label": "y", "probability": "p"})
+    frame["g"] = "X"
+    row = clinical.subgroup_metrics(frame[frame["subject_id"] % 10 <= 2], groups=("g",), threshold=0.5).iloc[0]
+    assert row["suppressed"] is False and row["auroc"] is not None
+    assert [row[k] for k in clinical.LEAD_COLUMNS_BY_LEVEL] == [None] * 3
+    # A positive label without a later outcome is named by its row in the whole frame.
+    frame = lead_frame(11).rename(columns={"label": "y", "probability": "p"}).assign(g="X")
+    frame.loc[4, "outcome_time"] = pd.NaT
+    with pytest.raises(ValueError, match=r"row 4 \(subject 3\) has none"):
+        clinical.subgroup_metrics(frame, groups=("g",), threshold=0.5)
 
 
 def test_subgroup_columns_that_would_rebuild_a_withheld_count_go_with_it():
@@ -529,7 +572,7 @@ def test_subgroup_columns_that_would_rebuild_a_withheld_count_go_with_it():
         # ... and so do the AUROC and the calibration columns: B's AUROC at full precision
         # times its 100 rows' events x non-events must be a multiple of 1/2, which leaves few
         # event counts possible (its mean predicted risk picks one); A's gives its rows.
-        assert [row[k] for k in clinical.COUNT_BEARING if k in row] == [None] * 8
+        assert [row[k] for k in clinical.COUNT_BEARING if k in row] == [None] * 9  # with treating all's net benefit
         assert row["mean_predicted"] is not None
 
 

@@ -1001,6 +1001,19 @@ def test_external_validation_scores_the_home_threshold_by_site_age_band_and_sex(
     assert {r["group"] for r in record["subgroups"]} == {"age_band", "sex", "site"}
     assert record["subgroup_threshold"]["threshold"] == threshold
     json.dumps(record)  # plain JSON for MLflow and the report row
+    assert "lead_median_days" not in site  # no outcome times given
+    # Given the site's outcome times (each subject with the outcome 60 days after its
+    # prediction time), each level's lead times come back too.
+    X, all_rows, _ = other.load()
+    positive = all_rows[all_rows[schema.BOOLEAN_VALUE]]
+    outcomes = pd.DataFrame({schema.SUBJECT_ID: positive[schema.SUBJECT_ID].to_numpy(),
+                             "outcome_time": (positive[schema.PREDICTION_TIME] + pd.Timedelta(days=60)).to_numpy()})
+    outcomes.to_parquet(tmp_path / "outcomes.parquet")
+    assert int((flag & y).sum()) >= 11
+    timed = external_validation(trained, other, n_boot=0, site="community", threshold=threshold,
+                                outcomes_path=tmp_path / "outcomes.parquet")
+    (site,) = [r for r in timed["subgroups"] if r["group"] == "site"]
+    assert [site[k] for k in ("lead_median_days", "lead_q25_days", "lead_q75_days")] == [60.0, 60.0, 60.0]
     # Without a threshold: no operating point to score.
     assert "sensitivity" not in external_validation(trained, other, n_boot=0, site="community")["subgroups"][0]
 

@@ -466,6 +466,21 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
     for r in shown:
         assert f"{r['auprc']:.3f} ({r['auprc_ci_low']:.3f}–{r['auprc_ci_high']:.3f})" in text
     assert "specificity, PPV, NPV and alerts per 1,000 are at one rule for all subgroups" in text
+    # The "site" level is the whole held-out split: its net benefit is the held-out rows'
+    # at the operating threshold, and its lead times are the lead-time table's.
+    site = next(r for r in record["subgroups"] if r["group"] == "site")
+    t = record["subgroup_threshold"]["threshold"]
+    y = held[schema.BOOLEAN_VALUE].to_numpy(bool)
+    flag = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float) >= t
+    if site["net_benefit"] is not None:
+        tp, fp = int((flag & y).sum()), int((flag & ~y).sum())
+        assert site["net_benefit"] == pytest.approx((tp - fp * t / (1 - t)) / y.size)
+        assert f"{site['net_benefit']:.3f}" in text
+    assert site["net_benefit_all"] == pytest.approx(y.mean() - (1 - y.mean()) * t / (1 - t))
+    lead = record["lead_time"]
+    assert [site["lead_median_days"], site["lead_q25_days"], site["lead_q75_days"]] == [
+        lead["median_days"], lead["q25_days"], lead["q75_days"]]
+    assert "Net benefit is the decision curve's at the same threshold probability" in text
 
 
 def test_small_counts_show_as_less_than_11_with_a_complementary_cell_withheld(run):
