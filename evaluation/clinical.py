@@ -617,7 +617,8 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
     Returns ``subjects_with_outcome`` and ``detected`` (suppressed; ``detected`` is also
     None when the undetected count is 1..10, since it is the difference, and when a cell
     of the rows' 2x2 table at ``threshold`` is, as the threshold table withholds them) and the
-    ``median``, ``q25`` and ``q75`` lead days, withheld below 11 detected. A sample
+    ``median`` lead days, withheld below 11 detected, and the ``q25`` and ``q75``, withheld
+    below 22 (where their groups of 11 would overlap the median's). A sample
     quantile is one patient's interval (or two patients' average), so each is published
     as :func:`group_quantiles` gives it: the mean of the 11 lead times nearest it, to a
     whole day. No minimum or maximum: each is one patient's value.
@@ -669,6 +670,10 @@ def lead_times(frame: pd.DataFrame, *, threshold: float) -> dict[str, int | floa
     }
     show = privacy.suppress(detected) is not None and detected > 0
     q25, median, q75 = group_quantiles(days, [0.25, 0.5, 0.75]) if show else (None, None, None)
+    if detected < 2 * privacy.MIN_CELL:
+        # Below 22 a quartile's 11 lie mostly among the median's, and their difference is
+        # two people's intervals apart over 11 (12 detected: the largest less the smallest).
+        q25 = q75 = None
     record.update(median_days=_num(median), q25_days=_num(q25), q75_days=_num(q75))
     return record
 
@@ -843,8 +848,8 @@ def subgroup_metrics(
     threshold probability). Where ``frame`` also has ``prediction_time`` and
     ``outcome_time`` (as :func:`lead_times` takes them; ``y`` is the label, ``p`` the
     risk), each level has its lead times at ``threshold`` too: ``lead_median_days``,
-    ``lead_q25_days`` and ``lead_q75_days`` among the level's own detected people,
-    withheld below 11 of them.
+    ``lead_q25_days`` and ``lead_q75_days`` among the level's own detected people, as
+    :func:`lead_times` withholds them (the median below 11 of them, the quartiles below 22).
 
     A level is suppressed (metrics and ``events`` None) when it has fewer than 11
     subjects, fewer than 11 subjects with an event or fewer than 11 subjects with a

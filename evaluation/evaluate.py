@@ -158,6 +158,20 @@ def held_out_metrics(trained: TrainedModels, config: EvaluationConfig) -> dict:
     return json_safe(record | model_based(record, p) | risk_spread(p) | _without_counts(clinical.calibration_stats(y, p)))
 
 
+def paired_with_primary(held_out: dict, model: str, scores: dict, subjects: np.ndarray, *, n_boot: int,
+                        seed: int) -> dict | None:
+    """The registered model's AUROC and AUPRC minus ``model``'s on the same held-out rows,
+    with paired patient-bootstrap 95% intervals (``metrics.paired_differences``): whether
+    the registered model beats a baseline, not only where their own intervals lie. None
+    where either's metrics are withheld (1..10 events or non-events) or the two were not
+    scored on the same rows."""
+    (y, p), (y_model, p_model) = scores[PRIMARY], scores[model]
+    if held_out[PRIMARY].get("withheld") or held_out[model].get("withheld") or not np.array_equal(y, y_model) \
+            or n_boot < 1:
+        return None
+    return metrics.paired_differences(y, p, p_model, subjects, n_boot=n_boot, seed=seed)
+
+
 def risk_spread(p: np.ndarray) -> dict:
     """``constant_risk``: every row was given the same risk, so the model ranks no one
     (``models.promotion.decide`` never promotes it). A yes or no about the model's
@@ -262,6 +276,11 @@ def evaluate_and_explain(
         # the AUROC these rows' case mix allows if the risks were right: the reference an
         # external site's is read against (``metrics.model_based_concordance``)
         record["held_out"][PRIMARY] |= model_based(record["held_out"][PRIMARY], p) | risk_spread(p)
+        # each baseline against the registered model on the same rows and draws (``paired``)
+        subjects = held[schema.SUBJECT_ID].to_numpy()
+        for model in MODELS[1:]:
+            record["held_out"][model]["paired"] = paired_with_primary(
+                record["held_out"], model, scores, subjects, n_boot=config.bootstrap, seed=config.seed)
         smoothed = clinical.smoothed_calibration(y, p)
         record["smoothed_calibration"] = smoothed.to_dict(orient="records")
         # Every table and figure drawn from one ranking publishes cut-offs of it, which

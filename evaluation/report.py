@@ -110,7 +110,7 @@ def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, 
     figure = None
     curves = {label: pd.DataFrame(record["calibration"][key]) for key, label in
               (("as_shipped", "as shipped"), ("recalibrated", f"recalibrated here ({method})"))
-              if (record.get("calibration") or {}).get(key)}
+              if (record.get("calibration") or {}).get(key) and not (key == "recalibrated" and method == "shipped")}
     if curves and not shipped.get("withheld"):
         smoothed = pd.DataFrame(record.get("smoothed_calibration") or [], columns=["predicted", "observed"])
         figure = base64.b64encode(plots.calibration(curves, ("as shipped", smoothed))).decode()
@@ -124,7 +124,8 @@ def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, 
         rows = [row("as shipped (its own calibrator)", shipped)]
         period = None
     if recal:
-        rows.append(row(f"after recalibration on this site's tuning split ({method})", recal))
+        rows.append(row("kept as shipped: no calibrator fitted on this site's tuning split beat the model's own there"
+                        if method == "shipped" else f"after recalibration on this site's tuning split ({method})", recal))
     point = record.get("subgroup_threshold") or {}
     return {
         "design": design, "site": site, "model": model, "generated_at": generated_at, "code_version": code_version,
@@ -136,7 +137,7 @@ def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, 
         "flow": _participants(attrition), "features": features, "period": period,
         "withheld": bool(shipped.get("withheld")), "rows": rows, "min_cell": privacy.MIN_CELL,
         "recalibration_note": (record.get("recalibration") or {}).get("note"),
-        "recalibrated_text": _recalibrated_text(shipped, recal),
+        "recalibrated_text": _recalibrated_text(shipped, recal and recal | {"method": method}),
         "threshold": None if point.get("threshold") is None else _fmt(point["threshold"]),
         "subgroups": _subgroups({"subgroups": record.get("subgroups") or []}, site),
         "suppressed": SUPPRESSED, "figure": figure,
@@ -313,9 +314,26 @@ def _models(m: dict, labels: dict[str, str]) -> list[dict]:
                 "citl": _fmt(rec.get("calibration_in_the_large")),
                 "n": _count(rec.get("n")),
                 "events": _events_text(rec),
+                "gain": _gain(rec.get("paired")),
             }
         )
     return rows
+
+
+def _gain(paired: dict | None) -> str:
+    """A baseline's row: the registered model's AUROC and AUPRC minus its own on the same
+    held-out rows, with paired patient-bootstrap 95% intervals; "–" without them."""
+    if not paired:
+        return "–"
+    parts = []
+    for key, label in (("auroc", "AUROC"), ("auprc", "AUPRC")):
+        d = paired.get(key) or {}
+        if _missing(d.get("difference")):
+            continue
+        ci = "" if _missing(d.get("ci_low")) or _missing(d.get("ci_high")) else \
+            f" ({d['ci_low']:+.3f} to {d['ci_high']:+.3f})"
+        parts.append(f"{label} {d['difference']:+.3f}{ci}")
+    return "; ".join(parts) or "–"
 
 
 def _calibration_stats(m: dict, labels: dict[str, str]) -> list[dict]:
@@ -456,7 +474,8 @@ def _net_benefit_drawn(m: dict) -> str | None:
     extra = [_pct(t, 1 if t < 0.01 else 0) for t in shown if round(t, 4) not in chosen]
     text = f"The figure draws the model's net benefit at {len(shown)} of the {len(rows)} thresholds computed"
     if extra and len(extra) <= 8:
-        text += f" ({', '.join(extra)} of them not in this table)"
+        listed = extra[0] if len(extra) == 1 else f"{', '.join(extra[:-1])} and {extra[-1]}"
+        text += f" (of which {listed} {'is' if len(extra) == 1 else 'are'} not in this table)"
     return text + ("; the others are withheld by the rule above." if len(shown) < len(rows) else ".")
 
 
@@ -466,7 +485,7 @@ def _lead_time(m: dict) -> dict | None:
         return None
     median = lt.get("median_days")
     return {
-        "operating_point": lt.get("operating_point", "operating point"),
+        "operating_point": _at_risk(lt.get("operating_point", "operating point"), _fmt(lt.get("threshold"))),
         "threshold": _fmt(lt.get("threshold")),
         "with_outcome": _count(lt.get("subjects_with_outcome")),
         "detected": "suppressed" if lt.get("detected") is None else _count(lt["detected"]),
@@ -482,7 +501,14 @@ def _subgroup_point(m: dict) -> str | None:
     point = m.get("subgroup_threshold")
     if not point or point.get("threshold") is None:
         return None
-    return f"{point.get('operating_point', 'operating point')} (risk ≥ {_fmt(point['threshold'])})"
+    return _at_risk(point.get("operating_point", "operating point"), _fmt(point["threshold"]))
+
+
+def _at_risk(label: str, threshold: str) -> str:
+    """An operating point's label with its risk threshold, in one parenthesis: "10% alert
+    budget (risk ≥ 0.157; the 5% budget's 2×2 table is withheld here)"."""
+    head, sep, tail = label.partition(" (")
+    return f"{head} (risk ≥ {threshold}; {tail}" if sep and tail.endswith(")") else f"{label} (risk ≥ {threshold})"
 
 
 def _subgroups(m: dict, site: str | None = None, validations: list[dict] | None = None, network: bool = False) -> list[dict]:
@@ -536,6 +562,8 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
         label = f"{r['shipped_to']} (model shipped there)"
     elif r.get("network_at"):
         at = f"; alerts at risk ≥ {r['threshold']:.3f}" if r.get("threshold") is not None else ""
+        if at and r.get("alert_budget") is not None:  # the budget may differ from this site's (a withheld 2x2 moves it)
+            at += f", its {r['alert_budget']:.0%} alert budget"
         label = f"{r['network_at']} (the network's model there{at})"
     elif level is None:
         label = "missing"
@@ -580,8 +608,9 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
         "predicted": _pct(r.get("mean_predicted")),
         "net_benefit": "–" if r.get("net_benefit") is None else f"{r['net_benefit']:.3f}",
         "net_benefit_all": "–" if r.get("net_benefit_all") is None or not counts_ok else f"{r['net_benefit_all']:.3f}",
-        "lead": "–" if r.get("lead_median_days") is None else (
-            f"{r['lead_median_days']:.0f} ({r['lead_q25_days']:.0f}–{r['lead_q75_days']:.0f})"),
+        "lead": "–" if r.get("lead_median_days") is None else f"{r['lead_median_days']:.0f}" + (
+            "" if r.get("lead_q25_days") is None or r.get("lead_q75_days") is None
+            else f" ({r['lead_q25_days']:.0f}–{r['lead_q75_days']:.0f})"),
     }
 
 
@@ -762,10 +791,47 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
     return out
 
 
+# Where a temporal or external validation's numbers say the model did not hold (section 13):
+# a calibration slope outside this band (below 0.8, the usual sign of overfitting), a
+# calibration-in-the-large beyond this (about 20% on the odds), an AUROC this far below
+# the held-out split's.
+HOLDS_SLOPE, HOLDS_CITL, HOLDS_AUROC_DROP = (0.8, 1.25), 0.2, 0.05
+
+
+def _did_not_hold(validations: list[dict], held: dict) -> list[str]:
+    """A limitation for each temporal or external validation whose ranking or calibration
+    did not carry over (``HOLDS_*``), with its numbers."""
+    out = []
+    home = held.get("auroc")
+    for v in validations:
+        if v.get("withheld") or v.get("design") not in ("temporal", "external"):
+            continue
+        problems = []
+        auroc, slope, citl = v.get("auroc"), v.get("calibration_slope"), v.get("calibration_in_the_large")
+        if not _missing(auroc) and not _missing(home) and home - auroc > HOLDS_AUROC_DROP:
+            problems.append(f"AUROC {_fmt(auroc)} against {_fmt(home)} on this site's held-out split")
+        if not _missing(slope) and not HOLDS_SLOPE[0] <= slope <= HOLDS_SLOPE[1]:
+            problems.append(f"calibration slope {_fmt(slope)} ({'risks too extreme' if slope < 1 else 'risks too moderate'})")
+        if not _missing(citl) and abs(citl) > HOLDS_CITL:
+            problems.append(f"calibration-in-the-large {_fmt(citl)} (risks too {'high' if citl < 0 else 'low'} on average)")
+        if not problems:
+            continue
+        if v.get("design") == "temporal":
+            out.append(f"Over time the model did not hold: trained on the earlier times and tested on the later ones, "
+                       f"{', '.join(problems)} (section 12). Recalibrate or retrain on recent data before relying on its "
+                       "risks.")
+        else:
+            out.append(f"At {v.get('eval_site', 'the other site')} (external validation, section 12) the model as shipped "
+                       f"did not hold: {', '.join(problems)}. Recalibrate it there (its row after recalibration) or "
+                       "train with that site's data before using it there.")
+    return out
+
+
 def _recalibrated_text(shipped: dict, recal: dict | None) -> str:
     """A validation row's "after local recalibration" cell: the model's metrics after its
     calibrator was refitted on the validating site's tuning split (the method chosen
-    there by cross-validated Brier, ``none`` when nothing beat the risks as shipped), and
+    there by cross-validated Brier against the shipped calibrator's, ``shipped`` when none
+    beat it, ``none`` when the uncalibrated risks did best), and
     a caveat when that made the held-out Brier score worse than as shipped (the tuning
     rows' calibrator did not carry over to the held-out rows)."""
     if _missing(shipped.get("auroc")):
@@ -784,8 +850,11 @@ def _recalibrated_text(shipped: dict, recal: dict | None) -> str:
     ]
     text = ", ".join(parts) or "–"
     method = recal.get("method")
-    if method == "none":  # cross-validated on the tuning split, no calibrator beat the risks as shipped
-        return f"{text} (no calibrator beat the risks as shipped on the tuning split's Brier: kept as shipped)"
+    if method == "shipped":  # no calibrator fitted here beat the model's own on the tuning split's Brier
+        return f"{text} (kept as shipped: no calibrator fitted on this site's tuning split beat the model's own there)"
+    if method == "none":  # the uncalibrated risks beat every calibrator, the shipped one included
+        return (f"{text} (the model's uncalibrated risks: on this site's tuning split they beat every calibrator "
+                "fitted there and the model's own)")
     if method:
         text = f"{method}: {text}"
     before, after = shipped.get("brier"), recal.get("brier")
@@ -1393,6 +1462,7 @@ def report_context(
         limitations.append(
             f"Validation designs beyond internal: {', '.join(designs)} (section 12); other populations and later periods still need their own check."
         )
+        limitations.extend(_did_not_hold(external, held))
     elif network:
         limitations.append(
             f"This is the network's model on this site's held-out subjects; it was trained with the rows of "

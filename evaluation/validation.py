@@ -97,8 +97,13 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     record["subgroup_threshold"] = {"threshold": threshold, "operating_point": "the operating point set at the model's site"}
     events, non_events = int(y[tune].sum()), int((~y[tune]).sum())
     if min(events, non_events) >= privacy.MIN_CELL:
-        local, _ = choose_calibrator(raw[tune], y[tune], seed=seed, groups=subjects[tune])
-        recalibrated = local(raw[held])
+        local, scores = choose_calibrator(raw[tune], y[tune], seed=seed, groups=subjects[tune])
+        # The shipped calibrator is a candidate too: fitted elsewhere, its Brier on all of
+        # this tuning split is out of sample, as the candidates' cross-validated ones are.
+        # A refit here is kept only if it beats it.
+        if scores.get(local.method, np.inf) >= float(np.mean((calibrated[tune] - y[tune]) ** 2)):
+            local = SHIPPED
+        recalibrated = calibrated[held] if local is SHIPPED else local(raw[held])
         recal_curve = None if shipped_curve is None else metrics.calibration_on_groups(y[held], recalibrated, calibrated[held], shipped_curve)
         record["recalibrated"] = _summary(y[held], recalibrated, subjects[held], n_boot=n_boot, seed=seed,
                                           curve=recal_curve)
@@ -120,8 +125,19 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     return record
 
 
+# The outcome of a recalibration that kept the model's own calibrator: no calibrator
+# fitted on the validating site's tuning split beat it there (method "shipped").
+SHIPPED = Calibrator("none")
+
+
 def recalibration_summary(calibrator: Calibrator) -> dict:
-    """What leaves the validating site of its local calibrator (see :func:`external_validation`)."""
+    """What leaves the validating site of its local calibrator (see :func:`external_validation`):
+    method ``shipped`` where none fitted there beat the model's own on that site's tuning
+    split (cross-validated Brier against the shipped risks' Brier), which is then kept;
+    ``none`` where the model's uncalibrated risks did best."""
+    if calibrator is SHIPPED:
+        return {"method": "shipped", "fitted_on": "tuning split of the validating site",
+                "note": "kept as shipped: no calibrator fitted on this site's tuning split beat the model's own there"}
     summary: dict = {"method": calibrator.method, "fitted_on": "tuning split of the validating site"}
     if calibrator.method == "sigmoid":
         summary.update(a=calibrator.a, b=calibrator.b)
@@ -133,9 +149,10 @@ def recalibration_summary(calibrator: Calibrator) -> dict:
 def local_calibrator(recalibration: dict | None) -> Calibrator | None:
     """The local calibrator an external validation fitted on the validating site's tuning
     split, back from what it published of it (:func:`recalibration_summary`), to score the
-    model's uncalibrated risks there; None where it was not recalibrated."""
+    model's uncalibrated risks there; None where it was not recalibrated or kept the
+    model's own calibrator (``shipped``)."""
     method = (recalibration or {}).get("method")
-    if method is None:
+    if method in (None, "shipped"):
         return None
     if method == "sigmoid":
         return Calibrator("sigmoid", a=float(recalibration["a"]), b=float(recalibration["b"]))

@@ -434,7 +434,10 @@ def score(
                    f"{e['outcome_recorded']:,}, died {e['died']:,}, age (or no birth recorded) {e['age']:,}, prior "
                    f"observation {e['prior_observation']:,}; each of the {e['eligible']:,} others at their latest")
     repeated = summary["rows"] - summary["distinct"]
-    if recalibration is not None:
+    if recalibration is not None and recalibration["method"] == "shipped":
+        typer.echo(f"risks from the model's own calibrator: its external validation here (MLflow run "
+                   f"{recalibration['run_id']}) found no calibrator fitted on this site's tuning split that beat it")
+    elif recalibration is not None:
         typer.echo(f"risks from the {recalibration['method']} calibrator fitted on this site's tuning split by the "
                    f"model's external validation here (MLflow run {recalibration['run_id']}), not its own")
     typer.echo(f"scored {summary['rows']:,} prediction times of {summary['subjects']:,} subjects with {summary['model']} "

@@ -1134,7 +1134,9 @@ def network_site_row(stage: Stage, site: str) -> dict:
                               f"MLflow run there: site {site}, validation_design network, dataset digest "
                               f"{stage.digest[:16]}-held_out")
     if row["site_subgroup"] is not None:  # the alert threshold its sensitivity, PPV, ... are at: that site's own
-        row["site_subgroup"] = dict(row["site_subgroup"], threshold=(evaluated.get("subgroup_threshold") or {}).get("threshold"))
+        point = evaluated.get("subgroup_threshold") or {}  # and the alert budget it was set for there
+        row["site_subgroup"] = dict(row["site_subgroup"], threshold=point.get("threshold"),
+                                    alert_budget=point.get("alert_budget"))
     return row
 
 

@@ -139,6 +139,20 @@ def worklist_model(study: Study, spec: TaskSpec, site: str) -> Choice:
     return Choice(None, "", tuple(passed))
 
 
+def risks_text(recalibration: dict | None, model_site: str, recalibrate: bool) -> str:
+    """Whose calibration another site's champion scores a worklist with, for its note:
+    ``recalibration`` is ``Choice.recalibration`` (what its external validation here did),
+    ``recalibrate`` the study's ``worklist.recalibrate``."""
+    method = (recalibration or {}).get("method")
+    if method == "shipped":
+        return (f"its risks as calibrated at {model_site} (its validation here kept them: no calibrator fitted on "
+                "this site's tuning split beat them)")
+    if recalibration:
+        return f"its risks recalibrated here ({method}, on this site's tuning split)"
+    return f"its risks as calibrated at {model_site}" + (
+        " (its validation here could not recalibrate: fewer than 11 tuning events or non-events)" if recalibrate else "")
+
+
 def worklist_stage(spec: TaskSpec, pull: Stage, cache: StageCache, model: tracking.RegisteredModel,
                    study: Study, whose: str = "site", recalibration: dict | None = None) -> Stage:
     """Score the eligible people of ``pull`` with ``model`` into the stage's
@@ -659,11 +673,7 @@ def worklists(study: Study, specs: list[TaskSpec], pulls: dict[str, Stage], cach
             owner = {"site": "", "network": ", the network's",
                      "other_sites": f", {model.site}'s, validated here: held-out AUROC "
                                     f"{tracking.auroc_text(choice.validation or {})}; "
-                                    + (f"its risks recalibrated here ({choice.recalibration['method']}, on this site's "
-                                       "tuning split)" if choice.recalibration else
-                                       f"its risks as calibrated at {model.site}" + (
-                                           " (its validation here could not recalibrate: fewer than 11 tuning events "
-                                           "or non-events)" if study.worklist.recalibrate else ""))}[whose]
+                                    + risks_text(choice.recalibration, model.site, study.worklist.recalibrate)}[whose]
             alerts = (f"; alerts at {study.worklist.alert_budget:g} per 1,000" if study.worklist.alert_budget
                       else f"; no alerts: its threshold was set at {model.site}" if whose == "other_sites" else "")
             alerts += rate_note(json.loads(Path(stage.result["summary"]).read_text()))

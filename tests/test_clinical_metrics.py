@@ -532,8 +532,11 @@ def test_subgroup_lead_times_are_each_levels_own():
     frame = lead_frame(11).rename(columns={"label": "y", "probability": "p"})
     frame["g"] = np.where(frame["subject_id"] % 10 <= 2, "X", "Y")
     table = clinical.subgroup_metrics(frame, groups=("g",), threshold=0.5).set_index("level")
-    assert table.loc["X", list(clinical.LEAD_COLUMNS_BY_LEVEL)].tolist() == [9.0, 9.0, 9.0]
-    assert table.loc["Y", list(clinical.LEAD_COLUMNS_BY_LEVEL)].tolist() == [30.0, 30.0, 30.0]
+    # (11 detected each: a median, but no quartiles below 22)
+    assert table.loc["X", list(clinical.LEAD_COLUMNS_BY_LEVEL)].tolist() == [9.0, None, None]
+    assert table.loc["Y", list(clinical.LEAD_COLUMNS_BY_LEVEL)].tolist() == [30.0, None, None]
+    both = clinical.subgroup_metrics(frame.assign(g="Z"), groups=("g",), threshold=0.5).iloc[0]
+    assert [both[k] for k in clinical.LEAD_COLUMNS_BY_LEVEL] == [20.0, 9.0, 30.0]  # 22 detected: quartiles too
     # The whole set's lead time mixes them (22 detected: the median is the mean of 5 nines
     # and 6 thirties, 20.45 -> 20).
     assert clinical.lead_times(lead_frame(11), threshold=0.5)["median_days"] == 20.0

@@ -963,7 +963,8 @@ def test_external_validation_recalibrates_only_on_11_events_and_non_events(tmp_p
     (tmp_path / "other").mkdir()
     (tmp_path / "few").mkdir()
     record = external_validation(trained, synthetic_matrix(tmp_path / "other", seed=1), n_boot=10)
-    assert record["recalibrated"]["auroc"] is not None and record["recalibration"]["method"] in ("none", "sigmoid", "isotonic")
+    assert record["recalibrated"]["auroc"] is not None
+    assert record["recalibration"]["method"] in ("shipped", "none", "sigmoid", "isotonic")
     # the other site's tuning split with only 6 events
     X, rows, _ = synthetic_matrix(tmp_path / "few", seed=1).load()
     y = rows[schema.BOOLEAN_VALUE].to_numpy(bool).copy()
@@ -976,6 +977,45 @@ def test_external_validation_recalibrates_only_on_11_events_and_non_events(tmp_p
     assert record["recalibration"] == {"method": None, "note": "not recalibrated: this site's tuning split holds fewer "
                                                                "than 11 events or non-events"}
     assert record["as_shipped"]["auroc"] is not None  # the held-out rows are untouched
+
+
+def test_external_recalibration_keeps_the_shipped_calibrator_unless_a_refit_beats_it(tmp_path):
+    """A calibrator refitted on the validating site's tuning split replaces the model's own
+    only where its cross-validated Brier there beats the shipped risks' Brier on the same
+    rows; else the model is kept as shipped (method ``shipped``), and its worklist and
+    ``forewarn score --recalibrate-here`` score with its own calibrator."""
+    from forewarn.evaluation.validation import (
+        external_validation,
+        local_calibrator,
+        model_probabilities,
+    )
+    from forewarn.models.calibration import choose_calibrator
+
+    trained = train_models(synthetic_matrix(tmp_path), tmp_path / "models", ModelConfig(n_jobs=1))
+    (tmp_path / "alike").mkdir()
+    alike = synthetic_matrix(tmp_path / "alike", seed=1)  # drawn as the model's own site's rows were
+    record = external_validation(trained, alike, n_boot=0)
+    raw, calibrated, rows = model_probabilities(trained, alike)
+    y = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
+    tune = (rows[schema.SPLIT] == "tuning").to_numpy()
+    _, scores = choose_calibrator(raw[tune], y[tune], seed=0, groups=rows[schema.SUBJECT_ID].to_numpy()[tune])
+    assert min(scores.values()) >= np.mean((calibrated[tune] - y[tune]) ** 2)  # no refit beats the shipped risks
+    assert record["recalibration"] == {"method": "shipped", "fitted_on": "tuning split of the validating site",
+                                       "note": "kept as shipped: no calibrator fitted on this site's tuning split "
+                                               "beat the model's own there"}
+    assert json.dumps(record["recalibrated"]) == json.dumps(record["as_shipped"])  # NaN intervals without a bootstrap
+    assert local_calibrator(record["recalibration"]) is None  # scored with the model's own calibrator
+    # Where the outcome is commoner at the same features (y = signal + noise > 0.35, not
+    # 0.6), the shipped risks are too low there and a refit wins.
+    X, rows, _ = alike.load()
+    rng = np.random.default_rng(1)
+    signal = np.asarray(X[:, 0].todense()).ravel() + np.asarray(X[:, 1].todense()).ravel()
+    shifted = write_matrix(tmp_path / "shifted", X, signal + rng.normal(0, 0.25, X.shape[0]) > 0.35,
+                           rows[schema.SPLIT].to_numpy())
+    record = external_validation(trained, shifted, n_boot=0)
+    assert record["recalibration"]["method"] in ("sigmoid", "isotonic")
+    assert record["recalibrated"]["brier"] < record["as_shipped"]["brier"]
+    assert local_calibrator(record["recalibration"]).method == record["recalibration"]["method"]
 
 
 def test_external_validation_scores_the_home_threshold_by_site_age_band_and_sex(tmp_path):

@@ -655,13 +655,13 @@ def test_network_report_site_subgroup_holds_the_network_model_at_each_other_site
     validations = [
         {"design": "network", "eval_site": "community", "site_subgroup": level(
             "community", 1424, 95, sensitivity=0.4, specificity=0.97, ppv=0.5, npv=0.96, alerts_per_1000=50.2,
-            threshold=0.2254)},
+            threshold=0.2254, alert_budget=0.1)},
         {"design": "external", "eval_site": "rural", "site_subgroup": level("rural", 300, 30)},
     ]
     rows = _subgroups({"subgroups": [home]}, "academic", validations, network=True)
     assert [(r["level"], r["span"], r["shipped"], r["network_at"]) for r in rows] == [
         ("academic (this run's held-out split)", 2, False, False),
-        ("community (the network's model there; alerts at risk ≥ 0.225)", 2, False, True),
+        ("community (the network's model there; alerts at risk ≥ 0.225, its 10% alert budget)", 2, False, True),
     ]
     community = rows[1]
     assert (community["subjects"], community["events"], community["observed"]) == ("1,424", "95", "6.7%")
@@ -1316,9 +1316,12 @@ def test_recalibrated_cell_names_the_method_and_when_none_beat_the_shipped_risks
     assert _recalibrated_text(shipped, recal | {"method": "isotonic", "brier": 0.0512}) == (
         "isotonic: AUROC 0.800, Brier 0.0512, slope 1.010, CITL 0.020 (Brier worse than as shipped: the calibrator "
         "refitted on the tuning split did not carry over)")
-    assert _recalibrated_text(shipped, recal | {"method": "none", "brier": 0.05}) == (
-        "AUROC 0.800, Brier 0.0500, slope 1.010, CITL 0.020 (no calibrator beat the risks as shipped on the tuning "
-        "split's Brier: kept as shipped)")
+    assert _recalibrated_text(shipped, recal | {"method": "shipped", "brier": 0.05}) == (
+        "AUROC 0.800, Brier 0.0500, slope 1.010, CITL 0.020 (kept as shipped: no calibrator fitted on this site's "
+        "tuning split beat the model's own there)")
+    assert _recalibrated_text(shipped, recal | {"method": "none", "brier": 0.0495}) == (
+        "AUROC 0.800, Brier 0.0495, slope 1.010, CITL 0.020 (the model's uncalibrated risks: on this site's tuning "
+        "split they beat every calibrator fitted there and the model's own)")
     assert _recalibrated_text(shipped, None) == "not recalibrated"
     assert _recalibrated_text({"auroc": None}, recal) == "–"
 
@@ -1478,8 +1481,12 @@ def test_the_decision_curve_note_names_what_the_figure_draws_beyond_the_table():
     rows = [{"threshold": t, "net_benefit_model": 0.02 if t in (0.001, 0.002, 0.26) else None} for t in at]
     # community CKD's case: every table cell "–", yet three points drawn
     assert _net_benefit_drawn({"decision_curve": rows}) == (
-        "The figure draws the model's net benefit at 3 of the 9 thresholds computed (0.1%, 0.2%, 26% of them not in "
-        "this table); the others are withheld by the rule above.")
+        "The figure draws the model's net benefit at 3 of the 9 thresholds computed (of which 0.1%, 0.2% and 26% are "
+        "not in this table); the others are withheld by the rule above.")
+    one = [dict(r, net_benefit_model=0.02 if r["threshold"] in (0.001, 0.05) else None) for r in rows]
+    assert _net_benefit_drawn({"decision_curve": one}) == (
+        "The figure draws the model's net benefit at 2 of the 9 thresholds computed (of which 0.1% is not in this "
+        "table); the others are withheld by the rule above.")
     assert _net_benefit_drawn({"decision_curve": [dict(r, net_benefit_model=None) for r in rows]}) is None
     assert _net_benefit_drawn({"decision_curve": [{"threshold": 0.05, "net_benefit_model": 0.01}]}) == (
         "The figure draws the model's net benefit at 1 of the 1 thresholds computed.")
@@ -1713,3 +1720,68 @@ def test_a_temporal_run_s_report_shows_its_cutoff_its_rows_and_its_numbers():
     assert "Not computed in the temporal design" in plain and "recalibrat" not in plain.lower()
     with pytest.raises(ValueError, match="design must be one of registered, external, temporal; got 'network'"):
         validation_context(record=record, design="network", **common)
+
+
+def test_a_validation_that_did_not_hold_is_a_limitation_with_its_numbers():
+    """Temporal or external numbers beyond the bands (slope outside 0.8-1.25, CITL beyond
+    ±0.2, AUROC 0.05 below the held-out split's) each become a limitation that names them."""
+    from forewarn.evaluation.report import _did_not_hold
+
+    held = {"auroc": 0.907}
+    temporal = {"design": "temporal", "auroc": 0.831, "calibration_slope": 0.705, "calibration_in_the_large": -0.494}
+    external = {"design": "external", "eval_site": "community", "auroc": 0.885, "calibration_slope": 1.18,
+                "calibration_in_the_large": 0.214}
+    fine = {"design": "external", "eval_site": "rural", "auroc": 0.88, "calibration_slope": 0.95,
+            "calibration_in_the_large": 0.1}
+    withheld = {"design": "external", "eval_site": "tiny", "withheld": True, "auroc": None}
+    assert _did_not_hold([temporal, external, fine, withheld], held) == [
+        "Over time the model did not hold: trained on the earlier times and tested on the later ones, AUROC 0.831 "
+        "against 0.907 on this site's held-out split, calibration slope 0.705 (risks too extreme), "
+        "calibration-in-the-large -0.494 (risks too high on average) (section 12). Recalibrate or retrain on recent "
+        "data before relying on its risks.",
+        "At community (external validation, section 12) the model as shipped did not hold: calibration-in-the-large "
+        "0.214 (risks too low on average). Recalibrate it there (its row after recalibration) or train with that "
+        "site's data before using it there.",
+    ]
+    assert _did_not_hold([fine], held) == []
+
+
+def test_each_baseline_is_compared_with_the_registered_model_on_the_same_rows(run, full):
+    """Section 7's last column: the registered model's AUROC and AUPRC minus each
+    baseline's on the same held-out rows, with paired patient-bootstrap intervals."""
+    from forewarn.evaluation import metrics
+    from forewarn.evaluation.evaluate import held_out_frame
+    from forewarn.models.train import AGE_SEX, BASELINE, PRIMARY
+
+    record = run["evaluation"].load_metrics()
+    primary = held_out_frame(run["trained"], PRIMARY)
+    y = primary[schema.BOOLEAN_VALUE].to_numpy(bool)
+    text = Page(full).text
+    assert "minus this model (paired 95% CI)" in text
+    assert record["held_out"][PRIMARY].get("paired") is None  # not against itself
+    for model in (BASELINE, AGE_SEX):
+        other = held_out_frame(run["trained"], model)
+        expected = metrics.paired_differences(
+            y, primary[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float),
+            other[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float), primary[schema.SUBJECT_ID].to_numpy(),
+            n_boot=20, seed=0)  # the run's EvaluationConfig(bootstrap=20)
+        paired = record["held_out"][model]["paired"]
+        for key in ("auroc", "auprc"):
+            assert paired[key]["difference"] == pytest.approx(
+                record["held_out"][PRIMARY][key] - record["held_out"][model][key])
+            assert paired[key]["ci_low"] <= paired[key]["difference"] <= paired[key]["ci_high"]
+        for key in ("auroc", "auprc"):
+            assert paired[key] == pytest.approx(expected[key])
+        a = paired["auroc"]
+        assert f"AUROC {a['difference']:+.3f} ({a['ci_low']:+.3f} to {a['ci_high']:+.3f})" in text
+
+
+def test_an_operating_point_and_its_risk_share_one_parenthesis():
+    from forewarn.evaluation.report import _at_risk, _subgroup_point
+
+    assert _at_risk("5% alert budget", "0.157") == "5% alert budget (risk ≥ 0.157)"
+    assert _at_risk("10% alert budget (the 5% budget's 2×2 table is withheld here)", "0.157") == (
+        "10% alert budget (risk ≥ 0.157; the 5% budget's 2×2 table is withheld here)")
+    assert _subgroup_point({"subgroup_threshold": {"threshold": 0.2, "operating_point": "5% alert budget"}}) == (
+        "5% alert budget (risk ≥ 0.200)")
+    assert _subgroup_point({}) is None

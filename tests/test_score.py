@@ -90,6 +90,23 @@ def test_scores_are_the_risks_the_flow_evaluated_the_held_out_rows_with(night, t
                          "published with (predicted_boolean_value)")
 
 
+def test_a_calibrator_given_replaces_the_models_own(night, tmp_path, restore_tracking):
+    """``calibrator`` (a site's own, from the model's external validation there) is applied
+    to the model's uncalibrated risk in place of its own calibrator."""
+    from forewarn.flows import tracking
+    from forewarn.flows.score import read_times, score
+    from forewarn.models.calibration import Calibrator
+
+    tracking.configure(night["uri"])
+    times = read_times(night["times"])
+    risks = {}
+    for name, calibrator in (("own", None), ("raw", Calibrator("none")), ("site", Calibrator("sigmoid", a=-0.5, b=1.3))):
+        score(MODEL, night["events"], times, tmp_path / f"{name}.parquet", calibrator=calibrator)
+        risks[name] = pd.read_parquet(tmp_path / f"{name}.parquet")["predicted_boolean_probability"].to_numpy()
+    assert not np.allclose(risks["raw"], risks["own"])  # the model's own calibrator moved its risks
+    np.testing.assert_allclose(risks["site"], Calibrator("sigmoid", a=-0.5, b=1.3)(risks["raw"]), rtol=1e-6)
+
+
 def test_times_without_outcomes_and_ids_the_pull_lacks(night, tmp_path, restore_tracking):
     times = night["held"][["subject_id", "prediction_time"]].head(5).copy()
     times.loc[len(times)] = [12345, times["prediction_time"].iloc[0]]  # no such person in the pull

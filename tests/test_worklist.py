@@ -320,3 +320,20 @@ def test_a_far_alert_rate_is_said_at_the_site_and_only_its_direction_leaves():
     assert "far fewer" in rate_note(fewer)
     assert rate_note(summary | {"alert_rate": {"rows": 0.06, "set_for": 0.05, "ratio": 1.2, "far": False}}) == ""
     assert rate_note(summary | {"alert_rate": None}) == ""
+
+
+def test_another_site_s_champion_says_whose_calibration_its_risks_carry():
+    """The worklist note of another site's champion: recalibrated here (a calibrator its
+    external validation fitted on this site's tuning split), kept as shipped (no refit
+    there beat its own calibrator), or as calibrated at its site (no recalibration)."""
+    from forewarn.flows.worklist import risks_text
+
+    sigmoid = {"method": "sigmoid", "a": 0.1, "b": 1.2, "run_id": "r1"}
+    assert risks_text(sigmoid, "academic", True) == "its risks recalibrated here (sigmoid, on this site's tuning split)"
+    assert risks_text({"method": "shipped", "run_id": "r1"}, "academic", True) == (
+        "its risks as calibrated at academic (its validation here kept them: no calibrator fitted on this site's "
+        "tuning split beat them)")
+    assert risks_text(None, "academic", True) == (
+        "its risks as calibrated at academic (its validation here could not recalibrate: fewer than 11 tuning events "
+        "or non-events)")
+    assert risks_text(None, "academic", False) == "its risks as calibrated at academic"
