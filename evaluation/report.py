@@ -141,6 +141,9 @@ def validation_context(*, site: str, task: TaskSpec, model: dict, record: dict, 
         "threshold": None if point.get("threshold") is None else _fmt(point["threshold"]),
         "subgroups": _subgroups({"subgroups": record.get("subgroups") or []}, site),
         "suppressed": SUPPRESSED, "figure": figure,
+        # slope and CITL beyond the bands (no home AUROC here to compare with)
+        "did_not_hold": _did_not_hold([shipped | {"design": "temporal" if temporal else "external", "eval_site": site}],
+                                      {}, section="section 3"),
     }
 
 
@@ -798,9 +801,9 @@ def _figures(images: dict[str, bytes], m: dict) -> dict[str, list[dict]]:
 HOLDS_SLOPE, HOLDS_CITL, HOLDS_AUROC_DROP = (0.8, 1.25), 0.2, 0.05
 
 
-def _did_not_hold(validations: list[dict], held: dict) -> list[str]:
+def _did_not_hold(validations: list[dict], held: dict, *, section: str = "section 12") -> list[str]:
     """A limitation for each temporal or external validation whose ranking or calibration
-    did not carry over (``HOLDS_*``), with its numbers."""
+    did not carry over (``HOLDS_*``), with its numbers; ``section`` is where they are shown."""
     out = []
     home = held.get("auroc")
     for v in validations:
@@ -818,10 +821,10 @@ def _did_not_hold(validations: list[dict], held: dict) -> list[str]:
             continue
         if v.get("design") == "temporal":
             out.append(f"Over time the model did not hold: trained on the earlier times and tested on the later ones, "
-                       f"{', '.join(problems)} (section 12). Recalibrate or retrain on recent data before relying on its "
+                       f"{', '.join(problems)} ({section}). Recalibrate or retrain on recent data before relying on its "
                        "risks.")
         else:
-            out.append(f"At {v.get('eval_site', 'the other site')} (external validation, section 12) the model as shipped "
+            out.append(f"At {v.get('eval_site', 'the other site')} (external validation, {section}) the model as shipped "
                        f"did not hold: {', '.join(problems)}. Recalibrate it there (its row after recalibration) or "
                        "train with that site's data before using it there.")
     return out

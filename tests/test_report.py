@@ -1718,6 +1718,14 @@ def test_a_temporal_run_s_report_shows_its_cutoff_its_rows_and_its_numbers():
     assert "950 times whose horizon crosses the cutoff are in neither" in plain
     assert "AUROC 0.812 (0.780–0.850), AUPRC 0.410 (0.350–0.470), calibration slope 0.910" in plain
     assert "Not computed in the temporal design" in plain and "recalibrat" not in plain.lower()
+    assert context["did_not_hold"] == []  # slope 0.91 and CITL -0.12: within the bands
+    decayed = validation_context(record=record | {"calibration_slope": 0.705}, design="temporal", **common)
+    assert decayed["did_not_hold"] == [
+        "Over time the model did not hold: trained on the earlier times and tested on the later ones, calibration "
+        "slope 0.705 (risks too extreme) (section 3). Recalibrate or retrain on recent data before relying on its risks."]
+    with tempfile.TemporaryDirectory() as folder:
+        page = Page(write_report(decayed, Path(folder) / "r.html", template="validation.html.j2").read_text())
+    assert decayed["did_not_hold"][0] in html.unescape(page.text)
     with pytest.raises(ValueError, match="design must be one of registered, external, temporal; got 'network'"):
         validation_context(record=record, design="network", **common)
 
