@@ -601,7 +601,7 @@ def _subgroup_row(group: str, r: dict, size, events, site: str | None) -> dict:
         "brier": _fmt(r.get("brier"), 4),
         "citl": _fmt(r.get("calibration_in_the_large")),
         "slope": _fmt(r.get("calibration_slope"), 2),
-        "ece": _fmt(r.get("ece")),
+        "ece": _fmt(r.get("ece"), 4),  # as section 8 gives it
         "sensitivity": "–" if r.get("sensitivity") is None else _pct(r["sensitivity"]),
         "ppv": "–" if r.get("ppv") is None else _pct(r["ppv"]),
         "specificity": "–" if r.get("specificity") is None else _pct(r["specificity"]),

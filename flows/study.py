@@ -333,13 +333,18 @@ def load_study(path: Path) -> Study:
     return parse_study(data, base_dir=path.parent, where=str(path))
 
 
-_DEMO_USE = ("A demonstration on synthetic records: not for clinical use. In a real study: {who}, and the action "
-             "an alert prompts.")
+_DEMO_USE = ("A demonstration on synthetic records: not for clinical use. As a real study might state it: {who}; "
+             "{action}.")
 DEMO_REPORTING = {
     "intended_use": {
-        "t2d_2y": _DEMO_USE.format(who="primary care teams screening adults at routine outpatient visits"),
-        "ckd3_2y": _DEMO_USE.format(who="primary care teams monitoring adults' kidney function"),
-        "pancreatic_cancer_1y": _DEMO_USE.format(who="clinicians deciding on referral for imaging"),
+        "t2d_2y": _DEMO_USE.format(who="primary care teams screening adults at routine outpatient visits",
+                                   action="an alert prompts an HbA1c test, and lifestyle advice where it is raised"),
+        "ckd3_2y": _DEMO_USE.format(who="primary care teams monitoring adults' kidney function",
+                                    action="an alert prompts an eGFR and urine albumin-to-creatinine test and a review "
+                                           "of nephrotoxic medicines"),
+        "pancreatic_cancer_1y": _DEMO_USE.format(who="clinicians deciding on referral for imaging",
+                                                 action="an alert prompts a review of the record for referral to "
+                                                        "abdominal imaging"),
     },
     "ethics": "Not needed: the demo network is synthetic (no person's records).",
     "registration": "Not registered (a software demonstration).",

@@ -1437,7 +1437,10 @@ def test_the_checklist_maps_tripod_ai_items_to_sections(run, full, plain):
             'in this report); subgroups: <a href="#subgroups">10</a>') in plain
     # The site's model names its version in the promotion section; the network's model at a site is the registry's own.
     assert "the registered model in MLflow, named with its version in <a href=\"#promotion\">15</a>; its trees" in full
-    assert "the registered model in MLflow; its trees, calibrator and columns are this run's model_inputs" in plain
+    blended = run["trained"].blend_path.exists() and json.loads(run["trained"].blend_path.read_text()).get("weight")
+    assert ("the registered model in MLflow; its trees, calibrator and columns" + (
+        ", the L1-logistic it blends with (its weights on the unscaled features) and the blend's weight" if blended
+        else "") + " are this run's model_inputs") in plain
 
 
 def test_short_labels_keep_each_feature_of_a_long_concept_apart():

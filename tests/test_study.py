@@ -133,6 +133,7 @@ def test_the_demo_study_states_everything_its_reports_ask_for(tmp_path):
     for task in study.tasks:
         shown = study.reporting.for_task(task)
         assert shown["intended_use"].startswith("A demonstration on synthetic records: not for clinical use.")
+        assert "; an alert prompts " in shown["intended_use"]  # users, pathway and the action an alert prompts
         assert all(s["text"] for s in shown["statements"])
     assert study.evaluation.learning_curve.fractions == [0.25, 0.5, 1.0]  # the demo's reports show a learning curve
 
