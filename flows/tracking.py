@@ -231,9 +231,17 @@ def _present(value) -> bool:
 
 
 def _model_metrics(record: dict, model: str, prefix: str = HELD_OUT) -> dict[str, float]:
-    """``<prefix>/<model>/<metric>`` and ``<prefix>/<model>/{n,events,subjects}``."""
+    """``<prefix>/<model>/<metric>`` and ``<prefix>/<model>/{n,events,subjects}``; for a
+    baseline compared with the registered model on the same rows (``paired``:
+    ``evaluation.evaluate.paired_with_primary``) also ``<prefix>/<model>/registered_minus_<metric>``
+    with ``_ci_low`` and ``_ci_high`` (AUROC and AUPRC), so the compare view can sort runs by
+    whether their model beat the baseline."""
     out = {f"{prefix}/{model}/{key}": float(record[key]) for key in METRIC_KEYS if _present(record.get(key))}
     out |= {f"{prefix}/{model}/{key}": float(record[key]) for key in COUNT_KEYS if record.get(key) is not None}
+    for metric, d in (record.get("paired") or {}).items():
+        for key, name in (("difference", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
+            if _present(d.get(key)):
+                out[f"{prefix}/{model}/registered_minus_{metric}{name}"] = float(d[key])
     return out
 
 

@@ -36,6 +36,14 @@ def test_a_validation_run_has_the_internal_runs_primary_model_names():
     assert set(recalibrated) == {f"held_out/recalibrated/{k}" for k in
                                  tracking.METRIC_KEYS + tracking.CALIBRATION_KEYS + tracking.CASE_MIX_KEYS}
     assert not any(k.startswith(("external", "temporal")) for k in shipped | recalibrated)
+    # A baseline's paired comparison with the registered model, under the baseline's name.
+    paired = {"auroc": {"difference": 0.016, "ci_low": 0.001, "ci_high": 0.034},
+              "auprc": {"difference": 0.003, "ci_low": math.nan, "ci_high": 0.033}}
+    logged = tracking.flat_metrics({"xgboost": RECORD, "l1_logistic": RECORD | {"paired": paired}}, "xgboost")
+    assert {k: v for k, v in logged.items() if "registered_minus" in k} == {
+        "held_out/l1_logistic/registered_minus_auroc": 0.016, "held_out/l1_logistic/registered_minus_auroc_ci_low": 0.001,
+        "held_out/l1_logistic/registered_minus_auroc_ci_high": 0.034, "held_out/l1_logistic/registered_minus_auprc": 0.003,
+        "held_out/l1_logistic/registered_minus_auprc_ci_high": 0.033}  # an undefined bound is left out
 
 
 def test_suppressed_and_undefined_values_are_left_out_as_for_the_internal_run():
