@@ -1407,16 +1407,17 @@ def report_context(
     method = calib.get("method", "none")
     cv_brier = calib.get("tuning_cv_brier") or {}
     calibration_text = {
-        "none": "none: no calibrator had a lower cross-validated Brier score on the tuning split than the raw scores, so the model's raw probabilities are used as they are",
-        "isotonic": "isotonic regression fitted on the tuning split (lowest cross-validated Brier score)",
-        "sigmoid": "sigmoid (Platt) scaling fitted on the tuning split (lowest cross-validated Brier score)",
+        "none": "none: no calibrator's cross-validated Brier score on the tuning split beat the raw scores' by more than one standard error, so the model's raw probabilities are used as they are",
+        "isotonic": "isotonic regression fitted on the tuning split (its cross-validated Brier score beat the simpler candidates' by more than one standard error)",
+        "sigmoid": "sigmoid (Platt) scaling fitted on the tuning split (its cross-validated Brier score beat the raw scores' by more than one standard error, and isotonic's did not beat it by more)",
     }.get(method, method)
     if network:
         calibration_text = (
             "sigmoid (Platt) scaling fitted on the pooled tuning rows of the sites (Newton steps on their summed "
-            "gradients), kept because its cross-validated pooled Brier score was lower than none's"
-            if method == "sigmoid" else
-            "none: a Platt scaling fitted on the pooled tuning rows did not lower the cross-validated pooled Brier score")
+            "gradients), kept because its cross-validated pooled Brier score was lower than none's by more than one "
+            "standard error" if method == "sigmoid" else
+            "none: a Platt scaling fitted on the pooled tuning rows did not lower the cross-validated pooled Brier score "
+            "by more than one standard error")
 
     # Warnings from training, with any count that this report withholds replaced.
     warnings = [str(w) for w in training.get("warnings") or []]

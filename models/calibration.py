@@ -1,5 +1,5 @@
 """Probability calibration that travels as JSON: isotonic or sigmoid (Platt), chosen by
-cross-validated Brier score on the tuning split, and refitted on another site's data
+cross-validated Brier score on the tuning split (the simplest within one standard error), and refitted on another site's data
 for external recalibration."""
 
 from __future__ import annotations
@@ -111,14 +111,63 @@ def fit_calibrator(p: np.ndarray, y: np.ndarray, method: Method) -> Calibrator:
     return Calibrator("sigmoid", a=float(lr.intercept_[0]), b=float(lr.coef_[0, 0]))
 
 
+def cv_predictions(
+    p: np.ndarray, y: np.ndarray, candidates: list[Method], *, folds: int = 5, seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Each candidate's out-of-fold calibrated risks of (p, y) (``folds`` stratified folds,
+    a subject's rows kept together where ``groups`` repeat); empty where there are too few
+    events, non-events or subjects of either for two folds."""
+    y = np.asarray(y, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    k = min(folds, n_pos, n_neg)
+    if k < 2:
+        return {}
+    repeated = groups is not None and np.unique(groups).size < y.size
+    if repeated:
+        k = min(k, np.unique(groups[y]).size, np.unique(groups[~y]).size)
+        if k < 2:  # too few subjects with (or without) the outcome to score any calibrator on others
+            return {}
+    splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed) if repeated else StratifiedKFold(
+        k, shuffle=True, random_state=seed)
+    folds_of = list(splitter.split(p.reshape(-1, 1), y, groups if repeated else None))
+    out = {}
+    for m in candidates:
+        pred = np.empty(y.size)
+        for fit_idx, test_idx in folds_of:
+            pred[test_idx] = fit_calibrator(p[fit_idx], y[fit_idx], m)(p[test_idx])
+        out[m] = pred
+    return out
+
+
+def simplest_within_one_se(errors: dict[str, np.ndarray], groups: np.ndarray | None = None) -> str:
+    """The first of ``errors``' keys (listed simplest first) whose mean squared error is
+    within one standard error of the lowest's: the standard error of the mean per-row
+    difference from the lowest (per subject, summed over a subject's rows, where
+    ``groups`` repeat), the rule the blend's weight follows. A calibrator must beat a
+    simpler one by more than the noise of the tuning rows to be chosen over it."""
+    names = list(errors)
+    best = min(names, key=lambda m: (float(np.mean(errors[m])), names.index(m)))
+    for m in names:
+        d = errors[m] - errors[best]
+        if groups is not None and np.unique(groups).size < d.size:
+            _, inverse = np.unique(groups, return_inverse=True)
+            d = np.bincount(inverse, weights=d) * (np.unique(inverse).size / d.size)  # per subject, same mean
+        se = float(np.std(d, ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
+        if float(np.mean(d)) <= se:
+            return m
+    return best
+
+
 def choose_calibrator(
     p: np.ndarray, y: np.ndarray, *, method: Method | Literal["auto"] = "auto", folds: int = 5, seed: int = 0,
     groups: np.ndarray | None = None,
 ) -> tuple[Calibrator, dict[str, float]]:
-    """The calibrator with the lowest cross-validated Brier score on (p, y), refitted on all
-    of it, and the score of each candidate (``none`` included). ``groups`` (each row's
-    subject): where a subject has several rows, the folds keep a subject's rows together,
-    so a calibrator is never scored on the people it was fitted to.
+    """The simplest calibrator (none, then sigmoid, then isotonic) whose cross-validated
+    Brier score is within one standard error of the lowest (:func:`simplest_within_one_se`),
+    refitted on all of (p, y), and the score of each candidate (``none`` included).
+    ``groups`` (each row's subject): where a subject has several rows, the folds keep a
+    subject's rows together, so a calibrator is never scored on the people it was fitted to.
 
     ``auto`` considers isotonic regression only with ``MIN_ISOTONIC_EVENTS`` events and
     non-events, and keeps a sigmoid only if its slope on logit(p) is positive (a slope
@@ -130,24 +179,10 @@ def choose_calibrator(
         candidates: list[Method] = ["none", "sigmoid"] + (["isotonic"] if min(n_pos, n_neg) >= MIN_ISOTONIC_EVENTS else [])
     else:
         candidates = [method]
-    k = min(folds, n_pos, n_neg)
-    scores: dict[str, float] = {}
-    if k >= 2:
-        repeated = groups is not None and np.unique(groups).size < y.size
-        if repeated:
-            k = min(k, np.unique(groups[y]).size, np.unique(groups[~y]).size)
-        folds_of = []
-        if k >= 2:  # else too few subjects with (or without) the outcome to score any calibrator on others
-            splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed) if repeated else StratifiedKFold(
-                k, shuffle=True, random_state=seed)
-            folds_of = list(splitter.split(p.reshape(-1, 1), y, groups if repeated else None))
-        for m in candidates if folds_of else []:
-            out = np.empty(y.size)
-            for fit_idx, test_idx in folds_of:
-                out[test_idx] = fit_calibrator(p[fit_idx], y[fit_idx], m)(p[test_idx])
-            scores[m] = float(brier_score_loss(y, out))
-    if scores:
-        best = min(scores, key=lambda m: (scores[m], candidates.index(m)))
+    preds = cv_predictions(p, y, candidates, folds=folds, seed=seed, groups=groups)
+    scores = {m: float(brier_score_loss(y, pred)) for m, pred in preds.items()}
+    if preds:
+        best = simplest_within_one_se({m: (pred - y) ** 2 for m, pred in preds.items()}, groups)
     else:
         best = "none" if method == "auto" else method
     calibrator = fit_calibrator(p, y, best)

@@ -10,7 +10,8 @@ site's boundary:
   shipped for external validation;
 - sums over a split of at least ``MIN_ROWS`` rows, events and non-events: the tuning
   rows' log-loss for early stopping, the gradient and Hessian of a two-parameter Platt
-  scaling, its cross-validated Brier score, and the label counts (whose pooled
+  scaling, its cross-validated Brier score with the sum and sum of squares of its
+  per-subject differences from no calibration's, and the label counts (whose pooled
   prevalence sets the rare-outcome settings and the starting log-odds).
 
 Rows, subject ids, prediction times and per-row scores never do: ``SiteRows`` holds
@@ -21,8 +22,8 @@ The tree count is chosen by early stopping on the pooled tuning log-loss (the su
 sites divided by the pooled row count), checked after every visit; the calibration is
 a Platt scaling fitted by Newton steps on the summed gradients, which is the pooled
 maximum-likelihood fit, kept only when its cross-validated pooled Brier score beats no
-calibration (``models.calibration.choose_calibrator`` makes the same choice on one
-site's rows).
+calibration's by more than one standard error (``models.calibration.choose_calibrator``
+makes the same choice on one site's rows).
 """
 
 from __future__ import annotations
@@ -188,14 +189,24 @@ class SiteRows:
         hess = (design * (p * (1 - p))[:, None]).T @ design
         return grad, hess
 
-    def brier_sums(self, model: bytes, calibrator: Calibrator, fold: int | None = None) -> tuple[float, int]:
+    def brier_sums(self, model: bytes, calibrator: Calibrator, fold: int | None = None,
+                   reference: Calibrator | None = None) -> tuple[float, ...]:
         """The summed squared error of ``calibrator`` applied to ``model`` over this site's
-        tuning rows of ``fold``, and their number."""
+        tuning rows of ``fold``, and their number; with ``reference``, also the sum and the
+        sum of squares over the fold's subjects of each subject's summed difference from
+        ``reference``'s squared errors, and the number of subjects (for the standard
+        error of the difference: ``calibration_choice``)."""
         self._tuning()
         keep = self._fold(fold)
-        p = calibrator(1.0 / (1.0 + np.exp(-self._margin(model, schema.TUNING)[keep].astype(np.float64))))
+        raw = 1.0 / (1.0 + np.exp(-self._margin(model, schema.TUNING)[keep].astype(np.float64)))
         y = self._y[self._masks[schema.TUNING]][keep]
-        return float(np.sum((p - y) ** 2)), int(y.size)
+        errors = (calibrator(raw) - y) ** 2
+        if reference is None:
+            return float(np.sum(errors)), int(y.size)
+        _, subject = np.unique(self._subjects[self._masks[schema.TUNING]][keep], return_inverse=True)
+        per_subject = np.bincount(subject, weights=errors - (reference(raw) - y) ** 2)
+        return (float(np.sum(errors)), int(y.size), float(per_subject.sum()), float(np.sum(per_subject ** 2)),
+                int(per_subject.size))
 
     def write_trained(self, model: FederatedModel, out_dir: Path, config: ModelConfig, *, baselines: bool = True) -> TrainedModels:
         """The network's model as this site's ``TrainedModels`` folder, beside this site's own
@@ -317,13 +328,24 @@ def _platt(sites: list[SiteRows], model: bytes, fold: int | None, iterations: in
     return Calibrator("sigmoid", a=float(theta[0]), b=float(theta[1]))
 
 
-def _pooled_brier(sites: list[SiteRows], model: bytes, calibrators: dict[int | None, Calibrator]) -> float:
-    total, n = 0.0, 0
-    for fold, calibrator in calibrators.items():
+def calibration_choice(sites: list[SiteRows], model: bytes, folds: dict[int, Calibrator]) -> tuple[dict[str, float], bool]:
+    """The pooled cross-validated Brier scores of no calibrator and of the Platt scaling
+    fitted on the other fold (``folds``), and whether the sigmoid beats none by more than
+    one standard error of their pooled per-subject difference: the rule
+    ``models.calibration.simplest_within_one_se`` applies at one site, on sums each site
+    computes over its own subjects (no row crosses)."""
+    none = Calibrator("none")
+    sig, none_total, n, d_sum, d_squares, subjects = 0.0, 0.0, 0, 0.0, 0.0, 0
+    for fold, calibrator in folds.items():
         for s in sites:
-            b, k = s.brier_sums(model, calibrator, fold)
-            total, n = total + b, n + k
-    return total / n
+            b, k, d, d2, m = s.brier_sums(model, calibrator, fold, none)
+            sig, n, d_sum, d_squares, subjects = sig + b, n + k, d_sum + d, d_squares + d2, subjects + m
+            none_total += b - d
+    cv = {"none": none_total / n, "sigmoid": sig / n}
+    # per-subject differences scaled by subjects / rows, so that their mean is the rows' mean difference
+    scale = subjects / n
+    var = max(d_squares - d_sum ** 2 / subjects, 0.0) / (subjects - 1) * scale ** 2 if subjects > 1 else 0.0
+    return cv, -d_sum / n > float(np.sqrt(var / subjects))
 
 
 def untrainable(sites: list[SiteRows], *, columns: bool = True) -> str | None:
@@ -351,7 +373,8 @@ def untrainable(sites: list[SiteRows], *, columns: bool = True) -> str | None:
 def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_visit: int = 10) -> FederatedModel:
     """One XGBoost model across ``sites`` by cyclic boosting, early-stopped on the pooled
     tuning log-loss, then calibrated with a pooled Platt scaling when that lowers the
-    cross-validated pooled Brier score (see the module's docstring for what crosses).
+    cross-validated pooled Brier score by more than one standard error
+    (``calibration_choice``; see the module's docstring for what crosses).
     ``sites`` may be ``SiteRows`` or ``models.site_process.SiteProcess`` (each site in a
     process of its own): the same calls, the same model."""
     if not sites:
@@ -389,9 +412,9 @@ def train_federated(sites: list[SiteRows], config: ModelConfig, *, rounds_per_vi
     kept = bytes(booster[:n_trees].save_raw("ubj"))
     with stage("calibrate across sites (Platt)") as counts:
         folds = {0: _platt(tuners, kept, 1), 1: _platt(tuners, kept, 0)}  # fit on one fold, score the other
-        cv = {"none": _pooled_brier(tuners, kept, {None: Calibrator("none")}), "sigmoid": _pooled_brier(tuners, kept, folds)}
+        cv, sigmoid_gain = calibration_choice(tuners, kept, folds)
         calibrator = _platt(tuners, kept, None)
-        if not (cv["sigmoid"] < cv["none"] and calibrator.b > 0):
+        if not (sigmoid_gain and calibrator.b > 0):
             calibrator = Calibrator("none")
         counts.update(method=calibrator.method)
     # Sites that answer from processes of their own (``models.site_process``) keep a record

@@ -217,8 +217,8 @@ class SiteProcess:
     def platt_sums(self, model, a, b, fold=None):
         return self._call("platt_sums", model, a, b, fold)
 
-    def brier_sums(self, model, calibrator, fold=None):
-        return self._call("brier_sums", model, calibrator, fold)
+    def brier_sums(self, model, calibrator, fold=None, reference=None):
+        return self._call("brier_sums", model, calibrator, fold, reference)
 
     def summary(self) -> dict:
         """What left the site: the number of answers and their bytes, by call."""

@@ -62,6 +62,40 @@ def tuning_rows(site: SiteRows):
     return X[keep], rows.loc[keep, schema.BOOLEAN_VALUE].to_numpy(bool)
 
 
+def test_the_network_keeps_its_sigmoid_only_beyond_one_standard_error_of_none(tmp_path):
+    """``calibration_choice`` from the sites' sums is ``simplest_within_one_se`` on the pooled
+    rows: the same Brier scores, and the sigmoid only where it beats no calibrator by more
+    than one standard error of their per-subject difference."""
+    from forewarn.models.calibration import Calibrator, simplest_within_one_se
+    from forewarn.models.federated import _platt, calibration_choice
+
+    sites = [SiteRows("a", site_matrix(tmp_path, "a", seed=1)), SiteRows("b", site_matrix(tmp_path, "b", n=900, seed=2))]
+    config = ModelConfig(n_jobs=1, xgboost=XGBoostConfig(n_estimators=6, early_stopping_rounds=1000))
+    model = train_federated(sites, config, rounds_per_visit=3)
+    outcomes = []
+    # the Platt scalings the flow fits (six trees leave the risks too flat: a gain), then two near none
+    for folds in ({0: _platt(sites, model.trees, 1), 1: _platt(sites, model.trees, 0)},
+                  {0: Calibrator("sigmoid", a=0.0, b=1.01), 1: Calibrator("sigmoid", a=0.0, b=0.99)}):
+        cv, gain = calibration_choice(sites, model.trees, folds)
+        errors = {"none": [], "sigmoid": []}
+        subjects = []
+        for s in sites:
+            X, rows, _ = s.matrix.load()
+            tune = (rows[schema.SPLIT] == schema.TUNING).to_numpy()
+            y = rows.loc[tune, schema.BOOLEAN_VALUE].to_numpy(float)
+            ids = rows.loc[tune, schema.SUBJECT_ID].to_numpy()
+            raw = model.booster().predict(xgb.DMatrix(X[tune])).astype(float)
+            sig = np.where(ids % 2 == 0, folds[0](raw), folds[1](raw))
+            errors["none"].append((raw - y) ** 2)
+            errors["sigmoid"].append((sig - y) ** 2)
+            subjects.append(np.char.add(f"{s.name}-", ids.astype(str)))
+        pooled = {k: np.concatenate(v) for k, v in errors.items()}
+        assert cv == pytest.approx({k: float(v.mean()) for k, v in pooled.items()}, rel=1e-5)
+        assert gain == (simplest_within_one_se(pooled, np.concatenate(subjects)) == "sigmoid")
+        outcomes.append(gain)
+    assert outcomes == [True, False]
+
+
 def test_shared_columns_are_every_sites_columns_once_by_name():
     a = pd.DataFrame({"name": ["b/code/count/full", "a/code/count/full"], "code": ["b", "a"], "agg": ["code/count"] * 2,
                       "window": ["full"] * 2, "description": ["B", "A at a"]})
@@ -151,6 +185,10 @@ def test_only_the_model_and_sums_leave_a_site(tmp_path):
             elif kind == "platt_sums":
                 grad, hess = value
                 assert grad.shape == (2,) and hess.shape == (2, 2)
+            elif kind == "brier_sums":  # and the sums of the per-subject differences from no calibrator, over 11+ subjects
+                total, n, d, d2, subjects = value
+                assert isinstance(total, float) and isinstance(n, int) and n >= MIN_ROWS
+                assert isinstance(d, float) and isinstance(d2, float) and d2 >= 0 and subjects >= MIN_ROWS
             else:  # a sum and the number of rows it is over
                 total, n = value
                 assert isinstance(total, float) and isinstance(n, int) and n >= MIN_ROWS

@@ -1197,3 +1197,21 @@ def test_the_shipped_trees_start_from_a_rounded_train_rate_not_the_exact_one(tmp
     assert stored == pytest.approx(e / (e + ne), rel=1e-6) == base_score(y)
     assert events % 11 and stored * n != pytest.approx(events, abs=0.01)  # the exact count is not in the model
     assert base_score(np.r_[np.ones(5, bool), np.zeros(100, bool)]) == 0.5  # 5 events round to none
+
+
+def test_a_calibrator_must_beat_a_simpler_one_by_more_than_one_standard_error():
+    """``simplest_within_one_se`` by hand: sigmoid's mean squared error 0.2 against none's
+    0.25, their row differences [0, 0, 0, 0.2] (mean 0.05, sd 0.1, se 0.05): within one
+    standard error, so none; with [0.05, 0.05, 0.05, 0.2] (mean 0.0875, se 0.0375) the
+    sigmoid. Per subject (rows 1-2 and 3-4 one subject each) the first case's two sums
+    [0, 0.2], scaled by 2/4 to [0, 0.1], have mean 0.05 and se 0.05: none."""
+    from forewarn.models.calibration import simplest_within_one_se
+
+    none = np.array([0.1, 0.2, 0.3, 0.4])
+    assert simplest_within_one_se({"none": none, "sigmoid": np.array([0.1, 0.2, 0.3, 0.2])}) == "none"
+    assert simplest_within_one_se({"none": none, "sigmoid": np.array([0.05, 0.15, 0.25, 0.2])}) == "sigmoid"
+    assert simplest_within_one_se({"none": none, "sigmoid": np.array([0.1, 0.2, 0.3, 0.2])},
+                                  np.array([1, 1, 2, 2])) == "none"
+    # the lowest is chosen when it is the simplest, and a tie goes to the simpler
+    assert simplest_within_one_se({"none": np.array([0.1, 0.2]), "sigmoid": np.array([0.3, 0.4])}) == "none"
+    assert simplest_within_one_se({"shipped": none, "none": none.copy()}) == "shipped"
