@@ -32,7 +32,7 @@ def small_run(tmp_path_factory, demo_network, prefect_server):
                           {"name": "tiny", "source": {"location": str(tiny)}}],
                 "evaluation": {"bootstrap": 20, "shap_rows": 200},
                 "models": {"n_jobs": 2, "search": {"trials": 0}, "blend": "tuned"},  # the blend is not under test (time)
-                "promotion": {"slope_low": 0.5},
+                "promotion": {"slope_low": 0.5, "slope_high": 2.0},  # worklists, not calibration, are under test
                 "validation": {"designs": ["internal", "external", "network"]},
                 "worklist": {"enabled": True},
             },
