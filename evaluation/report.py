@@ -1154,10 +1154,14 @@ def _prediction_times(task) -> str:
 def _value_criteria(task) -> list[str]:
     out = []
     for v in task.outcome.values:
-        bound = f"below {v.below:g}" if v.below is not None else f"above {v.above:g}"
-        times = (
-            "once" if v.times == 1 else f"{v.times} times, at least {v.min_days_apart} days apart"
-        )
+        key, value = v.bound
+        bound = f"{key.replace('_', ' ')} {value:g}"
+        if v.times == 1:
+            times = "once"
+        elif v.min_days_apart:
+            times = f"{v.times} times, at least {v.min_days_apart} days apart"
+        else:
+            times = f"{v.times} times (a later result confirms the first)"
         out.append(f"{v.code} {bound}, {times}")
     return out
 

@@ -13,12 +13,7 @@ import pandas as pd
 from forewarn.evaluation import clinical, metrics
 from forewarn.evaluation.evaluate import demographics, json_safe, model_based, timed_rows
 from forewarn.features.featurize import FeatureMatrix
-from forewarn.models.calibration import (
-    Calibrator,
-    choose_calibrator,
-    cv_predictions,
-    simplest_within_one_se,
-)
+from forewarn.models.calibration import Calibrator, choose_recalibration
 from forewarn.models.train import TrainedModels, load_primary
 from forewarn.records import privacy, schema
 
@@ -102,19 +97,10 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
     record["subgroup_threshold"] = {"threshold": threshold, "operating_point": "the operating point set at the model's site"}
     events, non_events = int(y[tune].sum()), int((~y[tune]).sum())
     if min(events, non_events) >= privacy.MIN_CELL:
-        local, scores = choose_calibrator(raw[tune], y[tune], seed=seed, groups=subjects[tune])
-        # The shipped calibrator is a candidate too, the first: fitted elsewhere, its
-        # squared errors on this tuning split are out of sample, as the refits' cross-
-        # validated ones are. A refit here replaces it only if it beats it by more than
-        # one standard error (``simplest_within_one_se``), as any calibrator must beat a
-        # simpler one.
-        if scores:
-            preds = cv_predictions(raw[tune], y[tune], [local.method], seed=seed, groups=subjects[tune])
-            errors = {"shipped": (calibrated[tune] - y[tune]) ** 2, local.method: (preds[local.method] - y[tune]) ** 2}
-            if simplest_within_one_se(errors, subjects[tune]) == "shipped":
-                local = SHIPPED
-        else:
-            local = SHIPPED
+        # The shipped calibrator is the first candidate: a refit on this site's tuning
+        # split replaces it only if it beats it there by more than one standard error.
+        refit, _ = choose_recalibration(raw[tune], y[tune], calibrated[tune], seed=seed, groups=subjects[tune])
+        local = SHIPPED if refit is None else refit
         recalibrated = calibrated[held] if local is SHIPPED else local(raw[held])
         recal_curve = None if shipped_curve is None else metrics.calibration_on_groups(y[held], recalibrated, calibrated[held], shipped_curve)
         record["recalibrated"] = _summary(y[held], recalibrated, subjects[held], n_boot=n_boot, seed=seed,

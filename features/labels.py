@@ -89,20 +89,53 @@ class PredictionTimes(Strict):
 
 
 class ValueCriterion(Strict):
-    """An outcome from measurements: ``times`` values beyond a threshold, the last at
-    least ``min_days_apart`` after the first (e.g. eGFR < 60 twice, 90 days apart)."""
+    """An outcome from measurements: ``times`` values beyond a threshold, the second at a
+    later time than the first and at least ``min_days_apart`` after it (e.g. eGFR < 60
+    twice, 90 days apart; HbA1c >= 6.5% confirmed by a second result). Give exactly one
+    of ``below`` (<), ``above`` (>), ``at_most`` (<=) or ``at_least`` (>=)."""
 
     code: str
     below: float | None = None
     above: float | None = None
+    at_most: float | None = None
+    at_least: float | None = None
     times: int = Field(1, ge=1, le=2)
     min_days_apart: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _threshold(self) -> ValueCriterion:
-        if (self.below is None) == (self.above is None):
-            raise ValueError(f"give exactly one of below or above for {self.code!r}.")
+        given = [k for k in _BOUNDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of below, above, at_most or at_least for {self.code!r}; got {given or 'none'}."
+            )
         return self
+
+    @property
+    def bound(self) -> tuple[str, float]:
+        """(the bound's name, its value), e.g. ``("at_least", 6.5)``."""
+        key = next(k for k in _BOUNDS if getattr(self, k) is not None)
+        return key, float(getattr(self, key))
+
+    def sql(self) -> str:
+        """The comparison as SQL on ``numeric_value``'s right side, e.g. ``>= 6.5``."""
+        key, value = self.bound
+        return f"{_BOUNDS[key][0]} {value!r}"
+
+    def beyond(self, values: np.ndarray) -> np.ndarray:
+        """Which values meet the bound (NaN never does)."""
+        key, value = self.bound
+        with np.errstate(invalid="ignore"):
+            return _BOUNDS[key][1](values, value)
+
+
+# name: (SQL operator, numpy comparison); the order is the order of the error message.
+_BOUNDS = {
+    "below": ("<", np.less),
+    "above": (">", np.greater),
+    "at_most": ("<=", np.less_equal),
+    "at_least": (">=", np.greater_equal),
+}
 
 
 class Outcome(Strict):
@@ -484,9 +517,7 @@ def _scan_events(events_dir: Path, spec: TaskSpec) -> _Scan:
                     sparse[key][1].append(t_)
             for i, v in enumerate(spec.outcome.values):
                 rows = np.flatnonzero(flags & flag_type(bit[f"value{i}"]))
-                with np.errstate(invalid="ignore"):  # NaN is no measurement: never beyond a threshold
-                    beyond = values[rows] < v.below if v.below is not None else values[rows] > v.above
-                rows = rows[beyond]
+                rows = rows[v.beyond(values[rows])]  # NaN is no measurement: never beyond a threshold
                 hits[i][0].append(subjects[rows])
                 hits[i][1].append(time[rows])
 
@@ -495,8 +526,8 @@ def _scan_events(events_dir: Path, spec: TaskSpec) -> _Scan:
 
     subjects, (first_other,), (last,) = _reduce_runs(cat(subject_parts), [cat(other_parts)], [cat(last_parts)])
     agg = {key: _align(subjects, (cat(sparse[key][0]), cat(sparse[key][1]))) for key in sparse_keys}
-    # Measurement criteria: the first hit, or the first hit at least min_days_apart after
-    # the subject's first hit (times: 2).
+    # Measurement criteria: the first hit, or (times: 2) the first hit at a later time than
+    # the subject's first hit and at least min_days_apart after it.
     value_outcomes = []
     for (hs, ht), v in zip(hits, spec.outcome.values, strict=True):
         hs, ht = _sorted_pairs(cat(hs), cat(ht), unique=False)
@@ -506,7 +537,8 @@ def _scan_events(events_dir: Path, spec: TaskSpec) -> _Scan:
             if v.times == 1:
                 first_hit = ht[starts]
             else:
-                ok = ht >= ht[starts][group] + v.min_days_apart * DAY_US
+                first = ht[starts][group]
+                ok = (ht > first) & (ht >= first + v.min_days_apart * DAY_US)
                 first_hit = np.minimum.reduceat(np.where(ok, ht, _NONE_MIN), starts)
             per_subject[np.searchsorted(subjects, hs[starts])] = first_hit
         value_outcomes.append(per_subject)
@@ -541,7 +573,7 @@ def _outcome_sql(spec: TaskSpec) -> tuple[str, str, str]:
     the earliest outcome code or measurement criterion."""
     criteria, joins, outcome_times = [], [], ["s.code_outcome"]
     for i, v in enumerate(spec.outcome.values):
-        op = f"< {v.below}" if v.below is not None else f"> {v.above}"
+        op = v.sql()
         code = v.code.replace("'", "''")
         hits = f"SELECT subject_id, time FROM ev WHERE code = '{code}' AND numeric_value {op}"
         if v.times == 1:
@@ -551,7 +583,8 @@ def _outcome_sql(spec: TaskSpec) -> tuple[str, str, str]:
                 f"v{i}_hits AS ({hits}), "
                 f"v{i} AS (SELECT h.subject_id, min(h.time) AS t FROM v{i}_hits h "
                 f"JOIN (SELECT subject_id, min(time) AS first_hit FROM v{i}_hits GROUP BY subject_id) f USING (subject_id) "
-                f"WHERE h.time >= f.first_hit + INTERVAL {v.min_days_apart} DAY GROUP BY h.subject_id)"
+                f"WHERE h.time > f.first_hit AND h.time >= f.first_hit + INTERVAL {v.min_days_apart} DAY "
+                "GROUP BY h.subject_id)"
             )
         joins.append(f"LEFT JOIN v{i} USING (subject_id)")
         outcome_times.append(f"v{i}.t")

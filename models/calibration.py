@@ -173,6 +173,31 @@ def choose_calibrator(
     non-events, and keeps a sigmoid only if its slope on logit(p) is positive (a slope
     of zero or below would flatten or reverse the model's ranking); the fallback is
     ``none``."""
+    calibrator, scores = _choose(p, y, method=method, folds=folds, seed=seed, groups=groups, incumbent=None)
+    assert calibrator is not None  # only an incumbent can win over every refit
+    return calibrator, scores
+
+
+def choose_recalibration(
+    p: np.ndarray, y: np.ndarray, incumbent: np.ndarray, *, folds: int = 5, seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> tuple[Calibrator | None, dict[str, float]]:
+    """Recalibration of a model at another site: as :func:`choose_calibrator` on that
+    site's rows, with the model's own calibrated risks there (``incumbent``) as the first,
+    simplest candidate. Fitted elsewhere, their squared errors on these rows are out of
+    sample, as the refits' cross-validated ones are, so a refit replaces them only if it
+    beats them by more than one standard error. None: keep the model's own calibrator.
+    With too few events or non-events to cross-validate, the incumbent is kept."""
+    return _choose(p, y, method="auto", folds=folds, seed=seed, groups=groups, incumbent=np.asarray(incumbent, float))
+
+
+INCUMBENT = "incumbent"
+
+
+def _choose(
+    p: np.ndarray, y: np.ndarray, *, method: Method | Literal["auto"], folds: int, seed: int,
+    groups: np.ndarray | None, incumbent: np.ndarray | None,
+) -> tuple[Calibrator | None, dict[str, float]]:
     y = np.asarray(y, bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if method == "auto":
@@ -180,12 +205,18 @@ def choose_calibrator(
     else:
         candidates = [method]
     preds = cv_predictions(p, y, candidates, folds=folds, seed=seed, groups=groups)
+    if incumbent is not None and preds:
+        preds = {INCUMBENT: incumbent} | preds
     scores = {m: float(brier_score_loss(y, pred)) for m, pred in preds.items()}
     if preds:
         best = simplest_within_one_se({m: (pred - y) ** 2 for m, pred in preds.items()}, groups)
+    elif incumbent is not None:
+        best = INCUMBENT
     else:
         best = "none" if method == "auto" else method
-    calibrator = fit_calibrator(p, y, best)
+    if best == INCUMBENT:
+        return None, scores
+    calibrator = fit_calibrator(p, y, best)  # type: ignore[arg-type]
     if method == "auto" and calibrator.method == "sigmoid" and not calibrator.b > 0:
         calibrator = fit_calibrator(p, y, "none")
     return calibrator, scores

@@ -240,6 +240,44 @@ def test_trigger_every_n_days_and_lab_defined_outcomes(tmp_path):
                      datetime(2019, 12, 31), datetime(2020, 12, 30), datetime(2021, 12, 30)]
 
 
+def test_a_confirmed_lab_criterion_at_or_above_a_cut_off(tmp_path):
+    """HbA1c >= 6.5 confirmed by a later result (T2D's criterion): 6.5 itself counts, one
+    high value or two at the same instant do not, and a criterion met at or before the
+    prediction time makes the case prevalent."""
+    a1c, visit = "LOINC//4548-4", "Visit//OP"
+    t0 = datetime(2017, 1, 1)
+    rows = (
+        # 1: 6.5 then 6.7 a week later: an outcome on 2017-06-08 (the confirming result)
+        _subject(1, [(t0, visit, None), (datetime(2017, 6, 1), a1c, 6.5), (datetime(2017, 6, 8), a1c, 6.7)])
+        # 2: one high value, then normal: not an outcome
+        + _subject(2, [(t0, visit, None), (datetime(2017, 6, 1), a1c, 7.0), (datetime(2017, 9, 1), a1c, 6.4)])
+        # 3: two high values at the same instant (a duplicate row): not confirmed
+        + _subject(3, [(t0, visit, None), (datetime(2017, 6, 1), a1c, 7.0), (datetime(2017, 6, 1), a1c, 7.1)])
+        # 4: confirmed before the visit: prevalent, excluded
+        + _subject(4, [(datetime(2016, 3, 1), a1c, 6.8), (datetime(2016, 4, 1), a1c, 6.9), (t0, visit, None)])
+        # 5: a single high value before the visit, confirmed after it: an outcome, not prevalent
+        + _subject(5, [(datetime(2016, 3, 1), a1c, 6.8), (t0, visit, None), (datetime(2018, 2, 1), a1c, 6.6)])
+    )
+    write_events(tmp_path / "e", rows)
+    t2d = spec(
+        prediction_times={"at_codes": [visit]},
+        outcome={"codes": ["ICD10CM//E11*"], "values": [{"code": a1c, "at_least": 6.5, "times": 2}]},
+    )
+    labels, attrition = L.build_labels(tmp_path / "e", t2d)
+    assert [(r["subject_id"], r["boolean_value"]) for r in labels.to_pylist()] == [
+        (1, True), (2, False), (3, False), (5, True),
+    ]
+    ref, ref_attrition = L.label_frame(L.reference_candidates(tmp_path / "e", t2d), t2d)
+    assert labels.equals(ref) and attrition == ref_attrition
+    times = L.outcome_times(tmp_path / "e", t2d)
+    assert dict(zip(times[schema.SUBJECT_ID], times["outcome_time"], strict=True)) == {
+        1: datetime(2017, 6, 8), 4: datetime(2016, 4, 1), 5: datetime(2018, 2, 1),
+    }
+    assert t2d.outcome.values[0].bound == ("at_least", 6.5) and t2d.outcome.values[0].sql() == ">= 6.5"
+    with pytest.raises(ValueError, match="exactly one of below, above, at_most or at_least"):
+        spec(outcome={"values": [{"code": a1c, "at_least": 6.5, "above": 6.5}]})
+
+
 @pytest.mark.parametrize("bad", [{"at_codes": ["A"], "every_days": 30}, {}])
 def test_prediction_times_need_exactly_one_source(bad):
     with pytest.raises(ValueError, match="give exactly one of at_codes, every_days, at_first_of"):
@@ -265,6 +303,10 @@ def test_shipped_tasks_parse():
     assert L.builtin_tasks() == ["ckd3_2y", "pancreatic_cancer_1y", "t2d_2y"]
     ckd = L.load_task("ckd3_2y")
     assert ckd.outcome.values[0].below == 60 and ckd.outcome.values[0].min_days_apart == 90
+    t2d = L.load_task("t2d_2y")
+    assert [(v.code, v.bound, v.times) for v in t2d.outcome.values] == [
+        ("LOINC//4548-4", ("at_least", 6.5), 2), ("LOINC//1558-6", ("at_least", 126.0), 2),
+    ]
     pc = L.load_task("pancreatic_cancer_1y")
     assert (pc.gap_days, pc.horizon_days, pc.prediction_times.max_per_subject) == (90, 365, 6)
 

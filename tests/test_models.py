@@ -17,6 +17,7 @@ from forewarn.models.calibration import (
     MIN_ISOTONIC_EVENTS,
     Calibrator,
     choose_calibrator,
+    choose_recalibration,
     fit_calibrator,
     isotonic_blocks,
 )
@@ -170,6 +171,21 @@ def test_choose_calibrator_fixes_overconfident_scores():
     calibrator, scores = choose_calibrator(overconfident, y)
     assert calibrator.method in ("sigmoid", "isotonic") and scores[calibrator.method] < scores["none"]
     assert abs(calibrator(overconfident).mean() - y.mean()) < 0.01 < abs(overconfident.mean() - y.mean())
+
+
+def test_recalibration_keeps_the_shipped_calibrator_unless_a_refit_beats_it():
+    rng = np.random.default_rng(0)
+    raw = rng.random(3000) * 0.3
+    y = rng.random(3000) < raw  # raw is calibrated at this site
+    # The shipped risks are this site's truth: no refit beats them by a standard error.
+    refit, scores = choose_recalibration(raw * 2.5, y, raw)
+    assert refit is None and list(scores) == ["incumbent", "none", "sigmoid", "isotonic"]
+    # Shipped risks twice too high here: a refit on the raw scores replaces them, and the
+    # simplest within one standard error is the raw risks themselves.
+    refit, scores = choose_recalibration(raw, y, np.clip(raw * 2, 0, 1))
+    assert refit is not None and refit.method == "none" and scores["none"] < scores["incumbent"]
+    # Too few events to cross-validate: the shipped calibrator is kept.
+    assert choose_recalibration(raw[:30], np.r_[True, np.zeros(29, bool)], raw[:30]) == (None, {})
 
 
 def test_class_weighting():

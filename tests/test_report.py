@@ -444,7 +444,7 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
 
     tuning = split_frame(run["trained"], PRIMARY, schema.TUNING)[schema.PREDICTED_BOOLEAN_PROBABILITY]
     assert record["alert_budget_source"] == "tuning"
-    assert budget["threshold"] == float(np.quantile(tuning.to_numpy(float), 0.95, method="higher"))
+    assert budget["threshold"] == float(np.quantile(tuning.to_numpy(float), 1 - used, method="higher"))
     assert "each threshold set on the tuning split and applied here unchanged" in text
     # The decision curve runs at the configured threshold probabilities, from 0.1% up.
     from forewarn.evaluation.clinical import DEFAULT_NET_BENEFIT_THRESHOLDS
