@@ -203,6 +203,16 @@ def last_step(y: np.ndarray, subjects: np.ndarray, before: dict[str, np.ndarray]
     return out
 
 
+def falling(step: dict | None) -> list[str]:
+    """The learners whose AUROC or AUPRC fell beyond chance at the last step (a paired
+    interval below 0), in ``LEARNERS``' order."""
+    if not step:
+        return []
+    return [learner for learner in LEARNERS
+            if any(d.get("ci_high") is not None and d["ci_high"] == d["ci_high"] and d["ci_high"] < 0
+                   for d in (step.get(learner) or {}).values())]
+
+
 def rising(step: dict | None) -> bool:
     """Whether the last step gained beyond chance: some learner's AUROC or AUPRC difference
     has a paired interval above 0."""

@@ -648,7 +648,7 @@ def _learning_curve(m: dict) -> dict | None:
     curve = m.get("learning_curve")
     if not curve:
         return None
-    from forewarn.evaluation.learning_curve import rising
+    from forewarn.evaluation.learning_curve import falling, rising
 
     learners = curve.get("learners") or {}
     rows = []
@@ -679,6 +679,14 @@ def _learning_curve(m: dict) -> dict | None:
             text += (" No gain beyond chance at the last step (every paired interval reaches 0 or below): more data of "
                      "this kind is unlikely to help much at this size, though a held-out split this size can miss a "
                      "small gain.")
+        fell = [learners[k] for k in falling(step) if k in learners]
+        if fell:
+            text += (f" The {' and the '.join(fell)} lost beyond chance at the last step (a paired interval below 0). "
+                     "More data does not make a stable fit worse, so this points to a fit that varies with the sample "
+                     "at this size: for the trees, the tree count early stopping chose and the splits the rule of 11 "
+                     "on the leaves had to remove (a feature held by 1-10 train subjects without the outcome, or "
+                     "with it, cannot form a leaf), both of which change with the sample. The registered model's "
+                     "own held-out numbers are those of section 7.")
     return {"learners": list(learners.values()), "rows": rows, "text": text}
 
 

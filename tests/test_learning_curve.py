@@ -13,6 +13,7 @@ from forewarn.evaluation.learning_curve import (
     L1,
     XGBOOST,
     LearningCurveConfig,
+    falling,
     last_step,
     learning_curve,
     rising,
@@ -240,7 +241,9 @@ def test_the_last_step_is_a_paired_difference_and_rising_needs_an_interval_above
     assert not rising(same)
     gained = last_step(y, subjects, weak, strong, n_boot=50, seed=0)
     assert gained[L1]["auroc"]["ci_low"] > 0 and rising(gained)
-    assert not rising(last_step(y, subjects, strong, weak, n_boot=50, seed=0))  # a loss is not a rise
+    lost = last_step(y, subjects, strong, weak, n_boot=50, seed=0)
+    assert not rising(lost)  # a loss is not a rise
+    assert falling(lost) == [XGBOOST, L1] and falling(gained) == falling(same) == falling(None) == []
     assert not rising(None)
 
 

@@ -1597,6 +1597,26 @@ def table_rows(section: str) -> list[list[str]]:
     return [Page(f"<table><tr>{row.split('</tr>')[0]}</tr></table>").cells for row in section.split("<tr>")[1:]]
 
 
+def test_a_learning_curve_that_falls_beyond_chance_says_so():
+    from forewarn.evaluation.report import _learning_curve
+
+    def d(diff, low, high):
+        return {"difference": diff, "ci_low": low, "ci_high": high}
+
+    step = {"from": 50.0, "to": 100.0, "level": 0.9875,
+            "xgboost": {"auroc": d(-0.045, -0.099, -0.002), "auprc": d(-0.044, -0.103, 0.010)},
+            "l1_logistic": {"auroc": d(0.009, -0.006, 0.024), "auprc": d(0.036, 0.007, 0.067)}}
+    learners = {"xgboost": "XGBoost trees", "l1_logistic": "L1-logistic"}
+    text = _learning_curve({"learning_curve": {"learners": learners, "points": [], "last_step": step}})["text"]
+    assert "changed by -0.045 (-0.099 to -0.002) for the XGBoost trees and +0.009 (-0.006 to +0.024) for the L1-logistic" in text
+    assert "A gain beyond chance at the last step" in text  # the L1's AUPRC
+    assert "The XGBoost trees lost beyond chance at the last step (a paired interval below 0)." in text
+    assert "L1-logistic lost" not in text
+    step["xgboost"]["auroc"] = d(-0.01, -0.05, 0.0)  # an interval reaching 0 is no loss beyond chance
+    text = _learning_curve({"learning_curve": {"learners": learners, "points": [], "last_step": step}})["text"]
+    assert "lost beyond chance" not in text
+
+
 def test_the_learning_curve_is_a_table_and_a_figure_under_sample_size(run, tmp_path, plain):
     """With ``learning_curve.fractions`` the evaluation refits the learners on shares of
     the train subjects; section 4 shows each point's sizes and metrics, the figure, and
