@@ -26,6 +26,7 @@ from forewarn.models.train import (
     BASELINE,
     MODELS,
     PRIMARY,
+    TREES,
     UNCALIBRATED,
     L1Logistic,
     ModelConfig,
@@ -41,6 +42,7 @@ MODEL_LABELS = {
     BASELINE: "L1-logistic regression",
     AGE_SEX: "Age + sex logistic",
     UNCALIBRATED: "XGBoost (uncalibrated)",
+    TREES: "XGBoost trees alone (not registered)",
 }
 
 
@@ -271,6 +273,12 @@ def evaluate_and_explain(
             record["held_out"][model] = metrics.evaluate(
                 y, p, held[schema.SUBJECT_ID].to_numpy(), n_boot=config.bootstrap, seed=config.seed
             )
+        # The trees without the blend (a training from before session 38 has no such file)
+        if trained.predictions_path(TREES).exists():
+            held = held_out_frame(trained, TREES)
+            scores[TREES] = (held[schema.BOOLEAN_VALUE].to_numpy(bool), held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float))
+            record["held_out"][TREES] = metrics.evaluate(*scores[TREES], held[schema.SUBJECT_ID].to_numpy(),
+                                                         n_boot=config.bootstrap, seed=config.seed)
         held = held_out_frame(trained, PRIMARY)
         y, p = scores[PRIMARY]
         # the AUROC these rows' case mix allows if the risks were right: the reference an
@@ -278,7 +286,7 @@ def evaluate_and_explain(
         record["held_out"][PRIMARY] |= model_based(record["held_out"][PRIMARY], p) | risk_spread(p)
         # each baseline against the registered model on the same rows and draws (``paired``)
         subjects = held[schema.SUBJECT_ID].to_numpy()
-        for model in MODELS[1:]:
+        for model in [*MODELS[1:], *([TREES] if TREES in scores else [])]:
             record["held_out"][model]["paired"] = paired_with_primary(
                 record["held_out"], model, scores, subjects, n_boot=config.bootstrap, seed=config.seed)
         smoothed = clinical.smoothed_calibration(y, p)

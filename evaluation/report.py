@@ -25,7 +25,14 @@ from forewarn.evaluation.drift import ACTIONS, MODERATE_PSI
 from forewarn.evaluation.evaluate import Evaluation, model_labels
 from forewarn.features.featurize import AGG_NAMES
 from forewarn.features.labels import ATTRITION_STEPS, TaskSpec
-from forewarn.models.train import AGE_SEX, BASELINE, MIN_EVENTS_PER_FEATURE, PRIMARY, UNCALIBRATED
+from forewarn.models.train import (
+    AGE_SEX,
+    BASELINE,
+    MIN_EVENTS_PER_FEATURE,
+    PRIMARY,
+    TREES,
+    UNCALIBRATED,
+)
 from forewarn.records import privacy, schema
 from forewarn.records.pull import PULL_CHANGE_ALERT, pull_changes, table_counts
 
@@ -34,7 +41,7 @@ SUPPRESSED = f"<{privacy.MIN_CELL}"
 WITHHELD = "withheld"
 # Metrics of an evaluation set with 1..10 events or non-events (evaluation.metrics.evaluate).
 WITHHELD_METRICS = f"withheld (fewer than {privacy.MIN_CELL} events or non-events)"
-MODEL_ORDER = (PRIMARY, UNCALIBRATED, BASELINE, AGE_SEX)
+MODEL_ORDER = (PRIMARY, UNCALIBRATED, TREES, BASELINE, AGE_SEX)
 SPLIT_LABELS = {schema.TRAIN: "train", schema.TUNING: "tuning", schema.HELD_OUT: "held-out"}
 DESIGNS = {
     "internal": "internal (held-out subjects, same site)",
@@ -296,8 +303,10 @@ def _order(keys, labels: dict[str, str]) -> list[str]:
     """The models' keys in the report's order; without a calibrator the uncalibrated
     model is the registered model itself, and its identical row is left out."""
     alike = labels.get(PRIMARY, "").endswith("(no calibrator)")
+    # Unblended, the trees alone are the uncalibrated model: their row is left out too.
+    blended = not labels.get(PRIMARY, "XGBoost (").startswith("XGBoost (")
     ordered = [k for k in MODEL_ORDER if k in keys] + [k for k in keys if k not in MODEL_ORDER]
-    return [k for k in ordered if not (alike and k == UNCALIBRATED)]
+    return [k for k in ordered if not (alike and k == UNCALIBRATED) and not (k == TREES and not blended)]
 
 
 def _models(m: dict, labels: dict[str, str]) -> list[dict]:
@@ -1581,6 +1590,7 @@ def report_context(
         "generated_at": generated_at,
         "mlflow_run_id": mlflow_run_id,
         "models": _models(m, labels),
+        "trees_label": labels.get(TREES, TREES),
         "primary": {
             "name": labels[PRIMARY],
             "auroc": _ci(held, "auroc"),
@@ -1660,6 +1670,7 @@ def report_context(
             "trees_text": trees_text,
             "release_text": release_text,
             "offset_text": offset_text,
+            "offset": offset.get("method") == "l1",
             "blend_text": blend_text,
             "blend_weight": float(blend.get("weight") or 0.0),
             "shap_method": plots.shap_method(float(blend.get("weight") or 0.0)),

@@ -36,6 +36,9 @@ PRIMARY = "xgboost"
 BASELINE = "l1_logistic"
 AGE_SEX = "age_sex"
 UNCALIBRATED = "xgboost_uncalibrated"
+# The trees without the blend with the L1-logistic (with their offset where they boost from
+# one), uncalibrated: a component of the registered model, evaluated beside it, never served.
+TREES = "xgboost_trees"
 MODELS = (PRIMARY, BASELINE, AGE_SEX)
 AGE_COLUMN = "AGE/years/at_prediction/t"
 FEMALE_COLUMNS = ("Gender//F/static/present/static",)
@@ -1110,6 +1113,7 @@ def train_models(
     probabilities = {
         PRIMARY: calibrator(raw),
         UNCALIBRATED: raw,
+        TREES: 1.0 / (1.0 + np.exp(-primary.tree_margin(X))),
         BASELINE: lr.predict_proba(X),
         AGE_SEX: age_sex.predict_proba(X, columns),
     }

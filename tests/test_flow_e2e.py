@@ -220,7 +220,7 @@ def test_artifacts_present(flow_run, client):
     expected += [f"shap_dependence_{k}" for k in (1, 2, 3)] + [f"shap_waterfall_{k}" for k in (1, 2, 3)]
     expected += ["learning_curve"]  # the study asks for one
     assert figures == {f"figures/{n}.png" for n in expected}
-    assert set(metrics["held_out"]) == {"xgboost", "l1_logistic", "age_sex", "xgboost_uncalibrated"}
+    assert set(metrics["held_out"]) == {"xgboost", "l1_logistic", "age_sex", "xgboost_uncalibrated", "xgboost_trees"}
     # Calibration groups (deciles, merged where a boundary would leave a small band) cover
     # every held-out row, each with 0 or 11+ events and non-events.
     groups = metrics["calibration"]["xgboost"]

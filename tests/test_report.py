@@ -1564,7 +1564,9 @@ def test_without_a_calibrator_the_uncalibrated_row_is_not_repeated(uncalibrated_
     name = model_labels(training)[PRIMARY]
     assert name.endswith("(no calibrator)")
     context = build_context(run)
-    assert [m["key"] for m in context["models"]] == ["xgboost", "l1_logistic", "age_sex"]
+    blended = bool(training["xgboost"]["blend"]["weight"])
+    assert [m["key"] for m in context["models"]] == ["xgboost", *(["xgboost_trees"] if blended else []), "l1_logistic",
+                                                    "age_sex"]
     assert all("uncalibrated" not in s["name"] for s in context["calibration_stats"])
     summary = Page(_section(render(context), "summary")).text
     assert name in summary and "(uncalibrated)" not in summary
@@ -1805,6 +1807,39 @@ def test_each_baseline_is_compared_with_the_registered_model_on_the_same_rows(ru
             assert paired[key] == pytest.approx(expected[key])
         a = paired["auroc"]
         assert f"AUROC {a['difference']:+.3f} ({a['ci_low']:+.3f} to {a['ci_high']:+.3f})" in text
+
+
+def test_the_trees_alone_are_evaluated_beside_the_blend_they_are_part_of(run, full):
+    """The registered model's trees without the L1-logistic (weight 0), uncalibrated: their
+    held-out record and the paired comparison in metrics.json, and their row in section 7
+    when the model is a blend (unblended they are the uncalibrated model itself)."""
+    from sklearn.metrics import roc_auc_score
+
+    from forewarn.evaluation.evaluate import held_out_frame
+    from forewarn.evaluation.report import render
+    from forewarn.models.train import PRIMARY, TREES, load_primary
+
+    record = run["evaluation"].load_metrics()
+    trees = held_out_frame(run["trained"], TREES)
+    X, rows, _ = run["matrix"].load()
+    held = np.flatnonzero(rows[schema.SPLIT].to_numpy() == schema.HELD_OUT)
+    expected = 1 / (1 + np.exp(-load_primary(run["trained"]).tree_margin(X[held])))
+    assert trees[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float) == pytest.approx(expected)
+    y = trees[schema.BOOLEAN_VALUE].to_numpy(bool)
+    assert record["held_out"][TREES]["auroc"] == pytest.approx(roc_auc_score(y, expected))
+    paired = record["held_out"][TREES]["paired"]["auroc"]
+    assert paired["difference"] == pytest.approx(record["held_out"][PRIMARY]["auroc"] - record["held_out"][TREES]["auroc"])
+    training = json.loads(run["trained"].summary_path.read_text())
+    for weight in (0.0, 0.4):
+        summary = training | {"xgboost": training["xgboost"] | {"blend": training["xgboost"]["blend"] | {"weight": weight}}}
+        context = build_context(run, training=summary)
+        names = [m["name"] for m in context["models"]]
+        assert ("XGBoost trees alone (not registered)" in names) == bool(weight), (weight, names)
+    context = build_context(run, training=summary)  # weight 0.4
+    text = Page(_section(render(context), "performance")).text
+    a = paired
+    assert "XGBoost trees alone (not registered)" in text and "never served" in text
+    assert f"AUROC {a['difference']:+.3f} ({a['ci_low']:+.3f} to {a['ci_high']:+.3f})" in text
 
 
 def test_an_operating_point_and_its_risk_share_one_parenthesis():
