@@ -1,0 +1,108 @@
+"""The calibrator rules on development networks: for each (network, site, task) cell the
+production pipeline (``train_models``) is trained once, and its uncalibrated risks on the
+tuning split are calibrated by each rule, then scored on the held-out split:
+
+- ``one_se`` (Forewarn's, since session 37): the simplest of none, sigmoid, isotonic
+  within one standard error of the lowest cross-validated Brier (``choose_calibrator``);
+- ``lowest``: the lowest cross-validated Brier (the rule before session 37);
+- ``none``, ``sigmoid``, ``isotonic``: that calibrator, always.
+
+    python benchmarks/calibration_rule.py --seeds 101,102,103,104,105,106 \\
+        --tasks t2d_2y,ckd3_2y --work /tmp/fwv38
+
+Prints each cell's held-out Brier, calibration slope and CITL, and ICI per rule, and a
+summary: mean Brier, mean |slope - 1|, mean |CITL|, mean ICI, and how often each rule's
+held-out Brier is the cell's lowest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_variants import build  # noqa: E402
+
+from forewarn.evaluation.clinical import calibration_stats  # noqa: E402
+from forewarn.features.featurize import FeatureMatrix  # noqa: E402
+from forewarn.models.calibration import (  # noqa: E402
+    MIN_ISOTONIC_EVENTS,
+    choose_calibrator,
+    cv_predictions,
+    fit_calibrator,
+)
+from forewarn.models.train import UNCALIBRATED, ModelConfig, train_models  # noqa: E402
+from forewarn.records import schema  # noqa: E402
+
+RULES = ("one_se", "lowest", "none", "sigmoid", "isotonic")
+
+
+def calibrators(p, y, subjects) -> dict:
+    """Each rule's calibrator fitted on the tuning rows (p, y)."""
+    out = {"one_se": choose_calibrator(p, y, groups=subjects)[0]}
+    candidates = ["none", "sigmoid"] + (["isotonic"] if min(y.sum(), (~y).sum()) >= MIN_ISOTONIC_EVENTS else [])
+    preds = cv_predictions(p, y, candidates, groups=subjects)
+    lowest = min(preds, key=lambda m: float(np.mean((preds[m] - y) ** 2))) if preds else "none"
+    out["lowest"] = fit_calibrator(p, y, lowest)
+    for method in ("none", "sigmoid", "isotonic"):
+        out[method] = fit_calibrator(p, y, method)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="101,102,103,104,105,106")
+    parser.add_argument("--tasks", default="t2d_2y,ckd3_2y")
+    parser.add_argument("--people", type=int, default=20_000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fw-variants"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    cells = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for task in args.tasks.split(","):
+            for cell, paths in build(args.people, seed, args.work, [task]).items():
+                with tempfile.TemporaryDirectory() as tmp:
+                    trained = train_models(FeatureMatrix(Path(paths["ours"])), Path(tmp), ModelConfig(n_jobs=args.threads))
+                    raw = pd.read_parquet(trained.predictions_path(UNCALIBRATED))
+                    chosen = json.loads(trained.summary_path.read_text())["calibration"]["method"]
+                tune, held = raw[raw[schema.SPLIT] == "tuning"], raw[raw[schema.SPLIT] == "held_out"]
+                y_t = tune[schema.BOOLEAN_VALUE].to_numpy(bool)
+                y_h = held[schema.BOOLEAN_VALUE].to_numpy(bool)
+                fitted = calibrators(tune[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float), y_t,
+                                     tune[schema.SUBJECT_ID].to_numpy())
+                p_h = held[schema.PREDICTED_BOOLEAN_PROBABILITY].to_numpy(float)
+                scores = {}
+                for rule, calibrator in fitted.items():
+                    s = calibration_stats(y_h, calibrator(p_h))
+                    scores[rule] = {"method": calibrator.method, **{k: s.get(k) for k in (
+                        "brier", "calibration_slope", "calibration_in_the_large", "ici")}}
+                key = f"seed{seed}/{cell}"
+                cells[key] = scores
+                assert scores["one_se"]["method"] == chosen, (key, chosen)
+                print(f"{key}: events tuning/held-out {int(y_t.sum())}/{int(y_h.sum())}; " + " | ".join(
+                    f"{r} ({v['method']}) {v['brier']:.5f} {v['calibration_slope']:.3f} "
+                    f"{v['calibration_in_the_large']:+.3f} {v['ici']:.4f}" for r, v in scores.items()), flush=True)
+    print("\n| rule | cells | mean Brier | mean \\|slope − 1\\| | mean \\|CITL\\| | mean ICI | lowest Brier in |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for rule in RULES:
+        vals = [c[rule] for c in cells.values()]
+        best = sum(c[rule]["brier"] <= min(c[r]["brier"] for r in RULES) + 1e-12 for c in cells.values())
+        print(f"| {rule} | {len(vals)} | {np.mean([v['brier'] for v in vals]):.5f} | "
+              f"{np.mean([abs(v['calibration_slope'] - 1) for v in vals]):.3f} | "
+              f"{np.mean([abs(v['calibration_in_the_large']) for v in vals]):.3f} | "
+              f"{np.mean([v['ici'] for v in vals]):.4f} | {best} |")
+    differ = [k for k, c in cells.items() if c["one_se"]["method"] != c["lowest"]["method"]]
+    print(f"\none_se and lowest chose differently in {len(differ)} of {len(cells)} cells: {', '.join(differ) or '-'}")
+    if args.json:
+        args.json.write_text(json.dumps(cells, indent=1))
+
+
+if __name__ == "__main__":
+    main()
