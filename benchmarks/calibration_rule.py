@@ -55,6 +55,10 @@ def calibrators(p, y, subjects) -> dict:
     return out
 
 
+def _f(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="101,102,103,104,105,106")
@@ -87,21 +91,25 @@ def main() -> None:
                 cells[key] = scores
                 assert scores["one_se"]["method"] == chosen, (key, chosen)
                 print(f"{key}: events tuning/held-out {int(y_t.sum())}/{int(y_h.sum())}; " + " | ".join(
-                    f"{r} ({v['method']}) {v['brier']:.5f} {v['calibration_slope']:.3f} "
-                    f"{v['calibration_in_the_large']:+.3f} {v['ici']:.4f}" for r, v in scores.items()), flush=True)
+                    f"{r} ({v['method']}) {_f(v['brier'], '.5f')} {_f(v['calibration_slope'], '.3f')} "
+                    f"{_f(v['calibration_in_the_large'], '+.3f')} {_f(v['ici'], '.4f')}" for r, v in scores.items()),
+                    flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(cells, indent=1))
+    # Isotonic forced below MIN_ISOTONIC_EVENTS tuning events can give held-out risks of 0
+    # or 1, where no slope exists: the summary is over the other rules, which always have one.
+    rules = [r for r in RULES if all(c[r]["calibration_slope"] is not None for c in cells.values())]
     print("\n| rule | cells | mean Brier | mean \\|slope − 1\\| | mean \\|CITL\\| | mean ICI | lowest Brier in |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
-    for rule in RULES:
+    for rule in rules:
         vals = [c[rule] for c in cells.values()]
-        best = sum(c[rule]["brier"] <= min(c[r]["brier"] for r in RULES) + 1e-12 for c in cells.values())
+        best = sum(c[rule]["brier"] <= min(c[r]["brier"] for r in rules) + 1e-12 for c in cells.values())
         print(f"| {rule} | {len(vals)} | {np.mean([v['brier'] for v in vals]):.5f} | "
               f"{np.mean([abs(v['calibration_slope'] - 1) for v in vals]):.3f} | "
               f"{np.mean([abs(v['calibration_in_the_large']) for v in vals]):.3f} | "
               f"{np.mean([v['ici'] for v in vals]):.4f} | {best} |")
     differ = [k for k, c in cells.items() if c["one_se"]["method"] != c["lowest"]["method"]]
     print(f"\none_se and lowest chose differently in {len(differ)} of {len(cells)} cells: {', '.join(differ) or '-'}")
-    if args.json:
-        args.json.write_text(json.dumps(cells, indent=1))
 
 
 if __name__ == "__main__":
