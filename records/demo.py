@@ -14,7 +14,8 @@ The clinical model, per person (all times in days since 1970-01-01):
   loss to follow-up or at death (Gompertz hazard raised by comorbidity);
 * type 2 diabetes from a liability on age, BMI and the random effect (prevalent
   cases are diagnosed in their first year); HbA1c, fasting glucose and BMI rise over
-  the 1-3 years before diagnosis, a prediabetes code often comes 6-24 months before,
+  the 1-3 years before diagnosis, a prediabetes code comes 6-24 months before for some
+  (and to many with a high-normal HbA1c who do not progress),
   metformin (later insulin for some) and HbA1c checks follow;
 * hypertension and hyperlipidaemia the same way (blood pressure / cholesterol rise
   before, drugs lower them after); CKD from a linear eGFR decline that is steeper for
@@ -143,6 +144,13 @@ SITES: dict[str, SiteProfile] = {
 # Baseline yearly pancreatic-cancer hazard at age 65 without diabetes (before the site's
 # cancer_risk); about 0.3% of people are diagnosed over the ten-year window.
 PANCREATIC_CANCER_HAZARD_65 = 5.5e-4
+
+# Prediabetes coding. Until session 39 a code was given to 60% of incident diabetes cases and
+# to 35% of non-cases with baseline HbA1c >= 5.7, so about 90% of coded people developed
+# diabetes within two years: one code nearly decided the label, which is not what records show.
+PREDIABETES_CASE_SHARE = 0.3  # incident cases coded 6-24 months before diagnosis
+PREDIABETES_NOISE_A1C = 5.4  # baseline HbA1c (%) from which non-cases may be coded
+PREDIABETES_NOISE_SHARE = 0.5  # of those non-cases, the share coded at some visit
 
 # ---------------------------------------------------------------------------------------
 # Concepts
@@ -760,10 +768,22 @@ class _People:
         )
         self.chronic_noise = rng.random((n, 5)) < probs
         self.frailty = rng.gamma(2.0, 0.5, n)
-        # Prediabetes codes: before diabetes for many cases, at random for high-normal HbA1c.
-        pre_case = (self.t2d < NEVER) & ~self.prevalent_t2d & ~new_onset & (rng.random(n) < 0.6)
+        # Prediabetes codes: 6-24 months before diabetes for some cases (PREDIABETES_CASE_SHARE),
+        # and at a random time for half the people with a high-normal HbA1c who never develop it
+        # in the window, so that about a quarter of coded people progress within two years (real
+        # coded prediabetes progresses at roughly 5-10% a year; the demo is enriched, not certain).
+        pre_case = (
+            (self.t2d < NEVER)
+            & ~self.prevalent_t2d
+            & ~new_onset
+            & (rng.random(n) < PREDIABETES_CASE_SHARE)
+        )
         pre_day = np.where(pre_case, self.t2d - rng.integers(180, 730, n), NEVER)
-        pre_noise = (self.t2d == NEVER) & (self.a1c0 >= 5.7) & (rng.random(n) < 0.35)
+        pre_noise = (
+            (self.t2d == NEVER)
+            & (self.a1c0 >= PREDIABETES_NOISE_A1C)
+            & (rng.random(n) < PREDIABETES_NOISE_SHARE)
+        )
         pre_day = np.where(pre_noise, _uniform_days(rng, s, np.maximum(s, self.last)), pre_day)
         self.prediabetes = np.where(pre_day >= s, seen(pre_day), NEVER)
 
