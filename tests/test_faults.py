@@ -54,6 +54,9 @@ def faulty_run(tmp_path_factory, demo_network, prefect_server):
             "evaluation": {"bootstrap": 20, "shap_rows": 100}, "models": {"n_jobs": 1, "search": {"trials": 0}, "blend": "tuned"},
             "validation": {"designs": ["internal", "external"]},
             "retries": {"attempts": 4, "delays_seconds": [1, 2, 3]},
+            # faults, not calibration, are under test: the small network's first model is champion
+            # (its held-out CKD slope rests on a few dozen events)
+            "promotion": {"slope_low": 0.2, "slope_high": 5.0},
         }, base_dir=work)
         try:
             # The site's own writer holds the database for 4 seconds.
