@@ -40,7 +40,7 @@ def demo_network(tmp_path_factory) -> dict[str, Path]:
     """A small two-site demo network, generated once per session."""
     from forewarn.records.demo import generate_network
 
-    return generate_network(tmp_path_factory.mktemp("network"), people=7000, seed=11)
+    return generate_network(tmp_path_factory.mktemp("network"), people=6000, seed=11)
 
 
 @pytest.fixture(scope="session")
