@@ -18,6 +18,7 @@ large and slope) beside the held-out set's.
 
     .venv/bin/python benchmarks/prospective.py --people 20000 --as-of 2022-06-30 --workdir /tmp/prospective
     .venv/bin/python benchmarks/prospective.py --follow-up negatives ...   # the label rule until session 33
+    .venv/bin/python benchmarks/prospective.py --sample-from population --max-per-subject 3 ...
 
 Run from a checkout: the code measured is the one ``forewarn`` imports.
 """
@@ -85,6 +86,10 @@ def main() -> None:
     parser.add_argument("--follow-up", choices=["everyone", "negatives"], default="everyone",
                         help="the tasks' follow_up: negatives labels positives whatever their follow-up (the rule "
                              "until session 33)")
+    parser.add_argument("--sample-from", choices=["eligible", "population"], default="eligible",
+                        help="the tasks' prediction_times.sample_from (features.labels.PredictionTimes)")
+    parser.add_argument("--max-per-subject", type=int, default=None,
+                        help="the tasks' prediction_times.max_per_subject (default: the built-in task's)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -116,7 +121,10 @@ def main() -> None:
     tasks = args.tasks.split(",")
     task_files = []
     for task in tasks:  # the built-in task with the chosen follow_up
-        spec = load_task(task).model_copy(update={"follow_up": args.follow_up})
+        spec = load_task(task)
+        times = spec.prediction_times.model_copy(update={"sample_from": args.sample_from} | (
+            {} if args.max_per_subject is None else {"max_per_subject": args.max_per_subject}))
+        spec = spec.model_copy(update={"follow_up": args.follow_up, "prediction_times": times})
         path = work / "tasks" / f"{task}.yaml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))

@@ -1165,7 +1165,10 @@ def _prediction_times(task) -> str:
         where = f"every {pt.every_days} days from the first eligible day"
     else:
         where = "task-defined times"
-    return f"{where}; at most {pt.max_per_subject} per subject, chosen by a seeded hash"
+    among = (" among the times the age and prior-observation criteria keep, the other exclusions applied to the drawn "
+             "times (people count in proportion to their times at risk)"
+             if getattr(pt, "sample_from", "eligible") == "population" else "")
+    return f"{where}; at most {pt.max_per_subject} per subject, chosen by a seeded hash{among}"
 
 
 def _value_criteria(task) -> list[str]:

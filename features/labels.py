@@ -79,6 +79,17 @@ class PredictionTimes(Strict):
     at_first_of: list[str] | None = Field(None, min_length=1, description="the first event of any of these codes (a trigger)")
     max_per_subject: int = Field(1, ge=1)
     seed: int = 0
+    sample_from: Literal["eligible", "population"] = Field(
+        "eligible",
+        description=(
+            "where max_per_subject's draw is made. eligible: among the times that survive every exclusion, so each "
+            "subject counts once whatever their time at risk; since a future case's times all lie before their onset, "
+            "this enriches the outcome (about twice a cross-section's rate on the demo network). population: among the "
+            "times that meet the population criteria (age, prior observation), before the exclusions that look at the "
+            "outcome or the follow-up (prevalent, gap, censored, temporal cutoff), which then apply to the drawn times: "
+            "subjects count in proportion to their times at risk, as on a worklist's night; fewer labelled times"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictionTimes:
@@ -199,8 +210,11 @@ class TaskSpec(Strict):
     def digest(self) -> str:
         # follow_up "negatives" (the rule before the field existed) leaves the digest as it was, so a
         # task file that asks for it still names the models trained under it
-        exclude = {"follow_up"} if self.follow_up == "negatives" else None
-        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
+        exclude: dict = {"follow_up": True} if self.follow_up == "negatives" else {}
+        # likewise sample_from "eligible", the draw before the field existed
+        if self.prediction_times.sample_from == "eligible":
+            exclude["prediction_times"] = {"sample_from"}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()[:16]
 
 
 def builtin_tasks() -> list[str]:
@@ -239,6 +253,8 @@ def code_predicate(codes: list[str], column: str = "code") -> str:
     return "(" + " OR ".join(parts) + ")" if parts else "false"
 
 
+# The exclusion steps a prediction time's own date decides (not its outcome or follow-up).
+POPULATION_STEPS = ("age", "prior_observation")
 ATTRITION_STEPS = (
     ("candidates", "candidate prediction times"),
     ("age", "outside the age range"),
@@ -712,14 +728,22 @@ def _label_arrays(
     n_subjects = starts.size
     attrition = {"candidates": {"times": int(t.size), "subjects": int(n_subjects)}}
     alive = np.ones(t.size, bool)
-    for step, mask in reasons.items():
-        removed = alive & mask
-        alive &= ~mask
-        # Subjects this step removed entirely: some row removed here, none left alive.
-        gone = (np.bincount(sid[removed], minlength=n_subjects) > 0) & (np.bincount(sid[alive], minlength=n_subjects) == 0)
-        attrition[step] = {"times": int(removed.sum()), "subjects": int(gone.sum())}
-        if excluded is not None:
-            excluded.append(_per_subject(subjects[starts], sid, removed, step))
+
+    def exclude(steps: list[str]) -> None:
+        for step in steps:
+            mask = reasons[step]
+            removed = alive & mask
+            alive[:] &= ~mask
+            # Subjects this step removed entirely: some row removed here, none left alive.
+            gone = (np.bincount(sid[removed], minlength=n_subjects) > 0) & (np.bincount(sid[alive], minlength=n_subjects) == 0)
+            attrition[step] = {"times": int(removed.sum()), "subjects": int(gone.sum())}
+            if excluded is not None:
+                excluded.append(_per_subject(subjects[starts], sid, removed, step))
+
+    # ``sample_from: population`` draws among the times the population criteria keep,
+    # before the steps that look at the outcome or the follow-up (PredictionTimes).
+    after_draw = [s for s in reasons if s not in POPULATION_STEPS] if spec.prediction_times.sample_from == "population" else []
+    exclude([s for s in reasons if s not in after_draw])
     # Sample at most K per subject, by a seeded hash of (subject, time): stable across
     # reruns and data refreshes (adding a visit does not reshuffle the others).
     idx = np.flatnonzero(alive)
@@ -740,6 +764,10 @@ def _label_arrays(
         sampled_out = alive.copy()
         sampled_out[chosen] = False
         excluded.append(_per_subject(subjects[starts], sid, sampled_out, "sampled_out"))
+    alive[:] = False
+    alive[chosen] = True
+    exclude(after_draw)
+    chosen = np.flatnonzero(alive)
     positive = has_outcome & (outcome >= t + spec.gap_days * DAY_US) & (outcome <= t + spec.horizon_days * DAY_US)
     labels = pa.table(
         {

@@ -93,7 +93,9 @@ def test_a_positive_needs_follow_up_too_unless_a_death_ended_its_record():
     # negatives, the rule before the field existed, keeps the digest models were registered under then
     import hashlib
 
-    before = hashlib.sha256(spec().model_dump_json(exclude={"follow_up"}).encode()).hexdigest()[:16]
+    # (and sample_from "eligible", the draw before that field existed)
+    before = hashlib.sha256(spec().model_dump_json(exclude={"follow_up": True, "prediction_times": {"sample_from"}})
+                            .encode()).hexdigest()[:16]
     assert spec(follow_up="negatives").digest() == before
     with pytest.raises(ValueError, match="follow_up"):
         spec(follow_up="positives")
@@ -149,6 +151,77 @@ def test_sampling_is_seeded_and_capped():
     assert a.num_rows == 6 and attrition["sampled_out"]["times"] == 12
     other, _ = L.label_frame(f, spec(prediction_times={"at_codes": ["Visit//OP"], "max_per_subject": 2, "seed": 2}))
     assert not other.equals(a)
+
+
+def visits(cases: dict, every_days: int, n: int) -> pd.DataFrame:
+    """``frame(cases)`` at ``n`` visits ``every_days`` apart from T."""
+    return pd.concat([frame(cases, T + k * every_days * D) for k in range(n)], ignore_index=True)
+
+
+def test_sample_from_population_draws_before_the_outcome_and_follow_up_exclusions():
+    # 1: a future case, outcome 500 days after T: visits T and T+365 are positive, T+730 and
+    #    T+1095 prevalent. 2: never a case. 3: record ends T+1500, so T+1095 is censored.
+    #    4: 17 at T (born mid-2002): T is outside the age range, the later visits are not.
+    cases = {1: (datetime(1970, 1, 1), datetime(2015, 1, 1), T + 3000 * D, T + 500 * D),
+             2: (datetime(1970, 1, 1), datetime(2015, 1, 1), T + 3000 * D, None),
+             3: (datetime(1970, 1, 1), datetime(2015, 1, 1), T + 1500 * D, None),
+             4: (datetime(2002, 6, 1), datetime(2015, 1, 1), T + 3000 * D, None)}
+    f = visits(cases, 365, 4)
+    rows = {seed: L.label_frame(f, spec(prediction_times={"at_codes": ["Visit//OP"], "seed": seed,
+                                                          "sample_from": "population"}))
+            for seed in range(40)}
+    for seed, (labels, attrition) in rows.items():
+        # the draw is the eligible draw of the same seed on the times only the population
+        # criteria remove (no outcome, nobody censored), kept where it survives the exclusions
+        drawn, _ = L.label_frame(f.assign(outcome=None, last_time=T + 9000 * D),
+                                 spec(prediction_times={"at_codes": ["Visit//OP"], "seed": seed}))
+        every, _ = L.label_frame(f, spec(prediction_times={"at_codes": ["Visit//OP"], "max_per_subject": 10}))
+        keys = ["subject_id", "prediction_time"]
+        expected = drawn.to_pandas()[keys].merge(every.to_pandas(), on=keys)
+        assert labels.to_pandas().equals(expected), seed
+        assert list(attrition) == ["candidates", "age", "prior_observation", "sampled_out", "prevalent", "in_gap",
+                                   "censored", "labelled", "positive"]
+        assert attrition["sampled_out"] == {"times": 16 - 1 - 4, "subjects": 0}  # one drawn of each subject's times
+        assert attrition["candidates"]["times"] - sum(v["times"] for k, v in attrition.items() if k not in (
+            "candidates", "labelled", "positive")) == attrition["labelled"]["times"] == labels.num_rows
+    # subject 1 is labelled (positive) only when its draw falls before the onset; under the
+    # eligible draw it always is, and always positive
+    one = [labels.to_pandas().set_index("subject_id")["boolean_value"].get(1) for labels, _ in rows.values()]
+    assert {True, None} == set(one) and sum(v is None for v in one) >= 10
+    eligible, _ = L.label_frame(f, spec())
+    assert eligible.to_pandas().set_index("subject_id")["boolean_value"].to_dict() == {1: True, 2: False, 3: False,
+                                                                                        4: False}
+
+
+def test_sample_from_population_counts_people_by_their_times_at_risk():
+    # 600 people with yearly visits at T + k years (k = 0..9), fully observed. 300 become
+    # cases 200 days after visit j (j = 2, 5 or 8, 100 each): their visits k <= j are at
+    # risk, k > j prevalent, and k = j - 1 and j positive (the onset 565 and 200 days on).
+    onset = {s: T + (365 * (2 + 3 * (s % 3)) + 200) * D for s in range(300)}
+    cases = {s: (datetime(1970, 1, 1), datetime(2015, 1, 1), T + 10_000 * D, onset.get(s)) for s in range(600)}
+    f = visits(cases, 365, 10)
+    every, _ = L.label_frame(f, spec(prediction_times={"at_codes": ["Visit//OP"], "max_per_subject": 100}))
+    eligible, _ = L.label_frame(f, spec())
+    population, _ = L.label_frame(f, spec(prediction_times={"at_codes": ["Visit//OP"], "sample_from": "population"}))
+    rate = {k: float(np.mean(v.column("boolean_value").to_pylist())) for k, v in (
+        ("every", every), ("eligible", eligible), ("population", population))}
+    # every time at risk: 300 * 10 + 100 * (3 + 6 + 9) = 4,800 times, 600 positive: 0.125
+    assert (every.num_rows, rate["every"]) == (4800, 0.125)
+    # drawn among the times at risk, each person counts once: a case's draw is positive
+    # with chance 2/3, 2/6 or 2/9, so 122.2 of 600 in expectation (0.204)
+    assert eligible.num_rows == 600 and abs(rate["eligible"] - 122.2 / 600) < 0.04
+    # drawn among all ten times: a case's draw is at risk with chance (j + 1)/10 and
+    # positive with chance 2/10: 300 + 100 * (0.3 + 0.6 + 0.9) = 480 rows and 60 positives
+    # in expectation, the rate of the times at risk (0.125)
+    assert abs(population.num_rows - 480) < 25 and abs(rate["population"] - 0.125) < 0.04
+    assert rate["population"] < 0.75 * rate["eligible"]
+
+
+def test_sample_from_eligible_keeps_the_task_digest():
+    base = spec()
+    assert spec(prediction_times={"at_codes": ["Visit//OP"], "max_per_subject": 1, "seed": 0,
+                                  "sample_from": "eligible"}).digest() == base.digest()
+    assert spec(prediction_times={"at_codes": ["Visit//OP"], "sample_from": "population"}).digest() != base.digest()
 
 
 def test_build_labels_reads_events_with_prefix_and_cross_vocabulary_outcomes(tmp_path):

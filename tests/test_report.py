@@ -827,12 +827,14 @@ def test_tasks_with_measurement_criteria_and_other_prediction_times_render(run):
     from forewarn.features.labels import parse_task
 
     data = run["spec"].model_dump(mode="json")
-    data["prediction_times"] = {"every_days": 180, "max_per_subject": 2}
+    data["prediction_times"] = {"every_days": 180, "max_per_subject": 2, "sample_from": "population"}
     data["outcome"]["values"] = [
         {"code": "LOINC//1558-6", "above": 126, "times": 2, "min_days_apart": 90}
     ]
     text = Page(render(build_context(run, task=parse_task(data)))).text
-    assert "every 180 days from the first eligible day; at most 2 per subject" in text
+    assert ("every 180 days from the first eligible day; at most 2 per subject, chosen by a seeded hash among the "
+            "times the age and prior-observation criteria keep, the other exclusions applied to the drawn times "
+            "(people count in proportion to their times at risk)") in text
     assert "LOINC//1558-6 above 126, 2 times, at least 90 days apart" in text
 
 
