@@ -98,12 +98,20 @@ def _train_both(matrices, client, tmp_path, config):
     return local, on_dask
 
 
+# The cluster's histogram bins come from a quantile sketch merged across its workers, the
+# local fit's from one process: the trees differ a little even with every row in every
+# tree. On the tests' network the two held-out AUROCs have differed by up to 0.011 (T2D,
+# five times per person); a fit that lost its rows' order or labels would be near 0.5.
+AUROC_TOLERANCE = 0.02
+
+
 def test_xgboost_dask_matches_local(matrices, client, tmp_path):
     # Row subsampling is drawn per worker under xgboost.dask, so with subsample < 1 the
-    # two runs differ like two seeds do (see the next test); without it they agree.
+    # two runs differ like two seeds do (see the next test); without it they agree up to
+    # the sketch (AUROC_TOLERANCE).
     config = ModelConfig(n_jobs=1, blend="tuned", xgboost={"subsample": 1.0})
     local, on_dask = _train_both(matrices, client, tmp_path, config)
-    assert _held_out_auroc(on_dask) == pytest.approx(_held_out_auroc(local), abs=0.01)
+    assert _held_out_auroc(on_dask) == pytest.approx(_held_out_auroc(local), abs=AUROC_TOLERANCE)
     assert _held_out_auroc(local) > 0.7
 
     # Saved as the local path saves: XGBoost JSON that load_xgboost reads, same layout.
@@ -129,7 +137,7 @@ def test_xgboost_dask_boosts_from_the_offset_as_the_local_fit_does(matrices, cli
     config = ModelConfig(n_jobs=1, blend="tuned", offset="l1", xgboost={"subsample": 1.0})
     local, on_dask = _train_both(matrices, client, tmp_path, config)
     assert on_dask.offset_path.read_text() == local.offset_path.read_text()
-    assert _held_out_auroc(on_dask) == pytest.approx(_held_out_auroc(local), abs=0.01)
+    assert _held_out_auroc(on_dask) == pytest.approx(_held_out_auroc(local), abs=AUROC_TOLERANCE)
     X, _, _ = matrices[0].load()
     pred = pd.read_parquet(on_dask.predictions_path("xgboost_uncalibrated"))
     np.testing.assert_allclose(load_primary(on_dask).probability(X), pred[schema.PREDICTED_BOOLEAN_PROBABILITY], rtol=1e-6)

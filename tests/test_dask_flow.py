@@ -147,13 +147,14 @@ def test_feature_matrix_is_identical(runs):
         pd.testing.assert_frame_equal(cols_dask, cols_local)
 
 
-def test_auroc_within_0_01_of_the_local_run(runs):
+def test_auroc_within_0_02_of_the_local_run(runs):
+    # as tests/test_dask.py's AUROC_TOLERANCE: the cluster's bins come from a merged sketch
     local = {r.site: r.metrics["held_out/auroc"] for r in runs["local"][1]}
     on_dask = {r.site: r.metrics["held_out/auroc"] for r in runs["dask"][1]}
     assert local.keys() == on_dask.keys() == {"academic", "community"}
     for site in local:
         assert local[site] > 0.7
-        assert on_dask[site] == pytest.approx(local[site], abs=0.01), site
+        assert on_dask[site] == pytest.approx(local[site], abs=0.02), site
 
 
 def test_network_model_on_dask_is_the_local_one(runs):

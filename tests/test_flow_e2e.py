@@ -44,9 +44,11 @@ def flow_run(tmp_path_factory, demo_network, prefect_server):
                     "sites": [{"name": n, "source": {"location": str(p)}} for n, p in network.items()],
                     "evaluation": {"bootstrap": 50, "shap_rows": 300, "learning_curve": {"fractions": [0.5, 1.0]}},
                     "models": {"n_jobs": 2, "search": {"trials": 2}},
-                    # 3,000 people: the academic site's first T2D model has a held-out slope of
-                    # 0.69, just under the default 0.7 that a first champion must reach.
-                    "promotion": {"slope_low": 0.6},
+                    # A first champion's held-out slope must lie within the bounds, and on this
+                    # small network's held-out sets (a few dozen events) the first T2D models'
+                    # slopes have fallen just outside the defaults (0.69 at academic, 1.59 at
+                    # community): the bounds opened, as the resume and scoring tests do.
+                    "promotion": {"slope_low": 0.5, "slope_high": 2.0},
                     "validation": {"designs": ["internal", "external", "temporal", "network"], "temporal_from": "2021-07-01"},
                     "reporting": {"intended_use": {"t2d_2y": "E2E: adults at outpatient visits; an alert prompts an HbA1c."},
                                   "ethics": "Not needed: synthetic records."},
@@ -175,10 +177,12 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         # the blend weight is the one training chose (out-of-fold train rows and tuning rows).
         params = r.data.params
         assert (params["offset"], params["blend"]) == ("none", "crossfit") and 0 <= float(params["blend_weight"]) <= 1
-        assert params["blend_guard"] == "auprc"  # T2D's weights are chosen by AUROC, guarded by AUPRC
+        # T2D's outcome rate is under 5% when people count by their time at risk, so its
+        # weights are chosen by AUPRC (models.search.objective_name), guarded by AUROC
+        assert params["blend_guard"] == "auroc"
         assert params["blend_rule"] == "one_se"
-        # the search as it ran: two trials (the study asks for two), chosen on AUROC (T2D is common)
-        assert (params["search_trials"], params["search_objective"], params["search_timeout_s"]) == ("2", "auroc", "600")
+        # the search as it ran: two trials (the study asks for two), chosen on AUPRC (T2D under 5%, as above)
+        assert (params["search_trials"], params["search_objective"], params["search_timeout_s"]) == ("2", "auprc", "600")
         # The rule of 11 for the trees' leaves, and how many leaves it kept of those grown.
         assert (params["leaf_min_cell"], params["leaf_move_splits"]) == ("11", "True")
         after, before = (int(v.replace(",", "")) for v in params["leaves_released"].split(" of "))
@@ -195,7 +199,7 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
         assert bad.data.metrics["held_out/auroc"] < good.data.metrics["held_out/auroc"]
     # Two search trials per site run, as nested runs.
     trials = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
-    assert len(trials) == 2 * 4 and all("tuning/auroc" in t.data.metrics for t in trials)
+    assert len(trials) == 2 * 4 and all("tuning/auprc" in t.data.metrics for t in trials)  # the objective, as above
     parents = {r.info.run_id: r for r in runs}
     for t in trials:  # a trial carries its run's site and task, not its design (a design's search finds no trial)
         parent = parents[t.data.tags["mlflow.parentRunId"]].data.tags
@@ -547,11 +551,11 @@ def test_network_design_trains_one_model_across_sites_without_moving_rows(flow_r
         assert r.data.tags["forewarn.network_version"] == "2" and "forewarn-t2d_2y-network v2 kept as challenger" in html
         assert "trained across the sites academic, community without moving rows" in html
         # each site answered the training from a process of its own (validation.site_processes, the default)
-        # (at 3,000 people only the community site can tune: it alone sends tuning sums)
+        # (with up to five times per person both sites can tune: each sends tuning sums)
+        sent = (r"{} sent [\d,]+ models with its trees added, [\d,]+ tuning log-losses, [\d,]+ Platt gradient and "
+                r"Hessian sums, [\d,]+ Brier sums, [\d,]+ train label counts \([\d,]+ kB in all\)")
         assert re.search(r"each site answered from a process of its own, which held its rows and refused any other "
-                         r"call: academic sent [\d,]+ models with its trees added, [\d,]+ train label counts \([\d,]+ kB "
-                         r"in all\); community sent [\d,]+ models with its trees added, [\d,]+ tuning log-losses, [\d,]+ "
-                         r"Platt gradient and Hessian sums, [\d,]+ Brier sums, [\d,]+ train label counts", html), html
+                         r"call: " + sent.format("academic") + "; " + sent.format("community"), html), html
         assert f"{r.data.metrics['held_out/auroc']:.3f}" in html and 'id="subgroups"' in html
         assert html.count("data:image/png;base64,") == 11
         # The same model at the other site: its validation row and its "Site" subgroup level.
