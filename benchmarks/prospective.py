@@ -86,8 +86,9 @@ def main() -> None:
     parser.add_argument("--follow-up", choices=["everyone", "negatives"], default="everyone",
                         help="the tasks' follow_up: negatives labels positives whatever their follow-up (the rule "
                              "until session 33)")
-    parser.add_argument("--sample-from", choices=["eligible", "population"], default="eligible",
-                        help="the tasks' prediction_times.sample_from (features.labels.PredictionTimes)")
+    parser.add_argument("--sample-from", choices=["eligible", "population"], default=None,
+                        help="the tasks' prediction_times.sample_from (features.labels.PredictionTimes; default: the "
+                             "built-in task's)")
     parser.add_argument("--max-per-subject", type=int, default=None,
                         help="the tasks' prediction_times.max_per_subject (default: the built-in task's)")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -122,7 +123,8 @@ def main() -> None:
     task_files = []
     for task in tasks:  # the built-in task with the chosen follow_up
         spec = load_task(task)
-        times = spec.prediction_times.model_copy(update={"sample_from": args.sample_from} | (
+        times = spec.prediction_times.model_copy(update=(
+            {} if args.sample_from is None else {"sample_from": args.sample_from}) | (
             {} if args.max_per_subject is None else {"max_per_subject": args.max_per_subject}))
         spec = spec.model_copy(update={"follow_up": args.follow_up, "prediction_times": times})
         path = work / "tasks" / f"{task}.yaml"
