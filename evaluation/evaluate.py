@@ -209,6 +209,37 @@ def demographics(X, columns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return age, sex
 
 
+AUDIT_GROUPS = (("race", schema.RACE_VOCABULARY), ("ethnicity", schema.ETHNICITY_VOCABULARY))
+MULTIPLE = "Multiple"  # a person with two or more distinct codes of the group's vocabulary
+
+
+def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
+    """Each subject's race and ethnicity, the fairness audit's subgroups, from the static
+    codes of the Race and Ethnicity vocabularies (``Race//5``; the vocabulary matched
+    ignoring case, so a MEDS source's ``RACE//...`` counts too): one row per subject of
+    ``subjects`` (all with events when None), ``subject_id``, ``race``, ``ethnicity``. A
+    level is the code's name (``schema.AUDIT_LEVELS``: "White", "Hispanic or Latino"), a
+    code of its own otherwise; "Multiple" where a person has two or more; None where none
+    is recorded. Site-local: the subgroup tables publish only their levels' aggregates."""
+    events = f"read_parquet('{Path(events_dir) / '*.parquet'}')"
+    cases = " ".join(f"WHEN '{code}' THEN '{name}'" for code, name in schema.AUDIT_LEVELS.items())
+    picks = ", ".join(
+        f"CASE WHEN count(DISTINCT code) FILTER (WHERE upper(split_part(code, '//', 1)) = '{vocab.upper()}') > 1 "
+        f"THEN '{MULTIPLE}' ELSE min(CASE code {cases} ELSE split_part(code, '//', 2) END) "
+        f"FILTER (WHERE upper(split_part(code, '//', 1)) = '{vocab.upper()}') END AS {group}"
+        for group, vocab in AUDIT_GROUPS)
+    vocabs = ", ".join(f"'{vocab.upper()}'" for _, vocab in AUDIT_GROUPS)
+    sql = f"""SELECT CAST(subject_id AS BIGINT) AS subject_id, {picks} FROM {events}
+              WHERE time IS NULL AND upper(split_part(code, '//', 1)) IN ({vocabs}) GROUP BY 1"""
+    with duckdb.connect() as con:
+        found = con.sql(sql).df()
+    ids = found["subject_id"] if subjects is None else pd.Series(np.unique(np.asarray(subjects, np.int64)), name="subject_id")
+    out = pd.DataFrame({"subject_id": ids.to_numpy(np.int64)}).merge(found, on="subject_id", how="left")
+    for group, _ in AUDIT_GROUPS:
+        out[group] = out[group].astype(object).where(out[group].notna(), None)
+    return out.sort_values("subject_id", ignore_index=True)
+
+
 def label_demographics(events_dir: Path, labels_path: Path) -> pd.DataFrame:
     """The subgroups' age band and sex of every label row, read from the records as
     :func:`demographics` reads them from a feature matrix (age at the prediction time
@@ -217,7 +248,8 @@ def label_demographics(events_dir: Path, labels_path: Path) -> pd.DataFrame:
     label row, ``subject_id``, ``prediction_time``, and one column per way a published
     table splits the held-out rows: ``age_band``, ``sex``, and ``sex/F`` and ``sex/M``
     (a matrix that kept one gender column only splits the rows into those with that
-    code and the rest, ``~``). A missing level is ``~`` too. Site-local; nothing of it is published."""
+    code and the rest, ``~``), ``race`` and ``ethnicity`` (:func:`audit_levels`). A missing
+    level is ``~`` too. Site-local; nothing of it is published."""
     events = f"read_parquet('{Path(events_dir) / '*.parquet'}')"
     codes = ", ".join(f"'{code}'" for code, _ in SEX_CODES)
     sql = f"""
@@ -238,6 +270,9 @@ def label_demographics(events_dir: Path, labels_path: Path) -> pd.DataFrame:
         has = frame[label].fillna(False).astype(bool).to_numpy()
         out.loc[has, "sex"] = label
         out[f"sex/{label}"] = np.where(has, label, "~")
+    audit = audit_levels(events_dir, out["subject_id"]).set_index("subject_id")
+    for group, _ in AUDIT_GROUPS:
+        out[group] = audit[group].reindex(out["subject_id"]).fillna("~").to_numpy(object)
     return out
 
 
@@ -250,12 +285,14 @@ def evaluate_and_explain(
     site: str = "site",
     outcomes_path: Path | None = None,
     models: ModelConfig | None = None,
+    events_dir: Path | None = None,
 ) -> Evaluation:
     """Held-out discrimination (patient-bootstrap CIs) and calibration for each model;
     for the primary model also calibration statistics, the threshold table, the decision
     curve, lead times, subgroups, TreeSHAP explanations and the figures; and, given the
     training settings ``models`` and ``config.learning_curve.fractions``, the learning
-    curve (``evaluation.learning_curve``)."""
+    curve (``evaluation.learning_curve``). Subgroups are age band, sex and site, and with
+    the pull's ``events_dir`` race and ethnicity too (:func:`audit_levels`)."""
     out = Evaluation(Path(out_dir))
     (out.dir / "figures").mkdir(parents=True, exist_ok=True)
     record: dict = {"held_out": {}, "calibration": {}, "calibration_stats": {}}
@@ -327,6 +364,12 @@ def evaluate_and_explain(
             {"y": y, "p": p, "subject_id": held[schema.SUBJECT_ID].to_numpy(), "age_band": clinical.age_band(age),
              "sex": sex, "site": site}
         )
+        groups = ("age_band", "sex", "site")
+        if events_dir is not None:
+            audit = audit_levels(events_dir, frame["subject_id"]).set_index("subject_id")
+            for group, _ in AUDIT_GROUPS:
+                frame[group] = audit[group].reindex(frame["subject_id"]).to_numpy(object)
+            groups += tuple(group for group, _ in AUDIT_GROUPS)
         alert_at, budget = operating_point(record["thresholds"], p, config.operating_budget)
         point = operating_label(budget, config.operating_budget)
         timed = timed_rows(held, p, outcomes_path)
@@ -334,7 +377,7 @@ def evaluate_and_explain(
             frame = frame.assign(prediction_time=timed["prediction_time"].to_numpy(),
                                  outcome_time=timed["outcome_time"].to_numpy())
         record["subgroups"] = clinical.subgroup_metrics(
-            frame, n_boot=config.bootstrap, seed=config.seed, threshold=alert_at
+            frame, groups=groups, n_boot=config.bootstrap, seed=config.seed, threshold=alert_at
         ).to_dict(orient="records")
         record["subgroup_threshold"] = {"threshold": alert_at, "operating_point": point, "alert_budget": budget}
         record["lead_time"] = None if timed is None else (

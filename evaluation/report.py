@@ -51,7 +51,7 @@ DESIGNS = {
     "registered": "registered model from outside this study (external; a comparator, not this model)",
     "leave_one_site_out": "leave one site out",
 }
-GROUP_LABELS = {"age_band": "Age band", "sex": "Sex", "site": "Site"}
+GROUP_LABELS = {"age_band": "Age band", "sex": "Sex", "site": "Site", "race": "Race", "ethnicity": "Ethnicity"}
 SEX_LABELS = {"F": "female", "M": "male"}
 NET_BENEFIT_AT = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 SMOOTH_AT = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -1519,6 +1519,16 @@ def report_context(
     worse = _calibrator_hurt(m)
     if worse and method != "none":
         limitations.append(worse)
+    raw_subgroups = m.get("subgroups") or []
+    audited = {r.get("group") for r in raw_subgroups}
+    if raw_subgroups and not {"race", "ethnicity"} <= audited:
+        limitations.append(
+            "Race and ethnicity were not available to this evaluation, so fairness across them is not assessed here."
+        )
+    elif raw_subgroups and all(r.get("level") is None for r in raw_subgroups if r.get("group") in ("race", "ethnicity")):
+        limitations.append(
+            "Race and ethnicity are not recorded in this site's data, so fairness across them is not assessed."
+        )
     if any(r["suppressed"] for r in subgroup_rows):
         limitations.append(
             "Some subgroups are too small to report (fewer than 11 subjects, events or non-events): fairness across them is not shown."
@@ -1556,7 +1566,7 @@ def report_context(
     limitations.append(
         "Between nights: this site publishes a night only when 0 or 11 or more people changed since each night it "
         "published before, in its pull and in this task's labels (by outcome and split, the temporal design's too, "
-        "and by the held-out subgroups' age bands and sexes); finer cells (a calibration bin, a threshold's alerts) "
+        "and by the held-out subgroups' age bands, sexes, races and ethnicities); finer cells (a calibration bin, a threshold's alerts) "
         "can still differ by 1 to 10 between two published nights."
     )
     stated = _stated(reporting)
@@ -1663,6 +1673,7 @@ def report_context(
             "min_code_frequency": getattr(feature_config, "min_code_frequency", 0.0),
             "rollup_icd10": bool(getattr(feature_config, "rollup_icd10", False)),
             "parent_codes": bool(getattr(feature_config, "parent_codes", False)),
+            "audit_vocabularies": _join(list(getattr(feature_config, "audit_vocabularies", None) or [""])),
         },
         "model": {
             "role": "the network's model (one model trained across the sites, registered as the network's own model, apart from "

@@ -94,6 +94,11 @@ class FeatureConfig(Strict):
         description="value/slope only where the window's values span at least this many days (first to last); 0: any "
         "two values at different times. Two values a few days apart give a per-year slope of their noise",
     )
+    audit_vocabularies: list[str] = Field(
+        default_factory=lambda: [schema.RACE_VOCABULARY, schema.ETHNICITY_VOCABULARY],
+        description="vocabularies whose codes (``<vocabulary>//...``, matched ignoring case) are never predictors: "
+        "race and ethnicity are the fairness audit's subgroups. [] lets them into the vocabulary like any code",
+    )
     n_workers: int = Field(1, ge=0, description="worker processes for shards; 0 means one per core")
     batch_subjects: int = Field(
         500, ge=1, description="subjects computed at once within a shard: bounds memory, does not change the matrix"
@@ -222,7 +227,9 @@ def choose_vocabulary(
     if scan is None:
         scan = _scan_codes(events_dir, train, config, metadata_parents or {}, per_shard=False)
     names, subjects, numeric, timed, parents = scan
-    chosen = sorted(names[i] for i in np.flatnonzero(subjects >= threshold))
+    audit = {v.casefold() for v in config.audit_vocabularies}
+    chosen = sorted(names[i] for i in np.flatnonzero(subjects >= threshold)
+                    if "//" not in names[i] or names[i].partition("//")[0].casefold() not in audit)
     index = {c: i for i, c in enumerate(names)}
     return Vocabulary(chosen, {c for c in chosen if numeric[index[c]]}, {c for c in chosen if not timed[index[c]]}, parents)
 

@@ -373,11 +373,13 @@ def train_task(matrix: Stage, spec: TaskSpec, study: Study, cache: StageCache) -
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(matrix: Stage, trained: Stage, labels: Stage, spec: TaskSpec, study: Study, site: str,
-                  cache: StageCache) -> Stage:
-    key = key_of("evaluate", {"evaluation": _cfg(study.evaluation), "site": site}, [matrix.digest, trained.digest, labels.digest])
+                  cache: StageCache, pull: Stage) -> Stage:
+    """The pull's events give the held-out people's race and ethnicity for the subgroup tables."""
+    key = key_of("evaluate", {"evaluation": _cfg(study.evaluation), "site": site},
+                 [matrix.digest, trained.digest, labels.digest, pull.digest])
     return cache.run(f"evaluate-{spec.name}", key, lambda out: evaluate_and_explain(
         matrix.result, trained.result, out, study.evaluation, site=site, outcomes_path=labels.result.outcomes_path,
-        models=study.models))
+        models=study.models, events_dir=pull.result.events_dir))
 
 
 @task(name="champion check", cache_policy=NO_CACHE)
@@ -578,7 +580,8 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
             network = FederatedModel.load(model.dir)
             trained = SiteRows(n, features[n].result, threads).write_trained(network, out / "models", study.models)
             evaluation = evaluate_and_explain(features[n].result, trained, out / "evaluation", study.evaluation, site=n,
-                                              outcomes_path=built[n]["labels"].result.outcomes_path)
+                                              outcomes_path=built[n]["labels"].result.outcomes_path,
+                                              events_dir=built[n]["pull"].result.events_dir)
             # This site's part of the model's drift profile (aggregates of 11+ rows), its
             # vocabulary the site's own: what tomorrow's rows here are compared with.
             X, rows, cols = features[n].result.load()
@@ -1530,7 +1533,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
             if info is not None and info[1].get(f"{tracking.TAG}.train_key") == key:
                 # The champion was trained on these very features: nothing changed since it was published.
                 trained = train_task(matrix, spec, study, cache)
-                evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache)
+                evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache, pulls[name])
                 held = evaluation.result.load_metrics()["held_out"][PRIMARY]
                 champion = ChampionCheck(info[0], held["auroc"], trained.result, matrix.result)
                 drift = {"compare": None, "decision": {
@@ -1554,7 +1557,7 @@ def run_task(study: Study, spec: TaskSpec, pulls: dict[str, Stage], caches: dict
                                               reason=f"drift policy: {'; '.join(drift['decision']['reasons'])}; the champion stays"))
                     continue
                 trained = train_task(matrix, spec, study, cache)
-                evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache)
+                evaluation = evaluate_task(matrix, trained, labels, spec, study, name, cache, pulls[name])
             used[name] += [trained, evaluation]
             built[name] = data[name] | {"trained": trained, "evaluation": evaluation, "champion": champion, "drift": drift}
         except Exception as exc:  # noqa: BLE001 - the other sites go on; the run ends Failed

@@ -56,6 +56,9 @@ CHUNK_PEOPLE = 50_000  # people simulated at once; fixed, so output does not dep
 EHR = 32817  # type concept: EHR
 EHR_PRESCRIPTION = 32838
 MALE, FEMALE = 8507, 8532
+# OMOP Race concepts in the order of ``SiteProfile.race_shares``, and Ethnicity's two.
+RACES = (8527, 8516, 8515, 8657, 8557)  # White, Black or African American, Asian, AIAN, NHPI
+HISPANIC, NOT_HISPANIC = 38003563, 38003564
 OUTPATIENT, INPATIENT, EMERGENCY = 9202, 9201, 9203
 
 
@@ -88,6 +91,12 @@ class SiteProfile:
     late_entry_share: float  # fraction whose observation starts after the window start
     lost_share: float  # fraction lost to follow-up before the window end
     visit_source_values: tuple[str, str, str] = ("OP", "IP", "ER")  # outpatient, inpatient, ER
+    # Race (``RACES``' order; the rest unrecorded, concept 0) and Hispanic ethnicity, drawn
+    # from a stream of their own and independent of everything else: the fairness audit's
+    # subgroups, whose metrics then differ by chance alone.
+    race_shares: tuple[float, float, float, float, float] = (0.62, 0.15, 0.06, 0.01, 0.005)
+    hispanic_share: float = 0.15
+    ethnicity_unrecorded_share: float = 0.06
 
 
 SITES: dict[str, SiteProfile] = {
@@ -114,6 +123,8 @@ SITES: dict[str, SiteProfile] = {
         late_entry_share=0.3,
         lost_share=0.17,
         visit_source_values=("AMB", "IMP", "EMER"),
+        race_shares=(0.56, 0.18, 0.10, 0.01, 0.005),
+        hispanic_share=0.12,
     ),
     "community": SiteProfile(
         name="community",
@@ -138,6 +149,9 @@ SITES: dict[str, SiteProfile] = {
         late_entry_share=0.35,
         lost_share=0.2,
         visit_source_values=("office visit", "inpatient admission", "emergency room"),
+        race_shares=(0.68, 0.14, 0.03, 0.02, 0.005),
+        hispanic_share=0.19,
+        ethnicity_unrecorded_share=0.10,
     ),
 }
 
@@ -163,6 +177,13 @@ _CONCEPTS: list[_Concept] = [
     ("none", 0, "No matching concept", "Metadata", "None", "Undefined", None, "No matching concept"),
     ("male", MALE, "MALE", "Gender", "Gender", "Gender", "S", "M"),
     ("female", FEMALE, "FEMALE", "Gender", "Gender", "Gender", "S", "F"),
+    ("white", 8527, "White", "Race", "Race", "Race", "S", "5"),
+    ("black", 8516, "Black or African American", "Race", "Race", "Race", "S", "3"),
+    ("asian", 8515, "Asian", "Race", "Race", "Race", "S", "2"),
+    ("aian", 8657, "American Indian or Alaska Native", "Race", "Race", "Race", "S", "1"),
+    ("nhpi", 8557, "Native Hawaiian or Other Pacific Islander", "Race", "Race", "Race", "S", "4"),
+    ("hispanic", HISPANIC, "Hispanic or Latino", "Ethnicity", "Ethnicity", "Ethnicity", "S", "Hispanic"),
+    ("not_hispanic", NOT_HISPANIC, "Not Hispanic or Latino", "Ethnicity", "Ethnicity", "Ethnicity", "S", "Not Hispanic"),
     ("op", OUTPATIENT, "Outpatient Visit", "Visit", "Visit", "Visit", "S", "OP"),
     ("ip", INPATIENT, "Inpatient Visit", "Visit", "Visit", "Visit", "S", "IP"),
     ("er", EMERGENCY, "Emergency Room Visit", "Visit", "Visit", "Visit", "S", "ER"),
@@ -471,6 +492,7 @@ def generate_site(
             n = min(CHUNK_PEOPLE, people - first)
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, chunk])))
             frames = _simulate_chunk(rng, profile, n, first, window, ids, (mrn_a, mrn_b))
+            frames["person"] = _with_race(frames["person"], profile, seed, chunk)
             for table, frame in frames.items():
                 _write(con, table, frame, table in created)
                 created.add(table)
@@ -515,6 +537,25 @@ def _write(con: duckdb.DuckDBPyConnection, table: str, frame: pa.Table, append: 
             con.execute(f"CREATE TABLE {table} AS {sql}")
     finally:
         con.unregister("_chunk")
+
+
+def _with_race(person: pa.Table, profile: SiteProfile, seed: int, chunk: int) -> pa.Table:
+    """``person`` with race and ethnicity concepts drawn from their own stream (``[seed,
+    chunk, RACE_STREAM]``), so that every other table is what it was before they were drawn."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, chunk, RACE_STREAM])))
+    n = person.num_rows
+    shares = np.asarray(profile.race_shares, float)
+    race = np.asarray((*RACES, 0), np.int32)[rng.choice(len(RACES) + 1, n, p=[*shares, 1 - shares.sum()])]
+    u = rng.random(n)
+    hispanic = u < profile.hispanic_share
+    unrecorded = u >= 1 - profile.ethnicity_unrecorded_share
+    ethnicity = np.where(hispanic, HISPANIC, np.where(unrecorded, 0, NOT_HISPANIC)).astype(np.int32)
+    for name, values in (("race_concept_id", race), ("ethnicity_concept_id", ethnicity)):
+        person = person.set_column(person.schema.get_field_index(name), name, pa.array(values, pa.int32()))
+    return person
+
+
+RACE_STREAM = 0x7ACE
 
 
 def _concept_table() -> pa.Table:

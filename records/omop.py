@@ -77,7 +77,7 @@ REQUIRED = {
 }
 VOCABULARY_TABLES = ("concept", "concept_relationship")
 OPTIONAL = {
-    "person": ["month_of_birth", "day_of_birth", "birth_datetime"],
+    "person": ["month_of_birth", "day_of_birth", "birth_datetime", "race_concept_id", "ethnicity_concept_id"],
     "concept": ["concept_name"],
     "concept_relationship": ["invalid_reason"],
     "observation_period": ["observation_period_id"],
@@ -408,19 +408,23 @@ def load_omop(ctx: PullContext) -> None:
         FROM v_person p
         """
     )
-    # Gender is a static event of the person row.
-    con.execute(
-        """
-        INSERT INTO raw_events
-        WITH p AS (SELECT *, 'person row ' || CAST(row_number() OVER () AS VARCHAR) AS src_row FROM v_person)
-        SELECT 'person', p.src_row, NULL, CAST(p.person_id AS VARCHAR), NULL,
-               COALESCE(m.code, 'OMOP//' || CAST(p.gender_concept_id AS VARCHAR)), NULL, NULL,
-               CASE WHEN TRY_CAST(p.gender_concept_id AS BIGINT) IS NULL AND p.gender_concept_id IS NOT NULL
-                    THEN 'person.gender_concept_id: expected an integer concept id; fix the value' END
-        FROM p LEFT JOIN code_map m ON m.concept_id = TRY_CAST(p.gender_concept_id AS BIGINT)
-        WHERE p.gender_concept_id IS NOT NULL
-        """
-    )
+    # Gender, race and ethnicity are static events of the person row (race and ethnicity
+    # only where recorded: 0 is OMOP's "No matching concept"); race and ethnicity are the
+    # fairness audit's subgroups, never predictors (``features.audit_vocabularies``).
+    for column, skip_zero in (("gender_concept_id", False), ("race_concept_id", True), ("ethnicity_concept_id", True)):
+        recorded = f"p.{column} IS NOT NULL" + (f" AND COALESCE(TRY_CAST(p.{column} AS BIGINT), -1) <> 0" if skip_zero else "")
+        con.execute(
+            f"""
+            INSERT INTO raw_events
+            WITH p AS (SELECT *, 'person row ' || CAST(row_number() OVER () AS VARCHAR) AS src_row FROM v_person)
+            SELECT 'person', p.src_row, NULL, CAST(p.person_id AS VARCHAR), NULL,
+                   COALESCE(m.code, 'OMOP//' || CAST(p.{column} AS VARCHAR)), NULL, NULL,
+                   CASE WHEN TRY_CAST(p.{column} AS BIGINT) IS NULL
+                        THEN 'person.{column}: expected an integer concept id; fix the value' END
+            FROM p LEFT JOIN code_map m ON m.concept_id = TRY_CAST(p.{column} AS BIGINT)
+            WHERE {recorded}
+            """
+        )
     if "observation_period" in cols:
         for col, code in (
             ("observation_period_start_date", schema.OBSERVATION_START),

@@ -31,6 +31,21 @@ DEATH_CODE = "MEDS_DEATH"
 OBSERVATION_START = "MEDS_OBSERVATION_PERIOD//START"
 OBSERVATION_END = "MEDS_OBSERVATION_PERIOD//END"
 
+# Race and ethnicity: static codes of the OMOP Race and Ethnicity vocabularies (the OMOP
+# pull writes ``person.race_concept_id`` as ``Race//5``; a FHIR pull maps US Core's OMB
+# categories to the same codes). They are the fairness audit's subgroups, never predictors
+# (``features.audit_vocabularies``).
+RACE_VOCABULARY, ETHNICITY_VOCABULARY = "Race", "Ethnicity"
+AUDIT_LEVELS = {
+    "Race//1": "American Indian or Alaska Native",
+    "Race//2": "Asian",
+    "Race//3": "Black or African American",
+    "Race//4": "Native Hawaiian or Other Pacific Islander",
+    "Race//5": "White",
+    "Ethnicity//Hispanic": "Hispanic or Latino",
+    "Ethnicity//Not Hispanic": "Not Hispanic or Latino",
+}
+
 TRAIN, TUNING, HELD_OUT = "train", "tuning", "held_out"
 SPLITS = (TRAIN, TUNING, HELD_OUT)
 

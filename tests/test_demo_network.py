@@ -512,3 +512,34 @@ def test_hba1c_rises_before_diabetes_diagnosis(large: dict[str, Path]) -> None:
         assert cases >= 30
         assert before > never + 0.5
         assert egfr < 60
+
+
+def test_race_and_ethnicity_come_from_a_stream_of_their_own(tmp_path: Path) -> None:
+    """Race and ethnicity follow the site's shares and nothing else: other shares change
+    no other column of any table (so no outcome), and every concept is a Race or Ethnicity
+    concept of the concept table, or 0 where unrecorded."""
+    import dataclasses
+
+    profile = demo.SITES["academic"]
+    other = dataclasses.replace(profile, race_shares=(0.2, 0.2, 0.2, 0.2, 0.1), hispanic_share=0.5)
+    a = demo.generate_site(tmp_path / "a.duckdb", profile, 4000, seed=3)
+    b = demo.generate_site(tmp_path / "b.duckdb", other, 4000, seed=3)
+    assert a == b
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{tmp_path / 'a.duckdb'}' AS a (READ_ONLY); ATTACH '{tmp_path / 'b.duckdb'}' AS b (READ_ONLY)")
+    for table in ("condition_occurrence", "measurement", "visit_occurrence", "death", "drug_exposure"):
+        assert con.execute(f"SELECT count(*) FROM (SELECT * FROM a.{table} EXCEPT ALL SELECT * FROM b.{table})").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM (SELECT * EXCLUDE (race_concept_id, ethnicity_concept_id) FROM a.person "
+                       "EXCEPT ALL SELECT * EXCLUDE (race_concept_id, ethnicity_concept_id) FROM b.person)").fetchone() == (0,)
+    shares = dict(con.execute("SELECT race_concept_id, count(*) / 4000 FROM a.person GROUP BY 1").fetchall())
+    for concept, share in zip(demo.RACES, profile.race_shares, strict=True):
+        assert shares.get(concept, 0) == pytest.approx(share, abs=0.02), concept
+    assert shares[0] == pytest.approx(1 - sum(profile.race_shares), abs=0.02)
+    hispanic = con.execute(f"SELECT avg((ethnicity_concept_id = {demo.HISPANIC})::INT) FROM a.person").fetchone()[0]
+    assert hispanic == pytest.approx(profile.hispanic_share, abs=0.02)
+    assert con.execute(f"SELECT avg((race_concept_id <> b_race)::INT) FROM (SELECT a.person.race_concept_id, "
+                       f"b.person.race_concept_id AS b_race FROM a.person JOIN b.person USING (person_id))").fetchone()[0] > 0.3
+    vocabularies = con.execute(
+        "SELECT DISTINCT c.vocabulary_id FROM a.person p JOIN a.concept c ON c.concept_id IN (p.race_concept_id, "
+        "p.ethnicity_concept_id) WHERE c.concept_id <> 0").fetchall()
+    assert sorted(vocabularies) == [("Ethnicity",), ("Race",)]

@@ -297,3 +297,24 @@ def test_a_slope_needs_values_spanning_slope_min_days(tmp_path):
     values = np.array([79.0, 80.0, 82.0])
     expected = np.polyfit(days, values, 1)[0]
     assert X[0, list(cols["name"]).index(f"{W}/value/slope/365d")] == pytest.approx(expected, rel=1e-3)
+
+
+def test_race_and_ethnicity_are_never_predictors_unless_asked(tmp_path):
+    """Static codes of the Race and Ethnicity vocabularies (any case: a MEDS source's
+    ``RACE//WHITE`` too) are the fairness audit's subgroups: by default no column is
+    made of them, while the gender code beside them is; ``audit_vocabularies: []``
+    lets them in like any code."""
+    rows = [(s, None, code, None) for s in (1, 2) for code in ("Gender//F", "Race//5", "Ethnicity//Hispanic", "RACE//WHITE")]
+    rows += [(s, datetime(1970, 1, 1), "MEDS_BIRTH", None) for s in (1, 2)]
+    labels = [(1, T, True), (2, T, False)]
+    _, _, cols = run(tmp_path / "a", rows, labels, FeatureConfig(min_code_subjects=1))
+    assert sorted(cols["name"]) == ["AGE/years/at_prediction/t", "Gender//F/static/present/static"]
+    X, _, cols = run(tmp_path / "b", rows, labels, FeatureConfig(min_code_subjects=1, audit_vocabularies=[]))
+    assert sorted(cols["name"]) == ["AGE/years/at_prediction/t", "Ethnicity//Hispanic/static/present/static",
+                                    "Gender//F/static/present/static", "RACE//WHITE/static/present/static",
+                                    "Race//5/static/present/static"]
+    assert X[:, list(cols["name"]).index("Race//5/static/present/static")].tolist() == [1, 1]
+    # one vocabulary named: the other comes in
+    _, _, cols = run(tmp_path / "c", rows, labels, FeatureConfig(min_code_subjects=1, audit_vocabularies=["race"]))
+    assert "Ethnicity//Hispanic/static/present/static" in set(cols["name"]) and not any(
+        n.lower().startswith("race//") for n in cols["name"])

@@ -272,3 +272,57 @@ def test_pull_changes_flags_a_feed_that_moved_by_a_fifth_or_more():
     # A pull whose per-table counts are withheld (a quarantine of 1..10) compares nothing.
     small = {"tables": {"person": {"read": 1005, "kept": 1000, "quarantined": 5}}, "quarantined": 5}
     assert pull_changes(small, now) == [] and pull_changes(now, small) == []
+
+
+def test_race_and_ethnicity_are_static_codes_and_the_audits_levels(tmp_path):
+    """``person.race_concept_id`` and ``ethnicity_concept_id`` become static events of
+    their OMOP vocabulary codes where recorded (0, "No matching concept", and NULL are
+    not; a concept missing from the vocabulary keeps its id, as gender's does), and the
+    fairness audit reads its levels from them. A person row counts once however many
+    events it gave."""
+    from forewarn.evaluation.evaluate import audit_levels
+
+    db = make_omop(tmp_path / "omop.duckdb")
+    con = duckdb.connect(str(db))
+    con.execute("""
+        ALTER TABLE person ADD COLUMN race_concept_id INTEGER;
+        ALTER TABLE person ADD COLUMN ethnicity_concept_id INTEGER;
+        UPDATE person SET race_concept_id = 8527, ethnicity_concept_id = 0 WHERE person_id = 1;
+        UPDATE person SET race_concept_id = NULL, ethnicity_concept_id = 38003563 WHERE person_id = 2;
+        INSERT INTO concept VALUES (8527, 'White', 'Race', 'Race', 'Race', 'S', '5'),
+                                   (38003563, 'Hispanic or Latino', 'Ethnicity', 'Ethnicity', 'Ethnicity', 'S', 'Hispanic');
+    """)
+    con.close()
+    pulled = pull_omop_duckdb(db, tmp_path / "out", site="golden", config=KEY, now=NOW, max_bad_fraction=1.0)
+    got = _unshift(pd.read_parquet(pulled.events_dir))
+    static = sorted((int(p), c) for p, c, t in zip(got["person"], got[schema.CODE], got[schema.TIME], strict=True)
+                    if pd.isna(t))
+    assert static == [(1, "Gender//F"), (1, "Race//5"), (2, "Ethnicity//Hispanic"), (2, "Gender//M")]
+    report = json.loads(pulled.report_path.read_text())
+    assert (report["tables"]["person"]["read"], report["tables"]["person"]["kept"]) == (2, 2)
+    levels = audit_levels(pulled.events_dir).assign(person=lambda f: f["subject_id"].map(
+        dict(zip(got[schema.SUBJECT_ID], got["person"], strict=False))))
+    assert sorted(zip(levels["person"], levels["race"], levels["ethnicity"], strict=True)) == [
+        (1, "White", None), (2, None, "Hispanic or Latino")]
+    # the pull's code metadata names them, as the report's subgroup table does
+    codes = pd.read_parquet(pulled.codes_path).set_index("code")["description"]
+    assert (codes["Race//5"], codes["Ethnicity//Hispanic"]) == ("White", "Hispanic or Latino")
+
+
+def test_audit_levels_name_several_codes_multiple_and_keep_a_local_vocabularys_codes(tmp_path):
+    """A MEDS source's own race codes (``RACE//WHITE``: the vocabulary matched ignoring
+    case) keep their local part as the level; two distinct race codes read "Multiple";
+    timed rows of the vocabularies are not static characteristics and are ignored; and
+    asked for subjects with no code, the audit says None."""
+    from helpers import write_events
+
+    from forewarn.evaluation.evaluate import audit_levels
+
+    write_events(tmp_path / "events", [
+        (1, None, "Race//5", None), (1, None, "Race//3", None), (1, None, "Ethnicity//Not Hispanic", None),
+        (2, None, "RACE//WHITE", None), (2, datetime(2020, 1, 1), "Race//2", None),
+        (3, None, "Gender//F", None),
+    ])
+    levels = audit_levels(tmp_path / "events", [3, 2, 1, 4, 2])
+    assert levels.to_dict("list") == {"subject_id": [1, 2, 3, 4], "race": ["Multiple", "WHITE", None, None],
+                                      "ethnicity": ["Not Hispanic or Latino", None, None, None]}

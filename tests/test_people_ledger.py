@@ -408,9 +408,18 @@ def test_subgroup_levels_are_groups_of_the_task_ledger(tmp_path, demo_network):
     assert set(on_rows["sex"]) == {"F", "M"} and len(set(on_rows["age_band"])) >= 4
     assert on_rows["sex/F"].tolist() == ["F" if s == "F" else "~" for s in sex]
 
+    # race and ethnicity: the audit's levels of the person, "~" where unrecorded
+    from forewarn.evaluation.evaluate import audit_levels
+
+    audit = audit_levels(pull.events_dir, rows["subject_id"]).set_index("subject_id")
+    for column in ("race", "ethnicity"):
+        assert on_rows[column].tolist() == audit[column].reindex(on_rows["subject_id"]).fillna("~").tolist()
+    assert {"White", "Black or African American", "~"} <= set(on_rows["race"])
+    assert not columns["code"].str.match(r"(?i)(race|ethnicity)//").any()
+
     people = task_people(labels.labels_path, labels.splits_path, levels)
     held = rows[rows["split"] == "held_out"].merge(on_rows, on=key)
-    for column in ("age_band", "sex"):
+    for column in ("age_band", "sex", "race", "ethnicity"):
         published = held.groupby(column)["boolean_value"].agg(["sum", "size"])
         for level, (events, size) in published.iterrows():
             mine = people[people["split"] == f"level:{column}={level}"]

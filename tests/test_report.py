@@ -133,6 +133,7 @@ def run(tmp_path_factory, demo_network):
         EvaluationConfig(bootstrap=20, shap_rows=200),
         site=site,
         outcomes_path=labels.outcomes_path,
+        events_dir=pull.events_dir,
     )
     return {
         "work": work,
@@ -454,7 +455,7 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
     assert EvaluationConfig().net_benefit_thresholds == list(DEFAULT_NET_BENEFIT_THRESHOLDS)
     with pytest.raises(ValueError, match=r"net_benefit_thresholds must lie in \(0, 1\) .*got \[0.0\]"):
         EvaluationConfig(net_benefit_thresholds=[0.0, 0.1])
-    for group in ("Age band", "Sex", "Site"):
+    for group in ("Age band", "Sex", "Site", "Race", "Ethnicity"):
         assert group in text
     for level in {str(r["level"]) for r in record["subgroups"] if r["group"] == "age_band"}:
         assert level in text
@@ -481,6 +482,43 @@ def test_threshold_lead_time_and_subgroup_tables(run, full):
     assert [site["lead_median_days"], site["lead_q25_days"], site["lead_q75_days"]] == [
         lead["median_days"], lead["q25_days"], lead["q75_days"]]
     assert "Net benefit is the decision curve's at the same threshold probability" in text
+
+
+def test_race_and_ethnicity_are_audited_subgroups_not_predictors(run, full):
+    """The demo records race and ethnicity (drawn apart from everything else): the
+    subgroup table has a level per recorded category, plus "missing", each counted from
+    the held-out rows and the pull's static codes; no feature is made of them; a level
+    under 11 people is suppressed, and in the report a second with it."""
+    from forewarn.evaluation.evaluate import audit_levels, split_frame
+    from forewarn.evaluation.report import _subgroups
+    from forewarn.models.train import PRIMARY
+
+    record = run["evaluation"].load_metrics()
+    held = split_frame(run["trained"], PRIMARY, schema.HELD_OUT)
+    audit = audit_levels(run["pull"].events_dir, held[schema.SUBJECT_ID]).set_index("subject_id")
+    for group in ("race", "ethnicity"):
+        level = audit[group].reindex(held[schema.SUBJECT_ID]).to_numpy(object)
+        rows = [r for r in record["subgroups"] if r["group"] == group]
+        assert {r["level"] for r in rows} == {v for v in level}, group
+        for r in rows:
+            mine = np.array([v == r["level"] for v in level])
+            subjects = int(held.loc[mine, schema.SUBJECT_ID].nunique())
+            if subjects < 11:  # small, or else shown or hidden to protect a small one
+                assert r["subjects"] is None and r["suppressed"], (group, r["level"])
+            elif r["subjects"] is not None:
+                assert r["subjects"] == subjects and r["rows"] == int(mine.sum()), (group, r["level"])
+            if r["events"] is not None:
+                assert r["events"] == int(held.loc[mine, schema.BOOLEAN_VALUE].sum())
+        # in the report a small level's count cannot be had from the total less the others
+        shown = [r for r in _subgroups(record, run["site"]) if r["group"] == group.capitalize()]
+        assert len(shown) == len(rows) and sum(r["rows"] in ("<11", "withheld") for r in shown) != 1
+    race = {r["level"]: r for r in record["subgroups"] if r["group"] == "race"}
+    assert {"White", "Black or African American", None} <= set(race) and race["White"]["subjects"] >= 100
+    _, _, columns = run["matrix"].load()
+    assert not columns["code"].str.match(r"(?i)(race|ethnicity)//").any()
+    text = Page(full).text
+    assert "Codes of the Race or Ethnicity vocabularies are never features" in text
+    assert "Race and ethnicity were not available" not in text and "Hispanic or Latino" in text
 
 
 def test_small_counts_show_as_less_than_11_with_a_complementary_cell_withheld(run):
