@@ -25,7 +25,11 @@ The clinical model, per person (all times in days since 1970-01-01):
   diabetes in the months before diagnosis, a CT abdomen at diagnosis, and high
   mortality after;
 * noise: acute and chronic unrelated conditions, their drugs, office visits, panels
-  and screening colonoscopies.
+  and screening colonoscopies;
+* race and ethnicity (OMOP Race and Ethnicity concepts, some unrecorded), drawn from a
+  stream of their own by the site's shares and independent of all the above: the
+  evaluation's fairness audit has levels to show, and any difference between them is
+  chance (drawing them changed no other table).
 
 Concept ids: standard concepts use their OHDSI Athena ids where those are well
 known; ICD10CM and CPT4 concepts, and SNOMED "weight loss", use ids from the OMOP

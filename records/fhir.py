@@ -114,6 +114,16 @@ GENDER_NAMES = {
     "Gender//O": "OTHER",
     "Gender//U": "UNKNOWN",
 }
+# US Core race and ethnicity: their OMB categories, as the OMOP Race and Ethnicity
+# vocabularies' codes (``schema.AUDIT_LEVELS``), so both formats audit the same levels.
+US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
+OMB_CATEGORIES = {
+    f"{US_CORE}us-core-race": {"1002-5": "Race//1", "2028-9": "Race//2", "2054-5": "Race//3", "2076-8": "Race//4",
+                               "2106-3": "Race//5"},
+    f"{US_CORE}us-core-ethnicity": {"2135-2": "Ethnicity//Hispanic", "2186-5": "Ethnicity//Not Hispanic"},
+}
+OMB_VOCABULARY = {f"{US_CORE}us-core-race": schema.RACE_VOCABULARY, f"{US_CORE}us-core-ethnicity": schema.ETHNICITY_VOCABULARY}
+OMB_UNKNOWN = {"UNK", "ASKU"}  # NullFlavor: unknown, asked but declined
 NOT_HAPPENED = {"not-done", "cancelled"}
 LOG_EVERY_LINES = 1_000_000
 
@@ -506,6 +516,7 @@ class _Loader:
                 else "Patient.gender: expected male, female, other or unknown; fix the value"
             )
             events.append(("person", loc, None, pid, None, code, None, None, reason))
+        events += [("person", loc, None, pid, None, code, None, None, None) for code in _omb_codes(res)]
         return events
 
     def _head(self, res: dict, rtype: str, subject: str, refs: dict | None) -> tuple:
@@ -841,7 +852,7 @@ class _Loader:
             """
         )
         descriptions = dict(self.descriptions)
-        for code, name in GENDER_NAMES.items():
+        for code, name in (*GENDER_NAMES.items(), *schema.AUDIT_LEVELS.items()):
             descriptions.setdefault(code, name)
         append(
             self.ctx,
@@ -917,6 +928,24 @@ def _pick(res: dict, paths: tuple) -> tuple[str, Any]:
         if value is not None:
             return path, value
     return paths[0][0], None
+
+
+def _omb_codes(patient: dict) -> list[str]:
+    """A Patient's US Core race and ethnicity (each extension's ``ombCategory`` codings) as
+    static codes: an OMB category as the OMOP vocabulary's code (``Race//5``), any other
+    code as ``Race//<code>``; unknown or declined (``UNK``, ``ASKU``) and the detailed
+    codes are not recorded. Each distinct code once, in order."""
+    codes: list[str] = []
+    for ext in patient.get("extension") or []:
+        if not isinstance(ext, dict) or ext.get("url") not in OMB_CATEGORIES:
+            continue
+        known, vocabulary = OMB_CATEGORIES[ext["url"]], OMB_VOCABULARY[ext["url"]]
+        for part in ext.get("extension") or []:
+            coding = part.get("valueCoding") if isinstance(part, dict) and part.get("url") == "ombCategory" else None
+            code = coding.get("code") if isinstance(coding, dict) else None
+            if isinstance(code, str) and code and code not in OMB_UNKNOWN:
+                codes.append(known.get(code, f"{vocabulary}//{code}"))
+    return list(dict.fromkeys(codes))
 
 
 def _identifiers(res: dict) -> set[str]:

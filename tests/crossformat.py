@@ -35,6 +35,11 @@ EVENTS = [
     (20, 3, "measurement", "LOINC", "8480-6", datetime(2020, 7, 7, 14, 0), 128.0, "mm[Hg]", "Systolic blood pressure"),
 ]
 GENDER_CONCEPT = {"F": 8532, "M": 8507}
+# person -> (race, ethnicity) as (OMOP concept id, OMOP code, name, US Core OMB code); person 3
+# has none recorded (OMOP's race 0, "No matching concept", and a NULL ethnicity)
+RACE = {1: (8527, "Race//5", "White", "2106-3"), 2: (8516, "Race//3", "Black or African American", "2054-5")}
+ETHNICITY = {1: (38003564, "Ethnicity//Not Hispanic", "Not Hispanic or Latino", "2186-5"),
+             2: (38003563, "Ethnicity//Hispanic", "Hispanic or Latino", "2135-2")}
 TABLE = {"visit": "visit_occurrence", "condition": "condition_occurrence", "drug": "drug_exposure",
          "procedure": "procedure_occurrence", "measurement": "measurement"}
 
@@ -42,6 +47,7 @@ TABLE = {"visit": "visit_occurrence", "condition": "condition_occurrence", "drug
 def _concepts():
     """concept rows (id, name, vocabulary, code) for every code and unit used."""
     rows = {(8532, "FEMALE", "Gender", "F"), (8507, "MALE", "Gender", "M")}
+    rows |= {(cid, name, code.split("//")[0], code.split("//")[1]) for cid, code, name, _ in [*RACE.values(), *ETHNICITY.values()]}
     ids = {}
     for i, (_, _, _, vocab, code, _, _, unit, desc) in enumerate(EVENTS):
         cid = ids.setdefault((vocab, code), 100 + i)
@@ -57,8 +63,11 @@ def write_omop_duckdb(path: Path) -> Path:
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE concept (concept_id INTEGER, concept_name VARCHAR, domain_id VARCHAR, vocabulary_id VARCHAR, concept_code VARCHAR)")
     con.executemany("INSERT INTO concept VALUES (?, ?, 'x', ?, ?)", concepts)
-    con.execute("CREATE TABLE person (person_id BIGINT, gender_concept_id INTEGER, year_of_birth INTEGER, birth_datetime TIMESTAMP, person_source_value VARCHAR, patient_name VARCHAR)")
-    con.executemany("INSERT INTO person VALUES (?, ?, ?, ?, ?, ?)", [(p, GENDER_CONCEPT[s], b.year, b, mrn, name) for p, s, b, _, mrn, name in PEOPLE])
+    con.execute("CREATE TABLE person (person_id BIGINT, gender_concept_id INTEGER, year_of_birth INTEGER, birth_datetime TIMESTAMP, "
+                "race_concept_id INTEGER, ethnicity_concept_id INTEGER, person_source_value VARCHAR, patient_name VARCHAR)")
+    con.executemany("INSERT INTO person VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+        (p, GENDER_CONCEPT[s], b.year, b, RACE[p][0] if p in RACE else 0, ETHNICITY[p][0] if p in ETHNICITY else None, mrn, name)
+        for p, s, b, _, mrn, name in PEOPLE])
     con.execute("CREATE TABLE death (person_id BIGINT, death_date DATE, death_datetime TIMESTAMP)")
     con.executemany("INSERT INTO death VALUES (?, ?, ?)", [(p, d.date(), d) for p, _, _, d, _, _ in PEOPLE if d])
     con.execute("CREATE TABLE visit_occurrence (visit_occurrence_id BIGINT, person_id BIGINT, visit_concept_id INTEGER, visit_start_date DATE, visit_start_datetime TIMESTAMP)")
@@ -94,6 +103,7 @@ def write_meds(root: Path) -> Path:
     rows = []
     for pid, sex, birth, death, _, _ in PEOPLE:
         rows += [(pid, None, f"Gender//{sex}", None, None), (pid, birth, "MEDS_BIRTH", None, None)]
+        rows += [(pid, None, audit[pid][1], None, None) for audit in (RACE, ETHNICITY) if pid in audit]
         if death:
             rows.append((pid, death, "MEDS_DEATH", None, None))
     for _, pid, _, vocab, code, t, value, unit, _ in EVENTS:

@@ -377,7 +377,7 @@ def test_ndjson_pulls_into_the_same_bytes_as_bundles(tmp_path, pop):
 
 def test_the_crossformat_dataset_pulls_as_omop_does(tmp_path):
     """One dataset as OMOP CDM and as FHIR (local time zones included): identical events."""
-    from crossformat import EVENTS, PEOPLE, write_omop_duckdb
+    from crossformat import ETHNICITY, EVENTS, PEOPLE, RACE, write_omop_duckdb
 
     from forewarn.records.omop import pull_omop
 
@@ -400,6 +400,13 @@ def test_the_crossformat_dataset_pulls_as_omop_does(tmp_path):
             deceased=fhir_time(death, timedelta(hours=2)) if death else None,
             mrn=mrn,
         )
+        # US Core race and ethnicity: the OMB category (and a detailed code, not read)
+        for url, audit, detail in (("us-core-race", RACE, "2108-9"), ("us-core-ethnicity", ETHNICITY, "2148-5")):
+            omb = audit.get(pid, (None, None, None, "UNK"))[3]  # UNK: unknown, as person 3's is
+            p["extension"].append({"url": f"http://hl7.org/fhir/us/core/StructureDefinition/{url}", "extension": [
+                {"url": "ombCategory", "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238", "code": omb}},
+                {"url": "detailed", "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238", "code": detail}},
+                {"url": "text", "valueString": "as the patient said"}]})
         resources = []
         for eid, owner, kind, vocab, code, t, value, unit, desc in EVENTS:
             if owner != pid:
@@ -968,3 +975,26 @@ def test_long_files_log_progress(tmp_path, caplog, monkeypatch):
         _pull(tmp_path / "nd", tmp_path / "out")
     assert any(m.startswith("fhir Observation.ndjson: 4 lines, ") for m in caplog.messages)
     assert any(m.startswith("pull golden (fhir, ndjson) done in") for m in caplog.messages)
+
+
+def test_us_core_race_and_ethnicity_become_the_omop_vocabularies_codes():
+    """Each ombCategory coding of US Core's race and ethnicity extensions is a static code:
+    an OMB category as the OMOP Race or Ethnicity vocabulary's code, another code under
+    the vocabulary's name; unknown or declined, the detailed codes, other extensions and
+    repeats give nothing more."""
+    from forewarn.records.fhir import _omb_codes
+
+    def ext(url, *codes, detailed=()):
+        return {"url": f"http://hl7.org/fhir/us/core/StructureDefinition/{url}", "extension": [
+            *({"url": "ombCategory", "valueCoding": {"code": c}} for c in codes),
+            *({"url": "detailed", "valueCoding": {"code": c}} for c in detailed)]}
+
+    patient = {"extension": [
+        ext("us-core-race", "2106-3", "2028-9", "2106-3", "9999-9", detailed=("2108-9",)),
+        ext("us-core-ethnicity", "ASKU"),
+        {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace", "valueAddress": {"city": "Springfield"}},
+    ]}
+    assert _omb_codes(patient) == ["Race//5", "Race//2", "Race//9999-9"]
+    assert _omb_codes({"extension": [ext("us-core-ethnicity", "2135-2"), ext("us-core-race", "UNK")]}) == [
+        "Ethnicity//Hispanic"]
+    assert _omb_codes({}) == [] and _omb_codes({"extension": [{"url": "x"}, "not an object"]}) == []

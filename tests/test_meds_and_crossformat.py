@@ -32,7 +32,7 @@ def _pull(kind, tmp_path):
 def test_every_format_pulls_into_identical_events(tmp_path, kind):
     reference = pq.read_table(_pull("omop-duckdb", tmp_path).events_dir / "0.parquet")
     other = pq.read_table(_pull(kind, tmp_path).events_dir / "0.parquet")
-    assert reference.num_rows == 3 * 2 + 1 + 11  # gender + birth each, one death, 11 events
+    assert reference.num_rows == 3 * 2 + 1 + 11 + 4  # gender + birth each, one death, 11 events, 2 races and ethnicities
     assert other.equals(reference), kind
     assert reference.column("unit").to_pylist().count("mg/dL") == 1
 
@@ -53,7 +53,7 @@ def test_meds_drops_free_text_and_keeps_descriptions(tmp_path):
     assert {c: p for c, p in zip(parents["code"], parents["parent_codes"], strict=True) if p} == {"LOINC//4548-4": ["LOINC//LP16413-5"]}
     report = json.loads(result.report_path.read_text())
     assert {t: (v["read"], v["kept"]) for t, v in report["tables"].items()} == {
-        "data": (12, 12), "person": (3, 3), "static": (3, 3),
+        "data": (12, 12), "person": (3, 3), "static": (7, 7),  # 3 genders, 2 races, 2 ethnicities
     }
 
 
