@@ -348,6 +348,9 @@ def _group(part: pd.DataFrame) -> dict:
             "sensitivity": None if table is None else table["sensitivity"], "ppv": None if table is None else table["ppv"]}
 
 
+SUBGROUPS = ("age_band", "sex", "race", "ethnicity")  # the follow-up's subgroup tables, as the evaluation's
+
+
 def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, horizon_days: int,
                       groups: pd.DataFrame | None = None) -> dict:
     """What became of the people the record scored (``outcomes``: ``labels.follow_up`` of
@@ -357,8 +360,8 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
     sensitivity, specificity and PPV; the lead time, for each person with an alerted
     scoring whose outcome came in its window, from what was known when the alert was first
     shown (the later of the prediction time and ``alert_seen_until``) to the outcome, at
-    their earliest such scoring; and, given ``groups`` (``age_band`` and ``sex`` of each row, in its order,
-    ``~`` where unknown), each level's scorings, alerts, outcomes, sensitivity and PPV: do
+    their earliest such scoring; and, given ``groups`` (``age_band``, ``sex``, and where given ``race`` and
+    ``ethnicity`` of each row, in its order, ``~`` where unknown), each level's scorings, alerts, outcomes, sensitivity and PPV: do
     the alerts reach each group's cases alike? Exact counts: it stays at the site."""
     frame = record.to_pandas().assign(status=outcomes["status"].to_numpy(), outcome_time=outcomes["outcome_time"].to_numpy())
     counts = frame["status"].value_counts()
@@ -391,7 +394,7 @@ def follow_up_summary(record: pa.Table, outcomes: pd.DataFrame, keep_days: int, 
         out["subgroups"] = {
             column: {level: _group(frame[values == level])
                      for level in sorted(pd.unique(values), key=lambda v: (order.get(v, len(order)), v))}
-            for column in ("age_band", "sex") for values in [groups[column].to_numpy(object)]}
+            for column in SUBGROUPS if column in groups for values in [groups[column].to_numpy(object)]}
     return out
 
 

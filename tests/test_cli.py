@@ -68,7 +68,7 @@ def test_pull_prints_the_reconciled_report(tmp_path):
     src = write_omop_folder(tmp_path / "omop")
     result = runner.invoke(app, ["pull", "omop", str(src), "--site", "north", "--out", str(tmp_path / "out"), "--demo-secret"])
     assert result.exit_code == 0, result.output
-    assert "site north: 3 subjects, 18 events; read 15 = kept 15 + quarantined 0" in result.output
+    assert "site north: 3 subjects, 22 events; read 15 = kept 15 + quarantined 0" in result.output
     assert "measurement" in result.output and (tmp_path / "out" / "events" / "0.parquet").is_file()
 
 

@@ -119,7 +119,7 @@ def test_meds_in_parts_equals_one_pull(tmp_path):
     assert tables(merged) == tables(whole) == {
         "data": {"read": 12, "kept": 12, "quarantined": 0, "reasons": {}},
         "person": {"read": 3, "kept": 3, "quarantined": 0, "reasons": {}},
-        "static": {"read": 3, "kept": 3, "quarantined": 0, "reasons": {}},
+        "static": {"read": 7, "kept": 7, "quarantined": 0, "reasons": {}},  # gender, 2 races, 2 ethnicities
     }
 
 

@@ -665,7 +665,8 @@ def test_forewarn_worklist_shows_each_site_s_worklist_and_follow_up(night, demo_
                         f"pending {f['status']['pending']:,}")
     assert lines[2] == ("    resolved 0 (outcome in the window or followed through the horizon without it): 0 with the "
                         "outcome, rate -, AUROC of the risks shown -")
-    assert lines[3].startswith("    by age band: ") and lines[4].startswith("    by sex: F ") and len(lines) == 5
+    assert lines[3].startswith("    by age band: ") and lines[4].startswith("    by sex: F ") and len(lines) == 7
+    assert lines[5].startswith("    by race: ") and lines[6].startswith("    by ethnicity: ")
     for args, message in ((["--site", "nowhere"], "has no site 'nowhere'; its sites are ['academic']"),
                           (["--task", "ckd3_2y"], "has no task 'ckd3_2y'; its sites are ['academic'] and its tasks "
                                                   "['t2d_2y']")):
@@ -744,7 +745,9 @@ def test_a_later_pull_follows_up_the_scorings(night, tmp_path):
                                           "min": int(lead.min()), "max": int(lead.max())}
     assert followup["resolved"]["with_outcome"] == 5 and 0 <= followup["resolved"]["auroc"] <= 1
     # each subgroup table splits the same scorings, alerts and outcomes
-    for column in ("age_band", "sex"):
+    assert list(followup["subgroups"]) == ["age_band", "sex", "race", "ethnicity"]
+    assert {"White", "~"} <= set(followup["subgroups"]["race"])
+    for column in ("age_band", "sex", "race", "ethnicity"):
         levels = followup["subgroups"][column].values()
         assert sum(g["scorings"] for g in levels) == len(worklist) and sum(g["with_outcome"] for g in levels) == 5
         assert sum(g["alerts"] for g in levels) == int(worklist["predicted_boolean_value"].sum())

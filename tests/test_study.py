@@ -19,7 +19,7 @@ def test_relative_paths_resolve_against_the_study_folder(tmp_path):
     ("data", "message"),
     [
         (BASE | {"sheduel": {}}, r"sheduel: unknown key; allowed keys here are \[.*'demo', .*'evaluation', .*'features', .*'schedule'"),
-        (BASE | {"features": {"windowz": ["1d"]}}, r"features.windowz: unknown key; allowed keys here are \['aggs', 'batch_subjects', 'min_code_frequency', 'min_code_subjects', 'n_workers'"),
+        (BASE | {"features": {"windowz": ["1d"]}}, r"features.windowz: unknown key; allowed keys here are \['aggs', 'audit_vocabularies', 'batch_subjects', 'min_code_frequency', 'min_code_subjects', 'n_workers'"),
         (BASE | {"sites": [{"name": "a", "source": {"location": "x", "fromat": "omop"}}]}, r"sites.0.source.fromat: unknown key; allowed keys here are \['db_schema', 'format', 'location'\]"),
         (BASE | {"sites": BASE["sites"] * 2}, r"site names must be unique; \['a'\]"),
         (BASE | {"sites": [{"name": "network", "source": {"location": "x"}}]},
