@@ -823,6 +823,35 @@ def _protect_utility(records: list[dict], cells: list[tuple[int, int, int, int]]
             records[i][key] = None
 
 
+# The fairness summary's metrics: discrimination, equal opportunity (sensitivity at the
+# shared threshold), precision, alert rate (statistical parity) and calibration in the large.
+GAP_METRICS = ("auroc", "sensitivity", "ppv", "alerts_per_1000", "calibration_in_the_large")
+
+
+def subgroup_gaps(subgroups: list[dict], *, names: Sequence[str] = GAP_METRICS) -> list[dict]:
+    """The largest difference between the levels of each subgroup column, per metric, for
+    the fairness summary (``held_out/gap/<group>/<metric>`` in MLflow, the report's section
+    10): ``subgroups`` is :func:`subgroup_metrics`' records. Only values that table
+    publishes are compared (a level not suppressed, its metric shown), and neither the
+    missing level (``level`` None: no category to speak of) nor the ``site`` column (one
+    level per run). One record per (group, metric) with at least two levels to compare:
+    ``group``, ``metric``, ``gap`` (highest less lowest), ``low_level``, ``low``,
+    ``high_level``, ``high`` and ``levels`` (how many were compared). Nothing in it is not
+    in the table already."""
+    out = []
+    groups = list(dict.fromkeys(r["group"] for r in subgroups if r["group"] != "site"))
+    for group in groups:
+        rows = [r for r in subgroups if r["group"] == group and r["level"] is not None and not r["suppressed"]]
+        for metric in names:
+            shown = [(r[metric], r["level"]) for r in rows if r.get(metric) is not None and np.isfinite(r[metric])]
+            if len(shown) < 2:
+                continue
+            (low, low_level), (high, high_level) = min(shown, key=lambda v: v[0]), max(shown, key=lambda v: v[0])
+            out.append({"group": group, "metric": metric, "gap": float(high - low), "low_level": low_level,
+                        "low": float(low), "high_level": high_level, "high": float(high), "levels": len(shown)})
+    return out
+
+
 def subgroup_metrics(
     frame: pd.DataFrame,
     *,

@@ -379,6 +379,7 @@ def evaluate_and_explain(
         record["subgroups"] = clinical.subgroup_metrics(
             frame, groups=groups, n_boot=config.bootstrap, seed=config.seed, threshold=alert_at
         ).to_dict(orient="records")
+        record["subgroup_gaps"] = clinical.subgroup_gaps(record["subgroups"])
         record["subgroup_threshold"] = {"threshold": alert_at, "operating_point": point, "alert_budget": budget}
         record["lead_time"] = None if timed is None else (
             clinical.lead_times(timed, threshold=alert_at) | {"threshold": alert_at, "operating_point": point})

@@ -509,6 +509,27 @@ def _lead_time(m: dict) -> dict | None:
     }
 
 
+GAP_LABELS = {"auroc": "AUROC", "sensitivity": "sensitivity (equal opportunity)", "ppv": "PPV",
+              "alerts_per_1000": "alerts per 1,000 (statistical parity)", "calibration_in_the_large": "CITL"}
+
+
+def _subgroup_gaps(m: dict) -> list[dict]:
+    """Section 10's fairness summary: per subgroup column and metric, the lowest and the
+    highest published level and the difference (``evaluation.clinical.subgroup_gaps``)."""
+    out = []
+    for g in m.get("subgroup_gaps") or []:
+        digits = 1 if g["metric"] == "alerts_per_1000" else 3
+        out.append({"group": GROUP_LABELS.get(g["group"], g["group"]), "metric": GAP_LABELS.get(g["metric"], g["metric"]),
+                    "gap": _fmt(g["gap"], digits), "levels": g["levels"],
+                    "low": f"{_fmt(g['low'], digits)} ({_level_label(g['group'], g['low_level'])})",
+                    "high": f"{_fmt(g['high'], digits)} ({_level_label(g['group'], g['high_level'])})"})
+    return out
+
+
+def _level_label(group: str, level) -> str:
+    return SEX_LABELS.get(level, str(level)) if group == "sex" else str(level)
+
+
 def _subgroup_point(m: dict) -> str | None:
     point = m.get("subgroup_threshold")
     if not point or point.get("threshold") is None:
@@ -1721,6 +1742,7 @@ def report_context(
         "net_benefit_drawn": _net_benefit_drawn(m),
         "lead_time": lead,
         "subgroups": subgroup_rows,
+        "subgroup_gaps": _subgroup_gaps(m),
         "subgroup_point": _subgroup_point(m),
         "characteristics": _characteristics(m),
         "learning_curve": _learning_curve(m),

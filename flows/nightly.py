@@ -865,6 +865,7 @@ def publish(site, study, spec, stages, validations, champion, drift, out: Path, 
     )
     report_path = write_report(context, out / "report.html")
     metrics = tracking.flat_metrics(record["held_out"], PRIMARY) | tracking.evaluation_metrics(held)
+    metrics |= tracking.gap_metrics(record.get("subgroup_gaps"))
     metrics["train/best_iteration"] = float(training["xgboost"]["best_iteration"])
     metrics["promotion/promoted"] = float(promotion["promoted"])
     metrics |= promotion_metrics(promotion.get("paired"))

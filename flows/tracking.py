@@ -255,6 +255,13 @@ def flat_metrics(held_out: dict[str, dict], primary: str) -> dict[str, float]:
     return out
 
 
+def gap_metrics(gaps: list[dict] | None) -> dict[str, float]:
+    """``held_out/gap/<group>/<metric>``: the fairness summary's largest difference between
+    a subgroup column's published levels (``evaluation.clinical.subgroup_gaps``), so that
+    the compare view can sort runs by it."""
+    return {f"{HELD_OUT}/gap/{g['group']}/{g['metric']}": float(g["gap"]) for g in gaps or []}
+
+
 def auroc_text(metrics: dict[str, float], prefix: str = HELD_OUT) -> str:
     """``0.880 [0.834, 0.917]`` from a run's ``held_out/auroc`` metrics; the reason when
     they were withheld (fewer than 11 events or non-events: ``evaluation.metrics.evaluate``)."""

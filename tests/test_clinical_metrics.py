@@ -985,3 +985,25 @@ def test_calibration_errors_match_the_smoother_at_every_row():
     # beyond the budget, the interpolated grid: within 0.5% here at 1,000 quantiles, 2% at 100
     assert calibration_errors(y, p, budget=3_000_000) == {k: pytest.approx(v, rel=0.005) for k, v in exact.items()}
     assert calibration_errors(y, p, budget=300_000) == {k: pytest.approx(v, rel=0.02) for k, v in exact.items()}
+
+
+def test_subgroup_gaps_compare_only_the_published_levels():
+    """The fairness summary by hand: race has three published levels (AUROC 0.80, 0.70,
+    0.75), one suppressed (0.95, never compared) and the missing level (0.99, no category
+    to speak of); a metric shown at only one level gives no gap, nor does the site."""
+    from forewarn.evaluation.clinical import subgroup_gaps
+
+    def level(group, name, auroc, sensitivity=None, suppressed=False):
+        return {"group": group, "level": name, "suppressed": suppressed, "auroc": auroc, "sensitivity": sensitivity,
+                "ppv": None, "alerts_per_1000": None, "calibration_in_the_large": None}
+
+    subgroups = [level("site", "academic", 0.8), level("race", "White", 0.80, 0.5), level("race", "Asian", 0.70),
+                 level("race", "Black or African American", 0.75, 0.375), level("race", "Multiple", 0.95, 0.9, True),
+                 level("race", None, 0.99, 0.1), level("sex", "F", 0.82), level("sex", "M", None, 0.4)]
+    assert subgroup_gaps(subgroups) == [
+        {"group": "race", "metric": "auroc", "gap": pytest.approx(0.10), "low_level": "Asian", "low": 0.70,
+         "high_level": "White", "high": 0.80, "levels": 3},
+        {"group": "race", "metric": "sensitivity", "gap": 0.125, "low_level": "Black or African American", "low": 0.375,
+         "high_level": "White", "high": 0.5, "levels": 2},
+    ]
+    assert subgroup_gaps([]) == [] and subgroup_gaps(subgroups, names=("ppv",)) == []

@@ -519,6 +519,18 @@ def test_race_and_ethnicity_are_audited_subgroups_not_predictors(run, full):
     text = Page(full).text
     assert "Codes of the Race or Ethnicity vocabularies are never features" in text
     assert "Race and ethnicity were not available" not in text and "Hispanic or Latino" in text
+    # the fairness summary compares published levels only; its values are the table's
+    from forewarn.evaluation.clinical import subgroup_gaps
+
+    assert record["subgroup_gaps"] == subgroup_gaps(record["subgroups"]) and record["subgroup_gaps"]
+    section = Page(_section(full, "subgroups")).text
+    assert "Fairness summary: the largest difference between levels" in section
+    for g in record["subgroup_gaps"]:
+        for side in ("low", "high"):
+            published = next(r for r in record["subgroups"] if r["group"] == g["group"] and r["level"] == g[f"{side}_level"])
+            assert not published["suppressed"] and published[g["metric"]] == g[side]
+        digits = 1 if g["metric"] == "alerts_per_1000" else 3
+        assert f"{g['gap']:.{digits}f}" in section and f"{g['low']:.{digits}f} (" in section
 
 
 def test_small_counts_show_as_less_than_11_with_a_complementary_cell_withheld(run):

@@ -97,3 +97,12 @@ def test_pull_summary_withholds_every_table_count_when_one_is_small():
     report["tables"]["person"] |= {"read": 900, "kept": 900, "quarantined": 0}
     report["quarantined"] = 20
     assert tracking.pull_summary(report)["tables"]["person"] == {"read": 900, "kept": 900, "quarantined": 0}  # 0 is shown
+
+
+def test_the_fairness_summary_is_one_metric_per_group_and_measure():
+    gaps = [{"group": "race", "metric": "auroc", "gap": 0.1, "low_level": "Asian", "low": 0.7, "high_level": "White",
+             "high": 0.8, "levels": 3},
+            {"group": "sex", "metric": "sensitivity", "gap": 0.05, "low_level": "M", "low": 0.4, "high_level": "F",
+             "high": 0.45, "levels": 2}]
+    assert tracking.gap_metrics(gaps) == {"held_out/gap/race/auroc": 0.1, "held_out/gap/sex/sensitivity": 0.05}
+    assert tracking.gap_metrics(None) == {} == tracking.gap_metrics([])
