@@ -240,6 +240,18 @@ def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
     return out.sort_values("subject_id", ignore_index=True)
 
 
+def with_audit_levels(frame: pd.DataFrame, events_dir: Path | None) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """A subgroup frame (``subject_id`` per row) and the columns its subgroup tables split
+    by: age band, sex and site, and given the pull's ``events_dir`` race and ethnicity too
+    (:func:`audit_levels`, None where unrecorded)."""
+    groups = ("age_band", "sex", "site")
+    if events_dir is None:
+        return frame, groups
+    audit = audit_levels(events_dir, frame["subject_id"]).set_index("subject_id")
+    frame = frame.assign(**{group: audit[group].reindex(frame["subject_id"]).to_numpy(object) for group, _ in AUDIT_GROUPS})
+    return frame, groups + tuple(group for group, _ in AUDIT_GROUPS)
+
+
 def label_demographics(events_dir: Path, labels_path: Path) -> pd.DataFrame:
     """The subgroups' age band and sex of every label row, read from the records as
     :func:`demographics` reads them from a feature matrix (age at the prediction time
@@ -364,12 +376,7 @@ def evaluate_and_explain(
             {"y": y, "p": p, "subject_id": held[schema.SUBJECT_ID].to_numpy(), "age_band": clinical.age_band(age),
              "sex": sex, "site": site}
         )
-        groups = ("age_band", "sex", "site")
-        if events_dir is not None:
-            audit = audit_levels(events_dir, frame["subject_id"]).set_index("subject_id")
-            for group, _ in AUDIT_GROUPS:
-                frame[group] = audit[group].reindex(frame["subject_id"]).to_numpy(object)
-            groups += tuple(group for group, _ in AUDIT_GROUPS)
+        frame, groups = with_audit_levels(frame, events_dir)
         alert_at, budget = operating_point(record["thresholds"], p, config.operating_budget)
         point = operating_label(budget, config.operating_budget)
         timed = timed_rows(held, p, outcomes_path)

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from forewarn.evaluation import clinical, metrics
-from forewarn.evaluation.evaluate import demographics, json_safe, model_based, timed_rows
+from forewarn.evaluation.evaluate import (
+    demographics,
+    json_safe,
+    model_based,
+    timed_rows,
+    with_audit_levels,
+)
 from forewarn.features.featurize import FeatureMatrix
 from forewarn.models.calibration import Calibrator, choose_recalibration
 from forewarn.models.train import TrainedModels, load_primary
@@ -48,13 +54,14 @@ def _summary(y, p, subjects, *, n_boot: int, seed: int, curve: pd.DataFrame | No
 
 def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot: int = 200, seed: int = 0,
                         site: str = "site", threshold: float | None = None, curves: bool = False,
-                        outcomes_path: Path | None = None) -> dict:
+                        outcomes_path: Path | None = None, events_dir: Path | None = None) -> dict:
     """Metrics of a model from another site on this site's held-out rows, as shipped and
     after recalibration on this site's tuning rows (only when they hold at least 11 events
     and 11 non-events).
 
     ``subgroups`` holds the shipped model's metrics by age band, sex and ``site`` (this
-    site's name: one level, the whole held-out split) under the rule of 11
+    site's name: one level, the whole held-out split), and given this site's pull's
+    ``events_dir`` by race and ethnicity too, under the rule of 11
     (``clinical.subgroup_metrics``). With ``threshold``, the operating point set at the
     model's own site, they add its sensitivity, specificity, PPV, NPV and alerts per
     1,000 here: what the same alert rule does at a site it was not set on
@@ -88,12 +95,13 @@ def external_validation(trained: TrainedModels, matrix: FeatureMatrix, *, n_boot
                                      curve=shipped_curve)}
     frame = pd.DataFrame({"y": y[held], "p": calibrated[held], "subject_id": subjects[held],
                           "age_band": clinical.age_band(age[held]), "sex": sex[held], "site": site})
+    frame, groups = with_audit_levels(frame, events_dir)
     timed = None if threshold is None else timed_rows(rows[held], calibrated[held], outcomes_path)
     if timed is not None:
         frame = frame.assign(prediction_time=timed["prediction_time"].to_numpy(),
                              outcome_time=timed["outcome_time"].to_numpy())
-    record["subgroups"] = json_safe(
-        clinical.subgroup_metrics(frame, n_boot=n_boot, seed=seed, threshold=threshold).to_dict(orient="records"))
+    record["subgroups"] = json_safe(clinical.subgroup_metrics(
+        frame, groups=groups, n_boot=n_boot, seed=seed, threshold=threshold).to_dict(orient="records"))
     record["subgroup_threshold"] = {"threshold": threshold, "operating_point": "the operating point set at the model's site"}
     events, non_events = int(y[tune].sum()), int((~y[tune]).sum())
     if min(events, non_events) >= privacy.MIN_CELL:

@@ -481,7 +481,7 @@ def external_task(model_site: str, trained: Stage, model_matrix: Stage, pull: St
         # the record is all that is published of this ranking: it may carry the calibration groups
         record = external_validation(trained.result, matrix, n_boot=study.evaluation.bootstrap, seed=study.evaluation.seed,
                                      site=eval_site, threshold=threshold, curves=True,
-                                     outcomes_path=labels.result.outcomes_path)
+                                     outcomes_path=labels.result.outcomes_path, events_dir=pull.result.events_dir)
         (out / "record.json").write_text(json.dumps(record, indent=1))
         return record
 
@@ -590,7 +590,7 @@ def network_task(study: Study, spec: TaskSpec, built: dict, caches: dict[str, St
             profile["vocabulary"] = drift_check.vocabulary(pd.read_parquet(built[n]["matrix"].result.columns_path))
             (out / "profile.json").write_text(json.dumps(profile, indent=1))
             record = external_validation(trained, features[n].result, n_boot=study.evaluation.bootstrap,
-                                         seed=study.evaluation.seed, site=n)
+                                         seed=study.evaluation.seed, site=n, events_dir=built[n]["pull"].result.events_dir)
             return record | {"network": {k: network.summary[k] for k in ("sites", "tuning_sites", "trees", "visits",
                                                                          "rounds_per_visit")}}
 

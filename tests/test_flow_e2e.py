@@ -140,13 +140,17 @@ def test_every_validation_row_shows_its_model_based_auroc(flow_run, client):
     assert sorted(checked) == ["academic", "community"]
 
 
+VARYING = ("drift/", "promotion/auroc_difference", "champion/", "held_out/gap/")
+
+
 def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
     exp = client.get_experiment_by_name("forewarn/t2d_2y")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`forewarn.validation_design` = 'internal'")
     assert len(runs) == 4
     assert sorted(r.data.tags["forewarn.site"] for r in runs) == ["academic", "academic", "community", "community"]
-    names = {frozenset(k for k in r.data.metrics if not k.startswith(("drift/", "promotion/auroc_difference", "champion/")))
-             for r in runs}
+    # Present only where there is something to compare: drift and the paired difference with
+    # a champion; the fairness summary's gaps where a column has two published levels.
+    names = {frozenset(k for k in r.data.metrics if not k.startswith(VARYING)) for r in runs}
     assert len(names) == 1
     # The champion's metrics on the same rows need a champion: the second night's runs hold them.
     beside = {frozenset(k for k in r.data.metrics if k.startswith("champion/")) for r in runs}
@@ -164,6 +168,9 @@ def test_one_run_per_site_with_the_same_metric_names(flow_run, client):
     metrics = runs[0].data.metrics
     for key in ("held_out/auroc", "held_out/auprc", "held_out/brier", "held_out/l1_logistic/auroc", "held_out/auroc_ci_low"):
         assert key in metrics
+    # the fairness summary: a subgroup column's largest difference between published levels
+    gaps = {k: v for r in runs for k, v in r.data.metrics.items() if k.startswith("held_out/gap/")}
+    assert gaps and all(v >= 0 and k.split("/")[2] in ("age_band", "sex", "race", "ethnicity") for k, v in gaps.items())
     for r in runs:
         m = r.data.metrics
         assert 0.6 < m["held_out/auroc"] <= 1.0
@@ -477,8 +484,7 @@ def test_every_validation_design_has_the_internal_runs_names_params_and_tags(flo
     runs = {design: client.search_runs([exp.experiment_id], filter_string=f"tags.`forewarn.validation_design` = '{design}'")
             for design in ("internal", "external", "temporal", "network")}
     assert [len(runs[d]) for d in ("internal", "external", "temporal", "network")] == [4, 4, 4, 4]
-    (internal_names,) = {frozenset(k for k in r.data.metrics if not k.startswith(("drift/", "promotion/auroc_difference", "champion/")))
-                         for r in runs["internal"]}
+    (internal_names,) = {frozenset(k for k in r.data.metrics if not k.startswith(VARYING)) for r in runs["internal"]}
     core = {f"held_out/{k}" for k in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high",
                                       "brier", "calibration_slope", "calibration_in_the_large")}
     core |= {f"held_out/xgboost/{k}" for k in ("auroc", "auprc", "brier", "n", "events")}

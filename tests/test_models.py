@@ -1056,6 +1056,19 @@ def test_external_validation_scores_the_home_threshold_by_site_age_band_and_sex(
     assert site["auroc"] == pytest.approx(record["as_shipped"]["auroc"])
     assert {r["group"] for r in record["subgroups"]} == {"age_band", "sex", "site"}
     assert record["subgroup_threshold"]["threshold"] == threshold
+    # Given this site's events, by race and ethnicity too (even subjects' static code
+    # Race//5, odd ones' Race//3; no ethnicity recorded: one level, missing)
+    from helpers import write_events
+
+    ids = rows[schema.SUBJECT_ID].to_numpy()
+    write_events(tmp_path / "events", [(int(i), None, "Race//5" if i % 2 == 0 else "Race//3", None) for i in np.unique(ids)])
+    audited = external_validation(trained, other, n_boot=0, site="community", threshold=threshold,
+                                  events_dir=tmp_path / "events")
+    race = {r["level"]: r["rows"] for r in audited["subgroups"] if r["group"] == "race"}
+    expected = {"Black or African American": int((ids[held] % 2 == 1).sum()), "White": int((ids[held] % 2 == 0).sum())}
+    assert set(race) == set(expected) and any(race.values())  # the rule of 11 may withhold one (and so the other)
+    assert all(race[level] in (None, n) for level, n in expected.items())
+    assert [(r["level"], r["rows"]) for r in audited["subgroups"] if r["group"] == "ethnicity"] == [(None, int(held.sum()))]
     json.dumps(record)  # plain JSON for MLflow and the report row
     assert "lead_median_days" not in site  # no outcome times given
     # Given the site's outcome times (each subject with the outcome 60 days after its
