@@ -191,8 +191,9 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
     exclusions, ``candidates`` (labelled and excluded times), ``excluded`` (every step's;
     the candidates less the labelled) and each ``excluded:<step>``;
     with subgroup levels, the same three for each level of the held-out split
-    (``level:age_band=40-49/event``), when both nights keep levels (a night entered
-    before the ledger kept them has none to compare).
+    (``level:age_band=40-49/event``), for the subgroup columns both nights keep (a night
+    entered before the ledger kept a column, race and ethnicity before session 41, has
+    none of its levels to compare).
     A person whose label rows are the same but for their split (another split seed) is
     not counted: who moves is a keyed hash of pseudonyms, which no reader can work out.
 
@@ -213,10 +214,12 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
     every = sorted(set(now["split"].unique()) | set(then["split"].unique()))
     splits = [s for s in every if not s.startswith((EXCLUDED, LEVEL))]
     steps = [s for s in every if s.startswith(EXCLUDED)]
-    # A night entered before the ledger kept subgroup levels has none: its levels cannot
-    # be compared (and were not before), so only two nights that both keep them are.
-    levels = [s for s in every if s.startswith(LEVEL)] if all(
-        t["split"].str.startswith(LEVEL).any() for t in (now, then)) else []
+    # A night entered before the ledger kept a subgroup column (any levels at all, or race
+    # and ethnicity, kept since session 41) has none of its levels: they cannot be compared
+    # (and were not before, so the first night to publish them gives nothing away by
+    # difference), so only the columns both nights keep are.
+    kept = [{level_column(s) for s in t["split"].unique() if s.startswith(LEVEL)} for t in (now, then)]
+    levels = [s for s in every if s.startswith(LEVEL) and level_column(s) in kept[0] & kept[1]]
     totals = {side: t.groupby("split")[["event_rows", "non_event_rows"]].sum() for side, t in (("now", now), ("then", then))}
     sizes = {side: {(split, cls): int(totals[side].at[split, f"{cls}_rows"]) if split in totals[side].index else 0
                     for split in every for cls in ("event", "non_event")} for side in ("now", "then")}
@@ -266,6 +269,11 @@ def changed_counts(now: pd.DataFrame, then: pd.DataFrame) -> dict[str, int]:
             if size([level], classes) >= MIN_CELL:
                 counts[f"{level}/{name}"] = differ([level], classes)
     return counts
+
+
+def level_column(split: str) -> str:
+    """The subgroup column of a level's pseudo-split: ``level:race=White`` -> ``race``."""
+    return split.removeprefix(LEVEL).partition("=")[0]
 
 
 def changed_people(now: pd.DataFrame, then: pd.DataFrame) -> int:

@@ -450,6 +450,19 @@ def test_subgroup_levels_are_groups_of_the_task_ledger(tmp_path, demo_network):
     old = PeopleLedger(tmp_path / "old", task="t2d_2y")
     old.record("night-1", task_people(labels.labels_path, labels.splits_path))
     assert not old.check("night-2", moved)["held"]
+    # A night entered before the ledger kept race and ethnicity (session 41) has their
+    # levels in no column: those are not compared (nothing of them was published to take
+    # a difference from; a small race level's 1-10 people would otherwise hold every site
+    # on its first night), while age band and sex still are.
+    before = task_people(labels.labels_path, labels.splits_path, levels.drop(columns=["race", "ethnicity"]))
+    assert not any(k.startswith(("level:race=", "level:ethnicity=")) for k in changed_counts(people, before))
+    assert changed_counts(moved, before)[f"level:age_band={band}/rows"] == 5
+    # ... and once both nights keep them, a person who moves between two races is counted
+    mover = held.loc[held["race"] == "White", "subject_id"].iloc[0]
+    recoded = levels.copy()
+    recoded.loc[recoded["subject_id"] == mover, "race"] = "Black or African American"
+    counts = changed_counts(task_people(labels.labels_path, labels.splits_path, recoded), people)
+    assert counts["level:race=White/rows"] == 1 and counts["level:race=Black or African American/rows"] == 1
     # Eleven people (and so at least eleven rows) move: published.
     eleven = whole.iloc[:11].tolist()
     assert len(eleven) == 11
