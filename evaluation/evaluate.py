@@ -211,6 +211,7 @@ def demographics(X, columns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 AUDIT_GROUPS = (("race", schema.RACE_VOCABULARY), ("ethnicity", schema.ETHNICITY_VOCABULARY))
 MULTIPLE = "Multiple"  # a person with two or more distinct codes of the group's vocabulary
+OTHER = "Other"  # a site's own code held by fewer than 11 people: its name does not leave the site
 
 
 def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
@@ -219,8 +220,10 @@ def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
     ignoring case, so a MEDS source's ``RACE//...`` counts too): one row per subject of
     ``subjects`` (all with events when None), ``subject_id``, ``race``, ``ethnicity``. A
     level is the code's name (``schema.AUDIT_LEVELS``: "White", "Hispanic or Latino"), a
-    code of its own otherwise; "Multiple" where a person has two or more; None where none
-    is recorded. Site-local: the subgroup tables publish only their levels' aggregates."""
+    code of its own otherwise (``RACE//WHITE``: "WHITE"), or "Other" where fewer than 11
+    people of the site hold it, since level names leave the site with the subgroup tables
+    as column names do with a model; "Multiple" where a person has two or more; None where
+    none is recorded. Site-local: the subgroup tables publish only their levels' aggregates."""
     events = f"read_parquet('{Path(events_dir) / '*.parquet'}')"
     cases = " ".join(f"WHEN '{code}' THEN '{name}'" for code, name in schema.AUDIT_LEVELS.items())
     picks = ", ".join(
@@ -233,6 +236,11 @@ def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
               WHERE time IS NULL AND upper(split_part(code, '//', 1)) IN ({vocabs}) GROUP BY 1"""
     with duckdb.connect() as con:
         found = con.sql(sql).df()
+    standard = {*schema.AUDIT_LEVELS.values(), MULTIPLE}
+    for group, _ in AUDIT_GROUPS:
+        held = found[group].value_counts()
+        rare = [level for level, n in held.items() if level not in standard and n < privacy.MIN_CELL]
+        found.loc[found[group].isin(rare), group] = OTHER
     ids = found["subject_id"] if subjects is None else pd.Series(np.unique(np.asarray(subjects, np.int64)), name="subject_id")
     out = pd.DataFrame({"subject_id": ids.to_numpy(np.int64)}).merge(found, on="subject_id", how="left")
     for group, _ in AUDIT_GROUPS:
