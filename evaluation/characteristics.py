@@ -1,9 +1,10 @@
 """Characteristics of the participants (TRIPOD+AI item 20a; OHDSI PatientLevelPrediction's
 covariate summary): for the development rows (train and tuning splits) and the held-out
 rows, each with and without the outcome, the number of prediction times and subjects, age,
-sex, and the model's most important predictors (how often each is recorded and its mean
-where recorded), with the standardized mean difference between the development rows
-with and without the outcome.
+sex, race and ethnicity (where the records hold them; never predictors), and the model's
+most important predictors (how often each is recorded and its mean where recorded), with
+the standardized mean difference between the development rows with and without the
+outcome.
 
 Aggregates only, under the rule of 11 (:mod:`forewarn.records.privacy`):
 
@@ -18,6 +19,12 @@ Aggregates only, under the rule of 11 (:mod:`forewarn.records.privacy`):
   shown without the count (the two would give the group's size away);
 - a mean (SD) is shown only over at least 11 subjects' values;
 - a standardized mean difference is shown only when both of its cells are;
+- race and ethnicity are one row per level, and a group's levels add up to its rows: so
+  where a level's development cell is hidden, shown levels are withheld beside it,
+  smallest first, until no hidden one comes back by subtraction
+  (:func:`privacy.withhold`, as the subgroup tables' levels). Their held-out cells are the subgroup table's published
+  rows and events of the level (with the outcome = events, without = rows - events),
+  shown only where that table shows both, so they publish nothing it does not;
 - no number is published at a precision that would give a hidden count back. A share
   whose group size is hidden is rounded to a step coarser than one row in a group the
   size the published split allows (1 / (split rows - 10)); exact, n / n_group would give
@@ -151,13 +158,56 @@ def _smd_mean(a: dict, b: dict) -> float | None:
     return _ratio(a["mean"] - b["mean"], pooled)
 
 
+def _level_order(levels: list) -> list:
+    """The standard levels in the vocabulary's order, then the rest (Multiple, Other, a
+    site's own codes) by name, then unrecorded (None) last."""
+    standard = list(schema.AUDIT_LEVELS.values())
+    known = [v for v in levels if v is not None]
+    return (sorted((v for v in known if v in standard), key=standard.index)
+            + sorted(v for v in known if v not in standard) + ([None] if None in levels else []))
+
+
+def _complement_levels(cells: list[dict], masks: list[np.ndarray]) -> None:
+    """Withhold shown levels of one group beside its hidden ones (in place), as
+    :func:`privacy.withhold` picks them over the levels' rows (``masks``: each level's rows
+    in the group), which add up to the group's: until no hidden level is pinned by the
+    total less the shown ones. Where that cannot be had, every level is withheld."""
+    force = tuple(i for i, c in enumerate(cells) if c["status"] in (SUPPRESSED, WITHHELD))
+    extra, exposed = privacy.withhold([int(m.sum()) for m in masks], force=force)
+    for i in range(len(cells)):
+        if (exposed and masks[i].any()) or (i in extra and i not in force):
+            cells[i] = {"n": None, "pct": None, "status": WITHHELD}
+
+
+def _mirrored_cell(published: dict | None, outcome: bool, group_rows: int | None) -> dict:
+    """A held-out cell of a race or ethnicity level from the subgroup table's published
+    row for it (``None``: no held-out row has the level, so 0): with the outcome its
+    events, without them its rows less its events; hidden where the table hides either, or
+    where the held-out group's own count is (a share would give it back)."""
+    if group_rows is None:
+        return {"n": None, "pct": None, "status": WITHHELD}
+    if group_rows == 0:
+        return {"n": 0, "pct": None, "status": "empty"}
+    if published is None:
+        return {"n": 0, "pct": 0.0, "status": "shown"}
+    if published.get("rows") is None or published.get("events") is None:
+        return {"n": None, "pct": None, "status": SUPPRESSED}
+    n = int(published["events"]) if outcome else int(published["rows"]) - int(published["events"])
+    return {"n": n, "pct": n / group_rows, "status": "shown"}
+
+
 def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame, importance: pd.DataFrame,
-                    *, top: int = 10) -> dict:
+                    *, top: int = 10, audit: dict[str, np.ndarray] | None = None,
+                    subgroups: list[dict] | None = None) -> dict:
     """The participants' characteristics as a plain record for the report and MLflow.
 
     ``X``, ``rows`` and ``columns`` are a feature matrix (every split); ``importance`` is
     the model's global SHAP importance (``name``, ``description``), most important first;
-    its first ``top`` predictors that are not age or sex are summarised.
+    its first ``top`` predictors that are not age or sex are summarised. ``audit`` maps a
+    subgroup column (``race``, ``ethnicity``) to each row's level (None: unrecorded;
+    ``evaluation.evaluate.audit_levels``), and ``subgroups`` is the held-out subgroup table
+    as published (``clinical.subgroup_metrics``), from which those rows' held-out cells
+    come; a column whose every level is None is left out.
     """
     if X.shape[0] != len(rows):
         raise ValueError(f"characteristics: the matrix has {X.shape[0]} rows but rows.parquet has {len(rows)}; "
@@ -206,6 +256,31 @@ def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame,
         add_mean("Age at the prediction time (years), mean (SD)", recorded, values, AGE)
     if FEMALE in position:
         add_recorded("Female, n (%)", column(FEMALE)[0], FEMALE)
+    for group, levels in (audit or {}).items():
+        levels = np.asarray(levels, dtype=object)
+        if levels.size != X.shape[0]:
+            raise ValueError(f"characteristics: {group} has {levels.size} levels for {X.shape[0]} rows; "
+                             "give one level per row of rows.parquet (None where unrecorded)")
+        present = pd.unique(levels).tolist()
+        if all(v is None for v in present):
+            continue
+        order = _level_order(present)
+        level_masks = [np.array([v is None for v in levels]) if level is None else levels == level for level in order]
+        published = {r["level"]: r for r in subgroups or [] if r["group"] == group}
+        per_level = [[None] * len(masks) for _ in order]
+        for g_index, (m, g) in enumerate(zip(masks, groups, strict=True)):
+            if g["split"] == "development":
+                cells = [_recorded_cell(lm, subject, m, g["rows"] is None, split_rows[g["split"]]) for lm in level_masks]
+                _complement_levels(cells, [lm & m for lm in level_masks])
+            else:
+                cells = [_mirrored_cell(published.get(level), g["outcome"], g["rows"]) if subgroups is not None
+                         else {"n": None, "pct": None, "status": WITHHELD} for level in order]
+            for k, cell in enumerate(cells):
+                per_level[k][g_index] = cell
+        for level, cells in zip(order, per_level, strict=True):
+            out_rows.append({"label": f"{group.capitalize()}: {'not recorded' if level is None else level}, n (%)",
+                             "kind": "recorded", "feature": None, "group": group, "level": level, "cells": cells,
+                             "smd": _smd_binary(cells[dev_with], cells[dev_without])})
     described = dict(zip(columns["name"], columns.get("description", columns["name"]), strict=True))
     chosen = [n for n in importance["name"] if n in position and n not in (AGE, FEMALE)][:top]
     for name in chosen:

@@ -248,14 +248,18 @@ def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
     return out.sort_values("subject_id", ignore_index=True)
 
 
-def with_audit_levels(frame: pd.DataFrame, events_dir: Path | None) -> tuple[pd.DataFrame, tuple[str, ...]]:
+def with_audit_levels(frame: pd.DataFrame, events_dir: Path | None,
+                      audit: pd.DataFrame | None = None) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """A subgroup frame (``subject_id`` per row) and the columns its subgroup tables split
     by: age band, sex and site, and given the pull's ``events_dir`` race and ethnicity too
-    (:func:`audit_levels`, None where unrecorded)."""
+    (:func:`audit_levels`, None where unrecorded; ``audit``: those levels already read,
+    for every subject of ``frame`` at least)."""
     groups = ("age_band", "sex", "site")
     if events_dir is None:
         return frame, groups
-    audit = audit_levels(events_dir, frame["subject_id"]).set_index("subject_id")
+    if audit is None:
+        audit = audit_levels(events_dir, frame["subject_id"])
+    audit = audit.set_index("subject_id")
     frame = frame.assign(**{group: audit[group].reindex(frame["subject_id"]).to_numpy(object) for group, _ in AUDIT_GROUPS})
     return frame, groups + tuple(group for group, _ in AUDIT_GROUPS)
 
@@ -384,7 +388,9 @@ def evaluate_and_explain(
             {"y": y, "p": p, "subject_id": held[schema.SUBJECT_ID].to_numpy(), "age_band": clinical.age_band(age),
              "sex": sex, "site": site}
         )
-        frame, groups = with_audit_levels(frame, events_dir)
+        # race and ethnicity of every row's person: the subgroups' and the characteristics'
+        audit = None if events_dir is None else audit_levels(events_dir, rows[schema.SUBJECT_ID])
+        frame, groups = with_audit_levels(frame, events_dir, audit)
         alert_at, budget = operating_point(record["thresholds"], p, config.operating_budget)
         point = operating_label(budget, config.operating_budget)
         timed = timed_rows(held, p, outcomes_path)
@@ -439,7 +445,11 @@ def evaluate_and_explain(
             out.figure(name).write_bytes(png)
         counts["figures"] = len(figures)
     with stage("characteristics") as counts:
-        record["characteristics"] = characteristics(X, rows, columns, importance, top=config.characteristics_top)
+        by_row = None if audit is None else {
+            group: audit.set_index("subject_id")[group].reindex(rows[schema.SUBJECT_ID]).to_numpy(object)
+            for group, _ in AUDIT_GROUPS}
+        record["characteristics"] = characteristics(X, rows, columns, importance, top=config.characteristics_top,
+                                                    audit=by_row, subgroups=record["subgroups"])
         counts["rows"] = len(record["characteristics"]["rows"])
     if models is not None and config.learning_curve.fractions:
         summary = json.loads(trained.summary_path.read_text())

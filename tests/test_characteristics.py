@@ -184,3 +184,79 @@ def test_per_row_shap_figures_draw_no_value_beyond_the_11th_smallest_or_largest_
     out = top_coded(col, np.r_[np.arange(21), 99, 99, 99])
     assert out[:, 0].tolist() == [11] * 11 + [12] * 13
     assert np.isnan(top_coded(np.full((3, 1), np.nan), np.arange(3))).all()
+
+
+def race_case():
+    """One row a subject. Development with the outcome, 42: White 20, Black 14, Asian 3,
+    unrecorded 5; without, 52: White 30, Black 17, unrecorded 5; held-out with, 15, and
+    without, 30 (their levels come from the subgroup table below)."""
+    sizes = ((schema.TRAIN, True, 42), (schema.TUNING, False, 52), (schema.HELD_OUT, True, 15),
+             (schema.HELD_OUT, False, 30))
+    split = np.concatenate([[s] * n for s, _, n in sizes])
+    label = np.concatenate([[y] * n for _, y, n in sizes])
+    rows = pd.DataFrame({schema.SUBJECT_ID: np.arange(split.size), schema.SPLIT: split, schema.BOOLEAN_VALUE: label})
+    white, black, asian = "White", "Black or African American", "Asian"
+    race = np.array([white] * 20 + [black] * 14 + [asian] * 3 + [None] * 5
+                    + [white] * 30 + [black] * 17 + [None] * 5
+                    + [white] * 12 + [black] * 2 + [None] * 1 + [white] * 13 + [black] * 12 + [None] * 5, dtype=object)
+    X = sp.csr_matrix((split.size, 1))
+    columns = pd.DataFrame({"name": ["x"], "description": ["x"]})
+    importance = pd.DataFrame({"name": []})
+    # the held-out subgroup table as published: White 25 rows, 12 events; Black 14 rows,
+    # events suppressed (2 with the outcome); unrecorded 6 rows: all suppressed
+    subgroups = [{"group": "race", "level": white, "rows": 25, "events": 12},
+                 {"group": "race", "level": black, "rows": 14, "events": None},
+                 {"group": "race", "level": None, "rows": None, "events": None},
+                 {"group": "sex", "level": "F", "rows": 45, "events": 15}]
+    audit = {"race": race, "ethnicity": np.array([None] * split.size, dtype=object)}
+    return X, rows, columns, importance, audit, subgroups
+
+
+def test_race_levels_by_hand_with_their_complements_withheld():
+    """A level's development cell under 11 subjects is hidden, and the smallest shown level
+    beside it is withheld until no hidden count comes back from the group's rows by
+    subtraction, nor is bounded below 10. With the outcome: Asian 3 and unrecorded 5 are
+    hidden, but 42 - 20 - 14 = 8 would say each is 8 or fewer: Black (14) goes too, and
+    then the hidden 22, less Black's 11 or more, leave Asian up to 11. Without: unrecorded
+    5 alone would come back, so Black (17) goes (22 less 11: up to 11); Asian 0 is no
+    count to hide. (Black at 12 and 15 would not be enough: White goes too.)
+    Held-out cells are
+    the subgroup table's (White 12 events of 25 rows, so 13 without); Black's events are
+    suppressed there, so both of its cells are here; Asian has no held-out row: 0.
+    Ethnicity, unrecorded for everyone, has no rows."""
+    X, rows, columns, importance, audit, subgroups = race_case()
+    record = characteristics(X, rows, columns, importance, audit=audit, subgroups=subgroups)
+    assert [g["rows"] for g in record["groups"]] == [42, 52, 15, 30]
+    race = record["rows"]
+    assert [r["label"] for r in race] == ["Race: Asian, n (%)", "Race: Black or African American, n (%)",
+                                         "Race: White, n (%)", "Race: not recorded, n (%)"]
+    cells = {r["level"]: [(c["n"], c["status"]) for c in r["cells"]] for r in race}
+    assert cells == {
+        "Asian": [(None, "suppressed"), (0, "shown"), (0, "shown"), (0, "shown")],
+        "Black or African American": [(None, "withheld"), (None, "withheld"), (None, "suppressed"), (None, "suppressed")],
+        "White": [(20, "shown"), (30, "shown"), (12, "shown"), (13, "shown")],
+        None: [(None, "suppressed"), (None, "suppressed"), (None, "suppressed"), (None, "suppressed")],
+    }
+    white = race[2]
+    p1, p0 = 20 / 42, 30 / 52
+    assert [c["pct"] for c in white["cells"]] == [p1, p0, 0.8, pytest.approx(13 / 30)]
+    assert white["smd"] == pytest.approx((p1 - p0) / math.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2))
+    assert race[0]["smd"] is None and all(r["feature"] is None and r["kind"] == "recorded" for r in race)
+    # in every group the hidden levels are none, or two or more
+    for k in range(4):
+        hidden = [r for r in race if r["cells"][k]["status"] != "shown"]
+        assert len(hidden) != 1
+    # two subjects fewer in Black in each development group (12 and 15), and White goes too
+    X, rows, columns, importance, audit, subgroups = race_case()
+    audit["race"][[20, 21, 42 + 30, 42 + 31]] = "White"  # two Black subjects of each group now White
+    record = characteristics(X, rows, columns, importance, audit=audit, subgroups=subgroups)
+    assert [[c["status"] for c in r["cells"][:2]] for r in record["rows"]] == [
+        ["suppressed", "shown"], ["withheld", "withheld"], ["withheld", "withheld"], ["suppressed", "suppressed"]]
+
+
+def test_race_held_out_cells_without_the_subgroup_table_are_withheld_and_levels_must_match_rows():
+    X, rows, columns, importance, audit, _ = race_case()
+    record = characteristics(X, rows, columns, importance, audit=audit)
+    assert all(r["cells"][k]["status"] == "withheld" for r in record["rows"] for k in (2, 3))
+    with pytest.raises(ValueError, match="race has 138 levels for 139 rows"):
+        characteristics(X, rows, columns, importance, audit={"race": audit["race"][:-1]})

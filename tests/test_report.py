@@ -523,6 +523,35 @@ def test_race_and_ethnicity_are_audited_subgroups_not_predictors(run, full):
     from forewarn.evaluation.clinical import subgroup_gaps
 
     assert record["subgroup_gaps"] == subgroup_gaps(record["subgroups"]) and record["subgroup_gaps"]
+    # the characteristics table has a row per level; its held-out cells are the subgroup
+    # table's events and non-event rows, and its development cells the records' own counts
+    rows = run["matrix"].load()[1]
+    every = audit_levels(run["pull"].events_dir, rows[schema.SUBJECT_ID]).set_index("subject_id")
+    development = np.isin(rows[schema.SPLIT].to_numpy(), (schema.TRAIN, schema.TUNING))
+    outcome = rows[schema.BOOLEAN_VALUE].to_numpy(bool)
+    for group in ("race", "ethnicity"):
+        level = every[group].reindex(rows[schema.SUBJECT_ID]).to_numpy(object)
+        published = {r["level"]: r for r in record["subgroups"] if r["group"] == group}
+        table = [r for r in record["characteristics"]["rows"] if r.get("group") == group]
+        assert [r["level"] for r in table if r["level"] is not None] == sorted(
+            {v for v in level if v is not None}, key=lambda v: (v not in schema.AUDIT_LEVELS.values(), v))
+        for r in table:
+            mine = np.array([v == r["level"] for v in level])
+            for k, with_outcome in ((0, True), (1, False)):
+                if r["cells"][k]["status"] == "shown":
+                    assert r["cells"][k]["n"] == int((mine & development & (outcome == with_outcome)).sum())
+            sub = published.get(r["level"])
+            if sub is not None and sub["events"] is not None:
+                assert [c["n"] for c in r["cells"][2:]] == [sub["events"], sub["rows"] - sub["events"]]
+            else:
+                assert all(c["n"] in (None, 0) for c in r["cells"][2:])
+            assert r["label"] in html.unescape(_section(full, "participants"))
+        for k in range(4):  # no level comes back alone by subtraction from its group's rows
+            assert sum(r["cells"][k]["status"] in ("suppressed", "withheld") for r in table) != 1, (group, k)
+    white = next(r for r in record["characteristics"]["rows"] if r.get("level") == "White")
+    assert all(c["status"] == "shown" for c in white["cells"][:2])  # 130 and 2,534 rows on this network
+    assert any(c["status"] == "shown" and c["n"] for r in record["characteristics"]["rows"] if r.get("group")
+               for c in r["cells"][2:])
     section = Page(_section(full, "subgroups")).text
     assert "Fairness summary: the largest difference between levels" in section
     for g in record["subgroup_gaps"]:
@@ -1152,7 +1181,7 @@ def test_participants_characteristics_table_shows_the_records_numbers(run, full)
     assert age["label"].startswith("Age at the prediction time") and age["cells"][0]["status"] == "shown"
     assert f"{age['cells'][0]['mean']:.1f} ({age['cells'][0]['sd']:.1f})" in section
     assert f"<td>{age['smd']:.2f}</td>" in section
-    chosen = [r["feature"] for r in record["rows"] if r["kind"] == "recorded" and r["feature"] != FEMALE_COLUMN]
+    chosen = [r["feature"] for r in record["rows"] if r["kind"] == "recorded" and r["feature"] not in (FEMALE_COLUMN, None)]
     assert record["top"] == 10 and chosen == [n for n in importance if n not in (AGE_COLUMN, FEMALE_COLUMN)][:10]
     for row in record["rows"]:
         assert row["label"] in section
