@@ -882,6 +882,38 @@ def test_search_prunes_a_trial_that_lags_the_median():
     assert [r["best_iteration"] <= 20 for r in records[3:]] == [True, True]
 
 
+@pytest.mark.parametrize("objective", ["auroc", "auprc"])
+def test_a_named_search_objective_scores_every_trial_by_it_whatever_the_prevalence(objective):
+    """``auto`` picks AUPRC below 5% prevalence and AUROC otherwise; a named objective
+    holds at any prevalence: each trial's value is that metric of its tuning risks, and
+    the fits are asked for XGBoost's matching metric (``auc`` / ``aucpr``) to prune on."""
+    import xgboost as xgb
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from forewarn.models.search import SearchConfig, objective_name, search_xgboost
+
+    rare, common = np.r_[np.ones(4), np.zeros(96)], np.r_[np.ones(30), np.zeros(70)]
+    assert objective_name(SearchConfig(), rare) == "auprc" and objective_name(SearchConfig(), common) == "auroc"
+    assert objective_name(SearchConfig(objective=objective), rare) == objective
+    assert objective_name(SearchConfig(objective=objective), common) == objective
+    X_train, y_train, X_tune, y_tune = _search_data()  # 20-30% prevalence: auto would be AUROC
+    asked, risks = [], []
+
+    def fit(params, callbacks, eval_metric):
+        asked.append(eval_metric[0])
+        clf = xgb.XGBClassifier(n_estimators=20, early_stopping_rounds=20, eval_metric=eval_metric, callbacks=callbacks,
+                                n_jobs=1, random_state=0, **params)
+        clf.fit(X_train, y_train, eval_set=[(X_tune, y_tune)], verbose=False)
+        risks.append(clf.predict_proba(X_tune)[:, 1])
+        return clf
+
+    _, records = search_xgboost(X_train, y_train, X_tune, y_tune, fit, SearchConfig(trials=3, objective=objective))
+    score = roc_auc_score if objective == "auroc" else average_precision_score
+    assert asked == [{"auroc": "auc", "auprc": "aucpr"}[objective]] * 3
+    assert [r["objective"] for r in records] == [objective] * 3
+    assert [r["value"] for r in records] == pytest.approx([score(y_tune, p) for p in risks])
+
+
 def test_search_stops_starting_trials_at_the_time_budget():
     import time
 

@@ -333,6 +333,7 @@ def test_primary_model_numbers_are_as_in_metrics(run, full):
     assert f"{training['xgboost']['best_iteration'] + 1} trees" in full
     for method, brier in training["calibration"]["tuning_cv_brier"].items():
         assert method in full and f"{brier:.4f}" in full
+    assert training["warnings"]  # this small run's events are few for the model's size
     for warning in training["warnings"]:  # verbatim, or with a count the report withholds replaced
         assert warning in html.unescape(full) or re.sub(r"^only \d+ ", "only a withheld number of ",
                                                          warning) in html.unescape(full), warning
