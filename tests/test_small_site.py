@@ -27,7 +27,8 @@ def small_run(tmp_path_factory, demo_network, prefect_server):
             {
                 "name": "small-site",
                 "demo": True,
-                "tasks": ["t2d_2y"],
+                # a second task that no site has events enough for: one night runs both
+                "tasks": ["t2d_2y", "pancreatic_cancer_1y"],
                 "sites": [{"name": "community", "source": {"location": str(demo_network["community"])}},
                           {"name": "tiny", "source": {"location": str(tiny)}}],
                 "evaluation": {"bootstrap": 20, "shap_rows": 200},
@@ -39,13 +40,39 @@ def small_run(tmp_path_factory, demo_network, prefect_server):
             base_dir=work,
         )
         results = nightly(study)
-        yield {"work": work, "study": study, "results": {r.site: r for r in results if r.task == "t2d_2y"}}
+        yield {"work": work, "study": study, "results": {r.site: r for r in results if r.task == "t2d_2y"},
+               "all": results}
 
 
 def test_the_small_site_has_no_model_of_its_own_and_says_why(small_run):
     tiny = small_run["results"]["tiny"]
     assert tiny.status == "skipped" and "the train split must hold at least 11 subjects with the outcome" in tiny.reason
     assert small_run["results"]["community"].status == "published"
+
+
+def test_one_night_runs_every_task_on_one_pull_and_a_task_without_events_is_skipped_at_each_site(small_run):
+    """The study's two tasks share each site's pull (computed once) and each has its own
+    labels; the rare outcome has fewer than 11 train subjects with it at both sites, so
+    neither trains it, no model of it is registered, its worklist says there is no
+    champion, and the other task is published as it would be alone."""
+    import mlflow
+
+    results = {(r.site, r.task): r for r in small_run["all"]}
+    assert set(results) == {(site, task) for site in ("community", "tiny") for task in ("t2d_2y", "pancreatic_cancer_1y")}
+    for site in ("community", "tiny"):
+        rare = results[(site, "pancreatic_cancer_1y")]
+        assert rare.status == "skipped", rare
+        assert "the train split must hold at least 11 subjects with the outcome" in rare.reason
+        assert not rare.run_id and not rare.model_name
+        assert "has no champion" in rare.worklist and not rare.worklist_failed, rare.worklist
+    assert results[("community", "t2d_2y")].status == "published"
+    for site in small_run["study"].sites:
+        stages = site.workdir / "stages"
+        assert len(list((stages / "pull").iterdir())) == 1  # one pull for both tasks
+        assert (stages / "label-t2d_2y").is_dir() and (stages / "label-pancreatic_cancer_1y").is_dir()
+    client = mlflow.MlflowClient(f"sqlite:///{small_run['work'] / 'mlruns' / 'mlflow.db'}")
+    names = {m.name for m in client.search_registered_models()}
+    assert "forewarn-t2d_2y-community" in names and not any("pancreatic" in n for n in names), names
 
 
 def test_the_other_sites_model_is_validated_at_the_small_site(small_run):
