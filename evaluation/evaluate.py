@@ -217,7 +217,10 @@ OTHER = "Other"  # a site's own code held by fewer than 11 people: its name does
 def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
     """Each subject's race and ethnicity, the fairness audit's subgroups, from the static
     codes of the Race and Ethnicity vocabularies (``Race//5``; the vocabulary matched
-    ignoring case, so a MEDS source's ``RACE//...`` counts too): one row per subject of
+    ignoring case, so a MEDS source's ``RACE//...`` counts too), or, for a person with
+    none of a vocabulary's static codes, from its codes at the latest time one was
+    recorded (a MEDS source that records race with each admission, as MIMIC-IV's
+    admissions table does): one row per subject of
     ``subjects`` (all with events when None), ``subject_id``, ``race``, ``ethnicity``. A
     level is the code's name (``schema.AUDIT_LEVELS``: "White", "Hispanic or Latino"), a
     code of its own otherwise (``RACE//WHITE``: "WHITE"), or "Other" where fewer than 11
@@ -232,8 +235,13 @@ def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
         f"FILTER (WHERE upper(split_part(code, '//', 1)) = '{vocab.upper()}') END AS {group}"
         for group, vocab in AUDIT_GROUPS)
     vocabs = ", ".join(f"'{vocab.upper()}'" for _, vocab in AUDIT_GROUPS)
-    sql = f"""SELECT CAST(subject_id AS BIGINT) AS subject_id, {picks} FROM {events}
-              WHERE time IS NULL AND upper(split_part(code, '//', 1)) IN ({vocabs}) GROUP BY 1"""
+    # per person and vocabulary: the static rows where there are any, else the latest time's
+    sql = f"""WITH r AS (SELECT subject_id, time, code, upper(split_part(code, '//', 1)) AS vocab FROM {events}
+                        WHERE upper(split_part(code, '//', 1)) IN ({vocabs})),
+              chosen AS (SELECT * FROM r WINDOW w AS (PARTITION BY subject_id, vocab)
+                         QUALIFY CASE WHEN bool_or(time IS NULL) OVER w THEN time IS NULL
+                                      ELSE time = max(time) OVER w END)
+              SELECT CAST(subject_id AS BIGINT) AS subject_id, {picks} FROM chosen GROUP BY 1"""
     with duckdb.connect() as con:
         found = con.sql(sql).df()
     standard = {*schema.AUDIT_LEVELS.values(), MULTIPLE}

@@ -313,9 +313,10 @@ def test_audit_levels_name_several_codes_multiple_and_keep_a_local_vocabularys_c
     """A MEDS source's own race codes (``RACE//WHITE``: the vocabulary matched ignoring
     case) keep their local part as the level where 11 or more people of the site hold it,
     and read "Other" where fewer do (a level's name leaves the site); two distinct race
-    codes read "Multiple"; timed rows of the vocabularies are not static characteristics
-    and are ignored; and asked for subjects with no code, the audit says None. An OMB
-    category's name is shown however few hold it."""
+    codes read "Multiple"; a person's static codes stand over timed rows of the same
+    vocabulary, and a person with timed rows only reads the codes of the latest time
+    one was recorded (two there: "Multiple"); and asked for subjects with no code, the
+    audit says None. An OMB category's name is shown however few hold it."""
     from helpers import write_events
 
     from forewarn.evaluation.evaluate import audit_levels
@@ -325,12 +326,17 @@ def test_audit_levels_name_several_codes_multiple_and_keep_a_local_vocabularys_c
         (2, None, "RACE//WHITE", None), (2, datetime(2020, 1, 1), "Race//2", None),
         (3, None, "Gender//F", None), (5, None, "Race//LOCAL-17", None), (6, None, "Race//4", None),
         *[(100 + k, None, "RACE//WHITE", None) for k in range(10)],
+        # timed only: race at two admissions (the latest reads), ethnicity twice at one
+        (7, datetime(2019, 5, 1), "Race//2", None), (7, datetime(2021, 3, 1), "Race//3", None),
+        (7, datetime(2021, 3, 1), "Ethnicity//Hispanic", None), (7, datetime(2021, 3, 1), "Ethnicity//Not Hispanic", None),
+        (7, datetime(2018, 1, 1), "Ethnicity//Hispanic", None),
     ])
-    levels = audit_levels(tmp_path / "events", [3, 2, 1, 4, 2, 5, 6])
+    levels = audit_levels(tmp_path / "events", [3, 2, 1, 4, 2, 5, 6, 7])
     assert levels.to_dict("list") == {
-        "subject_id": [1, 2, 3, 4, 5, 6], "race": ["Multiple", "WHITE", None, None, "Other",
-                                                    "Native Hawaiian or Other Pacific Islander"],
-        "ethnicity": ["Not Hispanic or Latino", None, None, None, None, None]}
+        "subject_id": [1, 2, 3, 4, 5, 6, 7], "race": ["Multiple", "WHITE", None, None, "Other",
+                                                       "Native Hawaiian or Other Pacific Islander",
+                                                       "Black or African American"],
+        "ethnicity": ["Not Hispanic or Latino", None, None, None, None, None, "Multiple"]}
     # ten people with the local code: its name stays at the site too
     write_events(tmp_path / "fewer", [(2, None, "RACE//WHITE", None), *[(100 + k, None, "RACE//WHITE", None) for k in range(9)]])
     assert set(audit_levels(tmp_path / "fewer")["race"]) == {"Other"}
