@@ -21,19 +21,21 @@ Aggregates only, under the rule of 11 (:mod:`forewarn.records.privacy`):
 - a standardized mean difference is shown only when both of its cells are;
 - race and ethnicity are one row per level, and a group's levels add up to its rows: so
   where a level's development cell is hidden, shown levels are withheld beside it,
-  smallest first, until no hidden one comes back by subtraction
-  (:func:`privacy.withhold`, as the subgroup tables' levels). Their held-out cells are the subgroup table's published
+  smallest first (one at least), until no hidden one comes back by subtraction or is
+  bounded below 10 (:func:`_level_cells`, :func:`privacy.withhold`). Their held-out cells are the subgroup table's published
   rows and events of the level (with the outcome = events, without = rows - events),
   shown only where that table shows both, so they publish nothing it does not;
 - no number is published at a precision that would give a hidden count back. A share
-  whose group size is hidden is rounded to a step coarser than one row in a group the
-  size the published split allows (1 / (split rows - 10)); exact, n / n_group would give
+  whose group size is hidden is rounded to a step coarser than one row in the smallest
+  group the published margins allow (1 / that size); exact, n / n_group would give
   n_group (and so the small group beside it) by its denominator. A mean and SD are
   rounded to 4 significant digits and to no finer than the values' own lattice over 11
   (integer values: 0.1; one decimal: 0.01), so the sum / count behind a mean cannot be
   solved for the count of rows it is over, which the table may hide (a "withheld"
   recorded cell, or a group whose size is hidden). The standardized mean difference
-  comes from the rounded cells.
+  comes from the rounded cells. The fewest rows the margins allow a group
+  (:func:`_size_floors`) can lie far below its split's size: a development group with
+  the outcome hidden because the held-out one is small.
 
 "Recorded" follows the sparse matrix's structure: a stored entry (absent means missing,
 not zero, as everywhere in Forewarn).
@@ -96,12 +98,12 @@ def _lattice(values: np.ndarray) -> float:
 
 
 def _recorded_cell(recorded: np.ndarray, subject: np.ndarray, group: np.ndarray, size_hidden: bool,
-                   split_rows: int) -> dict:
+                   low: int) -> dict:
     """How many of the group's rows have the predictor recorded, under the rule of 11;
     with ``size_hidden`` (the group's count is suppressed or withheld) the percentage
     only, since a count and its percentage give the group's size away, and that rounded
-    so that every group size the published split's rows (``split_rows``) allow for it
-    fits it (a step of at least 1 / (split_rows - 10))."""
+    so that every group size the published margins allow for it fits it (a step of at
+    least 1 / ``low``, the fewest rows they allow it: :func:`_size_floors`)."""
     n_group = int(group.sum())
     yes = group & recorded
     with_it, without_it = _subjects(subject, yes), _subjects(subject, group & ~recorded)
@@ -112,13 +114,42 @@ def _recorded_cell(recorded: np.ndarray, subject: np.ndarray, group: np.ndarray,
         return {"n": None, "pct": None, "status": SUPPRESSED}
     if 0 < without_it < privacy.MIN_CELL:
         return {"n": None, "pct": None, "status": WITHHELD}
-    n = int(yes.sum())
+    return _share(int(yes.sum()), n_group, size_hidden, low)
+
+
+def _share(n: int, n_group: int, size_hidden: bool, low: int) -> dict:
+    """A shown count and its share of the group; only the share, rounded to a step of at
+    least 1 / ``low``, where the group's size is hidden (withheld where ``low`` < 11)."""
     if not size_hidden:
         return {"n": n, "pct": n / n_group, "status": "shown"}
-    low = split_rows - (privacy.MIN_CELL - 1)  # the fewest rows the hidden group may hold
     if low < privacy.MIN_CELL:
         return {"n": None, "pct": None, "status": WITHHELD}
     return {"n": None, "pct": _round(n / n_group, _step(1 / low)), "status": "shown"}
+
+
+def _size_floors(sizes: list[int], split_rows: dict[str, int], statuses: list[str]) -> list[int]:
+    """The fewest rows each of the four groups may hold for a reader who knows the
+    published margins (each split's rows and the labelled rows with the outcome) and the
+    groups' labels: the table has one free cell (the held-out rows with the outcome,
+    ``x``), each group's size is a line in it, and each label bounds it (``"<11"``: 1 to
+    10; withheld: 0 or 11 or more; shown: that count). A hidden group's share is rounded
+    for the smallest size these allow, not for its split's size, which a group hidden
+    because a small one beside it is may lie far below."""
+    with_outcome = sizes[0] + sizes[2]
+    dev, held = split_rows["development"], split_rows["held_out"]
+
+    def table(x: int) -> list[int]:
+        return [with_outcome - x, dev - with_outcome + x, x, held - x]
+
+    def fits(x: int) -> bool:
+        for n, label, size in zip(table(x), statuses, sizes, strict=True):
+            if n < 0 or (label == SUPPRESSED and not 0 < n < privacy.MIN_CELL) or (
+                    label == WITHHELD and 0 < n < privacy.MIN_CELL) or (label == "shown" and n != size):
+                return False
+        return True
+
+    feasible = [x for x in range(0, min(with_outcome, held) + 1) if fits(x)]
+    return [min(table(x)[g] for x in feasible) for g in range(4)]
 
 
 def _mean_cell(values: np.ndarray, subject: np.ndarray, mask: np.ndarray) -> dict:
@@ -167,24 +198,52 @@ def _level_order(levels: list) -> list:
             + sorted(v for v in known if v not in standard) + ([None] if None in levels else []))
 
 
-def _complement_levels(cells: list[dict], masks: list[np.ndarray]) -> None:
-    """Withhold shown levels of one group beside its hidden ones (in place), as
-    :func:`privacy.withhold` picks them over the levels' rows (``masks``: each level's rows
-    in the group), which add up to the group's: until no hidden level is pinned by the
-    total less the shown ones. Where that cannot be had, every level is withheld."""
-    force = tuple(i for i, c in enumerate(cells) if c["status"] in (SUPPRESSED, WITHHELD))
-    extra, exposed = privacy.withhold([int(m.sum()) for m in masks], force=force)
-    for i in range(len(cells)):
-        if (exposed and masks[i].any()) or (i in extra and i not in force):
-            cells[i] = {"n": None, "pct": None, "status": WITHHELD}
+def _level_cells(level_masks: list[np.ndarray], subject: np.ndarray, group: np.ndarray, size_hidden: bool,
+                 low: int) -> list[dict]:
+    """One development group's cells of a race or ethnicity row per level. The levels
+    partition the group, so they are decided together:
+
+    - a group of fewer than 11 subjects shows nothing, every level alike (empty ones too);
+    - a level of 1 to 10 subjects is "<11"; then shown levels are withheld beside it
+      (:func:`privacy.withhold` over the levels' rows, the "<11" ones at 1 or more rows):
+      always one at least, the smallest, whatever the hidden ones' sum (a withheld level
+      that appeared only when that sum was small would bound it), and more until no
+      hidden level is pinned or bounded below 10 by the group's rows less the shown
+      levels and the labels ("withheld" is 11 or more);
+    - where that cannot be had, every level is withheld alike."""
+    k = len(level_masks)
+    if not group.any():
+        return [{"n": 0, "pct": None, "status": "empty"} for _ in range(k)]
+    if _subjects(subject, group) < privacy.MIN_CELL:
+        return [{"n": None, "pct": None, "status": SUPPRESSED} for _ in range(k)]
+    parts = [int((m & group).sum()) for m in level_masks]
+    small = tuple(i for i, m in enumerate(level_masks) if 0 < _subjects(subject, m & group) < privacy.MIN_CELL)
+    floors = dict.fromkeys(small, 1)
+    extra, exposed = privacy.withhold(parts, force=small, floors=floors)
+    extra = set(extra) - set(small)
+    if small and not extra:
+        shown = [i for i in range(k) if i not in small and parts[i]]
+        if not shown:
+            exposed = True
+        else:
+            first = min(shown, key=lambda i: (parts[i], i))
+            more, exposed = privacy.withhold(parts, force=(*small, first), floors=floors | {first: privacy.MIN_CELL})
+            extra = (set(more) | {first}) - set(small)
+    if exposed:
+        return [{"n": None, "pct": None, "status": WITHHELD} for _ in range(k)]
+    n_group = int(group.sum())
+    return [{"n": None, "pct": None, "status": SUPPRESSED} if i in small
+            else {"n": None, "pct": None, "status": WITHHELD} if i in extra
+            else _share(parts[i], n_group, size_hidden, low) for i in range(k)]
 
 
-def _mirrored_cell(published: dict | None, outcome: bool, group_rows: int | None) -> dict:
+def _mirrored_cell(published: dict | None, outcome: bool, group_rows: int | None, *, listed: bool = True) -> dict:
     """A held-out cell of a race or ethnicity level from the subgroup table's published
     row for it (``None``: no held-out row has the level, so 0): with the outcome its
-    events, without them its rows less its events; hidden where the table hides either, or
-    where the held-out group's own count is (a share would give it back)."""
-    if group_rows is None:
+    events, without them its rows less its events; hidden where the table hides either,
+    where the held-out group's own count is (a share would give it back), or where the
+    table has no row of the group at all (``listed`` False: nothing to mirror)."""
+    if group_rows is None or not listed:
         return {"n": None, "pct": None, "status": WITHHELD}
     if group_rows == 0:
         return {"n": 0, "pct": None, "status": "empty"}
@@ -226,8 +285,10 @@ def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame,
                "rows_status": status(c, rc), "subjects_status": status(s, rs)}
               for (name, outcome), c, s, rc, rs in zip(GROUPS, counts, subjects, raw_rows, raw_subjects, strict=True)]
     dev_with, dev_without = 0, 1  # the groups the standardized mean difference compares
-    # each split's rows, published beside the table (the report's splits)
+    # each split's rows, published beside the table (the report's splits), and the fewest
+    # rows each group may hold for a reader of those margins
     split_rows = {name: int(np.isin(rows[schema.SPLIT].to_numpy(), splits).sum()) for name, splits in GROUP_SPLITS.items()}
+    low = _size_floors(raw_rows, split_rows, [g["rows_status"] for g in groups])
 
     def column(name: str) -> tuple[np.ndarray, np.ndarray]:  # (recorded, values) per row
         j = position[name]
@@ -241,8 +302,8 @@ def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame,
     out_rows = []
 
     def add_recorded(label: str, recorded: np.ndarray, feature: str | None = None) -> None:
-        cells = [_recorded_cell(recorded, subject, m, g["rows"] is None, split_rows[g["split"]])
-                 for m, g in zip(masks, groups, strict=True)]
+        cells = [_recorded_cell(recorded, subject, m, g["rows"] is None, floor)
+                 for m, g, floor in zip(masks, groups, low, strict=True)]
         out_rows.append({"label": label, "kind": "recorded", "feature": feature, "cells": cells,
                          "smd": _smd_binary(cells[dev_with], cells[dev_without])})
 
@@ -270,11 +331,10 @@ def characteristics(X: sp.csr_matrix, rows: pd.DataFrame, columns: pd.DataFrame,
         per_level = [[None] * len(masks) for _ in order]
         for g_index, (m, g) in enumerate(zip(masks, groups, strict=True)):
             if g["split"] == "development":
-                cells = [_recorded_cell(lm, subject, m, g["rows"] is None, split_rows[g["split"]]) for lm in level_masks]
-                _complement_levels(cells, [lm & m for lm in level_masks])
+                cells = _level_cells(level_masks, subject, m, g["rows"] is None, low[g_index])
             else:
-                cells = [_mirrored_cell(published.get(level), g["outcome"], g["rows"]) if subgroups is not None
-                         else {"n": None, "pct": None, "status": WITHHELD} for level in order]
+                cells = [_mirrored_cell(published.get(level), g["outcome"], g["rows"], listed=bool(published))
+                         for level in order]
             for k, cell in enumerate(cells):
                 per_level[k][g_index] = cell
         for level, cells in zip(order, per_level, strict=True):

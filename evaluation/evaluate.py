@@ -220,7 +220,8 @@ def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
     ignoring case, so a MEDS source's ``RACE//...`` counts too), or, for a person with
     none of a vocabulary's static codes, from its codes at the latest time one was
     recorded (a MEDS source that records race with each admission, as MIMIC-IV's
-    admissions table does): one row per subject of
+    admissions table does); a value that says nothing (``RACE//UNKNOWN``, "PATIENT
+    DECLINED TO ANSWER": ``schema.AUDIT_UNRECORDED``) is not a record: one row per subject of
     ``subjects`` (all with events when None), ``subject_id``, ``race``, ``ethnicity``. A
     level is the code's name (``schema.AUDIT_LEVELS``: "White", "Hispanic or Latino"), a
     code of its own otherwise (``RACE//WHITE``: "WHITE"), or "Other" where fewer than 11
@@ -236,8 +237,10 @@ def audit_levels(events_dir: Path, subjects=None) -> pd.DataFrame:
         for group, vocab in AUDIT_GROUPS)
     vocabs = ", ".join(f"'{vocab.upper()}'" for _, vocab in AUDIT_GROUPS)
     # per person and vocabulary: the static rows where there are any, else the latest time's
+    unrecorded = ", ".join(f"'{v}'" for v in sorted(schema.AUDIT_UNRECORDED))
     sql = f"""WITH r AS (SELECT subject_id, time, code, upper(split_part(code, '//', 1)) AS vocab FROM {events}
-                        WHERE upper(split_part(code, '//', 1)) IN ({vocabs})),
+                        WHERE upper(split_part(code, '//', 1)) IN ({vocabs})
+                          AND upper(trim(split_part(code, '//', 2))) NOT IN ({unrecorded})),
               chosen AS (SELECT * FROM r WINDOW w AS (PARTITION BY subject_id, vocab)
                          QUALIFY CASE WHEN bool_or(time IS NULL) OVER w THEN time IS NULL
                                       ELSE time = max(time) OVER w END)

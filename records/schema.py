@@ -45,6 +45,12 @@ AUDIT_LEVELS = {
     "Ethnicity//Hispanic": "Hispanic or Latino",
     "Ethnicity//Not Hispanic": "Not Hispanic or Latino",
 }
+# A source's own race or ethnicity values that say nothing (MIMIC-IV's admissions, HL7's
+# null flavours): read as unrecorded, compared ignoring case.
+AUDIT_UNRECORDED = frozenset({
+    "UNKNOWN", "UNK", "ASKU", "NULL", "NONE", "NOT REPORTED", "NOT SPECIFIED", "UNKNOWN/NOT SPECIFIED",
+    "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER", "DECLINED", "DECLINED TO ANSWER", "REFUSED",
+})
 
 TRAIN, TUNING, HELD_OUT = "train", "tuning", "held_out"
 SPLITS = (TRAIN, TUNING, HELD_OUT)

@@ -79,18 +79,19 @@ def test_age_sex_and_the_top_predictor_by_hand():
     # female: 12 of 24, 11 of 30, 1 of 3 (suppressed), 12 of 12 (none without); percentages
     # only, since the groups' sizes are withheld (see above), and rounded: the development
     # split's 54 rows leave a hidden group 44 to 53 rows, so to 0.1 (1 / 44 rounded up);
-    # the held-out split's 15 leave 5 to 14, fewer than 11: withheld.
+    # the held-out split's 15 rows, the "<11" beside it (1 to 10) and its own "withheld" (0 or
+    # 11+) leave the held-out group without the outcome 11 to 14 rows: to 0.1 too.
     assert female["cells"][0] == {"n": None, "pct": 0.5, "status": "shown"}
     assert female["cells"][1] == {"n": None, "pct": 0.4, "status": "shown"}  # 11 / 30 = 0.367
     assert female["cells"][2]["status"] == "suppressed" and female["cells"][2]["n"] is None
-    assert female["cells"][3] == {"n": None, "pct": None, "status": "withheld"}
+    assert female["cells"][3] == {"n": None, "pct": 1.0, "status": "shown"}
     p1, p0 = 0.5, 0.4
     assert female["smd"] == pytest.approx((p1 - p0) / math.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2))
     # the lab recorded for 20 of 24: 4 without would give the count away -> withheld
     assert recorded["cells"][0] == {"n": None, "pct": None, "status": "withheld"}
     assert recorded["cells"][1] == {"n": None, "pct": 0.5, "status": "shown"}
     assert recorded["cells"][2]["status"] == "suppressed"  # none of 3 recorded: a group of 3 shows nothing
-    assert recorded["cells"][3] == {"n": None, "pct": None, "status": "withheld"}  # its split too small to round
+    assert recorded["cells"][3] == {"n": None, "pct": 0.0, "status": "shown"}  # none of 12 recorded
     assert recorded["smd"] is None  # one of its cells is not shown
     # its values where recorded: 10 x 7 and 10 x 9 -> 8, SD sqrt(20 / 19) = 1.026 -> 1.0; 15 x 5 -> 5, 0
     assert lab["cells"][0] == {"mean": 8.0, "sd": 1.0, "status": "shown"}
@@ -112,7 +113,7 @@ def test_no_hidden_count_comes_back_from_a_shown_share_or_mean():
     # 5,748 held-out rows: 5,743 without the outcome (its size hidden), 3,080 of them female
     group = np.r_[np.ones(5743, bool), np.zeros(5, bool)]
     female = np.r_[np.arange(5743) < 3080, np.zeros(5, bool)]
-    cell = _recorded_cell(female, np.arange(5748), group, True, 5748)
+    cell = _recorded_cell(female, np.arange(5748), group, True, 5738)  # 5,748 - 10: the fewest it may hold
     assert cell["n"] is None and cell["pct"] == 0.536  # 3,080 / 5,743 = 0.53631...
     for size in range(5738, 5748):  # every size 5,748 - 10 .. 5,747 has a count that rounds alike
         assert any(round(k / size, 3) == 0.536 for k in range(size + 1))
@@ -260,3 +261,65 @@ def test_race_held_out_cells_without_the_subgroup_table_are_withheld_and_levels_
     assert all(r["cells"][k]["status"] == "withheld" for r in record["rows"] for k in (2, 3))
     with pytest.raises(ValueError, match="race has 138 levels for 139 rows"):
         characteristics(X, rows, columns, importance, audit={"race": audit["race"][:-1]})
+
+
+def level_group(counts: dict[str, int]):
+    """One development group of one row a subject, its levels' masks in ``LEVELS`` order."""
+    levels = np.array([level for level, n in counts.items() for _ in range(n)], dtype=object)
+    masks = [levels == level for level in LEVELS]
+    return masks, np.arange(levels.size), np.ones(levels.size, bool)
+
+
+LEVELS = ("Asian", "Black or African American", "White")
+
+
+def statuses(cells):
+    return [c["status"] if c["status"] != "shown" else c["n"] for c in cells]
+
+
+def test_a_groups_race_levels_are_hidden_alike_where_any_label_would_tell():
+    """A reviewer's attacks on the levels' labels, each with the group's rows published:
+    5 White with the outcome (a group of 5): every level "<11", the empty one too (else
+    the labels say all 5 are White); 11 White and 1 Black: withholding White would leave
+    Black 12 - 11 = 1, so every level is withheld alike; White 300, Black 5, Asian 4: White
+    is withheld beside them, and so it is beside Black 6 and Asian 5, whose sum alone
+    would not need it (a withheld level only where the hidden sum is small would say so)."""
+    from forewarn.evaluation.characteristics import _level_cells
+
+    assert statuses(_level_cells(*level_group({"White": 5}), False, 5)) == ["suppressed"] * 3
+    assert statuses(_level_cells(*level_group({"White": 11, "Black or African American": 1}), False, 12)) == [
+        "withheld"] * 3
+    for black, asian in ((5, 4), (6, 5)):
+        cells = _level_cells(*level_group({"White": 300, "Black or African American": black, "Asian": asian}), False, 309)
+        assert statuses(cells) == ["suppressed", "suppressed", "withheld"], (black, asian)
+    # nothing small: every level shown, an empty one as 0
+    cells = _level_cells(*level_group({"White": 30, "Black or African American": 20}), False, 50)
+    assert statuses(cells) == [0, 20, 30] and [c["pct"] for c in cells] == [0.0, 0.4, 0.6]
+
+
+def test_a_hidden_groups_shares_are_rounded_for_the_smallest_size_its_margins_allow():
+    """A reviewer's attack: development 300 with the outcome (150 / 90 / 60 by level) and
+    1,700 without, held-out 5 with and 500 without: all four sizes hidden (5 is small).
+    Rounded for the development split (2,000 - 10 rows: 0.001) the shares 0.5 / 0.3 / 0.2
+    fit 300 alone of the sizes the margins allow (295 to 304: 305 with the outcome less
+    the held-out 1 to 10), which gives the held-out 5 back. The labels and margins allow
+    295 to 304, so the step is 0.01, and every one of those sizes fits."""
+    from forewarn.evaluation.characteristics import _level_cells, _size_floors
+
+    floors = _size_floors([300, 1700, 5, 500], {"development": 2000, "held_out": 505},
+                          ["withheld", "withheld", "suppressed", "withheld"])
+    assert floors == [295, 1696, 1, 495]
+    cells = _level_cells(*level_group({"White": 150, "Black or African American": 90, "Asian": 60}), True, floors[0])
+    shares = [c["pct"] for c in cells]
+    assert shares == [0.2, 0.3, 0.5] and all(c["n"] is None for c in cells)
+    for size in range(295, 305):
+        assert all(any(round(k / size, 2) == share for k in range(size + 1)) for share in shares)
+    # shown groups have their own sizes; a 2x2 with nothing hidden has no window
+    assert _size_floors([300, 1700, 15, 500], {"development": 2000, "held_out": 515}, ["shown"] * 4) == [300, 1700, 15, 500]
+
+
+def test_a_subgroup_table_without_the_groups_rows_gives_its_held_out_cells_nothing_to_mirror():
+    X, rows, columns, importance, audit, subgroups = race_case()
+    record = characteristics(X, rows, columns, importance, audit=audit,
+                             subgroups=[r for r in subgroups if r["group"] != "race"])
+    assert all(r["cells"][k]["status"] == "withheld" for r in record["rows"] for k in (2, 3))

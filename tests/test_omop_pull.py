@@ -315,7 +315,8 @@ def test_audit_levels_name_several_codes_multiple_and_keep_a_local_vocabularys_c
     and read "Other" where fewer do (a level's name leaves the site); two distinct race
     codes read "Multiple"; a person's static codes stand over timed rows of the same
     vocabulary, and a person with timed rows only reads the codes of the latest time
-    one was recorded (two there: "Multiple"); and asked for subjects with no code, the
+    one was recorded (two there: "Multiple"); a value that says nothing ("UNKNOWN",
+    "declined") is no record at all; and asked for subjects with no code, the
     audit says None. An OMB category's name is shown however few hold it."""
     from helpers import write_events
 
@@ -330,13 +331,18 @@ def test_audit_levels_name_several_codes_multiple_and_keep_a_local_vocabularys_c
         (7, datetime(2019, 5, 1), "Race//2", None), (7, datetime(2021, 3, 1), "Race//3", None),
         (7, datetime(2021, 3, 1), "Ethnicity//Hispanic", None), (7, datetime(2021, 3, 1), "Ethnicity//Not Hispanic", None),
         (7, datetime(2018, 1, 1), "Ethnicity//Hispanic", None),
+        # a value that says nothing is no record: White stands over a later UNKNOWN, and
+        # static "declined" leaves the timed rows to speak
+        (8, datetime(2019, 1, 1), "RACE//WHITE", None), (8, datetime(2022, 1, 1), "RACE//UNKNOWN", None),
+        (8, None, "ETHNICITY//Patient Declined To Answer", None), (8, datetime(2020, 1, 1), "Ethnicity//Hispanic", None),
+        (9, None, "RACE//UNABLE TO OBTAIN", None),
     ])
-    levels = audit_levels(tmp_path / "events", [3, 2, 1, 4, 2, 5, 6, 7])
+    levels = audit_levels(tmp_path / "events", [3, 2, 1, 4, 2, 5, 6, 7, 8, 9])
     assert levels.to_dict("list") == {
-        "subject_id": [1, 2, 3, 4, 5, 6, 7], "race": ["Multiple", "WHITE", None, None, "Other",
-                                                       "Native Hawaiian or Other Pacific Islander",
-                                                       "Black or African American"],
-        "ethnicity": ["Not Hispanic or Latino", None, None, None, None, None, "Multiple"]}
+        "subject_id": [1, 2, 3, 4, 5, 6, 7, 8, 9], "race": ["Multiple", "WHITE", None, None, "Other",
+                                                             "Native Hawaiian or Other Pacific Islander",
+                                                             "Black or African American", "WHITE", None],
+        "ethnicity": ["Not Hispanic or Latino", None, None, None, None, None, "Multiple", "Hispanic or Latino", None]}
     # ten people with the local code: its name stays at the site too
     write_events(tmp_path / "fewer", [(2, None, "RACE//WHITE", None), *[(100 + k, None, "RACE//WHITE", None) for k in range(9)]])
     assert set(audit_levels(tmp_path / "fewer")["race"]) == {"Other"}
