@@ -78,7 +78,9 @@ def withhold(
     subjects) is 0 or more. ``floors`` raises those lower bounds where the reader knows
     more (a subgroup level shown as not suppressed has 11 or more subjects, events and
     non-events, so 22 or more rows). Parts are withheld, the smallest other non-zero part
-    first (indices in ``spare`` last), until every hidden part of 1 to ``min_cell - 1``
+    first (indices in ``spare`` last): one at least beside any part of 1 to
+    ``min_cell - 1``, whatever their sum (a part withheld only where that sum is small
+    would say so), and then until every hidden part of 1 to ``min_cell - 1``
     is left at least two possible values, up to ``min_cell - 1`` included, and no hidden
     part in ``force`` is pinned to one value: a reader learns neither a small count nor
     that it is smaller than the rule hides. An already-suppressed part (None) counts as
@@ -123,14 +125,25 @@ def withhold(
                 return True
         return False
 
-    while exposed():
+    def pick_one() -> bool:
         left = [i for i, v in enumerate(values) if i not in hidden and v]
         if not left:
-            return extra, True
+            return False
         preferred = [i for i in left if i not in spare] or left
         pick = min(preferred, key=lambda i: values[i])
         hidden.add(pick)
         extra.add(pick)
+        return True
+
+    # One part at least beside any small one, whatever the hidden sum: a part withheld
+    # only where that sum is small would tell the reader it was (each of two "<11" parts
+    # 9 or fewer when a withheld one appears beside them, 10 or more between them when not).
+    small = [i for i in hidden if i not in force and parts[i] is not None and 0 < parts[i] < min_cell]
+    if small and not any(parts[i] is None for i in hidden) and not pick_one() and exposed():
+        return extra, True
+    while exposed():
+        if not pick_one():
+            return extra, True
     return extra, False
 
 

@@ -170,6 +170,19 @@ def test_suppress_parts_withholds_a_part_that_would_give_a_small_one_away():
     assert privacy.suppress_parts([5, 0]) == [None, 0]  # nothing left to hide
 
 
+def test_which_parts_are_withheld_beside_small_ones_does_not_depend_on_their_values():
+    """A reader who knows the rule could read the small parts' sum from whether a part was
+    withheld beside them: 5 + 4 needs one (the sum less 1 leaves 8 at most), 6 + 5 did not
+    (until session 42), so a withheld 300 said each "<11" was 9 or fewer. One part at least
+    is withheld beside any small one now, so every pair of small values reads alike."""
+    patterns = {tuple(privacy.suppress_parts([a, b, 300, 400])) for a in range(1, 11) for b in range(1, 11)}
+    assert patterns == {(None, None, None, 400)}
+    assert privacy.suppress_parts([6, 5, 300, 400]) == [None, None, None, 400]
+    # parts hidden for another reason only (forced) are not small: nothing goes beside them
+    # that their pinning does not ask for
+    assert privacy.withhold([20, 30, 300, 400], force=(0, 1))[0] == set()
+
+
 def test_a_withheld_part_known_to_be_11_or_more_cannot_pin_a_small_one():
     # 1 + 11 + 500: the 1 is "<11"; withholding the 11 beside it leaves a hidden sum of
     # 12, and a reader who knows a "withheld" part is 11 or more gets 12 - 11 = 1 back.
